@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+)
+
+// formatStatus prints the overview: this node, a count of peers by state,
+// and every target that is not connected with what is wrong.
+func formatStatus(w io.Writer, st *api.Status, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "Name:\t%s\n", st.Name)
+	fmt.Fprintf(tw, "Peer ID:\t%s\n", st.PeerID)
+	fmt.Fprintf(tw, "Version:\t%s\n", st.Version)
+	counts := map[string]int{}
+	for _, p := range st.Peers {
+		counts[p.State]++
+	}
+	fmt.Fprintf(tw, "Peers:\t%d (%s)\n", len(st.Peers), stateCounts(counts, "alive", "suspect", "dead", "left"))
+	tw.Flush()
+	formatTargets(w, st.Targets, now)
+}
+
+func stateCounts(counts map[string]int, order ...string) string {
+	s := ""
+	for _, k := range order {
+		if counts[k] == 0 {
+			continue
+		}
+		if s != "" {
+			s += ", "
+		}
+		s += fmt.Sprintf("%d %s", counts[k], k)
+	}
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func formatTargets(w io.Writer, targets []api.Target, now time.Time) {
+	if len(targets) == 0 {
+		return
+	}
+	ts := append([]api.Target(nil), targets...)
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Address < ts[j].Address })
+	fmt.Fprintln(w, "\nTargets:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  ADDRESS\tSOURCE\tSTATE\tDETAIL")
+	for _, t := range ts {
+		detail := ""
+		if t.State != "connected" {
+			detail = t.Error
+			if next, err := time.Parse(time.RFC3339, t.NextRetry); err == nil {
+				in := next.Sub(now).Round(time.Second)
+				if in < 0 {
+					in = 0
+				}
+				if detail != "" {
+					detail += "; "
+				}
+				detail += "next retry in " + in.String()
+			}
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", t.Address, t.Source, t.State, detail)
+	}
+	tw.Flush()
+}
+
+// formatPeers prints one aligned line per member, sorted by name.
+func formatPeers(w io.Writer, st *api.Status) {
+	ps := append([]api.Peer(nil), st.Peers...)
+	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tPEER ID")
+	for _, p := range ps {
+		name := p.Name
+		if p.Self {
+			name += " (self)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, p.Address, p.State, p.PeerID)
+	}
+	tw.Flush()
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("output differs from %s:\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+var now = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+func sampleStatus() *api.Status {
+	return &api.Status{
+		Name: "host-b", PeerID: "0123456789abcdef0123456789abcdef", Version: "v0.1.0",
+		Peers: []api.Peer{
+			{Name: "host-c", Address: "192.0.2.12:6783", State: "dead", PeerID: "cc"},
+			{Name: "host-b", Address: "192.0.2.11:6783", State: "alive", Self: true, PeerID: "0123456789abcdef0123456789abcdef"},
+			{Name: "a-very-long-host-name", Address: "192.0.2.10:6783", State: "suspect", PeerID: "aa"},
+		},
+		Targets: []api.Target{
+			{Address: "192.0.2.99:6783", Source: "launch", State: "retrying", Error: "cannot join 192.0.2.99:6783: dial tcp 192.0.2.99:6783: i/o timeout", NextRetry: now.Add(8 * time.Second).Format(time.RFC3339)},
+			{Address: "192.0.2.10:6783", Source: "launch", State: "connected"},
+			{Address: "192.0.2.50:6783", Source: "connect", State: "failed", Error: "cannot join 192.0.2.50:6783: wrong mesh password?", NextRetry: now.Add(30 * time.Second).Format(time.RFC3339)},
+		},
+	}
+}
+
+func TestFormatGolden(t *testing.T) {
+	tests := []struct {
+		name string
+		fn   func(*bytes.Buffer)
+	}{
+		{"status", func(b *bytes.Buffer) { formatStatus(b, sampleStatus(), now) }},
+		{"status-alone", func(b *bytes.Buffer) {
+			formatStatus(b, &api.Status{Name: "solo", PeerID: "ff", Version: "dev", Peers: []api.Peer{{Name: "solo", State: "alive", Self: true}}}, now)
+		}},
+		{"peers", func(b *bytes.Buffer) { formatPeers(b, sampleStatus()) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b bytes.Buffer
+			tt.fn(&b)
+			golden(t, tt.name, b.Bytes())
+		})
+	}
+}
+
+func TestParseInterspersed(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	o := fs.String("o", "human", "")
+	pos, err := parseInterspersed(fs, []string{"peers", "-o", "json", "--", "-x"})
+	if err != nil || *o != "json" || len(pos) != 2 || pos[0] != "peers" || pos[1] != "-x" {
+		t.Fatalf("pos=%v o=%s err=%v", pos, *o, err)
+	}
+}
+
+func TestRunErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		code int
+		want string
+	}{
+		{"no command", nil, nil, 2, "Usage:"},
+		{"unknown command", []string{"frobnicate"}, nil, 2, "unknown command"},
+		{"status bad subject", []string{"status", "bogus"}, nil, 2, "unknown subject"},
+		{"status bad format", []string{"status", "-o", "yaml"}, nil, 2, "unknown output format"},
+		{"daemon down", []string{"status", "--socket", "/nonexistent/mesh.sock"}, nil, 1, "is `mesh launch` running?"},
+		{"launch without password", []string{"launch", "--state-dir", "/nonexistent/x"}, map[string]string{"MESH_PASSWORD": ""}, 1, "MESH_PASSWORD is set but empty"},
+		{"launch bad peer", []string{"launch", "--insecure", "host:99999"}, nil, 1, "port \"99999\""},
+		{"connect without peer", []string{"connect"}, nil, 2, "Usage: mesh connect PEER"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			var out, errb bytes.Buffer
+			code := run(tt.args, &out, &errb)
+			if code != tt.code || !bytes.Contains(append(out.Bytes(), errb.Bytes()...), []byte(tt.want)) {
+				t.Fatalf("run(%v) = %d, stdout %q, stderr %q; want %d and %q", tt.args, code, out.String(), errb.String(), tt.code, tt.want)
+			}
+		})
+	}
+}
+
+func TestLaunchRefusesWithoutPassword(t *testing.T) {
+	os.Unsetenv("MESH_PASSWORD")
+	var out, errb bytes.Buffer
+	code := run([]string{"launch", "--state-dir", t.TempDir()}, &out, &errb)
+	if code != 1 || !bytes.Contains(errb.Bytes(), []byte("no mesh password")) {
+		t.Fatalf("code %d, stderr %q", code, errb.String())
+	}
+}

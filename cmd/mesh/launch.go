@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/meshnet/mesh/daemon"
+)
+
+func launch(args []string, stderr io.Writer) error {
+	cfg := daemon.DefaultConfig()
+	fs := flag.NewFlagSet("mesh launch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: mesh launch [flags] [PEER...]\n\nRuns the mesh daemon in the foreground. PEER is host or host:port.\nThe password comes from --password-file or the MESH_PASSWORD environment variable,\nnever from a flag (it would show in ps).\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&cfg.Name, "name", "", "node name, unique in the mesh (default: the stored name, else the host name)")
+	advertise := fs.String("advertise-addr", "", "IP address other peers use to reach this one (default: picked from the interfaces)")
+	fs.IntVar(&cfg.Port, "port", cfg.Port, "gossip port, TCP and UDP")
+	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory for identity, keys and IPAM state")
+	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "unix socket of the control API")
+	passwordFile := fs.String("password-file", "", "file holding the mesh password")
+	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow running without a password: gossip unencrypted (not for production)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	peers, err := parseInterspersed(fs, args)
+	if err != nil {
+		return errUsage
+	}
+	cfg.Peers = peers
+	cfg.Version = version
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("invalid --log-level %q: %w", *logLevel, err)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if *advertise != "" {
+		a, err := netip.ParseAddr(*advertise)
+		if err != nil {
+			return fmt.Errorf("invalid --advertise-addr %q: %w", *advertise, err)
+		}
+		cfg.AdvertiseAddr = a
+	}
+	if cfg.Password, err = readPassword(*passwordFile); err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	d, err := daemon.Start(cfg)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		cfg.Logger.Info("stopping on signal")
+	case err := <-d.Done():
+		cfg.Logger.Error("control API stopped", "error", err)
+	}
+	return d.Stop()
+}
+
+// readPassword takes the password from file, or else from MESH_PASSWORD,
+// which it then removes from the environment so no child inherits it.
+func readPassword(file string) ([]byte, error) {
+	env, inEnv := os.LookupEnv("MESH_PASSWORD")
+	os.Unsetenv("MESH_PASSWORD")
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read password file: %w", err)
+		}
+		b = bytes.TrimRight(b, "\r\n")
+		if len(b) == 0 {
+			return nil, fmt.Errorf("password file %q is empty", file)
+		}
+		return b, nil
+	}
+	if inEnv && env == "" {
+		return nil, fmt.Errorf("MESH_PASSWORD is set but empty")
+	}
+	return []byte(env), nil
+}

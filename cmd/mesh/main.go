@@ -1,0 +1,87 @@
+// Command mesh is the mesh daemon (`mesh launch`) and its command-line
+// client (`mesh status`, `mesh connect`, ...). The client commands are thin:
+// they ask the running daemon over its unix socket and format the answer.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time by the Makefile.
+var version = "dev"
+
+const usage = `mesh: an encrypted mesh overlay network for containers
+
+Usage:
+  mesh launch [flags] [PEER...]     run the daemon in the foreground
+  mesh status [peers] [-o json]     show this node and the mesh as it sees it
+  mesh connect PEER                 add a peer to join (host or host:port)
+  mesh forget PEER                  stop trying a peer and forget it
+  mesh version                      print the version
+
+Run "mesh COMMAND -h" for the flags of a command.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage means the error was already explained along with the usage.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "launch":
+		err = launch(rest, stderr)
+	case "status":
+		err = status(rest, stdout, stderr)
+	case "connect", "forget":
+		err = peerCommand(cmd, rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "mesh: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+		return 2
+	default:
+		fmt.Fprintf(stderr, "mesh: %v\n", err)
+		return 1
+	}
+}
+
+// parseInterspersed parses flags that may come before, between or after
+// positional arguments ("mesh status peers -o json"), which the standard
+// flag package alone does not allow.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}

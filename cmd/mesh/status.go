@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+)
+
+func clientFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", api.DefaultSocket, "unix socket of the daemon's control API")
+	return fs, socket
+}
+
+func status(args []string, stdout, stderr io.Writer) error {
+	fs, socket := clientFlags("mesh status", stderr)
+	output := fs.String("o", "human", "output format: human or json")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: mesh status [peers] [-o json]\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return errUsage
+	}
+	what := ""
+	if len(pos) > 1 {
+		fmt.Fprintf(stderr, "mesh status: too many arguments: %v\n", pos)
+		return errUsage
+	}
+	if len(pos) == 1 {
+		what = pos[0]
+	}
+	if what != "" && what != "peers" {
+		fmt.Fprintf(stderr, "mesh status: unknown subject %q (want peers)\n", what)
+		return errUsage
+	}
+	if *output != "human" && *output != "json" {
+		fmt.Fprintf(stderr, "mesh status: unknown output format %q (want human or json)\n", *output)
+		return errUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := api.NewClient(*socket).Status(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	switch {
+	case *output == "json" && what == "peers":
+		return writeIndented(stdout, st.Peers)
+	case *output == "json":
+		return writeIndented(stdout, st)
+	case what == "peers":
+		formatPeers(stdout, st)
+	default:
+		formatStatus(stdout, st, now)
+	}
+	return nil
+}
+
+func writeIndented(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func peerCommand(cmd string, args []string, stdout, stderr io.Writer) error {
+	fs, socket := clientFlags("mesh "+cmd, stderr)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return errUsage
+	}
+	if len(pos) != 1 {
+		fmt.Fprintf(stderr, "Usage: mesh %s PEER\n", cmd)
+		return errUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := api.NewClient(*socket)
+	if cmd == "connect" {
+		err = c.Connect(ctx, pos[0])
+	} else {
+		err = c.Forget(ctx, pos[0])
+	}
+	if err != nil {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,67 @@
+package daemon
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"github.com/meshnet/mesh/internal/atomicfile"
+)
+
+// Identity is what makes a restarted node the same peer.
+type Identity struct {
+	Name   string `json:"name"`
+	PeerID string `json:"peerID"`
+}
+
+// loadIdentity reads the identity file, or creates one with a new random
+// peer ID. name, when not empty, overrides the stored name (the peer ID,
+// not the name, is what stays the same). A file that exists but cannot be
+// parsed is an error naming it: silently making a new identity would turn
+// this node into a stranger to its own mesh.
+func loadIdentity(path, name string) (Identity, error) {
+	var id Identity
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(data, &id); err != nil {
+			return Identity{}, fmt.Errorf("corrupt state file %q: %w (move it away to start as a new peer)", path, err)
+		}
+		if id.PeerID == "" || len(id.PeerID) != 32 {
+			return Identity{}, fmt.Errorf("corrupt state file %q: peer ID %q is not 32 hex digits (move it away to start as a new peer)", path, id.PeerID)
+		}
+		if _, err := hex.DecodeString(id.PeerID); err != nil {
+			return Identity{}, fmt.Errorf("corrupt state file %q: peer ID: %w", path, err)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		var b [16]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return Identity{}, fmt.Errorf("failed to make a peer ID: %w", err)
+		}
+		id.PeerID = hex.EncodeToString(b[:])
+	default:
+		return Identity{}, fmt.Errorf("failed to read state file %q: %w", path, err)
+	}
+	if name != "" {
+		id.Name = name
+	}
+	if id.Name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return Identity{}, fmt.Errorf("failed to get the host name for the node name: %w", err)
+		}
+		id.Name = h
+	}
+	out, err := json.MarshalIndent(id, "", "  ")
+	if err != nil {
+		return Identity{}, err
+	}
+	if err := atomicfile.Write(path, append(out, '\n'), 0o600); err != nil {
+		return Identity{}, fmt.Errorf("failed to save identity: %w", err)
+	}
+	return id, nil
+}

@@ -1,0 +1,72 @@
+package daemon
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestIdentityRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "identity.json")
+	a, err := loadIdentity(path, "node-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Name != "node-a" || len(a.PeerID) != 32 {
+		t.Fatalf("new identity = %+v", a)
+	}
+	b, err := loadIdentity(path, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b != a {
+		t.Fatalf("reloaded identity %+v, want %+v", b, a)
+	}
+	c, err := loadIdentity(path, "renamed")
+	if err != nil || c.PeerID != a.PeerID || c.Name != "renamed" {
+		t.Fatalf("renamed identity = %+v, %v", c, err)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("identity mode = %v", fi.Mode().Perm())
+	}
+}
+
+func TestIdentityCorrupt(t *testing.T) {
+	for name, content := range map[string]string{
+		"not json":   "{\"name\": ",
+		"no peer id": `{"name":"a"}`,
+		"bad hex":    `{"name":"a","peerID":"zz000000000000000000000000000000"}`,
+		"truncated":  "",
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "identity.json")
+			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := loadIdentity(path, "a")
+			if err == nil || !strings.Contains(err.Error(), path) {
+				t.Fatalf("err = %v, want an error naming %s", err, path)
+			}
+			if got, _ := os.ReadFile(path); string(got) != content {
+				t.Fatal("a corrupt identity file was overwritten")
+			}
+		})
+	}
+}
+
+func TestValidateRequiresPassword(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err != ErrNoPassword {
+		t.Fatalf("Validate() = %v, want ErrNoPassword", err)
+	}
+	cfg.Insecure = true
+	cfg.Peers = []string{"192.0.2.1", "host:99999"}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "99999") {
+		t.Fatalf("Validate() = %v, want a bad port error", err)
+	}
+	cfg.Peers = []string{"192.0.2.1"}
+	if err := cfg.Validate(); err != nil || cfg.Peers[0] != "192.0.2.1:6783" {
+		t.Fatalf("Validate() = %v, peers %v", err, cfg.Peers)
+	}
+}

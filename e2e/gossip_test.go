@@ -1,0 +1,146 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// memberlist's LAN settings detect a dead node in a few seconds; the bound
+// leaves room for a loaded CI machine.
+const detectTimeout = 45 * time.Second
+
+func startFive(t *testing.T) (*testnet.Net, []*node) {
+	testnet.RequireRoot(t)
+	net := testnet.New(t, testnet.Options{Hosts: 5, Prefix: "gsp"})
+	hosts := net.Hosts()
+	var nodes []*node
+	for i, h := range hosts {
+		var peers []*testnet.Host
+		if i > 0 {
+			peers = hosts[:1] // everyone names only the first host
+		}
+		nodes = append(nodes, launch(t, h, peers))
+	}
+	dumpLogsOnFailure(t, nodes...)
+	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
+	return net, nodes
+}
+
+func TestFiveJoinWrongPasswordAndNoPassword(t *testing.T) {
+	net, nodes := startFive(t)
+
+	// A sixth host with the wrong password is seen by nobody and sees nobody.
+	bad := net.AddHost(t)
+	intruder := launchWithEnv(t, bad, net.Hosts()[:1], []string{"MESH_PASSWORD=not the password"})
+	dumpLogsOnFailure(t, intruder)
+	testnet.Eventually(t, 30*time.Second, 250*time.Millisecond, func() error {
+		st, err := intruder.status()
+		if err != nil {
+			return err
+		}
+		if len(st.Targets) != 1 || st.Targets[0].State != "failed" {
+			return fmt.Errorf("intruder's targets: %+v", st.Targets)
+		}
+		return nil
+	})
+	if !strings.Contains(intruder.proc.Log(), "wrong mesh password?") {
+		t.Fatalf("the intruder's log does not say why it cannot join:\n%s", intruder.proc.Log())
+	}
+	if st := intruder.mustStatus(); len(st.Peers) != 1 {
+		t.Fatalf("intruder sees %+v", st.Peers)
+	}
+	expectStates(t, 5*time.Second, nodes, allAlive(nodes), true)
+
+	// A seventh without password and without --insecure refuses to start.
+	lone := net.AddHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := lone.Run(ctx, meshBinary(t), "launch", "--name", lone.Name, lone.Addr.String())
+	if err == nil || !strings.Contains(out, "no mesh password") {
+		t.Fatalf("launch without password: err=%v, output:\n%s", err, out)
+	}
+
+	for _, n := range append(nodes, intruder) {
+		assertNoSecret(t, "the log of "+n.host.Name, n.proc.Log())
+		st, _ := n.host.Run(ctx, n.bin, "status", "-o", "json")
+		assertNoSecret(t, "status", st)
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.proc.PID()))
+		assertNoSecret(t, "the command line", string(cmdline))
+	}
+	// The control socket is root-only.
+	out, err = nodes[0].host.Run(ctx, "stat", "-c", "%a", "/run/mesh/mesh.sock")
+	if err != nil || strings.TrimSpace(out) != "600" {
+		t.Fatalf("socket mode: %q, %v", out, err)
+	}
+}
+
+func TestKillRestartRejoinsAsSamePeer(t *testing.T) {
+	_, nodes := startFive(t)
+	victim := nodes[3]
+	before := victim.mustStatus().PeerID
+	if err := victim.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	others := append(append([]*node{}, nodes[:3]...), nodes[4])
+	expectStates(t, detectTimeout, others, map[string]string{victim.host.Name: "dead"}, false)
+
+	victim.start()
+	if after := victim.mustStatus().PeerID; after != before {
+		t.Fatalf("peer ID changed across restart: %s -> %s", before, after)
+	}
+	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
+	for _, n := range others {
+		for _, p := range n.mustStatus().Peers {
+			if p.Name == victim.host.Name && p.PeerID != before {
+				t.Fatalf("%s sees %s with peer ID %s, want %s", n.host.Name, p.Name, p.PeerID, before)
+			}
+		}
+	}
+}
+
+func TestPartitionAndHeal(t *testing.T) {
+	net, nodes := startFive(t)
+	hosts := net.Hosts()
+	left, right := hosts[:2], hosts[2:5]
+	net.Partition(left, right)
+	// Each side stops seeing the other as alive.
+	notAlive := func(ns []*node, names []*testnet.Host) {
+		testnet.Eventually(t, detectTimeout, 250*time.Millisecond, func() error {
+			for _, n := range ns {
+				got, err := n.peerStates()
+				if err != nil {
+					return err
+				}
+				for _, h := range names {
+					if got[h.Name] == "alive" {
+						return fmt.Errorf("%s still sees %s alive", n.host.Name, h.Name)
+					}
+				}
+			}
+			return nil
+		})
+	}
+	notAlive(nodes[:2], right)
+	notAlive(nodes[2:], left)
+	net.Heal()
+	expectStates(t, 90*time.Second, nodes, allAlive(nodes), true)
+}
+
+func TestSIGTERMLeavesGracefully(t *testing.T) {
+	_, nodes := startFive(t)
+	if err := nodes[4].proc.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	expectStates(t, detectTimeout, nodes[:4], map[string]string{nodes[4].host.Name: "left"}, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if out, err := nodes[4].host.Run(ctx, "test", "-e", "/run/mesh/mesh.sock"); err == nil {
+		t.Fatalf("socket left behind after SIGTERM: %s", out)
+	}
+}

@@ -1,0 +1,52 @@
+package mesh
+
+import (
+	"log/slog"
+	"net/netip"
+	"time"
+)
+
+// DefaultPort is the gossip port, TCP and UDP, as in Weave Net.
+const DefaultPort = 6783
+
+// Config configures a Membership. Start from DefaultConfig.
+type Config struct {
+	// Name is this node's name, unique in the mesh.
+	Name string
+	// Meta is gossiped to every other node.
+	Meta Meta
+	// BindAddr is the address to listen on; the zero value means all.
+	BindAddr netip.Addr
+	// AdvertiseAddr is the address other nodes use to reach this one; the
+	// zero value lets memberlist pick the address of an interface.
+	AdvertiseAddr netip.Addr
+	// Port is the gossip port, TCP and UDP.
+	Port int
+	// GossipKey is the AES-256-GCM key. Nil means no encryption, which the
+	// daemon allows only with --insecure.
+	GossipKey []byte
+	// Label is put on every packet and stream, so that two meshes on one
+	// network never merge even if they shared a key.
+	Label string
+	// Targets are the peers named at launch, as host:port.
+	Targets []string
+	// RememberedFile persists the addresses of peers learned through gossip
+	// so that a restart can rejoin through any of them. Empty disables it.
+	RememberedFile string
+	// RetryMin and RetryMax bound the backoff between join attempts.
+	RetryMin, RetryMax time.Duration
+	// Logger receives membership events and memberlist's own log lines.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a Config for a LAN mesh with the default port and
+// backoff. The caller must set Name and Meta.
+func DefaultConfig() Config {
+	return Config{
+		Port:     DefaultPort,
+		Label:    "mesh/v1",
+		RetryMin: time.Second,
+		RetryMax: 30 * time.Second,
+		Logger:   slog.Default(),
+	}
+}

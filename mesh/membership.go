@@ -1,0 +1,294 @@
+// Package mesh is the membership layer: which nodes are in the mesh, how to
+// reach them, and a gossip transport that other parts of the daemon (the IPAM)
+// use through named channels without this package knowing what they carry.
+package mesh
+
+import (
+	"errors"
+	"fmt"
+	"log"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Member states, as shown in status.
+const (
+	StateAlive   = "alive"
+	StateSuspect = "suspect"
+	StateDead    = "dead"
+	StateLeft    = "left"
+)
+
+// Member is one node as this node sees it.
+type Member struct {
+	Name    string
+	Addr    netip.AddrPort
+	State   string
+	Self    bool
+	Meta    Meta
+	MetaErr error
+}
+
+// Membership runs memberlist for this node. Its methods are safe for
+// concurrent use. Close (or Leave then Close) must be called to stop it.
+type Membership struct {
+	cfg      Config
+	log      *slog.Logger
+	list     *memberlist.Memberlist
+	delegate *delegate
+
+	mu      sync.Mutex
+	members map[string]*Member // every node ever seen since start, dead ones too
+	byeFrom map[string]bool    // nodes that announced a graceful leave
+	subs    []chan struct{}
+
+	channels  channels
+	targets   *targets
+	closeOnce sync.Once
+	stopOnce  sync.Once
+	done      chan struct{}
+	wg        sync.WaitGroup
+}
+
+// New starts memberlist on the configured port and begins joining the
+// targets in the background; it does not wait for any of them.
+func New(cfg Config) (*Membership, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Name == "" {
+		return nil, errors.New("node name is empty")
+	}
+	metaBytes, err := cfg.Meta.Encode()
+	if err != nil {
+		return nil, err
+	}
+	m := &Membership{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		members: make(map[string]*Member),
+		byeFrom: make(map[string]bool),
+		done:    make(chan struct{}),
+	}
+	m.channels.init(m)
+
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindPort = cfg.Port
+	mc.AdvertisePort = cfg.Port
+	if cfg.BindAddr.IsValid() {
+		mc.BindAddr = cfg.BindAddr.String()
+	}
+	if cfg.AdvertiseAddr.IsValid() {
+		mc.AdvertiseAddr = cfg.AdvertiseAddr.String()
+	}
+	mc.Label = cfg.Label
+	if cfg.GossipKey != nil {
+		kr, err := memberlist.NewKeyring(nil, cfg.GossipKey)
+		if err != nil {
+			return nil, fmt.Errorf("failed to create gossip keyring: %w", err)
+		}
+		mc.Keyring = kr
+		mc.GossipVerifyIncoming = true
+		mc.GossipVerifyOutgoing = true
+	}
+	m.delegate = &delegate{m: m, meta: metaBytes}
+	mc.Delegate = m.delegate
+	ev := &events{m: m}
+	mc.Events = ev
+	mc.Ping = ev
+	mc.Logger = log.New(logWriter{log: m.log.With("component", "memberlist"), suspect: m.suspected}, "", 0)
+	// Dead nodes stay in memberlist's list long enough for a restarted peer
+	// to be recognised; our own map keeps them for status beyond that.
+	mc.DeadNodeReclaimTime = 10 * time.Second
+
+	list, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("failed to start gossip on port %d: %w", cfg.Port, err)
+	}
+	m.list = list
+	self := list.LocalNode()
+	m.members[self.Name] = memberFromNode(self, true)
+	m.targets = newTargets(m, cfg)
+
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.targets.loop(m.done)
+	}()
+	return m, nil
+}
+
+// Name is this node's name.
+func (m *Membership) Name() string { return m.cfg.Name }
+
+// LocalAddr is the address and port this node advertises.
+func (m *Membership) LocalAddr() netip.AddrPort {
+	return nodeAddr(m.list.LocalNode())
+}
+
+// Members returns every node known, this one included, sorted by name.
+func (m *Membership) Members() []Member {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Member, 0, len(m.members))
+	for _, mem := range m.members {
+		out = append(out, *mem)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Subscribe returns a channel that receives a value (coalesced, never
+// blocking the sender) whenever the membership changes.
+func (m *Membership) Subscribe() <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	m.mu.Lock()
+	m.subs = append(m.subs, ch)
+	m.mu.Unlock()
+	return ch
+}
+
+// UpdateMeta changes this node's metadata and gossips it.
+func (m *Membership) UpdateMeta(meta Meta) error {
+	b, err := meta.Encode()
+	if err != nil {
+		return err
+	}
+	m.delegate.setMeta(b)
+	return m.list.UpdateNode(5 * time.Second)
+}
+
+// Leave announces that this node leaves the mesh, waiting at most timeout
+// for the message to spread. The node stays usable only for Close.
+func (m *Membership) Leave(timeout time.Duration) error {
+	m.stopLoop()
+	m.sayGoodbye(timeout / 2)
+	if err := m.list.Leave(timeout); err != nil {
+		return fmt.Errorf("failed to leave the mesh: %w", err)
+	}
+	return nil
+}
+
+// Close stops the join loop and memberlist. It does not announce a leave:
+// a crash-like stop lets the others detect the node as dead.
+func (m *Membership) Close() error {
+	var err error
+	m.closeOnce.Do(func() {
+		m.stopLoop()
+		err = m.list.Shutdown()
+	})
+	return err
+}
+
+func (m *Membership) stopLoop() {
+	m.stopOnce.Do(func() {
+		close(m.done)
+		m.wg.Wait()
+	})
+}
+
+func (m *Membership) notify() {
+	for _, ch := range m.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (m *Membership) observe(n *memberlist.Node, state string) {
+	m.mu.Lock()
+	self := n.Name == m.cfg.Name
+	mem := memberFromNode(n, self)
+	mem.State = state
+	m.members[n.Name] = mem
+	m.notify()
+	m.mu.Unlock()
+	if !self {
+		m.targets.learned(nodeAddr(n))
+	}
+}
+
+func memberFromNode(n *memberlist.Node, self bool) *Member {
+	meta, err := DecodeMeta(n.Meta)
+	return &Member{Name: n.Name, Addr: nodeAddr(n), State: StateAlive, Self: self, Meta: meta, MetaErr: err}
+}
+
+func nodeAddr(n *memberlist.Node) netip.AddrPort {
+	a, _ := netip.AddrFromSlice(n.Addr)
+	return netip.AddrPortFrom(a.Unmap(), n.Port)
+}
+
+// setState moves a member to state if it is currently in state from.
+func (m *Membership) setState(name, state, from string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if mem, ok := m.members[name]; ok && mem.State == from && !mem.Self {
+		mem.State = state
+		m.notify()
+	}
+}
+
+// events feeds memberlist's join/leave/update callbacks into the member map.
+type events struct{ m *Membership }
+
+func (e *events) NotifyJoin(n *memberlist.Node) {
+	e.m.log.Info("peer joined", "peer", n.Name, "address", nodeAddr(n))
+	e.m.observe(n, StateAlive)
+}
+
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	if n.Name == e.m.cfg.Name {
+		return
+	}
+	// memberlist does not say whether a node left or died (Node.State is
+	// not maintained), so a leaving node says goodbye on our own channel
+	// first; without that word it is dead.
+	state := StateDead
+	e.m.mu.Lock()
+	if e.m.byeFrom[n.Name] {
+		state = StateLeft
+		delete(e.m.byeFrom, n.Name)
+	}
+	e.m.mu.Unlock()
+	if state == StateLeft {
+		e.m.log.Info("peer left", "peer", n.Name)
+	} else {
+		e.m.log.Warn("peer is dead", "peer", n.Name, "address", nodeAddr(n))
+	}
+	e.m.observe(n, state)
+}
+
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.m.observe(n, StateAlive) }
+
+// NotifyPingComplete is memberlist's PingDelegate: an answered probe proves
+// the node alive from here, which clears a suspicion.
+func (e *events) NotifyPingComplete(n *memberlist.Node, _ time.Duration, _ []byte) {
+	e.m.setState(n.Name, StateAlive, StateSuspect)
+}
+
+// AckPayload is part of memberlist's PingDelegate; we send none.
+func (e *events) AckPayload() []byte { return nil }
+
+func (m *Membership) suspected(name string) { m.setState(name, StateSuspect, StateAlive) }
+
+// sayGoodbye tells every live member over TCP that this node is leaving, so
+// they show it as left rather than dead. Bounded by timeout in total.
+func (m *Membership) sayGoodbye(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	msg := envelope(channelControl, m.cfg.Name, []byte(controlBye))
+	for _, n := range m.list.Members() {
+		if n.Name == m.cfg.Name || time.Now().After(deadline) {
+			continue
+		}
+		if err := m.list.SendReliable(n, msg); err != nil {
+			m.log.Debug("failed to say goodbye", "peer", n.Name, "error", err)
+		}
+	}
+}

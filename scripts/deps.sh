@@ -1,0 +1,23 @@
+#!/bin/sh
+# Installs the Debian packages that the tests and the demo use, if missing.
+# Safe to run again: it does nothing when everything is there.
+set -eu
+need=""
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip       || need="$need iproute2"
+have nft      || need="$need nftables"
+have ping     || need="$need iputils-ping"
+have nsenter  || need="$need util-linux"
+have tcpdump  || need="$need tcpdump"
+have iperf3   || need="$need iperf3"
+if [ -n "$need" ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "deps: missing:$need (run as root to install them)" >&2
+		exit 1
+	fi
+	echo "deps: installing$need"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	# shellcheck disable=SC2086
+	apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
