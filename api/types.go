@@ -13,6 +13,57 @@ type Status struct {
 	Version string   `json:"version"`
 	Peers   []Peer   `json:"peers"`
 	Targets []Target `json:"targets"`
+
+	// OverlayIP is this node's own overlay address, on its bridge: the
+	// first usable address of its first range. Empty until it owns one.
+	OverlayIP string `json:"overlayIP,omitempty"`
+	IPAM      *IPAM  `json:"ipam,omitempty"`
+
+	// Dataplane is "kernel" or "userspace"; MTU is the overlay MTU in use.
+	Dataplane   string       `json:"dataplane,omitempty"`
+	MTU         int          `json:"mtu,omitempty"`
+	Connections []Connection `json:"connections,omitempty"`
+}
+
+// IPAM is this node's view of the address ring.
+type IPAM struct {
+	Range string `json:"range"`
+	// Status is "ready" when this node can allocate, "waiting" while the
+	// first split is being agreed, or a word naming the problem.
+	Status    string      `json:"status"`
+	Owned     []string    `json:"owned"`
+	Allocated int         `json:"allocated"`
+	Ranges    []RangeInfo `json:"ranges"`
+	// Peers summarises ownership per peer, sorted by name.
+	Peers []IPAMPeer `json:"peers,omitempty"`
+	// Problems are conditions an operator must look at, in plain words.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// RangeInfo is one range of the ring and its owner.
+type RangeInfo struct {
+	CIDR  string `json:"cidr"`
+	Owner string `json:"owner"`
+}
+
+// IPAMPeer is how much of the range one peer owns.
+type IPAMPeer struct {
+	Name      string  `json:"name"`
+	Addresses uint64  `json:"addresses"`
+	Percent   float64 `json:"percent"`
+	Reachable bool    `json:"reachable"`
+}
+
+// Connection is the data-plane link to one peer.
+type Connection struct {
+	Peer     string `json:"peer"`
+	Endpoint string `json:"endpoint"`
+	// State is established (a handshake within the last 3 minutes),
+	// connecting, or failed.
+	State         string `json:"state"`
+	LastHandshake string `json:"lastHandshake"`
+	RxBytes       int64  `json:"rxBytes"`
+	TxBytes       int64  `json:"txBytes"`
 }
 
 // Peer is one member of the mesh as this node sees it.

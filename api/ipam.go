@@ -1,0 +1,77 @@
+package api
+
+import "context"
+
+// AllocateRequest asks the daemon for a pod address (POST /v1/ipam/allocate).
+// The same (ContainerID, IfName) always gets the same address back until it
+// is released, so a retried CNI ADD is harmless.
+type AllocateRequest struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// Allocation is what a pod needs to be wired to the node.
+type Allocation struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+	// Address is the pod's IP as a host prefix, e.g. "10.32.0.7/32".
+	Address string `json:"address"`
+	// Gateway is the node's overlay IP on the bridge; pods reach it with an
+	// on-link route, as the bridge holds it as a host prefix.
+	Gateway string `json:"gateway,omitempty"`
+	// Bridge is the node's bridge the pod's host-side veth is attached to.
+	Bridge string `json:"bridge,omitempty"`
+	// MTU for the pod's interface (the data plane's MTU).
+	MTU int `json:"mtu,omitempty"`
+	// ClusterRange is the whole overlay range, e.g. "10.32.0.0/12".
+	ClusterRange string `json:"clusterRange,omitempty"`
+}
+
+// ReleaseRequest frees an address (POST /v1/ipam/release). Releasing an
+// unknown container is not an error.
+type ReleaseRequest struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// GCRequest releases every allocation not listed (POST /v1/ipam/gc).
+type GCRequest struct {
+	Valid []ReleaseRequest `json:"valid"`
+}
+
+// GCResult counts what GC released.
+type GCResult struct {
+	Released int `json:"released"`
+}
+
+// Allocate asks for the address of (containerID, ifName).
+func (c *Client) Allocate(ctx context.Context, containerID, ifName string) (*Allocation, error) {
+	var a Allocation
+	if err := c.Do(ctx, "POST", "/v1/ipam/allocate", AllocateRequest{ContainerID: containerID, IfName: ifName}, &a); err != nil {
+		return nil, err
+	}
+	return &a, nil
+}
+
+// Release frees the address of (containerID, ifName).
+func (c *Client) Release(ctx context.Context, containerID, ifName string) error {
+	return c.Do(ctx, "POST", "/v1/ipam/release", ReleaseRequest{ContainerID: containerID, IfName: ifName}, nil)
+}
+
+// GC releases every allocation not in valid.
+func (c *Client) GC(ctx context.Context, valid []ReleaseRequest) (int, error) {
+	var r GCResult
+	if err := c.Do(ctx, "POST", "/v1/ipam/gc", GCRequest{Valid: valid}, &r); err != nil {
+		return 0, err
+	}
+	return r.Released, nil
+}
+
+// Allocations lists this node's allocations (GET /v1/ipam/allocations).
+func (c *Client) Allocations(ctx context.Context) ([]Allocation, error) {
+	var out []Allocation
+	if err := c.Do(ctx, "GET", "/v1/ipam/allocations", nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
