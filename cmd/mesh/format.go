@@ -22,8 +22,27 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 		counts[p.State]++
 	}
 	fmt.Fprintf(tw, "Peers:\t%d (%s)\n", len(st.Peers), stateCounts(counts, "alive", "suspect", "dead", "left"))
+	if st.IPAM != nil {
+		fmt.Fprintf(tw, "IPAM:\t%s, range %s, %d owned range(s), %d allocated\n", st.IPAM.Status, st.IPAM.Range, len(st.IPAM.Owned), st.IPAM.Allocated)
+	}
+	if st.OverlayIP != "" {
+		fmt.Fprintf(tw, "Overlay IP:\t%s\n", st.OverlayIP)
+	}
+	if st.Dataplane != "" {
+		conns := map[string]int{}
+		for _, c := range st.Connections {
+			conns[c.State]++
+		}
+		fmt.Fprintf(tw, "Data plane:\t%s, MTU %d, connections: %s\n", st.Dataplane, st.MTU, stateCounts(conns, "established", "connecting", "failed"))
+	}
 	tw.Flush()
 	formatTargets(w, st.Targets, now)
+	if st.IPAM != nil && len(st.IPAM.Problems) > 0 {
+		fmt.Fprintln(w, "\nProblems:")
+		for _, p := range st.IPAM.Problems {
+			fmt.Fprintf(w, "  - %s\n", p)
+		}
+	}
 }
 
 func stateCounts(counts map[string]int, order ...string) string {

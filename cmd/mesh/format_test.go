@@ -40,6 +40,22 @@ func sampleStatus() *api.Status {
 			{Name: "host-b", Address: "192.0.2.11:6783", State: "alive", Self: true, PeerID: "0123456789abcdef0123456789abcdef"},
 			{Name: "a-very-long-host-name", Address: "192.0.2.10:6783", State: "suspect", PeerID: "aa"},
 		},
+		OverlayIP: "10.32.0.1",
+		IPAM: &api.IPAM{
+			Range: "10.32.0.0/12", Status: "ready", Owned: []string{"10.32.0.0/14"}, Allocated: 7,
+			Ranges: []api.RangeInfo{{CIDR: "10.32.0.0/14", Owner: "host-b"}},
+			Peers: []api.IPAMPeer{
+				{Name: "host-c", Addresses: 524288, Percent: 50, Reachable: false},
+				{Name: "host-b", Addresses: 262144, Percent: 25, Reachable: true},
+				{Name: "a-very-long-host-name", Addresses: 262144, Percent: 25, Reachable: true},
+			},
+			Problems: []string{"host-c owns 50.0% of the range and is unreachable: if it is gone for good, run `mesh rmpeer host-c` on one live node"},
+		},
+		Dataplane: "userspace", MTU: 1420,
+		Connections: []api.Connection{
+			{Peer: "host-c", Endpoint: "192.0.2.12:6784", State: "failed", RxBytes: 0, TxBytes: 1480},
+			{Peer: "a-very-long-host-name", Endpoint: "192.0.2.10:6784", State: "established", LastHandshake: now.Add(-42 * time.Second).Format(time.RFC3339), RxBytes: 123456789, TxBytes: 2048},
+		},
 		Targets: []api.Target{
 			{Address: "192.0.2.99:6783", Source: "launch", State: "retrying", Error: "cannot join 192.0.2.99:6783: dial tcp 192.0.2.99:6783: i/o timeout", NextRetry: now.Add(8 * time.Second).Format(time.RFC3339)},
 			{Address: "192.0.2.10:6783", Source: "launch", State: "connected"},
@@ -58,6 +74,9 @@ func TestFormatGolden(t *testing.T) {
 			formatStatus(b, &api.Status{Name: "solo", PeerID: "ff", Version: "dev", Peers: []api.Peer{{Name: "solo", State: "alive", Self: true}}}, now)
 		}},
 		{"peers", func(b *bytes.Buffer) { formatPeers(b, sampleStatus()) }},
+		{"ipam", func(b *bytes.Buffer) { formatIPAM(b, sampleStatus()) }},
+		{"ipam-off", func(b *bytes.Buffer) { formatIPAM(b, &api.Status{}) }},
+		{"connections", func(b *bytes.Buffer) { formatConnections(b, sampleStatus(), now) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

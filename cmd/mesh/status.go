@@ -22,7 +22,7 @@ func status(args []string, stdout, stderr io.Writer) error {
 	fs, socket := clientFlags("mesh status", stderr)
 	output := fs.String("o", "human", "output format: human or json")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: mesh status [peers] [-o json]\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: mesh status [peers|connections|ipam] [-o json]\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fs, args)
@@ -37,8 +37,10 @@ func status(args []string, stdout, stderr io.Writer) error {
 	if len(pos) == 1 {
 		what = pos[0]
 	}
-	if what != "" && what != "peers" {
-		fmt.Fprintf(stderr, "mesh status: unknown subject %q (want peers)\n", what)
+	switch what {
+	case "", "peers", "connections", "ipam":
+	default:
+		fmt.Fprintf(stderr, "mesh status: unknown subject %q (want peers, connections or ipam)\n", what)
 		return errUsage
 	}
 	if *output != "human" && *output != "json" {
@@ -52,17 +54,35 @@ func status(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	now := time.Now()
-	switch {
-	case *output == "json" && what == "peers":
-		return writeIndented(stdout, st.Peers)
-	case *output == "json":
+	if *output == "json" {
+		switch what {
+		case "peers":
+			return writeIndented(stdout, st.Peers)
+		case "connections":
+			return writeIndented(stdout, orEmpty(st.Connections))
+		case "ipam":
+			return writeIndented(stdout, st.IPAM)
+		}
 		return writeIndented(stdout, st)
-	case what == "peers":
+	}
+	switch what {
+	case "peers":
 		formatPeers(stdout, st)
+	case "connections":
+		formatConnections(stdout, st, now)
+	case "ipam":
+		formatIPAM(stdout, st)
 	default:
 		formatStatus(stdout, st, now)
 	}
 	return nil
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
 }
 
 func writeIndented(w io.Writer, v any) error {

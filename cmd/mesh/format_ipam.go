@@ -1,0 +1,86 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"text/tabwriter"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+)
+
+// formatIPAM prints the ring as this node sees it: one line per peer with
+// what it owns, unreachable owners marked, then any problem in plain words.
+func formatIPAM(w io.Writer, st *api.Status) {
+	if st.IPAM == nil {
+		fmt.Fprintln(w, "IPAM is not running on this node.")
+		return
+	}
+	ip := st.IPAM
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "Range:\t%s\n", ip.Range)
+	fmt.Fprintf(tw, "Status:\t%s\n", ip.Status)
+	if st.OverlayIP != "" {
+		fmt.Fprintf(tw, "Overlay IP:\t%s\n", st.OverlayIP)
+	}
+	fmt.Fprintf(tw, "Allocated:\t%d\n", ip.Allocated)
+	tw.Flush()
+	peers := append([]api.IPAMPeer(nil), ip.Peers...)
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })
+	if len(peers) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "PEER\tADDRESSES\tRANGE %\tNOTE")
+		for _, p := range peers {
+			note := ""
+			if p.Name == st.Name {
+				note = "self"
+			} else if !p.Reachable {
+				note = "unreachable"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%.1f%%\t%s\n", p.Name, p.Addresses, p.Percent, note)
+		}
+		tw.Flush()
+	}
+	if len(ip.Problems) > 0 {
+		fmt.Fprintln(w, "\nProblems:")
+		for _, p := range ip.Problems {
+			fmt.Fprintf(w, "  - %s\n", p)
+		}
+	}
+}
+
+// formatConnections prints one line per data-plane peer, sorted by name.
+func formatConnections(w io.Writer, st *api.Status, now time.Time) {
+	if st.Dataplane == "" {
+		fmt.Fprintln(w, "The data plane is not running on this node.")
+		return
+	}
+	fmt.Fprintf(w, "Data plane: %s, MTU %d\n\n", st.Dataplane, st.MTU)
+	cs := append([]api.Connection(nil), st.Connections...)
+	sort.Slice(cs, func(i, j int) bool { return cs[i].Peer < cs[j].Peer })
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tENDPOINT\tSTATE\tLAST HANDSHAKE\tRX\tTX\tMTU")
+	for _, c := range cs {
+		hs := "never"
+		if t, err := time.Parse(time.RFC3339, c.LastHandshake); err == nil {
+			hs = now.Sub(t).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", c.Peer, c.Endpoint, c.State, hs, bytesHuman(c.RxBytes), bytesHuman(c.TxBytes), st.MTU)
+	}
+	tw.Flush()
+}
+
+func bytesHuman(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
