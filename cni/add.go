@@ -1,0 +1,285 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/utils"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/meshnet/mesh/api"
+)
+
+// rollbackTimeout bounds the release of a failed ADD's allocation; it gets
+// its own deadline because the ADD's may be what failed.
+const rollbackTimeout = 5 * time.Second
+
+// attachment is what the daemon's allocation means for the pod's wiring.
+type attachment struct {
+	addr    netip.Prefix // the pod's address, a host prefix
+	gateway netip.Addr   // the node's overlay IP, on the bridge
+	bridge  string
+	mtu     int // 0: the bridge's
+}
+
+// parseAllocation validates the daemon's answer, so a daemon bug is reported
+// as such instead of as a strange netlink error.
+func parseAllocation(a *api.Allocation) (*attachment, error) {
+	addr, err := netip.ParsePrefix(a.Address)
+	if err != nil {
+		return nil, fmt.Errorf("the mesh daemon returned an invalid address %q: %w", a.Address, err)
+	}
+	if !addr.IsSingleIP() {
+		return nil, fmt.Errorf("the mesh daemon returned address %q, want a host prefix (/32 or /128)", a.Address)
+	}
+	gw, err := netip.ParseAddr(a.Gateway)
+	if err != nil {
+		return nil, fmt.Errorf("the mesh daemon returned an invalid gateway %q: %w", a.Gateway, err)
+	}
+	if gw.Is4() != addr.Addr().Is4() {
+		return nil, fmt.Errorf("the mesh daemon returned gateway %s for address %s of another family", gw, addr)
+	}
+	if a.MTU < 0 {
+		return nil, fmt.Errorf("the mesh daemon returned an invalid MTU %d", a.MTU)
+	}
+	att := &attachment{addr: addr, gateway: gw, bridge: a.Bridge, mtu: a.MTU}
+	if att.bridge == "" {
+		att.bridge = defaultBridge
+	}
+	return att, nil
+}
+
+// validateArgs checks what the runtime passed in the environment, as skel
+// does, for callers (tests, other runtimes' libraries) that bypass skel.
+func validateArgs(args *skel.CmdArgs) error {
+	if err := utils.ValidateContainerID(args.ContainerID); err != nil {
+		return err
+	}
+	if err := utils.ValidateInterfaceName(args.IfName); err != nil {
+		return types.NewError(err.Code, fmt.Sprintf("invalid interface name %q (CNI_IFNAME): %s", args.IfName, err.Msg), err.Details)
+	}
+	return nil
+}
+
+// Add wires the pod: allocate its address, create the veth pair, configure
+// both ends. On any failure everything done so far is undone.
+func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result, retErr error) {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateArgs(args); err != nil {
+		return nil, err
+	}
+	if args.Netns == "" {
+		return nil, newError(types.ErrInvalidEnvironmentVariables, "missing pod netns (CNI_NETNS)")
+	}
+	pod, err := openNS(args.Netns)
+	if err != nil {
+		return nil, newError(types.ErrInvalidEnvironmentVariables, "%v", err)
+	}
+	defer pod.close()
+	host, err := openNS(p.HostNS)
+	if err != nil {
+		return nil, internalError("%v", err)
+	}
+	defer host.close()
+
+	// Checked before allocating: the allocation is idempotent, so it may be
+	// the one of this very interface, which rolling back would break.
+	if _, err := pod.LinkByName(args.IfName); err == nil {
+		return nil, internalError("interface %q already exists in %s", args.IfName, pod)
+	} else if !isNotFound(err) {
+		return nil, internalError("failed to look up interface %q in %s: %v", args.IfName, pod, err)
+	}
+
+	client := api.NewClient(conf.socket())
+	alloc, err := client.Allocate(ctx, args.ContainerID, args.IfName)
+	if err != nil {
+		return nil, daemonError(fmt.Sprintf("allocate an address for container %q", args.ContainerID), err)
+	}
+	success := false
+	defer func() {
+		if success {
+			return
+		}
+		rctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
+		defer cancel()
+		if err := client.Release(rctx, args.ContainerID, args.IfName); err != nil {
+			retErr = withDetails(retErr, fmt.Sprintf("also failed to release the address %s: %v", alloc.Address, err))
+		}
+	}()
+	att, err := parseAllocation(alloc)
+	if err != nil {
+		return nil, newError(ErrDaemonRefused, "%v", err)
+	}
+
+	bridge, err := host.LinkByName(att.bridge)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, newError(types.ErrTryAgainLater, "bridge %q not found in the %s (is `mesh launch` running?)", att.bridge, host)
+		}
+		return nil, internalError("failed to look up bridge %q: %v", att.bridge, err)
+	}
+	if att.mtu == 0 {
+		att.mtu = bridge.Attrs().MTU
+	}
+
+	hostName := HostVethName(args.ContainerID, args.IfName)
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: hostName, MTU: att.mtu},
+		PeerName:      args.IfName,
+		PeerMTU:       uint32(att.mtu),
+		PeerNamespace: netlink.NsFd(pod.fd),
+	}
+	// The master is set separately: netlink's LinkAdd would leave the veth
+	// behind, unknown to the rollback below, if setting it failed.
+	if err := host.LinkAdd(veth); err != nil {
+		return nil, internalError("failed to create veth pair %q (host) / %q (in %s): %v", hostName, args.IfName, pod, err)
+	}
+	defer func() {
+		if !success {
+			// Deleting one end deletes the pair.
+			if err := host.LinkDel(veth); err != nil && !isNotFound(err) {
+				retErr = withDetails(retErr, fmt.Sprintf("also failed to delete veth %q: %v", hostName, err))
+			}
+		}
+	}()
+	hostLink, err := host.LinkByName(hostName)
+	if err != nil {
+		return nil, internalError("failed to look up veth %q: %v", hostName, err)
+	}
+	if err := host.LinkSetMaster(hostLink, bridge); err != nil {
+		return nil, internalError("failed to attach veth %q to bridge %q: %v", hostName, att.bridge, err)
+	}
+	podLink, err := configurePod(pod, args.IfName, att)
+	if err != nil {
+		return nil, internalError("%v", err)
+	}
+	if err := host.LinkSetUp(hostLink); err != nil {
+		return nil, internalError("failed to set veth %q up: %v", hostName, err)
+	}
+	success = true
+	return newResult(args, att, hostLink, podLink), nil
+}
+
+// configurePod gives the pod's end its address, MTU and routes, and sets it
+// and lo up.
+func configurePod(pod *nsHandle, ifName string, att *attachment) (netlink.Link, error) {
+	lo, err := pod.LinkByName("lo")
+	if err != nil {
+		return nil, fmt.Errorf("failed to look up lo in %s: %w", pod, err)
+	}
+	if err := pod.LinkSetUp(lo); err != nil {
+		return nil, fmt.Errorf("failed to set lo up in %s: %w", pod, err)
+	}
+	link, err := pod.LinkByName(ifName)
+	if err != nil {
+		return nil, fmt.Errorf("failed to look up interface %q in %s: %w", ifName, pod, err)
+	}
+	addr := &netlink.Addr{IPNet: ipNet(att.addr)}
+	if att.addr.Addr().Is6() {
+		// No duplicate address detection: the address is the IPAM's to
+		// give, and a tentative address would fail the first connections.
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	if err := pod.AddrAdd(link, addr); err != nil {
+		return nil, fmt.Errorf("failed to add address %s to %q in %s: %w", att.addr, ifName, pod, err)
+	}
+	if err := pod.LinkSetUp(link); err != nil {
+		return nil, fmt.Errorf("failed to set %q up in %s: %w", ifName, pod, err)
+	}
+	for _, r := range podRoutes(link.Attrs().Index, att) {
+		if err := pod.RouteAdd(r); err != nil {
+			return nil, fmt.Errorf("failed to add route %s in %s: %w", r, pod, err)
+		}
+	}
+	return link, nil
+}
+
+// podRoutes are the pod's routes: the gateway on-link, as the pod's address
+// is a host prefix and so has no connected route, then the default route
+// through the gateway.
+func podRoutes(linkIndex int, att *attachment) []*netlink.Route {
+	gw := netip.PrefixFrom(att.gateway, att.gateway.BitLen())
+	return []*netlink.Route{
+		{LinkIndex: linkIndex, Dst: ipNet(gw), Scope: netlink.SCOPE_LINK},
+		{LinkIndex: linkIndex, Dst: ipNet(defaultRoute(att.gateway)), Gw: net.IP(att.gateway.AsSlice())},
+	}
+}
+
+func defaultRoute(a netip.Addr) netip.Prefix {
+	if a.Is4() {
+		return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+	}
+	return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// newResult is ADD's answer: the host veth (index 0), the pod interface
+// (index 1) that the address belongs to, and the pod's routes.
+func newResult(args *skel.CmdArgs, att *attachment, hostLink, podLink netlink.Link) *current.Result {
+	scopeLink := int(netlink.SCOPE_LINK)
+	gw := net.IP(att.gateway.AsSlice())
+	return &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: hostLink.Attrs().Name, Mac: hostLink.Attrs().HardwareAddr.String()},
+			{Name: args.IfName, Mac: podLink.Attrs().HardwareAddr.String(), Mtu: att.mtu, Sandbox: args.Netns},
+		},
+		IPs: []*current.IPConfig{
+			{Interface: current.Int(1), Address: *ipNet(att.addr), Gateway: gw},
+		},
+		Routes: []*types.Route{
+			{Dst: *ipNet(netip.PrefixFrom(att.gateway, att.gateway.BitLen())), Scope: &scopeLink},
+			{Dst: *ipNet(defaultRoute(att.gateway)), GW: gw},
+		},
+	}
+}
+
+// print writes res converted to the configuration's cniVersion.
+func (p *Plugin) print(res *current.Result, stdin []byte) error {
+	conf, err := parseConfig(stdin)
+	if err != nil {
+		return err
+	}
+	return printResult(p.stdout(), res, conf.CNIVersion)
+}
+
+func printResult(w io.Writer, res types.Result, cniVersion string) error {
+	out, err := res.GetAsVersion(cniVersion)
+	if err != nil {
+		return newError(types.ErrIncompatibleCNIVersion, "failed to convert the result to cniVersion %q: %v", cniVersion, err)
+	}
+	if err := out.PrintTo(w); err != nil {
+		return newError(types.ErrIOFailure, "failed to write the result: %v", err)
+	}
+	return nil
+}
+
+// withDetails appends a rollback failure to err's details, so the original
+// failure stays the message.
+func withDetails(err error, detail string) error {
+	var e *types.Error
+	if !errors.As(err, &e) {
+		return fmt.Errorf("%w; %s", err, detail)
+	}
+	out := *e
+	if out.Details != "" {
+		out.Details += "; "
+	}
+	out.Details += detail
+	return &out
+}

@@ -1,0 +1,360 @@
+package fastdp
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+)
+
+// Link aliases (IFLA_IFALIAS) mark the links fastdp manages. Set uses them to
+// find a bridge left behind by an earlier BridgeName; Reset removes every
+// link that carries one.
+const (
+	aliasPrefix = "mesh:"
+	aliasWG     = aliasPrefix + "wireguard"
+	aliasBridge = aliasPrefix + "bridge"
+)
+
+// wgImpl is what differs between the kernel and the userspace data plane:
+// how the WireGuard link comes to exist and who drives it. Everything else,
+// including the WireGuard configuration through wgctrl, is shared.
+type wgImpl interface {
+	kind() string
+	// ensure makes the WireGuard link exist and be served. undo reverses
+	// what this call created; it is nil when nothing was created.
+	ensure(mtu int) (link netlink.Link, undo func() error, err error)
+	// close stops what this process runs for the device; the link stays.
+	close() error
+}
+
+type dataplane struct {
+	log  *slog.Logger
+	name string
+	ns   *netNS
+	nl   *netlink.Handle
+	wg   *wgctrl.Client
+	impl wgImpl
+
+	mu     sync.Mutex // serializes Set, Stats and Close
+	closed bool
+	last   *Config // the last config Set applied successfully
+}
+
+// New selects the implementation (see Options.Mode) and prepares it. It
+// changes nothing on the host; the first Set creates or adopts the links.
+//
+// In ModeAuto an existing WireGuard link of DeviceName decides (a daemon
+// restart keeps its implementation); otherwise New probes by creating a
+// throwaway "wireguard" link, and falls back to userspace when the kernel
+// does not know that link kind.
+func New(ctx context.Context, opts Options) (_ Dataplane, err error) {
+	if err := opts.normalize(); err != nil {
+		return nil, err
+	}
+	log := opts.Logger.With("component", "fastdp", "device", opts.DeviceName)
+	ns, err := openNetNS(opts.NetNSPath)
+	if err != nil {
+		return nil, err
+	}
+	var cleanup []func() error
+	defer func() {
+		if err != nil {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				_ = cleanup[i]()
+			}
+		}
+	}()
+	cleanup = append(cleanup, ns.close)
+
+	nl, err := netlink.NewHandleAt(ns.h)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open netlink in network namespace %s: %w", ns, err)
+	}
+	cleanup = append(cleanup, func() error { nl.Close(); return nil })
+
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	kind, err := selectKind(nl, opts, log)
+	if err != nil {
+		return nil, err
+	}
+
+	// wgctrl's kernel client is a generic netlink socket, which belongs to
+	// the namespace it is opened in; its userspace client finds
+	// /var/run/wireguard/<dev>.sock, which is the same for both kinds.
+	var wg *wgctrl.Client
+	if err := ns.do(func() (err error) { wg, err = wgctrl.New(); return err }); err != nil {
+		return nil, fmt.Errorf("failed to open wgctrl: %w", err)
+	}
+	cleanup = append(cleanup, wg.Close)
+
+	d := &dataplane{log: log, name: opts.DeviceName, ns: ns, nl: nl, wg: wg}
+	switch kind {
+	case ModeKernel:
+		d.impl = &kernelImpl{name: opts.DeviceName, nl: nl}
+	default:
+		d.impl = &userspaceImpl{name: opts.DeviceName, ns: ns, nl: nl, log: log}
+	}
+	log.Debug("data plane selected", "kind", kind, "netns", ns.String())
+	return d, nil
+}
+
+// selectKind decides between the kernel and the userspace data plane.
+func selectKind(nl *netlink.Handle, opts Options, log *slog.Logger) (string, error) {
+	name := opts.DeviceName
+	l, err := linkByName(nl, name)
+	switch {
+	case err == nil:
+		var existing string
+		switch l.Type() {
+		case "wireguard":
+			existing = ModeKernel
+		case "tuntap":
+			existing = ModeUserspace
+		default:
+			return "", fmt.Errorf("link %q exists and is a %s, not a WireGuard device", name, l.Type())
+		}
+		if opts.Mode != ModeAuto && opts.Mode != existing {
+			return "", fmt.Errorf("link %q is a %s data plane left by an earlier run, but %s was asked for; run `mesh reset` first or use --dataplane %s",
+				name, existing, opts.Mode, existing)
+		}
+		return existing, nil
+	case !isNotFound(err):
+		return "", fmt.Errorf("failed to look up link %q: %w", name, err)
+	}
+
+	if opts.Mode == ModeUserspace {
+		return ModeUserspace, nil
+	}
+	cause := probeKernel(nl)
+	switch {
+	case cause == nil:
+		return ModeKernel, nil
+	case !kernelUnsupported(cause):
+		return "", fmt.Errorf("failed to probe for kernel WireGuard: %w", cause)
+	case opts.Mode == ModeKernel:
+		return "", fmt.Errorf("%w (%v); use --dataplane userspace or auto", ErrKernelUnavailable, cause)
+	}
+	log.Info("kernel WireGuard is not available, using userspace wireguard-go", "reason", cause.Error())
+	return ModeUserspace, nil
+}
+
+// probeKernel creates and deletes a "wireguard" link under a random name.
+func probeKernel(nl *netlink.Handle) error {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	la := netlink.NewLinkAttrs()
+	la.Name = "meshprobe" + hex.EncodeToString(b[:])
+	wg := &netlink.Wireguard{LinkAttrs: la}
+	if err := nl.LinkAdd(wg); err != nil {
+		return err
+	}
+	if err := nl.LinkDel(wg); err != nil {
+		return fmt.Errorf("failed to delete probe link %q: %w", la.Name, err)
+	}
+	return nil
+}
+
+// kernelUnsupported recognizes the kernel's answer to a link kind it does not
+// know: EOPNOTSUPP, with the extended ack "Unknown device type" (older
+// kernels and some wrappers spell it "unknown kind").
+func kernelUnsupported(err error) bool {
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, ErrKernelUnavailable) {
+		return true
+	}
+	s := strings.ToLower(err.Error())
+	return strings.Contains(s, "unknown device type") || strings.Contains(s, "unknown kind")
+}
+
+func (d *dataplane) Kind() string { return d.impl.kind() }
+
+// Set makes the host match cfg: the WireGuard link and its peers, the bridge
+// and its address, the routes and IP forwarding. It reads the current state
+// each time (a handful of netlink dumps) and writes only what differs, so an
+// unchanged config costs no writes and a drifted host is repaired.
+//
+// On failure, what this call created (links, the bridge address, routes) is
+// removed again; changes to objects that existed before (peer settings, MTU,
+// a replaced route) are left for the next Set to converge.
+func (d *dataplane) Set(ctx context.Context, cfg *Config) (err error) {
+	want, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("data plane is closed")
+	}
+
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			undo.run(d.log)
+		}
+	}()
+
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	wgLink, u, err := d.impl.ensure(want.MTU)
+	if err != nil {
+		return err
+	}
+	undo.push(fmt.Sprintf("remove link %q", d.name), u)
+
+	if err := d.configureWireGuard(want); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := d.ensureLinkState(wgLink, want.MTU, aliasWG); err != nil {
+		return err
+	}
+	br, err := d.ensureBridge(want, &undo)
+	if err != nil {
+		return err
+	}
+	if err := d.ensureBridgeAddr(br, want.BridgeAddr, &undo); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := d.ensureRoutes(want, wgLink, br, &undo); err != nil {
+		return err
+	}
+	if err := d.ensureForwarding(want.ClusterRange.Addr().Is6()); err != nil {
+		return err
+	}
+	if err := d.removeStaleBridges(want.BridgeName); err != nil {
+		return err
+	}
+	d.last = want
+	return nil
+}
+
+// configureWireGuard brings the device's key, port and peers to want.
+func (d *dataplane) configureWireGuard(want *Config) error {
+	cur, err := d.wg.Device(d.name)
+	if err != nil {
+		return fmt.Errorf("failed to read WireGuard device %q: %w", d.name, err)
+	}
+	change, changed := wgDiff(cur, want, d.last)
+	if !changed {
+		return nil
+	}
+	if err := d.wg.ConfigureDevice(d.name, change); err != nil {
+		return fmt.Errorf("failed to configure WireGuard device %q: %w", d.name, err)
+	}
+	var added, updated, removed int
+	for _, p := range change.Peers {
+		switch {
+		case p.Remove:
+			removed++
+		case p.UpdateOnly:
+			updated++
+		default:
+			added++
+		}
+	}
+	// Counts only: the change holds the private and preshared keys.
+	d.log.Info("configured WireGuard", "peers_added", added, "peers_updated", updated, "peers_removed", removed,
+		"key_changed", change.PrivateKey != nil, "listen_port", want.ListenPort, "peers", len(want.Peers))
+	return nil
+}
+
+// Stats reports the peers as the WireGuard device sees them.
+func (d *dataplane) Stats(ctx context.Context) ([]PeerStats, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("data plane is closed")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dev, err := d.wg.Device(d.name)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read WireGuard device %q: %w", d.name, err)
+	}
+	return peerStats(dev), nil
+}
+
+// Close stops the goroutines and releases the handles. The links, addresses
+// and routes stay, and so does a userspace TUN device (it is persistent).
+func (d *dataplane) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	err := d.impl.close()
+	if cerr := d.wg.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("failed to close wgctrl: %w", cerr)
+	}
+	d.nl.Close()
+	if cerr := d.ns.close(); cerr != nil && err == nil {
+		err = fmt.Errorf("failed to close network namespace handle: %w", cerr)
+	}
+	return err
+}
+
+// undoStack collects the reversal of every creation in one Set call.
+type undoStack []undoStep
+
+type undoStep struct {
+	what string
+	fn   func() error
+}
+
+func (u *undoStack) push(what string, fn func() error) {
+	if fn != nil {
+		*u = append(*u, undoStep{what, fn})
+	}
+}
+
+func (u undoStack) run(log *slog.Logger) {
+	for i := len(u) - 1; i >= 0; i-- {
+		if err := u[i].fn(); err != nil {
+			log.Warn("rollback step failed", "step", u[i].what, "err", err)
+		}
+	}
+}
+
+func linkByName(nl *netlink.Handle, name string) (netlink.Link, error) {
+	return nl.LinkByName(name)
+}
+
+func isNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// dump retries a netlink dump that the kernel interrupted because the table
+// changed under it, as the partial result cannot be trusted for a diff.
+func dump[T any](f func() (T, error)) (T, error) {
+	var (
+		v   T
+		err error
+	)
+	for range 5 {
+		v, err = f()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+	}
+	return v, err
+}

@@ -1,0 +1,301 @@
+// Package fastdp is mesh's data plane: a WireGuard device (the kernel module
+// when the host has it, wireguard-go otherwise), a bridge for the pods of this
+// node, and the routes between them, all behind one idempotent Set.
+//
+// fastdp knows nothing of gossip or IPAM. The caller (package peer) computes
+// the whole desired state as a Config and hands it to Set, which makes the
+// host match it, touching only what differs, in the style of tailscale's
+// router.
+//
+// # Addressing
+//
+// The bridge (default "mesh") holds the node's overlay IP as a host prefix
+// (/32 or /128, Config.BridgeAddr). Putting the whole cluster range on the
+// bridge, as Weave does, would make the kernel add a connected route for the
+// cluster range through the bridge, which collides with the route through
+// the WireGuard device. With a host prefix the routes are all explicit:
+//
+//	ClusterRange   dev <wg device>  src <overlay IP>   # the rest of the cluster
+//	LocalRanges[i] dev <bridge>     src <overlay IP>   # pods of this node
+//
+// Longest-prefix match sends traffic for this node's own ranges to the bridge
+// and everything else in the cluster range into WireGuard, whose AllowedIPs
+// (the ranges each peer owns) pick the peer. The preferred source is the
+// overlay IP because the WireGuard device has no address of its own, and the
+// receiving peer drops packets whose source is outside the sender's
+// AllowedIPs; the overlay IP must therefore lie inside one of this node's
+// LocalRanges. Pods use the overlay IP as their gateway (the CNI plugin adds
+// an on-link route to it, as the bridge address is a host prefix).
+//
+// Every route fastdp installs carries protocol RouteProtocol, and every link
+// it creates carries an alias starting with "mesh:", so that Set can find and
+// remove its own stale state and Reset can remove all of it without touching
+// anything else.
+package fastdp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/meshnet/mesh/crypto"
+)
+
+const (
+	// DefaultListenPort is the UDP port of the data plane.
+	DefaultListenPort = 6784
+	// DefaultDeviceName is the name of the WireGuard link.
+	DefaultDeviceName = "mesh-wg"
+	// DefaultBridgeName is the name of the bridge holding the local pods.
+	DefaultBridgeName = "mesh"
+	// DefaultMTU is used when Config.MTU is zero: a 1500-byte underlay minus
+	// Overhead.
+	DefaultMTU = 1500 - Overhead
+	// Overhead is what WireGuard adds to every packet in the worst case, an
+	// IPv6 underlay: 40 (IPv6) + 8 (UDP) + 16 (WireGuard header) + 16 (tag).
+	Overhead = 80
+	// RouteProtocol marks the routes fastdp installs (rtm_protocol). 109 is
+	// unassigned in iproute2's rt_protos and spells 'm'.
+	RouteProtocol = 109
+
+	// ModeAuto uses the kernel module when it is there, wireguard-go if not.
+	ModeAuto = "auto"
+	// ModeKernel requires the kernel module.
+	ModeKernel = "kernel"
+	// ModeUserspace always runs wireguard-go in this process.
+	ModeUserspace = "userspace"
+)
+
+// ErrKernelUnavailable is wrapped by New when ModeKernel is asked for on a
+// host without the WireGuard kernel module.
+var ErrKernelUnavailable = errors.New("kernel WireGuard is not available on this host")
+
+// Config is the desired state of the data plane. Set makes the host match it.
+type Config struct {
+	// PrivateKey is the node's WireGuard private key (crypto.PrivateKey.Bytes()).
+	PrivateKey crypto.Key
+	// ListenPort is the UDP port WireGuard listens on; 0 means DefaultListenPort.
+	ListenPort int
+	// MTU of the WireGuard device and of the bridge; 0 means DefaultMTU.
+	MTU int
+	// Peers, conventionally sorted by PublicKey (Equal compares in order).
+	Peers []Peer
+	// BridgeName is the bridge for local pods; "" means DefaultBridgeName.
+	BridgeName string
+	// BridgeAddr is the node's overlay IP as a host prefix (/32 or /128),
+	// and the source of the routes. The zero value (a node that owns no
+	// range yet) leaves the bridge without an address and the routes
+	// without a preferred source.
+	BridgeAddr netip.Prefix
+	// LocalRanges are the ranges this node owns; they are routed to the bridge.
+	LocalRanges []netip.Prefix
+	// ClusterRange is routed through the WireGuard device.
+	ClusterRange netip.Prefix
+}
+
+// Peer is one remote node.
+type Peer struct {
+	PublicKey    crypto.Key
+	PresharedKey crypto.Key
+	// Endpoint is the peer's underlay address; the zero value means unknown
+	// (the peer has to contact us first).
+	Endpoint netip.AddrPort
+	// AllowedIPs are the overlay ranges the peer owns.
+	AllowedIPs []netip.Prefix
+	// Keepalive is the persistent keepalive interval; 0 turns it off.
+	Keepalive time.Duration
+}
+
+// PeerStats is the observed state of one peer.
+type PeerStats struct {
+	PublicKey     crypto.Key
+	Endpoint      netip.AddrPort
+	LastHandshake time.Time
+	RxBytes       int64
+	TxBytes       int64
+}
+
+// Dataplane is the data plane of one node.
+type Dataplane interface {
+	// Kind is "kernel" or "userspace".
+	Kind() string
+	// Set makes the host match cfg. It is idempotent and changes only what
+	// differs; when it fails it removes what it created in that call.
+	Set(ctx context.Context, cfg *Config) error
+	// Stats reports the WireGuard peers as the device sees them.
+	Stats(ctx context.Context) ([]PeerStats, error)
+	// Close stops this process's part of the data plane but leaves the
+	// interfaces and routes in place, so that pods keep their addresses
+	// through a daemon restart and the next New+Set adopts them.
+	Close() error
+}
+
+// Options select and place the implementation.
+type Options struct {
+	// Mode is ModeAuto, ModeKernel or ModeUserspace.
+	Mode string
+	// DeviceName is the WireGuard link's name (at most 15 bytes).
+	DeviceName string
+	// Logger receives the data plane's logs; nil discards them.
+	Logger *slog.Logger
+	// NetNSPath is the network namespace to work in, such as
+	// /var/run/netns/x; "" means that of the thread calling New (or Reset).
+	NetNSPath string
+}
+
+// DefaultOptions returns the options of a normal daemon.
+func DefaultOptions() Options {
+	return Options{Mode: ModeAuto, DeviceName: DefaultDeviceName, Logger: slog.Default()}
+}
+
+func (o *Options) normalize() error {
+	if o.Mode == "" {
+		o.Mode = ModeAuto
+	}
+	switch o.Mode {
+	case ModeAuto, ModeKernel, ModeUserspace:
+	default:
+		return fmt.Errorf("unknown data plane mode %q (want %s, %s or %s)", o.Mode, ModeAuto, ModeKernel, ModeUserspace)
+	}
+	if o.DeviceName == "" {
+		o.DeviceName = DefaultDeviceName
+	}
+	if err := validLinkName(o.DeviceName); err != nil {
+		return err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+func validLinkName(name string) error {
+	// IFNAMSIZ is 16 including the terminating NUL.
+	if name == "" || len(name) > 15 || name == "." || name == ".." {
+		return fmt.Errorf("invalid interface name %q: want 1 to 15 bytes", name)
+	}
+	for _, c := range name {
+		if c == '/' || c == ':' || c <= ' ' || c == 0x7f {
+			return fmt.Errorf("invalid interface name %q: contains %q", name, c)
+		}
+	}
+	return nil
+}
+
+// Clone returns a deep copy of c.
+func (c *Config) Clone() *Config {
+	if c == nil {
+		return nil
+	}
+	n := *c
+	n.LocalRanges = slices.Clone(c.LocalRanges)
+	n.Peers = make([]Peer, len(c.Peers))
+	for i, p := range c.Peers {
+		p.AllowedIPs = slices.Clone(p.AllowedIPs)
+		n.Peers[i] = p
+	}
+	if c.Peers == nil {
+		n.Peers = nil
+	}
+	return &n
+}
+
+// Equal reports whether c and o describe the same state, comparing slices in
+// order (Desired produces them sorted).
+func (c *Config) Equal(o *Config) bool {
+	if c == nil || o == nil {
+		return c == o
+	}
+	if c.PrivateKey != o.PrivateKey || c.ListenPort != o.ListenPort || c.MTU != o.MTU ||
+		c.BridgeName != o.BridgeName || c.BridgeAddr != o.BridgeAddr || c.ClusterRange != o.ClusterRange ||
+		!slices.Equal(c.LocalRanges, o.LocalRanges) {
+		return false
+	}
+	return slices.EqualFunc(c.Peers, o.Peers, func(a, b Peer) bool {
+		return a.PublicKey == b.PublicKey && a.PresharedKey == b.PresharedKey && a.Endpoint == b.Endpoint &&
+			a.Keepalive == b.Keepalive && slices.Equal(a.AllowedIPs, b.AllowedIPs)
+	})
+}
+
+// Validate reports whether Set would accept c (after filling in defaults).
+func (c *Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
+}
+
+// withDefaults returns a copy of c with the zero fields that have defaults
+// filled in, after checking that it is a configuration Set can apply.
+func (c *Config) withDefaults() (*Config, error) {
+	if c == nil {
+		return nil, errors.New("invalid data plane config: nil")
+	}
+	n := c.Clone()
+	if n.ListenPort == 0 {
+		n.ListenPort = DefaultListenPort
+	}
+	if n.MTU == 0 {
+		n.MTU = DefaultMTU
+	}
+	if n.BridgeName == "" {
+		n.BridgeName = DefaultBridgeName
+	}
+	if err := n.validate(); err != nil {
+		return nil, fmt.Errorf("invalid data plane config: %w", err)
+	}
+	return n, nil
+}
+
+func (c *Config) validate() error {
+	if c.PrivateKey == (crypto.Key{}) {
+		return errors.New("private key is zero")
+	}
+	if c.ListenPort < 1 || c.ListenPort > 65535 {
+		return fmt.Errorf("listen port %d out of range", c.ListenPort)
+	}
+	// 1280 is the IPv6 minimum; below it the overlay could not carry IPv6.
+	if c.MTU < 1280 || c.MTU > 65535 {
+		return fmt.Errorf("MTU %d out of range [1280, 65535]", c.MTU)
+	}
+	if err := validLinkName(c.BridgeName); err != nil {
+		return fmt.Errorf("bridge: %w", err)
+	}
+	if !c.ClusterRange.IsValid() || c.ClusterRange != c.ClusterRange.Masked() {
+		return fmt.Errorf("cluster range %s is not a valid masked prefix", c.ClusterRange)
+	}
+	if a := c.BridgeAddr; a.IsValid() {
+		if !a.IsSingleIP() {
+			return fmt.Errorf("bridge address %s is not a host prefix (/32 or /128)", a)
+		}
+		if !c.ClusterRange.Contains(a.Addr()) {
+			return fmt.Errorf("bridge address %s is outside the cluster range %s", a, c.ClusterRange)
+		}
+	}
+	for _, r := range c.LocalRanges {
+		if !r.IsValid() || r != r.Masked() || !c.ClusterRange.Contains(r.Addr()) || r.Bits() < c.ClusterRange.Bits() {
+			return fmt.Errorf("local range %s is not a masked prefix inside the cluster range %s", r, c.ClusterRange)
+		}
+	}
+	seen := make(map[crypto.Key]bool, len(c.Peers))
+	for _, p := range c.Peers {
+		if p.PublicKey == (crypto.Key{}) {
+			return errors.New("peer with a zero public key")
+		}
+		if seen[p.PublicKey] {
+			return fmt.Errorf("peer %s listed twice", p.PublicKey)
+		}
+		seen[p.PublicKey] = true
+		if p.Keepalive < 0 || p.Keepalive > 65535*time.Second {
+			return fmt.Errorf("peer %s: keepalive %v out of range", p.PublicKey, p.Keepalive)
+		}
+		for _, r := range p.AllowedIPs {
+			if !r.IsValid() || r != r.Masked() {
+				return fmt.Errorf("peer %s: allowed IP %s is not a masked prefix", p.PublicKey, r)
+			}
+		}
+	}
+	return nil
+}

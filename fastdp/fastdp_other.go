@@ -1,0 +1,20 @@
+//go:build !linux
+
+package fastdp
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+)
+
+var errUnsupported = errors.New("the mesh data plane runs on Linux only")
+
+// New fails: the data plane needs Linux.
+func New(ctx context.Context, opts Options) (Dataplane, error) { return nil, errUnsupported }
+
+// Reset fails: the data plane needs Linux.
+func Reset(ctx context.Context, opts Options) error { return errUnsupported }
+
+// DetectMTU fails: the data plane needs Linux.
+func DetectMTU(dst netip.Addr) (int, error) { return 0, errUnsupported }

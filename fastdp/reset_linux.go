@@ -1,0 +1,80 @@
+package fastdp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// uapiDir is where wireguard-go's ipc package puts UAPI sockets.
+const uapiDir = "/var/run/wireguard"
+
+// Reset removes everything fastdp creates in the namespace of opts: the
+// WireGuard link (kernel or TUN), every link carrying a "mesh:" alias (the
+// bridge), every route carrying RouteProtocol and a stale UAPI socket. It is
+// idempotent. It refuses while a userspace data plane still serves the
+// device, since removing the link under a running daemon would only make it
+// recreate it. IP forwarding is left on: other software may rely on it.
+func Reset(ctx context.Context, opts Options) error {
+	if err := opts.normalize(); err != nil {
+		return err
+	}
+	sock := filepath.Join(uapiDir, opts.DeviceName+".sock")
+	if c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "unix", sock); err == nil {
+		c.Close()
+		return fmt.Errorf("data plane %q is still running (%s answers); stop the daemon first", opts.DeviceName, sock)
+	}
+
+	ns, err := openNetNS(opts.NetNSPath)
+	if err != nil {
+		return err
+	}
+	defer ns.close()
+	nl, err := netlink.NewHandleAt(ns.h)
+	if err != nil {
+		return fmt.Errorf("failed to open netlink in network namespace %s: %w", ns, err)
+	}
+	defer nl.Close()
+
+	var errs []error
+	links, err := dump(nl.LinkList)
+	if err != nil {
+		return fmt.Errorf("failed to list links: %w", err)
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		ours := strings.HasPrefix(a.Alias, aliasPrefix) ||
+			(a.Name == opts.DeviceName && (l.Type() == "wireguard" || l.Type() == "tuntap"))
+		if !ours {
+			continue
+		}
+		if err := nl.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("failed to remove link %q: %w", a.Name, err))
+			continue
+		}
+		opts.Logger.Info("removed link", "component", "fastdp", "link", a.Name, "type", l.Type())
+	}
+	// Routes through the removed links went with them; these are the rest.
+	routes, err := listOwnRoutes(nl, true)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, r := range routes {
+		if err := nl.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("failed to remove route %s: %w", r.Dst, err))
+		}
+	}
+	if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("failed to remove stale UAPI socket %q: %w", sock, err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,152 @@
+package testnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// binDirPrefix names the directory of os.TempDir() where BuildBinary puts
+// the binaries of one test process; CleanupStale removes those of dead ones.
+const binDirPrefix = "testnet-bin-"
+
+// buildTimeout bounds one `go build`.
+const buildTimeout = 5 * time.Minute
+
+var builds struct {
+	mu   sync.Mutex
+	dir  string
+	pkgs map[string]*build
+}
+
+type build struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// BuildBinary builds the main package pkg (a path relative to the module
+// root, e.g. "./cmd/mesh", or an import path) once per test process and
+// returns the path of the binary. Concurrent and later calls for the same pkg
+// wait for and share the first build (and its error). It blocks for the
+// build, at most 5 minutes, and fails t on error. The binaries live in a
+// directory of os.TempDir() that CleanupStale removes once this process has
+// exited, or RemoveBinaries.
+func BuildBinary(t testing.TB, pkg string) string {
+	t.Helper()
+	builds.mu.Lock()
+	if builds.pkgs == nil {
+		builds.pkgs = map[string]*build{}
+	}
+	b := builds.pkgs[pkg]
+	if b == nil {
+		b = &build{}
+		builds.pkgs[pkg] = b
+	}
+	builds.mu.Unlock()
+	b.once.Do(func() { b.path, b.err = buildPkg(pkg) })
+	if b.err != nil {
+		t.Fatalf("failed to build %q: %v", pkg, b.err)
+	}
+	return b.path
+}
+
+func buildPkg(pkg string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	dir, err := binDir()
+	if err != nil {
+		return "", err
+	}
+	name := filepath.Base(strings.TrimSuffix(pkg, "/"))
+	if name == "." || name == "/" {
+		name = "main"
+	}
+	// A directory per package keeps the binary's name (a CNI plugin's name
+	// matters) while distinct packages with the same base name coexist.
+	sub, err := os.MkdirTemp(dir, name+"-")
+	if err != nil {
+		return "", fmt.Errorf("failed to create directory for binary %q: %w", name, err)
+	}
+	out := filepath.Join(sub, name)
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goTool(), "build", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.WaitDelay = waitDelay
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build -o %s %s in %s: %w: %s", out, pkg, root, err, o)
+	}
+	return out, nil
+}
+
+// binDir creates, once, this process's binary directory.
+func binDir() (string, error) {
+	builds.mu.Lock()
+	defer builds.mu.Unlock()
+	if builds.dir != "" {
+		return builds.dir, nil
+	}
+	dir, err := os.MkdirTemp("", binDirPrefix)
+	if err != nil {
+		return "", fmt.Errorf("failed to create binary directory: %w", err)
+	}
+	if err := writeOwner(dir); err != nil {
+		return "", errors.Join(err, os.RemoveAll(dir))
+	}
+	builds.dir = dir
+	return dir, nil
+}
+
+// goTool is the go command: the one in PATH, else the one of $GOROOT.
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	if root := os.Getenv("GOROOT"); root != "" {
+		return filepath.Join(root, "bin", "go")
+	}
+	return "go"
+}
+
+// moduleRoot walks up from the working directory (the package directory
+// under `go test`) to the directory holding go.mod.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("failed to get working directory: %w", err)
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no go.mod in %q or any parent", dir)
+		}
+	}
+}
+
+// RemoveBinaries removes the binaries built by BuildBinary in this process.
+// Call it from TestMain after m.Run; otherwise they are left until a later
+// CleanupStale. Do not call BuildBinary afterwards.
+func RemoveBinaries() error {
+	builds.mu.Lock()
+	defer builds.mu.Unlock()
+	if builds.dir == "" {
+		return nil
+	}
+	if err := os.RemoveAll(builds.dir); err != nil {
+		return fmt.Errorf("failed to remove binary directory %q: %w", builds.dir, err)
+	}
+	builds.dir = ""
+	return nil
+}

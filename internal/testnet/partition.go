@@ -1,0 +1,70 @@
+package testnet
+
+import (
+	"context"
+	"fmt"
+	"strings"
+)
+
+// nftTable is the nftables table (bridge family, in the switch namespace)
+// holding the partition rules.
+const nftTable = "testnet"
+
+// Partition drops all traffic (every protocol, ARP included) between each
+// host of a and each host of b, in both directions, at the switch. Traffic
+// within a group and to hosts in neither group is untouched. Partitions
+// accumulate until Heal. It blocks until the rules are in place (existing
+// connections are cut too: the rules match frames, not connections) and
+// needs the nft tool. A host may not be in both groups.
+func (n *Net) Partition(a, b []*Host) error {
+	inA := map[*Host]bool{}
+	for _, h := range a {
+		if h.net != n {
+			return fmt.Errorf("failed to partition: host %q is not in this net", h.Name)
+		}
+		inA[h] = true
+	}
+	var rules strings.Builder
+	fmt.Fprintf(&rules, "table bridge %s {\n chain forward {\n  type filter hook forward priority 0; policy accept;\n }\n}\n", nftTable)
+	for _, hb := range b {
+		if hb.net != n {
+			return fmt.Errorf("failed to partition: host %q is not in this net", hb.Name)
+		}
+		if inA[hb] {
+			return fmt.Errorf("failed to partition: host %q is in both groups", hb.Name)
+		}
+		for _, ha := range a {
+			for _, dir := range [][2]*Host{{ha, hb}, {hb, ha}} {
+				fmt.Fprintf(&rules, "add rule bridge %s forward iifname %q oifname %q drop\n",
+					nftTable, dir[0].switchPort(), dir[1].switchPort())
+			}
+		}
+	}
+	if err := n.nft(rules.String()); err != nil {
+		return fmt.Errorf("failed to partition %v from %v: %w", a, b, err)
+	}
+	return nil
+}
+
+// Heal removes all partitions. It blocks until the rules are gone and is a
+// no-op without partitions.
+func (n *Net) Heal() error {
+	// Declaring the table first makes the delete succeed when it is absent.
+	script := fmt.Sprintf("table bridge %s {}\ndelete table bridge %s\n", nftTable, nftTable)
+	if err := n.nft(script); err != nil {
+		return fmt.Errorf("failed to heal partitions: %w", err)
+	}
+	return nil
+}
+
+// nft applies an nft script atomically in the switch namespace.
+func (n *Net) nft(script string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return fmt.Errorf("testnet already cleaned up")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	return runCmd(ctx, script, "nsenter", "--net="+n.switchNS(), "nft", "-f", "-")
+}

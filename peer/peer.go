@@ -1,0 +1,187 @@
+// Package peer turns the mesh's membership and the IPAM ring into the
+// desired data plane configuration, and applies it. Its inputs are plain
+// types of its own; the daemon converts membership and IPAM state into them,
+// so this package knows neither memberlist nor the ring.
+package peer
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/fastdp"
+)
+
+// Node states, as membership reports them.
+const (
+	StateAlive   = "alive"
+	StateSuspect = "suspect"
+	StateDead    = "dead"
+	StateLeft    = "left"
+)
+
+// Node is one member of the mesh.
+type Node struct {
+	Name string
+	// Addr is the node's underlay address; the zero value means unknown,
+	// and the peer then gets no endpoint (it has to contact us first).
+	Addr netip.Addr
+	// DPPort is the node's WireGuard port; 0 means fastdp.DefaultListenPort.
+	DPPort    int
+	PublicKey crypto.Key
+	State     string
+}
+
+// RangeOwner is one range of the IPAM ring and the name of its owner.
+type RangeOwner struct {
+	CIDR  netip.Prefix
+	Owner string
+}
+
+// Input is everything the desired data plane depends on.
+type Input struct {
+	Self   string
+	Nodes  []Node
+	Ranges []RangeOwner
+	// Password derives the per-pair preshared keys; empty means none.
+	Password     []byte
+	PrivateKey   crypto.PrivateKey
+	ListenPort   int
+	MTU          int
+	Keepalive    time.Duration
+	ClusterRange netip.Prefix
+	// OverlayIP is this node's address on its bridge; the zero value while
+	// the node owns no range yet.
+	OverlayIP  netip.Addr
+	BridgeName string
+}
+
+// Desired computes the data plane config for in: one WireGuard peer per
+// alive or suspect node other than self, with the ranges it owns as
+// AllowedIPs. Suspect nodes keep their entry because suspicion is often a
+// gossip hiccup, and dropping the peer would cut its pods off for nothing;
+// dead and left nodes are taken out, their ranges are unreachable until the
+// IPAM hands them to someone else.
+//
+// Nodes without a public key (not yet advertised) are skipped. Two live
+// names with the same public key (a node that restarted under a new name
+// while its old name is still suspect) become one peer: WireGuard cannot
+// hold two peers with one key, and both names' ranges are that machine's.
+// The entry of the better state (alive over suspect), then of the smaller
+// name, gives the endpoint.
+func Desired(in Input) (*fastdp.Config, error) {
+	if in.Self == "" {
+		return nil, errors.New("invalid peer input: self name is empty")
+	}
+	if !in.ClusterRange.IsValid() {
+		return nil, errors.New("invalid peer input: cluster range is not set")
+	}
+	selfPub, err := in.PrivateKey.Public()
+	if err != nil {
+		return nil, fmt.Errorf("invalid peer input: %w", err)
+	}
+
+	owned := map[string][]netip.Prefix{}
+	for _, r := range in.Ranges {
+		if !r.CIDR.IsValid() {
+			return nil, fmt.Errorf("invalid peer input: range of %q is not a valid prefix", r.Owner)
+		}
+		owned[r.Owner] = append(owned[r.Owner], r.CIDR.Masked())
+	}
+
+	type entry struct {
+		node   Node
+		ranges []netip.Prefix
+	}
+	byKey := map[crypto.Key]*entry{}
+	names := map[string]bool{}
+	for _, n := range in.Nodes {
+		if names[n.Name] {
+			return nil, fmt.Errorf("invalid peer input: node %q listed twice", n.Name)
+		}
+		names[n.Name] = true
+		switch n.State {
+		case StateAlive, StateSuspect:
+		case StateDead, StateLeft:
+			continue
+		default:
+			return nil, fmt.Errorf("invalid peer input: node %q has unknown state %q", n.Name, n.State)
+		}
+		// Our own entry, or a stale one of ours under another name.
+		if n.Name == in.Self || n.PublicKey == selfPub || n.PublicKey == (crypto.Key{}) {
+			continue
+		}
+		e := byKey[n.PublicKey]
+		if e == nil {
+			byKey[n.PublicKey] = &entry{node: n, ranges: slices.Clone(owned[n.Name])}
+			continue
+		}
+		e.ranges = append(e.ranges, owned[n.Name]...)
+		if better(n, e.node) {
+			e.node = n
+		}
+	}
+
+	cfg := &fastdp.Config{
+		PrivateKey:   in.PrivateKey.Bytes(),
+		ListenPort:   in.ListenPort,
+		MTU:          in.MTU,
+		BridgeName:   in.BridgeName,
+		LocalRanges:  sortPrefixes(owned[in.Self]),
+		ClusterRange: in.ClusterRange.Masked(),
+	}
+	if in.OverlayIP.IsValid() {
+		a := in.OverlayIP.Unmap()
+		cfg.BridgeAddr = netip.PrefixFrom(a, a.BitLen())
+	}
+	for key, e := range byKey {
+		p := fastdp.Peer{
+			PublicKey:  key,
+			AllowedIPs: sortPrefixes(e.ranges),
+			Keepalive:  in.Keepalive,
+		}
+		if e.node.Addr.IsValid() {
+			port := e.node.DPPort
+			if port == 0 {
+				port = fastdp.DefaultListenPort
+			}
+			p.Endpoint = netip.AddrPortFrom(e.node.Addr.Unmap(), uint16(port))
+		}
+		if len(in.Password) > 0 {
+			if p.PresharedKey, err = crypto.PresharedKey(in.Password, selfPub, key); err != nil {
+				return nil, fmt.Errorf("failed to derive preshared key for node %q: %w", e.node.Name, err)
+			}
+		}
+		cfg.Peers = append(cfg.Peers, p)
+	}
+	slices.SortFunc(cfg.Peers, func(a, b fastdp.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
+	return cfg, nil
+}
+
+// better reports whether a should give the endpoint over b.
+func better(a, b Node) bool {
+	if a.State != b.State {
+		return a.State == StateAlive
+	}
+	return a.Name < b.Name
+}
+
+// sortPrefixes returns ps sorted by address then length, without duplicates.
+func sortPrefixes(ps []netip.Prefix) []netip.Prefix {
+	if len(ps) == 0 {
+		return nil
+	}
+	out := slices.Clone(ps)
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Bits(), b.Bits())
+	})
+	return slices.Compact(out)
+}

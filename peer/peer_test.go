@@ -1,0 +1,404 @@
+package peer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/fastdp/fastdptest"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
+
+// testKey returns a fixed private key for name, so golden files are stable.
+func testKey(t *testing.T, name string) crypto.PrivateKey {
+	t.Helper()
+	raw := sha256.Sum256([]byte("peer test key " + name))
+	raw[0] &= 248
+	raw[31] = (raw[31] & 127) | 64
+	path := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(raw[:])), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k, err := crypto.LoadOrCreatePrivateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+type world struct {
+	keys map[string]crypto.PrivateKey
+	pubs map[string]crypto.Key
+}
+
+func newWorld(t *testing.T, names ...string) *world {
+	w := &world{keys: map[string]crypto.PrivateKey{}, pubs: map[string]crypto.Key{}}
+	for _, n := range names {
+		w.keys[n] = testKey(t, n)
+		pub, err := w.keys[n].Public()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.pubs[n] = pub
+	}
+	return w
+}
+
+func (w *world) node(name, addr, state string) Node {
+	return Node{Name: name, Addr: netip.MustParseAddr(addr), DPPort: 6784, PublicKey: w.pubs[name], State: state}
+}
+
+func rng(cidr, owner string) RangeOwner {
+	return RangeOwner{CIDR: netip.MustParsePrefix(cidr), Owner: owner}
+}
+
+// input is node a's view of a three-node mesh: everyone alive, the cluster
+// range split in four.
+func (w *world) input() Input {
+	return Input{
+		Self: "a",
+		Nodes: []Node{
+			w.node("a", "192.0.2.1", StateAlive),
+			w.node("b", "192.0.2.2", StateAlive),
+			w.node("c", "192.0.2.3", StateAlive),
+		},
+		Ranges: []RangeOwner{
+			rng("10.32.0.0/14", "a"),
+			rng("10.36.0.0/14", "b"),
+			rng("10.40.0.0/14", "c"),
+			rng("10.44.0.0/14", "b"),
+		},
+		Password:     []byte("s3cret"),
+		PrivateKey:   w.keys["a"],
+		ListenPort:   6784,
+		MTU:          1420,
+		Keepalive:    25 * time.Second,
+		ClusterRange: netip.MustParsePrefix("10.32.0.0/12"),
+		OverlayIP:    netip.MustParseAddr("10.32.0.1"),
+		BridgeName:   "mesh",
+	}
+}
+
+// render prints a config for a golden file. The private key is replaced by
+// its public key and preshared keys by a fingerprint: the golden files show
+// that they are set, and equal where they should be, without holding them.
+func render(b *strings.Builder, cfg *fastdp.Config, names map[crypto.Key]string, selfPub crypto.Key) {
+	if cfg == nil {
+		b.WriteString("config: none\n")
+		return
+	}
+	fmt.Fprintf(b, "private_key: (redacted, public %s)\n", selfPub)
+	fmt.Fprintf(b, "listen_port: %d\nmtu: %d\n", cfg.ListenPort, cfg.MTU)
+	fmt.Fprintf(b, "bridge: %s %s\n", cfg.BridgeName, cfg.BridgeAddr)
+	fmt.Fprintf(b, "cluster_range: %s\nlocal_ranges: %v\n", cfg.ClusterRange, cfg.LocalRanges)
+	for _, p := range cfg.Peers {
+		fmt.Fprintf(b, "peer %s (%s)\n", names[p.PublicKey], p.PublicKey)
+		fmt.Fprintf(b, "  endpoint: %s\n  allowed_ips: %v\n  keepalive: %s\n", p.Endpoint, p.AllowedIPs, p.Keepalive)
+		if p.PresharedKey == (crypto.Key{}) {
+			b.WriteString("  psk: none\n")
+		} else {
+			sum := sha256.Sum256(p.PresharedKey[:])
+			fmt.Fprintf(b, "  psk: sha256:%x\n", sum[:6])
+		}
+	}
+}
+
+func checkGolden(t *testing.T, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", strings.ReplaceAll(t.Name(), "/", "__")+".golden")
+	path = strings.ReplaceAll(path, " ", "_")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s (run go test -update if the change is intended):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+type step struct {
+	what  string
+	input func(w *world) Input
+}
+
+func TestReconcilerGolden(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	names := map[crypto.Key]string{}
+	for n, k := range w.pubs {
+		names[k] = n
+	}
+
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"node joins", []step{
+			{"a alone", func(w *world) Input {
+				in := w.input()
+				in.Nodes = in.Nodes[:1]
+				in.Ranges = []RangeOwner{rng("10.32.0.0/12", "a")}
+				return in
+			}},
+			{"b joins and takes half", func(w *world) Input {
+				in := w.input()
+				in.Nodes = in.Nodes[:2]
+				in.Ranges = []RangeOwner{rng("10.32.0.0/13", "a"), rng("10.40.0.0/13", "b")}
+				return in
+			}},
+		}},
+		{"node dies", []step{
+			{"all alive", (*world).input},
+			{"c dead", func(w *world) Input {
+				in := w.input()
+				in.Nodes[2].State = StateDead
+				return in
+			}},
+			{"b left too", func(w *world) Input {
+				in := w.input()
+				in.Nodes[1].State = StateLeft
+				in.Nodes[2].State = StateDead
+				return in
+			}},
+		}},
+		{"suspect keeps entry", []step{
+			{"all alive", (*world).input},
+			{"b suspect", func(w *world) Input {
+				in := w.input()
+				in.Nodes[1].State = StateSuspect
+				return in
+			}},
+		}},
+		{"ranges move and AllowedIPs follow", []step{
+			{"initial split", (*world).input},
+			{"b's second range moves to c", func(w *world) Input {
+				in := w.input()
+				in.Ranges[3].Owner = "c"
+				return in
+			}},
+			{"a takes b's first range", func(w *world) Input {
+				in := w.input()
+				in.Ranges[3].Owner = "c"
+				in.Ranges[1].Owner = "a"
+				return in
+			}},
+		}},
+		{"no-op when nothing changed", []step{
+			{"initial", (*world).input},
+			{"same input", (*world).input},
+			{"same content, other order", func(w *world) Input {
+				in := w.input()
+				slices.Reverse(in.Nodes)
+				slices.Reverse(in.Ranges)
+				return in
+			}},
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dp := fastdptest.New("")
+			r := NewReconciler(dp, nil)
+			var b strings.Builder
+			for i, s := range tc.steps {
+				before := dp.SetCount()
+				changed, err := r.Apply(context.Background(), s.input(w))
+				if err != nil {
+					t.Fatalf("step %d (%s): %v", i+1, s.what, err)
+				}
+				if called := dp.SetCount() > before; called != changed {
+					t.Errorf("step %d: Apply reported changed=%v but Set called=%v", i+1, changed, called)
+				}
+				fmt.Fprintf(&b, "## step %d: %s\nset: %v\n", i+1, s.what, changed)
+				render(&b, dp.Current(), names, w.pubs["a"])
+				b.WriteString("\n")
+			}
+			checkGolden(t, b.String())
+		})
+	}
+}
+
+func TestDesiredPresharedKeySymmetric(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	inA := w.input()
+	inB := w.input()
+	inB.Self, inB.PrivateKey = "b", w.keys["b"]
+	cfgA, err := Desired(inA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgB, err := Desired(inB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	psk := func(cfg *fastdp.Config, peer crypto.Key) crypto.Key {
+		for _, p := range cfg.Peers {
+			if p.PublicKey == peer {
+				return p.PresharedKey
+			}
+		}
+		t.Fatalf("peer %s missing", peer)
+		return crypto.Key{}
+	}
+	ab, ba := psk(cfgA, w.pubs["b"]), psk(cfgB, w.pubs["a"])
+	if ab != ba || ab == (crypto.Key{}) {
+		t.Errorf("a->b and b->a preshared keys differ or are zero")
+	}
+	if psk(cfgA, w.pubs["c"]) == ab {
+		t.Errorf("two pairs share a preshared key")
+	}
+	if !slices.Equal(cfgB.LocalRanges, []netip.Prefix{netip.MustParsePrefix("10.36.0.0/14"), netip.MustParsePrefix("10.44.0.0/14")}) {
+		t.Errorf("b's local ranges = %v", cfgB.LocalRanges)
+	}
+
+	in := w.input()
+	in.Password = nil
+	cfg, err := Desired(in)
+	if err != nil || cfg.Peers[0].PresharedKey != (crypto.Key{}) {
+		t.Errorf("no password: psk set or err %v", err)
+	}
+}
+
+func TestDesiredEdgeCases(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	t.Run("invalid input", func(t *testing.T) {
+		for name, mutate := range map[string]func(*Input){
+			"no self":        func(in *Input) { in.Self = "" },
+			"no range":       func(in *Input) { in.ClusterRange = netip.Prefix{} },
+			"duplicate node": func(in *Input) { in.Nodes = append(in.Nodes, in.Nodes[1]) },
+			"unknown state":  func(in *Input) { in.Nodes[1].State = "sleepy" },
+		} {
+			in := w.input()
+			mutate(&in)
+			if _, err := Desired(in); err == nil {
+				t.Errorf("%s: accepted", name)
+			}
+		}
+	})
+	t.Run("same key under two names", func(t *testing.T) {
+		in := w.input()
+		// b restarted as b2: b is still suspect, b2 is alive on a new address.
+		in.Nodes[1].State = StateSuspect
+		b2 := w.node("b", "192.0.2.22", StateAlive)
+		b2.Name = "b2"
+		in.Nodes = append(in.Nodes, b2)
+		in.Ranges = append(in.Ranges, rng("10.46.0.0/15", "b2"))
+		cfg, err := Desired(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cfg.Peers) != 2 {
+			t.Fatalf("peers = %d, want 2", len(cfg.Peers))
+		}
+		for _, p := range cfg.Peers {
+			if p.PublicKey != w.pubs["b"] {
+				continue
+			}
+			if p.Endpoint.Addr() != netip.MustParseAddr("192.0.2.22") || len(p.AllowedIPs) != 3 {
+				t.Errorf("merged peer = %+v", p)
+			}
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("merged config invalid: %v", err)
+		}
+	})
+	t.Run("skipped nodes", func(t *testing.T) {
+		in := w.input()
+		in.Nodes[1].PublicKey = crypto.Key{}         // not advertised yet
+		in.Nodes[2].PublicKey = w.pubs["a"]          // a stale entry of ourselves
+		in.Nodes = append(in.Nodes, Node{Name: "d"}) // zero state is unknown...
+		in.Nodes[3].State = StateAlive               // ...so give it one; no key either
+		cfg, err := Desired(in)
+		if err != nil || len(cfg.Peers) != 0 {
+			t.Errorf("peers = %+v, err %v", cfg.Peers, err)
+		}
+	})
+	t.Run("unknown address and default port", func(t *testing.T) {
+		in := w.input()
+		in.Nodes[1].Addr = netip.Addr{}
+		in.Nodes[2].DPPort = 0
+		in.OverlayIP = netip.Addr{}
+		cfg, err := Desired(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range cfg.Peers {
+			switch p.PublicKey {
+			case w.pubs["b"]:
+				if p.Endpoint.IsValid() {
+					t.Errorf("b endpoint = %s, want none", p.Endpoint)
+				}
+			case w.pubs["c"]:
+				if p.Endpoint.Port() != fastdp.DefaultListenPort {
+					t.Errorf("c endpoint = %s", p.Endpoint)
+				}
+			}
+		}
+		if cfg.BridgeAddr.IsValid() {
+			t.Errorf("bridge addr = %s without an overlay IP", cfg.BridgeAddr)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("config without overlay IP invalid: %v", err)
+		}
+	})
+}
+
+func TestReconcilerRetriesAfterFailure(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	dp := fastdptest.New("")
+	r := NewReconciler(dp, nil)
+	ctx := context.Background()
+	boom := errors.New("boom")
+
+	dp.FailNext(1, boom)
+	if _, err := r.Apply(ctx, w.input()); !errors.Is(err, boom) {
+		t.Fatalf("Apply = %v, want boom", err)
+	}
+	if c := r.Counters(); c.Errors != 1 || !errors.Is(c.LastError, boom) || r.Last() != nil {
+		t.Errorf("after failure: %+v, last %v", c, r.Last())
+	}
+	// Same input again: the failure forces a new Set.
+	if changed, err := r.Apply(ctx, w.input()); err != nil || !changed {
+		t.Fatalf("retry: changed=%v err=%v", changed, err)
+	}
+	if changed, err := r.Apply(ctx, w.input()); err != nil || changed {
+		t.Fatalf("then a no-op: changed=%v err=%v", changed, err)
+	}
+	c := r.Counters()
+	if c.Applied != 1 || c.Skipped != 1 || c.Errors != 1 || c.LastError != nil || dp.SetCount() != 2 {
+		t.Errorf("counters %+v, sets %d", c, dp.SetCount())
+	}
+	if n, ok := r.NodeName(w.pubs["c"]); !ok || n != "c" {
+		t.Errorf("NodeName(c) = %q, %v", n, ok)
+	}
+
+	// A bad input is an error that never reaches the data plane.
+	in := w.input()
+	in.Nodes[1].State = "sleepy"
+	if _, err := r.Apply(ctx, in); err == nil || dp.SetCount() != 2 {
+		t.Errorf("bad input: err %v, sets %d", err, dp.SetCount())
+	}
+	if r.Counters().Errors != 2 {
+		t.Errorf("errors = %d", r.Counters().Errors)
+	}
+}

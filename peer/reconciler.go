@@ -1,0 +1,157 @@
+package peer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/fastdp"
+)
+
+// Reconciler keeps a data plane at the config Desired computes. Apply is
+// cheap when nothing changed: the data plane is only called when the desired
+// config differs from the last one it accepted.
+type Reconciler struct {
+	dp  fastdp.Dataplane
+	log *slog.Logger
+
+	mu      sync.Mutex
+	last    *fastdp.Config // last config the data plane accepted; nil forces the next Set
+	names   map[crypto.Key]string
+	applied int64
+	skipped int64
+	errors  int64
+	lastErr error
+}
+
+// Counters are the Reconciler's running totals, for metrics and status.
+type Counters struct {
+	Applied, Skipped, Errors int64
+	// LastError is the most recent failure, nil after a success.
+	LastError error
+}
+
+// NewReconciler drives dp. log may be nil.
+func NewReconciler(dp fastdp.Dataplane, log *slog.Logger) *Reconciler {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Reconciler{dp: dp, log: log.With("component", "peer")}
+}
+
+// Apply computes the desired config for in and sets it on the data plane if
+// it differs from the last one applied. It reports whether Set was called
+// and succeeded. After a failure the next Apply calls Set again even with the
+// same input, as the failed Set may have left the host part-way.
+func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	defer func() {
+		if err != nil {
+			r.errors++
+			r.lastErr = err
+			r.log.Warn("failed to apply data plane config", "err", err)
+		}
+	}()
+
+	cfg, err := Desired(in)
+	if err != nil {
+		return false, err
+	}
+	if r.last.Equal(cfg) {
+		r.skipped++
+		return false, nil
+	}
+	names := nodeNames(in)
+	if err := r.dp.Set(ctx, cfg); err != nil {
+		r.last = nil
+		return false, fmt.Errorf("failed to set data plane config: %w", err)
+	}
+	r.logChange(r.last, cfg, names)
+	r.last, r.names = cfg, names
+	r.applied++
+	r.lastErr = nil
+	return true, nil
+}
+
+// Last returns a copy of the config last applied, or nil.
+func (r *Reconciler) Last() *fastdp.Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.last.Clone()
+}
+
+// Counters returns the running totals.
+func (r *Reconciler) Counters() Counters {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Counters{Applied: r.applied, Skipped: r.skipped, Errors: r.errors, LastError: r.lastErr}
+}
+
+// Stats is the data plane's view of its peers.
+func (r *Reconciler) Stats(ctx context.Context) ([]fastdp.PeerStats, error) {
+	return r.dp.Stats(ctx)
+}
+
+// NodeName returns the node name behind a peer's public key, as of the last
+// applied input.
+func (r *Reconciler) NodeName(key crypto.Key) (string, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n, ok := r.names[key]
+	return n, ok
+}
+
+func nodeNames(in Input) map[crypto.Key]string {
+	m := make(map[crypto.Key]string, len(in.Nodes))
+	for _, n := range in.Nodes {
+		if n.Name == in.Self {
+			continue
+		}
+		if old, ok := m[n.PublicKey]; !ok || n.Name < old {
+			m[n.PublicKey] = n.Name
+		}
+	}
+	return m
+}
+
+// logChange logs which peers came and went, by node name. Keys other than
+// public ones never reach the log.
+func (r *Reconciler) logChange(prev, next *fastdp.Config, names map[crypto.Key]string) {
+	had := map[crypto.Key]fastdp.Peer{}
+	if prev != nil {
+		for _, p := range prev.Peers {
+			had[p.PublicKey] = p
+		}
+	}
+	var added, removed, updated []string
+	name := func(k crypto.Key) string {
+		if n, ok := names[k]; ok {
+			return n
+		}
+		if n, ok := r.names[k]; ok {
+			return n
+		}
+		return k.String()
+	}
+	for _, p := range next.Peers {
+		old, ok := had[p.PublicKey]
+		switch {
+		case !ok:
+			added = append(added, name(p.PublicKey))
+		case !slices.Equal(old.AllowedIPs, p.AllowedIPs) || old.Endpoint != p.Endpoint ||
+			old.Keepalive != p.Keepalive || old.PresharedKey != p.PresharedKey:
+			updated = append(updated, name(p.PublicKey))
+		}
+		delete(had, p.PublicKey)
+	}
+	for k := range had {
+		removed = append(removed, name(k))
+	}
+	slices.Sort(removed)
+	r.log.Info("applied data plane config", "peers", len(next.Peers),
+		"added", added, "updated", updated, "removed", removed, "local_ranges", len(next.LocalRanges))
+}
