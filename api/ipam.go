@@ -75,3 +75,22 @@ func (c *Client) Allocations(ctx context.Context) ([]Allocation, error) {
 	}
 	return out, nil
 }
+
+// RemovePeerRequest is `mesh rmpeer NAME` (POST /v1/ipam/rmpeer).
+type RemovePeerRequest struct {
+	Name string `json:"name"`
+}
+
+// RemovePeerResult counts the ranges taken over.
+type RemovePeerResult struct {
+	Ranges int `json:"ranges"`
+}
+
+// RemovePeer hands a dead peer's ranges to the daemon's node.
+func (c *Client) RemovePeer(ctx context.Context, name string) (int, error) {
+	var r RemovePeerResult
+	if err := c.Do(ctx, "POST", "/v1/ipam/rmpeer", RemovePeerRequest{Name: name}, &r); err != nil {
+		return 0, err
+	}
+	return r.Ranges, nil
+}

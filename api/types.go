@@ -23,6 +23,10 @@ type Status struct {
 	Dataplane   string       `json:"dataplane,omitempty"`
 	MTU         int          `json:"mtu,omitempty"`
 	Connections []Connection `json:"connections,omitempty"`
+
+	// Problems are conditions outside the IPAM that an operator must look
+	// at (the IPAM's own are in ipam.problems).
+	Problems []string `json:"problems,omitempty"`
 }
 
 // IPAM is this node's view of the address ring.
@@ -64,6 +68,8 @@ type Connection struct {
 	LastHandshake string `json:"lastHandshake"`
 	RxBytes       int64  `json:"rxBytes"`
 	TxBytes       int64  `json:"txBytes"`
+	// AllowedIPs are the overlay ranges routed to this peer (those it owns).
+	AllowedIPs []string `json:"allowedIPs,omitempty"`
 }
 
 // Peer is one member of the mesh as this node sees it.

@@ -14,7 +14,7 @@ import (
 func (d *Daemon) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, d.Status())
+		writeJSON(w, http.StatusOK, d.Status(r))
 	})
 	mux.HandleFunc("POST /v1/connect", d.handlePeer(func(addr string) error {
 		d.members.Connect(addr)
@@ -28,6 +28,11 @@ func (d *Daemon) routes() http.Handler {
 		d.log.Info("forgot peer", "peer", addr)
 		return nil
 	}))
+	mux.HandleFunc("POST /v1/ipam/allocate", d.handleAllocate)
+	mux.HandleFunc("POST /v1/ipam/release", d.handleRelease)
+	mux.HandleFunc("POST /v1/ipam/gc", d.handleGC)
+	mux.HandleFunc("GET /v1/ipam/allocations", d.handleAllocations)
+	mux.HandleFunc("POST /v1/ipam/rmpeer", d.handleRemovePeer)
 	return mux
 }
 
@@ -58,7 +63,7 @@ func (d *Daemon) handlePeer(do func(addr string) error) http.HandlerFunc {
 }
 
 // Status assembles the status contract from every part of the daemon.
-func (d *Daemon) Status() *api.Status {
+func (d *Daemon) Status(r *http.Request) *api.Status {
 	st := &api.Status{Name: d.id.Name, PeerID: d.id.PeerID, Version: d.cfg.Version, Peers: []api.Peer{}, Targets: []api.Target{}}
 	for _, m := range d.members.Members() {
 		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self})
@@ -69,6 +74,20 @@ func (d *Daemon) Status() *api.Status {
 			at.NextRetry = t.NextRetry.UTC().Format(time.RFC3339)
 		}
 		st.Targets = append(st.Targets, at)
+	}
+	st.IPAM, st.OverlayIP = d.ipamStatus()
+	if d.dp != nil {
+		st.Dataplane = d.dp.Kind()
+		st.MTU = d.mtu
+		st.Connections = d.connections(r.Context())
+		d.mu.Lock()
+		if d.cniErr != "" && !d.cniDone {
+			st.Problems = append(st.Problems, "CNI plugin not installed: "+d.cniErr)
+		}
+		if err := d.reconcile.lastErr; err != nil {
+			st.Problems = append(st.Problems, "data plane: "+err.Error())
+		}
+		d.mu.Unlock()
 	}
 	return st
 }

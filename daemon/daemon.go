@@ -9,27 +9,50 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
+	"github.com/meshnet/mesh/peer"
 )
 
 // Daemon is a running node. Create it with Start, stop it with Stop.
 type Daemon struct {
-	cfg      Config
-	log      *slog.Logger
-	id       Identity
-	key      crypto.PrivateKey
-	members  *mesh.Membership
+	cfg     Config
+	log     *slog.Logger
+	id      Identity
+	key     crypto.PrivateKey
+	members *mesh.Membership
+	ipam    *ipam.Allocator
+	dp      fastdp.Dataplane // nil with --dataplane none
+	rec     *peer.Reconciler
+	mtu     int
+
 	server   *http.Server
 	listener net.Listener
+	metrics  *http.Server
 	served   chan error
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	firstSeen map[crypto.Key]time.Time // when a data-plane peer first appeared
+	cniDone   bool
+	cniErr    string // last installation error, logged once
+	dpReady   bool // the data plane accepted a config with our overlay IP
+	reconcile reconcileStats
 }
 
-// Start brings the node up: identity, keys, gossip, control socket. It
-// returns once the socket is serving; joining peers goes on in the
-// background. On error, everything started so far is stopped again.
+// Start brings the node up: identity, keys, data plane, gossip, IPAM and
+// the control socket. It returns once the socket is serving; joining peers
+// goes on in the background. On error, everything started so far is
+// stopped again (the data plane's interfaces excepted: they are adopted by
+// the next start, and `mesh reset` removes them).
 func Start(cfg Config) (_ *Daemon, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -50,16 +73,37 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1)}
+	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1), firstSeen: map[crypto.Key]time.Time{}}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
 			d.close()
 		}
 	}()
 
+	initialPeers := len(cfg.Peers) + 1
+	var kube *kubeSource
+	if cfg.Kube {
+		if kube, err = newKubeSource(d.ctx, cfg, id.Name, log.With("component", "kube")); err != nil {
+			return nil, err
+		}
+		initialPeers = kube.initialPeers()
+	}
+
+	if cfg.Dataplane != DataplaneNone {
+		opts := fastdp.DefaultOptions()
+		opts.Mode = cfg.Dataplane
+		opts.DeviceName = cfg.WGDevice
+		opts.Logger = log.With("component", "fastdp")
+		if d.dp, err = fastdp.New(d.ctx, opts); err != nil {
+			return nil, err
+		}
+		d.rec = peer.NewReconciler(d.dp, log)
+	}
+
 	mc := mesh.DefaultConfig()
 	mc.Name = id.Name
-	mc.Meta = mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String()}
+	mc.Meta = mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort}
 	mc.AdvertiseAddr = cfg.AdvertiseAddr
 	mc.Port = cfg.Port
 	mc.Targets = cfg.Peers
@@ -75,18 +119,51 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if d.members, err = mesh.New(mc); err != nil {
 		return nil, err
 	}
+	d.mtu = d.detectMTU()
+
+	if err := d.startIPAM(initialPeers); err != nil {
+		return nil, err
+	}
+	d.members.Start()
 
 	if d.listener, err = listenSocket(cfg.Socket); err != nil {
 		return nil, err
 	}
 	d.server = &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { d.served <- d.server.Serve(d.listener) }()
-	log.Info("mesh daemon started", "name", id.Name, "peerID", id.PeerID, "gossip", d.members.LocalAddr(), "socket", cfg.Socket, "version", cfg.Version)
+	if err := d.startMetrics(); err != nil {
+		return nil, err
+	}
+
+	d.goLoop("ipam-tick", d.tickLoop)
+	d.goLoop("reconcile", d.reconcileLoop)
+	if kube != nil {
+		d.goLoop("kube", func(ctx context.Context) { kube.run(ctx, d) })
+	}
+	dpKind := "none"
+	if d.dp != nil {
+		dpKind = d.dp.Kind()
+	}
+	log.Info("mesh daemon started", "name", id.Name, "peerID", id.PeerID, "gossip", d.members.LocalAddr(),
+		"socket", cfg.Socket, "dataplane", dpKind, "mtu", d.mtu, "range", cfg.IPAllocRange, "version", cfg.Version)
 	return d, nil
 }
 
-// Stop leaves the mesh gracefully, then stops gossip and the socket.
+// goLoop runs a named loop until Stop.
+func (d *Daemon) goLoop(name string, f func(ctx context.Context)) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f(d.ctx)
+		d.log.Debug("loop stopped", "loop", name)
+	}()
+}
+
+// Stop leaves the mesh gracefully, then stops gossip, IPAM and the socket.
+// The data plane stays up so pods keep working through a restart.
 func (d *Daemon) Stop() error {
+	d.cancel()
+	d.wg.Wait()
 	if err := d.members.Leave(3 * time.Second); err != nil {
 		d.log.Warn("leaving the mesh failed", "error", err)
 	}
@@ -100,10 +177,15 @@ func (d *Daemon) Stop() error {
 func (d *Daemon) Done() <-chan error { return d.served }
 
 func (d *Daemon) close() {
+	d.cancel()
+	d.wg.Wait()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
 	if d.server != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		d.server.Shutdown(ctx)
-		cancel()
+	}
+	if d.metrics != nil {
+		d.metrics.Shutdown(ctx)
 	}
 	if d.listener != nil {
 		os.Remove(d.cfg.Socket)
@@ -111,6 +193,27 @@ func (d *Daemon) close() {
 	if d.members != nil {
 		d.members.Close()
 	}
+	if d.ipam != nil {
+		d.ipam.Close()
+	}
+	if d.dp != nil {
+		d.dp.Close()
+	}
+}
+
+// detectMTU picks the overlay MTU: --mtu, else the underlay's minus the
+// WireGuard overhead, else the default.
+func (d *Daemon) detectMTU() int {
+	if d.cfg.MTU != 0 {
+		return d.cfg.MTU
+	}
+	addr := d.members.LocalAddr().Addr()
+	if mtu, err := fastdp.DetectMTU(addr); err == nil {
+		return mtu
+	} else {
+		d.log.Warn("cannot detect the underlay MTU, using the default", "default", fastdp.DefaultMTU, "error", err)
+	}
+	return fastdp.DefaultMTU
 }
 
 // listenSocket opens the control socket with mode 0600 in a 0700

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -25,9 +26,22 @@ type node struct {
 	env  []string
 }
 
-// meshBinary builds bin/mesh once per test process.
+// meshBinary builds mesh and mesh-cni once per test process and puts the
+// plugin next to mesh, where the daemon looks for it to install it.
 func meshBinary(t *testing.T) string {
-	return testnet.BuildBinary(t, "./cmd/mesh")
+	bin := testnet.BuildBinary(t, "./cmd/mesh")
+	cni := testnet.BuildBinary(t, "./cmd/mesh-cni")
+	dst := filepath.Join(filepath.Dir(bin), "mesh-cni")
+	if _, err := os.Stat(dst); err != nil {
+		data, err := os.ReadFile(cni)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return bin
 }
 
 // launch starts `mesh launch` on h with the password in the environment.
@@ -151,5 +165,7 @@ func assertNoSecret(t *testing.T, what, s string) {
 }
 
 func TestMain(m *testing.M) {
-	os.Exit(m.Run())
+	code := m.Run()
+	testnet.RemoveBinaries()
+	os.Exit(code)
 }

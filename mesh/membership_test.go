@@ -72,6 +72,7 @@ func startNode(t *testing.T, name string, key []byte, w io.Writer, targets ...st
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
+	m.Start()
 	return m
 }
 

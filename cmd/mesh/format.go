@@ -37,9 +37,13 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 	}
 	tw.Flush()
 	formatTargets(w, st.Targets, now)
-	if st.IPAM != nil && len(st.IPAM.Problems) > 0 {
+	problems := append([]string(nil), st.Problems...)
+	if st.IPAM != nil {
+		problems = append(problems, st.IPAM.Problems...)
+	}
+	if len(problems) > 0 {
 		fmt.Fprintln(w, "\nProblems:")
-		for _, p := range st.IPAM.Problems {
+		for _, p := range problems {
 			fmt.Fprintf(w, "  - %s\n", p)
 		}
 	}

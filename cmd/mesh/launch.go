@@ -31,12 +31,32 @@ func launch(args []string, stderr io.Writer) error {
 	passwordFile := fs.String("password-file", "", "file holding the mesh password")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow running without a password: gossip unencrypted (not for production)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	ipRange := fs.String("ipalloc-range", cfg.IPAllocRange.String(), "cluster range split among the peers for pod addresses (the same on every peer)")
+	fs.DurationVar(&cfg.ReclaimAfter, "ipalloc-reclaim-after", 0, "reclaim the free space of a peer silent this long (0: off; the same on every peer; see docs/ipam.md)")
+	fs.StringVar(&cfg.Dataplane, "dataplane", cfg.Dataplane, "auto, kernel, userspace or none")
+	fs.IntVar(&cfg.DPPort, "dp-port", cfg.DPPort, "WireGuard UDP port")
+	fs.IntVar(&cfg.MTU, "mtu", 0, "overlay MTU (0: the underlay's minus 80)")
+	fs.DurationVar(&cfg.Keepalive, "keepalive", cfg.Keepalive, "WireGuard persistent keepalive, for peers behind NAT (0: off)")
+	fs.StringVar(&cfg.Bridge, "bridge", cfg.Bridge, "bridge for this node's pods")
+	fs.BoolVar(&cfg.NoCNI, "no-cni", false, "do not install the CNI plugin and config")
+	fs.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "where to install mesh-cni")
+	fs.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "where to write "+daemon.CNIConfName)
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.BoolVar(&cfg.Kube, "kube", false, "take peers from Kubernetes Node objects and reclaim deleted nodes' ranges")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for --kube (default: in-cluster)")
 	peers, err := parseInterspersed(fs, args)
 	if err != nil {
 		return errUsage
 	}
 	cfg.Peers = peers
 	cfg.Version = version
+	if cfg.IPAllocRange, err = netip.ParsePrefix(*ipRange); err != nil {
+		return fmt.Errorf("invalid --ipalloc-range %q: %w", *ipRange, err)
+	}
+	if cfg.Kube && cfg.Name == "" {
+		// The DaemonSet passes the node name through the downward API.
+		cfg.Name = os.Getenv("NODE_NAME")
+	}
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {

@@ -22,6 +22,8 @@ Usage:
                                     show this node and the mesh as it sees it
   mesh connect PEER                 add a peer to join (host or host:port)
   mesh forget PEER                  stop trying a peer and forget it
+  mesh rmpeer NAME                  hand a dead peer's address ranges to this node
+  mesh reset [--state]              remove every interface, route and file mesh made on this host
   mesh version                      print the version
 
 Run "mesh COMMAND -h" for the flags of a command.
@@ -47,6 +49,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = status(rest, stdout, stderr)
 	case "connect", "forget":
 		err = peerCommand(cmd, rest, stdout, stderr)
+	case "rmpeer":
+		err = rmpeer(rest, stdout, stderr)
+	case "reset":
+		err = reset(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 	case "help", "-h", "--help":

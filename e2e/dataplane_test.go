@@ -1,0 +1,267 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// startMesh launches n hosts that all name the first one, and waits until
+// every node owns a range, sees every other node alive and has an
+// established data-plane connection to each.
+func startMesh(t *testing.T, hosts int, extra ...string) (*testnet.Net, []*node) {
+	t.Helper()
+	testnet.RequireRoot(t)
+	net := testnet.New(t, testnet.Options{Hosts: hosts, Prefix: "dp"})
+	var nodes []*node
+	for i, h := range net.Hosts() {
+		var peers []*testnet.Host
+		if i > 0 {
+			peers = net.Hosts()[:1]
+		}
+		nodes = append(nodes, launch(t, h, peers, extra...))
+	}
+	dumpLogsOnFailure(t, nodes...)
+	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
+	waitConnected(t, nodes)
+	return net, nodes
+}
+
+func waitConnected(t *testing.T, nodes []*node) {
+	t.Helper()
+	testnet.Eventually(t, 90*time.Second, 500*time.Millisecond, func() error {
+		for _, n := range nodes {
+			st, err := n.status()
+			if err != nil {
+				return err
+			}
+			if st.IPAM == nil || st.IPAM.Status != "ready" || st.OverlayIP == "" {
+				return fmt.Errorf("%s: IPAM not ready: %+v overlay %q", n.host.Name, st.IPAM, st.OverlayIP)
+			}
+			if len(st.Connections) != len(nodes)-1 {
+				return fmt.Errorf("%s has %d connections, want %d", n.host.Name, len(st.Connections), len(nodes)-1)
+			}
+			for _, c := range st.Connections {
+				if c.State != "established" {
+					return fmt.Errorf("%s: connection to %s is %s", n.host.Name, c.Peer, c.State)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func overlayIPs(t *testing.T, nodes []*node) []string {
+	var out []string
+	for _, n := range nodes {
+		out = append(out, n.mustStatus().OverlayIP)
+	}
+	return out
+}
+
+// pingAll pings every other node's overlay IP from every node.
+func pingAll(t *testing.T, nodes []*node) error {
+	ips := overlayIPs(t, nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i, n := range nodes {
+		for j, ip := range ips {
+			if i == j {
+				continue
+			}
+			if out, err := n.host.Run(ctx, "ping", "-c", "2", "-W", "2", "-i", "0.2", ip); err != nil {
+				return fmt.Errorf("%s cannot ping %s (%s): %v\n%s", n.host.Name, nodes[j].host.Name, ip, err, out)
+			}
+		}
+	}
+	return nil
+}
+
+func TestOverlayPingIsEncrypted(t *testing.T) {
+	_, nodes := startMesh(t, 3)
+	st := nodes[0].mustStatus()
+	if st.Dataplane != "userspace" {
+		t.Fatalf("dataplane = %q, want userspace (auto on a host without the kernel module)", st.Dataplane)
+	}
+	if st.MTU != 1500-80 {
+		t.Fatalf("mtu = %d, want %d", st.MTU, 1500-80)
+	}
+	// Ranges are disjoint and cover only the cluster range.
+	owned := map[string]string{}
+	for _, n := range nodes {
+		for _, c := range n.mustStatus().IPAM.Owned {
+			p := netip.MustParsePrefix(c)
+			if !netip.MustParsePrefix("10.32.0.0/12").Contains(p.Addr()) {
+				t.Fatalf("%s owns %s outside the cluster range", n.host.Name, c)
+			}
+			for other, by := range owned {
+				if netip.MustParsePrefix(other).Overlaps(p) {
+					t.Fatalf("%s and %s both own %s/%s", by, n.host.Name, other, c)
+				}
+			}
+			owned[c] = n.host.Name
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	capFile := "/var/lib/mesh/underlay.pcap"
+	dump := nodes[0].host.Start(t, "tcpdump", []string{"-i", "eth0", "-nn", "-U", "-w", capFile}, nil)
+	time.Sleep(time.Second) // tcpdump attaches
+	if err := pingAll(t, nodes); err != nil {
+		t.Fatal(err)
+	}
+	if err := dump.Stop(5 * time.Second); err != nil {
+		t.Logf("stopping tcpdump: %v", err)
+	}
+	icmp, err := nodes[0].host.Run(ctx, "tcpdump", "-r", capFile, "-nn", "icmp")
+	if err != nil {
+		t.Fatalf("reading capture: %v\n%s", err, icmp)
+	}
+	if strings.Contains(icmp, "ICMP") {
+		t.Fatalf("plaintext ICMP on the underlay:\n%s", icmp)
+	}
+	wg, err := nodes[0].host.Run(ctx, "tcpdump", "-r", capFile, "-nn", "udp port 6784")
+	if err != nil || strings.Count(wg, "UDP") < 8 {
+		t.Fatalf("expected WireGuard packets on UDP 6784, got %v:\n%s", err, wg)
+	}
+	other, _ := nodes[0].host.Run(ctx, "tcpdump", "-r", capFile, "-nn", "not udp port 6784 and not port 6783 and not arp")
+	if lines := nonEmptyLines(other); len(lines) > 0 {
+		t.Fatalf("unexpected traffic on the underlay:\n%s", other)
+	}
+}
+
+func nonEmptyLines(s string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.TrimSpace(l) != "" && !strings.HasPrefix(l, "reading from file") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func TestRangesMoveAllowedIPsFollow(t *testing.T) {
+	_, nodes := startMesh(t, 3)
+	gone := nodes[2]
+	goneRanges := gone.mustStatus().IPAM.Owned
+	if err := gone.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	expectStates(t, detectTimeout, nodes[:2], map[string]string{gone.host.Name: "dead"}, false)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := nodes[0].host.Run(ctx, nodes[0].bin, "rmpeer", gone.host.Name)
+	if err != nil {
+		t.Fatalf("rmpeer: %v\n%s", err, out)
+	}
+	// On the third node, the first node's AllowedIPs now cover the dead
+	// node's ranges: one gossip broadcast, no restart.
+	testnet.Eventually(t, 20*time.Second, 250*time.Millisecond, func() error {
+		st, err := nodes[1].status()
+		if err != nil {
+			return err
+		}
+		var conn *api.Connection
+		for i := range st.Connections {
+			if st.Connections[i].Peer == nodes[0].host.Name {
+				conn = &st.Connections[i]
+			}
+		}
+		if conn == nil {
+			return fmt.Errorf("no connection to %s: %+v", nodes[0].host.Name, st.Connections)
+		}
+		for _, r := range goneRanges {
+			if !covered(netip.MustParsePrefix(r), conn.AllowedIPs) {
+				return fmt.Errorf("%s not in AllowedIPs %v of %s", r, conn.AllowedIPs, nodes[0].host.Name)
+			}
+		}
+		for _, c := range st.Connections {
+			if c.Peer == gone.host.Name {
+				return fmt.Errorf("the dead node still has a data-plane peer")
+			}
+		}
+		return nil
+	})
+	// Refused while alive.
+	out, err = nodes[0].host.Run(ctx, nodes[0].bin, "rmpeer", nodes[1].host.Name)
+	if err == nil || !strings.Contains(out, "alive") {
+		t.Fatalf("rmpeer of a live peer: err=%v\n%s", err, out)
+	}
+}
+
+func covered(p netip.Prefix, set []string) bool {
+	for _, s := range set {
+		q, err := netip.ParsePrefix(s)
+		if err == nil && q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestKillRestartDataplane(t *testing.T) {
+	_, nodes := startMesh(t, 2)
+	victim := nodes[1]
+	if err := victim.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	victim.start()
+	waitConnected(t, nodes)
+	testnet.Eventually(t, 30*time.Second, time.Second, func() error { return pingAll(t, nodes) })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	links, err := victim.host.Run(ctx, "ip", "-o", "link", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(links, "mesh-wg"); n != 1 {
+		t.Fatalf("%d mesh-wg links after restart:\n%s", n, links)
+	}
+	routes, err := victim.host.Run(ctx, "ip", "route", "show", "proto", "109")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, l := range nonEmptyLines(routes) {
+		if seen[l] {
+			t.Fatalf("duplicate route %q:\n%s", l, routes)
+		}
+		seen[l] = true
+	}
+	if len(seen) < 2 {
+		t.Fatalf("expected the cluster and local routes, got:\n%s", routes)
+	}
+}
+
+func TestDataplaneModes(t *testing.T) {
+	testnet.RequireRoot(t)
+	net := testnet.New(t, testnet.Options{Hosts: 1, Prefix: "dpm"})
+	h := net.Hosts()[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := h.Exec(ctx, meshBinary(t), "launch", "--name", h.Name, "--advertise-addr", h.Addr.String(), "--dataplane", "kernel")
+	cmd.Env = append(cmd.Env, "MESH_PASSWORD="+testPassword)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "kernel WireGuard is not available") {
+		t.Fatalf("--dataplane kernel: err=%v\n%s", err, out)
+	}
+	if links, _ := h.Run(ctx, "ip", "-o", "link", "show"); strings.Contains(links, "mesh") {
+		t.Fatalf("a failed start left links behind:\n%s", links)
+	}
+	n := launch(t, h, nil)
+	dumpLogsOnFailure(t, n)
+	if st := n.mustStatus(); st.Dataplane != "userspace" {
+		t.Fatalf("auto chose %q", st.Dataplane)
+	}
+	if !strings.Contains(n.proc.Log(), "userspace") {
+		t.Fatal("auto did not log its fallback")
+	}
+}

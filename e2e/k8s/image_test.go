@@ -1,0 +1,69 @@
+//go:build e2ek8s
+
+package k8se2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// TestMeshImage imports `make image`'s tarball into a real containerd (on a
+// simulated host, as the nodes of TestKubernetes do) and runs the mesh
+// binary from it. It needs neither Kubernetes nor build.sh, so it is quick.
+func TestMeshImage(t *testing.T) {
+	testnet.RequireRoot(t)
+	imageTar, err := filepath.Abs(setting("MESH_E2E_IMAGE_TAR", "../../bin/mesh-image.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(imageTar); err != nil {
+		t.Fatalf("the mesh image tarball is missing (run `make image`): %v", err)
+	}
+	image := setting("MESH_E2E_IMAGE", "mesh:dev")
+	cgs, err := cgroupMounts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := testnet.New(t, testnet.Options{Hosts: 1, Prefix: runPrefix})
+	if err := removeStaleCgroupRoots(cgs, runPrefix); err != nil {
+		t.Logf("removing cgroups of earlier runs: %v", err)
+	}
+	h := n.Hosts()[0]
+	c := &Cluster{Net: n, dir: filepath.Join(n.Dir(), "k8s"), cgs: cgs, opts: Options{CNI: "mesh"}}
+	node := &Node{Host: h, cgroupRoot: fmt.Sprintf("/%s-%s", filepath.Base(n.Dir()), h.Name)}
+	c.Nodes = []*Node{node}
+	t.Cleanup(func() { c.teardown(t) })
+
+	c.prepareNode(t, node)
+	c.startContainerd(t, node, []string{imageTar})
+	checkImageImported(t, c, image)
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := node.Run(ctx, "ctr", "-n", "k8s.io", "run", "--rm", "--net-host",
+		"--cgroup", node.cgroupRoot+"/mesh-image-test",
+		normalizeImage(image), "mesh-image-test", "/usr/local/bin/mesh", "version")
+	if err != nil {
+		t.Fatalf("running mesh from the image: %v", err)
+	}
+	t.Logf("mesh version in the image: %s", strings.TrimSpace(out))
+	for _, bin := range []string{"/usr/local/bin/mesh-cni"} {
+		if _, err := os.Stat("../../cmd/mesh-cni"); err != nil {
+			break
+		}
+		// A CNI plugin without CNI_COMMAND prints its usage and fails: what
+		// matters is that it exists and runs.
+		out, _ := node.Run(ctx, "ctr", "-n", "k8s.io", "run", "--rm", "--net-host",
+			"--cgroup", node.cgroupRoot+"/mesh-image-test", normalizeImage(image), "mesh-image-test", bin)
+		if strings.Contains(out, "no such file") || strings.Contains(out, "not found") {
+			t.Fatalf("%s is not runnable in the image: %s", bin, out)
+		}
+	}
+}

@@ -1,0 +1,372 @@
+//go:build e2ek8s
+
+package k8se2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+)
+
+// Settings, from the environment (the Makefile's e2e-k8s target sets them):
+//
+//	MESH_E2E_CNI        mesh (default) or bridge: see Options.CNI
+//	MESH_E2E_IMAGE      the image name in the tarball (default mesh:dev)
+//	MESH_E2E_IMAGE_TAR  `make image`'s tarball (default ../../bin/mesh-image.tar)
+//	MESH_E2E_MESH_BIN   the mesh CLI run on the nodes (default ../../bin/mesh)
+func setting(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+const (
+	meshNamespace = "mesh-system"
+	testNamespace = "e2e"
+)
+
+// TestKubernetes installs mesh with the real deploy/kubernetes/mesh.yaml on
+// a two-node cluster and checks pod networking across the nodes, a ClusterIP
+// Service through kube-proxy, and that a deleted node's address ranges are
+// reclaimed.
+func TestKubernetes(t *testing.T) {
+	cni := setting("MESH_E2E_CNI", "mesh")
+	imageTar, err := filepath.Abs(setting("MESH_E2E_IMAGE_TAR", "../../bin/mesh-image.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(imageTar); err != nil {
+		t.Fatalf("the mesh image tarball is missing (run `make image`): %v", err)
+	}
+	image := setting("MESH_E2E_IMAGE", "mesh:dev")
+
+	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}})
+	checkImageImported(t, c, image)
+	installMesh(t, c, image, cni == "mesh")
+	if cni == "mesh" {
+		c.WaitNodesReady(t, 3*time.Minute)
+	}
+	pods := podsOnEveryNode(t, c)
+	checkPodToPod(t, c, pods)
+	checkClusterIPService(t, c, pods)
+	deleteNode(t, c, cni == "mesh")
+}
+
+// checkImageImported checks that `make image`'s tarball was imported into
+// every node's containerd under the name the DaemonSet uses.
+func checkImageImported(t *testing.T, c *Cluster, image string) {
+	t.Helper()
+	want := normalizeImage(image)
+	for _, node := range c.Nodes {
+		out, err := node.Run(context.Background(), "ctr", "-n", "k8s.io", "images", "ls", "-q")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !containsLine(out, want) {
+			t.Fatalf("%s is not in the containerd of %s after import; it has:\n%s", want, node.Name, out)
+		}
+	}
+	t.Logf("image %s imported into %d nodes", want, len(c.Nodes))
+}
+
+// normalizeImage expands a short image name as container runtimes do.
+func normalizeImage(image string) string {
+	first, _, hasSlash := strings.Cut(image, "/")
+	switch {
+	case !hasSlash:
+		return "docker.io/library/" + image
+	case !strings.ContainsAny(first, ".:") && first != "localhost":
+		return "docker.io/" + image
+	}
+	return image
+}
+
+func containsLine(s, line string) bool {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.TrimSpace(l) == line {
+			return true
+		}
+	}
+	return false
+}
+
+var imageLine = regexp.MustCompile(`(?m)^(\s*)image: .*$`)
+var pullPolicyLine = regexp.MustCompile(`(?m)^(\s*)imagePullPolicy: .*$`)
+
+// meshManifest is the real deploy/kubernetes/mesh.yaml with the test's image
+// and imagePullPolicy Never (no registry: the image was imported).
+func meshManifest(t *testing.T, image string) string {
+	t.Helper()
+	data, err := os.ReadFile("../../deploy/kubernetes/mesh.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	y := string(data)
+	if n := len(imageLine.FindAllString(y, -1)); n != 1 {
+		t.Fatalf("mesh.yaml has %d image lines, want 1", n)
+	}
+	y = imageLine.ReplaceAllString(y, "${1}image: "+image)
+	y = pullPolicyLine.ReplaceAllString(y, "${1}imagePullPolicy: Never")
+	return y
+}
+
+// installMesh creates the password Secret and applies mesh.yaml. With
+// wantReady it waits for the DaemonSet's rollout. Without it (bridge mode,
+// where another CNI serves the pods) it checks that the API server accepts
+// every object, that the DaemonSet's pod was created on every node and that
+// its container was started from the imported image, with the Secret, host
+// paths and TUN device mounted; then it removes mesh again.
+func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
+	t.Helper()
+	manifest := meshManifest(t, image)
+	c.MustKubectl(t, "", "create", "namespace", meshNamespace)
+	// As docs/kubernetes.md tells users; the password never appears in a file.
+	c.MustKubectl(t, "", "-n", meshNamespace, "create", "secret", "generic", "mesh-password",
+		"--from-literal=password=e2e-"+fmt.Sprint(time.Now().UnixNano()))
+	c.MustKubectl(t, manifest, "apply", "--dry-run=server", "-f", "-")
+	t.Log(strings.TrimSpace(c.MustKubectl(t, manifest, "apply", "-f", "-")))
+	if wantReady {
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+		defer cancel()
+		if out, err := c.Kubectl(ctx, "", "-n", meshNamespace, "rollout", "status", "ds/mesh", "--timeout=3m"); err != nil {
+			logs, _ := c.Kubectl(context.Background(), "", "-n", meshNamespace, "logs", "ds/mesh", "--tail=50")
+			t.Fatalf("mesh DaemonSet not ready: %v\n%s\nlogs:\n%s", err, out, logs)
+		}
+		t.Logf("mesh DaemonSet ready on %d nodes", len(c.Nodes))
+		return
+	}
+	// Every node's mesh container must have started at least once (it may
+	// then exit: the daemon flags it is given may not exist yet).
+	c.eventually(t, 2*time.Minute, func() error {
+		out, err := c.Kubectl(context.Background(), "", "-n", meshNamespace, "get", "pods", "-o", "json")
+		if err != nil {
+			return err
+		}
+		var list podList
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			return err
+		}
+		started := map[string]bool{}
+		for _, p := range list.Items {
+			for _, cs := range p.Status.ContainerStatuses {
+				if cs.ContainerID != "" && cs.State.Waiting == nil || cs.RestartCount > 0 || cs.LastState.Terminated != nil {
+					started[p.Spec.NodeName] = true
+				} else if cs.State.Waiting != nil && cs.State.Waiting.Reason != "ContainerCreating" {
+					return fmt.Errorf("mesh on %s: %s: %s", p.Spec.NodeName, cs.State.Waiting.Reason, cs.State.Waiting.Message)
+				}
+			}
+		}
+		for _, node := range c.Nodes {
+			if !started[node.Name] {
+				return fmt.Errorf("mesh container not started yet on %s", node.Name)
+			}
+		}
+		return nil
+	})
+	logs, _ := c.Kubectl(context.Background(), "", "-n", meshNamespace, "logs", "ds/mesh", "--tail=5")
+	t.Logf("mesh container started on every node from %s (bridge mode; its log: %s)", image, strings.TrimSpace(logs))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := c.Kubectl(ctx, manifest, "delete", "--wait=true", "--timeout=90s", "-f", "-"); err != nil {
+		t.Fatalf("kubectl delete -f mesh.yaml: %v\n%s", err, out)
+	}
+}
+
+type podList struct {
+	Items []pod `json:"items"`
+}
+
+type pod struct {
+	Metadata struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+	Spec struct {
+		NodeName string `json:"nodeName"`
+	} `json:"spec"`
+	Status struct {
+		PodIP             string `json:"podIP"`
+		ContainerStatuses []struct {
+			ContainerID  string `json:"containerID"`
+			RestartCount int    `json:"restartCount"`
+			State        struct {
+				Waiting *struct {
+					Reason  string `json:"reason"`
+					Message string `json:"message"`
+				} `json:"waiting"`
+			} `json:"state"`
+			LastState struct {
+				Terminated *struct {
+					ExitCode int `json:"exitCode"`
+				} `json:"terminated"`
+			} `json:"lastState"`
+		} `json:"containerStatuses"`
+	} `json:"status"`
+}
+
+// testPod is a busybox pod serving its own name over HTTP on port 8080.
+type testPod struct {
+	Name, Node, IP string
+}
+
+// podsOnEveryNode runs one busybox httpd pod on each node and returns them
+// with their addresses.
+func podsOnEveryNode(t *testing.T, c *Cluster) []testPod {
+	t.Helper()
+	c.MustKubectl(t, "", "create", "namespace", testNamespace)
+	var b strings.Builder
+	var pods []testPod
+	for i, node := range c.Nodes {
+		name := fmt.Sprintf("web%d", i+1)
+		pods = append(pods, testPod{Name: name, Node: node.Name})
+		fmt.Fprintf(&b, `---
+apiVersion: v1
+kind: Pod
+metadata: {name: %s, namespace: %s, labels: {app: %s}}
+spec:
+  nodeName: %s
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: httpd
+    image: %s
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "mkdir -p /tmp/www && echo %s > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+`, name, testNamespace, name, node.Name, busyboxImage, name)
+	}
+	c.MustKubectl(t, b.String(), "apply", "-f", "-")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if out, err := c.Kubectl(ctx, "", "-n", testNamespace, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=150s"); err != nil {
+		t.Fatalf("test pods not ready: %v\n%s", err, out)
+	}
+	for i := range pods {
+		pods[i].IP = strings.TrimSpace(c.MustKubectl(t, "", "-n", testNamespace, "get", "pod", pods[i].Name, "-o", "jsonpath={.status.podIP}"))
+		if pods[i].IP == "" {
+			t.Fatalf("pod %s has no address", pods[i].Name)
+		}
+	}
+	t.Logf("pods: %+v", pods)
+	return pods
+}
+
+// exec runs a command in a test pod.
+func (c *Cluster) exec(ctx context.Context, pod string, cmd ...string) (string, error) {
+	return c.Kubectl(ctx, "", append([]string{"-n", testNamespace, "exec", pod, "--"}, cmd...)...)
+}
+
+// checkPodToPod checks that every pod reaches every other pod, across
+// nodes, by ping and HTTP.
+func checkPodToPod(t *testing.T, c *Cluster, pods []testPod) {
+	t.Helper()
+	for _, from := range pods {
+		for _, to := range pods {
+			if from == to {
+				continue
+			}
+			c.eventually(t, 30*time.Second, func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				if _, err := c.exec(ctx, from.Name, "ping", "-c", "1", "-W", "2", to.IP); err != nil {
+					return err
+				}
+				out, err := c.exec(ctx, from.Name, "wget", "-q", "-T", "5", "-O", "-", "http://"+to.IP+":8080/")
+				if err != nil {
+					return err
+				}
+				if strings.TrimSpace(out) != to.Name {
+					return fmt.Errorf("%s got %q from %s, want %q", from.Name, out, to.IP, to.Name)
+				}
+				return nil
+			})
+			t.Logf("%s (%s, %s) -> %s (%s, %s): ping and HTTP ok", from.Name, from.Node, from.IP, to.Name, to.Node, to.IP)
+		}
+	}
+}
+
+// checkClusterIPService puts a ClusterIP Service in front of each pod and
+// checks the other node's pod reaches it (kube-proxy's DNAT, then the pod
+// network across nodes).
+func checkClusterIPService(t *testing.T, c *Cluster, pods []testPod) {
+	t.Helper()
+	for _, p := range pods {
+		c.MustKubectl(t, fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: %s}
+spec: {selector: {app: %s}, ports: [{port: 80, targetPort: 8080}]}
+`, p.Name, testNamespace, p.Name), "apply", "-f", "-")
+	}
+	for i, to := range pods {
+		from := pods[(i+1)%len(pods)]
+		ip := strings.TrimSpace(c.MustKubectl(t, "", "-n", testNamespace, "get", "svc", to.Name, "-o", "jsonpath={.spec.clusterIP}"))
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			out, err := c.exec(ctx, from.Name, "wget", "-q", "-T", "5", "-O", "-", "http://"+ip+"/")
+			if err != nil {
+				return err
+			}
+			if strings.TrimSpace(out) != to.Name {
+				return fmt.Errorf("service %s answered %q, want %q", ip, out, to.Name)
+			}
+			return nil
+		})
+		t.Logf("%s on %s -> service %s (%s:80) -> %s on %s: ok", from.Name, from.Node, to.Name, ip, to.Name, to.Node)
+	}
+}
+
+// deleteNode takes the last node away (its kubelet stopped and its processes
+// killed, as when a machine is decommissioned), deletes its Node object and
+// checks it stays deleted. With mesh, it also checks that the remaining
+// node's IPAM no longer gives the deleted node any range.
+func deleteNode(t *testing.T, c *Cluster, mesh bool) {
+	t.Helper()
+	gone := c.Nodes[len(c.Nodes)-1]
+	other := c.Nodes[0]
+	c.StopNode(t, gone)
+	c.MustKubectl(t, "", "delete", "node", gone.Name, "--wait=true", "--timeout=60s")
+	time.Sleep(3 * time.Second)
+	if out, err := c.Kubectl(context.Background(), "", "get", "node", gone.Name); err == nil {
+		t.Fatalf("node %s is back after deletion:\n%s", gone.Name, out)
+	}
+	t.Logf("node %s deleted", gone.Name)
+	if !mesh {
+		return
+	}
+	meshBin, err := filepath.Abs(setting("MESH_E2E_MESH_BIN", "../../bin/mesh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	c.eventually(t, 2*time.Minute, func() error {
+		out, err := other.Run(context.Background(), meshBin, "status", "ipam", "-o", "json")
+		if err != nil {
+			return err
+		}
+		last = out
+		var ipam api.IPAM
+		if err := json.Unmarshal([]byte(out), &ipam); err != nil {
+			return fmt.Errorf("mesh status ipam -o json: %w: %s", err, out)
+		}
+		for _, r := range ipam.Ranges {
+			if r.Owner == gone.Name {
+				return fmt.Errorf("range %s still owned by deleted node %s", r.CIDR, gone.Name)
+			}
+		}
+		for _, p := range ipam.Peers {
+			if p.Name == gone.Name {
+				return fmt.Errorf("deleted node %s still an IPAM peer (%d addresses)", gone.Name, p.Addresses)
+			}
+		}
+		return nil
+	})
+	t.Logf("ranges of %s reclaimed; %s's IPAM:\n%s", gone.Name, other.Name, last)
+}
