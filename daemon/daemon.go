@@ -44,7 +44,7 @@ type Daemon struct {
 	firstSeen map[crypto.Key]time.Time // when a data-plane peer first appeared
 	cniDone   bool
 	cniErr    string // last installation error, logged once
-	dpReady   bool // the data plane accepted a config with our overlay IP
+	dpReady   bool   // the data plane accepted a config with our overlay IP
 	reconcile reconcileStats
 }
 
@@ -94,7 +94,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		opts := fastdp.DefaultOptions()
 		opts.Mode = cfg.Dataplane
 		opts.DeviceName = cfg.WGDevice
-		opts.Logger = log.With("component", "fastdp")
+		opts.Logger = log
 		if d.dp, err = fastdp.New(d.ctx, opts); err != nil {
 			return nil, err
 		}

@@ -55,7 +55,7 @@ func (d *Daemon) startIPAM(initialPeers int) error {
 	cfg.StateFile = d.cfg.path("ipam.json")
 	cfg.InitialPeerCount = initialPeers
 	cfg.ReclaimAfter = d.cfg.ReclaimAfter
-	cfg.Logger = d.log.With("component", "ipam")
+	cfg.Logger = d.log
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return err

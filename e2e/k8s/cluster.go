@@ -184,6 +184,14 @@ func Up(t *testing.T, opts Options) *Cluster {
 	if opts.CNI == "bridge" {
 		c.WaitNodesReady(t, 2*time.Minute)
 	}
+	// Runs before the processes started above are killed: the cluster
+	// can still be asked what went wrong.
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dumpState(t)
+		}
+		c.stopNodes()
+	})
 	t.Logf("cluster of %d nodes up in %v", len(c.Nodes), time.Since(start).Round(100*time.Millisecond))
 	return c
 }
@@ -553,19 +561,21 @@ func (c *Cluster) StopNode(t *testing.T, node *Node) {
 // cleanup then kills the rest of the hosts' processes and removes the
 // namespaces, with every mount made inside them, and the run directory.
 func (c *Cluster) teardown(t testing.TB) {
-	if t.Failed() && c.CP != nil && c.admin != "" {
-		c.dumpState(t)
+	c.stopNodes()
+	for _, node := range c.Nodes {
+		if err := removeCgroupRoot(c.cgs, node.cgroupRoot, 30*time.Second); err != nil {
+			t.Errorf("teardown of %s: %v", node.Name, err)
+		}
 	}
+}
+
+// stopNodes stops the kube-proxies, kubelets and containerds, in that order.
+func (c *Cluster) stopNodes() {
 	for _, node := range c.Nodes {
 		for _, p := range []*testnet.Proc{node.kubeProxy, node.kubelet, node.containerd} {
 			if p != nil {
 				_ = p.Stop(10 * time.Second)
 			}
-		}
-	}
-	for _, node := range c.Nodes {
-		if err := removeCgroupRoot(c.cgs, node.cgroupRoot, 30*time.Second); err != nil {
-			t.Errorf("teardown of %s: %v", node.Name, err)
 		}
 	}
 }
@@ -578,6 +588,7 @@ func (c *Cluster) dumpState(t testing.TB) {
 		{"get", "nodes", "-o", "wide"},
 		{"get", "pods", "-A", "-o", "wide"},
 		{"get", "events", "-A", "--sort-by=.lastTimestamp"},
+		{"-n", meshNamespace, "logs", "-l", "app.kubernetes.io/name=mesh", "--prefix", "--tail=40"},
 	} {
 		out, err := c.Kubectl(ctx, "", args...)
 		if err != nil {

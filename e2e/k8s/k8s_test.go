@@ -258,7 +258,8 @@ spec:
 	return pods
 }
 
-// exec runs a command in a test pod.
+// exec runs a command in a test pod. (Busybox's wget is bounded with the
+// timeout applet: Debian 12's busybox-static crashes on wget -T.)
 func (c *Cluster) exec(ctx context.Context, pod string, cmd ...string) (string, error) {
 	return c.Kubectl(ctx, "", append([]string{"-n", testNamespace, "exec", pod, "--"}, cmd...)...)
 }
@@ -278,7 +279,7 @@ func checkPodToPod(t *testing.T, c *Cluster, pods []testPod) {
 				if _, err := c.exec(ctx, from.Name, "ping", "-c", "1", "-W", "2", to.IP); err != nil {
 					return err
 				}
-				out, err := c.exec(ctx, from.Name, "wget", "-q", "-T", "5", "-O", "-", "http://"+to.IP+":8080/")
+				out, err := c.exec(ctx, from.Name, "timeout", "5", "wget", "-q", "-O", "-", "http://"+to.IP+":8080/")
 				if err != nil {
 					return err
 				}
@@ -310,7 +311,7 @@ spec: {selector: {app: %s}, ports: [{port: 80, targetPort: 8080}]}
 		c.eventually(t, 60*time.Second, func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			out, err := c.exec(ctx, from.Name, "wget", "-q", "-T", "5", "-O", "-", "http://"+ip+"/")
+			out, err := c.exec(ctx, from.Name, "timeout", "5", "wget", "-q", "-O", "-", "http://"+ip+"/")
 			if err != nil {
 				return err
 			}

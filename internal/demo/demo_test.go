@@ -2,14 +2,18 @@
 
 // Package demo is `make demo`: a small mesh of simulated hosts on this
 // machine, each a network namespace with its own mount namespace, running
-// the real mesh binary. It prints what an operator would see, then tears
-// everything down.
+// the real mesh daemon. Pods are created on every host through the real
+// mesh-cni plugin (driven by cnitool, as a container runtime would), they
+// ping each other across hosts over the encrypted overlay, and the demo
+// prints what an operator would see before tearing everything down.
 package demo
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +25,8 @@ const password = "demo password, use a long random one in production"
 
 func TestDemo(t *testing.T) {
 	testnet.RequireRoot(t)
-	bin := testnet.BuildBinary(t, "./cmd/mesh")
+	bin := buildMesh(t)
+	cnitool := testnet.BuildBinary(t, "github.com/containernetworking/cni/cnitool")
 	net := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "demo"})
 	hosts := net.Hosts()
 	say("Built %d simulated hosts on one switch: %s", len(hosts), hostList(hosts))
@@ -35,27 +40,90 @@ func TestDemo(t *testing.T) {
 		say("%s$ MESH_PASSWORD=... mesh %s", h.Name, strings.Join(args, " "))
 		procs[i] = h.Start(t, bin, args, []string{"MESH_PASSWORD=" + password})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	testnet.Eventually(t, time.Minute, 250*time.Millisecond, func() error {
+	say("Waiting for the hosts to find each other, split the address range and install the CNI plugin...")
+	testnet.Eventually(t, 2*time.Minute, 500*time.Millisecond, func() error {
 		for _, h := range hosts {
-			out, err := h.Run(ctx, bin, "status", "peers")
+			out, err := h.Run(ctx, bin, "status", "-o", "json")
 			if err != nil {
 				return err
 			}
-			if n := strings.Count(out, " alive "); n != len(hosts) {
-				return fmt.Errorf("%s sees %d alive peers", h.Name, n)
+			var st struct {
+				Peers       []struct{ State string }
+				OverlayIP   string
+				Connections []struct{ State string }
+			}
+			if err := json.Unmarshal([]byte(out), &st); err != nil {
+				return err
+			}
+			established := 0
+			for _, c := range st.Connections {
+				if c.State == "established" {
+					established++
+				}
+			}
+			if len(st.Peers) != len(hosts) || st.OverlayIP == "" || established != len(hosts)-1 {
+				return fmt.Errorf("%s not ready yet", h.Name)
+			}
+			if _, err := h.Run(ctx, "test", "-f", "/etc/cni/net.d/10-mesh.conflist"); err != nil {
+				return err
 			}
 		}
 		return nil
 	})
+
+	type pod struct {
+		host     *testnet.Host
+		name, ip string
+	}
+	var pods []pod
 	for _, h := range hosts {
-		for _, sub := range [][]string{{"status"}, {"status", "peers"}} {
-			out, err := h.Run(ctx, bin, sub...)
-			if err != nil {
-				t.Fatalf("mesh %v on %s: %v", sub, h.Name, err)
+		for j := 1; j <= 2; j++ {
+			name := fmt.Sprintf("%s-pod%d", h.Name, j)
+			if _, err := h.Run(ctx, "ip", "netns", "add", name); err != nil {
+				t.Fatal(err)
 			}
-			say("%s$ mesh %s\n%s", h.Name, strings.Join(sub, " "), out)
+			out, err := h.Run(ctx, "env", "CNI_PATH=/opt/cni/bin", "NETCONFPATH=/etc/cni/net.d", cnitool, "add", "mesh", "/run/netns/"+name)
+			if err != nil {
+				t.Fatalf("cnitool add on %s: %v", h.Name, err)
+			}
+			var res struct{ IPs []struct{ Address string } }
+			if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) == 0 {
+				t.Fatalf("bad CNI result %q: %v", out, err)
+			}
+			ip := strings.TrimSuffix(res.IPs[0].Address, "/32")
+			pods = append(pods, pod{h, name, ip})
+			say("%s$ cnitool add mesh /run/netns/%s   -> %s", h.Name, name, ip)
+		}
+	}
+	say("Every pod pings one pod on each other host, over WireGuard:")
+	for _, from := range pods {
+		for _, to := range pods {
+			if to.host == from.host || !strings.HasSuffix(to.name, "pod1") {
+				continue
+			}
+			out, err := from.host.Run(ctx, "ip", "netns", "exec", from.name, "ping", "-c", "1", "-W", "2", to.ip)
+			if err != nil {
+				t.Fatalf("%s cannot ping %s: %v", from.name, to.name, err)
+			}
+			rtt := "?"
+			if i := strings.Index(out, "time="); i >= 0 {
+				rtt = strings.Fields(out[i:])[0]
+			}
+			say("  %-12s (%s) -> %-12s (%s): ok, %s", from.name, from.ip, to.name, to.ip, rtt)
+		}
+	}
+	for _, sub := range [][]string{{"status"}, {"status", "peers"}, {"status", "connections"}, {"status", "ipam"}} {
+		out, err := hosts[0].Run(ctx, bin, sub...)
+		if err != nil {
+			t.Fatalf("mesh %v: %v", sub, err)
+		}
+		say("%s$ mesh %s\n%s", hosts[0].Name, strings.Join(sub, " "), out)
+	}
+	for _, p := range pods {
+		if _, err := p.host.Run(ctx, "env", "CNI_PATH=/opt/cni/bin", "NETCONFPATH=/etc/cni/net.d", cnitool, "del", "mesh", "/run/netns/"+p.name); err != nil {
+			t.Errorf("cnitool del %s: %v", p.name, err)
 		}
 	}
 	for i, p := range procs {
@@ -63,7 +131,22 @@ func TestDemo(t *testing.T) {
 			t.Errorf("stopping mesh on %s: %v", hosts[i].Name, err)
 		}
 	}
-	say("Stopped the daemons; the simulated hosts are torn down now.")
+	say("Deleted the pods and stopped the daemons; the simulated hosts are torn down now.")
+}
+
+// buildMesh builds mesh with mesh-cni next to it, where the daemon finds
+// the plugin to install it.
+func buildMesh(t *testing.T) string {
+	bin := testnet.BuildBinary(t, "./cmd/mesh")
+	cni := testnet.BuildBinary(t, "./cmd/mesh-cni")
+	data, err := os.ReadFile(cni)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(bin), "mesh-cni"), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
 
 func say(format string, args ...any) { fmt.Fprintf(os.Stdout, "\n"+format+"\n", args...) }

@@ -21,6 +21,9 @@ var privateDirs = []struct{ path, backing string }{
 	{"/var/lib/mesh", "var/lib/mesh"},
 	{"/etc/cni", "etc/cni"},
 	{"/opt/cni", "opt/cni"},
+	// The CNI cache of runtimes and cnitool: shared, pods of different
+	// hosts would clash in it.
+	{"/var/lib/cni", "var/lib/cni"},
 }
 
 // Host is one simulated machine. Its methods are safe for concurrent use.

@@ -29,7 +29,7 @@ const bridgeName = "br0"
 // must exist on the real filesystem to be mount points, so New creates the
 // missing ones (empty, never removed: another test process may be using them
 // as mount points at the same time).
-var hostMountPoints = []string{"/var/lib/mesh", "/etc/cni", "/opt/cni"}
+var hostMountPoints = []string{"/var/lib/mesh", "/etc/cni", "/opt/cni", "/var/lib/cni"}
 
 var prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,19}$`)
 

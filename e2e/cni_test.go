@@ -1,0 +1,235 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+func cnitool(t *testing.T) string {
+	return testnet.BuildBinary(t, "github.com/containernetworking/cni/cnitool")
+}
+
+// pod is a network namespace on a simulated host wired by the real
+// mesh-cni through the real cnitool, as a container runtime would.
+type pod struct {
+	host *testnet.Host
+	name string
+	ip   netip.Addr
+}
+
+func runCNI(ctx context.Context, t *testing.T, h *testnet.Host, args ...string) (string, error) {
+	all := append([]string{"CNI_PATH=/opt/cni/bin", "NETCONFPATH=/etc/cni/net.d", cnitool(t)}, args...)
+	return h.Run(ctx, "env", all...)
+}
+
+// waitCNIInstalled waits until the daemon has installed the plugin.
+func waitCNIInstalled(t *testing.T, n *node) {
+	t.Helper()
+	testnet.Eventually(t, 60*time.Second, 250*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := n.host.Run(ctx, "test", "-x", "/opt/cni/bin/mesh-cni"); err != nil {
+			return err
+		}
+		_, err := n.host.Run(ctx, "test", "-f", "/etc/cni/net.d/10-mesh.conflist")
+		return err
+	})
+}
+
+func addPod(ctx context.Context, t *testing.T, h *testnet.Host, name string) (*pod, error) {
+	if out, err := h.Run(ctx, "ip", "netns", "add", name); err != nil {
+		return nil, fmt.Errorf("ip netns add %s: %v: %s", name, err, out)
+	}
+	out, err := runCNI(ctx, t, h, "add", "mesh", "/run/netns/"+name)
+	if err != nil {
+		return nil, fmt.Errorf("cnitool add on %s: %v\n%s", h.Name, err, out)
+	}
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
+		return nil, fmt.Errorf("bad ADD result %q: %v", out, err)
+	}
+	p, err := netip.ParsePrefix(res.IPs[0].Address)
+	if err != nil {
+		return nil, err
+	}
+	return &pod{host: h, name: name, ip: p.Addr()}, nil
+}
+
+func (p *pod) exec(ctx context.Context, args ...string) (string, error) {
+	return p.host.Run(ctx, "ip", append([]string{"netns", "exec", p.name}, args...)...)
+}
+
+func TestCNIPodsAcrossHosts(t *testing.T) {
+	_, nodes := startMesh(t, 2)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	a, err := addPod(ctx, t, nodes[0].host, "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, nodes[1].host, "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if st := n.mustStatus(); st.IPAM.Allocated != 1 {
+			t.Fatalf("%s has %d allocations, want 1", n.host.Name, st.IPAM.Allocated)
+		}
+	}
+	if out, err := a.exec(ctx, "ping", "-c", "3", "-W", "2", "-i", "0.2", b.ip.String()); err != nil {
+		t.Fatalf("pod a cannot ping pod b across hosts: %v\n%s", err, out)
+	}
+	if out, err := b.exec(ctx, "ping", "-c", "3", "-W", "2", "-i", "0.2", a.ip.String()); err != nil {
+		t.Fatalf("pod b cannot ping pod a across hosts: %v\n%s", err, out)
+	}
+
+	if out, err := runCNI(ctx, t, a.host, "check", "mesh", "/run/netns/poda"); err != nil {
+		t.Fatalf("CHECK of a healthy pod failed: %v\n%s", err, out)
+	}
+	if out, err := a.exec(ctx, "ip", "addr", "del", a.ip.String()+"/32", "dev", "eth0"); err != nil {
+		t.Fatalf("removing the pod address: %v\n%s", err, out)
+	}
+	out, err := runCNI(ctx, t, a.host, "check", "mesh", "/run/netns/poda")
+	if err == nil || !strings.Contains(out, a.ip.String()) {
+		t.Fatalf("CHECK after removing the address: err=%v, want an error naming %s\n%s", err, a.ip, out)
+	}
+	for i := range 2 {
+		if out, err := runCNI(ctx, t, a.host, "del", "mesh", "/run/netns/poda"); err != nil {
+			t.Fatalf("DEL #%d failed: %v\n%s", i+1, err, out)
+		}
+	}
+	links, _ := a.host.Run(ctx, "ip", "-o", "link", "show")
+	if strings.Contains(links, "vmesh") {
+		t.Fatalf("veth left behind after DEL:\n%s", links)
+	}
+	if st := nodes[0].mustStatus(); st.IPAM.Allocated != 0 {
+		t.Fatalf("allocation left behind after DEL: %d", st.IPAM.Allocated)
+	}
+}
+
+func TestCNIParallelAddsAndGC(t *testing.T) {
+	_, nodes := startMesh(t, 1)
+	n := nodes[0]
+	waitCNIInstalled(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const pods = 30
+	var mu sync.Mutex
+	got := map[netip.Addr]string{}
+	var wg sync.WaitGroup
+	errs := make(chan error, pods)
+	for i := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := addPod(ctx, t, n.host, fmt.Sprintf("p%d", i))
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if other, dup := got[p.ip]; dup {
+				errs <- fmt.Errorf("%s handed to both %s and %s", p.ip, other, p.name)
+			}
+			got[p.ip] = p.name
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	st := n.mustStatus()
+	var owned []netip.Prefix
+	for _, c := range st.IPAM.Owned {
+		owned = append(owned, netip.MustParsePrefix(c))
+	}
+	overlay := netip.MustParseAddr(st.OverlayIP)
+	for ip := range got {
+		if ip == overlay {
+			t.Fatalf("the overlay IP %s was handed to a pod", ip)
+		}
+		in := false
+		for _, p := range owned {
+			in = in || p.Contains(ip)
+		}
+		if !in {
+			t.Fatalf("%s is outside the node's ranges %v", ip, owned)
+		}
+	}
+	if st.IPAM.Allocated != pods {
+		t.Fatalf("allocated = %d, want %d", st.IPAM.Allocated, pods)
+	}
+	if out, err := runCNI(ctx, t, n.host, "gc", "mesh", "/run/netns/p0"); err != nil {
+		t.Fatalf("GC: %v\n%s", err, out)
+	}
+	if st := n.mustStatus(); st.IPAM.Allocated != 0 {
+		t.Fatalf("GC with no valid attachments left %d allocations", st.IPAM.Allocated)
+	}
+}
+
+func TestCNIDaemonRestartKeepsAddresses(t *testing.T) {
+	_, nodes := startMesh(t, 1)
+	n := nodes[0]
+	waitCNIInstalled(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var before []*pod
+	for i := range 3 {
+		p, err := addPod(ctx, t, n.host, fmt.Sprintf("keep%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before = append(before, p)
+	}
+	if err := n.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	n.start()
+	testnet.Eventually(t, 60*time.Second, 250*time.Millisecond, func() error {
+		st, err := n.status()
+		if err != nil {
+			return err
+		}
+		if st.IPAM.Status != "ready" || st.IPAM.Allocated != len(before) {
+			return fmt.Errorf("after restart: %+v", st.IPAM)
+		}
+		return nil
+	})
+	// ADD for the same container returns the same address; a new pod gets
+	// a new one.
+	for _, p := range before {
+		out, err := runCNI(ctx, t, n.host, "check", "mesh", "/run/netns/"+p.name)
+		if err != nil {
+			t.Fatalf("CHECK of %s after restart: %v\n%s", p.name, err, out)
+		}
+	}
+	fresh, err := addPod(ctx, t, n.host, "fresh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range before {
+		if p.ip == fresh.ip {
+			t.Fatalf("%s reused the live address %s of %s", fresh.name, p.ip, p.name)
+		}
+	}
+	if out, err := fresh.exec(ctx, "ping", "-c", "1", "-W", "2", n.mustStatus().OverlayIP); err != nil {
+		t.Fatalf("pod cannot reach its gateway after restart: %v\n%s", err, out)
+	}
+}
