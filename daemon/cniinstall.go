@@ -71,13 +71,15 @@ func installCNI(cfg Config) error {
 }
 
 // cniConflist is the network config; the reference portmap plugin is
-// chained when installed, so hostPort works.
+// chained when installed, so hostPort works. cniVersion stays 1.0.0 for
+// runtimes whose CNI library predates 1.1 (containerd 1.6 rejects it);
+// newer ones read cniVersions and use 1.1.0, with GC and STATUS.
 func cniConflist(cfg Config) ([]byte, error) {
 	plugins := []map[string]any{{"type": "mesh-cni", "socket": cfg.Socket}}
 	if fi, err := os.Stat(filepath.Join(cfg.CNIBinDir, "portmap")); err == nil && !fi.IsDir() {
 		plugins = append(plugins, map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true})
 	}
-	b, err := json.MarshalIndent(map[string]any{"cniVersion": "1.1.0", "name": "mesh", "plugins": plugins}, "", "  ")
+	b, err := json.MarshalIndent(map[string]any{"cniVersion": "1.0.0", "cniVersions": []string{"1.0.0", "1.1.0"}, "name": "mesh", "plugins": plugins}, "", "  ")
 	if err != nil {
 		return nil, err
 	}

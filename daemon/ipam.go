@@ -95,6 +95,9 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 		out.Ranges = append(out.Ranges, api.RangeInfo{CIDR: r.CIDR.String(), Owner: r.Owner})
 	}
 	for _, p := range st.Peers {
+		if p.Removed && p.Owned == 0 {
+			continue // gone for good, and nothing left to show
+		}
 		out.Peers = append(out.Peers, api.IPAMPeer{Name: p.Name, Addresses: p.Owned, Percent: p.Percent, Reachable: p.Reachable})
 	}
 	for _, c := range st.Conflicts {

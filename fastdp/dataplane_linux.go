@@ -75,7 +75,7 @@ func New(ctx context.Context, opts Options) (_ Dataplane, err error) {
 	}()
 	cleanup = append(cleanup, ns.close)
 
-	nl, err := netlink.NewHandleAt(ns.h)
+	nl, err := ns.netlinkHandle()
 	if err != nil {
 		return nil, fmt.Errorf("failed to open netlink in network namespace %s: %w", ns, err)
 	}

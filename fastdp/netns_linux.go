@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -15,6 +16,10 @@ import (
 type netNS struct {
 	h    netns.NsHandle
 	path string
+	// own is set for the caller's namespace: then nothing switches
+	// namespaces, as setns needs CAP_SYS_ADMIN, which a daemon that only
+	// manages its own host's network should not have to be given.
+	own bool
 }
 
 // openNetNS opens the namespace at path, or that of the calling thread when
@@ -36,7 +41,7 @@ func openNetNS(path string) (*netNS, error) {
 		}
 		return nil, fmt.Errorf("failed to open network namespace %q: %w", name, err)
 	}
-	return &netNS{h: h, path: path}, nil
+	return &netNS{h: h, path: path, own: path == ""}, nil
 }
 
 func (n *netNS) String() string {
@@ -53,6 +58,9 @@ func (n *netNS) close() error { return n.h.Close() }
 // locked, which makes the runtime terminate it), so a failure to switch back
 // can never leak the namespace into unrelated goroutines.
 func (n *netNS) do(fn func() error) error {
+	if n.own {
+		return fn()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -84,4 +92,12 @@ func (n *netNS) isProcessNS() bool {
 		return false
 	}
 	return st.Dev == initialNS.Dev && st.Ino == initialNS.Ino
+}
+
+// netlinkHandle returns a netlink handle bound to the namespace.
+func (n *netNS) netlinkHandle() (*netlink.Handle, error) {
+	if n.own {
+		return netlink.NewHandle()
+	}
+	return netlink.NewHandleAt(n.h)
 }

@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,7 +38,7 @@ func Reset(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer ns.close()
-	nl, err := netlink.NewHandleAt(ns.h)
+	nl, err := ns.netlinkHandle()
 	if err != nil {
 		return fmt.Errorf("failed to open netlink in network namespace %s: %w", ns, err)
 	}
