@@ -144,3 +144,59 @@ func TestSIGTERMLeavesGracefully(t *testing.T) {
 		t.Fatalf("socket left behind after SIGTERM: %s", out)
 	}
 }
+
+func TestRestartRejoinsThroughRememberedPeer(t *testing.T) {
+	testnet.RequireRoot(t)
+	net := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "rem"})
+	hosts := net.Hosts()
+	a := launch(t, hosts[0], nil)
+	b := launch(t, hosts[1], hosts[:1])
+	c := launch(t, hosts[2], hosts[:1]) // c names only a
+	nodes := []*node{a, b, c}
+	dumpLogsOnFailure(t, nodes...)
+	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
+
+	// a, the only peer c was told of, goes away; c restarts and must find
+	// b, which it only learned of through gossip.
+	if err := a.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	c.start()
+	expectStates(t, detectTimeout, []*node{c}, map[string]string{b.host.Name: "alive"}, false)
+}
+
+func TestConnectAndForget(t *testing.T) {
+	testnet.RequireRoot(t)
+	net := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "cf"})
+	hosts := net.Hosts()
+	a := launch(t, hosts[0], nil)
+	b := launch(t, hosts[1], nil)
+	dumpLogsOnFailure(t, a, b)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := b.host.Run(ctx, b.bin, "connect", hosts[0].Addr.String()); err != nil {
+		t.Fatalf("connect: %v\n%s", err, out)
+	}
+	expectStates(t, detectTimeout, []*node{a, b}, allAlive([]*node{a, b}), true)
+	st := b.mustStatus()
+	if len(st.Targets) != 1 || st.Targets[0].Source != "connect" || st.Targets[0].State != "connected" {
+		t.Fatalf("targets after connect: %+v", st.Targets)
+	}
+	if out, err := b.host.Run(ctx, b.bin, "forget", hosts[0].Addr.String()); err != nil {
+		t.Fatalf("forget: %v\n%s", err, out)
+	}
+	if st := b.mustStatus(); len(st.Targets) != 0 {
+		t.Fatalf("targets after forget: %+v", st.Targets)
+	}
+	out, err := b.host.Run(ctx, b.bin, "forget", "192.0.2.250")
+	if err == nil || !strings.Contains(out, "neither a target nor a remembered peer") {
+		t.Fatalf("forgetting an unknown peer: err=%v\n%s", err, out)
+	}
+	out, err = b.host.Run(ctx, b.bin, "connect", "host:99999")
+	if err == nil || !strings.Contains(out, "99999") {
+		t.Fatalf("connecting to a bad address: err=%v\n%s", err, out)
+	}
+}

@@ -1,0 +1,174 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"reflect"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+func (n *node) client() *api.Client { return api.NewClient(n.host.Path("/run/mesh/mesh.sock")) }
+
+func TestIPAMFiveHostsDisjointAndAgreed(t *testing.T) {
+	_, nodes := startMesh(t, 5)
+	cluster := netip.MustParsePrefix("10.32.0.0/12")
+	var ring []api.RangeInfo
+	owner := map[netip.Prefix]string{}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		ring = nodes[0].mustStatus().IPAM.Ranges
+		for _, n := range nodes[1:] {
+			if got := n.mustStatus().IPAM.Ranges; !reflect.DeepEqual(got, ring) {
+				return fmt.Errorf("%s's ring %v differs from %s's %v", n.host.Name, got, nodes[0].host.Name, ring)
+			}
+		}
+		return nil
+	})
+	for _, n := range nodes {
+		owned := n.mustStatus().IPAM.Owned
+		if len(owned) == 0 {
+			t.Fatalf("%s owns nothing", n.host.Name)
+		}
+		for _, c := range owned {
+			p := netip.MustParsePrefix(c)
+			if !cluster.Contains(p.Addr()) || p.Bits() < cluster.Bits() {
+				t.Fatalf("%s owns %s outside %s", n.host.Name, p, cluster)
+			}
+			for q, by := range owner {
+				if q.Overlaps(p) {
+					t.Fatalf("%s and %s both own %s / %s", by, n.host.Name, q, p)
+				}
+			}
+			owner[p] = n.host.Name
+		}
+	}
+}
+
+// allocateMany allocates count addresses on n, each bounded by per; it
+// stops at the first failure and returns what it got.
+func allocateMany(n *node, prefix string, count int, per time.Duration) ([]netip.Addr, error) {
+	var got []netip.Addr
+	for i := range count {
+		ctx, cancel := context.WithTimeout(context.Background(), per)
+		a, err := n.client().Allocate(ctx, fmt.Sprintf("%s-%d", prefix, i), "eth0")
+		cancel()
+		if err != nil {
+			return got, err
+		}
+		got = append(got, netip.MustParsePrefix(a.Address).Addr())
+	}
+	return got, nil
+}
+
+// assertUnique fails if any address is allocated on two nodes, from the
+// nodes' own allocation lists (the ground truth a CNI plugin relies on).
+func assertUnique(t *testing.T, nodes []*node) int {
+	t.Helper()
+	seen := map[string]string{}
+	total := 0
+	for _, n := range nodes {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		allocs, err := n.client().Allocations(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("allocations of %s: %v", n.host.Name, err)
+		}
+		for _, a := range allocs {
+			if other, dup := seen[a.Address]; dup {
+				t.Fatalf("%s is allocated on both %s and %s", a.Address, other, n.host.Name)
+			}
+			seen[a.Address] = n.host.Name
+			total++
+		}
+	}
+	return total
+}
+
+func TestIPAMSmallRangePartition(t *testing.T) {
+	net, nodes := startMesh(t, 4, "--ipalloc-range", "10.99.0.0/25")
+	hosts := net.Hosts()
+	if err := net.Partition(hosts[:2], hosts[2:]); err != nil {
+		t.Fatal(err)
+	}
+	expectStates(t, detectTimeout, nodes[:2], map[string]string{hosts[2].Name: "dead", hosts[3].Name: "dead"}, false)
+
+	// One side wants more than it holds; the other a little. Nothing may
+	// collide, whatever each side does alone.
+	const want = 70
+	got, _ := allocateMany(nodes[0], "big", want, 5*time.Second)
+	if len(got) == 0 {
+		t.Fatal("the big side could not allocate at all")
+	}
+	for i, n := range nodes[2:] {
+		if small, err := allocateMany(n, fmt.Sprintf("small%d", i), 10, 20*time.Second); err != nil {
+			t.Fatalf("%s allocated %d of 10: %v", n.host.Name, len(small), err)
+		}
+	}
+	assertUnique(t, nodes)
+	pending := want - len(got)
+	t.Logf("during the partition: %d of %d allocated on %s, %d pending", len(got), want, nodes[0].host.Name, pending)
+	if pending == 0 {
+		t.Fatal("the big side met all its demand alone: the test needs a side short of space")
+	}
+
+	if err := net.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	expectStates(t, 90*time.Second, nodes, allAlive(nodes), true)
+	// After the heal, the pending demand is met from the other side's space.
+	for i := len(got); i < want; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		_, err := nodes[0].client().Allocate(ctx, fmt.Sprintf("big-%d", i), "eth0")
+		cancel()
+		if err != nil {
+			t.Fatalf("pending allocation %d after the heal: %v", i, err)
+		}
+	}
+	if total := assertUnique(t, nodes); total != want+20 {
+		t.Fatalf("%d allocations in all, want %d", total, want+20)
+	}
+}
+
+func TestIPAMRestartKeepsRangesAndAllocations(t *testing.T) {
+	_, nodes := startMesh(t, 2)
+	n := nodes[1]
+	if _, err := allocateMany(n, "keep", 5, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	snapshot := func() ([]string, []string) {
+		st := n.mustStatus()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		allocs, err := n.client().Allocations(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var as []string
+		for _, a := range allocs {
+			as = append(as, a.ContainerID+"="+a.Address)
+		}
+		sort.Strings(as)
+		return st.IPAM.Owned, as
+	}
+	ownedBefore, allocsBefore := snapshot()
+	if err := n.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	n.start()
+	ownedAfter, allocsAfter := snapshot()
+	if !reflect.DeepEqual(ownedBefore, ownedAfter) || !reflect.DeepEqual(allocsBefore, allocsAfter) {
+		t.Fatalf("restart changed the node's state:\nowned %v -> %v\nallocs %v -> %v", ownedBefore, ownedAfter, allocsBefore, allocsAfter)
+	}
+	// The same container gets its address back.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, err := n.client().Allocate(ctx, "keep-0", "eth0")
+	if err != nil || "keep-0="+a.Address != allocsBefore[0] {
+		t.Fatalf("re-allocating keep-0 gave %+v, %v; want %s", a, err, allocsBefore[0])
+	}
+}

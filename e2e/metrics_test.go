@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// httpGet fetches url from inside h's network namespace.
+func httpGet(h *testnet.Host, url string) (int, string, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return h.Dial(ctx, network, addr)
+		},
+	}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+func TestMetricsAndProbes(t *testing.T) {
+	_, nodes := startMesh(t, 2)
+	h := nodes[0].host
+	for _, path := range []string{"/healthz", "/readyz"} {
+		code, body, err := httpGet(h, "http://127.0.0.1:6782"+path)
+		if err != nil || code != 200 {
+			t.Fatalf("GET %s = %d %q, %v", path, code, body, err)
+		}
+	}
+	var metrics string
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		code, body, err := httpGet(h, "http://127.0.0.1:6782/metrics")
+		if err != nil || code != 200 {
+			return fmt.Errorf("GET /metrics = %d, %v", code, err)
+		}
+		metrics = body
+		if !strings.Contains(body, `mesh_connections{state="established"} 1`) {
+			return fmt.Errorf("no established connection in metrics yet")
+		}
+		return nil
+	})
+	for _, want := range []string{
+		`mesh_peers{state="alive"} 2`,
+		`mesh_ipam_addresses{kind="owned"}`,
+		`mesh_ipam_addresses{kind="allocated"} 0`,
+		`mesh_ipam_unreachable_owned_addresses 0`,
+		`mesh_peer_rx_bytes_total{peer="` + nodes[1].host.Name + `"}`,
+		`mesh_handshake_age_seconds{peer="` + nodes[1].host.Name + `"}`,
+		`mesh_reconcile_errors_total 0`,
+		`mesh_reconcile_duration_seconds`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	assertNoSecret(t, "metrics", metrics)
+	// The metrics port listens on loopback only.
+	if _, _, err := httpGet(nodes[1].host, "http://"+h.Addr.String()+":6782/metrics"); err == nil {
+		t.Fatal("metrics are reachable from another host")
+	}
+}
