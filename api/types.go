@@ -24,6 +24,10 @@ type Status struct {
 	MTU         int          `json:"mtu,omitempty"`
 	Connections []Connection `json:"connections,omitempty"`
 
+	// Policies are the NetworkPolicies enforced on this node, when the
+	// policy controller runs (with --kube).
+	Policies []PolicyStatus `json:"policies,omitempty"`
+
 	// Problems are conditions outside the IPAM that an operator must look
 	// at (the IPAM's own are in ipam.problems).
 	Problems []string `json:"problems,omitempty"`
@@ -105,4 +109,17 @@ type PeerRequest struct {
 // Error is the body of every non-2xx answer.
 type Error struct {
 	Error string `json:"error"`
+}
+
+// PolicyStatus is one NetworkPolicy applied on this node
+// (`mesh status policy`).
+type PolicyStatus struct {
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Types     []string `json:"types"`
+	// Pods are this node's pods the policy selects, as namespace/name.
+	Pods []string `json:"pods"`
+	// DeniedPackets counts packets dropped because of this policy alone.
+	DeniedPackets uint64   `json:"deniedPackets"`
+	Warnings      []string `json:"warnings,omitempty"`
 }

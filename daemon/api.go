@@ -76,6 +76,7 @@ func (d *Daemon) Status(r *http.Request) *api.Status {
 		st.Targets = append(st.Targets, at)
 	}
 	st.IPAM, st.OverlayIP = d.ipamStatus()
+	st.Policies = d.policyStatus()
 	if d.dp != nil {
 		st.Dataplane = d.dp.Kind()
 		st.MTU = d.mtu

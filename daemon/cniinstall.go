@@ -19,7 +19,7 @@ const CNIConfName = "10-mesh.conflist"
 // send pods to a node that can only answer "try again later".
 func (d *Daemon) maybeInstallCNI(haveOverlay bool) {
 	d.mu.Lock()
-	ready := haveOverlay && (d.dp == nil || d.dpReady)
+	ready := haveOverlay && (d.dp == nil || d.dpReady) && d.policyReady()
 	done := d.cniDone
 	d.mu.Unlock()
 	if d.cfg.NoCNI || done || !ready {

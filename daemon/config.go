@@ -55,6 +55,8 @@ type Config struct {
 	// Kube takes peers and node deletions from the Kubernetes API.
 	Kube       bool
 	Kubeconfig string
+	// NoPolicy turns NetworkPolicy enforcement off (it runs with Kube).
+	NoPolicy bool
 }
 
 // DefaultConfig returns the defaults documented in `mesh launch --help`.

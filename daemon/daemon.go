@@ -17,6 +17,7 @@ import (
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
+	"github.com/meshnet/mesh/policy"
 )
 
 // Daemon is a running node. Create it with Start, stop it with Stop.
@@ -29,6 +30,7 @@ type Daemon struct {
 	ipam    *ipam.Allocator
 	dp      fastdp.Dataplane // nil with --dataplane none
 	rec     *peer.Reconciler
+	policy  *policy.Controller // nil unless --kube and not --no-policy
 	mtu     int
 
 	server   *http.Server
@@ -139,6 +141,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	d.goLoop("reconcile", d.reconcileLoop)
 	if kube != nil {
 		d.goLoop("kube", func(ctx context.Context) { kube.run(ctx, d) })
+		d.startPolicy(kube)
 	}
 	dpKind := "none"
 	if d.dp != nil {

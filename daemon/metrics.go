@@ -48,6 +48,9 @@ func (d *Daemon) ready() error {
 	if _, ok := d.ipam.OverlayIP(); !ok {
 		return errors.New("not ready: IPAM owns no range yet (status: " + d.ipam.Status().Status + ")")
 	}
+	if !d.policyReady() {
+		return errors.New("not ready: NetworkPolicy rules not built from the API yet")
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.dp != nil && !d.dpReady {
@@ -69,6 +72,7 @@ var (
 	descUnreach    = prometheus.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", nil, nil)
 	descRecErr     = prometheus.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", nil, nil)
 	descRecRuns    = prometheus.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", nil, nil)
+	descDenied     = prometheus.NewDesc("mesh_policy_denied_packets_total", "Packets dropped on this node because of one NetworkPolicy.", []string{"policy"}, nil)
 	descRecSeconds = prometheus.NewDesc("mesh_reconcile_duration_seconds", "Duration of the last data-plane reconciliation.", nil, nil)
 )
 
@@ -77,7 +81,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descUnreach, descRecErr, descRecRuns, descRecSeconds} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied} {
 		ch <- d
 	}
 }
@@ -101,6 +105,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(owned), "owned")
 	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(st.Allocated), "allocated")
 	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(st.Free), "free")
+	if d.policy != nil {
+		for name, n := range d.policy.DeniedPackets() {
+			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
+		}
+	}
 	var unreachable uint64
 	for _, p := range st.Peers {
 		if !p.Reachable {

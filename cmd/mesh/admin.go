@@ -13,6 +13,7 @@ import (
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/daemon"
 	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/policy"
 )
 
 func rmpeer(args []string, stdout, stderr io.Writer) error {
@@ -56,6 +57,9 @@ func reset(args []string, stdout, stderr io.Writer) error {
 	if err := fastdp.Reset(ctx, opts); err != nil {
 		return fmt.Errorf("failed to reset the data plane: %w", err)
 	}
+	if err := policy.NewNFT().Remove(); err != nil {
+		return fmt.Errorf("failed to remove the NetworkPolicy table: %w", err)
+	}
 	for _, p := range []string{filepath.Join(*confDir, daemon.CNIConfName), filepath.Join(*binDir, "mesh-cni")} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("failed to remove %q: %w", p, err)
@@ -66,6 +70,6 @@ func reset(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("failed to remove state dir %q: %w", *stateDir, err)
 		}
 	}
-	fmt.Fprintln(stdout, "mesh interfaces, routes and CNI files removed")
+	fmt.Fprintln(stdout, "mesh interfaces, routes, nftables table and CNI files removed")
 	return nil
 }

@@ -51,6 +51,10 @@ func sampleStatus() *api.Status {
 			},
 			Problems: []string{"host-c owns 50.0% of the range and is unreachable: if it is gone for good, run `mesh rmpeer host-c` on one live node"},
 		},
+		Policies: []api.PolicyStatus{
+			{Namespace: "shop", Name: "web-ingress", Types: []string{"Ingress"}, Pods: []string{"shop/web-1", "shop/web-2"}, DeniedPackets: 42},
+			{Namespace: "default", Name: "deny-all", Types: []string{"Ingress", "Egress"}, Warnings: []string{`ipBlock "10.0.0.0/33" is not a CIDR: allows nothing`}},
+		},
 		Dataplane: "userspace", MTU: 1420,
 		Connections: []api.Connection{
 			{Peer: "host-c", Endpoint: "192.0.2.12:6784", State: "failed", RxBytes: 0, TxBytes: 1480},
@@ -77,6 +81,8 @@ func TestFormatGolden(t *testing.T) {
 		{"ipam", func(b *bytes.Buffer) { formatIPAM(b, sampleStatus()) }},
 		{"ipam-off", func(b *bytes.Buffer) { formatIPAM(b, &api.Status{}) }},
 		{"connections", func(b *bytes.Buffer) { formatConnections(b, sampleStatus(), now) }},
+		{"policy", func(b *bytes.Buffer) { formatPolicies(b, sampleStatus()) }},
+		{"policy-none", func(b *bytes.Buffer) { formatPolicies(b, &api.Status{}) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -44,6 +44,7 @@ func launch(args []string, stderr io.Writer) error {
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.BoolVar(&cfg.Kube, "kube", false, "take peers from Kubernetes Node objects and reclaim deleted nodes' ranges")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for --kube (default: in-cluster)")
+	fs.BoolVar(&cfg.NoPolicy, "no-policy", false, "with --kube, do not enforce NetworkPolicies (and remove mesh's nftables table)")
 	peers, err := parseInterspersed(fs, args)
 	if err != nil {
 		return errUsage

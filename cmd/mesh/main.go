@@ -18,7 +18,7 @@ const usage = `mesh: an encrypted mesh overlay network for containers
 
 Usage:
   mesh launch [flags] [PEER...]     run the daemon in the foreground
-  mesh status [peers|connections|ipam] [-o json]
+  mesh status [peers|connections|ipam|policy] [-o json]
                                     show this node and the mesh as it sees it
   mesh connect PEER                 add a peer to join (host or host:port)
   mesh forget PEER                  stop trying a peer and forget it

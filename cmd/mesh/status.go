@@ -22,7 +22,7 @@ func status(args []string, stdout, stderr io.Writer) error {
 	fs, socket := clientFlags("mesh status", stderr)
 	output := fs.String("o", "human", "output format: human or json")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: mesh status [peers|connections|ipam] [-o json]\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: mesh status [peers|connections|ipam|policy] [-o json]\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	pos, err := parseInterspersed(fs, args)
@@ -38,9 +38,9 @@ func status(args []string, stdout, stderr io.Writer) error {
 		what = pos[0]
 	}
 	switch what {
-	case "", "peers", "connections", "ipam":
+	case "", "peers", "connections", "ipam", "policy":
 	default:
-		fmt.Fprintf(stderr, "mesh status: unknown subject %q (want peers, connections or ipam)\n", what)
+		fmt.Fprintf(stderr, "mesh status: unknown subject %q (want peers, connections, ipam or policy)\n", what)
 		return errUsage
 	}
 	if *output != "human" && *output != "json" {
@@ -62,6 +62,8 @@ func status(args []string, stdout, stderr io.Writer) error {
 			return writeIndented(stdout, orEmpty(st.Connections))
 		case "ipam":
 			return writeIndented(stdout, st.IPAM)
+		case "policy":
+			return writeIndented(stdout, orEmpty(st.Policies))
 		}
 		return writeIndented(stdout, st)
 	}
@@ -72,6 +74,8 @@ func status(args []string, stdout, stderr io.Writer) error {
 		formatConnections(stdout, st, now)
 	case "ipam":
 		formatIPAM(stdout, st)
+	case "policy":
+		formatPolicies(stdout, st)
 	default:
 		formatStatus(stdout, st, now)
 	}

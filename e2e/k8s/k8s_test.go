@@ -58,6 +58,9 @@ func TestKubernetes(t *testing.T) {
 	pods := podsOnEveryNode(t, c)
 	checkPodToPod(t, c, pods)
 	checkClusterIPService(t, c, pods)
+	if cni == "mesh" {
+		checkNetworkPolicies(t, c, pods)
+	}
 	deleteNode(t, c, cni == "mesh")
 }
 
@@ -239,6 +242,7 @@ spec:
     image: %s
     imagePullPolicy: Never
     command: ["/bin/sh", "-c", "mkdir -p /tmp/www && echo %s > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
+    ports: [{name: http, containerPort: 8080}]
     readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 `, name, testNamespace, name, node.Name, busyboxImage, name)
 	}

@@ -1,0 +1,674 @@
+package policy
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// State is what Build needs of the API: every pod, namespace and network
+// policy of the cluster, and the name of this node.
+type State struct {
+	Node       string
+	Pods       []*corev1.Pod
+	Namespaces []*corev1.Namespace
+	Policies   []*networkingv1.NetworkPolicy
+}
+
+// PolicyStatus is one policy as applied on this node, for `mesh status
+// policy`.
+type PolicyStatus struct {
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Types     []string `json:"types"`
+	Pods      []string `json:"pods"`               // local pods it selects, "namespace/name"
+	Warnings  []string `json:"warnings,omitempty"` // parts skipped as invalid
+}
+
+// maxObjName is the longest name nftables accepts for sets, chains and
+// objects (NFT_*_MAXNAMELEN, 256 with the NUL).
+const maxObjName = 255
+
+// metadataNameLabel is set by the API server on every namespace.
+const metadataNameLabel = "kubernetes.io/metadata.name"
+
+type podInfo struct {
+	key    string // namespace/name
+	ns     string
+	labels labels.Set
+	addr   netip.Addr
+	ports  []namedPort
+}
+
+type namedPort struct {
+	name  string
+	proto uint8
+	port  uint16
+}
+
+type portSpec struct {
+	proto  uint8
+	lo, hi uint16 // lo 0: all ports
+	name   string // named port, resolved per destination pod
+}
+
+type compiledRule struct {
+	index           int
+	peersRestricted bool // the rule lists peers: only those are allowed
+	ranges          []ipRange
+	peerPods        []*podInfo
+	portsRestricted bool // the rule lists ports: only those are allowed
+	ports           []portSpec
+}
+
+type compiledPolicy struct {
+	idx      int
+	key      string
+	ns       string
+	sel      labels.Selector
+	ingress  bool
+	egress   bool
+	in, eg   []compiledRule
+	status   *PolicyStatus
+	counter  string
+	selected int
+}
+
+type builder struct {
+	st        State
+	rs        *Ruleset
+	nsLabels  map[string]labels.Set
+	pods      []*podInfo            // every pod that can be a peer, sorted by key
+	podsByNS  map[string][]*podInfo // the same by namespace
+	local     []*podInfo            // pods of this node subject to policies
+	localByNS map[string][]*podInfo
+	sets      map[string]bool
+	empty     map[string]bool // named-port sets without elements: not made
+	counters  map[string]bool
+}
+
+// Build computes the ruleset enforcing st's policies for st.Node's pods. It
+// never fails: invalid parts of a policy are skipped (allowing nothing) and
+// reported in the policy's Warnings.
+func Build(st State) *Ruleset {
+	b := &builder{
+		st:        st,
+		rs:        &Ruleset{},
+		nsLabels:  map[string]labels.Set{},
+		podsByNS:  map[string][]*podInfo{},
+		localByNS: map[string][]*podInfo{},
+		sets:      map[string]bool{},
+		empty:     map[string]bool{},
+		counters:  map[string]bool{},
+	}
+	b.indexNamespaces()
+	b.indexPods()
+	pols := b.compilePolicies()
+	b.buildChains(pols)
+	for _, p := range pols {
+		if p.selected > 0 || len(p.status.Warnings) > 0 {
+			b.rs.Policies = append(b.rs.Policies, *p.status)
+		}
+	}
+	b.pruneSets()
+	slices.SortFunc(b.rs.Counters, func(a, c Counter) int { return cmp.Compare(a.Name, c.Name) })
+	slices.SortFunc(b.rs.Sets, func(a, c Set) int { return cmp.Compare(a.Name, c.Name) })
+	return b.rs
+}
+
+func (b *builder) indexNamespaces() {
+	for _, ns := range b.st.Namespaces {
+		l := labels.Set{}
+		for k, v := range ns.Labels {
+			l[k] = v
+		}
+		l[metadataNameLabel] = ns.Name
+		b.nsLabels[ns.Name] = l
+	}
+}
+
+// nsLabelsOf returns a namespace's labels; one not (yet) in the cache has
+// only the name label the API server would give it.
+func (b *builder) nsLabelsOf(ns string) labels.Set {
+	if l, ok := b.nsLabels[ns]; ok {
+		return l
+	}
+	return labels.Set{metadataNameLabel: ns}
+}
+
+func (b *builder) indexPods() {
+	byAddr := map[netip.Addr]*corev1.Pod{}
+	var local []*corev1.Pod
+	for _, p := range b.st.Pods {
+		info := podInfoOf(p)
+		if info == nil {
+			continue
+		}
+		b.pods = append(b.pods, info)
+		if p.Spec.NodeName != b.st.Node {
+			continue
+		}
+		// Two local pods with one address (one of them terminating) would
+		// make the maps' transaction fail: keep the live one.
+		if q := byAddr[info.addr]; q != nil {
+			if q.DeletionTimestamp == nil {
+				continue
+			}
+		}
+		byAddr[info.addr] = p
+		local = append(local, p)
+	}
+	for _, p := range local {
+		info := podInfoOf(p)
+		if byAddr[info.addr] == p {
+			b.local = append(b.local, info)
+		}
+	}
+	byKey := func(a, c *podInfo) int { return cmp.Compare(a.key, c.key) }
+	slices.SortFunc(b.pods, byKey)
+	slices.SortFunc(b.local, byKey)
+	for _, p := range b.pods {
+		b.podsByNS[p.ns] = append(b.podsByNS[p.ns], p)
+	}
+	for _, p := range b.local {
+		b.localByNS[p.ns] = append(b.localByNS[p.ns], p)
+	}
+}
+
+// podInfoOf returns what policies need of a pod, or nil if the pod is not
+// subject to policies and cannot be a peer: no IPv4 address yet, host
+// network, or finished (its address may be reused).
+func podInfoOf(p *corev1.Pod) *podInfo {
+	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	var addr netip.Addr
+	ips := []string{p.Status.PodIP}
+	for _, ip := range p.Status.PodIPs {
+		ips = append(ips, ip.IP)
+	}
+	for _, s := range ips {
+		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
+			addr = a
+			break
+		}
+	}
+	if !addr.IsValid() {
+		return nil
+	}
+	info := &podInfo{key: p.Namespace + "/" + p.Name, ns: p.Namespace, labels: labels.Set(p.Labels), addr: addr}
+	for _, c := range p.Spec.Containers {
+		for _, cp := range c.Ports {
+			proto, ok := protoNumber(cp.Protocol)
+			if cp.Name == "" || !ok || cp.ContainerPort < 1 || cp.ContainerPort > 65535 {
+				continue
+			}
+			info.ports = append(info.ports, namedPort{cp.Name, proto, uint16(cp.ContainerPort)})
+		}
+	}
+	return info
+}
+
+func protoNumber(p corev1.Protocol) (uint8, bool) {
+	switch p {
+	case "", corev1.ProtocolTCP:
+		return protoTCP, true
+	case corev1.ProtocolUDP:
+		return protoUDP, true
+	case corev1.ProtocolSCTP:
+		return protoSCTP, true
+	}
+	return 0, false
+}
+
+func (b *builder) compilePolicies() []*compiledPolicy {
+	pols := slices.Clone(b.st.Policies)
+	slices.SortFunc(pols, func(a, c *networkingv1.NetworkPolicy) int {
+		return cmp.Or(cmp.Compare(a.Namespace, c.Namespace), cmp.Compare(a.Name, c.Name))
+	})
+	var out []*compiledPolicy
+	for i, np := range pols {
+		if i > 0 && pols[i-1].Namespace == np.Namespace && pols[i-1].Name == np.Name {
+			continue
+		}
+		out = append(out, b.compilePolicy(len(out), np))
+	}
+	return out
+}
+
+func (b *builder) compilePolicy(idx int, np *networkingv1.NetworkPolicy) *compiledPolicy {
+	p := &compiledPolicy{
+		idx:    idx,
+		key:    np.Namespace + "/" + np.Name,
+		ns:     np.Namespace,
+		status: &PolicyStatus{Namespace: np.Namespace, Name: np.Name, Types: []string{}, Pods: []string{}},
+	}
+	p.counter = counterName("policy:", p.key)
+	warn := func(format string, args ...any) {
+		p.status.Warnings = append(p.status.Warnings, fmt.Sprintf(format, args...))
+	}
+	if len(np.Spec.PolicyTypes) == 0 {
+		p.ingress = true
+		p.egress = len(np.Spec.Egress) > 0
+	}
+	for _, t := range np.Spec.PolicyTypes {
+		switch t {
+		case networkingv1.PolicyTypeIngress:
+			p.ingress = true
+		case networkingv1.PolicyTypeEgress:
+			p.egress = true
+		default:
+			warn("unknown policy type %q ignored", t)
+		}
+	}
+	if p.ingress {
+		p.status.Types = append(p.status.Types, string(networkingv1.PolicyTypeIngress))
+	}
+	if p.egress {
+		p.status.Types = append(p.status.Types, string(networkingv1.PolicyTypeEgress))
+	}
+	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
+	if err != nil {
+		warn("invalid podSelector, the policy selects no pod: %v", err)
+		return p
+	}
+	p.sel = sel
+	if p.ingress {
+		for i, r := range np.Spec.Ingress {
+			p.in = append(p.in, b.compileRule(p, i, r.From, r.Ports, fmt.Sprintf("ingress[%d]", i), warn))
+		}
+	}
+	if p.egress {
+		for i, r := range np.Spec.Egress {
+			p.eg = append(p.eg, b.compileRule(p, i, r.To, r.Ports, fmt.Sprintf("egress[%d]", i), warn))
+		}
+	}
+	return p
+}
+
+func (b *builder) compileRule(p *compiledPolicy, idx int, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort, where string, warn func(string, ...any)) compiledRule {
+	r := compiledRule{index: idx, peersRestricted: len(peers) > 0, portsRestricted: len(ports) > 0}
+	for i, peer := range peers {
+		at := fmt.Sprintf("%s peer %d", where, i)
+		if peer.IPBlock != nil {
+			if peer.PodSelector != nil || peer.NamespaceSelector != nil {
+				warn("%s: ipBlock with a selector is invalid, skipped", at)
+				continue
+			}
+			rs, err := ipBlockRanges(peer.IPBlock)
+			if err != nil {
+				warn("%s: %v, skipped", at, err)
+				continue
+			}
+			r.ranges = append(r.ranges, rs...)
+			continue
+		}
+		if peer.PodSelector == nil && peer.NamespaceSelector == nil {
+			warn("%s: empty peer, skipped", at)
+			continue
+		}
+		podSel := labels.Everything()
+		if peer.PodSelector != nil {
+			s, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
+			if err != nil {
+				warn("%s: invalid podSelector, skipped: %v", at, err)
+				continue
+			}
+			podSel = s
+		}
+		var nsSel labels.Selector
+		if peer.NamespaceSelector != nil {
+			s, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+			if err != nil {
+				warn("%s: invalid namespaceSelector, skipped: %v", at, err)
+				continue
+			}
+			nsSel = s
+		}
+		match := func(q *podInfo) {
+			if podSel.Matches(q.labels) {
+				r.peerPods = append(r.peerPods, q)
+				r.ranges = append(r.ranges, ipRange{addrToU32(q.addr), addrToU32(q.addr)})
+			}
+		}
+		if nsSel == nil {
+			for _, q := range b.podsByNS[p.ns] {
+				match(q)
+			}
+			continue
+		}
+		for _, q := range b.pods {
+			if nsSel.Matches(b.nsLabelsOf(q.ns)) {
+				match(q)
+			}
+		}
+	}
+	r.ranges = mergeRanges(r.ranges)
+	for i, port := range ports {
+		ps, err := parsePort(port)
+		if err != nil {
+			warn("%s port %d: %v, skipped", where, i, err)
+			continue
+		}
+		r.ports = append(r.ports, ps)
+	}
+	return r
+}
+
+// ipBlockRanges returns the IPv4 addresses of an ipBlock. An IPv6 block
+// matches nothing on this IPv4 network.
+func ipBlockRanges(blk *networkingv1.IPBlock) ([]ipRange, error) {
+	cidr, err := netip.ParsePrefix(blk.CIDR)
+	if err != nil {
+		return nil, fmt.Errorf("ipBlock cidr %q is not a CIDR", blk.CIDR)
+	}
+	var excepts []ipRange
+	for _, e := range blk.Except {
+		ex, err := netip.ParsePrefix(e)
+		if err != nil {
+			return nil, fmt.Errorf("ipBlock except %q is not a CIDR", e)
+		}
+		if ex.Addr().Is4() {
+			excepts = append(excepts, prefixRange(ex))
+		}
+	}
+	if !cidr.Addr().Is4() {
+		return nil, nil
+	}
+	rs := []ipRange{prefixRange(cidr)}
+	for _, ex := range excepts {
+		rs = subtract(rs, ex)
+	}
+	return rs, nil
+}
+
+func parsePort(p networkingv1.NetworkPolicyPort) (portSpec, error) {
+	var ps portSpec
+	proto := corev1.ProtocolTCP
+	if p.Protocol != nil {
+		proto = *p.Protocol
+	}
+	n, ok := protoNumber(proto)
+	if !ok {
+		return ps, fmt.Errorf("protocol %q is not TCP, UDP or SCTP", proto)
+	}
+	ps.proto = n
+	if p.Port == nil {
+		if p.EndPort != nil {
+			return ps, fmt.Errorf("endPort without port")
+		}
+		return ps, nil
+	}
+	if p.Port.Type == intstr.String {
+		if p.EndPort != nil {
+			return ps, fmt.Errorf("endPort with named port %q", p.Port.StrVal)
+		}
+		if p.Port.StrVal == "" {
+			return ps, fmt.Errorf("empty port name")
+		}
+		ps.name = p.Port.StrVal
+		return ps, nil
+	}
+	if p.Port.IntVal < 1 || p.Port.IntVal > 65535 {
+		return ps, fmt.Errorf("port %d out of range", p.Port.IntVal)
+	}
+	ps.lo, ps.hi = uint16(p.Port.IntVal), uint16(p.Port.IntVal)
+	if p.EndPort != nil {
+		if *p.EndPort < p.Port.IntVal || *p.EndPort > 65535 {
+			return ps, fmt.Errorf("endPort %d not in %d-65535", *p.EndPort, p.Port.IntVal)
+		}
+		ps.hi = uint16(*p.EndPort)
+	}
+	return ps, nil
+}
+
+// counterName is the nftables name of the counter of key, hashed when too
+// long for nftables.
+func counterName(prefix, key string) string {
+	if len(prefix)+len(key) <= maxObjName {
+		return prefix + key
+	}
+	h := sha256.Sum256([]byte(key))
+	return prefix + hex.EncodeToString(h[:16])
+}
+
+func (b *builder) addCounter(name, key string, kind CounterKind) {
+	if b.counters[name] {
+		return
+	}
+	b.counters[name] = true
+	b.rs.Counters = append(b.rs.Counters, Counter{Name: name, Key: key, Kind: kind})
+}
+
+func (b *builder) buildChains(pols []*compiledPolicy) {
+	type podPols struct{ in, eg []*compiledPolicy }
+	sel := map[*podInfo]*podPols{}
+	for _, p := range pols {
+		if p.sel == nil {
+			continue
+		}
+		for _, q := range b.localByNS[p.ns] {
+			if !p.sel.Matches(q.labels) {
+				continue
+			}
+			pp := sel[q]
+			if pp == nil {
+				pp = &podPols{}
+				sel[q] = pp
+			}
+			if p.ingress {
+				pp.in = append(pp.in, p)
+			}
+			if p.egress {
+				pp.eg = append(pp.eg, p)
+			}
+			p.selected++
+			p.status.Pods = append(p.status.Pods, q.key)
+		}
+		if p.selected > 0 {
+			b.addCounter(p.counter, p.key, CounterPolicy)
+		}
+	}
+	chains := map[string]string{} // rules text -> chain name
+	count := map[string]int{}     // chains by prefix
+	var denyPods []*podInfo
+	chainFor := func(prefix string, rules []Rule) string {
+		var text strings.Builder
+		for _, r := range rules {
+			text.WriteString(r.String())
+			text.WriteByte('\n')
+		}
+		key := prefix + "\n" + text.String()
+		if name, ok := chains[key]; ok {
+			return name
+		}
+		name := fmt.Sprintf("%s-%d", prefix, count[prefix])
+		count[prefix]++
+		chains[key] = name
+		b.rs.Chains = append(b.rs.Chains, Chain{Name: name, Rules: rules})
+		return name
+	}
+	for _, q := range b.local {
+		pp := sel[q]
+		if pp == nil {
+			continue
+		}
+		deny := false
+		if len(pp.in) > 0 {
+			rules := b.ingressRules(q, pp.in)
+			b.rs.Ingress = append(b.rs.Ingress, MapElem{q.addr, chainFor("ingress", rules)})
+			deny = deny || len(pp.in) > 1
+		}
+		if len(pp.eg) > 0 {
+			rules := b.egressRules(pp.eg)
+			b.rs.Egress = append(b.rs.Egress, MapElem{q.addr, chainFor("egress", rules)})
+			deny = deny || len(pp.eg) > 1
+		}
+		if deny {
+			denyPods = append(denyPods, q)
+		}
+	}
+	for i, q := range denyPods {
+		name := fmt.Sprintf("deny-%d", i)
+		ctr := counterName("pod:", q.key)
+		b.addCounter(ctr, q.key, CounterPod)
+		b.rs.Chains = append(b.rs.Chains, Chain{Name: name, Rules: []Rule{{Counter: ctr, Verdict: Drop, Comment: "default deny " + q.key}}})
+		b.rs.Deny = append(b.rs.Deny, MapElem{q.addr, name})
+	}
+	byAddr := func(a, c MapElem) int { return a.Addr.Compare(c.Addr) }
+	slices.SortFunc(b.rs.Ingress, byAddr)
+	slices.SortFunc(b.rs.Egress, byAddr)
+	slices.SortFunc(b.rs.Deny, byAddr)
+}
+
+// finalRule drops what no rule allowed, counted for the policy when there
+// is one, else for the pod.
+func finalRule(pols []*compiledPolicy, f Field) Rule {
+	if len(pols) == 1 {
+		return Rule{Counter: pols[0].counter, Verdict: Drop, Comment: "default deny " + pols[0].key}
+	}
+	return Rule{Field: f, DenyMap: true}
+}
+
+func (b *builder) peerSet(p *compiledPolicy, r compiledRule, dir string) string {
+	name := fmt.Sprintf("p%d-%s%d", p.idx, dir, r.index)
+	if !b.sets[name] {
+		b.sets[name] = true
+		b.rs.Sets = append(b.rs.Sets, Set{Name: name, Comment: fmt.Sprintf("%s %s[%d]", p.key, dirName(dir), r.index), Kind: SetAddrs, Ranges: r.ranges})
+	}
+	return name
+}
+
+func dirName(dir string) string {
+	if dir == "in" {
+		return "ingress"
+	}
+	return "egress"
+}
+
+func (b *builder) ingressRules(q *podInfo, pols []*compiledPolicy) []Rule {
+	var rules []Rule
+	for _, p := range pols {
+		for _, r := range p.in {
+			if r.peersRestricted && len(r.ranges) == 0 {
+				continue // allows nothing
+			}
+			base := Rule{Field: Saddr, Verdict: Accept, Comment: fmt.Sprintf("%s ingress[%d]", p.key, r.index)}
+			if r.peersRestricted {
+				base.PeerSet = b.peerSet(p, r, "in")
+			}
+			if !r.portsRestricted {
+				rules = append(rules, base)
+				continue
+			}
+			for _, ps := range r.ports {
+				if ps.name == "" {
+					rr := base
+					rr.Proto, rr.PortLo, rr.PortHi = ps.proto, ps.lo, ps.hi
+					rules = appendUnique(rules, rr)
+					continue
+				}
+				for _, np := range q.ports {
+					if np.name == ps.name && np.proto == ps.proto {
+						rr := base
+						rr.Proto, rr.PortLo, rr.PortHi = np.proto, np.port, np.port
+						rules = appendUnique(rules, rr)
+					}
+				}
+			}
+		}
+	}
+	return append(rules, finalRule(pols, Daddr))
+}
+
+func (b *builder) egressRules(pols []*compiledPolicy) []Rule {
+	var rules []Rule
+	for _, p := range pols {
+		for _, r := range p.eg {
+			if r.peersRestricted && len(r.ranges) == 0 {
+				continue
+			}
+			base := Rule{Field: Daddr, Verdict: Return, Comment: fmt.Sprintf("%s egress[%d]", p.key, r.index)}
+			if r.peersRestricted {
+				base.PeerSet = b.peerSet(p, r, "eg")
+			}
+			if !r.portsRestricted {
+				rules = append(rules, base)
+				continue
+			}
+			for k, ps := range r.ports {
+				rr := base
+				if ps.name == "" {
+					rr.Proto, rr.PortLo, rr.PortHi = ps.proto, ps.lo, ps.hi
+					rules = appendUnique(rules, rr)
+					continue
+				}
+				// A named port is resolved per destination: the set holds
+				// each peer pod's address, protocol and port of that name.
+				peers := r.peerPods
+				if !r.peersRestricted {
+					peers = b.pods
+				}
+				name := fmt.Sprintf("p%d-eg%d-port%d", p.idx, r.index, k)
+				if !b.sets[name] {
+					set := Set{Name: name, Comment: fmt.Sprintf("%s egress[%d] port %s", p.key, r.index, ps.name), Kind: SetAddrProtoPort}
+					for _, q := range peers {
+						for _, np := range q.ports {
+							if np.name == ps.name && np.proto == ps.proto {
+								set.Triples = append(set.Triples, AddrPortal{q.addr, np.proto, np.port})
+							}
+						}
+					}
+					b.sets[name] = true
+					if len(set.Triples) == 0 {
+						b.empty[name] = true
+						continue
+					}
+					slices.SortFunc(set.Triples, func(a, c AddrPortal) int {
+						return cmp.Or(a.Addr.Compare(c.Addr), cmp.Compare(a.Proto, c.Proto), cmp.Compare(a.Port, c.Port))
+					})
+					set.Triples = slices.Compact(set.Triples)
+					b.rs.Sets = append(b.rs.Sets, set)
+				}
+				if b.empty[name] {
+					continue
+				}
+				// The peer set is implied by the triples.
+				rr.PeerSet = ""
+				rr.TripleSet = name
+				rules = appendUnique(rules, rr)
+			}
+		}
+	}
+	return append(rules, finalRule(pols, Saddr))
+}
+
+// pruneSets drops the sets no rule refers to (a rule whose named ports
+// resolved to nothing).
+func (b *builder) pruneSets() {
+	used := map[string]bool{}
+	for _, c := range b.rs.Chains {
+		for _, r := range c.Rules {
+			used[r.PeerSet] = true
+			used[r.TripleSet] = true
+		}
+	}
+	b.rs.Sets = slices.DeleteFunc(b.rs.Sets, func(s Set) bool { return !used[s.Name] })
+}
+
+func appendUnique(rules []Rule, r Rule) []Rule {
+	if slices.Contains(rules, r) {
+		return rules
+	}
+	return append(rules, r)
+}

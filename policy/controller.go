@@ -1,0 +1,307 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	netlisters "k8s.io/client-go/listers/networking/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// syncTimeout bounds the first listing of pods, namespaces and policies.
+const syncTimeout = time.Minute
+
+// Retry delays after a failed apply.
+const (
+	retryMin = 100 * time.Millisecond
+	retryMax = 10 * time.Second
+)
+
+// Controller enforces the NetworkPolicies of the cluster for the pods of
+// one node. Its methods are safe for concurrent use.
+type Controller struct {
+	client kubernetes.Interface
+	node   string
+	log    *slog.Logger
+	nft    Applier
+
+	kick      chan struct{}
+	ready     chan struct{}
+	readyOnce sync.Once
+
+	pods     corelisters.PodLister
+	nss      corelisters.NamespaceLister
+	policies netlisters.NetworkPolicyLister
+
+	mu      sync.Mutex
+	applied *Ruleset // nil until the first apply
+	text    string   // applied.String()
+	warned  map[string]string
+}
+
+// New returns a controller for the pods of node. It does nothing until Run.
+func New(client kubernetes.Interface, node string, log *slog.Logger, nft Applier) *Controller {
+	return &Controller{
+		client: client,
+		node:   node,
+		log:    log.With("component", "policy"),
+		nft:    nft,
+		kick:   make(chan struct{}, 1),
+		ready:  make(chan struct{}),
+		warned: map[string]string{},
+	}
+}
+
+// Ready is closed once the table has been built from the API after the
+// informers' caches synced.
+func (c *Controller) Ready() <-chan struct{} { return c.ready }
+
+// Run watches the API and keeps the table in step until ctx ends; it leaves
+// the table in place (enforcement outlives a daemon restart: see Remove).
+// It returns an error if the caches cannot be filled within a minute.
+func (c *Controller) Run(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(c.client, 0,
+		informers.WithTransform(stripManagedFields))
+	podInf := factory.Core().V1().Pods()
+	nsInf := factory.Core().V1().Namespaces()
+	npInf := factory.Networking().V1().NetworkPolicies()
+	c.pods, c.nss, c.policies = podInf.Lister(), nsInf.Lister(), npInf.Lister()
+	other := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.trigger() },
+		UpdateFunc: func(any, any) { c.trigger() },
+		DeleteFunc: func(any) { c.trigger() },
+	}
+	pod := cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { c.trigger() },
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*corev1.Pod)
+			n, ok2 := cur.(*corev1.Pod)
+			if !ok1 || !ok2 || podChanged(o, n) {
+				c.trigger()
+			}
+		},
+		DeleteFunc: func(any) { c.trigger() },
+	}
+	for _, h := range []struct {
+		inf interface {
+			AddEventHandler(cache.ResourceEventHandler) (cache.ResourceEventHandlerRegistration, error)
+		}
+		h    cache.ResourceEventHandler
+		what string
+	}{{podInf.Informer(), pod, "pods"}, {nsInf.Informer(), other, "namespaces"}, {npInf.Informer(), other, "network policies"}} {
+		if _, err := h.inf.AddEventHandler(h.h); err != nil {
+			return fmt.Errorf("failed to watch %s: %w", h.what, err)
+		}
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	syncCtx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	for what, synced := range factory.WaitForCacheSync(syncCtx.Done()) {
+		if !synced {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("failed to list %v from the Kubernetes API within %v (check RBAC: pods, namespaces, networkpolicies get/list/watch)", what, syncTimeout)
+		}
+	}
+	c.log.Info("enforcing network policies", "node", c.node)
+	c.trigger()
+	retry := time.NewTimer(0)
+	retry.Stop()
+	delay := retryMin
+	for {
+		select {
+		case <-ctx.Done():
+			retry.Stop()
+			return nil
+		case <-c.kick:
+		case <-retry.C:
+		}
+		if err := c.Sync(); err != nil {
+			c.log.Error("failed to apply network policies, retrying", "err", err, "in", delay)
+			retry.Reset(delay)
+			delay = min(2*delay, retryMax)
+			continue
+		}
+		delay = retryMin
+		c.readyOnce.Do(func() { close(c.ready) })
+	}
+}
+
+// stripManagedFields keeps the caches small.
+func stripManagedFields(obj any) (any, error) {
+	if a, err := meta.Accessor(obj); err == nil {
+		a.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+func (c *Controller) trigger() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Sync rebuilds the ruleset from the caches and applies it if it changed.
+// Run calls it on every relevant change; it must not be called before Run
+// synced the caches.
+func (c *Controller) Sync() error {
+	if c.pods == nil {
+		return fmt.Errorf("policy controller not running")
+	}
+	st := State{Node: c.node}
+	var err error
+	if st.Pods, err = c.pods.List(labels.Everything()); err != nil {
+		return fmt.Errorf("failed to list pods from the cache: %w", err)
+	}
+	if st.Namespaces, err = c.nss.List(labels.Everything()); err != nil {
+		return fmt.Errorf("failed to list namespaces from the cache: %w", err)
+	}
+	if st.Policies, err = c.policies.List(labels.Everything()); err != nil {
+		return fmt.Errorf("failed to list network policies from the cache: %w", err)
+	}
+	start := time.Now()
+	rs := Build(st)
+	c.logWarnings(rs)
+	text := rs.String()
+	c.mu.Lock()
+	same := c.applied != nil && text == c.text
+	c.mu.Unlock()
+	if same {
+		return nil
+	}
+	if err := c.nft.Apply(rs); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.applied, c.text = rs, text
+	c.mu.Unlock()
+	c.log.Debug("applied network policies", "policies", len(rs.Policies), "pods", len(rs.Ingress)+len(rs.Egress),
+		"chains", len(rs.Chains), "sets", len(rs.Sets), "took", time.Since(start))
+	return nil
+}
+
+// logWarnings logs the warnings of a policy when they change.
+func (c *Controller) logWarnings(rs *Ruleset) {
+	seen := map[string]bool{}
+	for _, p := range rs.Policies {
+		key := p.Namespace + "/" + p.Name
+		seen[key] = true
+		w := strings.Join(p.Warnings, "; ")
+		if c.warned[key] == w {
+			continue
+		}
+		c.warned[key] = w
+		for _, msg := range p.Warnings {
+			c.log.Warn("invalid network policy part skipped: it allows nothing", "policy", key, "problem", msg)
+		}
+	}
+	for key := range c.warned {
+		if !seen[key] {
+			delete(c.warned, key)
+		}
+	}
+}
+
+// podChanged reports whether an update changed anything policies depend on.
+func podChanged(o, n *corev1.Pod) bool {
+	return o.Spec.NodeName != n.Spec.NodeName ||
+		o.Spec.HostNetwork != n.Spec.HostNetwork ||
+		o.Status.Phase != n.Status.Phase ||
+		o.Status.PodIP != n.Status.PodIP ||
+		(o.DeletionTimestamp == nil) != (n.DeletionTimestamp == nil) ||
+		!reflect.DeepEqual(o.Labels, n.Labels) ||
+		!reflect.DeepEqual(o.Status.PodIPs, n.Status.PodIPs) ||
+		!reflect.DeepEqual(containerPorts(o), containerPorts(n))
+}
+
+func containerPorts(p *corev1.Pod) [][]corev1.ContainerPort {
+	var out [][]corev1.ContainerPort
+	for _, c := range p.Spec.Containers {
+		out = append(out, c.Ports)
+	}
+	return out
+}
+
+// Status lists the policies that select pods of this node (and those with
+// invalid parts), sorted by namespace and name.
+func (c *Controller) Status() []PolicyStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.applied == nil {
+		return []PolicyStatus{}
+	}
+	return slices.Clone(c.applied.Policies)
+}
+
+// Stats are the packets dropped since the table was made.
+type Stats struct {
+	// Policies counts drops by policy, "namespace/name", for pods isolated
+	// (in that direction) by that policy only.
+	Policies map[string]uint64 `json:"policies"`
+	// Pods counts drops by pod, "namespace/name", for pods isolated by
+	// several policies: such a drop is no single policy's.
+	Pods map[string]uint64 `json:"pods"`
+}
+
+// Stats reads the counters of the table.
+func (c *Controller) Stats() (Stats, error) {
+	st := Stats{Policies: map[string]uint64{}, Pods: map[string]uint64{}}
+	c.mu.Lock()
+	rs := c.applied
+	c.mu.Unlock()
+	if rs == nil {
+		return st, nil
+	}
+	vals, err := c.nft.Counters()
+	if err != nil {
+		return st, fmt.Errorf("failed to read policy counters: %w", err)
+	}
+	for _, ctr := range rs.Counters {
+		switch ctr.Kind {
+		case CounterPolicy:
+			st.Policies[ctr.Key] = vals[ctr.Name]
+		case CounterPod:
+			st.Pods[ctr.Key] = vals[ctr.Name]
+		}
+	}
+	return st, nil
+}
+
+// DeniedPackets returns Stats().Policies, or nil if the counters cannot be
+// read (logged).
+func (c *Controller) DeniedPackets() map[string]uint64 {
+	st, err := c.Stats()
+	if err != nil {
+		c.log.Warn("failed to read policy counters", "err", err)
+		return nil
+	}
+	return st.Policies
+}
+
+// Remove deletes the table: no policy is enforced on this node any more.
+// For `mesh reset` and --no-policy; call it after Run returned.
+func (c *Controller) Remove() error {
+	if err := c.nft.Remove(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.applied, c.text = nil, ""
+	c.mu.Unlock()
+	c.log.Info("removed network policy table", "table", "inet "+TableName)
+	return nil
+}

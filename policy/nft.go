@@ -1,0 +1,405 @@
+package policy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Applier programs rulesets. NFT is the real one; tests use fakes.
+type Applier interface {
+	// Apply replaces the content of the table with rs in one atomic
+	// transaction, creating the table if needed. Counters keep their
+	// values across it (those of rs are ignored).
+	Apply(rs *Ruleset) error
+	// Counters returns the packets counted by each counter of the table,
+	// by counter name; none when the table does not exist.
+	Counters() (map[string]uint64, error)
+	// Remove deletes the table; no error if it does not exist.
+	Remove() error
+}
+
+// NFT programs the table with netlink (github.com/google/nftables).
+type NFT struct {
+	opts []nftables.ConnOption
+	mu   sync.Mutex
+}
+
+// NewNFT returns an applier for the network namespace of the calling
+// process, or another one with nftables.WithNetNSFd.
+func NewNFT(opts ...nftables.ConnOption) *NFT {
+	return &NFT{opts: opts}
+}
+
+// elemChunk bounds the set elements of one netlink message.
+const elemChunk = 512
+
+// sockBuf is the socket buffer size asked for: a rebuild of a large table is
+// one batch of several megabytes, acknowledged message by message.
+const sockBuf = 32 << 20
+
+var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+
+func (n *NFT) conn() (*nftables.Conn, error) {
+	opts := append([]nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}, n.opts...)
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open nftables netlink connection: %w", err)
+	}
+	return c, nil
+}
+
+// bigBuffers raises the socket's buffers past the sysctl limits (root may).
+func bigBuffers(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		for _, o := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], sockBuf) != nil {
+				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], sockBuf); e != nil {
+					serr = e
+				}
+			}
+		}
+	})
+	return errors.Join(err, serr)
+}
+
+// exists reports whether our table exists.
+func exists(c *nftables.Conn) (bool, error) {
+	_, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	return false, fmt.Errorf("failed to look up nftables table inet %s: %w", TableName, err)
+}
+
+func (n *NFT) counters(c *nftables.Conn) (map[string]*nftables.CounterObj, error) {
+	ok, err := exists(c)
+	if err != nil || !ok {
+		return nil, err
+	}
+	objs, err := c.GetObjects(table)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read the counters of table inet %s: %w", TableName, err)
+	}
+	out := map[string]*nftables.CounterObj{}
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *nftables.CounterObj:
+			out[o.Name] = o
+		case *nftables.NamedObj:
+			if ctr, ok := o.Obj.(*expr.Counter); ok {
+				out[o.Name] = &nftables.CounterObj{Name: o.Name, Packets: ctr.Packets, Bytes: ctr.Bytes}
+			}
+		}
+	}
+	return out, nil
+}
+
+// Counters implements Applier.
+func (n *NFT) Counters() (map[string]uint64, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, err := n.conn()
+	if err != nil {
+		return nil, err
+	}
+	objs, err := n.counters(c)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(objs))
+	for name, o := range objs {
+		out[name] = o.Packets
+	}
+	return out, nil
+}
+
+// Remove implements Applier.
+func (n *NFT) Remove() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, err := n.conn()
+	if err != nil {
+		return err
+	}
+	c.AddTable(table)
+	c.DelTable(table)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("failed to delete nftables table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// Apply implements Applier. The transaction is: add the table (a no-op if
+// it exists), delete it, add it with all its content. The kernel commits it
+// as a whole: packets see the old rules or the new ones, never none.
+// Counter values read just before are carried over; packets counted in
+// between (a few milliseconds) are lost.
+func (n *NFT) Apply(rs *Ruleset) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, err := n.conn()
+	if err != nil {
+		return err
+	}
+	old, err := n.counters(c)
+	if err != nil {
+		return err
+	}
+	c.AddTable(table)
+	c.DelTable(table)
+	c.AddTable(table)
+	if err := program(c, rs, old); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("failed to program nftables table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// program queues the table's content on c.
+func program(c *nftables.Conn, rs *Ruleset, old map[string]*nftables.CounterObj) error {
+	for _, ctr := range rs.Counters {
+		o := &nftables.CounterObj{Table: table, Name: ctr.Name, Packets: ctr.Packets, Bytes: ctr.Bytes}
+		if prev := old[ctr.Name]; prev != nil {
+			o.Packets, o.Bytes = prev.Packets, prev.Bytes
+		}
+		c.AddObj(o)
+	}
+	chains := map[string]*nftables.Chain{}
+	for _, ch := range rs.Chains {
+		chains[ch.Name] = c.AddChain(&nftables.Chain{Table: table, Name: ch.Name})
+	}
+	sets := map[string]*nftables.Set{}
+	for _, s := range rs.Sets {
+		set, elems, err := nftSet(s)
+		if err != nil {
+			return err
+		}
+		if err := addSet(c, set, elems); err != nil {
+			return err
+		}
+		sets[s.Name] = set
+	}
+	for _, m := range []struct {
+		name  string
+		elems []MapElem
+		kind  expr.VerdictKind
+	}{{mapIngress, rs.Ingress, expr.VerdictJump}, {mapEgress, rs.Egress, expr.VerdictJump}, {mapDeny, rs.Deny, expr.VerdictGoto}} {
+		set := &nftables.Set{Table: table, Name: m.name, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
+		elems := make([]nftables.SetElement, 0, len(m.elems))
+		for _, e := range m.elems {
+			if chains[e.Chain] == nil {
+				return fmt.Errorf("map %s: element %s refers to unknown chain %q", m.name, e.Addr, e.Chain)
+			}
+			a := e.Addr.As4()
+			elems = append(elems, nftables.SetElement{Key: a[:], VerdictData: &expr.Verdict{Kind: m.kind, Chain: e.Chain}})
+		}
+		if err := addSet(c, set, elems); err != nil {
+			return err
+		}
+		sets[m.name] = set
+	}
+	for _, ch := range rs.Chains {
+		for _, r := range ch.Rules {
+			exprs, err := ruleExprs(r, sets)
+			if err != nil {
+				return fmt.Errorf("chain %s: %w", ch.Name, err)
+			}
+			nr := &nftables.Rule{Table: table, Chain: chains[ch.Name], Exprs: exprs}
+			if r.Comment != "" {
+				nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.Comment)
+			}
+			c.AddRule(nr)
+		}
+	}
+	accept := nftables.ChainPolicyAccept
+	fwd := c.AddChain(&nftables.Chain{Table: table, Name: chainForward, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	in := c.AddChain(&nftables.Chain{Table: table, Name: chainInput, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	for _, r := range [][]expr.Any{ctEstablished(), vmapRule(Saddr, sets[mapEgress]), vmapRule(Daddr, sets[mapIngress])} {
+		c.AddRule(&nftables.Rule{Table: table, Chain: fwd, Exprs: r})
+	}
+	for _, r := range [][]expr.Any{ctEstablished(), vmapRule(Saddr, sets[mapEgress])} {
+		c.AddRule(&nftables.Rule{Table: table, Chain: in, Exprs: r})
+	}
+	return nil
+}
+
+// addSet queues a set and its elements in chunks.
+func addSet(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
+	first := elems[:min(len(elems), elemChunk)]
+	if err := c.AddSet(s, first); err != nil {
+		return fmt.Errorf("failed to add set %s: %w", s.Name, err)
+	}
+	for rest := elems[len(first):]; len(rest) > 0; {
+		n := min(len(rest), elemChunk)
+		if err := c.SetAddElements(s, rest[:n]); err != nil {
+			return fmt.Errorf("failed to add elements to set %s: %w", s.Name, err)
+		}
+		rest = rest[n:]
+	}
+	return nil
+}
+
+var addrProtoPort = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+
+func nftSet(s Set) (*nftables.Set, []nftables.SetElement, error) {
+	switch s.Kind {
+	case SetAddrs:
+		set := &nftables.Set{Table: table, Name: s.Name, KeyType: nftables.TypeIPAddr, Interval: true, Comment: s.Comment}
+		var elems []nftables.SetElement
+		for _, r := range s.Ranges {
+			elems = append(elems, nftables.SetElement{Key: u32Bytes(r.lo)})
+			if r.hi != ^uint32(0) {
+				elems = append(elems, nftables.SetElement{Key: u32Bytes(r.hi + 1), IntervalEnd: true})
+			}
+		}
+		return set, elems, nil
+	case SetAddrProtoPort:
+		set := &nftables.Set{Table: table, Name: s.Name, KeyType: addrProtoPort, Concatenation: true, Comment: s.Comment}
+		var elems []nftables.SetElement
+		for _, t := range s.Triples {
+			a := t.Addr.As4()
+			key := make([]byte, 12)
+			copy(key, a[:])
+			key[4] = t.Proto
+			binary.BigEndian.PutUint16(key[8:], t.Port)
+			elems = append(elems, nftables.SetElement{Key: key})
+		}
+		return set, elems, nil
+	}
+	return nil, nil, fmt.Errorf("set %s: unknown kind %d", s.Name, s.Kind)
+}
+
+func u32Bytes(v uint32) []byte {
+	b := make([]byte, 4)
+	binary.BigEndian.PutUint32(b, v)
+	return b
+}
+
+// Registers: NFT_REG_1 is 16 bytes; a concatenation is built in the 4-byte
+// registers it overlaps, NFT_REG32_00 (8) onwards.
+const (
+	reg1    = 1
+	reg32_1 = 9
+	reg32_2 = 10
+)
+
+func loadAddr(f Field, reg uint32) *expr.Payload {
+	off := uint32(12)
+	if f == Daddr {
+		off = 16
+	}
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4}
+}
+
+func isIPv4() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}},
+	}
+}
+
+func ctEstablished() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED),
+			Xor:  binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
+}
+
+func vmapRule(f Field, m *nftables.Set) []expr.Any {
+	return append(isIPv4(), loadAddr(f, reg1),
+		&expr.Lookup{SourceRegister: reg1, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
+}
+
+// ruleExprs translates a rule of a regular chain. Regular chains are only
+// entered from the IPv4 maps, so no protocol family check is needed.
+func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
+	var out []expr.Any
+	set := func(name string) (*nftables.Set, error) {
+		s := sets[name]
+		if s == nil {
+			return nil, fmt.Errorf("rule %q refers to unknown set %q", r, name)
+		}
+		return s, nil
+	}
+	if r.PeerSet != "" {
+		s, err := set(r.PeerSet)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, loadAddr(r.Field, reg1), &expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID})
+	}
+	if r.TripleSet != "" {
+		s, err := set(r.TripleSet)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out,
+			loadAddr(r.Field, reg1),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32_1},
+			&expr.Payload{DestRegister: reg32_2, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID})
+	}
+	if r.Proto != 0 {
+		out = append(out,
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{r.Proto}})
+	}
+	if r.PortLo != 0 {
+		out = append(out, &expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2})
+		if r.PortHi > r.PortLo {
+			out = append(out, &expr.Range{Op: expr.CmpOpEq, Register: reg1,
+				FromData: binaryutil.BigEndian.PutUint16(r.PortLo), ToData: binaryutil.BigEndian.PutUint16(r.PortHi)})
+		} else {
+			out = append(out, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(r.PortLo)})
+		}
+	}
+	if r.DenyMap {
+		s, err := set(mapDeny)
+		if err != nil {
+			return nil, err
+		}
+		return append(out, loadAddr(r.Field, reg1),
+			&expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID, DestRegister: 0, IsDestRegSet: true}), nil
+	}
+	if r.Counter != "" {
+		out = append(out, &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: r.Counter})
+	}
+	var v expr.VerdictKind
+	switch r.Verdict {
+	case Accept:
+		v = expr.VerdictAccept
+	case Return:
+		v = expr.VerdictReturn
+	case Drop:
+		v = expr.VerdictDrop
+	default:
+		return nil, fmt.Errorf("rule %q has no verdict", r)
+	}
+	return append(out, &expr.Verdict{Kind: v}), nil
+}
