@@ -1,5 +1,7 @@
 #!/bin/sh
-# Installs the Debian packages that the tests and the demo use, if missing.
+# Installs the Debian packages that the tests and the demo use, if missing;
+# with the argument "k8s", also those of the Kubernetes end-to-end test
+# (containerd and runc for the nodes, busybox-static for the test image).
 # Safe to run again: it does nothing when everything is there.
 set -eu
 need=""
@@ -10,6 +12,12 @@ have ping     || need="$need iputils-ping"
 have nsenter  || need="$need util-linux"
 have tcpdump  || need="$need tcpdump"
 have iperf3   || need="$need iperf3"
+if [ "${1:-}" = k8s ]; then
+	have containerd || need="$need containerd"
+	have runc       || need="$need runc"
+	# The test image needs a statically linked busybox.
+	if ! [ -x /bin/busybox ] || ! dpkg -s busybox-static >/dev/null 2>&1; then need="$need busybox-static"; fi
+fi
 if [ -n "$need" ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "deps: missing:$need (run as root to install them)" >&2

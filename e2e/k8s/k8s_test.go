@@ -230,21 +230,7 @@ func podsOnEveryNode(t *testing.T, c *Cluster) []testPod {
 	for i, node := range c.Nodes {
 		name := fmt.Sprintf("web%d", i+1)
 		pods = append(pods, testPod{Name: name, Node: node.Name})
-		fmt.Fprintf(&b, `---
-apiVersion: v1
-kind: Pod
-metadata: {name: %s, namespace: %s, labels: {app: %s}}
-spec:
-  nodeName: %s
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: httpd
-    image: %s
-    imagePullPolicy: Never
-    command: ["/bin/sh", "-c", "mkdir -p /tmp/www && echo %s > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
-    ports: [{name: http, containerPort: 8080}]
-    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
-`, name, testNamespace, name, node.Name, busyboxImage, name)
+		b.WriteString("---\n" + httpPodYAML(name, testNamespace, node.Name))
 	}
 	c.MustKubectl(t, b.String(), "apply", "-f", "-")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -88,7 +88,20 @@ func applyPolicy(t *testing.T, c *Cluster, ns, body string) {
 // startHTTPPod runs a busybox httpd pod on node and waits for it.
 func startHTTPPod(t *testing.T, c *Cluster, name, ns, node string) testPod {
 	t.Helper()
-	c.MustKubectl(t, fmt.Sprintf(`apiVersion: v1
+	c.MustKubectl(t, httpPodYAML(name, ns, node), "apply", "-f", "-")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if out, err := c.Kubectl(ctx, "", "-n", ns, "wait", "--for=condition=Ready", "pod", name, "--timeout=100s"); err != nil {
+		t.Fatalf("pod %s not ready: %v\n%s", name, err, out)
+	}
+	ip := strings.TrimSpace(c.MustKubectl(t, "", "-n", ns, "get", "pod", name, "-o", "jsonpath={.status.podIP}"))
+	return testPod{Name: ns + "/" + name, Node: node, IP: ip}
+}
+
+// httpPodYAML is a busybox pod on node serving its own name over HTTP on
+// port 8080, named "http" for policies that select ports by name.
+func httpPodYAML(name, ns, node string) string {
+	return fmt.Sprintf(`apiVersion: v1
 kind: Pod
 metadata: {name: %s, namespace: %s, labels: {app: %s}}
 spec:
@@ -101,14 +114,7 @@ spec:
     command: ["/bin/sh", "-c", "mkdir -p /tmp/www && echo %s > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www"]
     ports: [{name: http, containerPort: 8080}]
     readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
-`, name, ns, name, node, busyboxImage, name), "apply", "-f", "-")
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if out, err := c.Kubectl(ctx, "", "-n", ns, "wait", "--for=condition=Ready", "pod", name, "--timeout=100s"); err != nil {
-		t.Fatalf("pod %s not ready: %v\n%s", name, err, out)
-	}
-	ip := strings.TrimSpace(c.MustKubectl(t, "", "-n", ns, "get", "pod", name, "-o", "jsonpath={.status.podIP}"))
-	return testPod{Name: ns + "/" + name, Node: node, IP: ip}
+`, name, ns, name, node, busyboxImage, name)
 }
 
 // execIn runs a command in a pod named "ns/name" or, without a slash, in
