@@ -28,8 +28,15 @@ lint:
 demo: deps
 	$(GO) test -count=1 -tags demo -run '^TestDemo$$' -v ./internal/demo/
 
+# Side-by-side benchmarks on simulated hosts (needs root; a few minutes):
+# CNI ADD+DEL against the reference bridge + host-local plugins, IPAM through
+# the control socket and its gossiped state size, iperf3 over the underlay,
+# the mesh overlay and a bare wireguard-go pair, and the daemon's memory.
+# One table with the ratios at the end; see docs/performance.md. The Go
+# micro-benchmarks of the packages run first.
 bench: deps
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./...
+	$(GO) test -tags bench -count=1 -timeout 30m -run '^TestBench$$' -v ./bench/
 
 clean:
 	rm -rf $(BIN)
@@ -56,7 +63,7 @@ image:
 E2E_K8S_CNI ?= mesh
 
 e2e-k8s: deps image
-	./e2e/k8s/deps.sh
+	./scripts/deps.sh k8s
 	./e2e/k8s/build.sh
 	$(GO) vet -tags e2ek8s ./e2e/k8s/
 	MESH_E2E_CNI=$(E2E_K8S_CNI) MESH_E2E_IMAGE='$(IMAGE)' \

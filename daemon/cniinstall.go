@@ -47,17 +47,20 @@ func installCNI(cfg Config) error {
 		return fmt.Errorf("failed to find the mesh executable: %w", err)
 	}
 	src := filepath.Join(filepath.Dir(self), "mesh-cni")
-	bin, err := os.ReadFile(src)
+	bin, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("failed to read the plugin next to mesh: %w", err)
 	}
+	defer bin.Close()
 	dst := filepath.Join(cfg.CNIBinDir, "mesh-cni")
 	if err := os.MkdirAll(cfg.CNIBinDir, 0o755); err != nil {
 		return fmt.Errorf("failed to create %q: %w", cfg.CNIBinDir, err)
 	}
 	// Renaming over the old file keeps a plugin run in progress working
 	// on its open inode.
-	if err := atomicfile.Write(dst, bin, 0o755); err != nil {
+	// Streamed: holding the 7 MB binary in memory would stay in the
+	// daemon's footprint long after.
+	if err := atomicfile.WriteFrom(dst, bin, 0o755); err != nil {
 		return err
 	}
 	conf, err := cniConflist(cfg)

@@ -26,9 +26,10 @@ type userspaceImpl struct {
 	nl   *netlink.Handle
 	log  *slog.Logger
 
-	dev  *device.Device // nil until the first ensure, and after stop
-	uapi net.Listener
-	done chan struct{} // closed when routineUAPI returns
+	dev    *device.Device // nil until the first ensure, and after stop
+	limits *limits        // packets in flight in dev (memory_linux.go)
+	uapi   net.Listener
+	done   chan struct{} // closed when routineUAPI returns
 
 	connMu sync.Mutex
 	conns  map[net.Conn]struct{} // open UAPI connections, closed by stop
@@ -84,14 +85,18 @@ func (u *userspaceImpl) ensure(mtu int) (netlink.Link, func() error, error) {
 		return u.nl.LinkDel(l)
 	}
 
-	dev := device.NewDevice(tdev, u.bind(), wgLogger(u.log))
+	// Bound wireguard-go's memory (see memory_linux.go): the packets in
+	// flight in each direction, and the heap growth between collections.
+	setSoftMemoryLimit(u.log)
+	lim := newLimits(inflightPackets)
+	dev := device.NewDevice(&limitedTUN{Device: tdev, l: lim}, &limitedBind{Bind: u.bind(), l: lim}, wgLogger(u.log))
 	uapi, err := listenUAPI(u.name)
 	if err != nil {
 		dev.Close()
 		_ = removeLink()
 		return nil, nil, err
 	}
-	u.dev, u.uapi, u.done = dev, uapi, make(chan struct{})
+	u.dev, u.uapi, u.done, u.limits = dev, uapi, make(chan struct{}), lim
 	u.conns = map[net.Conn]struct{}{}
 	go u.routineUAPI(uapi, dev, u.done)
 	if created {
@@ -112,11 +117,13 @@ func (u *userspaceImpl) ensure(mtu int) (netlink.Link, func() error, error) {
 // bind returns the UDP side of wireguard-go. The sockets are opened whenever
 // the device comes up, from wireguard-go's goroutines, so in the namespace
 // of an arbitrary thread. That is right when the data plane works in the
-// process's own namespace (a normal daemon), and then the plain StdNetBind
-// keeps wireguard-go's sticky-socket route listener. In another namespace
-// nsBind opens the sockets there, at the price of that listener (it only
-// recognizes the plain StdNetBind), which matters only to multi-homed
-// hosts whose routes change.
+// process's own namespace (a normal daemon). In another namespace nsBind
+// opens the sockets there. Either is then wrapped in limitedBind (the memory
+// bound), so wireguard-go never sees the plain StdNetBind and does not start
+// its sticky-socket route listener (it only recognizes that type), which
+// matters only to multi-homed hosts whose routes change: there wireguard-go
+// drops a stale source address when a handshake retry times out (seconds)
+// instead of right at the route change.
 func (u *userspaceImpl) bind() conn.Bind {
 	b := conn.NewStdNetBind()
 	if u.ns.isProcessNS() {
@@ -184,7 +191,11 @@ func (u *userspaceImpl) stop() {
 	u.connMu.Unlock()
 	u.connWG.Wait()
 	u.dev.Close()
-	u.dev, u.uapi, u.done = nil, nil, nil
+	outPeak, outTimeouts := u.limits.out.stats()
+	inPeak, inTimeouts := u.limits.in.stats()
+	u.log.Debug("wireguard-go stopped", "peakOutbound", outPeak, "outboundWaitTimeouts", outTimeouts,
+		"peakInbound", inPeak, "inboundWaitTimeouts", inTimeouts)
+	u.dev, u.uapi, u.done, u.limits = nil, nil, nil, nil
 }
 
 func (u *userspaceImpl) close() error {

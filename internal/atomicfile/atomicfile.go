@@ -3,7 +3,9 @@
 package atomicfile
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -11,7 +13,13 @@ import (
 // Write replaces path with data. It writes a temporary file in the same
 // directory, fsyncs it, renames it over path and fsyncs the directory, so the
 // rename itself is durable. The directory is created (0700) if missing.
-func Write(path string, data []byte, perm os.FileMode) (err error) {
+func Write(path string, data []byte, perm os.FileMode) error {
+	return WriteFrom(path, bytes.NewReader(data), perm)
+}
+
+// WriteFrom is Write with the content streamed from r, for files too large
+// to hold in memory for no reason (a plugin binary being installed).
+func WriteFrom(path string, r io.Reader, perm os.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("failed to create directory %q: %w", dir, err)
@@ -30,7 +38,7 @@ func Write(path string, data []byte, perm os.FileMode) (err error) {
 	if err := f.Chmod(perm); err != nil {
 		return fmt.Errorf("failed to set mode of %q: %w", tmp, err)
 	}
-	if _, err := f.Write(data); err != nil {
+	if _, err := io.Copy(f, r); err != nil {
 		return fmt.Errorf("failed to write %q: %w", tmp, err)
 	}
 	if err := f.Sync(); err != nil {

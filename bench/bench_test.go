@@ -1,0 +1,672 @@
+//go:build bench
+
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// Tunables, from the environment so that `make bench` can be shortened or
+// lengthened without editing code.
+var (
+	cniPods     = envInt("BENCH_CNI_PODS", 100)
+	ipamOps     = envInt("BENCH_IPAM_OPS", 1000)
+	iperfSecs   = envInt("BENCH_IPERF_SECONDS", 5)
+	iperfRounds = envInt("BENCH_IPERF_ROUNDS", 3)
+	// BENCH_PARTS selects parts (cni, state, dataplane; default all).
+	parts = os.Getenv("BENCH_PARTS")
+	// BENCH_MESH_ENV and BENCH_WG_ENV add KEY=VALUE words to the
+	// environment of the mesh daemons and of the bare wireguard-go, for
+	// experiments (e.g. GOMEMLIMIT=64MiB or GODEBUG=gctrace=1).
+	meshEnv = strings.Fields(os.Getenv("BENCH_MESH_ENV"))
+	wgEnv   = strings.Fields(os.Getenv("BENCH_WG_ENV"))
+	// BENCH_MESH_ARGS adds flags to `mesh launch`.
+	meshArgs = strings.Fields(os.Getenv("BENCH_MESH_ARGS"))
+)
+
+func want(part string) bool {
+	return parts == "" || slices.Contains(strings.Split(parts, ","), part)
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// TestBench runs every part, then prints one table. A part that fails is
+// reported as not measured (and fails the test) without stopping the others.
+func TestBench(t *testing.T) {
+	testnet.RequireRoot(t)
+	r := &report{start: time.Now(), loadStart: loadavg()}
+	if want("cni") {
+		t.Run("CNI", func(t *testing.T) { benchCNIAndIPAM(t, r) })
+	}
+	if want("state") {
+		t.Run("StateSize", func(t *testing.T) { benchStateSize(t, r) })
+	}
+	if want("dataplane") {
+		t.Run("Dataplane", func(t *testing.T) { benchDataplane(t, r) })
+	}
+	r.print(os.Stdout)
+	if out := os.Getenv("BENCH_OUT"); out != "" {
+		f, err := os.Create(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.print(f)
+		f.Close()
+	}
+}
+
+// ---------------------------------------------------------------- CNI + IPAM
+
+const refConflist = `{
+  "cniVersion": "1.1.0",
+  "name": "%s",
+  "plugins": [
+    {"type": "bridge", "bridge": "%s", "isGateway": true, "mtu": %d,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "%s"}]], "dataDir": "/run/cni-bench/ipam"}}%s
+  ]
+}
+`
+
+func benchCNIAndIPAM(t *testing.T, r *report) {
+	tn := testnet.New(t, testnet.Options{Hosts: 1, Prefix: "bcni"})
+	h := tn.Hosts()[0]
+	n := launch(t, h, nil)
+	if err := waitReady([]*node{n}, 60*time.Second); err != nil {
+		t.Fatalf("single-host mesh: %v\n%s", err, n.proc.Log())
+	}
+	waitCNIInstalled(t, n)
+	st, err := n.status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtu := st.MTU
+	if mtu == 0 {
+		mtu = 1420
+	}
+
+	// The reference plugins next to mesh-cni, and their configurations:
+	// bridge + host-local, and the same plus loopback (mesh-cni sets lo up
+	// itself, bridge does not).
+	for _, pkg := range []string{
+		"github.com/containernetworking/plugins/plugins/main/bridge",
+		"github.com/containernetworking/plugins/plugins/ipam/host-local",
+		"github.com/containernetworking/plugins/plugins/main/loopback",
+	} {
+		bin := testnet.BuildBinary(t, pkg)
+		copyFile(t, bin, h.Path("/opt/cni/bin/"+filepath.Base(bin)), 0o755)
+	}
+	confDir := h.Path("/etc/cni/bench")
+	lo := `,
+    {"type": "loopback"}`
+	confs := map[string]string{
+		"ref":   fmt.Sprintf(refConflist, "ref", "refbr0", mtu, "10.250.0.0/16", ""),
+		"refLo": fmt.Sprintf(refConflist, "reflo", "refbr1", mtu, "10.251.0.0/16", lo),
+	}
+	for name, c := range confs {
+		if err := os.MkdirAll(confDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(confDir, name+".conflist"), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	tool := testnet.BuildBinary(t, "./bench/cnibench")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	out, err := h.Run(ctx, tool, "-pods", strconv.Itoa(cniPods), "-warmup", "5", "-path", "/opt/cni/bin",
+		"-cache", "/run/cni-bench/cache",
+		"mesh=/etc/cni/net.d/10-mesh.conflist", "ref=/etc/cni/bench/ref.conflist", "refLo=/etc/cni/bench/refLo.conflist")
+	if err != nil {
+		t.Errorf("cnibench: %v", err)
+	} else {
+		var res struct {
+			Add map[string][]int64 `json:"add"`
+			Del map[string][]int64 `json:"del"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil {
+			t.Errorf("cnibench output %q: %v", out, err)
+		}
+		r.cni = map[string]cniLatency{}
+		for name, adds := range res.Add {
+			dels := res.Del[name]
+			var l cniLatency
+			for i := range adds {
+				l.add = append(l.add, time.Duration(adds[i]))
+				l.del = append(l.del, time.Duration(dels[i]))
+				l.both = append(l.both, time.Duration(adds[i]+dels[i]))
+			}
+			r.cni[name] = l
+		}
+		if st, err := n.status(); err == nil && st.IPAM != nil && st.IPAM.Allocated != 0 {
+			t.Errorf("%d allocations left after the CNI DELs", st.IPAM.Allocated)
+		}
+	}
+
+	// IPAM through the control socket, as mesh-cni does it (one client,
+	// so one keep-alive connection: the cost of a fresh connection is in
+	// the CNI numbers above).
+	var alloc, rel, both []time.Duration
+	for i := range ipamOps + 20 {
+		id := fmt.Sprintf("ipambench-%d", i)
+		s := time.Now()
+		if _, err := n.api.Allocate(ctx, id, "eth0"); err != nil {
+			t.Fatalf("Allocate #%d: %v", i, err)
+		}
+		m := time.Now()
+		if err := n.api.Release(ctx, id, "eth0"); err != nil {
+			t.Fatalf("Release #%d: %v", i, err)
+		}
+		e := time.Now()
+		if i >= 20 {
+			alloc, rel, both = append(alloc, m.Sub(s)), append(rel, e.Sub(m)), append(both, e.Sub(s))
+		}
+	}
+	r.ipam = &ipamLatency{alloc, rel, both}
+}
+
+// ---------------------------------------------------------------- state size
+
+var stateSizeRE = regexp.MustCompile(`BenchmarkStateSize/(\d+)peers\S*\s.*?\s([\d.]+) bytes\s+([\d.]+) bytes/peer`)
+
+// benchStateSize runs the ipam package's own BenchmarkStateSize (the
+// encoding it needs is internal to the package) and reads its metrics.
+func benchStateSize(t *testing.T, r *report) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^$", "-bench", "^BenchmarkStateSize$", "-benchtime", "1x", "../ipam/")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go test -bench StateSize ./ipam/: %v\n%s", err, out)
+	}
+	for _, m := range stateSizeRE.FindAllStringSubmatch(string(out), -1) {
+		peers, _ := strconv.Atoi(m[1])
+		b, _ := strconv.ParseFloat(m[2], 64)
+		pp, _ := strconv.ParseFloat(m[3], 64)
+		r.state = append(r.state, stateSize{peers, b, pp})
+	}
+	if len(r.state) == 0 {
+		t.Fatalf("no BenchmarkStateSize results in:\n%s", out)
+	}
+}
+
+// ---------------------------------------------------------------- data plane
+
+const (
+	bareDev  = "bwg0"
+	barePort = 51820
+)
+
+// bareAddr is the address of host i (1-based) on the bare wireguard-go
+// pair: TEST-NET-2, only ever inside the simulated hosts.
+func bareAddr(i int) string { return fmt.Sprintf("198.51.100.%d", i) }
+
+func benchDataplane(t *testing.T, r *report) {
+	tn := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "bdp"})
+	hosts := tn.Hosts()
+	h1, h2 := hosts[0], hosts[1]
+
+	// The mesh, started first so that its idle memory is measured before
+	// any load.
+	nodes := []*node{launch(t, h1, nil), launch(t, h2, hosts[:1])}
+	var overlay string
+	if err := waitReady(nodes, 90*time.Second); err != nil {
+		r.meshErr = err.Error()
+		t.Errorf("mesh overlay not measured: %v", err)
+	} else {
+		st, _ := nodes[1].status()
+		overlay = st.OverlayIP
+		r.mtu = st.MTU
+		time.Sleep(2 * time.Second) // let the start settle
+		for _, n := range nodes {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.proc.PID())); err == nil {
+				t.Logf("idle mesh on %s:\n%s", n.host.Name, grepLines(string(b), "Rss", "VmHWM", "Threads"))
+			}
+			m, err := readMemory(n.proc.PID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.meshIdle = append(r.meshIdle, m)
+		}
+	}
+	if r.mtu == 0 {
+		r.mtu = 1500 - 80
+	}
+
+	// The bare wireguard-go pair, same module version, same MTU.
+	wgBin := testnet.BuildBinary(t, "golang.zx2c4.com/wireguard")
+	var wgProcs []*testnet.Proc
+	type keys struct{ priv, pub string }
+	var ks []keys
+	for _, h := range hosts {
+		p := h.Start(t, wgBin, []string{"-f", bareDev}, append([]string{"LOG_LEVEL=error"}, wgEnv...))
+		wgProcs = append(wgProcs, p)
+		priv, pub := wgKeys(t)
+		ks = append(ks, keys{priv, pub})
+	}
+	for i, h := range hosts {
+		o := 1 - i
+		conf := fmt.Sprintf("set=1\nprivate_key=%s\nlisten_port=%d\nreplace_peers=true\npublic_key=%s\nendpoint=%s:%d\nreplace_allowed_ips=true\nallowed_ip=%s/32\n\n",
+			ks[i].priv, barePort, ks[o].pub, hosts[o].Addr, barePort, bareAddr(o+1))
+		if err := uapiSet(h.Path("/run/wireguard/"+bareDev+".sock"), conf, wgProcs[i]); err != nil {
+			t.Fatalf("configuring wireguard-go on %s: %v", h.Name, err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		for _, args := range [][]string{
+			{"addr", "add", bareAddr(i+1) + "/24", "dev", bareDev},
+			{"link", "set", bareDev, "mtu", strconv.Itoa(r.mtu), "up"},
+		} {
+			if out, err := h.Run(ctx, "ip", args...); err != nil {
+				cancel()
+				t.Fatalf("ip %v: %v\n%s", args, err, out)
+			}
+		}
+		cancel()
+	}
+	time.Sleep(time.Second)
+	for _, p := range wgProcs {
+		m, err := readMemory(p.PID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.wgIdle = append(r.wgIdle, m)
+	}
+
+	// iperf3: host1 sends to host2, rounds of veth, mesh, bare wireguard-go.
+	h2.Start(t, "iperf3", []string{"-s"}, nil)
+	targets := []struct{ name, addr string }{
+		{"veth", h2.Addr.String()},
+		{"mesh", overlay},
+		{"wg", bareAddr(2)},
+	}
+	r.tput = map[string][]float64{}
+	r.tputErr = map[string]string{}
+	for round := range iperfRounds {
+		for _, tg := range targets {
+			if tg.addr == "" || r.tputErr[tg.name] != "" {
+				continue
+			}
+			bps, err := iperf(h1, tg.addr, iperfSecs)
+			if err != nil {
+				r.tputErr[tg.name] = err.Error()
+				t.Errorf("iperf3 %s round %d: %v", tg.name, round+1, err)
+				continue
+			}
+			r.tput[tg.name] = append(r.tput[tg.name], bps)
+		}
+	}
+	if overlay != "" {
+		for _, n := range nodes {
+			m, err := readMemory(n.proc.PID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.meshLoad = append(r.meshLoad, m)
+		}
+	}
+	for _, p := range wgProcs {
+		m, err := readMemory(p.PID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.wgLoad = append(r.wgLoad, m)
+	}
+
+	// Then both directions at once, for the memory bound: each side both
+	// encrypts and decrypts at full speed.
+	for _, tg := range targets[1:] {
+		if tg.addr == "" || r.tputErr[tg.name] != "" {
+			continue
+		}
+		bps, err := iperf(h1, tg.addr, iperfSecs, "--bidir")
+		if err != nil {
+			t.Errorf("iperf3 --bidir %s: %v", tg.name, err)
+			continue
+		}
+		r.bidir = append(r.bidir, bidirResult{tg.name, bps})
+	}
+	if overlay != "" {
+		for _, n := range nodes {
+			m, err := readMemory(n.proc.PID())
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.meshBidir = append(r.meshBidir, m)
+		}
+	}
+	for _, p := range wgProcs {
+		m, err := readMemory(p.PID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.wgBidir = append(r.wgBidir, m)
+	}
+	if dir := os.Getenv("BENCH_LOGS"); dir != "" {
+		for _, n := range nodes {
+			_ = os.WriteFile(filepath.Join(dir, "mesh-"+n.host.Name+".log"), []byte(n.proc.Log()), 0o644)
+		}
+		for i, p := range wgProcs {
+			_ = os.WriteFile(filepath.Join(dir, "wg-"+hosts[i].Name+".log"), []byte(p.Log()), 0o644)
+		}
+	}
+	if t.Failed() {
+		for _, n := range nodes {
+			t.Logf("--- mesh on %s:\n%s", n.host.Name, n.proc.Log())
+		}
+	}
+}
+
+// uapiSet sends one UAPI set operation to wireguard-go's socket (what `wg
+// set` does) once the socket exists, and checks the answer.
+func uapiSet(sock, conf string, p *testnet.Proc) error {
+	var c net.Conn
+	var err error
+	for range 100 {
+		if p.Exited() {
+			return fmt.Errorf("wireguard-go exited:\n%s", p.Log())
+		}
+		if c, err = net.DialTimeout("unix", sock, time.Second); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, conf); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(line) != "errno=0" {
+		return fmt.Errorf("UAPI answered %q", line)
+	}
+	return nil
+}
+
+// iperf runs one single-stream TCP iperf3 test from h to addr (the first
+// second omitted) and returns the received bits per second.
+// With --bidir it returns the sum of both directions.
+func iperf(h *testnet.Host, addr string, secs int, extra ...string) (float64, error) {
+	var last error
+	for range 20 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+30)*time.Second)
+		args := append([]string{"-c", addr, "-t", strconv.Itoa(secs), "-O", "1", "-J"}, extra...)
+		out, err := h.Run(ctx, "iperf3", args...)
+		cancel()
+		type sum struct {
+			BitsPerSecond float64 `json:"bits_per_second"`
+		}
+		var res struct {
+			Error string `json:"error"`
+			End   struct {
+				SumReceived             sum `json:"sum_received"`
+				SumReceivedBidirReverse sum `json:"sum_received_bidir_reverse"`
+			} `json:"end"`
+		}
+		jerr := json.Unmarshal([]byte(out[max(strings.Index(out, "{"), 0):]), &res)
+		if bps := res.End.SumReceived.BitsPerSecond + res.End.SumReceivedBidirReverse.BitsPerSecond; err == nil && jerr == nil && bps > 0 {
+			return bps, nil
+		}
+		last = fmt.Errorf("%v %s", err, res.Error)
+		// The server may not listen yet, or still be busy with the last test.
+		if !strings.Contains(res.Error, "refused") && !strings.Contains(res.Error, "busy") {
+			return 0, last
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	return 0, last
+}
+
+// ---------------------------------------------------------------- report
+
+type cniLatency struct{ add, del, both []time.Duration }
+
+type ipamLatency struct{ alloc, rel, both []time.Duration }
+
+type stateSize struct {
+	peers          int
+	bytes, perPeer float64
+}
+
+type report struct {
+	start time.Time
+	cni   map[string]cniLatency
+	ipam  *ipamLatency
+	state []stateSize
+
+	mtu                int
+	meshErr            string
+	tput               map[string][]float64 // bits/s per round
+	tputErr            map[string]string
+	meshIdle, meshLoad []memory // host1 (sender), host2 (receiver)
+	wgIdle, wgLoad     []memory
+	bidir              []bidirResult
+	meshBidir, wgBidir []memory
+	loadStart          string
+}
+
+type bidirResult struct {
+	name string
+	bps  float64
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(math.Ceil(p*float64(len(s)))) - 1
+	return s[max(i, 0)]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+func mean(v []float64) float64 {
+	s := 0.0
+	for _, x := range v {
+		s += x
+	}
+	return s / float64(len(v))
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "NOT met"
+}
+
+func (r *report) print(w io.Writer) {
+	p := func(format string, a ...any) { fmt.Fprintf(w, format, a...) }
+	p("\n=== mesh benchmarks: %d CPUs, %s/%s, %s, %s ===\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version(), kernel())
+
+	p("\n1. CNI ADD+DEL through libcni, %d pods per plugin, interleaved, one simulated host\n", cniPods)
+	if r.cni == nil {
+		p("   not measured (see the test log)\n")
+	} else {
+		p("   %-34s %10s %10s %10s %10s %10s %10s\n", "plugin", "ADD p50", "ADD p99", "DEL p50", "DEL p99", "A+D p50", "A+D p99")
+		names := map[string]string{"mesh": "mesh-cni (real daemon)", "ref": "bridge + host-local (reference)", "refLo": "bridge + host-local + loopback"}
+		for _, k := range []string{"mesh", "ref", "refLo"} {
+			l, ok := r.cni[k]
+			if !ok {
+				continue
+			}
+			p("   %-34s %10s %10s %10s %10s %10s %10s\n", names[k], ms(pct(l.add, .5)), ms(pct(l.add, .99)),
+				ms(pct(l.del, .5)), ms(pct(l.del, .99)), ms(pct(l.both, .5)), ms(pct(l.both, .99)))
+		}
+		if m, ok := r.cni["mesh"]; ok {
+			if ref, ok := r.cni["ref"]; ok {
+				ratio := float64(pct(m.both, .5)) / float64(pct(ref.both, .5))
+				p("   ratio mesh/reference ADD+DEL p50 = %.2f  (p99 %.2f, ADD p50 %.2f)   goal <= 1.5: %s\n", ratio,
+					float64(pct(m.both, .99))/float64(pct(ref.both, .99)),
+					float64(pct(m.add, .5))/float64(pct(ref.add, .5)), verdict(ratio <= 1.5))
+			}
+		}
+	}
+
+	p("\n2. IPAM through the control socket (api.Client, one connection), %d allocations\n", ipamOps)
+	if r.ipam == nil {
+		p("   not measured (see the test log)\n")
+	} else {
+		p("   %-34s %10s %10s\n", "", "p50", "p99")
+		p("   %-34s %10s %10s\n", "Allocate", ms(pct(r.ipam.alloc, .5)), ms(pct(r.ipam.alloc, .99)))
+		p("   %-34s %10s %10s\n", "Release", ms(pct(r.ipam.rel, .5)), ms(pct(r.ipam.rel, .99)))
+		p("   %-34s %10s %10s\n", "Allocate + Release", ms(pct(r.ipam.both, .5)), ms(pct(r.ipam.both, .99)))
+	}
+	p("   gossiped IPAM state (ipam BenchmarkStateSize):\n")
+	if len(r.state) == 0 {
+		p("   not measured (see the test log)\n")
+	}
+	for _, s := range r.state {
+		p("   %5d peers %12.0f bytes %8.1f bytes/peer\n", s.peers, s.bytes, s.perPeer)
+	}
+
+	p("\n3. Data plane, iperf3 single TCP stream host1 -> host2, %d s x %d rounds (first second omitted), MTU %d\n", iperfSecs, iperfRounds, r.mtu)
+	names := map[string]string{"veth": "(a) underlay veth", "mesh": "(b) mesh overlay (userspace)", "wg": "(c) bare wireguard-go"}
+	gbps := map[string]float64{}
+	for _, k := range []string{"veth", "mesh", "wg"} {
+		v := r.tput[k]
+		switch {
+		case len(v) > 0:
+			gbps[k] = mean(v) / 1e9
+			var rs []string
+			for _, x := range v {
+				rs = append(rs, fmt.Sprintf("%.2f", x/1e9))
+			}
+			p("   %-34s %8.2f Gbit/s   (rounds: %s)\n", names[k], gbps[k], strings.Join(rs, ", "))
+		case k == "mesh" && r.meshErr != "":
+			p("   %-34s not measured: %s\n", names[k], firstLine(r.meshErr))
+		default:
+			p("   %-34s not measured: %s\n", names[k], firstLine(r.tputErr[k]))
+		}
+	}
+	// Ratios of the means, and the median of the ratios of the runs of
+	// one round (run back to back, so they share the machine's load).
+	paired := func(a, b string) (float64, string) {
+		var rs []float64
+		var txt []string
+		for i := range min(len(r.tput[a]), len(r.tput[b])) {
+			rs = append(rs, r.tput[a][i]/r.tput[b][i])
+			txt = append(txt, fmt.Sprintf("%.2f", rs[len(rs)-1]))
+		}
+		slices.Sort(rs)
+		return rs[(len(rs)-1)/2], strings.Join(txt, ", ")
+	}
+	if gbps["mesh"] > 0 && gbps["veth"] > 0 {
+		med, txt := paired("mesh", "veth")
+		p("   ratio overlay/veth              %.2f of the means, median per round %.2f (rounds: %s)\n", gbps["mesh"]/gbps["veth"], med, txt)
+	}
+	if gbps["mesh"] > 0 && gbps["wg"] > 0 {
+		med, txt := paired("mesh", "wg")
+		ratio := gbps["mesh"] / gbps["wg"]
+		p("   ratio overlay/bare wireguard-go %.2f of the means, median per round %.2f (rounds: %s)   goal >= 0.95: %s\n",
+			ratio, med, txt, verdict(ratio >= 0.95))
+	}
+	for _, b := range r.bidir {
+		p("   %-34s %8.2f Gbit/s   (iperf3 --bidir, both directions summed; for the memory bound)\n", names[b.name]+" bidir", b.bps/1e9)
+	}
+
+	p("\n4. Memory (VmRSS idle after start; VmHWM = peak RSS after the iperf3 rounds)\n")
+	p("   %-34s %12s %12s %12s %12s\n", "", "idle host1", "idle host2", "peak host1", "peak host2")
+	row := func(name string, idle, load []memory) {
+		if len(idle) < 2 || len(load) < 2 {
+			p("   %-34s not measured\n", name)
+			return
+		}
+		p("   %-34s %12s %12s %12s %12s\n", name, mib(idle[0].rss), mib(idle[1].rss), mib(load[0].hwm), mib(load[1].hwm))
+	}
+	row("mesh daemon", r.meshIdle, r.meshLoad)
+	row("bare wireguard-go", r.wgIdle, r.wgLoad)
+	if len(r.meshBidir) == 2 {
+		p("   %-34s %12s %12s %12s %12s\n", "mesh daemon, after --bidir", "", "", mib(r.meshBidir[0].hwm), mib(r.meshBidir[1].hwm))
+	}
+	if len(r.wgBidir) == 2 {
+		p("   %-34s %12s %12s %12s %12s\n", "bare wireguard-go, after --bidir", "", "", mib(r.wgBidir[0].hwm), mib(r.wgBidir[1].hwm))
+	}
+	if len(r.meshIdle) == 2 && len(r.meshLoad) == 2 {
+		idle := max(r.meshIdle[0].rss, r.meshIdle[1].rss)
+		anon := max(r.meshIdle[0].anon, r.meshIdle[1].anon)
+		peak := max(r.meshLoad[0].hwm, r.meshLoad[1].hwm)
+		p("   mesh daemon idle %s, of which anonymous %s, the rest the binary's mapped pages (goal <= 30 MB: %s)\n",
+			mib(idle), mib(anon), verdict(idle <= 30e6))
+		p("   mesh daemon peak %s single stream (goal <= 128 MB: %s)", mib(peak), verdict(peak <= 128e6))
+		if len(r.meshBidir) == 2 {
+			b := max(r.meshBidir[0].hwm, r.meshBidir[1].hwm)
+			p(", %s with --bidir (%s)", mib(b), verdict(b <= 128e6))
+		}
+		p("\n")
+	}
+	p("\n   load average at start %s, at end %s (other work on the machine skews the throughput)\n", r.loadStart, loadavg())
+	p("   total time %s\n\n", time.Since(r.start).Round(time.Second))
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 160 {
+		s = s[:160] + "..."
+	}
+	return s
+}
+
+func kernel() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "linux"
+	}
+	return "linux " + strings.TrimSpace(string(b))
+}
+
+func grepLines(s string, prefixes ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, p := range prefixes {
+			if strings.HasPrefix(l, p) {
+				out = append(out, l)
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
