@@ -9,7 +9,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshnet/mesh/kube"
 )
@@ -17,7 +16,7 @@ import (
 // kubeSource takes peers from Node objects and treats a deleted Node as
 // the authoritative end of a peer.
 type kubeSource struct {
-	client kubernetes.Interface
+	client *kube.Client
 	self   string
 	log    *slog.Logger
 	nodes  int
@@ -30,7 +29,7 @@ func newKubeSource(ctx context.Context, cfg Config, self string, log *slog.Logge
 	}
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	list, err := cs.CoreV1().Nodes().List(lctx, metav1.ListOptions{})
+	list, err := cs.Nodes.List(lctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("failed to list Kubernetes nodes (check the API address and RBAC: nodes get/list/watch): %w", err)
 	}

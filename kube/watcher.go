@@ -8,14 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
 )
 
 // Node is what the daemon needs of a Kubernetes Node.
@@ -32,66 +29,51 @@ type Handler interface {
 	NodeDeleted(name string)
 }
 
-// NewClient returns a clientset from kubeconfig, or from the in-cluster
-// service account when kubeconfig is empty.
-func NewClient(kubeconfig string) (kubernetes.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig == "" {
-		cfg, err = rest.InClusterConfig()
-		if err != nil {
-			return nil, fmt.Errorf("failed to load the in-cluster Kubernetes config (give --kubeconfig outside a pod): %w", err)
-		}
-	} else {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("failed to load kubeconfig %q: %w", kubeconfig, err)
-		}
-	}
-	cfg.UserAgent = "mesh"
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("failed to create a Kubernetes client: %w", err)
-	}
-	return cs, nil
-}
-
 // Watcher follows the Node objects.
 type Watcher struct {
-	client  kubernetes.Interface
+	client  *Client
 	log     *slog.Logger
 	handler Handler
 }
 
 // NewWatcher returns a watcher that reports to h.
-func NewWatcher(client kubernetes.Interface, log *slog.Logger, h Handler) *Watcher {
+func NewWatcher(client *Client, log *slog.Logger, h Handler) *Watcher {
 	return &Watcher{client: client, log: log, handler: h}
 }
 
 // Run watches until ctx ends. It returns an error if the node cache cannot
 // be filled within a minute (no API, no permission).
 func (w *Watcher) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactory(w.client, 10*time.Minute)
-	inf := factory.Core().V1().Nodes().Informer()
+	ctx, stop := context.WithCancel(ctx) // stops the informer when Run returns
+	defer stop()
+	inf := NewInformer(w.client, w.client.Nodes, &corev1.Node{}, 10*time.Minute)
 	events := make(chan func(), 256)
+	send := func(f func()) {
+		select {
+		case events <- f:
+		case <-ctx.Done(): // Run no longer reads events: let the informer stop
+		}
+	}
 	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { w.updated(events, obj) },
-		UpdateFunc: func(_, obj any) { w.updated(events, obj) },
+		AddFunc:    func(obj any) { w.updated(send, obj) },
+		UpdateFunc: func(_, obj any) { w.updated(send, obj) },
 		DeleteFunc: func(obj any) {
 			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 				obj = t.Obj
 			}
 			if n, ok := obj.(*corev1.Node); ok {
 				name := n.Name
-				events <- func() { w.handler.NodeDeleted(name) }
+				send(func() { w.handler.NodeDeleted(name) })
 			}
 		},
 	})
 	if err != nil {
 		return fmt.Errorf("failed to watch nodes: %w", err)
 	}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop() // before wg.Wait
+	wg.Go(func() { inf.RunWithContext(ctx) })
 	syncCtx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if !cache.WaitForCacheSync(syncCtx.Done(), inf.HasSynced) {
@@ -108,13 +90,13 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 }
 
-func (w *Watcher) updated(events chan<- func(), obj any) {
+func (w *Watcher) updated(send func(func()), obj any) {
 	n, ok := obj.(*corev1.Node)
 	if !ok {
 		return
 	}
 	node := FromObject(n)
-	events <- func() { w.handler.NodeUpdated(node) }
+	send(func() { w.handler.NodeUpdated(node) })
 }
 
 // FromObject extracts what the daemon needs from a Node.

@@ -51,7 +51,8 @@ func TestWatcherReportsNodes(t *testing.T) {
 	rec := &recorder{updated: map[string]Node{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- NewWatcher(cs, slog.New(slog.NewTextHandler(io.Discard, nil)), rec).Run(ctx) }()
+	client := &Client{Nodes: cs.CoreV1().Nodes(), NoWatchList: cs.IsWatchListSemanticsUnSupported()}
+	go func() { done <- NewWatcher(client, slog.New(slog.NewTextHandler(io.Discard, nil)), rec).Run(ctx) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -11,13 +11,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
-	netlisters "k8s.io/client-go/listers/networking/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshnet/mesh/kube"
 )
 
 // syncTimeout bounds the first listing of pods, namespaces and policies.
@@ -32,7 +29,7 @@ const (
 // Controller enforces the NetworkPolicies of the cluster for the pods of
 // one node. Its methods are safe for concurrent use.
 type Controller struct {
-	client kubernetes.Interface
+	client *kube.Client
 	node   string
 	log    *slog.Logger
 	nft    Applier
@@ -41,9 +38,8 @@ type Controller struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 
-	pods     corelisters.PodLister
-	nss      corelisters.NamespaceLister
-	policies netlisters.NetworkPolicyLister
+	// The caches of the running informers, nil before Run.
+	pods, nss, policies cache.Store
 
 	mu      sync.Mutex
 	applied *Ruleset // nil until the first apply
@@ -52,7 +48,7 @@ type Controller struct {
 }
 
 // New returns a controller for the pods of node. It does nothing until Run.
-func New(client kubernetes.Interface, node string, log *slog.Logger, nft Applier) *Controller {
+func New(client *kube.Client, node string, log *slog.Logger, nft Applier) *Controller {
 	return &Controller{
 		client: client,
 		node:   node,
@@ -72,12 +68,13 @@ func (c *Controller) Ready() <-chan struct{} { return c.ready }
 // the table in place (enforcement outlives a daemon restart: see Remove).
 // It returns an error if the caches cannot be filled within a minute.
 func (c *Controller) Run(ctx context.Context) error {
-	factory := informers.NewSharedInformerFactoryWithOptions(c.client, 0,
-		informers.WithTransform(stripManagedFields))
-	podInf := factory.Core().V1().Pods()
-	nsInf := factory.Core().V1().Namespaces()
-	npInf := factory.Networking().V1().NetworkPolicies()
-	c.pods, c.nss, c.policies = podInf.Lister(), nsInf.Lister(), npInf.Lister()
+	ctx, stop := context.WithCancel(ctx) // stops the informers when Run returns
+	defer stop()
+	inf, err := newInformers(c.client)
+	if err != nil {
+		return err
+	}
+	c.pods, c.nss, c.policies = inf.pods.GetStore(), inf.namespaces.GetStore(), inf.policies.GetStore()
 	other := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.trigger() },
 		UpdateFunc: func(any, any) { c.trigger() },
@@ -95,27 +92,24 @@ func (c *Controller) Run(ctx context.Context) error {
 		DeleteFunc: func(any) { c.trigger() },
 	}
 	for _, h := range []struct {
-		inf interface {
-			AddEventHandler(cache.ResourceEventHandler) (cache.ResourceEventHandlerRegistration, error)
-		}
+		inf  cache.SharedIndexInformer
 		h    cache.ResourceEventHandler
 		what string
-	}{{podInf.Informer(), pod, "pods"}, {nsInf.Informer(), other, "namespaces"}, {npInf.Informer(), other, "network policies"}} {
+	}{{inf.pods, pod, "pods"}, {inf.namespaces, other, "namespaces"}, {inf.policies, other, "network policies"}} {
 		if _, err := h.inf.AddEventHandler(h.h); err != nil {
 			return fmt.Errorf("failed to watch %s: %w", h.what, err)
 		}
 	}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	wait := inf.run(ctx)
+	defer wait()
+	defer stop() // before wait
 	syncCtx, cancel := context.WithTimeout(ctx, syncTimeout)
 	defer cancel()
-	for what, synced := range factory.WaitForCacheSync(syncCtx.Done()) {
-		if !synced {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("failed to list %v from the Kubernetes API within %v (check RBAC: pods, namespaces, networkpolicies get/list/watch)", what, syncTimeout)
+	if missing := inf.waitForSync(syncCtx); missing != nil {
+		if ctx.Err() != nil {
+			return nil
 		}
+		return fmt.Errorf("failed to list %s from the Kubernetes API within %v (check RBAC: pods, namespaces, networkpolicies get/list/watch)", strings.Join(missing, ", "), syncTimeout)
 	}
 	c.log.Info("enforcing network policies", "node", c.node)
 	c.trigger()
@@ -141,14 +135,6 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 }
 
-// stripManagedFields keeps the caches small.
-func stripManagedFields(obj any) (any, error) {
-	if a, err := meta.Accessor(obj); err == nil {
-		a.SetManagedFields(nil)
-	}
-	return obj, nil
-}
-
 func (c *Controller) trigger() {
 	select {
 	case c.kick <- struct{}{}:
@@ -163,16 +149,11 @@ func (c *Controller) Sync() error {
 	if c.pods == nil {
 		return fmt.Errorf("policy controller not running")
 	}
-	st := State{Node: c.node}
-	var err error
-	if st.Pods, err = c.pods.List(labels.Everything()); err != nil {
-		return fmt.Errorf("failed to list pods from the cache: %w", err)
-	}
-	if st.Namespaces, err = c.nss.List(labels.Everything()); err != nil {
-		return fmt.Errorf("failed to list namespaces from the cache: %w", err)
-	}
-	if st.Policies, err = c.policies.List(labels.Everything()); err != nil {
-		return fmt.Errorf("failed to list network policies from the cache: %w", err)
+	st := State{
+		Node:       c.node,
+		Pods:       listAll[*corev1.Pod](c.pods),
+		Namespaces: listAll[*corev1.Namespace](c.nss),
+		Policies:   listAll[*networkingv1.NetworkPolicy](c.policies),
 	}
 	start := time.Now()
 	rs := Build(st)

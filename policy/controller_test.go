@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/internal/testnet"
+	"github.com/meshnet/mesh/kube/kubetest"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
@@ -60,7 +61,7 @@ func testLogger(t testing.TB) *slog.Logger {
 // ready.
 func startController(t testing.TB, client kubernetes.Interface, nft Applier) *Controller {
 	t.Helper()
-	c := New(client, testNode, testLogger(t), nft)
+	c := New(kubetest.Client(client), testNode, testLogger(t), nft)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()

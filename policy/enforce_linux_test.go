@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/internal/testnet"
+	"github.com/meshnet/mesh/kube/kubetest"
 	"golang.org/x/sys/unix"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -394,7 +395,7 @@ func TestRestartRebuildsTable(t *testing.T) {
 
 	nft := nftIn(t, n.host.NetNS())
 	ctx, cancel := context.WithCancel(context.Background())
-	c1 := New(client, testNode, testLogger(t), nft)
+	c1 := New(kubetest.Client(client), testNode, testLogger(t), nft)
 	done := make(chan error, 1)
 	go func() { done <- c1.Run(ctx) }()
 	<-c1.Ready()

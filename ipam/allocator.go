@@ -1,0 +1,545 @@
+package ipam
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// Transport carries the Allocator's messages. The daemon implements it over
+// memberlist; tests use a fake. Both methods are best effort: lost,
+// duplicated and reordered messages are all tolerated. The Allocator never
+// calls them while holding its lock, so they may block or call back in.
+type Transport interface {
+	// Broadcast sends msg to every peer. Messages may be several KB (a full
+	// state), so the daemon should use a reliable/stream path for large ones.
+	Broadcast(msg []byte)
+	// SendTo sends msg to one peer by name.
+	SendTo(peer string, msg []byte) error
+}
+
+// Key identifies an allocation: one interface of one container.
+type Key struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// Allocation is an address held by a container interface.
+type Allocation struct {
+	ContainerID string     `json:"containerID"`
+	IfName      string     `json:"ifName"`
+	Addr        netip.Addr `json:"addr"`
+}
+
+// Allocator owns this peer's view of the ring and its allocations.
+//
+// All methods are safe for concurrent use. Only Allocate blocks (until space
+// arrives, bounded by its context); the others take the lock briefly, may
+// write the state file (an fsync) and send through the Transport after
+// releasing the lock.
+type Allocator struct {
+	cfg    Config
+	tr     Transport
+	store  stateStore
+	log    *slog.Logger
+	selfID string
+
+	mu      sync.Mutex
+	closed  bool
+	st      state
+	allocs  map[Key]uint64
+	byOff   map[uint64]Key
+	members map[string]bool // alive, per the daemon
+	tick    uint64
+
+	// changed is closed and replaced whenever something that could unblock
+	// Allocate happens.
+	changed chan struct{}
+	subs    []chan struct{}
+	waiting int // Allocate calls blocked for space
+
+	reservedCache  map[uint64]string // offset -> other peer holding it; nil = stale
+	reservedSorted []uint64
+	lastAsk        uint64            // tick of the last space request
+	problems       map[string]string // key -> operator-facing message
+
+	liveness liveness
+	pool     map[uint64]uint64 // lease pool: offset -> info version that published it
+	// pubVersion is the highest version of our info we published. A
+	// removal (rmpeer) replaces our info by one of a higher epoch but
+	// possibly a lower version; our versions must still only grow, since
+	// lease echoes and liveness compare versions.
+	pubVersion uint64
+	overlayPub overlayPub
+	px         paxos
+	outbox     []outMsg
+}
+
+type outMsg struct {
+	to  string // "" = broadcast
+	msg []byte
+}
+
+// New loads the state file (a missing file is a fresh start) and returns an
+// Allocator. It does not block on the network and sends nothing; feed it
+// membership and call Tick to make progress. A peer with InitialPeerCount 1
+// seeds the ring alone here. The Allocator is safe for concurrent use.
+func New(cfg Config, tr Transport) (*Allocator, error) {
+	return newAllocator(cfg, tr, diskStore{})
+}
+
+func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	a := &Allocator{
+		cfg:      cfg,
+		tr:       tr,
+		store:    store,
+		log:      cfg.Logger.With("component", "ipam"),
+		selfID:   cfg.SelfID,
+		st:       newState(rangeSize(cfg.Range)),
+		allocs:   map[Key]uint64{},
+		byOff:    map[uint64]Key{},
+		members:  map[string]bool{cfg.Self: true},
+		changed:  make(chan struct{}),
+		problems: map[string]string{},
+	}
+	a.liveness.init()
+	if cfg.StateFile != "" {
+		l, ok, err := loadFile(store, cfg.StateFile, cfg)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			a.st = l.st
+			a.px.durable = l.paxos
+			if a.selfID == "" {
+				a.selfID = l.selfID
+			} else if l.selfID != "" && l.selfID != a.selfID {
+				a.log.Warn("peer ID changed since the state file was written", "old", l.selfID, "new", a.selfID)
+			}
+			for _, al := range l.allocs {
+				off, _ := addrOffset(cfg.Range, al.Addr)
+				k := Key{al.ContainerID, al.IfName}
+				a.allocs[k], a.byOff[off] = off, k
+			}
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.st.seed.isZero() && cfg.InitialPeerCount <= 1 {
+		a.seedLocked(proposal{Members: []string{cfg.Self}, ID: seedID(cfg.Self, ballot{}, nil)})
+	}
+	a.publishLocked()
+	if err := a.saveLocked(); err != nil {
+		return nil, err
+	}
+	a.outbox = nil // nothing to tell anyone before the daemon is wired up
+	return a, nil
+}
+
+func rangeSize(p netip.Prefix) uint64 { return uint64(1) << (32 - p.Bits()) }
+
+// usable says whether an offset may be given to a pod: not the cluster
+// range's network or broadcast address (kept for ranges of 4 and more).
+func (a *Allocator) usable(off uint64) bool {
+	size := a.st.ring.size
+	return size < 4 || (off != 0 && off != size-1)
+}
+
+// overlayOff is the first usable address of the lowest range this peer owns;
+// the data plane gives it to the host, so it is never allocated. An address
+// a pod holds (a pod of another peer in space that changed hands under it,
+// or our own pod in a range that just became our lowest) is not usable.
+// Every peer computes the same answer from the same state.
+func (a *Allocator) overlayOff() (uint64, bool) {
+	res := a.reserved()
+	for _, sp := range a.st.ring.owned(a.cfg.Self) {
+		for off := sp.start; off < sp.end; off++ {
+			_, held := res[off]
+			_, mine := a.byOff[off]
+			if a.usable(off) && !held && !mine {
+				return off, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// reserved returns the offsets other peers publish as held, and the same
+// offsets sorted. Cached until another peer's info changes.
+func (a *Allocator) reserved() map[uint64]string {
+	if a.reservedCache == nil {
+		r := map[uint64]string{}
+		for name, p := range a.st.peers {
+			if name == a.cfg.Self || p.Removed {
+				continue
+			}
+			for _, off := range p.Held {
+				r[off] = name
+			}
+		}
+		a.reservedCache = r
+		a.reservedSorted = slices.Sorted(maps.Keys(r))
+	}
+	return a.reservedCache
+}
+
+// blocked says whether an owned offset cannot be allocated.
+func (a *Allocator) blocked(off uint64, overlay uint64, hasOverlay bool) bool {
+	if !a.usable(off) || (hasOverlay && off == overlay) {
+		return true
+	}
+	if _, ok := a.byOff[off]; ok {
+		return true
+	}
+	_, ok := a.reserved()[off]
+	return ok
+}
+
+// pickFree returns the lowest allocatable offset. Blocked addresses are few
+// (allocations and reservations), so the scan is short even on a /12.
+func (a *Allocator) pickFree() (uint64, bool) {
+	ov, hasOv := a.overlayOff()
+	for _, sp := range a.st.ring.owned(a.cfg.Self) {
+		for off := sp.start; off < sp.end; off++ {
+			if !a.blocked(off, ov, hasOv) && a.leaseAllows(off) {
+				return off, true
+			}
+		}
+	}
+	return 0, false
+}
+
+// freeCount counts allocatable owned offsets without walking them all: the
+// owned sizes minus what is blocked inside them, looked up in the (few)
+// allocations and sorted reservations.
+func (a *Allocator) freeCount() uint64 {
+	ov, hasOv := a.overlayOff()
+	a.reserved()
+	var total, blocked uint64
+	for _, sp := range a.st.ring.owned(a.cfg.Self) {
+		total += sp.len()
+		i, _ := slices.BinarySearch(a.reservedSorted, sp.start)
+		for ; i < len(a.reservedSorted) && a.reservedSorted[i] < sp.end; i++ {
+			if off := a.reservedSorted[i]; a.usable(off) && !(hasOv && off == ov) {
+				if _, mine := a.byOff[off]; !mine {
+					blocked++
+				}
+			}
+		}
+		if !a.usable(sp.start) {
+			blocked++
+		}
+		if sp.end-1 != sp.start && !a.usable(sp.end-1) {
+			blocked++
+		}
+	}
+	if hasOv {
+		blocked++
+	}
+	for off := range a.byOff {
+		e := a.st.ring.get(off)
+		if e.Owner == a.cfg.Self && e.Dead == "" && a.usable(off) && !(hasOv && off == ov) {
+			blocked++
+		}
+	}
+	if blocked > total {
+		return 0
+	}
+	return total - blocked
+}
+
+// Allocate returns the address of (containerID, ifName), allocating one if
+// it has none; asking again returns the same address. It is recorded in the
+// state file before it is returned.
+//
+// When this peer has no free address it asks the reachable peer with the
+// most and blocks until space arrives or ctx ends (ErrNotReady). It fails at
+// once with ErrNoSpace when the ring is seeded and no reachable peer has any
+// space. Safe for concurrent use.
+func (a *Allocator) Allocate(ctx context.Context, containerID, ifName string) (netip.Addr, error) {
+	if containerID == "" {
+		return netip.Addr{}, fmt.Errorf("ipam: empty container ID")
+	}
+	k := Key{containerID, ifName}
+	for {
+		a.mu.Lock()
+		addr, wait, err := a.tryAllocateLocked(k)
+		out := a.takeOutbox()
+		a.mu.Unlock()
+		a.flush(out)
+		if err != nil || addr.IsValid() {
+			return addr, err
+		}
+		select {
+		case <-ctx.Done():
+			a.mu.Lock()
+			a.waiting--
+			st := a.statusWordLocked()
+			a.mu.Unlock()
+			return netip.Addr{}, fmt.Errorf("%w for %s/%s (ipam status %q): %w", ErrNotReady, containerID, ifName, st, ctx.Err())
+		case <-wait:
+			a.mu.Lock()
+			a.waiting--
+			a.mu.Unlock()
+		}
+	}
+}
+
+// tryAllocateLocked returns an address, or a channel to wait on, or an
+// error. When it returns a channel it has counted the caller in a.waiting.
+func (a *Allocator) tryAllocateLocked(k Key) (netip.Addr, <-chan struct{}, error) {
+	if a.closed {
+		return netip.Addr{}, nil, ErrClosed
+	}
+	if off, ok := a.allocs[k]; ok {
+		return offsetAddr(a.cfg.Range, off), nil, nil
+	}
+	if off, ok := a.pickFree(); ok {
+		a.allocs[k], a.byOff[off] = off, k
+		a.publishLocked()
+		if err := a.saveLocked(); err != nil {
+			delete(a.allocs, k)
+			delete(a.byOff, off)
+			a.publishLocked()
+			return netip.Addr{}, nil, fmt.Errorf("ipam: allocation for %s/%s not recorded: %w", k.ContainerID, k.IfName, err)
+		}
+		return offsetAddr(a.cfg.Range, off), nil, nil
+	}
+	if !a.st.seed.isZero() && a.freeCount() == 0 && !a.leaseRefillPending() {
+		if _, ok := a.bestDonor(); !ok {
+			return netip.Addr{}, nil, fmt.Errorf("%w (range %s, %d peers known)", ErrNoSpace, a.cfg.Range, len(a.st.peers))
+		}
+	}
+	a.waiting++
+	a.askForSpaceLocked()
+	return netip.Addr{}, a.changed, nil
+}
+
+// Release frees the address of (containerID, ifName). Releasing an unknown
+// key is not an error (CNI DEL is retried). It blocks for the state file
+// write (an fsync); on a write error the address stays allocated. Safe for
+// concurrent use.
+func (a *Allocator) Release(containerID, ifName string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return ErrClosed
+	}
+	k := Key{containerID, ifName}
+	off, ok := a.allocs[k]
+	if !ok {
+		return nil
+	}
+	delete(a.allocs, k)
+	delete(a.byOff, off)
+	a.publishLocked()
+	if err := a.saveLocked(); err != nil {
+		// Keep it allocated: better leak an address than reuse a live one.
+		a.allocs[k], a.byOff[off] = off, k
+		a.publishLocked()
+		return fmt.Errorf("ipam: release of %s/%s not recorded: %w", containerID, ifName, err)
+	}
+	a.wakeLocked()
+	return nil
+}
+
+// ReleaseAllExcept frees every allocation whose key is not in valid (CNI
+// GC) and returns how many it freed. One state file write for the lot;
+// on error nothing is freed. Safe for concurrent use.
+func (a *Allocator) ReleaseAllExcept(valid []Key) (int, error) {
+	keep := make(map[Key]bool, len(valid))
+	for _, k := range valid {
+		keep[k] = true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return 0, ErrClosed
+	}
+	old := maps.Clone(a.allocs)
+	released := 0
+	for k, off := range a.allocs {
+		if !keep[k] {
+			delete(a.allocs, k)
+			delete(a.byOff, off)
+			released++
+		}
+	}
+	if released == 0 {
+		return 0, nil
+	}
+	a.publishLocked()
+	if err := a.saveLocked(); err != nil {
+		a.allocs = old
+		a.byOff = map[uint64]Key{}
+		for k, off := range old {
+			a.byOff[off] = k
+		}
+		a.publishLocked()
+		return 0, fmt.Errorf("ipam: garbage collection not recorded: %w", err)
+	}
+	a.wakeLocked()
+	return released, nil
+}
+
+// List returns this peer's allocations sorted by address. Non-blocking;
+// safe for concurrent use.
+func (a *Allocator) List() []Allocation {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.listLocked()
+}
+
+func (a *Allocator) listLocked() []Allocation {
+	out := make([]Allocation, 0, len(a.allocs))
+	for k, off := range a.allocs {
+		out = append(out, Allocation{ContainerID: k.ContainerID, IfName: k.IfName, Addr: offsetAddr(a.cfg.Range, off)})
+	}
+	slices.SortFunc(out, func(x, y Allocation) int { return x.Addr.Compare(y.Addr) })
+	return out
+}
+
+// OverlayIP returns the first usable address of the lowest range this peer
+// owns (reserved for the host, never given to a pod), and false while it
+// owns nothing. Non-blocking.
+func (a *Allocator) OverlayIP() (netip.Addr, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	off, ok := a.overlayOff()
+	if !ok {
+		return netip.Addr{}, false
+	}
+	// With automatic reclaim this peer may be declared dead while merely
+	// cut off, so its overlay address is used only once a majority has
+	// echoed it as held, like any leased address (docs/ipam.md).
+	if a.cfg.ReclaimAfter > 0 && (!a.overlayPub.set || a.overlayPub.off != off || a.overlayPub.version > a.echoedVersionLocked()) {
+		return netip.Addr{}, false
+	}
+	return offsetAddr(a.cfg.Range, off), true
+}
+
+// overlayPub records when the current overlay address was first published
+// as held, for the echo check in OverlayIP.
+type overlayPub struct {
+	set     bool
+	off     uint64
+	version uint64
+}
+
+// Subscribe returns a channel that receives a value (coalesced, never
+// blocking the Allocator) whenever the ring changes. Non-blocking.
+func (a *Allocator) Subscribe() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ch := make(chan struct{}, 1)
+	a.subs = append(a.subs, ch)
+	return ch
+}
+
+// Close stops the Allocator: blocked Allocate calls return ErrClosed and
+// later calls fail. The state file is already up to date. Idempotent.
+func (a *Allocator) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.closed {
+		a.closed = true
+		a.wakeLocked()
+	}
+	return nil
+}
+
+// wakeLocked unblocks every Allocate waiting for a change.
+func (a *Allocator) wakeLocked() {
+	close(a.changed)
+	a.changed = make(chan struct{})
+}
+
+func (a *Allocator) ringChangedLocked() {
+	a.wakeLocked()
+	for _, ch := range a.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// publishLocked refreshes what this peer says about itself. The version is
+// at least the clock in milliseconds so it keeps growing across restarts
+// even though heartbeats are not persisted. The epoch is the one in our
+// view: after an rmpeer of this (live) peer, that of the removal, which our
+// new info then beats by its version.
+func (a *Allocator) publishLocked() {
+	me := a.st.peers[a.cfg.Self]
+	held := slices.Sorted(maps.Keys(a.byOff))
+	held = a.leaseHeld(held)
+	version := max(me.Version+1, a.pubVersion+1, uint64(a.cfg.Now().UnixMilli()))
+	// The overlay address is held like a pod's: whoever comes to own this
+	// space (a reclaim's heir, the winner of a seeding clash) must not hand
+	// the node's own bridge address to a pod.
+	if ov, ok := a.overlayOff(); ok {
+		held = append(held, ov)
+		slices.Sort(held)
+		held = slices.Compact(held)
+		if !a.overlayPub.set || a.overlayPub.off != ov {
+			a.overlayPub = overlayPub{set: true, off: ov, version: version}
+		}
+	} else {
+		a.overlayPub = overlayPub{}
+	}
+	next := peerInfo{
+		Epoch:   me.Epoch,
+		Version: version,
+		ID:      a.selfID,
+		Leased:  a.cfg.ReclaimAfter > 0,
+		Held:    held,
+	}
+	a.st.peers[a.cfg.Self] = next
+	// Free depends on the ring and reservations, not on the version.
+	next.Free = a.donatableFree()
+	a.st.peers[a.cfg.Self] = next
+	a.pubVersion = next.Version
+}
+
+// saveLocked writes the state file. Every change of an allocation or of the
+// ring goes through it before being acted upon.
+func (a *Allocator) saveLocked() error {
+	if a.cfg.StateFile == "" {
+		return nil
+	}
+	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable)
+	if err != nil {
+		return err
+	}
+	return a.store.write(a.cfg.StateFile, data)
+}
+
+func (a *Allocator) takeOutbox() []outMsg {
+	out := a.outbox
+	a.outbox = nil
+	return out
+}
+
+func (a *Allocator) flush(out []outMsg) {
+	for _, m := range out {
+		if m.to == "" {
+			a.tr.Broadcast(m.msg)
+		} else if err := a.tr.SendTo(m.to, m.msg); err != nil {
+			a.log.Debug("send failed", "to", m.to, "err", err)
+		}
+	}
+}
+
+func (a *Allocator) problem(key, msg string) {
+	if a.problems[key] != msg {
+		a.problems[key] = msg
+		a.log.Warn(msg)
+	}
+}

@@ -1,0 +1,337 @@
+package ipam
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestAllocateIdempotent(t *testing.T) {
+	a := mustNew(t, testConfig(t, "a", "10.0.0.0/24"), nil)
+	x := mustAlloc(t, a, "c1", "eth0")
+	if y := mustAlloc(t, a, "c1", "eth0"); y != x {
+		t.Fatalf("same key got %v then %v", x, y)
+	}
+	if z := mustAlloc(t, a, "c1", "eth1"); z == x {
+		t.Fatalf("another interface got the same address %v", z)
+	}
+	if got := len(a.List()); got != 2 {
+		t.Fatalf("List has %d allocations, want 2", got)
+	}
+}
+
+func TestOverlayNeverAllocated(t *testing.T) {
+	for _, prefix := range []string{"10.0.0.0/30", "10.0.0.0/29", "10.0.0.0/24"} {
+		t.Run(prefix, func(t *testing.T) {
+			a := mustNew(t, testConfig(t, "a", prefix), nil)
+			ov, ok := a.OverlayIP()
+			if !ok || ov != netip.MustParseAddr("10.0.0.1") {
+				t.Fatalf("OverlayIP = %v, %v; want 10.0.0.1", ov, ok)
+			}
+			seen := map[netip.Addr]bool{}
+			for i := 0; ; i++ {
+				addr, err := a.Allocate(context.Background(), fmt.Sprint("c", i), "eth0")
+				if errors.Is(err, ErrNoSpace) {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if addr == ov || seen[addr] {
+					t.Fatalf("allocated %v twice or the overlay address", addr)
+				}
+				last := netip.MustParsePrefix(prefix)
+				if addr == last.Addr() {
+					t.Fatalf("allocated the network address %v", addr)
+				}
+				seen[addr] = true
+			}
+			size := 1 << (32 - netip.MustParsePrefix(prefix).Bits())
+			if want := size - 3; len(seen) != want {
+				t.Fatalf("allocated %d addresses, want %d (size - network - broadcast - overlay)", len(seen), want)
+			}
+		})
+	}
+}
+
+func TestReleaseAndReuse(t *testing.T) {
+	a := mustNew(t, testConfig(t, "a", "10.0.0.0/30"), nil)
+	x := mustAlloc(t, a, "c1", "eth0")
+	if _, err := a.Allocate(context.Background(), "c2", "eth0"); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("full range: got %v, want ErrNoSpace", err)
+	}
+	if err := a.Release("c1", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release("c1", "eth0"); err != nil {
+		t.Fatalf("second release: %v", err)
+	}
+	if y := mustAlloc(t, a, "c2", "eth0"); y != x {
+		t.Fatalf("got %v, want the released %v", y, x)
+	}
+}
+
+func TestReleaseAllExcept(t *testing.T) {
+	a := mustNew(t, testConfig(t, "a", "10.0.0.0/24"), nil)
+	for i := range 5 {
+		mustAlloc(t, a, fmt.Sprint("c", i), "eth0")
+	}
+	n, err := a.ReleaseAllExcept([]Key{{"c1", "eth0"}, {"c3", "eth0"}, {"gone", "eth0"}})
+	if err != nil || n != 3 {
+		t.Fatalf("ReleaseAllExcept = %d, %v; want 3, nil", n, err)
+	}
+	var ids []string
+	for _, al := range a.List() {
+		ids = append(ids, al.ContainerID)
+	}
+	if got := strings.Join(ids, ","); got != "c1,c3" {
+		t.Fatalf("left %s, want c1,c3", got)
+	}
+}
+
+func TestPersistenceRoundTrip(t *testing.T) {
+	cfg := testConfig(t, "a", "10.0.0.0/24")
+	a := mustNew(t, cfg, nil)
+	want := map[string]netip.Addr{}
+	for i := range 10 {
+		want[fmt.Sprint("c", i)] = mustAlloc(t, a, fmt.Sprint("c", i), "eth0")
+	}
+	if err := a.Release("c4", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, "c4")
+	ranges := a.Ranges()
+	// No Close: a SIGKILL does not close either.
+	b := mustNew(t, cfg, nil)
+	for id, addr := range want {
+		if got := mustAlloc(t, b, id, "eth0"); got != addr {
+			t.Errorf("%s: after restart %v, before %v", id, got, addr)
+		}
+	}
+	if fmt.Sprint(b.Ranges()) != fmt.Sprint(ranges) {
+		t.Errorf("ring changed across restart: %v vs %v", b.Ranges(), ranges)
+	}
+}
+
+func TestCorruptStateFile(t *testing.T) {
+	tests := []struct {
+		name, content string
+	}{
+		{"not json", "{{{"},
+		{"bad ring", `{"format":1,"range":"10.0.0.0/24","self":"a","state":"AAAA"}`},
+		{"wrong format", `{"format":99}`},
+		{"other range", `{"format":1,"range":"10.1.0.0/24","self":"a"}`},
+		{"duplicate allocation", ""}, // filled below
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig(t, "a", "10.0.0.0/24")
+			content := tt.content
+			if content == "" {
+				a := mustNew(t, cfg, nil)
+				mustAlloc(t, a, "c1", "eth0")
+				data, _ := os.ReadFile(cfg.StateFile)
+				var f map[string]any
+				_ = json.Unmarshal(data, &f)
+				al := f["allocations"].([]any)
+				f["allocations"] = append(al, al[0])
+				b, _ := json.Marshal(f)
+				content = string(b)
+			}
+			if err := os.WriteFile(cfg.StateFile, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := New(cfg, nopTransport{})
+			if err == nil || !strings.Contains(err.Error(), cfg.StateFile) {
+				t.Fatalf("New = %v; want an error naming %s", err, cfg.StateFile)
+			}
+		})
+	}
+}
+
+func TestRemovePeer(t *testing.T) {
+	net := newSimNet(1)
+	a := net.add(t, "a", "10.0.0.0/24", 2, 0)
+	b := net.add(t, "b", "10.0.0.0/24", 2, 0)
+	net.settle(t, 30)
+	if a.Status().Status != "ready" {
+		t.Fatalf("not seeded: %+v", a.Status())
+	}
+	mustAlloc(t, b.Allocator, "cb", "eth0")
+	net.settle(t, 5)
+	net.kill("b")
+	n, err := a.RemovePeer("b")
+	if err != nil || n == 0 {
+		t.Fatalf("RemovePeer = %d, %v", n, err)
+	}
+	for _, r := range a.Ranges() {
+		if r.Owner != "a" {
+			t.Fatalf("after rmpeer %v is owned by %q", r.CIDR, r.Owner)
+		}
+	}
+	if _, err := a.RemovePeer("a"); err == nil {
+		t.Fatal("removing self succeeded")
+	}
+	if _, err := a.RemovePeer("nobody"); err == nil {
+		t.Fatal("removing an unknown peer succeeded")
+	}
+	// b's reservation was dropped with it: all of b's space is usable.
+	if st := a.Status(); st.Free != 256-3 {
+		t.Fatalf("free = %d, want %d", st.Free, 256-3)
+	}
+}
+
+func TestRemovePeerAuthoritativeConcurrent(t *testing.T) {
+	net := newSimNet(2)
+	names := []string{"a", "b", "c", "d"}
+	for _, n := range names {
+		net.add(t, n, "10.0.0.0/24", 4, 0)
+	}
+	net.settle(t, 40)
+	net.kill("c")
+	// a, b and d all learn at once that c is gone.
+	for _, n := range []string{"a", "b", "d"} {
+		if _, err := net.nodes[n].RemovePeerAuthoritative("c"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	net.settle(t, 20)
+	want := fmt.Sprint(net.nodes["a"].Ranges())
+	for _, n := range []string{"b", "d"} {
+		if got := fmt.Sprint(net.nodes[n].Ranges()); got != want {
+			t.Fatalf("%s sees %s, a sees %s", n, got, want)
+		}
+	}
+	// c's quarter went to its predecessor b, whole.
+	for _, r := range net.nodes["a"].Ranges() {
+		if r.Owner == "c" || r.Owner == "" {
+			t.Fatalf("%v still owned by %q", r.CIDR, r.Owner)
+		}
+	}
+	if got := net.nodes["b"].Status().Peers[1].Owned; got != 128 {
+		t.Fatalf("b owns %d addresses, want 128", got)
+	}
+}
+
+func TestSpanCIDRs(t *testing.T) {
+	base := netip.MustParsePrefix("10.32.0.0/12")
+	tests := []struct {
+		name       string
+		start, end uint64
+		want       string
+	}{
+		{"whole", 0, 1 << 20, "[10.32.0.0/12]"},
+		{"one", 5, 6, "[10.32.0.5/32]"},
+		{"aligned /24", 256, 512, "[10.32.1.0/24]"},
+		{"ragged", 3, 17, "[10.32.0.3/32 10.32.0.4/30 10.32.0.8/29 10.32.0.16/32]"},
+		{"half of a third", 349525, 699050, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := spanCIDRs(base, span{tt.start, tt.end})
+			if tt.want != "" && fmt.Sprint(got) != tt.want {
+				t.Fatalf("got %v, want %s", got, tt.want)
+			}
+			// Always: contiguous, aligned, covering exactly the span.
+			pos := tt.start
+			for _, p := range got {
+				off, _ := addrOffset(base, p.Addr())
+				if off != pos || p.Masked() != p {
+					t.Fatalf("%v does not start at offset %d or is unaligned", p, pos)
+				}
+				pos += 1 << (32 - p.Bits())
+			}
+			if pos != tt.end {
+				t.Fatalf("CIDRs end at %d, want %d", pos, tt.end)
+			}
+		})
+	}
+}
+
+func TestStatusJSON(t *testing.T) {
+	a := mustNew(t, testConfig(t, "a", "10.32.0.0/12"), nil)
+	mustAlloc(t, a, "c1", "eth0")
+	b, err := json.Marshal(a.Status())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	_ = json.Unmarshal(b, &got)
+	for _, k := range []string{"range", "status", "owned", "allocated", "ranges", "peers", "conflicts", "problems"} {
+		if _, ok := got[k]; !ok {
+			t.Errorf("status JSON lacks %q: %s", k, b)
+		}
+	}
+	if got["status"] != "ready" || got["allocated"] != 1.0 || got["range"] != "10.32.0.0/12" {
+		t.Errorf("unexpected status %s", b)
+	}
+	r := got["ranges"].([]any)[0].(map[string]any)
+	if r["cidr"] != "10.32.0.0/12" || r["owner"] != "a" {
+		t.Errorf("ranges[0] = %v", r)
+	}
+	if s := a.Status().String(); !strings.Contains(s, "100.0%") {
+		t.Errorf("human status lacks the percentage:\n%s", s)
+	}
+}
+
+func TestWaitingUntilCtx(t *testing.T) {
+	cfg := testConfig(t, "a", "10.0.0.0/24")
+	cfg.InitialPeerCount = 3
+	a := mustNew(t, cfg, nil)
+	if st := a.Status(); st.Status != "waiting" || len(st.Problems) == 0 {
+		t.Fatalf("status %+v", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := a.Allocate(ctx, "c", "eth0"); !errors.Is(err, ErrNotReady) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want ErrNotReady wrapping the deadline", err)
+	}
+}
+
+func TestRangeMismatchReported(t *testing.T) {
+	a := mustNew(t, testConfig(t, "a", "10.0.0.0/24"), nil)
+	b := mustNew(t, testConfig(t, "b", "10.1.0.0/24"), nil)
+	if err := a.MergeRemoteState(b.LocalState()); !errors.Is(err, ErrRangeMismatch) {
+		t.Fatalf("got %v, want ErrRangeMismatch", err)
+	}
+	if p := a.Status().Problems; len(p) != 1 || !strings.Contains(p[0], "10.1.0.0/24") {
+		t.Fatalf("problems = %q", p)
+	}
+}
+
+// TestRemovalKeepsVersionsGrowing: a removal written from a stale view has a
+// higher epoch but may have a lower version than the live peer's latest
+// heartbeat. The peer's next info must beat the removal, and its versions
+// must keep growing (lease echoes and liveness compare versions).
+func TestRemovalKeepsVersionsGrowing(t *testing.T) {
+	cfg := testConfig(t, "b", "10.0.0.0/24")
+	b := mustNew(t, cfg, nil)
+	mustAlloc(t, b, "c1", "eth0")
+	for range 5 {
+		b.Tick() // same fake millisecond: versions go up by one each
+	}
+	b.mu.Lock()
+	before := b.st.peers["b"]
+	st := b.st.clone()
+	b.mu.Unlock()
+	st.peers["b"] = peerInfo{Epoch: before.Epoch + 1, Version: before.Version - 3, ID: before.ID, Removed: true}
+	if err := b.MergeRemoteState(encodeState(cfg.Range, "a", st)); err != nil {
+		t.Fatal(err)
+	}
+	b.mu.Lock()
+	after := b.st.peers["b"]
+	b.mu.Unlock()
+	// Held: the pod c1 and b's overlay address.
+	if after.Removed || after.Epoch != before.Epoch+1 || after.Version <= before.Version || len(after.Held) != 2 {
+		t.Fatalf("after a stale removal b publishes %+v (before %+v)", after, before)
+	}
+	if p := b.Status().Problems; !strings.Contains(strings.Join(p, "\n"), "removed") {
+		t.Fatalf("removal not reported: %q", p)
+	}
+}

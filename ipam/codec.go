@@ -1,0 +1,281 @@
+package ipam
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// Wire format of a full state (also embedded in the state file). Compact
+// binary with varints and a name table, because push/pull ships it whole:
+//
+//	magic "MIP2" | addr[4] bits | sender | seed.members seed.id
+//	| nNames name... | nSegs (startDelta version owner+1 dead+1)...
+//	| nPeers (name epoch version id free flags nHeld heldDelta...)...
+//
+// Strings are a length byte then bytes; names are indexes into the table.
+const (
+	stateMagic = "MIP2" // MIP1 had no peer epoch
+	maxName    = 255
+	maxItems   = 1 << 22 // bound on any count, well above 1000 peers
+)
+
+type wireState struct {
+	prefix netip.Prefix
+	sender string
+	st     state
+}
+
+func encodeState(prefix netip.Prefix, sender string, st state) []byte {
+	names := map[string]uint64{}
+	var table []string
+	idx := func(s string) uint64 {
+		if s == "" {
+			return 0
+		}
+		if i, ok := names[s]; ok {
+			return i + 1
+		}
+		names[s] = uint64(len(table))
+		table = append(table, s)
+		return uint64(len(table))
+	}
+	// Collect names first so the table precedes its uses.
+	for _, sg := range st.ring.segs {
+		idx(sg.e.Owner)
+		idx(sg.e.Dead)
+	}
+	peerNames := make([]string, 0, len(st.peers))
+	for n := range st.peers {
+		peerNames = append(peerNames, n)
+	}
+	slices.Sort(peerNames)
+	for _, n := range peerNames {
+		idx(n)
+	}
+
+	b := make([]byte, 0, 64+16*len(st.ring.segs)+24*len(table))
+	b = append(b, stateMagic...)
+	a4 := prefix.Addr().As4()
+	b = append(b, a4[:]...)
+	b = append(b, byte(prefix.Bits()))
+	b = appendString(b, sender)
+	b = binary.AppendUvarint(b, st.seed.Members)
+	b = binary.AppendUvarint(b, st.seed.ID)
+	b = binary.AppendUvarint(b, uint64(len(table)))
+	for _, n := range table {
+		b = appendString(b, n)
+	}
+	b = binary.AppendUvarint(b, uint64(len(st.ring.segs)))
+	prev := uint64(0)
+	for _, sg := range st.ring.segs {
+		b = binary.AppendUvarint(b, sg.start-prev)
+		prev = sg.start
+		b = binary.AppendUvarint(b, sg.e.Version)
+		b = binary.AppendUvarint(b, idx(sg.e.Owner))
+		b = binary.AppendUvarint(b, idx(sg.e.Dead))
+	}
+	b = binary.AppendUvarint(b, uint64(len(peerNames)))
+	for _, n := range peerNames {
+		p := st.peers[n]
+		b = binary.AppendUvarint(b, idx(n))
+		b = binary.AppendUvarint(b, p.Epoch)
+		b = binary.AppendUvarint(b, p.Version)
+		b = appendString(b, p.ID)
+		b = binary.AppendUvarint(b, p.Free)
+		var flags byte
+		if p.Leased {
+			flags |= 1
+		}
+		if p.Removed {
+			flags |= 2
+		}
+		b = append(b, flags)
+		b = binary.AppendUvarint(b, uint64(len(p.Held)))
+		prev := uint64(0)
+		for _, h := range p.Held {
+			b = binary.AppendUvarint(b, h-prev)
+			prev = h
+		}
+	}
+	return b
+}
+
+func appendString(b []byte, s string) []byte {
+	if len(s) > maxName {
+		s = s[:maxName]
+	}
+	b = append(b, byte(len(s)))
+	return append(b, s...)
+}
+
+// decoder reads the wire format; the first error sticks and every later
+// read returns zero values, so decodeState checks once at the end of each
+// section and never indexes out of bounds.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf(format, args...)
+	}
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("truncated or overlong varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n > len(d.b) {
+		d.fail("truncated: want %d bytes, have %d", n, len(d.b))
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) str() string {
+	l := d.bytes(1)
+	if l == nil {
+		return ""
+	}
+	return string(d.bytes(int(l[0])))
+}
+
+// count reads an item count and rejects counts that cannot fit in what is
+// left (each item takes at least minBytes), so garbage cannot make us
+// allocate gigabytes.
+func (d *decoder) count(minBytes int) int {
+	n := d.uvarint()
+	if d.err == nil && (n > maxItems || n*uint64(minBytes) > uint64(len(d.b))) {
+		d.fail("count %d exceeds the remaining %d bytes", n, len(d.b))
+		return 0
+	}
+	return int(n)
+}
+
+func decodeState(buf []byte) (wireState, error) {
+	var w wireState
+	d := &decoder{b: buf}
+	if string(d.bytes(len(stateMagic))) != stateMagic {
+		return w, errors.New("bad magic: not an IPAM state")
+	}
+	a := d.bytes(4)
+	bitsB := d.bytes(1)
+	if d.err != nil {
+		return w, d.err
+	}
+	if bitsB[0] < 1 || bitsB[0] > 30 {
+		return w, fmt.Errorf("bad prefix length %d", bitsB[0])
+	}
+	w.prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte(a)), int(bitsB[0])).Masked()
+	size := uint64(1) << (32 - bitsB[0])
+	w.sender = d.str()
+	w.st.seed.Members = d.uvarint()
+	w.st.seed.ID = d.uvarint()
+	table := make([]string, d.count(2))
+	for i := range table {
+		table[i] = d.str()
+		if d.err == nil && table[i] == "" {
+			d.fail("empty peer name")
+		}
+	}
+	name := func() string {
+		i := d.uvarint()
+		if i == 0 || d.err != nil {
+			return ""
+		}
+		if i > uint64(len(table)) {
+			d.fail("name index %d out of a table of %d", i, len(table))
+			return ""
+		}
+		return table[i-1]
+	}
+	nSegs := d.count(4)
+	if d.err == nil && nSegs == 0 {
+		d.fail("ring has no segments")
+	}
+	w.st.ring = ring{size: size, segs: make([]seg, 0, nSegs)}
+	pos := uint64(0)
+	for i := 0; i < nSegs && d.err == nil; i++ {
+		delta := d.uvarint()
+		if i == 0 && delta != 0 {
+			d.fail("ring does not start at offset 0")
+		}
+		if i > 0 && delta == 0 {
+			d.fail("empty segment at offset %d", pos)
+		}
+		if delta >= size || pos+delta >= size {
+			d.fail("segment start beyond the range")
+		}
+		pos += delta
+		e := entry{Version: d.uvarint(), Owner: name(), Dead: name()}
+		// Re-canonicalise: a sender may not coalesce, we always do.
+		w.st.ring.segs = appendSeg(w.st.ring.segs, pos, e)
+	}
+	nPeers := d.count(6)
+	w.st.peers = make(map[string]peerInfo, nPeers)
+	for i := 0; i < nPeers && d.err == nil; i++ {
+		n := name()
+		if d.err == nil && n == "" {
+			d.fail("peer without a name")
+		}
+		p := peerInfo{Epoch: d.uvarint(), Version: d.uvarint(), ID: d.str(), Free: d.uvarint()}
+		flags := d.bytes(1)
+		if flags != nil {
+			p.Leased, p.Removed = flags[0]&1 != 0, flags[0]&2 != 0
+		}
+		nHeld := d.count(1)
+		if nHeld > 0 {
+			p.Held = make([]uint64, 0, nHeld)
+		}
+		prev := uint64(0)
+		for j := 0; j < nHeld && d.err == nil; j++ {
+			delta := d.uvarint()
+			if j > 0 && delta == 0 {
+				d.fail("held addresses not strictly increasing")
+			}
+			if delta >= size || prev+delta >= size {
+				d.fail("held address beyond the range")
+			}
+			prev += delta
+			p.Held = append(p.Held, prev)
+		}
+		if _, dup := w.st.peers[n]; dup && d.err == nil {
+			d.fail("peer %q listed twice", n)
+		}
+		w.st.peers[n] = p
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("%d trailing bytes", len(d.b))
+	}
+	if d.err != nil {
+		return wireState{}, d.err
+	}
+	if w.st.seed.isZero() {
+		// An unseeded ring has no owners; anything else is forged.
+		if len(w.st.ring.segs) != 1 || w.st.ring.segs[0].e != (entry{}) {
+			return wireState{}, errors.New("unseeded state with a non-empty ring")
+		}
+	}
+	return w, nil
+}
+
+func appendUvarint(b []byte, v uint64) []byte { return binary.AppendUvarint(b, v) }

@@ -1,0 +1,94 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+)
+
+// Config configures an Allocator. The zero value is not usable; start from
+// DefaultConfig.
+type Config struct {
+	// Range is the cluster range, an IPv4 prefix of at most 30 bits. All
+	// peers must use the same one; a peer with another range is reported in
+	// Status and its state is never merged.
+	Range netip.Prefix
+	// Self is this peer's name, unique in the mesh.
+	Self string
+	// SelfID is a random identifier generated once per installation and
+	// stable across restarts. It tells a re-installed node (same name, state
+	// file lost) from the old one in Status.
+	SelfID string
+	// StateFile is where the ring, this peer's allocations and its bootstrap
+	// votes are kept. Empty keeps everything in memory (tests only).
+	StateFile string
+	// InitialPeerCount is the number of peers expected to form the cluster
+	// at bootstrap, this one included: the daemon passes len(named peers)+1.
+	// The first split needs the agreement of a majority of that many peers;
+	// 1 (no peer named) lets this peer seed the ring alone at once.
+	InitialPeerCount int
+	// ReclaimAfter, when positive, lets the cluster take back the free space
+	// of a peer not heard of for that long (see docs/ipam.md). It must be
+	// the same on all peers. 0 disables automatic reclaim.
+	ReclaimAfter time.Duration
+	// Logger receives conflicts and state changes. Nil discards.
+	Logger *slog.Logger
+	// Now is the clock; tests inject a fake one. Nil means time.Now.
+	Now func() time.Time
+}
+
+// DefaultConfig returns a Config with the default cluster range and a single
+// expected peer. Callers fill in Self, SelfID and StateFile.
+func DefaultConfig() Config {
+	return Config{
+		Range:            netip.MustParsePrefix("10.32.0.0/12"),
+		StateFile:        "/var/lib/mesh/ipam.json",
+		InitialPeerCount: 1,
+		Now:              time.Now,
+	}
+}
+
+// Errors returned by the Allocator. They are wrapped with detail; test with
+// errors.Is.
+var (
+	// ErrNoSpace means no reachable peer has a free address to give.
+	ErrNoSpace = errors.New("ipam: no free address in the cluster range reachable from this peer")
+	// ErrNotReady means the call gave up (its context ended) before the
+	// ring was seeded or space arrived.
+	ErrNotReady = errors.New("ipam: no address available yet")
+	// ErrClosed is returned after Close.
+	ErrClosed = errors.New("ipam: allocator closed")
+	// ErrRangeMismatch means a remote state is for another cluster range.
+	ErrRangeMismatch = errors.New("ipam: peer uses a different cluster range")
+	// ErrCorruptState means a state file or a remote state could not be
+	// decoded.
+	ErrCorruptState = errors.New("ipam: corrupt state")
+)
+
+func (c *Config) validate() error {
+	if !c.Range.IsValid() || !c.Range.Addr().Is4() {
+		return fmt.Errorf("ipam: cluster range %v is not an IPv4 prefix", c.Range)
+	}
+	if c.Range.Bits() > 30 || c.Range.Bits() < 1 {
+		return fmt.Errorf("ipam: cluster range %v must have a prefix length between 1 and 30", c.Range)
+	}
+	c.Range = c.Range.Masked()
+	if c.Self == "" {
+		return errors.New("ipam: Config.Self is empty")
+	}
+	if len(c.Self) > maxName {
+		return fmt.Errorf("ipam: peer name %q is longer than %d bytes", c.Self, maxName)
+	}
+	if c.InitialPeerCount < 1 {
+		c.InitialPeerCount = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}

@@ -1,0 +1,177 @@
+package ipam
+
+import (
+	"fmt"
+	"slices"
+)
+
+// Message types: the first byte of every message given to the Transport.
+const (
+	msgState    byte = 1 // a full state (the sender's LocalState)
+	msgAsk      byte = 2 // "I am out of space", body: requester name
+	msgPrepare  byte = 3 // bootstrap Paxos, see bootstrap.go
+	msgPromise  byte = 4
+	msgAccept   byte = 5
+	msgAccepted byte = 6
+	msgEchoReq  byte = 7 // a full state; answer with ours (lease echoes)
+)
+
+// LocalState returns this peer's full state for memberlist's push/pull.
+// Non-blocking; safe for concurrent use.
+func (a *Allocator) LocalState() []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return encodeState(a.cfg.Range, a.cfg.Self, a.st)
+}
+
+func (a *Allocator) stateMsgLocked() []byte {
+	return append([]byte{msgState}, encodeState(a.cfg.Range, a.cfg.Self, a.st)...)
+}
+
+// broadcastStateLocked tells everyone about a change this peer wrote. The
+// whole state goes out, never a delta: whoever learns of a write then also
+// knows everything its writer knew, which the heir rule of reclaim relies on
+// (docs/ipam.md, "causal closure").
+func (a *Allocator) broadcastStateLocked() {
+	a.outbox = append(a.outbox, outMsg{msg: a.stateMsgLocked()})
+}
+
+// MergeRemoteState merges a peer's full state (memberlist push/pull). It
+// returns an error wrapping ErrCorruptState for undecodable input and
+// ErrRangeMismatch for a peer with another cluster range; neither changes
+// anything. It never panics on garbage. May write the state file; safe for
+// concurrent use.
+func (a *Allocator) MergeRemoteState(buf []byte) error {
+	w, err := decodeState(buf)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrCorruptState, err)
+	}
+	a.mu.Lock()
+	err = a.mergeLocked(w)
+	out := a.takeOutbox()
+	a.mu.Unlock()
+	a.flush(out)
+	return err
+}
+
+// HandleMessage processes a message another peer sent through the Transport.
+// from is the sender's name as the daemon knows it. Errors are for logging
+// only. Safe for concurrent use.
+func (a *Allocator) HandleMessage(from string, msg []byte) error {
+	if len(msg) == 0 {
+		return fmt.Errorf("%w: empty message from %s", ErrCorruptState, from)
+	}
+	var err error
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return ErrClosed
+	}
+	switch msg[0] {
+	case msgState, msgEchoReq:
+		var w wireState
+		if w, err = decodeState(msg[1:]); err != nil {
+			err = fmt.Errorf("%w: from %s: %v", ErrCorruptState, from, err)
+		} else {
+			err = a.mergeLocked(w)
+			if err == nil && msg[0] == msgEchoReq && w.sender != "" && w.sender != a.cfg.Self {
+				a.outbox = append(a.outbox, outMsg{to: w.sender, msg: a.stateMsgLocked()})
+			}
+		}
+	case msgAsk:
+		d := &decoder{b: msg[1:]}
+		who := d.str()
+		if d.err != nil || who == "" {
+			err = fmt.Errorf("%w: bad space request from %s", ErrCorruptState, from)
+		} else {
+			a.donateLocked(who)
+		}
+	case msgPrepare, msgPromise, msgAccept, msgAccepted:
+		err = a.handlePaxosLocked(msg)
+	default:
+		err = fmt.Errorf("%w: unknown message type %d from %s", ErrCorruptState, msg[0], from)
+	}
+	out := a.takeOutbox()
+	a.mu.Unlock()
+	a.flush(out)
+	return err
+}
+
+// mergeLocked joins a remote state into ours and reacts to what changed.
+func (a *Allocator) mergeLocked(w wireState) error {
+	if a.closed {
+		return ErrClosed
+	}
+	if w.prefix != a.cfg.Range {
+		a.problem("range:"+w.sender, fmt.Sprintf("peer %s uses cluster range %s but this peer uses %s: their states are ignored; give every peer the same --ipalloc-range", w.sender, w.prefix, a.cfg.Range))
+		return fmt.Errorf("%w: %s has %s, we have %s", ErrRangeMismatch, w.sender, w.prefix, a.cfg.Range)
+	}
+	delete(a.problems, "range:"+w.sender)
+	old := a.st
+	if !old.seed.isZero() && !w.st.seed.isZero() && old.seed != w.st.seed {
+		a.seedConflictLocked(w.sender, old.seed, w.st.seed)
+	}
+	a.st = join(old, w.st)
+	for name, p := range w.st.peers {
+		if cur, ok := old.peers[name]; name != a.cfg.Self && (!ok || comparePeerInfo(p, cur) > 0) &&
+			(!ok || p.Removed != cur.Removed || !slices.Equal(p.Held, cur.Held)) {
+			a.reservedCache = nil
+			break
+		}
+	}
+	a.liveness.observe(a, w.sender, w.st)
+	if me, ok := a.st.peers[a.cfg.Self]; ok && me.Removed {
+		a.problem("removed", "this peer was removed (rmpeer) by another peer while alive: its ranges went to others; its pods keep their addresses (published as held) and it will ask for new space")
+	}
+	if !a.st.ring.equal(old.ring) || a.st.seed != old.seed {
+		if old.seed.isZero() && !a.st.seed.isZero() {
+			a.log.Info("ring seeded", "seed", fmt.Sprintf("%x", a.st.seed.ID), "members", a.st.seed.Members)
+		}
+		a.afterRingChangeLocked()
+		// Persist what we learnt before acting on it, so a restart never
+		// makes this peer forget a write it has already passed on.
+		if err := a.saveLocked(); err != nil {
+			return err
+		}
+	}
+	// Always republish: our own info may have come back newer (a restart
+	// that lost heartbeats, or an rmpeer tombstone) and must win again.
+	a.publishLocked()
+	return nil
+}
+
+// afterRingChangeLocked runs the consequences of a new ring: reclaim heirs,
+// conflict detection, wake-ups. It writes the ring only through functions
+// that broadcast and persist.
+func (a *Allocator) afterRingChangeLocked() {
+	a.claimOrphansLocked()
+	a.checkHeldLocked()
+	a.ringChangedLocked()
+}
+
+// checkHeldLocked reports allocations this peer holds in space it does not
+// own. They stay valid (published in Held, so the owner skips them) but the
+// operator should know why the ring moved.
+func (a *Allocator) checkHeldLocked() {
+	n := 0
+	for off := range a.byOff {
+		e := a.st.ring.get(off)
+		if e.Owner != a.cfg.Self || e.Dead != "" {
+			n++
+		}
+	}
+	if n == 0 {
+		delete(a.problems, "foreign")
+		return
+	}
+	a.problem("foreign", fmt.Sprintf("%d pod addresses of this peer lie in space it no longer owns; they are reserved for the pods and return to the owner when released", n))
+}
+
+func (a *Allocator) seedConflictLocked(sender string, ours, theirs seed) {
+	winner := "theirs"
+	if compareSeed(ours, theirs) > 0 {
+		winner = "ours"
+	}
+	a.problem("seed", fmt.Sprintf("peer %s's ring was seeded independently (seed %x/%d, ours %x/%d); %s wins. Pods keep their addresses (held addresses are reserved) but addresses both sides gave out before meeting may be duplicated: see the conflicts list",
+		sender, theirs.ID, theirs.Members, ours.ID, ours.Members, winner))
+}

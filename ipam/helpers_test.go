@@ -1,0 +1,56 @@
+package ipam
+
+import (
+	"context"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// nopTransport drops everything: for single-peer unit tests.
+type nopTransport struct{}
+
+func (nopTransport) Broadcast([]byte)            {}
+func (nopTransport) SendTo(string, []byte) error { return nil }
+
+// fakeClock is a manual clock shared by the peers of a test.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) Now() time.Time          { return c.t }
+func (c *fakeClock) Advance(d time.Duration) { c.t = c.t.Add(d) }
+
+func newClock() *fakeClock { return &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+
+func testConfig(t testing.TB, self, prefix string) Config {
+	cfg := DefaultConfig()
+	cfg.Range = netip.MustParsePrefix(prefix)
+	cfg.Self = self
+	cfg.SelfID = "id-" + self
+	cfg.StateFile = filepath.Join(t.TempDir(), self+".json")
+	cfg.Now = newClock().Now
+	return cfg
+}
+
+func mustNew(t testing.TB, cfg Config, tr Transport) *Allocator {
+	t.Helper()
+	if tr == nil {
+		tr = nopTransport{}
+	}
+	a, err := New(cfg, tr)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return a
+}
+
+func mustAlloc(t testing.TB, a *Allocator, id, ifn string) netip.Addr {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	addr, err := a.Allocate(ctx, id, ifn)
+	if err != nil {
+		t.Fatalf("Allocate(%s, %s): %v", id, ifn, err)
+	}
+	return addr
+}

@@ -1,0 +1,135 @@
+package ipam
+
+import (
+	"maps"
+	"slices"
+)
+
+// The lease pool, used only when automatic reclaim is on. Such a peer may be
+// declared dead while merely partitioned, so it allocates only addresses it
+// has already published as held AND that a majority of voters has echoed
+// back (their states carry our info at that version or later). A reclaimer's
+// heir in turn waits for a majority to echo its tombstone. The two
+// majorities share a peer, whose state carried either our held addresses to
+// the heir or the tombstone to us (docs/ipam.md, "automatic reclaim").
+
+// poolSize is how many not-yet-allocated addresses a leased peer keeps
+// published ahead of demand, so pods rarely wait for an echo round.
+const poolSize = 8
+
+func (a *Allocator) inPool(off uint64) bool {
+	_, ok := a.pool[off]
+	return ok
+}
+
+// leaseHeld adds the pool to the allocated offsets to publish.
+func (a *Allocator) leaseHeld(held []uint64) []uint64 {
+	if a.cfg.ReclaimAfter <= 0 || len(a.pool) == 0 {
+		return held
+	}
+	held = append(held, slices.Collect(maps.Keys(a.pool))...)
+	slices.Sort(held)
+	return slices.Compact(held)
+}
+
+// leaseAllows says whether off may be handed out now.
+func (a *Allocator) leaseAllows(off uint64) bool {
+	if a.cfg.ReclaimAfter <= 0 {
+		return true
+	}
+	v, ok := a.pool[off]
+	return ok && v != 0 && v <= a.echoedVersionLocked()
+}
+
+// leaseRefillPending says whether pool addresses exist that only wait for
+// their echo, so Allocate should wait rather than report no space.
+func (a *Allocator) leaseRefillPending() bool {
+	if a.cfg.ReclaimAfter <= 0 {
+		return false
+	}
+	for off := range a.pool {
+		if _, used := a.byOff[off]; !used {
+			return true
+		}
+	}
+	return false
+}
+
+// refillPoolLocked drops pool addresses that were allocated or are no longer
+// ours, and tops the pool up from free owned space.
+func (a *Allocator) refillPoolLocked() {
+	if a.cfg.ReclaimAfter <= 0 {
+		return
+	}
+	if a.pool == nil {
+		a.pool = map[uint64]uint64{}
+	}
+	for off := range a.pool {
+		e := a.st.ring.get(off)
+		if _, used := a.byOff[off]; used || e.Owner != a.cfg.Self || e.Dead != "" {
+			delete(a.pool, off)
+		}
+	}
+	// A small range must not vanish into pools: keep at most a quarter of
+	// our free space there.
+	want := min(poolSize, max(1, int(a.freeCount()/4)))
+	if len(a.pool) >= want {
+		return
+	}
+	ov, hasOv := a.overlayOff()
+	added := false
+	for _, sp := range a.st.ring.owned(a.cfg.Self) {
+		for off := sp.start; off < sp.end && len(a.pool) < want; off++ {
+			if !a.blocked(off, ov, hasOv) && !a.inPool(off) {
+				a.pool[off] = 0
+				added = true
+			}
+		}
+	}
+	if !added {
+		return
+	}
+	a.publishLocked()
+	v := a.st.peers[a.cfg.Self].Version
+	for off, pv := range a.pool {
+		if pv == 0 {
+			a.pool[off] = v
+		}
+	}
+}
+
+// unechoedLocked says whether something of ours waits for a majority echo:
+// pool addresses or a reclaim claim. Tick then asks everyone to echo.
+func (a *Allocator) unechoedLocked() bool {
+	if a.cfg.ReclaimAfter <= 0 {
+		return false
+	}
+	ev := a.echoedVersionLocked()
+	for _, v := range a.pool {
+		if v == 0 || v > ev {
+			return true
+		}
+	}
+	for _, s := range a.st.ring.segs {
+		if s.e.Owner == a.cfg.Self && s.e.Dead != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// donatableFree is what we advertise: free space minus the pool, which we
+// have promised ourselves and cannot give away.
+func (a *Allocator) donatableFree() uint64 {
+	f := a.freeCount()
+	n := uint64(0)
+	for off := range a.pool {
+		if _, used := a.byOff[off]; !used {
+			n++
+		}
+	}
+	if n > f {
+		return 0
+	}
+	return f - n
+}

@@ -1,0 +1,120 @@
+package ipam
+
+import (
+	"cmp"
+	"maps"
+	"slices"
+	"time"
+)
+
+// liveness tracks, from merged states only, when each peer was last heard
+// of (its info version grew: heartbeats travel transitively, so a peer
+// reachable through others is alive) and which peers have echoed our writes.
+type liveness struct {
+	lastSeen  map[string]seen
+	echo      map[string]uint64 // peer -> the version of our info it holds
+	claimEcho map[claimKey]map[string]bool
+}
+
+type seen struct {
+	version uint64
+	at      time.Time
+}
+
+type claimKey struct{ start, version uint64 }
+
+func (l *liveness) init() {
+	l.lastSeen = map[string]seen{}
+	l.echo = map[string]uint64{}
+	l.claimEcho = map[claimKey]map[string]bool{}
+}
+
+// observe records what a remote state tells about liveness and echoes.
+func (l *liveness) observe(a *Allocator, sender string, remote state) {
+	now := a.cfg.Now()
+	for name, p := range a.st.peers {
+		if s, ok := l.lastSeen[name]; !ok || p.Version > s.version {
+			l.lastSeen[name] = seen{p.Version, now}
+		}
+	}
+	if sender == "" || sender == a.cfg.Self {
+		return
+	}
+	if v := remote.peers[a.cfg.Self].Version; v > l.echo[sender] {
+		l.echo[sender] = v
+	}
+	if remote.seed != a.st.seed {
+		return
+	}
+	for i, s := range a.st.ring.segs {
+		if s.e.Owner != a.cfg.Self || s.e.Dead == "" {
+			continue
+		}
+		if minVersion(remote.ring, s.start, a.st.ring.end(i))+1 < s.e.Version {
+			continue // the sender has not seen the tombstone yet
+		}
+		k := claimKey{s.start, s.e.Version}
+		if l.claimEcho[k] == nil {
+			l.claimEcho[k] = map[string]bool{}
+		}
+		l.claimEcho[k][sender] = true
+	}
+}
+
+func minVersion(r ring, start, end uint64) uint64 {
+	m := ^uint64(0)
+	for i := r.find(start); i < len(r.segs) && r.segs[i].start < end; i++ {
+		m = min(m, r.segs[i].e.Version)
+	}
+	return m
+}
+
+// voters are the peers quorums are counted over: every peer ever heard of
+// that was not removed by an operator.
+func (a *Allocator) votersLocked() []string {
+	var out []string
+	for name, p := range a.st.peers {
+		if !p.Removed {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (a *Allocator) majorityLocked() int { return len(a.votersLocked())/2 + 1 }
+
+// inMajorityLocked says whether this peer heard from a majority of voters
+// within ReclaimAfter/2.
+func (a *Allocator) inMajorityLocked() bool {
+	now := a.cfg.Now()
+	n := 0
+	for _, name := range a.votersLocked() {
+		if s, ok := a.liveness.lastSeen[name]; name == a.cfg.Self || (ok && now.Sub(s.at) < a.cfg.ReclaimAfter/2) {
+			n++
+		}
+	}
+	return n >= a.majorityLocked()
+}
+
+// echoedVersionLocked is the highest version of our info that a majority
+// of voters (us included) is known to hold.
+func (a *Allocator) echoedVersionLocked() uint64 {
+	voters := a.votersLocked()
+	vs := make([]uint64, 0, len(voters))
+	for _, v := range voters {
+		if v == a.cfg.Self {
+			vs = append(vs, a.st.peers[v].Version)
+		} else {
+			vs = append(vs, a.liveness.echo[v])
+		}
+	}
+	slices.SortFunc(vs, func(x, y uint64) int { return cmp.Compare(y, x) })
+	need := len(voters)/2 + 1
+	if need > len(vs) {
+		return 0
+	}
+	return vs[need-1]
+}
+
+func mapsKeys[K comparable, V any](m map[K]V) []K { return slices.Collect(maps.Keys(m)) }

@@ -1,0 +1,119 @@
+package ipam
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"os"
+
+	"github.com/meshnet/mesh/internal/atomicfile"
+)
+
+// fileState is the state file. JSON so an operator can read it; the ring is
+// the same binary form as on the wire, base64 in the JSON.
+type fileState struct {
+	Format      int          `json:"format"`
+	Range       string       `json:"range"`
+	Self        string       `json:"self"`
+	SelfID      string       `json:"selfID"`
+	State       []byte       `json:"state"`
+	Allocations []Allocation `json:"allocations"`
+	Paxos       paxosDurable `json:"paxos"`
+}
+
+const fileFormat = 1
+
+// loaded is what a state file gives back.
+type loaded struct {
+	st     state
+	allocs []Allocation
+	paxos  paxosDurable
+	selfID string
+}
+
+// loadFile reads path. A missing file is a fresh start (ok false); any other
+// problem is an error naming the file, because starting without the
+// allocations it holds could hand a live pod's address to another pod.
+func loadFile(store stateStore, path string, cfg Config) (l loaded, ok bool, err error) {
+	data, err := store.read(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return l, false, nil
+	}
+	if err != nil {
+		return l, false, fmt.Errorf("ipam: reading state file %s: %w", path, err)
+	}
+	l, err = parseFile(data, cfg)
+	if err != nil {
+		return l, false, fmt.Errorf("ipam: state file %s: %w (refusing to start: moving it away loses the record of live allocations)", path, err)
+	}
+	return l, true, nil
+}
+
+func parseFile(data []byte, cfg Config) (loaded, error) {
+	var l loaded
+	var f fileState
+	if err := json.Unmarshal(data, &f); err != nil {
+		return l, fmt.Errorf("%w: %v", ErrCorruptState, err)
+	}
+	if f.Format != fileFormat {
+		return l, fmt.Errorf("%w: unknown format %d", ErrCorruptState, f.Format)
+	}
+	if f.Range != cfg.Range.String() {
+		return l, fmt.Errorf("%w: written for cluster range %s, configured range is %s", ErrRangeMismatch, f.Range, cfg.Range)
+	}
+	if f.Self != cfg.Self {
+		return l, fmt.Errorf("written by peer %q, this peer is %q", f.Self, cfg.Self)
+	}
+	w, err := decodeState(f.State)
+	if err != nil {
+		return l, fmt.Errorf("%w: ring: %v", ErrCorruptState, err)
+	}
+	if w.prefix != cfg.Range {
+		return l, fmt.Errorf("%w: ring is for %s", ErrRangeMismatch, w.prefix)
+	}
+	seen := map[Key]bool{}
+	used := map[netip.Addr]bool{}
+	for _, a := range f.Allocations {
+		k := Key{a.ContainerID, a.IfName}
+		if _, ok := addrOffset(cfg.Range, a.Addr); !ok || a.ContainerID == "" {
+			return l, fmt.Errorf("%w: allocation %+v is invalid", ErrCorruptState, a)
+		}
+		if seen[k] || used[a.Addr] {
+			return l, fmt.Errorf("%w: allocation %+v is duplicated", ErrCorruptState, a)
+		}
+		seen[k], used[a.Addr] = true, true
+	}
+	return loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID}, nil
+}
+
+func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable) ([]byte, error) {
+	return json.MarshalIndent(fileState{
+		Format:      fileFormat,
+		Range:       cfg.Range.String(),
+		Self:        cfg.Self,
+		SelfID:      selfID,
+		State:       encodeState(cfg.Range, cfg.Self, st),
+		Allocations: allocs,
+		Paxos:       px,
+	}, "", "  ")
+}
+
+// stateStore is where state files live: the disk, or memory in simulations
+// (fsync per step would make a 100-peer simulation crawl).
+type stateStore interface {
+	read(path string) ([]byte, error)
+	write(path string, data []byte) error
+}
+
+type diskStore struct{}
+
+func (diskStore) read(path string) ([]byte, error) { return os.ReadFile(path) }
+
+func (diskStore) write(path string, data []byte) error {
+	if err := atomicfile.Write(path, data, 0o600); err != nil {
+		return fmt.Errorf("ipam: saving state file: %w", err)
+	}
+	return nil
+}

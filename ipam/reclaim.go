@@ -1,0 +1,204 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+)
+
+// Reclaiming the space of dead peers. Three ways, from the strongest
+// operator assertion to none (docs/ipam.md argues each):
+//
+//   - RemovePeer: the operator says the peer is dead; its space goes to this
+//     peer at once (version+1, owner self).
+//   - RemovePeerAuthoritative: an authority (Kubernetes Node deletion) says
+//     the peer is gone for good. Every peer may call it concurrently: they
+//     all write the same tombstone (version+1, no owner, dead=name), and the
+//     tombstoned space goes to exactly one heir, the owner of the address
+//     just below it.
+//   - automatic, after ReclaimAfter of silence: a tombstone like the
+//     authoritative one, but the heir uses the space only once a majority
+//     has echoed the tombstone, and the silent peer (which may only be
+//     partitioned) only allocates addresses a majority has seen it hold.
+//     Quorum intersection then guarantees one of them sees the other.
+
+// RemovePeer hands every range of the named (dead) peer to this peer and
+// drops the dead peer's reservations; it returns how many ranges it took.
+// The caller checks that the peer is really dead: running it for a live but
+// partitioned peer, or on two peers at once, is an operator error that the
+// held-address reservations soften but cannot undo (see docs/ipam.md).
+// Persists and broadcasts; safe for concurrent use.
+func (a *Allocator) RemovePeer(name string) (int, error) {
+	return a.removePeer(name, false)
+}
+
+// RemovePeerAuthoritative tombstones the ranges of a peer known to be gone
+// for good (its Kubernetes Node was deleted). Unlike RemovePeer it is safe
+// for any number of peers to call it concurrently for the same name: they
+// all write identical tombstones and a single deterministic heir takes the
+// space. Returns the number of ranges tombstoned. Persists and broadcasts;
+// safe for concurrent use.
+func (a *Allocator) RemovePeerAuthoritative(name string) (int, error) {
+	return a.removePeer(name, true)
+}
+
+// errUnknownPeer: rmpeer of a name this peer never heard of.
+var errUnknownPeer = errors.New("ipam: unknown peer")
+
+func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
+	if name == a.cfg.Self {
+		return 0, fmt.Errorf("ipam: refusing to remove this peer (%s) from itself", name)
+	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return 0, ErrClosed
+	}
+	info, known := a.st.peers[name]
+	var n int
+	if authoritative {
+		a.st.ring, n = a.st.ring.rewrite(
+			func(e entry) bool { return e.Owner == name },
+			func(e entry) entry { return entry{Version: e.Version + 1, Dead: name} })
+	} else {
+		a.st.ring, n = a.st.ring.rewrite(
+			func(e entry) bool { return e.Owner == name || (e.Owner == "" && e.Dead == name) },
+			func(e entry) entry { return entry{Version: e.Version + 1, Owner: a.cfg.Self} })
+	}
+	if !known && n == 0 {
+		a.mu.Unlock()
+		return 0, fmt.Errorf("%w %q", errUnknownPeer, name)
+	}
+	// Writing the dead peer's info breaks its single-writer rule on
+	// purpose. The new epoch makes the removal beat any heartbeat of the
+	// peer, even one this peer has not heard of yet: otherwise a late
+	// heartbeat would bring back the reservations of a dead peer, whose
+	// addresses the new owner may already have handed out again (a false
+	// conflict, and addresses leaked for good). If the peer is in fact
+	// alive it republishes at this epoch with a higher version and its
+	// reservations come back.
+	a.st.peers[name] = peerInfo{Epoch: info.Epoch + 1, Version: info.Version + 1, ID: info.ID, Removed: true}
+	a.reservedCache = nil
+	a.log.Warn("removed peer", "peer", name, "ranges", n, "authoritative", authoritative)
+	a.afterRingChangeLocked()
+	a.publishLocked()
+	err := a.saveLocked()
+	a.broadcastStateLocked()
+	out := a.takeOutbox()
+	a.mu.Unlock()
+	a.flush(out)
+	if err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+// claimOrphansLocked makes this peer the heir of tombstoned space that
+// follows space it owns. The heir of a run of tombstones is the owner of the
+// address just below it: at any moment at most one peer believes it owns a
+// given address, and because states travel whole, a peer that later comes to
+// own that address also learns the earlier heir's claim.
+func (a *Allocator) claimOrphansLocked() bool {
+	size := a.st.ring.size
+	changed := false
+	for _, run := range a.st.ring.spans(func(e entry) bool { return e.Owner == "" && e.Dead != "" }) {
+		if run.len() == size {
+			continue
+		}
+		pred := size - 1
+		if run.start > 0 {
+			pred = run.start - 1
+		}
+		if a.st.ring.get(pred).Owner != a.cfg.Self {
+			continue
+		}
+		a.st.ring = a.st.ring.update(run.start, run.end, func(e entry) entry {
+			return entry{Version: e.Version + 1, Owner: a.cfg.Self, Dead: e.Dead}
+		})
+		a.log.Info("inheriting space of removed peer", "cidrs", spanCIDRs(a.cfg.Range, run))
+		changed = true
+	}
+	if a.confirmClaimsLocked() {
+		changed = true
+	}
+	if changed {
+		a.reservedCache = nil
+		a.broadcastStateLocked()
+	}
+	return changed
+}
+
+// confirmClaimsLocked turns claims into plain ownership once safe: at once
+// when the dead peer was removed by an operator or an authority, after a
+// majority echoed the tombstone when it was an automatic reclaim.
+func (a *Allocator) confirmClaimsLocked() bool {
+	changed := false
+	for i, s := range a.st.ring.segs {
+		if s.e.Owner != a.cfg.Self || s.e.Dead == "" {
+			continue
+		}
+		if !a.st.peers[s.e.Dead].Removed && !a.claimEchoedLocked(s.start, s.e.Version) {
+			continue
+		}
+		end := a.st.ring.end(i)
+		a.st.ring = a.st.ring.update(s.start, end, func(e entry) entry {
+			return entry{Version: e.Version + 1, Owner: a.cfg.Self}
+		})
+		changed = true
+		// Segments shifted; the next Tick or merge picks up the rest.
+		break
+	}
+	return changed
+}
+
+// pruneClaimEchoesLocked forgets echo records of claims that no longer
+// exist (confirmed, or lost to another entry).
+func (a *Allocator) pruneClaimEchoesLocked() {
+	for k := range a.liveness.claimEcho {
+		if e := a.st.ring.get(k.start); e.Owner != a.cfg.Self || e.Dead == "" || e.Version != k.version {
+			delete(a.liveness.claimEcho, k)
+		}
+	}
+}
+
+func (a *Allocator) claimEchoedLocked(start, version uint64) bool {
+	echoes := a.liveness.claimEcho[claimKey{start, version}]
+	return len(echoes)+1 >= a.majorityLocked()
+}
+
+// autoReclaimLocked tombstones the space of leased peers silent for
+// ReclaimAfter, provided this peer hears from a majority (a minority side
+// of a partition must not strip the majority of its space).
+func (a *Allocator) autoReclaimLocked() bool {
+	if a.cfg.ReclaimAfter <= 0 || a.st.seed.isZero() || !a.inMajorityLocked() {
+		return false
+	}
+	// A peer that owns nothing (itself reclaimed while away) must not
+	// reclaim others: otherwise peers could tombstone each other until no
+	// owner is left to inherit anything.
+	if len(a.st.ring.owned(a.cfg.Self)) == 0 {
+		return false
+	}
+	now := a.cfg.Now()
+	changed := false
+	for _, name := range slices.Sorted(maps.Keys(a.st.peers)) {
+		p := a.st.peers[name]
+		if name == a.cfg.Self || p.Removed || !p.Leased {
+			continue
+		}
+		seen, ok := a.liveness.lastSeen[name]
+		if !ok || now.Sub(seen.at) < a.cfg.ReclaimAfter {
+			continue
+		}
+		var n int
+		a.st.ring, n = a.st.ring.rewrite(
+			func(e entry) bool { return e.Owner == name },
+			func(e entry) entry { return entry{Version: e.Version + 1, Dead: name} })
+		if n > 0 {
+			a.problem("reclaim:"+name, fmt.Sprintf("peer %s silent for %v: its free space is being reclaimed; its pods' addresses stay reserved", name, now.Sub(seen.at).Round(1e9)))
+			changed = true
+		}
+	}
+	return changed
+}

@@ -1,0 +1,188 @@
+package ipam
+
+import "cmp"
+
+// entry is the register kept for every address of the cluster range. The
+// ring is a map from address to entry, merged by taking the maximum entry
+// address by address; because entries are totally ordered that maximum is
+// commutative, associative and idempotent.
+type entry struct {
+	// Version grows by one at each write. Only the current owner writes the
+	// next version of its addresses (a transfer), except for the reclaim of
+	// a removed peer, where Dead records whose space it was.
+	Version uint64
+	// Owner is the peer allowed to allocate here; "" means nobody (never
+	// seeded, or a tombstone waiting for its heir).
+	Owner string
+	// Dead names the removed peer a tombstone or a fresh claim came from.
+	// A peer allocates only where Owner is itself and Dead is empty.
+	Dead string
+}
+
+// compareEntry orders entries: higher version first. Equal versions with
+// different content only come from independent writers; then a plain owner
+// beats a reclaim entry (a transfer the dead peer made just before dying
+// beats a tombstone written without knowing of it), then names decide, so
+// every replica picks the same winner.
+func compareEntry(a, b entry) int {
+	if c := cmp.Compare(a.Version, b.Version); c != 0 {
+		return c
+	}
+	if c := cmpBool(a.Dead == "", b.Dead == ""); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Owner, b.Owner); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Dead, b.Dead)
+}
+
+// seg is a run of addresses sharing one entry: it covers [start, next
+// segment's start).
+type seg struct {
+	start uint64
+	e     entry
+}
+
+// ring is the canonical run-length form of the per-address map: segments
+// sorted, the first at 0, no two neighbours with equal entries. Canonical
+// form makes equal maps compare equal.
+type ring struct {
+	size uint64
+	segs []seg
+}
+
+func newRing(size uint64) ring {
+	return ring{size: size, segs: []seg{{start: 0}}}
+}
+
+func (r ring) clone() ring {
+	return ring{size: r.size, segs: append([]seg(nil), r.segs...)}
+}
+
+// end returns the end of segment i.
+func (r ring) end(i int) uint64 {
+	if i+1 < len(r.segs) {
+		return r.segs[i+1].start
+	}
+	return r.size
+}
+
+// find returns the index of the segment holding offset.
+func (r ring) find(off uint64) int {
+	lo, hi := 0, len(r.segs)
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if r.segs[mid].start <= off {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	return lo
+}
+
+func (r ring) get(off uint64) entry { return r.segs[r.find(off)].e }
+
+func appendSeg(out []seg, start uint64, e entry) []seg {
+	if n := len(out); n > 0 && out[n-1].e == e {
+		return out
+	}
+	return append(out, seg{start, e})
+}
+
+// joinRing is the CRDT merge: the address-wise maximum of a and b.
+func joinRing(a, b ring) ring {
+	out := make([]seg, 0, max(len(a.segs), len(b.segs)))
+	i, j := 0, 0
+	for pos := uint64(0); pos < a.size; {
+		e := a.segs[i].e
+		if compareEntry(b.segs[j].e, e) > 0 {
+			e = b.segs[j].e
+		}
+		out = appendSeg(out, pos, e)
+		ea, eb := a.end(i), b.end(j)
+		pos = min(ea, eb)
+		if ea == pos {
+			i++
+		}
+		if eb == pos {
+			j++
+		}
+	}
+	return ring{size: a.size, segs: out}
+}
+
+// update rewrites the entries of [start, end) with f, segment by segment.
+func (r ring) update(start, end uint64, f func(entry) entry) ring {
+	out := make([]seg, 0, len(r.segs)+2)
+	for i, s := range r.segs {
+		s0, s1 := s.start, r.end(i)
+		if s1 <= start || s0 >= end {
+			out = appendSeg(out, s0, s.e)
+			continue
+		}
+		if s0 < start {
+			out = appendSeg(out, s0, s.e)
+		}
+		out = appendSeg(out, max(s0, start), f(s.e))
+		if s1 > end {
+			out = appendSeg(out, end, s.e)
+		}
+	}
+	return ring{size: r.size, segs: out}
+}
+
+func (r ring) equal(o ring) bool {
+	if r.size != o.size || len(r.segs) != len(o.segs) {
+		return false
+	}
+	for i := range r.segs {
+		if r.segs[i] != o.segs[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// span is a half-open range of offsets.
+type span struct{ start, end uint64 }
+
+func (s span) len() uint64 { return s.end - s.start }
+
+// spans returns the maximal runs of addresses whose entry satisfies keep.
+func (r ring) spans(keep func(entry) bool) []span {
+	var out []span
+	for i, s := range r.segs {
+		if !keep(s.e) {
+			continue
+		}
+		if n := len(out); n > 0 && out[n-1].end == s.start {
+			out[n-1].end = r.end(i)
+		} else {
+			out = append(out, span{s.start, r.end(i)})
+		}
+	}
+	return out
+}
+
+// owned returns the spans where owner may allocate.
+func (r ring) owned(owner string) []span {
+	return r.spans(func(e entry) bool { return e.Owner == owner && e.Dead == "" })
+}
+
+// rewrite applies f to every segment whose entry satisfies match and
+// reports how many segments it rewrote.
+func (r ring) rewrite(match func(entry) bool, f func(entry) entry) (ring, int) {
+	out := make([]seg, 0, len(r.segs))
+	n := 0
+	for _, s := range r.segs {
+		e := s.e
+		if match(e) {
+			e = f(e)
+			n++
+		}
+		out = appendSeg(out, s.start, e)
+	}
+	return ring{size: r.size, segs: out}, n
+}

@@ -1,0 +1,119 @@
+package ipam
+
+import (
+	"cmp"
+	"slices"
+)
+
+// askEvery is how many ticks a peer waits before asking again for space:
+// requests and donations are best effort, so they are simply retried.
+const askEvery = 2
+
+// bestDonor is the reachable peer advertising the most free addresses.
+func (a *Allocator) bestDonor() (string, bool) {
+	best, bestFree := "", uint64(0)
+	for name, p := range a.st.peers {
+		if name == a.cfg.Self || !a.members[name] || p.Removed || p.Free == 0 {
+			continue
+		}
+		if p.Free > bestFree || (p.Free == bestFree && cmp.Less(name, best)) {
+			best, bestFree = name, p.Free
+		}
+	}
+	return best, best != ""
+}
+
+// askForSpaceLocked sends a space request to the best donor, at most once
+// every askEvery ticks.
+func (a *Allocator) askForSpaceLocked() {
+	if a.st.seed.isZero() {
+		return
+	}
+	if a.lastAsk != 0 && a.tick < a.lastAsk+askEvery {
+		return
+	}
+	donor, ok := a.bestDonor()
+	if !ok {
+		return
+	}
+	a.lastAsk = a.tick + 1
+	msg := appendString([]byte{msgAsk}, a.cfg.Self)
+	a.outbox = append(a.outbox, outMsg{to: donor, msg: msg})
+}
+
+// donateLocked answers a space request: give the upper half of the largest
+// run of free addresses. Only the owner gives its space away, bumping the
+// version of every address given (single writer), and it never gives
+// addresses in use, reserved by others, in its lease pool or its overlay
+// address, so the receiver can use all of it at once.
+func (a *Allocator) donateLocked(to string) {
+	// Only to a live member: space given to a name nobody runs is lost
+	// until an rmpeer.
+	if to == a.cfg.Self || a.st.seed.isZero() || !a.members[to] {
+		return
+	}
+	free := a.freeCount()
+	if free == 0 || (free == 1 && a.waiting > 0) {
+		return
+	}
+	run, ok := a.largestFreeRun()
+	if !ok {
+		return
+	}
+	give := span{run.start + run.len()/2, run.end}
+	a.st.ring = a.st.ring.update(give.start, give.end, func(e entry) entry {
+		return entry{Version: e.Version + 1, Owner: to}
+	})
+	a.publishLocked()
+	if err := a.saveLocked(); err != nil {
+		// Not durable: undo, or a restart would make us own it again while
+		// the requester already uses it.
+		a.log.Error("donation not recorded, cancelled", "to", to, "err", err)
+		a.st.ring = a.st.ring.update(give.start, give.end, func(e entry) entry {
+			return entry{Version: e.Version - 1, Owner: a.cfg.Self}
+		})
+		a.publishLocked()
+		return
+	}
+	a.log.Info("gave space", "to", to, "cidrs", spanCIDRs(a.cfg.Range, give))
+	msg := a.stateMsgLocked()
+	a.outbox = append(a.outbox, outMsg{to: to, msg: msg}, outMsg{msg: msg})
+	a.ringChangedLocked()
+}
+
+// largestFreeRun finds the longest run of owned addresses none of which is
+// blocked; ties go to the lowest. It works on the sorted blocked offsets, so
+// its cost follows the number of allocations, not the size of the space.
+func (a *Allocator) largestFreeRun() (span, bool) {
+	var stops []uint64
+	if ov, ok := a.overlayOff(); ok {
+		stops = append(stops, ov)
+	}
+	stops = append(stops, 0, a.st.ring.size-1) // network/broadcast: usable() may keep them, blocking them is harmless
+	for off := range a.byOff {
+		stops = append(stops, off)
+	}
+	for off := range a.reserved() {
+		stops = append(stops, off)
+	}
+	for off := range a.pool {
+		stops = append(stops, off)
+	}
+	slices.Sort(stops)
+	stops = slices.Compact(stops)
+	var best span
+	for _, sp := range a.st.ring.owned(a.cfg.Self) {
+		start := sp.start
+		i, _ := slices.BinarySearch(stops, sp.start)
+		for ; i < len(stops) && stops[i] < sp.end; i++ {
+			if stops[i]-start > best.len() {
+				best = span{start, stops[i]}
+			}
+			start = stops[i] + 1
+		}
+		if sp.end > start && sp.end-start > best.len() {
+			best = span{start, sp.end}
+		}
+	}
+	return best, best.len() > 0
+}

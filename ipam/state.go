@@ -1,0 +1,164 @@
+package ipam
+
+import (
+	"cmp"
+	"slices"
+)
+
+// seed identifies one bootstrap decision. Two rings seeded independently
+// (two clusters started apart, then connected) have different seeds; the
+// larger seed wins so every peer converges on one ring. More initial members
+// wins first so that the bigger cluster keeps its layout.
+type seed struct {
+	Members uint64 // number of peers the first split was made for; 0 = unseeded
+	ID      uint64
+}
+
+func compareSeed(a, b seed) int {
+	if c := cmp.Compare(a.Members, b.Members); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.ID, b.ID)
+}
+
+func (s seed) isZero() bool { return s.Members == 0 }
+
+// peerInfo is what a peer publishes about itself. Only that peer writes it
+// (rmpeer excepted, see Removed), versioned by (Epoch, Version), so the
+// merge keeps the latest.
+type peerInfo struct {
+	// Epoch counts removals: rmpeer writes Removed at Epoch+1, so the
+	// removal beats every heartbeat the peer published before it, including
+	// ones the remover had not heard of yet (a dead peer's last heartbeats
+	// may still be travelling). A peer that finds itself removed while alive
+	// republishes at the removal's epoch with a higher Version.
+	Epoch uint64
+	// Version grows with every publication (it is also the heartbeat).
+	Version uint64
+	ID      string
+	// Free is how many addresses the peer could still allocate; peers out of
+	// space ask the one with the most.
+	Free uint64
+	// Leased says the peer allocates only from addresses a majority has
+	// seen it hold (automatic reclaim is on); only such peers may be
+	// reclaimed automatically.
+	Leased bool
+	// Removed is written by rmpeer on behalf of a dead peer: its Held no
+	// longer reserves anything. A live peer that sees it re-asserts itself
+	// with a higher version.
+	Removed bool
+	// Held lists the offsets this peer's pods hold (and, when Leased, the
+	// few it is about to hand out), sorted. No other peer allocates them,
+	// whoever owns the space: this is what keeps a pod's address safe when
+	// the ring moves under it (independent seeding, an rmpeer of a peer that
+	// was only partitioned, a reclaim).
+	Held []uint64
+}
+
+func comparePeerInfo(a, b peerInfo) int {
+	if c := cmp.Compare(a.Epoch, b.Epoch); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Version, b.Version); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.ID, b.ID); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Free, b.Free); c != 0 {
+		return c
+	}
+	if c := cmpBool(a.Leased, b.Leased); c != 0 {
+		return c
+	}
+	if c := cmpBool(a.Removed, b.Removed); c != 0 {
+		return c
+	}
+	return slices.Compare(a.Held, b.Held)
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// state is the replicated CRDT: a seed with its ring, plus the peer table.
+// Join is lexicographic on the seed (a larger seed replaces the ring
+// wholesale), address-wise max within one seed, and per-peer max of infos.
+type state struct {
+	seed  seed
+	ring  ring
+	peers map[string]peerInfo
+}
+
+func newState(size uint64) state {
+	return state{ring: newRing(size), peers: map[string]peerInfo{}}
+}
+
+func (s state) clone() state {
+	c := state{seed: s.seed, ring: s.ring.clone(), peers: make(map[string]peerInfo, len(s.peers))}
+	for k, v := range s.peers {
+		c.peers[k] = v
+	}
+	return c
+}
+
+// join returns the least upper bound of s and o; neither is modified.
+func join(s, o state) state {
+	out := state{peers: make(map[string]peerInfo, max(len(s.peers), len(o.peers)))}
+	switch c := compareSeed(s.seed, o.seed); {
+	case c > 0:
+		out.seed, out.ring = s.seed, s.ring.clone()
+	case c < 0:
+		out.seed, out.ring = o.seed, o.ring.clone()
+	default:
+		out.seed, out.ring = s.seed, joinRing(s.ring, o.ring)
+	}
+	for k, v := range s.peers {
+		out.peers[k] = v
+	}
+	for k, v := range o.peers {
+		if cur, ok := out.peers[k]; !ok || comparePeerInfo(v, cur) > 0 {
+			out.peers[k] = v
+		}
+	}
+	return out
+}
+
+func stateEqual(s, o state) bool {
+	if s.seed != o.seed || !s.ring.equal(o.ring) || len(s.peers) != len(o.peers) {
+		return false
+	}
+	for k, v := range s.peers {
+		w, ok := o.peers[k]
+		if !ok || comparePeerInfo(v, w) != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// seededRing is the deterministic first split of a bootstrap decision: the
+// range cut into len(members) near-equal consecutive parts, in name order.
+// Every peer that learns the decision computes the very same ring.
+func seededRing(size uint64, members []string) ring {
+	names := slices.Clone(members)
+	slices.Sort(names)
+	names = slices.Compact(names)
+	r := ring{size: size}
+	n := uint64(len(names))
+	for i, name := range names {
+		start := size * uint64(i) / n
+		if k := len(r.segs); k > 0 && r.segs[k-1].start == start {
+			// More members than addresses: the later name gets nothing.
+			continue
+		}
+		r.segs = appendSeg(r.segs, start, entry{Version: 1, Owner: name})
+	}
+	return r
+}

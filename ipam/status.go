@@ -1,0 +1,200 @@
+package ipam
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Status is the "ipam" section of `mesh status -o json`; the CLI also draws
+// `mesh status ipam` (one line per peer) from Peers.
+type Status struct {
+	Range string `json:"range"`
+	// Status is "waiting" (ring not seeded yet), "ready", or "conflict"
+	// (some address is held by two peers: see Conflicts).
+	Status    string       `json:"status"`
+	Owned     []string     `json:"owned"`
+	Allocated int          `json:"allocated"`
+	Free      uint64       `json:"free"`
+	OverlayIP string       `json:"overlayIP,omitempty"`
+	Seed      string       `json:"seed,omitempty"`
+	Ranges    []RangeOwner `json:"ranges"`
+	Peers     []PeerStatus `json:"peers"`
+	// Conflicts lists addresses held by more than one peer.
+	Conflicts []string `json:"conflicts"`
+	// Problems explains anything an operator should act on.
+	Problems []string `json:"problems"`
+}
+
+// RangeOwner is one CIDR of the ring and its owner ("" for nobody: not yet
+// seeded, or the space of a removed peer waiting for its heir).
+type RangeOwner struct {
+	CIDR  netip.Prefix `json:"cidr"`
+	Owner string       `json:"owner"`
+}
+
+// PeerStatus summarises one peer of the ring, for `mesh status ipam`.
+type PeerStatus struct {
+	Name      string  `json:"name"`
+	ID        string  `json:"id,omitempty"`
+	Owned     uint64  `json:"owned"`   // addresses
+	Percent   float64 `json:"percent"` // of the cluster range
+	Free      uint64  `json:"free"`
+	Held      int     `json:"held"`
+	Reachable bool    `json:"reachable"`
+	Removed   bool    `json:"removed,omitempty"`
+}
+
+// Status returns a snapshot for the status API. Non-blocking; safe for
+// concurrent use.
+func (a *Allocator) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := Status{
+		Range:     a.cfg.Range.String(),
+		Status:    a.statusWordLocked(),
+		Owned:     []string{},
+		Allocated: len(a.allocs),
+		Free:      a.freeCount(),
+		Ranges:    a.rangesLocked(),
+		Conflicts: a.conflictsLocked(),
+		Problems:  []string{},
+	}
+	if ov, ok := a.overlayOff(); ok {
+		s.OverlayIP = offsetAddr(a.cfg.Range, ov).String()
+	}
+	if !a.st.seed.isZero() {
+		s.Seed = fmt.Sprintf("%016x/%d", a.st.seed.ID, a.st.seed.Members)
+	}
+	for _, sp := range a.st.ring.owned(a.cfg.Self) {
+		for _, p := range spanCIDRs(a.cfg.Range, sp) {
+			s.Owned = append(s.Owned, p.String())
+		}
+	}
+	owned := map[string]uint64{}
+	for i, sg := range a.st.ring.segs {
+		if sg.e.Owner != "" {
+			owned[sg.e.Owner] += a.st.ring.end(i) - sg.start
+		}
+	}
+	names := mapsKeys(a.st.peers)
+	for n := range owned {
+		if _, ok := a.st.peers[n]; !ok {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		p := a.st.peers[n]
+		s.Peers = append(s.Peers, PeerStatus{
+			Name: n, ID: p.ID, Owned: owned[n],
+			Percent:   100 * float64(owned[n]) / float64(a.st.ring.size),
+			Free:      p.Free,
+			Held:      len(p.Held),
+			Reachable: a.members[n],
+			Removed:   p.Removed,
+		})
+	}
+	if s.Status == "waiting" {
+		s.Problems = append(s.Problems, fmt.Sprintf("waiting for %d of the %d initial peers to agree on the first split (%d reachable)",
+			a.quorum(), a.cfg.InitialPeerCount, len(a.aliveNames())))
+	}
+	for _, k := range slices.Sorted(maps.Keys(a.problems)) {
+		s.Problems = append(s.Problems, a.problems[k])
+	}
+	return s
+}
+
+// String renders Status for `mesh status ipam`: a header then one line per
+// peer, sorted, unreachable ones marked.
+func (s Status) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "range %s  status %s  allocated %d  free %d\n", s.Range, s.Status, s.Allocated, s.Free)
+	for _, p := range s.Peers {
+		mark := ""
+		switch {
+		case p.Removed:
+			mark = " removed"
+		case !p.Reachable:
+			mark = " unreachable"
+		}
+		fmt.Fprintf(&b, "%-24s %10d IPs (%5.1f%% of total) %d held%s\n", p.Name, p.Owned, p.Percent, p.Held, mark)
+	}
+	for _, c := range s.Conflicts {
+		fmt.Fprintf(&b, "CONFLICT: %s\n", c)
+	}
+	for _, p := range s.Problems {
+		fmt.Fprintf(&b, "problem: %s\n", p)
+	}
+	return b.String()
+}
+
+// Ranges returns this peer's view of the whole ring as CIDRs with their
+// owners, sorted by address. Once gossip settles every peer returns the
+// same list. Non-blocking; safe for concurrent use.
+func (a *Allocator) Ranges() []RangeOwner {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.rangesLocked()
+}
+
+func (a *Allocator) rangesLocked() []RangeOwner {
+	var out []RangeOwner
+	r := a.st.ring
+	for i := 0; i < len(r.segs); {
+		owner := r.segs[i].e.Owner
+		j := i + 1
+		for j < len(r.segs) && r.segs[j].e.Owner == owner {
+			j++
+		}
+		end := r.size
+		if j < len(r.segs) {
+			end = r.segs[j].start
+		}
+		for _, p := range spanCIDRs(a.cfg.Range, span{r.segs[i].start, end}) {
+			out = append(out, RangeOwner{CIDR: p, Owner: owner})
+		}
+		i = j
+	}
+	return out
+}
+
+func (a *Allocator) statusWordLocked() string {
+	switch {
+	case a.st.seed.isZero():
+		return "waiting"
+	case len(a.conflictsLocked()) > 0:
+		return "conflict"
+	}
+	return "ready"
+}
+
+// conflictsLocked lists addresses that two peers hold (our allocations
+// included), at most 20.
+func (a *Allocator) conflictsLocked() []string {
+	holders := map[uint64][]string{}
+	for off := range a.byOff {
+		holders[off] = append(holders[off], a.cfg.Self)
+	}
+	for name, p := range a.st.peers {
+		if name == a.cfg.Self || p.Removed {
+			continue
+		}
+		for _, off := range p.Held {
+			holders[off] = append(holders[off], name)
+		}
+	}
+	out := []string{}
+	for _, off := range slices.Sorted(maps.Keys(holders)) {
+		if h := holders[off]; len(h) > 1 {
+			slices.Sort(h)
+			out = append(out, fmt.Sprintf("%s is held by %s: delete the pod on all but one of these peers", offsetAddr(a.cfg.Range, off), strings.Join(h, " and ")))
+			if len(out) == 20 {
+				break
+			}
+		}
+	}
+	return out
+}

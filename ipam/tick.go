@@ -1,0 +1,82 @@
+package ipam
+
+import "strings"
+
+// SetMembers tells the Allocator which peers are alive, by name. The daemon
+// calls it on every membership change; the map is copied. Space requests
+// and bootstrap only go to live members. Non-blocking; safe for concurrent
+// use.
+func (a *Allocator) SetMembers(alive map[string]bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.members = make(map[string]bool, len(alive)+1)
+	for n, ok := range alive {
+		if ok {
+			a.members[n] = true
+		}
+	}
+	a.members[a.cfg.Self] = true
+	a.wakeLocked() // a donor may have become reachable, or gone
+}
+
+// Tick does the periodic work: heartbeat, bootstrap retries, space request
+// retries, lease pool, reclaim timers and claim confirmations. The daemon
+// calls it every second; simulations call it when they like. It may write
+// the state file and send messages; safe for concurrent use.
+func (a *Allocator) Tick() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.tick++
+	before := a.st.ring
+	a.publishLocked() // heartbeat
+	a.paxosTickLocked()
+	a.refillPoolLocked()
+	if a.autoReclaimLocked() {
+		a.broadcastStateLocked()
+	}
+	a.claimOrphansLocked()
+	if !a.st.ring.equal(before) {
+		a.afterRingChangeLocked()
+		a.publishLocked()
+		if err := a.saveLocked(); err != nil {
+			a.log.Error("could not persist the ring", "err", err)
+		}
+	}
+	if a.tick%2 == 0 && a.unechoedLocked() {
+		msg := a.stateMsgLocked()
+		msg[0] = msgEchoReq
+		a.outbox = append(a.outbox, outMsg{msg: msg})
+	}
+	a.clearStaleProblemsLocked()
+	a.pruneClaimEchoesLocked()
+	// A peer without any usable space has no overlay address, so its node
+	// cannot be reached at all: it asks for space before any pod does
+	// (askForSpaceLocked does nothing until the ring is seeded, and asks
+	// at most every askEvery ticks).
+	if _, hasOverlay := a.overlayOff(); !hasOverlay || a.waiting > 0 {
+		a.askForSpaceLocked()
+	}
+	if a.waiting > 0 {
+		a.wakeLocked() // re-check lease echoes and reservations
+	}
+	out := a.takeOutbox()
+	a.mu.Unlock()
+	a.flush(out)
+}
+
+// clearStaleProblemsLocked forgets reclaim warnings about peers heard from
+// again.
+func (a *Allocator) clearStaleProblemsLocked() {
+	for key := range a.problems {
+		name, ok := strings.CutPrefix(key, "reclaim:")
+		if !ok {
+			continue
+		}
+		if s, seen := a.liveness.lastSeen[name]; seen && a.cfg.Now().Sub(s.at) < a.cfg.ReclaimAfter {
+			delete(a.problems, key)
+		}
+	}
+}
