@@ -15,6 +15,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
+
+	"github.com/meshnet/mesh/internal/testnet"
 )
 
 // TestDaemonDoesNotLinkClientset guards the daemon's size: the generated
@@ -24,10 +26,7 @@ func TestDaemonDoesNotLinkClientset(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs go list")
 	}
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go command")
-	}
+	goCmd := testnet.RequireCommand(t, "go")
 	out, err := exec.Command(goCmd, "list", "-deps", "github.com/meshnet/mesh/cmd/mesh").Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)

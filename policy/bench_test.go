@@ -115,9 +115,7 @@ func TestThroughput(t *testing.T) {
 		t.Skip("throughput comparison skipped in -short mode")
 	}
 	testnet.RequireRoot(t)
-	if _, err := exec.LookPath("iperf3"); err != nil {
-		t.Skip("iperf3 not installed")
-	}
+	testnet.RequireCommand(t, "iperf3")
 	n := newTestNodeNet(t)
 	a1 := n.addPod("a1", "10.32.0.11")
 	b1 := n.addPod("b1", "10.32.0.21")
