@@ -66,10 +66,29 @@ func reset(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if *state {
-		if err := os.RemoveAll(*stateDir); err != nil {
-			return fmt.Errorf("failed to remove state dir %q: %w", *stateDir, err)
+		if err := emptyDir(*stateDir); err != nil {
+			return err
 		}
 	}
 	fmt.Fprintln(stdout, "mesh interfaces, routes, nftables table and CNI files removed")
+	return nil
+}
+
+// emptyDir removes what is in dir but not dir itself, which is often a
+// mount point (a hostPath volume, a bind mount) that cannot be removed.
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("failed to read state dir %q: %w", dir, err)
+	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("failed to remove %q: %w", p, err)
+		}
+	}
 	return nil
 }
