@@ -37,6 +37,7 @@ demo: deps
 bench: deps
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./...
 	$(GO) test -tags bench -count=1 -timeout 30m -run '^TestBench$$' -v ./bench/
+	$(GO) test -count=1 -run '^TestThroughput$$' -v ./policy/
 
 clean:
 	rm -rf $(BIN)
