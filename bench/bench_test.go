@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -95,10 +96,10 @@ func benchCNIAndIPAM(t *testing.T, r *report) {
 	h := tn.Hosts()[0]
 	n := launch(t, h, nil)
 	if err := waitReady([]*node{n}, 60*time.Second); err != nil {
-		t.Fatalf("single-host mesh: %v\n%s", err, n.proc.Log())
+		t.Fatalf("single-host mesh: %v\n%s", err, n.Proc.Log())
 	}
-	waitCNIInstalled(t, n)
-	st, err := n.status()
+	meshtest.WaitCNIInstalled(t, n.Node)
+	st, err := n.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +162,7 @@ func benchCNIAndIPAM(t *testing.T, r *report) {
 			}
 			r.cni[name] = l
 		}
-		if st, err := n.status(); err == nil && st.IPAM != nil && st.IPAM.Allocated != 0 {
+		if st, err := n.Status(); err == nil && st.IPAM != nil && st.IPAM.Allocated != 0 {
 			t.Errorf("%d allocations left after the CNI DELs", st.IPAM.Allocated)
 		}
 	}
@@ -237,15 +238,15 @@ func benchDataplane(t *testing.T, r *report) {
 		r.meshErr = err.Error()
 		t.Errorf("mesh overlay not measured: %v", err)
 	} else {
-		st, _ := nodes[1].status()
+		st, _ := nodes[1].Status()
 		overlay = st.OverlayIP
 		r.mtu = st.MTU
 		time.Sleep(2 * time.Second) // let the start settle
 		for _, n := range nodes {
-			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.proc.PID())); err == nil {
-				t.Logf("idle mesh on %s:\n%s", n.host.Name, grepLines(string(b), "Rss", "VmHWM", "Threads"))
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.Proc.PID())); err == nil {
+				t.Logf("idle mesh on %s:\n%s", n.Host.Name, grepLines(string(b), "Rss", "VmHWM", "Threads"))
 			}
-			m, err := readMemory(n.proc.PID())
+			m, err := readMemory(n.Proc.PID())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -320,7 +321,7 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 	if overlay != "" {
 		for _, n := range nodes {
-			m, err := readMemory(n.proc.PID())
+			m, err := readMemory(n.Proc.PID())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -350,7 +351,7 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 	if overlay != "" {
 		for _, n := range nodes {
-			m, err := readMemory(n.proc.PID())
+			m, err := readMemory(n.Proc.PID())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -366,7 +367,7 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 	if dir := os.Getenv("BENCH_LOGS"); dir != "" {
 		for _, n := range nodes {
-			_ = os.WriteFile(filepath.Join(dir, "mesh-"+n.host.Name+".log"), []byte(n.proc.Log()), 0o644)
+			_ = os.WriteFile(filepath.Join(dir, "mesh-"+n.Host.Name+".log"), []byte(n.Proc.Log()), 0o644)
 		}
 		for i, p := range wgProcs {
 			_ = os.WriteFile(filepath.Join(dir, "wg-"+hosts[i].Name+".log"), []byte(p.Log()), 0o644)
@@ -374,7 +375,7 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 	if t.Failed() {
 		for _, n := range nodes {
-			t.Logf("--- mesh on %s:\n%s", n.host.Name, n.proc.Log())
+			t.Logf("--- mesh on %s:\n%s", n.Host.Name, n.Proc.Log())
 		}
 	}
 }

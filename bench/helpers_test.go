@@ -3,7 +3,6 @@
 package bench
 
 import (
-	"context"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -15,27 +14,13 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-// Small helpers copied from e2e (which are _test files and cannot be
-// imported), adapted to talk to the daemon's socket directly.
-
-const benchPassword = "bench correct horse battery staple"
-
 type node struct {
-	host *testnet.Host
-	proc *testnet.Proc
-	api  *api.Client
-}
-
-// meshBinary builds mesh and mesh-cni once and puts the plugin next to
-// mesh, where the daemon looks for it to install it.
-func meshBinary(t *testing.T) string {
-	bin := testnet.BuildBinary(t, "./cmd/mesh")
-	cni := testnet.BuildBinary(t, "./cmd/mesh-cni")
-	copyFile(t, cni, filepath.Join(filepath.Dir(bin), "mesh-cni"), 0o755)
-	return bin
+	*meshtest.Node
+	api *api.Client
 }
 
 func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
@@ -52,80 +37,33 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 	}
 }
 
-// launch starts `mesh launch` on h (naming peers) and waits until its
-// control socket answers.
+// launch starts `mesh launch` on h (naming peers), at info level so that
+// logging does not weigh on the measurements, and waits until its control
+// socket answers.
 func launch(t *testing.T, h *testnet.Host, peers []*testnet.Host, extra ...string) *node {
 	t.Helper()
-	args := []string{"launch", "--name", h.Name, "--advertise-addr", h.Addr.String(), "--log-level", "info"}
-	args = append(args, extra...)
-	args = append(args, meshArgs...)
-	for _, p := range peers {
-		args = append(args, p.Addr.String())
-	}
-	n := &node{host: h, api: api.NewClient(h.Path(api.DefaultSocket))}
-	n.proc = h.Start(t, meshBinary(t), args, append([]string{"MESH_PASSWORD=" + benchPassword}, meshEnv...))
-	testnet.Eventually(t, 20*time.Second, 100*time.Millisecond, func() error {
-		if n.proc.Exited() {
-			return fmt.Errorf("mesh on %s exited:\n%s", h.Name, n.proc.Log())
-		}
-		_, err := n.status()
-		return err
-	})
-	return n
-}
-
-func (n *node) status() (*api.Status, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return n.api.Status(ctx)
+	extra = append(append([]string{"--log-level", "info"}, extra...), meshArgs...)
+	env := append([]string{"MESH_PASSWORD=" + meshtest.Password}, meshEnv...)
+	m := meshtest.LaunchWithEnv(t, h, peers, env, extra...)
+	return &node{Node: m, api: m.Client()}
 }
 
 // waitReady waits (at most timeout) until every node owns a range and has
 // an established data-plane connection to each other node.
 func waitReady(nodes []*node, timeout time.Duration) error {
+	var ms []*meshtest.Node
+	for _, n := range nodes {
+		ms = append(ms, n.Node)
+	}
 	deadline := time.Now().Add(timeout)
 	var last error
 	for time.Now().Before(deadline) {
-		if last = readyOnce(nodes); last == nil {
+		if last = meshtest.Ready(ms); last == nil {
 			return nil
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	return fmt.Errorf("not ready after %v: %w", timeout, last)
-}
-
-func readyOnce(nodes []*node) error {
-	for _, n := range nodes {
-		st, err := n.status()
-		if err != nil {
-			return err
-		}
-		if st.IPAM == nil || st.IPAM.Status != "ready" || st.OverlayIP == "" {
-			return fmt.Errorf("%s: IPAM not ready: %+v, overlay IP %q", n.host.Name, st.IPAM, st.OverlayIP)
-		}
-		if len(st.Connections) != len(nodes)-1 {
-			return fmt.Errorf("%s has %d data-plane connections, want %d", n.host.Name, len(st.Connections), len(nodes)-1)
-		}
-		for _, c := range st.Connections {
-			if c.State != "established" {
-				return fmt.Errorf("%s: connection to %s is %s", n.host.Name, c.Peer, c.State)
-			}
-		}
-	}
-	return nil
-}
-
-// waitCNIInstalled waits until the daemon has installed the plugin.
-func waitCNIInstalled(t *testing.T, n *node) {
-	t.Helper()
-	testnet.Eventually(t, 60*time.Second, 250*time.Millisecond, func() error {
-		for _, p := range []string{"/opt/cni/bin/mesh-cni", "/etc/cni/net.d/10-mesh.conflist"} {
-			if _, err := os.Stat(n.host.Path(p)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
 }
 
 // memory is what /proc/PID/status says of a process, in bytes.

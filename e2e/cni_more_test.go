@@ -26,7 +26,7 @@ func TestCNILibcniAcrossHosts(t *testing.T) {
 	var ips []string
 	for i, n := range nodes {
 		waitCNIInstalled(t, n)
-		h := n.host
+		h := n.Host
 		name := fmt.Sprintf("lib%d", i)
 		if out, err := h.Run(ctx, "ip", "netns", "add", name); err != nil {
 			t.Fatalf("ip netns add: %v\n%s", err, out)
@@ -80,9 +80,9 @@ func TestCNILibcniAcrossHosts(t *testing.T) {
 			})
 		})
 	}
-	out, err := nodes[0].host.Run(ctx, "ip", "netns", "exec", "lib0", "ping", "-c", "2", "-W", "2", "-i", "0.2", ips[1])
+	out, err := nodes[0].Host.Run(ctx, "ip", "netns", "exec", "lib0", "ping", "-c", "2", "-W", "2", "-i", "0.2", ips[1])
 	if err != nil {
-		t.Fatalf("pod on %s cannot ping pod on %s (%s): %v\n%s", nodes[0].host.Name, nodes[1].host.Name, ips[1], err, out)
+		t.Fatalf("pod on %s cannot ping pod on %s (%s): %v\n%s", nodes[0].Host.Name, nodes[1].Host.Name, ips[1], err, out)
 	}
 }
 
@@ -109,7 +109,7 @@ func TestCNIBadInputAgainstRealDaemon(t *testing.T) {
 	waitCNIInstalled(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if out, err := n.host.Run(ctx, "ip", "netns", "add", "bad"); err != nil {
+	if out, err := n.Host.Run(ctx, "ip", "netns", "add", "bad"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	good := `{"cniVersion":"1.0.0","name":"mesh","type":"mesh-cni"}`
@@ -130,7 +130,7 @@ func TestCNIBadInputAgainstRealDaemon(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := runPlugin(ctx, n.host, tt.env, tt.conf)
+			out, err := runPlugin(ctx, n.Host, tt.env, tt.conf)
 			if err == nil {
 				t.Fatalf("ADD succeeded: %s", out)
 			}
@@ -145,11 +145,11 @@ func TestCNIBadInputAgainstRealDaemon(t *testing.T) {
 	}
 	assertNothingLeft := func() {
 		t.Helper()
-		if st := n.mustStatus(); st.IPAM.Allocated != 0 {
+		if st := n.MustStatus(); st.IPAM.Allocated != 0 {
 			t.Fatalf("%d allocations left behind", st.IPAM.Allocated)
 		}
-		links, _ := n.host.Run(ctx, "ip", "-o", "link", "show")
-		podLinks, _ := n.host.Run(ctx, "ip", "-n", "bad", "-o", "link", "show")
+		links, _ := n.Host.Run(ctx, "ip", "-o", "link", "show")
+		podLinks, _ := n.Host.Run(ctx, "ip", "-n", "bad", "-o", "link", "show")
 		if strings.Contains(links, "vmesh") || strings.Contains(podLinks, "eth0") {
 			t.Fatalf("links left behind:\n%s\n%s", links, podLinks)
 		}
@@ -157,15 +157,15 @@ func TestCNIBadInputAgainstRealDaemon(t *testing.T) {
 	assertNothingLeft()
 
 	// With the daemon down, ADD asks the runtime to try again later.
-	if err := n.proc.Stop(10 * time.Second); err != nil {
+	if err := n.Proc.Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	out, err := runPlugin(ctx, n.host, env("eth0", "/run/netns/bad"), good)
+	out, err := runPlugin(ctx, n.Host, env("eth0", "/run/netns/bad"), good)
 	var e cniError
 	if err == nil || json.Unmarshal([]byte(out), &e) != nil || e.Code != 11 || !strings.Contains(e.Msg, "mesh launch") {
 		t.Fatalf("ADD with the daemon down: err=%v, out %q; want code 11", err, out)
 	}
-	n.start()
+	n.Start()
 	assertNothingLeft()
 }
 
@@ -177,26 +177,26 @@ func TestReset(t *testing.T) {
 	waitCNIInstalled(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if out, err := n.host.Run(ctx, n.bin, "reset"); err == nil {
+	if out, err := n.Host.Run(ctx, n.Bin, "reset"); err == nil {
 		t.Fatalf("reset succeeded while the daemon runs:\n%s", out)
 	}
-	if err := n.proc.Stop(10 * time.Second); err != nil {
+	if err := n.Proc.Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	// SIGTERM leaves the data plane up for the pods.
-	if links, _ := n.host.Run(ctx, "ip", "-o", "link", "show"); !strings.Contains(links, "mesh-wg") {
+	if links, _ := n.Host.Run(ctx, "ip", "-o", "link", "show"); !strings.Contains(links, "mesh-wg") {
 		t.Fatalf("SIGTERM took the data plane down:\n%s", links)
 	}
-	if _, err := n.host.Run(ctx, n.bin, "reset", "--state"); err != nil {
+	if _, err := n.Host.Run(ctx, n.Bin, "reset", "--state"); err != nil {
 		t.Fatalf("reset: %v", err)
 	}
-	links, _ := n.host.Run(ctx, "ip", "-o", "link", "show")
-	routes, _ := n.host.Run(ctx, "ip", "route", "show", "proto", "109")
+	links, _ := n.Host.Run(ctx, "ip", "-o", "link", "show")
+	routes, _ := n.Host.Run(ctx, "ip", "route", "show", "proto", "109")
 	if strings.Contains(links, "mesh") || strings.TrimSpace(routes) != "" {
 		t.Fatalf("reset left links or routes:\n%s\n%s", links, routes)
 	}
 	for _, p := range []string{"/etc/cni/net.d/10-mesh.conflist", "/opt/cni/bin/mesh-cni", "/var/lib/mesh/identity.json"} {
-		if _, err := n.host.Run(ctx, "test", "-e", p); err == nil {
+		if _, err := n.Host.Run(ctx, "test", "-e", p); err == nil {
 			t.Fatalf("reset left %s", p)
 		}
 	}

@@ -20,7 +20,7 @@ func cnitool(t *testing.T) string {
 // pod is a network namespace on a simulated host wired by the real
 // mesh-cni through the real cnitool, as a container runtime would.
 type pod struct {
-	host *testnet.Host
+	Host *testnet.Host
 	name string
 	ip   netip.Addr
 }
@@ -28,20 +28,6 @@ type pod struct {
 func runCNI(ctx context.Context, t *testing.T, h *testnet.Host, args ...string) (string, error) {
 	all := append([]string{"CNI_PATH=/opt/cni/bin", "NETCONFPATH=/etc/cni/net.d", cnitool(t)}, args...)
 	return h.Run(ctx, "env", all...)
-}
-
-// waitCNIInstalled waits until the daemon has installed the plugin.
-func waitCNIInstalled(t *testing.T, n *node) {
-	t.Helper()
-	testnet.Eventually(t, 60*time.Second, 250*time.Millisecond, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if _, err := n.host.Run(ctx, "test", "-x", "/opt/cni/bin/mesh-cni"); err != nil {
-			return err
-		}
-		_, err := n.host.Run(ctx, "test", "-f", "/etc/cni/net.d/10-mesh.conflist")
-		return err
-	})
 }
 
 func addPod(ctx context.Context, t *testing.T, h *testnet.Host, name string) (*pod, error) {
@@ -64,11 +50,11 @@ func addPod(ctx context.Context, t *testing.T, h *testnet.Host, name string) (*p
 	if err != nil {
 		return nil, err
 	}
-	return &pod{host: h, name: name, ip: p.Addr()}, nil
+	return &pod{Host: h, name: name, ip: p.Addr()}, nil
 }
 
 func (p *pod) exec(ctx context.Context, args ...string) (string, error) {
-	return p.host.Run(ctx, "ip", append([]string{"netns", "exec", p.name}, args...)...)
+	return p.Host.Run(ctx, "ip", append([]string{"netns", "exec", p.name}, args...)...)
 }
 
 func TestCNIPodsAcrossHosts(t *testing.T) {
@@ -78,17 +64,17 @@ func TestCNIPodsAcrossHosts(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	a, err := addPod(ctx, t, nodes[0].host, "poda")
+	a, err := addPod(ctx, t, nodes[0].Host, "poda")
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := addPod(ctx, t, nodes[1].host, "podb")
+	b, err := addPod(ctx, t, nodes[1].Host, "podb")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range nodes {
-		if st := n.mustStatus(); st.IPAM.Allocated != 1 {
-			t.Fatalf("%s has %d allocations, want 1", n.host.Name, st.IPAM.Allocated)
+		if st := n.MustStatus(); st.IPAM.Allocated != 1 {
+			t.Fatalf("%s has %d allocations, want 1", n.Host.Name, st.IPAM.Allocated)
 		}
 	}
 	if out, err := a.exec(ctx, "ping", "-c", "3", "-W", "2", "-i", "0.2", b.ip.String()); err != nil {
@@ -98,26 +84,26 @@ func TestCNIPodsAcrossHosts(t *testing.T) {
 		t.Fatalf("pod b cannot ping pod a across hosts: %v\n%s", err, out)
 	}
 
-	if out, err := runCNI(ctx, t, a.host, "check", "mesh", "/run/netns/poda"); err != nil {
+	if out, err := runCNI(ctx, t, a.Host, "check", "mesh", "/run/netns/poda"); err != nil {
 		t.Fatalf("CHECK of a healthy pod failed: %v\n%s", err, out)
 	}
 	if out, err := a.exec(ctx, "ip", "addr", "del", a.ip.String()+"/32", "dev", "eth0"); err != nil {
 		t.Fatalf("removing the pod address: %v\n%s", err, out)
 	}
-	out, err := runCNI(ctx, t, a.host, "check", "mesh", "/run/netns/poda")
+	out, err := runCNI(ctx, t, a.Host, "check", "mesh", "/run/netns/poda")
 	if err == nil || !strings.Contains(out, a.ip.String()) {
 		t.Fatalf("CHECK after removing the address: err=%v, want an error naming %s\n%s", err, a.ip, out)
 	}
 	for i := range 2 {
-		if out, err := runCNI(ctx, t, a.host, "del", "mesh", "/run/netns/poda"); err != nil {
+		if out, err := runCNI(ctx, t, a.Host, "del", "mesh", "/run/netns/poda"); err != nil {
 			t.Fatalf("DEL #%d failed: %v\n%s", i+1, err, out)
 		}
 	}
-	links, _ := a.host.Run(ctx, "ip", "-o", "link", "show")
+	links, _ := a.Host.Run(ctx, "ip", "-o", "link", "show")
 	if strings.Contains(links, "vmesh") {
 		t.Fatalf("veth left behind after DEL:\n%s", links)
 	}
-	if st := nodes[0].mustStatus(); st.IPAM.Allocated != 0 {
+	if st := nodes[0].MustStatus(); st.IPAM.Allocated != 0 {
 		t.Fatalf("allocation left behind after DEL: %d", st.IPAM.Allocated)
 	}
 }
@@ -137,7 +123,7 @@ func TestCNIParallelAddsAndGC(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p, err := addPod(ctx, t, n.host, fmt.Sprintf("p%d", i))
+			p, err := addPod(ctx, t, n.Host, fmt.Sprintf("p%d", i))
 			if err != nil {
 				errs <- err
 				return
@@ -155,7 +141,7 @@ func TestCNIParallelAddsAndGC(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	st := n.mustStatus()
+	st := n.MustStatus()
 	var owned []netip.Prefix
 	for _, c := range st.IPAM.Owned {
 		owned = append(owned, netip.MustParsePrefix(c))
@@ -176,10 +162,10 @@ func TestCNIParallelAddsAndGC(t *testing.T) {
 	if st.IPAM.Allocated != pods {
 		t.Fatalf("allocated = %d, want %d", st.IPAM.Allocated, pods)
 	}
-	if out, err := runCNI(ctx, t, n.host, "gc", "mesh", "/run/netns/p0"); err != nil {
+	if out, err := runCNI(ctx, t, n.Host, "gc", "mesh", "/run/netns/p0"); err != nil {
 		t.Fatalf("GC: %v\n%s", err, out)
 	}
-	if st := n.mustStatus(); st.IPAM.Allocated != 0 {
+	if st := n.MustStatus(); st.IPAM.Allocated != 0 {
 		t.Fatalf("GC with no valid attachments left %d allocations", st.IPAM.Allocated)
 	}
 }
@@ -192,18 +178,18 @@ func TestCNIDaemonRestartKeepsAddresses(t *testing.T) {
 	defer cancel()
 	var before []*pod
 	for i := range 3 {
-		p, err := addPod(ctx, t, n.host, fmt.Sprintf("keep%d", i))
+		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("keep%d", i))
 		if err != nil {
 			t.Fatal(err)
 		}
 		before = append(before, p)
 	}
-	if err := n.proc.Kill(); err != nil {
+	if err := n.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	n.start()
+	n.Start()
 	testnet.Eventually(t, 60*time.Second, 250*time.Millisecond, func() error {
-		st, err := n.status()
+		st, err := n.Status()
 		if err != nil {
 			return err
 		}
@@ -215,12 +201,12 @@ func TestCNIDaemonRestartKeepsAddresses(t *testing.T) {
 	// ADD for the same container returns the same address; a new pod gets
 	// a new one.
 	for _, p := range before {
-		out, err := runCNI(ctx, t, n.host, "check", "mesh", "/run/netns/"+p.name)
+		out, err := runCNI(ctx, t, n.Host, "check", "mesh", "/run/netns/"+p.name)
 		if err != nil {
 			t.Fatalf("CHECK of %s after restart: %v\n%s", p.name, err, out)
 		}
 	}
-	fresh, err := addPod(ctx, t, n.host, "fresh")
+	fresh, err := addPod(ctx, t, n.Host, "fresh")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,7 +215,7 @@ func TestCNIDaemonRestartKeepsAddresses(t *testing.T) {
 			t.Fatalf("%s reused the live address %s of %s", fresh.name, p.ip, p.name)
 		}
 	}
-	if out, err := fresh.exec(ctx, "ping", "-c", "1", "-W", "2", n.mustStatus().OverlayIP); err != nil {
+	if out, err := fresh.exec(ctx, "ping", "-c", "1", "-W", "2", n.MustStatus().OverlayIP); err != nil {
 		t.Fatalf("pod cannot reach its gateway after restart: %v\n%s", err, out)
 	}
 }

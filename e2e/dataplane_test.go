@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -35,32 +36,13 @@ func startMesh(t *testing.T, hosts int, extra ...string) (*testnet.Net, []*node)
 
 func waitConnected(t *testing.T, nodes []*node) {
 	t.Helper()
-	testnet.Eventually(t, 90*time.Second, 500*time.Millisecond, func() error {
-		for _, n := range nodes {
-			st, err := n.status()
-			if err != nil {
-				return err
-			}
-			if st.IPAM == nil || st.IPAM.Status != "ready" || st.OverlayIP == "" {
-				return fmt.Errorf("%s: IPAM not ready: %+v overlay %q", n.host.Name, st.IPAM, st.OverlayIP)
-			}
-			if len(st.Connections) != len(nodes)-1 {
-				return fmt.Errorf("%s has %d connections, want %d", n.host.Name, len(st.Connections), len(nodes)-1)
-			}
-			for _, c := range st.Connections {
-				if c.State != "established" {
-					return fmt.Errorf("%s: connection to %s is %s", n.host.Name, c.Peer, c.State)
-				}
-			}
-		}
-		return nil
-	})
+	testnet.Eventually(t, 90*time.Second, 500*time.Millisecond, func() error { return meshtest.Ready(nodes) })
 }
 
 func overlayIPs(t *testing.T, nodes []*node) []string {
 	var out []string
 	for _, n := range nodes {
-		out = append(out, n.mustStatus().OverlayIP)
+		out = append(out, n.MustStatus().OverlayIP)
 	}
 	return out
 }
@@ -75,8 +57,8 @@ func pingAll(t *testing.T, nodes []*node) error {
 			if i == j {
 				continue
 			}
-			if out, err := n.host.Run(ctx, "ping", "-c", "2", "-W", "2", "-i", "0.2", ip); err != nil {
-				return fmt.Errorf("%s cannot ping %s (%s): %v\n%s", n.host.Name, nodes[j].host.Name, ip, err, out)
+			if out, err := n.Host.Run(ctx, "ping", "-c", "2", "-W", "2", "-i", "0.2", ip); err != nil {
+				return fmt.Errorf("%s cannot ping %s (%s): %v\n%s", n.Host.Name, nodes[j].Host.Name, ip, err, out)
 			}
 		}
 	}
@@ -85,7 +67,7 @@ func pingAll(t *testing.T, nodes []*node) error {
 
 func TestOverlayPingIsEncrypted(t *testing.T) {
 	_, nodes := startMesh(t, 3)
-	st := nodes[0].mustStatus()
+	st := nodes[0].MustStatus()
 	if st.Dataplane != "userspace" {
 		t.Fatalf("dataplane = %q, want userspace (auto on a host without the kernel module)", st.Dataplane)
 	}
@@ -95,24 +77,24 @@ func TestOverlayPingIsEncrypted(t *testing.T) {
 	// Ranges are disjoint and cover only the cluster range.
 	owned := map[string]string{}
 	for _, n := range nodes {
-		for _, c := range n.mustStatus().IPAM.Owned {
+		for _, c := range n.MustStatus().IPAM.Owned {
 			p := netip.MustParsePrefix(c)
 			if !netip.MustParsePrefix("10.32.0.0/12").Contains(p.Addr()) {
-				t.Fatalf("%s owns %s outside the cluster range", n.host.Name, c)
+				t.Fatalf("%s owns %s outside the cluster range", n.Host.Name, c)
 			}
 			for other, by := range owned {
 				if netip.MustParsePrefix(other).Overlaps(p) {
-					t.Fatalf("%s and %s both own %s/%s", by, n.host.Name, other, c)
+					t.Fatalf("%s and %s both own %s/%s", by, n.Host.Name, other, c)
 				}
 			}
-			owned[c] = n.host.Name
+			owned[c] = n.Host.Name
 		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	capFile := "/var/lib/mesh/underlay.pcap"
-	dump := nodes[0].host.Start(t, "tcpdump", []string{"-i", "eth0", "-nn", "-U", "-w", capFile}, nil)
+	dump := nodes[0].Host.Start(t, "tcpdump", []string{"-i", "eth0", "-nn", "-U", "-w", capFile}, nil)
 	time.Sleep(time.Second) // tcpdump attaches
 	if err := pingAll(t, nodes); err != nil {
 		t.Fatal(err)
@@ -120,19 +102,19 @@ func TestOverlayPingIsEncrypted(t *testing.T) {
 	if err := dump.Stop(5 * time.Second); err != nil {
 		t.Logf("stopping tcpdump: %v", err)
 	}
-	icmp, err := nodes[0].host.Run(ctx, "tcpdump", "-r", capFile, "-nn", "icmp")
+	icmp, err := nodes[0].Host.Run(ctx, "tcpdump", "-r", capFile, "-nn", "icmp")
 	if err != nil {
 		t.Fatalf("reading capture: %v\n%s", err, icmp)
 	}
 	if strings.Contains(icmp, "ICMP") {
 		t.Fatalf("plaintext ICMP on the underlay:\n%s", icmp)
 	}
-	wg, err := nodes[0].host.Run(ctx, "tcpdump", "-r", capFile, "-nn", "udp port 6784")
+	wg, err := nodes[0].Host.Run(ctx, "tcpdump", "-r", capFile, "-nn", "udp port 6784")
 	// tcpdump decodes port 6784 as BFD; count packets, not protocol names.
 	if err != nil || len(nonEmptyLines(wg)) < 8 {
 		t.Fatalf("expected WireGuard packets on UDP 6784, got %v:\n%s\ntcpdump log:\n%s", err, wg, dump.Log())
 	}
-	other, _ := nodes[0].host.Run(ctx, "tcpdump", "-r", capFile, "-nn", "not udp port 6784 and not port 6783 and not arp and not ip6")
+	other, _ := nodes[0].Host.Run(ctx, "tcpdump", "-r", capFile, "-nn", "not udp port 6784 and not port 6783 and not arp and not ip6")
 	if lines := nonEmptyLines(other); len(lines) > 0 {
 		t.Fatalf("unexpected traffic on the underlay:\n%s", other)
 	}
@@ -151,48 +133,48 @@ func nonEmptyLines(s string) []string {
 func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 	_, nodes := startMesh(t, 3)
 	gone := nodes[2]
-	goneRanges := gone.mustStatus().IPAM.Owned
-	if err := gone.proc.Kill(); err != nil {
+	goneRanges := gone.MustStatus().IPAM.Owned
+	if err := gone.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	expectStates(t, detectTimeout, nodes[:2], map[string]string{gone.host.Name: "dead"}, false)
+	expectStates(t, detectTimeout, nodes[:2], map[string]string{gone.Host.Name: "dead"}, false)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := nodes[0].host.Run(ctx, nodes[0].bin, "rmpeer", gone.host.Name)
+	out, err := nodes[0].Host.Run(ctx, nodes[0].Bin, "rmpeer", gone.Host.Name)
 	if err != nil {
 		t.Fatalf("rmpeer: %v\n%s", err, out)
 	}
 	// On the third node, the first node's AllowedIPs now cover the dead
 	// node's ranges: one gossip broadcast, no restart.
 	testnet.Eventually(t, 20*time.Second, 250*time.Millisecond, func() error {
-		st, err := nodes[1].status()
+		st, err := nodes[1].Status()
 		if err != nil {
 			return err
 		}
 		var conn *api.Connection
 		for i := range st.Connections {
-			if st.Connections[i].Peer == nodes[0].host.Name {
+			if st.Connections[i].Peer == nodes[0].Host.Name {
 				conn = &st.Connections[i]
 			}
 		}
 		if conn == nil {
-			return fmt.Errorf("no connection to %s: %+v", nodes[0].host.Name, st.Connections)
+			return fmt.Errorf("no connection to %s: %+v", nodes[0].Host.Name, st.Connections)
 		}
 		for _, r := range goneRanges {
 			if !covered(netip.MustParsePrefix(r), conn.AllowedIPs) {
-				return fmt.Errorf("%s not in AllowedIPs %v of %s", r, conn.AllowedIPs, nodes[0].host.Name)
+				return fmt.Errorf("%s not in AllowedIPs %v of %s", r, conn.AllowedIPs, nodes[0].Host.Name)
 			}
 		}
 		for _, c := range st.Connections {
-			if c.Peer == gone.host.Name {
+			if c.Peer == gone.Host.Name {
 				return fmt.Errorf("the dead node still has a data-plane peer")
 			}
 		}
 		return nil
 	})
 	// Refused while alive.
-	out, err = nodes[0].host.Run(ctx, nodes[0].bin, "rmpeer", nodes[1].host.Name)
+	out, err = nodes[0].Host.Run(ctx, nodes[0].Bin, "rmpeer", nodes[1].Host.Name)
 	if err == nil || !strings.Contains(out, "alive") {
 		t.Fatalf("rmpeer of a live peer: err=%v\n%s", err, out)
 	}
@@ -211,22 +193,22 @@ func covered(p netip.Prefix, set []string) bool {
 func TestKillRestartDataplane(t *testing.T) {
 	_, nodes := startMesh(t, 2)
 	victim := nodes[1]
-	if err := victim.proc.Kill(); err != nil {
+	if err := victim.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	victim.start()
+	victim.Start()
 	waitConnected(t, nodes)
 	testnet.Eventually(t, 30*time.Second, time.Second, func() error { return pingAll(t, nodes) })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	links, err := victim.host.Run(ctx, "ip", "-o", "link", "show")
+	links, err := victim.Host.Run(ctx, "ip", "-o", "link", "show")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n := strings.Count(links, "mesh-wg"); n != 1 {
 		t.Fatalf("%d mesh-wg links after restart:\n%s", n, links)
 	}
-	routes, err := victim.host.Run(ctx, "ip", "route", "show", "proto", "109")
+	routes, err := victim.Host.Run(ctx, "ip", "route", "show", "proto", "109")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,10 +241,10 @@ func TestDataplaneModes(t *testing.T) {
 	}
 	n := launch(t, h, nil)
 	dumpLogsOnFailure(t, n)
-	if st := n.mustStatus(); st.Dataplane != "userspace" {
+	if st := n.MustStatus(); st.Dataplane != "userspace" {
 		t.Fatalf("auto chose %q", st.Dataplane)
 	}
-	if !strings.Contains(n.proc.Log(), "userspace") {
+	if !strings.Contains(n.Proc.Log(), "userspace") {
 		t.Fatal("auto did not log its fallback")
 	}
 }

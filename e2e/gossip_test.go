@@ -40,7 +40,7 @@ func TestFiveJoinWrongPasswordAndNoPassword(t *testing.T) {
 	intruder := launchWithEnv(t, bad, net.Hosts()[:1], []string{"MESH_PASSWORD=not the password"})
 	dumpLogsOnFailure(t, intruder)
 	testnet.Eventually(t, 30*time.Second, 250*time.Millisecond, func() error {
-		st, err := intruder.status()
+		st, err := intruder.Status()
 		if err != nil {
 			return err
 		}
@@ -49,10 +49,10 @@ func TestFiveJoinWrongPasswordAndNoPassword(t *testing.T) {
 		}
 		return nil
 	})
-	if !strings.Contains(intruder.proc.Log(), "wrong mesh password?") {
-		t.Fatalf("the intruder's log does not say why it cannot join:\n%s", intruder.proc.Log())
+	if !strings.Contains(intruder.Proc.Log(), "wrong mesh password?") {
+		t.Fatalf("the intruder's log does not say why it cannot join:\n%s", intruder.Proc.Log())
 	}
-	if st := intruder.mustStatus(); len(st.Peers) != 1 {
+	if st := intruder.MustStatus(); len(st.Peers) != 1 {
 		t.Fatalf("intruder sees %+v", st.Peers)
 	}
 	expectStates(t, 5*time.Second, nodes, allAlive(nodes), true)
@@ -67,14 +67,14 @@ func TestFiveJoinWrongPasswordAndNoPassword(t *testing.T) {
 	}
 
 	for _, n := range append(nodes, intruder) {
-		assertNoSecret(t, "the log of "+n.host.Name, n.proc.Log())
-		st, _ := n.host.Run(ctx, n.bin, "status", "-o", "json")
+		assertNoSecret(t, "the log of "+n.Host.Name, n.Proc.Log())
+		st, _ := n.Host.Run(ctx, n.Bin, "status", "-o", "json")
 		assertNoSecret(t, "status", st)
-		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.proc.PID()))
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", n.Proc.PID()))
 		assertNoSecret(t, "the command line", string(cmdline))
 	}
 	// The control socket is root-only.
-	out, err = nodes[0].host.Run(ctx, "stat", "-c", "%a", "/run/mesh/mesh.sock")
+	out, err = nodes[0].Host.Run(ctx, "stat", "-c", "%a", "/run/mesh/mesh.sock")
 	if err != nil || strings.TrimSpace(out) != "600" {
 		t.Fatalf("socket mode: %q, %v", out, err)
 	}
@@ -83,22 +83,22 @@ func TestFiveJoinWrongPasswordAndNoPassword(t *testing.T) {
 func TestKillRestartRejoinsAsSamePeer(t *testing.T) {
 	_, nodes := startFive(t)
 	victim := nodes[3]
-	before := victim.mustStatus().PeerID
-	if err := victim.proc.Kill(); err != nil {
+	before := victim.MustStatus().PeerID
+	if err := victim.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	others := append(append([]*node{}, nodes[:3]...), nodes[4])
-	expectStates(t, detectTimeout, others, map[string]string{victim.host.Name: "dead"}, false)
+	expectStates(t, detectTimeout, others, map[string]string{victim.Host.Name: "dead"}, false)
 
-	victim.start()
-	if after := victim.mustStatus().PeerID; after != before {
+	victim.Start()
+	if after := victim.MustStatus().PeerID; after != before {
 		t.Fatalf("peer ID changed across restart: %s -> %s", before, after)
 	}
 	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
 	for _, n := range others {
-		for _, p := range n.mustStatus().Peers {
-			if p.Name == victim.host.Name && p.PeerID != before {
-				t.Fatalf("%s sees %s with peer ID %s, want %s", n.host.Name, p.Name, p.PeerID, before)
+		for _, p := range n.MustStatus().Peers {
+			if p.Name == victim.Host.Name && p.PeerID != before {
+				t.Fatalf("%s sees %s with peer ID %s, want %s", n.Host.Name, p.Name, p.PeerID, before)
 			}
 		}
 	}
@@ -113,13 +113,13 @@ func TestPartitionAndHeal(t *testing.T) {
 	notAlive := func(ns []*node, names []*testnet.Host) {
 		testnet.Eventually(t, detectTimeout, 250*time.Millisecond, func() error {
 			for _, n := range ns {
-				got, err := n.peerStates()
+				got, err := peerStates(n)
 				if err != nil {
 					return err
 				}
 				for _, h := range names {
 					if got[h.Name] == "alive" {
-						return fmt.Errorf("%s still sees %s alive", n.host.Name, h.Name)
+						return fmt.Errorf("%s still sees %s alive", n.Host.Name, h.Name)
 					}
 				}
 			}
@@ -134,13 +134,13 @@ func TestPartitionAndHeal(t *testing.T) {
 
 func TestSIGTERMLeavesGracefully(t *testing.T) {
 	_, nodes := startFive(t)
-	if err := nodes[4].proc.Stop(10 * time.Second); err != nil {
+	if err := nodes[4].Proc.Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	expectStates(t, detectTimeout, nodes[:4], map[string]string{nodes[4].host.Name: "left"}, false)
+	expectStates(t, detectTimeout, nodes[:4], map[string]string{nodes[4].Host.Name: "left"}, false)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if out, err := nodes[4].host.Run(ctx, "test", "-e", "/run/mesh/mesh.sock"); err == nil {
+	if out, err := nodes[4].Host.Run(ctx, "test", "-e", "/run/mesh/mesh.sock"); err == nil {
 		t.Fatalf("socket left behind after SIGTERM: %s", out)
 	}
 }
@@ -158,14 +158,14 @@ func TestRestartRejoinsThroughRememberedPeer(t *testing.T) {
 
 	// a, the only peer c was told of, goes away; c restarts and must find
 	// b, which it only learned of through gossip.
-	if err := a.proc.Kill(); err != nil {
+	if err := a.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.proc.Kill(); err != nil {
+	if err := c.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	c.start()
-	expectStates(t, detectTimeout, []*node{c}, map[string]string{b.host.Name: "alive"}, false)
+	c.Start()
+	expectStates(t, detectTimeout, []*node{c}, map[string]string{b.Host.Name: "alive"}, false)
 }
 
 func TestConnectAndForget(t *testing.T) {
@@ -177,25 +177,25 @@ func TestConnectAndForget(t *testing.T) {
 	dumpLogsOnFailure(t, a, b)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if out, err := b.host.Run(ctx, b.bin, "connect", hosts[0].Addr.String()); err != nil {
+	if out, err := b.Host.Run(ctx, b.Bin, "connect", hosts[0].Addr.String()); err != nil {
 		t.Fatalf("connect: %v\n%s", err, out)
 	}
 	expectStates(t, detectTimeout, []*node{a, b}, allAlive([]*node{a, b}), true)
-	st := b.mustStatus()
+	st := b.MustStatus()
 	if len(st.Targets) != 1 || st.Targets[0].Source != "connect" || st.Targets[0].State != "connected" {
 		t.Fatalf("targets after connect: %+v", st.Targets)
 	}
-	if out, err := b.host.Run(ctx, b.bin, "forget", hosts[0].Addr.String()); err != nil {
+	if out, err := b.Host.Run(ctx, b.Bin, "forget", hosts[0].Addr.String()); err != nil {
 		t.Fatalf("forget: %v\n%s", err, out)
 	}
-	if st := b.mustStatus(); len(st.Targets) != 0 {
+	if st := b.MustStatus(); len(st.Targets) != 0 {
 		t.Fatalf("targets after forget: %+v", st.Targets)
 	}
-	out, err := b.host.Run(ctx, b.bin, "forget", "192.0.2.250")
+	out, err := b.Host.Run(ctx, b.Bin, "forget", "192.0.2.250")
 	if err == nil || !strings.Contains(out, "neither a target nor a remembered peer") {
 		t.Fatalf("forgetting an unknown peer: err=%v\n%s", err, out)
 	}
-	out, err = b.host.Run(ctx, b.bin, "connect", "host:99999")
+	out, err = b.Host.Run(ctx, b.Bin, "connect", "host:99999")
 	if err == nil || !strings.Contains(out, "99999") {
 		t.Fatalf("connecting to a bad address: err=%v\n%s", err, out)
 	}

@@ -13,38 +13,36 @@ import (
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-func (n *node) client() *api.Client { return api.NewClient(n.host.Path("/run/mesh/mesh.sock")) }
-
 func TestIPAMFiveHostsDisjointAndAgreed(t *testing.T) {
 	_, nodes := startMesh(t, 5)
 	cluster := netip.MustParsePrefix("10.32.0.0/12")
 	var ring []api.RangeInfo
 	owner := map[netip.Prefix]string{}
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
-		ring = nodes[0].mustStatus().IPAM.Ranges
+		ring = nodes[0].MustStatus().IPAM.Ranges
 		for _, n := range nodes[1:] {
-			if got := n.mustStatus().IPAM.Ranges; !reflect.DeepEqual(got, ring) {
-				return fmt.Errorf("%s's ring %v differs from %s's %v", n.host.Name, got, nodes[0].host.Name, ring)
+			if got := n.MustStatus().IPAM.Ranges; !reflect.DeepEqual(got, ring) {
+				return fmt.Errorf("%s's ring %v differs from %s's %v", n.Host.Name, got, nodes[0].Host.Name, ring)
 			}
 		}
 		return nil
 	})
 	for _, n := range nodes {
-		owned := n.mustStatus().IPAM.Owned
+		owned := n.MustStatus().IPAM.Owned
 		if len(owned) == 0 {
-			t.Fatalf("%s owns nothing", n.host.Name)
+			t.Fatalf("%s owns nothing", n.Host.Name)
 		}
 		for _, c := range owned {
 			p := netip.MustParsePrefix(c)
 			if !cluster.Contains(p.Addr()) || p.Bits() < cluster.Bits() {
-				t.Fatalf("%s owns %s outside %s", n.host.Name, p, cluster)
+				t.Fatalf("%s owns %s outside %s", n.Host.Name, p, cluster)
 			}
 			for q, by := range owner {
 				if q.Overlaps(p) {
-					t.Fatalf("%s and %s both own %s / %s", by, n.host.Name, q, p)
+					t.Fatalf("%s and %s both own %s / %s", by, n.Host.Name, q, p)
 				}
 			}
-			owner[p] = n.host.Name
+			owner[p] = n.Host.Name
 		}
 	}
 }
@@ -55,7 +53,7 @@ func allocateMany(n *node, prefix string, count int, per time.Duration) ([]netip
 	var got []netip.Addr
 	for i := range count {
 		ctx, cancel := context.WithTimeout(context.Background(), per)
-		a, err := n.client().Allocate(ctx, fmt.Sprintf("%s-%d", prefix, i), "eth0")
+		a, err := n.Client().Allocate(ctx, fmt.Sprintf("%s-%d", prefix, i), "eth0")
 		cancel()
 		if err != nil {
 			return got, err
@@ -73,16 +71,16 @@ func assertUnique(t *testing.T, nodes []*node) int {
 	total := 0
 	for _, n := range nodes {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		allocs, err := n.client().Allocations(ctx)
+		allocs, err := n.Client().Allocations(ctx)
 		cancel()
 		if err != nil {
-			t.Fatalf("allocations of %s: %v", n.host.Name, err)
+			t.Fatalf("allocations of %s: %v", n.Host.Name, err)
 		}
 		for _, a := range allocs {
 			if other, dup := seen[a.Address]; dup {
-				t.Fatalf("%s is allocated on both %s and %s", a.Address, other, n.host.Name)
+				t.Fatalf("%s is allocated on both %s and %s", a.Address, other, n.Host.Name)
 			}
-			seen[a.Address] = n.host.Name
+			seen[a.Address] = n.Host.Name
 			total++
 		}
 	}
@@ -98,20 +96,31 @@ func TestIPAMSmallRangePartition(t *testing.T) {
 	expectStates(t, detectTimeout, nodes[:2], map[string]string{hosts[2].Name: "dead", hosts[3].Name: "dead"}, false)
 
 	// One side wants more than it holds; the other a little. Nothing may
-	// collide, whatever each side does alone.
-	const want = 70
+	// collide, whatever each side does alone. The first split depends on
+	// who asked whom first, so the demand is sized from what the big side
+	// owns: more than it has, less than the cluster has.
+	const smallDemand = 5
+	sideA := 0
+	for _, n := range nodes[:2] {
+		for _, c := range n.MustStatus().IPAM.Owned {
+			sideA += 1 << (32 - netip.MustParsePrefix(c).Bits())
+		}
+	}
+	capacity := 128 - 2 - len(nodes) - 2*smallDemand // network, broadcast, overlay IPs
+	want := min(sideA+8, capacity)
+	t.Logf("the big side owns %d addresses; it asks for %d, the cluster has %d to give", sideA, want, capacity)
 	got, _ := allocateMany(nodes[0], "big", want, 5*time.Second)
 	if len(got) == 0 {
 		t.Fatal("the big side could not allocate at all")
 	}
 	for i, n := range nodes[2:] {
-		if small, err := allocateMany(n, fmt.Sprintf("small%d", i), 10, 20*time.Second); err != nil {
-			t.Fatalf("%s allocated %d of 10: %v", n.host.Name, len(small), err)
+		if small, err := allocateMany(n, fmt.Sprintf("small%d", i), smallDemand, 20*time.Second); err != nil {
+			t.Fatalf("%s allocated %d of %d: %v", n.Host.Name, len(small), smallDemand, err)
 		}
 	}
 	assertUnique(t, nodes)
 	pending := want - len(got)
-	t.Logf("during the partition: %d of %d allocated on %s, %d pending", len(got), want, nodes[0].host.Name, pending)
+	t.Logf("during the partition: %d of %d allocated on %s, %d pending", len(got), want, nodes[0].Host.Name, pending)
 	if pending == 0 {
 		t.Fatal("the big side met all its demand alone: the test needs a side short of space")
 	}
@@ -123,14 +132,14 @@ func TestIPAMSmallRangePartition(t *testing.T) {
 	// After the heal, the pending demand is met from the other side's space.
 	for i := len(got); i < want; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		_, err := nodes[0].client().Allocate(ctx, fmt.Sprintf("big-%d", i), "eth0")
+		_, err := nodes[0].Client().Allocate(ctx, fmt.Sprintf("big-%d", i), "eth0")
 		cancel()
 		if err != nil {
 			t.Fatalf("pending allocation %d after the heal: %v", i, err)
 		}
 	}
-	if total := assertUnique(t, nodes); total != want+20 {
-		t.Fatalf("%d allocations in all, want %d", total, want+20)
+	if total := assertUnique(t, nodes); total != want+2*smallDemand {
+		t.Fatalf("%d allocations in all, want %d", total, want+2*smallDemand)
 	}
 }
 
@@ -141,10 +150,10 @@ func TestIPAMRestartKeepsRangesAndAllocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	snapshot := func() ([]string, []string) {
-		st := n.mustStatus()
+		st := n.MustStatus()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		allocs, err := n.client().Allocations(ctx)
+		allocs, err := n.Client().Allocations(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,10 +165,10 @@ func TestIPAMRestartKeepsRangesAndAllocations(t *testing.T) {
 		return st.IPAM.Owned, as
 	}
 	ownedBefore, allocsBefore := snapshot()
-	if err := n.proc.Kill(); err != nil {
+	if err := n.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	n.start()
+	n.Start()
 	ownedAfter, allocsAfter := snapshot()
 	if !reflect.DeepEqual(ownedBefore, ownedAfter) || !reflect.DeepEqual(allocsBefore, allocsAfter) {
 		t.Fatalf("restart changed the node's state:\nowned %v -> %v\nallocs %v -> %v", ownedBefore, ownedAfter, allocsBefore, allocsAfter)
@@ -167,7 +176,7 @@ func TestIPAMRestartKeepsRangesAndAllocations(t *testing.T) {
 	// The same container gets its address back.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	a, err := n.client().Allocate(ctx, "keep-0", "eth0")
+	a, err := n.Client().Allocate(ctx, "keep-0", "eth0")
 	if err != nil || "keep-0="+a.Address != allocsBefore[0] {
 		t.Fatalf("re-allocating keep-0 gave %+v, %v; want %s", a, err, allocsBefore[0])
 	}

@@ -31,7 +31,7 @@ func httpGet(h *testnet.Host, url string) (int, string, error) {
 
 func TestMetricsAndProbes(t *testing.T) {
 	_, nodes := startMesh(t, 2)
-	h := nodes[0].host
+	h := nodes[0].Host
 	for _, path := range []string{"/healthz", "/readyz"} {
 		code, body, err := httpGet(h, "http://127.0.0.1:6782"+path)
 		if err != nil || code != 200 {
@@ -55,8 +55,8 @@ func TestMetricsAndProbes(t *testing.T) {
 		`mesh_ipam_addresses{kind="owned"}`,
 		`mesh_ipam_addresses{kind="allocated"} 0`,
 		`mesh_ipam_unreachable_owned_addresses 0`,
-		`mesh_peer_rx_bytes_total{peer="` + nodes[1].host.Name + `"}`,
-		`mesh_handshake_age_seconds{peer="` + nodes[1].host.Name + `"}`,
+		`mesh_peer_rx_bytes_total{peer="` + nodes[1].Host.Name + `"}`,
+		`mesh_handshake_age_seconds{peer="` + nodes[1].Host.Name + `"}`,
 		`mesh_reconcile_errors_total 0`,
 		`mesh_reconcile_duration_seconds`,
 	} {
@@ -66,7 +66,7 @@ func TestMetricsAndProbes(t *testing.T) {
 	}
 	assertNoSecret(t, "metrics", metrics)
 	// The metrics port listens on loopback only.
-	if _, _, err := httpGet(nodes[1].host, "http://"+h.Addr.String()+":6782/metrics"); err == nil {
+	if _, _, err := httpGet(nodes[1].Host, "http://"+h.Addr.String()+":6782/metrics"); err == nil {
 		t.Fatal("metrics are reachable from another host")
 	}
 }

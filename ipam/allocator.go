@@ -313,7 +313,11 @@ func (a *Allocator) tryAllocateLocked(k Key) (netip.Addr, <-chan struct{}, error
 		return offsetAddr(a.cfg.Range, off), nil, nil
 	}
 	if !a.st.seed.isZero() && a.freeCount() == 0 && !a.leaseRefillPending() {
-		if _, ok := a.bestDonor(); !ok {
+		// Fail at once only when nobody is reachable; reachable peers may
+		// just not have told us of their free space yet, so wait for
+		// their answer to askForSpaceLocked's echo request (bounded by the
+		// caller's context).
+		if _, ok := a.bestDonor(); !ok && len(a.reachableOthersLocked()) == 0 {
 			return netip.Addr{}, nil, fmt.Errorf("%w (range %s, %d peers known)", ErrNoSpace, a.cfg.Range, len(a.st.peers))
 		}
 	}

@@ -34,6 +34,17 @@ func (a *Allocator) askForSpaceLocked() {
 	}
 	donor, ok := a.bestDonor()
 	if !ok {
+		// No reachable peer is known to have free space, but what we know
+		// of them may predate a heal or their releases. One peer's state
+		// carries what it knows of everyone, so ask one at a time, in
+		// turn (an echo request is answered with the state), rather than
+		// flooding a full cluster with broadcasts.
+		if others := a.reachableOthersLocked(); len(others) > 0 {
+			a.lastAsk = a.tick + 1
+			msg := a.stateMsgLocked()
+			msg[0] = msgEchoReq
+			a.outbox = append(a.outbox, outMsg{to: others[int(a.tick)%len(others)], msg: msg})
+		}
 		return
 	}
 	a.lastAsk = a.tick + 1
@@ -116,4 +127,17 @@ func (a *Allocator) largestFreeRun() (span, bool) {
 		}
 	}
 	return best, best.len() > 0
+}
+
+// reachableOthersLocked returns the live members other than this peer,
+// sorted so that the choice among them is deterministic.
+func (a *Allocator) reachableOthersLocked() []string {
+	var out []string
+	for name := range a.members {
+		if name != a.cfg.Self {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

@@ -13,11 +13,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -25,7 +25,7 @@ const password = "demo password, use a long random one in production"
 
 func TestDemo(t *testing.T) {
 	testnet.RequireRoot(t)
-	bin := buildMesh(t)
+	bin := meshtest.BuildMesh(t)
 	cnitool := testnet.BuildBinary(t, "github.com/containernetworking/cni/cnitool")
 	net := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "demo"})
 	hosts := net.Hosts()
@@ -132,21 +132,6 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	say("Deleted the pods and stopped the daemons; the simulated hosts are torn down now.")
-}
-
-// buildMesh builds mesh with mesh-cni next to it, where the daemon finds
-// the plugin to install it.
-func buildMesh(t *testing.T) string {
-	bin := testnet.BuildBinary(t, "./cmd/mesh")
-	cni := testnet.BuildBinary(t, "./cmd/mesh-cni")
-	data, err := os.ReadFile(cni)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(filepath.Dir(bin), "mesh-cni"), data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return bin
 }
 
 func say(format string, args ...any) { fmt.Fprintf(os.Stdout, "\n"+format+"\n", args...) }

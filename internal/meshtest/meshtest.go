@@ -1,0 +1,165 @@
+// Package meshtest runs real mesh daemons on simulated hosts (see
+// internal/testnet) for end-to-end tests, benchmarks and the demo: it
+// builds the binaries, launches `mesh launch`, and reads status the way an
+// operator does, through the CLI and the control socket.
+package meshtest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// Password is the mesh password the helpers launch daemons with.
+const Password = "meshtest correct horse battery staple"
+
+// BuildMesh builds mesh and mesh-cni once per test process and puts the
+// plugin next to mesh, where the daemon looks for it to install it.
+func BuildMesh(t testing.TB) string {
+	t.Helper()
+	bin := testnet.BuildBinary(t, "./cmd/mesh")
+	cni := testnet.BuildBinary(t, "./cmd/mesh-cni")
+	dst := filepath.Join(filepath.Dir(bin), "mesh-cni")
+	if _, err := os.Stat(dst); err != nil {
+		data, err := os.ReadFile(cni)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dst, data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return bin
+}
+
+// Node is one mesh daemon on a simulated host. Its methods must be called
+// from the test's goroutine unless they say otherwise.
+type Node struct {
+	T    testing.TB
+	Host *testnet.Host
+	Bin  string
+	Proc *testnet.Proc
+	Args []string
+	Env  []string
+}
+
+// Launch starts `mesh launch` on h naming peers, with the password in the
+// environment, and waits until its control socket answers.
+func Launch(t testing.TB, h *testnet.Host, peers []*testnet.Host, extra ...string) *Node {
+	t.Helper()
+	return LaunchWithEnv(t, h, peers, []string{"MESH_PASSWORD=" + Password}, extra...)
+}
+
+// LaunchWithEnv is Launch with the daemon's environment given.
+func LaunchWithEnv(t testing.TB, h *testnet.Host, peers []*testnet.Host, env []string, extra ...string) *Node {
+	t.Helper()
+	args := []string{"launch", "--name", h.Name, "--advertise-addr", h.Addr.String(), "--log-level", "debug"}
+	args = append(args, extra...)
+	for _, p := range peers {
+		args = append(args, p.Addr.String())
+	}
+	n := &Node{T: t, Host: h, Bin: BuildMesh(t), Args: args, Env: env}
+	n.Start()
+	return n
+}
+
+// Start (re)starts the daemon with the same arguments and waits until its
+// socket answers.
+func (n *Node) Start() {
+	n.T.Helper()
+	n.Proc = n.Host.Start(n.T, n.Bin, n.Args, n.Env)
+	testnet.Eventually(n.T, 10*time.Second, 100*time.Millisecond, func() error {
+		if n.Proc.Exited() {
+			return fmt.Errorf("mesh on %s exited:\n%s", n.Host.Name, n.Proc.Log())
+		}
+		_, err := n.Status()
+		return err
+	})
+}
+
+// Status asks the daemon through the real CLI, as an operator would. Safe
+// from any goroutine.
+func (n *Node) Status() (*api.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := n.Host.Run(ctx, n.Bin, "status", "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	var st api.Status
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return nil, fmt.Errorf("bad status JSON %q: %w", out, err)
+	}
+	return &st, nil
+}
+
+// MustStatus is Status failing the test on error.
+func (n *Node) MustStatus() *api.Status {
+	n.T.Helper()
+	st, err := n.Status()
+	if err != nil {
+		n.T.Fatalf("status of %s: %v", n.Host.Name, err)
+	}
+	return st
+}
+
+// Client talks to the daemon's control socket directly, as mesh-cni does.
+func (n *Node) Client() *api.Client { return api.NewClient(n.Host.Path(api.DefaultSocket)) }
+
+// Ready reports why the nodes are not yet a working mesh, or nil once every
+// node owns a range and has an established connection to each other.
+func Ready(nodes []*Node) error {
+	for _, n := range nodes {
+		st, err := n.Status()
+		if err != nil {
+			return err
+		}
+		if st.IPAM == nil || st.IPAM.Status != "ready" || st.OverlayIP == "" {
+			return fmt.Errorf("%s: IPAM not ready: %+v, overlay IP %q", n.Host.Name, st.IPAM, st.OverlayIP)
+		}
+		if len(st.Connections) != len(nodes)-1 {
+			return fmt.Errorf("%s has %d data-plane connections, want %d", n.Host.Name, len(st.Connections), len(nodes)-1)
+		}
+		for _, c := range st.Connections {
+			if c.State != "established" {
+				return fmt.Errorf("%s: connection to %s is %s", n.Host.Name, c.Peer, c.State)
+			}
+		}
+	}
+	return nil
+}
+
+// WaitCNIInstalled waits until the daemon has installed the plugin and its
+// network config.
+func WaitCNIInstalled(t testing.TB, n *Node) {
+	t.Helper()
+	testnet.Eventually(t, 60*time.Second, 250*time.Millisecond, func() error {
+		for _, p := range []string{"/opt/cni/bin/mesh-cni", "/etc/cni/net.d/10-mesh.conflist"} {
+			if _, err := os.Stat(n.Host.Path(p)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// DumpLogsOnFailure logs the daemons' output when the test fails.
+func DumpLogsOnFailure(t testing.TB, nodes ...*Node) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, n := range nodes {
+			if n.Proc != nil {
+				t.Logf("--- log of mesh on %s:\n%s", n.Host.Name, n.Proc.Log())
+			}
+		}
+	})
+}
