@@ -4,7 +4,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin
 
-.PHONY: all build test lint demo bench deps clean
+.PHONY: all build test lint demo bench soak deps clean
 
 all: build
 
@@ -38,6 +38,11 @@ bench: deps
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./...
 	$(GO) test -tags bench -count=1 -timeout 30m -run '^TestBench$$' -v ./bench/
 	$(GO) test -count=1 -run '^TestThroughput$$' -v ./policy/
+
+# The IPAM simulations at length: more peers, steps and seeds than in
+# `make test` (print the seed of any failure; replay with -ipam.sim.seed=N).
+soak:
+	MESH_SOAK=1 $(GO) test -count=1 -timeout 90m -run '^TestSimulation' -v ./ipam/
 
 clean:
 	rm -rf $(BIN)
