@@ -194,7 +194,12 @@ func (d *Daemon) handleAllocations(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// handleRemovePeer is `mesh rmpeer NAME`: refused while NAME is alive.
+// rmpeerSettle is how long after a peer's death rmpeer waits: two of
+// memberlist's full state exchanges (15 s apart) and then some.
+var rmpeerSettle = 40 * time.Second
+
+// handleRemovePeer is `mesh rmpeer NAME`: refused while NAME is alive, and
+// for a short while after it died.
 func (d *Daemon) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 	var req api.RemovePeerRequest
 	if err := decodeJSON(r, &req); err != nil {
@@ -211,6 +216,14 @@ func (d *Daemon) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 		}
 		if m.State == mesh.StateAlive || m.State == mesh.StateSuspect {
 			writeError(w, http.StatusConflict, fmt.Errorf("refusing to remove %s: it is %s; stop it first, and run rmpeer once it shows dead", req.Name, m.State))
+			return
+		}
+		// The peer's last changes (a range it gave away just before it
+		// died) must have reached this node first, or the removal could
+		// take back space another node already uses: wait a few full
+		// state exchanges after its death.
+		if wait := rmpeerSettle - time.Since(m.Since); wait > 0 {
+			writeError(w, http.StatusConflict, fmt.Errorf("refusing to remove %s yet: it died %s ago; try again in %s, once its last changes have spread", req.Name, time.Since(m.Since).Round(time.Second), wait.Round(time.Second)))
 			return
 		}
 	}

@@ -139,12 +139,17 @@ func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 	}
 	expectStates(t, detectTimeout, nodes[:2], map[string]string{gone.Host.Name: "dead"}, false)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	// rmpeer waits until the dead peer's last changes have spread.
 	out, err := nodes[0].Host.Run(ctx, nodes[0].Bin, "rmpeer", gone.Host.Name)
-	if err != nil {
-		t.Fatalf("rmpeer: %v\n%s", err, out)
+	if err == nil || !strings.Contains(out, "try again in") {
+		t.Fatalf("rmpeer right after the death: err=%v\n%s", err, out)
 	}
+	testnet.Eventually(t, 90*time.Second, 2*time.Second, func() error {
+		_, err := nodes[0].Host.Run(ctx, nodes[0].Bin, "rmpeer", gone.Host.Name)
+		return err
+	})
 	// On the third node, the first node's AllowedIPs now cover the dead
 	// node's ranges: one gossip broadcast, no restart.
 	testnet.Eventually(t, 20*time.Second, 250*time.Millisecond, func() error {

@@ -32,6 +32,8 @@ type Member struct {
 	Self    bool
 	Meta    Meta
 	MetaErr error
+	// Since is when this node last saw State change.
+	Since time.Time
 }
 
 // Membership runs memberlist for this node. Its methods are safe for
@@ -118,6 +120,7 @@ func New(cfg Config) (*Membership, error) {
 	m.list = list
 	self := list.LocalNode()
 	m.members[self.Name] = memberFromNode(self, true)
+	m.members[self.Name].Since = time.Now()
 	m.targets = newTargets(m, cfg)
 
 	return m, nil
@@ -217,7 +220,10 @@ func (m *Membership) observe(n *memberlist.Node, state string) {
 	m.mu.Lock()
 	self := n.Name == m.cfg.Name
 	mem := memberFromNode(n, self)
-	mem.State = state
+	mem.State, mem.Since = state, time.Now()
+	if old, ok := m.members[n.Name]; ok && old.State == state {
+		mem.Since = old.Since // a metadata update is no state change
+	}
 	m.members[n.Name] = mem
 	m.notify()
 	m.mu.Unlock()
@@ -241,7 +247,7 @@ func (m *Membership) setState(name, state, from string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if mem, ok := m.members[name]; ok && mem.State == from && !mem.Self {
-		mem.State = state
+		mem.State, mem.Since = state, time.Now()
 		m.notify()
 	}
 }
