@@ -50,7 +50,7 @@ clean:
 # Container image of mesh (and mesh-cni once cmd/mesh-cni exists), built
 # without Docker: an empty base plus the static binaries in /usr/local/bin.
 # Load it with `ctr -n k8s.io images import bin/mesh-image.tar`.
-IMAGE ?= mesh:dev
+IMAGE ?= localhost/mesh:dev
 
 .PHONY: image e2e-k8s
 

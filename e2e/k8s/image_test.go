@@ -26,7 +26,7 @@ func TestMeshImage(t *testing.T) {
 	if _, err := os.Stat(imageTar); err != nil {
 		t.Fatalf("the mesh image tarball is missing (run `make image`): %v", err)
 	}
-	image := setting("MESH_E2E_IMAGE", "mesh:dev")
+	image := setting("MESH_E2E_IMAGE", "localhost/mesh:dev")
 	cgs, err := cgroupMounts()
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +49,7 @@ func TestMeshImage(t *testing.T) {
 	defer cancel()
 	out, err := node.Run(ctx, "ctr", "-n", "k8s.io", "run", "--rm", "--net-host",
 		"--cgroup", node.cgroupRoot+"/mesh-image-test",
-		normalizeImage(image), "mesh-image-test", "/usr/local/bin/mesh", "version")
+		image, "mesh-image-test", "/usr/local/bin/mesh", "version")
 	if err != nil {
 		t.Fatalf("running mesh from the image: %v", err)
 	}
@@ -61,7 +61,7 @@ func TestMeshImage(t *testing.T) {
 		// A CNI plugin without CNI_COMMAND prints its usage and fails: what
 		// matters is that it exists and runs.
 		out, _ := node.Run(ctx, "ctr", "-n", "k8s.io", "run", "--rm", "--net-host",
-			"--cgroup", node.cgroupRoot+"/mesh-image-test", normalizeImage(image), "mesh-image-test", bin)
+			"--cgroup", node.cgroupRoot+"/mesh-image-test", image, "mesh-image-test", bin)
 		if strings.Contains(out, "no such file") || strings.Contains(out, "not found") {
 			t.Fatalf("%s is not runnable in the image: %s", bin, out)
 		}

@@ -15,11 +15,11 @@ import (
 	"github.com/meshnet/mesh/tools/mkimage/ociimage"
 )
 
-// Test image names. They have no registry part (the runtime expands them to
-// docker.io/library/...) and are never pulled: pods use imagePullPolicy Never.
+// Test image names. They are full names under "localhost", which runtimes
+// keep as they are, and are never pulled: pods use imagePullPolicy Never.
 const (
-	pauseImage   = "mesh-e2e-pause:local"
-	busyboxImage = "mesh-e2e-busybox:local"
+	pauseImage   = "localhost/mesh-e2e-pause:local"
+	busyboxImage = "localhost/mesh-e2e-busybox:local"
 )
 
 // busyboxPath is Debian's busybox-static.

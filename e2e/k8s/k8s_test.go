@@ -19,7 +19,7 @@ import (
 // Settings, from the environment (the Makefile's e2e-k8s target sets them):
 //
 //	MESH_E2E_CNI        mesh (default) or bridge: see Options.CNI
-//	MESH_E2E_IMAGE      the image name in the tarball (default mesh:dev)
+//	MESH_E2E_IMAGE      the image name in the tarball (default localhost/mesh:dev)
 //	MESH_E2E_IMAGE_TAR  `make image`'s tarball (default ../../bin/mesh-image.tar)
 //	MESH_E2E_MESH_BIN   the mesh CLI run on the nodes (default ../../bin/mesh)
 func setting(name, def string) string {
@@ -47,7 +47,7 @@ func TestKubernetes(t *testing.T) {
 	if _, err := os.Stat(imageTar); err != nil {
 		t.Fatalf("the mesh image tarball is missing (run `make image`): %v", err)
 	}
-	image := setting("MESH_E2E_IMAGE", "mesh:dev")
+	image := setting("MESH_E2E_IMAGE", "localhost/mesh:dev")
 
 	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}})
 	checkImageImported(t, c, image)
@@ -68,7 +68,7 @@ func TestKubernetes(t *testing.T) {
 // every node's containerd under the name the DaemonSet uses.
 func checkImageImported(t *testing.T, c *Cluster, image string) {
 	t.Helper()
-	want := normalizeImage(image)
+	want := image // a full name: runtimes store it as it is
 	for _, node := range c.Nodes {
 		out, err := node.Run(context.Background(), "ctr", "-n", "k8s.io", "images", "ls", "-q")
 		if err != nil {
@@ -79,18 +79,6 @@ func checkImageImported(t *testing.T, c *Cluster, image string) {
 		}
 	}
 	t.Logf("image %s imported into %d nodes", want, len(c.Nodes))
-}
-
-// normalizeImage expands a short image name as container runtimes do.
-func normalizeImage(image string) string {
-	first, _, hasSlash := strings.Cut(image, "/")
-	switch {
-	case !hasSlash:
-		return "docker.io/library/" + image
-	case !strings.ContainsAny(first, ".:") && first != "localhost":
-		return "docker.io/" + image
-	}
-	return image
 }
 
 func containsLine(s, line string) bool {

@@ -2,7 +2,7 @@
 // a container engine: an empty base plus one layer holding the given files,
 // loadable with `ctr -n k8s.io images import` or `docker load`.
 //
-//	mkimage -name mesh:dev -o bin/mesh-image.tar \
+//	mkimage -name localhost/mesh:dev -o bin/mesh-image.tar \
 //	    -entrypoint '["/usr/local/bin/mesh","launch"]' bin/mesh bin/mesh-cni
 //
 // Each argument is SRC or SRC:DEST; DEST defaults to /usr/local/bin/ plus the
@@ -39,7 +39,7 @@ func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 func run(args []string) error {
 	fs := flag.NewFlagSet("mkimage", flag.ContinueOnError)
 	out := fs.String("o", "", "output tarball (required)")
-	ref := fs.String("name", "mesh:dev", "image name and tag")
+	ref := fs.String("name", "localhost/mesh:dev", "image name and tag")
 	entry := fs.String("entrypoint", "", `entrypoint as a JSON array, e.g. '["/usr/local/bin/mesh","launch"]'`)
 	arch := fs.String("arch", "", "architecture of the config (default: this machine's)")
 	var env, links, dirs multi

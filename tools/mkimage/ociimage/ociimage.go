@@ -199,8 +199,8 @@ func Build(spec Spec) (v1.Image, error) {
 	return img, nil
 }
 
-// WriteFile writes img to file as a tarball tagged ref (e.g. "mesh:dev",
-// which container runtimes expand to docker.io/library/mesh:dev). The file is
+// WriteFile writes img to file as a tarball tagged ref (e.g.
+// "localhost/mesh:dev": a full name, which runtimes keep as it is). The file is
 // written to a temporary name and renamed, so a failed build never leaves a
 // truncated tarball behind.
 func WriteFile(file, ref string, img v1.Image) error {
