@@ -164,13 +164,25 @@ func (t *targets) loop(done <-chan struct{}) {
 // target whose node died is retried again.
 func (t *targets) refresh() {
 	live := t.m.liveAddrs()
+	// Matching may resolve host names: do it without the lock, which
+	// memberlist's event callbacks (learned) and the API also take.
+	t.mu.Lock()
+	addrs := make([]string, 0, len(t.list))
+	for a := range t.list {
+		addrs = append(addrs, a)
+	}
+	t.mu.Unlock()
+	connected := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		connected[a] = matchesAny(a, live)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, tg := range t.list {
+	for a, tg := range t.list {
 		if tg.busy {
 			continue
 		}
-		if matchesAny(tg.addr, live) {
+		if connected[a] {
 			if tg.state != TargetConnected {
 				tg.state, tg.err, tg.failures = TargetConnected, nil, 0
 			}
