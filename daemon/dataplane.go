@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
 )
 
@@ -27,8 +28,11 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
-		d.ipam.SetMembers(liveMembers(d.members.Members()))
-		d.reconcileOnce(ctx)
+		// One snapshot feeds both, so the IPAM and the data plane act on
+		// the same membership.
+		members := d.members.Members()
+		d.ipam.SetMembers(liveMembers(members))
+		d.reconcileOnce(ctx, members)
 		select {
 		case <-ctx.Done():
 			return
@@ -45,11 +49,11 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 	}
 }
 
-func (d *Daemon) reconcileOnce(ctx context.Context) {
+func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 	overlay, haveOverlay := d.ipam.OverlayIP()
 	if d.rec != nil {
 		start := time.Now()
-		in := d.peerInput(overlay)
+		in := d.peerInput(overlay, members)
 		_, err := d.rec.Apply(ctx, in)
 		d.mu.Lock()
 		d.reconcile.runs++
@@ -65,13 +69,13 @@ func (d *Daemon) reconcileOnce(ctx context.Context) {
 	d.maybeInstallCNI(haveOverlay)
 }
 
-func (d *Daemon) peerInput(overlay netip.Addr) peer.Input {
+func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input {
 	in := peer.Input{
 		Self: d.id.Name, Password: d.cfg.Password, PrivateKey: d.key,
 		ListenPort: d.cfg.DPPort, MTU: d.mtu, Keepalive: d.cfg.Keepalive,
 		ClusterRange: d.cfg.IPAllocRange, OverlayIP: overlay, BridgeName: d.cfg.Bridge,
 	}
-	for _, m := range d.members.Members() {
+	for _, m := range members {
 		n := peer.Node{Name: m.Name, Addr: m.Addr.Addr(), DPPort: m.Meta.DPPort, State: m.State}
 		if k, err := crypto.ParseKey(m.Meta.PublicKey); err == nil {
 			n.PublicKey = k
