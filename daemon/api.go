@@ -81,15 +81,15 @@ func (d *Daemon) Status(r *http.Request) *api.Status {
 		st.Dataplane = d.dp.Kind()
 		st.MTU = d.mtu
 		st.Connections = d.connections(r.Context())
-		d.mu.Lock()
-		if d.cniErr != "" && !d.cniDone {
-			st.Problems = append(st.Problems, "CNI plugin not installed: "+d.cniErr)
-		}
-		if err := d.reconcile.lastErr; err != nil {
-			st.Problems = append(st.Problems, "data plane: "+err.Error())
-		}
-		d.mu.Unlock()
 	}
+	d.mu.Lock()
+	if d.cniErr != "" && !d.cniDone {
+		st.Problems = append(st.Problems, "CNI plugin not installed: "+d.cniErr)
+	}
+	if err := d.reconcile.lastErr; err != nil {
+		st.Problems = append(st.Problems, "data plane: "+err.Error())
+	}
+	d.mu.Unlock()
 	return st
 }
 

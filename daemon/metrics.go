@@ -96,10 +96,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(n), s)
 	}
 	st := d.ipam.Status()
-	var owned uint64
+	var owned, unreachable uint64
 	for _, p := range st.Peers {
 		if p.Name == d.id.Name {
 			owned = p.Owned
+		}
+		if !p.Reachable {
+			unreachable += p.Owned
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(owned), "owned")
@@ -108,12 +111,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if d.policy != nil {
 		for name, n := range d.policy.DeniedPackets() {
 			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
-		}
-	}
-	var unreachable uint64
-	for _, p := range st.Peers {
-		if !p.Reachable {
-			unreachable += p.Owned
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descUnreach, prometheus.GaugeValue, float64(unreachable))
