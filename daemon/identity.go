@@ -25,6 +25,7 @@ type Identity struct {
 // this node into a stranger to its own mesh.
 func loadIdentity(path, name string) (Identity, error) {
 	var id Identity
+	var stored Identity // what the file holds; zero when there is none
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
@@ -37,6 +38,7 @@ func loadIdentity(path, name string) (Identity, error) {
 		if _, err := hex.DecodeString(id.PeerID); err != nil {
 			return Identity{}, fmt.Errorf("corrupt state file %q: peer ID: %w", path, err)
 		}
+		stored = id
 	case errors.Is(err, fs.ErrNotExist):
 		var b [16]byte
 		if _, err := rand.Read(b[:]); err != nil {
@@ -55,6 +57,9 @@ func loadIdentity(path, name string) (Identity, error) {
 			return Identity{}, fmt.Errorf("failed to get the host name for the node name: %w", err)
 		}
 		id.Name = h
+	}
+	if id == stored {
+		return id, nil
 	}
 	out, err := json.MarshalIndent(id, "", "  ")
 	if err != nil {
