@@ -16,13 +16,19 @@ type logWriter struct {
 	suspect func(name string)
 }
 
+// logTags are memberlist's level prefixes.
+var logTags = []struct {
+	tag   string
+	level slog.Level
+}{{"[DEBUG]", slog.LevelDebug}, {"[INFO]", slog.LevelInfo}, {"[WARN]", slog.LevelWarn}, {"[ERR]", slog.LevelError}}
+
 func (w logWriter) Write(p []byte) (int, error) {
 	for _, line := range bytes.Split(bytes.TrimRight(p, "\n"), []byte("\n")) {
 		s := string(line)
 		level := slog.LevelInfo
-		for tag, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
-			if i := strings.Index(s, tag); i >= 0 {
-				level, s = l, strings.TrimSpace(s[i+len(tag):])
+		for _, t := range logTags {
+			if i := strings.Index(s, t.tag); i >= 0 {
+				level, s = t.level, strings.TrimSpace(s[i+len(t.tag):])
 				break
 			}
 		}
