@@ -8,8 +8,11 @@ BIN      := bin
 
 all: build
 
+# The daemon and CLI, and the CNI plugin the daemon installs from its own
+# directory: a user's build and the tests' build are this same target.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh ./cmd/mesh
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh-cni ./cmd/mesh-cni
 
 deps:
 	./scripts/deps.sh
@@ -47,19 +50,17 @@ soak:
 clean:
 	rm -rf $(BIN)
 
-# Container image of mesh (and mesh-cni once cmd/mesh-cni exists), built
+# Container image of mesh and mesh-cni, built
 # without Docker: an empty base plus the static binaries in /usr/local/bin.
 # Load it with `ctr -n k8s.io images import bin/mesh-image.tar`.
 IMAGE ?= localhost/mesh:dev
 
 .PHONY: image e2e-k8s
 
-image:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh ./cmd/mesh
-	if [ -d cmd/mesh-cni ]; then CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh-cni ./cmd/mesh-cni; fi
+image: build
 	$(GO) run ./tools/mkimage -o $(BIN)/mesh-image.tar -name '$(IMAGE)' \
 		-entrypoint '["/usr/local/bin/mesh","launch"]' \
-		$(BIN)/mesh $$(if [ -d cmd/mesh-cni ]; then echo $(BIN)/mesh-cni; fi)
+		$(BIN)/mesh $(BIN)/mesh-cni
 
 # Two-node Kubernetes cluster on simulated hosts, mesh installed with
 # deploy/kubernetes/mesh.yaml (needs root). The Kubernetes binaries are built

@@ -20,23 +20,12 @@ import (
 // Password is the mesh password the helpers launch daemons with.
 const Password = "meshtest correct horse battery staple"
 
-// BuildMesh builds mesh and mesh-cni once per test process and puts the
-// plugin next to mesh, where the daemon looks for it to install it.
+// BuildMesh builds mesh and mesh-cni once per test process with the user's
+// own `make build`, which puts the plugin next to mesh, where the daemon
+// looks for it to install it. It returns the path of mesh.
 func BuildMesh(t testing.TB) string {
 	t.Helper()
-	bin := testnet.BuildBinary(t, "./cmd/mesh")
-	cni := testnet.BuildBinary(t, "./cmd/mesh-cni")
-	dst := filepath.Join(filepath.Dir(bin), "mesh-cni")
-	if _, err := os.Stat(dst); err != nil {
-		data, err := os.ReadFile(cni)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(dst, data, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return bin
+	return filepath.Join(testnet.BuildMake(t), "mesh")
 }
 
 // Node is one mesh daemon on a simulated host. Its methods must be called

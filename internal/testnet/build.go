@@ -150,3 +150,56 @@ func RemoveBinaries() error {
 	builds.dir = ""
 	return nil
 }
+
+// MakeBuildOutputs are the files `make build` must leave in its output
+// directory: what README's "Run it" gives a user.
+var MakeBuildOutputs = []string{"mesh", "mesh-cni"}
+
+var makeBuild struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// BuildMake runs the user's build, `make build`, once per test process with
+// its output directory (BIN) in this process's binary directory, and returns
+// that directory. It fails t if make fails or if any of MakeBuildOutputs is
+// missing afterwards, so a test that uses these binaries also notices when
+// the user's build lacks one. It blocks for the build, at most 5 minutes.
+func BuildMake(t testing.TB) string {
+	t.Helper()
+	makeBuild.once.Do(func() { makeBuild.dir, makeBuild.err = runMakeBuild() })
+	if makeBuild.err != nil {
+		t.Fatalf("make build: %v", makeBuild.err)
+	}
+	return makeBuild.dir
+}
+
+func runMakeBuild() (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	dir, err := binDir()
+	if err != nil {
+		return "", err
+	}
+	out, err := os.MkdirTemp(dir, "make-")
+	if err != nil {
+		return "", fmt.Errorf("failed to create directory for make build: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "make", "-s", "build", "BIN="+out, "GO="+goTool())
+	cmd.Dir = root
+	cmd.WaitDelay = waitDelay
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("make build BIN=%s in %s: %w: %s", out, root, err, o)
+	}
+	for _, name := range MakeBuildOutputs {
+		if fi, err := os.Stat(filepath.Join(out, name)); err != nil || fi.Mode()&0o111 == 0 {
+			return "", fmt.Errorf("make build did not produce an executable %s in %s", name, out)
+		}
+	}
+	return out, nil
+}
