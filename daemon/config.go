@@ -98,8 +98,12 @@ func (c *Config) Validate() error {
 	if c.DPPort < 1 || c.DPPort > 65535 {
 		return errors.New("--dp-port must be from 1 to 65535")
 	}
-	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
-		return fmt.Errorf("--mtu %d is out of range (576 to 65535, or 0 to detect)", c.MTU)
+	if c.MTU != 0 {
+		// The data plane's own bounds: a value it would refuse at every
+		// reconcile must fail here, at start.
+		if err := fastdp.ValidMTU(c.MTU); err != nil {
+			return fmt.Errorf("--mtu: %w (or 0 to detect)", err)
+		}
 	}
 	switch c.Dataplane {
 	case fastdp.ModeAuto, fastdp.ModeKernel, fastdp.ModeUserspace, DataplaneNone:

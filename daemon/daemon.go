@@ -48,6 +48,10 @@ type Daemon struct {
 	cniErr    string // last installation error, logged once
 	dpReady   bool   // the data plane accepted a config with our overlay IP
 	reconcile reconcileStats
+
+	health loopHealth // progress of the main loops, for /healthz
+	// badMeta: member name -> why it gets no WireGuard peer (logged once).
+	badMeta map[string]string
 }
 
 // Start brings the node up: identity, keys, data plane, gossip, IPAM and
@@ -137,8 +141,8 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 
-	d.goLoop("ipam-tick", d.tickLoop)
-	d.goLoop("reconcile", d.reconcileLoop)
+	d.goLoop(loopIPAMTick, d.tickLoop)
+	d.goLoop(loopReconcile, d.reconcileLoop)
 	if kube != nil {
 		d.goLoop("kube", func(ctx context.Context) { kube.run(ctx, d) })
 		d.startPolicy(kube)

@@ -33,6 +33,7 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 		members := d.members.Members()
 		d.ipam.SetMembers(liveMembers(members))
 		d.reconcileOnce(ctx, members)
+		d.health.beat(loopReconcile, time.Now())
 		select {
 		case <-ctx.Done():
 			return
@@ -75,6 +76,7 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 		ListenPort: d.cfg.DPPort, MTU: d.mtu, Keepalive: d.cfg.Keepalive,
 		ClusterRange: d.cfg.IPAllocRange, OverlayIP: overlay, BridgeName: d.cfg.Bridge,
 	}
+	d.reportBadMeta(members)
 	for _, m := range members {
 		n := peer.Node{Name: m.Name, Addr: m.Addr.Addr(), DPPort: m.Meta.DPPort, State: m.State}
 		if k, err := crypto.ParseKey(m.Meta.PublicKey); err == nil {
@@ -155,4 +157,33 @@ func (d *Daemon) connections(ctx context.Context) []api.Connection {
 		}
 	}
 	return out
+}
+
+// reportBadMeta logs, once per member and problem, a member whose gossip
+// metadata does not parse or carries no valid WireGuard key: such a member
+// gets no WireGuard peer, and without this its pods would be unreachable with
+// nothing said. The record holds only current members, so it stays bounded.
+func (d *Daemon) reportBadMeta(members []mesh.Member) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	seen := make(map[string]string, len(members))
+	for _, m := range members {
+		if m.Self {
+			continue
+		}
+		var problem string
+		if m.MetaErr != nil {
+			problem = "its gossip metadata does not parse: " + m.MetaErr.Error()
+		} else if _, err := crypto.ParseKey(m.Meta.PublicKey); err != nil && m.Meta.PublicKey != "" {
+			problem = "its WireGuard public key is invalid: " + err.Error()
+		}
+		if problem == "" {
+			continue
+		}
+		seen[m.Name] = problem
+		if d.badMeta[m.Name] != problem {
+			d.log.Warn("peer gets no WireGuard peer: "+problem, "peer", m.Name, "version", m.Meta.Version)
+		}
+	}
+	d.badMeta = seen
 }

@@ -69,12 +69,14 @@ func (d *Daemon) startIPAM(initialPeers int) error {
 func (d *Daemon) tickLoop(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	d.health.beat(loopIPAMTick, time.Now())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			d.ipam.Tick()
+			d.health.beat(loopIPAMTick, time.Now())
 		}
 	}
 }

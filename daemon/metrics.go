@@ -23,7 +23,12 @@ func (d *Daemon) startMetrics() error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		// Alive as long as the API answers: a wedged daemon fails this.
+		// Alive while the main loops make progress: a daemon wedged in
+		// the IPAM or the data plane fails this, and is restarted.
+		if err := d.health.check(time.Now()); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -38,7 +43,11 @@ func (d *Daemon) startMetrics() error {
 		return fmt.Errorf("failed to listen on --metrics-addr %s: %w", d.cfg.MetricsAddr, err)
 	}
 	d.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go d.metrics.Serve(l)
+	go func() {
+		if err := d.metrics.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics server stopped; /metrics, /healthz and /readyz no longer answer", "addr", d.cfg.MetricsAddr, "error", err)
+		}
+	}()
 	return nil
 }
 

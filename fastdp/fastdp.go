@@ -58,6 +58,10 @@ const (
 	// Overhead is what WireGuard adds to every packet in the worst case, an
 	// IPv6 underlay: 40 (IPv6) + 8 (UDP) + 16 (WireGuard header) + 16 (tag).
 	Overhead = 80
+	// MinMTU and MaxMTU bound the overlay MTU. 1280 is the IPv6 minimum;
+	// below it the overlay could not carry IPv6.
+	MinMTU = 1280
+	MaxMTU = 65535
 	// RouteProtocol marks the routes fastdp installs (rtm_protocol). 109 is
 	// unassigned in iproute2's rt_protos and spells 'm'.
 	RouteProtocol = 109
@@ -249,6 +253,16 @@ func (c *Config) withDefaults() (*Config, error) {
 	return n, nil
 }
 
+// ValidMTU says whether the data plane accepts mtu as the overlay MTU. The
+// daemon validates --mtu with it so that a value the data plane would refuse
+// fails at start, not at every reconcile.
+func ValidMTU(mtu int) error {
+	if mtu < MinMTU || mtu > MaxMTU {
+		return fmt.Errorf("MTU %d out of range [%d, %d]", mtu, MinMTU, MaxMTU)
+	}
+	return nil
+}
+
 func (c *Config) validate() error {
 	if c.PrivateKey == (crypto.Key{}) {
 		return errors.New("private key is zero")
@@ -256,9 +270,8 @@ func (c *Config) validate() error {
 	if c.ListenPort < 1 || c.ListenPort > 65535 {
 		return fmt.Errorf("listen port %d out of range", c.ListenPort)
 	}
-	// 1280 is the IPv6 minimum; below it the overlay could not carry IPv6.
-	if c.MTU < 1280 || c.MTU > 65535 {
-		return fmt.Errorf("MTU %d out of range [1280, 65535]", c.MTU)
+	if err := ValidMTU(c.MTU); err != nil {
+		return err
 	}
 	if err := validLinkName(c.BridgeName); err != nil {
 		return fmt.Errorf("bridge: %w", err)

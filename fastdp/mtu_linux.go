@@ -41,8 +41,8 @@ func DetectMTU(dst netip.Addr) (int, error) {
 		}
 		mtu = l.Attrs().MTU
 	}
-	if mtu-Overhead < 1280 {
-		return 0, fmt.Errorf("underlay MTU %d towards %s is too small for an overlay (need at least %d)", mtu, dst, 1280+Overhead)
+	if mtu-Overhead < MinMTU {
+		return 0, fmt.Errorf("underlay MTU %d towards %s is too small for an overlay (need at least %d)", mtu, dst, MinMTU+Overhead)
 	}
 	return mtu - Overhead, nil
 }
