@@ -16,6 +16,39 @@ type logWriter struct {
 	suspect func(name string)
 }
 
+// Texts of the pinned memberlist's log lines that carry events it reports
+// nowhere else. memberlist's exported Node.State is not kept up to date, so
+// its own probe's verdict "suspect" exists only as this log line; a
+// memberlist upgrade that rewords either text would silently change what
+// the daemon sees, so TestMemberlistLogTextsPinned checks them against the
+// module's source.
+const (
+	// suspectLine is the format memberlist logs (after "[INFO] memberlist: ")
+	// when this node's own probe of a node failed.
+	suspectLine = "Suspect %s has failed, no acks received"
+	// decryptFailure is in the error memberlist logs for gossip that none
+	// of the installed keys decrypts: another mesh, or a wrong password.
+	decryptFailure = "no installed keys could decrypt"
+)
+
+// suspectedName returns the node name in a suspect line (without level and
+// "memberlist: " prefix).
+func suspectedName(s string) (string, bool) {
+	before, after, ok := strings.Cut(suspectLine, "%s")
+	if !ok {
+		return "", false
+	}
+	rest, ok := strings.CutPrefix(s, before)
+	if !ok {
+		return "", false
+	}
+	name, ok := strings.CutSuffix(rest, after)
+	if !ok || name == "" {
+		return "", false
+	}
+	return name, true
+}
+
 // logTags are memberlist's level prefixes.
 var logTags = []struct {
 	tag   string
@@ -33,12 +66,10 @@ func (w logWriter) Write(p []byte) (int, error) {
 			}
 		}
 		s = strings.TrimPrefix(s, "memberlist: ")
-		if rest, ok := strings.CutPrefix(s, "Suspect "); ok && w.suspect != nil {
-			if name, _, found := strings.Cut(rest, " has failed"); found {
-				w.suspect(name)
-			}
+		if name, ok := suspectedName(s); ok && w.suspect != nil {
+			w.suspect(name)
 		}
-		if strings.Contains(s, "no installed keys could decrypt") {
+		if strings.Contains(s, decryptFailure) {
 			from := ""
 			if i := strings.Index(s, "from="); i >= 0 {
 				from = s[i+len("from="):]
