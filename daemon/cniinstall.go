@@ -13,6 +13,9 @@ import (
 // most other networks, as the kubelet uses the first file.
 const CNIConfName = "10-mesh.conflist"
 
+// cniPluginName is the plugin's binary name, and its "type" in the conflist.
+const cniPluginName = "mesh-cni"
+
 // maybeInstallCNI installs the plugin once this node can serve pods: it
 // owns a range and (with a data plane) the bridge is up. The kubelet marks a
 // node Ready as soon as a CNI config appears, so writing it earlier would
@@ -38,7 +41,7 @@ func (d *Daemon) maybeInstallCNI(haveOverlay bool) {
 	d.mu.Lock()
 	d.cniDone = true
 	d.mu.Unlock()
-	d.log.Info("installed the CNI plugin", "bin", filepath.Join(d.cfg.CNIBinDir, "mesh-cni"), "conf", filepath.Join(d.cfg.CNIConfDir, CNIConfName))
+	d.log.Info("installed the CNI plugin", "bin", filepath.Join(d.cfg.CNIBinDir, cniPluginName), "conf", filepath.Join(d.cfg.CNIConfDir, CNIConfName))
 }
 
 func installCNI(cfg Config) error {
@@ -46,13 +49,13 @@ func installCNI(cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("failed to find the mesh executable: %w", err)
 	}
-	src := filepath.Join(filepath.Dir(self), "mesh-cni")
+	src := filepath.Join(filepath.Dir(self), cniPluginName)
 	bin, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("failed to read the plugin next to mesh: %w", err)
 	}
 	defer bin.Close()
-	dst := filepath.Join(cfg.CNIBinDir, "mesh-cni")
+	dst := filepath.Join(cfg.CNIBinDir, cniPluginName)
 	if err := os.MkdirAll(cfg.CNIBinDir, 0o755); err != nil {
 		return fmt.Errorf("failed to create %q: %w", cfg.CNIBinDir, err)
 	}
@@ -78,7 +81,7 @@ func installCNI(cfg Config) error {
 // runtimes whose CNI library predates 1.1 (containerd 1.6 rejects it);
 // newer ones read cniVersions and use 1.1.0, with GC and STATUS.
 func cniConflist(cfg Config) ([]byte, error) {
-	plugins := []map[string]any{{"type": "mesh-cni", "socket": cfg.Socket}}
+	plugins := []map[string]any{{"type": cniPluginName, "socket": cfg.Socket}}
 	if fi, err := os.Stat(filepath.Join(cfg.CNIBinDir, "portmap")); err == nil && !fi.IsDir() {
 		plugins = append(plugins, map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true})
 	}

@@ -2,18 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/daemon"
-	"github.com/meshnet/mesh/fastdp"
-	"github.com/meshnet/mesh/policy"
 )
 
 func rmpeer(args []string, stdout, stderr io.Writer) error {
@@ -36,10 +31,10 @@ func rmpeer(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// reset undoes what mesh did to this host. It works without the daemon
-// (and refuses while a daemon still runs the data plane).
+// reset undoes what mesh did to this host, through daemon.Reset. It works
+// without the daemon (and refuses while a daemon still runs the data plane).
 func reset(args []string, stdout, stderr io.Writer) error {
-	def := daemon.DefaultConfig()
+	def := daemon.DefaultResetOptions()
 	fs := flag.NewFlagSet("mesh reset", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	state := fs.Bool("state", false, "also remove the state dir (identity, keys, IPAM allocations): the node comes back as a new peer")
@@ -52,43 +47,13 @@ func reset(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	opts := fastdp.DefaultOptions()
-	opts.DeviceName = *device
-	if err := fastdp.Reset(ctx, opts); err != nil {
-		return fmt.Errorf("failed to reset the data plane: %w", err)
-	}
-	if err := policy.NewNFT().Remove(); err != nil {
-		return fmt.Errorf("failed to remove the NetworkPolicy table: %w", err)
-	}
-	for _, p := range []string{filepath.Join(*confDir, daemon.CNIConfName), filepath.Join(*binDir, "mesh-cni")} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("failed to remove %q: %w", p, err)
-		}
-	}
-	if *state {
-		if err := emptyDir(*stateDir); err != nil {
-			return err
-		}
+	err := daemon.Reset(ctx, daemon.ResetOptions{
+		WGDevice: *device, CNIBinDir: *binDir, CNIConfDir: *confDir,
+		StateDir: *stateDir, RemoveState: *state,
+	})
+	if err != nil {
+		return err
 	}
 	fmt.Fprintln(stdout, "mesh interfaces, routes, nftables table and CNI files removed")
-	return nil
-}
-
-// emptyDir removes what is in dir but not dir itself, which is often a
-// mount point (a hostPath volume, a bind mount) that cannot be removed.
-func emptyDir(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("failed to read state dir %q: %w", dir, err)
-	}
-	for _, e := range entries {
-		p := filepath.Join(dir, e.Name())
-		if err := os.RemoveAll(p); err != nil {
-			return fmt.Errorf("failed to remove %q: %w", p, err)
-		}
-	}
 	return nil
 }

@@ -1,0 +1,78 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/policy"
+)
+
+// ResetOptions says what Reset removes.
+type ResetOptions struct {
+	// WGDevice is the WireGuard device of the data plane.
+	WGDevice string
+	// CNIBinDir and CNIConfDir are where the plugin and its conflist were
+	// installed.
+	CNIBinDir, CNIConfDir string
+	// StateDir is emptied (identity, keys, IPAM allocations) when
+	// RemoveState is set: the node then comes back as a new peer.
+	StateDir    string
+	RemoveState bool
+}
+
+// DefaultResetOptions returns the options matching DefaultConfig.
+func DefaultResetOptions() ResetOptions {
+	def := DefaultConfig()
+	return ResetOptions{WGDevice: def.WGDevice, CNIBinDir: def.CNIBinDir, CNIConfDir: def.CNIConfDir, StateDir: def.StateDir}
+}
+
+// Reset undoes what mesh did to this host: the data plane's interfaces and
+// routes, the nftables tables, the installed CNI files and, with
+// RemoveState, the state dir. It works without a running daemon and refuses
+// while a daemon still runs the data plane. It blocks until done or ctx
+// ends. The CLI's `mesh reset` is a thin caller of it, so the CLI needs
+// none of the packages that own these objects.
+func Reset(ctx context.Context, o ResetOptions) error {
+	opts := fastdp.DefaultOptions()
+	opts.DeviceName = o.WGDevice
+	if err := fastdp.Reset(ctx, opts); err != nil {
+		return fmt.Errorf("failed to reset the data plane: %w", err)
+	}
+	if err := policy.NewNFT().Remove(); err != nil {
+		return fmt.Errorf("failed to remove the NetworkPolicy table: %w", err)
+	}
+	for _, p := range []string{filepath.Join(o.CNIConfDir, CNIConfName), filepath.Join(o.CNIBinDir, cniPluginName)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("failed to remove %q: %w", p, err)
+		}
+	}
+	if o.RemoveState {
+		if err := emptyDir(o.StateDir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// emptyDir removes what is in dir but not dir itself, which is often a
+// mount point (a hostPath volume, a bind mount) that cannot be removed.
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("failed to read state dir %q: %w", dir, err)
+	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("failed to remove %q: %w", p, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,161 @@
+// Package archtest checks the layout rules of docs/architecture.md against
+// the code: the table there says which project packages each package may
+// import, and this test reads that table, so the doc is the one truth.
+package archtest
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/meshnet/mesh"
+
+// rule is one row of the table: nil allow with any set means anything.
+type rule struct {
+	any   bool
+	allow []string // package paths; a trailing "/" allows the whole subtree
+}
+
+var backticked = regexp.MustCompile("`([^`]+)`")
+
+// readRules parses the "| package | job | may import |" table.
+func readRules(t *testing.T, doc string) map[string]rule {
+	t.Helper()
+	f, err := os.Open(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rules := map[string]rule{}
+	in := false
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "| package | job | may import |") {
+			in = true
+			continue
+		}
+		if !in {
+			continue
+		}
+		if !strings.HasPrefix(line, "|") {
+			break
+		}
+		cols := strings.Split(line, "|")
+		if len(cols) < 5 || strings.HasPrefix(strings.TrimSpace(cols[1]), "---") {
+			continue
+		}
+		var r rule
+		switch may := strings.TrimSpace(cols[3]); may {
+		case "anything":
+			r.any = true
+		case "nothing of the project":
+		default:
+			for _, m := range backticked.FindAllStringSubmatch(may, -1) {
+				r.allow = append(r.allow, m[1])
+			}
+			if len(r.allow) == 0 {
+				t.Fatalf("%s: cannot read the rule %q (write `pkg/`, anything, or nothing of the project)", doc, may)
+			}
+		}
+		for _, m := range backticked.FindAllStringSubmatch(cols[1], -1) {
+			rules[strings.TrimSuffix(m[1], "/")] = r
+		}
+	}
+	if len(rules) == 0 {
+		t.Fatalf("%s has no package table", doc)
+	}
+	return rules
+}
+
+func (r rule) allows(pkg, imp string) bool {
+	if r.any || imp == pkg || strings.HasPrefix(imp, pkg+"/") {
+		return true
+	}
+	for _, a := range r.allow {
+		if imp == strings.TrimSuffix(a, "/") || (strings.HasSuffix(a, "/") && strings.HasPrefix(imp, a)) {
+			return true
+		}
+	}
+	return false
+}
+
+// ruleFor returns the rule of pkg's own row, else of its nearest parent's.
+func ruleFor(rules map[string]rule, pkg string) (rule, string, bool) {
+	for p := pkg; p != "." && p != ""; p = filepath.Dir(p) {
+		if r, ok := rules[p]; ok {
+			return r, p, true
+		}
+	}
+	return rule{}, "", false
+}
+
+type listed struct {
+	ImportPath string
+	GoFiles    []string
+	Imports    []string
+}
+
+func TestImportRules(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := readRules(t, filepath.Join(root, "docs", "architecture.md"))
+	cmd := exec.Command("go", "list", "-e", "-json", "./...")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(out))
+	checked := 0
+	for dec.More() {
+		var p listed
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		if len(p.GoFiles) == 0 {
+			continue // test-only or build-tagged packages
+		}
+		pkg := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, module), "/")
+		r, row, ok := ruleFor(rules, pkg)
+		if !ok {
+			t.Errorf("package %s has no row in docs/architecture.md's package table: add one saying its job and what it may import", pkg)
+			continue
+		}
+		checked++
+		for _, imp := range p.Imports {
+			rel, ok := strings.CutPrefix(imp, module+"/")
+			if !ok {
+				continue
+			}
+			if !r.allows(row, rel) {
+				t.Errorf("%s imports %s, which the row of %s in docs/architecture.md does not allow", pkg, rel, row)
+			}
+		}
+	}
+	if checked < 10 {
+		t.Fatalf("checked only %d packages; the listing looks wrong", checked)
+	}
+}
+
+// TestRuleReading makes sure the parser does not silently allow too much.
+func TestRuleReading(t *testing.T) {
+	r := rule{allow: []string{"crypto/", "internal/"}}
+	for _, tt := range []struct {
+		imp  string
+		want bool
+	}{{"crypto", true}, {"internal/atomicfile", true}, {"ipam", false}, {"cryptox", false}, {"mesh/sub", true}} {
+		if got := r.allows("mesh", tt.imp); got != tt.want {
+			t.Errorf("allows(mesh, %s) = %v, want %v", tt.imp, got, tt.want)
+		}
+	}
+}
