@@ -26,6 +26,7 @@ test: deps lint
 lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) mod tidy -diff
 
 # A small mesh of simulated hosts on this machine, status printed, torn down.
 demo: deps
