@@ -18,16 +18,7 @@ const detectTimeout = 45 * time.Second
 func startFive(t *testing.T) (*testnet.Net, []*node) {
 	testnet.RequireRoot(t)
 	net := testnet.New(t, testnet.Options{Hosts: 5, Prefix: "gsp"})
-	hosts := net.Hosts()
-	var nodes []*node
-	for i, h := range hosts {
-		var peers []*testnet.Host
-		if i > 0 {
-			peers = hosts[:1] // everyone names only the first host
-		}
-		nodes = append(nodes, launch(t, h, peers))
-	}
-	dumpLogsOnFailure(t, nodes...)
+	nodes := launchStar(t, net.Hosts())
 	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
 	return net, nodes
 }

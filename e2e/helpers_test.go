@@ -61,6 +61,22 @@ func expectStates(t *testing.T, timeout time.Duration, nodes []*node, want map[s
 	})
 }
 
+// launchStar launches a daemon on every host, each naming only the first
+// host, and dumps their logs if the test fails.
+func launchStar(t *testing.T, hosts []*testnet.Host) []*node {
+	t.Helper()
+	var nodes []*node
+	for i, h := range hosts {
+		var peers []*testnet.Host
+		if i > 0 {
+			peers = hosts[:1]
+		}
+		nodes = append(nodes, launch(t, h, peers))
+	}
+	dumpLogsOnFailure(t, nodes...)
+	return nodes
+}
+
 func allAlive(nodes []*node) map[string]string {
 	want := map[string]string{}
 	for _, n := range nodes {

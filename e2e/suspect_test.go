@@ -19,15 +19,7 @@ func TestSuspectThenDead(t *testing.T) {
 	testnet.RequireRoot(t)
 	net := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "susp"})
 	hosts := net.Hosts()
-	var nodes []*node
-	for i, h := range hosts {
-		var peers []*testnet.Host
-		if i > 0 {
-			peers = hosts[:1]
-		}
-		nodes = append(nodes, launch(t, h, peers))
-	}
-	dumpLogsOnFailure(t, nodes...)
+	nodes := launchStar(t, hosts)
 	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
 
 	if err := net.Partition(hosts[:1], hosts[1:]); err != nil {

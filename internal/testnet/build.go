@@ -58,24 +58,32 @@ func BuildBinary(t testing.TB, pkg string) string {
 	return b.path
 }
 
-func buildPkg(pkg string) (string, error) {
-	root, err := moduleRoot()
-	if err != nil {
-		return "", err
+// buildDirs returns the module root and a new directory of this process's
+// binary directory for one build, named after name.
+func buildDirs(name string) (root, sub string, err error) {
+	if root, err = moduleRoot(); err != nil {
+		return "", "", err
 	}
 	dir, err := binDir()
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
+	if sub, err = os.MkdirTemp(dir, name+"-"); err != nil {
+		return "", "", fmt.Errorf("failed to create directory for build %q: %w", name, err)
+	}
+	return root, sub, nil
+}
+
+func buildPkg(pkg string) (string, error) {
 	name := filepath.Base(strings.TrimSuffix(pkg, "/"))
 	if name == "." || name == "/" {
 		name = "main"
 	}
 	// A directory per package keeps the binary's name (a CNI plugin's name
 	// matters) while distinct packages with the same base name coexist.
-	sub, err := os.MkdirTemp(dir, name+"-")
+	root, sub, err := buildDirs(name)
 	if err != nil {
-		return "", fmt.Errorf("failed to create directory for binary %q: %w", name, err)
+		return "", err
 	}
 	out := filepath.Join(sub, name)
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
@@ -176,17 +184,9 @@ func BuildMake(t testing.TB) string {
 }
 
 func runMakeBuild() (string, error) {
-	root, err := moduleRoot()
+	root, out, err := buildDirs("make")
 	if err != nil {
 		return "", err
-	}
-	dir, err := binDir()
-	if err != nil {
-		return "", err
-	}
-	out, err := os.MkdirTemp(dir, "make-")
-	if err != nil {
-		return "", fmt.Errorf("failed to create directory for make build: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
