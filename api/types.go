@@ -68,10 +68,10 @@ type Connection struct {
 	Endpoint string `json:"endpoint"`
 	// State is established (a handshake within the last 3 minutes),
 	// connecting, or failed.
-	State         string `json:"state"`
-	LastHandshake string `json:"lastHandshake"`
-	RxBytes       int64  `json:"rxBytes"`
-	TxBytes       int64  `json:"txBytes"`
+	State         ConnState `json:"state"`
+	LastHandshake string    `json:"lastHandshake"`
+	RxBytes       int64     `json:"rxBytes"`
+	TxBytes       int64     `json:"txBytes"`
 	// AllowedIPs are the overlay ranges routed to this peer (those it owns).
 	AllowedIPs []string `json:"allowedIPs,omitempty"`
 }
@@ -82,8 +82,8 @@ type Peer struct {
 	PeerID  string `json:"peerID,omitempty"`
 	Address string `json:"address"`
 	// State is alive, suspect, dead or left.
-	State string `json:"state"`
-	Self  bool   `json:"self"`
+	State MemberState `json:"state"`
+	Self  bool        `json:"self"`
 }
 
 // Target is a peer address this node tries to join.

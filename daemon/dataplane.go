@@ -140,11 +140,11 @@ func (d *Daemon) connections(ctx context.Context) []api.Connection {
 		}
 		switch {
 		case !s.LastHandshake.IsZero() && now.Sub(s.LastHandshake) < handshakeFresh:
-			c.State = "established"
+			c.State = api.ConnEstablished
 		case now.Sub(first) < connectGrace:
-			c.State = "connecting"
+			c.State = api.ConnConnecting
 		default:
-			c.State = "failed"
+			c.State = api.ConnFailed
 		}
 		if !s.LastHandshake.IsZero() {
 			c.LastHandshake = s.LastHandshake.UTC().Format(time.RFC3339)

@@ -85,7 +85,7 @@ func (d *Daemon) tickLoop(ctx context.Context) {
 func liveMembers(ms []mesh.Member) map[string]bool {
 	out := make(map[string]bool, len(ms))
 	for _, m := range ms {
-		out[m.Name] = m.State == mesh.StateAlive || m.State == mesh.StateSuspect
+		out[m.Name] = m.State.Live()
 	}
 	return out
 }
@@ -216,7 +216,7 @@ func (d *Daemon) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusConflict, fmt.Errorf("%s is this node; run rmpeer on another node", req.Name))
 			return
 		}
-		if m.State == mesh.StateAlive || m.State == mesh.StateSuspect {
+		if m.State.Live() {
 			writeError(w, http.StatusConflict, fmt.Errorf("refusing to remove %s: it is %s; stop it first, and run rmpeer once it shows dead", req.Name, m.State))
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/meshnet/mesh/api"
 	"net"
 	"net/http"
 	"time"
@@ -97,12 +98,15 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	d := c.d
-	peers := map[string]int{"alive": 0, "suspect": 0, "dead": 0, "left": 0}
+	peers := map[api.MemberState]int{}
+	for _, s := range api.MemberStates {
+		peers[s] = 0
+	}
 	for _, m := range d.members.Members() {
 		peers[m.State]++
 	}
 	for s, n := range peers {
-		ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(n), s)
+		ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(n), string(s))
 	}
 	st := d.ipam.Status()
 	var owned, unreachable uint64
@@ -128,7 +132,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conns := map[string]int{"established": 0, "connecting": 0, "failed": 0}
+	conns := map[api.ConnState]int{}
+	for _, s := range api.ConnStates {
+		conns[s] = 0
+	}
 	now := time.Now()
 	for _, cn := range d.connections(ctx) {
 		conns[cn.State]++
@@ -139,7 +146,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for s, n := range conns {
-		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(n), s)
+		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(n), string(s))
 	}
 	d.mu.Lock()
 	rs := d.reconcile

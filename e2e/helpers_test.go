@@ -32,7 +32,7 @@ func peerStates(n *node) (map[string]string, error) {
 	}
 	out := map[string]string{}
 	for _, p := range st.Peers {
-		out[p.Name] = p.State
+		out[p.Name] = string(p.State)
 	}
 	return out, nil
 }

@@ -6,6 +6,7 @@ package mesh
 import (
 	"errors"
 	"fmt"
+	"github.com/meshnet/mesh/api"
 	"log"
 	"log/slog"
 	"net/netip"
@@ -16,19 +17,11 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// Member states, as shown in status.
-const (
-	StateAlive   = "alive"
-	StateSuspect = "suspect"
-	StateDead    = "dead"
-	StateLeft    = "left"
-)
-
 // Member is one node as this node sees it.
 type Member struct {
 	Name    string
 	Addr    netip.AddrPort
-	State   string
+	State   api.MemberState
 	Self    bool
 	Meta    Meta
 	MetaErr error
@@ -216,7 +209,7 @@ func (m *Membership) notify() {
 	}
 }
 
-func (m *Membership) observe(n *memberlist.Node, state string) {
+func (m *Membership) observe(n *memberlist.Node, state api.MemberState) {
 	m.mu.Lock()
 	self := n.Name == m.cfg.Name
 	mem := memberFromNode(n, self)
@@ -234,7 +227,7 @@ func (m *Membership) observe(n *memberlist.Node, state string) {
 
 func memberFromNode(n *memberlist.Node, self bool) *Member {
 	meta, err := DecodeMeta(n.Meta)
-	return &Member{Name: n.Name, Addr: nodeAddr(n), State: StateAlive, Self: self, Meta: meta, MetaErr: err}
+	return &Member{Name: n.Name, Addr: nodeAddr(n), State: api.MemberAlive, Self: self, Meta: meta, MetaErr: err}
 }
 
 func nodeAddr(n *memberlist.Node) netip.AddrPort {
@@ -243,7 +236,7 @@ func nodeAddr(n *memberlist.Node) netip.AddrPort {
 }
 
 // setState moves a member to state if it is currently in state from.
-func (m *Membership) setState(name, state, from string) {
+func (m *Membership) setState(name string, state, from api.MemberState) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if mem, ok := m.members[name]; ok && mem.State == from && !mem.Self {
@@ -257,7 +250,7 @@ type events struct{ m *Membership }
 
 func (e *events) NotifyJoin(n *memberlist.Node) {
 	e.m.log.Info("peer joined", "peer", n.Name, "address", nodeAddr(n))
-	e.m.observe(n, StateAlive)
+	e.m.observe(n, api.MemberAlive)
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
@@ -267,14 +260,14 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	// memberlist does not say whether a node left or died (Node.State is
 	// not maintained), so a leaving node says goodbye on our own channel
 	// first; without that word it is dead.
-	state := StateDead
+	state := api.MemberDead
 	e.m.mu.Lock()
 	if e.m.byeFrom[n.Name] {
-		state = StateLeft
+		state = api.MemberLeft
 		delete(e.m.byeFrom, n.Name)
 	}
 	e.m.mu.Unlock()
-	if state == StateLeft {
+	if state == api.MemberLeft {
 		e.m.log.Info("peer left", "peer", n.Name)
 	} else {
 		e.m.log.Warn("peer is dead", "peer", n.Name, "address", nodeAddr(n))
@@ -282,18 +275,18 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	e.m.observe(n, state)
 }
 
-func (e *events) NotifyUpdate(n *memberlist.Node) { e.m.observe(n, StateAlive) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { e.m.observe(n, api.MemberAlive) }
 
 // NotifyPingComplete is memberlist's PingDelegate: an answered probe proves
 // the node alive from here, which clears a suspicion.
 func (e *events) NotifyPingComplete(n *memberlist.Node, _ time.Duration, _ []byte) {
-	e.m.setState(n.Name, StateAlive, StateSuspect)
+	e.m.setState(n.Name, api.MemberAlive, api.MemberSuspect)
 }
 
 // AckPayload is part of memberlist's PingDelegate; we send none.
 func (e *events) AckPayload() []byte { return nil }
 
-func (m *Membership) suspected(name string) { m.setState(name, StateSuspect, StateAlive) }
+func (m *Membership) suspected(name string) { m.setState(name, api.MemberSuspect, api.MemberAlive) }
 
 // sayGoodbye tells every live member over TCP that this node is leaving, so
 // they show it as left rather than dead. Bounded by timeout in total.

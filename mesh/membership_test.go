@@ -3,6 +3,7 @@ package mesh
 import (
 	"errors"
 	"fmt"
+	"github.com/meshnet/mesh/api"
 	"io"
 	"log/slog"
 	"net"
@@ -91,7 +92,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func states(m *Membership) map[string]string {
 	out := map[string]string{}
 	for _, mem := range m.Members() {
-		out[mem.Name] = mem.State
+		out[mem.Name] = string(mem.State)
 	}
 	return out
 }
@@ -100,7 +101,7 @@ func TestJoinLeaveAndMeta(t *testing.T) {
 	key := make([]byte, 32)
 	a := startNode(t, "a", key, nil)
 	b := startNode(t, "b", key, nil, a.LocalAddr().String())
-	waitFor(t, "a to see b alive", func() bool { return states(a)["b"] == StateAlive })
+	waitFor(t, "a to see b alive", func() bool { return states(a)["b"] == string(api.MemberAlive) })
 	for _, mem := range a.Members() {
 		if mem.Name == "b" && mem.Meta.PeerID != "id-b" {
 			t.Fatalf("meta of b = %+v", mem.Meta)
@@ -114,7 +115,7 @@ func TestJoinLeaveAndMeta(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Close()
-	waitFor(t, "a to see b left", func() bool { return states(a)["b"] == StateLeft })
+	waitFor(t, "a to see b left", func() bool { return states(a)["b"] == string(api.MemberLeft) })
 }
 
 func TestWrongPasswordIsRefusedAndReported(t *testing.T) {
@@ -199,7 +200,7 @@ func TestChannelsCarryStateAndMessages(t *testing.T) {
 	waitFor(t, "state exchange", func() bool {
 		return ra.has(func(r *recorder) bool { return len(r.merged) > 0 && string(r.merged[0]) == "state-of-b" })
 	})
-	waitFor(t, "b to see a", func() bool { return states(b)["a"] == StateAlive })
+	waitFor(t, "b to see a", func() bool { return states(b)["a"] == string(api.MemberAlive) })
 	if err := sb.SendTo("a", []byte("hello")); err != nil {
 		t.Fatal(err)
 	}

@@ -363,7 +363,7 @@ func matchesAny(addr string, live []netip.AddrPort) bool {
 func (m *Membership) liveAddrs() []netip.AddrPort {
 	var out []netip.AddrPort
 	for _, mem := range m.Members() {
-		if !mem.Self && (mem.State == StateAlive || mem.State == StateSuspect) {
+		if !mem.Self && (mem.State.Live()) {
 			out = append(out, mem.Addr)
 		}
 	}

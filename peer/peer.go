@@ -9,20 +9,13 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"github.com/meshnet/mesh/api"
 	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
-)
-
-// Node states, as membership reports them.
-const (
-	StateAlive   = "alive"
-	StateSuspect = "suspect"
-	StateDead    = "dead"
-	StateLeft    = "left"
 )
 
 // Node is one member of the mesh.
@@ -34,7 +27,7 @@ type Node struct {
 	// DPPort is the node's WireGuard port; 0 means fastdp.DefaultListenPort.
 	DPPort    int
 	PublicKey crypto.Key
-	State     string
+	State     api.MemberState
 }
 
 // RangeOwner is one range of the IPAM ring and the name of its owner.
@@ -106,8 +99,8 @@ func Desired(in Input) (*fastdp.Config, error) {
 		}
 		names[n.Name] = true
 		switch n.State {
-		case StateAlive, StateSuspect:
-		case StateDead, StateLeft:
+		case api.MemberAlive, api.MemberSuspect:
+		case api.MemberDead, api.MemberLeft:
 			continue
 		default:
 			return nil, fmt.Errorf("invalid peer input: node %q has unknown state %q", n.Name, n.State)
@@ -166,7 +159,7 @@ func Desired(in Input) (*fastdp.Config, error) {
 // better reports whether a should give the endpoint over b.
 func better(a, b Node) bool {
 	if a.State != b.State {
-		return a.State == StateAlive
+		return a.State == api.MemberAlive
 	}
 	return a.Name < b.Name
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/meshnet/mesh/api"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -57,7 +58,7 @@ func newWorld(t *testing.T, names ...string) *world {
 	return w
 }
 
-func (w *world) node(name, addr, state string) Node {
+func (w *world) node(name, addr string, state api.MemberState) Node {
 	return Node{Name: name, Addr: netip.MustParseAddr(addr), DPPort: 6784, PublicKey: w.pubs[name], State: state}
 }
 
@@ -71,9 +72,9 @@ func (w *world) input() Input {
 	return Input{
 		Self: "a",
 		Nodes: []Node{
-			w.node("a", "192.0.2.1", StateAlive),
-			w.node("b", "192.0.2.2", StateAlive),
-			w.node("c", "192.0.2.3", StateAlive),
+			w.node("a", "192.0.2.1", api.MemberAlive),
+			w.node("b", "192.0.2.2", api.MemberAlive),
+			w.node("c", "192.0.2.3", api.MemberAlive),
 		},
 		Ranges: []RangeOwner{
 			rng("10.32.0.0/14", "a"),
@@ -172,13 +173,13 @@ func TestReconcilerGolden(t *testing.T) {
 			{"all alive", (*world).input},
 			{"c dead", func(w *world) Input {
 				in := w.input()
-				in.Nodes[2].State = StateDead
+				in.Nodes[2].State = api.MemberDead
 				return in
 			}},
 			{"b left too", func(w *world) Input {
 				in := w.input()
-				in.Nodes[1].State = StateLeft
-				in.Nodes[2].State = StateDead
+				in.Nodes[1].State = api.MemberLeft
+				in.Nodes[2].State = api.MemberDead
 				return in
 			}},
 		}},
@@ -186,7 +187,7 @@ func TestReconcilerGolden(t *testing.T) {
 			{"all alive", (*world).input},
 			{"b suspect", func(w *world) Input {
 				in := w.input()
-				in.Nodes[1].State = StateSuspect
+				in.Nodes[1].State = api.MemberSuspect
 				return in
 			}},
 		}},
@@ -298,8 +299,8 @@ func TestDesiredEdgeCases(t *testing.T) {
 	t.Run("same key under two names", func(t *testing.T) {
 		in := w.input()
 		// b restarted as b2: b is still suspect, b2 is alive on a new address.
-		in.Nodes[1].State = StateSuspect
-		b2 := w.node("b", "192.0.2.22", StateAlive)
+		in.Nodes[1].State = api.MemberSuspect
+		b2 := w.node("b", "192.0.2.22", api.MemberAlive)
 		b2.Name = "b2"
 		in.Nodes = append(in.Nodes, b2)
 		in.Ranges = append(in.Ranges, rng("10.46.0.0/15", "b2"))
@@ -327,7 +328,7 @@ func TestDesiredEdgeCases(t *testing.T) {
 		in.Nodes[1].PublicKey = crypto.Key{}         // not advertised yet
 		in.Nodes[2].PublicKey = w.pubs["a"]          // a stale entry of ourselves
 		in.Nodes = append(in.Nodes, Node{Name: "d"}) // zero state is unknown...
-		in.Nodes[3].State = StateAlive               // ...so give it one; no key either
+		in.Nodes[3].State = api.MemberAlive          // ...so give it one; no key either
 		cfg, err := Desired(in)
 		if err != nil || len(cfg.Peers) != 0 {
 			t.Errorf("peers = %+v, err %v", cfg.Peers, err)

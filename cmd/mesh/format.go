@@ -17,11 +17,11 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 	fmt.Fprintf(tw, "Name:\t%s\n", st.Name)
 	fmt.Fprintf(tw, "Peer ID:\t%s\n", st.PeerID)
 	fmt.Fprintf(tw, "Version:\t%s\n", st.Version)
-	counts := map[string]int{}
+	counts := map[api.MemberState]int{}
 	for _, p := range st.Peers {
 		counts[p.State]++
 	}
-	fmt.Fprintf(tw, "Peers:\t%d (%s)\n", len(st.Peers), stateCounts(counts, "alive", "suspect", "dead", "left"))
+	fmt.Fprintf(tw, "Peers:\t%d (%s)\n", len(st.Peers), stateCounts(counts, api.MemberStates))
 	if st.IPAM != nil {
 		fmt.Fprintf(tw, "IPAM:\t%s, range %s, %d owned range(s), %d allocated\n", st.IPAM.Status, st.IPAM.Range, len(st.IPAM.Owned), st.IPAM.Allocated)
 	}
@@ -29,11 +29,11 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 		fmt.Fprintf(tw, "Overlay IP:\t%s\n", st.OverlayIP)
 	}
 	if st.Dataplane != "" {
-		conns := map[string]int{}
+		conns := map[api.ConnState]int{}
 		for _, c := range st.Connections {
 			conns[c.State]++
 		}
-		fmt.Fprintf(tw, "Data plane:\t%s, MTU %d, connections: %s\n", st.Dataplane, st.MTU, stateCounts(conns, "established", "connecting", "failed"))
+		fmt.Fprintf(tw, "Data plane:\t%s, MTU %d, connections: %s\n", st.Dataplane, st.MTU, stateCounts(conns, api.ConnStates))
 	}
 	tw.Flush()
 	formatTargets(w, st.Targets, now)
@@ -49,7 +49,7 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 	}
 }
 
-func stateCounts(counts map[string]int, order ...string) string {
+func stateCounts[S ~string](counts map[S]int, order []S) string {
 	s := ""
 	for _, k := range order {
 		if counts[k] == 0 {

@@ -117,7 +117,7 @@ func Ready(nodes []*Node) error {
 			return fmt.Errorf("%s has %d data-plane connections, want %d", n.Host.Name, len(st.Connections), len(nodes)-1)
 		}
 		for _, c := range st.Connections {
-			if c.State != "established" {
+			if c.State != api.ConnEstablished {
 				return fmt.Errorf("%s: connection to %s is %s", n.Host.Name, c.Peer, c.State)
 			}
 		}

@@ -1,0 +1,34 @@
+package api
+
+// MemberState is a member's state in the mesh, as membership reports it and
+// status shows it. The state names are defined here once; every package
+// that needs them uses these constants.
+type MemberState string
+
+const (
+	MemberAlive   MemberState = "alive"
+	MemberSuspect MemberState = "suspect" // one of this node's probes failed
+	MemberDead    MemberState = "dead"
+	MemberLeft    MemberState = "left" // it left gracefully
+)
+
+// MemberStates lists every member state, in the order status shows them.
+var MemberStates = []MemberState{MemberAlive, MemberSuspect, MemberDead, MemberLeft}
+
+// Live says whether a member in state s counts as reachable: alive, or
+// suspect, since suspicion is often a gossip hiccup and dropping the member
+// would cut its pods off for nothing. This is the one definition of the rule.
+func (s MemberState) Live() bool { return s == MemberAlive || s == MemberSuspect }
+
+// ConnState is the state of the data-plane link to one peer.
+type ConnState string
+
+const (
+	// ConnEstablished: a handshake within the last 3 minutes.
+	ConnEstablished ConnState = "established"
+	ConnConnecting  ConnState = "connecting"
+	ConnFailed      ConnState = "failed"
+)
+
+// ConnStates lists every connection state, in the order status shows them.
+var ConnStates = []ConnState{ConnEstablished, ConnConnecting, ConnFailed}
