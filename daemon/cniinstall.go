@@ -16,16 +16,15 @@ const CNIConfName = "10-mesh.conflist"
 // cniPluginName is the plugin's binary name, and its "type" in the conflist.
 const cniPluginName = "mesh-cni"
 
-// maybeInstallCNI installs the plugin once this node can serve pods: it
-// owns a range and (with a data plane) the bridge is up. The kubelet marks a
-// node Ready as soon as a CNI config appears, so writing it earlier would
-// send pods to a node that can only answer "try again later".
-func (d *Daemon) maybeInstallCNI(haveOverlay bool) {
+// maybeInstallCNI installs the plugin once this node can serve pods (the
+// one readiness predicate, d.ready, which /readyz also answers with). The
+// kubelet marks a node Ready as soon as a CNI config appears, so writing it
+// earlier would send pods to a node that can only answer "try again later".
+func (d *Daemon) maybeInstallCNI() {
 	d.mu.Lock()
-	ready := haveOverlay && (d.dp == nil || d.dpReady) && d.policyReady()
 	done := d.cniDone
 	d.mu.Unlock()
-	if d.cfg.NoCNI || done || !ready {
+	if d.cfg.NoCNI || done || d.ready() != nil {
 		return
 	}
 	if err := installCNI(d.cfg); err != nil {

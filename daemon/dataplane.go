@@ -67,7 +67,7 @@ func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 		}
 		d.mu.Unlock()
 	}
-	d.maybeInstallCNI(haveOverlay)
+	d.maybeInstallCNI()
 }
 
 func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input {

@@ -52,8 +52,10 @@ func (d *Daemon) startMetrics() error {
 	return nil
 }
 
-// ready reports whether pods can be served: the node owns addresses and
-// the data plane took its configuration.
+// ready reports whether pods can be served: the node owns addresses, the
+// NetworkPolicy rules are built (with --kube) and the data plane took its
+// configuration. It is the one readiness predicate: /readyz answers with it
+// and the CNI plugin is installed only once it holds.
 func (d *Daemon) ready() error {
 	if _, ok := d.ipam.OverlayIP(); !ok {
 		return errors.New("not ready: IPAM owns no range yet (status: " + d.ipam.Status().Status + ")")
