@@ -86,10 +86,12 @@ func (d *Daemon) Status(r *http.Request) *api.Status {
 	if d.cniErr != "" && !d.cniDone {
 		st.Problems = append(st.Problems, "CNI plugin not installed: "+d.cniErr)
 	}
-	if err := d.reconcile.lastErr; err != nil {
-		st.Problems = append(st.Problems, "data plane: "+err.Error())
-	}
 	d.mu.Unlock()
+	if d.rec != nil {
+		if err := d.rec.Counters().LastError; err != nil {
+			st.Problems = append(st.Problems, "data plane: "+err.Error())
+		}
+	}
 	return st
 }
 

@@ -42,12 +42,9 @@ type Daemon struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.Mutex
-	firstSeen map[crypto.Key]time.Time // when a data-plane peer first appeared
-	cniDone   bool
-	cniErr    string // last installation error, logged once
-	dpReady   bool   // the data plane accepted a config with our overlay IP
-	reconcile reconcileStats
+	mu      sync.Mutex
+	cniDone bool
+	cniErr  string // last installation error, logged once
 
 	health loopHealth // progress of the main loops, for /healthz
 	// badMeta: member name -> why it gets no WireGuard peer (logged once).
@@ -79,7 +76,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1), firstSeen: map[crypto.Key]time.Time{}}
+	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1)}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {

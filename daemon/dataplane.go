@@ -11,14 +11,6 @@ import (
 	"github.com/meshnet/mesh/peer"
 )
 
-// reconcileStats are kept for metrics.
-type reconcileStats struct {
-	runs     int64
-	errors   int64
-	duration time.Duration // of the last run
-	lastErr  error
-}
-
 // reconcileLoop feeds membership and the ring to the IPAM (who is alive)
 // and to the data plane (who gets which ranges), whenever either changes
 // and every few seconds, which also retries after a failure.
@@ -51,21 +43,10 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 }
 
 func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
-	overlay, haveOverlay := d.ipam.OverlayIP()
+	overlay, _ := d.ipam.OverlayIP()
 	if d.rec != nil {
-		start := time.Now()
-		in := d.peerInput(overlay, members)
-		_, err := d.rec.Apply(ctx, in)
-		d.mu.Lock()
-		d.reconcile.runs++
-		d.reconcile.duration = time.Since(start)
-		d.reconcile.lastErr = err
-		if err != nil {
-			d.reconcile.errors++
-		} else if haveOverlay {
-			d.dpReady = true
-		}
-		d.mu.Unlock()
+		// Errors are counted, logged and kept by the reconciler.
+		d.rec.Apply(ctx, d.peerInput(overlay, members))
 	}
 	d.maybeInstallCNI()
 }
@@ -120,15 +101,10 @@ func (d *Daemon) connections(ctx context.Context) []api.Connection {
 		}
 	}
 	out := []api.Connection{}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	seen := map[crypto.Key]bool{}
 	for _, s := range stats {
-		seen[s.PublicKey] = true
-		first, ok := d.firstSeen[s.PublicKey]
+		first, ok := d.rec.PeerSince(s.PublicKey)
 		if !ok {
-			first = now
-			d.firstSeen[s.PublicKey] = now
+			first = now // in the device but not (yet) in a config we applied
 		}
 		name, ok := d.rec.NodeName(s.PublicKey)
 		if !ok {
@@ -150,11 +126,6 @@ func (d *Daemon) connections(ctx context.Context) []api.Connection {
 			c.LastHandshake = s.LastHandshake.UTC().Format(time.RFC3339)
 		}
 		out = append(out, c)
-	}
-	for k := range d.firstSeen {
-		if !seen[k] {
-			delete(d.firstSeen, k)
-		}
 	}
 	return out
 }

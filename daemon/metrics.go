@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/meshnet/mesh/api"
 	"net"
 	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshnet/mesh/api"
 )
 
 // startMetrics serves Prometheus /metrics and the probes /healthz and
@@ -63,13 +64,13 @@ func (d *Daemon) ready() error {
 	if !d.policyReady() {
 		return errors.New("not ready: NetworkPolicy rules not built from the API yet")
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.dp != nil && !d.dpReady {
-		if d.reconcile.lastErr != nil {
-			return fmt.Errorf("not ready: data plane: %w", d.reconcile.lastErr)
+	if d.rec != nil {
+		if c := d.rec.Counters(); !c.Ready {
+			if c.LastError != nil {
+				return fmt.Errorf("not ready: data plane: %w", c.LastError)
+			}
+			return errors.New("not ready: data plane not configured yet")
 		}
-		return errors.New("not ready: data plane not configured yet")
 	}
 	return nil
 }
@@ -150,10 +151,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range conns {
 		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(n), string(s))
 	}
-	d.mu.Lock()
-	rs := d.reconcile
-	d.mu.Unlock()
-	ch <- prometheus.MustNewConstMetric(descRecErr, prometheus.CounterValue, float64(rs.errors))
-	ch <- prometheus.MustNewConstMetric(descRecRuns, prometheus.CounterValue, float64(rs.runs))
-	ch <- prometheus.MustNewConstMetric(descRecSeconds, prometheus.GaugeValue, rs.duration.Seconds())
+	rs := d.rec.Counters()
+	ch <- prometheus.MustNewConstMetric(descRecErr, prometheus.CounterValue, float64(rs.Errors))
+	ch <- prometheus.MustNewConstMetric(descRecRuns, prometheus.CounterValue, float64(rs.Runs()))
+	ch <- prometheus.MustNewConstMetric(descRecSeconds, prometheus.GaugeValue, rs.LastDuration.Seconds())
 }

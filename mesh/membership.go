@@ -6,7 +6,6 @@ package mesh
 import (
 	"errors"
 	"fmt"
-	"github.com/meshnet/mesh/api"
 	"log"
 	"log/slog"
 	"net/netip"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/meshnet/mesh/api"
 )
 
 // Member is one node as this node sees it.

@@ -3,7 +3,6 @@ package mesh
 import (
 	"errors"
 	"fmt"
-	"github.com/meshnet/mesh/api"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/meshnet/mesh/api"
 )
 
 // freePort finds a port free for both TCP and UDP on loopback.

@@ -9,11 +9,11 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"github.com/meshnet/mesh/api"
 	"net/netip"
 	"slices"
 	"time"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 )

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/meshnet/mesh/api"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/fastdptest"
@@ -401,5 +401,65 @@ func TestReconcilerRetriesAfterFailure(t *testing.T) {
 	}
 	if r.Counters().Errors != 2 {
 		t.Errorf("errors = %d", r.Counters().Errors)
+	}
+}
+
+// TestReconcilerOwnsItsState: readiness, the per-peer "configured since"
+// record and the run counts live in the reconciler, change only when Apply
+// runs (never when someone reads them), and forget peers that are gone.
+func TestReconcilerOwnsItsState(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	dp := fastdptest.New("")
+	r := NewReconciler(dp, nil)
+	t0 := time.Unix(1_000_000, 0)
+	now := t0
+	r.now = func() time.Time { return now }
+	ctx := context.Background()
+
+	in := w.input()
+	in.OverlayIP = netip.Addr{}
+	if _, err := r.Apply(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if r.Counters().Ready {
+		t.Fatal("ready before any config with a bridge address")
+	}
+	if _, ok := r.PeerSince(w.pubs["b"]); !ok {
+		t.Fatal("peer b of the applied config has no since")
+	}
+	now = t0.Add(time.Minute)
+	for range 3 { // reads have no side effects
+		if got, _ := r.PeerSince(w.pubs["b"]); !got.Equal(t0) {
+			t.Fatalf("PeerSince(b) = %v, want %v", got, t0)
+		}
+	}
+	in = w.input()
+	if !in.OverlayIP.IsValid() {
+		t.Fatal("test input has no overlay IP")
+	}
+	if _, err := r.Apply(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	c := r.Counters()
+	if !c.Ready || c.Runs() != 2 {
+		t.Fatalf("after a config with the bridge address: %+v, runs %d", c, c.Runs())
+	}
+	if got, _ := r.PeerSince(w.pubs["b"]); !got.Equal(t0) {
+		t.Errorf("PeerSince(b) moved to %v on a later config", got)
+	}
+	// c leaves the config: forgotten; when it comes back its time restarts.
+	in.Nodes = slices.DeleteFunc(slices.Clone(in.Nodes), func(n Node) bool { return n.Name == "c" })
+	if _, err := r.Apply(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.PeerSince(w.pubs["c"]); ok {
+		t.Error("peer c still recorded after it left the config")
+	}
+	now = t0.Add(2 * time.Minute)
+	if _, err := r.Apply(ctx, w.input()); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := r.PeerSince(w.pubs["c"]); !got.Equal(now) {
+		t.Errorf("PeerSince(c) = %v after it came back at %v", got, now)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
@@ -13,18 +14,24 @@ import (
 
 // Reconciler keeps a data plane at the config Desired computes. Apply is
 // cheap when nothing changed: the data plane is only called when the desired
-// config differs from the last one it accepted.
+// config differs from the last one it accepted. It is the one owner of the
+// reconcile state that status and metrics report: counts, the last error
+// and duration, readiness, and since when each peer has been configured.
 type Reconciler struct {
 	dp  fastdp.Dataplane
 	log *slog.Logger
+	now func() time.Time
 
-	mu      sync.Mutex
-	last    *fastdp.Config // last config the data plane accepted; nil forces the next Set
-	names   map[crypto.Key]string
-	applied int64
-	skipped int64
-	errors  int64
-	lastErr error
+	mu       sync.Mutex
+	last     *fastdp.Config // last config the data plane accepted; nil forces the next Set
+	names    map[crypto.Key]string
+	since    map[crypto.Key]time.Time // when each peer of last was first configured
+	applied  int64
+	skipped  int64
+	errors   int64
+	lastErr  error
+	duration time.Duration // of the last Apply
+	ready    bool          // the data plane once accepted a config with a bridge address
 }
 
 // Counters are the Reconciler's running totals, for metrics and status.
@@ -32,14 +39,22 @@ type Counters struct {
 	Applied, Skipped, Errors int64
 	// LastError is the most recent failure, nil after a success.
 	LastError error
+	// LastDuration is how long the last Apply took.
+	LastDuration time.Duration
+	// Ready says the data plane has accepted a config that gives this node
+	// its bridge address, so pods can be served.
+	Ready bool
 }
+
+// Runs is how many times Apply ran.
+func (c Counters) Runs() int64 { return c.Applied + c.Skipped + c.Errors }
 
 // NewReconciler drives dp. log may be nil.
 func NewReconciler(dp fastdp.Dataplane, log *slog.Logger) *Reconciler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Reconciler{dp: dp, log: log.With("component", "peer")}
+	return &Reconciler{dp: dp, log: log.With("component", "peer"), now: time.Now, since: map[crypto.Key]time.Time{}}
 }
 
 // Apply computes the desired config for in and sets it on the data plane if
@@ -49,7 +64,9 @@ func NewReconciler(dp fastdp.Dataplane, log *slog.Logger) *Reconciler {
 func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	start := r.now()
 	defer func() {
+		r.duration = r.now().Sub(start)
 		if err != nil {
 			r.errors++
 			r.lastErr = err
@@ -71,10 +88,37 @@ func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err err
 		return false, fmt.Errorf("failed to set data plane config: %w", err)
 	}
 	r.logChange(r.last, cfg, names)
+	r.trackSince(cfg, start)
 	r.last, r.names = cfg, names
 	r.applied++
 	r.lastErr = nil
+	if cfg.BridgeAddr.IsValid() {
+		r.ready = true
+	}
 	return true, nil
+}
+
+// trackSince records when each peer of cfg was first configured and forgets
+// peers cfg no longer has, so the record is bounded by the config.
+func (r *Reconciler) trackSince(cfg *fastdp.Config, now time.Time) {
+	keep := make(map[crypto.Key]time.Time, len(cfg.Peers))
+	for _, p := range cfg.Peers {
+		if t, ok := r.since[p.PublicKey]; ok {
+			keep[p.PublicKey] = t
+		} else {
+			keep[p.PublicKey] = now
+		}
+	}
+	r.since = keep
+}
+
+// PeerSince returns when the peer with key was first configured, as long as
+// it has been in every config since. Non-blocking.
+func (r *Reconciler) PeerSince(key crypto.Key) (time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.since[key]
+	return t, ok
 }
 
 // Last returns a copy of the config last applied, or nil.
@@ -88,7 +132,7 @@ func (r *Reconciler) Last() *fastdp.Config {
 func (r *Reconciler) Counters() Counters {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Counters{Applied: r.applied, Skipped: r.skipped, Errors: r.errors, LastError: r.lastErr}
+	return Counters{Applied: r.applied, Skipped: r.skipped, Errors: r.errors, LastError: r.lastErr, LastDuration: r.duration, Ready: r.ready}
 }
 
 // Stats is the data plane's view of its peers.
