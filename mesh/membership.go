@@ -132,9 +132,6 @@ func (m *Membership) Start() {
 	})
 }
 
-// Name is this node's name.
-func (m *Membership) Name() string { return m.cfg.Name }
-
 // LocalAddr is the address and port this node advertises.
 func (m *Membership) LocalAddr() netip.AddrPort {
 	return nodeAddr(m.list.LocalNode())

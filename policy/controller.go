@@ -274,15 +274,3 @@ func (c *Controller) DeniedPackets() map[string]uint64 {
 	return st.Policies
 }
 
-// Remove deletes the table: no policy is enforced on this node any more.
-// For `mesh reset` and --no-policy; call it after Run returned.
-func (c *Controller) Remove() error {
-	if err := c.nft.Remove(); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	c.applied, c.text = nil, ""
-	c.mu.Unlock()
-	c.log.Info("removed network policy table", "table", "inet "+TableName)
-	return nil
-}

@@ -417,19 +417,20 @@ func TestRestartRebuildsTable(t *testing.T) {
 	}
 	// The table outlives the controller; mess it up, a new one rebuilds it.
 	nsRun(t, n.host.NetNS(), "nft", "flush", "chain", "inet", TableName, "ingress-0")
-	c2 := startController(t, client, nft)
+	startController(t, client, nft)
 	if got := n.listTable(); got != first {
 		t.Errorf("table after restart differs:\n%s\nbefore:\n%s", got, first)
 	}
 	golden(t, "live-restart", first)
 
-	if err := c2.Remove(); err != nil {
+	// Removal is the applier's (mesh reset, --no-policy), idempotent.
+	if err := nft.Remove(); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := nsExec(n.host.NetNS(), "nft", "list", "table", "inet", TableName); err == nil {
 		t.Errorf("table still there after Remove:\n%s", out)
 	}
-	if err := c2.Remove(); err != nil {
+	if err := nft.Remove(); err != nil {
 		t.Errorf("second Remove: %v", err)
 	}
 }

@@ -39,7 +39,6 @@ func reset(args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	state := fs.Bool("state", false, "also remove the state dir (identity, keys, IPAM allocations): the node comes back as a new peer")
 	stateDir := fs.String("state-dir", def.StateDir, "state dir to remove with --state")
-	device := fs.String("wg-device", def.WGDevice, "WireGuard device name")
 	binDir := fs.String("cni-bin-dir", def.CNIBinDir, "where mesh-cni was installed")
 	confDir := fs.String("cni-conf-dir", def.CNIConfDir, "where "+daemon.CNIConfName+" was written")
 	if _, err := parseInterspersed(fs, args); err != nil {
@@ -48,7 +47,7 @@ func reset(args []string, stdout, stderr io.Writer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := daemon.Reset(ctx, daemon.ResetOptions{
-		WGDevice: *device, CNIBinDir: *binDir, CNIConfDir: *confDir,
+		WGDevice: def.WGDevice, CNIBinDir: *binDir, CNIConfDir: *confDir,
 		StateDir: *stateDir, RemoveState: *state,
 	})
 	if err != nil {
