@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshnet/mesh/cni"
 	"github.com/meshnet/mesh/cni/cnitest"
+	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -87,7 +88,7 @@ func wantCNIError(t *testing.T, err error, code uint, msgs ...string) {
 func dialFromPod(t *testing.T, hostNS, podNS string, addr string) {
 	t.Helper()
 	var ln net.Listener
-	err := cnitest.Do(hostNS, func() error {
+	err := netnstest.Do(hostNS, func() error {
 		var err error
 		ln, err = net.Listen("tcp", net.JoinHostPort(addr, "0"))
 		return err
@@ -103,7 +104,7 @@ func dialFromPod(t *testing.T, hostNS, podNS string, addr string) {
 			c.Close()
 		}
 	}()
-	err = cnitest.Do(podNS, func() error {
+	err = netnstest.Do(podNS, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		var d net.Dialer

@@ -18,12 +18,13 @@ import (
 
 	"github.com/meshnet/mesh/cni"
 	"github.com/meshnet/mesh/cni/cnitest"
+	"github.com/meshnet/mesh/internal/netnstest"
 )
 
 func TestAddCheckDel(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	pod := cnitest.NewNS(t)
+	pod := netnstest.New(t)
 	args := e.args("c1", pod, "eth0")
 
 	res, err := e.p.Add(ctx, args)
@@ -51,7 +52,7 @@ func TestAddCheckDel(t *testing.T) {
 	}
 
 	// The pod's side.
-	ph := cnitest.Handle(t, pod)
+	ph := netnstest.Handle(t, pod)
 	link, err := ph.LinkByName("eth0")
 	if err != nil {
 		t.Fatalf("eth0 in the pod: %v", err)
@@ -113,7 +114,7 @@ func TestParallelAddAndGC(t *testing.T) {
 	const n = 30
 	pods := make([]string, n)
 	for i := range pods {
-		pods[i] = cnitest.NewNS(t)
+		pods[i] = netnstest.New(t)
 	}
 	addrs := make([]string, n)
 	errs := make([]error, n)
@@ -220,7 +221,7 @@ func TestAddFailures(t *testing.T) {
 		{
 			name: "interface already in the pod",
 			prepare: func(t *testing.T, _ *env, pod string) {
-				h := cnitest.Handle(t, pod)
+				h := netnstest.Handle(t, pod)
 				if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}}); err != nil {
 					t.Fatal(err)
 				}
@@ -233,7 +234,7 @@ func TestAddFailures(t *testing.T) {
 			// exists: the rollback must remove it and the allocation.
 			name: "pod already has a default route",
 			prepare: func(t *testing.T, _ *env, pod string) {
-				h := cnitest.Handle(t, pod)
+				h := netnstest.Handle(t, pod)
 				d := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
 				if err := h.LinkAdd(d); err != nil {
 					t.Fatal(err)
@@ -252,7 +253,7 @@ func TestAddFailures(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t)
-			pod := cnitest.NewNS(t)
+			pod := netnstest.New(t)
 			args := e.args("c1", pod, "eth0")
 			if tt.stdin != nil {
 				args.StdinData = tt.stdin(e)
@@ -269,10 +270,10 @@ func TestAddFailures(t *testing.T) {
 			_, err := e.p.Add(context.Background(), args)
 			wantCNIError(t, err, tt.code, tt.msgs...)
 			e.assertClean(t)
-			if _, err := cnitest.Handle(t, pod).LinkByName(cni.HostVethName("c1", "eth0")); err == nil {
+			if _, err := netnstest.Handle(t, pod).LinkByName(cni.HostVethName("c1", "eth0")); err == nil {
 				t.Error("host veth left in the pod netns")
 			}
-			if l, err := cnitest.Handle(t, pod).LinkByName("eth0"); err == nil && l.Type() == "veth" {
+			if l, err := netnstest.Handle(t, pod).LinkByName("eth0"); err == nil && l.Type() == "veth" {
 				t.Error("veth eth0 left in the pod netns")
 			}
 		})
@@ -297,7 +298,7 @@ func TestDel(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t)
-			pod := cnitest.NewNS(t)
+			pod := netnstest.New(t)
 			args := e.args("c1", pod, "eth0")
 			if tt.add {
 				if _, err := e.p.Add(context.Background(), args); err != nil {
@@ -319,7 +320,7 @@ func TestDel(t *testing.T) {
 			if e.host.Link(cni.HostVethName("c1", "eth0")) != nil {
 				t.Error("host veth left after DEL")
 			}
-			if _, err := cnitest.Handle(t, pod).LinkByName("eth0"); err == nil {
+			if _, err := netnstest.Handle(t, pod).LinkByName("eth0"); err == nil {
 				t.Error("eth0 left in the pod after DEL")
 			}
 			if !tt.stop && len(e.d.Allocations()) != 0 {
@@ -340,14 +341,14 @@ func TestCheckFailures(t *testing.T) {
 			gcAll(t, e)
 		}, code: types.ErrUnknownContainer, msgs: []string{`no address for container "c1"`}},
 		{name: "MTU", breakIt: func(t *testing.T, _ *env, pod string) {
-			h := cnitest.Handle(t, pod)
+			h := netnstest.Handle(t, pod)
 			l, _ := h.LinkByName("eth0")
 			if err := h.LinkSetMTU(l, 1300); err != nil {
 				t.Fatal(err)
 			}
 		}, code: cni.ErrCheckFailed, msgs: []string{"MTU 1300, want 1420"}},
 		{name: "interface gone", breakIt: func(t *testing.T, _ *env, pod string) {
-			h := cnitest.Handle(t, pod)
+			h := netnstest.Handle(t, pod)
 			l, _ := h.LinkByName("eth0")
 			if err := h.LinkDel(l); err != nil {
 				t.Fatal(err)
@@ -359,7 +360,7 @@ func TestCheckFailures(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t)
-			pod := cnitest.NewNS(t)
+			pod := netnstest.New(t)
 			args := e.args("c1", pod, "eth0")
 			if _, err := e.p.Add(context.Background(), args); err != nil {
 				t.Fatalf("ADD: %v", err)
@@ -414,7 +415,7 @@ func TestResultVersions(t *testing.T) {
 			e := newEnv(t)
 			var out bytes.Buffer
 			e.p.Stdout = &out
-			pod := cnitest.NewNS(t)
+			pod := netnstest.New(t)
 			args := e.args("c1", pod, "eth0")
 			args.StdinData = e.conf(v)
 			if err := e.p.Funcs().Add(args); err != nil {
@@ -446,7 +447,7 @@ func TestResultVersions(t *testing.T) {
 // prevResult, with the daemon's allocation.
 func TestCheckPrevResult(t *testing.T) {
 	e := newEnv(t)
-	pod := cnitest.NewNS(t)
+	pod := netnstest.New(t)
 	args := e.args("c1", pod, "eth0")
 	res, err := e.p.Add(context.Background(), args)
 	if err != nil {

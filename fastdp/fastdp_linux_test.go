@@ -19,25 +19,9 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
-
-// testNS creates a throwaway network namespace and returns its path. It is
-// deleted when the test ends, with whatever links it still holds.
-func testNS(t *testing.T) string {
-	t.Helper()
-	name := "fdp-" + randHex(4)
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("failed to delete netns %s: %v: %s", name, err, out)
-		}
-	})
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
-	return "/var/run/netns/" + name
-}
-
-func nsName(path string) string { return strings.TrimPrefix(path, "/var/run/netns/") }
 
 func randHex(n int) string {
 	b := make([]byte, n)
@@ -132,31 +116,18 @@ func (n *node) open(t *testing.T, ctx context.Context, mode string) Dataplane {
 
 // twoNodes makes two namespaces joined by a veth pair (the underlay).
 func twoNodes(t *testing.T) (a, b *node) {
-	nsA, nsB := testNS(t), testNS(t)
-	run(t, "ip", "link", "add", "ul"+randHex(3), "netns", nsName(nsA), "type", "veth", "peer", "ul0", "netns", nsName(nsB))
-	// Rename A's end to a fixed name inside its namespace for readability.
-	out := run(t, "ip", "-n", nsName(nsA), "-o", "link", "show", "type", "veth")
-	ifA := strings.TrimSpace(strings.SplitN(strings.SplitN(out, ": ", 3)[1], "@", 2)[0])
-	run(t, "ip", "-n", nsName(nsA), "link", "set", ifA, "name", "ul0")
+	nsA, nsB := netnstest.New(t), netnstest.New(t)
+	// Made in A, B's end moved over and given the same name there.
+	netnstest.Run(t, nsA, "ip", "link", "add", "ul0", "type", "veth", "peer", "ulb")
+	netnstest.MoveLink(t, nsA, "ulb", nsB)
+	netnstest.Run(t, nsB, "ip", "link", "set", "ulb", "name", "ul0")
 	for _, x := range []struct{ ns, addr string }{{nsA, "192.168.77.1/24"}, {nsB, "192.168.77.2/24"}} {
-		run(t, "ip", "-n", nsName(x.ns), "addr", "add", x.addr, "dev", "ul0")
-		run(t, "ip", "-n", nsName(x.ns), "link", "set", "ul0", "up")
+		netnstest.Run(t, x.ns, "ip", "addr", "add", x.addr, "dev", "ul0")
+		netnstest.Run(t, x.ns, "ip", "link", "set", "ul0", "up")
 	}
 	a = newNode(t, nsA, "192.168.77.1", "10.40.0.1", "10.40.0.0/24")
 	b = newNode(t, nsB, "192.168.77.2", "10.40.1.1", "10.40.1.0/24")
 	return a, b
-}
-
-// inNS runs fn on a thread in the namespace at path; sockets it opens
-// belong to that namespace and can be used from anywhere afterwards.
-func inNS(t *testing.T, path string, fn func() error) error {
-	t.Helper()
-	ns, err := openNetNS(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.close()
-	return ns.do(fn)
 }
 
 // exchange sends a megabyte over TCP from a's namespace to b's overlay IP
@@ -164,7 +135,7 @@ func inNS(t *testing.T, path string, fn func() error) error {
 func exchange(t *testing.T, ctx context.Context, a, b *node) {
 	t.Helper()
 	var ln net.Listener
-	if err := inNS(t, b.ns, func() (err error) {
+	if err := netnstest.Do(b.ns, func() (err error) {
 		ln, err = net.Listen("tcp", netip.AddrPortFrom(b.overlay, 7000).String())
 		return err
 	}); err != nil {
@@ -182,7 +153,7 @@ func exchange(t *testing.T, ctx context.Context, a, b *node) {
 	}()
 
 	var c net.Conn
-	if err := inNS(t, a.ns, func() error {
+	if err := netnstest.Do(a.ns, func() error {
 		// The first SYN triggers the handshake; retry briefly.
 		var err error
 		for i := 0; i < 20 && ctx.Err() == nil; i++ {
@@ -223,7 +194,7 @@ func exchange(t *testing.T, ctx context.Context, a, b *node) {
 // ownRoutes lists the routes mesh installed, as iproute2 shows them.
 func ownRoutes(t *testing.T, ns string) []string {
 	t.Helper()
-	out := strings.TrimSpace(run(t, "ip", "-n", nsName(ns), "route", "show", "proto", fmt.Sprint(RouteProtocol)))
+	out := strings.TrimSpace(netnstest.Run(t, ns, "ip", "route", "show", "proto", fmt.Sprint(RouteProtocol)))
 	if out == "" {
 		return nil
 	}
@@ -237,7 +208,7 @@ func ownRoutes(t *testing.T, ns string) []string {
 }
 
 func links(t *testing.T, ns string) string {
-	return run(t, "ip", "-n", nsName(ns), "-o", "link", "show")
+	return netnstest.Run(t, ns, "ip", "-o", "link", "show")
 }
 
 func handshaked(t *testing.T, ctx context.Context, dp Dataplane, peer crypto.Key) PeerStats {
@@ -312,13 +283,13 @@ func TestUserspaceOverlay(t *testing.T) {
 	if !sameSet(routes, wantRoutes) {
 		t.Errorf("routes = %q, want %q", routes, wantRoutes)
 	}
-	if out := run(t, "ip", "-n", nsName(a.ns), "-o", "addr", "show", "dev", "mesh"); !strings.Contains(out, "10.40.0.1/32") {
+	if out := netnstest.Run(t, a.ns, "ip", "-o", "addr", "show", "dev", "mesh"); !strings.Contains(out, "10.40.0.1/32") {
 		t.Errorf("bridge address missing: %s", out)
 	}
-	if out := run(t, "ip", "-n", nsName(a.ns), "-o", "link", "show", a.dev); !strings.Contains(out, "mtu 1420") {
+	if out := netnstest.Run(t, a.ns, "ip", "-o", "link", "show", a.dev); !strings.Contains(out, "mtu 1420") {
 		t.Errorf("wg device MTU: %s", out)
 	}
-	if out := run(t, "ip", "netns", "exec", nsName(a.ns), "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "1" {
+	if out := netnstest.Run(t, a.ns, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "1" {
 		t.Errorf("ip_forward = %q", out)
 	}
 
@@ -407,7 +378,7 @@ func TestUserspaceOverlay(t *testing.T) {
 func netlinkEvents(t *testing.T, ns string, fn func()) string {
 	t.Helper()
 	var out bytes.Buffer
-	mon := exec.Command("ip", "-n", nsName(ns), "monitor", "link", "address", "route")
+	mon := exec.Command("nsenter", "--net="+ns, "ip", "monitor", "link", "address", "route")
 	mon.Stdout, mon.Stderr = &out, &out
 	if err := mon.Start(); err != nil {
 		t.Fatalf("ip monitor: %v", err)
@@ -450,7 +421,7 @@ func sameSet(a, b []string) bool {
 
 // kernelAvailable probes the way New does, in a throwaway namespace.
 func kernelAvailable(t *testing.T) bool {
-	ns := testNS(t)
+	ns := netnstest.New(t)
 	dp, err := New(context.Background(), Options{Mode: ModeKernel, DeviceName: "mwg" + randHex(5), NetNSPath: ns})
 	if err != nil {
 		return false
@@ -466,7 +437,7 @@ func TestModeSelection(t *testing.T) {
 	if kernelAvailable(t) {
 		t.Skip("this host has kernel WireGuard; the fallback cannot be observed")
 	}
-	ns := testNS(t)
+	ns := netnstest.New(t)
 	dev := "mwg" + randHex(5)
 
 	_, err := New(ctx, Options{Mode: ModeKernel, DeviceName: dev, NetNSPath: ns})
@@ -489,7 +460,7 @@ func TestModeSelection(t *testing.T) {
 	if _, err := New(ctx, Options{Mode: "fast", DeviceName: dev, NetNSPath: ns}); err == nil {
 		t.Errorf("unknown mode accepted")
 	}
-	run(t, "ip", "-n", nsName(ns), "link", "add", dev, "type", "bridge")
+	netnstest.Run(t, ns, "ip", "link", "add", dev, "type", "bridge")
 	if _, err := New(ctx, Options{Mode: ModeAuto, DeviceName: dev, NetNSPath: ns}); err == nil || !strings.Contains(err.Error(), "bridge") {
 		t.Errorf("a bridge in the way: err = %v", err)
 	}
@@ -501,13 +472,13 @@ func TestSetRollback(t *testing.T) {
 	testnet.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns := testNS(t)
+	ns := netnstest.New(t)
 	n := newNode(t, ns, "192.168.77.1", "10.40.0.1", "10.40.0.0/24")
 
 	// A route that mesh did not install blocks the local range.
-	run(t, "ip", "-n", nsName(ns), "link", "add", "blocker", "type", "veth", "peer", "blocker1")
-	run(t, "ip", "-n", nsName(ns), "link", "set", "blocker", "up")
-	run(t, "ip", "-n", nsName(ns), "route", "add", "10.40.0.0/24", "dev", "blocker")
+	netnstest.Run(t, ns, "ip", "link", "add", "blocker", "type", "veth", "peer", "blocker1")
+	netnstest.Run(t, ns, "ip", "link", "set", "blocker", "up")
+	netnstest.Run(t, ns, "ip", "route", "add", "10.40.0.0/24", "dev", "blocker")
 	before := links(t, ns)
 
 	dp := n.open(t, ctx, ModeUserspace)
@@ -524,7 +495,7 @@ func TestSetRollback(t *testing.T) {
 	}
 
 	// Once the obstacle is gone the same data plane converges.
-	run(t, "ip", "-n", nsName(ns), "route", "del", "10.40.0.0/24", "dev", "blocker")
+	netnstest.Run(t, ns, "ip", "route", "del", "10.40.0.0/24", "dev", "blocker")
 	if err := dp.Set(ctx, n.config(t)); err != nil {
 		t.Fatalf("Set after removing the obstacle: %v", err)
 	}
@@ -566,7 +537,7 @@ func TestResetRefusesRunningDataplane(t *testing.T) {
 	testnet.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ns := testNS(t)
+	ns := netnstest.New(t)
 	n := newNode(t, ns, "192.168.77.1", "10.40.0.1", "10.40.0.0/24")
 	dp := n.open(t, ctx, ModeUserspace)
 	if err := dp.Set(ctx, n.config(t)); err != nil {
@@ -589,10 +560,10 @@ func TestResetRefusesRunningDataplane(t *testing.T) {
 
 func TestDetectMTU(t *testing.T) {
 	testnet.RequireRoot(t)
-	ns := testNS(t)
-	run(t, "ip", "-n", nsName(ns), "link", "add", "ul0", "mtu", "9000", "type", "veth", "peer", "ul1", "mtu", "9000")
-	run(t, "ip", "-n", nsName(ns), "addr", "add", "192.168.5.1/24", "dev", "ul0")
-	run(t, "ip", "-n", nsName(ns), "link", "set", "ul0", "up")
+	ns := netnstest.New(t)
+	netnstest.Run(t, ns, "ip", "link", "add", "ul0", "mtu", "9000", "type", "veth", "peer", "ul1", "mtu", "9000")
+	netnstest.Run(t, ns, "ip", "addr", "add", "192.168.5.1/24", "dev", "ul0")
+	netnstest.Run(t, ns, "ip", "link", "set", "ul0", "up")
 	for _, tc := range []struct {
 		dst  string
 		want int
@@ -601,12 +572,12 @@ func TestDetectMTU(t *testing.T) {
 		{"192.168.5.1", 9000 - Overhead}, // ourselves
 	} {
 		var got int
-		err := inNS(t, ns, func() (err error) { got, err = DetectMTU(netip.MustParseAddr(tc.dst)); return err })
+		err := netnstest.Do(ns, func() (err error) { got, err = DetectMTU(netip.MustParseAddr(tc.dst)); return err })
 		if err != nil || got != tc.want {
 			t.Errorf("DetectMTU(%s) = %d, %v; want %d", tc.dst, got, err, tc.want)
 		}
 	}
-	err := inNS(t, ns, func() error { _, err := DetectMTU(netip.MustParseAddr("203.0.113.1")); return err })
+	err := netnstest.Do(ns, func() error { _, err := DetectMTU(netip.MustParseAddr("203.0.113.1")); return err })
 	if err == nil {
 		t.Errorf("DetectMTU without a route succeeded")
 	}

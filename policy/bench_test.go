@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -78,7 +79,7 @@ func BenchmarkBuild(b *testing.B) {
 // 200 policies: build the ruleset and replace the table atomically.
 func BenchmarkPolicyApply(b *testing.B) {
 	testnet.RequireRoot(b)
-	ns := newNS(b)
+	ns := netnstest.New(b)
 	nft := nftIn(b, ns)
 	st := benchState(1000, 200)
 	rs := Build(st)
@@ -130,7 +131,7 @@ func TestThroughput(t *testing.T) {
 		}
 		defer srv.Wait()
 		testnet.Eventually(t, 10*time.Second, 20*time.Millisecond, func() error {
-			out, _ := nsExec(a1.ns, "ss", "-Hltn", "sport = :5201")
+			out, _ := netnstest.Exec(a1.ns, "ss", "-Hltn", "sport = :5201")
 			if !strings.Contains(out, "5201") {
 				return fmt.Errorf("iperf3 server not listening")
 			}

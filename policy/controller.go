@@ -273,4 +273,3 @@ func (c *Controller) DeniedPackets() map[string]uint64 {
 	}
 	return st.Policies
 }
-

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
 	"github.com/meshnet/mesh/kube/kubetest"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -53,7 +54,7 @@ func newTestNodeNet(t *testing.T) *testNodeNet {
 	tn := testnet.New(t, testnet.Options{Hosts: 1, Prefix: "policy"})
 	h := tn.Hosts()[0]
 	n := &testNodeNet{t: t, host: h, pods: map[string]*testPod{}}
-	nsRun(t, h.NetNS(), "sh", "-ec", `
+	netnstest.Run(t, h.NetNS(), "sh", "-ec", `
 ip link add mesh type bridge
 ip addr add 10.32.0.1/32 dev mesh
 ip link set mesh up
@@ -70,13 +71,13 @@ echo 0 > /proc/sys/net/ipv4/conf/mesh/send_redirects
 func (n *testNodeNet) addPod(name, addr string) *testPod {
 	t := n.t
 	n.n++
-	p := &testPod{name: name, ns: newNS(t), addr: netip.MustParseAddr(addr)}
+	p := &testPod{name: name, ns: netnstest.New(t), addr: netip.MustParseAddr(addr)}
 	port := fmt.Sprintf("vp%d", n.n)
-	nsRun(t, n.host.NetNS(), "sh", "-ec", fmt.Sprintf(`
+	netnstest.Run(t, n.host.NetNS(), "sh", "-ec", fmt.Sprintf(`
 ip link add %[1]s type veth peer name eth0 netns %[2]s
 ip link set %[1]s master mesh up
 `, port, p.ns))
-	nsRun(t, p.ns, "sh", "-ec", fmt.Sprintf(`
+	netnstest.Run(t, p.ns, "sh", "-ec", fmt.Sprintf(`
 ip addr add %s/32 dev eth0
 ip link set eth0 up
 ip route add 10.32.0.1 dev eth0 scope link
@@ -84,7 +85,7 @@ ip route add default via 10.32.0.1 dev eth0
 `, addr))
 	for _, port := range tcpPorts {
 		var l net.Listener
-		if err := doIn(p.ns, func() (err error) { l, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); return err }); err != nil {
+		if err := netnstest.Do(p.ns, func() (err error) { l, err = net.Listen("tcp4", fmt.Sprintf(":%d", port)); return err }); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { l.Close() })
@@ -101,7 +102,7 @@ ip route add default via 10.32.0.1 dev eth0
 	}
 	for _, port := range udpPorts {
 		var c net.PacketConn
-		if err := doIn(p.ns, func() (err error) { c, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port)); return err }); err != nil {
+		if err := netnstest.Do(p.ns, func() (err error) { c, err = net.ListenPacket("udp4", fmt.Sprintf(":%d", port)); return err }); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.Close() })
@@ -124,7 +125,7 @@ ip route add default via 10.32.0.1 dev eth0
 // back.
 func probe(src, dst *testPod, proto string, port int) (bool, error) {
 	ok := false
-	err := doIn(src.ns, func() error {
+	err := netnstest.Do(src.ns, func() error {
 		d := net.Dialer{Timeout: probeTimeout}
 		c, err := d.Dial(proto+"4", netip.AddrPortFrom(dst.addr, uint16(port)).String())
 		if err != nil {
@@ -187,7 +188,7 @@ var counterRE = regexp.MustCompile(`packets \d+ bytes \d+`)
 
 // listTable is `nft list table` in the node, counter values zeroed.
 func (n *testNodeNet) listTable() string {
-	out := nsRun(n.t, n.host.NetNS(), "nft", "list", "table", "inet", TableName)
+	out := netnstest.Run(n.t, n.host.NetNS(), "nft", "list", "table", "inet", TableName)
 	return counterRE.ReplaceAllString(out, "packets 0 bytes 0")
 }
 
@@ -416,7 +417,7 @@ func TestRestartRebuildsTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The table outlives the controller; mess it up, a new one rebuilds it.
-	nsRun(t, n.host.NetNS(), "nft", "flush", "chain", "inet", TableName, "ingress-0")
+	netnstest.Run(t, n.host.NetNS(), "nft", "flush", "chain", "inet", TableName, "ingress-0")
 	startController(t, client, nft)
 	if got := n.listTable(); got != first {
 		t.Errorf("table after restart differs:\n%s\nbefore:\n%s", got, first)
@@ -427,7 +428,7 @@ func TestRestartRebuildsTable(t *testing.T) {
 	if err := nft.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := nsExec(n.host.NetNS(), "nft", "list", "table", "inet", TableName); err == nil {
+	if out, err := netnstest.Exec(n.host.NetNS(), "nft", "list", "table", "inet", TableName); err == nil {
 		t.Errorf("table still there after Remove:\n%s", out)
 	}
 	if err := nft.Remove(); err != nil {

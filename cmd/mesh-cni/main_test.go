@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshnet/mesh/cni"
 	"github.com/meshnet/mesh/cni/cnitest"
+	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -51,7 +52,7 @@ func TestBinary(t *testing.T) {
 	bin := testnet.BuildBinary(t, "./cmd/mesh-cni")
 	d := cnitest.NewFakeDaemon(t, "10.32.0.0/12", "10.32.0.0/24")
 	host := cnitest.NewHost(t, d)
-	pod := cnitest.NewNS(t)
+	pod := netnstest.New(t)
 	conf := func(v string) string {
 		return fmt.Sprintf(`{"cniVersion":%q,"name":"mesh","type":"mesh-cni","socket":%q}`, v, d.Socket)
 	}

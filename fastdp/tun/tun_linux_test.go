@@ -1,51 +1,27 @@
 package tun
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
-
+	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-// inTestNS runs fn on a locked thread inside a new, named network namespace
-// that is deleted afterwards; the thread is discarded, never reused.
-func inTestNS(t *testing.T, fn func(name string)) {
+// inTestNS runs fn on a thread inside a throwaway network namespace,
+// passing its path; the thread is discarded afterwards, never reused.
+func inTestNS(t *testing.T, fn func(ns string)) {
 	t.Helper()
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	name := "tun-" + hex.EncodeToString(b)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	ns, err := netns.GetFromName(name)
-	if err != nil {
+	ns := netnstest.New(t)
+	if err := netnstest.Do(ns, func() error { fn(ns); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		if err := netns.Set(ns); err != nil {
-			t.Errorf("setns: %v", err)
-			return
-		}
-		fn(name)
-	}()
-	<-done
 }
 
-func link(t *testing.T, ns, dev string) string {
-	out, _ := exec.Command("ip", "-n", ns, "-o", "link", "show", dev).CombinedOutput()
-	return string(out)
+func link(ns, dev string) string {
+	out, _ := netnstest.Exec(ns, "ip", "-o", "link", "show", dev)
+	return out
 }
 
 func TestPersistentAdoptDelete(t *testing.T) {
@@ -72,7 +48,7 @@ func TestPersistentAdoptDelete(t *testing.T) {
 		if err := dev.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
-		if !strings.Contains(link(t, ns, "tt0"), "tt0") {
+		if !strings.Contains(link(ns, "tt0"), "tt0") {
 			t.Errorf("device gone after Close; it should persist")
 		}
 
@@ -89,7 +65,7 @@ func TestPersistentAdoptDelete(t *testing.T) {
 		if err := Delete("tt0"); err != nil {
 			t.Errorf("Delete: %v", err)
 		}
-		if l := link(t, ns, "tt0"); strings.Contains(l, "tt0:") {
+		if l := link(ns, "tt0"); strings.Contains(l, "tt0:") {
 			t.Errorf("device still there after Delete: %s", l)
 		}
 		if err := Delete("tt0"); err != nil {
@@ -101,15 +77,15 @@ func TestPersistentAdoptDelete(t *testing.T) {
 func TestOpenRefusesOtherLink(t *testing.T) {
 	testnet.RequireRoot(t)
 	inTestNS(t, func(ns string) {
-		if out, err := exec.Command("ip", "-n", ns, "link", "add", "br0", "type", "bridge").CombinedOutput(); err != nil {
-			t.Errorf("add bridge: %v: %s", err, out)
+		if _, err := netnstest.Exec(ns, "ip", "link", "add", "br0", "type", "bridge"); err != nil {
+			t.Errorf("add bridge: %v", err)
 			return
 		}
 		if dev, _, err := Open("br0", 1400); err == nil {
 			dev.Close()
 			t.Errorf("Open on a bridge succeeded")
 		}
-		if !strings.Contains(link(t, ns, "br0"), "br0") {
+		if !strings.Contains(link(ns, "br0"), "br0") {
 			t.Errorf("the bridge was removed")
 		}
 	})
