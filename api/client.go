@@ -16,6 +16,17 @@ import (
 // DefaultSocket is where the daemon listens unless told otherwise.
 const DefaultSocket = "/run/mesh/mesh.sock"
 
+// The CNI plugin as the daemon installs it: the binary's name (also its
+// "type" in the conflist), the conflist's name ("10-" sorts it before most
+// other networks, as the kubelet uses the first file), and the default
+// directories runtimes read them from.
+const (
+	CNIPluginName     = "mesh-cni"
+	CNIConfName       = "10-mesh.conflist"
+	DefaultCNIBinDir  = "/opt/cni/bin"
+	DefaultCNIConfDir = "/etc/cni/net.d"
+)
+
 // ErrDaemonUnreachable wraps every failure to reach the daemon at all, so
 // callers (mesh-cni) can tell "try again later" from a refused request.
 var ErrDaemonUnreachable = errors.New("cannot reach the mesh daemon")

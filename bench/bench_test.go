@@ -117,7 +117,9 @@ func benchCNIAndIPAM(t *testing.T, r *report) {
 		"github.com/containernetworking/plugins/plugins/main/loopback",
 	} {
 		bin := testnet.BuildBinary(t, pkg)
-		copyFile(t, bin, h.Path("/opt/cni/bin/"+filepath.Base(bin)), 0o755)
+		if err := h.CopyFile(bin, "/opt/cni/bin/"+filepath.Base(bin), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	confDir := h.Path("/etc/cni/bench")
 	lo := `,
@@ -140,7 +142,7 @@ func benchCNIAndIPAM(t *testing.T, r *report) {
 	defer cancel()
 	out, err := h.Run(ctx, tool, "-pods", strconv.Itoa(cniPods), "-warmup", "5", "-path", "/opt/cni/bin",
 		"-cache", "/run/cni-bench/cache",
-		"mesh=/etc/cni/net.d/10-mesh.conflist", "ref=/etc/cni/bench/ref.conflist", "refLo=/etc/cni/bench/refLo.conflist")
+		"mesh="+meshtest.CNIConfPath, "ref=/etc/cni/bench/ref.conflist", "refLo=/etc/cni/bench/refLo.conflist")
 	if err != nil {
 		t.Errorf("cnibench: %v", err)
 	} else {

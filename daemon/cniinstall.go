@@ -6,15 +6,15 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/internal/atomicfile"
 )
 
-// CNIConfName is the conflist the daemon writes; "10-" sorts it before
-// most other networks, as the kubelet uses the first file.
-const CNIConfName = "10-mesh.conflist"
+// CNIConfName is the conflist the daemon writes (defined in api, the
+// contract shared with tests and tools).
+const CNIConfName = api.CNIConfName
 
-// cniPluginName is the plugin's binary name, and its "type" in the conflist.
-const cniPluginName = "mesh-cni"
+const cniPluginName = api.CNIPluginName
 
 // maybeInstallCNI installs the plugin once this node can serve pods (the
 // one readiness predicate, d.ready, which /readyz also answers with). The

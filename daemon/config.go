@@ -73,8 +73,8 @@ func DefaultConfig() Config {
 		Keepalive:    25 * time.Second,
 		Bridge:       fastdp.DefaultBridgeName,
 		WGDevice:     fastdp.DefaultDeviceName,
-		CNIBinDir:    "/opt/cni/bin",
-		CNIConfDir:   "/etc/cni/net.d",
+		CNIBinDir:    api.DefaultCNIBinDir,
+		CNIConfDir:   api.DefaultCNIConfDir,
 		MetricsAddr:  "127.0.0.1:6782",
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -43,7 +44,7 @@ func TestCNILibcniAcrossHosts(t *testing.T) {
 			}
 			return nil
 		})
-		raw, err := os.ReadFile(h.Path("/etc/cni/net.d/10-mesh.conflist"))
+		raw, err := os.ReadFile(h.Path(meshtest.CNIConfPath))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -195,7 +196,7 @@ func TestReset(t *testing.T) {
 	if strings.Contains(links, "mesh") || strings.TrimSpace(routes) != "" {
 		t.Fatalf("reset left links or routes:\n%s\n%s", links, routes)
 	}
-	for _, p := range []string{"/etc/cni/net.d/10-mesh.conflist", "/opt/cni/bin/mesh-cni", "/var/lib/mesh/identity.json"} {
+	for _, p := range []string{meshtest.CNIConfPath, meshtest.CNIPluginPath, "/var/lib/mesh/identity.json"} {
 		if _, err := n.Host.Run(ctx, "test", "-e", p); err == nil {
 			t.Fatalf("reset left %s", p)
 		}

@@ -8,10 +8,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/meshnet/mesh/internal/testnet"
 )
 
 // cgroupMount is one cgroup hierarchy mounted on the machine.
@@ -127,7 +128,7 @@ func removeCgroupRoot(ms []cgroupMount, root string, timeout time.Duration) erro
 			continue
 		}
 		for {
-			pids := cgroupPIDs(top)
+			pids := testnet.CgroupPIDs(top)
 			if len(pids) == 0 {
 				break
 			}
@@ -163,24 +164,6 @@ func removeCgroupRoot(ms []cgroupMount, root string, timeout time.Duration) erro
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// cgroupPIDs lists the processes in cgroup dir and its descendants.
-func cgroupPIDs(dir string) []int {
-	var pids []int
-	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.Name() != "cgroup.procs" {
-			return nil
-		}
-		data, _ := os.ReadFile(p)
-		for _, f := range strings.Fields(string(data)) {
-			if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
-				pids = append(pids, pid)
-			}
-		}
-		return nil
-	})
-	return pids
 }
 
 // removeStaleCgroupRoots removes the cgroup roots of earlier runs whose run

@@ -366,7 +366,7 @@ func (c *Cluster) prepareNode(t testing.TB, node *Node) {
 		plugins = nil
 	}
 	for _, p := range plugins {
-		if err := copyFile(filepath.Join(c.bins.cni, p), filepath.Join(node.Path("/opt/cni/bin"), p), 0o755); err != nil {
+		if err := node.CopyFile(filepath.Join(c.bins.cni, p), filepath.Join("/opt/cni/bin", p), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -604,17 +604,6 @@ func writeFile(t testing.TB, file, content string) {
 	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func copyFile(src, dst string, mode os.FileMode) error {
-	data, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(dst, data, mode)
 }
 
 func tailLines(s string, n int) string {

@@ -66,7 +66,7 @@ func TestDemo(t *testing.T) {
 			if len(st.Peers) != len(hosts) || st.OverlayIP == "" || established != len(hosts)-1 {
 				return fmt.Errorf("%s not ready yet", h.Name)
 			}
-			if _, err := h.Run(ctx, "test", "-f", "/etc/cni/net.d/10-mesh.conflist"); err != nil {
+			if _, err := h.Run(ctx, "test", "-f", meshtest.CNIConfPath); err != nil {
 				return err
 			}
 		}

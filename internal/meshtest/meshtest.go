@@ -125,12 +125,19 @@ func Ready(nodes []*Node) error {
 	return nil
 }
 
+// Where the daemon installs the CNI plugin and its conflist on a simulated
+// host (its default directories, private to each host).
+var (
+	CNIPluginPath = filepath.Join(api.DefaultCNIBinDir, api.CNIPluginName)
+	CNIConfPath   = filepath.Join(api.DefaultCNIConfDir, api.CNIConfName)
+)
+
 // WaitCNIInstalled waits until the daemon has installed the plugin and its
 // network config.
 func WaitCNIInstalled(t testing.TB, n *Node) {
 	t.Helper()
 	testnet.Eventually(t, 60*time.Second, 250*time.Millisecond, func() error {
-		for _, p := range []string{"/opt/cni/bin/mesh-cni", "/etc/cni/net.d/10-mesh.conflist"} {
+		for _, p := range []string{CNIPluginPath, CNIConfPath} {
 			if _, err := os.Stat(n.Host.Path(p)); err != nil {
 				return err
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -119,19 +120,28 @@ func (c *cgroup) kill(timeout time.Duration, final bool) error {
 
 // killProcs kills the processes listed in c and its descendants one by one.
 func (c *cgroup) killProcs() {
-	_ = filepath.WalkDir(c.path, func(p string, d os.DirEntry, err error) error {
+	for _, pid := range CgroupPIDs(c.path) {
+		killPID(pid)
+	}
+}
+
+// CgroupPIDs lists the processes in the cgroup v2 directory dir and its
+// descendants (their cgroup.procs files); unreadable parts are skipped.
+func CgroupPIDs(dir string) []int {
+	var pids []int
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.Name() != "cgroup.procs" {
 			return nil
 		}
 		data, _ := os.ReadFile(p)
 		for _, f := range strings.Fields(string(data)) {
-			var pid int
-			if _, err := fmt.Sscan(f, &pid); err == nil && pid > 0 {
-				killPID(pid)
+			if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+				pids = append(pids, pid)
 			}
 		}
 		return nil
 	})
+	return pids
 }
 
 // populated reports whether c or a descendant has a live process.

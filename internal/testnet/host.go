@@ -136,6 +136,24 @@ func (h *Host) Path(p string) string {
 	return p
 }
 
+// CopyFile copies the file src of the machine to path as the host sees it
+// (see Path), with mode, creating the directories on the way: for installing
+// a binary or a config into one host only.
+func (h *Host) CopyFile(src, path string, mode os.FileMode) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("failed to read %q for %s: %w", src, h.Name, err)
+	}
+	dst := h.Path(path)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("failed to create the directory of %s in %s: %w", path, h.Name, err)
+	}
+	if err := os.WriteFile(dst, data, mode); err != nil {
+		return fmt.Errorf("failed to write %s in %s: %w", path, h.Name, err)
+	}
+	return nil
+}
+
 // String returns the host's name and address.
 func (h *Host) String() string { return fmt.Sprintf("%s(%s)", h.Name, h.Addr) }
 
