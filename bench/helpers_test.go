@@ -40,15 +40,7 @@ func waitReady(nodes []*node, timeout time.Duration) error {
 	for _, n := range nodes {
 		ms = append(ms, n.Node)
 	}
-	deadline := time.Now().Add(timeout)
-	var last error
-	for time.Now().Before(deadline) {
-		if last = meshtest.Ready(ms); last == nil {
-			return nil
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	return fmt.Errorf("not ready after %v: %w", timeout, last)
+	return testnet.Poll(timeout, 250*time.Millisecond, func() error { return meshtest.Ready(ms) })
 }
 
 // memory is what /proc/PID/status says of a process, in bytes.

@@ -21,8 +21,6 @@ import (
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-const password = "demo password, use a long random one in production"
-
 func TestDemo(t *testing.T) {
 	testnet.RequireRoot(t)
 	bin := meshtest.BuildMesh(t)
@@ -31,47 +29,22 @@ func TestDemo(t *testing.T) {
 	hosts := net.Hosts()
 	say("Built %d simulated hosts on one switch: %s", len(hosts), hostList(hosts))
 
-	procs := make([]*testnet.Proc, len(hosts))
+	nodes := make([]*meshtest.Node, len(hosts))
 	for i, h := range hosts {
-		args := []string{"launch", "--name", h.Name, "--advertise-addr", h.Addr.String()}
+		var peers []*testnet.Host
 		if i > 0 {
-			args = append(args, hosts[0].Addr.String())
+			peers = hosts[:1]
 		}
-		say("%s$ MESH_PASSWORD=... mesh %s", h.Name, strings.Join(args, " "))
-		procs[i] = h.Start(t, bin, args, []string{"MESH_PASSWORD=" + password})
+		nodes[i] = meshtest.Launch(t, h, peers)
+		say("%s$ MESH_PASSWORD=... mesh %s", h.Name, strings.Join(nodes[i].Args, " "))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	say("Waiting for the hosts to find each other, split the address range and install the CNI plugin...")
-	testnet.Eventually(t, 2*time.Minute, 500*time.Millisecond, func() error {
-		for _, h := range hosts {
-			out, err := h.Run(ctx, bin, "status", "-o", "json")
-			if err != nil {
-				return err
-			}
-			var st struct {
-				Peers       []struct{ State string }
-				OverlayIP   string
-				Connections []struct{ State string }
-			}
-			if err := json.Unmarshal([]byte(out), &st); err != nil {
-				return err
-			}
-			established := 0
-			for _, c := range st.Connections {
-				if c.State == "established" {
-					established++
-				}
-			}
-			if len(st.Peers) != len(hosts) || st.OverlayIP == "" || established != len(hosts)-1 {
-				return fmt.Errorf("%s not ready yet", h.Name)
-			}
-			if _, err := h.Run(ctx, "test", "-f", meshtest.CNIConfPath); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	testnet.Eventually(t, 2*time.Minute, 500*time.Millisecond, func() error { return meshtest.Ready(nodes) })
+	for _, n := range nodes {
+		meshtest.WaitCNIInstalled(t, n)
+	}
 
 	type pod struct {
 		host     *testnet.Host
@@ -126,9 +99,9 @@ func TestDemo(t *testing.T) {
 			t.Errorf("cnitool del %s: %v", p.name, err)
 		}
 	}
-	for i, p := range procs {
-		if err := p.Stop(10 * time.Second); err != nil {
-			t.Errorf("stopping mesh on %s: %v", hosts[i].Name, err)
+	for _, n := range nodes {
+		if err := n.Proc.Stop(10 * time.Second); err != nil {
+			t.Errorf("stopping mesh on %s: %v", n.Host.Name, err)
 		}
 	}
 	say("Deleted the pods and stopped the daemons; the simulated hosts are torn down now.")

@@ -1,6 +1,7 @@
 package testnet
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -12,14 +13,22 @@ import (
 // Call it from the goroutine of t.
 func Eventually(t testing.TB, timeout, interval time.Duration, cond func() error) {
 	t.Helper()
+	if err := Poll(timeout, interval, cond); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Poll is Eventually returning the error instead of failing a test, for
+// callers that measure or report rather than fail (benchmarks).
+func Poll(timeout, interval time.Duration, cond func() error) error {
 	deadline := time.Now().Add(timeout)
 	for tries := 1; ; tries++ {
 		err := cond()
 		if err == nil {
-			return
+			return nil
 		}
 		if !time.Now().Add(interval).Before(deadline) {
-			t.Fatalf("condition not met within %v (%d tries): %v", timeout, tries, err)
+			return fmt.Errorf("condition not met within %v (%d tries): %w", timeout, tries, err)
 		}
 		time.Sleep(interval)
 	}
