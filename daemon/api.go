@@ -77,20 +77,16 @@ func (d *Daemon) Status(r *http.Request) *api.Status {
 	}
 	st.IPAM, st.OverlayIP = d.ipamStatus()
 	st.Policies = d.policyStatus()
-	if d.dp != nil {
-		st.Dataplane = d.dp.Kind()
-		st.MTU = d.mtu
-		st.Connections = d.connections(r.Context())
-	}
+	st.Dataplane = d.dp.Kind()
+	st.MTU = d.mtu
+	st.Connections = d.connections(r.Context())
 	d.mu.Lock()
 	if d.cniErr != "" && !d.cniDone {
 		st.Problems = append(st.Problems, "CNI plugin not installed: "+d.cniErr)
 	}
 	d.mu.Unlock()
-	if d.rec != nil {
-		if err := d.rec.Counters().LastError; err != nil {
-			st.Problems = append(st.Problems, "data plane: "+err.Error())
-		}
+	if err := d.rec.Counters().LastError; err != nil {
+		st.Problems = append(st.Problems, "data plane: "+err.Error())
 	}
 	return st
 }

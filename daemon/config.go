@@ -80,7 +80,7 @@ func DefaultConfig() Config {
 }
 
 // DataplaneNone runs the daemon without a data plane.
-const DataplaneNone = "none"
+const DataplaneNone = fastdp.ModeNone
 
 // ErrNoPassword is returned when neither a password nor --insecure is given.
 var ErrNoPassword = errors.New("no mesh password: give --password-file FILE or set MESH_PASSWORD, or run with --insecure to gossip unencrypted")

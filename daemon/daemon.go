@@ -28,7 +28,7 @@ type Daemon struct {
 	key     crypto.PrivateKey
 	members *mesh.Membership
 	ipam    *ipam.Allocator
-	dp      fastdp.Dataplane // nil with --dataplane none
+	dp      fastdp.Dataplane // fastdp.None() with --dataplane none
 	rec     *peer.Reconciler
 	policy  *policy.Controller // nil unless --kube and not --no-policy
 	mtu     int
@@ -93,7 +93,9 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		initialPeers = kube.initialPeers()
 	}
 
-	if cfg.Dataplane != DataplaneNone {
+	if cfg.Dataplane == DataplaneNone {
+		d.dp = fastdp.None()
+	} else {
 		opts := fastdp.DefaultOptions()
 		opts.Mode = cfg.Dataplane
 		opts.DeviceName = cfg.WGDevice
@@ -101,8 +103,8 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		if d.dp, err = fastdp.New(d.ctx, opts); err != nil {
 			return nil, err
 		}
-		d.rec = peer.NewReconciler(d.dp, log)
 	}
+	d.rec = peer.NewReconciler(d.dp, log)
 
 	mc := mesh.DefaultConfig()
 	mc.Name = id.Name
@@ -144,12 +146,8 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		d.goLoop("kube", func(ctx context.Context) { kube.run(ctx, d) })
 		d.startPolicy(kube)
 	}
-	dpKind := "none"
-	if d.dp != nil {
-		dpKind = d.dp.Kind()
-	}
 	log.Info("mesh daemon started", "name", id.Name, "peerID", id.PeerID, "gossip", d.members.LocalAddr(),
-		"socket", cfg.Socket, "dataplane", dpKind, "mtu", d.mtu, "range", cfg.IPAllocRange, "version", cfg.Version)
+		"socket", cfg.Socket, "dataplane", d.dp.Kind(), "mtu", d.mtu, "range", cfg.IPAllocRange, "version", cfg.Version)
 	return d, nil
 }
 
@@ -200,7 +198,7 @@ func (d *Daemon) close() {
 	if d.ipam != nil {
 		d.ipam.Close()
 	}
-	if d.dp != nil {
+	if d.dp != nil { // nil when Start failed before choosing one
 		d.dp.Close()
 	}
 }

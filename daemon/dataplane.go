@@ -44,10 +44,8 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 
 func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 	overlay, _ := d.ipam.OverlayIP()
-	if d.rec != nil {
-		// Errors are counted, logged and kept by the reconciler.
-		d.rec.Apply(ctx, d.peerInput(overlay, members))
-	}
+	// Errors are counted, logged and kept by the reconciler.
+	d.rec.Apply(ctx, d.peerInput(overlay, members))
 	d.maybeInstallCNI()
 }
 
@@ -83,9 +81,6 @@ const handshakeFresh = 3 * time.Minute
 const connectGrace = 90 * time.Second
 
 func (d *Daemon) connections(ctx context.Context) []api.Connection {
-	if d.rec == nil {
-		return nil
-	}
 	stats, err := d.rec.Stats(ctx)
 	if err != nil {
 		d.log.Debug("cannot read data plane stats", "error", err)

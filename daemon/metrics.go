@@ -64,13 +64,11 @@ func (d *Daemon) ready() error {
 	if !d.policyReady() {
 		return errors.New("not ready: NetworkPolicy rules not built from the API yet")
 	}
-	if d.rec != nil {
-		if c := d.rec.Counters(); !c.Ready {
-			if c.LastError != nil {
-				return fmt.Errorf("not ready: data plane: %w", c.LastError)
-			}
-			return errors.New("not ready: data plane not configured yet")
+	if c := d.rec.Counters(); !c.Ready {
+		if c.LastError != nil {
+			return fmt.Errorf("not ready: data plane: %w", c.LastError)
 		}
+		return errors.New("not ready: data plane not configured yet")
 	}
 	return nil
 }
@@ -130,9 +128,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descUnreach, prometheus.GaugeValue, float64(unreachable))
-	if d.dp == nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	conns := map[api.ConnState]int{}

@@ -252,4 +252,29 @@ func TestDataplaneModes(t *testing.T) {
 	if !strings.Contains(n.Proc.Log(), "userspace") {
 		t.Fatal("auto did not log its fallback")
 	}
+
+	// --dataplane none: gossip and IPAM only, through the same code path
+	// (a data plane that changes nothing), and status says so.
+	h2 := net.AddHost(t)
+	ctx, cancel = context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	none := launch(t, h2, []*testnet.Host{h}, "--dataplane", "none")
+	dumpLogsOnFailure(t, none)
+	testnet.Eventually(t, 30*time.Second, 250*time.Millisecond, func() error {
+		st, err := none.Status()
+		if err != nil {
+			return err
+		}
+		if st.Dataplane != "none" || st.OverlayIP == "" || len(st.Connections) != 0 || len(st.Problems) != 0 {
+			return fmt.Errorf("status with --dataplane none: dataplane %q, overlay %q, connections %v, problems %v", st.Dataplane, st.OverlayIP, st.Connections, st.Problems)
+		}
+		return nil
+	})
+	if links, _ := h2.Run(ctx, "ip", "-o", "link", "show"); strings.Contains(links, "mesh") {
+		t.Fatalf("--dataplane none made links:\n%s", links)
+	}
+	conns, err := h2.Run(ctx, meshBinary(t), "status", "connections")
+	if err != nil || !strings.Contains(conns, "not running") {
+		t.Fatalf("mesh status connections with --dataplane none: %v\n%s", err, conns)
+	}
 }

@@ -53,8 +53,8 @@ func formatIPAM(w io.Writer, st *api.Status) {
 
 // formatConnections prints one line per data-plane peer, sorted by name.
 func formatConnections(w io.Writer, st *api.Status, now time.Time) {
-	if st.Dataplane == "" {
-		fmt.Fprintln(w, "The data plane is not running on this node.")
+	if st.Dataplane == "" || st.Dataplane == "none" {
+		fmt.Fprintln(w, "The data plane is not running on this node (--dataplane none).")
 		return
 	}
 	fmt.Fprintf(w, "Data plane: %s, MTU %d\n\n", st.Dataplane, st.MTU)
