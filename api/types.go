@@ -19,7 +19,8 @@ type Status struct {
 	OverlayIP string `json:"overlayIP,omitempty"`
 	IPAM      *IPAM  `json:"ipam,omitempty"`
 
-	// Dataplane is "kernel" or "userspace"; MTU is the overlay MTU in use.
+	// Dataplane is "kernel", "userspace" or "none" (--dataplane none);
+	// MTU is the overlay MTU in use.
 	Dataplane   string       `json:"dataplane,omitempty"`
 	MTU         int          `json:"mtu,omitempty"`
 	Connections []Connection `json:"connections,omitempty"`

@@ -125,7 +125,7 @@ type PeerStats struct {
 
 // Dataplane is the data plane of one node.
 type Dataplane interface {
-	// Kind is "kernel" or "userspace".
+	// Kind is "kernel", "userspace", or "none" for None.
 	Kind() string
 	// Set makes the host match cfg. It is idempotent and changes only what
 	// differs; when it fails it removes what it created in that call.
