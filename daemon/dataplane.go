@@ -71,56 +71,12 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 	return in
 }
 
-// handshakeFresh is how recent a handshake must be for a connection to
-// count as established: WireGuard rekeys every 2 minutes while traffic or
-// keepalives flow.
-const handshakeFresh = 3 * time.Minute
-
-// connectGrace is how long a peer may go without a handshake before it is
-// reported failed rather than connecting.
-const connectGrace = 90 * time.Second
-
+// connections reports the data plane's peers for status and metrics; the
+// reconciler owns what they are and the state rule.
 func (d *Daemon) connections(ctx context.Context) []api.Connection {
-	stats, err := d.rec.Stats(ctx)
+	out, err := d.rec.Connections(ctx, time.Now())
 	if err != nil {
 		d.log.Debug("cannot read data plane stats", "error", err)
-		return nil
-	}
-	now := time.Now()
-	allowed := map[crypto.Key][]string{}
-	if last := d.rec.Last(); last != nil {
-		for _, p := range last.Peers {
-			for _, a := range p.AllowedIPs {
-				allowed[p.PublicKey] = append(allowed[p.PublicKey], a.String())
-			}
-		}
-	}
-	out := []api.Connection{}
-	for _, s := range stats {
-		first, ok := d.rec.PeerSince(s.PublicKey)
-		if !ok {
-			first = now // in the device but not (yet) in a config we applied
-		}
-		name, ok := d.rec.NodeName(s.PublicKey)
-		if !ok {
-			name = s.PublicKey.String()
-		}
-		c := api.Connection{Peer: name, RxBytes: s.RxBytes, TxBytes: s.TxBytes, AllowedIPs: allowed[s.PublicKey]}
-		if s.Endpoint.IsValid() {
-			c.Endpoint = s.Endpoint.String()
-		}
-		switch {
-		case !s.LastHandshake.IsZero() && now.Sub(s.LastHandshake) < handshakeFresh:
-			c.State = api.ConnEstablished
-		case now.Sub(first) < connectGrace:
-			c.State = api.ConnConnecting
-		default:
-			c.State = api.ConnFailed
-		}
-		if !s.LastHandshake.IsZero() {
-			c.LastHandshake = s.LastHandshake.UTC().Format(time.RFC3339)
-		}
-		out = append(out, c)
 	}
 	return out
 }

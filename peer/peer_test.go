@@ -389,8 +389,9 @@ func TestReconcilerRetriesAfterFailure(t *testing.T) {
 	if c.Applied != 1 || c.Skipped != 1 || c.Errors != 1 || c.LastError != nil || dp.SetCount() != 2 {
 		t.Errorf("counters %+v, sets %d", c, dp.SetCount())
 	}
-	if n, ok := r.NodeName(w.pubs["c"]); !ok || n != "c" {
-		t.Errorf("NodeName(c) = %q, %v", n, ok)
+	dp.SetStats([]fastdp.PeerStats{{PublicKey: w.pubs["c"]}})
+	if conns, err := r.Connections(ctx, time.Now()); err != nil || len(conns) != 1 || conns[0].Peer != "c" {
+		t.Errorf("Connections = %+v, %v; want the peer named c", conns, err)
 	}
 
 	// A bad input is an error that never reaches the data plane.
@@ -404,9 +405,10 @@ func TestReconcilerRetriesAfterFailure(t *testing.T) {
 	}
 }
 
-// TestReconcilerOwnsItsState: readiness, the per-peer "configured since"
-// record and the run counts live in the reconciler, change only when Apply
-// runs (never when someone reads them), and forget peers that are gone.
+// TestReconcilerOwnsItsState: readiness, since when each peer is
+// configured (which decides "connecting" versus "failed") and the run counts
+// live in the reconciler, change only when Apply runs (never when someone
+// reads them), and forget peers that are gone.
 func TestReconcilerOwnsItsState(t *testing.T) {
 	w := newWorld(t, "a", "b", "c")
 	dp := fastdptest.New("")
@@ -415,6 +417,21 @@ func TestReconcilerOwnsItsState(t *testing.T) {
 	now := t0
 	r.now = func() time.Time { return now }
 	ctx := context.Background()
+	dp.SetStats([]fastdp.PeerStats{{PublicKey: w.pubs["b"]}, {PublicKey: w.pubs["c"]}}) // no handshake yet
+	state := func(name string, at time.Time) api.ConnState {
+		t.Helper()
+		conns, err := r.Connections(ctx, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range conns {
+			if c.Peer == name {
+				return c.State
+			}
+		}
+		t.Fatalf("no connection named %s in %+v", name, conns)
+		return ""
+	}
 
 	in := w.input()
 	in.OverlayIP = netip.Addr{}
@@ -424,19 +441,16 @@ func TestReconcilerOwnsItsState(t *testing.T) {
 	if r.Counters().Ready {
 		t.Fatal("ready before any config with a bridge address")
 	}
-	if _, ok := r.PeerSince(w.pubs["b"]); !ok {
-		t.Fatal("peer b of the applied config has no since")
-	}
-	now = t0.Add(time.Minute)
 	for range 3 { // reads have no side effects
-		if got, _ := r.PeerSince(w.pubs["b"]); !got.Equal(t0) {
-			t.Fatalf("PeerSince(b) = %v, want %v", got, t0)
+		if got := state("b", t0.Add(time.Minute)); got != api.ConnConnecting {
+			t.Fatalf("b one minute after it was configured: %s, want connecting", got)
 		}
 	}
-	in = w.input()
-	if !in.OverlayIP.IsValid() {
-		t.Fatal("test input has no overlay IP")
+	if got := state("b", t0.Add(ConnectGrace+time.Second)); got != api.ConnFailed {
+		t.Fatalf("b past the grace: %s, want failed", got)
 	}
+	now = t0.Add(time.Minute)
+	in = w.input()
 	if _, err := r.Apply(ctx, in); err != nil {
 		t.Fatal(err)
 	}
@@ -444,22 +458,23 @@ func TestReconcilerOwnsItsState(t *testing.T) {
 	if !c.Ready || c.Runs() != 2 {
 		t.Fatalf("after a config with the bridge address: %+v, runs %d", c, c.Runs())
 	}
-	if got, _ := r.PeerSince(w.pubs["b"]); !got.Equal(t0) {
-		t.Errorf("PeerSince(b) moved to %v on a later config", got)
+	if got := state("b", t0.Add(ConnectGrace+time.Second)); got != api.ConnFailed {
+		t.Errorf("a later config restarted b's grace: %s", got)
 	}
-	// c leaves the config: forgotten; when it comes back its time restarts.
+	// c leaves the config, comes back later: its grace starts again.
 	in.Nodes = slices.DeleteFunc(slices.Clone(in.Nodes), func(n Node) bool { return n.Name == "c" })
+	now = t0.Add(2 * time.Minute)
 	if _, err := r.Apply(ctx, in); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := r.PeerSince(w.pubs["c"]); ok {
-		t.Error("peer c still recorded after it left the config")
-	}
-	now = t0.Add(2 * time.Minute)
+	now = t0.Add(3 * time.Minute)
 	if _, err := r.Apply(ctx, w.input()); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := r.PeerSince(w.pubs["c"]); !got.Equal(now) {
-		t.Errorf("PeerSince(c) = %v after it came back at %v", got, now)
+	if got := state("c", now.Add(time.Minute)); got != api.ConnConnecting {
+		t.Errorf("c a minute after it came back: %s, want connecting", got)
+	}
+	if got := state("b", now.Add(time.Minute)); got != api.ConnFailed {
+		t.Errorf("b, configured throughout without a handshake: %s, want failed", got)
 	}
 }

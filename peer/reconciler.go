@@ -112,15 +112,6 @@ func (r *Reconciler) trackSince(cfg *fastdp.Config, now time.Time) {
 	r.since = keep
 }
 
-// PeerSince returns when the peer with key was first configured, as long as
-// it has been in every config since. Non-blocking.
-func (r *Reconciler) PeerSince(key crypto.Key) (time.Time, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	t, ok := r.since[key]
-	return t, ok
-}
-
 // Last returns a copy of the config last applied, or nil.
 func (r *Reconciler) Last() *fastdp.Config {
 	r.mu.Lock()
@@ -133,20 +124,6 @@ func (r *Reconciler) Counters() Counters {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return Counters{Applied: r.applied, Skipped: r.skipped, Errors: r.errors, LastError: r.lastErr, LastDuration: r.duration, Ready: r.ready}
-}
-
-// Stats is the data plane's view of its peers.
-func (r *Reconciler) Stats(ctx context.Context) ([]fastdp.PeerStats, error) {
-	return r.dp.Stats(ctx)
-}
-
-// NodeName returns the node name behind a peer's public key, as of the last
-// applied input.
-func (r *Reconciler) NodeName(key crypto.Key) (string, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n, ok := r.names[key]
-	return n, ok
 }
 
 func nodeNames(in Input) map[crypto.Key]string {
