@@ -1,20 +1,17 @@
 package daemon
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/meshnet/mesh/api"
-	"github.com/meshnet/mesh/internal/atomicfile"
+	"github.com/meshnet/mesh/cni/install"
 )
 
 // CNIConfName is the conflist the daemon writes (defined in api, the
 // contract shared with tests and tools).
 const CNIConfName = api.CNIConfName
-
-const cniPluginName = api.CNIPluginName
 
 // maybeInstallCNI installs the plugin once this node can serve pods (the
 // one readiness predicate, d.ready, which /readyz also answers with). The
@@ -40,7 +37,7 @@ func (d *Daemon) maybeInstallCNI() {
 	d.mu.Lock()
 	d.cniDone = true
 	d.mu.Unlock()
-	d.log.Info("installed the CNI plugin", "bin", filepath.Join(d.cfg.CNIBinDir, cniPluginName), "conf", filepath.Join(d.cfg.CNIConfDir, CNIConfName))
+	d.log.Info("installed the CNI plugin", "bin", filepath.Join(d.cfg.CNIBinDir, api.CNIPluginName), "conf", filepath.Join(d.cfg.CNIConfDir, CNIConfName))
 }
 
 func installCNI(cfg Config) error {
@@ -48,45 +45,8 @@ func installCNI(cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("failed to find the mesh executable: %w", err)
 	}
-	src := filepath.Join(filepath.Dir(self), cniPluginName)
-	bin, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("failed to read the plugin next to mesh: %w", err)
-	}
-	defer bin.Close()
-	dst := filepath.Join(cfg.CNIBinDir, cniPluginName)
-	if err := os.MkdirAll(cfg.CNIBinDir, 0o755); err != nil {
-		return fmt.Errorf("failed to create %q: %w", cfg.CNIBinDir, err)
-	}
-	// Renaming over the old file keeps a plugin run in progress working
-	// on its open inode.
-	// Streamed: holding the 7 MB binary in memory would stay in the
-	// daemon's footprint long after.
-	if err := atomicfile.WriteFrom(dst, bin, 0o755); err != nil {
-		return err
-	}
-	conf, err := cniConflist(cfg)
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(cfg.CNIConfDir, 0o755); err != nil {
-		return fmt.Errorf("failed to create %q: %w", cfg.CNIConfDir, err)
-	}
-	return atomicfile.Write(filepath.Join(cfg.CNIConfDir, CNIConfName), conf, 0o644)
-}
-
-// cniConflist is the network config; the reference portmap plugin is
-// chained when installed, so hostPort works. cniVersion stays 1.0.0 for
-// runtimes whose CNI library predates 1.1 (containerd 1.6 rejects it);
-// newer ones read cniVersions and use 1.1.0, with GC and STATUS.
-func cniConflist(cfg Config) ([]byte, error) {
-	plugins := []map[string]any{{"type": cniPluginName, "socket": cfg.Socket}}
-	if fi, err := os.Stat(filepath.Join(cfg.CNIBinDir, "portmap")); err == nil && !fi.IsDir() {
-		plugins = append(plugins, map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true})
-	}
-	b, err := json.MarshalIndent(map[string]any{"cniVersion": "1.0.0", "cniVersions": []string{"1.0.0", "1.1.0"}, "name": "mesh", "plugins": plugins}, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	return append(b, '\n'), nil
+	return install.Install(install.Options{
+		Source: filepath.Join(filepath.Dir(self), api.CNIPluginName),
+		BinDir: cfg.CNIBinDir, ConfDir: cfg.CNIConfDir, Socket: cfg.Socket,
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/meshnet/mesh/cni/install"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/policy"
 )
@@ -45,10 +46,8 @@ func Reset(ctx context.Context, o ResetOptions) error {
 	if err := policy.NewNFT().Remove(); err != nil {
 		return fmt.Errorf("failed to remove the NetworkPolicy table: %w", err)
 	}
-	for _, p := range []string{filepath.Join(o.CNIConfDir, CNIConfName), filepath.Join(o.CNIBinDir, cniPluginName)} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("failed to remove %q: %w", p, err)
-		}
+	if err := install.Remove(o.CNIBinDir, o.CNIConfDir); err != nil {
+		return err
 	}
 	if o.RemoveState {
 		if err := emptyDir(o.StateDir); err != nil {
