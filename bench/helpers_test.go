@@ -43,7 +43,7 @@ func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
 func launch(t *testing.T, h *testnet.Host, peers []*testnet.Host, extra ...string) *node {
 	t.Helper()
 	extra = append(append([]string{"--log-level", "info"}, extra...), meshArgs...)
-	env := append([]string{"MESH_PASSWORD=" + meshtest.Password}, meshEnv...)
+	env := append(meshtest.Env(), meshEnv...)
 	m := meshtest.LaunchWithEnv(t, h, peers, env, extra...)
 	return &node{Node: m, api: m.Client()}
 }

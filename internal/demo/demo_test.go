@@ -21,7 +21,10 @@ import (
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-const password = "demo password, use a long random one in production"
+const (
+	password = "demo password, use a key file from mesh keygen in production"
+	meshName = "demo"
+)
 
 func TestDemo(t *testing.T) {
 	testnet.RequireRoot(t)
@@ -37,8 +40,8 @@ func TestDemo(t *testing.T) {
 		if i > 0 {
 			args = append(args, hosts[0].Addr.String())
 		}
-		say("%s$ MESH_PASSWORD=... mesh %s", h.Name, strings.Join(args, " "))
-		procs[i] = h.Start(t, bin, args, []string{"MESH_PASSWORD=" + password})
+		say("%s$ MESH_PASSWORD=... MESH_NAME=%s mesh %s", h.Name, meshName, strings.Join(args, " "))
+		procs[i] = h.Start(t, bin, args, []string{"MESH_PASSWORD=" + password, "MESH_NAME=" + meshName})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -17,8 +17,15 @@ import (
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-// Password is the mesh password the helpers launch daemons with.
-const Password = "meshtest correct horse battery staple"
+// Password and MeshName are the mesh password the helpers launch daemons
+// with and the mesh name that salts its key.
+const (
+	Password = "meshtest correct horse battery staple"
+	MeshName = "meshtest"
+)
+
+// Env is the environment that gives a daemon the test mesh's secret.
+func Env() []string { return []string{"MESH_PASSWORD=" + Password, "MESH_NAME=" + MeshName} }
 
 // BuildMesh builds mesh and mesh-cni once per test process with the user's
 // own `make build`, which puts the plugin next to mesh, where the daemon
@@ -43,7 +50,7 @@ type Node struct {
 // environment, and waits until its control socket answers.
 func Launch(t testing.TB, h *testnet.Host, peers []*testnet.Host, extra ...string) *Node {
 	t.Helper()
-	return LaunchWithEnv(t, h, peers, []string{"MESH_PASSWORD=" + Password}, extra...)
+	return LaunchWithEnv(t, h, peers, Env(), extra...)
 }
 
 // LaunchWithEnv is Launch with the daemon's environment given.
