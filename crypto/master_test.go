@@ -230,3 +230,26 @@ func TestSecretFileModeChecked(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkPasswordKey is one offline guess at a password: what Argon2id
+// makes an attacker pay (and the daemon pays once per password).
+func BenchmarkPasswordKey(b *testing.B) {
+	pw := []byte("a password of the benchmark, long enough")
+	for b.Loop() {
+		if _, err := PasswordKey(pw, "bench"); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(Argon2Memory)/1024, "MiB/op")
+}
+
+// BenchmarkLegacyPasswordKey is the previous release's derivation, for
+// comparison.
+func BenchmarkLegacyPasswordKey(b *testing.B) {
+	pw := []byte("a password of the benchmark, long enough")
+	for b.Loop() {
+		if _, err := LegacyPasswordKey(pw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

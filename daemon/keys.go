@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"unicode/utf8"
@@ -49,6 +50,9 @@ func (s *keyStore) passwordKey(password []byte, meshName string) (*crypto.Master
 	if err != nil {
 		return nil, err
 	}
+	// Argon2id's 64 MiB are garbage now; hand them back to the system
+	// rather than carry them in the daemon's resident size.
+	debug.FreeOSMemory()
 	if s.stretched == nil {
 		s.stretched = map[[32]byte]*crypto.MasterKey{}
 	}
