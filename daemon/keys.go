@@ -42,10 +42,13 @@ func (s *keyStore) passwordKey(password []byte, meshName string) (*crypto.Master
 	var sum [32]byte
 	copy(sum[:], h.Sum(nil))
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if k, ok := s.stretched[sum]; ok {
+	k, ok := s.stretched[sum]
+	s.mu.Unlock()
+	if ok {
 		return k, nil
 	}
+	// Without the lock: the reconcile loop reads the keys meanwhile.
+	// Rotations are serialised, so no password is stretched twice.
 	k, err := crypto.PasswordKey(password, meshName)
 	if err != nil {
 		return nil, err
@@ -53,6 +56,8 @@ func (s *keyStore) passwordKey(password []byte, meshName string) (*crypto.Master
 	// Argon2id's 64 MiB are garbage now; hand them back to the system
 	// rather than carry them in the daemon's resident size.
 	debug.FreeOSMemory()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.stretched == nil {
 		s.stretched = map[[32]byte]*crypto.MasterKey{}
 	}
