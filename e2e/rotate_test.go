@@ -190,6 +190,29 @@ func TestRotateMeshKeyAndNodeKeysWithoutDowntime(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
+	// A rotation from a bad key file is refused with the reason and
+	// changes nothing.
+	bad := nodes[0]
+	writeKeys(t, bad.Host, newKey, oldKey)
+	if err := os.Chmod(bad.Host.Path(keyFilePath), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := bad.Host.Run(ctx, bad.Bin, "rotate"); err == nil || !strings.Contains(out, "chmod 600") {
+		t.Fatalf("rotate with a world-readable key file: err %v, output %s", err, out)
+	}
+	if err := os.WriteFile(bad.Host.Path(keyFilePath), []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(bad.Host.Path(keyFilePath), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := bad.Host.Run(ctx, bad.Bin, "rotate"); err == nil || !strings.Contains(out, "not a mesh key") {
+		t.Fatalf("rotate with a corrupt key file: err %v, output %s", err, out)
+	}
+	if st := bad.MustStatus(); !slices.Equal(st.KeyIDs, []string{oldKey.id}) || st.GossipKeyID != oldKey.id {
+		t.Fatalf("a refused rotation changed the keys: %v, gossip %s", st.KeyIDs, st.GossipKeyID)
+	}
+
 	// Mesh key: phase 1, every node accepts the new key; each moves its
 	// gossip to it once every member holds it.
 	pings := pingRing(t, ctx, nodes)
