@@ -16,7 +16,7 @@ import (
 // weaken them; changing one changes every password-derived key (a new
 // version of the contexts below, and an upgrade through rotation). They are
 // RFC 9106's second recommended option: 3 passes over 64 MiB with 4 lanes,
-// about 250 ms on one core of a small server (see `make bench`).
+// about 0.35 s on the 2-core development machine (see `make bench`).
 const (
 	Argon2Time    = 3
 	Argon2Memory  = 64 * 1024 // KiB
@@ -159,7 +159,7 @@ func PasswordSalt(meshName string) []byte {
 }
 
 // PasswordKey runs Argon2id (the parameters above) once over the password
-// with the mesh's salt and returns the master key. It costs about 250 ms
+// with the mesh's salt and returns the master key. It costs about 0.35 s
 // and 64 MiB: call it once per password, never per peer or per reconcile.
 func PasswordKey(password []byte, meshName string) (*MasterKey, error) {
 	if len(password) == 0 {
