@@ -247,7 +247,9 @@ func buildRevision(rev string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("failed to create directory for revision %s: %w", rev, err)
 	}
-	src, err := os.MkdirTemp("", "mesh-src-")
+	// Under the binary directory, so that CleanupStale also removes it if
+	// this process dies mid-build.
+	src, err := os.MkdirTemp(dir, "src-")
 	if err != nil {
 		return "", fmt.Errorf("failed to create source directory for revision %s: %w", rev, err)
 	}
