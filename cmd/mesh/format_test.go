@@ -205,3 +205,17 @@ func TestLaunchRefusesWeakSecrets(t *testing.T) {
 		})
 	}
 }
+
+func TestFormatStatusShowsKeyIDs(t *testing.T) {
+	st := &api.Status{Name: "a", KeyIDs: []string{"6d53fb95a89a2c6f", "857933370860a929"}, GossipKeyID: "857933370860a929"}
+	var b bytes.Buffer
+	formatStatus(&b, st, time.Now())
+	if want := "Mesh keys:  6d53fb95a89a2c6f, 857933370860a929 (gossip)"; !strings.Contains(b.String(), want) {
+		t.Fatalf("status output lacks %q:\n%s", want, b.String())
+	}
+	b.Reset()
+	formatStatus(&b, &api.Status{Name: "a"}, time.Now())
+	if strings.Contains(b.String(), "Mesh keys") {
+		t.Fatalf("keys line without keys (--insecure):\n%s", b.String())
+	}
+}
