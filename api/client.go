@@ -86,7 +86,9 @@ func (c *Client) Do(ctx context.Context, method, path string, in, out any) error
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		hint := ""
-		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		// No socket, nobody listening, or the daemon went away while
+		// this request was on a kept-alive connection.
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
 			hint = " (is `mesh launch` running?)"
 		}
 		return fmt.Errorf("%w at %s%s: %v", ErrDaemonUnreachable, c.socket, hint, err)

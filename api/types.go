@@ -32,6 +32,13 @@ type Status struct {
 	// Problems are conditions outside the IPAM that an operator must look
 	// at (the IPAM's own are in ipam.problems).
 	Problems []string `json:"problems,omitempty"`
+
+	// KeyIDs are the IDs (never the keys) of the mesh keys this node
+	// holds, newest first; GossipKeyID is the one gossip is encrypted with.
+	KeyIDs      []string `json:"keyIDs,omitempty"`
+	GossipKeyID string   `json:"gossipKeyID,omitempty"`
+	// PublicKey is this node's WireGuard public key.
+	PublicKey string `json:"publicKey,omitempty"`
 }
 
 // IPAM is this node's view of the address ring.
@@ -85,6 +92,9 @@ type Peer struct {
 	// State is alive, suspect, dead or left.
 	State MemberState `json:"state"`
 	Self  bool        `json:"self"`
+	// KeyIDs are the mesh key IDs the peer advertises (none for a node of
+	// the previous release).
+	KeyIDs []string `json:"keyIDs,omitempty"`
 }
 
 // Target is a peer address this node tries to join.

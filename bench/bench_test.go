@@ -32,7 +32,7 @@ var (
 	ipamOps     = envInt("BENCH_IPAM_OPS", 1000)
 	iperfSecs   = envInt("BENCH_IPERF_SECONDS", 5)
 	iperfRounds = envInt("BENCH_IPERF_ROUNDS", 3)
-	// BENCH_PARTS selects parts (cni, state, dataplane; default all).
+	// BENCH_PARTS selects parts (cni, state, dataplane, kdf; default all).
 	parts = os.Getenv("BENCH_PARTS")
 	// BENCH_MESH_ENV and BENCH_WG_ENV add KEY=VALUE words to the
 	// environment of the mesh daemons and of the bare wireguard-go, for
@@ -67,6 +67,9 @@ func TestBench(t *testing.T) {
 	}
 	if want("dataplane") {
 		t.Run("Dataplane", func(t *testing.T) { benchDataplane(t, r) })
+	}
+	if want("kdf") {
+		t.Run("KDF", func(t *testing.T) { benchKDF(t, r) })
 	}
 	r.print(os.Stdout)
 	if out := os.Getenv("BENCH_OUT"); out != "" {
@@ -474,6 +477,7 @@ type report struct {
 	bidir              []bidirResult
 	meshBidir, wgBidir []memory
 	loadStart          string
+	kdf                *kdfCost
 }
 
 type bidirResult struct {
@@ -630,6 +634,7 @@ func (r *report) print(w io.Writer) {
 		}
 		p("\n")
 	}
+	r.kdf.print(p)
 	p("\n   load average at start %s, at end %s (other work on the machine skews the throughput)\n", r.loadStart, loadavg())
 	p("   total time %s\n\n", time.Since(r.start).Round(time.Second))
 }

@@ -23,12 +23,13 @@ type node struct {
 }
 
 // launch starts `mesh launch` on h (naming peers), at info level so that
-// logging does not weigh on the measurements, and waits until its control
-// socket answers.
+// logging does not weigh on the measurements, with a key file (the
+// recommended setup: no password stretching in the memory figures), and
+// waits until its control socket answers.
 func launch(t *testing.T, h *testnet.Host, peers []*testnet.Host, extra ...string) *node {
 	t.Helper()
-	extra = append(append([]string{"--log-level", "info"}, extra...), meshArgs...)
-	env := append([]string{"MESH_PASSWORD=" + meshtest.Password}, meshEnv...)
+	extra = append(append(append([]string{"--log-level", "info"}, meshtest.KeyFileArgs(t, h)...), extra...), meshArgs...)
+	env := meshEnv
 	m := meshtest.LaunchWithEnv(t, h, peers, env, extra...)
 	return &node{Node: m, api: m.Client()}
 }

@@ -100,3 +100,12 @@ func LoadOrCreatePrivateKey(path string) (PrivateKey, error) {
 		return PrivateKey{}, fmt.Errorf("failed to read private key file %q: %w", path, err)
 	}
 }
+
+// SavePrivateKey replaces the private key file at path (mode 0600, written
+// atomically), for a rotation of the node's key.
+func SavePrivateKey(path string, p PrivateKey) error {
+	if err := atomicfile.Write(path, []byte(p.k.String()+"\n"), 0o600); err != nil {
+		return fmt.Errorf("failed to save private key: %w", err)
+	}
+	return nil
+}

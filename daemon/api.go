@@ -33,6 +33,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/ipam/gc", d.handleGC)
 	mux.HandleFunc("GET /v1/ipam/allocations", d.handleAllocations)
 	mux.HandleFunc("POST /v1/ipam/rmpeer", d.handleRemovePeer)
+	mux.HandleFunc("POST /v1/rotate", d.handleRotate)
 	return mux
 }
 
@@ -66,7 +67,7 @@ func (d *Daemon) handlePeer(do func(addr string) error) http.HandlerFunc {
 func (d *Daemon) Status(r *http.Request) *api.Status {
 	st := &api.Status{Name: d.id.Name, PeerID: d.id.PeerID, Version: d.cfg.Version, Peers: []api.Peer{}, Targets: []api.Target{}}
 	for _, m := range d.members.Members() {
-		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self})
+		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self, KeyIDs: m.Meta.Keys})
 	}
 	for _, t := range d.members.Targets() {
 		at := api.Target{Address: t.Address, Source: t.Source, State: t.State, Error: t.Error}
@@ -75,6 +76,10 @@ func (d *Daemon) Status(r *http.Request) *api.Status {
 		}
 		st.Targets = append(st.Targets, at)
 	}
+	st.KeyIDs, st.GossipKeyID = d.keys.status()
+	d.mu.Lock()
+	st.PublicKey = d.meta.PublicKey
+	d.mu.Unlock()
 	st.IPAM, st.OverlayIP = d.ipamStatus()
 	st.Policies = d.policyStatus()
 	st.Dataplane = d.dp.Kind()

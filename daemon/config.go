@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/mesh"
 )
@@ -22,9 +23,22 @@ type Config struct {
 	Port          int
 	StateDir      string
 	Socket        string
-	// Password derives every shared key. Empty only with Insecure.
-	Password []byte
-	Insecure bool
+	// The mesh's secrets (see docs/architecture.md, "Trust and keys"):
+	// KeyFile (from mesh keygen; may hold a new and an old key during a
+	// rotation), PasswordFiles (newest first) and Password (MESH_PASSWORD).
+	// Files are read again by a rotation. All empty only with Insecure.
+	KeyFile       string
+	PasswordFiles []string
+	Password      []byte
+	// MeshName salts the keys of passwords; required with a password, the
+	// same on every member.
+	MeshName string
+	// AllowShortPassword accepts passwords under crypto.MinPasswordLen.
+	AllowShortPassword bool
+	// AcceptLegacyKey also holds the previous release's key of each
+	// password, so that a mesh of that release upgrades node by node.
+	AcceptLegacyKey bool
+	Insecure        bool
 	// Peers are the targets named at launch, as host or host:port.
 	Peers   []string
 	Version string
@@ -83,14 +97,30 @@ func DefaultConfig() Config {
 const DataplaneNone = fastdp.ModeNone
 
 // ErrNoPassword is returned when neither a password nor --insecure is given.
-var ErrNoPassword = errors.New("no mesh password: give --password-file FILE or set MESH_PASSWORD, or run with --insecure to gossip unencrypted")
+var ErrNoPassword = errors.New("no mesh password: give --key-file FILE (made with mesh keygen), or --password-file FILE or MESH_PASSWORD with --mesh-name, or run with --insecure to gossip unencrypted")
+
+// hasSecret reports whether any mesh secret is configured.
+func (c *Config) hasSecret() bool {
+	return c.KeyFile != "" || len(c.PasswordFiles) > 0 || len(c.Password) > 0
+}
+
+// hasPassword reports whether a password is configured.
+func (c *Config) hasPassword() bool { return len(c.PasswordFiles) > 0 || len(c.Password) > 0 }
 
 func (c *Config) path(name string) string { return filepath.Join(c.StateDir, name) }
 
 // Validate checks the configuration and normalises peer addresses.
 func (c *Config) Validate() error {
-	if len(c.Password) == 0 && !c.Insecure {
+	if !c.hasSecret() && !c.Insecure {
 		return ErrNoPassword
+	}
+	if c.hasPassword() {
+		if err := crypto.CheckMeshName(c.MeshName); err != nil {
+			return err
+		}
+	}
+	if c.AcceptLegacyKey && !c.hasPassword() {
+		return errors.New("--accept-legacy-key needs the password (--password-file or MESH_PASSWORD): the previous release derived its key from it")
 	}
 	if c.Port < 1 || c.Port > 65535 {
 		return errors.New("--port must be from 1 to 65535")

@@ -25,7 +25,7 @@ type Daemon struct {
 	cfg     Config
 	log     *slog.Logger
 	id      Identity
-	key     crypto.PrivateKey
+	keys    *keyStore
 	members *mesh.Membership
 	ipam    *ipam.Allocator
 	dp      fastdp.Dataplane // fastdp.None() with --dataplane none
@@ -42,7 +42,14 @@ type Daemon struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	// kick asks the reconcile loop for a pass now (after a rotation).
+	kick chan struct{}
+	// rotateMu serialises rotations.
+	rotateMu sync.Mutex
+
 	mu      sync.Mutex
+	key     crypto.PrivateKey // this node's WireGuard key; rotated by mesh rotate --node-key
+	meta    mesh.Meta         // what this node gossips about itself
 	cniDone bool
 	cniErr  string // last installation error, logged once
 
@@ -61,6 +68,18 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	log := cfg.Logger
+	// The secrets first: a bad key file stops the daemon before it touches
+	// the host.
+	ks := &keyStore{}
+	if cfg.hasSecret() {
+		keys, err := ks.loadKeys(&cfg)
+		if err != nil {
+			return nil, err
+		}
+		// Nothing is known of the others yet: encrypt with the oldest key,
+		// which a mesh in the middle of a rotation or upgrade still reads.
+		ks.keys, ks.primary = keys, gossipPrimary(keys, nil, nil)
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create state dir %q: %w", cfg.StateDir, err)
 	}
@@ -76,7 +95,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1)}
+	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -108,19 +127,20 @@ func Start(cfg Config) (_ *Daemon, err error) {
 
 	mc := mesh.DefaultConfig()
 	mc.Name = id.Name
-	mc.Meta = mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort}
+	d.meta = mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort}
 	mc.AdvertiseAddr = cfg.AdvertiseAddr
 	mc.Port = cfg.Port
 	mc.Targets = cfg.Peers
 	mc.RememberedFile = cfg.path("peers.json")
 	mc.Logger = log.With("component", "mesh")
-	if cfg.Insecure && len(cfg.Password) == 0 {
+	if len(ks.keys) == 0 {
 		log.Warn("running without a mesh password (--insecure): gossip is neither encrypted nor authenticated, and anyone who can reach port 6783 can join")
 	} else {
-		if mc.GossipKey, err = crypto.GossipKey(cfg.Password); err != nil {
-			return nil, err
-		}
+		mc.GossipKey, mc.SecondaryGossipKeys = gossipKeys(ks.keys, ks.primary)
+		d.meta.Keys = keyIDs(ks.keys)
+		log.Info("mesh keys loaded", "keys", d.meta.Keys, "gossip", ks.primary.ID())
 	}
+	mc.Meta = d.meta
 	if d.members, err = mesh.New(mc); err != nil {
 		return nil, err
 	}

@@ -24,11 +24,13 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 		// the same membership.
 		members := d.members.Members()
 		d.ipam.SetMembers(liveMembers(members))
+		d.updateGossipPrimary(members)
 		d.reconcileOnce(ctx, members)
 		d.health.beat(loopReconcile, time.Now())
 		select {
 		case <-ctx.Done():
 			return
+		case <-d.kick:
 		case <-memberCh:
 		case <-ringCh:
 		case <-t.C:
@@ -50,14 +52,21 @@ func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 }
 
 func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input {
+	d.mu.Lock()
+	key := d.key
+	d.mu.Unlock()
+	keys := d.keys.current()
 	in := peer.Input{
-		Self: d.id.Name, Password: d.cfg.Password, PrivateKey: d.key,
+		Self: d.id.Name, PrivateKey: key,
 		ListenPort: d.cfg.DPPort, MTU: d.mtu, Keepalive: d.cfg.Keepalive,
 		ClusterRange: d.cfg.IPAllocRange, OverlayIP: overlay, BridgeName: d.cfg.Bridge,
 	}
 	d.reportBadMeta(members)
 	for _, m := range members {
 		n := peer.Node{Name: m.Name, Addr: m.Addr.Addr(), DPPort: m.Meta.DPPort, State: m.State}
+		if len(keys) > 0 {
+			n.Secret = pairKey(keys, peerKeyIDs(keys, m.Meta.Keys))
+		}
 		if k, err := crypto.ParseKey(m.Meta.PublicKey); err == nil {
 			n.PublicKey = k
 		}

@@ -236,7 +236,7 @@ func TestDataplaneModes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := h.Exec(ctx, meshBinary(t), "launch", "--name", h.Name, "--advertise-addr", h.Addr.String(), "--dataplane", "kernel")
-	cmd.Env = append(cmd.Env, "MESH_PASSWORD="+testPassword)
+	cmd.Env = append(cmd.Env, meshtest.Env()...)
 	out, err := cmd.CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "kernel WireGuard is not available") {
 		t.Fatalf("--dataplane kernel: err=%v\n%s", err, out)

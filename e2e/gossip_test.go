@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -28,7 +29,7 @@ func TestFiveJoinWrongPasswordAndNoPassword(t *testing.T) {
 
 	// A sixth host with the wrong password is seen by nobody and sees nobody.
 	bad := net.AddHost(t)
-	intruder := launchWithEnv(t, bad, net.Hosts()[:1], []string{"MESH_PASSWORD=not the password"})
+	intruder := launchWithEnv(t, bad, net.Hosts()[:1], []string{"MESH_PASSWORD=not the password", "MESH_NAME=" + meshtest.MeshName})
 	dumpLogsOnFailure(t, intruder)
 	testnet.Eventually(t, 30*time.Second, 250*time.Millisecond, func() error {
 		st, err := intruder.Status()

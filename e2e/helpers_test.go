@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
@@ -85,10 +89,34 @@ func allAlive(nodes []*node) map[string]string {
 	return want
 }
 
+// derivedSecrets are the test password's gossip keys (current and legacy)
+// in the forms a careless log line would show them.
+var derivedSecrets = sync.OnceValue(func() []string {
+	var out []string
+	pw, err := crypto.PasswordKey([]byte(testPassword), meshtest.MeshName)
+	if err != nil {
+		panic(err)
+	}
+	legacy, err := crypto.LegacyPasswordKey([]byte(testPassword))
+	if err != nil {
+		panic(err)
+	}
+	for _, k := range []*crypto.MasterKey{pw, legacy} {
+		g := k.GossipKey()
+		out = append(out, hex.EncodeToString(g), base64.StdEncoding.EncodeToString(g))
+	}
+	return out
+})
+
 func assertNoSecret(t *testing.T, what, s string) {
 	t.Helper()
 	if strings.Contains(s, testPassword) {
 		t.Fatalf("the mesh password appears in %s", what)
+	}
+	for _, d := range derivedSecrets() {
+		if strings.Contains(s, d) {
+			t.Fatalf("a key derived from the mesh password appears in %s", what)
+		}
 	}
 }
 

@@ -25,6 +25,9 @@ type Config struct {
 	// GossipKey is the AES-256-GCM key. Nil means no encryption, which the
 	// daemon allows only with --insecure.
 	GossipKey []byte
+	// SecondaryGossipKeys are further keys accepted for incoming gossip
+	// (during a key rotation or an upgrade); GossipKey encrypts.
+	SecondaryGossipKeys [][]byte
 	// Label is put on every packet and stream, so that two meshes on one
 	// network never merge even if they shared a key.
 	Label string

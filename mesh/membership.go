@@ -37,6 +37,7 @@ type Membership struct {
 	log      *slog.Logger
 	list     *memberlist.Memberlist
 	delegate *delegate
+	keyring  *memberlist.Keyring // nil without encryption
 
 	mu      sync.Mutex
 	members map[string]*Member // every node ever seen since start, dead ones too
@@ -86,11 +87,12 @@ func New(cfg Config) (*Membership, error) {
 	}
 	mc.Label = cfg.Label
 	if cfg.GossipKey != nil {
-		kr, err := memberlist.NewKeyring(nil, cfg.GossipKey)
+		kr, err := memberlist.NewKeyring(cfg.SecondaryGossipKeys, cfg.GossipKey)
 		if err != nil {
 			return nil, fmt.Errorf("failed to create gossip keyring: %w", err)
 		}
 		mc.Keyring = kr
+		m.keyring = kr
 		mc.GossipVerifyIncoming = true
 		mc.GossipVerifyOutgoing = true
 	}
@@ -167,6 +169,37 @@ func (m *Membership) UpdateMeta(meta Meta) error {
 	}
 	m.delegate.setMeta(b)
 	return m.list.UpdateNode(5 * time.Second)
+}
+
+// SetGossipKeys makes primary the key that encrypts gossip and others the
+// further keys accepted for incoming gossip; every other key is dropped.
+// memberlist decrypts with any installed key, so a mesh moves to a new key
+// without a split: first every node accepts it, then each encrypts with it,
+// then the old one is dropped.
+func (m *Membership) SetGossipKeys(primary []byte, others [][]byte) error {
+	if m.keyring == nil {
+		return errors.New("gossip is not encrypted (--insecure): there is no keyring")
+	}
+	for _, k := range append([][]byte{primary}, others...) {
+		if err := m.keyring.AddKey(k); err != nil {
+			return fmt.Errorf("failed to install gossip key: %w", err)
+		}
+	}
+	if err := m.keyring.UseKey(primary); err != nil {
+		return fmt.Errorf("failed to make gossip key primary: %w", err)
+	}
+	keep := map[string]bool{string(primary): true}
+	for _, k := range others {
+		keep[string(k)] = true
+	}
+	for _, k := range m.keyring.GetKeys() {
+		if !keep[string(k)] {
+			if err := m.keyring.RemoveKey(k); err != nil {
+				return fmt.Errorf("failed to remove gossip key: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // Leave announces that this node leaves the mesh, waiting at most timeout

@@ -245,3 +245,52 @@ func TestMetaLimit(t *testing.T) {
 		t.Fatal("garbage meta decoded")
 	}
 }
+
+// A node encrypting with a new key while accepting the old one talks to a
+// node that only knows the old one; once the old key is dropped, a node
+// with only the old key is kept out.
+func TestGossipKeysRotate(t *testing.T) {
+	oldKey, newKey := make([]byte, 32), make([]byte, 32)
+	newKey[0] = 1
+	a := startNode(t, "a", oldKey, nil)
+	b := startNode(t, "b", oldKey, nil, a.LocalAddr().String())
+	waitFor(t, "a and b to meet", func() bool {
+		return states(a)["b"] == string(api.MemberAlive) && states(b)["a"] == string(api.MemberAlive)
+	})
+
+	// a accepts the new key but still encrypts with the old; b accepts
+	// both and encrypts with the new: each reads the other.
+	if err := a.SetGossipKeys(oldKey, [][]byte{newKey}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetGossipKeys(newKey, [][]byte{oldKey}); err != nil {
+		t.Fatal(err)
+	}
+	// b now encrypts with the new key, which a accepts.
+	c := startNode(t, "c", newKey, nil, b.LocalAddr().String())
+	waitFor(t, "c (new key only) to join through b", func() bool { return states(c)["b"] == string(api.MemberAlive) })
+	if err := a.SetGossipKeys(newKey, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetGossipKeys(newKey, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(a.keyring.GetKeys()); got != 1 {
+		t.Fatalf("a holds %d keys after dropping the old one", got)
+	}
+	waitFor(t, "everyone alive on the new key", func() bool {
+		return states(a)["c"] == string(api.MemberAlive) && states(c)["a"] == string(api.MemberAlive) && states(b)["a"] == string(api.MemberAlive)
+	})
+	stale := startNode(t, "stale", oldKey, nil, a.LocalAddr().String())
+	waitFor(t, "the old-key node to be refused", func() bool {
+		ts := stale.Targets()
+		return len(ts) == 1 && ts[0].State == TargetFailed
+	})
+	if _, ok := states(a)["stale"]; ok {
+		t.Fatal("a let in a node with only the old key")
+	}
+	insecure := startNode(t, "plain", nil, nil)
+	if err := insecure.SetGossipKeys(newKey, nil); err == nil {
+		t.Fatal("SetGossipKeys without encryption succeeded")
+	}
+}

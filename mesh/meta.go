@@ -16,13 +16,24 @@ type Meta struct {
 	Version   string `json:"v,omitempty"`
 	PublicKey string `json:"wg,omitempty"` // base64 WireGuard public key
 	DPPort    int    `json:"dp,omitempty"` // WireGuard UDP port
+	// Keys are the IDs (crypto.MasterKey.ID, never a key) of the mesh keys
+	// this node holds, newest first, so that each pair picks a key both
+	// ends have. Absent from a node of the previous release, which holds
+	// only its legacy key; old nodes ignore the field.
+	Keys []string `json:"k,omitempty"`
 }
+
+// MaxMetaKeys bounds Meta.Keys, which keeps the metadata under MetaLimit.
+const MaxMetaKeys = 8
 
 // Encode returns the wire form of m, or an error when it would not fit.
 func (m Meta) Encode() ([]byte, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("failed to encode node metadata: %w", err)
+	}
+	if len(m.Keys) > MaxMetaKeys {
+		return nil, fmt.Errorf("node metadata lists %d keys, more than %d", len(m.Keys), MaxMetaKeys)
 	}
 	if len(b) > MetaLimit {
 		return nil, fmt.Errorf("node metadata is %d bytes, more than memberlist's limit of %d", len(b), MetaLimit)
@@ -39,6 +50,9 @@ func DecodeMeta(b []byte) (Meta, error) {
 	}
 	if err := json.Unmarshal(b, &m); err != nil {
 		return Meta{}, fmt.Errorf("invalid node metadata: %w", err)
+	}
+	if len(m.Keys) > MaxMetaKeys {
+		m.Keys = m.Keys[:MaxMetaKeys]
 	}
 	return m, nil
 }

@@ -28,6 +28,10 @@ type Node struct {
 	DPPort    int
 	PublicKey crypto.Key
 	State     api.MemberState
+	// Secret is the mesh key this pair's WireGuard preshared key is
+	// derived from: one that both ends hold (the daemon picks it from the
+	// key IDs the node advertises). Nil means no preshared key.
+	Secret *crypto.MasterKey
 }
 
 // RangeOwner is one range of the IPAM ring and the name of its owner.
@@ -38,11 +42,9 @@ type RangeOwner struct {
 
 // Input is everything the desired data plane depends on.
 type Input struct {
-	Self   string
-	Nodes  []Node
-	Ranges []RangeOwner
-	// Password derives the per-pair preshared keys; empty means none.
-	Password     []byte
+	Self         string
+	Nodes        []Node
+	Ranges       []RangeOwner
 	PrivateKey   crypto.PrivateKey
 	ListenPort   int
 	MTU          int
@@ -145,10 +147,8 @@ func Desired(in Input) (*fastdp.Config, error) {
 			}
 			p.Endpoint = netip.AddrPortFrom(e.node.Addr.Unmap(), uint16(port))
 		}
-		if len(in.Password) > 0 {
-			if p.PresharedKey, err = crypto.PresharedKey(in.Password, selfPub, key); err != nil {
-				return nil, fmt.Errorf("failed to derive preshared key for node %q: %w", e.node.Name, err)
-			}
+		if e.node.Secret != nil {
+			p.PresharedKey = e.node.Secret.PresharedKey(selfPub, key)
 		}
 		cfg.Peers = append(cfg.Peers, p)
 	}

@@ -58,8 +58,18 @@ func newWorld(t *testing.T, names ...string) *world {
 	return w
 }
 
+// testSecret is the previous release's key of the password "s3cret": the
+// golden files' preshared keys are the same as that release's.
+var testSecret = func() *crypto.MasterKey {
+	k, err := crypto.LegacyPasswordKey([]byte("s3cret"))
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
 func (w *world) node(name, addr string, state api.MemberState) Node {
-	return Node{Name: name, Addr: netip.MustParseAddr(addr), DPPort: 6784, PublicKey: w.pubs[name], State: state}
+	return Node{Name: name, Addr: netip.MustParseAddr(addr), DPPort: 6784, PublicKey: w.pubs[name], State: state, Secret: testSecret}
 }
 
 func rng(cidr, owner string) RangeOwner {
@@ -82,7 +92,6 @@ func (w *world) input() Input {
 			rng("10.40.0.0/14", "c"),
 			rng("10.44.0.0/14", "b"),
 		},
-		Password:     []byte("s3cret"),
 		PrivateKey:   w.keys["a"],
 		ListenPort:   6784,
 		MTU:          1420,
@@ -273,7 +282,9 @@ func TestDesiredPresharedKeySymmetric(t *testing.T) {
 	}
 
 	in := w.input()
-	in.Password = nil
+	for i := range in.Nodes {
+		in.Nodes[i].Secret = nil
+	}
 	cfg, err := Desired(in)
 	if err != nil || cfg.Peers[0].PresharedKey != (crypto.Key{}) {
 		t.Errorf("no password: psk set or err %v", err)

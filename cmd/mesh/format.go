@@ -22,6 +22,9 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 		counts[p.State]++
 	}
 	fmt.Fprintf(tw, "Peers:\t%d (%s)\n", len(st.Peers), stateCounts(counts, api.MemberStates))
+	if len(st.KeyIDs) > 0 {
+		fmt.Fprintf(tw, "Mesh keys:\t%s\n", formatKeyIDs(st.KeyIDs, st.GossipKeyID))
+	}
 	if st.IPAM != nil {
 		fmt.Fprintf(tw, "IPAM:\t%s, range %s, %d owned range(s), %d allocated\n", st.IPAM.Status, st.IPAM.Range, len(st.IPAM.Owned), st.IPAM.Allocated)
 	}
@@ -47,6 +50,22 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 			fmt.Fprintf(w, "  - %s\n", p)
 		}
 	}
+}
+
+// formatKeyIDs lists the mesh key IDs held, newest first, marking the one
+// gossip is encrypted with: what an operator checks during a rotation.
+func formatKeyIDs(ids []string, gossip string) string {
+	s := ""
+	for i, id := range ids {
+		if i > 0 {
+			s += ", "
+		}
+		s += id
+		if id == gossip {
+			s += " (gossip)"
+		}
+	}
+	return s
 }
 
 func stateCounts[S ~string](counts map[S]int, order []S) string {

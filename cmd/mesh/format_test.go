@@ -5,10 +5,12 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/crypto"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -139,5 +141,81 @@ func TestLaunchRefusesWithoutPassword(t *testing.T) {
 	code := run([]string{"launch", "--state-dir", t.TempDir()}, &out, &errb)
 	if code != 1 || !bytes.Contains(errb.Bytes(), []byte("no mesh password")) {
 		t.Fatalf("code %d, stderr %q", code, errb.String())
+	}
+}
+
+func TestKeygen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mesh.key")
+	var out, errb bytes.Buffer
+	if code := run([]string{"keygen", path}, &out, &errb); code != 0 {
+		t.Fatalf("keygen: code %d, stderr %q", code, errb.String())
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %v, %v; want 0600", fi.Mode().Perm(), err)
+	}
+	data, _ := os.ReadFile(path)
+	keys, err := crypto.ParseKeyFile(data)
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("key file: %v keys, %v", len(keys), err)
+	}
+	if s := out.String() + errb.String(); strings.Contains(s, keys[0].String()) || strings.Contains(s, crypto.KeyFileLine(keys[0])) {
+		t.Fatalf("keygen printed the key: %q", s)
+	}
+	out.Reset()
+	errb.Reset()
+	if code := run([]string{"keygen", path}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "refusing to overwrite") {
+		t.Fatalf("second keygen: code %d, stderr %q", code, errb.String())
+	}
+	if again, _ := os.ReadFile(path); !bytes.Equal(again, data) {
+		t.Fatal("a refused keygen changed the key file")
+	}
+}
+
+func TestLaunchRefusesWeakSecrets(t *testing.T) {
+	dir := t.TempDir()
+	open := filepath.Join(dir, "open.key")
+	if err := os.WriteFile(open, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"short password", nil, map[string]string{"MESH_PASSWORD": "too short", "MESH_NAME": "m"}, "shorter than 16"},
+		{"password without mesh name", nil, map[string]string{"MESH_PASSWORD": "long enough password here", "MESH_NAME": ""}, "--mesh-name"},
+		{"world-readable key file", []string{"--key-file", open}, map[string]string{"MESH_NAME": ""}, "chmod 600 " + open},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			state := filepath.Join(dir, "state-"+strings.ReplaceAll(tc.name, " ", "-"))
+			var out, errb bytes.Buffer
+			code := run(append([]string{"launch", "--state-dir", state, "--dataplane", "none", "--no-cni", "--socket", filepath.Join(dir, "s.sock")}, tc.args...), &out, &errb)
+			if code != 1 || !strings.Contains(errb.String(), tc.want) {
+				t.Fatalf("code %d, stderr %q; want an error saying %q", code, errb.String(), tc.want)
+			}
+			if _, err := os.Stat(state); err == nil {
+				t.Fatal("a refused launch created the state dir")
+			}
+		})
+	}
+}
+
+func TestFormatStatusShowsKeyIDs(t *testing.T) {
+	st := &api.Status{Name: "a", KeyIDs: []string{"6d53fb95a89a2c6f", "857933370860a929"}, GossipKeyID: "857933370860a929"}
+	var b bytes.Buffer
+	formatStatus(&b, st, time.Now())
+	if want := "Mesh keys:  6d53fb95a89a2c6f, 857933370860a929 (gossip)"; !strings.Contains(b.String(), want) {
+		t.Fatalf("status output lacks %q:\n%s", want, b.String())
+	}
+	b.Reset()
+	formatStatus(&b, &api.Status{Name: "a"}, time.Now())
+	if strings.Contains(b.String(), "Mesh keys") {
+		t.Fatalf("keys line without keys (--insecure):\n%s", b.String())
 	}
 }

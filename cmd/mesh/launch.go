@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -20,7 +19,7 @@ func launch(args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mesh launch", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: mesh launch [flags] [PEER...]\n\nRuns the mesh daemon in the foreground. PEER is host or host:port.\nThe password comes from --password-file or the MESH_PASSWORD environment variable,\nnever from a flag (it would show in ps).\n\nFlags:\n")
+		fmt.Fprintf(stderr, "Usage: mesh launch [flags] [PEER...]\n\nRuns the mesh daemon in the foreground. PEER is host or host:port.\nThe mesh secret comes from --key-file (made by mesh keygen; recommended), or a\npassword from --password-file or the MESH_PASSWORD environment variable with\n--mesh-name or MESH_NAME; never from a flag (it would show in ps).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&cfg.Name, "name", "", "node name, unique in the mesh (default: the stored name, else the host name)")
@@ -28,7 +27,14 @@ func launch(args []string, stderr io.Writer) error {
 	fs.IntVar(&cfg.Port, "port", cfg.Port, "gossip port, TCP and UDP")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "directory for identity, keys and IPAM state")
 	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "unix socket of the control API")
-	passwordFile := fs.String("password-file", "", "file holding the mesh password")
+	fs.StringVar(&cfg.KeyFile, "key-file", "", "key file made by mesh keygen (mode 0600; during a rotation it holds the new key and the old one)")
+	fs.Func("password-file", "file holding the mesh password, mode 0600 (repeat it for a rotation: the new password first)", func(s string) error {
+		cfg.PasswordFiles = append(cfg.PasswordFiles, s)
+		return nil
+	})
+	fs.StringVar(&cfg.MeshName, "mesh-name", os.Getenv("MESH_NAME"), "name of the mesh, the same on every member; salts the keys of passwords (default: $MESH_NAME)")
+	fs.BoolVar(&cfg.AllowShortPassword, "allow-short-password", false, "accept a password shorter than 16 characters")
+	fs.BoolVar(&cfg.AcceptLegacyKey, "accept-legacy-key", false, "also accept the previous release's key of the password, to upgrade a mesh node by node (see docs/architecture.md)")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow running without a password: gossip unencrypted (not for production)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	ipRange := fs.String("ipalloc-range", cfg.IPAllocRange.String(), "cluster range split among the peers for pod addresses (the same on every peer)")
@@ -71,7 +77,7 @@ func launch(args []string, stderr io.Writer) error {
 		}
 		cfg.AdvertiseAddr = a
 	}
-	if cfg.Password, err = readPassword(*passwordFile); err != nil {
+	if cfg.Password, err = readEnvPassword(len(cfg.PasswordFiles) > 0); err != nil {
 		return err
 	}
 
@@ -90,21 +96,15 @@ func launch(args []string, stderr io.Writer) error {
 	return d.Stop()
 }
 
-// readPassword takes the password from file, or else from MESH_PASSWORD,
-// which it then removes from the environment so no child inherits it.
-func readPassword(file string) ([]byte, error) {
+// readEnvPassword takes the password from MESH_PASSWORD unless a password
+// file is given, and removes it from the environment so no child inherits
+// it. Password files are read by the daemon, which reads them again for a
+// rotation.
+func readEnvPassword(haveFile bool) ([]byte, error) {
 	env, inEnv := os.LookupEnv("MESH_PASSWORD")
 	os.Unsetenv("MESH_PASSWORD")
-	if file != "" {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return nil, fmt.Errorf("failed to read password file: %w", err)
-		}
-		b = bytes.TrimRight(b, "\r\n")
-		if len(b) == 0 {
-			return nil, fmt.Errorf("password file %q is empty", file)
-		}
-		return b, nil
+	if haveFile {
+		return nil, nil
 	}
 	if inEnv && env == "" {
 		return nil, fmt.Errorf("MESH_PASSWORD is set but empty")

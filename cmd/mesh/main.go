@@ -23,6 +23,8 @@ Usage:
   mesh connect PEER                 add a peer to join (host or host:port)
   mesh forget PEER                  stop trying a peer and forget it
   mesh rmpeer NAME                  hand a dead peer's address ranges to this node
+  mesh keygen FILE                  write a new random mesh key file (for --key-file)
+  mesh rotate [--node-key]          re-read the mesh key files, or renew this node's WireGuard key
   mesh reset [--state]              remove every interface, route and file mesh made on this host
   mesh version                      print the version
 
@@ -53,6 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = rmpeer(rest, stdout, stderr)
 	case "reset":
 		err = reset(rest, stdout, stderr)
+	case "keygen":
+		err = keygen(rest, stdout, stderr)
+	case "rotate":
+		err = rotate(rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 	case "help", "-h", "--help":

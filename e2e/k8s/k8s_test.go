@@ -4,6 +4,7 @@ package k8se2e
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/crypto"
 )
 
 // Settings, from the environment (the Makefile's e2e-k8s target sets them):
@@ -110,7 +112,7 @@ func meshManifest(t *testing.T, image string) string {
 	return y
 }
 
-// installMesh creates the password Secret and applies mesh.yaml. With
+// installMesh creates the key Secret and applies mesh.yaml. With
 // wantReady it waits for the DaemonSet's rollout. Without it (bridge mode,
 // where another CNI serves the pods) it checks that the API server accepts
 // every object, that the DaemonSet's pod was created on every node and that
@@ -120,9 +122,13 @@ func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
 	t.Helper()
 	manifest := meshManifest(t, image)
 	c.MustKubectl(t, "", "create", "namespace", meshNamespace, "--save-config")
-	// As docs/kubernetes.md tells users; the password never appears in a file.
-	c.MustKubectl(t, "", "-n", meshNamespace, "create", "secret", "generic", "mesh-password",
-		"--from-literal=password=e2e-"+fmt.Sprint(time.Now().UnixNano()))
+	// A key as mesh keygen writes it (docs/kubernetes.md), a throwaway
+	// one given as a literal so that kubectl needs no file.
+	var raw crypto.Key
+	if _, err := rand.Read(raw[:]); err != nil {
+		t.Fatal(err)
+	}
+	c.MustKubectl(t, "", "-n", meshNamespace, "create", "secret", "generic", "mesh-key", "--from-literal=key="+crypto.KeyFileLine(raw))
 	c.MustKubectl(t, manifest, "apply", "--dry-run=server", "-f", "-")
 	t.Log(strings.TrimSpace(c.MustKubectl(t, manifest, "apply", "-f", "-")))
 	if wantReady {

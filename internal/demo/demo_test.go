@@ -36,7 +36,7 @@ func TestDemo(t *testing.T) {
 			peers = hosts[:1]
 		}
 		nodes[i] = meshtest.Launch(t, h, peers)
-		say("%s$ MESH_PASSWORD=... mesh %s", h.Name, strings.Join(nodes[i].Args, " "))
+		say("%s$ MESH_PASSWORD=... MESH_NAME=%s mesh %s", h.Name, meshtest.MeshName, strings.Join(nodes[i].Args, " "))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

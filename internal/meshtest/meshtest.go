@@ -6,6 +6,7 @@ package meshtest
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,11 +15,39 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-// Password is the mesh password the helpers launch daemons with.
-const Password = "meshtest correct horse battery staple"
+// Password and MeshName are the mesh password the helpers launch daemons
+// with and the mesh name that salts its key.
+const (
+	Password = "meshtest correct horse battery staple"
+	MeshName = "meshtest"
+)
+
+// KeyFile is where KeyFileArgs puts the test mesh's key file on a host
+// (the state dir is private to each simulated host).
+const KeyFile = "/var/lib/mesh/mesh.key"
+
+// KeyFileArgs writes the test mesh's key file (the same fixed key on every
+// host, mode 0600) to h and returns the flags that make a daemon use it:
+// the recommended setup, which skips the password's Argon2id run.
+func KeyFileArgs(t testing.TB, h *testnet.Host) []string {
+	t.Helper()
+	raw := sha256.Sum256([]byte("meshtest key"))
+	p := h.Path(KeyFile)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(crypto.KeyFileLine(raw)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"--key-file", KeyFile}
+}
+
+// Env is the environment that gives a daemon the test mesh's secret.
+func Env() []string { return []string{"MESH_PASSWORD=" + Password, "MESH_NAME=" + MeshName} }
 
 // BuildMesh builds mesh and mesh-cni once per test process with the user's
 // own `make build`, which puts the plugin next to mesh, where the daemon
@@ -43,7 +72,7 @@ type Node struct {
 // environment, and waits until its control socket answers.
 func Launch(t testing.TB, h *testnet.Host, peers []*testnet.Host, extra ...string) *Node {
 	t.Helper()
-	return LaunchWithEnv(t, h, peers, []string{"MESH_PASSWORD=" + Password}, extra...)
+	return LaunchWithEnv(t, h, peers, Env(), extra...)
 }
 
 // LaunchWithEnv is Launch with the daemon's environment given.

@@ -203,3 +203,74 @@ func runMakeBuild() (string, error) {
 	}
 	return out, nil
 }
+
+var revBuilds struct {
+	mu   sync.Mutex
+	dirs map[string]*build
+}
+
+// BuildMakeRevision runs `make build` on the sources of git revision rev of
+// this repository (e.g. the previous release, for upgrade tests), once per
+// test process, and returns the output directory. The sources are
+// extracted with `git archive` into a temporary directory that is removed
+// once built; the repository itself (its worktrees, index and refs) is not
+// touched. The binaries live in this process's binary directory.
+func BuildMakeRevision(t testing.TB, rev string) string {
+	t.Helper()
+	revBuilds.mu.Lock()
+	if revBuilds.dirs == nil {
+		revBuilds.dirs = map[string]*build{}
+	}
+	b := revBuilds.dirs[rev]
+	if b == nil {
+		b = &build{}
+		revBuilds.dirs[rev] = b
+	}
+	revBuilds.mu.Unlock()
+	b.once.Do(func() { b.path, b.err = buildRevision(rev) })
+	if b.err != nil {
+		t.Fatalf("make build of revision %s: %v", rev, b.err)
+	}
+	return b.path
+}
+
+func buildRevision(rev string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	dir, err := binDir()
+	if err != nil {
+		return "", err
+	}
+	out, err := os.MkdirTemp(dir, "rev-")
+	if err != nil {
+		return "", fmt.Errorf("failed to create directory for revision %s: %w", rev, err)
+	}
+	// Under the binary directory, so that CleanupStale also removes it if
+	// this process dies mid-build.
+	src, err := os.MkdirTemp(dir, "src-")
+	if err != nil {
+		return "", fmt.Errorf("failed to create source directory for revision %s: %w", rev, err)
+	}
+	defer os.RemoveAll(src)
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	archive := exec.CommandContext(ctx, "sh", "-c", `git -C "$1" archive --format=tar "$2" | tar -x -C "$3"`, "sh", root, rev, src)
+	archive.WaitDelay = waitDelay
+	if o, err := archive.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("git archive %s: %w: %s", rev, err, o)
+	}
+	cmd := exec.CommandContext(ctx, "make", "-s", "build", "BIN="+out, "GO="+goTool(), "VERSION="+rev)
+	cmd.Dir = src
+	cmd.WaitDelay = waitDelay
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("make build BIN=%s of revision %s: %w: %s", out, rev, err, o)
+	}
+	for _, name := range MakeBuildOutputs {
+		if fi, err := os.Stat(filepath.Join(out, name)); err != nil || fi.Mode()&0o111 == 0 {
+			return "", fmt.Errorf("make build of revision %s did not produce an executable %s", rev, name)
+		}
+	}
+	return out, nil
+}

@@ -17,7 +17,7 @@ func Example() {
 	n := testnet.New(t, testnet.Options{Hosts: 3})
 	for _, h := range n.Hosts() {
 		// Flags and environment are illustrative.
-		h.Start(t, bin, []string{"launch", "--advertise-addr", h.Addr.String()}, []string{"MESH_PASSWORD=x"})
+		h.Start(t, bin, []string{"launch", "--advertise-addr", h.Addr.String()}, []string{"MESH_PASSWORD=an example mesh password", "MESH_NAME=example"})
 	}
 	a := n.Hosts()[0]
 	if err := n.Partition(n.Hosts()[:1], n.Hosts()[1:]); err != nil {

@@ -1,0 +1,125 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/internal/meshtest"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// previousRelease is the last commit before mesh keys moved to Argon2id
+// and key files: its nodes derive their keys from the password with one
+// HKDF pass (now the legacy key).
+const previousRelease = "d2d71ed"
+
+// TestUpgradeFromPreviousReleaseNodeByNode runs a 3-host mesh of the
+// previous release and upgrades it as docs/architecture.md says: each node
+// restarted with the new binary, the same password, a mesh name and
+// --accept-legacy-key; then each restarted without --accept-legacy-key.
+// After every step every node reaches every other's overlay address, and
+// at the end the legacy key is gone and a previous-release host is kept
+// out.
+func TestUpgradeFromPreviousReleaseNodeByNode(t *testing.T) {
+	testnet.RequireRoot(t)
+	oldBin := filepath.Join(testnet.BuildMakeRevision(t, previousRelease), "mesh")
+	newBin := meshtest.BuildMesh(t)
+	net := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "upg"})
+	hosts := net.Hosts()
+	oldEnv := []string{"MESH_PASSWORD=" + meshtest.Password}
+	var nodes []*node
+	for i, h := range hosts {
+		args := []string{"launch", "--name", h.Name, "--advertise-addr", h.Addr.String(), "--log-level", "debug"}
+		if i > 0 {
+			args = append(args, hosts[0].Addr.String())
+		}
+		n := &node{T: t, Host: h, Bin: oldBin, Args: args, Env: oldEnv}
+		n.Start()
+		nodes = append(nodes, n)
+	}
+	dumpLogsOnFailure(t, nodes...)
+	waitConnected(t, nodes)
+	if st := nodes[0].MustStatus(); len(st.KeyIDs) != 0 {
+		t.Fatalf("the previous release reports key IDs %v: is it really the previous release?", st.KeyIDs)
+	}
+
+	pw, err := crypto.PasswordKey([]byte(meshtest.Password), meshtest.MeshName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy, err := crypto.LegacyPasswordKey([]byte(meshtest.Password))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	pings := pingRing(t, ctx, nodes)
+
+	restart := func(n *node, bin string, extra ...string) {
+		t.Helper()
+		if err := n.Proc.Stop(15 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		n.Bin, n.Env = bin, meshtest.Env()
+		n.Args = slices.DeleteFunc(n.Args, func(a string) bool { return a == "--accept-legacy-key" })
+		n.Args = append(slices.Clone(n.Args[:1]), append(extra, n.Args[1:]...)...)
+		n.Start()
+		testnet.Eventually(t, 90*time.Second, 500*time.Millisecond, func() error { return meshtest.Ready(nodes) })
+		if err := pingAll(t, nodes); err != nil {
+			t.Fatalf("after restarting %s: %v", n.Host.Name, err)
+		}
+	}
+	// Step 1: node by node, the new binary accepting the legacy key. While
+	// any node of the previous release is there, gossip stays on the
+	// legacy key.
+	for i, n := range nodes {
+		restart(n, newBin, "--accept-legacy-key")
+		if i < len(nodes)-1 {
+			if st := n.MustStatus(); st.GossipKeyID != legacy.ID() {
+				t.Fatalf("%s encrypts gossip with %s while previous-release nodes remain, want the legacy key %s", n.Host.Name, st.GossipKeyID, legacy.ID())
+			}
+		}
+	}
+	waitKeys(t, nodes, []string{pw.ID(), legacy.ID()}, pw.ID())
+	// Step 2: node by node, without the legacy key.
+	for _, n := range nodes {
+		restart(n, newBin)
+	}
+	waitKeys(t, nodes, []string{pw.ID()}, pw.ID())
+	lost, sent := stopPings(t, pings)
+	t.Logf("upgrade with 6 daemon restarts: %v lost in total over %d probes on 3 pairs (every %v; userspace WireGuard stops while its daemon restarts)", lost, sent, pingInterval)
+
+	// A node of the previous release is kept out now.
+	late := net.AddHost(t)
+	lateNode := &node{T: t, Host: late, Bin: oldBin, Env: oldEnv,
+		Args: []string{"launch", "--name", late.Name, "--advertise-addr", late.Addr.String(), hosts[0].Addr.String()}}
+	lateNode.Start()
+	dumpLogsOnFailure(t, lateNode)
+	testnet.Eventually(t, 30*time.Second, 250*time.Millisecond, func() error {
+		st, err := lateNode.Status()
+		if err != nil {
+			return err
+		}
+		if len(st.Targets) != 1 || st.Targets[0].State != "failed" {
+			return fmt.Errorf("previous-release host's targets: %+v", st.Targets)
+		}
+		return nil
+	})
+	for _, n := range nodes {
+		for _, p := range n.MustStatus().Peers {
+			if p.Name == late.Name {
+				t.Fatalf("%s sees the previous-release host as %s", n.Host.Name, p.State)
+			}
+		}
+		assertNoSecret(t, "the log of "+n.Host.Name, n.Proc.Log())
+		if strings.Contains(n.Proc.Log(), meshtest.Password) {
+			t.Fatalf("password in the log of %s", n.Host.Name)
+		}
+	}
+}
