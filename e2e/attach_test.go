@@ -1,0 +1,209 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// meshAttach runs `mesh attach -o json` on n's host as a user would.
+func meshAttach(ctx context.Context, n *node, target string) (api.Attachment, error) {
+	var a api.Attachment
+	out, err := n.Host.Run(ctx, n.Bin, "attach", "-o", "json", target)
+	if err != nil {
+		return a, err
+	}
+	if err := json.Unmarshal([]byte(out), &a); err != nil {
+		return a, fmt.Errorf("bad attach JSON %q: %w", out, err)
+	}
+	if _, err := netip.ParsePrefix(a.Address); err != nil {
+		return a, fmt.Errorf("attach answered no address: %q", out)
+	}
+	return a, nil
+}
+
+func attachments(ctx context.Context, t *testing.T, n *node) []api.Attachment {
+	t.Helper()
+	out, err := n.Host.Run(ctx, n.Bin, "attach", "--list", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var as []api.Attachment
+	if err := json.Unmarshal([]byte(out), &as); err != nil {
+		t.Fatalf("bad attach --list JSON %q: %v", out, err)
+	}
+	return as
+}
+
+func hostVeths(ctx context.Context, h *testnet.Host) string {
+	out, _ := h.Run(ctx, "ip", "-o", "link", "show", "type", "veth")
+	var names []string
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(f[1], "vmesh") {
+			names = append(names, f[1])
+		}
+	}
+	return strings.Join(names, " ")
+}
+
+func allocated(t *testing.T, n *node) int {
+	t.Helper()
+	return n.MustStatus().IPAM.Allocated
+}
+
+func pingFrom(ctx context.Context, h *testnet.Host, netns string, to string) error {
+	out, err := h.Run(ctx, "nsenter", "--net="+netns, "ping", "-c", "3", "-W", "2", "-i", "0.2", to)
+	if err != nil {
+		return fmt.Errorf("ping from %s on %s to %s: %v\n%s", netns, h.Name, to, err, out)
+	}
+	return nil
+}
+
+func TestAttachAcrossHosts(t *testing.T) {
+	_, nodes := startMesh(t, 2)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	a, b := nodes[0], nodes[1]
+
+	// On a: a plain netns, by name.
+	if out, err := a.Host.Run(ctx, "ip", "netns", "add", "blue"); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { a.Host.Run(context.Background(), "ip", "netns", "del", "blue") })
+	blue, err := meshAttach(ctx, a, "blue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := meshAttach(ctx, a, "/run/netns/blue")
+	if err != nil || again.Address != blue.Address || again.ContainerID != blue.ContainerID {
+		t.Fatalf("second attach of blue: %+v, %v; want %+v", again, err, blue)
+	}
+	if n := allocated(t, a); n != 1 {
+		t.Fatalf("%s has %d allocations after attaching twice, want 1", a.Host.Name, n)
+	}
+	if l := attachments(ctx, t, a); len(l) != 1 || l[0].NetNS != "/run/netns/blue" || l[0].IfName != "eth0" || l[0].Address != blue.Address {
+		t.Fatalf("attach --list: %+v", l)
+	}
+
+	// On b: a process in its own netns, by PID.
+	sleeper := b.Host.Start(t, "unshare", []string{"--net", "sleep", "600"}, nil)
+	procNS := "/proc/" + strconv.Itoa(sleeper.PID()) + "/ns/net"
+	var proc api.Attachment
+	testnet.Eventually(t, 10*time.Second, 100*time.Millisecond, func() error {
+		// unshare has to have run before the namespace is the sleeper's own.
+		self, _ := b.Host.Run(ctx, "readlink", "/proc/self/ns/net")
+		its, err := b.Host.Run(ctx, "readlink", procNS)
+		if err != nil || its == self {
+			return fmt.Errorf("process not in its own netns yet: %q, %v", its, err)
+		}
+		return nil
+	})
+	if proc, err = meshAttach(ctx, b, strconv.Itoa(sleeper.PID())); err != nil {
+		t.Fatal(err)
+	}
+	if proc.NetNS != procNS {
+		t.Fatalf("attachment of PID %d recorded netns %q, want %q", sleeper.PID(), proc.NetNS, procNS)
+	}
+
+	blueIP := netip.MustParsePrefix(blue.Address).Addr().String()
+	procIP := netip.MustParsePrefix(proc.Address).Addr().String()
+	if err := pingFrom(ctx, a.Host, "/run/netns/blue", procIP); err != nil {
+		t.Fatal(err)
+	}
+	if err := pingFrom(ctx, b.Host, procNS, blueIP); err != nil {
+		t.Fatal(err)
+	}
+
+	// Detach, twice: the address is free and the veth gone.
+	for i := range 2 {
+		out, err := a.Host.Run(ctx, a.Bin, "detach", "blue")
+		if err != nil {
+			t.Fatalf("detach #%d: %v\n%s", i+1, err, out)
+		}
+		if i == 1 && !strings.Contains(out, "nothing attached") {
+			t.Fatalf("second detach said %q, want nothing attached", out)
+		}
+	}
+	if n := allocated(t, a); n != 0 {
+		t.Fatalf("%s still has %d allocations after detach", a.Host.Name, n)
+	}
+	if v := hostVeths(ctx, a.Host); v != "" {
+		t.Fatalf("veth left after detach: %s", v)
+	}
+	if out, _ := a.Host.Run(ctx, "ip", "netns", "exec", "blue", "ip", "-o", "link", "show"); strings.Contains(out, "eth0") {
+		t.Fatalf("eth0 left in blue after detach:\n%s", out)
+	}
+	if l := attachments(ctx, t, a); len(l) != 0 {
+		t.Fatalf("attach --list after detach: %+v", l)
+	}
+
+	// The process dies without a detach: the daemon's check releases it.
+	if err := sleeper.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		st, err := b.Status()
+		if err != nil {
+			return err
+		}
+		if st.IPAM.Allocated != 0 {
+			return fmt.Errorf("%s still has %d allocations after the attached process died", b.Host.Name, st.IPAM.Allocated)
+		}
+		return nil
+	})
+	if l := attachments(ctx, t, b); len(l) != 0 {
+		t.Fatalf("attach --list after the process died: %+v", l)
+	}
+	if v := hostVeths(ctx, b.Host); v != "" {
+		t.Fatalf("veth left after the process died: %s", v)
+	}
+}
+
+func TestAttachDaemonDown(t *testing.T) {
+	_, nodes := startMesh(t, 1)
+	n := nodes[0]
+	waitCNIInstalled(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := n.Proc.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := n.Host.Run(ctx, "ip", "netns", "add", "lonely"); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { n.Host.Run(context.Background(), "ip", "netns", "del", "lonely") })
+	out, err := n.Host.Exec(ctx, n.Bin, "attach", "lonely").CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
+		t.Fatalf("attach with the daemon down: %v, want exit status 3\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "cannot reach the mesh daemon") || !strings.Contains(string(out), "is `mesh launch` running?") {
+		t.Fatalf("attach with the daemon down says %q, want a clear error", out)
+	}
+	if links, _ := n.Host.Run(ctx, "ip", "netns", "exec", "lonely", "ip", "-o", "link", "show"); strings.Contains(links, "eth0") {
+		t.Fatalf("interface left in the netns:\n%s", links)
+	}
+	if v := hostVeths(ctx, n.Host); v != "" {
+		t.Fatalf("veth left on the host: %s", v)
+	}
+	n.Start()
+	if got := allocated(t, n); got != 0 {
+		t.Fatalf("allocation left after a failed attach: %d", got)
+	}
+	if l := attachments(ctx, t, n); len(l) != 0 {
+		t.Fatalf("attachment recorded after a failed attach: %+v", l)
+	}
+}
