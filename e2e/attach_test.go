@@ -98,6 +98,15 @@ func TestAttachAcrossHosts(t *testing.T) {
 		t.Fatalf("attach --list: %+v", l)
 	}
 
+	// A runtime's CNI GC lists only its own containers; it must not
+	// release the attachment.
+	if out, err := runCNI(ctx, t, a.Host, "gc", "mesh", "/run/netns/blue"); err != nil {
+		t.Fatalf("CNI GC: %v\n%s", err, out)
+	}
+	if n := allocated(t, a); n != 1 {
+		t.Fatalf("CNI GC released the attachment: %d allocations left, want 1", n)
+	}
+
 	// On b: a process in its own netns, by PID.
 	sleeper := b.Host.Start(t, "unshare", []string{"--net", "sleep", "600"}, nil)
 	procNS := "/proc/" + strconv.Itoa(sleeper.PID()) + "/ns/net"
