@@ -75,3 +75,35 @@ e2e-k8s: deps image
 	$(GO) vet -tags e2ek8s ./e2e/k8s/
 	MESH_E2E_CNI=$(E2E_K8S_CNI) MESH_E2E_IMAGE='$(IMAGE)' \
 		$(GO) test -count=1 -tags e2ek8s -timeout 25m -v -run '^Test(MeshImage|Kubernetes)$$' ./e2e/k8s/
+
+# Install for a standalone host (see docs/standalone.md): the binaries, the
+# CNI plugin where runtimes look for it (/opt/cni/bin, and a link in
+# /usr/lib/cni, the default of Debian's containerd), the systemd unit, the
+# settings file (never overwritten) and /etc/mesh (0700) for the password.
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BINDIR     ?= $(PREFIX)/bin
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+CNIBINDIR  ?= /opt/cni/bin
+CNILIBDIR  ?= /usr/lib/cni
+CNICONFDIR ?= /etc/cni/net.d
+
+.PHONY: install uninstall deb
+
+install: build
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/default \
+		$(DESTDIR)$(CNIBINDIR) $(DESTDIR)$(CNILIBDIR) $(DESTDIR)$(CNICONFDIR)
+	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/mesh
+	install -m 0755 $(BIN)/mesh $(BIN)/mesh-cni $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(BIN)/mesh-cni $(DESTDIR)$(CNIBINDIR)/mesh-cni
+	ln -sfn $(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
+	sed 's|/usr/local/bin/|$(BINDIR)/|g' deploy/systemd/mesh.service > $(DESTDIR)$(UNITDIR)/mesh.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/mesh.service
+	[ -e $(DESTDIR)$(SYSCONFDIR)/default/mesh ] || install -m 0644 deploy/systemd/mesh.env $(DESTDIR)$(SYSCONFDIR)/default/mesh
+
+# Removes what install put there, but not /etc/default/mesh, /etc/mesh (the
+# password) or the state dir: `mesh reset --state` and rm do that.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(UNITDIR)/mesh.service \
+		$(DESTDIR)$(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
