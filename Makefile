@@ -107,3 +107,19 @@ install: build
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(UNITDIR)/mesh.service \
 		$(DESTDIR)$(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
+
+# Debian package of the same files (nfpm, pinned; fetched through the Go
+# module proxy on first use): $(BIN)/mesh_VERSION_ARCH.deb.
+NFPM       ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+DEB_ARCH   ?= $(shell $(GO) env GOARCH)
+# Debian versions start with a digit: v1.2.3 -> 1.2.3, v1.2.3-4-gabc -> 1.2.3+4+gabc
+# (after 1.2.3), a bare commit -> 0.0.0~COMMIT (before any release).
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -e '/^v\{0,1\}[0-9][0-9]*\./!s/^/0.0.0~/' -e 's/^v//' -e 's/-/+/g')
+
+deb: build
+	rm -rf $(BIN)/debroot
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(BIN))/debroot PREFIX=/usr BIN=$(BIN)
+	sed -e 's|$${MESH_DEBROOT}|$(abspath $(BIN))/debroot|g' -e 's|$${MESH_DEB_ARCH}|$(DEB_ARCH)|g' \
+		-e 's|$${MESH_DEB_VERSION}|$(DEB_VERSION)|g' deploy/nfpm.yaml > $(BIN)/nfpm.yaml
+	$(NFPM) package --config $(BIN)/nfpm.yaml --packager deb --target $(BIN)/
+	rm -rf $(BIN)/debroot $(BIN)/nfpm.yaml
