@@ -136,6 +136,22 @@ func TestAttachAcrossHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// What `mesh status` says of the host: its overlay IP reaches the
+	// containers and the containers reach it.
+	overlay := a.MustStatus().OverlayIP
+	human, err := a.Host.Run(ctx, a.Bin, "status")
+	if err != nil || !strings.Contains(human, "Overlay IP:  "+overlay+" on this host's bridge: containers reach this host at "+overlay) {
+		t.Fatalf("mesh status lacks the host access hint: %v\n%s", err, human)
+	}
+	for _, ip := range []string{blueIP, procIP} {
+		if out, err := a.Host.Run(ctx, "ping", "-c", "2", "-W", "2", "-i", "0.2", ip); err != nil {
+			t.Fatalf("host %s cannot reach container %s: %v\n%s", a.Host.Name, ip, err, out)
+		}
+	}
+	if err := pingFrom(ctx, a.Host, "/run/netns/blue", overlay); err != nil {
+		t.Fatalf("container cannot reach its host's overlay IP: %v", err)
+	}
+
 	// Detach, twice: the address is free and the veth gone.
 	for i := range 2 {
 		out, err := a.Host.Run(ctx, a.Bin, "detach", "blue")
