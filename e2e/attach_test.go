@@ -203,6 +203,29 @@ func TestAttachDaemonDown(t *testing.T) {
 	waitCNIInstalled(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+
+	// A namespace that already has a default route (a container with a
+	// network of its own) is refused by the plugin; nothing is left.
+	setup := "ip netns add routed && ip -n routed link add d0 type veth peer name d1 && ip -n routed link set d0 up && ip -n routed addr add 198.51.100.2/24 dev d0 && ip -n routed route add default via 198.51.100.1"
+	if out, err := n.Host.Run(ctx, "sh", "-c", setup); err != nil {
+		t.Fatalf("netns with a default route: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { n.Host.Run(context.Background(), "ip", "netns", "del", "routed") })
+	out, err := n.Host.Exec(ctx, n.Bin, "attach", "routed").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "failed to attach") {
+		t.Fatalf("attach of a netns with a default route: %v, want a failure\n%s", err, out)
+	}
+	t.Logf("attach of a netns with a default route: %s", out)
+	if got := allocated(t, n); got != 0 {
+		t.Fatalf("allocation left after a refused attach: %d", got)
+	}
+	if v := hostVeths(ctx, n.Host); v != "" {
+		t.Fatalf("veth left after a refused attach: %s", v)
+	}
+	if l := attachments(ctx, t, n); len(l) != 0 {
+		t.Fatalf("attachment recorded after a refused attach: %+v", l)
+	}
+
 	if err := n.Proc.Stop(15 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +233,7 @@ func TestAttachDaemonDown(t *testing.T) {
 		t.Fatalf("ip netns add: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { n.Host.Run(context.Background(), "ip", "netns", "del", "lonely") })
-	out, err := n.Host.Exec(ctx, n.Bin, "attach", "lonely").CombinedOutput()
+	out, err = n.Host.Exec(ctx, n.Bin, "attach", "lonely").CombinedOutput()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 3 {
 		t.Fatalf("attach with the daemon down: %v, want exit status 3\n%s", err, out)
