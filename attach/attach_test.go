@@ -98,6 +98,8 @@ func newTestManager(t *testing.T, p Plugin) (*Manager, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The tests attach their own namespace, which is the "host's" here.
+	m.hostNS = NSID{}
 	return m, file
 }
 
@@ -223,6 +225,7 @@ func TestCheckReleasesReplacedNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	m, _ = NewManager(file, p, m.log)
+	m.hostNS = NSID{}
 	if rel := m.Check(context.Background()); len(rel) != 1 || len(m.List()) != 0 {
 		t.Fatalf("replaced namespace: released %+v, left %+v", rel, m.List())
 	}
@@ -237,5 +240,21 @@ func TestLoadRecordsRefusesUnknownVersion(t *testing.T) {
 	os.WriteFile(file, []byte(`{`), 0o600)
 	if _, err := loadRecords(file); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("loadRecords of a corrupt file: %v", err)
+	}
+}
+
+func TestAttachRefusesHostNamespace(t *testing.T) {
+	p := &fakePlugin{}
+	m, err := NewManager(filepath.Join(t.TempDir(), "attachments.json"), p, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{"/proc/self/ns/net", fmt.Sprintf("/proc/%d/ns/net", os.Getpid())} {
+		if _, err := m.Attach(context.Background(), ns, "mesh0"); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "host's own") {
+			t.Fatalf("attach of the host netns %s: %v, want refused", ns, err)
+		}
+	}
+	if len(p.adds) != 0 || len(m.List()) != 0 {
+		t.Fatalf("refused attach ran ADD %v or left %+v", p.adds, m.List())
 	}
 }

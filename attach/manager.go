@@ -29,6 +29,9 @@ type Manager struct {
 	file   string
 	plugin Plugin
 	log    *slog.Logger
+	// hostNS is the daemon's own network namespace, which is never
+	// attached: wiring it would give the host a second default route.
+	hostNS NSID
 
 	mu     sync.Mutex
 	recs   map[string]Record // by key(); at most MaxAttachments
@@ -41,7 +44,11 @@ func NewManager(file string, plugin Plugin, log *slog.Logger) (*Manager, error) 
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{file: file, plugin: plugin, log: log, recs: map[string]Record{}, failed: map[string]string{}}
+	host, err := StatNS("/proc/self/ns/net")
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{file: file, plugin: plugin, log: log, hostNS: host, recs: map[string]Record{}, failed: map[string]string{}}
 	for _, r := range recs {
 		m.recs[r.key()] = r
 	}
@@ -70,6 +77,9 @@ func (m *Manager) Attach(ctx context.Context, netns, ifName string) (Record, err
 	id, err := StatNS(netns)
 	if err != nil {
 		return Record{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if id == m.hostNS {
+		return Record{}, fmt.Errorf("%w: %q is the host's own network namespace", ErrInvalid, netns)
 	}
 	r := Record{ContainerID: id.ContainerID(), IfName: ifName, NetNS: netns, NS: id, Created: time.Now().UTC()}
 	m.mu.Lock()
