@@ -55,7 +55,7 @@ clean:
 # Load it with `ctr -n k8s.io images import bin/mesh-image.tar`.
 IMAGE ?= localhost/mesh:dev
 
-.PHONY: image e2e-k8s
+.PHONY: image e2e-k8s e2e-ctr
 
 image: build
 	$(GO) run ./tools/mkimage -o $(BIN)/mesh-image.tar -name '$(IMAGE)' \
@@ -123,3 +123,9 @@ deb: build
 		-e 's|$${MESH_DEB_VERSION}|$(DEB_VERSION)|g' deploy/nfpm.yaml > $(BIN)/nfpm.yaml
 	$(NFPM) package --config $(BIN)/nfpm.yaml --packager deb --target $(BIN)/
 	rm -rf $(BIN)/debroot $(BIN)/nfpm.yaml
+
+# Busybox containers started with containerd's `ctr run --cni` on two
+# simulated hosts running `mesh launch` (needs root, containerd and runc).
+e2e-ctr: deps build
+	./scripts/deps.sh k8s
+	$(GO) test -count=1 -tags e2ek8s -timeout 15m -v -run '^TestCtrRunCNI$$' ./e2e/k8s/
