@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -253,5 +254,68 @@ func TestAttachDaemonDown(t *testing.T) {
 	}
 	if l := attachments(ctx, t, n); len(l) != 0 {
 		t.Fatalf("attachment recorded after a failed attach: %+v", l)
+	}
+}
+
+// TestAttachAcrossRestart: attachments outlive the daemon, and one whose
+// process died while the daemon was down is released when it is back.
+func TestAttachAcrossRestart(t *testing.T) {
+	_, nodes := startMesh(t, 1)
+	n := nodes[0]
+	waitCNIInstalled(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if out, err := n.Host.Run(ctx, "ip", "netns", "add", "keep"); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { n.Host.Run(context.Background(), "ip", "netns", "del", "keep") })
+	keep, err := meshAttach(ctx, n, "keep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeper := n.Host.Start(t, "unshare", []string{"--net", "sleep", "600"}, nil)
+	testnet.Eventually(t, 10*time.Second, 100*time.Millisecond, func() error {
+		self, _ := n.Host.Run(ctx, "readlink", "/proc/self/ns/net")
+		its, err := n.Host.Run(ctx, "readlink", "/proc/"+strconv.Itoa(sleeper.PID())+"/ns/net")
+		if err != nil || its == self {
+			return fmt.Errorf("process not in its own netns yet: %q, %v", its, err)
+		}
+		return nil
+	})
+	if _, err := meshAttach(ctx, n, strconv.Itoa(sleeper.PID())); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(n.Host.Path("/var/lib/mesh/attachments.json"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("attachments file: %v, %v; want mode 0600", fi, err)
+	}
+
+	if err := n.Proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := sleeper.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	n.Start()
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		st, err := n.Status()
+		if err != nil {
+			return err
+		}
+		if st.IPAM.Status != "ready" || st.IPAM.Allocated != 1 {
+			return fmt.Errorf("after restart: IPAM %s with %d allocations, want ready with 1 (the live attachment)", st.IPAM.Status, st.IPAM.Allocated)
+		}
+		return nil
+	})
+	l := attachments(ctx, t, n)
+	if len(l) != 1 || l[0].NetNS != "/run/netns/keep" || l[0].Address != keep.Address {
+		t.Fatalf("attachments after restart: %+v, want only %+v", l, keep)
+	}
+	again, err := meshAttach(ctx, n, "keep")
+	if err != nil || again.Address != keep.Address {
+		t.Fatalf("attach after restart: %+v, %v; want %s", again, err, keep.Address)
+	}
+	if err := pingFrom(ctx, n.Host, "/run/netns/keep", n.MustStatus().OverlayIP); err != nil {
+		t.Fatalf("the attachment lost its connectivity across the restart: %v", err)
 	}
 }
