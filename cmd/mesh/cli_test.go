@@ -95,3 +95,23 @@ func TestBashCompletionWorks(t *testing.T) {
 		})
 	}
 }
+
+// TestCompletionKnowsEveryCommand keeps the completion's command list and
+// the usage text in step.
+func TestCompletionKnowsEveryCommand(t *testing.T) {
+	for name := range commands {
+		var out bytes.Buffer
+		run([]string{name, "-h"}, &out, &out)
+		if strings.Contains(out.String(), "unknown command") {
+			t.Errorf("completion offers %q, which mesh does not know", name)
+		}
+	}
+	for _, line := range strings.Split(usage, "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 && f[0] == "mesh" && f[1] != "COMMAND" {
+			if _, ok := commands[f[1]]; !ok {
+				t.Errorf("usage lists %q, which completion does not offer", f[1])
+			}
+		}
+	}
+}
