@@ -55,6 +55,10 @@ func NewManager(file string, plugin Plugin, log *slog.Logger) (*Manager, error) 
 	return m, nil
 }
 
+// DefaultIfName is the interface an attach makes unless told otherwise,
+// the name containers expect for their network.
+const DefaultIfName = "eth0"
+
 // ErrInvalid is wrapped by errors in what the caller asked for (as opposed
 // to failures of the node).
 var ErrInvalid = errors.New("invalid attach request")

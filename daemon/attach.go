@@ -77,7 +77,7 @@ func (d *Daemon) handleAttach(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.IfName == "" {
-		req.IfName = "eth0"
+		req.IfName = attach.DefaultIfName
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), attachTimeout)
 	defer cancel()

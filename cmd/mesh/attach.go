@@ -44,7 +44,7 @@ Flags:
 
 func attachCmd(args []string, stdout, stderr io.Writer) error {
 	fs, socket := clientFlags("mesh attach", stderr)
-	ifName := fs.String("ifname", "eth0", "interface name inside the namespace")
+	ifName := fs.String("ifname", attach.DefaultIfName, "interface name inside the namespace")
 	output := fs.String("o", "human", "output format: human or json")
 	list := fs.Bool("list", false, "list this node's attachments")
 	setUsage(fs, stderr, attachUsage)
