@@ -311,9 +311,12 @@ func TestAttachAcrossRestart(t *testing.T) {
 	if len(l) != 1 || l[0].NetNS != "/run/netns/keep" || l[0].Address != keep.Address {
 		t.Fatalf("attachments after restart: %+v, want only %+v", l, keep)
 	}
-	again, err := meshAttach(ctx, n, "keep")
-	if err != nil || again.Address != keep.Address {
-		t.Fatalf("attach after restart: %+v, %v; want %s", again, err, keep.Address)
+	// The human forms: attach prints the address, --list a table.
+	if out, err := n.Host.Run(ctx, n.Bin, "attach", "keep"); err != nil || strings.TrimSpace(out) != keep.Address {
+		t.Fatalf("attach after restart printed %q, %v; want %s", out, err, keep.Address)
+	}
+	if out, err := n.Host.Run(ctx, n.Bin, "attach", "--list"); err != nil || !strings.Contains(out, "NETNS") || !strings.Contains(out, "/run/netns/keep") || !strings.Contains(out, keep.Address) {
+		t.Fatalf("attach --list printed %q, %v", out, err)
 	}
 	if err := pingFrom(ctx, n.Host, "/run/netns/keep", n.MustStatus().OverlayIP); err != nil {
 		t.Fatalf("the attachment lost its connectivity across the restart: %v", err)
