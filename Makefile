@@ -56,7 +56,7 @@ clean:
 # Load it with `ctr -n k8s.io images import bin/mesh-image.tar`.
 IMAGE ?= localhost/mesh:dev
 
-.PHONY: image e2e-k8s
+.PHONY: image e2e-k8s e2e-ctr
 
 image: build
 	$(GO) run ./tools/mkimage -o $(BIN)/mesh-image.tar -name '$(IMAGE)' \
@@ -76,3 +76,57 @@ e2e-k8s: deps image
 	$(GO) vet -tags e2ek8s ./e2e/k8s/
 	MESH_E2E_CNI=$(E2E_K8S_CNI) MESH_E2E_IMAGE='$(IMAGE)' \
 		$(GO) test -count=1 -tags e2ek8s -timeout 25m -v -run '^Test(MeshImage|Kubernetes)$$' ./e2e/k8s/
+
+# Install for a standalone host (see docs/standalone.md): the binaries, the
+# CNI plugin where runtimes look for it (/opt/cni/bin, and a link in
+# /usr/lib/cni, the default of Debian's containerd), the systemd unit, the
+# settings file (never overwritten) and /etc/mesh (0700) for the password.
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BINDIR     ?= $(PREFIX)/bin
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+CNIBINDIR  ?= /opt/cni/bin
+CNILIBDIR  ?= /usr/lib/cni
+CNICONFDIR ?= /etc/cni/net.d
+
+.PHONY: install uninstall deb
+
+install: build
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/default \
+		$(DESTDIR)$(CNIBINDIR) $(DESTDIR)$(CNILIBDIR) $(DESTDIR)$(CNICONFDIR)
+	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/mesh
+	install -m 0755 $(BIN)/mesh $(BIN)/mesh-cni $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(BIN)/mesh-cni $(DESTDIR)$(CNIBINDIR)/mesh-cni
+	ln -sfn $(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
+	sed 's|/usr/local/bin/|$(BINDIR)/|g' deploy/systemd/mesh.service > $(DESTDIR)$(UNITDIR)/mesh.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/mesh.service
+	[ -e $(DESTDIR)$(SYSCONFDIR)/default/mesh ] || install -m 0644 deploy/systemd/mesh.env $(DESTDIR)$(SYSCONFDIR)/default/mesh
+
+# Removes what install put there, but not /etc/default/mesh, /etc/mesh (the
+# password) or the state dir: `mesh reset --state` and rm do that.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(UNITDIR)/mesh.service \
+		$(DESTDIR)$(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
+
+# Debian package of the same files (nfpm, pinned; fetched through the Go
+# module proxy on first use): $(BIN)/mesh_VERSION_ARCH.deb.
+NFPM       ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+DEB_ARCH   ?= $(shell $(GO) env GOARCH)
+# Debian versions start with a digit: v1.2.3 -> 1.2.3, v1.2.3-4-gabc -> 1.2.3+4+gabc
+# (after 1.2.3), a bare commit -> 0.0.0~COMMIT (before any release).
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -e '/^v\{0,1\}[0-9][0-9]*\./!s/^/0.0.0~/' -e 's/^v//' -e 's/-/+/g')
+
+deb: build
+	rm -rf $(BIN)/debroot
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(BIN))/debroot PREFIX=/usr BIN=$(BIN)
+	sed -e 's|$${MESH_DEBROOT}|$(abspath $(BIN))/debroot|g' -e 's|$${MESH_DEB_ARCH}|$(DEB_ARCH)|g' \
+		-e 's|$${MESH_DEB_VERSION}|$(DEB_VERSION)|g' deploy/nfpm.yaml > $(BIN)/nfpm.yaml
+	$(NFPM) package --config $(BIN)/nfpm.yaml --packager deb --target $(BIN)/
+	rm -rf $(BIN)/debroot $(BIN)/nfpm.yaml
+
+# Busybox containers started with containerd's `ctr run --cni` on two
+# simulated hosts running `mesh launch` (needs root, containerd and runc).
+e2e-ctr: deps build
+	./scripts/deps.sh k8s
+	$(GO) test -count=1 -tags e2ek8s -timeout 15m -v -run '^TestCtrRunCNI$$' ./e2e/k8s/

@@ -34,6 +34,9 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET /v1/ipam/allocations", d.handleAllocations)
 	mux.HandleFunc("POST /v1/ipam/rmpeer", d.handleRemovePeer)
 	mux.HandleFunc("POST /v1/rotate", d.handleRotate)
+	mux.HandleFunc("POST /v1/attach", d.handleAttach)
+	mux.HandleFunc("POST /v1/detach", d.handleDetach)
+	mux.HandleFunc("GET /v1/attachments", d.handleAttachments)
 	return mux
 }
 

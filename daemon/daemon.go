@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshnet/mesh/attach"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/ipam"
@@ -31,6 +32,7 @@ type Daemon struct {
 	dp      fastdp.Dataplane // fastdp.None() with --dataplane none
 	rec     *peer.Reconciler
 	policy  *policy.Controller // nil unless --kube and not --no-policy
+	attach  *attach.Manager    // `mesh attach`: namespaces attached by hand
 	mtu     int
 
 	server   *http.Server
@@ -149,6 +151,9 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err := d.startIPAM(initialPeers); err != nil {
 		return nil, err
 	}
+	if err := d.startAttach(); err != nil {
+		return nil, err
+	}
 	d.members.Start()
 
 	if d.listener, err = listenSocket(cfg.Socket); err != nil {
@@ -162,6 +167,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 
 	d.goLoop(loopIPAMTick, d.tickLoop)
 	d.goLoop(loopReconcile, d.reconcileLoop)
+	d.goLoop("attach-check", d.attachLoop)
 	if kube != nil {
 		d.goLoop("kube", func(ctx context.Context) { kube.run(ctx, d) })
 		d.startPolicy(kube)

@@ -177,6 +177,11 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) {
 	for _, v := range req.Valid {
 		valid = append(valid, ipam.Key{ContainerID: v.ContainerID, IfName: v.IfName})
 	}
+	// A runtime's GC lists only its own containers: `mesh attach`
+	// attachments are the daemon's to collect (attach.Manager.Check).
+	for _, a := range d.attach.List() {
+		valid = append(valid, ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
 	n, err := d.ipam.ReleaseAllExcept(valid)
 	if err != nil {
 		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to garbage-collect allocations: %w", err))

@@ -12,6 +12,8 @@ have ping     || need="$need iputils-ping"
 have nsenter  || need="$need util-linux"
 have tcpdump  || need="$need tcpdump"
 have iperf3   || need="$need iperf3"
+# systemd-analyze verifies the unit of `make install` (deploy tests).
+have systemd-analyze || need="$need systemd"
 if [ "${1:-}" = k8s ]; then
 	have containerd || need="$need containerd"
 	have runc       || need="$need runc"

@@ -13,6 +13,7 @@ import (
 
 func rmpeer(args []string, stdout, stderr io.Writer) error {
 	fs, socket := clientFlags("mesh rmpeer", stderr)
+	setUsage(fs, stderr, "Usage: mesh rmpeer NAME\n\nHands a dead peer's address ranges to this node.\n\nFlags:\n")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return errUsage
@@ -41,6 +42,7 @@ func reset(args []string, stdout, stderr io.Writer) error {
 	stateDir := fs.String("state-dir", def.StateDir, "state dir to remove with --state")
 	binDir := fs.String("cni-bin-dir", def.CNIBinDir, "where mesh-cni was installed")
 	confDir := fs.String("cni-conf-dir", def.CNIConfDir, "where "+daemon.CNIConfName+" was written")
+	setUsage(fs, stderr, "Usage: mesh reset [flags]\n\nRemoves every interface, route, nftables table and CNI file mesh made on this\nhost. Refused while a daemon still runs the data plane.\n\nFlags:\n")
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return errUsage
 	}

@@ -29,7 +29,13 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 		fmt.Fprintf(tw, "IPAM:\t%s, range %s, %d owned range(s), %d allocated\n", st.IPAM.Status, st.IPAM.Range, len(st.IPAM.Owned), st.IPAM.Allocated)
 	}
 	if st.OverlayIP != "" {
-		fmt.Fprintf(tw, "Overlay IP:\t%s\n", st.OverlayIP)
+		hint := ""
+		if st.Dataplane != "" {
+			// The cluster range is routed from the host, and containers
+			// have the overlay IP as their gateway.
+			hint = fmt.Sprintf(" on this host's bridge: containers reach this host at %s, host processes reach containers at their mesh addresses", st.OverlayIP)
+		}
+		fmt.Fprintf(tw, "Overlay IP:\t%s%s\n", st.OverlayIP, hint)
 	}
 	if st.Dataplane != "" {
 		conns := map[api.ConnState]int{}

@@ -116,7 +116,7 @@ func TestRunErrors(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, nil, 2, "unknown command"},
 		{"status bad subject", []string{"status", "bogus"}, nil, 2, "unknown subject"},
 		{"status bad format", []string{"status", "-o", "yaml"}, nil, 2, "unknown output format"},
-		{"daemon down", []string{"status", "--socket", "/nonexistent/mesh.sock"}, nil, 1, "is `mesh launch` running?"},
+		{"daemon down", []string{"status", "--socket", "/nonexistent/mesh.sock"}, nil, exitUnreachable, "is `mesh launch` running?"},
 		{"launch without password", []string{"launch", "--state-dir", "/nonexistent/x"}, map[string]string{"MESH_PASSWORD": ""}, 1, "MESH_PASSWORD is set but empty"},
 		{"launch bad peer", []string{"launch", "--insecure", "host:99999"}, nil, 1, "port \"99999\""},
 		{"connect without peer", []string{"connect"}, nil, 2, "Usage: mesh connect PEER"},

@@ -16,9 +16,7 @@ import (
 func keygen(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mesh keygen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: mesh keygen FILE\n\nWrites a new random mesh key to FILE (mode 0600; an existing FILE is never\noverwritten). Give the same file to every member with --key-file.\n")
-	}
+	setUsage(fs, stderr, "Usage: mesh keygen FILE\n\nWrites a new random mesh key to FILE (mode 0600; an existing FILE is never\noverwritten). Give the same file to every member with --key-file.\n")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return errUsage
@@ -39,10 +37,7 @@ func keygen(args []string, stdout, stderr io.Writer) error {
 func rotate(args []string, stdout, stderr io.Writer) error {
 	fs, socket := clientFlags("mesh rotate", stderr)
 	nodeKey := fs.Bool("node-key", false, "rotate this node's own WireGuard key instead")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: mesh rotate [--node-key]\n\nRe-reads the mesh's key and password files: keys added there are accepted at\nonce and used once every member holds them; keys removed there are dropped.\nSee docs/architecture.md, \"Trust and keys\", for the whole procedure.\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	setUsage(fs, stderr, "Usage: mesh rotate [--node-key]\n\nRe-reads the mesh's key and password files: keys added there are accepted at\nonce and used once every member holds them; keys removed there are dropped.\nSee docs/architecture.md, \"Trust and keys\", for the whole procedure.\n\nFlags:\n")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil || len(pos) != 0 {
 		if err == nil {

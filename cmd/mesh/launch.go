@@ -18,10 +18,7 @@ func launch(args []string, stderr io.Writer) error {
 	cfg := daemon.DefaultConfig()
 	fs := flag.NewFlagSet("mesh launch", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: mesh launch [flags] [PEER...]\n\nRuns the mesh daemon in the foreground. PEER is host or host:port.\nThe mesh secret comes from --key-file (made by mesh keygen; recommended), or a\npassword from --password-file or the MESH_PASSWORD environment variable with\n--mesh-name or MESH_NAME; never from a flag (it would show in ps).\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	setUsage(fs, stderr, "Usage: mesh launch [flags] [PEER...]\n\nRuns the mesh daemon in the foreground. PEER is host or host:port.\nThe mesh secret comes from --key-file (made by mesh keygen; recommended), or a\npassword from --password-file or the MESH_PASSWORD environment variable with\n--mesh-name or MESH_NAME; never from a flag (it would show in ps).\n\nFlags:\n")
 	fs.StringVar(&cfg.Name, "name", "", "node name, unique in the mesh (default: the stored name, else the host name)")
 	advertise := fs.String("advertise-addr", "", "IP address other peers use to reach this one (default: picked from the interfaces)")
 	fs.IntVar(&cfg.Port, "port", cfg.Port, "gossip port, TCP and UDP")

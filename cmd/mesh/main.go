@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/meshnet/mesh/api"
 )
 
 // version is set at build time by the Makefile.
@@ -26,14 +28,30 @@ Usage:
   mesh keygen FILE                  write a new random mesh key file (for --key-file)
   mesh rotate [--node-key]          re-read the mesh key files, or renew this node's WireGuard key
   mesh reset [--state]              remove every interface, route and file mesh made on this host
-  mesh version                      print the version
+  mesh attach [--ifname eth0] [-o json] TARGET
+                                    give a container (PID, netns name or path) a mesh address
+  mesh attach --list [-o json]      list this node's attachments
+  mesh detach [--ifname NAME] TARGET
+                                    remove an attachment and release its address
+  mesh completion bash|zsh|fish     print a shell completion script
+  mesh version [-o json]            print the version
 
 Run "mesh COMMAND -h" for the flags of a command.
+
+Exit codes: 0 success, 1 failure, 2 invalid usage, 3 the daemon cannot be
+reached (is "mesh launch" running?).
 `
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
+
+// Exit codes, documented in the usage text and docs/standalone.md.
+const (
+	exitFailure     = 1
+	exitUsage       = 2
+	exitUnreachable = 3
+)
 
 // errUsage means the error was already explained along with the usage.
 var errUsage = errors.New("usage")
@@ -41,7 +59,7 @@ var errUsage = errors.New("usage")
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return 2
+		return exitUsage
 	}
 	var err error
 	switch cmd, rest := args[0], args[1:]; cmd {
@@ -59,22 +77,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = keygen(rest, stdout, stderr)
 	case "rotate":
 		err = rotate(rest, stdout, stderr)
+	case "attach":
+		err = attachCmd(rest, stdout, stderr)
+	case "detach":
+		err = detachCmd(rest, stdout, stderr)
+	case "completion":
+		err = completion(rest, stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, version)
+		err = versionCmd(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
 		fmt.Fprintf(stderr, "mesh: unknown command %q\n\n%s", cmd, usage)
-		return 2
+		return exitUsage
 	}
 	switch {
 	case err == nil:
 		return 0
 	case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
-		return 2
+		return exitUsage
+	case errors.Is(err, api.ErrDaemonUnreachable):
+		fmt.Fprintf(stderr, "mesh: %v\n", err)
+		return exitUnreachable
 	default:
 		fmt.Fprintf(stderr, "mesh: %v\n", err)
-		return 1
+		return exitFailure
 	}
 }
 

@@ -21,10 +21,7 @@ func clientFlags(name string, stderr io.Writer) (*flag.FlagSet, *string) {
 func status(args []string, stdout, stderr io.Writer) error {
 	fs, socket := clientFlags("mesh status", stderr)
 	output := fs.String("o", "human", "output format: human or json")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: mesh status [peers|connections|ipam|policy] [-o json]\n\nFlags:\n")
-		fs.PrintDefaults()
-	}
+	setUsage(fs, stderr, "Usage: mesh status [peers|connections|ipam|policy] [-o json]\n\nFlags:\n")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return errUsage
@@ -97,6 +94,7 @@ func writeIndented(w io.Writer, v any) error {
 
 func peerCommand(cmd string, args []string, stdout, stderr io.Writer) error {
 	fs, socket := clientFlags("mesh "+cmd, stderr)
+	setUsage(fs, stderr, "Usage: mesh "+cmd+" PEER\n\nFlags:\n")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return errUsage
