@@ -114,7 +114,7 @@ func TestKernelVM(t *testing.T) {
 		meshtest.BinDirEnv + "=/e2e/bin",
 	}
 	script := "#!/bin/sh\nexport " + strings.Join(env, " ") + "\ncd /e2e/bin\n" +
-		fmt.Sprintf("exec ./vm.test -test.v -test.count=1 -test.timeout=%s -test.run '%s'\n", (vmTimeout - time.Minute).String(), run)
+		fmt.Sprintf("exec ./vm.test -test.v -test.count=1 -test.timeout=%s -test.run '%s'\n", (vmTimeout-time.Minute).String(), run)
 	img := &vmtest.Image{Kernel: k, Modules: vmModules, Programs: vmPrograms, Files: files, Script: script}
 	initrd := filepath.Join(work, "initrd.cpio")
 	if err := img.Build(ctx, initrd); err != nil {
