@@ -91,6 +91,21 @@ func wgDiff(cur *wgtypes.Device, want, prev *Config) (wgtypes.Config, bool) {
 	return out, changed
 }
 
+// keepPeers drops the removals from a change (see AdoptGrace) and reports
+// how many it dropped and whether anything is left to configure.
+func keepPeers(c wgtypes.Config) (_ wgtypes.Config, kept int, changed bool) {
+	peers := make([]wgtypes.PeerConfig, 0, len(c.Peers))
+	for _, p := range c.Peers {
+		if p.Remove {
+			kept++
+			continue
+		}
+		peers = append(peers, p)
+	}
+	c.Peers = peers
+	return c, kept, c.PrivateKey != nil || c.ListenPort != nil || len(c.Peers) > 0
+}
+
 func newPeerConfig(p Peer) wgtypes.PeerConfig {
 	psk := wgtypes.Key(p.PresharedKey)
 	ka := p.Keepalive

@@ -139,3 +139,33 @@ func TestConfigCloneEqual(t *testing.T) {
 		t.Error("clone shares AllowedIPs with the original")
 	}
 }
+
+func TestKeepPeers(t *testing.T) {
+	k := func(b byte) wgtypes.Key { return wgtypes.Key{b} }
+	port := 6784
+	tests := []struct {
+		name        string
+		in          wgtypes.Config
+		wantPeers   int
+		wantKept    int
+		wantChanged bool
+	}{
+		{"only removals", wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k(1), Remove: true}, {PublicKey: k(2), Remove: true}}}, 0, 2, false},
+		{"removal and addition", wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k(1), Remove: true}, {PublicKey: k(3)}}}, 1, 1, true},
+		{"removal and port", wgtypes.Config{ListenPort: &port, Peers: []wgtypes.PeerConfig{{PublicKey: k(1), Remove: true}}}, 0, 1, true},
+		{"nothing", wgtypes.Config{}, 0, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, kept, changed := keepPeers(tt.in)
+			if len(out.Peers) != tt.wantPeers || kept != tt.wantKept || changed != tt.wantChanged {
+				t.Fatalf("keepPeers = %d peers, kept %d, changed %v; want %d, %d, %v", len(out.Peers), kept, changed, tt.wantPeers, tt.wantKept, tt.wantChanged)
+			}
+			for _, p := range out.Peers {
+				if p.Remove {
+					t.Fatalf("a removal survived: %+v", p)
+				}
+			}
+		})
+	}
+}
