@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Link aliases (IFLA_IFALIAS) mark the links fastdp manages. Set uses them to
@@ -48,17 +49,19 @@ type dataplane struct {
 	mu     sync.Mutex // serializes Set, Stats and Close
 	closed bool
 	last   *Config // the last config Set applied successfully
-	// adoptUntil ends the grace in which Set keeps the peers it finds on
+	// adoptUntil ends the grace in which Set keeps the peers it found on
 	// a WireGuard device left by an earlier process (see AdoptGrace);
-	// zero when New found no device. keeping counts the peers the last
-	// Set kept that way.
+	// zero when New found no device. adopted holds those peers until a
+	// config names them (from then on they are this process's own);
+	// keeping counts the peers the last Set kept.
 	adoptUntil time.Time
+	adopted    map[wgtypes.Key]bool
 	keeping    int
 }
 
 // AdoptGrace is how long after New, on a WireGuard device that already
-// existed (a restarted daemon), Set keeps the device's peers that its
-// config does not name. A restarted daemon knows only itself until it has
+// existed (a restarted daemon), Set keeps the peers it found on the device
+// and that no config of this process has named yet. A restarted daemon knows only itself until it has
 // rejoined the mesh, which takes about a second; removing its peers
 // meanwhile would cut the traffic that the kernel kept forwarding while no
 // daemon ran, and force new handshakes. Peers still unnamed after the grace
@@ -283,7 +286,16 @@ func (d *dataplane) configureWireGuard(want *Config) error {
 	change, changed := wgDiff(cur, want, d.last)
 	d.keeping = 0
 	if time.Now().Before(d.adoptUntil) {
-		change, d.keeping, changed = keepPeers(change)
+		if d.adopted == nil {
+			d.adopted = make(map[wgtypes.Key]bool, len(cur.Peers))
+			for _, p := range cur.Peers {
+				d.adopted[p.PublicKey] = true
+			}
+		}
+		for _, p := range want.Peers {
+			delete(d.adopted, wgtypes.Key(p.PublicKey))
+		}
+		change, d.keeping, changed = keepPeers(change, d.adopted)
 		if d.keeping > 0 {
 			d.log.Info("kept peers of the adopted WireGuard device until the mesh is rejoined", "kept", d.keeping,
 				"grace_left", time.Until(d.adoptUntil).Round(time.Second).String())

@@ -91,12 +91,13 @@ func wgDiff(cur *wgtypes.Device, want, prev *Config) (wgtypes.Config, bool) {
 	return out, changed
 }
 
-// keepPeers drops the removals from a change (see AdoptGrace) and reports
-// how many it dropped and whether anything is left to configure.
-func keepPeers(c wgtypes.Config) (_ wgtypes.Config, kept int, changed bool) {
+// keepPeers drops from a change the removals of the peers in keep (see
+// AdoptGrace) and reports how many it dropped and whether anything is left
+// to configure.
+func keepPeers(c wgtypes.Config, keep map[wgtypes.Key]bool) (_ wgtypes.Config, kept int, changed bool) {
 	peers := make([]wgtypes.PeerConfig, 0, len(c.Peers))
 	for _, p := range c.Peers {
-		if p.Remove {
+		if p.Remove && keep[p.PublicKey] {
 			kept++
 			continue
 		}
