@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -47,11 +48,20 @@ func reset(args []string, stdout, stderr io.Writer) error {
 	device := fs.String("wg-device", def.WGDevice, "WireGuard device name")
 	binDir := fs.String("cni-bin-dir", def.CNIBinDir, "where mesh-cni was installed")
 	confDir := fs.String("cni-conf-dir", def.CNIConfDir, "where "+daemon.CNIConfName+" was written")
+	socket := fs.String("socket", api.DefaultSocket, "unix socket of the daemon's control API")
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return errUsage
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// A kernel data plane has no socket of its own that would tell that a
+	// daemon still runs it (fastdp.Reset checks wireguard-go's), and a
+	// running daemon would not notice its link gone until its config
+	// changed: ask for the daemon itself.
+	if c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "unix", *socket); err == nil {
+		c.Close()
+		return fmt.Errorf("the mesh daemon is still running (%s answers); stop it first", *socket)
+	}
 	opts := fastdp.DefaultOptions()
 	opts.DeviceName = *device
 	if err := fastdp.Reset(ctx, opts); err != nil {

@@ -24,7 +24,7 @@ import (
 const (
 	// A kernel that boots under KVM prints within a second; where KVM
 	// opens but the CPU has no virtualization, the guest hangs silently.
-	kvmProbeTimeout = 30 * time.Second
+	kvmProbeTimeout = 15 * time.Second
 	tcgProbeTimeout = 3 * time.Minute
 	vmTimeout       = 30 * time.Minute
 	buildTimeout    = 10 * time.Minute

@@ -169,6 +169,14 @@ func TestKernelUserspaceInterop(t *testing.T) {
 	// routes with it.
 	t.Run("reset", func(t *testing.T) {
 		m := ms[1]
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if out, err := m.Host.Run(ctx, m.Bin, "reset"); err == nil || !strings.Contains(out, "still running") {
+			t.Fatalf("mesh reset under a running daemon: err=%v\n%s", err, out)
+		}
+		if k := linkKind(t, m.Host, fastdp.DefaultDeviceName); k != "wireguard" {
+			t.Fatalf("a refused mesh reset touched the kernel link: %q", k)
+		}
 		if err := m.Proc.Stop(30 * time.Second); err != nil {
 			t.Fatal(err)
 		}
