@@ -86,4 +86,4 @@ e2e-kernel: deps
 	./scripts/deps.sh kernel
 	$(GO) vet -tags e2ekernel ./e2e/kernel/
 	$(GO) vet -tags kernelvm ./e2e/kernel/vm/
-	$(GO) test -count=1 -tags e2ekernel -timeout 50m -v -run '^TestKernelVM$$' ./e2e/kernel/
+	$(GO) test -count=1 -tags e2ekernel -timeout 50m -v -run '^Test(ProbeNoVM|KernelVM)$$' ./e2e/kernel/

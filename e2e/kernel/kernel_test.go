@@ -88,7 +88,7 @@ func TestKernelVM(t *testing.T) {
 		var why string
 		accel, why, err = vmtest.ProbeAccel(ctx, k.Vmlinuz(), probe, work, kvmProbeTimeout, tcgProbeTimeout)
 		if errors.Is(err, vmtest.ErrNoVM) {
-			cannotRun(t, "%v", err)
+			cannotRun(t, "%s", strings.TrimPrefix(err.Error(), vmtest.ErrNoVM.Error()+": "))
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -189,4 +189,30 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestProbeNoVM: when no accelerator boots a VM (here: a kernel image that
+// is not one), the probe says so with ErrNoVM, the error TestKernelVM turns
+// into its one-line "cannot run" report, rather than hanging or passing.
+func TestProbeNoVM(t *testing.T) {
+	if _, err := exec.LookPath(vmtest.QEMU); err != nil {
+		cannotRun(t, "%s is missing (run ./scripts/deps.sh kernel)", vmtest.QEMU)
+	}
+	dir := t.TempDir()
+	bogus := filepath.Join(dir, "vmlinuz")
+	if err := os.WriteFile(bogus, []byte("not a kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	initrd := filepath.Join(dir, "initrd.cpio")
+	if err := os.WriteFile(initrd, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	accel, why, err := vmtest.ProbeAccel(ctx, bogus, initrd, dir, 10*time.Second, 10*time.Second)
+	if !errors.Is(err, vmtest.ErrNoVM) {
+		t.Fatalf("ProbeAccel with no bootable kernel = %q, %q, %v; want ErrNoVM", accel, why, err)
+	}
+	t.Logf("in %v: %v", time.Since(start).Round(time.Millisecond), err)
 }
