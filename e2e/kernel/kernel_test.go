@@ -216,3 +216,11 @@ func TestProbeNoVM(t *testing.T) {
 	}
 	t.Logf("in %v: %v", time.Since(start).Round(time.Millisecond), err)
 }
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if err := testnet.RemoveBinaries(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+	}
+	os.Exit(code)
+}
