@@ -130,3 +130,15 @@ deb: build
 e2e-ctr: deps build
 	./scripts/deps.sh k8s
 	$(GO) test -count=1 -tags e2ek8s -timeout 15m -v -run '^TestCtrRunCNI$$' ./e2e/k8s/
+
+# The kernel WireGuard data plane for real, with userspace peers: a QEMU VM
+# with Debian's stock kernel (needs root; KVM where it really boots, plain
+# emulation otherwise). The kernel package is cached in MESH_E2E_CACHE
+# (default /var/cache/mesh-e2e). See docs/architecture.md, "Kernel data
+# plane in a VM".
+.PHONY: e2e-kernel
+e2e-kernel: deps
+	./scripts/deps.sh kernel
+	$(GO) vet -tags e2ekernel ./e2e/kernel/
+	$(GO) vet -tags kernelvm ./e2e/kernel/vm/
+	$(GO) test -count=1 -tags e2ekernel -timeout 50m -v -run '^Test(ProbeNoVM|KernelVM)$$' ./e2e/kernel/

@@ -28,7 +28,8 @@ type nsHandle struct {
 // not a namespace wraps errNotNetNS.
 func openNS(path string) (*nsHandle, error) {
 	if path == "" {
-		h, err := netlink.NewHandle()
+		// rtnetlink only: see below.
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 		if err != nil {
 			return nil, fmt.Errorf("failed to open netlink in the current netns: %w", err)
 		}
@@ -42,7 +43,9 @@ func openNS(path string) (*nsHandle, error) {
 		fd.Close()
 		return nil, fmt.Errorf("failed to open netns %q: %w", path, err)
 	}
-	h, err := netlink.NewHandleAt(fd)
+	// rtnetlink only: asked for all families, netlink also opens XFRM,
+	// which fails where no xfrm_user module is loaded or loadable.
+	h, err := netlink.NewHandleAt(fd, unix.NETLINK_ROUTE)
 	if err != nil {
 		fd.Close()
 		return nil, fmt.Errorf("failed to open netlink in netns %q: %w", path, err)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/meshnet/mesh/cni/install"
 	"github.com/meshnet/mesh/fastdp"
@@ -14,6 +16,9 @@ import (
 
 // ResetOptions says what Reset removes.
 type ResetOptions struct {
+	// Socket is the daemon's control socket: Reset refuses while a daemon
+	// answers on it.
+	Socket string
 	// WGDevice is the WireGuard device of the data plane.
 	WGDevice string
 	// CNIBinDir and CNIConfDir are where the plugin and its conflist were
@@ -28,7 +33,7 @@ type ResetOptions struct {
 // DefaultResetOptions returns the options matching DefaultConfig.
 func DefaultResetOptions() ResetOptions {
 	def := DefaultConfig()
-	return ResetOptions{WGDevice: def.WGDevice, CNIBinDir: def.CNIBinDir, CNIConfDir: def.CNIConfDir, StateDir: def.StateDir}
+	return ResetOptions{Socket: def.Socket, WGDevice: def.WGDevice, CNIBinDir: def.CNIBinDir, CNIConfDir: def.CNIConfDir, StateDir: def.StateDir}
 }
 
 // Reset undoes what mesh did to this host: the data plane's interfaces and
@@ -38,6 +43,16 @@ func DefaultResetOptions() ResetOptions {
 // ends. The CLI's `mesh reset` is a thin caller of it, so the CLI needs
 // none of the packages that own these objects.
 func Reset(ctx context.Context, o ResetOptions) error {
+	// A kernel data plane has no socket of its own that would tell that a
+	// daemon still runs it (fastdp.Reset checks wireguard-go's), and a
+	// running daemon would not notice its link gone until its config
+	// changed: ask for the daemon itself.
+	if o.Socket != "" {
+		if c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "unix", o.Socket); err == nil {
+			c.Close()
+			return fmt.Errorf("the mesh daemon is still running (%s answers); stop it first", o.Socket)
+		}
+	}
 	opts := fastdp.DefaultOptions()
 	opts.DeviceName = o.WGDevice
 	if err := fastdp.Reset(ctx, opts); err != nil {

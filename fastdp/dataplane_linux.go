@@ -9,10 +9,12 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Link aliases (IFLA_IFALIAS) mark the links fastdp manages. Set uses them to
@@ -47,6 +49,33 @@ type dataplane struct {
 	mu     sync.Mutex // serializes Set, Stats and Close
 	closed bool
 	last   *Config // the last config Set applied successfully
+	// adoptUntil ends the grace in which Set keeps the peers it found on
+	// a WireGuard device left by an earlier process (see AdoptGrace);
+	// zero when New found no device. adopted holds those peers until a
+	// config names them (from then on they are this process's own);
+	// keeping counts the peers the last Set kept.
+	adoptUntil time.Time
+	adopted    map[wgtypes.Key]bool
+	keeping    int
+}
+
+// AdoptGrace is how long after New, on a WireGuard device that already
+// existed (a restarted daemon), Set keeps the peers it found on the device
+// and that no config of this process has named yet. A restarted daemon knows only itself until it has
+// rejoined the mesh, which takes about a second; removing its peers
+// meanwhile would cut the traffic that the kernel kept forwarding while no
+// daemon ran, and force new handshakes. Peers still unnamed after the grace
+// are removed by the next Set.
+const AdoptGrace = 30 * time.Second
+
+// Adopting reports whether the last Set kept peers under AdoptGrace. A
+// caller that skips Set for an unchanged config must call it again while
+// this is true, so that those peers go once the grace has passed (see
+// peer.Reconciler).
+func (d *dataplane) Adopting() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.keeping > 0
 }
 
 // New selects the implementation (see Options.Mode) and prepares it. It
@@ -99,6 +128,9 @@ func New(ctx context.Context, opts Options) (_ Dataplane, err error) {
 	cleanup = append(cleanup, wg.Close)
 
 	d := &dataplane{log: log, name: opts.DeviceName, ns: ns, nl: nl, wg: wg}
+	if _, err := linkByName(nl, opts.DeviceName); err == nil {
+		d.adoptUntil = time.Now().Add(AdoptGrace)
+	}
 	switch kind {
 	case ModeKernel:
 		d.impl = &kernelImpl{name: opts.DeviceName, nl: nl}
@@ -252,6 +284,23 @@ func (d *dataplane) configureWireGuard(want *Config) error {
 		return fmt.Errorf("failed to read WireGuard device %q: %w", d.name, err)
 	}
 	change, changed := wgDiff(cur, want, d.last)
+	d.keeping = 0
+	if time.Now().Before(d.adoptUntil) {
+		if d.adopted == nil {
+			d.adopted = make(map[wgtypes.Key]bool, len(cur.Peers))
+			for _, p := range cur.Peers {
+				d.adopted[p.PublicKey] = true
+			}
+		}
+		for _, p := range want.Peers {
+			delete(d.adopted, wgtypes.Key(p.PublicKey))
+		}
+		change, d.keeping, changed = keepPeers(change, d.adopted)
+		if d.keeping > 0 {
+			d.log.Info("kept peers of the adopted WireGuard device until the mesh is rejoined", "kept", d.keeping,
+				"grace_left", time.Until(d.adoptUntil).Round(time.Second).String())
+		}
+	}
 	if !changed {
 		return nil
 	}

@@ -94,10 +94,15 @@ func (n *netNS) isProcessNS() bool {
 	return st.Dev == initialNS.Dev && st.Ino == initialNS.Ino
 }
 
-// netlinkHandle returns a netlink handle bound to the namespace.
+// netlinkHandle returns a netlink handle bound to the namespace. It opens
+// rtnetlink only: without a family, netlink opens XFRM and netfilter
+// sockets too, and on a kernel that has no xfrm_user module loaded and
+// cannot load one (no modprobe, as in the VM of e2e/kernel, or a container
+// with module loading off) the whole handle then fails with "protocol not
+// supported", although fastdp uses neither.
 func (n *netNS) netlinkHandle() (*netlink.Handle, error) {
 	if n.own {
-		return netlink.NewHandle()
+		return netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
-	return netlink.NewHandleAt(n.h)
+	return netlink.NewHandleAt(n.h, unix.NETLINK_ROUTE)
 }

@@ -91,6 +91,22 @@ func wgDiff(cur *wgtypes.Device, want, prev *Config) (wgtypes.Config, bool) {
 	return out, changed
 }
 
+// keepPeers drops from a change the removals of the peers in keep (see
+// AdoptGrace) and reports how many it dropped and whether anything is left
+// to configure.
+func keepPeers(c wgtypes.Config, keep map[wgtypes.Key]bool) (_ wgtypes.Config, kept int, changed bool) {
+	peers := make([]wgtypes.PeerConfig, 0, len(c.Peers))
+	for _, p := range c.Peers {
+		if p.Remove && keep[p.PublicKey] {
+			kept++
+			continue
+		}
+		peers = append(peers, p)
+	}
+	c.Peers = peers
+	return c, kept, c.PrivateKey != nil || c.ListenPort != nil || len(c.Peers) > 0
+}
+
 func newPeerConfig(p Peer) wgtypes.PeerConfig {
 	psk := wgtypes.Key(p.PresharedKey)
 	ka := p.Keepalive

@@ -139,3 +139,36 @@ func TestConfigCloneEqual(t *testing.T) {
 		t.Error("clone shares AllowedIPs with the original")
 	}
 }
+
+func TestKeepPeers(t *testing.T) {
+	k := func(b byte) wgtypes.Key { return wgtypes.Key{b} }
+	port := 6784
+	tests := []struct {
+		name        string
+		in          wgtypes.Config
+		wantPeers   int
+		wantKept    int
+		wantChanged bool
+	}{
+		{"adopted removals", wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k(1), Remove: true}, {PublicKey: k(2), Remove: true}}}, 0, 2, false},
+		{"removal and addition", wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k(1), Remove: true}, {PublicKey: k(3)}}}, 1, 1, true},
+		{"removal and port", wgtypes.Config{ListenPort: &port, Peers: []wgtypes.PeerConfig{{PublicKey: k(1), Remove: true}}}, 0, 1, true},
+		// k(4) is not an adopted peer: a config of this process named it.
+		{"own peer removed", wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k(4), Remove: true}}}, 1, 0, true},
+		{"nothing", wgtypes.Config{}, 0, 0, false},
+	}
+	keep := map[wgtypes.Key]bool{k(1): true, k(2): true}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, kept, changed := keepPeers(tt.in, keep)
+			if len(out.Peers) != tt.wantPeers || kept != tt.wantKept || changed != tt.wantChanged {
+				t.Fatalf("keepPeers = %d peers, kept %d, changed %v; want %d, %d, %v", len(out.Peers), kept, changed, tt.wantPeers, tt.wantKept, tt.wantChanged)
+			}
+			for _, p := range out.Peers {
+				if p.Remove && keep[p.PublicKey] {
+					t.Fatalf("the removal of an adopted peer survived: %+v", p)
+				}
+			}
+		})
+	}
+}

@@ -489,3 +489,31 @@ func TestReconcilerOwnsItsState(t *testing.T) {
 		t.Errorf("b, configured throughout without a handshake: %s, want failed", got)
 	}
 }
+
+// adoptingDP is a data plane that says it still keeps peers of an adopted
+// device (fastdp.AdoptGrace) until told otherwise.
+type adoptingDP struct {
+	*fastdptest.Dataplane
+	keeping bool
+}
+
+func (a *adoptingDP) Adopting() bool { return a.keeping }
+
+func TestReconcilerSetsAgainWhileAdopting(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	dp := &adoptingDP{Dataplane: fastdptest.New(""), keeping: true}
+	r := NewReconciler(dp, nil)
+	ctx := context.Background()
+	for i := range 3 {
+		if _, err := r.Apply(ctx, w.input()); err != nil {
+			t.Fatal(err)
+		}
+		if dp.SetCount() != i+1 {
+			t.Fatalf("apply %d while adopting: %d sets, want %d", i+1, dp.SetCount(), i+1)
+		}
+	}
+	dp.keeping = false
+	if changed, err := r.Apply(ctx, w.input()); err != nil || changed || dp.SetCount() != 3 {
+		t.Fatalf("unchanged input after the grace: changed=%v err=%v sets=%d, want a skip", changed, err, dp.SetCount())
+	}
+}

@@ -78,7 +78,7 @@ func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err err
 	if err != nil {
 		return false, err
 	}
-	if r.last.Equal(cfg) {
+	if r.last.Equal(cfg) && !adopting(r.dp) {
 		r.skipped++
 		return false, nil
 	}
@@ -110,6 +110,14 @@ func (r *Reconciler) trackSince(cfg *fastdp.Config, now time.Time) {
 		}
 	}
 	r.since = keep
+}
+
+// adopting reports whether dp still keeps peers of an adopted device that
+// the config did not name (fastdp.AdoptGrace): then an unchanged config is
+// set again, so that they go once the grace has passed.
+func adopting(dp fastdp.Dataplane) bool {
+	a, ok := dp.(interface{ Adopting() bool })
+	return ok && a.Adopting()
 }
 
 // Last returns a copy of the config last applied, or nil.

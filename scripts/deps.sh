@@ -1,7 +1,9 @@
 #!/bin/sh
 # Installs the Debian packages that the tests and the demo use, if missing;
 # with the argument "k8s", also those of the Kubernetes end-to-end test
-# (containerd and runc for the nodes, busybox-static for the test image).
+# (containerd and runc for the nodes, busybox-static for the test image);
+# with "kernel", those of the kernel data plane test in a VM (QEMU; busybox
+# is the VM's init and shell; ldd lists the libraries of the tools it gets).
 # Safe to run again: it does nothing when everything is there.
 set -eu
 need=""
@@ -19,6 +21,12 @@ if [ "${1:-}" = k8s ]; then
 	have runc       || need="$need runc"
 	# The test image needs a statically linked busybox.
 	if ! [ -x /bin/busybox ] || ! dpkg -s busybox-static >/dev/null 2>&1; then need="$need busybox-static"; fi
+fi
+if [ "${1:-}" = kernel ]; then
+	have qemu-system-x86_64 || need="$need qemu-system-x86"
+	if ! [ -x /bin/busybox ] || ! dpkg -s busybox-static >/dev/null 2>&1; then need="$need busybox-static"; fi
+	have ldd  || need="$need libc-bin"
+	have dpkg || need="$need dpkg"
 fi
 if [ -n "$need" ]; then
 	if [ "$(id -u)" != 0 ]; then

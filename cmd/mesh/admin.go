@@ -43,13 +43,14 @@ func reset(args []string, stdout, stderr io.Writer) error {
 	binDir := fs.String("cni-bin-dir", def.CNIBinDir, "where mesh-cni was installed")
 	confDir := fs.String("cni-conf-dir", def.CNIConfDir, "where "+daemon.CNIConfName+" was written")
 	setUsage(fs, stderr, "Usage: mesh reset [flags]\n\nRemoves every interface, route, nftables table and CNI file mesh made on this\nhost. Refused while a daemon still runs the data plane.\n\nFlags:\n")
+	socket := fs.String("socket", def.Socket, "unix socket of the daemon's control API (reset is refused while a daemon answers on it)")
 	if _, err := parseInterspersed(fs, args); err != nil {
 		return errUsage
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := daemon.Reset(ctx, daemon.ResetOptions{
-		WGDevice: def.WGDevice, CNIBinDir: *binDir, CNIConfDir: *confDir,
+		Socket: *socket, WGDevice: def.WGDevice, CNIBinDir: *binDir, CNIConfDir: *confDir,
 		StateDir: *stateDir, RemoveState: *state,
 	})
 	if err != nil {

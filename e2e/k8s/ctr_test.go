@@ -55,7 +55,7 @@ func TestCtrRunCNI(t *testing.T) {
 	var nodes []*meshtest.Node
 	for i, node := range c.Nodes {
 		c.prepareNode(t, node)
-		if err := copyFile(loopback, node.Path("/opt/cni/bin/loopback"), 0o755); err != nil {
+		if err := node.CopyFile(loopback, "/opt/cni/bin/loopback", 0o755); err != nil {
 			t.Fatal(err)
 		}
 		c.startContainerd(t, node, images)

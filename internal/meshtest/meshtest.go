@@ -49,11 +49,27 @@ func KeyFileArgs(t testing.TB, h *testnet.Host) []string {
 // Env is the environment that gives a daemon the test mesh's secret.
 func Env() []string { return []string{"MESH_PASSWORD=" + Password, "MESH_NAME=" + MeshName} }
 
+// BinDirEnv names an environment variable that, when set, names a
+// directory holding mesh and mesh-cni as `make build` leaves them, used
+// instead of building: for machines with neither make nor Go, such as the
+// kernel test VM of e2e/kernel. Unset, which is the default everywhere
+// else, BuildMesh runs `make build`.
+const BinDirEnv = "MESH_TEST_BIN_DIR"
+
 // BuildMesh builds mesh and mesh-cni once per test process with the user's
 // own `make build`, which puts the plugin next to mesh, where the daemon
-// looks for it to install it. It returns the path of mesh.
+// looks for it to install it. It returns the path of mesh. See BinDirEnv
+// for prebuilt binaries.
 func BuildMesh(t testing.TB) string {
 	t.Helper()
+	if dir := os.Getenv(BinDirEnv); dir != "" {
+		for _, name := range testnet.MakeBuildOutputs {
+			if fi, err := os.Stat(filepath.Join(dir, name)); err != nil || fi.Mode()&0o111 == 0 {
+				t.Fatalf("%s=%s: no executable %s there: %v", BinDirEnv, dir, name, err)
+			}
+		}
+		return filepath.Join(dir, "mesh")
+	}
 	return filepath.Join(testnet.BuildMake(t), "mesh")
 }
 
