@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -103,7 +105,7 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 	}
 
 	client := api.NewClient(conf.socket())
-	alloc, err := client.Allocate(ctx, args.ContainerID, args.IfName)
+	alloc, err := allocate(ctx, client, conf.Name, args.ContainerID, args.IfName)
 	if err != nil {
 		return nil, daemonError(fmt.Sprintf("allocate an address for container %q", args.ContainerID), err)
 	}
@@ -170,6 +172,18 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 	}
 	success = true
 	return newResult(args, att, hostLink, podLink), nil
+}
+
+// allocate asks the daemon for the address of (containerID, ifName) in
+// network. A daemon older than the network field refuses it as unknown; it
+// is asked again without, as it collects no GC by network anyway.
+func allocate(ctx context.Context, client *api.Client, network, containerID, ifName string) (*api.Allocation, error) {
+	alloc, err := client.AllocateIn(ctx, network, containerID, ifName)
+	var re *api.RequestError
+	if errors.As(err, &re) && re.Code == http.StatusBadRequest && strings.Contains(re.Message, `unknown field "network"`) {
+		return client.Allocate(ctx, containerID, ifName)
+	}
+	return alloc, err
 }
 
 // configurePod gives the pod's end its address, MTU and routes, and sets it

@@ -106,9 +106,9 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	return out, st.OverlayIP
 }
 
-func (d *Daemon) allocation(containerID, ifName string, addr netip.Addr) api.Allocation {
+func (d *Daemon) allocation(containerID, ifName, network string, addr netip.Addr) api.Allocation {
 	a := api.Allocation{ContainerID: containerID, IfName: ifName, Address: netip.PrefixFrom(addr, 32).String(),
-		Bridge: d.cfg.Bridge, MTU: d.mtu, ClusterRange: d.cfg.IPAllocRange.String()}
+		Bridge: d.cfg.Bridge, MTU: d.mtu, ClusterRange: d.cfg.IPAllocRange.String(), Network: network}
 	if gw, ok := d.ipam.OverlayIP(); ok {
 		a.Gateway = gw.String()
 	}
@@ -131,12 +131,12 @@ func (d *Daemon) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), allocateTimeout)
 	defer cancel()
-	addr, err := d.ipam.Allocate(ctx, req.ContainerID, req.IfName)
+	addr, err := d.ipam.AllocateIn(ctx, req.Network, req.ContainerID, req.IfName)
 	if err != nil {
 		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to allocate an address for %s/%s: %w", req.ContainerID, req.IfName, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, d.allocation(req.ContainerID, req.IfName, addr))
+	writeJSON(w, http.StatusOK, d.allocation(req.ContainerID, req.IfName, "", addr))
 }
 
 // ipamErrorCode maps allocator errors to HTTP: 503 means "try again later"
@@ -175,13 +175,18 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) {
 	for _, v := range req.Valid {
 		valid = append(valid, ipam.Key{ContainerID: v.ContainerID, IfName: v.IfName})
 	}
-	n, err := d.ipam.ReleaseAllExcept(valid)
+	if req.Network == "" {
+		// An older plugin: its list covers only its own network, which
+		// this daemon cannot tell apart, so nothing is collected.
+		d.log.Warn("ignored a CNI GC without a network name (an older mesh-cni?); nothing released")
+	}
+	n, err := d.ipam.ReleaseAllExceptIn(req.Network, valid)
 	if err != nil {
-		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to garbage-collect allocations: %w", err))
+		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to garbage-collect allocations of network %q: %w", req.Network, err))
 		return
 	}
 	if n > 0 {
-		d.log.Info("released stale allocations", "count", n)
+		d.log.Info("released stale allocations", "network", req.Network, "count", n)
 	}
 	writeJSON(w, http.StatusOK, api.GCResult{Released: n})
 }
@@ -189,7 +194,7 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) handleAllocations(w http.ResponseWriter, r *http.Request) {
 	out := []api.Allocation{}
 	for _, a := range d.ipam.List() {
-		out = append(out, d.allocation(a.ContainerID, a.IfName, a.Addr))
+		out = append(out, d.allocation(a.ContainerID, a.IfName, a.Network, a.Addr))
 	}
 	writeJSON(w, http.StatusOK, out)
 }

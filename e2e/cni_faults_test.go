@@ -1,0 +1,80 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"testing"
+	"time"
+)
+
+// addPodIn is addPod in the CNI network named network.
+func addPodIn(ctx context.Context, t *testing.T, n *node, network, name string) (netip.Addr, error) {
+	if out, err := n.Host.Run(ctx, "ip", "netns", "add", name); err != nil {
+		return netip.Addr{}, fmt.Errorf("ip netns add %s: %v: %s", name, err, out)
+	}
+	out, err := runCNI(ctx, t, n.Host, "add", network, "/run/netns/"+name)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("cnitool add %s on %s: %v\n%s", network, n.Host.Name, err, out)
+	}
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+		} `json:"ips"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
+		return netip.Addr{}, fmt.Errorf("bad ADD result %q: %v", out, err)
+	}
+	p, err := netip.ParsePrefix(res.IPs[0].Address)
+	return p.Addr(), err
+}
+
+// TestCNIGCOnlyItsNetwork: a second CNI network uses the same daemon; a GC
+// of the mesh network with no valid attachment releases the mesh network's
+// allocations only, not the other network's nor one of unknown network.
+func TestCNIGCOnlyItsNetwork(t *testing.T) {
+	_, nodes := startMesh(t, 1)
+	n := nodes[0]
+	waitCNIInstalled(t, n)
+	other := `{"cniVersion":"1.1.0","name":"other","plugins":[{"type":"mesh-cni"}]}`
+	if err := os.WriteFile(n.Host.Path("/etc/cni/net.d/20-other.conflist"), []byte(other), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, p := range []struct{ network, name string }{{"mesh", "gm1"}, {"mesh", "gm2"}, {"other", "go1"}} {
+		if _, err := addPodIn(ctx, t, n, p.network, p.name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := n.Client().Allocate(ctx, "legacy", "eth0"); err != nil {
+		t.Fatalf("allocation without a network: %v", err)
+	}
+	if out, err := runCNI(ctx, t, n.Host, "gc", "mesh", "/run/netns/gm1"); err != nil {
+		t.Fatalf("GC of mesh: %v\n%s", err, out)
+	}
+	allocs, err := n.Client().Allocations(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, a := range allocs {
+		got[a.ContainerID] = a.Network
+	}
+	if len(got) != 2 || got["legacy"] != "" {
+		t.Fatalf("after GC of mesh, allocations are %v; want the other network's pod and legacy only", got)
+	}
+	for id, network := range got {
+		if id != "legacy" && network != "other" {
+			t.Fatalf("after GC of mesh, %s of network %q is left; want only the other network's", id, network)
+		}
+	}
+	if out, err := runCNI(ctx, t, n.Host, "gc", "other", "/run/netns/go1"); err != nil {
+		t.Fatalf("GC of other: %v\n%s", err, out)
+	}
+	if st := n.MustStatus(); st.IPAM.Allocated != 1 {
+		t.Fatalf("after GC of both networks %d allocations are left, want 1 (legacy, of unknown network)", st.IPAM.Allocated)
+	}
+}
