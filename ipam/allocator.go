@@ -57,7 +57,7 @@ type Allocator struct {
 	st      state
 	allocs  map[Key]uint64
 	byOff   map[uint64]Key
-	nets    map[Key]string // CNI network of an allocation, when known
+	nets    map[Key]string  // CNI network of an allocation, when known
 	members map[string]bool // alive, per the daemon
 	tick    uint64
 
