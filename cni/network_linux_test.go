@@ -8,8 +8,10 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/cni"
 	"github.com/meshnet/mesh/cni/cnitest"
 )
 
@@ -62,4 +64,73 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestConcurrentAddsOfOneKey: ADDs racing for one attachment all succeed
+// with the same address, and afterwards the pod holds exactly it, the
+// daemon still holds it and the host veth is there. Without the per-key
+// lock a loser's rollback released the winner's address.
+func TestConcurrentAddsOfOneKey(t *testing.T) {
+	e := newEnv(t)
+	pod := cnitest.NewNS(t)
+	const racers = 12
+	errs := make(chan error, racers)
+	addrs := make(chan string, racers)
+	for range racers {
+		go func() {
+			res, err := e.p.Add(context.Background(), e.args("race", pod, "eth0"))
+			if err == nil {
+				addrs <- res.IPs[0].Address.String()
+			}
+			errs <- err
+		}()
+	}
+	for range racers {
+		if err := <-errs; err != nil {
+			t.Errorf("a racing ADD failed: %v", err)
+		}
+	}
+	close(addrs)
+	seen := map[string]bool{}
+	for a := range addrs {
+		seen[a] = true
+	}
+	allocs := e.d.Allocations()
+	if len(allocs) != 1 || len(seen) != 1 || !seen[allocs[0].Address] {
+		t.Fatalf("ADDs answered %v, daemon holds %+v; want one address, held", seen, allocs)
+	}
+	ph := cnitest.Handle(t, pod)
+	link, err := ph.LinkByName("eth0")
+	if err != nil {
+		t.Fatalf("eth0 in the pod: %v", err)
+	}
+	podAddrs, _ := ph.AddrList(link, netlink.FAMILY_V4)
+	if len(podAddrs) != 1 || podAddrs[0].IPNet.String() != allocs[0].Address {
+		t.Fatalf("pod addresses %v, want exactly %s", podAddrs, allocs[0].Address)
+	}
+	if _, err := cnitest.Handle(t, e.host.NS).LinkByName(cni.HostVethName("race", "eth0")); err != nil {
+		t.Fatalf("host veth: %v", err)
+	}
+	// DEL racing ADDs of the same key: whatever the order, the end is
+	// either wired and held, or neither.
+	done := make(chan error, 4)
+	for i := range 4 {
+		go func() {
+			if i%2 == 0 {
+				done <- e.p.Del(context.Background(), e.args("race", pod, "eth0"))
+				return
+			}
+			_, err := e.p.Add(context.Background(), e.args("race", pod, "eth0"))
+			done <- err
+		}()
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Errorf("racing ADD/DEL: %v", err)
+		}
+	}
+	_, linkErr := ph.LinkByName("eth0")
+	if held := len(e.d.Allocations()) == 1; held != (linkErr == nil) {
+		t.Fatalf("after racing ADD and DEL: allocation held %v, pod interface present %v (%v)", held, linkErr == nil, linkErr)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -77,4 +78,106 @@ func TestCNIGCOnlyItsNetwork(t *testing.T) {
 	if st := n.MustStatus(); st.IPAM.Allocated != 1 {
 		t.Fatalf("after GC of both networks %d allocations are left, want 1 (legacy, of unknown network)", st.IPAM.Allocated)
 	}
+}
+
+// TestCNIConcurrentAddsOfOneKey: many mesh-cni ADD processes race for the
+// same container and interface (cnitool derives the container ID from the
+// netns path). All must succeed with the same address, and afterwards the
+// pod holds exactly that address, the daemon still holds it for the key and
+// the host veth is there: no loser's rollback may release the winner's
+// address.
+func TestCNIConcurrentAddsOfOneKey(t *testing.T) {
+	_, nodes := startMesh(t, 1)
+	n := nodes[0]
+	waitCNIInstalled(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for round := range 3 {
+		name := fmt.Sprintf("race%d", round)
+		if out, err := n.Host.Run(ctx, "ip", "netns", "add", name); err != nil {
+			t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+		}
+		const racers = 8
+		type answer struct {
+			out string
+			err error
+		}
+		answers := make(chan answer, racers)
+		for range racers {
+			go func() {
+				out, err := runCNI(ctx, t, n.Host, "add", "mesh", "/run/netns/"+name)
+				answers <- answer{out, err}
+			}()
+		}
+		got := map[string]int{}
+		for range racers {
+			a := <-answers
+			if a.err != nil {
+				t.Errorf("round %d: a racing ADD failed: %v\n%s", round, a.err, a.out)
+				continue
+			}
+			var res struct {
+				IPs []struct {
+					Address string `json:"address"`
+				} `json:"ips"`
+			}
+			if err := json.Unmarshal([]byte(a.out), &res); err != nil || len(res.IPs) != 1 {
+				t.Fatalf("round %d: bad ADD result %q: %v", round, a.out, err)
+			}
+			got[res.IPs[0].Address]++
+		}
+		if len(got) > 1 {
+			t.Errorf("round %d: racing ADDs of one key answered different addresses: %v", round, got)
+		}
+		podAddrs := netnsAddrs(ctx, t, n, name)
+		if len(podAddrs) != 1 {
+			t.Fatalf("round %d: the pod holds addresses %v, want exactly one", round, podAddrs)
+		}
+		allocs, err := n.Client().Allocations(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held := 0
+		for _, a := range allocs {
+			if netip.MustParsePrefix(a.Address).Addr() == podAddrs[0] {
+				held++
+			}
+		}
+		if held != 1 || len(allocs) != round+1 {
+			t.Fatalf("round %d: the daemon holds %v; want the pod's %s held once and %d allocations", round, allocs, podAddrs[0], round+1)
+		}
+		links, _ := n.Host.Run(ctx, "ip", "-o", "link", "show", "master", "mesh")
+		if c := countVeths(links); c != round+1 {
+			t.Fatalf("round %d: %d pod veths on the bridge, want %d:\n%s", round, c, round+1, links)
+		}
+	}
+}
+
+// netnsAddrs lists the global IPv4 addresses in the netns name of n's host,
+// as the pod itself sees them.
+func netnsAddrs(ctx context.Context, t *testing.T, n *node, name string) []netip.Addr {
+	t.Helper()
+	out, err := n.Host.Run(ctx, "ip", "netns", "exec", name, "ip", "-4", "-j", "addr", "show", "scope", "global")
+	if err != nil {
+		t.Fatalf("addresses of netns %s on %s: %v\n%s", name, n.Host.Name, err, out)
+	}
+	var ifs []struct {
+		AddrInfo []struct {
+			Local string `json:"local"`
+		} `json:"addr_info"`
+	}
+	if err := json.Unmarshal([]byte(out), &ifs); err != nil {
+		t.Fatalf("bad ip -j output %q: %v", out, err)
+	}
+	var addrs []netip.Addr
+	for _, i := range ifs {
+		for _, a := range i.AddrInfo {
+			addrs = append(addrs, netip.MustParseAddr(a.Local))
+		}
+	}
+	return addrs
+}
+
+func countVeths(ipLinkOutput string) int {
+	return strings.Count(ipLinkOutput, "vmesh")
 }
