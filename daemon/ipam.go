@@ -200,37 +200,23 @@ func (d *Daemon) handleAllocations(w http.ResponseWriter, r *http.Request) {
 }
 
 // rmpeerSettle is how long after a peer's death rmpeer waits: two of
-// memberlist's full state exchanges (15 s apart) and then some.
+// memberlist's full state exchanges (15 s apart) and then some. It is also
+// how long this node must have had a view of the mesh (since its daemon
+// started, or since it last went from seeing no live peer to seeing one).
 var rmpeerSettle = 40 * time.Second
 
-// handleRemovePeer is `mesh rmpeer NAME`: refused while NAME is alive, and
-// for a short while after it died.
+// handleRemovePeer is `mesh rmpeer NAME`: refused while NAME is alive, for
+// a while after it died, and while this node's own view is too young to
+// tell (see rmpeerRefusal).
 func (d *Daemon) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 	var req api.RemovePeerRequest
 	if err := decodeJSON(r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	for _, m := range d.members.Members() {
-		if m.Name != req.Name {
-			continue
-		}
-		if m.Self {
-			writeError(w, http.StatusConflict, fmt.Errorf("%s is this node; run rmpeer on another node", req.Name))
-			return
-		}
-		if m.State == mesh.StateAlive || m.State == mesh.StateSuspect {
-			writeError(w, http.StatusConflict, fmt.Errorf("refusing to remove %s: it is %s; stop it first, and run rmpeer once it shows dead", req.Name, m.State))
-			return
-		}
-		// The peer's last changes (a range it gave away just before it
-		// died) must have reached this node first, or the removal could
-		// take back space another node already uses: wait a few full
-		// state exchanges after its death.
-		if wait := rmpeerSettle - time.Since(m.Since); wait > 0 {
-			writeError(w, http.StatusConflict, fmt.Errorf("refusing to remove %s yet: it died %s ago; try again in %s, once its last changes have spread", req.Name, time.Since(m.Since).Round(time.Second), wait.Round(time.Second)))
-			return
-		}
+	if err := rmpeerRefusal(req.Name, d.members.Members(), time.Now()); err != nil {
+		writeError(w, http.StatusConflict, err)
+		return
 	}
 	n, err := d.ipam.RemovePeer(req.Name)
 	if err != nil {
@@ -239,4 +225,67 @@ func (d *Daemon) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 	}
 	d.log.Warn("took over the ranges of a removed peer", "peer", req.Name, "ranges", n)
 	writeJSON(w, http.StatusOK, api.RemovePeerResult{Ranges: n})
+}
+
+// rmpeerRefusal says why NAME may not be removed now, given this node's
+// members (every node seen since its daemon started), or nil.
+//
+// Membership only knows what this daemon saw since it started: right after
+// a restart, or while cut off from every other peer, a live NAME is simply
+// not (yet) listed, and its removal would hand its live pods' addresses to
+// this node. So besides NAME being alive or recently dead, rmpeer is
+// refused until this node's view of the mesh is rmpeerSettle old: joining
+// any live peer brings the full member list with the first push/pull, and
+// dead members are declared within the same window.
+func rmpeerRefusal(name string, ms []mesh.Member, now time.Time) error {
+	for _, m := range ms {
+		if m.Name != name {
+			continue
+		}
+		if m.Self {
+			return fmt.Errorf("%s is this node; run rmpeer on another node", name)
+		}
+		if m.State == mesh.StateAlive || m.State == mesh.StateSuspect {
+			return fmt.Errorf("refusing to remove %s: it is %s; stop it first, and run rmpeer once it shows dead", name, m.State)
+		}
+		// The peer's last changes (a range it gave away just before it
+		// died) must have reached this node first, or the removal could
+		// take back space another node already uses: wait a few full
+		// state exchanges after its death.
+		if wait := rmpeerSettle - now.Sub(m.Since); wait > 0 {
+			return fmt.Errorf("refusing to remove %s yet: it died %s ago; try again in %s, once its last changes have spread", name, now.Sub(m.Since).Round(time.Second), wait.Round(time.Second))
+		}
+	}
+	if age, why := viewAge(ms, now); age < rmpeerSettle {
+		return fmt.Errorf("refusing to remove %s yet: this node %s %s ago and may not know yet whether %s is alive; try again in %s", name, why, age.Round(time.Second), name, (rmpeerSettle - age).Round(time.Second))
+	}
+	return nil
+}
+
+// viewAge is how long this node has had its current view of the mesh: since
+// it first saw the longest-known peer that is still live, or, seeing none,
+// since the last peer died or its daemon started, whichever is later. why
+// names the event.
+func viewAge(ms []mesh.Member, now time.Time) (age time.Duration, why string) {
+	var joined, lost, started time.Time
+	for _, m := range ms {
+		switch {
+		case m.Self:
+			started = m.Since
+		case m.State == mesh.StateAlive || m.State == mesh.StateSuspect:
+			if joined.IsZero() || m.Since.Before(joined) {
+				joined = m.Since
+			}
+		case m.Since.After(lost):
+			lost = m.Since
+		}
+	}
+	switch {
+	case !joined.IsZero():
+		return now.Sub(joined), "joined the mesh"
+	case lost.After(started):
+		return now.Sub(lost), "lost its last live peer"
+	default:
+		return now.Sub(started), "started"
+	}
 }
