@@ -26,16 +26,16 @@ func TestRmpeerRefusal(t *testing.T) {
 		{"self", "op", []mesh.Member{self(time.Hour)}, "is this node"},
 		{"alive", "b", []mesh.Member{self(time.Hour), peer("b", mesh.StateAlive, time.Hour)}, "it is alive"},
 		{"suspect", "b", []mesh.Member{self(time.Hour), peer("b", mesh.StateSuspect, time.Hour)}, "it is suspect"},
-		{"just died", "b", []mesh.Member{self(time.Hour), peer("b", mesh.StateDead, 10 * time.Second), peer("c", mesh.StateAlive, time.Hour)}, "try again in 30s"},
+		{"just died", "b", []mesh.Member{self(time.Hour), peer("b", mesh.StateDead, 10*time.Second), peer("c", mesh.StateAlive, time.Hour)}, "try again in 30s"},
 		{"dead long enough", "b", []mesh.Member{self(time.Hour), peer("b", mesh.StateDead, time.Minute), peer("c", mesh.StateAlive, time.Hour)}, ""},
 		{"left long enough, alone", "b", []mesh.Member{self(time.Hour), peer("b", mesh.StateLeft, time.Minute)}, ""},
 		// The restart of the operator's daemon: the live peer is not
 		// known yet, as this daemon has not joined anyone.
 		{"unknown right after start", "b", []mesh.Member{self(2 * time.Second)}, "this node started 2s ago"},
-		{"unknown right after joining", "b", []mesh.Member{self(time.Hour), peer("c", mesh.StateAlive, 5 * time.Second)}, "this node joined the mesh 5s ago"},
+		{"unknown right after joining", "b", []mesh.Member{self(time.Hour), peer("c", mesh.StateAlive, 5*time.Second)}, "this node joined the mesh 5s ago"},
 		{"unknown, joined long ago", "b", []mesh.Member{self(time.Hour), peer("c", mesh.StateAlive, time.Hour)}, ""},
 		{"unknown, alone long since start", "b", []mesh.Member{self(time.Hour)}, ""},
-		{"unknown, just lost the last peer", "b", []mesh.Member{self(time.Hour), peer("c", mesh.StateDead, 3 * time.Second)}, "lost its last live peer 3s ago"},
+		{"unknown, just lost the last peer", "b", []mesh.Member{self(time.Hour), peer("c", mesh.StateDead, 3*time.Second)}, "lost its last live peer 3s ago"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
