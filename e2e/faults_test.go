@@ -106,7 +106,7 @@ func faultSeedValue(t *testing.T) uint64 {
 func TestFaultInjection(t *testing.T) {
 	testnet.RequireRoot(t)
 	seed := faultSeedValue(t)
-	steps, maxWait := 14, 4*time.Second
+	steps, maxWait := 30, 4*time.Second
 	if os.Getenv("MESH_SOAK") != "" {
 		steps, maxWait = 150, 30*time.Second
 	}
@@ -122,7 +122,7 @@ func TestFaultInjection(t *testing.T) {
 		sem:   make(chan struct{}, faultInFlight),
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || testing.Verbose() {
 			t.Logf("TestFaultInjection seed %d (replay: go test ./e2e -run TestFaultInjection -faults.seed=%d), schedule:\n%s", seed, seed, r.sched)
 		}
 	})
@@ -197,10 +197,10 @@ func (r *faultRun) step(maxWait time.Duration) {
 		if err := r.net.Heal(); err != nil {
 			t.Fatal(err)
 		}
-	case k < 74:
-		r.adds(1 + r.rng.IntN(4))
+	case k < 78:
+		r.adds(1 + r.rng.IntN(5))
 	case k < 90:
-		r.dels(1 + r.rng.IntN(3))
+		r.dels(1 + r.rng.IntN(2))
 	default:
 		d := time.Duration(r.rng.Int64N(int64(maxWait)))
 		r.sched.logf("wait %s", d.Round(100*time.Millisecond))
@@ -342,9 +342,14 @@ func (r *faultRun) del(p *fpod) {
 	}
 }
 
+// lastLine is the gist of a failed cnitool run: the plugin's message.
 func lastLine(out string, err error) string {
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	return fmt.Sprintf("%v: %s", err, lines[len(lines)-1])
+	s := strings.TrimSpace(out)
+	if s == "" {
+		s = err.Error()
+	}
+	lines := strings.Split(s, "\n")
+	return lines[len(lines)-1]
 }
 
 // settle heals everything, restarts stopped daemons, retries failed DELs
@@ -467,6 +472,20 @@ func (r *faultRun) check() {
 			t.Errorf("pod %s's address %s is allocated by %v, want by %s alone", p.name, p.addr, by, r.nodes[p.host].Host.Name)
 		}
 	}
+	// Each pod's gateway (its default route's) is its node's overlay IP,
+	// still on the node's bridge: the gateway never moves under a pod.
+	for _, p := range pods {
+		n := r.nodes[p.host]
+		gw := podGateway(ctx, t, n, p.name)
+		st := n.MustStatus()
+		if gw.String() != st.OverlayIP {
+			t.Errorf("pod %s on %s routes through gateway %s, but the node's overlay IP is now %q", p.name, n.Host.Name, gw, st.OverlayIP)
+		}
+		out, err := n.Host.Run(ctx, "ip", "-4", "-o", "addr", "show", "dev", "mesh")
+		if err != nil || !strings.Contains(out, " "+gw.String()+"/") {
+			t.Errorf("gateway %s of pod %s is not on %s's bridge: %v\n%s", gw, p.name, n.Host.Name, err, out)
+		}
+	}
 	if t.Failed() {
 		return
 	}
@@ -513,4 +532,25 @@ func (r *faultRun) pingAll(ctx context.Context, p *fpod, pods []*fpod) error {
 		return fmt.Errorf("%s (%s) on %s cannot reach %s", p.name, p.addr, h.Name, strings.ReplaceAll(s, "\n", ", "))
 	}
 	return nil
+}
+
+// podGateway is the gateway of the default route in the netns name of n's
+// host.
+func podGateway(ctx context.Context, t *testing.T, n *node, name string) netip.Addr {
+	t.Helper()
+	out, err := n.Host.Run(ctx, "ip", "netns", "exec", name, "ip", "-4", "-j", "route", "show", "default")
+	if err != nil {
+		t.Fatalf("default route of netns %s on %s: %v\n%s", name, n.Host.Name, err, out)
+	}
+	var routes []struct {
+		Gateway string `json:"gateway"`
+	}
+	if err := json.Unmarshal([]byte(out), &routes); err != nil || len(routes) != 1 {
+		t.Fatalf("default route of netns %s on %s: %q: %v", name, n.Host.Name, out, err)
+	}
+	gw, err := netip.ParseAddr(routes[0].Gateway)
+	if err != nil {
+		t.Fatalf("gateway of netns %s on %s: %v", name, n.Host.Name, err)
+	}
+	return gw
 }
