@@ -34,8 +34,16 @@ type keyLock struct {
 
 // lockKey takes the lock of (containerID, ifName) in dir, waiting until ctx
 // ends. The file is named by a hash of the key, so any container ID fits.
+//
+// dir's parent is the daemon's run directory. When it does not exist, no
+// daemon runs there, so no allocation can be made or released that a
+// concurrent operation could undo: the lock is then a no-op (nil), and the
+// operation fails at the daemon with "try again later" as before. The
+// plugin never creates directories outside the daemon's.
 func lockKey(ctx context.Context, dir, containerID, ifName string) (*keyLock, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.Mkdir(dir, 0o700); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	} else if err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("failed to create lock directory %q: %w", dir, err)
 	}
 	sum := sha256.Sum256([]byte(containerID + "/" + ifName))
@@ -84,6 +92,9 @@ func same(f *os.File, path string) bool {
 // the directory does not grow with every pod ever run). Removing it while
 // still locked is what lets lockKey detect it.
 func (l *keyLock) unlock(remove bool) {
+	if l == nil {
+		return
+	}
 	if remove {
 		os.Remove(l.path)
 	}
