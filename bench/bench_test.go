@@ -549,7 +549,7 @@ func (r *report) print(w io.Writer) {
 		p("   %-34s %10s %10s\n", "Release", ms(pct(r.ipam.rel, .5)), ms(pct(r.ipam.rel, .99)))
 		p("   %-34s %10s %10s\n", "Allocate + Release", ms(pct(r.ipam.both, .5)), ms(pct(r.ipam.both, .99)))
 	}
-	p("   Allocate under churn (%d calls per phase, one every 50 ms during the churn):\n", churnOps)
+	p("   Allocate under churn (%d calls quiet, then one every 50 ms for %d s of faults):\n", churnOps, churnSecs)
 	if r.churn == nil {
 		p("   not measured (see the test log)\n")
 	} else {

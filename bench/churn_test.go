@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -15,10 +16,12 @@ import (
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-// churnOps is how many Allocate+Release pairs each phase (quiet, churn)
-// measures; BENCH_CHURN_SEED seeds the fault schedule.
+// churnOps is how many Allocate+Release pairs the quiet phase measures,
+// churnSecs how long the fault schedule runs (Allocate+Release pairs every
+// 50 ms meanwhile); BENCH_CHURN_SEED seeds the schedule.
 var (
 	churnOps  = envInt("BENCH_CHURN_OPS", 300)
+	churnSecs = envInt("BENCH_CHURN_SECONDS", 60)
 	churnSeed = uint64(envInt("BENCH_CHURN_SEED", 1))
 )
 
@@ -86,26 +89,19 @@ func benchChurn(t *testing.T, r *report) {
 	res.quiet, _ = measure("quiet", churnOps, nil)
 
 	rng := rand.New(rand.NewPCG(churnSeed, 0x6d657368))
-	done := make(chan struct{})
+	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer close(done)
-		res.churn, res.failed = measure("churn", churnOps, nil)
+		res.churn, res.failed = measure("churn", math.MaxInt, stop)
 	}()
 	down := map[int]bool{}
 	logf := func(format string, a ...any) { res.schedule = append(res.schedule, fmt.Sprintf(format, a...)) }
-	for running := true; running; {
-		select {
-		case <-done:
-			running = false
-			continue
-		default:
-		}
+	for end := time.Now().Add(time.Duration(churnSecs) * time.Second); time.Now().Before(end); {
 		i := 1 + rng.IntN(len(nodes)-1) // host1 is measured, never stopped
 		switch k := rng.IntN(100); {
-		case k < 30:
+		case k < 35:
 			if down[i] {
 				logf("restart %s", hosts[i].Name)
 				nodes[i].Start()
@@ -120,14 +116,14 @@ func benchChurn(t *testing.T, r *report) {
 				}
 				down[i] = true
 			}
-		case k < 50:
+		case k < 55:
 			a, b := hosts[:1+rng.IntN(2)], hosts[3:]
-			logf("partition %d|%d", len(a), len(b))
+			logf("partition %s|%s", names(a), names(b))
 			if err := tn.Partition(a, b); err != nil {
 				t.Fatal(err)
 			}
-		case k < 65:
-			logf("one-way host%d -> host1", i+1)
+		case k < 70:
+			logf("one-way %s->host1", hosts[i].Name)
 			if err := tn.PartitionOneWay(hosts[i:i+1], hosts[:1]); err != nil {
 				t.Fatal(err)
 			}
@@ -137,16 +133,24 @@ func benchChurn(t *testing.T, r *report) {
 				t.Fatal(err)
 			}
 		}
-		select {
-		case <-done:
-			running = false
-		case <-time.After(time.Duration(1000+rng.IntN(3000)) * time.Millisecond):
-		}
+		time.Sleep(time.Duration(1000+rng.IntN(3000)) * time.Millisecond)
 	}
+	close(stop)
 	wg.Wait()
 	if err := tn.Heal(); err != nil {
 		t.Fatal(err)
 	}
+	for i := range down {
+		nodes[i].Start()
+	}
+}
+
+func names(hs []*testnet.Host) string {
+	var out []string
+	for _, h := range hs {
+		out = append(out, h.Name)
+	}
+	return strings.Join(out, ",")
 }
 
 func (c *churnResult) print(w io.Writer) {
@@ -154,5 +158,5 @@ func (c *churnResult) print(w io.Writer) {
 	p("   %-34s %10s %10s %10s\n", "Allocate on host1 of 5, reclaim on", "p50", "p99", "max")
 	p("   %-34s %10s %10s %10s\n", "quiet", ms(pct(c.quiet, .5)), ms(pct(c.quiet, .99)), ms(pct(c.quiet, 1)))
 	p("   %-34s %10s %10s %10s   (%d failed of %d)\n", "peers restart, partitions heal", ms(pct(c.churn, .5)), ms(pct(c.churn, .99)), ms(pct(c.churn, 1)), c.failed, len(c.churn)+c.failed)
-	p("   schedule (seed %d): %s\n", churnSeed, strings.Join(c.schedule, "; "))
+	p("   schedule (seed %d, %d s, a step every 1-4 s): %s\n", churnSeed, churnSecs, strings.Join(c.schedule, "; "))
 }
