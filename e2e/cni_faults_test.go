@@ -53,6 +53,10 @@ func TestCNIGCOnlyItsNetwork(t *testing.T) {
 	if _, err := n.Client().Allocate(ctx, "legacy", "eth0"); err != nil {
 		t.Fatalf("allocation without a network: %v", err)
 	}
+	// A GC without a network name (an older plugin) releases nothing.
+	if released, err := n.Client().GC(ctx, "", nil); err != nil || released != 0 {
+		t.Fatalf("GC without a network = %d, %v; want 0 released", released, err)
+	}
 	if out, err := runCNI(ctx, t, n.Host, "gc", "mesh", "/run/netns/gm1"); err != nil {
 		t.Fatalf("GC of mesh: %v\n%s", err, out)
 	}
