@@ -44,9 +44,12 @@ bench: deps
 	$(GO) test -count=1 -run '^TestThroughput$$' -v ./policy/
 
 # The IPAM simulations at length: more peers, steps and seeds than in
-# `make test` (print the seed of any failure; replay with -ipam.sim.seed=N).
-soak:
+# `make test` (print the seed of any failure; replay with -ipam.sim.seed=N),
+# then the fault injection on real daemons with a long schedule (replay
+# with MESH_FAULT_SEED=N).
+soak: deps
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 90m -run '^TestSimulation' -v ./ipam/
+	MESH_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^TestFaultInjection$$' -v ./e2e/
 
 clean:
 	rm -rf $(BIN)

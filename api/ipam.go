@@ -8,6 +8,10 @@ import "context"
 type AllocateRequest struct {
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
+	// Network is the CNI network name the address is for, recorded with
+	// the allocation so that GC of another network leaves it alone.
+	// Optional: older plugins do not send it (the network is then unknown).
+	Network string `json:"network,omitempty"`
 }
 
 // Allocation is what a pod needs to be wired to the node.
@@ -25,6 +29,9 @@ type Allocation struct {
 	MTU int `json:"mtu,omitempty"`
 	// ClusterRange is the whole overlay range, e.g. "10.32.0.0/12".
 	ClusterRange string `json:"clusterRange,omitempty"`
+	// Network is the CNI network recorded with the allocation, in the list
+	// of GET /v1/ipam/allocations; empty when unknown.
+	Network string `json:"network,omitempty"`
 }
 
 // ReleaseRequest frees an address (POST /v1/ipam/release). Releasing an
@@ -34,9 +41,12 @@ type ReleaseRequest struct {
 	IfName      string `json:"ifName"`
 }
 
-// GCRequest releases every allocation not listed (POST /v1/ipam/gc).
+// GCRequest releases every allocation of Network not listed in Valid
+// (POST /v1/ipam/gc). Allocations of other networks, or of an unknown one,
+// are kept; a request without Network (an older plugin) releases nothing.
 type GCRequest struct {
-	Valid []ReleaseRequest `json:"valid"`
+	Valid   []ReleaseRequest `json:"valid"`
+	Network string           `json:"network,omitempty"`
 }
 
 // GCResult counts what GC released.
@@ -44,10 +54,17 @@ type GCResult struct {
 	Released int `json:"released"`
 }
 
-// Allocate asks for the address of (containerID, ifName).
+// Allocate asks for the address of (containerID, ifName), of no named
+// network.
 func (c *Client) Allocate(ctx context.Context, containerID, ifName string) (*Allocation, error) {
+	return c.AllocateIn(ctx, "", containerID, ifName)
+}
+
+// AllocateIn asks for the address of (containerID, ifName) in the CNI
+// network named network.
+func (c *Client) AllocateIn(ctx context.Context, network, containerID, ifName string) (*Allocation, error) {
 	var a Allocation
-	if err := c.Do(ctx, "POST", "/v1/ipam/allocate", AllocateRequest{ContainerID: containerID, IfName: ifName}, &a); err != nil {
+	if err := c.Do(ctx, "POST", "/v1/ipam/allocate", AllocateRequest{ContainerID: containerID, IfName: ifName, Network: network}, &a); err != nil {
 		return nil, err
 	}
 	return &a, nil
@@ -58,10 +75,11 @@ func (c *Client) Release(ctx context.Context, containerID, ifName string) error 
 	return c.Do(ctx, "POST", "/v1/ipam/release", ReleaseRequest{ContainerID: containerID, IfName: ifName}, nil)
 }
 
-// GC releases every allocation not in valid.
-func (c *Client) GC(ctx context.Context, valid []ReleaseRequest) (int, error) {
+// GC releases every allocation of the CNI network named network that is
+// not in valid.
+func (c *Client) GC(ctx context.Context, network string, valid []ReleaseRequest) (int, error) {
 	var r GCResult
-	if err := c.Do(ctx, "POST", "/v1/ipam/gc", GCRequest{Valid: valid}, &r); err != nil {
+	if err := c.Do(ctx, "POST", "/v1/ipam/gc", GCRequest{Valid: valid, Network: network}, &r); err != nil {
 		return 0, err
 	}
 	return r.Released, nil

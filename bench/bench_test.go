@@ -32,7 +32,7 @@ var (
 	ipamOps     = envInt("BENCH_IPAM_OPS", 1000)
 	iperfSecs   = envInt("BENCH_IPERF_SECONDS", 5)
 	iperfRounds = envInt("BENCH_IPERF_ROUNDS", 3)
-	// BENCH_PARTS selects parts (cni, state, dataplane, kdf; default all).
+	// BENCH_PARTS selects parts (cni, churn, state, dataplane, kdf; default all).
 	parts = os.Getenv("BENCH_PARTS")
 	// BENCH_MESH_ENV and BENCH_WG_ENV add KEY=VALUE words to the
 	// environment of the mesh daemons and of the bare wireguard-go, for
@@ -61,6 +61,9 @@ func TestBench(t *testing.T) {
 	r := &report{start: time.Now(), loadStart: loadavg()}
 	if want("cni") {
 		t.Run("CNI", func(t *testing.T) { benchCNIAndIPAM(t, r) })
+	}
+	if want("churn") {
+		t.Run("Churn", func(t *testing.T) { benchChurn(t, r) })
 	}
 	if want("state") {
 		t.Run("StateSize", func(t *testing.T) { benchStateSize(t, r) })
@@ -466,6 +469,7 @@ type report struct {
 	start time.Time
 	cni   map[string]cniLatency
 	ipam  *ipamLatency
+	churn *churnResult
 	state []stateSize
 
 	mtu                int
@@ -550,6 +554,12 @@ func (r *report) print(w io.Writer) {
 		p("   %-34s %10s %10s\n", "Allocate", ms(pct(r.ipam.alloc, .5)), ms(pct(r.ipam.alloc, .99)))
 		p("   %-34s %10s %10s\n", "Release", ms(pct(r.ipam.rel, .5)), ms(pct(r.ipam.rel, .99)))
 		p("   %-34s %10s %10s\n", "Allocate + Release", ms(pct(r.ipam.both, .5)), ms(pct(r.ipam.both, .99)))
+	}
+	p("   Allocate under churn (%d calls quiet, then one every 50 ms for %d s of faults):\n", churnOps, churnSecs)
+	if r.churn == nil {
+		p("   not measured (see the test log)\n")
+	} else {
+		r.churn.print(w)
 	}
 	p("   gossiped IPAM state (ipam BenchmarkStateSize):\n")
 	if len(r.state) == 0 {

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -94,16 +97,27 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 	}
 	defer host.close()
 
+	// One ADD or DEL of this attachment at a time: a concurrent ADD of the
+	// same key gets the same allocation, so its rollback would release
+	// this one's address.
+	lock, err := lockKey(ctx, conf.lockDir(), args.ContainerID, args.IfName)
+	if err != nil {
+		return nil, lockError(err)
+	}
+	defer lock.unlock(false)
+
+	client := api.NewClient(conf.socket())
 	// Checked before allocating: the allocation is idempotent, so it may be
-	// the one of this very interface, which rolling back would break.
+	// the one of this very interface, which rolling back would break. An
+	// ADD that finds the attachment already wired (a retry, or one that
+	// waited for the lock above) succeeds with it.
 	if _, err := pod.LinkByName(args.IfName); err == nil {
-		return nil, internalError("interface %q already exists in %s", args.IfName, pod)
+		return existing(ctx, client, args, pod, host)
 	} else if !isNotFound(err) {
 		return nil, internalError("failed to look up interface %q in %s: %v", args.IfName, pod, err)
 	}
 
-	client := api.NewClient(conf.socket())
-	alloc, err := client.Allocate(ctx, args.ContainerID, args.IfName)
+	alloc, err := allocate(ctx, client, conf.Name, args.ContainerID, args.IfName)
 	if err != nil {
 		return nil, daemonError(fmt.Sprintf("allocate an address for container %q", args.ContainerID), err)
 	}
@@ -170,6 +184,69 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 	}
 	success = true
 	return newResult(args, att, hostLink, podLink), nil
+}
+
+// existing returns the result of an attachment an earlier ADD wired: the
+// daemon holds an allocation for the key, the pod's interface has that
+// address and the host veth exists. Anything else is the error of an
+// interface that is in the way, and nothing is touched.
+func existing(ctx context.Context, client *api.Client, args *skel.CmdArgs, pod, host *nsHandle) (*current.Result, error) {
+	inTheWay := func(why string) error {
+		return internalError("interface %q already exists in %s (%s)", args.IfName, pod, why)
+	}
+	allocs, err := client.Allocations(ctx)
+	if err != nil {
+		return nil, daemonError(fmt.Sprintf("look up the address of container %q", args.ContainerID), err)
+	}
+	i := slices.IndexFunc(allocs, func(a api.Allocation) bool {
+		return a.ContainerID == args.ContainerID && a.IfName == args.IfName
+	})
+	if i < 0 {
+		return nil, inTheWay("the mesh daemon holds no address for it")
+	}
+	att, err := parseAllocation(&allocs[i])
+	if err != nil {
+		return nil, newError(ErrDaemonRefused, "%v", err)
+	}
+	podLink, err := pod.LinkByName(args.IfName)
+	if err != nil {
+		return nil, internalError("failed to look up interface %q in %s: %v", args.IfName, pod, err)
+	}
+	addrs, err := pod.AddrList(podLink, family(att.addr.Addr()))
+	if err != nil {
+		return nil, internalError("failed to list the addresses of %q in %s: %v", args.IfName, pod, err)
+	}
+	if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { p, ok := prefixOf(a.IPNet); return ok && p == att.addr }) {
+		return nil, inTheWay(fmt.Sprintf("without its address %s", att.addr))
+	}
+	hostName := HostVethName(args.ContainerID, args.IfName)
+	hostLink, err := host.LinkByName(hostName)
+	if err != nil {
+		return nil, inTheWay(fmt.Sprintf("host veth %q: %v", hostName, err))
+	}
+	att.mtu = podLink.Attrs().MTU
+	return newResult(args, att, hostLink, podLink), nil
+}
+
+// lockError maps a failure to take an attachment's lock to CNI: waiting
+// too long is "try again later".
+func lockError(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return newError(types.ErrTryAgainLater, "%v", err)
+	}
+	return internalError("%v", err)
+}
+
+// allocate asks the daemon for the address of (containerID, ifName) in
+// network. A daemon older than the network field refuses it as unknown; it
+// is asked again without, as it collects no GC by network anyway.
+func allocate(ctx context.Context, client *api.Client, network, containerID, ifName string) (*api.Allocation, error) {
+	alloc, err := client.AllocateIn(ctx, network, containerID, ifName)
+	var re *api.RequestError
+	if errors.As(err, &re) && re.Code == http.StatusBadRequest && strings.Contains(re.Message, `unknown field "network"`) {
+		return client.Allocate(ctx, containerID, ifName)
+	}
+	return alloc, err
 }
 
 // configurePod gives the pod's end its address, MTU and routes, and sets it

@@ -31,6 +31,12 @@ func (p *Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	if err := validateArgs(args); err != nil {
 		return err
 	}
+	// Not while an ADD of the same attachment runs (see lockKey).
+	lock, err := lockKey(ctx, conf.lockDir(), args.ContainerID, args.IfName)
+	if err != nil {
+		return lockError(err)
+	}
+	defer lock.unlock(true)
 	if err := p.deleteVeth(args); err != nil {
 		return err
 	}

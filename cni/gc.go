@@ -11,8 +11,10 @@ import (
 	"github.com/meshnet/mesh/api"
 )
 
-// GC releases every allocation of the daemon that is not one of the
-// configuration's cni.dev/valid-attachments (CNI 1.1). Veths need no
+// GC releases every allocation of the configuration's network (its "name")
+// that is not one of its cni.dev/valid-attachments (CNI 1.1). Allocations
+// of other networks using the same daemon are not in the list and are left
+// alone: ADD records the network with each allocation. Veths need no
 // collecting: a pair goes away with the pod's netns.
 func (p *Plugin) GC(ctx context.Context, args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
@@ -24,7 +26,7 @@ func (p *Plugin) GC(ctx context.Context, args *skel.CmdArgs) error {
 		valid = append(valid, api.ReleaseRequest{ContainerID: a.ContainerID, IfName: a.IfName})
 	}
 	client := api.NewClient(conf.socket())
-	if _, err := client.GC(ctx, valid); err != nil {
+	if _, err := client.GC(ctx, conf.Name, valid); err != nil {
 		return daemonError("collect stale addresses", err)
 	}
 	return nil

@@ -108,9 +108,9 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	return out, st.OverlayIP
 }
 
-func (d *Daemon) allocation(containerID, ifName string, addr netip.Addr) api.Allocation {
+func (d *Daemon) allocation(containerID, ifName, network string, addr netip.Addr) api.Allocation {
 	a := api.Allocation{ContainerID: containerID, IfName: ifName, Address: netip.PrefixFrom(addr, 32).String(),
-		Bridge: d.cfg.Bridge, MTU: d.mtu, ClusterRange: d.cfg.IPAllocRange.String()}
+		Bridge: d.cfg.Bridge, MTU: d.mtu, ClusterRange: d.cfg.IPAllocRange.String(), Network: network}
 	if gw, ok := d.ipam.OverlayIP(); ok {
 		a.Gateway = gw.String()
 	}
@@ -133,12 +133,12 @@ func (d *Daemon) handleAllocate(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), allocateTimeout)
 	defer cancel()
-	addr, err := d.ipam.Allocate(ctx, req.ContainerID, req.IfName)
+	addr, err := d.ipam.AllocateIn(ctx, req.Network, req.ContainerID, req.IfName)
 	if err != nil {
 		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to allocate an address for %s/%s: %w", req.ContainerID, req.IfName, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, d.allocation(req.ContainerID, req.IfName, addr))
+	writeJSON(w, http.StatusOK, d.allocation(req.ContainerID, req.IfName, "", addr))
 }
 
 // ipamErrorCode maps allocator errors to HTTP: 503 means "try again later"
@@ -182,13 +182,18 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) {
 	for _, a := range d.attach.List() {
 		valid = append(valid, ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName})
 	}
-	n, err := d.ipam.ReleaseAllExcept(valid)
+	if req.Network == "" {
+		// An older plugin: its list covers only its own network, which
+		// this daemon cannot tell apart, so nothing is collected.
+		d.log.Warn("ignored a CNI GC without a network name (an older mesh-cni?); nothing released")
+	}
+	n, err := d.ipam.ReleaseAllExceptIn(req.Network, valid)
 	if err != nil {
-		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to garbage-collect allocations: %w", err))
+		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to garbage-collect allocations of network %q: %w", req.Network, err))
 		return
 	}
 	if n > 0 {
-		d.log.Info("released stale allocations", "count", n)
+		d.log.Info("released stale allocations", "network", req.Network, "count", n)
 	}
 	writeJSON(w, http.StatusOK, api.GCResult{Released: n})
 }
@@ -196,43 +201,29 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) {
 func (d *Daemon) handleAllocations(w http.ResponseWriter, r *http.Request) {
 	out := []api.Allocation{}
 	for _, a := range d.ipam.List() {
-		out = append(out, d.allocation(a.ContainerID, a.IfName, a.Addr))
+		out = append(out, d.allocation(a.ContainerID, a.IfName, a.Network, a.Addr))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
 // rmpeerSettle is how long after a peer's death rmpeer waits: two of
-// memberlist's full state exchanges (15 s apart) and then some.
+// memberlist's full state exchanges (15 s apart) and then some. It is also
+// how long this node must have had a view of the mesh (since its daemon
+// started, or since it last went from seeing no live peer to seeing one).
 var rmpeerSettle = 40 * time.Second
 
-// handleRemovePeer is `mesh rmpeer NAME`: refused while NAME is alive, and
-// for a short while after it died.
+// handleRemovePeer is `mesh rmpeer NAME`: refused while NAME is alive, for
+// a while after it died, and while this node's own view is too young to
+// tell (see rmpeerRefusal).
 func (d *Daemon) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 	var req api.RemovePeerRequest
 	if err := decodeJSON(r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	for _, m := range d.members.Members() {
-		if m.Name != req.Name {
-			continue
-		}
-		if m.Self {
-			writeError(w, http.StatusConflict, fmt.Errorf("%s is this node; run rmpeer on another node", req.Name))
-			return
-		}
-		if m.State.Live() {
-			writeError(w, http.StatusConflict, fmt.Errorf("refusing to remove %s: it is %s; stop it first, and run rmpeer once it shows dead", req.Name, m.State))
-			return
-		}
-		// The peer's last changes (a range it gave away just before it
-		// died) must have reached this node first, or the removal could
-		// take back space another node already uses: wait a few full
-		// state exchanges after its death.
-		if wait := rmpeerSettle - time.Since(m.Since); wait > 0 {
-			writeError(w, http.StatusConflict, fmt.Errorf("refusing to remove %s yet: it died %s ago; try again in %s, once its last changes have spread", req.Name, time.Since(m.Since).Round(time.Second), wait.Round(time.Second)))
-			return
-		}
+	if err := rmpeerRefusal(req.Name, d.members.Members(), time.Now()); err != nil {
+		writeError(w, http.StatusConflict, err)
+		return
 	}
 	n, err := d.ipam.RemovePeer(req.Name)
 	if err != nil {
@@ -241,4 +232,67 @@ func (d *Daemon) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 	}
 	d.log.Warn("took over the ranges of a removed peer", "peer", req.Name, "ranges", n)
 	writeJSON(w, http.StatusOK, api.RemovePeerResult{Ranges: n})
+}
+
+// rmpeerRefusal says why NAME may not be removed now, given this node's
+// members (every node seen since its daemon started), or nil.
+//
+// Membership only knows what this daemon saw since it started: right after
+// a restart, or while cut off from every other peer, a live NAME is simply
+// not (yet) listed, and its removal would hand its live pods' addresses to
+// this node. So besides NAME being alive or recently dead, rmpeer is
+// refused until this node's view of the mesh is rmpeerSettle old: joining
+// any live peer brings the full member list with the first push/pull, and
+// dead members are declared within the same window.
+func rmpeerRefusal(name string, ms []mesh.Member, now time.Time) error {
+	for _, m := range ms {
+		if m.Name != name {
+			continue
+		}
+		if m.Self {
+			return fmt.Errorf("%s is this node; run rmpeer on another node", name)
+		}
+		if m.State.Live() {
+			return fmt.Errorf("refusing to remove %s: it is %s; stop it first, and run rmpeer once it shows dead", name, m.State)
+		}
+		// The peer's last changes (a range it gave away just before it
+		// died) must have reached this node first, or the removal could
+		// take back space another node already uses: wait a few full
+		// state exchanges after its death.
+		if wait := rmpeerSettle - now.Sub(m.Since); wait > 0 {
+			return fmt.Errorf("refusing to remove %s yet: it died %s ago; try again in %s, once its last changes have spread", name, now.Sub(m.Since).Round(time.Second), wait.Round(time.Second))
+		}
+	}
+	if age, why := viewAge(ms, now); age < rmpeerSettle {
+		return fmt.Errorf("refusing to remove %s yet: this node %s %s ago and may not know yet whether %s is alive; try again in %s", name, why, age.Round(time.Second), name, (rmpeerSettle - age).Round(time.Second))
+	}
+	return nil
+}
+
+// viewAge is how long this node has had its current view of the mesh: since
+// it first saw the longest-known peer that is still live, or, seeing none,
+// since the last peer died or its daemon started, whichever is later. why
+// names the event.
+func viewAge(ms []mesh.Member, now time.Time) (age time.Duration, why string) {
+	var joined, lost, started time.Time
+	for _, m := range ms {
+		switch {
+		case m.Self:
+			started = m.Since
+		case m.State.Live():
+			if joined.IsZero() || m.Since.Before(joined) {
+				joined = m.Since
+			}
+		case m.Since.After(lost):
+			lost = m.Since
+		}
+	}
+	switch {
+	case !joined.IsZero():
+		return now.Sub(joined), "joined the mesh"
+	case lost.After(started):
+		return now.Sub(lost), "lost its last live peer"
+	default:
+		return now.Sub(started), "started"
+	}
 }

@@ -33,6 +33,10 @@ type Allocation struct {
 	ContainerID string     `json:"containerID"`
 	IfName      string     `json:"ifName"`
 	Addr        netip.Addr `json:"addr"`
+	// Network is the CNI network the address was allocated for; empty when
+	// unknown (an older plugin, or a state file written before it was
+	// recorded). See ReleaseAllExceptIn.
+	Network string `json:"network,omitempty"`
 }
 
 // Allocator owns this peer's view of the ring and its allocations.
@@ -53,6 +57,7 @@ type Allocator struct {
 	st      state
 	allocs  map[Key]uint64
 	byOff   map[uint64]Key
+	nets    map[Key]string  // CNI network of an allocation, when known
 	members map[string]bool // alive, per the daemon
 	tick    uint64
 
@@ -105,6 +110,7 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 		st:       newState(rangeSize(cfg.Range)),
 		allocs:   map[Key]uint64{},
 		byOff:    map[uint64]Key{},
+		nets:     map[Key]string{},
 		members:  map[string]bool{cfg.Self: true},
 		changed:  make(chan struct{}),
 		problems: map[string]string{},
@@ -127,6 +133,9 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 				off, _ := addrOffset(cfg.Range, al.Addr)
 				k := Key{al.ContainerID, al.IfName}
 				a.allocs[k], a.byOff[off] = off, k
+				if al.Network != "" {
+					a.nets[k] = al.Network
+				}
 			}
 		}
 	}
@@ -264,13 +273,21 @@ func (a *Allocator) freeCount() uint64 {
 // once with ErrNoSpace when the ring is seeded and no reachable peer has any
 // space. Safe for concurrent use.
 func (a *Allocator) Allocate(ctx context.Context, containerID, ifName string) (netip.Addr, error) {
+	return a.AllocateIn(ctx, "", containerID, ifName)
+}
+
+// AllocateIn is Allocate recording network, the CNI network the address is
+// for, with a new allocation, so that a GC of another network leaves it
+// alone (ReleaseAllExceptIn). An existing allocation keeps the network it
+// was recorded with.
+func (a *Allocator) AllocateIn(ctx context.Context, network, containerID, ifName string) (netip.Addr, error) {
 	if containerID == "" {
 		return netip.Addr{}, fmt.Errorf("ipam: empty container ID")
 	}
 	k := Key{containerID, ifName}
 	for {
 		a.mu.Lock()
-		addr, wait, err := a.tryAllocateLocked(k)
+		addr, wait, err := a.tryAllocateLocked(k, network)
 		out := a.takeOutbox()
 		a.mu.Unlock()
 		a.flush(out)
@@ -294,7 +311,7 @@ func (a *Allocator) Allocate(ctx context.Context, containerID, ifName string) (n
 
 // tryAllocateLocked returns an address, or a channel to wait on, or an
 // error. When it returns a channel it has counted the caller in a.waiting.
-func (a *Allocator) tryAllocateLocked(k Key) (netip.Addr, <-chan struct{}, error) {
+func (a *Allocator) tryAllocateLocked(k Key, network string) (netip.Addr, <-chan struct{}, error) {
 	if a.closed {
 		return netip.Addr{}, nil, ErrClosed
 	}
@@ -303,10 +320,14 @@ func (a *Allocator) tryAllocateLocked(k Key) (netip.Addr, <-chan struct{}, error
 	}
 	if off, ok := a.pickFree(); ok {
 		a.allocs[k], a.byOff[off] = off, k
+		if network != "" {
+			a.nets[k] = network
+		}
 		a.publishLocked()
 		if err := a.saveLocked(); err != nil {
 			delete(a.allocs, k)
 			delete(a.byOff, off)
+			delete(a.nets, k)
 			a.publishLocked()
 			return netip.Addr{}, nil, fmt.Errorf("ipam: allocation for %s/%s not recorded: %w", k.ContainerID, k.IfName, err)
 		}
@@ -341,12 +362,17 @@ func (a *Allocator) Release(containerID, ifName string) error {
 	if !ok {
 		return nil
 	}
+	network, hadNet := a.nets[k]
 	delete(a.allocs, k)
 	delete(a.byOff, off)
+	delete(a.nets, k)
 	a.publishLocked()
 	if err := a.saveLocked(); err != nil {
 		// Keep it allocated: better leak an address than reuse a live one.
 		a.allocs[k], a.byOff[off] = off, k
+		if hadNet {
+			a.nets[k] = network
+		}
 		a.publishLocked()
 		return fmt.Errorf("ipam: release of %s/%s not recorded: %w", containerID, ifName, err)
 	}
@@ -354,10 +380,29 @@ func (a *Allocator) Release(containerID, ifName string) error {
 	return nil
 }
 
-// ReleaseAllExcept frees every allocation whose key is not in valid (CNI
-// GC) and returns how many it freed. One state file write for the lot;
-// on error nothing is freed. Safe for concurrent use.
+// ReleaseAllExcept frees every allocation whose key is not in valid, of
+// any network, and returns how many it freed. One state file write for the
+// lot; on error nothing is freed. Safe for concurrent use.
 func (a *Allocator) ReleaseAllExcept(valid []Key) (int, error) {
+	return a.releaseAllExcept(func(Key) bool { return true }, valid)
+}
+
+// ReleaseAllExceptIn is CNI GC for one network: it frees every allocation
+// recorded for network whose key is not in valid. Allocations of other
+// networks, and those whose network is unknown (empty), are never freed
+// here: the caller's list says nothing about them, and freeing a live
+// pod's address is worse than leaking one (DEL still frees them). An empty
+// network frees nothing. One state file write; on error nothing is freed.
+func (a *Allocator) ReleaseAllExceptIn(network string, valid []Key) (int, error) {
+	if network == "" {
+		return 0, nil
+	}
+	return a.releaseAllExcept(func(k Key) bool { return a.nets[k] == network }, valid)
+}
+
+// releaseAllExcept frees the allocations that match (called under a.mu)
+// and are not in valid.
+func (a *Allocator) releaseAllExcept(match func(Key) bool, valid []Key) (int, error) {
 	keep := make(map[Key]bool, len(valid))
 	for _, k := range valid {
 		keep[k] = true
@@ -367,12 +412,13 @@ func (a *Allocator) ReleaseAllExcept(valid []Key) (int, error) {
 	if a.closed {
 		return 0, ErrClosed
 	}
-	old := maps.Clone(a.allocs)
+	old, oldNets := maps.Clone(a.allocs), maps.Clone(a.nets)
 	released := 0
 	for k, off := range a.allocs {
-		if !keep[k] {
+		if !keep[k] && match(k) {
 			delete(a.allocs, k)
 			delete(a.byOff, off)
+			delete(a.nets, k)
 			released++
 		}
 	}
@@ -381,7 +427,7 @@ func (a *Allocator) ReleaseAllExcept(valid []Key) (int, error) {
 	}
 	a.publishLocked()
 	if err := a.saveLocked(); err != nil {
-		a.allocs = old
+		a.allocs, a.nets = old, oldNets
 		a.byOff = map[uint64]Key{}
 		for k, off := range old {
 			a.byOff[off] = k
@@ -404,7 +450,7 @@ func (a *Allocator) List() []Allocation {
 func (a *Allocator) listLocked() []Allocation {
 	out := make([]Allocation, 0, len(a.allocs))
 	for k, off := range a.allocs {
-		out = append(out, Allocation{ContainerID: k.ContainerID, IfName: k.IfName, Addr: offsetAddr(a.cfg.Range, off)})
+		out = append(out, Allocation{ContainerID: k.ContainerID, IfName: k.IfName, Addr: offsetAddr(a.cfg.Range, off), Network: a.nets[k]})
 	}
 	slices.SortFunc(out, func(x, y Allocation) int { return x.Addr.Compare(y.Addr) })
 	return out

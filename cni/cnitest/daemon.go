@@ -143,6 +143,7 @@ func (d *FakeDaemon) allocate(w http.ResponseWriter, r *http.Request) {
 	defer d.mu.Unlock()
 	k := key{req.ContainerID, req.IfName}
 	if a, ok := d.allocs[k]; ok {
+		a.Network = ""
 		writeJSON(w, a)
 		return
 	}
@@ -161,7 +162,9 @@ func (d *FakeDaemon) allocate(w http.ResponseWriter, r *http.Request) {
 		MTU:          d.mtu,
 		ClusterRange: d.ClusterRange.String(),
 	}
-	d.allocs[k] = a
+	stored := a
+	stored.Network = req.Network // listed, not answered, as by the daemon
+	d.allocs[k] = stored
 	writeJSON(w, a)
 }
 
@@ -209,8 +212,9 @@ func (d *FakeDaemon) gc(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n := 0
-	for k := range d.allocs {
-		if !valid[k] {
+	for k, a := range d.allocs {
+		// As the daemon: only the named network's, never an unknown one's.
+		if !valid[k] && req.Network != "" && a.Network == req.Network {
 			d.drop(k)
 			n++
 		}

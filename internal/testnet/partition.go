@@ -17,6 +17,20 @@ const nftTable = "testnet"
 // connections are cut too: the rules match frames, not connections) and
 // needs the nft tool. A host may not be in both groups.
 func (n *Net) Partition(a, b []*Host) error {
+	return n.partition(a, b, true)
+}
+
+// PartitionOneWay drops all traffic from each host of from to each host of
+// to, and lets the other direction through: a one-way link failure (the
+// hosts of to never hear from the hosts of from, whose packets to them are
+// lost, while their own packets still arrive). ARP passes both ways, or
+// the open direction could not resolve addresses either. Otherwise as
+// Partition; Heal removes it too.
+func (n *Net) PartitionOneWay(from, to []*Host) error {
+	return n.partition(from, to, false)
+}
+
+func (n *Net) partition(a, b []*Host, both bool) error {
 	inA := map[*Host]bool{}
 	for _, h := range a {
 		if h.net != n {
@@ -34,14 +48,24 @@ func (n *Net) Partition(a, b []*Host) error {
 			return fmt.Errorf("failed to partition: host %q is in both groups", hb.Name)
 		}
 		for _, ha := range a {
-			for _, dir := range [][2]*Host{{ha, hb}, {hb, ha}} {
-				fmt.Fprintf(&rules, "add rule bridge %s forward iifname %q oifname %q drop\n",
-					nftTable, dir[0].switchPort(), dir[1].switchPort())
+			dirs := [][2]*Host{{ha, hb}}
+			if both {
+				dirs = append(dirs, [2]*Host{hb, ha})
+			}
+			// One way, ARP must pass: the open direction needs the
+			// answers of its address resolution.
+			match := ""
+			if !both {
+				match = "ether type { ip, ip6 } "
+			}
+			for _, dir := range dirs {
+				fmt.Fprintf(&rules, "add rule bridge %s forward iifname %q oifname %q %sdrop\n",
+					nftTable, dir[0].switchPort(), dir[1].switchPort(), match)
 			}
 		}
 	}
 	if err := n.nft(rules.String()); err != nil {
-		return fmt.Errorf("failed to partition %v from %v: %w", a, b, err)
+		return fmt.Errorf("failed to partition %v from %v (both ways: %v): %w", a, b, both, err)
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package testnet
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -251,4 +252,57 @@ func TestKillAll(t *testing.T) {
 	if _, err := h.Run(ctxT(t), "test", "-d", "/run/netns"); err != nil {
 		t.Errorf("host unusable after KillAll: %v", err)
 	}
+}
+
+func TestPartitionOneWay(t *testing.T) {
+	RequireRoot(t)
+	n := New(t, Options{Hosts: 2})
+	a, b := n.Hosts()[0], n.Hosts()[1]
+	if err := n.PartitionOneWay([]*Host{a}, []*Host{b}); err != nil {
+		t.Fatal(err)
+	}
+	// UDP, as a one-way link carries no TCP handshake either way.
+	if err := udpArrives(a, b, 500*time.Millisecond); err == nil {
+		t.Errorf("%s reaches %s against the one-way partition", a, b)
+	}
+	if err := udpArrives(b, a, 5*time.Second); err != nil {
+		t.Errorf("%s cannot reach %s in the open direction: %v", b, a, err)
+	}
+	if err := n.Heal(); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 10*time.Second, 100*time.Millisecond, func() error { return udpArrives(a, b, time.Second) })
+}
+
+// udpArrives sends datagrams from one host to a listener on another and
+// says whether one arrived within d.
+func udpArrives(from, to *Host, d time.Duration) error {
+	pc, err := to.ListenPacket("udp4", to.Addr.String()+":0")
+	if err != nil {
+		return err
+	}
+	defer pc.Close()
+	conn, err := from.Dial(context.Background(), "udp4", pc.LocalAddr().String())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	pc.SetReadDeadline(time.Now().Add(d))
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			conn.Write([]byte("ping"))
+			select {
+			case <-done:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+	buf := make([]byte, 16)
+	if _, _, err := pc.ReadFrom(buf); err != nil {
+		return fmt.Errorf("nothing from %s at %s: %w", from, to, err)
+	}
+	return nil
 }
