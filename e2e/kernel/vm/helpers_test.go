@@ -247,3 +247,12 @@ func (p *pod) ping(dst netip.Addr, size int) error {
 	}
 	return nil
 }
+
+// launch starts a daemon with the test mesh's key file, the recommended
+// setup: a password's Argon2id run (64 MiB, hundreds of milliseconds on
+// real hardware) takes far longer under the VM's plain emulation than the
+// helpers wait for a daemon to answer.
+func launch(t *testing.T, h *testnet.Host, peers []*testnet.Host, extra ...string) *meshtest.Node {
+	t.Helper()
+	return meshtest.LaunchWithEnv(t, h, peers, nil, append(meshtest.KeyFileArgs(t, h), extra...)...)
+}

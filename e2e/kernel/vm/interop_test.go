@@ -53,9 +53,9 @@ func TestKernelUserspaceInterop(t *testing.T) {
 	hosts := net.Hosts()
 	first := hosts[:1]
 	ms := []*member{
-		{meshtest.Launch(t, hosts[0], nil, "--dataplane", "kernel"), fastdp.ModeKernel},
-		{meshtest.Launch(t, hosts[1], first), fastdp.ModeKernel}, // auto
-		{meshtest.Launch(t, hosts[2], first, "--dataplane", "userspace"), fastdp.ModeUserspace},
+		{launch(t, hosts[0], nil, "--dataplane", "kernel"), fastdp.ModeKernel},
+		{launch(t, hosts[1], first), fastdp.ModeKernel}, // auto
+		{launch(t, hosts[2], first, "--dataplane", "userspace"), fastdp.ModeUserspace},
 	}
 	nodes := func() []*meshtest.Node {
 		var ns []*meshtest.Node
@@ -140,7 +140,7 @@ func TestKernelUserspaceInterop(t *testing.T) {
 			before[m.Host.Name] = m.MustStatus().IPAM.Owned
 		}
 		h4 := net.AddHost(t)
-		ms = append(ms, &member{meshtest.Launch(t, h4, first, "--dataplane", "kernel"), fastdp.ModeKernel})
+		ms = append(ms, &member{launch(t, h4, first, "--dataplane", "kernel"), fastdp.ModeKernel})
 		meshtest.DumpLogsOnFailure(t, ms[3].Node)
 		testnet.Eventually(t, readyTimeout, time.Second, func() error { return meshtest.Ready(nodes()) })
 		donated := ms[3].MustStatus().IPAM.Owned

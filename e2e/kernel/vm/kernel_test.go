@@ -16,7 +16,7 @@ import (
 func TestKernelLink(t *testing.T) {
 	net := testnet.New(t, testnet.Options{Hosts: 1, Prefix: "kl"})
 	h := net.Hosts()[0]
-	n := meshtest.Launch(t, h, nil, "--dataplane", "kernel")
+	n := launch(t, h, nil, "--dataplane", "kernel")
 	meshtest.DumpLogsOnFailure(t, n)
 	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error { return meshtest.Ready([]*meshtest.Node{n}) })
 	st := n.MustStatus()

@@ -28,8 +28,8 @@ var pingLoss = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 func TestKernelCrashRestartKeepsForwarding(t *testing.T) {
 	net := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "kr"})
 	hosts := net.Hosts()
-	a := meshtest.Launch(t, hosts[0], nil, "--dataplane", "kernel")
-	b := meshtest.Launch(t, hosts[1], hosts[:1], "--dataplane", "kernel")
+	a := launch(t, hosts[0], nil, "--dataplane", "kernel")
+	b := launch(t, hosts[1], hosts[:1], "--dataplane", "kernel")
 	nodes := []*meshtest.Node{a, b}
 	meshtest.DumpLogsOnFailure(t, nodes...)
 	testnet.Eventually(t, readyTimeout, time.Second, func() error { return meshtest.Ready(nodes) })
