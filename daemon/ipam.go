@@ -138,7 +138,14 @@ func (d *Daemon) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to allocate an address for %s/%s: %w", req.ContainerID, req.IfName, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, d.allocation(req.ContainerID, req.IfName, "", addr))
+	a := d.allocation(req.ContainerID, req.IfName, req.Network, addr)
+	if a.Gateway == "" {
+		// The pod could not be wired without its gateway; mesh-cni
+		// releases the address on this error and the runtime retries.
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("no gateway address on this node yet for %s/%s (ipam status %q); try again", req.ContainerID, req.IfName, d.ipam.Status().Status))
+		return
+	}
+	writeJSON(w, http.StatusOK, a)
 }
 
 // ipamErrorCode maps allocator errors to HTTP: 503 means "try again later"

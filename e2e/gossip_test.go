@@ -192,3 +192,25 @@ func TestConnectAndForget(t *testing.T) {
 		t.Fatalf("connecting to a bad address: err=%v\n%s", err, out)
 	}
 }
+
+// TestSIGTERMStopsPromptlyWhilePartitioned: a node cut off from a peer that
+// it still lists still stops within the kubelet's grace on SIGTERM. Its
+// goodbye to the unreachable peer and a join in flight would each block for
+// memberlist's TCP timeout (10 s) if stopping waited for them.
+func TestSIGTERMStopsPromptlyWhilePartitioned(t *testing.T) {
+	net, nodes := startFive(t)
+	hosts := net.Hosts()
+	if err := net.Partition(hosts[:1], hosts[1:3]); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := nodes[0].Proc.Stop(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Leave's own bound is 3 s plus the goodbye's 1.5 s; the rest is margin
+	// for a loaded machine, well under memberlist's 10 s TCP timeout
+	// stacked per unreachable peer.
+	if took := time.Since(start); took > 9*time.Second {
+		t.Fatalf("SIGTERM took %v to stop a node cut off from two peers", took.Round(100*time.Millisecond))
+	}
+}

@@ -224,10 +224,21 @@ func (m *Membership) Close() error {
 	return err
 }
 
+// stopLoopWait bounds how long a stop waits for the join loop: a join in
+// flight to an unreachable address can take memberlist's TCP timeout (10 s);
+// the loop returns on its own once it ends, and a join after Shutdown fails.
+const stopLoopWait = 2 * time.Second
+
 func (m *Membership) stopLoop() {
 	m.stopOnce.Do(func() {
 		close(m.done)
-		m.wg.Wait()
+		stopped := make(chan struct{})
+		go func() { m.wg.Wait(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(stopLoopWait):
+			m.log.Debug("stopping without waiting for a join in flight", "after", stopLoopWait)
+		}
 	})
 }
 
@@ -322,14 +333,28 @@ func (m *Membership) suspected(name string) { m.setState(name, api.MemberSuspect
 // sayGoodbye tells every live member over TCP that this node is leaving, so
 // they show it as left rather than dead. Bounded by timeout in total.
 func (m *Membership) sayGoodbye(timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
 	msg := envelope(channelControl, m.cfg.Name, []byte(controlBye))
+	// In parallel and bounded as a whole: a send to an unreachable peer
+	// blocks for memberlist's TCP timeout (10 s), which would hold up the
+	// stop, and the goodbye to the peers that can hear it, for that long.
+	done := make(chan struct{})
+	var wg sync.WaitGroup
 	for _, n := range m.list.Members() {
-		if n.Name == m.cfg.Name || time.Now().After(deadline) {
+		if n.Name == m.cfg.Name {
 			continue
 		}
-		if err := m.list.SendReliable(n, msg); err != nil {
-			m.log.Debug("failed to say goodbye", "peer", n.Name, "error", err)
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.list.SendReliable(n, msg); err != nil {
+				m.log.Debug("failed to say goodbye", "peer", n.Name, "error", err)
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		m.log.Debug("stopped waiting for goodbyes to unreachable peers", "after", timeout)
 	}
 }
