@@ -89,6 +89,9 @@ func (d *Daemon) Status(r *http.Request) *api.Status {
 	if err := d.reconcile.lastErr; err != nil {
 		st.Problems = append(st.Problems, "data plane: "+err.Error())
 	}
+	if d.natErr != nil {
+		st.Problems = append(st.Problems, "NAT: "+d.natErr.Error())
+	}
 	d.mu.Unlock()
 	return st
 }

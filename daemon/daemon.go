@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
@@ -30,6 +31,7 @@ type Daemon struct {
 	ipam    *ipam.Allocator
 	dp      fastdp.Dataplane // nil with --dataplane none
 	rec     *peer.Reconciler
+	nat     *nat.NAT           // nil with --dataplane none
 	policy  *policy.Controller // nil unless --kube and not --no-policy
 	mtu     int
 
@@ -46,6 +48,7 @@ type Daemon struct {
 	firstSeen map[crypto.Key]time.Time // when a data-plane peer first appeared
 	cniDone   bool
 	cniErr    string // last installation error, logged once
+	natErr    error  // last error of the NAT table
 	dpReady   bool   // the data plane accepted a config with our overlay IP
 	reconcile reconcileStats
 }
@@ -101,6 +104,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 			return nil, err
 		}
 		d.rec = peer.NewReconciler(d.dp, log)
+		d.nat = nat.New()
 	}
 
 	mc := mesh.DefaultConfig()

@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
 )
@@ -66,7 +67,31 @@ func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 		}
 		d.mu.Unlock()
 	}
+	d.applyNAT(overlay)
 	d.maybeInstallCNI(haveOverlay)
+}
+
+// applyNAT keeps the NAT table (outbound masquerade, overlay source for
+// host traffic into WireGuard) as configured; every reconcile restores it
+// if it went missing. A failure is reported in the status but does not
+// make the node unready: pod-to-pod traffic does not depend on it.
+func (d *Daemon) applyNAT(overlay netip.Addr) {
+	if d.nat == nil {
+		return
+	}
+	err := d.nat.Set(&nat.Config{
+		ClusterRange:  d.cfg.IPAllocRange,
+		Masquerade:    !d.cfg.NoMasquerade,
+		NoMasquerade:  d.cfg.NoMasqueradeCIDRs,
+		OverlayDevice: d.cfg.WGDevice,
+		OverlayIP:     overlay,
+	})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil && (d.natErr == nil || d.natErr.Error() != err.Error()) {
+		d.log.Warn("failed to apply the NAT table", "error", err)
+	}
+	d.natErr = err
 }
 
 func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input {
