@@ -122,7 +122,7 @@ func (c *Config) rules() []rule {
 			exprs: slices.Concat(oifname(c.OverlayDevice), prefixMatch(saddrOff, cr, false),
 				[]expr.Any{
 					&expr.Immediate{Register: 1, Data: a[:]},
-					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1, Specified: true},
+					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
 				}),
 		})
 	}

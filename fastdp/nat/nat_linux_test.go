@@ -92,7 +92,8 @@ func TestSetProgramsRestoresAndRemoves(t *testing.T) {
 	first := list()
 	for _, want := range []string{
 		"type nat hook postrouting priority srcnat - 10; policy accept;",
-		`oifname "mesh-wg" ip saddr != 10.32.0.0/12 snat to 10.32.0.1`,
+		// No port range: a bare "snat to" keeps the ports.
+		`oifname "mesh-wg" ip saddr != 10.32.0.0/12 snat to 10.32.0.1 comment`,
 		"ip daddr 10.32.0.0/12 return",
 		"ip daddr 192.168.0.0/16 return",
 		"ip saddr 10.32.0.0/12 masquerade",
