@@ -67,19 +67,29 @@ func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 		}
 		d.mu.Unlock()
 	}
-	d.applyNAT(overlay)
+	d.applyNAT(overlay, members)
 	d.maybeInstallCNI(haveOverlay)
 }
 
 // applyNAT keeps the NAT table (outbound masquerade, overlay source for
-// host traffic into WireGuard) as configured; every reconcile restores it
+// host traffic into WireGuard, masquerade to the other nodes' addresses)
+// as configured; every reconcile restores it
 // if it went missing. A failure is reported in the status but does not
 // make the node unready: pod-to-pod traffic does not depend on it.
-func (d *Daemon) applyNAT(overlay netip.Addr) {
+func (d *Daemon) applyNAT(overlay netip.Addr, members []mesh.Member) {
 	if d.nat == nil {
 		return
 	}
+	var nodes []netip.Addr
+	for _, m := range members {
+		// Any state: a dead node's address costs a set element, and
+		// its host may still answer.
+		if a := m.Addr.Addr().Unmap(); m.Name != d.id.Name && a.Is4() {
+			nodes = append(nodes, a)
+		}
+	}
 	err := d.nat.Set(&nat.Config{
+		Nodes:         nodes,
 		ClusterRange:  d.cfg.IPAllocRange,
 		Masquerade:    !d.cfg.NoMasquerade,
 		NoMasquerade:  d.cfg.NoMasqueradeCIDRs,

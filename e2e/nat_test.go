@@ -106,6 +106,8 @@ func TestNATAndNodeTraffic(t *testing.T) {
 	serveWhoami(t, b.Host, b.name, port)
 	host0 := nodes[0].Host.Addr.String() + port
 	serveWhoami(t, nodes[0].Host, "", host0)
+	host1 := nodes[1].Host.Addr.String() + port
+	serveWhoami(t, nodes[1].Host, "", host1)
 	overlay0 := netip.MustParseAddr(nodes[0].MustStatus().OverlayIP)
 
 	t.Run("pod to outside is masqueraded to the node address", func(t *testing.T) {
@@ -126,6 +128,23 @@ func TestNATAndNodeTraffic(t *testing.T) {
 		expectSource(t, b.Host, b.name, host0, "", nodes[1].Host.Addr)
 	})
 
+	t.Run("NodePort-style forward from the underlay to a pod on another node", func(t *testing.T) {
+		// What kube-proxy does for a NodePort: DNAT on the node the
+		// client reached, to an endpoint that may be elsewhere.
+		rules := fmt.Sprintf("table ip nodeport-emul {\n chain pre { type nat hook prerouting priority dstnat; policy accept;\n"+
+			"  ip daddr %[1]s tcp dport 30080 dnat to %[2]s:8080\n  ip daddr %[1]s udp dport 30080 dnat to %[2]s:8080\n }\n}\n",
+			nodes[0].Host.Addr, b.ip)
+		cmd := nodes[0].Host.Exec(ctx, "nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(rules)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v\n%s", err, out)
+		}
+		defer nodes[0].Host.Run(ctx, "nft", "delete", "table", "ip", "nodeport-emul")
+		// The client's address is outside every AllowedIPs: it enters
+		// WireGuard as node 0's overlay IP.
+		expectSource(t, plain, "", nodes[0].Host.Addr.String()+":30080", "", overlay0)
+	})
+
 	// The plain host routes the cluster range to node 0, as an underlay
 	// that routes pod addresses would.
 	if out, err := plain.Run(ctx, "ip", "route", "add", "10.32.0.0/12", "via", nodes[0].Host.Addr.String()); err != nil {
@@ -133,18 +152,23 @@ func TestNATAndNodeTraffic(t *testing.T) {
 	}
 	base := append([]string(nil), nodes[0].Args...)
 	t.Run("no-masquerade-cidrs exempts a destination", func(t *testing.T) {
-		restartWith(t, nodes[0], base, "--no-masquerade-cidrs", "198.51.100.0/24, "+plain.Addr.String()+"/32")
+		// The whole underlay, the common case.
+		restartWith(t, nodes[0], base, "--no-masquerade-cidrs", "198.51.100.0/24, "+netip.PrefixFrom(nodes[0].Host.Addr, 24).Masked().String())
 		expectSource(t, a.Host, a.name, outside, "", a.ip)
 		expectSource(t, a.Host, a.name, b.ip.String()+port, "", a.ip)
+		// Except the other mesh nodes: their answers would come through
+		// WireGuard from a source outside the node's AllowedIPs.
+		expectSource(t, a.Host, a.name, host1, "", nodes[0].Host.Addr)
 	})
 	t.Run("no-masquerade turns it off", func(t *testing.T) {
 		restartWith(t, nodes[0], base, "--no-masquerade")
 		expectSource(t, a.Host, a.name, outside, "", a.ip)
 		expectSource(t, a.Host, a.name, b.ip.String()+port, "", a.ip)
+		expectSource(t, a.Host, a.name, host1, "", nodes[0].Host.Addr)
 		// The overlay source NAT stays: host traffic needs it regardless.
 		expectSource(t, nodes[0].Host, "", b.ip.String()+port, nodes[0].Host.Addr.String(), overlay0)
 		out, err := nodes[0].Host.Run(ctx, "nft", "list", "table", "ip", "mesh-nat")
-		if err != nil || strings.Contains(out, "masquerade") || !strings.Contains(out, "snat to "+overlay0.String()) {
+		if err != nil || strings.Contains(out, "ip saddr 10.32.0.0/12 masquerade") || !strings.Contains(out, "snat to "+overlay0.String()) {
 			t.Fatalf("with --no-masquerade the table is: %v\n%s", err, out)
 		}
 	})

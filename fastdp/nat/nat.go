@@ -18,6 +18,12 @@
 //     peer's WireGuard drops every packet whose source is not in the
 //     sender's AllowedIPs (its pod ranges), so without this such traffic,
 //     or its replies, would be lost.
+//   - Pods to other nodes (Config.Nodes): a pod's packet to another mesh
+//     node's own address is masqueraded even where outbound NAT is off or
+//     exempts the node network. That node answers the pod address through
+//     WireGuard, with its own address as source, which the pod's node
+//     would drop for the same reason; masqueraded, the answer goes back
+//     over the underlay.
 //
 // The chain hooks postrouting at priority srcnat-10, ahead of kube-proxy's
 // masquerade (srcnat). The kernel binds a connection's source NAT in the
@@ -32,6 +38,7 @@ package nat
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"os"
 	"slices"
@@ -69,6 +76,8 @@ type Config struct {
 	NoMasquerade []netip.Prefix
 	// OverlayDevice is the WireGuard device.
 	OverlayDevice string
+	// Nodes are the underlay addresses of the other nodes of the mesh.
+	Nodes []netip.Addr
 	// OverlayIP is the node's overlay address, the source given to traffic
 	// entering OverlayDevice from outside the cluster range; the zero value
 	// (a node owning no range yet) leaves such traffic alone.
@@ -89,6 +98,11 @@ func (c *Config) Validate() error {
 	for _, p := range c.NoMasquerade {
 		if !p.IsValid() || !p.Addr().Is4() || p != p.Masked() {
 			return fmt.Errorf("invalid NAT config: no-masquerade CIDR %s is not a masked IPv4 prefix", p)
+		}
+	}
+	for _, a := range c.Nodes {
+		if !a.Is4() {
+			return fmt.Errorf("invalid NAT config: node address %s is not IPv4", a)
 		}
 	}
 	if c.OverlayIP.IsValid() {
@@ -126,6 +140,20 @@ func (c *Config) rules() []rule {
 				}),
 		})
 	}
+	if len(c.Nodes) > 0 {
+		h := fnv.New32a()
+		for _, a := range c.nodes() {
+			h.Write(a.AsSlice())
+		}
+		out = append(out, rule{
+			comment: fmt.Sprintf("ip saddr %s ip daddr @%s masquerade (%d nodes, %08x)", cr, nodesSet, len(c.nodes()), h.Sum32()),
+			exprs: slices.Concat(prefixMatch(saddrOff, cr, true), []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: 4},
+				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
+				&expr.Masq{},
+			}),
+		})
+	}
 	if !c.Masquerade {
 		return out
 	}
@@ -145,6 +173,16 @@ func (c *Config) rules() []rule {
 		exprs:   slices.Concat(prefixMatch(saddrOff, cr, true), []expr.Any{&expr.Masq{}}),
 	})
 	return out
+}
+
+// nodesSet is the set of the other nodes' addresses.
+const nodesSet = "nodes"
+
+// nodes returns Nodes sorted and without duplicates.
+func (c *Config) nodes() []netip.Addr {
+	ns := slices.Clone(c.Nodes)
+	slices.SortFunc(ns, netip.Addr.Compare)
+	return slices.Compact(ns)
 }
 
 const (
@@ -234,6 +272,29 @@ func (n *NAT) Set(cfg *Config) error {
 	accept := nftables.ChainPolicyAccept
 	ch := c.AddChain(&nftables.Chain{Table: table, Name: chainName, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: priority, Policy: &accept})
+	if len(cfg.Nodes) > 0 {
+		set := &nftables.Set{Table: table, Name: nodesSet, KeyType: nftables.TypeIPAddr}
+		var elems []nftables.SetElement
+		for _, a := range cfg.nodes() {
+			elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+		}
+		if err := c.AddSet(set, nil); err != nil {
+			return fmt.Errorf("failed to add set %s of table ip %s: %w", nodesSet, TableName, err)
+		}
+		// In chunks: one netlink message holds some thousand elements.
+		for chunk := range slices.Chunk(elems, 512) {
+			if err := c.SetAddElements(set, chunk); err != nil {
+				return fmt.Errorf("failed to add elements to set %s of table ip %s: %w", nodesSet, TableName, err)
+			}
+		}
+		for i := range want {
+			for _, e := range want[i].exprs {
+				if l, ok := e.(*expr.Lookup); ok {
+					l.SetID = set.ID
+				}
+			}
+		}
+	}
 	for _, r := range want {
 		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: r.exprs,
 			UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment)})

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -77,6 +78,7 @@ func TestSetProgramsRestoresAndRemoves(t *testing.T) {
 		NoMasquerade:  []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")},
 		OverlayDevice: "mesh-wg",
 		OverlayIP:     netip.MustParseAddr("10.32.0.1"),
+		Nodes:         []netip.Addr{netip.MustParseAddr("192.0.2.12"), netip.MustParseAddr("192.0.2.11"), netip.MustParseAddr("192.0.2.12")},
 	}
 	if err := n.Set(cfg); err != nil {
 		t.Fatal(err)
@@ -94,6 +96,8 @@ func TestSetProgramsRestoresAndRemoves(t *testing.T) {
 		"type nat hook postrouting priority srcnat - 10; policy accept;",
 		// No port range: a bare "snat to" keeps the ports.
 		`oifname "mesh-wg" ip saddr != 10.32.0.0/12 snat to 10.32.0.1 comment`,
+		"elements = { 192.0.2.11, 192.0.2.12 }",
+		"ip saddr 10.32.0.0/12 ip daddr @nodes masquerade",
 		"ip daddr 10.32.0.0/12 return",
 		"ip daddr 192.168.0.0/16 return",
 		"ip saddr 10.32.0.0/12 masquerade",
@@ -102,8 +106,10 @@ func TestSetProgramsRestoresAndRemoves(t *testing.T) {
 			t.Errorf("table lacks %q:\n%s", want, first)
 		}
 	}
-	// The exemptions come before the masquerade.
-	if strings.Index(first, "masquerade") < strings.Index(first, "192.168.0.0/16 return") {
+	// The nodes come before the exemptions, the exemptions before the
+	// masquerade.
+	if strings.Index(first, "@nodes masquerade") > strings.Index(first, "192.168.0.0/16 return") ||
+		strings.Index(first, "ip saddr 10.32.0.0/12 masquerade") < strings.Index(first, "192.168.0.0/16 return") {
 		t.Errorf("masquerade precedes the exemptions:\n%s", first)
 	}
 
@@ -135,18 +141,30 @@ func TestSetProgramsRestoresAndRemoves(t *testing.T) {
 		t.Errorf("flushed chain not restored:\n%s", got)
 	}
 
-	// Masquerade off: only the overlay rule stays.
+	// Another node: the set follows.
+	more := *cfg
+	more.Nodes = append(slices.Clone(cfg.Nodes), netip.MustParseAddr("192.0.2.13"))
+	if err := n.Set(&more); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); !strings.Contains(got, "elements = { 192.0.2.11, 192.0.2.12,") || !strings.Contains(got, "192.0.2.13 }") {
+		t.Errorf("node set not updated:\n%s", got)
+	}
+
+	// Masquerade off: only the overlay rule and the nodes' stay.
 	off := *cfg
 	off.Masquerade = false
 	if err := n.Set(&off); err != nil {
 		t.Fatal(err)
 	}
-	if got := list(); strings.Contains(got, "masquerade") || !strings.Contains(got, "snat to 10.32.0.1") {
+	if got := list(); strings.Contains(got, "ip saddr 10.32.0.0/12 masquerade") || !strings.Contains(got, "@nodes masquerade") ||
+		!strings.Contains(got, "snat to 10.32.0.1") {
 		t.Errorf("with masquerade off:\n%s", got)
 	}
 
 	// Nothing to do: no table.
 	off.OverlayIP = netip.Addr{}
+	off.Nodes = nil
 	if err := n.Set(&off); err != nil {
 		t.Fatal(err)
 	}
@@ -189,6 +207,7 @@ func TestValidate(t *testing.T) {
 		{"unmasked exemption", Config{ClusterRange: cr, NoMasquerade: []netip.Prefix{netip.MustParsePrefix("192.168.1.1/16")}}, "192.168.1.1/16"},
 		{"too many exemptions", Config{ClusterRange: cr, NoMasquerade: many}, "at most"},
 		{"overlay outside range", Config{ClusterRange: cr, OverlayDevice: "mesh-wg", OverlayIP: netip.MustParseAddr("10.64.0.1")}, "outside"},
+		{"IPv6 node", Config{ClusterRange: cr, Nodes: []netip.Addr{netip.MustParseAddr("fd00::1")}}, "not IPv4"},
 		{"overlay without device", Config{ClusterRange: cr, OverlayIP: netip.MustParseAddr("10.32.0.1")}, "overlay device"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
