@@ -36,9 +36,9 @@
 package nat
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"net/netip"
 	"os"
 	"slices"
@@ -141,12 +141,13 @@ func (c *Config) rules() []rule {
 		})
 	}
 	if len(c.Nodes) > 0 {
-		h := fnv.New32a()
+		// The set's content is in the comment as a digest.
+		h := sha256.New()
 		for _, a := range c.nodes() {
 			h.Write(a.AsSlice())
 		}
 		out = append(out, rule{
-			comment: fmt.Sprintf("ip saddr %s ip daddr @%s masquerade (%d nodes, %08x)", cr, nodesSet, len(c.nodes()), h.Sum32()),
+			comment: fmt.Sprintf("ip saddr %s ip daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(c.nodes()), h.Sum(nil)[:8]),
 			exprs: slices.Concat(prefixMatch(saddrOff, cr, true), []expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: 4},
 				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
