@@ -62,6 +62,7 @@ func TestKubernetes(t *testing.T) {
 	if cni == "mesh" {
 		checkHairpin(t, c)
 		checkPodToOutside(t, c)
+		checkNodesAndPods(t, c, pods)
 		checkNetworkPolicies(t, c, pods)
 	}
 	deleteNode(t, c, cni == "mesh")
@@ -443,4 +444,47 @@ func checkPodToOutside(t *testing.T, c *Cluster) {
 // whoamiBinary builds whoami for the simulated hosts.
 func whoamiBinary(t *testing.T) string {
 	return testnet.BuildBinary(t, "./e2e/testdata/whoami")
+}
+
+// checkNodesAndPods checks host processes and pods across nodes, both
+// ways: each node's host reaches the pod on the other node (HTTP), and each
+// pod reaches a server on the other node's own address, which sees the
+// pod's node's address (masqueraded: the answer could not come back
+// through WireGuard).
+func checkNodesAndPods(t *testing.T, c *Cluster, pods []testPod) {
+	t.Helper()
+	for i, node := range c.Nodes[:2] {
+		node.Start(t, whoamiBinary(t), []string{"serve", node.Addr.String() + ":9001"}, nil)
+		other := c.Nodes[1-i]
+		to := pods[1-i]
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			out, err := node.Run(ctx, "curl", "-sS", "--max-time", "5", "http://"+to.IP+":8080/")
+			if err != nil {
+				return fmt.Errorf("host %s to pod %s on %s: %w: %s", node.Name, to.Name, other.Name, err, out)
+			}
+			if strings.TrimSpace(out) != to.Name {
+				return fmt.Errorf("host %s got %q from %s, want %q", node.Name, out, to.IP, to.Name)
+			}
+			return nil
+		})
+		t.Logf("host %s -> pod %s on %s: ok", node.Name, to.Name, other.Name)
+	}
+	for i, from := range pods[:2] {
+		node, other := c.Nodes[i], c.Nodes[1-i]
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			out, err := c.exec(ctx, from.Name, "/bin/whoami", "get", "tcp", other.Addr.String()+":9001")
+			if err != nil {
+				return err
+			}
+			if got := strings.TrimSpace(out); got != node.Addr.String() {
+				return fmt.Errorf("host %s saw pod %s come from %s, want %s", other.Name, from.Name, got, node.Addr)
+			}
+			return nil
+		})
+		t.Logf("pod %s on %s -> host %s (%s): ok", from.Name, node.Name, other.Name, other.Addr)
+	}
 }
