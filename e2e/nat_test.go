@@ -187,9 +187,14 @@ func TestNATAndNodeTraffic(t *testing.T) {
 			return nil
 		})
 	})
-	t.Run("reset removes the table", func(t *testing.T) {
+	t.Run("stop keeps the table, reset removes it", func(t *testing.T) {
 		if err := nodes[0].Proc.Stop(10 * time.Second); err != nil {
 			t.Fatal(err)
+		}
+		// A stopped daemon leaves it, as it leaves the interfaces: pods
+		// keep reaching out while the daemon restarts.
+		if out, err := nodes[0].Host.Run(ctx, "nft", "list", "table", "ip", "mesh-nat"); err != nil || !strings.Contains(out, "masquerade") {
+			t.Fatalf("table gone after the daemon stopped: %v\n%s", err, out)
 		}
 		if out, err := nodes[0].Host.Run(ctx, meshBinary(t), "reset"); err != nil {
 			t.Fatalf("mesh reset: %v\n%s", err, out)

@@ -471,6 +471,18 @@ func checkNodesAndPods(t *testing.T, c *Cluster, pods []testPod) {
 		})
 		t.Logf("host %s -> pod %s on %s: ok", node.Name, to.Name, other.Name)
 	}
+	// The kubernetes Service: its endpoint is the API server on the
+	// control-plane host, which runs no mesh and has no route to the pods.
+	api := strings.TrimSpace(c.MustKubectl(t, "", "-n", "default", "get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"))
+	for _, from := range pods[:2] {
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, err := c.exec(ctx, from.Name, "/bin/whoami", "dial", api+":443")
+			return err
+		})
+		t.Logf("pod %s -> kubernetes Service %s:443 (API server on %s): connected", from.Name, api, c.CP.Name)
+	}
 	for i, from := range pods[:2] {
 		node, other := c.Nodes[i], c.Nodes[1-i]
 		c.eventually(t, 60*time.Second, func() error {

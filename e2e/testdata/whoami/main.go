@@ -6,6 +6,7 @@
 //	whoami serve ADDR           # TCP and UDP on ADDR until killed
 //	whoami get tcp|udp ADDR [SRC]  # print the server's answer, exit 1 on none;
 //	                               # SRC binds the client to that source IP
+//	whoami dial ADDR               # TCP connect only (any server), exit 1 on failure
 package main
 
 import (
@@ -26,10 +27,16 @@ func main() {
 		err = serve(os.Args[2])
 	case len(os.Args) == 4 && os.Args[1] == "get":
 		err = get(os.Args[2], os.Args[3], "")
+	case len(os.Args) == 3 && os.Args[1] == "dial":
+		var c net.Conn
+		if c, err = net.DialTimeout("tcp", os.Args[2], timeout); err == nil {
+			c.Close()
+			fmt.Println("connected")
+		}
 	case len(os.Args) == 5 && os.Args[1] == "get":
 		err = get(os.Args[2], os.Args[3], os.Args[4])
 	default:
-		err = fmt.Errorf("usage: whoami serve ADDR | whoami get tcp|udp ADDR [SRC]")
+		err = fmt.Errorf("usage: whoami serve ADDR | whoami get tcp|udp ADDR [SRC] | whoami dial ADDR")
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "whoami:", err)
