@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,12 +16,11 @@ import (
 // routed anywhere, as a real Service IP is routed nowhere either.
 const serviceIP = "198.51.100.10"
 
-// kubeProxyRules emulates what kube-proxy (nftables or iptables mode, the
-// netfilter hooks are the same) installs for a Service with one endpoint:
-// DNAT of serviceIP:80 to the endpoint, and, with hairpinMasq, the
-// masquerade of a connection whose source is the endpoint itself (kube-proxy
-// marks it with 0x4000 in the endpoint's chain and masquerades marked
-// packets in postrouting).
+// kubeProxyRules emulates what kube-proxy in nftables mode installs for a
+// Service with one endpoint: DNAT of serviceIP:80 to the endpoint, and,
+// with hairpinMasq, the masquerade of a connection whose source is the
+// endpoint itself (kube-proxy marks it with 0x4000 in the endpoint's chain
+// and masquerades marked packets in postrouting).
 func kubeProxyRules(endpoint string, hairpinMasq bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table ip kube-proxy-emul {\n")
@@ -37,14 +37,30 @@ func kubeProxyRules(endpoint string, hairpinMasq bool) string {
 	return b.String()
 }
 
+// iptablesRules are the same in kube-proxy's iptables mode, as arguments of
+// iptables-legacy (x_tables, the other netfilter NAT implementation).
+func iptablesRules(endpoint string, hairpinMasq bool) [][]string {
+	var out [][]string
+	for _, proto := range []string{"tcp", "udp"} {
+		match := []string{"-t", "nat", "-A", "PREROUTING", "-d", serviceIP, "-p", proto, "--dport", "80"}
+		if hairpinMasq {
+			out = append(out, append(slices.Clone(match), "-s", endpoint, "-j", "MARK", "--set-xmark", "0x4000/0x4000"))
+		}
+		out = append(out, append(slices.Clone(match), "-j", "DNAT", "--to-destination", endpoint+":8080"))
+	}
+	return append(out, []string{"-t", "nat", "-A", "POSTROUTING", "-m", "mark", "--mark", "0x4000/0x4000", "-j", "MASQUERADE"})
+}
+
 // TestHairpinThroughService checks that a pod reaches itself through a
-// Service IP DNATed to it, for TCP and UDP, with br_netfilter passing
+// Service IP DNATed to it, for TCP and UDP, with kube-proxy's rules in
+// nftables and in iptables (x_tables) form, with br_netfilter passing
 // bridged packets to netfilter (bridge-nf-call-iptables=1, the default in
 // every network namespace of this kernel) and without it. It also pins
 // down why both halves of the design are needed: without hairpin mode on
 // the bridge port, or without kube-proxy's hairpin masquerade, the pod
 // does not get its answer.
 func TestHairpinThroughService(t *testing.T) {
+	testnet.RequireCommand(t, "iptables-legacy")
 	_, nodes := startMesh(t, 1)
 	n := nodes[0]
 	waitCNIInstalled(t, n)
@@ -65,9 +81,18 @@ func TestHairpinThroughService(t *testing.T) {
 			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
 		}
 	}
-	setRules := func(masq bool) {
+	setRules := func(mode string, masq bool) {
 		t.Helper()
 		_, _ = n.Host.Run(ctx, "nft", "delete", "table", "ip", "kube-proxy-emul")
+		for _, chain := range []string{"PREROUTING", "POSTROUTING"} {
+			run("iptables-legacy", "-t", "nat", "-F", chain)
+		}
+		if mode == "iptables" {
+			for _, r := range iptablesRules(a.ip.String(), masq) {
+				run("iptables-legacy", r...)
+			}
+			return
+		}
 		cmd := n.Host.Exec(ctx, "nft", "-f", "-")
 		cmd.Stdin = strings.NewReader(kubeProxyRules(a.ip.String(), masq))
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -109,22 +134,24 @@ func TestHairpinThroughService(t *testing.T) {
 			}
 		}
 	}
-	for _, brnf := range []string{"1", "0"} {
-		t.Run("bridge-nf-call-iptables="+brnf, func(t *testing.T) {
-			run("sysctl", "-w", sysctl+"="+brnf)
-			t.Run("with kube-proxy's hairpin masquerade", func(t *testing.T) {
-				setRules(true)
-				reaches(t)
+	for _, mode := range []string{"nftables", "iptables"} {
+		for _, brnf := range []string{"1", "0"} {
+			t.Run(mode+"/bridge-nf-call-iptables="+brnf, func(t *testing.T) {
+				run("sysctl", "-w", sysctl+"="+brnf)
+				t.Run("with kube-proxy's hairpin masquerade", func(t *testing.T) {
+					setRules(mode, true)
+					reaches(t)
+				})
+				t.Run("without it the pod gets no answer", func(t *testing.T) {
+					setRules(mode, false)
+					failsBoth(t)
+				})
 			})
-			t.Run("without it the pod gets no answer", func(t *testing.T) {
-				setRules(false)
-				failsBoth(t)
-			})
-		})
+		}
 	}
 	t.Run("without hairpin mode bridged DNAT cannot turn back", func(t *testing.T) {
 		run("sysctl", "-w", sysctl+"=1")
-		setRules(true)
+		setRules("nftables", true)
 		run("ip", "link", "set", hostVeth, "type", "bridge_slave", "hairpin", "off")
 		failsBoth(t)
 		// bridge-nf-call-iptables=0: the packet is routed, not bridged,

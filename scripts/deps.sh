@@ -12,6 +12,8 @@ have ping     || need="$need iputils-ping"
 have nsenter  || need="$need util-linux"
 have tcpdump  || need="$need tcpdump"
 have iperf3   || need="$need iperf3"
+# kube-proxy's iptables-mode rules, emulated by the hairpin test.
+have iptables-legacy || need="$need iptables"
 if [ "${1:-}" = k8s ]; then
 	have containerd || need="$need containerd"
 	have runc       || need="$need runc"
