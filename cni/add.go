@@ -175,6 +175,13 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 	if err := host.LinkSetMaster(hostLink, bridge); err != nil {
 		return nil, internalError("failed to attach veth %q to bridge %q: %v", hostName, att.bridge, err)
 	}
+	// Hairpin: with br_netfilter calling iptables, a packet from the pod
+	// that kube-proxy DNATs back to the pod itself (its own Service) is
+	// bridged back out of the port it came in by, which the bridge refuses
+	// unless the port is in hairpin mode. See docs/kubernetes.md.
+	if err := host.LinkSetHairpin(hostLink, true); err != nil {
+		return nil, internalError("failed to set hairpin mode on veth %q: %v", hostName, err)
+	}
 	podLink, err := configurePod(pod, args.IfName, att)
 	if err != nil {
 		return nil, internalError("%v", err)

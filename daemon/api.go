@@ -92,6 +92,9 @@ func (d *Daemon) Status(r *http.Request) *api.Status {
 	if d.cniErr != "" && !d.cniDone {
 		st.Problems = append(st.Problems, "CNI plugin not installed: "+d.cniErr)
 	}
+	if d.natErr != nil {
+		st.Problems = append(st.Problems, "NAT: "+d.natErr.Error())
+	}
 	d.mu.Unlock()
 	if err := d.rec.Counters().LastError; err != nil {
 		st.Problems = append(st.Problems, "data plane: "+err.Error())

@@ -13,6 +13,7 @@ import (
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -71,6 +72,11 @@ type Config struct {
 	Kubeconfig string
 	// NoPolicy turns NetworkPolicy enforcement off (it runs with Kube).
 	NoPolicy bool
+
+	// NoMasquerade turns off outbound NAT of pod traffic leaving the
+	// cluster range; NoMasqueradeCIDRs are destinations never masqueraded.
+	NoMasquerade      bool
+	NoMasqueradeCIDRs []netip.Prefix
 }
 
 // DefaultConfig returns the defaults documented in `mesh launch --help`.
@@ -145,6 +151,14 @@ func (c *Config) Validate() error {
 	}
 	if c.IPAllocRange != c.IPAllocRange.Masked() {
 		return fmt.Errorf("--ipalloc-range %v has host bits set (did you mean %v?)", c.IPAllocRange, c.IPAllocRange.Masked())
+	}
+	if len(c.NoMasqueradeCIDRs) > nat.MaxNoMasquerade {
+		return fmt.Errorf("--no-masquerade-cidrs lists %d CIDRs, at most %d", len(c.NoMasqueradeCIDRs), nat.MaxNoMasquerade)
+	}
+	for _, p := range c.NoMasqueradeCIDRs {
+		if !p.IsValid() || !p.Addr().Is4() || p != p.Masked() {
+			return fmt.Errorf("--no-masquerade-cidrs: %v is not an IPv4 prefix without host bits", p)
+		}
 	}
 	for i, p := range c.Peers {
 		a, err := mesh.ParsePeerAddress(p, c.Port)

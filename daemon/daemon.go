@@ -15,6 +15,7 @@ import (
 	"github.com/meshnet/mesh/attach"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
@@ -31,6 +32,7 @@ type Daemon struct {
 	ipam    *ipam.Allocator
 	dp      fastdp.Dataplane // fastdp.None() with --dataplane none
 	rec     *peer.Reconciler
+	nat     *nat.NAT           // nil with --dataplane none
 	policy  *policy.Controller // nil unless --kube and not --no-policy
 	attach  *attach.Manager    // `mesh attach`: namespaces attached by hand
 	mtu     int
@@ -54,6 +56,7 @@ type Daemon struct {
 	meta    mesh.Meta         // what this node gossips about itself
 	cniDone bool
 	cniErr  string // last installation error, logged once
+	natErr  error  // last error of the NAT table
 
 	health loopHealth // progress of the main loops, for /healthz
 	// badMeta: member name -> why it gets no WireGuard peer (logged once).
@@ -124,6 +127,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		if d.dp, err = fastdp.New(d.ctx, opts); err != nil {
 			return nil, err
 		}
+		d.nat = nat.New()
 	}
 	d.rec = peer.NewReconciler(d.dp, log)
 

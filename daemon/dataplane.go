@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
 )
@@ -48,7 +49,41 @@ func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 	overlay, _ := d.ipam.OverlayIP()
 	// Errors are counted, logged and kept by the reconciler.
 	d.rec.Apply(ctx, d.peerInput(overlay, members))
+	d.applyNAT(overlay, members)
 	d.maybeInstallCNI()
+}
+
+// applyNAT keeps the NAT table (outbound masquerade, overlay source for
+// host traffic into WireGuard, masquerade to the other nodes' addresses)
+// as configured; every reconcile restores it
+// if it went missing. A failure is reported in the status but does not
+// make the node unready: pod-to-pod traffic does not depend on it.
+func (d *Daemon) applyNAT(overlay netip.Addr, members []mesh.Member) {
+	if d.nat == nil {
+		return
+	}
+	var nodes []netip.Addr
+	for _, m := range members {
+		// Any state: a dead node's address costs a set element, and
+		// its host may still answer.
+		if a := m.Addr.Addr().Unmap(); m.Name != d.id.Name && a.Is4() {
+			nodes = append(nodes, a)
+		}
+	}
+	err := d.nat.Set(&nat.Config{
+		Nodes:         nodes,
+		ClusterRange:  d.cfg.IPAllocRange,
+		Masquerade:    !d.cfg.NoMasquerade,
+		NoMasquerade:  d.cfg.NoMasqueradeCIDRs,
+		OverlayDevice: d.cfg.WGDevice,
+		OverlayIP:     overlay,
+	})
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err != nil && (d.natErr == nil || d.natErr.Error() != err.Error()) {
+		d.log.Warn("failed to apply the NAT table", "error", err)
+	}
+	d.natErr = err
 }
 
 func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshnet/mesh/cni/install"
 	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/policy"
 )
 
@@ -60,6 +61,9 @@ func Reset(ctx context.Context, o ResetOptions) error {
 	}
 	if err := policy.NewNFT().Remove(); err != nil {
 		return fmt.Errorf("failed to remove the NetworkPolicy table: %w", err)
+	}
+	if err := nat.New().Remove(); err != nil {
+		return fmt.Errorf("failed to remove the NAT table: %w", err)
 	}
 	if err := install.Remove(o.CNIBinDir, o.CNIConfDir); err != nil {
 		return err

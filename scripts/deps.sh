@@ -16,6 +16,8 @@ have tcpdump  || need="$need tcpdump"
 have iperf3   || need="$need iperf3"
 # systemd-analyze verifies the unit of `make install` (deploy tests).
 have systemd-analyze || need="$need systemd"
+# kube-proxy's iptables-mode rules, emulated by the hairpin test.
+have iptables-legacy || need="$need iptables"
 if [ "${1:-}" = k8s ]; then
 	have containerd || need="$need containerd"
 	have runc       || need="$need runc"

@@ -56,6 +56,6 @@ func reset(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, "mesh interfaces, routes, nftables table and CNI files removed")
+	fmt.Fprintln(stdout, "mesh interfaces, routes, nftables tables and CNI files removed")
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/meshnet/mesh/daemon"
@@ -48,6 +49,8 @@ func launch(args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.Kube, "kube", false, "take peers from Kubernetes Node objects and reclaim deleted nodes' ranges")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for --kube (default: in-cluster)")
 	fs.BoolVar(&cfg.NoPolicy, "no-policy", false, "with --kube, do not enforce NetworkPolicies (and remove mesh's nftables table)")
+	fs.BoolVar(&cfg.NoMasquerade, "no-masquerade", false, "do not masquerade pod traffic leaving the cluster range (for an underlay that routes pod addresses)")
+	noMasq := fs.String("no-masquerade-cidrs", "", "comma-separated destination CIDRs that pod traffic reaches without masquerade")
 	peers, err := parseInterspersed(fs, args)
 	if err != nil {
 		return errUsage
@@ -56,6 +59,9 @@ func launch(args []string, stderr io.Writer) error {
 	cfg.Version = version
 	if cfg.IPAllocRange, err = netip.ParsePrefix(*ipRange); err != nil {
 		return fmt.Errorf("invalid --ipalloc-range %q: %w", *ipRange, err)
+	}
+	if cfg.NoMasqueradeCIDRs, err = parseCIDRs(*noMasq); err != nil {
+		return fmt.Errorf("invalid --no-masquerade-cidrs: %w", err)
 	}
 	if cfg.Kube && cfg.Name == "" {
 		// The DaemonSet passes the node name through the downward API.
@@ -91,6 +97,22 @@ func launch(args []string, stderr io.Writer) error {
 		cfg.Logger.Error("control API stopped", "error", err)
 	}
 	return d.Stop()
+}
+
+// parseCIDRs parses a comma-separated list of prefixes; empty is none.
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // readEnvPassword takes the password from MESH_PASSWORD unless a password

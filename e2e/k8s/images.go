@@ -36,10 +36,15 @@ func buildTestImages(ctx context.Context, dir string) ([]string, error) {
 		return nil, err
 	}
 	pauseBin := filepath.Join(dir, "pause-bin", "pause")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", pauseBin, "./pause")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("failed to build the pause binary: %w: %s", err, out)
+	// whoami (the simulated-host tests' TCP and UDP source reporter) goes
+	// into the busybox image: busybox has no UDP client or server.
+	whoamiBin := filepath.Join(dir, "pause-bin", "whoami")
+	for _, b := range []struct{ out, pkg string }{{pauseBin, "./pause"}, {whoamiBin, "../testdata/whoami"}} {
+		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", b.out, b.pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("failed to build %s: %w: %s", b.pkg, err, out)
+		}
 	}
 	if err := requireStatic(busyboxPath); err != nil {
 		return nil, err
@@ -50,7 +55,7 @@ func buildTestImages(ctx context.Context, dir string) ([]string, error) {
 		spec  []ociimage.Entry
 	}{
 		{pauseImage, []string{"/pause"}, []ociimage.Entry{{Path: "/pause", Source: pauseBin}}},
-		{busyboxImage, []string{"/bin/sh"}, busyboxEntries()},
+		{busyboxImage, []string{"/bin/sh"}, append(busyboxEntries(), ociimage.Entry{Path: "/bin/whoami", Source: whoamiBin})},
 	}
 	var files []string
 	for _, im := range images {

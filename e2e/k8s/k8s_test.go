@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/internal/testnet"
 )
 
 // Settings, from the environment (the Makefile's e2e-k8s target sets them):
@@ -61,6 +62,9 @@ func TestKubernetes(t *testing.T) {
 	checkPodToPod(t, c, pods)
 	checkClusterIPService(t, c, pods)
 	if cni == "mesh" {
+		checkHairpin(t, c)
+		checkPodToOutside(t, c)
+		checkNodesAndPods(t, c, pods)
 		checkNetworkPolicies(t, c, pods)
 	}
 	deleteNode(t, c, cni == "mesh")
@@ -356,4 +360,149 @@ func deleteNode(t *testing.T, c *Cluster, mesh bool) {
 		return nil
 	})
 	t.Logf("ranges of %s reclaimed; %s's IPAM:\n%s", gone.Name, other.Name, last)
+}
+
+// whoamiPodYAML is a pod serving whoami (TCP and UDP on port 9000: the
+// answer is the source address it sees) behind a ClusterIP Service of the
+// same name with both protocols on port 80.
+func whoamiPodYAML(name, ns, node string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata: {name: %[1]s, namespace: %[2]s, labels: {app: %[1]s}}
+spec:
+  nodeName: %[3]s
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: whoami
+    image: %[4]s
+    imagePullPolicy: Never
+    command: ["/bin/whoami", "serve", ":9000"]
+    readinessProbe: {tcpSocket: {port: 9000}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: %[1]s, namespace: %[2]s}
+spec:
+  selector: {app: %[1]s}
+  ports:
+  - {name: tcp, protocol: TCP, port: 80, targetPort: 9000}
+  - {name: udp, protocol: UDP, port: 80, targetPort: 9000}
+`, name, ns, node, busyboxImage)
+}
+
+// checkHairpin checks that a pod reaches itself through its own Service's
+// ClusterIP, over TCP and UDP (sig-network's "should allow pods to hairpin
+// back to themselves through services"): kube-proxy DNATs the packet back
+// to the pod it came from and masquerades it, and the pod's bridge port
+// must be in hairpin mode for br_netfilter's bridged DNAT to turn back.
+func checkHairpin(t *testing.T, c *Cluster) {
+	t.Helper()
+	// Its own namespace: the policy checks that follow count the pods of
+	// the test namespace.
+	const name, ns = "hairpin", "e2e-hairpin"
+	c.MustKubectl(t, "", "create", "namespace", ns)
+	c.MustKubectl(t, whoamiPodYAML(name, ns, c.Nodes[0].Name), "apply", "-f", "-")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if out, err := c.Kubectl(ctx, "", "-n", ns, "wait", "--for=condition=Ready", "pod/"+name, "--timeout=150s"); err != nil {
+		t.Fatalf("pod %s not ready: %v\n%s", name, err, out)
+	}
+	ip := strings.TrimSpace(c.MustKubectl(t, "", "-n", ns, "get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"))
+	for _, proto := range []string{"tcp", "udp"} {
+		var got string
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			out, err := execIn(ctx, c, ns+"/"+name, "/bin/whoami", "get", proto, ip+":80")
+			got = strings.TrimSpace(out)
+			return err
+		})
+		t.Logf("%s: pod %s reached itself through its Service %s:80 (it saw source %s)", proto, name, ip, got)
+	}
+}
+
+// checkPodToOutside checks outbound NAT: a pod reaches a server on a host
+// outside the cluster (a simulated host that runs no Kubernetes and no
+// mesh, and has no route to the pod range), which sees the pod's node's
+// address as the source.
+func checkPodToOutside(t *testing.T, c *Cluster) {
+	t.Helper()
+	outside := c.Net.AddHost(t)
+	outside.Start(t, whoamiBinary(t), []string{"serve", outside.Addr.String() + ":9000"}, nil)
+	pods := []string{"web1", "web2"}
+	for i, node := range c.Nodes[:2] {
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			out, err := c.exec(ctx, pods[i], "/bin/whoami", "get", "tcp", outside.Addr.String()+":9000")
+			if err != nil {
+				return err
+			}
+			if got := strings.TrimSpace(out); got != node.Addr.String() {
+				return fmt.Errorf("the outside host saw %s's pod %s come from %s, want the node's address %s", node.Name, pods[i], got, node.Addr)
+			}
+			return nil
+		})
+		t.Logf("pod %s on %s reached %s outside the cluster as %s", pods[i], node.Name, outside.Addr, node.Addr)
+	}
+}
+
+// whoamiBinary builds whoami for the simulated hosts.
+func whoamiBinary(t *testing.T) string {
+	return testnet.BuildBinary(t, "./e2e/testdata/whoami")
+}
+
+// checkNodesAndPods checks host processes and pods across nodes, both
+// ways: each node's host reaches the pod on the other node (HTTP), and each
+// pod reaches a server on the other node's own address, which sees the
+// pod's node's address (masqueraded: the answer could not come back
+// through WireGuard).
+func checkNodesAndPods(t *testing.T, c *Cluster, pods []testPod) {
+	t.Helper()
+	for i, node := range c.Nodes[:2] {
+		node.Start(t, whoamiBinary(t), []string{"serve", node.Addr.String() + ":9001"}, nil)
+		other := c.Nodes[1-i]
+		to := pods[1-i]
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			out, err := node.Run(ctx, "curl", "-sS", "--max-time", "5", "http://"+to.IP+":8080/")
+			if err != nil {
+				return fmt.Errorf("host %s to pod %s on %s: %w: %s", node.Name, to.Name, other.Name, err, out)
+			}
+			if strings.TrimSpace(out) != to.Name {
+				return fmt.Errorf("host %s got %q from %s, want %q", node.Name, out, to.IP, to.Name)
+			}
+			return nil
+		})
+		t.Logf("host %s -> pod %s on %s: ok", node.Name, to.Name, other.Name)
+	}
+	// The kubernetes Service: its endpoint is the API server on the
+	// control-plane host, which runs no mesh and has no route to the pods.
+	api := strings.TrimSpace(c.MustKubectl(t, "", "-n", "default", "get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"))
+	for _, from := range pods[:2] {
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			_, err := c.exec(ctx, from.Name, "/bin/whoami", "dial", api+":443")
+			return err
+		})
+		t.Logf("pod %s -> kubernetes Service %s:443 (API server on %s): connected", from.Name, api, c.CP.Name)
+	}
+	for i, from := range pods[:2] {
+		node, other := c.Nodes[i], c.Nodes[1-i]
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			out, err := c.exec(ctx, from.Name, "/bin/whoami", "get", "tcp", other.Addr.String()+":9001")
+			if err != nil {
+				return err
+			}
+			if got := strings.TrimSpace(out); got != node.Addr.String() {
+				return fmt.Errorf("host %s saw pod %s come from %s, want %s", other.Name, from.Name, got, node.Addr)
+			}
+			return nil
+		})
+		t.Logf("pod %s on %s -> host %s (%s): ok", from.Name, node.Name, other.Name, other.Addr)
+	}
 }

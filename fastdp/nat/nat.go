@@ -1,0 +1,364 @@
+// Package nat keeps mesh's address translation: one nftables table,
+// "ip mesh-nat", with one postrouting chain, behind an idempotent Set.
+//
+// Two kinds of traffic are translated:
+//
+//   - Outbound NAT (Config.Masquerade): a pod's packet to a destination
+//     outside the cluster range is masqueraded to the address of the
+//     interface it leaves by (the node's underlay address), so pods reach
+//     the node network and beyond without the underlay knowing the pod
+//     ranges. Destinations in the cluster range (other pods, and Services,
+//     which kube-proxy has already translated to a pod address in
+//     prerouting) and those listed in Config.NoMasquerade keep the pod's
+//     source address.
+//   - Overlay source (Config.OverlayIP): a packet that enters the WireGuard
+//     device with a source outside the cluster range (a host process bound
+//     to the node's address, a packet forwarded from the underlay such as
+//     NodePort traffic) gets the node's overlay IP as source. The receiving
+//     peer's WireGuard drops every packet whose source is not in the
+//     sender's AllowedIPs (its pod ranges), so without this such traffic,
+//     or its replies, would be lost.
+//   - Pods to other nodes (Config.Nodes): a pod's packet to another mesh
+//     node's own address is masqueraded even where outbound NAT is off or
+//     exempts the node network. That node answers the pod address through
+//     WireGuard, with its own address as source, which the pod's node
+//     would drop for the same reason; masqueraded, the answer goes back
+//     over the underlay.
+//
+// The chain hooks postrouting at priority srcnat-10, ahead of kube-proxy's
+// masquerade (srcnat). The kernel binds a connection's source NAT in the
+// first chain that translates it, so the overlay rule wins over kube-proxy's
+// masquerade, which would pick the node's underlay address for the
+// WireGuard device (it has no address of its own).
+//
+// The table is mesh's alone: Set replaces it in one transaction, Remove
+// deletes it, and nothing else in it is touched by anyone.
+package nat
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is the name of mesh's NAT table (family ip).
+const TableName = "mesh-nat"
+
+const chainName = "postrouting"
+
+// MaxNoMasquerade bounds Config.NoMasquerade: one rule each, evaluated for
+// every new outbound connection.
+const MaxNoMasquerade = 64
+
+// priority is srcnat - 10: see the package comment.
+var priority = nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource - 10)
+
+var table = &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName}
+
+// Config is the desired translation.
+type Config struct {
+	// ClusterRange holds every pod address of the mesh.
+	ClusterRange netip.Prefix
+	// Masquerade turns on outbound NAT for pods.
+	Masquerade bool
+	// NoMasquerade are destinations never masqueraded (networks that route
+	// pod addresses themselves).
+	NoMasquerade []netip.Prefix
+	// OverlayDevice is the WireGuard device.
+	OverlayDevice string
+	// Nodes are the underlay addresses of the other nodes of the mesh.
+	Nodes []netip.Addr
+	// OverlayIP is the node's overlay address, the source given to traffic
+	// entering OverlayDevice from outside the cluster range; the zero value
+	// (a node owning no range yet) leaves such traffic alone.
+	OverlayIP netip.Addr
+}
+
+// Validate reports whether Set would accept c.
+func (c *Config) Validate() error {
+	if c == nil {
+		return errors.New("invalid NAT config: nil")
+	}
+	if !c.ClusterRange.IsValid() || !c.ClusterRange.Addr().Is4() || c.ClusterRange != c.ClusterRange.Masked() {
+		return fmt.Errorf("invalid NAT config: cluster range %s is not a masked IPv4 prefix", c.ClusterRange)
+	}
+	if len(c.NoMasquerade) > MaxNoMasquerade {
+		return fmt.Errorf("invalid NAT config: %d no-masquerade CIDRs, at most %d", len(c.NoMasquerade), MaxNoMasquerade)
+	}
+	for _, p := range c.NoMasquerade {
+		if !p.IsValid() || !p.Addr().Is4() || p != p.Masked() {
+			return fmt.Errorf("invalid NAT config: no-masquerade CIDR %s is not a masked IPv4 prefix", p)
+		}
+	}
+	for _, a := range c.Nodes {
+		if !a.Is4() {
+			return fmt.Errorf("invalid NAT config: node address %s is not IPv4", a)
+		}
+	}
+	if c.OverlayIP.IsValid() {
+		if !c.ClusterRange.Contains(c.OverlayIP) {
+			return fmt.Errorf("invalid NAT config: overlay IP %s is outside the cluster range %s", c.OverlayIP, c.ClusterRange)
+		}
+		// IFNAMSIZ is 16 including the terminating NUL.
+		if c.OverlayDevice == "" || len(c.OverlayDevice) > 15 {
+			return fmt.Errorf("invalid NAT config: overlay device %q is not an interface name", c.OverlayDevice)
+		}
+	}
+	return nil
+}
+
+// rule is one rule of the chain. Its comment describes it completely, so
+// comparing the comments in the kernel with the desired ones tells whether
+// the table is as wanted.
+type rule struct {
+	comment string
+	exprs   []expr.Any
+}
+
+// rules computes the chain's content; none means no table is needed.
+func (c *Config) rules() []rule {
+	var out []rule
+	cr := c.ClusterRange
+	if c.OverlayIP.IsValid() {
+		a := c.OverlayIP.As4()
+		out = append(out, rule{
+			comment: fmt.Sprintf("oifname %s ip saddr != %s snat to %s", c.OverlayDevice, cr, c.OverlayIP),
+			exprs: slices.Concat(oifname(c.OverlayDevice), prefixMatch(saddrOff, cr, false),
+				[]expr.Any{
+					&expr.Immediate{Register: 1, Data: a[:]},
+					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
+				}),
+		})
+	}
+	if len(c.Nodes) > 0 {
+		// The set's content is in the comment as a digest.
+		h := sha256.New()
+		for _, a := range c.nodes() {
+			h.Write(a.AsSlice())
+		}
+		out = append(out, rule{
+			comment: fmt.Sprintf("ip saddr %s ip daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(c.nodes()), h.Sum(nil)[:8]),
+			exprs: slices.Concat(prefixMatch(saddrOff, cr, true), []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: 4},
+				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
+				&expr.Masq{},
+			}),
+		})
+	}
+	if !c.Masquerade {
+		return out
+	}
+	ret := []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}
+	out = append(out, rule{
+		comment: fmt.Sprintf("ip daddr %s return", cr),
+		exprs:   slices.Concat(prefixMatch(daddrOff, cr, true), ret),
+	})
+	for _, p := range c.NoMasquerade {
+		out = append(out, rule{
+			comment: fmt.Sprintf("ip daddr %s return (no-masquerade)", p),
+			exprs:   slices.Concat(prefixMatch(daddrOff, p, true), ret),
+		})
+	}
+	out = append(out, rule{
+		comment: fmt.Sprintf("ip saddr %s masquerade", cr),
+		exprs:   slices.Concat(prefixMatch(saddrOff, cr, true), []expr.Any{&expr.Masq{}}),
+	})
+	return out
+}
+
+// nodesSet is the set of the other nodes' addresses.
+const nodesSet = "nodes"
+
+// nodes returns Nodes sorted and without duplicates.
+func (c *Config) nodes() []netip.Addr {
+	ns := slices.Clone(c.Nodes)
+	slices.SortFunc(ns, netip.Addr.Compare)
+	return slices.Compact(ns)
+}
+
+const (
+	saddrOff = 12
+	daddrOff = 16
+)
+
+// prefixMatch matches the IPv4 address at off of the network header
+// against p (eq) or its complement.
+func prefixMatch(off uint32, p netip.Prefix, eq bool) []expr.Any {
+	mask := make([]byte, 4)
+	for i := range p.Bits() {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	a := p.Addr().As4()
+	op := expr.CmpOpEq
+	if !eq {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
+	}
+}
+
+func oifname(name string) []expr.Any {
+	b := make([]byte, 16)
+	copy(b, name)
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b},
+	}
+}
+
+// NAT programs the table.
+type NAT struct {
+	opts []nftables.ConnOption
+	mu   sync.Mutex // serializes Set and Remove
+}
+
+// New returns a NAT for the network namespace of the calling process, or
+// another one with nftables.WithNetNSFd.
+func New(opts ...nftables.ConnOption) *NAT { return &NAT{opts: opts} }
+
+func (n *NAT) conn() (*nftables.Conn, error) {
+	c, err := nftables.New(n.opts...)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open nftables netlink connection: %w", err)
+	}
+	return c, nil
+}
+
+// Set makes the table match cfg. It reads the chain's rules first (one
+// netlink dump) and writes nothing when they are as wanted, so calling it
+// every few seconds costs little and restores a table someone deleted or
+// changed. A change replaces the whole table in one transaction: packets
+// see the old rules or the new ones, never none. A config that needs no
+// rule removes the table.
+func (n *NAT) Set(cfg *Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	want := cfg.rules()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, err := n.conn()
+	if err != nil {
+		return err
+	}
+	have, err := currentComments(c)
+	if err != nil {
+		return err
+	}
+	if len(want) == 0 {
+		if have == nil {
+			return nil
+		}
+		return n.remove(c)
+	}
+	if slices.EqualFunc(have, want, func(h string, w rule) bool { return h == w.comment }) {
+		return nil
+	}
+	c.AddTable(table)
+	c.DelTable(table)
+	c.AddTable(table)
+	accept := nftables.ChainPolicyAccept
+	ch := c.AddChain(&nftables.Chain{Table: table, Name: chainName, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: priority, Policy: &accept})
+	if len(cfg.Nodes) > 0 {
+		set := &nftables.Set{Table: table, Name: nodesSet, KeyType: nftables.TypeIPAddr}
+		var elems []nftables.SetElement
+		for _, a := range cfg.nodes() {
+			elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+		}
+		if err := c.AddSet(set, nil); err != nil {
+			return fmt.Errorf("failed to add set %s of table ip %s: %w", nodesSet, TableName, err)
+		}
+		// In chunks: one netlink message holds some thousand elements.
+		for chunk := range slices.Chunk(elems, 512) {
+			if err := c.SetAddElements(set, chunk); err != nil {
+				return fmt.Errorf("failed to add elements to set %s of table ip %s: %w", nodesSet, TableName, err)
+			}
+		}
+		for i := range want {
+			for _, e := range want[i].exprs {
+				if l, ok := e.(*expr.Lookup); ok {
+					l.SetID = set.ID
+				}
+			}
+		}
+	}
+	for _, r := range want {
+		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: r.exprs,
+			UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment)})
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("failed to program nftables table ip %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// currentComments lists the comments of the chain's rules in order; nil
+// when the table or chain does not exist, or the chain is not as Set makes
+// it. An empty chain gives an empty, non-nil list.
+func currentComments(c *nftables.Conn) ([]string, error) {
+	ch, err := c.ListChain(table, chainName)
+	if err != nil {
+		if isNotExist(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("failed to look up chain %s of table ip %s: %w", chainName, TableName, err)
+	}
+	if ch == nil || ch.Hooknum == nil || *ch.Hooknum != *nftables.ChainHookPostrouting ||
+		ch.Priority == nil || *ch.Priority != *priority || ch.Type != nftables.ChainTypeNAT {
+		return nil, nil
+	}
+	rs, err := c.GetRules(table, ch)
+	if err != nil {
+		if isNotExist(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("failed to list the rules of table ip %s: %w", TableName, err)
+	}
+	out := make([]string, 0, len(rs))
+	for _, r := range rs {
+		s, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// Remove deletes the table; no error if it does not exist.
+func (n *NAT) Remove() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, err := n.conn()
+	if err != nil {
+		return err
+	}
+	return n.remove(c)
+}
+
+func (n *NAT) remove(c *nftables.Conn) error {
+	c.AddTable(table)
+	c.DelTable(table)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("failed to delete nftables table ip %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// isNotExist recognizes ENOENT, which some of the nftables library's
+// calls return only as text.
+func isNotExist(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) ||
+		strings.HasSuffix(err.Error(), unix.ENOENT.Error())
+}

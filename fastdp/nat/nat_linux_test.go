@@ -1,0 +1,223 @@
+package nat
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("this test needs root, and CI must run it")
+		}
+		t.Skip("needs root")
+	}
+}
+
+// newNS creates a throwaway network namespace bound on a file in a
+// temporary directory, destroyed when t ends.
+func newNS(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "net")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatalf("failed to create netns file: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(path, unix.MNT_DETACH) })
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread dies with the goroutine.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("failed to unshare netns: %w", err)
+			return
+		}
+		errc <- unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func nsNFT(t *testing.T, path string, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.CommandContext(context.Background(), "nsenter", append([]string{"--net=" + path, "--", "nft"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+func natIn(t *testing.T, path string) *NAT {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("failed to open netns %s: %v", path, err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return New(nftables.WithNetNSFd(fd))
+}
+
+func TestSetProgramsRestoresAndRemoves(t *testing.T) {
+	requireRoot(t)
+	ns := newNS(t)
+	n := natIn(t, ns)
+	cfg := &Config{
+		ClusterRange:  netip.MustParsePrefix("10.32.0.0/12"),
+		Masquerade:    true,
+		NoMasquerade:  []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16")},
+		OverlayDevice: "mesh-wg",
+		OverlayIP:     netip.MustParseAddr("10.32.0.1"),
+		Nodes:         []netip.Addr{netip.MustParseAddr("192.0.2.12"), netip.MustParseAddr("192.0.2.11"), netip.MustParseAddr("192.0.2.12")},
+	}
+	if err := n.Set(cfg); err != nil {
+		t.Fatal(err)
+	}
+	list := func() string {
+		t.Helper()
+		out, err := nsNFT(t, ns, "-a", "list", "table", "ip", TableName)
+		if err != nil {
+			t.Fatalf("nft list: %v\n%s", err, out)
+		}
+		return out
+	}
+	first := list()
+	for _, want := range []string{
+		"type nat hook postrouting priority srcnat - 10; policy accept;",
+		// No port range: a bare "snat to" keeps the ports.
+		`oifname "mesh-wg" ip saddr != 10.32.0.0/12 snat to 10.32.0.1 comment`,
+		"elements = { 192.0.2.11, 192.0.2.12 }",
+		"ip saddr 10.32.0.0/12 ip daddr @nodes masquerade",
+		"ip daddr 10.32.0.0/12 return",
+		"ip daddr 192.168.0.0/16 return",
+		"ip saddr 10.32.0.0/12 masquerade",
+	} {
+		if !strings.Contains(first, want) {
+			t.Errorf("table lacks %q:\n%s", want, first)
+		}
+	}
+	// The nodes come before the exemptions, the exemptions before the
+	// masquerade.
+	if strings.Index(first, "@nodes masquerade") > strings.Index(first, "192.168.0.0/16 return") ||
+		strings.Index(first, "ip saddr 10.32.0.0/12 masquerade") < strings.Index(first, "192.168.0.0/16 return") {
+		t.Errorf("masquerade precedes the exemptions:\n%s", first)
+	}
+
+	// Unchanged: nothing rewritten (rule handles stay).
+	if err := n.Set(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if again := list(); again != first {
+		t.Errorf("an unchanged Set rewrote the table:\nbefore:\n%s\nafter:\n%s", first, again)
+	}
+
+	// Deleted or tampered with: restored.
+	if out, err := nsNFT(t, ns, "delete", "table", "ip", TableName); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if err := n.Set(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); !strings.Contains(got, "ip saddr 10.32.0.0/12 masquerade") {
+		t.Errorf("deleted table not restored:\n%s", got)
+	}
+	if out, err := nsNFT(t, ns, "flush", "chain", "ip", TableName, chainName); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if err := n.Set(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); !strings.Contains(got, "snat to 10.32.0.1") {
+		t.Errorf("flushed chain not restored:\n%s", got)
+	}
+
+	// Another node: the set follows.
+	more := *cfg
+	more.Nodes = append(slices.Clone(cfg.Nodes), netip.MustParseAddr("192.0.2.13"))
+	if err := n.Set(&more); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); !strings.Contains(got, "elements = { 192.0.2.11, 192.0.2.12,") || !strings.Contains(got, "192.0.2.13 }") {
+		t.Errorf("node set not updated:\n%s", got)
+	}
+
+	// Masquerade off: only the overlay rule and the nodes' stay.
+	off := *cfg
+	off.Masquerade = false
+	if err := n.Set(&off); err != nil {
+		t.Fatal(err)
+	}
+	if got := list(); strings.Contains(got, "ip saddr 10.32.0.0/12 masquerade") || !strings.Contains(got, "@nodes masquerade") ||
+		!strings.Contains(got, "snat to 10.32.0.1") {
+		t.Errorf("with masquerade off:\n%s", got)
+	}
+
+	// Nothing to do: no table.
+	off.OverlayIP = netip.Addr{}
+	off.Nodes = nil
+	if err := n.Set(&off); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nsNFT(t, ns, "list", "table", "ip", TableName); err == nil {
+		t.Errorf("table still there with nothing to translate:\n%s", out)
+	}
+	if err := n.Set(&off); err != nil {
+		t.Fatalf("Set without a table and nothing to do: %v", err)
+	}
+
+	if err := n.Set(cfg); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := n.Remove(); err != nil {
+			t.Fatalf("Remove #%d: %v", i+1, err)
+		}
+	}
+	if out, err := nsNFT(t, ns, "list", "table", "ip", TableName); err == nil {
+		t.Errorf("table still there after Remove:\n%s", out)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	cr := netip.MustParsePrefix("10.32.0.0/12")
+	many := make([]netip.Prefix, MaxNoMasquerade+1)
+	for i := range many {
+		many[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{192, 168, byte(i), 0}), 24)
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string // substring of the error; "" for none
+	}{
+		{"ok", Config{ClusterRange: cr, Masquerade: true, OverlayDevice: "mesh-wg", OverlayIP: netip.MustParseAddr("10.32.0.1")}, ""},
+		{"no overlay IP", Config{ClusterRange: cr, Masquerade: true}, ""},
+		{"no cluster range", Config{Masquerade: true}, "cluster range"},
+		{"IPv6 cluster range", Config{ClusterRange: netip.MustParsePrefix("fd00::/64")}, "cluster range"},
+		{"host bits", Config{ClusterRange: netip.MustParsePrefix("10.32.0.1/12")}, "cluster range"},
+		{"unmasked exemption", Config{ClusterRange: cr, NoMasquerade: []netip.Prefix{netip.MustParsePrefix("192.168.1.1/16")}}, "192.168.1.1/16"},
+		{"too many exemptions", Config{ClusterRange: cr, NoMasquerade: many}, "at most"},
+		{"overlay outside range", Config{ClusterRange: cr, OverlayDevice: "mesh-wg", OverlayIP: netip.MustParseAddr("10.64.0.1")}, "outside"},
+		{"IPv6 node", Config{ClusterRange: cr, Nodes: []netip.Addr{netip.MustParseAddr("fd00::1")}}, "not IPv4"},
+		{"overlay without device", Config{ClusterRange: cr, OverlayIP: netip.MustParseAddr("10.32.0.1")}, "overlay device"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
