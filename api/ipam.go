@@ -25,6 +25,10 @@ type Allocation struct {
 	MTU int `json:"mtu,omitempty"`
 	// ClusterRange is the whole overlay range, e.g. "10.32.0.0/12".
 	ClusterRange string `json:"clusterRange,omitempty"`
+	// MAC is the pod interface's MAC: the node's bridge admits only frames
+	// from it (and Address) on the pod's port. Empty from daemons before
+	// port isolation: the plugin then leaves the MAC random.
+	MAC string `json:"mac,omitempty"`
 }
 
 // ReleaseRequest frees an address (POST /v1/ipam/release). Releasing an

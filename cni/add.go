@@ -28,7 +28,8 @@ type attachment struct {
 	addr    netip.Prefix // the pod's address, a host prefix
 	gateway netip.Addr   // the node's overlay IP, on the bridge
 	bridge  string
-	mtu     int // 0: the bridge's
+	mtu     int              // 0: the bridge's
+	mac     net.HardwareAddr // nil: random (a daemon without port isolation)
 }
 
 // parseAllocation validates the daemon's answer, so a daemon bug is reported
@@ -52,6 +53,11 @@ func parseAllocation(a *api.Allocation) (*attachment, error) {
 		return nil, fmt.Errorf("the mesh daemon returned an invalid MTU %d", a.MTU)
 	}
 	att := &attachment{addr: addr, gateway: gw, bridge: a.Bridge, mtu: a.MTU}
+	if a.MAC != "" {
+		if att.mac, err = net.ParseMAC(a.MAC); err != nil || len(att.mac) != 6 {
+			return nil, fmt.Errorf("the mesh daemon returned an invalid MAC %q", a.MAC)
+		}
+	}
 	if att.bridge == "" {
 		att.bridge = defaultBridge
 	}
@@ -140,6 +146,8 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 		PeerName:      args.IfName,
 		PeerMTU:       uint32(att.mtu),
 		PeerNamespace: netlink.NsFd(pod.fd),
+		// The bridge admits only this MAC from the pod's port.
+		PeerHardwareAddr: att.mac,
 	}
 	// The master is set separately: netlink's LinkAdd would leave the veth
 	// behind, unknown to the rollback below, if setting it failed.

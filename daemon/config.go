@@ -57,6 +57,9 @@ type Config struct {
 	Kubeconfig string
 	// NoPolicy turns NetworkPolicy enforcement off (it runs with Kube).
 	NoPolicy bool
+	// NoPortIsolation turns the bridge's port isolation and the underlay
+	// source check off (for benchmarks and debugging only).
+	NoPortIsolation bool
 }
 
 // DefaultConfig returns the defaults documented in `mesh launch --help`.

@@ -15,6 +15,7 @@ import (
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/ipam"
+	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
 	"github.com/meshnet/mesh/policy"
@@ -31,6 +32,8 @@ type Daemon struct {
 	dp      fastdp.Dataplane // nil with --dataplane none
 	rec     *peer.Reconciler
 	policy  *policy.Controller // nil unless --kube and not --no-policy
+	iso     *isolation.Tables  // nil without a data plane or with --no-port-isolation
+	isoMu   sync.Mutex         // serialises syncIsolation
 	mtu     int
 
 	server   *http.Server
@@ -42,12 +45,13 @@ type Daemon struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.Mutex
-	firstSeen map[crypto.Key]time.Time // when a data-plane peer first appeared
-	cniDone   bool
-	cniErr    string // last installation error, logged once
-	dpReady   bool   // the data plane accepted a config with our overlay IP
-	reconcile reconcileStats
+	mu          sync.Mutex
+	firstSeen   map[crypto.Key]time.Time // when a data-plane peer first appeared
+	cniDone     bool
+	cniErr      string // last installation error, logged once
+	dpReady     bool   // the data plane accepted a config with our overlay IP
+	reconcile   reconcileStats
+	isoRestores int64 // isolation tables restored after an outside change
 }
 
 // Start brings the node up: identity, keys, data plane, gossip, IPAM and
@@ -126,6 +130,9 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err := d.startIPAM(initialPeers); err != nil {
 		return nil, err
 	}
+	// Before the socket serves: no ADD may wire a pod before its port's
+	// rules exist.
+	d.startIsolation()
 	d.members.Start()
 
 	if d.listener, err = listenSocket(cfg.Socket); err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/ipam"
+	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -109,6 +110,9 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 func (d *Daemon) allocation(containerID, ifName string, addr netip.Addr) api.Allocation {
 	a := api.Allocation{ContainerID: containerID, IfName: ifName, Address: netip.PrefixFrom(addr, 32).String(),
 		Bridge: d.cfg.Bridge, MTU: d.mtu, ClusterRange: d.cfg.IPAllocRange.String()}
+	if addr.Is4() {
+		a.MAC = isolation.MACFor(addr).String()
+	}
 	if gw, ok := d.ipam.OverlayIP(); ok {
 		a.Gateway = gw.String()
 	}
@@ -136,6 +140,11 @@ func (d *Daemon) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to allocate an address for %s/%s: %w", req.ContainerID, req.IfName, err))
 		return
 	}
+	// The port's rules exist before the pod can send its first frame.
+	if err := d.syncIsolation(); err != nil {
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("address %s for %s/%s allocated, but %w", addr, req.ContainerID, req.IfName, err))
+		return
+	}
 	writeJSON(w, http.StatusOK, d.allocation(req.ContainerID, req.IfName, addr))
 }
 
@@ -158,10 +167,12 @@ func (d *Daemon) handleRelease(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	before := d.ipam.List()
 	if err := d.ipam.Release(req.ContainerID, req.IfName); err != nil {
 		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to release %s/%s: %w", req.ContainerID, req.IfName, err))
 		return
 	}
+	d.released(before)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -175,11 +186,13 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) {
 	for _, v := range req.Valid {
 		valid = append(valid, ipam.Key{ContainerID: v.ContainerID, IfName: v.IfName})
 	}
+	before := d.ipam.List()
 	n, err := d.ipam.ReleaseAllExcept(valid)
 	if err != nil {
 		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to garbage-collect allocations: %w", err))
 		return
 	}
+	d.released(before)
 	if n > 0 {
 		d.log.Info("released stale allocations", "count", n)
 	}
@@ -234,4 +247,29 @@ func (d *Daemon) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
 	}
 	d.log.Warn("took over the ranges of a removed peer", "peer", req.Name, "ranges", n)
 	writeJSON(w, http.StatusOK, api.RemovePeerResult{Ranges: n})
+}
+
+// released cleans up after the allocations of before that are gone: their
+// ports leave the isolation tables and their conntrack entries are
+// flushed, so no flow of the old pod reaches the next one.
+func (d *Daemon) released(before []ipam.Allocation) {
+	still := map[ipam.Key]bool{}
+	for _, a := range d.ipam.List() {
+		still[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] = true
+	}
+	var gone []netip.Addr
+	for _, a := range before {
+		if !still[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] {
+			gone = append(gone, a.Addr)
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	if err := d.syncIsolation(); err != nil {
+		d.log.Error("failed to update the port-isolation tables after a release; retrying", "error", err)
+	}
+	for _, a := range gone {
+		d.flushConntrack(a)
+	}
 }

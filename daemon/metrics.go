@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshnet/mesh/isolation"
 )
 
 // startMetrics serves Prometheus /metrics and the probes /healthz and
@@ -74,6 +76,8 @@ var (
 	descRecRuns    = prometheus.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", nil, nil)
 	descDenied     = prometheus.NewDesc("mesh_policy_denied_packets_total", "Packets dropped on this node because of one NetworkPolicy.", []string{"policy"}, nil)
 	descRecSeconds = prometheus.NewDesc("mesh_reconcile_duration_seconds", "Duration of the last data-plane reconciliation.", nil, nil)
+	descIsoDropped = prometheus.NewDesc("mesh_isolation_dropped_packets_total", "Packets dropped by port isolation (spoofed, ipv6, host-config, other) or the underlay source check (underlay-spoofed).", []string{"reason"}, nil)
+	descIsoRestore = prometheus.NewDesc("mesh_isolation_restores_total", "Times the port-isolation tables were found changed or deleted and restored.", nil, nil)
 )
 
 // collector reads the daemon's state at scrape time, so metrics and status
@@ -81,7 +85,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore} {
 		ch <- d
 	}
 }
@@ -114,6 +118,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descUnreach, prometheus.GaugeValue, float64(unreachable))
+	if ctrs := d.isolationCounters(); ctrs != nil {
+		for _, name := range isolation.Counters {
+			ch <- prometheus.MustNewConstMetric(descIsoDropped, prometheus.CounterValue, float64(ctrs[name]), name)
+		}
+		d.mu.Lock()
+		restores := d.isoRestores
+		d.mu.Unlock()
+		ch <- prometheus.MustNewConstMetric(descIsoRestore, prometheus.CounterValue, float64(restores))
+	}
 	if d.dp == nil {
 		return
 	}

@@ -1,0 +1,298 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// The isolation tests: attackers in pods (with CAP_NET_RAW, as pods have
+// by default) and on the underlay, against pods wired by the real mesh-cni
+// and a real daemon. Each attack is paired with a control (the same send
+// done honestly) that must get through, so a test cannot pass because the
+// probe itself is broken.
+
+func attacker(t *testing.T) string { return testnet.BuildBinary(t, "github.com/meshnet/mesh/internal/attacker") }
+
+// udpReceived runs a UDP listener on port in pod p (or on host h when p is
+// nil), calls send once the listener is up, and returns the source
+// addresses and tags of the datagrams received within a few seconds, as
+// "IP TAG".
+func udpReceived(ctx context.Context, t *testing.T, h *testnet.Host, p *pod, port int, send func() error) ([]string, error) {
+	args := []string{attacker(t), "udp-listen", "-port", fmt.Sprint(port), "-for", "4s"}
+	if p != nil {
+		args = append([]string{"netns", "exec", p.name}, args...)
+		h = p.Host
+	}
+	cmd := h.Exec(ctx, "ip", args...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	defer cmd.Wait()
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || sc.Text() != "listening" {
+		return nil, fmt.Errorf("UDP listener did not start: %q", sc.Text())
+	}
+	if err := send(); err != nil {
+		return nil, err
+	}
+	var from []string
+	for sc.Scan() {
+		if f, ok := strings.CutPrefix(sc.Text(), "from "); ok {
+			from = append(from, f)
+		}
+	}
+	return from, nil
+}
+
+// spoofUDP sends from pod p (or host h) UDP datagrams with source src.
+func spoofUDP(ctx context.Context, t *testing.T, h *testnet.Host, p *pod, src, dst netip.Addr, port int, tag string) error {
+	args := []string{attacker(t), "udp-send", "-src", src.String(), "-dst", dst.String(), "-port", fmt.Sprint(port), "-tag", tag}
+	var out string
+	var err error
+	if p != nil {
+		out, err = p.exec(ctx, args...)
+	} else {
+		out, err = h.Run(ctx, args[0], args[1:]...)
+	}
+	if err != nil {
+		return fmt.Errorf("udp-send: %v\n%s", err, out)
+	}
+	return nil
+}
+
+func neighMAC(ctx context.Context, h *testnet.Host, p *pod, addr, dev string) string {
+	args := []string{"neigh", "show", addr, "dev", dev}
+	var out string
+	if p != nil {
+		out, _ = p.exec(ctx, append([]string{"ip"}, args...)...)
+	} else {
+		out, _ = h.Run(ctx, "ip", args...)
+	}
+	f := strings.Fields(out)
+	for i, w := range f {
+		if w == "lladdr" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	return ""
+}
+
+func linkMAC(ctx context.Context, t *testing.T, h *testnet.Host, p *pod, dev string) string {
+	t.Helper()
+	args := []string{"ip", "-o", "link", "show", dev}
+	var out string
+	var err error
+	if p != nil {
+		out, err = p.exec(ctx, args...)
+	} else {
+		out, err = h.Run(ctx, args[0], args[1:]...)
+	}
+	if err != nil {
+		t.Fatalf("%v: %v", args, err)
+	}
+	f := strings.Fields(out)
+	for i, w := range f {
+		if w == "link/ether" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
+	t.Fatalf("no MAC in %q", out)
+	return ""
+}
+
+// TestPortIsolation: pods a (victim), b (attacker) and c (a pod a trusts) on
+// one node; b attacks at layer 2 and over IPv6.
+func TestPortIsolation(t *testing.T) {
+	_, nodes := startMesh(t, 1)
+	n := nodes[0]
+	h := n.Host
+	waitCNIInstalled(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var pods []*pod
+	for _, name := range []string{"poda", "podb", "podc"} {
+		p, err := addPod(ctx, t, h, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	a, b, c := pods[0], pods[1], pods[2]
+	gw := n.MustStatus().OverlayIP
+	bridge := "mesh"
+
+	t.Run("arp-spoof", func(t *testing.T) {
+		// Fill the neighbour caches first: the host's entry for a, and a's
+		// for its gateway. Linux then takes a gratuitous ARP reply as an
+		// update, after its locktime (1 s).
+		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", gw); err != nil {
+			t.Fatalf("a cannot ping its gateway: %v\n%s", err, out)
+		}
+		aMAC, gwMAC := linkMAC(ctx, t, h, a, "eth0"), linkMAC(ctx, t, h, nil, bridge)
+		time.Sleep(1500 * time.Millisecond)
+		// b claims a's address (to the host) and the gateway's (to a).
+		for _, claim := range []string{a.ip.String(), gw} {
+			if out, err := b.exec(ctx, attacker(t), "arp", "-dev", "eth0", "-claim", claim); err != nil {
+				t.Fatalf("arp: %v\n%s", err, out)
+			}
+		}
+		if got := neighMAC(ctx, h, nil, a.ip.String(), bridge); got != aMAC {
+			t.Errorf("the host's neighbour entry for pod a is %q, want a's MAC %s: b's ARP spoofing got through", got, aMAC)
+		}
+		if got := neighMAC(ctx, h, a, gw, "eth0"); got != gwMAC {
+			t.Errorf("pod a's neighbour entry for its gateway is %q, want the bridge's MAC %s: b's ARP spoofing got through", got, gwMAC)
+		}
+	})
+
+	t.Run("ipv4-source-spoof", func(t *testing.T) {
+		from, err := udpReceived(ctx, t, nil, a, 9999, func() error {
+			if err := spoofUDP(ctx, t, h, b, c.ip, a.ip, 9999, "forged"); err != nil {
+				return err
+			}
+			return spoofUDP(ctx, t, h, b, b.ip, a.ip, 9999, "control")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Join(from, " ")
+		if strings.Contains(got, c.ip.String()+" forged") {
+			t.Errorf("pod a received datagrams from b forged with c's source %s: %v", c.ip, from)
+		}
+		if !strings.Contains(got, b.ip.String()+" control") {
+			t.Errorf("pod a did not receive b's honest datagrams (the control): %v", from)
+		}
+	})
+
+	t.Run("ipv6-link-local", func(t *testing.T) {
+		var ll string
+		testnet.Eventually(t, 20*time.Second, 200*time.Millisecond, func() error {
+			out, err := b.exec(ctx, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link")
+			if err != nil {
+				return err
+			}
+			f := strings.Fields(out)
+			for i, w := range f {
+				if w == "inet6" && i+1 < len(f) && !strings.Contains(out, "tentative") {
+					ll = strings.Split(f[i+1], "/")[0]
+					return nil
+				}
+			}
+			return fmt.Errorf("pod b has no usable link-local address yet: %q", out)
+		})
+		if out, err := a.exec(ctx, "ping", "-6", "-c", "2", "-W", "1", ll+"%eth0"); err == nil {
+			t.Errorf("pod a reached pod b's link-local address %s over IPv6:\n%s", ll, out)
+		}
+		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
+			t.Errorf("pod a cannot reach pod b over IPv4 (the control): %v\n%s", err, out)
+		}
+	})
+
+	t.Run("router-advertisement", func(t *testing.T) {
+		if out, err := b.exec(ctx, attacker(t), "ra", "-dev", "eth0", "-prefix", "2001:db8:1::/64"); err != nil {
+			t.Fatalf("ra: %v\n%s", err, out)
+		}
+		time.Sleep(2 * time.Second) // address autoconfiguration is immediate; give it time anyway
+		if out, _ := a.exec(ctx, "ip", "-6", "addr", "show"); strings.Contains(out, "2001:db8:1:") {
+			t.Errorf("pod a configured an address from b's router advertisement:\n%s", out)
+		}
+		if out, _ := a.exec(ctx, "ip", "-6", "route", "show", "default"); strings.Contains(out, "default") {
+			t.Errorf("pod a took b as its IPv6 default router:\n%s", out)
+		}
+		if out, _ := h.Run(ctx, "ip", "-6", "addr", "show", "dev", bridge); strings.Contains(out, "2001:db8:1:") {
+			t.Errorf("the host configured an address from b's router advertisement:\n%s", out)
+		}
+		if out, _ := h.Run(ctx, "ip", "-6", "route", "show", "default"); strings.Contains(out, "default") {
+			t.Errorf("the host took pod b as its IPv6 default router:\n%s", out)
+		}
+	})
+
+	t.Run("counted", func(t *testing.T) {
+		out, err := h.Run(ctx, "curl", "-sf", "http://127.0.0.1:6782/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, reason := range []string{"spoofed", "ipv6"} {
+			if !metricPositive(out, `mesh_isolation_dropped_packets_total{reason="`+reason+`"}`) {
+				t.Errorf("no drops counted for %s:\n%s", reason, grepLines(out, "mesh_isolation"))
+			}
+		}
+	})
+}
+
+func metricPositive(metrics, name string) bool {
+	for _, l := range strings.Split(metrics, "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			return strings.TrimSpace(v) != "0"
+		}
+	}
+	return false
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestUnderlaySpoofedSource: a host on the underlay that runs no mesh sends
+// a packet forged with the address of a pod of another node straight to a
+// pod here, bypassing WireGuard. It must not arrive; the same datagram sent
+// by that pod through the mesh must.
+func TestUnderlaySpoofedSource(t *testing.T) {
+	tn, nodes := startMesh(t, 2)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	evil := tn.AddHost(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	p1, err := addPod(ctx, t, nodes[0].Host, "pod1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := addPod(ctx, t, nodes[1].Host, "pod2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := evil.Run(ctx, "ip", "route", "add", p1.ip.String()+"/32", "via", nodes[0].Host.Addr.String()); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	from, err := udpReceived(ctx, t, nil, p1, 9999, func() error {
+		if err := spoofUDP(ctx, t, evil, nil, p2.ip, p1.ip, 9999, "forged"); err != nil {
+			return err
+		}
+		return spoofUDP(ctx, t, nil, p2, p2.ip, p1.ip, 9999, "control") // through the mesh
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(from, ",")
+	if strings.Contains(got, "forged") {
+		t.Errorf("pod 1 received datagrams forged with pod 2's source %s from the underlay: %v", p2.ip, from)
+	}
+	if !strings.Contains(got, p2.ip.String()+" control") {
+		t.Errorf("pod 1 did not receive pod 2's datagrams through the mesh (the control): %v", from)
+	}
+	out, err := nodes[0].Host.Run(ctx, "curl", "-sf", "http://127.0.0.1:6782/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !metricPositive(out, `mesh_isolation_dropped_packets_total{reason="underlay-spoofed"}`) {
+		t.Errorf("forged underlay packets not counted:\n%s", grepLines(out, "mesh_isolation"))
+	}
+}
