@@ -18,7 +18,9 @@ import (
 // done honestly) that must get through, so a test cannot pass because the
 // probe itself is broken.
 
-func attacker(t *testing.T) string { return testnet.BuildBinary(t, "github.com/meshnet/mesh/internal/attacker") }
+func attacker(t *testing.T) string {
+	return testnet.BuildBinary(t, "github.com/meshnet/mesh/internal/attacker")
+}
 
 // udpReceived runs a UDP listener on port in pod p (or on host h when p is
 // nil), calls send once the listener is up, and returns the source
