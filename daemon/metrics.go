@@ -77,6 +77,7 @@ var (
 	descDenied     = prometheus.NewDesc("mesh_policy_denied_packets_total", "Packets dropped on this node because of one NetworkPolicy.", []string{"policy"}, nil)
 	descRecSeconds = prometheus.NewDesc("mesh_reconcile_duration_seconds", "Duration of the last data-plane reconciliation.", nil, nil)
 	descIsoDropped = prometheus.NewDesc("mesh_isolation_dropped_packets_total", "Packets dropped by port isolation (spoofed, ipv6, host-config, other) or the underlay source check (underlay-spoofed).", []string{"reason"}, nil)
+	descPolRestore = prometheus.NewDesc("mesh_policy_restores_total", "Times the NetworkPolicy table was found changed or deleted and restored.", nil, nil)
 	descIsoRestore = prometheus.NewDesc("mesh_isolation_restores_total", "Times the port-isolation tables were found changed or deleted and restored.", nil, nil)
 )
 
@@ -85,7 +86,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
 	}
 }
@@ -116,6 +117,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for name, n := range d.policy.DeniedPackets() {
 			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
 		}
+		ch <- prometheus.MustNewConstMetric(descPolRestore, prometheus.CounterValue, float64(d.policy.Restores()))
 	}
 	ch <- prometheus.MustNewConstMetric(descUnreach, prometheus.GaugeValue, float64(unreachable))
 	if ctrs := d.isolationCounters(); ctrs != nil {

@@ -219,6 +219,43 @@ func TestPortIsolation(t *testing.T) {
 		}
 	})
 
+	t.Run("restored-after-flush", func(t *testing.T) {
+		if out, err := h.Run(ctx, "nft", "flush", "ruleset"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		testnet.Eventually(t, 20*time.Second, 250*time.Millisecond, func() error {
+			out, err := h.Run(ctx, "nft", "list", "table", "bridge", "mesh-isolation")
+			if err != nil {
+				return err
+			}
+			for _, p := range pods {
+				if !strings.Contains(out, p.ip.String()) {
+					return fmt.Errorf("port of %s not restored:\n%s", p.ip, out)
+				}
+			}
+			return nil
+		})
+		from, err := udpReceived(ctx, t, nil, a, 9998, func() error {
+			if err := spoofUDP(ctx, t, h, b, c.ip, a.ip, 9998, "forged"); err != nil {
+				return err
+			}
+			return spoofUDP(ctx, t, h, b, b.ip, a.ip, 9998, "control")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(from, ","); strings.Contains(got, "forged") || !strings.Contains(got, "control") {
+			t.Errorf("after restoring: pod a received %v, want only b's control datagrams", from)
+		}
+		out, err := h.Run(ctx, "curl", "-sf", "http://127.0.0.1:6782/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !metricPositive(out, "mesh_isolation_restores_total") {
+			t.Errorf("restore not counted:\n%s", grepLines(out, "mesh_isolation"))
+		}
+	})
+
 	t.Run("counted", func(t *testing.T) {
 		out, err := h.Run(ctx, "curl", "-sf", "http://127.0.0.1:6782/metrics")
 		if err != nil {

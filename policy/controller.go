@@ -20,6 +20,10 @@ import (
 // syncTimeout bounds the first listing of pods, namespaces and policies.
 const syncTimeout = time.Minute
 
+// DefaultCheckInterval is how often the live table is compared with the
+// applied one, so an outside change (`nft flush ruleset`) is repaired.
+const DefaultCheckInterval = 5 * time.Second
+
 // Retry delays after a failed apply.
 const (
 	retryMin = 100 * time.Millisecond
@@ -34,6 +38,10 @@ type Controller struct {
 	log    *slog.Logger
 	nft    Applier
 
+	// CheckInterval is how often the live table is checked (set before
+	// Run; 0 means DefaultCheckInterval).
+	CheckInterval time.Duration
+
 	kick      chan struct{}
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -41,10 +49,11 @@ type Controller struct {
 	// The caches of the running informers, nil before Run.
 	pods, nss, policies cache.Store
 
-	mu      sync.Mutex
-	applied *Ruleset // nil until the first apply
-	text    string   // applied.String()
-	warned  map[string]string
+	mu       sync.Mutex
+	applied  *Ruleset // nil until the first apply
+	text     string   // applied.String()
+	warned   map[string]string
+	restores int64 // tables found changed and restored
 }
 
 // New returns a controller for the pods of node. It does nothing until Run.
@@ -116,6 +125,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	retry := time.NewTimer(0)
 	retry.Stop()
 	delay := retryMin
+	every := c.CheckInterval
+	if every <= 0 {
+		every = DefaultCheckInterval
+	}
+	check := time.NewTicker(every)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -123,6 +138,10 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		case <-c.kick:
 		case <-retry.C:
+		case <-check.C:
+			if !c.checkTable() {
+				continue // intact: no rebuild
+			}
 		}
 		if err := c.Sync(); err != nil {
 			c.log.Error("failed to apply network policies, retrying", "err", err, "in", delay)
@@ -133,6 +152,39 @@ func (c *Controller) Run(ctx context.Context) error {
 		delay = retryMin
 		c.readyOnce.Do(func() { close(c.ready) })
 	}
+}
+
+// checkTable compares the live table with the applied ruleset and, if
+// something outside changed it, forgets the applied one so the next Sync
+// programs it again; it reports whether it did.
+func (c *Controller) checkTable() bool {
+	c.mu.Lock()
+	rs := c.applied
+	c.mu.Unlock()
+	if rs == nil {
+		return false
+	}
+	ok, err := c.nft.Intact(rs)
+	if err != nil {
+		c.log.Warn("failed to check the network policy table", "err", err)
+		return false
+	}
+	if ok {
+		return false
+	}
+	c.log.Warn("the network policy table was changed or deleted outside mesh; restoring it", "table", "inet "+TableName)
+	c.mu.Lock()
+	c.restores++
+	c.text = "" // Sync applies again
+	c.mu.Unlock()
+	return true
+}
+
+// Restores counts the times the table was found changed and restored.
+func (c *Controller) Restores() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.restores
 }
 
 func (c *Controller) trigger() {
