@@ -8,6 +8,12 @@ import "context"
 type AllocateRequest struct {
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
+	// PodNamespace and PodName name the Kubernetes pod (the runtime's
+	// K8S_POD_NAMESPACE and K8S_POD_NAME): on a node that enforces
+	// NetworkPolicy the daemon answers only once the pod's policies are
+	// in place for the address. Empty for other containers.
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
 }
 
 // Allocation is what a pod needs to be wired to the node.
@@ -50,8 +56,13 @@ type GCResult struct {
 
 // Allocate asks for the address of (containerID, ifName).
 func (c *Client) Allocate(ctx context.Context, containerID, ifName string) (*Allocation, error) {
+	return c.AllocateFor(ctx, AllocateRequest{ContainerID: containerID, IfName: ifName})
+}
+
+// AllocateFor is Allocate with the whole request, for a Kubernetes pod.
+func (c *Client) AllocateFor(ctx context.Context, req AllocateRequest) (*Allocation, error) {
 	var a Allocation
-	if err := c.Do(ctx, "POST", "/v1/ipam/allocate", AllocateRequest{ContainerID: containerID, IfName: ifName}, &a); err != nil {
+	if err := c.Do(ctx, "POST", "/v1/ipam/allocate", req, &a); err != nil {
 		return nil, err
 	}
 	return &a, nil

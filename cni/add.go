@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -109,7 +110,8 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 	}
 
 	client := api.NewClient(conf.socket())
-	alloc, err := client.Allocate(ctx, args.ContainerID, args.IfName)
+	ns, name := podName(args.Args)
+	alloc, err := client.AllocateFor(ctx, api.AllocateRequest{ContainerID: args.ContainerID, IfName: args.IfName, PodNamespace: ns, PodName: name})
 	if err != nil {
 		return nil, daemonError(fmt.Sprintf("allocate an address for container %q", args.ContainerID), err)
 	}
@@ -290,4 +292,19 @@ func withDetails(err error, detail string) error {
 	}
 	out.Details += detail
 	return &out
+}
+
+// podName returns K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS
+// ("K=V;K=V"), empty when the runtime is not the kubelet.
+func podName(cniArgs string) (namespace, name string) {
+	for _, kv := range strings.Split(cniArgs, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			namespace = v
+		case "K8S_POD_NAME":
+			name = v
+		}
+	}
+	return namespace, name
 }

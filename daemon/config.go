@@ -60,6 +60,9 @@ type Config struct {
 	// NoPortIsolation turns the bridge's port isolation and the underlay
 	// source check off (for benchmarks and debugging only).
 	NoPortIsolation bool
+	// PolicyWait bounds how long an ADD waits for the pod's NetworkPolicy
+	// rules before it fails (with --kube and policy on).
+	PolicyWait time.Duration
 }
 
 // DefaultConfig returns the defaults documented in `mesh launch --help`.
@@ -79,6 +82,7 @@ func DefaultConfig() Config {
 		CNIBinDir:    "/opt/cni/bin",
 		CNIConfDir:   "/etc/cni/net.d",
 		MetricsAddr:  "127.0.0.1:6782",
+		PolicyWait:   10 * time.Second,
 	}
 }
 
@@ -114,6 +118,12 @@ func (c *Config) Validate() error {
 	}
 	if c.IPAllocRange != c.IPAllocRange.Masked() {
 		return fmt.Errorf("--ipalloc-range %v has host bits set (did you mean %v?)", c.IPAllocRange, c.IPAllocRange.Masked())
+	}
+	if c.PolicyWait < 0 {
+		return fmt.Errorf("--policy-wait %v must not be negative", c.PolicyWait)
+	}
+	if c.PolicyWait == 0 {
+		c.PolicyWait = DefaultConfig().PolicyWait
 	}
 	for i, p := range c.Peers {
 		a, err := mesh.ParsePeerAddress(p, c.Port)

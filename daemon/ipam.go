@@ -145,6 +145,11 @@ func (d *Daemon) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("address %s for %s/%s allocated, but %w", addr, req.ContainerID, req.IfName, err))
 		return
 	}
+	// Fail closed: no connectivity before the pod's policies are in place.
+	if err := d.admitPolicy(r.Context(), req, addr); err != nil {
+		writeError(w, http.StatusServiceUnavailable, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, d.allocation(req.ContainerID, req.IfName, addr))
 }
 
@@ -265,6 +270,11 @@ func (d *Daemon) released(before []ipam.Allocation) {
 	}
 	if len(gone) == 0 {
 		return
+	}
+	if d.policy != nil {
+		for _, a := range gone {
+			d.policy.Forget(a)
+		}
 	}
 	if err := d.syncIsolation(); err != nil {
 		d.log.Error("failed to update the port-isolation tables after a release; retrying", "error", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -54,6 +55,15 @@ type Controller struct {
 	text     string   // applied.String()
 	warned   map[string]string
 	restores int64 // tables found changed and restored
+
+	// Admission (see Admit): addresses given to pods the API does not
+	// show with them yet; the pods behind the addresses of the rules in
+	// place; the pods of claims seen in the cache; closed and replaced
+	// after every Sync.
+	claims    map[netip.Addr]claim
+	covered   map[netip.Addr]string
+	visible   map[string]struct{}
+	appliedCh chan struct{}
 }
 
 // New returns a controller for the pods of node. It does nothing until Run.
@@ -66,6 +76,11 @@ func New(client *kube.Client, node string, log *slog.Logger, nft Applier) *Contr
 		kick:   make(chan struct{}, 1),
 		ready:  make(chan struct{}),
 		warned: map[string]string{},
+
+		claims:    map[netip.Addr]claim{},
+		covered:   map[netip.Addr]string{},
+		visible:   map[string]struct{}{},
+		appliedCh: make(chan struct{}),
 	}
 }
 
@@ -187,6 +202,17 @@ func (c *Controller) Restores() int64 {
 	return c.restores
 }
 
+// markApplied records that the rules in place are those for pods, and
+// wakes Admit.
+func (c *Controller) markApplied(pods []*corev1.Pod) {
+	covered := addrsOf(pods)
+	c.mu.Lock()
+	c.covered = covered
+	close(c.appliedCh)
+	c.appliedCh = make(chan struct{})
+	c.mu.Unlock()
+}
+
 func (c *Controller) trigger() {
 	select {
 	case c.kick <- struct{}{}:
@@ -201,9 +227,13 @@ func (c *Controller) Sync() error {
 	if c.pods == nil {
 		return fmt.Errorf("policy controller not running")
 	}
+	pods := listAll[*corev1.Pod](c.pods)
+	c.mu.Lock()
+	pods = c.withClaims(pods)
+	c.mu.Unlock()
 	st := State{
 		Node:       c.node,
-		Pods:       listAll[*corev1.Pod](c.pods),
+		Pods:       pods,
 		Namespaces: listAll[*corev1.Namespace](c.nss),
 		Policies:   listAll[*networkingv1.NetworkPolicy](c.policies),
 	}
@@ -215,6 +245,7 @@ func (c *Controller) Sync() error {
 	same := c.applied != nil && text == c.text
 	c.mu.Unlock()
 	if same {
+		c.markApplied(pods)
 		return nil
 	}
 	if err := c.nft.Apply(rs); err != nil {
@@ -223,6 +254,7 @@ func (c *Controller) Sync() error {
 	c.mu.Lock()
 	c.applied, c.text = rs, text
 	c.mu.Unlock()
+	c.markApplied(pods)
 	c.log.Debug("applied network policies", "policies", len(rs.Policies), "pods", len(rs.Ingress)+len(rs.Egress),
 		"chains", len(rs.Chains), "sets", len(rs.Sets), "took", time.Since(start))
 	return nil

@@ -45,6 +45,7 @@ func launch(args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.Kube, "kube", false, "take peers from Kubernetes Node objects and reclaim deleted nodes' ranges")
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig for --kube (default: in-cluster)")
 	fs.BoolVar(&cfg.NoPolicy, "no-policy", false, "with --kube, do not enforce NetworkPolicies (and remove mesh's nftables table)")
+	fs.DurationVar(&cfg.PolicyWait, "policy-wait", cfg.PolicyWait, "with --kube, how long a pod's CNI ADD waits for its NetworkPolicy rules before it fails (fail closed)")
 	fs.BoolVar(&cfg.NoPortIsolation, "no-port-isolation", false, "for benchmarks and debugging only: do not isolate pod ports on the bridge nor check underlay sources (removes the mesh-isolation tables)")
 	peers, err := parseInterspersed(fs, args)
 	if err != nil {
