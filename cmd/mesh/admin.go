@@ -13,6 +13,7 @@ import (
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/daemon"
 	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/policy"
 )
 
@@ -60,6 +61,9 @@ func reset(args []string, stdout, stderr io.Writer) error {
 	if err := policy.NewNFT().Remove(); err != nil {
 		return fmt.Errorf("failed to remove the NetworkPolicy table: %w", err)
 	}
+	if err := isolation.New().Remove(); err != nil {
+		return fmt.Errorf("failed to remove the port-isolation tables: %w", err)
+	}
 	for _, p := range []string{filepath.Join(*confDir, daemon.CNIConfName), filepath.Join(*binDir, "mesh-cni")} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("failed to remove %q: %w", p, err)
@@ -70,7 +74,7 @@ func reset(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	fmt.Fprintln(stdout, "mesh interfaces, routes, nftables table and CNI files removed")
+	fmt.Fprintln(stdout, "mesh interfaces, routes, nftables tables and CNI files removed")
 	return nil
 }
 
