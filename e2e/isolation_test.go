@@ -4,10 +4,14 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/meshnet/mesh/internal/testnet"
 )
@@ -333,5 +337,64 @@ func TestUnderlaySpoofedSource(t *testing.T) {
 	}
 	if !metricPositive(out, `mesh_isolation_dropped_packets_total{reason="underlay-spoofed"}`) {
 		t.Errorf("forged underlay packets not counted:\n%s", grepLines(out, "mesh_isolation"))
+	}
+}
+
+// conntrackOf lists the host's conntrack entries that involve addr.
+func conntrackOf(h *testnet.Host, addr netip.Addr) ([]string, error) {
+	var out []string
+	err := h.Do(func() error {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		if err != nil {
+			return err
+		}
+		for _, f := range flows {
+			for _, ip := range []net.IP{f.Forward.SrcIP, f.Forward.DstIP, f.Reverse.SrcIP, f.Reverse.DstIP} {
+				if a, ok := netip.AddrFromSlice(ip); ok && a.Unmap() == addr {
+					out = append(out, f.String())
+					break
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// TestReleaseFlushesConntrack: a flow of a pod must not live on in the
+// host's connection tracking after its address is released, or its
+// replies (and, for UDP, the flow itself, as "established") would reach
+// the next pod given the address.
+func TestReleaseFlushesConntrack(t *testing.T) {
+	_, nodes := startMesh(t, 1)
+	n := nodes[0]
+	h := n.Host
+	waitCNIInstalled(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a, err := addPod(ctx, t, h, "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, h, "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Connection tracking runs in a netns only once a rule needs it (the
+	// policy table does, with --kube): ask for it as a policy would.
+	if out, err := h.Run(ctx, "nft", "add table inet cttest { chain f { type filter hook forward priority 0; ct state established accept; }; }"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if err := spoofUDP(ctx, t, h, a, a.ip, b.ip, 9999, "flow"); err != nil {
+		t.Fatal(err)
+	}
+	if flows, err := conntrackOf(h, b.ip); err != nil || len(flows) == 0 {
+		t.Fatalf("no conntrack entry for the flow to pod b (%v): the test shows nothing", err)
+	}
+	if out, err := runCNI(ctx, t, h, "del", "mesh", "/run/netns/podb"); err != nil {
+		t.Fatalf("DEL: %v\n%s", err, out)
+	}
+	if flows, err := conntrackOf(h, b.ip); err != nil || len(flows) != 0 {
+		t.Errorf("conntrack entries of released address %s left (%v):\n%s", b.ip, err, strings.Join(flows, "\n"))
 	}
 }
