@@ -33,8 +33,11 @@ type Daemon struct {
 	rec     *peer.Reconciler
 	policy  *policy.Controller // nil unless --kube and not --no-policy
 	iso     *isolation.Tables  // nil without a data plane or with --no-port-isolation
-	isoMu   sync.Mutex         // serialises syncIsolation
-	mtu     int
+	isoMu   sync.Mutex         // serialises syncIsolation; guards legacyMACs
+	// legacyMACs are the MACs of pods wired before port isolation, by
+	// port (see adoptLegacyPorts).
+	legacyMACs map[string]net.HardwareAddr
+	mtu        int
 
 	server   *http.Server
 	listener net.Listener

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/meshnet/mesh/cni"
@@ -33,6 +34,7 @@ func (d *Daemon) startIsolation() {
 		return
 	}
 	d.iso = isolation.New()
+	d.adoptLegacyPorts()
 	if err := d.syncIsolation(); err != nil {
 		d.log.Error("failed to program the port-isolation tables; retrying", "error", err)
 	}
@@ -56,13 +58,86 @@ func (d *Daemon) startIsolation() {
 // allocation of this node.
 func (d *Daemon) isolationConfig() isolation.Config {
 	cfg := isolation.Config{Bridge: d.cfg.Bridge, PortPrefix: cni.HostVethPrefix, Trusted: []string{d.cfg.WGDevice}, ClusterRange: d.cfg.IPAllocRange}
+	seen := map[string]bool{}
 	for _, a := range d.ipam.List() {
 		if !a.Addr.Is4() {
 			continue
 		}
-		cfg.Ports = append(cfg.Ports, isolation.Port{Name: cni.HostVethName(a.ContainerID, a.IfName), MAC: isolation.MACFor(a.Addr), Addr: a.Addr})
+		name := cni.HostVethName(a.ContainerID, a.IfName)
+		mac := isolation.MACFor(a.Addr)
+		if m, ok := d.legacyMACs[name]; ok {
+			mac = m
+		}
+		seen[name] = true
+		cfg.Ports = append(cfg.Ports, isolation.Port{Name: name, MAC: mac, Addr: a.Addr})
+	}
+	for name := range d.legacyMACs {
+		if !seen[name] {
+			delete(d.legacyMACs, name) // released: the next pod gets the fixed MAC
+		}
 	}
 	return cfg
+}
+
+// adoptLegacyPorts finds the pods wired before port isolation (by a
+// previous release, whose plugin left the MAC random) and admits their
+// actual MAC on their port instead of the fixed one, so an upgrade does not
+// cut them off. It reads the MAC of the pod's end of each veth once, at
+// start; new pods always get the fixed MAC. Such pods should be recreated
+// (drain the node) to lose this exception.
+func (d *Daemon) adoptLegacyPorts() {
+	d.legacyMACs = map[string]net.HardwareAddr{}
+	for _, a := range d.ipam.List() {
+		if !a.Addr.Is4() {
+			continue
+		}
+		name := cni.HostVethName(a.ContainerID, a.IfName)
+		mac, err := podMAC(name)
+		if err != nil {
+			d.log.Debug("cannot read the pod's MAC of a port", "port", name, "error", err)
+			continue
+		}
+		if mac.String() != isolation.MACFor(a.Addr).String() {
+			d.legacyMACs[name] = mac
+			d.log.Warn("pod wired before port isolation: admitting its current MAC; recreate it to get the fixed one", "port", name, "address", a.Addr, "mac", mac)
+		}
+	}
+}
+
+// podMAC returns the MAC of the other end of the host veth named port, in
+// the pod's network namespace (through the netns id the kernel gives it).
+func podMAC(port string) (net.HardwareAddr, error) {
+	link, err := netlink.LinkByName(port)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := link.(*netlink.Veth); !ok {
+		return nil, fmt.Errorf("%s is not a veth", port)
+	}
+	attrs := link.Attrs()
+	if attrs.NetNsID < 0 || attrs.ParentIndex == 0 {
+		return nil, fmt.Errorf("the peer of %s is in no other network namespace", port)
+	}
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(attrs.ParentIndex)
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_TARGET_NETNSID, nl.Uint32Attr(uint32(attrs.NetNsID))))
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return nil, fmt.Errorf("failed to look up the peer of %s: %w", port, err)
+	}
+	if len(msgs) != 1 {
+		return nil, fmt.Errorf("looking up the peer of %s gave %d answers", port, len(msgs))
+	}
+	peer, err := netlink.LinkDeserialize(nil, msgs[0])
+	if err != nil {
+		return nil, err
+	}
+	if mac := peer.Attrs().HardwareAddr; len(mac) == 6 {
+		return mac, nil
+	}
+	return nil, fmt.Errorf("the peer of %s has no Ethernet address", port)
 }
 
 // syncIsolation applies the tables if the allocations changed or if the

@@ -398,3 +398,44 @@ func TestReleaseFlushesConntrack(t *testing.T) {
 		t.Errorf("conntrack entries of released address %s left (%v):\n%s", b.ip, err, strings.Join(flows, "\n"))
 	}
 }
+
+// TestIsolationAdoptsPodsOfPreviousRelease: a pod wired by a release
+// before port isolation has a random MAC, not the fixed one. After the
+// upgrade (a daemon restart) it must keep its connectivity.
+func TestIsolationAdoptsPodsOfPreviousRelease(t *testing.T) {
+	_, nodes := startMesh(t, 1)
+	n := nodes[0]
+	h := n.Host
+	waitCNIInstalled(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	a, err := addPod(ctx, t, h, "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, h, "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the previous release's plugin left: a random MAC.
+	if out, err := a.exec(ctx, "ip", "link", "set", "eth0", "address", "02:11:22:33:44:55"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "1", b.ip.String()); err == nil {
+		t.Fatalf("a pod with another MAC than its port's is not cut off: the test shows nothing\n%s", out)
+	}
+	if err := n.Proc.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	n.Start()
+	testnet.Eventually(t, 20*time.Second, 500*time.Millisecond, func() error {
+		out, err := a.exec(ctx, "ping", "-c", "1", "-W", "1", b.ip.String())
+		if err != nil {
+			return fmt.Errorf("the pod of the previous release cannot reach pod b after the upgrade: %v\n%s", err, out)
+		}
+		return nil
+	})
+	if !strings.Contains(n.Proc.Log(), "pod wired before port isolation") {
+		t.Errorf("adoption not logged")
+	}
+}
