@@ -180,6 +180,29 @@ func TestPortIsolation(t *testing.T) {
 		}
 	})
 
+	t.Run("pod-to-pod-bridged", func(t *testing.T) {
+		// b addresses a's MAC directly: the bridge would deliver it port
+		// to port, never through the host's forward hook where
+		// NetworkPolicy is enforced.
+		aMAC := linkMAC(ctx, t, h, a, "eth0")
+		from, err := udpReceived(ctx, t, nil, a, 9997, func() error {
+			if out, err := b.exec(ctx, attacker(t), "l2-udp", "-dev", "eth0", "-dstmac", aMAC, "-src", b.ip.String(), "-dst", a.ip.String(), "-port", "9997", "-tag", "bridged"); err != nil {
+				return fmt.Errorf("l2-udp: %v\n%s", err, out)
+			}
+			return spoofUDP(ctx, t, h, b, b.ip, a.ip, 9997, "control")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Join(from, ",")
+		if strings.Contains(got, "bridged") {
+			t.Errorf("pod a received frames b sent straight to its MAC, past the host: %v", from)
+		}
+		if !strings.Contains(got, b.ip.String()+" control") {
+			t.Errorf("pod a did not receive b's datagrams through the gateway (the control): %v", from)
+		}
+	})
+
 	t.Run("ipv6-link-local", func(t *testing.T) {
 		var ll string
 		testnet.Eventually(t, 20*time.Second, 200*time.Millisecond, func() error {
@@ -223,6 +246,18 @@ func TestPortIsolation(t *testing.T) {
 		}
 	})
 
+	t.Run("counted", func(t *testing.T) {
+		out, err := h.Run(ctx, "curl", "-sf", "http://127.0.0.1:6782/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, reason := range []string{"spoofed", "ipv6", "pod-to-pod"} {
+			if !metricPositive(out, `mesh_isolation_dropped_packets_total{reason="`+reason+`"}`) {
+				t.Errorf("no drops counted for %s:\n%s", reason, grepLines(out, "mesh_isolation"))
+			}
+		}
+	})
+
 	t.Run("restored-after-flush", func(t *testing.T) {
 		if out, err := h.Run(ctx, "nft", "flush", "ruleset"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
@@ -257,18 +292,6 @@ func TestPortIsolation(t *testing.T) {
 		}
 		if !metricPositive(out, "mesh_isolation_restores_total") {
 			t.Errorf("restore not counted:\n%s", grepLines(out, "mesh_isolation"))
-		}
-	})
-
-	t.Run("counted", func(t *testing.T) {
-		out, err := h.Run(ctx, "curl", "-sf", "http://127.0.0.1:6782/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, reason := range []string{"spoofed", "ipv6"} {
-			if !metricPositive(out, `mesh_isolation_dropped_packets_total{reason="`+reason+`"}`) {
-				t.Errorf("no drops counted for %s:\n%s", reason, grepLines(out, "mesh_isolation"))
-			}
 		}
 	})
 }

@@ -32,13 +32,17 @@ const (
 	CounterHostConfig = "host-config"
 	// CounterOther: any other protocol from a pod (VLAN tags, ...).
 	CounterOther = "other"
+	// CounterPodToPod: a frame a pod addressed straight to another pod's
+	// MAC, which would be bridged past the host's routing and so past
+	// NetworkPolicy.
+	CounterPodToPod = "pod-to-pod"
 	// CounterUnderlay: a packet with a cluster-range source that arrived
 	// neither from a pod (the bridge) nor from the WireGuard device.
 	CounterUnderlay = "underlay-spoofed"
 )
 
 // Counters lists every counter, bridge table first.
-var Counters = []string{CounterSpoofed, CounterIPv6, CounterHostConfig, CounterOther, CounterUnderlay}
+var Counters = []string{CounterSpoofed, CounterIPv6, CounterHostConfig, CounterOther, CounterPodToPod, CounterUnderlay}
 
 // Port is one pod's port on the bridge and what it may send from.
 type Port struct {

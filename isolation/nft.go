@@ -36,6 +36,7 @@ const (
 	setCluster = "cluster" // ipv4_addr interval: the cluster range
 	setTrusted = "trusted" // ifname: where cluster-range sources may arrive
 	chainPre   = "prerouting"
+	chainFwd   = "forward"
 )
 
 var podKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
@@ -142,20 +143,28 @@ func (t *Tables) Intact() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	want := map[*nftables.Table]int{brTable: len(bridgeRules(*t.applied, nil)), inetTable: len(inetRules(*t.applied, nil))}
-	for tb, n := range want {
-		ok, err := exists(c, tb)
+	want := []struct {
+		tb    *nftables.Table
+		chain string
+		rules int
+	}{
+		{brTable, chainPre, len(bridgeRules(*t.applied, nil))},
+		{brTable, chainFwd, len(forwardRules(*t.applied))},
+		{inetTable, chainPre, len(inetRules(*t.applied, nil))},
+	}
+	for _, w := range want {
+		ok, err := exists(c, w.tb)
 		if err != nil || !ok {
 			return false, err
 		}
-		rules, err := c.GetRules(tb, &nftables.Chain{Table: tb, Name: chainPre})
+		rules, err := c.GetRules(w.tb, &nftables.Chain{Table: w.tb, Name: w.chain})
 		if err != nil {
 			if notFound(err) {
 				return false, nil
 			}
-			return false, fmt.Errorf("failed to list the rules of %s: %w", tableString(tb), err)
+			return false, fmt.Errorf("failed to list the rules of chain %s of %s: %w", w.chain, tableString(w.tb), err)
 		}
-		if len(rules) != n {
+		if len(rules) != w.rules {
 			return false, nil
 		}
 	}
@@ -229,7 +238,7 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 		}
 		c.AddObj(o)
 	}
-	for _, name := range []string{CounterSpoofed, CounterIPv6, CounterHostConfig, CounterOther} {
+	for _, name := range []string{CounterSpoofed, CounterIPv6, CounterHostConfig, CounterOther, CounterPodToPod} {
 		addCounter(brTable, name)
 	}
 	addCounter(inetTable, CounterUnderlay)
@@ -248,6 +257,11 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
 	for _, r := range bridgeRules(cfg, pods) {
 		c.AddRule(&nftables.Rule{Table: brTable, Chain: br, Exprs: r})
+	}
+	fwd := c.AddChain(&nftables.Chain{Table: brTable, Name: chainFwd, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
+	for _, r := range forwardRules(cfg) {
+		c.AddRule(&nftables.Rule{Table: brTable, Chain: fwd, Exprs: r})
 	}
 
 	// inet: packets with a cluster-range source, before conntrack.
@@ -392,6 +406,21 @@ func bridgeRules(cfg Config, pods *nftables.Set) [][]expr.Any {
 	rules = append(rules, append(etherType(ethIPv6), counterDrop(CounterIPv6)...))
 	rules = append(rules, counterDrop(CounterOther))
 	return rules
+}
+
+// forwardRules is the bridge's forward chain: pods reach each other only
+// through the host (their gateway), where NetworkPolicy applies; a frame
+// bridged from one pod port to another (addressed to a pod's MAC, or
+// flooded) is dropped.
+//
+//	iifname "PREFIX*" oifname "PREFIX*" counter "pod-to-pod" drop
+func forwardRules(cfg Config) [][]expr.Any {
+	return [][]expr.Any{append([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(cfg.PortPrefix)},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(cfg.PortPrefix)},
+	}, counterDrop(CounterPodToPod)...)}
 }
 
 // inetRules is the inet chain:

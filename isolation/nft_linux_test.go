@@ -92,6 +92,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		`ether type ip6 counter name "ipv6" drop`,
 		`"vmesh00000001" . 0a:58:0a:20:00:0b . 10.32.0.11`,
 		`ip saddr @cluster iifname != @trusted counter name "underlay-spoofed" drop`,
+		`iifname "vmesh*" oifname "vmesh*" counter name "pod-to-pod" drop`,
 		"10.32.0.0/12",
 	} {
 		if !strings.Contains(out, want) {
@@ -104,6 +105,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 	for _, mess := range [][]string{
 		{"nft", "flush", "ruleset"},
 		{"nft", "flush", "chain", "bridge", TableName, "prerouting"},
+		{"nft", "flush", "chain", "bridge", TableName, "forward"},
 		{"nft", "flush", "set", "bridge", TableName, "pods"},
 		{"nft", "delete", "table", "inet", TableName},
 	} {

@@ -5,6 +5,7 @@
 //
 //	attacker udp-send -src IP -dst IP -port N -tag T [-n COUNT]  IPv4/UDP with any source (raw socket)
 //	attacker udp-listen -port N -for DURATION                     print "from IP TAG" per datagram
+//	attacker l2-udp -dev IF -dstmac MAC -src IP -dst IP -port N -tag T  the same in an Ethernet frame to MAC
 //	attacker arp -dev IF -claim IP                           gratuitous ARP replies claiming IP
 //	attacker ra -dev IF -prefix P/64                         ICMPv6 router advertisements to ff02::1
 package main
@@ -37,11 +38,17 @@ func main() {
 	prefix := fs.String("prefix", "2001:db8:1::/64", "prefix to advertise")
 	dur := fs.Duration("for", 3*time.Second, "how long to listen")
 	tag := fs.String("tag", "x", "udp-send: payload, printed by udp-listen")
+	dstMAC := fs.String("dstmac", "", "l2-udp: destination MAC")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
 	case "udp-send":
 		err = udpSend(netip.MustParseAddr(*src), netip.MustParseAddr(*dst), *port, *count, *tag)
+	case "l2-udp":
+		var mac net.HardwareAddr
+		if mac, err = net.ParseMAC(*dstMAC); err == nil {
+			err = l2UDP(*dev, mac, netip.MustParseAddr(*src), netip.MustParseAddr(*dst), *port, *count, *tag)
+		}
 	case "udp-listen":
 		err = udpListen(*port, *dur)
 	case "arp":
@@ -77,6 +84,48 @@ func udpSend(src, dst netip.Addr, port, n int, tag string) error {
 		return fmt.Errorf("raw socket: %w", err)
 	}
 	defer unix.Close(fd)
+	pkt := udpPacket(src, dst, port, tag)
+	d := dst.As4()
+	to := &unix.SockaddrInet4{Addr: d}
+	for range n {
+		if err := unix.Sendto(fd, pkt, 0, to); err != nil {
+			return fmt.Errorf("send to %s: %w", dst, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
+
+// l2UDP sends the datagrams of udpSend in Ethernet frames addressed to
+// dstMAC, past the kernel's routing.
+func l2UDP(dev string, dstMAC net.HardwareAddr, src, dst netip.Addr, port, n int, tag string) error {
+	ifi, err := net.InterfaceByName(dev)
+	if err != nil {
+		return err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_IP)))
+	if err != nil {
+		return fmt.Errorf("packet socket: %w", err)
+	}
+	defer unix.Close(fd)
+	f := make([]byte, 14)
+	copy(f[0:], dstMAC)
+	copy(f[6:], ifi.HardwareAddr)
+	binary.BigEndian.PutUint16(f[12:], unix.ETH_P_IP)
+	f = append(f, udpPacket(src, dst, port, tag)...)
+	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: ifi.Index, Halen: 6}
+	copy(to.Addr[:], dstMAC)
+	for range n {
+		if err := unix.Sendto(fd, f, 0, to); err != nil {
+			return fmt.Errorf("send frame on %s: %w", dev, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
+
+// udpPacket is an IPv4/UDP packet from src to dst:port carrying tag.
+func udpPacket(src, dst netip.Addr, port int, tag string) []byte {
 	payload := []byte(tag)
 	pkt := make([]byte, 28+len(payload))
 	pkt[0] = 0x45
@@ -95,14 +144,7 @@ func udpSend(src, dst netip.Addr, port, n int, tag string) error {
 	pseudo := uint32(binary.BigEndian.Uint16(s[:2])) + uint32(binary.BigEndian.Uint16(s[2:])) +
 		uint32(binary.BigEndian.Uint16(d[:2])) + uint32(binary.BigEndian.Uint16(d[2:])) + unix.IPPROTO_UDP + uint32(len(udp))
 	binary.BigEndian.PutUint16(udp[6:], csum(udp, pseudo))
-	to := &unix.SockaddrInet4{Addr: d}
-	for range n {
-		if err := unix.Sendto(fd, pkt, 0, to); err != nil {
-			return fmt.Errorf("send to %s: %w", dst, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return nil
+	return pkt
 }
 
 func udpListen(port int, d time.Duration) error {
