@@ -118,13 +118,22 @@ func (c *Controller) withClaims(pods []*corev1.Pod) []*corev1.Pod {
 	return pods
 }
 
-// addrsOf maps the addresses of pods that policies see to the pod.
+// addrsOf maps the addresses of pods that policies see to the pod that
+// holds each (the one Build keeps, see holdsAddress).
 func addrsOf(pods []*corev1.Pod) map[netip.Addr]string {
-	out := make(map[netip.Addr]string, len(pods))
+	holders := make(map[netip.Addr]*corev1.Pod, len(pods))
 	for _, p := range pods {
-		if info := podInfoOf(p); info != nil {
-			out[info.addr] = info.key
+		info := podInfoOf(p)
+		if info == nil {
+			continue
 		}
+		if q := holders[info.addr]; q == nil || holdsAddress(p, q) {
+			holders[info.addr] = p
+		}
+	}
+	out := make(map[netip.Addr]string, len(holders))
+	for a, p := range holders {
+		out[a] = p.Namespace + "/" + p.Name
 	}
 	return out
 }

@@ -137,6 +137,27 @@ func TestAdmitFailsClosed(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "a/ghost not seen in the Kubernetes API") {
 		t.Errorf("Admit of a pod the API does not show = %v, want a clear error", err)
 	}
+	// The address of a Terminating pod, released and given to a new pod:
+	// Admit must see the new pod as its holder.
+	old := mkPod("b", "old", testNode, "10.32.0.15", "app=client")
+	old.CreationTimestamp = metav1.NewTime(time.Now().Add(-time.Hour))
+	bye := metav1.NewTime(time.Now())
+	old.DeletionTimestamp = &bye
+	if _, err := client.CoreV1().Pods("b").Create(context.Background(), old, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fresh := mkPod("a", "a4", testNode, "", "app=web")
+	fresh.Status.Phase = corev1.PodPending
+	fresh.CreationTimestamp = metav1.NewTime(time.Now())
+	if _, err := client.CoreV1().Pods("a").Create(context.Background(), fresh, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel3()
+	if err := c.Admit(ctx3, "a", "a4", netip.MustParseAddr("10.32.0.15")); err != nil {
+		t.Errorf("Admit of a new pod on a Terminating pod's address: %v", err)
+	}
+
 	// Released: the claim goes, the address leaves the rules.
 	c.Forget(addr)
 	c.mu.Lock()
