@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,17 +58,29 @@ func benchIsolation(t *testing.T, r *report) {
 	r.isoCNI = map[string]cniLatency{}
 	r.isoTput = map[string][]float64{}
 	tool := testnet.BuildBinary(t, "./bench/cnibench")
-	for _, setting := range []string{"on", "off"} {
-		if setting == "off" {
-			if err := n.Proc.Stop(10 * time.Second); err != nil {
-				t.Fatal(err)
-			}
-			n.Args = append(n.Args, "--no-port-isolation")
-			n.Start()
-			if out, err := h.Run(ctx, "nft", "list", "ruleset"); err != nil || strings.Contains(out, "mesh-isolation") {
-				t.Fatalf("isolation tables still there with --no-port-isolation (%v):\n%s", err, out)
-			}
+	base := slices.Clone(n.Args)
+	current := "on"
+	// switchTo restarts the daemon with isolation on or off.
+	switchTo := func(setting string) {
+		if setting == current {
+			return
 		}
+		if err := n.Proc.Stop(10 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		n.Args = slices.Clone(base)
+		if setting == "off" {
+			n.Args = append(n.Args, "--no-port-isolation")
+		}
+		n.Start()
+		current = setting
+		out, err := h.Run(ctx, "nft", "list", "ruleset")
+		if err != nil || strings.Contains(out, "mesh-isolation") != (setting == "on") {
+			t.Fatalf("isolation %s, but the ruleset (%v):\n%s", setting, err, out)
+		}
+	}
+	for _, setting := range []string{"on", "off"} {
+		switchTo(setting)
 		out, err := h.Run(ctx, tool, "-pods", strconv.Itoa(isoPods), "-warmup", "5", "-path", "/opt/cni/bin",
 			"-cache", "/run/cni-bench/cache", "mesh=/etc/cni/net.d/10-mesh.conflist")
 		if err != nil {
@@ -88,7 +101,12 @@ func benchIsolation(t *testing.T, r *report) {
 			l.add, l.del, l.both = append(l.add, time.Duration(a)), append(l.del, time.Duration(d)), append(l.both, time.Duration(a+d))
 		}
 		r.isoCNI[setting] = l
-		for round := range iperfRounds {
+	}
+	// Throughput in rounds of off then on (a restart each), so both
+	// settings share the machine's changing load.
+	for round := range iperfRounds {
+		for _, setting := range []string{"off", "on"} {
+			switchTo(setting)
 			bps, err := iperfIn(h, "isoa", ips[1].String(), iperfSecs)
 			if err != nil {
 				r.isoErr = fmt.Sprintf("iperf3 pod to pod (%s, round %d): %v", setting, round+1, err)
@@ -112,5 +130,10 @@ func (r *report) printIsolation(p func(string, ...any)) {
 		p("   %-34s %10s %10s %10s %9.2f Gbit/s\n", "isolation "+s+fmt.Sprintf(" (%d pods)", isoPods), ms(pct(l.both, .5)), ms(pct(l.both, .99)), ms(pct(l.add, .5)), mean(r.isoTput[s])/1e9)
 	}
 	on, off := r.isoCNI["on"], r.isoCNI["off"]
-	p("   ratio on/off: ADD+DEL p50 %.2f, throughput %.2f\n", float64(pct(on.both, .5))/float64(pct(off.both, .5)), mean(r.isoTput["on"])/mean(r.isoTput["off"]))
+	var rounds []string
+	for i := range min(len(r.isoTput["on"]), len(r.isoTput["off"])) {
+		rounds = append(rounds, fmt.Sprintf("%.2f", r.isoTput["on"][i]/r.isoTput["off"][i]))
+	}
+	p("   ratio on/off: ADD+DEL p50 %.2f, throughput %.2f (per round: %s)\n", float64(pct(on.both, .5))/float64(pct(off.both, .5)),
+		mean(r.isoTput["on"])/mean(r.isoTput["off"]), strings.Join(rounds, ", "))
 }

@@ -161,6 +161,28 @@ func TestPortIsolation(t *testing.T) {
 		}
 	})
 
+	t.Run("mac-spoof", func(t *testing.T) {
+		// b sends frames from a's MAC: the bridge must not learn a's MAC
+		// on b's port (it would send a's traffic to b).
+		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", gw); err != nil {
+			t.Fatalf("a cannot ping its gateway: %v\n%s", err, out)
+		}
+		aMAC, gwMAC := linkMAC(ctx, t, h, a, "eth0"), linkMAC(ctx, t, h, nil, bridge)
+		aPort := hostPort(ctx, t, h, a)
+		if out, err := b.exec(ctx, attacker(t), "l2-udp", "-dev", "eth0", "-dstmac", gwMAC, "-srcmac", aMAC, "-src", b.ip.String(), "-dst", gw, "-port", "9996", "-tag", "macspoof"); err != nil {
+			t.Fatalf("l2-udp: %v\n%s", err, out)
+		}
+		out, err := h.Run(ctx, "bridge", "fdb", "show", "br", bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(out, "\n") {
+			if strings.HasPrefix(l, aMAC+" ") && !strings.Contains(l, "dev "+aPort+" ") {
+				t.Errorf("the bridge learned pod a's MAC on another port than a's (%s): %q", aPort, l)
+			}
+		}
+	})
+
 	t.Run("ipv4-source-spoof", func(t *testing.T) {
 		from, err := udpReceived(ctx, t, nil, a, 9999, func() error {
 			if err := spoofUDP(ctx, t, h, b, c.ip, a.ip, 9999, "forged"); err != nil {
@@ -461,4 +483,30 @@ func TestIsolationAdoptsPodsOfPreviousRelease(t *testing.T) {
 	if !strings.Contains(n.Proc.Log(), "pod wired before port isolation") {
 		t.Errorf("adoption not logged")
 	}
+}
+
+// hostPort returns the name of the host end of pod p's eth0.
+func hostPort(ctx context.Context, t *testing.T, h *testnet.Host, p *pod) string {
+	t.Helper()
+	out, err := p.exec(ctx, "ip", "-o", "link", "show", "eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, idx, ok := strings.Cut(strings.Fields(out)[1], "@if")
+	if !ok {
+		t.Fatalf("no peer index in %q", out)
+	}
+	idx = strings.TrimSuffix(idx, ":")
+	out, err = h.Run(ctx, "ip", "-o", "link", "show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 1 && f[0] == idx+":" {
+			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+			return name
+		}
+	}
+	t.Fatalf("no host link with index %s:\n%s", idx, out)
+	return ""
 }

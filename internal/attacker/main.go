@@ -5,7 +5,7 @@
 //
 //	attacker udp-send -src IP -dst IP -port N -tag T [-n COUNT]  IPv4/UDP with any source (raw socket)
 //	attacker udp-listen -port N -for DURATION                     print "from IP TAG" per datagram
-//	attacker l2-udp -dev IF -dstmac MAC -src IP -dst IP -port N -tag T  the same in an Ethernet frame to MAC
+//	attacker l2-udp -dev IF -dstmac MAC [-srcmac MAC] -src IP -dst IP -port N -tag T  the same in an Ethernet frame to MAC
 //	attacker arp -dev IF -claim IP                           gratuitous ARP replies claiming IP
 //	attacker ra -dev IF -prefix P/64                         ICMPv6 router advertisements to ff02::1
 package main
@@ -39,15 +39,19 @@ func main() {
 	dur := fs.Duration("for", 3*time.Second, "how long to listen")
 	tag := fs.String("tag", "x", "udp-send: payload, printed by udp-listen")
 	dstMAC := fs.String("dstmac", "", "l2-udp: destination MAC")
+	srcMAC := fs.String("srcmac", "", "l2-udp: source MAC (default: the interface's)")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
 	case "udp-send":
 		err = udpSend(netip.MustParseAddr(*src), netip.MustParseAddr(*dst), *port, *count, *tag)
 	case "l2-udp":
-		var mac net.HardwareAddr
-		if mac, err = net.ParseMAC(*dstMAC); err == nil {
-			err = l2UDP(*dev, mac, netip.MustParseAddr(*src), netip.MustParseAddr(*dst), *port, *count, *tag)
+		var dmac, smac net.HardwareAddr
+		if dmac, err = net.ParseMAC(*dstMAC); err == nil && *srcMAC != "" {
+			smac, err = net.ParseMAC(*srcMAC)
+		}
+		if err == nil {
+			err = l2UDP(*dev, dmac, smac, netip.MustParseAddr(*src), netip.MustParseAddr(*dst), *port, *count, *tag)
 		}
 	case "udp-listen":
 		err = udpListen(*port, *dur)
@@ -97,8 +101,8 @@ func udpSend(src, dst netip.Addr, port, n int, tag string) error {
 }
 
 // l2UDP sends the datagrams of udpSend in Ethernet frames addressed to
-// dstMAC, past the kernel's routing.
-func l2UDP(dev string, dstMAC net.HardwareAddr, src, dst netip.Addr, port, n int, tag string) error {
+// dstMAC, from srcMAC (nil: dev's), past the kernel's routing.
+func l2UDP(dev string, dstMAC, srcMAC net.HardwareAddr, src, dst netip.Addr, port, n int, tag string) error {
 	ifi, err := net.InterfaceByName(dev)
 	if err != nil {
 		return err
@@ -110,7 +114,10 @@ func l2UDP(dev string, dstMAC net.HardwareAddr, src, dst netip.Addr, port, n int
 	defer unix.Close(fd)
 	f := make([]byte, 14)
 	copy(f[0:], dstMAC)
-	copy(f[6:], ifi.HardwareAddr)
+	if srcMAC == nil {
+		srcMAC = ifi.HardwareAddr
+	}
+	copy(f[6:], srcMAC)
 	binary.BigEndian.PutUint16(f[12:], unix.ETH_P_IP)
 	f = append(f, udpPacket(src, dst, port, tag)...)
 	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP), Ifindex: ifi.Index, Halen: 6}
