@@ -64,12 +64,12 @@ func (d *Daemon) isolationConfig() isolation.Config {
 			continue
 		}
 		name := cni.HostVethName(a.ContainerID, a.IfName)
-		mac := isolation.MACFor(a.Addr)
+		port := isolation.Port{Name: name, MAC: isolation.MACFor(a.Addr), Addr: a.Addr}
 		if m, ok := d.legacyMACs[name]; ok {
-			mac = m
+			port.MAC, port.Legacy = m, true
 		}
 		seen[name] = true
-		cfg.Ports = append(cfg.Ports, isolation.Port{Name: name, MAC: mac, Addr: a.Addr})
+		cfg.Ports = append(cfg.Ports, port)
 	}
 	for name := range d.legacyMACs {
 		if !seen[name] {
@@ -81,10 +81,11 @@ func (d *Daemon) isolationConfig() isolation.Config {
 
 // adoptLegacyPorts finds the pods wired before port isolation (by a
 // previous release, whose plugin left the MAC random) and admits their
-// actual MAC on their port instead of the fixed one, so an upgrade does not
-// cut them off. It reads the MAC of the pod's end of each veth once, at
-// start; new pods always get the fixed MAC. Such pods should be recreated
-// (drain the node) to lose this exception.
+// actual MAC on their port instead of the fixed one, and their frames to
+// other pods' ports (see isolation.Port.Legacy), so an upgrade does not cut
+// them off. It reads the MAC of the pod's end of each veth once, at start;
+// new pods always get the fixed MAC. Such pods should be recreated (drain
+// the node) to lose these exceptions.
 func (d *Daemon) adoptLegacyPorts() {
 	d.legacyMACs = map[string]net.HardwareAddr{}
 	for _, a := range d.ipam.List() {

@@ -49,6 +49,12 @@ type Port struct {
 	Name string // the host-side veth
 	MAC  net.HardwareAddr
 	Addr netip.Addr // IPv4
+	// Legacy marks a pod wired before port isolation: it and its peers on
+	// the node may have learnt (from ICMP redirects of the host, which the
+	// previous release sent) to reach each other straight by MAC, so
+	// frames from and to its port are bridged as before, until it is
+	// recreated.
+	Legacy bool
 }
 
 // Config is the desired content of the tables.
@@ -126,7 +132,7 @@ func (c Config) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table bridge %s: bridge %s ports %s*\n", TableName, c.Bridge, c.PortPrefix)
 	for _, p := range c.Ports {
-		fmt.Fprintf(&b, "  port %s . %s . %s\n", p.Name, p.MAC, p.Addr)
+		fmt.Fprintf(&b, "  port %s . %s . %s legacy=%v\n", p.Name, p.MAC, p.Addr, p.Legacy)
 	}
 	fmt.Fprintf(&b, "table inet %s: cluster %s from %s lo\n", TableName, c.ClusterRange, strings.Join(c.Trusted, " "))
 	return b.String()

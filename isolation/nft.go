@@ -35,8 +35,10 @@ const (
 	setPods    = "pods"    // ifname . ether_addr . ipv4_addr: port, MAC, address of each pod
 	setCluster = "cluster" // ipv4_addr interval: the cluster range
 	setTrusted = "trusted" // ifname: where cluster-range sources may arrive
+	setLegacy  = "legacy"  // ifname: ports of pods wired before port isolation
 	chainPre   = "prerouting"
 	chainFwd   = "forward"
+	chainOut   = "output"
 )
 
 var podKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
@@ -149,8 +151,9 @@ func (t *Tables) Intact() (bool, error) {
 		rules int
 	}{
 		{brTable, chainPre, len(bridgeRules(*t.applied, nil))},
-		{brTable, chainFwd, len(forwardRules(*t.applied))},
+		{brTable, chainFwd, len(forwardRules(*t.applied, nil))},
 		{inetTable, chainPre, len(inetRules(*t.applied, nil))},
+		{inetTable, chainOut, len(outputRules(*t.applied))},
 	}
 	for _, w := range want {
 		ok, err := exists(c, w.tb)
@@ -258,9 +261,19 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 	for _, r := range bridgeRules(cfg, pods) {
 		c.AddRule(&nftables.Rule{Table: brTable, Chain: br, Exprs: r})
 	}
+	legacy := &nftables.Set{Table: brTable, Name: setLegacy, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	var lelems []nftables.SetElement
+	for _, p := range cfg.Ports {
+		if p.Legacy {
+			lelems = append(lelems, nftables.SetElement{Key: ifname(p.Name)})
+		}
+	}
+	if err := c.AddSet(legacy, lelems); err != nil {
+		return fmt.Errorf("failed to add set %s: %w", setLegacy, err)
+	}
 	fwd := c.AddChain(&nftables.Chain{Table: brTable, Name: chainFwd, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
-	for _, r := range forwardRules(cfg) {
+	for _, r := range forwardRules(cfg, legacy) {
 		c.AddRule(&nftables.Rule{Table: brTable, Chain: fwd, Exprs: r})
 	}
 
@@ -278,7 +291,7 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 	if err := c.AddSet(cluster, celems); err != nil {
 		return fmt.Errorf("failed to add set %s: %w", setCluster, err)
 	}
-	trusted := &nftables.Set{Table: inetTable, Name: setTrusted, KeyType: nftables.TypeIFName}
+	trusted := &nftables.Set{Table: inetTable, Name: setTrusted, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
 	var telems []nftables.SetElement
 	for _, n := range append([]string{cfg.Bridge, "lo"}, cfg.Trusted...) {
 		telems = append(telems, nftables.SetElement{Key: ifname(n)})
@@ -292,7 +305,33 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 	for _, r := range inetRules(cfg, map[string]*nftables.Set{setCluster: cluster, setTrusted: trusted}) {
 		c.AddRule(&nftables.Rule{Table: inetTable, Chain: in, Exprs: r})
 	}
+	out := c.AddChain(&nftables.Chain{Table: inetTable, Name: chainOut, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	for _, r := range outputRules(cfg) {
+		c.AddRule(&nftables.Rule{Table: inetTable, Chain: out, Exprs: r})
+	}
 	return nil
+}
+
+// outputRules is the inet output chain: the host sends no ICMP redirects
+// to pods. Pod-to-pod traffic of one node enters and leaves the bridge, so
+// the kernel would tell the sender to go straight to the other pod's MAC:
+// past the host's forward hook (NetworkPolicy), and into the pod-to-pod
+// drop of the bridge table.
+//
+//	oifname BRIDGE icmp type redirect drop
+func outputRules(cfg Config) [][]expr.Any {
+	return [][]expr.Any{{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: ifname(cfg.Bridge)},
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMP}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{5}}, // redirect
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}}
 }
 
 func dedupElems(in []nftables.SetElement) []nftables.SetElement {
@@ -411,15 +450,20 @@ func bridgeRules(cfg Config, pods *nftables.Set) [][]expr.Any {
 // forwardRules is the bridge's forward chain: pods reach each other only
 // through the host (their gateway), where NetworkPolicy applies; a frame
 // bridged from one pod port to another (addressed to a pod's MAC, or
-// flooded) is dropped.
+// flooded) is dropped, except from and to the ports of legacy pods (see
+// Port.Legacy: their peers learnt the direct way from redirects, too).
 //
-//	iifname "PREFIX*" oifname "PREFIX*" counter "pod-to-pod" drop
-func forwardRules(cfg Config) [][]expr.Any {
+//	iifname "PREFIX*" oifname "PREFIX*" iifname != @legacy oifname != @legacy counter "pod-to-pod" drop
+func forwardRules(cfg Config, legacy *nftables.Set) [][]expr.Any {
 	return [][]expr.Any{append([]expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(cfg.PortPrefix)},
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(cfg.PortPrefix)},
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		lookup(legacy, true),
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
+		lookup(legacy, true),
 	}, counterDrop(CounterPodToPod)...)}
 }
 

@@ -79,6 +79,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 	ns := newNS(t)
 	tb := tablesIn(t, ns)
 	cfg := testConfig(3)
+	cfg.Ports[2].Legacy = true
 	if err := tb.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -92,8 +93,11 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		`ether type ip6 counter name "ipv6" drop`,
 		`"vmesh00000001" . 0a:58:0a:20:00:0b . 10.32.0.11`,
 		`ip saddr @cluster iifname != @trusted counter name "underlay-spoofed" drop`,
-		`iifname "vmesh*" oifname "vmesh*" counter name "pod-to-pod" drop`,
+		`iifname "vmesh*" oifname "vmesh*" iifname != @legacy oifname != @legacy counter name "pod-to-pod" drop`,
+		`elements = { "vmesh00000002" }`,
+		`oifname "mesh" icmp type redirect drop`,
 		"10.32.0.0/12",
+		`"mesh-wg"`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("live ruleset lacks %q:\n%s", want, out)
@@ -106,6 +110,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		{"nft", "flush", "ruleset"},
 		{"nft", "flush", "chain", "bridge", TableName, "prerouting"},
 		{"nft", "flush", "chain", "bridge", TableName, "forward"},
+		{"nft", "flush", "chain", "inet", TableName, "output"},
 		{"nft", "flush", "set", "bridge", TableName, "pods"},
 		{"nft", "delete", "table", "inet", TableName},
 	} {
