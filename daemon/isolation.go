@@ -165,8 +165,15 @@ func (d *Daemon) syncIsolation() error {
 		d.mu.Unlock()
 		d.log.Warn("the port-isolation tables were changed or deleted outside mesh; restoring them", "table", isolation.TableName)
 	}
-	if err := d.iso.Apply(want); err != nil {
-		return fmt.Errorf("failed to apply the port-isolation tables: %w", err)
+	if !applied || prev.String() == want.String() {
+		// First time, or restoring: the whole tables.
+		if err := d.iso.Apply(want); err != nil {
+			return fmt.Errorf("failed to apply the port-isolation tables: %w", err)
+		}
+		return nil
+	}
+	if err := d.iso.Update(want); err != nil {
+		return fmt.Errorf("failed to update the port-isolation tables: %w", err)
 	}
 	return nil
 }

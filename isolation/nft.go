@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -78,6 +80,94 @@ func (t *Tables) Apply(cfg Config) error {
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("failed to program nftables tables bridge and inet %s: %w", TableName, err)
+	}
+	t.applied = &cfg
+	return nil
+}
+
+// Update brings the tables to cfg. When only ports came or went since the
+// last Apply or Update, it adds and deletes their elements in one small
+// transaction (what a CNI ADD or DEL costs); otherwise, or if that fails
+// (the tables changed under it), it applies cfg whole.
+func (t *Tables) Update(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.normalize()
+	t.mu.Lock()
+	prev := t.applied
+	t.mu.Unlock()
+	if prev == nil || !samePortsKind(*prev, cfg) {
+		return t.Apply(cfg)
+	}
+	if err := t.updatePorts(*prev, cfg); err != nil {
+		return t.Apply(cfg)
+	}
+	return nil
+}
+
+// samePortsKind reports whether a and b differ at most in their
+// non-legacy ports.
+func samePortsKind(a, b Config) bool {
+	legacy := func(c Config) string {
+		var s []string
+		for _, p := range c.Ports {
+			if p.Legacy {
+				s = append(s, p.Name)
+			}
+		}
+		return strings.Join(s, ",")
+	}
+	return a.Bridge == b.Bridge && a.PortPrefix == b.PortPrefix && a.ClusterRange == b.ClusterRange &&
+		slices.Equal(a.Trusted, b.Trusted) && legacy(a) == legacy(b)
+}
+
+func (t *Tables) updatePorts(prev, cfg Config) error {
+	key := func(p Port) string { return string(podElem(p.Name, p.MAC, p.Addr)) }
+	had := map[string]bool{}
+	for _, p := range prev.Ports {
+		had[key(p)] = true
+	}
+	want := map[string]bool{}
+	var add, del []nftables.SetElement
+	for _, p := range cfg.Ports {
+		k := key(p)
+		want[k] = true
+		if !had[k] {
+			add = append(add, nftables.SetElement{Key: []byte(k)})
+		}
+	}
+	for _, p := range prev.Ports {
+		if k := key(p); !want[k] {
+			del = append(del, nftables.SetElement{Key: []byte(k)})
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.applied == nil || t.applied.String() != prev.String() {
+		return fmt.Errorf("tables changed meanwhile")
+	}
+	if len(add) == 0 && len(del) == 0 {
+		t.applied = &cfg
+		return nil
+	}
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	pods := &nftables.Set{Table: brTable, Name: setPods, KeyType: podKey, Concatenation: true}
+	if len(del) > 0 {
+		if err := c.SetDeleteElements(pods, del); err != nil {
+			return err
+		}
+	}
+	if len(add) > 0 {
+		if err := c.SetAddElements(pods, add); err != nil {
+			return err
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("failed to update set %s of %s: %w", setPods, tableString(brTable), err)
 	}
 	t.applied = &cfg
 	return nil

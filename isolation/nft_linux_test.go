@@ -125,6 +125,58 @@ func TestTablesApplyAndIntact(t *testing.T) {
 			t.Errorf("Intact after restoring from %v = %v, %v", mess, ok, err)
 		}
 	}
+	// Ports coming and going: an update of the set; other changes, or a
+	// set gone under it, a whole apply.
+	more := testConfig(5)
+	less := testConfig(2)
+	if err := tb.Apply(less); err != nil {
+		t.Fatal(err)
+	}
+	handle := func() string {
+		out, err := exec.Command("nsenter", "--net="+ns, "--", "nft", "-a", "list", "table", "bridge", TableName).CombinedOutput()
+		if err != nil {
+			return "" // deleted
+		}
+		first, _, _ := strings.Cut(string(out), "\n")
+		return first // "table bridge mesh-isolation { # handle N"
+	}
+	for _, step := range []struct {
+		name        string
+		cfg         Config
+		mess        []string
+		incremental bool // the table is kept, only the set changes
+	}{
+		{"add-ports", more, nil, true},
+		{"remove-ports", less, nil, true},
+		{"after-outside-delete", more, []string{"nft", "delete", "table", "bridge", TableName}, false},
+		{"other-range", Config{Bridge: "mesh", PortPrefix: "vmesh", ClusterRange: netip.MustParsePrefix("10.64.0.0/16"), Ports: less.Ports}, nil, false},
+	} {
+		if step.mess != nil {
+			nsRun(t, ns, step.mess...)
+		}
+		before := handle()
+		if err := tb.Update(step.cfg); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if kept := handle() == before; kept != step.incremental {
+			t.Errorf("%s: table kept = %v (%q, then %q), want %v", step.name, kept, before, handle(), step.incremental)
+		}
+		if ok, err := tb.Intact(); err != nil || !ok {
+			t.Errorf("%s: Intact = %v, %v", step.name, ok, err)
+		}
+		out := nsRun(t, ns, "nft", "list", "ruleset")
+		for _, p := range step.cfg.Ports {
+			if !strings.Contains(out, p.Addr.String()) {
+				t.Errorf("%s: port %s missing:\n%s", step.name, p.Addr, out)
+			}
+		}
+		if strings.Count(out, `"vmesh0000`) < len(step.cfg.Ports) || (len(step.cfg.Ports) == 2 && strings.Contains(out, "10.32.0.13")) {
+			t.Errorf("%s: wrong ports:\n%s", step.name, out)
+		}
+		if !strings.Contains(out, step.cfg.ClusterRange.String()) {
+			t.Errorf("%s: cluster range %s missing:\n%s", step.name, step.cfg.ClusterRange, out)
+		}
+	}
 	if err := tb.Remove(); err != nil {
 		t.Fatal(err)
 	}
