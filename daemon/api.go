@@ -89,6 +89,9 @@ func (d *Daemon) Status(r *http.Request) *api.Status {
 	if err := d.reconcile.lastErr; err != nil {
 		st.Problems = append(st.Problems, "data plane: "+err.Error())
 	}
+	if d.isoErr != nil {
+		st.Problems = append(st.Problems, "port isolation: "+d.isoErr.Error())
+	}
 	d.mu.Unlock()
 	return st
 }

@@ -55,6 +55,7 @@ type Daemon struct {
 	dpReady     bool   // the data plane accepted a config with our overlay IP
 	reconcile   reconcileStats
 	isoRestores int64 // isolation tables restored after an outside change
+	isoErr      error // last failure to program the isolation tables, nil once it worked
 }
 
 // Start brings the node up: identity, keys, data plane, gossip, IPAM and

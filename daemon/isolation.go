@@ -144,12 +144,17 @@ func podMAC(port string) (net.HardwareAddr, error) {
 // syncIsolation applies the tables if the allocations changed or if the
 // live tables differ from what was applied (a flushed ruleset); the latter
 // is counted and logged. No-op without isolation.
-func (d *Daemon) syncIsolation() error {
+func (d *Daemon) syncIsolation() (err error) {
 	if d.iso == nil {
 		return nil
 	}
 	d.isoMu.Lock()
 	defer d.isoMu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.isoErr = err
+		d.mu.Unlock()
+	}()
 	want := d.isolationConfig()
 	prev, applied := d.iso.Applied()
 	if applied && prev.String() == want.String() {
