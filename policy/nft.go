@@ -53,8 +53,8 @@ const sockBuf = 32 << 20
 
 var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 
-func (n *NFT) conn() (*nftables.Conn, error) {
-	opts := append([]nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}, n.opts...)
+func (n *NFT) conn(extra ...nftables.ConnOption) (*nftables.Conn, error) {
+	opts := append(append([]nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}, n.opts...), extra...)
 	c, err := nftables.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("failed to open nftables netlink connection: %w", err)
@@ -420,10 +420,12 @@ const (
 func (n *NFT) Intact(rs *Ruleset) (bool, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	c, err := n.conn()
+	// One socket for the dumps (one per chain), not one each.
+	c, err := n.conn(nftables.AsLasting())
 	if err != nil {
 		return false, err
 	}
+	defer c.CloseLasting()
 	ok, err := exists(c)
 	if err != nil || !ok {
 		return false, err
