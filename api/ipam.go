@@ -12,6 +12,12 @@ type AllocateRequest struct {
 	// the allocation so that GC of another network leaves it alone.
 	// Optional: older plugins do not send it (the network is then unknown).
 	Network string `json:"network,omitempty"`
+	// PodNamespace and PodName name the Kubernetes pod (the runtime's
+	// K8S_POD_NAMESPACE and K8S_POD_NAME): on a node that enforces
+	// NetworkPolicy the daemon answers only once the pod's policies are
+	// in place for the address. Empty for other containers.
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
 }
 
 // Allocation is what a pod needs to be wired to the node.
@@ -32,6 +38,10 @@ type Allocation struct {
 	// Network is the CNI network recorded with the allocation, in the list
 	// of GET /v1/ipam/allocations; empty when unknown.
 	Network string `json:"network,omitempty"`
+	// MAC is the pod interface's MAC: the node's bridge admits only frames
+	// from it (and Address) on the pod's port. Empty from daemons before
+	// port isolation: the plugin then leaves the MAC random.
+	MAC string `json:"mac,omitempty"`
 }
 
 // ReleaseRequest frees an address (POST /v1/ipam/release). Releasing an
@@ -57,14 +67,19 @@ type GCResult struct {
 // Allocate asks for the address of (containerID, ifName), of no named
 // network.
 func (c *Client) Allocate(ctx context.Context, containerID, ifName string) (*Allocation, error) {
-	return c.AllocateIn(ctx, "", containerID, ifName)
+	return c.AllocateFor(ctx, AllocateRequest{ContainerID: containerID, IfName: ifName})
 }
 
 // AllocateIn asks for the address of (containerID, ifName) in the CNI
 // network named network.
 func (c *Client) AllocateIn(ctx context.Context, network, containerID, ifName string) (*Allocation, error) {
+	return c.AllocateFor(ctx, AllocateRequest{ContainerID: containerID, IfName: ifName, Network: network})
+}
+
+// AllocateFor is Allocate with the whole request (its network, its pod).
+func (c *Client) AllocateFor(ctx context.Context, req AllocateRequest) (*Allocation, error) {
 	var a Allocation
-	if err := c.Do(ctx, "POST", "/v1/ipam/allocate", AllocateRequest{ContainerID: containerID, IfName: ifName, Network: network}, &a); err != nil {
+	if err := c.Do(ctx, "POST", "/v1/ipam/allocate", req, &a); err != nil {
 		return nil, err
 	}
 	return &a, nil

@@ -32,7 +32,8 @@ var (
 	ipamOps     = envInt("BENCH_IPAM_OPS", 1000)
 	iperfSecs   = envInt("BENCH_IPERF_SECONDS", 5)
 	iperfRounds = envInt("BENCH_IPERF_ROUNDS", 3)
-	// BENCH_PARTS selects parts (cni, churn, state, dataplane, kdf; default all).
+	// BENCH_PARTS selects parts (cni, churn, state, dataplane, kdf,
+	// isolation; default all).
 	parts = os.Getenv("BENCH_PARTS")
 	// BENCH_MESH_ENV and BENCH_WG_ENV add KEY=VALUE words to the
 	// environment of the mesh daemons and of the bare wireguard-go, for
@@ -73,6 +74,9 @@ func TestBench(t *testing.T) {
 	}
 	if want("kdf") {
 		t.Run("KDF", func(t *testing.T) { benchKDF(t, r) })
+	}
+	if want("isolation") {
+		t.Run("Isolation", func(t *testing.T) { benchIsolation(t, r) })
 	}
 	r.print(os.Stdout)
 	if out := os.Getenv("BENCH_OUT"); out != "" {
@@ -424,11 +428,19 @@ func uapiSet(sock, conf string, p *testnet.Proc) error {
 // second omitted) and returns the received bits per second.
 // With --bidir it returns the sum of both directions.
 func iperf(h *testnet.Host, addr string, secs int, extra ...string) (float64, error) {
+	return iperfIn(h, "", addr, secs, extra...)
+}
+
+// iperfIn is iperf run in the network namespace netns of h ("" for h's).
+func iperfIn(h *testnet.Host, netns, addr string, secs int, extra ...string) (float64, error) {
 	var last error
 	for range 20 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+30)*time.Second)
-		args := append([]string{"-c", addr, "-t", strconv.Itoa(secs), "-O", "1", "-J"}, extra...)
-		out, err := h.Run(ctx, "iperf3", args...)
+		args := append([]string{"iperf3", "-c", addr, "-t", strconv.Itoa(secs), "-O", "1", "-J"}, extra...)
+		if netns != "" {
+			args = append([]string{"ip", "netns", "exec", netns}, args...)
+		}
+		out, err := h.Run(ctx, args[0], args[1:]...)
 		cancel()
 		type sum struct {
 			BitsPerSecond float64 `json:"bits_per_second"`
@@ -482,6 +494,11 @@ type report struct {
 	meshBidir, wgBidir []memory
 	loadStart          string
 	kdf                *kdfCost
+
+	// Port isolation on and off (--no-port-isolation), one node.
+	isoCNI  map[string]cniLatency // "on", "off"
+	isoTput map[string][]float64
+	isoErr  string
 }
 
 type bidirResult struct {
@@ -645,6 +662,7 @@ func (r *report) print(w io.Writer) {
 		p("\n")
 	}
 	r.kdf.print(p)
+	r.printIsolation(p)
 	p("\n   load average at start %s, at end %s (other work on the machine skews the throughput)\n", r.loadStart, loadavg())
 	p("   total time %s\n\n", time.Since(r.start).Round(time.Second))
 }

@@ -31,7 +31,8 @@ type attachment struct {
 	addr    netip.Prefix // the pod's address, a host prefix
 	gateway netip.Addr   // the node's overlay IP, on the bridge
 	bridge  string
-	mtu     int // 0: the bridge's
+	mtu     int              // 0: the bridge's
+	mac     net.HardwareAddr // nil: random (a daemon without port isolation)
 }
 
 // parseAllocation validates the daemon's answer, so a daemon bug is reported
@@ -55,6 +56,11 @@ func parseAllocation(a *api.Allocation) (*attachment, error) {
 		return nil, fmt.Errorf("the mesh daemon returned an invalid MTU %d", a.MTU)
 	}
 	att := &attachment{addr: addr, gateway: gw, bridge: a.Bridge, mtu: a.MTU}
+	if a.MAC != "" {
+		if att.mac, err = net.ParseMAC(a.MAC); err != nil || len(att.mac) != 6 {
+			return nil, fmt.Errorf("the mesh daemon returned an invalid MAC %q", a.MAC)
+		}
+	}
 	if att.bridge == "" {
 		att.bridge = defaultBridge
 	}
@@ -117,7 +123,8 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 		return nil, internalError("failed to look up interface %q in %s: %v", args.IfName, pod, err)
 	}
 
-	alloc, err := allocate(ctx, client, conf.Name, args.ContainerID, args.IfName)
+	ns, name := podName(args.Args)
+	alloc, err := allocate(ctx, client, api.AllocateRequest{ContainerID: args.ContainerID, IfName: args.IfName, Network: conf.Name, PodNamespace: ns, PodName: name})
 	if err != nil {
 		return nil, daemonError(fmt.Sprintf("allocate an address for container %q", args.ContainerID), err)
 	}
@@ -154,6 +161,8 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 		PeerName:      args.IfName,
 		PeerMTU:       uint32(att.mtu),
 		PeerNamespace: netlink.NsFd(pod.fd),
+		// The bridge admits only this MAC from the pod's port.
+		PeerHardwareAddr: att.mac,
 	}
 	// The master is set separately: netlink's LinkAdd would leave the veth
 	// behind, unknown to the rollback below, if setting it failed.
@@ -244,14 +253,15 @@ func lockError(err error) error {
 	return internalError("%v", err)
 }
 
-// allocate asks the daemon for the address of (containerID, ifName) in
-// network. A daemon older than the network field refuses it as unknown; it
-// is asked again without, as it collects no GC by network anyway.
-func allocate(ctx context.Context, client *api.Client, network, containerID, ifName string) (*api.Allocation, error) {
-	alloc, err := client.AllocateIn(ctx, network, containerID, ifName)
+// allocate asks the daemon for the address of the request's (containerID,
+// ifName) in its network, for its pod. A daemon older than the network and
+// pod fields refuses them as unknown; it is asked again without, as it
+// collects no GC by network and enforces no policy at ADD anyway.
+func allocate(ctx context.Context, client *api.Client, req api.AllocateRequest) (*api.Allocation, error) {
+	alloc, err := client.AllocateFor(ctx, req)
 	var re *api.RequestError
-	if errors.As(err, &re) && re.Code == http.StatusBadRequest && strings.Contains(re.Message, `unknown field "network"`) {
-		return client.Allocate(ctx, containerID, ifName)
+	if errors.As(err, &re) && re.Code == http.StatusBadRequest && strings.Contains(re.Message, "unknown field") {
+		return client.Allocate(ctx, req.ContainerID, req.IfName)
 	}
 	return alloc, err
 }
@@ -366,4 +376,19 @@ func withDetails(err error, detail string) error {
 	}
 	out.Details += detail
 	return &out
+}
+
+// podName returns K8S_POD_NAMESPACE and K8S_POD_NAME from CNI_ARGS
+// ("K=V;K=V"), empty when the runtime is not the kubelet.
+func podName(cniArgs string) (namespace, name string) {
+	for _, kv := range strings.Split(cniArgs, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			namespace = v
+		case "K8S_POD_NAME":
+			name = v
+		}
+	}
+	return namespace, name
 }

@@ -47,7 +47,7 @@ func TestAllocateOlderDaemon(t *testing.T) {
 	go srv.Serve(ln)
 	defer srv.Close()
 
-	a, err := allocate(context.Background(), api.NewClient(sock), "mesh", "c1", "eth0")
+	a, err := allocate(context.Background(), api.NewClient(sock), api.AllocateRequest{ContainerID: "c1", IfName: "eth0", Network: "mesh", PodNamespace: "ns", PodName: "p"})
 	if err != nil {
 		t.Fatalf("allocate from an older daemon: %v", err)
 	}

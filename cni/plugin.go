@@ -35,6 +35,10 @@ const defaultBridge = "mesh"
 // hostVethPrefix starts the name of every host-side veth of mesh-cni.
 const hostVethPrefix = "vmesh"
 
+// HostVethPrefix is hostVethPrefix for the daemon's port-isolation rules,
+// which tell pod ports by it.
+const HostVethPrefix = hostVethPrefix
+
 // PluginInfo lists the CNI versions mesh-cni speaks: 1.1.0 and the older
 // ones a kubelet may still send.
 var PluginInfo = version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")

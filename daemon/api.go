@@ -95,6 +95,9 @@ func (d *Daemon) Status(r *http.Request) *api.Status {
 	if d.natErr != nil {
 		st.Problems = append(st.Problems, "NAT: "+d.natErr.Error())
 	}
+	if d.isoErr != nil {
+		st.Problems = append(st.Problems, "port isolation: "+d.isoErr.Error())
+	}
 	d.mu.Unlock()
 	if err := d.rec.Counters().LastError; err != nil {
 		st.Problems = append(st.Problems, "data plane: "+err.Error())

@@ -77,6 +77,13 @@ type Config struct {
 	// cluster range; NoMasqueradeCIDRs are destinations never masqueraded.
 	NoMasquerade      bool
 	NoMasqueradeCIDRs []netip.Prefix
+
+	// NoPortIsolation turns the bridge's port isolation and the underlay
+	// source check off (for benchmarks and debugging only).
+	NoPortIsolation bool
+	// PolicyWait bounds how long an ADD waits for the pod's NetworkPolicy
+	// rules before it fails (with --kube and policy on).
+	PolicyWait time.Duration
 }
 
 // DefaultConfig returns the defaults documented in `mesh launch --help`.
@@ -96,6 +103,7 @@ func DefaultConfig() Config {
 		CNIBinDir:    api.DefaultCNIBinDir,
 		CNIConfDir:   api.DefaultCNIConfDir,
 		MetricsAddr:  "127.0.0.1:6782",
+		PolicyWait:   10 * time.Second,
 	}
 }
 
@@ -159,6 +167,12 @@ func (c *Config) Validate() error {
 		if !p.IsValid() || !p.Addr().Is4() || p != p.Masked() {
 			return fmt.Errorf("--no-masquerade-cidrs: %v is not an IPv4 prefix without host bits", p)
 		}
+	}
+	if c.PolicyWait < 0 {
+		return fmt.Errorf("--policy-wait %v must not be negative", c.PolicyWait)
+	}
+	if c.PolicyWait == 0 {
+		c.PolicyWait = DefaultConfig().PolicyWait
 	}
 	for i, p := range c.Peers {
 		a, err := mesh.ParsePeerAddress(p, c.Port)

@@ -17,6 +17,7 @@ import (
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/ipam"
+	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
 	"github.com/meshnet/mesh/policy"
@@ -35,7 +36,12 @@ type Daemon struct {
 	nat     *nat.NAT           // nil with --dataplane none
 	policy  *policy.Controller // nil unless --kube and not --no-policy
 	attach  *attach.Manager    // `mesh attach`: namespaces attached by hand
-	mtu     int
+	iso     *isolation.Tables  // nil without a data plane or with --no-port-isolation
+	isoMu   sync.Mutex         // serialises syncIsolation; guards legacyMACs
+	// legacyMACs are the MACs of pods wired before port isolation, by
+	// port (see adoptLegacyPorts).
+	legacyMACs map[string]net.HardwareAddr
+	mtu        int
 
 	server   *http.Server
 	listener net.Listener
@@ -60,7 +66,9 @@ type Daemon struct {
 
 	health loopHealth // progress of the main loops, for /healthz
 	// badMeta: member name -> why it gets no WireGuard peer (logged once).
-	badMeta map[string]string
+	badMeta     map[string]string
+	isoRestores int64 // isolation tables restored after an outside change
+	isoErr      error // last failure to program the isolation tables, nil once it worked
 }
 
 // Start brings the node up: identity, keys, data plane, gossip, IPAM and
@@ -155,6 +163,9 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err := d.startIPAM(initialPeers); err != nil {
 		return nil, err
 	}
+	// Before the socket serves: no ADD may wire a pod before its port's
+	// rules exist.
+	d.startIsolation()
 	if err := d.startAttach(); err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/ipam"
+	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -111,6 +112,9 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 func (d *Daemon) allocation(containerID, ifName, network string, addr netip.Addr) api.Allocation {
 	a := api.Allocation{ContainerID: containerID, IfName: ifName, Address: netip.PrefixFrom(addr, 32).String(),
 		Bridge: d.cfg.Bridge, MTU: d.mtu, ClusterRange: d.cfg.IPAllocRange.String(), Network: network}
+	if addr.Is4() {
+		a.MAC = isolation.MACFor(addr).String()
+	}
 	if gw, ok := d.ipam.OverlayIP(); ok {
 		a.Gateway = gw.String()
 	}
@@ -145,6 +149,16 @@ func (d *Daemon) handleAllocate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("no gateway address on this node yet for %s/%s (ipam status %q); try again", req.ContainerID, req.IfName, d.ipam.Status().Status))
 		return
 	}
+	// The port's rules exist before the pod can send its first frame.
+	if err := d.syncIsolation(); err != nil {
+		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("address %s for %s/%s allocated, but %w", addr, req.ContainerID, req.IfName, err))
+		return
+	}
+	// Fail closed: no connectivity before the pod's policies are in place.
+	if err := d.admitPolicy(r.Context(), req, addr); err != nil {
+		writeError(w, http.StatusServiceUnavailable, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, a)
 }
 
@@ -167,10 +181,12 @@ func (d *Daemon) handleRelease(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
+	before := d.ipam.List()
 	if err := d.ipam.Release(req.ContainerID, req.IfName); err != nil {
 		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to release %s/%s: %w", req.ContainerID, req.IfName, err))
 		return
 	}
+	d.released(before)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -194,11 +210,13 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) {
 		// this daemon cannot tell apart, so nothing is collected.
 		d.log.Warn("ignored a CNI GC without a network name (an older mesh-cni?); nothing released")
 	}
+	before := d.ipam.List()
 	n, err := d.ipam.ReleaseAllExceptIn(req.Network, valid)
 	if err != nil {
 		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to garbage-collect allocations of network %q: %w", req.Network, err))
 		return
 	}
+	d.released(before)
 	if n > 0 {
 		d.log.Info("released stale allocations", "network", req.Network, "count", n)
 	}
@@ -301,5 +319,35 @@ func viewAge(ms []mesh.Member, now time.Time) (age time.Duration, why string) {
 		return now.Sub(lost), "lost its last live peer"
 	default:
 		return now.Sub(started), "started"
+	}
+}
+
+// released cleans up after the allocations of before that are gone: their
+// ports leave the isolation tables and their conntrack entries are
+// flushed, so no flow of the old pod reaches the next one.
+func (d *Daemon) released(before []ipam.Allocation) {
+	still := map[ipam.Key]bool{}
+	for _, a := range d.ipam.List() {
+		still[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] = true
+	}
+	var gone []netip.Addr
+	for _, a := range before {
+		if !still[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] {
+			gone = append(gone, a.Addr)
+		}
+	}
+	if len(gone) == 0 {
+		return
+	}
+	if d.policy != nil {
+		for _, a := range gone {
+			d.policy.Forget(a)
+		}
+	}
+	if err := d.syncIsolation(); err != nil {
+		d.log.Error("failed to update the port-isolation tables after a release; retrying", "error", err)
+	}
+	for _, a := range gone {
+		d.flushConntrack(a)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/isolation"
 )
 
 // startMetrics serves Prometheus /metrics and the probes /healthz and
@@ -85,6 +86,9 @@ var (
 	descRecRuns    = prometheus.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", nil, nil)
 	descDenied     = prometheus.NewDesc("mesh_policy_denied_packets_total", "Packets dropped on this node because of one NetworkPolicy.", []string{"policy"}, nil)
 	descRecSeconds = prometheus.NewDesc("mesh_reconcile_duration_seconds", "Duration of the last data-plane reconciliation.", nil, nil)
+	descIsoDropped = prometheus.NewDesc("mesh_isolation_dropped_packets_total", "Packets dropped by port isolation (spoofed, ipv6, host-config, other) or the underlay source check (underlay-spoofed).", []string{"reason"}, nil)
+	descPolRestore = prometheus.NewDesc("mesh_policy_restores_total", "Times the NetworkPolicy table was found changed or deleted and restored.", nil, nil)
+	descIsoRestore = prometheus.NewDesc("mesh_isolation_restores_total", "Times the port-isolation tables were found changed or deleted and restored.", nil, nil)
 )
 
 // collector reads the daemon's state at scrape time, so metrics and status
@@ -92,7 +96,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
 	}
 }
@@ -126,8 +130,18 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for name, n := range d.policy.DeniedPackets() {
 			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
 		}
+		ch <- prometheus.MustNewConstMetric(descPolRestore, prometheus.CounterValue, float64(d.policy.Restores()))
 	}
 	ch <- prometheus.MustNewConstMetric(descUnreach, prometheus.GaugeValue, float64(unreachable))
+	if ctrs := d.isolationCounters(); ctrs != nil {
+		for _, name := range isolation.Counters {
+			ch <- prometheus.MustNewConstMetric(descIsoDropped, prometheus.CounterValue, float64(ctrs[name]), name)
+		}
+		d.mu.Lock()
+		restores := d.isoRestores
+		d.mu.Unlock()
+		ch <- prometheus.MustNewConstMetric(descIsoRestore, prometheus.CounterValue, float64(restores))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	conns := map[api.ConnState]int{}

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/meshnet/mesh/api"
@@ -45,6 +47,28 @@ func (d *Daemon) policyReady() bool {
 	default:
 		return false
 	}
+}
+
+// admitPolicy waits (at most --policy-wait) until the NetworkPolicy rules
+// of the pod being added cover its address; no-op without policy.
+func (d *Daemon) admitPolicy(ctx context.Context, req api.AllocateRequest, addr netip.Addr) error {
+	if d.policy == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.PolicyWait)
+	defer cancel()
+	start := time.Now()
+	if err := d.policy.Admit(ctx, req.PodNamespace, req.PodName, addr); err != nil {
+		pod := req.PodNamespace + "/" + req.PodName
+		if req.PodName == "" {
+			pod = "container " + req.ContainerID
+		}
+		return fmt.Errorf("refusing to wire %s before its NetworkPolicy is enforced (waited %v, --policy-wait): %w", pod, d.cfg.PolicyWait, err)
+	}
+	if took := time.Since(start); took > time.Second {
+		d.log.Info("pod waited for its NetworkPolicy rules", "pod", req.PodNamespace+"/"+req.PodName, "address", addr, "took", took.Round(time.Millisecond))
+	}
+	return nil
 }
 
 func (d *Daemon) policyStatus() []api.PolicyStatus {

@@ -188,8 +188,15 @@ func TestReset(t *testing.T) {
 	if links, _ := n.Host.Run(ctx, "ip", "-o", "link", "show"); !strings.Contains(links, "mesh-wg") {
 		t.Fatalf("SIGTERM took the data plane down:\n%s", links)
 	}
+	// The isolation tables outlive SIGTERM too: pods stay isolated.
+	if out, err := n.Host.Run(ctx, "nft", "list", "tables"); err != nil || !strings.Contains(out, "bridge mesh-isolation") || !strings.Contains(out, "inet mesh-isolation") {
+		t.Fatalf("isolation tables gone after SIGTERM (%v):\n%s", err, out)
+	}
 	if _, err := n.Host.Run(ctx, n.Bin, "reset", "--state"); err != nil {
 		t.Fatalf("reset: %v", err)
+	}
+	if out, _ := n.Host.Run(ctx, "nft", "list", "tables"); strings.Contains(out, "mesh-isolation") {
+		t.Fatalf("reset left the isolation tables:\n%s", out)
 	}
 	links, _ := n.Host.Run(ctx, "ip", "-o", "link", "show")
 	routes, _ := n.Host.Run(ctx, "ip", "route", "show", "proto", "109")

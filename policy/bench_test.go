@@ -166,3 +166,20 @@ func TestThroughput(t *testing.T) {
 		t.Error("no throughput with policies: the connection was denied")
 	}
 }
+
+// BenchmarkTableCheck is the periodic check of the live table (Intact) on
+// a node with 1,000 pods and 200 policies.
+func BenchmarkTableCheck(b *testing.B) {
+	testnet.RequireRoot(b)
+	nft := nftIn(b, netnstest.New(b))
+	rs := Build(benchState(1000, 200))
+	if err := nft.Apply(rs); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		ok, err := nft.Intact(rs)
+		if err != nil || !ok {
+			b.Fatalf("Intact = %v, %v", ok, err)
+		}
+	}
+}

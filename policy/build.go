@@ -147,31 +147,29 @@ func (b *builder) nsLabelsOf(ns string) labels.Set {
 }
 
 func (b *builder) indexPods() {
-	byAddr := map[netip.Addr]*corev1.Pod{}
-	var local []*corev1.Pod
+	// An address belongs to one pod: a released address is handed out
+	// again while the old pod may still be Terminating in the API, and
+	// the old pod's identity must not grant the new one its access (nor
+	// would two local pods with one address fit in the maps).
+	type holder struct {
+		pod  *corev1.Pod
+		info *podInfo
+	}
+	byAddr := map[netip.Addr]holder{}
 	for _, p := range b.st.Pods {
 		info := podInfoOf(p)
 		if info == nil {
 			continue
 		}
-		b.pods = append(b.pods, info)
-		if p.Spec.NodeName != b.st.Node {
+		if q, ok := byAddr[info.addr]; ok && !holdsAddress(p, q.pod) {
 			continue
 		}
-		// Two local pods with one address (one of them terminating) would
-		// make the maps' transaction fail: keep the live one.
-		if q := byAddr[info.addr]; q != nil {
-			if q.DeletionTimestamp == nil {
-				continue
-			}
-		}
-		byAddr[info.addr] = p
-		local = append(local, p)
+		byAddr[info.addr] = holder{p, info}
 	}
-	for _, p := range local {
-		info := podInfoOf(p)
-		if byAddr[info.addr] == p {
-			b.local = append(b.local, info)
+	for _, h := range byAddr {
+		b.pods = append(b.pods, h.info)
+		if h.pod.Spec.NodeName == b.st.Node {
+			b.local = append(b.local, h.info)
 		}
 	}
 	byKey := func(a, c *podInfo) int { return cmp.Compare(a.key, c.key) }
@@ -183,6 +181,19 @@ func (b *builder) indexPods() {
 	for _, p := range b.local {
 		b.localByNS[p.ns] = append(b.localByNS[p.ns], p)
 	}
+}
+
+// holdsAddress reports whether pod p rather than q holds the address both
+// claim: one not being deleted over one being deleted, then the newer,
+// then (for a stable result) the lower namespace/name.
+func holdsAddress(p, q *corev1.Pod) bool {
+	if (p.DeletionTimestamp == nil) != (q.DeletionTimestamp == nil) {
+		return p.DeletionTimestamp == nil
+	}
+	if !p.CreationTimestamp.Equal(&q.CreationTimestamp) {
+		return q.CreationTimestamp.Before(&p.CreationTimestamp)
+	}
+	return p.Namespace+"/"+p.Name < q.Namespace+"/"+q.Name
 }
 
 // podInfoOf returns what policies need of a pod, or nil if the pod is not

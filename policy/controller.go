@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -20,6 +21,10 @@ import (
 // syncTimeout bounds the first listing of pods, namespaces and policies.
 const syncTimeout = time.Minute
 
+// DefaultCheckInterval is how often the live table is compared with the
+// applied one, so an outside change (`nft flush ruleset`) is repaired.
+const DefaultCheckInterval = 5 * time.Second
+
 // Retry delays after a failed apply.
 const (
 	retryMin = 100 * time.Millisecond
@@ -34,6 +39,10 @@ type Controller struct {
 	log    *slog.Logger
 	nft    Applier
 
+	// CheckInterval is how often the live table is checked (set before
+	// Run; 0 means DefaultCheckInterval).
+	CheckInterval time.Duration
+
 	kick      chan struct{}
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -41,10 +50,20 @@ type Controller struct {
 	// The caches of the running informers, nil before Run.
 	pods, nss, policies cache.Store
 
-	mu      sync.Mutex
-	applied *Ruleset // nil until the first apply
-	text    string   // applied.String()
-	warned  map[string]string
+	mu       sync.Mutex
+	applied  *Ruleset // nil until the first apply
+	text     string   // applied.String()
+	warned   map[string]string
+	restores int64 // tables found changed and restored
+
+	// Admission (see Admit): addresses given to pods the API does not
+	// show with them yet; the pods behind the addresses of the rules in
+	// place; the pods of claims seen in the cache; closed and replaced
+	// after every Sync.
+	claims    map[netip.Addr]claim
+	covered   map[netip.Addr]string
+	visible   map[string]struct{}
+	appliedCh chan struct{}
 }
 
 // New returns a controller for the pods of node. It does nothing until Run.
@@ -57,6 +76,11 @@ func New(client *kube.Client, node string, log *slog.Logger, nft Applier) *Contr
 		kick:   make(chan struct{}, 1),
 		ready:  make(chan struct{}),
 		warned: map[string]string{},
+
+		claims:    map[netip.Addr]claim{},
+		covered:   map[netip.Addr]string{},
+		visible:   map[string]struct{}{},
+		appliedCh: make(chan struct{}),
 	}
 }
 
@@ -116,6 +140,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	retry := time.NewTimer(0)
 	retry.Stop()
 	delay := retryMin
+	every := c.CheckInterval
+	if every <= 0 {
+		every = DefaultCheckInterval
+	}
+	check := time.NewTicker(every)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -123,6 +153,10 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		case <-c.kick:
 		case <-retry.C:
+		case <-check.C:
+			if !c.checkTable() {
+				continue // intact: no rebuild
+			}
 		}
 		if err := c.Sync(); err != nil {
 			c.log.Error("failed to apply network policies, retrying", "err", err, "in", delay)
@@ -133,6 +167,50 @@ func (c *Controller) Run(ctx context.Context) error {
 		delay = retryMin
 		c.readyOnce.Do(func() { close(c.ready) })
 	}
+}
+
+// checkTable compares the live table with the applied ruleset and, if
+// something outside changed it, forgets the applied one so the next Sync
+// programs it again; it reports whether it did.
+func (c *Controller) checkTable() bool {
+	c.mu.Lock()
+	rs := c.applied
+	c.mu.Unlock()
+	if rs == nil {
+		return false
+	}
+	ok, err := c.nft.Intact(rs)
+	if err != nil {
+		c.log.Warn("failed to check the network policy table", "err", err)
+		return false
+	}
+	if ok {
+		return false
+	}
+	c.log.Warn("the network policy table was changed or deleted outside mesh; restoring it", "table", "inet "+TableName)
+	c.mu.Lock()
+	c.restores++
+	c.text = "" // Sync applies again
+	c.mu.Unlock()
+	return true
+}
+
+// Restores counts the times the table was found changed and restored.
+func (c *Controller) Restores() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.restores
+}
+
+// markApplied records that the rules in place are those for pods, and
+// wakes Admit.
+func (c *Controller) markApplied(pods []*corev1.Pod) {
+	covered := addrsOf(pods)
+	c.mu.Lock()
+	c.covered = covered
+	close(c.appliedCh)
+	c.appliedCh = make(chan struct{})
+	c.mu.Unlock()
 }
 
 func (c *Controller) trigger() {
@@ -149,9 +227,13 @@ func (c *Controller) Sync() error {
 	if c.pods == nil {
 		return fmt.Errorf("policy controller not running")
 	}
+	pods := listAll[*corev1.Pod](c.pods)
+	c.mu.Lock()
+	pods = c.withClaims(pods)
+	c.mu.Unlock()
 	st := State{
 		Node:       c.node,
-		Pods:       listAll[*corev1.Pod](c.pods),
+		Pods:       pods,
 		Namespaces: listAll[*corev1.Namespace](c.nss),
 		Policies:   listAll[*networkingv1.NetworkPolicy](c.policies),
 	}
@@ -163,6 +245,7 @@ func (c *Controller) Sync() error {
 	same := c.applied != nil && text == c.text
 	c.mu.Unlock()
 	if same {
+		c.markApplied(pods)
 		return nil
 	}
 	if err := c.nft.Apply(rs); err != nil {
@@ -171,6 +254,7 @@ func (c *Controller) Sync() error {
 	c.mu.Lock()
 	c.applied, c.text = rs, text
 	c.mu.Unlock()
+	c.markApplied(pods)
 	c.log.Debug("applied network policies", "policies", len(rs.Policies), "pods", len(rs.Ingress)+len(rs.Egress),
 		"chains", len(rs.Chains), "sets", len(rs.Sets), "took", time.Since(start))
 	return nil

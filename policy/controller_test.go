@@ -36,6 +36,8 @@ func (f *fakeNFT) Apply(rs *Ruleset) error {
 
 func (f *fakeNFT) Counters() (map[string]uint64, error) { return map[string]uint64{}, nil }
 
+func (f *fakeNFT) Intact(*Ruleset) (bool, error) { return true, nil }
+
 func (f *fakeNFT) Remove() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -435,3 +435,47 @@ func TestRestartRebuildsTable(t *testing.T) {
 		t.Errorf("second Remove: %v", err)
 	}
 }
+
+// TestTableRestoredAfterFlush: `nft flush ruleset` (a reload of the host's
+// nftables service) deletes the table; a connection the policy denies must
+// be denied again within a bounded time, and the restore counted.
+func TestTableRestoredAfterFlush(t *testing.T) {
+	n := newTestNodeNet(t)
+	for _, p := range enforcePods[:3] {
+		n.addPod(p.name, p.addr)
+	}
+	objs := append(enforceObjects(), mkPolicy("a", "deny", "", "Ingress", nil, nil))
+	client := fake.NewClientset(objs...)
+	nft := nftIn(t, n.host.NetNS())
+	c := New(kubetest.Client(client), testNode, testLogger(t), nft)
+	c.CheckInterval = time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-c.Ready()
+	denied := probeSpec{"b1", "a1", "tcp", 80}
+	if got, err := n.runProbes([]probeSpec{denied}); err != nil || got[denied] {
+		t.Fatalf("%s allowed before the flush (%v)", denied, err)
+	}
+	netnstest.Run(t, n.host.NetNS(), "nft", "flush", "ruleset")
+	if got, err := n.runProbes([]probeSpec{denied}); err != nil || !got[denied] {
+		t.Fatalf("%s still denied right after the flush (%v): the test shows nothing", denied, err)
+	}
+	// Restored within a few check intervals.
+	start := time.Now()
+	testnet.Eventually(t, 15*time.Second, 200*time.Millisecond, func() error {
+		got, err := n.runProbes([]probeSpec{denied})
+		if err != nil {
+			return err
+		}
+		if got[denied] {
+			return fmt.Errorf("%s allowed %v after the flush", denied, time.Since(start).Round(time.Millisecond))
+		}
+		return nil
+	})
+	if c.Restores() < 1 {
+		t.Errorf("restore not counted: %d", c.Restores())
+	}
+	t.Logf("denied again after %v", time.Since(start).Round(time.Millisecond))
+}

@@ -26,6 +26,10 @@ type Applier interface {
 	Counters() (map[string]uint64, error)
 	// Remove deletes the table; no error if it does not exist.
 	Remove() error
+	// Intact reports whether the live table still holds rs, as far as a
+	// cheap comparison tells: the table, every chain with its number of
+	// rules, and the number of elements of the pod maps.
+	Intact(rs *Ruleset) (bool, error)
 }
 
 // NFT programs the table with netlink (github.com/google/nftables).
@@ -49,8 +53,8 @@ const sockBuf = 32 << 20
 
 var table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 
-func (n *NFT) conn() (*nftables.Conn, error) {
-	opts := append([]nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}, n.opts...)
+func (n *NFT) conn(extra ...nftables.ConnOption) (*nftables.Conn, error) {
+	opts := append(append([]nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}, n.opts...), extra...)
 	c, err := nftables.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("failed to open nftables netlink connection: %w", err)
@@ -402,4 +406,70 @@ func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 		return nil, fmt.Errorf("rule %q has no verdict", r)
 	}
 	return append(out, &expr.Verdict{Kind: v}), nil
+}
+
+// Base chains' rule counts, as program adds them.
+const (
+	forwardRules = 3
+	inputRules   = 2
+)
+
+// Intact implements Applier. It catches what an outside hand does to the
+// table (`nft flush ruleset`, a deleted table, a flushed chain or map),
+// not an edit that keeps every count.
+func (n *NFT) Intact(rs *Ruleset) (bool, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	// One socket for the dumps (one per chain), not one each.
+	c, err := n.conn(nftables.AsLasting())
+	if err != nil {
+		return false, err
+	}
+	defer c.CloseLasting()
+	ok, err := exists(c)
+	if err != nil || !ok {
+		return false, err
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("failed to list the chains of table inet %s: %w", TableName, err)
+	}
+	want := map[string]int{chainForward: forwardRules, chainInput: inputRules}
+	for _, ch := range rs.Chains {
+		want[ch.Name] = len(ch.Rules)
+	}
+	seen := 0
+	for _, ch := range chains {
+		if ch.Table == nil || ch.Table.Name != TableName {
+			continue
+		}
+		seen++
+		n, ok := want[ch.Name]
+		if !ok {
+			return false, nil
+		}
+		rules, err := c.GetRules(table, ch)
+		if err != nil {
+			return false, fmt.Errorf("failed to list the rules of chain %s of table inet %s: %w", ch.Name, TableName, err)
+		}
+		if len(rules) != n {
+			return false, nil
+		}
+	}
+	if seen != len(want) {
+		return false, nil
+	}
+	for name, elems := range map[string][]MapElem{mapIngress: rs.Ingress, mapEgress: rs.Egress, mapDeny: rs.Deny} {
+		got, err := c.GetSetElements(&nftables.Set{Table: table, Name: name, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict})
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
+				return false, nil
+			}
+			return false, fmt.Errorf("failed to list map %s of table inet %s: %w", name, TableName, err)
+		}
+		if len(got) != len(elems) {
+			return false, nil
+		}
+	}
+	return true, nil
 }

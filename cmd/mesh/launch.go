@@ -51,6 +51,8 @@ func launch(args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.NoPolicy, "no-policy", false, "with --kube, do not enforce NetworkPolicies (and remove mesh's nftables table)")
 	fs.BoolVar(&cfg.NoMasquerade, "no-masquerade", false, "do not masquerade pod traffic leaving the cluster range (for an underlay that routes pod addresses)")
 	noMasq := fs.String("no-masquerade-cidrs", "", "comma-separated destination CIDRs that pod traffic reaches without masquerade")
+	fs.DurationVar(&cfg.PolicyWait, "policy-wait", cfg.PolicyWait, "with --kube, how long a pod's CNI ADD waits for its NetworkPolicy rules before it fails (fail closed)")
+	fs.BoolVar(&cfg.NoPortIsolation, "no-port-isolation", false, "for benchmarks and debugging only: do not isolate pod ports on the bridge nor check underlay sources (removes the mesh-isolation tables)")
 	peers, err := parseInterspersed(fs, args)
 	if err != nil {
 		return errUsage

@@ -1,61 +1,20 @@
 package nat
 
 import (
-	"context"
-	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/meshnet/mesh/internal/netnstest"
+	"github.com/meshnet/mesh/internal/testnet"
 	"golang.org/x/sys/unix"
 )
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("this test needs root, and CI must run it")
-		}
-		t.Skip("needs root")
-	}
-}
-
-// newNS creates a throwaway network namespace bound on a file in a
-// temporary directory, destroyed when t ends.
-func newNS(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "net")
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		t.Fatalf("failed to create netns file: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(path, unix.MNT_DETACH) })
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread dies with the goroutine.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("failed to unshare netns: %w", err)
-			return
-		}
-		errc <- unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 func nsNFT(t *testing.T, path string, args ...string) (string, error) {
 	t.Helper()
-	out, err := exec.CommandContext(context.Background(), "nsenter", append([]string{"--net=" + path, "--", "nft"}, args...)...).CombinedOutput()
-	return string(out), err
+	return netnstest.Exec(path, append([]string{"nft"}, args...)...)
 }
 
 func natIn(t *testing.T, path string) *NAT {
@@ -69,8 +28,8 @@ func natIn(t *testing.T, path string) *NAT {
 }
 
 func TestSetProgramsRestoresAndRemoves(t *testing.T) {
-	requireRoot(t)
-	ns := newNS(t)
+	testnet.RequireRoot(t)
+	ns := netnstest.New(t)
 	n := natIn(t, ns)
 	cfg := &Config{
 		ClusterRange:  netip.MustParsePrefix("10.32.0.0/12"),

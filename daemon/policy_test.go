@@ -1,0 +1,71 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/kube/kubetest"
+	"github.com/meshnet/mesh/policy"
+)
+
+// nopNFT is an Applier that programs nothing: the test is about when the
+// daemon answers, not about the table.
+type nopNFT struct{}
+
+func (nopNFT) Apply(*policy.Ruleset) error          { return nil }
+func (nopNFT) Counters() (map[string]uint64, error) { return nil, nil }
+func (nopNFT) Remove() error                        { return nil }
+func (nopNFT) Intact(*policy.Ruleset) (bool, error) { return true, nil }
+
+// TestAllocateWaitsForPolicy: the daemon's ADD path (admitPolicy) against
+// the policy controller fed by a fake API. Before the controller synced
+// (right after a reboot) every ADD fails with a clear error; once synced,
+// an ADD for a pod the API shows returns only when the rules cover the
+// pod's new address, and one for a pod the API does not show fails.
+func TestAllocateWaitsForPolicy(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "a", Name: "web", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{NodeName: "node1"}, Status: corev1.PodStatus{Phase: corev1.PodPending}}
+	client := fake.NewClientset(pod)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	d := &Daemon{cfg: Config{PolicyWait: 500 * time.Millisecond}, log: log,
+		policy: policy.New(kubetest.Client(client), "node1", log, nopNFT{})}
+	addr := netip.MustParseAddr("10.32.0.7")
+	req := api.AllocateRequest{ContainerID: "c1", IfName: "eth0", PodNamespace: "a", PodName: "web"}
+
+	err := d.admitPolicy(context.Background(), req, addr)
+	if err == nil || !strings.Contains(err.Error(), "refusing to wire a/web before its NetworkPolicy is enforced") || !strings.Contains(err.Error(), "not synced") {
+		t.Fatalf("ADD before the controller synced: %v, want a clear refusal", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.policy.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-d.policy.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("controller not ready")
+	}
+	d.cfg.PolicyWait = 10 * time.Second
+	if err := d.admitPolicy(context.Background(), req, addr); err != nil {
+		t.Fatalf("ADD of a visible pod: %v", err)
+	}
+	d.cfg.PolicyWait = 500 * time.Millisecond
+	err = d.admitPolicy(context.Background(), api.AllocateRequest{ContainerID: "c2", IfName: "eth0", PodNamespace: "a", PodName: "ghost"}, netip.MustParseAddr("10.32.0.8"))
+	if err == nil || !strings.Contains(err.Error(), "a/ghost not seen in the Kubernetes API") {
+		t.Fatalf("ADD of a pod the API does not show: %v", err)
+	}
+	if err := d.admitPolicy(context.Background(), api.AllocateRequest{ContainerID: "c3", IfName: "eth0"}, netip.MustParseAddr("10.32.0.9")); err != nil {
+		t.Fatalf("ADD of a non-Kubernetes container once synced: %v", err)
+	}
+}

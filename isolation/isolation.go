@@ -1,0 +1,139 @@
+// Package isolation keeps pods from talking past the policy and the
+// encryption: at layer 2 on the node's bridge, each pod port admits only
+// that pod's own MAC and IPv4 address (IPv4 source, ARP sender), nothing of
+// IPv6 and no host-configuring traffic (DHCP server replies); at layer 3,
+// packets with a cluster-range source are accepted only from the bridge and
+// the WireGuard device. Two nftables tables of its own hold the rules,
+// `bridge mesh-isolation` and `inet mesh-isolation`, replaced together in
+// one transaction; nothing else is touched.
+package isolation
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// TableName names both tables (families bridge and inet).
+const TableName = "mesh-isolation"
+
+// Counter names: what was dropped, and why.
+const (
+	// CounterSpoofed: a frame from a pod port whose MAC, IPv4 source or ARP
+	// sender is not that pod's own.
+	CounterSpoofed = "spoofed"
+	// CounterIPv6: IPv6 from a pod (the mesh runs IPv4 only), router
+	// advertisements and link-local traffic included.
+	CounterIPv6 = "ipv6"
+	// CounterHostConfig: host-configuring traffic from a pod (DHCP server
+	// replies).
+	CounterHostConfig = "host-config"
+	// CounterOther: any other protocol from a pod (VLAN tags, ...).
+	CounterOther = "other"
+	// CounterPodToPod: a frame a pod addressed straight to another pod's
+	// MAC, which would be bridged past the host's routing and so past
+	// NetworkPolicy.
+	CounterPodToPod = "pod-to-pod"
+	// CounterUnderlay: a packet with a cluster-range source that arrived
+	// neither from a pod (the bridge) nor from the WireGuard device.
+	CounterUnderlay = "underlay-spoofed"
+)
+
+// Counters lists every counter, bridge table first.
+var Counters = []string{CounterSpoofed, CounterIPv6, CounterHostConfig, CounterOther, CounterPodToPod, CounterUnderlay}
+
+// Port is one pod's port on the bridge and what it may send from.
+type Port struct {
+	Name string // the host-side veth
+	MAC  net.HardwareAddr
+	Addr netip.Addr // IPv4
+	// Legacy marks a pod wired before port isolation: it and its peers on
+	// the node may have learnt (from ICMP redirects of the host, which the
+	// previous release sent) to reach each other straight by MAC, so
+	// frames from and to its port are bridged as before, until it is
+	// recreated.
+	Legacy bool
+}
+
+// Config is the desired content of the tables.
+type Config struct {
+	// Bridge is the pods' bridge.
+	Bridge string
+	// PortPrefix starts the name of every pod port (mesh-cni's host-side
+	// veths): frames entering such a port are checked.
+	PortPrefix string
+	// Trusted are the interfaces cluster-range sources may arrive on besides
+	// the bridge: the WireGuard device (and lo, always).
+	Trusted []string
+	// ClusterRange is the overlay range; invalid leaves layer 3 unchecked.
+	ClusterRange netip.Prefix
+	// Ports are the pods' ports.
+	Ports []Port
+}
+
+// normalize sorts and deduplicates, so equal configs compare equal.
+func (c Config) normalize() Config {
+	out := c
+	out.Trusted = slices.Clone(c.Trusted)
+	slices.Sort(out.Trusted)
+	out.Trusted = slices.Compact(out.Trusted)
+	out.Ports = slices.Clone(c.Ports)
+	slices.SortFunc(out.Ports, func(a, b Port) int { return strings.Compare(a.Name, b.Name) })
+	out.Ports = slices.CompactFunc(out.Ports, func(a, b Port) bool { return a.Name == b.Name })
+	return out
+}
+
+// Validate reports the first entry the tables cannot hold.
+func (c Config) Validate() error {
+	if c.Bridge == "" || len(c.Bridge) > 15 {
+		return fmt.Errorf("invalid bridge name %q", c.Bridge)
+	}
+	if c.PortPrefix == "" || len(c.PortPrefix) > 15 {
+		return fmt.Errorf("invalid port prefix %q", c.PortPrefix)
+	}
+	for _, t := range c.Trusted {
+		if t == "" || len(t) > 15 {
+			return fmt.Errorf("invalid trusted interface name %q", t)
+		}
+	}
+	if c.ClusterRange.IsValid() && !c.ClusterRange.Addr().Is4() {
+		return fmt.Errorf("cluster range %s is not IPv4", c.ClusterRange)
+	}
+	for _, p := range c.Ports {
+		if p.Name == "" || len(p.Name) > 15 {
+			return fmt.Errorf("invalid port name %q", p.Name)
+		}
+		if len(p.MAC) != 6 {
+			return fmt.Errorf("port %s: invalid MAC %q", p.Name, p.MAC)
+		}
+		if !p.Addr.Is4() {
+			return fmt.Errorf("port %s: address %s is not IPv4", p.Name, p.Addr)
+		}
+	}
+	return nil
+}
+
+// MACFor is the MAC a pod with address a gets: 0a:58 (locally
+// administered, unicast) followed by the IPv4 address. The daemon knows it
+// when it allocates the address, before the veth exists, so the port's
+// entry is in place before the pod's first frame; and an address always
+// maps to the same MAC, so neighbour caches stay right when an address is
+// reused.
+func MACFor(a netip.Addr) net.HardwareAddr {
+	b := a.As4()
+	return net.HardwareAddr{0x0a, 0x58, b[0], b[1], b[2], b[3]}
+}
+
+// String renders the desired tables in nft syntax, for logs and tests.
+func (c Config) String() string {
+	c = c.normalize()
+	var b strings.Builder
+	fmt.Fprintf(&b, "table bridge %s: bridge %s ports %s*\n", TableName, c.Bridge, c.PortPrefix)
+	for _, p := range c.Ports {
+		fmt.Fprintf(&b, "  port %s . %s . %s legacy=%v\n", p.Name, p.MAC, p.Addr, p.Legacy)
+	}
+	fmt.Fprintf(&b, "table inet %s: cluster %s from %s lo\n", TableName, c.ClusterRange, strings.Join(c.Trusted, " "))
+	return b.String()
+}

@@ -1,0 +1,626 @@
+package isolation
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// Tables programs both tables with netlink. Safe for concurrent use.
+type Tables struct {
+	opts []nftables.ConnOption
+
+	mu      sync.Mutex
+	applied *Config // normalized; nil until the first Apply
+}
+
+// New returns the tables of the calling process's network namespace, or of
+// another one with nftables.WithNetNSFd.
+func New(opts ...nftables.ConnOption) *Tables { return &Tables{opts: opts} }
+
+var (
+	brTable   = &nftables.Table{Family: nftables.TableFamilyBridge, Name: TableName}
+	inetTable = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+)
+
+// Object names inside the tables.
+const (
+	setPods    = "pods"    // ifname . ether_addr . ipv4_addr: port, MAC, address of each pod
+	setCluster = "cluster" // ipv4_addr interval: the cluster range
+	setTrusted = "trusted" // ifname: where cluster-range sources may arrive
+	setLegacy  = "legacy"  // ifname: ports of pods wired before port isolation
+	setHairpin = "hairpin" // ifname . ifname: each pod port paired with itself
+	chainPre   = "prerouting"
+	chainFwd   = "forward"
+	chainOut   = "output"
+)
+
+var podKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
+
+var hairpinKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+
+// hairpinElem pairs a port with itself: the frame a pod sends to a Service
+// that DNATs it back to the pod leaves by the port it came in on.
+func hairpinElem(port string) []byte { return append(ifname(port), ifname(port)...) }
+
+func (t *Tables) conn() (*nftables.Conn, error) {
+	c, err := nftables.New(t.opts...)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open nftables netlink connection: %w", err)
+	}
+	return c, nil
+}
+
+// Apply replaces both tables with cfg in one transaction. Counters keep
+// their values.
+func (t *Tables) Apply(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.normalize()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	old, err := counters(c)
+	if err != nil {
+		return err
+	}
+	for _, tb := range []*nftables.Table{brTable, inetTable} {
+		c.AddTable(tb)
+		c.DelTable(tb)
+		c.AddTable(tb)
+	}
+	if err := program(c, cfg, old); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("failed to program nftables tables bridge and inet %s: %w", TableName, err)
+	}
+	t.applied = &cfg
+	return nil
+}
+
+// Update brings the tables to cfg. When only ports came or went since the
+// last Apply or Update, it adds and deletes their elements in one small
+// transaction (what a CNI ADD or DEL costs); otherwise, or if that fails
+// (the tables changed under it), it applies cfg whole.
+func (t *Tables) Update(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	cfg = cfg.normalize()
+	t.mu.Lock()
+	prev := t.applied
+	t.mu.Unlock()
+	if prev == nil || !samePortsKind(*prev, cfg) {
+		return t.Apply(cfg)
+	}
+	if err := t.updatePorts(*prev, cfg); err != nil {
+		return t.Apply(cfg)
+	}
+	return nil
+}
+
+// samePortsKind reports whether a and b differ at most in their
+// non-legacy ports.
+func samePortsKind(a, b Config) bool {
+	legacy := func(c Config) string {
+		var s []string
+		for _, p := range c.Ports {
+			if p.Legacy {
+				s = append(s, p.Name)
+			}
+		}
+		return strings.Join(s, ",")
+	}
+	return a.Bridge == b.Bridge && a.PortPrefix == b.PortPrefix && a.ClusterRange == b.ClusterRange &&
+		slices.Equal(a.Trusted, b.Trusted) && legacy(a) == legacy(b)
+}
+
+func (t *Tables) updatePorts(prev, cfg Config) error {
+	key := func(p Port) string { return string(podElem(p.Name, p.MAC, p.Addr)) }
+	had := map[string]bool{}
+	for _, p := range prev.Ports {
+		had[key(p)] = true
+	}
+	want := map[string]bool{}
+	var add, del []nftables.SetElement
+	for _, p := range cfg.Ports {
+		k := key(p)
+		want[k] = true
+		if !had[k] {
+			add = append(add, nftables.SetElement{Key: []byte(k)})
+		}
+	}
+	for _, p := range prev.Ports {
+		if k := key(p); !want[k] {
+			del = append(del, nftables.SetElement{Key: []byte(k)})
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.applied == nil || t.applied.String() != prev.String() {
+		return fmt.Errorf("tables changed meanwhile")
+	}
+	if len(add) == 0 && len(del) == 0 {
+		t.applied = &cfg
+		return nil
+	}
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	pods := &nftables.Set{Table: brTable, Name: setPods, KeyType: podKey, Concatenation: true}
+	if len(del) > 0 {
+		if err := c.SetDeleteElements(pods, del); err != nil {
+			return err
+		}
+	}
+	if len(add) > 0 {
+		if err := c.SetAddElements(pods, add); err != nil {
+			return err
+		}
+	}
+	hadPort, wantPort := map[string]bool{}, map[string]bool{}
+	for _, p := range prev.Ports {
+		hadPort[p.Name] = true
+	}
+	var hadd, hdel []nftables.SetElement
+	for _, p := range cfg.Ports {
+		wantPort[p.Name] = true
+		if !hadPort[p.Name] {
+			hadd = append(hadd, nftables.SetElement{Key: hairpinElem(p.Name)})
+		}
+	}
+	for _, p := range prev.Ports {
+		if !wantPort[p.Name] {
+			hdel = append(hdel, nftables.SetElement{Key: hairpinElem(p.Name)})
+		}
+	}
+	hairpin := &nftables.Set{Table: brTable, Name: setHairpin, KeyType: hairpinKey, Concatenation: true}
+	if len(hdel) > 0 {
+		if err := c.SetDeleteElements(hairpin, dedupElems(hdel)); err != nil {
+			return err
+		}
+	}
+	if len(hadd) > 0 {
+		if err := c.SetAddElements(hairpin, dedupElems(hadd)); err != nil {
+			return err
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("failed to update set %s of %s: %w", setPods, tableString(brTable), err)
+	}
+	t.applied = &cfg
+	return nil
+}
+
+// Applied returns the config last applied, and whether there is one.
+func (t *Tables) Applied() (Config, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.applied == nil {
+		return Config{}, false
+	}
+	return *t.applied, true
+}
+
+// Remove deletes both tables; no error if they do not exist.
+func (t *Tables) Remove() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, err := t.conn()
+	if err != nil {
+		return err
+	}
+	for _, tb := range []*nftables.Table{brTable, inetTable} {
+		c.AddTable(tb)
+		c.DelTable(tb)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("failed to delete nftables tables %s: %w", TableName, err)
+	}
+	t.applied = nil
+	return nil
+}
+
+// Counters returns the packets dropped, by counter name (see Counters).
+func (t *Tables) Counters() (map[string]uint64, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, err := t.conn()
+	if err != nil {
+		return nil, err
+	}
+	objs, err := counters(c)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]uint64{}
+	for name, o := range objs {
+		out[name] = o.Packets
+	}
+	return out, nil
+}
+
+// Intact reports whether the live tables still hold what Apply last put
+// there: both tables, their chain, its rules and the pod set's elements.
+// Anything else (a flushed ruleset, a deleted table, a flushed chain or
+// set) is a difference the caller repairs by applying again.
+func (t *Tables) Intact() (bool, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.applied == nil {
+		return true, nil
+	}
+	c, err := t.conn()
+	if err != nil {
+		return false, err
+	}
+	want := []struct {
+		tb    *nftables.Table
+		chain string
+		rules int
+	}{
+		{brTable, chainPre, len(bridgeRules(*t.applied, nil))},
+		{brTable, chainFwd, len(forwardRules(*t.applied, nil, nil))},
+		{inetTable, chainPre, len(inetRules(*t.applied, nil))},
+		{inetTable, chainOut, len(outputRules(*t.applied))},
+	}
+	for _, w := range want {
+		ok, err := exists(c, w.tb)
+		if err != nil || !ok {
+			return false, err
+		}
+		rules, err := c.GetRules(w.tb, &nftables.Chain{Table: w.tb, Name: w.chain})
+		if err != nil {
+			if notFound(err) {
+				return false, nil
+			}
+			return false, fmt.Errorf("failed to list the rules of chain %s of %s: %w", w.chain, tableString(w.tb), err)
+		}
+		if len(rules) != w.rules {
+			return false, nil
+		}
+	}
+	elems, err := c.GetSetElements(&nftables.Set{Table: brTable, Name: setPods, KeyType: podKey})
+	if err != nil {
+		if notFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("failed to list set %s of %s: %w", setPods, tableString(brTable), err)
+	}
+	return len(elems) == len(t.applied.Ports), nil
+}
+
+func tableString(tb *nftables.Table) string {
+	fam := "inet"
+	if tb.Family == nftables.TableFamilyBridge {
+		fam = "bridge"
+	}
+	return "table " + fam + " " + tb.Name
+}
+
+func notFound(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT)
+}
+
+func exists(c *nftables.Conn, tb *nftables.Table) (bool, error) {
+	_, err := c.ListTableOfFamily(tb.Name, tb.Family)
+	if err == nil {
+		return true, nil
+	}
+	if notFound(err) {
+		return false, nil
+	}
+	return false, fmt.Errorf("failed to look up nftables %s: %w", tableString(tb), err)
+}
+
+// counters reads the named counters of both tables.
+func counters(c *nftables.Conn) (map[string]*nftables.CounterObj, error) {
+	out := map[string]*nftables.CounterObj{}
+	for _, tb := range []*nftables.Table{brTable, inetTable} {
+		ok, err := exists(c, tb)
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		objs, err := c.GetObjects(tb)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read the counters of %s: %w", tableString(tb), err)
+		}
+		for _, o := range objs {
+			switch o := o.(type) {
+			case *nftables.CounterObj:
+				out[o.Name] = o
+			case *nftables.NamedObj:
+				if ctr, ok := o.Obj.(*expr.Counter); ok {
+					out[o.Name] = &nftables.CounterObj{Name: o.Name, Packets: ctr.Packets, Bytes: ctr.Bytes}
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) error {
+	addCounter := func(tb *nftables.Table, name string) {
+		o := &nftables.CounterObj{Table: tb, Name: name}
+		if prev := old[name]; prev != nil {
+			o.Packets, o.Bytes = prev.Packets, prev.Bytes
+		}
+		c.AddObj(o)
+	}
+	for _, name := range []string{CounterSpoofed, CounterIPv6, CounterHostConfig, CounterOther, CounterPodToPod} {
+		addCounter(brTable, name)
+	}
+	addCounter(inetTable, CounterUnderlay)
+
+	// Bridge: every frame entering a port of the pods' bridge.
+	pods := &nftables.Set{Table: brTable, Name: setPods, KeyType: podKey, Concatenation: true}
+	var elems []nftables.SetElement
+	for _, p := range cfg.Ports {
+		elems = append(elems, nftables.SetElement{Key: podElem(p.Name, p.MAC, p.Addr)})
+	}
+	if err := c.AddSet(pods, elems); err != nil {
+		return fmt.Errorf("failed to add set %s: %w", setPods, err)
+	}
+	accept := nftables.ChainPolicyAccept
+	br := c.AddChain(&nftables.Chain{Table: brTable, Name: chainPre, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
+	for _, r := range bridgeRules(cfg, pods) {
+		c.AddRule(&nftables.Rule{Table: brTable, Chain: br, Exprs: r})
+	}
+	legacy := &nftables.Set{Table: brTable, Name: setLegacy, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	var lelems []nftables.SetElement
+	for _, p := range cfg.Ports {
+		if p.Legacy {
+			lelems = append(lelems, nftables.SetElement{Key: ifname(p.Name)})
+		}
+	}
+	if err := c.AddSet(legacy, lelems); err != nil {
+		return fmt.Errorf("failed to add set %s: %w", setLegacy, err)
+	}
+	hairpin := &nftables.Set{Table: brTable, Name: setHairpin, KeyType: hairpinKey, Concatenation: true}
+	var helems []nftables.SetElement
+	for _, p := range cfg.Ports {
+		helems = append(helems, nftables.SetElement{Key: hairpinElem(p.Name)})
+	}
+	if err := c.AddSet(hairpin, dedupElems(helems)); err != nil {
+		return fmt.Errorf("failed to add set %s: %w", setHairpin, err)
+	}
+	fwd := c.AddChain(&nftables.Chain{Table: brTable, Name: chainFwd, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
+	for _, r := range forwardRules(cfg, legacy, hairpin) {
+		c.AddRule(&nftables.Rule{Table: brTable, Chain: fwd, Exprs: r})
+	}
+
+	// inet: packets with a cluster-range source, before conntrack.
+	cluster := &nftables.Set{Table: inetTable, Name: setCluster, KeyType: nftables.TypeIPAddr, Interval: true}
+	var celems []nftables.SetElement
+	if cfg.ClusterRange.IsValid() {
+		lo := cfg.ClusterRange.Masked().Addr().As4()
+		celems = append(celems, nftables.SetElement{Key: lo[:]})
+		hi := binary.BigEndian.Uint32(lo[:]) | (^uint32(0) >> cfg.ClusterRange.Bits())
+		if hi != ^uint32(0) {
+			celems = append(celems, nftables.SetElement{Key: binary.BigEndian.AppendUint32(nil, hi+1), IntervalEnd: true})
+		}
+	}
+	if err := c.AddSet(cluster, celems); err != nil {
+		return fmt.Errorf("failed to add set %s: %w", setCluster, err)
+	}
+	trusted := &nftables.Set{Table: inetTable, Name: setTrusted, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
+	var telems []nftables.SetElement
+	for _, n := range append([]string{cfg.Bridge, "lo"}, cfg.Trusted...) {
+		telems = append(telems, nftables.SetElement{Key: ifname(n)})
+	}
+	if err := c.AddSet(trusted, dedupElems(telems)); err != nil {
+		return fmt.Errorf("failed to add set %s: %w", setTrusted, err)
+	}
+	raw := nftables.ChainPriorityRaw
+	in := c.AddChain(&nftables.Chain{Table: inetTable, Name: chainPre, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: raw, Policy: &accept})
+	for _, r := range inetRules(cfg, map[string]*nftables.Set{setCluster: cluster, setTrusted: trusted}) {
+		c.AddRule(&nftables.Rule{Table: inetTable, Chain: in, Exprs: r})
+	}
+	out := c.AddChain(&nftables.Chain{Table: inetTable, Name: chainOut, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	for _, r := range outputRules(cfg) {
+		c.AddRule(&nftables.Rule{Table: inetTable, Chain: out, Exprs: r})
+	}
+	return nil
+}
+
+// outputRules is the inet output chain: the host sends no ICMP redirects
+// to pods. Pod-to-pod traffic of one node enters and leaves the bridge, so
+// the kernel would tell the sender to go straight to the other pod's MAC:
+// past the host's forward hook (NetworkPolicy), and into the pod-to-pod
+// drop of the bridge table.
+//
+//	oifname BRIDGE icmp type redirect drop
+func outputRules(cfg Config) [][]expr.Any {
+	return [][]expr.Any{{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: ifname(cfg.Bridge)},
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMP}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{5}}, // redirect
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}}
+}
+
+func dedupElems(in []nftables.SetElement) []nftables.SetElement {
+	seen := map[string]bool{}
+	var out []nftables.SetElement
+	for _, e := range in {
+		if !seen[string(e.Key)] {
+			seen[string(e.Key)] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// ifname is an interface name as nftables keys it: NUL-padded to 16 bytes.
+func ifname(n string) []byte {
+	b := make([]byte, 16)
+	copy(b, n)
+	return b
+}
+
+func podElem(name string, mac []byte, a interface{ As4() [4]byte }) []byte {
+	key := make([]byte, 0, 28)
+	key = append(key, ifname(name)...)
+	key = append(key, mac...)
+	key = append(key, 0, 0) // ether_addr is padded to 8 bytes
+	ip := a.As4()
+	return append(key, ip[:]...)
+}
+
+// Registers: NFT_REG_1 (16 bytes) overlaps NFT_REG32_00..03; a
+// concatenation continues in the 4-byte registers after it.
+const (
+	reg1     = 1
+	reg32_04 = 12 // after a 16-byte ifname in NFT_REG_1
+	reg32_06 = 14 // after an 8-byte (padded) MAC
+)
+
+// Ethernet and ARP numbers.
+const (
+	ethIP   = 0x0800
+	ethARP  = 0x0806
+	ethIPv6 = 0x86dd
+)
+
+func etherType(t uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseLLHeader, Offset: 12, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(t)},
+	}
+}
+
+func counterDrop(name string) []expr.Any {
+	return []expr.Any{&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: name}, &expr.Verdict{Kind: expr.VerdictDrop}}
+}
+
+// lookup appends a set lookup, or a placeholder when only the rule count
+// is wanted (set nil).
+func lookup(s *nftables.Set, invert bool) expr.Any {
+	if s == nil {
+		return &expr.Lookup{SourceRegister: reg1, Invert: invert}
+	}
+	return &expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID, Invert: invert}
+}
+
+// bridgeRules is the bridge chain:
+//
+//	iifname != "PREFIX*" accept
+//	ether type ip iifname . ether saddr . ip saddr != @pods counter "spoofed" drop
+//	ether type ip ip protocol udp udp sport 67 counter "host-config" drop
+//	ether type ip accept
+//	ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 iifname . ether saddr . arp saddr ip @pods iifname . arp saddr ether . arp saddr ip @pods accept
+//	ether type arp counter "spoofed" drop
+//	ether type ip6 counter "ipv6" drop
+//	counter "other" drop
+func bridgeRules(cfg Config, pods *nftables.Set) [][]expr.Any {
+	iifname := &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1}
+	etherSaddr := &expr.Payload{DestRegister: reg32_04, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6}
+	arpSpa := &expr.Payload{DestRegister: reg32_06, Base: expr.PayloadBaseNetworkHeader, Offset: 14, Len: 4}
+	var rules [][]expr.Any
+	// Ports are told by their name: not every kernel has "meta ibrname"
+	// (nft_meta_bridge), and the bridge holds only pods' veths.
+	rules = append(rules, []expr.Any{
+		iifname,
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte(cfg.PortPrefix)},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	})
+	r := append(etherType(ethIP), iifname, etherSaddr,
+		&expr.Payload{DestRegister: reg32_06, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		lookup(pods, true))
+	rules = append(rules, append(r, counterDrop(CounterSpoofed)...))
+	r = append(etherType(ethIP),
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 9, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(67)})
+	rules = append(rules, append(r, counterDrop(CounterHostConfig)...))
+	rules = append(rules, append(etherType(ethIP), &expr.Verdict{Kind: expr.VerdictAccept}))
+	r = append(etherType(ethARP),
+		// htype 1 (Ethernet), ptype IPv4, hlen 6, plen 4
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 0, Len: 6},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{0, 1, 0x08, 0x00, 6, 4}},
+		// the frame's source and the ARP sender are both the pod's
+		iifname, etherSaddr, arpSpa, lookup(pods, false),
+		iifname,
+		&expr.Payload{DestRegister: reg32_04, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 6},
+		arpSpa, lookup(pods, false),
+		&expr.Verdict{Kind: expr.VerdictAccept})
+	rules = append(rules, r)
+	rules = append(rules, append(etherType(ethARP), counterDrop(CounterSpoofed)...))
+	rules = append(rules, append(etherType(ethIPv6), counterDrop(CounterIPv6)...))
+	rules = append(rules, counterDrop(CounterOther))
+	return rules
+}
+
+// forwardRules is the bridge's forward chain: pods reach each other only
+// through the host (their gateway), where NetworkPolicy applies; a frame
+// bridged from one pod port to another (addressed to a pod's MAC, or
+// flooded) is dropped, except from and to the ports of legacy pods (see
+// Port.Legacy: their peers learnt the direct way from redirects, too). A
+// frame that leaves by the port it came in on is a hairpin (a pod reaching
+// itself through a Service, DNATed on the bridge with br_netfilter) and
+// passes: it reaches no other pod.
+//
+//	iifname . oifname @hairpin accept
+//	iifname "PREFIX*" oifname "PREFIX*" iifname != @legacy oifname != @legacy counter "pod-to-pod" drop
+func forwardRules(cfg Config, legacy, hairpin *nftables.Set) [][]expr.Any {
+	return [][]expr.Any{{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32_04},
+		lookup(hairpin, false),
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}, append([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(cfg.PortPrefix)},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(cfg.PortPrefix)},
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		lookup(legacy, true),
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
+		lookup(legacy, true),
+	}, counterDrop(CounterPodToPod)...)}
+}
+
+// inetRules is the inet chain:
+//
+//	meta nfproto ipv4 ip saddr @cluster iifname != @trusted counter "underlay-spoofed" drop
+func inetRules(cfg Config, sets map[string]*nftables.Set) [][]expr.Any {
+	if !cfg.ClusterRange.IsValid() {
+		return nil
+	}
+	return [][]expr.Any{append([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		lookup(sets[setCluster], false),
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		lookup(sets[setTrusted], true),
+	}, counterDrop(CounterUnderlay)...)}
+}

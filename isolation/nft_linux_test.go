@@ -1,0 +1,188 @@
+package isolation
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// newNS creates a throwaway network namespace bound on a file, destroyed
+// when t ends.
+func newNS(t testing.TB) string {
+	t.Helper()
+	testnet.RequireRoot(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "net")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(path, unix.MNT_DETACH) })
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread dies with the goroutine.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("failed to unshare netns: %w", err)
+			return
+		}
+		errc <- unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func nsRun(t testing.TB, path string, args ...string) string {
+	t.Helper()
+	out, err := exec.CommandContext(context.Background(), "nsenter", append([]string{"--net=" + path, "--"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+func tablesIn(t testing.TB, path string) *Tables {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return New(nftables.WithNetNSFd(fd))
+}
+
+func testConfig(ports int) Config {
+	cfg := Config{Bridge: "mesh", PortPrefix: "vmesh", Trusted: []string{"mesh-wg"}, ClusterRange: netip.MustParsePrefix("10.32.0.0/12")}
+	for i := range ports {
+		a := netip.AddrFrom4([4]byte{10, 32, 0, byte(10 + i)})
+		cfg.Ports = append(cfg.Ports, Port{Name: fmt.Sprintf("vmesh%08x", i), MAC: MACFor(a), Addr: a})
+	}
+	return cfg
+}
+
+// TestTablesApplyAndIntact programs both tables, reads them back with nft,
+// and checks that Intact notices a flushed ruleset, a flushed chain and a
+// flushed set, and that a new Apply restores them with their counters.
+func TestTablesApplyAndIntact(t *testing.T) {
+	ns := newNS(t)
+	tb := tablesIn(t, ns)
+	cfg := testConfig(3)
+	cfg.Ports[2].Legacy = true
+	if err := tb.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	out := nsRun(t, ns, "nft", "list", "ruleset")
+	for _, want := range []string{
+		"table bridge mesh-isolation", "table inet mesh-isolation",
+		`iifname != "vmesh*" accept`,
+		`iifname . ether saddr . ip saddr != @pods counter name "spoofed" drop`,
+		`udp sport 67 counter name "host-config" drop`,
+		`arp htype 1 arp ptype ip arp hlen 6 arp plen 4`,
+		`ether type ip6 counter name "ipv6" drop`,
+		`"vmesh00000001" . 0a:58:0a:20:00:0b . 10.32.0.11`,
+		`ip saddr @cluster iifname != @trusted counter name "underlay-spoofed" drop`,
+		`iifname "vmesh*" oifname "vmesh*" iifname != @legacy oifname != @legacy counter name "pod-to-pod" drop`,
+		`elements = { "vmesh00000002" }`,
+		`iifname . oifname @hairpin accept`,
+		`"vmesh00000001" . "vmesh00000001"`,
+		`oifname "mesh" icmp type redirect drop`,
+		"10.32.0.0/12",
+		`"mesh-wg"`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("live ruleset lacks %q:\n%s", want, out)
+		}
+	}
+	if ok, err := tb.Intact(); err != nil || !ok {
+		t.Fatalf("Intact right after Apply = %v, %v\n%s", ok, err, out)
+	}
+	for _, mess := range [][]string{
+		{"nft", "flush", "ruleset"},
+		{"nft", "flush", "chain", "bridge", TableName, "prerouting"},
+		{"nft", "flush", "chain", "bridge", TableName, "forward"},
+		{"nft", "flush", "chain", "inet", TableName, "output"},
+		{"nft", "flush", "set", "bridge", TableName, "pods"},
+		{"nft", "delete", "table", "inet", TableName},
+	} {
+		nsRun(t, ns, mess...)
+		if ok, err := tb.Intact(); err != nil || ok {
+			t.Errorf("Intact after %v = %v, %v; want false", mess, ok, err)
+		}
+		if err := tb.Apply(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := tb.Intact(); err != nil || !ok {
+			t.Errorf("Intact after restoring from %v = %v, %v", mess, ok, err)
+		}
+	}
+	// Ports coming and going: an update of the set; other changes, or a
+	// set gone under it, a whole apply.
+	more := testConfig(5)
+	less := testConfig(2)
+	if err := tb.Apply(less); err != nil {
+		t.Fatal(err)
+	}
+	handle := func() string {
+		out, err := exec.Command("nsenter", "--net="+ns, "--", "nft", "-a", "list", "table", "bridge", TableName).CombinedOutput()
+		if err != nil {
+			return "" // deleted
+		}
+		first, _, _ := strings.Cut(string(out), "\n")
+		return first // "table bridge mesh-isolation { # handle N"
+	}
+	for _, step := range []struct {
+		name        string
+		cfg         Config
+		mess        []string
+		incremental bool // the table is kept, only the set changes
+	}{
+		{"add-ports", more, nil, true},
+		{"remove-ports", less, nil, true},
+		{"after-outside-delete", more, []string{"nft", "delete", "table", "bridge", TableName}, false},
+		{"other-range", Config{Bridge: "mesh", PortPrefix: "vmesh", ClusterRange: netip.MustParsePrefix("10.64.0.0/16"), Ports: less.Ports}, nil, false},
+	} {
+		if step.mess != nil {
+			nsRun(t, ns, step.mess...)
+		}
+		before := handle()
+		if err := tb.Update(step.cfg); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		if kept := handle() == before; kept != step.incremental {
+			t.Errorf("%s: table kept = %v (%q, then %q), want %v", step.name, kept, before, handle(), step.incremental)
+		}
+		if ok, err := tb.Intact(); err != nil || !ok {
+			t.Errorf("%s: Intact = %v, %v", step.name, ok, err)
+		}
+		out := nsRun(t, ns, "nft", "list", "ruleset")
+		for _, p := range step.cfg.Ports {
+			if !strings.Contains(out, p.Addr.String()) {
+				t.Errorf("%s: port %s missing:\n%s", step.name, p.Addr, out)
+			}
+		}
+		if strings.Count(out, `"vmesh0000`) < len(step.cfg.Ports) || (len(step.cfg.Ports) == 2 && strings.Contains(out, "10.32.0.13")) {
+			t.Errorf("%s: wrong ports:\n%s", step.name, out)
+		}
+		if !strings.Contains(out, step.cfg.ClusterRange.String()) {
+			t.Errorf("%s: cluster range %s missing:\n%s", step.name, step.cfg.ClusterRange, out)
+		}
+	}
+	if err := tb.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if out := nsRun(t, ns, "nft", "list", "ruleset"); strings.Contains(out, TableName) {
+		t.Errorf("tables left after Remove:\n%s", out)
+	}
+}
