@@ -120,6 +120,7 @@ func Build(st State) *Ruleset {
 			b.rs.Policies = append(b.rs.Policies, *p.status)
 		}
 	}
+	slices.SortFunc(b.rs.Self, netip.Addr.Compare)
 	b.pruneSets()
 	slices.SortFunc(b.rs.Counters, func(a, c Counter) int { return cmp.Compare(a.Name, c.Name) })
 	slices.SortFunc(b.rs.Sets, func(a, c Set) int { return cmp.Compare(a.Name, c.Name) })
@@ -518,6 +519,7 @@ func (b *builder) buildChains(pols []*compiledPolicy) {
 		if len(pp.in) > 0 {
 			rules := b.ingressRules(q, pp.in)
 			b.rs.Ingress = append(b.rs.Ingress, MapElem{q.addr, chainFor("ingress", rules)})
+			b.rs.Self = append(b.rs.Self, q.addr)
 			deny = deny || len(pp.in) > 1
 		}
 		if len(pp.eg) > 0 {

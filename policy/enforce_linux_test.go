@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -67,7 +69,8 @@ echo 0 > /proc/sys/net/ipv4/conf/mesh/send_redirects
 }
 
 // addPod makes a pod netns named name with address addr, listening on
-// tcpPorts and udpPorts.
+// tcpPorts and udpPorts. Its bridge port is in hairpin mode, as mesh-cni
+// sets it.
 func (n *testNodeNet) addPod(name, addr string) *testPod {
 	t := n.t
 	n.n++
@@ -76,6 +79,7 @@ func (n *testNodeNet) addPod(name, addr string) *testPod {
 	netnstest.Run(t, n.host.NetNS(), "sh", "-ec", fmt.Sprintf(`
 ip link add %[1]s type veth peer name eth0 netns %[2]s
 ip link set %[1]s master mesh up
+ip link set %[1]s type bridge_slave hairpin on
 `, port, p.ns))
 	netnstest.Run(t, p.ns, "sh", "-ec", fmt.Sprintf(`
 ip addr add %s/32 dev eth0
@@ -478,4 +482,49 @@ func TestTableRestoredAfterFlush(t *testing.T) {
 		t.Errorf("restore not counted: %d", c.Restores())
 	}
 	t.Logf("denied again after %v", time.Since(start).Round(time.Millisecond))
+}
+
+// TestHairpinNotJudgedByOwnPolicy: a pod reaches itself through a Service
+// (emulated as kube-proxy does it: DNAT to the pod, masquerade of the
+// hairpin) although its namespace denies all ingress: a pod is never judged
+// by its own policies for traffic to itself. Another pod going through the
+// same Service is still denied.
+func TestHairpinNotJudgedByOwnPolicy(t *testing.T) {
+	n := newTestNodeNet(t)
+	for _, p := range enforcePods {
+		n.addPod(p.name, p.addr)
+	}
+	a1, b1 := n.pods["a1"], n.pods["b1"]
+	svc := &testPod{name: "svc", addr: netip.MustParseAddr("198.51.100.10")}
+	script := filepath.Join(t.TempDir(), "svc.nft")
+	if err := os.WriteFile(script, []byte(fmt.Sprintf(`table ip svc {
+	chain pre { type nat hook prerouting priority dstnat; ip daddr %[1]s tcp dport 80 dnat to %[2]s:80; }
+	chain post { type nat hook postrouting priority srcnat; ip saddr %[2]s ip daddr %[2]s masquerade; }
+}
+`, svc.addr, a1.addr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	netnstest.Run(t, n.host.NetNS(), "nft", "-f", script)
+	// Without any policy the emulated Service works: the case is sound.
+	testnet.Eventually(t, 10*time.Second, 200*time.Millisecond, func() error {
+		if ok, err := probe(a1, svc, "tcp", 80); err != nil || !ok {
+			return fmt.Errorf("a1 cannot reach itself through the Service without any policy (err %v)", err)
+		}
+		return nil
+	})
+	client := fake.NewClientset(append(enforceObjects(), mkPolicy("a", "deny-ingress", "", "Ingress", nil, nil))...)
+	startController(t, client, nftIn(t, n.host.NetNS()))
+
+	testnet.Eventually(t, 20*time.Second, 200*time.Millisecond, func() error {
+		if ok, err := probe(a1, svc, "tcp", 80); err != nil || !ok {
+			return fmt.Errorf("a1 cannot reach itself through the Service (err %v)", err)
+		}
+		return nil
+	})
+	if ok, err := probe(b1, svc, "tcp", 80); err != nil || ok {
+		t.Fatalf("b1 reached a1 through the Service although a1's namespace denies ingress (err %v)", err)
+	}
+	if ok, err := probe(b1, a1, "tcp", 80); err != nil || ok {
+		t.Fatalf("b1 reached a1 directly although a1's namespace denies ingress (err %v)", err)
+	}
 }

@@ -235,12 +235,21 @@ func program(c *nftables.Conn, rs *Ruleset, old map[string]*nftables.CounterObj)
 			c.AddRule(nr)
 		}
 	}
+	self := &nftables.Set{Table: table, Name: setSelf, KeyType: selfKey, Concatenation: true}
+	selfElems := make([]nftables.SetElement, 0, len(rs.Self))
+	for _, a := range rs.Self {
+		b := a.As4()
+		selfElems = append(selfElems, nftables.SetElement{Key: append(b[:], b[:]...)})
+	}
+	if err := addSet(c, self, selfElems); err != nil {
+		return err
+	}
 	accept := nftables.ChainPolicyAccept
 	fwd := c.AddChain(&nftables.Chain{Table: table, Name: chainForward, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	in := c.AddChain(&nftables.Chain{Table: table, Name: chainInput, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
-	for _, r := range [][]expr.Any{ctEstablished(), vmapRule(Saddr, sets[mapEgress]), vmapRule(Daddr, sets[mapIngress])} {
+	for _, r := range [][]expr.Any{ctEstablished(), selfRule(self), vmapRule(Saddr, sets[mapEgress]), vmapRule(Daddr, sets[mapIngress])} {
 		c.AddRule(&nftables.Rule{Table: table, Chain: fwd, Exprs: r})
 	}
 	for _, r := range [][]expr.Any{ctEstablished(), vmapRule(Saddr, sets[mapEgress])} {
@@ -335,6 +344,20 @@ func ctEstablished() []expr.Any {
 	}
 }
 
+// selfKey is the key of the self set: source . destination address.
+var selfKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)
+
+// selfRule accepts a packet whose source and destination are the same
+// local pod: a hairpin through a Service, never judged by the pod's own
+// policies (see Ruleset.Self).
+//
+//	ip saddr . ip daddr @self accept
+func selfRule(self *nftables.Set) []expr.Any {
+	return append(isIPv4(), loadAddr(Saddr, reg1), loadAddr(Daddr, reg32_1),
+		&expr.Lookup{SourceRegister: reg1, SetName: self.Name, SetID: self.ID},
+		&expr.Verdict{Kind: expr.VerdictAccept})
+}
+
 func vmapRule(f Field, m *nftables.Set) []expr.Any {
 	return append(isIPv4(), loadAddr(f, reg1),
 		&expr.Lookup{SourceRegister: reg1, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
@@ -410,7 +433,7 @@ func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 
 // Base chains' rule counts, as program adds them.
 const (
-	forwardRules = 3
+	forwardRules = 4
 	inputRules   = 2
 )
 

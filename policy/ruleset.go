@@ -18,6 +18,7 @@ const (
 	mapIngress   = "ingress" // pod IP -> jump to its ingress chain
 	mapEgress    = "egress"  // pod IP -> jump to its egress chain
 	mapDeny      = "deny"    // pod IP -> goto its default-deny chain
+	setSelf      = "self"    // pod IP . pod IP: a pod reaching itself
 )
 
 // Ruleset is the desired content of the table: what Build computes from the
@@ -31,6 +32,11 @@ type Ruleset struct {
 	// more than one policy in a direction have one).
 	Ingress, Egress, Deny []MapElem
 	Chains                []Chain
+	// Self lists the local pods with ingress rules: a packet from one of
+	// them to its own address can only be a hairpin (the pod reaching
+	// itself through a Service, DNATed back to it), and a pod is never
+	// judged by its own policies for that.
+	Self []netip.Addr
 
 	// Policies is what Status reports: not programmed.
 	Policies []PolicyStatus
@@ -188,6 +194,7 @@ var baseChainText = []string{
 	`chain forward {
 		type filter hook forward priority filter; policy accept;
 		ct state established,related accept
+		ip saddr . ip daddr @self accept
 		ip saddr vmap @egress
 		ip daddr vmap @ingress
 	}`,
@@ -240,6 +247,13 @@ func (rs *Ruleset) String() string {
 		writeElems(&b, elems)
 		b.WriteString("\t}\n")
 	}
+	b.WriteString("\tset self {\n\t\ttype ipv4_addr . ipv4_addr\n")
+	var self []string
+	for _, a := range rs.Self {
+		self = append(self, fmt.Sprintf("%s . %s", a, a))
+	}
+	writeElems(&b, self)
+	b.WriteString("\t}\n")
 	for _, c := range baseChainText {
 		fmt.Fprintf(&b, "\t%s\n", c)
 	}
