@@ -1,57 +1,17 @@
 package isolation
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
-	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/google/nftables"
-	"golang.org/x/sys/unix"
-
+	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
+	"golang.org/x/sys/unix"
 )
-
-// newNS creates a throwaway network namespace bound on a file, destroyed
-// when t ends.
-func newNS(t testing.TB) string {
-	t.Helper()
-	testnet.RequireRoot(t)
-	dir := t.TempDir()
-	path := filepath.Join(dir, "net")
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Unmount(path, unix.MNT_DETACH) })
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread dies with the goroutine.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("failed to unshare netns: %w", err)
-			return
-		}
-		errc <- unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "", unix.MS_BIND, "")
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
-func nsRun(t testing.TB, path string, args ...string) string {
-	t.Helper()
-	out, err := exec.CommandContext(context.Background(), "nsenter", append([]string{"--net=" + path, "--"}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v: %v: %s", args, err, out)
-	}
-	return string(out)
-}
 
 func tablesIn(t testing.TB, path string) *Tables {
 	t.Helper()
@@ -76,14 +36,15 @@ func testConfig(ports int) Config {
 // and checks that Intact notices a flushed ruleset, a flushed chain and a
 // flushed set, and that a new Apply restores them with their counters.
 func TestTablesApplyAndIntact(t *testing.T) {
-	ns := newNS(t)
+	testnet.RequireRoot(t)
+	ns := netnstest.New(t)
 	tb := tablesIn(t, ns)
 	cfg := testConfig(3)
 	cfg.Ports[2].Legacy = true
 	if err := tb.Apply(cfg); err != nil {
 		t.Fatal(err)
 	}
-	out := nsRun(t, ns, "nft", "list", "ruleset")
+	out := netnstest.Run(t, ns, "nft", "list", "ruleset")
 	for _, want := range []string{
 		"table bridge mesh-isolation", "table inet mesh-isolation",
 		`iifname != "vmesh*" accept`,
@@ -116,7 +77,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		{"nft", "flush", "set", "bridge", TableName, "pods"},
 		{"nft", "delete", "table", "inet", TableName},
 	} {
-		nsRun(t, ns, mess...)
+		netnstest.Run(t, ns, mess...)
 		if ok, err := tb.Intact(); err != nil || ok {
 			t.Errorf("Intact after %v = %v, %v; want false", mess, ok, err)
 		}
@@ -154,7 +115,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		{"other-range", Config{Bridge: "mesh", PortPrefix: "vmesh", ClusterRange: netip.MustParsePrefix("10.64.0.0/16"), Ports: less.Ports}, nil, false},
 	} {
 		if step.mess != nil {
-			nsRun(t, ns, step.mess...)
+			netnstest.Run(t, ns, step.mess...)
 		}
 		before := handle()
 		if err := tb.Update(step.cfg); err != nil {
@@ -166,7 +127,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		if ok, err := tb.Intact(); err != nil || !ok {
 			t.Errorf("%s: Intact = %v, %v", step.name, ok, err)
 		}
-		out := nsRun(t, ns, "nft", "list", "ruleset")
+		out := netnstest.Run(t, ns, "nft", "list", "ruleset")
 		for _, p := range step.cfg.Ports {
 			if !strings.Contains(out, p.Addr.String()) {
 				t.Errorf("%s: port %s missing:\n%s", step.name, p.Addr, out)
@@ -182,7 +143,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 	if err := tb.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if out := nsRun(t, ns, "nft", "list", "ruleset"); strings.Contains(out, TableName) {
+	if out := netnstest.Run(t, ns, "nft", "list", "ruleset"); strings.Contains(out, TableName) {
 		t.Errorf("tables left after Remove:\n%s", out)
 	}
 }
