@@ -74,14 +74,47 @@ type Allocator struct {
 	// possibly a lower version; our versions must still only grow, since
 	// lease echoes and liveness compare versions.
 	pubVersion uint64
-	overlayPub overlayPub
+	gw         gateway
 	px         paxos
 	outbox     []outMsg
+
+	// dirty says the state holds something learnt or decided that is not
+	// in the state file yet. It is written before anything is sent
+	// (takeOutbox, LocalState) or acted on (I4 in docs/ipam.md).
+	dirty bool
+	// recovering is set when New loaded a state file: until this peer has
+	// merged full states from a majority of voters it sends no state of
+	// its own (so nobody counts it as an echo), does not answer echoes,
+	// and neither reclaims nor donates (I6 in docs/ipam.md).
+	recovering    bool
+	recoveredFrom map[string]bool
 }
 
 type outMsg struct {
 	to  string // "" = broadcast
 	msg []byte
+	// recovery marks the messages a recovering peer may send: its empty
+	// echo requests and answers to them. Other states wait (I6).
+	recovery bool
+}
+
+// gateway is the node's own overlay address (its pods' default gateway).
+// It is chosen once, when the peer first owns usable space, persisted,
+// published in Held and never given to a pod; it does not follow later
+// changes of the ring, so the pods' gateway never moves under them.
+type gateway struct {
+	set bool
+	off uint64
+	// echoed: with automatic reclaim, a majority has echoed it as held (a
+	// new gateway is used only then, like a leased address). Persisted,
+	// so a restart reports it at once.
+	echoed bool
+	// version is the version of our info that first published it; 0 until
+	// published (in memory only: after a restart an unechoed gateway is
+	// echoed again).
+	version uint64
+	// durable says the state file records it.
+	durable bool
 }
 
 // New loads the state file (a missing file is a fresh start) and returns an
@@ -118,6 +151,14 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 		if ok {
 			a.st = l.st
 			a.px.durable = l.paxos
+			if l.gw.set {
+				a.gw = gateway{set: true, off: l.gw.off, echoed: l.gw.echoed || cfg.ReclaimAfter <= 0, durable: true}
+			}
+			// What this peer knew may be older than what it told others
+			// (a state file of an earlier release did not record what it
+			// learnt): it neither echoes nor votes until it has heard
+			// from a majority again (I6).
+			a.recovering = !l.st.seed.isZero()
 			if a.selfID == "" {
 				a.selfID = l.selfID
 			} else if l.selfID != "" && l.selfID != a.selfID {
@@ -135,6 +176,8 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 	if a.st.seed.isZero() && cfg.InitialPeerCount <= 1 {
 		a.seedLocked(proposal{Members: []string{cfg.Self}, ID: seedID(cfg.Self, ballot{}, nil)})
 	}
+	a.recoveredFrom = map[string]bool{}
+	a.checkRecoveredLocked()
 	a.publishLocked()
 	if err := a.saveLocked(); err != nil {
 		return nil, err
@@ -152,12 +195,27 @@ func (a *Allocator) usable(off uint64) bool {
 	return size < 4 || (off != 0 && off != size-1)
 }
 
-// overlayOff is the first usable address of the lowest range this peer owns;
-// the data plane gives it to the host, so it is never allocated. An address
-// a pod holds (a pod of another peer in space that changed hands under it,
-// or our own pod in a range that just became our lowest) is not usable.
-// Every peer computes the same answer from the same state.
-func (a *Allocator) overlayOff() (uint64, bool) {
+// gatewayOff is this node's gateway (overlay address), if chosen.
+func (a *Allocator) gatewayOff() (uint64, bool) { return a.gw.off, a.gw.set }
+
+// chooseGatewayLocked picks the gateway the first time the peer owns usable
+// space, and never again: later ring changes (a lower donated range, an
+// inherited one, the loss of the range that contains it) do not move it.
+func (a *Allocator) chooseGatewayLocked() {
+	if a.gw.set {
+		return
+	}
+	if off, ok := a.firstUsableOwned(); ok {
+		a.gw = gateway{set: true, off: off, echoed: a.cfg.ReclaimAfter <= 0}
+		a.dirty = true
+		a.log.Info("chose gateway", "addr", offsetAddr(a.cfg.Range, off))
+	}
+}
+
+// firstUsableOwned is the first usable address of the lowest range this
+// peer owns that no pod holds (a pod of another peer in space that changed
+// hands under it, or one of ours).
+func (a *Allocator) firstUsableOwned() (uint64, bool) {
 	res := a.reserved()
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
 		for off := sp.start; off < sp.end; off++ {
@@ -177,7 +235,9 @@ func (a *Allocator) reserved() map[uint64]string {
 	if a.reservedCache == nil {
 		r := map[uint64]string{}
 		for name, p := range a.st.peers {
-			if name == a.cfg.Self || p.Removed {
+			// A removed peer's Held reserves too: rmpeer empties it, a
+			// Node deletion keeps the last known one (I5).
+			if name == a.cfg.Self {
 				continue
 			}
 			for _, off := range p.Held {
@@ -191,8 +251,8 @@ func (a *Allocator) reserved() map[uint64]string {
 }
 
 // blocked says whether an owned offset cannot be allocated.
-func (a *Allocator) blocked(off uint64, overlay uint64, hasOverlay bool) bool {
-	if !a.usable(off) || (hasOverlay && off == overlay) {
+func (a *Allocator) blocked(off uint64, gw uint64, hasGw bool) bool {
+	if !a.usable(off) || (hasGw && off == gw) {
 		return true
 	}
 	if _, ok := a.byOff[off]; ok {
@@ -205,7 +265,7 @@ func (a *Allocator) blocked(off uint64, overlay uint64, hasOverlay bool) bool {
 // pickFree returns the lowest allocatable offset. Blocked addresses are few
 // (allocations and reservations), so the scan is short even on a /12.
 func (a *Allocator) pickFree() (uint64, bool) {
-	ov, hasOv := a.overlayOff()
+	ov, hasOv := a.gatewayOff()
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
 		for off := sp.start; off < sp.end; off++ {
 			if !a.blocked(off, ov, hasOv) && a.leaseAllows(off) {
@@ -220,7 +280,7 @@ func (a *Allocator) pickFree() (uint64, bool) {
 // owned sizes minus what is blocked inside them, looked up in the (few)
 // allocations and sorted reservations.
 func (a *Allocator) freeCount() uint64 {
-	ov, hasOv := a.overlayOff()
+	ov, hasOv := a.gatewayOff()
 	a.reserved()
 	var total, blocked uint64
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
@@ -240,8 +300,8 @@ func (a *Allocator) freeCount() uint64 {
 			blocked++
 		}
 	}
-	if hasOv {
-		blocked++
+	if e := a.st.ring.get(ov); hasOv && e.Owner == a.cfg.Self && e.Dead == "" && a.usable(ov) {
+		blocked++ // the gateway lies in space we own
 	}
 	for off := range a.byOff {
 		e := a.st.ring.get(off)
@@ -410,31 +470,35 @@ func (a *Allocator) listLocked() []Allocation {
 	return out
 }
 
-// OverlayIP returns the first usable address of the lowest range this peer
-// owns (reserved for the host, never given to a pod), and false while it
-// owns nothing. Non-blocking.
+// OverlayIP returns this node's gateway: the first usable address of the
+// first range it owned, chosen once and kept (reserved for the host, never
+// given to a pod), and false until it has one. Non-blocking.
 func (a *Allocator) OverlayIP() (netip.Addr, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	off, ok := a.overlayOff()
-	if !ok {
+	if !a.gatewayUsableLocked() {
 		return netip.Addr{}, false
 	}
-	// With automatic reclaim this peer may be declared dead while merely
-	// cut off, so its overlay address is used only once a majority has
-	// echoed it as held, like any leased address (docs/ipam.md).
-	if a.cfg.ReclaimAfter > 0 && (!a.overlayPub.set || a.overlayPub.off != off || a.overlayPub.version > a.echoedVersionLocked()) {
-		return netip.Addr{}, false
-	}
-	return offsetAddr(a.cfg.Range, off), true
+	return offsetAddr(a.cfg.Range, a.gw.off), true
 }
 
-// overlayPub records when the current overlay address was first published
-// as held, for the echo check in OverlayIP.
-type overlayPub struct {
-	set     bool
-	off     uint64
-	version uint64
+// gatewayUsableLocked says whether the gateway may go on the bridge: it is
+// recorded in the state file and, with automatic reclaim (this peer may be
+// declared dead while merely cut off), a majority has echoed it as held,
+// like a leased address (docs/ipam.md). Once echoed it stays usable, also
+// across restarts.
+func (a *Allocator) gatewayUsableLocked() bool {
+	if !a.gw.set || !a.gw.durable {
+		return false
+	}
+	if !a.gw.echoed {
+		if a.gw.version == 0 || a.gw.version > a.echoedVersionLocked() {
+			return false
+		}
+		a.gw.echoed = true
+		a.dirty = true // soft: losing it only delays the gateway after a crash
+	}
+	return true
 }
 
 // Subscribe returns a channel that receives a value (coalesced, never
@@ -448,13 +512,20 @@ func (a *Allocator) Subscribe() <-chan struct{} {
 }
 
 // Close stops the Allocator: blocked Allocate calls return ErrClosed and
-// later calls fail. The state file is already up to date. Idempotent.
+// later calls fail. It writes the state file if anything learnt since the
+// last write is not in it yet. Idempotent.
 func (a *Allocator) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.closed {
-		a.closed = true
-		a.wakeLocked()
+	if a.closed {
+		return nil
+	}
+	a.closed = true
+	a.wakeLocked()
+	if a.dirty {
+		if err := a.saveLocked(); err != nil {
+			return fmt.Errorf("ipam: saving state on close: %w", err)
+		}
 	}
 	return nil
 }
@@ -485,18 +556,17 @@ func (a *Allocator) publishLocked() {
 	held := slices.Sorted(maps.Keys(a.byOff))
 	held = a.leaseHeld(held)
 	version := max(me.Version+1, a.pubVersion+1, uint64(a.cfg.Now().UnixMilli()))
-	// The overlay address is held like a pod's: whoever comes to own this
+	// The gateway is held like a pod's address: whoever comes to own this
 	// space (a reclaim's heir, the winner of a seeding clash) must not hand
 	// the node's own bridge address to a pod.
-	if ov, ok := a.overlayOff(); ok {
-		held = append(held, ov)
+	a.chooseGatewayLocked()
+	if a.gw.set {
+		held = append(held, a.gw.off)
 		slices.Sort(held)
 		held = slices.Compact(held)
-		if !a.overlayPub.set || a.overlayPub.off != ov {
-			a.overlayPub = overlayPub{set: true, off: ov, version: version}
+		if a.gw.version == 0 {
+			a.gw.version = version
 		}
-	} else {
-		a.overlayPub = overlayPub{}
 	}
 	next := peerInfo{
 		Epoch:   me.Epoch,
@@ -512,22 +582,47 @@ func (a *Allocator) publishLocked() {
 	a.pubVersion = next.Version
 }
 
-// saveLocked writes the state file. Every change of an allocation or of the
-// ring goes through it before being acted upon.
+// saveLocked writes the state file. Every change of an allocation, of the
+// ring or of what this peer learnt of others goes through it before being
+// acted upon or sent.
 func (a *Allocator) saveLocked() error {
 	if a.cfg.StateFile == "" {
+		a.dirty = false
+		a.gw.durable = a.gw.set
 		return nil
 	}
-	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable)
+	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable, a.gw)
 	if err != nil {
 		return err
 	}
-	return a.store.write(a.cfg.StateFile, data)
+	if err := a.store.write(a.cfg.StateFile, data); err != nil {
+		return err
+	}
+	a.dirty = false
+	a.gw.durable = a.gw.set
+	return nil
 }
 
+// takeOutbox hands over what is to be sent, once everything it may carry
+// is durable (I4): if the state file cannot be written, nothing is sent.
+// A recovering peer sends only its recovery messages (I6).
 func (a *Allocator) takeOutbox() []outMsg {
 	out := a.outbox
 	a.outbox = nil
+	if len(out) == 0 {
+		return nil
+	}
+	if a.dirty {
+		if err := a.saveLocked(); err != nil {
+			a.log.Error("not sending: state file not written", "err", err)
+			return nil
+		}
+	}
+	if a.recovering {
+		out = slices.DeleteFunc(out, func(m outMsg) bool {
+			return !m.recovery && (m.msg[0] == msgState || m.msg[0] == msgEchoReq)
+		})
+	}
 	return out
 }
 

@@ -18,11 +18,32 @@ const (
 
 // LocalState returns this peer's full state for memberlist's push/pull.
 // Non-blocking; safe for concurrent use.
+// Whatever it returns is in the state file first (I4); a recovering peer
+// returns an empty state, which nobody can count as an echo (I6).
 func (a *Allocator) LocalState() []byte {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.recovering {
+		return a.emptyStateLocked()
+	}
+	if a.dirty {
+		if err := a.saveLocked(); err != nil {
+			a.log.Error("not sending state: state file not written", "err", err)
+			return a.emptyStateLocked()
+		}
+	}
 	return encodeState(a.cfg.Range, a.cfg.Self, a.st)
 }
+
+// emptyStateLocked is a valid state that carries nothing: unseeded, no
+// peers. Merging it changes nothing anywhere (also on earlier releases),
+// and as an echo request it asks for the receiver's state without offering
+// ours.
+func (a *Allocator) emptyStateLocked() []byte {
+	return encodeState(a.cfg.Range, a.cfg.Self, newState(a.st.ring.size))
+}
+
+func isEmptyState(st state) bool { return st.seed.isZero() && len(st.peers) == 0 }
 
 func (a *Allocator) stateMsgLocked() []byte {
 	return append([]byte{msgState}, encodeState(a.cfg.Range, a.cfg.Self, a.st)...)
@@ -75,7 +96,10 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 		} else {
 			err = a.mergeLocked(w)
 			if err == nil && msg[0] == msgEchoReq && w.sender != "" && w.sender != a.cfg.Self {
-				a.outbox = append(a.outbox, outMsg{to: w.sender, msg: a.stateMsgLocked()})
+				// An empty request comes from a recovering peer, which
+				// counts no echo (I6): even a recovering peer answers it,
+				// so that a whole cluster restarting at once recovers.
+				a.outbox = append(a.outbox, outMsg{to: w.sender, msg: a.stateMsgLocked(), recovery: isEmptyState(w.st)})
 			}
 		}
 	case msgAsk:
@@ -113,13 +137,22 @@ func (a *Allocator) mergeLocked(w wireState) error {
 	}
 	a.st = join(old, w.st)
 	for name, p := range w.st.peers {
-		if cur, ok := old.peers[name]; name != a.cfg.Self && (!ok || comparePeerInfo(p, cur) > 0) &&
-			(!ok || p.Removed != cur.Removed || !slices.Equal(p.Held, cur.Held)) {
-			a.reservedCache = nil
-			break
+		cur, ok := old.peers[name]
+		if ok && comparePeerInfo(p, cur) <= 0 {
+			continue
+		}
+		if !ok || !sameDurableInfo(p, cur) {
+			// Learnt something beyond a heartbeat: it must be durable
+			// before it is acted on or echoed (I4).
+			a.dirty = true
+			if name != a.cfg.Self {
+				a.reservedCache = nil
+			}
 		}
 	}
 	a.liveness.observe(a, w.sender, w.st)
+	a.gatewayUsableLocked() // record an echo of a new gateway with what was learnt
+	a.noteRecoveryLocked(w)
 	if me, ok := a.st.peers[a.cfg.Self]; ok && me.Removed {
 		a.problem("removed", "this peer was removed (rmpeer) by another peer while alive: its ranges went to others; its pods keep their addresses (published as held) and it will ask for new space")
 	}
@@ -128,8 +161,12 @@ func (a *Allocator) mergeLocked(w wireState) error {
 			a.log.Info("ring seeded", "seed", fmt.Sprintf("%x", a.st.seed.ID), "members", a.st.seed.Members)
 		}
 		a.afterRingChangeLocked()
-		// Persist what we learnt before acting on it, so a restart never
-		// makes this peer forget a write it has already passed on.
+		a.dirty = true
+	}
+	// Persist what we learnt before acting on it or passing it on, so a
+	// restart never makes this peer forget what it has already echoed,
+	// voted on or acted on (I4). Heartbeats alone are not worth an fsync.
+	if a.dirty {
 		if err := a.saveLocked(); err != nil {
 			return err
 		}
@@ -138,6 +175,14 @@ func (a *Allocator) mergeLocked(w wireState) error {
 	// that lost heartbeats, or an rmpeer tombstone) and must win again.
 	a.publishLocked()
 	return nil
+}
+
+// sameDurableInfo says whether two infos of one peer differ only in what
+// need not survive a restart: the heartbeat version and the advertised
+// free count. Held, epochs and removals are what reserve addresses and
+// decide quorums, so a change of those is persisted before use.
+func sameDurableInfo(x, y peerInfo) bool {
+	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && slices.Equal(x.Held, y.Held)
 }
 
 // afterRingChangeLocked runs the consequences of a new ring: reclaim heirs,
@@ -174,4 +219,50 @@ func (a *Allocator) seedConflictLocked(sender string, ours, theirs seed) {
 	}
 	a.problem("seed", fmt.Sprintf("peer %s's ring was seeded independently (seed %x/%d, ours %x/%d); %s wins. Pods keep their addresses (held addresses are reserved) but addresses both sides gave out before meeting may be duplicated: see the conflicts list",
 		sender, theirs.ID, theirs.Members, ours.ID, ours.Members, winner))
+}
+
+// noteRecoveryLocked counts a full state merged from another voter towards
+// the end of recovery (I6).
+func (a *Allocator) noteRecoveryLocked(w wireState) {
+	if !a.recovering || w.sender == "" || w.sender == a.cfg.Self || w.st.seed.isZero() || isEmptyState(w.st) {
+		return
+	}
+	if p, ok := a.st.peers[w.sender]; !ok || p.Removed {
+		return
+	}
+	a.recoveredFrom[w.sender] = true
+	a.checkRecoveredLocked()
+}
+
+// checkRecoveredLocked ends recovery once full states from a strict
+// majority of voters (this peer included) were merged: what this peer now
+// knows includes what any of them knew, so its echoes and votes are no
+// longer stale. It then tells everyone its state.
+func (a *Allocator) checkRecoveredLocked() {
+	if !a.recovering {
+		return
+	}
+	n := 1
+	for _, v := range a.votersLocked() {
+		if a.recoveredFrom[v] {
+			n++
+		}
+	}
+	if n < a.reclaimQuorumLocked() {
+		return
+	}
+	a.recovering = false
+	a.recoveredFrom = map[string]bool{}
+	a.log.Info("state exchanged with a majority after restart: echoing and voting again", "peers", n)
+	a.broadcastStateLocked()
+}
+
+// recoveryTickLocked asks every peer for its state while recovering, with
+// an empty state of our own so nobody counts the request as our echo.
+func (a *Allocator) recoveryTickLocked() {
+	if !a.recovering || a.tick%askEvery != 0 {
+		return
+	}
+	msg := append([]byte{msgEchoReq}, a.emptyStateLocked()...)
+	a.outbox = append(a.outbox, outMsg{msg: msg, recovery: true})
 }

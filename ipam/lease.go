@@ -76,7 +76,7 @@ func (a *Allocator) refillPoolLocked() {
 	if len(a.pool) >= want {
 		return
 	}
-	ov, hasOv := a.overlayOff()
+	ov, hasOv := a.gatewayOff()
 	added := false
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
 		for off := sp.start; off < sp.end && len(a.pool) < want; off++ {

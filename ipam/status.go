@@ -62,8 +62,8 @@ func (a *Allocator) Status() Status {
 		Conflicts: a.conflictsLocked(),
 		Problems:  []string{},
 	}
-	if ov, ok := a.overlayOff(); ok {
-		s.OverlayIP = offsetAddr(a.cfg.Range, ov).String()
+	if a.gatewayUsableLocked() {
+		s.OverlayIP = offsetAddr(a.cfg.Range, a.gw.off).String()
 	}
 	if !a.st.seed.isZero() {
 		s.Seed = fmt.Sprintf("%016x/%d", a.st.seed.ID, a.st.seed.Members)
