@@ -201,7 +201,20 @@ func (a *Allocator) gatewayOff() (uint64, bool) { return a.gw.off, a.gw.set }
 // chooseGatewayLocked picks the gateway the first time the peer owns usable
 // space, and never again: later ring changes (a lower donated range, an
 // inherited one, the loss of the range that contains it) do not move it.
+//
+// The one exception: a node without pods whose gateway lies in space it no
+// longer owns (it lost a seeding clash, or was removed while alive) picks
+// a new one in space it owns, since no pod can lose its gateway then; the
+// old one could otherwise collide with the new owner's own gateway.
 func (a *Allocator) chooseGatewayLocked() {
+	if a.gw.set && len(a.byOff) == 0 {
+		if e := a.st.ring.get(a.gw.off); e.Owner != a.cfg.Self || e.Dead != "" {
+			if off, ok := a.firstUsableOwned(); ok {
+				a.log.Info("gateway outside owned space and no pods: choosing a new one", "old", offsetAddr(a.cfg.Range, a.gw.off), "new", offsetAddr(a.cfg.Range, off))
+				a.gw = gateway{}
+			}
+		}
+	}
 	if a.gw.set {
 		return
 	}

@@ -38,7 +38,9 @@ func (a *Allocator) leaseAllows(off uint64) bool {
 		return true
 	}
 	v, ok := a.pool[off]
-	return ok && v != 0 && v <= a.echoedVersionLocked()
+	// The pod's gateway must be usable too: a new gateway is a lease of
+	// its own, published before the pool but possibly re-chosen after it.
+	return ok && v != 0 && v <= a.echoedVersionLocked() && a.gatewayUsableLocked()
 }
 
 // leaseRefillPending says whether pool addresses exist that only wait for

@@ -275,6 +275,9 @@ func (a *Allocator) conflictsLocked() []string {
 	for off := range a.byOff {
 		holders[off] = append(holders[off], a.cfg.Self)
 	}
+	if gw, ok := a.gatewayOff(); ok {
+		holders[gw] = append(holders[gw], a.cfg.Self)
+	}
 	for name, p := range a.st.peers {
 		if name == a.cfg.Self || p.Removed {
 			continue
@@ -287,7 +290,7 @@ func (a *Allocator) conflictsLocked() []string {
 	for _, off := range slices.Sorted(maps.Keys(holders)) {
 		if h := holders[off]; len(h) > 1 {
 			slices.Sort(h)
-			out = append(out, fmt.Sprintf("%s is held by %s: delete the pod on all but one of these peers", offsetAddr(a.cfg.Range, off), strings.Join(h, " and ")))
+			out = append(out, fmt.Sprintf("%s is held by %s: delete the pod (for a node's gateway: all the node's pods) on all but one of these peers", offsetAddr(a.cfg.Range, off), strings.Join(h, " and ")))
 			if len(out) == 20 {
 				break
 			}
