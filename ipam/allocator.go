@@ -143,6 +143,7 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 		problems: map[string]string{},
 	}
 	a.liveness.init()
+	oldFile := false // a state file of the previous release (no gateway)
 	if cfg.StateFile != "" {
 		l, ok, err := loadFile(store, cfg.StateFile, cfg)
 		if err != nil {
@@ -154,6 +155,7 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 			if l.gw.set {
 				a.gw = gateway{set: true, off: l.gw.off, echoed: l.gw.echoed || cfg.ReclaimAfter <= 0, durable: true}
 			}
+			oldFile = !l.gw.set
 			// What this peer knew may be older than what it told others
 			// (a state file of an earlier release did not record what it
 			// learnt): it neither echoes nor votes until it has heard
@@ -178,6 +180,19 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 	}
 	a.recoveredFrom = map[string]bool{}
 	a.checkRecoveredLocked()
+	if oldFile {
+		// A state file of the previous release: it computed the gateway
+		// as we choose it now and published it in Held before using it.
+		// If our recorded Held has it, the bridge already carries it:
+		// keep using it rather than take it off the bridge for the
+		// echo round an upgrade restart would otherwise cost.
+		if off, ok := a.firstUsableOwned(); ok {
+			if _, held := slices.BinarySearch(a.st.peers[cfg.Self].Held, off); held {
+				a.gw = gateway{set: true, off: off, echoed: true}
+				a.dirty = true
+			}
+		}
+	}
 	a.publishLocked()
 	if err := a.saveLocked(); err != nil {
 		return nil, err

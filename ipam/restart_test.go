@@ -192,6 +192,25 @@ func TestStateFileFromPreviousRelease(t *testing.T) {
 	if !strings.Contains(string(raw), `"gateway"`) {
 		t.Fatalf("gateway not recorded after loading an old file:\n%s", raw)
 	}
+	b.Close()
+	// With reclaim on, the gateway the old release had published in Held
+	// stays on the bridge through the upgrade restart.
+	if err := os.WriteFile(cfg.StateFile, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.ReclaimAfter = time.Minute
+	c, err := newAllocator(cfg, nopTransport{}, diskStore{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Pretend two more voters exist, so an echo would really be needed.
+	c.mu.Lock()
+	c.st.peers["b"] = peerInfo{Version: 1, ID: "id-b"}
+	c.st.peers["c"] = peerInfo{Version: 1, ID: "id-c"}
+	c.mu.Unlock()
+	if gw, ok := c.OverlayIP(); !ok || gw != netip.MustParseAddr("10.0.0.1") {
+		t.Fatalf("with reclaim on, gateway right after the upgrade: %v, %v", gw, ok)
+	}
 }
 
 // TestGatewayKeptWhenSpaceLost: a peer that loses the space containing its
