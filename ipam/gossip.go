@@ -234,10 +234,11 @@ func (a *Allocator) noteRecoveryLocked(w wireState) {
 	a.checkRecoveredLocked()
 }
 
-// checkRecoveredLocked ends recovery once full states from a strict
-// majority of voters (this peer included) were merged: what this peer now
-// knows includes what any of them knew, so its echoes and votes are no
-// longer stale. It then tells everyone its state.
+// checkRecoveredLocked ends recovery once full states from a lease quorum
+// of voters (ceil(N/2), this peer included) were merged: what this peer
+// now knows includes what any of them knew. A lease quorum rather than a
+// strict majority, so that a restart while half the peers are down does
+// not stop allocation (docs/ipam.md, I6). It then tells everyone its state.
 func (a *Allocator) checkRecoveredLocked() {
 	if !a.recovering {
 		return
@@ -248,7 +249,7 @@ func (a *Allocator) checkRecoveredLocked() {
 			n++
 		}
 	}
-	if n < a.reclaimQuorumLocked() {
+	if n < a.leaseQuorumLocked() {
 		return
 	}
 	a.recovering = false

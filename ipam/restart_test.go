@@ -95,7 +95,7 @@ func TestBlockedNamed(t *testing.T) {
 	// After a restart with nobody to talk to: recovery is named.
 	s.restart(t, "a")
 	st = s.nodes["a"].Status()
-	if st.BlockedReason != BlockedRecovery || !strings.Contains(st.Blocked, "1 of 3 voters") {
+	if st.BlockedReason != BlockedRecovery || !strings.Contains(st.Blocked, "1 of 2 voters") {
 		t.Fatalf("after a lonely restart: blocked %q (%s)", st.Blocked, st.BlockedReason)
 	}
 }
@@ -151,6 +151,27 @@ func TestRecoveryAfterRestart(t *testing.T) {
 		}
 	}
 	s.allocEventually(t, "b", "after-power-loss", 10)
+}
+
+// TestRestartWithHalfDeadAllocates: a healthy peer restarted while 2 of 4
+// peers are dead recovers with the one live neighbour (a lease quorum)
+// and places pods again.
+func TestRestartWithHalfDeadAllocates(t *testing.T) {
+	s := newSimNet(206)
+	for _, n := range []string{"a", "b", "c", "d"} {
+		s.add(t, n, "10.0.0.0/23", 4, time.Minute)
+	}
+	s.settle(t, 10)
+	s.kill("c")
+	s.kill("d")
+	s.rounds(3)
+	s.restart(t, "a")
+	for i := range 20 {
+		s.allocEventually(t, "a", fmt.Sprint("a-", i), 10)
+	}
+	if st := s.nodes["a"].Status(); st.BlockedReason == BlockedRecovery {
+		t.Fatalf("a still recovering: %q", st.Blocked)
+	}
 }
 
 // TestStateFileFromPreviousRelease: a format 1 file without a gateway (as

@@ -138,7 +138,7 @@ func (a *Allocator) blockedLocked() (reason, text string) {
 				n++
 			}
 		}
-		return BlockedRecovery, fmt.Sprintf("waiting for a state exchange with a majority after restart: %d of %d voters (this peer included) answered", n, a.reclaimQuorumLocked())
+		return BlockedRecovery, fmt.Sprintf("waiting for a state exchange with a majority after restart: %d of %d voters (this peer included) answered", n, a.leaseQuorumLocked())
 	}
 	_, hasGw := a.gatewayOff()
 	v, pending := a.pendingLeaseLocked()
