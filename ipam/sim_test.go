@@ -704,6 +704,8 @@ func TestSimulationDeterministic(t *testing.T) {
 	}{
 		{"small", 11, simParams{peers: 12, steps: 400, prefix: "10.9.0.0/25"}},
 		{"reclaim", 21, simParams{peers: 8, steps: 250, prefix: "10.40.0.0/24", reclaim: 8 * time.Second}},
+		{"restarts", 31, simParams{peers: 8, steps: 250, prefix: "10.41.0.0/24", reclaim: 8 * time.Second, powerLoss: true}},
+		{"seedclash", 41, simParams{peers: 8, steps: 200, prefix: "10.42.0.0/24", seedClash: true}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
