@@ -83,7 +83,7 @@ type Allocator struct {
 	// (takeOutbox, LocalState) or acted on (I4 in docs/ipam.md).
 	dirty bool
 	// recovering is set when New loaded a state file: until this peer has
-	// merged full states from a majority of voters it sends no state of
+	// merged full states from a lease quorum of voters it sends no state of
 	// its own (so nobody counts it as an echo), does not answer echoes,
 	// and neither reclaims nor donates (I6 in docs/ipam.md).
 	recovering    bool
@@ -105,8 +105,8 @@ type outMsg struct {
 type gateway struct {
 	set bool
 	off uint64
-	// echoed: with automatic reclaim, a majority has echoed it as held (a
-	// new gateway is used only then, like a leased address). Persisted,
+	// echoed: with automatic reclaim, a lease quorum has echoed it as held
+	// (a new gateway is used only then, like a leased address). Persisted,
 	// so a restart reports it at once.
 	echoed bool
 	// version is the version of our info that first published it; 0 until
@@ -159,7 +159,7 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 			// What this peer knew may be older than what it told others
 			// (a state file of an earlier release did not record what it
 			// learnt): it neither echoes nor votes until it has heard
-			// from a majority again (I6).
+			// from a lease quorum again (I6).
 			a.recovering = !l.st.seed.isZero()
 			if a.selfID == "" {
 				a.selfID = l.selfID
@@ -512,7 +512,7 @@ func (a *Allocator) OverlayIP() (netip.Addr, bool) {
 
 // gatewayUsableLocked says whether the gateway may go on the bridge: it is
 // recorded in the state file and, with automatic reclaim (this peer may be
-// declared dead while merely cut off), a majority has echoed it as held,
+// declared dead while merely cut off), a lease quorum has echoed it as held,
 // like a leased address (docs/ipam.md). Once echoed it stays usable, also
 // across restarts.
 func (a *Allocator) gatewayUsableLocked() bool {
@@ -524,7 +524,8 @@ func (a *Allocator) gatewayUsableLocked() bool {
 			return false
 		}
 		a.gw.echoed = true
-		a.dirty = true // soft: losing it only delays the gateway after a crash
+		a.dirty = true        // soft: losing it only delays the gateway after a crash
+		a.ringChangedLocked() // the data plane can put it on the bridge now
 	}
 	return true
 }

@@ -254,7 +254,7 @@ func (a *Allocator) checkRecoveredLocked() {
 	}
 	a.recovering = false
 	a.recoveredFrom = map[string]bool{}
-	a.log.Info("state exchanged with a majority after restart: echoing and voting again", "peers", n)
+	a.log.Info("state exchanged with a lease quorum after restart: echoing and voting again", "peers", n)
 	a.broadcastStateLocked()
 }
 

@@ -30,7 +30,7 @@ type fileState struct {
 
 type fileGateway struct {
 	Addr netip.Addr `json:"addr"`
-	// Echoed: a majority has echoed it as held (automatic reclaim), so it
+	// Echoed: a lease quorum has echoed it as held (automatic reclaim), so it
 	// is used at once after a restart.
 	Echoed bool `json:"echoed,omitempty"`
 }

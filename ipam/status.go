@@ -37,7 +37,7 @@ type Status struct {
 // The kinds of waiting Status.Blocked names.
 const (
 	BlockedBootstrap   = "bootstrap"    // the first split is not agreed yet
-	BlockedRecovery    = "recovery"     // restarted, no state exchange with a majority yet (I6)
+	BlockedRecovery    = "recovery"     // restarted, no state exchange with a lease quorum yet (I6)
 	BlockedLeaseEcho   = "lease-echo"   // a pool address or a new gateway waits for echoes
 	BlockedSpace       = "space"        // owns no free address, waits for a donation
 	BlockedReclaimEcho = "reclaim-echo" // a reclaim claim waits for a majority's echo
@@ -138,7 +138,7 @@ func (a *Allocator) blockedLocked() (reason, text string) {
 				n++
 			}
 		}
-		return BlockedRecovery, fmt.Sprintf("waiting for a state exchange with a majority after restart: %d of %d voters (this peer included) answered", n, a.leaseQuorumLocked())
+		return BlockedRecovery, fmt.Sprintf("waiting for a state exchange with half of the voters after restart: %d of %d voters (this peer included) answered", n, a.leaseQuorumLocked())
 	}
 	_, hasGw := a.gatewayOff()
 	v, pending := a.pendingLeaseLocked()
