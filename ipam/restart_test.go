@@ -292,3 +292,47 @@ func TestMergePersistsBeforeReturning(t *testing.T) {
 		t.Fatalf("a's state file has b's Held %v, b publishes %v", got, want)
 	}
 }
+
+// TestNodeDeletionReservationsEndWithRmpeer: a deleted Node's last Held
+// stays reserved, is reported, and an operator's rmpeer returns it.
+func TestNodeDeletionReservationsEndWithRmpeer(t *testing.T) {
+	s := newSimNet(207)
+	for _, n := range []string{"a", "b", "c"} {
+		s.add(t, n, "10.0.0.0/24", 3, 0)
+	}
+	s.settle(t, 10)
+	for i := range 5 {
+		s.allocEventually(t, "b", fmt.Sprint("b-", i), 5)
+	}
+	s.settle(t, 5)
+	bPods := podAddrs(s.nodes["b"])
+	s.kill("b")
+	for _, n := range []string{"a", "c"} {
+		if _, err := s.nodes[n].RemovePeerAuthoritative("b"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.settle(t, 5)
+	st := s.nodes["c"].Status()
+	if !slices.ContainsFunc(st.Problems, func(p string) bool { return strings.Contains(p, "deleted node b stay reserved") }) {
+		t.Fatalf("reserved addresses of the deleted node not reported: %q", st.Problems)
+	}
+	if _, err := s.nodes["a"].RemovePeer("b"); err != nil {
+		t.Fatal(err)
+	}
+	s.settle(t, 5)
+	reused := 0
+	for _, n := range []string{"a", "c"} {
+		for _, addr := range s.fillAll(t, n, n+"-fill", 3) {
+			if bPods[addr] {
+				reused++
+			}
+		}
+	}
+	if reused != len(bPods) {
+		t.Fatalf("after rmpeer %d of the deleted node's %d addresses came back into use", reused, len(bPods))
+	}
+	if st := s.nodes["c"].Status(); slices.ContainsFunc(st.Problems, func(p string) bool { return strings.Contains(p, "deleted node") }) {
+		t.Fatalf("still reported after rmpeer: %q", st.Problems)
+	}
+}

@@ -122,6 +122,11 @@ func (a *Allocator) Status() Status {
 	for _, k := range slices.Sorted(maps.Keys(a.problems)) {
 		s.Problems = append(s.Problems, a.problems[k])
 	}
+	for _, n := range names {
+		if p := a.st.peers[n]; p.Removed && len(p.Held) > 0 {
+			s.Problems = append(s.Problems, fmt.Sprintf("%d addresses of deleted node %s stay reserved in case its pods still run; run `mesh rmpeer %s` on one node once they are surely gone", len(p.Held), n, n))
+		}
+	}
 	s.BlockedReason, s.Blocked = a.blockedLocked()
 	return s
 }
