@@ -74,9 +74,13 @@ type Allocator struct {
 	// possibly a lower version; our versions must still only grow, since
 	// lease echoes and liveness compare versions.
 	pubVersion uint64
-	gw         gateway
-	px         paxos
-	outbox     []outMsg
+	// versionCeil is the version floor recorded in the state file: every
+	// version published so far is below it. Crossing it moves it up by
+	// versionStep and writes the file (once per versionStep of clock).
+	versionCeil uint64
+	gw          gateway
+	px          paxos
+	outbox      []outMsg
 
 	// dirty says the state holds something learnt or decided that is not
 	// in the state file yet. It is written before anything is sent
@@ -156,6 +160,7 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 				a.gw = gateway{set: true, off: l.gw.off, echoed: l.gw.echoed || cfg.ReclaimAfter <= 0, durable: true}
 			}
 			oldFile = !l.gw.set
+			a.pubVersion, a.versionCeil = l.floor, l.floor
 			// What this peer knew may be older than what it told others
 			// (a state file of an earlier release did not record what it
 			// learnt): it neither echoes nor votes until it has heard
@@ -609,7 +614,16 @@ func (a *Allocator) publishLocked() {
 	next.Free = a.donatableFree()
 	a.st.peers[a.cfg.Self] = next
 	a.pubVersion = next.Version
+	if a.pubVersion >= a.versionCeil {
+		a.versionCeil = a.pubVersion + versionStep
+		a.dirty = true // written before this version is sent (takeOutbox)
+	}
 }
+
+// versionStep is how far ahead of the published versions the state file's
+// floor is kept: ten minutes of the millisecond clock, so the floor costs
+// one write per ten minutes.
+const versionStep = 10 * 60 * 1000
 
 // saveLocked writes the state file. Every change of an allocation, of the
 // ring or of what this peer learnt of others goes through it before being
@@ -620,7 +634,7 @@ func (a *Allocator) saveLocked() error {
 		a.gw.durable = a.gw.set
 		return nil
 	}
-	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable, a.gw)
+	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable, a.gw, a.versionCeil)
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,11 @@ type fileState struct {
 	// gateway is then chosen on load, as those releases computed it.
 	// Older readers ignore the field, so the format stays 1.
 	Gateway *fileGateway `json:"gateway,omitempty"`
+	// VersionFloor is above every version of this peer's info published
+	// before the file was written: a restart continues above it even if
+	// the clock went back (lease echoes compare versions). Absent in
+	// files of earlier releases.
+	VersionFloor uint64 `json:"versionFloor,omitempty"`
 }
 
 type fileGateway struct {
@@ -44,6 +49,7 @@ type loaded struct {
 	paxos  paxosDurable
 	selfID string
 	gw     gateway
+	floor  uint64
 }
 
 // loadFile reads path. A missing file is a fresh start (ok false); any other
@@ -98,7 +104,7 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 		}
 		seen[k], used[a.Addr] = true, true
 	}
-	l = loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID}
+	l = loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID, floor: f.VersionFloor}
 	if g := f.Gateway; g != nil {
 		off, ok := addrOffset(cfg.Range, g.Addr)
 		if !ok || used[g.Addr] {
@@ -109,8 +115,9 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 	return l, nil
 }
 
-func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway) ([]byte, error) {
+func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64) ([]byte, error) {
 	f := fileState{
+		VersionFloor: floor,
 		Format:      fileFormat,
 		Range:       cfg.Range.String(),
 		Self:        cfg.Self,

@@ -336,3 +336,26 @@ func TestNodeDeletionReservationsEndWithRmpeer(t *testing.T) {
 		t.Fatalf("still reported after rmpeer: %q", st.Problems)
 	}
 }
+
+// TestVersionsGrowAcrossRestartWithClockBack (I4 for our own info): a
+// restart continues above every version published before it, even when the
+// clock went back meanwhile, so an echo of an old version can never be
+// taken for an echo of a new one.
+func TestVersionsGrowAcrossRestartWithClockBack(t *testing.T) {
+	clock := newClock()
+	cfg := testConfig(t, "a", "10.0.0.0/24")
+	cfg.Now = clock.Now
+	a := mustNew(t, cfg, nil)
+	var last uint64
+	for range 20 {
+		clock.Advance(time.Minute)
+		a.Tick()
+		last = a.st.peers["a"].Version
+	}
+	// SIGKILL: no Close. The clock goes back an hour.
+	clock.Advance(-time.Hour)
+	b := mustNew(t, cfg, nil)
+	if got := b.st.peers["a"].Version; got <= last {
+		t.Fatalf("after a restart with the clock an hour back, version %d; %d was published before", got, last)
+	}
+}
