@@ -118,13 +118,13 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64) ([]byte, error) {
 	f := fileState{
 		VersionFloor: floor,
-		Format:      fileFormat,
-		Range:       cfg.Range.String(),
-		Self:        cfg.Self,
-		SelfID:      selfID,
-		State:       encodeState(cfg.Range, cfg.Self, st),
-		Allocations: allocs,
-		Paxos:       px,
+		Format:       fileFormat,
+		Range:        cfg.Range.String(),
+		Self:         cfg.Self,
+		SelfID:       selfID,
+		State:        encodeState(cfg.Range, cfg.Self, st),
+		Allocations:  allocs,
+		Paxos:        px,
 	}
 	if gw.set {
 		f.Gateway = &fileGateway{Addr: offsetAddr(cfg.Range, gw.off), Echoed: gw.echoed}
