@@ -223,16 +223,17 @@ func (a *Allocator) gatewayOff() (uint64, bool) { return a.gw.off, a.gw.set }
 // inherited one, the loss of the range that contains it) do not move it.
 //
 // The one exception: a node without pods whose gateway lies in space it no
-// longer owns (it lost a seeding clash, or was removed while alive) picks
-// a new one in space it owns, since no pod can lose its gateway then; the
-// old one could otherwise collide with the new owner's own gateway.
+// longer owns (it lost a seeding clash, or was removed while alive) gives
+// it up, and takes a new one in space it owns (at once, or when space
+// arrives): no pod can lose its gateway then, and the old address may be
+// the new owner's gateway or a pod's.
 func (a *Allocator) chooseGatewayLocked() {
 	if a.gw.set && len(a.byOff) == 0 {
 		if e := a.st.ring.get(a.gw.off); e.Owner != a.cfg.Self || e.Dead != "" {
-			if off, ok := a.firstUsableOwned(); ok {
-				a.log.Info("gateway outside owned space and no pods: choosing a new one", "old", offsetAddr(a.cfg.Range, a.gw.off), "new", offsetAddr(a.cfg.Range, off))
-				a.gw = gateway{}
-			}
+			a.log.Info("gateway outside owned space and no pods: giving it up", "old", offsetAddr(a.cfg.Range, a.gw.off))
+			a.gw = gateway{}
+			a.dirty = true
+			a.ringChangedLocked() // the data plane takes it off the bridge
 		}
 	}
 	if a.gw.set {
