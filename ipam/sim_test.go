@@ -554,6 +554,9 @@ func runSimulation(t *testing.T, seed uint64, p simParams) string {
 					t.Fatalf("seed %d step %d: release: %v", seed, step, err)
 				}
 				delete(node.pods, k)
+				if len(node.pods) == 0 {
+					delete(s.gws, n) // no pod uses the gateway now: it may move
+				}
 			}
 		case r < 65: // crash and restart
 			s.restart(t, n)
