@@ -19,31 +19,47 @@ const (
 // LocalState returns this peer's full state for memberlist's push/pull.
 // Non-blocking; safe for concurrent use.
 // Whatever it returns is in the state file first (I4); a recovering peer
-// returns an empty state, which nobody can count as an echo (I6).
+// returns only its own info (I6).
 func (a *Allocator) LocalState() []byte {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.recovering {
-		return a.emptyStateLocked()
-	}
 	if a.dirty {
 		if err := a.saveLocked(); err != nil {
 			a.log.Error("not sending state: state file not written", "err", err)
-			return a.emptyStateLocked()
+			return encodeState(a.cfg.Range, a.cfg.Self, newState(a.st.ring.size))
 		}
+	}
+	if a.recovering {
+		return a.selfOnlyStateLocked()
 	}
 	return encodeState(a.cfg.Range, a.cfg.Self, a.st)
 }
 
-// emptyStateLocked is a valid state that carries nothing: unseeded, no
-// peers. Merging it changes nothing anywhere (also on earlier releases),
-// and as an echo request it asks for the receiver's state without offering
-// ours.
-func (a *Allocator) emptyStateLocked() []byte {
-	return encodeState(a.cfg.Range, a.cfg.Self, newState(a.st.ring.size))
+// selfOnlyStateLocked is what a recovering peer sends: an unseeded state
+// holding only its own info. Merging it carries the peer's heartbeat and
+// Held (so a restarted peer does not look silent, and its pods stay
+// reserved) but no ring and nothing about any other peer, so nobody can
+// count it as an echo of anything (also on earlier releases). As an echo
+// request it asks for the receiver's full state.
+func (a *Allocator) selfOnlyStateLocked() []byte {
+	st := newState(a.st.ring.size)
+	st.peers[a.cfg.Self] = a.st.peers[a.cfg.Self]
+	return encodeState(a.cfg.Range, a.cfg.Self, st)
 }
 
-func isEmptyState(st state) bool { return st.seed.isZero() && len(st.peers) == 0 }
+// isRecoveryState says whether w is such a state: unseeded, and about its
+// sender at most.
+func isRecoveryState(w wireState) bool {
+	if !w.st.seed.isZero() {
+		return false
+	}
+	for name := range w.st.peers {
+		if name != w.sender {
+			return false
+		}
+	}
+	return true
+}
 
 func (a *Allocator) stateMsgLocked() []byte {
 	return append([]byte{msgState}, encodeState(a.cfg.Range, a.cfg.Self, a.st)...)
@@ -96,10 +112,10 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 		} else {
 			err = a.mergeLocked(w)
 			if err == nil && msg[0] == msgEchoReq && w.sender != "" && w.sender != a.cfg.Self {
-				// An empty request comes from a recovering peer, which
+				// A self-only request comes from a recovering peer, which
 				// counts no echo (I6): even a recovering peer answers it,
 				// so that a whole cluster restarting at once recovers.
-				a.outbox = append(a.outbox, outMsg{to: w.sender, msg: a.stateMsgLocked(), recovery: isEmptyState(w.st)})
+				a.outbox = append(a.outbox, outMsg{to: w.sender, msg: a.stateMsgLocked(), recovery: isRecoveryState(w)})
 			}
 		}
 	case msgAsk:
@@ -224,7 +240,7 @@ func (a *Allocator) seedConflictLocked(sender string, ours, theirs seed) {
 // noteRecoveryLocked counts a full state merged from another voter towards
 // the end of recovery (I6).
 func (a *Allocator) noteRecoveryLocked(w wireState) {
-	if !a.recovering || w.sender == "" || w.sender == a.cfg.Self || w.st.seed.isZero() || isEmptyState(w.st) {
+	if !a.recovering || w.sender == "" || w.sender == a.cfg.Self || isRecoveryState(w) {
 		return
 	}
 	if p, ok := a.st.peers[w.sender]; !ok || p.Removed {
@@ -259,11 +275,11 @@ func (a *Allocator) checkRecoveredLocked() {
 }
 
 // recoveryTickLocked asks every peer for its state while recovering, with
-// an empty state of our own so nobody counts the request as our echo.
+// only our own info, so nobody counts the request as our echo.
 func (a *Allocator) recoveryTickLocked() {
 	if !a.recovering || a.tick%askEvery != 0 {
 		return
 	}
-	msg := append([]byte{msgEchoReq}, a.emptyStateLocked()...)
+	msg := append([]byte{msgEchoReq}, a.selfOnlyStateLocked()...)
 	a.outbox = append(a.outbox, outMsg{msg: msg, recovery: true})
 }

@@ -124,12 +124,25 @@ func TestRecoveryAfterRestart(t *testing.T) {
 	s.part = map[string]int{"a": 1}
 	s.restart(t, "a")
 	w, err := decodeState(s.nodes["a"].LocalState())
-	if err != nil || !isEmptyState(w.st) {
-		t.Fatalf("a recovering peer offers its state in push/pull: %+v, %v", w.st, err)
+	if err != nil || !isRecoveryState(w) || len(w.st.peers) != 1 {
+		t.Fatalf("a recovering peer offers more than its own info in push/pull: %+v, %v", w.st, err)
 	}
 	s.rounds(5)
 	if st := s.nodes["a"].Status(); st.BlockedReason != BlockedRecovery {
 		t.Fatalf("a recovered alone: %+v", st)
+	}
+	// Its own info (heartbeat, Held) still reaches the others: push/pull
+	// of its self-only state.
+	before, echoBefore := s.nodes["b"].st.peers["a"].Version, s.nodes["b"].liveness.echo["a"]
+	if err := s.nodes["b"].MergeRemoteState(s.nodes["a"].LocalState()); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.nodes["b"].st.peers["a"].Version; got <= before {
+		t.Fatalf("b did not hear recovering a's heartbeat: version %d, was %d", got, before)
+	}
+	// ... but it is no echo of anything of b's.
+	if got := s.nodes["b"].liveness.echo["a"]; got != echoBefore {
+		t.Fatalf("b counted recovering a's state as an echo: %d, was %d", got, echoBefore)
 	}
 	clear(s.part)
 	s.rounds(4)
@@ -137,7 +150,7 @@ func TestRecoveryAfterRestart(t *testing.T) {
 		t.Fatalf("a did not recover with everyone reachable: %q", st.Blocked)
 	}
 	w, _ = decodeState(s.nodes["a"].LocalState())
-	if isEmptyState(w.st) {
+	if isRecoveryState(w) {
 		t.Fatal("a still withholds its state after recovering")
 	}
 	// Power loss: everyone restarts at once.
