@@ -54,6 +54,12 @@ type IPAM struct {
 	Peers []IPAMPeer `json:"peers,omitempty"`
 	// Problems are conditions an operator must look at, in plain words.
 	Problems []string `json:"problems,omitempty"`
+	// Blocked names what this node's IPAM waits for before it can make
+	// progress (e.g. "waiting for lease echoes: 1 of 2 voters answered"),
+	// empty when nothing waits; BlockedReason is its kind: bootstrap,
+	// recovery, lease-echo, space or reclaim-echo.
+	Blocked       string `json:"blocked,omitempty"`
+	BlockedReason string `json:"blockedReason,omitempty"`
 }
 
 // RangeInfo is one range of the ring and its owner.

@@ -237,7 +237,9 @@ func (d *Daemon) close() {
 		d.members.Close()
 	}
 	if d.ipam != nil {
-		d.ipam.Close()
+		if err := d.ipam.Close(); err != nil {
+			d.log.Error("IPAM state not saved on stop", "err", err)
+		}
 	}
 	if d.dp != nil { // nil when Start failed before choosing one
 		d.dp.Close()

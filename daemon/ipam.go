@@ -93,7 +93,8 @@ func liveMembers(ms []mesh.Member) map[string]bool {
 
 func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	st := d.ipam.Status()
-	out := &api.IPAM{Range: st.Range, Status: st.Status, Owned: st.Owned, Allocated: st.Allocated, Ranges: []api.RangeInfo{}, Problems: st.Problems}
+	out := &api.IPAM{Range: st.Range, Status: st.Status, Owned: st.Owned, Allocated: st.Allocated, Ranges: []api.RangeInfo{}, Problems: st.Problems,
+		Blocked: st.Blocked, BlockedReason: st.BlockedReason}
 	for _, r := range st.Ranges {
 		out.Ranges = append(out.Ranges, api.RangeInfo{CIDR: r.CIDR.String(), Owner: r.Owner})
 	}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/meshnet/mesh/ipam"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -81,6 +82,7 @@ var (
 	descRx         = prometheus.NewDesc("mesh_peer_rx_bytes_total", "Bytes received from a peer over the data plane.", []string{"peer"}, nil)
 	descTx         = prometheus.NewDesc("mesh_peer_tx_bytes_total", "Bytes sent to a peer over the data plane.", []string{"peer"}, nil)
 	descIPAM       = prometheus.NewDesc("mesh_ipam_addresses", "Addresses of this node by kind: owned, allocated, free.", []string{"kind"}, nil)
+	descBlocked    = prometheus.NewDesc("mesh_ipam_blocked", "1 for the kind of wait that currently stops this node's IPAM (see mesh status ipam), 0 for the others.", []string{"reason"}, nil)
 	descUnreach    = prometheus.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", nil, nil)
 	descRecErr     = prometheus.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", nil, nil)
 	descRecRuns    = prometheus.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", nil, nil)
@@ -96,7 +98,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descBlocked, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
 	}
 }
@@ -126,6 +128,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(owned), "owned")
 	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(st.Allocated), "allocated")
 	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(st.Free), "free")
+	for _, r := range ipam.BlockedReasons {
+		v := 0.0
+		if r == st.BlockedReason {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.GaugeValue, v, r)
+	}
 	if d.policy != nil {
 		for name, n := range d.policy.DeniedPackets() {
 			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)

@@ -165,11 +165,16 @@ func TestIPAMRestartKeepsRangesAndAllocations(t *testing.T) {
 		return st.IPAM.Owned, as
 	}
 	ownedBefore, allocsBefore := snapshot()
+	gwBefore := n.MustStatus().OverlayIP
 	if err := n.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	n.Start()
 	ownedAfter, allocsAfter := snapshot()
+	// The pods' gateway is reported at once and has not moved.
+	if gwAfter := n.MustStatus().OverlayIP; gwAfter != gwBefore || gwAfter == "" {
+		t.Fatalf("gateway %q before the restart, %q after", gwBefore, gwAfter)
+	}
 	if !reflect.DeepEqual(ownedBefore, ownedAfter) || !reflect.DeepEqual(allocsBefore, allocsAfter) {
 		t.Fatalf("restart changed the node's state:\nowned %v -> %v\nallocs %v -> %v", ownedBefore, ownedAfter, allocsBefore, allocsAfter)
 	}

@@ -55,6 +55,8 @@ func TestMetricsAndProbes(t *testing.T) {
 		`mesh_ipam_addresses{kind="owned"}`,
 		`mesh_ipam_addresses{kind="allocated"} 0`,
 		`mesh_ipam_unreachable_owned_addresses 0`,
+		`mesh_ipam_blocked{reason="space"} 0`,
+		`mesh_ipam_blocked{reason="recovery"} 0`,
 		`mesh_peer_rx_bytes_total{peer="` + nodes[1].Host.Name + `"}`,
 		`mesh_handshake_age_seconds{peer="` + nodes[1].Host.Name + `"}`,
 		`mesh_reconcile_errors_total 0`,

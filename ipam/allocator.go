@@ -79,14 +79,51 @@ type Allocator struct {
 	// possibly a lower version; our versions must still only grow, since
 	// lease echoes and liveness compare versions.
 	pubVersion uint64
-	overlayPub overlayPub
-	px         paxos
-	outbox     []outMsg
+	// versionCeil is the version floor recorded in the state file: every
+	// version published so far is below it. Crossing it moves it up by
+	// versionStep and writes the file (once per versionStep of clock).
+	versionCeil uint64
+	gw          gateway
+	px          paxos
+	outbox      []outMsg
+
+	// dirty says the state holds something learnt or decided that is not
+	// in the state file yet. It is written before anything is sent
+	// (takeOutbox, LocalState) or acted on (I4 in docs/ipam.md).
+	dirty bool
+	// recovering is set when New loaded a state file: until this peer has
+	// merged full states from a lease quorum of voters it sends no state of
+	// its own (so nobody counts it as an echo), does not answer echoes,
+	// and neither reclaims nor donates (I6 in docs/ipam.md).
+	recovering    bool
+	recoveredFrom map[string]bool
 }
 
 type outMsg struct {
 	to  string // "" = broadcast
 	msg []byte
+	// recovery marks the messages a recovering peer may send: its empty
+	// echo requests and answers to them. Other states wait (I6).
+	recovery bool
+}
+
+// gateway is the node's own overlay address (its pods' default gateway).
+// It is chosen once, when the peer first owns usable space, persisted,
+// published in Held and never given to a pod; it does not follow later
+// changes of the ring, so the pods' gateway never moves under them.
+type gateway struct {
+	set bool
+	off uint64
+	// echoed: with automatic reclaim, a lease quorum has echoed it as held
+	// (a new gateway is used only then, like a leased address). Persisted,
+	// so a restart reports it at once.
+	echoed bool
+	// version is the version of our info that first published it; 0 until
+	// published (in memory only: after a restart an unechoed gateway is
+	// echoed again).
+	version uint64
+	// durable says the state file records it.
+	durable bool
 }
 
 // New loads the state file (a missing file is a fresh start) and returns an
@@ -116,6 +153,7 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 		problems: map[string]string{},
 	}
 	a.liveness.init()
+	oldFile := false // a state file of the previous release (no gateway)
 	if cfg.StateFile != "" {
 		l, ok, err := loadFile(store, cfg.StateFile, cfg)
 		if err != nil {
@@ -124,6 +162,16 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 		if ok {
 			a.st = l.st
 			a.px.durable = l.paxos
+			if l.gw.set {
+				a.gw = gateway{set: true, off: l.gw.off, echoed: l.gw.echoed || cfg.ReclaimAfter <= 0, durable: true}
+			}
+			oldFile = !l.gw.set
+			a.pubVersion, a.versionCeil = l.floor, l.floor
+			// What this peer knew may be older than what it told others
+			// (a state file of an earlier release did not record what it
+			// learnt): it neither echoes nor votes until it has heard
+			// from a lease quorum again (I6).
+			a.recovering = !l.st.seed.isZero()
 			if a.selfID == "" {
 				a.selfID = l.selfID
 			} else if l.selfID != "" && l.selfID != a.selfID {
@@ -144,6 +192,21 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 	if a.st.seed.isZero() && cfg.InitialPeerCount <= 1 {
 		a.seedLocked(proposal{Members: []string{cfg.Self}, ID: seedID(cfg.Self, ballot{}, nil)})
 	}
+	a.recoveredFrom = map[string]bool{}
+	a.checkRecoveredLocked()
+	if oldFile {
+		// A state file of the previous release: it computed the gateway
+		// as we choose it now and published it in Held before using it.
+		// If our recorded Held has it, the bridge already carries it:
+		// keep using it rather than take it off the bridge for the
+		// echo round an upgrade restart would otherwise cost.
+		if off, ok := a.firstUsableOwned(); ok {
+			if _, held := slices.BinarySearch(a.st.peers[cfg.Self].Held, off); held {
+				a.gw = gateway{set: true, off: off, echoed: true}
+				a.dirty = true
+			}
+		}
+	}
 	a.publishLocked()
 	if err := a.saveLocked(); err != nil {
 		return nil, err
@@ -161,12 +224,41 @@ func (a *Allocator) usable(off uint64) bool {
 	return size < 4 || (off != 0 && off != size-1)
 }
 
-// overlayOff is the first usable address of the lowest range this peer owns;
-// the data plane gives it to the host, so it is never allocated. An address
-// a pod holds (a pod of another peer in space that changed hands under it,
-// or our own pod in a range that just became our lowest) is not usable.
-// Every peer computes the same answer from the same state.
-func (a *Allocator) overlayOff() (uint64, bool) {
+// gatewayOff is this node's gateway (overlay address), if chosen.
+func (a *Allocator) gatewayOff() (uint64, bool) { return a.gw.off, a.gw.set }
+
+// chooseGatewayLocked picks the gateway the first time the peer owns usable
+// space, and never again: later ring changes (a lower donated range, an
+// inherited one, the loss of the range that contains it) do not move it.
+//
+// The one exception: a node without pods whose gateway lies in space it no
+// longer owns (it lost a seeding clash, or was removed while alive) gives
+// it up, and takes a new one in space it owns (at once, or when space
+// arrives): no pod can lose its gateway then, and the old address may be
+// the new owner's gateway or a pod's.
+func (a *Allocator) chooseGatewayLocked() {
+	if a.gw.set && len(a.byOff) == 0 {
+		if e := a.st.ring.get(a.gw.off); e.Owner != a.cfg.Self || e.Dead != "" {
+			a.log.Info("gateway outside owned space and no pods: giving it up", "old", offsetAddr(a.cfg.Range, a.gw.off))
+			a.gw = gateway{}
+			a.dirty = true
+			a.ringChangedLocked() // the data plane takes it off the bridge
+		}
+	}
+	if a.gw.set {
+		return
+	}
+	if off, ok := a.firstUsableOwned(); ok {
+		a.gw = gateway{set: true, off: off, echoed: a.cfg.ReclaimAfter <= 0}
+		a.dirty = true
+		a.log.Info("chose gateway", "addr", offsetAddr(a.cfg.Range, off))
+	}
+}
+
+// firstUsableOwned is the first usable address of the lowest range this
+// peer owns that no pod holds (a pod of another peer in space that changed
+// hands under it, or one of ours).
+func (a *Allocator) firstUsableOwned() (uint64, bool) {
 	res := a.reserved()
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
 		for off := sp.start; off < sp.end; off++ {
@@ -186,7 +278,9 @@ func (a *Allocator) reserved() map[uint64]string {
 	if a.reservedCache == nil {
 		r := map[uint64]string{}
 		for name, p := range a.st.peers {
-			if name == a.cfg.Self || p.Removed {
+			// A removed peer's Held reserves too: rmpeer empties it, a
+			// Node deletion keeps the last known one (I5).
+			if name == a.cfg.Self {
 				continue
 			}
 			for _, off := range p.Held {
@@ -200,8 +294,8 @@ func (a *Allocator) reserved() map[uint64]string {
 }
 
 // blocked says whether an owned offset cannot be allocated.
-func (a *Allocator) blocked(off uint64, overlay uint64, hasOverlay bool) bool {
-	if !a.usable(off) || (hasOverlay && off == overlay) {
+func (a *Allocator) blocked(off uint64, gw uint64, hasGw bool) bool {
+	if !a.usable(off) || (hasGw && off == gw) {
 		return true
 	}
 	if _, ok := a.byOff[off]; ok {
@@ -214,7 +308,7 @@ func (a *Allocator) blocked(off uint64, overlay uint64, hasOverlay bool) bool {
 // pickFree returns the lowest allocatable offset. Blocked addresses are few
 // (allocations and reservations), so the scan is short even on a /12.
 func (a *Allocator) pickFree() (uint64, bool) {
-	ov, hasOv := a.overlayOff()
+	ov, hasOv := a.gatewayOff()
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
 		for off := sp.start; off < sp.end; off++ {
 			if !a.blocked(off, ov, hasOv) && a.leaseAllows(off) {
@@ -229,7 +323,7 @@ func (a *Allocator) pickFree() (uint64, bool) {
 // owned sizes minus what is blocked inside them, looked up in the (few)
 // allocations and sorted reservations.
 func (a *Allocator) freeCount() uint64 {
-	ov, hasOv := a.overlayOff()
+	ov, hasOv := a.gatewayOff()
 	a.reserved()
 	var total, blocked uint64
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
@@ -249,8 +343,8 @@ func (a *Allocator) freeCount() uint64 {
 			blocked++
 		}
 	}
-	if hasOv {
-		blocked++
+	if e := a.st.ring.get(ov); hasOv && e.Owner == a.cfg.Self && e.Dead == "" && a.usable(ov) {
+		blocked++ // the gateway lies in space we own
 	}
 	for off := range a.byOff {
 		e := a.st.ring.get(off)
@@ -456,31 +550,36 @@ func (a *Allocator) listLocked() []Allocation {
 	return out
 }
 
-// OverlayIP returns the first usable address of the lowest range this peer
-// owns (reserved for the host, never given to a pod), and false while it
-// owns nothing. Non-blocking.
+// OverlayIP returns this node's gateway: the first usable address of the
+// first range it owned, chosen once and kept (reserved for the host, never
+// given to a pod), and false until it has one. Non-blocking.
 func (a *Allocator) OverlayIP() (netip.Addr, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	off, ok := a.overlayOff()
-	if !ok {
+	if !a.gatewayUsableLocked() {
 		return netip.Addr{}, false
 	}
-	// With automatic reclaim this peer may be declared dead while merely
-	// cut off, so its overlay address is used only once a majority has
-	// echoed it as held, like any leased address (docs/ipam.md).
-	if a.cfg.ReclaimAfter > 0 && (!a.overlayPub.set || a.overlayPub.off != off || a.overlayPub.version > a.echoedVersionLocked()) {
-		return netip.Addr{}, false
-	}
-	return offsetAddr(a.cfg.Range, off), true
+	return offsetAddr(a.cfg.Range, a.gw.off), true
 }
 
-// overlayPub records when the current overlay address was first published
-// as held, for the echo check in OverlayIP.
-type overlayPub struct {
-	set     bool
-	off     uint64
-	version uint64
+// gatewayUsableLocked says whether the gateway may go on the bridge: it is
+// recorded in the state file and, with automatic reclaim (this peer may be
+// declared dead while merely cut off), a lease quorum has echoed it as held,
+// like a leased address (docs/ipam.md). Once echoed it stays usable, also
+// across restarts.
+func (a *Allocator) gatewayUsableLocked() bool {
+	if !a.gw.set || !a.gw.durable {
+		return false
+	}
+	if !a.gw.echoed {
+		if a.gw.version == 0 || a.gw.version > a.echoedVersionLocked() {
+			return false
+		}
+		a.gw.echoed = true
+		a.dirty = true        // soft: losing it only delays the gateway after a crash
+		a.ringChangedLocked() // the data plane can put it on the bridge now
+	}
+	return true
 }
 
 // Subscribe returns a channel that receives a value (coalesced, never
@@ -494,13 +593,20 @@ func (a *Allocator) Subscribe() <-chan struct{} {
 }
 
 // Close stops the Allocator: blocked Allocate calls return ErrClosed and
-// later calls fail. The state file is already up to date. Idempotent.
+// later calls fail. It writes the state file if anything learnt since the
+// last write is not in it yet. Idempotent.
 func (a *Allocator) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.closed {
-		a.closed = true
-		a.wakeLocked()
+	if a.closed {
+		return nil
+	}
+	a.closed = true
+	a.wakeLocked()
+	if a.dirty {
+		if err := a.saveLocked(); err != nil {
+			return fmt.Errorf("ipam: saving state on close: %w", err)
+		}
 	}
 	return nil
 }
@@ -531,18 +637,17 @@ func (a *Allocator) publishLocked() {
 	held := slices.Sorted(maps.Keys(a.byOff))
 	held = a.leaseHeld(held)
 	version := max(me.Version+1, a.pubVersion+1, uint64(a.cfg.Now().UnixMilli()))
-	// The overlay address is held like a pod's: whoever comes to own this
+	// The gateway is held like a pod's address: whoever comes to own this
 	// space (a reclaim's heir, the winner of a seeding clash) must not hand
 	// the node's own bridge address to a pod.
-	if ov, ok := a.overlayOff(); ok {
-		held = append(held, ov)
+	a.chooseGatewayLocked()
+	if a.gw.set {
+		held = append(held, a.gw.off)
 		slices.Sort(held)
 		held = slices.Compact(held)
-		if !a.overlayPub.set || a.overlayPub.off != ov {
-			a.overlayPub = overlayPub{set: true, off: ov, version: version}
+		if a.gw.version == 0 {
+			a.gw.version = version
 		}
-	} else {
-		a.overlayPub = overlayPub{}
 	}
 	next := peerInfo{
 		Epoch:   me.Epoch,
@@ -556,24 +661,58 @@ func (a *Allocator) publishLocked() {
 	next.Free = a.donatableFree()
 	a.st.peers[a.cfg.Self] = next
 	a.pubVersion = next.Version
+	if a.pubVersion >= a.versionCeil {
+		a.versionCeil = a.pubVersion + versionStep
+		a.dirty = true // written before this version is sent (takeOutbox)
+	}
 }
 
-// saveLocked writes the state file. Every change of an allocation or of the
-// ring goes through it before being acted upon.
+// versionStep is how far ahead of the published versions the state file's
+// floor is kept: ten minutes of the millisecond clock, so the floor costs
+// one write per ten minutes.
+const versionStep = 10 * 60 * 1000
+
+// saveLocked writes the state file. Every change of an allocation, of the
+// ring or of what this peer learnt of others goes through it before being
+// acted upon or sent.
 func (a *Allocator) saveLocked() error {
 	if a.cfg.StateFile == "" {
+		a.dirty = false
+		a.gw.durable = a.gw.set
 		return nil
 	}
-	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable)
+	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable, a.gw, a.versionCeil)
 	if err != nil {
 		return err
 	}
-	return a.store.write(a.cfg.StateFile, data)
+	if err := a.store.write(a.cfg.StateFile, data); err != nil {
+		return err
+	}
+	a.dirty = false
+	a.gw.durable = a.gw.set
+	return nil
 }
 
+// takeOutbox hands over what is to be sent, once everything it may carry
+// is durable (I4): if the state file cannot be written, nothing is sent.
+// A recovering peer sends only its recovery messages (I6).
 func (a *Allocator) takeOutbox() []outMsg {
 	out := a.outbox
 	a.outbox = nil
+	if len(out) == 0 {
+		return nil
+	}
+	if a.dirty {
+		if err := a.saveLocked(); err != nil {
+			a.log.Error("not sending: state file not written", "err", err)
+			return nil
+		}
+	}
+	if a.recovering {
+		out = slices.DeleteFunc(out, func(m outMsg) bool {
+			return !m.recovery && (m.msg[0] == msgState || m.msg[0] == msgEchoReq)
+		})
+	}
 	return out
 }
 

@@ -18,10 +18,47 @@ const (
 
 // LocalState returns this peer's full state for memberlist's push/pull.
 // Non-blocking; safe for concurrent use.
+// Whatever it returns is in the state file first (I4); a recovering peer
+// returns only its own info (I6).
 func (a *Allocator) LocalState() []byte {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.dirty {
+		if err := a.saveLocked(); err != nil {
+			a.log.Error("not sending state: state file not written", "err", err)
+			return encodeState(a.cfg.Range, a.cfg.Self, newState(a.st.ring.size))
+		}
+	}
+	if a.recovering {
+		return a.selfOnlyStateLocked()
+	}
 	return encodeState(a.cfg.Range, a.cfg.Self, a.st)
+}
+
+// selfOnlyStateLocked is what a recovering peer sends: an unseeded state
+// holding only its own info. Merging it carries the peer's heartbeat and
+// Held (so a restarted peer does not look silent, and its pods stay
+// reserved) but no ring and nothing about any other peer, so nobody can
+// count it as an echo of anything (also on earlier releases). As an echo
+// request it asks for the receiver's full state.
+func (a *Allocator) selfOnlyStateLocked() []byte {
+	st := newState(a.st.ring.size)
+	st.peers[a.cfg.Self] = a.st.peers[a.cfg.Self]
+	return encodeState(a.cfg.Range, a.cfg.Self, st)
+}
+
+// isRecoveryState says whether w is such a state: unseeded, and about its
+// sender at most.
+func isRecoveryState(w wireState) bool {
+	if !w.st.seed.isZero() {
+		return false
+	}
+	for name := range w.st.peers {
+		if name != w.sender {
+			return false
+		}
+	}
+	return true
 }
 
 func (a *Allocator) stateMsgLocked() []byte {
@@ -75,7 +112,10 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 		} else {
 			err = a.mergeLocked(w)
 			if err == nil && msg[0] == msgEchoReq && w.sender != "" && w.sender != a.cfg.Self {
-				a.outbox = append(a.outbox, outMsg{to: w.sender, msg: a.stateMsgLocked()})
+				// A self-only request comes from a recovering peer, which
+				// counts no echo (I6): even a recovering peer answers it,
+				// so that a whole cluster restarting at once recovers.
+				a.outbox = append(a.outbox, outMsg{to: w.sender, msg: a.stateMsgLocked(), recovery: isRecoveryState(w)})
 			}
 		}
 	case msgAsk:
@@ -113,13 +153,22 @@ func (a *Allocator) mergeLocked(w wireState) error {
 	}
 	a.st = join(old, w.st)
 	for name, p := range w.st.peers {
-		if cur, ok := old.peers[name]; name != a.cfg.Self && (!ok || comparePeerInfo(p, cur) > 0) &&
-			(!ok || p.Removed != cur.Removed || !slices.Equal(p.Held, cur.Held)) {
-			a.reservedCache = nil
-			break
+		cur, ok := old.peers[name]
+		if ok && comparePeerInfo(p, cur) <= 0 {
+			continue
+		}
+		if !ok || !sameDurableInfo(p, cur) {
+			// Learnt something beyond a heartbeat: it must be durable
+			// before it is acted on or echoed (I4).
+			a.dirty = true
+			if name != a.cfg.Self {
+				a.reservedCache = nil
+			}
 		}
 	}
 	a.liveness.observe(a, w.sender, w.st)
+	a.gatewayUsableLocked() // record an echo of a new gateway with what was learnt
+	a.noteRecoveryLocked(w)
 	if me, ok := a.st.peers[a.cfg.Self]; ok && me.Removed {
 		a.problem("removed", "this peer was removed (rmpeer) by another peer while alive: its ranges went to others; its pods keep their addresses (published as held) and it will ask for new space")
 	}
@@ -128,8 +177,12 @@ func (a *Allocator) mergeLocked(w wireState) error {
 			a.log.Info("ring seeded", "seed", fmt.Sprintf("%x", a.st.seed.ID), "members", a.st.seed.Members)
 		}
 		a.afterRingChangeLocked()
-		// Persist what we learnt before acting on it, so a restart never
-		// makes this peer forget a write it has already passed on.
+		a.dirty = true
+	}
+	// Persist what we learnt before acting on it or passing it on, so a
+	// restart never makes this peer forget what it has already echoed,
+	// voted on or acted on (I4). Heartbeats alone are not worth an fsync.
+	if a.dirty {
 		if err := a.saveLocked(); err != nil {
 			return err
 		}
@@ -138,6 +191,14 @@ func (a *Allocator) mergeLocked(w wireState) error {
 	// that lost heartbeats, or an rmpeer tombstone) and must win again.
 	a.publishLocked()
 	return nil
+}
+
+// sameDurableInfo says whether two infos of one peer differ only in what
+// need not survive a restart: the heartbeat version and the advertised
+// free count. Held, epochs and removals are what reserve addresses and
+// decide quorums, so a change of those is persisted before use.
+func sameDurableInfo(x, y peerInfo) bool {
+	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && slices.Equal(x.Held, y.Held)
 }
 
 // afterRingChangeLocked runs the consequences of a new ring: reclaim heirs,
@@ -174,4 +235,51 @@ func (a *Allocator) seedConflictLocked(sender string, ours, theirs seed) {
 	}
 	a.problem("seed", fmt.Sprintf("peer %s's ring was seeded independently (seed %x/%d, ours %x/%d); %s wins. Pods keep their addresses (held addresses are reserved) but addresses both sides gave out before meeting may be duplicated: see the conflicts list",
 		sender, theirs.ID, theirs.Members, ours.ID, ours.Members, winner))
+}
+
+// noteRecoveryLocked counts a full state merged from another voter towards
+// the end of recovery (I6).
+func (a *Allocator) noteRecoveryLocked(w wireState) {
+	if !a.recovering || w.sender == "" || w.sender == a.cfg.Self || isRecoveryState(w) {
+		return
+	}
+	if p, ok := a.st.peers[w.sender]; !ok || p.Removed {
+		return
+	}
+	a.recoveredFrom[w.sender] = true
+	a.checkRecoveredLocked()
+}
+
+// checkRecoveredLocked ends recovery once full states from a lease quorum
+// of voters (ceil(N/2), this peer included) were merged: what this peer
+// now knows includes what any of them knew. A lease quorum rather than a
+// strict majority, so that a restart while half the peers are down does
+// not stop allocation (docs/ipam.md, I6). It then tells everyone its state.
+func (a *Allocator) checkRecoveredLocked() {
+	if !a.recovering {
+		return
+	}
+	n := 1
+	for _, v := range a.votersLocked() {
+		if a.recoveredFrom[v] {
+			n++
+		}
+	}
+	if n < a.leaseQuorumLocked() {
+		return
+	}
+	a.recovering = false
+	a.recoveredFrom = map[string]bool{}
+	a.log.Info("state exchanged with a lease quorum after restart: echoing and voting again", "peers", n)
+	a.broadcastStateLocked()
+}
+
+// recoveryTickLocked asks every peer for its state while recovering, with
+// only our own info, so nobody counts the request as our echo.
+func (a *Allocator) recoveryTickLocked() {
+	if !a.recovering || a.tick%askEvery != 0 {
+		return
+	}
+	msg := append([]byte{msgEchoReq}, a.selfOnlyStateLocked()...)
+	a.outbox = append(a.outbox, outMsg{msg: msg, recovery: true})
 }

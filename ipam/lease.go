@@ -7,10 +7,10 @@ import (
 
 // The lease pool, used only when automatic reclaim is on. Such a peer may be
 // declared dead while merely partitioned, so it allocates only addresses it
-// has already published as held AND that a majority of voters has echoed
-// back (their states carry our info at that version or later). A reclaimer's
-// heir in turn waits for a majority to echo its tombstone. The two
-// majorities share a peer, whose state carried either our held addresses to
+// has already published as held AND that a lease quorum of voters
+// (ceil(N/2)) has echoed back (their states carry our info at that version
+// or later). A reclaimer's heir in turn waits for a strict majority
+// (floor(N/2)+1) to echo its tombstone. The two quorums share a peer, whose state carried either our held addresses to
 // the heir or the tombstone to us (docs/ipam.md, "automatic reclaim").
 
 // poolSize is how many not-yet-allocated addresses a leased peer keeps
@@ -38,7 +38,9 @@ func (a *Allocator) leaseAllows(off uint64) bool {
 		return true
 	}
 	v, ok := a.pool[off]
-	return ok && v != 0 && v <= a.echoedVersionLocked()
+	// The pod's gateway must be usable too: a new gateway is a lease of
+	// its own, published before the pool but possibly re-chosen after it.
+	return ok && v != 0 && v <= a.echoedVersionLocked() && a.gatewayUsableLocked()
 }
 
 // leaseRefillPending says whether pool addresses exist that only wait for
@@ -76,7 +78,7 @@ func (a *Allocator) refillPoolLocked() {
 	if len(a.pool) >= want {
 		return
 	}
-	ov, hasOv := a.overlayOff()
+	ov, hasOv := a.gatewayOff()
 	added := false
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
 		for off := sp.start; off < sp.end && len(a.pool) < want; off++ {
@@ -98,7 +100,7 @@ func (a *Allocator) refillPoolLocked() {
 	}
 }
 
-// unechoedLocked says whether something of ours waits for a majority echo:
+// unechoedLocked says whether something of ours waits for a quorum's echo:
 // pool addresses or a reclaim claim. Tick then asks everyone to echo.
 func (a *Allocator) unechoedLocked() bool {
 	if a.cfg.ReclaimAfter <= 0 {

@@ -82,10 +82,20 @@ func (a *Allocator) votersLocked() []string {
 	return out
 }
 
-func (a *Allocator) majorityLocked() int { return len(a.votersLocked())/2 + 1 }
+// The two quorums of automatic reclaim, over the same voter set of N:
+// a lease (a pool address, a new gateway) needs echoes from ceil(N/2)
+// voters, this peer included; a tombstone, and turning a reclaim claim into
+// plain ownership, need a strict majority, floor(N/2)+1. Their sum is N+1,
+// so a lease quorum and a reclaim quorum always share a voter (the
+// argument in docs/ipam.md), yet half of the voters suffice to keep
+// allocating: with 2 of 4 peers dead the others allocate from their own
+// space, and in a 2|2 partition neither half can reclaim the other.
+func (a *Allocator) leaseQuorumLocked() int { return (len(a.votersLocked()) + 1) / 2 }
 
-// inMajorityLocked says whether this peer heard from a majority of voters
-// within ReclaimAfter/2.
+func (a *Allocator) reclaimQuorumLocked() int { return len(a.votersLocked())/2 + 1 }
+
+// inMajorityLocked says whether this peer heard from a reclaim quorum of
+// voters within ReclaimAfter/2.
 func (a *Allocator) inMajorityLocked() bool {
 	now := a.cfg.Now()
 	n := 0
@@ -94,11 +104,11 @@ func (a *Allocator) inMajorityLocked() bool {
 			n++
 		}
 	}
-	return n >= a.majorityLocked()
+	return n >= a.reclaimQuorumLocked()
 }
 
-// echoedVersionLocked is the highest version of our info that a majority
-// of voters (us included) is known to hold.
+// echoedVersionLocked is the highest version of our info that a lease
+// quorum of voters (us included) is known to hold.
 func (a *Allocator) echoedVersionLocked() uint64 {
 	voters := a.votersLocked()
 	vs := make([]uint64, 0, len(voters))
@@ -110,7 +120,7 @@ func (a *Allocator) echoedVersionLocked() uint64 {
 		}
 	}
 	slices.SortFunc(vs, func(x, y uint64) int { return cmp.Compare(y, x) })
-	need := len(voters)/2 + 1
+	need := max(1, a.leaseQuorumLocked())
 	if need > len(vs) {
 		return 0
 	}

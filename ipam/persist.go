@@ -21,6 +21,23 @@ type fileState struct {
 	State       []byte       `json:"state"`
 	Allocations []Allocation `json:"allocations"`
 	Paxos       paxosDurable `json:"paxos"`
+	// Gateway is the node's overlay address, chosen once (docs/ipam.md,
+	// "Overlay address"). Absent in files of earlier releases: the
+	// gateway is then chosen on load, as those releases computed it.
+	// Older readers ignore the field, so the format stays 1.
+	Gateway *fileGateway `json:"gateway,omitempty"`
+	// VersionFloor is above every version of this peer's info published
+	// before the file was written: a restart continues above it even if
+	// the clock went back (lease echoes compare versions). Absent in
+	// files of earlier releases.
+	VersionFloor uint64 `json:"versionFloor,omitempty"`
+}
+
+type fileGateway struct {
+	Addr netip.Addr `json:"addr"`
+	// Echoed: a lease quorum has echoed it as held (automatic reclaim), so it
+	// is used at once after a restart.
+	Echoed bool `json:"echoed,omitempty"`
 }
 
 const fileFormat = 1
@@ -31,6 +48,8 @@ type loaded struct {
 	allocs []Allocation
 	paxos  paxosDurable
 	selfID string
+	gw     gateway
+	floor  uint64
 }
 
 // loadFile reads path. A missing file is a fresh start (ok false); any other
@@ -85,19 +104,32 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 		}
 		seen[k], used[a.Addr] = true, true
 	}
-	return loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID}, nil
+	l = loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID, floor: f.VersionFloor}
+	if g := f.Gateway; g != nil {
+		off, ok := addrOffset(cfg.Range, g.Addr)
+		if !ok || used[g.Addr] {
+			return l, fmt.Errorf("%w: gateway %v is outside the range or held by a pod", ErrCorruptState, g.Addr)
+		}
+		l.gw = gateway{set: true, off: off, echoed: g.Echoed}
+	}
+	return l, nil
 }
 
-func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable) ([]byte, error) {
-	return json.MarshalIndent(fileState{
-		Format:      fileFormat,
-		Range:       cfg.Range.String(),
-		Self:        cfg.Self,
-		SelfID:      selfID,
-		State:       encodeState(cfg.Range, cfg.Self, st),
-		Allocations: allocs,
-		Paxos:       px,
-	}, "", "  ")
+func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64) ([]byte, error) {
+	f := fileState{
+		VersionFloor: floor,
+		Format:       fileFormat,
+		Range:        cfg.Range.String(),
+		Self:         cfg.Self,
+		SelfID:       selfID,
+		State:        encodeState(cfg.Range, cfg.Self, st),
+		Allocations:  allocs,
+		Paxos:        px,
+	}
+	if gw.set {
+		f.Gateway = &fileGateway{Addr: offsetAddr(cfg.Range, gw.off), Echoed: gw.echoed}
+	}
+	return json.MarshalIndent(f, "", "  ")
 }
 
 // stateStore is where state files live: the disk, or memory in simulations

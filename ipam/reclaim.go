@@ -18,9 +18,10 @@ import (
 //     tombstoned space goes to exactly one heir, the owner of the address
 //     just below it.
 //   - automatic, after ReclaimAfter of silence: a tombstone like the
-//     authoritative one, but the heir uses the space only once a majority
-//     has echoed the tombstone, and the silent peer (which may only be
-//     partitioned) only allocates addresses a majority has seen it hold.
+//     authoritative one, but the heir uses the space only once a strict
+//     majority of voters has echoed the tombstone, and the silent peer
+//     (which may only be partitioned) only allocates addresses a lease
+//     quorum (ceil(N/2)) has seen it hold.
 //     Quorum intersection then guarantees one of them sees the other.
 
 // RemovePeer hands every range of the named (dead) peer to this peer and
@@ -78,7 +79,15 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 	// conflict, and addresses leaked for good). If the peer is in fact
 	// alive it republishes at this epoch with a higher version and its
 	// reservations come back.
-	a.st.peers[name] = peerInfo{Epoch: info.Epoch + 1, Version: info.Version + 1, ID: info.ID, Removed: true}
+	removed := peerInfo{Epoch: info.Epoch + 1, Version: info.Version + 1, ID: info.ID, Removed: true}
+	if authoritative {
+		// A deleted Node's daemon may still run, and its pods with it,
+		// for a while: its last known Held keeps reserving (I5) until an
+		// operator's rmpeer, so the heir never hands out those addresses
+		// (docs/ipam.md, "Kubernetes Node deletion").
+		removed.Held = info.Held
+	}
+	a.st.peers[name] = removed
 	a.reservedCache = nil
 	a.log.Warn("removed peer", "peer", name, "ranges", n, "authoritative", authoritative)
 	a.afterRingChangeLocked()
@@ -100,6 +109,9 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 // given address, and because states travel whole, a peer that later comes to
 // own that address also learns the earlier heir's claim.
 func (a *Allocator) claimOrphansLocked() bool {
+	if a.recovering {
+		return false // no reclaim on stale knowledge (I6)
+	}
 	size := a.st.ring.size
 	changed := false
 	for _, run := range a.st.ring.spans(func(e entry) bool { return e.Owner == "" && e.Dead != "" }) {
@@ -164,14 +176,14 @@ func (a *Allocator) pruneClaimEchoesLocked() {
 
 func (a *Allocator) claimEchoedLocked(start, version uint64) bool {
 	echoes := a.liveness.claimEcho[claimKey{start, version}]
-	return len(echoes)+1 >= a.majorityLocked()
+	return len(echoes)+1 >= a.reclaimQuorumLocked()
 }
 
 // autoReclaimLocked tombstones the space of leased peers silent for
 // ReclaimAfter, provided this peer hears from a majority (a minority side
 // of a partition must not strip the majority of its space).
 func (a *Allocator) autoReclaimLocked() bool {
-	if a.cfg.ReclaimAfter <= 0 || a.st.seed.isZero() || !a.inMajorityLocked() {
+	if a.cfg.ReclaimAfter <= 0 || a.st.seed.isZero() || a.recovering || !a.inMajorityLocked() {
 		return false
 	}
 	// A peer that owns nothing (itself reclaimed while away) must not

@@ -63,6 +63,11 @@ func (a *Allocator) donateLocked(to string) {
 	if to == a.cfg.Self || a.st.seed.isZero() || !a.members[to] {
 		return
 	}
+	// A recovering peer sends no state (I6), and the requester needs ours
+	// to learn of the donation: let another donor answer.
+	if a.recovering {
+		return
+	}
 	free := a.freeCount()
 	if free == 0 || (free == 1 && a.waiting > 0) {
 		return
@@ -97,7 +102,7 @@ func (a *Allocator) donateLocked(to string) {
 // its cost follows the number of allocations, not the size of the space.
 func (a *Allocator) largestFreeRun() (span, bool) {
 	var stops []uint64
-	if ov, ok := a.overlayOff(); ok {
+	if ov, ok := a.gatewayOff(); ok {
 		stops = append(stops, ov)
 	}
 	stops = append(stops, 0, a.st.ring.size-1) // network/broadcast: usable() may keep them, blocking them is harmless

@@ -39,7 +39,7 @@ type peerInfo struct {
 	// Free is how many addresses the peer could still allocate; peers out of
 	// space ask the one with the most.
 	Free uint64
-	// Leased says the peer allocates only from addresses a majority has
+	// Leased says the peer allocates only from addresses a lease quorum has
 	// seen it hold (automatic reclaim is on); only such peers may be
 	// reclaimed automatically.
 	Leased bool

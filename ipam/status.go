@@ -26,7 +26,25 @@ type Status struct {
 	Conflicts []string `json:"conflicts"`
 	// Problems explains anything an operator should act on.
 	Problems []string `json:"problems"`
+	// Blocked names, in plain words, what this peer is waiting for before
+	// it can make progress (place a pod, use its gateway, reclaim); empty
+	// when nothing waits. BlockedReason is its kind, one of
+	// BlockedReasons (the metric's label).
+	Blocked       string `json:"blocked,omitempty"`
+	BlockedReason string `json:"blockedReason,omitempty"`
 }
+
+// The kinds of waiting Status.Blocked names.
+const (
+	BlockedBootstrap   = "bootstrap"    // the first split is not agreed yet
+	BlockedRecovery    = "recovery"     // restarted, no state exchange with a lease quorum yet (I6)
+	BlockedLeaseEcho   = "lease-echo"   // a pool address or a new gateway waits for echoes
+	BlockedSpace       = "space"        // owns no free address, waits for a donation
+	BlockedReclaimEcho = "reclaim-echo" // a reclaim claim waits for a majority's echo
+)
+
+// BlockedReasons lists every BlockedReason, for metrics.
+var BlockedReasons = []string{BlockedBootstrap, BlockedRecovery, BlockedLeaseEcho, BlockedSpace, BlockedReclaimEcho}
 
 // RangeOwner is one CIDR of the ring and its owner ("" for nobody: not yet
 // seeded, or the space of a removed peer waiting for its heir).
@@ -62,8 +80,8 @@ func (a *Allocator) Status() Status {
 		Conflicts: a.conflictsLocked(),
 		Problems:  []string{},
 	}
-	if ov, ok := a.overlayOff(); ok {
-		s.OverlayIP = offsetAddr(a.cfg.Range, ov).String()
+	if a.gatewayUsableLocked() {
+		s.OverlayIP = offsetAddr(a.cfg.Range, a.gw.off).String()
 	}
 	if !a.st.seed.isZero() {
 		s.Seed = fmt.Sprintf("%016x/%d", a.st.seed.ID, a.st.seed.Members)
@@ -104,7 +122,88 @@ func (a *Allocator) Status() Status {
 	for _, k := range slices.Sorted(maps.Keys(a.problems)) {
 		s.Problems = append(s.Problems, a.problems[k])
 	}
+	for _, n := range names {
+		if p := a.st.peers[n]; p.Removed && len(p.Held) > 0 {
+			s.Problems = append(s.Problems, fmt.Sprintf("%d addresses of deleted node %s stay reserved in case its pods still run; run `mesh rmpeer %s` on one node once they are surely gone", len(p.Held), n, n))
+		}
+	}
+	s.BlockedReason, s.Blocked = a.blockedLocked()
 	return s
+}
+
+// blockedLocked says what this peer waits for, most fundamental first.
+func (a *Allocator) blockedLocked() (reason, text string) {
+	switch {
+	case a.st.seed.isZero():
+		return BlockedBootstrap, fmt.Sprintf("waiting for %d of the %d initial peers to agree on the first split", a.quorum(), a.cfg.InitialPeerCount)
+	case a.recovering:
+		n := 1
+		for _, v := range a.votersLocked() {
+			if a.recoveredFrom[v] {
+				n++
+			}
+		}
+		return BlockedRecovery, fmt.Sprintf("waiting for a state exchange with half of the voters after restart: %d of %d voters (this peer included) answered", n, a.leaseQuorumLocked())
+	}
+	_, hasGw := a.gatewayOff()
+	v, pending := a.pendingLeaseLocked()
+	if !pending {
+		v = a.st.peers[a.cfg.Self].Version // the pool refills at the next tick
+	}
+	leaseWait := a.cfg.ReclaimAfter > 0 && a.waiting > 0 && a.freeCount() > 0
+	if leaseWait || (pending && hasGw && !a.gatewayUsableLocked()) {
+		return BlockedLeaseEcho, fmt.Sprintf("waiting for lease echoes: %d of %d voters answered (this peer included)", a.echoCountLocked(v), a.leaseQuorumLocked())
+	}
+	if !hasGw || (a.waiting > 0 && a.freeCount() == 0) {
+		who := "no reachable peer has offered free space"
+		if d, ok := a.bestDonor(); ok {
+			who = "asked " + d
+		}
+		return BlockedSpace, "waiting for space: " + who
+	}
+	for _, sg := range a.st.ring.segs {
+		if sg.e.Owner == a.cfg.Self && sg.e.Dead != "" && !a.st.peers[sg.e.Dead].Removed {
+			n := len(a.liveness.claimEcho[claimKey{sg.start, sg.e.Version}]) + 1
+			return BlockedReclaimEcho, fmt.Sprintf("waiting for a majority to echo the reclaim of %s's space: %d of %d voters answered", sg.e.Dead, n, a.reclaimQuorumLocked())
+		}
+	}
+	return "", ""
+}
+
+// pendingLeaseLocked returns the lowest version of our info that a pool
+// address or a new gateway waits to see echoed.
+func (a *Allocator) pendingLeaseLocked() (uint64, bool) {
+	if a.cfg.ReclaimAfter <= 0 {
+		return 0, false
+	}
+	ev := a.echoedVersionLocked()
+	best, ok := uint64(0), false
+	consider := func(v uint64) {
+		if v > ev && (!ok || v < best) {
+			best, ok = v, true
+		}
+	}
+	for off, v := range a.pool {
+		if _, used := a.byOff[off]; !used && v != 0 {
+			consider(v)
+		}
+	}
+	if a.gw.set && !a.gw.echoed && a.gw.version != 0 {
+		consider(a.gw.version)
+	}
+	return best, ok
+}
+
+// echoCountLocked counts the voters (this peer included) known to hold our
+// info at version v or later.
+func (a *Allocator) echoCountLocked(v uint64) int {
+	n := 0
+	for _, name := range a.votersLocked() {
+		if name == a.cfg.Self || a.liveness.echo[name] >= v {
+			n++
+		}
+	}
+	return n
 }
 
 // String renders Status for `mesh status ipam`: a header then one line per
@@ -127,6 +226,9 @@ func (s Status) String() string {
 	}
 	for _, p := range s.Problems {
 		fmt.Fprintf(&b, "problem: %s\n", p)
+	}
+	if s.Blocked != "" {
+		fmt.Fprintf(&b, "blocked: %s\n", s.Blocked)
 	}
 	return b.String()
 }
@@ -178,6 +280,9 @@ func (a *Allocator) conflictsLocked() []string {
 	for off := range a.byOff {
 		holders[off] = append(holders[off], a.cfg.Self)
 	}
+	if gw, ok := a.gatewayOff(); ok {
+		holders[gw] = append(holders[gw], a.cfg.Self)
+	}
 	for name, p := range a.st.peers {
 		if name == a.cfg.Self || p.Removed {
 			continue
@@ -190,7 +295,7 @@ func (a *Allocator) conflictsLocked() []string {
 	for _, off := range slices.Sorted(maps.Keys(holders)) {
 		if h := holders[off]; len(h) > 1 {
 			slices.Sort(h)
-			out = append(out, fmt.Sprintf("%s is held by %s: delete the pod on all but one of these peers", offsetAddr(a.cfg.Range, off), strings.Join(h, " and ")))
+			out = append(out, fmt.Sprintf("%s is held by %s: delete the pod (for a node's gateway: all the node's pods) on all but one of these peers", offsetAddr(a.cfg.Range, off), strings.Join(h, " and ")))
 			if len(out) == 20 {
 				break
 			}

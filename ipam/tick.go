@@ -33,6 +33,7 @@ func (a *Allocator) Tick() {
 	before := a.st.ring
 	a.publishLocked() // heartbeat
 	a.paxosTickLocked()
+	a.recoveryTickLocked()
 	a.refillPoolLocked()
 	if a.autoReclaimLocked() {
 		a.broadcastStateLocked()
@@ -50,13 +51,20 @@ func (a *Allocator) Tick() {
 		msg[0] = msgEchoReq
 		a.outbox = append(a.outbox, outMsg{msg: msg})
 	}
+	if a.dirty {
+		// Something learnt or chosen (a gateway, its echo) that no send
+		// has flushed yet.
+		if err := a.saveLocked(); err != nil {
+			a.log.Error("could not persist the state", "err", err)
+		}
+	}
 	a.clearStaleProblemsLocked()
 	a.pruneClaimEchoesLocked()
-	// A peer without any usable space has no overlay address, so its node
-	// cannot be reached at all: it asks for space before any pod does
-	// (askForSpaceLocked does nothing until the ring is seeded, and asks
-	// at most every askEvery ticks).
-	if _, hasOverlay := a.overlayOff(); !hasOverlay || a.waiting > 0 {
+	// A peer that owns no space has no gateway yet (its node cannot be
+	// reached at all) or cannot place a pod: it asks for space before any
+	// pod does (askForSpaceLocked does nothing until the ring is seeded,
+	// and asks at most every askEvery ticks).
+	if _, hasGw := a.gatewayOff(); !hasGw || len(a.st.ring.owned(a.cfg.Self)) == 0 || a.waiting > 0 {
 		a.askForSpaceLocked()
 	}
 	if a.waiting > 0 {

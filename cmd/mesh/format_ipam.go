@@ -25,6 +25,9 @@ func formatIPAM(w io.Writer, st *api.Status) {
 		fmt.Fprintf(tw, "Overlay IP:\t%s\n", st.OverlayIP)
 	}
 	fmt.Fprintf(tw, "Allocated:\t%d\n", ip.Allocated)
+	if ip.Blocked != "" {
+		fmt.Fprintf(tw, "Blocked:\t%s\n", ip.Blocked)
+	}
 	tw.Flush()
 	peers := append([]api.IPAMPeer(nil), ip.Peers...)
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })

@@ -82,6 +82,11 @@ func TestFormatGolden(t *testing.T) {
 		{"peers", func(b *bytes.Buffer) { formatPeers(b, sampleStatus()) }},
 		{"ipam", func(b *bytes.Buffer) { formatIPAM(b, sampleStatus()) }},
 		{"ipam-off", func(b *bytes.Buffer) { formatIPAM(b, &api.Status{}) }},
+		{"ipam-blocked", func(b *bytes.Buffer) {
+			st := sampleStatus()
+			st.IPAM.Blocked, st.IPAM.BlockedReason = "waiting for lease echoes: 1 of 2 voters answered (this peer included)", "lease-echo"
+			formatIPAM(b, st)
+		}},
 		{"connections", func(b *bytes.Buffer) { formatConnections(b, sampleStatus(), now) }},
 		{"policy", func(b *bytes.Buffer) { formatPolicies(b, sampleStatus()) }},
 		{"policy-none", func(b *bytes.Buffer) { formatPolicies(b, &api.Status{}) }},

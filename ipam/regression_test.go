@@ -1,0 +1,279 @@
+package ipam
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+)
+
+// Regression tests for issue 10: each reproduces one finding of the review
+// in a small, hand-driven simulation and fails on the code before the fix.
+
+// fillAll allocates on node until it fails for rounds rounds in a row and
+// returns every address it got. Used to let an heir or a winner hand out
+// everything it can.
+func (s *simNet) fillAll(t *testing.T, name, prefix string, rounds int) []netip.Addr {
+	t.Helper()
+	var got []netip.Addr
+	fails := 0
+	for i := 0; fails < rounds; i++ {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		if err := simAllocate(s.nodes[name], id); err != nil {
+			fails++
+			s.round()
+			continue
+		}
+		fails = 0
+		got = append(got, s.nodes[name].pods[Key{id, "eth0"}])
+	}
+	return got
+}
+
+func podAddrs(n *simNode) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	for _, a := range n.pods {
+		out[a] = true
+	}
+	return out
+}
+
+// Finding 1: a donation of a range below the node's lowest one moved its
+// gateway, and the old gateway went to a new pod of the same node.
+func TestRegressionGatewayMovesOnLowerDonation(t *testing.T) {
+	s := newSimNet(101)
+	for _, n := range []string{"a", "b"} {
+		s.add(t, n, "10.0.0.0/24", 2, 0)
+	}
+	s.settle(t, 10)
+	gw, ok := s.nodes["b"].OverlayIP()
+	if !ok {
+		t.Fatalf("b has no gateway: %+v", s.nodes["b"].Status())
+	}
+	// b fills its half (127 pods), then needs space from a, whose largest
+	// free run lies below b's range.
+	for i := 0; i < 140; i++ {
+		addr := s.allocEventually(t, "b", fmt.Sprint("b-", i), 10)
+		if addr == gw {
+			t.Fatalf("pod b-%d got b's gateway %v", i, gw)
+		}
+		if now, ok := s.nodes["b"].OverlayIP(); !ok || now != gw {
+			t.Fatalf("after pod b-%d (%v) b's gateway is %v, %v; was %v (%d pods use it)", i, addr, now, ok, gw, len(s.nodes["b"].pods))
+		}
+	}
+	owned := s.nodes["b"].Status().Owned
+	if len(owned) < 2 {
+		t.Fatalf("b never received a donation: owns %v", owned)
+	}
+	s.checkUnique(t, 101, 0)
+}
+
+// Finding 1, second path: a deleted Node's space goes to its heir, whose
+// new range lies below its own.
+func TestRegressionGatewayMovesOnNodeDeletion(t *testing.T) {
+	s := newSimNet(102)
+	for _, n := range []string{"a", "b", "c"} {
+		s.add(t, n, "10.0.0.0/24", 3, 0)
+	}
+	s.settle(t, 10)
+	gw, ok := s.nodes["c"].OverlayIP()
+	if !ok {
+		t.Fatal("c has no gateway")
+	}
+	s.allocEventually(t, "c", "c-0", 5)
+	s.kill("a")
+	for _, n := range []string{"b", "c"} {
+		if _, err := s.nodes[n].RemovePeerAuthoritative("a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.settle(t, 10)
+	// c is a's heir (it owns the address below a's range, cyclically).
+	if st := s.nodes["c"].Status(); !slices.Contains(st.Owned, "10.0.0.0/26") {
+		t.Fatalf("c did not inherit a's space: owns %v", st.Owned)
+	}
+	if now, ok := s.nodes["c"].OverlayIP(); !ok || now != gw {
+		t.Fatalf("c's gateway moved from %v to %v (%v) when it inherited a lower range", gw, now, ok)
+	}
+	for i := range 100 {
+		if err := simAllocate(s.nodes["c"], fmt.Sprint("c-x", i)); err == nil {
+			if addr := s.nodes["c"].pods[Key{fmt.Sprint("c-x", i), "eth0"}]; addr == gw {
+				t.Fatalf("c handed its gateway %v to a pod", gw)
+			}
+		}
+	}
+}
+
+// Finding 1, by reading: with reclaim on, the gateway was not reported after
+// a restart until a majority had echoed it again.
+func TestRegressionGatewayReportedAfterRestart(t *testing.T) {
+	s := newSimNet(103)
+	for _, n := range []string{"a", "b", "c"} {
+		s.add(t, n, "10.0.0.0/24", 3, time.Minute)
+	}
+	s.settle(t, 10)
+	s.rounds(5)
+	gw, ok := s.nodes["a"].OverlayIP()
+	if !ok {
+		t.Fatalf("a has no gateway after settling: %+v", s.nodes["a"].Status())
+	}
+	s.part = map[string]int{"a": 1} // nobody can echo anything now
+	s.restart(t, "a")
+	if now, ok := s.nodes["a"].OverlayIP(); !ok || now != gw {
+		t.Fatalf("right after a restart a reports gateway %v, %v; want %v", now, ok, gw)
+	}
+}
+
+// Finding 2(a): with reclaim on, b echoes a's new Held addresses, restarts
+// and forgets them; a, cut off, keeps its pods, and its heir hands them out.
+func TestRegressionEchoForgottenAfterRestart(t *testing.T) {
+	s := newSimNet(104)
+	for _, n := range []string{"a", "b", "c"} {
+		s.add(t, n, "10.0.0.0/24", 3, 20*time.Second)
+	}
+	s.settle(t, 10)
+	s.rounds(5)
+	// c is away for a moment: a's new leases are echoed by b alone (a
+	// majority of 3 with a itself).
+	s.part = map[string]int{"c": 1}
+	for i := range 16 {
+		s.allocEventually(t, "a", fmt.Sprint("a-", i), 10)
+	}
+	s.rounds(2)
+	s.restart(t, "b")
+	// Now a is cut off, b and c talk: after ReclaimAfter they reclaim a.
+	s.part = map[string]int{"a": 1}
+	s.rounds(60)
+	aPods := podAddrs(s.nodes["a"])
+	for _, n := range []string{"b", "c"} {
+		for _, addr := range s.fillAll(t, n, n+"-fill", 5) {
+			if aPods[addr] {
+				t.Fatalf("%s handed out %v, held by a pod of partitioned a", n, addr)
+			}
+		}
+	}
+}
+
+// Finding 2(b): a majority restarts at once (a power loss) while b is cut
+// off; b's heir hands out b's live pods' addresses.
+func TestRegressionPowerLossForgetsHeld(t *testing.T) {
+	s := newSimNet(105)
+	names := []string{"a", "b", "c", "d", "e"}
+	for _, n := range names {
+		s.add(t, n, "10.0.0.0/24", 5, 20*time.Second)
+	}
+	s.settle(t, 10)
+	s.rounds(5)
+	for i := range 32 {
+		s.allocEventually(t, "b", fmt.Sprint("b-", i), 10)
+	}
+	s.rounds(3)
+	// b is cut off; e is away too, so the restarted a, c and d are the
+	// majority that decides alone.
+	s.part = map[string]int{"b": 1, "e": 2}
+	for _, n := range []string{"a", "c", "d"} {
+		s.restart(t, n)
+	}
+	s.rounds(60)
+	bPods := podAddrs(s.nodes["b"])
+	for _, n := range []string{"a", "c", "d"} {
+		for _, addr := range s.fillAll(t, n, n+"-fill", 5) {
+			if bPods[addr] {
+				t.Fatalf("%s handed out %v, held by a pod of partitioned b", n, addr)
+			}
+		}
+	}
+}
+
+// Finding 2(c): two independently seeded rings exchange one state; the
+// winner restarts and hands out an address a pod of the loser holds.
+func TestRegressionSeedClashForgottenAfterRestart(t *testing.T) {
+	s := newSimNet(106)
+	for _, n := range []string{"x", "y"} {
+		s.add(t, n, "10.0.0.0/24", 1, 0)
+	}
+	s.part = map[string]int{"x": 1, "y": 2}
+	winner, loser := "x", "y"
+	if compareSeed(s.nodes["y"].st.seed, s.nodes["x"].st.seed) > 0 {
+		winner, loser = "y", "x"
+	}
+	for i := range 3 {
+		s.allocEventually(t, winner, fmt.Sprint("w-", i), 5)
+	}
+	for i := range 12 {
+		s.allocEventually(t, loser, fmt.Sprint("l-", i), 5)
+	}
+	before := podAddrs(s.nodes[winner]) // duplicates made before they met are not the point
+	if err := s.nodes[winner].MergeRemoteState(s.nodes[loser].LocalState()); err != nil {
+		t.Fatal(err)
+	}
+	s.restart(t, winner)
+	lPods := podAddrs(s.nodes[loser])
+	for i := range 40 {
+		addr := s.allocEventually(t, winner, fmt.Sprint("w-late-", i), 5)
+		if lPods[addr] && !before[addr] {
+			t.Fatalf("winner %s handed out %v after a restart, held by a pod of %s", winner, addr, loser)
+		}
+	}
+}
+
+// Finding 3: with reclaim on and 2 of 4 peers dead (not removed), a healthy
+// peer could place only its pool although it owns plenty of free space.
+func TestRegressionReclaimAvailabilityHalfDead(t *testing.T) {
+	s := newSimNet(107)
+	for _, n := range []string{"a", "b", "c", "d"} {
+		s.add(t, n, "10.0.0.0/23", 4, time.Minute)
+	}
+	s.settle(t, 10)
+	s.kill("c")
+	s.kill("d")
+	s.rounds(3)
+	if f := s.nodes["a"].Status().Free; f < 100 {
+		t.Fatalf("a has only %d free addresses", f)
+	}
+	placed := 0
+	for i := 0; i < 60; i++ {
+		for r := 0; r < 10; r++ {
+			if simAllocate(s.nodes["a"], fmt.Sprint("a-", i)) == nil {
+				placed++
+				break
+			}
+			s.round()
+		}
+	}
+	if placed != 60 {
+		t.Fatalf("a placed %d of 60 pods with 2 of 4 peers dead: %+v", placed, s.nodes["a"].Status())
+	}
+	s.checkUnique(t, 107, 0)
+}
+
+// Finding 4 (ipam part): a Kubernetes Node deleted while its daemon still
+// runs: the heir must not hand out addresses the removed peer's pods hold.
+func TestRegressionNodeDeletionKeepsReservations(t *testing.T) {
+	s := newSimNet(108)
+	for _, n := range []string{"a", "b", "c"} {
+		s.add(t, n, "10.0.0.0/24", 3, 0)
+	}
+	s.settle(t, 10)
+	for i := range 10 {
+		s.allocEventually(t, "b", fmt.Sprint("b-", i), 5)
+	}
+	s.settle(t, 5)
+	bPods := podAddrs(s.nodes["b"])
+	s.part = map[string]int{"b": 1} // its daemon runs, but has not heard yet
+	for _, n := range []string{"a", "c"} {
+		if _, err := s.nodes[n].RemovePeerAuthoritative("b"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.rounds(5)
+	for _, n := range []string{"a", "c"} {
+		for _, addr := range s.fillAll(t, n, n+"-fill", 3) {
+			if bPods[addr] {
+				t.Fatalf("%s handed out %v, held by a pod of the deleted Node b", n, addr)
+			}
+		}
+	}
+
+}
