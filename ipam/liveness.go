@@ -82,17 +82,25 @@ func (a *Allocator) votersLocked() []string {
 	return out
 }
 
-// The two quorums of automatic reclaim, over the same voter set of N:
-// a lease (a pool address, a new gateway) needs echoes from ceil(N/2)
-// voters, this peer included; a tombstone, and turning a reclaim claim into
-// plain ownership, need a strict majority, floor(N/2)+1. Their sum is N+1,
-// so a lease quorum and a reclaim quorum always share a voter (the
-// argument in docs/ipam.md), yet half of the voters suffice to keep
-// allocating: with 2 of 4 peers dead the others allocate from their own
-// space, and in a 2|2 partition neither half can reclaim the other.
+// The two quorums of automatic reclaim, over the voter set of N: a lease
+// (a pool address, a new gateway) needs echoes from ceil(N/2) voters, this
+// peer included; a tombstone, and turning a reclaim claim into plain
+// ownership, need floor(N/2)+2 (at most N). Their sum is at least N+2, so a
+// lease quorum and a reclaim quorum share a voter even when the two sides
+// count one voter apart (a peer that joined during a partition is known to
+// one side only; the argument in docs/ipam.md), yet half of the voters
+// suffice to keep allocating: with 2 of 4 peers dead the others allocate
+// from their own space, and in a 2|2 partition neither half can reclaim the
+// other. The price: reclaim proceeds while at most ceil(N/2)-2 voters are
+// unreachable, so a mesh of 4 or fewer voters reclaims nothing
+// automatically (rmpeer still does).
 func (a *Allocator) leaseQuorumLocked() int { return (len(a.votersLocked()) + 1) / 2 }
 
-func (a *Allocator) reclaimQuorumLocked() int { return len(a.votersLocked())/2 + 1 }
+func (a *Allocator) reclaimQuorumLocked() int { return reclaimQuorum(len(a.votersLocked())) }
+
+// reclaimQuorum is floor(n/2)+2 capped at n: one voter of slack over a
+// strict majority against the lease quorum ceil(n/2).
+func reclaimQuorum(n int) int { return min(n/2+2, n) }
 
 // inMajorityLocked says whether this peer heard from a reclaim quorum of
 // voters within ReclaimAfter/2.
