@@ -678,7 +678,7 @@ const versionStep = 10 * 60 * 1000
 func (a *Allocator) saveLocked() error {
 	if a.cfg.StateFile == "" {
 		a.dirty = false
-		a.gw.durable = a.gw.set
+		a.markGatewayDurableLocked()
 		return nil
 	}
 	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable, a.gw, a.versionCeil)
@@ -689,8 +689,20 @@ func (a *Allocator) saveLocked() error {
 		return err
 	}
 	a.dirty = false
-	a.gw.durable = a.gw.set
+	a.markGatewayDurableLocked()
 	return nil
+}
+
+// markGatewayDurableLocked records that the gateway is in the state file.
+// A gateway that just became durable may be usable now (OverlayIP), so
+// subscribers are told: without it the data plane would put it on the
+// bridge only at its next periodic pass, seconds after status reports it.
+func (a *Allocator) markGatewayDurableLocked() {
+	was := a.gw.durable
+	a.gw.durable = a.gw.set
+	if a.gw.durable && !was {
+		a.ringChangedLocked()
+	}
 }
 
 // takeOutbox hands over what is to be sent, once everything it may carry
