@@ -39,8 +39,14 @@ var vmPrograms = []string{"ip", "nsenter", "unshare", "mount", "umount", "nft", 
 // (veth, bridge) and nftables, which `mesh reset` and the NetworkPolicy
 // controller talk to. Their dependencies come along. crc32c_generic is the
 // "crc32c" that libcrc32c (needed by nf_tables) asks the crypto API for at
-// load time, a soft dependency that .modinfo names by alias only.
-var vmModules = []string{"wireguard", "tun", "veth", "bridge", "crc32c_generic", "nf_tables"}
+// load time, a soft dependency that .modinfo names by alias only. The
+// nftables expressions and families the daemon's own tables use (named
+// counters, NAT and masquerade, conntrack, the bridge family of the
+// port-isolation table) are modules in a stock kernel, and the netlink
+// conntrack interface flushes a released address's entries.
+var vmModules = []string{"wireguard", "tun", "veth", "bridge", "crc32c_generic", "nf_tables",
+	"nft_objref", "nft_ct", "nft_chain_nat", "nft_nat", "nft_masq", "nft_reject", "nft_reject_inet",
+	"nft_meta_bridge", "nf_conntrack_netlink"}
 
 func setting(name, def string) string {
 	if v := os.Getenv(name); v != "" {
