@@ -2,9 +2,7 @@ package isolation
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +10,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+	"github.com/meshnet/mesh/internal/nftutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -201,7 +200,7 @@ func (t *Tables) updatePorts(prev, cfg Config) error {
 		}
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("failed to update set %s of %s: %w", setPods, tableString(brTable), err)
+		return fmt.Errorf("failed to update set %s of %s: %w", setPods, nftutil.TableString(brTable), err)
 	}
 	t.applied = &cfg
 	return nil
@@ -280,16 +279,16 @@ func (t *Tables) Intact() (bool, error) {
 		{inetTable, chainOut, len(outputRules(*t.applied))},
 	}
 	for _, w := range want {
-		ok, err := exists(c, w.tb)
+		ok, err := nftutil.TableExists(c, w.tb)
 		if err != nil || !ok {
 			return false, err
 		}
 		rules, err := c.GetRules(w.tb, &nftables.Chain{Table: w.tb, Name: w.chain})
 		if err != nil {
-			if notFound(err) {
+			if nftutil.NotFound(err) {
 				return false, nil
 			}
-			return false, fmt.Errorf("failed to list the rules of chain %s of %s: %w", w.chain, tableString(w.tb), err)
+			return false, fmt.Errorf("failed to list the rules of chain %s of %s: %w", w.chain, nftutil.TableString(w.tb), err)
 		}
 		if len(rules) != w.rules {
 			return false, nil
@@ -297,61 +296,27 @@ func (t *Tables) Intact() (bool, error) {
 	}
 	elems, err := c.GetSetElements(&nftables.Set{Table: brTable, Name: setPods, KeyType: podKey})
 	if err != nil {
-		if notFound(err) {
+		if nftutil.NotFound(err) {
 			return false, nil
 		}
-		return false, fmt.Errorf("failed to list set %s of %s: %w", setPods, tableString(brTable), err)
+		return false, fmt.Errorf("failed to list set %s of %s: %w", setPods, nftutil.TableString(brTable), err)
 	}
 	return len(elems) == len(t.applied.Ports), nil
-}
-
-func tableString(tb *nftables.Table) string {
-	fam := "inet"
-	if tb.Family == nftables.TableFamilyBridge {
-		fam = "bridge"
-	}
-	return "table " + fam + " " + tb.Name
-}
-
-func notFound(err error) bool {
-	return errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT)
-}
-
-func exists(c *nftables.Conn, tb *nftables.Table) (bool, error) {
-	_, err := c.ListTableOfFamily(tb.Name, tb.Family)
-	if err == nil {
-		return true, nil
-	}
-	if notFound(err) {
-		return false, nil
-	}
-	return false, fmt.Errorf("failed to look up nftables %s: %w", tableString(tb), err)
 }
 
 // counters reads the named counters of both tables.
 func counters(c *nftables.Conn) (map[string]*nftables.CounterObj, error) {
 	out := map[string]*nftables.CounterObj{}
 	for _, tb := range []*nftables.Table{brTable, inetTable} {
-		ok, err := exists(c, tb)
+		ok, err := nftutil.TableExists(c, tb)
 		if err != nil {
 			return nil, err
 		}
 		if !ok {
 			continue
 		}
-		objs, err := c.GetObjects(tb)
-		if err != nil {
-			return nil, fmt.Errorf("failed to read the counters of %s: %w", tableString(tb), err)
-		}
-		for _, o := range objs {
-			switch o := o.(type) {
-			case *nftables.CounterObj:
-				out[o.Name] = o
-			case *nftables.NamedObj:
-				if ctr, ok := o.Obj.(*expr.Counter); ok {
-					out[o.Name] = &nftables.CounterObj{Name: o.Name, Packets: ctr.Packets, Bytes: ctr.Bytes}
-				}
-			}
+		if err := nftutil.ReadCounters(c, tb, out); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 
 	"github.com/google/nftables"
@@ -12,6 +11,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/mdlayher/netlink"
+	"github.com/meshnet/mesh/internal/nftutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,36 +82,16 @@ func bigBuffers(c *netlink.Conn) error {
 }
 
 // exists reports whether our table exists.
-func exists(c *nftables.Conn) (bool, error) {
-	_, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet)
-	if err == nil {
-		return true, nil
-	}
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
-		return false, nil
-	}
-	return false, fmt.Errorf("failed to look up nftables table inet %s: %w", TableName, err)
-}
+func exists(c *nftables.Conn) (bool, error) { return nftutil.TableExists(c, table) }
 
 func (n *NFT) counters(c *nftables.Conn) (map[string]*nftables.CounterObj, error) {
 	ok, err := exists(c)
 	if err != nil || !ok {
 		return nil, err
 	}
-	objs, err := c.GetObjects(table)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read the counters of table inet %s: %w", TableName, err)
-	}
 	out := map[string]*nftables.CounterObj{}
-	for _, o := range objs {
-		switch o := o.(type) {
-		case *nftables.CounterObj:
-			out[o.Name] = o
-		case *nftables.NamedObj:
-			if ctr, ok := o.Obj.(*expr.Counter); ok {
-				out[o.Name] = &nftables.CounterObj{Name: o.Name, Packets: ctr.Packets, Bytes: ctr.Bytes}
-			}
-		}
+	if err := nftutil.ReadCounters(c, table, out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -485,7 +465,7 @@ func (n *NFT) Intact(rs *Ruleset) (bool, error) {
 	for name, elems := range map[string][]MapElem{mapIngress: rs.Ingress, mapEgress: rs.Egress, mapDeny: rs.Deny} {
 		got, err := c.GetSetElements(&nftables.Set{Table: table, Name: name, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict})
 		if err != nil {
-			if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) {
+			if nftutil.NotFound(err) {
 				return false, nil
 			}
 			return false, fmt.Errorf("failed to list map %s of table inet %s: %w", name, TableName, err)

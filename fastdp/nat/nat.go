@@ -40,7 +40,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -48,6 +47,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/meshnet/mesh/internal/nftutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -359,6 +359,5 @@ func (n *NAT) remove(c *nftables.Conn) error {
 // isNotExist recognizes ENOENT, which some of the nftables library's
 // calls return only as text.
 func isNotExist(err error) bool {
-	return errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOENT) ||
-		strings.HasSuffix(err.Error(), unix.ENOENT.Error())
+	return nftutil.NotFound(err) || strings.HasSuffix(err.Error(), unix.ENOENT.Error())
 }
