@@ -427,20 +427,10 @@ func conntrackOf(h *testnet.Host, addr netip.Addr) ([]string, error) {
 // replies (and, for UDP, the flow itself, as "established") would reach
 // the next pod given the address.
 func TestReleaseFlushesConntrack(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	h := n.Host
-	waitCNIInstalled(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	a, err := addPod(ctx, t, h, "poda")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := addPod(ctx, t, h, "podb")
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, a, b := twoPodsOnOneNode(ctx, t)
+	h := n.Host
 	// Connection tracking runs in a netns only once a rule needs it (the
 	// policy table does, with --kube): ask for it as a policy would.
 	if out, err := h.Run(ctx, "nft", "add table inet cttest { chain f { type filter hook forward priority 0; ct state established accept; }; }"); err != nil {
@@ -466,20 +456,10 @@ func TestReleaseFlushesConntrack(t *testing.T) {
 // by its MAC. After the upgrade (a daemon restart with isolation) it must
 // keep its connectivity.
 func TestIsolationAdoptsPodsOfPreviousRelease(t *testing.T) {
-	_, nodes := startMesh(t, 1, "--no-port-isolation") // as the previous release
-	n := nodes[0]
-	h := n.Host
-	waitCNIInstalled(t, n)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	a, err := addPod(ctx, t, h, "poda")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := addPod(ctx, t, h, "podb")
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, a, b := twoPodsOnOneNode(ctx, t, "--no-port-isolation") // as the previous release
+	h := n.Host
 	// What the previous release's plugin left: a random MAC.
 	if out, err := a.exec(ctx, "ip", "link", "set", "eth0", "address", "02:11:22:33:44:55"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -533,4 +513,22 @@ func hostPort(ctx context.Context, t *testing.T, h *testnet.Host, p *pod) string
 	}
 	t.Fatalf("no host link with index %s:\n%s", idx, out)
 	return ""
+}
+
+// twoPodsOnOneNode launches one daemon (with extra flags), waits for its
+// CNI plugin and adds the pods poda and podb through mesh-cni.
+func twoPodsOnOneNode(ctx context.Context, t *testing.T, extra ...string) (*node, *pod, *pod) {
+	t.Helper()
+	_, nodes := startMesh(t, 1, extra...)
+	n := nodes[0]
+	waitCNIInstalled(t, n)
+	a, err := addPod(ctx, t, n.Host, "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, n.Host, "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, a, b
 }
