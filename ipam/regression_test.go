@@ -251,16 +251,7 @@ func TestRegressionReclaimAvailabilityHalfDead(t *testing.T) {
 // Finding 4 (ipam part): a Kubernetes Node deleted while its daemon still
 // runs: the heir must not hand out addresses the removed peer's pods hold.
 func TestRegressionNodeDeletionKeepsReservations(t *testing.T) {
-	s := newSimNet(108)
-	for _, n := range []string{"a", "b", "c"} {
-		s.add(t, n, "10.0.0.0/24", 3, 0)
-	}
-	s.settle(t, 10)
-	for i := range 10 {
-		s.allocEventually(t, "b", fmt.Sprint("b-", i), 5)
-	}
-	s.settle(t, 5)
-	bPods := podAddrs(s.nodes["b"])
+	s, bPods := threeWithPodsOnB(t, 108, 10)
 	s.part = map[string]int{"b": 1} // its daemon runs, but has not heard yet
 	for _, n := range []string{"a", "c"} {
 		if _, err := s.nodes[n].RemovePeerAuthoritative("b"); err != nil {

@@ -309,16 +309,7 @@ func TestMergePersistsBeforeReturning(t *testing.T) {
 // TestNodeDeletionReservationsEndWithRmpeer: a deleted Node's last Held
 // stays reserved, is reported, and an operator's rmpeer returns it.
 func TestNodeDeletionReservationsEndWithRmpeer(t *testing.T) {
-	s := newSimNet(207)
-	for _, n := range []string{"a", "b", "c"} {
-		s.add(t, n, "10.0.0.0/24", 3, 0)
-	}
-	s.settle(t, 10)
-	for i := range 5 {
-		s.allocEventually(t, "b", fmt.Sprint("b-", i), 5)
-	}
-	s.settle(t, 5)
-	bPods := podAddrs(s.nodes["b"])
+	s, bPods := threeWithPodsOnB(t, 207, 5)
 	s.kill("b")
 	for _, n := range []string{"a", "c"} {
 		if _, err := s.nodes[n].RemovePeerAuthoritative("b"); err != nil {
@@ -371,4 +362,20 @@ func TestVersionsGrowAcrossRestartWithClockBack(t *testing.T) {
 	if got := b.st.peers["a"].Version; got <= last {
 		t.Fatalf("after a restart with the clock an hour back, version %d; %d was published before", got, last)
 	}
+}
+
+// threeWithPodsOnB is a settled simulation of peers a, b and c sharing a
+// /24, with pods pods on b, and b's pod addresses.
+func threeWithPodsOnB(t *testing.T, seed uint64, pods int) (*simNet, map[netip.Addr]bool) {
+	t.Helper()
+	s := newSimNet(seed)
+	for _, n := range []string{"a", "b", "c"} {
+		s.add(t, n, "10.0.0.0/24", 3, 0)
+	}
+	s.settle(t, 10)
+	for i := range pods {
+		s.allocEventually(t, "b", fmt.Sprint("b-", i), 5)
+	}
+	s.settle(t, 5)
+	return s, podAddrs(s.nodes["b"])
 }
