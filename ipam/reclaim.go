@@ -179,6 +179,21 @@ func (a *Allocator) claimEchoedLocked(start, version uint64) bool {
 	return len(echoes)+1 >= a.reclaimQuorumLocked()
 }
 
+// reclaimVersionJump is how far an automatic tombstone raises the version
+// of the entries it overwrites. Its writer breaks I1: the silent peer may
+// have given that space away meanwhile, and the receiver may have passed
+// it on, each transfer one version up, before the tombstone reached them.
+// With a tombstone of version+1 such a chain tied with or outran the
+// tombstone and its claim, so a state that had never seen the tombstone
+// counted as its echo, and the chain's last owner kept allocating under
+// the heir (seed 36 of the restart soak). Jumping 2^32 versions puts the
+// tombstone above every transfer its writer has not seen (no offset
+// changes hands 2^32 times), so only a state that holds the tombstone, or
+// what was written on top of it, reaches its version: the echo count is
+// exact and the quorum argument of docs/ipam.md holds for every peer that
+// allocates in that space, not only for the silent one.
+const reclaimVersionJump = 1 << 32
+
 // autoReclaimLocked tombstones the space of leased peers silent for
 // ReclaimAfter, provided this peer hears from a majority (a minority side
 // of a partition must not strip the majority of its space).
@@ -206,7 +221,7 @@ func (a *Allocator) autoReclaimLocked() bool {
 		var n int
 		a.st.ring, n = a.st.ring.rewrite(
 			func(e entry) bool { return e.Owner == name },
-			func(e entry) entry { return entry{Version: e.Version + 1, Dead: name} })
+			func(e entry) entry { return entry{Version: e.Version + reclaimVersionJump, Dead: name} })
 		if n > 0 {
 			a.problem("reclaim:"+name, fmt.Sprintf("peer %s silent for %v: its free space is being reclaimed; its pods' addresses stay reserved", name, now.Sub(seen.at).Round(1e9)))
 			changed = true

@@ -268,3 +268,124 @@ func TestRegressionNodeDeletionKeepsReservations(t *testing.T) {
 	}
 
 }
+
+// transfer writes what donateLocked writes when from gives sp to to (the
+// test picks the span instead of the largest free run): version+1, persist,
+// broadcast.
+func (s *simNet) transfer(t *testing.T, from, to string, sp span) {
+	t.Helper()
+	a := s.nodes[from].Allocator
+	a.mu.Lock()
+	for off := sp.start; off < sp.end; off++ {
+		if e := a.st.ring.get(off); e.Owner != from || e.Dead != "" {
+			a.mu.Unlock()
+			t.Fatalf("%s gives offset %d it does not own: %+v", from, off, e)
+		}
+	}
+	a.st.ring = a.st.ring.update(sp.start, sp.end, func(e entry) entry {
+		return entry{Version: e.Version + 1, Owner: to}
+	})
+	a.afterRingChangeLocked()
+	a.publishLocked()
+	if err := a.saveLocked(); err != nil {
+		a.mu.Unlock()
+		t.Fatal(err)
+	}
+	a.broadcastStateLocked()
+	out := a.takeOutbox()
+	a.mu.Unlock()
+	a.flush(out)
+	s.deliver(len(s.queue) * 2)
+}
+
+// Soak seed 36 of TestSimulationRestarts: a silent peer's space changed
+// hands in its partition (a gave it to r, r gave it back) while the majority
+// tombstoned it without knowing. With a tombstone one version above what its
+// writer saw, that chain of transfers tied with the heir's claim and won
+// (a plain owner beats a reclaim entry), so a kept allocating where the heir
+// would too once it confirmed, and states of the chain counted as echoes of
+// a tombstone they never held. The tombstone must beat every transfer its
+// writer had not seen: whoever merges the heir's claim no longer owns the
+// space.
+func TestRegressionReclaimBeatsUnseenTransfers(t *testing.T) {
+	s := newSimNet(136)
+	names := []string{"p0", "p1", "p2", "p3", "p4", "p5", "p6", "p7"}
+	for _, n := range names {
+		s.add(t, n, "10.0.0.0/24", len(names), 8*time.Second)
+	}
+	s.settle(t, 10)
+	s.rounds(5)
+	const a, r = "p3", "p6"
+	an := s.nodes[a].Allocator
+	an.mu.Lock()
+	own := an.st.ring.owned(a)[0]
+	h := an.st.ring.get((own.start + an.st.ring.size - 1) % an.st.ring.size).Owner
+	an.mu.Unlock()
+	if h == a || h == r || h == "" {
+		t.Fatalf("unexpected layout: %s's range %v follows %q", a, own, h)
+	}
+	x := span{own.end - 8, own.end} // free: the pool and gateway sit low
+	// a and r are cut off together; inside, x goes a -> r -> a.
+	s.part = map[string]int{a: 1, r: 1}
+	s.updateMembers()
+	s.transfer(t, a, r, x)
+	s.transfer(t, r, a, x)
+	if e := an.Ranges(); !slices.ContainsFunc(e, func(ro RangeOwner) bool {
+		return ro.Owner == a && ro.CIDR.Contains(offsetAddr(s.nodes[a].cfg.Range, x.start))
+	}) {
+		t.Fatalf("%s does not own x after the transfers: %v", a, e)
+	}
+	// The other six (a reclaim quorum of 8) tombstone a's space after
+	// ReclaimAfter; take the heir's state as soon as it claims x.
+	var claim []byte
+	for i := 0; i < 40 && claim == nil; i++ {
+		s.round()
+		hn := s.nodes[h].Allocator
+		hn.mu.Lock()
+		if e := hn.st.ring.get(x.start); e.Owner == h && e.Dead == a {
+			claim = encodeState(hn.cfg.Range, h, hn.st)
+		}
+		hn.mu.Unlock()
+	}
+	if claim == nil {
+		t.Fatalf("heir %s never claimed %s's space: %+v", h, a, s.nodes[h].Status())
+	}
+	// a hears of the claim: it must stop owning x, whatever the versions
+	// its partition reached.
+	if err := s.nodes[a].MergeRemoteState(claim); err != nil {
+		t.Fatal(err)
+	}
+	an.mu.Lock()
+	for off := x.start; off < x.end; off++ {
+		if e := an.st.ring.get(off); e.Owner == a {
+			an.mu.Unlock()
+			t.Fatalf("%s still owns offset %d (%+v) after merging heir %s's claim: both may allocate there", a, off, e, h)
+		}
+	}
+	an.mu.Unlock()
+	// And r's view of the chain (x at two versions above what the heir saw
+	// a own) never counts as an echo of the tombstone.
+	rn := s.nodes[r].Allocator
+	rn.mu.Lock()
+	rState := encodeState(rn.cfg.Range, r, rn.st)
+	rn.mu.Unlock()
+	hn := s.nodes[h].Allocator
+	hn.mu.Lock()
+	var before []claimKey
+	for k, m := range hn.liveness.claimEcho {
+		if !m[r] {
+			before = append(before, k)
+		}
+	}
+	hn.mu.Unlock()
+	if err := hn.MergeRemoteState(rState); err != nil {
+		t.Fatal(err)
+	}
+	hn.mu.Lock()
+	defer hn.mu.Unlock()
+	for _, k := range before {
+		if k.start >= x.start && k.start < x.end && hn.liveness.claimEcho[k][r] {
+			t.Fatalf("heir %s counted %s, which never saw the tombstone, as an echo of its claim at %d", h, r, k.start)
+		}
+	}
+}
