@@ -121,17 +121,49 @@ func (a *Allocator) unechoedLocked() bool {
 }
 
 // donatableFree is what we advertise: free space minus the pool, which we
-// have promised ourselves and cannot give away.
+// keep for our own pods. When the pool is all that is free and no pod of
+// ours waits, the pool is advertised too: donateLocked then gives it up
+// (releasePoolForDonationLocked), or on a nearly full range those
+// addresses would stay promised to a peer that needs none of them while
+// others wait for space (soak seed 31).
 func (a *Allocator) donatableFree() uint64 {
 	f := a.freeCount()
+	n := a.unusedPoolLocked()
+	if n >= f {
+		if a.waiting == 0 && f >= 2 {
+			return f
+		}
+		return 0
+	}
+	return f - n
+}
+
+func (a *Allocator) unusedPoolLocked() uint64 {
 	n := uint64(0)
 	for off := range a.pool {
 		if _, used := a.byOff[off]; !used {
 			n++
 		}
 	}
-	if n > f {
-		return 0
+	return n
+}
+
+// releasePoolForDonationLocked empties the unused pool when it is all the
+// free space and no pod of ours waits, so a space request can be answered.
+// Safe: a pool address is handed out only while it is in the pool (and
+// owned), so once dropped, and then given away, this peer never allocates
+// it; the Held sent with the donation no longer lists it, and the new
+// owner leases it anew before using it.
+func (a *Allocator) releasePoolForDonationLocked() {
+	// The last free address stays: otherwise two idle peers short of space
+	// would pass it back and forth for ever.
+	free := a.freeCount()
+	if a.cfg.ReclaimAfter <= 0 || a.waiting > 0 || free < 2 || a.unusedPoolLocked() < free {
+		return
 	}
-	return f - n
+	for off := range a.pool {
+		if _, used := a.byOff[off]; !used {
+			delete(a.pool, off)
+		}
+	}
 }

@@ -72,6 +72,7 @@ func (a *Allocator) donateLocked(to string) {
 	if free == 0 || (free == 1 && a.waiting > 0) {
 		return
 	}
+	a.releasePoolForDonationLocked()
 	run, ok := a.largestFreeRun()
 	if !ok {
 		return
