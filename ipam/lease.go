@@ -9,9 +9,10 @@ import (
 // declared dead while merely partitioned, so it allocates only addresses it
 // has already published as held AND that a lease quorum of voters
 // (ceil(N/2)) has echoed back (their states carry our info at that version
-// or later). A reclaimer's heir in turn waits for a strict majority
-// (floor(N/2)+1) to echo its tombstone. The two quorums share a peer, whose state carried either our held addresses to
-// the heir or the tombstone to us (docs/ipam.md, "automatic reclaim").
+// or later). A reclaimer's heir in turn waits for a reclaim quorum
+// (floor(N/2)+2, reclaimQuorum) to echo its tombstone. The two quorums
+// share a peer, whose state carried either our held addresses to the heir
+// or the tombstone to us (docs/ipam.md, "automatic reclaim").
 
 // poolSize is how many not-yet-allocated addresses a leased peer keeps
 // published ahead of demand, so pods rarely wait for an echo round.

@@ -18,10 +18,10 @@ import (
 //     tombstoned space goes to exactly one heir, the owner of the address
 //     just below it.
 //   - automatic, after ReclaimAfter of silence: a tombstone like the
-//     authoritative one, but the heir uses the space only once a strict
-//     majority of voters has echoed the tombstone, and the silent peer
-//     (which may only be partitioned) only allocates addresses a lease
-//     quorum (ceil(N/2)) has seen it hold.
+//     authoritative one, but reclaimVersionJump versions up; the heir uses
+//     the space only once a reclaim quorum of voters has echoed the
+//     tombstone, and the silent peer (which may only be partitioned) only
+//     allocates addresses a lease quorum (ceil(N/2)) has seen it hold.
 //     Quorum intersection then guarantees one of them sees the other.
 
 // RemovePeer hands every range of the named (dead) peer to this peer and
