@@ -534,7 +534,8 @@ func runSimulation(t *testing.T, seed uint64, p simParams) string {
 	}
 	s.faults = true
 	podSeq, joinSeq := 0, 0
-	pending := map[string][]string{} // node -> pod IDs whose Allocate failed
+	pending := map[string][]string{}  // node -> pod IDs whose Allocate failed
+	introducer := map[string]string{} // joiner -> the peer it named
 	for step := 0; step < p.steps; step++ {
 		names := slices.Sorted(maps.Keys(s.nodes))
 		n := names[s.rng.IntN(len(names))]
@@ -574,6 +575,7 @@ func runSimulation(t *testing.T, seed uint64, p simParams) string {
 			// covers the meeting of such rings.)
 			j := fmt.Sprintf("j%03d", joinSeq)
 			s.part[j] = s.part[n]
+			introducer[j] = n
 			s.add(t, j, p.prefix, 2, p.reclaim)
 		case r < 68 && len(s.nodes) > 3: // a node dies for good
 			s.kill(n)
@@ -582,6 +584,14 @@ func runSimulation(t *testing.T, seed uint64, p simParams) string {
 			k := 2 + s.rng.IntN(2)
 			for _, name := range names {
 				s.part[name] = s.rng.IntN(k)
+			}
+			// A joiner that has not learnt the ring yet stays with the
+			// peer it named: cut off from it, two joiners together
+			// would seed a ring of their own (see the join case).
+			for _, name := range names {
+				if intro, ok := introducer[name]; ok && s.nodes[intro] != nil && s.unseeded(name) {
+					s.part[name] = s.part[intro]
+				}
 			}
 		case r < 76: // heal; the operator removes dead peers once healed
 			clear(s.part)
@@ -711,6 +721,14 @@ func runSimulation(t *testing.T, seed uint64, p simParams) string {
 	d := s.digest()
 	t.Logf("seed %d: %d nodes, %d pods, %d free, %d owners, digest %.16s", seed, len(s.nodes), total, free, len(owners), d)
 	return d
+}
+
+// unseeded says whether the node has not learnt a seeded ring yet.
+func (s *simNet) unseeded(name string) bool {
+	a := s.nodes[name].Allocator
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.st.seed.isZero()
 }
 
 func cmpStr(a, b string) int {
