@@ -131,12 +131,29 @@ func (a *Allocator) donatableFree() uint64 {
 	f := a.freeCount()
 	n := a.unusedPoolLocked()
 	if n >= f {
-		if a.waiting == 0 && f >= 2 {
+		if a.poolGivableLocked(f, n) {
 			return f
 		}
 		return 0
 	}
 	return f - n
+}
+
+// poolGivableLocked says whether the unused pool (n addresses) may be given
+// away: it is all the free space (f), no pod of ours waits for it, and we
+// keep some space after giving it. A peer whose whole space is that pool
+// would own nothing afterwards and ask for space in turn, so two idle peers
+// could pass the same addresses back and forth; it gives the upper half
+// only, and keeps its last address.
+func (a *Allocator) poolGivableLocked(f, n uint64) bool {
+	if a.cfg.ReclaimAfter <= 0 || a.waiting > 0 || f == 0 || n < f {
+		return false
+	}
+	var owned uint64
+	for _, sp := range a.st.ring.owned(a.cfg.Self) {
+		owned += sp.len()
+	}
+	return owned > f || f >= 2
 }
 
 func (a *Allocator) unusedPoolLocked() uint64 {
@@ -156,10 +173,7 @@ func (a *Allocator) unusedPoolLocked() uint64 {
 // it; the Held sent with the donation no longer lists it, and the new
 // owner leases it anew before using it.
 func (a *Allocator) releasePoolForDonationLocked() {
-	// The last free address stays: otherwise two idle peers short of space
-	// would pass it back and forth for ever.
-	free := a.freeCount()
-	if a.cfg.ReclaimAfter <= 0 || a.waiting > 0 || free < 2 || a.unusedPoolLocked() < free {
+	if !a.poolGivableLocked(a.freeCount(), a.unusedPoolLocked()) {
 		return
 	}
 	for off := range a.pool {
