@@ -2,17 +2,16 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/meshnet/mesh/attach"
+	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
@@ -171,10 +170,10 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	}
 	d.members.Start()
 
-	if d.listener, err = listenSocket(cfg.Socket); err != nil {
+	if d.listener, err = control.Listen(cfg.Socket); err != nil {
 		return nil, err
 	}
-	d.server = &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second}
+	d.server = &http.Server{Handler: control.Handler(d.backend()), ReadHeaderTimeout: 10 * time.Second}
 	go func() { d.served <- d.server.Serve(d.listener) }()
 	if err := d.startMetrics(); err != nil {
 		return nil, err
@@ -259,29 +258,4 @@ func (d *Daemon) detectMTU() int {
 		d.log.Warn("cannot detect the underlay MTU, using the default", "default", fastdp.DefaultMTU, "error", err)
 	}
 	return fastdp.DefaultMTU
-}
-
-// listenSocket opens the control socket with mode 0600 in a 0700
-// directory. A socket file left by a crashed daemon is replaced; one that a
-// live daemon answers on is not.
-func listenSocket(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("failed to create socket directory for %q: %w", path, err)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("another mesh daemon is already serving on %q", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("failed to remove stale socket %q: %w", path, err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("failed to listen on %q: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("failed to restrict socket %q to root: %w", path, err)
-	}
-	return l, nil
 }

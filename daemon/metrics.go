@@ -10,9 +10,9 @@ import (
 
 	"github.com/meshnet/mesh/ipam"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/isolation"
 )
 
@@ -24,29 +24,11 @@ func (d *Daemon) startMetrics() error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{d: d})
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		// Alive while the main loops make progress: a daemon wedged in
-		// the IPAM or the data plane fails this, and is restarted.
-		if err := d.health.check(time.Now()); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := d.ready(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
 	l, err := net.Listen("tcp", d.cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("failed to listen on --metrics-addr %s: %w", d.cfg.MetricsAddr, err)
 	}
-	d.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	d.metrics = &http.Server{Handler: control.MetricsHandler(reg, probes{d}), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := d.metrics.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("metrics server stopped; /metrics, /healthz and /readyz no longer answer", "addr", d.cfg.MetricsAddr, "error", err)
@@ -54,6 +36,12 @@ func (d *Daemon) startMetrics() error {
 	}()
 	return nil
 }
+
+// probes is control.Probes.
+type probes struct{ d *Daemon }
+
+func (p probes) Healthy(now time.Time) error { return p.d.health.check(now) }
+func (p probes) Ready() error                { return p.d.ready() }
 
 // ready reports whether pods can be served: the node owns addresses, the
 // NetworkPolicy rules are built (with --kube) and the data plane took its
