@@ -19,7 +19,6 @@ import (
 	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
-	"github.com/meshnet/mesh/policy"
 )
 
 // Daemon is a running node. Create it with Start, stop it with Stop.
@@ -32,11 +31,11 @@ type Daemon struct {
 	ipam    *ipam.Allocator
 	dp      fastdp.Dataplane // fastdp.None() with --dataplane none
 	rec     *peer.Reconciler
-	nat     *nat.NAT           // nil with --dataplane none
-	policy  *policy.Controller // nil unless --kube and not --no-policy
-	attach  *attach.Manager    // `mesh attach`: namespaces attached by hand
-	iso     *isolation.Tables  // nil without a data plane or with --no-port-isolation
-	isoMu   sync.Mutex         // serialises syncIsolation; guards legacyMACs
+	nat     natTable          // noNAT with --dataplane none
+	policy  podPolicy         // noPolicy unless --kube and not --no-policy
+	attach  *attach.Manager   // `mesh attach`: namespaces attached by hand
+	iso     *isolation.Tables // nil without a data plane or with --no-port-isolation
+	isoMu   sync.Mutex        // serialises syncIsolation; guards legacyMACs
 	// legacyMACs are the MACs of pods wired before port isolation, by
 	// port (see adoptLegacyPorts).
 	legacyMACs map[string]net.HardwareAddr
@@ -107,7 +106,8 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks}
+	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks,
+		policy: noPolicy{}, nat: noNAT{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {

@@ -45,6 +45,18 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 	}
 }
 
+// natTable is the NAT table (a *nat.NAT), or noNAT without a data plane.
+// Set is idempotent and blocks on one netlink transaction at most.
+type natTable interface {
+	Set(cfg *nat.Config) error
+}
+
+// noNAT is the NAT table of a node without a data plane: nothing to
+// translate.
+type noNAT struct{}
+
+func (noNAT) Set(*nat.Config) error { return nil }
+
 func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 	overlay, _ := d.ipam.OverlayIP()
 	// Errors are counted, logged and kept by the reconciler.
@@ -59,9 +71,6 @@ func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 // if it went missing. A failure is reported in the status but does not
 // make the node unready: pod-to-pod traffic does not depend on it.
 func (d *Daemon) applyNAT(overlay netip.Addr, members []mesh.Member) {
-	if d.nat == nil {
-		return
-	}
 	var nodes []netip.Addr
 	for _, m := range members {
 		// Any state: a dead node's address costs a set element, and

@@ -316,10 +316,8 @@ func (d *Daemon) released(before []ipam.Allocation) {
 	if len(gone) == 0 {
 		return
 	}
-	if d.policy != nil {
-		for _, a := range gone {
-			d.policy.Forget(a)
-		}
+	for _, a := range gone {
+		d.policy.Forget(a)
 	}
 	if err := d.syncIsolation(); err != nil {
 		d.log.Error("failed to update the port-isolation tables after a release; retrying", "error", err)

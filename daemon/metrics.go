@@ -123,12 +123,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.GaugeValue, v, r)
 	}
-	if d.policy != nil {
-		for name, n := range d.policy.DeniedPackets() {
-			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
-		}
-		ch <- prometheus.MustNewConstMetric(descPolRestore, prometheus.CounterValue, float64(d.policy.Restores()))
+	for name, n := range d.policy.DeniedPackets() {
+		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
 	}
+	ch <- prometheus.MustNewConstMetric(descPolRestore, prometheus.CounterValue, float64(d.policy.Restores()))
 	ch <- prometheus.MustNewConstMetric(descUnreach, prometheus.GaugeValue, float64(unreachable))
 	if ctrs := d.isolationCounters(); ctrs != nil {
 		for _, name := range isolation.Counters {

@@ -37,8 +37,8 @@ func TestAllocateWaitsForPolicy(t *testing.T) {
 		Spec: corev1.PodSpec{NodeName: "node1"}, Status: corev1.PodStatus{Phase: corev1.PodPending}}
 	client := fake.NewClientset(pod)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	d := &Daemon{cfg: Config{PolicyWait: 500 * time.Millisecond}, log: log,
-		policy: policy.New(kubetest.Client(client), "node1", log, nopNFT{})}
+	c := policy.New(kubetest.Client(client), "node1", log, nopNFT{})
+	d := &Daemon{cfg: Config{PolicyWait: 500 * time.Millisecond}, log: log, policy: c}
 	addr := netip.MustParseAddr("10.32.0.7")
 	req := api.AllocateRequest{ContainerID: "c1", IfName: "eth0", PodNamespace: "a", PodName: "web"}
 
@@ -49,7 +49,7 @@ func TestAllocateWaitsForPolicy(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- d.policy.Run(ctx) }()
+	go func() { done <- c.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	select {
 	case <-d.policy.Ready():

@@ -65,7 +65,7 @@ func testDaemon(t *testing.T) (*Daemon, *fastdptest.Dataplane) {
 	}
 	dp := fastdptest.New("")
 	d := &Daemon{cfg: cfg, log: log, id: Identity{Name: "n1"}, key: key, keys: &keyStore{}, ipam: a, dp: dp,
-		rec: peer.NewReconciler(dp, log), mtu: 1420}
+		rec: peer.NewReconciler(dp, log), mtu: 1420, policy: noPolicy{}, nat: noNAT{}}
 	return d, dp
 }
 
@@ -160,14 +160,15 @@ func TestReconcileOnce(t *testing.T) {
 func TestReadyWaitsForPolicy(t *testing.T) {
 	d, _ := testDaemon(t)
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "a"}}
-	d.policy = policy.New(kubetest.Client(fake.NewClientset(ns)), "n1", d.log, nopNFT{})
+	c := policy.New(kubetest.Client(fake.NewClientset(ns)), "n1", d.log, nopNFT{})
+	d.policy = c
 	d.reconcileOnce(context.Background(), []mesh.Member{{Name: "n1", Self: true, State: api.MemberAlive}})
 	if err := d.ready(); err == nil || !strings.Contains(err.Error(), "NetworkPolicy rules not built") {
 		t.Fatalf("ready() before the policy controller synced = %v, want it to wait for policy", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- d.policy.Run(ctx) }()
+	go func() { done <- c.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	select {
 	case <-d.policy.Ready():
