@@ -15,6 +15,7 @@ import (
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
+	"github.com/meshnet/mesh/identity"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/mesh"
@@ -25,7 +26,7 @@ import (
 type Daemon struct {
 	cfg     Config
 	log     *slog.Logger
-	id      Identity
+	id      identity.Identity
 	keys    *keyStore
 	members *mesh.Membership
 	ipam    *ipam.Allocator
@@ -94,11 +95,11 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create state dir %q: %w", cfg.StateDir, err)
 	}
-	id, err := loadIdentity(cfg.path("identity.json"), cfg.Name)
+	id, err := identity.Load(cfg.path("identity.json"), cfg.Name)
 	if err != nil {
 		return nil, err
 	}
-	key, err := crypto.LoadOrCreatePrivateKey(cfg.path("wireguard.key"))
+	key, err := identity.LoadOrCreateWireGuardKey(cfg.path("wireguard.key"))
 	if err != nil {
 		return nil, err
 	}

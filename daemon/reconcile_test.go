@@ -23,6 +23,7 @@ import (
 	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp/fastdptest"
+	"github.com/meshnet/mesh/identity"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/kube/kubetest"
 	"github.com/meshnet/mesh/mesh"
@@ -64,7 +65,7 @@ func testDaemon(t *testing.T) (*Daemon, *fastdptest.Dataplane) {
 		t.Fatal(err)
 	}
 	dp := fastdptest.New("")
-	d := &Daemon{cfg: cfg, log: log, id: Identity{Name: "n1"}, key: key, keys: &keyStore{}, ipam: a, dp: dp,
+	d := &Daemon{cfg: cfg, log: log, id: identity.Identity{Name: "n1"}, key: key, keys: &keyStore{}, ipam: a, dp: dp,
 		rec: peer.NewReconciler(dp, log), mtu: 1420, policy: noPolicy{}, nat: noNAT{}}
 	return d, dp
 }

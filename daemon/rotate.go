@@ -8,6 +8,7 @@ import (
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/identity"
 )
 
 // status returns the key IDs held and the gossip key's.
@@ -111,7 +112,7 @@ func (d *Daemon) rotateNodeKey() (*api.RotateResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := crypto.SavePrivateKey(d.cfg.path("wireguard.key"), k); err != nil {
+	if err := identity.SaveWireGuardKey(d.cfg.path("wireguard.key"), k); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()

@@ -3,7 +3,6 @@ package peer
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,15 +28,7 @@ func testKey(t *testing.T, name string) crypto.PrivateKey {
 	raw := sha256.Sum256([]byte("peer test key " + name))
 	raw[0] &= 248
 	raw[31] = (raw[31] & 127) | 64
-	path := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(raw[:])), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	k, err := crypto.LoadOrCreatePrivateKey(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return crypto.NewPrivateKey(raw)
 }
 
 type world struct {
