@@ -9,136 +9,99 @@ import (
 	"github.com/meshnet/mesh/api"
 )
 
-// decode reads the request body into v, answering 400 when it is not the
-// expected JSON (unknown fields included); false means the answer is sent.
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	if err := decodeJSON(r, v); err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return false
-	}
-	return true
-}
-
-func handlePeer(do func(address string) error) http.HandlerFunc {
+// call is the shape of every POST handler: decode the request body into a
+// Req (400 when it is not that JSON, unknown fields included), do it, and
+// answer with the result (200) or with the error's code and text.
+func call[Req, Res any](do func(r *http.Request, req Req) (Res, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		var req api.PeerRequest
-		if !decode(w, r, &req) {
+		var req Req
+		if err := decodeJSON(r, &req); err != nil {
+			writeError(w, http.StatusBadRequest, err)
 			return
 		}
-		if err := do(req.Address); err != nil {
+		res, err := do(r, req)
+		if err != nil {
 			writeError(w, code(err), err)
 			return
 		}
-		w.WriteHeader(http.StatusNoContent)
+		if _, empty := any(res).(noContent); empty {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
 	}
 }
 
-func handleAllocate(ipam IPAM, w http.ResponseWriter, r *http.Request) {
-	var req api.AllocateRequest
-	if !decode(w, r, &req) {
-		return
-	}
-	if req.ContainerID == "" || req.IfName == "" {
-		writeError(w, http.StatusBadRequest, errors.New("containerID and ifName are required"))
-		return
-	}
-	a, err := ipam.Allocate(r.Context(), req)
-	if err != nil {
-		writeError(w, code(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, a)
+// noContent is the result of a request answered 204 without a body.
+type noContent struct{}
+
+func peerRequest(do func(address string) error) http.HandlerFunc {
+	return call(func(_ *http.Request, req api.PeerRequest) (noContent, error) {
+		return noContent{}, do(req.Address)
+	})
 }
 
-func handleRelease(ipam IPAM, w http.ResponseWriter, r *http.Request) {
-	var req api.ReleaseRequest
-	if !decode(w, r, &req) {
-		return
-	}
-	if err := ipam.Release(req.ContainerID, req.IfName); err != nil {
-		writeError(w, code(err), err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
+func allocate(ipam IPAM) http.HandlerFunc {
+	return call(func(r *http.Request, req api.AllocateRequest) (api.Allocation, error) {
+		if req.ContainerID == "" || req.IfName == "" {
+			return api.Allocation{}, Mark(ErrInvalid, errors.New("containerID and ifName are required"))
+		}
+		return ipam.Allocate(r.Context(), req)
+	})
 }
 
-func handleGC(ipam IPAM, w http.ResponseWriter, r *http.Request) {
-	var req api.GCRequest
-	if !decode(w, r, &req) {
-		return
-	}
-	n, err := ipam.GC(req.Network, req.Valid)
-	if err != nil {
-		writeError(w, code(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.GCResult{Released: n})
+func release(ipam IPAM) http.HandlerFunc {
+	return call(func(_ *http.Request, req api.ReleaseRequest) (noContent, error) {
+		return noContent{}, ipam.Release(req.ContainerID, req.IfName)
+	})
 }
 
-// handleRemovePeer is `mesh rmpeer NAME`: refused (409) while the IPAM says
-// it is not safe yet, with the reason and when to retry.
-func handleRemovePeer(ipam IPAM, w http.ResponseWriter, r *http.Request) {
-	var req api.RemovePeerRequest
-	if !decode(w, r, &req) {
-		return
-	}
-	n, err := ipam.RemovePeer(req.Name)
-	if err != nil {
-		writeError(w, code(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.RemovePeerResult{Ranges: n})
+func gc(ipam IPAM) http.HandlerFunc {
+	return call(func(_ *http.Request, req api.GCRequest) (api.GCResult, error) {
+		n, err := ipam.GC(req.Network, req.Valid)
+		return api.GCResult{Released: n}, err
+	})
 }
 
-func handleRotate(keys Keys, w http.ResponseWriter, r *http.Request) {
-	var req api.RotateRequest
-	if !decode(w, r, &req) {
-		return
-	}
-	res, err := keys.Rotate(req)
-	if err != nil {
-		writeError(w, code(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+// removePeer is `mesh rmpeer NAME`: refused (409) while the IPAM says it
+// is not safe yet, with the reason and when to retry.
+func removePeer(ipam IPAM) http.HandlerFunc {
+	return call(func(_ *http.Request, req api.RemovePeerRequest) (api.RemovePeerResult, error) {
+		n, err := ipam.RemovePeer(req.Name)
+		return api.RemovePeerResult{Ranges: n}, err
+	})
 }
 
-// decodeAttach reads an attach or detach request, whose netns must be an
-// absolute path: the daemon's working directory means nothing to the CLI.
-func decodeAttach(w http.ResponseWriter, r *http.Request) (api.AttachRequest, bool) {
-	var req api.AttachRequest
-	if !decode(w, r, &req) {
-		return req, false
-	}
+func rotate(keys Keys) http.HandlerFunc {
+	return call(func(_ *http.Request, req api.RotateRequest) (*api.RotateResult, error) {
+		return keys.Rotate(req)
+	})
+}
+
+// checkNetNS refuses a namespace path that is not absolute: the daemon's
+// working directory means nothing to the CLI.
+func checkNetNS(req api.AttachRequest) error {
 	if !filepath.IsAbs(req.NetNS) {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("netns %q must be an absolute path", req.NetNS))
-		return req, false
+		return Mark(ErrInvalid, fmt.Errorf("netns %q must be an absolute path", req.NetNS))
 	}
-	return req, true
+	return nil
 }
 
-func handleAttach(at Attachments, w http.ResponseWriter, r *http.Request) {
-	req, ok := decodeAttach(w, r)
-	if !ok {
-		return
-	}
-	a, err := at.Attach(r.Context(), req.NetNS, req.IfName)
-	if err != nil {
-		writeError(w, code(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, a)
+func attachNetNS(at Attachments) http.HandlerFunc {
+	return call(func(r *http.Request, req api.AttachRequest) (api.Attachment, error) {
+		if err := checkNetNS(req); err != nil {
+			return api.Attachment{}, err
+		}
+		return at.Attach(r.Context(), req.NetNS, req.IfName)
+	})
 }
 
-func handleDetach(at Attachments, w http.ResponseWriter, r *http.Request) {
-	req, ok := decodeAttach(w, r)
-	if !ok {
-		return
-	}
-	recs, err := at.Detach(r.Context(), req.NetNS, req.IfName)
-	if err != nil {
-		writeError(w, code(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, api.DetachResult{Detached: nonNil(recs)})
+func detachNetNS(at Attachments) http.HandlerFunc {
+	return call(func(r *http.Request, req api.AttachRequest) (api.DetachResult, error) {
+		if err := checkNetNS(req); err != nil {
+			return api.DetachResult{}, err
+		}
+		recs, err := at.Detach(r.Context(), req.NetNS, req.IfName)
+		return api.DetachResult{Detached: nonNil(recs)}, err
+	})
 }

@@ -27,6 +27,20 @@ func (nopNFT) Counters() (map[string]uint64, error) { return nil, nil }
 func (nopNFT) Remove() error                        { return nil }
 func (nopNFT) Intact(*policy.Ruleset) (bool, error) { return true, nil }
 
+// servePolicy runs c until the test ends and waits until it is ready.
+func servePolicy(t *testing.T, c *policy.Controller) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-c.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("policy controller not ready after 30 s")
+	}
+}
+
 // TestAllocateWaitsForPolicy: the daemon's ADD path (admitPolicy) against
 // the policy controller fed by a fake API. Before the controller synced
 // (right after a reboot) every ADD fails with a clear error; once synced,
@@ -47,15 +61,7 @@ func TestAllocateWaitsForPolicy(t *testing.T) {
 		t.Fatalf("ADD before the controller synced: %v, want a clear refusal", err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-d.policy.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatal("controller not ready")
-	}
+	servePolicy(t, c)
 	d.cfg.PolicyWait = 10 * time.Second
 	if err := d.admitPolicy(context.Background(), req, addr); err != nil {
 		t.Fatalf("ADD of a visible pod: %v", err)

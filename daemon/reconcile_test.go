@@ -167,15 +167,7 @@ func TestReadyWaitsForPolicy(t *testing.T) {
 	if err := d.ready(); err == nil || !strings.Contains(err.Error(), "NetworkPolicy rules not built") {
 		t.Fatalf("ready() before the policy controller synced = %v, want it to wait for policy", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-d.policy.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatal("policy controller not ready after 30 s")
-	}
+	servePolicy(t, c)
 	if err := d.ready(); err != nil {
 		t.Fatalf("ready() once synced = %v", err)
 	}
