@@ -109,11 +109,7 @@ func TestCNIPodsAcrossHosts(t *testing.T) {
 }
 
 func TestCNIParallelAddsAndGC(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 3*time.Minute)
 	const pods = 30
 	var mu sync.Mutex
 	got := map[netip.Addr]string{}
@@ -171,11 +167,7 @@ func TestCNIParallelAddsAndGC(t *testing.T) {
 }
 
 func TestCNIDaemonRestartKeepsAddresses(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 3*time.Minute)
 	var before []*pod
 	for i := range 3 {
 		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("keep%d", i))

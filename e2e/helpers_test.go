@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -27,6 +28,25 @@ var (
 	dumpLogsOnFailure = meshtest.DumpLogsOnFailure
 	waitCNIInstalled  = meshtest.WaitCNIInstalled
 )
+
+// oneCNINode launches one daemon (with extra flags) and waits until it has
+// installed its CNI plugin: the setup of every single-node pod test.
+func oneCNINode(t *testing.T, extra ...string) *node {
+	t.Helper()
+	_, nodes := startMesh(t, 1, extra...)
+	waitCNIInstalled(t, nodes[0])
+	return nodes[0]
+}
+
+// cniNode is oneCNINode with a context for the test's commands that ends
+// after timeout or with the test.
+func cniNode(t *testing.T, timeout time.Duration) (*node, context.Context) {
+	t.Helper()
+	n := oneCNINode(t)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	return n, ctx
+}
 
 // peerStates maps peer name to state as n sees it.
 func peerStates(n *node) (map[string]string, error) {

@@ -121,12 +121,8 @@ func linkMAC(ctx context.Context, t *testing.T, h *testnet.Host, p *pod, dev str
 // TestPortIsolation: pods a (victim), b (attacker) and c (a pod a trusts) on
 // one node; b attacks at layer 2 and over IPv6.
 func TestPortIsolation(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
+	n, ctx := cniNode(t, 4*time.Minute)
 	h := n.Host
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
 	var pods []*pod
 	for _, name := range []string{"poda", "podb", "podc"} {
 		p, err := addPod(ctx, t, h, name)
@@ -519,9 +515,7 @@ func hostPort(ctx context.Context, t *testing.T, h *testnet.Host, p *pod) string
 // CNI plugin and adds the pods poda and podb through mesh-cni.
 func twoPodsOnOneNode(ctx context.Context, t *testing.T, extra ...string) (*node, *pod, *pod) {
 	t.Helper()
-	_, nodes := startMesh(t, 1, extra...)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
+	n := oneCNINode(t, extra...)
 	a, err := addPod(ctx, t, n.Host, "poda")
 	if err != nil {
 		t.Fatal(err)
