@@ -71,12 +71,7 @@ func pingFrom(ctx context.Context, h *testnet.Host, netns string, to string) err
 }
 
 func TestAttachAcrossHosts(t *testing.T) {
-	_, nodes := startMesh(t, 2)
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
+	_, nodes, ctx := cniMesh(t, 2, 4*time.Minute)
 	a, b := nodes[0], nodes[1]
 
 	// On a: a plain netns, by name.

@@ -58,12 +58,7 @@ func (p *pod) exec(ctx context.Context, args ...string) (string, error) {
 }
 
 func TestCNIPodsAcrossHosts(t *testing.T) {
-	_, nodes := startMesh(t, 2)
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	_, nodes, ctx := cniMesh(t, 2, 3*time.Minute)
 	a, err := addPod(ctx, t, nodes[0].Host, "poda")
 	if err != nil {
 		t.Fatal(err)

@@ -29,23 +29,25 @@ var (
 	waitCNIInstalled  = meshtest.WaitCNIInstalled
 )
 
-// oneCNINode launches one daemon (with extra flags) and waits until it has
-// installed its CNI plugin: the setup of every single-node pod test.
-func oneCNINode(t *testing.T, extra ...string) *node {
+// cniMesh starts a mesh of hosts nodes and waits until each has installed
+// its CNI plugin: the setup of the pod tests. The context is for the test's
+// commands; it ends after timeout or with the test.
+func cniMesh(t *testing.T, hosts int, timeout time.Duration, extra ...string) (*testnet.Net, []*node, context.Context) {
 	t.Helper()
-	_, nodes := startMesh(t, 1, extra...)
-	waitCNIInstalled(t, nodes[0])
-	return nodes[0]
-}
-
-// cniNode is oneCNINode with a context for the test's commands that ends
-// after timeout or with the test.
-func cniNode(t *testing.T, timeout time.Duration) (*node, context.Context) {
-	t.Helper()
-	n := oneCNINode(t)
+	tn, nodes := startMesh(t, hosts, extra...)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
-	return n, ctx
+	return tn, nodes, ctx
+}
+
+// cniNode is cniMesh of one node.
+func cniNode(t *testing.T, timeout time.Duration, extra ...string) (*node, context.Context) {
+	t.Helper()
+	_, nodes, ctx := cniMesh(t, 1, timeout, extra...)
+	return nodes[0], ctx
 }
 
 // peerStates maps peer name to state as n sees it.
