@@ -184,7 +184,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	d.goLoop(loopReconcile, d.reconcileLoop)
 	d.goLoop("attach-check", d.attachLoop)
 	if kube != nil {
-		d.goLoop("kube", func(ctx context.Context) { kube.run(ctx, d) })
+		d.goLoop("kube", kube.watcher(d).Serve)
 		d.startPolicy(kube)
 	}
 	log.Info("mesh daemon started", "name", id.Name, "peerID", id.PeerID, "gossip", d.members.LocalAddr(),

@@ -43,7 +43,7 @@ type Controller struct {
 	// Run; 0 means DefaultCheckInterval).
 	CheckInterval time.Duration
 	// RetryInterval is how long Serve waits before running again after
-	// Run failed (set before Serve; 0 means DefaultRetryInterval).
+	// Run failed (set before Serve; 0 means kube.DefaultRetryInterval).
 	RetryInterval time.Duration
 
 	kick      chan struct{}
@@ -91,28 +91,12 @@ func New(client *kube.Client, node string, log *slog.Logger, nft Applier) *Contr
 // informers' caches synced.
 func (c *Controller) Ready() <-chan struct{} { return c.ready }
 
-// DefaultRetryInterval is how long Serve waits after Run failed: long
-// enough not to hammer an API server that is down, short enough that
-// enforcement resumes soon after it is back.
-const DefaultRetryInterval = 10 * time.Second
-
 // Serve runs the controller until ctx ends, which it blocks for: Run, and
 // when Run fails (an API server unreachable for a minute), the error logged
-// and Run again after RetryInterval. The table stays in place meanwhile.
+// and Run again after RetryInterval (kube.Serve). The table stays in place
+// meanwhile.
 func (c *Controller) Serve(ctx context.Context) {
-	retry := c.RetryInterval
-	if retry <= 0 {
-		retry = DefaultRetryInterval
-	}
-	for ctx.Err() == nil {
-		if err := c.Run(ctx); err != nil {
-			c.log.Error("NetworkPolicy controller stopped; retrying", "error", err, "in", retry)
-			select {
-			case <-ctx.Done():
-			case <-time.After(retry):
-			}
-		}
-	}
+	kube.Serve(ctx, c.log, "NetworkPolicy controller stopped; retrying", c.RetryInterval, c.Run)
 }
 
 // Run watches the API and keeps the table in step until ctx ends; it leaves
