@@ -10,7 +10,12 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
 	"github.com/meshnet/mesh/internal/testnet"
+	"github.com/meshnet/mesh/kube/kubetest"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -78,6 +83,38 @@ func TestReconcileLoopFollowsMembership(t *testing.T) {
 	testnet.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
 		if cfg := dp.Current(); len(cfg.Peers) != 0 {
 			return fmt.Errorf("b left but the data plane still has %d peers", len(cfg.Peers))
+		}
+		return nil
+	})
+}
+
+// TestKubeNodeJoinsAndGetsAPeer: with --kube, a Node object in the API (a
+// fake one) is enough for this node to join its daemon, and the reconcile
+// loop then gives it a WireGuard peer: kube watcher, membership and data
+// plane wired as Start wires them.
+func TestKubeNodeJoinsAndGetsAPeer(t *testing.T) {
+	d, dp := testDaemon(t)
+	d.kick = make(chan struct{}, 1)
+	d.members = loopbackMember(t, "n1", publicKey(t))
+	pubB := publicKey(t)
+	b := loopbackMember(t, "b", pubB) // knows no one: n1 must join it
+	d.cfg.Port = int(b.LocalAddr().Port())
+
+	cs := fake.NewClientset(
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}}}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "b"}, Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "127.0.0.1"}}}},
+	)
+	ks := &kubeSource{client: kubetest.Client(cs), self: "n1", log: d.log}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { ks.watcher(d).Serve(ctx); done <- struct{}{} }()
+	go func() { d.reconcileLoop(ctx); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done })
+
+	testnet.Eventually(t, 30*time.Second, 50*time.Millisecond, func() error {
+		cfg := dp.Current()
+		if cfg == nil || len(cfg.Peers) != 1 || cfg.Peers[0].PublicKey.String() != pubB {
+			return fmt.Errorf("data plane config %+v, want one peer with b's key", cfg)
 		}
 		return nil
 	})
