@@ -37,6 +37,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/attach", d.handleAttach)
 	mux.HandleFunc("POST /v1/detach", d.handleDetach)
 	mux.HandleFunc("GET /v1/attachments", d.handleAttachments)
+	mux.HandleFunc("POST /v1/leave", d.handleLeave)
 	return mux
 }
 
