@@ -38,11 +38,11 @@ type Daemon struct {
 	// gossip has rejoined; only the reconcile loop (and Start before it)
 	// touches it.
 	remembered *rememberedPeers
-	nat     *nat.NAT           // nil with --dataplane none
-	policy  *policy.Controller // nil unless --kube and not --no-policy
-	attach  *attach.Manager    // `mesh attach`: namespaces attached by hand
-	iso     *isolation.Tables  // nil without a data plane or with --no-port-isolation
-	isoMu   sync.Mutex         // serialises syncIsolation; guards legacyMACs
+	nat        *nat.NAT           // nil with --dataplane none
+	policy     *policy.Controller // nil unless --kube and not --no-policy
+	attach     *attach.Manager    // `mesh attach`: namespaces attached by hand
+	iso        *isolation.Tables  // nil without a data plane or with --no-port-isolation
+	isoMu      sync.Mutex         // serialises syncIsolation; guards legacyMACs
 	// legacyMACs are the MACs of pods wired before port isolation, by
 	// port (see adoptLegacyPorts).
 	legacyMACs map[string]net.HardwareAddr
