@@ -113,9 +113,15 @@ func TestRestartForwardsBeforeGossip(t *testing.T) {
 	}
 	// Gossip (TCP and UDP 6783) between the hosts is dropped on B; the
 	// data plane (UDP 6784) is not.
-	block := "table inet rfgblock { chain in { type filter hook input priority 0; tcp dport 6783 drop; udp dport 6783 drop; tcp sport 6783 drop; udp sport 6783 drop; } }"
-	if out, err := b.Host.Run(ctx, "nft", block); err != nil {
-		t.Fatalf("nft: %v\n%s", err, out)
+	for _, cmd := range []string{
+		"add table inet rfgblock",
+		"add chain inet rfgblock in { type filter hook input priority 0 ; }",
+		"add rule inet rfgblock in meta l4proto { tcp, udp } th dport 6783 drop",
+		"add rule inet rfgblock in meta l4proto { tcp, udp } th sport 6783 drop",
+	} {
+		if out, err := b.Host.Run(ctx, "nft", cmd); err != nil {
+			t.Fatalf("nft %s: %v\n%s", cmd, err, out)
+		}
 	}
 	b.Start()
 	st := b.MustStatus()
