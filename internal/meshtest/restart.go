@@ -26,12 +26,14 @@ type Pod struct {
 	IP   netip.Addr
 }
 
-// AddPod creates the namespace name on h and runs CNI ADD for it with the
-// conflist the daemon installed.
+// AddPod creates the namespace name on h (unless it exists: a retried ADD)
+// and runs CNI ADD for it with the conflist the daemon installed.
 func AddPod(ctx context.Context, t testing.TB, h *testnet.Host, name string) (*Pod, error) {
 	cnitool := testnet.BuildBinary(t, "github.com/containernetworking/cni/cnitool")
-	if out, err := h.Run(ctx, "ip", "netns", "add", name); err != nil {
-		return nil, fmt.Errorf("ip netns add %s on %s: %v: %s", name, h.Name, err, out)
+	if _, err := os.Stat(h.Path("/run/netns/" + name)); err != nil {
+		if out, err := h.Run(ctx, "ip", "netns", "add", name); err != nil {
+			return nil, fmt.Errorf("ip netns add %s on %s: %v: %s", name, h.Name, err, out)
+		}
 	}
 	out, err := h.Run(ctx, "env", "CNI_PATH=/opt/cni/bin", "NETCONFPATH=/etc/cni/net.d", cnitool, "add", "mesh", "/run/netns/"+name)
 	if err != nil {
