@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -95,6 +97,53 @@ func TestRestartKeepsPodTraffic(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRestartUnderLoad: an iperf3 TCP stream between pods on two hosts
+// survives a SIGTERM restart of the receiver's daemon (iperf3 finishes
+// without error) and its throughput recovers (the last seconds carry
+// data).
+func TestRestartUnderLoad(t *testing.T) {
+	testnet.RequireCommand(t, "iperf3")
+	_, nodes, pods := twoHostsWithPods(t, "rld")
+	b := nodes[1]
+	server := pods[1].Host.Start(t, "ip", []string{"netns", "exec", pods[1].Name, "iperf3", "-s", "-1"}, nil)
+	time.Sleep(500 * time.Millisecond) // the server's listen
+	const secs = 10
+	client := pods[0].Host.Start(t, "ip", []string{"netns", "exec", pods[0].Name, "iperf3", "-c", pods[1].IP.String(),
+		"-t", fmt.Sprint(secs), "-J"}, nil)
+	time.Sleep(3 * time.Second)
+	if _, err := meshtest.Restart(b, meshtest.RestartSIGTERM, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Wait(time.Minute); err != nil {
+		t.Fatalf("iperf3 did not survive the restart: %v\n%s", err, client.Log())
+	}
+	_ = server.Wait(10 * time.Second)
+	var res struct {
+		Intervals []struct {
+			Sum struct {
+				Start         float64 `json:"start"`
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum"`
+		} `json:"intervals"`
+	}
+	if err := json.Unmarshal([]byte(client.Log()), &res); err != nil {
+		t.Fatalf("iperf3 JSON: %v\n%s", err, client.Log())
+	}
+	var rates []string
+	for _, iv := range res.Intervals {
+		rates = append(rates, fmt.Sprintf("%.0f", iv.Sum.BitsPerSecond/1e6))
+	}
+	t.Logf("iperf3 Mbit/s per second across a SIGTERM restart at 3 s: %v", rates)
+	if n := len(res.Intervals); n < secs-1 {
+		t.Fatalf("iperf3 reported %d intervals, want %d", n, secs)
+	}
+	for _, iv := range res.Intervals[len(res.Intervals)-2:] {
+		if iv.Sum.BitsPerSecond <= 0 {
+			t.Errorf("no throughput %.0f s into the stream, after the restart: %v Mbit/s", iv.Sum.Start, rates)
+		}
 	}
 }
 
