@@ -116,6 +116,9 @@ func readRemembered(path string) ([]rememberedNode, error) {
 // input returns the remembered nodes as the peer package takes them, with
 // the preshared key's secret picked from keys as for a gossiped node.
 func (r *rememberedPeers) input(keys []*crypto.MasterKey) ([]peer.Node, time.Time) {
+	if r == nil { // a daemon put together without Start (tests)
+		return nil, time.Time{}
+	}
 	out := make([]peer.Node, 0, len(r.nodes))
 	for _, n := range r.nodes {
 		pub, _ := crypto.ParseKey(n.PublicKey) // checked by readRemembered
@@ -131,6 +134,9 @@ func (r *rememberedPeers) input(keys []*crypto.MasterKey) ([]peer.Node, time.Tim
 // save writes the nodes that have a peer under in when they differ from
 // what was last written. keyIDs are the members' advertised key IDs.
 func (r *rememberedPeers) save(in peer.Input, members []mesh.Member) {
+	if r == nil {
+		return
+	}
 	kept, err := peer.Kept(in)
 	if err != nil {
 		return // the reconciler reports the bad input
@@ -163,6 +169,9 @@ func (r *rememberedPeers) save(in peer.Input, members []mesh.Member) {
 
 // forget removes the file: a node that left the mesh starts afresh.
 func (r *rememberedPeers) forget() {
+	if r == nil {
+		return
+	}
 	if err := os.Remove(r.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		r.log.Warn("failed to remove the remembered data plane peers", "file", r.path, "error", err)
 	}
