@@ -235,8 +235,8 @@ func TestSIGTERMIsNoLeaveMeshLeaveIs(t *testing.T) {
 	if s, _ := peerStates(a); s[b.Host.Name] == string(api.MemberLeft) {
 		t.Fatalf("%s shows %s left after SIGTERM", a.Host.Name, b.Host.Name)
 	}
-	if c := a.MustStatus().Connections; len(c) != 1 {
-		t.Fatalf("%s dropped %s's WireGuard peer after its SIGTERM: %+v", a.Host.Name, b.Host.Name, c)
+	if c := a.MustStatus().Connections; len(c) != 1 || c[0].Peer != b.Host.Name || c[0].State != api.ConnEstablished {
+		t.Fatalf("%s dropped %s's WireGuard peer after its SIGTERM, or shows it not established: %+v", a.Host.Name, b.Host.Name, c)
 	}
 	if _, err := os.Stat(b.Host.Path("/var/lib/mesh/dataplane-peers.json")); err != nil {
 		t.Fatalf("no remembered peers after SIGTERM: %v", err)
