@@ -60,6 +60,14 @@ type Keys interface {
 	Rotate(req api.RotateRequest) (*api.RotateResult, error)
 }
 
+// Lifecycle ends this node's membership on request (POST /v1/leave, `mesh
+// leave` and uninstall): Leave blocks until the graceful leave has been
+// broadcast (bounded by the implementation), and the daemon stops after it.
+// Concurrent calls share one leave.
+type Lifecycle interface {
+	Leave() error
+}
+
 // Attachments runs `mesh attach` and `mesh detach`: Attach and Detach run
 // the CNI plugin and block until it is done or ctx ends; List does not
 // block. A path that is not a usable network namespace is ErrInvalid, an
@@ -121,6 +129,7 @@ type Backend struct {
 	IPAM        IPAM
 	Keys        Keys
 	Attachments Attachments
+	Lifecycle   Lifecycle
 }
 
 // Handler returns the control API's routes (docs/architecture.md, "Control
@@ -145,6 +154,7 @@ func Handler(b Backend) http.Handler {
 	mux.HandleFunc("GET /v1/attachments", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, nonNil(b.Attachments.List()))
 	})
+	mux.HandleFunc("POST /v1/leave", leave(b.Lifecycle))
 	return mux
 }
 

@@ -71,9 +71,10 @@ func (f *fake) Detach(ctx context.Context, netns, ifName string) ([]api.Attachme
 	return nil, f.record("detach %s %q", netns, ifName)
 }
 func (f *fake) List() []api.Attachment { f.record("attachments"); return nil }
+func (f *fake) Leave() error           { return f.record("leave") }
 
 func backendOf(f *fake) Backend {
-	return Backend{Status: f, Peers: f, IPAM: f, Keys: f, Attachments: f}
+	return Backend{Status: f, Peers: f, IPAM: f, Keys: f, Attachments: f, Lifecycle: f}
 }
 
 // TestHandler: every route's status codes and bodies, against a fake
@@ -121,6 +122,9 @@ func TestHandler(t *testing.T) {
 		{name: "attach not a netns", method: "POST", path: "/v1/attach", body: `{"netns":"/etc"}`, err: Mark(ErrInvalid, errors.New("not a network namespace")), wantCode: 400, wantCall: "attach /etc "},
 		{name: "detach nothing", method: "POST", path: "/v1/detach", body: `{"netns":"/run/netns/blue"}`, wantCode: 200, wantBody: `"detached": []`, wantCall: `detach /run/netns/blue ""`},
 		{name: "detach relative path", method: "POST", path: "/v1/detach", body: `{"netns":"./blue"}`, wantCode: 400, wantBody: "must be an absolute path"},
+		{name: "leave", method: "POST", path: "/v1/leave", body: `{}`, wantCode: 200, wantBody: `"left": true`, wantCall: "leave"},
+		{name: "leave fails", method: "POST", path: "/v1/leave", body: `{}`, err: errors.New("broadcast timed out"), wantCode: 500, wantBody: "broadcast timed out", wantCall: "leave"},
+		{name: "leave GET", method: "GET", path: "/v1/leave", wantCode: 405},
 		{name: "attachments empty", method: "GET", path: "/v1/attachments", wantCode: 200, wantBody: "[]", wantCall: "attachments"},
 		{name: "body too large", method: "POST", path: "/v1/ipam/release", body: `{"containerID":"` + strings.Repeat("x", 1<<20) + `"}`, wantCode: 400, wantBody: "request body too large"},
 	}

@@ -78,6 +78,16 @@ func rotate(keys Keys) http.HandlerFunc {
 	})
 }
 
+// leave is `mesh leave`: the node leaves the mesh gracefully, then stops.
+func leave(l Lifecycle) http.HandlerFunc {
+	return call(func(_ *http.Request, _ api.LeaveRequest) (api.LeaveResult, error) {
+		if err := l.Leave(); err != nil {
+			return api.LeaveResult{}, err
+		}
+		return api.LeaveResult{Left: true}, nil
+	})
+}
+
 // checkNetNS refuses a namespace path that is not absolute: the daemon's
 // working directory means nothing to the CLI.
 func checkNetNS(req api.AttachRequest) error {

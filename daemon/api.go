@@ -13,7 +13,7 @@ import (
 // backend is what the control API serves from: the daemon's parts behind
 // the control package's interfaces.
 func (d *Daemon) backend() control.Backend {
-	return control.Backend{Status: d, Peers: peersAPI{d}, IPAM: ipamAPI{d}, Keys: keysAPI{d}, Attachments: attachAPI{d}}
+	return control.Backend{Status: d, Peers: peersAPI{d}, IPAM: ipamAPI{d}, Keys: keysAPI{d}, Attachments: attachAPI{d}, Lifecycle: lifecycleAPI{d}}
 }
 
 // peersAPI is control.Peers: the gossip targets.

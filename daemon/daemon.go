@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshnet/mesh/attach"
@@ -32,11 +33,15 @@ type Daemon struct {
 	ipam    *ipam.Allocator
 	dp      fastdp.Dataplane // fastdp.None() with --dataplane none
 	rec     *peer.Reconciler
-	nat     natTable          // noNAT with --dataplane none
-	policy  podPolicy         // noPolicy unless --kube and not --no-policy
-	attach  *attach.Manager   // `mesh attach`: namespaces attached by hand
-	iso     *isolation.Tables // nil without a data plane or with --no-port-isolation
-	isoMu   sync.Mutex        // serialises syncIsolation; guards legacyMACs
+	// remembered are the data plane peers of the last run, applied before
+	// gossip has rejoined; only the reconcile loop (and Start before it)
+	// touches it.
+	remembered *rememberedPeers
+	nat        natTable          // noNAT with --dataplane none
+	policy     podPolicy         // noPolicy unless --kube and not --no-policy
+	attach     *attach.Manager   // `mesh attach`: namespaces attached by hand
+	iso        *isolation.Tables // nil without a data plane or with --no-port-isolation
+	isoMu      sync.Mutex        // serialises syncIsolation; guards legacyMACs
 	// legacyMACs are the MACs of pods wired before port isolation, by
 	// port (see adoptLegacyPorts).
 	legacyMACs map[string]net.HardwareAddr
@@ -50,6 +55,13 @@ type Daemon struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// leaving is closed once `mesh leave` has left the mesh; left says so
+	// to the reconcile loop (which then saves no peers) and to Stop.
+	leaveOnce sync.Once
+	leaving   chan struct{}
+	leaveErr  error // set before leaving is closed
+	left      atomic.Bool
 
 	// kick asks the reconcile loop for a pass now (after a rotation).
 	kick chan struct{}
@@ -108,7 +120,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks,
-		policy: noPolicy{}, nat: noNAT{}}
+		leaving: make(chan struct{}), policy: noPolicy{}, nat: noNAT{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -138,6 +150,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		d.nat = nat.New()
 	}
 	d.rec = peer.NewReconciler(d.dp, log)
+	d.remembered = loadRemembered(cfg.path(rememberedFileName), time.Now(), log)
 
 	mc := mesh.DefaultConfig()
 	mc.Name = id.Name
@@ -169,6 +182,11 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err := d.startAttach(); err != nil {
 		return nil, err
 	}
+	// The data plane of the last run (keys, peers, endpoints, this node's
+	// ranges and overlay IP, all from the state dir) before gossip has
+	// joined anyone: a restarted node forwards at once, and a view that is
+	// only empty because gossip has not rejoined removes no peer.
+	d.reconcileDataplane(d.ctx, d.members.Members())
 	d.members.Start()
 
 	if d.listener, err = control.Listen(cfg.Socket); err != nil {
@@ -202,16 +220,25 @@ func (d *Daemon) goLoop(name string, f func(ctx context.Context)) {
 	}()
 }
 
-// Stop leaves the mesh gracefully, then stops gossip, IPAM and the socket.
-// The data plane stays up so pods keep working through a restart.
+// Stop stops gossip, IPAM and the socket without leaving the mesh: a stop
+// (SIGTERM) is a restart, an upgrade or a rollout, and the node comes back.
+// The others keep it a member until memberlist's failure detection calls
+// it dead, and keep its WireGuard peer for peer.Grace beyond that. The data
+// plane's interfaces, routes and NAT table stay up and the next start
+// adopts them. Only `mesh leave` (handleLeave) leaves gracefully; after it,
+// Stop forgets the remembered peers, so a later start is a fresh join.
 func (d *Daemon) Stop() error {
 	d.cancel()
 	d.wg.Wait()
-	if err := d.members.Leave(3 * time.Second); err != nil {
-		d.log.Warn("leaving the mesh failed", "error", err)
+	if d.left.Load() {
+		d.remembered.forget()
 	}
 	d.close()
-	d.log.Info("mesh daemon stopped")
+	if d.left.Load() {
+		d.log.Info("mesh daemon stopped after leaving the mesh")
+	} else {
+		d.log.Info("mesh daemon stopped; still a member of the mesh (mesh leave leaves it)")
+	}
 	return nil
 }
 

@@ -58,11 +58,21 @@ type noNAT struct{}
 func (noNAT) Set(*nat.Config) error { return nil }
 
 func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
-	overlay, _ := d.ipam.OverlayIP()
-	// Errors are counted, logged and kept by the reconciler.
-	d.rec.Apply(ctx, d.peerInput(overlay, members))
-	d.applyNAT(overlay, members)
+	d.reconcileDataplane(ctx, members)
 	d.maybeInstallCNI()
+}
+
+// reconcileDataplane applies the WireGuard peers, routes and NAT table for
+// members and the ring, and saves the peers for the next start.
+func (d *Daemon) reconcileDataplane(ctx context.Context, members []mesh.Member) {
+	overlay, _ := d.ipam.OverlayIP()
+	in := d.peerInput(overlay, members)
+	// Errors are counted, logged and kept by the reconciler.
+	d.rec.Apply(ctx, in)
+	if !d.left.Load() {
+		d.remembered.save(in, members)
+	}
+	d.applyNAT(overlay, members)
 }
 
 // applyNAT keeps the NAT table (outbound masquerade, overlay source for
@@ -104,10 +114,12 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 		Self: d.id.Name, PrivateKey: key,
 		ListenPort: d.cfg.DPPort, MTU: d.mtu, Keepalive: d.cfg.Keepalive,
 		ClusterRange: d.cfg.IPAllocRange, OverlayIP: overlay, BridgeName: d.cfg.Bridge,
+		Now: time.Now(),
 	}
+	in.Remembered, in.RememberedUntil = d.remembered.input(keys)
 	d.reportBadMeta(members)
 	for _, m := range members {
-		n := peer.Node{Name: m.Name, Addr: m.Addr.Addr(), DPPort: m.Meta.DPPort, State: m.State}
+		n := peer.Node{Name: m.Name, Addr: m.Addr.Addr(), DPPort: m.Meta.DPPort, State: m.State, Since: m.Since}
 		if len(keys) > 0 {
 			n.Secret = pairKey(keys, peerKeyIDs(keys, m.Meta.Keys))
 		}

@@ -32,7 +32,21 @@ type Node struct {
 	// derived from: one that both ends hold (the daemon picks it from the
 	// key IDs the node advertises). Nil means no preshared key.
 	Secret *crypto.MasterKey
+	// Since is when the node entered State; a dead node keeps its peer
+	// until Since + Grace.
+	Since time.Time
 }
+
+// Grace is how long a node keeps the WireGuard peer of a node that gossip
+// no longer vouches for. A daemon that restarts or crashes stops answering
+// gossip without a goodbye, and the others declare it dead after
+// memberlist's suspicion timeout; its data plane (a kernel link, or the
+// next process) is back well within the grace, so its pods stay reachable.
+// And a daemon that starts applies the nodes it remembers from its last
+// run (Input.Remembered) for this long before gossip has rejoined, so that
+// a view that is only empty because gossip has not caught up yet does not
+// remove their peers. A node that leaves gracefully (left) goes at once.
+const Grace = 30 * time.Second
 
 // RangeOwner is one range of the IPAM ring and the name of its owner.
 type RangeOwner struct {
@@ -54,14 +68,89 @@ type Input struct {
 	// the node owns no range yet.
 	OverlayIP  netip.Addr
 	BridgeName string
+	// Now is the time the grace periods (Grace) are measured against. The
+	// zero value means no grace: dead nodes go at once and Remembered is
+	// ignored.
+	Now time.Time
+	// Remembered are the nodes that had a peer when the previous run of
+	// this daemon last saved them. Each one that Nodes does not list
+	// counts as alive while Now is before RememberedUntil; once gossip
+	// lists it, gossip's state rules.
+	Remembered      []Node
+	RememberedUntil time.Time
+}
+
+// hasPeer is the one rule for which nodes get a WireGuard peer: alive and
+// suspect ones (suspicion is often a gossip hiccup), dead ones within
+// Grace of their death (a restart or crash of their daemon), never left
+// ones.
+func hasPeer(n Node, now time.Time) bool {
+	switch n.State {
+	case api.MemberAlive, api.MemberSuspect:
+		return true
+	case api.MemberDead:
+		return !now.IsZero() && !n.Since.IsZero() && now.Before(n.Since.Add(Grace))
+	}
+	return false
+}
+
+// nodes checks in.Nodes and returns them with the remembered nodes that
+// gossip does not list yet and are still within their grace, as alive.
+func (in Input) nodes() ([]Node, error) {
+	names := make(map[string]bool, len(in.Nodes))
+	out := make([]Node, 0, len(in.Nodes)+len(in.Remembered))
+	for _, n := range in.Nodes {
+		if names[n.Name] {
+			return nil, fmt.Errorf("invalid peer input: node %q listed twice", n.Name)
+		}
+		names[n.Name] = true
+		switch n.State {
+		case api.MemberAlive, api.MemberSuspect, api.MemberDead, api.MemberLeft:
+		default:
+			return nil, fmt.Errorf("invalid peer input: node %q has unknown state %q", n.Name, n.State)
+		}
+		out = append(out, n)
+	}
+	if in.Now.IsZero() || !in.Now.Before(in.RememberedUntil) {
+		return out, nil
+	}
+	for _, n := range in.Remembered {
+		if names[n.Name] || n.Name == in.Self {
+			continue
+		}
+		names[n.Name] = true
+		n.State = api.MemberAlive
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// Kept returns the nodes other than self that get a WireGuard peer under
+// in (gossip's nodes by hasPeer, and remembered ones in their grace), in
+// the order of in.Nodes then in.Remembered. The daemon saves them, so that
+// its next run can apply them before gossip has rejoined.
+func Kept(in Input) ([]Node, error) {
+	all, err := in.nodes()
+	if err != nil {
+		return nil, err
+	}
+	var out []Node
+	for _, n := range all {
+		if n.Name != in.Self && n.PublicKey != (crypto.Key{}) && hasPeer(n, in.Now) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 // Desired computes the data plane config for in: one WireGuard peer per
-// alive or suspect node other than self, with the ranges it owns as
-// AllowedIPs. Suspect nodes keep their entry because suspicion is often a
-// gossip hiccup, and dropping the peer would cut its pods off for nothing;
-// dead and left nodes are taken out, their ranges are unreachable until the
-// IPAM hands them to someone else.
+// node other than self that hasPeer admits (alive, suspect, dead for less
+// than Grace, or remembered from the last run and not yet seen by gossip),
+// with the ranges it owns as AllowedIPs. Suspect nodes keep their entry
+// because suspicion is often a gossip hiccup, and dropping the peer would
+// cut its pods off for nothing; left nodes, and dead ones after the grace,
+// are taken out, their ranges are unreachable until the IPAM hands them to
+// someone else.
 //
 // Nodes without a public key (not yet advertised) are skipped. Two live
 // names with the same public key (a node that restarted under a new name
@@ -94,18 +183,13 @@ func Desired(in Input) (*fastdp.Config, error) {
 		ranges []netip.Prefix
 	}
 	byKey := map[crypto.Key]*entry{}
-	names := map[string]bool{}
-	for _, n := range in.Nodes {
-		if names[n.Name] {
-			return nil, fmt.Errorf("invalid peer input: node %q listed twice", n.Name)
-		}
-		names[n.Name] = true
-		switch n.State {
-		case api.MemberAlive, api.MemberSuspect:
-		case api.MemberDead, api.MemberLeft:
+	nodes, err := in.nodes()
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range nodes {
+		if !hasPeer(n, in.Now) {
 			continue
-		default:
-			return nil, fmt.Errorf("invalid peer input: node %q has unknown state %q", n.Name, n.State)
 		}
 		// Our own entry, or a stale one of ours under another name.
 		if n.Name == in.Self || n.PublicKey == selfPub || n.PublicKey == (crypto.Key{}) {
@@ -156,12 +240,23 @@ func Desired(in Input) (*fastdp.Config, error) {
 	return cfg, nil
 }
 
-// better reports whether a should give the endpoint over b.
+// better reports whether a should give the endpoint over b: alive over
+// suspect over dead, then the smaller name.
 func better(a, b Node) bool {
-	if a.State != b.State {
-		return a.State == api.MemberAlive
+	if ra, rb := stateRank(a.State), stateRank(b.State); ra != rb {
+		return ra < rb
 	}
 	return a.Name < b.Name
+}
+
+func stateRank(s api.MemberState) int {
+	switch s {
+	case api.MemberAlive:
+		return 0
+	case api.MemberSuspect:
+		return 1
+	}
+	return 2
 }
 
 // sortPrefixes returns ps sorted by address then length, without duplicates.

@@ -135,8 +135,9 @@ func (r *Reconciler) Counters() Counters {
 }
 
 func nodeNames(in Input) map[crypto.Key]string {
-	m := make(map[crypto.Key]string, len(in.Nodes))
-	for _, n := range in.Nodes {
+	nodes, _ := in.nodes() // Desired has accepted in
+	m := make(map[crypto.Key]string, len(nodes))
+	for _, n := range nodes {
 		if n.Name == in.Self {
 			continue
 		}
