@@ -29,7 +29,7 @@
 // overlay IP because the WireGuard device has no address of its own, and the
 // receiving peer drops packets whose source is outside the sender's
 // AllowedIPs; the overlay IP must therefore lie inside one of this node's
-// LocalRanges. Pods use the overlay IP as their gateway (the CNI plugin adds
+// LocalRanges, or be a host prefix the peers allow for this node. Pods use the overlay IP as their gateway (the CNI plugin adds
 // an on-link route to it, as the bridge address is a host prefix).
 //
 // Every route fastdp installs carries protocol RouteProtocol, and every link
