@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -141,4 +142,46 @@ func sortedAddrs(as []netip.Addr) []netip.Addr {
 	out := slices.Clone(as)
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out
+}
+
+// routingMismatch checks, once the simulation has settled, that every
+// node's view routes every live pod's address (and the gateway of every
+// node with pods) to the node that holds it, as the data plane does: to
+// the holder HeldOutsideOwned names, else to the ring's owner.
+func (s *simNet) routingMismatch() string {
+	names := slices.Sorted(maps.Keys(s.nodes))
+	for _, viewer := range names {
+		a := s.nodes[viewer].Allocator
+		routes := map[netip.Addr]string{}
+		for _, h := range a.HeldOutsideOwned() {
+			for _, x := range h.Addrs {
+				routes[x] = h.Peer
+			}
+		}
+		ranges := a.Ranges()
+		routeOf := func(x netip.Addr) string {
+			if h, ok := routes[x]; ok {
+				return h
+			}
+			for _, r := range ranges {
+				if r.CIDR.Contains(x) {
+					return r.Owner
+				}
+			}
+			return ""
+		}
+		for _, name := range names {
+			n := s.nodes[name]
+			addrs := slices.Collect(maps.Values(n.pods))
+			if gw, ok := n.OverlayIP(); ok && len(addrs) > 0 {
+				addrs = append(addrs, gw)
+			}
+			for _, x := range sortedAddrs(addrs) {
+				if got := routeOf(x); got != name {
+					return fmt.Sprintf("%s routes %s's address %v to %q", viewer, name, x, got)
+				}
+			}
+		}
+	}
+	return ""
 }
