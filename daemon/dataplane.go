@@ -133,6 +133,15 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 			in.Ranges = append(in.Ranges, peer.RangeOwner{CIDR: r.CIDR, Owner: r.Owner})
 		}
 	}
+	// Pods (and gateways) whose space moved under them are routed to
+	// their holder (docs/ipam.md, "Held addresses are routed to their
+	// holder"). Read after the ring: a pod released in between is routed
+	// to its old holder until the next reconcile, which costs nothing.
+	for _, h := range d.ipam.HeldOutsideOwned() {
+		for _, a := range h.Addrs {
+			in.Held = append(in.Held, peer.HeldAddr{Holder: h.Peer, Addr: a})
+		}
+	}
 	return in
 }
 

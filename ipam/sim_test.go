@@ -686,6 +686,8 @@ func runSimulation(t *testing.T, seed uint64, p simParams) string {
 	}
 	if msg != "" {
 		t.Errorf("seed %d: rings or reservations did not settle: %s", seed, msg)
+	} else if msg := s.routingMismatch(); msg != "" {
+		t.Errorf("seed %d: a held address is not routed to its holder: %s", seed, msg)
 	}
 	total, free := 0, uint64(0)
 	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {

@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -54,11 +55,25 @@ type RangeOwner struct {
 	Owner string
 }
 
+// HeldAddr is an address that a node's pod (or its gateway) holds in space
+// the ring gives to another node or to none: pods that stayed when the
+// space under them moved (an automatic reclaim of a node that was only cut
+// off, an rmpeer of a live node, a lost seeding clash). The IPAM keeps it
+// from being handed out again; the data plane routes it to its holder.
+type HeldAddr struct {
+	Holder string
+	Addr   netip.Addr
+}
+
 // Input is everything the desired data plane depends on.
 type Input struct {
-	Self         string
-	Nodes        []Node
-	Ranges       []RangeOwner
+	Self   string
+	Nodes  []Node
+	Ranges []RangeOwner
+	// Held lists the addresses held outside their holder's ranges (the
+	// IPAM's HeldOutsideOwned); each becomes a host prefix routed to its
+	// holder.
+	Held         []HeldAddr
 	PrivateKey   crypto.PrivateKey
 	ListenPort   int
 	MTU          int
@@ -152,6 +167,15 @@ func Kept(in Input) ([]Node, error) {
 // are taken out, their ranges are unreachable until the IPAM hands them to
 // someone else.
 //
+// Held addresses are routed to their holder as host prefixes (/32), which
+// win over the owner's range by longest-prefix match in WireGuard and in
+// the kernel: another node's go into its AllowedIPs (and, where they lie in
+// a range this node owns, get a host route into WireGuard instead of the
+// bridge); this node's own get a host route to the bridge. An address
+// listed for two holders is routed to neither (by its range, as before),
+// and a range prefix equal to a held host prefix gives way to it, as two
+// WireGuard peers cannot share one allowed prefix.
+//
 // Nodes without a public key (not yet advertised) are skipped. Two live
 // names with the same public key (a node that restarted under a new name
 // while its old name is still suspect) become one peer: WireGuard cannot
@@ -178,6 +202,18 @@ func Desired(in Input) (*fastdp.Config, error) {
 		owned[r.Owner] = append(owned[r.Owner], r.CIDR.Masked())
 	}
 
+	held, err := heldHosts(in)
+	if err != nil {
+		return nil, err
+	}
+	heldBy := map[string][]netip.Prefix{}
+	for _, p := range slices.SortedFunc(maps.Keys(held), comparePrefix) {
+		heldBy[held[p]] = append(heldBy[held[p]], p)
+	}
+	for name, rs := range owned {
+		owned[name] = slices.DeleteFunc(rs, func(p netip.Prefix) bool { _, ok := held[p]; return ok })
+	}
+
 	type entry struct {
 		node   Node
 		ranges []netip.Prefix
@@ -197,10 +233,11 @@ func Desired(in Input) (*fastdp.Config, error) {
 		}
 		e := byKey[n.PublicKey]
 		if e == nil {
-			byKey[n.PublicKey] = &entry{node: n, ranges: slices.Clone(owned[n.Name])}
+			byKey[n.PublicKey] = &entry{node: n, ranges: slices.Concat(owned[n.Name], heldBy[n.Name])}
 			continue
 		}
 		e.ranges = append(e.ranges, owned[n.Name]...)
+		e.ranges = append(e.ranges, heldBy[n.Name]...)
 		if better(n, e.node) {
 			e.node = n
 		}
@@ -218,6 +255,21 @@ func Desired(in Input) (*fastdp.Config, error) {
 		a := in.OverlayIP.Unmap()
 		cfg.BridgeAddr = netip.PrefixFrom(a, a.BitLen())
 	}
+	for _, p := range heldBy[in.Self] {
+		// The bridge's own address needs no route to the bridge.
+		if p != cfg.BridgeAddr {
+			cfg.LocalHosts = append(cfg.LocalHosts, p)
+		}
+	}
+	for _, e := range byKey {
+		for _, p := range e.ranges {
+			if _, ok := held[p]; ok && slices.ContainsFunc(cfg.LocalRanges, func(r netip.Prefix) bool { return r.Contains(p.Addr()) }) {
+				cfg.RemoteHosts = append(cfg.RemoteHosts, p)
+			}
+		}
+	}
+	cfg.LocalHosts = sortPrefixes(cfg.LocalHosts)
+	cfg.RemoteHosts = sortPrefixes(cfg.RemoteHosts)
 	for key, e := range byKey {
 		p := fastdp.Peer{
 			PublicKey:  key,
@@ -259,17 +311,44 @@ func stateRank(s api.MemberState) int {
 	return 2
 }
 
+// heldHosts maps the host prefix of each held address to its holder,
+// leaving out addresses listed for two holders.
+func heldHosts(in Input) (map[netip.Prefix]string, error) {
+	held := make(map[netip.Prefix]string, len(in.Held))
+	contested := map[netip.Prefix]bool{}
+	for _, h := range in.Held {
+		a := h.Addr.Unmap()
+		if !a.IsValid() || !in.ClusterRange.Contains(a) {
+			return nil, fmt.Errorf("invalid peer input: address %s held by %q is outside the cluster range %s", h.Addr, h.Holder, in.ClusterRange)
+		}
+		if h.Holder == "" {
+			return nil, fmt.Errorf("invalid peer input: address %s is held by an empty name", a)
+		}
+		p := netip.PrefixFrom(a, a.BitLen())
+		if prev, ok := held[p]; ok && prev != h.Holder {
+			contested[p] = true
+		}
+		held[p] = h.Holder
+	}
+	for p := range contested {
+		delete(held, p)
+	}
+	return held, nil
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
+}
+
 // sortPrefixes returns ps sorted by address then length, without duplicates.
 func sortPrefixes(ps []netip.Prefix) []netip.Prefix {
 	if len(ps) == 0 {
 		return nil
 	}
 	out := slices.Clone(ps)
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Bits(), b.Bits())
-	})
+	slices.SortFunc(out, comparePrefix)
 	return slices.Compact(out)
 }

@@ -183,5 +183,6 @@ func (r *Reconciler) logChange(prev, next *fastdp.Config, names map[crypto.Key]s
 	}
 	slices.Sort(removed)
 	r.log.Info("applied data plane config", "peers", len(next.Peers),
-		"added", added, "updated", updated, "removed", removed, "local_ranges", len(next.LocalRanges))
+		"added", added, "updated", updated, "removed", removed, "local_ranges", len(next.LocalRanges),
+		"local_hosts", len(next.LocalHosts), "remote_hosts", len(next.RemoteHosts))
 }
