@@ -79,8 +79,12 @@ func (a *Allocator) broadcastStateLocked() {
 // anything. It never panics on garbage. May write the state file; safe for
 // concurrent use.
 func (a *Allocator) MergeRemoteState(buf []byte) error {
+	if err := a.refuseOversized("", len(buf)); err != nil {
+		return err
+	}
 	w, err := decodeState(buf)
 	if err != nil {
+		a.refuseCorrupt("", err)
 		return fmt.Errorf("%w: %v", ErrCorruptState, err)
 	}
 	a.mu.Lock()
@@ -98,6 +102,9 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	if len(msg) == 0 {
 		return fmt.Errorf("%w: empty message from %s", ErrCorruptState, from)
 	}
+	if err := a.refuseOversized(from, len(msg)); err != nil {
+		return err
+	}
 	var err error
 	a.mu.Lock()
 	if a.closed {
@@ -108,6 +115,7 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	case msgState, msgEchoReq:
 		var w wireState
 		if w, err = decodeState(msg[1:]); err != nil {
+			a.rejectLocked(RejectCorrupt, fmt.Sprintf("from %s: %v", from, err))
 			err = fmt.Errorf("%w: from %s: %v", ErrCorruptState, from, err)
 		} else {
 			err = a.mergeLocked(w)
@@ -143,10 +151,14 @@ func (a *Allocator) mergeLocked(w wireState) error {
 		return ErrClosed
 	}
 	if w.prefix != a.cfg.Range {
-		a.problem("range:"+w.sender, fmt.Sprintf("peer %s uses cluster range %s but this peer uses %s: their states are ignored; give every peer the same --ipalloc-range", w.sender, w.prefix, a.cfg.Range))
+		// Counted, not one problem per sender: sender names are the
+		// sender's word, and the problem list stays bounded.
+		a.rejectLocked(RejectRange, fmt.Sprintf("peer %s uses cluster range %s but this peer uses %s: their states are ignored; give every peer the same --ipalloc-range", w.sender, w.prefix, a.cfg.Range))
 		return fmt.Errorf("%w: %s has %s, we have %s", ErrRangeMismatch, w.sender, w.prefix, a.cfg.Range)
 	}
-	delete(a.problems, "range:"+w.sender)
+	if err := a.screenLocked(&w); err != nil {
+		return err
+	}
 	old := a.st
 	if !old.seed.isZero() && !w.st.seed.isZero() && old.seed != w.st.seed {
 		a.seedConflictLocked(w.sender, old.seed, w.st.seed)
@@ -167,6 +179,7 @@ func (a *Allocator) mergeLocked(w wireState) error {
 		}
 	}
 	a.liveness.observe(a, w.sender, w.st)
+	a.boundMapsLocked()
 	a.gatewayUsableLocked() // record an echo of a new gateway with what was learnt
 	a.noteRecoveryLocked(w)
 	if me, ok := a.st.peers[a.cfg.Self]; ok && me.Removed {
