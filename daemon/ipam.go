@@ -57,6 +57,7 @@ func (d *Daemon) startIPAM(initialPeers int) error {
 	cfg.InitialPeerCount = initialPeers
 	cfg.ReclaimAfter = d.cfg.ReclaimAfter
 	cfg.Logger = d.log
+	cfg.IsMember = d.members.IsMember
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return err
