@@ -324,3 +324,21 @@ func TestFloodKeepsAllocateFast(t *testing.T) {
 	}
 	t.Logf("slowest Allocate during the flood: %v", worst)
 }
+
+// TestWireRoundTrip: the exported form of the wire state encodes to the
+// very bytes it was decoded from.
+func TestWireRoundTrip(t *testing.T) {
+	net, a := hostileNet(t)
+	_ = net
+	b := a.LocalState()
+	w, err := DecodeWire(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.Encode(); string(got) != string(b) {
+		t.Fatalf("round trip differs: %d bytes, was %d", len(got), len(b))
+	}
+	if m := w.Message(); m[0] != msgState || string(m[1:]) != string(b) {
+		t.Fatal("Message is not msgState + the state")
+	}
+}
