@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -340,5 +341,25 @@ func TestWireRoundTrip(t *testing.T) {
 	}
 	if m := w.Message(); m[0] != msgState || string(m[1:]) != string(b) {
 		t.Fatal("Message is not msgState + the state")
+	}
+}
+
+// TestClaimUnderOwnNameReasserted: a forged info within the bounds under a
+// live peer's name is overridden by that peer at once: it republishes its
+// own info above the forged version, with its real Held list.
+func TestClaimUnderOwnNameReasserted(t *testing.T) {
+	net, a := hostileNet(t)
+	real := a.Allocator.st.peers["a"]
+	w := forged(t, net)
+	f := w.st.peers["a"]
+	f.Version = real.Version + 1000
+	f.Held = nil
+	w.st.peers["a"] = f
+	if err := send(a, w); err != nil {
+		t.Fatal(err)
+	}
+	got := a.Allocator.st.peers["a"]
+	if got.Version <= f.Version || !slices.Equal(got.Held, real.Held) {
+		t.Fatalf("a's info after the forgery: version %d (forged %d), held %v (real %v)", got.Version, f.Version, got.Held, real.Held)
 	}
 }

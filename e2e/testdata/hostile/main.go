@@ -28,8 +28,9 @@ func main() {
 	victim := flag.String("victim", "", "live honest node whose name and range are attacked")
 	other := flag.String("other", "", "another live honest node")
 	duration := flag.Duration("duration", 20*time.Second, "how long to flood")
+	keyFile := flag.String("key-file", "", "the mesh key file (else MESH_PASSWORD and MESH_NAME)")
 	flag.Parse()
-	if err := run(*name, *addr, *peer, *victim, *other, *duration); err != nil {
+	if err := run(*name, *addr, *peer, *victim, *other, *keyFile, *duration); err != nil {
 		fmt.Fprintln(os.Stderr, "hostile:", err)
 		os.Exit(1)
 	}
@@ -68,8 +69,8 @@ func (c *capture) HandleMessage(_ string, msg []byte) error {
 	return nil
 }
 
-func run(name, addr, peer, victim, other string, duration time.Duration) error {
-	key, err := crypto.PasswordKey([]byte(os.Getenv("MESH_PASSWORD")), os.Getenv("MESH_NAME"))
+func run(name, addr, peer, victim, other, keyFile string, duration time.Duration) error {
+	key, err := meshKey(keyFile)
 	if err != nil {
 		return err
 	}
@@ -137,6 +138,22 @@ func run(name, addr, peer, victim, other string, duration time.Duration) error {
 	}
 	fmt.Println("sent", sent)
 	return nil
+}
+
+// meshKey is the key a daemon given the same key file or environment holds.
+func meshKey(keyFile string) (*crypto.MasterKey, error) {
+	if keyFile == "" {
+		return crypto.PasswordKey([]byte(os.Getenv("MESH_PASSWORD")), os.Getenv("MESH_NAME"))
+	}
+	data, err := crypto.ReadSecretFile(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	raws, err := crypto.ParseKeyFile(data)
+	if err != nil {
+		return nil, err
+	}
+	return crypto.KeyFileKey(raws[0]), nil
 }
 
 type attack struct {
