@@ -5,6 +5,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +24,11 @@ type hostileResult struct {
 	calm, flood []time.Duration
 	sent        string // what the hostile peer says it sent
 	err         string
+	// CPU seconds used during the flood by the honest node's daemon and
+	// by the hostile process, and the flood's wall-clock seconds: the
+	// machine has 2 cores, shared with the other daemons and other work.
+	cpuHonest, cpuEvil, wall float64
+	cpuCalm, calmWall        float64 // the same without the flood
 }
 
 // benchHostile: three daemons; Allocate one after another through the
@@ -61,7 +68,9 @@ func benchHostile(t *testing.T, r *report) {
 		}
 		return d
 	}
+	calmCPU, calmStart := cpuSeconds(honest.Proc.PID()), time.Now()
 	res.calm = allocate("calm", func(i int) bool { return i == ipamOps })
+	res.calmWall, res.cpuCalm = time.Since(calmStart).Seconds(), cpuSeconds(honest.Proc.PID())-calmCPU
 
 	evilHost := hosts[3]
 	args := append([]string{"--name", "evil", "--addr", evilHost.Addr.String(),
@@ -80,7 +89,16 @@ func benchHostile(t *testing.T, r *report) {
 		res.err = err.Error()
 		t.Fatal(err)
 	}
-	res.flood = allocate("flood", func(int) bool { return evil.Exited() })
+	honestCPU := cpuSeconds(honest.Proc.PID())
+	floodStart := time.Now()
+	res.flood = allocate("flood", func(int) bool {
+		if c := cpuSeconds(evil.PID()); c > 0 {
+			res.cpuEvil = c
+		}
+		return evil.Exited()
+	})
+	res.wall = time.Since(floodStart).Seconds()
+	res.cpuHonest = cpuSeconds(honest.Proc.PID()) - honestCPU
 	if err := evil.Wait(30 * time.Second); err != nil {
 		res.err = err.Error()
 		t.Fatalf("hostile peer: %v\n%s", err, evil.Log())
@@ -90,6 +108,26 @@ func benchHostile(t *testing.T, r *report) {
 			res.sent = s
 		}
 	}
+}
+
+// cpuSeconds is a process's user + system CPU time, 0 if unknown.
+func cpuSeconds(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b)[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.ParseFloat(f[11], 64)
+	s, _ := strconv.ParseFloat(f[12], 64)
+	return (u + s) / 100 // USER_HZ
 }
 
 func (h *hostileResult) print(p func(string, ...any)) {
@@ -106,5 +144,7 @@ func (h *hostileResult) print(p func(string, ...any)) {
 	p("   %-34s %10s %10s %10s %8d\n", "without the flood", ms(pct(h.calm, .5)), ms(pct(h.calm, .99)), ms(pct(h.calm, 1)), len(h.calm))
 	p("   %-34s %10s %10s %10s %8d\n", fmt.Sprintf("during the flood (%d s)", hostileSecs), ms(pct(h.flood, .5)), ms(pct(h.flood, .99)), ms(pct(h.flood, 1)), len(h.flood))
 	p("   hostile peer sent, to each of 3 nodes: %s\n", h.sent)
+	p("   CPU of the honest daemon: %.1f s in %.0f s without the flood, %.1f s in %.0f s during it; hostile process %.1f s (2 cores, shared)\n",
+		h.cpuCalm, h.calmWall, h.cpuHonest, h.wall, h.cpuEvil)
 	p("   goal p99 <= 50 ms during the flood: %s\n", verdict(pct(h.flood, .99) <= 50*time.Millisecond))
 }

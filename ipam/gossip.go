@@ -105,7 +105,13 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	if err := a.refuseOversized(from, len(msg)); err != nil {
 		return err
 	}
+	// Decoded before taking the lock: a flood of large states must not
+	// hold up Allocate while it is parsed.
+	var w wireState
 	var err error
+	if msg[0] == msgState || msg[0] == msgEchoReq {
+		w, err = decodeState(msg[1:])
+	}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -113,8 +119,7 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	}
 	switch msg[0] {
 	case msgState, msgEchoReq:
-		var w wireState
-		if w, err = decodeState(msg[1:]); err != nil {
+		if err != nil {
 			a.rejectLocked(RejectCorrupt, fmt.Sprintf("from %s: %v", from, err))
 			err = fmt.Errorf("%w: from %s: %v", ErrCorruptState, from, err)
 		} else {

@@ -141,6 +141,10 @@ func (a *Allocator) screenLocked(w *wireState) error {
 	space := ownedSpans(jr)
 	nowMs := uint64(max(0, a.cfg.Now().Add(maxClockAhead).UnixMilli()))
 	added := 0
+	// One count per reason per state, not per info: a state of thousands
+	// of forged infos is one refused input, and costs one description.
+	refused := map[string]string{}
+	dropped := map[string]int{}
 	for _, name := range sortedNames(w.st.peers) {
 		p := w.st.peers[name]
 		cur, known := a.st.peers[name]
@@ -150,26 +154,38 @@ func (a *Allocator) screenLocked(w *wireState) error {
 		reason, detail := "", ""
 		switch {
 		case p.Epoch >= maxCounter || p.Version >= maxCounter || p.Epoch > cur.Epoch+maxEpochStep:
-			reason, detail = RejectCounter, fmt.Sprintf("epoch %d version %d (known: epoch %d)", p.Epoch, p.Version, cur.Epoch)
+			reason = RejectCounter
+			detail = fmt.Sprintf("epoch %d version %d (known: epoch %d)", p.Epoch, p.Version, cur.Epoch)
 		case p.Version > nowMs:
-			reason, detail = RejectFuture, fmt.Sprintf("version %d is %v ahead of this clock", p.Version, time.Duration(p.Version-nowMs)*time.Millisecond+maxClockAhead)
+			reason = RejectFuture
+			detail = fmt.Sprintf("version %d is %v ahead of this clock", p.Version, time.Duration(p.Version-nowMs)*time.Millisecond+maxClockAhead)
 		case len(p.Held) > maxHeld:
 			reason, detail = RejectHeld, fmt.Sprintf("%d held addresses (at most %d)", len(p.Held), maxHeld)
 		case foreignHeld(p.Held, space[name]) > maxForeignHeld:
-			reason, detail = RejectHeld, fmt.Sprintf("%d held addresses outside its space (at most %d)", foreignHeld(p.Held, space[name]), maxForeignHeld)
+			reason = RejectHeld
+			detail = fmt.Sprintf("%d held addresses outside its space (at most %d)", foreignHeld(p.Held, space[name]), maxForeignHeld)
 		case !known && len(a.st.peers)+added >= maxPeers:
 			reason, detail = RejectPeerTable, fmt.Sprintf("table holds %d peers", len(a.st.peers)+added)
 		case !known && !p.Removed && len(space[name]) == 0 && !a.isMember(name):
 			reason, detail = RejectUnknownPeer, "not a member and owns no space"
 		}
 		if reason != "" {
-			a.rejectLocked(reason, fmt.Sprintf("from %s about %s: %s", who, name, detail))
+			if _, ok := refused[reason]; !ok {
+				refused[reason] = fmt.Sprintf("from %s about %s: %s", who, name, detail)
+			}
+			dropped[reason]++
 			delete(w.st.peers, name)
 			continue
 		}
 		if !known {
 			added++
 		}
+	}
+	for reason, detail := range refused {
+		if n := dropped[reason]; n > 1 {
+			detail += fmt.Sprintf(" (and %d more infos of that state)", n-1)
+		}
+		a.rejectLocked(reason, detail)
 	}
 	return nil
 }

@@ -156,6 +156,11 @@ func meshKey(keyFile string) (*crypto.MasterKey, error) {
 	return crypto.KeyFileKey(raws[0]), nil
 }
 
+var (
+	wholeOnce sync.Once
+	whole     []byte
+)
+
 type attack struct {
 	name string
 	msg  []byte
@@ -201,14 +206,19 @@ func attacks(w ipam.Wire, first []byte, self, victim, other string) []attack {
 			c.Peers[fmt.Sprintf("fake-%05d", i)] = ipam.WirePeer{Version: now, ID: "fake"}
 		}
 	})
-	// A whole-range Held list: more than a megabyte on a /12.
-	add("whole-range-held", func(c *ipam.Wire) {
+	// A whole-range Held list: more than a megabyte on a /12. Built once:
+	// it is refused unread, whatever the rest says.
+	wholeOnce.Do(func() {
+		c := clone(w)
+		c.Sender = self
 		held := make([]uint64, size)
 		for i := range held {
 			held[i] = uint64(i)
 		}
 		c.Peers[self] = ipam.WirePeer{Version: now, ID: "hostile", Held: held}
+		whole = c.Message()
 	})
+	out = append(out, attack{"whole-range-held", whole})
 	// A replayed old state, as it was first captured.
 	out = append(out, attack{"replay", append([]byte{1}, first...)})
 	return out
