@@ -140,7 +140,12 @@ func (a *Allocator) screenLocked(w *wireState) error {
 	jr := joinedRing(a.st, w.st)
 	space := ownedSpans(jr)
 	nowMs := uint64(max(0, a.cfg.Now().Add(maxClockAhead).UnixMilli()))
-	added := 0
+	added, counted := 0, 0
+	for name, p := range a.st.peers {
+		if !goneForGood(name, p, space) {
+			counted++
+		}
+	}
 	// One count per reason per state, not per info: a state of thousands
 	// of forged infos is one refused input, and costs one description.
 	refused := map[string]string{}
@@ -164,9 +169,9 @@ func (a *Allocator) screenLocked(w *wireState) error {
 		case foreignHeld(p.Held, space[name]) > maxForeignHeld:
 			reason = RejectHeld
 			detail = fmt.Sprintf("%d held addresses outside its space (at most %d)", foreignHeld(p.Held, space[name]), maxForeignHeld)
-		case !known && len(a.st.peers)+added >= maxPeers:
-			reason, detail = RejectPeerTable, fmt.Sprintf("table holds %d peers", len(a.st.peers)+added)
-		case !known && !p.Removed && len(space[name]) == 0 && !a.isMember(name):
+		case !known && counted+added >= maxPeers:
+			reason, detail = RejectPeerTable, fmt.Sprintf("table holds %d peers that count", counted+added)
+		case !known && len(space[name]) == 0 && !a.isMember(name) && !(p.Removed && len(p.Held) > 0):
 			reason, detail = RejectUnknownPeer, "not a member and owns no space"
 		}
 		if reason != "" {
@@ -188,6 +193,17 @@ func (a *Allocator) screenLocked(w *wireState) error {
 		a.rejectLocked(reason, detail)
 	}
 	return nil
+}
+
+// goneForGood says whether a peer's info is only a tombstone: removed,
+// holding nothing, owning nothing. Such entries stay in the table (a
+// CRDT: dropped, the name would come back with the next state that
+// carries it, and the removal must keep beating the peer's late
+// heartbeats), but cost nothing and do not count towards maxPeers, so a
+// long-lived mesh whose nodes come and go never fills the table. They
+// only come from removals of names that existed.
+func goneForGood(name string, p peerInfo, space map[string][]span) bool {
+	return p.Removed && len(p.Held) == 0 && len(space[name]) == 0
 }
 
 // screenRingLocked refuses a ring whose entries jump ahead of ours by more

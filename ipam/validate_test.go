@@ -210,6 +210,44 @@ func TestBoundsPeerTableFull(t *testing.T) {
 	}
 }
 
+// TestBoundsTombstonesDoNotFillTheTable: peers removed for good (removed,
+// holding and owning nothing) stay as tombstones but do not count towards
+// maxPeers, so a mesh whose nodes come and go keeps admitting new ones;
+// invented removed names without Held are refused as unknown.
+func TestBoundsTombstonesDoNotFillTheTable(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		removed  peerInfo
+		member   bool
+		wantNew  bool
+		wantRule string
+	}{
+		{"former members removed for good", peerInfo{Epoch: 1, Version: 1, Removed: true}, true, true, ""},
+		{"invented removed names", peerInfo{Epoch: 1, Version: 1, Removed: true}, false, true, RejectUnknownPeer},
+		{"former members still holding addresses", peerInfo{Epoch: 1, Version: 1, Removed: true, Held: []uint64{7}}, true, false, RejectPeerTable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			net, a := hostileNet(t)
+			a.Allocator.cfg.IsMember = func(name string) bool { return tc.member || name != "newcomer" && !strings.HasPrefix(name, "old-") }
+			w := forged(t, net)
+			for i := range maxPeers {
+				w.st.peers[fmt.Sprintf("old-%04d", i)] = tc.removed
+			}
+			_ = send(a, w)
+			a.Allocator.cfg.IsMember = func(string) bool { return true }
+			w = forged(t, net)
+			w.st.peers["newcomer"] = peerInfo{Version: uint64(net.clock.Now().UnixMilli())}
+			_ = send(a, w)
+			if _, ok := a.Allocator.st.peers["newcomer"]; ok != tc.wantNew {
+				t.Fatalf("newcomer admitted = %v with %d peers known (rejections %v)", ok, len(a.Allocator.st.peers), a.Status().Rejected)
+			}
+			if tc.wantRule != "" && a.Status().Rejected[tc.wantRule] == 0 {
+				t.Fatalf("no %s rejection: %v", tc.wantRule, a.Status().Rejected)
+			}
+		})
+	}
+}
+
 // TestBoundsProblemsStayBounded: states of another cluster range from many
 // invented senders give one problem line, not one per sender.
 func TestBoundsProblemsStayBounded(t *testing.T) {
