@@ -118,7 +118,7 @@ func (a *Allocator) rejectionsLocked() (map[string]uint64, []string) {
 	var lines []string
 	for _, r := range RejectReasons {
 		if n := a.guard.count[r]; n > 0 {
-			lines = append(lines, fmt.Sprintf("refused %d IPAM inputs (%s), last: %s; only a peer holding the mesh key can send them (see docs/ipam.md, bounds)", n, r, a.guard.note[r]))
+			lines = append(lines, fmt.Sprintf("refused %d IPAM inputs (%s), last: %s; see \"Bounds on what a peer may claim\" in docs/ipam.md", n, r, a.guard.note[r]))
 		}
 	}
 	return maps.Clone(a.guard.count), lines
@@ -156,6 +156,13 @@ func (a *Allocator) screenLocked(w *wireState) error {
 		if known && comparePeerInfo(p, cur) <= 0 {
 			continue // the join ignores it
 		}
+		if !known && goneForGood(name, p, space) && !a.isMember(name) {
+			// A tombstone of a name never heard of here (a peer removed
+			// before this one joined): it carries nothing to learn, so
+			// it is skipped without a word, honest or not.
+			delete(w.st.peers, name)
+			continue
+		}
 		reason, detail := "", ""
 		switch {
 		case p.Epoch >= maxCounter || p.Version >= maxCounter || p.Epoch > cur.Epoch+maxEpochStep:
@@ -182,7 +189,7 @@ func (a *Allocator) screenLocked(w *wireState) error {
 			delete(w.st.peers, name)
 			continue
 		}
-		if !known {
+		if !known && !goneForGood(name, p, space) {
 			added++
 		}
 	}
