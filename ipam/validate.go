@@ -77,7 +77,7 @@ func (a *Allocator) rejectLocked(reason, detail string) {
 		a.guard.count, a.guard.note = map[string]uint64{}, map[string]string{}
 	}
 	if a.guard.count[reason] == 0 {
-		a.log.Warn("refused IPAM input from a peer holding the mesh key", "reason", reason, "detail", detail)
+		a.log.Warn("refused IPAM input beyond a bound (further ones of this reason are only counted)", "reason", reason, "detail", detail)
 	}
 	a.guard.count[reason]++
 	a.guard.note[reason] = detail
@@ -165,7 +165,7 @@ func (a *Allocator) screenLocked(w *wireState) error {
 		}
 		reason, detail := "", ""
 		switch {
-		case p.Epoch >= maxCounter || p.Version >= maxCounter || p.Epoch > cur.Epoch+maxEpochStep:
+		case beyond(p.Epoch, cur.Epoch, maxEpochStep) || p.Version >= maxCounter:
 			reason = RejectCounter
 			detail = fmt.Sprintf("epoch %d version %d (known: epoch %d)", p.Epoch, p.Version, cur.Epoch)
 		case p.Version > nowMs:
@@ -225,7 +225,7 @@ func (a *Allocator) screenRingLocked(w *wireState) error {
 	i, j := 0, 0
 	for pos := uint64(0); pos < theirs.size; {
 		e, base := theirs.segs[j].e, mine.segs[i].e.Version
-		if e.Version >= maxCounter || e.Version > base+maxRingStep {
+		if beyond(e.Version, base, maxRingStep) {
 			d := fmt.Sprintf("from %s: ring version %d at offset %d (ours %d)", orUnknown(w.sender), e.Version, pos, base)
 			a.rejectLocked(RejectCounter, d)
 			return fmt.Errorf("%w: %s: %s", ErrRejected, RejectCounter, d)
@@ -240,6 +240,13 @@ func (a *Allocator) screenRingLocked(w *wireState) error {
 		}
 	}
 	return nil
+}
+
+// beyond says whether v reaches maxCounter or exceeds base by more than
+// step, without overflow whatever base is (a state file written before the
+// bounds may hold anything).
+func beyond(v, base, step uint64) bool {
+	return v >= maxCounter || v > base && v-base > step
 }
 
 // isMember asks the daemon whether name is a live member; without

@@ -419,3 +419,25 @@ func TestClaimUnderOwnNameReasserted(t *testing.T) {
 		t.Fatalf("a's info after the forgery: version %d (forged %d), held %v (real %v)", got.Version, f.Version, got.Held, real.Held)
 	}
 }
+
+// TestBeyondNeverOverflows: the step check holds at the edges of uint64.
+func TestBeyondNeverOverflows(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		v, base, step uint64
+		want          bool
+	}{
+		{"within the step", 10, 5, 5, false},
+		{"one past the step", 11, 5, 5, true},
+		{"behind the base", 3, 5, 5, false},
+		{"base near the maximum", math.MaxUint64 - 1, math.MaxUint64 - 2, 5, true},
+		{"at the ceiling", maxCounter, maxCounter - 1, 5, true},
+		{"base beyond the ceiling, v small", 1, math.MaxUint64, 5, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := beyond(tc.v, tc.base, tc.step); got != tc.want {
+				t.Fatalf("beyond(%d, %d, %d) = %v", tc.v, tc.base, tc.step, got)
+			}
+		})
+	}
+}
