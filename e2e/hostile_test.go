@@ -141,7 +141,9 @@ func TestHostilePeer(t *testing.T) {
 	}
 	for _, n := range nodes {
 		for _, p := range n.MustStatus().Peers {
-			if p.Name == victim.Host.Name && p.State != "alive" {
+			// Suspect may come and go on a loaded machine; the flood
+			// must not have made it dead or gone.
+			if p.Name == victim.Host.Name && !p.State.Live() {
 				t.Errorf("%s sees the victim %s", n.Host.Name, p.State)
 			}
 		}
