@@ -31,16 +31,26 @@ func (c *ipamChannel) LocalState() []byte {
 
 func (c *ipamChannel) MergeRemoteState(b []byte) error {
 	if a := c.a.Load(); a != nil && len(b) > 0 {
-		return a.MergeRemoteState(b)
+		return quietRefusal(a.MergeRemoteState(b))
 	}
 	return nil
 }
 
 func (c *ipamChannel) HandleMessage(from string, msg []byte) error {
 	if a := c.a.Load(); a != nil {
-		return a.HandleMessage(from, msg)
+		return quietRefusal(a.HandleMessage(from, msg))
 	}
 	return nil
+}
+
+// quietRefusal drops the errors of input refused by a bound: the IPAM
+// counts them, names them in status and logs the first of each reason, so
+// a flood of them does not flood the log through the gossip layer too.
+func quietRefusal(err error) error {
+	if errors.Is(err, ipam.ErrRejected) {
+		return nil
+	}
+	return err
 }
 
 func (d *Daemon) startIPAM(initialPeers int) error {
@@ -57,6 +67,7 @@ func (d *Daemon) startIPAM(initialPeers int) error {
 	cfg.InitialPeerCount = initialPeers
 	cfg.ReclaimAfter = d.cfg.ReclaimAfter
 	cfg.Logger = d.log
+	cfg.IsMember = d.members.IsMember
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return err

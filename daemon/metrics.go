@@ -71,6 +71,7 @@ var (
 	descTx         = prometheus.NewDesc("mesh_peer_tx_bytes_total", "Bytes sent to a peer over the data plane.", []string{"peer"}, nil)
 	descIPAM       = prometheus.NewDesc("mesh_ipam_addresses", "Addresses of this node by kind: owned, allocated, free.", []string{"kind"}, nil)
 	descBlocked    = prometheus.NewDesc("mesh_ipam_blocked", "1 for the kind of wait that currently stops this node's IPAM (see mesh status ipam), 0 for the others.", []string{"reason"}, nil)
+	descRejected   = prometheus.NewDesc("mesh_ipam_rejected_total", "Remote IPAM input refused by a bound (docs/ipam.md), by reason; only a peer holding the mesh key can send it.", []string{"reason"}, nil)
 	descUnreach    = prometheus.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", nil, nil)
 	descRecErr     = prometheus.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", nil, nil)
 	descRecRuns    = prometheus.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", nil, nil)
@@ -86,7 +87,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descBlocked, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
 	}
 }
@@ -122,6 +123,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			v = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.GaugeValue, v, r)
+	}
+	for _, r := range ipam.RejectReasons {
+		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.Rejected[r]), r)
 	}
 	for name, n := range d.policy.DeniedPackets() {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
