@@ -26,6 +26,10 @@ test: deps lint
 lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	# Programs the tests build from testdata, which ./... leaves out.
+	$(GO) vet $(addprefix ./,$(wildcard e2e/testdata/*/))
+	# The build-tagged suites.
+	for tags in bench demo e2ek8s e2ekernel kernelvm; do $(GO) vet -tags $$tags ./... || exit 1; done
 	$(GO) mod tidy -diff
 
 # A small mesh of simulated hosts on this machine, status printed, torn down.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/identity"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
 )
@@ -145,7 +146,7 @@ func meshKey(keyFile string) (*crypto.MasterKey, error) {
 	if keyFile == "" {
 		return crypto.PasswordKey([]byte(os.Getenv("MESH_PASSWORD")), os.Getenv("MESH_NAME"))
 	}
-	data, err := crypto.ReadSecretFile(keyFile)
+	data, err := identity.ReadSecretFile(keyFile)
 	if err != nil {
 		return nil, err
 	}
