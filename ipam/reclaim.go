@@ -186,13 +186,17 @@ func (a *Allocator) claimEchoedLocked(start, version uint64) bool {
 // With a tombstone of version+1 such a chain tied with or outran the
 // tombstone and its claim, so a state that had never seen the tombstone
 // counted as its echo, and the chain's last owner kept allocating under
-// the heir (seed 36 of the restart soak). Jumping 2^32 versions puts the
+// the heir (seed 36 of the restart soak). Jumping 2^16 versions puts the
 // tombstone above every transfer its writer has not seen (no offset
-// changes hands 2^32 times), so only a state that holds the tombstone, or
-// what was written on top of it, reaches its version: the echo count is
-// exact and the quorum argument of docs/ipam.md holds for every peer that
-// allocates in that space, not only for the silent one.
-const reclaimVersionJump = 1 << 32
+// changes hands 65536 times inside one partition), so only a state that
+// holds the tombstone, or what was written on top of it, reaches its
+// version: the echo count is exact and the quorum argument of
+// docs/ipam.md holds for every peer that allocates in that space, not
+// only for the silent one. It stays well under maxRingStep, so a peer
+// (of this release or the previous one) that missed up to
+// maxRingStep/reclaimVersionJump - 1 reclaims of the same address still
+// merges the ring (TestReclaimJumpWithinRingStep).
+const reclaimVersionJump = 1 << 16
 
 // autoReclaimLocked tombstones the space of leased peers silent for
 // ReclaimAfter, provided this peer hears from a majority (a minority side
