@@ -56,25 +56,22 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 		st.Targets = append(st.Targets, at)
 	}
 	st.KeyIDs, st.GossipKeyID = d.keys.status()
-	d.mu.Lock()
-	st.PublicKey = d.meta.PublicKey
-	d.mu.Unlock()
+	_, meta := d.self.get()
+	st.PublicKey = meta.PublicKey
 	st.IPAM, st.OverlayIP = d.ipamStatus()
 	st.Policies = d.policyStatus()
 	st.Dataplane = d.dp.Kind()
 	st.MTU = d.mtu
 	st.Connections = d.connections(ctx)
-	d.mu.Lock()
-	if d.cniErr != "" && !d.cniDone {
-		st.Problems = append(st.Problems, "CNI plugin not installed: "+d.cniErr)
+	if err := d.cniErr.get(); err != nil && !d.cniDone.Load() {
+		st.Problems = append(st.Problems, "CNI plugin not installed: "+err.Error())
 	}
-	if d.natErr != nil {
-		st.Problems = append(st.Problems, "NAT: "+d.natErr.Error())
+	if err := d.natErr.get(); err != nil {
+		st.Problems = append(st.Problems, "NAT: "+err.Error())
 	}
-	if d.isoErr != nil {
-		st.Problems = append(st.Problems, "port isolation: "+d.isoErr.Error())
+	if err := d.isoErr.get(); err != nil {
+		st.Problems = append(st.Problems, "port isolation: "+err.Error())
 	}
-	d.mu.Unlock()
 	if err := d.rec.Counters().LastError; err != nil {
 		st.Problems = append(st.Problems, "data plane: "+err.Error())
 	}

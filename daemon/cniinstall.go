@@ -18,25 +18,16 @@ const CNIConfName = api.CNIConfName
 // kubelet marks a node Ready as soon as a CNI config appears, so writing it
 // earlier would send pods to a node that can only answer "try again later".
 func (d *Daemon) maybeInstallCNI() {
-	d.mu.Lock()
-	done := d.cniDone
-	d.mu.Unlock()
-	if d.cfg.NoCNI || done || d.ready() != nil {
+	if d.cfg.NoCNI || d.cniDone.Load() || d.ready() != nil {
 		return
 	}
 	if err := installCNI(d.cfg); err != nil {
-		d.mu.Lock()
-		repeated := d.cniErr == err.Error()
-		d.cniErr = err.Error()
-		d.mu.Unlock()
-		if !repeated {
+		if d.cniErr.set(err) {
 			d.log.Error("failed to install the CNI plugin; pods cannot start on this node (retrying)", "error", err)
 		}
 		return
 	}
-	d.mu.Lock()
-	d.cniDone = true
-	d.mu.Unlock()
+	d.cniDone.Store(true)
 	d.log.Info("installed the CNI plugin", "bin", filepath.Join(d.cfg.CNIBinDir, api.CNIPluginName), "conf", filepath.Join(d.cfg.CNIConfDir, CNIConfName))
 }
 

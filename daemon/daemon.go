@@ -13,7 +13,6 @@ import (
 
 	"github.com/meshnet/mesh/attach"
 	"github.com/meshnet/mesh/control"
-	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/identity"
@@ -68,18 +67,18 @@ type Daemon struct {
 	// rotateMu serialises rotations.
 	rotateMu sync.Mutex
 
-	mu      sync.Mutex
-	key     crypto.PrivateKey // this node's WireGuard key; rotated by mesh rotate --node-key
-	meta    mesh.Meta         // what this node gossips about itself
-	cniDone bool
-	cniErr  string // last installation error, logged once
-	natErr  error  // last error of the NAT table
+	// self: this node's WireGuard key (rotated by mesh rotate --node-key)
+	// and what it gossips about itself.
+	self    selfState
+	cniDone atomic.Bool
+	cniErr  lastError // last failure to install the CNI plugin
+	natErr  lastError // last error of the NAT table
 
 	health loopHealth // progress of the main loops, for /healthz
 	// badMeta: member name -> why it gets no WireGuard peer (logged once).
-	badMeta     map[string]string
-	isoRestores int64 // isolation tables restored after an outside change
-	isoErr      error // last failure to program the isolation tables, nil once it worked
+	badMeta     badMetaLog
+	isoRestores atomic.Int64 // isolation tables restored after an outside change
+	isoErr      lastError    // last failure to program the isolation tables, nil once it worked
 }
 
 // Start brings the node up: identity, keys, data plane, gossip, IPAM and
@@ -119,7 +118,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks,
+	d := &Daemon{cfg: cfg, log: log, id: id, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks,
 		leaving: make(chan struct{}), policy: noPolicy{}, nat: noNAT{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
@@ -154,7 +153,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 
 	mc := mesh.DefaultConfig()
 	mc.Name = id.Name
-	d.meta = mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort}
+	meta := mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort}
 	mc.AdvertiseAddr = cfg.AdvertiseAddr
 	mc.Port = cfg.Port
 	mc.Targets = cfg.Peers
@@ -164,10 +163,11 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		log.Warn("running without a mesh password (--insecure): gossip is neither encrypted nor authenticated, and anyone who can reach port 6783 can join")
 	} else {
 		mc.GossipKey, mc.SecondaryGossipKeys = gossipKeys(ks.keys, ks.primary)
-		d.meta.Keys = keyIDs(ks.keys)
-		log.Info("mesh keys loaded", "keys", d.meta.Keys, "gossip", ks.primary.ID())
+		meta.Keys = keyIDs(ks.keys)
+		log.Info("mesh keys loaded", "keys", meta.Keys, "gossip", ks.primary.ID())
 	}
-	mc.Meta = d.meta
+	d.self.key, d.self.meta = key, meta
+	mc.Meta = meta
 	if d.members, err = mesh.New(mc); err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/meshnet/mesh/api"
@@ -97,18 +98,13 @@ func (d *Daemon) applyNAT(overlay netip.Addr, members []mesh.Member) {
 		OverlayDevice: d.cfg.WGDevice,
 		OverlayIP:     overlay,
 	})
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if err != nil && (d.natErr == nil || d.natErr.Error() != err.Error()) {
+	if d.natErr.set(err) && err != nil {
 		d.log.Warn("failed to apply the NAT table", "error", err)
 	}
-	d.natErr = err
 }
 
 func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input {
-	d.mu.Lock()
-	key := d.key
-	d.mu.Unlock()
+	key, _ := d.self.get()
 	keys := d.keys.current()
 	in := peer.Input{
 		Self: d.id.Name, PrivateKey: key,
@@ -160,9 +156,8 @@ func (d *Daemon) connections(ctx context.Context) []api.Connection {
 // gets no WireGuard peer, and without this its pods would be unreachable with
 // nothing said. The record holds only current members, so it stays bounded.
 func (d *Daemon) reportBadMeta(members []mesh.Member) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	seen := make(map[string]string, len(members))
+	byName := make(map[string]mesh.Member, len(members))
 	for _, m := range members {
 		if m.Self {
 			continue
@@ -177,9 +172,11 @@ func (d *Daemon) reportBadMeta(members []mesh.Member) {
 			continue
 		}
 		seen[m.Name] = problem
-		if d.badMeta[m.Name] != problem {
-			d.log.Warn("peer gets no WireGuard peer: "+problem, "peer", m.Name, "version", m.Meta.Version)
-		}
+		byName[m.Name] = m
 	}
-	d.badMeta = seen
+	fresh := d.badMeta.record(seen)
+	slices.Sort(fresh)
+	for _, name := range fresh {
+		d.log.Warn("peer gets no WireGuard peer: "+seen[name], "peer", name, "version", byName[name].Meta.Version)
+	}
 }

@@ -150,11 +150,7 @@ func (d *Daemon) syncIsolation() (err error) {
 	}
 	d.isoMu.Lock()
 	defer d.isoMu.Unlock()
-	defer func() {
-		d.mu.Lock()
-		d.isoErr = err
-		d.mu.Unlock()
-	}()
+	defer func() { d.isoErr.set(err) }()
 	want := d.isolationConfig()
 	prev, applied := d.iso.Applied()
 	if applied && prev.String() == want.String() {
@@ -165,9 +161,7 @@ func (d *Daemon) syncIsolation() (err error) {
 		if ok {
 			return nil
 		}
-		d.mu.Lock()
-		d.isoRestores++
-		d.mu.Unlock()
+		d.isoRestores.Add(1)
 		d.log.Warn("the port-isolation tables were changed or deleted outside mesh; restoring them", "table", isolation.TableName)
 	}
 	if !applied || prev.String() == want.String() {

@@ -35,7 +35,7 @@ func TestIsolationFailureIsAProblem(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "invalid bridge name") {
 		t.Fatalf("syncIsolation with an invalid bridge = %v, want an error naming it", err)
 	}
-	if d.isoErr == nil {
+	if d.isoErr.get() == nil {
 		t.Errorf("the failure is not kept for status")
 	}
 }

@@ -136,9 +136,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		for _, name := range isolation.Counters {
 			ch <- prometheus.MustNewConstMetric(descIsoDropped, prometheus.CounterValue, float64(ctrs[name]), name)
 		}
-		d.mu.Lock()
-		restores := d.isoRestores
-		d.mu.Unlock()
+		restores := d.isoRestores.Load()
 		ch <- prometheus.MustNewConstMetric(descIsoRestore, prometheus.CounterValue, float64(restores))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -65,8 +65,9 @@ func testDaemon(t *testing.T) (*Daemon, *fastdptest.Dataplane) {
 		t.Fatal(err)
 	}
 	dp := fastdptest.New("")
-	d := &Daemon{cfg: cfg, log: log, id: identity.Identity{Name: "n1"}, key: key, keys: &keyStore{}, ipam: a, dp: dp,
+	d := &Daemon{cfg: cfg, log: log, id: identity.Identity{Name: "n1"}, keys: &keyStore{}, ipam: a, dp: dp,
 		rec: peer.NewReconciler(dp, log), mtu: 1420, policy: noPolicy{}, nat: noNAT{}}
+	d.self.key = key
 	return d, dp
 }
 

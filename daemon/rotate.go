@@ -9,6 +9,7 @@ import (
 	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/identity"
+	"github.com/meshnet/mesh/mesh"
 )
 
 // status returns the key IDs held and the gossip key's.
@@ -85,11 +86,8 @@ func (d *Daemon) rotateMeshKeys() (*api.RotateResult, error) {
 			res.Dropped = append(res.Dropped, id)
 		}
 	}
-	d.mu.Lock()
-	d.meta.Keys = ids
-	meta := d.meta
+	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) { m.Keys = ids })
 	res.PublicKey = meta.PublicKey
-	d.mu.Unlock()
 	if err := d.members.UpdateMeta(meta); err != nil {
 		d.log.Warn("failed to announce the new key IDs", "error", err)
 	}
@@ -115,11 +113,10 @@ func (d *Daemon) rotateNodeKey() (*api.RotateResult, error) {
 	if err := identity.SaveWireGuardKey(d.cfg.path("wireguard.key"), k); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	d.key = k
-	d.meta.PublicKey = pub.String()
-	meta := d.meta
-	d.mu.Unlock()
+	meta := d.self.update(func(key *crypto.PrivateKey, m *mesh.Meta) {
+		*key = k
+		m.PublicKey = pub.String()
+	})
 	// Ask for the data plane's pass before announcing, so that the new
 	// key is usually in place when the peers, which switch as soon as they
 	// hear of it, handshake.

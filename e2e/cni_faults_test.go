@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshnet/mesh/internal/meshtest"
 )
 
 // addPodIn is addPod in the CNI network named network.
@@ -20,16 +22,7 @@ func addPodIn(ctx context.Context, t *testing.T, n *node, network, name string) 
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("cnitool add %s on %s: %v\n%s", network, n.Host.Name, err, out)
 	}
-	var res struct {
-		IPs []struct {
-			Address string `json:"address"`
-		} `json:"ips"`
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
-		return netip.Addr{}, fmt.Errorf("bad ADD result %q: %v", out, err)
-	}
-	p, err := netip.ParsePrefix(res.IPs[0].Address)
-	return p.Addr(), err
+	return meshtest.ADDResultAddr(out)
 }
 
 // TestCNIGCOnlyItsNetwork: a second CNI network uses the same daemon; a GC
@@ -112,15 +105,11 @@ func TestCNIConcurrentAddsOfOneKey(t *testing.T) {
 				t.Errorf("round %d: a racing ADD failed: %v\n%s", round, a.err, a.out)
 				continue
 			}
-			var res struct {
-				IPs []struct {
-					Address string `json:"address"`
-				} `json:"ips"`
+			ip, err := meshtest.ADDResultAddr(a.out)
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
 			}
-			if err := json.Unmarshal([]byte(a.out), &res); err != nil || len(res.IPs) != 1 {
-				t.Fatalf("round %d: bad ADD result %q: %v", round, a.out, err)
-			}
-			got[res.IPs[0].Address]++
+			got[ip.String()]++
 		}
 		if len(got) > 1 {
 			t.Errorf("round %d: racing ADDs of one key answered different addresses: %v", round, got)
