@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -490,4 +491,71 @@ func FuzzMergeRemoteStateIPv6(f *testing.F) {
 			t.Fatalf("allocated %v outside the ring", addr)
 		}
 	})
+}
+
+// randState6 is randState over the 2^48 addresses of an IPv6 ring: runs
+// start and end at a few points that include both ends of the ring and
+// the middle, so that collisions, ties and seed clashes stay common while
+// offsets use the full width.
+func randState6(r *rand.Rand) state {
+	const size = uint64(1) << 48
+	points := []uint64{0, 1, 2, size/3 + 1, size/2 - 1, size / 2, size - 2, size - 1, size}
+	st := newState(size)
+	if r.IntN(5) > 0 {
+		st.seed = seed{Members: uint64(1 + r.IntN(2)), ID: uint64(1 + r.IntN(2))}
+		names := []string{"", "a", "b", "c"}
+		for range r.IntN(6) {
+			i := r.IntN(len(points) - 1)
+			j := i + 1 + r.IntN(len(points)-1-i)
+			ent := entry{Version: uint64(r.IntN(4)), Owner: names[r.IntN(4)]}
+			if r.IntN(3) == 0 {
+				ent.Dead = names[1+r.IntN(3)]
+			}
+			st.ring = st.ring.update(points[i], points[j], func(entry) entry { return ent })
+		}
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		if r.IntN(2) == 0 {
+			p := peerInfo{Epoch: uint64(r.IntN(2)), Version: uint64(r.IntN(3)), ID: "id" + n, Free: uint64(r.IntN(2)) << 47}
+			p.Removed = r.IntN(4) == 0
+			if r.IntN(2) == 0 {
+				p.Held = []uint64{uint64(r.IntN(8)), size - 1 - uint64(r.IntN(8))}
+			}
+			st.peers[n] = p
+		}
+	}
+	return st
+}
+
+// TestMergePropertiesIPv6Ring is TestMergeProperties and TestCodecRoundTrip
+// on the full-width offsets of an IPv6 ring: the join stays commutative,
+// associative, idempotent and an upper bound, and the MIP6 encoding round
+// trips canonically.
+func TestMergePropertiesIPv6Ring(t *testing.T) {
+	r := rand.New(rand.NewPCG(6, 6))
+	pfx := mustPrefix("fd32::/48")
+	for i := range 3000 {
+		a, b, c := randState6(r), randState6(r), randState6(r)
+		if !stateEqual(join(a, b), join(b, a)) {
+			t.Fatalf("case %d: not commutative", i)
+		}
+		if !stateEqual(join(join(a, b), c), join(a, join(b, c))) {
+			t.Fatalf("case %d: not associative", i)
+		}
+		j := join(a, b)
+		if !stateEqual(join(a, a), a) || !stateEqual(join(j, a), j) || !stateEqual(join(j, b), j) {
+			t.Fatalf("case %d: not idempotent or not an upper bound", i)
+		}
+		if a.seed.isZero() {
+			a.ring = newRing(1 << 48)
+		}
+		buf := encodeState(pfx, "x", a)
+		w, err := decodeState(buf)
+		if err != nil {
+			t.Fatalf("case %d: %v", i, err)
+		}
+		if w.prefix != pfx || !stateEqual(w.st, a) || !bytes.Equal(encodeState(pfx, "x", w.st), buf) {
+			t.Fatalf("case %d: round trip changed the state or is not canonical", i)
+		}
+	}
 }
