@@ -559,3 +559,38 @@ func TestMergePropertiesIPv6Ring(t *testing.T) {
 		}
 	}
 }
+
+// TestIPv6DonationKeepsRingEnds: a donation on an IPv6 ring, as on an IPv4
+// one, never gives away offset 0 (the subnet-router anycast address) nor
+// the ring's last offset; the donor keeps the last one and hands it to a
+// pod, as IPv6 has no broadcast address.
+func TestIPv6DonationKeepsRingEnds(t *testing.T) {
+	const pfx = "fd32::/124" // 16 addresses
+	s := newSimNet(9)
+	s.add(t, "a", pfx, 1, 0) // seeds alone, owns all
+	s.add(t, "b", pfx, 2, 0) // joins and asks for space
+	s.settle(t, 10)
+	a, b := s.nodes["a"], s.nodes["b"]
+	if _, ok := b.OverlayIP(); !ok {
+		t.Fatalf("b got no space: %+v", b.Status())
+	}
+	a.mu.Lock()
+	first, last := a.st.ring.get(0).Owner, a.st.ring.get(15).Owner
+	a.mu.Unlock()
+	if first != "a" || last != "a" {
+		t.Fatalf("offset 0 owned by %q, offset 15 by %q; want both kept by a (ranges %v)", first, last, a.Ranges())
+	}
+	got := map[netip.Addr]bool{}
+	for i := range 16 {
+		if err := simAllocate(a, fmt.Sprint("pod", i)); err != nil {
+			break
+		}
+	}
+	for _, addr := range a.pods {
+		got[addr] = true
+	}
+	if !got[netip.MustParseAddr("fd32::f")] || got[netip.MustParseAddr("fd32::")] {
+		t.Fatalf("a handed out %v: want fd32::f among them and never fd32::", a.pods)
+	}
+	s.checkUnique(t, 9, 0)
+}
