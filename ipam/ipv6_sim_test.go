@@ -37,3 +37,15 @@ func TestSimulationIPv6(t *testing.T) {
 		})
 	}
 }
+
+// TestSimulationIPv6Deterministic replays an IPv6 run with automatic
+// reclaim (allocation through the lease pool) and compares the digests of
+// the message trace and final states, as TestSimulationDeterministic does
+// for IPv4.
+func TestSimulationIPv6Deterministic(t *testing.T) {
+	p := simParams{peers: 8, steps: 250, prefix: "fd32:1::/64", reclaim: 8 * time.Second, powerLoss: true}
+	want := runSimulation(t, 64, p)
+	if got := runSimulation(t, 64, p); got != want {
+		t.Fatalf("replay of seed 64: digest %.16s, first run %.16s", got, want)
+	}
+}
