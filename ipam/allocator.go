@@ -216,14 +216,10 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 	return a, nil
 }
 
-func rangeSize(p netip.Prefix) uint64 { return uint64(1) << (32 - p.Bits()) }
-
-// usable says whether an offset may be given to a pod: not the cluster
-// range's network or broadcast address (kept for ranges of 4 and more).
-func (a *Allocator) usable(off uint64) bool {
-	size := a.st.ring.size
-	return size < 4 || (off != 0 && off != size-1)
-}
+// usable says whether an offset may be given to a pod (usableOffset: not
+// the IPv4 network or broadcast address, not the IPv6 subnet-router
+// anycast address).
+func (a *Allocator) usable(off uint64) bool { return usableOffset(a.cfg.Range, off) }
 
 // gatewayOff is this node's gateway (overlay address), if chosen.
 func (a *Allocator) gatewayOff() (uint64, bool) { return a.gw.off, a.gw.set }
@@ -306,10 +302,23 @@ func (a *Allocator) blocked(off uint64, gw uint64, hasGw bool) bool {
 	return ok
 }
 
-// pickFree returns the lowest allocatable offset. Blocked addresses are few
-// (allocations and reservations), so the scan is short even on a /12.
+// pickFree returns the lowest allocatable offset. Without automatic
+// reclaim the walk stops at the first address that is not blocked, and
+// blocked addresses are few (allocations and reservations), so it is short
+// even on the 2^48 addresses of an IPv6 ring. With automatic reclaim only
+// lease pool addresses pass leaseAllows, so the candidates are the pool
+// (at most poolSize), lowest first: the same answer as the walk, which
+// would visit every owned address before giving up.
 func (a *Allocator) pickFree() (uint64, bool) {
 	ov, hasOv := a.gatewayOff()
+	if a.cfg.ReclaimAfter > 0 {
+		for _, off := range slices.Sorted(maps.Keys(a.pool)) {
+			if e := a.st.ring.get(off); e.Owner == a.cfg.Self && e.Dead == "" && !a.blocked(off, ov, hasOv) && a.leaseAllows(off) {
+				return off, true
+			}
+		}
+		return 0, false
+	}
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
 		for off := sp.start; off < sp.end; off++ {
 			if !a.blocked(off, ov, hasOv) && a.leaseAllows(off) {

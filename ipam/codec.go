@@ -16,10 +16,25 @@ import (
 //	| nPeers (name epoch version id free flags nHeld heldDelta...)...
 //
 // Strings are a length byte then bytes; names are indexes into the table.
+//
+// A state of an IPv6 cluster range has its own magic and header and the
+// same body:
+//
+//	magic "MIP6" | addr[16] bits ringBits | sender | ... as above
+//
+// The IPv4 form is unchanged, byte for byte, from the release before IPv6
+// ranges existed, so such peers keep interoperating. That release refuses
+// the IPv6 form by its magic ("bad magic: not an IPAM state", counted as a
+// corrupt input) instead of reading the first 4 bytes of an IPv6 address
+// as an IPv4 range. ringBits is the number of host bits the ring covers
+// (maxRingBits6 caps it): a peer whose ring would cover another number of
+// addresses gives offsets another meaning, so its state is refused.
 const (
-	stateMagic = "MIP2" // MIP1 had no peer epoch
-	maxName    = 255
-	maxItems   = 1 << 22 // bound on any count, well above 1000 peers
+	stateMagic  = "MIP2" // IPv4; MIP1 had no peer epoch
+	stateMagic6 = "MIP6" // IPv6
+	magicFamily = "MIP"  // what the magics share, for a clearer error
+	maxName     = 255
+	maxItems    = 1 << 22 // bound on any count, well above 1000 peers
 )
 
 type wireState struct {
@@ -57,10 +72,17 @@ func encodeState(prefix netip.Prefix, sender string, st state) []byte {
 	}
 
 	b := make([]byte, 0, 64+16*len(st.ring.segs)+24*len(table))
-	b = append(b, stateMagic...)
-	a4 := prefix.Addr().As4()
-	b = append(b, a4[:]...)
-	b = append(b, byte(prefix.Bits()))
+	if prefix.Addr().Is4() {
+		b = append(b, stateMagic...)
+		a4 := prefix.Addr().As4()
+		b = append(b, a4[:]...)
+		b = append(b, byte(prefix.Bits()))
+	} else {
+		b = append(b, stateMagic6...)
+		a16 := prefix.Addr().As16()
+		b = append(b, a16[:]...)
+		b = append(b, byte(prefix.Bits()), byte(ringBits(prefix)))
+	}
 	b = appendString(b, sender)
 	b = binary.AppendUvarint(b, st.seed.Members)
 	b = binary.AppendUvarint(b, st.seed.ID)
@@ -174,19 +196,12 @@ func (d *decoder) count(minBytes int) int {
 func decodeState(buf []byte) (wireState, error) {
 	var w wireState
 	d := &decoder{b: buf}
-	if string(d.bytes(len(stateMagic))) != stateMagic {
-		return w, errors.New("bad magic: not an IPAM state")
+	prefix, err := decodePrefix(d)
+	if err != nil {
+		return w, err
 	}
-	a := d.bytes(4)
-	bitsB := d.bytes(1)
-	if d.err != nil {
-		return w, d.err
-	}
-	if bitsB[0] < 1 || bitsB[0] > 30 {
-		return w, fmt.Errorf("bad prefix length %d", bitsB[0])
-	}
-	w.prefix = netip.PrefixFrom(netip.AddrFrom4([4]byte(a)), int(bitsB[0])).Masked()
-	size := uint64(1) << (32 - bitsB[0])
+	w.prefix = prefix
+	size := rangeSize(prefix)
 	w.sender = d.str()
 	w.st.seed.Members = d.uvarint()
 	w.st.seed.ID = d.uvarint()
@@ -276,6 +291,43 @@ func decodeState(buf []byte) (wireState, error) {
 		}
 	}
 	return w, nil
+}
+
+// decodePrefix reads the magic and the cluster range of either form.
+func decodePrefix(d *decoder) (netip.Prefix, error) {
+	magic := string(d.bytes(len(stateMagic)))
+	var p netip.Prefix
+	var plen byte
+	ringB := -1 // IPv6 only
+	switch magic {
+	case stateMagic:
+		a, bitsB := d.bytes(4), d.bytes(1)
+		if d.err != nil {
+			return p, d.err
+		}
+		plen = bitsB[0]
+		p = netip.PrefixFrom(netip.AddrFrom4([4]byte(a)), int(plen))
+	case stateMagic6:
+		a, bitsB, rb := d.bytes(16), d.bytes(1), d.bytes(1)
+		if d.err != nil {
+			return p, d.err
+		}
+		plen = bitsB[0]
+		p = netip.PrefixFrom(netip.AddrFrom16([16]byte(a)), int(plen))
+		ringB = int(rb[0])
+	default:
+		if d.err == nil && len(magic) == len(stateMagic) && magic[:len(magicFamily)] == magicFamily {
+			return p, fmt.Errorf("unknown IPAM state layout %q (this release reads %s and %s)", magic, stateMagic, stateMagic6)
+		}
+		return p, errors.New("bad magic: not an IPAM state")
+	}
+	if err := checkRange(p); err != nil {
+		return netip.Prefix{}, fmt.Errorf("bad prefix length %d: %w", plen, err)
+	}
+	if want := ringBits(p); ringB >= 0 && ringB != want {
+		return netip.Prefix{}, fmt.Errorf("the sender's ring covers 2^%d addresses of %v, this release's covers 2^%d: offsets would mean other addresses", ringB, p.Masked(), want)
+	}
+	return p.Masked(), nil
 }
 
 func appendUvarint(b []byte, v uint64) []byte { return binary.AppendUvarint(b, v) }

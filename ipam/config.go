@@ -11,9 +11,13 @@ import (
 // Config configures an Allocator. The zero value is not usable; start from
 // DefaultConfig.
 type Config struct {
-	// Range is the cluster range, an IPv4 prefix of at most 30 bits. All
-	// peers must use the same one; a peer with another range is reported in
-	// Status and its state is never merged.
+	// Range is the cluster range: an IPv4 prefix of /1 to /30, or an IPv6
+	// prefix of /1 to /126 (not IPv4-mapped). Of an IPv6 range larger than
+	// 2^48 addresses only the lowest /80 is split among the peers
+	// (docs/ipam.md, "IPv6 cluster ranges"). All peers must use the same
+	// one; a peer with another range is reported in Status and its state
+	// is never merged. One Allocator serves one family: a dual-stack node
+	// runs one per family.
 	Range netip.Prefix
 	// Self is this peer's name, unique in the mesh.
 	Self string
@@ -74,11 +78,8 @@ var (
 )
 
 func (c *Config) validate() error {
-	if !c.Range.IsValid() || !c.Range.Addr().Is4() {
-		return fmt.Errorf("ipam: cluster range %v is not an IPv4 prefix", c.Range)
-	}
-	if c.Range.Bits() > 30 || c.Range.Bits() < 1 {
-		return fmt.Errorf("ipam: cluster range %v must have a prefix length between 1 and 30", c.Range)
+	if err := checkRange(c.Range); err != nil {
+		return err
 	}
 	c.Range = c.Range.Masked()
 	if c.Self == "" {
@@ -97,4 +98,34 @@ func (c *Config) validate() error {
 		c.Now = time.Now
 	}
 	return nil
+}
+
+// Prefix lengths a cluster range may have, per family: the shortest
+// (largest) and the longest (smallest). The smallest ranges still leave a
+// pod address beside the gateway.
+const (
+	minRangeBits  = 1
+	maxRangeBits4 = 30
+	maxRangeBits6 = 126
+)
+
+// checkRange says why p cannot be a cluster range, naming it.
+func checkRange(p netip.Prefix) error {
+	switch {
+	case !p.IsValid():
+		return fmt.Errorf("ipam: cluster range %v is not a valid prefix", p)
+	case p.Addr().Is4In6():
+		return fmt.Errorf("ipam: cluster range %v is an IPv4-mapped IPv6 prefix: give the IPv4 range %v instead", p, unmap(p))
+	case p.Addr().Is4() && (p.Bits() < minRangeBits || p.Bits() > maxRangeBits4):
+		return fmt.Errorf("ipam: IPv4 cluster range %v must have a prefix length between %d and %d", p, minRangeBits, maxRangeBits4)
+	case p.Addr().Is6() && (p.Bits() < minRangeBits || p.Bits() > maxRangeBits6):
+		return fmt.Errorf("ipam: IPv6 cluster range %v must have a prefix length between %d and %d", p, minRangeBits, maxRangeBits6)
+	}
+	return nil
+}
+
+// unmap is the IPv4 prefix an IPv4-mapped IPv6 prefix stands for (for
+// the error message only).
+func unmap(p netip.Prefix) netip.Prefix {
+	return netip.PrefixFrom(p.Addr().Unmap(), max(0, p.Bits()-96))
 }

@@ -21,6 +21,7 @@ func fuzzSeeds(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte(stateMagic))
 	f.Add(encodeState(mustPrefix("10.0.0.0/24"), "z", newState(256)))
+	fuzzSeeds6(f)
 }
 
 // FuzzMergeRemoteState: arbitrary bytes never panic and never corrupt the
