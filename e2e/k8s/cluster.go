@@ -29,6 +29,10 @@ type Options struct {
 	// Images are image tarballs imported into every node's containerd, in
 	// addition to the pause and busybox test images.
 	Images []string
+	// Upstream also builds the upstream e2e suite (e2e.test), its images
+	// and CoreDNS (build.sh conformance), and imports the images under the
+	// names the suite uses: see upstream.go.
+	Upstream bool
 }
 
 // Cluster is a running Kubernetes cluster on simulated hosts.
@@ -78,17 +82,22 @@ var nodeDirs = []string{
 }
 
 // binaries are the directories build.sh reports.
-type binaries struct{ k8s, etcd, cni string }
+type binaries struct{ k8s, etcd, cni, e2e, coredns string }
 
 func (b binaries) kube(name string) string { return filepath.Join(b.k8s, name) }
 
-// buildBinaries runs build.sh (a no-op once the versioned cache is complete).
-func buildBinaries(t testing.TB) binaries {
+// buildBinaries runs build.sh (a no-op once the versioned cache is complete),
+// with upstream also for the e2e suite and CoreDNS.
+func buildBinaries(t testing.TB, upstream bool) binaries {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "./build.sh")
+	var args []string
+	if upstream {
+		args = append(args, "conformance")
+	}
+	cmd := exec.CommandContext(ctx, "./build.sh", args...)
 	cmd.Stderr = os.Stderr // progress of a cold build
 	out, err := cmd.Output()
 	if err != nil {
@@ -105,10 +114,17 @@ func buildBinaries(t testing.TB) binaries {
 			b.etcd = v
 		case "cni":
 			b.cni = v
+		case "e2e":
+			b.e2e = v
+		case "coredns":
+			b.coredns = v
 		}
 	}
 	if b.k8s == "" || b.etcd == "" || b.cni == "" {
 		t.Fatalf("build.sh did not report the binary directories:\n%s", out)
+	}
+	if upstream && (b.e2e == "" || b.coredns == "") {
+		t.Fatalf("build.sh conformance did not report the e2e and CoreDNS directories:\n%s", out)
 	}
 	t.Logf("binaries ready in %v: %s, %s, %s", time.Since(start).Round(time.Second), b.k8s, b.etcd, b.cni)
 	return b
@@ -137,7 +153,7 @@ func Up(t *testing.T, opts Options) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins := buildBinaries(t)
+	bins := buildBinaries(t, opts.Upstream)
 	start := time.Now()
 
 	n := testnet.New(t, testnet.Options{Hosts: 1 + opts.Nodes, Prefix: runPrefix})
@@ -169,8 +185,18 @@ func Up(t *testing.T, opts Options) *Cluster {
 		t.Fatal(err)
 	}
 	images = append(images, opts.Images...)
+	if opts.Upstream {
+		up, err := buildUpstreamImages(ctx, imgDir, bins)
+		if err != nil {
+			t.Fatal(err)
+		}
+		images = append(images, up...)
+	}
 	for _, node := range c.Nodes {
 		c.startNode(t, node, images)
+	}
+	if opts.Upstream {
+		c.tagUpstreamAliases(t)
 	}
 	if opts.CNI == "bridge" {
 		c.routePodCIDRs(t)
@@ -437,11 +463,11 @@ authorization: {mode: AlwaysAllow}
 readOnlyPort: 0
 staticPodPath: /etc/kubernetes/manifests
 clusterDomain: cluster.local
-clusterDNS: [10.96.0.10]
+clusterDNS: [%s]
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%%", imagefs.available: "1%%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-`, containerdSock, node.cgroupRoot, p.path(node.Name+".crt"), p.path(node.Name+".key"), p.path("ca.crt")))
+`, containerdSock, node.cgroupRoot, p.path(node.Name+".crt"), p.path(node.Name+".key"), p.path("ca.crt"), clusterDNS))
 	if err := os.MkdirAll(filepath.Join(root, "/etc/kubernetes/manifests"), 0o755); err != nil {
 		t.Fatal(err)
 	}

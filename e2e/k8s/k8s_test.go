@@ -43,16 +43,13 @@ const (
 // reclaimed.
 func TestKubernetes(t *testing.T) {
 	cni := setting("MESH_E2E_CNI", "mesh")
-	imageTar, err := filepath.Abs(setting("MESH_E2E_IMAGE_TAR", "../../bin/mesh-image.tar"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(imageTar); err != nil {
-		t.Fatalf("the mesh image tarball is missing (run `make image`): %v", err)
-	}
+	imageTar := meshImageTar(t)
 	image := setting("MESH_E2E_IMAGE", "localhost/mesh:dev")
 
-	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}})
+	// With mesh, a subset of the upstream suite runs too (see
+	// checkUpstreamSubset); make conformance runs all of sig-network's
+	// [Conformance] specs.
+	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}, Upstream: cni == "mesh"})
 	checkImageImported(t, c, image)
 	installMesh(t, c, image, cni == "mesh")
 	if cni == "mesh" {
@@ -66,8 +63,22 @@ func TestKubernetes(t *testing.T) {
 		checkPodToOutside(t, c)
 		checkNodesAndPods(t, c, pods)
 		checkNetworkPolicies(t, c, pods)
+		checkUpstreamSubset(t, c)
 	}
 	deleteNode(t, c, cni == "mesh")
+}
+
+// meshImageTar is `make image`'s tarball.
+func meshImageTar(t *testing.T) string {
+	t.Helper()
+	imageTar, err := filepath.Abs(setting("MESH_E2E_IMAGE_TAR", "../../bin/mesh-image.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(imageTar); err != nil {
+		t.Fatalf("the mesh image tarball is missing (run `make image`): %v", err)
+	}
+	return imageTar
 }
 
 // checkImageImported checks that `make image`'s tarball was imported into
