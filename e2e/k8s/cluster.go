@@ -375,10 +375,12 @@ func (c *Cluster) prepareNode(t testing.TB, node *Node) {
 		t.Fatalf("failed to prepare %s: %v\n%s", node.Name, err, out)
 	}
 
-	// containerd always needs loopback; bridge mode needs the rest.
-	plugins := []string{"loopback"}
+	// containerd always needs loopback, and nodes have portmap as
+	// distributions install it with the kubelet (mesh chains it when it is
+	// there: hostPort); bridge mode needs the rest.
+	plugins := []string{"loopback", "portmap"}
 	if c.opts.CNI == "bridge" {
-		plugins = append(plugins, "bridge", "host-local", "portmap")
+		plugins = append(plugins, "bridge", "host-local")
 		conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "e2e-bridge", "plugins": [
   {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},

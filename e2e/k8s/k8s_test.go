@@ -51,11 +51,22 @@ func TestKubernetes(t *testing.T) {
 	// [Conformance] specs.
 	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}, Upstream: cni == "mesh"})
 	checkImageImported(t, c, image)
-	installMesh(t, c, image, cni == "mesh")
+	applied := installMesh(t, c, image, cni == "mesh")
 	if cni == "mesh" {
 		c.WaitNodesReady(t, 3*time.Minute)
+		t.Logf("TIMING mesh.yaml applied -> all nodes Ready: %v", time.Since(applied).Round(100*time.Millisecond))
 	}
 	pods := podsOnEveryNode(t, c)
+	if cni == "mesh" {
+		// An upper bound: the pods are created once the nodes are Ready.
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := c.exec(ctx, pods[0].Name, "ping", "-c", "1", "-W", "1", pods[1].IP)
+			return err
+		})
+		t.Logf("TIMING mesh.yaml applied -> first pod-to-pod packet across nodes: %v (pods created after the nodes were Ready)", time.Since(applied).Round(100*time.Millisecond))
+	}
 	checkPodToPod(t, c, pods)
 	checkClusterIPService(t, c, pods)
 	if cni == "mesh" {
@@ -133,7 +144,8 @@ func meshManifest(t *testing.T, image string) string {
 // every object, that the DaemonSet's pod was created on every node and that
 // its container was started from the imported image, with the Secret, host
 // paths and TUN device mounted; then it removes mesh again.
-func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
+// It returns when mesh.yaml was applied.
+func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) time.Time {
 	t.Helper()
 	manifest := meshManifest(t, image)
 	c.MustKubectl(t, "", "create", "namespace", meshNamespace, "--save-config")
@@ -145,6 +157,7 @@ func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
 	}
 	c.MustKubectl(t, "", "-n", meshNamespace, "create", "secret", "generic", "mesh-key", "--from-literal=key="+crypto.KeyFileLine(raw))
 	c.MustKubectl(t, manifest, "apply", "--dry-run=server", "-f", "-")
+	applied := time.Now()
 	t.Log(strings.TrimSpace(c.MustKubectl(t, manifest, "apply", "-f", "-")))
 	if wantReady {
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -154,7 +167,7 @@ func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
 			t.Fatalf("mesh DaemonSet not ready: %v\n%s\nlogs:\n%s", err, out, logs)
 		}
 		t.Logf("mesh DaemonSet ready on %d nodes", len(c.Nodes))
-		return
+		return applied
 	}
 	// Every node's mesh container must have started at least once (it may
 	// then exit: the daemon flags it is given may not exist yet).
@@ -191,6 +204,7 @@ func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
 	if out, err := c.Kubectl(ctx, manifest, "delete", "--wait=true", "--timeout=90s", "-f", "-"); err != nil {
 		t.Fatalf("kubectl delete -f mesh.yaml: %v\n%s", err, out)
 	}
+	return applied
 }
 
 type podList struct {
