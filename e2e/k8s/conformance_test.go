@@ -73,6 +73,7 @@ func meshCluster(t *testing.T) *Cluster {
 	installMesh(t, c, image, true)
 	c.WaitNodesReady(t, 3*time.Minute)
 	c.deployCoreDNS(t)
+	c.routePodsViaNode(t)
 	return c
 }
 
@@ -81,6 +82,7 @@ func meshCluster(t *testing.T) *Cluster {
 func checkUpstreamSubset(t *testing.T, c *Cluster) {
 	t.Helper()
 	c.deployCoreDNS(t)
+	c.routePodsViaNode(t)
 	res := c.runUpstream(t, upstreamRun{Name: "subset", Focus: subsetFocus(), Timeout: 15 * time.Minute})
 	for _, n := range res.Failed {
 		t.Errorf("upstream spec failed: %s", n)

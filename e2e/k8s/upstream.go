@@ -278,6 +278,20 @@ func (c *Cluster) deployCoreDNS(t *testing.T) {
 	t.Log("CoreDNS ready behind Service kube-dns " + clusterDNS)
 }
 
+// routePodsViaNode routes the pod range on the control-plane host via the
+// first node. The control plane of this test cluster is a host of its own
+// without kubelet or mesh (on a kubeadm cluster it is a node like the
+// others); the suite needs the API server to reach pods (its pod and
+// Service proxy, "Proxy version v1" specs), which the node, as for any
+// host outside the mesh that routes through it, forwards into the overlay.
+func (c *Cluster) routePodsViaNode(t *testing.T) {
+	t.Helper()
+	gw := c.Nodes[0]
+	if out, err := c.CP.Run(context.Background(), "ip", "route", "replace", meshCIDR, "via", gw.Addr.String()); err != nil {
+		t.Fatalf("route %s via %s on %s: %v\n%s", meshCIDR, gw.Addr, c.CP.Name, err, out)
+	}
+}
+
 // upstreamRun is one run of e2e.test.
 type upstreamRun struct {
 	Name  string   // for the log and report files
