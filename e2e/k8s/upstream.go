@@ -41,7 +41,8 @@ var repoList = map[string]string{
 // toolsImage is one image standing in for the suite's agnhost,
 // jessie-dnsutils and busybox images: agnhost (built from the same module
 // as e2e.test) as the entrypoint, as in upstream's agnhost image, plus
-// busybox's applets, and dig, nslookup, getent and curl from this
+// busybox's applets, and dig, nslookup, getent, curl and OpenBSD's nc
+// (the specs use its -v, -t and -u, which busybox's nc lacks) from this
 // machine's Debian packages with their libraries. The network specs give
 // every jessie-dnsutils and busybox container a command, so the entrypoint
 // does not matter for them.
@@ -62,24 +63,34 @@ var pauseAliases = []string{repoList["gcRegistry"] + "/pause:3.10.1"}
 // (under the renamed registry).
 const corednsImage = "localhost/k8s/coredns/coredns:v1.12.1"
 
-// toolsPrograms are the dynamically linked programs of toolsImage (Debian
-// packages bind9-dnsutils, libc-bin and curl).
-var toolsPrograms = []string{"/usr/bin/dig", "/usr/bin/nslookup", "/usr/bin/getent", "/usr/bin/curl"}
+// toolsPrograms are the dynamically linked programs of toolsImage, by path
+// in the image, from this machine (Debian packages bind9-dnsutils,
+// libc-bin, curl, netcat-openbsd).
+var toolsPrograms = map[string]string{
+	"/usr/bin/dig":      "/usr/bin/dig",
+	"/usr/bin/nslookup": "/usr/bin/nslookup",
+	"/usr/bin/getent":   "/usr/bin/getent",
+	"/usr/bin/curl":     "/usr/bin/curl",
+	"/usr/bin/nc":       "/usr/bin/nc.openbsd",
+}
 
 // buildUpstreamImages writes the tools and CoreDNS image tarballs into dir.
 func buildUpstreamImages(ctx context.Context, dir string, bins binaries) ([]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
+	var sources []string
 	for _, p := range toolsPrograms {
 		if _, err := os.Stat(p); err != nil {
 			return nil, fmt.Errorf("%s is needed for the e2e tools image (scripts/deps.sh k8s installs it): %w", p, err)
 		}
+		sources = append(sources, p)
 	}
+	sort.Strings(sources)
 	if err := requireStatic(busyboxPath); err != nil {
 		return nil, err
 	}
-	libs, err := vmtest.SharedLibs(ctx, toolsPrograms...)
+	libs, err := vmtest.SharedLibs(ctx, sources...)
 	if err != nil {
 		return nil, err
 	}
@@ -99,13 +110,13 @@ func buildUpstreamImages(ctx context.Context, dir string, bins binaries) ([]stri
 		{Path: "/dev", Dir: true}, {Path: "/results", Dir: true},
 	}
 	for _, a := range strings.Fields(string(applets)) {
-		if a == "busybox" {
+		if a == "busybox" || toolsPrograms["/usr/bin/"+a] != "" {
 			continue
 		}
 		entries = append(entries, ociimage.Entry{Path: "/bin/" + a, Link: "busybox"})
 	}
-	for _, p := range toolsPrograms {
-		entries = append(entries, ociimage.Entry{Path: p, Source: p})
+	for path, src := range toolsPrograms {
+		entries = append(entries, ociimage.Entry{Path: path, Source: src})
 	}
 	for _, l := range libs {
 		entries = append(entries, ociimage.Entry{Path: l, Source: l})
@@ -337,6 +348,7 @@ func (c *Cluster) runUpstream(t *testing.T, run upstreamRun) upstreamResult {
 	writeFile(t, repoFile, repo.String())
 	args := []string{
 		"--kubeconfig", c.admin, "--provider", "skeleton",
+		"--kubectl-path", c.bins.kube("kubectl"),
 		"--report-dir", dir, "--disable-log-dump",
 		"--ginkgo.focus", run.Focus,
 		"--ginkgo.no-color", "--ginkgo.timeout", run.Timeout.String(),
@@ -361,6 +373,18 @@ func (c *Cluster) runUpstream(t *testing.T, run upstreamRun) upstreamResult {
 	runErr := cmd.Run()
 	res, err := readJUnit(filepath.Join(dir, "junit_01.xml"), regexp.MustCompile(run.Focus))
 	res.Took = time.Since(start)
+	// The cluster directory goes with the cluster: the log and report are
+	// kept in the build directory.
+	keep := setting("MESH_E2E_LOG_DIR", "../../bin")
+	for _, f := range []string{"e2e.log", "junit_01.xml"} {
+		data, rerr := os.ReadFile(filepath.Join(dir, f))
+		if rerr == nil && os.MkdirAll(keep, 0o755) == nil {
+			kept := filepath.Join(keep, "upstream-"+run.Name+"-"+f)
+			if os.WriteFile(kept, data, 0o644) == nil && f == "e2e.log" {
+				logFile = kept
+			}
+		}
+	}
 	if err != nil {
 		log, _ := os.ReadFile(logFile)
 		t.Fatalf("e2e.test %s: %v (exit: %v)\n%s", run.Name, err, runErr, tailLines(string(log), 80))
