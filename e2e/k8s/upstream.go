@@ -375,7 +375,7 @@ func (c *Cluster) runUpstream(t *testing.T, run upstreamRun) upstreamResult {
 	res.Took = time.Since(start)
 	// The cluster directory goes with the cluster: the log and report are
 	// kept in the build directory.
-	keep := setting("MESH_E2E_LOG_DIR", "../../bin")
+	keep, _ := filepath.Abs(setting("MESH_E2E_LOG_DIR", "../../bin"))
 	for _, f := range []string{"e2e.log", "junit_01.xml"} {
 		data, rerr := os.ReadFile(filepath.Join(dir, f))
 		if rerr == nil && os.MkdirAll(keep, 0o755) == nil {
