@@ -65,8 +65,11 @@ const corednsImage = "localhost/k8s/coredns/coredns:v1.12.1"
 
 // toolsPrograms are the dynamically linked programs of toolsImage, by path
 // in the image, from this machine (Debian packages bind9-dnsutils,
-// libc-bin, curl, netcat-openbsd).
+// libc-bin, curl, netcat-openbsd, dash). The shell is dash: Debian's static
+// busybox shell runs its own applets before anything on PATH, so `sh -c
+// "nc ..."` would never reach OpenBSD's nc.
 var toolsPrograms = map[string]string{
+	"/bin/sh":           "/usr/bin/dash",
 	"/usr/bin/dig":      "/usr/bin/dig",
 	"/usr/bin/nslookup": "/usr/bin/nslookup",
 	"/usr/bin/getent":   "/usr/bin/getent",
@@ -110,7 +113,7 @@ func buildUpstreamImages(ctx context.Context, dir string, bins binaries) ([]stri
 		{Path: "/dev", Dir: true}, {Path: "/results", Dir: true},
 	}
 	for _, a := range strings.Fields(string(applets)) {
-		if a == "busybox" || toolsPrograms["/usr/bin/"+a] != "" {
+		if a == "busybox" || toolsPrograms["/usr/bin/"+a] != "" || toolsPrograms["/bin/"+a] != "" {
 			continue
 		}
 		entries = append(entries, ociimage.Entry{Path: "/bin/" + a, Link: "busybox"})
