@@ -142,8 +142,8 @@ k8s_module() {
 # apps, cloud and DRA specs, several times the build for specs this cluster
 # never runs. The spec texts, tags and images are the upstream ones.
 build_e2e() {
-	local dir="$MESH_E2E_CACHE/e2e-$K8S_VERSION" s mod minor
-	[ -f "$dir/.done" ] && return 0
+	local dir="$MESH_E2E_CACHE/e2e-$K8S_VERSION" s mod minor src
+	[ -f "$dir/.done" ] && [ -f "$dir/bin/localhost.crt" ] && return 0
 	s=$(date +%s); log "building the e2e runner and agnhost of Kubernetes $K8S_VERSION (cold: many minutes)"
 	begin "$dir"
 	minor=$(echo "$K8S_VERSION" | cut -d. -f2)
@@ -204,6 +204,10 @@ build_e2e() {
 	log "modules for the e2e runner in $(since "$s")"
 	local ldf="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
 	(cd "$mod" && CGO_ENABLED=0 $NICE go build -trimpath -ldflags '-s -w' -o "$dir.tmp/bin/agnhost" k8s.io/kubernetes/test/images/agnhost)
+	# agnhost's porter serves TLS with the test certificate its image has
+	# in its working directory.
+	src=$(cd "$mod" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+	cp "$src/test/images/agnhost/porter/localhost.crt" "$src/test/images/agnhost/porter/localhost.key" "$dir.tmp/bin/"
 	log "built agnhost ($(since "$s") so far)"
 	(cd "$mod" && CGO_ENABLED=0 $NICE go test -c -trimpath -ldflags "$ldf" -o "$dir.tmp/bin/e2e.test" ./conformance)
 	log "built e2e.test ($(since "$s") so far)"

@@ -40,7 +40,8 @@ var repoList = map[string]string{
 
 // toolsImage is one image standing in for the suite's agnhost,
 // jessie-dnsutils and busybox images: agnhost (built from the same module
-// as e2e.test) as the entrypoint, as in upstream's agnhost image, plus
+// as e2e.test) as the entrypoint and "pause" as its arguments, porter's
+// test certificate in /, as in upstream's agnhost image, plus
 // busybox's applets, and dig, nslookup, getent, curl and OpenBSD's nc
 // (the specs use its -v, -t and -u, which busybox's nc lacks) from this
 // machine's Debian packages with their libraries. The network specs give
@@ -107,6 +108,10 @@ func buildUpstreamImages(ctx context.Context, dir string, bins binaries) ([]stri
 	}
 	entries := []ociimage.Entry{
 		{Path: "/agnhost", Source: filepath.Join(bins.e2e, "agnhost")},
+		{Path: "/agnhost-2", Link: "agnhost"},
+		{Path: "/localhost.crt", Source: filepath.Join(bins.e2e, "localhost.crt"), Mode: 0o644},
+		{Path: "/localhost.key", Source: filepath.Join(bins.e2e, "localhost.key"), Mode: 0o644},
+		{Path: "/uploads", Dir: true},
 		{Path: "/bin/busybox", Source: busyboxPath},
 		{Path: "/etc/nsswitch.conf", Source: nsswitch, Mode: 0o644},
 		{Path: "/tmp", Dir: true}, {Path: "/proc", Dir: true}, {Path: "/sys", Dir: true},
@@ -128,7 +133,7 @@ func buildUpstreamImages(ctx context.Context, dir string, bins binaries) ([]stri
 		name string
 		spec ociimage.Spec
 	}{
-		{toolsImage, ociimage.Spec{Entries: entries, Entrypoint: []string{"/agnhost"},
+		{toolsImage, ociimage.Spec{Entries: entries, Entrypoint: []string{"/agnhost"}, Cmd: []string{"pause"},
 			Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"}}},
 		{corednsImage, ociimage.Spec{Entrypoint: []string{"/coredns"}, Entries: []ociimage.Entry{
 			{Path: "/coredns", Source: filepath.Join(bins.coredns, "coredns")},
