@@ -26,6 +26,10 @@ test: deps lint
 lint:
 	@out="$$(gofmt -l .)"; if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	# Programs the tests build from testdata, which ./... leaves out.
+	$(GO) vet $(addprefix ./,$(wildcard e2e/testdata/*/))
+	# The build-tagged suites.
+	for tags in bench demo e2ek8s e2ekernel kernelvm; do $(GO) vet -tags $$tags ./... || exit 1; done
 	$(GO) mod tidy -diff
 
 # A small mesh of simulated hosts on this machine, status printed, torn down.
@@ -120,8 +124,11 @@ install: build
 	[ -e $(DESTDIR)$(SYSCONFDIR)/default/mesh ] || install -m 0644 deploy/systemd/mesh.env $(DESTDIR)$(SYSCONFDIR)/default/mesh
 
 # Removes what install put there, but not /etc/default/mesh, /etc/mesh (the
-# password) or the state dir: `mesh reset --state` and rm do that.
+# password) or the state dir: `mesh reset --state` and rm do that. On the
+# real system (no DESTDIR) a running daemon first leaves the mesh
+# gracefully (`mesh leave`; a plain stop would be a restart).
 uninstall:
+	if [ -z "$(DESTDIR)" ] && [ -x $(BINDIR)/mesh ]; then $(BINDIR)/mesh leave || true; fi
 	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(UNITDIR)/mesh.service \
 		$(DESTDIR)$(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
 

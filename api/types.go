@@ -86,7 +86,8 @@ type Connection struct {
 	LastHandshake string    `json:"lastHandshake"`
 	RxBytes       int64     `json:"rxBytes"`
 	TxBytes       int64     `json:"txBytes"`
-	// AllowedIPs are the overlay ranges routed to this peer (those it owns).
+	// AllowedIPs are the overlay ranges routed to this peer: those it owns,
+	// and /32s of addresses it holds in space another peer owns.
 	AllowedIPs []string `json:"allowedIPs,omitempty"`
 }
 

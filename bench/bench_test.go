@@ -33,7 +33,7 @@ var (
 	iperfSecs   = envInt("BENCH_IPERF_SECONDS", 5)
 	iperfRounds = envInt("BENCH_IPERF_ROUNDS", 3)
 	// BENCH_PARTS selects parts (cni, churn, state, dataplane, kdf,
-	// isolation; default all).
+	// isolation, restart, hostile; default all).
 	parts = os.Getenv("BENCH_PARTS")
 	// BENCH_MESH_ENV and BENCH_WG_ENV add KEY=VALUE words to the
 	// environment of the mesh daemons and of the bare wireguard-go, for
@@ -77,6 +77,12 @@ func TestBench(t *testing.T) {
 	}
 	if want("isolation") {
 		t.Run("Isolation", func(t *testing.T) { benchIsolation(t, r) })
+	}
+	if want("restart") {
+		t.Run("Restart", func(t *testing.T) { benchRestart(t, r) })
+	}
+	if want("hostile") {
+		t.Run("Hostile", func(t *testing.T) { benchHostile(t, r) })
 	}
 	r.print(os.Stdout)
 	if out := os.Getenv("BENCH_OUT"); out != "" {
@@ -499,6 +505,9 @@ type report struct {
 	isoCNI  map[string]cniLatency // "on", "off"
 	isoTput map[string][]float64
 	isoErr  string
+
+	restart *restartResult // part 7
+	hostile *hostileResult // part 8
 }
 
 type bidirResult struct {
@@ -663,6 +672,8 @@ func (r *report) print(w io.Writer) {
 	}
 	r.kdf.print(p)
 	r.printIsolation(p)
+	r.printRestart(p)
+	r.hostile.print(p)
 	p("\n   load average at start %s, at end %s (other work on the machine skews the throughput)\n", r.loadStart, loadavg())
 	p("   total time %s\n\n", time.Since(r.start).Round(time.Second))
 }

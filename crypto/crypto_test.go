@@ -2,9 +2,6 @@ package crypto
 
 import (
 	"encoding/hex"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 )
 
@@ -50,39 +47,6 @@ func TestPresharedKeyVectorAndSymmetry(t *testing.T) {
 	c[0] = 1
 	if ac, _ := PresharedKey(pw, a, c); ac == ab {
 		t.Fatal("different pairs share a preshared key")
-	}
-}
-
-func TestPrivateKeyFile(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "wireguard.key")
-	k1, err := LoadOrCreatePrivateKey(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("key file mode = %v, %v; want 0600", fi.Mode().Perm(), err)
-	}
-	k2, err := LoadOrCreatePrivateKey(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if k1.Bytes() != k2.Bytes() {
-		t.Fatal("reloading the key gave a different key")
-	}
-	if s := k1.String(); strings.Contains(s, k1.Bytes().String()) {
-		t.Fatal("PrivateKey.String reveals the key")
-	}
-	pub, err := k1.Public()
-	if err != nil || pub == (Key{}) {
-		t.Fatalf("Public() = %v, %v", pub, err)
-	}
-	if err := os.WriteFile(path, []byte("not a key"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := LoadOrCreatePrivateKey(path); err == nil || !strings.Contains(err.Error(), path) {
-		t.Fatalf("corrupt key file: err = %v, want an error naming %s", err, path)
 	}
 }
 

@@ -4,13 +4,8 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"strings"
-
-	"github.com/meshnet/mesh/internal/atomicfile"
 )
 
 // KeyLen is the length of a WireGuard (Curve25519) key.
@@ -52,6 +47,10 @@ func GeneratePrivateKey() (PrivateKey, error) {
 	return PrivateKey{k}, nil
 }
 
+// NewPrivateKey makes k a private key (as read from a key file; it is not
+// clamped again).
+func NewPrivateKey(k Key) PrivateKey { return PrivateKey{k} }
+
 // Bytes returns the raw key, for handing to the data plane only.
 func (p PrivateKey) Bytes() Key { return p.k }
 
@@ -67,45 +66,4 @@ func (p PrivateKey) Public() (Key, error) {
 	var pub Key
 	copy(pub[:], priv.PublicKey().Bytes())
 	return pub, nil
-}
-
-// LoadOrCreatePrivateKey reads the private key at path, or creates one there
-// (mode 0600, written atomically) when the file does not exist. A file that
-// exists but does not hold a key is an error naming the file; it is never
-// silently replaced, as that would change the node's identity.
-func LoadOrCreatePrivateKey(path string) (PrivateKey, error) {
-	data, err := os.ReadFile(path)
-	switch {
-	case err == nil:
-		k, perr := ParseKey(string(data))
-		if perr != nil {
-			return PrivateKey{}, fmt.Errorf("corrupt private key file %q: %w", path, perr)
-		}
-		if fi, serr := os.Stat(path); serr == nil && fi.Mode().Perm()&0o077 != 0 {
-			if cerr := os.Chmod(path, 0o600); cerr != nil {
-				return PrivateKey{}, fmt.Errorf("failed to restrict mode of %q: %w", path, cerr)
-			}
-		}
-		return PrivateKey{k}, nil
-	case errors.Is(err, fs.ErrNotExist):
-		p, gerr := GeneratePrivateKey()
-		if gerr != nil {
-			return PrivateKey{}, gerr
-		}
-		if werr := atomicfile.Write(path, []byte(p.k.String()+"\n"), 0o600); werr != nil {
-			return PrivateKey{}, fmt.Errorf("failed to save private key: %w", werr)
-		}
-		return p, nil
-	default:
-		return PrivateKey{}, fmt.Errorf("failed to read private key file %q: %w", path, err)
-	}
-}
-
-// SavePrivateKey replaces the private key file at path (mode 0600, written
-// atomically), for a rotation of the node's key.
-func SavePrivateKey(path string, p PrivateKey) error {
-	if err := atomicfile.Write(path, []byte(p.k.String()+"\n"), 0o600); err != nil {
-		return fmt.Errorf("failed to save private key: %w", err)
-	}
-	return nil
 }

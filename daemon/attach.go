@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"time"
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/attach"
+	"github.com/meshnet/mesh/control"
 )
 
 // attachCheckInterval is how often the daemon looks for attachments whose
@@ -58,65 +58,45 @@ func toAPIAttachment(r attach.Record) api.Attachment {
 		Gateway: r.Gateway, Created: r.Created.UTC().Format(time.RFC3339)}
 }
 
-func (d *Daemon) decodeAttach(w http.ResponseWriter, r *http.Request) (api.AttachRequest, bool) {
-	var req api.AttachRequest
-	if err := decodeJSON(r, &req); err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return req, false
-	}
-	if !filepath.IsAbs(req.NetNS) {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("netns %q must be an absolute path", req.NetNS))
-		return req, false
-	}
-	return req, true
-}
+// attachAPI is control.Attachments: `mesh attach` and `mesh detach`.
+type attachAPI struct{ d *Daemon }
 
-func (d *Daemon) handleAttach(w http.ResponseWriter, r *http.Request) {
-	req, ok := d.decodeAttach(w, r)
-	if !ok {
-		return
+func (p attachAPI) Attach(ctx context.Context, netns, ifName string) (api.Attachment, error) {
+	if ifName == "" {
+		ifName = attach.DefaultIfName
 	}
-	if req.IfName == "" {
-		req.IfName = attach.DefaultIfName
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), attachTimeout)
+	ctx, cancel := context.WithTimeout(ctx, attachTimeout)
 	defer cancel()
-	rec, err := d.attach.Attach(ctx, req.NetNS, req.IfName)
+	rec, err := p.d.attach.Attach(ctx, netns, ifName)
 	switch {
 	case errors.Is(err, attach.ErrInvalid):
-		writeError(w, http.StatusBadRequest, err)
+		return api.Attachment{}, control.Mark(control.ErrInvalid, err)
 	case errors.Is(err, attach.ErrNotInstalled):
-		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("cannot attach %q yet: %w", req.NetNS, err))
+		return api.Attachment{}, control.Mark(control.ErrUnavailable, fmt.Errorf("cannot attach %q yet: %w", netns, err))
 	case err != nil:
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("failed to attach %q: %w", req.NetNS, err))
-	default:
-		writeJSON(w, http.StatusOK, toAPIAttachment(rec))
+		return api.Attachment{}, fmt.Errorf("failed to attach %q: %w", netns, err)
 	}
+	return toAPIAttachment(rec), nil
 }
 
-func (d *Daemon) handleDetach(w http.ResponseWriter, r *http.Request) {
-	req, ok := d.decodeAttach(w, r)
-	if !ok {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), attachTimeout)
+func (p attachAPI) Detach(ctx context.Context, netns, ifName string) ([]api.Attachment, error) {
+	ctx, cancel := context.WithTimeout(ctx, attachTimeout)
 	defer cancel()
-	recs, err := d.attach.Detach(ctx, req.NetNS, req.IfName)
+	recs, err := p.d.attach.Detach(ctx, netns, ifName)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("failed to detach %q: %w", req.NetNS, err))
-		return
+		return nil, fmt.Errorf("failed to detach %q: %w", netns, err)
 	}
-	out := api.DetachResult{Detached: []api.Attachment{}}
-	for _, rec := range recs {
-		out.Detached = append(out.Detached, toAPIAttachment(rec))
-	}
-	writeJSON(w, http.StatusOK, out)
-}
-
-func (d *Daemon) handleAttachments(w http.ResponseWriter, r *http.Request) {
 	out := []api.Attachment{}
-	for _, rec := range d.attach.List() {
+	for _, rec := range recs {
 		out = append(out, toAPIAttachment(rec))
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out, nil
+}
+
+func (p attachAPI) List() []api.Attachment {
+	out := []api.Attachment{}
+	for _, rec := range p.d.attach.List() {
+		out = append(out, toAPIAttachment(rec))
+	}
+	return out
 }

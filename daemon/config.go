@@ -110,6 +110,11 @@ func DefaultConfig() Config {
 // DataplaneNone runs the daemon without a data plane.
 const DataplaneNone = fastdp.ModeNone
 
+// hasDataplane reports whether this node runs a data plane: without one
+// (--dataplane none) nothing on the host is touched, so no bridge, NAT,
+// port isolation or conntrack flush either.
+func (c *Config) hasDataplane() bool { return c.Dataplane != DataplaneNone }
+
 // ErrNoPassword is returned when neither a password nor --insecure is given.
 var ErrNoPassword = errors.New("no mesh password: give --key-file FILE (made with mesh keygen), or --password-file FILE or MESH_PASSWORD with --mesh-name, or run with --insecure to gossip unencrypted")
 

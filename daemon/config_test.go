@@ -76,3 +76,19 @@ func TestValidateNoMasqueradeCIDRs(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateRequiresPassword(t *testing.T) {
+	cfg := DefaultConfig()
+	if err := cfg.Validate(); err != ErrNoPassword {
+		t.Fatalf("Validate() = %v, want ErrNoPassword", err)
+	}
+	cfg.Insecure = true
+	cfg.Peers = []string{"192.0.2.1", "host:99999"}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "99999") {
+		t.Fatalf("Validate() = %v, want a bad port error", err)
+	}
+	cfg.Peers = []string{"192.0.2.1"}
+	if err := cfg.Validate(); err != nil || cfg.Peers[0] != "192.0.2.1:6783" {
+		t.Fatalf("Validate() = %v, peers %v", err, cfg.Peers)
+	}
+}

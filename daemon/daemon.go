@@ -2,42 +2,46 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshnet/mesh/attach"
+	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
+	"github.com/meshnet/mesh/identity"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
-	"github.com/meshnet/mesh/policy"
 )
 
 // Daemon is a running node. Create it with Start, stop it with Stop.
 type Daemon struct {
 	cfg     Config
 	log     *slog.Logger
-	id      Identity
+	id      identity.Identity
 	keys    *keyStore
 	members *mesh.Membership
 	ipam    *ipam.Allocator
 	dp      fastdp.Dataplane // fastdp.None() with --dataplane none
 	rec     *peer.Reconciler
-	nat     *nat.NAT           // nil with --dataplane none
-	policy  *policy.Controller // nil unless --kube and not --no-policy
-	attach  *attach.Manager    // `mesh attach`: namespaces attached by hand
-	iso     *isolation.Tables  // nil without a data plane or with --no-port-isolation
-	isoMu   sync.Mutex         // serialises syncIsolation; guards legacyMACs
+	// remembered are the data plane peers of the last run, applied before
+	// gossip has rejoined; only the reconcile loop (and Start before it)
+	// touches it.
+	remembered *rememberedPeers
+	nat        natTable          // noNAT with --dataplane none
+	policy     podPolicy         // noPolicy unless --kube and not --no-policy
+	attach     *attach.Manager   // `mesh attach`: namespaces attached by hand
+	iso        *isolation.Tables // nil without a data plane or with --no-port-isolation
+	isoMu      sync.Mutex        // serialises syncIsolation; guards legacyMACs
 	// legacyMACs are the MACs of pods wired before port isolation, by
 	// port (see adoptLegacyPorts).
 	legacyMACs map[string]net.HardwareAddr
@@ -51,6 +55,13 @@ type Daemon struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// leaving is closed once `mesh leave` has left the mesh; left says so
+	// to the reconcile loop (which then saves no peers) and to Stop.
+	leaveOnce sync.Once
+	leaving   chan struct{}
+	leaveErr  error // set before leaving is closed
+	left      atomic.Bool
 
 	// kick asks the reconcile loop for a pass now (after a rotation).
 	kick chan struct{}
@@ -96,11 +107,11 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("failed to create state dir %q: %w", cfg.StateDir, err)
 	}
-	id, err := loadIdentity(cfg.path("identity.json"), cfg.Name)
+	id, err := identity.Load(cfg.path("identity.json"), cfg.Name)
 	if err != nil {
 		return nil, err
 	}
-	key, err := crypto.LoadOrCreatePrivateKey(cfg.path("wireguard.key"))
+	key, err := identity.LoadOrCreateWireGuardKey(cfg.path("wireguard.key"))
 	if err != nil {
 		return nil, err
 	}
@@ -108,7 +119,8 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks}
+	d := &Daemon{cfg: cfg, log: log, id: id, key: key, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks,
+		leaving: make(chan struct{}), policy: noPolicy{}, nat: noNAT{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -138,6 +150,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		d.nat = nat.New()
 	}
 	d.rec = peer.NewReconciler(d.dp, log)
+	d.remembered = loadRemembered(cfg.path(rememberedFileName), time.Now(), log)
 
 	mc := mesh.DefaultConfig()
 	mc.Name = id.Name
@@ -169,12 +182,17 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err := d.startAttach(); err != nil {
 		return nil, err
 	}
+	// The data plane of the last run (keys, peers, endpoints, this node's
+	// ranges and overlay IP, all from the state dir) before gossip has
+	// joined anyone: a restarted node forwards at once, and a view that is
+	// only empty because gossip has not rejoined removes no peer.
+	d.reconcileDataplane(d.ctx, d.members.Members())
 	d.members.Start()
 
-	if d.listener, err = listenSocket(cfg.Socket); err != nil {
+	if d.listener, err = control.Listen(cfg.Socket); err != nil {
 		return nil, err
 	}
-	d.server = &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second}
+	d.server = &http.Server{Handler: control.Handler(d.backend()), ReadHeaderTimeout: 10 * time.Second}
 	go func() { d.served <- d.server.Serve(d.listener) }()
 	if err := d.startMetrics(); err != nil {
 		return nil, err
@@ -184,7 +202,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	d.goLoop(loopReconcile, d.reconcileLoop)
 	d.goLoop("attach-check", d.attachLoop)
 	if kube != nil {
-		d.goLoop("kube", func(ctx context.Context) { kube.run(ctx, d) })
+		d.goLoop("kube", kube.watcher(d).Serve)
 		d.startPolicy(kube)
 	}
 	log.Info("mesh daemon started", "name", id.Name, "peerID", id.PeerID, "gossip", d.members.LocalAddr(),
@@ -202,16 +220,25 @@ func (d *Daemon) goLoop(name string, f func(ctx context.Context)) {
 	}()
 }
 
-// Stop leaves the mesh gracefully, then stops gossip, IPAM and the socket.
-// The data plane stays up so pods keep working through a restart.
+// Stop stops gossip, IPAM and the socket without leaving the mesh: a stop
+// (SIGTERM) is a restart, an upgrade or a rollout, and the node comes back.
+// The others keep it a member until memberlist's failure detection calls
+// it dead, and keep its WireGuard peer for peer.Grace beyond that. The data
+// plane's interfaces, routes and NAT table stay up and the next start
+// adopts them. Only `mesh leave` (handleLeave) leaves gracefully; after it,
+// Stop forgets the remembered peers, so a later start is a fresh join.
 func (d *Daemon) Stop() error {
 	d.cancel()
 	d.wg.Wait()
-	if err := d.members.Leave(3 * time.Second); err != nil {
-		d.log.Warn("leaving the mesh failed", "error", err)
+	if d.left.Load() {
+		d.remembered.forget()
 	}
 	d.close()
-	d.log.Info("mesh daemon stopped")
+	if d.left.Load() {
+		d.log.Info("mesh daemon stopped after leaving the mesh")
+	} else {
+		d.log.Info("mesh daemon stopped; still a member of the mesh (mesh leave leaves it)")
+	}
 	return nil
 }
 
@@ -259,29 +286,4 @@ func (d *Daemon) detectMTU() int {
 		d.log.Warn("cannot detect the underlay MTU, using the default", "default", fastdp.DefaultMTU, "error", err)
 	}
 	return fastdp.DefaultMTU
-}
-
-// listenSocket opens the control socket with mode 0600 in a 0700
-// directory. A socket file left by a crashed daemon is replaced; one that a
-// live daemon answers on is not.
-func listenSocket(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("failed to create socket directory for %q: %w", path, err)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("another mesh daemon is already serving on %q", path)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("failed to remove stale socket %q: %w", path, err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("failed to listen on %q: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("failed to restrict socket %q to root: %w", path, err)
-	}
-	return l, nil
 }

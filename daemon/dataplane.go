@@ -45,12 +45,34 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 	}
 }
 
+// natTable is the NAT table (a *nat.NAT), or noNAT without a data plane.
+// Set is idempotent and blocks on one netlink transaction at most.
+type natTable interface {
+	Set(cfg *nat.Config) error
+}
+
+// noNAT is the NAT table of a node without a data plane: nothing to
+// translate.
+type noNAT struct{}
+
+func (noNAT) Set(*nat.Config) error { return nil }
+
 func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
-	overlay, _ := d.ipam.OverlayIP()
-	// Errors are counted, logged and kept by the reconciler.
-	d.rec.Apply(ctx, d.peerInput(overlay, members))
-	d.applyNAT(overlay, members)
+	d.reconcileDataplane(ctx, members)
 	d.maybeInstallCNI()
+}
+
+// reconcileDataplane applies the WireGuard peers, routes and NAT table for
+// members and the ring, and saves the peers for the next start.
+func (d *Daemon) reconcileDataplane(ctx context.Context, members []mesh.Member) {
+	overlay, _ := d.ipam.OverlayIP()
+	in := d.peerInput(overlay, members)
+	// Errors are counted, logged and kept by the reconciler.
+	d.rec.Apply(ctx, in)
+	if !d.left.Load() {
+		d.remembered.save(in, members)
+	}
+	d.applyNAT(overlay, members)
 }
 
 // applyNAT keeps the NAT table (outbound masquerade, overlay source for
@@ -59,9 +81,6 @@ func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 // if it went missing. A failure is reported in the status but does not
 // make the node unready: pod-to-pod traffic does not depend on it.
 func (d *Daemon) applyNAT(overlay netip.Addr, members []mesh.Member) {
-	if d.nat == nil {
-		return
-	}
 	var nodes []netip.Addr
 	for _, m := range members {
 		// Any state: a dead node's address costs a set element, and
@@ -95,10 +114,12 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 		Self: d.id.Name, PrivateKey: key,
 		ListenPort: d.cfg.DPPort, MTU: d.mtu, Keepalive: d.cfg.Keepalive,
 		ClusterRange: d.cfg.IPAllocRange, OverlayIP: overlay, BridgeName: d.cfg.Bridge,
+		Now: time.Now(),
 	}
+	in.Remembered, in.RememberedUntil = d.remembered.input(keys)
 	d.reportBadMeta(members)
 	for _, m := range members {
-		n := peer.Node{Name: m.Name, Addr: m.Addr.Addr(), DPPort: m.Meta.DPPort, State: m.State}
+		n := peer.Node{Name: m.Name, Addr: m.Addr.Addr(), DPPort: m.Meta.DPPort, State: m.State, Since: m.Since}
 		if len(keys) > 0 {
 			n.Secret = pairKey(keys, peerKeyIDs(keys, m.Meta.Keys))
 		}
@@ -110,6 +131,15 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 	for _, r := range d.ipam.Ranges() {
 		if r.Owner != "" {
 			in.Ranges = append(in.Ranges, peer.RangeOwner{CIDR: r.CIDR, Owner: r.Owner})
+		}
+	}
+	// Pods (and gateways) whose space moved under them are routed to
+	// their holder (docs/ipam.md, "Held addresses are routed to their
+	// holder"). Read after the ring: a pod released in between is routed
+	// to its old holder until the next reconcile, which costs nothing.
+	for _, h := range d.ipam.HeldOutsideOwned() {
+		for _, a := range h.Addrs {
+			in.Held = append(in.Held, peer.HeldAddr{Holder: h.Peer, Addr: a})
 		}
 	}
 	return in

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"sync/atomic"
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/mesh"
@@ -31,16 +31,26 @@ func (c *ipamChannel) LocalState() []byte {
 
 func (c *ipamChannel) MergeRemoteState(b []byte) error {
 	if a := c.a.Load(); a != nil && len(b) > 0 {
-		return a.MergeRemoteState(b)
+		return quietRefusal(a.MergeRemoteState(b))
 	}
 	return nil
 }
 
 func (c *ipamChannel) HandleMessage(from string, msg []byte) error {
 	if a := c.a.Load(); a != nil {
-		return a.HandleMessage(from, msg)
+		return quietRefusal(a.HandleMessage(from, msg))
 	}
 	return nil
+}
+
+// quietRefusal drops the errors of input refused by a bound: the IPAM
+// counts them, names them in status and logs the first of each reason, so
+// a flood of them does not flood the log through the gossip layer too.
+func quietRefusal(err error) error {
+	if errors.Is(err, ipam.ErrRejected) {
+		return nil
+	}
+	return err
 }
 
 func (d *Daemon) startIPAM(initialPeers int) error {
@@ -57,6 +67,7 @@ func (d *Daemon) startIPAM(initialPeers int) error {
 	cfg.InitialPeerCount = initialPeers
 	cfg.ReclaimAfter = d.cfg.ReclaimAfter
 	cfg.Logger = d.log
+	cfg.IsMember = d.members.IsMember
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return err
@@ -126,79 +137,62 @@ func (d *Daemon) allocation(containerID, ifName, network string, addr netip.Addr
 // ADD that fails with "try again later" is retried by the kubelet anyway.
 const allocateTimeout = 20 * time.Second
 
-func (d *Daemon) handleAllocate(w http.ResponseWriter, r *http.Request) {
-	var req api.AllocateRequest
-	if err := decodeJSON(r, &req); err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
-	}
-	if req.ContainerID == "" || req.IfName == "" {
-		writeError(w, http.StatusBadRequest, errors.New("containerID and ifName are required"))
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), allocateTimeout)
+// ipamAPI is control.IPAM: the allocator, with the port isolation and
+// NetworkPolicy rules a new pod needs before it is wired.
+type ipamAPI struct{ d *Daemon }
+
+func (p ipamAPI) Allocate(ctx context.Context, req api.AllocateRequest) (api.Allocation, error) {
+	d := p.d
+	actx, cancel := context.WithTimeout(ctx, allocateTimeout)
 	defer cancel()
-	addr, err := d.ipam.AllocateIn(ctx, req.Network, req.ContainerID, req.IfName)
+	addr, err := d.ipam.AllocateIn(actx, req.Network, req.ContainerID, req.IfName)
 	if err != nil {
-		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to allocate an address for %s/%s: %w", req.ContainerID, req.IfName, err))
-		return
+		return api.Allocation{}, markIPAM(fmt.Errorf("failed to allocate an address for %s/%s: %w", req.ContainerID, req.IfName, err))
 	}
 	a := d.allocation(req.ContainerID, req.IfName, req.Network, addr)
 	if a.Gateway == "" {
 		// The pod could not be wired without its gateway; mesh-cni
 		// releases the address on this error and the runtime retries.
-		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("no gateway address on this node yet for %s/%s (ipam status %q); try again", req.ContainerID, req.IfName, d.ipam.Status().Status))
-		return
+		return api.Allocation{}, control.Mark(control.ErrUnavailable, fmt.Errorf("no gateway address on this node yet for %s/%s (ipam status %q); try again", req.ContainerID, req.IfName, d.ipam.Status().Status))
 	}
 	// The port's rules exist before the pod can send its first frame.
 	if err := d.syncIsolation(); err != nil {
-		writeError(w, http.StatusServiceUnavailable, fmt.Errorf("address %s for %s/%s allocated, but %w", addr, req.ContainerID, req.IfName, err))
-		return
+		return api.Allocation{}, control.Mark(control.ErrUnavailable, fmt.Errorf("address %s for %s/%s allocated, but %w", addr, req.ContainerID, req.IfName, err))
 	}
 	// Fail closed: no connectivity before the pod's policies are in place.
-	if err := d.admitPolicy(r.Context(), req, addr); err != nil {
-		writeError(w, http.StatusServiceUnavailable, err)
-		return
+	if err := d.admitPolicy(ctx, req, addr); err != nil {
+		return api.Allocation{}, control.Mark(control.ErrUnavailable, err)
 	}
-	writeJSON(w, http.StatusOK, a)
+	return a, nil
 }
 
-// ipamErrorCode maps allocator errors to HTTP: 503 means "try again later"
-// to mesh-cni, anything else is a refusal.
-func ipamErrorCode(err error) int {
+// markIPAM gives an allocator error its kind: ErrUnavailable means "try
+// again later" to mesh-cni, anything else is a refusal.
+func markIPAM(err error) error {
 	switch {
 	case errors.Is(err, ipam.ErrNotReady), errors.Is(err, ipam.ErrClosed), errors.Is(err, context.DeadlineExceeded):
-		return http.StatusServiceUnavailable
+		return control.Mark(control.ErrUnavailable, err)
 	case errors.Is(err, ipam.ErrNoSpace):
-		return http.StatusInsufficientStorage
+		return control.Mark(control.ErrNoSpace, err)
 	default:
-		return http.StatusInternalServerError
+		return err
 	}
 }
 
-func (d *Daemon) handleRelease(w http.ResponseWriter, r *http.Request) {
-	var req api.ReleaseRequest
-	if err := decodeJSON(r, &req); err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
-	}
+func (p ipamAPI) Release(containerID, ifName string) error {
+	d := p.d
 	before := d.ipam.List()
-	if err := d.ipam.Release(req.ContainerID, req.IfName); err != nil {
-		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to release %s/%s: %w", req.ContainerID, req.IfName, err))
-		return
+	if err := d.ipam.Release(containerID, ifName); err != nil {
+		return markIPAM(fmt.Errorf("failed to release %s/%s: %w", containerID, ifName, err))
 	}
 	d.released(before)
-	w.WriteHeader(http.StatusNoContent)
+	return nil
 }
 
-func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) {
-	var req api.GCRequest
-	if err := decodeJSON(r, &req); err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
-	}
-	valid := make([]ipam.Key, 0, len(req.Valid))
-	for _, v := range req.Valid {
+func (p ipamAPI) GC(network string, keep []api.ReleaseRequest) (int, error) {
+	d := p.d
+	valid := make([]ipam.Key, 0, len(keep))
+	for _, v := range keep {
 		valid = append(valid, ipam.Key{ContainerID: v.ContainerID, IfName: v.IfName})
 	}
 	// A runtime's GC lists only its own containers: `mesh attach`
@@ -206,121 +200,45 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) {
 	for _, a := range d.attach.List() {
 		valid = append(valid, ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName})
 	}
-	if req.Network == "" {
+	if network == "" {
 		// An older plugin: its list covers only its own network, which
 		// this daemon cannot tell apart, so nothing is collected.
 		d.log.Warn("ignored a CNI GC without a network name (an older mesh-cni?); nothing released")
 	}
 	before := d.ipam.List()
-	n, err := d.ipam.ReleaseAllExceptIn(req.Network, valid)
+	n, err := d.ipam.ReleaseAllExceptIn(network, valid)
 	if err != nil {
-		writeError(w, ipamErrorCode(err), fmt.Errorf("failed to garbage-collect allocations of network %q: %w", req.Network, err))
-		return
+		return 0, markIPAM(fmt.Errorf("failed to garbage-collect allocations of network %q: %w", network, err))
 	}
 	d.released(before)
 	if n > 0 {
-		d.log.Info("released stale allocations", "network", req.Network, "count", n)
+		d.log.Info("released stale allocations", "network", network, "count", n)
 	}
-	writeJSON(w, http.StatusOK, api.GCResult{Released: n})
+	return n, nil
 }
 
-func (d *Daemon) handleAllocations(w http.ResponseWriter, r *http.Request) {
+func (p ipamAPI) Allocations() []api.Allocation {
 	out := []api.Allocation{}
-	for _, a := range d.ipam.List() {
-		out = append(out, d.allocation(a.ContainerID, a.IfName, a.Network, a.Addr))
+	for _, a := range p.d.ipam.List() {
+		out = append(out, p.d.allocation(a.ContainerID, a.IfName, a.Network, a.Addr))
 	}
-	writeJSON(w, http.StatusOK, out)
+	return out
 }
 
-// rmpeerSettle is how long after a peer's death rmpeer waits: two of
-// memberlist's full state exchanges (15 s apart) and then some. It is also
-// how long this node must have had a view of the mesh (since its daemon
-// started, or since it last went from seeing no live peer to seeing one).
-var rmpeerSettle = 40 * time.Second
-
-// handleRemovePeer is `mesh rmpeer NAME`: refused while NAME is alive, for
-// a while after it died, and while this node's own view is too young to
-// tell (see rmpeerRefusal).
-func (d *Daemon) handleRemovePeer(w http.ResponseWriter, r *http.Request) {
-	var req api.RemovePeerRequest
-	if err := decodeJSON(r, &req); err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
+// RemovePeer is `mesh rmpeer NAME`: refused while NAME is alive, for a
+// while after it died, and while this node's own view is too young to tell
+// (see mesh.RemovalRefusal).
+func (p ipamAPI) RemovePeer(name string) (int, error) {
+	d := p.d
+	if err := mesh.RemovalRefusal(name, d.members.Members(), time.Now()); err != nil {
+		return 0, control.Mark(control.ErrConflict, err)
 	}
-	if err := rmpeerRefusal(req.Name, d.members.Members(), time.Now()); err != nil {
-		writeError(w, http.StatusConflict, err)
-		return
-	}
-	n, err := d.ipam.RemovePeer(req.Name)
+	n, err := d.ipam.RemovePeer(name)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err)
-		return
+		return 0, err
 	}
-	d.log.Warn("took over the ranges of a removed peer", "peer", req.Name, "ranges", n)
-	writeJSON(w, http.StatusOK, api.RemovePeerResult{Ranges: n})
-}
-
-// rmpeerRefusal says why NAME may not be removed now, given this node's
-// members (every node seen since its daemon started), or nil.
-//
-// Membership only knows what this daemon saw since it started: right after
-// a restart, or while cut off from every other peer, a live NAME is simply
-// not (yet) listed, and its removal would hand its live pods' addresses to
-// this node. So besides NAME being alive or recently dead, rmpeer is
-// refused until this node's view of the mesh is rmpeerSettle old: joining
-// any live peer brings the full member list with the first push/pull, and
-// dead members are declared within the same window.
-func rmpeerRefusal(name string, ms []mesh.Member, now time.Time) error {
-	for _, m := range ms {
-		if m.Name != name {
-			continue
-		}
-		if m.Self {
-			return fmt.Errorf("%s is this node; run rmpeer on another node", name)
-		}
-		if m.State.Live() {
-			return fmt.Errorf("refusing to remove %s: it is %s; stop it first, and run rmpeer once it shows dead", name, m.State)
-		}
-		// The peer's last changes (a range it gave away just before it
-		// died) must have reached this node first, or the removal could
-		// take back space another node already uses: wait a few full
-		// state exchanges after its death.
-		if wait := rmpeerSettle - now.Sub(m.Since); wait > 0 {
-			return fmt.Errorf("refusing to remove %s yet: it died %s ago; try again in %s, once its last changes have spread", name, now.Sub(m.Since).Round(time.Second), wait.Round(time.Second))
-		}
-	}
-	if age, why := viewAge(ms, now); age < rmpeerSettle {
-		return fmt.Errorf("refusing to remove %s yet: this node %s %s ago and may not know yet whether %s is alive; try again in %s", name, why, age.Round(time.Second), name, (rmpeerSettle - age).Round(time.Second))
-	}
-	return nil
-}
-
-// viewAge is how long this node has had its current view of the mesh: since
-// it first saw the longest-known peer that is still live, or, seeing none,
-// since the last peer died or its daemon started, whichever is later. why
-// names the event.
-func viewAge(ms []mesh.Member, now time.Time) (age time.Duration, why string) {
-	var joined, lost, started time.Time
-	for _, m := range ms {
-		switch {
-		case m.Self:
-			started = m.Since
-		case m.State.Live():
-			if joined.IsZero() || m.Since.Before(joined) {
-				joined = m.Since
-			}
-		case m.Since.After(lost):
-			lost = m.Since
-		}
-	}
-	switch {
-	case !joined.IsZero():
-		return now.Sub(joined), "joined the mesh"
-	case lost.After(started):
-		return now.Sub(lost), "lost its last live peer"
-	default:
-		return now.Sub(started), "started"
-	}
+	d.log.Warn("took over the ranges of a removed peer", "peer", name, "ranges", n)
+	return n, nil
 }
 
 // released cleans up after the allocations of before that are gone: their
@@ -340,10 +258,8 @@ func (d *Daemon) released(before []ipam.Allocation) {
 	if len(gone) == 0 {
 		return
 	}
-	if d.policy != nil {
-		for _, a := range gone {
-			d.policy.Forget(a)
-		}
+	for _, a := range gone {
+		d.policy.Forget(a)
 	}
 	if err := d.syncIsolation(); err != nil {
 		d.log.Error("failed to update the port-isolation tables after a release; retrying", "error", err)

@@ -23,7 +23,7 @@ const isolationCheck = 2 * time.Second
 // of this node and keeps them in step. It needs the bridge, so it runs only
 // with a data plane.
 func (d *Daemon) startIsolation() {
-	if d.dp == nil {
+	if !d.cfg.hasDataplane() {
 		return
 	}
 	if d.cfg.NoPortIsolation {
@@ -186,7 +186,7 @@ func (d *Daemon) syncIsolation() (err error) {
 // flushConntrack deletes the connection-tracking entries of a released
 // address: established flows must not reach the next pod that gets it.
 func (d *Daemon) flushConntrack(addr netip.Addr) {
-	if d.dp == nil || !addr.IsValid() {
+	if !d.cfg.hasDataplane() || !addr.IsValid() {
 		return
 	}
 	ip := net.IP(addr.AsSlice())

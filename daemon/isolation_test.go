@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/isolation"
 )
@@ -36,5 +37,19 @@ func TestIsolationFailureIsAProblem(t *testing.T) {
 	}
 	if d.isoErr == nil {
 		t.Errorf("the failure is not kept for status")
+	}
+}
+
+// TestNoDataplaneNoIsolation: with --dataplane none (whose data plane is
+// the no-op fastdp.None, not nil) the daemon programs no isolation tables:
+// docs/architecture.md, "Isolation".
+func TestNoDataplaneNoIsolation(t *testing.T) {
+	d := &Daemon{cfg: Config{Dataplane: DataplaneNone}, dp: fastdp.None(), log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	d.startIsolation()
+	if d.iso != nil {
+		t.Fatalf("isolation tables set up without a data plane")
+	}
+	if err := d.syncIsolation(); err != nil {
+		t.Fatalf("syncIsolation without a data plane: %v", err)
 	}
 }

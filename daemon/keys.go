@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/identity"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -75,20 +75,6 @@ func checkPassword(password []byte, what string, allowShort bool) error {
 	return nil
 }
 
-// readPasswordFile reads a password file: its whole content, without the
-// trailing line break, is the password.
-func readPasswordFile(path string) ([]byte, error) {
-	b, err := crypto.ReadSecretFile(path)
-	if err != nil {
-		return nil, err
-	}
-	b = bytes.TrimRight(b, "\r\n")
-	if len(b) == 0 {
-		return nil, fmt.Errorf("password file %q is empty", path)
-	}
-	return b, nil
-}
-
 // loadKeys reads every configured secret, newest first: the key file's
 // keys, the password files', MESH_PASSWORD's, then, with
 // --accept-legacy-key, the previous release's key of each password. It
@@ -97,20 +83,16 @@ func (s *keyStore) loadKeys(cfg *Config) ([]*crypto.MasterKey, error) {
 	var keys []*crypto.MasterKey
 	var passwords [][]byte
 	if cfg.KeyFile != "" {
-		data, err := crypto.ReadSecretFile(cfg.KeyFile)
+		raws, err := identity.ReadKeyFile(cfg.KeyFile)
 		if err != nil {
 			return nil, err
-		}
-		raws, err := crypto.ParseKeyFile(data)
-		if err != nil {
-			return nil, fmt.Errorf("invalid key file %q: %w", cfg.KeyFile, err)
 		}
 		for _, r := range raws {
 			keys = append(keys, crypto.KeyFileKey(r))
 		}
 	}
 	for _, f := range cfg.PasswordFiles {
-		pw, err := readPasswordFile(f)
+		pw, err := identity.ReadPasswordFile(f)
 		if err != nil {
 			return nil, err
 		}
@@ -320,4 +302,4 @@ func (d *Daemon) updateGossipPrimary(members []mesh.Member) {
 // Keygen writes a new random mesh key file at path (mode 0600, never over
 // an existing file; the key is never printed): `mesh keygen`, through the
 // daemon package so the CLI stays a thin client.
-func Keygen(path string) error { return crypto.WriteNewKeyFile(path) }
+func Keygen(path string) error { return identity.WriteNewKeyFile(path) }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/identity"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -28,14 +29,10 @@ func writeSecret(t *testing.T, dir, name, content string, mode os.FileMode) stri
 func newKeyFile(t *testing.T, dir, name string) (string, *crypto.MasterKey) {
 	t.Helper()
 	p := filepath.Join(dir, name)
-	if err := crypto.WriteNewKeyFile(p); err != nil {
+	if err := identity.WriteNewKeyFile(p); err != nil {
 		t.Fatal(err)
 	}
-	data, err := crypto.ReadSecretFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raws, err := crypto.ParseKeyFile(data)
+	raws, err := identity.ReadKeyFile(p)
 	if err != nil {
 		t.Fatal(err)
 	}

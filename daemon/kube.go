@@ -40,17 +40,9 @@ func newKubeSource(ctx context.Context, cfg Config, self string, log *slog.Logge
 // when this daemon starts.
 func (k *kubeSource) initialPeers() int { return max(k.nodes, 1) }
 
-func (k *kubeSource) run(ctx context.Context, d *Daemon) {
-	h := &kubeHandler{d: d, self: k.self, log: k.log}
-	for ctx.Err() == nil {
-		if err := kube.NewWatcher(k.client, k.log, h).Run(ctx); err != nil {
-			k.log.Error("watching Kubernetes nodes failed; retrying", "error", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(10 * time.Second):
-			}
-		}
-	}
+// watcher follows the Node objects for d until its context ends.
+func (k *kubeSource) watcher(d *Daemon) *kube.Watcher {
+	return kube.NewWatcher(k.client, k.log, &kubeHandler{d: d, self: k.self, log: k.log})
 }
 
 type kubeHandler struct {

@@ -10,9 +10,9 @@ import (
 
 	"github.com/meshnet/mesh/ipam"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/isolation"
 )
 
@@ -24,29 +24,11 @@ func (d *Daemon) startMetrics() error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{d: d})
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		// Alive while the main loops make progress: a daemon wedged in
-		// the IPAM or the data plane fails this, and is restarted.
-		if err := d.health.check(time.Now()); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := d.ready(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
 	l, err := net.Listen("tcp", d.cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("failed to listen on --metrics-addr %s: %w", d.cfg.MetricsAddr, err)
 	}
-	d.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	d.metrics = &http.Server{Handler: control.MetricsHandler(reg, probes{d}), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := d.metrics.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("metrics server stopped; /metrics, /healthz and /readyz no longer answer", "addr", d.cfg.MetricsAddr, "error", err)
@@ -54,6 +36,12 @@ func (d *Daemon) startMetrics() error {
 	}()
 	return nil
 }
+
+// probes is control.Probes.
+type probes struct{ d *Daemon }
+
+func (p probes) Healthy(now time.Time) error { return p.d.health.check(now) }
+func (p probes) Ready() error                { return p.d.ready() }
 
 // ready reports whether pods can be served: the node owns addresses, the
 // NetworkPolicy rules are built (with --kube) and the data plane took its
@@ -83,6 +71,7 @@ var (
 	descTx         = prometheus.NewDesc("mesh_peer_tx_bytes_total", "Bytes sent to a peer over the data plane.", []string{"peer"}, nil)
 	descIPAM       = prometheus.NewDesc("mesh_ipam_addresses", "Addresses of this node by kind: owned, allocated, free.", []string{"kind"}, nil)
 	descBlocked    = prometheus.NewDesc("mesh_ipam_blocked", "1 for the kind of wait that currently stops this node's IPAM (see mesh status ipam), 0 for the others.", []string{"reason"}, nil)
+	descRejected   = prometheus.NewDesc("mesh_ipam_rejected_total", "Remote IPAM input refused by a bound (docs/ipam.md), by reason; only a peer holding the mesh key can send it.", []string{"reason"}, nil)
 	descUnreach    = prometheus.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", nil, nil)
 	descRecErr     = prometheus.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", nil, nil)
 	descRecRuns    = prometheus.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", nil, nil)
@@ -98,7 +87,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descBlocked, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
 	}
 }
@@ -135,12 +124,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.GaugeValue, v, r)
 	}
-	if d.policy != nil {
-		for name, n := range d.policy.DeniedPackets() {
-			ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
-		}
-		ch <- prometheus.MustNewConstMetric(descPolRestore, prometheus.CounterValue, float64(d.policy.Restores()))
+	for _, r := range ipam.RejectReasons {
+		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.Rejected[r]), r)
 	}
+	for name, n := range d.policy.DeniedPackets() {
+		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
+	}
+	ch <- prometheus.MustNewConstMetric(descPolRestore, prometheus.CounterValue, float64(d.policy.Restores()))
 	ch <- prometheus.MustNewConstMetric(descUnreach, prometheus.GaugeValue, float64(unreachable))
 	if ctrs := d.isolationCounters(); ctrs != nil {
 		for _, name := range isolation.Counters {

@@ -10,6 +10,35 @@ import (
 	"github.com/meshnet/mesh/policy"
 )
 
+// podPolicy is NetworkPolicy as the daemon uses it: a *policy.Controller
+// with --kube, else noPolicy. Safe for concurrent use; Serve blocks until
+// its context ends, Admit until the pod's rules are in place or its
+// context ends, the others do not block.
+type podPolicy interface {
+	Serve(ctx context.Context)
+	Ready() <-chan struct{}
+	Admit(ctx context.Context, namespace, name string, addr netip.Addr) error
+	Forget(addr netip.Addr)
+	Status() []policy.PolicyStatus
+	DeniedPackets() map[string]uint64
+	Restores() int64
+}
+
+// noPolicy is the policy of a node without NetworkPolicy enforcement
+// (without --kube, or with --no-policy): always ready, admits every pod.
+type noPolicy struct{}
+
+// closed is a channel that is always ready to receive.
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (noPolicy) Serve(ctx context.Context)                               { <-ctx.Done() }
+func (noPolicy) Ready() <-chan struct{}                                  { return closed }
+func (noPolicy) Admit(context.Context, string, string, netip.Addr) error { return nil }
+func (noPolicy) Forget(netip.Addr)                                       {}
+func (noPolicy) Status() []policy.PolicyStatus                           { return nil }
+func (noPolicy) DeniedPackets() map[string]uint64                        { return nil }
+func (noPolicy) Restores() int64                                         { return 0 }
+
 // startPolicy runs the NetworkPolicy controller for this node's pods. It
 // needs the Kubernetes API, so it runs only with --kube.
 func (d *Daemon) startPolicy(kube *kubeSource) {
@@ -21,26 +50,13 @@ func (d *Daemon) startPolicy(kube *kubeSource) {
 		return
 	}
 	d.policy = policy.New(kube.client, d.id.Name, d.log, policy.NewNFT())
-	d.goLoop("policy", func(ctx context.Context) {
-		for ctx.Err() == nil {
-			if err := d.policy.Run(ctx); err != nil {
-				d.log.Error("NetworkPolicy controller stopped; retrying", "error", err)
-				select {
-				case <-ctx.Done():
-				case <-time.After(10 * time.Second):
-				}
-			}
-		}
-	})
+	d.goLoop("policy", d.policy.Serve)
 }
 
 // policyReady reports whether pods may be served as far as policy goes:
 // the table must be rebuilt from the API first, or a restarted node would
 // let a new pod talk before its policies apply.
 func (d *Daemon) policyReady() bool {
-	if d.policy == nil {
-		return true
-	}
 	select {
 	case <-d.policy.Ready():
 		return true
@@ -50,11 +66,8 @@ func (d *Daemon) policyReady() bool {
 }
 
 // admitPolicy waits (at most --policy-wait) until the NetworkPolicy rules
-// of the pod being added cover its address; no-op without policy.
+// of the pod being added cover its address.
 func (d *Daemon) admitPolicy(ctx context.Context, req api.AllocateRequest, addr netip.Addr) error {
-	if d.policy == nil {
-		return nil
-	}
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.PolicyWait)
 	defer cancel()
 	start := time.Now()
@@ -72,9 +85,6 @@ func (d *Daemon) admitPolicy(ctx context.Context, req api.AllocateRequest, addr 
 }
 
 func (d *Daemon) policyStatus() []api.PolicyStatus {
-	if d.policy == nil {
-		return nil
-	}
 	denied := d.policy.DeniedPackets()
 	var out []api.PolicyStatus
 	for _, p := range d.policy.Status() {

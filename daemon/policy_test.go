@@ -27,6 +27,20 @@ func (nopNFT) Counters() (map[string]uint64, error) { return nil, nil }
 func (nopNFT) Remove() error                        { return nil }
 func (nopNFT) Intact(*policy.Ruleset) (bool, error) { return true, nil }
 
+// servePolicy runs c until the test ends and waits until it is ready.
+func servePolicy(t *testing.T, c *policy.Controller) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Serve(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-c.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("policy controller not ready after 30 s")
+	}
+}
+
 // TestAllocateWaitsForPolicy: the daemon's ADD path (admitPolicy) against
 // the policy controller fed by a fake API. Before the controller synced
 // (right after a reboot) every ADD fails with a clear error; once synced,
@@ -37,8 +51,8 @@ func TestAllocateWaitsForPolicy(t *testing.T) {
 		Spec: corev1.PodSpec{NodeName: "node1"}, Status: corev1.PodStatus{Phase: corev1.PodPending}}
 	client := fake.NewClientset(pod)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	d := &Daemon{cfg: Config{PolicyWait: 500 * time.Millisecond}, log: log,
-		policy: policy.New(kubetest.Client(client), "node1", log, nopNFT{})}
+	c := policy.New(kubetest.Client(client), "node1", log, nopNFT{})
+	d := &Daemon{cfg: Config{PolicyWait: 500 * time.Millisecond}, log: log, policy: c}
 	addr := netip.MustParseAddr("10.32.0.7")
 	req := api.AllocateRequest{ContainerID: "c1", IfName: "eth0", PodNamespace: "a", PodName: "web"}
 
@@ -47,15 +61,7 @@ func TestAllocateWaitsForPolicy(t *testing.T) {
 		t.Fatalf("ADD before the controller synced: %v, want a clear refusal", err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.policy.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-d.policy.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatal("controller not ready")
-	}
+	servePolicy(t, c)
 	d.cfg.PolicyWait = 10 * time.Second
 	if err := d.admitPolicy(context.Background(), req, addr); err != nil {
 		t.Fatalf("ADD of a visible pod: %v", err)

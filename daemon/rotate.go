@@ -3,11 +3,12 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/identity"
 )
 
 // status returns the key IDs held and the gossip key's.
@@ -20,28 +21,21 @@ func (s *keyStore) status() ([]string, string) {
 	return keyIDs(s.keys), s.primary.ID()
 }
 
-func (d *Daemon) handleRotate(w http.ResponseWriter, r *http.Request) {
-	var req api.RotateRequest
-	if err := decodeJSON(r, &req); err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
-	}
+// keysAPI is control.Keys: `mesh rotate`.
+type keysAPI struct{ d *Daemon }
+
+func (p keysAPI) Rotate(req api.RotateRequest) (*api.RotateResult, error) {
 	var res *api.RotateResult
 	var err error
 	if req.NodeKey {
-		res, err = d.rotateNodeKey()
+		res, err = p.d.rotateNodeKey()
 	} else {
-		res, err = d.rotateMeshKeys()
+		res, err = p.d.rotateMeshKeys()
 	}
-	if err != nil {
-		code := http.StatusInternalServerError
-		if errors.Is(err, errNoKeys) || errors.Is(err, errBadSecrets) {
-			code = http.StatusBadRequest
-		}
-		writeError(w, code, err)
-		return
+	if errors.Is(err, errNoKeys) || errors.Is(err, errBadSecrets) {
+		return nil, control.Mark(control.ErrInvalid, err)
 	}
-	writeJSON(w, http.StatusOK, res)
+	return res, err
 }
 
 // errBadSecrets marks a rotation refused because the secrets on disk are
@@ -118,7 +112,7 @@ func (d *Daemon) rotateNodeKey() (*api.RotateResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := crypto.SavePrivateKey(d.cfg.path("wireguard.key"), k); err != nil {
+	if err := identity.SaveWireGuardKey(d.cfg.path("wireguard.key"), k); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()

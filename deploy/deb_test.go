@@ -47,13 +47,18 @@ func run(t *testing.T, env []string, name string, args ...string) string {
 	return string(out)
 }
 
-// fakeSystemctl puts a systemctl on PATH that only records its arguments.
+// fakeSystemctl puts a systemctl and a mesh on PATH that only record their
+// arguments (mesh's prefixed with "mesh").
 func fakeSystemctl(t *testing.T) (path, log string) {
 	t.Helper()
 	dir := t.TempDir()
 	log = filepath.Join(dir, "calls")
 	script := "#!/bin/sh\necho \"$*\" >> " + log + "\n"
 	if err := os.WriteFile(filepath.Join(dir, "systemctl"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// mesh too, for the prerm's `mesh leave`.
+	if err := os.WriteFile(filepath.Join(dir, "mesh"), []byte("#!/bin/sh\necho \"mesh $*\" >> "+log+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return dir + ":" + os.Getenv("PATH"), log
@@ -226,7 +231,7 @@ func TestDebScriptsOnRunningSystem(t *testing.T) {
 		{"fresh install enables nothing", func() string { return script("postinst", "configure", "") }, "daemon-reload"},
 		{"upgrade restarts a running daemon", func() string { return script("postinst", "configure", "1.0.0") }, "daemon-reload\ntry-restart mesh.service"},
 		{"upgrade keeps the daemon running", func() string { return script("prerm", "upgrade", "1.2.4") }, ""},
-		{"remove stops and disables", func() string { return script("prerm", "remove") }, "stop mesh.service\n--no-reload disable mesh.service"},
+		{"remove leaves the mesh, stops and disables", func() string { return script("prerm", "remove") }, "mesh leave\nstop mesh.service\n--no-reload disable mesh.service"},
 		{"postrm remove", func() string { return script("postrm", "remove") }, "daemon-reload"},
 	}
 	conflist := h.Path("/etc/cni/net.d/10-mesh.conflist")

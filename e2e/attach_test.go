@@ -71,12 +71,7 @@ func pingFrom(ctx context.Context, h *testnet.Host, netns string, to string) err
 }
 
 func TestAttachAcrossHosts(t *testing.T) {
-	_, nodes := startMesh(t, 2)
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
+	_, nodes, ctx := cniMesh(t, 2, 4*time.Minute)
 	a, b := nodes[0], nodes[1]
 
 	// On a: a plain netns, by name.
@@ -199,11 +194,7 @@ func TestAttachAcrossHosts(t *testing.T) {
 }
 
 func TestAttachDaemonDown(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 3*time.Minute)
 
 	// A namespace that already has a default route (a container with a
 	// network of its own) is refused by the plugin; nothing is left.
@@ -260,11 +251,7 @@ func TestAttachDaemonDown(t *testing.T) {
 // TestAttachAcrossRestart: attachments outlive the daemon, and one whose
 // process died while the daemon was down is released when it is back.
 func TestAttachAcrossRestart(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 3*time.Minute)
 	if out, err := n.Host.Run(ctx, "ip", "netns", "add", "keep"); err != nil {
 		t.Fatalf("ip netns add: %v\n%s", err, out)
 	}

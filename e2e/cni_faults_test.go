@@ -36,15 +36,11 @@ func addPodIn(ctx context.Context, t *testing.T, n *node, network, name string) 
 // of the mesh network with no valid attachment releases the mesh network's
 // allocations only, not the other network's nor one of unknown network.
 func TestCNIGCOnlyItsNetwork(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
+	n, ctx := cniNode(t, 2*time.Minute)
 	other := `{"cniVersion":"1.1.0","name":"other","plugins":[{"type":"mesh-cni"}]}`
 	if err := os.WriteFile(n.Host.Path("/etc/cni/net.d/20-other.conflist"), []byte(other), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
 	for _, p := range []struct{ network, name string }{{"mesh", "gm1"}, {"mesh", "gm2"}, {"other", "go1"}} {
 		if _, err := addPodIn(ctx, t, n, p.network, p.name); err != nil {
 			t.Fatal(err)
@@ -91,11 +87,7 @@ func TestCNIGCOnlyItsNetwork(t *testing.T) {
 // the host veth is there: no loser's rollback may release the winner's
 // address.
 func TestCNIConcurrentAddsOfOneKey(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 2*time.Minute)
 	for round := range 3 {
 		name := fmt.Sprintf("race%d", round)
 		if out, err := n.Host.Run(ctx, "ip", "netns", "add", name); err != nil {

@@ -105,11 +105,7 @@ func runPlugin(ctx context.Context, h *testnet.Host, env []string, stdin string)
 }
 
 func TestCNIBadInputAgainstRealDaemon(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 2*time.Minute)
 	if out, err := n.Host.Run(ctx, "ip", "netns", "add", "bad"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
@@ -173,11 +169,7 @@ func TestCNIBadInputAgainstRealDaemon(t *testing.T) {
 // TestReset checks that `mesh reset` removes what mesh made on a host, and
 // refuses while a daemon runs the data plane.
 func TestReset(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, time.Minute)
 	if out, err := n.Host.Run(ctx, n.Bin, "reset"); err == nil {
 		t.Fatalf("reset succeeded while the daemon runs:\n%s", out)
 	}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -38,19 +38,11 @@ func addPod(ctx context.Context, t *testing.T, h *testnet.Host, name string) (*p
 	if err != nil {
 		return nil, fmt.Errorf("cnitool add on %s: %v\n%s", h.Name, err, out)
 	}
-	var res struct {
-		IPs []struct {
-			Address string `json:"address"`
-		} `json:"ips"`
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
-		return nil, fmt.Errorf("bad ADD result %q: %v", out, err)
-	}
-	p, err := netip.ParsePrefix(res.IPs[0].Address)
+	ip, err := meshtest.ADDResultAddr(out)
 	if err != nil {
 		return nil, err
 	}
-	return &pod{Host: h, name: name, ip: p.Addr()}, nil
+	return &pod{Host: h, name: name, ip: ip}, nil
 }
 
 func (p *pod) exec(ctx context.Context, args ...string) (string, error) {
@@ -58,12 +50,7 @@ func (p *pod) exec(ctx context.Context, args ...string) (string, error) {
 }
 
 func TestCNIPodsAcrossHosts(t *testing.T) {
-	_, nodes := startMesh(t, 2)
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	_, nodes, ctx := cniMesh(t, 2, 3*time.Minute)
 	a, err := addPod(ctx, t, nodes[0].Host, "poda")
 	if err != nil {
 		t.Fatal(err)
@@ -109,11 +96,7 @@ func TestCNIPodsAcrossHosts(t *testing.T) {
 }
 
 func TestCNIParallelAddsAndGC(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 3*time.Minute)
 	const pods = 30
 	var mu sync.Mutex
 	got := map[netip.Addr]string{}
@@ -171,11 +154,7 @@ func TestCNIParallelAddsAndGC(t *testing.T) {
 }
 
 func TestCNIDaemonRestartKeepsAddresses(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 3*time.Minute)
 	var before []*pod
 	for i := range 3 {
 		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("keep%d", i))

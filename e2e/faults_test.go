@@ -25,11 +25,12 @@ var faultSeed = flag.Uint64("faults.seed", 0, "seed of TestFaultInjection's sche
 // Fault injection settings. The cluster range is small so that space is
 // contested (five peers share 61 usable addresses), and reclaim is on. In
 // the long run (MESH_SOAK=1) its window is short, so that partitions and
-// dead daemons outlast it. In the short run of `make test` it is longer
-// than the whole schedule: a pod whose node's space was reclaimed while the
-// pod lived keeps its address (no duplicate) but is routed to the space's
-// new owner, so it loses cross-node connectivity until it is recreated
-// (docs/ipam.md, "What is not done yet"); the long run reports that.
+// dead daemons outlast it, and pods whose node's space was reclaimed while
+// they lived must keep their address and their traffic (docs/ipam.md,
+// "Held addresses are routed to their holder"). In the short run of
+// `make test` it is longer than the whole schedule, which is too short for
+// a reclaim to happen reliably; TestReclaimedPodKeepsTraffic covers that
+// case there.
 const (
 	faultHosts             = 5
 	faultRange             = "10.40.0.0/26"

@@ -124,19 +124,6 @@ func TestPartitionAndHeal(t *testing.T) {
 	expectStates(t, 90*time.Second, nodes, allAlive(nodes), true)
 }
 
-func TestSIGTERMLeavesGracefully(t *testing.T) {
-	_, nodes := startFive(t)
-	if err := nodes[4].Proc.Stop(10 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	expectStates(t, detectTimeout, nodes[:4], map[string]string{nodes[4].Host.Name: "left"}, false)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if out, err := nodes[4].Host.Run(ctx, "test", "-e", "/run/mesh/mesh.sock"); err == nil {
-		t.Fatalf("socket left behind after SIGTERM: %s", out)
-	}
-}
-
 func TestRestartRejoinsThroughRememberedPeer(t *testing.T) {
 	testnet.RequireRoot(t)
 	net := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "rem"})
@@ -207,9 +194,10 @@ func TestSIGTERMStopsPromptlyWhilePartitioned(t *testing.T) {
 	if err := nodes[0].Proc.Stop(20 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	// Leave's own bound is 3 s plus the goodbye's 1.5 s; the rest is margin
-	// for a loaded machine, well under memberlist's 10 s TCP timeout
-	// stacked per unreachable peer.
+	// SIGTERM is no leave (no goodbye, no leave broadcast), and the join
+	// loop's wait is bounded by 2 s; the rest is margin for a loaded
+	// machine, well under memberlist's 10 s TCP timeout stacked per
+	// unreachable peer.
 	if took := time.Since(start); took > 9*time.Second {
 		t.Fatalf("SIGTERM took %v to stop a node cut off from two peers", took.Round(100*time.Millisecond))
 	}

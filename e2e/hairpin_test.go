@@ -61,11 +61,7 @@ func iptablesRules(endpoint string, hairpinMasq bool) [][]string {
 // does not get its answer.
 func TestHairpinThroughService(t *testing.T) {
 	testnet.RequireCommand(t, "iptables-legacy")
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 5*time.Minute)
 	a, err := addPod(ctx, t, n.Host, "hairpin")
 	if err != nil {
 		t.Fatal(err)
@@ -174,11 +170,7 @@ func TestHairpinThroughService(t *testing.T) {
 // masqueraded.
 func TestServiceToPodOnSameNode(t *testing.T) {
 	testnet.RequireCommand(t, "iptables-legacy")
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	n, ctx := cniNode(t, 5*time.Minute)
 	client, err := addPod(ctx, t, n.Host, "client")
 	if err != nil {
 		t.Fatal(err)

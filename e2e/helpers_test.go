@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -27,6 +28,27 @@ var (
 	dumpLogsOnFailure = meshtest.DumpLogsOnFailure
 	waitCNIInstalled  = meshtest.WaitCNIInstalled
 )
+
+// cniMesh starts a mesh of hosts nodes and waits until each has installed
+// its CNI plugin: the setup of the pod tests. The context is for the test's
+// commands; it ends after timeout or with the test.
+func cniMesh(t *testing.T, hosts int, timeout time.Duration, extra ...string) (*testnet.Net, []*node, context.Context) {
+	t.Helper()
+	tn, nodes := startMesh(t, hosts, extra...)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	return tn, nodes, ctx
+}
+
+// cniNode is cniMesh of one node.
+func cniNode(t *testing.T, timeout time.Duration, extra ...string) (*node, context.Context) {
+	t.Helper()
+	_, nodes, ctx := cniMesh(t, 1, timeout, extra...)
+	return nodes[0], ctx
+}
 
 // peerStates maps peer name to state as n sees it.
 func peerStates(n *node) (map[string]string, error) {

@@ -121,12 +121,8 @@ func linkMAC(ctx context.Context, t *testing.T, h *testnet.Host, p *pod, dev str
 // TestPortIsolation: pods a (victim), b (attacker) and c (a pod a trusts) on
 // one node; b attacks at layer 2 and over IPv6.
 func TestPortIsolation(t *testing.T) {
-	_, nodes := startMesh(t, 1)
-	n := nodes[0]
+	n, ctx := cniNode(t, 4*time.Minute)
 	h := n.Host
-	waitCNIInstalled(t, n)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
 	var pods []*pod
 	for _, name := range []string{"poda", "podb", "podc"} {
 		p, err := addPod(ctx, t, h, name)
@@ -358,13 +354,8 @@ func grepLines(s, sub string) string {
 // pod here, bypassing WireGuard. It must not arrive; the same datagram sent
 // by that pod through the mesh must.
 func TestUnderlaySpoofedSource(t *testing.T) {
-	tn, nodes := startMesh(t, 2)
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
+	tn, nodes, ctx := cniMesh(t, 2, 4*time.Minute)
 	evil := tn.AddHost(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
 	p1, err := addPod(ctx, t, nodes[0].Host, "pod1")
 	if err != nil {
 		t.Fatal(err)
@@ -427,9 +418,7 @@ func conntrackOf(h *testnet.Host, addr netip.Addr) ([]string, error) {
 // replies (and, for UDP, the flow itself, as "established") would reach
 // the next pod given the address.
 func TestReleaseFlushesConntrack(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	n, a, b := twoPodsOnOneNode(ctx, t)
+	ctx, n, a, b := twoPodsOnOneNode(t, 2*time.Minute)
 	h := n.Host
 	// Connection tracking runs in a netns only once a rule needs it (the
 	// policy table does, with --kube): ask for it as a policy would.
@@ -456,9 +445,7 @@ func TestReleaseFlushesConntrack(t *testing.T) {
 // by its MAC. After the upgrade (a daemon restart with isolation) it must
 // keep its connectivity.
 func TestIsolationAdoptsPodsOfPreviousRelease(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	n, a, b := twoPodsOnOneNode(ctx, t, "--no-port-isolation") // as the previous release
+	ctx, n, a, b := twoPodsOnOneNode(t, 2*time.Minute, "--no-port-isolation") // as the previous release
 	h := n.Host
 	// What the previous release's plugin left: a random MAC.
 	if out, err := a.exec(ctx, "ip", "link", "set", "eth0", "address", "02:11:22:33:44:55"); err != nil {
@@ -516,12 +503,11 @@ func hostPort(ctx context.Context, t *testing.T, h *testnet.Host, p *pod) string
 }
 
 // twoPodsOnOneNode launches one daemon (with extra flags), waits for its
-// CNI plugin and adds the pods poda and podb through mesh-cni.
-func twoPodsOnOneNode(ctx context.Context, t *testing.T, extra ...string) (*node, *pod, *pod) {
+// CNI plugin and adds the pods poda and podb through mesh-cni; the context
+// ends after timeout or with the test.
+func twoPodsOnOneNode(t *testing.T, timeout time.Duration, extra ...string) (context.Context, *node, *pod, *pod) {
 	t.Helper()
-	_, nodes := startMesh(t, 1, extra...)
-	n := nodes[0]
-	waitCNIInstalled(t, n)
+	n, ctx := cniNode(t, timeout, extra...)
 	a, err := addPod(ctx, t, n.Host, "poda")
 	if err != nil {
 		t.Fatal(err)
@@ -530,5 +516,5 @@ func twoPodsOnOneNode(ctx context.Context, t *testing.T, extra ...string) (*node
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n, a, b
+	return ctx, n, a, b
 }

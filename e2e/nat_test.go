@@ -85,13 +85,8 @@ func restartWith(t *testing.T, n *node, base []string, extra ...string) {
 // and host processes reach pods on other nodes (and the reverse) although
 // WireGuard accepts only pod sources.
 func TestNATAndNodeTraffic(t *testing.T) {
-	tn, nodes := startMesh(t, 2)
+	tn, nodes, ctx := cniMesh(t, 2, 5*time.Minute)
 	plain := tn.AddHost(t)
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	a, err := addPod(ctx, t, nodes[0].Host, "nata")
 	if err != nil {
 		t.Fatal(err)

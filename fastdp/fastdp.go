@@ -17,14 +17,19 @@
 //
 //	ClusterRange   dev <wg device>  src <overlay IP>   # the rest of the cluster
 //	LocalRanges[i] dev <bridge>     src <overlay IP>   # pods of this node
+//	LocalHosts[i]  dev <bridge>     src <overlay IP>   # this node's pods outside LocalRanges
+//	RemoteHosts[i] dev <wg device>  src <overlay IP>   # other nodes' pods inside LocalRanges
 //
 // Longest-prefix match sends traffic for this node's own ranges to the bridge
 // and everything else in the cluster range into WireGuard, whose AllowedIPs
-// (the ranges each peer owns) pick the peer. The preferred source is the
+// (the ranges each peer owns) pick the peer. Host prefixes override the
+// ranges for single addresses whose holder is not the range's owner: a
+// peer's AllowedIPs then carry the host prefix too, and WireGuard, like the
+// kernel, picks the longest match. The preferred source is the
 // overlay IP because the WireGuard device has no address of its own, and the
 // receiving peer drops packets whose source is outside the sender's
 // AllowedIPs; the overlay IP must therefore lie inside one of this node's
-// LocalRanges. Pods use the overlay IP as their gateway (the CNI plugin adds
+// LocalRanges, or be a host prefix the peers allow for this node. Pods use the overlay IP as their gateway (the CNI plugin adds
 // an on-link route to it, as the bridge address is a host prefix).
 //
 // Every route fastdp installs carries protocol RouteProtocol, and every link
@@ -97,6 +102,14 @@ type Config struct {
 	BridgeAddr netip.Prefix
 	// LocalRanges are the ranges this node owns; they are routed to the bridge.
 	LocalRanges []netip.Prefix
+	// LocalHosts are host prefixes (/32 or /128) routed to the bridge
+	// although no LocalRange holds them: addresses of this node's pods in
+	// space another node owns. Sorted, disjoint from RemoteHosts.
+	LocalHosts []netip.Prefix
+	// RemoteHosts are host prefixes routed through the WireGuard device
+	// although a LocalRange holds them: addresses of another node's pods
+	// in space this node owns (that node's AllowedIPs carry them). Sorted.
+	RemoteHosts []netip.Prefix
 	// ClusterRange is routed through the WireGuard device.
 	ClusterRange netip.Prefix
 }
@@ -108,7 +121,8 @@ type Peer struct {
 	// Endpoint is the peer's underlay address; the zero value means unknown
 	// (the peer has to contact us first).
 	Endpoint netip.AddrPort
-	// AllowedIPs are the overlay ranges the peer owns.
+	// AllowedIPs are the overlay ranges the peer owns, and host prefixes
+	// of its pods' addresses in space another node owns.
 	AllowedIPs []netip.Prefix
 	// Keepalive is the persistent keepalive interval; 0 turns it off.
 	Keepalive time.Duration
@@ -197,6 +211,8 @@ func (c *Config) Clone() *Config {
 	}
 	n := *c
 	n.LocalRanges = slices.Clone(c.LocalRanges)
+	n.LocalHosts = slices.Clone(c.LocalHosts)
+	n.RemoteHosts = slices.Clone(c.RemoteHosts)
 	n.Peers = make([]Peer, len(c.Peers))
 	for i, p := range c.Peers {
 		p.AllowedIPs = slices.Clone(p.AllowedIPs)
@@ -216,7 +232,8 @@ func (c *Config) Equal(o *Config) bool {
 	}
 	if c.PrivateKey != o.PrivateKey || c.ListenPort != o.ListenPort || c.MTU != o.MTU ||
 		c.BridgeName != o.BridgeName || c.BridgeAddr != o.BridgeAddr || c.ClusterRange != o.ClusterRange ||
-		!slices.Equal(c.LocalRanges, o.LocalRanges) {
+		!slices.Equal(c.LocalRanges, o.LocalRanges) || !slices.Equal(c.LocalHosts, o.LocalHosts) ||
+		!slices.Equal(c.RemoteHosts, o.RemoteHosts) {
 		return false
 	}
 	return slices.EqualFunc(c.Peers, o.Peers, func(a, b Peer) bool {
@@ -290,6 +307,21 @@ func (c *Config) validate() error {
 	for _, r := range c.LocalRanges {
 		if !r.IsValid() || r != r.Masked() || !c.ClusterRange.Contains(r.Addr()) || r.Bits() < c.ClusterRange.Bits() {
 			return fmt.Errorf("local range %s is not a masked prefix inside the cluster range %s", r, c.ClusterRange)
+		}
+	}
+	local := make(map[netip.Prefix]bool, len(c.LocalHosts))
+	for _, h := range c.LocalHosts {
+		if !h.IsValid() || !h.IsSingleIP() || !c.ClusterRange.Contains(h.Addr()) {
+			return fmt.Errorf("local host %s is not a host prefix inside the cluster range %s", h, c.ClusterRange)
+		}
+		local[h] = true
+	}
+	for _, h := range c.RemoteHosts {
+		if !h.IsValid() || !h.IsSingleIP() || !c.ClusterRange.Contains(h.Addr()) {
+			return fmt.Errorf("remote host %s is not a host prefix inside the cluster range %s", h, c.ClusterRange)
+		}
+		if local[h] {
+			return fmt.Errorf("host %s is both local and remote", h)
 		}
 	}
 	seen := make(map[crypto.Key]bool, len(c.Peers))

@@ -582,3 +582,78 @@ func TestDetectMTU(t *testing.T) {
 		t.Errorf("DetectMTU without a route succeeded")
 	}
 }
+
+// TestHostRoutes: host prefixes go to the bridge (LocalHosts) or into
+// WireGuard (RemoteHosts), beside the range routes, one of them equal to a
+// /32 range; an unchanged config changes no route, and a changed one
+// removes the host routes it no longer names.
+func TestHostRoutes(t *testing.T) {
+	testnet.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ns := netnstest.New(t)
+	n := newNode(t, ns, "192.168.77.1", "10.40.0.1", "10.40.0.0/24")
+	var logs bytes.Buffer
+	dp, err := New(ctx, Options{Mode: ModeUserspace, DeviceName: n.dev, NetNSPath: ns,
+		Logger: slog.New(slog.NewTextHandler(io.MultiWriter(&logs, tWriter{t}), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+
+	cfg := n.config(t)
+	cfg.LocalRanges = append(cfg.LocalRanges, netip.MustParsePrefix("10.40.7.9/32"))
+	cfg.LocalHosts = []netip.Prefix{netip.MustParsePrefix("10.40.5.3/32")}
+	cfg.RemoteHosts = []netip.Prefix{netip.MustParsePrefix("10.40.0.7/32"), netip.MustParsePrefix("10.40.7.9/32")}
+	if err := dp.Set(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"10.40.0.0/16 dev " + n.dev + " scope link src 10.40.0.1",
+		"10.40.0.0/24 dev mesh scope link src 10.40.0.1",
+		"10.40.5.3 dev mesh scope link src 10.40.0.1",
+		"10.40.0.7 dev " + n.dev + " scope link src 10.40.0.1",
+		"10.40.7.9 dev " + n.dev + " scope link src 10.40.0.1",
+	}
+	if r := ownRoutes(t, ns); !sameSet(r, want) {
+		t.Fatalf("routes = %q, want %q", r, want)
+	}
+	// The kernel picks the host route over the range.
+	for dst, dev := range map[string]string{"10.40.0.7": n.dev, "10.40.0.8": "mesh", "10.40.5.3": "mesh", "10.40.5.4": n.dev} {
+		if out := netnstest.Run(t, ns, "ip", "route", "get", dst); !strings.Contains(out, " dev "+dev+" ") {
+			t.Errorf("route to %s: %q, want dev %s", dst, out, dev)
+		}
+	}
+
+	logs.Reset()
+	if err := dp.Set(ctx, cfg.Clone()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(logs.String(), "route") {
+		t.Errorf("an unchanged config touched routes:\n%s", logs.String())
+	}
+
+	cfg.LocalHosts = nil
+	cfg.RemoteHosts = []netip.Prefix{netip.MustParsePrefix("10.40.0.8/32")}
+	if err := dp.Set(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	want = []string{
+		"10.40.0.0/16 dev " + n.dev + " scope link src 10.40.0.1",
+		"10.40.0.0/24 dev mesh scope link src 10.40.0.1",
+		"10.40.7.9 dev mesh scope link src 10.40.0.1",
+		"10.40.0.8 dev " + n.dev + " scope link src 10.40.0.1",
+	}
+	if r := ownRoutes(t, ns); !sameSet(r, want) {
+		t.Fatalf("routes after the change = %q, want %q", r, want)
+	}
+	if err := dp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := Reset(ctx, Options{DeviceName: n.dev, NetNSPath: ns}); err != nil {
+		t.Fatal(err)
+	}
+	if r := ownRoutes(t, ns); len(r) != 0 {
+		t.Errorf("routes after Reset: %q", r)
+	}
+}

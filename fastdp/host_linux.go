@@ -123,6 +123,12 @@ func desiredRoutes(want *Config, wgLink, br netlink.Link) []routeSpec {
 	for _, r := range want.LocalRanges {
 		rs = append(rs, routeSpec{dst: r, link: br.Attrs().Index, src: src, links: br.Attrs().Name})
 	}
+	for _, h := range want.LocalHosts {
+		rs = append(rs, routeSpec{dst: h, link: br.Attrs().Index, src: src, links: br.Attrs().Name})
+	}
+	for _, h := range want.RemoteHosts {
+		rs = append(rs, routeSpec{dst: h, link: wgLink.Attrs().Index, src: src, links: wgLink.Attrs().Name})
+	}
 	return rs
 }
 
@@ -148,8 +154,10 @@ func (d *dataplane) ensureRoutes(want *Config, wgLink, br netlink.Link, undo *un
 	var order []netip.Prefix
 	for _, r := range desiredRoutes(want, wgLink, br) {
 		if _, dup := desired[r.dst]; dup {
-			// A local range equal to the cluster range: the bridge wins,
-			// as the more specific intent.
+			// A local range equal to the cluster range, or a host
+			// prefix equal to a /32 range: the later entry wins, as
+			// the more specific intent (bridge over WireGuard for the
+			// cluster range, a host's holder over the range's owner).
 			desired[r.dst] = r
 			continue
 		}

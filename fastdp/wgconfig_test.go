@@ -105,17 +105,31 @@ func TestConfigValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	withHosts := good()
+	withHosts.LocalHosts = []netip.Prefix{netip.MustParsePrefix("10.33.0.5/32")}
+	withHosts.RemoteHosts = []netip.Prefix{netip.MustParsePrefix("10.32.0.9/32")}
+	if err := withHosts.Validate(); err != nil {
+		t.Errorf("host prefixes refused: %v", err)
+	}
 	if c.ListenPort != DefaultListenPort || c.MTU != DefaultMTU || c.BridgeName != DefaultBridgeName {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 	for name, mutate := range map[string]func(*Config){
-		"zero key":             func(c *Config) { c.PrivateKey = crypto.Key{} },
-		"bridge not host":      func(c *Config) { c.BridgeAddr = netip.MustParsePrefix("10.32.0.1/24") },
-		"bridge outside":       func(c *Config) { c.BridgeAddr = netip.MustParsePrefix("10.99.0.1/32") },
-		"range outside":        func(c *Config) { c.LocalRanges = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")} },
-		"range unmasked":       func(c *Config) { c.LocalRanges = []netip.Prefix{netip.MustParsePrefix("10.32.0.1/24")} },
-		"MTU too small":        func(c *Config) { c.MTU = 1000 },
-		"bridge name too long": func(c *Config) { c.BridgeName = "a-very-long-bridge-name" },
+		"zero key":               func(c *Config) { c.PrivateKey = crypto.Key{} },
+		"bridge not host":        func(c *Config) { c.BridgeAddr = netip.MustParsePrefix("10.32.0.1/24") },
+		"bridge outside":         func(c *Config) { c.BridgeAddr = netip.MustParsePrefix("10.99.0.1/32") },
+		"range outside":          func(c *Config) { c.LocalRanges = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")} },
+		"range unmasked":         func(c *Config) { c.LocalRanges = []netip.Prefix{netip.MustParsePrefix("10.32.0.1/24")} },
+		"MTU too small":          func(c *Config) { c.MTU = 1000 },
+		"bridge name too long":   func(c *Config) { c.BridgeName = "a-very-long-bridge-name" },
+		"local host not a host":  func(c *Config) { c.LocalHosts = []netip.Prefix{netip.MustParsePrefix("10.33.0.0/24")} },
+		"local host outside":     func(c *Config) { c.LocalHosts = []netip.Prefix{netip.MustParsePrefix("10.99.0.1/32")} },
+		"remote host not a host": func(c *Config) { c.RemoteHosts = []netip.Prefix{netip.MustParsePrefix("10.32.0.0/30")} },
+		"remote host outside":    func(c *Config) { c.RemoteHosts = []netip.Prefix{netip.MustParsePrefix("10.99.0.1/32")} },
+		"host local and remote": func(c *Config) {
+			c.LocalHosts = []netip.Prefix{netip.MustParsePrefix("10.33.0.5/32")}
+			c.RemoteHosts = []netip.Prefix{netip.MustParsePrefix("10.33.0.5/32")}
+		},
 		"duplicate peer": func(c *Config) {
 			c.Peers = []Peer{{PublicKey: key(1)}, {PublicKey: key(1)}}
 		},
@@ -137,6 +151,21 @@ func TestConfigCloneEqual(t *testing.T) {
 	b.Peers[0].AllowedIPs[0] = netip.MustParsePrefix("10.0.1.0/24")
 	if a.Equal(b) || a.Peers[0].AllowedIPs[0] != netip.MustParsePrefix("10.0.0.0/24") {
 		t.Error("clone shares AllowedIPs with the original")
+	}
+	a.LocalHosts = []netip.Prefix{netip.MustParsePrefix("10.0.9.1/32")}
+	a.RemoteHosts = []netip.Prefix{netip.MustParsePrefix("10.0.0.7/32")}
+	c := a.Clone()
+	if !a.Equal(c) {
+		t.Fatal("clone with host prefixes differs")
+	}
+	c.LocalHosts[0] = netip.MustParsePrefix("10.0.9.2/32")
+	if a.Equal(c) || a.LocalHosts[0] != netip.MustParsePrefix("10.0.9.1/32") {
+		t.Error("clone shares LocalHosts with the original, or Equal ignores them")
+	}
+	c = a.Clone()
+	c.RemoteHosts = nil
+	if a.Equal(c) {
+		t.Error("Equal ignores RemoteHosts")
 	}
 }
 

@@ -73,6 +73,7 @@ type Allocator struct {
 	problems       map[string]string // key -> operator-facing message
 
 	liveness liveness
+	guard    guard             // refused input, see validate.go
 	pool     map[uint64]uint64 // lease pool: offset -> info version that published it
 	// pubVersion is the highest version of our info we published. A
 	// removal (rmpeer) replaces our info by one of a higher epoch but
@@ -668,9 +669,12 @@ func (a *Allocator) publishLocked() {
 }
 
 // versionStep is how far ahead of the published versions the state file's
-// floor is kept: ten minutes of the millisecond clock, so the floor costs
-// one write per ten minutes.
-const versionStep = 10 * 60 * 1000
+// floor is kept: one minute of the millisecond clock, so the floor costs
+// one write per minute. A restart starts at the floor, so each restart may
+// put this peer's versions up to a step ahead of its clock (until the clock
+// catches up): small, so that a crash loop stays far inside the bound
+// receivers put on versions ahead of their clock (maxClockAhead).
+const versionStep = 60 * 1000
 
 // saveLocked writes the state file. Every change of an allocation, of the
 // ring or of what this peer learnt of others goes through it before being

@@ -37,6 +37,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; tests inject a fake one. Nil means time.Now.
 	Now func() time.Time
+	// IsMember says whether name is a live member of the mesh. A peer
+	// name first heard of in a remote state is accepted only if it is a
+	// member, owns space, or was removed (docs/ipam.md, bounds), so that
+	// a peer holding the key cannot fill the table with invented names.
+	// Nil counts every name as a member.
+	IsMember func(name string) bool
 }
 
 // DefaultConfig returns a Config with the default cluster range and a single

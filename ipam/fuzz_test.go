@@ -31,7 +31,7 @@ func FuzzMergeRemoteState(f *testing.F) {
 		a := mustNew(t, Config{Range: mustPrefix("10.0.0.0/24"), Self: "a"}, nil)
 		mustAlloc(t, a, "c1", "eth0")
 		err := a.MergeRemoteState(buf)
-		if err != nil && !errors.Is(err, ErrCorruptState) && !errors.Is(err, ErrRangeMismatch) {
+		if err != nil && !errors.Is(err, ErrCorruptState) && !errors.Is(err, ErrRangeMismatch) && !errors.Is(err, ErrRejected) {
 			t.Fatalf("unexpected error class: %v", err)
 		}
 		_ = a.HandleMessage("x", append([]byte{msgState}, buf...))
@@ -41,6 +41,68 @@ func FuzzMergeRemoteState(f *testing.F) {
 		}
 		_ = a.Status()
 		a.Tick()
+		checkBounds(t, a)
+	})
+}
+
+// checkBounds fails if anything a remote state can put into a's state lies
+// beyond the bounds of validate.go.
+func checkBounds(t *testing.T, a *Allocator) {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.st.peers) > maxPeers {
+		t.Fatalf("peer table of %d", len(a.st.peers))
+	}
+	for name, p := range a.st.peers {
+		if p.Epoch >= maxCounter || p.Version >= maxCounter || len(p.Held) > maxHeld {
+			t.Fatalf("%s accepted beyond the bounds: epoch %d version %d held %d", name, p.Epoch, p.Version, len(p.Held))
+		}
+	}
+	for _, s := range a.st.ring.segs {
+		if s.e.Version >= maxCounter {
+			t.Fatalf("ring entry accepted at version %d", s.e.Version)
+		}
+	}
+}
+
+// FuzzHostileState: a valid state whose counters, Held list and names the
+// fuzzer chooses is merged (by a receiver that has a real peer table) and
+// never leaves anything beyond the bounds.
+func FuzzHostileState(f *testing.F) {
+	f.Add(uint64(1), uint64(1), uint64(1), uint16(3), uint16(10), "evil")
+	f.Add(^uint64(0), ^uint64(0), ^uint64(0), uint16(255), uint16(4000), "b")
+	f.Add(uint64(maxEpochStep), uint64(maxRingStep), uint64(1<<61), uint16(0), uint16(2000), "a")
+	f.Fuzz(func(t *testing.T, epoch, version, ringVersion uint64, heldStart, nHeld uint16, name string) {
+		if name == "" || len(name) > maxName {
+			return
+		}
+		net := newSimNet(3)
+		for _, n := range []string{"a", "b"} {
+			net.add(t, n, "10.0.0.0/20", 2, 0)
+		}
+		net.settle(t, 3)
+		a := net.nodes["a"].Allocator
+		w, err := decodeState(net.nodes["b"].LocalState())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var held []uint64
+		for off := uint64(heldStart); off < uint64(heldStart)+uint64(nHeld) && off < w.st.ring.size; off++ {
+			held = append(held, off)
+		}
+		w.st.peers[name] = peerInfo{Epoch: epoch, Version: version, Held: held}
+		sp := w.st.ring.owned("b")[0]
+		w.st.ring = w.st.ring.update(sp.start, sp.end, func(entry) entry { return entry{Version: ringVersion, Owner: name} })
+		err = a.MergeRemoteState(encodeState(w.prefix, "x", w.st))
+		if err != nil && !errors.Is(err, ErrRejected) {
+			t.Fatalf("unexpected error class: %v", err)
+		}
+		a.Tick()
+		checkBounds(t, a)
+		if _, err := decodeState(a.LocalState()); err != nil {
+			t.Fatalf("state no longer encodes: %v", err)
+		}
 	})
 }
 

@@ -79,8 +79,12 @@ func (a *Allocator) broadcastStateLocked() {
 // anything. It never panics on garbage. May write the state file; safe for
 // concurrent use.
 func (a *Allocator) MergeRemoteState(buf []byte) error {
+	if err := a.refuseOversized("", len(buf)); err != nil {
+		return err
+	}
 	w, err := decodeState(buf)
 	if err != nil {
+		a.refuseCorrupt("", err)
 		return fmt.Errorf("%w: %v", ErrCorruptState, err)
 	}
 	a.mu.Lock()
@@ -98,7 +102,16 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	if len(msg) == 0 {
 		return fmt.Errorf("%w: empty message from %s", ErrCorruptState, from)
 	}
+	if err := a.refuseOversized(from, len(msg)); err != nil {
+		return err
+	}
+	// Decoded before taking the lock: a flood of large states must not
+	// hold up Allocate while it is parsed.
+	var w wireState
 	var err error
+	if msg[0] == msgState || msg[0] == msgEchoReq {
+		w, err = decodeState(msg[1:])
+	}
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -106,8 +119,8 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	}
 	switch msg[0] {
 	case msgState, msgEchoReq:
-		var w wireState
-		if w, err = decodeState(msg[1:]); err != nil {
+		if err != nil {
+			a.rejectLocked(RejectCorrupt, fmt.Sprintf("from %s: %v", from, err))
 			err = fmt.Errorf("%w: from %s: %v", ErrCorruptState, from, err)
 		} else {
 			err = a.mergeLocked(w)
@@ -143,10 +156,14 @@ func (a *Allocator) mergeLocked(w wireState) error {
 		return ErrClosed
 	}
 	if w.prefix != a.cfg.Range {
-		a.problem("range:"+w.sender, fmt.Sprintf("peer %s uses cluster range %s but this peer uses %s: their states are ignored; give every peer the same --ipalloc-range", w.sender, w.prefix, a.cfg.Range))
+		// Counted, not one problem per sender: sender names are the
+		// sender's word, and the problem list stays bounded.
+		a.rejectLocked(RejectRange, fmt.Sprintf("peer %s uses cluster range %s but this peer uses %s: their states are ignored; give every peer the same --ipalloc-range", w.sender, w.prefix, a.cfg.Range))
 		return fmt.Errorf("%w: %s has %s, we have %s", ErrRangeMismatch, w.sender, w.prefix, a.cfg.Range)
 	}
-	delete(a.problems, "range:"+w.sender)
+	if err := a.screenLocked(&w); err != nil {
+		return err
+	}
 	old := a.st
 	if !old.seed.isZero() && !w.st.seed.isZero() && old.seed != w.st.seed {
 		a.seedConflictLocked(w.sender, old.seed, w.st.seed)
@@ -167,6 +184,7 @@ func (a *Allocator) mergeLocked(w wireState) error {
 		}
 	}
 	a.liveness.observe(a, w.sender, w.st)
+	a.boundMapsLocked()
 	a.gatewayUsableLocked() // record an echo of a new gateway with what was learnt
 	a.noteRecoveryLocked(w)
 	if me, ok := a.st.peers[a.cfg.Self]; ok && me.Removed {

@@ -42,11 +42,7 @@ func podAddrs(n *simNode) map[netip.Addr]bool {
 // Finding 1: a donation of a range below the node's lowest one moved its
 // gateway, and the old gateway went to a new pod of the same node.
 func TestRegressionGatewayMovesOnLowerDonation(t *testing.T) {
-	s := newSimNet(101)
-	for _, n := range []string{"a", "b"} {
-		s.add(t, n, "10.0.0.0/24", 2, 0)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 101, "10.0.0.0/24", 0, "a", "b")
 	gw, ok := s.nodes["b"].OverlayIP()
 	if !ok {
 		t.Fatalf("b has no gateway: %+v", s.nodes["b"].Status())
@@ -72,11 +68,7 @@ func TestRegressionGatewayMovesOnLowerDonation(t *testing.T) {
 // Finding 1, second path: a deleted Node's space goes to its heir, whose
 // new range lies below its own.
 func TestRegressionGatewayMovesOnNodeDeletion(t *testing.T) {
-	s := newSimNet(102)
-	for _, n := range []string{"a", "b", "c"} {
-		s.add(t, n, "10.0.0.0/24", 3, 0)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 102, "10.0.0.0/24", 0, "a", "b", "c")
 	gw, ok := s.nodes["c"].OverlayIP()
 	if !ok {
 		t.Fatal("c has no gateway")
@@ -108,11 +100,7 @@ func TestRegressionGatewayMovesOnNodeDeletion(t *testing.T) {
 // Finding 1, by reading: with reclaim on, the gateway was not reported after
 // a restart until a majority had echoed it again.
 func TestRegressionGatewayReportedAfterRestart(t *testing.T) {
-	s := newSimNet(103)
-	for _, n := range []string{"a", "b", "c"} {
-		s.add(t, n, "10.0.0.0/24", 3, time.Minute)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 103, "10.0.0.0/24", time.Minute, "a", "b", "c")
 	s.rounds(5)
 	gw, ok := s.nodes["a"].OverlayIP()
 	if !ok {
@@ -128,11 +116,7 @@ func TestRegressionGatewayReportedAfterRestart(t *testing.T) {
 // Finding 2(a): with reclaim on, b echoes a's new Held addresses, restarts
 // and forgets them; a, cut off, keeps its pods, and its heir hands them out.
 func TestRegressionEchoForgottenAfterRestart(t *testing.T) {
-	s := newSimNet(104)
-	for _, n := range []string{"a", "b", "c"} {
-		s.add(t, n, "10.0.0.0/24", 3, 20*time.Second)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 104, "10.0.0.0/24", 20*time.Second, "a", "b", "c")
 	s.rounds(5)
 	// c is away for a moment: a's new leases are echoed by b alone (a
 	// majority of 3 with a itself).
@@ -158,12 +142,8 @@ func TestRegressionEchoForgottenAfterRestart(t *testing.T) {
 // Finding 2(b): a majority restarts at once (a power loss) while b is cut
 // off; b's heir hands out b's live pods' addresses.
 func TestRegressionPowerLossForgetsHeld(t *testing.T) {
-	s := newSimNet(105)
 	names := []string{"a", "b", "c", "d", "e"}
-	for _, n := range names {
-		s.add(t, n, "10.0.0.0/24", 5, 20*time.Second)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 105, "10.0.0.0/24", 20*time.Second, names...)
 	s.rounds(5)
 	for i := range 32 {
 		s.allocEventually(t, "b", fmt.Sprint("b-", i), 10)
@@ -221,11 +201,7 @@ func TestRegressionSeedClashForgottenAfterRestart(t *testing.T) {
 // Finding 3: with reclaim on and 2 of 4 peers dead (not removed), a healthy
 // peer could place only its pool although it owns plenty of free space.
 func TestRegressionReclaimAvailabilityHalfDead(t *testing.T) {
-	s := newSimNet(107)
-	for _, n := range []string{"a", "b", "c", "d"} {
-		s.add(t, n, "10.0.0.0/23", 4, time.Minute)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 107, "10.0.0.0/23", time.Minute, "a", "b", "c", "d")
 	s.kill("c")
 	s.kill("d")
 	s.rounds(3)

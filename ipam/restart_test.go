@@ -18,12 +18,8 @@ import (
 // echoes), but neither may reclaim the other (that needs 3): no duplicate,
 // no tombstone, and nothing to repair after the heal.
 func TestSymmetricPartitionNoReclaim(t *testing.T) {
-	s := newSimNet(201)
 	names := []string{"a", "b", "c", "d"}
-	for _, n := range names {
-		s.add(t, n, "10.0.0.0/23", 4, 10*time.Second)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 201, "10.0.0.0/23", 10*time.Second, names...)
 	before := fmt.Sprint(s.nodes["a"].Ranges())
 	s.part = map[string]int{"a": 1, "b": 1, "c": 2, "d": 2}
 	placed := map[string]int{}
@@ -56,11 +52,7 @@ func TestSymmetricPartitionNoReclaim(t *testing.T) {
 
 // TestBlockedNamed: whatever stops progress is named in Status.
 func TestBlockedNamed(t *testing.T) {
-	s := newSimNet(202)
-	for _, n := range []string{"a", "b", "c", "d"} {
-		s.add(t, n, "10.0.0.0/23", 4, time.Minute)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 202, "10.0.0.0/23", time.Minute, "a", "b", "c", "d")
 	if st := s.nodes["a"].Status(); st.Blocked != "" {
 		t.Fatalf("a is blocked in a healthy cluster: %q", st.Blocked)
 	}
@@ -115,12 +107,8 @@ func waitFor(t *testing.T, cond func() bool) {
 // own, answers no echo, until it has merged the states of a majority; a
 // whole cluster restarting at once recovers by itself.
 func TestRecoveryAfterRestart(t *testing.T) {
-	s := newSimNet(203)
 	names := []string{"a", "b", "c"}
-	for _, n := range names {
-		s.add(t, n, "10.0.0.0/24", 3, 30*time.Second)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 203, "10.0.0.0/24", 30*time.Second, names...)
 	s.part = map[string]int{"a": 1}
 	s.restart(t, "a")
 	w, err := decodeState(s.nodes["a"].LocalState())
@@ -170,11 +158,7 @@ func TestRecoveryAfterRestart(t *testing.T) {
 // peers are dead recovers with the one live neighbour (a lease quorum)
 // and places pods again.
 func TestRestartWithHalfDeadAllocates(t *testing.T) {
-	s := newSimNet(206)
-	for _, n := range []string{"a", "b", "c", "d"} {
-		s.add(t, n, "10.0.0.0/23", 4, time.Minute)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 206, "10.0.0.0/23", time.Minute, "a", "b", "c", "d")
 	s.kill("c")
 	s.kill("d")
 	s.rounds(3)
@@ -251,11 +235,7 @@ func TestStateFileFromPreviousRelease(t *testing.T) {
 // gateway (rmpeer while alive) keeps it: still Held, still reported, never
 // handed to a pod by the new owner.
 func TestGatewayKeptWhenSpaceLost(t *testing.T) {
-	s := newSimNet(204)
-	for _, n := range []string{"a", "b", "c"} {
-		s.add(t, n, "10.0.0.0/26", 3, 0)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 204, "10.0.0.0/26", 0, "a", "b", "c")
 	gw, _ := s.nodes["b"].OverlayIP()
 	s.allocEventually(t, "b", "b-0", 5)
 	s.part = map[string]int{"b": 1}

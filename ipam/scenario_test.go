@@ -139,12 +139,8 @@ func TestIndependentSeedingMerges(t *testing.T) {
 }
 
 func TestAutoReclaimPartitionedPeer(t *testing.T) {
-	s := newSimNet(5)
 	names := []string{"a", "b", "c", "d", "e"}
-	for _, n := range names {
-		s.add(t, n, "10.0.0.0/26", 5, 20*time.Second)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 5, "10.0.0.0/26", 20*time.Second, names...)
 	ePods := map[netip.Addr]bool{}
 	for i := range 3 {
 		ePods[s.allocEventually(t, "e", fmt.Sprint("e-", i), 20)] = true
@@ -237,11 +233,7 @@ func TestBootstrapUnderFaults(t *testing.T) {
 // on its bridge and routes to it by the ranges it owns, so a peer that joins
 // a seeded ring must get space right away, not when its first pod asks.
 func TestJoinGetsSpaceWithoutAllocate(t *testing.T) {
-	s := newSimNet(6)
-	for _, n := range []string{"a", "b", "c"} {
-		s.add(t, n, "10.0.0.0/24", 3, 0)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 6, "10.0.0.0/24", 0, "a", "b", "c")
 	j := s.add(t, "j", "10.0.0.0/24", 2, 0)
 	changed := j.Subscribe()
 	if _, ok := j.OverlayIP(); ok {
@@ -289,11 +281,7 @@ func TestJoinGetsSpaceWithoutAllocate(t *testing.T) {
 // and a reservation coming back would report a conflict that does not exist
 // and keep those addresses reserved forever.
 func TestRemovalBeatsLateHeartbeat(t *testing.T) {
-	s := newSimNet(7)
-	for _, n := range []string{"a", "b", "c"} {
-		s.add(t, n, "10.0.0.0/28", 3, 0)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 7, "10.0.0.0/28", 0, "a", "b", "c")
 	s.part = map[string]int{"a": 1} // b and c keep talking, a misses b's heartbeats
 	var bPods []netip.Addr
 	for i := range 2 {
@@ -338,11 +326,7 @@ func TestRemovalBeatsLateHeartbeat(t *testing.T) {
 // partitioned. When it comes back it republishes itself over the removal,
 // its pods' addresses are reserved again and it gets new space.
 func TestRemovedWhileAliveReasserts(t *testing.T) {
-	s := newSimNet(8)
-	for _, n := range []string{"a", "b", "c"} {
-		s.add(t, n, "10.0.0.0/26", 3, 0)
-	}
-	s.settle(t, 10)
+	s := settledSim(t, 8, "10.0.0.0/26", 0, "a", "b", "c")
 	bPod := mustAlloc(t, s.nodes["b"].Allocator, "b-0", "eth0")
 	s.settle(t, 5)
 	s.part = map[string]int{"b": 1}

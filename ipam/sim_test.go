@@ -130,6 +130,19 @@ func (t simTransport) SendTo(peer string, msg []byte) error {
 	return nil
 }
 
+// settledSim is a simulated mesh of the named peers, all started at once
+// with the whole range prefix (so each counts them all as its initial
+// peers) and reclaim after reclaim (0: off), once their ring has settled.
+func settledSim(t testing.TB, seed uint64, prefix string, reclaim time.Duration, names ...string) *simNet {
+	t.Helper()
+	s := newSimNet(seed)
+	for _, n := range names {
+		s.add(t, n, prefix, len(names), reclaim)
+	}
+	s.settle(t, 10)
+	return s
+}
+
 func (s *simNet) add(t testing.TB, name, prefix string, initial int, reclaim time.Duration) *simNode {
 	t.Helper()
 	cfg := DefaultConfig()
@@ -673,6 +686,8 @@ func runSimulation(t *testing.T, seed uint64, p simParams) string {
 	}
 	if msg != "" {
 		t.Errorf("seed %d: rings or reservations did not settle: %s", seed, msg)
+	} else if msg := s.routingMismatch(); msg != "" {
+		t.Errorf("seed %d: a held address is not routed to its holder: %s", seed, msg)
 	}
 	total, free := 0, uint64(0)
 	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {

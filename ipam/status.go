@@ -32,6 +32,10 @@ type Status struct {
 	// BlockedReasons (the metric's label).
 	Blocked       string `json:"blocked,omitempty"`
 	BlockedReason string `json:"blockedReason,omitempty"`
+	// Rejected counts remote input refused since start, by reason (one of
+	// RejectReasons, the metric's label); each reason that occurred is
+	// also one line of Problems.
+	Rejected map[string]uint64 `json:"rejected,omitempty"`
 }
 
 // The kinds of waiting Status.Blocked names.
@@ -122,6 +126,9 @@ func (a *Allocator) Status() Status {
 	for _, k := range slices.Sorted(maps.Keys(a.problems)) {
 		s.Problems = append(s.Problems, a.problems[k])
 	}
+	var rejected []string
+	s.Rejected, rejected = a.rejectionsLocked()
+	s.Problems = append(s.Problems, rejected...)
 	for _, n := range names {
 		if p := a.st.peers[n]; p.Removed && len(p.Held) > 0 {
 			s.Problems = append(s.Problems, fmt.Sprintf("%d addresses of deleted node %s stay reserved in case its pods still run; run `mesh rmpeer %s` on one node once they are surely gone", len(p.Held), n, n))

@@ -165,7 +165,9 @@ func (d *delegate) NotifyMsg(b []byte) {
 	if id == channelControl {
 		if string(msg) == controlBye {
 			d.m.mu.Lock()
-			d.m.byeFrom[from] = true
+			if d.m.byeAllowedLocked(from) {
+				d.m.byeFrom[from] = true
+			}
 			d.m.mu.Unlock()
 		}
 		return

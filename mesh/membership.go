@@ -122,6 +122,16 @@ func New(cfg Config) (*Membership, error) {
 	return m, nil
 }
 
+// IsMember says whether name is a live (alive or suspect) member. The IPAM
+// accepts a name it has not heard of only from members (or owners of
+// space), so that invented names cannot fill its peer table.
+func (m *Membership) IsMember(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mem, ok := m.members[name]
+	return ok && mem.State.Live()
+}
+
 // Start begins joining the targets in the background. Register channels
 // before it, so that they take part in the first state exchanges.
 func (m *Membership) Start() {
@@ -260,6 +270,7 @@ func (m *Membership) observe(n *memberlist.Node, state api.MemberState) {
 		mem.Since = old.Since // a metadata update is no state change
 	}
 	m.members[n.Name] = mem
+	m.pruneMembersLocked()
 	m.notify()
 	m.mu.Unlock()
 	if !self {

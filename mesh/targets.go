@@ -282,9 +282,13 @@ func (t *targets) learned(a netip.AddrPort) {
 		return
 	}
 	s := a.String()
+	live := map[netip.AddrPort]bool{}
+	for _, l := range t.m.liveAddrs() {
+		live[l] = true
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.remembered[s] {
+	if t.remembered[s] || !t.evictRememberedLocked(live) {
 		return
 	}
 	t.remembered[s] = true
@@ -309,7 +313,7 @@ func (t *targets) loadRemembered() {
 		return
 	}
 	for _, a := range list {
-		if _, err := netip.ParseAddrPort(a); err == nil {
+		if _, err := netip.ParseAddrPort(a); err == nil && len(t.remembered) < maxRemembered {
 			t.remembered[a] = true
 		}
 	}

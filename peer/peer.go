@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -32,7 +33,21 @@ type Node struct {
 	// derived from: one that both ends hold (the daemon picks it from the
 	// key IDs the node advertises). Nil means no preshared key.
 	Secret *crypto.MasterKey
+	// Since is when the node entered State; a dead node keeps its peer
+	// until Since + Grace.
+	Since time.Time
 }
+
+// Grace is how long a node keeps the WireGuard peer of a node that gossip
+// no longer vouches for. A daemon that restarts or crashes stops answering
+// gossip without a goodbye, and the others declare it dead after
+// memberlist's suspicion timeout; its data plane (a kernel link, or the
+// next process) is back well within the grace, so its pods stay reachable.
+// And a daemon that starts applies the nodes it remembers from its last
+// run (Input.Remembered) for this long before gossip has rejoined, so that
+// a view that is only empty because gossip has not caught up yet does not
+// remove their peers. A node that leaves gracefully (left) goes at once.
+const Grace = 30 * time.Second
 
 // RangeOwner is one range of the IPAM ring and the name of its owner.
 type RangeOwner struct {
@@ -40,11 +55,25 @@ type RangeOwner struct {
 	Owner string
 }
 
+// HeldAddr is an address that a node's pod (or its gateway) holds in space
+// the ring gives to another node or to none: pods that stayed when the
+// space under them moved (an automatic reclaim of a node that was only cut
+// off, an rmpeer of a live node, a lost seeding clash). The IPAM keeps it
+// from being handed out again; the data plane routes it to its holder.
+type HeldAddr struct {
+	Holder string
+	Addr   netip.Addr
+}
+
 // Input is everything the desired data plane depends on.
 type Input struct {
-	Self         string
-	Nodes        []Node
-	Ranges       []RangeOwner
+	Self   string
+	Nodes  []Node
+	Ranges []RangeOwner
+	// Held lists the addresses held outside their holder's ranges (the
+	// IPAM's HeldOutsideOwned); each becomes a host prefix routed to its
+	// holder.
+	Held         []HeldAddr
 	PrivateKey   crypto.PrivateKey
 	ListenPort   int
 	MTU          int
@@ -54,14 +83,98 @@ type Input struct {
 	// the node owns no range yet.
 	OverlayIP  netip.Addr
 	BridgeName string
+	// Now is the time the grace periods (Grace) are measured against. The
+	// zero value means no grace: dead nodes go at once and Remembered is
+	// ignored.
+	Now time.Time
+	// Remembered are the nodes that had a peer when the previous run of
+	// this daemon last saved them. Each one that Nodes does not list
+	// counts as alive while Now is before RememberedUntil; once gossip
+	// lists it, gossip's state rules.
+	Remembered      []Node
+	RememberedUntil time.Time
+}
+
+// hasPeer is the one rule for which nodes get a WireGuard peer: alive and
+// suspect ones (suspicion is often a gossip hiccup), dead ones within
+// Grace of their death (a restart or crash of their daemon), never left
+// ones.
+func hasPeer(n Node, now time.Time) bool {
+	switch n.State {
+	case api.MemberAlive, api.MemberSuspect:
+		return true
+	case api.MemberDead:
+		return !now.IsZero() && !n.Since.IsZero() && now.Before(n.Since.Add(Grace))
+	}
+	return false
+}
+
+// nodes checks in.Nodes and returns them with the remembered nodes that
+// gossip does not list yet and are still within their grace, as alive.
+func (in Input) nodes() ([]Node, error) {
+	names := make(map[string]bool, len(in.Nodes))
+	out := make([]Node, 0, len(in.Nodes)+len(in.Remembered))
+	for _, n := range in.Nodes {
+		if names[n.Name] {
+			return nil, fmt.Errorf("invalid peer input: node %q listed twice", n.Name)
+		}
+		names[n.Name] = true
+		switch n.State {
+		case api.MemberAlive, api.MemberSuspect, api.MemberDead, api.MemberLeft:
+		default:
+			return nil, fmt.Errorf("invalid peer input: node %q has unknown state %q", n.Name, n.State)
+		}
+		out = append(out, n)
+	}
+	if in.Now.IsZero() || !in.Now.Before(in.RememberedUntil) {
+		return out, nil
+	}
+	for _, n := range in.Remembered {
+		if names[n.Name] || n.Name == in.Self {
+			continue
+		}
+		names[n.Name] = true
+		n.State = api.MemberAlive
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// Kept returns the nodes other than self that get a WireGuard peer under
+// in (gossip's nodes by hasPeer, and remembered ones in their grace), in
+// the order of in.Nodes then in.Remembered. The daemon saves them, so that
+// its next run can apply them before gossip has rejoined.
+func Kept(in Input) ([]Node, error) {
+	all, err := in.nodes()
+	if err != nil {
+		return nil, err
+	}
+	var out []Node
+	for _, n := range all {
+		if n.Name != in.Self && n.PublicKey != (crypto.Key{}) && hasPeer(n, in.Now) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 // Desired computes the data plane config for in: one WireGuard peer per
-// alive or suspect node other than self, with the ranges it owns as
-// AllowedIPs. Suspect nodes keep their entry because suspicion is often a
-// gossip hiccup, and dropping the peer would cut its pods off for nothing;
-// dead and left nodes are taken out, their ranges are unreachable until the
-// IPAM hands them to someone else.
+// node other than self that hasPeer admits (alive, suspect, dead for less
+// than Grace, or remembered from the last run and not yet seen by gossip),
+// with the ranges it owns as AllowedIPs. Suspect nodes keep their entry
+// because suspicion is often a gossip hiccup, and dropping the peer would
+// cut its pods off for nothing; left nodes, and dead ones after the grace,
+// are taken out, their ranges are unreachable until the IPAM hands them to
+// someone else.
+//
+// Held addresses are routed to their holder as host prefixes (/32), which
+// win over the owner's range by longest-prefix match in WireGuard and in
+// the kernel: another node's go into its AllowedIPs (and, where they lie in
+// a range this node owns, get a host route into WireGuard instead of the
+// bridge); this node's own get a host route to the bridge. An address
+// listed for two holders is routed to neither (by its range, as before),
+// and a range prefix equal to a held host prefix gives way to it, as two
+// WireGuard peers cannot share one allowed prefix.
 //
 // Nodes without a public key (not yet advertised) are skipped. Two live
 // names with the same public key (a node that restarted under a new name
@@ -89,23 +202,30 @@ func Desired(in Input) (*fastdp.Config, error) {
 		owned[r.Owner] = append(owned[r.Owner], r.CIDR.Masked())
 	}
 
+	held, err := heldHosts(in)
+	if err != nil {
+		return nil, err
+	}
+	heldBy := map[string][]netip.Prefix{}
+	for _, p := range slices.SortedFunc(maps.Keys(held), comparePrefix) {
+		heldBy[held[p]] = append(heldBy[held[p]], p)
+	}
+	for name, rs := range owned {
+		owned[name] = slices.DeleteFunc(rs, func(p netip.Prefix) bool { _, ok := held[p]; return ok })
+	}
+
 	type entry struct {
 		node   Node
 		ranges []netip.Prefix
 	}
 	byKey := map[crypto.Key]*entry{}
-	names := map[string]bool{}
-	for _, n := range in.Nodes {
-		if names[n.Name] {
-			return nil, fmt.Errorf("invalid peer input: node %q listed twice", n.Name)
-		}
-		names[n.Name] = true
-		switch n.State {
-		case api.MemberAlive, api.MemberSuspect:
-		case api.MemberDead, api.MemberLeft:
+	nodes, err := in.nodes()
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range nodes {
+		if !hasPeer(n, in.Now) {
 			continue
-		default:
-			return nil, fmt.Errorf("invalid peer input: node %q has unknown state %q", n.Name, n.State)
 		}
 		// Our own entry, or a stale one of ours under another name.
 		if n.Name == in.Self || n.PublicKey == selfPub || n.PublicKey == (crypto.Key{}) {
@@ -113,10 +233,11 @@ func Desired(in Input) (*fastdp.Config, error) {
 		}
 		e := byKey[n.PublicKey]
 		if e == nil {
-			byKey[n.PublicKey] = &entry{node: n, ranges: slices.Clone(owned[n.Name])}
+			byKey[n.PublicKey] = &entry{node: n, ranges: slices.Concat(owned[n.Name], heldBy[n.Name])}
 			continue
 		}
 		e.ranges = append(e.ranges, owned[n.Name]...)
+		e.ranges = append(e.ranges, heldBy[n.Name]...)
 		if better(n, e.node) {
 			e.node = n
 		}
@@ -134,6 +255,21 @@ func Desired(in Input) (*fastdp.Config, error) {
 		a := in.OverlayIP.Unmap()
 		cfg.BridgeAddr = netip.PrefixFrom(a, a.BitLen())
 	}
+	for _, p := range heldBy[in.Self] {
+		// The bridge's own address needs no route to the bridge.
+		if p != cfg.BridgeAddr {
+			cfg.LocalHosts = append(cfg.LocalHosts, p)
+		}
+	}
+	for _, e := range byKey {
+		for _, p := range e.ranges {
+			if _, ok := held[p]; ok && slices.ContainsFunc(cfg.LocalRanges, func(r netip.Prefix) bool { return r.Contains(p.Addr()) }) {
+				cfg.RemoteHosts = append(cfg.RemoteHosts, p)
+			}
+		}
+	}
+	cfg.LocalHosts = sortPrefixes(cfg.LocalHosts)
+	cfg.RemoteHosts = sortPrefixes(cfg.RemoteHosts)
 	for key, e := range byKey {
 		p := fastdp.Peer{
 			PublicKey:  key,
@@ -156,12 +292,55 @@ func Desired(in Input) (*fastdp.Config, error) {
 	return cfg, nil
 }
 
-// better reports whether a should give the endpoint over b.
+// better reports whether a should give the endpoint over b: alive over
+// suspect over dead, then the smaller name.
 func better(a, b Node) bool {
-	if a.State != b.State {
-		return a.State == api.MemberAlive
+	if ra, rb := stateRank(a.State), stateRank(b.State); ra != rb {
+		return ra < rb
 	}
 	return a.Name < b.Name
+}
+
+func stateRank(s api.MemberState) int {
+	switch s {
+	case api.MemberAlive:
+		return 0
+	case api.MemberSuspect:
+		return 1
+	}
+	return 2
+}
+
+// heldHosts maps the host prefix of each held address to its holder,
+// leaving out addresses listed for two holders.
+func heldHosts(in Input) (map[netip.Prefix]string, error) {
+	held := make(map[netip.Prefix]string, len(in.Held))
+	contested := map[netip.Prefix]bool{}
+	for _, h := range in.Held {
+		a := h.Addr.Unmap()
+		if !a.IsValid() || !in.ClusterRange.Contains(a) {
+			return nil, fmt.Errorf("invalid peer input: address %s held by %q is outside the cluster range %s", h.Addr, h.Holder, in.ClusterRange)
+		}
+		if h.Holder == "" {
+			return nil, fmt.Errorf("invalid peer input: address %s is held by an empty name", a)
+		}
+		p := netip.PrefixFrom(a, a.BitLen())
+		if prev, ok := held[p]; ok && prev != h.Holder {
+			contested[p] = true
+		}
+		held[p] = h.Holder
+	}
+	for p := range contested {
+		delete(held, p)
+	}
+	return held, nil
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
 }
 
 // sortPrefixes returns ps sorted by address then length, without duplicates.
@@ -170,11 +349,6 @@ func sortPrefixes(ps []netip.Prefix) []netip.Prefix {
 		return nil
 	}
 	out := slices.Clone(ps)
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Bits(), b.Bits())
-	})
+	slices.SortFunc(out, comparePrefix)
 	return slices.Compact(out)
 }

@@ -3,7 +3,6 @@ package peer
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,15 +28,7 @@ func testKey(t *testing.T, name string) crypto.PrivateKey {
 	raw := sha256.Sum256([]byte("peer test key " + name))
 	raw[0] &= 248
 	raw[31] = (raw[31] & 127) | 64
-	path := filepath.Join(t.TempDir(), "key")
-	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(raw[:])), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	k, err := crypto.LoadOrCreatePrivateKey(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return crypto.NewPrivateKey(raw)
 }
 
 type world struct {
@@ -70,6 +61,10 @@ var testSecret = func() *crypto.MasterKey {
 
 func (w *world) node(name, addr string, state api.MemberState) Node {
 	return Node{Name: name, Addr: netip.MustParseAddr(addr), DPPort: 6784, PublicKey: w.pubs[name], State: state, Secret: testSecret}
+}
+
+func held(holder, addr string) HeldAddr {
+	return HeldAddr{Holder: holder, Addr: netip.MustParseAddr(addr)}
 }
 
 func rng(cidr, owner string) RangeOwner {
@@ -114,6 +109,9 @@ func render(b *strings.Builder, cfg *fastdp.Config, names map[crypto.Key]string,
 	fmt.Fprintf(b, "listen_port: %d\nmtu: %d\n", cfg.ListenPort, cfg.MTU)
 	fmt.Fprintf(b, "bridge: %s %s\n", cfg.BridgeName, cfg.BridgeAddr)
 	fmt.Fprintf(b, "cluster_range: %s\nlocal_ranges: %v\n", cfg.ClusterRange, cfg.LocalRanges)
+	if len(cfg.LocalHosts) > 0 || len(cfg.RemoteHosts) > 0 {
+		fmt.Fprintf(b, "local_hosts: %v\nremote_hosts: %v\n", cfg.LocalHosts, cfg.RemoteHosts)
+	}
 	for _, p := range cfg.Peers {
 		fmt.Fprintf(b, "peer %s (%s)\n", names[p.PublicKey], p.PublicKey)
 		fmt.Fprintf(b, "  endpoint: %s\n  allowed_ips: %v\n  keepalive: %s\n", p.Endpoint, p.AllowedIPs, p.Keepalive)
@@ -214,6 +212,46 @@ func TestReconcilerGolden(t *testing.T) {
 				return in
 			}},
 		}},
+		{"held addresses routed to their holder", []step{
+			{"initial split", (*world).input},
+			{"a inherited c's first range; c's pod and gateway stay", func(w *world) Input {
+				in := w.input()
+				in.Ranges[2].Owner = "a"
+				in.Ranges = append(in.Ranges, rng("10.47.0.0/16", "c"))
+				in.Held = []HeldAddr{held("c", "10.40.0.1"), held("c", "10.40.0.5")}
+				return in
+			}},
+			{"same, held listed in another order", func(w *world) Input {
+				in := w.input()
+				in.Ranges[2].Owner = "a"
+				in.Ranges = append(in.Ranges, rng("10.47.0.0/16", "c"))
+				in.Held = []HeldAddr{held("c", "10.40.0.5"), held("c", "10.40.0.1")}
+				return in
+			}},
+			{"a's own pod in b's space, and a's gateway in c's", func(w *world) Input {
+				in := w.input()
+				in.Held = []HeldAddr{held("a", "10.36.0.9"), held("a", "10.40.0.2")}
+				in.OverlayIP = netip.MustParseAddr("10.40.0.2")
+				return in
+			}},
+			{"an address held by b and c is routed by its range", func(w *world) Input {
+				in := w.input()
+				in.Held = []HeldAddr{held("b", "10.32.0.7"), held("c", "10.32.0.7"), held("c", "10.32.0.8")}
+				return in
+			}},
+			{"c dead: its held address goes nowhere", func(w *world) Input {
+				in := w.input()
+				in.Nodes[2].State = api.MemberDead
+				in.Held = []HeldAddr{held("c", "10.32.0.8")}
+				return in
+			}},
+			{"b's /32 range is c's held address", func(w *world) Input {
+				in := w.input()
+				in.Ranges = append(in.Ranges, rng("10.47.0.3/32", "b"), rng("10.32.0.9/32", "a"))
+				in.Held = []HeldAddr{held("c", "10.47.0.3"), held("b", "10.32.0.9")}
+				return in
+			}},
+		}},
 		{"no-op when nothing changed", []step{
 			{"initial", (*world).input},
 			{"same input", (*world).input},
@@ -299,6 +337,11 @@ func TestDesiredEdgeCases(t *testing.T) {
 			"no range":       func(in *Input) { in.ClusterRange = netip.Prefix{} },
 			"duplicate node": func(in *Input) { in.Nodes = append(in.Nodes, in.Nodes[1]) },
 			"unknown state":  func(in *Input) { in.Nodes[1].State = "sleepy" },
+			"held outside the cluster range": func(in *Input) {
+				in.Held = []HeldAddr{held("b", "10.99.0.1")}
+			},
+			"held by nobody": func(in *Input) { in.Held = []HeldAddr{held("", "10.40.0.1")} },
+			"held zero":      func(in *Input) { in.Held = []HeldAddr{{Holder: "b"}} },
 		} {
 			in := w.input()
 			mutate(&in)

@@ -135,8 +135,9 @@ func (r *Reconciler) Counters() Counters {
 }
 
 func nodeNames(in Input) map[crypto.Key]string {
-	m := make(map[crypto.Key]string, len(in.Nodes))
-	for _, n := range in.Nodes {
+	nodes, _ := in.nodes() // Desired has accepted in
+	m := make(map[crypto.Key]string, len(nodes))
+	for _, n := range nodes {
 		if n.Name == in.Self {
 			continue
 		}
@@ -182,5 +183,6 @@ func (r *Reconciler) logChange(prev, next *fastdp.Config, names map[crypto.Key]s
 	}
 	slices.Sort(removed)
 	r.log.Info("applied data plane config", "peers", len(next.Peers),
-		"added", added, "updated", updated, "removed", removed, "local_ranges", len(next.LocalRanges))
+		"added", added, "updated", updated, "removed", removed, "local_ranges", len(next.LocalRanges),
+		"local_hosts", len(next.LocalHosts), "remote_hosts", len(next.RemoteHosts))
 }

@@ -19,7 +19,7 @@ import (
 )
 
 // syncTimeout bounds the first listing of pods, namespaces and policies.
-const syncTimeout = time.Minute
+var syncTimeout = time.Minute // a variable for tests
 
 // DefaultCheckInterval is how often the live table is compared with the
 // applied one, so an outside change (`nft flush ruleset`) is repaired.
@@ -42,6 +42,9 @@ type Controller struct {
 	// CheckInterval is how often the live table is checked (set before
 	// Run; 0 means DefaultCheckInterval).
 	CheckInterval time.Duration
+	// RetryInterval is how long Serve waits before running again after
+	// Run failed (set before Serve; 0 means kube.DefaultRetryInterval).
+	RetryInterval time.Duration
 
 	kick      chan struct{}
 	ready     chan struct{}
@@ -87,6 +90,14 @@ func New(client *kube.Client, node string, log *slog.Logger, nft Applier) *Contr
 // Ready is closed once the table has been built from the API after the
 // informers' caches synced.
 func (c *Controller) Ready() <-chan struct{} { return c.ready }
+
+// Serve runs the controller until ctx ends, which it blocks for: Run, and
+// when Run fails (an API server unreachable for a minute), the error logged
+// and Run again after RetryInterval (kube.Serve). The table stays in place
+// meanwhile.
+func (c *Controller) Serve(ctx context.Context) {
+	kube.Serve(ctx, c.log, "NetworkPolicy controller stopped; retrying", c.RetryInterval, c.Run)
+}
 
 // Run watches the API and keeps the table in step until ctx ends; it leaves
 // the table in place (enforcement outlives a daemon restart: see Remove).

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,6 +30,39 @@ func rmpeer(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(stdout, "took over %d range(s) of %s\n", n, pos[0])
+	return nil
+}
+
+// leave makes the daemon leave the mesh gracefully, then waits until it
+// has stopped (its socket no longer answers).
+func leave(args []string, stdout, stderr io.Writer) error {
+	fs, socket := clientFlags("mesh leave", stderr)
+	setUsage(fs, stderr, "Usage: mesh leave\n\nLeaves the mesh gracefully: the other nodes show this one as left and drop\nits WireGuard peer at once. Then the daemon stops. A stop by SIGTERM (a\nrestart, an upgrade) is no leave: the others keep this node's peer.\n\nFlags:\n")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return errUsage
+	}
+	if len(pos) != 0 {
+		fmt.Fprintln(stderr, "Usage: mesh leave")
+		return errUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := api.NewClient(*socket)
+	if err := c.Leave(ctx); err != nil {
+		return err
+	}
+	for {
+		if _, err := c.Status(ctx); errors.Is(err, api.ErrDaemonUnreachable) && ctx.Err() == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("left the mesh, but the daemon still answers on %s", *socket)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	fmt.Fprintln(stdout, "left the mesh; the daemon has stopped")
 	return nil
 }
 

@@ -35,6 +35,9 @@ func TestCLIConventions(t *testing.T) {
 		{"completion zsh", []string{"completion", "zsh"}, 0, []string{"#compdef mesh", "bashcompinit"}},
 		{"completion fish", []string{"completion", "fish"}, 0, []string{"complete -c mesh -n \"__fish_seen_subcommand_from attach\" -l ifname", "-s o"}},
 		{"usage lists exit codes", []string{"help"}, 0, []string{"3 the daemon cannot be", "mesh attach"}},
+		{"leave daemon down", []string{"leave", "--socket", "/nonexistent/mesh.sock"}, exitUnreachable, []string{"cannot reach the mesh daemon"}},
+		{"leave takes no argument", []string{"leave", "now"}, exitUsage, []string{"Usage: mesh leave"}},
+		{"usage lists leave", []string{"help"}, 0, []string{"mesh leave", "(a stop by SIGTERM is a restart, not a leave)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -94,7 +94,11 @@ func launch(args []string, stderr io.Writer) error {
 	}
 	select {
 	case <-ctx.Done():
+		// A restart, not a leave: the node stays a member (mesh leave
+		// leaves).
 		cfg.Logger.Info("stopping on signal")
+	case <-d.LeaveRequested():
+		cfg.Logger.Info("stopping after leaving the mesh")
 	case err := <-d.Done():
 		cfg.Logger.Error("control API stopped", "error", err)
 	}

@@ -27,6 +27,8 @@ Usage:
   mesh rmpeer NAME                  hand a dead peer's address ranges to this node
   mesh keygen FILE                  write a new random mesh key file (for --key-file)
   mesh rotate [--node-key]          re-read the mesh key files, or renew this node's WireGuard key
+  mesh leave                        leave the mesh gracefully and stop the daemon
+                                    (a stop by SIGTERM is a restart, not a leave)
   mesh reset [--state]              remove every interface, route and file mesh made on this host
   mesh attach [--ifname eth0] [-o json] TARGET
                                     give a container (PID, netns name or path) a mesh address
@@ -71,6 +73,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = peerCommand(cmd, rest, stdout, stderr)
 	case "rmpeer":
 		err = rmpeer(rest, stdout, stderr)
+	case "leave":
+		err = leave(rest, stdout, stderr)
 	case "reset":
 		err = reset(rest, stdout, stderr)
 	case "keygen":

@@ -159,3 +159,31 @@ func TestRuleReading(t *testing.T) {
 		}
 	}
 }
+
+// TestCryptoDoesNoFileIO: crypto/ is a leaf of pure derivations; the files
+// that hold keys are package identity's (docs/architecture.md's table).
+func TestCryptoDoesNoFileIO(t *testing.T) {
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "list", "-json", "./crypto")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	var p listed
+	if err := json.Unmarshal(out, &p); err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Imports) == 0 {
+		t.Fatalf("go list shows no imports of crypto: the listing looks wrong")
+	}
+	for _, imp := range p.Imports {
+		switch imp {
+		case "os", "io/fs", "path/filepath", "io/ioutil", "syscall", "golang.org/x/sys/unix":
+			t.Errorf("crypto imports %s: file I/O belongs in package identity", imp)
+		}
+	}
+}

@@ -1,4 +1,10 @@
-package daemon
+// Package identity is the home of what makes this node itself on disk: its
+// identity file (name and peer ID), its WireGuard private key, and the
+// mesh key and password files it reads its secrets from. Every file it
+// writes is mode 0600, written atomically or never over an existing one;
+// every secret file it reads must be readable by its owner alone. The key
+// derivations themselves are package crypto's, which does no file I/O.
+package identity
 
 import (
 	"crypto/rand"
@@ -18,12 +24,12 @@ type Identity struct {
 	PeerID string `json:"peerID"`
 }
 
-// loadIdentity reads the identity file, or creates one with a new random
+// Load reads the identity file, or creates one with a new random
 // peer ID. name, when not empty, overrides the stored name (the peer ID,
 // not the name, is what stays the same). A file that exists but cannot be
 // parsed is an error naming it: silently making a new identity would turn
 // this node into a stranger to its own mesh.
-func loadIdentity(path, name string) (Identity, error) {
+func Load(path, name string) (Identity, error) {
 	var id Identity
 	var stored Identity // what the file holds; zero when there is none
 	data, err := os.ReadFile(path)

@@ -1,4 +1,4 @@
-package daemon
+package identity
 
 import (
 	"os"
@@ -9,21 +9,21 @@ import (
 
 func TestIdentityRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "identity.json")
-	a, err := loadIdentity(path, "node-a")
+	a, err := Load(path, "node-a")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if a.Name != "node-a" || len(a.PeerID) != 32 {
 		t.Fatalf("new identity = %+v", a)
 	}
-	b, err := loadIdentity(path, "")
+	b, err := Load(path, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if b != a {
 		t.Fatalf("reloaded identity %+v, want %+v", b, a)
 	}
-	c, err := loadIdentity(path, "renamed")
+	c, err := Load(path, "renamed")
 	if err != nil || c.PeerID != a.PeerID || c.Name != "renamed" {
 		t.Fatalf("renamed identity = %+v, %v", c, err)
 	}
@@ -44,7 +44,7 @@ func TestIdentityCorrupt(t *testing.T) {
 			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, err := loadIdentity(path, "a")
+			_, err := Load(path, "a")
 			if err == nil || !strings.Contains(err.Error(), path) {
 				t.Fatalf("err = %v, want an error naming %s", err, path)
 			}
@@ -52,21 +52,5 @@ func TestIdentityCorrupt(t *testing.T) {
 				t.Fatal("a corrupt identity file was overwritten")
 			}
 		})
-	}
-}
-
-func TestValidateRequiresPassword(t *testing.T) {
-	cfg := DefaultConfig()
-	if err := cfg.Validate(); err != ErrNoPassword {
-		t.Fatalf("Validate() = %v, want ErrNoPassword", err)
-	}
-	cfg.Insecure = true
-	cfg.Peers = []string{"192.0.2.1", "host:99999"}
-	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "99999") {
-		t.Fatalf("Validate() = %v, want a bad port error", err)
-	}
-	cfg.Peers = []string{"192.0.2.1"}
-	if err := cfg.Validate(); err != nil || cfg.Peers[0] != "192.0.2.1:6783" {
-		t.Fatalf("Validate() = %v, peers %v", err, cfg.Peers)
 	}
 }

@@ -1,0 +1,202 @@
+//go:build bench
+
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/meshtest"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// restartRounds is how often each restart kind is measured.
+var restartRounds = envInt("BENCH_RESTART_ROUNDS", 3)
+
+// restartInterval is the probe interval of the restart part.
+const restartInterval = 20 * time.Millisecond
+
+type restartSample struct {
+	lost, sent int
+	gap        time.Duration // longest run of lost probes
+	first      time.Duration // launch to the first reply after it; -1: none
+}
+
+type restartResult struct {
+	kinds   map[meshtest.RestartKind][]restartSample
+	joinNew []time.Duration // launch of a new node to its pod's first reply
+	err     string
+}
+
+// benchRestart: two hosts with a pod each; a pod on host1 pings the pod
+// on host2 every 20 ms while host2's daemon is restarted (SIGTERM, an
+// upgrade to another build, kill -9), restartRounds times each. Then new
+// hosts join the running mesh: the time from their `mesh launch` to the
+// first reply to a ping from a pod on them (which first needs a range,
+// then the pod's ADD).
+func benchRestart(t *testing.T, r *report) {
+	res := &restartResult{kinds: map[meshtest.RestartKind][]restartSample{}}
+	r.restart = res
+	fail := func(format string, a ...any) {
+		res.err = fmt.Sprintf(format, a...)
+		t.Error(res.err)
+	}
+	tn := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "brs"})
+	hosts := tn.Hosts()
+	a := launch(t, hosts[0], nil)
+	b := launch(t, hosts[1], hosts[:1])
+	if err := waitReady([]*node{a, b}, 90*time.Second); err != nil {
+		fail("two-host mesh: %v", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	var pods []*meshtest.Pod
+	for i, n := range []*node{a, b} {
+		meshtest.WaitCNIInstalled(t, n.Node)
+		p, err := meshtest.AddPod(ctx, t, n.Host, fmt.Sprintf("rp%d", i))
+		if err != nil {
+			fail("%v", err)
+			return
+		}
+		pods = append(pods, p)
+	}
+	if err := testnet.Poll(30*time.Second, 250*time.Millisecond, func() error {
+		_, err := hosts[0].Run(ctx, "ip", "netns", "exec", pods[0].Name, "ping", "-c", "1", "-W", "1", pods[1].IP.String())
+		return err
+	}); err != nil {
+		fail("pods do not reach each other: %v", err)
+		return
+	}
+	upgrade := testnet.BuildMakeRevision(t, "HEAD") + "/mesh"
+	current := b.Bin
+	for round := range restartRounds {
+		for _, kind := range []meshtest.RestartKind{meshtest.RestartSIGTERM, meshtest.RestartUpgrade, meshtest.RestartKill} {
+			const count = 300 // 6 s
+			pinger := meshtest.StartPing(t, pods[0], pods[1].IP, restartInterval, count)
+			time.Sleep(2 * time.Second)
+			bin := ""
+			if kind == meshtest.RestartUpgrade {
+				// Back and forth between the two builds.
+				bin = upgrade
+				if round%2 == 1 {
+					bin = current
+				}
+			}
+			launched, err := meshtest.Restart(b.Node, kind, bin)
+			if err != nil {
+				fail("%v", err)
+				return
+			}
+			b.api = b.Client()
+			pr, err := pinger.Wait(time.Minute)
+			if err != nil {
+				fail("%s: %v", kind, err)
+				return
+			}
+			t.Logf("%s round %d: %v, first reply %v after launch", kind, round+1, pr, pr.FirstReplyAfter(launched))
+			res.kinds[kind] = append(res.kinds[kind], restartSample{lost: pr.Lost(), sent: pr.Sent, gap: pr.LongestGap, first: pr.FirstReplyAfter(launched)})
+			if err := meshtest.CheckNothingLeftBehind(ctx, b.Node); err != nil {
+				fail("after %s: %v", kind, err)
+			}
+		}
+	}
+
+	// New nodes joining: launch, then ADD (retried while the node has no
+	// range: mesh-cni answers that it is not ready) and ping host1's pod
+	// from the new pod until it answers.
+	for i := range restartRounds {
+		h := tn.AddHost(t)
+		start := time.Now()
+		n := launch(t, h, hosts[:1])
+		var pod *meshtest.Pod
+		err := testnet.Poll(60*time.Second, 20*time.Millisecond, func() error {
+			if _, err := os.Stat(h.Path(meshtest.CNIConfPath)); err != nil {
+				return err
+			}
+			if pod == nil {
+				p, err := meshtest.AddPod(ctx, t, h, fmt.Sprintf("np%d", i))
+				if err != nil {
+					return err
+				}
+				pod = p
+			}
+			_, err := h.Run(ctx, "ip", "netns", "exec", pod.Name, "ping", "-c", "1", "-W", "1", pods[0].IP.String())
+			return err
+		})
+		took := time.Since(start)
+		if err != nil {
+			fail("new node %s: %v", h.Name, err)
+			return
+		}
+		t.Logf("new node %s: first reply %v after launch", h.Name, took)
+		res.joinNew = append(res.joinNew, took)
+		if err := n.Proc.Stop(15 * time.Second); err != nil {
+			t.Log(err)
+		}
+	}
+}
+
+func (r *report) printRestart(p func(string, ...any)) {
+	p("\n7. Restarts: a pod pings a pod on another host every %v while that host's daemon restarts (userspace data plane)\n", restartInterval)
+	res := r.restart
+	if res == nil {
+		p("   not measured\n")
+		return
+	}
+	if res.err != "" {
+		p("   failed: %s\n", firstLine(res.err))
+	}
+	names := map[meshtest.RestartKind]string{
+		meshtest.RestartSIGTERM: "SIGTERM + launch (same binary)",
+		meshtest.RestartUpgrade: "SIGTERM + launch of another build",
+		meshtest.RestartKill:    "kill -9 + launch",
+	}
+	p("   %-36s %14s %16s %22s\n", "restart", "lost probes", "ms without", "launch to 1st reply")
+	for _, k := range []meshtest.RestartKind{meshtest.RestartSIGTERM, meshtest.RestartUpgrade, meshtest.RestartKill} {
+		ss := res.kinds[k]
+		if len(ss) == 0 {
+			continue
+		}
+		var lost, gaps, firsts []string
+		var gapD, firstD []time.Duration
+		for _, s := range ss {
+			lost = append(lost, fmt.Sprint(s.lost))
+			gaps = append(gaps, fmt.Sprint(s.gap.Milliseconds()))
+			firsts = append(firsts, fmt.Sprint(s.first.Milliseconds()))
+			gapD, firstD = append(gapD, s.gap), append(firstD, s.first)
+		}
+		p("   %-36s %14s %16s %22s   (per round; median gap %d ms, median first reply %d ms)\n", names[k],
+			strings.Join(lost, ","), strings.Join(gaps, ","), strings.Join(firsts, ","), median(gapD).Milliseconds(), median(firstD).Milliseconds())
+	}
+	if len(res.joinNew) > 0 {
+		var ts []string
+		for _, d := range res.joinNew {
+			ts = append(ts, fmt.Sprint(d.Milliseconds()))
+		}
+		m := median(res.joinNew)
+		p("   new node joining, launch to its pod's first reply: %s ms (median %d ms; goal 1500 ms: %s)\n", strings.Join(ts, ","), m.Milliseconds(), verdict(m <= 1500*time.Millisecond))
+	}
+	if ss := res.kinds[meshtest.RestartSIGTERM]; len(ss) > 0 {
+		var firstD []time.Duration
+		for _, s := range ss {
+			firstD = append(firstD, s.first)
+		}
+		m := median(firstD)
+		p("   restart into a running mesh, launch to first reply (median, SIGTERM): %d ms (goal 500 ms: %s)\n", m.Milliseconds(), verdict(m >= 0 && m <= 500*time.Millisecond))
+	}
+}
+
+func median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[(len(s)-1)/2]
+}

@@ -1,0 +1,237 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/meshtest"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// floodAllocateBound is the slowest Allocate tolerated on an honest node
+// while the hostile peer floods: generous for a loaded 2-core machine (the
+// goal, 50 ms at p99, is `make bench`'s figure); before the bounds one
+// forged state held the allocator's lock for seconds.
+const floodAllocateBound = 5 * time.Second
+
+// TestHostilePeer: three honest daemons and a fourth process holding the
+// mesh key that floods the IPAM channel with forged and oversized states
+// (e2e/testdata/hostile: a live peer removed at the maximum epoch and
+// version, another peer's range beyond a transfer's step, a claim under a
+// live node's name from hours ahead, a Held list in another's space and
+// one of the whole range, thousands of invented names, a replayed old
+// state). Afterwards no address is handed out twice, no honest range
+// moved, Allocate stayed fast during the flood, the daemons' memory stayed
+// bounded, and every kind of refusal is counted in the metric and named
+// once in status.
+func TestHostilePeer(t *testing.T) {
+	net, nodes := startMesh(t, 3)
+	victim, other := nodes[1], nodes[2]
+	before := make([][]api.RangeInfo, len(nodes))
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		for i, n := range nodes {
+			st := n.MustStatus().IPAM
+			if st.Status != "ready" || len(st.Owned) == 0 {
+				return fmt.Errorf("%s: IPAM %q owns %v", n.Host.Name, st.Status, st.Owned)
+			}
+			before[i] = st.Ranges
+			if i > 0 && !slices.Equal(before[i], before[0]) {
+				return fmt.Errorf("rings differ: %v / %v", before[i], before[0])
+			}
+		}
+		return nil
+	})
+	rssBefore := make([]int, len(nodes))
+	for i, n := range nodes {
+		rssBefore[i] = rssKiB(t, n.Proc.PID())
+	}
+	calm := allocateWhile(t, nodes, "calm", nil, 30)
+
+	evilHost := net.AddHost(t)
+	bin := testnet.BuildBinary(t, "./e2e/testdata/hostile")
+	evil := evilHost.Start(t, bin, []string{"--name", "evil", "--addr", evilHost.Addr.String(),
+		"--peer", nodes[0].Host.Addr.String() + ":6783", "--victim", victim.Host.Name, "--other", other.Host.Name,
+		"--duration", "25s"}, meshtest.Env())
+	defer func() {
+		if t.Failed() {
+			t.Logf("hostile peer's output:\n%s", evil.Log())
+		}
+	}()
+	testnet.Eventually(t, 40*time.Second, 250*time.Millisecond, func() error {
+		if evil.Exited() {
+			return fmt.Errorf("hostile peer exited early:\n%s", evil.Log())
+		}
+		if !strings.Contains(evil.Log(), "flooding") {
+			return fmt.Errorf("hostile peer has not joined yet")
+		}
+		return nil
+	})
+	flood := allocateWhile(t, nodes, "flood", evil.Done(), 0)
+	if err := evil.Wait(30 * time.Second); err != nil {
+		t.Fatalf("hostile peer: %v\n%s", err, evil.Log())
+	}
+	t.Logf("hostile peer: %s", strings.TrimSpace(evil.Log()))
+	t.Logf("Allocate on honest nodes: calm p50 %v p99 %v (%d); during the flood p50 %v p99 %v max %v (%d)",
+		calm.pct(50), calm.pct(99), len(calm.d), flood.pct(50), flood.pct(99), flood.pct(100), len(flood.d))
+	if len(flood.d) < 10 {
+		t.Fatalf("only %d allocations during the flood", len(flood.d))
+	}
+	if worst := flood.pct(100); worst > floodAllocateBound {
+		t.Errorf("slowest Allocate during the flood took %v (bound %v)", worst, floodAllocateBound)
+	}
+
+	// No address twice, across calm and flood, over all nodes.
+	seen := map[string]string{}
+	for _, a := range append(calm.addrs, flood.addrs...) {
+		if by, dup := seen[a.addr]; dup {
+			t.Errorf("address %s handed out by %s and %s", a.addr, by, a.node)
+		}
+		seen[a.addr] = a.node
+	}
+	wantReasons := []string{"counter", "future-version", "held", "unknown-peer", "oversized"}
+	for i, n := range nodes {
+		st := n.MustStatus()
+		if !slices.Equal(st.IPAM.Ranges, before[i]) {
+			t.Errorf("%s's ring moved: %v, was %v", n.Host.Name, st.IPAM.Ranges, before[i])
+		}
+		if len(st.IPAM.Peers) > len(nodes)+1 {
+			t.Errorf("%s's IPAM knows %d peers", n.Host.Name, len(st.IPAM.Peers))
+		}
+		for _, p := range st.IPAM.Peers {
+			if p.Name == "evil" && p.Addresses != 0 {
+				t.Errorf("%s: the forger owns %d addresses", n.Host.Name, p.Addresses)
+			}
+		}
+		_, metrics, err := httpGet(n.Host, "http://127.0.0.1:6782/metrics")
+		if err != nil {
+			t.Fatalf("%s: metrics: %v", n.Host.Name, err)
+		}
+		for _, r := range wantReasons {
+			named := 0
+			for _, p := range st.IPAM.Problems {
+				if strings.Contains(p, "("+r+")") {
+					named++
+				}
+			}
+			if named != 1 {
+				t.Errorf("%s: refusals %q named %d times in status problems %q", n.Host.Name, r, named, st.IPAM.Problems)
+			}
+			m := regexp.MustCompile(`mesh_ipam_rejected_total\{reason="` + r + `"\} (\d+)`).FindStringSubmatch(metrics)
+			if m == nil || m[1] == "0" {
+				t.Errorf("%s: metric mesh_ipam_rejected_total{reason=%q} = %v", n.Host.Name, r, m)
+			}
+		}
+		if len(st.IPAM.Problems) > 16 {
+			t.Errorf("%s: %d problems", n.Host.Name, len(st.IPAM.Problems))
+		}
+		rss := rssKiB(t, n.Proc.PID())
+		t.Logf("%s: resident memory %d KiB before, %d KiB after", n.Host.Name, rssBefore[i], rss)
+		if rss > rssBefore[i]+128<<10 || rss > 512<<10 {
+			t.Errorf("%s: resident memory grew from %d to %d KiB", n.Host.Name, rssBefore[i], rss)
+		}
+	}
+	for _, n := range nodes {
+		for _, p := range n.MustStatus().Peers {
+			// Suspect may come and go on a loaded machine; the flood
+			// must not have made it dead or gone.
+			if p.Name == victim.Host.Name && !p.State.Live() {
+				t.Errorf("%s sees the victim %s", n.Host.Name, p.State)
+			}
+		}
+	}
+}
+
+type hostileAlloc struct{ node, addr string }
+
+type latencies struct {
+	d     []time.Duration
+	addrs []hostileAlloc
+}
+
+// pct returns the p-th percentile (100 = the maximum).
+func (l latencies) pct(p int) time.Duration {
+	if len(l.d) == 0 {
+		return 0
+	}
+	s := slices.Clone(l.d)
+	slices.Sort(s)
+	i := (len(s)*p + 99) / 100
+	return s[max(0, min(len(s)-1, i-1))]
+}
+
+// allocateWhile allocates on every node in parallel, one address every
+// 50 ms per node, until stop is closed, or count per node when stop is
+// nil, and returns the latencies.
+func allocateWhile(t *testing.T, nodes []*node, tag string, stop <-chan struct{}, count int) latencies {
+	t.Helper()
+	var mu sync.Mutex
+	var out latencies
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := n.Client()
+			for i := 0; i < 2000; i++ {
+				if stop == nil && i == count {
+					return
+				}
+				if stop != nil {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 2*floodAllocateBound)
+				start := time.Now()
+				a, err := c.Allocate(ctx, fmt.Sprintf("%s-%s-%d", tag, n.Host.Name, i), "eth0")
+				d := time.Since(start)
+				cancel()
+				mu.Lock()
+				if err != nil {
+					t.Errorf("%s: Allocate: %v", n.Host.Name, err)
+				} else {
+					out.d = append(out.d, d)
+					out.addrs = append(out.addrs, hostileAlloc{n.Host.Name, a.Address})
+				}
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// rssKiB is a process's resident memory.
+func rssKiB(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, err := strconv.Atoi(f[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no VmRSS for %d", pid)
+	return 0
+}

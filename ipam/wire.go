@@ -1,0 +1,70 @@
+package ipam
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+)
+
+// Wire is an IPAM state as it travels between peers, in exported types,
+// for tests and tools that inspect or craft what a peer sends (the
+// hostile-peer test of e2e/ plays a peer holding the mesh key with it).
+// DecodeWire and Encode use the one codec of codec.go.
+type Wire struct {
+	Prefix      netip.Prefix
+	Sender      string
+	SeedMembers uint64
+	SeedID      uint64
+	// Ring is the ring's segments in order, the first at offset 0.
+	Ring  []WireSeg
+	Peers map[string]WirePeer
+}
+
+// WireSeg is a run of addresses from Start (an offset in the cluster
+// range) to the next segment's start.
+type WireSeg struct {
+	Start, Version uint64
+	Owner, Dead    string
+}
+
+// WirePeer is what a peer publishes about itself (see peerInfo).
+type WirePeer struct {
+	Epoch, Version  uint64
+	ID              string
+	Free            uint64
+	Leased, Removed bool
+	Held            []uint64 // offsets, sorted
+}
+
+// DecodeWire decodes a full state as LocalState returns it.
+func DecodeWire(b []byte) (Wire, error) {
+	w, err := decodeState(b)
+	if err != nil {
+		return Wire{}, err
+	}
+	out := Wire{Prefix: w.prefix, Sender: w.sender, SeedMembers: w.st.seed.Members, SeedID: w.st.seed.ID, Peers: map[string]WirePeer{}}
+	for _, s := range w.st.ring.segs {
+		out.Ring = append(out.Ring, WireSeg{Start: s.start, Version: s.e.Version, Owner: s.e.Owner, Dead: s.e.Dead})
+	}
+	for n, p := range w.st.peers {
+		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Held: slices.Clone(p.Held)}
+	}
+	return out, nil
+}
+
+// Encode returns w as a full state (what MergeRemoteState takes).
+func (w Wire) Encode() []byte {
+	st := state{seed: seed{w.SeedMembers, w.SeedID}, ring: ring{size: rangeSize(w.Prefix)}, peers: map[string]peerInfo{}}
+	for _, s := range w.Ring {
+		st.ring.segs = append(st.ring.segs, seg{start: s.Start, e: entry{Version: s.Version, Owner: s.Owner, Dead: s.Dead}})
+	}
+	for _, n := range slices.Sorted(maps.Keys(w.Peers)) {
+		p := w.Peers[n]
+		st.peers[n] = peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Held: p.Held}
+	}
+	return encodeState(w.Prefix, w.Sender, st)
+}
+
+// Message returns w as the message that broadcasts a state (what
+// HandleMessage takes).
+func (w Wire) Message() []byte { return append([]byte{msgState}, w.Encode()...) }
