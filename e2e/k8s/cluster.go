@@ -33,6 +33,9 @@ type Options struct {
 	// and CoreDNS (build.sh conformance), and imports the images under the
 	// names the suite uses: see upstream.go.
 	Upstream bool
+	// ProxyMode is kube-proxy's mode: "nftables" (default) or "iptables"
+	// (the iptables command of the machine, Debian's iptables-nft).
+	ProxyMode string
 }
 
 // Cluster is a running Kubernetes cluster on simulated hosts.
@@ -143,6 +146,12 @@ func Up(t *testing.T, opts Options) *Cluster {
 	}
 	if opts.CNI != "mesh" && opts.CNI != "bridge" {
 		t.Fatalf("CNI must be mesh or bridge, not %q", opts.CNI)
+	}
+	if opts.ProxyMode == "" {
+		opts.ProxyMode = "nftables"
+	}
+	if opts.ProxyMode != "nftables" && opts.ProxyMode != "iptables" {
+		t.Fatalf("kube-proxy mode must be nftables or iptables, not %q", opts.ProxyMode)
 	}
 	for _, tool := range []string{"containerd", "runc", "ctr", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -480,7 +489,7 @@ imageGCLowThresholdPercent: 99
 
 }
 
-// startKubeProxy starts the node's kube-proxy in nftables mode.
+// startKubeProxy starts the node's kube-proxy in Options.ProxyMode.
 func (c *Cluster) startKubeProxy(t testing.TB, node *Node) {
 	t.Helper()
 	root := filepath.Join(c.dir, node.Name)
@@ -494,14 +503,36 @@ func (c *Cluster) startKubeProxy(t testing.TB, node *Node) {
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: %s}
 hostnameOverride: %s
-mode: nftables
+mode: %s
 clusterCIDR: %s
 # Leave the machine-wide conntrack settings alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
-`, p.path("kube-proxy.kubeconfig"), node.Name, clusterCIDR))
+`, p.path("kube-proxy.kubeconfig"), node.Name, c.opts.ProxyMode, clusterCIDR))
 	node.kubeProxy = node.Start(t, c.bins.kube("kube-proxy"), []string{"--config", proxyConf}, nil)
+}
+
+// checkProxyMode checks that every node's kube-proxy runs in
+// Options.ProxyMode, as it reports on its metrics address: a variant run
+// in iptables mode must not silently test nftables mode.
+func (c *Cluster) checkProxyMode(t *testing.T) {
+	t.Helper()
+	for _, node := range c.Nodes {
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			out, err := node.Run(ctx, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:10249/proxyMode")
+			if err != nil {
+				return fmt.Errorf("kube-proxy mode of %s: %w: %s", node.Name, err, out)
+			}
+			if got := strings.TrimSpace(out); got != c.opts.ProxyMode {
+				return fmt.Errorf("kube-proxy of %s runs in mode %q, want %q", node.Name, got, c.opts.ProxyMode)
+			}
+			return nil
+		})
+	}
+	t.Logf("kube-proxy in %s mode on %d nodes", c.opts.ProxyMode, len(c.Nodes))
 }
 
 // routePodCIDRs routes each node's pod range to it from the other nodes: in

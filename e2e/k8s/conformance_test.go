@@ -69,7 +69,8 @@ func TestConformance(t *testing.T) {
 func meshCluster(t *testing.T) *Cluster {
 	t.Helper()
 	image := setting("MESH_E2E_IMAGE", "localhost/mesh:dev")
-	c := Up(t, Options{Nodes: 2, CNI: "mesh", Images: []string{meshImageTar(t)}, Upstream: true})
+	c := Up(t, Options{Nodes: 2, CNI: "mesh", Images: []string{meshImageTar(t)}, Upstream: true, ProxyMode: proxyMode()})
+	c.checkProxyMode(t)
 	installMesh(t, c, image, true)
 	c.WaitNodesReady(t, 3*time.Minute)
 	c.deployCoreDNS(t)

@@ -25,12 +25,16 @@ import (
 //	MESH_E2E_IMAGE      the image name in the tarball (default localhost/mesh:dev)
 //	MESH_E2E_IMAGE_TAR  `make image`'s tarball (default ../../bin/mesh-image.tar)
 //	MESH_E2E_MESH_BIN   the mesh CLI run on the nodes (default ../../bin/mesh)
+//	MESH_E2E_PROXY_MODE kube-proxy's mode, nftables (default) or iptables
 func setting(name, def string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
 	}
 	return def
 }
+
+// proxyMode is kube-proxy's mode for the cluster (Options.ProxyMode).
+func proxyMode() string { return setting("MESH_E2E_PROXY_MODE", "nftables") }
 
 const (
 	meshNamespace = "mesh-system"
@@ -49,8 +53,9 @@ func TestKubernetes(t *testing.T) {
 	// With mesh, a subset of the upstream suite runs too (see
 	// checkUpstreamSubset); make conformance runs all of sig-network's
 	// [Conformance] specs.
-	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}, Upstream: cni == "mesh"})
+	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}, Upstream: cni == "mesh", ProxyMode: proxyMode()})
 	checkImageImported(t, c, image)
+	c.checkProxyMode(t)
 	applied := installMesh(t, c, image, cni == "mesh")
 	if cni == "mesh" {
 		c.WaitNodesReady(t, 3*time.Minute)
