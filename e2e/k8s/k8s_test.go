@@ -422,9 +422,10 @@ spec:
 
 // checkHairpin checks that a pod reaches itself through its own Service's
 // ClusterIP, over TCP and UDP (sig-network's "should allow pods to hairpin
-// back to themselves through services"): kube-proxy DNATs the packet back
-// to the pod it came from and masquerades it, and the pod's bridge port
-// must be in hairpin mode for br_netfilter's bridged DNAT to turn back.
+// back to themselves through services"), with br_netfilter on and off:
+// kube-proxy DNATs the packet back to the pod it came from and masquerades
+// it, and the pod's bridge port must be in hairpin mode for br_netfilter's
+// bridged DNAT to turn back.
 func checkHairpin(t *testing.T, c *Cluster) {
 	t.Helper()
 	// Its own namespace: the policy checks that follow count the pods of
@@ -438,18 +439,40 @@ func checkHairpin(t *testing.T, c *Cluster) {
 		t.Fatalf("pod %s not ready: %v\n%s", name, err, out)
 	}
 	ip := strings.TrimSpace(c.MustKubectl(t, "", "-n", ns, "get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"))
-	for _, proto := range []string{"tcp", "udp"} {
-		var got string
-		c.eventually(t, 60*time.Second, func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			out, err := execIn(ctx, c, ns+"/"+name, "/bin/whoami", "get", proto, ip+":80")
-			got = strings.TrimSpace(out)
-			return err
-		})
-		t.Logf("%s: pod %s reached itself through its Service %s:80 (it saw source %s)", proto, name, ip, got)
+	// With bridge-nf-call-iptables on (the nodes' default) kube-proxy's
+	// DNAT happens on the bridge and the packet turns back through the
+	// port's hairpin mode; with it off the packet is routed. Both must work.
+	node := c.Nodes[0]
+	setBrNF := func(v string) {
+		t.Helper()
+		if out, err := node.Run(context.Background(), "sysctl", "-w", brNFSysctl+"="+v); err != nil {
+			t.Fatalf("sysctl %s=%s on %s: %v\n%s", brNFSysctl, v, node.Name, err, out)
+		}
+	}
+	orig, err := node.Run(context.Background(), "sysctl", "-n", brNFSysctl)
+	if err != nil {
+		t.Fatalf("sysctl %s on %s: %v\n%s", brNFSysctl, node.Name, err, orig)
+	}
+	defer setBrNF(strings.TrimSpace(orig))
+	for _, brnf := range []string{"1", "0"} {
+		setBrNF(brnf)
+		for _, proto := range []string{"tcp", "udp"} {
+			var got string
+			c.eventually(t, 60*time.Second, func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				out, err := execIn(ctx, c, ns+"/"+name, "/bin/whoami", "get", proto, ip+":80")
+				got = strings.TrimSpace(out)
+				return err
+			})
+			t.Logf("%s, %s=%s: pod %s reached itself through its Service %s:80 (it saw source %s)", proto, brNFSysctl, brnf, name, ip, got)
+		}
 	}
 }
+
+// brNFSysctl is br_netfilter's switch for passing bridged IPv4 packets to
+// the iptables and nftables hooks (per network namespace).
+const brNFSysctl = "net.bridge.bridge-nf-call-iptables"
 
 // checkPodToOutside checks outbound NAT: a pod reaches a server on a host
 // outside the cluster (a simulated host that runs no Kubernetes and no
