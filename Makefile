@@ -75,14 +75,30 @@ image: build
 # once from the Go module proxy and cached by version in MESH_E2E_CACHE
 # (default /var/cache/mesh-e2e). E2E_K8S_CNI=bridge runs the same cluster and
 # pod checks with the reference bridge plugin instead of mesh.
+# E2E_K8S_PROXY_MODE=iptables runs kube-proxy in iptables mode instead of
+# nftables (also for conformance).
 E2E_K8S_CNI ?= mesh
+E2E_K8S_PROXY_MODE ?= nftables
 
 e2e-k8s: deps image
 	./scripts/deps.sh k8s
-	./e2e/k8s/build.sh
+	./e2e/k8s/build.sh $(if $(filter mesh,$(E2E_K8S_CNI)),conformance)
 	$(GO) vet -tags e2ek8s ./e2e/k8s/
-	MESH_E2E_CNI=$(E2E_K8S_CNI) MESH_E2E_IMAGE='$(IMAGE)' \
+	MESH_E2E_CNI=$(E2E_K8S_CNI) MESH_E2E_IMAGE='$(IMAGE)' MESH_E2E_PROXY_MODE=$(E2E_K8S_PROXY_MODE) \
 		$(GO) test -count=1 -tags e2ek8s -timeout 25m -v -run '^Test(MeshImage|Kubernetes)$$' ./e2e/k8s/
+
+# The upstream Kubernetes e2e suite's sig-network [Conformance] specs on the
+# same two-node mesh cluster (needs root): e2e.test, agnhost and CoreDNS are
+# built from the Go module proxy at the cluster's version and cached in
+# MESH_E2E_CACHE; the suite's images are built here and never pulled. Prints
+# passed/failed/skipped; the skipped specs are conformanceSkips in
+# e2e/k8s/conformance_test.go. See docs/kubernetes.md.
+.PHONY: conformance
+conformance: deps image
+	./scripts/deps.sh k8s
+	./e2e/k8s/build.sh conformance
+	$(GO) vet -tags e2ek8s ./e2e/k8s/
+	MESH_E2E_IMAGE='$(IMAGE)' MESH_E2E_PROXY_MODE=$(E2E_K8S_PROXY_MODE) $(GO) test -count=1 -tags e2ek8s -timeout 100m -v -run '^TestConformance$$' ./e2e/k8s/
 
 # Install for a standalone host (see docs/standalone.md): the binaries, the
 # CNI plugin where runtimes look for it (/opt/cni/bin, and a link in

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -155,4 +156,95 @@ func TestHairpinThroughService(t *testing.T) {
 		reaches(t)
 		run("ip", "link", "set", hostVeth, "type", "bridge_slave", "hairpin", "on")
 	})
+}
+
+// TestServiceToPodOnSameNode checks that a pod reaches another pod of its
+// node through a Service IP DNATed to it, for TCP and UDP, in kube-proxy's
+// nftables and iptables forms, with and without br_netfilter. With
+// bridge-nf-call-iptables=1 the DNAT happens on the bridge and br_netfilter
+// bridges the packet straight from one pod port to the other, which port
+// isolation drops unless it knows the host translated it (the mark of the
+// inet table's bridged-dnat chain): the DNS of a cluster whose CoreDNS runs on the
+// client's node failed this way for every other query. The endpoint sees
+// the client's own address: Service traffic between pods is never
+// masqueraded.
+func TestServiceToPodOnSameNode(t *testing.T) {
+	testnet.RequireCommand(t, "iptables-legacy")
+	n, ctx := cniNode(t, 5*time.Minute)
+	client, err := addPod(ctx, t, n.Host, "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := addPod(ctx, t, n.Host, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveWhoami(t, n.Host, server.name, ":8080")
+	expectSource(t, n.Host, client.name, server.ip.String()+":8080", "", client.ip)
+	run := func(name string, args ...string) {
+		t.Helper()
+		if out, err := n.Host.Run(ctx, name, args...); err != nil {
+			t.Fatalf("%s %v: %v\n%s", name, args, err, out)
+		}
+	}
+	const sysctl = "net.bridge.bridge-nf-call-iptables"
+	for _, mode := range []string{"nftables", "iptables"} {
+		for _, brnf := range []string{"1", "0"} {
+			t.Run(mode+"/bridge-nf-call-iptables="+brnf, func(t *testing.T) {
+				run("sysctl", "-w", sysctl+"="+brnf)
+				_, _ = n.Host.Run(ctx, "nft", "delete", "table", "ip", "kube-proxy-emul")
+				for _, chain := range []string{"PREROUTING", "POSTROUTING"} {
+					run("iptables-legacy", "-t", "nat", "-F", chain)
+				}
+				if mode == "iptables" {
+					for _, r := range iptablesRules(server.ip.String(), true) {
+						run("iptables-legacy", r...)
+					}
+				} else {
+					cmd := n.Host.Exec(ctx, "nft", "-f", "-")
+					cmd.Stdin = strings.NewReader(kubeProxyRules(server.ip.String(), true))
+					if out, err := cmd.CombinedOutput(); err != nil {
+						t.Fatalf("installing the kube-proxy rules: %v\n%s", err, out)
+					}
+				}
+				expectSource(t, n.Host, client.name, serviceIP+":80", "", client.ip)
+				// NetworkPolicy's table hooks the inet forward chain:
+				// bridged or routed, the translated packet passes it.
+				cmd := n.Host.Exec(ctx, "nft", "-f", "-")
+				cmd.Stdin = strings.NewReader(fmt.Sprintf("table inet fwd-probe {\n chain probe { type filter hook forward priority filter; policy accept;\n  ip daddr %s drop\n }\n}\n", server.ip))
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("installing the forward probe: %v\n%s", err, out)
+				}
+				for _, network := range []string{"tcp", "udp"} {
+					if got, err := askWhoami(t, n.Host, client.name, network, serviceIP+":80", ""); err == nil {
+						t.Errorf("%s through the Service answered (%s) past a drop in the inet forward hook", network, got)
+					}
+				}
+				run("nft", "delete", "table", "inet", "fwd-probe")
+			})
+		}
+	}
+	// What the mark stands for: a frame one pod addresses straight to the
+	// other's MAC, with no translation by the host, is still dropped.
+	t.Run("direct frames between the pods stay dropped", func(t *testing.T) {
+		run("sysctl", "-w", sysctl+"=1")
+		mac := strings.TrimSpace(mustRunIn(t, n.Host, server.name, "cat", "/sys/class/net/eth0/address"))
+		mustRunIn(t, n.Host, client.name, "ip", "neigh", "replace", server.ip.String(), "lladdr", mac, "dev", "eth0", "nud", "permanent")
+		mustRunIn(t, n.Host, client.name, "ip", "route", "replace", server.ip.String()+"/32", "dev", "eth0")
+		for _, network := range []string{"tcp", "udp"} {
+			if got, err := askWhoami(t, n.Host, client.name, network, server.ip.String()+":8080", ""); err == nil {
+				t.Fatalf("%s straight to the other pod's MAC answered (%s), want it dropped", network, got)
+			}
+		}
+	})
+}
+
+// mustRunIn runs a command in a pod's network namespace.
+func mustRunIn(t *testing.T, h *testnet.Host, pod string, args ...string) string {
+	t.Helper()
+	out, err := h.Run(context.Background(), "ip", append([]string{"netns", "exec", pod}, args...)...)
+	if err != nil {
+		t.Fatalf("%v in %s: %v\n%s", args, pod, err, out)
+	}
+	return out
 }

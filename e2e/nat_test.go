@@ -139,6 +139,26 @@ func TestNATAndNodeTraffic(t *testing.T) {
 		// WireGuard as node 0's overlay IP.
 		expectSource(t, plain, "", nodes[0].Host.Addr.String()+":30080", "", overlay0)
 	})
+	t.Run("pod to a NodePort of its own node with the endpoint on another node", func(t *testing.T) {
+		// kube-proxy marks NodePort connections for masquerade (0x4000)
+		// and masquerades them in postrouting: to the node's underlay
+		// address, as the WireGuard device has none, which node 1's
+		// WireGuard would drop. The upstream suite's "session affinity
+		// work for NodePort service" spec, sticking to such an
+		// endpoint, found it.
+		rules := fmt.Sprintf("table ip nodeport-masq-emul {\n chain pre { type nat hook prerouting priority dstnat; policy accept;\n"+
+			"  ip daddr %[1]s tcp dport 30081 meta mark set mark | 0x4000 dnat to %[2]s:8080\n"+
+			"  ip daddr %[1]s udp dport 30081 meta mark set mark | 0x4000 dnat to %[2]s:8080\n }\n"+
+			" chain post { type nat hook postrouting priority srcnat; policy accept;\n  meta mark & 0x4000 == 0x4000 masquerade\n }\n}\n",
+			nodes[0].Host.Addr, b.ip)
+		cmd := nodes[0].Host.Exec(ctx, "nft", "-f", "-")
+		cmd.Stdin = strings.NewReader(rules)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nft: %v\n%s", err, out)
+		}
+		defer nodes[0].Host.Run(ctx, "nft", "delete", "table", "ip", "nodeport-masq-emul")
+		expectSource(t, a.Host, a.name, nodes[0].Host.Addr.String()+":30081", "", overlay0)
+	})
 
 	// The plain host routes the cluster range to node 0, as an underlay
 	// that routes pod addresses would.

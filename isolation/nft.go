@@ -41,11 +41,23 @@ const (
 	chainPre   = "prerouting"
 	chainFwd   = "forward"
 	chainOut   = "output"
+	chainDNAT  = "bridged-dnat"
 )
 
 var podKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
 
 var hairpinKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+
+// ctStatusDstNAT is IPS_DST_NAT of the conntrack status: the connection's
+// destination was translated (a Service's DNAT).
+const ctStatusDstNAT = 1 << 5
+
+// BridgedDNATMark is the packet mark bit the inet table's bridged-dnat chain sets
+// on a pod's packet whose destination the host translated (a Service), for
+// the bridge's forward chain, which cannot read conntrack. kube-proxy uses
+// 0x4000 and 0x8000. A pod cannot set it: marks are cleared when a packet
+// crosses from the pod's network namespace.
+const BridgedDNATMark = 0x00100000
 
 // hairpinElem pairs a port with itself: the frame a pod sends to a Service
 // that DNATs it back to the pod leaves by the port it came in on.
@@ -277,6 +289,7 @@ func (t *Tables) Intact() (bool, error) {
 		{brTable, chainFwd, len(forwardRules(*t.applied, nil, nil))},
 		{inetTable, chainPre, len(inetRules(*t.applied, nil))},
 		{inetTable, chainOut, len(outputRules(*t.applied))},
+		{inetTable, chainDNAT, len(dnatRules(*t.applied))},
 	}
 	for _, w := range want {
 		ok, err := nftutil.TableExists(c, w.tb)
@@ -407,7 +420,37 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 	for _, r := range outputRules(cfg) {
 		c.AddRule(&nftables.Rule{Table: inetTable, Chain: out, Exprs: r})
 	}
+	// After kube-proxy's DNAT (priority dstnat).
+	dnat := c.AddChain(&nftables.Chain{Table: inetTable, Name: chainDNAT, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityNATDest + 10), Policy: &accept})
+	for _, r := range dnatRules(cfg) {
+		c.AddRule(&nftables.Rule{Table: inetTable, Chain: dnat, Exprs: r})
+	}
 	return nil
+}
+
+// dnatRules is the inet bridged-dnat chain, after the host's DNAT: a packet from
+// the bridge (br_netfilter hands bridged packets to the IPv4 hooks with the
+// bridge, not the port, as input device) whose connection the host DNATed
+// is marked for the bridge's forward chain (see forwardRules). Routed
+// packets get the mark too; only the bridge's forward chain reads it.
+//
+//	iifname BRIDGE ct status dnat meta mark set mark | BridgedDNATMark
+func dnatRules(cfg Config) [][]expr.Any {
+	return [][]expr.Any{{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: ifname(cfg.Bridge)},
+		&expr.Ct{Register: reg1, Key: expr.CtKeySTATUS},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(ctStatusDstNAT),
+			Xor:  binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(^uint32(BridgedDNATMark)),
+			Xor:  binaryutil.NativeEndian.PutUint32(BridgedDNATMark)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+	}}
 }
 
 // outputRules is the inet output chain: the host sends no ICMP redirects
@@ -551,15 +594,31 @@ func bridgeRules(cfg Config, pods *nftables.Set) [][]expr.Any {
 // Port.Legacy: their peers learnt the direct way from redirects, too). A
 // frame that leaves by the port it came in on is a hairpin (a pod reaching
 // itself through a Service, DNATed on the bridge with br_netfilter) and
-// passes: it reaches no other pod.
+// passes: it reaches no other pod. A frame of a connection the host
+// DNATed passes too: a pod's packet to a Service whose endpoint is another
+// pod of this node is translated by br_netfilter on the bridge and then
+// bridged straight to that pod's port; the pod sent it to its gateway, not
+// past it, and br_netfilter still hands it to the host's IPv4 forward hook,
+// where NetworkPolicy judges it. (With bridge-nf-call-iptables=0 nothing
+// is translated on the bridge: the packet is routed.) The bridge family has
+// no conntrack without nf_conntrack_bridge, so the inet table's bridged-dnat chain
+// marks such packets (see dnatRules).
 //
 //	iifname . oifname @hairpin accept
+//	meta mark & BridgedDNATMark == BridgedDNATMark accept
 //	iifname "PREFIX*" oifname "PREFIX*" iifname != @legacy oifname != @legacy counter "pod-to-pod" drop
 func forwardRules(cfg Config, legacy, hairpin *nftables.Set) [][]expr.Any {
 	return [][]expr.Any{{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg32_04},
 		lookup(hairpin, false),
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}, {
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(BridgedDNATMark),
+			Xor:  binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(0)},
 		&expr.Verdict{Kind: expr.VerdictAccept},
 	}, append([]expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},

@@ -57,6 +57,8 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		`iifname "vmesh*" oifname "vmesh*" iifname != @legacy oifname != @legacy counter name "pod-to-pod" drop`,
 		`elements = { "vmesh00000002" }`,
 		`iifname . oifname @hairpin accept`,
+		`meta mark & 0x00100000 != 0x00000000 accept`,
+		`iifname "mesh" ct status dnat meta mark set meta mark | 0x00100000`,
 		`"vmesh00000001" . "vmesh00000001"`,
 		`oifname "mesh" icmp type redirect drop`,
 		"10.32.0.0/12",
@@ -74,6 +76,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		{"nft", "flush", "chain", "bridge", TableName, "prerouting"},
 		{"nft", "flush", "chain", "bridge", TableName, "forward"},
 		{"nft", "flush", "chain", "inet", TableName, "output"},
+		{"nft", "flush", "chain", "inet", TableName, "bridged-dnat"},
 		{"nft", "flush", "set", "bridge", TableName, "pods"},
 		{"nft", "delete", "table", "inet", TableName},
 	} {

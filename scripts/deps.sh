@@ -21,6 +21,10 @@ have iptables-legacy || need="$need iptables"
 if [ "${1:-}" = k8s ]; then
 	have containerd || need="$need containerd"
 	have runc       || need="$need runc"
+	# The upstream e2e suite's tools image (e2e/k8s/upstream.go): dig, nslookup, curl, nc (dash is essential).
+	have dig        || need="$need bind9-dnsutils"
+	have curl       || need="$need curl"
+	have nc.openbsd || need="$need netcat-openbsd"
 	# The test image needs a statically linked busybox.
 	if ! [ -x /bin/busybox ] || ! dpkg -s busybox-static >/dev/null 2>&1; then need="$need busybox-static"; fi
 fi

@@ -29,6 +29,13 @@ type Options struct {
 	// Images are image tarballs imported into every node's containerd, in
 	// addition to the pause and busybox test images.
 	Images []string
+	// Upstream also builds the upstream e2e suite (e2e.test), its images
+	// and CoreDNS (build.sh conformance), and imports the images under the
+	// names the suite uses: see upstream.go.
+	Upstream bool
+	// ProxyMode is kube-proxy's mode: "nftables" (default) or "iptables"
+	// (the iptables command of the machine, Debian's iptables-nft).
+	ProxyMode string
 }
 
 // Cluster is a running Kubernetes cluster on simulated hosts.
@@ -78,17 +85,22 @@ var nodeDirs = []string{
 }
 
 // binaries are the directories build.sh reports.
-type binaries struct{ k8s, etcd, cni string }
+type binaries struct{ k8s, etcd, cni, e2e, coredns string }
 
 func (b binaries) kube(name string) string { return filepath.Join(b.k8s, name) }
 
-// buildBinaries runs build.sh (a no-op once the versioned cache is complete).
-func buildBinaries(t testing.TB) binaries {
+// buildBinaries runs build.sh (a no-op once the versioned cache is complete),
+// with upstream also for the e2e suite and CoreDNS.
+func buildBinaries(t testing.TB, upstream bool) binaries {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "./build.sh")
+	var args []string
+	if upstream {
+		args = append(args, "conformance")
+	}
+	cmd := exec.CommandContext(ctx, "./build.sh", args...)
 	cmd.Stderr = os.Stderr // progress of a cold build
 	out, err := cmd.Output()
 	if err != nil {
@@ -105,10 +117,17 @@ func buildBinaries(t testing.TB) binaries {
 			b.etcd = v
 		case "cni":
 			b.cni = v
+		case "e2e":
+			b.e2e = v
+		case "coredns":
+			b.coredns = v
 		}
 	}
 	if b.k8s == "" || b.etcd == "" || b.cni == "" {
 		t.Fatalf("build.sh did not report the binary directories:\n%s", out)
+	}
+	if upstream && (b.e2e == "" || b.coredns == "") {
+		t.Fatalf("build.sh conformance did not report the e2e and CoreDNS directories:\n%s", out)
 	}
 	t.Logf("binaries ready in %v: %s, %s, %s", time.Since(start).Round(time.Second), b.k8s, b.etcd, b.cni)
 	return b
@@ -128,6 +147,12 @@ func Up(t *testing.T, opts Options) *Cluster {
 	if opts.CNI != "mesh" && opts.CNI != "bridge" {
 		t.Fatalf("CNI must be mesh or bridge, not %q", opts.CNI)
 	}
+	if opts.ProxyMode == "" {
+		opts.ProxyMode = "nftables"
+	}
+	if opts.ProxyMode != "nftables" && opts.ProxyMode != "iptables" {
+		t.Fatalf("kube-proxy mode must be nftables or iptables, not %q", opts.ProxyMode)
+	}
 	for _, tool := range []string{"containerd", "runc", "ctr", "nft"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is needed (Debian packages containerd, runc, nftables): %v", tool, err)
@@ -137,7 +162,7 @@ func Up(t *testing.T, opts Options) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins := buildBinaries(t)
+	bins := buildBinaries(t, opts.Upstream)
 	start := time.Now()
 
 	n := testnet.New(t, testnet.Options{Hosts: 1 + opts.Nodes, Prefix: runPrefix})
@@ -169,8 +194,18 @@ func Up(t *testing.T, opts Options) *Cluster {
 		t.Fatal(err)
 	}
 	images = append(images, opts.Images...)
+	if opts.Upstream {
+		up, err := buildUpstreamImages(ctx, imgDir, bins)
+		if err != nil {
+			t.Fatal(err)
+		}
+		images = append(images, up...)
+	}
 	for _, node := range c.Nodes {
 		c.startNode(t, node, images)
+	}
+	if opts.Upstream {
+		c.tagUpstreamAliases(t)
 	}
 	if opts.CNI == "bridge" {
 		c.routePodCIDRs(t)
@@ -349,10 +384,12 @@ func (c *Cluster) prepareNode(t testing.TB, node *Node) {
 		t.Fatalf("failed to prepare %s: %v\n%s", node.Name, err, out)
 	}
 
-	// containerd always needs loopback; bridge mode needs the rest.
-	plugins := []string{"loopback"}
+	// containerd always needs loopback, and nodes have portmap as
+	// distributions install it with the kubelet (mesh chains it when it is
+	// there: hostPort); bridge mode needs the rest.
+	plugins := []string{"loopback", "portmap"}
 	if c.opts.CNI == "bridge" {
-		plugins = append(plugins, "bridge", "host-local", "portmap")
+		plugins = append(plugins, "bridge", "host-local")
 		conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "e2e-bridge", "plugins": [
   {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},
@@ -437,11 +474,11 @@ authorization: {mode: AlwaysAllow}
 readOnlyPort: 0
 staticPodPath: /etc/kubernetes/manifests
 clusterDomain: cluster.local
-clusterDNS: [10.96.0.10]
+clusterDNS: [%s]
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%%", imagefs.available: "1%%"}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-`, containerdSock, node.cgroupRoot, p.path(node.Name+".crt"), p.path(node.Name+".key"), p.path("ca.crt")))
+`, containerdSock, node.cgroupRoot, p.path(node.Name+".crt"), p.path(node.Name+".key"), p.path("ca.crt"), clusterDNS))
 	if err := os.MkdirAll(filepath.Join(root, "/etc/kubernetes/manifests"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -452,7 +489,7 @@ imageGCLowThresholdPercent: 99
 
 }
 
-// startKubeProxy starts the node's kube-proxy in nftables mode.
+// startKubeProxy starts the node's kube-proxy in Options.ProxyMode.
 func (c *Cluster) startKubeProxy(t testing.TB, node *Node) {
 	t.Helper()
 	root := filepath.Join(c.dir, node.Name)
@@ -466,14 +503,36 @@ func (c *Cluster) startKubeProxy(t testing.TB, node *Node) {
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: %s}
 hostnameOverride: %s
-mode: nftables
+mode: %s
 clusterCIDR: %s
 # Leave the machine-wide conntrack settings alone.
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 metricsBindAddress: 127.0.0.1:10249
 healthzBindAddress: 127.0.0.1:10256
-`, p.path("kube-proxy.kubeconfig"), node.Name, clusterCIDR))
+`, p.path("kube-proxy.kubeconfig"), node.Name, c.opts.ProxyMode, clusterCIDR))
 	node.kubeProxy = node.Start(t, c.bins.kube("kube-proxy"), []string{"--config", proxyConf}, nil)
+}
+
+// checkProxyMode checks that every node's kube-proxy runs in
+// Options.ProxyMode, as it reports on its metrics address: a variant run
+// in iptables mode must not silently test nftables mode.
+func (c *Cluster) checkProxyMode(t *testing.T) {
+	t.Helper()
+	for _, node := range c.Nodes {
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			out, err := node.Run(ctx, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:10249/proxyMode")
+			if err != nil {
+				return fmt.Errorf("kube-proxy mode of %s: %w: %s", node.Name, err, out)
+			}
+			if got := strings.TrimSpace(out); got != c.opts.ProxyMode {
+				return fmt.Errorf("kube-proxy of %s runs in mode %q, want %q", node.Name, got, c.opts.ProxyMode)
+			}
+			return nil
+		})
+	}
+	t.Logf("kube-proxy in %s mode on %d nodes", c.opts.ProxyMode, len(c.Nodes))
 }
 
 // routePodCIDRs routes each node's pod range to it from the other nodes: in

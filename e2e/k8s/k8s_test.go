@@ -25,12 +25,16 @@ import (
 //	MESH_E2E_IMAGE      the image name in the tarball (default localhost/mesh:dev)
 //	MESH_E2E_IMAGE_TAR  `make image`'s tarball (default ../../bin/mesh-image.tar)
 //	MESH_E2E_MESH_BIN   the mesh CLI run on the nodes (default ../../bin/mesh)
+//	MESH_E2E_PROXY_MODE kube-proxy's mode, nftables (default) or iptables
 func setting(name, def string) string {
 	if v := os.Getenv(name); v != "" {
 		return v
 	}
 	return def
 }
+
+// proxyMode is kube-proxy's mode for the cluster (Options.ProxyMode).
+func proxyMode() string { return setting("MESH_E2E_PROXY_MODE", "nftables") }
 
 const (
 	meshNamespace = "mesh-system"
@@ -43,22 +47,31 @@ const (
 // reclaimed.
 func TestKubernetes(t *testing.T) {
 	cni := setting("MESH_E2E_CNI", "mesh")
-	imageTar, err := filepath.Abs(setting("MESH_E2E_IMAGE_TAR", "../../bin/mesh-image.tar"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(imageTar); err != nil {
-		t.Fatalf("the mesh image tarball is missing (run `make image`): %v", err)
-	}
+	imageTar := meshImageTar(t)
 	image := setting("MESH_E2E_IMAGE", "localhost/mesh:dev")
 
-	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}})
+	// With mesh, a subset of the upstream suite runs too (see
+	// checkUpstreamSubset); make conformance runs all of sig-network's
+	// [Conformance] specs.
+	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}, Upstream: cni == "mesh", ProxyMode: proxyMode()})
 	checkImageImported(t, c, image)
-	installMesh(t, c, image, cni == "mesh")
+	c.checkProxyMode(t)
+	applied := installMesh(t, c, image, cni == "mesh")
 	if cni == "mesh" {
 		c.WaitNodesReady(t, 3*time.Minute)
+		t.Logf("TIMING mesh.yaml applied -> all nodes Ready: %v", time.Since(applied).Round(100*time.Millisecond))
 	}
 	pods := podsOnEveryNode(t, c)
+	if cni == "mesh" {
+		// An upper bound: the pods are created once the nodes are Ready.
+		c.eventually(t, 60*time.Second, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := c.exec(ctx, pods[0].Name, "ping", "-c", "1", "-W", "1", pods[1].IP)
+			return err
+		})
+		t.Logf("TIMING mesh.yaml applied -> first pod-to-pod packet across nodes: %v (pods created after the nodes were Ready)", time.Since(applied).Round(100*time.Millisecond))
+	}
 	checkPodToPod(t, c, pods)
 	checkClusterIPService(t, c, pods)
 	if cni == "mesh" {
@@ -66,8 +79,22 @@ func TestKubernetes(t *testing.T) {
 		checkPodToOutside(t, c)
 		checkNodesAndPods(t, c, pods)
 		checkNetworkPolicies(t, c, pods)
+		checkUpstreamSubset(t, c)
 	}
 	deleteNode(t, c, cni == "mesh")
+}
+
+// meshImageTar is `make image`'s tarball.
+func meshImageTar(t *testing.T) string {
+	t.Helper()
+	imageTar, err := filepath.Abs(setting("MESH_E2E_IMAGE_TAR", "../../bin/mesh-image.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(imageTar); err != nil {
+		t.Fatalf("the mesh image tarball is missing (run `make image`): %v", err)
+	}
+	return imageTar
 }
 
 // checkImageImported checks that `make image`'s tarball was imported into
@@ -122,7 +149,8 @@ func meshManifest(t *testing.T, image string) string {
 // every object, that the DaemonSet's pod was created on every node and that
 // its container was started from the imported image, with the Secret, host
 // paths and TUN device mounted; then it removes mesh again.
-func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
+// It returns when mesh.yaml was applied.
+func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) time.Time {
 	t.Helper()
 	manifest := meshManifest(t, image)
 	c.MustKubectl(t, "", "create", "namespace", meshNamespace, "--save-config")
@@ -134,6 +162,7 @@ func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
 	}
 	c.MustKubectl(t, "", "-n", meshNamespace, "create", "secret", "generic", "mesh-key", "--from-literal=key="+crypto.KeyFileLine(raw))
 	c.MustKubectl(t, manifest, "apply", "--dry-run=server", "-f", "-")
+	applied := time.Now()
 	t.Log(strings.TrimSpace(c.MustKubectl(t, manifest, "apply", "-f", "-")))
 	if wantReady {
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -143,7 +172,7 @@ func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
 			t.Fatalf("mesh DaemonSet not ready: %v\n%s\nlogs:\n%s", err, out, logs)
 		}
 		t.Logf("mesh DaemonSet ready on %d nodes", len(c.Nodes))
-		return
+		return applied
 	}
 	// Every node's mesh container must have started at least once (it may
 	// then exit: the daemon flags it is given may not exist yet).
@@ -180,6 +209,7 @@ func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) {
 	if out, err := c.Kubectl(ctx, manifest, "delete", "--wait=true", "--timeout=90s", "-f", "-"); err != nil {
 		t.Fatalf("kubectl delete -f mesh.yaml: %v\n%s", err, out)
 	}
+	return applied
 }
 
 type podList struct {
@@ -392,9 +422,10 @@ spec:
 
 // checkHairpin checks that a pod reaches itself through its own Service's
 // ClusterIP, over TCP and UDP (sig-network's "should allow pods to hairpin
-// back to themselves through services"): kube-proxy DNATs the packet back
-// to the pod it came from and masquerades it, and the pod's bridge port
-// must be in hairpin mode for br_netfilter's bridged DNAT to turn back.
+// back to themselves through services"), with br_netfilter on and off:
+// kube-proxy DNATs the packet back to the pod it came from and masquerades
+// it, and the pod's bridge port must be in hairpin mode for br_netfilter's
+// bridged DNAT to turn back.
 func checkHairpin(t *testing.T, c *Cluster) {
 	t.Helper()
 	// Its own namespace: the policy checks that follow count the pods of
@@ -408,18 +439,40 @@ func checkHairpin(t *testing.T, c *Cluster) {
 		t.Fatalf("pod %s not ready: %v\n%s", name, err, out)
 	}
 	ip := strings.TrimSpace(c.MustKubectl(t, "", "-n", ns, "get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"))
-	for _, proto := range []string{"tcp", "udp"} {
-		var got string
-		c.eventually(t, 60*time.Second, func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			out, err := execIn(ctx, c, ns+"/"+name, "/bin/whoami", "get", proto, ip+":80")
-			got = strings.TrimSpace(out)
-			return err
-		})
-		t.Logf("%s: pod %s reached itself through its Service %s:80 (it saw source %s)", proto, name, ip, got)
+	// With bridge-nf-call-iptables on (the nodes' default) kube-proxy's
+	// DNAT happens on the bridge and the packet turns back through the
+	// port's hairpin mode; with it off the packet is routed. Both must work.
+	node := c.Nodes[0]
+	setBrNF := func(v string) {
+		t.Helper()
+		if out, err := node.Run(context.Background(), "sysctl", "-w", brNFSysctl+"="+v); err != nil {
+			t.Fatalf("sysctl %s=%s on %s: %v\n%s", brNFSysctl, v, node.Name, err, out)
+		}
+	}
+	orig, err := node.Run(context.Background(), "sysctl", "-n", brNFSysctl)
+	if err != nil {
+		t.Fatalf("sysctl %s on %s: %v\n%s", brNFSysctl, node.Name, err, orig)
+	}
+	defer setBrNF(strings.TrimSpace(orig))
+	for _, brnf := range []string{"1", "0"} {
+		setBrNF(brnf)
+		for _, proto := range []string{"tcp", "udp"} {
+			var got string
+			c.eventually(t, 60*time.Second, func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				out, err := execIn(ctx, c, ns+"/"+name, "/bin/whoami", "get", proto, ip+":80")
+				got = strings.TrimSpace(out)
+				return err
+			})
+			t.Logf("%s, %s=%s: pod %s reached itself through its Service %s:80 (it saw source %s)", proto, brNFSysctl, brnf, name, ip, got)
+		}
 	}
 }
+
+// brNFSysctl is br_netfilter's switch for passing bridged IPv4 packets to
+// the iptables and nftables hooks (per network namespace).
+const brNFSysctl = "net.bridge.bridge-nf-call-iptables"
 
 // checkPodToOutside checks outbound NAT: a pod reaches a server on a host
 // outside the cluster (a simulated host that runs no Kubernetes and no

@@ -17,7 +17,11 @@
 //     NodePort traffic) gets the node's overlay IP as source. The receiving
 //     peer's WireGuard drops every packet whose source is not in the
 //     sender's AllowedIPs (its pod ranges), so without this such traffic,
-//     or its replies, would be lost.
+//     or its replies, would be lost. The same holds for a pod's packet that
+//     kube-proxy marked for masquerade (KubeProxyMasqueradeMark: a pod
+//     reaching a NodePort of its own node whose endpoint is on another
+//     node): kube-proxy's masquerade would give it the node's underlay
+//     address, so it gets the overlay IP instead.
 //   - Pods to other nodes (Config.Nodes): a pod's packet to another mesh
 //     node's own address is masqueraded even where outbound NAT is off or
 //     exempts the node network. That node answers the pod address through
@@ -45,6 +49,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/meshnet/mesh/internal/nftutil"
@@ -55,6 +60,11 @@ import (
 const TableName = "mesh-nat"
 
 const chainName = "postrouting"
+
+// KubeProxyMasqueradeMark is the packet mark kube-proxy sets on a
+// connection it masquerades (its default masqueradeBit 14, in both its
+// iptables and nftables modes).
+const KubeProxyMasqueradeMark = 0x4000
 
 // MaxNoMasquerade bounds Config.NoMasquerade: one rule each, evaluated for
 // every new outbound connection.
@@ -135,6 +145,18 @@ func (c *Config) rules() []rule {
 			comment: fmt.Sprintf("oifname %s ip saddr != %s snat to %s", c.OverlayDevice, cr, c.OverlayIP),
 			exprs: slices.Concat(oifname(c.OverlayDevice), prefixMatch(saddrOff, cr, false),
 				[]expr.Any{
+					&expr.Immediate{Register: 1, Data: a[:]},
+					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
+				}),
+		}, rule{
+			comment: fmt.Sprintf("oifname %s meta mark & %#x == %#x snat to %s", c.OverlayDevice, KubeProxyMasqueradeMark, KubeProxyMasqueradeMark, c.OverlayIP),
+			exprs: slices.Concat(oifname(c.OverlayDevice),
+				[]expr.Any{
+					&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+						Mask: binaryutil.NativeEndian.PutUint32(KubeProxyMasqueradeMark),
+						Xor:  binaryutil.NativeEndian.PutUint32(0)},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(KubeProxyMasqueradeMark)},
 					&expr.Immediate{Register: 1, Data: a[:]},
 					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
 				}),
