@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/fastdp"
 )
 
 // Path health and relay choice (docs/routing.md). A node probes each peer's
@@ -32,12 +33,7 @@ const (
 )
 
 // ProbeResult is what the data plane's prober saw of one probe address.
-type ProbeResult struct {
-	// LastReply is when the last answer came; zero when none came yet.
-	LastReply time.Time
-	// RTT is the round trip of that answer.
-	RTT time.Duration
-}
+type ProbeResult = fastdp.ProbeResult
 
 // pathRecord is what Paths keeps of one peer.
 type pathRecord struct {
