@@ -75,7 +75,10 @@ type Config struct {
 
 	// NoMasquerade turns off outbound NAT of pod traffic leaving the
 	// cluster range; NoMasqueradeCIDRs are destinations never masqueraded.
-	NoMasquerade      bool
+	NoMasquerade bool
+	// NoRelay: this node never carries traffic between two other nodes
+	// whose direct path is down (docs/routing.md).
+	NoRelay           bool
 	NoMasqueradeCIDRs []netip.Prefix
 
 	// NoPortIsolation turns the bridge's port isolation and the underlay
