@@ -1,0 +1,166 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// relayBlockTable is the nftables table a test adds in a host's namespace
+// to cut its WireGuard path to another host.
+const relayBlockTable = "relaytest"
+
+// blockDataPlane drops UDP 6784 between h and other, both ways, in h's
+// own namespace (gossip on 6783 still flows).
+func blockDataPlane(ctx context.Context, h, other *testnet.Host) error {
+	for _, args := range [][]string{
+		{"add", "table", "inet", relayBlockTable},
+		{"add", "chain", "inet", relayBlockTable, "in", "{ type filter hook input priority 0; policy accept; }"},
+		{"add", "chain", "inet", relayBlockTable, "out", "{ type filter hook output priority 0; policy accept; }"},
+		{"add", "rule", "inet", relayBlockTable, "in", "ip", "saddr", other.Addr.String(), "udp", "sport", "6784", "drop"},
+		{"add", "rule", "inet", relayBlockTable, "out", "ip", "daddr", other.Addr.String(), "udp", "dport", "6784", "drop"},
+	} {
+		if out, err := h.Run(ctx, "nft", args...); err != nil {
+			return fmt.Errorf("nft %v on %s: %v: %s", args, h.Name, err, out)
+		}
+	}
+	return nil
+}
+
+func unblockDataPlane(ctx context.Context, h *testnet.Host) error {
+	if out, err := h.Run(ctx, "nft", "delete", "table", "inet", relayBlockTable); err != nil {
+		return fmt.Errorf("nft delete table on %s: %v: %s", h.Name, err, out)
+	}
+	return nil
+}
+
+// connTo is n's connection to the peer named peer.
+func connTo(n *node, peer string) (api.Connection, error) {
+	st, err := n.Status()
+	if err != nil {
+		return api.Connection{}, err
+	}
+	for _, c := range st.Connections {
+		if c.Peer == peer {
+			return c, nil
+		}
+	}
+	return api.Connection{}, fmt.Errorf("%s has no connection to %s", n.Host.Name, peer)
+}
+
+// TestRelayTriangle: three hosts; the data plane between host1 and host2
+// is cut both ways. Their pods reach each other again through host3 within
+// a generous bound, status on each shows the other "via" host3, and once
+// the path is back, traffic returns to it.
+func TestRelayTriangle(t *testing.T) {
+	_, nodes, ctx := cniMesh(t, 3, 8*time.Minute)
+	h1, h2, h3 := nodes[0].Host, nodes[1].Host, nodes[2].Host
+	a, err := addPod(ctx, t, h1, "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, h2, "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping := func(from, to *pod) error {
+		if out, err := from.exec(ctx, "ping", "-c", "1", "-W", "2", to.ip.String()); err != nil {
+			return fmt.Errorf("%s cannot ping %s: %v\n%s", from.name, to.name, err, out)
+		}
+		return nil
+	}
+	both := func() error {
+		if err := ping(a, b); err != nil {
+			return err
+		}
+		return ping(b, a)
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
+	for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
+		c, err := connTo(pair[0], pair[1].Host.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Via != "" || c.DirectPath != api.PathUp {
+			t.Fatalf("before the cut, %s shows %s via %q, direct path %q", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath)
+		}
+	}
+
+	t.Cleanup(func() {
+		// Also on failure: the namespaces go with the test, but do not
+		// leave the rules behind for a dump.
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h1.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+		h2.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+	})
+	for _, pair := range [][2]*testnet.Host{{h1, h2}, {h2, h1}} {
+		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := time.Now()
+	viaH3 := func(from, to *node) error {
+		c, err := connTo(from, to.Host.Name)
+		if err != nil {
+			return err
+		}
+		if c.Via != h3.Name || c.DirectPath != api.PathDown {
+			return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s, down", from.Host.Name, to.Host.Name, c.Via, c.DirectPath, h3.Name)
+		}
+		return nil
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		if err := viaH3(nodes[0], nodes[1]); err != nil {
+			return err
+		}
+		if err := viaH3(nodes[1], nodes[0]); err != nil {
+			return err
+		}
+		return both()
+	})
+	t.Logf("relayed through %s %v after the cut", h3.Name, time.Since(cut).Round(100*time.Millisecond))
+	// The relay keeps working, and the direct path stays cut.
+	for range 3 {
+		if err := both(); err != nil {
+			t.Fatalf("relayed traffic stopped: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+	if err := viaH3(nodes[0], nodes[1]); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h1.Run(ctx, "nft", "list", "table", "inet", relayBlockTable); err != nil {
+		t.Fatalf("block table gone: %v: %s", err, out)
+	}
+	for _, n := range nodes {
+		if st := n.MustStatus(); len(st.Problems) != 0 {
+			t.Fatalf("%s reports problems while relaying: %v", n.Host.Name, st.Problems)
+		}
+	}
+
+	if err := unblockDataPlane(ctx, h1); err != nil {
+		t.Fatal(err)
+	}
+	if err := unblockDataPlane(ctx, h2); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	testnet.Eventually(t, 90*time.Second, 500*time.Millisecond, func() error {
+		for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
+			c, err := connTo(pair[0], pair[1].Host.Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != "" || c.DirectPath != api.PathUp {
+				return fmt.Errorf("%s shows %s via %q, direct path %q; want direct, up", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath)
+			}
+		}
+		return both()
+	})
+	t.Logf("direct again %v after the path came back", time.Since(healed).Round(100*time.Millisecond))
+}
