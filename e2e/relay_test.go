@@ -134,6 +134,10 @@ func TestRelayTriangle(t *testing.T) {
 	if err := viaH3(nodes[0], nodes[1]); err != nil {
 		t.Fatal(err)
 	}
+	// The relay routes, it does not translate: pod b sees pod a's address,
+	// over TCP and UDP.
+	serveWhoami(t, h2, b.name, ":8080")
+	expectSource(t, h1, a.name, b.ip.String()+":8080", "", a.ip)
 	if out, err := h1.Run(ctx, "nft", "list", "table", "inet", relayBlockTable); err != nil {
 		t.Fatalf("block table gone: %v: %s", err, out)
 	}
@@ -163,4 +167,81 @@ func TestRelayTriangle(t *testing.T) {
 		return both()
 	})
 	t.Logf("direct again %v after the path came back", time.Since(healed).Round(100*time.Millisecond))
+}
+
+// TestRelayNoRelay is the control of TestRelayTriangle: with host3
+// launched with --no-relay, nothing carries the cut pair's traffic; status
+// shows the direct path down and no relay, and the pods stay cut off.
+func TestRelayNoRelay(t *testing.T) {
+	testnet.RequireRoot(t)
+	tn := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "nr"})
+	hosts := tn.Hosts()
+	var nodes []*node
+	for i, h := range hosts {
+		var peers []*testnet.Host
+		var extra []string
+		if i > 0 {
+			peers = hosts[:1]
+		}
+		if i == 2 {
+			extra = []string{"--no-relay"}
+		}
+		nodes = append(nodes, launch(t, h, peers, extra...))
+	}
+	dumpLogsOnFailure(t, nodes...)
+	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
+	waitConnected(t, nodes)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	a, err := addPod(ctx, t, hosts[0], "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, hosts[1], "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reach := func() error {
+		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
+			return fmt.Errorf("pod a cannot ping pod b: %v\n%s", err, out)
+		}
+		return nil
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, reach)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		hosts[0].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+		hosts[1].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+	})
+	for _, pair := range [][2]*testnet.Host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
+		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		c, err := connTo(nodes[0], hosts[1].Name)
+		if err != nil {
+			return err
+		}
+		if c.DirectPath != api.PathDown {
+			return fmt.Errorf("direct path %q, want down", c.DirectPath)
+		}
+		return nil
+	})
+	// Longer than it took TestRelayTriangle to relay: still no relay.
+	time.Sleep(10 * time.Second)
+	c, err := connTo(nodes[0], hosts[1].Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Via != "" {
+		t.Fatalf("relayed via %q although the only candidate runs --no-relay", c.Via)
+	}
+	if err := reach(); err == nil {
+		t.Fatal("pods reach each other with the direct path cut and no relay")
+	}
 }
