@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,6 +136,25 @@ func TestRelayTriangle(t *testing.T) {
 	if err := viaH3(nodes[0], nodes[1]); err != nil {
 		t.Fatal(err)
 	}
+	// Only the probe address stays on the direct peer; the relay's peer
+	// carries the rest of host2's ranges.
+	c, err := connTo(nodes[0], h2.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if probe := nodes[1].MustStatus().OverlayIP + "/32"; len(c.AllowedIPs) != 1 || c.AllowedIPs[0] != probe {
+		t.Fatalf("relayed peer's allowedIPs = %v, want only its probe address %s", c.AllowedIPs, probe)
+	}
+	c3, err := connTo(nodes[0], h3.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range nodes[1].MustStatus().IPAM.Owned {
+		if !slices.Contains(c3.AllowedIPs, r) {
+			t.Fatalf("relay's allowedIPs %v lack host2's range %s", c3.AllowedIPs, r)
+		}
+	}
+	relayMetrics(t, h1, 1)
 	// The relay routes, it does not translate: pod b sees pod a's address,
 	// over TCP and UDP.
 	serveWhoami(t, h2, b.name, ":8080")
@@ -167,6 +188,23 @@ func TestRelayTriangle(t *testing.T) {
 		return both()
 	})
 	t.Logf("direct again %v after the path came back", time.Since(healed).Round(100*time.Millisecond))
+	relayMetrics(t, h1, 0)
+}
+
+// relayMetrics checks h's mesh_relayed_peers, and that the relay changes
+// were counted.
+func relayMetrics(t *testing.T, h *testnet.Host, relayed int) {
+	t.Helper()
+	code, body, err := httpGet(h, "http://127.0.0.1:6782/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics = %d, %v", code, err)
+	}
+	if want := fmt.Sprintf("mesh_relayed_peers %d\n", relayed); !strings.Contains(body, want) {
+		t.Fatalf("metrics lack %q", want)
+	}
+	if strings.Contains(body, "mesh_relay_changes_total 0\n") || !strings.Contains(body, "mesh_relay_changes_total ") {
+		t.Fatal("the move to the relay was not counted in mesh_relay_changes_total")
+	}
 }
 
 // TestRelayNoRelay is the control of TestRelayTriangle: with host3
