@@ -283,3 +283,94 @@ func TestRelayNoRelay(t *testing.T) {
 		t.Fatal("pods reach each other with the direct path cut and no relay")
 	}
 }
+
+// relayChanges reads h's mesh_relay_changes_total.
+func relayChanges(h *testnet.Host) (string, error) {
+	code, body, err := httpGet(h, "http://127.0.0.1:6782/metrics")
+	if err != nil || code != 200 {
+		return "", fmt.Errorf("GET /metrics on %s = %d, %v", h.Name, code, err)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, "mesh_relay_changes_total "); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("no mesh_relay_changes_total on %s", h.Name)
+}
+
+// TestRelayOneWayLoss: WireGuard packets from host1 to host2 are dropped,
+// the other direction passes. The probes (an echo needs both ways) see the
+// path down at both ends, the pair is relayed through host3, and the route
+// does not flap: no relay change on either end over the next 60 s.
+func TestRelayOneWayLoss(t *testing.T) {
+	_, nodes, ctx := cniMesh(t, 3, 8*time.Minute)
+	h1, h2, h3 := nodes[0].Host, nodes[1].Host, nodes[2].Host
+	a, err := addPod(ctx, t, h1, "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, h2, "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := func() error {
+		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
+			return fmt.Errorf("pod a cannot ping pod b: %v\n%s", err, out)
+		}
+		if out, err := b.exec(ctx, "ping", "-c", "1", "-W", "2", a.ip.String()); err != nil {
+			return fmt.Errorf("pod b cannot ping pod a: %v\n%s", err, out)
+		}
+		return nil
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h1.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+	})
+	for _, args := range [][]string{
+		{"add", "table", "inet", relayBlockTable},
+		{"add", "chain", "inet", relayBlockTable, "out", "{ type filter hook output priority 0; policy accept; }"},
+		{"add", "rule", "inet", relayBlockTable, "out", "ip", "daddr", h2.Addr.String(), "udp", "dport", "6784", "drop"},
+	} {
+		if out, err := h1.Run(ctx, "nft", args...); err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
+			c, err := connTo(pair[0], pair[1].Host.Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != h3.Name {
+				return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath, h3.Name)
+			}
+		}
+		return both()
+	})
+	before := map[string]string{}
+	for _, h := range []*testnet.Host{h1, h2} {
+		v, err := relayChanges(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[h.Name] = v
+	}
+	end := time.Now().Add(60 * time.Second)
+	for time.Now().Before(end) {
+		if err := both(); err != nil {
+			t.Fatalf("relayed traffic stopped: %v", err)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	for _, h := range []*testnet.Host{h1, h2} {
+		v, err := relayChanges(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != before[h.Name] {
+			t.Fatalf("%s changed its relayed routes during 60 s of steady one-way loss: mesh_relay_changes_total %s -> %s", h.Name, before[h.Name], v)
+		}
+	}
+}
