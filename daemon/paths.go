@@ -73,6 +73,11 @@ func (d *Daemon) pathLoop(ctx context.Context, p prober) {
 // and publishes what changed.
 func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 	targets := map[netip.Addr]string{}
+	if _, ok := d.ipam.OverlayIP(); !ok {
+		// Without an overlay IP, probes would leave without a source
+		// the others route back: every path would look down.
+		members = nil
+	}
 	for _, m := range members {
 		if m.Self || !m.State.Live() {
 			continue
