@@ -127,7 +127,7 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 		if k, err := crypto.ParseKey(m.Meta.PublicKey); err == nil {
 			n.PublicKey = k
 		}
-		if a, ok := probeAddr(m.Meta); ok {
+		if a, ok := probeAddr(m.Meta, d.cfg.IPAllocRange); ok {
 			n.Probe = a
 		}
 		in.Nodes = append(in.Nodes, n)

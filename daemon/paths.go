@@ -82,7 +82,7 @@ func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 		if m.Self || !m.State.Live() {
 			continue
 		}
-		if a, ok := probeAddr(m.Meta); ok {
+		if a, ok := probeAddr(m.Meta, d.cfg.IPAllocRange); ok {
 			targets[a] = m.Name
 		}
 	}
@@ -129,13 +129,14 @@ func samePaths(a, b mesh.PathMeta) bool {
 }
 
 // probeAddr is the member's probe address, if it reports one this node can
-// use.
-func probeAddr(m mesh.Meta) (netip.Addr, bool) {
+// use: an IPv4 address in the cluster range, so that no member can make
+// the others send probes elsewhere.
+func probeAddr(m mesh.Meta, cluster netip.Prefix) (netip.Addr, bool) {
 	if m.Paths == nil || m.Paths.Probe == "" {
 		return netip.Addr{}, false
 	}
 	a, err := netip.ParseAddr(m.Paths.Probe)
-	if err != nil || !a.Is4() {
+	if err != nil || !a.Is4() || !cluster.Contains(a) {
 		return netip.Addr{}, false
 	}
 	return a, true

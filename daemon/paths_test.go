@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"net/netip"
 	"slices"
 	"testing"
 
@@ -43,10 +44,15 @@ func TestPathReports(t *testing.T) {
 	if via := peer.Relays("a", got); len(via) != 0 {
 		t.Fatalf("Relays = %v, want none", via)
 	}
-	if a, ok := probeAddr(members[1].Meta); !ok || a.String() != "10.36.0.1" {
+	cluster := netip.MustParsePrefix("10.32.0.0/12")
+	if a, ok := probeAddr(members[1].Meta, cluster); !ok || a.String() != "10.36.0.1" {
 		t.Fatalf("probe address of b = %v, %v", a, ok)
 	}
-	if _, ok := probeAddr(members[3].Meta); ok {
+	if _, ok := probeAddr(members[3].Meta, cluster); ok {
 		t.Fatal("a member without a report has a probe address")
+	}
+	outside := (mesh.Meta{}).WithPaths(mesh.PathMeta{Probe: "192.0.2.1"})
+	if _, ok := probeAddr(outside, cluster); ok {
+		t.Fatal("a probe address outside the cluster range is used")
 	}
 }

@@ -158,6 +158,8 @@ func TestDesiredRelays(t *testing.T) {
 		{name: "held addresses move too, the probe's own host prefix stays", via: map[string]string{"b": "c"}, probe: "10.40.0.9",
 			held: []HeldAddr{held("b", "10.40.0.9"), held("b", "10.40.0.10")},
 			want: map[string][]netip.Prefix{"b": pfx("10.40.0.9/32"), "c": pfx("10.36.0.0/14", "10.40.0.0/14", "10.40.0.10/32", "10.44.0.0/14")}},
+		{name: "probe address outside its space is not pinned", via: map[string]string{"b": "c"}, probe: "10.40.0.7",
+			want: map[string][]netip.Prefix{"b": nil, "c": pfx("10.36.0.0/14", "10.40.0.0/14", "10.44.0.0/14")}},
 		{name: "no probe address", via: map[string]string{"b": "c"},
 			want: map[string][]netip.Prefix{"b": nil, "c": pfx("10.36.0.0/14", "10.40.0.0/14", "10.44.0.0/14")}},
 		{name: "relay without a peer stays direct", via: map[string]string{"b": "x"}, probe: "10.36.0.1",

@@ -39,7 +39,8 @@ type Node struct {
 	// Probe is the node's probe address (its overlay IP, from its path
 	// report); the zero value when it has none. While the node is relayed
 	// its host prefix stays on the direct peer, so that probes keep testing
-	// the direct path.
+	// the direct path; only when it lies in the node's own ranges or held
+	// addresses.
 	Probe netip.Addr
 }
 
@@ -268,8 +269,11 @@ func desired(in Input) (*fastdp.Config, map[string]string, error) {
 			relayed[n.Name] = in.Via[n.Name]
 			// Relayed: the ranges go to the relay's peer, the probe
 			// address stays on the direct one (docs/routing.md).
+			// Only a probe address inside the node's own space: a
+			// node must not pull another node's address onto its
+			// entry by naming it as its probe address.
 			var probe netip.Prefix
-			if a := n.Probe.Unmap(); a.IsValid() && in.ClusterRange.Contains(a) {
+			if a := n.Probe.Unmap(); a.IsValid() && slices.ContainsFunc(rs, func(p netip.Prefix) bool { return p.Contains(a) }) {
 				probe = netip.PrefixFrom(a, a.BitLen())
 				e.ranges = append(e.ranges, probe)
 			}
