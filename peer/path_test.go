@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"context"
 	"maps"
 	"net/netip"
 	"slices"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/fastdp/fastdptest"
 )
 
 // The direct path's state follows the probes with hysteresis: down only
@@ -192,5 +195,59 @@ func TestDesiredRelays(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The reconciler reports who is relayed through whom, with the direct
+// path's state, and counts each change of the relayed routes once.
+func TestReconcilerReportsRelays(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	dp := fastdptest.New("")
+	r := NewReconciler(dp, nil)
+	ctx := context.Background()
+	dp.SetStats([]fastdp.PeerStats{{PublicKey: w.pubs["b"]}, {PublicKey: w.pubs["c"]}})
+	now := time.Unix(1_000_000, 0)
+	r.Paths().Observe(now, map[string]ProbeResult{"b": {}, "c": {LastReply: now, RTT: 1500 * time.Microsecond}})
+	r.Paths().Observe(now.Add(PathDownAfter), map[string]ProbeResult{"b": {}, "c": {LastReply: now.Add(PathDownAfter), RTT: 1500 * time.Microsecond}})
+	conns := func() map[string]api.Connection {
+		t.Helper()
+		cs, err := r.Connections(ctx, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]api.Connection{}
+		for _, c := range cs {
+			out[c.Peer] = c
+		}
+		return out
+	}
+	apply := func(via map[string]string) {
+		t.Helper()
+		in := w.input()
+		in.Nodes[1].Probe = netip.MustParseAddr("10.36.0.1")
+		in.Via = via
+		if _, err := r.Apply(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(nil)
+	if c := r.Counters().RelayChanges; c != 0 {
+		t.Fatalf("relay changes %d with nothing relayed", c)
+	}
+	apply(map[string]string{"b": "c"})
+	apply(map[string]string{"b": "c"}) // unchanged: not counted
+	cs := conns()
+	if b := cs["b"]; b.Via != "c" || b.DirectPath != api.PathDown || b.RTTMillis != 0 || !slices.Equal(b.AllowedIPs, []string{"10.36.0.1/32"}) {
+		t.Fatalf("b = %+v, want via c, down, only its probe address", b)
+	}
+	if c := cs["c"]; c.Via != "" || c.DirectPath != api.PathUp || c.RTTMillis != 1.5 {
+		t.Fatalf("c = %+v, want direct, up, 1.5 ms", c)
+	}
+	apply(nil)
+	if c := r.Counters().RelayChanges; c != 2 {
+		t.Fatalf("relay changes %d, want 2 (to the relay and back)", c)
+	}
+	if b := conns()["b"]; b.Via != "" {
+		t.Fatalf("b still via %q after the relay was dropped", b.Via)
 	}
 }
