@@ -82,15 +82,20 @@ func TestRelayTriangle(t *testing.T) {
 		return ping(b, a)
 	}
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
-	for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
-		c, err := connTo(pair[0], pair[1].Host.Name)
-		if err != nil {
-			t.Fatal(err)
+	// Probes start once each node has its overlay IP and has heard the
+	// other's.
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
+			c, err := connTo(pair[0], pair[1].Host.Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != "" || c.DirectPath != api.PathUp {
+				return fmt.Errorf("before the cut, %s shows %s via %q, direct path %q", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath)
+			}
 		}
-		if c.Via != "" || c.DirectPath != api.PathUp {
-			t.Fatalf("before the cut, %s shows %s via %q, direct path %q", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath)
-		}
-	}
+		return nil
+	})
 
 	t.Cleanup(func() {
 		// Also on failure: the namespaces go with the test, but do not
