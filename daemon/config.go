@@ -75,11 +75,12 @@ type Config struct {
 
 	// NoMasquerade turns off outbound NAT of pod traffic leaving the
 	// cluster range; NoMasqueradeCIDRs are destinations never masqueraded.
-	NoMasquerade bool
+	NoMasquerade      bool
+	NoMasqueradeCIDRs []netip.Prefix
+
 	// NoRelay: this node never carries traffic between two other nodes
 	// whose direct path is down (docs/routing.md).
-	NoRelay           bool
-	NoMasqueradeCIDRs []netip.Prefix
+	NoRelay bool
 
 	// NoPortIsolation turns the bridge's port isolation and the underlay
 	// source check off (for benchmarks and debugging only).

@@ -87,6 +87,10 @@ func (d *Daemon) rotateMeshKeys() (*api.RotateResult, error) {
 	}
 	d.mu.Lock()
 	d.meta.Keys = ids
+	if d.meta.Paths != nil {
+		// More key IDs leave less room for the path report.
+		d.meta = d.meta.WithPaths(*d.meta.Paths)
+	}
 	meta := d.meta
 	res.PublicKey = meta.PublicKey
 	d.mu.Unlock()
