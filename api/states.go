@@ -32,3 +32,15 @@ const (
 
 // ConnStates lists every connection state, in the order status shows them.
 var ConnStates = []ConnState{ConnEstablished, ConnConnecting, ConnFailed}
+
+// PathState is whether the direct data-plane path to a peer works, as this
+// node's probes through it find (docs/routing.md).
+type PathState string
+
+const (
+	// PathUp: probes through the direct WireGuard path are answered.
+	PathUp PathState = "up"
+	// PathDown: they have not been for a while; the peer's ranges go
+	// through a relay when one reaches it.
+	PathDown PathState = "down"
+)

@@ -89,6 +89,17 @@ type Connection struct {
 	// AllowedIPs are the overlay ranges routed to this peer: those it owns,
 	// and /32s of addresses it holds in space another peer owns.
 	AllowedIPs []string `json:"allowedIPs,omitempty"`
+	// DirectPath is up or down: whether probes through the direct path
+	// are answered; empty while the peer has no probe address (a node of
+	// the previous release, or one without an overlay IP yet).
+	DirectPath PathState `json:"directPath,omitempty"`
+	// Via names the relay that carries this peer's ranges while its
+	// direct path is down; empty when traffic goes direct. AllowedIPs
+	// then hold only the peer's probe address.
+	Via string `json:"via,omitempty"`
+	// RTTMillis is the round trip of the last probe answered through the
+	// direct path, in milliseconds; absent when none was.
+	RTTMillis float64 `json:"rttMillis,omitempty"`
 }
 
 // Peer is one member of the mesh as this node sees it.

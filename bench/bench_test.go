@@ -33,7 +33,7 @@ var (
 	iperfSecs   = envInt("BENCH_IPERF_SECONDS", 5)
 	iperfRounds = envInt("BENCH_IPERF_ROUNDS", 3)
 	// BENCH_PARTS selects parts (cni, churn, state, dataplane, kdf,
-	// isolation, restart, hostile; default all).
+	// isolation, restart, hostile, relay; default all).
 	parts = os.Getenv("BENCH_PARTS")
 	// BENCH_MESH_ENV and BENCH_WG_ENV add KEY=VALUE words to the
 	// environment of the mesh daemons and of the bare wireguard-go, for
@@ -83,6 +83,9 @@ func TestBench(t *testing.T) {
 	}
 	if want("hostile") {
 		t.Run("Hostile", func(t *testing.T) { benchHostile(t, r) })
+	}
+	if want("relay") {
+		t.Run("Relay", func(t *testing.T) { benchRelay(t, r) })
 	}
 	r.print(os.Stdout)
 	if out := os.Getenv("BENCH_OUT"); out != "" {
@@ -508,6 +511,7 @@ type report struct {
 
 	restart *restartResult // part 7
 	hostile *hostileResult // part 8
+	relay   *relayResult   // part 9
 }
 
 type bidirResult struct {
@@ -674,6 +678,7 @@ func (r *report) print(w io.Writer) {
 	r.printIsolation(p)
 	r.printRestart(p)
 	r.hostile.print(p)
+	r.relay.print(p)
 	p("\n   load average at start %s, at end %s (other work on the machine skews the throughput)\n", r.loadStart, loadavg())
 	p("   total time %s\n\n", time.Since(r.start).Round(time.Second))
 }

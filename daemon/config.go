@@ -78,6 +78,10 @@ type Config struct {
 	NoMasquerade      bool
 	NoMasqueradeCIDRs []netip.Prefix
 
+	// NoRelay: this node never carries traffic between two other nodes
+	// whose direct path is down (docs/routing.md).
+	NoRelay bool
+
 	// NoPortIsolation turns the bridge's port isolation and the underlay
 	// source check off (for benchmarks and debugging only).
 	NoPortIsolation bool

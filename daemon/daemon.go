@@ -45,6 +45,9 @@ type Daemon struct {
 	// port (see adoptLegacyPorts).
 	legacyMACs map[string]net.HardwareAddr
 	mtu        int
+	// prober probes the direct paths; nil without a data plane or when it
+	// could not open, and handed to the path loop once it starts.
+	prober prober
 
 	server   *http.Server
 	listener net.Listener
@@ -167,7 +170,8 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		log.Info("mesh keys loaded", "keys", meta.Keys, "gossip", ks.primary.ID())
 	}
 	d.self.key, d.self.meta = key, meta
-	mc.Meta = meta
+	d.openProber()
+	_, mc.Meta = d.self.get()
 	if d.members, err = mesh.New(mc); err != nil {
 		return nil, err
 	}
@@ -201,6 +205,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	d.goLoop(loopIPAMTick, d.tickLoop)
 	d.goLoop(loopReconcile, d.reconcileLoop)
 	d.goLoop("attach-check", d.attachLoop)
+	d.startPaths()
 	if kube != nil {
 		d.goLoop("kube", kube.watcher(d).Serve)
 		d.startPolicy(kube)
@@ -267,6 +272,9 @@ func (d *Daemon) close() {
 		if err := d.ipam.Close(); err != nil {
 			d.log.Error("IPAM state not saved on stop", "err", err)
 		}
+	}
+	if d.prober != nil { // Start failed before the path loop took it
+		d.prober.Close()
 	}
 	if d.dp != nil { // nil when Start failed before choosing one
 		d.dp.Close()

@@ -113,6 +113,7 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 		Now: time.Now(),
 	}
 	in.Remembered, in.RememberedUntil = d.remembered.input(keys)
+	in.Via = peer.Relays(d.id.Name, d.pathReports(members))
 	d.reportBadMeta(members)
 	for _, m := range members {
 		n := peer.Node{Name: m.Name, Addr: m.Addr.Addr(), DPPort: m.Meta.DPPort, State: m.State, Since: m.Since}
@@ -121,6 +122,9 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 		}
 		if k, err := crypto.ParseKey(m.Meta.PublicKey); err == nil {
 			n.PublicKey = k
+		}
+		if a, ok := probeAddr(m.Meta, d.cfg.IPAllocRange); ok {
+			n.Probe = a
 		}
 		in.Nodes = append(in.Nodes, n)
 	}

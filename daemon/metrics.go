@@ -65,6 +65,8 @@ func (d *Daemon) ready() error {
 
 var (
 	descPeers      = prometheus.NewDesc("mesh_peers", "Members of the mesh by state, this node included.", []string{"state"}, nil)
+	descRelayed    = prometheus.NewDesc("mesh_relayed_peers", "Peers whose ranges this node routes through a relay because their direct path is down.", nil, nil)
+	descRelayChg   = prometheus.NewDesc("mesh_relay_changes_total", "Applied data-plane configs that moved a peer's ranges to a relay, to another relay or back to the direct path.", nil, nil)
 	descConns      = prometheus.NewDesc("mesh_connections", "Data-plane connections by state.", []string{"state"}, nil)
 	descHandshake  = prometheus.NewDesc("mesh_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer.", []string{"peer"}, nil)
 	descRx         = prometheus.NewDesc("mesh_peer_rx_bytes_total", "Bytes received from a peer over the data plane.", []string{"peer"}, nil)
@@ -87,7 +89,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
 	}
 }
@@ -146,8 +148,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		conns[s] = 0
 	}
 	now := time.Now()
+	relayed := 0
 	for _, cn := range d.connections(ctx) {
 		conns[cn.State]++
+		if cn.Via != "" {
+			relayed++
+		}
 		ch <- prometheus.MustNewConstMetric(descRx, prometheus.CounterValue, float64(cn.RxBytes), cn.Peer)
 		ch <- prometheus.MustNewConstMetric(descTx, prometheus.CounterValue, float64(cn.TxBytes), cn.Peer)
 		if t, err := time.Parse(time.RFC3339, cn.LastHandshake); err == nil {
@@ -157,7 +163,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range conns {
 		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(n), string(s))
 	}
+	ch <- prometheus.MustNewConstMetric(descRelayed, prometheus.GaugeValue, float64(relayed))
 	rs := d.rec.Counters()
+	ch <- prometheus.MustNewConstMetric(descRelayChg, prometheus.CounterValue, float64(rs.RelayChanges))
 	ch <- prometheus.MustNewConstMetric(descRecErr, prometheus.CounterValue, float64(rs.Errors))
 	ch <- prometheus.MustNewConstMetric(descRecRuns, prometheus.CounterValue, float64(rs.Runs()))
 	ch <- prometheus.MustNewConstMetric(descRecSeconds, prometheus.GaugeValue, rs.LastDuration.Seconds())

@@ -86,7 +86,13 @@ func (d *Daemon) rotateMeshKeys() (*api.RotateResult, error) {
 			res.Dropped = append(res.Dropped, id)
 		}
 	}
-	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) { m.Keys = ids })
+	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {
+		m.Keys = ids
+		if m.Paths != nil {
+			// More key IDs leave less room for the path report.
+			*m = m.WithPaths(*m.Paths)
+		}
+	})
 	res.PublicKey = meta.PublicKey
 	if err := d.members.UpdateMeta(meta); err != nil {
 		d.log.Warn("failed to announce the new key IDs", "error", err)

@@ -216,7 +216,7 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	if err != nil || len(strings.TrimSpace(string(out))) != 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
-	for _, want := range []string{"Restart=on-failure", "KillSignal=SIGTERM", "EnvironmentFile=-/etc/default/mesh", "--key-file=${MESH_KEY_FILE}", "CAP_NET_ADMIN", "DeviceAllow=/dev/net/tun rw"} {
+	for _, want := range []string{"Restart=on-failure", "KillSignal=SIGTERM", "EnvironmentFile=-/etc/default/mesh", "--key-file=${MESH_KEY_FILE}", "CAP_NET_ADMIN", "CAP_NET_RAW", "DeviceAllow=/dev/net/tun rw"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
 		}
@@ -226,5 +226,21 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	os.WriteFile(path, []byte(broken), 0o644)
 	if out, err := exec.Command(analyze, "verify", path).CombinedOutput(); err == nil && !strings.Contains(string(out), "bogus") {
 		t.Fatalf("systemd-analyze verify accepted Type=bogus: %s", out)
+	}
+}
+
+// TestDaemonSetCapabilities: the DaemonSet's container drops every
+// capability but NET_ADMIN and NET_RAW (the path prober's ICMP socket,
+// docs/routing.md), and is not privileged.
+func TestDaemonSetCapabilities(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("kubernetes", "mesh.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	for _, want := range []string{`drop: ["ALL"]`, `add: ["NET_ADMIN", "NET_RAW"]`, `privileged: false`} {
+		if strings.Count(s, want) != 1 {
+			t.Errorf("mesh.yaml has %d lines %q, want 1", strings.Count(s, want), want)
+		}
 	}
 }

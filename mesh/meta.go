@@ -21,6 +21,37 @@ type Meta struct {
 	// ends have. Absent from a node of the previous release, which holds
 	// only its legacy key; old nodes ignore the field.
 	Keys []string `json:"k,omitempty"`
+	// Paths is what this node observes of its direct data-plane paths
+	// (docs/routing.md). Absent from a node of the previous release,
+	// which is then neither relayed to nor through; old nodes ignore it.
+	Paths *PathMeta `json:"p,omitempty"`
+}
+
+// PathMetaVersion is the format of PathMeta; a node that reads a higher
+// one treats the sender as if it sent none.
+const PathMetaVersion = 1
+
+// MaxMetaDown bounds PathMeta.Down, which keeps the metadata under
+// MetaLimit; a node with more broken paths sets Overflow instead.
+const MaxMetaDown = 12
+
+// PathMeta is a node's report of its direct paths: the probe target others
+// use to test their direct path to it, the peers whose direct path it
+// currently sees down, and whether it refuses to relay.
+type PathMeta struct {
+	Version int `json:"v"`
+	// Probe is the address others probe through their direct WireGuard
+	// path to this node: its overlay IP. Empty until it has one.
+	Probe string `json:"o,omitempty"`
+	// Down names the peers whose direct path this node sees down; every
+	// other peer it reaches directly (or has not been told of yet).
+	Down []string `json:"d,omitempty"`
+	// Overflow means more paths are down than Down can list: the node's
+	// view is unknown, so it is neither relayed to nor through.
+	Overflow bool `json:"x,omitempty"`
+	// NoRelay means the node refuses to carry traffic between others
+	// (--no-relay).
+	NoRelay bool `json:"n,omitempty"`
 }
 
 // MaxMetaKeys bounds Meta.Keys, which keeps the metadata under MetaLimit.
@@ -34,6 +65,9 @@ func (m Meta) Encode() ([]byte, error) {
 	}
 	if len(m.Keys) > MaxMetaKeys {
 		return nil, fmt.Errorf("node metadata lists %d keys, more than %d", len(m.Keys), MaxMetaKeys)
+	}
+	if m.Paths != nil && len(m.Paths.Down) > MaxMetaDown {
+		return nil, fmt.Errorf("node metadata lists %d broken paths, more than %d", len(m.Paths.Down), MaxMetaDown)
 	}
 	if len(b) > MetaLimit {
 		return nil, fmt.Errorf("node metadata is %d bytes, more than memberlist's limit of %d", len(b), MetaLimit)
@@ -54,5 +88,31 @@ func DecodeMeta(b []byte) (Meta, error) {
 	if len(m.Keys) > MaxMetaKeys {
 		m.Keys = m.Keys[:MaxMetaKeys]
 	}
+	if p := m.Paths; p != nil {
+		switch {
+		case p.Version != PathMetaVersion:
+			// A later format: its meaning is unknown here.
+			m.Paths = nil
+		case len(p.Down) > MaxMetaDown:
+			// Cutting the list would claim paths the sender does
+			// not have.
+			p.Down, p.Overflow = nil, true
+		}
+	}
 	return m, nil
+}
+
+// WithPaths returns m carrying p, with p's Down list replaced by Overflow
+// when it is longer than MaxMetaDown or the metadata would not fit
+// MetaLimit: the node then says it does not know, rather than claim a path
+// it does not have by listing only some of its broken ones.
+func (m Meta) WithPaths(p PathMeta) Meta {
+	p.Version = PathMetaVersion
+	m.Paths = &p
+	if _, err := m.Encode(); err == nil {
+		return m
+	}
+	p.Down, p.Overflow = nil, true
+	m.Paths = &p
+	return m
 }

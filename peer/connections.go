@@ -65,6 +65,13 @@ func (r *Reconciler) Connections(ctx context.Context, now time.Time) ([]api.Conn
 		if s.Endpoint.IsValid() {
 			c.Endpoint = s.Endpoint.String()
 		}
+		c.Via = r.via[name]
+		if st, rtt := r.paths.State(name); st != "" {
+			c.DirectPath = st
+			if rtt > 0 {
+				c.RTTMillis = float64(rtt.Microseconds()) / 1000
+			}
+		}
 		if !s.LastHandshake.IsZero() {
 			c.LastHandshake = s.LastHandshake.UTC().Format(time.RFC3339)
 		}

@@ -36,6 +36,12 @@ type Node struct {
 	// Since is when the node entered State; a dead node keeps its peer
 	// until Since + Grace.
 	Since time.Time
+	// Probe is the node's probe address (its overlay IP, from its path
+	// report); the zero value when it has none. While the node is relayed
+	// its host prefix stays on the direct peer, so that probes keep testing
+	// the direct path; only when it lies in the node's own ranges or held
+	// addresses.
+	Probe netip.Addr
 }
 
 // Grace is how long a node keeps the WireGuard peer of a node that gossip
@@ -93,6 +99,10 @@ type Input struct {
 	// lists it, gossip's state rules.
 	Remembered      []Node
 	RememberedUntil time.Time
+	// Via maps a node whose direct path is down to the relay that carries
+	// its ranges (Relays). The relay must itself get a peer; otherwise
+	// the node stays direct.
+	Via map[string]string
 }
 
 // hasPeer is the one rule for which nodes get a WireGuard peer: alive and
@@ -183,28 +193,35 @@ func Kept(in Input) ([]Node, error) {
 // The entry of the better state (alive over suspect), then of the smaller
 // name, gives the endpoint.
 func Desired(in Input) (*fastdp.Config, error) {
+	cfg, _, err := desired(in)
+	return cfg, err
+}
+
+// desired is Desired that also returns which nodes it relays, and through
+// whom: in.Via less the relays that have no peer.
+func desired(in Input) (*fastdp.Config, map[string]string, error) {
 	if in.Self == "" {
-		return nil, errors.New("invalid peer input: self name is empty")
+		return nil, nil, errors.New("invalid peer input: self name is empty")
 	}
 	if !in.ClusterRange.IsValid() {
-		return nil, errors.New("invalid peer input: cluster range is not set")
+		return nil, nil, errors.New("invalid peer input: cluster range is not set")
 	}
 	selfPub, err := in.PrivateKey.Public()
 	if err != nil {
-		return nil, fmt.Errorf("invalid peer input: %w", err)
+		return nil, nil, fmt.Errorf("invalid peer input: %w", err)
 	}
 
 	owned := map[string][]netip.Prefix{}
 	for _, r := range in.Ranges {
 		if !r.CIDR.IsValid() {
-			return nil, fmt.Errorf("invalid peer input: range of %q is not a valid prefix", r.Owner)
+			return nil, nil, fmt.Errorf("invalid peer input: range of %q is not a valid prefix", r.Owner)
 		}
 		owned[r.Owner] = append(owned[r.Owner], r.CIDR.Masked())
 	}
 
 	held, err := heldHosts(in)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	heldBy := map[string][]netip.Prefix{}
 	for _, p := range slices.SortedFunc(maps.Keys(held), comparePrefix) {
@@ -221,8 +238,10 @@ func Desired(in Input) (*fastdp.Config, error) {
 	byKey := map[crypto.Key]*entry{}
 	nodes, err := in.nodes()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	var peers []Node
+	keyOf := map[string]crypto.Key{}
 	for _, n := range nodes {
 		if !hasPeer(n, in.Now) {
 			continue
@@ -231,16 +250,39 @@ func Desired(in Input) (*fastdp.Config, error) {
 		if n.Name == in.Self || n.PublicKey == selfPub || n.PublicKey == (crypto.Key{}) {
 			continue
 		}
+		peers = append(peers, n)
+		keyOf[n.Name] = n.PublicKey
 		e := byKey[n.PublicKey]
 		if e == nil {
-			byKey[n.PublicKey] = &entry{node: n, ranges: slices.Concat(owned[n.Name], heldBy[n.Name])}
+			byKey[n.PublicKey] = &entry{node: n}
 			continue
 		}
-		e.ranges = append(e.ranges, owned[n.Name]...)
-		e.ranges = append(e.ranges, heldBy[n.Name]...)
 		if better(n, e.node) {
 			e.node = n
 		}
+	}
+	relayed := map[string]string{}
+	for _, n := range peers {
+		rs := slices.Concat(owned[n.Name], heldBy[n.Name])
+		e := byKey[n.PublicKey]
+		if relay, ok := keyOf[in.Via[n.Name]]; ok && relay != n.PublicKey {
+			relayed[n.Name] = in.Via[n.Name]
+			// Relayed: the ranges go to the relay's peer, the probe
+			// address stays on the direct one (docs/routing.md).
+			// Only a probe address inside the node's own space: a
+			// node must not pull another node's address onto its
+			// entry by naming it as its probe address.
+			var probe netip.Prefix
+			if a := n.Probe.Unmap(); a.IsValid() && slices.ContainsFunc(rs, func(p netip.Prefix) bool { return p.Contains(a) }) {
+				probe = netip.PrefixFrom(a, a.BitLen())
+				e.ranges = append(e.ranges, probe)
+			}
+			// Two peers cannot share one allowed prefix.
+			rs = slices.DeleteFunc(rs, func(p netip.Prefix) bool { return p == probe })
+			byKey[relay].ranges = append(byKey[relay].ranges, rs...)
+			continue
+		}
+		e.ranges = append(e.ranges, rs...)
 	}
 
 	cfg := &fastdp.Config{
@@ -289,7 +331,7 @@ func Desired(in Input) (*fastdp.Config, error) {
 		cfg.Peers = append(cfg.Peers, p)
 	}
 	slices.SortFunc(cfg.Peers, func(a, b fastdp.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
-	return cfg, nil
+	return cfg, relayed, nil
 }
 
 // better reports whether a should give the endpoint over b: alive over

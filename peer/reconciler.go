@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -22,16 +23,19 @@ type Reconciler struct {
 	log *slog.Logger
 	now func() time.Time
 
-	mu       sync.Mutex
-	last     *fastdp.Config // last config the data plane accepted; nil forces the next Set
-	names    map[crypto.Key]string
-	since    map[crypto.Key]time.Time // when each peer of last was first configured
-	applied  int64
-	skipped  int64
-	errors   int64
-	lastErr  error
-	duration time.Duration // of the last Apply
-	ready    bool          // the data plane once accepted a config with a bridge address
+	mu           sync.Mutex
+	last         *fastdp.Config // last config the data plane accepted; nil forces the next Set
+	names        map[crypto.Key]string
+	since        map[crypto.Key]time.Time // when each peer of last was first configured
+	applied      int64
+	skipped      int64
+	errors       int64
+	lastErr      error
+	duration     time.Duration     // of the last Apply
+	ready        bool              // the data plane once accepted a config with a bridge address
+	via          map[string]string // relayed nodes of last, and their relays
+	relayChanges int64
+	paths        *Paths
 }
 
 // Counters are the Reconciler's running totals, for metrics and status.
@@ -44,6 +48,9 @@ type Counters struct {
 	// Ready says the data plane has accepted a config that gives this node
 	// its bridge address, so pods can be served.
 	Ready bool
+	// RelayChanges counts applied configs that moved a node's ranges to a
+	// relay, to another relay or back to its direct path.
+	RelayChanges int64
 }
 
 // Runs is how many times Apply ran.
@@ -54,7 +61,7 @@ func NewReconciler(dp fastdp.Dataplane, log *slog.Logger) *Reconciler {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Reconciler{dp: dp, log: log.With("component", "peer"), now: time.Now, since: map[crypto.Key]time.Time{}}
+	return &Reconciler{dp: dp, log: log.With("component", "peer"), now: time.Now, since: map[crypto.Key]time.Time{}, paths: NewPaths()}
 }
 
 // Apply computes the desired config for in and sets it on the data plane if
@@ -74,7 +81,7 @@ func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err err
 		}
 	}()
 
-	cfg, err := Desired(in)
+	cfg, via, err := desired(in)
 	if err != nil {
 		return false, err
 	}
@@ -88,6 +95,11 @@ func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err err
 		return false, fmt.Errorf("failed to set data plane config: %w", err)
 	}
 	r.logChange(r.last, cfg, names)
+	if !maps.Equal(r.via, via) {
+		r.relayChanges++
+		r.log.Info("relayed peers changed", "via", via)
+	}
+	r.via = via
 	r.trackSince(cfg, start)
 	r.last, r.names = cfg, names
 	r.applied++
@@ -120,6 +132,9 @@ func adopting(dp fastdp.Dataplane) bool {
 	return ok && a.Adopting()
 }
 
+// Paths is the tracker of the direct paths whose states status shows.
+func (r *Reconciler) Paths() *Paths { return r.paths }
+
 // Last returns a copy of the config last applied, or nil.
 func (r *Reconciler) Last() *fastdp.Config {
 	r.mu.Lock()
@@ -131,7 +146,8 @@ func (r *Reconciler) Last() *fastdp.Config {
 func (r *Reconciler) Counters() Counters {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return Counters{Applied: r.applied, Skipped: r.skipped, Errors: r.errors, LastError: r.lastErr, LastDuration: r.duration, Ready: r.ready}
+	return Counters{Applied: r.applied, Skipped: r.skipped, Errors: r.errors, LastError: r.lastErr, LastDuration: r.duration, Ready: r.ready,
+		RelayChanges: r.relayChanges}
 }
 
 func nodeNames(in Input) map[crypto.Key]string {

@@ -64,15 +64,35 @@ func formatConnections(w io.Writer, st *api.Status, now time.Time) {
 	cs := append([]api.Connection(nil), st.Connections...)
 	sort.Slice(cs, func(i, j int) bool { return cs[i].Peer < cs[j].Peer })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tENDPOINT\tSTATE\tLAST HANDSHAKE\tRX\tTX\tMTU")
+	fmt.Fprintln(tw, "PEER\tENDPOINT\tSTATE\tPATH\tRTT\tLAST HANDSHAKE\tRX\tTX\tMTU")
 	for _, c := range cs {
 		hs := "never"
 		if t, err := time.Parse(time.RFC3339, c.LastHandshake); err == nil {
 			hs = now.Sub(t).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\n", c.Peer, c.Endpoint, c.State, hs, bytesHuman(c.RxBytes), bytesHuman(c.TxBytes), st.MTU)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", c.Peer, c.Endpoint, c.State, connPath(c), connRTT(c), hs,
+			bytesHuman(c.RxBytes), bytesHuman(c.TxBytes), st.MTU)
 	}
 	tw.Flush()
+}
+
+// connPath is how traffic to the peer goes: direct, or "via" its relay;
+// a direct path that probes find down and no relay replaces says so.
+func connPath(c api.Connection) string {
+	switch {
+	case c.Via != "":
+		return "via " + c.Via
+	case c.DirectPath == api.PathDown:
+		return "direct (down)"
+	}
+	return "direct"
+}
+
+func connRTT(c api.Connection) string {
+	if c.RTTMillis <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1fms", c.RTTMillis)
 }
 
 func bytesHuman(n int64) string {

@@ -59,8 +59,10 @@ func sampleStatus() *api.Status {
 		},
 		Dataplane: "userspace", MTU: 1420,
 		Connections: []api.Connection{
-			{Peer: "host-c", Endpoint: "192.0.2.12:6784", State: "failed", RxBytes: 0, TxBytes: 1480},
-			{Peer: "a-very-long-host-name", Endpoint: "192.0.2.10:6784", State: "established", LastHandshake: now.Add(-42 * time.Second).Format(time.RFC3339), RxBytes: 123456789, TxBytes: 2048},
+			{Peer: "host-c", Endpoint: "192.0.2.12:6784", State: "failed", RxBytes: 0, TxBytes: 1480, DirectPath: api.PathDown, Via: "host-d"},
+			{Peer: "a-very-long-host-name", Endpoint: "192.0.2.10:6784", State: "established", LastHandshake: now.Add(-42 * time.Second).Format(time.RFC3339), RxBytes: 123456789, TxBytes: 2048,
+				DirectPath: api.PathUp, RTTMillis: 0.42},
+			{Peer: "host-e", Endpoint: "192.0.2.14:6784", State: "established", DirectPath: api.PathDown},
 		},
 		Targets: []api.Target{
 			{Address: "192.0.2.99:6783", Source: "launch", State: "retrying", Error: "cannot join 192.0.2.99:6783: dial tcp 192.0.2.99:6783: i/o timeout", NextRetry: now.Add(8 * time.Second).Format(time.RFC3339)},

@@ -1,0 +1,165 @@
+package daemon
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/mesh"
+	"github.com/meshnet/mesh/peer"
+)
+
+// Route-around (docs/routing.md): every peer.ProbeInterval the path loop
+// probes each live peer's probe address through its direct WireGuard path,
+// feeds the answers to the reconciler's path tracker, and publishes the
+// peers it sees down (and its own probe address) in the node metadata;
+// the reconcile loop reads everyone's reports and relays through a peer
+// that reaches both ends.
+
+// openProber opens the prober and gives this node a path report to
+// publish from its first metadata on. Without a data plane there is nothing
+// to probe; a prober that cannot open (no CAP_NET_RAW) leaves every path
+// up, as before route-around, and the node publishes no report, so it is
+// neither relayed to nor through; the log says so.
+func (d *Daemon) openProber() {
+	if !d.cfg.hasDataplane() {
+		return
+	}
+	p, err := fastdp.NewProber()
+	if err != nil {
+		d.log.Warn("direct paths are not probed, so nothing is relayed around a broken one", "error", err)
+		return
+	}
+	d.prober = p
+	d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) { *m = m.WithPaths(mesh.PathMeta{NoRelay: d.cfg.NoRelay}) })
+}
+
+// startPaths starts the path loop, which owns the prober from then on.
+func (d *Daemon) startPaths() {
+	if d.prober == nil {
+		return
+	}
+	p := d.prober
+	d.prober = nil
+	d.goLoop("paths", func(ctx context.Context) {
+		defer p.Close()
+		d.pathLoop(ctx, p)
+	})
+}
+
+// prober is the part of fastdp.Prober the loop uses.
+type prober interface {
+	Probe(addrs []netip.Addr)
+	Results() map[netip.Addr]peer.ProbeResult
+	Close() error
+}
+
+func (d *Daemon) pathLoop(ctx context.Context, p prober) {
+	t := time.NewTicker(peer.ProbeInterval)
+	defer t.Stop()
+	for {
+		d.probeOnce(p, d.members.Members(), time.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// probeOnce reads the answers to the previous rounds, sends the next one,
+// and publishes what changed.
+func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
+	targets := map[netip.Addr]string{}
+	if _, ok := d.ipam.OverlayIP(); !ok {
+		// Without an overlay IP, probes would leave without a source
+		// the others route back: every path would look down.
+		members = nil
+	}
+	for _, m := range members {
+		if m.Self || !m.State.Live() {
+			continue
+		}
+		if a, ok := probeAddr(m.Meta, d.cfg.IPAllocRange); ok {
+			targets[a] = m.Name
+		}
+	}
+	results := p.Results()
+	byName := make(map[string]peer.ProbeResult, len(targets))
+	addrs := make([]netip.Addr, 0, len(targets))
+	for a, name := range targets {
+		byName[name] = results[a]
+		addrs = append(addrs, a)
+	}
+	d.rec.Paths().Observe(now, byName)
+	p.Probe(addrs)
+	d.publishPaths()
+}
+
+// publishPaths announces this node's path report when it changed: its
+// overlay IP as probe address, the peers it sees down, --no-relay.
+func (d *Daemon) publishPaths() {
+	want := mesh.PathMeta{Down: d.rec.Paths().Down(), NoRelay: d.cfg.NoRelay}
+	if a, ok := d.ipam.OverlayIP(); ok {
+		want.Probe = a.String()
+	}
+	var changed bool
+	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {
+		next := m.WithPaths(want)
+		changed = m.Paths == nil || !samePaths(*m.Paths, *next.Paths)
+		if changed {
+			*m = next
+		}
+	})
+	if !changed {
+		return
+	}
+	if err := d.members.UpdateMeta(meta); err != nil {
+		d.log.Warn("failed to announce this node's paths", "error", err)
+	}
+	d.log.Info("direct paths changed", "down", meta.Paths.Down, "overflow", meta.Paths.Overflow)
+	d.kickReconcile()
+}
+
+func samePaths(a, b mesh.PathMeta) bool {
+	return a.Version == b.Version && a.Probe == b.Probe && slices.Equal(a.Down, b.Down) &&
+		a.Overflow == b.Overflow && a.NoRelay == b.NoRelay
+}
+
+// probeAddr is the member's probe address, if it reports one this node can
+// use: an IPv4 address in the cluster range, so that no member can make
+// the others send probes elsewhere.
+func probeAddr(m mesh.Meta, cluster netip.Prefix) (netip.Addr, bool) {
+	if m.Paths == nil || m.Paths.Probe == "" {
+		return netip.Addr{}, false
+	}
+	a, err := netip.ParseAddr(m.Paths.Probe)
+	if err != nil || !a.Is4() || !cluster.Contains(a) {
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// pathReports turns the members' metadata into the relay choice's input;
+// this node's own report is the one it publishes (d.self), which may be
+// ahead of what gossip shows of it.
+func (d *Daemon) pathReports(members []mesh.Member) []peer.PathReport {
+	_, meta := d.self.get()
+	self := meta.Paths
+	out := make([]peer.PathReport, 0, len(members))
+	for _, m := range members {
+		paths := m.Meta.Paths
+		if m.Name == d.id.Name {
+			paths = self
+		}
+		r := peer.PathReport{Name: m.Name, Live: m.State.Live() || m.Name == d.id.Name}
+		if paths != nil && !paths.Overflow {
+			r.Known, r.Down, r.NoRelay = true, paths.Down, paths.NoRelay
+		}
+		out = append(out, r)
+	}
+	return out
+}

@@ -1,0 +1,58 @@
+package daemon
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/identity"
+	"github.com/meshnet/mesh/mesh"
+	"github.com/meshnet/mesh/peer"
+)
+
+// The relay choice reads gossip's path reports: a member without one (the
+// previous release) or with an overflowing one is unknown, this node's own
+// report is what it publishes rather than gossip's echo of it, and only
+// live members relay.
+func TestPathReports(t *testing.T) {
+	d := &Daemon{id: identity.Identity{Name: "a"}}
+	d.self.meta = d.self.meta.WithPaths(mesh.PathMeta{Down: []string{"b"}})
+	members := []mesh.Member{
+		{Name: "a", Self: true, State: api.MemberAlive}, // gossip has not echoed a's report yet
+		{Name: "b", State: api.MemberAlive, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{Down: []string{"a"}, Probe: "10.36.0.1"})},
+		{Name: "c", State: api.MemberSuspect, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{NoRelay: true})},
+		{Name: "d", State: api.MemberAlive},
+		{Name: "e", State: api.MemberAlive, Meta: mesh.Meta{Paths: &mesh.PathMeta{Version: mesh.PathMetaVersion, Overflow: true}}},
+		{Name: "f", State: api.MemberDead, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{})},
+	}
+	got := d.pathReports(members)
+	want := []peer.PathReport{
+		{Name: "a", Live: true, Known: true, Down: []string{"b"}},
+		{Name: "b", Live: true, Known: true, Down: []string{"a"}},
+		{Name: "c", Live: true, Known: true, NoRelay: true},
+		{Name: "d", Live: true},
+		{Name: "e", Live: true},
+		{Name: "f", Known: true},
+	}
+	if !slices.EqualFunc(got, want, func(a, b peer.PathReport) bool {
+		return a.Name == b.Name && a.Live == b.Live && a.Known == b.Known && a.NoRelay == b.NoRelay && slices.Equal(a.Down, b.Down)
+	}) {
+		t.Fatalf("pathReports =\n%+v\nwant\n%+v", got, want)
+	}
+	// c runs --no-relay, d and e are unknown, f is dead: no relay for b.
+	if via := peer.Relays("a", got); len(via) != 0 {
+		t.Fatalf("Relays = %v, want none", via)
+	}
+	cluster := netip.MustParsePrefix("10.32.0.0/12")
+	if a, ok := probeAddr(members[1].Meta, cluster); !ok || a.String() != "10.36.0.1" {
+		t.Fatalf("probe address of b = %v, %v", a, ok)
+	}
+	if _, ok := probeAddr(members[3].Meta, cluster); ok {
+		t.Fatal("a member without a report has a probe address")
+	}
+	outside := (mesh.Meta{}).WithPaths(mesh.PathMeta{Probe: "192.0.2.1"})
+	if _, ok := probeAddr(outside, cluster); ok {
+		t.Fatal("a probe address outside the cluster range is used")
+	}
+}

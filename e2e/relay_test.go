@@ -1,0 +1,381 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// relayBlockTable is the nftables table a test adds in a host's namespace
+// to cut its WireGuard path to another host.
+const relayBlockTable = "relaytest"
+
+// blockDataPlane drops UDP 6784 between h and other, both ways, in h's
+// own namespace (gossip on 6783 still flows).
+func blockDataPlane(ctx context.Context, h, other *testnet.Host) error {
+	for _, args := range [][]string{
+		{"add", "table", "inet", relayBlockTable},
+		{"add", "chain", "inet", relayBlockTable, "in", "{ type filter hook input priority 0; policy accept; }"},
+		{"add", "chain", "inet", relayBlockTable, "out", "{ type filter hook output priority 0; policy accept; }"},
+		{"add", "rule", "inet", relayBlockTable, "in", "ip", "saddr", other.Addr.String(), "udp", "sport", "6784", "drop"},
+		{"add", "rule", "inet", relayBlockTable, "out", "ip", "daddr", other.Addr.String(), "udp", "dport", "6784", "drop"},
+	} {
+		if out, err := h.Run(ctx, "nft", args...); err != nil {
+			return fmt.Errorf("nft %v on %s: %v: %s", args, h.Name, err, out)
+		}
+	}
+	return nil
+}
+
+func unblockDataPlane(ctx context.Context, h *testnet.Host) error {
+	if out, err := h.Run(ctx, "nft", "delete", "table", "inet", relayBlockTable); err != nil {
+		return fmt.Errorf("nft delete table on %s: %v: %s", h.Name, err, out)
+	}
+	return nil
+}
+
+// connTo is n's connection to the peer named peer.
+func connTo(n *node, peer string) (api.Connection, error) {
+	st, err := n.Status()
+	if err != nil {
+		return api.Connection{}, err
+	}
+	for _, c := range st.Connections {
+		if c.Peer == peer {
+			return c, nil
+		}
+	}
+	return api.Connection{}, fmt.Errorf("%s has no connection to %s", n.Host.Name, peer)
+}
+
+// TestRelayTriangle: three hosts; the data plane between host1 and host2
+// is cut both ways. Their pods reach each other again through host3 within
+// a generous bound, status on each shows the other "via" host3, and once
+// the path is back, traffic returns to it.
+func TestRelayTriangle(t *testing.T) {
+	_, nodes, ctx := cniMesh(t, 3, 8*time.Minute)
+	h1, h2, h3 := nodes[0].Host, nodes[1].Host, nodes[2].Host
+	a, err := addPod(ctx, t, h1, "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, h2, "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping := func(from, to *pod) error {
+		if out, err := from.exec(ctx, "ping", "-c", "1", "-W", "2", to.ip.String()); err != nil {
+			return fmt.Errorf("%s cannot ping %s: %v\n%s", from.name, to.name, err, out)
+		}
+		return nil
+	}
+	both := func() error {
+		if err := ping(a, b); err != nil {
+			return err
+		}
+		return ping(b, a)
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
+	// Probes start once each node has its overlay IP and has heard the
+	// other's.
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
+			c, err := connTo(pair[0], pair[1].Host.Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != "" || c.DirectPath != api.PathUp {
+				return fmt.Errorf("before the cut, %s shows %s via %q, direct path %q", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath)
+			}
+		}
+		return nil
+	})
+
+	t.Cleanup(func() {
+		// Also on failure: the namespaces go with the test, but do not
+		// leave the rules behind for a dump.
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h1.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+		h2.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+	})
+	for _, pair := range [][2]*testnet.Host{{h1, h2}, {h2, h1}} {
+		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cut := time.Now()
+	viaH3 := func(from, to *node) error {
+		c, err := connTo(from, to.Host.Name)
+		if err != nil {
+			return err
+		}
+		if c.Via != h3.Name || c.DirectPath != api.PathDown {
+			return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s, down", from.Host.Name, to.Host.Name, c.Via, c.DirectPath, h3.Name)
+		}
+		return nil
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		if err := viaH3(nodes[0], nodes[1]); err != nil {
+			return err
+		}
+		if err := viaH3(nodes[1], nodes[0]); err != nil {
+			return err
+		}
+		return both()
+	})
+	t.Logf("relayed through %s %v after the cut", h3.Name, time.Since(cut).Round(100*time.Millisecond))
+	// The relay keeps working, and the direct path stays cut.
+	for range 3 {
+		if err := both(); err != nil {
+			t.Fatalf("relayed traffic stopped: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+	if err := viaH3(nodes[0], nodes[1]); err != nil {
+		t.Fatal(err)
+	}
+	// Only the probe address stays on the direct peer; the relay's peer
+	// carries the rest of host2's ranges.
+	c, err := connTo(nodes[0], h2.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if probe := nodes[1].MustStatus().OverlayIP + "/32"; len(c.AllowedIPs) != 1 || c.AllowedIPs[0] != probe {
+		t.Fatalf("relayed peer's allowedIPs = %v, want only its probe address %s", c.AllowedIPs, probe)
+	}
+	c3, err := connTo(nodes[0], h3.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range nodes[1].MustStatus().IPAM.Owned {
+		if !slices.Contains(c3.AllowedIPs, r) {
+			t.Fatalf("relay's allowedIPs %v lack host2's range %s", c3.AllowedIPs, r)
+		}
+	}
+	relayMetrics(t, h1, 1)
+	// The relay routes, it does not translate: pod b sees pod a's address,
+	// over TCP and UDP.
+	serveWhoami(t, h2, b.name, ":8080")
+	expectSource(t, h1, a.name, b.ip.String()+":8080", "", a.ip)
+	if out, err := h1.Run(ctx, "nft", "list", "table", "inet", relayBlockTable); err != nil {
+		t.Fatalf("block table gone: %v: %s", err, out)
+	}
+	for _, n := range nodes {
+		if st := n.MustStatus(); len(st.Problems) != 0 {
+			t.Fatalf("%s reports problems while relaying: %v", n.Host.Name, st.Problems)
+		}
+	}
+
+	if err := unblockDataPlane(ctx, h1); err != nil {
+		t.Fatal(err)
+	}
+	if err := unblockDataPlane(ctx, h2); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	testnet.Eventually(t, 90*time.Second, 500*time.Millisecond, func() error {
+		for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
+			c, err := connTo(pair[0], pair[1].Host.Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != "" || c.DirectPath != api.PathUp {
+				return fmt.Errorf("%s shows %s via %q, direct path %q; want direct, up", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath)
+			}
+		}
+		return both()
+	})
+	t.Logf("direct again %v after the path came back", time.Since(healed).Round(100*time.Millisecond))
+	relayMetrics(t, h1, 0)
+}
+
+// relayMetrics checks h's mesh_relayed_peers, and that the relay changes
+// were counted.
+func relayMetrics(t *testing.T, h *testnet.Host, relayed int) {
+	t.Helper()
+	code, body, err := httpGet(h, "http://127.0.0.1:6782/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics = %d, %v", code, err)
+	}
+	if want := fmt.Sprintf("mesh_relayed_peers %d\n", relayed); !strings.Contains(body, want) {
+		t.Fatalf("metrics lack %q", want)
+	}
+	if strings.Contains(body, "mesh_relay_changes_total 0\n") || !strings.Contains(body, "mesh_relay_changes_total ") {
+		t.Fatal("the move to the relay was not counted in mesh_relay_changes_total")
+	}
+}
+
+// TestRelayNoRelay is the control of TestRelayTriangle: with host3
+// launched with --no-relay, nothing carries the cut pair's traffic; status
+// shows the direct path down and no relay, and the pods stay cut off.
+func TestRelayNoRelay(t *testing.T) {
+	testnet.RequireRoot(t)
+	tn := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "nr"})
+	hosts := tn.Hosts()
+	var nodes []*node
+	for i, h := range hosts {
+		var peers []*testnet.Host
+		var extra []string
+		if i > 0 {
+			peers = hosts[:1]
+		}
+		if i == 2 {
+			extra = []string{"--no-relay"}
+		}
+		nodes = append(nodes, launch(t, h, peers, extra...))
+	}
+	dumpLogsOnFailure(t, nodes...)
+	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
+	waitConnected(t, nodes)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	a, err := addPod(ctx, t, hosts[0], "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, hosts[1], "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reach := func() error {
+		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
+			return fmt.Errorf("pod a cannot ping pod b: %v\n%s", err, out)
+		}
+		return nil
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, reach)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		hosts[0].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+		hosts[1].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+	})
+	for _, pair := range [][2]*testnet.Host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
+		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		c, err := connTo(nodes[0], hosts[1].Name)
+		if err != nil {
+			return err
+		}
+		if c.DirectPath != api.PathDown {
+			return fmt.Errorf("direct path %q, want down", c.DirectPath)
+		}
+		return nil
+	})
+	// Longer than it took TestRelayTriangle to relay: still no relay.
+	time.Sleep(10 * time.Second)
+	c, err := connTo(nodes[0], hosts[1].Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Via != "" {
+		t.Fatalf("relayed via %q although the only candidate runs --no-relay", c.Via)
+	}
+	if err := reach(); err == nil {
+		t.Fatal("pods reach each other with the direct path cut and no relay")
+	}
+}
+
+// relayChanges reads h's mesh_relay_changes_total.
+func relayChanges(h *testnet.Host) (string, error) {
+	code, body, err := httpGet(h, "http://127.0.0.1:6782/metrics")
+	if err != nil || code != 200 {
+		return "", fmt.Errorf("GET /metrics on %s = %d, %v", h.Name, code, err)
+	}
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, "mesh_relay_changes_total "); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("no mesh_relay_changes_total on %s", h.Name)
+}
+
+// TestRelayOneWayLoss: WireGuard packets from host1 to host2 are dropped,
+// the other direction passes. The probes (an echo needs both ways) see the
+// path down at both ends, the pair is relayed through host3, and the route
+// does not flap: no relay change on either end over the next 60 s.
+func TestRelayOneWayLoss(t *testing.T) {
+	_, nodes, ctx := cniMesh(t, 3, 8*time.Minute)
+	h1, h2, h3 := nodes[0].Host, nodes[1].Host, nodes[2].Host
+	a, err := addPod(ctx, t, h1, "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, h2, "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := func() error {
+		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
+			return fmt.Errorf("pod a cannot ping pod b: %v\n%s", err, out)
+		}
+		if out, err := b.exec(ctx, "ping", "-c", "1", "-W", "2", a.ip.String()); err != nil {
+			return fmt.Errorf("pod b cannot ping pod a: %v\n%s", err, out)
+		}
+		return nil
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h1.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+	})
+	for _, args := range [][]string{
+		{"add", "table", "inet", relayBlockTable},
+		{"add", "chain", "inet", relayBlockTable, "out", "{ type filter hook output priority 0; policy accept; }"},
+		{"add", "rule", "inet", relayBlockTable, "out", "ip", "daddr", h2.Addr.String(), "udp", "dport", "6784", "drop"},
+	} {
+		if out, err := h1.Run(ctx, "nft", args...); err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
+			c, err := connTo(pair[0], pair[1].Host.Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != h3.Name {
+				return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath, h3.Name)
+			}
+		}
+		return both()
+	})
+	before := map[string]string{}
+	for _, h := range []*testnet.Host{h1, h2} {
+		v, err := relayChanges(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[h.Name] = v
+	}
+	end := time.Now().Add(60 * time.Second)
+	for time.Now().Before(end) {
+		if err := both(); err != nil {
+			t.Fatalf("relayed traffic stopped: %v", err)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	for _, h := range []*testnet.Host{h1, h2} {
+		v, err := relayChanges(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != before[h.Name] {
+			t.Fatalf("%s changed its relayed routes during 60 s of steady one-way loss: mesh_relay_changes_total %s -> %s", h.Name, before[h.Name], v)
+		}
+	}
+}

@@ -1,0 +1,176 @@
+package fastdp
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// ProbeResult is what a Prober saw of one address.
+type ProbeResult struct {
+	// LastReply is when the last answer came; zero when none came yet.
+	LastReply time.Time
+	// RTT is the round trip of that answer.
+	RTT time.Duration
+}
+
+// maxProbeTargets bounds what a Prober remembers; the caller probes one
+// address per peer, and the mesh's member map is bounded far below this.
+const maxProbeTargets = 4096
+
+// Prober sends ICMP echo requests to overlay addresses and records the
+// answers. Sent to a peer's overlay IP, they cross the direct WireGuard
+// path to it (its host prefix stays on the peer's own entry), so an answer
+// means that path works both ways. It knows addresses only; which peer an
+// address is and what a missing answer means is package peer's.
+type Prober struct {
+	conn  *net.IPConn
+	id    uint16
+	token [8]byte // in every request: answers without it are not ours
+	done  chan struct{}
+
+	mu      sync.Mutex
+	seq     uint16
+	results map[netip.Addr]ProbeResult
+}
+
+// NewProber opens a raw ICMP socket in the calling thread's network
+// namespace (CAP_NET_RAW) and starts reading answers.
+func NewProber() (*Prober, error) {
+	conn, err := net.ListenIP("ip4:icmp", nil)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open the path prober's ICMP socket: %w", err)
+	}
+	p := &Prober{conn: conn, done: make(chan struct{}), results: map[netip.Addr]ProbeResult{}}
+	var b [10]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("failed to make the path prober's token: %w", err)
+	}
+	p.id = binary.BigEndian.Uint16(b[:2])
+	copy(p.token[:], b[2:])
+	go p.read()
+	return p, nil
+}
+
+// Probe sends one echo request to each of addrs and forgets the results of
+// addresses not among them. Send errors (no route yet) count as no answer.
+func (p *Prober) Probe(addrs []netip.Addr) {
+	keep := make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		keep[a.Unmap()] = true
+	}
+	p.mu.Lock()
+	for a := range p.results {
+		if !keep[a] {
+			delete(p.results, a)
+		}
+	}
+	for a := range keep {
+		if _, ok := p.results[a]; !ok && len(p.results) < maxProbeTargets {
+			p.results[a] = ProbeResult{}
+		}
+	}
+	p.mu.Unlock()
+	for a := range keep {
+		if !a.Is4() {
+			continue
+		}
+		p.mu.Lock()
+		p.seq++
+		seq := p.seq
+		p.mu.Unlock()
+		msg := p.request(seq, time.Now())
+		_ = p.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = p.conn.WriteToIP(msg, &net.IPAddr{IP: a.AsSlice()})
+	}
+}
+
+// Results returns the results of the addresses last probed.
+func (p *Prober) Results() map[netip.Addr]ProbeResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[netip.Addr]ProbeResult, len(p.results))
+	for a, r := range p.results {
+		out[a] = r
+	}
+	return out
+}
+
+// Close stops the prober.
+func (p *Prober) Close() error {
+	close(p.done)
+	return p.conn.Close()
+}
+
+// request is an ICMP echo request carrying the send time and the token.
+func (p *Prober) request(seq uint16, now time.Time) []byte {
+	msg := make([]byte, 8+8+len(p.token))
+	msg[0] = 8 // echo request
+	binary.BigEndian.PutUint16(msg[4:], p.id)
+	binary.BigEndian.PutUint16(msg[6:], seq)
+	binary.BigEndian.PutUint64(msg[8:], uint64(now.UnixNano()))
+	copy(msg[16:], p.token[:])
+	binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+	return msg
+}
+
+func (p *Prober) read() {
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := p.conn.ReadFromIP(buf)
+		if err != nil {
+			select {
+			case <-p.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond) // a transient error; do not spin
+			continue
+		}
+		now := time.Now()
+		m := buf[:n]
+		// Echo reply, our ID, our token, a sane send time.
+		if len(m) < 16+len(p.token) || m[0] != 0 || binary.BigEndian.Uint16(m[4:]) != p.id ||
+			string(m[16:16+len(p.token)]) != string(p.token[:]) {
+			continue
+		}
+		sent := time.Unix(0, int64(binary.BigEndian.Uint64(m[8:])))
+		rtt := now.Sub(sent)
+		if rtt < 0 || rtt > time.Minute {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(from.IP)
+		if !ok {
+			continue
+		}
+		a = a.Unmap()
+		p.mu.Lock()
+		if _, ok := p.results[a]; ok {
+			p.results[a] = ProbeResult{LastReply: now, RTT: rtt}
+		}
+		p.mu.Unlock()
+	}
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum > 0xffff {
+		sum = (sum >> 16) + (sum & 0xffff)
+	}
+	return ^uint16(sum)
+}

@@ -1,0 +1,71 @@
+package mesh
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// The path report rides in the metadata: it round-trips, old metadata
+// without it decodes to no report, a report of a later format or with an
+// over-long list is not believed, and a list that does not fit becomes
+// Overflow rather than a shortened (lying) list.
+func TestPathMeta(t *testing.T) {
+	base := Meta{PeerID: strings.Repeat("a", 32), Version: "v1.2.3-45-gdeadbeef-dirty", PublicKey: strings.Repeat("A", 44), DPPort: 6784,
+		Keys: []string{"0011223344556677", "8899aabbccddeeff"}}
+	names := func(n, size int) []string {
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprintf("%0*d", size, i))
+		}
+		return out
+	}
+	tests := []struct {
+		name         string
+		wire         string // decoded when set, else base.WithPaths(p) is encoded
+		p            PathMeta
+		wantPaths    bool
+		wantDown     []string
+		wantOverflow bool
+		wantNoRelay  bool
+	}{
+		{name: "round trip", p: PathMeta{Probe: "10.32.0.1", Down: []string{"host2"}, NoRelay: true},
+			wantPaths: true, wantDown: []string{"host2"}, wantNoRelay: true},
+		{name: "nothing down", p: PathMeta{Probe: "10.32.0.1"}, wantPaths: true},
+		{name: "previous release", wire: `{"id":"x","wg":"k","dp":6784}`},
+		{name: "later format", wire: `{"id":"x","p":{"v":2,"d":["a"]}}`},
+		{name: "too many on the wire", wire: `{"id":"x","p":{"v":1,"d":["a","b","c","d","e","f","g","h","i","j","k","l","m"]}}`,
+			wantPaths: true, wantOverflow: true},
+		{name: "too many to list", p: PathMeta{Down: names(MaxMetaDown+1, 3)}, wantPaths: true, wantOverflow: true},
+		{name: "too long to fit", p: PathMeta{Down: names(MaxMetaDown, 40)}, wantPaths: true, wantOverflow: true},
+		{name: "long names that fit", p: PathMeta{Down: names(4, 40)}, wantPaths: true, wantDown: names(4, 40)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := []byte(tt.wire)
+			if tt.wire == "" {
+				var err error
+				if b, err = base.WithPaths(tt.p).Encode(); err != nil {
+					t.Fatalf("encode: %v", err)
+				}
+				if len(b) > MetaLimit {
+					t.Fatalf("encoded %d bytes", len(b))
+				}
+			}
+			m, err := DecodeMeta(b)
+			if err != nil {
+				t.Fatalf("decode %s: %v", b, err)
+			}
+			if (m.Paths != nil) != tt.wantPaths {
+				t.Fatalf("paths = %+v, want present %v", m.Paths, tt.wantPaths)
+			}
+			if m.Paths == nil {
+				return
+			}
+			if !slices.Equal(m.Paths.Down, tt.wantDown) || m.Paths.Overflow != tt.wantOverflow || m.Paths.NoRelay != tt.wantNoRelay {
+				t.Fatalf("paths = %+v, want down %v overflow %v noRelay %v", m.Paths, tt.wantDown, tt.wantOverflow, tt.wantNoRelay)
+			}
+		})
+	}
+}

@@ -1,0 +1,253 @@
+package peer
+
+import (
+	"context"
+	"maps"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/crypto"
+	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/fastdp/fastdptest"
+)
+
+// The direct path's state follows the probes with hysteresis: down only
+// after PathDownAfter without an answer, up again only after PathUpAfter
+// of answers without such a gap.
+func TestPathsHysteresis(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 4, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	type step struct {
+		at        float64 // seconds after t0
+		lastReply float64 // seconds after t0; negative: none yet
+		want      api.PathState
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{name: "starts up while probes have their chance", steps: []step{
+			{0, -1, api.PathUp}, {4, -1, api.PathUp}, {5, -1, api.PathDown}}},
+		{name: "answered stays up", steps: []step{
+			{0, -1, api.PathUp}, {1, 1, api.PathUp}, {5, 5, api.PathUp}, {9, 9, api.PathUp}}},
+		{name: "a few lost probes do not move it", steps: []step{
+			{1, 1, api.PathUp}, {5, 1, api.PathUp}, {5.5, 5.5, api.PathUp}}},
+		{name: "down after five seconds without an answer", steps: []step{
+			{1, 1, api.PathUp}, {5.9, 1, api.PathUp}, {6, 1, api.PathDown}}},
+		{name: "up again only after ten seconds of answers", steps: []step{
+			{1, 1, api.PathUp}, {6, 1, api.PathDown}, {20, 20, api.PathDown}, {24, 24, api.PathDown},
+			{28, 28, api.PathDown}, {29.9, 29.9, api.PathDown}, {30, 30, api.PathUp}}},
+		{name: "a gap restarts the run", steps: []step{
+			{1, 1, api.PathUp}, {6, 1, api.PathDown}, {20, 20, api.PathDown}, {24, 24, api.PathDown},
+			{29, 24, api.PathDown}, {30, 30, api.PathDown}, {34, 34, api.PathDown}, {38, 38, api.PathDown},
+			{39.9, 39.9, api.PathDown}, {40, 40, api.PathUp}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewPaths()
+			for _, s := range tt.steps {
+				res := ProbeResult{RTT: time.Millisecond}
+				if s.lastReply >= 0 {
+					res.LastReply = at(s.lastReply)
+				}
+				p.Observe(at(s.at), map[string]ProbeResult{"b": res})
+				got, _ := p.State("b")
+				if got != s.want {
+					t.Fatalf("at %vs (last reply %vs): %q, want %q", s.at, s.lastReply, got, s.want)
+				}
+				if down := p.Down(); (s.want == api.PathDown) != (len(down) == 1 && down[0] == "b") {
+					t.Fatalf("at %vs: Down() = %v with state %q", s.at, down, got)
+				}
+			}
+		})
+	}
+}
+
+// Peers no longer probed are forgotten, so the tracker stays bounded.
+func TestPathsForgetUnprobed(t *testing.T) {
+	p := NewPaths()
+	now := time.Now()
+	p.Observe(now, map[string]ProbeResult{"a": {}, "b": {}})
+	p.Observe(now.Add(PathDownAfter), map[string]ProbeResult{"a": {}})
+	if got := p.Down(); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("Down() = %v, want [a]", got)
+	}
+	if st, _ := p.State("b"); st != "" {
+		t.Fatalf("forgotten peer has state %q", st)
+	}
+}
+
+func TestRelays(t *testing.T) {
+	rep := func(name string, down ...string) PathReport {
+		return PathReport{Name: name, Live: true, Known: true, Down: down}
+	}
+	old := func(name string) PathReport { return PathReport{Name: name, Live: true} }
+	noRelay := func(r PathReport) PathReport { r.NoRelay = true; return r }
+	dead := func(r PathReport) PathReport { r.Live = false; return r }
+	tests := []struct {
+		name    string
+		self    string
+		reports []PathReport
+		want    map[string]string
+	}{
+		{name: "all direct", self: "a",
+			reports: []PathReport{rep("a"), rep("b"), rep("c")}, want: map[string]string{}},
+		{name: "triangle", self: "a",
+			reports: []PathReport{rep("a", "b"), rep("b", "a"), rep("c")}, want: map[string]string{"b": "c"}},
+		{name: "triangle from the other end picks the same relay", self: "b",
+			reports: []PathReport{rep("a", "b"), rep("b", "a"), rep("c")}, want: map[string]string{"a": "c"}},
+		{name: "one end seeing it down is enough", self: "a",
+			reports: []PathReport{rep("a"), rep("b", "a"), rep("c")}, want: map[string]string{"b": "c"}},
+		{name: "smallest name among relays", self: "a",
+			reports: []PathReport{rep("a", "b"), rep("b", "a"), rep("d"), rep("c")}, want: map[string]string{"b": "c"}},
+		{name: "relay must reach both", self: "a",
+			reports: []PathReport{rep("a", "b"), rep("b", "a"), rep("c", "b"), rep("d")}, want: map[string]string{"b": "d"}},
+		{name: "relay must be reached by self", self: "a",
+			reports: []PathReport{rep("a", "b", "c"), rep("b", "a"), rep("c"), rep("d")}, want: map[string]string{"b": "d", "c": "d"}},
+		{name: "no-relay is respected", self: "a",
+			reports: []PathReport{rep("a", "b"), rep("b", "a"), noRelay(rep("c")), rep("d")}, want: map[string]string{"b": "d"}},
+		{name: "no-relay everywhere stays direct", self: "a",
+			reports: []PathReport{rep("a", "b"), rep("b", "a"), noRelay(rep("c"))}, want: map[string]string{}},
+		{name: "dead relay is not used", self: "a",
+			reports: []PathReport{rep("a", "b"), rep("b", "a"), dead(rep("c")), rep("d")}, want: map[string]string{"b": "d"}},
+		{name: "previous-release node is no relay", self: "a",
+			reports: []PathReport{rep("a", "b"), rep("b", "a"), old("c")}, want: map[string]string{}},
+		{name: "previous-release node is not relayed to", self: "a",
+			reports: []PathReport{rep("a", "b"), old("b"), rep("c")}, want: map[string]string{}},
+		{name: "self without a report relays nothing", self: "a",
+			reports: []PathReport{old("a"), rep("b", "a"), rep("c")}, want: map[string]string{}},
+		{name: "no relay reaches it", self: "a",
+			reports: []PathReport{rep("a", "b"), rep("b", "a", "c"), rep("c", "b")}, want: map[string]string{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Relays(tt.self, tt.reports)
+			if got == nil {
+				got = map[string]string{}
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Fatalf("Relays(%q) = %v, want %v", tt.self, got, tt.want)
+			}
+		})
+	}
+}
+
+// A relayed node's ranges (and held addresses) move to the relay's peer;
+// its probe address stays on its own peer, which keeps its endpoint and
+// keepalive so the direct path keeps being tried.
+func TestDesiredRelays(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	pfx := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	tests := []struct {
+		name  string
+		via   map[string]string
+		probe string // of b
+		held  []HeldAddr
+		want  map[string][]netip.Prefix
+	}{
+		{name: "direct", probe: "10.36.0.1",
+			want: map[string][]netip.Prefix{"b": pfx("10.36.0.0/14", "10.44.0.0/14"), "c": pfx("10.40.0.0/14")}},
+		{name: "b via c", via: map[string]string{"b": "c"}, probe: "10.36.0.1",
+			want: map[string][]netip.Prefix{"b": pfx("10.36.0.1/32"), "c": pfx("10.36.0.0/14", "10.40.0.0/14", "10.44.0.0/14")}},
+		{name: "held addresses move too, the probe's own host prefix stays", via: map[string]string{"b": "c"}, probe: "10.40.0.9",
+			held: []HeldAddr{held("b", "10.40.0.9"), held("b", "10.40.0.10")},
+			want: map[string][]netip.Prefix{"b": pfx("10.40.0.9/32"), "c": pfx("10.36.0.0/14", "10.40.0.0/14", "10.40.0.10/32", "10.44.0.0/14")}},
+		{name: "probe address outside its space is not pinned", via: map[string]string{"b": "c"}, probe: "10.40.0.7",
+			want: map[string][]netip.Prefix{"b": nil, "c": pfx("10.36.0.0/14", "10.40.0.0/14", "10.44.0.0/14")}},
+		{name: "no probe address", via: map[string]string{"b": "c"},
+			want: map[string][]netip.Prefix{"b": nil, "c": pfx("10.36.0.0/14", "10.40.0.0/14", "10.44.0.0/14")}},
+		{name: "relay without a peer stays direct", via: map[string]string{"b": "x"}, probe: "10.36.0.1",
+			want: map[string][]netip.Prefix{"b": pfx("10.36.0.0/14", "10.44.0.0/14"), "c": pfx("10.40.0.0/14")}},
+		{name: "relay through self stays direct", via: map[string]string{"b": "a"}, probe: "10.36.0.1",
+			want: map[string][]netip.Prefix{"b": pfx("10.36.0.0/14", "10.44.0.0/14"), "c": pfx("10.40.0.0/14")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := w.input()
+			in.Via = tt.via
+			in.Held = tt.held
+			if tt.probe != "" {
+				in.Nodes[1].Probe = netip.MustParseAddr(tt.probe)
+			}
+			cfg, err := Desired(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cfg.Peers) != 2 {
+				t.Fatalf("%d peers, want 2", len(cfg.Peers))
+			}
+			for _, p := range cfg.Peers {
+				name := map[crypto.Key]string{w.pubs["b"]: "b", w.pubs["c"]: "c"}[p.PublicKey]
+				if !slices.Equal(p.AllowedIPs, tt.want[name]) {
+					t.Errorf("%s: AllowedIPs %v, want %v", name, p.AllowedIPs, tt.want[name])
+				}
+				if !p.Endpoint.IsValid() || p.Keepalive != in.Keepalive {
+					t.Errorf("%s: endpoint %v keepalive %v: the direct path must keep being tried", name, p.Endpoint, p.Keepalive)
+				}
+			}
+		})
+	}
+}
+
+// The reconciler reports who is relayed through whom, with the direct
+// path's state, and counts each change of the relayed routes once.
+func TestReconcilerReportsRelays(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	dp := fastdptest.New("")
+	r := NewReconciler(dp, nil)
+	ctx := context.Background()
+	dp.SetStats([]fastdp.PeerStats{{PublicKey: w.pubs["b"]}, {PublicKey: w.pubs["c"]}})
+	now := time.Unix(1_000_000, 0)
+	r.Paths().Observe(now, map[string]ProbeResult{"b": {}, "c": {LastReply: now, RTT: 1500 * time.Microsecond}})
+	r.Paths().Observe(now.Add(PathDownAfter), map[string]ProbeResult{"b": {}, "c": {LastReply: now.Add(PathDownAfter), RTT: 1500 * time.Microsecond}})
+	conns := func() map[string]api.Connection {
+		t.Helper()
+		cs, err := r.Connections(ctx, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]api.Connection{}
+		for _, c := range cs {
+			out[c.Peer] = c
+		}
+		return out
+	}
+	apply := func(via map[string]string) {
+		t.Helper()
+		in := w.input()
+		in.Nodes[1].Probe = netip.MustParseAddr("10.36.0.1")
+		in.Via = via
+		if _, err := r.Apply(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(nil)
+	if c := r.Counters().RelayChanges; c != 0 {
+		t.Fatalf("relay changes %d with nothing relayed", c)
+	}
+	apply(map[string]string{"b": "c"})
+	apply(map[string]string{"b": "c"}) // unchanged: not counted
+	cs := conns()
+	if b := cs["b"]; b.Via != "c" || b.DirectPath != api.PathDown || b.RTTMillis != 0 || !slices.Equal(b.AllowedIPs, []string{"10.36.0.1/32"}) {
+		t.Fatalf("b = %+v, want via c, down, only its probe address", b)
+	}
+	if c := cs["c"]; c.Via != "" || c.DirectPath != api.PathUp || c.RTTMillis != 1.5 {
+		t.Fatalf("c = %+v, want direct, up, 1.5 ms", c)
+	}
+	apply(nil)
+	if c := r.Counters().RelayChanges; c != 2 {
+		t.Fatalf("relay changes %d, want 2 (to the relay and back)", c)
+	}
+	if b := conns()["b"]; b.Via != "" {
+		t.Fatalf("b still via %q after the relay was dropped", b.Via)
+	}
+}
