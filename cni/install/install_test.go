@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/meshnet/mesh/api"
 )
 
 func TestCNIConflist(t *testing.T) {
@@ -74,7 +76,7 @@ func TestInstallRemove(t *testing.T) {
 		if err := Install(o); err != nil {
 			t.Fatal(err)
 		}
-		bin := filepath.Join(o.BinDir, "mesh-cni")
+		bin := filepath.Join(o.BinDir, api.CNIPluginName)
 		got, err := os.ReadFile(bin)
 		if err != nil || string(got) != content {
 			t.Fatalf("installed plugin = %q, %v; want %q", got, err, content)
@@ -82,7 +84,7 @@ func TestInstallRemove(t *testing.T) {
 		if fi, _ := os.Stat(bin); fi.Mode().Perm() != 0o755 {
 			t.Errorf("plugin mode %v", fi.Mode())
 		}
-		if fi, err := os.Stat(filepath.Join(o.ConfDir, "10-mesh.conflist")); err != nil || fi.Mode().Perm() != 0o644 {
+		if fi, err := os.Stat(filepath.Join(o.ConfDir, api.CNIConfName)); err != nil || fi.Mode().Perm() != 0o644 {
 			t.Errorf("conflist: %v, %v", fi, err)
 		}
 	}
@@ -94,7 +96,7 @@ func TestInstallRemove(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, p := range []string{filepath.Join(o.BinDir, "mesh-cni"), filepath.Join(o.ConfDir, "10-mesh.conflist")} {
+	for _, p := range []string{filepath.Join(o.BinDir, api.CNIPluginName), filepath.Join(o.ConfDir, api.CNIConfName)} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s still there after Remove: %v", p, err)
 		}
