@@ -1,0 +1,186 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// Convergence bounds for the scale tests: generous, so that a loaded
+// 2-core machine does not make them flake; the measured figures are logged
+// and recorded in docs/scale.md.
+const (
+	convergeBound = 90 * time.Second
+	soakBound     = 5 * time.Minute
+	// idleCPUBound is the share of one core a daemon may use at rest.
+	idleCPUBound = 0.25
+	// rssBound is the resident memory a daemon may use at rest.
+	rssBound = 256 << 20
+)
+
+// TestConvergence30 launches 30 real daemons (userspace data plane), each
+// naming only host1, and asserts that every host sees 30 alive members and
+// that host1 reaches every overlay address.
+func TestConvergence30(t *testing.T) {
+	testConvergence(t, 30, convergeBound)
+}
+
+// TestConvergence100 is the soak size (make soak).
+func TestConvergence100(t *testing.T) {
+	if os.Getenv("MESH_SOAK") == "" {
+		t.Skip("set MESH_SOAK=1 (make soak) for the 100-host convergence")
+	}
+	testConvergence(t, 100, soakBound)
+}
+
+func testConvergence(t *testing.T, size int, bound time.Duration) {
+	tn := testnet.New(t, testnet.Options{Hosts: size, Prefix: fmt.Sprintf("cv%d", size)})
+	hosts := tn.Hosts()
+	start := time.Now()
+	nodes := launchStar(t, hosts)
+	lastLaunch := time.Now()
+	t.Logf("%d daemons launched in %v", size, lastLaunch.Sub(start).Round(time.Millisecond))
+
+	// Every host sees every member alive.
+	var members time.Duration
+	testnet.Eventually(t, bound, time.Second, func() error {
+		for _, n := range nodes {
+			st, err := n.Status()
+			if err != nil {
+				return err
+			}
+			alive := 0
+			for _, p := range st.Peers {
+				if p.State == "alive" {
+					alive++
+				}
+			}
+			if alive != size {
+				return fmt.Errorf("%s sees %d of %d members alive", n.Host.Name, alive, size)
+			}
+		}
+		return nil
+	})
+	members = time.Since(lastLaunch)
+
+	// host1 reaches every overlay address.
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	reached := map[string]bool{}
+	testnet.Eventually(t, bound, 200*time.Millisecond, func() error {
+		var missing []string
+		var todo []string
+		for _, n := range nodes[1:] {
+			st, err := n.Status()
+			if err != nil {
+				return err
+			}
+			if st.OverlayIP == "" {
+				missing = append(missing, n.Host.Name+" (no overlay address yet)")
+				continue
+			}
+			if !reached[st.OverlayIP] {
+				todo = append(todo, st.OverlayIP)
+			}
+		}
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 8) // bounded: a few pings at a time
+		for _, ip := range todo {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				_, err := nodes[0].Host.Run(ctx, "ping", "-c", "1", "-W", "1", ip)
+				mu.Lock()
+				defer mu.Unlock()
+				if err == nil {
+					reached[ip] = true
+				} else {
+					missing = append(missing, ip)
+				}
+			}()
+		}
+		wg.Wait()
+		if len(missing) > 0 {
+			return fmt.Errorf("host1 does not reach %d of %d nodes yet: %v", len(missing), size-1, missing)
+		}
+		return nil
+	})
+	full := time.Since(lastLaunch)
+	t.Logf("%d hosts: all members alive everywhere %v after the last launch; host1 reached every overlay address %v after it",
+		size, members.Round(time.Millisecond), full.Round(time.Millisecond))
+
+	// At rest: CPU share and resident memory of each daemon.
+	const window = 10 * time.Second
+	before := make([]float64, len(nodes))
+	for i, n := range nodes {
+		before[i] = cpuSeconds(t, n.Proc.PID())
+	}
+	time.Sleep(window)
+	var maxCPU float64
+	var maxRSS int64
+	for i, n := range nodes {
+		share := (cpuSeconds(t, n.Proc.PID()) - before[i]) / window.Seconds()
+		rss := rssBytes(t, n.Proc.PID())
+		t.Logf("idle %s: cpu %.1f%% of a core, rss %.1f MiB", n.Host.Name, share*100, float64(rss)/(1<<20))
+		maxCPU = max(maxCPU, share)
+		maxRSS = max(maxRSS, rss)
+		if share > idleCPUBound {
+			t.Errorf("%s uses %.1f%% of a core at rest, bound %.0f%%", n.Host.Name, share*100, idleCPUBound*100)
+		}
+		if rss > rssBound {
+			t.Errorf("%s has %d MiB resident at rest, bound %d MiB", n.Host.Name, rss>>20, rssBound>>20)
+		}
+	}
+	t.Logf("%d hosts at rest: max cpu %.1f%% of a core, max rss %.1f MiB per daemon", size, maxCPU*100, float64(maxRSS)/(1<<20))
+}
+
+// cpuSeconds is the user+system CPU time of a process (/proc/PID/stat).
+func cpuSeconds(t *testing.T, pid int) float64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatalf("reading the CPU time of %d: %v", pid, err)
+	}
+	// The command name may hold spaces: fields start after its ')'.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		t.Fatalf("short /proc/%d/stat: %q", pid, s)
+	}
+	utime, err1 := strconv.ParseFloat(f[11], 64)
+	stime, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("parsing /proc/%d/stat: %q", pid, s)
+	}
+	return (utime + stime) / 100 // USER_HZ is 100 on Linux
+}
+
+// rssBytes is the resident memory of a process (/proc/PID/status VmRSS).
+func rssBytes(t *testing.T, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("reading the memory of %d: %v", pid, err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				t.Fatalf("parsing VmRSS of %d: %q", pid, l)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS for %d", pid)
+	return 0
+}
