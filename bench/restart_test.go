@@ -30,7 +30,11 @@ type restartSample struct {
 type restartResult struct {
 	kinds   map[meshtest.RestartKind][]restartSample
 	joinNew []time.Duration // launch of a new node to its pod's first reply
-	err     string
+	// reach is the time from the last launch of a reachHosts-host mesh
+	// until host1 reached every overlay address; -1: not measured.
+	reach    time.Duration
+	reachErr string
+	err      string
 }
 
 // benchRestart: two hosts with a pod each; a pod on host1 pings the pod
@@ -40,7 +44,7 @@ type restartResult struct {
 // first reply to a ping from a pod on them (which first needs a range,
 // then the pod's ADD).
 func benchRestart(t *testing.T, r *report) {
-	res := &restartResult{kinds: map[meshtest.RestartKind][]restartSample{}}
+	res := &restartResult{kinds: map[meshtest.RestartKind][]restartSample{}, reach: -1}
 	r.restart = res
 	fail := func(format string, a ...any) {
 		res.err = fmt.Sprintf(format, a...)
@@ -126,7 +130,10 @@ func benchRestart(t *testing.T, r *report) {
 				}
 				pod = p
 			}
-			_, err := h.Run(ctx, "ip", "netns", "exec", pod.Name, "ping", "-c", "1", "-W", "1", pods[0].IP.String())
+			// One reply ends it; until then a probe every 20 ms, so that
+			// a probe sent before the path existed does not round the
+			// figure up to a one-second reply timeout.
+			_, err := h.Run(ctx, "ip", "netns", "exec", pod.Name, "ping", "-c", "1", "-i", "0.02", "-w", "2", pods[0].IP.String())
 			return err
 		})
 		took := time.Since(start)
@@ -140,6 +147,64 @@ func benchRestart(t *testing.T, r *report) {
 			t.Log(err)
 		}
 	}
+	benchReach(t, res)
+}
+
+// reachHosts is the size of the mesh whose time to full reachability
+// part 7 reports (issue goal: 3 s after the last launch at 20 hosts).
+const reachHosts = 20
+
+// benchReach launches reachHosts daemons, each naming only host1, and
+// measures from the last launch until host1 has answered a ping from
+// every other node's overlay address (the same figure the 30-host test in
+// e2e logs).
+func benchReach(t *testing.T, res *restartResult) {
+	tn := testnet.New(t, testnet.Options{Hosts: reachHosts, Prefix: "brh"})
+	hosts := tn.Hosts()
+	var nodes []*node
+	for i, h := range hosts {
+		var peers []*testnet.Host
+		if i > 0 {
+			peers = hosts[:1]
+		}
+		nodes = append(nodes, launch(t, h, peers))
+	}
+	last := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	reached := map[string]bool{}
+	err := testnet.Poll(90*time.Second, 20*time.Millisecond, func() error {
+		var missing []string
+		for _, n := range nodes[1:] {
+			st, err := n.Status()
+			if err != nil {
+				return err
+			}
+			if st.OverlayIP == "" {
+				missing = append(missing, n.Host.Name+" (no overlay address)")
+				continue
+			}
+			if reached[st.OverlayIP] {
+				continue
+			}
+			if _, err := hosts[0].Run(ctx, "ping", "-c", "1", "-i", "0.02", "-w", "1", st.OverlayIP); err != nil {
+				missing = append(missing, st.OverlayIP)
+				continue
+			}
+			reached[st.OverlayIP] = true
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("host1 does not reach %v", missing)
+		}
+		return nil
+	})
+	if err != nil {
+		res.reachErr = err.Error()
+		t.Errorf("%d-host reachability: %v", reachHosts, err)
+		return
+	}
+	res.reach = time.Since(last)
+	t.Logf("%d hosts: host1 reached every overlay address %v after the last launch", reachHosts, res.reach)
 }
 
 func (r *report) printRestart(p func(string, ...any)) {
@@ -189,6 +254,12 @@ func (r *report) printRestart(p func(string, ...any)) {
 		}
 		m := median(firstD)
 		p("   restart into a running mesh, launch to first reply (median, SIGTERM): %d ms (goal 500 ms: %s)\n", m.Milliseconds(), verdict(m >= 0 && m <= 500*time.Millisecond))
+	}
+	switch {
+	case res.reachErr != "":
+		p("   %d-host mesh, last launch to host1 reaching every overlay address: failed: %s\n", reachHosts, firstLine(res.reachErr))
+	case res.reach >= 0:
+		p("   %d-host mesh, last launch to host1 reaching every overlay address: %d ms (goal 3000 ms: %s)\n", reachHosts, res.reach.Milliseconds(), verdict(res.reach <= 3*time.Second))
 	}
 }
 
