@@ -70,6 +70,7 @@ type Allocator struct {
 	reservedCache  map[uint64]string // offset -> other peer holding it; nil = stale
 	reservedSorted []uint64
 	lastAsk        uint64            // tick of the last space request
+	gwEchoAsked    uint64            // gateway version promptLocked asked echoes for
 	problems       map[string]string // key -> operator-facing message
 
 	liveness liveness

@@ -23,6 +23,34 @@ func (a *Allocator) bestDonor() (string, bool) {
 	return best, best != ""
 }
 
+// promptLocked does at once, on news (a merged state, a membership
+// change), what Tick would otherwise do only at its next pass for a peer
+// still getting started: ask a known donor for space as soon as one is
+// reachable, and ask for the echoes of a newly chosen gateway as soon as
+// it is chosen. Both were timer-driven (up to askEvery ticks each), which
+// made a new node's first range and gateway seconds late. Safety is
+// unchanged: takeOutbox persists everything before it is sent (I4), the
+// gateway still needs its lease-quorum echo before use, and both requests
+// stay rate limited (lastAsk, once per gateway version).
+func (a *Allocator) promptLocked() {
+	if a.recovering {
+		return
+	}
+	if _, hasGw := a.gatewayOff(); !hasGw || len(a.st.ring.owned(a.cfg.Self)) == 0 {
+		// Only a direct request: without a known donor, Tick's turn-by-turn
+		// echo requests remain the way to learn of one.
+		if _, ok := a.bestDonor(); ok {
+			a.askForSpaceLocked()
+		}
+	}
+	if a.gw.set && !a.gw.echoed && a.gw.version != 0 && a.gwEchoAsked != a.gw.version && a.cfg.ReclaimAfter > 0 {
+		a.gwEchoAsked = a.gw.version
+		msg := a.stateMsgLocked()
+		msg[0] = msgEchoReq
+		a.outbox = append(a.outbox, outMsg{msg: msg})
+	}
+}
+
 // askForSpaceLocked sends a space request to the best donor, at most once
 // every askEvery ticks.
 func (a *Allocator) askForSpaceLocked() {

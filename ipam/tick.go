@@ -8,7 +8,6 @@ import "strings"
 // use.
 func (a *Allocator) SetMembers(alive map[string]bool) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.members = make(map[string]bool, len(alive)+1)
 	for n, ok := range alive {
 		if ok {
@@ -17,6 +16,12 @@ func (a *Allocator) SetMembers(alive map[string]bool) {
 	}
 	a.members[a.cfg.Self] = true
 	a.wakeLocked() // a donor may have become reachable, or gone
+	if !a.closed {
+		a.promptLocked()
+	}
+	out := a.takeOutbox()
+	a.mu.Unlock()
+	a.flush(out)
 }
 
 // Tick does the periodic work: heartbeat, bootstrap retries, space request
