@@ -41,6 +41,7 @@ func TestConvergence100(t *testing.T) {
 }
 
 func testConvergence(t *testing.T, size int, bound time.Duration) {
+	raiseNeighbourLimits(t, size)
 	tn := testnet.New(t, testnet.Options{Hosts: size, Prefix: fmt.Sprintf("cv%d", size)})
 	hosts := tn.Hosts()
 	start := time.Now()
@@ -142,6 +143,39 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 		}
 	}
 	t.Logf("%d hosts at rest: max cpu %.1f%% of a core, max rss %.1f MiB per daemon", size, maxCPU*100, float64(maxRSS)/(1<<20))
+}
+
+// raiseNeighbourLimits makes room in the kernel's neighbour (ARP) table
+// for size simulated hosts. That table is one for all network namespaces,
+// and its default hard limit (gc_thresh3, 1024 entries) is below what 100
+// hosts that each know the 99 others need: past it the kernel logs
+// "neighbor table overflow" and drops packets, and gossip connections time
+// out (the first wall met at 100 hosts on one machine; a real host knows
+// only its own neighbours). The limits are only ever raised, and put back
+// when the test ends.
+func raiseNeighbourLimits(t *testing.T, size int) {
+	t.Helper()
+	want := map[string]int{"gc_thresh2": 2 * size * size, "gc_thresh3": 4 * size * size}
+	for name, v := range want {
+		p := "/proc/sys/net/ipv4/neigh/default/" + name
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("reading %s: %v", p, err)
+		}
+		old := strings.TrimSpace(string(b))
+		if cur, err := strconv.Atoi(old); err == nil && cur >= v {
+			continue
+		}
+		if err := os.WriteFile(p, []byte(strconv.Itoa(v)), 0o644); err != nil {
+			t.Fatalf("raising %s to %d: %v", p, v, err)
+		}
+		t.Logf("%s raised from %s to %d for %d hosts", name, old, v, size)
+		t.Cleanup(func() {
+			if err := os.WriteFile(p, []byte(old), 0o644); err != nil {
+				t.Errorf("restoring %s to %s: %v", p, old, err)
+			}
+		})
+	}
 }
 
 // cpuSeconds is the user+system CPU time of a process (/proc/PID/stat).
