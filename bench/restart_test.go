@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -141,7 +142,8 @@ func benchRestart(t *testing.T, r *report) {
 			fail("new node %s: %v", h.Name, err)
 			return
 		}
-		t.Logf("new node %s: first reply %v after launch", h.Name, took)
+		t.Logf("new node %s: first reply %v after launch (launched %s); its milestones:\n%s", h.Name, took,
+			start.UTC().Format("15:04:05.000"), joinMilestones(n.Proc.Log()))
 		res.joinNew = append(res.joinNew, took)
 		if err := n.Proc.Stop(15 * time.Second); err != nil {
 			t.Log(err)
@@ -174,7 +176,7 @@ func benchReach(t *testing.T, res *restartResult) {
 	defer cancel()
 	reached := map[string]bool{}
 	err := testnet.Poll(90*time.Second, 20*time.Millisecond, func() error {
-		var missing []string
+		var missing, todo []string
 		for _, n := range nodes[1:] {
 			st, err := n.Status()
 			if err != nil {
@@ -182,17 +184,32 @@ func benchReach(t *testing.T, res *restartResult) {
 			}
 			if st.OverlayIP == "" {
 				missing = append(missing, n.Host.Name+" (no overlay address)")
-				continue
+			} else if !reached[st.OverlayIP] {
+				todo = append(todo, st.OverlayIP)
 			}
-			if reached[st.OverlayIP] {
-				continue
-			}
-			if _, err := hosts[0].Run(ctx, "ping", "-c", "1", "-i", "0.02", "-w", "1", st.OverlayIP); err != nil {
-				missing = append(missing, st.OverlayIP)
-				continue
-			}
-			reached[st.OverlayIP] = true
 		}
+		// A few pings at once: one after the other, every address not
+		// reachable yet would add its 1 s timeout to the figure.
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, 8)
+		for _, ip := range todo {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				_, err := hosts[0].Run(ctx, "ping", "-c", "1", "-i", "0.02", "-w", "1", ip)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					missing = append(missing, ip)
+				} else {
+					reached[ip] = true
+				}
+			}()
+		}
+		wg.Wait()
 		if len(missing) > 0 {
 			return fmt.Errorf("host1 does not reach %v", missing)
 		}
@@ -270,4 +287,20 @@ func median(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
 	return s[(len(s)-1)/2]
+}
+
+// joinMilestones picks from a new node's log the lines that time its way
+// to a first packet: gossip join, the ring, its first range, its gateway
+// on the bridge, the CNI config, the WireGuard peers.
+func joinMilestones(log string) string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		for _, m := range []string{"mesh daemon started", "peer joined", "joined peer", "ring seeded", "chose gateway", "added bridge address", "installed the CNI plugin", "configured WireGuard", "cannot join"} {
+			if strings.Contains(l, m) {
+				out = append(out, strings.TrimSpace(l))
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }
