@@ -107,6 +107,11 @@ type outMsg struct {
 	// recovery marks the messages a recovering peer may send: its empty
 	// echo requests and answers to them. Other states wait (I6).
 	recovery bool
+	// alt are the peers to try, in order, when sending to `to` fails: a
+	// space request goes on to the next donor at once, rather than after
+	// askEvery ticks (a donor that just stopped is still a member until
+	// gossip notices).
+	alt []string
 }
 
 // gateway is the node's own overlay address (its pods' default gateway).
@@ -737,8 +742,14 @@ func (a *Allocator) flush(out []outMsg) {
 	for _, m := range out {
 		if m.to == "" {
 			a.tr.Broadcast(m.msg)
-		} else if err := a.tr.SendTo(m.to, m.msg); err != nil {
-			a.log.Debug("send failed", "to", m.to, "err", err)
+		} else {
+			for _, to := range append([]string{m.to}, m.alt...) {
+				err := a.tr.SendTo(to, m.msg)
+				if err == nil {
+					break
+				}
+				a.log.Debug("send failed", "to", to, "err", err)
+			}
 		}
 	}
 }

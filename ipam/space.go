@@ -77,7 +77,30 @@ func (a *Allocator) askForSpaceLocked() {
 	}
 	a.lastAsk = a.tick + 1
 	msg := appendString([]byte{msgAsk}, a.cfg.Self)
-	a.outbox = append(a.outbox, outMsg{to: donor, msg: msg})
+	a.outbox = append(a.outbox, outMsg{to: donor, msg: msg, alt: a.nextDonorsLocked(donor, askFallbacks)})
+}
+
+// askFallbacks is how many further donors a space request is sent to, one
+// after the other, when sending to the best one fails.
+const askFallbacks = 2
+
+// nextDonorsLocked lists up to n reachable peers advertising free space
+// other than first, the most free first (ties by name, as bestDonor).
+func (a *Allocator) nextDonorsLocked(first string, n int) []string {
+	var out []string
+	for name, p := range a.st.peers {
+		if name == a.cfg.Self || name == first || !a.members[name] || p.Removed || p.Free == 0 {
+			continue
+		}
+		out = append(out, name)
+	}
+	slices.SortFunc(out, func(x, y string) int {
+		if c := cmp.Compare(a.st.peers[y].Free, a.st.peers[x].Free); c != 0 {
+			return c
+		}
+		return cmp.Compare(x, y)
+	})
+	return out[:min(n, len(out))]
 }
 
 // donateLocked answers a space request: give the upper half of the largest
