@@ -103,6 +103,16 @@ func (a *Allocator) nextDonorsLocked(first string, n int) []string {
 	return out[:min(n, len(out))]
 }
 
+// liveMemberLocked says whether name is a live member: in the membership
+// the daemon last fed to SetMembers or, fresher, in the membership itself
+// (Config.IsMember, the same predicate). A node that just joined asks for
+// space at once; its donor's SetMembers may not have run yet, and a request
+// dropped for that reason was only retried askEvery ticks later (about 3 s
+// of a new node's time to its first packet).
+func (a *Allocator) liveMemberLocked(name string) bool {
+	return a.members[name] || (a.cfg.IsMember != nil && a.cfg.IsMember(name))
+}
+
 // donateLocked answers a space request: give the upper half of the largest
 // run of free addresses. Only the owner gives its space away, bumping the
 // version of every address given (single writer), and it never gives
@@ -111,7 +121,7 @@ func (a *Allocator) nextDonorsLocked(first string, n int) []string {
 func (a *Allocator) donateLocked(to string) {
 	// Only to a live member: space given to a name nobody runs is lost
 	// until an rmpeer.
-	if to == a.cfg.Self || a.st.seed.isZero() || !a.members[to] {
+	if to == a.cfg.Self || a.st.seed.isZero() || !a.liveMemberLocked(to) {
 		return
 	}
 	// A recovering peer sends no state (I6), and the requester needs ours
