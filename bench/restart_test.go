@@ -221,7 +221,8 @@ func benchReach(t *testing.T, res *restartResult) {
 		return
 	}
 	res.reach = time.Since(last)
-	t.Logf("%d hosts: host1 reached every overlay address %v after the last launch", reachHosts, res.reach)
+	t.Logf("%d hosts: host1 reached every overlay address %v after the last launch (%s); the last node's milestones:\n%s",
+		reachHosts, res.reach, last.UTC().Format("15:04:05.000"), joinMilestones(nodes[len(nodes)-1].Proc.Log()))
 }
 
 func (r *report) printRestart(p func(string, ...any)) {
