@@ -144,6 +144,7 @@ func benchRestart(t *testing.T, r *report) {
 		}
 		t.Logf("new node %s: first reply %v after launch (launched %s); its milestones:\n%s", h.Name, took,
 			start.UTC().Format("15:04:05.000"), joinMilestones(n.Proc.Log()))
+		t.Logf("host1's lines about %s:\n%s", h.Name, linesAbout(a.Proc.Log(), h.Name, start))
 		res.joinNew = append(res.joinNew, took)
 		if err := n.Proc.Stop(15 * time.Second); err != nil {
 			t.Log(err)
@@ -302,6 +303,24 @@ func joinMilestones(log string) string {
 				break
 			}
 		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// linesAbout picks from a log the lines that name who and were written at
+// or after since (the other end of a new node's first packet).
+func linesAbout(log, who string, since time.Time) string {
+	var out []string
+	for _, l := range strings.Split(log, "\n") {
+		if !strings.Contains(l, who) {
+			continue
+		}
+		if i := strings.Index(l, "time="); i >= 0 && len(l) >= i+5+24 {
+			if ts, err := time.Parse(time.RFC3339Nano, l[i+5:i+5+24]); err == nil && ts.Before(since) {
+				continue
+			}
+		}
+		out = append(out, strings.TrimSpace(l))
 	}
 	return strings.Join(out, "\n")
 }
