@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -38,19 +38,11 @@ func addPod(ctx context.Context, t *testing.T, h *testnet.Host, name string) (*p
 	if err != nil {
 		return nil, fmt.Errorf("cnitool add on %s: %v\n%s", h.Name, err, out)
 	}
-	var res struct {
-		IPs []struct {
-			Address string `json:"address"`
-		} `json:"ips"`
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
-		return nil, fmt.Errorf("bad ADD result %q: %v", out, err)
-	}
-	p, err := netip.ParsePrefix(res.IPs[0].Address)
+	ip, err := meshtest.ADDResultAddr(out)
 	if err != nil {
 		return nil, err
 	}
-	return &pod{Host: h, name: name, ip: p.Addr()}, nil
+	return &pod{Host: h, name: name, ip: ip}, nil
 }
 
 func (p *pod) exec(ctx context.Context, args ...string) (string, error) {

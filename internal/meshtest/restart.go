@@ -39,19 +39,28 @@ func AddPod(ctx context.Context, t testing.TB, h *testnet.Host, name string) (*P
 	if err != nil {
 		return nil, fmt.Errorf("cnitool add %s on %s: %v\n%s", name, h.Name, err, out)
 	}
+	ip, err := ADDResultAddr(out)
+	if err != nil {
+		return nil, err
+	}
+	return &Pod{Host: h, Name: name, IP: ip}, nil
+}
+
+// ADDResultAddr is the one address of a CNI ADD result as cnitool prints it.
+func ADDResultAddr(out string) (netip.Addr, error) {
 	var res struct {
 		IPs []struct {
 			Address string `json:"address"`
 		} `json:"ips"`
 	}
 	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
-		return nil, fmt.Errorf("bad ADD result %q: %v", out, err)
+		return netip.Addr{}, fmt.Errorf("bad ADD result %q: %v", out, err)
 	}
 	p, err := netip.ParsePrefix(res.IPs[0].Address)
 	if err != nil {
-		return nil, err
+		return netip.Addr{}, err
 	}
-	return &Pod{Host: h, Name: name, IP: p.Addr()}, nil
+	return p.Addr(), nil
 }
 
 // RestartKind is how Restart stops the daemon before it launches it again.
