@@ -8,7 +8,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -130,6 +129,7 @@ func benchRestart(t *testing.T, r *report) {
 					return err
 				}
 				pod = p
+				t.Logf("new node %s: pod %s added %v after launch", h.Name, p.IP, time.Since(start))
 			}
 			// One reply ends it; until then a probe every 20 ms, so that
 			// a probe sent before the path existed does not round the
@@ -176,45 +176,12 @@ func benchReach(t *testing.T, res *restartResult) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	reached := map[string]bool{}
+	all := make([]*meshtest.Node, len(nodes))
+	for i, n := range nodes {
+		all[i] = n.Node
+	}
 	err := testnet.Poll(90*time.Second, 20*time.Millisecond, func() error {
-		var missing, todo []string
-		for _, n := range nodes[1:] {
-			st, err := n.Status()
-			if err != nil {
-				return err
-			}
-			if st.OverlayIP == "" {
-				missing = append(missing, n.Host.Name+" (no overlay address)")
-			} else if !reached[st.OverlayIP] {
-				todo = append(todo, st.OverlayIP)
-			}
-		}
-		// A few pings at once: one after the other, every address not
-		// reachable yet would add its 1 s timeout to the figure.
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		sem := make(chan struct{}, 8)
-		for _, ip := range todo {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				_, err := hosts[0].Run(ctx, "ping", "-c", "1", "-i", "0.02", "-w", "1", ip)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					missing = append(missing, ip)
-				} else {
-					reached[ip] = true
-				}
-			}()
-		}
-		wg.Wait()
-		if len(missing) > 0 {
-			return fmt.Errorf("host1 does not reach %v", missing)
-		}
-		return nil
+		return meshtest.ReachAll(ctx, all, reached)
 	})
 	if err != nil {
 		res.reachErr = err.Error()
@@ -297,7 +264,7 @@ func median(d []time.Duration) time.Duration {
 func joinMilestones(log string) string {
 	var out []string
 	for _, l := range strings.Split(log, "\n") {
-		for _, m := range []string{"mesh daemon started", "peer joined", "joined peer", "ring seeded", "chose gateway", "added bridge address", "installed the CNI plugin", "configured WireGuard", "cannot join"} {
+		for _, m := range []string{"mesh daemon started", "peer joined", "joined peer", "ring seeded", "chose gateway", "added bridge address", "installed the CNI plugin", "configured WireGuard", "cannot join", "andshake"} {
 			if strings.Contains(l, m) {
 				out = append(out, strings.TrimSpace(l))
 				break
@@ -307,12 +274,14 @@ func joinMilestones(log string) string {
 	return strings.Join(out, "\n")
 }
 
-// linesAbout picks from a log the lines that name who and were written at
-// or after since (the other end of a new node's first packet).
+// linesAbout picks from a log the lines that name who, or are about a
+// WireGuard handshake (wireguard-go names peers by key, at debug level),
+// and were written at or after since (the other end of a new node's first
+// packet).
 func linesAbout(log, who string, since time.Time) string {
 	var out []string
 	for _, l := range strings.Split(log, "\n") {
-		if !strings.Contains(l, who) {
+		if !strings.Contains(l, who) && !strings.Contains(l, "andshake") {
 			continue
 		}
 		if i := strings.Index(l, "time="); i >= 0 && len(l) >= i+5+24 {

@@ -569,6 +569,12 @@ func (a *Allocator) OverlayIP() (netip.Addr, bool) {
 	return offsetAddr(a.cfg.Range, a.gw.off), true
 }
 
+// gwAwaitingEchoLocked says whether the gateway is published and waits
+// for a lease quorum's echo before use.
+func (a *Allocator) gwAwaitingEchoLocked() bool {
+	return a.gw.set && !a.gw.echoed && a.gw.version != 0
+}
+
 // gatewayUsableLocked says whether the gateway may go on the bridge: it is
 // recorded in the state file and, with automatic reclaim (this peer may be
 // declared dead while merely cut off), a lease quorum has echoed it as held,

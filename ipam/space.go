@@ -11,16 +11,30 @@ const askEvery = 2
 
 // bestDonor is the reachable peer advertising the most free addresses.
 func (a *Allocator) bestDonor() (string, bool) {
-	best, bestFree := "", uint64(0)
+	d := a.donorsLocked()
+	if len(d) == 0 {
+		return "", false
+	}
+	return d[0], true
+}
+
+// donorsLocked lists the reachable peers advertising free space, the most
+// free first, ties by name: the best donor and, after it, those a space
+// request falls back to.
+func (a *Allocator) donorsLocked() []string {
+	var out []string
 	for name, p := range a.st.peers {
-		if name == a.cfg.Self || !a.members[name] || p.Removed || p.Free == 0 {
-			continue
-		}
-		if p.Free > bestFree || (p.Free == bestFree && cmp.Less(name, best)) {
-			best, bestFree = name, p.Free
+		if name != a.cfg.Self && a.members[name] && !p.Removed && p.Free > 0 {
+			out = append(out, name)
 		}
 	}
-	return best, best != ""
+	slices.SortFunc(out, func(x, y string) int {
+		if c := cmp.Compare(a.st.peers[y].Free, a.st.peers[x].Free); c != 0 {
+			return c
+		}
+		return cmp.Compare(x, y)
+	})
+	return out
 }
 
 // promptLocked does at once, on news (a merged state, a membership
@@ -43,7 +57,7 @@ func (a *Allocator) promptLocked() {
 			a.askForSpaceLocked()
 		}
 	}
-	if a.gw.set && !a.gw.echoed && a.gw.version != 0 && a.gwEchoAsked != a.gw.version && a.cfg.ReclaimAfter > 0 {
+	if a.cfg.ReclaimAfter > 0 && a.gwAwaitingEchoLocked() && a.gwEchoAsked != a.gw.version {
 		a.gwEchoAsked = a.gw.version
 		msg := a.stateMsgLocked()
 		msg[0] = msgEchoReq
@@ -60,8 +74,8 @@ func (a *Allocator) askForSpaceLocked() {
 	if a.lastAsk != 0 && a.tick < a.lastAsk+askEvery {
 		return
 	}
-	donor, ok := a.bestDonor()
-	if !ok {
+	donors := a.donorsLocked()
+	if len(donors) == 0 {
 		// No reachable peer is known to have free space, but what we know
 		// of them may predate a heal or their releases. One peer's state
 		// carries what it knows of everyone, so ask one at a time, in
@@ -77,40 +91,23 @@ func (a *Allocator) askForSpaceLocked() {
 	}
 	a.lastAsk = a.tick + 1
 	msg := appendString([]byte{msgAsk}, a.cfg.Self)
-	a.outbox = append(a.outbox, outMsg{to: donor, msg: msg, alt: a.nextDonorsLocked(donor, askFallbacks)})
+	alt := donors[1:min(1+askFallbacks, len(donors))]
+	a.outbox = append(a.outbox, outMsg{to: donors[0], msg: msg, alt: alt})
 }
 
 // askFallbacks is how many further donors a space request is sent to, one
 // after the other, when sending to the best one fails.
 const askFallbacks = 2
 
-// nextDonorsLocked lists up to n reachable peers advertising free space
-// other than first, the most free first (ties by name, as bestDonor).
-func (a *Allocator) nextDonorsLocked(first string, n int) []string {
-	var out []string
-	for name, p := range a.st.peers {
-		if name == a.cfg.Self || name == first || !a.members[name] || p.Removed || p.Free == 0 {
-			continue
-		}
-		out = append(out, name)
-	}
-	slices.SortFunc(out, func(x, y string) int {
-		if c := cmp.Compare(a.st.peers[y].Free, a.st.peers[x].Free); c != 0 {
-			return c
-		}
-		return cmp.Compare(x, y)
-	})
-	return out[:min(n, len(out))]
-}
-
-// liveMemberLocked says whether name is a live member: in the membership
-// the daemon last fed to SetMembers or, fresher, in the membership itself
-// (Config.IsMember, the same predicate). A node that just joined asks for
-// space at once; its donor's SetMembers may not have run yet, and a request
-// dropped for that reason was only retried askEvery ticks later (about 3 s
-// of a new node's time to its first packet).
-func (a *Allocator) liveMemberLocked(name string) bool {
-	return a.members[name] || (a.cfg.IsMember != nil && a.cfg.IsMember(name))
+// liveLocked says whether name is a live member: this peer, a member in
+// the view SetMembers last gave, or, fresher, one the membership itself
+// knows live (Config.IsMember). A node that just joined asks for space at
+// once; its donor's SetMembers may not have run yet, and a request dropped
+// for that reason was only retried askEvery ticks later (about 3 s of a new
+// node's time to its first packet). The bounds' unknown-peer rule asks the
+// same question (isMember).
+func (a *Allocator) liveLocked(name string) bool {
+	return name == a.cfg.Self || a.members[name] || a.cfg.IsMember != nil && a.cfg.IsMember(name)
 }
 
 // donateLocked answers a space request: give the upper half of the largest
@@ -121,7 +118,7 @@ func (a *Allocator) liveMemberLocked(name string) bool {
 func (a *Allocator) donateLocked(to string) {
 	// Only to a live member: space given to a name nobody runs is lost
 	// until an rmpeer.
-	if to == a.cfg.Self || a.st.seed.isZero() || !a.liveMemberLocked(to) {
+	if to == a.cfg.Self || a.st.seed.isZero() || !a.liveLocked(to) {
 		return
 	}
 	// A recovering peer sends no state (I6), and the requester needs ours
