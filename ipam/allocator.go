@@ -71,6 +71,7 @@ type Allocator struct {
 	reservedSorted []uint64
 	lastAsk        uint64            // tick of the last space request
 	gwEchoAsked    uint64            // gateway version promptLocked asked echoes for
+	heldAsks       map[string]uint64 // requester not yet live -> tick asked (holdAskLocked)
 	problems       map[string]string // key -> operator-facing message
 
 	liveness liveness

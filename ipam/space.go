@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 )
 
@@ -110,6 +111,44 @@ func (a *Allocator) liveLocked(name string) bool {
 	return name == a.cfg.Self || a.members[name] || a.cfg.IsMember != nil && a.cfg.IsMember(name)
 }
 
+// maxHeldAsks bounds the space requests kept for requesters not yet known
+// live (holdAskLocked).
+const maxHeldAsks = 16
+
+// holdAskLocked keeps a space request from a name the membership does not
+// know live yet, for askEvery ticks. A joining node asks as soon as it has
+// joined one member, and a donor that learns of it a moment later through
+// gossip would otherwise drop the request: the node asked again only
+// askEvery ticks later (about 3 s of a new node's time to its first
+// packet, measured in bench part 7). answerHeldAsksLocked donates as soon
+// as the membership reports the requester live; the rule that space goes
+// only to a live member is unchanged.
+func (a *Allocator) holdAskLocked(who string) {
+	if _, ok := a.heldAsks[who]; !ok && len(a.heldAsks) >= maxHeldAsks {
+		return // the requester asks again after askEvery ticks
+	}
+	if a.heldAsks == nil {
+		a.heldAsks = map[string]uint64{}
+	}
+	a.heldAsks[who] = a.tick
+}
+
+// answerHeldAsksLocked answers the held requests whose requester is now
+// live and forgets those older than askEvery ticks (asked again since).
+func (a *Allocator) answerHeldAsksLocked() {
+	// In name order, so that a simulation replays.
+	for _, who := range slices.Sorted(maps.Keys(a.heldAsks)) {
+		t := a.heldAsks[who]
+		switch {
+		case a.tick > t+askEvery:
+			delete(a.heldAsks, who)
+		case a.liveLocked(who):
+			delete(a.heldAsks, who)
+			a.donateLocked(who)
+		}
+	}
+}
+
 // donateLocked answers a space request: give the upper half of the largest
 // run of free addresses. Only the owner gives its space away, bumping the
 // version of every address given (single writer), and it never gives
@@ -118,7 +157,11 @@ func (a *Allocator) liveLocked(name string) bool {
 func (a *Allocator) donateLocked(to string) {
 	// Only to a live member: space given to a name nobody runs is lost
 	// until an rmpeer.
-	if to == a.cfg.Self || a.st.seed.isZero() || !a.liveLocked(to) {
+	if to == a.cfg.Self || a.st.seed.isZero() {
+		return
+	}
+	if !a.liveLocked(to) {
+		a.holdAskLocked(to)
 		return
 	}
 	// A recovering peer sends no state (I6), and the requester needs ours

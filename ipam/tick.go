@@ -4,8 +4,10 @@ import "strings"
 
 // SetMembers tells the Allocator which peers are alive, by name. The daemon
 // calls it on every membership change; the map is copied. Space requests
-// and bootstrap only go to live members. Non-blocking; safe for concurrent
-// use.
+// and bootstrap only go to live members. News may send at once (a new
+// peer's space request, a donation held for a requester not known live
+// until now), so it is not for a caller that must never wait on the
+// network. Safe for concurrent use.
 func (a *Allocator) SetMembers(alive map[string]bool) {
 	a.mu.Lock()
 	a.members = make(map[string]bool, len(alive)+1)
@@ -18,6 +20,7 @@ func (a *Allocator) SetMembers(alive map[string]bool) {
 	a.wakeLocked() // a donor may have become reachable, or gone
 	if !a.closed {
 		a.promptLocked()
+		a.answerHeldAsksLocked()
 	}
 	out := a.takeOutbox()
 	a.mu.Unlock()
@@ -65,6 +68,7 @@ func (a *Allocator) Tick() {
 	}
 	a.clearStaleProblemsLocked()
 	a.pruneClaimEchoesLocked()
+	a.answerHeldAsksLocked()
 	// A peer that owns no space has no gateway yet (its node cannot be
 	// reached at all) or cannot place a pod: it asks for space before any
 	// pod does (askForSpaceLocked does nothing until the ring is seeded,
