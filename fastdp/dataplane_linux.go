@@ -307,9 +307,16 @@ func (d *dataplane) configureWireGuard(want *Config) error {
 		}
 	}
 	if !changed {
+		d.wgWant = want
 		return nil
 	}
-	change, held := holdFirstKeepalives(change, wgtypes.Key(want.PrivateKey).PublicKey())
+	// Not in this process's first configuration: the peers a restarted
+	// daemon restores already have this node configured and wait for its
+	// handshake, so it initiates to all of them at once.
+	held := 0
+	if d.wgWant != nil {
+		change, held = holdFirstKeepalives(change, wgtypes.Key(want.PrivateKey).PublicKey())
+	}
 	if err := d.wg.ConfigureDevice(d.name, change); err != nil {
 		return fmt.Errorf("failed to configure WireGuard device %q: %w", d.name, err)
 	}

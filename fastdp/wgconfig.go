@@ -124,7 +124,9 @@ const firstHandshakeStagger = 100 * time.Millisecond
 // sent before the other had configured it, is dropped; the second's
 // keepalive, set firstHandshakeStagger later (or by any Set before), then
 // starts a handshake of its own that finds the first ready. Peers without
-// a keepalive are left alone: they handshake on their first packet.
+// a keepalive are left alone: they handshake on their first packet. The
+// data plane does not apply it to a process's first configuration (see
+// configureWireGuard).
 func holdFirstKeepalives(c wgtypes.Config, self wgtypes.Key) (wgtypes.Config, int) {
 	held := 0
 	for i, p := range c.Peers {
