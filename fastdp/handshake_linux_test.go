@@ -3,6 +3,7 @@ package fastdp
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -68,7 +69,7 @@ func TestSimultaneousAddHandshakesAtOnce(t *testing.T) {
 				return err
 			}
 			if len(st) != 1 || st[0].PublicKey != x.peer || st[0].LastHandshake.IsZero() {
-				return errNoHandshake
+				return errors.New("no handshake yet")
 			}
 		}
 		return nil
@@ -78,12 +79,6 @@ func TestSimultaneousAddHandshakesAtOnce(t *testing.T) {
 	}
 	t.Logf("session %v after both nodes added each other", time.Since(start).Round(time.Millisecond))
 }
-
-var errNoHandshake = errorString("no handshake yet")
-
-type errorString string
-
-func (e errorString) Error() string { return string(e) }
 
 // The node with the larger key adds a new peer without keepalive and sets
 // it firstHandshakeStagger later; in its process's first configuration (a

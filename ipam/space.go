@@ -51,7 +51,7 @@ func (a *Allocator) promptLocked() {
 	if a.recovering {
 		return
 	}
-	if _, hasGw := a.gatewayOff(); !hasGw || len(a.st.ring.owned(a.cfg.Self)) == 0 {
+	if a.needsSpaceLocked() {
 		// Only a direct request: without a known donor, Tick's turn-by-turn
 		// echo requests remain the way to learn of one.
 		if _, ok := a.bestDonor(); ok {
@@ -64,6 +64,14 @@ func (a *Allocator) promptLocked() {
 		msg[0] = msgEchoReq
 		a.outbox = append(a.outbox, outMsg{msg: msg})
 	}
+}
+
+// needsSpaceLocked says whether this peer asks for space: it has no
+// gateway yet (its node cannot be reached at all), owns no space, or a pod
+// waits for an address.
+func (a *Allocator) needsSpaceLocked() bool {
+	_, hasGw := a.gatewayOff()
+	return !hasGw || len(a.st.ring.owned(a.cfg.Self)) == 0 || a.waiting > 0
 }
 
 // askForSpaceLocked sends a space request to the best donor, at most once

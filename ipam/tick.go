@@ -73,7 +73,7 @@ func (a *Allocator) Tick() {
 	// reached at all) or cannot place a pod: it asks for space before any
 	// pod does (askForSpaceLocked does nothing until the ring is seeded,
 	// and asks at most every askEvery ticks).
-	if _, hasGw := a.gatewayOff(); !hasGw || len(a.st.ring.owned(a.cfg.Self)) == 0 || a.waiting > 0 {
+	if a.needsSpaceLocked() {
 		a.askForSpaceLocked()
 	}
 	if a.waiting > 0 {
