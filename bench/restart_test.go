@@ -144,7 +144,7 @@ func benchRestart(t *testing.T, r *report) {
 		}
 		t.Logf("new node %s: first reply %v after launch (launched %s); its milestones:\n%s", h.Name, took,
 			start.UTC().Format("15:04:05.000"), joinMilestones(n.Proc.Log()))
-		t.Logf("host1's lines about %s:\n%s", h.Name, linesAbout(a.Proc.Log(), h.Name, start))
+		t.Logf("host1's lines about %s (and its handshakes, named by key at debug level):\n%s", h.Name, linesSince(a.Proc.Log(), start, h.Name, "andshake"))
 		if os.Getenv("BENCH_JOIN_DEBUG") != "" {
 			for _, x := range []*node{a, b, n} {
 				t.Logf("DEBUG %s ipam/mesh lines since launch:\n%s", x.Host.Name, linesSince(x.Proc.Log(), start, "component=ipam", "component=mesh", "applied data plane"))
@@ -279,26 +279,8 @@ func joinMilestones(log string) string {
 	return strings.Join(out, "\n")
 }
 
-// linesAbout picks from a log the lines that name who, or are about a
-// WireGuard handshake (wireguard-go names peers by key, at debug level),
-// and were written at or after since (the other end of a new node's first
-// packet).
-func linesAbout(log, who string, since time.Time) string {
-	var out []string
-	for _, l := range strings.Split(log, "\n") {
-		if !strings.Contains(l, who) && !strings.Contains(l, "andshake") {
-			continue
-		}
-		if i := strings.Index(l, "time="); i >= 0 && len(l) >= i+5+24 {
-			if ts, err := time.Parse(time.RFC3339Nano, l[i+5:i+5+24]); err == nil && ts.Before(since) {
-				continue
-			}
-		}
-		out = append(out, strings.TrimSpace(l))
-	}
-	return strings.Join(out, "\n")
-}
-
+// linesSince picks from a log the lines that contain any of match and
+// were written at or after since.
 func linesSince(log string, since time.Time, match ...string) string {
 	var out []string
 	for _, l := range strings.Split(log, "\n") {
