@@ -47,25 +47,36 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 	lastLaunch := time.Now()
 	t.Logf("%d daemons launched in %v", size, lastLaunch.Sub(start).Round(time.Millisecond))
 
-	// Every host sees every member alive.
+	// Every host sees every member alive. While waiting, what is missing
+	// is logged every 10 s (a soak run is otherwise silent for minutes).
 	var members time.Duration
+	lastLog := time.Now()
 	testnet.Eventually(t, bound, time.Second, func() error {
-		for _, n := range nodes {
-			st, err := n.Status()
-			if err != nil {
-				return err
-			}
-			alive := 0
-			for _, p := range st.Peers {
-				if p.State == "alive" {
-					alive++
+		pass := time.Now()
+		err := func() error {
+			for _, n := range nodes {
+				st, err := n.Status()
+				if err != nil {
+					return err
+				}
+				var notAlive []string
+				for _, p := range st.Peers {
+					if p.State != "alive" {
+						notAlive = append(notAlive, p.Name+" "+string(p.State))
+					}
+				}
+				if alive := len(st.Peers) - len(notAlive); alive != size {
+					return fmt.Errorf("%s sees %d of %d members alive (others: %v)", n.Host.Name, alive, size, notAlive)
 				}
 			}
-			if alive != size {
-				return fmt.Errorf("%s sees %d of %d members alive", n.Host.Name, alive, size)
-			}
+			return nil
+		}()
+		if err != nil && time.Since(lastLog) >= 10*time.Second {
+			t.Logf("%v after the last launch: %v (this pass over the status of every host took %v)",
+				time.Since(lastLaunch).Round(time.Second), err, time.Since(pass).Round(time.Millisecond))
+			lastLog = time.Now()
 		}
-		return nil
+		return err
 	})
 	members = time.Since(lastLaunch)
 
