@@ -53,7 +53,7 @@ bench: deps
 # with MESH_FAULT_SEED=N).
 soak: deps
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 90m -run '^TestSimulation' -v ./ipam/
-	MESH_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^TestFaultInjection$$' -v ./e2e/
+	MESH_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^(TestFaultInjection|TestConvergence)$$' -v ./e2e/
 
 clean:
 	rm -rf $(BIN)

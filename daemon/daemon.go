@@ -67,6 +67,10 @@ type Daemon struct {
 
 	// kick asks the reconcile loop for a pass now (after a rotation).
 	kick chan struct{}
+	// ipamMembers carries the reconcile loop's latest membership snapshot
+	// to the tick loop, which feeds it to the IPAM: SetMembers may send (a
+	// new node's space request), and the data plane must not wait on that.
+	ipamMembers chan map[string]bool
 	// rotateMu serialises rotations.
 	rotateMu sync.Mutex
 
@@ -122,7 +126,8 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: log, id: id, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks,
-		leaving: make(chan struct{}), policy: noPolicy{}, nat: noNAT{}}
+		ipamMembers: make(chan map[string]bool, 1),
+		leaving:     make(chan struct{}), policy: noPolicy{}, nat: noNAT{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {

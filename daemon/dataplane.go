@@ -25,7 +25,7 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 		// One snapshot feeds both, so the IPAM and the data plane act on
 		// the same membership.
 		members := d.members.Members()
-		d.ipam.SetMembers(liveMembers(members))
+		d.feedIPAM(liveMembers(members))
 		d.updateGossipPrimary(members)
 		d.reconcileOnce(ctx, members)
 		d.health.beat(loopReconcile, time.Now())
@@ -43,6 +43,20 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 			return
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+}
+
+// feedIPAM hands the tick loop the newest membership for the IPAM,
+// replacing one it has not taken yet. Only the reconcile loop sends, so the
+// second send always finds room.
+func (d *Daemon) feedIPAM(live map[string]bool) {
+	select {
+	case <-d.ipamMembers:
+	default:
+	}
+	select {
+	case d.ipamMembers <- live:
+	default:
 	}
 }
 

@@ -77,7 +77,8 @@ func (d *Daemon) startIPAM(initialPeers int) error {
 	return nil
 }
 
-// tickLoop drives the allocator's periodic work.
+// tickLoop drives the allocator's periodic work and feeds it the
+// membership the reconcile loop saw (feedIPAM).
 func (d *Daemon) tickLoop(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -89,6 +90,8 @@ func (d *Daemon) tickLoop(ctx context.Context) {
 		case <-t.C:
 			d.ipam.Tick()
 			d.health.beat(loopIPAMTick, time.Now())
+		case live := <-d.ipamMembers:
+			d.ipam.SetMembers(live)
 		}
 	}
 }

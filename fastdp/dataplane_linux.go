@@ -57,6 +57,11 @@ type dataplane struct {
 	adoptUntil time.Time
 	adopted    map[wgtypes.Key]bool
 	keeping    int
+	// wgWant is the config the WireGuard device was last brought to;
+	// release, when set, is the pending pass that gives the peers added
+	// by holdFirstKeepalives their keepalive (at most one at a time).
+	wgWant  *Config
+	release *time.Timer
 }
 
 // AdoptGrace is how long after New, on a WireGuard device that already
@@ -302,10 +307,22 @@ func (d *dataplane) configureWireGuard(want *Config) error {
 		}
 	}
 	if !changed {
+		d.wgWant = want
 		return nil
+	}
+	// Not in this process's first configuration: the peers a restarted
+	// daemon restores already have this node configured and wait for its
+	// handshake, so it initiates to all of them at once.
+	held := 0
+	if d.wgWant != nil {
+		change, held = holdFirstKeepalives(change, wgtypes.Key(want.PrivateKey).PublicKey())
 	}
 	if err := d.wg.ConfigureDevice(d.name, change); err != nil {
 		return fmt.Errorf("failed to configure WireGuard device %q: %w", d.name, err)
+	}
+	d.wgWant = want
+	if held > 0 && d.release == nil {
+		d.release = time.AfterFunc(firstHandshakeStagger, d.releaseKeepalives)
 	}
 	var added, updated, removed int
 	for _, p := range change.Peers {
@@ -322,6 +339,21 @@ func (d *dataplane) configureWireGuard(want *Config) error {
 	d.log.Info("configured WireGuard", "peers_added", added, "peers_updated", updated, "peers_removed", removed,
 		"key_changed", change.PrivateKey != nil, "listen_port", want.ListenPort, "peers", len(want.Peers))
 	return nil
+}
+
+// releaseKeepalives brings the device to the last config again, which
+// gives the peers holdFirstKeepalives added their keepalive (and so starts
+// their handshake, unless the other side's came through meanwhile).
+func (d *dataplane) releaseKeepalives() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.release = nil
+	if d.closed || d.wgWant == nil {
+		return
+	}
+	if err := d.configureWireGuard(d.wgWant); err != nil {
+		d.log.Warn("failed to set the keepalive of new peers; the next Set retries", "err", err)
+	}
 }
 
 // Stats reports the peers as the WireGuard device sees them.
@@ -350,6 +382,9 @@ func (d *dataplane) Close() error {
 		return nil
 	}
 	d.closed = true
+	if d.release != nil {
+		d.release.Stop()
+	}
 	err := d.impl.close()
 	if cerr := d.wg.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("failed to close wgctrl: %w", cerr)

@@ -1,6 +1,7 @@
 package fastdp
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
 	"slices"
@@ -105,6 +106,39 @@ func keepPeers(c wgtypes.Config, keep map[wgtypes.Key]bool) (_ wgtypes.Config, k
 	}
 	c.Peers = peers
 	return c, kept, c.PrivateKey != nil || c.ListenPort != nil || len(c.Peers) > 0
+}
+
+// firstHandshakeStagger is how long the second of two nodes that configure
+// each other waits before its first handshake (holdFirstKeepalives).
+const firstHandshakeStagger = 100 * time.Millisecond
+
+// holdFirstKeepalives adds the new peers of c for which self is the second
+// to initiate (the larger public key) without their persistent keepalive,
+// and reports how many. Setting a keepalive on a new peer makes WireGuard
+// send a handshake initiation at once. Two nodes that learn of each other
+// at the same moment (a node joining) would both initiate; each then
+// answers the other's initiation, which discards its own, both responses
+// are refused, and the first packet waits for the 5 s handshake retry
+// (wireguard-go and the kernel alike; measured in bench part 7). With only
+// the first initiating, its initiation either finds the other ready or,
+// sent before the other had configured it, is dropped; the second's
+// keepalive, set firstHandshakeStagger later (or by any Set before), then
+// starts a handshake of its own that finds the first ready. Peers without
+// a keepalive are left alone: they handshake on their first packet. The
+// data plane does not apply it to a process's first configuration (see
+// configureWireGuard).
+func holdFirstKeepalives(c wgtypes.Config, self wgtypes.Key) (wgtypes.Config, int) {
+	held := 0
+	for i, p := range c.Peers {
+		if p.Remove || p.UpdateOnly || p.PersistentKeepaliveInterval == nil || *p.PersistentKeepaliveInterval == 0 ||
+			bytes.Compare(self[:], p.PublicKey[:]) <= 0 {
+			continue
+		}
+		zero := time.Duration(0)
+		c.Peers[i].PersistentKeepaliveInterval = &zero
+		held++
+	}
+	return c, held
 }
 
 func newPeerConfig(p Peer) wgtypes.PeerConfig {

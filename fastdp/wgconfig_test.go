@@ -201,3 +201,42 @@ func TestKeepPeers(t *testing.T) {
 		})
 	}
 }
+
+// Of two nodes adding each other, exactly one sets the keepalive (and so
+// initiates) at once; the next diff gives the other its keepalive.
+func TestHoldFirstKeepalives(t *testing.T) {
+	ka := 25 * time.Second
+	pubA, pubB := wgtypes.Key(key(1)), wgtypes.Key(key(2))
+	newPeer := func(pub wgtypes.Key, ka time.Duration) wgtypes.PeerConfig {
+		return wgtypes.PeerConfig{PublicKey: pub, PersistentKeepaliveInterval: &ka}
+	}
+	tests := []struct {
+		name     string
+		self     wgtypes.Key
+		peer     wgtypes.PeerConfig
+		wantHeld int
+		wantKA   time.Duration
+	}{
+		{"smaller key initiates at once", pubA, newPeer(pubB, ka), 0, ka},
+		{"larger key waits", pubB, newPeer(pubA, ka), 1, 0},
+		{"no keepalive configured", pubB, newPeer(pubA, 0), 0, 0},
+		{"an update is not held", pubB, wgtypes.PeerConfig{PublicKey: pubA, UpdateOnly: true, PersistentKeepaliveInterval: &ka}, 0, ka},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, held := holdFirstKeepalives(wgtypes.Config{Peers: []wgtypes.PeerConfig{tc.peer}}, tc.self)
+			if held != tc.wantHeld || *c.Peers[0].PersistentKeepaliveInterval != tc.wantKA {
+				t.Fatalf("held %d, keepalive %v; want %d, %v", held, *c.Peers[0].PersistentKeepaliveInterval, tc.wantHeld, tc.wantKA)
+			}
+		})
+	}
+
+	// The larger key's device, with the peer added without keepalive: the
+	// next diff (the release pass or any Set) restores it.
+	want := &Config{PrivateKey: key(9), ListenPort: 6784, Peers: []Peer{{PublicKey: key(1), Keepalive: ka}}}
+	dev := &wgtypes.Device{PrivateKey: wgtypes.Key(key(9)), ListenPort: 6784, Peers: []wgtypes.Peer{{PublicKey: pubA}}}
+	c, changed := wgDiff(dev, want, want)
+	if !changed || len(c.Peers) != 1 || !c.Peers[0].UpdateOnly || c.Peers[0].PersistentKeepaliveInterval == nil || *c.Peers[0].PersistentKeepaliveInterval != ka {
+		t.Fatalf("diff after a held keepalive: %+v", c)
+	}
+}

@@ -70,6 +70,8 @@ type Allocator struct {
 	reservedCache  map[uint64]string // offset -> other peer holding it; nil = stale
 	reservedSorted []uint64
 	lastAsk        uint64            // tick of the last space request
+	gwEchoAsked    uint64            // gateway version promptLocked asked echoes for
+	heldAsks       map[string]uint64 // requester not yet live -> tick asked (holdAskLocked)
 	problems       map[string]string // key -> operator-facing message
 
 	liveness liveness
@@ -106,6 +108,11 @@ type outMsg struct {
 	// recovery marks the messages a recovering peer may send: its empty
 	// echo requests and answers to them. Other states wait (I6).
 	recovery bool
+	// alt are the peers to try, in order, when sending to `to` fails: a
+	// space request goes on to the next donor at once, rather than after
+	// askEvery ticks (a donor that just stopped is still a member until
+	// gossip notices).
+	alt []string
 }
 
 // gateway is the node's own overlay address (its pods' default gateway).
@@ -572,6 +579,12 @@ func (a *Allocator) OverlayIP() (netip.Addr, bool) {
 	return offsetAddr(a.cfg.Range, a.gw.off), true
 }
 
+// gwAwaitingEchoLocked says whether the gateway is published and waits
+// for a lease quorum's echo before use.
+func (a *Allocator) gwAwaitingEchoLocked() bool {
+	return a.gw.set && !a.gw.echoed && a.gw.version != 0
+}
+
 // gatewayUsableLocked says whether the gateway may go on the bridge: it is
 // recorded in the state file and, with automatic reclaim (this peer may be
 // declared dead while merely cut off), a lease quorum has echoed it as held,
@@ -745,8 +758,14 @@ func (a *Allocator) flush(out []outMsg) {
 	for _, m := range out {
 		if m.to == "" {
 			a.tr.Broadcast(m.msg)
-		} else if err := a.tr.SendTo(m.to, m.msg); err != nil {
-			a.log.Debug("send failed", "to", m.to, "err", err)
+		} else {
+			for _, to := range append([]string{m.to}, m.alt...) {
+				err := a.tr.SendTo(to, m.msg)
+				if err == nil {
+					break
+				}
+				a.log.Debug("send failed", "to", to, "err", err)
+			}
 		}
 	}
 }

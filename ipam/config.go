@@ -45,7 +45,9 @@ type Config struct {
 	// name first heard of in a remote state is accepted only if it is a
 	// member, owns space, or was removed (docs/ipam.md, bounds), so that
 	// a peer holding the key cannot fill the table with invented names.
-	// Nil counts every name as a member.
+	// A donor also gives space to a member SetMembers has not reported
+	// yet. Nil counts every name as a member for the first rule and leaves
+	// the donor to SetMembers' view alone.
 	IsMember func(name string) bool
 }
 

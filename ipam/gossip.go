@@ -208,6 +208,7 @@ func (a *Allocator) mergeLocked(w wireState) error {
 	// Always republish: our own info may have come back newer (a restart
 	// that lost heartbeats, or an rmpeer tombstone) and must win again.
 	a.publishLocked()
+	a.promptLocked()
 	return nil
 }
 

@@ -207,7 +207,10 @@ func (s *simNet) updateMembers() {
 		return
 	}
 	s.membersKey = key
-	for name, n := range s.nodes {
+	// In name order: SetMembers may send (a new peer's space request),
+	// and the queue must not depend on map order for a seed to replay.
+	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
+		n := s.nodes[name]
 		alive := map[string]bool{}
 		for other := range s.nodes {
 			if s.connected(name, other) {

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 )
 
@@ -11,16 +12,66 @@ const askEvery = 2
 
 // bestDonor is the reachable peer advertising the most free addresses.
 func (a *Allocator) bestDonor() (string, bool) {
-	best, bestFree := "", uint64(0)
+	d := a.donorsLocked()
+	if len(d) == 0 {
+		return "", false
+	}
+	return d[0], true
+}
+
+// donorsLocked lists the reachable peers advertising free space, the most
+// free first, ties by name: the best donor and, after it, those a space
+// request falls back to.
+func (a *Allocator) donorsLocked() []string {
+	var out []string
 	for name, p := range a.st.peers {
-		if name == a.cfg.Self || !a.members[name] || p.Removed || p.Free == 0 {
-			continue
-		}
-		if p.Free > bestFree || (p.Free == bestFree && cmp.Less(name, best)) {
-			best, bestFree = name, p.Free
+		if name != a.cfg.Self && a.members[name] && !p.Removed && p.Free > 0 {
+			out = append(out, name)
 		}
 	}
-	return best, best != ""
+	slices.SortFunc(out, func(x, y string) int {
+		if c := cmp.Compare(a.st.peers[y].Free, a.st.peers[x].Free); c != 0 {
+			return c
+		}
+		return cmp.Compare(x, y)
+	})
+	return out
+}
+
+// promptLocked does at once, on news (a merged state, a membership
+// change), what Tick would otherwise do only at its next pass for a peer
+// still getting started: ask a known donor for space as soon as one is
+// reachable, and ask for the echoes of a newly chosen gateway as soon as
+// it is chosen. Both were timer-driven (up to askEvery ticks each), which
+// made a new node's first range and gateway seconds late. Safety is
+// unchanged: takeOutbox persists everything before it is sent (I4), the
+// gateway still needs its lease-quorum echo before use, and both requests
+// stay rate limited (lastAsk, once per gateway version).
+func (a *Allocator) promptLocked() {
+	if a.recovering {
+		return
+	}
+	if a.needsSpaceLocked() {
+		// Only a direct request: without a known donor, Tick's turn-by-turn
+		// echo requests remain the way to learn of one.
+		if _, ok := a.bestDonor(); ok {
+			a.askForSpaceLocked()
+		}
+	}
+	if a.cfg.ReclaimAfter > 0 && a.gwAwaitingEchoLocked() && a.gwEchoAsked != a.gw.version {
+		a.gwEchoAsked = a.gw.version
+		msg := a.stateMsgLocked()
+		msg[0] = msgEchoReq
+		a.outbox = append(a.outbox, outMsg{msg: msg})
+	}
+}
+
+// needsSpaceLocked says whether this peer asks for space: it has no
+// gateway yet (its node cannot be reached at all), owns no space, or a pod
+// waits for an address.
+func (a *Allocator) needsSpaceLocked() bool {
+	_, hasGw := a.gatewayOff()
+	return !hasGw || len(a.st.ring.owned(a.cfg.Self)) == 0 || a.waiting > 0
 }
 
 // askForSpaceLocked sends a space request to the best donor, at most once
@@ -32,8 +83,8 @@ func (a *Allocator) askForSpaceLocked() {
 	if a.lastAsk != 0 && a.tick < a.lastAsk+askEvery {
 		return
 	}
-	donor, ok := a.bestDonor()
-	if !ok {
+	donors := a.donorsLocked()
+	if len(donors) == 0 {
 		// No reachable peer is known to have free space, but what we know
 		// of them may predate a heal or their releases. One peer's state
 		// carries what it knows of everyone, so ask one at a time, in
@@ -49,7 +100,61 @@ func (a *Allocator) askForSpaceLocked() {
 	}
 	a.lastAsk = a.tick + 1
 	msg := appendString([]byte{msgAsk}, a.cfg.Self)
-	a.outbox = append(a.outbox, outMsg{to: donor, msg: msg})
+	alt := donors[1:min(1+askFallbacks, len(donors))]
+	a.outbox = append(a.outbox, outMsg{to: donors[0], msg: msg, alt: alt})
+}
+
+// askFallbacks is how many further donors a space request is sent to, one
+// after the other, when sending to the best one fails.
+const askFallbacks = 2
+
+// liveLocked says whether name is a live member: this peer, a member in
+// the view SetMembers last gave, or, fresher, one the membership itself
+// knows live (Config.IsMember). A node that just joined asks for space at
+// once; its donor's SetMembers may not have run yet, and a request dropped
+// for that reason was only retried askEvery ticks later (about 3 s of a new
+// node's time to its first packet). The bounds' unknown-peer rule asks the
+// same question (isMember).
+func (a *Allocator) liveLocked(name string) bool {
+	return name == a.cfg.Self || a.members[name] || a.cfg.IsMember != nil && a.cfg.IsMember(name)
+}
+
+// maxHeldAsks bounds the space requests kept for requesters not yet known
+// live (holdAskLocked).
+const maxHeldAsks = 16
+
+// holdAskLocked keeps a space request from a name the membership does not
+// know live yet, for askEvery ticks. A joining node asks as soon as it has
+// joined one member, and a donor that learns of it a moment later through
+// gossip would otherwise drop the request: the node asked again only
+// askEvery ticks later (about 3 s of a new node's time to its first
+// packet, measured in bench part 7). answerHeldAsksLocked donates as soon
+// as the membership reports the requester live; the rule that space goes
+// only to a live member is unchanged.
+func (a *Allocator) holdAskLocked(who string) {
+	if _, ok := a.heldAsks[who]; !ok && len(a.heldAsks) >= maxHeldAsks {
+		return // the requester asks again after askEvery ticks
+	}
+	if a.heldAsks == nil {
+		a.heldAsks = map[string]uint64{}
+	}
+	a.heldAsks[who] = a.tick
+}
+
+// answerHeldAsksLocked answers the held requests whose requester is now
+// live and forgets those older than askEvery ticks (asked again since).
+func (a *Allocator) answerHeldAsksLocked() {
+	// In name order, so that a simulation replays.
+	for _, who := range slices.Sorted(maps.Keys(a.heldAsks)) {
+		t := a.heldAsks[who]
+		switch {
+		case a.tick > t+askEvery:
+			delete(a.heldAsks, who)
+		case a.liveLocked(who):
+			delete(a.heldAsks, who)
+			a.donateLocked(who)
+		}
+	}
 }
 
 // donateLocked answers a space request: give the upper half of the largest
@@ -60,7 +165,11 @@ func (a *Allocator) askForSpaceLocked() {
 func (a *Allocator) donateLocked(to string) {
 	// Only to a live member: space given to a name nobody runs is lost
 	// until an rmpeer.
-	if to == a.cfg.Self || a.st.seed.isZero() || !a.members[to] {
+	if to == a.cfg.Self || a.st.seed.isZero() {
+		return
+	}
+	if !a.liveLocked(to) {
+		a.holdAskLocked(to)
 		return
 	}
 	// A recovering peer sends no state (I6), and the requester needs ours

@@ -195,7 +195,7 @@ func (a *Allocator) pendingLeaseLocked() (uint64, bool) {
 			consider(v)
 		}
 	}
-	if a.gw.set && !a.gw.echoed && a.gw.version != 0 {
+	if a.gwAwaitingEchoLocked() {
 		consider(a.gw.version)
 	}
 	return best, ok

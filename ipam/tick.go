@@ -4,11 +4,12 @@ import "strings"
 
 // SetMembers tells the Allocator which peers are alive, by name. The daemon
 // calls it on every membership change; the map is copied. Space requests
-// and bootstrap only go to live members. Non-blocking; safe for concurrent
-// use.
+// and bootstrap only go to live members. News may send at once (a new
+// peer's space request, a donation held for a requester not known live
+// until now), so it is not for a caller that must never wait on the
+// network. Safe for concurrent use.
 func (a *Allocator) SetMembers(alive map[string]bool) {
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	a.members = make(map[string]bool, len(alive)+1)
 	for n, ok := range alive {
 		if ok {
@@ -17,6 +18,13 @@ func (a *Allocator) SetMembers(alive map[string]bool) {
 	}
 	a.members[a.cfg.Self] = true
 	a.wakeLocked() // a donor may have become reachable, or gone
+	if !a.closed {
+		a.promptLocked()
+		a.answerHeldAsksLocked()
+	}
+	out := a.takeOutbox()
+	a.mu.Unlock()
+	a.flush(out)
 }
 
 // Tick does the periodic work: heartbeat, bootstrap retries, space request
@@ -60,11 +68,12 @@ func (a *Allocator) Tick() {
 	}
 	a.clearStaleProblemsLocked()
 	a.pruneClaimEchoesLocked()
+	a.answerHeldAsksLocked()
 	// A peer that owns no space has no gateway yet (its node cannot be
 	// reached at all) or cannot place a pod: it asks for space before any
 	// pod does (askForSpaceLocked does nothing until the ring is seeded,
 	// and asks at most every askEvery ticks).
-	if _, hasGw := a.gatewayOff(); !hasGw || len(a.st.ring.owned(a.cfg.Self)) == 0 || a.waiting > 0 {
+	if a.needsSpaceLocked() {
 		a.askForSpaceLocked()
 	}
 	if a.waiting > 0 {

@@ -263,10 +263,10 @@ func beyond(v, base, step uint64) bool {
 	return v >= maxCounter || v > base && v-base > step
 }
 
-// isMember asks the daemon whether name is a live member; without
-// Config.IsMember every name counts as one.
+// isMember is the unknown-peer rule's membership test: liveLocked, except
+// that without Config.IsMember every name counts as one.
 func (a *Allocator) isMember(name string) bool {
-	return name == a.cfg.Self || a.cfg.IsMember == nil || a.cfg.IsMember(name)
+	return a.cfg.IsMember == nil || a.liveLocked(name)
 }
 
 // joinedRing is the ring join(s, o) will have.

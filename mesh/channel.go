@@ -52,15 +52,33 @@ func (s Sender) Broadcast(msg []byte) {
 		s.m.channels.queue.QueueBroadcast(simpleBroadcast(env))
 		return
 	}
+	// One TCP stream per member, broadcastParallel at a time: sent one
+	// after the other, a state to a large mesh took as many round trips as
+	// members (and a slow member held up all the rest), while the caller
+	// (often memberlist's single packet handler) waited. Receivers join
+	// states, so their order does not matter.
+	sem := make(chan struct{}, broadcastParallel)
+	var wg sync.WaitGroup
 	for _, n := range s.m.list.Members() {
 		if n.Name == s.m.cfg.Name {
 			continue
 		}
-		if err := s.m.list.SendReliable(n, env); err != nil {
-			s.m.log.Debug("failed to send broadcast", "peer", n.Name, "error", err)
-		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := s.m.list.SendReliable(n, env); err != nil {
+				s.m.log.Debug("failed to send broadcast", "peer", n.Name, "error", err)
+			}
+		}()
 	}
+	wg.Wait()
 }
+
+// broadcastParallel bounds the TCP streams one large Broadcast opens at
+// once.
+const broadcastParallel = 16
 
 // SendTo sends msg to the named member over TCP.
 func (s Sender) SendTo(peer string, msg []byte) error {
