@@ -3,7 +3,6 @@
 package k8se2e
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -25,40 +24,29 @@ type cgroupMount struct {
 // cgroupMounts lists the cgroup hierarchies of the root mount namespace
 // under /sys/fs/cgroup.
 func cgroupMounts() ([]cgroupMount, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := testnet.Mounts()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	var out []cgroupMount
 	seen := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
+	for _, m := range mounts {
+		if (m.FSType != "cgroup" && m.FSType != "cgroup2") || !strings.HasPrefix(m.Point, "/sys/fs/cgroup") || seen[m.Point] {
 			continue
 		}
-		a, b := strings.Fields(pre), strings.Fields(post)
-		if len(a) < 5 || len(b) < 3 || (b[0] != "cgroup" && b[0] != "cgroup2") {
-			continue
-		}
-		point := a[4]
-		if !strings.HasPrefix(point, "/sys/fs/cgroup") || seen[point] {
-			continue
-		}
-		seen[point] = true
+		seen[m.Point] = true
 		var opts []string
-		for _, o := range strings.Split(b[2], ",") {
-			if o != "rw" && o != "ro" {
+		for _, o := range strings.Split(m.SuperOptions, ",") {
+			if o != "rw" && o != "ro" && o != "" {
 				opts = append(opts, o)
 			}
 		}
-		out = append(out, cgroupMount{point: point, fstype: b[0], options: strings.Join(opts, ",")})
+		out = append(out, cgroupMount{point: m.Point, fstype: m.FSType, options: strings.Join(opts, ",")})
 	}
 	if len(out) == 0 {
 		return nil, errors.New("no cgroup hierarchy mounted under /sys/fs/cgroup")
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 // cgroupV2Only reports whether the machine has the unified hierarchy alone.

@@ -23,13 +23,13 @@ type cgroup struct {
 
 // cgroup2Root is the mount point of the cgroup v2 hierarchy, or "".
 func cgroup2Root() string {
-	mounts, err := readMountInfo()
+	mounts, err := Mounts()
 	if err != nil {
 		return ""
 	}
 	for _, m := range mounts {
-		if m.fstype == "cgroup2" {
-			return m.mountPoint
+		if m.FSType == "cgroup2" {
+			return m.Point
 		}
 	}
 	return ""

@@ -94,8 +94,8 @@ func teardownDir(dir string, cg *cgroup) error {
 	}
 	nsIDs := map[string]bool{}
 	for _, m := range mounts {
-		if m.fstype == "nsfs" {
-			nsIDs[m.root] = true // e.g. "net:[4026532177]", as readlink of /proc/PID/ns/net
+		if m.FSType == "nsfs" {
+			nsIDs[m.Root] = true // e.g. "net:[4026532177]", as readlink of /proc/PID/ns/net
 		}
 	}
 	if err := killInNamespaces(nsIDs, killTimeout); err != nil {
@@ -192,12 +192,12 @@ func unmountUnder(dir string) error {
 		if len(mounts) == 0 {
 			return nil
 		}
-		sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].mountPoint) > len(mounts[j].mountPoint) })
+		sort.Slice(mounts, func(i, j int) bool { return len(mounts[i].Point) > len(mounts[j].Point) })
 		for _, m := range mounts {
-			if err := unix.Unmount(m.mountPoint, 0); err != nil {
+			if err := unix.Unmount(m.Point, 0); err != nil {
 				// Busy (e.g. a process of another run still has a file
 				// open there): detach it now, the kernel frees it later.
-				_ = unix.Unmount(m.mountPoint, unix.MNT_DETACH)
+				_ = unix.Unmount(m.Point, unix.MNT_DETACH)
 			}
 		}
 	}
@@ -210,48 +210,50 @@ func unmountUnder(dir string) error {
 
 // mountsUnder lists the mounts of this process's mount namespace at or below
 // dir.
-func mountsUnder(dir string) ([]mountInfo, error) {
-	all, err := readMountInfo()
+func mountsUnder(dir string) ([]Mount, error) {
+	all, err := Mounts()
 	if err != nil {
 		return nil, err
 	}
-	var res []mountInfo
+	var res []Mount
 	for _, m := range all {
-		if m.mountPoint == dir || strings.HasPrefix(m.mountPoint, dir+"/") {
+		if m.Point == dir || strings.HasPrefix(m.Point, dir+"/") {
 			res = append(res, m)
 		}
 	}
 	return res, nil
 }
 
-type mountInfo struct {
-	root, mountPoint, fstype string
+// Mount is one line of /proc/self/mountinfo.
+type Mount struct {
+	Root, Point, FSType string
+	// SuperOptions are the filesystem's options (after the " - "), e.g.
+	// "rw,cpu" for a cgroup v1 hierarchy.
+	SuperOptions string
 }
 
-// readMountInfo parses /proc/self/mountinfo.
-func readMountInfo() ([]mountInfo, error) {
+// Mounts parses /proc/self/mountinfo: the mounts of this process's mount
+// namespace, escapes undone.
+func Mounts() ([]Mount, error) {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("failed to read mountinfo: %w", err)
 	}
-	var res []mountInfo
+	var res []Mount
 	for _, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 5 || sep+1 >= len(fields) {
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
 			continue
 		}
-		res = append(res, mountInfo{
-			root:       unescapeOctal(fields[3]),
-			mountPoint: unescapeOctal(fields[4]),
-			fstype:     fields[sep+1],
-		})
+		a, b := strings.Fields(pre), strings.Fields(post)
+		if len(a) < 5 || len(b) < 1 {
+			continue
+		}
+		m := Mount{Root: unescapeOctal(a[3]), Point: unescapeOctal(a[4]), FSType: b[0]}
+		if len(b) >= 3 {
+			m.SuperOptions = b[2]
+		}
+		res = append(res, m)
 	}
 	return res, nil
 }

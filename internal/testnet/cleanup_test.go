@@ -49,7 +49,7 @@ func leftovers(t *testing.T, dir string, pids []int) []string {
 		t.Fatal(err)
 	}
 	for _, m := range mounts {
-		res = append(res, "mount "+m.mountPoint)
+		res = append(res, "mount "+m.Point)
 	}
 	if _, err := os.Stat(dir); err == nil {
 		res = append(res, "directory "+dir)
