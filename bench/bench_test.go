@@ -456,14 +456,16 @@ func configureBareWG(h *testnet.Host, p *testnet.Proc, i int, own wgKeyPair, pee
 func uapiSet(sock, conf string, p *testnet.Proc) error {
 	var c net.Conn
 	var err error
-	for range 100 {
+	// Polled every 10 ms: part 7 times wireguard-go's start to its
+	// first packet, which this wait must not round up.
+	for range 1000 {
 		if p.Exited() {
 			return fmt.Errorf("wireguard-go exited:\n%s", p.Log())
 		}
 		if c, err = net.DialTimeout("unix", sock, time.Second); err == nil {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	if err != nil {
 		return err
