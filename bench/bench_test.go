@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
@@ -281,32 +282,16 @@ func benchDataplane(t *testing.T, r *report) {
 	// The bare wireguard-go pair, same module version, same MTU.
 	wgBin := testnet.BuildBinary(t, "golang.zx2c4.com/wireguard")
 	var wgProcs []*testnet.Proc
-	type keys struct{ priv, pub string }
-	var ks []keys
+	var ks []wgKeyPair
 	for _, h := range hosts {
-		p := h.Start(t, wgBin, []string{"-f", bareDev}, append([]string{"LOG_LEVEL=error"}, wgEnv...))
-		wgProcs = append(wgProcs, p)
-		priv, pub := wgKeys(t)
-		ks = append(ks, keys{priv, pub})
+		wgProcs = append(wgProcs, startBareWG(t, h, wgBin))
+		ks = append(ks, newWGKeyPair(t))
 	}
 	for i, h := range hosts {
 		o := 1 - i
-		conf := fmt.Sprintf("set=1\nprivate_key=%s\nlisten_port=%d\nreplace_peers=true\npublic_key=%s\nendpoint=%s:%d\nreplace_allowed_ips=true\nallowed_ip=%s/32\n\n",
-			ks[i].priv, barePort, ks[o].pub, hosts[o].Addr, barePort, bareAddr(o+1))
-		if err := uapiSet(h.Path("/run/wireguard/"+bareDev+".sock"), conf, wgProcs[i]); err != nil {
-			t.Fatalf("configuring wireguard-go on %s: %v", h.Name, err)
+		if err := configureBareWG(h, wgProcs[i], i+1, ks[i], ks[o].pub, hosts[o], r.mtu); err != nil {
+			t.Fatal(err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		for _, args := range [][]string{
-			{"addr", "add", bareAddr(i+1) + "/24", "dev", bareDev},
-			{"link", "set", bareDev, "mtu", strconv.Itoa(r.mtu), "up"},
-		} {
-			if out, err := h.Run(ctx, "ip", args...); err != nil {
-				cancel()
-				t.Fatalf("ip %v: %v\n%s", args, err, out)
-			}
-		}
-		cancel()
 	}
 	time.Sleep(time.Second)
 	for _, p := range wgProcs {
@@ -326,10 +311,29 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 	r.tput = map[string][]float64{}
 	r.tputErr = map[string]string{}
+	// CPU per byte carried: both ends' processes, both ends' tunnels.
+	probes := map[string]*cpuProbe{"wg": {hosts: hosts, dev: bareDev}}
+	for _, p := range wgProcs {
+		probes["wg"].pgids = append(probes["wg"].pgids, p.PID())
+	}
+	if overlay != "" {
+		probes["mesh"] = &cpuProbe{hosts: hosts, dev: fastdp.DefaultDeviceName}
+		for _, n := range nodes {
+			probes["mesh"].pgids = append(probes["mesh"].pgids, n.Proc.PID())
+		}
+	}
+	r.cpu = map[string][]cpuSample{}
 	for round := range iperfRounds {
 		for _, tg := range targets {
 			if tg.addr == "" || r.tputErr[tg.name] != "" {
 				continue
+			}
+			probe := probes[tg.name]
+			if probe != nil {
+				if err := probe.start(); err != nil {
+					t.Errorf("CPU of %s round %d: %v", tg.name, round+1, err)
+					probe = nil
+				}
 			}
 			bps, err := iperf(h1, tg.addr, iperfSecs)
 			if err != nil {
@@ -338,6 +342,15 @@ func benchDataplane(t *testing.T, r *report) {
 				continue
 			}
 			r.tput[tg.name] = append(r.tput[tg.name], bps)
+			if probe != nil {
+				s, err := probe.stop()
+				if err != nil {
+					t.Errorf("CPU of %s round %d: %v", tg.name, round+1, err)
+					continue
+				}
+				t.Logf("%s round %d: %v CPU for %d bytes through %s: %.2f s/GB", tg.name, round+1, s.cpu, s.bytes, probe.dev, s.perGB())
+				r.cpu[tg.name] = append(r.cpu[tg.name], s)
+			}
 		}
 	}
 	if overlay != "" {
@@ -401,19 +414,58 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 }
 
+type wgKeyPair struct{ priv, pub string }
+
+func newWGKeyPair(t *testing.T) wgKeyPair {
+	priv, pub := wgKeys(t)
+	return wgKeyPair{priv, pub}
+}
+
+// startBareWG starts a bare wireguard-go in the foreground on h, its
+// device bareDev.
+func startBareWG(t *testing.T, h *testnet.Host, wgBin string) *testnet.Proc {
+	return h.Start(t, wgBin, []string{"-f", bareDev}, append([]string{"LOG_LEVEL=error"}, wgEnv...))
+}
+
+// configureBareWG configures the bare wireguard-go p on h, host number i
+// (1-based) of its pair, by hand as an operator would with `wg set` and
+// `ip`: its key and port, the other host's key, endpoint and address
+// (peerPub, peer), then the device's address, MTU and link up.
+func configureBareWG(h *testnet.Host, p *testnet.Proc, i int, own wgKeyPair, peerPub string, peer *testnet.Host, mtu int) error {
+	o := 3 - i
+	conf := fmt.Sprintf("set=1\nprivate_key=%s\nlisten_port=%d\nreplace_peers=true\npublic_key=%s\nendpoint=%s:%d\nreplace_allowed_ips=true\nallowed_ip=%s/32\n\n",
+		own.priv, barePort, peerPub, peer.Addr, barePort, bareAddr(o))
+	if err := uapiSet(h.Path("/run/wireguard/"+bareDev+".sock"), conf, p); err != nil {
+		return fmt.Errorf("configuring wireguard-go on %s: %w", h.Name, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, args := range [][]string{
+		{"addr", "add", bareAddr(i) + "/24", "dev", bareDev},
+		{"link", "set", bareDev, "mtu", strconv.Itoa(mtu), "up"},
+	} {
+		if out, err := h.Run(ctx, "ip", args...); err != nil {
+			return fmt.Errorf("ip %v on %s: %w\n%s", args, h.Name, err, out)
+		}
+	}
+	return nil
+}
+
 // uapiSet sends one UAPI set operation to wireguard-go's socket (what `wg
 // set` does) once the socket exists, and checks the answer.
 func uapiSet(sock, conf string, p *testnet.Proc) error {
 	var c net.Conn
 	var err error
-	for range 100 {
+	// Polled every 10 ms: part 7 times wireguard-go's start to its
+	// first packet, which this wait must not round up.
+	for range 1000 {
 		if p.Exited() {
 			return fmt.Errorf("wireguard-go exited:\n%s", p.Log())
 		}
 		if c, err = net.DialTimeout("unix", sock, time.Second); err == nil {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 	if err != nil {
 		return err
@@ -500,6 +552,7 @@ type report struct {
 	meshIdle, meshLoad []memory // host1 (sender), host2 (receiver)
 	wgIdle, wgLoad     []memory
 	bidir              []bidirResult
+	cpu                map[string][]cpuSample // per round: "mesh", "wg"
 	meshBidir, wgBidir []memory
 	loadStart          string
 	kdf                *kdfCost
@@ -643,6 +696,7 @@ func (r *report) print(w io.Writer) {
 	for _, b := range r.bidir {
 		p("   %-34s %8.2f Gbit/s   (iperf3 --bidir, both directions summed; for the memory bound)\n", names[b.name]+" bidir", b.bps/1e9)
 	}
+	r.printCPU(p)
 
 	p("\n4. Memory (VmRSS idle after start; VmHWM = peak RSS after the iperf3 rounds)\n")
 	p("   %-34s %12s %12s %12s %12s\n", "", "idle host1", "idle host2", "peak host1", "peak host2")

@@ -34,7 +34,11 @@ type restartResult struct {
 	// until host1 reached every overlay address; -1: not measured.
 	reach    time.Duration
 	reachErr string
-	err      string
+	// bareFirst: start of wireguard-go on the second host of a bare
+	// pair, configured by hand, to the first reply through it.
+	bareFirst []time.Duration
+	bareErr   string
+	err       string
 }
 
 // benchRestart: two hosts with a pod each; a pod on host1 pings the pod
@@ -155,7 +159,58 @@ func benchRestart(t *testing.T, r *report) {
 			t.Log(err)
 		}
 	}
+	benchBareFirstPacket(t, tn, res)
 	benchReach(t, res)
+}
+
+// benchBareFirstPacket measures what part 7's launch-to-first-reply
+// figures compare with: a bare wireguard-go pair configured by hand. On
+// two new hosts, wireguard-go runs on the first, configured; each round
+// starts wireguard-go on the second, configures it as an operator would
+// (UAPI set as `wg set` does, then `ip addr`, `ip link ... up`, one
+// command after another) and pings the first's tunnel address every
+// 20 ms until it answers: the time from that start to the first reply.
+// Then the second is stopped (SIGTERM) for the next round.
+func benchBareFirstPacket(t *testing.T, tn *testnet.Net, res *restartResult) {
+	fail := func(format string, a ...any) {
+		res.bareErr = fmt.Sprintf(format, a...)
+		t.Error(res.bareErr)
+	}
+	h1, h2 := tn.AddHost(t), tn.AddHost(t)
+	wgBin := testnet.BuildBinary(t, "golang.zx2c4.com/wireguard")
+	k1, k2 := newWGKeyPair(t), newWGKeyPair(t)
+	const mtu = 1500 - 80
+	p1 := startBareWG(t, h1, wgBin)
+	if err := configureBareWG(h1, p1, 1, k1, k2.pub, h2, mtu); err != nil {
+		fail("%v", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	for round := range restartRounds {
+		start := time.Now()
+		p2 := startBareWG(t, h2, wgBin)
+		if err := configureBareWG(h2, p2, 2, k2, k1.pub, h1, mtu); err != nil {
+			fail("%v", err)
+			return
+		}
+		configured := time.Since(start)
+		err := testnet.Poll(30*time.Second, 20*time.Millisecond, func() error {
+			_, err := h2.Run(ctx, "ping", "-c", "1", "-i", "0.02", "-w", "2", bareAddr(1))
+			return err
+		})
+		took := time.Since(start)
+		if err != nil {
+			fail("bare wireguard-go round %d: %v\n%s", round+1, err, p2.Log())
+			return
+		}
+		t.Logf("bare wireguard-go round %d: configured %v after start, first reply %v after start", round+1, configured, took)
+		res.bareFirst = append(res.bareFirst, took)
+		if err := p2.Stop(15 * time.Second); err != nil {
+			fail("stopping wireguard-go on %s: %v", h2.Name, err)
+			return
+		}
+	}
 }
 
 // reachHosts is the size of the mesh whose time to full reachability
@@ -247,6 +302,17 @@ func (r *report) printRestart(p func(string, ...any)) {
 		p("   restart into a running mesh, launch to first reply (median, SIGTERM): %d ms (goal 500 ms: %s)\n", m.Milliseconds(), verdict(m >= 0 && m <= 500*time.Millisecond))
 	}
 	switch {
+	case res.bareErr != "":
+		p("   bare wireguard-go pair: failed: %s\n", firstLine(res.bareErr))
+	case len(res.bareFirst) > 0:
+		var ts []string
+		for _, d := range res.bareFirst {
+			ts = append(ts, fmt.Sprint(d.Milliseconds()))
+		}
+		p("   bare wireguard-go pair configured by hand, start of the second to the first reply: %s ms (median %d ms)\n", strings.Join(ts, ","), median(res.bareFirst).Milliseconds())
+		r.printFirstPacket(p)
+	}
+	switch {
 	case res.reachErr != "":
 		p("   %d-host mesh, last launch to host1 reaching every overlay address: failed: %s\n", reachHosts, firstLine(res.reachErr))
 	case res.reach >= 0:
@@ -299,4 +365,28 @@ func linesSince(log string, since time.Time, match ...string) string {
 		out = append(out, strings.TrimSpace(l))
 	}
 	return strings.Join(out, "\n")
+}
+
+// printFirstPacket prints the medians of the first packet after launch
+// side by side: mesh restarting into a running mesh (SIGTERM), a new
+// mesh node (which must first obtain a range), the bare wireguard-go pair.
+func (r *report) printFirstPacket(p func(string, ...any)) {
+	res := r.restart
+	var restart []time.Duration
+	for _, s := range res.kinds[meshtest.RestartSIGTERM] {
+		restart = append(restart, s.first)
+	}
+	bare := median(res.bareFirst)
+	row := func(name string, d []time.Duration) {
+		if len(d) == 0 {
+			p("     %-44s not measured\n", name)
+			return
+		}
+		m := median(d)
+		p("     %-44s %6d ms   %5.2f x bare\n", name, m.Milliseconds(), float64(m)/float64(bare))
+	}
+	p("   first packet after launch, medians side by side:\n")
+	row("mesh, restart into a running mesh (SIGTERM)", restart)
+	row("mesh, new node joining", res.joinNew)
+	row("bare wireguard-go pair, configured by hand", res.bareFirst)
 }
