@@ -1,0 +1,146 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// TestRelayChain: four hosts whose data plane reaches only the next one in
+// a chain (UDP 6784 passes between host1-host2, host2-host3 and
+// host3-host4, and is dropped between every other pair, both ways; gossip
+// still reaches everyone). Pods on host1 and host4 reach each other through
+// host2 and host3, each node routing to its own next hop. No loop: each
+// host that routes a packet decrements its TTL and drops it when the TTL
+// would reach 0, so an echo sent with TTL k+1 crosses at most k routing
+// hosts. With TTL 5 the echoes pass both ways (the four hosts, each
+// once); with TTL 4 they do not (the check counts the relays). A packet
+// that went around a loop would cross more hosts and be dropped.
+func TestRelayChain(t *testing.T) {
+	_, nodes, ctx := cniMesh(t, 4, 8*time.Minute)
+	hosts := []*testnet.Host{nodes[0].Host, nodes[1].Host, nodes[2].Host, nodes[3].Host}
+	a, err := addPod(ctx, t, hosts[0], "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := addPod(ctx, t, hosts[3], "podd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping := func(from, to *pod, ttl int) error {
+		if out, err := from.exec(ctx, "ping", "-c", "1", "-W", "2", "-t", strconv.Itoa(ttl), to.ip.String()); err != nil {
+			return fmt.Errorf("%s cannot ping %s with TTL %d: %v\n%s", from.name, to.name, ttl, err, out)
+		}
+		return nil
+	}
+	both := func(ttl int) error {
+		if err := ping(a, d, ttl); err != nil {
+			return err
+		}
+		return ping(d, a, ttl)
+	}
+	// Direct, the routers are the two ends' hosts: TTL 3 passes, 2 does
+	// not. This calibrates the TTL check below.
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error { return both(3) })
+	if err := ping(a, d, 2); err == nil {
+		t.Fatal("an echo with TTL 2 crossed two routing hosts")
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		for _, n := range nodes {
+			for _, o := range nodes {
+				if n == o {
+					continue
+				}
+				c, err := connTo(n, o.Host.Name)
+				if err != nil {
+					return err
+				}
+				if c.DirectPath != api.PathUp {
+					return fmt.Errorf("before the cut, %s shows %s direct path %q", n.Host.Name, o.Host.Name, c.DirectPath)
+				}
+			}
+		}
+		return nil
+	})
+
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, h := range hosts {
+			h.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+		}
+	})
+	// Only neighbours in the chain keep their data plane.
+	for i := range hosts {
+		for j := range hosts {
+			if i == j || i-j == 1 || j-i == 1 {
+				continue
+			}
+			if err := blockDataPlane(ctx, hosts[i], hosts[j]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cut := time.Now()
+	// Every node's next hop towards each far peer, from its own position.
+	want := []struct{ from, to, via int }{
+		{0, 2, 1}, {0, 3, 1}, {1, 3, 2}, {2, 0, 1}, {3, 0, 2}, {3, 1, 2},
+	}
+	routed := func() error {
+		for _, w := range want {
+			c, err := connTo(nodes[w.from], hosts[w.to].Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != hosts[w.via].Name || c.DirectPath != api.PathDown {
+				return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s, down",
+					hosts[w.from].Name, hosts[w.to].Name, c.Via, c.DirectPath, hosts[w.via].Name)
+			}
+		}
+		for _, pair := range [][2]int{{0, 1}, {1, 2}, {2, 3}} {
+			c, err := connTo(nodes[pair[0]], hosts[pair[1]].Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != "" || c.DirectPath != api.PathUp {
+				return fmt.Errorf("%s shows its chain neighbour %s via %q, direct path %q; want direct, up",
+					hosts[pair[0]].Name, hosts[pair[1]].Name, c.Via, c.DirectPath)
+			}
+		}
+		return nil
+	}
+	testnet.Eventually(t, 90*time.Second, 500*time.Millisecond, func() error {
+		if err := routed(); err != nil {
+			return err
+		}
+		return both(64)
+	})
+	t.Logf("routed along the chain %v after the cut", time.Since(cut).Round(100*time.Millisecond))
+
+	// Four routing hosts: TTL 5 passes, 4 does not, both ways, and that
+	// holds for every echo of a stream.
+	for i := range 10 {
+		if err := both(5); err != nil {
+			t.Fatalf("echo %d along the chain: %v", i, err)
+		}
+	}
+	if err := ping(a, d, 4); err == nil {
+		t.Fatal("an echo with TTL 4 crossed four routing hosts: the TTL check does not count the relays")
+	}
+	if err := ping(d, a, 4); err == nil {
+		t.Fatal("an echo with TTL 4 crossed four routing hosts back: the TTL check does not count the relays")
+	}
+	if err := routed(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if st := n.MustStatus(); len(st.Problems) != 0 {
+			t.Fatalf("%s reports problems while relaying: %v", n.Host.Name, st.Problems)
+		}
+	}
+}
