@@ -34,7 +34,9 @@ func (d *Daemon) openProber() {
 		return
 	}
 	d.prober = p
-	d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) { *m = m.WithPaths(mesh.PathMeta{NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference}) })
+	d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {
+		*m = m.WithPaths(mesh.PathMeta{NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference})
+	})
 }
 
 // startPaths starts the path loop, which owns the prober from then on.
