@@ -254,9 +254,8 @@ func Relays(self string, reports []PathReport) map[string]string {
 			if done[v] || v == u || down[u][v] {
 				continue
 			}
-			c := cost[u].through(u, u != src)
-			if next[v] < 0 || c.less(cost[v]) {
-				cost[v] = c
+			if next[v] < 0 || cost[u].throughLess(u, u != src, cost[v]) {
+				cost[v] = cost[u].through(u, u != src)
 				if u == src {
 					next[v] = v
 				} else {
@@ -297,6 +296,24 @@ func (c pathCost) less(o pathCost) bool {
 	for w := len(c.set) - 1; w >= 0; w-- {
 		if c.set[w] != o.set[w] {
 			return c.set[w] < o.set[w]
+		}
+	}
+	return false
+}
+
+// throughLess says whether c.through(u, relay) is less than o, without
+// building it: Dijkstra compares far more often than it improves.
+func (c pathCost) throughLess(u int, relay bool, o pathCost) bool {
+	if c.hops+1 != o.hops {
+		return c.hops+1 < o.hops
+	}
+	for w := len(c.set) - 1; w >= 0; w-- {
+		x := c.set[w]
+		if relay && u/64 == w {
+			x |= 1 << (u % 64)
+		}
+		if x != o.set[w] {
+			return x < o.set[w]
 		}
 	}
 	return false

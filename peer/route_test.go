@@ -227,3 +227,25 @@ func TestRelaysConsistent(t *testing.T) {
 		}
 	}
 }
+
+// The choice stays cheap for a large mesh with many broken paths: one
+// Dijkstra over all nodes from self, per reconcile.
+func BenchmarkRelays(b *testing.B) {
+	var names []string
+	for i := range 300 {
+		names = append(names, fmt.Sprintf("node%03d", i))
+	}
+	var edges []string
+	for i := range names {
+		for j := i + 1; j < len(names); j++ {
+			if (i+j)%3 != 0 {
+				edges = append(edges, names[i]+"-"+names[j])
+			}
+		}
+	}
+	reports := graphReports(strings.Join(names, " "), edges...)
+	b.ResetTimer()
+	for range b.N {
+		Relays(names[0], reports)
+	}
+}
