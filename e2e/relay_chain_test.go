@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -20,7 +21,12 @@ import (
 // would reach 0, so an echo sent with TTL k+1 crosses at most k routing
 // hosts. With TTL 5 the echoes pass both ways (the four hosts, each
 // once); with TTL 4 they do not (the check counts the relays). A packet
-// that went around a loop would cross more hosts and be dropped.
+// that went around a loop would cross more hosts and be dropped. And a
+// counter of the test's own on every host counts each echo and answer
+// forwarded from WireGuard back into WireGuard: exactly once on host2 and
+// host3, never on the ends; mesh's own counter of what a node routes for
+// others (mesh_relayed_bytes_total, status relayedBytes) grows by at least
+// their bytes on the relays and not at all on the ends.
 func TestRelayChain(t *testing.T) {
 	_, nodes, ctx := cniMesh(t, 4, 8*time.Minute)
 	hosts := []*testnet.Host{nodes[0].Host, nodes[1].Host, nodes[2].Host, nodes[3].Host}
@@ -137,6 +143,82 @@ func TestRelayChain(t *testing.T) {
 	}
 	if err := routed(); err != nil {
 		t.Fatal(err)
+	}
+
+	// Ten echoes of 1000 bytes of payload (IP packets of 1028 bytes) and
+	// their ten answers.
+	const echoTable = "relaychaintest"
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, h := range hosts {
+			h.Run(cctx, "nft", "delete", "table", "ip", echoTable)
+		}
+	})
+	for _, h := range hosts {
+		for _, args := range [][]string{
+			{"add", "table", "ip", echoTable},
+			{"add", "chain", "ip", echoTable, "counted", "{ type filter hook forward priority 10; policy accept; }"},
+			{"add", "counter", "ip", echoTable, "echo"},
+			{"add", "counter", "ip", echoTable, "redirects"},
+			{"add", "rule", "ip", echoTable, "counted", "iifname", "mesh-wg", "oifname", "mesh-wg", "icmp", "type", "{ echo-request, echo-reply }", "ip", "length", "1028", "counter", "name", "echo"},
+			{"add", "rule", "ip", echoTable, "counted", "iifname", "mesh-wg", "oifname", "mesh-wg", "icmp", "type", "redirect", "counter", "name", "redirects"},
+		} {
+			if out, err := h.Run(ctx, "nft", args...); err != nil {
+				t.Fatalf("nft %v on %s: %v: %s", args, h.Name, err, out)
+			}
+		}
+	}
+	echoes := func(h *testnet.Host, name string) int64 {
+		out, err := h.Run(ctx, "nft", "list", "counter", "ip", echoTable, name)
+		if err != nil {
+			t.Fatalf("nft list counter %s on %s: %v: %s", name, h.Name, err, out)
+		}
+		_, rest, ok := strings.Cut(out, "packets ")
+		f := strings.Fields(rest)
+		if !ok || len(f) == 0 {
+			t.Fatalf("no packet count in %q", out)
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			t.Fatalf("packet count in %q: %v", out, err)
+		}
+		return n
+	}
+	relayedBytes := func() []int64 {
+		var out []int64
+		for _, n := range nodes {
+			out = append(out, n.MustStatus().RelayedBytes)
+		}
+		return out
+	}
+	before := relayedBytes()
+	out, err := a.exec(ctx, "ping", "-c", "10", "-i", "0.2", "-W", "2", "-s", "1000", d.ip.String())
+	if err != nil || !strings.Contains(out, "10 packets transmitted, 10 received") {
+		t.Fatalf("ten echoes along the chain: %v\n%s", err, out)
+	}
+	after := relayedBytes()
+	for i, h := range hosts {
+		relay := i == 1 || i == 2
+		want := int64(0)
+		if relay {
+			want = 20
+		}
+		if got := echoes(h, "echo"); got != want {
+			t.Errorf("%s forwarded %d echoes and answers from WireGuard back into it, want %d", h.Name, got, want)
+		}
+		got := after[i] - before[i]
+		if relay && got < 20*1028 || !relay && got != 0 {
+			t.Errorf("%s's relayedBytes grew by %d during ten echoes of 1028 bytes and their answers (before %d, after %d)", h.Name, got, before[i], after[i])
+		}
+		t.Logf("%s: relayedBytes +%d, forwarded ICMP redirects %d", h.Name, got, echoes(h, "redirects"))
+	}
+	code, body, err := httpGet(hosts[1], "http://127.0.0.1:6782/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics on %s = %d, %v", hosts[1].Name, code, err)
+	}
+	if !strings.Contains(body, "mesh_relayed_bytes_total ") || strings.Contains(body, "mesh_relayed_bytes_total 0\n") {
+		t.Fatalf("%s's metrics lack a non-zero mesh_relayed_bytes_total", hosts[1].Name)
 	}
 	for _, n := range nodes {
 		if st := n.MustStatus(); len(st.Problems) != 0 {
