@@ -226,3 +226,88 @@ func TestRelayChain(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayPreference: host1 and host2 lose their direct path; host3 and
+// host4 both reach both, and host4 runs --relay-preference 10. Both ends
+// relay through host4, although host3's name is smaller: the preference
+// travels in the path report and decides before the name.
+func TestRelayPreference(t *testing.T) {
+	testnet.RequireRoot(t)
+	tn := testnet.New(t, testnet.Options{Hosts: 4, Prefix: "rp"})
+	hosts := tn.Hosts()
+	var nodes []*node
+	for i, h := range hosts {
+		var peers []*testnet.Host
+		var extra []string
+		if i > 0 {
+			peers = hosts[:1]
+		}
+		if i == 3 {
+			extra = []string{"--relay-preference", "10"}
+		}
+		nodes = append(nodes, launch(t, h, peers, extra...))
+	}
+	dumpLogsOnFailure(t, nodes...)
+	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
+	waitConnected(t, nodes)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	a, err := addPod(ctx, t, hosts[0], "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, hosts[1], "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := func() error {
+		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
+			return fmt.Errorf("pod a cannot ping pod b: %v\n%s", err, out)
+		}
+		if out, err := b.exec(ctx, "ping", "-c", "1", "-W", "2", a.ip.String()); err != nil {
+			return fmt.Errorf("pod b cannot ping pod a: %v\n%s", err, out)
+		}
+		return nil
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		hosts[0].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+		hosts[1].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+	})
+	for _, pair := range [][2]*testnet.Host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
+		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		for _, pair := range [][2]int{{0, 1}, {1, 0}} {
+			c, err := connTo(nodes[pair[0]], hosts[pair[1]].Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != hosts[3].Name {
+				return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s (preferred)",
+					hosts[pair[0]].Name, hosts[pair[1]].Name, c.Via, c.DirectPath, hosts[3].Name)
+			}
+		}
+		return both()
+	})
+	// host4 carries the pair, host3 nothing.
+	before := nodes[2].MustStatus().RelayedBytes
+	for range 3 {
+		if err := both(); err != nil {
+			t.Fatalf("relayed traffic stopped: %v", err)
+		}
+	}
+	if got := nodes[3].MustStatus().RelayedBytes; got == 0 {
+		t.Fatalf("%s, the preferred relay, routed nothing for others", hosts[3].Name)
+	}
+	if got := nodes[2].MustStatus().RelayedBytes; got != before {
+		t.Fatalf("%s routed %d bytes for others while %s relays", hosts[2].Name, got-before, hosts[3].Name)
+	}
+}
