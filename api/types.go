@@ -24,6 +24,10 @@ type Status struct {
 	Dataplane   string       `json:"dataplane,omitempty"`
 	MTU         int          `json:"mtu,omitempty"`
 	Connections []Connection `json:"connections,omitempty"`
+	// RelayedBytes is what this node routed for others (docs/routing.md):
+	// the IP packets it forwarded from the WireGuard device back into it,
+	// since the counter's nftables table was created.
+	RelayedBytes int64 `json:"relayedBytes,omitempty"`
 
 	// Policies are the NetworkPolicies enforced on this node, when the
 	// policy controller runs (with --kube).

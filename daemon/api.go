@@ -69,6 +69,10 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	if err := d.natErr.get(); err != nil {
 		st.Problems = append(st.Problems, "NAT: "+err.Error())
 	}
+	st.RelayedBytes = int64(d.relayedBytes())
+	if err := d.relayedErr.get(); err != nil {
+		st.Problems = append(st.Problems, "relayed-traffic counter: "+err.Error())
+	}
 	if err := d.isoErr.get(); err != nil {
 		st.Problems = append(st.Problems, "port isolation: "+err.Error())
 	}

@@ -81,6 +81,10 @@ type Config struct {
 	// NoRelay: this node never carries traffic between two other nodes
 	// whose direct path is down (docs/routing.md).
 	NoRelay bool
+	// RelayPreference: among equally short relay paths, the others prefer
+	// those through nodes with a higher value (docs/routing.md); from
+	// -MaxRelayPreference to MaxRelayPreference.
+	RelayPreference int
 
 	// NoPortIsolation turns the bridge's port isolation and the underlay
 	// source check off (for benchmarks and debugging only).
@@ -144,6 +148,9 @@ func (c *Config) Validate() error {
 	}
 	if c.AcceptLegacyKey && !c.hasPassword() {
 		return errors.New("--accept-legacy-key needs the password (--password-file or MESH_PASSWORD): the previous release derived its key from it")
+	}
+	if c.RelayPreference < -mesh.MaxRelayPreference || c.RelayPreference > mesh.MaxRelayPreference {
+		return fmt.Errorf("--relay-preference must be from %d to %d", -mesh.MaxRelayPreference, mesh.MaxRelayPreference)
 	}
 	if c.Port < 1 || c.Port > 65535 {
 		return errors.New("--port must be from 1 to 65535")

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/mesh"
 )
 
 // TestValidateMTUUsesDataplaneBounds: an --mtu the data plane would refuse at
@@ -90,5 +91,32 @@ func TestValidateRequiresPassword(t *testing.T) {
 	cfg.Peers = []string{"192.0.2.1"}
 	if err := cfg.Validate(); err != nil || cfg.Peers[0] != "192.0.2.1:6783" {
 		t.Fatalf("Validate() = %v, peers %v", err, cfg.Peers)
+	}
+}
+
+func TestValidateRelayPreference(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pref int
+		ok   bool
+	}{
+		{"default", 0, true},
+		{"highest", mesh.MaxRelayPreference, true},
+		{"lowest", -mesh.MaxRelayPreference, true},
+		{"too high", mesh.MaxRelayPreference + 1, false},
+		{"too low", -mesh.MaxRelayPreference - 1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.RelayPreference = tc.pref
+			err := c.Validate()
+			if tc.ok != (err == nil) {
+				t.Fatalf("Validate() = %v, want ok %v", err, tc.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), "--relay-preference") {
+				t.Fatalf("error %v does not name --relay-preference", err)
+			}
+		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
+	"github.com/meshnet/mesh/fastdp/relayed"
 	"github.com/meshnet/mesh/identity"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/isolation"
@@ -37,6 +38,7 @@ type Daemon struct {
 	// touches it.
 	remembered *rememberedPeers
 	nat        natTable          // noNAT with --dataplane none
+	relayed    relayCounter      // noRelayCounter with --dataplane none
 	policy     podPolicy         // noPolicy unless --kube and not --no-policy
 	attach     *attach.Manager   // `mesh attach`: namespaces attached by hand
 	iso        *isolation.Tables // nil without a data plane or with --no-port-isolation
@@ -80,6 +82,8 @@ type Daemon struct {
 	cniDone atomic.Bool
 	cniErr  lastError // last failure to install the CNI plugin
 	natErr  lastError // last error of the NAT table
+	// relayedErr: last error of the relayed-traffic counter's table
+	relayedErr lastError
 
 	health loopHealth // progress of the main loops, for /healthz
 	// badMeta: member name -> why it gets no WireGuard peer (logged once).
@@ -127,7 +131,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	}
 	d := &Daemon{cfg: cfg, log: log, id: id, served: make(chan error, 1), kick: make(chan struct{}, 1), keys: ks,
 		ipamMembers: make(chan map[string]bool, 1),
-		leaving:     make(chan struct{}), policy: noPolicy{}, nat: noNAT{}}
+		leaving:     make(chan struct{}), policy: noPolicy{}, nat: noNAT{}, relayed: noRelayCounter{}}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -155,6 +159,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 			return nil, err
 		}
 		d.nat = nat.New()
+		d.relayed = relayed.New()
 	}
 	d.rec = peer.NewReconciler(d.dp, log)
 	d.remembered = loadRemembered(cfg.path(rememberedFileName), time.Now(), log)

@@ -72,6 +72,40 @@ type noNAT struct{}
 
 func (noNAT) Set(*nat.Config) error { return nil }
 
+// relayCounter counts what this node routes for others (a
+// *relayed.Counter), or noRelayCounter without a data plane. Set is
+// idempotent and blocks on one netlink transaction at most.
+type relayCounter interface {
+	Set(device string) error
+	Read() (packets, bytes uint64, err error)
+}
+
+type noRelayCounter struct{}
+
+func (noRelayCounter) Set(string) error              { return nil }
+func (noRelayCounter) Read() (uint64, uint64, error) { return 0, 0, nil }
+
+// applyRelayCounter keeps the table that counts traffic routed from the
+// WireGuard device back into it (docs/routing.md, "Operation"); every
+// reconcile restores it if it went missing. A failure is reported in the
+// status; it costs only the metric.
+func (d *Daemon) applyRelayCounter() {
+	err := d.relayed.Set(d.cfg.WGDevice)
+	if d.relayedErr.set(err) && err != nil {
+		d.log.Warn("failed to apply the relayed-traffic counter", "error", err)
+	}
+}
+
+// relayedBytes is what this node has routed for others since the counter's
+// table was created; 0 when it cannot be read.
+func (d *Daemon) relayedBytes() uint64 {
+	_, b, err := d.relayed.Read()
+	if err != nil {
+		return 0
+	}
+	return b
+}
+
 func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 	d.reconcileDataplane(ctx, members)
 	d.maybeInstallCNI()
@@ -88,6 +122,7 @@ func (d *Daemon) reconcileDataplane(ctx context.Context, members []mesh.Member) 
 		d.remembered.save(in, members)
 	}
 	d.applyNAT(overlay, members)
+	d.applyRelayCounter()
 }
 
 // applyNAT keeps the NAT table (outbound masquerade, overlay source for

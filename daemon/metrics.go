@@ -66,6 +66,7 @@ func (d *Daemon) ready() error {
 var (
 	descPeers      = prometheus.NewDesc("mesh_peers", "Members of the mesh by state, this node included.", []string{"state"}, nil)
 	descRelayed    = prometheus.NewDesc("mesh_relayed_peers", "Peers whose ranges this node routes through a relay because their direct path is down.", nil, nil)
+	descRelayBytes = prometheus.NewDesc("mesh_relayed_bytes_total", "Bytes this node routed for others: IP packets forwarded from the WireGuard device back into it (nftables counter; restarts from 0 when its table is recreated).", nil, nil)
 	descRelayChg   = prometheus.NewDesc("mesh_relay_changes_total", "Applied data-plane configs that moved a peer's ranges to a relay, to another relay or back to the direct path.", nil, nil)
 	descConns      = prometheus.NewDesc("mesh_connections", "Data-plane connections by state.", []string{"state"}, nil)
 	descHandshake  = prometheus.NewDesc("mesh_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer.", []string{"peer"}, nil)
@@ -89,7 +90,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayBytes, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
 	}
 }
@@ -164,6 +165,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(n), string(s))
 	}
 	ch <- prometheus.MustNewConstMetric(descRelayed, prometheus.GaugeValue, float64(relayed))
+	ch <- prometheus.MustNewConstMetric(descRelayBytes, prometheus.CounterValue, float64(d.relayedBytes()))
 	rs := d.rec.Counters()
 	ch <- prometheus.MustNewConstMetric(descRelayChg, prometheus.CounterValue, float64(rs.RelayChanges))
 	ch <- prometheus.MustNewConstMetric(descRecErr, prometheus.CounterValue, float64(rs.Errors))

@@ -34,7 +34,9 @@ func (d *Daemon) openProber() {
 		return
 	}
 	d.prober = p
-	d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) { *m = m.WithPaths(mesh.PathMeta{NoRelay: d.cfg.NoRelay}) })
+	d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {
+		*m = m.WithPaths(mesh.PathMeta{NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference})
+	})
 }
 
 // startPaths starts the path loop, which owns the prober from then on.
@@ -100,9 +102,10 @@ func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 }
 
 // publishPaths announces this node's path report when it changed: its
-// overlay IP as probe address, the peers it sees down, --no-relay.
+// overlay IP as probe address, the peers it sees down, --no-relay and
+// --relay-preference.
 func (d *Daemon) publishPaths() {
-	want := mesh.PathMeta{Down: d.rec.Paths().Down(), NoRelay: d.cfg.NoRelay}
+	want := mesh.PathMeta{Down: d.rec.Paths().Down(), NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference}
 	if a, ok := d.ipam.OverlayIP(); ok {
 		want.Probe = a.String()
 	}
@@ -126,7 +129,7 @@ func (d *Daemon) publishPaths() {
 
 func samePaths(a, b mesh.PathMeta) bool {
 	return a.Version == b.Version && a.Probe == b.Probe && slices.Equal(a.Down, b.Down) &&
-		a.Overflow == b.Overflow && a.NoRelay == b.NoRelay
+		a.Overflow == b.Overflow && a.NoRelay == b.NoRelay && a.Preference == b.Preference
 }
 
 // probeAddr is the member's probe address, if it reports one this node can
@@ -157,7 +160,7 @@ func (d *Daemon) pathReports(members []mesh.Member) []peer.PathReport {
 		}
 		r := peer.PathReport{Name: m.Name, Live: m.State.Live() || m.Name == d.id.Name}
 		if paths != nil && !paths.Overflow {
-			r.Known, r.Down, r.NoRelay = true, paths.Down, paths.NoRelay
+			r.Known, r.Down, r.NoRelay, r.Preference = true, paths.Down, paths.NoRelay, paths.Preference
 		}
 		out = append(out, r)
 	}

@@ -21,7 +21,7 @@ func TestPathReports(t *testing.T) {
 	members := []mesh.Member{
 		{Name: "a", Self: true, State: api.MemberAlive}, // gossip has not echoed a's report yet
 		{Name: "b", State: api.MemberAlive, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{Down: []string{"a"}, Probe: "10.36.0.1"})},
-		{Name: "c", State: api.MemberSuspect, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{NoRelay: true})},
+		{Name: "c", State: api.MemberSuspect, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{NoRelay: true, Preference: 3})},
 		{Name: "d", State: api.MemberAlive},
 		{Name: "e", State: api.MemberAlive, Meta: mesh.Meta{Paths: &mesh.PathMeta{Version: mesh.PathMetaVersion, Overflow: true}}},
 		{Name: "f", State: api.MemberDead, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{})},
@@ -30,13 +30,13 @@ func TestPathReports(t *testing.T) {
 	want := []peer.PathReport{
 		{Name: "a", Live: true, Known: true, Down: []string{"b"}},
 		{Name: "b", Live: true, Known: true, Down: []string{"a"}},
-		{Name: "c", Live: true, Known: true, NoRelay: true},
+		{Name: "c", Live: true, Known: true, NoRelay: true, Preference: 3},
 		{Name: "d", Live: true},
 		{Name: "e", Live: true},
 		{Name: "f", Known: true},
 	}
 	if !slices.EqualFunc(got, want, func(a, b peer.PathReport) bool {
-		return a.Name == b.Name && a.Live == b.Live && a.Known == b.Known && a.NoRelay == b.NoRelay && slices.Equal(a.Down, b.Down)
+		return a.Name == b.Name && a.Live == b.Live && a.Known == b.Known && a.NoRelay == b.NoRelay && a.Preference == b.Preference && slices.Equal(a.Down, b.Down)
 	}) {
 		t.Fatalf("pathReports =\n%+v\nwant\n%+v", got, want)
 	}

@@ -66,7 +66,7 @@ func testDaemon(t *testing.T) (*Daemon, *fastdptest.Dataplane) {
 	}
 	dp := fastdptest.New("")
 	d := &Daemon{cfg: cfg, log: log, id: identity.Identity{Name: "n1"}, keys: &keyStore{}, ipam: a, dp: dp,
-		rec: peer.NewReconciler(dp, log), mtu: 1420, policy: noPolicy{}, nat: noNAT{}}
+		rec: peer.NewReconciler(dp, log), mtu: 1420, policy: noPolicy{}, nat: noNAT{}, relayed: noRelayCounter{}}
 	d.self.key = key
 	return d, dp
 }

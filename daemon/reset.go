@@ -12,6 +12,7 @@ import (
 	"github.com/meshnet/mesh/cni/install"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
+	"github.com/meshnet/mesh/fastdp/relayed"
 	"github.com/meshnet/mesh/isolation"
 	"github.com/meshnet/mesh/policy"
 )
@@ -65,6 +66,9 @@ func Reset(ctx context.Context, o ResetOptions) error {
 	}
 	if err := nat.New().Remove(); err != nil {
 		return fmt.Errorf("failed to remove the NAT table: %w", err)
+	}
+	if err := relayed.New().Remove(); err != nil {
+		return fmt.Errorf("failed to remove the relayed-traffic counter's table: %w", err)
 	}
 	if err := isolation.New().Remove(); err != nil {
 		return fmt.Errorf("failed to remove the port-isolation tables: %w", err)

@@ -184,11 +184,14 @@ func TestReset(t *testing.T) {
 	if out, err := n.Host.Run(ctx, "nft", "list", "tables"); err != nil || !strings.Contains(out, "bridge mesh-isolation") || !strings.Contains(out, "inet mesh-isolation") {
 		t.Fatalf("isolation tables gone after SIGTERM (%v):\n%s", err, out)
 	}
+	if out, err := n.Host.Run(ctx, "nft", "list", "tables"); err != nil || !strings.Contains(out, "ip mesh-relay") {
+		t.Fatalf("no relayed-traffic counter table (%v):\n%s", err, out)
+	}
 	if _, err := n.Host.Run(ctx, n.Bin, "reset", "--state"); err != nil {
 		t.Fatalf("reset: %v", err)
 	}
-	if out, _ := n.Host.Run(ctx, "nft", "list", "tables"); strings.Contains(out, "mesh-isolation") {
-		t.Fatalf("reset left the isolation tables:\n%s", out)
+	if out, _ := n.Host.Run(ctx, "nft", "list", "tables"); strings.Contains(out, "mesh-isolation") || strings.Contains(out, "mesh-relay") {
+		t.Fatalf("reset left the isolation tables or the relayed-traffic counter:\n%s", out)
 	}
 	links, _ := n.Host.Run(ctx, "ip", "-o", "link", "show")
 	routes, _ := n.Host.Run(ctx, "ip", "route", "show", "proto", "109")

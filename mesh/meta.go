@@ -52,7 +52,15 @@ type PathMeta struct {
 	// NoRelay means the node refuses to carry traffic between others
 	// (--no-relay).
 	NoRelay bool `json:"n,omitempty"`
+	// Preference is the node's --relay-preference, 0 when absent. Added
+	// within version 1: a node of the first release of path reports
+	// ignores the unknown field and ranks relays by name alone.
+	Preference int `json:"f,omitempty"`
 }
+
+// MaxRelayPreference bounds PathMeta.Preference both ways; a received
+// value beyond it counts as the bound.
+const MaxRelayPreference = 100
 
 // MaxMetaKeys bounds Meta.Keys, which keeps the metadata under MetaLimit.
 const MaxMetaKeys = 8
@@ -97,6 +105,11 @@ func DecodeMeta(b []byte) (Meta, error) {
 			// Cutting the list would claim paths the sender does
 			// not have.
 			p.Down, p.Overflow = nil, true
+		}
+		if p.Preference > MaxRelayPreference {
+			p.Preference = MaxRelayPreference
+		} else if p.Preference < -MaxRelayPreference {
+			p.Preference = -MaxRelayPreference
 		}
 	}
 	return m, nil

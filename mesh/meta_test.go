@@ -29,9 +29,15 @@ func TestPathMeta(t *testing.T) {
 		wantDown     []string
 		wantOverflow bool
 		wantNoRelay  bool
+		wantPref     int
 	}{
 		{name: "round trip", p: PathMeta{Probe: "10.32.0.1", Down: []string{"host2"}, NoRelay: true},
 			wantPaths: true, wantDown: []string{"host2"}, wantNoRelay: true},
+		{name: "preference", p: PathMeta{Preference: -7}, wantPaths: true, wantPref: -7},
+		{name: "first release of the format: no preference", wire: `{"id":"x","p":{"v":1,"d":["a"],"n":true}}`,
+			wantPaths: true, wantDown: []string{"a"}, wantNoRelay: true},
+		{name: "preference beyond the bound", wire: `{"id":"x","p":{"v":1,"f":1000000}}`, wantPaths: true, wantPref: MaxRelayPreference},
+		{name: "preference below the bound", wire: `{"id":"x","p":{"v":1,"f":-1000000}}`, wantPaths: true, wantPref: -MaxRelayPreference},
 		{name: "nothing down", p: PathMeta{Probe: "10.32.0.1"}, wantPaths: true},
 		{name: "previous release", wire: `{"id":"x","wg":"k","dp":6784}`},
 		{name: "later format", wire: `{"id":"x","p":{"v":2,"d":["a"]}}`},
@@ -63,8 +69,8 @@ func TestPathMeta(t *testing.T) {
 			if m.Paths == nil {
 				return
 			}
-			if !slices.Equal(m.Paths.Down, tt.wantDown) || m.Paths.Overflow != tt.wantOverflow || m.Paths.NoRelay != tt.wantNoRelay {
-				t.Fatalf("paths = %+v, want down %v overflow %v noRelay %v", m.Paths, tt.wantDown, tt.wantOverflow, tt.wantNoRelay)
+			if !slices.Equal(m.Paths.Down, tt.wantDown) || m.Paths.Overflow != tt.wantOverflow || m.Paths.NoRelay != tt.wantNoRelay || m.Paths.Preference != tt.wantPref {
+				t.Fatalf("paths = %+v, want down %v overflow %v noRelay %v preference %d", m.Paths, tt.wantDown, tt.wantOverflow, tt.wantNoRelay, tt.wantPref)
 			}
 		})
 	}

@@ -1,7 +1,9 @@
 package peer
 
 import (
+	"cmp"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -152,54 +154,177 @@ type PathReport struct {
 	Down []string
 	// NoRelay: the node refuses to carry others' traffic (--no-relay).
 	NoRelay bool
+	// Preference (--relay-preference): among equally short paths, the one
+	// whose least preferred relay is more preferred wins; 0 for a node
+	// that publishes none.
+	Preference int
 }
 
-// Relays returns, for each peer whose direct path from self is down, the
-// name of the relay that carries its ranges: a live node that reaches both
-// directly and relays. A pair's path counts as down when either end reports
-// it down (pairUp), so both ends see the same graph from the same gossip;
-// among the relays, the smallest name wins, so that both ends pick the same
-// one, as routing through a relay needs (docs/routing.md). Peers whose path
-// is up, or that no relay reaches, are not in the result: they stay
-// direct, and the direct path keeps being tried.
+// Relays returns, for each peer whose direct path from self is down and
+// that some chain of relays reaches, the next hop towards it: the direct
+// peer whose WireGuard entry carries its ranges. Every node computes it
+// from its own position in the same graph (docs/routing.md, "More than one
+// hop"):
+//
+//   - the direct path between two nodes that both report counts as up
+//     unless either end reports it down, so both ends of a pair see the
+//     same edge;
+//   - a relay (any node of a path but its two ends) is live, reports, and
+//     does not run --no-relay;
+//   - among the paths with the fewest hops, the one whose set of relays
+//     is best wins, sets compared by their worst relay where they differ
+//     (relayRank: the lower preference, then the larger name). Two
+//     different shortest paths between the same ends never have the same
+//     set of relays (each node of a shortest path sits at its distance
+//     from the start), so the best path is unique; it is the same read
+//     from either end, and every part of it is the best path between its
+//     own ends. That makes each node's next hop continue the path its
+//     predecessor chose, and the way back the same path reversed, which
+//     WireGuard needs: it accepts a packet only from the peer whose
+//     AllowedIPs hold its source.
+//
+// Peers whose direct path is up are not in the result (the direct path is
+// the only one-hop path), nor are peers no path reaches: they stay direct,
+// and the direct path keeps being tried.
 func Relays(self string, reports []PathReport) map[string]string {
 	byName := make(map[string]PathReport, len(reports))
 	for _, r := range reports {
-		if r.Name != "" {
+		if r.Name != "" && r.Known {
 			byName[r.Name] = r
 		}
 	}
-	me, ok := byName[self]
-	if !ok || !me.Known {
+	if _, ok := byName[self]; !ok {
 		return nil
 	}
 	names := make([]string, 0, len(byName))
 	for name := range byName {
 		names = append(names, name)
 	}
-	slices.Sort(names)
-	out := map[string]string{}
-	for _, x := range names {
-		dst := byName[x]
-		if x == self || !dst.Known || pairUp(me, dst) {
-			continue
+	// Index nodes by rank, best relay first: a path's cost below is the
+	// set of its relays' indices.
+	slices.SortFunc(names, func(a, b string) int { return relayRank(byName[a], byName[b]) })
+	n := len(names)
+	idx := make(map[string]int, n)
+	for i, name := range names {
+		idx[name] = i
+	}
+	// down[i] holds the indices of the nodes whose direct path to i is
+	// down by either end's report.
+	down := make([]map[int]bool, n)
+	for i := range down {
+		down[i] = map[int]bool{}
+	}
+	for i, name := range names {
+		for _, d := range byName[name].Down {
+			if j, ok := idx[d]; ok && j != i {
+				down[i][j], down[j][i] = true, true
+			}
 		}
-		for _, r := range names {
-			via := byName[r]
-			if r == self || r == x || !via.Live || !via.Known || via.NoRelay {
+	}
+	relays := func(i int) bool { r := byName[names[i]]; return r.Live && !r.NoRelay }
+
+	// Dijkstra from self over the cost (hops, set of relays). The set is
+	// a bitmap compared as a binary number, highest index (worst relay)
+	// first: the sum of 2^index over the relays, so the cost adds up along
+	// a path as Dijkstra needs.
+	src := idx[self]
+	cost := make([]pathCost, n)
+	done := make([]bool, n)
+	next := make([]int, n) // first hop from self; -1: unreached
+	for i := range next {
+		next[i] = -1
+	}
+	cost[src] = pathCost{set: make([]uint64, (n+63)/64)}
+	next[src] = src
+	for {
+		u := -1
+		for i := range n {
+			if !done[i] && next[i] >= 0 && (u < 0 || cost[i].less(cost[u])) {
+				u = i
+			}
+		}
+		if u < 0 {
+			break
+		}
+		done[u] = true
+		if u != src && !relays(u) {
+			continue // an end, never a relay
+		}
+		for v := range n {
+			if done[v] || v == u || down[u][v] {
 				continue
 			}
-			if pairUp(me, via) && pairUp(via, dst) {
-				out[x] = r
-				break
+			if next[v] < 0 || cost[u].throughLess(u, u != src, cost[v]) {
+				cost[v] = cost[u].through(u, u != src)
+				if u == src {
+					next[v] = v
+				} else {
+					next[v] = next[u]
+				}
 			}
+		}
+	}
+	out := map[string]string{}
+	for v := range n {
+		if v != src && next[v] >= 0 && next[v] != v {
+			out[names[v]] = names[next[v]]
 		}
 	}
 	return out
 }
 
-// pairUp says whether the direct path between a and b works as their
-// reports tell: neither end sees it down.
-func pairUp(a, b PathReport) bool {
-	return !slices.Contains(a.Down, b.Name) && !slices.Contains(b.Down, a.Name)
+// relayRank orders nodes as relays, best first: the higher preference,
+// then the smaller name.
+func relayRank(a, b PathReport) int {
+	if c := cmp.Compare(b.Preference, a.Preference); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Name, b.Name)
+}
+
+// pathCost is a path's cost: its hops, then the set of its relays (bit i:
+// the node of rank i), compared as a binary number.
+type pathCost struct {
+	hops int
+	set  []uint64
+}
+
+func (c pathCost) less(o pathCost) bool {
+	if c.hops != o.hops {
+		return c.hops < o.hops
+	}
+	for w := len(c.set) - 1; w >= 0; w-- {
+		if c.set[w] != o.set[w] {
+			return c.set[w] < o.set[w]
+		}
+	}
+	return false
+}
+
+// throughLess says whether c.through(u, relay) is less than o, without
+// building it: Dijkstra compares far more often than it improves.
+func (c pathCost) throughLess(u int, relay bool, o pathCost) bool {
+	if c.hops+1 != o.hops {
+		return c.hops+1 < o.hops
+	}
+	for w := len(c.set) - 1; w >= 0; w-- {
+		x := c.set[w]
+		if relay && u/64 == w {
+			x |= 1 << (u % 64)
+		}
+		if x != o.set[w] {
+			return x < o.set[w]
+		}
+	}
+	return false
+}
+
+// through is the cost one hop further from node u, which counts as a
+// relay when relay is set.
+func (c pathCost) through(u int, relay bool) pathCost {
+	set := slices.Clone(c.set)
+	if relay {
+		set[u/64] |= 1 << (u % 64)
+	}
+	return pathCost{hops: c.hops + 1, set: set}
 }

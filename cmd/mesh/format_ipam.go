@@ -60,7 +60,7 @@ func formatConnections(w io.Writer, st *api.Status, now time.Time) {
 		fmt.Fprintln(w, "The data plane is not running on this node (--dataplane none).")
 		return
 	}
-	fmt.Fprintf(w, "Data plane: %s, MTU %d\n\n", st.Dataplane, st.MTU)
+	fmt.Fprintf(w, "Data plane: %s, MTU %d, relayed for others: %s\n\n", st.Dataplane, st.MTU, bytesHuman(st.RelayedBytes))
 	cs := append([]api.Connection(nil), st.Connections...)
 	sort.Slice(cs, func(i, j int) bool { return cs[i].Peer < cs[j].Peer })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

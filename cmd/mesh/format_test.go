@@ -57,7 +57,7 @@ func sampleStatus() *api.Status {
 			{Namespace: "shop", Name: "web-ingress", Types: []string{"Ingress"}, Pods: []string{"shop/web-1", "shop/web-2"}, DeniedPackets: 42},
 			{Namespace: "default", Name: "deny-all", Types: []string{"Ingress", "Egress"}, Warnings: []string{`ipBlock "10.0.0.0/33" is not a CIDR: allows nothing`}},
 		},
-		Dataplane: "userspace", MTU: 1420,
+		Dataplane: "userspace", MTU: 1420, RelayedBytes: 5 << 20,
 		Connections: []api.Connection{
 			{Peer: "host-c", Endpoint: "192.0.2.12:6784", State: "failed", RxBytes: 0, TxBytes: 1480, DirectPath: api.PathDown, Via: "host-d"},
 			{Peer: "a-very-long-host-name", Endpoint: "192.0.2.10:6784", State: "established", LastHandshake: now.Add(-42 * time.Second).Format(time.RFC3339), RxBytes: 123456789, TxBytes: 2048,

@@ -51,6 +51,7 @@ func launch(args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.NoPolicy, "no-policy", false, "with --kube, do not enforce NetworkPolicies (and remove mesh's nftables table)")
 	fs.BoolVar(&cfg.NoMasquerade, "no-masquerade", false, "do not masquerade pod traffic leaving the cluster range (for an underlay that routes pod addresses)")
 	fs.BoolVar(&cfg.NoRelay, "no-relay", false, "never carry traffic between two other nodes whose direct path is down (docs/routing.md)")
+	fs.IntVar(&cfg.RelayPreference, "relay-preference", 0, "among equally short relay paths, others prefer nodes with a higher value (-100 to 100; docs/routing.md)")
 	noMasq := fs.String("no-masquerade-cidrs", "", "comma-separated destination CIDRs that pod traffic reaches without masquerade")
 	fs.DurationVar(&cfg.PolicyWait, "policy-wait", cfg.PolicyWait, "with --kube, how long a pod's CNI ADD waits for its NetworkPolicy rules before it fails (fail closed)")
 	fs.BoolVar(&cfg.NoPortIsolation, "no-port-isolation", false, "for benchmarks and debugging only: do not isolate pod ports on the bridge nor check underlay sources (removes the mesh-isolation tables)")

@@ -1,0 +1,313 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// TestRelayChain: four hosts whose data plane reaches only the next one in
+// a chain (UDP 6784 passes between host1-host2, host2-host3 and
+// host3-host4, and is dropped between every other pair, both ways; gossip
+// still reaches everyone). Pods on host1 and host4 reach each other through
+// host2 and host3, each node routing to its own next hop. No loop: each
+// host that routes a packet decrements its TTL and drops it when the TTL
+// would reach 0, so an echo sent with TTL k+1 crosses at most k routing
+// hosts. With TTL 5 the echoes pass both ways (the four hosts, each
+// once); with TTL 4 they do not (the check counts the relays). A packet
+// that went around a loop would cross more hosts and be dropped. And a
+// counter of the test's own on every host counts each echo and answer
+// forwarded from WireGuard back into WireGuard: exactly once on host2 and
+// host3, never on the ends; mesh's own counter of what a node routes for
+// others (mesh_relayed_bytes_total, status relayedBytes) grows by at least
+// their bytes on the relays and not at all on the ends.
+func TestRelayChain(t *testing.T) {
+	_, nodes, ctx := cniMesh(t, 4, 8*time.Minute)
+	hosts := []*testnet.Host{nodes[0].Host, nodes[1].Host, nodes[2].Host, nodes[3].Host}
+	a, err := addPod(ctx, t, hosts[0], "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := addPod(ctx, t, hosts[3], "podd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping := func(from, to *pod, ttl int) error {
+		if out, err := from.exec(ctx, "ping", "-c", "1", "-W", "2", "-t", strconv.Itoa(ttl), to.ip.String()); err != nil {
+			return fmt.Errorf("%s cannot ping %s with TTL %d: %v\n%s", from.name, to.name, ttl, err, out)
+		}
+		return nil
+	}
+	both := func(ttl int) error {
+		if err := ping(a, d, ttl); err != nil {
+			return err
+		}
+		return ping(d, a, ttl)
+	}
+	// Direct, the routers are the two ends' hosts: TTL 3 passes, 2 does
+	// not. This calibrates the TTL check below.
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error { return both(3) })
+	if err := ping(a, d, 2); err == nil {
+		t.Fatal("an echo with TTL 2 crossed two routing hosts")
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		for _, n := range nodes {
+			for _, o := range nodes {
+				if n == o {
+					continue
+				}
+				c, err := connTo(n, o.Host.Name)
+				if err != nil {
+					return err
+				}
+				if c.DirectPath != api.PathUp {
+					return fmt.Errorf("before the cut, %s shows %s direct path %q", n.Host.Name, o.Host.Name, c.DirectPath)
+				}
+			}
+		}
+		return nil
+	})
+
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, h := range hosts {
+			h.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+		}
+	})
+	// Only neighbours in the chain keep their data plane.
+	for i := range hosts {
+		for j := range hosts {
+			if i == j || i-j == 1 || j-i == 1 {
+				continue
+			}
+			if err := blockDataPlane(ctx, hosts[i], hosts[j]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cut := time.Now()
+	// Every node's next hop towards each far peer, from its own position.
+	want := []struct{ from, to, via int }{
+		{0, 2, 1}, {0, 3, 1}, {1, 3, 2}, {2, 0, 1}, {3, 0, 2}, {3, 1, 2},
+	}
+	routed := func() error {
+		for _, w := range want {
+			c, err := connTo(nodes[w.from], hosts[w.to].Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != hosts[w.via].Name || c.DirectPath != api.PathDown {
+				return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s, down",
+					hosts[w.from].Name, hosts[w.to].Name, c.Via, c.DirectPath, hosts[w.via].Name)
+			}
+		}
+		for _, pair := range [][2]int{{0, 1}, {1, 2}, {2, 3}} {
+			c, err := connTo(nodes[pair[0]], hosts[pair[1]].Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != "" || c.DirectPath != api.PathUp {
+				return fmt.Errorf("%s shows its chain neighbour %s via %q, direct path %q; want direct, up",
+					hosts[pair[0]].Name, hosts[pair[1]].Name, c.Via, c.DirectPath)
+			}
+		}
+		return nil
+	}
+	testnet.Eventually(t, 90*time.Second, 500*time.Millisecond, func() error {
+		if err := routed(); err != nil {
+			return err
+		}
+		return both(64)
+	})
+	t.Logf("routed along the chain %v after the cut", time.Since(cut).Round(100*time.Millisecond))
+
+	// Four routing hosts: TTL 5 passes, 4 does not, both ways, and that
+	// holds for every echo of a stream.
+	for i := range 10 {
+		if err := both(5); err != nil {
+			t.Fatalf("echo %d along the chain: %v", i, err)
+		}
+	}
+	if err := ping(a, d, 4); err == nil {
+		t.Fatal("an echo with TTL 4 crossed four routing hosts: the TTL check does not count the relays")
+	}
+	if err := ping(d, a, 4); err == nil {
+		t.Fatal("an echo with TTL 4 crossed four routing hosts back: the TTL check does not count the relays")
+	}
+	if err := routed(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Ten echoes of 1000 bytes of payload (IP packets of 1028 bytes) and
+	// their ten answers.
+	const echoTable = "relaychaintest"
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, h := range hosts {
+			h.Run(cctx, "nft", "delete", "table", "ip", echoTable)
+		}
+	})
+	for _, h := range hosts {
+		for _, args := range [][]string{
+			{"add", "table", "ip", echoTable},
+			{"add", "chain", "ip", echoTable, "counted", "{ type filter hook forward priority 10; policy accept; }"},
+			{"add", "counter", "ip", echoTable, "echo"},
+			{"add", "counter", "ip", echoTable, "redirects"},
+			{"add", "rule", "ip", echoTable, "counted", "iifname", "mesh-wg", "oifname", "mesh-wg", "icmp", "type", "{ echo-request, echo-reply }", "ip", "length", "1028", "counter", "name", "echo"},
+			{"add", "rule", "ip", echoTable, "counted", "iifname", "mesh-wg", "oifname", "mesh-wg", "icmp", "type", "redirect", "counter", "name", "redirects"},
+		} {
+			if out, err := h.Run(ctx, "nft", args...); err != nil {
+				t.Fatalf("nft %v on %s: %v: %s", args, h.Name, err, out)
+			}
+		}
+	}
+	echoes := func(h *testnet.Host, name string) int64 {
+		out, err := h.Run(ctx, "nft", "list", "counter", "ip", echoTable, name)
+		if err != nil {
+			t.Fatalf("nft list counter %s on %s: %v: %s", name, h.Name, err, out)
+		}
+		_, rest, ok := strings.Cut(out, "packets ")
+		f := strings.Fields(rest)
+		if !ok || len(f) == 0 {
+			t.Fatalf("no packet count in %q", out)
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			t.Fatalf("packet count in %q: %v", out, err)
+		}
+		return n
+	}
+	relayedBytes := func() []int64 {
+		var out []int64
+		for _, n := range nodes {
+			out = append(out, n.MustStatus().RelayedBytes)
+		}
+		return out
+	}
+	before := relayedBytes()
+	out, err := a.exec(ctx, "ping", "-c", "10", "-i", "0.2", "-W", "2", "-s", "1000", d.ip.String())
+	if err != nil || !strings.Contains(out, "10 packets transmitted, 10 received") {
+		t.Fatalf("ten echoes along the chain: %v\n%s", err, out)
+	}
+	after := relayedBytes()
+	for i, h := range hosts {
+		relay := i == 1 || i == 2
+		want := int64(0)
+		if relay {
+			want = 20
+		}
+		if got := echoes(h, "echo"); got != want {
+			t.Errorf("%s forwarded %d echoes and answers from WireGuard back into it, want %d", h.Name, got, want)
+		}
+		got := after[i] - before[i]
+		if relay && got < 20*1028 || !relay && got != 0 {
+			t.Errorf("%s's relayedBytes grew by %d during ten echoes of 1028 bytes and their answers (before %d, after %d)", h.Name, got, before[i], after[i])
+		}
+		t.Logf("%s: relayedBytes +%d, forwarded ICMP redirects %d", h.Name, got, echoes(h, "redirects"))
+	}
+	code, body, err := httpGet(hosts[1], "http://127.0.0.1:6782/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics on %s = %d, %v", hosts[1].Name, code, err)
+	}
+	if !strings.Contains(body, "mesh_relayed_bytes_total ") || strings.Contains(body, "mesh_relayed_bytes_total 0\n") {
+		t.Fatalf("%s's metrics lack a non-zero mesh_relayed_bytes_total", hosts[1].Name)
+	}
+	for _, n := range nodes {
+		if st := n.MustStatus(); len(st.Problems) != 0 {
+			t.Fatalf("%s reports problems while relaying: %v", n.Host.Name, st.Problems)
+		}
+	}
+}
+
+// TestRelayPreference: host1 and host2 lose their direct path; host3 and
+// host4 both reach both, and host4 runs --relay-preference 10. Both ends
+// relay through host4, although host3's name is smaller: the preference
+// travels in the path report and decides before the name.
+func TestRelayPreference(t *testing.T) {
+	testnet.RequireRoot(t)
+	tn := testnet.New(t, testnet.Options{Hosts: 4, Prefix: "rp"})
+	hosts := tn.Hosts()
+	var nodes []*node
+	for i, h := range hosts {
+		var peers []*testnet.Host
+		var extra []string
+		if i > 0 {
+			peers = hosts[:1]
+		}
+		if i == 3 {
+			extra = []string{"--relay-preference", "10"}
+		}
+		nodes = append(nodes, launch(t, h, peers, extra...))
+	}
+	dumpLogsOnFailure(t, nodes...)
+	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
+	waitConnected(t, nodes)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	a, err := addPod(ctx, t, hosts[0], "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, hosts[1], "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	both := func() error {
+		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
+			return fmt.Errorf("pod a cannot ping pod b: %v\n%s", err, out)
+		}
+		if out, err := b.exec(ctx, "ping", "-c", "1", "-W", "2", a.ip.String()); err != nil {
+			return fmt.Errorf("pod b cannot ping pod a: %v\n%s", err, out)
+		}
+		return nil
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		hosts[0].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+		hosts[1].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+	})
+	for _, pair := range [][2]*testnet.Host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
+		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		for _, pair := range [][2]int{{0, 1}, {1, 0}} {
+			c, err := connTo(nodes[pair[0]], hosts[pair[1]].Name)
+			if err != nil {
+				return err
+			}
+			if c.Via != hosts[3].Name {
+				return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s (preferred)",
+					hosts[pair[0]].Name, hosts[pair[1]].Name, c.Via, c.DirectPath, hosts[3].Name)
+			}
+		}
+		return both()
+	})
+	// host4 carries the pair, host3 nothing.
+	before := nodes[2].MustStatus().RelayedBytes
+	for range 3 {
+		if err := both(); err != nil {
+			t.Fatalf("relayed traffic stopped: %v", err)
+		}
+	}
+	if got := nodes[3].MustStatus().RelayedBytes; got == 0 {
+		t.Fatalf("%s, the preferred relay, routed nothing for others", hosts[3].Name)
+	}
+	if got := nodes[2].MustStatus().RelayedBytes; got != before {
+		t.Fatalf("%s routed %d bytes for others while %s relays", hosts[2].Name, got-before, hosts[3].Name)
+	}
+}

@@ -1,0 +1,82 @@
+package relayed
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/meshnet/mesh/internal/netnstest"
+	"github.com/meshnet/mesh/internal/testnet"
+	"golang.org/x/sys/unix"
+)
+
+func counterIn(t *testing.T, path string) *Counter {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return New(nftables.WithNetNSFd(fd))
+}
+
+// Set programs one rule counting forwarding from the device back into it,
+// leaves an unchanged table alone, restores a flushed one, follows a new
+// device name, and refuses a bad one; Remove deletes the table.
+func TestCounterSetReadRemove(t *testing.T) {
+	testnet.RequireRoot(t)
+	ns := netnstest.New(t)
+	c := counterIn(t, ns)
+	if _, b, err := c.Read(); err != nil || b != 0 {
+		t.Fatalf("Read without a table = %d, %v", b, err)
+	}
+	if err := c.Set("mesh-wg"); err != nil {
+		t.Fatal(err)
+	}
+	want := `iifname "mesh-wg" oifname "mesh-wg" counter name "relayed"`
+	if out := netnstest.Run(t, ns, "nft", "list", "table", "ip", TableName); !strings.Contains(out, want) || !strings.Contains(out, "hook forward") {
+		t.Fatalf("table lacks %q in a forward chain:\n%s", want, out)
+	}
+	handle := func() string {
+		out := netnstest.Run(t, ns, "nft", "-a", "list", "chain", "ip", TableName, chainName)
+		_, h, _ := strings.Cut(out, "# handle")
+		return h
+	}
+	before := handle()
+	if err := c.Set("mesh-wg"); err != nil {
+		t.Fatal(err)
+	}
+	if after := handle(); after != before {
+		t.Fatalf("an unchanged Set rewrote the table (handles %q, %q)", before, after)
+	}
+	netnstest.Run(t, ns, "nft", "flush", "ruleset")
+	if err := c.Set("mesh-wg"); err != nil {
+		t.Fatal(err)
+	}
+	if out := netnstest.Run(t, ns, "nft", "list", "table", "ip", TableName); !strings.Contains(out, want) {
+		t.Fatalf("Set did not restore a flushed table:\n%s", out)
+	}
+	if err := c.Set("other0"); err != nil {
+		t.Fatal(err)
+	}
+	if out := netnstest.Run(t, ns, "nft", "list", "table", "ip", TableName); !strings.Contains(out, `iifname "other0" oifname "other0"`) || strings.Contains(out, "mesh-wg") {
+		t.Fatalf("Set did not follow the new device:\n%s", out)
+	}
+	for _, bad := range []string{"", "a-name-that-is-too-long", "a\x00b"} {
+		if err := c.Set(bad); err == nil || !strings.Contains(err.Error(), TableName) {
+			t.Fatalf("Set(%q) = %v, want an error naming the table", bad, err)
+		}
+	}
+	if _, b, err := c.Read(); err != nil || b != 0 {
+		t.Fatalf("Read = %d, %v; want 0 with nothing forwarded", b, err)
+	}
+	if err := c.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := netnstest.Exec(ns, "nft", "list", "table", "ip", TableName); err == nil {
+		t.Fatalf("table still there after Remove:\n%s", out)
+	}
+	if err := c.Remove(); err != nil {
+		t.Fatalf("Remove of an absent table: %v", err)
+	}
+}
