@@ -109,6 +109,10 @@ func New(cfg Config) (*Membership, error) {
 	// ring's included; 15 s instead of 30 s halves the worst case.
 	mc.PushPullInterval = 15 * time.Second
 
+	// The targets exist before memberlist does: Create starts listening,
+	// and a peer's state exchange can report joins (observe, which tells
+	// the targets) before Create has even returned.
+	m.targets = newTargets(m, cfg)
 	list, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("failed to start gossip on port %d: %w", cfg.Port, err)
@@ -117,7 +121,6 @@ func New(cfg Config) (*Membership, error) {
 	self := list.LocalNode()
 	m.members[self.Name] = memberFromNode(self, true)
 	m.members[self.Name].Since = time.Now()
-	m.targets = newTargets(m, cfg)
 
 	return m, nil
 }
