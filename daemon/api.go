@@ -46,7 +46,7 @@ func (p peersAPI) Forget(address string) error {
 func (d *Daemon) Status(ctx context.Context) *api.Status {
 	st := &api.Status{Name: d.id.Name, PeerID: d.id.PeerID, Version: d.cfg.Version, Peers: []api.Peer{}, Targets: []api.Target{}}
 	for _, m := range d.members.Members() {
-		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self, KeyIDs: m.Meta.Keys})
+		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self, KeyIDs: m.Meta.Keys, Identity: m.Identity})
 	}
 	for _, t := range d.members.Targets() {
 		at := api.Target{Address: t.Address, Source: t.Source, State: t.State, Error: t.Error}
@@ -78,6 +78,9 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	}
 	if err := d.rec.Counters().LastError; err != nil {
 		st.Problems = append(st.Problems, "data plane: "+err.Error())
+	}
+	for _, p := range d.members.IdentityProblems() {
+		st.Problems = append(st.Problems, "identity: "+p)
 	}
 	return st
 }
