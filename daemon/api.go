@@ -13,7 +13,7 @@ import (
 // backend is what the control API serves from: the daemon's parts behind
 // the control package's interfaces.
 func (d *Daemon) backend() control.Backend {
-	return control.Backend{Status: d, Peers: peersAPI{d}, IPAM: ipamAPI{d}, Keys: keysAPI{d}, Attachments: attachAPI{d}, Lifecycle: lifecycleAPI{d}}
+	return control.Backend{Status: d, Peers: peersAPI{d}, IPAM: ipamAPI{d}, Keys: keysAPI{d}, Attachments: attachAPI{d}, Lifecycle: lifecycleAPI{d}, Identities: identitiesAPI{d}}
 }
 
 // peersAPI is control.Peers: the gossip targets.
@@ -83,4 +83,14 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 		st.Problems = append(st.Problems, "identity: "+p)
 	}
 	return st
+}
+
+// identitiesAPI is control.Identities: the name bindings of the membership.
+type identitiesAPI struct{ d *Daemon }
+
+func (i identitiesAPI) ForgetIdentity(name string) (bool, error) {
+	if name == i.d.id.Name {
+		return false, control.Mark(control.ErrInvalid, fmt.Errorf("refusing to forget the identity of this node's own name %q", name))
+	}
+	return i.d.members.ForgetIdentity(name)
 }
