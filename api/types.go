@@ -117,6 +117,9 @@ type Peer struct {
 	// KeyIDs are the mesh key IDs the peer advertises (none for a node of
 	// the previous release).
 	KeyIDs []string `json:"keyIDs,omitempty"`
+	// Identity is the start of the peer's verified signing public key;
+	// empty when its metadata is unsigned (a node of the previous release).
+	Identity string `json:"identity,omitempty"`
 }
 
 // Target is a peer address this node tries to join.

@@ -122,6 +122,13 @@ func code(err error) int {
 	}
 }
 
+// Identities releases a node name's binding to its signing identity (POST
+// /v1/forget-identity, `mesh forget-identity`) on this node; an empty or
+// own name is ErrInvalid.
+type Identities interface {
+	ForgetIdentity(name string) (bool, error)
+}
+
 // Backend is everything the control API serves from.
 type Backend struct {
 	Status      StatusSource
@@ -130,6 +137,7 @@ type Backend struct {
 	Keys        Keys
 	Attachments Attachments
 	Lifecycle   Lifecycle
+	Identities  Identities
 }
 
 // Handler returns the control API's routes (docs/architecture.md, "Control
@@ -155,6 +163,7 @@ func Handler(b Backend) http.Handler {
 		writeJSON(w, http.StatusOK, nonNil(b.Attachments.List()))
 	})
 	mux.HandleFunc("POST /v1/leave", leave(b.Lifecycle))
+	mux.HandleFunc("POST /v1/forget-identity", forgetIdentity(b.Identities))
 	return mux
 }
 

@@ -72,9 +72,12 @@ func (f *fake) Detach(ctx context.Context, netns, ifName string) ([]api.Attachme
 }
 func (f *fake) List() []api.Attachment { f.record("attachments"); return nil }
 func (f *fake) Leave() error           { return f.record("leave") }
+func (f *fake) ForgetIdentity(name string) (bool, error) {
+	return name == "b", f.record("forget-identity %s", name)
+}
 
 func backendOf(f *fake) Backend {
-	return Backend{Status: f, Peers: f, IPAM: f, Keys: f, Attachments: f, Lifecycle: f}
+	return Backend{Status: f, Peers: f, IPAM: f, Keys: f, Attachments: f, Lifecycle: f, Identities: f}
 }
 
 // TestHandler: every route's status codes and bodies, against a fake
@@ -110,6 +113,9 @@ func TestHandler(t *testing.T) {
 		{name: "gc", method: "POST", path: "/v1/ipam/gc", body: `{"network":"mesh","valid":[{"containerID":"c1","ifName":"eth0"}]}`, wantCode: 200, wantBody: `"released": 2`, wantCall: "gc mesh [{c1 eth0}]"},
 		{name: "gc bad JSON", method: "POST", path: "/v1/ipam/gc", body: `[]`, wantCode: 400, wantBody: "invalid request body"},
 		{name: "allocations empty", method: "GET", path: "/v1/ipam/allocations", wantCode: 200, wantBody: "[]", wantCall: "allocations"},
+		{name: "forget-identity", method: "POST", path: "/v1/forget-identity", body: `{"name":"b"}`, wantCode: 200, wantBody: `"released": true`, wantCall: "forget-identity b"},
+		{name: "forget-identity unbound", method: "POST", path: "/v1/forget-identity", body: `{"name":"c"}`, wantCode: 200, wantBody: `"released": false`, wantCall: "forget-identity c"},
+		{name: "forget-identity without name", method: "POST", path: "/v1/forget-identity", body: `{}`, wantCode: 400, wantBody: "node name is empty"},
 		{name: "rmpeer", method: "POST", path: "/v1/ipam/rmpeer", body: `{"name":"b"}`, wantCode: 200, wantBody: `"ranges": 3`, wantCall: "rmpeer b"},
 		{name: "rmpeer refused", method: "POST", path: "/v1/ipam/rmpeer", body: `{"name":"b"}`, err: Mark(ErrConflict, errors.New("refusing to remove b: it is alive")), wantCode: 409, wantBody: "refusing to remove b: it is alive", wantCall: "rmpeer b"},
 		{name: "rotate", method: "POST", path: "/v1/rotate", body: `{}`, wantCode: 200, wantBody: `"gossipKeyID": "k1"`, wantCall: "rotate false"},

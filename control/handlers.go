@@ -88,6 +88,17 @@ func leave(l Lifecycle) http.HandlerFunc {
 	})
 }
 
+// forgetIdentity is `mesh forget-identity NAME`.
+func forgetIdentity(ids Identities) http.HandlerFunc {
+	return call(func(_ *http.Request, req api.ForgetIdentityRequest) (api.ForgetIdentityResult, error) {
+		if req.Name == "" {
+			return api.ForgetIdentityResult{}, Mark(ErrInvalid, errors.New("forget-identity: the node name is empty"))
+		}
+		ok, err := ids.ForgetIdentity(req.Name)
+		return api.ForgetIdentityResult{Released: ok}, err
+	})
+}
+
 // checkNetNS refuses a namespace path that is not absolute: the daemon's
 // working directory means nothing to the CLI.
 func checkNetNS(req api.AttachRequest) error {

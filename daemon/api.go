@@ -13,7 +13,7 @@ import (
 // backend is what the control API serves from: the daemon's parts behind
 // the control package's interfaces.
 func (d *Daemon) backend() control.Backend {
-	return control.Backend{Status: d, Peers: peersAPI{d}, IPAM: ipamAPI{d}, Keys: keysAPI{d}, Attachments: attachAPI{d}, Lifecycle: lifecycleAPI{d}}
+	return control.Backend{Status: d, Peers: peersAPI{d}, IPAM: ipamAPI{d}, Keys: keysAPI{d}, Attachments: attachAPI{d}, Lifecycle: lifecycleAPI{d}, Identities: identitiesAPI{d}}
 }
 
 // peersAPI is control.Peers: the gossip targets.
@@ -46,7 +46,7 @@ func (p peersAPI) Forget(address string) error {
 func (d *Daemon) Status(ctx context.Context) *api.Status {
 	st := &api.Status{Name: d.id.Name, PeerID: d.id.PeerID, Version: d.cfg.Version, Peers: []api.Peer{}, Targets: []api.Target{}}
 	for _, m := range d.members.Members() {
-		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self, KeyIDs: m.Meta.Keys})
+		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self, KeyIDs: m.Meta.Keys, Identity: m.Identity})
 	}
 	for _, t := range d.members.Targets() {
 		at := api.Target{Address: t.Address, Source: t.Source, State: t.State, Error: t.Error}
@@ -79,5 +79,18 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	if err := d.rec.Counters().LastError; err != nil {
 		st.Problems = append(st.Problems, "data plane: "+err.Error())
 	}
+	for _, p := range d.members.IdentityProblems() {
+		st.Problems = append(st.Problems, "identity: "+p)
+	}
 	return st
+}
+
+// identitiesAPI is control.Identities: the name bindings of the membership.
+type identitiesAPI struct{ d *Daemon }
+
+func (i identitiesAPI) ForgetIdentity(name string) (bool, error) {
+	if name == i.d.id.Name {
+		return false, control.Mark(control.ErrInvalid, fmt.Errorf("refusing to forget the identity of this node's own name %q", name))
+	}
+	return i.d.members.ForgetIdentity(name)
 }

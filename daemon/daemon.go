@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net"
@@ -125,6 +127,10 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
+	signKey, err := identity.LoadOrCreateSigningKey(cfg.path("signing.key"))
+	if err != nil {
+		return nil, err
+	}
 	pub, err := key.Public()
 	if err != nil {
 		return nil, err
@@ -167,6 +173,11 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	mc := mesh.DefaultConfig()
 	mc.Name = id.Name
 	meta := mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort}
+	// Set before any WithPaths, so that the path report leaves room for
+	// the signature; SignMeta sets it again.
+	meta.SignKey = base64.StdEncoding.EncodeToString(signKey.Public().(ed25519.PublicKey))
+	mc.SigningKey = signKey
+	mc.BindingsFile = cfg.path("identities.json")
 	mc.AdvertiseAddr = cfg.AdvertiseAddr
 	mc.Port = cfg.Port
 	mc.Targets = cfg.Peers

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/ipam"
+	"github.com/meshnet/mesh/mesh"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshnet/mesh/api"
@@ -75,6 +76,7 @@ var (
 	descIPAM       = prometheus.NewDesc("mesh_ipam_addresses", "Addresses of this node by kind: owned, allocated, free.", []string{"kind"}, nil)
 	descBlocked    = prometheus.NewDesc("mesh_ipam_blocked", "1 for the kind of wait that currently stops this node's IPAM (see mesh status ipam), 0 for the others.", []string{"reason"}, nil)
 	descRejected   = prometheus.NewDesc("mesh_ipam_rejected_total", "Remote IPAM input refused by a bound (docs/ipam.md), by reason; only a peer holding the mesh key can send it.", []string{"reason"}, nil)
+	descIdRefused  = prometheus.NewDesc("mesh_identity_refused_total", "Alive messages and metadata of other nodes refused by the name binding (docs/architecture.md, Trust and keys), by reason.", []string{"reason"}, nil)
 	descUnreach    = prometheus.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", nil, nil)
 	descRecErr     = prometheus.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", nil, nil)
 	descRecRuns    = prometheus.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", nil, nil)
@@ -90,7 +92,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayBytes, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayBytes, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descIdRefused, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
 	}
 }
@@ -129,6 +131,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, r := range ipam.RejectReasons {
 		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.Rejected[r]), r)
+	}
+	idRefused := d.members.IdentityRefusals()
+	for _, r := range mesh.RefusedReasons {
+		ch <- prometheus.MustNewConstMetric(descIdRefused, prometheus.CounterValue, float64(idRefused[r]), r)
 	}
 	for name, n := range d.policy.DeniedPackets() {
 		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)

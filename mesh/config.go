@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"crypto/ed25519"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -38,6 +39,13 @@ type Config struct {
 	RememberedFile string
 	// RetryMin and RetryMax bound the backoff between join attempts.
 	RetryMin, RetryMax time.Duration
+	// SigningKey is the node's long-term identity (identity.
+	// LoadOrCreateSigningKey); it signs the metadata. Nil sends unsigned
+	// metadata, as the previous release did (tests only).
+	SigningKey ed25519.PrivateKey
+	// BindingsFile persists the name → identity bindings. Empty keeps them
+	// in memory only (tests).
+	BindingsFile string
 	// Logger receives membership events and memberlist's own log lines.
 	Logger *slog.Logger
 }

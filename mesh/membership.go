@@ -4,6 +4,7 @@
 package mesh
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log"
@@ -26,6 +27,9 @@ type Member struct {
 	Self    bool
 	Meta    Meta
 	MetaErr error
+	// Identity is the start of the member's signing public key, empty
+	// when its metadata is unsigned (a node of the previous release).
+	Identity string
 	// Since is when this node last saw State change.
 	Since time.Time
 }
@@ -38,6 +42,7 @@ type Membership struct {
 	list     *memberlist.Memberlist
 	delegate *delegate
 	keyring  *memberlist.Keyring // nil without encryption
+	bindings *bindings
 
 	mu      sync.Mutex
 	members map[string]*Member // every node ever seen since start, dead ones too
@@ -66,12 +71,17 @@ func New(cfg Config) (*Membership, error) {
 	if err != nil {
 		return nil, err
 	}
+	bind, err := newBindings(cfg.BindingsFile, cfg.Name, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
 	m := &Membership{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		members: make(map[string]*Member),
-		byeFrom: make(map[string]bool),
-		done:    make(chan struct{}),
+		bindings: bind,
+		cfg:      cfg,
+		log:      cfg.Logger,
+		members:  make(map[string]*Member),
+		byeFrom:  make(map[string]bool),
+		done:     make(chan struct{}),
 	}
 	m.channels.init(m)
 
@@ -100,6 +110,7 @@ func New(cfg Config) (*Membership, error) {
 	mc.Delegate = m.delegate
 	ev := &events{m: m}
 	mc.Events = ev
+	mc.Alive = bind
 	mc.Ping = ev
 	mc.Logger = log.New(logWriter{log: m.log.With("component", "memberlist"), suspect: m.suspected}, "", 0)
 	// Dead nodes stay in memberlist's list long enough for a restarted peer
@@ -118,6 +129,15 @@ func New(cfg Config) (*Membership, error) {
 		return nil, fmt.Errorf("failed to start gossip on port %d: %w", cfg.Port, err)
 	}
 	m.list = list
+	// The signature covers the advertised address, which memberlist picks
+	// in Create: the first alive message (unsigned, known to no peer
+	// yet) is replaced at once by a signed one of a higher incarnation.
+	if cfg.SigningKey != nil {
+		if err := m.UpdateMeta(cfg.Meta); err != nil {
+			list.Shutdown()
+			return nil, err
+		}
+	}
 	self := list.LocalNode()
 	m.members[self.Name] = memberFromNode(self, true)
 	m.members[self.Name].Since = time.Now()
@@ -176,7 +196,13 @@ func (m *Membership) Subscribe() <-chan struct{} {
 
 // UpdateMeta changes this node's metadata and gossips it.
 func (m *Membership) UpdateMeta(meta Meta) error {
-	b, err := meta.Encode()
+	var b []byte
+	var err error
+	if m.cfg.SigningKey != nil {
+		b, err = SignMeta(meta, m.cfg.SigningKey, m.cfg.Name, m.LocalAddr())
+	} else {
+		b, err = meta.Encode()
+	}
 	if err != nil {
 		return err
 	}
@@ -282,9 +308,29 @@ func (m *Membership) observe(n *memberlist.Node, state api.MemberState) {
 }
 
 func memberFromNode(n *memberlist.Node, self bool) *Member {
-	meta, err := DecodeMeta(n.Meta)
-	return &Member{Name: n.Name, Addr: nodeAddr(n), State: api.MemberAlive, Self: self, Meta: meta, MetaErr: err}
+	meta, pub, err := VerifyMeta(n.Meta, n.Name, nodeAddr(n))
+	mem := &Member{Name: n.Name, Addr: nodeAddr(n), State: api.MemberAlive, Self: self, Meta: meta, MetaErr: err}
+	if pub != nil {
+		mem.Identity = short(base64.StdEncoding.EncodeToString(pub))
+	}
+	return mem
 }
+
+// ForgetIdentity releases the binding of name to its signing identity on
+// this node: the next identity seen for name is bound to it. It reports
+// whether name was bound.
+func (m *Membership) ForgetIdentity(name string) (bool, error) {
+	if name == m.cfg.Name {
+		return false, fmt.Errorf("refusing to forget the identity of this node's own name %q", name)
+	}
+	return m.bindings.forget(name)
+}
+
+// IdentityProblems names each node whose metadata is refused, once.
+func (m *Membership) IdentityProblems() []string { return m.bindings.problems() }
+
+// IdentityRefusals counts refused metadata by reason (Refused*).
+func (m *Membership) IdentityRefusals() map[string]uint64 { return m.bindings.refusals() }
 
 func nodeAddr(n *memberlist.Node) netip.AddrPort {
 	a, _ := netip.AddrFromSlice(n.Addr)

@@ -25,6 +25,16 @@ type Meta struct {
 	// (docs/routing.md). Absent from a node of the previous release,
 	// which is then neither relayed to nor through; old nodes ignore it.
 	Paths *PathMeta `json:"p,omitempty"`
+	// SignKey is the node's long-term ed25519 public key (base64) and
+	// SigVersion the format of Sig (MetaSigVersion). Absent from a node
+	// of the previous release, which is then accepted unsigned while its
+	// name is bound to no key (docs/architecture.md, "Trust and keys").
+	SignKey    string `json:"sk,omitempty"`
+	SigVersion int    `json:"sv,omitempty"`
+	// Sig signs the metadata bytes before it together with the node's name
+	// and advertised address (signedMetaBytes). It is always the last
+	// field on the wire; set by SignMeta only.
+	Sig string `json:"sg,omitempty"`
 }
 
 // PathMetaVersion is the format of PathMeta; a node that reads a higher
@@ -76,6 +86,13 @@ func (m Meta) Encode() ([]byte, error) {
 	}
 	if m.Paths != nil && len(m.Paths.Down) > MaxMetaDown {
 		return nil, fmt.Errorf("node metadata lists %d broken paths, more than %d", len(m.Paths.Down), MaxMetaDown)
+	}
+	if m.SignKey != "" && m.Sig == "" {
+		// The signature is appended later; it must fit too, so
+		// that WithPaths shortens the path report to make room.
+		if len(b)+sigOverhead > MetaLimit {
+			return nil, fmt.Errorf("node metadata is %d bytes with its signature, more than memberlist's limit of %d", len(b)+sigOverhead, MetaLimit)
+		}
 	}
 	if len(b) > MetaLimit {
 		return nil, fmt.Errorf("node metadata is %d bytes, more than memberlist's limit of %d", len(b), MetaLimit)

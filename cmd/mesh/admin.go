@@ -33,6 +33,49 @@ func rmpeer(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// forgetIdentityHelp says exactly what the command does and does not do.
+const forgetIdentityHelp = `Usage: mesh forget-identity NAME
+
+Releases, on this node only, the binding of the node name NAME to the
+signing identity this node first saw for it. The next identity that
+announces NAME is bound to it instead (trust on first use). Use it when
+the host of NAME was reimaged or lost its state dir (signing.key) and
+comes back with a new identity, which the other nodes refuse until then
+(mesh status names it under problems).
+
+It changes nothing on the other nodes: run it on every node that names
+NAME under problems. Run it only once the old host of NAME is gone for
+good; while the binding is released, any holder of the mesh secret that
+announces NAME first gets it.
+
+Flags:
+`
+
+func forgetIdentity(args []string, stdout, stderr io.Writer) error {
+	fs, socket := clientFlags("mesh forget-identity", stderr)
+	setUsage(fs, stderr, forgetIdentityHelp)
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return errUsage
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "Usage: mesh forget-identity NAME")
+		return errUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	released, err := api.NewClient(*socket).ForgetIdentity(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if released {
+		fmt.Fprintf(stdout, "released the identity binding of %s on this node; the next identity announcing it is bound\n", pos[0])
+	} else {
+		fmt.Fprintf(stdout, "%s was bound to no identity on this node\n", pos[0])
+	}
+	return nil
+}
+
 // leave makes the daemon leave the mesh gracefully, then waits until it
 // has stopped (its socket no longer answers).
 func leave(args []string, stdout, stderr io.Writer) error {

@@ -12,7 +12,7 @@ import (
 // words each takes (files and PIDs are left to the shell).
 var commands = map[string][]string{
 	"launch": nil, "status": {"peers", "connections", "ipam", "policy"},
-	"connect": nil, "forget": nil, "rmpeer": nil, "reset": nil, "leave": nil,
+	"connect": nil, "forget": nil, "rmpeer": nil, "forget-identity": nil, "reset": nil, "leave": nil,
 	"attach": nil, "detach": nil, "keygen": nil, "rotate": nil,
 	"completion": {"bash", "zsh", "fish"}, "version": nil,
 }

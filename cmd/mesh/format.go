@@ -125,13 +125,19 @@ func formatPeers(w io.Writer, st *api.Status) {
 	ps := append([]api.Peer(nil), st.Peers...)
 	sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tPEER ID")
+	fmt.Fprintln(tw, "NAME\tADDRESS\tSTATE\tPEER ID\tIDENTITY")
 	for _, p := range ps {
 		name := p.Name
 		if p.Self {
 			name += " (self)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, p.Address, p.State, p.PeerID)
+		// A peer without a verified identity is of the previous
+		// release (or this node's own entry before its first update).
+		ident := p.Identity
+		if ident == "" {
+			ident = "unsigned"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, p.Address, p.State, p.PeerID, ident)
 	}
 	tw.Flush()
 }

@@ -39,7 +39,7 @@ func sampleStatus() *api.Status {
 		Name: "host-b", PeerID: "0123456789abcdef0123456789abcdef", Version: "v0.1.0",
 		Peers: []api.Peer{
 			{Name: "host-c", Address: "192.0.2.12:6783", State: "dead", PeerID: "cc"},
-			{Name: "host-b", Address: "192.0.2.11:6783", State: "alive", Self: true, PeerID: "0123456789abcdef0123456789abcdef"},
+			{Name: "host-b", Address: "192.0.2.11:6783", State: "alive", Self: true, PeerID: "0123456789abcdef0123456789abcdef", Identity: "11qYAYKxCrfV"},
 			{Name: "a-very-long-host-name", Address: "192.0.2.10:6783", State: "suspect", PeerID: "aa"},
 		},
 		OverlayIP: "10.32.0.1",

@@ -25,6 +25,7 @@ Usage:
   mesh connect PEER                 add a peer to join (host or host:port)
   mesh forget PEER                  stop trying a peer and forget it
   mesh rmpeer NAME                  hand a dead peer's address ranges to this node
+  mesh forget-identity NAME         on this node, release NAME's binding to its signing identity
   mesh keygen FILE                  write a new random mesh key file (for --key-file)
   mesh rotate [--node-key]          re-read the mesh key files, or renew this node's WireGuard key
   mesh leave                        leave the mesh gracefully and stop the daemon
@@ -73,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = peerCommand(cmd, rest, stdout, stderr)
 	case "rmpeer":
 		err = rmpeer(rest, stdout, stderr)
+	case "forget-identity":
+		err = forgetIdentity(rest, stdout, stderr)
 	case "leave":
 		err = leave(rest, stdout, stderr)
 	case "reset":

@@ -1,0 +1,126 @@
+package mesh
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func newSignKey(t testing.TB) ed25519.PrivateKey {
+	t.Helper()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestVerifyMeta(t *testing.T) {
+	key := newSignKey(t)
+	addr := netip.MustParseAddrPort("192.0.2.2:6783")
+	meta := Meta{PeerID: "0123456789abcdef0123456789abcdef", PublicKey: "wgkey", DPPort: 6784, Keys: []string{"k1"}}
+	signed, err := SignMeta(meta, key, "host2", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		wire    []byte
+		node    string
+		addr    netip.AddrPort
+		wantErr bool
+		wantPub bool
+	}{
+		{name: "valid", wire: signed, node: "host2", addr: addr, wantPub: true},
+		{name: "unsigned", wire: mustEncode(t, meta), node: "host2", addr: addr},
+		{name: "other name", wire: signed, node: "host3", addr: addr, wantErr: true},
+		{name: "other address", wire: signed, node: "host2", addr: netip.MustParseAddrPort("192.0.2.3:6783"), wantErr: true},
+		{name: "other port", wire: signed, node: "host2", addr: netip.MustParseAddrPort("192.0.2.2:6784"), wantErr: true},
+		{name: "tampered WireGuard key", wire: bytes.Replace(signed, []byte(`"wgkey"`), []byte(`"wgkez"`), 1), node: "host2", addr: addr, wantErr: true},
+		{name: "tampered port", wire: bytes.Replace(signed, []byte(`"dp":6784`), []byte(`"dp":6785`), 1), node: "host2", addr: addr, wantErr: true},
+		{name: "field added", wire: bytes.Replace(signed, []byte(`{`), []byte(`{"x":1,`), 1), node: "host2", addr: addr, wantErr: true},
+		{name: "signature not last", wire: append(bytes.Clone(bytes.TrimSuffix(signed, []byte("}"))), []byte(`,"z":1}`)...), node: "host2", addr: addr, wantErr: true},
+		{name: "signing key swapped", wire: swapKey(t, signed, key), node: "host2", addr: addr, wantErr: true},
+		{name: "unknown version", wire: bytes.Replace(signed, []byte(`"sv":1`), []byte(`"sv":2`), 1), node: "host2", addr: addr, wantErr: true},
+		{name: "signature without key", wire: []byte(`{"id":"x","sg":"AAAA"}`), node: "host2", addr: addr, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			m, pub, err := VerifyMeta(tc.wire, tc.node, tc.addr)
+			if tc.wantErr {
+				if err == nil || !errors.Is(err, errBadSignature) {
+					t.Fatalf("VerifyMeta = %v, want a bad signature", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (pub != nil) != tc.wantPub {
+				t.Fatalf("public key %x, want one: %v", pub, tc.wantPub)
+			}
+			if tc.wantPub && !pub.Equal(key.Public()) {
+				t.Fatal("verified under another key")
+			}
+			if m.PeerID != meta.PeerID || m.PublicKey != meta.PublicKey {
+				t.Fatalf("meta %+v", m)
+			}
+		})
+	}
+}
+
+func mustEncode(t *testing.T, m Meta) []byte {
+	t.Helper()
+	b, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// swapKey puts another key in place of the signer's: the signature of the
+// first no longer verifies.
+func swapKey(t *testing.T, wire []byte, key ed25519.PrivateKey) []byte {
+	t.Helper()
+	m, err := DecodeMeta(wire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := SignMeta(Meta{}, newSignKey(t), "x", netip.AddrPort{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	om, _ := DecodeMeta(other)
+	return bytes.Replace(wire, []byte(m.SignKey), []byte(om.SignKey), 1)
+}
+
+// A full path report still fits MetaLimit with the signature: WithPaths
+// falls back to Overflow when the signature would not fit.
+func TestSignedMetaFitsWithPaths(t *testing.T) {
+	key := newSignKey(t)
+	meta := Meta{PeerID: "0123456789abcdef0123456789abcdef", Version: "v1.2.3-long-version", PublicKey: strings.Repeat("A", 44), DPPort: 6784}
+	for i := range MaxMetaKeys {
+		meta.Keys = append(meta.Keys, fmt.Sprintf("%016x", i))
+	}
+	meta.SignKey = "set by the daemon before WithPaths"
+	var down []string
+	for i := range MaxMetaDown {
+		down = append(down, fmt.Sprintf("a-rather-long-node-name-%02d", i))
+	}
+	m := meta.WithPaths(PathMeta{Probe: "10.32.0.1", Down: down})
+	b, err := SignMeta(m, key, "host", netip.MustParseAddrPort("192.0.2.1:6783"))
+	if err != nil {
+		t.Fatalf("SignMeta after WithPaths: %v", err)
+	}
+	if len(b) > MetaLimit {
+		t.Fatalf("%d bytes", len(b))
+	}
+	if !m.Paths.Overflow {
+		t.Error("the long Down list was kept: the test does not test the fitting")
+	}
+}
