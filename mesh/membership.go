@@ -71,6 +71,16 @@ func New(cfg Config) (*Membership, error) {
 	if err != nil {
 		return nil, err
 	}
+	// With the advertised address given, the signature is made before
+	// Create, so even the first alive message is signed: peers that know
+	// this node (a restart) refuse unsigned metadata for its name.
+	preSigned := netip.AddrPort{}
+	if cfg.SigningKey != nil && cfg.AdvertiseAddr.IsValid() {
+		preSigned = netip.AddrPortFrom(cfg.AdvertiseAddr, uint16(cfg.Port))
+		if metaBytes, err = SignMeta(cfg.Meta, cfg.SigningKey, cfg.Name, preSigned); err != nil {
+			return nil, err
+		}
+	}
 	bind, err := newBindings(cfg.BindingsFile, cfg.Name, cfg.Logger)
 	if err != nil {
 		return nil, err
@@ -130,9 +140,9 @@ func New(cfg Config) (*Membership, error) {
 	}
 	m.list = list
 	// The signature covers the advertised address, which memberlist picks
-	// in Create: the first alive message (unsigned, known to no peer
-	// yet) is replaced at once by a signed one of a higher incarnation.
-	if cfg.SigningKey != nil {
+	// in Create when none is given: the first alive message (unsigned) is
+	// then replaced at once by a signed one of a higher incarnation.
+	if cfg.SigningKey != nil && m.LocalAddr() != preSigned {
 		if err := m.UpdateMeta(cfg.Meta); err != nil {
 			list.Shutdown()
 			return nil, err
