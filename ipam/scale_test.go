@@ -76,6 +76,12 @@ func TestScaleGossipBytes(t *testing.T) {
 		if per := r.state / n; per < 20 || per > 200 {
 			t.Errorf("n=%d: %d bytes per peer in the state, want 20..200", n, per)
 		}
+		if r.restTicks != 0 {
+			t.Errorf("n=%d: the ticks of a mesh at rest sent %.1f bytes per node per second, want 0 (only push/pull carries heartbeats)", n, r.restTicks)
+		}
+		if r.joinRecv > 3*r.state+r.state/10 {
+			t.Errorf("n=%d: the joiner received %d bytes, more than 3 whole states of %d", n, r.joinRecv, r.state)
+		}
 		if r.changeDonor < (n-1)*r.state*9/10 {
 			t.Errorf("n=%d: the donor sent %d bytes, less than the whole state (%d) to each of %d members", n, r.changeDonor, r.state, n-1)
 		}
