@@ -37,6 +37,7 @@ func pushPullEvery(n int) time.Duration {
 type scaleRow struct {
 	n            int
 	state        int     // bytes of one whole state
+	file         int     // bytes of one node's state file (written on every allocation)
 	changeTotal  int     // bytes all transports carried for one donation
 	changeDonor  int     // of which the donor sent
 	changeMaxOth int     // most any other node sent
@@ -87,9 +88,9 @@ func TestScaleGossipBytes(t *testing.T) {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%6s %10s %14s %12s %12s %12s %12s %14s %12s %12s %7s\n", "N", "state B", "change total B", "donor B", "max other B", "mean/node B", "ticks B/n/s", "rest B/node/s", "join recv B", "join sent B", "rounds")
+	fmt.Fprintf(&b, "\n%6s %10s %10s %14s %12s %12s %12s %12s %14s %12s %12s %7s\n", "N", "state B", "file B", "change total B", "donor B", "max other B", "mean/node B", "ticks B/n/s", "rest B/node/s", "join recv B", "join sent B", "rounds")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "%6d %10d %14d %12d %12d %12.0f %12.1f %14.1f %12d %12d %7d\n", r.n, r.state, r.changeTotal, r.changeDonor, r.changeMaxOth, r.changeMean, r.restTicks, r.restPerNode, r.joinRecv, r.joinSent, r.joinRounds)
+		fmt.Fprintf(&b, "%6d %10d %10d %14d %12d %12d %12.0f %12.1f %14.1f %12d %12d %7d\n", r.n, r.state, r.file, r.changeTotal, r.changeDonor, r.changeMaxOth, r.changeMean, r.restTicks, r.restPerNode, r.joinRecv, r.joinSent, r.joinRounds)
 	}
 	if len(rows) >= 2 {
 		// Least squares through the origin of bytes per peer: state ~ a*N,
@@ -135,7 +136,7 @@ func measureScale(t *testing.T, n int) scaleRow {
 	s.round() // heartbeat: every node publishes its Held
 	spreadAll(s)
 	quiet(t, s, n)
-	row := scaleRow{n: n, state: len(s.nodes[names[0]].LocalState())}
+	row := scaleRow{n: n, state: len(s.nodes[names[0]].LocalState()), file: len(s.store.files[s.nodes[names[0]].cfg.StateFile])}
 
 	// At rest: the messages the ticks send (none expected with reclaim
 	// off), plus the push/pull memberlist runs: each node starts one every
