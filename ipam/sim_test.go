@@ -74,6 +74,9 @@ type simNet struct {
 	// trace digests every message handed to a node and every push/pull, in
 	// order: two runs with the same seed must produce the same digest.
 	trace hash.Hash
+	// sent and recv, when not nil, count the bytes of every message the
+	// Transport carries, by sender and by receiver (scale_test.go).
+	sent, recv map[string]int
 }
 
 func newSimNet(seed uint64) *simNet {
@@ -120,14 +123,24 @@ type simTransport struct {
 func (t simTransport) Broadcast(msg []byte) {
 	for _, n := range slices.Sorted(maps.Keys(t.net.nodes)) {
 		if n != t.from {
+			t.net.count(t.from, n, msg)
 			t.net.queue = append(t.net.queue, simMsg{t.from, n, msg})
 		}
 	}
 }
 
 func (t simTransport) SendTo(peer string, msg []byte) error {
+	t.net.count(t.from, peer, msg)
 	t.net.queue = append(t.net.queue, simMsg{t.from, peer, msg})
 	return nil
+}
+
+// count adds one message to the byte counters, if they are on.
+func (s *simNet) count(from, to string, msg []byte) {
+	if s.sent != nil {
+		s.sent[from] += len(msg)
+		s.recv[to] += len(msg)
+	}
 }
 
 // settledSim is a simulated mesh of the named peers, all started at once

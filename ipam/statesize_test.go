@@ -1,0 +1,75 @@
+package ipam
+
+import (
+	"fmt"
+	"testing"
+)
+
+// sizedState is an n-peer state on the default /12 (seeded split, names of
+// nodeNameLen bytes) in which every peer holds k addresses of its own
+// space, gap apart.
+func sizedState(n, k int, gap uint64) state {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("node-%04d.cluster.local", i)
+	}
+	size := rangeSize(mustPrefix("10.32.0.0/12"))
+	st := newState(size)
+	st.seed = seed{Members: uint64(n), ID: 0x1234}
+	st.ring = seededRing(size, names)
+	for i, name := range names {
+		base := size * uint64(i) / uint64(n)
+		held := make([]uint64, k)
+		for j := range held {
+			held[j] = base + 1 + uint64(j)*gap
+		}
+		st.peers[name] = peerInfo{Version: 1_780_000_000_000 + uint64(i), ID: fmt.Sprintf("%016x", i), Free: 4000, Held: held}
+	}
+	return st
+}
+
+// nodeNameLen is the length of sizedState's peer names.
+const nodeNameLen = len("node-0000.cluster.local")
+
+// Bounds on the encoded whole state, which every ring change sends to
+// every member (docs/scale.md): a peer entry (its name, info and its
+// seeded ring segment) costs its name plus at most peerEntryOverhead
+// bytes, and each held address at most heldDenseBytes when a peer's pods
+// sit next to each other (the allocator hands out addresses in order) and
+// heldSparseBytes when they are 128 to 16383 addresses apart (offsets are
+// delta-encoded uvarints). A codec change that
+// breaks one of these makes every ring change cost more on every node.
+const (
+	peerEntryOverhead = 48
+	heldDenseBytes    = 1.05
+	heldSparseBytes   = 2.05
+)
+
+func TestStateSizeBound(t *testing.T) {
+	prefix := mustPrefix("10.32.0.0/12")
+	enc := func(n, k int, gap uint64) float64 {
+		return float64(len(encodeState(prefix, "node-0000.cluster.local", sizedState(n, k, gap))))
+	}
+	for _, n := range []int{10, 100, 1000} {
+		t.Run(fmt.Sprint(n, "peers"), func(t *testing.T) {
+			bare := enc(n, 0, 1)
+			if per := bare / float64(n); per > float64(nodeNameLen+peerEntryOverhead) {
+				t.Errorf("%.1f bytes per peer entry without Held, want at most %d (name) + %d", per, nodeNameLen, peerEntryOverhead)
+			}
+			const k = 100
+			if per := (enc(n, k, 1) - bare) / float64(n*k); per > heldDenseBytes {
+				t.Errorf("%.2f bytes per held address (dense), want at most %.1f", per, heldDenseBytes)
+			}
+			const gap = 128
+			if per := (enc(n, k, gap) - bare) / float64(n*k); per > heldSparseBytes {
+				t.Errorf("%.2f bytes per held address (gap %d), want at most %.1f", per, gap, heldSparseBytes)
+			}
+			// Linear in the peers: doubling them at most doubles the state
+			// (plus the varints that grow a byte).
+			if r := enc(2*n, 10, 1) / enc(n, 10, 1); r > 2.1 {
+				t.Errorf("state of %d peers is %.2f times that of %d, want at most 2.1", 2*n, r, n)
+			}
+			t.Logf("%d peers: %.1f B per peer entry, %.2f B per dense held address, %.2f B per sparse one", n, bare/float64(n), (enc(n, k, 1)-bare)/float64(n*k), (enc(n, k, gap)-bare)/float64(n*k))
+		})
+	}
+}
