@@ -154,40 +154,15 @@ func TestCorruptBindingsStopStart(t *testing.T) {
 
 func startSignedNode(t *testing.T, name string, key []byte, targets ...string) *Membership {
 	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Name = name
-	cfg.Meta = Meta{PeerID: "id-" + name}
-	cfg.BindAddr = netip.MustParseAddr("127.0.0.1")
-	cfg.AdvertiseAddr = cfg.BindAddr
-	cfg.Port = freePort(t)
-	cfg.GossipKey = key
-	cfg.Targets = targets
-	cfg.RetryMin = 100 * time.Millisecond
-	cfg.RetryMax = 500 * time.Millisecond
-	dir := t.TempDir()
-	cfg.RememberedFile = dir + "/peers.json"
-	cfg.BindingsFile = dir + "/identities.json"
+	cfg := testConfig(t, name, key, targets...)
+	cfg.BindingsFile = t.TempDir() + "/identities.json"
 	cfg.SigningKey = newSignKey(t)
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	m, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	m.Start()
-	return m
+	return startWith(t, cfg)
 }
 
 func waitLong(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s", what)
+	waitWithin(t, 90*time.Second, what, cond)
 }
 
 // A node started under a bound name with another identity (a fresh state

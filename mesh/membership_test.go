@@ -54,6 +54,18 @@ func (l *logBuf) String() string {
 
 func startNode(t *testing.T, name string, key []byte, w io.Writer, targets ...string) *Membership {
 	t.Helper()
+	cfg := testConfig(t, name, key, targets...)
+	if w == nil {
+		w = io.Discard
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return startWith(t, cfg)
+}
+
+// testConfig is a node on loopback with fast retries and its files in a
+// temporary directory.
+func testConfig(t *testing.T, name string, key []byte, targets ...string) Config {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Name = name
 	cfg.Meta = Meta{PeerID: "id-" + name}
@@ -65,10 +77,13 @@ func startNode(t *testing.T, name string, key []byte, w io.Writer, targets ...st
 	cfg.RetryMin = 100 * time.Millisecond
 	cfg.RetryMax = 500 * time.Millisecond
 	cfg.RememberedFile = t.TempDir() + "/peers.json"
-	if w == nil {
-		w = io.Discard
-	}
-	cfg.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	return cfg
+}
+
+// startWith starts a node of cfg, closed when the test ends.
+func startWith(t *testing.T, cfg Config) *Membership {
+	t.Helper()
 	m, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +95,13 @@ func startNode(t *testing.T, name string, key []byte, w io.Writer, targets ...st
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	waitWithin(t, 15*time.Second, what, cond)
+}
+
+// waitWithin polls cond until it holds or d has passed.
+func waitWithin(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		if cond() {
 			return
