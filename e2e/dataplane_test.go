@@ -18,6 +18,13 @@ import (
 // established data-plane connection to each.
 func startMesh(t *testing.T, hosts int, extra ...string) (*testnet.Net, []*node) {
 	t.Helper()
+	return startMeshFlags(t, hosts, func(int) []string { return extra })
+}
+
+// startMeshFlags is startMesh where host i (from 0) is launched with
+// flags(i).
+func startMeshFlags(t *testing.T, hosts int, flags func(i int) []string) (*testnet.Net, []*node) {
+	t.Helper()
 	testnet.RequireRoot(t)
 	net := testnet.New(t, testnet.Options{Hosts: hosts, Prefix: "dp"})
 	var nodes []*node
@@ -26,7 +33,7 @@ func startMesh(t *testing.T, hosts int, extra ...string) (*testnet.Net, []*node)
 		if i > 0 {
 			peers = net.Hosts()[:1]
 		}
-		nodes = append(nodes, launch(t, h, peers, extra...))
+		nodes = append(nodes, launch(t, h, peers, flags(i)...))
 	}
 	dumpLogsOnFailure(t, nodes...)
 	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)

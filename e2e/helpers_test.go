@@ -34,7 +34,13 @@ var (
 // commands; it ends after timeout or with the test.
 func cniMesh(t *testing.T, hosts int, timeout time.Duration, extra ...string) (*testnet.Net, []*node, context.Context) {
 	t.Helper()
-	tn, nodes := startMesh(t, hosts, extra...)
+	return cniMeshFlags(t, hosts, timeout, func(int) []string { return extra })
+}
+
+// cniMeshFlags is cniMesh where host i (from 0) is launched with flags(i).
+func cniMeshFlags(t *testing.T, hosts int, timeout time.Duration, flags func(i int) []string) (*testnet.Net, []*node, context.Context) {
+	t.Helper()
+	tn, nodes := startMeshFlags(t, hosts, flags)
 	for _, n := range nodes {
 		waitCNIInstalled(t, n)
 	}

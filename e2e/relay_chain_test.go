@@ -38,18 +38,8 @@ func TestRelayChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ping := func(from, to *pod, ttl int) error {
-		if out, err := from.exec(ctx, "ping", "-c", "1", "-W", "2", "-t", strconv.Itoa(ttl), to.ip.String()); err != nil {
-			return fmt.Errorf("%s cannot ping %s with TTL %d: %v\n%s", from.name, to.name, ttl, err, out)
-		}
-		return nil
-	}
-	both := func(ttl int) error {
-		if err := ping(a, d, ttl); err != nil {
-			return err
-		}
-		return ping(d, a, ttl)
-	}
+	ping := func(from, to *pod, ttl int) error { return pingPod(ctx, from, to, "-t", strconv.Itoa(ttl)) }
+	both := func(ttl int) error { return pingBoth(ctx, a, d, "-t", strconv.Itoa(ttl)) }
 	// Direct, the routers are the two ends' hosts: TTL 3 passes, 2 does
 	// not. This calibrates the TTL check below.
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error { return both(3) })
@@ -232,46 +222,14 @@ func TestRelayChain(t *testing.T) {
 // relay through host4, although host3's name is smaller: the preference
 // travels in the path report and decides before the name.
 func TestRelayPreference(t *testing.T) {
-	testnet.RequireRoot(t)
-	tn := testnet.New(t, testnet.Options{Hosts: 4, Prefix: "rp"})
-	hosts := tn.Hosts()
-	var nodes []*node
-	for i, h := range hosts {
-		var peers []*testnet.Host
-		var extra []string
-		if i > 0 {
-			peers = hosts[:1]
-		}
+	nodes, a, b, ctx := relayPods(t, 4, 5*time.Minute, func(i int) []string {
 		if i == 3 {
-			extra = []string{"--relay-preference", "10"}
-		}
-		nodes = append(nodes, launch(t, h, peers, extra...))
-	}
-	dumpLogsOnFailure(t, nodes...)
-	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
-	waitConnected(t, nodes)
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	a, err := addPod(ctx, t, hosts[0], "poda")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := addPod(ctx, t, hosts[1], "podb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	both := func() error {
-		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
-			return fmt.Errorf("pod a cannot ping pod b: %v\n%s", err, out)
-		}
-		if out, err := b.exec(ctx, "ping", "-c", "1", "-W", "2", a.ip.String()); err != nil {
-			return fmt.Errorf("pod b cannot ping pod a: %v\n%s", err, out)
+			return []string{"--relay-preference", "10"}
 		}
 		return nil
-	}
+	})
+	hosts := []*testnet.Host{nodes[0].Host, nodes[1].Host, nodes[2].Host, nodes[3].Host}
+	both := func() error { return pingBoth(ctx, a, b) }
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

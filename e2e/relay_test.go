@@ -54,33 +54,51 @@ func connTo(n *node, peer string) (api.Connection, error) {
 	return api.Connection{}, fmt.Errorf("%s has no connection to %s", n.Host.Name, peer)
 }
 
+// relayPods is a mesh of hosts hosts (host i, from 0, launched with
+// flags(i); nil: no flags) with pod a on host1 and pod b on host2.
+func relayPods(t *testing.T, hosts int, timeout time.Duration, flags func(i int) []string) ([]*node, *pod, *pod, context.Context) {
+	t.Helper()
+	if flags == nil {
+		flags = func(int) []string { return nil }
+	}
+	_, nodes, ctx := cniMeshFlags(t, hosts, timeout, flags)
+	a, err := addPod(ctx, t, nodes[0].Host, "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addPod(ctx, t, nodes[1].Host, "podb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nodes, a, b, ctx
+}
+
+// pingPod sends one echo request from one pod to another (2 s timeout);
+// args go to ping before the address (a TTL, say).
+func pingPod(ctx context.Context, from, to *pod, args ...string) error {
+	cmd := append(append([]string{"ping", "-c", "1", "-W", "2"}, args...), to.ip.String())
+	if out, err := from.exec(ctx, cmd...); err != nil {
+		return fmt.Errorf("%s cannot ping %s (%v): %v\n%s", from.name, to.name, args, err, out)
+	}
+	return nil
+}
+
+// pingBoth is pingPod from a to b, then from b to a.
+func pingBoth(ctx context.Context, a, b *pod, args ...string) error {
+	if err := pingPod(ctx, a, b, args...); err != nil {
+		return err
+	}
+	return pingPod(ctx, b, a, args...)
+}
+
 // TestRelayTriangle: three hosts; the data plane between host1 and host2
 // is cut both ways. Their pods reach each other again through host3 within
 // a generous bound, status on each shows the other "via" host3, and once
 // the path is back, traffic returns to it.
 func TestRelayTriangle(t *testing.T) {
-	_, nodes, ctx := cniMesh(t, 3, 8*time.Minute)
+	nodes, a, b, ctx := relayPods(t, 3, 8*time.Minute, nil)
 	h1, h2, h3 := nodes[0].Host, nodes[1].Host, nodes[2].Host
-	a, err := addPod(ctx, t, h1, "poda")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := addPod(ctx, t, h2, "podb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ping := func(from, to *pod) error {
-		if out, err := from.exec(ctx, "ping", "-c", "1", "-W", "2", to.ip.String()); err != nil {
-			return fmt.Errorf("%s cannot ping %s: %v\n%s", from.name, to.name, err, out)
-		}
-		return nil
-	}
-	both := func() error {
-		if err := ping(a, b); err != nil {
-			return err
-		}
-		return ping(b, a)
-	}
+	both := func() error { return pingBoth(ctx, a, b) }
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
 	// Probes start once each node has its overlay IP and has heard the
 	// other's.
@@ -216,43 +234,14 @@ func relayMetrics(t *testing.T, h *testnet.Host, relayed int) {
 // launched with --no-relay, nothing carries the cut pair's traffic; status
 // shows the direct path down and no relay, and the pods stay cut off.
 func TestRelayNoRelay(t *testing.T) {
-	testnet.RequireRoot(t)
-	tn := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "nr"})
-	hosts := tn.Hosts()
-	var nodes []*node
-	for i, h := range hosts {
-		var peers []*testnet.Host
-		var extra []string
-		if i > 0 {
-			peers = hosts[:1]
-		}
+	nodes, a, b, ctx := relayPods(t, 3, 5*time.Minute, func(i int) []string {
 		if i == 2 {
-			extra = []string{"--no-relay"}
-		}
-		nodes = append(nodes, launch(t, h, peers, extra...))
-	}
-	dumpLogsOnFailure(t, nodes...)
-	expectStates(t, detectTimeout, nodes, allAlive(nodes), true)
-	waitConnected(t, nodes)
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	a, err := addPod(ctx, t, hosts[0], "poda")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := addPod(ctx, t, hosts[1], "podb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	reach := func() error {
-		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
-			return fmt.Errorf("pod a cannot ping pod b: %v\n%s", err, out)
+			return []string{"--no-relay"}
 		}
 		return nil
-	}
+	})
+	hosts := []*testnet.Host{nodes[0].Host, nodes[1].Host, nodes[2].Host}
+	reach := func() error { return pingPod(ctx, a, b) }
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, reach)
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -308,25 +297,9 @@ func relayChanges(h *testnet.Host) (string, error) {
 // path down at both ends, the pair is relayed through host3, and the route
 // does not flap: no relay change on either end over the next 60 s.
 func TestRelayOneWayLoss(t *testing.T) {
-	_, nodes, ctx := cniMesh(t, 3, 8*time.Minute)
+	nodes, a, b, ctx := relayPods(t, 3, 8*time.Minute, nil)
 	h1, h2, h3 := nodes[0].Host, nodes[1].Host, nodes[2].Host
-	a, err := addPod(ctx, t, h1, "poda")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := addPod(ctx, t, h2, "podb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	both := func() error {
-		if out, err := a.exec(ctx, "ping", "-c", "1", "-W", "2", b.ip.String()); err != nil {
-			return fmt.Errorf("pod a cannot ping pod b: %v\n%s", err, out)
-		}
-		if out, err := b.exec(ctx, "ping", "-c", "1", "-W", "2", a.ip.String()); err != nil {
-			return fmt.Errorf("pod b cannot ping pod a: %v\n%s", err, out)
-		}
-		return nil
-	}
+	both := func() error { return pingBoth(ctx, a, b) }
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
