@@ -87,12 +87,7 @@ func TestRelays(t *testing.T) {
 	old := func(name string) PathReport { return PathReport{Name: name, Live: true} }
 	noRelay := func(r PathReport) PathReport { r.NoRelay = true; return r }
 	dead := func(r PathReport) PathReport { r.Live = false; return r }
-	tests := []struct {
-		name    string
-		self    string
-		reports []PathReport
-		want    map[string]string
-	}{
+	tests := []relayCase{
 		{name: "all direct", self: "a",
 			reports: []PathReport{rep("a"), rep("b"), rep("c")}, want: map[string]string{}},
 		{name: "triangle", self: "a",
@@ -122,17 +117,7 @@ func TestRelays(t *testing.T) {
 		{name: "no relay reaches it", self: "a",
 			reports: []PathReport{rep("a", "b"), rep("b", "a", "c"), rep("c", "b")}, want: map[string]string{}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := Relays(tt.self, tt.reports)
-			if got == nil {
-				got = map[string]string{}
-			}
-			if !maps.Equal(got, tt.want) {
-				t.Fatalf("Relays(%q) = %v, want %v", tt.self, got, tt.want)
-			}
-		})
-	}
+	runRelayCases(t, tests)
 }
 
 // A relayed node's ranges (and held addresses) move to the relay's peer;
@@ -249,5 +234,29 @@ func TestReconcilerReportsRelays(t *testing.T) {
 	}
 	if b := conns()["b"]; b.Via != "" {
 		t.Fatalf("b still via %q after the relay was dropped", b.Via)
+	}
+}
+
+// relayCase is a named case of Relays: the next hop, by peer, that self
+// computes from reports.
+type relayCase struct {
+	name    string
+	self    string
+	reports []PathReport
+	want    map[string]string
+}
+
+func runRelayCases(t *testing.T, tests []relayCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Relays(tt.self, tt.reports)
+			if got == nil {
+				got = map[string]string{}
+			}
+			if !maps.Equal(got, tt.want) {
+				t.Fatalf("Relays(%q) = %v, want %v", tt.self, got, tt.want)
+			}
+		})
 	}
 }

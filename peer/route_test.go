@@ -2,7 +2,6 @@ package peer
 
 import (
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -51,12 +50,7 @@ func TestRelaysMultiHop(t *testing.T) {
 	// would pick b and d would pick c if each took its smallest neighbour.
 	twoWays := graphReports("a b c d y z", "a-b", "b-z", "z-d", "a-y", "y-c", "c-d")
 	square := graphReports("a b c d", "a-b", "a-c", "b-d", "c-d")
-	tests := []struct {
-		name    string
-		self    string
-		reports []PathReport
-		want    map[string]string
-	}{
+	tests := []relayCase{
 		{name: "chain from the start", self: "h1", reports: chain, want: map[string]string{"h3": "h2", "h4": "h2"}},
 		{name: "chain from the first relay", self: "h2", reports: chain, want: map[string]string{"h4": "h3"}},
 		{name: "chain from the second relay", self: "h3", reports: chain, want: map[string]string{"h1": "h2"}},
@@ -107,17 +101,7 @@ func TestRelaysMultiHop(t *testing.T) {
 		{name: "reports naming unknown nodes are ignored", self: "h1",
 			reports: with(chain, "h1", func(r *PathReport) { r.Down = append(r.Down, "ghost", "h1") }), want: map[string]string{"h3": "h2", "h4": "h2"}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := Relays(tt.self, tt.reports)
-			if got == nil {
-				got = map[string]string{}
-			}
-			if !maps.Equal(got, tt.want) {
-				t.Fatalf("Relays(%q) = %v, want %v", tt.self, got, tt.want)
-			}
-		})
-	}
+	runRelayCases(t, tests)
 }
 
 // The claims of docs/routing.md, "More than one hop", on random graphs:
