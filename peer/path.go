@@ -214,12 +214,19 @@ func Relays(self string, reports []PathReport) map[string]string {
 	for i := range down {
 		down[i] = map[int]bool{}
 	}
+	anyDown := false
 	for i, name := range names {
 		for _, d := range byName[name].Down {
 			if j, ok := idx[d]; ok && j != i {
 				down[i][j], down[j][i] = true, true
+				anyDown = true
 			}
 		}
+	}
+	if !anyDown {
+		// Every path is direct, the common case on every reconcile: the
+		// search below would only find that.
+		return map[string]string{}
 	}
 	relays := func(i int) bool { r := byName[names[i]]; return r.Live && !r.NoRelay }
 
