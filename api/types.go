@@ -28,6 +28,9 @@ type Status struct {
 	// the IP packets it forwarded from the WireGuard device back into it,
 	// since the counter's nftables table was created.
 	RelayedBytes int64 `json:"relayedBytes,omitempty"`
+	// GossipRelay counts the gossip this node sent through relays and
+	// forwarded for others (docs/routing.md, "Gossip through relays").
+	GossipRelay *GossipRelay `json:"gossipRelay,omitempty"`
 
 	// Policies are the NetworkPolicies enforced on this node, when the
 	// policy controller runs (with --kube).
@@ -43,6 +46,18 @@ type Status struct {
 	GossipKeyID string   `json:"gossipKeyID,omitempty"`
 	// PublicKey is this node's WireGuard public key.
 	PublicKey string `json:"publicKey,omitempty"`
+}
+
+// GossipRelay counts memberlist packets and streams that went through a
+// relay, since the daemon started.
+type GossipRelay struct {
+	// Sent: to members this node reaches only through a relay.
+	Sent uint64 `json:"sent"`
+	// Forwarded: for other members, towards their target.
+	Forwarded uint64 `json:"forwarded"`
+	// Dropped: envelopes refused (malformed, TTL spent, a target that is
+	// no live member, too many streams at once).
+	Dropped uint64 `json:"dropped"`
 }
 
 // IPAM is this node's view of the address ring.

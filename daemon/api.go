@@ -70,6 +70,8 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 		st.Problems = append(st.Problems, "NAT: "+err.Error())
 	}
 	st.RelayedBytes = int64(d.relayedBytes())
+	rs := d.members.RelayStats()
+	st.GossipRelay = &api.GossipRelay{Sent: rs.Sent, Forwarded: rs.Forwarded, Dropped: rs.Dropped}
 	if err := d.relayedErr.get(); err != nil {
 		st.Problems = append(st.Problems, "relayed-traffic counter: "+err.Error())
 	}

@@ -68,6 +68,7 @@ var (
 	descPeers      = prometheus.NewDesc("mesh_peers", "Members of the mesh by state, this node included.", []string{"state"}, nil)
 	descRelayed    = prometheus.NewDesc("mesh_relayed_peers", "Peers whose ranges this node routes through a relay because their direct path is down.", nil, nil)
 	descRelayBytes = prometheus.NewDesc("mesh_relayed_bytes_total", "Bytes this node routed for others: IP packets forwarded from the WireGuard device back into it (nftables counter; restarts from 0 when its table is recreated).", nil, nil)
+	descGossipRly  = prometheus.NewDesc("mesh_gossip_relayed_total", "Gossip packets and streams that went through a relay (docs/routing.md): sent to members reached only through one, forwarded for others, dropped (malformed, TTL spent, no live target, too many streams).", []string{"kind"}, nil)
 	descRelayChg   = prometheus.NewDesc("mesh_relay_changes_total", "Applied data-plane configs that moved a peer's ranges to a relay, to another relay or back to the direct path.", nil, nil)
 	descConns      = prometheus.NewDesc("mesh_connections", "Data-plane connections by state.", []string{"state"}, nil)
 	descHandshake  = prometheus.NewDesc("mesh_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer.", []string{"peer"}, nil)
@@ -92,7 +93,7 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayBytes, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descIdRefused, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayBytes, descGossipRly, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descIdRefused, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
 	}
 }
@@ -172,6 +173,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descRelayed, prometheus.GaugeValue, float64(relayed))
 	ch <- prometheus.MustNewConstMetric(descRelayBytes, prometheus.CounterValue, float64(d.relayedBytes()))
+	gr := d.members.RelayStats()
+	for kind, v := range map[string]uint64{"sent": gr.Sent, "forwarded": gr.Forwarded, "dropped": gr.Dropped} {
+		ch <- prometheus.MustNewConstMetric(descGossipRly, prometheus.CounterValue, float64(v), kind)
+	}
 	rs := d.rec.Counters()
 	ch <- prometheus.MustNewConstMetric(descRelayChg, prometheus.CounterValue, float64(rs.RelayChanges))
 	ch <- prometheus.MustNewConstMetric(descRecErr, prometheus.CounterValue, float64(rs.Errors))

@@ -63,7 +63,11 @@ func (d *Daemon) pathLoop(ctx context.Context, p prober) {
 	t := time.NewTicker(peer.ProbeInterval)
 	defer t.Stop()
 	for {
-		d.probeOnce(p, d.members.Members(), time.Now())
+		members := d.members.Members()
+		d.probeOnce(p, members, time.Now())
+		// Gossip to a member takes the data plane's relay (docs/routing.md,
+		// "Gossip through relays").
+		d.members.SetRelays(peer.Relays(d.id.Name, d.pathReports(members)))
 		select {
 		case <-ctx.Done():
 			return
@@ -105,7 +109,7 @@ func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 // overlay IP as probe address, the peers it sees down, --no-relay and
 // --relay-preference.
 func (d *Daemon) publishPaths() {
-	want := mesh.PathMeta{Down: d.rec.Paths().Down(), NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference}
+	want := mesh.PathMeta{Down: d.downPaths(), NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference}
 	if a, ok := d.ipam.OverlayIP(); ok {
 		want.Probe = a.String()
 	}
@@ -165,4 +169,22 @@ func (d *Daemon) pathReports(members []mesh.Member) []peer.PathReport {
 		out = append(out, r)
 	}
 	return out
+}
+
+// downPaths is what this node publishes as down: the peers whose direct
+// WireGuard path fails its probes, and those it recently failed to reach
+// on their gossip port directly (mesh.DirectFailures). The second covers
+// the peers the probes cannot judge: one of the two has no overlay IP yet,
+// as a node that joins a far site before it has any space, which would
+// otherwise ask a donor it cannot reach again and again. A node that
+// cannot reach another's gossip port almost never reaches its data plane.
+func (d *Daemon) downPaths() []string {
+	down := d.rec.Paths().Down()
+	for _, n := range d.members.DirectFailures() {
+		if !slices.Contains(down, n) {
+			down = append(down, n)
+		}
+	}
+	slices.Sort(down)
+	return down
 }

@@ -42,6 +42,7 @@ type Membership struct {
 	list     *memberlist.Memberlist
 	delegate *delegate
 	keyring  *memberlist.Keyring // nil without encryption
+	relay    *relayTransport
 	bindings *bindings
 
 	mu      sync.Mutex
@@ -123,6 +124,22 @@ func New(cfg Config) (*Membership, error) {
 	mc.Alive = bind
 	mc.Ping = ev
 	mc.Logger = log.New(logWriter{log: m.log.With("component", "memberlist"), suspect: m.suspected}, "", 0)
+	// Our own transport around memberlist's, so that gossip for members
+	// reachable only through others is relayed (relay.go).
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{mc.BindAddr},
+		BindPort:  mc.BindPort,
+		Logger:    mc.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failed to start gossip on port %d: %w", cfg.Port, err)
+	}
+	if mc.BindPort == 0 {
+		mc.BindPort = nt.GetAutoBindPort()
+		mc.AdvertisePort = mc.BindPort
+	}
+	m.relay = newRelayTransport(nt, cfg.Name, m.log.With("component", "gossip-relay"))
+	mc.Transport = m.relay
 	// Dead nodes stay in memberlist's list long enough for a restarted peer
 	// to be recognised; our own map keeps them for status beyond that.
 	mc.DeadNodeReclaimTime = 10 * time.Second
@@ -136,9 +153,11 @@ func New(cfg Config) (*Membership, error) {
 	m.targets = newTargets(m, cfg)
 	list, err := memberlist.Create(mc)
 	if err != nil {
+		m.relay.Shutdown()
 		return nil, fmt.Errorf("failed to start gossip on port %d: %w", cfg.Port, err)
 	}
 	m.list = list
+	m.relay.setOrigin(m.LocalAddr().String())
 	// The signature covers the advertised address, which memberlist picks
 	// in Create when none is given: the first alive message (unsigned) is
 	// then replaced at once by a signed one of a higher incarnation.

@@ -1,0 +1,540 @@
+package mesh
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Gossip through relays (docs/routing.md, "Gossip through relays").
+//
+// memberlist talks to every member directly: UDP for probes and gossip,
+// TCP for state exchanges and the channels' reliable sends (the IPAM's).
+// A member this node cannot reach on the underlay (two sites joined
+// through a few hosts) would then be suspected again and again, and never
+// exchange state with it. relayTransport wraps memberlist's own
+// NetTransport: a packet or stream for a member that has a relay route
+// (the daemon sets them from the same choice as the data plane's,
+// peer.Relays) goes to the relay inside a small envelope naming the
+// target; a node that receives an envelope for another member forwards it
+// towards that member (through its own route, or directly), and one for
+// itself unwraps it and hands memberlist what was inside. What is relayed
+// is memberlist's packet or stream as it was sent, encrypted with the
+// mesh's gossip key and labelled: a relay reads only the envelope.
+//
+// Envelope, in front of a packet or at the start of a stream:
+//
+//	0xF5 | version 1 | ttl | len(target) target | len(origin) origin
+//
+// target is the member's name, origin the sender's advertised gossip
+// address (host:port), which memberlist sees as the packet's source. ttl
+// starts at relayTTL and each forwarding node takes one off; at 1 it
+// drops, so views that disagree for a moment cannot send an envelope
+// around a loop for ever. 0xF5 cannot start anything memberlist sends: its
+// packets and streams start with a message type (below 32), an encryption
+// version (0 or 1) or its label tag (244).
+
+const (
+	relayMagic   byte = 0xF5
+	relayVersion byte = 1
+	// relayTTL bounds the hops of an envelope: above any path the relay
+	// choice makes between sites, far below a loop's cost.
+	relayTTL byte = 8
+	// maxRelayedStreams bounds the streams this node splices for others
+	// at once; more are refused (the sender retries with memberlist's own
+	// timeouts).
+	maxRelayedStreams = 64
+	// relayStreamTimeout bounds a spliced stream: memberlist's own
+	// exchanges finish within its TCP timeout (10 s).
+	relayStreamTimeout = 30 * time.Second
+	// relayHeaderTimeout bounds the wait for a stream's first bytes, which
+	// decide whether it is an envelope.
+	relayHeaderTimeout = 10 * time.Second
+)
+
+// relayHop is where envelopes for one target go first.
+type relayHop struct {
+	name, addr string
+}
+
+// relayTable is one consistent view: the next hop per relayed target, and
+// the gossip address of every live member (where an envelope is forwarded
+// when this node reaches its target directly).
+type relayTable struct {
+	via   map[string]relayHop
+	addrs map[string]string
+}
+
+// RelayStats counts what this node's gossip transport did with envelopes.
+type RelayStats struct {
+	// Sent counts packets and streams this node sent through a relay.
+	Sent uint64
+	// Forwarded counts envelopes this node passed on for others.
+	Forwarded uint64
+	// Dropped counts envelopes refused: malformed, TTL spent, an unknown
+	// target, or too many streams at once.
+	Dropped uint64
+}
+
+// relayTransport is a memberlist.NodeAwareTransport around a NetTransport.
+// Its methods are safe for concurrent use; Shutdown stops its goroutines.
+// It never blocks memberlist on a relay: packets are sent as UDP, streams
+// are dialled with memberlist's own timeout.
+type relayTransport struct {
+	inner  *memberlist.NetTransport
+	self   string
+	origin atomic.Value // string: this node's advertised host:port
+	table  atomic.Pointer[relayTable]
+	log    *slog.Logger
+
+	packetCh chan *memberlist.Packet
+	streamCh chan net.Conn
+	streams  chan struct{} // semaphore of spliced streams
+
+	sent, forwarded, dropped atomic.Uint64
+
+	failMu sync.Mutex
+	failed map[string]time.Time // member -> last failed direct dial
+
+	done     chan struct{}
+	wg       sync.WaitGroup
+	shutdown sync.Once
+}
+
+func newRelayTransport(inner *memberlist.NetTransport, self string, log *slog.Logger) *relayTransport {
+	t := &relayTransport{
+		inner:    inner,
+		self:     self,
+		log:      log,
+		packetCh: make(chan *memberlist.Packet),
+		streamCh: make(chan net.Conn),
+		streams:  make(chan struct{}, maxRelayedStreams),
+		done:     make(chan struct{}),
+		failed:   map[string]time.Time{},
+	}
+	t.origin.Store("")
+	t.table.Store(&relayTable{})
+	t.wg.Add(2)
+	go t.packets()
+	go t.accept()
+	return t
+}
+
+// setTable replaces the routes and addresses at once.
+func (t *relayTransport) setTable(tab *relayTable) { t.table.Store(tab) }
+
+// setOrigin records this node's advertised gossip address.
+func (t *relayTransport) setOrigin(addr string) { t.origin.Store(addr) }
+
+func (t *relayTransport) stats() RelayStats {
+	return RelayStats{Sent: t.sent.Load(), Forwarded: t.forwarded.Load(), Dropped: t.dropped.Load()}
+}
+
+// hop returns the relay for target, if it has one.
+func (t *relayTransport) hop(target string) (relayHop, bool) {
+	if target == "" || target == t.self || len(target) > 255 {
+		return relayHop{}, false
+	}
+	h, ok := t.table.Load().via[target]
+	return h, ok && h.addr != ""
+}
+
+func (t *relayTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, error) {
+	return t.inner.FinalAdvertiseAddr(ip, port)
+}
+
+func (t *relayTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	return t.inner.WriteTo(b, addr)
+}
+
+func (t *relayTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	if h, ok := t.hop(a.Name); ok {
+		t.sent.Add(1)
+		return t.inner.WriteTo(t.envelope(a.Name, t.origin.Load().(string), relayTTL, b), h.addr)
+	}
+	return t.inner.WriteToAddress(b, a)
+}
+
+func (t *relayTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
+
+func (t *relayTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	return t.inner.DialTimeout(addr, timeout)
+}
+
+func (t *relayTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	h, ok := t.hop(a.Name)
+	if !ok {
+		c, err := t.inner.DialAddressTimeout(a, timeout)
+		t.noteDirect(a.Name, err)
+		return c, err
+	}
+	t.sent.Add(1)
+	return t.dialVia(h.addr, a.Name, t.origin.Load().(string), relayTTL, timeout)
+}
+
+// dialVia opens a stream to addr that starts with an envelope for target.
+func (t *relayTransport) dialVia(addr, target, origin string, ttl byte, timeout time.Duration) (net.Conn, error) {
+	c, err := t.inner.DialTimeout(addr, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("failed to dial relay %s for %s: %w", addr, target, err)
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	if _, err := c.Write(t.envelope(target, origin, ttl, nil)); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("failed to write the relay envelope for %s to %s: %w", target, addr, err)
+	}
+	_ = c.SetWriteDeadline(time.Time{})
+	return c, nil
+}
+
+func (t *relayTransport) StreamCh() <-chan net.Conn { return t.streamCh }
+
+func (t *relayTransport) Shutdown() error {
+	var err error
+	t.shutdown.Do(func() {
+		close(t.done)
+		// The NetTransport's listeners may be blocked handing over a
+		// packet or stream that nobody reads any more, and its Shutdown
+		// waits for them: drain until it returns.
+		stop := make(chan struct{})
+		go func() {
+			for {
+				select {
+				case <-t.inner.PacketCh():
+				case c := <-t.inner.StreamCh():
+					c.Close()
+				case <-stop:
+					return
+				}
+			}
+		}()
+		err = t.inner.Shutdown()
+		close(stop)
+		t.wg.Wait()
+	})
+	return err
+}
+
+// directFailureMemory is how long a failed direct dial to a member counts
+// as its direct path being down for gossip. Once relayed, gossip to it
+// no longer tries the direct path, so the mark expires and the next
+// exchange tries it again: one failed dial a minute per such member.
+const directFailureMemory = time.Minute
+
+// maxDirectFailures bounds the marks; members are bounded far below it.
+const maxDirectFailures = 4096
+
+// noteDirect records the outcome of a direct dial to a member.
+func (t *relayTransport) noteDirect(name string, err error) {
+	if name == "" || name == t.self {
+		return
+	}
+	t.failMu.Lock()
+	defer t.failMu.Unlock()
+	if err == nil {
+		delete(t.failed, name)
+		return
+	}
+	if _, ok := t.failed[name]; ok || len(t.failed) < maxDirectFailures {
+		t.failed[name] = time.Now()
+	}
+}
+
+// directFailures returns the members a direct dial failed to within
+// directFailureMemory, and forgets older marks.
+func (t *relayTransport) directFailures(now time.Time) []string {
+	t.failMu.Lock()
+	defer t.failMu.Unlock()
+	var out []string
+	for name, at := range t.failed {
+		if now.Sub(at) >= directFailureMemory {
+			delete(t.failed, name)
+			continue
+		}
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// envelope returns the envelope for target followed by payload.
+func (t *relayTransport) envelope(target, origin string, ttl byte, payload []byte) []byte {
+	b := make([]byte, 0, 5+len(target)+len(origin)+len(payload))
+	b = append(b, relayMagic, relayVersion, ttl, byte(len(target)))
+	b = append(b, target...)
+	b = append(b, byte(len(origin)))
+	b = append(b, origin...)
+	return append(b, payload...)
+}
+
+// errEnvelope: a malformed envelope.
+var errEnvelope = errors.New("malformed gossip relay envelope")
+
+type envelopeHeader struct {
+	ttl            byte
+	target, origin string
+}
+
+// readEnvelope reads an envelope's header (its magic included) from r.
+func readEnvelope(r io.Reader) (envelopeHeader, error) {
+	var h envelopeHeader
+	var fixed [4]byte
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return h, fmt.Errorf("%w: %w", errEnvelope, err)
+	}
+	if fixed[0] != relayMagic || fixed[1] != relayVersion || fixed[3] == 0 {
+		return h, fmt.Errorf("%w: header %x", errEnvelope, fixed)
+	}
+	h.ttl = fixed[2]
+	target := make([]byte, fixed[3])
+	if _, err := io.ReadFull(r, target); err != nil {
+		return h, fmt.Errorf("%w: target: %w", errEnvelope, err)
+	}
+	var n [1]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return h, fmt.Errorf("%w: origin: %w", errEnvelope, err)
+	}
+	origin := make([]byte, n[0])
+	if _, err := io.ReadFull(r, origin); err != nil {
+		return h, fmt.Errorf("%w: origin: %w", errEnvelope, err)
+	}
+	h.target, h.origin = string(target), string(origin)
+	return h, nil
+}
+
+// forwardTo returns where an envelope for h.target goes from this node:
+// its relay, or the target itself; false when the target is no live
+// member (this node relays only to members) or the TTL is spent.
+func (t *relayTransport) forwardTo(h envelopeHeader) (string, bool) {
+	if h.ttl <= 1 {
+		return "", false
+	}
+	tab := t.table.Load()
+	addr, ok := tab.addrs[h.target]
+	if !ok {
+		return "", false
+	}
+	if hop, ok := tab.via[h.target]; ok && hop.addr != "" {
+		return hop.addr, true
+	}
+	return addr, true
+}
+
+// originAddr parses an envelope's origin as memberlist's packet source.
+func originAddr(s string, fallback net.Addr) net.Addr {
+	if a, err := net.ResolveUDPAddr("udp", s); err == nil && s != "" {
+		return a
+	}
+	return fallback
+}
+
+func (t *relayTransport) packets() {
+	defer t.wg.Done()
+	for {
+		var p *memberlist.Packet
+		select {
+		case p = <-t.inner.PacketCh():
+		case <-t.done:
+			return
+		}
+		if len(p.Buf) > 0 && p.Buf[0] == relayMagic {
+			p = t.relayPacket(p)
+			if p == nil {
+				continue
+			}
+		}
+		select {
+		case t.packetCh <- p:
+		case <-t.done:
+			return
+		}
+	}
+}
+
+// relayPacket unwraps an envelope for this node (returning the packet for
+// memberlist) or forwards it (returning nil).
+func (t *relayTransport) relayPacket(p *memberlist.Packet) *memberlist.Packet {
+	r := &byteReader{b: p.Buf}
+	h, err := readEnvelope(r)
+	if err != nil {
+		t.dropped.Add(1)
+		t.log.Debug("dropped a gossip packet", "from", p.From, "error", err)
+		return nil
+	}
+	if h.target == t.self {
+		return &memberlist.Packet{Buf: r.b, From: originAddr(h.origin, p.From), Timestamp: p.Timestamp}
+	}
+	to, ok := t.forwardTo(h)
+	if !ok {
+		t.dropped.Add(1)
+		t.log.Debug("dropped a gossip packet to relay", "from", p.From, "target", h.target, "ttl", h.ttl)
+		return nil
+	}
+	if _, err := t.inner.WriteTo(t.envelope(h.target, h.origin, h.ttl-1, r.b), to); err != nil {
+		t.log.Debug("failed to relay a gossip packet", "target", h.target, "to", to, "error", err)
+		return nil
+	}
+	t.forwarded.Add(1)
+	return nil
+}
+
+func (t *relayTransport) accept() {
+	defer t.wg.Done()
+	for {
+		select {
+		case c := <-t.inner.StreamCh():
+			t.wg.Add(1)
+			go func() {
+				defer t.wg.Done()
+				t.stream(c)
+			}()
+		case <-t.done:
+			return
+		}
+	}
+}
+
+// stream looks at an incoming stream's first byte: memberlist's own go to
+// memberlist as they are; an envelope for this node goes to memberlist
+// without its header; one for another member is spliced towards it.
+func (t *relayTransport) stream(c net.Conn) {
+	_ = c.SetReadDeadline(time.Now().Add(relayHeaderTimeout))
+	br := bufio.NewReader(c)
+	first, err := br.Peek(1)
+	if err != nil {
+		c.Close()
+		return
+	}
+	if first[0] == relayMagic {
+		h, err := readEnvelope(br)
+		if err != nil {
+			t.dropped.Add(1)
+			t.log.Debug("dropped a gossip stream", "from", c.RemoteAddr(), "error", err)
+			c.Close()
+			return
+		}
+		if h.target != t.self {
+			t.splice(c, br, h)
+			return
+		}
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	select {
+	case t.streamCh <- &bufferedConn{Conn: c, r: br}:
+	case <-t.done:
+		c.Close()
+	}
+}
+
+// splice forwards an enveloped stream for another member and copies both
+// ways until either side closes or relayStreamTimeout passes.
+func (t *relayTransport) splice(c net.Conn, br *bufio.Reader, h envelopeHeader) {
+	defer c.Close()
+	to, ok := t.forwardTo(h)
+	if !ok {
+		t.dropped.Add(1)
+		t.log.Debug("dropped a gossip stream to relay", "from", c.RemoteAddr(), "target", h.target, "ttl", h.ttl)
+		return
+	}
+	select {
+	case t.streams <- struct{}{}:
+		defer func() { <-t.streams }()
+	default:
+		t.dropped.Add(1)
+		t.log.Debug("dropped a gossip stream to relay: too many at once", "target", h.target)
+		return
+	}
+	out, err := t.dialVia(to, h.target, h.origin, h.ttl-1, relayHeaderTimeout)
+	if _, relayed := t.table.Load().via[h.target]; !relayed {
+		t.noteDirect(h.target, err)
+	}
+	if err != nil {
+		t.log.Debug("failed to relay a gossip stream", "target", h.target, "error", err)
+		return
+	}
+	defer out.Close()
+	t.forwarded.Add(1)
+	deadline := time.Now().Add(relayStreamTimeout)
+	_ = c.SetDeadline(deadline)
+	_ = out.SetDeadline(deadline)
+	done := make(chan struct{}, 2)
+	go func() { _, _ = io.Copy(out, br); closeWrite(out); done <- struct{}{} }()
+	go func() { _, _ = io.Copy(c, out); closeWrite(c); done <- struct{}{} }()
+	select {
+	case <-done:
+		<-done
+	case <-t.done:
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if tc, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = tc.CloseWrite()
+	}
+}
+
+// bufferedConn is a stream whose first bytes were read ahead.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// byteReader reads a packet's envelope and leaves the rest in b.
+type byteReader struct{ b []byte }
+
+func (r *byteReader) Read(p []byte) (int, error) {
+	if len(r.b) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b)
+	r.b = r.b[n:]
+	return n, nil
+}
+
+var _ memberlist.NodeAwareTransport = (*relayTransport)(nil)
+
+// SetRelays sets the member through which this node sends gossip to each
+// member in via (target name to relay name: the data plane's next hop,
+// peer.Relays); members absent from via, or whose relay is not a live
+// member, get their gossip directly. It also refreshes the addresses this
+// node forwards others' envelopes to (the live members'). Call it again
+// when members change. Safe for concurrent use; it does not block on the
+// network.
+func (m *Membership) SetRelays(via map[string]string) {
+	tab := &relayTable{via: make(map[string]relayHop, len(via)), addrs: map[string]string{}}
+	m.mu.Lock()
+	for name, mem := range m.members {
+		if !mem.Self && mem.State.Live() && mem.Addr.IsValid() {
+			tab.addrs[name] = mem.Addr.String()
+		}
+	}
+	m.mu.Unlock()
+	for target, hop := range via {
+		if a, ok := tab.addrs[hop]; ok && hop != target {
+			tab.via[target] = relayHop{name: hop, addr: a}
+		}
+	}
+	m.relay.setTable(tab)
+}
+
+// RelayStats returns what the gossip relay has done since the start.
+func (m *Membership) RelayStats() RelayStats { return m.relay.stats() }
+
+// DirectFailures names the members this node recently failed to reach on
+// their gossip port directly (a TCP dial that failed in the last minute):
+// the gossip-level signal for members whose data-plane path is not probed
+// (one of the two has no overlay IP yet, as a node that joins before it
+// has any space). The daemon counts them as down for its gossip routes
+// only (SetRelays); they are not published. Safe for concurrent use.
+func (m *Membership) DirectFailures() []string { return m.relay.directFailures(time.Now()) }

@@ -1,0 +1,221 @@
+package mesh
+
+import (
+	"bytes"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// relayNode is one relayTransport on a loopback port.
+type relayNode struct {
+	name string
+	t    *relayTransport
+	addr string
+}
+
+func newRelayNode(t *testing.T, name string) *relayNode {
+	t.Helper()
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{"127.0.0.1"},
+		Logger:    log.New(io.Discard, "", 0),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := newRelayTransport(nt, name, slog.New(slog.DiscardHandler))
+	t.Cleanup(func() { rt.Shutdown() })
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(nt.GetAutoBindPort()))
+	rt.setOrigin(addr)
+	return &relayNode{name: name, t: rt, addr: addr}
+}
+
+// relayTriple is a, b and c where a sends to c through b. Each knows the
+// others' addresses; a's table routes c via b.
+func relayTriple(t *testing.T) (a, b, c *relayNode) {
+	a, b, c = newRelayNode(t, "a"), newRelayNode(t, "b"), newRelayNode(t, "c")
+	addrs := map[string]string{"a": a.addr, "b": b.addr, "c": c.addr}
+	a.t.setTable(&relayTable{via: map[string]relayHop{"c": {"b", b.addr}}, addrs: addrs})
+	b.t.setTable(&relayTable{addrs: addrs})
+	c.t.setTable(&relayTable{via: map[string]relayHop{"a": {"b", b.addr}}, addrs: addrs})
+	return a, b, c
+}
+
+func recvPacket(t *testing.T, n *relayNode, within time.Duration) *memberlist.Packet {
+	t.Helper()
+	select {
+	case p := <-n.t.PacketCh():
+		return p
+	case <-time.After(within):
+		return nil
+	}
+}
+
+func TestRelayPacketThroughRelay(t *testing.T) {
+	a, b, c := relayTriple(t)
+	payload := []byte("memberlist packet")
+	if _, err := a.t.WriteToAddress(payload, memberlist.Address{Addr: c.addr, Name: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	p := recvPacket(t, c, 5*time.Second)
+	if p == nil {
+		t.Fatal("c received nothing")
+	}
+	if !bytes.Equal(p.Buf, payload) {
+		t.Fatalf("c received %q, want %q", p.Buf, payload)
+	}
+	if p.From.String() != a.addr {
+		t.Fatalf("c sees the packet from %v, want a's address %s (memberlist answers there)", p.From, a.addr)
+	}
+	if p := recvPacket(t, b, 200*time.Millisecond); p != nil {
+		t.Fatalf("the relay handed memberlist a packet for c: %q", p.Buf)
+	}
+	if s := a.t.stats(); s.Sent != 1 {
+		t.Fatalf("a's stats %+v, want 1 sent through a relay", s)
+	}
+	if s := b.t.stats(); s.Forwarded != 1 || s.Dropped != 0 {
+		t.Fatalf("b's stats %+v, want 1 forwarded", s)
+	}
+	// The answer goes back the same way (c routes a via b).
+	if _, err := c.t.WriteToAddress([]byte("ack"), memberlist.Address{Addr: a.addr, Name: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := recvPacket(t, a, 5*time.Second); p == nil || string(p.Buf) != "ack" || p.From.String() != c.addr {
+		t.Fatalf("a received %+v, want the ack from %s", p, c.addr)
+	}
+	// Without a route, a packet goes directly and unwrapped.
+	if _, err := a.t.WriteToAddress([]byte("direct"), memberlist.Address{Addr: b.addr, Name: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := recvPacket(t, b, 5*time.Second); p == nil || string(p.Buf) != "direct" {
+		t.Fatalf("b received %+v, want the direct packet", p)
+	}
+}
+
+func TestRelayDropsWhatItMustNotForward(t *testing.T) {
+	_, b, c := relayTriple(t)
+	cases := []struct {
+		name string
+		pkt  []byte
+	}{
+		{"ttl spent", b.t.envelope("c", "127.0.0.1:1", 1, []byte("x"))},
+		{"unknown target", b.t.envelope("nobody", "127.0.0.1:1", relayTTL, []byte("x"))},
+		{"truncated", []byte{relayMagic, relayVersion, relayTTL, 9, 'c'}},
+		{"other version", append([]byte{relayMagic, 9, relayTTL, 1, 'c', 0}, 'x')},
+		{"empty target", append([]byte{relayMagic, relayVersion, relayTTL, 0, 0}, 'x')},
+	}
+	for i, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := b.t.inner.WriteTo(tt.pkt, b.addr); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for b.t.stats().Dropped < uint64(i+1) && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := b.t.stats().Dropped; got != uint64(i+1) {
+				t.Fatalf("dropped %d envelopes, want %d", got, i+1)
+			}
+			if p := recvPacket(t, c, 100*time.Millisecond); p != nil {
+				t.Fatalf("c received %q", p.Buf)
+			}
+			if p := recvPacket(t, b, 100*time.Millisecond); p != nil {
+				t.Fatalf("b handed memberlist %q", p.Buf)
+			}
+		})
+	}
+	if s := b.t.stats(); s.Forwarded != 0 {
+		t.Fatalf("b forwarded %d envelopes, want none", s.Forwarded)
+	}
+}
+
+func TestRelayStreamThroughRelay(t *testing.T) {
+	a, b, c := relayTriple(t)
+	conn, err := a.t.DialAddressTimeout(memberlist.Address{Addr: c.addr, Name: "c"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("push")); err != nil {
+		t.Fatal(err)
+	}
+	var in net.Conn
+	select {
+	case in = <-c.t.StreamCh():
+	case <-time.After(5 * time.Second):
+		t.Fatal("c received no stream")
+	}
+	defer in.Close()
+	_ = in.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(in, buf); err != nil || string(buf) != "push" {
+		t.Fatalf("c read %q, %v; want the stream's own bytes", buf, err)
+	}
+	if _, err := in.Write([]byte("pull")); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "pull" {
+		t.Fatalf("a read %q, %v; want c's answer", buf, err)
+	}
+	select {
+	case s := <-b.t.StreamCh():
+		t.Fatalf("the relay handed memberlist a stream for c from %v", s.RemoteAddr())
+	case <-time.After(100 * time.Millisecond):
+	}
+	if s := b.t.stats(); s.Forwarded != 1 {
+		t.Fatalf("b's stats %+v, want 1 forwarded stream", s)
+	}
+	// memberlist's own streams pass untouched.
+	direct, err := a.t.DialAddressTimeout(memberlist.Address{Addr: b.addr, Name: "b"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	if _, err := direct.Write([]byte{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-b.t.StreamCh():
+		defer s.Close()
+		_ = s.SetDeadline(time.Now().Add(5 * time.Second))
+		got := make([]byte, 3)
+		if _, err := io.ReadFull(s, got); err != nil || !bytes.Equal(got, []byte{1, 2, 3}) {
+			t.Fatalf("b read %v, %v from a direct stream", got, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("b received no direct stream")
+	}
+}
+
+// TestRelayShutdownWithUnreadPackets: memberlist stops reading before it
+// shuts the transport down; packets and streams still arriving must not
+// keep Shutdown (and so memberlist's) from returning.
+func TestRelayShutdownWithUnreadPackets(t *testing.T) {
+	a, b := newRelayNode(t, "a"), newRelayNode(t, "b")
+	for range 50 {
+		if _, err := a.t.inner.WriteTo([]byte("unread"), b.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := a.t.inner.DialTimeout(b.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = c.Write([]byte{1})
+	time.Sleep(200 * time.Millisecond)
+	done := make(chan error, 1)
+	go func() { done <- b.t.Shutdown() }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return with packets and a stream nobody read")
+	}
+}
