@@ -68,6 +68,7 @@ func New(cfg Config) (*Membership, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("node name is empty")
 	}
+	cfg.Meta.GossipRelay = int(relayVersion)
 	metaBytes, err := cfg.Meta.Encode()
 	if err != nil {
 		return nil, err
@@ -225,6 +226,7 @@ func (m *Membership) Subscribe() <-chan struct{} {
 
 // UpdateMeta changes this node's metadata and gossips it.
 func (m *Membership) UpdateMeta(meta Meta) error {
+	meta.GossipRelay = int(relayVersion)
 	var b []byte
 	var err error
 	if m.cfg.SigningKey != nil {

@@ -25,6 +25,10 @@ type Meta struct {
 	// (docs/routing.md). Absent from a node of the previous release,
 	// which is then neither relayed to nor through; old nodes ignore it.
 	Paths *PathMeta `json:"p,omitempty"`
+	// GossipRelay is the version of the gossip relay envelope the node
+	// reads (relay.go); set by the membership itself. A node of the
+	// previous release has none and is never sent an envelope to relay.
+	GossipRelay int `json:"gr,omitempty"`
 	// SignKey is the node's long-term ed25519 public key (base64) and
 	// SigVersion the format of Sig (MetaSigVersion). Absent from a node
 	// of the previous release, which is then accepted unsigned while its

@@ -507,21 +507,24 @@ var _ memberlist.NodeAwareTransport = (*relayTransport)(nil)
 // SetRelays sets the member through which this node sends gossip to each
 // member in via (target name to relay name: the data plane's next hop,
 // peer.Relays); members absent from via, or whose relay is not a live
-// member, get their gossip directly. It also refreshes the addresses this
+// member reading this envelope version (a node of the previous release),
+// get their gossip directly. It also refreshes the addresses this
 // node forwards others' envelopes to (the live members'). Call it again
 // when members change. Safe for concurrent use; it does not block on the
 // network.
 func (m *Membership) SetRelays(via map[string]string) {
 	tab := &relayTable{via: make(map[string]relayHop, len(via)), addrs: map[string]string{}}
 	m.mu.Lock()
+	relays := map[string]bool{}
 	for name, mem := range m.members {
 		if !mem.Self && mem.State.Live() && mem.Addr.IsValid() {
 			tab.addrs[name] = mem.Addr.String()
+			relays[name] = mem.Meta.GossipRelay == int(relayVersion)
 		}
 	}
 	m.mu.Unlock()
 	for target, hop := range via {
-		if a, ok := tab.addrs[hop]; ok && hop != target {
+		if a, ok := tab.addrs[hop]; ok && hop != target && relays[hop] {
 			tab.via[target] = relayHop{name: hop, addr: a}
 		}
 	}

@@ -219,3 +219,34 @@ func TestRelayShutdownWithUnreadPackets(t *testing.T) {
 		t.Fatal("Shutdown did not return with packets and a stream nobody read")
 	}
 }
+
+// TestSetRelaysOnlyThroughReaders: gossip goes to a relay only if the
+// relay is a live member that reads the envelope (its metadata says so);
+// a node of the previous release, which would take an envelope for a
+// broken memberlist packet, is never one.
+func TestSetRelaysOnlyThroughReaders(t *testing.T) {
+	a := startWith(t, testConfig(t, "a", nil))
+	b := startWith(t, testConfig(t, "b", nil, a.LocalAddr().String()))
+	waitWithin(t, 10*time.Second, "a sees b alive", func() bool { return a.IsMember("b") })
+	a.SetRelays(map[string]string{"c": "b", "d": "nobody", "b": "b"})
+	tab := a.relay.table.Load()
+	if h, ok := tab.via["c"]; !ok || h.name != "b" || h.addr != b.LocalAddr().String() {
+		t.Fatalf("c's relay is %+v (%v), want b at %s", h, ok, b.LocalAddr())
+	}
+	if _, ok := tab.via["d"]; ok {
+		t.Fatal("d goes through a relay that is no member")
+	}
+	if _, ok := tab.via["b"]; ok {
+		t.Fatal("b is its own relay")
+	}
+	if tab.addrs["b"] != b.LocalAddr().String() || len(tab.addrs) != 1 {
+		t.Fatalf("forwarding addresses %v, want only b's", tab.addrs)
+	}
+	a.mu.Lock()
+	a.members["b"].Meta.GossipRelay = 0 // as a previous release announces
+	a.mu.Unlock()
+	a.SetRelays(map[string]string{"c": "b"})
+	if h, ok := a.relay.table.Load().via["c"]; ok {
+		t.Fatalf("c goes through %+v, which does not read envelopes", h)
+	}
+}
