@@ -147,6 +147,14 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("failed to list %s from the Kubernetes API within %v (check RBAC: pods, namespaces, networkpolicies get/list/watch)", strings.Join(missing, ", "), syncTimeout)
 	}
 	c.log.Info("enforcing network policies", "node", c.node)
+	// The first apply of a Run programs the whole table: whatever the
+	// table holds now (changed while no Run watched it) is replaced.
+	if f, ok := c.nft.(interface{ Forget() }); ok {
+		f.Forget()
+	}
+	c.mu.Lock()
+	c.text = ""
+	c.mu.Unlock()
 	c.trigger()
 	retry := time.NewTimer(0)
 	retry.Stop()
