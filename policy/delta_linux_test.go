@@ -1,14 +1,22 @@
 package policy
 
 import (
+	"context"
+	"flag"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
 )
 
 // TestApplyChangesInPlace: on the kernel's nftables, a sequence of changes
@@ -120,4 +128,148 @@ func sortElements(b string) string {
 	}
 	slices.Sort(elems)
 	return b[:start] + fmt.Sprintf("elements = {%s}", strings.Join(elems, ", ")) + b[start+end+1:]
+}
+
+// scalePods is the size of TestControllerScale: 10,000 pods (1,000
+// namespaces, 1,000 policies), under a second.
+var scalePods = flag.Int("policy.scale.pods", 10000, "pods of TestControllerScale (a multiple of 1,000)")
+
+// appliedRecorder passes rulesets on to the real applier and tells when
+// one was applied.
+type appliedRecorder struct {
+	*NFT
+	applied chan struct{}
+}
+
+func (a *appliedRecorder) Apply(rs *Ruleset) error {
+	err := a.NFT.Apply(rs)
+	if err == nil {
+		select {
+		case a.applied <- struct{}{}:
+		default:
+		}
+	}
+	return err
+}
+
+// TestControllerScale measures the controller of one node on a cluster of
+// 10,000 pods (-policy.scale.pods), a tenth as many namespaces and
+// policies, the fake clientset as API server and the kernel's nftables in
+// a test namespace: the heap the controller adds (its caches and rulesets,
+// after GC), the time from an API change until its rules are in the table,
+// and the nftables operations of that change, which must not depend on the
+// cluster's size (TestApplyWorkPerChange compares two sizes).
+func TestControllerScale(t *testing.T) {
+	testnet.RequireRoot(t)
+	n := *scalePods
+	if n < 1000 || n%1000 != 0 {
+		t.Fatalf("-policy.scale.pods=%d: want a multiple of 1000", n)
+	}
+	res := measureControllerScale(t, n)
+	t.Logf("policy controller, %d pods, %d namespaces, %d policies, %d of the pods on this node:", n, n/scalePodsPerNS, n/scalePodsPerNS, scaleLocalPods)
+	t.Logf("  heap added by the controller (after GC): %.1f MiB; first sync and whole-table write: %v (%d operations)", float64(res.heap)/(1<<20), res.sync.Round(time.Millisecond), res.syncOps)
+	for _, c := range res.changes {
+		t.Logf("  %-60s %8v %4d operations", c.name, c.took.Round(100*time.Microsecond), c.ops)
+		if c.ops > res.syncOps/20 {
+			t.Errorf("%s: %d operations, more than 5%% of the whole table (%d)", c.name, c.ops, res.syncOps)
+		}
+		// A generous bound for a loaded 2-core machine: a change is
+		// applied within seconds, not minutes.
+		if c.took > 20*time.Second {
+			t.Errorf("%s took %v", c.name, c.took)
+		}
+	}
+	// Memory: the caches hold every object of the cluster; bounded
+	// generously at 64 KiB per pod (measured: see docs/scale.md).
+	if res.heap > int64(n)*64<<10 {
+		t.Errorf("the controller adds %d bytes of heap for %d pods", res.heap, n)
+	}
+}
+
+type scaleResult struct {
+	heap    int64
+	sync    time.Duration
+	syncOps int
+	changes []scaleChangeResult
+}
+
+type scaleChangeResult struct {
+	name string
+	took time.Duration
+	ops  int
+}
+
+func heapAfterGC() int64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// measureControllerScale runs a controller on scaleState(n) and applies
+// the changes the table must follow through the API.
+func measureControllerScale(t testing.TB, n int) scaleResult {
+	st := scaleState(n)
+	var objs []k8sruntime.Object
+	for _, o := range st.Namespaces {
+		objs = append(objs, o)
+	}
+	for _, o := range st.Pods {
+		objs = append(objs, o)
+	}
+	for _, o := range st.Policies {
+		objs = append(objs, o)
+	}
+	client := fake.NewClientset(objs...)
+	objs, st = nil, State{}
+	rec := &appliedRecorder{NFT: nftIn(t, netnstest.New(t)), applied: make(chan struct{}, 1)}
+	var res scaleResult
+	before := heapAfterGC()
+	start := time.Now()
+	c := startController(t, client, rec)
+	res.sync = time.Since(start)
+	res.syncOps = rec.LastOps()
+	res.heap = heapAfterGC() - before
+	<-rec.applied // the first apply's
+
+	ctx := context.Background()
+	nodes := n / scalePodsPerNode
+	change := func(name string, do func() error) {
+		t.Helper()
+		start := time.Now()
+		if err := do(); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		select {
+		case <-rec.applied:
+		case <-time.After(time.Minute):
+			t.Fatalf("%s: not applied within a minute", name)
+		}
+		res.changes = append(res.changes, scaleChangeResult{name, time.Since(start), rec.LastOps()})
+	}
+	change("pod added on another node, a peer of this node's policies", func() error {
+		p := mkPod("ns1", "new-remote", "node2", "10.96.0.1", "app=web,role=r1", "http:TCP:8080", "dns:UDP:53")
+		_, err := client.CoreV1().Pods("ns1").Create(ctx, p, metav1.CreateOptions{})
+		return err
+	})
+	change("pod added on this node", func() error {
+		p := scalePod(1, nodes)
+		p.Name, p.Status.PodIP, p.Status.PodIPs = "new-local", "10.96.0.3", []corev1.PodIP{{IP: "10.96.0.3"}}
+		_, err := client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+		return err
+	})
+	change("policy of this node changed (a port added)", func() error {
+		np := scalePolicy(0)
+		np.Spec.Ingress[0].Ports = append(np.Spec.Ingress[0].Ports, port("TCP", 8443))
+		_, err := client.NetworkingV1().NetworkPolicies(np.Namespace).Update(ctx, np, metav1.UpdateOptions{})
+		return err
+	})
+	change("namespace label changed (team t1 to t2)", func() error {
+		ns := mkNS("ns11", "team=t2")
+		_, err := client.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{})
+		return err
+	})
+	runtime.KeepAlive(c)
+	return res
 }
