@@ -149,8 +149,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.log.Info("enforcing network policies", "node", c.node)
 	// The first apply of a Run programs the whole table: whatever the
 	// table holds now (changed while no Run watched it) is replaced.
-	if f, ok := c.nft.(interface{ Forget() }); ok {
-		f.Forget()
+	if f, ok := c.nft.(interface{ RewriteNext() }); ok {
+		f.RewriteNext()
 	}
 	c.mu.Lock()
 	c.text = ""

@@ -65,7 +65,7 @@ func TestApplyChangesInPlace(t *testing.T) {
 			}
 		}
 		prev = rs
-		whole.Forget()
+		whole.RewriteNext()
 		if err := whole.Apply(rs); err != nil {
 			t.Fatalf("step %d (%s): whole: %v", i, s.name, err)
 		}
@@ -199,6 +199,30 @@ type scaleChangeResult struct {
 	ops  int
 }
 
+// fatten gives a pod what real pods carry and policies do not need: an
+// annotation of the size of kubectl's last-applied-configuration, an image,
+// environment variables, a volume and its mount, probes, conditions and
+// container statuses (about 3 KB in all).
+func fatten(p *corev1.Pod) *corev1.Pod {
+	p = p.DeepCopy()
+	p.Annotations = map[string]string{"kubectl.kubernetes.io/last-applied-configuration": strings.Repeat("x", 1500)}
+	p.UID = "00000000-0000-0000-0000-000000000000"
+	p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	c := &p.Spec.Containers[0]
+	c.Image = "registry.example/team/app:1.2.3"
+	for i := range 10 {
+		c.Env = append(c.Env, corev1.EnvVar{Name: fmt.Sprintf("SETTING_%d", i), Value: "some-value-of-a-setting"})
+	}
+	c.VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}
+	c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready"}}}
+	p.Status.HostIP = "192.0.2.1"
+	for _, ct := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
+		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: ct, Status: corev1.ConditionTrue})
+	}
+	p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "c", Ready: true, Image: c.Image, ImageID: "sha256:" + strings.Repeat("0", 64), ContainerID: "containerd://" + strings.Repeat("0", 64)}}
+	return p
+}
+
 func heapAfterGC() int64 {
 	runtime.GC()
 	runtime.GC()
@@ -216,7 +240,7 @@ func measureControllerScale(t testing.TB, n int) scaleResult {
 		objs = append(objs, o)
 	}
 	for _, o := range st.Pods {
-		objs = append(objs, o)
+		objs = append(objs, fatten(o))
 	}
 	for _, o := range st.Policies {
 		objs = append(objs, o)

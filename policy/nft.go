@@ -170,10 +170,10 @@ func (n *NFT) Apply(rs *Ruleset) error {
 	return nil
 }
 
-// Forget makes the next Apply rewrite the whole table, as at start: a new
+// RewriteNext makes the next Apply rewrite the whole table, as at start: a new
 // Run of the controller (after an API outage, in a restarted daemon) does
 // not trust what was programmed before.
-func (n *NFT) Forget() {
+func (n *NFT) RewriteNext() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.live = nil
