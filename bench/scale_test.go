@@ -4,6 +4,7 @@ package bench
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -25,7 +26,10 @@ type scaleResult struct {
 	// The lines of policy TestControllerScale and fastdp
 	// TestWireGuardPeersScale with their figures.
 	controller, wireguard []string
-	err                   []string
+	// The tables of ipam TestScaleGossipBytes and TestScaleConvergence
+	// (simulation).
+	gossip, convergence []string
+	err                 []string
 }
 
 var (
@@ -34,12 +38,49 @@ var (
 	logLine = regexp.MustCompile(`(?m)^\s+\S+_test\.go:\d+: (.*)$`)
 )
 
+// Sizes of the IPAM simulations of part 10 (BENCH_IPAM_GOSSIP_SIZES,
+// BENCH_IPAM_CONV_SIZES): the convergence's memory grows with N² (3.7
+// GiB at 1000 peers), so it stops at 300 unless asked.
+var (
+	gossipSizes = envString("BENCH_IPAM_GOSSIP_SIZES", "100,1000")
+	convSizes   = envString("BENCH_IPAM_CONV_SIZES", "100,300")
+)
+
+func envString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
 // goTestLog runs one test of a package verbosely and returns its output.
-func goTestLog(t *testing.T, pkg, test string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+func goTestLog(t *testing.T, pkg, test string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^"+test+"$", "-v", pkg).CombinedOutput()
+	cmd := append([]string{"test", "-count=1", "-timeout", "30m", "-run", "^" + test + "$", "-v", pkg}, args...)
+	out, err := exec.CommandContext(ctx, "go", cmd...).CombinedOutput()
 	return string(out), err
+}
+
+// tableLines returns the lines of out from the first that starts (after
+// blanks) with header up to the first empty one.
+func tableLines(out, header string) []string {
+	var lines []string
+	on := false
+	for _, l := range strings.Split(out, "\n") {
+		tl := strings.TrimSpace(l)
+		if !on && strings.HasPrefix(tl, header) {
+			on = true
+		}
+		if !on {
+			continue
+		}
+		if tl == "" || strings.HasPrefix(tl, "---") || strings.HasPrefix(tl, "===") {
+			break
+		}
+		lines = append(lines, tl)
+	}
+	return lines
 }
 
 func benchScale(t *testing.T, r *report) {
@@ -85,6 +126,23 @@ func benchScale(t *testing.T, r *report) {
 			t.Errorf("%s printed no figures:\n%s", x.test, out)
 		}
 	}
+	for _, x := range []struct {
+		test, flag, sizes, header string
+		dst                       *[]string
+	}{
+		{"TestScaleGossipBytes", "-ipam.scale.sizes=", gossipSizes, "N ", &res.gossip},
+		{"TestScaleConvergence", "-ipam.conv.sizes=", convSizes, "N ", &res.convergence},
+	} {
+		out, err := goTestLog(t, "../ipam/", x.test, x.flag+x.sizes)
+		if err != nil {
+			res.err = append(res.err, x.test+": "+err.Error())
+			t.Errorf("%s: %v\n%s", x.test, err, out)
+		}
+		*x.dst = tableLines(out, x.header)
+		if len(*x.dst) < 2 {
+			t.Errorf("%s printed no table:\n%s", x.test, out)
+		}
+	}
 }
 
 func (res *scaleResult) print(p func(string, ...any)) {
@@ -112,6 +170,14 @@ func (res *scaleResult) print(p func(string, ...any)) {
 		p("   %s\n", l)
 	}
 	for _, l := range res.wireguard {
+		p("   %s\n", l)
+	}
+	p("   IPAM gossip bytes by mesh size (simulation; ipam TestScaleGossipBytes, N = %s; docs/scale.md says what each column counts):\n", gossipSizes)
+	for _, l := range res.gossip {
+		p("   %s\n", l)
+	}
+	p("   IPAM convergence after one event (simulation; ipam TestScaleConvergence, N = %s):\n", convSizes)
+	for _, l := range res.convergence {
 		p("   %s\n", l)
 	}
 }
