@@ -227,3 +227,23 @@ func TestApplyWorkPerChange(t *testing.T) {
 		t.Errorf("a pod nobody here names changed %d things", o[0])
 	}
 }
+
+// BenchmarkRebuildScale is the in-memory part of one change on a node of
+// the 10,000-pod cluster (TestControllerScale): build the ruleset from
+// every object and compare it with the one in the table.
+func BenchmarkRebuildScale(b *testing.B) {
+	st := scaleState(10000)
+	next := scaleChanges(10000)[0].apply(st)
+	prev := Build(st)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		s := st
+		if i%2 == 0 {
+			s = next
+		}
+		rs := Build(s)
+		if diffRulesets(prev, rs).empty() == (i%2 == 0) {
+			b.Fatal("the change was not seen, or a non-change was")
+		}
+	}
+}
