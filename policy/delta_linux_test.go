@@ -30,28 +30,33 @@ func TestApplyChangesInPlace(t *testing.T) {
 	inPlaceNS, wholeNS := netnstest.New(t), netnstest.New(t)
 	inPlace, whole := nftIn(t, inPlaceNS), nftIn(t, wholeNS)
 
-	st := scaleState(1000)
-	steps := []struct {
+	type step struct {
 		name string
 		st   State
-	}{{"start", st}}
+	}
+	st := scaleState(1000)
+	steps := []step{{"start", st}}
 	cur := st
 	for _, c := range scaleChanges(1000) {
 		cur = c.apply(cur)
-		steps = append(steps, struct {
-			name string
-			st   State
-		}{c.name, cur})
+		steps = append(steps, step{c.name, cur})
 	}
+	// An ipBlock reaching the top of the address space: its last range
+	// has no end element in the kernel's interval set.
+	withBlock := func(st State, except string) State {
+		st.Policies = slices.Clone(st.Policies)
+		np := st.Policies[0].DeepCopy()
+		np.Spec.Ingress = append(np.Spec.Ingress, ingress{From: peers{blockPeer("0.0.0.0/0", except)}})
+		st.Policies[0] = np
+		return st
+	}
+	steps = append(steps,
+		step{"ipBlock 0.0.0.0/0 except 10.0.0.0/8 added", withBlock(cur, "10.0.0.0/8")},
+		step{"its except changed to 10.0.0.0/9", withBlock(cur, "10.0.0.0/9")},
+		step{"its except changed to 192.168.0.0/16", withBlock(cur, "192.168.0.0/16")})
 	del := cur
 	del.Policies = slices.DeleteFunc(slices.Clone(del.Policies), func(np *networkingv1.NetworkPolicy) bool { return np.Name == "pol1" || np.Name == "pol3" })
-	steps = append(steps, struct {
-		name string
-		st   State
-	}{"two policies of this node deleted", del}, struct {
-		name string
-		st   State
-	}{"back to the start", st})
+	steps = append(steps, step{"two policies of this node deleted", del}, step{"back to the start", st})
 
 	var prev *Ruleset
 	for i, s := range steps {
