@@ -24,7 +24,54 @@ var (
 	// other: N² messages of O(N) bytes, as much CPU in the simulation
 	// (about 15 minutes at 1000 peers), so it is measured up to this size.
 	convDeleteMax = flag.Int("ipam.conv.deletemax", 300, "largest size at which TestScaleConvergence simulates a Node deletion")
+	// The mesh with automatic reclaim is a second settled mesh, and its
+	// allocations and reclaim take simulated minutes of lease echoes and
+	// push/pull (about 1.5 s of CPU at 30 peers).
+	convReclaimMax = flag.Int("ipam.conv.reclaimmax", 30, "largest size at which TestScaleConvergence simulates a mesh with automatic reclaim")
 )
+
+// convReclaimAfter is the --ipalloc-reclaim-after of the reclaim mesh.
+const convReclaimAfter = time.Minute
+
+// measureReclaim measures a mesh with automatic reclaim: its traffic at
+// rest (the lease echoes) and a node's death until its space is reclaimed.
+func measureReclaim(t *testing.T, n int) []convPhase {
+	t.Helper()
+	s, names := settledScaleSimReclaim(t, n, convReclaimAfter)
+	count := func(name string, start func(), limit int, done func() string) convPhase {
+		s.sent, s.recv, s.msgs = map[string]int{}, map[string]int{}, 0
+		start()
+		p := convPhase{name: name, seconds: converge(t, s, true, limit, done)}
+		if p.seconds < 0 {
+			t.Errorf("n=%d: %s: not converged after %d simulated seconds: %s", n, name, limit, done())
+		}
+		p.total = sum(s.sent)
+		p.mean = float64(p.total) / float64(len(s.nodes))
+		for _, v := range s.sent {
+			p.maxSent = max(p.maxSent, v)
+		}
+		for _, v := range s.recv {
+			p.maxRecv = max(p.maxRecv, v)
+		}
+		p.msgs = s.msgs
+		s.sent, s.recv = nil, nil
+		return p
+	}
+	// At rest: ReclaimAfter of simulated time, nothing happening.
+	rest := 0
+	restP := count(fmt.Sprintf("reclaim on: at rest for %v (push/pull)", convReclaimAfter), func() {}, int(convReclaimAfter/time.Second), func() string {
+		rest++
+		if rest < int(convReclaimAfter/time.Second) {
+			return "resting"
+		}
+		return ""
+	})
+	gone := names[n/2]
+	leave := count(fmt.Sprintf("reclaim on: leave, reclaimed after %v", convReclaimAfter), func() { s.kill(gone) }, 20*int(convReclaimAfter/time.Second), func() string {
+		return cmpOr(cmpOr(s.ringsEqual(), ownedBy(s, gone)), s.unowned())
+	})
+	return []convPhase{restP, leave}
+}
 
 // convPhase is what one event cost until the mesh agreed again.
 type convPhase struct {
@@ -57,6 +104,9 @@ func TestScaleConvergence(t *testing.T) {
 	for _, n := range sizes {
 		start := time.Now()
 		phases := measureConvergence(t, n)
+		if n <= *convReclaimMax {
+			phases = append(phases, measureReclaim(t, n)...)
+		}
 		t.Logf("n=%d measured in %v", n, time.Since(start).Round(time.Millisecond))
 		for _, p := range phases {
 			fmt.Fprintf(&b, "%6d %-46s %8d %14d %12.0f %12d %12d %10d\n", n, p.name, p.seconds, p.total, p.mean, p.maxSent, p.maxRecv, p.msgs)
