@@ -107,10 +107,13 @@ func TestScaleConvergence(t *testing.T) {
 		if n <= *convReclaimMax {
 			phases = append(phases, measureReclaim(t, n)...)
 		}
-		t.Logf("n=%d measured in %v", n, time.Since(start).Round(time.Millisecond))
+		var rows strings.Builder
 		for _, p := range phases {
-			fmt.Fprintf(&b, "%6d %-46s %8d %14d %12.0f %12d %12d %10d\n", n, p.name, p.seconds, p.total, p.mean, p.maxSent, p.maxRecv, p.msgs)
+			fmt.Fprintf(&rows, "%6d %-46s %8d %14d %12.0f %12d %12d %10d\n", n, p.name, p.seconds, p.total, p.mean, p.maxSent, p.maxRecv, p.msgs)
 		}
+		// Each size as it is done: the large ones take many minutes.
+		t.Logf("n=%d measured in %v:\n%s", n, time.Since(start).Round(time.Millisecond), rows.String())
+		b.WriteString(rows.String())
 	}
 	t.Log(b.String())
 }
