@@ -302,3 +302,40 @@ func measureControllerScale(t testing.TB, n int) scaleResult {
 	runtime.KeepAlive(c)
 	return res
 }
+
+// TestSlimPodKeepsWhatPoliciesRead: the pod cache's transform drops what
+// real pods carry beyond what policies read, and the table built from
+// slimmed pods is the one built from whole pods (Terminating pods and
+// address reuse included).
+func TestSlimPodKeepsWhatPoliciesRead(t *testing.T) {
+	st := scaleState(1000)
+	whole, slim := st, st
+	whole.Pods, slim.Pods = nil, nil
+	for i, p := range st.Pods {
+		p = fatten(p)
+		p.CreationTimestamp = metav1.NewTime(time.Date(2026, 1, 1, 0, 0, i, 0, time.UTC))
+		if i%7 == 0 {
+			now := metav1.NewTime(time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC))
+			p.DeletionTimestamp = &now
+		}
+		if i%11 == 0 && i > 0 { // an address reused by a newer pod
+			p.Status.PodIP, p.Status.PodIPs = scaleAddr(i-1), []corev1.PodIP{{IP: scaleAddr(i - 1)}}
+		}
+		whole.Pods = append(whole.Pods, p)
+		s, err := slimPod(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp := s.(*corev1.Pod)
+		if sp.Annotations != nil || sp.Spec.Containers[0].Env != nil || sp.Status.Conditions != nil {
+			t.Fatalf("slimPod kept what policies do not read: %+v", sp)
+		}
+		if podChanged(p, sp) {
+			t.Fatalf("podChanged sees a difference between a pod and its slim form")
+		}
+		slim.Pods = append(slim.Pods, sp)
+	}
+	if a, b := Build(whole).String(), Build(slim).String(); a != b {
+		t.Errorf("the table from slim pods differs: %s", firstDiff(a, b))
+	}
+}
