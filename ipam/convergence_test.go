@@ -26,7 +26,9 @@ var (
 	convDeleteMax = flag.Int("ipam.conv.deletemax", 300, "largest size at which TestScaleConvergence simulates a Node deletion")
 	// The mesh with automatic reclaim is a second settled mesh, and its
 	// allocations and reclaim take simulated minutes of lease echoes and
-	// push/pull (about 1.5 s of CPU at 30 peers).
+	// push/pull (about 1.5 s of CPU at 30 peers, 45 s at 100; at 300 it
+	// ran 15 minutes and grew past 7 GiB unfinished: the echoes of one
+	// reclaim are ~N² whole states).
 	convReclaimMax = flag.Int("ipam.conv.reclaimmax", 30, "largest size at which TestScaleConvergence simulates a mesh with automatic reclaim")
 )
 
