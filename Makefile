@@ -39,7 +39,9 @@ demo: deps
 # Side-by-side benchmarks on simulated hosts (needs root; a few minutes):
 # CNI ADD+DEL against the reference bridge + host-local plugins, IPAM through
 # the control socket and its gossiped state size, iperf3 over the underlay,
-# the mesh overlay and a bare wireguard-go pair, and the daemon's memory.
+# the mesh overlay and a bare wireguard-go pair, and the daemon's memory;
+# part 10: the policy controller (10,000 pods) and the data plane (1,000
+# peers) at scale and the IPAM simulations (docs/scale.md).
 # One table with the ratios at the end; see docs/performance.md. The Go
 # micro-benchmarks of the packages run first.
 bench: deps
@@ -53,6 +55,7 @@ bench: deps
 # with MESH_FAULT_SEED=N).
 soak: deps
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 90m -run '^TestSimulation' -v ./ipam/
+	MESH_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^TestScale(GossipBytes|Convergence)$$' -v ./ipam/
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^(TestFaultInjection|TestConvergence)$$' -v ./e2e/
 
 clean:

@@ -34,7 +34,7 @@ var (
 	iperfSecs   = envInt("BENCH_IPERF_SECONDS", 5)
 	iperfRounds = envInt("BENCH_IPERF_ROUNDS", 3)
 	// BENCH_PARTS selects parts (cni, churn, state, dataplane, kdf,
-	// isolation, restart, hostile, relay; default all).
+	// isolation, restart, hostile, relay, scale; default all).
 	parts = os.Getenv("BENCH_PARTS")
 	// BENCH_MESH_ENV and BENCH_WG_ENV add KEY=VALUE words to the
 	// environment of the mesh daemons and of the bare wireguard-go, for
@@ -87,6 +87,9 @@ func TestBench(t *testing.T) {
 	}
 	if want("relay") {
 		t.Run("Relay", func(t *testing.T) { benchRelay(t, r) })
+	}
+	if want("scale") {
+		t.Run("Scale", func(t *testing.T) { benchScale(t, r) })
 	}
 	r.print(os.Stdout)
 	if out := os.Getenv("BENCH_OUT"); out != "" {
@@ -565,6 +568,7 @@ type report struct {
 	restart *restartResult // part 7
 	hostile *hostileResult // part 8
 	relay   *relayResult   // part 9
+	scale   *scaleResult   // part 10
 }
 
 type bidirResult struct {
@@ -733,6 +737,7 @@ func (r *report) print(w io.Writer) {
 	r.printRestart(p)
 	r.hostile.print(p)
 	r.relay.print(p)
+	r.scale.print(p)
 	p("\n   load average at start %s, at end %s (other work on the machine skews the throughput)\n", r.loadStart, loadavg())
 	p("   total time %s\n\n", time.Since(r.start).Round(time.Second))
 }

@@ -121,21 +121,7 @@ func TestScaleGossipBytes(t *testing.T) {
 // the state size, and the traffic at rest.
 func measureScale(t *testing.T, n int) scaleRow {
 	t.Helper()
-	names := make([]string, n)
-	for i := range names {
-		names[i] = fmt.Sprintf("node-%04d.cluster.local", i)
-	}
-	s := settledSim(t, 1, "10.32.0.0/12", 0, names...)
-	for _, name := range names {
-		for j := range scalePods {
-			if err := simAllocate(s.nodes[name], fmt.Sprintf("%s-pod%d", name, j)); err != nil {
-				t.Fatalf("n=%d: allocate on %s: %v", n, name, err)
-			}
-		}
-	}
-	s.round() // heartbeat: every node publishes its Held
-	spreadAll(s)
-	quiet(t, s, n)
+	s, names := settledScaleSim(t, n)
 	row := scaleRow{n: n, state: len(s.nodes[names[0]].LocalState()), file: len(s.store.files[s.nodes[names[0]].cfg.StateFile])}
 
 	// At rest: the messages the ticks send (none expected with reclaim
@@ -196,6 +182,54 @@ func measureScale(t *testing.T, n int) scaleRow {
 	row.changeMean = float64(row.changeTotal) / float64(n+1)
 	s.sent, s.recv = nil, nil
 	return row
+}
+
+// settledScaleSim is a settled n-node mesh with scalePods pods per node,
+// every node knowing every Held list, sending nothing.
+func settledScaleSim(t *testing.T, n int) (*simNet, []string) {
+	t.Helper()
+	return settledScaleSimReclaim(t, n, 0)
+}
+
+// settledScaleSimReclaim is settledScaleSim with automatic reclaim after
+// reclaim (0: off).
+func settledScaleSimReclaim(t *testing.T, n int, reclaim time.Duration) (*simNet, []string) {
+	t.Helper()
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("node-%04d.cluster.local", i)
+	}
+	s := settledSim(t, 1, "10.32.0.0/12", reclaim, names...)
+	type pod struct{ node, id string }
+	var pending []pod
+	for _, name := range names {
+		for j := range scalePods {
+			pending = append(pending, pod{name, fmt.Sprintf("%s-pod%d", name, j)})
+		}
+	}
+	// With reclaim on, a node allocates only addresses a lease quorum has
+	// echoed: those wait for the next rounds.
+	for round := 0; len(pending) > 0; round++ {
+		var err error
+		pending = slices.DeleteFunc(pending, func(p pod) bool {
+			e := simAllocate(s.nodes[p.node], p.id)
+			if e != nil {
+				err = e
+			}
+			return e == nil
+		})
+		if len(pending) == 0 {
+			break
+		}
+		if reclaim == 0 || round >= 30 {
+			t.Fatalf("n=%d: %d allocations failed, e.g.: %v", n, len(pending), err)
+		}
+		quietRound(s)
+	}
+	s.round() // heartbeat: every node publishes its Held
+	spreadAll(s)
+	quiet(t, s, n)
+	return s, names
 }
 
 // quietRound is one second of the daemon's life without push/pull (which

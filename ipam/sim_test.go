@@ -77,6 +77,7 @@ type simNet struct {
 	// sent and recv, when not nil, count the bytes of every message the
 	// Transport carries, by sender and by receiver (scale_test.go).
 	sent, recv map[string]int
+	msgs       int // messages counted in sent
 }
 
 func newSimNet(seed uint64) *simNet {
@@ -140,6 +141,7 @@ func (s *simNet) count(from, to string, msg []byte) {
 	if s.sent != nil {
 		s.sent[from] += len(msg)
 		s.recv[to] += len(msg)
+		s.msgs++
 	}
 }
 
@@ -274,6 +276,8 @@ func (s *simNet) pushPull(k int) {
 		sa, sb := na.LocalState(), nb.LocalState()
 		s.record("pull", a, b, sa)
 		s.record("pull", b, a, sb)
+		s.count(a, b, sa)
+		s.count(b, a, sb)
 		_ = nb.MergeRemoteState(sa)
 		_ = na.MergeRemoteState(sb)
 	}

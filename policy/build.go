@@ -64,15 +64,24 @@ type portSpec struct {
 
 type compiledRule struct {
 	index           int
-	peersRestricted bool // the rule lists peers: only those are allowed
-	ranges          []ipRange
-	peerPods        []*podInfo
-	portsRestricted bool // the rule lists ports: only those are allowed
+	peersRestricted bool       // the rule lists peers: only those are allowed
+	blocks          []ipRange  // the ipBlock peers
+	selectors       []peerSel  // the pod and namespace selector peers
+	ranges          []ipRange  // blocks and the selected pods' addresses, after resolve
+	peerPods        []*podInfo // the selected pods, after resolve
+	portsRestricted bool       // the rule lists ports: only those are allowed
 	ports           []portSpec
 }
 
+// peerSel is a peer given by selectors: pods matching pod (everything when
+// the peer has only a namespaceSelector) in the namespaces matching ns, or
+// in the policy's namespace when ns is nil.
+type peerSel struct {
+	pod, ns labels.Selector
+}
+
 type compiledPolicy struct {
-	idx      int
+	id       string // names its sets: stable while the policy exists
 	key      string
 	ns       string
 	sel      labels.Selector
@@ -90,11 +99,13 @@ type builder struct {
 	nsLabels  map[string]labels.Set
 	pods      []*podInfo            // every pod that can be a peer, sorted by key
 	podsByNS  map[string][]*podInfo // the same by namespace
+	nsNames   []string              // the keys of podsByNS, sorted
 	local     []*podInfo            // pods of this node subject to policies
 	localByNS map[string][]*podInfo
 	sets      map[string]bool
 	empty     map[string]bool // named-port sets without elements: not made
 	counters  map[string]bool
+	ids       map[string]string // policy IDs: the policy's key
 }
 
 // Build computes the ruleset enforcing st's policies for st.Node's pods. It
@@ -110,6 +121,7 @@ func Build(st State) *Ruleset {
 		sets:      map[string]bool{},
 		empty:     map[string]bool{},
 		counters:  map[string]bool{},
+		ids:       map[string]string{},
 	}
 	b.indexNamespaces()
 	b.indexPods()
@@ -177,6 +189,9 @@ func (b *builder) indexPods() {
 	slices.SortFunc(b.pods, byKey)
 	slices.SortFunc(b.local, byKey)
 	for _, p := range b.pods {
+		if len(b.podsByNS[p.ns]) == 0 {
+			b.nsNames = append(b.nsNames, p.ns)
+		}
 		b.podsByNS[p.ns] = append(b.podsByNS[p.ns], p)
 	}
 	for _, p := range b.local {
@@ -253,15 +268,19 @@ func (b *builder) compilePolicies() []*compiledPolicy {
 		if i > 0 && pols[i-1].Namespace == np.Namespace && pols[i-1].Name == np.Name {
 			continue
 		}
-		out = append(out, b.compilePolicy(len(out), np))
+		out = append(out, b.compilePolicy(np))
 	}
 	return out
 }
 
-func (b *builder) compilePolicy(idx int, np *networkingv1.NetworkPolicy) *compiledPolicy {
+// compilePolicy parses a policy. Its peers are resolved to pods only if
+// it selects a pod of this node (resolve): the cost of a policy of other
+// nodes is its parsing, never a pass over the pods of the cluster.
+func (b *builder) compilePolicy(np *networkingv1.NetworkPolicy) *compiledPolicy {
+	key := np.Namespace + "/" + np.Name
 	p := &compiledPolicy{
-		idx:    idx,
-		key:    np.Namespace + "/" + np.Name,
+		id:     b.policyID(key),
+		key:    key,
 		ns:     np.Namespace,
 		status: &PolicyStatus{Namespace: np.Namespace, Name: np.Name, Types: []string{}, Pods: []string{}},
 	}
@@ -322,7 +341,7 @@ func (b *builder) compileRule(p *compiledPolicy, idx int, peers []networkingv1.N
 				warn("%s: %v, skipped", at, err)
 				continue
 			}
-			r.ranges = append(r.ranges, rs...)
+			r.blocks = append(r.blocks, rs...)
 			continue
 		}
 		if peer.PodSelector == nil && peer.NamespaceSelector == nil {
@@ -347,25 +366,9 @@ func (b *builder) compileRule(p *compiledPolicy, idx int, peers []networkingv1.N
 			}
 			nsSel = s
 		}
-		match := func(q *podInfo) {
-			if podSel.Matches(q.labels) {
-				r.peerPods = append(r.peerPods, q)
-				r.ranges = append(r.ranges, ipRange{addrToU32(q.addr), addrToU32(q.addr)})
-			}
-		}
-		if nsSel == nil {
-			for _, q := range b.podsByNS[p.ns] {
-				match(q)
-			}
-			continue
-		}
-		for _, q := range b.pods {
-			if nsSel.Matches(b.nsLabelsOf(q.ns)) {
-				match(q)
-			}
-		}
+		r.selectors = append(r.selectors, peerSel{pod: podSel, ns: nsSel})
 	}
-	r.ranges = mergeRanges(r.ranges)
+	r.ranges = mergeRanges(r.blocks)
 	for i, port := range ports {
 		ps, err := parsePort(port)
 		if err != nil {
@@ -375,6 +378,57 @@ func (b *builder) compileRule(p *compiledPolicy, idx int, peers []networkingv1.N
 		r.ports = append(r.ports, ps)
 	}
 	return r
+}
+
+// resolve finds the pods of the selector peers of p's rules.
+func (b *builder) resolve(p *compiledPolicy) {
+	for _, rules := range [][]compiledRule{p.in, p.eg} {
+		for i := range rules {
+			b.resolveRule(p, &rules[i])
+		}
+	}
+}
+
+func (b *builder) resolveRule(p *compiledPolicy, r *compiledRule) {
+	ranges := slices.Clone(r.blocks)
+	for _, ps := range r.selectors {
+		match := func(q *podInfo) {
+			if ps.pod.Matches(q.labels) {
+				r.peerPods = append(r.peerPods, q)
+				ranges = append(ranges, ipRange{addrToU32(q.addr), addrToU32(q.addr)})
+			}
+		}
+		if ps.ns == nil {
+			for _, q := range b.podsByNS[p.ns] {
+				match(q)
+			}
+			continue
+		}
+		// Namespaces first: a namespace's pods are looked at only when
+		// it matches.
+		for _, ns := range b.nsNames {
+			if !ps.ns.Matches(b.nsLabelsOf(ns)) {
+				continue
+			}
+			for _, q := range b.podsByNS[ns] {
+				match(q)
+			}
+		}
+	}
+	r.ranges = mergeRanges(ranges)
+}
+
+// policyID names a policy's sets: a hash of "namespace/name", so the names
+// do not change when other policies come and go (sets are updated in
+// place, see NFT.Apply). Two policies never share one.
+func (b *builder) policyID(key string) string {
+	h := sha256.Sum256([]byte(key))
+	id := hex.EncodeToString(h[:6])
+	for i := 1; b.ids[id] != "" && b.ids[id] != key; i++ { // a hash collision
+		id = fmt.Sprintf("%s-%d", hex.EncodeToString(h[:6]), i)
+	}
+	b.ids[id] = key
+	return id
 }
 
 // ipBlockRanges returns the IPv4 addresses of an ipBlock. An IPv6 block
@@ -489,11 +543,15 @@ func (b *builder) buildChains(pols []*compiledPolicy) {
 		}
 		if p.selected > 0 {
 			b.addCounter(p.counter, p.key, CounterPolicy)
+			b.resolve(p)
 		}
 	}
-	chains := map[string]string{} // rules text -> chain name
-	count := map[string]int{}     // chains by prefix
+	chains := map[string]string{} // prefix and rules text -> chain name
+	taken := map[string]bool{}    // chain names
 	var denyPods []*podInfo
+	// A chain is named by a hash of its content, so that it keeps its
+	// name while other pods and policies change, and a change of the
+	// table touches only what changed (NFT.Apply).
 	chainFor := func(prefix string, rules []Rule) string {
 		var text strings.Builder
 		for _, r := range rules {
@@ -504,8 +562,12 @@ func (b *builder) buildChains(pols []*compiledPolicy) {
 		if name, ok := chains[key]; ok {
 			return name
 		}
-		name := fmt.Sprintf("%s-%d", prefix, count[prefix])
-		count[prefix]++
+		h := sha256.Sum256([]byte(key))
+		name := prefix + "-" + hex.EncodeToString(h[:6])
+		for i := 1; taken[name]; i++ { // a hash collision: still one name per content
+			name = fmt.Sprintf("%s-%s-%d", prefix, hex.EncodeToString(h[:6]), i)
+		}
+		taken[name] = true
 		chains[key] = name
 		b.rs.Chains = append(b.rs.Chains, Chain{Name: name, Rules: rules})
 		return name
@@ -531,11 +593,10 @@ func (b *builder) buildChains(pols []*compiledPolicy) {
 			denyPods = append(denyPods, q)
 		}
 	}
-	for i, q := range denyPods {
-		name := fmt.Sprintf("deny-%d", i)
+	for _, q := range denyPods {
 		ctr := counterName("pod:", q.key)
 		b.addCounter(ctr, q.key, CounterPod)
-		b.rs.Chains = append(b.rs.Chains, Chain{Name: name, Rules: []Rule{{Counter: ctr, Verdict: Drop, Comment: "default deny " + q.key}}})
+		name := chainFor("deny", []Rule{{Counter: ctr, Verdict: Drop, Comment: "default deny " + q.key}})
 		b.rs.Deny = append(b.rs.Deny, MapElem{q.addr, name})
 	}
 	byAddr := func(a, c MapElem) int { return a.Addr.Compare(c.Addr) }
@@ -554,7 +615,7 @@ func finalRule(pols []*compiledPolicy, f Field) Rule {
 }
 
 func (b *builder) peerSet(p *compiledPolicy, r compiledRule, dir string) string {
-	name := fmt.Sprintf("p%d-%s%d", p.idx, dir, r.index)
+	name := fmt.Sprintf("p-%s-%s%d", p.id, dir, r.index)
 	if !b.sets[name] {
 		b.sets[name] = true
 		b.rs.Sets = append(b.rs.Sets, Set{Name: name, Comment: fmt.Sprintf("%s %s[%d]", p.key, dirName(dir), r.index), Kind: SetAddrs, Ranges: r.ranges})
@@ -632,7 +693,7 @@ func (b *builder) egressRules(pols []*compiledPolicy) []Rule {
 				if !r.peersRestricted {
 					peers = b.pods
 				}
-				name := fmt.Sprintf("p%d-eg%d-port%d", p.idx, r.index, k)
+				name := fmt.Sprintf("p-%s-eg%d-port%d", p.id, r.index, k)
 				if !b.sets[name] {
 					set := Set{Name: name, Comment: fmt.Sprintf("%s egress[%d] port %s", p.key, r.index, ps.name), Kind: SetAddrProtoPort}
 					for _, q := range peers {

@@ -55,7 +55,7 @@ type Controller struct {
 
 	mu       sync.Mutex
 	applied  *Ruleset // nil until the first apply
-	text     string   // applied.String()
+	stale    bool     // program the table at the next Sync even if unchanged
 	warned   map[string]string
 	restores int64 // tables found changed and restored
 
@@ -147,6 +147,14 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("failed to list %s from the Kubernetes API within %v (check RBAC: pods, namespaces, networkpolicies get/list/watch)", strings.Join(missing, ", "), syncTimeout)
 	}
 	c.log.Info("enforcing network policies", "node", c.node)
+	// The first apply of a Run programs the whole table: whatever the
+	// table holds now (changed while no Run watched it) is replaced.
+	if f, ok := c.nft.(interface{ RewriteNext() }); ok {
+		f.RewriteNext()
+	}
+	c.mu.Lock()
+	c.stale = true
+	c.mu.Unlock()
 	c.trigger()
 	retry := time.NewTimer(0)
 	retry.Stop()
@@ -201,7 +209,7 @@ func (c *Controller) checkTable() bool {
 	c.log.Warn("the network policy table was changed or deleted outside mesh; restoring it", "table", "inet "+TableName)
 	c.mu.Lock()
 	c.restores++
-	c.text = "" // Sync applies again
+	c.stale = true // Sync applies again
 	c.mu.Unlock()
 	return true
 }
@@ -251,11 +259,15 @@ func (c *Controller) Sync() error {
 	start := time.Now()
 	rs := Build(st)
 	c.logWarnings(rs)
-	text := rs.String()
 	c.mu.Lock()
-	same := c.applied != nil && text == c.text
+	prev, stale := c.applied, c.stale
 	c.mu.Unlock()
-	if same {
+	// Compared as the change it would make (cheaper than rendering the
+	// text of a table of tens of thousands of elements).
+	if prev != nil && !stale && diffRulesets(prev, rs).empty() {
+		c.mu.Lock()
+		c.applied = rs // the same table; the status may differ
+		c.mu.Unlock()
 		c.markApplied(pods)
 		return nil
 	}
@@ -263,7 +275,7 @@ func (c *Controller) Sync() error {
 		return err
 	}
 	c.mu.Lock()
-	c.applied, c.text = rs, text
+	c.applied, c.stale = rs, false
 	c.mu.Unlock()
 	c.markApplied(pods)
 	c.log.Debug("applied network policies", "policies", len(rs.Policies), "pods", len(rs.Ingress)+len(rs.Egress),

@@ -421,7 +421,8 @@ func TestRestartRebuildsTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The table outlives the controller; mess it up, a new one rebuilds it.
-	netnstest.Run(t, n.host.NetNS(), "nft", "flush", "chain", "inet", TableName, "ingress-0")
+	// The same applier: a new Run must not trust what it programmed before.
+	netnstest.Run(t, n.host.NetNS(), "nft", "flush", "chain", "inet", TableName, c1.applied.Chains[0].Name)
 	startController(t, client, nft)
 	if got := n.listTable(); got != first {
 		t.Errorf("table after restart differs:\n%s\nbefore:\n%s", got, first)

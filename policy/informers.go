@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshnet/mesh/kube"
@@ -31,7 +32,35 @@ func newInformers(client *kube.Client) (*informers, error) {
 			return nil, fmt.Errorf("failed to watch %s: %w", i.what, err)
 		}
 	}
+	if err := inf.pods.SetTransform(slimPod); err != nil {
+		return nil, fmt.Errorf("failed to watch pods: %w", err)
+	}
 	return inf, nil
+}
+
+// slimPod keeps of a pod what the controller reads (podInfoOf,
+// holdsAddress, podChanged, Admit): every pod of the cluster is in the
+// cache, and a pod's spec and status are mostly what policies never look
+// at (environment, volumes, probes, conditions, annotations), several KB
+// each.
+func slimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return stripManagedFields(obj) // a deletion tombstone
+	}
+	out := &corev1.Pod{
+		TypeMeta: p.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: p.Name, Namespace: p.Namespace, UID: p.UID, ResourceVersion: p.ResourceVersion,
+			Labels: p.Labels, CreationTimestamp: p.CreationTimestamp, DeletionTimestamp: p.DeletionTimestamp,
+		},
+		Spec:   corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
+	}
+	for _, c := range p.Spec.Containers {
+		out.Spec.Containers = append(out.Spec.Containers, corev1.Container{Name: c.Name, Ports: c.Ports})
+	}
+	return out, nil
 }
 
 type namedInformer struct {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 
 	"github.com/google/nftables"
@@ -36,6 +37,11 @@ type Applier interface {
 type NFT struct {
 	opts []nftables.ConnOption
 	mu   sync.Mutex
+	// live is the ruleset last programmed, nil when the table may hold
+	// something else (none applied yet, a failed apply, Intact found it
+	// changed, Remove): the next Apply then replaces the whole table.
+	live *Ruleset
+	ops  int // operations of the last Apply
 }
 
 // NewNFT returns an applier for the network namespace of the calling
@@ -123,6 +129,7 @@ func (n *NFT) Remove() error {
 	if err != nil {
 		return err
 	}
+	n.live = nil
 	c.AddTable(table)
 	c.DelTable(table)
 	if err := c.Flush(); err != nil {
@@ -131,14 +138,58 @@ func (n *NFT) Remove() error {
 	return nil
 }
 
-// Apply implements Applier. The transaction is: add the table (a no-op if
-// it exists), delete it, add it with all its content. The kernel commits it
-// as a whole: packets see the old rules or the new ones, never none.
-// Counter values read just before are carried over; packets counted in
-// between (a few milliseconds) are lost.
+// Apply implements Applier. When the table holds the ruleset of the last
+// Apply, it changes only what differs (diffRulesets): elements of sets and
+// maps, new and deleted chains and counters, in one transaction; the work
+// of a change is then the size of the change, not of the table. Otherwise
+// (the first Apply, after a failure or a change from outside, or when the
+// change fails) the transaction is: add the table (a no-op if it exists),
+// delete it, add it with all its content. The kernel commits either as a
+// whole: packets see the old rules or the new ones, never none. Counters
+// keep their values: untouched by a change; read just before a whole
+// rewrite and carried over (packets counted in between, a few
+// milliseconds, are lost).
 func (n *NFT) Apply(rs *Ruleset) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if n.live != nil {
+		d := diffRulesets(n.live, rs)
+		err := n.applyDelta(rs, d)
+		if err == nil {
+			n.live, n.ops = rs, d.ops()
+			return nil
+		}
+		// The table was not what we last programmed (changed from
+		// outside since the last check): rewrite it whole.
+	}
+	n.live = nil
+	if err := n.applyFull(rs); err != nil {
+		return err
+	}
+	n.live, n.ops = rs, fullOps(rs)
+	return nil
+}
+
+// RewriteNext makes the next Apply rewrite the whole table, as at start: a new
+// Run of the controller (after an API outage, in a restarted daemon) does
+// not trust what was programmed before.
+func (n *NFT) RewriteNext() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.live = nil
+}
+
+// LastOps returns the number of nftables operations of the last Apply
+// (objects added or deleted, chains flushed, rules written, elements added
+// or deleted): the size of a change, or of the whole table when it was
+// rewritten.
+func (n *NFT) LastOps() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ops
+}
+
+func (n *NFT) applyFull(rs *Ruleset) error {
 	c, err := n.conn()
 	if err != nil {
 		return err
@@ -155,6 +206,185 @@ func (n *NFT) Apply(rs *Ruleset) error {
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("failed to program nftables table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+func (n *NFT) applyDelta(rs *Ruleset, d *delta) error {
+	if d.empty() {
+		return nil
+	}
+	c, err := n.conn()
+	if err != nil {
+		return err
+	}
+	if err := programDelta(c, rs, d); err != nil {
+		return err
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("failed to change nftables table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// programDelta queues d on c, in an order the kernel accepts within one
+// transaction: what is referred to exists before what refers to it, and
+// what refers is gone before what it referred to.
+func programDelta(c *nftables.Conn, rs *Ruleset, d *delta) error {
+	for _, ctr := range d.addCounters {
+		c.AddObj(&nftables.CounterObj{Table: table, Name: ctr.Name})
+	}
+	for _, name := range d.flush {
+		c.FlushChain(&nftables.Chain{Table: table, Name: name})
+	}
+	// Every set and map of rs, for the rules: existing ones by name,
+	// new ones as added (by ID within the transaction).
+	sets := map[string]*nftables.Set{}
+	for _, s := range rs.Sets {
+		def, _, err := nftSet(Set{Name: s.Name, Comment: s.Comment, Kind: s.Kind})
+		if err != nil {
+			return err
+		}
+		sets[s.Name] = def
+	}
+	for _, name := range d.delSets {
+		if _, stays := sets[name]; stays { // redefined: added again below
+			c.DelSet(&nftables.Set{Table: table, Name: name})
+		}
+	}
+	for _, s := range d.addSets {
+		set, elems, err := nftSet(s)
+		if err != nil {
+			return err
+		}
+		if err := addSet(c, set, elems); err != nil {
+			return err
+		}
+		sets[s.Name] = set
+	}
+	for _, e := range d.elems {
+		// Deleted first: a range that grows is deleted and added whole,
+		// and must not overlap its old form.
+		set, del, err := nftSet(Set{Name: e.set.Name, Kind: e.set.Kind, Ranges: e.delR, Triples: e.delT})
+		if err != nil {
+			return err
+		}
+		if err := changeElems(c, set, del, c.SetDeleteElements); err != nil {
+			return err
+		}
+		_, add, err := nftSet(Set{Name: e.set.Name, Kind: e.set.Kind, Ranges: e.addR, Triples: e.addT})
+		if err != nil {
+			return err
+		}
+		if err := changeElems(c, set, add, c.SetAddElements); err != nil {
+			return err
+		}
+	}
+	for _, m := range podMaps(rs) {
+		sets[m.name] = mapSet(m.name)
+	}
+	for _, ch := range d.addChains {
+		nc := c.AddChain(&nftables.Chain{Table: table, Name: ch.Name})
+		if err := addRules(c, nc, ch, sets); err != nil {
+			return err
+		}
+	}
+	for _, ch := range d.refill {
+		if err := addRules(c, &nftables.Chain{Table: table, Name: ch.Name}, ch, sets); err != nil {
+			return err
+		}
+	}
+	for i, m := range podMaps(rs) {
+		set := sets[m.name]
+		if err := changeElems(c, set, mapElements(m.kind, d.maps[i].del), c.SetDeleteElements); err != nil {
+			return err
+		}
+		if err := changeElems(c, set, mapElements(m.kind, d.maps[i].add), c.SetAddElements); err != nil {
+			return err
+		}
+	}
+	self := selfSet()
+	if err := changeElems(c, self, selfElements(d.selfDel), c.SetDeleteElements); err != nil {
+		return err
+	}
+	if err := changeElems(c, self, selfElements(d.selfAdd), c.SetAddElements); err != nil {
+		return err
+	}
+	for _, name := range d.delChains {
+		c.DelChain(&nftables.Chain{Table: table, Name: name})
+	}
+	for _, name := range d.delSets {
+		if _, stays := sets[name]; !stays {
+			c.DelSet(&nftables.Set{Table: table, Name: name})
+		}
+	}
+	for _, name := range d.delCounters {
+		c.DeleteObject(&nftables.CounterObj{Table: table, Name: name})
+	}
+	return nil
+}
+
+// changeElems queues an element change in chunks.
+func changeElems(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement, op func(*nftables.Set, []nftables.SetElement) error) error {
+	for rest := elems; len(rest) > 0; {
+		n := min(len(rest), elemChunk)
+		if err := op(s, rest[:n]); err != nil {
+			return fmt.Errorf("failed to change the elements of set %s: %w", s.Name, err)
+		}
+		rest = rest[n:]
+	}
+	return nil
+}
+
+type podMap struct {
+	name  string
+	elems []MapElem
+	kind  expr.VerdictKind
+}
+
+// podMaps are the verdict maps of rs, in the order of delta.maps.
+func podMaps(rs *Ruleset) [3]podMap {
+	return [3]podMap{{mapIngress, rs.Ingress, expr.VerdictJump}, {mapEgress, rs.Egress, expr.VerdictJump}, {mapDeny, rs.Deny, expr.VerdictGoto}}
+}
+
+func mapSet(name string) *nftables.Set {
+	return &nftables.Set{Table: table, Name: name, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
+}
+
+func mapElements(kind expr.VerdictKind, elems []MapElem) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(elems))
+	for _, e := range elems {
+		a := e.Addr.As4()
+		out = append(out, nftables.SetElement{Key: a[:], VerdictData: &expr.Verdict{Kind: kind, Chain: e.Chain}})
+	}
+	return out
+}
+
+func selfSet() *nftables.Set {
+	return &nftables.Set{Table: table, Name: setSelf, KeyType: selfKey, Concatenation: true}
+}
+
+func selfElements(addrs []netip.Addr) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(addrs))
+	for _, a := range addrs {
+		b := a.As4()
+		out = append(out, nftables.SetElement{Key: append(b[:], b[:]...)})
+	}
+	return out
+}
+
+// addRules queues the rules of ch on nc.
+func addRules(c *nftables.Conn, nc *nftables.Chain, ch Chain, sets map[string]*nftables.Set) error {
+	for _, r := range ch.Rules {
+		exprs, err := ruleExprs(r, sets)
+		if err != nil {
+			return fmt.Errorf("chain %s: %w", ch.Name, err)
+		}
+		nr := &nftables.Rule{Table: table, Chain: nc, Exprs: exprs}
+		if r.Comment != "" {
+			nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.Comment)
+		}
+		c.AddRule(nr)
 	}
 	return nil
 }
@@ -183,45 +413,25 @@ func program(c *nftables.Conn, rs *Ruleset, old map[string]*nftables.CounterObj)
 		}
 		sets[s.Name] = set
 	}
-	for _, m := range []struct {
-		name  string
-		elems []MapElem
-		kind  expr.VerdictKind
-	}{{mapIngress, rs.Ingress, expr.VerdictJump}, {mapEgress, rs.Egress, expr.VerdictJump}, {mapDeny, rs.Deny, expr.VerdictGoto}} {
-		set := &nftables.Set{Table: table, Name: m.name, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
-		elems := make([]nftables.SetElement, 0, len(m.elems))
+	for _, m := range podMaps(rs) {
 		for _, e := range m.elems {
 			if chains[e.Chain] == nil {
 				return fmt.Errorf("map %s: element %s refers to unknown chain %q", m.name, e.Addr, e.Chain)
 			}
-			a := e.Addr.As4()
-			elems = append(elems, nftables.SetElement{Key: a[:], VerdictData: &expr.Verdict{Kind: m.kind, Chain: e.Chain}})
 		}
-		if err := addSet(c, set, elems); err != nil {
+		set := mapSet(m.name)
+		if err := addSet(c, set, mapElements(m.kind, m.elems)); err != nil {
 			return err
 		}
 		sets[m.name] = set
 	}
 	for _, ch := range rs.Chains {
-		for _, r := range ch.Rules {
-			exprs, err := ruleExprs(r, sets)
-			if err != nil {
-				return fmt.Errorf("chain %s: %w", ch.Name, err)
-			}
-			nr := &nftables.Rule{Table: table, Chain: chains[ch.Name], Exprs: exprs}
-			if r.Comment != "" {
-				nr.UserData = userdata.AppendString(nil, userdata.TypeComment, r.Comment)
-			}
-			c.AddRule(nr)
+		if err := addRules(c, chains[ch.Name], ch, sets); err != nil {
+			return err
 		}
 	}
-	self := &nftables.Set{Table: table, Name: setSelf, KeyType: selfKey, Concatenation: true}
-	selfElems := make([]nftables.SetElement, 0, len(rs.Self))
-	for _, a := range rs.Self {
-		b := a.As4()
-		selfElems = append(selfElems, nftables.SetElement{Key: append(b[:], b[:]...)})
-	}
-	if err := addSet(c, self, selfElems); err != nil {
+	self := selfSet()
+	if err := addSet(c, self, selfElements(rs.Self)); err != nil {
 		return err
 	}
 	accept := nftables.ChainPolicyAccept
@@ -420,9 +630,18 @@ const (
 // Intact implements Applier. It catches what an outside hand does to the
 // table (`nft flush ruleset`, a deleted table, a flushed chain or map),
 // not an edit that keeps every count.
-func (n *NFT) Intact(rs *Ruleset) (bool, error) {
+func (n *NFT) Intact(rs *Ruleset) (ok bool, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	defer func() {
+		if !ok {
+			n.live = nil // rewrite it whole next time
+		}
+	}()
+	return n.intact(rs)
+}
+
+func (n *NFT) intact(rs *Ruleset) (bool, error) {
 	// One socket for the dumps (one per chain), not one each.
 	c, err := n.conn(nftables.AsLasting())
 	if err != nil {

@@ -1,0 +1,288 @@
+package ipam
+
+import (
+	"flag"
+	"fmt"
+	"maps"
+	"math"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Convergence of a settled mesh after a join, a leave and a partition
+// heal, measured with the deterministic simulation (docs/scale.md, "IPAM
+// convergence"): simulated seconds and bytes per node. Messages are
+// delivered within the second they are sent, so the times count ticks and
+// push/pull rounds, not network latency.
+var (
+	convSizes = flag.String("ipam.conv.sizes", "", "comma-separated peer counts for TestScaleConvergence (default 30; MESH_SOAK=1: 100,300,1000)")
+	// The Node deletion makes every node send its whole state to every
+	// other: N² messages of O(N) bytes, as much CPU in the simulation
+	// (about 15 minutes at 1000 peers), so it is measured up to this size.
+	convDeleteMax = flag.Int("ipam.conv.deletemax", 300, "largest size at which TestScaleConvergence simulates a Node deletion")
+	// The mesh with automatic reclaim is a second settled mesh, and its
+	// allocations and reclaim take simulated minutes of lease echoes and
+	// push/pull (about 1.5 s of CPU at 30 peers, 45 s at 100; at 300 it
+	// ran 15 minutes and grew past 7 GiB unfinished: the echoes of one
+	// reclaim are ~N² whole states).
+	convReclaimMax = flag.Int("ipam.conv.reclaimmax", 30, "largest size at which TestScaleConvergence simulates a mesh with automatic reclaim")
+)
+
+// convReclaimAfter is the --ipalloc-reclaim-after of the reclaim mesh.
+const convReclaimAfter = time.Minute
+
+// measureReclaim measures a mesh with automatic reclaim: its traffic at
+// rest (the lease echoes) and a node's death until its space is reclaimed.
+func measureReclaim(t *testing.T, n int) []convPhase {
+	t.Helper()
+	s, names := settledScaleSimReclaim(t, n, convReclaimAfter)
+	count := func(name string, start func(), limit int, done func() string) convPhase {
+		s.sent, s.recv, s.msgs = map[string]int{}, map[string]int{}, 0
+		start()
+		p := convPhase{name: name, seconds: converge(t, s, true, limit, done)}
+		if p.seconds < 0 {
+			t.Errorf("n=%d: %s: not converged after %d simulated seconds: %s", n, name, limit, done())
+		}
+		p.total = sum(s.sent)
+		p.mean = float64(p.total) / float64(len(s.nodes))
+		for _, v := range s.sent {
+			p.maxSent = max(p.maxSent, v)
+		}
+		for _, v := range s.recv {
+			p.maxRecv = max(p.maxRecv, v)
+		}
+		p.msgs = s.msgs
+		s.sent, s.recv = nil, nil
+		return p
+	}
+	// At rest: ReclaimAfter of simulated time, nothing happening.
+	rest := 0
+	restP := count(fmt.Sprintf("reclaim on: at rest for %v (push/pull)", convReclaimAfter), func() {}, int(convReclaimAfter/time.Second), func() string {
+		rest++
+		if rest < int(convReclaimAfter/time.Second) {
+			return "resting"
+		}
+		return ""
+	})
+	gone := names[n/2]
+	leave := count(fmt.Sprintf("reclaim on: leave, reclaimed after %v", convReclaimAfter), func() { s.kill(gone) }, 20*int(convReclaimAfter/time.Second), func() string {
+		return cmpOr(cmpOr(s.ringsEqual(), ownedBy(s, gone)), s.unowned())
+	})
+	return []convPhase{restP, leave}
+}
+
+// convPhase is what one event cost until the mesh agreed again.
+type convPhase struct {
+	name    string
+	seconds int     // simulated seconds until every ring agreed
+	total   int     // bytes all transports carried, push/pull included where it runs
+	mean    float64 // total / live nodes
+	maxSent int     // most bytes one node sent
+	maxRecv int     // most bytes one node received
+	msgs    int     // messages and push/pull halves
+}
+
+func TestScaleConvergence(t *testing.T) {
+	sizes := []int{30}
+	if os.Getenv("MESH_SOAK") != "" {
+		sizes = []int{100, 300, 1000}
+	}
+	if *convSizes != "" {
+		sizes = nil
+		for _, f := range strings.Split(*convSizes, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 4 {
+				t.Fatalf("-ipam.conv.sizes: bad size %q (at least 4)", f)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n%6s %-46s %8s %14s %12s %12s %12s %10s\n", "N", "event", "seconds", "total B", "mean/node B", "max sent B", "max recv B", "messages")
+	for _, n := range sizes {
+		start := time.Now()
+		phases := measureConvergence(t, n)
+		if n <= *convReclaimMax {
+			phases = append(phases, measureReclaim(t, n)...)
+		}
+		var rows strings.Builder
+		for _, p := range phases {
+			fmt.Fprintf(&rows, "%6d %-46s %8d %14d %12.0f %12d %12d %10d\n", n, p.name, p.seconds, p.total, p.mean, p.maxSent, p.maxRecv, p.msgs)
+		}
+		// Each size as it is done: the large ones take many minutes.
+		t.Logf("n=%d measured in %v:\n%s", n, time.Since(start).Round(time.Millisecond), rows.String())
+		b.WriteString(rows.String())
+	}
+	t.Log(b.String())
+}
+
+// measureConvergence runs the events one after the other on one settled
+// n-node mesh.
+func measureConvergence(t *testing.T, n int) []convPhase {
+	t.Helper()
+	s, names := settledScaleSim(t, n)
+	var out []convPhase
+	// phase counts what start sends and the seconds after it until done
+	// reports "".
+	phase := func(name string, pushPull bool, limit int, start func(), done func() string) {
+		t.Helper()
+		s.sent, s.recv, s.msgs = map[string]int{}, map[string]int{}, 0
+		start()
+		p := convPhase{name: name}
+		p.seconds = converge(t, s, pushPull, limit, done)
+		if p.seconds < 0 {
+			t.Errorf("n=%d: %s: not converged after %d simulated seconds: %s", n, name, limit, done())
+		}
+		p.total = sum(s.sent)
+		p.mean = float64(p.total) / float64(len(s.nodes))
+		for _, v := range s.sent {
+			p.maxSent = max(p.maxSent, v)
+		}
+		for _, v := range s.recv {
+			p.maxRecv = max(p.maxRecv, v)
+		}
+		p.msgs = s.msgs
+		out = append(out, p)
+		s.sent, s.recv = nil, nil
+	}
+	const prefix = "10.32.0.0/12"
+
+	// A node joins: memberlist's join push/pull with the node it names,
+	// then its space request and the donation.
+	joiner := "joiner-a.cluster.local"
+	phase("join (one donation)", false, 60, func() {
+		s.add(t, joiner, prefix, n, 0)
+		joinPushPull(s, joiner, names[0])
+	}, func() string {
+		if d := s.ringsEqual(); d != "" {
+			return d
+		}
+		if !ownsSpace(s.nodes[joiner]) {
+			return "the joiner owns no space"
+		}
+		return ""
+	})
+
+	// A node leaves and an operator runs `mesh rmpeer` on one node: its
+	// space goes to that node, which broadcasts once.
+	gone := names[n/2]
+	phase("leave, rmpeer on one node", false, 60, func() {
+		s.kill(gone)
+		if _, err := s.nodes[names[0]].RemovePeer(gone); err != nil {
+			t.Fatalf("rmpeer %s: %v", gone, err)
+		}
+	}, func() string {
+		return cmpOr(s.ringsEqual(), ownedBy(s, gone))
+	})
+
+	// A node leaves and its Kubernetes Node object is deleted: every
+	// node's watcher sees it at about the same time and every node
+	// removes the peer (daemon/kube.go), each broadcasting its whole
+	// state.
+	deleted := names[n/2+1]
+	if n > *convDeleteMax {
+		t.Logf("n=%d: Node deletion not simulated (above -ipam.conv.deletemax=%d)", n, *convDeleteMax)
+	} else {
+		phase("leave, Node deleted (every node removes it)", false, 60, func() {
+			s.kill(deleted)
+			for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
+				if _, err := s.nodes[name].RemovePeerAuthoritative(deleted); err != nil {
+					t.Fatalf("%s: remove %s: %v", name, deleted, err)
+				}
+			}
+		}, func() string {
+			return cmpOr(s.ringsEqual(), ownedBy(s, deleted))
+		})
+	}
+
+	// A partition in two halves, a node joining on each side; once each
+	// side agreed, the partition heals and push/pull (at memberlist's
+	// pace) brings the halves together.
+	for i, name := range names {
+		if _, ok := s.nodes[name]; ok && i%2 == 1 {
+			s.part[name] = 1
+		}
+	}
+	sides := [2]string{"joiner-b.cluster.local", "joiner-c.cluster.local"}
+	s.part[sides[1]] = 1
+	phase("partition: a join on each side", false, 60, func() {
+		for i, j := range sides {
+			s.add(t, j, prefix, n, 0)
+			joinPushPull(s, j, names[i]) // names[0] is on side 0, names[1] on side 1
+		}
+	}, func() string {
+		for _, j := range sides {
+			if !ownsSpace(s.nodes[j]) {
+				return j + " owns no space"
+			}
+		}
+		return ""
+	})
+	phase("partition heal (push/pull)", true, 600, func() { clear(s.part) }, s.ringsEqual)
+	for _, p := range out {
+		if p.name == "join (one donation)" && p.total == 0 {
+			t.Errorf("n=%d: the join sent nothing: the measurement is broken", n)
+		}
+	}
+	return out
+}
+
+// joinPushPull is memberlist's join: one push/pull between the joiner and
+// the node it names, counted.
+func joinPushPull(s *simNet, joiner, named string) {
+	sa, sb := s.nodes[joiner].LocalState(), s.nodes[named].LocalState()
+	s.count(joiner, named, sa)
+	s.count(named, joiner, sb)
+	_ = s.nodes[named].MergeRemoteState(sa)
+	_ = s.nodes[joiner].MergeRemoteState(sb)
+}
+
+// converge runs simulated seconds (membership news, ticks, every message
+// delivered, and with pushPull memberlist's push/pull at its pace) until
+// done reports "" and nothing is queued; it returns the seconds, or -1
+// after max.
+func converge(t *testing.T, s *simNet, pushPull bool, max int, done func() string) int {
+	t.Helper()
+	for sec := 1; sec <= max; sec++ {
+		s.clock.Advance(time.Second)
+		s.updateMembers()
+		for _, n := range slices.Sorted(maps.Keys(s.nodes)) {
+			s.nodes[n].Tick()
+		}
+		for range 10 {
+			s.deliver(len(s.queue))
+		}
+		if pushPull {
+			// Every node starts one push/pull per interval.
+			n := len(s.nodes)
+			s.pushPull(int(math.Ceil(float64(n) / pushPullEvery(n).Seconds())))
+		}
+		if len(s.queue) == 0 && done() == "" {
+			return sec
+		}
+	}
+	return -1
+}
+
+// ownedBy describes the ranges a node still owns in any view, "" if none.
+func ownedBy(s *simNet, name string) string {
+	for _, v := range slices.Sorted(maps.Keys(s.nodes)) {
+		for _, r := range s.nodes[v].Ranges() {
+			if r.Owner == name {
+				return fmt.Sprintf("%s still sees %v owned by %s", v, r.CIDR, name)
+			}
+		}
+	}
+	return ""
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
