@@ -14,6 +14,7 @@ import (
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
+	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -45,8 +46,13 @@ type Config struct {
 	Version string
 	Logger  *slog.Logger
 
-	// IPAllocRange is the cluster range split among the peers.
+	// IPAllocRange is the cluster range split among the peers: the IPv4
+	// one.
 	IPAllocRange netip.Prefix
+	// IPAllocRange6 is the IPv6 cluster range of a dual-stack mesh; the
+	// zero value (the default) runs IPv4 only. It gets an allocator of
+	// its own (state file ipam6.json, gossip channel mesh.ChannelIPAM6).
+	IPAllocRange6 netip.Prefix
 	// ReclaimAfter enables automatic reclaim of silent peers' free space.
 	ReclaimAfter time.Duration
 
@@ -175,6 +181,15 @@ func (c *Config) Validate() error {
 	}
 	if c.IPAllocRange != c.IPAllocRange.Masked() {
 		return fmt.Errorf("--ipalloc-range %v has host bits set (did you mean %v?)", c.IPAllocRange, c.IPAllocRange.Masked())
+	}
+	if c.IPAllocRange6.IsValid() {
+		if !c.IPAllocRange6.Addr().Is6() || c.IPAllocRange6.Addr().Is4In6() {
+			return fmt.Errorf("the second --ipalloc-range %v must be an IPv6 prefix (one range per address family)", c.IPAllocRange6)
+		}
+		// The IPAM's own bounds (size, host bits), with its wording.
+		if _, err := ipam.ParseClusterRanges([]string{c.IPAllocRange6.String()}); err != nil {
+			return err
+		}
 	}
 	if len(c.NoMasqueradeCIDRs) > nat.MaxNoMasquerade {
 		return fmt.Errorf("--no-masquerade-cidrs lists %d CIDRs, at most %d", len(c.NoMasqueradeCIDRs), nat.MaxNoMasquerade)

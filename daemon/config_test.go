@@ -120,3 +120,36 @@ func TestValidateRelayPreference(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateIPAllocRange6: the second --ipalloc-range must be an IPv6
+// prefix the IPAM takes; a bad one is refused at start with the flag named.
+func TestValidateIPAllocRange6(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    netip.Prefix
+		err  string
+	}{
+		{"off", netip.Prefix{}, ""},
+		{"ULA /48", netip.MustParsePrefix("fd32::/48"), ""},
+		{"IPv4 twice", netip.MustParsePrefix("10.64.0.0/12"), "must be an IPv6 prefix"},
+		{"IPv4-mapped", netip.MustParsePrefix("::ffff:10.64.0.0/108"), "must be an IPv6 prefix"},
+		{"host bits", netip.MustParsePrefix("fd32::1/48"), "host bits"},
+		{"too small", netip.MustParsePrefix("fd32::/127"), "--ipalloc-range"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.IPAllocRange6 = tc.r
+			err := c.Validate()
+			if tc.err == "" {
+				if err != nil {
+					t.Fatalf("Validate with IPv6 range %v: %v", tc.r, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "--ipalloc-range") {
+				t.Fatalf("Validate with IPv6 range %v = %v, want an error naming --ipalloc-range and %q", tc.r, err, tc.err)
+			}
+		})
+	}
+}

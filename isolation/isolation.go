@@ -126,6 +126,30 @@ func MACFor(a netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x0a, 0x58, b[0], b[1], b[2], b[3]}
 }
 
+// PodMAC is the MAC of a pod with IPv4 address v4 and IPv6 address v6
+// (either may be the zero address): MACFor(v4) when it has IPv4, as ever,
+// so a dual-stack pod keeps the MAC it would have in an IPv4-only mesh;
+// MACFor6(v6) for an IPv6-only pod; nil with neither.
+func PodMAC(v4, v6 netip.Addr) net.HardwareAddr {
+	switch {
+	case v4.Is4():
+		return MACFor(v4)
+	case v6.Is6():
+		return MACFor6(v6)
+	}
+	return nil
+}
+
+// MACFor6 is the MAC of a pod that has only an IPv6 address: 0a:59
+// (locally administered, unicast, apart from MACFor's 0a:58) followed by
+// the address's last four bytes. Those bytes are what the IPAM hands out
+// within a node's block, so pods of one node (one bridge) get distinct
+// MACs.
+func MACFor6(a netip.Addr) net.HardwareAddr {
+	b := a.As16()
+	return net.HardwareAddr{0x0a, 0x59, b[12], b[13], b[14], b[15]}
+}
+
 // String renders the desired tables in nft syntax, for logs and tests.
 func (c Config) String() string {
 	c = c.normalize()
