@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshnet/mesh/cni"
+	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/isolation"
 )
 
@@ -57,14 +58,24 @@ func (d *Daemon) startIsolation() {
 // isolationConfig is the desired content of the tables: a port per
 // allocation of this node.
 func (d *Daemon) isolationConfig() isolation.Config {
-	cfg := isolation.Config{Bridge: d.cfg.Bridge, PortPrefix: cni.HostVethPrefix, Trusted: []string{d.cfg.WGDevice}, ClusterRange: d.cfg.IPAllocRange}
+	cfg := isolation.Config{Bridge: d.cfg.Bridge, PortPrefix: cni.HostVethPrefix, Trusted: []string{d.cfg.WGDevice}, ClusterRange: d.cfg.IPAllocRange,
+		ClusterRange6: d.cfg.IPAllocRange6}
+	v6 := map[ipam.Key]netip.Addr{}
+	if d.ipam6 != nil {
+		for _, a := range d.ipam6.List() {
+			v6[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] = a.Addr
+		}
+	}
 	seen := map[string]bool{}
 	for _, a := range d.ipam.List() {
 		if !a.Addr.Is4() {
 			continue
 		}
 		name := cni.HostVethName(a.ContainerID, a.IfName)
-		port := isolation.Port{Name: name, MAC: isolation.MACFor(a.Addr), Addr: a.Addr}
+		// A dual-stack pod's IPv6 address is admitted with its
+		// (IPv4-derived) MAC; an IPv6 allocation without an IPv4 one
+		// (left by a failed ADD) has no pod, and no port.
+		port := isolation.Port{Name: name, MAC: isolation.MACFor(a.Addr), Addr: a.Addr, Addr6: v6[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}]}
 		if m, ok := d.legacyMACs[name]; ok {
 			port.MAC, port.Legacy = m, true
 		}
