@@ -43,10 +43,10 @@ const (
 	setPods6    = "pods6"    // ifname . ether_addr . ipv6_addr: port, MAC, IPv6 address of each pod
 	setPorts6   = "ports6"   // ifname . ether_addr: port and MAC of each pod with an IPv6 address
 	setCluster6 = "cluster6" // ipv6_addr interval: the IPv6 cluster range
-	chainPre   = "prerouting"
-	chainFwd   = "forward"
-	chainOut   = "output"
-	chainDNAT  = "bridged-dnat"
+	chainPre    = "prerouting"
+	chainFwd    = "forward"
+	chainOut    = "output"
+	chainDNAT   = "bridged-dnat"
 )
 
 var podKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
