@@ -1,0 +1,292 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// Dual-stack cluster ranges of the tests (docs/ipam.md, "Dual-stack").
+const (
+	dualRange4 = "10.32.0.0/16"
+	dualRange6 = "fd32::/48"
+)
+
+// dualFlags are the launch flags of a dual-stack node: the flag once per
+// family.
+var dualFlags = []string{"--ipalloc-range", dualRange4, "--ipalloc-range", dualRange6}
+
+// dualPod is a pod wired by mesh-cni in a dual-stack mesh.
+type dualPod struct {
+	*pod
+	ip6 netip.Addr
+}
+
+// addDualPod runs ADD and wants the result to list an IPv4 and an IPv6
+// address, in that order, each with a gateway of its family.
+func addDualPod(ctx context.Context, t *testing.T, h *testnet.Host, name string) (*dualPod, error) {
+	if out, err := h.Run(ctx, "ip", "netns", "add", name); err != nil {
+		return nil, fmt.Errorf("ip netns add %s: %v: %s", name, err, out)
+	}
+	out, err := runCNI(ctx, t, h, "add", "mesh", "/run/netns/"+name)
+	if err != nil {
+		return nil, fmt.Errorf("cnitool add on %s: %v\n%s", h.Name, err, out)
+	}
+	var res struct {
+		IPs []struct {
+			Address string `json:"address"`
+			Gateway string `json:"gateway"`
+		} `json:"ips"`
+		Routes []struct {
+			Dst string `json:"dst"`
+		} `json:"routes"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 2 {
+		return nil, fmt.Errorf("ADD result %q: %v, want two addresses", out, err)
+	}
+	var addrs [2]netip.Addr
+	for i, ip := range res.IPs {
+		p, err := netip.ParsePrefix(ip.Address)
+		if err != nil {
+			return nil, fmt.Errorf("ADD result address %q: %w", ip.Address, err)
+		}
+		gw, err := netip.ParseAddr(ip.Gateway)
+		if err != nil || gw.Is4() != p.Addr().Is4() || !p.IsSingleIP() {
+			return nil, fmt.Errorf("ADD result %s gateway %q: want a host prefix and a gateway of its family", p, ip.Gateway)
+		}
+		addrs[i] = p.Addr()
+	}
+	if !addrs[0].Is4() || !addrs[1].Is6() {
+		return nil, fmt.Errorf("ADD result addresses %v, want IPv4 then IPv6", addrs)
+	}
+	dsts := map[string]bool{}
+	for _, r := range res.Routes {
+		dsts[r.Dst] = true
+	}
+	if !dsts["0.0.0.0/0"] || !dsts["::/0"] {
+		return nil, fmt.Errorf("ADD result routes %v, want a default route per family", res.Routes)
+	}
+	return &dualPod{pod: &pod{Host: h, name: name, ip: addrs[0]}, ip6: addrs[1]}, nil
+}
+
+// ping pings dst from p: a few packets, bounded in time.
+func (p *dualPod) ping(ctx context.Context, dst netip.Addr) error {
+	args := []string{"ping", "-c", "2", "-i", "0.2", "-W", "2", dst.String()}
+	if dst.Is6() {
+		args = slices.Insert(args, 1, "-6")
+	}
+	if out, err := p.exec(ctx, args...); err != nil {
+		return fmt.Errorf("%s (%s on %s) cannot ping %s: %v\n%s", p.name, p.ip, p.Host.Name, dst, err, out)
+	}
+	return nil
+}
+
+// TestDualStackMesh: three dual-stack hosts. Each ADD gives a pod an
+// address of each family, and the pod pings its IPv6 gateway at once (no
+// duplicate address detection to wait for); pods reach each other over
+// both families, on one node and across nodes; a pod cannot send from
+// another pod's IPv6 address; a SIGKILLed daemon comes back with both
+// families' ranges and addresses; DEL frees both.
+func TestDualStackMesh(t *testing.T) {
+	_, nodes, ctx := cniMesh(t, 3, 5*time.Minute, dualFlags...)
+	for _, n := range nodes {
+		st := n.MustStatus()
+		if st.IPAM6 == nil || st.IPAM6.Status != "ready" || st.IPAM6.Range != dualRange6 || st.OverlayIP6 == "" {
+			t.Fatalf("%s: IPv6 IPAM %+v, overlay %q: want ready on %s with an overlay address", n.Host.Name, st.IPAM6, st.OverlayIP6, dualRange6)
+		}
+		if st.IPAM.Range != dualRange4 {
+			t.Fatalf("%s: IPv4 IPAM range %s, want %s", n.Host.Name, st.IPAM.Range, dualRange4)
+		}
+	}
+
+	var pods []*dualPod
+	for i, n := range append(nodes, nodes[0]) {
+		p, err := addDualPod(ctx, t, n.Host, fmt.Sprintf("dual%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Right after ADD: no DAD wait, the first ping gets through.
+		gw6 := netip.MustParseAddr(n.MustStatus().OverlayIP6)
+		if out, err := p.exec(ctx, "ping", "-6", "-c", "1", "-W", "2", gw6.String()); err != nil {
+			t.Fatalf("ping -6 of the gateway %s right after ADD failed: %v\n%s", gw6, err, out)
+		}
+		pods = append(pods, p)
+	}
+	for _, n := range nodes {
+		st := n.MustStatus()
+		want := 1
+		if n == nodes[0] {
+			want = 2
+		}
+		if st.IPAM.Allocated != want || st.IPAM6.Allocated != want {
+			t.Fatalf("%s: %d IPv4 and %d IPv6 allocations, want %d of each", n.Host.Name, st.IPAM.Allocated, st.IPAM6.Allocated, want)
+		}
+	}
+
+	t.Run("pod-to-pod", func(t *testing.T) {
+		for _, a := range pods {
+			for _, b := range pods {
+				if a == b {
+					continue
+				}
+				for _, dst := range []netip.Addr{b.ip, b.ip6} {
+					if err := a.ping(ctx, dst); err != nil {
+						t.Error(err)
+					}
+				}
+			}
+		}
+	})
+
+	t.Run("ipv6-source-spoof", func(t *testing.T) {
+		// pods[3] shares node 0 with pods[0]; it forges pods[1]'s IPv6
+		// address towards pods[2] on another node.
+		forger, victim, target := pods[3], pods[1], pods[2]
+		from, err := udpReceived6(ctx, t, target, 9996, func() error {
+			if err := spoofUDP6(ctx, t, forger, victim.ip6, target.ip6, 9996, "forged"); err != nil {
+				return err
+			}
+			return spoofUDP6(ctx, t, forger, forger.ip6, target.ip6, 9996, "control")
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Join(from, " ")
+		if strings.Contains(got, "forged") {
+			t.Errorf("%s received datagrams forged with %s's source %s: %v", target.name, victim.name, victim.ip6, from)
+		}
+		if !strings.Contains(got, forger.ip6.String()+" control") {
+			t.Errorf("%s did not receive the honest datagrams (the control): %v", target.name, from)
+		}
+		out, err := nodes[0].Host.Run(ctx, "curl", "-sf", "http://127.0.0.1:6782/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !metricPositive(out, `mesh_isolation_dropped_packets_total{reason="spoofed"}`) {
+			t.Errorf("no spoofed drop counted:\n%s", grepLines(out, "mesh_isolation"))
+		}
+	})
+
+	t.Run("router-advertisement", func(t *testing.T) {
+		a, b := pods[0], pods[3] // one node
+		if out, err := b.exec(ctx, attacker(t), "ra", "-dev", "eth0", "-prefix", "2001:db8:1::/64"); err != nil {
+			t.Fatalf("ra: %v\n%s", err, out)
+		}
+		time.Sleep(2 * time.Second)
+		if out, _ := a.exec(ctx, "ip", "-6", "addr", "show"); strings.Contains(out, "2001:db8:1:") {
+			t.Errorf("pod a configured an address from b's router advertisement:\n%s", out)
+		}
+		if out, _ := a.exec(ctx, "ip", "-6", "route", "show", "default"); strings.Contains(out, "fe80") {
+			t.Errorf("pod a took b as its IPv6 default router:\n%s", out)
+		}
+	})
+
+	t.Run("restart-keeps-both-families", func(t *testing.T) {
+		n := nodes[0]
+		before := n.MustStatus()
+		if err := n.Proc.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		n.Start()
+		testnet.Eventually(t, 90*time.Second, 250*time.Millisecond, func() error {
+			st, err := n.Status()
+			if err != nil {
+				return err
+			}
+			if st.IPAM.Status != "ready" || st.IPAM6 == nil || st.IPAM6.Status != "ready" || st.IPAM.Allocated != 2 || st.IPAM6.Allocated != 2 {
+				return fmt.Errorf("after restart: IPv4 %+v, IPv6 %+v", st.IPAM, st.IPAM6)
+			}
+			return nil
+		})
+		after := n.MustStatus()
+		if after.OverlayIP6 != before.OverlayIP6 || after.OverlayIP != before.OverlayIP {
+			t.Errorf("overlay addresses %s, %s after restart; were %s, %s", after.OverlayIP, after.OverlayIP6, before.OverlayIP, before.OverlayIP6)
+		}
+		if !slices.Equal(after.IPAM6.Owned, before.IPAM6.Owned) || !slices.Equal(after.IPAM.Owned, before.IPAM.Owned) {
+			t.Errorf("owned ranges after restart: IPv4 %v, IPv6 %v; were %v, %v", after.IPAM.Owned, after.IPAM6.Owned, before.IPAM.Owned, before.IPAM6.Owned)
+		}
+		for _, p := range []*dualPod{pods[0], pods[3]} {
+			if out, err := runCNI(ctx, t, n.Host, "check", "mesh", "/run/netns/"+p.name); err != nil {
+				t.Errorf("CHECK of %s after restart: %v\n%s", p.name, err, out)
+			}
+		}
+		// Same container, same addresses.
+		again, err := runCNI(ctx, t, n.Host, "add", "mesh", "/run/netns/"+pods[0].name)
+		if err != nil || !strings.Contains(again, pods[0].ip6.String()) || !strings.Contains(again, pods[0].ip.String()) {
+			t.Errorf("repeated ADD after restart: %v\n%s\nwant %s and %s", err, again, pods[0].ip, pods[0].ip6)
+		}
+		testnet.Eventually(t, 60*time.Second, time.Second, func() error {
+			for _, dst := range []netip.Addr{pods[1].ip6, pods[2].ip6, pods[1].ip} {
+				if err := pods[0].ping(ctx, dst); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	})
+
+	t.Run("del-frees-both", func(t *testing.T) {
+		p := pods[1]
+		for i := range 2 {
+			if out, err := runCNI(ctx, t, p.Host, "del", "mesh", "/run/netns/"+p.name); err != nil {
+				t.Fatalf("DEL #%d: %v\n%s", i+1, err, out)
+			}
+		}
+		st := nodes[1].MustStatus()
+		if st.IPAM.Allocated != 0 || st.IPAM6.Allocated != 0 {
+			t.Errorf("after DEL: %d IPv4 and %d IPv6 allocations, want none", st.IPAM.Allocated, st.IPAM6.Allocated)
+		}
+	})
+}
+
+// TestDualStackFailedADDLeavesNothing: when a node has no IPv6 address left
+// to give, ADD fails and the IPv4 address it took first is released: both
+// families hold the same allocations after it.
+func TestDualStackFailedADDLeavesNothing(t *testing.T) {
+	// An IPv6 range of four addresses: the node's gateway and three pods.
+	n, ctx := cniNode(t, 3*time.Minute, "--ipalloc-range", dualRange4, "--ipalloc-range", "fd32::/126")
+	var added int
+	var lastErr error
+	for i := range 5 {
+		if _, err := addDualPod(ctx, t, n.Host, fmt.Sprintf("full%d", i)); err != nil {
+			lastErr = err
+			break
+		}
+		added++
+	}
+	if lastErr == nil {
+		t.Fatalf("%d ADDs succeeded in an IPv6 range of four addresses", added)
+	}
+	if !strings.Contains(lastErr.Error(), "IPv6") {
+		t.Errorf("ADD error does not name IPv6: %v", lastErr)
+	}
+	st := n.MustStatus()
+	if st.IPAM.Allocated != added || st.IPAM6.Allocated != added {
+		t.Fatalf("after %d ADDs and a failed one: %d IPv4 and %d IPv6 allocations, want %d of each", added, st.IPAM.Allocated, st.IPAM6.Allocated, added)
+	}
+	links, _ := n.Host.Run(ctx, "ip", "-o", "link", "show")
+	if c := strings.Count(links, "vmesh"); c != added {
+		t.Errorf("%d pod veths after %d ADDs and a failed one:\n%s", c, added, links)
+	}
+}
+
+// udpReceived6 is udpReceived for IPv6 in pod p.
+func udpReceived6(ctx context.Context, t *testing.T, p *dualPod, port int, send func() error) ([]string, error) {
+	cmd := p.Host.Exec(ctx, "ip", "netns", "exec", p.name, attacker(t), "udp-listen", "-net", "udp6", "-port", fmt.Sprint(port), "-for", "4s")
+	return readDatagrams(cmd, send)
+}
+
+// spoofUDP6 sends IPv6 datagrams from pod p with source src.
+func spoofUDP6(ctx context.Context, t *testing.T, p *dualPod, src, dst netip.Addr, port int, tag string) error {
+	if out, err := p.exec(ctx, attacker(t), "udp6-send", "-src", src.String(), "-dst", dst.String(), "-port", fmt.Sprint(port), "-tag", tag); err != nil {
+		return fmt.Errorf("udp6-send: %v\n%s", err, out)
+	}
+	return nil
+}
