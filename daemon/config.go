@@ -190,6 +190,11 @@ func (c *Config) Validate() error {
 		if _, err := ipam.ParseClusterRanges([]string{c.IPAllocRange6.String()}); err != nil {
 			return err
 		}
+		// Fail closed: the NetworkPolicy rules match IPv4 only, so a
+		// pod's IPv6 would pass every policy.
+		if c.Kube && !c.NoPolicy {
+			return fmt.Errorf("--ipalloc-range %v: NetworkPolicy enforcement covers IPv4 only, and IPv6 pod traffic would pass every policy: run dual-stack with --no-policy, or IPv4 only", c.IPAllocRange6)
+		}
 	}
 	if len(c.NoMasqueradeCIDRs) > nat.MaxNoMasquerade {
 		return fmt.Errorf("--no-masquerade-cidrs lists %d CIDRs, at most %d", len(c.NoMasqueradeCIDRs), nat.MaxNoMasquerade)

@@ -4,7 +4,9 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/mesh"
 )
@@ -151,5 +153,49 @@ func TestValidateIPAllocRange6(t *testing.T) {
 				t.Fatalf("Validate with IPv6 range %v = %v, want an error naming --ipalloc-range and %q", tc.r, err, tc.err)
 			}
 		})
+	}
+}
+
+// TestValidateDualStackRefusesPolicy: NetworkPolicy covers IPv4 only, so a
+// dual-stack node that would enforce it refuses to start (fail closed)
+// rather than let IPv6 pass every policy.
+func TestValidateDualStackRefusesPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		kube, noPolicy bool
+		wantErr        bool
+	}{
+		{"without kube", false, false, false},
+		{"kube with policy", true, false, true},
+		{"kube without policy", true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.IPAllocRange6 = netip.MustParsePrefix("fd32::/48")
+			c.Kube, c.NoPolicy = tc.kube, tc.noPolicy
+			err := c.Validate()
+			if (err != nil) != tc.wantErr || (err != nil && !strings.Contains(err.Error(), "--no-policy")) {
+				t.Fatalf("Validate = %v, want error %v naming --no-policy", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestLacksFamily: a member alive past the grace that the IPv6 ring does not
+// know is named; self, young, dead and known members are not.
+func TestLacksFamily(t *testing.T) {
+	now := time.Now()
+	old := now.Add(-time.Minute)
+	members := []mesh.Member{
+		{Name: "self", Self: true, State: api.MemberAlive, Since: old},
+		{Name: "dual", State: api.MemberAlive, Since: old},
+		{Name: "v4only", State: api.MemberAlive, Since: old},
+		{Name: "young", State: api.MemberAlive, Since: now},
+		{Name: "dead", State: api.MemberDead, Since: old},
+	}
+	got := lacksFamily([]api.IPAMPeer{{Name: "self"}, {Name: "dual"}}, members, now)
+	if len(got) != 1 || !strings.Contains(got[0], "v4only") || !strings.Contains(got[0], "--ipalloc-range") {
+		t.Fatalf("lacksFamily = %q, want one problem naming v4only and --ipalloc-range", got)
 	}
 }

@@ -181,7 +181,32 @@ func (d *Daemon) ipamStatus6() (*api.IPAM, string) {
 	if d.ipam6 == nil {
 		return nil, ""
 	}
-	return allocatorStatus(d.ipam6)
+	out, overlay := allocatorStatus(d.ipam6)
+	out.Problems = append(out.Problems, lacksFamily(out.Peers, d.members.Members(), time.Now())...)
+	return out, overlay
+}
+
+// familyGrace is how long a member may be alive before its absence from
+// the IPv6 ring's peer table is named in status: a node that has just
+// joined has not sent its state yet.
+const familyGrace = 20 * time.Second
+
+// lacksFamily names the members alive for familyGrace that the IPv6 ring
+// does not know: nodes configured without the IPv6 range (or of a release
+// before dual-stack), whose pods get no IPv6 address.
+func lacksFamily(ring []api.IPAMPeer, members []mesh.Member, now time.Time) []string {
+	known := make(map[string]bool, len(ring))
+	for _, p := range ring {
+		known[p.Name] = true
+	}
+	var out []string
+	for _, m := range members {
+		if m.Self || m.State != api.MemberAlive || known[m.Name] || now.Sub(m.Since) < familyGrace {
+			continue
+		}
+		out = append(out, fmt.Sprintf("member %s runs no IPv6 range: its pods get no IPv6 address (give every node the same --ipalloc-range values)", m.Name))
+	}
+	return out
 }
 
 func allocatorStatus(a *ipam.Allocator) (*api.IPAM, string) {

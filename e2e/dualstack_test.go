@@ -292,3 +292,50 @@ func spoofUDP6(ctx context.Context, t *testing.T, p *dualPod, src, dst netip.Add
 	}
 	return nil
 }
+
+// TestDualStackMixedMesh: a node configured without the IPv6 range (as a
+// node of the release before dual-stack, which drops the IPv6 ring's gossip
+// channel) in a dual-stack mesh: IPv4 works between all pods, IPv6 between
+// the dual-stack ones, and the dual-stack nodes name the other in status.
+func TestDualStackMixedMesh(t *testing.T) {
+	_, nodes, ctx := cniMeshFlags(t, 3, 4*time.Minute, func(i int) []string {
+		if i == 2 {
+			return []string{"--ipalloc-range", dualRange4}
+		}
+		return dualFlags
+	})
+	a, err := addDualPod(ctx, t, nodes[0].Host, "mixa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addDualPod(ctx, t, nodes[1].Host, "mixb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := addPod(ctx, t, nodes[2].Host, "mixc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := nodes[2].MustStatus(); st.IPAM6 != nil || st.OverlayIP6 != "" {
+		t.Errorf("the IPv4-only node reports an IPv6 IPAM: %+v %q", st.IPAM6, st.OverlayIP6)
+	}
+	for _, step := range []struct {
+		from *pod
+		to   netip.Addr
+	}{{a.pod, b.ip}, {a.pod, c.ip}, {c, a.ip}, {c, b.ip}, {a.pod, b.ip6}, {b.pod, a.ip6}} {
+		p := &dualPod{pod: step.from}
+		if err := p.ping(ctx, step.to); err != nil {
+			t.Error(err)
+		}
+	}
+	name := nodes[2].MustStatus().Name
+	testnet.Eventually(t, 90*time.Second, time.Second, func() error {
+		for _, n := range nodes[:2] {
+			st := n.MustStatus()
+			if !slices.ContainsFunc(st.IPAM6.Problems, func(p string) bool { return strings.Contains(p, name) && strings.Contains(p, "no IPv6") }) {
+				return fmt.Errorf("%s: IPv6 problems %q do not name %s", n.Host.Name, st.IPAM6.Problems, name)
+			}
+		}
+		return nil
+	})
+}
