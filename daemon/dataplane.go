@@ -127,7 +127,7 @@ func (d *Daemon) reconcileDataplane(ctx context.Context, members []mesh.Member) 
 	if !d.left.Load() {
 		d.remembered.save(in, members)
 	}
-	d.applyNAT(overlay, members)
+	d.applyNAT(overlay, overlay6, members)
 	d.applyRelayCounter()
 }
 
@@ -136,7 +136,7 @@ func (d *Daemon) reconcileDataplane(ctx context.Context, members []mesh.Member) 
 // as configured; every reconcile restores it
 // if it went missing. A failure is reported in the status but does not
 // make the node unready: pod-to-pod traffic does not depend on it.
-func (d *Daemon) applyNAT(overlay netip.Addr, members []mesh.Member) {
+func (d *Daemon) applyNAT(overlay, overlay6 netip.Addr, members []mesh.Member) {
 	var nodes []netip.Addr
 	for _, m := range members {
 		// Any state: a dead node's address costs a set element, and
@@ -152,6 +152,8 @@ func (d *Daemon) applyNAT(overlay netip.Addr, members []mesh.Member) {
 		NoMasquerade:  d.cfg.NoMasqueradeCIDRs,
 		OverlayDevice: d.cfg.WGDevice,
 		OverlayIP:     overlay,
+		ClusterRange6: d.cfg.IPAllocRange6,
+		OverlayIP6:    overlay6,
 	})
 	if d.natErr.set(err) && err != nil {
 		d.log.Warn("failed to apply the NAT table", "error", err)

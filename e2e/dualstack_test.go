@@ -339,3 +339,35 @@ func TestDualStackMixedMesh(t *testing.T) {
 		return nil
 	})
 }
+
+// TestDualStackOutboundNAT: a pod's IPv6 traffic to a host outside the
+// cluster ranges leaves masqueraded to its node's IPv6 address (NAT66), as
+// its IPv4 traffic does to the node's IPv4 address; unique-local pod
+// addresses are not routable outside. The underlay gets unique-local IPv6
+// addresses of its own for the test (gossip and WireGuard stay on IPv4).
+func TestDualStackOutboundNAT(t *testing.T) {
+	tn, nodes, ctx := cniMesh(t, 1, 3*time.Minute, dualFlags...)
+	plain := tn.AddHost(t)
+	node6, plain6 := netip.MustParseAddr("fd99::1"), netip.MustParseAddr("fd99::9")
+	for _, x := range []struct {
+		h *testnet.Host
+		a netip.Addr
+	}{{nodes[0].Host, node6}, {plain, plain6}} {
+		if out, err := x.h.Run(ctx, "ip", "-6", "addr", "add", x.a.String()+"/64", "dev", "eth0", "nodad"); err != nil {
+			t.Fatalf("ip -6 addr add on %s: %v\n%s", x.h.Name, err, out)
+		}
+	}
+	p, err := addDualPod(ctx, t, nodes[0].Host, "nat6")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const port = "8080"
+	serveWhoami(t, plain, "", netip.AddrPortFrom(plain6, 8080).String())
+	serveWhoami(t, plain, "", plain.Addr.String()+":"+port)
+	t.Run("ipv6 pod to outside is masqueraded to the node's IPv6 address", func(t *testing.T) {
+		expectSource(t, p.Host, p.name, netip.AddrPortFrom(plain6, 8080).String(), "", node6)
+	})
+	t.Run("ipv4 pod to outside is still masqueraded to the node's IPv4 address", func(t *testing.T) {
+		expectSource(t, p.Host, p.name, plain.Addr.String()+":"+port, "", nodes[0].Host.Addr)
+	})
+}
