@@ -204,7 +204,11 @@ func (d *Daemon) flushConntrack(addr netip.Addr) {
 		}
 		filters = append(filters, f)
 	}
-	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...)
+	family := netlink.InetFamily(unix.AF_INET)
+	if addr.Is6() {
+		family = unix.AF_INET6 // a dual-stack pod's IPv6 address
+	}
+	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...)
 	if err != nil {
 		d.log.Warn("failed to flush the conntrack entries of a released address", "address", addr, "error", err)
 		return

@@ -236,6 +236,19 @@ func TestDualStackMesh(t *testing.T) {
 
 	t.Run("del-frees-both", func(t *testing.T) {
 		p := pods[1]
+		h := p.Host
+		// Connection tracking runs in a netns only once a rule needs it
+		// (as in TestReleaseFlushesConntrack).
+		if out, err := h.Run(ctx, "nft", "add table inet cttest { chain f { type filter hook forward priority 0; ct state established accept; }; }"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		defer h.Run(ctx, "nft", "delete table inet cttest")
+		if err := p.ping(ctx, pods[0].ip6); err != nil {
+			t.Fatal(err)
+		}
+		if flows, err := conntrackOf(h, p.ip6); err != nil || len(flows) == 0 {
+			t.Fatalf("no conntrack entry of %s (%v): the check below shows nothing", p.ip6, err)
+		}
 		for i := range 2 {
 			if out, err := runCNI(ctx, t, p.Host, "del", "mesh", "/run/netns/"+p.name); err != nil {
 				t.Fatalf("DEL #%d: %v\n%s", i+1, err, out)
@@ -244,6 +257,9 @@ func TestDualStackMesh(t *testing.T) {
 		st := nodes[1].MustStatus()
 		if st.IPAM.Allocated != 0 || st.IPAM6.Allocated != 0 {
 			t.Errorf("after DEL: %d IPv4 and %d IPv6 allocations, want none", st.IPAM.Allocated, st.IPAM6.Allocated)
+		}
+		if flows, err := conntrackOf(h, p.ip6); err != nil || len(flows) != 0 {
+			t.Errorf("conntrack entries of released address %s left (%v):\n%s", p.ip6, err, strings.Join(flows, "\n"))
 		}
 	})
 }

@@ -402,7 +402,11 @@ func TestUnderlaySpoofedSource(t *testing.T) {
 func conntrackOf(h *testnet.Host, addr netip.Addr) ([]string, error) {
 	var out []string
 	err := h.Do(func() error {
-		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		family := netlink.InetFamily(unix.AF_INET)
+		if addr.Is6() {
+			family = unix.AF_INET6
+		}
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, family)
 		if err != nil {
 			return err
 		}
