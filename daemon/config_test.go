@@ -199,3 +199,53 @@ func TestLacksFamily(t *testing.T) {
 		t.Fatalf("lacksFamily = %q, want one problem naming v4only and --ipalloc-range", got)
 	}
 }
+
+// TestValidateIPv6Only: an IPv6 range alone is an IPv6-only mesh (its
+// ring with the IPv6 state file and channel); two IPv6 ranges, or one with
+// NetworkPolicy enforcement, are refused.
+func TestValidateIPv6Only(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		r, r6     string
+		kube      bool
+		err       string
+		v4, v6    string
+		ipv6Alone bool
+	}{
+		{name: "IPv4 only", r: "10.32.0.0/12", v4: "10.32.0.0/12"},
+		{name: "dual-stack", r: "10.32.0.0/12", r6: "fd32::/48", v4: "10.32.0.0/12", v6: "fd32::/48"},
+		{name: "IPv6 only", r: "fd32::/48", v6: "fd32::/48", ipv6Alone: true},
+		{name: "two IPv6", r: "fd32::/48", r6: "fd33::/48", err: "must be an IPv4 prefix"},
+		{name: "IPv6 only with policy", r: "fd32::/48", kube: true, err: "--no-policy"},
+		{name: "IPv6 only host bits", r: "fd32::1/48", err: "host bits"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.Kube = tc.kube
+			c.IPAllocRange = netip.MustParsePrefix(tc.r)
+			if tc.r6 != "" {
+				c.IPAllocRange6 = netip.MustParsePrefix(tc.r6)
+			}
+			err := c.Validate()
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Validate = %v, want an error with %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.ipv4Range(); (got.IsValid() || tc.v4 != "") && got.String() != tc.v4 {
+				t.Errorf("ipv4Range = %v, want %q", got, tc.v4)
+			}
+			if got := c.ipv6Range(); (got.IsValid() || tc.v6 != "") && got.String() != tc.v6 {
+				t.Errorf("ipv6Range = %v, want %q", got, tc.v6)
+			}
+			if c.ipv6Only() != tc.ipv6Alone {
+				t.Errorf("ipv6Only = %v, want %v", c.ipv6Only(), tc.ipv6Alone)
+			}
+		})
+	}
+}

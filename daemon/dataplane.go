@@ -145,14 +145,20 @@ func (d *Daemon) applyNAT(overlay, overlay6 netip.Addr, members []mesh.Member) {
 			nodes = append(nodes, a)
 		}
 	}
+	if d.cfg.ipv6Only() {
+		// The other nodes' IPv4 addresses are reached by IPv4, which an
+		// IPv6-only pod does not have.
+		nodes = nil
+		overlay6, overlay = overlay, netip.Addr{}
+	}
 	err := d.nat.Set(&nat.Config{
 		Nodes:         nodes,
-		ClusterRange:  d.cfg.IPAllocRange,
+		ClusterRange:  d.cfg.ipv4Range(),
 		Masquerade:    !d.cfg.NoMasquerade,
 		NoMasquerade:  d.cfg.NoMasqueradeCIDRs,
 		OverlayDevice: d.cfg.WGDevice,
 		OverlayIP:     overlay,
-		ClusterRange6: d.cfg.IPAllocRange6,
+		ClusterRange6: d.cfg.ipv6Range(),
 		OverlayIP6:    overlay6,
 	})
 	if d.natErr.set(err) && err != nil {

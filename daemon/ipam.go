@@ -67,7 +67,14 @@ const (
 // sharing nothing, so each family's safety argument is the single-range
 // one.
 func (d *Daemon) startIPAM(initialPeers int) error {
-	a, err := d.newAllocator(d.cfg.IPAllocRange, mesh.ChannelIPAM, ipamStateFile, initialPeers)
+	channel, file := mesh.ChannelIPAM, ipamStateFile
+	if d.cfg.ipv6Only() {
+		// The IPv6 ring keeps its channel and file in an IPv6-only mesh:
+		// a node of the previous release never sees it, and adding IPv4
+		// later does not turn it into the IPv4 ring.
+		channel, file = mesh.ChannelIPAM6, ipamStateFile6
+	}
+	a, err := d.newAllocator(d.cfg.IPAllocRange, channel, file, initialPeers)
 	if err != nil {
 		return err
 	}
@@ -94,7 +101,7 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 	cfg.InitialPeerCount = initialPeers
 	cfg.ReclaimAfter = d.cfg.ReclaimAfter
 	cfg.Logger = d.log
-	if d.ipam != nil {
+	if r.Addr().Is6() {
 		cfg.Logger = d.log.With("family", "ipv6")
 	}
 	cfg.IsMember = d.members.IsMember
@@ -237,7 +244,11 @@ func (d *Daemon) allocation(containerID, ifName, network string, addr, addr6 net
 	if addr.IsValid() {
 		a.Address = netip.PrefixFrom(addr, addr.BitLen()).String()
 	}
-	if mac := isolation.PodMAC(addr, addr6); mac != nil {
+	v4, v6 := addr, addr6
+	if d.cfg.ipv6Only() {
+		v4, v6 = netip.Addr{}, addr
+	}
+	if mac := isolation.PodMAC(v4, v6); mac != nil {
 		a.MAC = mac.String()
 	}
 	if gw, ok := d.ipam.OverlayIP(); ok {

@@ -58,8 +58,8 @@ func (d *Daemon) startIsolation() {
 // isolationConfig is the desired content of the tables: a port per
 // allocation of this node.
 func (d *Daemon) isolationConfig() isolation.Config {
-	cfg := isolation.Config{Bridge: d.cfg.Bridge, PortPrefix: cni.HostVethPrefix, Trusted: []string{d.cfg.WGDevice}, ClusterRange: d.cfg.IPAllocRange,
-		ClusterRange6: d.cfg.IPAllocRange6}
+	cfg := isolation.Config{Bridge: d.cfg.Bridge, PortPrefix: cni.HostVethPrefix, Trusted: []string{d.cfg.WGDevice}, ClusterRange: d.cfg.ipv4Range(),
+		ClusterRange6: d.cfg.ipv6Range()}
 	v6 := map[ipam.Key]netip.Addr{}
 	if d.ipam6 != nil {
 		for _, a := range d.ipam6.List() {
@@ -68,14 +68,19 @@ func (d *Daemon) isolationConfig() isolation.Config {
 	}
 	seen := map[string]bool{}
 	for _, a := range d.ipam.List() {
-		if !a.Addr.Is4() {
+		name := cni.HostVethName(a.ContainerID, a.IfName)
+		var port isolation.Port
+		switch {
+		case a.Addr.Is4():
+			// A dual-stack pod's IPv6 address is admitted with its
+			// (IPv4-derived) MAC; an IPv6 allocation without an IPv4
+			// one (left by a failed ADD) has no pod, and no port.
+			port = isolation.Port{Name: name, MAC: isolation.MACFor(a.Addr), Addr: a.Addr, Addr6: v6[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}]}
+		case d.cfg.ipv6Only():
+			port = isolation.Port{Name: name, MAC: isolation.MACFor6(a.Addr), Addr6: a.Addr}
+		default:
 			continue
 		}
-		name := cni.HostVethName(a.ContainerID, a.IfName)
-		// A dual-stack pod's IPv6 address is admitted with its
-		// (IPv4-derived) MAC; an IPv6 allocation without an IPv4 one
-		// (left by a failed ADD) has no pod, and no port.
-		port := isolation.Port{Name: name, MAC: isolation.MACFor(a.Addr), Addr: a.Addr, Addr6: v6[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}]}
 		if m, ok := d.legacyMACs[name]; ok {
 			port.MAC, port.Legacy = m, true
 		}

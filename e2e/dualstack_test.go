@@ -151,7 +151,7 @@ func TestDualStackMesh(t *testing.T) {
 		// isolation stands in the way: across nodes WireGuard would drop
 		// a source outside the sender's AllowedIPs too).
 		forger, victim, target := pods[3], pods[1], pods[0]
-		from, err := udpReceived6(ctx, t, target, 9996, func() error {
+		from, err := udpReceived6(ctx, t, nil, target, 9996, func() error {
 			if err := spoofUDP6(ctx, t, forger, victim.ip6, target.ip6, 9996, "forged"); err != nil {
 				return err
 			}
@@ -295,10 +295,15 @@ func TestDualStackFailedADDLeavesNothing(t *testing.T) {
 	}
 }
 
-// udpReceived6 is udpReceived for IPv6 in pod p.
-func udpReceived6(ctx context.Context, t *testing.T, p *dualPod, port int, send func() error) ([]string, error) {
-	cmd := p.Host.Exec(ctx, "ip", "netns", "exec", p.name, attacker(t), "udp-listen", "-net", "udp6", "-port", fmt.Sprint(port), "-for", "4s")
-	return readDatagrams(cmd, send)
+// udpReceived6 is udpReceived for IPv6, in pod p or, when p is nil, on
+// host h.
+func udpReceived6(ctx context.Context, t *testing.T, h *testnet.Host, p *dualPod, port int, send func() error) ([]string, error) {
+	args := []string{attacker(t), "udp-listen", "-net", "udp6", "-port", fmt.Sprint(port), "-for", "4s"}
+	if p != nil {
+		h = p.Host
+		args = append([]string{"ip", "netns", "exec", p.name}, args...)
+	}
+	return readDatagrams(h.Exec(ctx, args[0], args[1:]...), send)
 }
 
 // spoofUDP6 sends IPv6 datagrams from pod p with source src.
@@ -386,4 +391,61 @@ func TestDualStackOutboundNAT(t *testing.T) {
 	t.Run("ipv4 pod to outside is still masqueraded to the node's IPv4 address", func(t *testing.T) {
 		expectSource(t, p.Host, p.name, plain.Addr.String()+":"+port, "", nodes[0].Host.Addr)
 	})
+}
+
+// TestIPv6OnlyMesh: two hosts with an IPv6 cluster range alone. Pods get
+// one IPv6 address each (and a MAC derived from it), reach each other and
+// their gateway right after ADD, and cannot send from another address; the
+// ring lives in ipam6.json and the status's ipam section is the IPv6 one.
+func TestIPv6OnlyMesh(t *testing.T) {
+	const range6 = "fd33::/48"
+	_, nodes, ctx := cniMesh(t, 2, 4*time.Minute, "--ipalloc-range", range6)
+	for _, n := range nodes {
+		st := n.MustStatus()
+		if st.IPAM.Range != range6 || st.IPAM6 != nil || !netip.MustParseAddr(st.OverlayIP).Is6() {
+			t.Fatalf("%s: ipam %+v, ipam6 %+v, overlay %q: want the IPv6 ring in ipam", n.Host.Name, st.IPAM, st.IPAM6, st.OverlayIP)
+		}
+		if out, err := n.Host.Run(ctx, "ls", "/var/lib/mesh"); err != nil || !strings.Contains(out, "ipam6.json") || strings.Contains(out, "ipam.json") {
+			t.Errorf("%s: state dir %q (%v), want ipam6.json and no ipam.json", n.Host.Name, out, err)
+		}
+	}
+	var pods []*pod
+	for i, n := range nodes {
+		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("six%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.ip.Is6() {
+			t.Fatalf("pod address %s, want IPv6", p.ip)
+		}
+		gw := n.MustStatus().OverlayIP
+		if out, err := p.exec(ctx, "ping", "-6", "-c", "1", "-W", "2", gw); err != nil {
+			t.Fatalf("ping -6 of the gateway %s right after ADD failed: %v\n%s", gw, err, out)
+		}
+		if mac := linkMAC(ctx, t, n.Host, p, "eth0"); !strings.HasPrefix(mac, "0a:59:") {
+			t.Errorf("pod MAC %s, want one derived from the IPv6 address (0a:59:...)", mac)
+		}
+		pods = append(pods, p)
+	}
+	for _, pair := range [][2]*pod{{pods[0], pods[1]}, {pods[1], pods[0]}} {
+		p := &dualPod{pod: pair[0]}
+		if err := p.ping(ctx, pair[1].ip); err != nil {
+			t.Error(err)
+		}
+	}
+	// A pod on node 0 forges the other pod's address towards its own
+	// gateway's node: only port isolation can stop it there.
+	forged := &dualPod{pod: pods[0], ip6: pods[0].ip}
+	from, err := udpReceived6(ctx, t, nodes[0].Host, nil, 9995, func() error {
+		if err := spoofUDP6(ctx, t, forged, pods[1].ip, netip.MustParseAddr(nodes[0].MustStatus().OverlayIP), 9995, "forged"); err != nil {
+			return err
+		}
+		return spoofUDP6(ctx, t, forged, pods[0].ip, netip.MustParseAddr(nodes[0].MustStatus().OverlayIP), 9995, "control")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(from, " "); strings.Contains(got, "forged") || !strings.Contains(got, "control") {
+		t.Errorf("node 0 received %v: want the honest datagrams only", from)
+	}
 }

@@ -50,9 +50,9 @@ var Counters = []string{CounterSpoofed, CounterIPv6, CounterHostConfig, CounterO
 type Port struct {
 	Name string // the host-side veth
 	MAC  net.HardwareAddr
-	Addr netip.Addr // IPv4
-	// Addr6 is the pod's IPv6 address in a dual-stack mesh (Config's
-	// ClusterRange6 set); the zero value for none.
+	Addr netip.Addr // IPv4; the zero value for an IPv6-only pod
+	// Addr6 is the pod's IPv6 address in a dual-stack or IPv6-only mesh
+	// (Config's ClusterRange6 set); the zero value for none.
 	Addr6 netip.Addr
 	// Legacy marks a pod wired before port isolation: it and its peers on
 	// the node may have learnt (from ICMP redirects of the host, which the
@@ -122,7 +122,7 @@ func (c Config) Validate() error {
 		if len(p.MAC) != 6 {
 			return fmt.Errorf("port %s: invalid MAC %q", p.Name, p.MAC)
 		}
-		if !p.Addr.Is4() {
+		if !p.Addr.Is4() && !(p.Addr == netip.Addr{} && p.Addr6.IsValid()) {
 			return fmt.Errorf("port %s: address %s is not IPv4", p.Name, p.Addr)
 		}
 		if p.Addr6.IsValid() && (!c.ClusterRange6.IsValid() || !c.ClusterRange6.Contains(p.Addr6)) {
@@ -173,7 +173,9 @@ func (c Config) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "table bridge %s: bridge %s ports %s*\n", TableName, c.Bridge, c.PortPrefix)
 	for _, p := range c.Ports {
-		fmt.Fprintf(&b, "  port %s . %s . %s legacy=%v\n", p.Name, p.MAC, p.Addr, p.Legacy)
+		if p.Addr.IsValid() {
+			fmt.Fprintf(&b, "  port %s . %s . %s legacy=%v\n", p.Name, p.MAC, p.Addr, p.Legacy)
+		}
 		if p.Addr6.IsValid() {
 			fmt.Fprintf(&b, "  port %s . %s . %s\n", p.Name, p.MAC, p.Addr6)
 		}

@@ -327,7 +327,13 @@ func (t *Tables) Intact() (bool, error) {
 		}
 		return false, fmt.Errorf("failed to list set %s of %s: %w", setPods, nftutil.TableString(brTable), err)
 	}
-	return len(elems) == len(t.applied.Ports), nil
+	n := 0
+	for _, p := range t.applied.Ports {
+		if p.Addr.IsValid() {
+			n++
+		}
+	}
+	return len(elems) == n, nil
 }
 
 // counters reads the named counters of both tables.
@@ -365,7 +371,9 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 	pods := &nftables.Set{Table: brTable, Name: setPods, KeyType: podKey, Concatenation: true}
 	var elems []nftables.SetElement
 	for _, p := range cfg.Ports {
-		elems = append(elems, nftables.SetElement{Key: podElem(p.Name, p.MAC, p.Addr)})
+		if p.Addr.IsValid() { // not an IPv6-only pod
+			elems = append(elems, nftables.SetElement{Key: podElem(p.Name, p.MAC, p.Addr)})
+		}
 	}
 	if err := c.AddSet(pods, elems); err != nil {
 		return fmt.Errorf("failed to add set %s: %w", setPods, err)

@@ -200,6 +200,21 @@ func TestTablesDualStack(t *testing.T) {
 	if ok, err := tb.Intact(); err != nil || !ok {
 		t.Errorf("Intact after a dual-stack Apply = %v, %v", ok, err)
 	}
+	// IPv6 only: no IPv4 range, a port with an IPv6 address alone.
+	only6 := Config{Bridge: "mesh", PortPrefix: "vmesh", Trusted: []string{"mesh-wg"}, ClusterRange6: cfg.ClusterRange6}
+	a6 := netip.MustParseAddr("fd32::b")
+	only6.Ports = []Port{{Name: "vmesh000000aa", MAC: MACFor6(a6), Addr6: a6}}
+	if err := tb.Update(only6); err != nil {
+		t.Fatal(err)
+	}
+	out = netnstest.Run(t, ns, "nft", "list", "ruleset")
+	if !strings.Contains(out, `"vmesh000000aa" . 0a:59:00:00:00:0b . fd32::b`) || strings.Contains(out, "set cluster {") && strings.Contains(out, "10.32.0.0/12") {
+		t.Errorf("IPv6-only tables:\n%s", out)
+	}
+	if ok, err := tb.Intact(); err != nil || !ok {
+		t.Errorf("Intact after an IPv6-only Apply = %v, %v", ok, err)
+	}
+
 	if err := tb.Update(v4only); err != nil {
 		t.Fatal(err)
 	}

@@ -71,10 +71,11 @@ func launch(args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if !r.IPv4.IsValid() {
-			return fmt.Errorf("--ipalloc-range %s: an IPv6-only mesh is not supported yet; give an IPv4 range too (dual-stack)", r)
-		}
 		cfg.IPAllocRange, cfg.IPAllocRange6 = r.IPv4, r.IPv6
+		if !r.IPv4.IsValid() {
+			// IPv6 only: the one range is the daemon's IPAllocRange.
+			cfg.IPAllocRange, cfg.IPAllocRange6 = r.IPv6, netip.Prefix{}
+		}
 	}
 	if cfg.NoMasqueradeCIDRs, err = parseCIDRs(*noMasq); err != nil {
 		return fmt.Errorf("invalid --no-masquerade-cidrs: %w", err)

@@ -116,7 +116,8 @@ func (c *Config) Validate() error {
 	if c == nil {
 		return errors.New("invalid NAT config: nil")
 	}
-	if !c.ClusterRange.IsValid() || !c.ClusterRange.Addr().Is4() || c.ClusterRange != c.ClusterRange.Masked() {
+	// An IPv6-only mesh has no IPv4 range: ClusterRange6 alone.
+	if v6only := !c.ClusterRange.IsValid() && c.ClusterRange6.IsValid(); !v6only && (!c.ClusterRange.IsValid() || !c.ClusterRange.Addr().Is4() || c.ClusterRange != c.ClusterRange.Masked()) {
 		return fmt.Errorf("invalid NAT config: cluster range %s is not a masked IPv4 prefix", c.ClusterRange)
 	}
 	if len(c.NoMasquerade) > MaxNoMasquerade {
@@ -167,6 +168,9 @@ type rule struct {
 func (c *Config) rules() []rule {
 	var out []rule
 	cr := c.ClusterRange
+	if !cr.IsValid() {
+		return nil // IPv6 only: see rules6
+	}
 	if c.OverlayIP.IsValid() {
 		a := c.OverlayIP.As4()
 		out = append(out, rule{

@@ -240,6 +240,17 @@ func TestSetIPv6(t *testing.T) {
 			t.Errorf("Validate accepts %+v", bad)
 		}
 	}
+	// IPv6 only: no IPv4 range, so no ip table.
+	only6 := Config{ClusterRange6: dual.ClusterRange6, OverlayIP6: dual.OverlayIP6, OverlayDevice: "mesh-wg", Masquerade: true}
+	if err := n.Set(&only6); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nsNFT(t, ns, "list", "table", "ip", TableName); err == nil {
+		t.Errorf("an IPv6-only config kept the ip table:\n%s", out)
+	}
+	if out, _ := nsNFT(t, ns, "list", "table", "ip6", TableName); !strings.Contains(out, "ip6 saddr fd32::/48 masquerade") {
+		t.Errorf("IPv6-only ip6 table:\n%s", out)
+	}
 	if err := n.Remove(); err != nil {
 		t.Fatal(err)
 	}
