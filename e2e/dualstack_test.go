@@ -449,3 +449,68 @@ func TestIPv6OnlyMesh(t *testing.T) {
 		t.Errorf("node 0 received %v: want the honest datagrams only", from)
 	}
 }
+
+// TestDualStackEnableOnRunningMesh: an IPv4-only mesh with pods gets the
+// IPv6 range node by node (docs/ipam.md, "Enabling IPv6 on a running
+// mesh"): each node is restarted with the flag added while the pods of
+// the others keep reaching each other over IPv4; afterwards the IPv6 ring
+// is ready everywhere, the old pods keep their IPv4 address (and pass
+// CHECK), and new pods get both families and reach each other over IPv6.
+func TestDualStackEnableOnRunningMesh(t *testing.T) {
+	_, nodes, ctx := cniMesh(t, 3, 5*time.Minute)
+	var old []*pod
+	for i, n := range nodes {
+		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("old%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		old = append(old, p)
+	}
+	pingAll := func(ps []*pod) error {
+		for _, a := range ps {
+			for _, b := range ps {
+				if a != b {
+					if err := (&dualPod{pod: a}).ping(ctx, b.ip); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return nil
+	}
+	for i, n := range nodes {
+		base := n.Args
+		restartWith(t, n, base, "--ipalloc-range", "10.32.0.0/12", "--ipalloc-range", dualRange6)
+		n.Args = base // the next restart of this node, if any, starts from the same flags
+		testnet.Eventually(t, 90*time.Second, time.Second, func() error {
+			st, err := n.Status()
+			if err != nil {
+				return err
+			}
+			if st.IPAM.Status != "ready" || st.IPAM.Allocated != 1 || st.IPAM6 == nil || st.IPAM6.Status != "ready" || st.OverlayIP6 == "" {
+				return fmt.Errorf("node %d after adding IPv6: IPv4 %+v, IPv6 %+v", i, st.IPAM, st.IPAM6)
+			}
+			return nil
+		})
+		testnet.Eventually(t, 60*time.Second, time.Second, func() error { return pingAll(old) })
+	}
+	for _, p := range old {
+		if out, err := runCNI(ctx, t, p.Host, "check", "mesh", "/run/netns/"+p.name); err != nil {
+			t.Errorf("CHECK of %s (wired IPv4-only) after IPv6 was added: %v\n%s", p.name, err, out)
+		}
+	}
+	var fresh []*dualPod
+	for i, n := range nodes[:2] {
+		p, err := addDualPod(ctx, t, n.Host, fmt.Sprintf("new%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fresh = append(fresh, p)
+	}
+	testnet.Eventually(t, 60*time.Second, time.Second, func() error {
+		if err := fresh[0].ping(ctx, fresh[1].ip6); err != nil {
+			return err
+		}
+		return fresh[1].ping(ctx, fresh[0].ip6)
+	})
+}
