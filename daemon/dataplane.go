@@ -141,14 +141,12 @@ func (d *Daemon) applyNAT(overlay, overlay6 netip.Addr, members []mesh.Member) {
 	for _, m := range members {
 		// Any state: a dead node's address costs a set element, and
 		// its host may still answer.
-		if a := m.Addr.Addr().Unmap(); m.Name != d.id.Name && a.Is4() {
+		// Both families: each NAT table takes the addresses of its own.
+		if a := m.Addr.Addr().Unmap(); m.Name != d.id.Name && a.IsValid() {
 			nodes = append(nodes, a)
 		}
 	}
 	if d.cfg.ipv6Only() {
-		// The other nodes' IPv4 addresses are reached by IPv4, which an
-		// IPv6-only pod does not have.
-		nodes = nil
 		overlay6, overlay = overlay, netip.Addr{}
 	}
 	err := d.nat.Set(&nat.Config{

@@ -514,3 +514,68 @@ func TestDualStackEnableOnRunningMesh(t *testing.T) {
 		return fresh[1].ping(ctx, fresh[0].ip6)
 	})
 }
+
+// TestIPv6UnderlayMesh: two hosts whose underlay has IPv6 only (their IPv4
+// address removed before the daemons start): gossip and WireGuard run over
+// IPv6 (--advertise-addr IPv6, the peer named as [address]:port), and
+// dual-stack pods reach each other over both families inside it, and a pod
+// reaches the other node's IPv6 address (masqueraded to its own node's).
+func TestIPv6UnderlayMesh(t *testing.T) {
+	testnet.RequireRoot(t)
+	tn := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "u6"})
+	hosts := tn.Hosts()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	under := []netip.Addr{netip.MustParseAddr("fd98::1"), netip.MustParseAddr("fd98::2")}
+	for i, h := range hosts {
+		for _, args := range [][]string{
+			{"-6", "addr", "add", under[i].String() + "/64", "dev", "eth0", "nodad"},
+			{"-4", "addr", "flush", "dev", "eth0"},
+		} {
+			if out, err := h.Run(ctx, "ip", args...); err != nil {
+				t.Fatalf("ip %v on %s: %v\n%s", args, h.Name, err, out)
+			}
+		}
+	}
+	// --no-masquerade: only the rule for the other nodes' addresses
+	// translates a pod's traffic to host 2 below.
+	flags := append(slices.Clone(dualFlags), "--no-masquerade")
+	nodes := []*node{
+		launch(t, hosts[0], nil, append(slices.Clone(flags), "--advertise-addr", under[0].String())...),
+		launch(t, hosts[1], nil, append(slices.Clone(flags), "--advertise-addr", under[1].String(), netip.AddrPortFrom(under[0], 6783).String())...),
+	}
+	dumpLogsOnFailure(t, nodes...)
+	waitConnected(t, nodes)
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	for _, c := range nodes[0].MustStatus().Connections {
+		if ap, err := netip.ParseAddrPort(c.Endpoint); err != nil || ap.Addr() != under[1] {
+			t.Errorf("WireGuard endpoint of %s is %q, want %s", c.Peer, c.Endpoint, under[1])
+		}
+	}
+	a, err := addDualPod(ctx, t, hosts[0], "u6a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := addDualPod(ctx, t, hosts[1], "u6b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []netip.Addr{b.ip, b.ip6} {
+		if err := a.ping(ctx, dst); err != nil {
+			t.Error(err)
+		}
+	}
+	for _, dst := range []netip.Addr{a.ip, a.ip6} {
+		if err := b.ping(ctx, dst); err != nil {
+			t.Error(err)
+		}
+	}
+	// A pod reaching the other node's own (IPv6 underlay) address is
+	// masqueraded: that node would answer its pod address through
+	// WireGuard from an address outside every AllowedIPs.
+	host1 := netip.AddrPortFrom(under[1], 8080).String()
+	serveWhoami(t, hosts[1], "", host1)
+	expectSource(t, a.Host, a.name, host1, "", under[0])
+}

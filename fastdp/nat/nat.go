@@ -96,7 +96,9 @@ type Config struct {
 	NoMasquerade []netip.Prefix
 	// OverlayDevice is the WireGuard device.
 	OverlayDevice string
-	// Nodes are the underlay addresses of the other nodes of the mesh.
+	// Nodes are the underlay addresses of the other nodes of the mesh:
+	// the IPv4 ones for IPv4 pods, the IPv6 ones (an IPv6 underlay) for
+	// IPv6 pods.
 	Nodes []netip.Addr
 	// OverlayIP is the node's overlay address, the source given to traffic
 	// entering OverlayDevice from outside the cluster range; the zero value
@@ -129,8 +131,8 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, a := range c.Nodes {
-		if !a.Is4() {
-			return fmt.Errorf("invalid NAT config: node address %s is not IPv4", a)
+		if !a.IsValid() || a.Is4In6() {
+			return fmt.Errorf("invalid NAT config: node address %s is neither IPv4 nor IPv6", a)
 		}
 	}
 	if r := c.ClusterRange6; r.IsValid() && (!r.Addr().Is6() || r.Addr().Is4In6() || r != r.Masked()) {
@@ -194,14 +196,9 @@ func (c *Config) rules() []rule {
 				}),
 		})
 	}
-	if len(c.Nodes) > 0 {
-		// The set's content is in the comment as a digest.
-		h := sha256.New()
-		for _, a := range c.nodes() {
-			h.Write(a.AsSlice())
-		}
+	if nodes := c.nodes(false); len(nodes) > 0 {
 		out = append(out, rule{
-			comment: fmt.Sprintf("ip saddr %s ip daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(c.nodes()), h.Sum(nil)[:8]),
+			comment: fmt.Sprintf("ip saddr %s ip daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(nodes), nodesDigest(nodes)),
 			exprs: slices.Concat(prefixMatch(saddrOff, cr, true), []expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: 4},
 				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
@@ -230,9 +227,9 @@ func (c *Config) rules() []rule {
 	return out
 }
 
-// rules6 computes the ip6 table's chain: the IPv6 counterpart of rules
-// without the other nodes' addresses (the underlay is IPv4); none without
-// an IPv6 cluster range.
+// rules6 computes the ip6 table's chain: the IPv6 counterpart of rules,
+// the other nodes' addresses being their IPv6 ones (an IPv6 underlay);
+// none without an IPv6 cluster range.
 func (c *Config) rules6() []rule {
 	cr := c.ClusterRange6
 	if !cr.IsValid() {
@@ -248,6 +245,16 @@ func (c *Config) rules6() []rule {
 					&expr.Immediate{Register: 1, Data: a[:]},
 					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV6, RegAddrMin: 1, RegAddrMax: 1},
 				}),
+		})
+	}
+	if nodes := c.nodes(true); len(nodes) > 0 {
+		out = append(out, rule{
+			comment: fmt.Sprintf("ip6 saddr %s ip6 daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(nodes), nodesDigest(nodes)),
+			exprs: slices.Concat(prefixMatch6(saddrOff6, cr, true), []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff6, Len: 16},
+				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
+				&expr.Masq{},
+			}),
 		})
 	}
 	if !c.Masquerade {
@@ -289,11 +296,21 @@ func prefixMatch6(off uint32, p netip.Prefix, eq bool) []expr.Any {
 // nodesSet is the set of the other nodes' addresses.
 const nodesSet = "nodes"
 
-// nodes returns Nodes sorted and without duplicates.
-func (c *Config) nodes() []netip.Addr {
-	ns := slices.Clone(c.Nodes)
+// nodes returns the Nodes of one family (IPv6 with v6), sorted and
+// without duplicates.
+func (c *Config) nodes(v6 bool) []netip.Addr {
+	ns := slices.DeleteFunc(slices.Clone(c.Nodes), func(a netip.Addr) bool { return a.Is6() != v6 })
 	slices.SortFunc(ns, netip.Addr.Compare)
 	return slices.Compact(ns)
+}
+
+// nodesDigest puts the content of the nodes set into its rule's comment.
+func nodesDigest(nodes []netip.Addr) []byte {
+	h := sha256.New()
+	for _, a := range nodes {
+		h.Write(a.AsSlice())
+	}
+	return h.Sum(nil)[:8]
 }
 
 const (
@@ -363,10 +380,17 @@ func (n *NAT) Set(cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	if err := n.setTable(c, table, cfg.rules(), cfg.nodes()); err != nil {
+	var nodes4, nodes6 []netip.Addr
+	if cfg.ClusterRange.IsValid() {
+		nodes4 = cfg.nodes(false)
+	}
+	if cfg.ClusterRange6.IsValid() {
+		nodes6 = cfg.nodes(true)
+	}
+	if err := n.setTable(c, table, cfg.rules(), nodes4); err != nil {
 		return err
 	}
-	return n.setTable(c, table6, cfg.rules6(), nil)
+	return n.setTable(c, table6, cfg.rules6(), nodes6)
 }
 
 // setTable makes tb's chain hold want, with the set of nodes when there
@@ -392,7 +416,11 @@ func (n *NAT) setTable(c *nftables.Conn, tb *nftables.Table, want []rule, nodes 
 	ch := c.AddChain(&nftables.Chain{Table: tb, Name: chainName, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: priority, Policy: &accept})
 	if len(nodes) > 0 {
-		set := &nftables.Set{Table: tb, Name: nodesSet, KeyType: nftables.TypeIPAddr}
+		keyType := nftables.TypeIPAddr
+		if tb.Family == nftables.TableFamilyIPv6 {
+			keyType = nftables.TypeIP6Addr
+		}
+		set := &nftables.Set{Table: tb, Name: nodesSet, KeyType: keyType}
 		var elems []nftables.SetElement
 		for _, a := range nodes {
 			elems = append(elems, nftables.SetElement{Key: a.AsSlice()})

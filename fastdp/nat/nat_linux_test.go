@@ -166,7 +166,7 @@ func TestValidate(t *testing.T) {
 		{"unmasked exemption", Config{ClusterRange: cr, NoMasquerade: []netip.Prefix{netip.MustParsePrefix("192.168.1.1/16")}}, "192.168.1.1/16"},
 		{"too many exemptions", Config{ClusterRange: cr, NoMasquerade: many}, "at most"},
 		{"overlay outside range", Config{ClusterRange: cr, OverlayDevice: "mesh-wg", OverlayIP: netip.MustParseAddr("10.64.0.1")}, "outside"},
-		{"IPv6 node", Config{ClusterRange: cr, Nodes: []netip.Addr{netip.MustParseAddr("fd00::1")}}, "not IPv4"},
+		{"IPv4-mapped node", Config{ClusterRange: cr, Nodes: []netip.Addr{netip.MustParseAddr("::ffff:192.0.2.1")}}, "neither IPv4 nor IPv6"},
 		{"overlay without device", Config{ClusterRange: cr, OverlayIP: netip.MustParseAddr("10.32.0.1")}, "overlay device"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -204,6 +204,8 @@ func TestSetIPv6(t *testing.T) {
 	dual := v4
 	dual.ClusterRange6 = netip.MustParsePrefix("fd32::/48")
 	dual.OverlayIP6 = netip.MustParseAddr("fd32::1")
+	// An underlay of both families: each table takes its own.
+	dual.Nodes = []netip.Addr{netip.MustParseAddr("192.0.2.12"), netip.MustParseAddr("fd98::2")}
 	if err := n.Set(&dual); err != nil {
 		t.Fatal(err)
 	}
@@ -216,12 +218,15 @@ func TestSetIPv6(t *testing.T) {
 		`oifname "mesh-wg" ip6 saddr != fd32::/48 snat to fd32::1 comment`,
 		"ip6 daddr fd32::/48 return",
 		"ip6 saddr fd32::/48 masquerade",
+		"ip6 saddr fd32::/48 ip6 daddr @nodes masquerade",
+		"elements = { fd98::2 }",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ip6 table lacks %q:\n%s", want, out)
 		}
 	}
-	if out4, err := nsNFT(t, ns, "list", "table", "ip", TableName); err != nil || !strings.Contains(out4, "ip saddr 10.32.0.0/12 masquerade") {
+	if out4, err := nsNFT(t, ns, "list", "table", "ip", TableName); err != nil || !strings.Contains(out4, "ip saddr 10.32.0.0/12 masquerade") ||
+		!strings.Contains(out4, "elements = { 192.0.2.12 }") {
 		t.Errorf("the ip table beside the ip6 one: %v\n%s", err, out4)
 	}
 	noMasq := dual
@@ -229,8 +234,9 @@ func TestSetIPv6(t *testing.T) {
 	if err := n.Set(&noMasq); err != nil {
 		t.Fatal(err)
 	}
-	if out, _ := nsNFT(t, ns, "list", "table", "ip6", TableName); strings.Contains(out, "masquerade") || !strings.Contains(out, "snat to fd32::1") {
-		t.Errorf("without masquerade the ip6 table keeps only the overlay rule:\n%s", out)
+	if out, _ := nsNFT(t, ns, "list", "table", "ip6", TableName); strings.Contains(out, "ip6 saddr fd32::/48 masquerade") ||
+		!strings.Contains(out, "snat to fd32::1") || !strings.Contains(out, "@nodes masquerade") {
+		t.Errorf("without masquerade the ip6 table keeps the overlay and nodes rules only:\n%s", out)
 	}
 	for _, bad := range []Config{
 		{ClusterRange: v4.ClusterRange, ClusterRange6: netip.MustParsePrefix("10.64.0.0/12")},
