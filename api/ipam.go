@@ -42,6 +42,16 @@ type Allocation struct {
 	// from it (and Address) on the pod's port. Empty from daemons before
 	// port isolation: the plugin then leaves the MAC random.
 	MAC string `json:"mac,omitempty"`
+
+	// Dual-stack (a daemon with an IPv6 --ipalloc-range besides the IPv4
+	// one): the pod's IPv6 address as a host prefix ("fd32::7/128"), the
+	// node's IPv6 overlay address on the bridge (the pod's IPv6 gateway)
+	// and the IPv6 cluster range. Empty in an IPv4-only mesh and from
+	// daemons before dual-stack; a plugin that does not know them wires
+	// IPv4 only.
+	Address6      string `json:"address6,omitempty"`
+	Gateway6      string `json:"gateway6,omitempty"`
+	ClusterRange6 string `json:"clusterRange6,omitempty"`
 }
 
 // ReleaseRequest frees an address (POST /v1/ipam/release). Releasing an

@@ -18,6 +18,10 @@ type Status struct {
 	// first usable address of its first range. Empty until it owns one.
 	OverlayIP string `json:"overlayIP,omitempty"`
 	IPAM      *IPAM  `json:"ipam,omitempty"`
+	// OverlayIP6 and IPAM6 are the same for the IPv6 range of a
+	// dual-stack mesh (its own ring); absent in an IPv4-only mesh.
+	OverlayIP6 string `json:"overlayIP6,omitempty"`
+	IPAM6      *IPAM  `json:"ipam6,omitempty"`
 
 	// Dataplane is "kernel", "userspace" or "none" (--dataplane none);
 	// MTU is the overlay MTU in use.

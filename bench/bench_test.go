@@ -102,6 +102,10 @@ func TestBench(t *testing.T) {
 	}
 }
 
+// dualStackArgs launch a dual-stack node (docs/ipam.md, "Dual-stack"): the
+// data plane and CNI parts measure IPv6 beside IPv4 with them.
+var dualStackArgs = []string{"--ipalloc-range", "10.32.0.0/12", "--ipalloc-range", "fd32::/48"}
+
 // ---------------------------------------------------------------- CNI + IPAM
 
 const refConflist = `{
@@ -212,6 +216,55 @@ func benchCNIAndIPAM(t *testing.T, r *report) {
 		}
 	}
 	r.ipam = &ipamLatency{alloc, rel, both}
+	benchCNIDualStack(t, r)
+}
+
+// benchCNIDualStack runs the same CNI ADD+DEL against a dual-stack daemon
+// (an address of each family per pod) on a host of its own.
+func benchCNIDualStack(t *testing.T, r *report) {
+	tn := testnet.New(t, testnet.Options{Hosts: 1, Prefix: "bcn6"})
+	h := tn.Hosts()[0]
+	n := launch(t, h, nil, dualStackArgs...)
+	if err := waitReady([]*node{n}, 60*time.Second); err != nil {
+		t.Errorf("dual-stack CNI not measured: %v\n%s", err, n.Proc.Log())
+		return
+	}
+	meshtest.WaitCNIInstalled(t, n.Node)
+	tool := testnet.BuildBinary(t, "./bench/cnibench")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	out, err := h.Run(ctx, tool, "-pods", strconv.Itoa(cniPods), "-warmup", "5", "-path", "/opt/cni/bin",
+		"-cache", "/run/cni-bench/cache", "meshDual="+meshtest.CNIConfPath)
+	if err != nil {
+		t.Errorf("cnibench dual-stack: %v", err)
+		return
+	}
+	var res struct {
+		Add map[string][]int64 `json:"add"`
+		Del map[string][]int64 `json:"del"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Errorf("cnibench output %q: %v", out, err)
+		return
+	}
+	var l cniLatency
+	adds, dels := res.Add["meshDual"], res.Del["meshDual"]
+	for i := range min(len(adds), len(dels)) {
+		l.add = append(l.add, time.Duration(adds[i]))
+		l.del = append(l.del, time.Duration(dels[i]))
+		l.both = append(l.both, time.Duration(adds[i]+dels[i]))
+	}
+	if len(l.both) == 0 {
+		t.Errorf("cnibench dual-stack measured nothing: %q", out)
+		return
+	}
+	if r.cni == nil {
+		r.cni = map[string]cniLatency{}
+	}
+	r.cni["meshDual"] = l
+	if st, err := n.Status(); err == nil && (st.IPAM.Allocated != 0 || st.IPAM6 == nil || st.IPAM6.Allocated != 0) {
+		t.Errorf("allocations left after the dual-stack CNI DELs: %+v %+v", st.IPAM, st.IPAM6)
+	}
 }
 
 // ---------------------------------------------------------------- state size
@@ -257,14 +310,14 @@ func benchDataplane(t *testing.T, r *report) {
 
 	// The mesh, started first so that its idle memory is measured before
 	// any load.
-	nodes := []*node{launch(t, h1, nil), launch(t, h2, hosts[:1])}
-	var overlay string
+	nodes := []*node{launch(t, h1, nil, dualStackArgs...), launch(t, h2, hosts[:1], dualStackArgs...)}
+	var overlay, overlay6 string
 	if err := waitReady(nodes, 90*time.Second); err != nil {
 		r.meshErr = err.Error()
 		t.Errorf("mesh overlay not measured: %v", err)
 	} else {
 		st, _ := nodes[1].Status()
-		overlay = st.OverlayIP
+		overlay, overlay6 = st.OverlayIP, st.OverlayIP6
 		r.mtu = st.MTU
 		time.Sleep(2 * time.Second) // let the start settle
 		for _, n := range nodes {
@@ -311,6 +364,7 @@ func benchDataplane(t *testing.T, r *report) {
 		{"veth", h2.Addr.String()},
 		{"mesh", overlay},
 		{"wg", bareAddr(2)},
+		{"mesh6", overlay6}, // the same overlay, IPv6 inside WireGuard
 	}
 	r.tput = map[string][]float64{}
 	r.tputErr = map[string]string{}
@@ -320,9 +374,11 @@ func benchDataplane(t *testing.T, r *report) {
 		probes["wg"].pgids = append(probes["wg"].pgids, p.PID())
 	}
 	if overlay != "" {
-		probes["mesh"] = &cpuProbe{hosts: hosts, dev: fastdp.DefaultDeviceName}
-		for _, n := range nodes {
-			probes["mesh"].pgids = append(probes["mesh"].pgids, n.Proc.PID())
+		for _, k := range []string{"mesh", "mesh6"} {
+			probes[k] = &cpuProbe{hosts: hosts, dev: fastdp.DefaultDeviceName}
+			for _, n := range nodes {
+				probes[k].pgids = append(probes[k].pgids, n.Proc.PID())
+			}
 		}
 	}
 	r.cpu = map[string][]cpuSample{}
@@ -376,7 +432,7 @@ func benchDataplane(t *testing.T, r *report) {
 	// Then both directions at once, for the memory bound: each side both
 	// encrypts and decrypts at full speed.
 	for _, tg := range targets[1:] {
-		if tg.addr == "" || r.tputErr[tg.name] != "" {
+		if tg.addr == "" || r.tputErr[tg.name] != "" || tg.name == "mesh6" {
 			continue
 		}
 		bps, err := iperf(h1, tg.addr, iperfSecs, "--bidir")
@@ -614,8 +670,9 @@ func (r *report) print(w io.Writer) {
 		p("   not measured (see the test log)\n")
 	} else {
 		p("   %-34s %10s %10s %10s %10s %10s %10s\n", "plugin", "ADD p50", "ADD p99", "DEL p50", "DEL p99", "A+D p50", "A+D p99")
-		names := map[string]string{"mesh": "mesh-cni (real daemon)", "ref": "bridge + host-local (reference)", "refLo": "bridge + host-local + loopback"}
-		for _, k := range []string{"mesh", "ref", "refLo"} {
+		names := map[string]string{"mesh": "mesh-cni (real daemon)", "ref": "bridge + host-local (reference)", "refLo": "bridge + host-local + loopback",
+			"meshDual": "mesh-cni dual-stack (IPv4+IPv6)"}
+		for _, k := range []string{"mesh", "ref", "refLo", "meshDual"} {
 			l, ok := r.cni[k]
 			if !ok {
 				continue
@@ -657,9 +714,10 @@ func (r *report) print(w io.Writer) {
 	}
 
 	p("\n3. Data plane, iperf3 single TCP stream host1 -> host2, %d s x %d rounds (first second omitted), MTU %d\n", iperfSecs, iperfRounds, r.mtu)
-	names := map[string]string{"veth": "(a) underlay veth", "mesh": "(b) mesh overlay (userspace)", "wg": "(c) bare wireguard-go"}
+	names := map[string]string{"veth": "(a) underlay veth", "mesh": "(b) mesh overlay (userspace)", "wg": "(c) bare wireguard-go",
+		"mesh6": "(b6) mesh overlay, IPv6 inside"}
 	gbps := map[string]float64{}
-	for _, k := range []string{"veth", "mesh", "wg"} {
+	for _, k := range []string{"veth", "mesh", "wg", "mesh6"} {
 		v := r.tput[k]
 		switch {
 		case len(v) > 0:
@@ -669,7 +727,7 @@ func (r *report) print(w io.Writer) {
 				rs = append(rs, fmt.Sprintf("%.2f", x/1e9))
 			}
 			p("   %-34s %8.2f Gbit/s   (rounds: %s)\n", names[k], gbps[k], strings.Join(rs, ", "))
-		case k == "mesh" && r.meshErr != "":
+		case (k == "mesh" || k == "mesh6") && r.meshErr != "":
 			p("   %-34s not measured: %s\n", names[k], firstLine(r.meshErr))
 		default:
 			p("   %-34s not measured: %s\n", names[k], firstLine(r.tputErr[k]))

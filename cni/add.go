@@ -28,34 +28,43 @@ const rollbackTimeout = 5 * time.Second
 
 // attachment is what the daemon's allocation means for the pod's wiring.
 type attachment struct {
+	// ips are the pod's addresses, one per family of the mesh (IPv4
+	// first in a dual-stack mesh), each with its gateway.
+	ips    []podIP
+	bridge string
+	mtu    int              // 0: the bridge's
+	mac    net.HardwareAddr // nil: random (a daemon without port isolation)
+}
+
+// podIP is one of the pod's addresses.
+type podIP struct {
 	addr    netip.Prefix // the pod's address, a host prefix
-	gateway netip.Addr   // the node's overlay IP, on the bridge
-	bridge  string
-	mtu     int              // 0: the bridge's
-	mac     net.HardwareAddr // nil: random (a daemon without port isolation)
+	gateway netip.Addr   // the node's overlay IP of that family, on the bridge
 }
 
 // parseAllocation validates the daemon's answer, so a daemon bug is reported
 // as such instead of as a strange netlink error.
 func parseAllocation(a *api.Allocation) (*attachment, error) {
-	addr, err := netip.ParsePrefix(a.Address)
-	if err != nil {
-		return nil, fmt.Errorf("the mesh daemon returned an invalid address %q: %w", a.Address, err)
-	}
-	if !addr.IsSingleIP() {
-		return nil, fmt.Errorf("the mesh daemon returned address %q, want a host prefix (/32 or /128)", a.Address)
-	}
-	gw, err := netip.ParseAddr(a.Gateway)
-	if err != nil {
-		return nil, fmt.Errorf("the mesh daemon returned an invalid gateway %q: %w", a.Gateway, err)
-	}
-	if gw.Is4() != addr.Addr().Is4() {
-		return nil, fmt.Errorf("the mesh daemon returned gateway %s for address %s of another family", gw, addr)
-	}
 	if a.MTU < 0 {
 		return nil, fmt.Errorf("the mesh daemon returned an invalid MTU %d", a.MTU)
 	}
-	att := &attachment{addr: addr, gateway: gw, bridge: a.Bridge, mtu: a.MTU}
+	att := &attachment{bridge: a.Bridge, mtu: a.MTU}
+	ip, err := parsePodIP(a.Address, a.Gateway)
+	if err != nil {
+		return nil, err
+	}
+	att.ips = append(att.ips, ip)
+	if a.Address6 != "" {
+		// Dual-stack: the IPv6 address beside the IPv4 one.
+		ip6, err := parsePodIP(a.Address6, a.Gateway6)
+		if err != nil {
+			return nil, err
+		}
+		if ip6.addr.Addr().Is4() || ip.addr.Addr().Is6() {
+			return nil, fmt.Errorf("the mesh daemon returned addresses %s and %s, want IPv4 and IPv6", ip.addr, ip6.addr)
+		}
+		att.ips = append(att.ips, ip6)
+	}
 	if a.MAC != "" {
 		if att.mac, err = net.ParseMAC(a.MAC); err != nil || len(att.mac) != 6 {
 			return nil, fmt.Errorf("the mesh daemon returned an invalid MAC %q", a.MAC)
@@ -65,6 +74,25 @@ func parseAllocation(a *api.Allocation) (*attachment, error) {
 		att.bridge = defaultBridge
 	}
 	return att, nil
+}
+
+// parsePodIP validates one address of the daemon's answer and its gateway.
+func parsePodIP(address, gateway string) (podIP, error) {
+	addr, err := netip.ParsePrefix(address)
+	if err != nil {
+		return podIP{}, fmt.Errorf("the mesh daemon returned an invalid address %q: %w", address, err)
+	}
+	if !addr.IsSingleIP() {
+		return podIP{}, fmt.Errorf("the mesh daemon returned address %q, want a host prefix (/32 or /128)", address)
+	}
+	gw, err := netip.ParseAddr(gateway)
+	if err != nil {
+		return podIP{}, fmt.Errorf("the mesh daemon returned an invalid gateway %q: %w", gateway, err)
+	}
+	if gw.Is4() != addr.Addr().Is4() {
+		return podIP{}, fmt.Errorf("the mesh daemon returned gateway %s for address %s of another family", gw, addr)
+	}
+	return podIP{addr: addr, gateway: gw}, nil
 }
 
 // validateArgs checks what the runtime passed in the environment, as skel
@@ -136,7 +164,7 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) (_ *current.Result
 		rctx, cancel := context.WithTimeout(context.Background(), rollbackTimeout)
 		defer cancel()
 		if err := client.Release(rctx, args.ContainerID, args.IfName); err != nil {
-			retErr = withDetails(retErr, fmt.Sprintf("also failed to release the address %s: %v", alloc.Address, err))
+			retErr = withDetails(retErr, fmt.Sprintf("also failed to release the addresses of container %q: %v", args.ContainerID, err))
 		}
 	}()
 	att, err := parseAllocation(alloc)
@@ -228,12 +256,14 @@ func existing(ctx context.Context, client *api.Client, args *skel.CmdArgs, pod, 
 	if err != nil {
 		return nil, internalError("failed to look up interface %q in %s: %v", args.IfName, pod, err)
 	}
-	addrs, err := pod.AddrList(podLink, family(att.addr.Addr()))
-	if err != nil {
-		return nil, internalError("failed to list the addresses of %q in %s: %v", args.IfName, pod, err)
-	}
-	if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { p, ok := prefixOf(a.IPNet); return ok && p == att.addr }) {
-		return nil, inTheWay(fmt.Sprintf("without its address %s", att.addr))
+	for _, ip := range att.ips {
+		addrs, err := pod.AddrList(podLink, family(ip.addr.Addr()))
+		if err != nil {
+			return nil, internalError("failed to list the addresses of %q in %s: %v", args.IfName, pod, err)
+		}
+		if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { p, ok := prefixOf(a.IPNet); return ok && p == ip.addr }) {
+			return nil, inTheWay(fmt.Sprintf("without its address %s", ip.addr))
+		}
 	}
 	hostName := HostVethName(args.ContainerID, args.IfName)
 	hostLink, err := host.LinkByName(hostName)
@@ -280,14 +310,17 @@ func configurePod(pod *nsHandle, ifName string, att *attachment) (netlink.Link, 
 	if err != nil {
 		return nil, fmt.Errorf("failed to look up interface %q in %s: %w", ifName, pod, err)
 	}
-	addr := &netlink.Addr{IPNet: ipNet(att.addr)}
-	if att.addr.Addr().Is6() {
-		// No duplicate address detection: the address is the IPAM's to
-		// give, and a tentative address would fail the first connections.
-		addr.Flags = unix.IFA_F_NODAD
-	}
-	if err := pod.AddrAdd(link, addr); err != nil {
-		return nil, fmt.Errorf("failed to add address %s to %q in %s: %w", att.addr, ifName, pod, err)
+	for _, ip := range att.ips {
+		addr := &netlink.Addr{IPNet: ipNet(ip.addr)}
+		if ip.addr.Addr().Is6() {
+			// No duplicate address detection: the address is the
+			// IPAM's to give, and a tentative address would fail the
+			// first connections (ping -6 right after ADD).
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := pod.AddrAdd(link, addr); err != nil {
+			return nil, fmt.Errorf("failed to add address %s to %q in %s: %w", ip.addr, ifName, pod, err)
+		}
 	}
 	if err := pod.LinkSetUp(link); err != nil {
 		return nil, fmt.Errorf("failed to set %q up in %s: %w", ifName, pod, err)
@@ -300,14 +333,23 @@ func configurePod(pod *nsHandle, ifName string, att *attachment) (netlink.Link, 
 	return link, nil
 }
 
-// podRoutes are the pod's routes: the gateway on-link, as the pod's address
-// is a host prefix and so has no connected route, then the default route
-// through the gateway.
+// podRoutes are the pod's routes, for each family: the gateway on-link, as
+// the pod's address is a host prefix and so has no connected route, then
+// the default route through the gateway.
 func podRoutes(linkIndex int, att *attachment) []*netlink.Route {
-	gw := netip.PrefixFrom(att.gateway, att.gateway.BitLen())
+	var out []*netlink.Route
+	for _, ip := range att.ips {
+		out = append(out, familyRoutes(linkIndex, ip)...)
+	}
+	return out
+}
+
+// familyRoutes are the pod's routes of ip's family.
+func familyRoutes(linkIndex int, ip podIP) []*netlink.Route {
+	gw := netip.PrefixFrom(ip.gateway, ip.gateway.BitLen())
 	return []*netlink.Route{
 		{LinkIndex: linkIndex, Dst: ipNet(gw), Scope: netlink.SCOPE_LINK},
-		{LinkIndex: linkIndex, Dst: ipNet(defaultRoute(att.gateway)), Gw: net.IP(att.gateway.AsSlice())},
+		{LinkIndex: linkIndex, Dst: ipNet(defaultRoute(ip.gateway)), Gw: net.IP(ip.gateway.AsSlice())},
 	}
 }
 
@@ -323,24 +365,25 @@ func ipNet(p netip.Prefix) *net.IPNet {
 }
 
 // newResult is ADD's answer: the host veth (index 0), the pod interface
-// (index 1) that the address belongs to, and the pod's routes.
+// (index 1) that the addresses belong to (IPv4 first in a dual-stack
+// mesh), and the pod's routes of each family.
 func newResult(args *skel.CmdArgs, att *attachment, hostLink, podLink netlink.Link) *current.Result {
 	scopeLink := int(netlink.SCOPE_LINK)
-	gw := net.IP(att.gateway.AsSlice())
-	return &current.Result{
+	res := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
 			{Name: hostLink.Attrs().Name, Mac: hostLink.Attrs().HardwareAddr.String()},
 			{Name: args.IfName, Mac: podLink.Attrs().HardwareAddr.String(), Mtu: att.mtu, Sandbox: args.Netns},
 		},
-		IPs: []*current.IPConfig{
-			{Interface: current.Int(1), Address: *ipNet(att.addr), Gateway: gw},
-		},
-		Routes: []*types.Route{
-			{Dst: *ipNet(netip.PrefixFrom(att.gateway, att.gateway.BitLen())), Scope: &scopeLink},
-			{Dst: *ipNet(defaultRoute(att.gateway)), GW: gw},
-		},
 	}
+	for _, ip := range att.ips {
+		gw := net.IP(ip.gateway.AsSlice())
+		res.IPs = append(res.IPs, &current.IPConfig{Interface: current.Int(1), Address: *ipNet(ip.addr), Gateway: gw})
+		res.Routes = append(res.Routes,
+			&types.Route{Dst: *ipNet(netip.PrefixFrom(ip.gateway, ip.gateway.BitLen())), Scope: &scopeLink},
+			&types.Route{Dst: *ipNet(defaultRoute(ip.gateway)), GW: gw})
+	}
+	return res
 }
 
 // print writes res converted to the configuration's cniVersion.

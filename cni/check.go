@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -83,12 +84,16 @@ func checkPrevResult(prev types.Result, att *attachment) []string {
 	if err != nil {
 		return []string{fmt.Sprintf("cannot read prevResult: %v", err)}
 	}
-	for _, ip := range res.IPs {
-		if a, ok := netip.AddrFromSlice(ip.Address.IP); ok && a.Unmap() == att.addr.Addr() {
-			return nil
+	var diffs []string
+	for _, want := range att.ips {
+		if !slices.ContainsFunc(res.IPs, func(ip *current.IPConfig) bool {
+			a, ok := netip.AddrFromSlice(ip.Address.IP)
+			return ok && a.Unmap() == want.addr.Addr()
+		}) {
+			diffs = append(diffs, fmt.Sprintf("prevResult does not hold the address %s", want.addr))
 		}
 	}
-	return []string{fmt.Sprintf("prevResult does not hold the address %s", att.addr)}
+	return diffs
 }
 
 // checkPod lists how the pod's interface differs from att. The error is
@@ -111,26 +116,28 @@ func checkPod(pod *nsHandle, ifName string, att *attachment) ([]string, error) {
 	if link.Attrs().Flags&netlinkUp == 0 {
 		diffs = append(diffs, fmt.Sprintf("interface %q is down", ifName))
 	}
-	addrs, err := pod.AddrList(link, family(att.addr.Addr()))
-	if err != nil {
-		return nil, internalError("failed to list addresses of %q in %s: %v", ifName, pod, err)
-	}
-	found := false
-	for _, a := range addrs {
-		if p, ok := prefixOf(a.IPNet); ok && p == att.addr {
-			found = true
+	for _, ip := range att.ips {
+		addrs, err := pod.AddrList(link, family(ip.addr.Addr()))
+		if err != nil {
+			return nil, internalError("failed to list addresses of %q in %s: %v", ifName, pod, err)
 		}
-	}
-	if !found {
-		diffs = append(diffs, fmt.Sprintf("address %s missing on interface %q", att.addr, ifName))
-	}
-	routes, err := pod.RouteList(link, family(att.addr.Addr()))
-	if err != nil {
-		return nil, internalError("failed to list routes of %q in %s: %v", ifName, pod, err)
-	}
-	for _, want := range podRoutes(link.Attrs().Index, att) {
-		if !hasRoute(routes, want) {
-			diffs = append(diffs, fmt.Sprintf("route %s missing on interface %q", describeRoute(want), ifName))
+		found := false
+		for _, a := range addrs {
+			if p, ok := prefixOf(a.IPNet); ok && p == ip.addr {
+				found = true
+			}
+		}
+		if !found {
+			diffs = append(diffs, fmt.Sprintf("address %s missing on interface %q", ip.addr, ifName))
+		}
+		routes, err := pod.RouteList(link, family(ip.addr.Addr()))
+		if err != nil {
+			return nil, internalError("failed to list routes of %q in %s: %v", ifName, pod, err)
+		}
+		for _, want := range familyRoutes(link.Attrs().Index, ip) {
+			if !hasRoute(routes, want) {
+				diffs = append(diffs, fmt.Sprintf("route %s missing on interface %q", describeRoute(want), ifName))
+			}
 		}
 	}
 	return diffs, nil
@@ -172,7 +179,9 @@ func hasRoute(routes []netlink.Route, want *netlink.Route) bool {
 				dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 			}
 		}
-		if dst == wantDst && r.Gw.Equal(want.Gw) && (want.Gw != nil || r.Scope == want.Scope) {
+		// IPv6 routes have no scope: the kernel reports every one as
+		// universe.
+		if dst == wantDst && r.Gw.Equal(want.Gw) && (want.Gw != nil || r.Scope == want.Scope || wantDst.Addr().Is6()) {
 			return true
 		}
 	}

@@ -7,18 +7,22 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/meshnet/mesh/cni"
 	"github.com/meshnet/mesh/cni/cnitest"
 	"github.com/meshnet/mesh/internal/netnstest"
+	"github.com/meshnet/mesh/internal/testnet"
 )
 
 func TestAddCheckDel(t *testing.T) {
@@ -473,4 +477,116 @@ func TestCheckPrevResult(t *testing.T) {
 	other.IPs = []*current.IPConfig{&ip}
 	args.StdinData = withPrev(&other)
 	wantCNIError(t, e.p.Check(context.Background(), args), cni.ErrCheckFailed, "prevResult does not hold the address")
+}
+
+const (
+	clusterRange6 = "fd32::/48"
+	ownedRange6   = "fd32::/120"
+)
+
+// newDualEnv is newEnv with a dual-stack daemon.
+func newDualEnv(t *testing.T, owned6 string) *env {
+	t.Helper()
+	testnet.RequireRoot(t)
+	d := cnitest.NewFakeDaemon(t, clusterRange, ownedRange)
+	d.EnableIPv6(clusterRange6, owned6)
+	host := cnitest.NewHost(t, d)
+	return &env{d: d, host: host, p: &cni.Plugin{HostNS: host.NS, Timeout: 10 * time.Second}}
+}
+
+// TestAddCheckDelDualStack: with a dual-stack daemon one ADD wires both
+// addresses, each with its gateway and routes, the IPv6 one usable at once
+// (no duplicate address detection); a repeated ADD returns both; CHECK
+// wants both; DEL leaves nothing.
+func TestAddCheckDelDualStack(t *testing.T) {
+	e := newDualEnv(t, ownedRange6)
+	ctx := context.Background()
+	pod := netnstest.New(t)
+	args := e.args("c1", pod, "eth0")
+
+	res, err := e.p.Add(ctx, args)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	allocs := e.d.Allocations()
+	if len(allocs) != 1 || allocs[0].Address6 == "" {
+		t.Fatalf("daemon allocations = %+v, want one with an IPv6 address", allocs)
+	}
+	addr := netip.MustParsePrefix(allocs[0].Address)
+	addr6 := netip.MustParsePrefix(allocs[0].Address6)
+	gw, gw6 := e.d.Gateway, e.d.Gateway6
+	if len(res.IPs) != 2 || res.IPs[0].Address.String() != addr.String() || !res.IPs[0].Gateway.Equal(net.IP(gw.AsSlice())) ||
+		res.IPs[1].Address.String() != addr6.String() || !res.IPs[1].Gateway.Equal(net.IP(gw6.AsSlice())) ||
+		res.IPs[1].Interface == nil || *res.IPs[1].Interface != 1 {
+		t.Errorf("result ips = %v, want %s gw %s and %s gw %s on interface 1", res.IPs, addr, gw, addr6, gw6)
+	}
+	if len(res.Routes) != 4 {
+		t.Errorf("result routes = %v, want the gateway and the default route of each family", res.Routes)
+	}
+
+	ph := netnstest.Handle(t, pod)
+	link, err := ph.LinkByName("eth0")
+	if err != nil {
+		t.Fatalf("eth0 in the pod: %v", err)
+	}
+	addrs6, _ := ph.AddrList(link, netlink.FAMILY_V6)
+	var got6 *netlink.Addr
+	for i := range addrs6 {
+		if addrs6[i].IPNet.String() == addr6.String() {
+			got6 = &addrs6[i]
+		}
+	}
+	if got6 == nil {
+		t.Fatalf("pod IPv6 addresses = %v, want %s", addrs6, addr6)
+	}
+	if got6.Flags&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 || got6.Flags&unix.IFA_F_NODAD == 0 {
+		t.Errorf("pod address %s has flags %#x, want nodad and never tentative", addr6, got6.Flags)
+	}
+	routes6, _ := ph.RouteList(link, netlink.FAMILY_V6)
+	var sawDefault6 bool
+	for _, r := range routes6 {
+		if (r.Dst == nil || r.Dst.String() == "::/0") && r.Gw.Equal(net.IP(gw6.AsSlice())) {
+			sawDefault6 = true
+		}
+	}
+	if !sawDefault6 {
+		t.Errorf("pod IPv6 routes = %v, want default via %s", routes6, gw6)
+	}
+	// Right after ADD, over both families.
+	dialFromPod(t, e.host.NS, pod, gw6.String())
+	dialFromPod(t, e.host.NS, pod, gw.String())
+
+	again, err := e.p.Add(ctx, args)
+	if err != nil || len(again.IPs) != 2 || again.IPs[1].Address.String() != addr6.String() {
+		t.Errorf("repeated ADD = %v, %v; want both addresses again", again, err)
+	}
+	if err := e.p.Check(ctx, args); err != nil {
+		t.Errorf("CHECK after ADD: %v", err)
+	}
+	if err := ph.AddrDel(link, got6); err != nil {
+		t.Fatalf("failed to remove the pod's IPv6 address: %v", err)
+	}
+	wantCNIError(t, e.p.Check(ctx, args), cni.ErrCheckFailed, "address "+addr6.String()+" missing")
+
+	for i := range 2 {
+		if err := e.p.Del(ctx, args); err != nil {
+			t.Fatalf("DEL #%d: %v", i+1, err)
+		}
+	}
+	e.assertClean(t)
+}
+
+// TestAddDualStackNoIPv6Space: when the daemon has no IPv6 address to give,
+// the ADD fails and leaves neither an interface nor an address behind.
+func TestAddDualStackNoIPv6Space(t *testing.T) {
+	e := newDualEnv(t, "fd32::/127") // the gateway only
+	pod := netnstest.New(t)
+	_, err := e.p.Add(context.Background(), e.args("c1", pod, "eth0"))
+	if err == nil {
+		t.Fatal("ADD without IPv6 space succeeded")
+	}
+	if !strings.Contains(err.Error(), "full") {
+		t.Errorf("ADD error %q does not say the range is full", err)
+	}
+	e.assertClean(t)
 }

@@ -59,6 +59,7 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	_, meta := d.self.get()
 	st.PublicKey = meta.PublicKey
 	st.IPAM, st.OverlayIP = d.ipamStatus()
+	st.IPAM6, st.OverlayIP6 = d.ipamStatus6()
 	st.Policies = d.policyStatus()
 	st.Dataplane = d.dp.Kind()
 	st.MTU = d.mtu

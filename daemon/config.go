@@ -14,6 +14,7 @@ import (
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
+	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -45,8 +46,14 @@ type Config struct {
 	Version string
 	Logger  *slog.Logger
 
-	// IPAllocRange is the cluster range split among the peers.
+	// IPAllocRange is the cluster range split among the peers: the IPv4
+	// one, or the IPv6 one of an IPv6-only mesh.
 	IPAllocRange netip.Prefix
+	// IPAllocRange6 is the IPv6 cluster range of a dual-stack mesh; the
+	// zero value (the default) runs one family only. An IPv6 range gets an
+	// allocator with the state file ipam6.json and the gossip channel
+	// mesh.ChannelIPAM6, whichever field holds it.
+	IPAllocRange6 netip.Prefix
 	// ReclaimAfter enables automatic reclaim of silent peers' free space.
 	ReclaimAfter time.Duration
 
@@ -136,6 +143,30 @@ func (c *Config) hasPassword() bool { return len(c.PasswordFiles) > 0 || len(c.P
 
 func (c *Config) path(name string) string { return filepath.Join(c.StateDir, name) }
 
+// ipv4Range is the IPv4 cluster range; the zero value in an IPv6-only
+// mesh.
+func (c *Config) ipv4Range() netip.Prefix {
+	if c.IPAllocRange.Addr().Is4() {
+		return c.IPAllocRange
+	}
+	return netip.Prefix{}
+}
+
+// ipv6Range is the IPv6 cluster range, of a dual-stack or an IPv6-only
+// mesh; the zero value in an IPv4-only one.
+func (c *Config) ipv6Range() netip.Prefix {
+	if c.IPAllocRange6.IsValid() {
+		return c.IPAllocRange6
+	}
+	if c.IPAllocRange.Addr().Is6() {
+		return c.IPAllocRange
+	}
+	return netip.Prefix{}
+}
+
+// ipv6Only reports whether the mesh runs IPv6 alone.
+func (c *Config) ipv6Only() bool { return !c.ipv4Range().IsValid() }
+
 // Validate checks the configuration and normalises peer addresses.
 func (c *Config) Validate() error {
 	if !c.hasSecret() && !c.Insecure {
@@ -170,11 +201,33 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("unknown --dataplane %q (want auto, kernel, userspace or none)", c.Dataplane)
 	}
-	if !c.IPAllocRange.IsValid() || !c.IPAllocRange.Addr().Is4() || c.IPAllocRange.Bits() > 30 {
-		return fmt.Errorf("--ipalloc-range %v must be an IPv4 prefix of /30 or larger", c.IPAllocRange)
+	if c.IPAllocRange.IsValid() && c.IPAllocRange.Addr().Is6() && !c.IPAllocRange.Addr().Is4In6() && !c.IPAllocRange6.IsValid() {
+		// IPv6 only: the IPAM's own bounds (size, host bits), with its
+		// wording.
+		if _, err := ipam.ParseClusterRanges([]string{c.IPAllocRange.String()}); err != nil {
+			return err
+		}
+	} else {
+		if !c.IPAllocRange.IsValid() || !c.IPAllocRange.Addr().Is4() || c.IPAllocRange.Bits() > 30 {
+			return fmt.Errorf("--ipalloc-range %v must be an IPv4 prefix of /30 or larger", c.IPAllocRange)
+		}
+		if c.IPAllocRange != c.IPAllocRange.Masked() {
+			return fmt.Errorf("--ipalloc-range %v has host bits set (did you mean %v?)", c.IPAllocRange, c.IPAllocRange.Masked())
+		}
 	}
-	if c.IPAllocRange != c.IPAllocRange.Masked() {
-		return fmt.Errorf("--ipalloc-range %v has host bits set (did you mean %v?)", c.IPAllocRange, c.IPAllocRange.Masked())
+	if c.IPAllocRange6.IsValid() {
+		if !c.IPAllocRange6.Addr().Is6() || c.IPAllocRange6.Addr().Is4In6() {
+			return fmt.Errorf("the second --ipalloc-range %v must be an IPv6 prefix (one range per address family)", c.IPAllocRange6)
+		}
+		// The IPAM's own bounds (size, host bits), with its wording.
+		if _, err := ipam.ParseClusterRanges([]string{c.IPAllocRange6.String()}); err != nil {
+			return err
+		}
+	}
+	// Fail closed: the NetworkPolicy rules match IPv4 only, so a pod's
+	// IPv6 would pass every policy.
+	if r := c.ipv6Range(); r.IsValid() && c.Kube && !c.NoPolicy {
+		return fmt.Errorf("--ipalloc-range %v: NetworkPolicy enforcement covers IPv4 only, and IPv6 pod traffic would pass every policy: run with --no-policy, or IPv4 only", r)
 	}
 	if len(c.NoMasqueradeCIDRs) > nat.MaxNoMasquerade {
 		return fmt.Errorf("--no-masquerade-cidrs lists %d CIDRs, at most %d", len(c.NoMasqueradeCIDRs), nat.MaxNoMasquerade)

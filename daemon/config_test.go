@@ -4,7 +4,9 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/mesh"
 )
@@ -116,6 +118,133 @@ func TestValidateRelayPreference(t *testing.T) {
 			}
 			if err != nil && !strings.Contains(err.Error(), "--relay-preference") {
 				t.Fatalf("error %v does not name --relay-preference", err)
+			}
+		})
+	}
+}
+
+// TestValidateIPAllocRange6: the second --ipalloc-range must be an IPv6
+// prefix the IPAM takes; a bad one is refused at start with the flag named.
+func TestValidateIPAllocRange6(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    netip.Prefix
+		err  string
+	}{
+		{"off", netip.Prefix{}, ""},
+		{"ULA /48", netip.MustParsePrefix("fd32::/48"), ""},
+		{"IPv4 twice", netip.MustParsePrefix("10.64.0.0/12"), "must be an IPv6 prefix"},
+		{"IPv4-mapped", netip.MustParsePrefix("::ffff:10.64.0.0/108"), "must be an IPv6 prefix"},
+		{"host bits", netip.MustParsePrefix("fd32::1/48"), "host bits"},
+		{"too small", netip.MustParsePrefix("fd32::/127"), "--ipalloc-range"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.IPAllocRange6 = tc.r
+			err := c.Validate()
+			if tc.err == "" {
+				if err != nil {
+					t.Fatalf("Validate with IPv6 range %v: %v", tc.r, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "--ipalloc-range") {
+				t.Fatalf("Validate with IPv6 range %v = %v, want an error naming --ipalloc-range and %q", tc.r, err, tc.err)
+			}
+		})
+	}
+}
+
+// TestValidateDualStackRefusesPolicy: NetworkPolicy covers IPv4 only, so a
+// dual-stack node that would enforce it refuses to start (fail closed)
+// rather than let IPv6 pass every policy.
+func TestValidateDualStackRefusesPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		kube, noPolicy bool
+		wantErr        bool
+	}{
+		{"without kube", false, false, false},
+		{"kube with policy", true, false, true},
+		{"kube without policy", true, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.IPAllocRange6 = netip.MustParsePrefix("fd32::/48")
+			c.Kube, c.NoPolicy = tc.kube, tc.noPolicy
+			err := c.Validate()
+			if (err != nil) != tc.wantErr || (err != nil && !strings.Contains(err.Error(), "--no-policy")) {
+				t.Fatalf("Validate = %v, want error %v naming --no-policy", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestLacksFamily: a member alive past the grace that the IPv6 ring does not
+// know is named; self, young, dead and known members are not.
+func TestLacksFamily(t *testing.T) {
+	now := time.Now()
+	old := now.Add(-time.Minute)
+	members := []mesh.Member{
+		{Name: "self", Self: true, State: api.MemberAlive, Since: old},
+		{Name: "dual", State: api.MemberAlive, Since: old},
+		{Name: "v4only", State: api.MemberAlive, Since: old},
+		{Name: "young", State: api.MemberAlive, Since: now},
+		{Name: "dead", State: api.MemberDead, Since: old},
+	}
+	got := lacksFamily([]api.IPAMPeer{{Name: "self"}, {Name: "dual"}}, members, now)
+	if len(got) != 1 || !strings.Contains(got[0], "v4only") || !strings.Contains(got[0], "--ipalloc-range") {
+		t.Fatalf("lacksFamily = %q, want one problem naming v4only and --ipalloc-range", got)
+	}
+}
+
+// TestValidateIPv6Only: an IPv6 range alone is an IPv6-only mesh (its
+// ring with the IPv6 state file and channel); two IPv6 ranges, or one with
+// NetworkPolicy enforcement, are refused.
+func TestValidateIPv6Only(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		r, r6     string
+		kube      bool
+		err       string
+		v4, v6    string
+		ipv6Alone bool
+	}{
+		{name: "IPv4 only", r: "10.32.0.0/12", v4: "10.32.0.0/12"},
+		{name: "dual-stack", r: "10.32.0.0/12", r6: "fd32::/48", v4: "10.32.0.0/12", v6: "fd32::/48"},
+		{name: "IPv6 only", r: "fd32::/48", v6: "fd32::/48", ipv6Alone: true},
+		{name: "two IPv6", r: "fd32::/48", r6: "fd33::/48", err: "must be an IPv4 prefix"},
+		{name: "IPv6 only with policy", r: "fd32::/48", kube: true, err: "--no-policy"},
+		{name: "IPv6 only host bits", r: "fd32::1/48", err: "host bits"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.Kube = tc.kube
+			c.IPAllocRange = netip.MustParsePrefix(tc.r)
+			if tc.r6 != "" {
+				c.IPAllocRange6 = netip.MustParsePrefix(tc.r6)
+			}
+			err := c.Validate()
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("Validate = %v, want an error with %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.ipv4Range(); (got.IsValid() || tc.v4 != "") && got.String() != tc.v4 {
+				t.Errorf("ipv4Range = %v, want %q", got, tc.v4)
+			}
+			if got := c.ipv6Range(); (got.IsValid() || tc.v6 != "") && got.String() != tc.v6 {
+				t.Errorf("ipv6Range = %v, want %q", got, tc.v6)
+			}
+			if c.ipv6Only() != tc.ipv6Alone {
+				t.Errorf("ipv6Only = %v, want %v", c.ipv6Only(), tc.ipv6Alone)
 			}
 		})
 	}

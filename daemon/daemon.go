@@ -32,9 +32,12 @@ type Daemon struct {
 	id      identity.Identity
 	keys    *keyStore
 	members *mesh.Membership
-	ipam    *ipam.Allocator
-	dp      fastdp.Dataplane // fastdp.None() with --dataplane none
-	rec     *peer.Reconciler
+	ipam    *ipam.Allocator // the IPv4 range's
+	// ipam6 is the IPv6 range's allocator of a dual-stack mesh; nil
+	// without --ipalloc-range for IPv6.
+	ipam6 *ipam.Allocator
+	dp    fastdp.Dataplane // fastdp.None() with --dataplane none
+	rec   *peer.Reconciler
 	// remembered are the data plane peers of the last run, applied before
 	// gossip has rejoined; only the reconcile loop (and Start before it)
 	// touches it.
@@ -232,7 +235,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		d.startPolicy(kube)
 	}
 	log.Info("mesh daemon started", "name", id.Name, "peerID", id.PeerID, "gossip", d.members.LocalAddr(),
-		"socket", cfg.Socket, "dataplane", d.dp.Kind(), "mtu", d.mtu, "range", cfg.IPAllocRange, "version", cfg.Version)
+		"socket", cfg.Socket, "dataplane", d.dp.Kind(), "mtu", d.mtu, "range", ipam.ClusterRanges{IPv4: cfg.IPAllocRange, IPv6: cfg.IPAllocRange6}.String(), "version", cfg.Version)
 	return d, nil
 }
 
@@ -289,9 +292,9 @@ func (d *Daemon) close() {
 	if d.members != nil {
 		d.members.Close()
 	}
-	if d.ipam != nil {
-		if err := d.ipam.Close(); err != nil {
-			d.log.Error("IPAM state not saved on stop", "err", err)
+	for _, a := range d.allocators() {
+		if err := a.Close(); err != nil {
+			d.log.Error("IPAM state not saved on stop", "range", a.Status().Range, "err", err)
 		}
 	}
 	if d.prober != nil { // Start failed before the path loop took it

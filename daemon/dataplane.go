@@ -19,6 +19,11 @@ import (
 func (d *Daemon) reconcileLoop(ctx context.Context) {
 	memberCh := d.members.Subscribe()
 	ringCh := d.ipam.Subscribe()
+	// The IPv6 ring's changes; nil (never ready) in an IPv4-only mesh.
+	var ringCh6 <-chan struct{}
+	if d.ipam6 != nil {
+		ringCh6 = d.ipam6.Subscribe()
+	}
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
 	for {
@@ -35,6 +40,7 @@ func (d *Daemon) reconcileLoop(ctx context.Context) {
 		case <-d.kick:
 		case <-memberCh:
 		case <-ringCh:
+		case <-ringCh6:
 		case <-t.C:
 		}
 		// Coalesce a burst of changes into one reconcile.
@@ -114,14 +120,14 @@ func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
 // reconcileDataplane applies the WireGuard peers, routes and NAT table for
 // members and the ring, and saves the peers for the next start.
 func (d *Daemon) reconcileDataplane(ctx context.Context, members []mesh.Member) {
-	overlay, _ := d.ipam.OverlayIP()
-	in := d.peerInput(overlay, members)
+	overlay, overlay6, _ := d.overlayIPs()
+	in := d.peerInput(overlay, overlay6, members)
 	// Errors are counted, logged and kept by the reconciler.
 	d.rec.Apply(ctx, in)
 	if !d.left.Load() {
 		d.remembered.save(in, members)
 	}
-	d.applyNAT(overlay, members)
+	d.applyNAT(overlay, overlay6, members)
 	d.applyRelayCounter()
 }
 
@@ -130,35 +136,42 @@ func (d *Daemon) reconcileDataplane(ctx context.Context, members []mesh.Member) 
 // as configured; every reconcile restores it
 // if it went missing. A failure is reported in the status but does not
 // make the node unready: pod-to-pod traffic does not depend on it.
-func (d *Daemon) applyNAT(overlay netip.Addr, members []mesh.Member) {
+func (d *Daemon) applyNAT(overlay, overlay6 netip.Addr, members []mesh.Member) {
 	var nodes []netip.Addr
 	for _, m := range members {
 		// Any state: a dead node's address costs a set element, and
 		// its host may still answer.
-		if a := m.Addr.Addr().Unmap(); m.Name != d.id.Name && a.Is4() {
+		// Both families: each NAT table takes the addresses of its own.
+		if a := m.Addr.Addr().Unmap(); m.Name != d.id.Name && a.IsValid() {
 			nodes = append(nodes, a)
 		}
 	}
+	if d.cfg.ipv6Only() {
+		overlay6, overlay = overlay, netip.Addr{}
+	}
 	err := d.nat.Set(&nat.Config{
 		Nodes:         nodes,
-		ClusterRange:  d.cfg.IPAllocRange,
+		ClusterRange:  d.cfg.ipv4Range(),
 		Masquerade:    !d.cfg.NoMasquerade,
 		NoMasquerade:  d.cfg.NoMasqueradeCIDRs,
 		OverlayDevice: d.cfg.WGDevice,
 		OverlayIP:     overlay,
+		ClusterRange6: d.cfg.ipv6Range(),
+		OverlayIP6:    overlay6,
 	})
 	if d.natErr.set(err) && err != nil {
 		d.log.Warn("failed to apply the NAT table", "error", err)
 	}
 }
 
-func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input {
+func (d *Daemon) peerInput(overlay, overlay6 netip.Addr, members []mesh.Member) peer.Input {
 	key, _ := d.self.get()
 	keys := d.keys.current()
 	in := peer.Input{
 		Self: d.id.Name, PrivateKey: key,
 		ListenPort: d.cfg.DPPort, MTU: d.mtu, Keepalive: d.cfg.Keepalive,
 		ClusterRange: d.cfg.IPAllocRange, OverlayIP: overlay, BridgeName: d.cfg.Bridge,
+		ClusterRange6: d.cfg.IPAllocRange6, OverlayIP6: overlay6,
 		Now: time.Now(),
 	}
 	in.Remembered, in.RememberedUntil = d.remembered.input(keys)
@@ -177,18 +190,21 @@ func (d *Daemon) peerInput(overlay netip.Addr, members []mesh.Member) peer.Input
 		}
 		in.Nodes = append(in.Nodes, n)
 	}
-	for _, r := range d.ipam.Ranges() {
-		if r.Owner != "" {
-			in.Ranges = append(in.Ranges, peer.RangeOwner{CIDR: r.CIDR, Owner: r.Owner})
+	for _, al := range d.allocators() {
+		for _, r := range al.Ranges() {
+			if r.Owner != "" {
+				in.Ranges = append(in.Ranges, peer.RangeOwner{CIDR: r.CIDR, Owner: r.Owner})
+			}
 		}
-	}
-	// Pods (and gateways) whose space moved under them are routed to
-	// their holder (docs/ipam.md, "Held addresses are routed to their
-	// holder"). Read after the ring: a pod released in between is routed
-	// to its old holder until the next reconcile, which costs nothing.
-	for _, h := range d.ipam.HeldOutsideOwned() {
-		for _, a := range h.Addrs {
-			in.Held = append(in.Held, peer.HeldAddr{Holder: h.Peer, Addr: a})
+		// Pods (and gateways) whose space moved under them are routed
+		// to their holder (docs/ipam.md, "Held addresses are routed to
+		// their holder"). Read after the ring: a pod released in
+		// between is routed to its old holder until the next
+		// reconcile, which costs nothing.
+		for _, h := range al.HeldOutsideOwned() {
+			for _, a := range h.Addrs {
+				in.Held = append(in.Held, peer.HeldAddr{Holder: h.Peer, Addr: a})
+			}
 		}
 	}
 	return in

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -53,28 +54,96 @@ func quietRefusal(err error) error {
 	return err
 }
 
+// ipamStateFile and ipamStateFile6 are the allocators' state files: the
+// IPv4 one keeps the name of the releases before dual-stack, so an upgrade
+// finds its file.
+const (
+	ipamStateFile  = "ipam.json"
+	ipamStateFile6 = "ipam6.json"
+)
+
+// startIPAM starts one allocator per configured family (docs/ipam.md,
+// "Dual-stack"): each with its own ring, state file and gossip channel,
+// sharing nothing, so each family's safety argument is the single-range
+// one.
 func (d *Daemon) startIPAM(initialPeers int) error {
-	ch := &ipamChannel{}
-	sender, err := d.members.Register(mesh.ChannelIPAM, ch)
-	if err != nil {
-		return err
+	channel, file := mesh.ChannelIPAM, ipamStateFile
+	if d.cfg.ipv6Only() {
+		// The IPv6 ring keeps its channel and file in an IPv6-only mesh:
+		// a node of the previous release never sees it, and adding IPv4
+		// later does not turn it into the IPv4 ring.
+		channel, file = mesh.ChannelIPAM6, ipamStateFile6
 	}
-	cfg := ipam.DefaultConfig()
-	cfg.Range = d.cfg.IPAllocRange
-	cfg.Self = d.id.Name
-	cfg.SelfID = d.id.PeerID
-	cfg.StateFile = d.cfg.path("ipam.json")
-	cfg.InitialPeerCount = initialPeers
-	cfg.ReclaimAfter = d.cfg.ReclaimAfter
-	cfg.Logger = d.log
-	cfg.IsMember = d.members.IsMember
-	a, err := ipam.New(cfg, sender)
+	a, err := d.newAllocator(d.cfg.IPAllocRange, channel, file, initialPeers)
 	if err != nil {
 		return err
 	}
 	d.ipam = a
-	ch.a.Store(a)
+	if d.cfg.IPAllocRange6.IsValid() {
+		if d.ipam6, err = d.newAllocator(d.cfg.IPAllocRange6, mesh.ChannelIPAM6, ipamStateFile6, initialPeers); err != nil {
+			return fmt.Errorf("IPv6 range %s: %w", d.cfg.IPAllocRange6, err)
+		}
+	}
 	return nil
+}
+
+func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file string, initialPeers int) (*ipam.Allocator, error) {
+	ch := &ipamChannel{}
+	sender, err := d.members.Register(channel, ch)
+	if err != nil {
+		return nil, err
+	}
+	cfg := ipam.DefaultConfig()
+	cfg.Range = r
+	cfg.Self = d.id.Name
+	cfg.SelfID = d.id.PeerID
+	cfg.StateFile = d.cfg.path(file)
+	cfg.InitialPeerCount = initialPeers
+	cfg.ReclaimAfter = d.cfg.ReclaimAfter
+	cfg.Logger = d.log
+	if r.Addr().Is6() {
+		cfg.Logger = d.log.With("family", "ipv6")
+	}
+	cfg.IsMember = d.members.IsMember
+	a, err := ipam.New(cfg, sender)
+	if err != nil {
+		return nil, err
+	}
+	ch.a.Store(a)
+	return a, nil
+}
+
+// allocators are the running allocators, IPv4 first.
+func (d *Daemon) allocators() []*ipam.Allocator {
+	out := make([]*ipam.Allocator, 0, 2)
+	for _, a := range []*ipam.Allocator{d.ipam, d.ipam6} {
+		if a != nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// overlayIPs returns this node's gateway of each family (the zero address
+// for a family that is off or has none yet), and whether every configured
+// family has one: the one rule for "pods can be wired here".
+func (d *Daemon) overlayIPs() (v4, v6 netip.Addr, ok bool) {
+	v4, ok = d.ipam.OverlayIP()
+	if d.ipam6 != nil {
+		var ok6 bool
+		v6, ok6 = d.ipam6.OverlayIP()
+		ok = ok && ok6
+	}
+	return v4, v6, ok
+}
+
+// ipamList lists the allocations of every family.
+func (d *Daemon) ipamList() []ipam.Allocation {
+	var out []ipam.Allocation
+	for _, a := range d.allocators() {
+		out = append(out, a.List()...)
+	}
+	return out
 }
 
 // tickLoop drives the allocator's periodic work and feeds it the
@@ -88,10 +157,14 @@ func (d *Daemon) tickLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			d.ipam.Tick()
+			for _, a := range d.allocators() {
+				a.Tick()
+			}
 			d.health.beat(loopIPAMTick, time.Now())
 		case live := <-d.ipamMembers:
-			d.ipam.SetMembers(live)
+			for _, a := range d.allocators() {
+				a.SetMembers(live)
+			}
 		}
 	}
 }
@@ -106,7 +179,45 @@ func liveMembers(ms []mesh.Member) map[string]bool {
 }
 
 func (d *Daemon) ipamStatus() (*api.IPAM, string) {
-	st := d.ipam.Status()
+	return allocatorStatus(d.ipam)
+}
+
+// ipamStatus6 is the IPv6 allocator's section of the status, nil in an
+// IPv4-only mesh.
+func (d *Daemon) ipamStatus6() (*api.IPAM, string) {
+	if d.ipam6 == nil {
+		return nil, ""
+	}
+	out, overlay := allocatorStatus(d.ipam6)
+	out.Problems = append(out.Problems, lacksFamily(out.Peers, d.members.Members(), time.Now())...)
+	return out, overlay
+}
+
+// familyGrace is how long a member may be alive before its absence from
+// the IPv6 ring's peer table is named in status: a node that has just
+// joined has not sent its state yet.
+const familyGrace = 20 * time.Second
+
+// lacksFamily names the members alive for familyGrace that the IPv6 ring
+// does not know: nodes configured without the IPv6 range (or of a release
+// before dual-stack), whose pods get no IPv6 address.
+func lacksFamily(ring []api.IPAMPeer, members []mesh.Member, now time.Time) []string {
+	known := make(map[string]bool, len(ring))
+	for _, p := range ring {
+		known[p.Name] = true
+	}
+	var out []string
+	for _, m := range members {
+		if m.Self || m.State != api.MemberAlive || known[m.Name] || now.Sub(m.Since) < familyGrace {
+			continue
+		}
+		out = append(out, fmt.Sprintf("member %s runs no IPv6 range: its pods get no IPv6 address (give every node the same --ipalloc-range values)", m.Name))
+	}
+	return out
+}
+
+func allocatorStatus(a *ipam.Allocator) (*api.IPAM, string) {
+	st := a.Status()
 	out := &api.IPAM{Range: st.Range, Status: st.Status, Owned: st.Owned, Allocated: st.Allocated, Ranges: []api.RangeInfo{}, Problems: st.Problems,
 		Blocked: st.Blocked, BlockedReason: st.BlockedReason}
 	for _, r := range st.Ranges {
@@ -124,14 +235,33 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	return out, st.OverlayIP
 }
 
-func (d *Daemon) allocation(containerID, ifName, network string, addr netip.Addr) api.Allocation {
-	a := api.Allocation{ContainerID: containerID, IfName: ifName, Address: netip.PrefixFrom(addr, 32).String(),
+// allocation is the answer for one key: addr its IPv4 address, addr6 its
+// IPv6 address in a dual-stack mesh (either may be the zero address: an
+// allocation of one family that a crash or a failed ADD left behind).
+func (d *Daemon) allocation(containerID, ifName, network string, addr, addr6 netip.Addr) api.Allocation {
+	a := api.Allocation{ContainerID: containerID, IfName: ifName,
 		Bridge: d.cfg.Bridge, MTU: d.mtu, ClusterRange: d.cfg.IPAllocRange.String(), Network: network}
-	if addr.Is4() {
-		a.MAC = isolation.MACFor(addr).String()
+	if addr.IsValid() {
+		a.Address = netip.PrefixFrom(addr, addr.BitLen()).String()
+	}
+	v4, v6 := addr, addr6
+	if d.cfg.ipv6Only() {
+		v4, v6 = netip.Addr{}, addr
+	}
+	if mac := isolation.PodMAC(v4, v6); mac != nil {
+		a.MAC = mac.String()
 	}
 	if gw, ok := d.ipam.OverlayIP(); ok {
 		a.Gateway = gw.String()
+	}
+	if d.ipam6 != nil {
+		a.ClusterRange6 = d.cfg.IPAllocRange6.String()
+		if addr6.IsValid() {
+			a.Address6 = netip.PrefixFrom(addr6, addr6.BitLen()).String()
+		}
+		if gw, ok := d.ipam6.OverlayIP(); ok {
+			a.Gateway6 = gw.String()
+		}
 	}
 	return a
 }
@@ -152,11 +282,25 @@ func (p ipamAPI) Allocate(ctx context.Context, req api.AllocateRequest) (api.All
 	if err != nil {
 		return api.Allocation{}, markIPAM(fmt.Errorf("failed to allocate an address for %s/%s: %w", req.ContainerID, req.IfName, err))
 	}
-	a := d.allocation(req.ContainerID, req.IfName, req.Network, addr)
-	if a.Gateway == "" {
-		// The pod could not be wired without its gateway; mesh-cni
-		// releases the address on this error and the runtime retries.
-		return api.Allocation{}, control.Mark(control.ErrUnavailable, fmt.Errorf("no gateway address on this node yet for %s/%s (ipam status %q); try again", req.ContainerID, req.IfName, d.ipam.Status().Status))
+	var addr6 netip.Addr
+	if d.ipam6 != nil {
+		// The IPv6 address under the same key, within the same deadline.
+		// If it cannot be had, the IPv4 one goes too: a failed ADD
+		// leaves nothing behind (docs/ipam.md, "Dual-stack").
+		if addr6, err = d.ipam6.AllocateIn(actx, req.Network, req.ContainerID, req.IfName); err != nil {
+			err = markIPAM(fmt.Errorf("failed to allocate an IPv6 address for %s/%s: %w", req.ContainerID, req.IfName, err))
+			if rerr := d.ipam.Release(req.ContainerID, req.IfName); rerr != nil {
+				return api.Allocation{}, fmt.Errorf("%w; also failed to release its IPv4 address %s: %w", err, addr, rerr)
+			}
+			d.released([]ipam.Allocation{{ContainerID: req.ContainerID, IfName: req.IfName, Network: req.Network, Addr: addr}})
+			return api.Allocation{}, err
+		}
+	}
+	a := d.allocation(req.ContainerID, req.IfName, req.Network, addr, addr6)
+	if a.Gateway == "" || (d.ipam6 != nil && a.Gateway6 == "") {
+		// The pod could not be wired without its gateways; mesh-cni
+		// releases the addresses on this error and the runtime retries.
+		return api.Allocation{}, control.Mark(control.ErrUnavailable, fmt.Errorf("no gateway address on this node yet for %s/%s (ipam status %s); try again", req.ContainerID, req.IfName, d.ipamStatusWords()))
 	}
 	// The port's rules exist before the pod can send its first frame.
 	if err := d.syncIsolation(); err != nil {
@@ -167,6 +311,15 @@ func (p ipamAPI) Allocate(ctx context.Context, req api.AllocateRequest) (api.All
 		return api.Allocation{}, control.Mark(control.ErrUnavailable, err)
 	}
 	return a, nil
+}
+
+// ipamStatusWords is the status word of each family's allocator, for
+// messages: "ready", or "IPv4 ready, IPv6 waiting".
+func (d *Daemon) ipamStatusWords() string {
+	if d.ipam6 == nil {
+		return fmt.Sprintf("%q", d.ipam.Status().Status)
+	}
+	return fmt.Sprintf("IPv4 %q, IPv6 %q", d.ipam.Status().Status, d.ipam6.Status().Status)
 }
 
 // markIPAM gives an allocator error its kind: ErrUnavailable means "try
@@ -182,14 +335,19 @@ func markIPAM(err error) error {
 	}
 }
 
+// Release frees the key's address in every family; each release is
+// idempotent, so a DEL after a partial one finishes it.
 func (p ipamAPI) Release(containerID, ifName string) error {
 	d := p.d
-	before := d.ipam.List()
-	if err := d.ipam.Release(containerID, ifName); err != nil {
-		return markIPAM(fmt.Errorf("failed to release %s/%s: %w", containerID, ifName, err))
+	before := d.ipamList()
+	var errs []error
+	for _, a := range d.allocators() {
+		if err := a.Release(containerID, ifName); err != nil {
+			errs = append(errs, markIPAM(fmt.Errorf("failed to release %s/%s in %s: %w", containerID, ifName, a.Status().Range, err)))
+		}
 	}
 	d.released(before)
-	return nil
+	return errors.Join(errs...)
 }
 
 func (p ipamAPI) GC(network string, keep []api.ReleaseRequest) (int, error) {
@@ -208,22 +366,50 @@ func (p ipamAPI) GC(network string, keep []api.ReleaseRequest) (int, error) {
 		// this daemon cannot tell apart, so nothing is collected.
 		d.log.Warn("ignored a CNI GC without a network name (an older mesh-cni?); nothing released")
 	}
-	before := d.ipam.List()
-	n, err := d.ipam.ReleaseAllExceptIn(network, valid)
-	if err != nil {
-		return 0, markIPAM(fmt.Errorf("failed to garbage-collect allocations of network %q: %w", network, err))
+	before := d.ipamList()
+	total := 0
+	var errs []error
+	for _, a := range d.allocators() {
+		n, err := a.ReleaseAllExceptIn(network, valid)
+		if err != nil {
+			errs = append(errs, markIPAM(fmt.Errorf("failed to garbage-collect allocations of network %q in %s: %w", network, a.Status().Range, err)))
+		}
+		total += n
 	}
 	d.released(before)
-	if n > 0 {
-		d.log.Info("released stale allocations", "network", network, "count", n)
+	if err := errors.Join(errs...); err != nil {
+		return 0, err
 	}
-	return n, nil
+	if total > 0 {
+		d.log.Info("released stale allocations", "network", network, "count", total)
+	}
+	return total, nil
 }
 
+// Allocations lists one entry per key, with its address of each family;
+// the IPv4 allocator's order first, then keys that hold an IPv6 address
+// only.
 func (p ipamAPI) Allocations() []api.Allocation {
+	d := p.d
 	out := []api.Allocation{}
-	for _, a := range p.d.ipam.List() {
-		out = append(out, p.d.allocation(a.ContainerID, a.IfName, a.Network, a.Addr))
+	v6 := map[ipam.Key]ipam.Allocation{}
+	if d.ipam6 != nil {
+		for _, a := range d.ipam6.List() {
+			v6[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] = a
+		}
+	}
+	for _, a := range d.ipam.List() {
+		k := ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}
+		b := v6[k]
+		delete(v6, k)
+		out = append(out, d.allocation(a.ContainerID, a.IfName, a.Network, a.Addr, b.Addr))
+	}
+	if d.ipam6 != nil {
+		for _, b := range d.ipam6.List() {
+			if _, ok := v6[ipam.Key{ContainerID: b.ContainerID, IfName: b.IfName}]; ok {
+				out = append(out, d.allocation(b.ContainerID, b.IfName, b.Network, netip.Addr{}, b.Addr))
+			}
+		}
 	}
 	return out
 }
@@ -236,25 +422,41 @@ func (p ipamAPI) RemovePeer(name string) (int, error) {
 	if err := mesh.RemovalRefusal(name, d.members.Members(), time.Now()); err != nil {
 		return 0, control.Mark(control.ErrConflict, err)
 	}
-	n, err := d.ipam.RemovePeer(name)
-	if err != nil {
-		return 0, err
+	total := 0
+	for _, a := range d.allocators() {
+		if a != d.ipam && !knowsPeer(a, name) {
+			continue // a node that never ran this family
+		}
+		n, err := a.RemovePeer(name)
+		if err != nil {
+			return total, fmt.Errorf("failed to remove peer %q from %s: %w", name, a.Status().Range, err)
+		}
+		total += n
 	}
-	d.log.Warn("took over the ranges of a removed peer", "peer", name, "ranges", n)
-	return n, nil
+	d.log.Warn("took over the ranges of a removed peer", "peer", name, "ranges", total)
+	return total, nil
+}
+
+// knowsPeer reports whether a's peer table lists name.
+func knowsPeer(a *ipam.Allocator, name string) bool {
+	return slices.ContainsFunc(a.Status().Peers, func(p ipam.PeerStatus) bool { return p.Name == name })
 }
 
 // released cleans up after the allocations of before that are gone: their
 // ports leave the isolation tables and their conntrack entries are
 // flushed, so no flow of the old pod reaches the next one.
 func (d *Daemon) released(before []ipam.Allocation) {
-	still := map[ipam.Key]bool{}
-	for _, a := range d.ipam.List() {
-		still[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] = true
+	type famKey struct {
+		k  ipam.Key
+		v6 bool
+	}
+	still := map[famKey]bool{}
+	for _, a := range d.ipamList() {
+		still[famKey{ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}, a.Addr.Is6()}] = true
 	}
 	var gone []netip.Addr
 	for _, a := range before {
-		if !still[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] {
+		if !still[famKey{ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}, a.Addr.Is6()}] {
 			gone = append(gone, a.Addr)
 		}
 	}

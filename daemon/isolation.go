@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshnet/mesh/cni"
+	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/isolation"
 )
 
@@ -57,14 +58,29 @@ func (d *Daemon) startIsolation() {
 // isolationConfig is the desired content of the tables: a port per
 // allocation of this node.
 func (d *Daemon) isolationConfig() isolation.Config {
-	cfg := isolation.Config{Bridge: d.cfg.Bridge, PortPrefix: cni.HostVethPrefix, Trusted: []string{d.cfg.WGDevice}, ClusterRange: d.cfg.IPAllocRange}
+	cfg := isolation.Config{Bridge: d.cfg.Bridge, PortPrefix: cni.HostVethPrefix, Trusted: []string{d.cfg.WGDevice}, ClusterRange: d.cfg.ipv4Range(),
+		ClusterRange6: d.cfg.ipv6Range()}
+	v6 := map[ipam.Key]netip.Addr{}
+	if d.ipam6 != nil {
+		for _, a := range d.ipam6.List() {
+			v6[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] = a.Addr
+		}
+	}
 	seen := map[string]bool{}
 	for _, a := range d.ipam.List() {
-		if !a.Addr.Is4() {
+		name := cni.HostVethName(a.ContainerID, a.IfName)
+		var port isolation.Port
+		switch {
+		case a.Addr.Is4():
+			// A dual-stack pod's IPv6 address is admitted with its
+			// (IPv4-derived) MAC; an IPv6 allocation without an IPv4
+			// one (left by a failed ADD) has no pod, and no port.
+			port = isolation.Port{Name: name, MAC: isolation.MACFor(a.Addr), Addr: a.Addr, Addr6: v6[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}]}
+		case d.cfg.ipv6Only():
+			port = isolation.Port{Name: name, MAC: isolation.MACFor6(a.Addr), Addr6: a.Addr}
+		default:
 			continue
 		}
-		name := cni.HostVethName(a.ContainerID, a.IfName)
-		port := isolation.Port{Name: name, MAC: isolation.MACFor(a.Addr), Addr: a.Addr}
 		if m, ok := d.legacyMACs[name]; ok {
 			port.MAC, port.Legacy = m, true
 		}
@@ -193,7 +209,11 @@ func (d *Daemon) flushConntrack(addr netip.Addr) {
 		}
 		filters = append(filters, f)
 	}
-	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, filters...)
+	family := netlink.InetFamily(unix.AF_INET)
+	if addr.Is6() {
+		family = unix.AF_INET6 // a dual-stack pod's IPv6 address
+	}
+	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...)
 	if err != nil {
 		d.log.Warn("failed to flush the conntrack entries of a released address", "address", addr, "error", err)
 		return

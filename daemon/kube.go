@@ -63,10 +63,17 @@ func (h *kubeHandler) NodeDeleted(name string) {
 		h.log.Warn("this node's Node object was deleted")
 		return
 	}
-	n, err := h.d.ipam.RemovePeerAuthoritative(name)
-	if err != nil {
-		h.log.Error("failed to reclaim the ranges of a deleted node", "node", name, "error", err)
-		return
+	n := 0
+	for _, a := range h.d.allocators() {
+		if a != h.d.ipam && !knowsPeer(a, name) {
+			continue // a node that never ran this family
+		}
+		m, err := a.RemovePeerAuthoritative(name)
+		if err != nil {
+			h.log.Error("failed to reclaim the ranges of a deleted node", "node", name, "range", a.Status().Range, "error", err)
+			continue
+		}
+		n += m
 	}
 	h.log.Info("reclaimed the ranges of a deleted node", "node", name, "ranges", n)
 }

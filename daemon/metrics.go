@@ -49,8 +49,8 @@ func (p probes) Ready() error                { return p.d.ready() }
 // configuration. It is the one readiness predicate: /readyz answers with it
 // and the CNI plugin is installed only once it holds.
 func (d *Daemon) ready() error {
-	if _, ok := d.ipam.OverlayIP(); !ok {
-		return errors.New("not ready: IPAM owns no range yet (status: " + d.ipam.Status().Status + ")")
+	if _, _, ok := d.overlayIPs(); !ok {
+		return errors.New("not ready: IPAM owns no range yet (status: " + d.ipamStatusWords() + ")")
 	}
 	if !d.policyReady() {
 		return errors.New("not ready: NetworkPolicy rules not built from the API yet")
@@ -78,6 +78,8 @@ var (
 	descBlocked    = prometheus.NewDesc("mesh_ipam_blocked", "1 for the kind of wait that currently stops this node's IPAM (see mesh status ipam), 0 for the others.", []string{"reason"}, nil)
 	descRejected   = prometheus.NewDesc("mesh_ipam_rejected_total", "Remote IPAM input refused by a bound (docs/ipam.md), by reason; only a peer holding the mesh key can send it.", []string{"reason"}, nil)
 	descIdRefused  = prometheus.NewDesc("mesh_identity_refused_total", "Alive messages and metadata of other nodes refused by the name binding (docs/architecture.md, Trust and keys), by reason.", []string{"reason"}, nil)
+	descIPAM6      = prometheus.NewDesc("mesh_ipam6_addresses", "Addresses of this node's IPv6 range (dual-stack) by kind: owned, allocated, free (at most 2^63 each).", []string{"kind"}, nil)
+	descBlocked6   = prometheus.NewDesc("mesh_ipam6_blocked", "1 for the kind of wait that currently stops this node's IPv6 IPAM (dual-stack), 0 for the others.", []string{"reason"}, nil)
 	descUnreach    = prometheus.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", nil, nil)
 	descRecErr     = prometheus.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", nil, nil)
 	descRecRuns    = prometheus.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", nil, nil)
@@ -93,8 +95,22 @@ var (
 type collector struct{ d *Daemon }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayBytes, descGossipRly, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descRejected, descIdRefused, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
+	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayBytes, descGossipRly, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descIPAM6, descBlocked6, descRejected, descIdRefused, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
 		ch <- d
+	}
+}
+
+// collectIPAM reports one allocator's addresses and waits.
+func (c *collector) collectIPAM(ch chan<- prometheus.Metric, st ipam.Status, owned uint64, addrs, blocked *prometheus.Desc) {
+	ch <- prometheus.MustNewConstMetric(addrs, prometheus.GaugeValue, float64(owned), "owned")
+	ch <- prometheus.MustNewConstMetric(addrs, prometheus.GaugeValue, float64(st.Allocated), "allocated")
+	ch <- prometheus.MustNewConstMetric(addrs, prometheus.GaugeValue, float64(st.Free), "free")
+	for _, r := range ipam.BlockedReasons {
+		v := 0.0
+		if r == st.BlockedReason {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(blocked, prometheus.GaugeValue, v, r)
 	}
 }
 
@@ -120,15 +136,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			unreachable += p.Owned
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(owned), "owned")
-	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(st.Allocated), "allocated")
-	ch <- prometheus.MustNewConstMetric(descIPAM, prometheus.GaugeValue, float64(st.Free), "free")
-	for _, r := range ipam.BlockedReasons {
-		v := 0.0
-		if r == st.BlockedReason {
-			v = 1
+	c.collectIPAM(ch, st, owned, descIPAM, descBlocked)
+	if d.ipam6 != nil {
+		st6 := d.ipam6.Status()
+		var owned6 uint64
+		for _, p := range st6.Peers {
+			if p.Name == d.id.Name {
+				owned6 = p.Owned
+			}
 		}
-		ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.GaugeValue, v, r)
+		c.collectIPAM(ch, st6, owned6, descIPAM6, descBlocked6)
 	}
 	for _, r := range ipam.RejectReasons {
 		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.Rejected[r]), r)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -37,7 +38,12 @@ func udpReceived(ctx context.Context, t *testing.T, h *testnet.Host, p *pod, por
 		args = append([]string{"netns", "exec", p.name}, args...)
 		h = p.Host
 	}
-	cmd := h.Exec(ctx, "ip", args...)
+	return readDatagrams(h.Exec(ctx, "ip", args...), send)
+}
+
+// readDatagrams starts cmd, an attacker udp-listen, calls send once it
+// listens, and returns what it received, as "IP TAG".
+func readDatagrams(cmd *exec.Cmd, send func() error) ([]string, error) {
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -396,7 +402,11 @@ func TestUnderlaySpoofedSource(t *testing.T) {
 func conntrackOf(h *testnet.Host, addr netip.Addr) ([]string, error) {
 	var out []string
 	err := h.Do(func() error {
-		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		family := netlink.InetFamily(unix.AF_INET)
+		if addr.Is6() {
+			family = unix.AF_INET6
+		}
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, family)
 		if err != nil {
 			return err
 		}

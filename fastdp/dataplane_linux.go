@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -263,7 +264,7 @@ func (d *dataplane) Set(ctx context.Context, cfg *Config) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := d.ensureBridgeAddr(br, want.BridgeAddr, &undo); err != nil {
+	if err := d.ensureBridgeAddr(br, []netip.Prefix{want.BridgeAddr, want.BridgeAddr6}, &undo); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -274,6 +275,11 @@ func (d *dataplane) Set(ctx context.Context, cfg *Config) (err error) {
 	}
 	if err := d.ensureForwarding(want.ClusterRange.Addr().Is6()); err != nil {
 		return err
+	}
+	if want.ClusterRange6.IsValid() {
+		if err := d.ensureForwarding(true); err != nil {
+			return err
+		}
 	}
 	if err := d.removeStaleBridges(want.BridgeName); err != nil {
 		return err

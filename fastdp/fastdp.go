@@ -112,6 +112,31 @@ type Config struct {
 	RemoteHosts []netip.Prefix
 	// ClusterRange is routed through the WireGuard device.
 	ClusterRange netip.Prefix
+	// ClusterRange6 is the IPv6 cluster range of a dual-stack mesh
+	// (ClusterRange is then the IPv4 one): routed through the WireGuard
+	// device too, with IPv6 forwarding on. LocalRanges, LocalHosts and
+	// RemoteHosts may lie in either range. BridgeAddr6 is the node's IPv6
+	// overlay address (a /128 inside ClusterRange6, on the bridge beside
+	// BridgeAddr, without duplicate address detection) and the source of
+	// the IPv6 routes. Both zero in an IPv4-only or IPv6-only mesh.
+	ClusterRange6 netip.Prefix
+	BridgeAddr6   netip.Prefix
+}
+
+// clusterRangeOf returns the cluster range of a's family.
+func (c *Config) clusterRangeOf(a netip.Addr) netip.Prefix {
+	if c.ClusterRange6.IsValid() && a.Is6() {
+		return c.ClusterRange6
+	}
+	return c.ClusterRange
+}
+
+// bridgeAddrOf returns the bridge address of a's family.
+func (c *Config) bridgeAddrOf(a netip.Addr) netip.Prefix {
+	if c.ClusterRange6.IsValid() && a.Is6() {
+		return c.BridgeAddr6
+	}
+	return c.BridgeAddr
 }
 
 // Peer is one remote node.
@@ -232,6 +257,7 @@ func (c *Config) Equal(o *Config) bool {
 	}
 	if c.PrivateKey != o.PrivateKey || c.ListenPort != o.ListenPort || c.MTU != o.MTU ||
 		c.BridgeName != o.BridgeName || c.BridgeAddr != o.BridgeAddr || c.ClusterRange != o.ClusterRange ||
+		c.BridgeAddr6 != o.BridgeAddr6 || c.ClusterRange6 != o.ClusterRange6 ||
 		!slices.Equal(c.LocalRanges, o.LocalRanges) || !slices.Equal(c.LocalHosts, o.LocalHosts) ||
 		!slices.Equal(c.RemoteHosts, o.RemoteHosts) {
 		return false
@@ -296,29 +322,38 @@ func (c *Config) validate() error {
 	if !c.ClusterRange.IsValid() || c.ClusterRange != c.ClusterRange.Masked() {
 		return fmt.Errorf("cluster range %s is not a valid masked prefix", c.ClusterRange)
 	}
-	if a := c.BridgeAddr; a.IsValid() {
+	if r := c.ClusterRange6; r.IsValid() || c.BridgeAddr6.IsValid() {
+		if !r.IsValid() || r != r.Masked() || !r.Addr().Is6() || !c.ClusterRange.Addr().Is4() {
+			return fmt.Errorf("IPv6 cluster range %s beside %s is not a masked IPv6 prefix beside an IPv4 one", r, c.ClusterRange)
+		}
+	}
+	for _, a := range []netip.Prefix{c.BridgeAddr, c.BridgeAddr6} {
+		if !a.IsValid() {
+			continue
+		}
 		if !a.IsSingleIP() {
 			return fmt.Errorf("bridge address %s is not a host prefix (/32 or /128)", a)
 		}
-		if !c.ClusterRange.Contains(a.Addr()) {
-			return fmt.Errorf("bridge address %s is outside the cluster range %s", a, c.ClusterRange)
+		if r := c.clusterRangeOf(a.Addr()); !r.Contains(a.Addr()) || c.bridgeAddrOf(a.Addr()) != a {
+			return fmt.Errorf("bridge address %s is outside the cluster range %s", a, r)
 		}
 	}
 	for _, r := range c.LocalRanges {
-		if !r.IsValid() || r != r.Masked() || !c.ClusterRange.Contains(r.Addr()) || r.Bits() < c.ClusterRange.Bits() {
-			return fmt.Errorf("local range %s is not a masked prefix inside the cluster range %s", r, c.ClusterRange)
+		cr := c.clusterRangeOf(r.Addr())
+		if !r.IsValid() || r != r.Masked() || !cr.Contains(r.Addr()) || r.Bits() < cr.Bits() {
+			return fmt.Errorf("local range %s is not a masked prefix inside the cluster range %s", r, cr)
 		}
 	}
 	local := make(map[netip.Prefix]bool, len(c.LocalHosts))
 	for _, h := range c.LocalHosts {
-		if !h.IsValid() || !h.IsSingleIP() || !c.ClusterRange.Contains(h.Addr()) {
-			return fmt.Errorf("local host %s is not a host prefix inside the cluster range %s", h, c.ClusterRange)
+		if cr := c.clusterRangeOf(h.Addr()); !h.IsValid() || !h.IsSingleIP() || !cr.Contains(h.Addr()) {
+			return fmt.Errorf("local host %s is not a host prefix inside the cluster range %s", h, cr)
 		}
 		local[h] = true
 	}
 	for _, h := range c.RemoteHosts {
-		if !h.IsValid() || !h.IsSingleIP() || !c.ClusterRange.Contains(h.Addr()) {
-			return fmt.Errorf("remote host %s is not a host prefix inside the cluster range %s", h, c.ClusterRange)
+		if cr := c.clusterRangeOf(h.Addr()); !h.IsValid() || !h.IsSingleIP() || !cr.Contains(h.Addr()) {
+			return fmt.Errorf("remote host %s is not a host prefix inside the cluster range %s", h, cr)
 		}
 		if local[h] {
 			return fmt.Errorf("host %s is both local and remote", h)

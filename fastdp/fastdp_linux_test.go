@@ -657,3 +657,72 @@ func TestHostRoutes(t *testing.T) {
 		t.Errorf("routes after Reset: %q", r)
 	}
 }
+
+// TestSetDualStack: with an IPv6 cluster range the bridge holds both
+// overlay addresses (the IPv6 one without duplicate address detection),
+// both cluster ranges go into WireGuard and the node's own ranges of both
+// families to the bridge, each with the source of its family, IPv6
+// forwarding is on, and TCP crosses the overlay over IPv6; back to IPv4
+// only, the IPv6 address and routes go.
+func TestSetDualStack(t *testing.T) {
+	testnet.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, b := twoNodes(t)
+	cluster6 := netip.MustParsePrefix("fd40::/48")
+	rng6 := map[*node]netip.Prefix{a: netip.MustParsePrefix("fd40:0:0:1::/64"), b: netip.MustParsePrefix("fd40:0:0:2::/64")}
+	over6 := map[*node]netip.Addr{a: netip.MustParseAddr("fd40:0:0:1::1"), b: netip.MustParseAddr("fd40:0:0:2::1")}
+	dual := func(n, p *node) *Config {
+		cfg := n.config(t, p)
+		cfg.ClusterRange6 = cluster6
+		cfg.BridgeAddr6 = netip.PrefixFrom(over6[n], 128)
+		cfg.LocalRanges = append(cfg.LocalRanges, rng6[n])
+		cfg.Peers[0].AllowedIPs = append(cfg.Peers[0].AllowedIPs, rng6[p])
+		return cfg
+	}
+	dpA, dpB := a.open(t, ctx, ModeUserspace), b.open(t, ctx, ModeUserspace)
+	if err := dpA.Set(ctx, dual(a, b)); err != nil {
+		t.Fatalf("Set A: %v", err)
+	}
+	if err := dpB.Set(ctx, dual(b, a)); err != nil {
+		t.Fatalf("Set B: %v", err)
+	}
+	a6, b6 := *a, *b
+	a6.overlay, b6.overlay = over6[a], over6[b]
+	exchange(t, ctx, &a6, &b6)
+	exchange(t, ctx, a, b)
+
+	routes6 := strings.TrimSpace(netnstest.Run(t, a.ns, "ip", "-6", "route", "show", "proto", fmt.Sprint(RouteProtocol)))
+	for _, want := range []string{
+		"fd40::/48 dev " + a.dev,
+		"fd40:0:0:1::/64 dev mesh",
+		"src fd40:0:0:1::1",
+	} {
+		if !strings.Contains(routes6, want) {
+			t.Errorf("IPv6 routes lack %q:\n%s", want, routes6)
+		}
+	}
+	addrs := netnstest.Run(t, a.ns, "ip", "-o", "addr", "show", "dev", "mesh")
+	var line6 string
+	for _, l := range strings.Split(addrs, "\n") {
+		if strings.Contains(l, "fd40:0:0:1::1/128") {
+			line6 = l
+		}
+	}
+	if !strings.Contains(line6, "nodad") || strings.Contains(line6, "tentative") || !strings.Contains(addrs, "10.40.0.1/32") {
+		t.Errorf("bridge addresses, want both overlay addresses, the IPv6 one nodad and not tentative: %s", addrs)
+	}
+	if out := netnstest.Run(t, a.ns, "cat", "/proc/sys/net/ipv6/conf/all/forwarding"); strings.TrimSpace(out) != "1" {
+		t.Errorf("IPv6 forwarding = %q", out)
+	}
+
+	if err := dpA.Set(ctx, a.config(t, b)); err != nil {
+		t.Fatalf("Set A back to IPv4 only: %v", err)
+	}
+	if out := strings.TrimSpace(netnstest.Run(t, a.ns, "ip", "-6", "route", "show", "proto", fmt.Sprint(RouteProtocol))); out != "" {
+		t.Errorf("IPv6 routes left after going back to IPv4 only:\n%s", out)
+	}
+	if out := netnstest.Run(t, a.ns, "ip", "-o", "addr", "show", "dev", "mesh"); strings.Contains(out, "fd40") {
+		t.Errorf("IPv6 bridge address left after going back to IPv4 only: %s", out)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -66,23 +67,24 @@ func (d *dataplane) ensureBridge(want *Config, undo *undoStack) (netlink.Link, e
 	return br, nil
 }
 
-// ensureBridgeAddr leaves exactly want (none when it is the zero prefix) on
-// the bridge, besides the IPv6 link-local address the kernel manages.
-func (d *dataplane) ensureBridgeAddr(br netlink.Link, want netip.Prefix, undo *undoStack) error {
+// ensureBridgeAddr leaves exactly the valid prefixes of wants (the overlay
+// address of each family; none when all are zero) on the bridge, besides
+// the IPv6 link-local address the kernel manages.
+func (d *dataplane) ensureBridgeAddr(br netlink.Link, wants []netip.Prefix, undo *undoStack) error {
 	name := br.Attrs().Name
 	addrs, err := dump(func() ([]netlink.Addr, error) { return d.nl.AddrList(br, netlink.FAMILY_ALL) })
 	if err != nil {
 		return fmt.Errorf("failed to list addresses of bridge %q: %w", name, err)
 	}
-	found := false
+	found := map[netip.Prefix]bool{}
 	for _, a := range addrs {
 		p, ok := prefixOf(*a.IPNet)
 		if !ok {
 			continue
 		}
 		switch {
-		case p == want:
-			found = true
+		case slices.Contains(wants, p) && p.IsValid():
+			found[p] = true
 		case p.Addr().IsLinkLocalUnicast():
 		default:
 			if err := d.nl.AddrDel(br, &a); err != nil {
@@ -91,9 +93,20 @@ func (d *dataplane) ensureBridgeAddr(br netlink.Link, want netip.Prefix, undo *u
 			d.log.Info("removed stale bridge address", "bridge", name, "addr", p.String())
 		}
 	}
-	if found || !want.IsValid() {
-		return nil
+	for _, want := range wants {
+		if found[want] || !want.IsValid() {
+			continue
+		}
+		if err := d.addBridgeAddr(br, want, undo); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// addBridgeAddr adds want to the bridge.
+func (d *dataplane) addBridgeAddr(br netlink.Link, want netip.Prefix, undo *undoStack) error {
+	name := br.Attrs().Name
 	addr := &netlink.Addr{IPNet: ipNet(want)}
 	if want.Addr().Is6() {
 		// Usable at once: duplicate address detection would keep it
@@ -117,17 +130,23 @@ type routeSpec struct {
 
 // desiredRoutes lists the routes of the addressing scheme in the package
 // comment.
+// The source of each route is the bridge address of its family.
 func desiredRoutes(want *Config, wgLink, br netlink.Link) []routeSpec {
-	src := want.BridgeAddr.Addr()
-	rs := []routeSpec{{dst: want.ClusterRange, link: wgLink.Attrs().Index, src: src, links: wgLink.Attrs().Name}}
+	src := func(dst netip.Prefix) netip.Addr { return want.bridgeAddrOf(dst.Addr()).Addr() }
+	var rs []routeSpec
+	for _, r := range []netip.Prefix{want.ClusterRange, want.ClusterRange6} {
+		if r.IsValid() {
+			rs = append(rs, routeSpec{dst: r, link: wgLink.Attrs().Index, src: src(r), links: wgLink.Attrs().Name})
+		}
+	}
 	for _, r := range want.LocalRanges {
-		rs = append(rs, routeSpec{dst: r, link: br.Attrs().Index, src: src, links: br.Attrs().Name})
+		rs = append(rs, routeSpec{dst: r, link: br.Attrs().Index, src: src(r), links: br.Attrs().Name})
 	}
 	for _, h := range want.LocalHosts {
-		rs = append(rs, routeSpec{dst: h, link: br.Attrs().Index, src: src, links: br.Attrs().Name})
+		rs = append(rs, routeSpec{dst: h, link: br.Attrs().Index, src: src(h), links: br.Attrs().Name})
 	}
 	for _, h := range want.RemoteHosts {
-		rs = append(rs, routeSpec{dst: h, link: wgLink.Attrs().Index, src: src, links: wgLink.Attrs().Name})
+		rs = append(rs, routeSpec{dst: h, link: wgLink.Attrs().Index, src: src(h), links: wgLink.Attrs().Name})
 	}
 	return rs
 }

@@ -10,8 +10,7 @@ import (
 // ClusterRanges is the cluster range of each address family of a mesh: an
 // IPv4-only, IPv6-only or dual-stack mesh. A family whose prefix is the
 // zero value is off. Each range that is on gets an Allocator of its own,
-// with its own ring, state file and gossip (docs/ipam.md, "Dual-stack (in
-// progress)").
+// with its own ring, state file and gossip (docs/ipam.md, "Dual-stack").
 type ClusterRanges struct {
 	IPv4, IPv6 netip.Prefix
 }

@@ -24,8 +24,10 @@ const (
 	// CounterSpoofed: a frame from a pod port whose MAC, IPv4 source or ARP
 	// sender is not that pod's own.
 	CounterSpoofed = "spoofed"
-	// CounterIPv6: IPv6 from a pod (the mesh runs IPv4 only), router
-	// advertisements and link-local traffic included.
+	// CounterIPv6: IPv6 from a pod that no rule admits: all of it in an
+	// IPv4-only mesh; in a dual-stack one router advertisements and
+	// solicitations, redirects, MLD and link-local traffic other than
+	// neighbour solicitations.
 	CounterIPv6 = "ipv6"
 	// CounterHostConfig: host-configuring traffic from a pod (DHCP server
 	// replies).
@@ -48,7 +50,10 @@ var Counters = []string{CounterSpoofed, CounterIPv6, CounterHostConfig, CounterO
 type Port struct {
 	Name string // the host-side veth
 	MAC  net.HardwareAddr
-	Addr netip.Addr // IPv4
+	Addr netip.Addr // IPv4; the zero value for an IPv6-only pod
+	// Addr6 is the pod's IPv6 address in a dual-stack or IPv6-only mesh
+	// (Config's ClusterRange6 set); the zero value for none.
+	Addr6 netip.Addr
 	// Legacy marks a pod wired before port isolation: it and its peers on
 	// the node may have learnt (from ICMP redirects of the host, which the
 	// previous release sent) to reach each other straight by MAC, so
@@ -69,6 +74,12 @@ type Config struct {
 	Trusted []string
 	// ClusterRange is the overlay range; invalid leaves layer 3 unchecked.
 	ClusterRange netip.Prefix
+	// ClusterRange6 is the IPv6 overlay range of a dual-stack mesh. When
+	// set, a pod port also admits IPv6 from the pod's MAC and Addr6, and
+	// the neighbour discovery that needs (see bridgeRules); router
+	// advertisements, redirects and spoofed sources stay dropped. The
+	// zero value drops all IPv6 from pods, as in an IPv4-only mesh.
+	ClusterRange6 netip.Prefix
 	// Ports are the pods' ports.
 	Ports []Port
 }
@@ -101,6 +112,9 @@ func (c Config) Validate() error {
 	if c.ClusterRange.IsValid() && !c.ClusterRange.Addr().Is4() {
 		return fmt.Errorf("cluster range %s is not IPv4", c.ClusterRange)
 	}
+	if r := c.ClusterRange6; r.IsValid() && (!r.Addr().Is6() || r.Addr().Is4In6() || r != r.Masked()) {
+		return fmt.Errorf("IPv6 cluster range %s is not a masked IPv6 prefix", r)
+	}
 	for _, p := range c.Ports {
 		if p.Name == "" || len(p.Name) > 15 {
 			return fmt.Errorf("invalid port name %q", p.Name)
@@ -108,8 +122,11 @@ func (c Config) Validate() error {
 		if len(p.MAC) != 6 {
 			return fmt.Errorf("port %s: invalid MAC %q", p.Name, p.MAC)
 		}
-		if !p.Addr.Is4() {
+		if !p.Addr.Is4() && !(p.Addr == netip.Addr{} && p.Addr6.IsValid()) {
 			return fmt.Errorf("port %s: address %s is not IPv4", p.Name, p.Addr)
+		}
+		if p.Addr6.IsValid() && (!c.ClusterRange6.IsValid() || !c.ClusterRange6.Contains(p.Addr6)) {
+			return fmt.Errorf("port %s: IPv6 address %s is outside the IPv6 cluster range %q", p.Name, p.Addr6, c.ClusterRange6)
 		}
 	}
 	return nil
@@ -126,14 +143,46 @@ func MACFor(a netip.Addr) net.HardwareAddr {
 	return net.HardwareAddr{0x0a, 0x58, b[0], b[1], b[2], b[3]}
 }
 
+// PodMAC is the MAC of a pod with IPv4 address v4 and IPv6 address v6
+// (either may be the zero address): MACFor(v4) when it has IPv4, as ever,
+// so a dual-stack pod keeps the MAC it would have in an IPv4-only mesh;
+// MACFor6(v6) for an IPv6-only pod; nil with neither.
+func PodMAC(v4, v6 netip.Addr) net.HardwareAddr {
+	switch {
+	case v4.Is4():
+		return MACFor(v4)
+	case v6.Is6():
+		return MACFor6(v6)
+	}
+	return nil
+}
+
+// MACFor6 is the MAC of a pod that has only an IPv6 address: 0a:59
+// (locally administered, unicast, apart from MACFor's 0a:58) followed by
+// the address's last four bytes. Those bytes are what the IPAM hands out
+// within a node's block, so pods of one node (one bridge) get distinct
+// MACs.
+func MACFor6(a netip.Addr) net.HardwareAddr {
+	b := a.As16()
+	return net.HardwareAddr{0x0a, 0x59, b[12], b[13], b[14], b[15]}
+}
+
 // String renders the desired tables in nft syntax, for logs and tests.
 func (c Config) String() string {
 	c = c.normalize()
 	var b strings.Builder
 	fmt.Fprintf(&b, "table bridge %s: bridge %s ports %s*\n", TableName, c.Bridge, c.PortPrefix)
 	for _, p := range c.Ports {
-		fmt.Fprintf(&b, "  port %s . %s . %s legacy=%v\n", p.Name, p.MAC, p.Addr, p.Legacy)
+		if p.Addr.IsValid() {
+			fmt.Fprintf(&b, "  port %s . %s . %s legacy=%v\n", p.Name, p.MAC, p.Addr, p.Legacy)
+		}
+		if p.Addr6.IsValid() {
+			fmt.Fprintf(&b, "  port %s . %s . %s\n", p.Name, p.MAC, p.Addr6)
+		}
 	}
 	fmt.Fprintf(&b, "table inet %s: cluster %s from %s lo\n", TableName, c.ClusterRange, strings.Join(c.Trusted, " "))
+	if c.ClusterRange6.IsValid() {
+		fmt.Fprintf(&b, "table inet %s: cluster6 %s from %s lo\n", TableName, c.ClusterRange6, strings.Join(c.Trusted, " "))
+	}
 	return b.String()
 }

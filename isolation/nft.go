@@ -3,6 +3,7 @@ package isolation
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -38,15 +39,24 @@ const (
 	setTrusted = "trusted" // ifname: where cluster-range sources may arrive
 	setLegacy  = "legacy"  // ifname: ports of pods wired before port isolation
 	setHairpin = "hairpin" // ifname . ifname: each pod port paired with itself
-	chainPre   = "prerouting"
-	chainFwd   = "forward"
-	chainOut   = "output"
-	chainDNAT  = "bridged-dnat"
+	// Dual-stack only (Config.ClusterRange6 set):
+	setPods6    = "pods6"    // ifname . ether_addr . ipv6_addr: port, MAC, IPv6 address of each pod
+	setPorts6   = "ports6"   // ifname . ether_addr: port and MAC of each pod with an IPv6 address
+	setCluster6 = "cluster6" // ipv6_addr interval: the IPv6 cluster range
+	chainPre    = "prerouting"
+	chainFwd    = "forward"
+	chainOut    = "output"
+	chainDNAT   = "bridged-dnat"
 )
 
 var podKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)
 
 var hairpinKey = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+
+var (
+	pod6Key  = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIP6Addr)
+	port6Key = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr)
+)
 
 // ctStatusDstNAT is IPS_DST_NAT of the conntrack status: the connection's
 // destination was translated (a Service's DNAT).
@@ -136,7 +146,10 @@ func samePortsKind(a, b Config) bool {
 		}
 		return strings.Join(s, ",")
 	}
+	// A dual-stack config has more sets than updatePorts keeps; it is
+	// applied whole.
 	return a.Bridge == b.Bridge && a.PortPrefix == b.PortPrefix && a.ClusterRange == b.ClusterRange &&
+		!a.ClusterRange6.IsValid() && !b.ClusterRange6.IsValid() &&
 		slices.Equal(a.Trusted, b.Trusted) && legacy(a) == legacy(b)
 }
 
@@ -314,7 +327,13 @@ func (t *Tables) Intact() (bool, error) {
 		}
 		return false, fmt.Errorf("failed to list set %s of %s: %w", setPods, nftutil.TableString(brTable), err)
 	}
-	return len(elems) == len(t.applied.Ports), nil
+	n := 0
+	for _, p := range t.applied.Ports {
+		if p.Addr.IsValid() {
+			n++
+		}
+	}
+	return len(elems) == n, nil
 }
 
 // counters reads the named counters of both tables.
@@ -352,7 +371,9 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 	pods := &nftables.Set{Table: brTable, Name: setPods, KeyType: podKey, Concatenation: true}
 	var elems []nftables.SetElement
 	for _, p := range cfg.Ports {
-		elems = append(elems, nftables.SetElement{Key: podElem(p.Name, p.MAC, p.Addr)})
+		if p.Addr.IsValid() { // not an IPv6-only pod
+			elems = append(elems, nftables.SetElement{Key: podElem(p.Name, p.MAC, p.Addr)})
+		}
 	}
 	if err := c.AddSet(pods, elems); err != nil {
 		return fmt.Errorf("failed to add set %s: %w", setPods, err)
@@ -360,7 +381,26 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 	accept := nftables.ChainPolicyAccept
 	br := c.AddChain(&nftables.Chain{Table: brTable, Name: chainPre, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
-	for _, r := range bridgeRules(cfg, pods) {
+	brSets := map[string]*nftables.Set{setPods: pods}
+	if cfg.ClusterRange6.IsValid() {
+		pods6 := &nftables.Set{Table: brTable, Name: setPods6, KeyType: pod6Key, Concatenation: true}
+		ports6 := &nftables.Set{Table: brTable, Name: setPorts6, KeyType: port6Key, Concatenation: true}
+		var e6, p6 []nftables.SetElement
+		for _, p := range cfg.Ports {
+			if p.Addr6.IsValid() {
+				e6 = append(e6, nftables.SetElement{Key: pod6Elem(p.Name, p.MAC, p.Addr6)})
+				p6 = append(p6, nftables.SetElement{Key: port6Elem(p.Name, p.MAC)})
+			}
+		}
+		if err := c.AddSet(pods6, e6); err != nil {
+			return fmt.Errorf("failed to add set %s: %w", setPods6, err)
+		}
+		if err := c.AddSet(ports6, dedupElems(p6)); err != nil {
+			return fmt.Errorf("failed to add set %s: %w", setPorts6, err)
+		}
+		brSets[setPods6], brSets[setPorts6] = pods6, ports6
+	}
+	for _, r := range bridgeRules(cfg, brSets) {
 		c.AddRule(&nftables.Rule{Table: brTable, Chain: br, Exprs: r})
 	}
 	legacy := &nftables.Set{Table: brTable, Name: setLegacy, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
@@ -401,6 +441,19 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 	if err := c.AddSet(cluster, celems); err != nil {
 		return fmt.Errorf("failed to add set %s: %w", setCluster, err)
 	}
+	inSets := map[string]*nftables.Set{setCluster: cluster}
+	if r := cfg.ClusterRange6; r.IsValid() {
+		cluster6 := &nftables.Set{Table: inetTable, Name: setCluster6, KeyType: nftables.TypeIP6Addr, Interval: true}
+		lo := r.Masked().Addr()
+		elems := []nftables.SetElement{{Key: lo.AsSlice()}}
+		if end, ok := afterPrefix(r); ok {
+			elems = append(elems, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
+		}
+		if err := c.AddSet(cluster6, elems); err != nil {
+			return fmt.Errorf("failed to add set %s: %w", setCluster6, err)
+		}
+		inSets[setCluster6] = cluster6
+	}
 	trusted := &nftables.Set{Table: inetTable, Name: setTrusted, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}
 	var telems []nftables.SetElement
 	for _, n := range append([]string{cfg.Bridge, "lo"}, cfg.Trusted...) {
@@ -412,7 +465,8 @@ func program(c *nftables.Conn, cfg Config, old map[string]*nftables.CounterObj) 
 	raw := nftables.ChainPriorityRaw
 	in := c.AddChain(&nftables.Chain{Table: inetTable, Name: chainPre, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: raw, Policy: &accept})
-	for _, r := range inetRules(cfg, map[string]*nftables.Set{setCluster: cluster, setTrusted: trusted}) {
+	inSets[setTrusted] = trusted
+	for _, r := range inetRules(cfg, inSets) {
 		c.AddRule(&nftables.Rule{Table: inetTable, Chain: in, Exprs: r})
 	}
 	out := c.AddChain(&nftables.Chain{Table: inetTable, Name: chainOut, Type: nftables.ChainTypeFilter,
@@ -460,18 +514,29 @@ func dnatRules(cfg Config) [][]expr.Any {
 // drop of the bridge table.
 //
 //	oifname BRIDGE icmp type redirect drop
+//
+// and in a dual-stack mesh the same for ICMPv6:
+//
+//	oifname BRIDGE icmpv6 type nd-redirect drop
 func outputRules(cfg Config) [][]expr.Any {
-	return [][]expr.Any{{
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: ifname(cfg.Bridge)},
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMP}},
-		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{5}}, // redirect
-		&expr.Verdict{Kind: expr.VerdictDrop},
-	}}
+	redirect := func(nfproto, l4proto, typ byte) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: ifname(cfg.Bridge)},
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{nfproto}},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{l4proto}},
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{typ}},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}
+	}
+	rules := [][]expr.Any{redirect(unix.NFPROTO_IPV4, unix.IPPROTO_ICMP, 5)}
+	if cfg.ClusterRange6.IsValid() {
+		rules = append(rules, redirect(unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6, icmp6Redirect))
+	}
+	return rules
 }
 
 func dedupElems(in []nftables.SetElement) []nftables.SetElement {
@@ -491,6 +556,32 @@ func ifname(n string) []byte {
 	b := make([]byte, 16)
 	copy(b, n)
 	return b
+}
+
+// pod6Elem is the key of a pod's IPv6 address in setPods6.
+func pod6Elem(name string, mac []byte, a interface{ As16() [16]byte }) []byte {
+	ip := a.As16()
+	return append(port6Elem(name, mac), ip[:]...)
+}
+
+// port6Elem is the key of a pod's port in setPorts6.
+func port6Elem(name string, mac []byte) []byte {
+	key := make([]byte, 0, 40)
+	key = append(key, ifname(name)...)
+	key = append(key, mac...)
+	return append(key, 0, 0) // ether_addr is padded to 8 bytes
+}
+
+// afterPrefix is the first address after p, and false when p reaches the
+// end of its address space.
+func afterPrefix(p netip.Prefix) (netip.Addr, bool) {
+	b := p.Masked().Addr().As16()
+	for i := p.Bits(); i < 128; i++ {
+		b[i/8] |= 1 << (7 - i%8)
+	}
+	last := netip.AddrFrom16(b)
+	next := last.Next()
+	return next, next.IsValid()
 }
 
 func podElem(name string, mac []byte, a interface{ As4() [4]byte }) []byte {
@@ -515,6 +606,14 @@ const (
 	ethIP   = 0x0800
 	ethARP  = 0x0806
 	ethIPv6 = 0x86dd
+)
+
+// ICMPv6 types (RFC 4861).
+const (
+	icmp6RouterAdvert = 134
+	icmp6NeighSolicit = 135
+	icmp6NeighAdvert  = 136
+	icmp6Redirect     = 137
 )
 
 func etherType(t uint16) []expr.Any {
@@ -545,9 +644,13 @@ func lookup(s *nftables.Set, invert bool) expr.Any {
 //	ether type ip accept
 //	ether type arp arp htype 1 arp ptype ip arp hlen 6 arp plen 4 iifname . ether saddr . arp saddr ip @pods iifname . arp saddr ether . arp saddr ip @pods accept
 //	ether type arp counter "spoofed" drop
+//	[dual-stack: the rules of bridgeRules6]
 //	ether type ip6 counter "ipv6" drop
 //	counter "other" drop
-func bridgeRules(cfg Config, pods *nftables.Set) [][]expr.Any {
+//
+// sets holds the sets by name, nil when only the rule count is wanted.
+func bridgeRules(cfg Config, sets map[string]*nftables.Set) [][]expr.Any {
+	pods := sets[setPods]
 	iifname := &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1}
 	etherSaddr := &expr.Payload{DestRegister: reg32_04, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6}
 	arpSpa := &expr.Payload{DestRegister: reg32_06, Base: expr.PayloadBaseNetworkHeader, Offset: 14, Len: 4}
@@ -582,9 +685,89 @@ func bridgeRules(cfg Config, pods *nftables.Set) [][]expr.Any {
 		&expr.Verdict{Kind: expr.VerdictAccept})
 	rules = append(rules, r)
 	rules = append(rules, append(etherType(ethARP), counterDrop(CounterSpoofed)...))
+	if cfg.ClusterRange6.IsValid() {
+		rules = append(rules, bridgeRules6(sets)...)
+	}
 	rules = append(rules, append(etherType(ethIPv6), counterDrop(CounterIPv6)...))
 	rules = append(rules, counterDrop(CounterOther))
 	return rules
+}
+
+// bridgeRules6 admits a dual-stack pod's IPv6 on its port: its own source
+// address with its own MAC, and the neighbour discovery that resolving its
+// gateway and being resolved needs, nothing that configures the host or
+// other pods:
+//
+//	ether type ip6 meta l4proto ipv6-icmp icmpv6 type nd-router-advert counter "ipv6" drop
+//	ether type ip6 meta l4proto ipv6-icmp icmpv6 type nd-redirect counter "ipv6" drop
+//	ether type ip6 meta l4proto ipv6-icmp icmpv6 type nd-neighbor-advert iifname . ether saddr . icmpv6 nd target @pods6 accept
+//	ether type ip6 meta l4proto ipv6-icmp icmpv6 type nd-neighbor-advert counter "spoofed" drop
+//	ether type ip6 iifname . ether saddr . ip6 saddr @pods6 accept
+//	ether type ip6 meta l4proto ipv6-icmp icmpv6 type nd-neighbor-solicit ip6 saddr :: iifname . ether saddr @ports6 accept
+//	ether type ip6 meta l4proto ipv6-icmp icmpv6 type nd-neighbor-solicit ip6 saddr fe80::/10 iifname . ether saddr @ports6 accept
+//	ether type ip6 ip6 saddr != fe80::/10 ip6 saddr != :: counter "spoofed" drop
+//
+// An advertisement may name only the pod's own address as its target
+// (whatever its source), so a pod cannot take over the gateway's or
+// another pod's address in the host's neighbour cache, as ARP spoofing
+// would in IPv4. A solicitation from the pod's own address passes with its
+// other traffic; from the unspecified address (duplicate address
+// detection) or a link-local one, only with the port's MAC. Other
+// link-local traffic (router solicitations, MLD) falls to the "ipv6" drop
+// after these rules.
+func bridgeRules6(sets map[string]*nftables.Set) [][]expr.Any {
+	iifname := &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1}
+	etherSaddr := &expr.Payload{DestRegister: reg32_04, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6}
+	icmp6 := func(typ byte) []expr.Any {
+		return append(etherType(ethIPv6),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMPV6}},
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{typ}})
+	}
+	saddrIs := func(mask, want []byte) []expr.Any {
+		return []expr.Any{
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 16, Mask: mask, Xor: make([]byte, 16)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: want},
+		}
+	}
+	saddrNot := func(mask, want []byte) []expr.Any {
+		r := saddrIs(mask, want)
+		r[2] = &expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: want}
+		return r
+	}
+	all := bytes16(0xff)
+	linkLocalMask := append([]byte{0xff, 0xc0}, make([]byte, 14)...)
+	linkLocal := append([]byte{0xfe, 0x80}, make([]byte, 14)...)
+	unspecified := make([]byte, 16)
+	var rules [][]expr.Any
+	rules = append(rules, append(icmp6(icmp6RouterAdvert), counterDrop(CounterIPv6)...))
+	rules = append(rules, append(icmp6(icmp6Redirect), counterDrop(CounterIPv6)...))
+	rules = append(rules, append(icmp6(icmp6NeighAdvert), iifname, etherSaddr,
+		&expr.Payload{DestRegister: reg32_06, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 16},
+		lookup(sets[setPods6], false), &expr.Verdict{Kind: expr.VerdictAccept}))
+	rules = append(rules, append(icmp6(icmp6NeighAdvert), counterDrop(CounterSpoofed)...))
+	rules = append(rules, append(etherType(ethIPv6), iifname, etherSaddr,
+		&expr.Payload{DestRegister: reg32_06, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+		lookup(sets[setPods6], false), &expr.Verdict{Kind: expr.VerdictAccept}))
+	for _, src := range [][2][]byte{{all, unspecified}, {linkLocalMask, linkLocal}} {
+		r := append(icmp6(icmp6NeighSolicit), saddrIs(src[0], src[1])...)
+		r = append(r, iifname, etherSaddr, lookup(sets[setPorts6], false), &expr.Verdict{Kind: expr.VerdictAccept})
+		rules = append(rules, r)
+	}
+	r := append(etherType(ethIPv6), saddrNot(linkLocalMask, linkLocal)...)
+	r = append(r, saddrNot(all, unspecified)...)
+	rules = append(rules, append(r, counterDrop(CounterSpoofed)...))
+	return rules
+}
+
+func bytes16(b byte) []byte {
+	out := make([]byte, 16)
+	for i := range out {
+		out[i] = b
+	}
+	return out
 }
 
 // forwardRules is the bridge's forward chain: pods reach each other only
@@ -635,16 +818,28 @@ func forwardRules(cfg Config, legacy, hairpin *nftables.Set) [][]expr.Any {
 // inetRules is the inet chain:
 //
 //	meta nfproto ipv4 ip saddr @cluster iifname != @trusted counter "underlay-spoofed" drop
+//	meta nfproto ipv6 ip6 saddr @cluster6 iifname != @trusted counter "underlay-spoofed" drop   # dual-stack
 func inetRules(cfg Config, sets map[string]*nftables.Set) [][]expr.Any {
-	if !cfg.ClusterRange.IsValid() {
-		return nil
+	var rules [][]expr.Any
+	if cfg.ClusterRange.IsValid() {
+		rules = append(rules, append([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}},
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			lookup(sets[setCluster], false),
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+			lookup(sets[setTrusted], true),
+		}, counterDrop(CounterUnderlay)...))
 	}
-	return [][]expr.Any{append([]expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}},
-		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-		lookup(sets[setCluster], false),
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
-		lookup(sets[setTrusted], true),
-	}, counterDrop(CounterUnderlay)...)}
+	if cfg.ClusterRange6.IsValid() {
+		rules = append(rules, append([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV6}},
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 8, Len: 16},
+			lookup(sets[setCluster6], false),
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg1},
+			lookup(sets[setTrusted], true),
+		}, counterDrop(CounterUnderlay)...))
+	}
+	return rules
 }

@@ -150,3 +150,75 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		t.Errorf("tables left after Remove:\n%s", out)
 	}
 }
+
+// TestTablesDualStack: with an IPv6 cluster range the tables admit each
+// pod's own IPv6 address and neighbour discovery, and still drop router
+// advertisements, redirects and spoofed sources; without one they are
+// those of an IPv4-only mesh, word for word.
+func TestTablesDualStack(t *testing.T) {
+	testnet.RequireRoot(t)
+	ns := netnstest.New(t)
+	tb := tablesIn(t, ns)
+	v4only := testConfig(2)
+	if err := tb.Apply(v4only); err != nil {
+		t.Fatal(err)
+	}
+	before := netnstest.Run(t, ns, "nft", "list", "ruleset")
+	for _, absent := range []string{"pods6", "ports6", "cluster6", "icmpv6"} {
+		if strings.Contains(before, absent) {
+			t.Errorf("IPv4-only tables mention %q:\n%s", absent, before)
+		}
+	}
+
+	cfg := testConfig(2)
+	cfg.ClusterRange6 = netip.MustParsePrefix("fd32::/48")
+	cfg.Ports[0].Addr6 = netip.MustParseAddr("fd32::a")
+	if err := tb.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	out := netnstest.Run(t, ns, "nft", "list", "ruleset")
+	for _, want := range []string{
+		`icmpv6 type nd-router-advert counter name "ipv6" drop`,
+		`icmpv6 type nd-redirect counter name "ipv6" drop`,
+		`counter name "spoofed" drop`,
+		`"vmesh00000000" . 0a:58:0a:20:00:0a . fd32::a`,
+		`ip6 saddr @cluster6 iifname != @trusted counter name "underlay-spoofed" drop`,
+		`elements = { fd32::/48 }`,
+		`iifname . ether saddr . ip6 saddr @pods6 accept`,
+		`icmpv6 type nd-neighbor-advert counter name "spoofed" drop`,
+		`icmpv6 type nd-neighbor-solicit ip6 saddr :: iifname . ether saddr @ports6 accept`,
+		`ip6 saddr != fe80::/10 ip6 saddr != :: counter name "spoofed" drop`,
+		`ether type ip6 counter name "ipv6" drop`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dual-stack ruleset lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "vmesh00000001\" . 0a:58:0a:20:00:0b . fd32") {
+		t.Errorf("a port without an IPv6 address got one:\n%s", out)
+	}
+	if ok, err := tb.Intact(); err != nil || !ok {
+		t.Errorf("Intact after a dual-stack Apply = %v, %v", ok, err)
+	}
+	// IPv6 only: no IPv4 range, a port with an IPv6 address alone.
+	only6 := Config{Bridge: "mesh", PortPrefix: "vmesh", Trusted: []string{"mesh-wg"}, ClusterRange6: cfg.ClusterRange6}
+	a6 := netip.MustParseAddr("fd32::b")
+	only6.Ports = []Port{{Name: "vmesh000000aa", MAC: MACFor6(a6), Addr6: a6}}
+	if err := tb.Update(only6); err != nil {
+		t.Fatal(err)
+	}
+	out = netnstest.Run(t, ns, "nft", "list", "ruleset")
+	if !strings.Contains(out, `"vmesh000000aa" . 0a:59:00:00:00:0b . fd32::b`) || strings.Contains(out, "set cluster {") && strings.Contains(out, "10.32.0.0/12") {
+		t.Errorf("IPv6-only tables:\n%s", out)
+	}
+	if ok, err := tb.Intact(); err != nil || !ok {
+		t.Errorf("Intact after an IPv6-only Apply = %v, %v", ok, err)
+	}
+
+	if err := tb.Update(v4only); err != nil {
+		t.Fatal(err)
+	}
+	if after := netnstest.Run(t, ns, "nft", "list", "ruleset"); after != before {
+		t.Errorf("back to IPv4 only, the tables differ:\n%s\nwant:\n%s", after, before)
+	}
+}

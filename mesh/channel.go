@@ -31,6 +31,10 @@ const (
 	channelControl ChannelID = 0 // membership's own messages
 	// ChannelIPAM carries the IPAM ring and its requests.
 	ChannelIPAM ChannelID = 1
+	// ChannelIPAM6 carries the IPv6 ring of a dual-stack mesh, apart
+	// from the IPv4 one: a node of the previous release drops messages of
+	// this unknown channel and skips its part of a push/pull.
+	ChannelIPAM6 ChannelID = 2
 )
 
 const controlBye = "bye"

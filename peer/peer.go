@@ -89,6 +89,13 @@ type Input struct {
 	// the node owns no range yet.
 	OverlayIP  netip.Addr
 	BridgeName string
+	// ClusterRange6 is the IPv6 cluster range of a dual-stack mesh
+	// (ClusterRange is then the IPv4 one), the zero value otherwise; Ranges
+	// and Held may then hold IPv6 prefixes and addresses inside it.
+	// OverlayIP6 is this node's IPv6 address on its bridge, the zero value
+	// while it owns no IPv6 range yet.
+	ClusterRange6 netip.Prefix
+	OverlayIP6    netip.Addr
 	// Now is the time the grace periods (Grace) are measured against. The
 	// zero value means no grace: dead nodes go at once and Remembered is
 	// ignored.
@@ -177,7 +184,8 @@ func Kept(in Input) ([]Node, error) {
 // are taken out, their ranges are unreachable until the IPAM hands them to
 // someone else.
 //
-// Held addresses are routed to their holder as host prefixes (/32), which
+// Held addresses are routed to their holder as host prefixes (/32, /128
+// for IPv6), which
 // win over the owner's range by longest-prefix match in WireGuard and in
 // the kernel: another node's go into its AllowedIPs (and, where they lie in
 // a range this node owns, get a host route into WireGuard instead of the
@@ -205,6 +213,9 @@ func desired(in Input) (*fastdp.Config, map[string]string, error) {
 	}
 	if !in.ClusterRange.IsValid() {
 		return nil, nil, errors.New("invalid peer input: cluster range is not set")
+	}
+	if r := in.ClusterRange6; r.IsValid() && (!r.Addr().Is6() || !in.ClusterRange.Addr().Is4()) {
+		return nil, nil, fmt.Errorf("invalid peer input: IPv6 cluster range %s beside %s: want IPv4 and IPv6", r, in.ClusterRange)
 	}
 	selfPub, err := in.PrivateKey.Public()
 	if err != nil {
@@ -297,9 +308,15 @@ func desired(in Input) (*fastdp.Config, map[string]string, error) {
 		a := in.OverlayIP.Unmap()
 		cfg.BridgeAddr = netip.PrefixFrom(a, a.BitLen())
 	}
+	if in.ClusterRange6.IsValid() {
+		cfg.ClusterRange6 = in.ClusterRange6.Masked()
+		if a := in.OverlayIP6; a.IsValid() {
+			cfg.BridgeAddr6 = netip.PrefixFrom(a, a.BitLen())
+		}
+	}
 	for _, p := range heldBy[in.Self] {
-		// The bridge's own address needs no route to the bridge.
-		if p != cfg.BridgeAddr {
+		// The bridge's own addresses need no route to the bridge.
+		if p != cfg.BridgeAddr && p != cfg.BridgeAddr6 {
 			cfg.LocalHosts = append(cfg.LocalHosts, p)
 		}
 	}
@@ -360,8 +377,8 @@ func heldHosts(in Input) (map[netip.Prefix]string, error) {
 	contested := map[netip.Prefix]bool{}
 	for _, h := range in.Held {
 		a := h.Addr.Unmap()
-		if !a.IsValid() || !in.ClusterRange.Contains(a) {
-			return nil, fmt.Errorf("invalid peer input: address %s held by %q is outside the cluster range %s", h.Addr, h.Holder, in.ClusterRange)
+		if !a.IsValid() || !(in.ClusterRange.Contains(a) || in.ClusterRange6.Contains(a)) {
+			return nil, fmt.Errorf("invalid peer input: address %s held by %q is outside the cluster range %s", h.Addr, h.Holder, ipRanges(in))
 		}
 		if h.Holder == "" {
 			return nil, fmt.Errorf("invalid peer input: address %s is held by an empty name", a)
@@ -376,6 +393,14 @@ func heldHosts(in Input) (map[netip.Prefix]string, error) {
 		delete(held, p)
 	}
 	return held, nil
+}
+
+// ipRanges names the cluster ranges of in, for messages.
+func ipRanges(in Input) string {
+	if in.ClusterRange6.IsValid() {
+		return in.ClusterRange.String() + " or " + in.ClusterRange6.String()
+	}
+	return in.ClusterRange.String()
 }
 
 func comparePrefix(a, b netip.Prefix) int {

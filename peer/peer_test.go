@@ -560,3 +560,65 @@ func TestReconcilerSetsAgainWhileAdopting(t *testing.T) {
 		t.Fatalf("unchanged input after the grace: changed=%v err=%v sets=%d, want a skip", changed, err, dp.SetCount())
 	}
 }
+
+// TestDesiredDualStack: in a dual-stack mesh each peer's AllowedIPs hold
+// the ranges it owns in both rings, held addresses become /32 or /128 host
+// prefixes, and the data plane gets the IPv6 cluster range, this node's
+// IPv6 ranges and its IPv6 gateway; an IPv6 range beside an IPv6 range,
+// or a held address outside both ranges, is refused.
+func TestDesiredDualStack(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	in := w.input()
+	in.ClusterRange6 = netip.MustParsePrefix("fd32::/48")
+	in.OverlayIP6 = netip.MustParseAddr("fd32::1")
+	in.Ranges = append(in.Ranges,
+		rng("fd32::/81", "a"), rng("fd32::8000:0:0/82", "b"), rng("fd32::c000:0:0/82", "c"))
+	in.Held = []HeldAddr{held("c", "fd32::5"), held("a", "fd32::8000:0:7"), held("b", "10.40.0.9")}
+	cfg, err := Desired(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("the data plane refuses the dual-stack config: %v", err)
+	}
+	if cfg.ClusterRange6 != in.ClusterRange6 || cfg.BridgeAddr6 != netip.MustParsePrefix("fd32::1/128") || cfg.BridgeAddr != netip.MustParsePrefix("10.32.0.1/32") {
+		t.Errorf("cluster range 6 %s, bridge %s and %s", cfg.ClusterRange6, cfg.BridgeAddr, cfg.BridgeAddr6)
+	}
+	wantLocal := []netip.Prefix{netip.MustParsePrefix("10.32.0.0/14"), netip.MustParsePrefix("fd32::/81")}
+	if !slices.Equal(cfg.LocalRanges, wantLocal) {
+		t.Errorf("local ranges %v, want %v", cfg.LocalRanges, wantLocal)
+	}
+	if want := []netip.Prefix{netip.MustParsePrefix("fd32::8000:0:7/128")}; !slices.Equal(cfg.LocalHosts, want) {
+		t.Errorf("local hosts %v, want %v", cfg.LocalHosts, want)
+	}
+	if want := []netip.Prefix{netip.MustParsePrefix("fd32::5/128")}; !slices.Equal(cfg.RemoteHosts, want) {
+		t.Errorf("remote hosts %v, want %v (c's pod in a's IPv6 range)", cfg.RemoteHosts, want)
+	}
+	allowed := map[crypto.Key][]netip.Prefix{}
+	for _, p := range cfg.Peers {
+		allowed[p.PublicKey] = p.AllowedIPs
+	}
+	for name, want := range map[string][]string{
+		"b": {"10.36.0.0/14", "10.40.0.9/32", "10.44.0.0/14", "fd32::8000:0:0/82"},
+		"c": {"10.40.0.0/14", "fd32::5/128", "fd32::c000:0:0/82"},
+	} {
+		var wp []netip.Prefix
+		for _, s := range want {
+			wp = append(wp, netip.MustParsePrefix(s))
+		}
+		if got := allowed[w.pubs[name]]; !slices.Equal(got, wp) {
+			t.Errorf("AllowedIPs of %s = %v, want %v", name, got, wp)
+		}
+	}
+
+	bad := in
+	bad.Held = []HeldAddr{held("b", "fd33::1")}
+	if _, err := Desired(bad); err == nil || !strings.Contains(err.Error(), "outside the cluster range") {
+		t.Errorf("a held address outside both ranges: %v", err)
+	}
+	bad = in
+	bad.ClusterRange = netip.MustParsePrefix("fd40::/48")
+	if _, err := Desired(bad); err == nil || !strings.Contains(err.Error(), "want IPv4 and IPv6") {
+		t.Errorf("two IPv6 cluster ranges: %v", err)
+	}
+}

@@ -28,6 +28,9 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 	if st.IPAM != nil {
 		fmt.Fprintf(tw, "IPAM:\t%s, range %s, %d owned range(s), %d allocated\n", st.IPAM.Status, st.IPAM.Range, len(st.IPAM.Owned), st.IPAM.Allocated)
 	}
+	if st.IPAM6 != nil {
+		fmt.Fprintf(tw, "IPAM IPv6:\t%s, range %s, %d owned range(s), %d allocated\n", st.IPAM6.Status, st.IPAM6.Range, len(st.IPAM6.Owned), st.IPAM6.Allocated)
+	}
 	if st.OverlayIP != "" {
 		hint := ""
 		if st.Dataplane != "" {
@@ -36,6 +39,9 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 			hint = fmt.Sprintf(" on this host's bridge: containers reach this host at %s, host processes reach containers at their mesh addresses", st.OverlayIP)
 		}
 		fmt.Fprintf(tw, "Overlay IP:\t%s%s\n", st.OverlayIP, hint)
+	}
+	if st.OverlayIP6 != "" {
+		fmt.Fprintf(tw, "Overlay IPv6:\t%s\n", st.OverlayIP6)
 	}
 	if st.Dataplane != "" {
 		conns := map[api.ConnState]int{}
@@ -49,6 +55,11 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 	problems := append([]string(nil), st.Problems...)
 	if st.IPAM != nil {
 		problems = append(problems, st.IPAM.Problems...)
+	}
+	if st.IPAM6 != nil {
+		for _, p := range st.IPAM6.Problems {
+			problems = append(problems, "IPv6: "+p)
+		}
 	}
 	if len(problems) > 0 {
 		fmt.Fprintln(w, "\nProblems:")

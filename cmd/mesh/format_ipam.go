@@ -11,18 +11,27 @@ import (
 )
 
 // formatIPAM prints the ring as this node sees it: one line per peer with
-// what it owns, unreachable owners marked, then any problem in plain words.
+// what it owns, unreachable owners marked, then any problem in plain words;
+// in a dual-stack mesh the IPv6 ring follows, in the same form.
 func formatIPAM(w io.Writer, st *api.Status) {
 	if st.IPAM == nil {
 		fmt.Fprintln(w, "IPAM is not running on this node.")
 		return
 	}
-	ip := st.IPAM
+	formatRing(w, st.Name, st.IPAM, st.OverlayIP)
+	if st.IPAM6 != nil {
+		fmt.Fprintln(w, "\nIPv6:")
+		formatRing(w, st.Name, st.IPAM6, st.OverlayIP6)
+	}
+}
+
+// formatRing prints one family's ring; self names this node.
+func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "Range:\t%s\n", ip.Range)
 	fmt.Fprintf(tw, "Status:\t%s\n", ip.Status)
-	if st.OverlayIP != "" {
-		fmt.Fprintf(tw, "Overlay IP:\t%s\n", st.OverlayIP)
+	if overlay != "" {
+		fmt.Fprintf(tw, "Overlay IP:\t%s\n", overlay)
 	}
 	fmt.Fprintf(tw, "Allocated:\t%d\n", ip.Allocated)
 	if ip.Blocked != "" {
@@ -37,7 +46,7 @@ func formatIPAM(w io.Writer, st *api.Status) {
 		fmt.Fprintln(tw, "PEER\tADDRESSES\tRANGE %\tNOTE")
 		for _, p := range peers {
 			note := ""
-			if p.Name == st.Name {
+			if p.Name == self {
 				note = "self"
 			} else if !p.Reachable {
 				note = "unreachable"

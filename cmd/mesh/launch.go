@@ -13,6 +13,7 @@ import (
 	"syscall"
 
 	"github.com/meshnet/mesh/daemon"
+	"github.com/meshnet/mesh/ipam"
 )
 
 func launch(args []string, stderr io.Writer) error {
@@ -35,7 +36,11 @@ func launch(args []string, stderr io.Writer) error {
 	fs.BoolVar(&cfg.AcceptLegacyKey, "accept-legacy-key", false, "also accept the previous release's key of the password, to upgrade a mesh node by node (see docs/architecture.md)")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow running without a password: gossip unencrypted (not for production)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	ipRange := fs.String("ipalloc-range", cfg.IPAllocRange.String(), "cluster range split among the peers for pod addresses (the same on every peer)")
+	var ipRanges []string
+	fs.Func("ipalloc-range", "cluster range split among the peers for pod addresses, the same on every peer; once per address family for dual-stack (repeat the flag or give a comma list: 10.32.0.0/12,fd32::/48) (default "+cfg.IPAllocRange.String()+")", func(s string) error {
+		ipRanges = append(ipRanges, s)
+		return nil
+	})
 	fs.DurationVar(&cfg.ReclaimAfter, "ipalloc-reclaim-after", 0, "reclaim the free space of a peer silent this long (0: off; the same on every peer; see docs/ipam.md)")
 	fs.StringVar(&cfg.Dataplane, "dataplane", cfg.Dataplane, "auto, kernel, userspace or none")
 	fs.IntVar(&cfg.DPPort, "dp-port", cfg.DPPort, "WireGuard UDP port")
@@ -61,8 +66,16 @@ func launch(args []string, stderr io.Writer) error {
 	}
 	cfg.Peers = peers
 	cfg.Version = version
-	if cfg.IPAllocRange, err = netip.ParsePrefix(*ipRange); err != nil {
-		return fmt.Errorf("invalid --ipalloc-range %q: %w", *ipRange, err)
+	if len(ipRanges) > 0 {
+		r, err := ipam.ParseClusterRanges(ipRanges)
+		if err != nil {
+			return err
+		}
+		cfg.IPAllocRange, cfg.IPAllocRange6 = r.IPv4, r.IPv6
+		if !r.IPv4.IsValid() {
+			// IPv6 only: the one range is the daemon's IPAllocRange.
+			cfg.IPAllocRange, cfg.IPAllocRange6 = r.IPv6, netip.Prefix{}
+		}
 	}
 	if cfg.NoMasqueradeCIDRs, err = parseCIDRs(*noMasq); err != nil {
 		return fmt.Errorf("invalid --no-masquerade-cidrs: %w", err)

@@ -34,6 +34,11 @@ type FakeDaemon struct {
 	ClusterRange netip.Prefix
 	Owned        netip.Prefix
 	Gateway      netip.Addr
+	// ClusterRange6, Owned6 and Gateway6 are the same for IPv6, set by
+	// EnableIPv6 (a dual-stack daemon); zero otherwise.
+	ClusterRange6 netip.Prefix
+	Owned6        netip.Prefix
+	Gateway6      netip.Addr
 
 	srv *http.Server
 	ln  net.Listener
@@ -84,6 +89,17 @@ func NewFakeDaemon(t testing.TB, clusterRange, owned string) *FakeDaemon {
 	go d.srv.Serve(d.ln)
 	t.Cleanup(d.Stop)
 	return d
+}
+
+// EnableIPv6 makes d a dual-stack daemon: every allocation carries an IPv6
+// address of owned (a part of clusterRange) besides the IPv4 one. Call it
+// before NewHost, which puts the IPv6 gateway on the bridge.
+func (d *FakeDaemon) EnableIPv6(clusterRange, owned string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ClusterRange6 = netip.MustParsePrefix(clusterRange)
+	d.Owned6 = netip.MustParsePrefix(owned).Masked()
+	d.Gateway6 = d.Owned6.Addr().Next()
 }
 
 // Stop stops the daemon, as if `mesh launch` had exited: the socket is
@@ -152,7 +168,6 @@ func (d *FakeDaemon) allocate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInsufficientStorage, fmt.Sprintf("range %s is full", d.Owned))
 		return
 	}
-	d.used[addr] = true
 	a := api.Allocation{
 		ContainerID:  req.ContainerID,
 		IfName:       req.IfName,
@@ -162,6 +177,19 @@ func (d *FakeDaemon) allocate(w http.ResponseWriter, r *http.Request) {
 		MTU:          d.mtu,
 		ClusterRange: d.ClusterRange.String(),
 	}
+	if d.Owned6.IsValid() {
+		addr6, ok := d.free6()
+		if !ok {
+			// Nothing taken: the daemon rolls the IPv4 address back.
+			writeError(w, http.StatusInsufficientStorage, fmt.Sprintf("range %s is full", d.Owned6))
+			return
+		}
+		d.used[addr6] = true
+		a.Address6 = netip.PrefixFrom(addr6, addr6.BitLen()).String()
+		a.Gateway6 = d.Gateway6.String()
+		a.ClusterRange6 = d.ClusterRange6.String()
+	}
+	d.used[addr] = true
 	stored := a
 	stored.Network = req.Network // listed, not answered, as by the daemon
 	d.allocs[k] = stored
@@ -175,6 +203,16 @@ func (d *FakeDaemon) free() (netip.Addr, bool) {
 		if !d.Owned.Contains(a.Next()) {
 			break // keep the broadcast address free, as a real IPAM would
 		}
+		if !d.used[a] {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// free6 returns the lowest free address of Owned6 after its gateway.
+func (d *FakeDaemon) free6() (netip.Addr, bool) {
+	for a := d.Gateway6.Next(); d.Owned6.Contains(a); a = a.Next() {
 		if !d.used[a] {
 			return a, true
 		}
@@ -196,6 +234,9 @@ func (d *FakeDaemon) release(w http.ResponseWriter, r *http.Request) {
 func (d *FakeDaemon) drop(k key) {
 	if a, ok := d.allocs[k]; ok {
 		delete(d.used, netip.MustParsePrefix(a.Address).Addr())
+		if a.Address6 != "" {
+			delete(d.used, netip.MustParsePrefix(a.Address6).Addr())
+		}
 		delete(d.allocs, k)
 	}
 }

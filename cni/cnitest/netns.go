@@ -9,6 +9,7 @@ import (
 
 	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Host is a throwaway "node" netns wired as fastdp wires a node: a bridge
@@ -36,12 +37,25 @@ func NewHost(t testing.TB, d *FakeDaemon) *Host {
 	if err := h.AddrAdd(br, &netlink.Addr{IPNet: ipNet(gw)}); err != nil {
 		t.Fatalf("failed to add %s to bridge %q: %v", gw, name, err)
 	}
+	if d.Gateway6.IsValid() {
+		// As fastdp: the IPv6 gateway too, usable at once.
+		gw6 := netip.PrefixFrom(d.Gateway6, d.Gateway6.BitLen())
+		if err := h.AddrAdd(br, &netlink.Addr{IPNet: ipNet(gw6), Flags: unix.IFA_F_NODAD}); err != nil {
+			t.Fatalf("failed to add %s to bridge %q: %v", gw6, name, err)
+		}
+	}
 	if err := h.LinkSetUp(br); err != nil {
 		t.Fatalf("failed to set bridge %q up: %v", name, err)
 	}
 	r := &netlink.Route{LinkIndex: br.Attrs().Index, Dst: ipNet(d.Owned), Src: net.IP(d.Gateway.AsSlice()), Scope: netlink.SCOPE_LINK}
 	if err := h.RouteAdd(r); err != nil {
 		t.Fatalf("failed to route %s to bridge %q: %v", d.Owned, name, err)
+	}
+	if d.Gateway6.IsValid() {
+		r := &netlink.Route{LinkIndex: br.Attrs().Index, Dst: ipNet(d.Owned6), Src: net.IP(d.Gateway6.AsSlice()), Scope: netlink.SCOPE_LINK}
+		if err := h.RouteAdd(r); err != nil {
+			t.Fatalf("failed to route %s to bridge %q: %v", d.Owned6, name, err)
+		}
 	}
 	d.SetBridge(name)
 	return &Host{NS: ns, Bridge: name, h: h}

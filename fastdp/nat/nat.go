@@ -35,8 +35,15 @@
 // masquerade, which would pick the node's underlay address for the
 // WireGuard device (it has no address of its own).
 //
-// The table is mesh's alone: Set replaces it in one transaction, Remove
-// deletes it, and nothing else in it is touched by anyone.
+// In a dual-stack mesh (Config.ClusterRange6) a second table, "ip6
+// mesh-nat", does the same for IPv6 pods: outbound NAT (NAT66, to the
+// address of the interface the packet leaves by, as unique-local pod
+// addresses are not routable outside) and the overlay source for traffic
+// entering the WireGuard device from outside the IPv6 cluster range. Its
+// rules and comments are those of the IPv4 table with ip6 for ip.
+//
+// The tables are mesh's alone: Set replaces a table in one transaction,
+// Remove deletes both, and nothing else in them is touched by anyone.
 package nat
 
 import (
@@ -73,7 +80,10 @@ const MaxNoMasquerade = 64
 // priority is srcnat - 10: see the package comment.
 var priority = nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource - 10)
 
-var table = &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName}
+var (
+	table  = &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName}
+	table6 = &nftables.Table{Family: nftables.TableFamilyIPv6, Name: TableName}
+)
 
 // Config is the desired translation.
 type Config struct {
@@ -86,12 +96,21 @@ type Config struct {
 	NoMasquerade []netip.Prefix
 	// OverlayDevice is the WireGuard device.
 	OverlayDevice string
-	// Nodes are the underlay addresses of the other nodes of the mesh.
+	// Nodes are the underlay addresses of the other nodes of the mesh:
+	// the IPv4 ones for IPv4 pods, the IPv6 ones (an IPv6 underlay) for
+	// IPv6 pods.
 	Nodes []netip.Addr
 	// OverlayIP is the node's overlay address, the source given to traffic
 	// entering OverlayDevice from outside the cluster range; the zero value
 	// (a node owning no range yet) leaves such traffic alone.
 	OverlayIP netip.Addr
+	// ClusterRange6 and OverlayIP6 are the IPv6 cluster range of a
+	// dual-stack mesh and the node's IPv6 overlay address: with them the
+	// ip6 table masquerades IPv6 pods (with Masquerade) and gives the
+	// overlay source to IPv6 traffic entering OverlayDevice. The zero
+	// values (an IPv4-only mesh) leave no ip6 table.
+	ClusterRange6 netip.Prefix
+	OverlayIP6    netip.Addr
 }
 
 // Validate reports whether Set would accept c.
@@ -99,7 +118,8 @@ func (c *Config) Validate() error {
 	if c == nil {
 		return errors.New("invalid NAT config: nil")
 	}
-	if !c.ClusterRange.IsValid() || !c.ClusterRange.Addr().Is4() || c.ClusterRange != c.ClusterRange.Masked() {
+	// An IPv6-only mesh has no IPv4 range: ClusterRange6 alone.
+	if v6only := !c.ClusterRange.IsValid() && c.ClusterRange6.IsValid(); !v6only && (!c.ClusterRange.IsValid() || !c.ClusterRange.Addr().Is4() || c.ClusterRange != c.ClusterRange.Masked()) {
 		return fmt.Errorf("invalid NAT config: cluster range %s is not a masked IPv4 prefix", c.ClusterRange)
 	}
 	if len(c.NoMasquerade) > MaxNoMasquerade {
@@ -111,8 +131,19 @@ func (c *Config) Validate() error {
 		}
 	}
 	for _, a := range c.Nodes {
-		if !a.Is4() {
-			return fmt.Errorf("invalid NAT config: node address %s is not IPv4", a)
+		if !a.IsValid() || a.Is4In6() {
+			return fmt.Errorf("invalid NAT config: node address %s is neither IPv4 nor IPv6", a)
+		}
+	}
+	if r := c.ClusterRange6; r.IsValid() && (!r.Addr().Is6() || r.Addr().Is4In6() || r != r.Masked()) {
+		return fmt.Errorf("invalid NAT config: IPv6 cluster range %s is not a masked IPv6 prefix", r)
+	}
+	if a := c.OverlayIP6; a.IsValid() {
+		if !c.ClusterRange6.Contains(a) {
+			return fmt.Errorf("invalid NAT config: IPv6 overlay IP %s is outside the IPv6 cluster range %s", a, c.ClusterRange6)
+		}
+		if c.OverlayDevice == "" || len(c.OverlayDevice) > 15 {
+			return fmt.Errorf("invalid NAT config: overlay device %q is not an interface name", c.OverlayDevice)
 		}
 	}
 	if c.OverlayIP.IsValid() {
@@ -139,6 +170,9 @@ type rule struct {
 func (c *Config) rules() []rule {
 	var out []rule
 	cr := c.ClusterRange
+	if !cr.IsValid() {
+		return nil // IPv6 only: see rules6
+	}
 	if c.OverlayIP.IsValid() {
 		a := c.OverlayIP.As4()
 		out = append(out, rule{
@@ -162,14 +196,9 @@ func (c *Config) rules() []rule {
 				}),
 		})
 	}
-	if len(c.Nodes) > 0 {
-		// The set's content is in the comment as a digest.
-		h := sha256.New()
-		for _, a := range c.nodes() {
-			h.Write(a.AsSlice())
-		}
+	if nodes := c.nodes(false); len(nodes) > 0 {
 		out = append(out, rule{
-			comment: fmt.Sprintf("ip saddr %s ip daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(c.nodes()), h.Sum(nil)[:8]),
+			comment: fmt.Sprintf("ip saddr %s ip daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(nodes), nodesDigest(nodes)),
 			exprs: slices.Concat(prefixMatch(saddrOff, cr, true), []expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: 4},
 				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
@@ -198,14 +227,90 @@ func (c *Config) rules() []rule {
 	return out
 }
 
+// rules6 computes the ip6 table's chain: the IPv6 counterpart of rules,
+// the other nodes' addresses being their IPv6 ones (an IPv6 underlay);
+// none without an IPv6 cluster range.
+func (c *Config) rules6() []rule {
+	cr := c.ClusterRange6
+	if !cr.IsValid() {
+		return nil
+	}
+	var out []rule
+	if c.OverlayIP6.IsValid() {
+		a := c.OverlayIP6.As16()
+		out = append(out, rule{
+			comment: fmt.Sprintf("oifname %s ip6 saddr != %s snat to %s", c.OverlayDevice, cr, c.OverlayIP6),
+			exprs: slices.Concat(oifname(c.OverlayDevice), prefixMatch6(saddrOff6, cr, false),
+				[]expr.Any{
+					&expr.Immediate{Register: 1, Data: a[:]},
+					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV6, RegAddrMin: 1, RegAddrMax: 1},
+				}),
+		})
+	}
+	if nodes := c.nodes(true); len(nodes) > 0 {
+		out = append(out, rule{
+			comment: fmt.Sprintf("ip6 saddr %s ip6 daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(nodes), nodesDigest(nodes)),
+			exprs: slices.Concat(prefixMatch6(saddrOff6, cr, true), []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff6, Len: 16},
+				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
+				&expr.Masq{},
+			}),
+		})
+	}
+	if !c.Masquerade {
+		return out
+	}
+	return append(out, rule{
+		comment: fmt.Sprintf("ip6 daddr %s return", cr),
+		exprs:   slices.Concat(prefixMatch6(daddrOff6, cr, true), []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}),
+	}, rule{
+		comment: fmt.Sprintf("ip6 saddr %s masquerade", cr),
+		exprs:   slices.Concat(prefixMatch6(saddrOff6, cr, true), []expr.Any{&expr.Masq{}}),
+	})
+}
+
+// Offsets of the IPv6 header's addresses.
+const (
+	saddrOff6 = 8
+	daddrOff6 = 24
+)
+
+// prefixMatch6 is prefixMatch for the IPv6 address at off.
+func prefixMatch6(off uint32, p netip.Prefix, eq bool) []expr.Any {
+	mask := make([]byte, 16)
+	for i := range p.Bits() {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	a := p.Masked().Addr().As16()
+	op := expr.CmpOpEq
+	if !eq {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 16},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: mask, Xor: make([]byte, 16)},
+		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
+	}
+}
+
 // nodesSet is the set of the other nodes' addresses.
 const nodesSet = "nodes"
 
-// nodes returns Nodes sorted and without duplicates.
-func (c *Config) nodes() []netip.Addr {
-	ns := slices.Clone(c.Nodes)
+// nodes returns the Nodes of one family (IPv6 with v6), sorted and
+// without duplicates.
+func (c *Config) nodes(v6 bool) []netip.Addr {
+	ns := slices.DeleteFunc(slices.Clone(c.Nodes), func(a netip.Addr) bool { return a.Is6() != v6 })
 	slices.SortFunc(ns, netip.Addr.Compare)
 	return slices.Compact(ns)
+}
+
+// nodesDigest puts the content of the nodes set into its rule's comment.
+func nodesDigest(nodes []netip.Addr) []byte {
+	h := sha256.New()
+	for _, a := range nodes {
+		h.Write(a.AsSlice())
+	}
+	return h.Sum(nil)[:8]
 }
 
 const (
@@ -269,14 +374,29 @@ func (n *NAT) Set(cfg *Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	want := cfg.rules()
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	c, err := n.conn()
 	if err != nil {
 		return err
 	}
-	have, err := currentComments(c)
+	var nodes4, nodes6 []netip.Addr
+	if cfg.ClusterRange.IsValid() {
+		nodes4 = cfg.nodes(false)
+	}
+	if cfg.ClusterRange6.IsValid() {
+		nodes6 = cfg.nodes(true)
+	}
+	if err := n.setTable(c, table, cfg.rules(), nodes4); err != nil {
+		return err
+	}
+	return n.setTable(c, table6, cfg.rules6(), nodes6)
+}
+
+// setTable makes tb's chain hold want, with the set of nodes when there
+// are any; no rule removes the table.
+func (n *NAT) setTable(c *nftables.Conn, tb *nftables.Table, want []rule, nodes []netip.Addr) error {
+	have, err := currentComments(c, tb)
 	if err != nil {
 		return err
 	}
@@ -284,30 +404,34 @@ func (n *NAT) Set(cfg *Config) error {
 		if have == nil {
 			return nil
 		}
-		return n.remove(c)
+		return n.remove(c, tb)
 	}
 	if slices.EqualFunc(have, want, func(h string, w rule) bool { return h == w.comment }) {
 		return nil
 	}
-	c.AddTable(table)
-	c.DelTable(table)
-	c.AddTable(table)
+	c.AddTable(tb)
+	c.DelTable(tb)
+	c.AddTable(tb)
 	accept := nftables.ChainPolicyAccept
-	ch := c.AddChain(&nftables.Chain{Table: table, Name: chainName, Type: nftables.ChainTypeNAT,
+	ch := c.AddChain(&nftables.Chain{Table: tb, Name: chainName, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: priority, Policy: &accept})
-	if len(cfg.Nodes) > 0 {
-		set := &nftables.Set{Table: table, Name: nodesSet, KeyType: nftables.TypeIPAddr}
+	if len(nodes) > 0 {
+		keyType := nftables.TypeIPAddr
+		if tb.Family == nftables.TableFamilyIPv6 {
+			keyType = nftables.TypeIP6Addr
+		}
+		set := &nftables.Set{Table: tb, Name: nodesSet, KeyType: keyType}
 		var elems []nftables.SetElement
-		for _, a := range cfg.nodes() {
+		for _, a := range nodes {
 			elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
 		}
 		if err := c.AddSet(set, nil); err != nil {
-			return fmt.Errorf("failed to add set %s of table ip %s: %w", nodesSet, TableName, err)
+			return fmt.Errorf("failed to add set %s of %s: %w", nodesSet, nftutil.TableString(tb), err)
 		}
 		// In chunks: one netlink message holds some thousand elements.
 		for chunk := range slices.Chunk(elems, 512) {
 			if err := c.SetAddElements(set, chunk); err != nil {
-				return fmt.Errorf("failed to add elements to set %s of table ip %s: %w", nodesSet, TableName, err)
+				return fmt.Errorf("failed to add elements to set %s of %s: %w", nodesSet, nftutil.TableString(tb), err)
 			}
 		}
 		for i := range want {
@@ -319,11 +443,11 @@ func (n *NAT) Set(cfg *Config) error {
 		}
 	}
 	for _, r := range want {
-		c.AddRule(&nftables.Rule{Table: table, Chain: ch, Exprs: r.exprs,
+		c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: r.exprs,
 			UserData: userdata.AppendString(nil, userdata.TypeComment, r.comment)})
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("failed to program nftables table ip %s: %w", TableName, err)
+		return fmt.Errorf("failed to program nftables %s: %w", nftutil.TableString(tb), err)
 	}
 	return nil
 }
@@ -331,24 +455,24 @@ func (n *NAT) Set(cfg *Config) error {
 // currentComments lists the comments of the chain's rules in order; nil
 // when the table or chain does not exist, or the chain is not as Set makes
 // it. An empty chain gives an empty, non-nil list.
-func currentComments(c *nftables.Conn) ([]string, error) {
-	ch, err := c.ListChain(table, chainName)
+func currentComments(c *nftables.Conn, tb *nftables.Table) ([]string, error) {
+	ch, err := c.ListChain(tb, chainName)
 	if err != nil {
 		if isNotExist(err) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("failed to look up chain %s of table ip %s: %w", chainName, TableName, err)
+		return nil, fmt.Errorf("failed to look up chain %s of %s: %w", chainName, nftutil.TableString(tb), err)
 	}
 	if ch == nil || ch.Hooknum == nil || *ch.Hooknum != *nftables.ChainHookPostrouting ||
 		ch.Priority == nil || *ch.Priority != *priority || ch.Type != nftables.ChainTypeNAT {
 		return nil, nil
 	}
-	rs, err := c.GetRules(table, ch)
+	rs, err := c.GetRules(tb, ch)
 	if err != nil {
 		if isNotExist(err) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("failed to list the rules of table ip %s: %w", TableName, err)
+		return nil, fmt.Errorf("failed to list the rules of %s: %w", nftutil.TableString(tb), err)
 	}
 	out := make([]string, 0, len(rs))
 	for _, r := range rs {
@@ -358,7 +482,7 @@ func currentComments(c *nftables.Conn) ([]string, error) {
 	return out, nil
 }
 
-// Remove deletes the table; no error if it does not exist.
+// Remove deletes both tables; no error if they do not exist.
 func (n *NAT) Remove() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -366,14 +490,19 @@ func (n *NAT) Remove() error {
 	if err != nil {
 		return err
 	}
-	return n.remove(c)
+	for _, tb := range []*nftables.Table{table, table6} {
+		if err := n.remove(c, tb); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func (n *NAT) remove(c *nftables.Conn) error {
-	c.AddTable(table)
-	c.DelTable(table)
+func (n *NAT) remove(c *nftables.Conn, tb *nftables.Table) error {
+	c.AddTable(tb)
+	c.DelTable(tb)
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("failed to delete nftables table ip %s: %w", TableName, err)
+		return fmt.Errorf("failed to delete nftables %s: %w", nftutil.TableString(tb), err)
 	}
 	return nil
 }

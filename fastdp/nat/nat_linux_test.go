@@ -166,7 +166,7 @@ func TestValidate(t *testing.T) {
 		{"unmasked exemption", Config{ClusterRange: cr, NoMasquerade: []netip.Prefix{netip.MustParsePrefix("192.168.1.1/16")}}, "192.168.1.1/16"},
 		{"too many exemptions", Config{ClusterRange: cr, NoMasquerade: many}, "at most"},
 		{"overlay outside range", Config{ClusterRange: cr, OverlayDevice: "mesh-wg", OverlayIP: netip.MustParseAddr("10.64.0.1")}, "outside"},
-		{"IPv6 node", Config{ClusterRange: cr, Nodes: []netip.Addr{netip.MustParseAddr("fd00::1")}}, "not IPv4"},
+		{"IPv4-mapped node", Config{ClusterRange: cr, Nodes: []netip.Addr{netip.MustParseAddr("::ffff:192.0.2.1")}}, "neither IPv4 nor IPv6"},
 		{"overlay without device", Config{ClusterRange: cr, OverlayIP: netip.MustParseAddr("10.32.0.1")}, "overlay device"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -178,5 +178,91 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestSetIPv6: with an IPv6 cluster range the ip6 table masquerades IPv6
+// pods leaving the cluster range and gives traffic entering the overlay
+// device the IPv6 overlay address; without one there is no ip6 table, and
+// Remove deletes both.
+func TestSetIPv6(t *testing.T) {
+	testnet.RequireRoot(t)
+	ns := netnstest.New(t)
+	n := natIn(t, ns)
+	v4 := Config{
+		ClusterRange:  netip.MustParsePrefix("10.32.0.0/12"),
+		Masquerade:    true,
+		OverlayDevice: "mesh-wg",
+		OverlayIP:     netip.MustParseAddr("10.32.0.1"),
+	}
+	if err := n.Set(&v4); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nsNFT(t, ns, "list", "table", "ip6", TableName); err == nil {
+		t.Fatalf("an IPv4-only config made an ip6 table:\n%s", out)
+	}
+	dual := v4
+	dual.ClusterRange6 = netip.MustParsePrefix("fd32::/48")
+	dual.OverlayIP6 = netip.MustParseAddr("fd32::1")
+	// An underlay of both families: each table takes its own.
+	dual.Nodes = []netip.Addr{netip.MustParseAddr("192.0.2.12"), netip.MustParseAddr("fd98::2")}
+	if err := n.Set(&dual); err != nil {
+		t.Fatal(err)
+	}
+	out, err := nsNFT(t, ns, "list", "table", "ip6", TableName)
+	if err != nil {
+		t.Fatalf("nft list: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"type nat hook postrouting priority srcnat - 10; policy accept;",
+		`oifname "mesh-wg" ip6 saddr != fd32::/48 snat to fd32::1 comment`,
+		"ip6 daddr fd32::/48 return",
+		"ip6 saddr fd32::/48 masquerade",
+		"ip6 saddr fd32::/48 ip6 daddr @nodes masquerade",
+		"elements = { fd98::2 }",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("ip6 table lacks %q:\n%s", want, out)
+		}
+	}
+	if out4, err := nsNFT(t, ns, "list", "table", "ip", TableName); err != nil || !strings.Contains(out4, "ip saddr 10.32.0.0/12 masquerade") ||
+		!strings.Contains(out4, "elements = { 192.0.2.12 }") {
+		t.Errorf("the ip table beside the ip6 one: %v\n%s", err, out4)
+	}
+	noMasq := dual
+	noMasq.Masquerade = false
+	if err := n.Set(&noMasq); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := nsNFT(t, ns, "list", "table", "ip6", TableName); strings.Contains(out, "ip6 saddr fd32::/48 masquerade") ||
+		!strings.Contains(out, "snat to fd32::1") || !strings.Contains(out, "@nodes masquerade") {
+		t.Errorf("without masquerade the ip6 table keeps the overlay and nodes rules only:\n%s", out)
+	}
+	for _, bad := range []Config{
+		{ClusterRange: v4.ClusterRange, ClusterRange6: netip.MustParsePrefix("10.64.0.0/12")},
+		{ClusterRange: v4.ClusterRange, ClusterRange6: dual.ClusterRange6, OverlayIP6: netip.MustParseAddr("fd33::1"), OverlayDevice: "mesh-wg"},
+	} {
+		if err := bad.Validate(); err == nil {
+			t.Errorf("Validate accepts %+v", bad)
+		}
+	}
+	// IPv6 only: no IPv4 range, so no ip table.
+	only6 := Config{ClusterRange6: dual.ClusterRange6, OverlayIP6: dual.OverlayIP6, OverlayDevice: "mesh-wg", Masquerade: true}
+	if err := n.Set(&only6); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nsNFT(t, ns, "list", "table", "ip", TableName); err == nil {
+		t.Errorf("an IPv6-only config kept the ip table:\n%s", out)
+	}
+	if out, _ := nsNFT(t, ns, "list", "table", "ip6", TableName); !strings.Contains(out, "ip6 saddr fd32::/48 masquerade") {
+		t.Errorf("IPv6-only ip6 table:\n%s", out)
+	}
+	if err := n.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range []string{"ip", "ip6"} {
+		if out, err := nsNFT(t, ns, "list", "table", fam, TableName); err == nil {
+			t.Errorf("table %s %s left after Remove:\n%s", fam, TableName, out)
+		}
 	}
 }

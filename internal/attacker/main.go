@@ -4,13 +4,15 @@
 // or to the address it is given.
 //
 //	attacker udp-send -src IP -dst IP -port N -tag T [-n COUNT]  IPv4/UDP with any source (raw socket)
-//	attacker udp-listen -port N -for DURATION                     print "from IP TAG" per datagram
+//	attacker udp6-send -src IP -dst IP -port N -tag T [-n COUNT] IPv6/UDP from any source (IPV6_FREEBIND)
+//	attacker udp-listen [-net udp6] -port N -for DURATION         print "from IP TAG" per datagram
 //	attacker l2-udp -dev IF -dstmac MAC [-srcmac MAC] -src IP -dst IP -port N -tag T  the same in an Ethernet frame to MAC
 //	attacker arp -dev IF -claim IP                           gratuitous ARP replies claiming IP
 //	attacker ra -dev IF -prefix P/64                         ICMPv6 router advertisements to ff02::1
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"flag"
@@ -18,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,7 +28,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: attacker udp-send|udp-listen|arp|ra [flags]")
+		fmt.Fprintln(os.Stderr, "usage: attacker udp-send|udp6-send|l2-udp|udp-listen|arp|ra [flags]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
@@ -40,6 +43,7 @@ func main() {
 	tag := fs.String("tag", "x", "udp-send: payload, printed by udp-listen")
 	dstMAC := fs.String("dstmac", "", "l2-udp: destination MAC")
 	srcMAC := fs.String("srcmac", "", "l2-udp: source MAC (default: the interface's)")
+	network := fs.String("net", "udp4", "udp-listen: udp4 or udp6")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
@@ -53,8 +57,10 @@ func main() {
 		if err == nil {
 			err = l2UDP(*dev, dmac, smac, netip.MustParseAddr(*src), netip.MustParseAddr(*dst), *port, *count, *tag)
 		}
+	case "udp6-send":
+		err = udp6Send(netip.MustParseAddr(*src), netip.MustParseAddr(*dst), *port, *count, *tag)
 	case "udp-listen":
-		err = udpListen(*port, *dur)
+		err = udpListen(*network, *port, *dur)
 	case "arp":
 		err = arp(*dev, netip.MustParseAddr(*claim), *count)
 	case "ra":
@@ -94,6 +100,34 @@ func udpSend(src, dst netip.Addr, port, n int, tag string) error {
 	for range n {
 		if err := unix.Sendto(fd, pkt, 0, to); err != nil {
 			return fmt.Errorf("send to %s: %w", dst, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
+
+// udp6Send sends IPv6/UDP datagrams from src, which need not be an address
+// of this host (IPV6_FREEBIND): the kernel routes them as its own.
+func udp6Send(src, dst netip.Addr, port, n int, tag string) error {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_FREEBIND, 1)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	c, err := lc.ListenPacket(context.Background(), "udp6", netip.AddrPortFrom(src, 0).String())
+	if err != nil {
+		return fmt.Errorf("bind to %s: %w", src, err)
+	}
+	defer c.Close()
+	to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, uint16(port)))
+	for range n {
+		if _, err := c.WriteTo([]byte(tag), to); err != nil {
+			return fmt.Errorf("send to %s: %w", to, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -154,8 +188,8 @@ func udpPacket(src, dst netip.Addr, port int, tag string) []byte {
 	return pkt
 }
 
-func udpListen(port int, d time.Duration) error {
-	c, err := net.ListenPacket("udp4", fmt.Sprintf(":%d", port))
+func udpListen(network string, port int, d time.Duration) error {
+	c, err := net.ListenPacket(network, fmt.Sprintf(":%d", port))
 	if err != nil {
 		return err
 	}
