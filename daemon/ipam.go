@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -53,7 +54,7 @@ func quietRefusal(err error) error {
 	return err
 }
 
-func (d *Daemon) startIPAM(initialPeers int) error {
+func (d *Daemon) startIPAM(initialPeers int, signKey ed25519.PrivateKey) error {
 	ch := &ipamChannel{}
 	sender, err := d.members.Register(mesh.ChannelIPAM, ch)
 	if err != nil {
@@ -68,12 +69,14 @@ func (d *Daemon) startIPAM(initialPeers int) error {
 	cfg.ReclaimAfter = d.cfg.ReclaimAfter
 	cfg.Logger = d.log
 	cfg.IsMember = d.members.IsMember
+	cfg.Identities = &ipamIdentities{self: d.id.Name, key: signKey, members: d.members}
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return err
 	}
 	d.ipam = a
 	ch.a.Store(a)
+	d.announceSignedInfos() // at once after a restart that signed before
 	return nil
 }
 
@@ -89,6 +92,7 @@ func (d *Daemon) tickLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			d.ipam.Tick()
+			d.announceSignedInfos()
 			d.health.beat(loopIPAMTick, time.Now())
 		case live := <-d.ipamMembers:
 			d.ipam.SetMembers(live)

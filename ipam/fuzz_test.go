@@ -116,7 +116,7 @@ func FuzzLoadStateFile(f *testing.F) {
 	st := newState(256)
 	st.seed = seed{1, 1}
 	st.ring = seededRing(256, []string{"a", "b"})
-	good, _ := encodeFile(cfg, "id", st, []Allocation{{ContainerID: "c1", IfName: "eth0", Addr: netip.MustParseAddr("10.0.0.5")}}, paxosDurable{}, gateway{}, 0)
+	good, _ := encodeFile(cfg, "id", st, []Allocation{{ContainerID: "c1", IfName: "eth0", Addr: netip.MustParseAddr("10.0.0.5")}}, paxosDurable{}, gateway{}, 0, false)
 	f.Add(good)
 	f.Add(good[:len(good)/2])
 	f.Add([]byte(`{"format":1,"range":"10.0.0.0/24","self":"a","state":null}`))

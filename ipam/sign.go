@@ -1,0 +1,163 @@
+package ipam
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// Signed peer infos (docs/ipam.md, "Signed peer infos"). Each peer info
+// travels with the signature of the node it describes, or for a removal
+// of the node that wrote it, so that a holder of the mesh key cannot
+// speak for another peer. Signatures are per info, not per message:
+// states carry the infos of other peers (causal closure), and an info
+// keeps its signature wherever it travels and in the state file. The
+// package does no cryptography itself: Config.Identities signs and
+// verifies with the node identities of the membership.
+
+// Identities signs this peer's infos and verifies others'. The daemon
+// implements it with the node's signing key and the membership's name
+// bindings. Its methods are called with the Allocator's lock held: they
+// must not call back into the Allocator.
+type Identities interface {
+	// Sign returns this node's signature of msg (64 bytes, ed25519).
+	Sign(msg []byte) []byte
+	// Verify checks sig of msg by the identity bound to name: nil, or
+	// an error wrapping ErrUnknownSigner when no identity is bound to
+	// name, or ErrBadSignature when sig does not verify.
+	Verify(name string, msg, sig []byte) error
+	// SendsUnsigned says whether name is a live member that does not
+	// send signed infos: a node of a release without them, or one that
+	// has not yet seen every member able to read them (it says so in its
+	// metadata). Its unsigned infos are accepted, as long as none signed
+	// was seen of it.
+	SendsUnsigned(name string) bool
+	// AllRead says whether another member is known and every member (a
+	// live one, or one gone only a short while) reads states with
+	// signatures. From the first true on, this peer sends them for good.
+	AllRead() bool
+}
+
+// InfoSigFormat is the version of signed infos this release reads and
+// writes (infoSigBytes and the MIP3/MIP7 layouts).
+const InfoSigFormat = 1
+
+const (
+	infoSigDomain = "mesh ipam peer info signature v1"
+	sigSize       = 64 // ed25519
+)
+
+var (
+	// ErrUnknownSigner means no identity is bound to a signer's name.
+	ErrUnknownSigner = errors.New("ipam: no identity is bound to the signer's name")
+	// ErrBadSignature means a peer info's signature does not verify.
+	ErrBadSignature = errors.New("ipam: peer info signature does not verify")
+)
+
+// infoSigBytes is what a signature of name's info p covers: a domain, the
+// cluster range (an info of one mesh is no info of another), the name,
+// the writer and every field of p, each unambiguous (lengths first).
+func infoSigBytes(prefix netip.Prefix, name string, p peerInfo) []byte {
+	b := make([]byte, 0, 96+len(name)+len(p.Writer)+len(p.ID)+5*len(p.Held))
+	b = append(b, infoSigDomain...)
+	b = append(b, 0)
+	for _, s := range []string{prefix.String(), name, p.Writer, p.ID} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	b = binary.AppendUvarint(b, p.Epoch)
+	b = binary.AppendUvarint(b, p.Version)
+	b = binary.AppendUvarint(b, p.Free)
+	var flags byte
+	if p.Leased {
+		flags |= 1
+	}
+	if p.Removed {
+		flags |= 2
+	}
+	b = append(b, flags)
+	b = binary.AppendUvarint(b, uint64(len(p.Held)))
+	for _, h := range p.Held {
+		b = binary.AppendUvarint(b, h)
+	}
+	return b
+}
+
+// signLocked returns p, written by this peer about name, with this peer's
+// signature; without Identities, unsigned.
+func (a *Allocator) signLocked(name string, p peerInfo) peerInfo {
+	p.Writer, p.Sig = "", nil
+	if a.cfg.Identities == nil {
+		return p
+	}
+	p.Writer = a.cfg.Self
+	p.Sig = a.cfg.Identities.Sign(infoSigBytes(a.cfg.Range, name, p))
+	return p
+}
+
+// sendSignedLocked says whether this peer's states carry signatures
+// (MIP3/MIP7): once every member reads them, for good (persisted, so a
+// restart does not go back to states without them).
+func (a *Allocator) sendSignedLocked() bool {
+	if a.signedWire || a.cfg.Identities == nil {
+		return a.signedWire
+	}
+	if a.cfg.Identities.AllRead() {
+		a.signedWire = true
+		a.dirty = true
+		a.log.Info("every member reads signed peer infos: sending states with signatures from now on")
+	}
+	return a.signedWire
+}
+
+// SignsInfos says whether this peer sends its states with signatures; the
+// daemon announces it in the node's metadata, so that from then on the
+// others accept no unsigned info of this peer. Non-blocking.
+func (a *Allocator) SignsInfos() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.sendSignedLocked()
+}
+
+// signatureRuleLocked applies the signature rules to p, a remote info of
+// name that would replace cur (the zero info if none): it returns the
+// reason to refuse it and a description, or "" to accept it. Called after
+// the cheap bounds, so that invented names cost no verification.
+//
+//   - A signed info must be signed by name itself, or be a removal
+//     (rmpeer, a Node deletion) signed by any node with a bound identity.
+//   - Until this peer sends signed states (the mesh is being upgraded),
+//     an unsigned info is accepted as by the previous release.
+//   - From then on, an unsigned info is accepted only of a live member
+//     that sends unsigned infos (SendsUnsigned), and never of a name
+//     whose info this peer holds signed (no downgrade).
+func (a *Allocator) signatureRuleLocked(name string, p, cur peerInfo) (string, string) {
+	ids := a.cfg.Identities
+	if ids == nil {
+		return "", ""
+	}
+	if len(p.Sig) == 0 {
+		switch {
+		case !a.signedWire:
+			return "", ""
+		case len(cur.Sig) > 0:
+			return RejectUnsigned, fmt.Sprintf("unsigned info, but its info here is signed by %s (no downgrade)", cur.Writer)
+		case !ids.SendsUnsigned(name):
+			return RejectUnsigned, "unsigned info of a name that is no live member sending unsigned infos"
+		}
+		return "", ""
+	}
+	if p.Writer != name && !p.Removed {
+		return RejectBadSignature, fmt.Sprintf("signed by %s: only the peer itself signs its infos (others only removals)", p.Writer)
+	}
+	err := ids.Verify(p.Writer, infoSigBytes(a.cfg.Range, name, p), p.Sig)
+	switch {
+	case err == nil:
+		return "", ""
+	case errors.Is(err, ErrUnknownSigner):
+		return RejectUnknownSigner, fmt.Sprintf("signed by %s, whose name is bound to no identity", p.Writer)
+	default:
+		return RejectBadSignature, fmt.Sprintf("signature by %s: %v", p.Writer, err)
+	}
+}
