@@ -47,9 +47,9 @@ const (
 	stateMagic6       = "MIP6" // IPv6
 	stateMagicSigned  = "MIP3" // IPv4 with signed peer infos
 	stateMagicSigned6 = "MIP7" // IPv6 with signed peer infos
-	magicFamily = "MIP"  // what the magics share, for a clearer error
-	maxName     = 255
-	maxItems    = 1 << 22 // bound on any count, well above 1000 peers
+	magicFamily       = "MIP"  // what the magics share, for a clearer error
+	maxName           = 255
+	maxItems          = 1 << 22 // bound on any count, well above 1000 peers
 )
 
 type wireState struct {

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"crypto/rand"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -197,6 +198,30 @@ func attacks(w ipam.Wire, first []byte, self, victim, other string) []attack {
 		v.Held = spanOffsets(*c, other, 2000)
 		c.Peers[victim] = v
 	})
+	// Claims under a live node's name within every bound, which only the
+	// signatures of peer infos stop: the victim holds a few addresses of
+	// the other node's space, unsigned, then with a forged signature; and
+	// the victim removed by the forger (as rmpeer writes it), signed by
+	// the forger, whose name is bound to no identity.
+	claim := func(c *ipam.Wire) ipam.WirePeer {
+		v := c.Peers[victim]
+		v.Version = now
+		v.Held = spanOffsets(*c, other, 8)
+		v.Writer, v.Sig = "", nil
+		return v
+	}
+	add("live-name-unsigned", func(c *ipam.Wire) {
+		c.Peers[victim] = claim(c)
+	})
+	add("live-name-forged-signature", func(c *ipam.Wire) {
+		v := claim(c)
+		v.Writer, v.Sig = victim, randomSig()
+		c.Peers[victim] = v
+	})
+	add("rmpeer-forged", func(c *ipam.Wire) {
+		v := c.Peers[victim]
+		c.Peers[victim] = ipam.WirePeer{Epoch: v.Epoch + 1, Version: now, ID: v.ID, Removed: true, Writer: self, Sig: randomSig()}
+	})
 	// The forger holds 2000 addresses of the victim's space.
 	add("foreign-held", func(c *ipam.Wire) {
 		c.Peers[self] = ipam.WirePeer{Version: now, ID: "hostile", Held: spanOffsets(*c, victim, 2000)}
@@ -223,6 +248,13 @@ func attacks(w ipam.Wire, first []byte, self, victim, other string) []attack {
 	// A replayed old state, as it was first captured.
 	out = append(out, attack{"replay", append([]byte{1}, first...)})
 	return out
+}
+
+// randomSig is 64 bytes no identity signed.
+func randomSig() []byte {
+	b := make([]byte, 64)
+	_, _ = rand.Read(b)
+	return b
 }
 
 func clone(w ipam.Wire) ipam.Wire {
