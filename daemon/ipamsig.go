@@ -43,6 +43,13 @@ func (i *ipamIdentities) SendsUnsigned(name string) bool {
 	return ok && m.State.Live() && m.Meta.IPAMInfos < mesh.IPAMInfosSigned
 }
 
+// Switching: a live member that says it reads signed states but does not
+// send them yet.
+func (i *ipamIdentities) Switching(name string) bool {
+	m, ok := i.members.Member(name)
+	return ok && m.State.Live() && m.Meta.IPAMInfos == mesh.IPAMInfosRead
+}
+
 // signedInfosGrace is how long a member that is gone still holds back
 // states with signatures when it cannot read them: a node of the previous
 // release that restarts or reboots during an upgrade reads the states it

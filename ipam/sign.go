@@ -33,6 +33,13 @@ type Identities interface {
 	// metadata). Its unsigned infos are accepted, as long as none signed
 	// was seen of it.
 	SendsUnsigned(name string) bool
+	// Switching says whether name is a live member that reads states
+	// with signatures but does not send them yet (it says so in its
+	// metadata): a node that has just started and has not yet seen that
+	// every member reads them. The infos of others it relays come
+	// without their signatures; they are dropped without being counted
+	// as refusals.
+	Switching(name string) bool
 	// AllRead says whether another member is known and every member (a
 	// live one, or one gone only a short while) reads states with
 	// signatures. From the first true on, this peer sends them for good.
@@ -121,9 +128,10 @@ func (a *Allocator) SignsInfos() bool {
 }
 
 // signatureRuleLocked applies the signature rules to p, a remote info of
-// name that would replace cur (the zero info if none): it returns the
-// reason to refuse it and a description, or "" to accept it. Called after
-// the cheap bounds, so that invented names cost no verification.
+// name that would replace cur (the zero info if none), in a state from
+// sender: it returns the reason to refuse it and a description, or "" to
+// accept it; skip drops it without counting a refusal. Called after the
+// cheap bounds, so that invented names cost no verification.
 //
 //   - A signed info must be signed by name itself, or be a removal
 //     (rmpeer, a Node deletion) signed by any node with a bound identity.
@@ -131,33 +139,37 @@ func (a *Allocator) SignsInfos() bool {
 //     an unsigned info is accepted as by the previous release.
 //   - From then on, an unsigned info is accepted only of a live member
 //     that sends unsigned infos (SendsUnsigned), and never of a name
-//     whose info this peer holds signed (no downgrade).
-func (a *Allocator) signatureRuleLocked(name string, p, cur peerInfo) (string, string) {
+//     whose info this peer holds signed (no downgrade). One relayed by a
+//     member that is switching (a node that just joined) is dropped
+//     without a word: it could not send the signature it may hold.
+func (a *Allocator) signatureRuleLocked(name, sender string, p, cur peerInfo) (reason, detail string, skip bool) {
 	ids := a.cfg.Identities
 	if ids == nil {
-		return "", ""
+		return "", "", false
 	}
 	if len(p.Sig) == 0 {
 		switch {
 		case !a.signedWire:
-			return "", ""
+			return "", "", false
+		case len(cur.Sig) == 0 && ids.SendsUnsigned(name):
+			return "", "", false
+		case sender != name && ids.Switching(sender):
+			return "", "", true
 		case len(cur.Sig) > 0:
-			return RejectUnsigned, fmt.Sprintf("unsigned info, but its info here is signed by %s (no downgrade)", cur.Writer)
-		case !ids.SendsUnsigned(name):
-			return RejectUnsigned, "unsigned info of a name that is no live member sending unsigned infos"
+			return RejectUnsigned, fmt.Sprintf("unsigned info, but its info here is signed by %s (no downgrade)", cur.Writer), false
 		}
-		return "", ""
+		return RejectUnsigned, "unsigned info of a name that is no live member sending unsigned infos", false
 	}
 	if p.Writer != name && !p.Removed {
-		return RejectBadSignature, fmt.Sprintf("signed by %s: only the peer itself signs its infos (others only removals)", p.Writer)
+		return RejectBadSignature, fmt.Sprintf("signed by %s: only the peer itself signs its infos (others only removals)", p.Writer), false
 	}
 	err := ids.Verify(p.Writer, infoSigBytes(a.cfg.Range, name, p), p.Sig)
 	switch {
 	case err == nil:
-		return "", ""
+		return "", "", false
 	case errors.Is(err, ErrUnknownSigner):
-		return RejectUnknownSigner, fmt.Sprintf("signed by %s, whose name is bound to no identity", p.Writer)
+		return RejectUnknownSigner, fmt.Sprintf("signed by %s, whose name is bound to no identity", p.Writer), false
 	default:
-		return RejectBadSignature, fmt.Sprintf("signature by %s: %v", p.Writer, err)
+		return RejectBadSignature, fmt.Sprintf("signature by %s: %v", p.Writer, err), false
 	}
 }

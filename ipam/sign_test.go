@@ -16,13 +16,14 @@ import (
 // keys bound; legacy names send unsigned infos; allRead is what AllRead
 // says.
 type testIdentities struct {
-	keys    map[string]ed25519.PrivateKey
-	legacy  map[string]bool
-	allRead bool
+	keys      map[string]ed25519.PrivateKey
+	legacy    map[string]bool
+	switching map[string]bool
+	allRead   bool
 }
 
 func newTestIdentities(bound ...string) *testIdentities {
-	ids := &testIdentities{keys: map[string]ed25519.PrivateKey{}, legacy: map[string]bool{}, allRead: true}
+	ids := &testIdentities{keys: map[string]ed25519.PrivateKey{}, legacy: map[string]bool{}, switching: map[string]bool{}, allRead: true}
 	for _, n := range bound {
 		ids.keys[n] = testKey(n)
 	}
@@ -57,6 +58,7 @@ func (n nodeIdentities) Verify(name string, msg, sig []byte) error {
 
 func (n nodeIdentities) SendsUnsigned(name string) bool { return n.ids.legacy[name] }
 func (n nodeIdentities) AllRead() bool                  { return n.ids.allRead }
+func (n nodeIdentities) Switching(name string) bool     { return n.ids.switching[name] }
 
 // signedNet is three peers a, b, c with identities on a /16, settled, a
 // pod on a; "evil" (the forger's own name) is a member of the previous
@@ -203,6 +205,18 @@ func TestSignedInfosRules(t *testing.T) {
 		}, func(t *testing.T, before, after peerInfo) {
 			if !after.Removed || after.Writer != "c" || after.Epoch != before.Epoch+1 {
 				t.Fatalf("c's removal of b not taken: %+v", after)
+			}
+		}},
+		{"unsigned info relayed by a member switching to signatures is dropped, not counted", "", func(t *testing.T, net *simNet, w *wireState) {
+			net.ids.switching["d"] = true
+			w.sender = "d"
+			b := w.st.peers["b"]
+			b.Version++
+			b.Writer, b.Sig = "", nil
+			w.st.peers["b"] = b
+		}, func(t *testing.T, before, after peerInfo) {
+			if comparePeerInfo(after, before) != 0 {
+				t.Fatalf("b's info changed: %+v, was %+v", after, before)
 			}
 		}},
 		{"unsigned info of a member of the previous release is accepted", "", func(t *testing.T, net *simNet, w *wireState) {

@@ -195,7 +195,11 @@ func (a *Allocator) screenLocked(w *wireState) error {
 		case !known && len(space[name]) == 0 && !a.isMember(name) && !(p.Removed && len(p.Held) > 0):
 			reason, detail = RejectUnknownPeer, "not a member and owns no space"
 		default:
-			reason, detail = a.signatureRuleLocked(name, p, cur)
+			var skip bool
+			if reason, detail, skip = a.signatureRuleLocked(name, w.sender, p, cur); skip {
+				delete(w.st.peers, name)
+				continue
+			}
 		}
 		if reason != "" {
 			if _, ok := refused[reason]; !ok {
