@@ -32,7 +32,7 @@ import (
 // writer is a name index (0: the info is unsigned), sigLen 0 or 64, sig
 // the writer's ed25519 signature of infoSigBytes. A release before signed
 // infos refuses these magics ("unknown IPAM state layout"), so a peer sends
-// them only once every member reads them (Identities.AllSign); until then
+// them only once every member reads them (Identities.AllRead); until then
 // it sends MIP2/MIP6 without signatures.
 //
 // The IPv4 form is unchanged, byte for byte, from the release before IPv6
@@ -56,6 +56,9 @@ type wireState struct {
 	prefix netip.Prefix
 	sender string
 	st     state
+	// verified holds the signature checks done before the merge took
+	// the lock (preVerify), by name; not part of the wire form.
+	verified map[string]error
 }
 
 // encodeState is the form every release reads: MIP2 or MIP6, without

@@ -87,6 +87,7 @@ func (a *Allocator) MergeRemoteState(buf []byte) error {
 		a.refuseCorrupt("", err)
 		return fmt.Errorf("%w: %v", ErrCorruptState, err)
 	}
+	w.verified = a.preVerify(w)
 	a.mu.Lock()
 	err = a.mergeLocked(w)
 	out := a.takeOutbox()
@@ -110,7 +111,9 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	var w wireState
 	var err error
 	if msg[0] == msgState || msg[0] == msgEchoReq {
-		w, err = decodeState(msg[1:])
+		if w, err = decodeState(msg[1:]); err == nil {
+			w.verified = a.preVerify(w)
+		}
 	}
 	a.mu.Lock()
 	if a.closed {

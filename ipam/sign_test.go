@@ -462,3 +462,48 @@ func TestSignedStateFileRoundTrip(t *testing.T) {
 		t.Fatalf("rewritten file: format %d, signedInfos %v, %v", nf.Format, nf.SignedInfos, err)
 	}
 }
+
+// lockWatch is an Identities that records whether the allocator's lock
+// was held while a signature was verified.
+type lockWatch struct {
+	Identities
+	a               *Allocator
+	inside, outside int
+}
+
+func (l *lockWatch) Verify(name string, msg, sig []byte) error {
+	if l.a.mu.TryLock() {
+		l.a.mu.Unlock()
+		l.outside++
+	} else {
+		l.inside++
+	}
+	return l.Identities.Verify(name, msg, sig)
+}
+
+// TestSignaturesVerifiedOutsideTheLock: merging a state whose heartbeats
+// moved verifies each newer info's signature before the merge takes the
+// allocator's lock, so that a state of a large mesh does not hold up
+// Allocate for a verification per peer.
+func TestSignaturesVerifiedOutsideTheLock(t *testing.T) {
+	ids := newTestIdentities("a", "b", "c")
+	net, a := signedNet(t, ids)
+	for range 2 {
+		net.clock.Advance(1e9)
+		net.nodes["b"].Tick()
+		net.nodes["c"].Tick()
+	}
+	watch := &lockWatch{Identities: a.Allocator.cfg.Identities, a: a.Allocator}
+	a.Allocator.cfg.Identities = watch
+	for _, n := range []string{"b", "c"} {
+		if err := a.MergeRemoteState(net.nodes[n].LocalState()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if watch.outside == 0 || watch.inside != 0 {
+		t.Fatalf("verified %d signatures outside the lock and %d inside", watch.outside, watch.inside)
+	}
+	if r := a.Status().Rejected; len(r) != 0 {
+		t.Fatalf("refused honest input: %v", r)
+	}
+}

@@ -196,7 +196,7 @@ func (a *Allocator) screenLocked(w *wireState) error {
 			reason, detail = RejectUnknownPeer, "not a member and owns no space"
 		default:
 			var skip bool
-			if reason, detail, skip = a.signatureRuleLocked(name, w.sender, p, cur); skip {
+			if reason, detail, skip = a.signatureRuleLocked(name, w.sender, p, cur, w.verified); skip {
 				delete(w.st.peers, name)
 				continue
 			}
