@@ -113,6 +113,16 @@ func TestUpgradeFromPreviousReleaseNodeByNode(t *testing.T) {
 		restart(n, newBin)
 	}
 	waitKeys(t, nodes, []string{pw.ID()}, pw.ID())
+	// No honest info was refused for its signature on the way.
+	for _, n := range nodes {
+		for _, p := range n.MustStatus().IPAM.Problems {
+			for _, r := range []string{"unsigned-info", "bad-info-signature", "unknown-signer"} {
+				if strings.Contains(p, "("+r+")") {
+					t.Errorf("%s refused honest IPAM input during the upgrade: %q", n.Host.Name, p)
+				}
+			}
+		}
+	}
 	lost, sent := stopPings(t, pings)
 	t.Logf("upgrade with 6 daemon restarts: %v lost in total over %d probes on 3 pairs (every %v; userspace WireGuard stops while its daemon restarts)", lost, sent, pingInterval)
 
