@@ -43,11 +43,11 @@ func (i *ipamIdentities) SendsUnsigned(name string) bool {
 	return ok && m.State.Live() && m.Meta.IPAMInfos < mesh.IPAMInfosSigned
 }
 
-// Switching: a live member that says it reads signed states but does not
-// send them yet.
-func (i *ipamIdentities) Switching(name string) bool {
+// ReadsSigned: a live member that says it reads signed states, whether it
+// sends them yet or not.
+func (i *ipamIdentities) ReadsSigned(name string) bool {
 	m, ok := i.members.Member(name)
-	return ok && m.State.Live() && m.Meta.IPAMInfos == mesh.IPAMInfosRead
+	return ok && m.State.Live() && m.Meta.IPAMInfos >= mesh.IPAMInfosRead
 }
 
 // signedInfosGrace is how long a member that is gone still holds back

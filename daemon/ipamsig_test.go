@@ -53,7 +53,7 @@ func newKey(t *testing.T) ed25519.PrivateKey {
 // TestIPAMIdentities: the daemon's ipam.Identities on real memberships
 // over loopback. Signatures verify against this node's own key and the
 // identity bound to a name; what a member says of signed infos in its
-// metadata decides AllRead, SendsUnsigned and Switching; a member of the
+// metadata decides AllRead, SendsUnsigned and ReadsSigned; a member of the
 // previous release holds signed states back, also for a while after it
 // left.
 func TestIPAMIdentities(t *testing.T) {
@@ -70,8 +70,8 @@ func TestIPAMIdentities(t *testing.T) {
 		}
 		return nil
 	})
-	if !ids.SendsUnsigned("b") || !ids.Switching("b") {
-		t.Fatal("b says it reads but does not send signed infos: SendsUnsigned and Switching must hold")
+	if !ids.SendsUnsigned("b") || !ids.ReadsSigned("b") {
+		t.Fatal("b says it reads but does not send signed infos: SendsUnsigned and ReadsSigned must hold")
 	}
 
 	msg := []byte("an info")
@@ -98,8 +98,8 @@ func TestIPAMIdentities(t *testing.T) {
 		t.Fatal(err)
 	}
 	testnet.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
-		if ids.SendsUnsigned("b") || ids.Switching("b") {
-			return fmt.Errorf("b says it signs, but a sees it sending unsigned")
+		if ids.SendsUnsigned("b") || !ids.ReadsSigned("b") {
+			return fmt.Errorf("b says it signs, but a sees it sending unsigned or not reading")
 		}
 		return nil
 	})
@@ -111,8 +111,8 @@ func TestIPAMIdentities(t *testing.T) {
 		}
 		return nil
 	})
-	if !ids.SendsUnsigned("c") || ids.Switching("c") {
-		t.Fatal("c of the previous release: SendsUnsigned must hold, Switching not")
+	if !ids.SendsUnsigned("c") || ids.ReadsSigned("c") {
+		t.Fatal("c of the previous release: SendsUnsigned must hold, ReadsSigned not")
 	}
 	if err := ids.Verify("c", msg, ed25519.Sign(kb, msg)); !errors.Is(err, ipam.ErrUnknownSigner) {
 		t.Fatalf("Verify of unsigned c = %v, want ErrUnknownSigner", err)

@@ -33,13 +33,13 @@ type Identities interface {
 	// metadata). Its unsigned infos are accepted, as long as none signed
 	// was seen of it.
 	SendsUnsigned(name string) bool
-	// Switching says whether name is a live member that reads states
-	// with signatures but does not send them yet (it says so in its
-	// metadata): a node that has just started and has not yet seen that
-	// every member reads them. The infos of others it relays come
-	// without their signatures; they are dropped without being counted
-	// as refusals.
-	Switching(name string) bool
+	// ReadsSigned says whether name is a live member that runs a release
+	// with signed infos (it says so in its metadata, whether or not it
+	// sends them yet). An unsigned info in a state it sent is a leftover
+	// of its switch to signed states: a state encoded just before, or an
+	// info it learnt unsigned during the upgrade and relays as it has it.
+	// Where such an info is refused it is dropped without being counted.
+	ReadsSigned(name string) bool
 	// AllRead says whether another member is known and every member (a
 	// live one, or one gone only a short while) reads states with
 	// signatures. From the first true on, this peer sends them for good.
@@ -139,9 +139,10 @@ func (a *Allocator) SignsInfos() bool {
 //     an unsigned info is accepted as by the previous release.
 //   - From then on, an unsigned info is accepted only of a live member
 //     that sends unsigned infos (SendsUnsigned), and never of a name
-//     whose info this peer holds signed (no downgrade). One relayed by a
-//     member that is switching (a node that just joined) is dropped
-//     without a word: it could not send the signature it may hold.
+//     whose info this peer holds signed (no downgrade). One refused in a
+//     state from a member that runs this release (ReadsSigned) is dropped
+//     without a count: it is a leftover of the sender's switch to signed
+//     states, not a forgery that member could not do otherwise.
 func (a *Allocator) signatureRuleLocked(name, sender string, p, cur peerInfo, pre map[string]error) (reason, detail string, skip bool) {
 	ids := a.cfg.Identities
 	if ids == nil {
@@ -153,7 +154,7 @@ func (a *Allocator) signatureRuleLocked(name, sender string, p, cur peerInfo, pr
 			return "", "", false
 		case len(cur.Sig) == 0 && ids.SendsUnsigned(name):
 			return "", "", false
-		case sender != name && ids.Switching(sender):
+		case ids.ReadsSigned(sender):
 			return "", "", true
 		case len(cur.Sig) > 0:
 			return RejectUnsigned, fmt.Sprintf("unsigned info, but its info here is signed by %s (no downgrade)", cur.Writer), false

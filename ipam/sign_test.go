@@ -16,14 +16,14 @@ import (
 // keys bound; legacy names send unsigned infos; allRead is what AllRead
 // says.
 type testIdentities struct {
-	keys      map[string]ed25519.PrivateKey
-	legacy    map[string]bool
-	switching map[string]bool
-	allRead   bool
+	keys    map[string]ed25519.PrivateKey
+	legacy  map[string]bool
+	reads   map[string]bool
+	allRead bool
 }
 
 func newTestIdentities(bound ...string) *testIdentities {
-	ids := &testIdentities{keys: map[string]ed25519.PrivateKey{}, legacy: map[string]bool{}, switching: map[string]bool{}, allRead: true}
+	ids := &testIdentities{keys: map[string]ed25519.PrivateKey{}, legacy: map[string]bool{}, reads: map[string]bool{}, allRead: true}
 	for _, n := range bound {
 		ids.keys[n] = testKey(n)
 	}
@@ -58,7 +58,7 @@ func (n nodeIdentities) Verify(name string, msg, sig []byte) error {
 
 func (n nodeIdentities) SendsUnsigned(name string) bool { return n.ids.legacy[name] }
 func (n nodeIdentities) AllRead() bool                  { return n.ids.allRead }
-func (n nodeIdentities) Switching(name string) bool     { return n.ids.switching[name] }
+func (n nodeIdentities) ReadsSigned(name string) bool   { return n.ids.reads[name] }
 
 // signedNet is three peers a, b, c with identities on a /16, settled, a
 // pod on a; "evil" (the forger's own name) is a member of the previous
@@ -207,8 +207,8 @@ func TestSignedInfosRules(t *testing.T) {
 				t.Fatalf("c's removal of b not taken: %+v", after)
 			}
 		}},
-		{"unsigned info relayed by a member switching to signatures is dropped, not counted", "", func(t *testing.T, net *simNet, w *wireState) {
-			net.ids.switching["d"] = true
+		{"unsigned info in a state of a member of this release is dropped, not counted", "", func(t *testing.T, net *simNet, w *wireState) {
+			net.ids.reads["d"] = true
 			w.sender = "d"
 			b := w.st.peers["b"]
 			b.Version++
