@@ -142,7 +142,8 @@ func (a *Allocator) SignsInfos() bool {
 //     whose info this peer holds signed (no downgrade). One refused in a
 //     state from a member that runs this release (ReadsSigned) is dropped
 //     without a count: it is a leftover of the sender's switch to signed
-//     states, not a forgery that member could not do otherwise.
+//     states (a forgery by such a member is refused all the same, only
+//     not counted).
 func (a *Allocator) signatureRuleLocked(name, sender string, p, cur peerInfo, pre map[string]error) (reason, detail string, skip bool) {
 	ids := a.cfg.Identities
 	if ids == nil {
