@@ -46,10 +46,8 @@ type Identities interface {
 	AllRead() bool
 }
 
-// InfoSigFormat is the version of signed infos this release reads and
-// writes (infoSigBytes and the MIP3/MIP7 layouts).
-const InfoSigFormat = 1
-
+// infoSigDomain separates these signatures from every other use of the
+// node identity; its version changes with infoSigBytes.
 const (
 	infoSigDomain = "mesh ipam peer info signature v1"
 	sigSize       = 64 // ed25519
