@@ -175,7 +175,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 
 	mc := mesh.DefaultConfig()
 	mc.Name = id.Name
-	meta := mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort}
+	meta := mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort, IPAMInfos: mesh.IPAMInfosRead}
 	// Set before any WithPaths, so that the path report leaves room for
 	// the signature; SignMeta sets it again.
 	meta.SignKey = base64.StdEncoding.EncodeToString(signKey.Public().(ed25519.PublicKey))
@@ -201,7 +201,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	}
 	d.mtu = d.detectMTU()
 
-	if err := d.startIPAM(initialPeers); err != nil {
+	if err := d.startIPAM(initialPeers, signKey); err != nil {
 		return nil, err
 	}
 	// Before the socket serves: no ADD may wire a pod before its port's

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -66,7 +67,8 @@ const (
 // "Dual-stack"): each with its own ring, state file and gossip channel,
 // sharing nothing, so each family's safety argument is the single-range
 // one.
-func (d *Daemon) startIPAM(initialPeers int) error {
+func (d *Daemon) startIPAM(initialPeers int, signKey ed25519.PrivateKey) error {
+	ids := &ipamIdentities{self: d.id.Name, key: signKey, members: d.members}
 	channel, file := mesh.ChannelIPAM, ipamStateFile
 	if d.cfg.ipv6Only() {
 		// The IPv6 ring keeps its channel and file in an IPv6-only mesh:
@@ -74,20 +76,21 @@ func (d *Daemon) startIPAM(initialPeers int) error {
 		// later does not turn it into the IPv4 ring.
 		channel, file = mesh.ChannelIPAM6, ipamStateFile6
 	}
-	a, err := d.newAllocator(d.cfg.IPAllocRange, channel, file, initialPeers)
+	a, err := d.newAllocator(d.cfg.IPAllocRange, channel, file, initialPeers, ids)
 	if err != nil {
 		return err
 	}
 	d.ipam = a
 	if d.cfg.IPAllocRange6.IsValid() {
-		if d.ipam6, err = d.newAllocator(d.cfg.IPAllocRange6, mesh.ChannelIPAM6, ipamStateFile6, initialPeers); err != nil {
+		if d.ipam6, err = d.newAllocator(d.cfg.IPAllocRange6, mesh.ChannelIPAM6, ipamStateFile6, initialPeers, ids); err != nil {
 			return fmt.Errorf("IPv6 range %s: %w", d.cfg.IPAllocRange6, err)
 		}
 	}
+	d.announceSignedInfos() // at once after a restart that signed before
 	return nil
 }
 
-func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file string, initialPeers int) (*ipam.Allocator, error) {
+func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file string, initialPeers int, ids ipam.Identities) (*ipam.Allocator, error) {
 	ch := &ipamChannel{}
 	sender, err := d.members.Register(channel, ch)
 	if err != nil {
@@ -105,6 +108,7 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 		cfg.Logger = d.log.With("family", "ipv6")
 	}
 	cfg.IsMember = d.members.IsMember
+	cfg.Identities = ids
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return nil, err
@@ -160,6 +164,7 @@ func (d *Daemon) tickLoop(ctx context.Context) {
 			for _, a := range d.allocators() {
 				a.Tick()
 			}
+			d.announceSignedInfos()
 			d.health.beat(loopIPAMTick, time.Now())
 		case live := <-d.ipamMembers:
 			for _, a := range d.allocators() {

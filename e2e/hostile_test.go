@@ -29,7 +29,9 @@ const floodAllocateBound = 5 * time.Second
 // version, another peer's range beyond a transfer's step, a claim under a
 // live node's name from hours ahead, a Held list in another's space and
 // one of the whole range, thousands of invented names, a replayed old
-// state). Afterwards no address is handed out twice, no honest range
+// state, claims under a live node's name within every bound: unsigned,
+// with a forged signature, a removal signed by the forger). Afterwards no
+// address is handed out twice, no honest range
 // moved, Allocate stayed fast during the flood, the daemons' memory stayed
 // bounded, and every kind of refusal is counted in the metric and named
 // once in status.
@@ -97,7 +99,10 @@ func TestHostilePeer(t *testing.T) {
 		}
 		seen[a.addr] = a.node
 	}
-	wantReasons := []string{"counter", "future-version", "held", "unknown-peer", "oversized"}
+	// The last three are the claims under the victim's name within every
+	// bound (unsigned, a forged signature, a removal signed by the
+	// forger): only the signatures of peer infos stop them.
+	wantReasons := []string{"counter", "future-version", "held", "unknown-peer", "oversized", "unsigned-info", "bad-info-signature", "unknown-signer"}
 	for i, n := range nodes {
 		st := n.MustStatus()
 		if !slices.Equal(st.IPAM.Ranges, before[i]) {
@@ -130,7 +135,12 @@ func TestHostilePeer(t *testing.T) {
 				t.Errorf("%s: metric mesh_ipam_rejected_total{reason=%q} = %v", n.Host.Name, r, m)
 			}
 		}
-		if len(st.IPAM.Problems) > 16 {
+		for _, p := range st.IPAM.Problems {
+			if strings.Contains(p, "was removed") {
+				t.Errorf("%s took the forged removal: %q", n.Host.Name, p)
+			}
+		}
+		if len(st.IPAM.Problems) > 19 {
 			t.Errorf("%s: %d problems", n.Host.Name, len(st.IPAM.Problems))
 		}
 		rss := rssKiB(t, n.Proc.PID())

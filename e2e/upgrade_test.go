@@ -19,6 +19,10 @@ import (
 // HKDF pass (now the legacy key).
 const previousRelease = "d2d71ed"
 
+// signedStatesLog is what a daemon logs when it moves to IPAM states with
+// signed peer infos (ipam.Allocator.sendSignedLocked).
+const signedStatesLog = "every member reads signed peer infos"
+
 // TestUpgradeFromPreviousReleaseNodeByNode runs a 3-host mesh of the
 // previous release and upgrades it as docs/architecture.md says: each node
 // restarted with the new binary, the same password, a mesh name and
@@ -84,14 +88,41 @@ func TestUpgradeFromPreviousReleaseNodeByNode(t *testing.T) {
 			if st := n.MustStatus(); st.GossipKeyID != legacy.ID() {
 				t.Fatalf("%s encrypts gossip with %s while previous-release nodes remain, want the legacy key %s", n.Host.Name, st.GossipKeyID, legacy.ID())
 			}
+			// IPAM states stay readable by the previous release: no
+			// signatures while it is there (docs/ipam.md, "Signed peer
+			// infos").
+			for _, u := range nodes[:i+1] {
+				if strings.Contains(u.Proc.Log(), signedStatesLog) {
+					t.Fatalf("%s sends signed IPAM states while previous-release nodes remain", u.Host.Name)
+				}
+			}
 		}
 	}
+	// Every node runs the new binary: each moves to signed IPAM states.
+	testnet.Eventually(t, 30*time.Second, 250*time.Millisecond, func() error {
+		for _, n := range nodes {
+			if !strings.Contains(n.Proc.Log(), signedStatesLog) {
+				return fmt.Errorf("%s does not send signed IPAM states yet", n.Host.Name)
+			}
+		}
+		return nil
+	})
 	waitKeys(t, nodes, []string{pw.ID(), legacy.ID()}, pw.ID())
 	// Step 2: node by node, without the legacy key.
 	for _, n := range nodes {
 		restart(n, newBin)
 	}
 	waitKeys(t, nodes, []string{pw.ID()}, pw.ID())
+	// No honest info was refused for its signature on the way.
+	for _, n := range nodes {
+		for _, p := range n.MustStatus().IPAM.Problems {
+			for _, r := range []string{"unsigned-info", "bad-info-signature", "unknown-signer"} {
+				if strings.Contains(p, "("+r+")") {
+					t.Errorf("%s refused honest IPAM input during the upgrade: %q", n.Host.Name, p)
+				}
+			}
+		}
+	}
 	lost, sent := stopPings(t, pings)
 	t.Logf("upgrade with 6 daemon restarts: %v lost in total over %d probes on 3 pairs (every %v; userspace WireGuard stops while its daemon restarts)", lost, sent, pingInterval)
 

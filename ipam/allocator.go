@@ -90,6 +90,10 @@ type Allocator struct {
 	px          paxos
 	outbox      []outMsg
 
+	// signedWire says this peer sends states with signatures (MIP3,
+	// MIP7): set once every member reads them, and persisted.
+	signedWire bool
+
 	// dirty says the state holds something learnt or decided that is not
 	// in the state file yet. It is written before anything is sent
 	// (takeOutbox, LocalState) or acted on (I4 in docs/ipam.md).
@@ -175,6 +179,7 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 			}
 			oldFile = !l.gw.set
 			a.pubVersion, a.versionCeil = l.floor, l.floor
+			a.signedWire = l.signed && cfg.Identities != nil
 			// What this peer knew may be older than what it told others
 			// (a state file of an earlier release did not record what it
 			// learnt): it neither echoes nor votes until it has heard
@@ -682,7 +687,7 @@ func (a *Allocator) publishLocked() {
 	a.st.peers[a.cfg.Self] = next
 	// Free depends on the ring and reservations, not on the version.
 	next.Free = a.donatableFree()
-	a.st.peers[a.cfg.Self] = next
+	a.st.peers[a.cfg.Self] = a.signLocked(a.cfg.Self, next)
 	a.pubVersion = next.Version
 	if a.pubVersion >= a.versionCeil {
 		a.versionCeil = a.pubVersion + versionStep
@@ -707,7 +712,7 @@ func (a *Allocator) saveLocked() error {
 		a.markGatewayDurableLocked()
 		return nil
 	}
-	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable, a.gw, a.versionCeil)
+	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable, a.gw, a.versionCeil, a.signedWire)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -22,6 +23,18 @@ import (
 //
 //	magic "MIP6" | addr[16] bits ringBits | sender | ... as above
 //
+// A state with signed peer infos (docs/ipam.md, "Signed peer infos") has
+// its own magics, "MIP3" (IPv4) and "MIP7" (IPv6), the same headers, and
+// after each peer's Held list:
+//
+//	... nHeld heldDelta... writer sigLen sig
+//
+// writer is a name index (0: the info is unsigned), sigLen 0 or 64, sig
+// the writer's ed25519 signature of infoSigBytes. A release before signed
+// infos refuses these magics ("unknown IPAM state layout"), so a peer sends
+// them only once every member reads them (Identities.AllRead); until then
+// it sends MIP2/MIP6 without signatures.
+//
 // The IPv4 form is unchanged, byte for byte, from the release before IPv6
 // ranges existed, so such peers keep interoperating. That release refuses
 // the IPv6 form by its magic ("bad magic: not an IPAM state", counted as a
@@ -30,20 +43,33 @@ import (
 // (maxRingBits6 caps it): a peer whose ring would cover another number of
 // addresses gives offsets another meaning, so its state is refused.
 const (
-	stateMagic  = "MIP2" // IPv4; MIP1 had no peer epoch
-	stateMagic6 = "MIP6" // IPv6
-	magicFamily = "MIP"  // what the magics share, for a clearer error
-	maxName     = 255
-	maxItems    = 1 << 22 // bound on any count, well above 1000 peers
+	stateMagic        = "MIP2" // IPv4; MIP1 had no peer epoch
+	stateMagic6       = "MIP6" // IPv6
+	stateMagicSigned  = "MIP3" // IPv4 with signed peer infos
+	stateMagicSigned6 = "MIP7" // IPv6 with signed peer infos
+	magicFamily       = "MIP"  // what the magics share, for a clearer error
+	maxName           = 255
+	maxItems          = 1 << 22 // bound on any count, well above 1000 peers
 )
 
 type wireState struct {
 	prefix netip.Prefix
 	sender string
 	st     state
+	// verified holds the signature checks done before the merge took
+	// the lock (preVerify), by name; not part of the wire form.
+	verified map[string]error
 }
 
+// encodeState is the form every release reads: MIP2 or MIP6, without
+// signatures.
 func encodeState(prefix netip.Prefix, sender string, st state) []byte {
+	return encodeStateAs(prefix, sender, st, false)
+}
+
+// encodeStateAs encodes st with its infos' signatures (MIP3, MIP7) when
+// signed, else without (MIP2, MIP6).
+func encodeStateAs(prefix netip.Prefix, sender string, st state, signed bool) []byte {
 	names := map[string]uint64{}
 	var table []string
 	idx := func(s string) uint64 {
@@ -70,15 +96,20 @@ func encodeState(prefix netip.Prefix, sender string, st state) []byte {
 	for _, n := range peerNames {
 		idx(n)
 	}
+	if signed {
+		for _, n := range peerNames {
+			idx(st.peers[n].Writer)
+		}
+	}
 
 	b := make([]byte, 0, 64+16*len(st.ring.segs)+24*len(table))
 	if prefix.Addr().Is4() {
-		b = append(b, stateMagic...)
+		b = append(b, pick(signed, stateMagicSigned, stateMagic)...)
 		a4 := prefix.Addr().As4()
 		b = append(b, a4[:]...)
 		b = append(b, byte(prefix.Bits()))
 	} else {
-		b = append(b, stateMagic6...)
+		b = append(b, pick(signed, stateMagicSigned6, stateMagic6)...)
 		a16 := prefix.Addr().As16()
 		b = append(b, a16[:]...)
 		b = append(b, byte(prefix.Bits()), byte(ringBits(prefix)))
@@ -121,6 +152,22 @@ func encodeState(prefix netip.Prefix, sender string, st state) []byte {
 			b = binary.AppendUvarint(b, h-prev)
 			prev = h
 		}
+		if signed {
+			if len(p.Sig) != sigSize || p.Writer == "" {
+				b = append(b, 0, 0) // unsigned (learnt from a previous release)
+				continue
+			}
+			b = binary.AppendUvarint(b, idx(p.Writer))
+			b = append(b, sigSize)
+			b = append(b, p.Sig...)
+		}
+	}
+	return b
+}
+
+func pick(c bool, a, b string) string {
+	if c {
+		return a
 	}
 	return b
 }
@@ -196,7 +243,7 @@ func (d *decoder) count(minBytes int) int {
 func decodeState(buf []byte) (wireState, error) {
 	var w wireState
 	d := &decoder{b: buf}
-	prefix, err := decodePrefix(d)
+	prefix, signed, err := decodePrefix(d)
 	if err != nil {
 		return w, err
 	}
@@ -273,6 +320,16 @@ func decodeState(buf []byte) (wireState, error) {
 			prev += delta
 			p.Held = append(p.Held, prev)
 		}
+		if signed {
+			p.Writer = name()
+			switch l := d.bytes(1); {
+			case l == nil:
+			case l[0] == sigSize && p.Writer != "":
+				p.Sig = bytes.Clone(d.bytes(sigSize))
+			case l[0] != 0 || p.Writer != "":
+				d.fail("peer %q: signature of %d bytes by %q (want %d bytes and a writer, or neither)", n, l[0], p.Writer, sigSize)
+			}
+		}
 		if _, dup := w.st.peers[n]; dup && d.err == nil {
 			d.fail("peer %q listed twice", n)
 		}
@@ -293,41 +350,43 @@ func decodeState(buf []byte) (wireState, error) {
 	return w, nil
 }
 
-// decodePrefix reads the magic and the cluster range of either form.
-func decodePrefix(d *decoder) (netip.Prefix, error) {
+// decodePrefix reads the magic and the cluster range of any form, and
+// whether its infos carry signatures.
+func decodePrefix(d *decoder) (netip.Prefix, bool, error) {
 	magic := string(d.bytes(len(stateMagic)))
 	var p netip.Prefix
 	var plen byte
 	ringB := -1 // IPv6 only
+	signed := magic == stateMagicSigned || magic == stateMagicSigned6
 	switch magic {
-	case stateMagic:
+	case stateMagic, stateMagicSigned:
 		a, bitsB := d.bytes(4), d.bytes(1)
 		if d.err != nil {
-			return p, d.err
+			return p, false, d.err
 		}
 		plen = bitsB[0]
 		p = netip.PrefixFrom(netip.AddrFrom4([4]byte(a)), int(plen))
-	case stateMagic6:
+	case stateMagic6, stateMagicSigned6:
 		a, bitsB, rb := d.bytes(16), d.bytes(1), d.bytes(1)
 		if d.err != nil {
-			return p, d.err
+			return p, false, d.err
 		}
 		plen = bitsB[0]
 		p = netip.PrefixFrom(netip.AddrFrom16([16]byte(a)), int(plen))
 		ringB = int(rb[0])
 	default:
 		if d.err == nil && len(magic) == len(stateMagic) && magic[:len(magicFamily)] == magicFamily {
-			return p, fmt.Errorf("unknown IPAM state layout %q (this release reads %s and %s)", magic, stateMagic, stateMagic6)
+			return p, false, fmt.Errorf("unknown IPAM state layout %q (this release reads %s, %s, %s and %s)", magic, stateMagic, stateMagic6, stateMagicSigned, stateMagicSigned6)
 		}
-		return p, errors.New("bad magic: not an IPAM state")
+		return p, false, errors.New("bad magic: not an IPAM state")
 	}
 	if err := checkRange(p); err != nil {
-		return netip.Prefix{}, fmt.Errorf("bad prefix length %d: %w", plen, err)
+		return netip.Prefix{}, false, fmt.Errorf("bad prefix length %d: %w", plen, err)
 	}
 	if want := ringBits(p); ringB >= 0 && ringB != want {
-		return netip.Prefix{}, fmt.Errorf("the sender's ring covers 2^%d addresses of %v, this release's covers 2^%d: offsets would mean other addresses", ringB, p.Masked(), want)
+		return netip.Prefix{}, false, fmt.Errorf("the sender's ring covers 2^%d addresses of %v, this release's covers 2^%d: offsets would mean other addresses", ringB, p.Masked(), want)
 	}
-	return p.Masked(), nil
+	return p.Masked(), signed, nil
 }
 
 func appendUvarint(b []byte, v uint64) []byte { return binary.AppendUvarint(b, v) }

@@ -49,6 +49,10 @@ type Config struct {
 	// yet. Nil counts every name as a member for the first rule and leaves
 	// the donor to SetMembers' view alone.
 	IsMember func(name string) bool
+	// Identities signs this peer's infos and verifies those of others
+	// (docs/ipam.md, "Signed peer infos"). Nil: infos are neither signed
+	// nor checked, as in the previous release (tests, simulations).
+	Identities Identities
 }
 
 // DefaultConfig returns a Config with the default cluster range and a single

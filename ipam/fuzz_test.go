@@ -69,16 +69,25 @@ func checkBounds(t *testing.T, a *Allocator) {
 
 // FuzzHostileState: a valid state whose counters, Held list and names the
 // fuzzer chooses is merged (by a receiver that has a real peer table) and
-// never leaves anything beyond the bounds.
+// never leaves anything beyond the bounds. With signed infos (signer: ""
+// unsigned, else the forged info's writer, "a" and "b" being the bound
+// identities), no info whose signature does not verify is ever taken.
 func FuzzHostileState(f *testing.F) {
-	f.Add(uint64(1), uint64(1), uint64(1), uint16(3), uint16(10), "evil")
-	f.Add(^uint64(0), ^uint64(0), ^uint64(0), uint16(255), uint16(4000), "b")
-	f.Add(uint64(maxEpochStep), uint64(maxRingStep), uint64(1<<61), uint16(0), uint16(2000), "a")
-	f.Fuzz(func(t *testing.T, epoch, version, ringVersion uint64, heldStart, nHeld uint16, name string) {
-		if name == "" || len(name) > maxName {
+	f.Add(uint64(1), uint64(1), uint64(1), uint16(3), uint16(10), "evil", false, "")
+	f.Add(^uint64(0), ^uint64(0), ^uint64(0), uint16(255), uint16(4000), "b", false, "")
+	f.Add(uint64(maxEpochStep), uint64(maxRingStep), uint64(1<<61), uint16(0), uint16(2000), "a", false, "")
+	f.Add(uint64(0), uint64(1<<40), uint64(3), uint16(3), uint16(10), "b", true, "")
+	f.Add(uint64(1), uint64(1<<40), uint64(3), uint16(3), uint16(10), "b", true, "a")
+	f.Add(uint64(0), uint64(1<<40), uint64(3), uint16(3), uint16(10), "b", true, "evil")
+	f.Fuzz(func(t *testing.T, epoch, version, ringVersion uint64, heldStart, nHeld uint16, name string, signed bool, signer string) {
+		if name == "" || len(name) > maxName || len(signer) > maxName {
 			return
 		}
 		net := newSimNet(3)
+		ids := newTestIdentities("a", "b")
+		if signed {
+			net.ids = ids
+		}
 		for _, n := range []string{"a", "b"} {
 			net.add(t, n, "10.0.0.0/20", 2, 0)
 		}
@@ -92,10 +101,13 @@ func FuzzHostileState(f *testing.F) {
 		for off := uint64(heldStart); off < uint64(heldStart)+uint64(nHeld) && off < w.st.ring.size; off++ {
 			held = append(held, off)
 		}
-		w.st.peers[name] = peerInfo{Epoch: epoch, Version: version, Held: held}
+		w.st.peers[name] = peerInfo{Epoch: epoch, Version: version, Held: held, Removed: signer != name && signer != ""}
+		if signer != "" {
+			w.st.peers[name] = resign("10.0.0.0/20", name, signer, w.st.peers[name])
+		}
 		sp := w.st.ring.owned("b")[0]
 		w.st.ring = w.st.ring.update(sp.start, sp.end, func(entry) entry { return entry{Version: ringVersion, Owner: name} })
-		err = a.MergeRemoteState(encodeState(w.prefix, "x", w.st))
+		err = a.MergeRemoteState(encodeStateAs(w.prefix, "x", w.st, signed))
 		if err != nil && !errors.Is(err, ErrRejected) {
 			t.Fatalf("unexpected error class: %v", err)
 		}
@@ -103,6 +115,15 @@ func FuzzHostileState(f *testing.F) {
 		checkBounds(t, a)
 		if _, err := decodeState(a.LocalState()); err != nil {
 			t.Fatalf("state no longer encodes: %v", err)
+		}
+		if signed {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			for n, p := range a.st.peers {
+				if err := ids.node("a").Verify(p.Writer, infoSigBytes(a.cfg.Range, n, p), p.Sig); err != nil || (p.Writer != n && !p.Removed) {
+					t.Fatalf("took %s's info %+v: %v", n, p, err)
+				}
+			}
 		}
 	})
 }
@@ -116,7 +137,7 @@ func FuzzLoadStateFile(f *testing.F) {
 	st := newState(256)
 	st.seed = seed{1, 1}
 	st.ring = seededRing(256, []string{"a", "b"})
-	good, _ := encodeFile(cfg, "id", st, []Allocation{{ContainerID: "c1", IfName: "eth0", Addr: netip.MustParseAddr("10.0.0.5")}}, paxosDurable{}, gateway{}, 0)
+	good, _ := encodeFile(cfg, "id", st, []Allocation{{ContainerID: "c1", IfName: "eth0", Addr: netip.MustParseAddr("10.0.0.5")}}, paxosDurable{}, gateway{}, 0, false)
 	f.Add(good)
 	f.Add(good[:len(good)/2])
 	f.Add([]byte(`{"format":1,"range":"10.0.0.0/24","self":"a","state":null}`))

@@ -32,7 +32,7 @@ func (a *Allocator) LocalState() []byte {
 	if a.recovering {
 		return a.selfOnlyStateLocked()
 	}
-	return encodeState(a.cfg.Range, a.cfg.Self, a.st)
+	return encodeStateAs(a.cfg.Range, a.cfg.Self, a.st, a.sendSignedLocked())
 }
 
 // selfOnlyStateLocked is what a recovering peer sends: an unseeded state
@@ -44,7 +44,7 @@ func (a *Allocator) LocalState() []byte {
 func (a *Allocator) selfOnlyStateLocked() []byte {
 	st := newState(a.st.ring.size)
 	st.peers[a.cfg.Self] = a.st.peers[a.cfg.Self]
-	return encodeState(a.cfg.Range, a.cfg.Self, st)
+	return encodeStateAs(a.cfg.Range, a.cfg.Self, st, a.sendSignedLocked())
 }
 
 // isRecoveryState says whether w is such a state: unseeded, and about its
@@ -62,7 +62,7 @@ func isRecoveryState(w wireState) bool {
 }
 
 func (a *Allocator) stateMsgLocked() []byte {
-	return append([]byte{msgState}, encodeState(a.cfg.Range, a.cfg.Self, a.st)...)
+	return append([]byte{msgState}, encodeStateAs(a.cfg.Range, a.cfg.Self, a.st, a.sendSignedLocked())...)
 }
 
 // broadcastStateLocked tells everyone about a change this peer wrote. The
@@ -87,6 +87,7 @@ func (a *Allocator) MergeRemoteState(buf []byte) error {
 		a.refuseCorrupt("", err)
 		return fmt.Errorf("%w: %v", ErrCorruptState, err)
 	}
+	w.verified = a.preVerify(w)
 	a.mu.Lock()
 	err = a.mergeLocked(w)
 	out := a.takeOutbox()
@@ -110,7 +111,9 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	var w wireState
 	var err error
 	if msg[0] == msgState || msg[0] == msgEchoReq {
-		w, err = decodeState(msg[1:])
+		if w, err = decodeState(msg[1:]); err == nil {
+			w.verified = a.preVerify(w)
+		}
 	}
 	a.mu.Lock()
 	if a.closed {
@@ -216,8 +219,12 @@ func (a *Allocator) mergeLocked(w wireState) error {
 // need not survive a restart: the heartbeat version and the advertised
 // free count. Held, epochs and removals are what reserve addresses and
 // decide quorums, so a change of those is persisted before use.
+//
+// The first signature seen of a peer counts too: it ends the acceptance of
+// its unsigned infos (no downgrade), also after a restart.
 func sameDurableInfo(x, y peerInfo) bool {
-	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && slices.Equal(x.Held, y.Held)
+	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && slices.Equal(x.Held, y.Held) &&
+		x.Writer == y.Writer && (len(x.Sig) == 0) == (len(y.Sig) == 0)
 }
 
 // afterRingChangeLocked runs the consequences of a new ring: reclaim heirs,

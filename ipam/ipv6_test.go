@@ -289,7 +289,7 @@ func TestDecodeStateRefusesIPv6Forms(t *testing.T) {
 		{"prefix too long", with(plen, 127), "bad prefix length 127"},
 		{"prefix beyond 128", with(plen, 200), "bad prefix length 200"},
 		{"ipv4-mapped range", mapped, "IPv4-mapped"},
-		{"future layout", append([]byte("MIP7"), good[4:]...), `unknown IPAM state layout "MIP7"`},
+		{"future layout", append([]byte("MIP8"), good[4:]...), `unknown IPAM state layout "MIP8"`},
 		{"not a state", append([]byte("XXXX"), good[4:]...), "bad magic"},
 		{"truncated header", good[:10], "truncated"},
 		{"truncated body", good[:len(good)-3], ""},

@@ -34,6 +34,13 @@ func randState(r *rand.Rand) state {
 			if r.IntN(2) == 0 {
 				p.Held = []uint64{uint64(r.IntN(8)), 8 + uint64(r.IntN(8))}
 			}
+			if r.IntN(2) == 0 {
+				// Signed, by the peer or (for a removal) another writer:
+				// the signature orders infos last, and must keep the
+				// join a lattice.
+				p.Writer = []string{"a", "b", "c"}[r.IntN(3)]
+				p.Sig = bytes.Repeat([]byte{byte(r.IntN(2))}, sigSize)
+			}
 			st.peers[n] = p
 		}
 	}
@@ -90,16 +97,29 @@ func TestCodecRoundTrip(t *testing.T) {
 		if st.seed.isZero() {
 			st.ring = newRing(64)
 		}
-		buf := encodeState(pfx, "x", st)
-		w, err := decodeState(buf)
-		if err != nil {
-			t.Fatalf("case %d: %v", i, err)
+		// Without signatures (what every release reads) the infos lose
+		// theirs; with them, nothing changes.
+		unsigned := st.clone()
+		for n, p := range unsigned.peers {
+			p.Writer, p.Sig = "", nil
+			unsigned.peers[n] = p
 		}
-		if w.prefix != pfx || w.sender != "x" || !stateEqual(w.st, st) {
-			t.Fatalf("case %d: round trip changed the state", i)
-		}
-		if !bytes.Equal(encodeState(pfx, "x", w.st), buf) {
-			t.Fatalf("case %d: encoding is not canonical", i)
+		for _, signed := range []bool{false, true} {
+			want := unsigned
+			if signed {
+				want = st
+			}
+			buf := encodeStateAs(pfx, "x", st, signed)
+			w, err := decodeState(buf)
+			if err != nil {
+				t.Fatalf("case %d, signed %v: %v", i, signed, err)
+			}
+			if w.prefix != pfx || w.sender != "x" || !stateEqual(w.st, want) {
+				t.Fatalf("case %d, signed %v: round trip changed the state", i, signed)
+			}
+			if !bytes.Equal(encodeStateAs(pfx, "x", w.st, signed), buf) {
+				t.Fatalf("case %d, signed %v: encoding is not canonical", i, signed)
+			}
 		}
 	}
 }

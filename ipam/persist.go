@@ -31,6 +31,9 @@ type fileState struct {
 	// the clock went back (lease echoes compare versions). Absent in
 	// files of earlier releases.
 	VersionFloor uint64 `json:"versionFloor,omitempty"`
+	// SignedInfos: this peer sends its states with signatures (every
+	// member reads them), so a restart goes on doing so. Format 2 only.
+	SignedInfos bool `json:"signedInfos,omitempty"`
 }
 
 type fileGateway struct {
@@ -40,7 +43,16 @@ type fileGateway struct {
 	Echoed bool `json:"echoed,omitempty"`
 }
 
-const fileFormat = 1
+// File formats. 1 is the previous release's: State without signatures
+// (MIP2, MIP6). 2 holds State with the peer infos' signatures (MIP3,
+// MIP7), so that a restarted peer still forwards others' signed infos and
+// refuses their unsigned ones; it is written as soon as any info is
+// signed. This release reads both; the previous release refuses 2 with an
+// error naming the format (see docs/ipam.md, "Persistence").
+const (
+	fileFormat       = 1
+	fileFormatSigned = 2
+)
 
 // loaded is what a state file gives back.
 type loaded struct {
@@ -50,6 +62,7 @@ type loaded struct {
 	selfID string
 	gw     gateway
 	floor  uint64
+	signed bool // SignedInfos
 }
 
 // loadFile reads path. A missing file is a fresh start (ok false); any other
@@ -76,8 +89,8 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 	if err := json.Unmarshal(data, &f); err != nil {
 		return l, fmt.Errorf("%w: %v", ErrCorruptState, err)
 	}
-	if f.Format != fileFormat {
-		return l, fmt.Errorf("%w: unknown format %d", ErrCorruptState, f.Format)
+	if f.Format != fileFormat && f.Format != fileFormatSigned {
+		return l, fmt.Errorf("%w: unknown format %d (this release reads %d and %d)", ErrCorruptState, f.Format, fileFormat, fileFormatSigned)
 	}
 	if f.Range != cfg.Range.String() {
 		return l, fmt.Errorf("%w: written for cluster range %s, configured range is %s", ErrRangeMismatch, f.Range, cfg.Range)
@@ -104,7 +117,7 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 		}
 		seen[k], used[a.Addr] = true, true
 	}
-	l = loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID, floor: f.VersionFloor}
+	l = loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID, floor: f.VersionFloor, signed: f.SignedInfos && f.Format == fileFormatSigned}
 	if g := f.Gateway; g != nil {
 		off, ok := addrOffset(cfg.Range, g.Addr)
 		if !ok || used[g.Addr] {
@@ -115,21 +128,35 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 	return l, nil
 }
 
-func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64) ([]byte, error) {
+func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64, signedWire bool) ([]byte, error) {
+	signed := signedWire || hasSignatures(st)
 	f := fileState{
 		VersionFloor: floor,
 		Format:       fileFormat,
 		Range:        cfg.Range.String(),
 		Self:         cfg.Self,
 		SelfID:       selfID,
-		State:        encodeState(cfg.Range, cfg.Self, st),
+		State:        encodeStateAs(cfg.Range, cfg.Self, st, signed),
 		Allocations:  allocs,
 		Paxos:        px,
+	}
+	if signed {
+		f.Format, f.SignedInfos = fileFormatSigned, signedWire
 	}
 	if gw.set {
 		f.Gateway = &fileGateway{Addr: offsetAddr(cfg.Range, gw.off), Echoed: gw.echoed}
 	}
 	return json.MarshalIndent(f, "", "  ")
+}
+
+// hasSignatures says whether any info of st is signed.
+func hasSignatures(st state) bool {
+	for _, p := range st.peers {
+		if len(p.Sig) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // stateStore is where state files live: the disk, or memory in simulations

@@ -87,7 +87,9 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 		// (docs/ipam.md, "Kubernetes Node deletion").
 		removed.Held = info.Held
 	}
-	a.st.peers[name] = removed
+	// Signed by this peer as writer: receivers accept a removal signed by
+	// any node with a bound identity (docs/ipam.md, "Signed peer infos").
+	a.st.peers[name] = a.signLocked(name, removed)
 	a.reservedCache = nil
 	a.log.Warn("removed peer", "peer", name, "ranges", n, "authoritative", authoritative)
 	a.afterRingChangeLocked()

@@ -68,6 +68,7 @@ type simNet struct {
 	queue      []simMsg
 	faults     bool // drop, duplicate and reorder messages
 	membersKey string
+	ids        *testIdentities // nil: peers neither sign nor check infos
 	// gws is each node's gateway as last seen while it had pods: it must
 	// not change while pods use it.
 	gws map[string]netip.Addr
@@ -167,6 +168,9 @@ func (s *simNet) add(t testing.TB, name, prefix string, initial int, reclaim tim
 	cfg.InitialPeerCount = initial
 	cfg.ReclaimAfter = reclaim
 	cfg.Now = s.clock.Now
+	if s.ids != nil {
+		cfg.Identities = s.ids.node(name)
+	}
 	if os.Getenv("SIMLOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("peer", name)
 	}

@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"cmp"
 	"slices"
 )
@@ -53,6 +54,13 @@ type peerInfo struct {
 	// the ring moves under it (independent seeding, an rmpeer of a peer that
 	// was only partitioned, a reclaim).
 	Held []uint64
+	// Writer is the node whose identity signed this info, Sig its
+	// signature of infoSigBytes: the peer itself, or for a Removed info
+	// the node that ran rmpeer or saw the Node deletion (docs/ipam.md,
+	// "Signed peer infos"). Both empty when unsigned: without
+	// Config.Identities, or learnt from a release without signatures.
+	Writer string
+	Sig    []byte
 }
 
 func comparePeerInfo(a, b peerInfo) int {
@@ -74,7 +82,16 @@ func comparePeerInfo(a, b peerInfo) int {
 	if c := cmpBool(a.Removed, b.Removed); c != 0 {
 		return c
 	}
-	return slices.Compare(a.Held, b.Held)
+	if c := slices.Compare(a.Held, b.Held); c != 0 {
+		return c
+	}
+	// Last, so that the order of contents is the previous release's and
+	// a signed copy of an info beats an unsigned one; ties between two
+	// writers of the same removal are broken the same way everywhere.
+	if c := cmp.Compare(a.Writer, b.Writer); c != 0 {
+		return c
+	}
+	return bytes.Compare(a.Sig, b.Sig)
 }
 
 func cmpBool(a, b bool) int {

@@ -39,7 +39,8 @@ func (a *Allocator) Tick() {
 	}
 	a.tick++
 	before := a.st.ring
-	a.publishLocked() // heartbeat
+	a.sendSignedLocked() // at once when the last member able to read them joins
+	a.publishLocked()    // heartbeat
 	a.paxosTickLocked()
 	a.recoveryTickLocked()
 	a.refillPoolLocked()

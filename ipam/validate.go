@@ -64,10 +64,17 @@ const (
 	RejectUnknownPeer = "unknown-peer"   // a new name that is no member and owns nothing
 	RejectPeerTable   = "peer-table-full"
 	RejectSeed        = "seed" // a seed claiming more members than maxPeers
+	// Signed peer infos (sign.go): an unsigned info where a signature is
+	// due, one that does not verify (or is signed by another node than
+	// the peer and is no removal), one signed under a name bound to no
+	// identity.
+	RejectUnsigned      = "unsigned-info"
+	RejectBadSignature  = "bad-info-signature"
+	RejectUnknownSigner = "unknown-signer"
 )
 
 // RejectReasons lists every reason, for metrics.
-var RejectReasons = []string{RejectOversized, RejectCorrupt, RejectRange, RejectCounter, RejectFuture, RejectHeld, RejectUnknownPeer, RejectPeerTable, RejectSeed}
+var RejectReasons = []string{RejectOversized, RejectCorrupt, RejectRange, RejectCounter, RejectFuture, RejectHeld, RejectUnknownPeer, RejectPeerTable, RejectSeed, RejectUnsigned, RejectBadSignature, RejectUnknownSigner}
 
 // guard counts what was refused; one note per reason (the last), so its
 // size is bounded by the number of reasons whatever a peer sends.
@@ -187,6 +194,12 @@ func (a *Allocator) screenLocked(w *wireState) error {
 			reason, detail = RejectPeerTable, fmt.Sprintf("table holds %d peers that count", counted+added)
 		case !known && len(space[name]) == 0 && !a.isMember(name) && !(p.Removed && len(p.Held) > 0):
 			reason, detail = RejectUnknownPeer, "not a member and owns no space"
+		default:
+			var skip bool
+			if reason, detail, skip = a.signatureRuleLocked(name, w.sender, p, cur, w.verified); skip {
+				delete(w.st.peers, name)
+				continue
+			}
 		}
 		if reason != "" {
 			if _, ok := refused[reason]; !ok {

@@ -65,39 +65,40 @@ func TestBoundsRefuseHostileStates(t *testing.T) {
 		name   string
 		reason string
 		forge  func(t *testing.T, net *simNet, w *wireState)
+		signed bool // the peers sign their infos (signedNet)
 	}{
 		{"live peer removed at the maximum epoch and version", RejectCounter, func(t *testing.T, net *simNet, w *wireState) {
 			b := w.st.peers["b"]
 			w.st.peers["b"] = peerInfo{Epoch: math.MaxUint64, Version: math.MaxUint64, ID: b.ID, Removed: true}
-		}},
+		}, false},
 		{"epoch beyond its step", RejectCounter, func(t *testing.T, net *simNet, w *wireState) {
 			b := w.st.peers["b"]
 			b.Epoch += maxEpochStep + 1
 			b.Removed = true
 			b.Held = nil
 			w.st.peers["b"] = b
-		}},
+		}, false},
 		{"version far ahead of the clock", RejectFuture, func(t *testing.T, net *simNet, w *wireState) {
 			b := w.st.peers["b"]
 			b.Version = now(net) + uint64(2*maxClockAhead/time.Millisecond)
 			b.Held = nil
 			w.st.peers["b"] = b
-		}},
+		}, false},
 		{"another peer's range at the maximum version", RejectCounter, func(t *testing.T, net *simNet, w *wireState) {
 			sp := spanOf(t, w.st.ring, "b")
 			w.st.ring = w.st.ring.update(sp.start, sp.end, func(entry) entry { return entry{Version: math.MaxUint64, Owner: "evil"} })
-		}},
+		}, false},
 		{"another peer's range beyond the ring step", RejectCounter, func(t *testing.T, net *simNet, w *wireState) {
 			sp := spanOf(t, w.st.ring, "b")
 			w.st.ring = w.st.ring.update(sp.start, sp.end, func(e entry) entry { return entry{Version: e.Version + maxRingStep + 1, Owner: "evil"} })
-		}},
+		}, false},
 		{"whole-range Held under the forger's name", RejectHeld, func(t *testing.T, net *simNet, w *wireState) {
 			held := make([]uint64, 0, w.st.ring.size)
 			for off := range w.st.ring.size {
 				held = append(held, off)
 			}
 			w.st.peers["evil"] = peerInfo{Version: now(net), Held: held}
-		}},
+		}, false},
 		{"Held in another peer's space beyond the foreign bound", RejectHeld, func(t *testing.T, net *simNet, w *wireState) {
 			sp := spanOf(t, w.st.ring, "b")
 			var held []uint64
@@ -105,7 +106,7 @@ func TestBoundsRefuseHostileStates(t *testing.T) {
 				held = append(held, off)
 			}
 			w.st.peers["evil"] = peerInfo{Version: now(net), Held: held}
-		}},
+		}, false},
 		{"claim under a live node's name: b holds a's space", RejectHeld, func(t *testing.T, net *simNet, w *wireState) {
 			sp := spanOf(t, w.st.ring, "a")
 			b := w.st.peers["b"]
@@ -115,23 +116,56 @@ func TestBoundsRefuseHostileStates(t *testing.T) {
 				b.Held = append(b.Held, off)
 			}
 			w.st.peers["b"] = b
-		}},
+		}, false},
 		{"thousands of invented peer names", RejectUnknownPeer, func(t *testing.T, net *simNet, w *wireState) {
 			for i := range 3000 {
 				w.st.peers[fmt.Sprintf("fake-%d", i)] = peerInfo{Version: now(net)}
 			}
-		}},
+		}, false},
 		{"seed claiming more members than the table holds", RejectSeed, func(t *testing.T, net *simNet, w *wireState) {
 			w.st.seed.Members = maxPeers + 1
-		}},
+		}, false},
+		{"claim under a live node's name within the bounds, unsigned", RejectUnsigned, func(t *testing.T, net *simNet, w *wireState) {
+			b := w.st.peers["b"]
+			b.Version++
+			b.Held = []uint64{spanOf(t, w.st.ring, "a").start + 7}
+			b.Writer, b.Sig = "", nil
+			w.st.peers["b"] = b
+		}, true},
+		{"claim under a live node's name within the bounds, signed by the forger", RejectBadSignature, func(t *testing.T, net *simNet, w *wireState) {
+			b := w.st.peers["b"]
+			b.Version++
+			b.Held = []uint64{spanOf(t, w.st.ring, "a").start + 7}
+			w.st.peers["b"] = resign("10.0.0.0/16", "b", "evil", b)
+		}, true},
+		{"live peer removed within the bounds, signed by the forger", RejectUnknownSigner, func(t *testing.T, net *simNet, w *wireState) {
+			b := w.st.peers["b"]
+			w.st.peers["b"] = resign("10.0.0.0/16", "b", "evil", peerInfo{Epoch: b.Epoch + 1, Version: b.Version + 1, ID: b.ID, Removed: true})
+		}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			net, a := hostileNet(t)
-			before := a.Allocator.st.clone()
+			var net *simNet
+			var a *simNode
+			if tc.signed {
+				net, a = signedNet(t, newTestIdentities("a", "b", "c"))
+			} else {
+				net, a = hostileNet(t)
+			}
 			w := forged(t, net)
+			if tc.signed {
+				// a up to date with c, so that only the forgery is new.
+				if err := a.MergeRemoteState(net.nodes["c"].LocalState()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := a.Allocator.st.clone()
 			tc.forge(t, net, &w)
-			_ = send(a, w)
+			if tc.signed {
+				_ = sendSigned(a, w)
+			} else {
+				_ = send(a, w)
+			}
 			st := a.Status()
 			if st.Rejected[tc.reason] == 0 {
 				t.Fatalf("not counted under %q: %v", tc.reason, st.Rejected)

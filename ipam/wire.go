@@ -34,6 +34,11 @@ type WirePeer struct {
 	Free            uint64
 	Leased, Removed bool
 	Held            []uint64 // offsets, sorted
+	// Writer signed the info (the peer, or the writer of a removal) and
+	// Sig is its signature; empty when unsigned. A Wire with any of them
+	// set encodes as a signed state (MIP3, MIP7).
+	Writer string
+	Sig    []byte
 }
 
 // DecodeWire decodes a full state as LocalState returns it.
@@ -47,7 +52,7 @@ func DecodeWire(b []byte) (Wire, error) {
 		out.Ring = append(out.Ring, WireSeg{Start: s.start, Version: s.e.Version, Owner: s.e.Owner, Dead: s.e.Dead})
 	}
 	for n, p := range w.st.peers {
-		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Held: slices.Clone(p.Held)}
+		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Held: slices.Clone(p.Held), Writer: p.Writer, Sig: slices.Clone(p.Sig)}
 	}
 	return out, nil
 }
@@ -58,11 +63,13 @@ func (w Wire) Encode() []byte {
 	for _, s := range w.Ring {
 		st.ring.segs = append(st.ring.segs, seg{start: s.Start, e: entry{Version: s.Version, Owner: s.Owner, Dead: s.Dead}})
 	}
+	signed := false
 	for _, n := range slices.Sorted(maps.Keys(w.Peers)) {
 		p := w.Peers[n]
-		st.peers[n] = peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Held: p.Held}
+		st.peers[n] = peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Held: p.Held, Writer: p.Writer, Sig: p.Sig}
+		signed = signed || p.Writer != "" || len(p.Sig) > 0
 	}
-	return encodeState(w.Prefix, w.Sender, st)
+	return encodeStateAs(w.Prefix, w.Sender, st, signed)
 }
 
 // Message returns w as the message that broadcasts a state (what

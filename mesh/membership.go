@@ -4,6 +4,7 @@
 package mesh
 
 import (
+	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -212,6 +213,32 @@ func (m *Membership) Members() []Member {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
+}
+
+// Member returns the named member as Members would, if it is known.
+func (m *Membership) Member(name string) (Member, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mem, ok := m.members[name]
+	if !ok {
+		return Member{}, false
+	}
+	return *mem, true
+}
+
+// BoundIdentity returns the signing public key bound to name (docs/
+// architecture.md, "Node identities"), nil when none is: the IPAM verifies
+// peer infos with it. This node's own name is not in the table.
+func (m *Membership) BoundIdentity(name string) ed25519.PublicKey {
+	key := m.bindings.boundKey(name)
+	if key == "" {
+		return nil
+	}
+	pub, err := base64.StdEncoding.DecodeString(key)
+	if err != nil || len(pub) != ed25519.PublicKeySize {
+		return nil // LoadBindings and NotifyAlive store valid keys only
+	}
+	return ed25519.PublicKey(pub)
 }
 
 // Subscribe returns a channel that receives a value (coalesced, never

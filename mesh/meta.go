@@ -35,11 +35,24 @@ type Meta struct {
 	// name is bound to no key (docs/architecture.md, "Trust and keys").
 	SignKey    string `json:"sk,omitempty"`
 	SigVersion int    `json:"sv,omitempty"`
+	// IPAMInfos says how the node handles signed IPAM peer infos
+	// (docs/ipam.md, "Signed peer infos"): absent (0) on a node of the
+	// previous release, which reads no state with signatures;
+	// IPAMInfosRead while it reads them but sends unsigned ones (not
+	// every member reads them yet); IPAMInfosSigned once it sends its
+	// infos signed, for good. Old nodes ignore the field.
+	IPAMInfos int `json:"ii,omitempty"`
 	// Sig signs the metadata bytes before it together with the node's name
 	// and advertised address (signedMetaBytes). It is always the last
 	// field on the wire; set by SignMeta only.
 	Sig string `json:"sg,omitempty"`
 }
+
+// Values of Meta.IPAMInfos.
+const (
+	IPAMInfosRead   = 1
+	IPAMInfosSigned = 2
+)
 
 // PathMetaVersion is the format of PathMeta; a node that reads a higher
 // one treats the sender as if it sent none.

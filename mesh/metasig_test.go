@@ -103,7 +103,7 @@ func swapKey(t *testing.T, wire []byte, key ed25519.PrivateKey) []byte {
 // falls back to Overflow when the signature would not fit.
 func TestSignedMetaFitsWithPaths(t *testing.T) {
 	key := newSignKey(t)
-	meta := Meta{PeerID: "0123456789abcdef0123456789abcdef", Version: "v1.2.3-long-version", PublicKey: strings.Repeat("A", 44), DPPort: 6784}
+	meta := Meta{PeerID: "0123456789abcdef0123456789abcdef", Version: "v1.2.3-long-version", PublicKey: strings.Repeat("A", 44), DPPort: 6784, IPAMInfos: IPAMInfosSigned}
 	for i := range MaxMetaKeys {
 		meta.Keys = append(meta.Keys, fmt.Sprintf("%016x", i))
 	}

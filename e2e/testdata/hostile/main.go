@@ -6,6 +6,7 @@
 package main
 
 import (
+	"crypto/rand"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -132,7 +133,15 @@ func run(name, addr, peer, victim, other, keyFile string, duration time.Duration
 				c.forged = a.msg[1:]
 			}
 			c.mu.Unlock()
-			send.Broadcast(a.msg)
+			if a.reliable {
+				for _, mem := range m.Members() {
+					if !mem.Self && mem.State.Live() {
+						_ = send.SendTo(mem.Name, a.msg)
+					}
+				}
+			} else {
+				send.Broadcast(a.msg)
+			}
 			sent[a.name]++
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -163,8 +172,9 @@ var (
 )
 
 type attack struct {
-	name string
-	msg  []byte
+	name     string
+	msg      []byte
+	reliable bool // sent to each member over TCP, not broadcast
 }
 
 // attacks forges one message of each kind from the latest honest state w.
@@ -176,7 +186,7 @@ func attacks(w ipam.Wire, first []byte, self, victim, other string) []attack {
 		c := clone(w)
 		c.Sender = self
 		f(&c)
-		out = append(out, attack{name, c.Message()})
+		out = append(out, attack{name: name, msg: c.Message()})
 	}
 	// A live peer removed at the maximum epoch and version, its range
 	// given to the forger at the maximum version.
@@ -196,6 +206,38 @@ func attacks(w ipam.Wire, first []byte, self, victim, other string) []attack {
 		v.Version = now + uint64(2*time.Hour/time.Millisecond)
 		v.Held = spanOffsets(*c, other, 2000)
 		c.Peers[victim] = v
+	})
+	// Claims under a live node's name within every bound, which only the
+	// signatures of peer infos stop: the victim holds a few addresses of
+	// the other node's space, unsigned, then with a forged signature; and
+	// the victim removed by the forger (as rmpeer writes it), signed by
+	// the forger, whose name is bound to no identity.
+	// A second ahead, so that even the victim's own info is older; sent
+	// over TCP to each member (reliable), as memberlist's UDP gossip
+	// queue, flooded with the other attacks, sends the largest first
+	// and would starve these small ones.
+	claim := func(c *ipam.Wire) ipam.WirePeer {
+		v := c.Peers[victim]
+		v.Version = now + 1000
+		v.Held = spanOffsets(*c, other, 8)
+		v.Writer, v.Sig = "", nil
+		return v
+	}
+	reliable := func(name string, f func(w *ipam.Wire)) {
+		add(name, f)
+		out[len(out)-1].reliable = true
+	}
+	reliable("live-name-unsigned", func(c *ipam.Wire) {
+		c.Peers[victim] = claim(c)
+	})
+	reliable("live-name-forged-signature", func(c *ipam.Wire) {
+		v := claim(c)
+		v.Writer, v.Sig = victim, randomSig()
+		c.Peers[victim] = v
+	})
+	reliable("rmpeer-forged", func(c *ipam.Wire) {
+		v := c.Peers[victim]
+		c.Peers[victim] = ipam.WirePeer{Epoch: v.Epoch + 1, Version: now + 1000, ID: v.ID, Removed: true, Writer: self, Sig: randomSig()}
 	})
 	// The forger holds 2000 addresses of the victim's space.
 	add("foreign-held", func(c *ipam.Wire) {
@@ -219,10 +261,17 @@ func attacks(w ipam.Wire, first []byte, self, victim, other string) []attack {
 		c.Peers[self] = ipam.WirePeer{Version: now, ID: "hostile", Held: held}
 		whole = c.Message()
 	})
-	out = append(out, attack{"whole-range-held", whole})
+	out = append(out, attack{name: "whole-range-held", msg: whole})
 	// A replayed old state, as it was first captured.
-	out = append(out, attack{"replay", append([]byte{1}, first...)})
+	out = append(out, attack{name: "replay", msg: append([]byte{1}, first...)})
 	return out
+}
+
+// randomSig is 64 bytes no identity signed.
+func randomSig() []byte {
+	b := make([]byte, 64)
+	_, _ = rand.Read(b)
+	return b
 }
 
 func clone(w ipam.Wire) ipam.Wire {
