@@ -252,3 +252,19 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// SetIPAllocRanges sets the cluster ranges from the values of
+// --ipalloc-range (each a CIDR or a comma list, at most one per family;
+// ipam.ParseClusterRanges): IPv4 in IPAllocRange and IPv6 in
+// IPAllocRange6, or an IPv6 range alone in IPAllocRange (IPv6 only).
+func (c *Config) SetIPAllocRanges(values []string) error {
+	r, err := ipam.ParseClusterRanges(values)
+	if err != nil {
+		return err
+	}
+	c.IPAllocRange, c.IPAllocRange6 = r.IPv4, r.IPv6
+	if !r.IPv4.IsValid() {
+		c.IPAllocRange, c.IPAllocRange6 = r.IPv6, netip.Prefix{}
+	}
+	return nil
+}

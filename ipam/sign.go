@@ -133,6 +133,8 @@ func (a *Allocator) SignsInfos() bool {
 //
 //   - A signed info must be signed by name itself, or be a removal
 //     (rmpeer, a Node deletion) signed by any node with a bound identity.
+//     A peer's own info whose name is bound to no identity here (it left
+//     before this peer joined) is taken unverified, within the bounds.
 //   - Until this peer sends signed states (the mesh is being upgraded),
 //     an unsigned info is accepted as by the previous release.
 //   - From then on, an unsigned info is accepted only of a live member
@@ -169,6 +171,16 @@ func (a *Allocator) signatureRuleLocked(name, sender string, p, cur peerInfo, pr
 	}
 	switch {
 	case err == nil:
+		return "", "", false
+	case errors.Is(err, ErrUnknownSigner) && p.Writer == name:
+		// A peer's own info, but this node never saw its identity: a
+		// peer that went silent or left before this one joined. Its
+		// info passed the bounds (it owns space, holds addresses of a
+		// removal, or is a member), and its Held may be all that keeps
+		// its pods' addresses from being handed out again here (I5):
+		// this node may become the heir of its space. So it is taken,
+		// as the previous release took it; what a forger gains by this
+		// is a name no node here has bound, within the bounds.
 		return "", "", false
 	case errors.Is(err, ErrUnknownSigner):
 		return RejectUnknownSigner, fmt.Sprintf("signed by %s, whose name is bound to no identity", p.Writer), false

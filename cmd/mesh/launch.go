@@ -13,7 +13,6 @@ import (
 	"syscall"
 
 	"github.com/meshnet/mesh/daemon"
-	"github.com/meshnet/mesh/ipam"
 )
 
 func launch(args []string, stderr io.Writer) error {
@@ -67,14 +66,8 @@ func launch(args []string, stderr io.Writer) error {
 	cfg.Peers = peers
 	cfg.Version = version
 	if len(ipRanges) > 0 {
-		r, err := ipam.ParseClusterRanges(ipRanges)
-		if err != nil {
+		if err := cfg.SetIPAllocRanges(ipRanges); err != nil {
 			return err
-		}
-		cfg.IPAllocRange, cfg.IPAllocRange6 = r.IPv4, r.IPv6
-		if !r.IPv4.IsValid() {
-			// IPv6 only: the one range is the daemon's IPAllocRange.
-			cfg.IPAllocRange, cfg.IPAllocRange6 = r.IPv6, netip.Prefix{}
 		}
 	}
 	if cfg.NoMasqueradeCIDRs, err = parseCIDRs(*noMasq); err != nil {
