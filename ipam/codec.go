@@ -138,14 +138,7 @@ func encodeStateAs(prefix netip.Prefix, sender string, st state, signed bool) []
 		b = binary.AppendUvarint(b, p.Version)
 		b = appendString(b, p.ID)
 		b = binary.AppendUvarint(b, p.Free)
-		var flags byte
-		if p.Leased {
-			flags |= 1
-		}
-		if p.Removed {
-			flags |= 2
-		}
-		b = append(b, flags)
+		b = append(b, p.flags())
 		b = binary.AppendUvarint(b, uint64(len(p.Held)))
 		prev := uint64(0)
 		for _, h := range p.Held {
@@ -300,9 +293,8 @@ func decodeState(buf []byte) (wireState, error) {
 			d.fail("peer without a name")
 		}
 		p := peerInfo{Epoch: d.uvarint(), Version: d.uvarint(), ID: d.str(), Free: d.uvarint()}
-		flags := d.bytes(1)
-		if flags != nil {
-			p.Leased, p.Removed = flags[0]&1 != 0, flags[0]&2 != 0
+		if flags := d.bytes(1); flags != nil {
+			p.setFlags(flags[0])
 		}
 		nHeld := d.count(1)
 		if nHeld > 0 {
@@ -390,3 +382,25 @@ func decodePrefix(d *decoder) (netip.Prefix, bool, error) {
 }
 
 func appendUvarint(b []byte, v uint64) []byte { return binary.AppendUvarint(b, v) }
+
+// Bits of a peer info's flags byte, on the wire and in what its signature
+// covers; a reader ignores the others.
+const (
+	flagLeased  byte = 1
+	flagRemoved byte = 2
+)
+
+func (p peerInfo) flags() byte {
+	var f byte
+	if p.Leased {
+		f |= flagLeased
+	}
+	if p.Removed {
+		f |= flagRemoved
+	}
+	return f
+}
+
+func (p *peerInfo) setFlags(f byte) {
+	p.Leased, p.Removed = f&flagLeased != 0, f&flagRemoved != 0
+}

@@ -74,14 +74,7 @@ func infoSigBytes(prefix netip.Prefix, name string, p peerInfo) []byte {
 	b = binary.AppendUvarint(b, p.Epoch)
 	b = binary.AppendUvarint(b, p.Version)
 	b = binary.AppendUvarint(b, p.Free)
-	var flags byte
-	if p.Leased {
-		flags |= 1
-	}
-	if p.Removed {
-		flags |= 2
-	}
-	b = append(b, flags)
+	b = append(b, p.flags())
 	b = binary.AppendUvarint(b, uint64(len(p.Held)))
 	for _, h := range p.Held {
 		b = binary.AppendUvarint(b, h)
