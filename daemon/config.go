@@ -233,8 +233,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--no-masquerade-cidrs lists %d CIDRs, at most %d", len(c.NoMasqueradeCIDRs), nat.MaxNoMasquerade)
 	}
 	for _, p := range c.NoMasqueradeCIDRs {
-		if !p.IsValid() || !p.Addr().Is4() || p != p.Masked() {
-			return fmt.Errorf("--no-masquerade-cidrs: %v is not an IPv4 prefix without host bits", p)
+		if !p.IsValid() || p.Addr().Is4In6() || p != p.Masked() {
+			return fmt.Errorf("--no-masquerade-cidrs: %v is not an IPv4 or IPv6 prefix without host bits", p)
 		}
 	}
 	if c.PolicyWait < 0 {

@@ -126,8 +126,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("invalid NAT config: %d no-masquerade CIDRs, at most %d", len(c.NoMasquerade), MaxNoMasquerade)
 	}
 	for _, p := range c.NoMasquerade {
-		if !p.IsValid() || !p.Addr().Is4() || p != p.Masked() {
-			return fmt.Errorf("invalid NAT config: no-masquerade CIDR %s is not a masked IPv4 prefix", p)
+		if !p.IsValid() || p.Addr().Is4In6() || p != p.Masked() {
+			return fmt.Errorf("invalid NAT config: no-masquerade CIDR %s is not a masked IPv4 or IPv6 prefix", p)
 		}
 	}
 	for _, a := range c.Nodes {
@@ -166,24 +166,38 @@ type rule struct {
 	exprs   []expr.Any
 }
 
-// rules computes the chain's content; none means no table is needed.
-func (c *Config) rules() []rule {
-	var out []rule
-	cr := c.ClusterRange
-	if !cr.IsValid() {
-		return nil // IPv6 only: see rules6
+// rules computes the IPv4 table's chain; none means no table is needed.
+func (c *Config) rules() []rule { return c.familyRules(false) }
+
+// rules6 computes the ip6 table's chain: the IPv6 counterpart of rules,
+// the other nodes' addresses being their IPv6 ones (an IPv6 underlay);
+// none without an IPv6 cluster range.
+func (c *Config) rules6() []rule { return c.familyRules(true) }
+
+// familyRules computes one family's chain (IPv6 with v6). The two differ
+// only in their cluster range, overlay address, header offsets and the
+// word nft writes for the family ("ip", "ip6").
+func (c *Config) familyRules(v6 bool) []rule {
+	cr, overlay, word, nfproto := c.ClusterRange, c.OverlayIP, "ip", uint32(unix.NFPROTO_IPV4)
+	match, saddr, daddr, alen := prefixMatch, uint32(saddrOff), uint32(daddrOff), uint32(4)
+	if v6 {
+		cr, overlay, word, nfproto = c.ClusterRange6, c.OverlayIP6, "ip6", unix.NFPROTO_IPV6
+		match, saddr, daddr, alen = prefixMatch6, saddrOff6, daddrOff6, 16
 	}
-	if c.OverlayIP.IsValid() {
-		a := c.OverlayIP.As4()
+	if !cr.IsValid() || cr.Addr().Is6() != v6 {
+		return nil // the other family's range, or none: see the other table
+	}
+	var out []rule
+	if overlay.IsValid() {
+		snat := []expr.Any{
+			&expr.Immediate{Register: 1, Data: overlay.AsSlice()},
+			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: nfproto, RegAddrMin: 1, RegAddrMax: 1},
+		}
 		out = append(out, rule{
-			comment: fmt.Sprintf("oifname %s ip saddr != %s snat to %s", c.OverlayDevice, cr, c.OverlayIP),
-			exprs: slices.Concat(oifname(c.OverlayDevice), prefixMatch(saddrOff, cr, false),
-				[]expr.Any{
-					&expr.Immediate{Register: 1, Data: a[:]},
-					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
-				}),
+			comment: fmt.Sprintf("oifname %s %s saddr != %s snat to %s", c.OverlayDevice, word, cr, overlay),
+			exprs:   slices.Concat(oifname(c.OverlayDevice), match(saddr, cr, false), snat),
 		}, rule{
-			comment: fmt.Sprintf("oifname %s meta mark & %#x == %#x snat to %s", c.OverlayDevice, KubeProxyMasqueradeMark, KubeProxyMasqueradeMark, c.OverlayIP),
+			comment: fmt.Sprintf("oifname %s meta mark & %#x == %#x snat to %s", c.OverlayDevice, KubeProxyMasqueradeMark, KubeProxyMasqueradeMark, overlay),
 			exprs: slices.Concat(oifname(c.OverlayDevice),
 				[]expr.Any{
 					&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
@@ -191,16 +205,14 @@ func (c *Config) rules() []rule {
 						Mask: binaryutil.NativeEndian.PutUint32(KubeProxyMasqueradeMark),
 						Xor:  binaryutil.NativeEndian.PutUint32(0)},
 					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(KubeProxyMasqueradeMark)},
-					&expr.Immediate{Register: 1, Data: a[:]},
-					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
-				}),
+				}, snat),
 		})
 	}
-	if nodes := c.nodes(false); len(nodes) > 0 {
+	if nodes := c.nodes(v6); len(nodes) > 0 {
 		out = append(out, rule{
-			comment: fmt.Sprintf("ip saddr %s ip daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(nodes), nodesDigest(nodes)),
-			exprs: slices.Concat(prefixMatch(saddrOff, cr, true), []expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff, Len: 4},
+			comment: fmt.Sprintf("%s saddr %s %s daddr @%s masquerade (%d nodes, %x)", word, cr, word, nodesSet, len(nodes), nodesDigest(nodes)),
+			exprs: slices.Concat(match(saddr, cr, true), []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: alen},
 				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
 				&expr.Masq{},
 			}),
@@ -211,61 +223,21 @@ func (c *Config) rules() []rule {
 	}
 	ret := []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}
 	out = append(out, rule{
-		comment: fmt.Sprintf("ip daddr %s return", cr),
-		exprs:   slices.Concat(prefixMatch(daddrOff, cr, true), ret),
+		comment: fmt.Sprintf("%s daddr %s return", word, cr),
+		exprs:   slices.Concat(match(daddr, cr, true), ret),
 	})
 	for _, p := range c.NoMasquerade {
+		if p.Addr().Is6() != v6 {
+			continue
+		}
 		out = append(out, rule{
-			comment: fmt.Sprintf("ip daddr %s return (no-masquerade)", p),
-			exprs:   slices.Concat(prefixMatch(daddrOff, p, true), ret),
+			comment: fmt.Sprintf("%s daddr %s return (no-masquerade)", word, p),
+			exprs:   slices.Concat(match(daddr, p, true), ret),
 		})
-	}
-	out = append(out, rule{
-		comment: fmt.Sprintf("ip saddr %s masquerade", cr),
-		exprs:   slices.Concat(prefixMatch(saddrOff, cr, true), []expr.Any{&expr.Masq{}}),
-	})
-	return out
-}
-
-// rules6 computes the ip6 table's chain: the IPv6 counterpart of rules,
-// the other nodes' addresses being their IPv6 ones (an IPv6 underlay);
-// none without an IPv6 cluster range.
-func (c *Config) rules6() []rule {
-	cr := c.ClusterRange6
-	if !cr.IsValid() {
-		return nil
-	}
-	var out []rule
-	if c.OverlayIP6.IsValid() {
-		a := c.OverlayIP6.As16()
-		out = append(out, rule{
-			comment: fmt.Sprintf("oifname %s ip6 saddr != %s snat to %s", c.OverlayDevice, cr, c.OverlayIP6),
-			exprs: slices.Concat(oifname(c.OverlayDevice), prefixMatch6(saddrOff6, cr, false),
-				[]expr.Any{
-					&expr.Immediate{Register: 1, Data: a[:]},
-					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV6, RegAddrMin: 1, RegAddrMax: 1},
-				}),
-		})
-	}
-	if nodes := c.nodes(true); len(nodes) > 0 {
-		out = append(out, rule{
-			comment: fmt.Sprintf("ip6 saddr %s ip6 daddr @%s masquerade (%d nodes, %x)", cr, nodesSet, len(nodes), nodesDigest(nodes)),
-			exprs: slices.Concat(prefixMatch6(saddrOff6, cr, true), []expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOff6, Len: 16},
-				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
-				&expr.Masq{},
-			}),
-		})
-	}
-	if !c.Masquerade {
-		return out
 	}
 	return append(out, rule{
-		comment: fmt.Sprintf("ip6 daddr %s return", cr),
-		exprs:   slices.Concat(prefixMatch6(daddrOff6, cr, true), []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}),
-	}, rule{
-		comment: fmt.Sprintf("ip6 saddr %s masquerade", cr),
-		exprs:   slices.Concat(prefixMatch6(saddrOff6, cr, true), []expr.Any{&expr.Masq{}}),
+		comment: fmt.Sprintf("%s saddr %s masquerade", word, cr),
+		exprs:   slices.Concat(match(saddr, cr, true), []expr.Any{&expr.Masq{}}),
 	})
 }
 
