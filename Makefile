@@ -8,10 +8,12 @@ BIN      := bin
 
 all: build
 
-# The daemon and CLI, and the CNI plugin the daemon installs from its own
-# directory: a user's build and the tests' build are this same target.
+# The daemon and CLI, the CNI plugin the daemon installs from its own
+# directory, and the userspace data-plane process it starts from there: a
+# user's build and the tests' build are this same target.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh ./cmd/mesh
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh-dataplane ./cmd/mesh-dataplane
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh-cni ./cmd/mesh-cni
 
 deps:
@@ -119,7 +121,7 @@ install: build
 	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/default \
 		$(DESTDIR)$(CNIBINDIR) $(DESTDIR)$(CNILIBDIR) $(DESTDIR)$(CNICONFDIR)
 	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/mesh
-	install -m 0755 $(BIN)/mesh $(BIN)/mesh-cni $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(BIN)/mesh $(BIN)/mesh-cni $(BIN)/mesh-dataplane $(DESTDIR)$(BINDIR)/
 	install -m 0755 $(BIN)/mesh-cni $(DESTDIR)$(CNIBINDIR)/mesh-cni
 	ln -sfn $(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
 	sed 's|/usr/local/bin/|$(BINDIR)/|g' deploy/systemd/mesh.service > $(DESTDIR)$(UNITDIR)/mesh.service
@@ -132,7 +134,7 @@ install: build
 # gracefully (`mesh leave`; a plain stop would be a restart).
 uninstall:
 	if [ -z "$(DESTDIR)" ] && [ -x $(BINDIR)/mesh ]; then $(BINDIR)/mesh leave || true; fi
-	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(UNITDIR)/mesh.service \
+	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(BINDIR)/mesh-dataplane $(DESTDIR)$(UNITDIR)/mesh.service \
 		$(DESTDIR)$(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
 
 # Debian package of the same files (nfpm, pinned; fetched through the Go

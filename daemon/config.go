@@ -58,6 +58,12 @@ type Config struct {
 	Keepalive time.Duration
 	Bridge    string
 	WGDevice  string
+	// DataplaneProcess says where the userspace data plane's wireguard-go
+	// runs: fastdp.ProcessAuto (a mesh-dataplane process that outlives the
+	// daemon, started from next to this executable when none runs),
+	// fastdp.ProcessExternal (one a supervisor runs) or fastdp.ProcessOff
+	// (in this process).
+	DataplaneProcess string
 
 	// CNI plugin installation; NoCNI turns it off.
 	NoCNI      bool
@@ -108,6 +114,8 @@ func DefaultConfig() Config {
 		Keepalive:    25 * time.Second,
 		Bridge:       fastdp.DefaultBridgeName,
 		WGDevice:     fastdp.DefaultDeviceName,
+		// The data plane outlives a restart of the daemon.
+		DataplaneProcess: fastdp.ProcessAuto,
 		CNIBinDir:    api.DefaultCNIBinDir,
 		CNIConfDir:   api.DefaultCNIConfDir,
 		MetricsAddr:  "127.0.0.1:6782",
@@ -169,6 +177,12 @@ func (c *Config) Validate() error {
 	case fastdp.ModeAuto, fastdp.ModeKernel, fastdp.ModeUserspace, DataplaneNone:
 	default:
 		return fmt.Errorf("unknown --dataplane %q (want auto, kernel, userspace or none)", c.Dataplane)
+	}
+	switch c.DataplaneProcess {
+	case fastdp.ProcessAuto, fastdp.ProcessExternal, fastdp.ProcessOff:
+	default:
+		return fmt.Errorf("unknown --dataplane-process %q (want %s, %s or %s)", c.DataplaneProcess,
+			fastdp.ProcessAuto, fastdp.ProcessExternal, fastdp.ProcessOff)
 	}
 	if !c.IPAllocRange.IsValid() || !c.IPAllocRange.Addr().Is4() || c.IPAllocRange.Bits() > 30 {
 		return fmt.Errorf("--ipalloc-range %v must be an IPv4 prefix of /30 or larger", c.IPAllocRange)

@@ -161,7 +161,7 @@ func RemoveBinaries() error {
 
 // MakeBuildOutputs are the files `make build` must leave in its output
 // directory: what README's "Run it" gives a user.
-var MakeBuildOutputs = []string{"mesh", "mesh-cni"}
+var MakeBuildOutputs = []string{"mesh", "mesh-cni", "mesh-dataplane"}
 
 var makeBuild struct {
 	once sync.Once
