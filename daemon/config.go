@@ -116,10 +116,10 @@ func DefaultConfig() Config {
 		WGDevice:     fastdp.DefaultDeviceName,
 		// The data plane outlives a restart of the daemon.
 		DataplaneProcess: fastdp.ProcessAuto,
-		CNIBinDir:    api.DefaultCNIBinDir,
-		CNIConfDir:   api.DefaultCNIConfDir,
-		MetricsAddr:  "127.0.0.1:6782",
-		PolicyWait:   10 * time.Second,
+		CNIBinDir:        api.DefaultCNIBinDir,
+		CNIConfDir:       api.DefaultCNIConfDir,
+		MetricsAddr:      "127.0.0.1:6782",
+		PolicyWait:       10 * time.Second,
 	}
 }
 
