@@ -98,6 +98,7 @@ func installedFiles(prefix string) map[string]entry {
 	files := map[string]entry{
 		prefix + "/bin/mesh":                        {mode: 0o755},
 		prefix + "/bin/mesh-cni":                    {mode: 0o755},
+		prefix + "/bin/mesh-dataplane":              {mode: 0o755},
 		prefix + "/lib/systemd/system/mesh.service": {mode: 0o644},
 		"/etc/default/mesh":                         {mode: 0o644},
 		"/opt/cni/bin/mesh-cni":                     {mode: 0o755},
@@ -179,7 +180,7 @@ func TestMakeInstall(t *testing.T) {
 
 			runMake(t, append([]string{"uninstall", "DESTDIR=" + dest}, tt.args...)...)
 			got := tree(t, dest)
-			for _, p := range []string{tt.prefix + "/bin/mesh", tt.prefix + "/bin/mesh-cni", tt.prefix + "/lib/systemd/system/mesh.service", "/opt/cni/bin/mesh-cni", "/usr/lib/cni/mesh-cni"} {
+			for _, p := range []string{tt.prefix + "/bin/mesh", tt.prefix + "/bin/mesh-cni", tt.prefix + "/bin/mesh-dataplane", tt.prefix + "/lib/systemd/system/mesh.service", "/opt/cni/bin/mesh-cni", "/usr/lib/cni/mesh-cni"} {
 				if _, ok := got[p]; ok {
 					t.Errorf("make uninstall left %s", p)
 				}
@@ -216,7 +217,11 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	if err != nil || len(strings.TrimSpace(string(out))) != 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
-	for _, want := range []string{"Restart=on-failure", "KillSignal=SIGTERM", "EnvironmentFile=-/etc/default/mesh", "--key-file=${MESH_KEY_FILE}", "CAP_NET_ADMIN", "CAP_NET_RAW", "DeviceAllow=/dev/net/tun rw"} {
+	// KillMode=process: `systemctl restart mesh` (and stop) signals the
+	// daemon only, so the mesh-dataplane process it started in the unit's
+	// cgroup keeps forwarding (docs/architecture.md, "Restarts, crashes
+	// and leaving").
+	for _, want := range []string{"Restart=on-failure", "KillSignal=SIGTERM", "KillMode=process", "EnvironmentFile=-/etc/default/mesh", "--key-file=${MESH_KEY_FILE}", "CAP_NET_ADMIN", "CAP_NET_RAW", "DeviceAllow=/dev/net/tun rw"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
 		}
