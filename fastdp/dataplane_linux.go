@@ -143,8 +143,9 @@ func New(ctx context.Context, opts Options) (_ Dataplane, err error) {
 	case kind == ModeKernel:
 		d.impl = &kernelImpl{name: opts.DeviceName, nl: nl}
 	case useProcess(opts, log):
-		p := newProcessImpl(opts, nl, log)
-		d.impl, d.stopWatch = p, make(chan struct{})
+		d.stopWatch = make(chan struct{})
+		p := newProcessImpl(opts, nl, log, d.stopWatch)
+		d.impl = p
 		go d.watch(p)
 	default:
 		d.impl = &userspaceImpl{name: opts.DeviceName, ns: ns, nl: nl, log: log}

@@ -49,17 +49,22 @@ type processImpl struct {
 	nl        *netlink.Handle
 	log       *slog.Logger
 
-	// exited receives when a process this one started has exited.
+	// exited receives when the data-plane process has exited: one this
+	// process started (its reaper), or one it found (a pidfd).
 	exited chan struct{}
+	// stop ends the pidfd watches (closed by the data plane's Close).
+	stop chan struct{}
 
 	mu   sync.Mutex
 	st   ProcessStatus
 	lost bool // it was up, then found gone
+	// watched is the PID whose exit notifyExit watches.
+	watched int
 }
 
-func newProcessImpl(opts Options, nl *netlink.Handle, log *slog.Logger) *processImpl {
+func newProcessImpl(opts Options, nl *netlink.Handle, log *slog.Logger, stop chan struct{}) *processImpl {
 	p := &processImpl{name: opts.DeviceName, args: opts.ProcessArgs, netnsPath: opts.NetNSPath, nl: nl,
-		log: log, exited: make(chan struct{}, 1)}
+		log: log, exited: make(chan struct{}, 1), stop: stop}
 	p.st.Mode = opts.Process
 	if opts.Process == ProcessAuto {
 		p.bin = opts.ProcessBinary
@@ -121,6 +126,44 @@ func (p *processImpl) markUp(pid int) {
 	}
 	p.lost = false
 	p.st.Up, p.st.PID = true, pid
+	if pid != 0 && pid != p.watched && p.stop != nil {
+		p.watched = pid
+		p.notifyExit(pid)
+	}
+}
+
+// notifyExit signals exited as soon as process pid exits, also when this
+// process did not start it (a daemon restarted after starting it): a pidfd
+// becomes readable when the process exits. Without pidfds (kernels before
+// 5.3) the periodic check alone notices.
+func (p *processImpl) notifyExit(pid int) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		p.log.Debug("cannot watch the data-plane process's exit; the periodic check notices it", "pid", pid, "err", err)
+		return
+	}
+	go func() {
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			n, err := unix.Poll(fds, 500)
+			if n > 0 {
+				select {
+				case p.exited <- struct{}{}:
+				default:
+				}
+				return
+			}
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				return
+			}
+			select {
+			case <-p.stop:
+				return
+			default:
+			}
+		}
+	}()
 }
 
 func (p *processImpl) status() ProcessStatus {
