@@ -162,50 +162,69 @@ func TestRestartInProcessDataplane(t *testing.T) {
 // configuration and a handshake. Generous for a loaded machine.
 const dataplaneCrashBound = 10 * time.Second
 
-// TestDataplaneProcessCrash: kill -9 of the mesh-dataplane process (not
-// the daemon) stops pod traffic for at most dataplaneCrashBound: the
+// TestDataplaneProcessCrash: when the mesh-dataplane process (not the
+// daemon) goes, pod traffic stops for at most dataplaneCrashBound: the
 // daemon notices, starts a new process and configures it; status shows it
-// up under a new PID with one restart, and nothing else is left behind.
-// The same after a restart of the daemon, when the process it finds dead
-// is one it did not start itself (no exit notice; the check notices).
+// up under a new PID with one more restart, and nothing else is left
+// behind. The process goes by kill -9, by kill -9 after a restart of the
+// daemon (a process it did not start itself, so no exit of its child
+// tells it), by SIGTERM (how an operator moves it to a new build), and by
+// the removal of its UAPI socket (it then exits).
 func TestDataplaneProcessCrash(t *testing.T) {
 	_, nodes, pods := twoHostsWithPods(t, "dpc")
 	b := nodes[1]
-	for i, restartFirst := range []bool{false, true} {
-		if restartFirst {
-			if _, err := meshtest.Restart(b, meshtest.RestartSIGTERM, ""); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	tests := []struct {
+		name         string
+		restartFirst bool
+		stop         func(pid int) error
+	}{
+		{name: "kill -9", stop: func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }},
+		{name: "kill -9 after a daemon restart", restartFirst: true, stop: func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }},
+		{name: "SIGTERM", stop: func(pid int) error { return syscall.Kill(pid, syscall.SIGTERM) }},
+		{name: "socket removed", stop: func(int) error {
+			out, err := b.Host.Run(ctx, "rm", "/var/run/wireguard/mesh-wg.sock")
+			if err != nil {
+				return fmt.Errorf("rm: %v: %s", err, out)
+			}
+			return nil
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.restartFirst {
+				if _, err := meshtest.Restart(b, meshtest.RestartSIGTERM, ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := b.MustStatus().DataplaneProcess
+			if before == nil || before.State != api.DataplaneProcessUp || before.PID == 0 {
+				t.Fatalf("%s's data-plane process: %+v, want one up", b.Host.Name, before)
+			}
+			const count = 600 // 12 s at 20 ms
+			pinger := meshtest.StartPing(t, pods[0], pods[1].IP, restartPingInterval, count)
+			time.Sleep(2 * time.Second)
+			stopped := time.Now()
+			if err := tt.stop(before.PID); err != nil {
+				t.Fatalf("%s of %d: %v", tt.name, before.PID, err)
+			}
+			res, err := pinger.Wait(time.Minute)
+			if err != nil {
 				t.Fatal(err)
 			}
-		}
-		before := b.MustStatus().DataplaneProcess
-		if before == nil || before.State != api.DataplaneProcessUp || before.PID == 0 {
-			t.Fatalf("%s's data-plane process: %+v, want one up", b.Host.Name, before)
-		}
-		const count = 600 // 12 s at 20 ms
-		pinger := meshtest.StartPing(t, pods[0], pods[1].IP, restartPingInterval, count)
-		time.Sleep(2 * time.Second)
-		killed := time.Now()
-		if err := syscall.Kill(before.PID, syscall.SIGKILL); err != nil {
-			t.Fatalf("kill -9 %d: %v", before.PID, err)
-		}
-		res, err := pinger.Wait(time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("kill -9 of the data-plane process (daemon restarted before: %v): %v; first reply %v after the kill",
-			restartFirst, res, res.FirstReplyAfter(killed))
-		if res.Sent < count*9/10 || res.LongestGap > dataplaneCrashBound {
-			t.Errorf("kill -9 of the data-plane process: %v, want a gap of at most %v", res, dataplaneCrashBound)
-		}
-		after := b.MustStatus().DataplaneProcess
-		if after == nil || after.State != api.DataplaneProcessUp || after.PID == before.PID || after.Restarts != 1 {
-			t.Errorf("data-plane process after kill -9 of %d: %+v, want a new one up and 1 restart", before.PID, after)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		if err := meshtest.CheckNothingLeftBehind(ctx, b); err != nil {
-			t.Errorf("round %d: %v", i, err)
-		}
-		cancel()
+			t.Logf("%s of the data-plane process: %v; first reply %v after it", tt.name, res, res.FirstReplyAfter(stopped))
+			if res.Sent < count*9/10 || res.LongestGap > dataplaneCrashBound {
+				t.Errorf("%s of the data-plane process: %v, want a gap of at most %v", tt.name, res, dataplaneCrashBound)
+			}
+			after := b.MustStatus().DataplaneProcess
+			if after == nil || after.State != api.DataplaneProcessUp || after.PID == before.PID || after.Restarts != before.Restarts+1 {
+				t.Errorf("data-plane process after %s of %d (%+v): %+v, want a new one up and one more restart", tt.name, before.PID, *before, after)
+			}
+			if err := meshtest.CheckNothingLeftBehind(ctx, b); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
 

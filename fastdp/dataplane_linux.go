@@ -179,12 +179,19 @@ func useProcess(opts Options, log *slog.Logger) bool {
 func (d *dataplane) watch(p *processImpl) {
 	t := time.NewTicker(processCheckInterval)
 	defer t.Stop()
+	// After a failed attempt the next waits for the ticker: a process
+	// that exits at once (its device busy, say) must not be restarted in
+	// a tight loop by its own exit notice.
+	var failed time.Time
 	for {
 		select {
 		case <-d.stopWatch:
 			return
 		case <-t.C:
 		case <-p.exited:
+			if time.Since(failed) < processCheckInterval {
+				continue
+			}
 		}
 		if p.alive() {
 			continue
@@ -196,6 +203,7 @@ func (d *dataplane) watch(p *processImpl) {
 			// which initiates to all at once.
 			d.wgWant = nil
 			if err := d.apply(context.Background(), d.last); err != nil {
+				failed = time.Now()
 				d.log.Warn("failed to configure a new data-plane process; retrying", "err", err)
 			}
 		}
