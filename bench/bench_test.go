@@ -268,7 +268,7 @@ func benchDataplane(t *testing.T, r *report) {
 			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.Proc.PID())); err == nil {
 				t.Logf("idle mesh on %s:\n%s", n.Host.Name, grepLines(string(b), "Rss", "VmHWM", "Threads"))
 			}
-			m, err := readMemory(n.Proc.PID())
+			m, err := meshMemory(n)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -319,7 +319,12 @@ func benchDataplane(t *testing.T, r *report) {
 	if overlay != "" {
 		probes["mesh"] = &cpuProbe{hosts: hosts, dev: fastdp.DefaultDeviceName}
 		for _, n := range nodes {
+			// The daemon's group, and the data-plane process's, which
+			// is a group (and session) of its own.
 			probes["mesh"].pgids = append(probes["mesh"].pgids, n.Proc.PID())
+			if dp := n.MustStatus().DataplaneProcess; dp != nil && dp.PID != 0 {
+				probes["mesh"].pgids = append(probes["mesh"].pgids, dp.PID)
+			}
 		}
 	}
 	r.cpu = map[string][]cpuSample{}
@@ -355,7 +360,7 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 	if overlay != "" {
 		for _, n := range nodes {
-			m, err := readMemory(n.Proc.PID())
+			m, err := meshMemory(n)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -385,7 +390,7 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 	if overlay != "" {
 		for _, n := range nodes {
-			m, err := readMemory(n.Proc.PID())
+			m, err := meshMemory(n)
 			if err != nil {
 				t.Fatal(err)
 			}
