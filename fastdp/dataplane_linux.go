@@ -193,12 +193,16 @@ func (d *dataplane) watch(p *processImpl) {
 				continue
 			}
 		}
-		if p.alive() {
+		up := p.alive()
+		if up && !p.needsConfig() {
 			continue
+		}
+		if !up && p.bin == "" {
+			continue // its supervisor starts it; configured once it answers
 		}
 		d.mu.Lock()
 		if !d.closed && d.last != nil {
-			d.log.Warn("the data-plane process is gone; bringing a new one to the last config")
+			d.log.Warn("the data-plane process is gone or new; bringing it to the last config")
 			// The new process has no peers: it is a first configuration,
 			// which initiates to all at once.
 			d.wgWant = nil
@@ -225,12 +229,23 @@ func (d *dataplane) ProcessStatus() (ProcessStatus, bool) {
 // (this process's, or the data-plane process serving the device), removes
 // the WireGuard device (kernel or TUN), so that a node that left carries no
 // mesh traffic and leaves no process behind, and closes the data plane.
-// The bridge and the pods' routes stay until `mesh reset`.
+// The bridge and the pods' routes stay until `mesh reset`. A data-plane
+// process a supervisor runs (ProcessExternal) is not stopped, as the
+// supervisor would only start it again: its peers are removed instead.
 func (d *dataplane) Shutdown(ctx context.Context) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return errors.New("data plane is closed")
+	}
+	if p, ok := d.impl.(*processImpl); ok && p.bin == "" {
+		var errs []error
+		if err := d.wg.ConfigureDevice(d.name, wgtypes.Config{ReplacePeers: true}); err != nil {
+			errs = append(errs, fmt.Errorf("failed to remove the peers of %q: %w", d.name, err))
+		} else {
+			d.log.Info("removed every WireGuard peer; the supervisor's data-plane process keeps running")
+		}
+		return errors.Join(append(errs, d.closeLocked())...)
 	}
 	var errs []error
 	if err := d.impl.close(); err != nil {
@@ -389,6 +404,9 @@ func (d *dataplane) apply(ctx context.Context, want *Config) (err error) {
 	}
 	if err := d.removeStaleBridges(want.BridgeName); err != nil {
 		return err
+	}
+	if p, ok := d.impl.(*processImpl); ok {
+		p.configured()
 	}
 	d.last = want
 	return nil

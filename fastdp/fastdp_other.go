@@ -24,3 +24,6 @@ func Serve(ctx context.Context, opts Options, mtu int) error { return errUnsuppo
 
 // StopProcess fails: the data plane needs Linux.
 func StopProcess(ctx context.Context, opts Options) (bool, error) { return false, errUnsupported }
+
+// NeedsUserspace fails: the data plane needs Linux.
+func NeedsUserspace(opts Options) (bool, error) { return false, errUnsupported }

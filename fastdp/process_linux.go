@@ -58,6 +58,9 @@ type processImpl struct {
 	mu   sync.Mutex
 	st   ProcessStatus
 	lost bool // it was up, then found gone
+	// stale: the process went away or was replaced since the data plane
+	// last configured it.
+	stale bool
 	// watched is the PID whose exit notifyExit watches.
 	watched int
 }
@@ -78,6 +81,11 @@ func (p *processImpl) kind() string { return ModeUserspace }
 // answers on the UAPI socket, else (ProcessAuto) one started now.
 func (p *processImpl) ensure(mtu int) (netlink.Link, func() error, error) {
 	pid, err := probeProcess(p.name)
+	if err != nil && p.bin == "" {
+		// A supervisor starting it (the daemon and the data-plane pod
+		// start together): a short wait spares a reconcile period.
+		pid, err = p.waitExternal()
+	}
 	if err != nil {
 		p.markDown()
 		if p.bin == "" {
@@ -98,6 +106,22 @@ func (p *processImpl) ensure(mtu int) (netlink.Link, func() error, error) {
 	return l, nil, nil
 }
 
+// externalWait bounds how long ensure waits for a data-plane process
+// that a supervisor starts; the next reconcile, or the watch, retries.
+const externalWait = 2 * time.Second
+
+// waitExternal waits up to externalWait for the UAPI socket to answer.
+func (p *processImpl) waitExternal() (int, error) {
+	deadline := time.Now().Add(externalWait)
+	for {
+		pid, err := probeProcess(p.name)
+		if err == nil || time.Now().After(deadline) {
+			return pid, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // alive reports whether the process still answers, and records it.
 func (p *processImpl) alive() bool {
 	pid, err := probeProcess(p.name)
@@ -115,7 +139,24 @@ func (p *processImpl) markDown() {
 	if p.st.Up {
 		p.lost = true
 	}
+	p.stale = true
 	p.st.Up, p.st.PID = false, 0
+}
+
+// configured records that the data plane has configured the process now
+// serving the device.
+func (p *processImpl) configured() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stale = false
+}
+
+// needsConfig reports whether the process went away or was replaced since
+// the data plane last configured it.
+func (p *processImpl) needsConfig() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stale
 }
 
 func (p *processImpl) markUp(pid int) {
@@ -123,6 +164,7 @@ func (p *processImpl) markUp(pid int) {
 	defer p.mu.Unlock()
 	if p.lost || (p.st.PID != 0 && pid != 0 && pid != p.st.PID) {
 		p.st.Restarts++
+		p.stale = true
 	}
 	p.lost = false
 	p.st.Up, p.st.PID = true, pid

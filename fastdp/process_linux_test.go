@@ -126,3 +126,31 @@ func TestProcessExists(t *testing.T) {
 		t.Errorf("processExists(reaped %d) = true", pid)
 	}
 }
+
+// TestProcessNeedsConfig: a data-plane process that went away, or was
+// replaced, needs the last config again (its wireguard-go has no peers);
+// one that stayed does not, and a configuration clears the need.
+func TestProcessNeedsConfig(t *testing.T) {
+	p := &processImpl{}
+	p.markUp(10)
+	if p.needsConfig() {
+		t.Fatal("the first process seen needs a config before anything happened")
+	}
+	p.markUp(10)
+	if p.needsConfig() {
+		t.Fatal("an unchanged process needs a config")
+	}
+	p.markDown()
+	if !p.needsConfig() {
+		t.Fatal("a process that went away needs no config")
+	}
+	p.markUp(11)
+	p.configured()
+	if p.needsConfig() {
+		t.Fatal("still needs a config after configured")
+	}
+	p.markUp(12) // replaced between two checks
+	if !p.needsConfig() {
+		t.Fatal("a replaced process needs no config")
+	}
+}

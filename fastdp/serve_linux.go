@@ -55,3 +55,31 @@ func Serve(ctx context.Context, opts Options, mtu int) error {
 		return fmt.Errorf("UAPI socket %s was closed or removed", uapiSocket(opts.DeviceName))
 	}
 }
+
+// NeedsUserspace reports whether the daemon's --dataplane auto would pick
+// the userspace data plane in the namespace of opts, as New decides it: a
+// TUN device of that name exists (an earlier userspace run), or none
+// exists and the kernel cannot make WireGuard links. A data-plane process
+// run by a supervisor on every node (the mesh-dataplane DaemonSet) asks it
+// so that it stays idle where the kernel module serves.
+func NeedsUserspace(opts Options) (bool, error) {
+	if err := opts.normalize(); err != nil {
+		return false, err
+	}
+	ns, err := openNetNS(opts.NetNSPath)
+	if err != nil {
+		return false, err
+	}
+	defer ns.close()
+	nl, err := ns.netlinkHandle()
+	if err != nil {
+		return false, fmt.Errorf("failed to open netlink in network namespace %s: %w", ns, err)
+	}
+	defer nl.Close()
+	opts.Mode = ModeAuto
+	kind, err := selectKind(nl, opts, opts.Logger)
+	if err != nil {
+		return false, err
+	}
+	return kind == ModeUserspace, nil
+}

@@ -8,7 +8,8 @@
 //
 // The daemon starts it when none runs (detached, so that it outlives the
 // daemon), or a supervisor runs it (the mesh-dataplane DaemonSet, with the
-// daemon's --dataplane-process external). It runs until SIGTERM or SIGINT,
+// daemon's --dataplane-process external, and --idle-with-kernel so that it
+// stays idle on nodes whose kernel has WireGuard). It runs until SIGTERM or SIGINT,
 // which leave the TUN device in place; `mesh leave` and `mesh reset` stop
 // it. It exits with an error when its TUN device or UAPI socket is
 // removed, so that the daemon or the supervisor starts a fresh one.
@@ -52,6 +53,7 @@ func run(args []string, stderr io.Writer) error {
 	mtu := fs.Int("mtu", fastdp.DefaultMTU, "MTU of a device created here (the daemon sets it afterwards)")
 	netns := fs.String("netns", "", "network namespace to work in (default: this process's)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	idleWithKernel := fs.Bool("idle-with-kernel", false, "create nothing and wait for SIGTERM where the daemon's --dataplane auto uses the kernel module (no TUN device of this name, and the kernel makes WireGuard links): for a supervisor that runs it on every node")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -75,6 +77,17 @@ func run(args []string, stderr io.Writer) error {
 	defer stop()
 	opts := fastdp.Options{Mode: fastdp.ModeUserspace, DeviceName: *device, NetNSPath: *netns, Logger: log}
 	log.Info("mesh-dataplane starting", "version", version, "device", *device, "pid", os.Getpid())
+	if *idleWithKernel {
+		need, err := fastdp.NeedsUserspace(opts)
+		if err != nil {
+			return err
+		}
+		if !need {
+			log.Info("the kernel module serves WireGuard here: idle until stopped")
+			<-ctx.Done()
+			return nil
+		}
+	}
 	if err := fastdp.Serve(ctx, opts, *mtu); err != nil {
 		log.Error("mesh-dataplane stopped", "err", err)
 		return err
