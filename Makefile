@@ -60,7 +60,7 @@ soak: deps
 clean:
 	rm -rf $(BIN)
 
-# Container image of mesh and mesh-cni, built
+# Container image of mesh, mesh-cni and mesh-dataplane, built
 # without Docker: an empty base plus the static binaries in /usr/local/bin.
 # Load it with `ctr -n k8s.io images import bin/mesh-image.tar`.
 IMAGE ?= localhost/mesh:dev
@@ -70,7 +70,7 @@ IMAGE ?= localhost/mesh:dev
 image: build
 	$(GO) run ./tools/mkimage -o $(BIN)/mesh-image.tar -name '$(IMAGE)' \
 		-entrypoint '["/usr/local/bin/mesh","launch"]' \
-		$(BIN)/mesh $(BIN)/mesh-cni
+		$(BIN)/mesh $(BIN)/mesh-cni $(BIN)/mesh-dataplane
 
 # Two-node Kubernetes cluster on simulated hosts, mesh installed with
 # deploy/kubernetes/mesh.yaml (needs root). The Kubernetes binaries are built

@@ -234,18 +234,52 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	}
 }
 
-// TestDaemonSetCapabilities: the DaemonSet's container drops every
+// TestDaemonSetCapabilities: the daemon's container drops every
 // capability but NET_ADMIN and NET_RAW (the path prober's ICMP socket,
-// docs/routing.md), and is not privileged.
+// docs/routing.md), the data plane's every one but NET_ADMIN, and neither
+// is privileged.
 func TestDaemonSetCapabilities(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join("kubernetes", "mesh.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := string(b)
-	for _, want := range []string{`drop: ["ALL"]`, `add: ["NET_ADMIN", "NET_RAW"]`, `privileged: false`} {
-		if strings.Count(s, want) != 1 {
-			t.Errorf("mesh.yaml has %d lines %q, want 1", strings.Count(s, want), want)
+	for want, n := range map[string]int{`drop: ["ALL"]`: 2, `add: ["NET_ADMIN", "NET_RAW"]`: 1, `add: ["NET_ADMIN"]`: 1, `privileged: false`: 2, `privileged: true`: 0} {
+		if got := strings.Count(s, want); got != n {
+			t.Errorf("mesh.yaml has %d lines %q, want %d", got, want, n)
 		}
+	}
+}
+
+// TestDataplaneDaemonSet: on Kubernetes the userspace data plane runs in
+// a DaemonSet of its own, which a rollout of the daemon's does not touch
+// (OnDelete), on the host network, sharing the UAPI socket directory and
+// the TUN device with the daemon, which uses it and never starts its own.
+func TestDataplaneDaemonSet(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("kubernetes", "mesh.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := strings.Split(string(b), "\n---\n")
+	var dp, daemon string
+	for _, d := range docs {
+		switch {
+		case strings.Contains(d, "kind: DaemonSet") && strings.Contains(d, "name: mesh-dataplane"):
+			dp = d
+		case strings.Contains(d, "kind: DaemonSet") && strings.Contains(d, "name: mesh\n"):
+			daemon = d
+		}
+	}
+	if dp == "" || daemon == "" {
+		t.Fatalf("mesh.yaml lacks the mesh or the mesh-dataplane DaemonSet")
+	}
+	for _, want := range []string{"type: OnDelete", "hostNetwork: true", `command: ["/usr/local/bin/mesh-dataplane", "--idle-with-kernel"]`,
+		"path: /var/run/wireguard", "path: /dev/net/tun", "mountPath: /var/run/wireguard", "mountPath: /dev/net/tun"} {
+		if !strings.Contains(dp, want) {
+			t.Errorf("the mesh-dataplane DaemonSet lacks %q", want)
+		}
+	}
+	if !strings.Contains(daemon, "- --dataplane-process=external") || !strings.Contains(daemon, "path: /var/run/wireguard") {
+		t.Errorf("the mesh DaemonSet does not use the external data plane through /var/run/wireguard")
 	}
 }
