@@ -173,7 +173,8 @@ func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) time.Ti
 			logs, _ := c.Kubectl(context.Background(), "", "-n", meshNamespace, "logs", "ds/mesh", "--tail=50")
 			t.Fatalf("mesh DaemonSet not ready: %v\n%s\nlogs:\n%s", err, out, logs)
 		}
-		if out, err := c.Kubectl(ctx, "", "-n", meshNamespace, "rollout", "status", "ds/mesh-dataplane", "--timeout=1m"); err != nil {
+		// OnDelete has no rollout status: its pods' readiness instead.
+		if out, err := c.Kubectl(ctx, "", "-n", meshNamespace, "wait", "--for=condition=Ready", "pod", "-l", "app.kubernetes.io/name=mesh-dataplane", "--timeout=1m"); err != nil {
 			logs, _ := c.Kubectl(context.Background(), "", "-n", meshNamespace, "logs", "ds/mesh-dataplane", "--tail=50")
 			t.Fatalf("mesh-dataplane DaemonSet not ready: %v\n%s\nlogs:\n%s", err, out, logs)
 		}
