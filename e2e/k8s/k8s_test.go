@@ -304,11 +304,12 @@ const rolloutLostBound = 5
 // before and after.
 func checkRolloutKeepsTraffic(t *testing.T, c *Cluster, pods []testPod) {
 	t.Helper()
-	dpPods := func() string {
-		return strings.TrimSpace(c.MustKubectl(t, "", "-n", meshNamespace, "get", "pods", "-l", "app.kubernetes.io/name=mesh-dataplane",
+	uids := func(app string) string {
+		return strings.TrimSpace(c.MustKubectl(t, "", "-n", meshNamespace, "get", "pods", "-l", "app.kubernetes.io/name="+app,
 			"-o", "jsonpath={range .items[*]}{.metadata.uid} {end}"))
 	}
-	before := dpPods()
+	dpPods := func() string { return uids("mesh-dataplane") }
+	before, daemonsBefore := dpPods(), strings.Fields(uids("mesh"))
 	const count = 800 // 40 s at 50 ms
 	ping := c.Nodes[0].Start(t, "ping", []string{"-n", "-c", fmt.Sprint(count), "-i", "0.05", "-W", "2", pods[1].IP}, nil)
 	time.Sleep(2 * time.Second)
@@ -320,6 +321,12 @@ func checkRolloutKeepsTraffic(t *testing.T, c *Cluster, pods []testPod) {
 		t.Fatalf("rollout restart of ds/mesh: %v\n%s", err, out)
 	}
 	took := time.Since(started)
+	// Every daemon's pod was replaced.
+	for _, uid := range daemonsBefore {
+		if strings.Contains(uids("mesh"), uid) {
+			t.Errorf("the mesh pod %s is still there after the rollout", uid)
+		}
+	}
 	_ = ping.Wait(2 * time.Minute)
 	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(ping.Log())
 	if m == nil {
