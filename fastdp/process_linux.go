@@ -89,7 +89,7 @@ func (p *processImpl) ensure(mtu int) (netlink.Link, func() error, error) {
 	if err != nil {
 		p.markDown()
 		if p.bin == "" {
-			return nil, nil, fmt.Errorf("the data-plane process of %q is not running (%v); its supervisor (mesh-dataplane.service or the mesh-dataplane DaemonSet) starts it", p.name, err)
+			return nil, nil, fmt.Errorf("the data-plane process of %q is not running (%v); its supervisor (such as the mesh-dataplane DaemonSet) starts it", p.name, err)
 		}
 		if pid, err = p.start(mtu); err != nil {
 			return nil, nil, err
