@@ -1,10 +1,14 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -402,5 +406,131 @@ func TestSIGTERMIsNoLeaveMeshLeaveIs(t *testing.T) {
 	}
 	if out, err := b.Host.Run(ctx, "ip", "-o", "link", "show", "mesh-wg"); err == nil {
 		t.Errorf("the WireGuard device is left after mesh leave: %s", out)
+	}
+}
+
+// uapiPeers counts the WireGuard peers of h's device mesh-wg, asked
+// through its UAPI socket as `wg show` would.
+func uapiPeers(h *testnet.Host) (int, error) {
+	c, err := net.DialTimeout("unix", h.Path("/var/run/wireguard/mesh-wg.sock"), 5*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("get=1\n\n")); err != nil {
+		return 0, err
+	}
+	n := 0
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		l := sc.Text()
+		if l == "" {
+			return n, nil
+		}
+		if strings.HasPrefix(l, "public_key=") {
+			n++
+		}
+	}
+	return 0, fmt.Errorf("UAPI get: no end of answer: %v", sc.Err())
+}
+
+// TestExternalDataplaneProcess: with --dataplane-process=external a
+// supervisor (here the test) runs mesh-dataplane and the daemon never
+// starts one. The daemon configures it; a SIGTERM restart of the daemon
+// loses at most restartLostPings; when the process dies, status shows it
+// down and the daemon starts none, and once the supervisor has started a
+// new one the daemon configures it (traffic back within
+// dataplaneCrashBound, one restart counted); `mesh leave` removes its
+// peers and leaves the process to its supervisor.
+func TestExternalDataplaneProcess(t *testing.T) {
+	testnet.RequireRoot(t)
+	tn := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "dpx"})
+	hosts := tn.Hosts()
+	dpBin := filepath.Join(filepath.Dir(meshtest.BuildMesh(t)), "mesh-dataplane")
+	supervise := func(h *testnet.Host) *testnet.Proc {
+		return h.Start(t, dpBin, []string{"--idle-with-kernel", "--log-level", "debug"}, nil)
+	}
+	dps := []*testnet.Proc{supervise(hosts[0]), supervise(hosts[1])}
+	nodes := []*node{
+		launch(t, hosts[0], nil, append(meshtest.KeyFileArgs(t, hosts[0]), "--dataplane-process=external")...),
+		launch(t, hosts[1], hosts[:1], append(meshtest.KeyFileArgs(t, hosts[1]), "--dataplane-process=external")...),
+	}
+	dumpLogsOnFailure(t, nodes...)
+	waitConnected(t, nodes)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var pods []*meshtest.Pod
+	for i, n := range nodes {
+		waitCNIInstalled(t, n)
+		p, err := meshtest.AddPod(ctx, t, n.Host, []string{"xa", "xb"}[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		_, err := hosts[0].Run(ctx, "ip", "netns", "exec", pods[0].Name, "ping", "-c", "1", "-W", "2", pods[1].IP.String())
+		return err
+	})
+	b := nodes[1]
+	st := b.MustStatus().DataplaneProcess
+	if st == nil || st.Mode != "external" || st.State != api.DataplaneProcessUp || st.PID != dps[1].PID() {
+		t.Fatalf("%s's data-plane process: %+v, want the supervisor's (PID %d) up in mode external", b.Host.Name, st, dps[1].PID())
+	}
+
+	const count = 400
+	pinger := meshtest.StartPing(t, pods[0], pods[1].IP, restartPingInterval, count)
+	time.Sleep(2 * time.Second)
+	if _, err := meshtest.Restart(b, meshtest.RestartSIGTERM, ""); err != nil {
+		t.Fatal(err)
+	}
+	res, err := pinger.Wait(time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("sigterm + launch of %s, external data plane: %v", b.Host.Name, res)
+	if res.Sent < count*9/10 || res.Lost() > restartLostPings {
+		t.Errorf("sigterm + launch: %v, want at most %d lost", res, restartLostPings)
+	}
+
+	// The supervisor's process dies; the daemon waits for the next one.
+	if err := dps[1].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	testnet.Eventually(t, 10*time.Second, 100*time.Millisecond, func() error {
+		if st := b.MustStatus().DataplaneProcess; st == nil || st.State != api.DataplaneProcessDown {
+			return fmt.Errorf("data-plane process after its kill: %+v, want down", st)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second)
+	if pids, err := meshtest.DataplaneProcesses(b.Host); err != nil || len(pids) != 0 {
+		t.Fatalf("mesh-dataplane processes while the supervisor's is dead: %v (%v); the daemon must start none", pids, err)
+	}
+	restarted := time.Now()
+	dps[1] = supervise(b.Host)
+	if err := testnet.Poll(dataplaneCrashBound, 20*time.Millisecond, func() error {
+		_, err := hosts[0].Run(ctx, "ip", "netns", "exec", pods[0].Name, "ping", "-c", "1", "-W", "1", pods[1].IP.String())
+		return err
+	}); err != nil {
+		t.Fatalf("no traffic within %v of the supervisor's new data-plane process: %v", dataplaneCrashBound, err)
+	}
+	t.Logf("traffic back %v after the supervisor started a new data-plane process", time.Since(restarted).Round(time.Millisecond))
+	if st := b.MustStatus().DataplaneProcess; st == nil || st.State != api.DataplaneProcessUp || st.PID != dps[1].PID() || st.Restarts != 1 {
+		t.Errorf("data-plane process after the supervisor's restart: %+v, want PID %d up, 1 restart", st, dps[1].PID())
+	}
+
+	if out, err := b.Host.Run(ctx, b.Bin, "leave"); err != nil {
+		t.Fatalf("mesh leave: %v\n%s", err, out)
+	}
+	if err := b.Proc.Wait(10 * time.Second); err != nil {
+		t.Fatalf("the daemon after mesh leave: %v", err)
+	}
+	if dps[1].Exited() {
+		t.Errorf("mesh leave stopped the supervisor's data-plane process:\n%s", dps[1].Log())
+	}
+	if n, err := uapiPeers(b.Host); err != nil || n != 0 {
+		t.Errorf("WireGuard peers of %s after mesh leave: %d (%v), want none", b.Host.Name, n, err)
 	}
 }
