@@ -44,6 +44,13 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 		}
 		fmt.Fprintf(tw, "Data plane:\t%s, MTU %d, connections: %s\n", st.Dataplane, st.MTU, stateCounts(conns, api.ConnStates))
 	}
+	if p := st.DataplaneProcess; p != nil {
+		pid := ""
+		if p.PID != 0 {
+			pid = fmt.Sprintf(", PID %d", p.PID)
+		}
+		fmt.Fprintf(tw, "Data plane process:\tmesh-dataplane %s%s, %d restart(s) (--dataplane-process %s)\n", p.State, pid, p.Restarts, p.Mode)
+	}
 	tw.Flush()
 	formatTargets(w, st.Targets, now)
 	problems := append([]string(nil), st.Problems...)

@@ -226,3 +226,35 @@ func TestFormatStatusShowsKeyIDs(t *testing.T) {
 		t.Fatalf("keys line without keys (--insecure):\n%s", b.String())
 	}
 }
+
+// TestFormatStatusShowsDataplaneProcess: the overview has a line for the
+// mesh-dataplane process when status reports one (with its PID when
+// known), and none otherwise.
+func TestFormatStatusShowsDataplaneProcess(t *testing.T) {
+	tests := []struct {
+		name string
+		dp   *api.DataplaneProcess
+		want string
+	}{
+		{name: "up", dp: &api.DataplaneProcess{Mode: "auto", State: api.DataplaneProcessUp, PID: 42, Restarts: 1},
+			want: "Data plane process:  mesh-dataplane up, PID 42, 1 restart(s) (--dataplane-process auto)"},
+		{name: "down, PID unknown", dp: &api.DataplaneProcess{Mode: "external", State: api.DataplaneProcessDown},
+			want: "Data plane process:  mesh-dataplane down, 0 restart(s) (--dataplane-process external)"},
+		{name: "none"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b bytes.Buffer
+			formatStatus(&b, &api.Status{Name: "a", Dataplane: "userspace", MTU: 1420, DataplaneProcess: tt.dp}, time.Now())
+			if tt.want == "" {
+				if strings.Contains(b.String(), "Data plane process") {
+					t.Fatalf("a data-plane process line without one:\n%s", b.String())
+				}
+				return
+			}
+			if !strings.Contains(b.String(), tt.want) {
+				t.Fatalf("status output lacks %q:\n%s", tt.want, b.String())
+			}
+		})
+	}
+}
