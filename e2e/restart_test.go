@@ -172,8 +172,9 @@ const dataplaneCrashBound = 10 * time.Second
 // up under a new PID with one more restart, and nothing else is left
 // behind. The process goes by kill -9, by kill -9 after a restart of the
 // daemon (a process it did not start itself, so no exit of its child
-// tells it), by SIGTERM (how an operator moves it to a new build), and by
-// the removal of its UAPI socket (it then exits).
+// tells it), by SIGTERM (how an operator moves it to a new build), by the
+// removal of its UAPI socket and by the deletion of its TUN device (it
+// exits on either).
 func TestDataplaneProcessCrash(t *testing.T) {
 	_, nodes, pods := twoHostsWithPods(t, "dpc")
 	b := nodes[1]
@@ -191,6 +192,14 @@ func TestDataplaneProcessCrash(t *testing.T) {
 			out, err := b.Host.Run(ctx, "rm", "/var/run/wireguard/mesh-wg.sock")
 			if err != nil {
 				return fmt.Errorf("rm: %v: %s", err, out)
+			}
+			return nil
+		}},
+		// Its routes go with the device: the daemon makes them again.
+		{name: "TUN device deleted", stop: func(int) error {
+			out, err := b.Host.Run(ctx, "ip", "link", "del", "mesh-wg")
+			if err != nil {
+				return fmt.Errorf("ip link del: %v: %s", err, out)
 			}
 			return nil
 		}},
