@@ -91,6 +91,11 @@ func TestRestartKeepsPodTraffic(t *testing.T) {
 	if dp == nil || dp.State != api.DataplaneProcessUp || dp.PID == 0 || dp.Mode != "auto" {
 		t.Fatalf("%s's data-plane process: %+v, want one up, in mode auto", b.Host.Name, dp)
 	}
+	// It inherits nothing of the daemon's environment, which may hold
+	// the mesh password.
+	if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", dp.PID)); err != nil || len(env) != 0 {
+		t.Errorf("the data-plane process's environment: %q (%v), want empty", env, err)
+	}
 	for _, kind := range []meshtest.RestartKind{meshtest.RestartSIGTERM, meshtest.RestartUpgrade, meshtest.RestartKill} {
 		t.Run(string(kind), func(t *testing.T) {
 			const count = 400 // 8 s at 20 ms
