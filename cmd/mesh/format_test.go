@@ -227,9 +227,9 @@ func TestFormatStatusShowsKeyIDs(t *testing.T) {
 	}
 }
 
-// TestFormatStatusShowsDataplaneProcess: the overview has a line for the
-// mesh-dataplane process when status reports one (with its PID when
-// known), and none otherwise.
+// TestFormatStatusShowsDataplaneProcess: the overview's data plane line
+// names the mesh-dataplane process when status reports one (with its PID
+// when known), and not otherwise.
 func TestFormatStatusShowsDataplaneProcess(t *testing.T) {
 	tests := []struct {
 		name string
@@ -237,9 +237,9 @@ func TestFormatStatusShowsDataplaneProcess(t *testing.T) {
 		want string
 	}{
 		{name: "up", dp: &api.DataplaneProcess{Mode: "auto", State: api.DataplaneProcessUp, PID: 42, Restarts: 1},
-			want: "Data plane process:  mesh-dataplane up, PID 42, 1 restart(s) (--dataplane-process auto)"},
+			want: "Data plane:  userspace, MTU 1420, connections: none; process mesh-dataplane up, PID 42, 1 restart(s) (--dataplane-process auto)"},
 		{name: "down, PID unknown", dp: &api.DataplaneProcess{Mode: "external", State: api.DataplaneProcessDown},
-			want: "Data plane process:  mesh-dataplane down, 0 restart(s) (--dataplane-process external)"},
+			want: "Data plane:  userspace, MTU 1420, connections: none; process mesh-dataplane down, 0 restart(s) (--dataplane-process external)"},
 		{name: "none"},
 	}
 	for _, tt := range tests {
@@ -247,7 +247,7 @@ func TestFormatStatusShowsDataplaneProcess(t *testing.T) {
 			var b bytes.Buffer
 			formatStatus(&b, &api.Status{Name: "a", Dataplane: "userspace", MTU: 1420, DataplaneProcess: tt.dp}, time.Now())
 			if tt.want == "" {
-				if strings.Contains(b.String(), "Data plane process") {
+				if strings.Contains(b.String(), "mesh-dataplane") {
 					t.Fatalf("a data-plane process line without one:\n%s", b.String())
 				}
 				return
