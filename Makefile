@@ -8,10 +8,12 @@ BIN      := bin
 
 all: build
 
-# The daemon and CLI, and the CNI plugin the daemon installs from its own
-# directory: a user's build and the tests' build are this same target.
+# The daemon and CLI, the CNI plugin the daemon installs from its own
+# directory, and the userspace data-plane process it starts from there: a
+# user's build and the tests' build are this same target.
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh ./cmd/mesh
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh-dataplane ./cmd/mesh-dataplane
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh-cni ./cmd/mesh-cni
 
 deps:
@@ -61,7 +63,7 @@ soak: deps
 clean:
 	rm -rf $(BIN)
 
-# Container image of mesh and mesh-cni, built
+# Container image of mesh, mesh-cni and mesh-dataplane, built
 # without Docker: an empty base plus the static binaries in /usr/local/bin.
 # Load it with `ctr -n k8s.io images import bin/mesh-image.tar`.
 IMAGE ?= localhost/mesh:dev
@@ -71,7 +73,7 @@ IMAGE ?= localhost/mesh:dev
 image: build
 	$(GO) run ./tools/mkimage -o $(BIN)/mesh-image.tar -name '$(IMAGE)' \
 		-entrypoint '["/usr/local/bin/mesh","launch"]' \
-		$(BIN)/mesh $(BIN)/mesh-cni
+		$(BIN)/mesh $(BIN)/mesh-cni $(BIN)/mesh-dataplane
 
 # Two-node Kubernetes cluster on simulated hosts, mesh installed with
 # deploy/kubernetes/mesh.yaml (needs root). The Kubernetes binaries are built
@@ -122,7 +124,7 @@ install: build
 	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/default \
 		$(DESTDIR)$(CNIBINDIR) $(DESTDIR)$(CNILIBDIR) $(DESTDIR)$(CNICONFDIR)
 	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/mesh
-	install -m 0755 $(BIN)/mesh $(BIN)/mesh-cni $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(BIN)/mesh $(BIN)/mesh-cni $(BIN)/mesh-dataplane $(DESTDIR)$(BINDIR)/
 	install -m 0755 $(BIN)/mesh-cni $(DESTDIR)$(CNIBINDIR)/mesh-cni
 	ln -sfn $(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
 	sed 's|/usr/local/bin/|$(BINDIR)/|g' deploy/systemd/mesh.service > $(DESTDIR)$(UNITDIR)/mesh.service
@@ -135,7 +137,7 @@ install: build
 # gracefully (`mesh leave`; a plain stop would be a restart).
 uninstall:
 	if [ -z "$(DESTDIR)" ] && [ -x $(BINDIR)/mesh ]; then $(BINDIR)/mesh leave || true; fi
-	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(UNITDIR)/mesh.service \
+	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(BINDIR)/mesh-dataplane $(DESTDIR)$(UNITDIR)/mesh.service \
 		$(DESTDIR)$(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
 
 # Debian package of the same files (nfpm, pinned; fetched through the Go

@@ -28,6 +28,9 @@ type Status struct {
 	Dataplane   string       `json:"dataplane,omitempty"`
 	MTU         int          `json:"mtu,omitempty"`
 	Connections []Connection `json:"connections,omitempty"`
+	// DataplaneProcess is the process running the userspace data plane
+	// when that is not the daemon (mesh-dataplane); absent otherwise.
+	DataplaneProcess *DataplaneProcess `json:"dataplaneProcess,omitempty"`
 	// RelayedBytes is what this node routed for others (docs/routing.md):
 	// the IP packets it forwarded from the WireGuard device back into it,
 	// since the counter's nftables table was created.
@@ -63,6 +66,28 @@ type GossipRelay struct {
 	// no live member, too many streams at once).
 	Dropped uint64 `json:"dropped"`
 }
+
+// DataplaneProcess is the state of the mesh-dataplane process.
+type DataplaneProcess struct {
+	// Mode is "auto" (the daemon starts one when none runs) or
+	// "external" (a supervisor runs it).
+	Mode string `json:"mode"`
+	// State is DataplaneProcessUp while it answers on its UAPI socket,
+	// else DataplaneProcessDown.
+	State string `json:"state"`
+	// PID is its process ID, 0 when unknown (down, or in a PID namespace
+	// the daemon cannot see).
+	PID int `json:"pid,omitempty"`
+	// Restarts counts the times the daemon found it gone (or replaced) and
+	// configured a new one, since the daemon started.
+	Restarts int `json:"restarts"`
+}
+
+// States of DataplaneProcess.
+const (
+	DataplaneProcessUp   = "up"
+	DataplaneProcessDown = "down"
+)
 
 // IPAM is this node's view of the address ring.
 type IPAM struct {

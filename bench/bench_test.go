@@ -324,7 +324,7 @@ func benchDataplane(t *testing.T, r *report) {
 			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.Proc.PID())); err == nil {
 				t.Logf("idle mesh on %s:\n%s", n.Host.Name, grepLines(string(b), "Rss", "VmHWM", "Threads"))
 			}
-			m, err := readMemory(n.Proc.PID())
+			m, err := meshMemory(n)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -377,7 +377,12 @@ func benchDataplane(t *testing.T, r *report) {
 		for _, k := range []string{"mesh", "mesh6"} {
 			probes[k] = &cpuProbe{hosts: hosts, dev: fastdp.DefaultDeviceName}
 			for _, n := range nodes {
+				// The daemon's group, and the data-plane process's,
+				// which is a group (and session) of its own.
 				probes[k].pgids = append(probes[k].pgids, n.Proc.PID())
+				if dp := n.MustStatus().DataplaneProcess; dp != nil && dp.PID != 0 {
+					probes[k].pgids = append(probes[k].pgids, dp.PID)
+				}
 			}
 		}
 	}
@@ -414,7 +419,7 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 	if overlay != "" {
 		for _, n := range nodes {
-			m, err := readMemory(n.Proc.PID())
+			m, err := meshMemory(n)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -444,7 +449,7 @@ func benchDataplane(t *testing.T, r *report) {
 	}
 	if overlay != "" {
 		for _, n := range nodes {
-			m, err := readMemory(n.Proc.PID())
+			m, err := meshMemory(n)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -77,6 +77,29 @@ func readMemory(pid int) (memory, error) {
 	return m, nil
 }
 
+// meshMemory is the memory of n's mesh: its daemon's, plus its
+// mesh-dataplane process's when the userspace data plane runs in one
+// (summed: RSS, the peaks, anonymous memory), so that the figures compare
+// with a daemon that ran wireguard-go itself.
+func meshMemory(n *node) (memory, error) {
+	m, err := readMemory(n.Proc.PID())
+	if err != nil {
+		return m, err
+	}
+	st, err := n.Status()
+	if err != nil {
+		return m, err
+	}
+	if dp := st.DataplaneProcess; dp != nil && dp.PID != 0 {
+		d, err := readMemory(dp.PID)
+		if err != nil {
+			return m, fmt.Errorf("data-plane process: %w", err)
+		}
+		m.rss, m.hwm, m.anon = m.rss+d.rss, m.hwm+d.hwm, m.anon+d.anon
+	}
+	return m, nil
+}
+
 // wgKeys returns a WireGuard private key and its public key, hex encoded
 // as the UAPI wants them.
 func wgKeys(t *testing.T) (priv, pub string) {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,8 +29,15 @@ type restartSample struct {
 }
 
 type restartResult struct {
-	kinds   map[meshtest.RestartKind][]restartSample
-	joinNew []time.Duration // launch of a new node to its pod's first reply
+	kinds map[meshtest.RestartKind][]restartSample
+	// dpKill: kill -9 of the mesh-dataplane process (not the daemon),
+	// counted from the kill.
+	dpKill []restartSample
+	// inProcess: SIGTERM + launch with --dataplane-process=off (wireguard-go
+	// in the daemon, as before the data-plane process), on a pair of its own.
+	inProcess    []restartSample
+	inProcessErr string
+	joinNew      []time.Duration // launch of a new node to its pod's first reply
 	// reach is the time from the last launch of a reachHosts-host mesh
 	// until host1 reached every overlay address; -1: not measured.
 	reach    time.Duration
@@ -85,9 +93,6 @@ func benchRestart(t *testing.T, r *report) {
 	current := b.Bin
 	for round := range restartRounds {
 		for _, kind := range []meshtest.RestartKind{meshtest.RestartSIGTERM, meshtest.RestartUpgrade, meshtest.RestartKill} {
-			const count = 300 // 6 s
-			pinger := meshtest.StartPing(t, pods[0], pods[1].IP, restartInterval, count)
-			time.Sleep(2 * time.Second)
 			bin := ""
 			if kind == meshtest.RestartUpgrade {
 				// Back and forth between the two builds.
@@ -96,24 +101,36 @@ func benchRestart(t *testing.T, r *report) {
 					bin = current
 				}
 			}
-			launched, err := meshtest.Restart(b.Node, kind, bin)
-			if err != nil {
-				fail("%v", err)
-				return
-			}
+			s, err := restartRound(t, pods, func() (time.Time, error) { return meshtest.Restart(b.Node, kind, bin) })
 			b.api = b.Client()
-			pr, err := pinger.Wait(time.Minute)
 			if err != nil {
 				fail("%s: %v", kind, err)
 				return
 			}
-			t.Logf("%s round %d: %v, first reply %v after launch", kind, round+1, pr, pr.FirstReplyAfter(launched))
-			res.kinds[kind] = append(res.kinds[kind], restartSample{lost: pr.Lost(), sent: pr.Sent, gap: pr.LongestGap, first: pr.FirstReplyAfter(launched)})
+			t.Logf("%s round %d: %s", kind, round+1, s)
+			res.kinds[kind] = append(res.kinds[kind], s)
 			if err := meshtest.CheckNothingLeftBehind(ctx, b.Node); err != nil {
 				fail("after %s: %v", kind, err)
 			}
 		}
 	}
+	// The data-plane process itself dies; the daemon starts a new one.
+	for round := range restartRounds {
+		s, err := restartRound(t, pods, func() (time.Time, error) {
+			dp := b.MustStatus().DataplaneProcess
+			if dp == nil || dp.PID == 0 {
+				return time.Time{}, fmt.Errorf("%s runs no data-plane process: %+v", b.Host.Name, dp)
+			}
+			return time.Now(), syscall.Kill(dp.PID, syscall.SIGKILL)
+		})
+		if err != nil {
+			fail("kill -9 of the data-plane process: %v", err)
+			return
+		}
+		t.Logf("kill -9 of the data-plane process, round %d: %s", round+1, s)
+		res.dpKill = append(res.dpKill, s)
+	}
+	benchInProcessRestart(t, res)
 
 	// New nodes joining: launch, then ADD (retried while the node has no
 	// range: mesh-cni answers that it is not ready) and ping host1's pod
@@ -161,6 +178,74 @@ func benchRestart(t *testing.T, r *report) {
 	}
 	benchBareFirstPacket(t, tn, res)
 	benchReach(t, res)
+}
+
+// restartRound pings from pods[0] to pods[1] every restartInterval for
+// 6 s and runs act after 2 s; act returns the time the restart began
+// (a launch, or a kill).
+func restartRound(t *testing.T, pods []*meshtest.Pod, act func() (time.Time, error)) (restartSample, error) {
+	const count = 300 // 6 s
+	pinger := meshtest.StartPing(t, pods[0], pods[1].IP, restartInterval, count)
+	time.Sleep(2 * time.Second)
+	at, err := act()
+	if err != nil {
+		return restartSample{}, err
+	}
+	pr, err := pinger.Wait(time.Minute)
+	if err != nil {
+		return restartSample{}, err
+	}
+	return restartSample{lost: pr.Lost(), sent: pr.Sent, gap: pr.LongestGap, first: pr.FirstReplyAfter(at)}, nil
+}
+
+func (s restartSample) String() string {
+	return fmt.Sprintf("%d of %d probes lost, longest gap %v, first reply %v after the restart began", s.lost, s.sent, s.gap, s.first)
+}
+
+// benchInProcessRestart: the comparison for part 7's first rows, on two
+// hosts of their own with --dataplane-process=off (wireguard-go in the
+// daemon): SIGTERM + launch, restartRounds times.
+func benchInProcessRestart(t *testing.T, res *restartResult) {
+	fail := func(format string, a ...any) {
+		res.inProcessErr = fmt.Sprintf(format, a...)
+		t.Error(res.inProcessErr)
+	}
+	tn := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "bri"})
+	hosts := tn.Hosts()
+	a := launch(t, hosts[0], nil, "--dataplane-process=off")
+	b := launch(t, hosts[1], hosts[:1], "--dataplane-process=off")
+	if err := waitReady([]*node{a, b}, 90*time.Second); err != nil {
+		fail("two-host mesh: %v", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var pods []*meshtest.Pod
+	for i, n := range []*node{a, b} {
+		meshtest.WaitCNIInstalled(t, n.Node)
+		p, err := meshtest.AddPod(ctx, t, n.Host, fmt.Sprintf("ip%d", i))
+		if err != nil {
+			fail("%v", err)
+			return
+		}
+		pods = append(pods, p)
+	}
+	if err := testnet.Poll(30*time.Second, 250*time.Millisecond, func() error {
+		_, err := hosts[0].Run(ctx, "ip", "netns", "exec", pods[0].Name, "ping", "-c", "1", "-W", "1", pods[1].IP.String())
+		return err
+	}); err != nil {
+		fail("pods do not reach each other: %v", err)
+		return
+	}
+	for round := range restartRounds {
+		s, err := restartRound(t, pods, func() (time.Time, error) { return meshtest.Restart(b.Node, meshtest.RestartSIGTERM, "") })
+		if err != nil {
+			fail("SIGTERM, wireguard-go in the daemon: %v", err)
+			return
+		}
+		t.Logf("SIGTERM, wireguard-go in the daemon, round %d: %s", round+1, s)
+		res.inProcess = append(res.inProcess, s)
+	}
 }
 
 // benchBareFirstPacket measures what part 7's launch-to-first-reply
@@ -268,11 +353,10 @@ func (r *report) printRestart(p func(string, ...any)) {
 		meshtest.RestartUpgrade: "SIGTERM + launch of another build",
 		meshtest.RestartKill:    "kill -9 + launch",
 	}
-	p("   %-36s %14s %16s %22s\n", "restart", "lost probes", "ms without", "launch to 1st reply")
-	for _, k := range []meshtest.RestartKind{meshtest.RestartSIGTERM, meshtest.RestartUpgrade, meshtest.RestartKill} {
-		ss := res.kinds[k]
+	p("   %-44s %14s %16s %22s\n", "restart", "lost probes", "ms without", "start to 1st reply")
+	row := func(name string, ss []restartSample) {
 		if len(ss) == 0 {
-			continue
+			return
 		}
 		var lost, gaps, firsts []string
 		var gapD, firstD []time.Duration
@@ -282,8 +366,23 @@ func (r *report) printRestart(p func(string, ...any)) {
 			firsts = append(firsts, fmt.Sprint(s.first.Milliseconds()))
 			gapD, firstD = append(gapD, s.gap), append(firstD, s.first)
 		}
-		p("   %-36s %14s %16s %22s   (per round; median gap %d ms, median first reply %d ms)\n", names[k],
+		p("   %-44s %14s %16s %22s   (per round; median gap %d ms, median first reply %d ms)\n", name,
 			strings.Join(lost, ","), strings.Join(gaps, ","), strings.Join(firsts, ","), median(gapD).Milliseconds(), median(firstD).Milliseconds())
+	}
+	daemonLost := 0
+	for _, k := range []meshtest.RestartKind{meshtest.RestartSIGTERM, meshtest.RestartUpgrade, meshtest.RestartKill} {
+		row("daemon: "+names[k], res.kinds[k])
+		for _, s := range res.kinds[k] {
+			daemonLost += s.lost
+		}
+	}
+	row("data-plane process: kill -9 (daemon restarts it)", res.dpKill)
+	if res.inProcessErr != "" {
+		p("   wireguard-go in the daemon (--dataplane-process=off): failed: %s\n", firstLine(res.inProcessErr))
+	}
+	row("wireguard-go in the daemon: SIGTERM + launch", res.inProcess)
+	if len(res.kinds) > 0 {
+		p("   probes lost by all daemon restarts above, data plane in its own process: %d (goal 0: %s)\n", daemonLost, verdict(daemonLost == 0))
 	}
 	if len(res.joinNew) > 0 {
 		var ts []string

@@ -7,6 +7,7 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/control"
+	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -62,6 +63,7 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	st.IPAM6, st.OverlayIP6 = d.ipamStatus6()
 	st.Policies = d.policyStatus()
 	st.Dataplane = d.dp.Kind()
+	st.DataplaneProcess = d.dataplaneProcessStatus()
 	st.MTU = d.mtu
 	st.Connections = d.connections(ctx)
 	if err := d.cniErr.get(); err != nil && !d.cniDone.Load() {
@@ -96,4 +98,24 @@ func (i identitiesAPI) ForgetIdentity(name string) (bool, error) {
 		return false, control.Mark(control.ErrInvalid, fmt.Errorf("refusing to forget the identity of this node's own name %q", name))
 	}
 	return i.d.members.ForgetIdentity(name)
+}
+
+// dataplaneProcessStatus is the mesh-dataplane process's state, nil when
+// wireguard-go does not run in one.
+func (d *Daemon) dataplaneProcessStatus() *api.DataplaneProcess {
+	s, ok := d.dp.(interface {
+		ProcessStatus() (fastdp.ProcessStatus, bool)
+	})
+	if !ok {
+		return nil
+	}
+	ps, ok := s.ProcessStatus()
+	if !ok {
+		return nil
+	}
+	state := api.DataplaneProcessDown
+	if ps.Up {
+		state = api.DataplaneProcessUp
+	}
+	return &api.DataplaneProcess{Mode: ps.Mode, State: state, PID: ps.PID, Restarts: ps.Restarts}
 }

@@ -65,6 +65,12 @@ type Config struct {
 	Keepalive time.Duration
 	Bridge    string
 	WGDevice  string
+	// DataplaneProcess says where the userspace data plane's wireguard-go
+	// runs: fastdp.ProcessAuto (a mesh-dataplane process that outlives the
+	// daemon, started from next to this executable when none runs),
+	// fastdp.ProcessExternal (one a supervisor runs) or fastdp.ProcessOff
+	// (in this process).
+	DataplaneProcess string
 
 	// CNI plugin installation; NoCNI turns it off.
 	NoCNI      bool
@@ -115,10 +121,12 @@ func DefaultConfig() Config {
 		Keepalive:    25 * time.Second,
 		Bridge:       fastdp.DefaultBridgeName,
 		WGDevice:     fastdp.DefaultDeviceName,
-		CNIBinDir:    api.DefaultCNIBinDir,
-		CNIConfDir:   api.DefaultCNIConfDir,
-		MetricsAddr:  "127.0.0.1:6782",
-		PolicyWait:   10 * time.Second,
+		// The data plane outlives a restart of the daemon.
+		DataplaneProcess: fastdp.ProcessAuto,
+		CNIBinDir:        api.DefaultCNIBinDir,
+		CNIConfDir:       api.DefaultCNIConfDir,
+		MetricsAddr:      "127.0.0.1:6782",
+		PolicyWait:       10 * time.Second,
 	}
 }
 
@@ -200,6 +208,12 @@ func (c *Config) Validate() error {
 	case fastdp.ModeAuto, fastdp.ModeKernel, fastdp.ModeUserspace, DataplaneNone:
 	default:
 		return fmt.Errorf("unknown --dataplane %q (want auto, kernel, userspace or none)", c.Dataplane)
+	}
+	switch c.DataplaneProcess {
+	case fastdp.ProcessAuto, fastdp.ProcessExternal, fastdp.ProcessOff:
+	default:
+		return fmt.Errorf("unknown --dataplane-process %q (want %s, %s or %s)", c.DataplaneProcess,
+			fastdp.ProcessAuto, fastdp.ProcessExternal, fastdp.ProcessOff)
 	}
 	if c.IPAllocRange.IsValid() && c.IPAllocRange.Addr().Is6() && !c.IPAllocRange.Addr().Is4In6() && !c.IPAllocRange6.IsValid() {
 		// IPv6 only: the IPAM's own bounds (size, host bits), with its

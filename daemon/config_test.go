@@ -249,3 +249,36 @@ func TestValidateIPv6Only(t *testing.T) {
 		})
 	}
 }
+
+// TestValidateDataplaneProcess: --dataplane-process takes auto (the
+// default), external or off, and names itself in the error for anything
+// else.
+func TestValidateDataplaneProcess(t *testing.T) {
+	if got := DefaultConfig().DataplaneProcess; got != fastdp.ProcessAuto {
+		t.Errorf("default --dataplane-process = %q, want %q", got, fastdp.ProcessAuto)
+	}
+	tests := []struct {
+		name, mode string
+		wantErr    bool
+	}{
+		{name: "auto", mode: fastdp.ProcessAuto},
+		{name: "external", mode: fastdp.ProcessExternal},
+		{name: "off", mode: fastdp.ProcessOff},
+		{name: "empty", mode: "", wantErr: true},
+		{name: "unknown", mode: "on", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.DataplaneProcess = tt.mode
+			err := c.Validate()
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("Validate with --dataplane-process %q = %v, want error %v", tt.mode, err, tt.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), "--dataplane-process") {
+				t.Errorf("error %q does not name --dataplane-process", err)
+			}
+		})
+	}
+}

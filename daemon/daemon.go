@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,6 +165,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		opts.Mode = cfg.Dataplane
 		opts.DeviceName = cfg.WGDevice
 		opts.Logger = log
+		opts.Process, opts.ProcessBinary, opts.ProcessArgs = dataplaneProcess(cfg)
 		if d.dp, err = fastdp.New(d.ctx, opts); err != nil {
 			return nil, err
 		}
@@ -261,6 +263,7 @@ func (d *Daemon) Stop() error {
 	d.wg.Wait()
 	if d.left.Load() {
 		d.remembered.forget()
+		d.shutdownDataplane()
 	}
 	d.close()
 	if d.left.Load() {
@@ -269,6 +272,21 @@ func (d *Daemon) Stop() error {
 		d.log.Info("mesh daemon stopped; still a member of the mesh (mesh leave leaves it)")
 	}
 	return nil
+}
+
+// shutdownDataplane, after a leave, stops the data-plane process and
+// removes the WireGuard device (fastdp's Shutdown): a node that left
+// carries no mesh traffic, and no process of it stays behind.
+func (d *Daemon) shutdownDataplane() {
+	s, ok := d.dp.(interface{ Shutdown(context.Context) error })
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		d.log.Error("failed to shut the data plane down after leaving (mesh reset removes it)", "err", err)
+	}
 }
 
 // Done returns a channel that receives the control server's error if it
@@ -303,6 +321,21 @@ func (d *Daemon) close() {
 	if d.dp != nil { // nil when Start failed before choosing one
 		d.dp.Close()
 	}
+}
+
+// dataplaneProcess is where the userspace data plane runs (see
+// Config.DataplaneProcess): the mode, the mesh-dataplane program next to
+// this executable, and its arguments.
+func dataplaneProcess(cfg Config) (mode, bin string, args []string) {
+	mode = cfg.DataplaneProcess
+	if self, err := os.Executable(); err == nil {
+		bin = filepath.Join(filepath.Dir(self), fastdp.ProcessBinaryName)
+	}
+	level := "info"
+	if cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		level = "debug"
+	}
+	return mode, bin, []string{"--log-level", level}
 }
 
 // detectMTU picks the overlay MTU: --mtu, else the underlay's minus the

@@ -28,8 +28,8 @@ func buildDeb(t *testing.T) string {
 	if want := "mesh_1.2.3+4+gabcdef_" + runtime.GOARCH + ".deb"; filepath.Base(debs[0]) != want {
 		t.Fatalf("package %s, want %s", filepath.Base(debs[0]), want)
 	}
-	if rest, _ := os.ReadDir(out); len(rest) != 3 {
-		t.Errorf("make deb left more than mesh, mesh-cni and the package in BIN: %v", rest)
+	if rest, _ := os.ReadDir(out); len(rest) != 1+len(testnet.MakeBuildOutputs) {
+		t.Errorf("make deb left more than %v and the package in BIN: %v", testnet.MakeBuildOutputs, rest)
 	}
 	return debs[0]
 }

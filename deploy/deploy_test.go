@@ -98,6 +98,7 @@ func installedFiles(prefix string) map[string]entry {
 	files := map[string]entry{
 		prefix + "/bin/mesh":                        {mode: 0o755},
 		prefix + "/bin/mesh-cni":                    {mode: 0o755},
+		prefix + "/bin/mesh-dataplane":              {mode: 0o755},
 		prefix + "/lib/systemd/system/mesh.service": {mode: 0o644},
 		"/etc/default/mesh":                         {mode: 0o644},
 		"/opt/cni/bin/mesh-cni":                     {mode: 0o755},
@@ -179,7 +180,7 @@ func TestMakeInstall(t *testing.T) {
 
 			runMake(t, append([]string{"uninstall", "DESTDIR=" + dest}, tt.args...)...)
 			got := tree(t, dest)
-			for _, p := range []string{tt.prefix + "/bin/mesh", tt.prefix + "/bin/mesh-cni", tt.prefix + "/lib/systemd/system/mesh.service", "/opt/cni/bin/mesh-cni", "/usr/lib/cni/mesh-cni"} {
+			for _, p := range []string{tt.prefix + "/bin/mesh", tt.prefix + "/bin/mesh-cni", tt.prefix + "/bin/mesh-dataplane", tt.prefix + "/lib/systemd/system/mesh.service", "/opt/cni/bin/mesh-cni", "/usr/lib/cni/mesh-cni"} {
 				if _, ok := got[p]; ok {
 					t.Errorf("make uninstall left %s", p)
 				}
@@ -216,7 +217,11 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	if err != nil || len(strings.TrimSpace(string(out))) != 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
-	for _, want := range []string{"Restart=on-failure", "KillSignal=SIGTERM", "EnvironmentFile=-/etc/default/mesh", "--key-file=${MESH_KEY_FILE}", "CAP_NET_ADMIN", "CAP_NET_RAW", "DeviceAllow=/dev/net/tun rw"} {
+	// KillMode=process: `systemctl restart mesh` (and stop) signals the
+	// daemon only, so the mesh-dataplane process it started in the unit's
+	// cgroup keeps forwarding (docs/architecture.md, "Restarts, crashes
+	// and leaving").
+	for _, want := range []string{"Restart=on-failure", "KillSignal=SIGTERM", "KillMode=process", "EnvironmentFile=-/etc/default/mesh", "--key-file=${MESH_KEY_FILE}", "CAP_NET_ADMIN", "CAP_NET_RAW", "DeviceAllow=/dev/net/tun rw"} {
 		if !strings.Contains(string(unit), want) {
 			t.Errorf("unit lacks %q", want)
 		}
@@ -229,18 +234,52 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	}
 }
 
-// TestDaemonSetCapabilities: the DaemonSet's container drops every
+// TestDaemonSetCapabilities: the daemon's container drops every
 // capability but NET_ADMIN and NET_RAW (the path prober's ICMP socket,
-// docs/routing.md), and is not privileged.
+// docs/routing.md), the data plane's every one but NET_ADMIN, and neither
+// is privileged.
 func TestDaemonSetCapabilities(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join("kubernetes", "mesh.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := string(b)
-	for _, want := range []string{`drop: ["ALL"]`, `add: ["NET_ADMIN", "NET_RAW"]`, `privileged: false`} {
-		if strings.Count(s, want) != 1 {
-			t.Errorf("mesh.yaml has %d lines %q, want 1", strings.Count(s, want), want)
+	for want, n := range map[string]int{`drop: ["ALL"]`: 2, `add: ["NET_ADMIN", "NET_RAW"]`: 1, `add: ["NET_ADMIN"]`: 1, `privileged: false`: 2, `privileged: true`: 0} {
+		if got := strings.Count(s, want); got != n {
+			t.Errorf("mesh.yaml has %d lines %q, want %d", got, want, n)
 		}
+	}
+}
+
+// TestDataplaneDaemonSet: on Kubernetes the userspace data plane runs in
+// a DaemonSet of its own, which a rollout of the daemon's does not touch
+// (OnDelete), on the host network, sharing the UAPI socket directory and
+// the TUN device with the daemon, which uses it and never starts its own.
+func TestDataplaneDaemonSet(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join("kubernetes", "mesh.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs := strings.Split(string(b), "\n---\n")
+	var dp, daemon string
+	for _, d := range docs {
+		switch {
+		case strings.Contains(d, "kind: DaemonSet") && strings.Contains(d, "name: mesh-dataplane"):
+			dp = d
+		case strings.Contains(d, "kind: DaemonSet") && strings.Contains(d, "name: mesh\n"):
+			daemon = d
+		}
+	}
+	if dp == "" || daemon == "" {
+		t.Fatalf("mesh.yaml lacks the mesh or the mesh-dataplane DaemonSet")
+	}
+	for _, want := range []string{"type: OnDelete", "hostNetwork: true", `command: ["/usr/local/bin/mesh-dataplane", "--idle-with-kernel"]`,
+		"path: /var/run/wireguard", "path: /dev/net/tun", "mountPath: /var/run/wireguard", "mountPath: /dev/net/tun"} {
+		if !strings.Contains(dp, want) {
+			t.Errorf("the mesh-dataplane DaemonSet lacks %q", want)
+		}
+	}
+	if !strings.Contains(daemon, "- --dataplane-process=external") || !strings.Contains(daemon, "path: /var/run/wireguard") {
+		t.Errorf("the mesh DaemonSet does not use the external data plane through /var/run/wireguard")
 	}
 }

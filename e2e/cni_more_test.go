@@ -166,8 +166,9 @@ func TestCNIBadInputAgainstRealDaemon(t *testing.T) {
 	assertNothingLeft()
 }
 
-// TestReset checks that `mesh reset` removes what mesh made on a host, and
-// refuses while a daemon runs the data plane.
+// TestReset checks that `mesh reset` removes what mesh made on a host,
+// the data-plane process that outlived the daemon included, and refuses
+// while a daemon runs the data plane.
 func TestReset(t *testing.T) {
 	n, ctx := cniNode(t, time.Minute)
 	if out, err := n.Host.Run(ctx, n.Bin, "reset"); err == nil {
@@ -176,9 +177,12 @@ func TestReset(t *testing.T) {
 	if err := n.Proc.Stop(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	// SIGTERM leaves the data plane up for the pods.
+	// SIGTERM leaves the data plane up for the pods, with its process.
 	if links, _ := n.Host.Run(ctx, "ip", "-o", "link", "show"); !strings.Contains(links, "mesh-wg") {
 		t.Fatalf("SIGTERM took the data plane down:\n%s", links)
+	}
+	if pids, err := meshtest.DataplaneProcesses(n.Host); err != nil || len(pids) != 1 {
+		t.Fatalf("mesh-dataplane processes after SIGTERM of the daemon: %v (%v), want one", pids, err)
 	}
 	// The isolation tables outlive SIGTERM too: pods stay isolated.
 	if out, err := n.Host.Run(ctx, "nft", "list", "tables"); err != nil || !strings.Contains(out, "bridge mesh-isolation") || !strings.Contains(out, "inet mesh-isolation") {
@@ -189,6 +193,9 @@ func TestReset(t *testing.T) {
 	}
 	if _, err := n.Host.Run(ctx, n.Bin, "reset", "--state"); err != nil {
 		t.Fatalf("reset: %v", err)
+	}
+	if pids, err := meshtest.DataplaneProcesses(n.Host); err != nil || len(pids) != 0 {
+		t.Fatalf("mesh-dataplane processes after mesh reset: %v (%v), want none", pids, err)
 	}
 	if out, _ := n.Host.Run(ctx, "nft", "list", "tables"); strings.Contains(out, "mesh-isolation") || strings.Contains(out, "mesh-relay") {
 		t.Fatalf("reset left the isolation tables or the relayed-traffic counter:\n%s", out)

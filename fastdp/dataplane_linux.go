@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +64,8 @@ type dataplane struct {
 	// by holdFirstKeepalives their keepalive (at most one at a time).
 	wgWant  *Config
 	release *time.Timer
+	// stopWatch ends watch (a data-plane process only).
+	stopWatch chan struct{}
 }
 
 // AdoptGrace is how long after New, on a WireGuard device that already
@@ -137,14 +140,134 @@ func New(ctx context.Context, opts Options) (_ Dataplane, err error) {
 	if _, err := linkByName(nl, opts.DeviceName); err == nil {
 		d.adoptUntil = time.Now().Add(AdoptGrace)
 	}
-	switch kind {
-	case ModeKernel:
+	switch {
+	case kind == ModeKernel:
 		d.impl = &kernelImpl{name: opts.DeviceName, nl: nl}
+	case useProcess(opts, log):
+		d.stopWatch = make(chan struct{})
+		p := newProcessImpl(opts, nl, log, d.stopWatch)
+		d.impl = p
+		go d.watch(p)
 	default:
 		d.impl = &userspaceImpl{name: opts.DeviceName, ns: ns, nl: nl, log: log}
 	}
-	log.Debug("data plane selected", "kind", kind, "netns", ns.String())
+	log.Debug("data plane selected", "kind", kind, "process", opts.Process, "netns", ns.String())
 	return d, nil
+}
+
+// useProcess decides whether the userspace data plane runs in a
+// mesh-dataplane process (see Options.Process).
+func useProcess(opts Options, log *slog.Logger) bool {
+	switch opts.Process {
+	case ProcessExternal:
+		return true
+	case ProcessAuto:
+		if st, err := os.Stat(opts.ProcessBinary); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			log.Warn("the data-plane program is missing: running wireguard-go in this process, so a restart of the daemon interrupts traffic",
+				"binary", opts.ProcessBinary)
+			return false
+		}
+		return true
+	}
+	return false
+}
+
+// watch notices that the data-plane process is gone (it exited, or its
+// UAPI socket stopped answering) and brings a new one to the last config
+// (started here in ProcessAuto; in ProcessExternal, once its supervisor
+// has started it). A reconcile whose config has not changed does not call
+// Set, so without this the daemon would not notice before its next change.
+func (d *dataplane) watch(p *processImpl) {
+	t := time.NewTicker(processCheckInterval)
+	defer t.Stop()
+	// After a failed attempt the next waits for the ticker: a process
+	// that exits at once (its device busy, say) must not be restarted in
+	// a tight loop by its own exit notice.
+	var failed time.Time
+	for {
+		select {
+		case <-d.stopWatch:
+			return
+		case <-t.C:
+		case <-p.exited:
+			if time.Since(failed) < processCheckInterval {
+				continue
+			}
+		}
+		up := p.alive()
+		if up && !p.needsConfig() {
+			continue
+		}
+		if !up && p.bin == "" {
+			continue // its supervisor starts it; configured once it answers
+		}
+		d.mu.Lock()
+		if !d.closed && d.last != nil {
+			d.log.Warn("the data-plane process is gone or new; bringing it to the last config")
+			// The new process has no peers: it is a first configuration,
+			// which initiates to all at once.
+			d.wgWant = nil
+			if err := d.apply(context.Background(), d.last); err != nil {
+				failed = time.Now()
+				d.log.Warn("failed to configure a new data-plane process; retrying", "err", err)
+			}
+		}
+		d.mu.Unlock()
+	}
+}
+
+// ProcessStatus reports the data-plane process, and false when wireguard-go
+// does not run in one (the kernel module, or in this process).
+func (d *dataplane) ProcessStatus() (ProcessStatus, bool) {
+	p, ok := d.impl.(*processImpl)
+	if !ok {
+		return ProcessStatus{}, false
+	}
+	return p.status(), true
+}
+
+// Shutdown is for a node that leaves the mesh: it stops wireguard-go
+// (this process's, or the data-plane process serving the device), removes
+// the WireGuard device (kernel or TUN), so that a node that left carries no
+// mesh traffic and leaves no process behind, and closes the data plane.
+// The bridge and the pods' routes stay until `mesh reset`. A data-plane
+// process a supervisor runs (ProcessExternal) is not stopped, as the
+// supervisor would only start it again: its peers are removed instead.
+func (d *dataplane) Shutdown(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("data plane is closed")
+	}
+	if p, ok := d.impl.(*processImpl); ok && p.bin == "" {
+		var errs []error
+		if err := d.wg.ConfigureDevice(d.name, wgtypes.Config{ReplacePeers: true}); err != nil {
+			errs = append(errs, fmt.Errorf("failed to remove the peers of %q: %w", d.name, err))
+		} else {
+			d.log.Info("removed every WireGuard peer; the supervisor's data-plane process keeps running")
+		}
+		return errors.Join(append(errs, d.closeLocked())...)
+	}
+	var errs []error
+	if err := d.impl.close(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := StopProcess(ctx, Options{DeviceName: d.name, Logger: d.log}); err != nil {
+		errs = append(errs, err)
+	}
+	l, err := linkByName(d.nl, d.name)
+	switch {
+	case err == nil:
+		if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("failed to remove link %q: %w", d.name, err))
+		} else {
+			d.log.Info("removed the WireGuard device")
+		}
+	case !isNotFound(err):
+		errs = append(errs, fmt.Errorf("failed to look up link %q: %w", d.name, err))
+	}
+	errs = append(errs, d.closeLocked())
+	return errors.Join(errs...)
 }
 
 // selectKind decides between the kernel and the userspace data plane.
@@ -234,7 +357,11 @@ func (d *dataplane) Set(ctx context.Context, cfg *Config) (err error) {
 	if d.closed {
 		return errors.New("data plane is closed")
 	}
+	return d.apply(ctx, want)
+}
 
+// apply is Set for a config with its defaults filled in; d.mu is held.
+func (d *dataplane) apply(ctx context.Context, want *Config) (err error) {
 	var undo undoStack
 	defer func() {
 		if err != nil {
@@ -283,6 +410,9 @@ func (d *dataplane) Set(ctx context.Context, cfg *Config) (err error) {
 	}
 	if err := d.removeStaleBridges(want.BridgeName); err != nil {
 		return err
+	}
+	if p, ok := d.impl.(*processImpl); ok {
+		p.configured()
 	}
 	d.last = want
 	return nil
@@ -387,7 +517,15 @@ func (d *dataplane) Close() error {
 	if d.closed {
 		return nil
 	}
+	return d.closeLocked()
+}
+
+// closeLocked is Close with d.mu held.
+func (d *dataplane) closeLocked() error {
 	d.closed = true
+	if d.stopWatch != nil {
+		close(d.stopWatch)
+	}
 	if d.release != nil {
 		d.release.Stop()
 	}

@@ -75,9 +75,39 @@ const (
 	ModeAuto = "auto"
 	// ModeKernel requires the kernel module.
 	ModeKernel = "kernel"
-	// ModeUserspace always runs wireguard-go in this process.
+	// ModeUserspace always runs wireguard-go (where: Options.Process).
 	ModeUserspace = "userspace"
+
+	// ProcessAuto runs the userspace data plane in a mesh-dataplane
+	// process: the one serving the UAPI socket, else one started from
+	// Options.ProcessBinary (in this process, with a warning, when that
+	// program is missing).
+	ProcessAuto = "auto"
+	// ProcessExternal uses a mesh-dataplane process that a supervisor
+	// (systemd, a DaemonSet) runs, and never starts one.
+	ProcessExternal = "external"
+	// ProcessOff runs wireguard-go in this process.
+	ProcessOff = "off"
 )
+
+// ProcessBinaryName is the data-plane program: wireguard-go on the TUN
+// device and its UAPI socket, nothing else (cmd/mesh-dataplane, which runs
+// Serve). It lives next to the mesh binary.
+const ProcessBinaryName = "mesh-dataplane"
+
+// ProcessStatus is what this process knows of the data-plane process.
+type ProcessStatus struct {
+	// Mode is ProcessAuto or ProcessExternal.
+	Mode string
+	// PID of the process serving the UAPI socket, 0 when none does (or it
+	// is in a PID namespace this process cannot see).
+	PID int
+	// Up is set while the process answers on its UAPI socket.
+	Up bool
+	// Restarts counts the times this daemon found the process gone (or
+	// replaced) and configured a new one.
+	Restarts int
+}
 
 // ErrKernelUnavailable is wrapped by New when ModeKernel is asked for on a
 // host without the WireGuard kernel module.
@@ -188,6 +218,13 @@ type Options struct {
 	// NetNSPath is the network namespace to work in, such as
 	// /var/run/netns/x; "" means that of the thread calling New (or Reset).
 	NetNSPath string
+	// Process says where wireguard-go runs on the userspace path:
+	// ProcessAuto, ProcessExternal or ProcessOff ("" means ProcessOff).
+	Process string
+	// ProcessBinary is the mesh-dataplane program ProcessAuto starts.
+	ProcessBinary string
+	// ProcessArgs are passed to it after the device's (e.g. --log-level).
+	ProcessArgs []string
 }
 
 // DefaultOptions returns the options of a normal daemon.
@@ -206,6 +243,13 @@ func (o *Options) normalize() error {
 	}
 	if o.DeviceName == "" {
 		o.DeviceName = DefaultDeviceName
+	}
+	switch o.Process {
+	case "":
+		o.Process = ProcessOff
+	case ProcessAuto, ProcessExternal, ProcessOff:
+	default:
+		return fmt.Errorf("unknown data plane process mode %q (want %s, %s or %s)", o.Process, ProcessAuto, ProcessExternal, ProcessOff)
 	}
 	if err := validLinkName(o.DeviceName); err != nil {
 		return err

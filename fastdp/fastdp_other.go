@@ -18,3 +18,12 @@ func Reset(ctx context.Context, opts Options) error { return errUnsupported }
 
 // DetectMTU fails: the data plane needs Linux.
 func DetectMTU(dst netip.Addr) (int, error) { return 0, errUnsupported }
+
+// Serve fails: the data plane needs Linux.
+func Serve(ctx context.Context, opts Options, mtu int) error { return errUnsupported }
+
+// StopProcess fails: the data plane needs Linux.
+func StopProcess(ctx context.Context, opts Options) (bool, error) { return false, errUnsupported }
+
+// NeedsUserspace fails: the data plane needs Linux.
+func NeedsUserspace(opts Options) (bool, error) { return false, errUnsupported }

@@ -17,17 +17,25 @@ import (
 // uapiDir is where wireguard-go's ipc package puts UAPI sockets.
 const uapiDir = "/var/run/wireguard"
 
+// uapiSocket is the UAPI socket of device name.
+func uapiSocket(name string) string { return filepath.Join(uapiDir, name+".sock") }
+
 // Reset removes everything fastdp creates in the namespace of opts: the
 // WireGuard link (kernel or TUN), every link carrying a "mesh:" alias (the
 // bridge), every route carrying RouteProtocol and a stale UAPI socket. It is
-// idempotent. It refuses while a userspace data plane still serves the
-// device, since removing the link under a running daemon would only make it
+// idempotent. It stops a mesh-dataplane process serving the device
+// (StopProcess). It refuses while a daemon's own wireguard-go still serves
+// the device, since removing the link under a running daemon would only make it
 // recreate it. IP forwarding is left on: other software may rely on it.
 func Reset(ctx context.Context, opts Options) error {
 	if err := opts.normalize(); err != nil {
 		return err
 	}
-	sock := filepath.Join(uapiDir, opts.DeviceName+".sock")
+	sock := uapiSocket(opts.DeviceName)
+	// A data-plane process outlives the daemon on purpose; a reset ends it.
+	if _, err := StopProcess(ctx, opts); err != nil {
+		return fmt.Errorf("data plane %q is still running: %w", opts.DeviceName, err)
+	}
 	if c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "unix", sock); err == nil {
 		c.Close()
 		return fmt.Errorf("data plane %q is still running (%s answers); stop the daemon first", opts.DeviceName, sock)

@@ -48,7 +48,17 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 		for _, c := range st.Connections {
 			conns[c.State]++
 		}
-		fmt.Fprintf(tw, "Data plane:\t%s, MTU %d, connections: %s\n", st.Dataplane, st.MTU, stateCounts(conns, api.ConnStates))
+		// The data-plane process on the same line: a longer label would
+		// realign every line that scripts may match.
+		proc := ""
+		if p := st.DataplaneProcess; p != nil {
+			pid := ""
+			if p.PID != 0 {
+				pid = fmt.Sprintf(" PID %d,", p.PID)
+			}
+			proc = fmt.Sprintf("; process mesh-dataplane %s,%s %d restart(s) (--dataplane-process %s)", p.State, pid, p.Restarts, p.Mode)
+		}
+		fmt.Fprintf(tw, "Data plane:\t%s, MTU %d, connections: %s%s\n", st.Dataplane, st.MTU, stateCounts(conns, api.ConnStates), proc)
 	}
 	tw.Flush()
 	formatTargets(w, st.Targets, now)

@@ -230,3 +230,35 @@ func TestFormatStatusShowsKeyIDs(t *testing.T) {
 		t.Fatalf("keys line without keys (--insecure):\n%s", b.String())
 	}
 }
+
+// TestFormatStatusShowsDataplaneProcess: the overview's data plane line
+// names the mesh-dataplane process when status reports one (with its PID
+// when known), and not otherwise.
+func TestFormatStatusShowsDataplaneProcess(t *testing.T) {
+	tests := []struct {
+		name string
+		dp   *api.DataplaneProcess
+		want string
+	}{
+		{name: "up", dp: &api.DataplaneProcess{Mode: "auto", State: api.DataplaneProcessUp, PID: 42, Restarts: 1},
+			want: "Data plane:  userspace, MTU 1420, connections: none; process mesh-dataplane up, PID 42, 1 restart(s) (--dataplane-process auto)"},
+		{name: "down, PID unknown", dp: &api.DataplaneProcess{Mode: "external", State: api.DataplaneProcessDown},
+			want: "Data plane:  userspace, MTU 1420, connections: none; process mesh-dataplane down, 0 restart(s) (--dataplane-process external)"},
+		{name: "none"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b bytes.Buffer
+			formatStatus(&b, &api.Status{Name: "a", Dataplane: "userspace", MTU: 1420, DataplaneProcess: tt.dp}, time.Now())
+			if tt.want == "" {
+				if strings.Contains(b.String(), "mesh-dataplane") {
+					t.Fatalf("a data-plane process line without one:\n%s", b.String())
+				}
+				return
+			}
+			if !strings.Contains(b.String(), tt.want) {
+				t.Fatalf("status output lacks %q:\n%s", tt.want, b.String())
+			}
+		})
+	}
+}

@@ -42,6 +42,7 @@ func launch(args []string, stderr io.Writer) error {
 	})
 	fs.DurationVar(&cfg.ReclaimAfter, "ipalloc-reclaim-after", 0, "reclaim the free space of a peer silent this long (0: off; the same on every peer; see docs/ipam.md)")
 	fs.StringVar(&cfg.Dataplane, "dataplane", cfg.Dataplane, "auto, kernel, userspace or none")
+	fs.StringVar(&cfg.DataplaneProcess, "dataplane-process", cfg.DataplaneProcess, "where userspace wireguard-go runs: auto (a mesh-dataplane process that outlives daemon restarts, started when none runs), external (one a supervisor runs) or off (in the daemon)")
 	fs.IntVar(&cfg.DPPort, "dp-port", cfg.DPPort, "WireGuard UDP port")
 	fs.IntVar(&cfg.MTU, "mtu", 0, "overlay MTU (0: the underlay's minus 80)")
 	fs.DurationVar(&cfg.Keepalive, "keepalive", cfg.Keepalive, "WireGuard persistent keepalive, for peers behind NAT (0: off)")

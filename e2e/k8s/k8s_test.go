@@ -79,6 +79,7 @@ func TestKubernetes(t *testing.T) {
 		checkPodToOutside(t, c)
 		checkNodesAndPods(t, c, pods)
 		checkNetworkPolicies(t, c, pods)
+		checkRolloutKeepsTraffic(t, c, pods)
 		checkUpstreamSubset(t, c)
 	}
 	deleteNode(t, c, cni == "mesh")
@@ -135,8 +136,9 @@ func meshManifest(t *testing.T, image string) string {
 		t.Fatal(err)
 	}
 	y := string(data)
-	if n := len(imageLine.FindAllString(y, -1)); n != 1 {
-		t.Fatalf("mesh.yaml has %d image lines, want 1", n)
+	// The daemon's DaemonSet and the data plane's, the same image.
+	if n := len(imageLine.FindAllString(y, -1)); n != 2 {
+		t.Fatalf("mesh.yaml has %d image lines, want 2", n)
 	}
 	y = imageLine.ReplaceAllString(y, "${1}image: "+image)
 	y = pullPolicyLine.ReplaceAllString(y, "${1}imagePullPolicy: Never")
@@ -171,7 +173,12 @@ func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) time.Ti
 			logs, _ := c.Kubectl(context.Background(), "", "-n", meshNamespace, "logs", "ds/mesh", "--tail=50")
 			t.Fatalf("mesh DaemonSet not ready: %v\n%s\nlogs:\n%s", err, out, logs)
 		}
-		t.Logf("mesh DaemonSet ready on %d nodes", len(c.Nodes))
+		// OnDelete has no rollout status: its pods' readiness instead.
+		if out, err := c.Kubectl(ctx, "", "-n", meshNamespace, "wait", "--for=condition=Ready", "pod", "-l", "app.kubernetes.io/name=mesh-dataplane", "--timeout=1m"); err != nil {
+			logs, _ := c.Kubectl(context.Background(), "", "-n", meshNamespace, "logs", "ds/mesh-dataplane", "--tail=50")
+			t.Fatalf("mesh-dataplane DaemonSet not ready: %v\n%s\nlogs:\n%s", err, out, logs)
+		}
+		t.Logf("mesh and mesh-dataplane DaemonSets ready on %d nodes", len(c.Nodes))
 		return applied
 	}
 	// Every node's mesh container must have started at least once (it may
@@ -280,6 +287,64 @@ func podsOnEveryNode(t *testing.T, c *Cluster) []testPod {
 // timeout applet: Debian 12's busybox-static crashes on wget -T.)
 func (c *Cluster) exec(ctx context.Context, pod string, cmd ...string) (string, error) {
 	return c.Kubectl(ctx, "", append([]string{"-n", testNamespace, "exec", pod, "--"}, cmd...)...)
+}
+
+// rolloutLostBound bounds the pings (every 50 ms, from the first node to
+// the pod on the second) a rollout of the mesh DaemonSet may lose: the
+// data plane runs in the mesh-dataplane DaemonSet, which the rollout does
+// not touch, so the goal is none; the bound is generous for a loaded
+// machine and still far below the pause of a data plane in the daemon's
+// pod (the kubelet's start of the new pod: seconds).
+const rolloutLostBound = 5
+
+// checkRolloutKeepsTraffic: `kubectl rollout restart ds/mesh` (every
+// daemon killed and started again, one node at a time) while the first
+// node pings the pod on the second through the overlay: at most
+// rolloutLostBound pings lost, and the mesh-dataplane pods are the same
+// before and after.
+func checkRolloutKeepsTraffic(t *testing.T, c *Cluster, pods []testPod) {
+	t.Helper()
+	uids := func(app string) string {
+		return strings.TrimSpace(c.MustKubectl(t, "", "-n", meshNamespace, "get", "pods", "-l", "app.kubernetes.io/name="+app,
+			"-o", "jsonpath={range .items[*]}{.metadata.uid} {end}"))
+	}
+	dpPods := func() string { return uids("mesh-dataplane") }
+	before, daemonsBefore := dpPods(), strings.Fields(uids("mesh"))
+	const count = 800 // 40 s at 50 ms
+	ping := c.Nodes[0].Start(t, "ping", []string{"-n", "-c", fmt.Sprint(count), "-i", "0.05", "-W", "2", pods[1].IP}, nil)
+	time.Sleep(2 * time.Second)
+	started := time.Now()
+	c.MustKubectl(t, "", "-n", meshNamespace, "rollout", "restart", "ds/mesh")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if out, err := c.Kubectl(ctx, "", "-n", meshNamespace, "rollout", "status", "ds/mesh", "--timeout=150s"); err != nil {
+		t.Fatalf("rollout restart of ds/mesh: %v\n%s", err, out)
+	}
+	took := time.Since(started)
+	// Every daemon's pod was replaced.
+	for _, uid := range daemonsBefore {
+		if strings.Contains(uids("mesh"), uid) {
+			t.Errorf("the mesh pod %s is still there after the rollout", uid)
+		}
+	}
+	_ = ping.Wait(2 * time.Minute)
+	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(ping.Log())
+	if m == nil {
+		t.Fatalf("no ping summary:\n%s", ping.Log())
+	}
+	var sent, received int
+	fmt.Sscan(m[1], &sent)
+	fmt.Sscan(m[2], &received)
+	t.Logf("rollout restart of ds/mesh took %v; pings from %s to %s every 50 ms meanwhile: %d of %d lost", took.Round(100*time.Millisecond), c.Nodes[0].Name, pods[1].IP, sent-received, sent)
+	if took > 35*time.Second {
+		t.Logf("the rollout outlasted the pings (%v)", took)
+	}
+	if sent < count*9/10 || sent-received > rolloutLostBound {
+		t.Errorf("rollout restart of ds/mesh: %d of %d pings lost, want at most %d", sent-received, sent, rolloutLostBound)
+	}
+	if after := dpPods(); after != before || before == "" {
+		t.Errorf("mesh-dataplane pods changed across the rollout of ds/mesh: %q, then %q", before, after)
+	}
 }
 
 // checkPodToPod checks that every pod reaches every other pod, across

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -199,7 +200,15 @@ func (p *Pinger) Wait(timeout time.Duration) (PingResult, error) {
 
 // MeshProcesses returns the PIDs of the mesh daemons running in h's network
 // namespace: after a restart there must be exactly one.
-func MeshProcesses(h *testnet.Host) ([]int, error) {
+func MeshProcesses(h *testnet.Host) ([]int, error) { return Processes(h, "mesh") }
+
+// DataplaneProcesses returns the PIDs of the mesh-dataplane processes
+// running in h's network namespace.
+func DataplaneProcesses(h *testnet.Host) ([]int, error) { return Processes(h, "mesh-dataplane") }
+
+// Processes returns the PIDs of the processes named comm (as in
+// /proc/PID/comm) running in h's network namespace.
+func Processes(h *testnet.Host, comm string) ([]int, error) {
 	var want syscall.Stat_t
 	if err := syscall.Stat(h.NetNS(), &want); err != nil {
 		return nil, fmt.Errorf("stat %s: %w", h.NetNS(), err)
@@ -214,8 +223,8 @@ func MeshProcesses(h *testnet.Host) ([]int, error) {
 		if err != nil {
 			continue
 		}
-		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != "mesh" {
+		c, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(c)) != comm {
 			continue
 		}
 		var st syscall.Stat_t
@@ -230,7 +239,9 @@ func MeshProcesses(h *testnet.Host) ([]int, error) {
 }
 
 // CheckNothingLeftBehind reports an error unless h has exactly one mesh
-// daemon (n's) and one TUN device, the WireGuard one.
+// daemon (n's), one TUN device, the WireGuard one, and exactly one
+// mesh-dataplane process, the one n's status reports up, or none when
+// n runs wireguard-go in its own process.
 func CheckNothingLeftBehind(ctx context.Context, n *Node) error {
 	pids, err := MeshProcesses(n.Host)
 	if err != nil {
@@ -238,6 +249,20 @@ func CheckNothingLeftBehind(ctx context.Context, n *Node) error {
 	}
 	if len(pids) != 1 || pids[0] != n.Proc.PID() {
 		return fmt.Errorf("mesh processes on %s: %v, want only the daemon %d", n.Host.Name, pids, n.Proc.PID())
+	}
+	st, err := n.Status()
+	if err != nil {
+		return err
+	}
+	dps, err := DataplaneProcesses(n.Host)
+	if err != nil {
+		return err
+	}
+	switch dp := st.DataplaneProcess; {
+	case dp == nil && len(dps) != 0:
+		return fmt.Errorf("mesh-dataplane processes on %s: %v, want none (the daemon runs wireguard-go itself)", n.Host.Name, dps)
+	case dp != nil && (len(dps) != 1 || dps[0] != dp.PID || dp.State != api.DataplaneProcessUp):
+		return fmt.Errorf("mesh-dataplane processes on %s: %v, want only the one status reports: %+v", n.Host.Name, dps, *dp)
 	}
 	out, err := n.Host.Run(ctx, "ip", "-o", "link", "show", "type", "tun")
 	if err != nil {

@@ -161,7 +161,12 @@ func RemoveBinaries() error {
 
 // MakeBuildOutputs are the files `make build` must leave in its output
 // directory: what README's "Run it" gives a user.
-var MakeBuildOutputs = []string{"mesh", "mesh-cni"}
+var MakeBuildOutputs = []string{"mesh", "mesh-cni", "mesh-dataplane"}
+
+// revisionOutputs are the files every revision's `make build` leaves, the
+// previous release's included (it has no mesh-dataplane: its daemon runs
+// wireguard-go itself).
+var revisionOutputs = []string{"mesh", "mesh-cni"}
 
 var makeBuild struct {
 	once sync.Once
@@ -267,7 +272,7 @@ func buildRevision(rev string) (string, error) {
 	if o, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("make build BIN=%s of revision %s: %w: %s", out, rev, err, o)
 	}
-	for _, name := range MakeBuildOutputs {
+	for _, name := range revisionOutputs {
 		if fi, err := os.Stat(filepath.Join(out, name)); err != nil || fi.Mode()&0o111 == 0 {
 			return "", fmt.Errorf("make build of revision %s did not produce an executable %s", rev, name)
 		}
