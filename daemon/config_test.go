@@ -59,7 +59,9 @@ func TestValidateNoMasqueradeCIDRs(t *testing.T) {
 		{"none", nil, ""},
 		{"IPv4 prefixes", []netip.Prefix{netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("10.0.0.0/8")}, ""},
 		{"host bits", []netip.Prefix{netip.MustParsePrefix("192.168.1.1/16")}, "192.168.1.1/16"},
-		{"IPv6", []netip.Prefix{netip.MustParsePrefix("fd00::/8")}, "fd00::/8"},
+		{"IPv6 (for the ip6 table of a dual-stack mesh)", []netip.Prefix{netip.MustParsePrefix("2001:db8::/32")}, ""},
+		{"IPv6 host bits", []netip.Prefix{netip.MustParsePrefix("2001:db8::1/32")}, "2001:db8::1/32"},
+		{"IPv4-mapped", []netip.Prefix{netip.MustParsePrefix("::ffff:192.168.0.0/112")}, "::ffff:192.168.0.0/112"},
 		{"too many", many, "at most 64"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
