@@ -22,7 +22,7 @@ deps:
 # Unit tests and the simulated-host tests (these need root; under CI=true a
 # missing capability fails instead of skipping).
 test: deps lint
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -timeout 30m ./...
 	./scripts/fuzz.sh
 
 lint:
