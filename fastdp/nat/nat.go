@@ -179,10 +179,10 @@ func (c *Config) rules6() []rule { return c.familyRules(true) }
 // word nft writes for the family ("ip", "ip6").
 func (c *Config) familyRules(v6 bool) []rule {
 	cr, overlay, word, nfproto := c.ClusterRange, c.OverlayIP, "ip", uint32(unix.NFPROTO_IPV4)
-	match, saddr, daddr, alen := prefixMatch, uint32(saddrOff), uint32(daddrOff), uint32(4)
+	saddr, daddr, alen := uint32(saddrOff), uint32(daddrOff), uint32(4)
 	if v6 {
 		cr, overlay, word, nfproto = c.ClusterRange6, c.OverlayIP6, "ip6", unix.NFPROTO_IPV6
-		match, saddr, daddr, alen = prefixMatch6, saddrOff6, daddrOff6, 16
+		saddr, daddr, alen = saddrOff6, daddrOff6, 16
 	}
 	if !cr.IsValid() || cr.Addr().Is6() != v6 {
 		return nil // the other family's range, or none: see the other table
@@ -195,7 +195,7 @@ func (c *Config) familyRules(v6 bool) []rule {
 		}
 		out = append(out, rule{
 			comment: fmt.Sprintf("oifname %s %s saddr != %s snat to %s", c.OverlayDevice, word, cr, overlay),
-			exprs:   slices.Concat(oifname(c.OverlayDevice), match(saddr, cr, false), snat),
+			exprs:   slices.Concat(oifname(c.OverlayDevice), prefixMatch(saddr, cr, false), snat),
 		}, rule{
 			comment: fmt.Sprintf("oifname %s meta mark & %#x == %#x snat to %s", c.OverlayDevice, KubeProxyMasqueradeMark, KubeProxyMasqueradeMark, overlay),
 			exprs: slices.Concat(oifname(c.OverlayDevice),
@@ -211,7 +211,7 @@ func (c *Config) familyRules(v6 bool) []rule {
 	if nodes := c.nodes(v6); len(nodes) > 0 {
 		out = append(out, rule{
 			comment: fmt.Sprintf("%s saddr %s %s daddr @%s masquerade (%d nodes, %x)", word, cr, word, nodesSet, len(nodes), nodesDigest(nodes)),
-			exprs: slices.Concat(match(saddr, cr, true), []expr.Any{
+			exprs: slices.Concat(prefixMatch(saddr, cr, true), []expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: alen},
 				&expr.Lookup{SourceRegister: 1, SetName: nodesSet},
 				&expr.Masq{},
@@ -224,7 +224,7 @@ func (c *Config) familyRules(v6 bool) []rule {
 	ret := []expr.Any{&expr.Verdict{Kind: expr.VerdictReturn}}
 	out = append(out, rule{
 		comment: fmt.Sprintf("%s daddr %s return", word, cr),
-		exprs:   slices.Concat(match(daddr, cr, true), ret),
+		exprs:   slices.Concat(prefixMatch(daddr, cr, true), ret),
 	})
 	for _, p := range c.NoMasquerade {
 		if p.Addr().Is6() != v6 {
@@ -232,12 +232,12 @@ func (c *Config) familyRules(v6 bool) []rule {
 		}
 		out = append(out, rule{
 			comment: fmt.Sprintf("%s daddr %s return (no-masquerade)", word, p),
-			exprs:   slices.Concat(match(daddr, p, true), ret),
+			exprs:   slices.Concat(prefixMatch(daddr, p, true), ret),
 		})
 	}
 	return append(out, rule{
 		comment: fmt.Sprintf("%s saddr %s masquerade", word, cr),
-		exprs:   slices.Concat(match(saddr, cr, true), []expr.Any{&expr.Masq{}}),
+		exprs:   slices.Concat(prefixMatch(saddr, cr, true), []expr.Any{&expr.Masq{}}),
 	})
 }
 
@@ -246,24 +246,6 @@ const (
 	saddrOff6 = 8
 	daddrOff6 = 24
 )
-
-// prefixMatch6 is prefixMatch for the IPv6 address at off.
-func prefixMatch6(off uint32, p netip.Prefix, eq bool) []expr.Any {
-	mask := make([]byte, 16)
-	for i := range p.Bits() {
-		mask[i/8] |= 0x80 >> (i % 8)
-	}
-	a := p.Masked().Addr().As16()
-	op := expr.CmpOpEq
-	if !eq {
-		op = expr.CmpOpNeq
-	}
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 16},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 16, Mask: mask, Xor: make([]byte, 16)},
-		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
-	}
-}
 
 // nodesSet is the set of the other nodes' addresses.
 const nodesSet = "nodes"
@@ -290,22 +272,23 @@ const (
 	daddrOff = 16
 )
 
-// prefixMatch matches the IPv4 address at off of the network header
-// against p (eq) or its complement.
+// prefixMatch matches the address at off of the network header against
+// p (eq) or its complement; the family (IPv4 or IPv6) and so the length
+// compared are p's.
 func prefixMatch(off uint32, p netip.Prefix, eq bool) []expr.Any {
-	mask := make([]byte, 4)
+	n := uint32(p.Addr().BitLen() / 8)
+	mask := make([]byte, n)
 	for i := range p.Bits() {
 		mask[i/8] |= 0x80 >> (i % 8)
 	}
-	a := p.Addr().As4()
 	op := expr.CmpOpEq
 	if !eq {
 		op = expr.CmpOpNeq
 	}
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
-		&expr.Cmp{Op: op, Register: 1, Data: a[:]},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: n, Mask: mask, Xor: make([]byte, n)},
+		&expr.Cmp{Op: op, Register: 1, Data: p.Masked().Addr().AsSlice()},
 	}
 }
 
