@@ -62,33 +62,14 @@ func benchRestart(t *testing.T, r *report) {
 		res.err = fmt.Sprintf(format, a...)
 		t.Error(res.err)
 	}
-	tn := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "brs"})
-	hosts := tn.Hosts()
-	a := launch(t, hosts[0], nil)
-	b := launch(t, hosts[1], hosts[:1])
-	if err := waitReady([]*node{a, b}, 90*time.Second); err != nil {
-		fail("two-host mesh: %v", err)
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	var pods []*meshtest.Pod
-	for i, n := range []*node{a, b} {
-		meshtest.WaitCNIInstalled(t, n.Node)
-		p, err := meshtest.AddPod(ctx, t, n.Host, fmt.Sprintf("rp%d", i))
-		if err != nil {
-			fail("%v", err)
-			return
-		}
-		pods = append(pods, p)
-	}
-	if err := testnet.Poll(30*time.Second, 250*time.Millisecond, func() error {
-		_, err := hosts[0].Run(ctx, "ip", "netns", "exec", pods[0].Name, "ping", "-c", "1", "-W", "1", pods[1].IP.String())
-		return err
-	}); err != nil {
-		fail("pods do not reach each other: %v", err)
+	tn, a, b, pods, err := podPair(ctx, t, "brs", "rp")
+	if err != nil {
+		fail("%v", err)
 		return
 	}
+	hosts := tn.Hosts()
 	upgrade := testnet.BuildMakeRevision(t, "HEAD") + "/mesh"
 	current := b.Bin
 	for round := range restartRounds {
@@ -210,31 +191,11 @@ func benchInProcessRestart(t *testing.T, res *restartResult) {
 		res.inProcessErr = fmt.Sprintf(format, a...)
 		t.Error(res.inProcessErr)
 	}
-	tn := testnet.New(t, testnet.Options{Hosts: 2, Prefix: "bri"})
-	hosts := tn.Hosts()
-	a := launch(t, hosts[0], nil, "--dataplane-process=off")
-	b := launch(t, hosts[1], hosts[:1], "--dataplane-process=off")
-	if err := waitReady([]*node{a, b}, 90*time.Second); err != nil {
-		fail("two-host mesh: %v", err)
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	var pods []*meshtest.Pod
-	for i, n := range []*node{a, b} {
-		meshtest.WaitCNIInstalled(t, n.Node)
-		p, err := meshtest.AddPod(ctx, t, n.Host, fmt.Sprintf("ip%d", i))
-		if err != nil {
-			fail("%v", err)
-			return
-		}
-		pods = append(pods, p)
-	}
-	if err := testnet.Poll(30*time.Second, 250*time.Millisecond, func() error {
-		_, err := hosts[0].Run(ctx, "ip", "netns", "exec", pods[0].Name, "ping", "-c", "1", "-W", "1", pods[1].IP.String())
-		return err
-	}); err != nil {
-		fail("pods do not reach each other: %v", err)
+	_, _, b, pods, err := podPair(ctx, t, "bri", "ip", "--dataplane-process=off")
+	if err != nil {
+		fail("%v", err)
 		return
 	}
 	for round := range restartRounds {
@@ -488,4 +449,33 @@ func (r *report) printFirstPacket(p func(string, ...any)) {
 	row("mesh, restart into a running mesh (SIGTERM)", restart)
 	row("mesh, new node joining", res.joinNew)
 	row("bare wireguard-go pair, configured by hand", res.bareFirst)
+}
+
+// podPair is the setup of the restart rows: two hosts of a net named
+// netPrefix, launched with flags (host2 naming host1), each with a pod
+// (podPrefix0, podPrefix1), the pods reaching each other.
+func podPair(ctx context.Context, t *testing.T, netPrefix, podPrefix string, flags ...string) (*testnet.Net, *node, *node, []*meshtest.Pod, error) {
+	tn := testnet.New(t, testnet.Options{Hosts: 2, Prefix: netPrefix})
+	hosts := tn.Hosts()
+	a := launch(t, hosts[0], nil, flags...)
+	b := launch(t, hosts[1], hosts[:1], flags...)
+	if err := waitReady([]*node{a, b}, 90*time.Second); err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("two-host mesh: %w", err)
+	}
+	var pods []*meshtest.Pod
+	for i, n := range []*node{a, b} {
+		meshtest.WaitCNIInstalled(t, n.Node)
+		p, err := meshtest.AddPod(ctx, t, n.Host, fmt.Sprintf("%s%d", podPrefix, i))
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		pods = append(pods, p)
+	}
+	if err := testnet.Poll(30*time.Second, 250*time.Millisecond, func() error {
+		_, err := hosts[0].Run(ctx, "ip", "netns", "exec", pods[0].Name, "ping", "-c", "1", "-W", "1", pods[1].IP.String())
+		return err
+	}); err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("pods do not reach each other: %w", err)
+	}
+	return tn, a, b, pods, nil
 }
