@@ -175,6 +175,13 @@ func (c *Config) ipv6Range() netip.Prefix {
 // ipv6Only reports whether the mesh runs IPv6 alone.
 func (c *Config) ipv6Only() bool { return !c.ipv4Range().IsValid() }
 
+// probeRange is the cluster range of the probe addresses: the first one
+// (IPAllocRange), whose allocator (d.ipam) gives the overlay IP each node
+// publishes as its probe address. That is IPv4 in an IPv4-only or a
+// dual-stack mesh, where one probe per peer tests the path for both
+// families (docs/routing.md), and IPv6 in an IPv6-only one.
+func (c *Config) probeRange() netip.Prefix { return c.IPAllocRange }
+
 // Validate checks the configuration and normalises peer addresses.
 func (c *Config) Validate() error {
 	if !c.hasSecret() && !c.Insecure {

@@ -185,7 +185,7 @@ func (d *Daemon) peerInput(overlay, overlay6 netip.Addr, members []mesh.Member) 
 		if k, err := crypto.ParseKey(m.Meta.PublicKey); err == nil {
 			n.PublicKey = k
 		}
-		if a, ok := probeAddr(m.Meta, d.cfg.IPAllocRange); ok {
+		if a, ok := probeAddr(m.Meta, d.cfg.probeRange()); ok {
 			n.Probe = a
 		}
 		in.Nodes = append(in.Nodes, n)

@@ -28,7 +28,7 @@ func (d *Daemon) openProber() {
 	if !d.cfg.hasDataplane() {
 		return
 	}
-	p, err := fastdp.NewProber()
+	p, err := fastdp.NewProber(d.cfg.probeRange().Addr().Is6())
 	if err != nil {
 		d.log.Warn("direct paths are not probed, so nothing is relayed around a broken one", "error", err)
 		return
@@ -89,7 +89,7 @@ func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 		if m.Self || !m.State.Live() {
 			continue
 		}
-		if a, ok := probeAddr(m.Meta, d.cfg.IPAllocRange); ok {
+		if a, ok := probeAddr(m.Meta, d.cfg.probeRange()); ok {
 			targets[a] = m.Name
 		}
 	}
@@ -137,14 +137,14 @@ func samePaths(a, b mesh.PathMeta) bool {
 }
 
 // probeAddr is the member's probe address, if it reports one this node can
-// use: an IPv4 address in the cluster range, so that no member can make
-// the others send probes elsewhere.
+// use: an address in cluster (of its family, so that of the prober's), so
+// that no member can make the others send probes elsewhere.
 func probeAddr(m mesh.Meta, cluster netip.Prefix) (netip.Addr, bool) {
 	if m.Paths == nil || m.Paths.Probe == "" {
 		return netip.Addr{}, false
 	}
 	a, err := netip.ParseAddr(m.Paths.Probe)
-	if err != nil || !a.Is4() || !cluster.Contains(a) {
+	if err != nil || !cluster.Contains(a) {
 		return netip.Addr{}, false
 	}
 	return a, true

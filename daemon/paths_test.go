@@ -44,15 +44,37 @@ func TestPathReports(t *testing.T) {
 	if via := peer.Relays("a", got); len(via) != 0 {
 		t.Fatalf("Relays = %v, want none", via)
 	}
-	cluster := netip.MustParsePrefix("10.32.0.0/12")
-	if a, ok := probeAddr(members[1].Meta, cluster); !ok || a.String() != "10.36.0.1" {
-		t.Fatalf("probe address of b = %v, %v", a, ok)
-	}
-	if _, ok := probeAddr(members[3].Meta, cluster); ok {
+	if _, ok := probeAddr(members[3].Meta, netip.MustParsePrefix("10.32.0.0/12")); ok {
 		t.Fatal("a member without a report has a probe address")
 	}
-	outside := (mesh.Meta{}).WithPaths(mesh.PathMeta{Probe: "192.0.2.1"})
-	if _, ok := probeAddr(outside, cluster); ok {
-		t.Fatal("a probe address outside the cluster range is used")
+}
+
+// A probe address is used only inside the probe range, so only of its
+// family: IPv4 in an IPv4-only or dual-stack mesh, IPv6 in an IPv6-only one.
+func TestProbeAddr(t *testing.T) {
+	v4, v6 := netip.MustParsePrefix("10.32.0.0/12"), netip.MustParsePrefix("fd33::/48")
+	tests := []struct {
+		name    string
+		cluster netip.Prefix
+		probe   string
+		ok      bool
+	}{
+		{"IPv4 in the range", v4, "10.36.0.1", true},
+		{"IPv4 outside the range", v4, "192.0.2.1", false},
+		{"IPv6 in an IPv4 mesh", v4, "fd33::1", false},
+		{"IPv4-mapped IPv6", v4, "::ffff:10.36.0.1", false},
+		{"IPv6 in the range", v6, "fd33::8000:0:1", true},
+		{"IPv6 outside the range", v6, "fd34::1", false},
+		{"IPv4 in an IPv6-only mesh", v6, "10.36.0.1", false},
+		{"zoned", v6, "fd33::1%eth0", false},
+		{"not an address", v6, "fd33::/64", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, ok := probeAddr((mesh.Meta{}).WithPaths(mesh.PathMeta{Probe: tt.probe}), tt.cluster)
+			if ok != tt.ok || (ok && a.String() != tt.probe) {
+				t.Fatalf("probeAddr(%q, %s) = %v, %v; want ok %v", tt.probe, tt.cluster, a, ok, tt.ok)
+			}
+		})
 	}
 }

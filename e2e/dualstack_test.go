@@ -17,6 +17,8 @@ import (
 const (
 	dualRange4 = "10.32.0.0/16"
 	dualRange6 = "fd32::/48"
+	// ipv6OnlyRange is the one range of the IPv6-only meshes.
+	ipv6OnlyRange = "fd33::/48"
 )
 
 // dualFlags are the launch flags of a dual-stack node: the flag once per
@@ -398,7 +400,7 @@ func TestDualStackOutboundNAT(t *testing.T) {
 // their gateway right after ADD, and cannot send from another address; the
 // ring lives in ipam6.json and the status's ipam section is the IPv6 one.
 func TestIPv6OnlyMesh(t *testing.T) {
-	const range6 = "fd33::/48"
+	const range6 = ipv6OnlyRange
 	_, nodes, ctx := cniMesh(t, 2, 4*time.Minute, "--ipalloc-range", range6)
 	for _, n := range nodes {
 		st := n.MustStatus()

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -95,9 +96,27 @@ func pingBoth(ctx context.Context, a, b *pod, args ...string) error {
 // is cut both ways. Their pods reach each other again through host3 within
 // a generous bound, status on each shows the other "via" host3, and once
 // the path is back, traffic returns to it.
-func TestRelayTriangle(t *testing.T) {
-	nodes, a, b, ctx := relayPods(t, 3, 8*time.Minute, nil)
+func TestRelayTriangle(t *testing.T) { relayTriangle(t, false) }
+
+// TestRelayTriangleIPv6Only is TestRelayTriangle in an IPv6-only mesh:
+// the probes are ICMPv6 echoes to the IPv6 overlay addresses, and the
+// relayed peer keeps its IPv6 probe address as a /128 (docs/routing.md).
+func TestRelayTriangleIPv6Only(t *testing.T) { relayTriangle(t, true) }
+
+// relayTriangle is the triangle of TestRelayTriangle, in an IPv6-only mesh
+// with v6 (the underlay stays IPv4).
+func relayTriangle(t *testing.T, v6 bool) {
+	var flags func(int) []string
+	if v6 {
+		flags = func(int) []string { return []string{"--ipalloc-range", ipv6OnlyRange} }
+	}
+	nodes, a, b, ctx := relayPods(t, 3, 8*time.Minute, flags)
 	h1, h2, h3 := nodes[0].Host, nodes[1].Host, nodes[2].Host
+	for _, p := range []*pod{a, b} {
+		if p.ip.Is6() != v6 {
+			t.Fatalf("pod %s has address %s; want IPv6: %v", p.name, p.ip, v6)
+		}
+	}
 	both := func() error { return pingBoth(ctx, a, b) }
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
 	// Probes start once each node has its overlay IP and has heard the
@@ -165,7 +184,11 @@ func TestRelayTriangle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if probe := nodes[1].MustStatus().OverlayIP + "/32"; len(c.AllowedIPs) != 1 || c.AllowedIPs[0] != probe {
+	overlay := netip.MustParseAddr(nodes[1].MustStatus().OverlayIP)
+	if overlay.Is6() != v6 {
+		t.Fatalf("host2's overlay IP %s; want IPv6: %v", overlay, v6)
+	}
+	if probe := netip.PrefixFrom(overlay, overlay.BitLen()).String(); len(c.AllowedIPs) != 1 || c.AllowedIPs[0] != probe {
 		t.Fatalf("relayed peer's allowedIPs = %v, want only its probe address %s", c.AllowedIPs, probe)
 	}
 	c3, err := connTo(nodes[0], h3.Name)
@@ -181,7 +204,7 @@ func TestRelayTriangle(t *testing.T) {
 	// The relay routes, it does not translate: pod b sees pod a's address,
 	// over TCP and UDP.
 	serveWhoami(t, h2, b.name, ":8080")
-	expectSource(t, h1, a.name, b.ip.String()+":8080", "", a.ip)
+	expectSource(t, h1, a.name, netip.AddrPortFrom(b.ip, 8080).String(), "", a.ip)
 	if out, err := h1.Run(ctx, "nft", "list", "table", "inet", relayBlockTable); err != nil {
 		t.Fatalf("block table gone: %v: %s", err, out)
 	}

@@ -23,13 +23,33 @@ type ProbeResult struct {
 // address per peer, and the mesh's member map is bounded far below this.
 const maxProbeTargets = 4096
 
-// Prober sends ICMP echo requests to overlay addresses and records the
-// answers. Sent to a peer's overlay IP, they cross the direct WireGuard
-// path to it (its host prefix stays on the peer's own entry), so an answer
-// means that path works both ways. It knows addresses only; which peer an
-// address is and what a missing answer means is package peer's.
+// echoProto is what differs between ICMP echo (IPv4) and ICMPv6 echo.
+type echoProto struct {
+	name           string // for errors
+	is6            bool   // the family it probes
+	network        string // for net.ListenIP
+	request, reply byte   // the message types
+	// checksum: the sender computes the checksum. For ICMPv6 the kernel
+	// must: it covers a pseudo-header with the source address, which the
+	// route chooses (Linux fills it in on every raw ICMPv6 socket, RFC
+	// 3542 section 3.1).
+	checksum bool
+}
+
+var (
+	echo4 = echoProto{name: "ICMP", network: "ip4:icmp", request: 8, reply: 0, checksum: true}
+	echo6 = echoProto{name: "ICMPv6", is6: true, network: "ip6:ipv6-icmp", request: 128, reply: 129}
+)
+
+// Prober sends ICMP echo requests to overlay addresses of one family and
+// records the answers. Sent to a peer's overlay IP, they cross the direct
+// WireGuard path to it (its host prefix stays on the peer's own entry), so
+// an answer means that path works both ways. It knows addresses only;
+// which peer an address is and what a missing answer means is package
+// peer's.
 type Prober struct {
 	conn  *net.IPConn
+	proto echoProto
 	id    uint16
 	token [8]byte // in every request: answers without it are not ours
 	done  chan struct{}
@@ -39,14 +59,28 @@ type Prober struct {
 	results map[netip.Addr]ProbeResult
 }
 
-// NewProber opens a raw ICMP socket in the calling thread's network
-// namespace (CAP_NET_RAW) and starts reading answers.
-func NewProber() (*Prober, error) {
-	conn, err := net.ListenIP("ip4:icmp", nil)
-	if err != nil {
-		return nil, fmt.Errorf("failed to open the path prober's ICMP socket: %w", err)
+// NewProber opens a raw ICMP socket (ICMPv6 with v6) in the calling
+// thread's network namespace (CAP_NET_RAW) and starts reading answers. It
+// probes addresses of that family only.
+func NewProber(v6 bool) (*Prober, error) {
+	proto := echo4
+	if v6 {
+		proto = echo6
 	}
-	p := &Prober{conn: conn, done: make(chan struct{}), results: map[netip.Addr]ProbeResult{}}
+	conn, err := net.ListenIP(proto.network, nil)
+	if err != nil {
+		return nil, fmt.Errorf("failed to open the path prober's %s socket: %w", proto.name, err)
+	}
+	if proto.is6 {
+		// A raw ICMPv6 socket gets every ICMPv6 message, neighbour
+		// discovery included; the kernel's filter passes echo
+		// replies alone, so the reader wakes for answers only.
+		if err := passOnly(conn, proto.reply); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("failed to filter the path prober's %s socket: %w", proto.name, err)
+		}
+	}
+	p := &Prober{conn: conn, proto: proto, done: make(chan struct{}), results: map[netip.Addr]ProbeResult{}}
 	var b [10]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		conn.Close()
@@ -78,8 +112,8 @@ func (p *Prober) Probe(addrs []netip.Addr) {
 	}
 	p.mu.Unlock()
 	for a := range keep {
-		if !a.Is4() {
-			continue
+		if a.Is6() != p.proto.is6 {
+			continue // the other family's: never answered
 		}
 		p.mu.Lock()
 		p.seq++
@@ -108,16 +142,34 @@ func (p *Prober) Close() error {
 	return p.conn.Close()
 }
 
-// request is an ICMP echo request carrying the send time and the token.
+// request is an echo request carrying the send time and the token.
 func (p *Prober) request(seq uint16, now time.Time) []byte {
 	msg := make([]byte, 8+8+len(p.token))
-	msg[0] = 8 // echo request
+	msg[0] = p.proto.request
 	binary.BigEndian.PutUint16(msg[4:], p.id)
 	binary.BigEndian.PutUint16(msg[6:], seq)
 	binary.BigEndian.PutUint64(msg[8:], uint64(now.UnixNano()))
 	copy(msg[16:], p.token[:])
-	binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+	if p.proto.checksum {
+		binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+	}
 	return msg
+}
+
+// sentAt is the send time an answer carries, if m is an echo reply to one
+// of this prober's requests (its ID and token) with a sane round trip at
+// now. The socket hands over the ICMP message without its IP header (Go
+// strips IPv4's; IPv6 raw sockets never include it).
+func (p *Prober) sentAt(m []byte, now time.Time) (time.Time, bool) {
+	if len(m) < 16+len(p.token) || m[0] != p.proto.reply || m[1] != 0 ||
+		binary.BigEndian.Uint16(m[4:]) != p.id || string(m[16:16+len(p.token)]) != string(p.token[:]) {
+		return time.Time{}, false
+	}
+	sent := time.Unix(0, int64(binary.BigEndian.Uint64(m[8:])))
+	if rtt := now.Sub(sent); rtt < 0 || rtt > time.Minute {
+		return time.Time{}, false
+	}
+	return sent, true
 }
 
 func (p *Prober) read() {
@@ -137,17 +189,11 @@ func (p *Prober) read() {
 			continue
 		}
 		now := time.Now()
-		m := buf[:n]
-		// Echo reply, our ID, our token, a sane send time.
-		if len(m) < 16+len(p.token) || m[0] != 0 || binary.BigEndian.Uint16(m[4:]) != p.id ||
-			string(m[16:16+len(p.token)]) != string(p.token[:]) {
+		sent, ok := p.sentAt(buf[:n], now)
+		if !ok {
 			continue
 		}
-		sent := time.Unix(0, int64(binary.BigEndian.Uint64(m[8:])))
 		rtt := now.Sub(sent)
-		if rtt < 0 || rtt > time.Minute {
-			continue
-		}
 		a, ok := netip.AddrFromSlice(from.IP)
 		if !ok {
 			continue

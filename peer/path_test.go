@@ -122,7 +122,9 @@ func TestRelays(t *testing.T) {
 
 // A relayed node's ranges (and held addresses) move to the relay's peer;
 // its probe address stays on its own peer, which keeps its endpoint and
-// keepalive so the direct path keeps being tried.
+// keepalive so the direct path keeps being tried. In a dual-stack mesh the
+// IPv4 probe address stays and the IPv6 ranges move with the IPv4 ones; in
+// an IPv6-only mesh the probe address is IPv6 and stays as a /128.
 func TestDesiredRelays(t *testing.T) {
 	w := newWorld(t, "a", "b", "c")
 	pfx := func(ss ...string) []netip.Prefix {
@@ -132,12 +134,23 @@ func TestDesiredRelays(t *testing.T) {
 		}
 		return out
 	}
+	dual := func(in *Input) {
+		in.ClusterRange6 = netip.MustParsePrefix("fd32::/48")
+		in.OverlayIP6 = netip.MustParseAddr("fd32::1")
+		in.Ranges = append(in.Ranges, rng("fd32::/81", "a"), rng("fd32::8000:0:0/82", "b"), rng("fd32::c000:0:0/82", "c"))
+	}
+	v6only := func(in *Input) {
+		in.ClusterRange = netip.MustParsePrefix("fd33::/48")
+		in.OverlayIP = netip.MustParseAddr("fd33::1")
+		in.Ranges = []RangeOwner{rng("fd33::/82", "a"), rng("fd33::4000:0:0/82", "b"), rng("fd33::8000:0:0/82", "c"), rng("fd33::c000:0:0/82", "b")}
+	}
 	tests := []struct {
-		name  string
-		via   map[string]string
-		probe string // of b
-		held  []HeldAddr
-		want  map[string][]netip.Prefix
+		name   string
+		family func(in *Input) // nil: IPv4-only
+		via    map[string]string
+		probe  string // of b
+		held   []HeldAddr
+		want   map[string][]netip.Prefix
 	}{
 		{name: "direct", probe: "10.36.0.1",
 			want: map[string][]netip.Prefix{"b": pfx("10.36.0.0/14", "10.44.0.0/14"), "c": pfx("10.40.0.0/14")}},
@@ -154,10 +167,22 @@ func TestDesiredRelays(t *testing.T) {
 			want: map[string][]netip.Prefix{"b": pfx("10.36.0.0/14", "10.44.0.0/14"), "c": pfx("10.40.0.0/14")}},
 		{name: "relay through self stays direct", via: map[string]string{"b": "a"}, probe: "10.36.0.1",
 			want: map[string][]netip.Prefix{"b": pfx("10.36.0.0/14", "10.44.0.0/14"), "c": pfx("10.40.0.0/14")}},
+		{name: "dual-stack: b via c, the IPv4 probe stays", family: dual, via: map[string]string{"b": "c"}, probe: "10.36.0.1",
+			want: map[string][]netip.Prefix{"b": pfx("10.36.0.1/32"), "c": pfx("10.36.0.0/14", "10.40.0.0/14", "10.44.0.0/14", "fd32::8000:0:0/82", "fd32::c000:0:0/82")}},
+		{name: "IPv6-only: direct", family: v6only, probe: "fd33::4000:0:1",
+			want: map[string][]netip.Prefix{"b": pfx("fd33::4000:0:0/82", "fd33::c000:0:0/82"), "c": pfx("fd33::8000:0:0/82")}},
+		{name: "IPv6-only: b via c, the IPv6 probe stays", family: v6only, via: map[string]string{"b": "c"}, probe: "fd33::4000:0:1",
+			want: map[string][]netip.Prefix{"b": pfx("fd33::4000:0:1/128"), "c": pfx("fd33::4000:0:0/82", "fd33::8000:0:0/82", "fd33::c000:0:0/82")}},
+		{name: "IPv6-only: held addresses move too, the probe's own host prefix stays", family: v6only, via: map[string]string{"b": "c"}, probe: "fd33::8000:0:9",
+			held: []HeldAddr{held("b", "fd33::8000:0:9"), held("b", "fd33::8000:0:10")},
+			want: map[string][]netip.Prefix{"b": pfx("fd33::8000:0:9/128"), "c": pfx("fd33::4000:0:0/82", "fd33::8000:0:0/82", "fd33::8000:0:10/128", "fd33::c000:0:0/82")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := w.input()
+			if tt.family != nil {
+				tt.family(&in)
+			}
 			in.Via = tt.via
 			in.Held = tt.held
 			if tt.probe != "" {
