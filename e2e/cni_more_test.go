@@ -188,7 +188,7 @@ func TestReset(t *testing.T) {
 	if out, err := n.Host.Run(ctx, "nft", "list", "tables"); err != nil || !strings.Contains(out, "bridge mesh-isolation") || !strings.Contains(out, "inet mesh-isolation") {
 		t.Fatalf("isolation tables gone after SIGTERM (%v):\n%s", err, out)
 	}
-	if out, err := n.Host.Run(ctx, "nft", "list", "tables"); err != nil || !strings.Contains(out, "ip mesh-relay") {
+	if out, err := n.Host.Run(ctx, "nft", "list", "tables"); err != nil || !strings.Contains(out, "inet mesh-relay") {
 		t.Fatalf("no relayed-traffic counter table (%v):\n%s", err, out)
 	}
 	if _, err := n.Host.Run(ctx, n.Bin, "reset", "--state"); err != nil {

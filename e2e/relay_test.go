@@ -201,6 +201,16 @@ func relayTriangle(t *testing.T, v6 bool) {
 		}
 	}
 	relayMetrics(t, h1, 1)
+	// host3 counts what it relays, of either family; the ends relay
+	// nothing.
+	if got := nodes[2].MustStatus().RelayedBytes; got == 0 {
+		t.Fatalf("%s relayed the pods' traffic but counts %d bytes relayed", h3.Name, got)
+	}
+	for _, n := range nodes[:2] {
+		if got := n.MustStatus().RelayedBytes; got != 0 {
+			t.Fatalf("%s relayed nothing but counts %d bytes relayed", n.Host.Name, got)
+		}
+	}
 	// The relay routes, it does not translate: pod b sees pod a's address,
 	// over TCP and UDP.
 	serveWhoami(t, h2, b.name, ":8080")

@@ -1,6 +1,8 @@
 package fastdp
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -56,5 +58,41 @@ func TestProber(t *testing.T) {
 				t.Fatalf("results of addresses no longer probed kept: %+v", r)
 			}
 		})
+	}
+}
+
+// The prober's ICMPv6 socket gets echo replies alone: an echo request to
+// ::1 reaches every raw ICMPv6 socket before its answer does, and the
+// filter keeps it (and neighbour discovery) out.
+func TestProberICMPv6Filter(t *testing.T) {
+	ns := netnstest.New(t)
+	err := netnstest.Do(ns, func() error {
+		conn, err := net.ListenIP(echo6.network, nil)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		if err := passOnly(conn, echo6.reply); err != nil {
+			return err
+		}
+		p := &Prober{proto: echo6, id: 1}
+		if _, err := conn.WriteToIP(p.request(1, time.Now()), &net.IPAddr{IP: net.IPv6loopback}); err != nil {
+			return err
+		}
+		buf := make([]byte, 1500)
+		if err := conn.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			return err
+		}
+		n, _, err := conn.ReadFromIP(buf)
+		if err != nil {
+			return fmt.Errorf("no echo reply within 5 s: %w", err)
+		}
+		if n < 1 || buf[0] != echo6.reply {
+			return fmt.Errorf("the filtered socket got ICMPv6 type %d first, want only echo replies (%d)", buf[0], echo6.reply)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,8 +1,9 @@
 // Package relayed counts the traffic this node routes for others: packets
 // that arrive on the WireGuard device and leave by it again, which is what
-// a relay does (docs/routing.md). One nftables table, "ip mesh-relay", with
-// one forward chain and one rule that matches both interface names and
-// adds to a named counter; it never drops nor changes a packet.
+// a relay does (docs/routing.md). One nftables table, "inet mesh-relay"
+// (both families: IPv6 pods are relayed as IPv4 ones are), with one
+// forward chain and one rule that matches both interface names and adds to
+// a named counter; it never drops nor changes a packet.
 //
 // What it counts: the IP packets (their length, headers included) the
 // kernel forwards from the device back into it, after decryption and
@@ -12,7 +13,8 @@
 //
 // The table is mesh's alone: Set creates it, or recreates it when its rule
 // is not as wanted (which starts the counter from 0 again), Remove deletes
-// it.
+// it. The previous release's table, "ip mesh-relay" (IPv4 only), goes with
+// the first Set and with Remove.
 package relayed
 
 import (
@@ -27,7 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TableName is the name of the table (family ip).
+// TableName is the name of the table (family inet).
 const TableName = "mesh-relay"
 
 const (
@@ -35,7 +37,11 @@ const (
 	counterName = "relayed"
 )
 
-var table = &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName}
+var (
+	table = &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	// legacyTable is the previous release's, which counted IPv4 alone.
+	legacyTable = &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName}
+)
 
 // Counter programs and reads the table.
 type Counter struct {
@@ -65,7 +71,7 @@ func comment(device string) string { return "relayed:" + device }
 // transaction.
 func (c *Counter) Set(device string) error {
 	if device == "" || len(device) >= unix.IFNAMSIZ || strings.ContainsRune(device, 0) {
-		return fmt.Errorf("invalid interface name %q for nftables table ip %s", device, TableName)
+		return fmt.Errorf("invalid interface name %q for nftables %s", device, nftutil.TableString(table))
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -78,8 +84,7 @@ func (c *Counter) Set(device string) error {
 	} else if have == comment(device) {
 		return nil
 	}
-	nc.AddTable(table)
-	nc.DelTable(table)
+	deleteTables(nc)
 	nc.AddTable(table)
 	nc.AddObj(&nftables.CounterObj{Table: table, Name: counterName})
 	accept := nftables.ChainPolicyAccept
@@ -95,7 +100,7 @@ func (c *Counter) Set(device string) error {
 		&expr.Objref{Type: int(nftables.ObjTypeCounter), Name: counterName},
 	}, UserData: userdata.AppendString(nil, userdata.TypeComment, comment(device))})
 	if err := nc.Flush(); err != nil {
-		return fmt.Errorf("failed to program nftables table ip %s: %w", TableName, err)
+		return fmt.Errorf("failed to program nftables %s: %w", nftutil.TableString(table), err)
 	}
 	return nil
 }
@@ -108,7 +113,7 @@ func currentComment(nc *nftables.Conn) (string, error) {
 		if notExist(err) {
 			return "", nil
 		}
-		return "", fmt.Errorf("failed to look up chain %s of table ip %s: %w", chainName, TableName, err)
+		return "", fmt.Errorf("failed to look up chain %s of nftables %s: %w", chainName, nftutil.TableString(table), err)
 	}
 	if ch == nil || ch.Hooknum == nil || *ch.Hooknum != *nftables.ChainHookForward {
 		return "", nil
@@ -118,7 +123,7 @@ func currentComment(nc *nftables.Conn) (string, error) {
 		if notExist(err) {
 			return "", nil
 		}
-		return "", fmt.Errorf("failed to list the rules of table ip %s: %w", TableName, err)
+		return "", fmt.Errorf("failed to list the rules of nftables %s: %w", nftutil.TableString(table), err)
 	}
 	if len(rs) != 1 {
 		return "", nil
@@ -155,7 +160,8 @@ func (c *Counter) Read() (packets, bytes uint64, err error) {
 	return 0, 0, nil
 }
 
-// Remove deletes the table; no error if it does not exist.
+// Remove deletes the table, and the previous release's; no error if they do
+// not exist.
 func (c *Counter) Remove() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -163,12 +169,21 @@ func (c *Counter) Remove() error {
 	if err != nil {
 		return err
 	}
-	nc.AddTable(table)
-	nc.DelTable(table)
+	deleteTables(nc)
 	if err := nc.Flush(); err != nil {
-		return fmt.Errorf("failed to delete nftables table ip %s: %w", TableName, err)
+		return fmt.Errorf("failed to delete nftables %s: %w", nftutil.TableString(table), err)
 	}
 	return nil
+}
+
+// deleteTables queues the deletion of the table and of the previous
+// release's. Adding each before deleting it makes the deletion of an
+// absent table a no-op within the one transaction.
+func deleteTables(nc *nftables.Conn) {
+	for _, tb := range []*nftables.Table{legacyTable, table} {
+		nc.AddTable(tb)
+		nc.DelTable(tb)
+	}
 }
 
 // notExist recognizes ENOENT, which some of the nftables library's calls

@@ -21,8 +21,9 @@ func counterIn(t *testing.T, path string) *Counter {
 }
 
 // Set programs one rule counting forwarding from the device back into it,
-// leaves an unchanged table alone, restores a flushed one, follows a new
-// device name, and refuses a bad one; Remove deletes the table.
+// in an inet table (both families), replaces the previous release's ip
+// table, leaves an unchanged table alone, restores a flushed one, follows a
+// new device name, and refuses a bad one; Remove deletes the table.
 func TestCounterSetReadRemove(t *testing.T) {
 	testnet.RequireRoot(t)
 	ns := netnstest.New(t)
@@ -30,15 +31,19 @@ func TestCounterSetReadRemove(t *testing.T) {
 	if _, b, err := c.Read(); err != nil || b != 0 {
 		t.Fatalf("Read without a table = %d, %v", b, err)
 	}
+	netnstest.Run(t, ns, "nft", "add", "table", "ip", TableName) // the previous release's
 	if err := c.Set("mesh-wg"); err != nil {
 		t.Fatal(err)
 	}
+	if out := netnstest.Run(t, ns, "nft", "list", "tables"); strings.Contains(out, "table ip "+TableName) {
+		t.Fatalf("the previous release's table is left after Set:\n%s", out)
+	}
 	want := `iifname "mesh-wg" oifname "mesh-wg" counter name "relayed"`
-	if out := netnstest.Run(t, ns, "nft", "list", "table", "ip", TableName); !strings.Contains(out, want) || !strings.Contains(out, "hook forward") {
+	if out := netnstest.Run(t, ns, "nft", "list", "table", "inet", TableName); !strings.Contains(out, want) || !strings.Contains(out, "hook forward") {
 		t.Fatalf("table lacks %q in a forward chain:\n%s", want, out)
 	}
 	handle := func() string {
-		out := netnstest.Run(t, ns, "nft", "-a", "list", "chain", "ip", TableName, chainName)
+		out := netnstest.Run(t, ns, "nft", "-a", "list", "chain", "inet", TableName, chainName)
 		_, h, _ := strings.Cut(out, "# handle")
 		return h
 	}
@@ -53,13 +58,13 @@ func TestCounterSetReadRemove(t *testing.T) {
 	if err := c.Set("mesh-wg"); err != nil {
 		t.Fatal(err)
 	}
-	if out := netnstest.Run(t, ns, "nft", "list", "table", "ip", TableName); !strings.Contains(out, want) {
+	if out := netnstest.Run(t, ns, "nft", "list", "table", "inet", TableName); !strings.Contains(out, want) {
 		t.Fatalf("Set did not restore a flushed table:\n%s", out)
 	}
 	if err := c.Set("other0"); err != nil {
 		t.Fatal(err)
 	}
-	if out := netnstest.Run(t, ns, "nft", "list", "table", "ip", TableName); !strings.Contains(out, `iifname "other0" oifname "other0"`) || strings.Contains(out, "mesh-wg") {
+	if out := netnstest.Run(t, ns, "nft", "list", "table", "inet", TableName); !strings.Contains(out, `iifname "other0" oifname "other0"`) || strings.Contains(out, "mesh-wg") {
 		t.Fatalf("Set did not follow the new device:\n%s", out)
 	}
 	for _, bad := range []string{"", "a-name-that-is-too-long", "a\x00b"} {
@@ -70,10 +75,14 @@ func TestCounterSetReadRemove(t *testing.T) {
 	if _, b, err := c.Read(); err != nil || b != 0 {
 		t.Fatalf("Read = %d, %v; want 0 with nothing forwarded", b, err)
 	}
+	netnstest.Run(t, ns, "nft", "add", "table", "ip", TableName)
 	if err := c.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := netnstest.Exec(ns, "nft", "list", "table", "ip", TableName); err == nil {
+	if out := netnstest.Run(t, ns, "nft", "list", "tables"); strings.Contains(out, TableName) {
+		t.Fatalf("tables left after Remove:\n%s", out)
+	}
+	if out, err := netnstest.Exec(ns, "nft", "list", "table", "inet", TableName); err == nil {
 		t.Fatalf("table still there after Remove:\n%s", out)
 	}
 	if err := c.Remove(); err != nil {
