@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Probes answers the kubelet's probes. Neither method blocks: both read
@@ -19,11 +16,11 @@ type Probes interface {
 	Ready() error
 }
 
-// MetricsHandler serves Prometheus /metrics from reg and the probes
+// MetricsHandler serves Prometheus /metrics from metrics and the probes
 // /healthz and /readyz (503 with the reason when they fail).
-func MetricsHandler(reg prometheus.Gatherer, p Probes) http.Handler {
+func MetricsHandler(metrics http.Handler, p Probes) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", metrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		probe(w, p.Healthy(time.Now()))
 	})

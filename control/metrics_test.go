@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/meshnet/mesh/internal/promtext"
 )
 
 type fakeProbes struct{ healthy, ready error }
@@ -16,12 +16,10 @@ func (p fakeProbes) Healthy(time.Time) error { return p.healthy }
 func (p fakeProbes) Ready() error            { return p.ready }
 
 // TestMetricsHandler: the probes answer 200 "ok" or 503 with the reason,
-// and /metrics serves the registry.
+// and /metrics serves the metrics handler.
 func TestMetricsHandler(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "mesh_test_gauge", Help: "A gauge."})
-	g.Set(7)
-	reg.MustRegister(g)
+	gauge := promtext.NewDesc("mesh_test_gauge", "A gauge.", promtext.Gauge)
+	metrics := promtext.Handler(func(s *promtext.Set) { s.Add(gauge, 7) })
 	tests := []struct {
 		name     string
 		method   string
@@ -40,7 +38,7 @@ func TestMetricsHandler(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rec := httptest.NewRecorder()
-			MetricsHandler(reg, tt.probes).ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))
+			MetricsHandler(metrics, tt.probes).ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))
 			if rec.Code != tt.wantCode || !strings.Contains(rec.Body.String(), tt.wantBody) {
 				t.Errorf("%s %s = %d %q, want %d containing %q", tt.method, tt.path, rec.Code, rec.Body, tt.wantCode, tt.wantBody)
 			}

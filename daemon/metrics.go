@@ -10,10 +10,10 @@ import (
 
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/control"
+	"github.com/meshnet/mesh/internal/promtext"
 	"github.com/meshnet/mesh/isolation"
 )
 
@@ -23,13 +23,11 @@ func (d *Daemon) startMetrics() error {
 	if d.cfg.MetricsAddr == "" {
 		return nil
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(&collector{d: d})
 	l, err := net.Listen("tcp", d.cfg.MetricsAddr)
 	if err != nil {
 		return fmt.Errorf("failed to listen on --metrics-addr %s: %w", d.cfg.MetricsAddr, err)
 	}
-	d.metrics = &http.Server{Handler: control.MetricsHandler(reg, probes{d}), ReadHeaderTimeout: 10 * time.Second}
+	d.metrics = &http.Server{Handler: control.MetricsHandler(promtext.Handler((&collector{d: d}).Collect), probes{d}), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := d.metrics.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("metrics server stopped; /metrics, /healthz and /readyz no longer answer", "addr", d.cfg.MetricsAddr, "error", err)
@@ -65,56 +63,50 @@ func (d *Daemon) ready() error {
 }
 
 var (
-	descPeers      = prometheus.NewDesc("mesh_peers", "Members of the mesh by state, this node included.", []string{"state"}, nil)
-	descRelayed    = prometheus.NewDesc("mesh_relayed_peers", "Peers whose ranges this node routes through a relay because their direct path is down.", nil, nil)
-	descRelayBytes = prometheus.NewDesc("mesh_relayed_bytes_total", "Bytes this node routed for others: IP packets forwarded from the WireGuard device back into it (nftables counter; restarts from 0 when its table is recreated).", nil, nil)
-	descGossipRly  = prometheus.NewDesc("mesh_gossip_relayed_total", "Gossip packets and streams that went through a relay (docs/routing.md): sent to members reached only through one, forwarded for others, dropped (malformed, TTL spent, no live target, too many streams).", []string{"kind"}, nil)
-	descRelayChg   = prometheus.NewDesc("mesh_relay_changes_total", "Applied data-plane configs that moved a peer's ranges to a relay, to another relay or back to the direct path.", nil, nil)
-	descConns      = prometheus.NewDesc("mesh_connections", "Data-plane connections by state.", []string{"state"}, nil)
-	descHandshake  = prometheus.NewDesc("mesh_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer.", []string{"peer"}, nil)
-	descRx         = prometheus.NewDesc("mesh_peer_rx_bytes_total", "Bytes received from a peer over the data plane.", []string{"peer"}, nil)
-	descTx         = prometheus.NewDesc("mesh_peer_tx_bytes_total", "Bytes sent to a peer over the data plane.", []string{"peer"}, nil)
-	descIPAM       = prometheus.NewDesc("mesh_ipam_addresses", "Addresses of this node by kind: owned, allocated, free.", []string{"kind"}, nil)
-	descBlocked    = prometheus.NewDesc("mesh_ipam_blocked", "1 for the kind of wait that currently stops this node's IPAM (see mesh status ipam), 0 for the others.", []string{"reason"}, nil)
-	descRejected   = prometheus.NewDesc("mesh_ipam_rejected_total", "Remote IPAM input refused by a bound (docs/ipam.md), by reason; only a peer holding the mesh key can send it.", []string{"reason"}, nil)
-	descIdRefused  = prometheus.NewDesc("mesh_identity_refused_total", "Alive messages and metadata of other nodes refused by the name binding (docs/architecture.md, Trust and keys), by reason.", []string{"reason"}, nil)
-	descIPAM6      = prometheus.NewDesc("mesh_ipam6_addresses", "Addresses of this node's IPv6 range (dual-stack) by kind: owned, allocated, free (at most 2^63 each).", []string{"kind"}, nil)
-	descBlocked6   = prometheus.NewDesc("mesh_ipam6_blocked", "1 for the kind of wait that currently stops this node's IPv6 IPAM (dual-stack), 0 for the others.", []string{"reason"}, nil)
-	descUnreach    = prometheus.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", nil, nil)
-	descRecErr     = prometheus.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", nil, nil)
-	descRecRuns    = prometheus.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", nil, nil)
-	descDenied     = prometheus.NewDesc("mesh_policy_denied_packets_total", "Packets dropped on this node because of one NetworkPolicy.", []string{"policy"}, nil)
-	descRecSeconds = prometheus.NewDesc("mesh_reconcile_duration_seconds", "Duration of the last data-plane reconciliation.", nil, nil)
-	descIsoDropped = prometheus.NewDesc("mesh_isolation_dropped_packets_total", "Packets dropped by port isolation (spoofed, ipv6, host-config, other) or the underlay source check (underlay-spoofed).", []string{"reason"}, nil)
-	descPolRestore = prometheus.NewDesc("mesh_policy_restores_total", "Times the NetworkPolicy table was found changed or deleted and restored.", nil, nil)
-	descIsoRestore = prometheus.NewDesc("mesh_isolation_restores_total", "Times the port-isolation tables were found changed or deleted and restored.", nil, nil)
+	descPeers      = promtext.NewDesc("mesh_peers", "Members of the mesh by state, this node included.", promtext.Gauge, "state")
+	descRelayed    = promtext.NewDesc("mesh_relayed_peers", "Peers whose ranges this node routes through a relay because their direct path is down.", promtext.Gauge)
+	descRelayBytes = promtext.NewDesc("mesh_relayed_bytes_total", "Bytes this node routed for others: IP packets forwarded from the WireGuard device back into it (nftables counter; restarts from 0 when its table is recreated).", promtext.Counter)
+	descGossipRly  = promtext.NewDesc("mesh_gossip_relayed_total", "Gossip packets and streams that went through a relay (docs/routing.md): sent to members reached only through one, forwarded for others, dropped (malformed, TTL spent, no live target, too many streams).", promtext.Counter, "kind")
+	descRelayChg   = promtext.NewDesc("mesh_relay_changes_total", "Applied data-plane configs that moved a peer's ranges to a relay, to another relay or back to the direct path.", promtext.Counter)
+	descConns      = promtext.NewDesc("mesh_connections", "Data-plane connections by state.", promtext.Gauge, "state")
+	descHandshake  = promtext.NewDesc("mesh_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer.", promtext.Gauge, "peer")
+	descRx         = promtext.NewDesc("mesh_peer_rx_bytes_total", "Bytes received from a peer over the data plane.", promtext.Counter, "peer")
+	descTx         = promtext.NewDesc("mesh_peer_tx_bytes_total", "Bytes sent to a peer over the data plane.", promtext.Counter, "peer")
+	descIPAM       = promtext.NewDesc("mesh_ipam_addresses", "Addresses of this node by kind: owned, allocated, free.", promtext.Gauge, "kind")
+	descBlocked    = promtext.NewDesc("mesh_ipam_blocked", "1 for the kind of wait that currently stops this node's IPAM (see mesh status ipam), 0 for the others.", promtext.Gauge, "reason")
+	descRejected   = promtext.NewDesc("mesh_ipam_rejected_total", "Remote IPAM input refused by a bound (docs/ipam.md), by reason; only a peer holding the mesh key can send it.", promtext.Counter, "reason")
+	descIdRefused  = promtext.NewDesc("mesh_identity_refused_total", "Alive messages and metadata of other nodes refused by the name binding (docs/architecture.md, Trust and keys), by reason.", promtext.Counter, "reason")
+	descIPAM6      = promtext.NewDesc("mesh_ipam6_addresses", "Addresses of this node's IPv6 range (dual-stack) by kind: owned, allocated, free (at most 2^63 each).", promtext.Gauge, "kind")
+	descBlocked6   = promtext.NewDesc("mesh_ipam6_blocked", "1 for the kind of wait that currently stops this node's IPv6 IPAM (dual-stack), 0 for the others.", promtext.Gauge, "reason")
+	descUnreach    = promtext.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", promtext.Gauge)
+	descRecErr     = promtext.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", promtext.Counter)
+	descRecRuns    = promtext.NewDesc("mesh_reconcile_runs_total", "Data-plane reconciliations run.", promtext.Counter)
+	descDenied     = promtext.NewDesc("mesh_policy_denied_packets_total", "Packets dropped on this node because of one NetworkPolicy.", promtext.Counter, "policy")
+	descRecSeconds = promtext.NewDesc("mesh_reconcile_duration_seconds", "Duration of the last data-plane reconciliation.", promtext.Gauge)
+	descIsoDropped = promtext.NewDesc("mesh_isolation_dropped_packets_total", "Packets dropped by port isolation (spoofed, ipv6, host-config, other) or the underlay source check (underlay-spoofed).", promtext.Counter, "reason")
+	descPolRestore = promtext.NewDesc("mesh_policy_restores_total", "Times the NetworkPolicy table was found changed or deleted and restored.", promtext.Counter)
+	descIsoRestore = promtext.NewDesc("mesh_isolation_restores_total", "Times the port-isolation tables were found changed or deleted and restored.", promtext.Counter)
 )
 
 // collector reads the daemon's state at scrape time, so metrics and status
 // can never disagree.
 type collector struct{ d *Daemon }
 
-func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPeers, descConns, descRelayed, descRelayBytes, descGossipRly, descRelayChg, descHandshake, descRx, descTx, descIPAM, descBlocked, descIPAM6, descBlocked6, descRejected, descIdRefused, descUnreach, descRecErr, descRecRuns, descRecSeconds, descDenied, descIsoDropped, descIsoRestore, descPolRestore} {
-		ch <- d
-	}
-}
-
 // collectIPAM reports one allocator's addresses and waits.
-func (c *collector) collectIPAM(ch chan<- prometheus.Metric, st ipam.Status, owned uint64, addrs, blocked *prometheus.Desc) {
-	ch <- prometheus.MustNewConstMetric(addrs, prometheus.GaugeValue, float64(owned), "owned")
-	ch <- prometheus.MustNewConstMetric(addrs, prometheus.GaugeValue, float64(st.Allocated), "allocated")
-	ch <- prometheus.MustNewConstMetric(addrs, prometheus.GaugeValue, float64(st.Free), "free")
+func (c *collector) collectIPAM(out *promtext.Set, st ipam.Status, owned uint64, addrs, blocked *promtext.Desc) {
+	out.Add(addrs, float64(owned), "owned")
+	out.Add(addrs, float64(st.Allocated), "allocated")
+	out.Add(addrs, float64(st.Free), "free")
 	for _, r := range ipam.BlockedReasons {
 		v := 0.0
 		if r == st.BlockedReason {
 			v = 1
 		}
-		ch <- prometheus.MustNewConstMetric(blocked, prometheus.GaugeValue, v, r)
+		out.Add(blocked, v, r)
 	}
 }
 
-func (c *collector) Collect(ch chan<- prometheus.Metric) {
+func (c *collector) Collect(out *promtext.Set) {
 	d := c.d
 	peers := map[api.MemberState]int{}
 	for _, s := range api.MemberStates {
@@ -124,7 +116,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		peers[m.State]++
 	}
 	for s, n := range peers {
-		ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(n), string(s))
+		out.Add(descPeers, float64(n), string(s))
 	}
 	st := d.ipam.Status()
 	var owned, unreachable uint64
@@ -136,7 +128,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			unreachable += p.Owned
 		}
 	}
-	c.collectIPAM(ch, st, owned, descIPAM, descBlocked)
+	c.collectIPAM(out, st, owned, descIPAM, descBlocked)
 	if d.ipam6 != nil {
 		st6 := d.ipam6.Status()
 		var owned6 uint64
@@ -145,26 +137,26 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				owned6 = p.Owned
 			}
 		}
-		c.collectIPAM(ch, st6, owned6, descIPAM6, descBlocked6)
+		c.collectIPAM(out, st6, owned6, descIPAM6, descBlocked6)
 	}
 	for _, r := range ipam.RejectReasons {
-		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.Rejected[r]), r)
+		out.Add(descRejected, float64(st.Rejected[r]), r)
 	}
 	idRefused := d.members.IdentityRefusals()
 	for _, r := range mesh.RefusedReasons {
-		ch <- prometheus.MustNewConstMetric(descIdRefused, prometheus.CounterValue, float64(idRefused[r]), r)
+		out.Add(descIdRefused, float64(idRefused[r]), r)
 	}
 	for name, n := range d.policy.DeniedPackets() {
-		ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(n), name)
+		out.Add(descDenied, float64(n), name)
 	}
-	ch <- prometheus.MustNewConstMetric(descPolRestore, prometheus.CounterValue, float64(d.policy.Restores()))
-	ch <- prometheus.MustNewConstMetric(descUnreach, prometheus.GaugeValue, float64(unreachable))
+	out.Add(descPolRestore, float64(d.policy.Restores()))
+	out.Add(descUnreach, float64(unreachable))
 	if ctrs := d.isolationCounters(); ctrs != nil {
 		for _, name := range isolation.Counters {
-			ch <- prometheus.MustNewConstMetric(descIsoDropped, prometheus.CounterValue, float64(ctrs[name]), name)
+			out.Add(descIsoDropped, float64(ctrs[name]), name)
 		}
 		restores := d.isoRestores.Load()
-		ch <- prometheus.MustNewConstMetric(descIsoRestore, prometheus.CounterValue, float64(restores))
+		out.Add(descIsoRestore, float64(restores))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -179,24 +171,24 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if cn.Via != "" {
 			relayed++
 		}
-		ch <- prometheus.MustNewConstMetric(descRx, prometheus.CounterValue, float64(cn.RxBytes), cn.Peer)
-		ch <- prometheus.MustNewConstMetric(descTx, prometheus.CounterValue, float64(cn.TxBytes), cn.Peer)
+		out.Add(descRx, float64(cn.RxBytes), cn.Peer)
+		out.Add(descTx, float64(cn.TxBytes), cn.Peer)
 		if t, err := time.Parse(time.RFC3339, cn.LastHandshake); err == nil {
-			ch <- prometheus.MustNewConstMetric(descHandshake, prometheus.GaugeValue, now.Sub(t).Seconds(), cn.Peer)
+			out.Add(descHandshake, now.Sub(t).Seconds(), cn.Peer)
 		}
 	}
 	for s, n := range conns {
-		ch <- prometheus.MustNewConstMetric(descConns, prometheus.GaugeValue, float64(n), string(s))
+		out.Add(descConns, float64(n), string(s))
 	}
-	ch <- prometheus.MustNewConstMetric(descRelayed, prometheus.GaugeValue, float64(relayed))
-	ch <- prometheus.MustNewConstMetric(descRelayBytes, prometheus.CounterValue, float64(d.relayedBytes()))
+	out.Add(descRelayed, float64(relayed))
+	out.Add(descRelayBytes, float64(d.relayedBytes()))
 	gr := d.members.RelayStats()
 	for kind, v := range map[string]uint64{"sent": gr.Sent, "forwarded": gr.Forwarded, "dropped": gr.Dropped} {
-		ch <- prometheus.MustNewConstMetric(descGossipRly, prometheus.CounterValue, float64(v), kind)
+		out.Add(descGossipRly, float64(v), kind)
 	}
 	rs := d.rec.Counters()
-	ch <- prometheus.MustNewConstMetric(descRelayChg, prometheus.CounterValue, float64(rs.RelayChanges))
-	ch <- prometheus.MustNewConstMetric(descRecErr, prometheus.CounterValue, float64(rs.Errors))
-	ch <- prometheus.MustNewConstMetric(descRecRuns, prometheus.CounterValue, float64(rs.Runs()))
-	ch <- prometheus.MustNewConstMetric(descRecSeconds, prometheus.GaugeValue, rs.LastDuration.Seconds())
+	out.Add(descRelayChg, float64(rs.RelayChanges))
+	out.Add(descRecErr, float64(rs.Errors))
+	out.Add(descRecRuns, float64(rs.Runs()))
+	out.Add(descRecSeconds, rs.LastDuration.Seconds())
 }

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -50,6 +53,19 @@ func TestMetricsAndProbes(t *testing.T) {
 		}
 		return nil
 	})
+	// The whole answer parses with the Prometheus project's own parser
+	// (the daemon writes the format itself: internal/promtext).
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(metrics))
+	if err != nil {
+		t.Fatalf("/metrics does not parse: %v\n%s", err, metrics)
+	}
+	if f := fams["mesh_reconcile_runs_total"]; f == nil || f.GetType().String() != "COUNTER" {
+		t.Errorf("mesh_reconcile_runs_total = %v, want a counter", f)
+	}
+	if f := fams["mesh_peers"]; f == nil || f.GetType().String() != "GAUGE" || len(f.Metric) < 2 {
+		t.Errorf("mesh_peers = %v, want a gauge per member state", f)
+	}
 	for _, want := range []string{
 		`mesh_peers{state="alive"} 2`,
 		`mesh_ipam_addresses{kind="owned"}`,

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -15,30 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/rest"
-
-	"github.com/meshnet/mesh/internal/testnet"
 )
-
-// TestDaemonDoesNotLinkClientset guards the daemon's size: the generated
-// clientset and informer factory link every API group (~13 MB of binary,
-// ~9 MB of RSS).
-func TestDaemonDoesNotLinkClientset(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs go list")
-	}
-	goCmd := testnet.RequireCommand(t, "go")
-	out, err := exec.Command(goCmd, "list", "-deps", "github.com/meshnet/mesh/cmd/mesh").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	for _, pkg := range strings.Fields(string(out)) {
-		for _, banned := range []string{"k8s.io/client-go/kubernetes", "k8s.io/client-go/informers", "k8s.io/client-go/applyconfigurations"} {
-			if pkg == banned || strings.HasPrefix(pkg, banned+"/") {
-				t.Errorf("cmd/mesh depends on %s (find the importer with go list -deps -f '{{.ImportPath}}: {{.Imports}}')", pkg)
-			}
-		}
-	}
-}
 
 // TestRESTClient checks the requests of the REST client and that it
 // decodes lists, watch events and errors with its small scheme.

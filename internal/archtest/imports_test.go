@@ -187,3 +187,35 @@ func TestCryptoDoesNoFileIO(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonLinksOnlyWhatItNeeds guards the daemon's idle memory
+// (docs/performance.md, "Idle memory"): every package linked costs its
+// init and the binary pages it touches. The generated Kubernetes clientset
+// and informer factory link every API group (~13 MB of binary, ~9 MB of
+// RSS; kube/ builds the few clients it needs instead), and the Prometheus
+// client library with the protobuf runtime it brings about 4 MiB of RSS
+// (internal/promtext writes the format instead).
+func TestDaemonLinksOnlyWhatItNeeds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs go list")
+	}
+	out, err := exec.Command("go", "list", "-deps", module+"/cmd/mesh").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	banned := []string{
+		"k8s.io/client-go/kubernetes", "k8s.io/client-go/informers", "k8s.io/client-go/applyconfigurations",
+		"github.com/prometheus/client_golang", "google.golang.org/protobuf",
+	}
+	pkgs := strings.Fields(string(out))
+	if len(pkgs) < 100 {
+		t.Fatalf("go list -deps gave %d packages; the listing looks wrong", len(pkgs))
+	}
+	for _, pkg := range pkgs {
+		for _, b := range banned {
+			if pkg == b || strings.HasPrefix(pkg, b+"/") {
+				t.Errorf("cmd/mesh depends on %s (find the importer with go list -deps -f '{{.ImportPath}}: {{.Imports}}')", pkg)
+			}
+		}
+	}
+}

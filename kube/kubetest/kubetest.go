@@ -1,6 +1,6 @@
 // Package kubetest adapts a client-go clientset, typically the fake one,
 // to kube.Client for tests. Only tests may import it: it links the whole
-// clientset, which the daemon avoids (see kube.TestDaemonDoesNotLinkClientset).
+// clientset, which the daemon avoids (see archtest.TestDaemonLinksOnlyWhatItNeeds).
 package kubetest
 
 import (
