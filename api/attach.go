@@ -21,6 +21,12 @@ type Attachment struct {
 	// "10.32.0.7/32"; empty while its CNI ADD is in progress.
 	Address string `json:"address,omitempty"`
 	Gateway string `json:"gateway,omitempty"`
+	// Address6 and Gateway6 are the attachment's IPv6 address (a host
+	// prefix, e.g. "fd32::7/128") and gateway in a dual-stack mesh, as in
+	// Allocation; absent otherwise (in an IPv6-only mesh Address is the
+	// IPv6 one).
+	Address6 string `json:"address6,omitempty"`
+	Gateway6 string `json:"gateway6,omitempty"`
 	// Created is when it was attached (RFC 3339, UTC).
 	Created string `json:"created"`
 }

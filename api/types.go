@@ -94,10 +94,14 @@ type IPAM struct {
 	Range string `json:"range"`
 	// Status is "ready" when this node can allocate, "waiting" while the
 	// first split is being agreed, or a word naming the problem.
-	Status    string      `json:"status"`
-	Owned     []string    `json:"owned"`
-	Allocated int         `json:"allocated"`
-	Ranges    []RangeInfo `json:"ranges"`
+	Status    string   `json:"status"`
+	Owned     []string `json:"owned"`
+	Allocated int      `json:"allocated"`
+	// Free counts the addresses this node can still allocate in the
+	// ranges it owns (neither allocated, held by another peer, nor its
+	// gateway). A uint64: an IPv6 node owns far more than 2^32.
+	Free   uint64      `json:"free"`
+	Ranges []RangeInfo `json:"ranges"`
 	// Peers summarises ownership per peer, sorted by name.
 	Peers []IPAMPeer `json:"peers,omitempty"`
 	// Problems are conditions an operator must look at, in plain words.
@@ -108,6 +112,16 @@ type IPAM struct {
 	// recovery, lease-echo, space or reclaim-echo.
 	Blocked       string `json:"blocked,omitempty"`
 	BlockedReason string `json:"blockedReason,omitempty"`
+}
+
+// IPAMSections is the output of `mesh status ipam -o json`: the IPAM
+// section of Status at the top level, as it always was, and in a
+// dual-stack mesh the IPv6 allocator's section beside it under "ipam6"
+// (the field name of Status), so an IPv4-only mesh prints exactly what it
+// did before.
+type IPAMSections struct {
+	*IPAM
+	IPAM6 *IPAM `json:"ipam6,omitempty"`
 }
 
 // RangeInfo is one range of the ring and its owner.

@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
 )
 
 func TestTargetPath(t *testing.T) {
@@ -78,12 +82,15 @@ type fakePlugin struct {
 	delErr     error
 }
 
-func (f *fakePlugin) Add(_ context.Context, id, ifName, netns string) (string, string, error) {
+// fakeAddrs is what the fake ADD wires: a dual-stack attachment.
+var fakeAddrs = Addresses{Address: "10.32.0.7/32", Gateway: "10.32.0.1", Address6: "fd32::7/128", Gateway6: "fd32::1"}
+
+func (f *fakePlugin) Add(_ context.Context, id, ifName, netns string) (Addresses, error) {
 	f.adds = append(f.adds, id+"/"+ifName+"@"+netns)
 	if f.addErr != nil {
-		return "", "", f.addErr
+		return Addresses{}, f.addErr
 	}
-	return "10.32.0.7/32", "10.32.0.1", nil
+	return fakeAddrs, nil
 }
 
 func (f *fakePlugin) Del(_ context.Context, id, ifName, netns string) error {
@@ -108,7 +115,7 @@ func TestAttachIdempotentAndPersisted(t *testing.T) {
 	m, file := newTestManager(t, p)
 	ctx := context.Background()
 	a, err := m.Attach(ctx, "/proc/self/ns/net", "eth0")
-	if err != nil || a.Address != "10.32.0.7/32" {
+	if err != nil || a.Addresses != fakeAddrs {
 		t.Fatalf("attach: %+v, %v", a, err)
 	}
 	pid := fmt.Sprintf("/proc/%d/ns/net", os.Getpid())
@@ -220,7 +227,7 @@ func TestCheckReleasesReplacedNamespace(t *testing.T) {
 	p := &fakePlugin{}
 	m, file := newTestManager(t, p)
 	self, _ := StatNS("/proc/self/ns/net")
-	stale := Record{ContainerID: "mesh-attach-1-2", IfName: "eth0", NetNS: "/proc/self/ns/net", NS: NSID{Dev: self.Dev, Ino: self.Ino + 1}, Address: "10.32.0.9/32"}
+	stale := Record{ContainerID: "mesh-attach-1-2", IfName: "eth0", NetNS: "/proc/self/ns/net", NS: NSID{Dev: self.Dev, Ino: self.Ino + 1}, Addresses: Addresses{Address: "10.32.0.9/32"}}
 	if err := saveRecords(file, []Record{stale}); err != nil {
 		t.Fatal(err)
 	}
@@ -256,5 +263,62 @@ func TestAttachRefusesHostNamespace(t *testing.T) {
 	}
 	if len(p.adds) != 0 || len(m.List()) != 0 {
 		t.Fatalf("refused attach ran ADD %v or left %+v", p.adds, m.List())
+	}
+}
+
+func TestResultAddresses(t *testing.T) {
+	ip := func(addr, gw string) *types100.IPConfig {
+		c := &types100.IPConfig{}
+		p, err := types.ParseCIDR(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Address = *p
+		if gw != "" {
+			c.Gateway = net.ParseIP(gw)
+		}
+		return c
+	}
+	tests := []struct {
+		name string
+		ips  []*types100.IPConfig
+		want Addresses
+	}{
+		{"IPv4 only", []*types100.IPConfig{ip("10.32.0.7/32", "10.32.0.1")},
+			Addresses{Address: "10.32.0.7/32", Gateway: "10.32.0.1"}},
+		{"dual-stack", []*types100.IPConfig{ip("10.32.0.7/32", "10.32.0.1"), ip("fd32::7/128", "fd32::1")},
+			fakeAddrs},
+		{"IPv6 listed first", []*types100.IPConfig{ip("fd32::7/128", "fd32::1"), ip("10.32.0.7/32", "10.32.0.1")},
+			fakeAddrs},
+		{"IPv6 only", []*types100.IPConfig{ip("fd32::7/128", "fd32::1")},
+			Addresses{Address: "fd32::7/128", Gateway: "fd32::1"}},
+		{"no gateway", []*types100.IPConfig{ip("10.32.0.7/32", "")},
+			Addresses{Address: "10.32.0.7/32"}},
+		{"none", nil, Addresses{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := resultAddresses(&types100.Result{IPs: tt.ips}); got != tt.want {
+				t.Fatalf("resultAddresses = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestRecordsWithoutIPv6Load: a file written before attachments recorded
+// IPv6 addresses (same storeVersion) loads, its records IPv4 only.
+func TestRecordsWithoutIPv6Load(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "attachments.json")
+	old := `{"version": 1, "attachments": [{"containerID": "mesh-attach-4-f0000abc", "ifName": "eth0", "netns": "/run/netns/blue",
+	  "ns": {"dev": 4, "ino": 4026532000}, "address": "10.32.0.7/32", "gateway": "10.32.0.1", "created": "2026-01-02T03:04:05Z"}]}`
+	if err := os.WriteFile(file, []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := loadRecords(file)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("loadRecords: %+v, %v", recs, err)
+	}
+	if want := (Addresses{Address: "10.32.0.7/32", Gateway: "10.32.0.1"}); recs[0].Addresses != want {
+		t.Fatalf("old record's addresses %+v, want %+v", recs[0].Addresses, want)
 	}
 }

@@ -99,7 +99,7 @@ func (m *Manager) Attach(ctx context.Context, netns, ifName string) (Record, err
 		delete(m.recs, r.key())
 		return Record{}, err
 	}
-	addr, gw, err := m.plugin.Add(ctx, r.ContainerID, ifName, netns)
+	addrs, err := m.plugin.Add(ctx, r.ContainerID, ifName, netns)
 	if err != nil {
 		// mesh-cni undoes its own part of a failed ADD; a DEL of the whole
 		// list also undoes what chained plugins did.
@@ -115,14 +115,14 @@ func (m *Manager) Attach(ctx context.Context, netns, ifName string) (Record, err
 		}
 		return Record{}, err
 	}
-	r.Address, r.Gateway = addr, gw
+	r.Addresses = addrs
 	m.recs[r.key()] = r
 	if err := m.saveLocked(); err != nil {
 		// The pending record on disk still names this attachment, so
 		// nothing is lost: the next Check after a restart rolls it back.
 		return Record{}, err
 	}
-	m.log.Info("attached", "netns", netns, "ifName", ifName, "address", addr, "containerID", r.ContainerID)
+	m.log.Info("attached", "netns", netns, "ifName", ifName, "address", addrs.Address, "address6", addrs.Address6, "containerID", r.ContainerID)
 	return r, nil
 }
 
@@ -159,7 +159,7 @@ func (m *Manager) Detach(ctx context.Context, netns, ifName string) ([]Record, e
 		delete(m.recs, r.key())
 		delete(m.failed, r.key())
 		done = append(done, r)
-		m.log.Info("detached", "netns", r.NetNS, "ifName", r.IfName, "address", r.Address, "containerID", r.ContainerID)
+		m.log.Info("detached", "netns", r.NetNS, "ifName", r.IfName, "address", r.Address, "address6", r.Address6, "containerID", r.ContainerID)
 	}
 	if len(done) == 0 {
 		return nil, nil
@@ -234,7 +234,7 @@ func (m *Manager) Check(ctx context.Context) []Record {
 		if !isGone {
 			reason = "its attach did not finish"
 		}
-		m.log.Info("released attachment", "reason", reason, "netns", r.NetNS, "ifName", r.IfName, "address", r.Address, "containerID", r.ContainerID)
+		m.log.Info("released attachment", "reason", reason, "netns", r.NetNS, "ifName", r.IfName, "address", r.Address, "address6", r.Address6, "containerID", r.ContainerID)
 	}
 	if len(released) > 0 {
 		if err := m.saveLocked(); err != nil {

@@ -19,11 +19,13 @@ type Record struct {
 	// that namespace.
 	NetNS string `json:"netns"`
 	NS    NSID   `json:"ns"`
-	// Address is the attachment's address as a host prefix; empty while
-	// the CNI ADD has not finished (a record left so by a crash is rolled
-	// back by the next Check).
-	Address string    `json:"address,omitempty"`
-	Gateway string    `json:"gateway,omitempty"`
+	// Addresses are the attachment's addresses (both families in a
+	// dual-stack mesh); Address is empty while the CNI ADD has not
+	// finished (a record left so by a crash is rolled back by the next
+	// Check). The IPv6 fields were added within storeVersion 1: an older
+	// daemon ignores them, and loses nothing by that, as DEL releases
+	// every family of the attachment's key.
+	Addresses
 	Created time.Time `json:"created"`
 }
 

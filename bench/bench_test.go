@@ -34,7 +34,7 @@ var (
 	iperfSecs   = envInt("BENCH_IPERF_SECONDS", 5)
 	iperfRounds = envInt("BENCH_IPERF_ROUNDS", 3)
 	// BENCH_PARTS selects parts (cni, churn, state, dataplane, kdf,
-	// isolation, restart, hostile, relay, scale; default all).
+	// isolation, restart, hostile, relay, scale, dualstack; default all).
 	parts = os.Getenv("BENCH_PARTS")
 	// BENCH_MESH_ENV and BENCH_WG_ENV add KEY=VALUE words to the
 	// environment of the mesh daemons and of the bare wireguard-go, for
@@ -90,6 +90,9 @@ func TestBench(t *testing.T) {
 	}
 	if want("scale") {
 		t.Run("Scale", func(t *testing.T) { benchScale(t, r) })
+	}
+	if want("dualstack") {
+		t.Run("DualStack", func(t *testing.T) { benchDualStack(t, r) })
 	}
 	r.print(os.Stdout)
 	if out := os.Getenv("BENCH_OUT"); out != "" {
@@ -167,30 +170,10 @@ func benchCNIAndIPAM(t *testing.T, r *report) {
 	tool := testnet.BuildBinary(t, "./bench/cnibench")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	out, err := h.Run(ctx, tool, "-pods", strconv.Itoa(cniPods), "-warmup", "5", "-path", "/opt/cni/bin",
-		"-cache", "/run/cni-bench/cache",
-		"mesh="+meshtest.CNIConfPath, "ref=/etc/cni/bench/ref.conflist", "refLo=/etc/cni/bench/refLo.conflist")
-	if err != nil {
-		t.Errorf("cnibench: %v", err)
+	if res, err := runCNIBench(ctx, h, tool, cniPods, 5, "mesh="+meshtest.CNIConfPath, "ref=/etc/cni/bench/ref.conflist", "refLo=/etc/cni/bench/refLo.conflist"); err != nil {
+		t.Error(err)
 	} else {
-		var res struct {
-			Add map[string][]int64 `json:"add"`
-			Del map[string][]int64 `json:"del"`
-		}
-		if err := json.Unmarshal([]byte(out), &res); err != nil {
-			t.Errorf("cnibench output %q: %v", out, err)
-		}
-		r.cni = map[string]cniLatency{}
-		for name, adds := range res.Add {
-			dels := res.Del[name]
-			var l cniLatency
-			for i := range adds {
-				l.add = append(l.add, time.Duration(adds[i]))
-				l.del = append(l.del, time.Duration(dels[i]))
-				l.both = append(l.both, time.Duration(adds[i]+dels[i]))
-			}
-			r.cni[name] = l
-		}
+		r.cni = res
 		if st, err := n.Status(); err == nil && st.IPAM != nil && st.IPAM.Allocated != 0 {
 			t.Errorf("%d allocations left after the CNI DELs", st.IPAM.Allocated)
 		}
@@ -216,12 +199,53 @@ func benchCNIAndIPAM(t *testing.T, r *report) {
 		}
 	}
 	r.ipam = &ipamLatency{alloc, rel, both}
-	benchCNIDualStack(t, r)
+	benchCNIDualStack(t, r, h, tool)
 }
 
+// runCNIBench runs bench/cnibench (tool) on h for pods pods (after warmup
+// not counted) of each network name=conflist, interleaved, and returns
+// the latencies per network.
+func runCNIBench(ctx context.Context, h *testnet.Host, tool string, pods, warmup int, nets ...string) (map[string]cniLatency, error) {
+	args := append([]string{"-pods", strconv.Itoa(pods), "-warmup", strconv.Itoa(warmup), "-path", "/opt/cni/bin",
+		"-cache", "/run/cni-bench/cache"}, nets...)
+	out, err := h.Run(ctx, tool, args...)
+	if err != nil {
+		return nil, fmt.Errorf("cnibench %v on %s: %w\n%s", nets, h.Name, err, out)
+	}
+	var res struct {
+		Add map[string][]int64 `json:"add"`
+		Del map[string][]int64 `json:"del"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		return nil, fmt.Errorf("cnibench output %q: %w", out, err)
+	}
+	lat := map[string]cniLatency{}
+	for name, adds := range res.Add {
+		dels := res.Del[name]
+		var l cniLatency
+		for i := range min(len(adds), len(dels)) {
+			l.add = append(l.add, time.Duration(adds[i]))
+			l.del = append(l.del, time.Duration(dels[i]))
+			l.both = append(l.both, time.Duration(adds[i]+dels[i]))
+		}
+		if len(l.both) == 0 {
+			return nil, fmt.Errorf("cnibench measured nothing of %s: %q", name, out)
+		}
+		lat[name] = l
+	}
+	return lat, nil
+}
+
+// dualCNIChunks is how many turns each of the two hosts of the dual-stack
+// CNI comparison takes.
+const dualCNIChunks = 4
+
 // benchCNIDualStack runs the same CNI ADD+DEL against a dual-stack daemon
-// (an address of each family per pod) on a host of its own.
-func benchCNIDualStack(t *testing.T, r *report) {
+// (an address of each family per pod) on a host of its own, side by side
+// with mesh-cni on v4Host (the IPv4-only daemon of the part): the two
+// hosts take turns, cniPods/dualCNIChunks pods at a time, so that both
+// see the same machine load.
+func benchCNIDualStack(t *testing.T, r *report, v4Host *testnet.Host, tool string) {
 	tn := testnet.New(t, testnet.Options{Hosts: 1, Prefix: "bcn6"})
 	h := tn.Hosts()[0]
 	n := launch(t, h, nil, dualStackArgs...)
@@ -230,39 +254,29 @@ func benchCNIDualStack(t *testing.T, r *report) {
 		return
 	}
 	meshtest.WaitCNIInstalled(t, n.Node)
-	tool := testnet.BuildBinary(t, "./bench/cnibench")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	out, err := h.Run(ctx, tool, "-pods", strconv.Itoa(cniPods), "-warmup", "5", "-path", "/opt/cni/bin",
-		"-cache", "/run/cni-bench/cache", "meshDual="+meshtest.CNIConfPath)
-	if err != nil {
-		t.Errorf("cnibench dual-stack: %v", err)
-		return
-	}
-	var res struct {
-		Add map[string][]int64 `json:"add"`
-		Del map[string][]int64 `json:"del"`
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		t.Errorf("cnibench output %q: %v", out, err)
-		return
-	}
-	var l cniLatency
-	adds, dels := res.Add["meshDual"], res.Del["meshDual"]
-	for i := range min(len(adds), len(dels)) {
-		l.add = append(l.add, time.Duration(adds[i]))
-		l.del = append(l.del, time.Duration(dels[i]))
-		l.both = append(l.both, time.Duration(adds[i]+dels[i]))
-	}
-	if len(l.both) == 0 {
-		t.Errorf("cnibench dual-stack measured nothing: %q", out)
-		return
+	var v4, dual cniLatency
+	for range dualCNIChunks {
+		for _, run := range []struct {
+			h    *testnet.Host
+			name string
+			into *cniLatency
+		}{{v4Host, "meshV4", &v4}, {h, "meshDual", &dual}} {
+			res, err := runCNIBench(ctx, run.h, tool, max(cniPods/dualCNIChunks, 1), 2, run.name+"="+meshtest.CNIConfPath)
+			if err != nil {
+				t.Errorf("dual-stack CNI comparison: %v", err)
+				return
+			}
+			l := res[run.name]
+			run.into.add, run.into.del, run.into.both = append(run.into.add, l.add...), append(run.into.del, l.del...), append(run.into.both, l.both...)
+		}
 	}
 	if r.cni == nil {
 		r.cni = map[string]cniLatency{}
 	}
-	r.cni["meshDual"] = l
-	if st, err := n.Status(); err == nil && (st.IPAM.Allocated != 0 || st.IPAM6 == nil || st.IPAM6.Allocated != 0) {
+	r.cni["meshV4"], r.cni["meshDual"] = v4, dual
+	if st, err := n.Status(); err == nil && (st.IPAM == nil || st.IPAM.Allocated != 0 || st.IPAM6 == nil || st.IPAM6.Allocated != 0) {
 		t.Errorf("allocations left after the dual-stack CNI DELs: %+v %+v", st.IPAM, st.IPAM6)
 	}
 }
@@ -630,6 +644,7 @@ type report struct {
 	hostile *hostileResult // part 8
 	relay   *relayResult   // part 9
 	scale   *scaleResult   // part 10
+	dual    *dualResult    // part 11
 }
 
 type bidirResult struct {
@@ -676,8 +691,8 @@ func (r *report) print(w io.Writer) {
 	} else {
 		p("   %-34s %10s %10s %10s %10s %10s %10s\n", "plugin", "ADD p50", "ADD p99", "DEL p50", "DEL p99", "A+D p50", "A+D p99")
 		names := map[string]string{"mesh": "mesh-cni (real daemon)", "ref": "bridge + host-local (reference)", "refLo": "bridge + host-local + loopback",
-			"meshDual": "mesh-cni dual-stack (IPv4+IPv6)"}
-		for _, k := range []string{"mesh", "ref", "refLo", "meshDual"} {
+			"meshV4": "mesh-cni IPv4-only, taking turns", "meshDual": "mesh-cni dual-stack (IPv4+IPv6)"}
+		for _, k := range []string{"mesh", "ref", "refLo", "meshV4", "meshDual"} {
 			l, ok := r.cni[k]
 			if !ok {
 				continue
@@ -691,6 +706,13 @@ func (r *report) print(w io.Writer) {
 				p("   ratio mesh/reference ADD+DEL p50 = %.2f  (p99 %.2f, ADD p50 %.2f)   goal <= 1.5: %s\n", ratio,
 					float64(pct(m.both, .99))/float64(pct(ref.both, .99)),
 					float64(pct(m.add, .5))/float64(pct(ref.add, .5)), verdict(ratio <= 1.5))
+			}
+		}
+		if m, ok := r.cni["meshV4"]; ok {
+			if d, ok := r.cni["meshDual"]; ok {
+				p("   ratio dual-stack/IPv4-only ADD+DEL p50 = %.2f  (p99 %.2f, ADD p50 %.2f, DEL p50 %.2f)\n",
+					float64(pct(d.both, .5))/float64(pct(m.both, .5)), float64(pct(d.both, .99))/float64(pct(m.both, .99)),
+					float64(pct(d.add, .5))/float64(pct(m.add, .5)), float64(pct(d.del, .5))/float64(pct(m.del, .5)))
 			}
 		}
 	}
@@ -740,19 +762,14 @@ func (r *report) print(w io.Writer) {
 	}
 	// Ratios of the means, and the median of the ratios of the runs of
 	// one round (run back to back, so they share the machine's load).
-	paired := func(a, b string) (float64, string) {
-		var rs []float64
-		var txt []string
-		for i := range min(len(r.tput[a]), len(r.tput[b])) {
-			rs = append(rs, r.tput[a][i]/r.tput[b][i])
-			txt = append(txt, fmt.Sprintf("%.2f", rs[len(rs)-1]))
-		}
-		slices.Sort(rs)
-		return rs[(len(rs)-1)/2], strings.Join(txt, ", ")
-	}
+	paired := func(a, b string) (float64, string) { return pairedRatios(r.tput[a], r.tput[b]) }
 	if gbps["mesh"] > 0 && gbps["veth"] > 0 {
 		med, txt := paired("mesh", "veth")
 		p("   ratio overlay/veth              %.2f of the means, median per round %.2f (rounds: %s)\n", gbps["mesh"]/gbps["veth"], med, txt)
+	}
+	if gbps["mesh6"] > 0 && gbps["mesh"] > 0 {
+		med, txt := paired("mesh6", "mesh")
+		p("   ratio IPv6/IPv4 inside          %.2f of the means, median per round %.2f (rounds: %s)\n", gbps["mesh6"]/gbps["mesh"], med, txt)
 	}
 	if gbps["mesh"] > 0 && gbps["wg"] > 0 {
 		med, txt := paired("mesh", "wg")
@@ -801,6 +818,7 @@ func (r *report) print(w io.Writer) {
 	r.hostile.print(p)
 	r.relay.print(p)
 	r.scale.print(p)
+	r.dual.print(p)
 	p("\n   load average at start %s, at end %s (other work on the machine skews the throughput)\n", r.loadStart, loadavg())
 	p("   total time %s\n\n", time.Since(r.start).Round(time.Second))
 }

@@ -5,6 +5,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -451,9 +452,10 @@ func (r *report) printFirstPacket(p func(string, ...any)) {
 	row("bare wireguard-go pair, configured by hand", res.bareFirst)
 }
 
-// podPair is the setup of the restart rows: two hosts of a net named
-// netPrefix, launched with flags (host2 naming host1), each with a pod
-// (podPrefix0, podPrefix1), the pods reaching each other.
+// podPair is the setup of the restart rows and of part 11: two hosts of a
+// net named netPrefix, launched with flags (host2 naming host1), each with
+// a pod (podPrefix0, podPrefix1), the pods reaching each other (over both
+// families when flags make the hosts dual-stack).
 func podPair(ctx context.Context, t *testing.T, netPrefix, podPrefix string, flags ...string) (*testnet.Net, *node, *node, []*meshtest.Pod, error) {
 	tn := testnet.New(t, testnet.Options{Hosts: 2, Prefix: netPrefix})
 	hosts := tn.Hosts()
@@ -471,11 +473,16 @@ func podPair(ctx context.Context, t *testing.T, netPrefix, podPrefix string, fla
 		}
 		pods = append(pods, p)
 	}
-	if err := testnet.Poll(30*time.Second, 250*time.Millisecond, func() error {
-		_, err := hosts[0].Run(ctx, "ip", "netns", "exec", pods[0].Name, "ping", "-c", "1", "-W", "1", pods[1].IP.String())
-		return err
-	}); err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("pods do not reach each other: %w", err)
+	for _, dst := range []netip.Addr{pods[1].IP, pods[1].IP6} {
+		if !dst.IsValid() {
+			continue // no IPv6: not a dual-stack pair
+		}
+		if err := testnet.Poll(30*time.Second, 250*time.Millisecond, func() error {
+			_, err := hosts[0].Run(ctx, "ip", "netns", "exec", pods[0].Name, "ping", "-c", "1", "-W", "1", dst.String())
+			return err
+		}); err != nil {
+			return nil, nil, nil, nil, fmt.Errorf("pods do not reach each other over %s: %w", dst, err)
+		}
 	}
 	return tn, a, b, pods, nil
 }

@@ -55,7 +55,7 @@ func (d *Daemon) attachLoop(ctx context.Context) {
 
 func toAPIAttachment(r attach.Record) api.Attachment {
 	return api.Attachment{ContainerID: r.ContainerID, IfName: r.IfName, NetNS: r.NetNS, Address: r.Address,
-		Gateway: r.Gateway, Created: r.Created.UTC().Format(time.RFC3339)}
+		Gateway: r.Gateway, Address6: r.Address6, Gateway6: r.Gateway6, Created: r.Created.UTC().Format(time.RFC3339)}
 }
 
 // attachAPI is control.Attachments: `mesh attach` and `mesh detach`.

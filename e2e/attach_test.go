@@ -309,3 +309,111 @@ func TestAttachAcrossRestart(t *testing.T) {
 		t.Fatalf("the attachment lost its connectivity across the restart: %v", err)
 	}
 }
+
+// TestAttachDualStack: on dual-stack hosts an attachment gets an address
+// of each family, recorded and shown by `mesh attach` (its JSON and
+// --list) and reachable across hosts over both; `mesh status` and `mesh
+// status ipam -o json` show both families' ranges and free/used counts;
+// detach, and the namespace's deletion, release both families.
+func TestAttachDualStack(t *testing.T) {
+	_, nodes, ctx := cniMesh(t, 2, 4*time.Minute, dualFlags...)
+	a, b := nodes[0], nodes[1]
+	var att []api.Attachment
+	for _, x := range []struct {
+		n    *node
+		name string
+	}{{a, "blue"}, {b, "green"}} {
+		if out, err := x.n.Host.Run(ctx, "ip", "netns", "add", x.name); err != nil {
+			t.Fatalf("ip netns add: %v\n%s", err, out)
+		}
+		t.Cleanup(func() { x.n.Host.Run(context.Background(), "ip", "netns", "del", x.name) })
+		at, err := meshAttach(ctx, x.n, x.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p4, err4 := netip.ParsePrefix(at.Address)
+		p6, err6 := netip.ParsePrefix(at.Address6)
+		gw6 := x.n.MustStatus().OverlayIP6
+		if err4 != nil || err6 != nil || !p4.Addr().Is4() || !p6.Addr().Is6() || !netip.MustParsePrefix(dualRange6).Contains(p6.Addr()) || at.Gateway6 != gw6 {
+			t.Fatalf("attach on %s: %+v; want an IPv4 address, an IPv6 one in %s and the IPv6 gateway %s", x.n.Host.Name, at, dualRange6, gw6)
+		}
+		st := x.n.MustStatus()
+		if st.IPAM.Allocated != 1 || st.IPAM6.Allocated != 1 {
+			t.Fatalf("%s: %d IPv4 and %d IPv6 allocations after one attach, want 1 of each", x.n.Host.Name, st.IPAM.Allocated, st.IPAM6.Allocated)
+		}
+		att = append(att, at)
+	}
+
+	// Recorded with both: --list in JSON and as a table, and attaching
+	// again returns both.
+	if l := attachments(ctx, t, a); len(l) != 1 || l[0].Address != att[0].Address || l[0].Address6 != att[0].Address6 || l[0].Gateway6 != att[0].Gateway6 {
+		t.Fatalf("attach --list -o json: %+v, want [%+v]", l, att[0])
+	}
+	if out, err := a.Host.Run(ctx, a.Bin, "attach", "--list"); err != nil || !strings.Contains(out, "IPV6") || !strings.Contains(out, att[0].Address6) {
+		t.Fatalf("attach --list printed %q, %v; want the IPv6 address %s", out, err, att[0].Address6)
+	}
+	if out, err := a.Host.Run(ctx, a.Bin, "attach", "blue"); err != nil || strings.TrimSpace(out) != att[0].Address+" "+att[0].Address6 {
+		t.Fatalf("attach again printed %q, %v; want %s %s", out, err, att[0].Address, att[0].Address6)
+	}
+
+	// Both families across hosts.
+	for _, to := range []string{att[1].Address, att[1].Address6} {
+		if err := pingFrom(ctx, a.Host, "/run/netns/blue", netip.MustParsePrefix(to).Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Status shows both families: the overview and the IPAM section.
+	human, err := a.Host.Run(ctx, a.Bin, "status")
+	if err != nil || !strings.Contains(human, "IPAM IPv6:") || !strings.Contains(human, "range "+dualRange6) || !strings.Contains(human, "1 allocated") {
+		t.Fatalf("mesh status lacks the IPv6 IPAM: %v\n%s", err, human)
+	}
+	out, err := a.Host.Run(ctx, a.Bin, "status", "ipam", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sec api.IPAMSections
+	if err := json.Unmarshal([]byte(out), &sec); err != nil || sec.IPAM == nil || sec.IPAM6 == nil {
+		t.Fatalf("mesh status ipam -o json: %v\n%s", err, out)
+	}
+	for _, x := range []struct {
+		ip     *api.IPAM
+		family string
+	}{{sec.IPAM, dualRange4}, {sec.IPAM6, dualRange6}} {
+		if x.ip.Range != x.family || x.ip.Allocated != 1 || x.ip.Free == 0 || len(x.ip.Owned) == 0 || len(x.ip.Ranges) == 0 {
+			t.Fatalf("mesh status ipam -o json, range %s: %+v; want 1 allocated, free space, owned ranges", x.family, x.ip)
+		}
+	}
+	if sec.IPAM6.Free <= sec.IPAM.Free {
+		t.Errorf("IPv6 free %d not above IPv4 free %d: the IPv6 count looks truncated", sec.IPAM6.Free, sec.IPAM.Free)
+	}
+
+	// Detach releases both families.
+	if out, err := a.Host.Run(ctx, a.Bin, "detach", "blue"); err != nil || !strings.Contains(out, att[0].Address6) {
+		t.Fatalf("detach: %v\n%s", err, out)
+	}
+	if st := a.MustStatus(); st.IPAM.Allocated != 0 || st.IPAM6.Allocated != 0 {
+		t.Fatalf("%s after detach: %d IPv4 and %d IPv6 allocations, want none", a.Host.Name, st.IPAM.Allocated, st.IPAM6.Allocated)
+	}
+	if l := attachments(ctx, t, a); len(l) != 0 {
+		t.Fatalf("attach --list after detach: %+v", l)
+	}
+
+	// The namespace goes without a detach: the daemon's check releases both.
+	if out, err := b.Host.Run(ctx, "ip", "netns", "del", "green"); err != nil {
+		t.Fatalf("ip netns del: %v\n%s", err, out)
+	}
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		st, err := b.Status()
+		if err != nil {
+			return err
+		}
+		if st.IPAM.Allocated != 0 || st.IPAM6.Allocated != 0 {
+			return fmt.Errorf("%s: %d IPv4 and %d IPv6 allocations after the namespace was deleted, want none", b.Host.Name, st.IPAM.Allocated, st.IPAM6.Allocated)
+		}
+		return nil
+	})
+	if v := hostVeths(ctx, b.Host); v != "" {
+		t.Fatalf("veth left after the namespace was deleted: %s", v)
+	}
+}

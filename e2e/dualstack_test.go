@@ -581,3 +581,49 @@ func TestIPv6UnderlayMesh(t *testing.T) {
 	serveWhoami(t, hosts[1], "", host1)
 	expectSource(t, a.Host, a.name, host1, "", under[0])
 }
+
+// TestDualStackRangeMismatch: a node configured with another IPv6 cluster
+// range than its peer is named, with both ranges, in the IPv6 problems of
+// both and in `mesh status` (the IPv6 ring's states carry their range, and
+// each node refuses the other's), while the IPv4 ring is unaffected.
+func TestDualStackRangeMismatch(t *testing.T) {
+	const other6 = "fd33::/48"
+	// Not cniMeshFlags: the second node's IPv6 ring waits for a peer to
+	// agree its first split with, which never comes, so it installs no
+	// CNI plugin.
+	_, nodes := startMeshFlags(t, 2, func(i int) []string {
+		if i == 1 {
+			return []string{"--ipalloc-range", dualRange4, "--ipalloc-range", other6}
+		}
+		return dualFlags
+	})
+	names := []string{nodes[0].MustStatus().Name, nodes[1].MustStatus().Name}
+	ranges := []string{dualRange6, other6}
+	testnet.Eventually(t, 60*time.Second, time.Second, func() error {
+		for i, n := range nodes {
+			st := n.MustStatus()
+			if st.IPAM6 == nil {
+				return fmt.Errorf("%s: no IPv6 IPAM", n.Host.Name)
+			}
+			o := 1 - i
+			if !slices.ContainsFunc(st.IPAM6.Problems, func(p string) bool {
+				return strings.Contains(p, names[o]) && strings.Contains(p, ranges[o]) && strings.Contains(p, ranges[i]) && strings.Contains(p, "--ipalloc-range")
+			}) {
+				return fmt.Errorf("%s: IPv6 problems %q do not name %s with %s and %s", n.Host.Name, st.IPAM6.Problems, names[o], ranges[o], ranges[i])
+			}
+			if st.IPAM.Status != "ready" || len(st.IPAM.Problems) != 0 {
+				return fmt.Errorf("%s: IPv4 IPAM %s with problems %q, want ready without problems", n.Host.Name, st.IPAM.Status, st.IPAM.Problems)
+			}
+		}
+		return nil
+	})
+	out, err := nodes[0].Host.Run(context.Background(), nodes[0].Bin, "status")
+	// The second node named the first at launch: its IPv6 ring waits for
+	// the first split that only a peer of its range could agree.
+	if st := nodes[1].MustStatus(); st.IPAM6.Status != "waiting" {
+		t.Errorf("%s: IPv6 IPAM %s, want waiting", nodes[1].Host.Name, st.IPAM6.Status)
+	}
+	if want := "peer " + names[1] + " uses cluster range " + other6 + " but this peer uses " + dualRange6; err != nil || !strings.Contains(out, want) {
+		t.Fatalf("mesh status does not show the mismatch: %v\n%s", err, out)
+	}
+}

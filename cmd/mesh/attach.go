@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -84,7 +85,7 @@ func attachCmd(args []string, stdout, stderr io.Writer) error {
 	if *output == "json" {
 		return writeIndented(stdout, a)
 	}
-	fmt.Fprintln(stdout, a.Address)
+	fmt.Fprintln(stdout, attachmentAddresses(*a, " "))
 	return nil
 }
 
@@ -117,7 +118,7 @@ func detachCmd(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "nothing attached at %s\n", netns)
 	}
 	for _, a := range as {
-		fmt.Fprintf(stdout, "detached %s %s (%s)\n", a.NetNS, a.IfName, a.Address)
+		fmt.Fprintf(stdout, "detached %s %s (%s)\n", a.NetNS, a.IfName, attachmentAddresses(a, ", "))
 	}
 	return nil
 }
@@ -143,17 +144,41 @@ func checkOutput(cmd, output string, stderr io.Writer) error {
 	return nil
 }
 
+// attachmentAddresses is a's address, followed in a dual-stack mesh by
+// its IPv6 address after sep: an IPv4-only mesh prints what it always did.
+func attachmentAddresses(a api.Attachment, sep string) string {
+	if a.Address6 == "" {
+		return a.Address
+	}
+	return a.Address + sep + a.Address6
+}
+
+// formatAttachments prints one line per attachment; the IPV6 column only
+// when some attachment has an IPv6 address besides its first one (a
+// dual-stack mesh).
 func formatAttachments(w io.Writer, as []api.Attachment) {
 	if len(as) == 0 {
 		fmt.Fprintln(w, "no attachments")
 		return
 	}
+	dual := slices.ContainsFunc(as, func(a api.Attachment) bool { return a.Address6 != "" })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "NETNS\tIFNAME\tADDRESS\tCREATED")
+	if dual {
+		fmt.Fprintln(tw, "NETNS\tIFNAME\tADDRESS\tIPV6\tCREATED")
+	} else {
+		fmt.Fprintln(tw, "NETNS\tIFNAME\tADDRESS\tCREATED")
+	}
 	for _, a := range as {
 		addr := a.Address
 		if addr == "" {
 			addr = "(attaching)"
+		}
+		if dual {
+			addr6 := a.Address6
+			if addr6 == "" {
+				addr6 = "-"
+			}
+			addr += "\t" + addr6
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", a.NetNS, a.IfName, addr, a.Created)
 	}

@@ -10,6 +10,11 @@ import (
 	"github.com/meshnet/mesh/api"
 )
 
+// ipamLine is one family's IPAM in the overview.
+func ipamLine(ip *api.IPAM) string {
+	return fmt.Sprintf("%s, range %s, %d owned range(s), %d allocated, %d free", ip.Status, ip.Range, len(ip.Owned), ip.Allocated, ip.Free)
+}
+
 // formatStatus prints the overview: this node, a count of peers by state,
 // and every target that is not connected with what is wrong.
 func formatStatus(w io.Writer, st *api.Status, now time.Time) {
@@ -26,10 +31,10 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 		fmt.Fprintf(tw, "Mesh keys:\t%s\n", formatKeyIDs(st.KeyIDs, st.GossipKeyID))
 	}
 	if st.IPAM != nil {
-		fmt.Fprintf(tw, "IPAM:\t%s, range %s, %d owned range(s), %d allocated\n", st.IPAM.Status, st.IPAM.Range, len(st.IPAM.Owned), st.IPAM.Allocated)
+		fmt.Fprintf(tw, "IPAM:\t%s\n", ipamLine(st.IPAM))
 	}
 	if st.IPAM6 != nil {
-		fmt.Fprintf(tw, "IPAM IPv6:\t%s, range %s, %d owned range(s), %d allocated\n", st.IPAM6.Status, st.IPAM6.Range, len(st.IPAM6.Owned), st.IPAM6.Allocated)
+		fmt.Fprintf(tw, "IPAM IPv6:\t%s\n", ipamLine(st.IPAM6))
 	}
 	if st.OverlayIP != "" {
 		hint := ""

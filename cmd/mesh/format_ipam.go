@@ -34,6 +34,7 @@ func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 		fmt.Fprintf(tw, "Overlay IP:\t%s\n", overlay)
 	}
 	fmt.Fprintf(tw, "Allocated:\t%d\n", ip.Allocated)
+	fmt.Fprintf(tw, "Free:\t%d\n", ip.Free)
 	if ip.Blocked != "" {
 		fmt.Fprintf(tw, "Blocked:\t%s\n", ip.Blocked)
 	}

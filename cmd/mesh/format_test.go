@@ -44,7 +44,7 @@ func sampleStatus() *api.Status {
 		},
 		OverlayIP: "10.32.0.1",
 		IPAM: &api.IPAM{
-			Range: "10.32.0.0/12", Status: "ready", Owned: []string{"10.32.0.0/14"}, Allocated: 7,
+			Range: "10.32.0.0/12", Status: "ready", Owned: []string{"10.32.0.0/14"}, Allocated: 7, Free: 262136,
 			Ranges: []api.RangeInfo{{CIDR: "10.32.0.0/14", Owner: "host-b"}},
 			Peers: []api.IPAMPeer{
 				{Name: "host-c", Addresses: 524288, Percent: 50, Reachable: false},
@@ -72,6 +72,16 @@ func sampleStatus() *api.Status {
 	}
 }
 
+// sampleAttachments: an IPv4 attachment made before IPv6 was enabled, and
+// a dual-stack one.
+func sampleAttachments() []api.Attachment {
+	return []api.Attachment{
+		{ContainerID: "mesh-attach-4-f0000abc", IfName: "eth0", NetNS: "/run/netns/blue", Address: "10.32.0.7/32", Gateway: "10.32.0.1", Created: "2026-01-02T03:04:05Z"},
+		{ContainerID: "mesh-attach-4-f0000abd", IfName: "eth0", NetNS: "/run/netns/green", Address: "10.32.0.8/32", Gateway: "10.32.0.1",
+			Address6: "fd32::8/128", Gateway6: "fd32::1", Created: "2026-01-02T03:04:06Z"},
+	}
+}
+
 func TestFormatGolden(t *testing.T) {
 	tests := []struct {
 		name string
@@ -84,12 +94,16 @@ func TestFormatGolden(t *testing.T) {
 		{"peers", func(b *bytes.Buffer) { formatPeers(b, sampleStatus()) }},
 		{"ipam", func(b *bytes.Buffer) { formatIPAM(b, sampleStatus()) }},
 		{"ipam-off", func(b *bytes.Buffer) { formatIPAM(b, &api.Status{}) }},
+		{"status-dual", func(b *bytes.Buffer) { formatStatus(b, dualStatus(), now) }},
+		{"ipam-dual", func(b *bytes.Buffer) { formatIPAM(b, dualStatus()) }},
 		{"ipam-blocked", func(b *bytes.Buffer) {
 			st := sampleStatus()
 			st.IPAM.Blocked, st.IPAM.BlockedReason = "waiting for lease echoes: 1 of 2 voters answered (this peer included)", "lease-echo"
 			formatIPAM(b, st)
 		}},
 		{"connections", func(b *bytes.Buffer) { formatConnections(b, sampleStatus(), now) }},
+		{"attachments", func(b *bytes.Buffer) { formatAttachments(b, sampleAttachments()[:1]) }},
+		{"attachments-dual", func(b *bytes.Buffer) { formatAttachments(b, sampleAttachments()) }},
 		{"policy", func(b *bytes.Buffer) { formatPolicies(b, sampleStatus()) }},
 		{"policy-none", func(b *bytes.Buffer) { formatPolicies(b, &api.Status{}) }},
 	}

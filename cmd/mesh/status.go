@@ -58,7 +58,10 @@ func status(args []string, stdout, stderr io.Writer) error {
 		case "connections":
 			return writeIndented(stdout, orEmpty(st.Connections))
 		case "ipam":
-			return writeIndented(stdout, st.IPAM)
+			if st.IPAM == nil {
+				return writeIndented(stdout, st.IPAM) // null, as always
+			}
+			return writeIndented(stdout, api.IPAMSections{IPAM: st.IPAM, IPAM6: st.IPAM6})
 		case "policy":
 			return writeIndented(stdout, orEmpty(st.Policies))
 		}

@@ -25,6 +25,9 @@ type Pod struct {
 	Host *testnet.Host
 	Name string // of the namespace, /run/netns/<Name> on Host
 	IP   netip.Addr
+	// IP6 is the pod's IPv6 address in a dual-stack mesh (the second
+	// address of its ADD result), the zero Addr otherwise.
+	IP6 netip.Addr
 }
 
 // AddPod creates the namespace name on h (unless it exists: a retried ADD)
@@ -40,28 +43,52 @@ func AddPod(ctx context.Context, t testing.TB, h *testnet.Host, name string) (*P
 	if err != nil {
 		return nil, fmt.Errorf("cnitool add %s on %s: %v\n%s", name, h.Name, err, out)
 	}
-	ip, err := ADDResultAddr(out)
+	ips, err := ADDResultAddrs(out)
 	if err != nil {
 		return nil, err
 	}
-	return &Pod{Host: h, Name: name, IP: ip}, nil
+	p := &Pod{Host: h, Name: name, IP: ips[0]}
+	if len(ips) == 2 {
+		if !ips[0].Is4() || !ips[1].Is6() {
+			return nil, fmt.Errorf("ADD result addresses %v, want IPv4 then IPv6", ips)
+		}
+		p.IP6 = ips[1]
+	}
+	return p, nil
 }
 
 // ADDResultAddr is the one address of a CNI ADD result as cnitool prints it.
 func ADDResultAddr(out string) (netip.Addr, error) {
+	ips, err := ADDResultAddrs(out)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if len(ips) != 1 {
+		return netip.Addr{}, fmt.Errorf("ADD result %q has %d addresses, want 1", out, len(ips))
+	}
+	return ips[0], nil
+}
+
+// ADDResultAddrs are the addresses of a CNI ADD result as cnitool prints
+// it, in its order: one, or in a dual-stack mesh two.
+func ADDResultAddrs(out string) ([]netip.Addr, error) {
 	var res struct {
 		IPs []struct {
 			Address string `json:"address"`
 		} `json:"ips"`
 	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) != 1 {
-		return netip.Addr{}, fmt.Errorf("bad ADD result %q: %v", out, err)
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.IPs) == 0 || len(res.IPs) > 2 {
+		return nil, fmt.Errorf("bad ADD result %q: %v", out, err)
 	}
-	p, err := netip.ParsePrefix(res.IPs[0].Address)
-	if err != nil {
-		return netip.Addr{}, err
+	var ips []netip.Addr
+	for _, ip := range res.IPs {
+		p, err := netip.ParsePrefix(ip.Address)
+		if err != nil {
+			return nil, fmt.Errorf("bad ADD result address %q: %w", ip.Address, err)
+		}
+		ips = append(ips, p.Addr())
 	}
-	return p.Addr(), nil
+	return ips, nil
 }
 
 // RestartKind is how Restart stops the daemon before it launches it again.
