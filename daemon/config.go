@@ -245,11 +245,6 @@ func (c *Config) Validate() error {
 			return err
 		}
 	}
-	// Fail closed: the NetworkPolicy rules match IPv4 only, so a pod's
-	// IPv6 would pass every policy.
-	if r := c.ipv6Range(); r.IsValid() && c.Kube && !c.NoPolicy {
-		return fmt.Errorf("--ipalloc-range %v: NetworkPolicy enforcement covers IPv4 only, and IPv6 pod traffic would pass every policy: run with --no-policy, or IPv4 only", r)
-	}
 	if len(c.NoMasqueradeCIDRs) > nat.MaxNoMasquerade {
 		return fmt.Errorf("--no-masquerade-cidrs lists %d CIDRs, at most %d", len(c.NoMasqueradeCIDRs), nat.MaxNoMasquerade)
 	}

@@ -158,27 +158,31 @@ func TestValidateIPAllocRange6(t *testing.T) {
 	}
 }
 
-// TestValidateDualStackRefusesPolicy: NetworkPolicy covers IPv4 only, so a
-// dual-stack node that would enforce it refuses to start (fail closed)
-// rather than let IPv6 pass every policy.
-func TestValidateDualStackRefusesPolicy(t *testing.T) {
+// TestValidateDualStackWithPolicy: NetworkPolicy covers both families, so
+// a node with an IPv6 range (dual-stack or IPv6-only) runs --kube with
+// policy on, as with --no-policy.
+func TestValidateDualStackWithPolicy(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
+		ipv6Only       bool
 		kube, noPolicy bool
-		wantErr        bool
 	}{
 		{"without kube", false, false, false},
-		{"kube with policy", true, false, true},
-		{"kube without policy", true, true, false},
+		{"kube with policy", false, true, false},
+		{"kube without policy", false, true, true},
+		{"ipv6-only kube with policy", true, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()
 			c.Insecure = true
-			c.IPAllocRange6 = netip.MustParsePrefix("fd32::/48")
+			if tc.ipv6Only {
+				c.IPAllocRange = netip.MustParsePrefix("fd32::/48")
+			} else {
+				c.IPAllocRange6 = netip.MustParsePrefix("fd32::/48")
+			}
 			c.Kube, c.NoPolicy = tc.kube, tc.noPolicy
-			err := c.Validate()
-			if (err != nil) != tc.wantErr || (err != nil && !strings.Contains(err.Error(), "--no-policy")) {
-				t.Fatalf("Validate = %v, want error %v naming --no-policy", err, tc.wantErr)
+			if err := c.Validate(); err != nil {
+				t.Fatalf("Validate = %v, want nil", err)
 			}
 		})
 	}
@@ -203,8 +207,8 @@ func TestLacksFamily(t *testing.T) {
 }
 
 // TestValidateIPv6Only: an IPv6 range alone is an IPv6-only mesh (its
-// ring with the IPv6 state file and channel); two IPv6 ranges, or one with
-// NetworkPolicy enforcement, are refused.
+// ring with the IPv6 state file and channel), also with NetworkPolicy
+// enforcement; two IPv6 ranges are refused.
 func TestValidateIPv6Only(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -218,7 +222,7 @@ func TestValidateIPv6Only(t *testing.T) {
 		{name: "dual-stack", r: "10.32.0.0/12", r6: "fd32::/48", v4: "10.32.0.0/12", v6: "fd32::/48"},
 		{name: "IPv6 only", r: "fd32::/48", v6: "fd32::/48", ipv6Alone: true},
 		{name: "two IPv6", r: "fd32::/48", r6: "fd33::/48", err: "must be an IPv4 prefix"},
-		{name: "IPv6 only with policy", r: "fd32::/48", kube: true, err: "--no-policy"},
+		{name: "IPv6 only with policy", r: "fd32::/48", kube: true, v6: "fd32::/48", ipv6Alone: true},
 		{name: "IPv6 only host bits", r: "fd32::1/48", err: "host bits"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -311,8 +311,9 @@ func (p ipamAPI) Allocate(ctx context.Context, req api.AllocateRequest) (api.All
 	if err := d.syncIsolation(); err != nil {
 		return api.Allocation{}, control.Mark(control.ErrUnavailable, fmt.Errorf("address %s for %s/%s allocated, but %w", addr, req.ContainerID, req.IfName, err))
 	}
-	// Fail closed: no connectivity before the pod's policies are in place.
-	if err := d.admitPolicy(ctx, req, addr); err != nil {
+	// Fail closed: no connectivity before the pod's policies cover its
+	// addresses of both families.
+	if err := d.admitPolicy(ctx, req, []netip.Addr{addr, addr6}); err != nil {
 		return api.Allocation{}, control.Mark(control.ErrUnavailable, err)
 	}
 	return a, nil

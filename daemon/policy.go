@@ -17,7 +17,7 @@ import (
 type podPolicy interface {
 	Serve(ctx context.Context)
 	Ready() <-chan struct{}
-	Admit(ctx context.Context, namespace, name string, addr netip.Addr) error
+	Admit(ctx context.Context, namespace, name string, addrs []netip.Addr) error
 	Forget(addr netip.Addr)
 	Status() []policy.PolicyStatus
 	DeniedPackets() map[string]uint64
@@ -31,13 +31,13 @@ type noPolicy struct{}
 // closed is a channel that is always ready to receive.
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-func (noPolicy) Serve(ctx context.Context)                               { <-ctx.Done() }
-func (noPolicy) Ready() <-chan struct{}                                  { return closed }
-func (noPolicy) Admit(context.Context, string, string, netip.Addr) error { return nil }
-func (noPolicy) Forget(netip.Addr)                                       {}
-func (noPolicy) Status() []policy.PolicyStatus                           { return nil }
-func (noPolicy) DeniedPackets() map[string]uint64                        { return nil }
-func (noPolicy) Restores() int64                                         { return 0 }
+func (noPolicy) Serve(ctx context.Context)                                 { <-ctx.Done() }
+func (noPolicy) Ready() <-chan struct{}                                    { return closed }
+func (noPolicy) Admit(context.Context, string, string, []netip.Addr) error { return nil }
+func (noPolicy) Forget(netip.Addr)                                         {}
+func (noPolicy) Status() []policy.PolicyStatus                             { return nil }
+func (noPolicy) DeniedPackets() map[string]uint64                          { return nil }
+func (noPolicy) Restores() int64                                           { return 0 }
 
 // startPolicy runs the NetworkPolicy controller for this node's pods. It
 // needs the Kubernetes API, so it runs only with --kube.
@@ -66,12 +66,13 @@ func (d *Daemon) policyReady() bool {
 }
 
 // admitPolicy waits (at most --policy-wait) until the NetworkPolicy rules
-// of the pod being added cover its address.
-func (d *Daemon) admitPolicy(ctx context.Context, req api.AllocateRequest, addr netip.Addr) error {
+// of the pod being added cover its addresses (the invalid ones, of a
+// family the mesh does not run, are ignored).
+func (d *Daemon) admitPolicy(ctx context.Context, req api.AllocateRequest, addrs []netip.Addr) error {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.PolicyWait)
 	defer cancel()
 	start := time.Now()
-	if err := d.policy.Admit(ctx, req.PodNamespace, req.PodName, addr); err != nil {
+	if err := d.policy.Admit(ctx, req.PodNamespace, req.PodName, addrs); err != nil {
 		pod := req.PodNamespace + "/" + req.PodName
 		if req.PodName == "" {
 			pod = "container " + req.ContainerID
@@ -79,7 +80,7 @@ func (d *Daemon) admitPolicy(ctx context.Context, req api.AllocateRequest, addr 
 		return fmt.Errorf("refusing to wire %s before its NetworkPolicy is enforced (waited %v, --policy-wait): %w", pod, d.cfg.PolicyWait, err)
 	}
 	if took := time.Since(start); took > time.Second {
-		d.log.Info("pod waited for its NetworkPolicy rules", "pod", req.PodNamespace+"/"+req.PodName, "address", addr, "took", took.Round(time.Millisecond))
+		d.log.Info("pod waited for its NetworkPolicy rules", "pod", req.PodNamespace+"/"+req.PodName, "addresses", addrs, "took", took.Round(time.Millisecond))
 	}
 	return nil
 }

@@ -1,10 +1,13 @@
 package policy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -25,29 +28,34 @@ type claim struct {
 var ErrNotSynced = errors.New("the NetworkPolicy controller has not synced with the Kubernetes API yet")
 
 // Admit returns once the live table enforces the policies of pod
-// namespace/name with address addr, which the node has just allocated to it
-// (the API shows the address only after the CNI ADD, too late for rules
-// keyed on it). Until then the pod must not get connectivity: the caller
-// fails the ADD when Admit fails. Without a pod name (not a Kubernetes
-// pod) it only waits until the controller has synced. It gives up when ctx
-// ends, with an error saying what was missing.
-func (c *Controller) Admit(ctx context.Context, namespace, name string, addr netip.Addr) error {
+// namespace/name with addresses addrs (one per family; invalid ones are
+// ignored), which the node has just allocated to it (the API shows the
+// addresses only after the CNI ADD, too late for rules keyed on them).
+// Until then the pod must not get connectivity: the caller fails the ADD
+// when Admit fails. Without a pod name (not a Kubernetes pod) it only
+// waits until the controller has synced. It gives up when ctx ends, with
+// an error saying what was missing.
+func (c *Controller) Admit(ctx context.Context, namespace, name string, addrs []netip.Addr) error {
 	select {
 	case <-c.ready:
 	case <-ctx.Done():
 		return fmt.Errorf("%w: %w", ErrNotSynced, ctx.Err())
 	}
-	if namespace == "" || name == "" {
+	addrs = slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool { return !a.IsValid() })
+	if namespace == "" || name == "" || len(addrs) == 0 {
 		return nil
 	}
 	key := namespace + "/" + name
 	c.mu.Lock()
-	c.claims[addr] = claim{key: key, since: time.Now()}
+	now := time.Now()
+	for _, a := range addrs {
+		c.claims[a] = claim{key: key, since: now}
+	}
 	c.mu.Unlock()
 	c.trigger()
 	for {
 		c.mu.Lock()
-		done := c.covered[addr] == key
+		done := !slices.ContainsFunc(addrs, func(a netip.Addr) bool { return c.covered[a] != key })
 		applied := c.appliedCh
 		c.mu.Unlock()
 		if done {
@@ -62,7 +70,7 @@ func (c *Controller) Admit(ctx context.Context, namespace, name string, addr net
 			if !visible {
 				return fmt.Errorf("pod %s not seen in the Kubernetes API, so its NetworkPolicies are unknown: %w", key, ctx.Err())
 			}
-			return fmt.Errorf("NetworkPolicy rules for pod %s (%s) not applied: %w", key, addr, ctx.Err())
+			return fmt.Errorf("NetworkPolicy rules for pod %s (%s) not applied: %w", key, joinAddrs(addrs), ctx.Err())
 		}
 	}
 }
@@ -78,6 +86,14 @@ func (c *Controller) Forget(addr netip.Addr) {
 	}
 }
 
+func joinAddrs(addrs []netip.Addr) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
+}
+
 // withClaims returns pods with the claimed addresses filled in for the
 // pods that do not show them yet, and drops claims that are done (the API
 // shows the address), stale, or whose pod is gone or finished. It also
@@ -89,6 +105,7 @@ func (c *Controller) withClaims(pods []*corev1.Pod) []*corev1.Pod {
 	}
 	c.visible = make(map[string]struct{}, len(c.claims))
 	now := time.Now()
+	fill := map[int][]netip.Addr{} // pod index -> claimed addresses to show
 	for addr, cl := range c.claims {
 		i, ok := byKey[cl.key]
 		if !ok {
@@ -101,39 +118,51 @@ func (c *Controller) withClaims(pods []*corev1.Pod) []*corev1.Pod {
 		p := pods[i]
 		info := podInfoOf(p)
 		switch {
-		case info != nil && info.addr == addr:
+		case info != nil && slices.Contains(info.addrs, addr):
 			delete(c.claims, addr) // the API caught up
 		case p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || p.DeletionTimestamp != nil,
 			now.Sub(cl.since) > claimTTL:
 			delete(c.claims, addr)
-		case info == nil || info.addr != addr:
-			// No address yet, or the one of an earlier sandbox: this
-			// node's allocation is the newer truth.
-			q := p.DeepCopy()
-			q.Status.PodIP = addr.String()
-			q.Status.PodIPs = []corev1.PodIP{{IP: addr.String()}}
-			pods[i] = q
+		default:
+			// No address of this family yet, or the one of an earlier
+			// sandbox: this node's allocation is the newer truth.
+			fill[i] = append(fill[i], addr)
 		}
+	}
+	for i, claimed := range fill {
+		// The newest claim of a family first (podInfoOf takes the first
+		// of each family), then the API's addresses of the families
+		// without a claim.
+		slices.SortFunc(claimed, func(a, b netip.Addr) int {
+			return cmp.Or(c.claims[b].since.Compare(c.claims[a].since), a.Compare(b))
+		})
+		addrs := claimed
+		if info := podInfoOf(pods[i]); info != nil {
+			for _, a := range info.addrs {
+				if !slices.ContainsFunc(claimed, func(b netip.Addr) bool { return familyOf(a) == familyOf(b) }) {
+					addrs = append(addrs, a)
+				}
+			}
+		}
+		q := pods[i].DeepCopy()
+		q.Status.PodIP = addrs[0].String()
+		q.Status.PodIPs = nil
+		for _, a := range addrs {
+			q.Status.PodIPs = append(q.Status.PodIPs, corev1.PodIP{IP: a.String()})
+		}
+		pods[i] = q
 	}
 	return pods
 }
 
 // addrsOf maps the addresses of pods that policies see to the pod that
-// holds each (the one Build keeps, see holdsAddress).
+// holds each (the pods Build keeps, see holders).
 func addrsOf(pods []*corev1.Pod) map[netip.Addr]string {
-	holders := make(map[netip.Addr]*corev1.Pod, len(pods))
-	for _, p := range pods {
-		info := podInfoOf(p)
-		if info == nil {
-			continue
+	out := make(map[netip.Addr]string, len(pods))
+	for _, h := range holders(pods) {
+		for _, a := range h.info.addrs {
+			out[a] = h.info.key
 		}
-		if q := holders[info.addr]; q == nil || holdsAddress(p, q) {
-			holders[info.addr] = p
-		}
-	}
-	out := make(map[netip.Addr]string, len(holders))
-	for a, p := range holders {
-		out[a] = p.Namespace + "/" + p.Name
 	}
 	return out
 }

@@ -46,7 +46,7 @@ type podInfo struct {
 	key    string // namespace/name
 	ns     string
 	labels labels.Set
-	addr   netip.Addr
+	addrs  []netip.Addr // one or one of each family, the IPv4 one first
 	ports  []namedPort
 }
 
@@ -67,7 +67,7 @@ type compiledRule struct {
 	peersRestricted bool       // the rule lists peers: only those are allowed
 	blocks          []ipRange  // the ipBlock peers
 	selectors       []peerSel  // the pod and namespace selector peers
-	ranges          []ipRange  // blocks and the selected pods' addresses, after resolve
+	ranges          []ipRange  // blocks and the selected pods' addresses, after resolve (mergeRanges)
 	peerPods        []*podInfo // the selected pods, after resolve
 	portsRestricted bool       // the rule lists ports: only those are allowed
 	ports           []portSpec
@@ -160,26 +160,7 @@ func (b *builder) nsLabelsOf(ns string) labels.Set {
 }
 
 func (b *builder) indexPods() {
-	// An address belongs to one pod: a released address is handed out
-	// again while the old pod may still be Terminating in the API, and
-	// the old pod's identity must not grant the new one its access (nor
-	// would two local pods with one address fit in the maps).
-	type holder struct {
-		pod  *corev1.Pod
-		info *podInfo
-	}
-	byAddr := map[netip.Addr]holder{}
-	for _, p := range b.st.Pods {
-		info := podInfoOf(p)
-		if info == nil {
-			continue
-		}
-		if q, ok := byAddr[info.addr]; ok && !holdsAddress(p, q.pod) {
-			continue
-		}
-		byAddr[info.addr] = holder{p, info}
-	}
-	for _, h := range byAddr {
+	for _, h := range holders(b.st.Pods) {
 		b.pods = append(b.pods, h.info)
 		if h.pod.Spec.NodeName == b.st.Node {
 			b.local = append(b.local, h.info)
@@ -199,6 +180,44 @@ func (b *builder) indexPods() {
 	}
 }
 
+// holder is a pod that policies see, with what they need of it.
+type holder struct {
+	pod  *corev1.Pod
+	info *podInfo
+}
+
+// holders returns the pods that policies see (podInfoOf), in the order of
+// pods. An address belongs to one pod: a released address is handed out
+// again while the old pod may still be Terminating in the API, and the old
+// pod's identity must not grant the new one its access (nor would two
+// local pods with one address fit in the maps). Of the pods claiming an
+// address, holdsAddress picks one, and a pod is seen only if it holds
+// every address it has: a dual-stack pod that lost one of its addresses
+// is an old pod whose addresses were released together (CNI DEL releases
+// both families).
+func holders(pods []*corev1.Pod) []holder {
+	infos := make([]*podInfo, len(pods))
+	best := make(map[netip.Addr]int, len(pods))
+	for i, p := range pods {
+		infos[i] = podInfoOf(p)
+		if infos[i] == nil {
+			continue
+		}
+		for _, a := range infos[i].addrs {
+			if j, ok := best[a]; !ok || holdsAddress(p, pods[j]) {
+				best[a] = i
+			}
+		}
+	}
+	var out []holder
+	for i, info := range infos {
+		if info != nil && !slices.ContainsFunc(info.addrs, func(a netip.Addr) bool { return best[a] != i }) {
+			out = append(out, holder{pods[i], info})
+		}
+	}
+	return out
+}
+
 // holdsAddress reports whether pod p rather than q holds the address both
 // claim: one not being deleted over one being deleted, then the newer,
 // then (for a stable result) the lower namespace/name.
@@ -213,27 +232,38 @@ func holdsAddress(p, q *corev1.Pod) bool {
 }
 
 // podInfoOf returns what policies need of a pod, or nil if the pod is not
-// subject to policies and cannot be a peer: no IPv4 address yet, host
-// network, or finished (its address may be reused).
+// subject to policies and cannot be a peer: no address yet, host network,
+// or finished (its address may be reused). Its addresses are the first of
+// each family of PodIP and PodIPs; strings that are not a plain IPv4 or
+// IPv6 address (a zone, an IPv4-mapped IPv6 address) are ignored.
 func podInfoOf(p *corev1.Pod) *podInfo {
 	if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 		return nil
 	}
-	var addr netip.Addr
+	var byFamily [len(families)]netip.Addr
 	ips := []string{p.Status.PodIP}
 	for _, ip := range p.Status.PodIPs {
 		ips = append(ips, ip.IP)
 	}
 	for _, s := range ips {
-		if a, err := netip.ParseAddr(s); err == nil && a.Is4() {
-			addr = a
-			break
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" || a.Is4In6() {
+			continue
+		}
+		if f := familyOf(a); !byFamily[f].IsValid() {
+			byFamily[f] = a
 		}
 	}
-	if !addr.IsValid() {
+	var addrs []netip.Addr
+	for _, a := range byFamily {
+		if a.IsValid() {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
 		return nil
 	}
-	info := &podInfo{key: p.Namespace + "/" + p.Name, ns: p.Namespace, labels: labels.Set(p.Labels), addr: addr}
+	info := &podInfo{key: p.Namespace + "/" + p.Name, ns: p.Namespace, labels: labels.Set(p.Labels), addrs: addrs}
 	for _, c := range p.Spec.Containers {
 		for _, cp := range c.Ports {
 			proto, ok := protoNumber(cp.Protocol)
@@ -395,7 +425,9 @@ func (b *builder) resolveRule(p *compiledPolicy, r *compiledRule) {
 		match := func(q *podInfo) {
 			if ps.pod.Matches(q.labels) {
 				r.peerPods = append(r.peerPods, q)
-				ranges = append(ranges, ipRange{addrToU32(q.addr), addrToU32(q.addr)})
+				for _, a := range q.addrs {
+					ranges = append(ranges, addrRange(a))
+				}
 			}
 		}
 		if ps.ns == nil {
@@ -431,29 +463,20 @@ func (b *builder) policyID(key string) string {
 	return id
 }
 
-// ipBlockRanges returns the IPv4 addresses of an ipBlock. An IPv6 block
-// matches nothing on this IPv4 network.
+// ipBlockRanges returns the addresses of an ipBlock, of the family of its
+// cidr: an except of the other family cannot overlap it and is ignored.
 func ipBlockRanges(blk *networkingv1.IPBlock) ([]ipRange, error) {
 	cidr, err := netip.ParsePrefix(blk.CIDR)
 	if err != nil {
 		return nil, fmt.Errorf("ipBlock cidr %q is not a CIDR", blk.CIDR)
 	}
-	var excepts []ipRange
+	rs := []ipRange{prefixRange(cidr)}
 	for _, e := range blk.Except {
 		ex, err := netip.ParsePrefix(e)
 		if err != nil {
 			return nil, fmt.Errorf("ipBlock except %q is not a CIDR", e)
 		}
-		if ex.Addr().Is4() {
-			excepts = append(excepts, prefixRange(ex))
-		}
-	}
-	if !cidr.Addr().Is4() {
-		return nil, nil
-	}
-	rs := []ipRange{prefixRange(cidr)}
-	for _, ex := range excepts {
-		rs = subtract(rs, ex)
+		rs = subtract(rs, prefixRange(ex))
 	}
 	return rs, nil
 }
@@ -572,24 +595,27 @@ func (b *builder) buildChains(pols []*compiledPolicy) {
 		b.rs.Chains = append(b.rs.Chains, Chain{Name: name, Rules: rules})
 		return name
 	}
+	// Each address of a pod gets the chains of its family: the rules
+	// matching peers' addresses differ, those that match none are the
+	// same (and the chains of a pod's two families are then one).
 	for _, q := range b.local {
 		pp := sel[q]
 		if pp == nil {
 			continue
 		}
-		deny := false
-		if len(pp.in) > 0 {
-			rules := b.ingressRules(q, pp.in)
-			b.rs.Ingress = append(b.rs.Ingress, MapElem{q.addr, chainFor("ingress", rules)})
-			b.rs.Self = append(b.rs.Self, q.addr)
-			deny = deny || len(pp.in) > 1
+		for _, a := range q.addrs {
+			f := familyOf(a)
+			if len(pp.in) > 0 {
+				rules := b.ingressRules(q, pp.in, f)
+				b.rs.Ingress = append(b.rs.Ingress, MapElem{a, chainFor("ingress", rules)})
+				b.rs.Self = append(b.rs.Self, a)
+			}
+			if len(pp.eg) > 0 {
+				rules := b.egressRules(pp.eg, f)
+				b.rs.Egress = append(b.rs.Egress, MapElem{a, chainFor("egress", rules)})
+			}
 		}
-		if len(pp.eg) > 0 {
-			rules := b.egressRules(pp.eg)
-			b.rs.Egress = append(b.rs.Egress, MapElem{q.addr, chainFor("egress", rules)})
-			deny = deny || len(pp.eg) > 1
-		}
-		if deny {
+		if len(pp.in) > 1 || len(pp.eg) > 1 {
 			denyPods = append(denyPods, q)
 		}
 	}
@@ -597,7 +623,9 @@ func (b *builder) buildChains(pols []*compiledPolicy) {
 		ctr := counterName("pod:", q.key)
 		b.addCounter(ctr, q.key, CounterPod)
 		name := chainFor("deny", []Rule{{Counter: ctr, Verdict: Drop, Comment: "default deny " + q.key}})
-		b.rs.Deny = append(b.rs.Deny, MapElem{q.addr, name})
+		for _, a := range q.addrs {
+			b.rs.Deny = append(b.rs.Deny, MapElem{a, name})
+		}
 	}
 	byAddr := func(a, c MapElem) int { return a.Addr.Compare(c.Addr) }
 	slices.SortFunc(b.rs.Ingress, byAddr)
@@ -606,19 +634,25 @@ func (b *builder) buildChains(pols []*compiledPolicy) {
 }
 
 // finalRule drops what no rule allowed, counted for the policy when there
-// is one, else for the pod.
-func finalRule(pols []*compiledPolicy, f Field) Rule {
+// is one, else for the pod (in the Deny map of family fam).
+func finalRule(pols []*compiledPolicy, f Field, fam Family) Rule {
 	if len(pols) == 1 {
 		return Rule{Counter: pols[0].counter, Verdict: Drop, Comment: "default deny " + pols[0].key}
 	}
-	return Rule{Field: f, DenyMap: true}
+	return Rule{Field: f, Family: fam, DenyMap: true}
 }
 
-func (b *builder) peerSet(p *compiledPolicy, r compiledRule, dir string) string {
-	name := fmt.Sprintf("p-%s-%s%d", p.id, dir, r.index)
+// setName names a set of policy p: p-<id>-<what> for IPv4, p6-<id>-<what>
+// for IPv6.
+func setName(p *compiledPolicy, f Family, what string) string {
+	return fmt.Sprintf("p%s-%s-%s", f.tag(), p.id, what)
+}
+
+func (b *builder) peerSet(p *compiledPolicy, r compiledRule, dir string, f Family) string {
+	name := setName(p, f, fmt.Sprintf("%s%d", dir, r.index))
 	if !b.sets[name] {
 		b.sets[name] = true
-		b.rs.Sets = append(b.rs.Sets, Set{Name: name, Comment: fmt.Sprintf("%s %s[%d]", p.key, dirName(dir), r.index), Kind: SetAddrs, Ranges: r.ranges})
+		b.rs.Sets = append(b.rs.Sets, Set{Name: name, Comment: fmt.Sprintf("%s %s[%d]", p.key, dirName(dir), r.index), Kind: SetAddrs, Family: f, Ranges: rangesOf(r.ranges, f)})
 	}
 	return name
 }
@@ -630,16 +664,17 @@ func dirName(dir string) string {
 	return "egress"
 }
 
-func (b *builder) ingressRules(q *podInfo, pols []*compiledPolicy) []Rule {
+// ingressRules are the rules of q's ingress chain of family f.
+func (b *builder) ingressRules(q *podInfo, pols []*compiledPolicy, f Family) []Rule {
 	var rules []Rule
 	for _, p := range pols {
 		for _, r := range p.in {
-			if r.peersRestricted && len(r.ranges) == 0 {
-				continue // allows nothing
+			if r.peersRestricted && len(rangesOf(r.ranges, f)) == 0 {
+				continue // allows nothing of this family
 			}
 			base := Rule{Field: Saddr, Verdict: Accept, Comment: fmt.Sprintf("%s ingress[%d]", p.key, r.index)}
 			if r.peersRestricted {
-				base.PeerSet = b.peerSet(p, r, "in")
+				base.Family, base.PeerSet = f, b.peerSet(p, r, "in", f)
 			}
 			if !r.portsRestricted {
 				rules = append(rules, base)
@@ -662,19 +697,20 @@ func (b *builder) ingressRules(q *podInfo, pols []*compiledPolicy) []Rule {
 			}
 		}
 	}
-	return append(rules, finalRule(pols, Daddr))
+	return append(rules, finalRule(pols, Daddr, f))
 }
 
-func (b *builder) egressRules(pols []*compiledPolicy) []Rule {
+// egressRules are the rules of an egress chain of family f.
+func (b *builder) egressRules(pols []*compiledPolicy, f Family) []Rule {
 	var rules []Rule
 	for _, p := range pols {
 		for _, r := range p.eg {
-			if r.peersRestricted && len(r.ranges) == 0 {
+			if r.peersRestricted && len(rangesOf(r.ranges, f)) == 0 {
 				continue
 			}
 			base := Rule{Field: Daddr, Verdict: Return, Comment: fmt.Sprintf("%s egress[%d]", p.key, r.index)}
 			if r.peersRestricted {
-				base.PeerSet = b.peerSet(p, r, "eg")
+				base.Family, base.PeerSet = f, b.peerSet(p, r, "eg", f)
 			}
 			if !r.portsRestricted {
 				rules = append(rules, base)
@@ -693,13 +729,18 @@ func (b *builder) egressRules(pols []*compiledPolicy) []Rule {
 				if !r.peersRestricted {
 					peers = b.pods
 				}
-				name := fmt.Sprintf("p-%s-eg%d-port%d", p.id, r.index, k)
+				name := setName(p, f, fmt.Sprintf("eg%d-port%d", r.index, k))
 				if !b.sets[name] {
-					set := Set{Name: name, Comment: fmt.Sprintf("%s egress[%d] port %s", p.key, r.index, ps.name), Kind: SetAddrProtoPort}
+					set := Set{Name: name, Comment: fmt.Sprintf("%s egress[%d] port %s", p.key, r.index, ps.name), Kind: SetAddrProtoPort, Family: f}
 					for _, q := range peers {
-						for _, np := range q.ports {
-							if np.name == ps.name && np.proto == ps.proto {
-								set.Triples = append(set.Triples, AddrPortal{q.addr, np.proto, np.port})
+						for _, a := range q.addrs {
+							if familyOf(a) != f {
+								continue
+							}
+							for _, np := range q.ports {
+								if np.name == ps.name && np.proto == ps.proto {
+									set.Triples = append(set.Triples, AddrPortal{a, np.proto, np.port})
+								}
 							}
 						}
 					}
@@ -719,12 +760,12 @@ func (b *builder) egressRules(pols []*compiledPolicy) []Rule {
 				}
 				// The peer set is implied by the triples.
 				rr.PeerSet = ""
-				rr.TripleSet = name
+				rr.Family, rr.TripleSet = f, name
 				rules = appendUnique(rules, rr)
 			}
 		}
 	}
-	return append(rules, finalRule(pols, Saddr))
+	return append(rules, finalRule(pols, Saddr, f))
 }
 
 // pruneSets drops the sets no rule refers to (a rule whose named ports

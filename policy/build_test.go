@@ -3,11 +3,12 @@ package policy
 import (
 	"encoding/json"
 	"flag"
-	"github.com/google/nftables"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"testing"
 
+	"github.com/google/nftables"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -111,6 +112,25 @@ func TestBuildGolden(t *testing.T) {
 					PodSelector: metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "k", Operator: "Bogus"}}}}},
 			}},
 		{name: "sample"},
+		// Dual-stack and IPv6-only pods: each address gets the chains of
+		// its family, selectors name the peers' addresses of both.
+		{name: "dual-stack-selectors", pods: dualPods(), policies: []*networkingv1.NetworkPolicy{
+			mkPolicy("a", "deny-all", "", "Ingress,Egress", nil, nil),
+			mkPolicy("a", "web-from-y", "app=web", "Ingress", []ingress{{From: peers{nsPeer("team=y")}, Ports: ports{portName("TCP", "http")}}}, nil),
+			mkPolicy("a", "db-to-http", "app=db", "Egress", nil, []egress{{To: peers{nsPeer("team=y")}, Ports: ports{portName("TCP", "http")}}}),
+			mkPolicy("b", "other-from-x", "app=other", "Ingress", []ingress{{From: peers{nsPeer("team=x")}}}, nil),
+			mkPolicy("b", "client-any", "app=client", "Ingress", []ingress{{Ports: ports{port("TCP", 80)}}}, nil),
+		}},
+		// ipBlocks of both families, excepts of both (an except of the
+		// other family ignored), and a rule whose peers are IPv4 only: it
+		// allows nothing over IPv6.
+		{name: "dual-stack-ipblocks", pods: dualPods(), policies: []*networkingv1.NetworkPolicy{
+			mkPolicy("a", "web-blocks", "app=web", "Ingress", []ingress{
+				{From: peers{blockPeer("10.32.0.0/16", "10.32.0.4/31"), blockPeer("fd32::/64", "fd32::4/127", "10.0.0.0/8")}},
+				{From: peers{blockPeer("192.168.0.0/16")}, Ports: ports{port("UDP", 53)}},
+			}, nil),
+			mkPolicy("a", "db-out", "app=db", "Egress", nil, []egress{{To: peers{blockPeer("::/0", "fd32::/48")}, Ports: ports{port("TCP", 443)}}}),
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,6 +186,15 @@ func TestRanges(t *testing.T) {
 		{"except-all", "10.0.0.0/24", []string{"10.0.0.0/23"}, "[]"},
 		{"everything", "0.0.0.0/0", []string{"10.0.0.0/8"}, "[0.0.0.0-9.255.255.255 11.0.0.0-255.255.255.255]"},
 		{"unmasked", "10.0.0.7/24", nil, "[10.0.0.0-10.0.0.255]"},
+		{"except-other-family", "10.0.0.0/24", []string{"fd00::/8"}, "[10.0.0.0-10.0.0.255]"},
+		{"ipv6-plain", "fd32::/48", nil, "[fd32::-fd32::ffff:ffff:ffff:ffff:ffff]"},
+		{"ipv6-host", "fd32::7/128", nil, "[fd32::7]"},
+		{"ipv6-unaligned", "fd32::/61", nil, "[fd32::-fd32::7:ffff:ffff:ffff:ffff]"},
+		{"ipv6-except-middle", "fd32::/120", []string{"fd32::80/122"}, "[fd32::-fd32::7f fd32::c0-fd32::ff]"},
+		{"ipv6-except-edges", "fd32::/120", []string{"fd32::/121", "fd32::ff/128"}, "[fd32::80-fd32::fe]"},
+		{"ipv6-everything", "::/0", []string{"fd32::/16"}, "[::-fd31:ffff:ffff:ffff:ffff:ffff:ffff:ffff fd33::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]"},
+		{"ipv6-except-other-family", "fd32::/127", []string{"0.0.0.0/0"}, "[fd32::-fd32::1]"},
+		{"ipv4-mapped-is-ipv6", "::ffff:10.0.0.0/120", nil, "[::ffff:10.0.0.0-::ffff:10.0.0.255]"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -178,9 +207,43 @@ func TestRanges(t *testing.T) {
 			}
 		})
 	}
-	merged := mergeRanges([]ipRange{{5, 6}, {1, 2}, {3, 3}, {8, 9}, {9, 20}, {0xfffffff0, 0xffffffff}, {0xffffff00, 0xfffffff5}})
-	if got, want := formatRanges(merged), "[0.0.0.1-0.0.0.3 0.0.0.5-0.0.0.6 0.0.0.8-0.0.0.20 255.255.255.0-255.255.255.255]"; got != want {
-		t.Errorf("merge: got %s, want %s", got, want)
+	a := netip.MustParseAddr
+	r := func(lo, hi string) ipRange { return ipRange{a(lo), a(hi)} }
+	for _, tt := range []struct {
+		name  string
+		in    []ipRange
+		want  string
+		want4 string
+		want6 string
+	}{
+		{name: "ipv4",
+			in:   []ipRange{r("0.0.0.5", "0.0.0.6"), r("0.0.0.1", "0.0.0.2"), r("0.0.0.3", "0.0.0.3"), r("0.0.0.8", "0.0.0.9"), r("0.0.0.9", "0.0.0.20"), r("255.255.255.240", "255.255.255.255"), r("255.255.255.0", "255.255.255.245")},
+			want: "[0.0.0.1-0.0.0.3 0.0.0.5-0.0.0.6 0.0.0.8-0.0.0.20 255.255.255.0-255.255.255.255]"},
+		{name: "ipv6",
+			in:   []ipRange{r("fd32::5", "fd32::6"), r("fd32::1", "fd32::2"), r("fd32::3", "fd32::3"), r("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff0", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"), r("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff5")},
+			want: "[fd32::1-fd32::3 fd32::5-fd32::6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]"},
+		// The last IPv4 address and the first IPv6 one are no neighbours:
+		// the families stay apart, the IPv4 ranges first.
+		{name: "both-families",
+			in:    []ipRange{r("::", "::1"), r("fd32::9", "fd32::9"), r("10.0.0.0", "255.255.255.255"), r("0.0.0.0", "0.0.0.0"), r("fd32::a", "fd32::b")},
+			want:  "[0.0.0.0 10.0.0.0-255.255.255.255 ::-::1 fd32::9-fd32::b]",
+			want4: "[0.0.0.0 10.0.0.0-255.255.255.255]", want6: "[::-::1 fd32::9-fd32::b]"},
+	} {
+		t.Run("merge-"+tt.name, func(t *testing.T) {
+			merged := mergeRanges(tt.in)
+			if got := formatRanges(merged); got != tt.want {
+				t.Errorf("merge: got %s, want %s", got, tt.want)
+			}
+			if tt.want4 == "" {
+				return
+			}
+			if got := formatRanges(rangesOf(merged, IPv4)); got != tt.want4 {
+				t.Errorf("IPv4 ranges: got %s, want %s", got, tt.want4)
+			}
+			if got := formatRanges(rangesOf(merged, IPv6)); got != tt.want6 {
+				t.Errorf("IPv6 ranges: got %s, want %s", got, tt.want6)
+			}
+		})
 	}
 }
 

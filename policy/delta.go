@@ -26,7 +26,7 @@ type delta struct {
 	refill    []Chain
 	delChains []string
 
-	maps    [3]mapElems // ingress, egress, deny
+	maps    [3]mapElems // ingress, egress, deny (of both families, as in Ruleset)
 	selfDel []netip.Addr
 	selfAdd []netip.Addr
 }
@@ -77,12 +77,12 @@ func diffRulesets(old, rs *Ruleset) *delta {
 		switch {
 		case o == nil:
 			d.addSets = append(d.addSets, s)
-		case o.Kind != s.Kind || o.Comment != s.Comment:
+		case o.Kind != s.Kind || o.Family != s.Family || o.Comment != s.Comment:
 			redefined[s.Name] = true
 			d.delSets = append(d.delSets, s.Name)
 			d.addSets = append(d.addSets, s)
 		default:
-			e := setElems{set: Set{Name: s.Name, Comment: s.Comment, Kind: s.Kind}}
+			e := setElems{set: s.bare()}
 			e.delR, e.addR = sortedDiff(o.Ranges, s.Ranges, cmpRange)
 			e.delT, e.addT = sortedDiff(o.Triples, s.Triples, cmpPortal)
 			if len(e.delR)+len(e.addR)+len(e.delT)+len(e.addT) > 0 {
@@ -162,7 +162,7 @@ func sortedDiff[T any](a, b []T, cmp func(T, T) int) (onlyA, onlyB []T) {
 	return append(onlyA, a[i:]...), append(onlyB, b[j:]...)
 }
 
-func cmpRange(a, b ipRange) int { return cmp.Or(cmp.Compare(a.lo, b.lo), cmp.Compare(a.hi, b.hi)) }
+func cmpRange(a, b ipRange) int { return cmp.Or(a.lo.Compare(b.lo), a.hi.Compare(b.hi)) }
 
 func cmpPortal(a, b AddrPortal) int {
 	return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port))

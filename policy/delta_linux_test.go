@@ -23,8 +23,9 @@ import (
 // applied in place (one transaction of only what changed each) leaves the
 // same table as writing each ruleset whole into an empty namespace: pods,
 // peers, policies and namespace labels changing, a policy deleted, and
-// everything undone. Each Apply took the in-place path (its operations are
-// the delta's, not a rewrite's).
+// everything undone; then the pods made dual-stack, an IPv6 ipBlock
+// changed, and back to IPv4 alone. Each Apply took the in-place path (its
+// operations are the delta's, not a rewrite's).
 func TestApplyChangesInPlace(t *testing.T) {
 	testnet.RequireRoot(t)
 	inPlaceNS, wholeNS := netnstest.New(t), netnstest.New(t)
@@ -43,17 +44,35 @@ func TestApplyChangesInPlace(t *testing.T) {
 	}
 	// An ipBlock reaching the top of the address space: its last range
 	// has no end element in the kernel's interval set.
-	withBlock := func(st State, except string) State {
+	withBlock := func(st State, cidr, except string) State {
 		st.Policies = slices.Clone(st.Policies)
 		np := st.Policies[0].DeepCopy()
-		np.Spec.Ingress = append(np.Spec.Ingress, ingress{From: peers{blockPeer("0.0.0.0/0", except)}})
+		np.Spec.Ingress = append(np.Spec.Ingress, ingress{From: peers{blockPeer(cidr, except)}})
 		st.Policies[0] = np
 		return st
 	}
 	steps = append(steps,
-		step{"ipBlock 0.0.0.0/0 except 10.0.0.0/8 added", withBlock(cur, "10.0.0.0/8")},
-		step{"its except changed to 10.0.0.0/9", withBlock(cur, "10.0.0.0/9")},
-		step{"its except changed to 192.168.0.0/16", withBlock(cur, "192.168.0.0/16")})
+		step{"ipBlock 0.0.0.0/0 except 10.0.0.0/8 added", withBlock(cur, "0.0.0.0/0", "10.0.0.0/8")},
+		step{"its except changed to 10.0.0.0/9", withBlock(cur, "0.0.0.0/0", "10.0.0.0/9")},
+		step{"its except changed to 192.168.0.0/16", withBlock(cur, "0.0.0.0/0", "192.168.0.0/16")})
+	// Every second pod gets an IPv6 address (this node's among them):
+	// IPv6 map, self and peer set elements, chains and sets appear.
+	dual := cur
+	dual.Pods = slices.Clone(cur.Pods)
+	for i, p := range dual.Pods {
+		if i%2 == 0 {
+			continue
+		}
+		p = p.DeepCopy()
+		a6 := scaleAddr6(i)
+		p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: a6})
+		dual.Pods[i] = p
+	}
+	steps = append(steps,
+		step{"every second pod dual-stack", dual},
+		step{"ipBlock ::/0 except fd64::/16 added", withBlock(dual, "::/0", "fd64::/16")},
+		step{"its except changed to fd64::/17", withBlock(dual, "::/0", "fd64::/17")},
+		step{"IPv4 only again", cur})
 	del := cur
 	del.Policies = slices.DeleteFunc(slices.Clone(del.Policies), func(np *networkingv1.NetworkPolicy) bool { return np.Name == "pol1" || np.Name == "pol3" })
 	steps = append(steps, step{"two policies of this node deleted", del}, step{"back to the start", st})
@@ -76,7 +95,8 @@ func TestApplyChangesInPlace(t *testing.T) {
 		}
 		got := canonicalTable(netnstest.Run(t, inPlaceNS, "nft", "list", "table", "inet", TableName))
 		want := canonicalTable(netnstest.Run(t, wholeNS, "nft", "list", "table", "inet", TableName))
-		if !strings.Contains(want, "chain ingress-") || !strings.Contains(want, "elements = {10.") {
+		hasV6 := slices.ContainsFunc(s.st.Pods, func(p *corev1.Pod) bool { return len(p.Status.PodIPs) > 1 })
+		if !strings.Contains(want, "chain ingress-") || !strings.Contains(want, "elements = {10.") || hasV6 != strings.Contains(want, "elements = {fd64:") {
 			t.Fatalf("step %d (%s): the listing holds no pod chains or elements:\n%s", i, s.name, want)
 		}
 		if got != want {

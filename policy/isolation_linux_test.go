@@ -88,24 +88,63 @@ func TestBuildAddressOwner(t *testing.T) {
 	}
 }
 
+// TestBuildAddressOwnerDualStack: a Terminating dual-stack pod whose IPv4
+// address a new pod has keeps neither address: its IPv6 address is no
+// peer either (both were released together), whichever the input order.
+func TestBuildAddressOwnerDualStack(t *testing.T) {
+	now := time.Now()
+	old := mkPod("a", "db", "other-node", "10.32.1.5,fd32::1:5", "app=db")
+	old.CreationTimestamp = metav1.NewTime(now.Add(-time.Hour))
+	gone := metav1.NewTime(now)
+	old.DeletionTimestamp = &gone
+	fresh := mkPod("b", "x", "other-node", "10.32.1.5,fd32::1:6", "app=other")
+	fresh.CreationTimestamp = metav1.NewTime(now)
+	pol := mkPolicy("a", "web-from-db", "app=web", "Ingress", []ingress{{From: peers{podPeer("app=db")}}}, nil)
+	web := mkPod("a", "web", testNode, "10.32.0.11,fd32::b", "app=web")
+	nss := []*corev1.Namespace{mkNS("a", ""), mkNS("b", "")}
+	for _, tc := range []struct {
+		name    string
+		pods    []*corev1.Pod
+		allowed bool // the old pod's addresses are web-from-db's peers
+	}{
+		{"ipv4-reused", []*corev1.Pod{old, fresh}, false},
+		{"alone", []*corev1.Pod{old}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, order := range [][]*corev1.Pod{tc.pods, reversed(tc.pods)} {
+				rs := Build(State{Node: testNode, Pods: append([]*corev1.Pod{web}, order...), Namespaces: nss, Policies: []*networkingv1.NetworkPolicy{pol}}).String()
+				for _, a := range []string{"10.32.1.5", "fd32::1:5"} {
+					if got := strings.Contains(rs, a); got != tc.allowed {
+						t.Errorf("%s among the peers = %v, want %v:\n%s", a, got, tc.allowed, rs)
+					}
+				}
+				if strings.Contains(rs, "fd32::1:6") {
+					t.Errorf("the new pod (app=other) is a peer of web-from-db:\n%s", rs)
+				}
+			}
+		})
+	}
+}
+
 // TestAdmitFailsClosed: ADD waits for the controller. Before it synced,
 // Admit fails; a pod that the API does not show yet fails; a pod the API
-// shows without an address yet is enforced on the address it is given the
-// moment Admit returns.
+// shows without an address yet is enforced on the addresses (of both
+// families) it is given the moment Admit returns.
 func TestAdmitFailsClosed(t *testing.T) {
 	n := newTestNodeNet(t)
-	n.addPod("a3", "10.32.0.13")
-	n.addPod("b1", "10.32.0.21")
+	n.addPod("a3", "10.32.0.13", to6("10.32.0.13"))
+	n.addPod("b1", "10.32.0.21", to6("10.32.0.21"))
 	pending := mkPod("a", "a3", testNode, "", "app=web")
 	pending.Status.Phase = corev1.PodPending
 	client := fake.NewClientset(mkNS("a", ""), mkNS("b", ""), pending,
-		mkPod("b", "b1", testNode, "10.32.0.21", "app=client"),
+		mkPod("b", "b1", testNode, "10.32.0.21,"+to6("10.32.0.21"), "app=client"),
 		mkPolicy("a", "deny", "", "Ingress", nil, nil))
+	n.warmUp()
 	c := New(kubetest.Client(client), testNode, testLogger(t), nftIn(t, n.host.NetNS()))
-	addr := netip.MustParseAddr("10.32.0.13")
+	addr, addr6 := netip.MustParseAddr("10.32.0.13"), netip.MustParseAddr(to6("10.32.0.13"))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	err := c.Admit(ctx, "a", "a3", addr)
+	err := c.Admit(ctx, "a", "a3", []netip.Addr{addr, addr6})
 	cancel()
 	if !errors.Is(err, ErrNotSynced) {
 		t.Fatalf("Admit before the controller synced = %v, want ErrNotSynced", err)
@@ -116,24 +155,36 @@ func TestAdmitFailsClosed(t *testing.T) {
 	go func() { done <- c.Run(runCtx) }()
 	t.Cleanup(func() { stop(); <-done })
 
-	denied := probeSpec{"b1", "a3", "tcp", 80}
-	// Before admission the pod's address is in no rule: open.
+	denied := []probeSpec{{"b1", "a3", "tcp", 80}, {"b1", "a3", "tcp6", 80}}
+	// Before admission the pod's addresses are in no rule: open.
 	<-c.Ready()
-	if got, err := n.runProbes([]probeSpec{denied}); err != nil || !got[denied] {
-		t.Fatalf("%s denied before admission (%v): the test shows nothing", denied, err)
+	got, err := n.runProbes(denied)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range denied {
+		if !got[p] {
+			t.Fatalf("%s denied before admission: the test shows nothing\n%s", p, n.listTable())
+		}
 	}
 	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := c.Admit(ctx, "a", "a3", addr); err != nil {
+	if err := c.Admit(ctx, "a", "a3", []netip.Addr{addr, addr6}); err != nil {
 		t.Fatalf("Admit: %v", err)
 	}
-	if got, err := n.runProbes([]probeSpec{denied}); err != nil || got[denied] {
-		t.Errorf("%s allowed right after Admit returned (%v)\n%s", denied, err, n.listTable())
+	got, err = n.runProbes(denied)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range denied {
+		if got[p] {
+			t.Errorf("%s allowed right after Admit returned\n%s", p, n.listTable())
+		}
 	}
 
 	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Second)
 	defer cancel2()
-	err = c.Admit(ctx2, "a", "ghost", netip.MustParseAddr("10.32.0.14"))
+	err = c.Admit(ctx2, "a", "ghost", []netip.Addr{netip.MustParseAddr("10.32.0.14")})
 	if err == nil || !strings.Contains(err.Error(), "a/ghost not seen in the Kubernetes API") {
 		t.Errorf("Admit of a pod the API does not show = %v, want a clear error", err)
 	}
@@ -154,16 +205,18 @@ func TestAdmitFailsClosed(t *testing.T) {
 	}
 	ctx3, cancel3 := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel3()
-	if err := c.Admit(ctx3, "a", "a4", netip.MustParseAddr("10.32.0.15")); err != nil {
+	if err := c.Admit(ctx3, "a", "a4", []netip.Addr{netip.MustParseAddr("10.32.0.15")}); err != nil {
 		t.Errorf("Admit of a new pod on a Terminating pod's address: %v", err)
 	}
 
-	// Released: the claim goes, the address leaves the rules.
+	// Released: the claims go, the addresses leave the rules.
 	c.Forget(addr)
+	c.Forget(addr6)
 	c.mu.Lock()
 	_, still := c.claims[addr]
+	_, still6 := c.claims[addr6]
 	c.mu.Unlock()
-	if still {
-		t.Errorf("claim on %s kept after Forget", addr)
+	if still || still6 {
+		t.Errorf("claim on %s or %s kept after Forget", addr, addr6)
 	}
 }

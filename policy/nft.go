@@ -241,7 +241,7 @@ func programDelta(c *nftables.Conn, rs *Ruleset, d *delta) error {
 	// new ones as added (by ID within the transaction).
 	sets := map[string]*nftables.Set{}
 	for _, s := range rs.Sets {
-		def, _, err := nftSet(Set{Name: s.Name, Comment: s.Comment, Kind: s.Kind})
+		def, _, err := nftSet(s.bare())
 		if err != nil {
 			return err
 		}
@@ -265,23 +265,28 @@ func programDelta(c *nftables.Conn, rs *Ruleset, d *delta) error {
 	for _, e := range d.elems {
 		// Deleted first: a range that grows is deleted and added whole,
 		// and must not overlap its old form.
-		set, del, err := nftSet(Set{Name: e.set.Name, Kind: e.set.Kind, Ranges: e.delR, Triples: e.delT})
+		del, add := e.set, e.set
+		del.Ranges, del.Triples = e.delR, e.delT
+		add.Ranges, add.Triples = e.addR, e.addT
+		set, delElems, err := nftSet(del)
 		if err != nil {
 			return err
 		}
-		if err := changeElems(c, set, del, c.SetDeleteElements); err != nil {
+		if err := changeElems(c, set, delElems, c.SetDeleteElements); err != nil {
 			return err
 		}
-		_, add, err := nftSet(Set{Name: e.set.Name, Kind: e.set.Kind, Ranges: e.addR, Triples: e.addT})
+		_, addElems, err := nftSet(add)
 		if err != nil {
 			return err
 		}
-		if err := changeElems(c, set, add, c.SetAddElements); err != nil {
+		if err := changeElems(c, set, addElems, c.SetAddElements); err != nil {
 			return err
 		}
 	}
 	for _, m := range podMaps(rs) {
-		sets[m.name] = mapSet(m.name)
+		for _, f := range families {
+			sets[m.name+f.tag()] = mapSet(m.name, f)
+		}
 	}
 	for _, ch := range d.addChains {
 		nc := c.AddChain(&nftables.Chain{Table: table, Name: ch.Name})
@@ -295,20 +300,24 @@ func programDelta(c *nftables.Conn, rs *Ruleset, d *delta) error {
 		}
 	}
 	for i, m := range podMaps(rs) {
-		set := sets[m.name]
-		if err := changeElems(c, set, mapElements(m.kind, d.maps[i].del), c.SetDeleteElements); err != nil {
-			return err
-		}
-		if err := changeElems(c, set, mapElements(m.kind, d.maps[i].add), c.SetAddElements); err != nil {
-			return err
+		for _, f := range families {
+			set := sets[m.name+f.tag()]
+			if err := changeElems(c, set, mapElements(m.kind, ofFamily(d.maps[i].del, f, elemAddr)), c.SetDeleteElements); err != nil {
+				return err
+			}
+			if err := changeElems(c, set, mapElements(m.kind, ofFamily(d.maps[i].add, f, elemAddr)), c.SetAddElements); err != nil {
+				return err
+			}
 		}
 	}
-	self := selfSet()
-	if err := changeElems(c, self, selfElements(d.selfDel), c.SetDeleteElements); err != nil {
-		return err
-	}
-	if err := changeElems(c, self, selfElements(d.selfAdd), c.SetAddElements); err != nil {
-		return err
+	for _, f := range families {
+		self := selfSet(f)
+		if err := changeElems(c, self, selfElements(ofFamily(d.selfDel, f, sameAddr)), c.SetDeleteElements); err != nil {
+			return err
+		}
+		if err := changeElems(c, self, selfElements(ofFamily(d.selfAdd, f, sameAddr)), c.SetAddElements); err != nil {
+			return err
+		}
 	}
 	for _, name := range d.delChains {
 		c.DelChain(&nftables.Chain{Table: table, Name: name})
@@ -342,33 +351,49 @@ type podMap struct {
 	kind  expr.VerdictKind
 }
 
-// podMaps are the verdict maps of rs, in the order of delta.maps.
+// podMaps are the verdict maps of rs, in the order of delta.maps; each is
+// two nftables maps, name for the IPv4 elements and name+"6" for the IPv6
+// ones (Family.tag).
 func podMaps(rs *Ruleset) [3]podMap {
 	return [3]podMap{{mapIngress, rs.Ingress, expr.VerdictJump}, {mapEgress, rs.Egress, expr.VerdictJump}, {mapDeny, rs.Deny, expr.VerdictGoto}}
 }
 
-func mapSet(name string) *nftables.Set {
-	return &nftables.Set{Table: table, Name: name, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict}
+// nftAddrType is the nftables key type of family f's addresses.
+func nftAddrType(f Family) nftables.SetDatatype {
+	if f == IPv6 {
+		return nftables.TypeIP6Addr
+	}
+	return nftables.TypeIPAddr
 }
 
+func mapSet(name string, f Family) *nftables.Set {
+	return &nftables.Set{Table: table, Name: name + f.tag(), IsMap: true, KeyType: nftAddrType(f), DataType: nftables.TypeVerdict}
+}
+
+// mapElements are map elements of one family.
 func mapElements(kind expr.VerdictKind, elems []MapElem) []nftables.SetElement {
 	out := make([]nftables.SetElement, 0, len(elems))
 	for _, e := range elems {
-		a := e.Addr.As4()
-		out = append(out, nftables.SetElement{Key: a[:], VerdictData: &expr.Verdict{Kind: kind, Chain: e.Chain}})
+		out = append(out, nftables.SetElement{Key: e.Addr.AsSlice(), VerdictData: &expr.Verdict{Kind: kind, Chain: e.Chain}})
 	}
 	return out
 }
 
-func selfSet() *nftables.Set {
-	return &nftables.Set{Table: table, Name: setSelf, KeyType: selfKey, Concatenation: true}
+// selfKey is the key of a self set: source . destination address.
+var selfKey = [...]nftables.SetDatatype{
+	IPv4: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr),
+	IPv6: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr),
 }
 
+func selfSet(f Family) *nftables.Set {
+	return &nftables.Set{Table: table, Name: setSelf + f.tag(), KeyType: selfKey[f], Concatenation: true}
+}
+
+// selfElements are self set elements of one family.
 func selfElements(addrs []netip.Addr) []nftables.SetElement {
 	out := make([]nftables.SetElement, 0, len(addrs))
 	for _, a := range addrs {
-		b := a.As4()
-		out = append(out, nftables.SetElement{Key: append(b[:], b[:]...)})
+		out = append(out, nftables.SetElement{Key: append(a.AsSlice(), a.AsSlice()...)})
 	}
 	return out
 }
@@ -419,30 +444,52 @@ func program(c *nftables.Conn, rs *Ruleset, old map[string]*nftables.CounterObj)
 				return fmt.Errorf("map %s: element %s refers to unknown chain %q", m.name, e.Addr, e.Chain)
 			}
 		}
-		set := mapSet(m.name)
-		if err := addSet(c, set, mapElements(m.kind, m.elems)); err != nil {
-			return err
+		for _, f := range families {
+			set := mapSet(m.name, f)
+			if err := addSet(c, set, mapElements(m.kind, ofFamily(m.elems, f, elemAddr))); err != nil {
+				return err
+			}
+			sets[set.Name] = set
 		}
-		sets[m.name] = set
 	}
 	for _, ch := range rs.Chains {
 		if err := addRules(c, chains[ch.Name], ch, sets); err != nil {
 			return err
 		}
 	}
-	self := selfSet()
-	if err := addSet(c, self, selfElements(rs.Self)); err != nil {
-		return err
+	var self [len(families)]*nftables.Set
+	for _, f := range families {
+		self[f] = selfSet(f)
+		if err := addSet(c, self[f], selfElements(ofFamily(rs.Self, f, sameAddr))); err != nil {
+			return err
+		}
 	}
 	accept := nftables.ChainPolicyAccept
 	fwd := c.AddChain(&nftables.Chain{Table: table, Name: chainForward, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	in := c.AddChain(&nftables.Chain{Table: table, Name: chainInput, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
-	for _, r := range [][]expr.Any{ctEstablished(), selfRule(self), vmapRule(Saddr, sets[mapEgress]), vmapRule(Daddr, sets[mapIngress])} {
+	// In the order of baseChainText.
+	fwdRules := [][]expr.Any{ctEstablished()}
+	for _, f := range families {
+		fwdRules = append(fwdRules, selfRule(f, self[f]))
+	}
+	for _, m := range []struct {
+		f    Field
+		name string
+	}{{Saddr, mapEgress}, {Daddr, mapIngress}} {
+		for _, f := range families {
+			fwdRules = append(fwdRules, vmapRule(m.f, f, sets[m.name+f.tag()]))
+		}
+	}
+	inRules := [][]expr.Any{ctEstablished(), ndpRule()}
+	for _, f := range families {
+		inRules = append(inRules, vmapRule(Saddr, f, sets[mapEgress+f.tag()]))
+	}
+	for _, r := range fwdRules {
 		c.AddRule(&nftables.Rule{Table: table, Chain: fwd, Exprs: r})
 	}
-	for _, r := range [][]expr.Any{ctEstablished(), vmapRule(Saddr, sets[mapEgress])} {
+	for _, r := range inRules {
 		c.AddRule(&nftables.Rule{Table: table, Chain: in, Exprs: r})
 	}
 	return nil
@@ -464,29 +511,48 @@ func addSet(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) erro
 	return nil
 }
 
-var addrProtoPort = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+// addrProtoPort is the key of a SetAddrProtoPort set of each family.
+var addrProtoPort = [...]nftables.SetDatatype{
+	IPv4: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService),
+	IPv6: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService),
+}
 
 func nftSet(s Set) (*nftables.Set, []nftables.SetElement, error) {
+	if int(s.Family) >= len(families) {
+		return nil, nil, fmt.Errorf("set %s: unknown family %d", s.Name, s.Family)
+	}
+	for _, r := range s.Ranges {
+		if r.family() != s.Family || familyOf(r.hi) != s.Family {
+			return nil, nil, fmt.Errorf("set %s of %s: range %s of the other family", s.Name, s.Family.addrType(), r)
+		}
+	}
+	for _, t := range s.Triples {
+		if familyOf(t.Addr) != s.Family {
+			return nil, nil, fmt.Errorf("set %s of %s: element %s of the other family", s.Name, s.Family.addrType(), t)
+		}
+	}
 	switch s.Kind {
 	case SetAddrs:
-		set := &nftables.Set{Table: table, Name: s.Name, KeyType: nftables.TypeIPAddr, Interval: true, Comment: s.Comment}
+		set := &nftables.Set{Table: table, Name: s.Name, KeyType: nftAddrType(s.Family), Interval: true, Comment: s.Comment}
 		var elems []nftables.SetElement
 		for _, r := range s.Ranges {
-			elems = append(elems, nftables.SetElement{Key: u32Bytes(r.lo)})
-			if r.hi != ^uint32(0) {
-				elems = append(elems, nftables.SetElement{Key: u32Bytes(r.hi + 1), IntervalEnd: true})
+			elems = append(elems, nftables.SetElement{Key: r.lo.AsSlice()})
+			// Past the family's last address there is no end element.
+			if end := r.hi.Next(); end.IsValid() {
+				elems = append(elems, nftables.SetElement{Key: end.AsSlice(), IntervalEnd: true})
 			}
 		}
 		return set, elems, nil
 	case SetAddrProtoPort:
-		set := &nftables.Set{Table: table, Name: s.Name, KeyType: addrProtoPort, Concatenation: true, Comment: s.Comment}
+		set := &nftables.Set{Table: table, Name: s.Name, KeyType: addrProtoPort[s.Family], Concatenation: true, Comment: s.Comment}
 		var elems []nftables.SetElement
 		for _, t := range s.Triples {
-			a := t.Addr.As4()
-			key := make([]byte, 12)
-			copy(key, a[:])
-			key[4] = t.Proto
-			binary.BigEndian.PutUint16(key[8:], t.Port)
+			// Each part of a concatenation takes whole 4-byte registers.
+			a := t.Addr.AsSlice()
+			key := make([]byte, len(a)+8)
+			copy(key, a)
+			key[len(a)] = t.Proto
+			binary.BigEndian.PutUint16(key[len(a)+4:], t.Port)
 			elems = append(elems, nftables.SetElement{Key: key})
 		}
 		return set, elems, nil
@@ -494,33 +560,87 @@ func nftSet(s Set) (*nftables.Set, []nftables.SetElement, error) {
 	return nil, nil, fmt.Errorf("set %s: unknown kind %d", s.Name, s.Kind)
 }
 
-func u32Bytes(v uint32) []byte {
-	b := make([]byte, 4)
-	binary.BigEndian.PutUint32(b, v)
-	return b
-}
-
 // Registers: NFT_REG_1 is 16 bytes; a concatenation is built in the 4-byte
-// registers it overlaps, NFT_REG32_00 (8) onwards.
+// registers it overlaps, NFT_REG32_00 (8) onwards: an IPv4 address takes
+// one, an IPv6 address four.
 const (
 	reg1    = 1
-	reg32_1 = 9
-	reg32_2 = 10
+	reg32_0 = 8
 )
 
-func loadAddr(f Field, reg uint32) *expr.Payload {
-	off := uint32(12)
-	if f == Daddr {
-		off = 16
+// after is the 4-byte register that follows an address of family f loaded
+// into reg1, plus n.
+func after(f Family, n uint32) uint32 { return reg32_0 + addrLen(f)/4 + n }
+
+// addrLen is the length of an address of family f.
+func addrLen(f Family) uint32 {
+	if f == IPv6 {
+		return 16
 	}
-	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4}
+	return 4
 }
 
-func isIPv4() []expr.Any {
+// Offsets of the addresses in the IPv4 and IPv6 headers.
+const (
+	saddrOff4, daddrOff4 = 12, 16
+	saddrOff6, daddrOff6 = 8, 24
+	hopLimitOff6         = 7
+)
+
+func loadAddr(f Field, fam Family, reg uint32) *expr.Payload {
+	off := uint32(saddrOff4)
+	switch {
+	case fam == IPv6 && f == Daddr:
+		off = daddrOff6
+	case fam == IPv6:
+		off = saddrOff6
+	case f == Daddr:
+		off = daddrOff4
+	}
+	return &expr.Payload{DestRegister: reg, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: addrLen(fam)}
+}
+
+// isFamily matches packets of family f: a base chain of the inet table
+// sees both.
+func isFamily(f Family) []expr.Any {
+	proto := byte(unix.NFPROTO_IPV4)
+	if f == IPv6 {
+		proto = unix.NFPROTO_IPV6
+	}
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{proto}},
 	}
+}
+
+// ICMPv6 types of neighbour discovery (RFC 4861) that ndpRule lets pass.
+const (
+	icmpv6NeighborSolicit = 135
+	icmpv6NeighborAdvert  = 136
+)
+
+// ndpRule accepts a pod's neighbour solicitations and advertisements to
+// the node whatever its egress policies: without them the pod could not
+// resolve its gateway, nor answer the node resolving it, and no IPv6
+// packet would flow even where a policy allows it (the IPv4 counterpart,
+// ARP, never reaches an inet hook). A hop limit of 255 proves the packet
+// was not routed (RFC 4861 7.1.1): only the pods on the bridge can send
+// one to the node, and port isolation admits only neighbour discovery
+// for the pod's own address there (docs/architecture.md, Isolation).
+// Router solicitations and advertisements are not let through: pods take
+// their routes from CNI, and port isolation drops router advertisements
+// from pods.
+//
+//	icmpv6 type 135-136 ip6 hoplimit 255 accept (nd-neighbor-solicit, nd-neighbor-advert)
+func ndpRule() []expr.Any {
+	return append(isFamily(IPv6),
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMPV6}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Range{Op: expr.CmpOpEq, Register: reg1, FromData: []byte{icmpv6NeighborSolicit}, ToData: []byte{icmpv6NeighborAdvert}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: hopLimitOff6, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{255}},
+		&expr.Verdict{Kind: expr.VerdictAccept})
 }
 
 func ctEstablished() []expr.Any {
@@ -534,27 +654,26 @@ func ctEstablished() []expr.Any {
 	}
 }
 
-// selfKey is the key of the self set: source . destination address.
-var selfKey = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)
-
-// selfRule accepts a packet whose source and destination are the same
-// local pod: a hairpin through a Service, never judged by the pod's own
-// policies (see Ruleset.Self).
+// selfRule accepts a packet of family f whose source and destination are
+// the same local pod: a hairpin through a Service, never judged by the
+// pod's own policies (see Ruleset.Self).
 //
-//	ip saddr . ip daddr @self accept
-func selfRule(self *nftables.Set) []expr.Any {
-	return append(isIPv4(), loadAddr(Saddr, reg1), loadAddr(Daddr, reg32_1),
+//	ip saddr . ip daddr @self accept (ip6 ... @self6 for IPv6)
+func selfRule(f Family, self *nftables.Set) []expr.Any {
+	return append(isFamily(f), loadAddr(Saddr, f, reg1), loadAddr(Daddr, f, after(f, 0)),
 		&expr.Lookup{SourceRegister: reg1, SetName: self.Name, SetID: self.ID},
 		&expr.Verdict{Kind: expr.VerdictAccept})
 }
 
-func vmapRule(f Field, m *nftables.Set) []expr.Any {
-	return append(isIPv4(), loadAddr(f, reg1),
+func vmapRule(f Field, fam Family, m *nftables.Set) []expr.Any {
+	return append(isFamily(fam), loadAddr(f, fam, reg1),
 		&expr.Lookup{SourceRegister: reg1, SetName: m.Name, SetID: m.ID, DestRegister: 0, IsDestRegSet: true})
 }
 
 // ruleExprs translates a rule of a regular chain. Regular chains are only
-// entered from the IPv4 maps, so no protocol family check is needed.
+// entered from the pod maps of one family, and a chain that both
+// families' maps enter matches no address (Build), so no protocol family
+// check is needed.
 func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 	var out []expr.Any
 	set := func(name string) (*nftables.Set, error) {
@@ -569,7 +688,7 @@ func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, loadAddr(r.Field, reg1), &expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID})
+		out = append(out, loadAddr(r.Field, r.Family, reg1), &expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID})
 	}
 	if r.TripleSet != "" {
 		s, err := set(r.TripleSet)
@@ -577,9 +696,9 @@ func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 			return nil, err
 		}
 		out = append(out,
-			loadAddr(r.Field, reg1),
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32_1},
-			&expr.Payload{DestRegister: reg32_2, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			loadAddr(r.Field, r.Family, reg1),
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: after(r.Family, 0)},
+			&expr.Payload{DestRegister: after(r.Family, 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID})
 	}
 	if r.Proto != 0 {
@@ -597,11 +716,11 @@ func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 		}
 	}
 	if r.DenyMap {
-		s, err := set(mapDeny)
+		s, err := set(mapDeny + r.Family.tag())
 		if err != nil {
 			return nil, err
 		}
-		return append(out, loadAddr(r.Field, reg1),
+		return append(out, loadAddr(r.Field, r.Family, reg1),
 			&expr.Lookup{SourceRegister: reg1, SetName: s.Name, SetID: s.ID, DestRegister: 0, IsDestRegSet: true}), nil
 	}
 	if r.Counter != "" {
@@ -623,8 +742,8 @@ func ruleExprs(r Rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 
 // Base chains' rule counts, as program adds them.
 const (
-	forwardRules = 4
-	inputRules   = 2
+	forwardRules = 1 + 3*len(families)
+	inputRules   = 2 + len(families)
 )
 
 // Intact implements Applier. It catches what an outside hand does to the
@@ -681,16 +800,19 @@ func (n *NFT) intact(rs *Ruleset) (bool, error) {
 	if seen != len(want) {
 		return false, nil
 	}
-	for name, elems := range map[string][]MapElem{mapIngress: rs.Ingress, mapEgress: rs.Egress, mapDeny: rs.Deny} {
-		got, err := c.GetSetElements(&nftables.Set{Table: table, Name: name, IsMap: true, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeVerdict})
-		if err != nil {
-			if nftutil.NotFound(err) {
+	for _, m := range podMaps(rs) {
+		for _, f := range families {
+			set := mapSet(m.name, f)
+			got, err := c.GetSetElements(set)
+			if err != nil {
+				if nftutil.NotFound(err) {
+					return false, nil
+				}
+				return false, fmt.Errorf("failed to list map %s of table inet %s: %w", set.Name, TableName, err)
+			}
+			if len(got) != len(ofFamily(m.elems, f, elemAddr)) {
 				return false, nil
 			}
-			return false, fmt.Errorf("failed to list map %s of table inet %s: %w", name, TableName, err)
-		}
-		if len(got) != len(elems) {
-			return false, nil
 		}
 	}
 	return true, nil

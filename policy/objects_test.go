@@ -28,15 +28,19 @@ func mkNS(name, labels string) *corev1.Namespace {
 	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: lbl(labels)}}
 }
 
-// mkPod makes a running pod; ports are "name:proto:port".
+// mkPod makes a running pod; ip is its PodIPs, comma-separated ("" for
+// none), ports are "name:proto:port".
 func mkPod(ns, name, node, ip, labels string, ports ...string) *corev1.Pod {
+	ips := strings.Split(ip, ",")
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: lbl(labels)},
 		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c"}}},
-		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[0]},
 	}
 	if ip != "" {
-		p.Status.PodIPs = []corev1.PodIP{{IP: ip}}
+		for _, a := range ips {
+			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: a})
+		}
 	}
 	for _, s := range ports {
 		f := strings.Split(s, ":")
@@ -128,5 +132,19 @@ func sampleState() State {
 			mkPolicy("prod", "db-egress", "app=db", "Egress", nil,
 				[]egress{{To: peers{nsPeer("env=prod")}, Ports: ports{portName("TCP", "http")}}, {To: peers{blockPeer("0.0.0.0/0", "10.0.0.0/8")}}}),
 		},
+	}
+}
+
+// dualPods: basePods with an IPv6 address each (fd32:: and the IPv4
+// address's last octet), but b/other IPv6 only, and a pod of another node
+// with an IPv6 address only.
+func dualPods() []*corev1.Pod {
+	return []*corev1.Pod{
+		mkPod("a", "web", testNode, "10.32.0.2,fd32::2", "app=web", "http:TCP:8080", "dns:UDP:5353"),
+		mkPod("a", "db", testNode, "10.32.0.3,fd32::3", "app=db", "sql:TCP:5432"),
+		mkPod("b", "client", testNode, "10.32.0.4,fd32::4", "app=client"),
+		mkPod("b", "other", testNode, "fd32::5", "app=other"),
+		mkPod("c", "remote", "node2", "10.32.1.2,fd32::1:2", "app=client", "http:TCP:9090"),
+		mkPod("c", "remote6", "node2", "fd32::1:3", "app=client", "http:TCP:9090"),
 	}
 }

@@ -11,7 +11,8 @@ import (
 // policy rules. Nothing else is ever touched.
 const TableName = "mesh-policy"
 
-// Names of the fixed objects of the table.
+// Names of the fixed objects of the table. The maps and the self set are
+// IPv4; their IPv6 twins are named with Family.tag (ingress6, ...).
 const (
 	chainForward = "forward" // base chain, hook forward
 	chainInput   = "input"   // base chain, hook input: pods' egress to the node
@@ -21,6 +22,66 @@ const (
 	setSelf      = "self"    // pod IP . pod IP: a pod reaching itself
 )
 
+// Family is the address family of a set, of a rule's address match and of
+// a pod map's elements. The zero value is IPv4, so a rule that matches no
+// address has the same value (and content) in either family's chain.
+type Family uint8
+
+const (
+	IPv4 Family = iota
+	IPv6
+)
+
+// families are the address families, in the order a Ruleset sorts them.
+var families = [...]Family{IPv4, IPv6}
+
+func familyOf(a netip.Addr) Family {
+	if a.Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+// word is nft's keyword for the family's header ("ip saddr", "ip6 saddr").
+func (f Family) word() string {
+	if f == IPv6 {
+		return "ip6"
+	}
+	return "ip"
+}
+
+// addrType is nft's type of the family's addresses.
+func (f Family) addrType() string {
+	if f == IPv6 {
+		return "ipv6_addr"
+	}
+	return "ipv4_addr"
+}
+
+// tag names the IPv6 one of a pair of objects: ingress and ingress6, the
+// peer sets p-<id>-in0 and p6-<id>-in0.
+func (f Family) tag() string {
+	if f == IPv6 {
+		return "6"
+	}
+	return ""
+}
+
+// ofFamily returns the elements of xs whose address (by addr) is of
+// family f, in their order.
+func ofFamily[T any](xs []T, f Family, addr func(T) netip.Addr) []T {
+	var out []T
+	for _, x := range xs {
+		if familyOf(addr(x)) == f {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+func elemAddr(e MapElem) netip.Addr    { return e.Addr }
+func sameAddr(a netip.Addr) netip.Addr { return a }
+
 // Ruleset is the desired content of the table: what Build computes from the
 // API objects and an Applier programs. Everything in it is sorted, so equal
 // inputs give equal rulesets and String gives a stable text.
@@ -29,13 +90,14 @@ type Ruleset struct {
 	Sets     []Set
 	// Ingress and Egress map a local pod's address to the chain holding its
 	// rules; Deny maps it to its default-deny chain (only pods isolated by
-	// more than one policy in a direction have one).
+	// more than one policy in a direction have one). Addresses of both
+	// families, the IPv4 ones first: each family is its own nftables map.
 	Ingress, Egress, Deny []MapElem
 	Chains                []Chain
 	// Self lists the local pods with ingress rules: a packet from one of
 	// them to its own address can only be a hairpin (the pod reaching
 	// itself through a Service, DNATed back to it), and a pod is never
-	// judged by its own policies for that.
+	// judged by its own policies for that. Both families, as the maps.
 	Self []netip.Addr
 
 	// Policies is what Status reports: not programmed.
@@ -65,19 +127,25 @@ const (
 type SetKind uint8
 
 const (
-	// SetAddrs is an interval set of IPv4 addresses.
+	// SetAddrs is an interval set of addresses.
 	SetAddrs SetKind = iota
-	// SetAddrProtoPort is a set of IPv4 address . protocol . port.
+	// SetAddrProtoPort is a set of address . protocol . port.
 	SetAddrProtoPort
 )
 
-// Set is a named set of peers.
+// Set is a named set of peers, of addresses of one family.
 type Set struct {
 	Name    string
 	Comment string
 	Kind    SetKind
+	Family  Family
 	Ranges  []ipRange    // SetAddrs: sorted, disjoint, not adjacent
 	Triples []AddrPortal // SetAddrProtoPort: sorted, unique
+}
+
+// bare is s without its elements: what defines it.
+func (s Set) bare() Set {
+	return Set{Name: s.Name, Comment: s.Comment, Kind: s.Kind, Family: s.Family}
 }
 
 // AddrPortal is an address, protocol and port.
@@ -142,9 +210,12 @@ func (v Verdict) String() string {
 // in this order: the address Field in PeerSet, the address Field with
 // protocol and destination port in TripleSet, the protocol, the port range;
 // then Counter is counted and Verdict taken, or, with DenyMap, the address
-// Field is looked up in the Deny map.
+// Field is looked up in the Deny map. Family is that of the address
+// matched (the sets', the Deny map's); a rule matching no address leaves
+// it IPv4 (zero), so it reads the same in the chains of both families.
 type Rule struct {
 	Field     Field
+	Family    Family
 	PeerSet   string // "" = any peer
 	TripleSet string
 	Proto     uint8  // 0 = any protocol
@@ -160,10 +231,10 @@ type Rule struct {
 func (r Rule) String() string {
 	var b strings.Builder
 	if r.PeerSet != "" {
-		fmt.Fprintf(&b, "ip %s @%s ", r.Field, r.PeerSet)
+		fmt.Fprintf(&b, "%s %s @%s ", r.Family.word(), r.Field, r.PeerSet)
 	}
 	if r.TripleSet != "" {
-		fmt.Fprintf(&b, "ip %s . meta l4proto . th dport @%s ", r.Field, r.TripleSet)
+		fmt.Fprintf(&b, "%s %s . meta l4proto . th dport @%s ", r.Family.word(), r.Field, r.TripleSet)
 	}
 	if r.Proto != 0 {
 		fmt.Fprintf(&b, "meta l4proto %s ", protoName(r.Proto))
@@ -176,7 +247,7 @@ func (r Rule) String() string {
 		}
 	}
 	if r.DenyMap {
-		fmt.Fprintf(&b, "ip %s vmap @%s", r.Field, mapDeny)
+		fmt.Fprintf(&b, "%s %s vmap @%s%s", r.Family.word(), r.Field, mapDeny, r.Family.tag())
 	} else {
 		if r.Counter != "" {
 			fmt.Fprintf(&b, "counter name %q ", r.Counter)
@@ -195,13 +266,18 @@ var baseChainText = []string{
 		type filter hook forward priority filter; policy accept;
 		ct state established,related accept
 		ip saddr . ip daddr @self accept
+		ip6 saddr . ip6 daddr @self6 accept
 		ip saddr vmap @egress
+		ip6 saddr vmap @egress6
 		ip daddr vmap @ingress
+		ip6 daddr vmap @ingress6
 	}`,
 	`chain input {
 		type filter hook input priority filter; policy accept;
 		ct state established,related accept
+		icmpv6 type 135-136 ip6 hoplimit 255 accept
 		ip saddr vmap @egress
+		ip6 saddr vmap @egress6
 	}`,
 }
 
@@ -218,12 +294,12 @@ func (rs *Ruleset) String() string {
 		var elems []string
 		switch s.Kind {
 		case SetAddrs:
-			b.WriteString("\t\ttype ipv4_addr; flags interval\n")
+			fmt.Fprintf(&b, "\t\ttype %s; flags interval\n", s.Family.addrType())
 			for _, r := range s.Ranges {
 				elems = append(elems, r.String())
 			}
 		case SetAddrProtoPort:
-			b.WriteString("\t\ttype ipv4_addr . inet_proto . inet_service\n")
+			fmt.Fprintf(&b, "\t\ttype %s . inet_proto . inet_service\n", s.Family.addrType())
 			for _, t := range s.Triples {
 				elems = append(elems, t.String())
 			}
@@ -239,21 +315,25 @@ func (rs *Ruleset) String() string {
 		elems []MapElem
 		verb  string
 	}{{mapIngress, rs.Ingress, "jump"}, {mapEgress, rs.Egress, "jump"}, {mapDeny, rs.Deny, "goto"}} {
-		fmt.Fprintf(&b, "\tmap %s {\n\t\ttype ipv4_addr : verdict\n", m.name)
-		var elems []string
-		for _, e := range m.elems {
-			elems = append(elems, fmt.Sprintf("%s : %s %s", e.Addr, m.verb, e.Chain))
+		for _, f := range families {
+			fmt.Fprintf(&b, "\tmap %s%s {\n\t\ttype %s : verdict\n", m.name, f.tag(), f.addrType())
+			var elems []string
+			for _, e := range ofFamily(m.elems, f, elemAddr) {
+				elems = append(elems, fmt.Sprintf("%s : %s %s", e.Addr, m.verb, e.Chain))
+			}
+			writeElems(&b, elems)
+			b.WriteString("\t}\n")
 		}
-		writeElems(&b, elems)
+	}
+	for _, f := range families {
+		fmt.Fprintf(&b, "\tset %s%s {\n\t\ttype %s . %[3]s\n", setSelf, f.tag(), f.addrType())
+		var self []string
+		for _, a := range ofFamily(rs.Self, f, sameAddr) {
+			self = append(self, fmt.Sprintf("%s . %s", a, a))
+		}
+		writeElems(&b, self)
 		b.WriteString("\t}\n")
 	}
-	b.WriteString("\tset self {\n\t\ttype ipv4_addr . ipv4_addr\n")
-	var self []string
-	for _, a := range rs.Self {
-		self = append(self, fmt.Sprintf("%s . %s", a, a))
-	}
-	writeElems(&b, self)
-	b.WriteString("\t}\n")
 	for _, c := range baseChainText {
 		fmt.Fprintf(&b, "\t%s\n", c)
 	}

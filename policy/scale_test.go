@@ -30,6 +30,14 @@ func scaleAddr(i int) string {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).String()
 }
 
+// scaleAddr6 is the IPv6 twin of scaleAddr(i), in fd64::/96.
+func scaleAddr6(i int) string {
+	a := netip.MustParseAddr(scaleAddr(i)).As4()
+	b := netip.MustParseAddr("fd64::").As16()
+	copy(b[12:], a[:])
+	return netip.AddrFrom16(b).String()
+}
+
 // scaleLocal is the index in its namespace of this node's pod: the web
 // pod (2) where the namespace's policy selects web pods (kind 1), else a
 // database pod (1), so every kind of policy selects pods of this node.

@@ -144,7 +144,6 @@ func TestRunErrors(t *testing.T) {
 		{"launch two IPv4 ranges", []string{"launch", "--insecure", "--ipalloc-range", "10.32.0.0/12", "--ipalloc-range", "10.64.0.0/12"}, nil, 1, "at most one range per address family"},
 		{"launch two IPv6 ranges in a list", []string{"launch", "--insecure", "--ipalloc-range", "10.32.0.0/12,fd32::/48,fd33::/48"}, nil, 1, "at most one range per address family"},
 		{"launch bad second range", []string{"launch", "--insecure", "--ipalloc-range", "10.32.0.0/12", "--ipalloc-range", "fd32::1/48"}, nil, 1, "host bits set"},
-		{"launch IPv6 only with policy", []string{"launch", "--insecure", "--kube", "--ipalloc-range", "fd32::/48"}, nil, 1, "--no-policy"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
