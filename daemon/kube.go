@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshnet/mesh/kube"
+	"github.com/meshnet/mesh/mesh"
 )
 
 // kubeSource takes peers from Node objects and treats a deleted Node as
@@ -58,11 +59,59 @@ func (h *kubeHandler) NodeUpdated(n kube.Node) {
 	h.d.members.Connect(net.JoinHostPort(n.InternalIP.String(), strconv.Itoa(h.d.cfg.Port)))
 }
 
+// Every node's watcher sees a Node deletion at about the same time. Had
+// each removed the peer at once, each would broadcast its whole IPAM state:
+// N² whole states, ~83·N³ bytes (80 MB across 100 nodes, 2.2 GB across
+// 300: docs/scale.md). So the nodes take turns by name: the first live
+// node removes the peer at once, the k-th waits k·removalStagger (at most
+// removalStaggerMax), by which time the first removal has usually reached
+// it and its own is a no-op (ipam: RemovePeerAuthoritative). A removal by
+// several nodes is as safe as by one (they write the same tombstones), so
+// the turns only save bytes: if the first node is cut off, the next ones
+// still remove the peer.
+const (
+	removalStagger    = 2 * time.Second
+	removalStaggerMax = time.Minute
+)
+
+// removalTurn is how long self waits before removing the peer of the
+// deleted Node: its rank among the live members other than deleted, in
+// name order, times removalStagger, capped.
+func removalTurn(self, deleted string, members []mesh.Member) time.Duration {
+	rank := 0
+	for _, m := range members {
+		if m.Name != deleted && m.Name < self && m.State.Live() {
+			rank++
+		}
+	}
+	return min(time.Duration(rank)*removalStagger, removalStaggerMax)
+}
+
 func (h *kubeHandler) NodeDeleted(name string) {
 	if name == h.self {
 		h.log.Warn("this node's Node object was deleted")
 		return
 	}
+	wait := removalTurn(h.self, name, h.d.members.Members())
+	if wait == 0 {
+		h.removeDeleted(name)
+		return
+	}
+	h.log.Info("a Node was deleted: its peer is removed by the first live node in name order, here after", "node", name, "wait", wait)
+	h.d.goLoop("node-removal", func(ctx context.Context) {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+			h.removeDeleted(name)
+		}
+	})
+}
+
+// removeDeleted removes the peer of a deleted Node from each allocator
+// that knows it.
+func (h *kubeHandler) removeDeleted(name string) {
 	n := 0
 	for _, a := range h.d.allocators() {
 		if a != h.d.ipam && !knowsPeer(a, name) {
@@ -74,6 +123,10 @@ func (h *kubeHandler) NodeDeleted(name string) {
 			continue
 		}
 		n += m
+	}
+	if n == 0 {
+		h.log.Info("the peer of a deleted node was already removed", "node", name)
+		return
 	}
 	h.log.Info("reclaimed the ranges of a deleted node", "node", name, "ranges", n)
 }

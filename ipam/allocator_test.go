@@ -219,6 +219,42 @@ func TestRemovePeerAuthoritativeConcurrent(t *testing.T) {
 	}
 }
 
+// TestRemovePeerAuthoritativeOnceMerged: a node whose turn to remove a
+// deleted Node comes after another node's removal reached it writes and
+// sends nothing (so a deletion costs one whole state per member, not one
+// per pair: docs/scale.md), and the ring ends as when every node removed
+// the peer itself.
+func TestRemovePeerAuthoritativeOnceMerged(t *testing.T) {
+	net := newSimNet(3)
+	for _, n := range []string{"a", "b", "c", "d"} {
+		net.add(t, n, "10.0.0.0/24", 4, 0)
+	}
+	net.settle(t, 40)
+	net.kill("c")
+	if n, err := net.nodes["a"].RemovePeerAuthoritative("c"); err != nil || n == 0 {
+		t.Fatalf("first removal: %d ranges, %v", n, err)
+	}
+	net.settle(t, 20)
+	for _, name := range []string{"b", "d", "a"} {
+		queued := len(net.queue)
+		if n, err := net.nodes[name].RemovePeerAuthoritative("c"); err != nil || n != 0 {
+			t.Fatalf("%s: removal after the first one merged: %d ranges, %v; want 0, nil", name, n, err)
+		}
+		if len(net.queue) != queued {
+			t.Fatalf("%s sent %d messages for a removal it had already merged", name, len(net.queue)-queued)
+		}
+	}
+	want := fmt.Sprint(net.nodes["a"].Ranges())
+	for _, n := range []string{"b", "d"} {
+		if got := fmt.Sprint(net.nodes[n].Ranges()); got != want {
+			t.Fatalf("%s sees %s, a sees %s", n, got, want)
+		}
+	}
+	if got := net.nodes["b"].Status().Peers[1].Owned; got != 128 {
+		t.Fatalf("b owns %d addresses, want 128 (c's quarter, as its heir)", got)
+	}
+}
+
 func TestSpanCIDRs(t *testing.T) {
 	base := netip.MustParsePrefix("10.32.0.0/12")
 	tests := []struct {

@@ -38,8 +38,10 @@ func (a *Allocator) RemovePeer(name string) (int, error) {
 // for good (its Kubernetes Node was deleted). Unlike RemovePeer it is safe
 // for any number of peers to call it concurrently for the same name: they
 // all write identical tombstones and a single deterministic heir takes the
-// space. Returns the number of ranges tombstoned. Persists and broadcasts;
-// safe for concurrent use.
+// space. Where the removal of name is already merged here (no range of
+// name's left, its info removed) it does nothing and returns 0. Returns
+// the number of ranges tombstoned. Persists and broadcasts; safe for
+// concurrent use.
 func (a *Allocator) RemovePeerAuthoritative(name string) (int, error) {
 	return a.removePeer(name, true)
 }
@@ -57,6 +59,15 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 		return 0, ErrClosed
 	}
 	info, known := a.st.peers[name]
+	if authoritative && known && info.Removed && len(a.st.ring.owned(name)) == 0 {
+		// Another node's removal reached this one first: its tombstones
+		// and removal are already merged here, and writing them again
+		// would only send one more whole state to every member (the
+		// daemon staggers the nodes' removals so that usually only the
+		// first one writes: docs/scale.md).
+		a.mu.Unlock()
+		return 0, nil
+	}
 	var n int
 	if authoritative {
 		a.st.ring, n = a.st.ring.rewrite(
