@@ -426,7 +426,7 @@ func checkPodToPod(t *testing.T, c *Cluster, pods []testPod) {
 			if from == to {
 				continue
 			}
-			for _, ip := range to.IPs() {
+			for i, ip := range to.IPs() {
 				c.eventually(t, 30*time.Second, func() error {
 					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 					defer cancel()
@@ -435,7 +435,7 @@ func checkPodToPod(t *testing.T, c *Cluster, pods []testPod) {
 					}
 					return httpGet(ctx, c, from.Name, hostPort(ip, 8080), to.Name)
 				})
-				t.Logf("%s (%s, %s) -> %s (%s, %s): ping and HTTP ok", from.Name, from.Node, from.IP, to.Name, to.Node, ip)
+				t.Logf("%s (%s, %s) -> %s (%s, %s): ping and HTTP ok", from.Name, from.Node, from.IPs()[i], to.Name, to.Node, ip)
 			}
 		}
 	}
