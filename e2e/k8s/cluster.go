@@ -36,6 +36,14 @@ type Options struct {
 	// ProxyMode is kube-proxy's mode: "nftables" (default) or "iptables"
 	// (the iptables command of the machine, Debian's iptables-nft).
 	ProxyMode string
+	// DualStack makes the cluster IPv4/IPv6 dual-stack, as a user sets one
+	// up: Service ranges of both families (kube-apiserver,
+	// kube-controller-manager), an IPv6 node address beside the IPv4 one
+	// on the underlay (the kubelet's --node-ip lists both), IPv6
+	// forwarding on the nodes, kube-proxy's clusterCIDR of both families,
+	// and pod ranges of both families (mesh.yaml's dual-stack
+	// --ipalloc-range line, or host-local ranges in bridge mode).
+	DualStack bool
 }
 
 // Cluster is a running Kubernetes cluster on simulated hosts.
@@ -55,8 +63,11 @@ type Cluster struct {
 type Node struct {
 	*testnet.Host
 	// PodCIDR is the node's pod range in bridge mode (empty in mesh mode:
-	// mesh's IPAM decides).
-	PodCIDR    netip.Prefix
+	// mesh's IPAM decides); PodCIDR6 its IPv6 one in a dual-stack cluster.
+	PodCIDR, PodCIDR6 netip.Prefix
+	// Addr6 is the node's IPv6 address on the underlay in a dual-stack
+	// cluster (the second of its InternalIPs), invalid otherwise.
+	Addr6      netip.Addr
 	cgroupRoot string
 	containerd *testnet.Proc
 	kubelet    *testnet.Proc
@@ -65,11 +76,18 @@ type Node struct {
 
 // Cluster-wide settings.
 const (
-	apiPort        = 6443
-	serviceCIDR    = "10.96.0.0/16"
-	kubernetesSvc  = "10.96.0.1"
-	bridgeCIDR     = "10.244.0.0/16" // bridge mode: node i gets 10.244.i.0/24
-	meshCIDR       = "10.32.0.0/12"  // mesh's default cluster range
+	apiPort       = 6443
+	serviceCIDR   = "10.96.0.0/16"
+	kubernetesSvc = "10.96.0.1"
+	bridgeCIDR    = "10.244.0.0/16" // bridge mode: node i gets 10.244.i.0/24
+	meshCIDR      = "10.32.0.0/12"  // mesh's default cluster range
+	// Dual-stack: the IPv6 Service range (a /112, as kind's), the IPv6
+	// pod ranges, and the nodes' IPv6 underlay (node i gets fd00:192::i,
+	// i the host's index).
+	serviceCIDR6   = "fd00:10:96::/112"
+	bridgeCIDR6    = "fd00:10:244::/56" // bridge mode: node i gets fd00:10:244:i::/64
+	meshCIDR6      = "fd32::/48"        // mesh.yaml's dual-stack --ipalloc-range
+	underlay6      = "fd00:192::/64"
 	runPrefix      = "meshk8s"
 	containerdSock = "/run/containerd/containerd.sock"
 )
@@ -176,6 +194,12 @@ func Up(t *testing.T, opts Options) *Cluster {
 		if opts.CNI == "bridge" {
 			node.PodCIDR = netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i+1))
 		}
+		if opts.DualStack {
+			node.Addr6 = underlay6Addr(h).Addr()
+			if opts.CNI == "bridge" {
+				node.PodCIDR6 = netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%d::/64", i+1))
+			}
+		}
 		c.Nodes = append(c.Nodes, node)
 	}
 	// Registered after testnet's cleanup, so it runs before it; the
@@ -231,6 +255,48 @@ func Up(t *testing.T, opts Options) *Cluster {
 	return c
 }
 
+// underlay6Addr is host h's address on the IPv6 underlay of a dual-stack
+// cluster, with the underlay's prefix length (for ip addr add): the host's
+// index in underlay6.
+func underlay6Addr(h *testnet.Host) netip.Prefix {
+	u := netip.MustParsePrefix(underlay6)
+	a := u.Addr().As16()
+	a[15] = byte(h.Index)
+	return netip.PrefixFrom(netip.AddrFrom16(a), u.Bits())
+}
+
+// serviceCIDRs is the Service range, or both in a dual-stack cluster
+// (IPv4 first: the primary family), as kube-apiserver and
+// kube-controller-manager take it.
+func (c *Cluster) serviceCIDRs() string {
+	if c.opts.DualStack {
+		return serviceCIDR + "," + serviceCIDR6
+	}
+	return serviceCIDR
+}
+
+// podCIDR6 is the IPv6 cluster pod range of a dual-stack cluster.
+func (c *Cluster) podCIDR6() string {
+	if c.opts.CNI == "bridge" {
+		return bridgeCIDR6
+	}
+	return meshCIDR6
+}
+
+// PodRanges are the ranges a pod on node may have addresses in: its
+// node's ranges in bridge mode, the cluster's ranges with mesh (whose IPAM
+// places them); the IPv6 one is invalid unless the cluster is dual-stack.
+func (c *Cluster) PodRanges(node *Node) (v4, v6 netip.Prefix) {
+	if c.opts.CNI == "bridge" {
+		return node.PodCIDR, node.PodCIDR6
+	}
+	v4 = netip.MustParsePrefix(meshCIDR)
+	if c.opts.DualStack {
+		v6 = netip.MustParsePrefix(meshCIDR6)
+	}
+	return v4, v6
+}
+
 func (c *Cluster) apiServer() string {
 	return fmt.Sprintf("https://%s:%d", c.CP.Addr, apiPort)
 }
@@ -264,7 +330,11 @@ func (c *Cluster) setupPKI() error {
 	}
 	for _, node := range c.Nodes {
 		// Client (Node authorizer) and serving certificate of the kubelet.
-		if err := p.issue(node.Name, "system:node:"+node.Name, []string{"system:nodes"}, node.Addr.String(), node.Name); err != nil {
+		hosts := []string{node.Addr.String(), node.Name}
+		if node.Addr6.IsValid() {
+			hosts = append(hosts, node.Addr6.String())
+		}
+		if err := p.issue(node.Name, "system:node:"+node.Name, []string{"system:nodes"}, hosts...); err != nil {
 			return err
 		}
 	}
@@ -307,7 +377,7 @@ func (c *Cluster) startControlPlane(t *testing.T) {
 		"--kubelet-preferred-address-types", "InternalIP,Hostname",
 		"--service-account-issuer", "https://kubernetes.default.svc",
 		"--service-account-key-file", p.path("sa.pub"), "--service-account-signing-key-file", p.path("sa.key"),
-		"--service-cluster-ip-range", serviceCIDR,
+		"--service-cluster-ip-range", c.serviceCIDRs(),
 		"--authorization-mode", "Node,RBAC", "--allow-privileged=true",
 		"--enable-priority-and-fairness=false",
 	}, nil)
@@ -324,7 +394,7 @@ func (c *Cluster) startControlPlane(t *testing.T) {
 		"--use-service-account-credentials",
 		// Pod ranges are the CNI's business (mesh's IPAM), not the node IPAM controller's.
 		"--controllers", "*,-nodeipam",
-		"--service-cluster-ip-range", serviceCIDR,
+		"--service-cluster-ip-range", c.serviceCIDRs(),
 	}, common...), nil)
 	c.CP.Start(t, c.bins.kube("kube-scheduler"), append([]string{
 		"--kubeconfig", p.path("scheduler.kubeconfig"),
@@ -380,6 +450,16 @@ func (c *Cluster) prepareNode(t testing.TB, node *Node) {
 	// Routing pods, and bridged pod-to-service traffic through kube-proxy.
 	script.WriteString("echo 1 > /proc/sys/net/ipv4/ip_forward\n")
 	script.WriteString("[ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables\n")
+	if node.Addr6.IsValid() {
+		// What a dual-stack node needs besides (kubeadm's preflight checks
+		// it too): IPv6 forwarding, which the mesh pod cannot turn on
+		// itself (/proc/sys is read-only in its container), and the
+		// node's IPv6 address, which the kubelet's --node-ip must find on
+		// an interface. nodad: usable at once.
+		script.WriteString("echo 1 > /proc/sys/net/ipv6/conf/all/forwarding\n")
+		script.WriteString("[ ! -e /proc/sys/net/bridge/bridge-nf-call-ip6tables ] || echo 1 > /proc/sys/net/bridge/bridge-nf-call-ip6tables\n")
+		fmt.Fprintf(&script, "ip -6 addr add %s dev eth0 nodad\n", underlay6Addr(node.Host))
+	}
 	if out, err := node.Run(ctx, "sh", "-c", script.String()); err != nil {
 		t.Fatalf("failed to prepare %s: %v\n%s", node.Name, err, out)
 	}
@@ -390,11 +470,16 @@ func (c *Cluster) prepareNode(t testing.TB, node *Node) {
 	plugins := []string{"loopback", "portmap"}
 	if c.opts.CNI == "bridge" {
 		plugins = append(plugins, "bridge", "host-local")
+		ranges, routes := fmt.Sprintf(`[{"subnet": %q}]`, node.PodCIDR), `{"dst": "0.0.0.0/0"}`
+		if node.PodCIDR6.IsValid() {
+			ranges += fmt.Sprintf(`, [{"subnet": %q}]`, node.PodCIDR6)
+			routes += `, {"dst": "::/0"}`
+		}
 		conf := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "e2e-bridge", "plugins": [
   {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-   "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+   "ipam": {"type": "host-local", "ranges": [%s], "routes": [%s]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}]}
-`, node.PodCIDR.String())
+`, ranges, routes)
 		if err := os.WriteFile(filepath.Join(node.Path("/etc/cni/net.d"), "10-e2e-bridge.conflist"), []byte(conf), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -482,9 +567,15 @@ imageGCLowThresholdPercent: 99
 	if err := os.MkdirAll(filepath.Join(root, "/etc/kubernetes/manifests"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	nodeIP := node.Addr.String()
+	if node.Addr6.IsValid() {
+		// Both families: the Node's InternalIPs, IPv4 first (the primary
+		// family, as the first Service range's).
+		nodeIP += "," + node.Addr6.String()
+	}
 	node.kubelet = node.Start(t, c.bins.kube("kubelet"), []string{
 		"--config", kubeletConf, "--kubeconfig", p.path(node.Name + ".kubeconfig"),
-		"--hostname-override", node.Name, "--node-ip", node.Addr.String(),
+		"--hostname-override", node.Name, "--node-ip", nodeIP,
 	}, nil)
 
 }
@@ -497,6 +588,10 @@ func (c *Cluster) startKubeProxy(t testing.TB, node *Node) {
 	clusterCIDR := meshCIDR
 	if c.opts.CNI == "bridge" {
 		clusterCIDR = bridgeCIDR
+	}
+	if c.opts.DualStack {
+		// Both families: kube-proxy then programs IPv6 Services too.
+		clusterCIDR += "," + c.podCIDR6()
 	}
 	proxyConf := filepath.Join(root, "kube-proxy.yaml")
 	writeFile(t, proxyConf, fmt.Sprintf(`apiVersion: kubeproxy.config.k8s.io/v1alpha1
@@ -544,8 +639,14 @@ func (c *Cluster) routePodCIDRs(t *testing.T) {
 			if from == to {
 				continue
 			}
-			if out, err := from.Run(context.Background(), "ip", "route", "replace", to.PodCIDR.String(), "via", to.Addr.String()); err != nil {
-				t.Fatalf("route %s via %s on %s: %v\n%s", to.PodCIDR, to.Addr, from.Name, err, out)
+			routes := [][2]string{{to.PodCIDR.String(), to.Addr.String()}}
+			if to.PodCIDR6.IsValid() {
+				routes = append(routes, [2]string{to.PodCIDR6.String(), to.Addr6.String()})
+			}
+			for _, r := range routes {
+				if out, err := from.Run(context.Background(), "ip", "route", "replace", r[0], "via", r[1]); err != nil {
+					t.Fatalf("route %s via %s on %s: %v\n%s", r[0], r[1], from.Name, err, out)
+				}
 			}
 		}
 	}

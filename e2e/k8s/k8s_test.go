@@ -7,9 +7,12 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -42,9 +45,12 @@ const (
 )
 
 // TestKubernetes installs mesh with the real deploy/kubernetes/mesh.yaml on
-// a two-node cluster and checks pod networking across the nodes, a ClusterIP
-// Service through kube-proxy, and that a deleted node's address ranges are
-// reclaimed.
+// a two-node dual-stack cluster (Options.DualStack; mesh.yaml's dual-stack
+// --ipalloc-range line uncommented) and checks that every pod has an
+// address of each family, pod networking across the nodes over both, a
+// dual-stack ClusterIP Service through kube-proxy on both of its
+// addresses, and that a deleted node's address ranges of both families
+// are reclaimed.
 func TestKubernetes(t *testing.T) {
 	cni := setting("MESH_E2E_CNI", "mesh")
 	imageTar := meshImageTar(t)
@@ -53,7 +59,7 @@ func TestKubernetes(t *testing.T) {
 	// With mesh, a subset of the upstream suite runs too (see
 	// checkUpstreamSubset); make conformance runs all of sig-network's
 	// [Conformance] specs.
-	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}, Upstream: cni == "mesh", ProxyMode: proxyMode()})
+	c := Up(t, Options{Nodes: 2, CNI: cni, Images: []string{imageTar}, Upstream: cni == "mesh", ProxyMode: proxyMode(), DualStack: true})
 	checkImageImported(t, c, image)
 	c.checkProxyMode(t)
 	applied := installMesh(t, c, image, cni == "mesh")
@@ -127,9 +133,15 @@ func containsLine(s, line string) bool {
 var imageLine = regexp.MustCompile(`(?m)^(\s*)image: .*$`)
 var pullPolicyLine = regexp.MustCompile(`(?m)^(\s*)imagePullPolicy: .*$`)
 
+// dualStackArg is mesh.yaml's commented-out line that a user uncomments for
+// a dual-stack cluster: the ranges of both families.
+const dualStackArg = "- --ipalloc-range=" + meshCIDR + "," + meshCIDR6
+
 // meshManifest is the real deploy/kubernetes/mesh.yaml with the test's image
-// and imagePullPolicy Never (no registry: the image was imported).
-func meshManifest(t *testing.T, image string) string {
+// and imagePullPolicy Never (no registry: the image was imported), and with
+// dualStack its dual-stack line uncommented, as docs/kubernetes.md tells a
+// user to.
+func meshManifest(t *testing.T, image string, dualStack bool) string {
 	t.Helper()
 	data, err := os.ReadFile("../../deploy/kubernetes/mesh.yaml")
 	if err != nil {
@@ -142,6 +154,12 @@ func meshManifest(t *testing.T, image string) string {
 	}
 	y = imageLine.ReplaceAllString(y, "${1}image: "+image)
 	y = pullPolicyLine.ReplaceAllString(y, "${1}imagePullPolicy: Never")
+	if dualStack {
+		if n := strings.Count(y, "# "+dualStackArg+"\n"); n != 1 {
+			t.Fatalf("mesh.yaml has %d lines %q, want 1", n, "# "+dualStackArg)
+		}
+		y = strings.Replace(y, "# "+dualStackArg+"\n", dualStackArg+"\n", 1)
+	}
 	return y
 }
 
@@ -154,7 +172,7 @@ func meshManifest(t *testing.T, image string) string {
 // It returns when mesh.yaml was applied.
 func installMesh(t *testing.T, c *Cluster, image string, wantReady bool) time.Time {
 	t.Helper()
-	manifest := meshManifest(t, image)
+	manifest := meshManifest(t, image, c.opts.DualStack)
 	c.MustKubectl(t, "", "create", "namespace", meshNamespace, "--save-config")
 	// A key as mesh keygen writes it (docs/kubernetes.md), a throwaway
 	// one given as a literal so that kubectl needs no file.
@@ -251,8 +269,23 @@ type pod struct {
 }
 
 // testPod is a busybox pod serving its own name over HTTP on port 8080.
+// IP is its IPv4 address (the primary family: status.podIP), IP6 its IPv6
+// address in a dual-stack cluster.
 type testPod struct {
-	Name, Node, IP string
+	Name, Node, IP, IP6 string
+}
+
+// IPs are the pod's addresses, IPv4 first.
+func (p testPod) IPs() []string {
+	if p.IP6 == "" {
+		return []string{p.IP}
+	}
+	return []string{p.IP, p.IP6}
+}
+
+// hostPort is ip:port with an IPv6 address in brackets, for a URL.
+func hostPort(ip string, port int) string {
+	return net.JoinHostPort(ip, strconv.Itoa(port))
 }
 
 // podsOnEveryNode runs one busybox httpd pod on each node and returns them
@@ -274,13 +307,49 @@ func podsOnEveryNode(t *testing.T, c *Cluster) []testPod {
 		t.Fatalf("test pods not ready: %v\n%s", err, out)
 	}
 	for i := range pods {
-		pods[i].IP = strings.TrimSpace(c.MustKubectl(t, "", "-n", testNamespace, "get", "pod", pods[i].Name, "-o", "jsonpath={.status.podIP}"))
-		if pods[i].IP == "" {
-			t.Fatalf("pod %s has no address", pods[i].Name)
-		}
+		pods[i].IP, pods[i].IP6 = podAddresses(t, c, pods[i].Name, c.node(pods[i].Node))
 	}
 	t.Logf("pods: %+v", pods)
 	return pods
+}
+
+// podAddresses returns the pod's addresses from its status: status.podIP
+// and status.podIPs. The IPv4 one comes first (the cluster's primary
+// family) and must be in the node's IPv4 pod range (Cluster.PodRanges); in
+// a dual-stack cluster the pod must have exactly one IPv6 address besides,
+// in the IPv6 pod range, and none otherwise.
+func podAddresses(t *testing.T, c *Cluster, name string, node *Node) (ip, ip6 string) {
+	t.Helper()
+	out := c.MustKubectl(t, "", "-n", testNamespace, "get", "pod", name, "-o", "jsonpath={.status.podIP} {.status.podIPs[*].ip}")
+	f := strings.Fields(out)
+	v4, v6 := c.PodRanges(node)
+	want := 1
+	if v6.IsValid() {
+		want = 2
+	}
+	if len(f) != 1+want || f[0] != f[1] {
+		t.Fatalf("pod %s: podIP and podIPs %q, want the podIP first among %d podIPs", name, out, want)
+	}
+	for i, r := range []netip.Prefix{v4, v6}[:want] {
+		a, err := netip.ParseAddr(f[1+i])
+		if err != nil || !r.Contains(a) {
+			t.Fatalf("pod %s: address %d of %q is not in %s", name, i+1, out, r)
+		}
+	}
+	if want == 2 {
+		return f[1], f[2]
+	}
+	return f[1], ""
+}
+
+// node returns the node named name.
+func (c *Cluster) node(name string) *Node {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	panic("no node " + name)
 }
 
 // exec runs a command in a test pod. (Busybox's wget is bounded with the
@@ -348,7 +417,8 @@ func checkRolloutKeepsTraffic(t *testing.T, c *Cluster, pods []testPod) {
 }
 
 // checkPodToPod checks that every pod reaches every other pod, across
-// nodes, by ping and HTTP.
+// nodes, by ping and HTTP, at each of its addresses (both families in a
+// dual-stack cluster).
 func checkPodToPod(t *testing.T, c *Cluster, pods []testPod) {
 	t.Helper()
 	for _, from := range pods {
@@ -356,61 +426,78 @@ func checkPodToPod(t *testing.T, c *Cluster, pods []testPod) {
 			if from == to {
 				continue
 			}
-			c.eventually(t, 30*time.Second, func() error {
-				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-				defer cancel()
-				if _, err := c.exec(ctx, from.Name, "ping", "-c", "1", "-W", "2", to.IP); err != nil {
-					return err
-				}
-				out, err := c.exec(ctx, from.Name, "timeout", "5", "wget", "-q", "-O", "-", "http://"+to.IP+":8080/")
-				if err != nil {
-					return err
-				}
-				if strings.TrimSpace(out) != to.Name {
-					return fmt.Errorf("%s got %q from %s, want %q", from.Name, out, to.IP, to.Name)
-				}
-				return nil
-			})
-			t.Logf("%s (%s, %s) -> %s (%s, %s): ping and HTTP ok", from.Name, from.Node, from.IP, to.Name, to.Node, to.IP)
+			for i, ip := range to.IPs() {
+				c.eventually(t, 30*time.Second, func() error {
+					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+					defer cancel()
+					if _, err := c.exec(ctx, from.Name, "ping", "-c", "1", "-W", "2", ip); err != nil {
+						return err
+					}
+					return httpGet(ctx, c, from.Name, hostPort(ip, 8080), to.Name)
+				})
+				t.Logf("%s (%s, %s) -> %s (%s, %s): ping and HTTP ok", from.Name, from.Node, from.IPs()[i], to.Name, to.Node, ip)
+			}
 		}
 	}
 }
 
+// httpGet fetches http://addr/ from the test pod from and wants the answer
+// want (the name of the pod that serves it).
+func httpGet(ctx context.Context, c *Cluster, from, addr, want string) error {
+	out, err := c.exec(ctx, from, "timeout", "5", "wget", "-q", "-O", "-", "http://"+addr+"/")
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(out) != want {
+		return fmt.Errorf("%s got %q from %s, want %q", from, out, addr, want)
+	}
+	return nil
+}
+
 // checkClusterIPService puts a ClusterIP Service in front of each pod and
 // checks the other node's pod reaches it (kube-proxy's DNAT, then the pod
-// network across nodes).
+// network across nodes). In a dual-stack cluster the Services are
+// RequireDualStack, and must have a ClusterIP of each family, each
+// reached.
 func checkClusterIPService(t *testing.T, c *Cluster, pods []testPod) {
 	t.Helper()
+	policy, want := "SingleStack", []netip.Prefix{netip.MustParsePrefix(serviceCIDR)}
+	if c.opts.DualStack {
+		policy, want = "RequireDualStack", append(want, netip.MustParsePrefix(serviceCIDR6))
+	}
 	for _, p := range pods {
 		c.MustKubectl(t, fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata: {name: %s, namespace: %s}
-spec: {selector: {app: %s}, ports: [{port: 80, targetPort: 8080}]}
-`, p.Name, testNamespace, p.Name), "apply", "-f", "-")
+spec: {selector: {app: %s}, ipFamilyPolicy: %s, ports: [{port: 80, targetPort: 8080}]}
+`, p.Name, testNamespace, p.Name, policy), "apply", "-f", "-")
 	}
 	for i, to := range pods {
 		from := pods[(i+1)%len(pods)]
-		ip := strings.TrimSpace(c.MustKubectl(t, "", "-n", testNamespace, "get", "svc", to.Name, "-o", "jsonpath={.spec.clusterIP}"))
-		c.eventually(t, 60*time.Second, func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			out, err := c.exec(ctx, from.Name, "timeout", "5", "wget", "-q", "-O", "-", "http://"+ip+"/")
-			if err != nil {
-				return err
+		out := c.MustKubectl(t, "", "-n", testNamespace, "get", "svc", to.Name, "-o", "jsonpath={.spec.clusterIPs[*]}")
+		ips := strings.Fields(out)
+		if len(ips) != len(want) {
+			t.Fatalf("service %s has ClusterIPs %q, want one in each of %v", to.Name, out, want)
+		}
+		for j, ip := range ips {
+			if a, err := netip.ParseAddr(ip); err != nil || !want[j].Contains(a) {
+				t.Fatalf("service %s: ClusterIP %q is not in %s", to.Name, ip, want[j])
 			}
-			if strings.TrimSpace(out) != to.Name {
-				return fmt.Errorf("service %s answered %q, want %q", ip, out, to.Name)
-			}
-			return nil
-		})
-		t.Logf("%s on %s -> service %s (%s:80) -> %s on %s: ok", from.Name, from.Node, to.Name, ip, to.Name, to.Node)
+			c.eventually(t, 60*time.Second, func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				return httpGet(ctx, c, from.Name, hostPort(ip, 80), to.Name)
+			})
+			t.Logf("%s on %s -> service %s (%s) -> %s on %s: ok", from.Name, from.Node, to.Name, hostPort(ip, 80), to.Name, to.Node)
+		}
 	}
 }
 
 // deleteNode takes the last node away (its kubelet stopped and its processes
 // killed, as when a machine is decommissioned), deletes its Node object and
 // checks it stays deleted. With mesh, it also checks that the remaining
-// node's IPAM no longer gives the deleted node any range.
+// node's IPAM no longer gives the deleted node any range, in each family's
+// ring.
 func deleteNode(t *testing.T, c *Cluster, mesh bool) {
 	t.Helper()
 	gone := c.Nodes[len(c.Nodes)-1]
@@ -431,27 +518,39 @@ func deleteNode(t *testing.T, c *Cluster, mesh bool) {
 	}
 	var last string
 	c.eventually(t, 2*time.Minute, func() error {
-		out, err := other.Run(context.Background(), meshBin, "status", "ipam", "-o", "json")
+		out, err := other.Run(context.Background(), meshBin, "status", "-o", "json")
 		if err != nil {
 			return err
 		}
-		last = out
-		var ipam api.IPAM
-		if err := json.Unmarshal([]byte(out), &ipam); err != nil {
-			return fmt.Errorf("mesh status ipam -o json: %w: %s", err, out)
+		var st api.Status
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return fmt.Errorf("mesh status -o json: %w: %s", err, out)
 		}
-		for _, r := range ipam.Ranges {
-			if r.Owner == gone.Name {
-				return fmt.Errorf("range %s still owned by deleted node %s", r.CIDR, gone.Name)
+		rings := []*api.IPAM{st.IPAM}
+		if c.opts.DualStack {
+			rings = append(rings, st.IPAM6)
+		}
+		var b strings.Builder
+		for _, ipam := range rings {
+			if ipam == nil {
+				return fmt.Errorf("mesh status of %s has no IPAM for each family: %s", other.Name, out)
 			}
-		}
-		// The deleted node may still be listed (as a dead member) but must
-		// own nothing.
-		for _, p := range ipam.Peers {
-			if p.Name == gone.Name && p.Addresses != 0 {
-				return fmt.Errorf("deleted node %s still owns %d addresses", gone.Name, p.Addresses)
+			for _, r := range ipam.Ranges {
+				if r.Owner == gone.Name {
+					return fmt.Errorf("range %s still owned by deleted node %s", r.CIDR, gone.Name)
+				}
 			}
+			// The deleted node may still be listed (as a dead member) but
+			// must own nothing.
+			for _, p := range ipam.Peers {
+				if p.Name == gone.Name && p.Addresses != 0 {
+					return fmt.Errorf("deleted node %s still owns %d addresses of %s", gone.Name, p.Addresses, ipam.Range)
+				}
+			}
+			data, _ := json.MarshalIndent(ipam, "", "  ")
+			b.Write(append(data, '\n'))
 		}
+		last = b.String()
 		return nil
 	})
 	t.Logf("ranges of %s reclaimed; %s's IPAM:\n%s", gone.Name, other.Name, last)
@@ -542,26 +641,43 @@ const brNFSysctl = "net.bridge.bridge-nf-call-iptables"
 // checkPodToOutside checks outbound NAT: a pod reaches a server on a host
 // outside the cluster (a simulated host that runs no Kubernetes and no
 // mesh, and has no route to the pod range), which sees the pod's node's
-// address as the source.
+// address as the source; in a dual-stack cluster over IPv6 too (the
+// outside host's IPv6 address on the nodes' IPv6 underlay, the node's
+// IPv6 address seen).
 func checkPodToOutside(t *testing.T, c *Cluster) {
 	t.Helper()
 	outside := c.Net.AddHost(t)
-	outside.Start(t, whoamiBinary(t), []string{"serve", outside.Addr.String() + ":9000"}, nil)
+	targets := []netip.Addr{outside.Addr}
+	if c.opts.DualStack {
+		a6 := underlay6Addr(outside)
+		if out, err := outside.Run(context.Background(), "ip", "-6", "addr", "add", a6.String(), "dev", "eth0", "nodad"); err != nil {
+			t.Fatalf("IPv6 address of %s: %v\n%s", outside.Name, err, out)
+		}
+		targets = append(targets, a6.Addr())
+	}
 	pods := []string{"web1", "web2"}
-	for i, node := range c.Nodes[:2] {
-		c.eventually(t, 60*time.Second, func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			out, err := c.exec(ctx, pods[i], "/bin/whoami", "get", "tcp", outside.Addr.String()+":9000")
-			if err != nil {
-				return err
+	for _, dst := range targets {
+		server := netip.AddrPortFrom(dst, 9000).String()
+		outside.Start(t, whoamiBinary(t), []string{"serve", server}, nil)
+		for i, node := range c.Nodes[:2] {
+			want := node.Addr
+			if dst.Is6() {
+				want = node.Addr6
 			}
-			if got := strings.TrimSpace(out); got != node.Addr.String() {
-				return fmt.Errorf("the outside host saw %s's pod %s come from %s, want the node's address %s", node.Name, pods[i], got, node.Addr)
-			}
-			return nil
-		})
-		t.Logf("pod %s on %s reached %s outside the cluster as %s", pods[i], node.Name, outside.Addr, node.Addr)
+			c.eventually(t, 60*time.Second, func() error {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				out, err := c.exec(ctx, pods[i], "/bin/whoami", "get", "tcp", server)
+				if err != nil {
+					return err
+				}
+				if got := strings.TrimSpace(out); got != want.String() {
+					return fmt.Errorf("the outside host saw %s's pod %s come from %s, want the node's address %s", node.Name, pods[i], got, want)
+				}
+				return nil
+			})
+			t.Logf("pod %s on %s reached %s outside the cluster as %s", pods[i], node.Name, server, want)
+		}
 	}
 }
 
