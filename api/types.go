@@ -65,6 +65,9 @@ type GossipRelay struct {
 	// Dropped: envelopes refused (malformed, TTL spent, a target that is
 	// no live member, too many streams at once).
 	Dropped uint64 `json:"dropped"`
+	// Exchanges: state exchanges with a directly reached member, started
+	// because some live member had neither a direct path nor a relay.
+	Exchanges uint64 `json:"exchanges"`
 }
 
 // DataplaneProcess is the state of the mesh-dataplane process.

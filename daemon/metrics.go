@@ -67,6 +67,7 @@ var (
 	descRelayed    = promtext.NewDesc("mesh_relayed_peers", "Peers whose ranges this node routes through a relay because their direct path is down.", promtext.Gauge)
 	descRelayBytes = promtext.NewDesc("mesh_relayed_bytes_total", "Bytes this node routed for others: IP packets forwarded from the WireGuard device back into it (nftables counter; restarts from 0 when its table is recreated).", promtext.Counter)
 	descGossipRly  = promtext.NewDesc("mesh_gossip_relayed_total", "Gossip packets and streams that went through a relay (docs/routing.md): sent to members reached only through one, forwarded for others, dropped (malformed, TTL spent, no live target, too many streams).", promtext.Counter, "kind")
+	descGossipExch = promtext.NewDesc("mesh_gossip_neighbour_exchanges_total", "State exchanges with a directly reached member, started because some live member had neither a direct path nor a relay (docs/routing.md, \"Gossip through relays\").", promtext.Counter)
 	descRelayChg   = promtext.NewDesc("mesh_relay_changes_total", "Applied data-plane configs that moved a peer's ranges to a relay, to another relay or back to the direct path.", promtext.Counter)
 	descConns      = promtext.NewDesc("mesh_connections", "Data-plane connections by state.", promtext.Gauge, "state")
 	descHandshake  = promtext.NewDesc("mesh_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer.", promtext.Gauge, "peer")
@@ -186,6 +187,7 @@ func (c *collector) Collect(out *promtext.Set) {
 	for kind, v := range map[string]uint64{"sent": gr.Sent, "forwarded": gr.Forwarded, "dropped": gr.Dropped} {
 		out.Add(descGossipRly, float64(v), kind)
 	}
+	out.Add(descGossipExch, float64(gr.Exchanges))
 	rs := d.rec.Counters()
 	out.Add(descRelayChg, float64(rs.RelayChanges))
 	out.Add(descRecErr, float64(rs.Errors))

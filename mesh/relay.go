@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"sync"
@@ -83,6 +84,10 @@ type RelayStats struct {
 	// Dropped counts envelopes refused: malformed, TTL spent, an unknown
 	// target, or too many streams at once.
 	Dropped uint64
+	// Exchanges counts the state exchanges with a directly reached member
+	// started because some member had neither a direct path nor a relay
+	// (neighbourExchange).
+	Exchanges uint64
 }
 
 // relayTransport is a memberlist.NodeAwareTransport around a NetTransport.
@@ -100,7 +105,7 @@ type relayTransport struct {
 	streamCh chan net.Conn
 	streams  chan struct{} // semaphore of spliced streams
 
-	sent, forwarded, dropped atomic.Uint64
+	sent, forwarded, dropped, exchanges atomic.Uint64
 
 	failMu sync.Mutex
 	failed map[string]time.Time // member -> last failed direct dial
@@ -136,7 +141,7 @@ func (t *relayTransport) setTable(tab *relayTable) { t.table.Store(tab) }
 func (t *relayTransport) setOrigin(addr string) { t.origin.Store(addr) }
 
 func (t *relayTransport) stats() RelayStats {
-	return RelayStats{Sent: t.sent.Load(), Forwarded: t.forwarded.Load(), Dropped: t.dropped.Load()}
+	return RelayStats{Sent: t.sent.Load(), Forwarded: t.forwarded.Load(), Dropped: t.dropped.Load(), Exchanges: t.exchanges.Load()}
 }
 
 // hop returns the relay for target, if it has one.
@@ -264,6 +269,45 @@ func (t *relayTransport) directFailures(now time.Time) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// neighbourExchange picks the gossip address of a member to exchange
+// state with when some live member has neither a direct path (a direct
+// dial to it failed within directFailureMemory) nor a relay: one this node
+// reaches directly (no failed dial, no relay), at random, or none.
+//
+// Why: the relay routes come from the members' path reports, which travel
+// by gossip, and gossip to a member of a far site needs those routes. A
+// node that joins a far site, or a site's end of the link whose reports
+// are behind, would otherwise wait for memberlist's periodic exchange to
+// pick, at random, a member that can tell it the reports it lacks (a
+// chain of such picks across the sites took more than two minutes now and
+// then). A directly reached member is the one most likely to know them.
+func (t *relayTransport) neighbourExchange(now time.Time) (string, bool) {
+	failed := t.directFailures(now)
+	tab := t.table.Load()
+	unrouted := false
+	for _, name := range failed {
+		if _, live := tab.addrs[name]; live {
+			if _, routed := tab.via[name]; !routed {
+				unrouted = true
+				break
+			}
+		}
+	}
+	if !unrouted {
+		return "", false
+	}
+	var direct []string
+	for name, addr := range tab.addrs {
+		if _, routed := tab.via[name]; !routed && !slices.Contains(failed, name) {
+			direct = append(direct, addr)
+		}
+	}
+	if len(direct) == 0 {
+		return "", false
+	}
+	return direct[rand.IntN(len(direct))], true
 }
 
 // envelope returns the envelope for target followed by payload.

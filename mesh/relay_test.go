@@ -6,6 +6,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -248,5 +249,51 @@ func TestSetRelaysOnlyThroughReaders(t *testing.T) {
 	a.SetRelays(map[string]string{"c": "b"})
 	if h, ok := a.relay.table.Load().via["c"]; ok {
 		t.Fatalf("c goes through %+v, which does not read envelopes", h)
+	}
+}
+
+// TestNeighbourExchange: a state exchange is wanted only while a live
+// member has neither a direct path nor a relay, and goes to a member this
+// node reaches directly.
+func TestNeighbourExchange(t *testing.T) {
+	addrs := map[string]string{"b": "10.0.0.2:6783", "c": "10.0.0.3:6783", "d": "10.0.0.4:6783"}
+	tests := []struct {
+		name   string
+		via    map[string]relayHop
+		failed []string
+		want   []string // acceptable answers; none: no exchange
+	}{
+		{name: "every member reached directly", want: nil},
+		{name: "a failed member with a relay", via: map[string]relayHop{"c": {"b", addrs["b"]}}, failed: []string{"c"}, want: nil},
+		{name: "a failed member no longer live", failed: []string{"x"}, want: nil},
+		{name: "a failed member with no route", failed: []string{"c"}, want: []string{addrs["b"], addrs["d"]}},
+		{name: "not through a relayed or failed member", via: map[string]relayHop{"d": {"b", addrs["b"]}}, failed: []string{"c"}, want: []string{addrs["b"]}},
+		{name: "nobody reached directly", failed: []string{"b", "c", "d"}, want: nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newRelayNode(t, "a")
+			via := tc.via
+			if via == nil {
+				via = map[string]relayHop{}
+			}
+			n.t.setTable(&relayTable{via: via, addrs: addrs})
+			for _, f := range tc.failed {
+				n.t.noteDirect(f, io.EOF)
+			}
+			for range 20 {
+				got, ok := n.t.neighbourExchange(time.Now())
+				if ok != (len(tc.want) > 0) {
+					t.Fatalf("neighbourExchange = %q, %v; want one of %v", got, ok, tc.want)
+				}
+				if ok && !slices.Contains(tc.want, got) {
+					t.Fatalf("neighbourExchange = %q; want one of %v", got, tc.want)
+				}
+			}
+			// A failure older than directFailureMemory no longer counts.
+			if _, ok := n.t.neighbourExchange(time.Now().Add(directFailureMemory)); ok {
+				t.Fatal("an expired direct failure still asks for an exchange")
+			}
+		})
 	}
 }

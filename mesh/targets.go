@@ -12,12 +12,20 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-multierror"
 
 	"github.com/meshnet/mesh/internal/atomicfile"
 )
+
+// neighbourExchangeEvery bounds the extra state exchanges for members with
+// neither a direct path nor a relay (relayTransport.neighbourExchange):
+// one at a time, at most one per interval, only while such a member
+// exists. memberlist's own exchange runs every 15 s with a member picked
+// at random.
+const neighbourExchangeEvery = 3 * time.Second
 
 // Target states, as shown in status.
 const (
@@ -142,6 +150,8 @@ func (t *targets) loop(done <-chan struct{}) {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var exchanging atomic.Bool
+	var lastExchange time.Time
 	for {
 		t.refresh()
 		for _, tg := range t.due() {
@@ -150,6 +160,23 @@ func (t *targets) loop(done <-chan struct{}) {
 				defer wg.Done()
 				t.attempt(ctx, tg)
 			}()
+		}
+		if now := time.Now(); now.Sub(lastExchange) >= neighbourExchangeEvery && !exchanging.Load() {
+			if addr, ok := t.m.relay.neighbourExchange(now); ok {
+				lastExchange = now
+				exchanging.Store(true)
+				t.m.relay.exchanges.Add(1)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer exchanging.Store(false)
+					// A join to a known member is memberlist's full state
+					// exchange with it, nothing more.
+					if _, err := t.m.list.Join([]string{addr}); err != nil {
+						t.m.log.Debug("state exchange for members with no route failed", "peer", addr, "error", err)
+					}
+				}()
+			}
 		}
 		select {
 		case <-done:
