@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -28,7 +29,8 @@ const (
 // TestConvergence launches 30 real daemons (userspace data plane), each
 // naming only host1, and asserts that every host sees them all alive, that
 // host1 reaches every overlay address, and that each daemon stays within
-// the idle CPU and memory bounds. MESH_SOAK=1 (make soak) makes it 100.
+// the idle CPU and memory bounds, and then that a pod can be added on
+// every host. MESH_SOAK=1 (make soak) makes it 100.
 func TestConvergence(t *testing.T) {
 	testnet.RequireRoot(t)
 	if os.Getenv("MESH_SOAK") != "" {
@@ -114,6 +116,32 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 		}
 	}
 	t.Logf("%d hosts at rest: max cpu %.1f%% of a core, max rss %.1f MiB per daemon", size, maxCPU*100, float64(maxRSS)/(1<<20))
+
+	// Pods can be added on every host (after the idle figures, which they
+	// would disturb): one ADD through mesh-cni on each, no address twice,
+	// and host1's pod reaches the pods of a few hosts across the mesh
+	// (every pair would be size² pings).
+	podsStart := time.Now()
+	ctx, cancel = context.WithTimeout(context.Background(), bound)
+	defer cancel()
+	pods := make([]*pod, len(nodes))
+	seen := map[netip.Addr]string{}
+	for i, n := range nodes {
+		waitCNIInstalled(t, n)
+		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("cvpod%d", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if other, dup := seen[p.ip]; dup {
+			t.Fatalf("%s and %s both got %s", other, p.name, p.ip)
+		}
+		seen[p.ip] = p.name
+		pods[i] = p
+	}
+	t.Logf("%d hosts: a pod added on each in %v", size, time.Since(podsStart).Round(time.Millisecond))
+	for _, i := range []int{1, size / 2, size - 1} {
+		testnet.Eventually(t, time.Minute, 500*time.Millisecond, func() error { return pingBoth(ctx, pods[0], pods[i]) })
+	}
 }
 
 // raiseNeighbourLimits makes room in the kernel's neighbour (ARP) table

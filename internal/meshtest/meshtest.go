@@ -191,16 +191,19 @@ func WaitCNIInstalled(t testing.TB, n *Node) {
 	})
 }
 
-// DumpLogsOnFailure logs the daemons' output when the test fails.
+// DumpLogsOnFailure logs the daemons' output when the test fails. Under
+// CI=true the simulated network's teardown keeps every process's log in a
+// file instead (testnet.QuietFailureLogs).
 func DumpLogsOnFailure(t testing.TB, nodes ...*Node) {
 	t.Cleanup(func() {
-		if !t.Failed() {
+		if !t.Failed() || testnet.QuietFailureLogs() {
 			return
 		}
 		for _, n := range nodes {
-			if n.Proc != nil {
-				t.Logf("--- log of mesh on %s:\n%s", n.Host.Name, n.Proc.Log())
+			if n.Proc == nil {
+				continue
 			}
+			t.Logf("--- log of mesh on %s:\n%s", n.Host.Name, n.Proc.Log())
 		}
 	})
 }

@@ -216,6 +216,10 @@ func (n *Net) close(t testing.TB) {
 	}
 	if t.Failed() {
 		for _, p := range procs {
+			if QuietFailureLogs() {
+				t.Logf("testnet: log of %s: %s", p, KeepLog(t, p))
+				continue
+			}
 			t.Logf("testnet: log of %s (tail):\n%s", p, tail(p.Log(), 60))
 		}
 	}
