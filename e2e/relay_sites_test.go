@@ -170,7 +170,7 @@ func TestRelayTwoSites(t *testing.T) {
 		}
 		return nil
 	})
-	var sent, forwarded uint64
+	var sent, forwarded, exchanges uint64
 	for _, n := range nodes {
 		st := n.MustStatus()
 		if st.GossipRelay == nil {
@@ -178,9 +178,10 @@ func TestRelayTwoSites(t *testing.T) {
 		}
 		sent += st.GossipRelay.Sent
 		forwarded += st.GossipRelay.Forwarded
+		exchanges += st.GossipRelay.Exchanges
 	}
 	if sent == 0 || forwarded == 0 {
 		t.Fatalf("gossip relayed: %d sent through a relay, %d forwarded; want both above 0", sent, forwarded)
 	}
-	t.Logf("gossip through relays: %d sent, %d forwarded", sent, forwarded)
+	t.Logf("gossip through relays: %d sent, %d forwarded; %d state exchanges with a neighbour for members with no route", sent, forwarded, exchanges)
 }
