@@ -25,8 +25,18 @@ func startMesh(t *testing.T, hosts int, extra ...string) (*testnet.Net, []*node)
 // flags(i).
 func startMeshFlags(t *testing.T, hosts int, flags func(i int) []string) (*testnet.Net, []*node) {
 	t.Helper()
+	return startMeshOn(t, testnet.Options{Hosts: hosts}, flags)
+}
+
+// startMeshOn is startMeshFlags on a test network of opts (the underlay's
+// subnet, say); its prefix defaults to "dp".
+func startMeshOn(t *testing.T, opts testnet.Options, flags func(i int) []string) (*testnet.Net, []*node) {
+	t.Helper()
 	testnet.RequireRoot(t)
-	net := testnet.New(t, testnet.Options{Hosts: hosts, Prefix: "dp"})
+	if opts.Prefix == "" {
+		opts.Prefix = "dp"
+	}
+	net := testnet.New(t, opts)
 	var nodes []*node
 	for i, h := range net.Hosts() {
 		var peers []*testnet.Host

@@ -40,7 +40,13 @@ func cniMesh(t *testing.T, hosts int, timeout time.Duration, extra ...string) (*
 // cniMeshFlags is cniMesh where host i (from 0) is launched with flags(i).
 func cniMeshFlags(t *testing.T, hosts int, timeout time.Duration, flags func(i int) []string) (*testnet.Net, []*node, context.Context) {
 	t.Helper()
-	tn, nodes := startMeshFlags(t, hosts, flags)
+	return cniMeshOn(t, testnet.Options{Hosts: hosts}, timeout, flags)
+}
+
+// cniMeshOn is cniMeshFlags on a test network of opts (see startMeshOn).
+func cniMeshOn(t *testing.T, opts testnet.Options, timeout time.Duration, flags func(i int) []string) (*testnet.Net, []*node, context.Context) {
+	t.Helper()
+	tn, nodes := startMeshOn(t, opts, flags)
 	for _, n := range nodes {
 		waitCNIInstalled(t, n)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,14 +19,19 @@ import (
 const relayBlockTable = "relaytest"
 
 // blockDataPlane drops UDP 6784 between h and other, both ways, in h's
-// own namespace (gossip on 6783 still flows).
+// own namespace (gossip on 6783 still flows), over an underlay of either
+// family.
 func blockDataPlane(ctx context.Context, h, other *testnet.Host) error {
+	ip := "ip"
+	if other.Addr.Is6() {
+		ip = "ip6"
+	}
 	for _, args := range [][]string{
 		{"add", "table", "inet", relayBlockTable},
 		{"add", "chain", "inet", relayBlockTable, "in", "{ type filter hook input priority 0; policy accept; }"},
 		{"add", "chain", "inet", relayBlockTable, "out", "{ type filter hook output priority 0; policy accept; }"},
-		{"add", "rule", "inet", relayBlockTable, "in", "ip", "saddr", other.Addr.String(), "udp", "sport", "6784", "drop"},
-		{"add", "rule", "inet", relayBlockTable, "out", "ip", "daddr", other.Addr.String(), "udp", "dport", "6784", "drop"},
+		{"add", "rule", "inet", relayBlockTable, "in", ip, "saddr", other.Addr.String(), "udp", "sport", "6784", "drop"},
+		{"add", "rule", "inet", relayBlockTable, "out", ip, "daddr", other.Addr.String(), "udp", "dport", "6784", "drop"},
 	} {
 		if out, err := h.Run(ctx, "nft", args...); err != nil {
 			return fmt.Errorf("nft %v on %s: %v: %s", args, h.Name, err, out)
@@ -59,10 +65,17 @@ func connTo(n *node, peer string) (api.Connection, error) {
 // flags(i); nil: no flags) with pod a on host1 and pod b on host2.
 func relayPods(t *testing.T, hosts int, timeout time.Duration, flags func(i int) []string) ([]*node, *pod, *pod, context.Context) {
 	t.Helper()
+	return relayPodsOn(t, testnet.Options{Hosts: hosts}, timeout, flags)
+}
+
+// relayPodsOn is relayPods on a test network of opts (the underlay's
+// subnet, say).
+func relayPodsOn(t *testing.T, opts testnet.Options, timeout time.Duration, flags func(i int) []string) ([]*node, *pod, *pod, context.Context) {
+	t.Helper()
 	if flags == nil {
 		flags = func(int) []string { return nil }
 	}
-	_, nodes, ctx := cniMeshFlags(t, hosts, timeout, flags)
+	_, nodes, ctx := cniMeshOn(t, opts, timeout, flags)
 	a, err := addPod(ctx, t, nodes[0].Host, "poda")
 	if err != nil {
 		t.Fatal(err)
@@ -94,27 +107,53 @@ func pingBoth(ctx context.Context, a, b *pod, args ...string) error {
 
 // TestRelayTriangle: three hosts; the data plane between host1 and host2
 // is cut both ways. Their pods reach each other again through host3 within
-// a generous bound, status on each shows the other "via" host3, and once
-// the path is back, traffic returns to it.
-func TestRelayTriangle(t *testing.T) { relayTriangle(t, false) }
+// a generous bound, status on each shows the other "via" host3, host3
+// sends no ICMP redirects to them, and once the path is back, traffic
+// returns to it.
+func TestRelayTriangle(t *testing.T) { relayTriangle(t, triangle{}) }
 
 // TestRelayTriangleIPv6Only is TestRelayTriangle in an IPv6-only mesh:
 // the probes are ICMPv6 echoes to the IPv6 overlay addresses, and the
 // relayed peer keeps its IPv6 probe address as a /128 (docs/routing.md).
-func TestRelayTriangleIPv6Only(t *testing.T) { relayTriangle(t, true) }
+func TestRelayTriangleIPv6Only(t *testing.T) { relayTriangle(t, triangle{v6Mesh: true}) }
 
-// relayTriangle is the triangle of TestRelayTriangle, in an IPv6-only mesh
-// with v6 (the underlay stays IPv4).
-func relayTriangle(t *testing.T, v6 bool) {
+// TestRelayTriangleIPv6Underlay is TestRelayTriangle over an IPv6
+// underlay (the hosts have no IPv4 address; gossip, WireGuard and the cut
+// of UDP 6784 are IPv6), with IPv4 pods.
+func TestRelayTriangleIPv6Underlay(t *testing.T) { relayTriangle(t, triangle{v6Underlay: true}) }
+
+// triangle is a variant of TestRelayTriangle.
+type triangle struct {
+	v6Mesh     bool // IPv6-only cluster range (the pods and probes are IPv6)
+	v6Underlay bool // the hosts' underlay is IPv6 alone
+}
+
+// v6Underlay is the IPv6 underlay of TestRelayTriangleIPv6Underlay.
+var v6Underlay = netip.MustParsePrefix("fd98::/64")
+
+// relayTriangle is the triangle of TestRelayTriangle, in variant tr.
+func relayTriangle(t *testing.T, tr triangle) {
+	v6 := tr.v6Mesh
 	var flags func(int) []string
 	if v6 {
 		flags = func(int) []string { return []string{"--ipalloc-range", ipv6OnlyRange} }
 	}
-	nodes, a, b, ctx := relayPods(t, 3, 8*time.Minute, flags)
+	opts := testnet.Options{Hosts: 3}
+	if tr.v6Underlay {
+		opts.Subnet = v6Underlay
+	}
+	nodes, a, b, ctx := relayPodsOn(t, opts, 8*time.Minute, flags)
 	h1, h2, h3 := nodes[0].Host, nodes[1].Host, nodes[2].Host
 	for _, p := range []*pod{a, b} {
 		if p.ip.Is6() != v6 {
 			t.Fatalf("pod %s has address %s; want IPv6: %v", p.name, p.ip, v6)
+		}
+	}
+	if tr.v6Underlay {
+		for _, c := range nodes[0].MustStatus().Connections {
+			if ap, err := netip.ParseAddrPort(c.Endpoint); err != nil || !v6Underlay.Contains(ap.Addr()) {
+				t.Fatalf("WireGuard endpoint of %s is %q, want one in %s", c.Peer, c.Endpoint, v6Underlay)
+			}
 		}
 	}
 	both := func() error { return pingBoth(ctx, a, b) }
@@ -142,6 +181,7 @@ func relayTriangle(t *testing.T, v6 bool) {
 		h1.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
 		h2.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
 	})
+	redirects := countRedirects(ctx, t, h3)
 	for _, pair := range [][2]*testnet.Host{{h1, h2}, {h2, h1}} {
 		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
 			t.Fatal(err)
@@ -218,6 +258,13 @@ func relayTriangle(t *testing.T, v6 bool) {
 	if out, err := h1.Run(ctx, "nft", "list", "table", "inet", relayBlockTable); err != nil {
 		t.Fatalf("block table gone: %v: %s", err, out)
 	}
+	// The relay's kernel wanted to send redirects for what it forwarded
+	// back into WireGuard, and mesh's output rules dropped them all.
+	if sent, left := redirects(); sent == 0 || left != 0 {
+		t.Fatalf("%s's kernel sent %d ICMP redirects out of WireGuard and %d left the host; want some sent and none left", h3.Name, sent, left)
+	} else {
+		t.Logf("%s: %d ICMP redirects sent by the kernel, none left the host", h3.Name, sent)
+	}
 	for _, n := range nodes {
 		if st := n.MustStatus(); len(st.Problems) != 0 {
 			t.Fatalf("%s reports problems while relaying: %v", n.Host.Name, st.Problems)
@@ -245,6 +292,61 @@ func relayTriangle(t *testing.T, v6 bool) {
 	})
 	t.Logf("direct again %v after the path came back", time.Since(healed).Round(100*time.Millisecond))
 	relayMetrics(t, h1, 0)
+}
+
+// redirectTable is the nftables table in which a test counts the ICMP
+// redirects a relay sends out of WireGuard.
+const redirectTable = "redirecttest"
+
+// countRedirects counts, in h's namespace, the ICMP and ICMPv6 redirects
+// the host sends out of mesh's WireGuard device: in an output chain before
+// mesh's (priority filter) and in one after it. The function returned
+// reads both counts: sent is what the kernel sent, left what passed mesh's
+// rules and left the host.
+func countRedirects(ctx context.Context, t *testing.T, h *testnet.Host) func() (sent, left int64) {
+	t.Helper()
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h.Run(cctx, "nft", "delete", "table", "inet", redirectTable)
+	})
+	cmds := [][]string{{"add", "table", "inet", redirectTable}}
+	for _, c := range []struct{ name, prio string }{{"sent", "-10"}, {"left", "10"}} {
+		cmds = append(cmds,
+			[]string{"add", "counter", "inet", redirectTable, c.name},
+			[]string{"add", "chain", "inet", redirectTable, c.name, "{ type filter hook output priority " + c.prio + "; policy accept; }"},
+			[]string{"add", "rule", "inet", redirectTable, c.name, "oifname", "mesh-wg", "icmp", "type", "redirect", "counter", "name", c.name},
+			[]string{"add", "rule", "inet", redirectTable, c.name, "oifname", "mesh-wg", "icmpv6", "type", "nd-redirect", "counter", "name", c.name})
+	}
+	for _, args := range cmds {
+		if out, err := h.Run(ctx, "nft", args...); err != nil {
+			t.Fatalf("nft %v on %s: %v: %s", args, h.Name, err, out)
+		}
+	}
+	return func() (int64, int64) {
+		t.Helper()
+		return nftCounter(ctx, t, h, "inet", redirectTable, "sent"), nftCounter(ctx, t, h, "inet", redirectTable, "left")
+	}
+}
+
+// nftCounter is the packet count of the named counter name of table
+// family tb on h.
+func nftCounter(ctx context.Context, t *testing.T, h *testnet.Host, family, tb, name string) int64 {
+	t.Helper()
+	out, err := h.Run(ctx, "nft", "list", "counter", family, tb, name)
+	if err != nil {
+		t.Fatalf("nft list counter %s %s %s on %s: %v: %s", family, tb, name, h.Name, err, out)
+	}
+	_, rest, ok := strings.Cut(out, "packets ")
+	f := strings.Fields(rest)
+	if !ok || len(f) == 0 {
+		t.Fatalf("no packet count in %q", out)
+	}
+	n, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil {
+		t.Fatalf("packet count in %q: %v", out, err)
+	}
+	return n
 }
 
 // relayMetrics checks h's mesh_relayed_peers, and that the relay changes

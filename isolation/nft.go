@@ -519,22 +519,9 @@ func dnatRules(cfg Config) [][]expr.Any {
 //
 //	oifname BRIDGE icmpv6 type nd-redirect drop
 func outputRules(cfg Config) [][]expr.Any {
-	redirect := func(nfproto, l4proto, typ byte) []expr.Any {
-		return []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: ifname(cfg.Bridge)},
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{nfproto}},
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{l4proto}},
-			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{typ}},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		}
-	}
-	rules := [][]expr.Any{redirect(unix.NFPROTO_IPV4, unix.IPPROTO_ICMP, 5)}
+	rules := [][]expr.Any{nftutil.RedirectDrop(cfg.Bridge, false)}
 	if cfg.ClusterRange6.IsValid() {
-		rules = append(rules, redirect(unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6, icmp6Redirect))
+		rules = append(rules, nftutil.RedirectDrop(cfg.Bridge, true))
 	}
 	return rules
 }
@@ -551,12 +538,8 @@ func dedupElems(in []nftables.SetElement) []nftables.SetElement {
 	return out
 }
 
-// ifname is an interface name as nftables keys it: NUL-padded to 16 bytes.
-func ifname(n string) []byte {
-	b := make([]byte, 16)
-	copy(b, n)
-	return b
-}
+// ifname is an interface name as nftables keys it.
+func ifname(n string) []byte { return nftutil.IfName(n) }
 
 // pod6Elem is the key of a pod's IPv6 address in setPods6.
 func pod6Elem(name string, mac []byte, a interface{ As16() [16]byte }) []byte {
@@ -613,7 +596,6 @@ const (
 	icmp6RouterAdvert = 134
 	icmp6NeighSolicit = 135
 	icmp6NeighAdvert  = 136
-	icmp6Redirect     = 137
 )
 
 func etherType(t uint16) []expr.Any {
@@ -743,7 +725,7 @@ func bridgeRules6(sets map[string]*nftables.Set) [][]expr.Any {
 	unspecified := make([]byte, 16)
 	var rules [][]expr.Any
 	rules = append(rules, append(icmp6(icmp6RouterAdvert), counterDrop(CounterIPv6)...))
-	rules = append(rules, append(icmp6(icmp6Redirect), counterDrop(CounterIPv6)...))
+	rules = append(rules, append(icmp6(nftutil.ICMPv6Redirect), counterDrop(CounterIPv6)...))
 	rules = append(rules, append(icmp6(icmp6NeighAdvert), iifname, etherSaddr,
 		&expr.Payload{DestRegister: reg32_06, Base: expr.PayloadBaseTransportHeader, Offset: 8, Len: 16},
 		lookup(sets[setPods6], false), &expr.Verdict{Kind: expr.VerdictAccept}))

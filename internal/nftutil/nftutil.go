@@ -66,3 +66,46 @@ func ReadCounters(c *nftables.Conn, tb *nftables.Table, out map[string]*nftables
 	}
 	return nil
 }
+
+// IfName is an interface name as nftables keys it: NUL-padded to
+// IFNAMSIZ bytes.
+func IfName(n string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, n)
+	return b
+}
+
+// ICMP redirect types: IPv4's (RFC 792) and ICMPv6's (RFC 4861).
+const (
+	ICMPRedirect   = 5
+	ICMPv6Redirect = 137
+)
+
+// RedirectDrop is a rule that drops the ICMP redirects of one family (IPv6
+// with v6) that the host sends out of the interface oif, in a chain of
+// hook output of an inet table:
+//
+//	oifname OIF icmp type redirect drop
+//	oifname OIF icmpv6 type nd-redirect drop
+//
+// The kernel sends one when it forwards a packet out of the interface it
+// came in on; where that interface is not a shared medium (a bridge whose
+// hosts must not be told to bypass the host, a WireGuard device) the
+// advice is useless or harmful.
+func RedirectDrop(oif string, v6 bool) []expr.Any {
+	nfproto, l4proto, typ := byte(unix.NFPROTO_IPV4), byte(unix.IPPROTO_ICMP), byte(ICMPRedirect)
+	if v6 {
+		nfproto, l4proto, typ = unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6, ICMPv6Redirect
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: IfName(oif)},
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{l4proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{typ}},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
+}

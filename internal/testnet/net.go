@@ -42,7 +42,8 @@ type Options struct {
 	// letters and digits, at most 20 characters; default DefaultPrefix.
 	Prefix string
 	// Subnet is the underlay network; host i (1-based) gets the (10+i)th
-	// address of it. Default 192.0.2.0/24 (TEST-NET-1, never routed).
+	// address of it. Default 192.0.2.0/24 (TEST-NET-1, never routed). With
+	// an IPv6 subnet the hosts' underlay has no IPv4 address.
 	Subnet netip.Prefix
 	// MTU of the hosts' eth0 and the switch ports; 0 keeps the kernel's
 	// default (1500).

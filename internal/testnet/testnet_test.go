@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,6 +108,29 @@ func TestPrivateDirs(t *testing.T) {
 	// The pod namespace works inside the host: it can be entered and has lo.
 	if out, err := a.Run(ctxT(t), "ip", "netns", "exec", pod, "ip", "-o", "link"); err != nil || !strings.Contains(out, "lo") {
 		t.Errorf("ip netns exec %s in %s: %q, %v", pod, a.Name, out, err)
+	}
+}
+
+// TestConnectivityIPv6: with an IPv6 subnet the hosts have an IPv6
+// underlay alone, usable at once (a tentative address could not be bound
+// by startEcho).
+func TestConnectivityIPv6(t *testing.T) {
+	RequireRoot(t)
+	n := New(t, Options{Hosts: 2, Subnet: netip.MustParsePrefix("fd98::/64")})
+	hosts := n.Hosts()
+	for i, h := range hosts {
+		if want := fmt.Sprintf("fd98::%x", 11+i); h.Addr.String() != want {
+			t.Errorf("%s has address %s, want %s", h.Name, h.Addr, want)
+		}
+		if out, err := h.Run(ctxT(t), "ip", "-4", "-o", "addr", "show", "dev", "eth0"); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("%s has IPv4 on eth0 (%v): %s", h.Name, err, out)
+		}
+		startEcho(t, h)
+	}
+	for _, pair := range [][2]*Host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
+		if err := reach(pair[0], pair[1].Addr, 5*time.Second); err != nil {
+			t.Errorf("%s cannot reach %s: %v", pair[0], pair[1], err)
+		}
 	}
 }
 
