@@ -109,7 +109,10 @@ func LaunchWithEnv(t testing.TB, h *testnet.Host, peers []*testnet.Host, env []s
 func (n *Node) Start() {
 	n.T.Helper()
 	n.Proc = n.Host.Start(n.T, n.Bin, n.Args, n.Env)
-	testnet.Eventually(n.T, 10*time.Second, 100*time.Millisecond, func() error {
+	// Generous: under a load average of 15 (the 100-host soak beside other
+	// jobs) one `mesh status` took 2.5 s; a daemon that exits is caught at
+	// once.
+	testnet.Eventually(n.T, 30*time.Second, 100*time.Millisecond, func() error {
 		if n.Proc.Exited() {
 			return fmt.Errorf("mesh on %s exited:\n%s", n.Host.Name, n.Proc.Log())
 		}
