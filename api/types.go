@@ -140,7 +140,7 @@ type SignedStates struct {
 type SignedStatesHolder struct {
 	Name  string      `json:"name"`
 	State MemberState `json:"state"`
-	// Reason is HolderPreviousRelease or HolderMetaRefused.
+	// Reason is HolderPreviousRelease or HolderBadMeta.
 	Reason string `json:"reason"`
 }
 
@@ -149,9 +149,9 @@ const (
 	// HolderPreviousRelease: its metadata does not say it reads signed
 	// states (a node of the previous release).
 	HolderPreviousRelease = "previous release"
-	// HolderMetaRefused: its metadata is refused (see the identity
-	// problems), so nothing it says is taken.
-	HolderMetaRefused = "metadata refused"
+	// HolderBadMeta: its gossip metadata does not parse, so nothing it
+	// says is known (the daemon logs why).
+	HolderBadMeta = "metadata does not parse"
 )
 
 // IPAMSections is the output of `mesh status ipam -o json`: the IPAM

@@ -116,8 +116,8 @@ func (s signedSwitch) ready() bool { return s.live > 0 && len(s.holders) == 0 &&
 // each live member that cannot read them: it refuses every state it is
 // sent and learns no ring change (docs/ipam.md). One per member, so they
 // are bounded as the membership is, and a member gone is no longer named.
-// A member whose metadata is refused is left to the identity problems,
-// which name it already.
+// A member whose metadata does not parse says nothing of signed states: it
+// is named as one that may not read them.
 func (s signedSwitch) status(sending bool) (*api.SignedStates, []string) {
 	out := &api.SignedStates{Sending: sending, Settling: !sending && s.settling}
 	var problems []string
@@ -126,10 +126,12 @@ func (s signedSwitch) status(sending bool) (*api.SignedStates, []string) {
 		case !sending:
 			reason := api.HolderPreviousRelease
 			if m.MetaErr != nil {
-				reason = api.HolderMetaRefused
+				reason = api.HolderBadMeta
 			}
 			out.WaitingFor = append(out.WaitingFor, api.SignedStatesHolder{Name: m.Name, State: m.State, Reason: reason})
-		case m.State.Live() && m.MetaErr == nil:
+		case m.State.Live() && m.MetaErr != nil:
+			problems = append(problems, fmt.Sprintf("member %s's gossip metadata does not parse, so it does not say it reads signed IPAM states: if it cannot, it refuses the states this node sends and learns no ring change; see the daemon's log (\"Signed peer infos\" in docs/ipam.md)", m.Name))
+		case m.State.Live():
 			problems = append(problems, fmt.Sprintf("member %s runs a release that cannot read signed IPAM states: it refuses the states this node sends and learns no ring change; upgrade it (\"Signed peer infos\" in docs/ipam.md)", m.Name))
 		}
 	}

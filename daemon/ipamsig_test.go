@@ -148,8 +148,8 @@ func TestSignedSwitchStatus(t *testing.T) {
 	upgraded := member("host2", api.MemberAlive, mesh.IPAMInfosRead, time.Minute)
 	signing := member("host2", api.MemberAlive, mesh.IPAMInfosSigned, time.Minute)
 	old := member("host3", api.MemberAlive, 0, time.Minute)
-	refused := member("host4", api.MemberAlive, 0, time.Minute)
-	refused.MetaErr = errors.New("signature does not verify")
+	badMeta := member("host4", api.MemberAlive, 0, time.Minute)
+	badMeta.MetaErr = errors.New("invalid character 'x' looking for beginning of value")
 	cannotRead := "member host3 runs a release that cannot read signed IPAM states"
 	for _, tc := range []struct {
 		name         string
@@ -166,8 +166,8 @@ func TestSignedSwitchStatus(t *testing.T) {
 		{name: "before the switch, a member of the previous release gone a moment ago",
 			members:     []mesh.Member{self, upgraded, member("host3", api.MemberDead, 0, signedInfosGrace/2)},
 			wantWaiting: []api.SignedStatesHolder{{Name: "host3", State: api.MemberDead, Reason: api.HolderPreviousRelease}}},
-		{name: "before the switch, a member whose metadata is refused", members: []mesh.Member{self, upgraded, refused},
-			wantWaiting: []api.SignedStatesHolder{{Name: "host4", State: api.MemberAlive, Reason: api.HolderMetaRefused}}},
+		{name: "before the switch, a member whose metadata does not parse", members: []mesh.Member{self, upgraded, badMeta},
+			wantWaiting: []api.SignedStatesHolder{{Name: "host4", State: api.MemberAlive, Reason: api.HolderBadMeta}}},
 		{name: "every member reads signed states: the switch", members: []mesh.Member{self, upgraded, signing}, wantReady: true},
 		// A node that joins learns the members one by one: it must not
 		// switch on seeing the first, before it learns of a member of the
@@ -186,8 +186,10 @@ func TestSignedSwitchStatus(t *testing.T) {
 			sending: true, wantProblems: []string{cannotRead}},
 		{name: "after the switch, the member of the previous release gone", members: []mesh.Member{self, signing, member("host3", api.MemberDead, 0, time.Second)},
 			sending: true},
-		{name: "after the switch, a member whose metadata is refused (named by the identity problems)", members: []mesh.Member{self, signing, refused},
-			sending: true},
+		{name: "after the switch, a member whose metadata does not parse", members: []mesh.Member{self, signing, badMeta},
+			sending: true, wantProblems: []string{"member host4's gossip metadata does not parse"}},
+		{name: "after the switch, two members that cannot read signed states: one problem each", members: []mesh.Member{self, signing, old, badMeta},
+			sending: true, wantProblems: []string{cannotRead, "member host4's gossip metadata does not parse"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sw := signedSwitchOf(tc.members, now)

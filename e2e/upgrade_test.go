@@ -211,7 +211,7 @@ func signedStatesAre(n *node, sending bool, waitingFor []api.SignedStatesHolder,
 		return fmt.Errorf("%s: signedStates %+v, want sending %v waiting for %+v", n.Host.Name, s, sending, waitingFor)
 	}
 	for _, p := range st.Problems {
-		if strings.Contains(p, "cannot read signed IPAM states") {
+		if strings.Contains(p, "signed IPAM states") {
 			return fmt.Errorf("%s names a problem no member has: %q", n.Host.Name, p)
 		}
 	}

@@ -307,9 +307,9 @@ func TestSignedLine(t *testing.T) {
 		{"settling", api.SignedStates{Settling: true}, "not yet (the membership changed a moment ago)"},
 		{"a member of the previous release", api.SignedStates{WaitingFor: []api.SignedStatesHolder{holder("host3", api.MemberAlive, api.HolderPreviousRelease)}},
 			"not yet (waiting for host3: previous release)"},
-		{"one gone, one refused", api.SignedStates{WaitingFor: []api.SignedStatesHolder{
-			holder("host3", api.MemberLeft, api.HolderPreviousRelease), holder("host4", api.MemberAlive, api.HolderMetaRefused)}},
-			"not yet (waiting for host3: previous release, left; host4: metadata refused)"},
+		{"one gone, one whose metadata does not parse", api.SignedStates{WaitingFor: []api.SignedStatesHolder{
+			holder("host3", api.MemberLeft, api.HolderPreviousRelease), holder("host4", api.MemberAlive, api.HolderBadMeta)}},
+			"not yet (waiting for host3: previous release, left; host4: metadata does not parse)"},
 		{"bounded", api.SignedStates{WaitingFor: many},
 			"not yet (waiting for host0: previous release; host1: previous release; host2: previous release; host3: previous release; host4: previous release; and 2 more)"},
 	}
