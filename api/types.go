@@ -115,7 +115,47 @@ type IPAM struct {
 	// recovery, lease-echo, space or reclaim-echo.
 	Blocked       string `json:"blocked,omitempty"`
 	BlockedReason string `json:"blockedReason,omitempty"`
+	// SignedStates is this node's switch to IPAM states with signed peer
+	// infos (docs/ipam.md, "Signed peer infos"); absent from a daemon of
+	// an older release.
+	SignedStates *SignedStates `json:"signedStates,omitempty"`
 }
+
+// SignedStates says whether this node sends its IPAM states with signed
+// peer infos, and while it does not, what holds it back.
+type SignedStates struct {
+	// Sending: this node sends its states with signatures; once true, for
+	// good.
+	Sending bool `json:"sending"`
+	// WaitingFor, while Sending is false, lists the members that hold the
+	// switch back: those, live or gone for less than 10 minutes, that do
+	// not say they read signed states. Empty while Sending is false: no
+	// other member is live yet, or the membership is Settling.
+	WaitingFor []SignedStatesHolder `json:"waitingFor,omitempty"`
+	// Settling, while Sending is false: a member changed state (joined,
+	// came back, left) less than 5 seconds ago, and the switch waits for
+	// the membership to settle.
+	Settling bool `json:"settling,omitempty"`
+}
+
+// SignedStatesHolder is a member that holds the switch to signed IPAM
+// states back.
+type SignedStatesHolder struct {
+	Name  string      `json:"name"`
+	State MemberState `json:"state"`
+	// Reason is HolderPreviousRelease or HolderBadMeta.
+	Reason string `json:"reason"`
+}
+
+// Reasons of SignedStatesHolder.
+const (
+	// HolderPreviousRelease: its metadata does not say it reads signed
+	// states (a node of the previous release).
+	HolderPreviousRelease = "previous release"
+	// HolderBadMeta: its gossip metadata does not parse, so nothing it
+	// says is known (the daemon logs why).
+	HolderBadMeta = "metadata does not parse"
+)
 
 // IPAMSections is the output of `mesh status ipam -o json`: the IPAM
 // section of Status at the top level, as it always was, and in a

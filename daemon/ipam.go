@@ -184,7 +184,19 @@ func liveMembers(ms []mesh.Member) map[string]bool {
 }
 
 func (d *Daemon) ipamStatus() (*api.IPAM, string) {
-	return allocatorStatus(d.ipam)
+	out, overlay := allocatorStatus(d.ipam)
+	var problems []string
+	out.SignedStates, problems = d.signedStatus(d.ipam)
+	// Named in this section only: a member that cannot read signed
+	// states is one problem, however many families run.
+	out.Problems = append(out.Problems, problems...)
+	return out, overlay
+}
+
+// signedStatus is a's switch to signed states and, once it is made, the
+// live members that cannot read them (signedSwitch.status).
+func (d *Daemon) signedStatus(a *ipam.Allocator) (*api.SignedStates, []string) {
+	return signedSwitchOf(d.members.Members(), time.Now()).status(a.SignsInfos())
 }
 
 // ipamStatus6 is the IPv6 allocator's section of the status, nil in an
@@ -195,6 +207,7 @@ func (d *Daemon) ipamStatus6() (*api.IPAM, string) {
 	}
 	out, overlay := allocatorStatus(d.ipam6)
 	out.Problems = append(out.Problems, lacksFamily(out.Peers, d.members.Members(), time.Now())...)
+	out.SignedStates, _ = d.signedStatus(d.ipam6)
 	return out, overlay
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
@@ -57,23 +58,84 @@ func (i *ipamIdentities) ReadsSigned(name string) bool {
 // back; if it comes back it must be upgraded (docs/ipam.md).
 const signedInfosGrace = 10 * time.Minute
 
-// AllRead: another member is live, and every member, live or gone within
-// signedInfosGrace, reads states with signatures.
+// signedInfosSettle is how long the membership must be unchanged before
+// this node switches to signed states. A node that joins learns the
+// members one by one within milliseconds (memberlist's push/pull): without
+// it, a node restarted with the new binary switched, for good, on seeing
+// the first upgraded member, before it saw a member of the previous
+// release learnt a moment later.
+const signedInfosSettle = 5 * time.Second
+
+// AllRead: another member is live, every member, live or gone within
+// signedInfosGrace, reads states with signatures, and none changed state
+// within signedInfosSettle.
 func (i *ipamIdentities) AllRead() bool {
-	now := time.Now()
-	live := 0
-	for _, m := range i.members.Members() {
+	return signedSwitchOf(i.members.Members(), time.Now()).ready()
+}
+
+// signedSwitch is one snapshot of the membership as this node's switch to
+// signed states sees it: the one rule for AllRead, for what status says
+// holds the switch back, and for the members it names as unable to read
+// them once it is made.
+type signedSwitch struct {
+	// holders are the other members, live or gone within
+	// signedInfosGrace, that do not say they read signed states.
+	holders []mesh.Member
+	// live counts the other live members.
+	live int
+	// settling: one of those members changed state (joined, came back,
+	// left) within signedInfosSettle.
+	settling bool
+}
+
+func signedSwitchOf(members []mesh.Member, now time.Time) signedSwitch {
+	var s signedSwitch
+	for _, m := range members {
 		if m.Self || (!m.State.Live() && now.Sub(m.Since) > signedInfosGrace) {
 			continue
 		}
-		if m.Meta.IPAMInfos < mesh.IPAMInfosRead {
-			return false
-		}
 		if m.State.Live() {
-			live++
+			s.live++
+		}
+		if m.Meta.IPAMInfos < mesh.IPAMInfosRead {
+			s.holders = append(s.holders, m)
+		}
+		if now.Sub(m.Since) < signedInfosSettle {
+			s.settling = true
 		}
 	}
-	return live > 0
+	return s
+}
+
+// ready: another member is live, none holds the switch back, and the
+// membership has settled.
+func (s signedSwitch) ready() bool { return s.live > 0 && len(s.holders) == 0 && !s.settling }
+
+// status is the switch as `mesh status ipam` shows it, sending being
+// whether the allocator sends signed states; problems name, once it does,
+// each live member that cannot read them: it refuses every state it is
+// sent and learns no ring change (docs/ipam.md). One per member, so they
+// are bounded as the membership is, and a member gone is no longer named.
+// A member whose metadata does not parse says nothing of signed states: it
+// is named as one that may not read them.
+func (s signedSwitch) status(sending bool) (*api.SignedStates, []string) {
+	out := &api.SignedStates{Sending: sending, Settling: !sending && s.settling}
+	var problems []string
+	for _, m := range s.holders {
+		switch {
+		case !sending:
+			reason := api.HolderPreviousRelease
+			if m.MetaErr != nil {
+				reason = api.HolderBadMeta
+			}
+			out.WaitingFor = append(out.WaitingFor, api.SignedStatesHolder{Name: m.Name, State: m.State, Reason: reason})
+		case m.State.Live() && m.MetaErr != nil:
+			problems = append(problems, fmt.Sprintf("member %s's gossip metadata does not parse, so it does not say it reads signed IPAM states: if it cannot, it refuses the states this node sends and learns no ring change; see the daemon's log (\"Signed peer infos\" in docs/ipam.md)", m.Name))
+		case m.State.Live():
+			problems = append(problems, fmt.Sprintf("member %s runs a release that cannot read signed IPAM states: it refuses the states this node sends and learns no ring change; upgrade it (\"Signed peer infos\" in docs/ipam.md)", m.Name))
+		}
+	}
+	return out, problems
 }
 
 // announceSignedInfos tells the others, in the node's metadata, once every

@@ -8,9 +8,12 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/internal/testnet"
 	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/mesh"
@@ -129,4 +132,161 @@ func TestIPAMIdentities(t *testing.T) {
 	if ids.AllRead() {
 		t.Fatal("AllRead right after c of the previous release left: it may come back within signedInfosGrace")
 	}
+}
+
+// TestSignedSwitchStatus: what status says of the switch to signed IPAM
+// states, from a snapshot of the membership. Before the switch, the
+// members that hold it back are named (live, or gone within
+// signedInfosGrace); after it, status says yes, and each live member
+// that cannot read signed states is a problem, dropped once it is gone.
+func TestSignedSwitchStatus(t *testing.T) {
+	now := time.Now()
+	member := func(name string, state api.MemberState, ii int, since time.Duration) mesh.Member {
+		return mesh.Member{Name: name, State: state, Meta: mesh.Meta{IPAMInfos: ii}, Since: now.Add(-since)}
+	}
+	self := mesh.Member{Name: "host1", State: api.MemberAlive, Self: true, Meta: mesh.Meta{IPAMInfos: mesh.IPAMInfosRead}}
+	upgraded := member("host2", api.MemberAlive, mesh.IPAMInfosRead, time.Minute)
+	signing := member("host2", api.MemberAlive, mesh.IPAMInfosSigned, time.Minute)
+	old := member("host3", api.MemberAlive, 0, time.Minute)
+	badMeta := member("host4", api.MemberAlive, 0, time.Minute)
+	badMeta.MetaErr = errors.New("invalid character 'x' looking for beginning of value")
+	cannotRead := "member host3 runs a release that cannot read signed IPAM states"
+	for _, tc := range []struct {
+		name         string
+		members      []mesh.Member
+		sending      bool
+		wantReady    bool // AllRead: the allocator switches
+		wantWaiting  []api.SignedStatesHolder
+		wantSettling bool
+		wantProblems []string // each a prefix of one problem, in order
+	}{
+		{name: "alone", members: []mesh.Member{self}},
+		{name: "before the switch, a member of the previous release live", members: []mesh.Member{self, upgraded, old},
+			wantWaiting: []api.SignedStatesHolder{{Name: "host3", State: api.MemberAlive, Reason: api.HolderPreviousRelease}}},
+		{name: "before the switch, a member of the previous release gone a moment ago",
+			members:     []mesh.Member{self, upgraded, member("host3", api.MemberDead, 0, signedInfosGrace/2)},
+			wantWaiting: []api.SignedStatesHolder{{Name: "host3", State: api.MemberDead, Reason: api.HolderPreviousRelease}}},
+		{name: "before the switch, a member whose metadata does not parse", members: []mesh.Member{self, upgraded, badMeta},
+			wantWaiting: []api.SignedStatesHolder{{Name: "host4", State: api.MemberAlive, Reason: api.HolderBadMeta}}},
+		{name: "every member reads signed states: the switch", members: []mesh.Member{self, upgraded, signing}, wantReady: true},
+		// A node that joins learns the members one by one: it must not
+		// switch on seeing the first, before it learns of a member of the
+		// previous release a moment later.
+		{name: "every member known reads signed states, one joined a moment ago",
+			members: []mesh.Member{self, member("host2", api.MemberAlive, mesh.IPAMInfosRead, 10*time.Millisecond)}, wantSettling: true},
+		{name: "every member reads signed states, one left a moment ago",
+			members: []mesh.Member{self, upgraded, member("host5", api.MemberLeft, mesh.IPAMInfosRead, time.Second)}, wantSettling: true},
+		{name: "a member of the previous release gone for longer than the grace",
+			members:   []mesh.Member{self, upgraded, member("host3", api.MemberLeft, 0, signedInfosGrace+time.Minute)},
+			wantReady: true},
+		{name: "after the switch", members: []mesh.Member{self, signing}, sending: true, wantReady: true},
+		{name: "after the switch, a member of the previous release live", members: []mesh.Member{self, signing, old}, sending: true,
+			wantProblems: []string{cannotRead}},
+		{name: "after the switch, a suspect member of the previous release", members: []mesh.Member{self, signing, member("host3", api.MemberSuspect, 0, time.Second)},
+			sending: true, wantProblems: []string{cannotRead}},
+		{name: "after the switch, the member of the previous release gone", members: []mesh.Member{self, signing, member("host3", api.MemberDead, 0, time.Second)},
+			sending: true},
+		{name: "after the switch, a member whose metadata does not parse", members: []mesh.Member{self, signing, badMeta},
+			sending: true, wantProblems: []string{"member host4's gossip metadata does not parse"}},
+		{name: "after the switch, two members that cannot read signed states: one problem each", members: []mesh.Member{self, signing, old, badMeta},
+			sending: true, wantProblems: []string{cannotRead, "member host4's gossip metadata does not parse"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sw := signedSwitchOf(tc.members, now)
+			if sw.ready() != tc.wantReady {
+				t.Fatalf("ready = %v, want %v", sw.ready(), tc.wantReady)
+			}
+			st, problems := sw.status(tc.sending)
+			if st.Sending != tc.sending {
+				t.Fatalf("Sending = %v, want %v", st.Sending, tc.sending)
+			}
+			if st.Settling != tc.wantSettling {
+				t.Fatalf("Settling = %v, want %v", st.Settling, tc.wantSettling)
+			}
+			if !slices.Equal(st.WaitingFor, tc.wantWaiting) {
+				t.Fatalf("WaitingFor = %+v, want %+v", st.WaitingFor, tc.wantWaiting)
+			}
+			if len(problems) != len(tc.wantProblems) {
+				t.Fatalf("problems %q, want %d starting with %q", problems, len(tc.wantProblems), tc.wantProblems)
+			}
+			for i, p := range problems {
+				if !strings.HasPrefix(p, tc.wantProblems[i]) {
+					t.Fatalf("problem %q, want it to start with %q", p, tc.wantProblems[i])
+				}
+			}
+		})
+	}
+}
+
+// TestIPAMStatusSignedStates: the IPAM status of a daemon on real
+// memberships over loopback. Before the switch it names the member of the
+// previous release that holds it back; once every member reads signed
+// states it says the node sends them, and a member of the previous
+// release that joins after the switch is a problem, dropped once it left.
+func TestIPAMStatusSignedStates(t *testing.T) {
+	status := func(t *testing.T, self string, key ed25519.PrivateKey, members *mesh.Membership) func() *api.IPAM {
+		t.Helper()
+		cfg := ipam.DefaultConfig()
+		cfg.Self, cfg.SelfID, cfg.StateFile = self, fmt.Sprintf("%032x", len(self)), filepath.Join(t.TempDir(), "ipam.json")
+		cfg.InitialPeerCount = 2
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		cfg.Identities = &ipamIdentities{self: self, key: key, members: members}
+		a, err := ipam.New(cfg, nopTransport{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { a.Close() })
+		d := &Daemon{ipam: a, members: members}
+		return func() *api.IPAM { st, _ := d.ipamStatus(); return st }
+	}
+	hasProblem := func(st *api.IPAM, prefix string) bool {
+		return slices.ContainsFunc(st.Problems, func(p string) bool { return strings.HasPrefix(p, prefix) })
+	}
+
+	t.Run("before the switch", func(t *testing.T) {
+		kx := newKey(t)
+		x, _ := signedMember(t, "x", kx, mesh.IPAMInfosRead)
+		st := status(t, "x", kx, x)
+		if s := st().SignedStates; s == nil || s.Sending || len(s.WaitingFor) != 0 {
+			t.Fatalf("alone: SignedStates = %+v, want not sending, waiting for no member", s)
+		}
+		signedMember(t, "y", nil, 0, x.LocalAddr().String())
+		want := []api.SignedStatesHolder{{Name: "y", State: api.MemberAlive, Reason: api.HolderPreviousRelease}}
+		testnet.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+			if s := st().SignedStates; s.Sending || !slices.Equal(s.WaitingFor, want) {
+				return fmt.Errorf("SignedStates = %+v, want not sending, waiting for %+v", s, want)
+			}
+			return nil
+		})
+	})
+
+	t.Run("after the switch", func(t *testing.T) {
+		ka := newKey(t)
+		a, _ := signedMember(t, "a", ka, mesh.IPAMInfosRead)
+		st := status(t, "a", ka, a)
+		signedMember(t, "b", newKey(t), mesh.IPAMInfosRead, a.LocalAddr().String())
+		testnet.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+			if s := st().SignedStates; !s.Sending || len(s.WaitingFor) != 0 {
+				return fmt.Errorf("SignedStates = %+v with b reading, want sending", s)
+			}
+			return nil
+		})
+		c, _ := signedMember(t, "c", nil, 0, a.LocalAddr().String())
+		cannotRead := "member c runs a release that cannot read signed IPAM states"
+		testnet.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+			if s := st(); !s.SignedStates.Sending || !hasProblem(s, cannotRead) {
+				return fmt.Errorf("c of the previous release live after the switch: SignedStates %+v, problems %q", s.SignedStates, s.Problems)
+			}
+			return nil
+		})
+		if err := c.Leave(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		testnet.Eventually(t, 20*time.Second, 50*time.Millisecond, func() error {
+			if s := st(); !s.SignedStates.Sending || hasProblem(s, "member c ") {
+				return fmt.Errorf("c left: SignedStates %+v, problems %q", s.SignedStates, s.Problems)
+			}
+			return nil
+		})
+	})
 }

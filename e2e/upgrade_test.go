@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
@@ -29,7 +31,9 @@ const signedStatesLog = "every member reads signed peer infos"
 // --accept-legacy-key; then each restarted without --accept-legacy-key.
 // After every step every node reaches every other's overlay address, and
 // at the end the legacy key is gone and a previous-release host is kept
-// out.
+// out. While a node of the previous release is left, `mesh status ipam`
+// on the upgraded nodes says they send no signed IPAM states yet, naming
+// the nodes left; once every node runs the new binary it says they do.
 func TestUpgradeFromPreviousReleaseNodeByNode(t *testing.T) {
 	testnet.RequireRoot(t)
 	oldBin := filepath.Join(testnet.BuildMakeRevision(t, previousRelease), "mesh")
@@ -101,6 +105,24 @@ func TestUpgradeFromPreviousReleaseNodeByNode(t *testing.T) {
 					t.Fatalf("%s sends signed IPAM states while previous-release nodes remain", u.Host.Name)
 				}
 			}
+			// Status says so, naming the nodes of the previous release
+			// left (the ones restarted are back with the new binary).
+			var want []api.SignedStatesHolder
+			line := "not yet (waiting for "
+			for j, o := range nodes[i+1:] {
+				want = append(want, api.SignedStatesHolder{Name: o.Host.Name, State: api.MemberAlive, Reason: api.HolderPreviousRelease})
+				if j > 0 {
+					line += "; "
+				}
+				line += o.Host.Name + ": " + api.HolderPreviousRelease
+			}
+			line += ")"
+			for _, u := range nodes[:i+1] {
+				testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+					return signedStatesAre(u, false, want, line)
+				})
+				t.Logf("%s: Signed: %s", u.Host.Name, line)
+			}
 		}
 	}
 	// Every node runs the new binary: each moves to signed IPAM states.
@@ -112,14 +134,23 @@ func TestUpgradeFromPreviousReleaseNodeByNode(t *testing.T) {
 		}
 		return nil
 	})
+	for _, n := range nodes {
+		testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+			return signedStatesAre(n, true, nil, "yes")
+		})
+	}
 	waitKeys(t, nodes, []string{pw.ID(), legacy.ID()}, pw.ID())
 	// Step 2: node by node, without the legacy key.
 	for _, n := range nodes {
 		restart(n, newBin)
 	}
 	waitKeys(t, nodes, []string{pw.ID()}, pw.ID())
-	// No honest info was refused for its signature on the way.
+	// No honest info was refused for its signature on the way, and the
+	// switch survived the restarts (it is recorded in the state file).
 	for _, n := range nodes {
+		if err := signedStatesAre(n, true, nil, "yes"); err != nil {
+			t.Errorf("after the restarts without the legacy key: %v", err)
+		}
 		for _, p := range n.MustStatus().IPAM.Problems {
 			for _, r := range []string{"unsigned-info", "bad-info-signature", "unknown-signer"} {
 				if strings.Contains(p, "("+r+")") {
@@ -158,4 +189,40 @@ func TestUpgradeFromPreviousReleaseNodeByNode(t *testing.T) {
 			t.Fatalf("password in the log of %s", n.Host.Name)
 		}
 	}
+}
+
+// signedStatesAre checks what `mesh status ipam` on n says of the switch to
+// signed IPAM states, in JSON (sending, and the members it waits for) and
+// on the Signed line of the text; a member that cannot read signed states
+// must not be named among the problems.
+func signedStatesAre(n *node, sending bool, waitingFor []api.SignedStatesHolder, line string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := n.Host.Run(ctx, n.Bin, "status", "ipam", "-o", "json")
+	if err != nil {
+		return err
+	}
+	var st api.IPAM
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return fmt.Errorf("bad `mesh status ipam -o json` on %s: %q: %w", n.Host.Name, out, err)
+	}
+	s := st.SignedStates
+	if s == nil || s.Sending != sending || !slices.Equal(s.WaitingFor, waitingFor) {
+		return fmt.Errorf("%s: signedStates %+v, want sending %v waiting for %+v", n.Host.Name, s, sending, waitingFor)
+	}
+	for _, p := range st.Problems {
+		if strings.Contains(p, "signed IPAM states") {
+			return fmt.Errorf("%s names a problem no member has: %q", n.Host.Name, p)
+		}
+	}
+	text, err := n.Host.Run(ctx, n.Bin, "status", "ipam")
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(strings.Split(text, "\n"), func(l string) bool {
+		return strings.HasPrefix(l, "Signed:") && strings.TrimSpace(strings.TrimPrefix(l, "Signed:")) == line
+	}) {
+		return fmt.Errorf("%s: `mesh status ipam` has no line \"Signed: %s\":\n%s", n.Host.Name, line, text)
+	}
+	return nil
 }

@@ -40,9 +40,11 @@ type Identities interface {
 	// info it learnt unsigned during the upgrade and relays as it has it.
 	// Where such an info is refused it is dropped without being counted.
 	ReadsSigned(name string) bool
-	// AllRead says whether another member is known and every member (a
+	// AllRead says whether another member is known, every member (a
 	// live one, or one gone only a short while) reads states with
-	// signatures. From the first true on, this peer sends them for good.
+	// signatures, and the membership has settled (a joining node learns
+	// the members one by one). From the first true on, this peer sends
+	// them for good.
 	AllRead() bool
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -37,6 +38,11 @@ func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 	fmt.Fprintf(tw, "Free:\t%d\n", ip.Free)
 	if ip.Blocked != "" {
 		fmt.Fprintf(tw, "Blocked:\t%s\n", ip.Blocked)
+	}
+	if ip.SignedStates != nil {
+		// A label no longer than the others: a longer one would realign
+		// every line that scripts may match.
+		fmt.Fprintf(tw, "Signed:\t%s\n", signedLine(ip.SignedStates))
 	}
 	tw.Flush()
 	peers := append([]api.IPAMPeer(nil), ip.Peers...)
@@ -116,4 +122,35 @@ func bytesHuman(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// maxHoldersShown bounds the members named on the Signed line; the JSON
+// output lists them all.
+const maxHoldersShown = 5
+
+// signedLine says whether the node sends signed IPAM states, and while it
+// does not, which members hold it back.
+func signedLine(s *api.SignedStates) string {
+	if s.Sending {
+		return "yes"
+	}
+	if len(s.WaitingFor) == 0 {
+		if s.Settling {
+			return "not yet (the membership changed a moment ago)"
+		}
+		return "not yet (no other member is live)"
+	}
+	parts := make([]string, 0, min(len(s.WaitingFor), maxHoldersShown)+1)
+	for i, h := range s.WaitingFor {
+		if i == maxHoldersShown {
+			parts = append(parts, fmt.Sprintf("and %d more", len(s.WaitingFor)-i))
+			break
+		}
+		p := h.Name + ": " + h.Reason
+		if !h.State.Live() {
+			p += ", " + string(h.State)
+		}
+		parts = append(parts, p)
+	}
+	return "not yet (waiting for " + strings.Join(parts, "; ") + ")"
 }

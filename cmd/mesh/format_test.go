@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,7 +52,8 @@ func sampleStatus() *api.Status {
 				{Name: "host-b", Addresses: 262144, Percent: 25, Reachable: true},
 				{Name: "a-very-long-host-name", Addresses: 262144, Percent: 25, Reachable: true},
 			},
-			Problems: []string{"host-c owns 50.0% of the range and is unreachable: if it is gone for good, run `mesh rmpeer host-c` on one live node"},
+			Problems:     []string{"host-c owns 50.0% of the range and is unreachable: if it is gone for good, run `mesh rmpeer host-c` on one live node"},
+			SignedStates: &api.SignedStates{Sending: true},
 		},
 		Policies: []api.PolicyStatus{
 			{Namespace: "shop", Name: "web-ingress", Types: []string{"Ingress"}, Pods: []string{"shop/web-1", "shop/web-2"}, DeniedPackets: 42},
@@ -99,6 +101,14 @@ func TestFormatGolden(t *testing.T) {
 		{"ipam-blocked", func(b *bytes.Buffer) {
 			st := sampleStatus()
 			st.IPAM.Blocked, st.IPAM.BlockedReason = "waiting for lease echoes: 1 of 2 voters answered (this peer included)", "lease-echo"
+			formatIPAM(b, st)
+		}},
+		{"ipam-signed-waiting", func(b *bytes.Buffer) {
+			st := sampleStatus()
+			st.IPAM.SignedStates = &api.SignedStates{WaitingFor: []api.SignedStatesHolder{
+				{Name: "a-very-long-host-name", State: api.MemberSuspect, Reason: api.HolderPreviousRelease},
+				{Name: "host-c", State: api.MemberDead, Reason: api.HolderPreviousRelease},
+			}}
 			formatIPAM(b, st)
 		}},
 		{"connections", func(b *bytes.Buffer) { formatConnections(b, sampleStatus(), now) }},
@@ -271,6 +281,42 @@ func TestFormatStatusShowsDataplaneProcess(t *testing.T) {
 			}
 			if !strings.Contains(b.String(), tt.want) {
 				t.Fatalf("status output lacks %q:\n%s", tt.want, b.String())
+			}
+		})
+	}
+}
+
+// TestSignedLine: the Signed line of `mesh status ipam` says yes once the
+// node sends signed IPAM states, and until then names what holds it back,
+// a bounded number of members at most.
+func TestSignedLine(t *testing.T) {
+	holder := func(name string, state api.MemberState, reason string) api.SignedStatesHolder {
+		return api.SignedStatesHolder{Name: name, State: state, Reason: reason}
+	}
+	var many []api.SignedStatesHolder
+	for i := range maxHoldersShown + 2 {
+		many = append(many, holder(fmt.Sprintf("host%d", i), api.MemberAlive, api.HolderPreviousRelease))
+	}
+	tests := []struct {
+		name string
+		s    api.SignedStates
+		want string
+	}{
+		{"sending", api.SignedStates{Sending: true}, "yes"},
+		{"alone", api.SignedStates{}, "not yet (no other member is live)"},
+		{"settling", api.SignedStates{Settling: true}, "not yet (the membership changed a moment ago)"},
+		{"a member of the previous release", api.SignedStates{WaitingFor: []api.SignedStatesHolder{holder("host3", api.MemberAlive, api.HolderPreviousRelease)}},
+			"not yet (waiting for host3: previous release)"},
+		{"one gone, one whose metadata does not parse", api.SignedStates{WaitingFor: []api.SignedStatesHolder{
+			holder("host3", api.MemberLeft, api.HolderPreviousRelease), holder("host4", api.MemberAlive, api.HolderBadMeta)}},
+			"not yet (waiting for host3: previous release, left; host4: metadata does not parse)"},
+		{"bounded", api.SignedStates{WaitingFor: many},
+			"not yet (waiting for host0: previous release; host1: previous release; host2: previous release; host3: previous release; host4: previous release; and 2 more)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := signedLine(&tt.s); got != tt.want {
+				t.Fatalf("signedLine = %q, want %q", got, tt.want)
 			}
 		})
 	}

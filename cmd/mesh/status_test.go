@@ -23,7 +23,8 @@ func dualStatus() *api.Status {
 		Peers: []api.IPAMPeer{
 			{Name: "host-b", Addresses: 70368744177664, Percent: 25, Reachable: true},
 		},
-		Problems: []string{"member host-c runs no IPv6 range: its pods get no IPv6 address (give every node the same --ipalloc-range values)"},
+		Problems:     []string{"member host-c runs no IPv6 range: its pods get no IPv6 address (give every node the same --ipalloc-range values)"},
+		SignedStates: &api.SignedStates{Sending: true},
 	}
 	return st
 }
