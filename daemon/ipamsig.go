@@ -67,8 +67,8 @@ const signedInfosGrace = 10 * time.Minute
 const signedInfosSettle = 5 * time.Second
 
 // AllRead: another member is live, every member, live or gone within
-// signedInfosGrace, reads states with signatures, and none changed state
-// within signedInfosSettle.
+// signedInfosGrace, reads states with signatures, and none joined or came
+// back within signedInfosSettle.
 func (i *ipamIdentities) AllRead() bool {
 	return signedSwitchOf(i.members.Members(), time.Now()).ready()
 }
@@ -83,8 +83,8 @@ type signedSwitch struct {
 	holders []mesh.Member
 	// live counts the other live members.
 	live int
-	// settling: one of those members changed state (joined, came back,
-	// left) within signedInfosSettle.
+	// settling: one of the live ones joined or came back within
+	// signedInfosSettle.
 	settling bool
 }
 
@@ -100,7 +100,10 @@ func signedSwitchOf(members []mesh.Member, now time.Time) signedSwitch {
 		if m.Meta.IPAMInfos < mesh.IPAMInfosRead {
 			s.holders = append(s.holders, m)
 		}
-		if now.Sub(m.Since) < signedInfosSettle {
+		// Only a member learnt or back a moment ago hints at others not
+		// learnt yet; one that left does not, and counting it would let
+		// churn put the switch off.
+		if m.State.Live() && now.Sub(m.Since) < signedInfosSettle {
 			s.settling = true
 		}
 	}

@@ -174,8 +174,12 @@ func TestSignedSwitchStatus(t *testing.T) {
 		// previous release a moment later.
 		{name: "every member known reads signed states, one joined a moment ago",
 			members: []mesh.Member{self, member("host2", api.MemberAlive, mesh.IPAMInfosRead, 10*time.Millisecond)}, wantSettling: true},
+		// One that left reveals no member unknown yet: churn must not put
+		// the switch off.
 		{name: "every member reads signed states, one left a moment ago",
-			members: []mesh.Member{self, upgraded, member("host5", api.MemberLeft, mesh.IPAMInfosRead, time.Second)}, wantSettling: true},
+			members: []mesh.Member{self, upgraded, member("host5", api.MemberLeft, mesh.IPAMInfosRead, time.Second)}, wantReady: true},
+		{name: "every member reads signed states, one came back a moment ago",
+			members: []mesh.Member{self, upgraded, member("host5", api.MemberAlive, mesh.IPAMInfosRead, time.Second)}, wantSettling: true},
 		{name: "a member of the previous release gone for longer than the grace",
 			members:   []mesh.Member{self, upgraded, member("host3", api.MemberLeft, 0, signedInfosGrace+time.Minute)},
 			wantReady: true},
