@@ -205,6 +205,11 @@ type Connection struct {
 	// RTTMillis is the round trip of the last probe answered through the
 	// direct path, in milliseconds; absent when none was.
 	RTTMillis float64 `json:"rttMillis,omitempty"`
+	// RelayedBytes is what this node routed for others that came from
+	// this peer (docs/routing.md): the part of Status.RelayedBytes whose
+	// source address is in the peer's own ranges, since the peer's
+	// counter was made; absent when none.
+	RelayedBytes int64 `json:"relayedBytes,omitempty"`
 }
 
 // Peer is one member of the mesh as this node sees it.

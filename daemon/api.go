@@ -8,6 +8,7 @@ import (
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/control"
 	"github.com/meshnet/mesh/fastdp"
+	"github.com/meshnet/mesh/fastdp/relayed"
 	"github.com/meshnet/mesh/mesh"
 )
 
@@ -65,14 +66,15 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	st.Dataplane = d.dp.Kind()
 	st.DataplaneProcess = d.dataplaneProcessStatus()
 	st.MTU = d.mtu
-	st.Connections = d.connections(ctx)
+	var rc relayed.Counts
+	st.Connections, rc = d.connections(ctx)
 	if err := d.cniErr.get(); err != nil && !d.cniDone.Load() {
 		st.Problems = append(st.Problems, "CNI plugin not installed: "+err.Error())
 	}
 	if err := d.natErr.get(); err != nil {
 		st.Problems = append(st.Problems, "NAT: "+err.Error())
 	}
-	st.RelayedBytes = int64(d.relayedBytes())
+	st.RelayedBytes = int64(rc.Bytes)
 	rs := d.members.RelayStats()
 	st.GossipRelay = &api.GossipRelay{Sent: rs.Sent, Forwarded: rs.Forwarded, Dropped: rs.Dropped, Exchanges: rs.Exchanges}
 	if err := d.relayedErr.get(); err != nil {

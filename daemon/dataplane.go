@@ -9,6 +9,7 @@ import (
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp/nat"
+	"github.com/meshnet/mesh/fastdp/relayed"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
 )
@@ -82,34 +83,30 @@ func (noNAT) Set(*nat.Config) error { return nil }
 // *relayed.Counter), or noRelayCounter without a data plane. Set is
 // idempotent and blocks on one netlink transaction at most.
 type relayCounter interface {
-	Set(device string) error
-	Read() (packets, bytes uint64, err error)
+	Set(device string, sources []relayed.Source) error
+	Read() (relayed.Counts, error)
 }
 
 type noRelayCounter struct{}
 
-func (noRelayCounter) Set(string) error              { return nil }
-func (noRelayCounter) Read() (uint64, uint64, error) { return 0, 0, nil }
+func (noRelayCounter) Set(string, []relayed.Source) error { return nil }
+func (noRelayCounter) Read() (relayed.Counts, error)      { return relayed.Counts{}, nil }
 
 // applyRelayCounter keeps the table that counts traffic routed from the
-// WireGuard device back into it (docs/routing.md, "Operation"); every
-// reconcile restores it if it went missing. A failure is reported in the
-// status; it costs only the metric.
+// WireGuard device back into it, in total and per peer it came from
+// (docs/routing.md, "Operation"); every reconcile restores it if it went
+// missing and follows the peers' own prefixes as the last Apply computed
+// them. A failure is reported in the status; it costs only the metrics.
 func (d *Daemon) applyRelayCounter() {
-	err := d.relayed.Set(d.cfg.WGDevice)
+	own := d.rec.OwnPrefixes()
+	sources := make([]relayed.Source, 0, len(own))
+	for name, ps := range own {
+		sources = append(sources, relayed.Source{Name: name, Prefixes: ps})
+	}
+	err := d.relayed.Set(d.cfg.WGDevice, sources)
 	if d.relayedErr.set(err) && err != nil {
 		d.log.Warn("failed to apply the relayed-traffic counter", "error", err)
 	}
-}
-
-// relayedBytes is what this node has routed for others since the counter's
-// table was created; 0 when it cannot be read.
-func (d *Daemon) relayedBytes() uint64 {
-	_, b, err := d.relayed.Read()
-	if err != nil {
-		return 0
-	}
-	return b
 }
 
 func (d *Daemon) reconcileOnce(ctx context.Context, members []mesh.Member) {
@@ -210,14 +207,24 @@ func (d *Daemon) peerInput(overlay, overlay6 netip.Addr, members []mesh.Member) 
 	return in
 }
 
-// connections reports the data plane's peers for status and metrics; the
-// reconciler owns what they are and the state rule.
-func (d *Daemon) connections(ctx context.Context) []api.Connection {
+// connections reports the data plane's peers for status and metrics, each
+// with the bytes this node relayed from it, and the relay counters they
+// were read from (zero when they cannot be read); the reconciler owns what
+// the peers are and the state rule.
+func (d *Daemon) connections(ctx context.Context) ([]api.Connection, relayed.Counts) {
 	out, err := d.rec.Connections(ctx, time.Now())
 	if err != nil {
 		d.log.Debug("cannot read data plane stats", "error", err)
 	}
-	return out
+	rc, err := d.relayed.Read()
+	if err != nil {
+		d.log.Debug("cannot read the relayed-traffic counters", "error", err)
+		return out, relayed.Counts{}
+	}
+	for i := range out {
+		out[i].RelayedBytes = int64(rc.Peers[out[i].Peer])
+	}
+	return out, rc
 }
 
 // reportBadMeta logs, once per member and problem, a member whose gossip

@@ -66,6 +66,7 @@ var (
 	descPeers      = promtext.NewDesc("mesh_peers", "Members of the mesh by state, this node included.", promtext.Gauge, "state")
 	descRelayed    = promtext.NewDesc("mesh_relayed_peers", "Peers whose ranges this node routes through a relay because their direct path is down.", promtext.Gauge)
 	descRelayBytes = promtext.NewDesc("mesh_relayed_bytes_total", "Bytes this node routed for others: IP packets forwarded from the WireGuard device back into it (nftables counter; restarts from 0 when its table is recreated).", promtext.Counter)
+	descPeerRelay  = promtext.NewDesc("mesh_peer_relayed_bytes_total", "Bytes this node routed for others that came from a peer: the part of mesh_relayed_bytes_total whose source address is in the peer's own ranges (restarts from 0 when the peer's counter is made anew).", promtext.Counter, "peer")
 	descGossipRly  = promtext.NewDesc("mesh_gossip_relayed_total", "Gossip packets and streams that went through a relay (docs/routing.md): sent to members reached only through one, forwarded for others, dropped (malformed, TTL spent, no live target, too many streams).", promtext.Counter, "kind")
 	descGossipExch = promtext.NewDesc("mesh_gossip_neighbour_exchanges_total", "State exchanges with a directly reached member, started because some live member had neither a direct path nor a relay (docs/routing.md, \"Gossip through relays\").", promtext.Counter)
 	descRelayChg   = promtext.NewDesc("mesh_relay_changes_total", "Applied data-plane configs that moved a peer's ranges to a relay, to another relay or back to the direct path.", promtext.Counter)
@@ -167,13 +168,15 @@ func (c *collector) Collect(out *promtext.Set) {
 	}
 	now := time.Now()
 	relayed := 0
-	for _, cn := range d.connections(ctx) {
+	cs, rc := d.connections(ctx)
+	for _, cn := range cs {
 		conns[cn.State]++
 		if cn.Via != "" {
 			relayed++
 		}
 		out.Add(descRx, float64(cn.RxBytes), cn.Peer)
 		out.Add(descTx, float64(cn.TxBytes), cn.Peer)
+		out.Add(descPeerRelay, float64(cn.RelayedBytes), cn.Peer)
 		if t, err := time.Parse(time.RFC3339, cn.LastHandshake); err == nil {
 			out.Add(descHandshake, now.Sub(t).Seconds(), cn.Peer)
 		}
@@ -182,7 +185,7 @@ func (c *collector) Collect(out *promtext.Set) {
 		out.Add(descConns, float64(n), string(s))
 	}
 	out.Add(descRelayed, float64(relayed))
-	out.Add(descRelayBytes, float64(d.relayedBytes()))
+	out.Add(descRelayBytes, float64(rc.Bytes))
 	gr := d.members.RelayStats()
 	for kind, v := range map[string]uint64{"sent": gr.Sent, "forwarded": gr.Forwarded, "dropped": gr.Dropped} {
 		out.Add(descGossipRly, float64(v), kind)

@@ -26,7 +26,9 @@ import (
 // forwarded from WireGuard back into WireGuard: exactly once on host2 and
 // host3, never on the ends; mesh's own counter of what a node routes for
 // others (mesh_relayed_bytes_total, status relayedBytes) grows by at least
-// their bytes on the relays and not at all on the ends. No ICMP redirect
+// their bytes on the relays and not at all on the ends, and its figures
+// per peer count the echoes for host1 and the answers for host4 on both
+// relays. No ICMP redirect
 // from one relay crosses the other.
 func TestRelayChain(t *testing.T) {
 	_, nodes, ctx := cniMesh(t, 4, 8*time.Minute)
@@ -161,19 +163,26 @@ func TestRelayChain(t *testing.T) {
 		}
 	}
 	echoes := func(h *testnet.Host, name string) int64 { return nftCounter(ctx, t, h, "ip", echoTable, name) }
-	relayedBytes := func() []int64 {
+	// perPeer: each node's figure per peer (the source's node).
+	perPeer := make([][2]map[string]int64, len(nodes))
+	relayedBytes := func(i int) []int64 {
 		var out []int64
-		for _, n := range nodes {
-			out = append(out, n.MustStatus().RelayedBytes)
+		for j, n := range nodes {
+			st := n.MustStatus()
+			out = append(out, st.RelayedBytes)
+			perPeer[j][i] = map[string]int64{}
+			for _, c := range st.Connections {
+				perPeer[j][i][c.Peer] = c.RelayedBytes
+			}
 		}
 		return out
 	}
-	before := relayedBytes()
+	before := relayedBytes(0)
 	out, err := a.exec(ctx, "ping", "-c", "10", "-i", "0.2", "-W", "2", "-s", "1000", d.ip.String())
 	if err != nil || !strings.Contains(out, "10 packets transmitted, 10 received") {
 		t.Fatalf("ten echoes along the chain: %v\n%s", err, out)
 	}
-	after := relayedBytes()
+	after := relayedBytes(1)
 	for i, h := range hosts {
 		relay := i == 1 || i == 2
 		want := int64(0)
@@ -193,6 +202,16 @@ func TestRelayChain(t *testing.T) {
 			t.Errorf("%s forwarded %d ICMP redirects from WireGuard back into it, want 0", h.Name, r)
 		}
 		t.Logf("%s: relayedBytes +%d", h.Name, got)
+		// Per peer, by the packet's source, not the hop it came
+		// from: the echoes count for host1 and their answers for
+		// host4 on both relays, although host2 gets the answers
+		// from host3 and host3 the echoes from host2.
+		for _, src := range []string{hosts[0].Name, hosts[3].Name} {
+			g := perPeer[i][1][src] - perPeer[i][0][src]
+			if relay && g < 10*1028 || !relay && g != 0 {
+				t.Errorf("%s's relayedBytes for %s grew by %d during ten echoes of 1028 bytes and their answers", h.Name, src, g)
+			}
+		}
 	}
 	code, body, err := httpGet(hosts[1], "http://127.0.0.1:6782/metrics")
 	if err != nil || code != 200 {

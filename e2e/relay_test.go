@@ -251,6 +251,7 @@ func relayTriangle(t *testing.T, tr triangle) {
 			t.Fatalf("%s relayed nothing but counts %d bytes relayed", n.Host.Name, got)
 		}
 	}
+	relayedPerPeer(ctx, t, nodes, a, b)
 	// The relay routes, it does not translate: pod b sees pod a's address,
 	// over TCP and UDP.
 	serveWhoami(t, h2, b.name, ":8080")
@@ -292,6 +293,95 @@ func relayTriangle(t *testing.T, tr triangle) {
 	})
 	t.Logf("direct again %v after the path came back", time.Since(healed).Round(100*time.Millisecond))
 	relayMetrics(t, h1, 0)
+}
+
+// relayedPerPeer checks the relay's bytes per peer in the triangle: echo
+// requests that only one end sends (the other pod ignores them, so no
+// answer is relayed back) grow the relay's figure for the sender's node
+// by at least their size and the other end's by less than one of them,
+// in each direction with a different size, so bytes put on one peer or
+// swapped between the two fail; each grows the total as much, the peers'
+// sum stays within the total, and the ends count nothing for anyone.
+func relayedPerPeer(ctx context.Context, t *testing.T, nodes []*node, a, b *pod) {
+	t.Helper()
+	h1, h2, h3 := nodes[0].Host, nodes[1].Host, nodes[2].Host
+	relay := func() (total int64, peers map[string]int64) {
+		st := nodes[2].MustStatus()
+		peers = map[string]int64{}
+		for _, c := range st.Connections {
+			peers[c.Peer] = c.RelayedBytes
+		}
+		return st.RelayedBytes, peers
+	}
+	ignore := func(p *pod, on bool) {
+		key, v := "net.ipv4.icmp_echo_ignore_all", "0"
+		if p.ip.Is6() {
+			key = "net.ipv6.icmp.echo_ignore_all"
+		}
+		if on {
+			v = "1"
+		}
+		if out, err := p.exec(ctx, "sysctl", "-qw", key+"="+v); err != nil {
+			t.Fatalf("sysctl %s=%s in %s: %v: %s", key, v, p.name, err, out)
+		}
+	}
+	header := 20 + 8
+	if a.ip.Is6() {
+		header = 40 + 8
+	}
+	const echoes = 5
+	for _, dir := range []struct {
+		from, to *pod
+		sender   string // the node of from
+		other    string
+		payload  int
+	}{
+		{a, b, h1.Name, h2.Name, 1000},
+		{b, a, h2.Name, h1.Name, 600},
+	} {
+		size := int64(dir.payload + header)
+		ignore(dir.to, true)
+		total0, before := relay()
+		// No answer comes: ping fails, and says so.
+		dir.from.exec(ctx, "ping", "-c", strconv.Itoa(echoes), "-i", "0.2", "-W", "1", "-s", strconv.Itoa(dir.payload), dir.to.ip.String())
+		total1, after := relay()
+		ignore(dir.to, false)
+		grew, other := after[dir.sender]-before[dir.sender], after[dir.other]-before[dir.other]
+		t.Logf("%s: %d echoes of %d bytes from %s: %s +%d, %s +%d, total +%d", h3.Name, echoes, size, dir.sender, dir.sender, grew, dir.other, other, total1-total0)
+		if grew < echoes*size || other >= size {
+			t.Fatalf("%s counts %s +%d and %s +%d bytes relayed for %d echo requests of %d bytes from %s alone; want at least %d on %s and less than %d on %s",
+				h3.Name, dir.sender, grew, dir.other, other, echoes, size, dir.sender, echoes*size, dir.sender, size, dir.other)
+		}
+		if total1-total0 < grew+other {
+			t.Fatalf("%s's total grew by %d, less than its peers' figures (+%d, +%d)", h3.Name, total1-total0, grew, other)
+		}
+		var sum int64
+		for _, v := range after {
+			sum += v
+		}
+		if sum > total1 {
+			t.Fatalf("%s's figures per peer %v add up to more than its total %d", h3.Name, after, total1)
+		}
+	}
+	for _, n := range nodes[:2] {
+		for _, c := range n.MustStatus().Connections {
+			if c.RelayedBytes != 0 {
+				t.Fatalf("%s relayed nothing but counts %d bytes relayed for %s", n.Host.Name, c.RelayedBytes, c.Peer)
+			}
+		}
+	}
+	code, body, err := httpGet(h3, "http://127.0.0.1:6782/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics on %s = %d, %v", h3.Name, code, err)
+	}
+	for _, peer := range []string{h1.Name, h2.Name} {
+		prefix := fmt.Sprintf("mesh_peer_relayed_bytes_total{peer=%q} ", peer)
+		_, rest, ok := strings.Cut(body, prefix)
+		v, _, _ := strings.Cut(rest, "\n")
+		if n, err := strconv.ParseFloat(v, 64); !ok || err != nil || n <= 0 {
+			t.Fatalf("%s's metrics lack a positive %s...: %q", h3.Name, prefix, v)
+		}
+	}
 }
 
 // redirectTable is the nftables table in which a test counts the ICMP

@@ -2,6 +2,7 @@ package peer
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -188,12 +189,29 @@ func TestDesiredRelays(t *testing.T) {
 			if tt.probe != "" {
 				in.Nodes[1].Probe = netip.MustParseAddr(tt.probe)
 			}
-			cfg, err := Desired(in)
+			d, err := desired(in)
 			if err != nil {
 				t.Fatal(err)
 			}
+			cfg := d.cfg
 			if len(cfg.Peers) != 2 {
 				t.Fatalf("%d peers, want 2", len(cfg.Peers))
+			}
+			// Each node's own prefixes, which the relay counter
+			// attributes its packets by, are what its entry holds
+			// when nothing is relayed: never the ranges it carries
+			// as a relay, nor less than its own while relayed.
+			direct := in
+			direct.Via = nil
+			dd, err := desired(direct)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range dd.cfg.Peers {
+				name := map[crypto.Key]string{w.pubs["b"]: "b", w.pubs["c"]: "c"}[p.PublicKey]
+				if !slices.Equal(d.own[name], p.AllowedIPs) {
+					t.Errorf("%s: own prefixes %v, want %v", name, d.own[name], p.AllowedIPs)
+				}
 			}
 			for _, p := range cfg.Peers {
 				name := map[crypto.Key]string{w.pubs["b"]: "b", w.pubs["c"]: "c"}[p.PublicKey]
@@ -252,6 +270,10 @@ func TestReconcilerReportsRelays(t *testing.T) {
 	}
 	if c := cs["c"]; c.Via != "" || c.DirectPath != api.PathUp || c.RTTMillis != 1.5 {
 		t.Fatalf("c = %+v, want direct, up, 1.5 ms", c)
+	}
+	own := r.OwnPrefixes()
+	if b, c := fmt.Sprint(own["b"]), fmt.Sprint(own["c"]); b != "[10.36.0.0/14 10.44.0.0/14]" || c != "[10.40.0.0/14]" || len(own) != 2 {
+		t.Fatalf("own prefixes %v: want b's ranges on b alone while c carries them", own)
 	}
 	apply(nil)
 	if c := r.Counters().RelayChanges; c != 2 {

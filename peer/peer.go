@@ -201,38 +201,52 @@ func Kept(in Input) ([]Node, error) {
 // The entry of the better state (alive over suspect), then of the smaller
 // name, gives the endpoint.
 func Desired(in Input) (*fastdp.Config, error) {
-	cfg, _, err := desired(in)
-	return cfg, err
+	d, err := desired(in)
+	return d.cfg, err
 }
 
-// desired is Desired that also returns which nodes it relays, and through
-// whom: in.Via less the relays that have no peer.
-func desired(in Input) (*fastdp.Config, map[string]string, error) {
+// desiredState is what desired computes.
+type desiredState struct {
+	cfg *fastdp.Config
+	// via is which nodes are relayed, and through whom: in.Via less the
+	// relays that have no peer.
+	via map[string]string
+	// own maps each node that gets a peer to its own ranges and held
+	// addresses (not the ranges it carries as a relay): the sources of
+	// the packets that come from it, for counting what this node relays
+	// per peer.
+	own map[string][]netip.Prefix
+}
+
+// desired is Desired that also returns which nodes it relays, and each
+// node's own prefixes.
+func desired(in Input) (desiredState, error) {
+	fail := func(err error) (desiredState, error) { return desiredState{}, err }
 	if in.Self == "" {
-		return nil, nil, errors.New("invalid peer input: self name is empty")
+		return fail(errors.New("invalid peer input: self name is empty"))
 	}
 	if !in.ClusterRange.IsValid() {
-		return nil, nil, errors.New("invalid peer input: cluster range is not set")
+		return fail(errors.New("invalid peer input: cluster range is not set"))
 	}
 	if r := in.ClusterRange6; r.IsValid() && (!r.Addr().Is6() || !in.ClusterRange.Addr().Is4()) {
-		return nil, nil, fmt.Errorf("invalid peer input: IPv6 cluster range %s beside %s: want IPv4 and IPv6", r, in.ClusterRange)
+		return fail(fmt.Errorf("invalid peer input: IPv6 cluster range %s beside %s: want IPv4 and IPv6", r, in.ClusterRange))
 	}
 	selfPub, err := in.PrivateKey.Public()
 	if err != nil {
-		return nil, nil, fmt.Errorf("invalid peer input: %w", err)
+		return fail(fmt.Errorf("invalid peer input: %w", err))
 	}
 
 	owned := map[string][]netip.Prefix{}
 	for _, r := range in.Ranges {
 		if !r.CIDR.IsValid() {
-			return nil, nil, fmt.Errorf("invalid peer input: range of %q is not a valid prefix", r.Owner)
+			return fail(fmt.Errorf("invalid peer input: range of %q is not a valid prefix", r.Owner))
 		}
 		owned[r.Owner] = append(owned[r.Owner], r.CIDR.Masked())
 	}
 
 	held, err := heldHosts(in)
 	if err != nil {
-		return nil, nil, err
+		return fail(err)
 	}
 	heldBy := map[string][]netip.Prefix{}
 	for _, p := range slices.SortedFunc(maps.Keys(held), comparePrefix) {
@@ -249,7 +263,7 @@ func desired(in Input) (*fastdp.Config, map[string]string, error) {
 	byKey := map[crypto.Key]*entry{}
 	nodes, err := in.nodes()
 	if err != nil {
-		return nil, nil, err
+		return fail(err)
 	}
 	var peers []Node
 	keyOf := map[string]crypto.Key{}
@@ -273,8 +287,10 @@ func desired(in Input) (*fastdp.Config, map[string]string, error) {
 		}
 	}
 	relayed := map[string]string{}
+	own := make(map[string][]netip.Prefix, len(peers))
 	for _, n := range peers {
 		rs := slices.Concat(owned[n.Name], heldBy[n.Name])
+		own[n.Name] = sortPrefixes(rs)
 		e := byKey[n.PublicKey]
 		if relay, ok := keyOf[in.Via[n.Name]]; ok && relay != n.PublicKey {
 			relayed[n.Name] = in.Via[n.Name]
@@ -348,7 +364,7 @@ func desired(in Input) (*fastdp.Config, map[string]string, error) {
 		cfg.Peers = append(cfg.Peers, p)
 	}
 	slices.SortFunc(cfg.Peers, func(a, b fastdp.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
-	return cfg, relayed, nil
+	return desiredState{cfg: cfg, via: relayed, own: own}, nil
 }
 
 // better reports whether a should give the endpoint over b: alive over

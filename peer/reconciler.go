@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -36,6 +37,9 @@ type Reconciler struct {
 	via          map[string]string // relayed nodes of last, and their relays
 	relayChanges int64
 	paths        *Paths
+	// own is each peer's own prefixes as of the last Apply that computed
+	// a config (desiredState.own).
+	own map[string][]netip.Prefix
 }
 
 // Counters are the Reconciler's running totals, for metrics and status.
@@ -81,10 +85,14 @@ func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err err
 		}
 	}()
 
-	cfg, via, err := desired(in)
+	d, err := desired(in)
 	if err != nil {
 		return false, err
 	}
+	// Kept even when the config is unchanged: a relayed node's ranges
+	// can move without changing any peer's AllowedIPs as a whole.
+	r.own = d.own
+	cfg, via := d.cfg, d.via
 	if r.last.Equal(cfg) && !adopting(r.dp) {
 		r.skipped++
 		return false, nil
@@ -130,6 +138,15 @@ func (r *Reconciler) trackSince(cfg *fastdp.Config, now time.Time) {
 func adopting(dp fastdp.Dataplane) bool {
 	a, ok := dp.(interface{ Adopting() bool })
 	return ok && a.Adopting()
+}
+
+// OwnPrefixes returns, for each node with a peer as of the last Apply,
+// the prefixes its own packets come from: its ranges and held addresses,
+// not the ranges it carries as a relay (docs/routing.md, "Operation").
+func (r *Reconciler) OwnPrefixes() map[string][]netip.Prefix {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.own)
 }
 
 // Paths is the tracker of the direct paths whose states status shows.

@@ -80,14 +80,15 @@ func formatConnections(w io.Writer, st *api.Status, now time.Time) {
 	cs := append([]api.Connection(nil), st.Connections...)
 	sort.Slice(cs, func(i, j int) bool { return cs[i].Peer < cs[j].Peer })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tENDPOINT\tSTATE\tPATH\tRTT\tLAST HANDSHAKE\tRX\tTX\tMTU")
+	// RELAYED: what this node routed for others that came from the peer.
+	fmt.Fprintln(tw, "PEER\tENDPOINT\tSTATE\tPATH\tRTT\tLAST HANDSHAKE\tRX\tTX\tRELAYED\tMTU")
 	for _, c := range cs {
 		hs := "never"
 		if t, err := time.Parse(time.RFC3339, c.LastHandshake); err == nil {
 			hs = now.Sub(t).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", c.Peer, c.Endpoint, c.State, connPath(c), connRTT(c), hs,
-			bytesHuman(c.RxBytes), bytesHuman(c.TxBytes), st.MTU)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", c.Peer, c.Endpoint, c.State, connPath(c), connRTT(c), hs,
+			bytesHuman(c.RxBytes), bytesHuman(c.TxBytes), bytesHuman(c.RelayedBytes), st.MTU)
 	}
 	tw.Flush()
 }
