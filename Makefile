@@ -53,11 +53,13 @@ bench: deps
 
 # The IPAM simulations at length: more peers, steps and seeds than in
 # `make test` (print the seed of any failure; replay with -ipam.sim.seed=N),
+# 50 real memberlist instances on loopback, every figure (docs/scale.md),
 # then the fault injection on real daemons with a long schedule (replay
 # with MESH_FAULT_SEED=N).
 soak: deps
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 90m -run '^TestSimulation' -v ./ipam/
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^TestScale(GossipBytes|Convergence)$$' -v ./ipam/
+	MESH_SOAK=1 $(GO) test -count=1 -timeout 40m -run '^TestScaleMembershipLoopback$$' -v ./mesh/
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^(TestFaultInjection|TestConvergence)$$' -v ./e2e/
 
 clean:

@@ -48,6 +48,9 @@ type Config struct {
 	BindingsFile string
 	// Logger receives membership events and memberlist's own log lines.
 	Logger *slog.Logger
+
+	// tap is for this package's tests only (gossipTap); nil otherwise.
+	tap gossipTap
 }
 
 // DefaultConfig returns a Config for a LAN mesh with the default port and

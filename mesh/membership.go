@@ -141,6 +141,7 @@ func New(cfg Config) (*Membership, error) {
 		mc.AdvertisePort = mc.BindPort
 	}
 	m.relay = newRelayTransport(nt, cfg.Name, m.log.With("component", "gossip-relay"))
+	m.relay.tap = cfg.tap // before memberlist sends anything
 	mc.Transport = m.relay
 	// Dead nodes stay in memberlist's list long enough for a restarted peer
 	// to be recognised; our own map keeps them for status beyond that.

@@ -107,12 +107,58 @@ type relayTransport struct {
 
 	sent, forwarded, dropped, exchanges atomic.Uint64
 
+	// tap is nil in production; this package's tests set it (Config.tap)
+	// before memberlist starts and never change it.
+	tap gossipTap
+
 	failMu sync.Mutex
 	failed map[string]time.Time // member -> last failed direct dial
 
 	done     chan struct{}
 	wg       sync.WaitGroup
 	shutdown sync.Once
+}
+
+// gossipTap sees every packet and stream this node sends on the underlay,
+// so that this package's tests can cut the links between chosen members (a
+// partition, which loopback cannot make otherwise) and count memberlist's
+// bytes (TestScaleMembershipLoopback). Production sets none: each send then
+// costs one nil check.
+type gossipTap interface {
+	// packet is told of a packet of n bytes to addr; false drops it, as a
+	// cut network would.
+	packet(addr string, n int) bool
+	// dial is told of a stream about to be dialled to addr; false refuses
+	// it.
+	dial(addr string) bool
+	// conn wraps a stream this node dialled (to count both directions).
+	conn(c net.Conn) net.Conn
+}
+
+// errTapCut: a stream refused by the test tap (gossipTap.dial).
+var errTapCut = errors.New("link cut by the test tap")
+
+// writeTo sends a packet on the underlay, through the tap if there is one.
+func (t *relayTransport) writeTo(b []byte, addr string) (time.Time, error) {
+	if t.tap != nil && !t.tap.packet(addr, len(b)) {
+		return time.Now(), nil
+	}
+	return t.inner.WriteTo(b, addr)
+}
+
+// dial opens a stream on the underlay, through the tap if there is one.
+func (t *relayTransport) dial(addr string, timeout time.Duration) (net.Conn, error) {
+	if t.tap == nil {
+		return t.inner.DialTimeout(addr, timeout)
+	}
+	if !t.tap.dial(addr) {
+		return nil, fmt.Errorf("failed to dial %s: %w", addr, errTapCut)
+	}
+	c, err := t.inner.DialTimeout(addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return t.tap.conn(c), nil
 }
 
 func newRelayTransport(inner *memberlist.NetTransport, self string, log *slog.Logger) *relayTransport {
@@ -158,27 +204,27 @@ func (t *relayTransport) FinalAdvertiseAddr(ip string, port int) (net.IP, int, e
 }
 
 func (t *relayTransport) WriteTo(b []byte, addr string) (time.Time, error) {
-	return t.inner.WriteTo(b, addr)
+	return t.writeTo(b, addr)
 }
 
 func (t *relayTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	if h, ok := t.hop(a.Name); ok {
 		t.sent.Add(1)
-		return t.inner.WriteTo(t.envelope(a.Name, t.origin.Load().(string), relayTTL, b), h.addr)
+		return t.writeTo(t.envelope(a.Name, t.origin.Load().(string), relayTTL, b), h.addr)
 	}
-	return t.inner.WriteToAddress(b, a)
+	return t.writeTo(b, a.Addr)
 }
 
 func (t *relayTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
 
 func (t *relayTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
-	return t.inner.DialTimeout(addr, timeout)
+	return t.dial(addr, timeout)
 }
 
 func (t *relayTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	h, ok := t.hop(a.Name)
 	if !ok {
-		c, err := t.inner.DialAddressTimeout(a, timeout)
+		c, err := t.dial(a.Addr, timeout)
 		t.noteDirect(a.Name, err)
 		return c, err
 	}
@@ -188,7 +234,7 @@ func (t *relayTransport) DialAddressTimeout(a memberlist.Address, timeout time.D
 
 // dialVia opens a stream to addr that starts with an envelope for target.
 func (t *relayTransport) dialVia(addr, target, origin string, ttl byte, timeout time.Duration) (net.Conn, error) {
-	c, err := t.inner.DialTimeout(addr, timeout)
+	c, err := t.dial(addr, timeout)
 	if err != nil {
 		return nil, fmt.Errorf("failed to dial relay %s for %s: %w", addr, target, err)
 	}
@@ -423,7 +469,7 @@ func (t *relayTransport) relayPacket(p *memberlist.Packet) *memberlist.Packet {
 		t.log.Debug("dropped a gossip packet to relay", "from", p.From, "target", h.target, "ttl", h.ttl)
 		return nil
 	}
-	if _, err := t.inner.WriteTo(t.envelope(h.target, h.origin, h.ttl-1, r.b), to); err != nil {
+	if _, err := t.writeTo(t.envelope(h.target, h.origin, h.ttl-1, r.b), to); err != nil {
 		t.log.Debug("failed to relay a gossip packet", "target", h.target, "to", to, "error", err)
 		return nil
 	}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -190,7 +191,10 @@ func (t *targets) loop(done <-chan struct{}) {
 // refresh marks targets connected or not from the live membership, so a
 // target whose node died is retried again.
 func (t *targets) refresh() {
-	live := t.m.liveAddrs()
+	live := map[netip.AddrPort]bool{}
+	for _, a := range t.m.liveAddrs() {
+		live[a] = true
+	}
 	// Matching may resolve host names: do it without the lock, which
 	// memberlist's event callbacks (learned) and the API also take.
 	t.mu.Lock()
@@ -362,9 +366,17 @@ func (t *targets) saveRememberedLocked() {
 }
 
 // matchesAny reports whether target addr (host:port) names one of live,
-// resolving host names.
-func matchesAny(addr string, live []netip.AddrPort) bool {
+// resolving host names. A lookup per address, not a scan of live: refresh
+// runs every 500 ms over up to maxRemembered targets, and a scan that
+// formatted every live member's port for each target cost targets x members
+// (256 x 500 formattings per pass with 500 members; docs/scale.md,
+// "Membership on loopback").
+func matchesAny(addr string, live map[netip.AddrPort]bool) bool {
 	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
 	if err != nil {
 		return false
 	}
@@ -380,11 +392,9 @@ func matchesAny(addr string, live []netip.AddrPort) bool {
 			}
 		}
 	}
-	for _, l := range live {
-		for _, ip := range ips {
-			if l.Addr() == ip && fmt.Sprint(l.Port()) == portStr {
-				return true
-			}
+	for _, ip := range ips {
+		if live[netip.AddrPortFrom(ip, uint16(port))] {
+			return true
 		}
 	}
 	return false
