@@ -485,7 +485,8 @@ func (c *Counter) update(nc *nftables.Conn, p plan) error {
 	for _, s := range p.sets() {
 		nc.FlushSet(s)
 	}
-	for _, id := range gone {
+	// delPeer deletes what exists of a source's chain and counter.
+	delPeer := func(id string) {
 		if chains[id] {
 			nc.FlushChain(&nftables.Chain{Table: table, Name: id})
 			nc.DelChain(&nftables.Chain{Table: table, Name: id})
@@ -494,16 +495,13 @@ func (c *Counter) update(nc *nftables.Conn, p plan) error {
 			nc.DeleteObject(&nftables.CounterObj{Table: table, Name: id})
 		}
 	}
+	for _, id := range gone {
+		delPeer(id)
+	}
 	for _, id := range missing {
 		// A half of a source's pair that is left (the other deleted by
 		// hand) goes first, so that both are made afresh.
-		if chains[id] {
-			nc.FlushChain(&nftables.Chain{Table: table, Name: id})
-			nc.DelChain(&nftables.Chain{Table: table, Name: id})
-		}
-		if counters[id] != nil {
-			nc.DeleteObject(&nftables.CounterObj{Table: table, Name: id})
-		}
+		delPeer(id)
 		addPeer(nc, id)
 	}
 	for _, s := range p.sets() {
