@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
 )
@@ -27,7 +28,7 @@ const (
 )
 
 // TestConvergence launches 30 real daemons (userspace data plane), each
-// naming only host1, and asserts that every host sees them all alive, that
+// naming only host1, and asserts that every host sees them all live, that
 // host1 reaches every overlay address, and that each daemon stays within
 // the idle CPU and memory bounds, and then that a pod can be added on
 // every host. MESH_SOAK=1 (make soak) makes it 100.
@@ -49,26 +50,39 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 	lastLaunch := time.Now()
 	t.Logf("%d daemons launched in %v", size, lastLaunch.Sub(start).Round(time.Millisecond))
 
-	// Every host sees every member alive. While waiting, what is missing
-	// is logged every 10 s (a soak run is otherwise silent for minutes).
+	// Every host sees every member live: alive, or suspect, which is a
+	// member under probe, not a failed one. A suspicion that memberlist
+	// has already cleared can stay in a node's status until its own next
+	// probe of that member (memberlist tells no delegate when a suspicion
+	// is refuted), and on a loaded 2-core machine some member of 30 is
+	// nearly always under such a suspicion somewhere; a dead or missing
+	// member still fails. The suspects of the passing round are logged.
+	// While waiting, what is missing is logged every 10 s (a soak run is
+	// otherwise silent for minutes).
 	var members time.Duration
+	var suspects []string
 	lastLog := time.Now()
 	testnet.Eventually(t, bound, time.Second, func() error {
 		pass := time.Now()
+		suspects = suspects[:0]
 		err := func() error {
 			for _, n := range nodes {
 				st, err := n.Status()
 				if err != nil {
 					return err
 				}
-				var notAlive []string
+				var notLive []string
 				for _, p := range st.Peers {
-					if p.State != "alive" {
-						notAlive = append(notAlive, p.Name+" "+string(p.State))
+					switch p.State {
+					case api.MemberAlive:
+					case api.MemberSuspect:
+						suspects = append(suspects, n.Host.Name+" suspects "+p.Name)
+					default:
+						notLive = append(notLive, p.Name+" "+string(p.State))
 					}
 				}
-				if alive := len(st.Peers) - len(notAlive); alive != size {
-					return fmt.Errorf("%s sees %d of %d members alive (others: %v)", n.Host.Name, alive, size, notAlive)
+				if live := len(st.Peers) - len(notLive); live != size {
+					return fmt.Errorf("%s sees %d of %d members live (others: %v)", n.Host.Name, live, size, notLive)
 				}
 			}
 			return nil
@@ -81,6 +95,9 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 		return err
 	})
 	members = time.Since(lastLaunch)
+	if len(suspects) > 0 {
+		t.Logf("live everywhere; suspicions in that round: %v", suspects)
+	}
 
 	// host1 reaches every overlay address.
 	ctx, cancel := context.WithTimeout(context.Background(), bound)
@@ -90,7 +107,7 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 		return meshtest.ReachAll(ctx, nodes, reached)
 	})
 	full := time.Since(lastLaunch)
-	t.Logf("%d hosts: all members alive everywhere %v after the last launch; host1 reached every overlay address %v after it",
+	t.Logf("%d hosts: all members live everywhere %v after the last launch; host1 reached every overlay address %v after it",
 		size, members.Round(time.Millisecond), full.Round(time.Millisecond))
 
 	// At rest: CPU share and resident memory of each daemon.
