@@ -27,8 +27,8 @@ const (
 	rssBound = 256 << 20
 )
 
-// TestConvergence launches 30 real daemons (userspace data plane), each
-// naming only host1, and asserts that every host sees them all alive, that
+// TestConvergence launches 20 real daemons (userspace data plane), each
+// naming only host1, and asserts that every host sees them all live, that
 // host1 reaches every overlay address, and that each daemon stays within
 // the idle CPU and memory bounds, and then that a pod can be added on
 // every host. MESH_SOAK=1 (make soak) makes it 100.
@@ -38,7 +38,7 @@ func TestConvergence(t *testing.T) {
 		testConvergence(t, 100, soakBound)
 		return
 	}
-	testConvergence(t, 30, convergeBound)
+	testConvergence(t, 20, convergeBound)
 }
 
 func testConvergence(t *testing.T, size int, bound time.Duration) {

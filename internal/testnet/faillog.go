@@ -14,13 +14,16 @@ import (
 // must not be buried under thousands of log lines printed after it.
 func QuietFailureLogs() bool { return os.Getenv("CI") == "true" }
 
+// fileSafe turns a test's or process's name into one path element.
+var fileSafe = strings.NewReplacer("/", "_", " ", "_")
+
 // KeepLog copies p's log out of the test's directories (which cleanup
 // removes) into a directory under os.TempDir named after the test, and
 // returns a line saying where it is.
 func KeepLog(t testing.TB, p *Proc) string {
 	log := p.Log()
-	dir := filepath.Join(os.TempDir(), "mesh-test-logs", strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
-	path := filepath.Join(dir, fmt.Sprintf("%s-%d.log", strings.NewReplacer("/", "_", " ", "_").Replace(p.String()), p.PID()))
+	dir := filepath.Join(os.TempDir(), "mesh-test-logs", fileSafe.Replace(t.Name()))
+	path := filepath.Join(dir, fmt.Sprintf("%s-%d.log", fileSafe.Replace(p.String()), p.PID()))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Sprintf("not kept: %v", err)
 	}
