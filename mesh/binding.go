@@ -2,10 +2,12 @@ package mesh
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"sync"
 
@@ -32,6 +34,49 @@ type bindings struct {
 	refused map[string]string // name → last refusal, for status
 	counts  map[string]uint64 // reason → refusals
 	logged  map[string]bool   // name+reason logged once
+
+	// verified is, per name, the last signed metadata that checked out.
+	// memberlist hands NotifyAlive every entry of every state exchange,
+	// nearly all unchanged, and an ed25519 verification each was 42 % of
+	// the CPU of a 200-member start (docs/scale.md, "Membership on
+	// loopback"); VerifyMeta is a pure function of the bytes, the name
+	// and the address, so the same three need no second check.
+	verified map[string]verifiedMeta
+	checks   uint64 // signature checks made, for tests
+}
+
+// verifiedMeta is metadata whose signature checked out, with the address
+// it was checked for and the key that signed it.
+type verifiedMeta struct {
+	meta []byte
+	addr netip.AddrPort
+	pub  ed25519.PublicKey
+}
+
+// verify is VerifyMeta, remembered per name for signed metadata that
+// checked out.
+func (b *bindings) verify(meta []byte, name string, addr netip.AddrPort) (ed25519.PublicKey, error) {
+	b.mu.Lock()
+	v, ok := b.verified[name]
+	b.mu.Unlock()
+	if ok && v.addr == addr && bytes.Equal(v.meta, meta) {
+		return v.pub, nil
+	}
+	b.mu.Lock()
+	b.checks++
+	b.mu.Unlock()
+	_, pub, err := VerifyMeta(meta, name, addr)
+	if err != nil || pub == nil {
+		return pub, err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, known := b.verified[name]; !known && len(b.verified) >= maxBindings {
+		// Bounded like the bindings; forgetting costs only a check.
+		clear(b.verified)
+	}
+	b.verified[name] = verifiedMeta{meta: bytes.Clone(meta), addr: addr, pub: pub}
+	return pub, nil
 }
 
 func newBindings(path, self string, log *slog.Logger) (*bindings, error) {
@@ -43,7 +88,8 @@ func newBindings(path, self string, log *slog.Logger) (*bindings, error) {
 		}
 	}
 	return &bindings{log: log, self: self, path: path, table: table,
-		refused: map[string]string{}, counts: map[string]uint64{}, logged: map[string]bool{}}, nil
+		refused: map[string]string{}, counts: map[string]uint64{}, logged: map[string]bool{},
+		verified: map[string]verifiedMeta{}}, nil
 }
 
 // check is memberlist's AliveDelegate: it runs on every alive message and
@@ -54,7 +100,7 @@ func (b *bindings) NotifyAlive(n *memberlist.Node) error {
 		// Our own messages; memberlist refutes others' claims of our name.
 		return nil
 	}
-	_, pub, err := VerifyMeta(n.Meta, n.Name, nodeAddr(n))
+	pub, err := b.verify(n.Meta, n.Name, nodeAddr(n))
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	bound, isBound := b.table[n.Name]

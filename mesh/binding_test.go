@@ -231,3 +231,58 @@ func TestNameTakeoverRefused(t *testing.T) {
 		t.Error("a node forgot its own name's binding")
 	}
 }
+
+// TestVerifiedMetaRemembered: metadata already checked for the same name
+// and address is not checked again (every state exchange repeats every
+// member's), while a change of bytes or address is, so a signature made
+// for another address or over other bytes is still refused.
+func TestVerifiedMetaRemembered(t *testing.T) {
+	k := newSignKey(t)
+	b, err := newBindings("", "a", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := signedNode(t, "b", k)
+	for range 5 {
+		if err := b.NotifyAlive(n); err != nil {
+			t.Fatalf("refused: %v", err)
+		}
+	}
+	if b.checks != 1 {
+		t.Fatalf("%d signature checks for the same metadata five times, want 1", b.checks)
+	}
+	moved := *n
+	moved.Addr = net.ParseIP("192.0.2.99")
+	if err := b.NotifyAlive(&moved); err == nil || !strings.Contains(err.Error(), RefusedBadSignature) {
+		t.Fatalf("the same signed metadata from another address: %v, want refused as %s", err, RefusedBadSignature)
+	}
+	tampered := *n
+	tampered.Meta = []byte(strings.Replace(string(n.Meta), "id-b", "id-x", 1))
+	if err := b.NotifyAlive(&tampered); err == nil || !strings.Contains(err.Error(), RefusedBadSignature) {
+		t.Fatalf("tampered metadata after a good one: %v, want refused as %s", err, RefusedBadSignature)
+	}
+	if b.checks != 3 {
+		t.Fatalf("%d signature checks, want 3 (each change checked)", b.checks)
+	}
+	// The good one is still remembered.
+	if err := b.NotifyAlive(n); err != nil || b.checks != 3 {
+		t.Fatalf("the remembered metadata again: %v after %d checks, want accepted without a fourth", err, b.checks)
+	}
+}
+
+// TestVerifiedMetaBounded: the remembered checks stay within maxBindings.
+func TestVerifiedMetaBounded(t *testing.T) {
+	k := newSignKey(t)
+	b, err := newBindings("", "a", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxBindings + 10 {
+		if _, err := b.verify(signedNode(t, fmt.Sprintf("n%d", i), k).Meta, fmt.Sprintf("n%d", i), testAddr); err != nil {
+			t.Fatal(err)
+		}
+		if len(b.verified) > maxBindings {
+			t.Fatalf("%d remembered after %d names, bound %d", len(b.verified), i+1, maxBindings)
+		}
+	}
+}
