@@ -23,10 +23,23 @@ const (
 	// overlay (108 bytes on the wire, with WireGuard's padding and headers
 	// and UDP/IPv4's), so a node spends about 110 B/s each way per peer.
 	ProbeInterval = time.Second
-	// PathDownAfter is how long probes must go unanswered for a direct
-	// path to count as down: five probes in a row, so that a lost packet or
-	// a slow scheduler does not move traffic.
-	PathDownAfter = 5 * time.Second
+	// PathDownAfter and PathDownProbes make a direct path that answered
+	// before count as down: no answer for PathDownAfter and to the last
+	// PathDownProbes probes in a row. Both, so that a lost packet does not
+	// move traffic, nor a node whose own loop stalled (a loaded host that
+	// ran no probe round for seconds sees every path silent for that long,
+	// but it has sent no probe that could go unanswered).
+	PathDownAfter  = 5 * time.Second
+	PathDownProbes = 5
+	// PathFirstAnswerWithin is how long a path that never answered has
+	// before it counts as down (with PathDownProbes unanswered probes as
+	// well). Longer than PathDownAfter: a path to a node that just joined
+	// only answers once the far end has learnt of this node through gossip,
+	// put it in its WireGuard configuration and completed a handshake,
+	// which on a loaded host takes more than five seconds; calling such a
+	// path down would relay the newcomer's traffic and gossip for no
+	// reason (docs/routing.md, "Path states").
+	PathFirstAnswerWithin = 30 * time.Second
 	// PathUpAfter is how long probes must be answered, without a gap of
 	// PathDownAfter, for a path that was down to count as up again: the
 	// other half of the hysteresis, so that a flapping path does not move
@@ -43,7 +56,10 @@ type pathRecord struct {
 	lastReply   time.Time
 	streakStart time.Time // first reply of the current run without a gap of PathDownAfter
 	rtt         time.Duration
-	down        bool
+	// missed counts the probe rounds since the last answer (each Observe
+	// after the first ends one round whose probe went out).
+	missed int
+	down   bool
 }
 
 // Paths tracks the direct path to each peer from its probe results. It is
@@ -57,17 +73,21 @@ type Paths struct {
 // NewPaths returns an empty tracker.
 func NewPaths() *Paths { return &Paths{paths: map[string]*pathRecord{}} }
 
-// pathDown is the one rule for a direct path: down once no probe has been
-// answered for PathDownAfter (counted from the first observation while
-// none ever was); up again once answered without such a gap for
-// PathUpAfter. A path starts up, so a node that starts does not relay
+// pathDown is the one rule for a direct path: down once the last
+// PathDownProbes probes went unanswered and no answer came for
+// PathDownAfter, or, for a path that never answered, for
+// PathFirstAnswerWithin since it was first observed; up again once
+// answered without a gap of PathDownAfter for PathUpAfter. A path starts
+// up, so a node that starts, or a peer that just joined, is not relayed
 // before its probes had their chance.
 func pathDown(r *pathRecord, now time.Time) bool {
-	last := r.lastReply
-	if last.IsZero() {
-		last = r.since
+	silent := r.missed >= PathDownProbes
+	if r.lastReply.IsZero() {
+		silent = silent && now.Sub(r.since) >= PathFirstAnswerWithin
+	} else {
+		silent = silent && now.Sub(r.lastReply) >= PathDownAfter
 	}
-	if now.Sub(last) >= PathDownAfter {
+	if silent {
 		return true
 	}
 	if r.down {
@@ -76,9 +96,11 @@ func pathDown(r *pathRecord, now time.Time) bool {
 	return false
 }
 
-// Observe takes the prober's results by peer name at now. Peers absent
-// from results are forgotten (they have no probe address, or are gone),
-// which keeps the tracker bounded by the peers probed.
+// Observe takes the prober's results by peer name at now. The caller calls
+// it once per probe round, before sending that round's probes, so each call
+// after a peer's first ends one round in which a probe to it was out.
+// Peers absent from results are forgotten (they have no probe address, or
+// are gone), which keeps the tracker bounded by the peers probed.
 func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -92,8 +114,11 @@ func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) {
 		if r == nil {
 			r = &pathRecord{since: now}
 			p.paths[name] = r
+		} else {
+			r.missed++
 		}
 		if res.LastReply.After(r.lastReply) {
+			r.missed = 0
 			prev := r.lastReply
 			if prev.IsZero() {
 				prev = r.since

@@ -16,8 +16,10 @@ import (
 )
 
 // The direct path's state follows the probes with hysteresis: down only
-// after PathDownAfter without an answer, up again only after PathUpAfter
-// of answers without such a gap.
+// after PathDownAfter and PathDownProbes rounds without an answer
+// (PathFirstAnswerWithin for a path that never answered), up again only
+// after PathUpAfter of answers without such a gap. Each step is one probe
+// round (one Observe).
 func TestPathsHysteresis(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 4, 0, 0, 0, time.UTC)
 	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
@@ -26,25 +28,43 @@ func TestPathsHysteresis(t *testing.T) {
 		lastReply float64 // seconds after t0; negative: none yet
 		want      api.PathState
 	}
+	// rounds returns one step a second over [from, to], all with the same
+	// last reply and state.
+	rounds := func(from, to, lastReply float64, want api.PathState) []step {
+		var out []step
+		for s := from; s <= to; s++ {
+			out = append(out, step{s, lastReply, want})
+		}
+		return out
+	}
+	cat := func(parts ...[]step) []step { return slices.Concat(parts...) }
 	tests := []struct {
 		name  string
 		steps []step
 	}{
-		{name: "starts up while probes have their chance", steps: []step{
-			{0, -1, api.PathUp}, {4, -1, api.PathUp}, {5, -1, api.PathDown}}},
-		{name: "answered stays up", steps: []step{
-			{0, -1, api.PathUp}, {1, 1, api.PathUp}, {5, 5, api.PathUp}, {9, 9, api.PathUp}}},
-		{name: "a few lost probes do not move it", steps: []step{
-			{1, 1, api.PathUp}, {5, 1, api.PathUp}, {5.5, 5.5, api.PathUp}}},
-		{name: "down after five seconds without an answer", steps: []step{
-			{1, 1, api.PathUp}, {5.9, 1, api.PathUp}, {6, 1, api.PathDown}}},
-		{name: "up again only after ten seconds of answers", steps: []step{
-			{1, 1, api.PathUp}, {6, 1, api.PathDown}, {20, 20, api.PathDown}, {24, 24, api.PathDown},
-			{28, 28, api.PathDown}, {29.9, 29.9, api.PathDown}, {30, 30, api.PathUp}}},
-		{name: "a gap restarts the run", steps: []step{
-			{1, 1, api.PathUp}, {6, 1, api.PathDown}, {20, 20, api.PathDown}, {24, 24, api.PathDown},
-			{29, 24, api.PathDown}, {30, 30, api.PathDown}, {34, 34, api.PathDown}, {38, 38, api.PathDown},
-			{39.9, 39.9, api.PathDown}, {40, 40, api.PathUp}}},
+		{name: "a path that never answered has thirty seconds", steps: cat(
+			rounds(0, 29, -1, api.PathUp), rounds(30, 31, -1, api.PathDown))},
+		{name: "answered stays up", steps: cat(
+			rounds(0, 0, -1, api.PathUp), []step{{1, 1, api.PathUp}, {5, 5, api.PathUp}, {9, 9, api.PathUp}})},
+		{name: "a few lost probes do not move it", steps: cat(
+			rounds(1, 4, 1, api.PathUp), []step{{5, 5, api.PathUp}})},
+		{name: "down after five unanswered rounds over five seconds", steps: cat(
+			rounds(1, 5, 1, api.PathUp), []step{{5.9, 1, api.PathUp}, {6, 1, api.PathDown}})},
+		{name: "a stalled loop is not a silent path", steps: []step{
+			// The node ran no round for 20 s: every path looks silent
+			// for that long, but only one probe went unanswered.
+			{1, 1, api.PathUp}, {21, 1, api.PathUp}, {22, 1, api.PathUp}, {23, 23, api.PathUp}}},
+		{name: "a slow loop needs five unanswered rounds", steps: []step{
+			{1, 1, api.PathUp}, {4, 1, api.PathUp}, {7, 1, api.PathUp}, {10, 1, api.PathUp},
+			{13, 1, api.PathUp}, {16, 1, api.PathDown}}},
+		{name: "up again only after ten seconds of answers", steps: cat(
+			rounds(1, 6, 1, api.PathUp)[:5], []step{{6, 1, api.PathDown}},
+			[]step{{20, 20, api.PathDown}, {24, 24, api.PathDown},
+				{28, 28, api.PathDown}, {29.9, 29.9, api.PathDown}, {30, 30, api.PathUp}})},
+		{name: "a gap restarts the run", steps: cat(
+			rounds(1, 5, 1, api.PathUp), []step{{6, 1, api.PathDown}, {20, 20, api.PathDown}},
+			rounds(21, 28, 20, api.PathDown), []step{{29, 24, api.PathDown}, {30, 30, api.PathDown},
+				{34, 34, api.PathDown}, {38, 38, api.PathDown}, {39.9, 39.9, api.PathDown}, {40, 40, api.PathUp}})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -67,12 +87,32 @@ func TestPathsHysteresis(t *testing.T) {
 	}
 }
 
+// observeSilent runs probe rounds a second apart from now in which the
+// peers in silent never answer and those in answering answer every round,
+// until a path that never answered counts as down; it returns the time of
+// the last round.
+func observeSilent(p *Paths, now time.Time, silent []string, answering map[string]time.Duration) time.Time {
+	var last time.Time
+	for i := 0; i <= int(PathFirstAnswerWithin/time.Second); i++ {
+		last = now.Add(time.Duration(i) * time.Second)
+		res := map[string]ProbeResult{}
+		for _, name := range silent {
+			res[name] = ProbeResult{}
+		}
+		for name, rtt := range answering {
+			res[name] = ProbeResult{LastReply: last, RTT: rtt}
+		}
+		p.Observe(last, res)
+	}
+	return last
+}
+
 // Peers no longer probed are forgotten, so the tracker stays bounded.
 func TestPathsForgetUnprobed(t *testing.T) {
 	p := NewPaths()
 	now := time.Now()
 	p.Observe(now, map[string]ProbeResult{"a": {}, "b": {}})
-	p.Observe(now.Add(PathDownAfter), map[string]ProbeResult{"a": {}})
+	observeSilent(p, now.Add(time.Second), []string{"a"}, nil)
 	if got := p.Down(); len(got) != 1 || got[0] != "a" {
 		t.Fatalf("Down() = %v, want [a]", got)
 	}
@@ -235,8 +275,7 @@ func TestReconcilerReportsRelays(t *testing.T) {
 	ctx := context.Background()
 	dp.SetStats([]fastdp.PeerStats{{PublicKey: w.pubs["b"]}, {PublicKey: w.pubs["c"]}})
 	now := time.Unix(1_000_000, 0)
-	r.Paths().Observe(now, map[string]ProbeResult{"b": {}, "c": {LastReply: now, RTT: 1500 * time.Microsecond}})
-	r.Paths().Observe(now.Add(PathDownAfter), map[string]ProbeResult{"b": {}, "c": {LastReply: now.Add(PathDownAfter), RTT: 1500 * time.Microsecond}})
+	now = observeSilent(r.Paths(), now, []string{"b"}, map[string]time.Duration{"c": 1500 * time.Microsecond})
 	conns := func() map[string]api.Connection {
 		t.Helper()
 		cs, err := r.Connections(ctx, now)
