@@ -51,12 +51,11 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 	t.Logf("%d daemons launched in %v", size, lastLaunch.Sub(start).Round(time.Millisecond))
 
 	// Every host sees every member live: alive, or suspect, which is a
-	// member under probe, not a failed one. A suspicion that memberlist
-	// has already cleared can stay in a node's status until its own next
-	// probe of that member (docs/scale.md, "Membership on loopback",
-	// finding 1), and on a loaded 2-core machine some member of 30 is
-	// nearly always under such a suspicion somewhere; a dead or missing
-	// member still fails. The suspects of the passing round are logged.
+	// member under probe, not a failed one: on a loaded 2-core machine a
+	// probe is lost now and then, and the member stays suspect on that
+	// node until its re-probe answers (docs/scale.md, "Membership on
+	// loopback"); a dead or missing member still fails. The suspects of
+	// the passing round are logged.
 	// While waiting, what is missing is logged every 10 s (a soak run is
 	// otherwise silent for minutes).
 	var members time.Duration

@@ -51,6 +51,9 @@ type Config struct {
 
 	// tap is for this package's tests only (gossipTap); nil otherwise.
 	tap gossipTap
+	// probeInterval and reprobeEvery, when set, replace memberlist's probe
+	// interval and reprobeEvery: for this package's tests only.
+	probeInterval, reprobeEvery time.Duration
 }
 
 // DefaultConfig returns a Config for a LAN mesh with the default port and

@@ -149,6 +149,9 @@ func New(cfg Config) (*Membership, error) {
 	// Full state exchanges repair whatever broadcasts missed, the IPAM
 	// ring's included; 15 s instead of 30 s halves the worst case.
 	mc.PushPullInterval = 15 * time.Second
+	if cfg.probeInterval > 0 {
+		mc.ProbeInterval = cfg.probeInterval
+	}
 
 	// The targets exist before memberlist does: Create starts listening,
 	// and a peer's state exchange can report joins (observe, which tells
@@ -187,7 +190,8 @@ func (m *Membership) IsMember(name string) bool {
 	return ok && mem.State.Live()
 }
 
-// Start begins joining the targets in the background. Register channels
+// Start begins joining the targets, and pinging members this node
+// suspects (reprobeLoop), in the background. Register channels
 // before it, so that they take part in the first state exchanges.
 func (m *Membership) Start() {
 	m.startOnce.Do(func() {
@@ -195,6 +199,11 @@ func (m *Membership) Start() {
 		go func() {
 			defer m.wg.Done()
 			m.targets.loop(m.done)
+		}()
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			m.reprobeLoop(m.done)
 		}()
 	})
 }
