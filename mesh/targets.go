@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -231,17 +233,54 @@ func (t *targets) refresh() {
 	}
 }
 
+// learnedRank orders targets named by an operator before learned ones.
+func learnedRank(tg *target) int {
+	if tg.source == SourceLearned {
+		return 1
+	}
+	return 0
+}
+
+// maxJoinsInFlight bounds the join attempts a node runs at once. Each is a
+// full push/pull of the member list, and after a partition or a wave of
+// false deaths every remembered dead peer is due at the same moment: up to
+// maxRemembered push/pulls at once per node, which turned false suspicions
+// into a collapse at 160 members (docs/scale.md, "Membership on
+// loopback"). One attempt that gets through heals the view; the others
+// wait their turn.
+const maxJoinsInFlight = 4
+
+// due marks busy, and returns, the targets to attempt now: at most
+// maxJoinsInFlight in flight, peers named at launch or by connect before
+// learned ones, then the longest due first.
 func (t *targets) due() []*target {
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	var out []*target
+	var ready []*target
+	busy := 0
 	for _, tg := range t.list {
-		if tg.busy || tg.state == TargetConnected || now.Before(tg.next) {
+		if tg.busy {
+			busy++
 			continue
 		}
+		if tg.state == TargetConnected || now.Before(tg.next) {
+			continue
+		}
+		ready = append(ready, tg)
+	}
+	slices.SortFunc(ready, func(a, b *target) int {
+		if c := cmp.Compare(learnedRank(a), learnedRank(b)); c != 0 {
+			return c
+		}
+		if c := a.next.Compare(b.next); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.addr, b.addr)
+	})
+	out := ready[:min(len(ready), max(0, maxJoinsInFlight-busy))]
+	for _, tg := range out {
 		tg.busy = true
-		out = append(out, tg)
 	}
 	return out
 }

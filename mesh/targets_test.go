@@ -1,8 +1,10 @@
 package mesh
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 // The join loop's check of which targets are connected: a lookup of the
@@ -30,5 +32,43 @@ func TestMatchesAny(t *testing.T) {
 				t.Fatalf("matchesAny(%q) = %v, want %v", tc.addr, got, tc.want)
 			}
 		})
+	}
+}
+
+// At most maxJoinsInFlight join attempts run at once, named targets before
+// learned ones, so a wave of dead remembered peers cannot start a storm of
+// push/pulls, nor keep the peers named at launch waiting.
+func TestJoinAttemptsBounded(t *testing.T) {
+	tg := &targets{list: map[string]*target{}}
+	past := time.Now().Add(-time.Minute)
+	for i := range 20 {
+		a := fmt.Sprintf("192.0.2.%d:6783", i+1)
+		tg.list[a] = &target{addr: a, source: SourceLearned, state: TargetRetrying, next: past.Add(time.Duration(i) * time.Second)}
+	}
+	named := "198.51.100.1:6783"
+	tg.list[named] = &target{addr: named, source: SourceLaunch, state: TargetRetrying, next: time.Now()}
+	tg.list["198.51.100.2:6783"] = &target{addr: "198.51.100.2:6783", source: SourceLaunch, state: TargetConnected}
+
+	first := tg.due()
+	if len(first) != maxJoinsInFlight {
+		t.Fatalf("%d attempts due at once, want %d", len(first), maxJoinsInFlight)
+	}
+	if first[0].addr != named {
+		t.Fatalf("first attempt is %s, want the target named at launch %s", first[0].addr, named)
+	}
+	for i, want := range []string{"192.0.2.1:6783", "192.0.2.2:6783", "192.0.2.3:6783"} {
+		if first[i+1].addr != want {
+			t.Fatalf("attempt %d is %s, want the longest due %s", i+1, first[i+1].addr, want)
+		}
+	}
+	if more := tg.due(); len(more) != 0 {
+		t.Fatalf("%d more attempts started while %d are in flight", len(more), maxJoinsInFlight)
+	}
+	// One finishes: one more starts.
+	tg.mu.Lock()
+	first[1].busy, first[1].next = false, time.Now().Add(time.Hour)
+	tg.mu.Unlock()
+	if more := tg.due(); len(more) != 1 || more[0].addr != "192.0.2.4:6783" {
+		t.Fatalf("after one attempt ended, due = %v, want the next learned target alone", more)
 	}
 }
