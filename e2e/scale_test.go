@@ -31,9 +31,18 @@ const (
 // naming only host1, and asserts that every host sees them all live, that
 // host1 reaches every overlay address, and that each daemon stays within
 // the idle CPU and memory bounds, and then that a pod can be added on
-// every host. MESH_SOAK=1 (make soak) makes it 100.
+// every host. MESH_SOAK=1 (make soak) makes it 100; MESH_CONVERGENCE_HOSTS
+// sets another size (with the soak's bound), for measuring.
 func TestConvergence(t *testing.T) {
 	testnet.RequireRoot(t)
+	if v := os.Getenv("MESH_CONVERGENCE_HOSTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 2 || n > 200 {
+			t.Fatalf("MESH_CONVERGENCE_HOSTS=%q: want a number of hosts from 2 to 200", v)
+		}
+		testConvergence(t, n, soakBound)
+		return
+	}
 	if os.Getenv("MESH_SOAK") != "" {
 		testConvergence(t, 100, soakBound)
 		return
