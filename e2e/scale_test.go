@@ -27,7 +27,7 @@ const (
 	rssBound = 256 << 20
 )
 
-// TestConvergence launches 20 real daemons (userspace data plane), each
+// TestConvergence launches 30 real daemons (userspace data plane), each
 // naming only host1, and asserts that every host sees them all live, that
 // host1 reaches every overlay address, and that each daemon stays within
 // the idle CPU and memory bounds, and then that a pod can be added on
@@ -47,7 +47,7 @@ func TestConvergence(t *testing.T) {
 		testConvergence(t, 100, soakBound)
 		return
 	}
-	testConvergence(t, 20, convergeBound)
+	testConvergence(t, 30, convergeBound)
 }
 
 func testConvergence(t *testing.T, size int, bound time.Duration) {

@@ -38,7 +38,7 @@ const (
 	// put it in its WireGuard configuration and completed a handshake,
 	// which on a loaded host takes more than five seconds; calling such a
 	// path down would relay the newcomer's traffic and gossip for no
-	// reason (docs/routing.md, "Path states").
+	// reason (docs/routing.md, "The signal: a probe through the direct path").
 	PathFirstAnswerWithin = 30 * time.Second
 	// PathUpAfter is how long probes must be answered, without a gap of
 	// PathDownAfter, for a path that was down to count as up again: the

@@ -9,19 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
 	"github.com/meshnet/mesh/daemon"
 )
-
-// daemonGCPercent is the daemon's GOGC unless the environment sets one. The
-// daemon is a control plane (pod packets go through mesh-dataplane or the
-// kernel) with a small heap and a low allocation rate, so collecting at
-// 50% growth instead of Go's 100% costs little CPU and keeps its idle RSS
-// about 2 MiB lower (docs/performance.md, "Idle memory").
-const daemonGCPercent = 50
 
 func launch(args []string, stderr io.Writer) error {
 	cfg := daemon.DefaultConfig()
@@ -74,9 +66,6 @@ func launch(args []string, stderr io.Writer) error {
 	}
 	cfg.Peers = peers
 	cfg.Version = version
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(daemonGCPercent)
-	}
 	if len(ipRanges) > 0 {
 		if err := cfg.SetIPAllocRanges(ipRanges); err != nil {
 			return err
