@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,17 +110,31 @@ func LaunchWithEnv(t testing.TB, h *testnet.Host, peers []*testnet.Host, env []s
 func (n *Node) Start() {
 	n.T.Helper()
 	n.Proc = n.Host.Start(n.T, n.Bin, n.Args, n.Env)
-	// Generous: under a load average of 15 (the 100-host soak beside other
-	// jobs) one `mesh status` took 2.5 s; a daemon that exits is caught at
-	// once.
-	testnet.Eventually(n.T, 30*time.Second, 100*time.Millisecond, func() error {
+	err := testnet.Poll(launchSocketBound, 100*time.Millisecond, func() error {
 		if n.Proc.Exited() {
 			return fmt.Errorf("mesh on %s exited:\n%s", n.Host.Name, n.Proc.Log())
 		}
 		_, err := n.Status()
 		return err
 	})
+	if err == nil {
+		return
+	}
+	if !n.Proc.Exited() {
+		// Where did it wait? SIGQUIT makes the Go runtime write every
+		// goroutine's stack to the daemon's log before it exits.
+		_ = syscall.Kill(n.Proc.PID(), syscall.SIGQUIT)
+		_ = n.Proc.Wait(5 * time.Second)
+		err = fmt.Errorf("%w (SIGQUIT dumped its goroutines at the end of its log)", err)
+	}
+	n.T.Fatalf("mesh on %s did not answer on its socket within %v: %v", n.Host.Name, launchSocketBound, err)
 }
+
+// launchSocketBound is how long a launched daemon has to answer on its
+// socket. Generous: under a load average of 15 (the 100-host soak beside
+// other jobs) one `mesh status` took 2.5 s; a daemon that exits is caught
+// at once.
+const launchSocketBound = 30 * time.Second
 
 // Status asks the daemon through the real CLI, as an operator would. Safe
 // from any goroutine.
