@@ -58,11 +58,10 @@ type verifiedMeta struct {
 func (b *bindings) verify(meta []byte, name string, addr netip.AddrPort) (ed25519.PublicKey, error) {
 	b.mu.Lock()
 	v, ok := b.verified[name]
-	b.mu.Unlock()
 	if ok && v.addr == addr && bytes.Equal(v.meta, meta) {
+		b.mu.Unlock()
 		return v.pub, nil
 	}
-	b.mu.Lock()
 	b.checks++
 	b.mu.Unlock()
 	_, pub, err := VerifyMeta(meta, name, addr)

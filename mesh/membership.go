@@ -450,13 +450,18 @@ func (e *events) NotifyUpdate(n *memberlist.Node) { e.m.observe(n, api.MemberAli
 // NotifyPingComplete is memberlist's PingDelegate: an answered probe proves
 // the node alive from here, which clears a suspicion.
 func (e *events) NotifyPingComplete(n *memberlist.Node, _ time.Duration, _ []byte) {
-	e.m.setState(n.Name, api.MemberAlive, api.MemberSuspect)
+	e.m.answered(n.Name)
 }
 
 // AckPayload is part of memberlist's PingDelegate; we send none.
 func (e *events) AckPayload() []byte { return nil }
 
+// suspected and answered are the two transitions of this node's own probe
+// verdict: a probe that failed makes an alive member suspect, one answered
+// (memberlist's probe or reprobeLoop's ping) makes a suspect alive again.
 func (m *Membership) suspected(name string) { m.setState(name, api.MemberSuspect, api.MemberAlive) }
+
+func (m *Membership) answered(name string) { m.setState(name, api.MemberAlive, api.MemberSuspect) }
 
 // sayGoodbye tells every live member over TCP that this node is leaving, so
 // they show it as left rather than dead. Bounded by timeout in total.

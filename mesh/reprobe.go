@@ -38,7 +38,7 @@ func (m *Membership) reprobeLoop(done <-chan struct{}) {
 				defer wg.Done()
 				addr := net.UDPAddrFromAddrPort(s.Addr)
 				if _, err := m.list.Ping(s.Name, addr); err == nil {
-					m.setState(s.Name, api.MemberAlive, api.MemberSuspect)
+					m.answered(s.Name)
 				}
 			}()
 		}
