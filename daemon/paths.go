@@ -13,7 +13,8 @@ import (
 )
 
 // Route-around (docs/routing.md): every peer.ProbeInterval the path loop
-// probes each live peer's probe address through its direct WireGuard path,
+// probes live peers' probe addresses through their direct WireGuard paths
+// (those the path tracker says are due, at most a budget a round),
 // feeds the answers to the reconciler's path tracker, and publishes the
 // peers it sees down (and its own probe address) in the node metadata;
 // the reconcile loop reads everyone's reports and relays through a peer
@@ -54,7 +55,7 @@ func (d *Daemon) startPaths() {
 
 // prober is the part of fastdp.Prober the loop uses.
 type prober interface {
-	Probe(addrs []netip.Addr)
+	Probe(targets, send []netip.Addr)
 	Results() map[netip.Addr]peer.ProbeResult
 	Close() error
 }
@@ -95,13 +96,21 @@ func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 	}
 	results := p.Results()
 	byName := make(map[string]peer.ProbeResult, len(targets))
+	addrOf := make(map[string]netip.Addr, len(targets))
 	addrs := make([]netip.Addr, 0, len(targets))
 	for a, name := range targets {
 		byName[name] = results[a]
+		addrOf[name] = a
 		addrs = append(addrs, a)
 	}
-	d.rec.Paths().Observe(now, byName)
-	p.Probe(addrs)
+	paths := d.rec.Paths()
+	paths.Observe(now, byName)
+	due := paths.Due(now)
+	send := make([]netip.Addr, 0, len(due))
+	for _, name := range due {
+		send = append(send, addrOf[name])
+	}
+	p.Probe(addrs, send)
 	d.publishPaths()
 }
 

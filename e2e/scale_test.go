@@ -30,7 +30,8 @@ const (
 // TestConvergence launches 30 real daemons (userspace data plane), each
 // naming only host1, and asserts that every host sees them all live, that
 // host1 reaches every overlay address, and that each daemon stays within
-// the idle CPU and memory bounds, and then that a pod can be added on
+// the idle CPU and memory bounds (logging its data-plane process's CPU
+// too), and then that a pod can be added on
 // every host. MESH_SOAK=1 (make soak) makes it 100; MESH_CONVERGENCE_HOSTS
 // sets another size (with the soak's bound), for measuring.
 func TestConvergence(t *testing.T) {
@@ -118,21 +119,41 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 	t.Logf("%d hosts: all members live everywhere %v after the last launch; host1 reached every overlay address %v after it",
 		size, members.Round(time.Millisecond), full.Round(time.Millisecond))
 
-	// At rest: CPU share and resident memory of each daemon.
+	// At rest: CPU share and resident memory of each daemon, and the CPU
+	// share of its data-plane process (where the WireGuard work of the
+	// path probes lands), summed over the hosts too.
 	const window = 10 * time.Second
 	before := make([]float64, len(nodes))
+	dps := make([][]int, len(nodes))
+	dpBefore := make([]float64, len(nodes))
 	for i, n := range nodes {
 		before[i] = cpuSeconds(t, n.Proc.PID())
+		pids, err := meshtest.DataplaneProcesses(n.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dps[i] = pids
+		for _, pid := range pids {
+			dpBefore[i] += cpuSeconds(t, pid)
+		}
 	}
 	time.Sleep(window)
-	var maxCPU float64
+	var maxCPU, sumCPU, maxDP, sumDP float64
 	var maxRSS int64
 	for i, n := range nodes {
 		share := (cpuSeconds(t, n.Proc.PID()) - before[i]) / window.Seconds()
 		rss := rssBytes(t, n.Proc.PID())
-		t.Logf("idle %s: cpu %.1f%% of a core, rss %.1f MiB", n.Host.Name, share*100, float64(rss)/(1<<20))
+		var dp float64
+		for _, pid := range dps[i] {
+			dp += cpuSeconds(t, pid)
+		}
+		dpShare := (dp - dpBefore[i]) / window.Seconds()
+		t.Logf("idle %s: cpu %.1f%% of a core, rss %.1f MiB; its data plane: cpu %.1f%% of a core", n.Host.Name, share*100, float64(rss)/(1<<20), dpShare*100)
 		maxCPU = max(maxCPU, share)
 		maxRSS = max(maxRSS, rss)
+		maxDP = max(maxDP, dpShare)
+		sumCPU += share
+		sumDP += dpShare
 		if share > idleCPUBound {
 			t.Errorf("%s uses %.1f%% of a core at rest, bound %.0f%%", n.Host.Name, share*100, idleCPUBound*100)
 		}
@@ -140,7 +161,8 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 			t.Errorf("%s has %d MiB resident at rest, bound %d MiB", n.Host.Name, rss>>20, rssBound>>20)
 		}
 	}
-	t.Logf("%d hosts at rest: max cpu %.1f%% of a core, max rss %.1f MiB per daemon", size, maxCPU*100, float64(maxRSS)/(1<<20))
+	t.Logf("%d hosts at rest: max cpu %.1f%% of a core, max rss %.1f MiB per daemon; data planes max %.1f%% of a core; all daemons %.1f%%, all data planes %.1f%% of a core",
+		size, maxCPU*100, float64(maxRSS)/(1<<20), maxDP*100, sumCPU*100, sumDP*100)
 
 	// Pods can be added on every host (after the idle figures, which they
 	// would disturb): one ADD through mesh-cni on each, no address twice,

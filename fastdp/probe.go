@@ -92,11 +92,13 @@ func NewProber(v6 bool) (*Prober, error) {
 	return p, nil
 }
 
-// Probe sends one echo request to each of addrs and forgets the results of
-// addresses not among them. Send errors (no route yet) count as no answer.
-func (p *Prober) Probe(addrs []netip.Addr) {
-	keep := make(map[netip.Addr]bool, len(addrs))
-	for _, a := range addrs {
+// Probe sends one echo request to each of send and forgets the results of
+// addresses not among targets (send is a subset of targets: the caller
+// spreads its probes over rounds). Send errors (no route yet) count as no
+// answer.
+func (p *Prober) Probe(targets, send []netip.Addr) {
+	keep := make(map[netip.Addr]bool, len(targets))
+	for _, a := range targets {
 		keep[a.Unmap()] = true
 	}
 	p.mu.Lock()
@@ -111,8 +113,9 @@ func (p *Prober) Probe(addrs []netip.Addr) {
 		}
 	}
 	p.mu.Unlock()
-	for a := range keep {
-		if a.Is6() != p.proto.is6 {
+	for _, a := range send {
+		a = a.Unmap()
+		if !keep[a] || a.Is6() != p.proto.is6 {
 			continue // the other family's: never answered
 		}
 		p.mu.Lock()

@@ -11,17 +11,18 @@ import (
 )
 
 // The prober records answers to its echo requests, only for the addresses
-// it was last told to probe, and none for an address nothing answers nor
-// for one of the other family; per family, through the kernel's own echo
-// answers on the loopback.
+// it was last told to track, and none for an address nothing answers, one
+// of the other family, or one it was not told to send to; per family,
+// through the kernel's own echo answers on the loopback.
 func TestProber(t *testing.T) {
 	tests := []struct {
 		name                    string
 		v6                      bool
 		answered, silent, other string // silent: no route in the test netns
+		unsent                  string // tracked, not sent to (127.0.0.2 would answer)
 	}{
-		{name: "ICMP", answered: "127.0.0.1", silent: "192.0.2.1", other: "::1"},
-		{name: "ICMPv6", v6: true, answered: "::1", silent: "2001:db8::1", other: "127.0.0.1"},
+		{name: "ICMP", answered: "127.0.0.1", silent: "192.0.2.1", other: "::1", unsent: "127.0.0.2"},
+		{name: "ICMPv6", v6: true, answered: "::1", silent: "2001:db8::1", other: "127.0.0.1", unsent: "2001:db8::2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -32,9 +33,10 @@ func TestProber(t *testing.T) {
 			}
 			defer p.Close()
 			answered, silent, other := netip.MustParseAddr(tt.answered), netip.MustParseAddr(tt.silent), netip.MustParseAddr(tt.other)
+			unsent := netip.MustParseAddr(tt.unsent)
 			deadline := time.Now().Add(10 * time.Second)
 			for {
-				p.Probe([]netip.Addr{answered, silent, other})
+				p.Probe([]netip.Addr{answered, silent, other, unsent}, []netip.Addr{answered, silent, other})
 				r := p.Results()
 				if !r[answered].LastReply.IsZero() {
 					if r[answered].RTT <= 0 || r[answered].RTT > 10*time.Second {
@@ -46,6 +48,9 @@ func TestProber(t *testing.T) {
 					if !r[other].LastReply.IsZero() {
 						t.Fatalf("an address of the other family was probed: %+v", r[other])
 					}
+					if _, ok := r[unsent]; !ok || !r[unsent].LastReply.IsZero() {
+						t.Fatalf("an address only tracked: %+v (tracked: %v), want tracked and not probed", r[unsent], ok)
+					}
 					break
 				}
 				if time.Now().After(deadline) {
@@ -53,7 +58,7 @@ func TestProber(t *testing.T) {
 				}
 				time.Sleep(200 * time.Millisecond)
 			}
-			p.Probe([]netip.Addr{silent})
+			p.Probe([]netip.Addr{silent}, nil)
 			if r := p.Results(); len(r) != 1 {
 				t.Fatalf("results of addresses no longer probed kept: %+v", r)
 			}

@@ -11,18 +11,32 @@ import (
 	"github.com/meshnet/mesh/fastdp"
 )
 
-// Path health and relay choice (docs/routing.md). A node probes each peer's
-// probe address (its overlay IP) through the direct WireGuard path every
-// ProbeInterval; the Paths tracker turns the answers into one state per
-// peer, with hysteresis; the node publishes the peers it sees down in its
-// gossip metadata, and Relays picks, from everyone's reports, the relay
-// for each peer whose direct path is down.
+// Path health and relay choice (docs/routing.md). A node probes its peers'
+// probe addresses (their overlay IPs) through the direct WireGuard paths,
+// one round every ProbeInterval, at most ProbeBudget probes a round; the
+// Paths tracker chooses whom each round probes and turns the answers into
+// one state per peer, with hysteresis; the node publishes the peers it sees
+// down in its gossip metadata, and Relays picks, from everyone's reports,
+// the relay for each peer whose direct path is down.
 const (
-	// ProbeInterval is how often each peer is probed through its direct
-	// path. An echo request and its reply are 44 bytes each way on the
-	// overlay (108 bytes on the wire, with WireGuard's padding and headers
-	// and UDP/IPv4's), so a node spends about 110 B/s each way per peer.
+	// ProbeInterval is the time between two probe rounds, and how often
+	// a path in question (see watched) is probed. An echo request and its
+	// reply are 44 bytes each way on the overlay (108 bytes on the wire,
+	// with WireGuard's padding and headers and UDP/IPv4's).
 	ProbeInterval = time.Second
+	// ProbeBudget bounds the probes of one round: at most ProbeBudget to
+	// healthy paths and ProbeBudget to paths in question (watched). Up to
+	// ProbeBudget peers, each is probed every round; beyond, a healthy
+	// path is probed every ceil(peers/ProbeBudget) rounds (probeEvery),
+	// and the paths in question every round while they are ProbeBudget or
+	// fewer. So a node's probing costs the same with 10 peers as with
+	// 1 000 (at most about 2.2 KB/s each way), and N simulated hosts on one
+	// machine carry about N·ProbeBudget probes a second rather than N²
+	// (measured on 2 cores: at 30 hosts, one probe a second to every peer
+	// took half a core of the data planes; docs/scale.md). The price is a
+	// later first doubt of a healthy path: up to probeEvery before its
+	// first probe goes unanswered.
+	ProbeBudget = 10
 	// PathDownAfter and PathDownProbes make a direct path that answered
 	// before count as down: no answer for PathDownAfter and to the last
 	// PathDownProbes probes in a row. Both, so that a lost packet does not
@@ -56,10 +70,23 @@ type pathRecord struct {
 	lastReply   time.Time
 	streakStart time.Time // first reply of the current run without a gap of PathDownAfter
 	rtt         time.Duration
-	// missed counts the probe rounds since the last answer (each Observe
-	// after the first ends one round whose probe went out).
+	// missed counts the probes sent since the last answer whose round
+	// ended unanswered (an Observe after a Due that chose the peer).
 	missed int
 	down   bool
+	sent   time.Time // the last probe chosen by Due; zero when none yet
+	out    bool      // a probe went out in the round the next Observe ends
+}
+
+// watched is whether the path is in question: its last probe went
+// unanswered, it is down, or it never answered. Such a path is probed every
+// round, so that its verdict (down, or up again) does not wait for its turn.
+func watched(r *pathRecord) bool { return r.missed > 0 || r.down || r.lastReply.IsZero() }
+
+// probeEvery is how often a healthy path is probed when peers paths are
+// tracked: every round up to ProbeBudget peers, then in turn.
+func probeEvery(peers int) time.Duration {
+	return time.Duration(max(1, (peers+ProbeBudget-1)/ProbeBudget)) * ProbeInterval
 }
 
 // Paths tracks the direct path to each peer from its probe results. It is
@@ -96,11 +123,12 @@ func pathDown(r *pathRecord, now time.Time) bool {
 	return false
 }
 
-// Observe takes the prober's results by peer name at now. The caller calls
-// it once per probe round, before sending that round's probes, so each call
-// after a peer's first ends one round in which a probe to it was out.
-// Peers absent from results are forgotten (they have no probe address, or
-// are gone), which keeps the tracker bounded by the peers probed.
+// Observe takes the prober's results by peer name at now, for every peer
+// to probe. The caller calls it once per probe round, then Due, then sends
+// the probes Due chose; so each Observe ends the round of the probes chosen
+// by the Due before it, and only those can go unanswered. Peers absent from
+// results are forgotten (they have no probe address, or are gone), which
+// keeps the tracker bounded by the peers probed.
 func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -114,9 +142,10 @@ func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) {
 		if r == nil {
 			r = &pathRecord{since: now}
 			p.paths[name] = r
-		} else {
+		} else if r.out {
 			r.missed++
 		}
+		r.out = false
 		if res.LastReply.After(r.lastReply) {
 			r.missed = 0
 			prev := r.lastReply
@@ -132,6 +161,49 @@ func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) {
 		}
 		r.down = pathDown(r, now)
 	}
+}
+
+// Due returns the peers to probe in the round starting at now, sorted, and
+// notes that a probe went out to each. Those whose turn has come are
+// chosen in two queues of ProbeBudget each, oldest probe first: the paths
+// in question (watched), whose turn comes every round, and the healthy
+// ones, whose turn comes every probeEvery. Two queues, so that a healthy
+// path's turn does not delay a verdict in progress, and a mesh with many
+// paths in question (a partition, a node's first seconds) still probes
+// its healthy ones. A turn comes half an interval early, so that a
+// ticker's jitter does not skip a round.
+func (p *Paths) Due(now time.Time) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	every := probeEvery(len(p.paths))
+	type cand struct {
+		name string
+		sent time.Time
+	}
+	var inQuestion, healthy []cand
+	for name, r := range p.paths {
+		switch {
+		case watched(r):
+			if r.sent.IsZero() || now.Sub(r.sent) >= ProbeInterval/2 {
+				inQuestion = append(inQuestion, cand{name, r.sent})
+			}
+		case r.sent.IsZero() || now.Sub(r.sent) >= every-ProbeInterval/2:
+			healthy = append(healthy, cand{name, r.sent})
+		}
+	}
+	var out []string
+	for _, due := range [][]cand{inQuestion, healthy} {
+		slices.SortFunc(due, func(a, b cand) int {
+			return cmp.Or(a.sent.Compare(b.sent), strings.Compare(a.name, b.name))
+		})
+		for _, c := range due[:min(len(due), ProbeBudget)] {
+			r := p.paths[c.name]
+			r.sent, r.out = now, true
+			out = append(out, c.name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Down returns the peers whose direct path is down, sorted: what this node

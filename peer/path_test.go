@@ -19,7 +19,7 @@ import (
 // after PathDownAfter and PathDownProbes rounds without an answer
 // (PathFirstAnswerWithin for a path that never answered), up again only
 // after PathUpAfter of answers without such a gap. Each step is one probe
-// round (one Observe).
+// round (round: Observe, then Due).
 func TestPathsHysteresis(t *testing.T) {
 	t0 := time.Date(2026, 12, 1, 4, 0, 0, 0, time.UTC)
 	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
@@ -74,7 +74,7 @@ func TestPathsHysteresis(t *testing.T) {
 				if s.lastReply >= 0 {
 					res.LastReply = at(s.lastReply)
 				}
-				p.Observe(at(s.at), map[string]ProbeResult{"b": res})
+				round(p, at(s.at), map[string]ProbeResult{"b": res})
 				got, _ := p.State("b")
 				if got != s.want {
 					t.Fatalf("at %vs (last reply %vs): %q, want %q", s.at, s.lastReply, got, s.want)
@@ -85,6 +85,14 @@ func TestPathsHysteresis(t *testing.T) {
 			}
 		})
 	}
+}
+
+// round is one probe round as the daemon runs it: the answers, then the
+// choice of the probes that go out (all of them here, when as many peers
+// as ProbeBudget or fewer are due).
+func round(p *Paths, now time.Time, results map[string]ProbeResult) []string {
+	p.Observe(now, results)
+	return p.Due(now)
 }
 
 // observeSilent runs probe rounds a second apart from now in which the
@@ -102,7 +110,7 @@ func observeSilent(p *Paths, now time.Time, silent []string, answering map[strin
 		for name, rtt := range answering {
 			res[name] = ProbeResult{LastReply: last, RTT: rtt}
 		}
-		p.Observe(last, res)
+		round(p, last, res)
 	}
 	return last
 }
@@ -111,7 +119,7 @@ func observeSilent(p *Paths, now time.Time, silent []string, answering map[strin
 func TestPathsForgetUnprobed(t *testing.T) {
 	p := NewPaths()
 	now := time.Now()
-	p.Observe(now, map[string]ProbeResult{"a": {}, "b": {}})
+	round(p, now, map[string]ProbeResult{"a": {}, "b": {}})
 	observeSilent(p, now.Add(time.Second), []string{"a"}, nil)
 	if got := p.Down(); len(got) != 1 || got[0] != "a" {
 		t.Fatalf("Down() = %v, want [a]", got)
@@ -343,6 +351,120 @@ func runRelayCases(t *testing.T, tests []relayCase) {
 			if !maps.Equal(got, tt.want) {
 				t.Fatalf("Relays(%q) = %v, want %v", tt.self, got, tt.want)
 			}
+		})
+	}
+}
+
+// pathSim runs probe rounds against peers that answer every probe at once,
+// but for the silent ones.
+type pathSim struct {
+	p       *Paths
+	peers   []string
+	silent  map[string]bool
+	answers map[string]time.Time // last answer by peer
+	probed  map[string]time.Time // last probe by peer
+}
+
+func newPathSim(n int) *pathSim {
+	s := &pathSim{p: NewPaths(), silent: map[string]bool{}, answers: map[string]time.Time{}, probed: map[string]time.Time{}}
+	for i := range n {
+		s.peers = append(s.peers, fmt.Sprintf("host%03d", i+1))
+	}
+	return s
+}
+
+// round runs one round at now and returns the peers it probed.
+func (s *pathSim) round(now time.Time) []string {
+	res := map[string]ProbeResult{}
+	for _, name := range s.peers {
+		res[name] = ProbeResult{LastReply: s.answers[name], RTT: time.Millisecond}
+	}
+	due := round(s.p, now, res)
+	for _, name := range due {
+		s.probed[name] = now
+		if !s.silent[name] {
+			s.answers[name] = now.Add(time.Millisecond)
+		}
+	}
+	return due
+}
+
+// A round sends at most ProbeBudget probes to healthy paths and
+// ProbeBudget to paths in question, whatever the number of peers; up to
+// ProbeBudget peers each is probed every round (a ticker's jitter
+// included); beyond, each healthy path is probed at least every
+// probeEvery, none is starved by many paths in question, and a path that
+// stops answering is down within its turn plus the PathDownProbes rounds
+// in which it is in question.
+func TestPathsProbeBudget(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 20, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name   string
+		peers  int
+		silent int // the first silent peers never answer
+		tick   time.Duration
+	}{
+		{name: "as many peers as the budget, every round", peers: ProbeBudget, tick: ProbeInterval},
+		{name: "a jittery ticker skips no round", peers: ProbeBudget, tick: ProbeInterval - 10*time.Millisecond},
+		{name: "thirty peers in turn", peers: 30, tick: ProbeInterval},
+		{name: "a hundred peers in turn", peers: 100, tick: ProbeInterval},
+		{name: "healthy paths are not starved by many in question", peers: 40, silent: 30, tick: ProbeInterval},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newPathSim(tt.peers)
+			for _, name := range s.peers[:tt.silent] {
+				s.silent[name] = true
+			}
+			every := probeEvery(tt.peers)
+			// The longest a peer may wait between two probes: a healthy
+			// path its turn, a path in question its place among them.
+			inQuestion := func(n int) time.Duration {
+				return time.Duration((n+ProbeBudget-1)/ProbeBudget) * tt.tick
+			}
+			wait := max(every, inQuestion(tt.silent)) + tt.tick
+			now := t0
+			for i := range 200 {
+				now = t0.Add(time.Duration(i) * tt.tick)
+				due := s.round(now)
+				if len(due) > 2*ProbeBudget {
+					t.Fatalf("round %d sent %d probes, budget %d and %d", i, len(due), ProbeBudget, ProbeBudget)
+				}
+				if tt.peers <= ProbeBudget && len(due) != tt.peers {
+					t.Fatalf("round %d probed %v, want all %d peers", i, due, tt.peers)
+				}
+				if i < 20 {
+					continue // the first probes go out in turn
+				}
+				for _, name := range s.peers {
+					if gap := now.Sub(s.probed[name]); gap > wait {
+						t.Fatalf("round %d: %s last probed %v ago, want at most %v", i, name, gap, wait)
+					}
+				}
+			}
+			if got := len(s.p.Down()); got != tt.silent {
+				t.Fatalf("%d paths down, want the %d silent ones: %v", got, tt.silent, s.p.Down())
+			}
+
+			// One healthy peer stops answering: down within its turn
+			// and the PathDownProbes probes that follow, each as soon
+			// as its place among the paths in question comes (a round
+			// more for the one in which the last probe goes out).
+			victim := s.peers[len(s.peers)-1]
+			s.silent[victim] = true
+			stopped := now
+			bound := every + time.Duration(PathDownProbes)*inQuestion(tt.silent+1) + tt.tick
+			for i := 1; ; i++ {
+				now = stopped.Add(time.Duration(i) * tt.tick)
+				s.round(now)
+				if st, _ := s.p.State(victim); st == api.PathDown {
+					break
+				}
+				if now.Sub(stopped) > bound {
+					t.Fatalf("%s still up %v after its last answer, bound %v", victim, now.Sub(stopped), bound)
+				}
+			}
+			t.Logf("%d peers: %s down %v after it stopped answering", tt.peers, victim, now.Sub(stopped))
 		})
 	}
 }
