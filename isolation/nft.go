@@ -17,15 +17,32 @@ import (
 
 // Tables programs both tables with netlink. Safe for concurrent use.
 type Tables struct {
-	opts []nftables.ConnOption
+	opts  []nftables.ConnOption
+	netns int // its file descriptor; 0: the calling process's
 
 	mu      sync.Mutex
 	applied *Config // normalized; nil until the first Apply
+	// intactGen is the ruleset generation (nftutil.Generation) at which
+	// Intact last found the tables whole; intactKnown is false until then
+	// and after every change of this package's own.
+	intactGen   uint32
+	intactKnown bool
 }
 
-// New returns the tables of the calling process's network namespace, or of
-// another one with nftables.WithNetNSFd.
-func New(opts ...nftables.ConnOption) *Tables { return &Tables{opts: opts} }
+// New returns the tables of the calling process's network namespace.
+func New() *Tables { return &Tables{} }
+
+// NewInNetNS returns the tables of the network namespace whose file
+// descriptor is fd.
+func NewInNetNS(fd int) *Tables {
+	return &Tables{opts: []nftables.ConnOption{nftables.WithNetNSFd(fd)}, netns: fd}
+}
+
+// setApplied records cfg (nil: none) as applied. Called with t.mu held.
+func (t *Tables) setApplied(cfg *Config) {
+	t.applied = cfg
+	t.intactKnown = false
+}
 
 var (
 	brTable   = &nftables.Table{Family: nftables.TableFamilyBridge, Name: TableName}
@@ -109,7 +126,7 @@ func (t *Tables) Apply(cfg Config) error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("failed to program nftables tables bridge and inet %s: %w", TableName, err)
 	}
-	t.applied = &cfg
+	t.setApplied(&cfg)
 	return nil
 }
 
@@ -179,7 +196,7 @@ func (t *Tables) updatePorts(prev, cfg Config) error {
 		return fmt.Errorf("tables changed meanwhile")
 	}
 	if len(add) == 0 && len(del) == 0 {
-		t.applied = &cfg
+		t.setApplied(&cfg)
 		return nil
 	}
 	c, err := t.conn()
@@ -227,7 +244,7 @@ func (t *Tables) updatePorts(prev, cfg Config) error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("failed to update set %s of %s: %w", setPods, nftutil.TableString(brTable), err)
 	}
-	t.applied = &cfg
+	t.setApplied(&cfg)
 	return nil
 }
 
@@ -256,7 +273,7 @@ func (t *Tables) Remove() error {
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("failed to delete nftables tables %s: %w", TableName, err)
 	}
-	t.applied = nil
+	t.setApplied(nil)
 	return nil
 }
 
@@ -289,6 +306,25 @@ func (t *Tables) Intact() (bool, error) {
 	if t.applied == nil {
 		return true, nil
 	}
+	// The daemon asks every few seconds: when no nftables transaction was
+	// committed since the tables were last found whole, they still are,
+	// and one netlink round trip says so (the comparison below dumps
+	// every chain). The generation is read before the comparison, so a
+	// change made during it is seen next time.
+	gen, genErr := nftutil.Generation(t.netns)
+	if genErr == nil && t.intactKnown && gen == t.intactGen {
+		return true, nil
+	}
+	ok, err := t.intactLocked()
+	if ok && err == nil && genErr == nil {
+		t.intactGen, t.intactKnown = gen, true
+	}
+	return ok, err
+}
+
+// intactLocked compares the live tables with what was applied. Called with
+// t.mu held and t.applied set.
+func (t *Tables) intactLocked() (bool, error) {
 	c, err := t.conn()
 	if err != nil {
 		return false, err

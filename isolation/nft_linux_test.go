@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/nftables"
 	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
 	"golang.org/x/sys/unix"
@@ -20,7 +19,7 @@ func tablesIn(t testing.TB, path string) *Tables {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	return New(nftables.WithNetNSFd(fd))
+	return NewInNetNS(fd)
 }
 
 func testConfig(ports int) Config {
@@ -71,6 +70,16 @@ func TestTablesApplyAndIntact(t *testing.T) {
 	if ok, err := tb.Intact(); err != nil || !ok {
 		t.Fatalf("Intact right after Apply = %v, %v\n%s", ok, err, out)
 	}
+	// Found whole, at a generation no transaction has moved since: the
+	// next check is that one round trip. A change of another table moves
+	// it, and the check then compares again and still finds them whole.
+	if !tb.intactKnown {
+		t.Fatal("Intact found the tables whole but did not note the ruleset generation")
+	}
+	netnstest.Run(t, ns, "nft", "add", "table", "ip", "someone-else")
+	if ok, err := tb.Intact(); err != nil || !ok || !tb.intactKnown {
+		t.Fatalf("Intact after a change of another table = %v, %v (generation noted: %v)", ok, err, tb.intactKnown)
+	}
 	for _, mess := range [][]string{
 		{"nft", "flush", "ruleset"},
 		{"nft", "flush", "chain", "bridge", TableName, "prerouting"},
@@ -89,6 +98,11 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		}
 		if ok, err := tb.Intact(); err != nil || !ok {
 			t.Errorf("Intact after restoring from %v = %v, %v", mess, ok, err)
+		}
+		// The next mess comes after a check that noted the generation:
+		// it must be seen all the same.
+		if !tb.intactKnown {
+			t.Errorf("after restoring from %v: generation not noted", mess)
 		}
 	}
 	// Ports coming and going: an update of the set; other changes, or a

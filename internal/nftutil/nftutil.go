@@ -1,16 +1,18 @@
 // Package nftutil holds what the packages that own an nftables table of
 // their own (policy, isolation, fastdp/nat) need alike: telling a missing
-// object from a failure, whether a table exists, and reading its named
-// counters.
+// object from a failure, whether a table exists, reading its named
+// counters, and the ruleset's generation.
 package nftutil
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -108,4 +110,46 @@ func RedirectDrop(oif string, v6 bool) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{typ}},
 		&expr.Verdict{Kind: expr.VerdictDrop},
 	}
+}
+
+// Generation returns the ruleset generation of the network namespace whose
+// file descriptor is netns (0: the caller's). The kernel increments it with
+// every committed nftables transaction, of any table and any program, so a
+// reader that finds the generation it saw before knows that nothing in the
+// ruleset changed meanwhile: one netlink round trip instead of dumping the
+// tables to compare them. It blocks for that round trip.
+func Generation(netns int) (uint32, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
+	if err != nil {
+		return 0, fmt.Errorf("failed to open a netfilter netlink socket: %w", err)
+	}
+	defer c.Close()
+	typ := netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN)
+	msgs, err := c.Execute(netlink.Message{
+		Header: netlink.Header{Type: typ, Flags: netlink.Request},
+		// struct nfgenmsg: family, version, resource id.
+		Data: []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("failed to read the nftables generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
+		if err != nil {
+			return 0, fmt.Errorf("failed to decode the nftables generation: %w", err)
+		}
+		ad.ByteOrder = binary.BigEndian
+		for ad.Next() {
+			if ad.Type() == unix.NFTA_GEN_ID {
+				return ad.Uint32(), nil
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return 0, fmt.Errorf("failed to decode the nftables generation: %w", err)
+		}
+	}
+	return 0, errors.New("failed to read the nftables generation: the kernel's answer holds none")
 }
