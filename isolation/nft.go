@@ -22,11 +22,10 @@ type Tables struct {
 
 	mu      sync.Mutex
 	applied *Config // normalized; nil until the first Apply
-	// intactGen is the ruleset generation (nftutil.Generation) at which
-	// Intact last found the tables whole; intactKnown is false until then
-	// and after every change of this package's own.
-	intactGen   uint32
-	intactKnown bool
+	// intact: the config and ruleset generation at which Intact last
+	// found the tables whole; forgotten on every change of this package's
+	// own.
+	intact nftutil.Settled
 }
 
 // New returns the tables of the calling process's network namespace.
@@ -41,7 +40,7 @@ func NewInNetNS(fd int) *Tables {
 // setApplied records cfg (nil: none) as applied. Called with t.mu held.
 func (t *Tables) setApplied(cfg *Config) {
 	t.applied = cfg
-	t.intactKnown = false
+	t.intact.Forget()
 }
 
 var (
@@ -311,13 +310,14 @@ func (t *Tables) Intact() (bool, error) {
 	// and one netlink round trip says so (the comparison below dumps
 	// every chain). The generation is read before the comparison, so a
 	// change made during it is seen next time.
-	gen, genErr := nftutil.Generation(t.netns)
-	if genErr == nil && t.intactKnown && gen == t.intactGen {
+	key := t.applied.String()
+	gen, genOK, settled := t.intact.Check(t.netns, key)
+	if settled {
 		return true, nil
 	}
 	ok, err := t.intactLocked()
-	if ok && err == nil && genErr == nil {
-		t.intactGen, t.intactKnown = gen, true
+	if ok && err == nil && genOK {
+		t.intact.Note(key, gen)
 	}
 	return ok, err
 }

@@ -303,13 +303,20 @@ func oifname(name string) []expr.Any {
 
 // NAT programs the table.
 type NAT struct {
-	opts []nftables.ConnOption
-	mu   sync.Mutex // serializes Set and Remove
+	opts    []nftables.ConnOption
+	netns   int             // its file descriptor; 0: the calling process's
+	mu      sync.Mutex      // serializes Set and Remove, guards settled
+	settled nftutil.Settled // the config the tables were last found in
 }
 
-// New returns a NAT for the network namespace of the calling process, or
-// another one with nftables.WithNetNSFd.
-func New(opts ...nftables.ConnOption) *NAT { return &NAT{opts: opts} }
+// New returns a NAT for the network namespace of the calling process.
+func New() *NAT { return &NAT{} }
+
+// NewInNetNS returns a NAT for the network namespace whose file descriptor
+// is fd.
+func NewInNetNS(fd int) *NAT {
+	return &NAT{opts: []nftables.ConnOption{nftables.WithNetNSFd(fd)}, netns: fd}
+}
 
 func (n *NAT) conn() (*nftables.Conn, error) {
 	c, err := nftables.New(n.opts...)
@@ -319,18 +326,36 @@ func (n *NAT) conn() (*nftables.Conn, error) {
 	return c, nil
 }
 
-// Set makes the table match cfg. It reads the chain's rules first (one
-// netlink dump) and writes nothing when they are as wanted, so calling it
-// every few seconds costs little and restores a table someone deleted or
-// changed. A change replaces the whole table in one transaction: packets
-// see the old rules or the new ones, never none. A config that needs no
-// rule removes the table.
+// Set makes the table match cfg. When cfg is the config the tables were
+// last found in and no nftables transaction was committed since (one
+// netlink round trip, nftutil.Settled), it does nothing; otherwise it reads
+// the chains' rules (a netlink dump each) and writes nothing when they are
+// as wanted. So calling it every few seconds costs little and restores a
+// table someone deleted or changed. A change replaces the whole table in
+// one transaction: packets see the old rules or the new ones, never none.
+// A config that needs no rule removes the table.
 func (n *NAT) Set(cfg *Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	key := fmt.Sprintf("%+v", *cfg)
+	gen, genOK, settled := n.settled.Check(n.netns, key)
+	if settled {
+		return nil
+	}
+	if err := n.set(cfg); err != nil {
+		n.settled.Forget()
+		return err
+	}
+	if genOK {
+		n.settled.Note(key, gen)
+	}
+	return nil
+}
+
+func (n *NAT) set(cfg *Config) error {
 	c, err := n.conn()
 	if err != nil {
 		return err
@@ -441,6 +466,7 @@ func currentComments(c *nftables.Conn, tb *nftables.Table) ([]string, error) {
 func (n *NAT) Remove() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.settled.Forget()
 	c, err := n.conn()
 	if err != nil {
 		return err

@@ -1,12 +1,12 @@
 package nat
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/google/nftables"
 	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
 	"golang.org/x/sys/unix"
@@ -24,7 +24,7 @@ func natIn(t *testing.T, path string) *NAT {
 		t.Fatalf("failed to open netns %s: %v", path, err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	return New(nftables.WithNetNSFd(fd))
+	return NewInNetNS(fd)
 }
 
 func TestSetProgramsRestoresAndRemoves(t *testing.T) {
@@ -78,6 +78,11 @@ func TestSetProgramsRestoresAndRemoves(t *testing.T) {
 	}
 	if again := list(); again != first {
 		t.Errorf("an unchanged Set rewrote the table:\nbefore:\n%s\nafter:\n%s", first, again)
+	}
+	// Found as wanted at the current generation: the next unchanged Set
+	// reads nothing, and the tampering below must still be seen.
+	if _, _, settled := n.settled.Check(n.netns, fmt.Sprintf("%+v", *cfg)); !settled {
+		t.Error("an unchanged Set did not note the table settled")
 	}
 
 	// Deleted or tampered with: restored.

@@ -50,6 +50,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -161,17 +162,25 @@ type Counts struct {
 
 // Counter programs and reads the table.
 type Counter struct {
-	opts []nftables.ConnOption
-	mu   sync.Mutex // serializes Set and Remove, guards names
+	opts  []nftables.ConnOption
+	netns int        // its file descriptor; 0: the calling process's
+	mu    sync.Mutex // serializes Set and Remove, guards names and settled
+	// settled: the device and plan the table was last found in.
+	settled nftutil.Settled
 	// names maps the counters of the last Set's sources to their names.
 	names map[string]string
 	// writes counts the transactions Set sent, for tests.
 	writes int
 }
 
-// New returns a Counter for the network namespace of the calling process,
-// or another one with nftables.WithNetNSFd.
-func New(opts ...nftables.ConnOption) *Counter { return &Counter{opts: opts} }
+// New returns a Counter for the network namespace of the calling process.
+func New() *Counter { return &Counter{} }
+
+// NewInNetNS returns a Counter for the network namespace whose file
+// descriptor is fd.
+func NewInNetNS(fd int) *Counter {
+	return &Counter{opts: []nftables.ConnOption{nftables.WithNetNSFd(fd)}, netns: fd}
+}
 
 func (c *Counter) conn() (*nftables.Conn, error) {
 	nc, err := nftables.New(c.opts...)
@@ -373,12 +382,49 @@ func (c *Counter) Set(device string, sources []Source) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	p := makePlan(sources)
+	// Called on every reconcile: when the table was last found as this
+	// plan wants and no nftables transaction was committed since, there
+	// is nothing to read (nftutil.Settled).
+	key := settledKey(device, p)
+	gen, genOK, settled := c.settled.Check(c.netns, key)
+	if settled {
+		return nil
+	}
+	if err := c.set(device, p); err != nil {
+		c.settled.Forget()
+		return err
+	}
+	if genOK {
+		c.settled.Note(key, gen)
+	}
+	return nil
+}
+
+// settledKey is what Set notes the table settled in: the device and the
+// plan (its elements by elemKey: they hold pointers).
+func settledKey(device string, p plan) string {
+	var b strings.Builder
+	b.WriteString(device)
+	for _, id := range slices.Sorted(maps.Keys(p.ids)) {
+		fmt.Fprintf(&b, " %s=%q", id, p.ids[id])
+	}
+	for _, es := range [][]nftables.SetElement{p.elems4, p.elems6} {
+		b.WriteString(" |")
+		for _, e := range es {
+			b.WriteString(" " + elemKey(e))
+		}
+	}
+	return b.String()
+}
+
+// set brings the table to p. Called with c.mu held.
+func (c *Counter) set(device string, p plan) error {
 	nc, err := c.conn()
 	if err != nil {
 		return err
 	}
 	chains := want(device)
-	p := makePlan(sources)
 	ok, err := upToDate(nc, chains)
 	if err != nil {
 		return err
@@ -606,6 +652,7 @@ func (c *Counter) Read() (Counts, error) {
 func (c *Counter) Remove() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.settled.Forget()
 	nc, err := c.conn()
 	if err != nil {
 		return err

@@ -5,7 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/nftables"
 	"github.com/meshnet/mesh/internal/netnstest"
 	"github.com/meshnet/mesh/internal/testnet"
 	"golang.org/x/sys/unix"
@@ -18,7 +17,7 @@ func counterIn(t *testing.T, path string) *Counter {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	return New(nftables.WithNetNSFd(fd))
+	return NewInNetNS(fd)
 }
 
 // Set programs one rule counting forwarding from the device back into it
@@ -266,6 +265,11 @@ func TestCounterPerPeer(t *testing.T) {
 	}
 	if c.writes != writes {
 		t.Fatal("an unchanged Set wrote to the table")
+	}
+	// Found as wanted at the current generation: the next unchanged Set
+	// reads nothing, and the deletions below must still be seen.
+	if _, _, settled := c.settled.Check(c.netns, settledKey("r0", makePlan(sources))); !settled {
+		t.Fatal("an unchanged Set did not note the table settled")
 	}
 	// A peer's chain deleted by hand comes back, with its counter anew.
 	netnstest.Run(t, relay, "nft", "flush", "map", "inet", TableName, map6)

@@ -153,3 +153,36 @@ func Generation(netns int) (uint32, error) {
 	}
 	return 0, errors.New("failed to read the nftables generation: the kernel's answer holds none")
 }
+
+// Settled remembers that a table was last found as its owner wanted it: the
+// wanted state's key and the ruleset generation at that time. An owner
+// that reconciles its table every few seconds reads the generation first
+// (Check) and, when neither it nor the wanted state moved, has nothing to
+// read or write. The zero value knows nothing. Not safe for concurrent
+// use: the owner's lock guards it.
+type Settled struct {
+	key   string
+	gen   uint32
+	known bool
+}
+
+// Check reads the generation of the namespace netns (see Generation) and
+// reports whether the table is still settled in key. The generation it
+// returns is the one to Note once the table is as key wants, read before
+// that work so that a change made during it is seen next time; genOK is
+// false when it could not be read, and then there is nothing to note.
+func (s *Settled) Check(netns int, key string) (gen uint32, genOK, settled bool) {
+	gen, err := Generation(netns)
+	if err != nil {
+		return 0, false, false
+	}
+	return gen, true, s.known && s.key == key && s.gen == gen
+}
+
+// Note records that the table was as key wants at generation gen (from
+// Check, when genOK).
+func (s *Settled) Note(key string, gen uint32) { s.key, s.gen, s.known = key, gen, true }
+
+// Forget drops what was noted: the owner changed or removed its table
+// in a way Note does not describe.
+func (s *Settled) Forget() { s.known = false }
