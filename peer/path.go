@@ -83,7 +83,7 @@ type pathRecord struct {
 // round, so that its verdict (down, or up again) does not wait for its turn.
 func watched(r *pathRecord) bool { return r.missed > 0 || r.down || r.lastReply.IsZero() }
 
-// probeEvery is how often a healthy path is probed when peers paths are
+// probeEvery is how often a healthy path is probed when that many paths are
 // tracked: every round up to ProbeBudget peers, then in turn.
 func probeEvery(peers int) time.Duration {
 	return time.Duration(max(1, (peers+ProbeBudget-1)/ProbeBudget)) * ProbeInterval
