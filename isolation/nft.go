@@ -308,18 +308,9 @@ func (t *Tables) Intact() (bool, error) {
 	// The daemon asks every few seconds: when no nftables transaction was
 	// committed since the tables were last found whole, they still are,
 	// and one netlink round trip says so (the comparison below dumps
-	// every chain). The generation is read before the comparison, so a
+	// every chain, intactLocked). The generation is read before the comparison, so a
 	// change made during it is seen next time.
-	key := t.applied.String()
-	gen, genOK, settled := t.intact.Check(t.netns, key)
-	if settled {
-		return true, nil
-	}
-	ok, err := t.intactLocked()
-	if ok && err == nil && genOK {
-		t.intact.Note(key, gen)
-	}
-	return ok, err
+	return t.intact.Settle(t.netns, t.applied.String(), t.intactLocked)
 }
 
 // intactLocked compares the live tables with what was applied. Called with

@@ -340,19 +340,8 @@ func (n *NAT) Set(cfg *Config) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	key := fmt.Sprintf("%+v", *cfg)
-	gen, genOK, settled := n.settled.Check(n.netns, key)
-	if settled {
-		return nil
-	}
-	if err := n.set(cfg); err != nil {
-		n.settled.Forget()
-		return err
-	}
-	if genOK {
-		n.settled.Note(key, gen)
-	}
-	return nil
+	_, err := n.settled.Settle(n.netns, fmt.Sprintf("%+v", *cfg), func() (bool, error) { return true, n.set(cfg) })
+	return err
 }
 
 func (n *NAT) set(cfg *Config) error {

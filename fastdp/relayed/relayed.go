@@ -386,19 +386,8 @@ func (c *Counter) Set(device string, sources []Source) error {
 	// Called on every reconcile: when the table was last found as this
 	// plan wants and no nftables transaction was committed since, there
 	// is nothing to read (nftutil.Settled).
-	key := settledKey(device, p)
-	gen, genOK, settled := c.settled.Check(c.netns, key)
-	if settled {
-		return nil
-	}
-	if err := c.set(device, p); err != nil {
-		c.settled.Forget()
-		return err
-	}
-	if genOK {
-		c.settled.Note(key, gen)
-	}
-	return nil
+	_, err := c.settled.Settle(c.netns, settledKey(device, p), func() (bool, error) { return true, c.set(device, p) })
+	return err
 }
 
 // settledKey is what Set notes the table settled in: the device and the

@@ -156,21 +156,40 @@ func Generation(netns int) (uint32, error) {
 
 // Settled remembers that a table was last found as its owner wanted it: the
 // wanted state's key and the ruleset generation at that time. An owner
-// that reconciles its table every few seconds reads the generation first
-// (Check) and, when neither it nor the wanted state moved, has nothing to
-// read or write. The zero value knows nothing. Not safe for concurrent
-// use: the owner's lock guards it.
+// that reconciles its table every few seconds goes through Settle, which
+// reads the generation first and, when neither it nor the wanted state
+// moved, has nothing to read or write. The zero value knows nothing. Not
+// safe for concurrent use: the owner's lock guards it.
 type Settled struct {
 	key   string
 	gen   uint32
 	known bool
 }
 
+// Settle runs work unless the table is still settled in key (Check), and
+// notes it settled at the generation read before work when work reports
+// the table as key wants it (ok): a change made during work is seen next
+// time. It returns true without running work when settled; otherwise
+// work's answer.
+func (s *Settled) Settle(netns int, key string, work func() (ok bool, err error)) (bool, error) {
+	gen, genOK, settled := s.Check(netns, key)
+	if settled {
+		return true, nil
+	}
+	ok, err := work()
+	if err != nil || !ok {
+		s.Forget()
+		return ok, err
+	}
+	if genOK {
+		s.key, s.gen, s.known = key, gen, true
+	}
+	return true, nil
+}
+
 // Check reads the generation of the namespace netns (see Generation) and
-// reports whether the table is still settled in key. The generation it
-// returns is the one to Note once the table is as key wants, read before
-// that work so that a change made during it is seen next time; genOK is
-// false when it could not be read, and then there is nothing to note.
+// reports whether the table is still settled in key, with the generation
+// read; genOK is false when it could not be read (never settled then).
 func (s *Settled) Check(netns int, key string) (gen uint32, genOK, settled bool) {
 	gen, err := Generation(netns)
 	if err != nil {
@@ -179,10 +198,6 @@ func (s *Settled) Check(netns int, key string) (gen uint32, genOK, settled bool)
 	return gen, true, s.known && s.key == key && s.gen == gen
 }
 
-// Note records that the table was as key wants at generation gen (from
-// Check, when genOK).
-func (s *Settled) Note(key string, gen uint32) { s.key, s.gen, s.known = key, gen, true }
-
 // Forget drops what was noted: the owner changed or removed its table
-// in a way Note does not describe.
+// in a way Settle did not see.
 func (s *Settled) Forget() { s.known = false }
