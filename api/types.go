@@ -65,6 +65,10 @@ type GossipRelay struct {
 	// Dropped: envelopes refused (malformed, TTL spent, a target that is
 	// no live member, too many streams at once).
 	Dropped uint64 `json:"dropped"`
+	// Refused: envelopes that failed authentication (a tag no gossip key
+	// of this node made, or no tag once no node of the previous release
+	// is live): sent by someone without the mesh key.
+	Refused uint64 `json:"refused"`
 	// Exchanges: state exchanges with a directly reached member, started
 	// because some live member had neither a direct path nor a relay.
 	Exchanges uint64 `json:"exchanges"`

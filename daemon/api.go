@@ -76,7 +76,7 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	}
 	st.RelayedBytes = int64(rc.Bytes)
 	rs := d.members.RelayStats()
-	st.GossipRelay = &api.GossipRelay{Sent: rs.Sent, Forwarded: rs.Forwarded, Dropped: rs.Dropped, Exchanges: rs.Exchanges}
+	st.GossipRelay = &api.GossipRelay{Sent: rs.Sent, Forwarded: rs.Forwarded, Dropped: rs.Dropped, Refused: rs.Refused, Exchanges: rs.Exchanges}
 	if err := d.relayedErr.get(); err != nil {
 		st.Problems = append(st.Problems, "relayed-traffic counter: "+err.Error())
 	}

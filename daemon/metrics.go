@@ -67,7 +67,7 @@ var (
 	descRelayed    = promtext.NewDesc("mesh_relayed_peers", "Peers whose ranges this node routes through a relay because their direct path is down.", promtext.Gauge)
 	descRelayBytes = promtext.NewDesc("mesh_relayed_bytes_total", "Bytes this node routed for others: IP packets forwarded from the WireGuard device back into it (nftables counter; restarts from 0 when its table is recreated).", promtext.Counter)
 	descPeerRelay  = promtext.NewDesc("mesh_peer_relayed_bytes_total", "Bytes this node routed for others that came from a peer: the part of mesh_relayed_bytes_total whose source address is in the peer's own ranges (restarts from 0 when the peer's counter is made anew).", promtext.Counter, "peer")
-	descGossipRly  = promtext.NewDesc("mesh_gossip_relayed_total", "Gossip packets and streams that went through a relay (docs/routing.md): sent to members reached only through one, forwarded for others, dropped (malformed, TTL spent, no live target, too many streams).", promtext.Counter, "kind")
+	descGossipRly  = promtext.NewDesc("mesh_gossip_relayed_total", "Gossip packets and streams that went through a relay (docs/routing.md): sent to members reached only through one, forwarded for others, dropped (malformed, TTL spent, no live target, too many streams), refused (failed authentication: sent without the mesh key).", promtext.Counter, "kind")
 	descGossipExch = promtext.NewDesc("mesh_gossip_neighbour_exchanges_total", "State exchanges with a directly reached member, started because some live member had neither a direct path nor a relay (docs/routing.md, \"Gossip through relays\").", promtext.Counter)
 	descRelayChg   = promtext.NewDesc("mesh_relay_changes_total", "Applied data-plane configs that moved a peer's ranges to a relay, to another relay or back to the direct path.", promtext.Counter)
 	descConns      = promtext.NewDesc("mesh_connections", "Data-plane connections by state.", promtext.Gauge, "state")
@@ -187,7 +187,7 @@ func (c *collector) Collect(out *promtext.Set) {
 	out.Add(descRelayed, float64(relayed))
 	out.Add(descRelayBytes, float64(rc.Bytes))
 	gr := d.members.RelayStats()
-	for kind, v := range map[string]uint64{"sent": gr.Sent, "forwarded": gr.Forwarded, "dropped": gr.Dropped} {
+	for kind, v := range map[string]uint64{"sent": gr.Sent, "forwarded": gr.Forwarded, "dropped": gr.Dropped, "refused": gr.Refused} {
 		out.Add(descGossipRly, float64(v), kind)
 	}
 	out.Add(descGossipExch, float64(gr.Exchanges))

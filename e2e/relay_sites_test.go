@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -179,9 +181,56 @@ func TestRelayTwoSites(t *testing.T) {
 		sent += st.GossipRelay.Sent
 		forwarded += st.GossipRelay.Forwarded
 		exchanges += st.GossipRelay.Exchanges
+		// Every node holds the key: every envelope carried a tag it
+		// could check (docs/routing.md, "Who may use a relay").
+		if st.GossipRelay.Refused != 0 {
+			t.Errorf("%s refused %d envelopes of members holding the key", n.Host.Name, st.GossipRelay.Refused)
+		}
 	}
 	if sent == 0 || forwarded == 0 {
 		t.Fatalf("gossip relayed: %d sent through a relay, %d forwarded; want both above 0", sent, forwarded)
 	}
 	t.Logf("gossip through relays: %d sent, %d forwarded; %d state exchanges with a neighbour for members with no route", sent, forwarded, exchanges)
+
+	// Someone in site A without the mesh key asks host3, the site's link,
+	// to carry a packet and a stream to host5 in site B, with envelopes
+	// of the previous release's format (no tag) and with a made-up tag.
+	// host3 refuses all four; nothing is forwarded for them.
+	relay := nodes[2]
+	before := relay.MustStatus().GossipRelay.Refused
+	target := hs[4].Name
+	untagged := append([]byte{0xF5, 1, 8, byte(len(target))}, target...)
+	untagged = append(untagged, 0)
+	untagged = append(untagged, "not memberlist"...)
+	tagged := append([]byte{0xF5, 2, 8, byte(len(target))}, target...)
+	tagged = append(tagged, 0)
+	tagged = append(tagged, make([]byte, 16)...)
+	tagged = append(tagged, "not memberlist"...)
+	ctx2, cancel2 := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel2()
+	for _, network := range []string{"udp", "tcp"} {
+		for _, b := range [][]byte{untagged, tagged} {
+			c, err := hs[1].Dial(ctx2, network, netip.AddrPortFrom(hs[2].Addr, 6783).String())
+			if err != nil {
+				t.Fatalf("dial host3 over %s: %v", network, err)
+			}
+			if _, err := c.Write(b); err != nil {
+				t.Fatalf("write to host3 over %s: %v", network, err)
+			}
+			if network == "tcp" {
+				// host3 closes the stream once it has read the header.
+				_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+				if n, err := c.Read(make([]byte, 1)); err == nil {
+					t.Errorf("host3 kept a forged stream open (read %d bytes)", n)
+				}
+			}
+			c.Close()
+		}
+	}
+	testnet.Eventually(t, 30*time.Second, 200*time.Millisecond, func() error {
+		if got := relay.MustStatus().GossipRelay.Refused; got < before+4 {
+			return fmt.Errorf("host3 refused %d forged envelopes, want 4", got-before)
+		}
+		return nil
+	})
 }

@@ -70,6 +70,10 @@ func New(cfg Config) (*Membership, error) {
 		return nil, errors.New("node name is empty")
 	}
 	cfg.Meta.GossipRelay = int(relayVersion)
+	cfg.Meta.GossipRelayAuth = 0
+	if cfg.GossipKey != nil {
+		cfg.Meta.GossipRelayAuth = int(relayAuthVersion)
+	}
 	metaBytes, err := cfg.Meta.Encode()
 	if err != nil {
 		return nil, err
@@ -142,6 +146,7 @@ func New(cfg Config) (*Membership, error) {
 	}
 	m.relay = newRelayTransport(nt, cfg.Name, m.log.With("component", "gossip-relay"))
 	m.relay.tap = cfg.tap // before memberlist sends anything
+	m.relay.keyring = m.keyring
 	mc.Transport = m.relay
 	// Dead nodes stay in memberlist's list long enough for a restarted peer
 	// to be recognised; our own map keeps them for status beyond that.
@@ -264,6 +269,10 @@ func (m *Membership) Subscribe() <-chan struct{} {
 // UpdateMeta changes this node's metadata and gossips it.
 func (m *Membership) UpdateMeta(meta Meta) error {
 	meta.GossipRelay = int(relayVersion)
+	meta.GossipRelayAuth = 0
+	if m.keyring != nil {
+		meta.GossipRelayAuth = int(relayAuthVersion)
+	}
 	var b []byte
 	var err error
 	if m.cfg.SigningKey != nil {

@@ -29,6 +29,12 @@ type Meta struct {
 	// reads (relay.go); set by the membership itself. A node of the
 	// previous release has none and is never sent an envelope to relay.
 	GossipRelay int `json:"gr,omitempty"`
+	// GossipRelayAuth is the version of the authenticated envelope the
+	// node reads (relayauth.go), set by the membership itself when gossip
+	// is encrypted. A node of the previous release has none: it is sent
+	// envelopes without a tag, and while it is live such envelopes are
+	// accepted.
+	GossipRelayAuth int `json:"ga,omitempty"`
 	// SignKey is the node's long-term ed25519 public key (base64) and
 	// SigVersion the format of Sig (MetaSigVersion). Absent from a node
 	// of the previous release, which is then accepted unsigned while its
@@ -156,7 +162,14 @@ func DecodeMeta(b []byte) (Meta, error) {
 func (m Meta) WithPaths(p PathMeta) Meta {
 	p.Version = PathMetaVersion
 	m.Paths = &p
-	if _, err := m.Encode(); err == nil {
+	// What is sent must fit: the membership adds the gossip relay fields
+	// (New, UpdateMeta), and SignMeta the signature's version.
+	sent := m
+	sent.GossipRelay, sent.GossipRelayAuth = int(relayVersion), int(relayAuthVersion)
+	if sent.SignKey != "" {
+		sent.SigVersion = MetaSigVersion
+	}
+	if _, err := sent.Encode(); err == nil {
 		return m
 	}
 	p.Down, p.Overflow = nil, true

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -113,6 +114,8 @@ func TestSignedMetaFitsWithPaths(t *testing.T) {
 		down = append(down, fmt.Sprintf("a-rather-long-node-name-%02d", i))
 	}
 	m := meta.WithPaths(PathMeta{Probe: "10.32.0.1", Down: down})
+	// As the membership sends it (UpdateMeta).
+	m.GossipRelay, m.GossipRelayAuth = int(relayVersion), int(relayAuthVersion)
 	b, err := SignMeta(m, key, "host", netip.MustParseAddrPort("192.0.2.1:6783"))
 	if err != nil {
 		t.Fatalf("SignMeta after WithPaths: %v", err)
@@ -122,5 +125,39 @@ func TestSignedMetaFitsWithPaths(t *testing.T) {
 	}
 	if !m.Paths.Overflow {
 		t.Error("the long Down list was kept: the test does not test the fitting")
+	}
+}
+
+// Whatever the length of the path report, what the membership sends
+// (the report, the gossip relay fields it adds, the signature) fits
+// MetaLimit: WithPaths falls back to Overflow at the right length, not
+// one field too late.
+func TestSignedMetaFitsAtEveryLength(t *testing.T) {
+	key := newSignKey(t)
+	meta := Meta{PeerID: "0123456789abcdef0123456789abcdef", Version: "v1.2.3-long-version", PublicKey: strings.Repeat("A", 44), DPPort: 6784, IPAMInfos: IPAMInfosSigned}
+	for i := range MaxMetaKeys {
+		meta.Keys = append(meta.Keys, fmt.Sprintf("%016x", i))
+	}
+	meta.SignKey = base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey)) // as the daemon sets it before WithPaths
+	kept := 0
+	for n := 1; n <= MaxMetaDown; n++ {
+		for size := 1; size <= 40; size++ {
+			var down []string
+			for i := range n {
+				down = append(down, fmt.Sprintf("%0*d", size, i))
+			}
+			m := meta.WithPaths(PathMeta{Probe: "10.32.0.1", Down: down})
+			m.GossipRelay, m.GossipRelayAuth = int(relayVersion), int(relayAuthVersion)
+			b, err := SignMeta(m, key, "host", netip.MustParseAddrPort("192.0.2.1:6783"))
+			if err != nil || len(b) > MetaLimit {
+				t.Fatalf("%d names of %d characters: %d bytes, %v", n, size, len(b), err)
+			}
+			if !m.Paths.Overflow {
+				kept++
+			}
+		}
+	}
+	if kept == 0 || kept == MaxMetaDown*40 {
+		t.Fatalf("%d reports kept their Down list: the test does not reach the limit", kept)
 	}
 }

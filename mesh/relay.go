@@ -36,6 +36,8 @@ import (
 //
 //	0xF5 | version 1 | ttl | len(target) target | len(origin) origin
 //
+// or, between nodes of this release in a mesh with a gossip key, version 2,
+// which adds a tag that only holders of the key can make (relayauth.go).
 // target is the member's name, origin the sender's advertised gossip
 // address (host:port), which memberlist sees as the packet's source. ttl
 // starts at relayTTL and each forwarding node takes one off; at 1 it
@@ -62,17 +64,23 @@ const (
 	relayHeaderTimeout = 10 * time.Second
 )
 
-// relayHop is where envelopes for one target go first.
+// relayHop is where envelopes for one target go first; auth says whether
+// it reads authenticated envelopes (version 2).
 type relayHop struct {
 	name, addr string
+	auth       bool
 }
 
-// relayTable is one consistent view: the next hop per relayed target, and
-// the gossip address of every live member (where an envelope is forwarded
-// when this node reaches its target directly).
+// relayTable is one consistent view: the next hop per relayed target, the
+// gossip address of every live member (where an envelope is forwarded
+// when this node reaches its target directly), the live members that read
+// authenticated envelopes, and whether an envelope without a tag is still
+// accepted (a member of the previous release is live: relayauth.go).
 type relayTable struct {
-	via   map[string]relayHop
-	addrs map[string]string
+	via      map[string]relayHop
+	addrs    map[string]string
+	auth     map[string]bool
+	acceptV1 bool
 }
 
 // RelayStats counts what this node's gossip transport did with envelopes.
@@ -84,6 +92,11 @@ type RelayStats struct {
 	// Dropped counts envelopes refused: malformed, TTL spent, an unknown
 	// target, or too many streams at once.
 	Dropped uint64
+	// Refused counts envelopes whose tag no gossip key of this node made,
+	// and envelopes without a tag once no member of the previous release
+	// is live (relayauth.go): someone without the mesh key, or a key
+	// this node no longer holds.
+	Refused uint64
 	// Exchanges counts the state exchanges with a directly reached member
 	// started because some member had neither a direct path nor a relay
 	// (neighbourExchange).
@@ -105,7 +118,12 @@ type relayTransport struct {
 	streamCh chan net.Conn
 	streams  chan struct{} // semaphore of spliced streams
 
-	sent, forwarded, dropped, exchanges atomic.Uint64
+	sent, forwarded, dropped, refused, exchanges atomic.Uint64
+
+	// keyring holds the gossip keys envelopes are tagged and checked with;
+	// nil without gossip encryption. Set before memberlist starts, never
+	// changed (the keyring itself is safe for concurrent use).
+	keyring *memberlist.Keyring
 
 	// tap is nil in production; this package's tests set it (Config.tap)
 	// before memberlist starts and never change it.
@@ -187,7 +205,7 @@ func (t *relayTransport) setTable(tab *relayTable) { t.table.Store(tab) }
 func (t *relayTransport) setOrigin(addr string) { t.origin.Store(addr) }
 
 func (t *relayTransport) stats() RelayStats {
-	return RelayStats{Sent: t.sent.Load(), Forwarded: t.forwarded.Load(), Dropped: t.dropped.Load(), Exchanges: t.exchanges.Load()}
+	return RelayStats{Sent: t.sent.Load(), Forwarded: t.forwarded.Load(), Dropped: t.dropped.Load(), Refused: t.refused.Load(), Exchanges: t.exchanges.Load()}
 }
 
 // hop returns the relay for target, if it has one.
@@ -210,7 +228,8 @@ func (t *relayTransport) WriteTo(b []byte, addr string) (time.Time, error) {
 func (t *relayTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	if h, ok := t.hop(a.Name); ok {
 		t.sent.Add(1)
-		return t.writeTo(t.envelope(a.Name, t.origin.Load().(string), relayTTL, b), h.addr)
+		eh := envelopeHeader{ttl: relayTTL, target: a.Name, origin: t.origin.Load().(string)}
+		return t.writeTo(t.envelope(kindPacket, eh, h.auth, b), h.addr)
 	}
 	return t.writeTo(b, a.Addr)
 }
@@ -229,19 +248,21 @@ func (t *relayTransport) DialAddressTimeout(a memberlist.Address, timeout time.D
 		return c, err
 	}
 	t.sent.Add(1)
-	return t.dialVia(h.addr, a.Name, t.origin.Load().(string), relayTTL, timeout)
+	eh := envelopeHeader{ttl: relayTTL, target: a.Name, origin: t.origin.Load().(string)}
+	return t.dialVia(h.addr, eh, h.auth, timeout)
 }
 
-// dialVia opens a stream to addr that starts with an envelope for target.
-func (t *relayTransport) dialVia(addr, target, origin string, ttl byte, timeout time.Duration) (net.Conn, error) {
+// dialVia opens a stream to addr that starts with the envelope h, of
+// version 2 if auth (the hop at addr reads it).
+func (t *relayTransport) dialVia(addr string, h envelopeHeader, auth bool, timeout time.Duration) (net.Conn, error) {
 	c, err := t.dial(addr, timeout)
 	if err != nil {
-		return nil, fmt.Errorf("failed to dial relay %s for %s: %w", addr, target, err)
+		return nil, fmt.Errorf("failed to dial relay %s for %s: %w", addr, h.target, err)
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(timeout))
-	if _, err := c.Write(t.envelope(target, origin, ttl, nil)); err != nil {
+	if _, err := c.Write(t.envelope(kindStream, h, auth, nil)); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("failed to write the relay envelope for %s to %s: %w", target, addr, err)
+		return nil, fmt.Errorf("failed to write the relay envelope for %s to %s: %w", h.target, addr, err)
 	}
 	_ = c.SetWriteDeadline(time.Time{})
 	return c, nil
@@ -356,22 +377,40 @@ func (t *relayTransport) neighbourExchange(now time.Time) (string, bool) {
 	return direct[rand.IntN(len(direct))], true
 }
 
-// envelope returns the envelope for target followed by payload.
-func (t *relayTransport) envelope(target, origin string, ttl byte, payload []byte) []byte {
-	b := make([]byte, 0, 5+len(target)+len(origin)+len(payload))
-	b = append(b, relayMagic, relayVersion, ttl, byte(len(target)))
-	b = append(b, target...)
-	b = append(b, byte(len(origin)))
-	b = append(b, origin...)
+// envelope returns the envelope h of kind followed by payload: of version
+// 2 when the hop it goes to reads it (auth) and this node has a gossip
+// key, with h's tag when it has one (forwarding what was checked here)
+// or a new one; of version 1 otherwise.
+func (t *relayTransport) envelope(kind byte, h envelopeHeader, auth bool, payload []byte) []byte {
+	var tag []byte
+	if auth {
+		tag = h.tag
+		if tag == nil {
+			tag = t.sealTag(kind, h, payload)
+		}
+	}
+	version := relayVersion
+	if tag != nil {
+		version = relayAuthVersion
+	}
+	b := make([]byte, 0, 5+len(h.target)+len(h.origin)+len(tag)+len(payload))
+	b = append(b, relayMagic, version, h.ttl, byte(len(h.target)))
+	b = append(b, h.target...)
+	b = append(b, byte(len(h.origin)))
+	b = append(b, h.origin...)
+	b = append(b, tag...)
 	return append(b, payload...)
 }
 
 // errEnvelope: a malformed envelope.
 var errEnvelope = errors.New("malformed gossip relay envelope")
 
+// envelopeHeader is an envelope without its payload; tag is set for
+// version 2 only.
 type envelopeHeader struct {
-	ttl            byte
+	version, ttl   byte
 	target, origin string
+	tag            []byte
 }
 
 // readEnvelope reads an envelope's header (its magic included) from r.
@@ -381,10 +420,10 @@ func readEnvelope(r io.Reader) (envelopeHeader, error) {
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return h, fmt.Errorf("%w: %w", errEnvelope, err)
 	}
-	if fixed[0] != relayMagic || fixed[1] != relayVersion || fixed[3] == 0 {
+	if fixed[0] != relayMagic || (fixed[1] != relayVersion && fixed[1] != relayAuthVersion) || fixed[3] == 0 {
 		return h, fmt.Errorf("%w: header %x", errEnvelope, fixed)
 	}
-	h.ttl = fixed[2]
+	h.version, h.ttl = fixed[1], fixed[2]
 	target := make([]byte, fixed[3])
 	if _, err := io.ReadFull(r, target); err != nil {
 		return h, fmt.Errorf("%w: target: %w", errEnvelope, err)
@@ -398,25 +437,38 @@ func readEnvelope(r io.Reader) (envelopeHeader, error) {
 		return h, fmt.Errorf("%w: origin: %w", errEnvelope, err)
 	}
 	h.target, h.origin = string(target), string(origin)
+	if h.version == relayAuthVersion {
+		h.tag = make([]byte, relayTagLen)
+		if _, err := io.ReadFull(r, h.tag); err != nil {
+			return h, fmt.Errorf("%w: tag: %w", errEnvelope, err)
+		}
+	}
 	return h, nil
 }
 
-// forwardTo returns where an envelope for h.target goes from this node:
-// its relay, or the target itself; false when the target is no live
-// member (this node relays only to members) or the TTL is spent.
-func (t *relayTransport) forwardTo(h envelopeHeader) (string, bool) {
+// forwardTo returns where an envelope for h.target goes from this node
+// (its relay, or the target itself) and whether that hop reads
+// authenticated envelopes; false when the target is no live member (this
+// node relays only to members) or the TTL is spent.
+func (t *relayTransport) forwardTo(h envelopeHeader) (string, bool, bool) {
 	if h.ttl <= 1 {
-		return "", false
+		return "", false, false
 	}
 	tab := t.table.Load()
 	addr, ok := tab.addrs[h.target]
 	if !ok {
-		return "", false
+		return "", false, false
 	}
 	if hop, ok := tab.via[h.target]; ok && hop.addr != "" {
-		return hop.addr, true
+		return hop.addr, hop.auth, true
 	}
-	return addr, true
+	return addr, tab.auth[h.target], true
+}
+
+// refuse counts and logs an envelope that failed authentication.
+func (t *relayTransport) refuse(what string, from net.Addr, h envelopeHeader) {
+	t.refused.Add(1)
+	t.log.Debug("refused an unauthenticated gossip "+what, "from", from, "target", h.target, "version", h.version)
 }
 
 // originAddr parses an envelope's origin as memberlist's packet source.
@@ -460,16 +512,21 @@ func (t *relayTransport) relayPacket(p *memberlist.Packet) *memberlist.Packet {
 		t.log.Debug("dropped a gossip packet", "from", p.From, "error", err)
 		return nil
 	}
+	if !t.authentic(kindPacket, h, r.b) {
+		t.refuse("packet", p.From, h)
+		return nil
+	}
 	if h.target == t.self {
 		return &memberlist.Packet{Buf: r.b, From: originAddr(h.origin, p.From), Timestamp: p.Timestamp}
 	}
-	to, ok := t.forwardTo(h)
+	to, auth, ok := t.forwardTo(h)
 	if !ok {
 		t.dropped.Add(1)
 		t.log.Debug("dropped a gossip packet to relay", "from", p.From, "target", h.target, "ttl", h.ttl)
 		return nil
 	}
-	if _, err := t.writeTo(t.envelope(h.target, h.origin, h.ttl-1, r.b), to); err != nil {
+	h.ttl--
+	if _, err := t.writeTo(t.envelope(kindPacket, h, auth, r.b), to); err != nil {
 		t.log.Debug("failed to relay a gossip packet", "target", h.target, "to", to, "error", err)
 		return nil
 	}
@@ -512,6 +569,11 @@ func (t *relayTransport) stream(c net.Conn) {
 			c.Close()
 			return
 		}
+		if !t.authentic(kindStream, h, nil) {
+			t.refuse("stream", c.RemoteAddr(), h)
+			c.Close()
+			return
+		}
 		if h.target != t.self {
 			t.splice(c, br, h)
 			return
@@ -529,7 +591,7 @@ func (t *relayTransport) stream(c net.Conn) {
 // ways until either side closes or relayStreamTimeout passes.
 func (t *relayTransport) splice(c net.Conn, br *bufio.Reader, h envelopeHeader) {
 	defer c.Close()
-	to, ok := t.forwardTo(h)
+	to, auth, ok := t.forwardTo(h)
 	if !ok {
 		t.dropped.Add(1)
 		t.log.Debug("dropped a gossip stream to relay", "from", c.RemoteAddr(), "target", h.target, "ttl", h.ttl)
@@ -543,7 +605,9 @@ func (t *relayTransport) splice(c net.Conn, br *bufio.Reader, h envelopeHeader) 
 		t.log.Debug("dropped a gossip stream to relay: too many at once", "target", h.target)
 		return
 	}
-	out, err := t.dialVia(to, h.target, h.origin, h.ttl-1, relayHeaderTimeout)
+	next := h
+	next.ttl--
+	out, err := t.dialVia(to, next, auth, relayHeaderTimeout)
 	if _, relayed := t.table.Load().via[h.target]; !relayed {
 		t.noteDirect(h.target, err)
 	}
@@ -597,25 +661,30 @@ var _ memberlist.NodeAwareTransport = (*relayTransport)(nil)
 // SetRelays sets the member through which this node sends gossip to each
 // member in via (target name to relay name: the data plane's next hop,
 // peer.Relays); members absent from via, or whose relay is not a live
-// member reading this envelope version (a node of the previous release),
-// get their gossip directly. It also refreshes the addresses this
-// node forwards others' envelopes to (the live members'). Call it again
-// when members change. Safe for concurrent use; it does not block on the
-// network.
+// member reading envelopes (a node older than the gossip relay), get their
+// gossip directly. It also refreshes the addresses this node forwards
+// others' envelopes to (the live members'), which of them read
+// authenticated envelopes, and whether envelopes without a tag are still
+// accepted (relayauth.go). Call it again when members change. Safe for
+// concurrent use; it does not block on the network.
 func (m *Membership) SetRelays(via map[string]string) {
-	tab := &relayTable{via: make(map[string]relayHop, len(via)), addrs: map[string]string{}}
+	tab := &relayTable{via: make(map[string]relayHop, len(via)), addrs: map[string]string{}, auth: map[string]bool{}}
 	m.mu.Lock()
 	relays := map[string]bool{}
 	for name, mem := range m.members {
 		if !mem.Self && mem.State.Live() && mem.Addr.IsValid() {
 			tab.addrs[name] = mem.Addr.String()
 			relays[name] = mem.Meta.GossipRelay == int(relayVersion)
+			tab.auth[name] = mem.Meta.GossipRelayAuth == int(relayAuthVersion)
+			if relays[name] && !tab.auth[name] {
+				tab.acceptV1 = true // a node of the previous release
+			}
 		}
 	}
 	m.mu.Unlock()
 	for target, hop := range via {
 		if a, ok := tab.addrs[hop]; ok && hop != target && relays[hop] {
-			tab.via[target] = relayHop{name: hop, addr: a}
+			tab.via[target] = relayHop{name: hop, addr: a, auth: tab.auth[hop]}
 		}
 	}
 	m.relay.setTable(tab)

@@ -21,7 +21,18 @@ type relayNode struct {
 	addr string
 }
 
+// testGossipKey is the gossip key of the relay tests' mesh.
+var testGossipKey = bytes.Repeat([]byte{7}, 32)
+
+// newRelayNode starts a node holding testGossipKey.
 func newRelayNode(t *testing.T, name string) *relayNode {
+	t.Helper()
+	return newRelayNodeKeys(t, name, testGossipKey)
+}
+
+// newRelayNodeKeys starts a node whose keyring holds keys, the first
+// primary; none: a mesh without gossip encryption.
+func newRelayNodeKeys(t *testing.T, name string, keys ...[]byte) *relayNode {
 	t.Helper()
 	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
 		BindAddrs: []string{"127.0.0.1"},
@@ -32,20 +43,35 @@ func newRelayNode(t *testing.T, name string) *relayNode {
 	}
 	rt := newRelayTransport(nt, name, slog.New(slog.DiscardHandler))
 	t.Cleanup(func() { rt.Shutdown() })
+	if len(keys) > 0 {
+		kr, err := memberlist.NewKeyring(keys[1:], keys[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt.keyring = kr
+	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(nt.GetAutoBindPort()))
 	rt.setOrigin(addr)
 	return &relayNode{name: name, t: rt, addr: addr}
 }
 
-// relayTriple is a, b and c where a sends to c through b. Each knows the
+// relayTriple is a, b and c where a sends to c through b, all holding
+// testGossipKey and reading authenticated envelopes. Each knows the
 // others' addresses; a's table routes c via b.
 func relayTriple(t *testing.T) (a, b, c *relayNode) {
 	a, b, c = newRelayNode(t, "a"), newRelayNode(t, "b"), newRelayNode(t, "c")
-	addrs := map[string]string{"a": a.addr, "b": b.addr, "c": c.addr}
-	a.t.setTable(&relayTable{via: map[string]relayHop{"c": {"b", b.addr}}, addrs: addrs})
-	b.t.setTable(&relayTable{addrs: addrs})
-	c.t.setTable(&relayTable{via: map[string]relayHop{"a": {"b", b.addr}}, addrs: addrs})
+	linkTriple(a, b, c, true)
 	return a, b, c
+}
+
+// linkTriple sets the tables of a triple: a reaches c through b and back;
+// auth says whether every node reads authenticated envelopes.
+func linkTriple(a, b, c *relayNode, auth bool) {
+	addrs := map[string]string{"a": a.addr, "b": b.addr, "c": c.addr}
+	reads := map[string]bool{"a": auth, "b": auth, "c": auth}
+	a.t.setTable(&relayTable{via: map[string]relayHop{"c": {"b", b.addr, auth}}, addrs: addrs, auth: reads})
+	b.t.setTable(&relayTable{addrs: addrs, auth: reads})
+	c.t.setTable(&relayTable{via: map[string]relayHop{"a": {"b", b.addr, auth}}, addrs: addrs, auth: reads})
 }
 
 func recvPacket(t *testing.T, n *relayNode, within time.Duration) *memberlist.Packet {
@@ -105,8 +131,9 @@ func TestRelayDropsWhatItMustNotForward(t *testing.T) {
 		name string
 		pkt  []byte
 	}{
-		{"ttl spent", b.t.envelope("c", "127.0.0.1:1", 1, []byte("x"))},
-		{"unknown target", b.t.envelope("nobody", "127.0.0.1:1", relayTTL, []byte("x"))},
+		{"ttl spent", b.t.envelope(kindPacket, envelopeHeader{ttl: 1, target: "c", origin: "127.0.0.1:1"}, true, []byte("x"))},
+		{"unknown target", b.t.envelope(kindPacket, envelopeHeader{ttl: relayTTL, target: "nobody", origin: "127.0.0.1:1"}, true, []byte("x"))},
+		{"truncated tag", b.t.envelope(kindPacket, envelopeHeader{ttl: relayTTL, target: "c", origin: "127.0.0.1:1"}, true, nil)[:8]},
 		{"truncated", []byte{relayMagic, relayVersion, relayTTL, 9, 'c'}},
 		{"other version", append([]byte{relayMagic, 9, relayTTL, 1, 'c', 0}, 'x')},
 		{"empty target", append([]byte{relayMagic, relayVersion, relayTTL, 0, 0}, 'x')},
@@ -243,6 +270,11 @@ func TestSetRelaysOnlyThroughReaders(t *testing.T) {
 	if tab.addrs["b"] != b.LocalAddr().String() || len(tab.addrs) != 1 {
 		t.Fatalf("forwarding addresses %v, want only b's", tab.addrs)
 	}
+	// testConfig has no gossip key: nobody reads authenticated envelopes,
+	// and envelopes without a tag are all there is.
+	if h := tab.via["c"]; h.auth || tab.auth["b"] {
+		t.Fatalf("b reads authenticated envelopes without a gossip key: %+v %v", h, tab.auth)
+	}
 	a.mu.Lock()
 	a.members["b"].Meta.GossipRelay = 0 // as a previous release announces
 	a.mu.Unlock()
@@ -264,10 +296,10 @@ func TestNeighbourExchange(t *testing.T) {
 		want   []string // acceptable answers; none: no exchange
 	}{
 		{name: "every member reached directly", want: nil},
-		{name: "a failed member with a relay", via: map[string]relayHop{"c": {"b", addrs["b"]}}, failed: []string{"c"}, want: nil},
+		{name: "a failed member with a relay", via: map[string]relayHop{"c": {name: "b", addr: addrs["b"]}}, failed: []string{"c"}, want: nil},
 		{name: "a failed member no longer live", failed: []string{"x"}, want: nil},
 		{name: "a failed member with no route", failed: []string{"c"}, want: []string{addrs["b"], addrs["d"]}},
-		{name: "not through a relayed or failed member", via: map[string]relayHop{"d": {"b", addrs["b"]}}, failed: []string{"c"}, want: []string{addrs["b"]}},
+		{name: "not through a relayed or failed member", via: map[string]relayHop{"d": {name: "b", addr: addrs["b"]}}, failed: []string{"c"}, want: []string{addrs["b"]}},
 		{name: "nobody reached directly", failed: []string{"b", "c", "d"}, want: nil},
 	}
 	for _, tc := range tests {
