@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -14,24 +16,43 @@ import (
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-// TestRelayTwoSites: hosts 1-3 form one site and hosts 4-6 another; the
-// only underlay link between the sites is host3-host4 (every frame between
-// any other pair across the sites is dropped at the switch, both ways,
-// from before the first launch: no route at all, gossip included). Site B
-// names only host4 at launch, host4 names host3. The six form one mesh:
-// every host sees every other alive and keeps seeing it (gossip to the
-// far site is relayed by the hosts that connect them, each hop choosing
-// its own next one), there is one ring on every host, and a pod on each
-// host reaches the pod on every other host.
+// TestRelayTwoSites: hosts 1-3 form one site on 192.0.2.0/24 and hosts
+// 4-6 another on 198.51.100.0/24, joined by a router namespace that
+// routes only between host3 and host4 (every other packet between the
+// sites is dropped at the router, both ways, from before the first
+// launch: no path at all, gossip included). Site B names only host4 at
+// launch, host4 names host3. The six form one mesh: every host sees every
+// other alive and keeps seeing it (gossip to the far site is relayed by
+// the hosts that connect them, each hop choosing its own next one), there
+// is one ring on every host, and a pod on each host reaches the pod on
+// every other host.
 func TestRelayTwoSites(t *testing.T) {
 	testnet.RequireRoot(t)
-	tn := testnet.New(t, testnet.Options{Hosts: 6, Prefix: "st"})
+	tn := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "st"})
+	siteB := tn.AddSite(t, netip.MustParsePrefix("198.51.100.0/24"))
+	for range 3 {
+		siteB.AddHost(t)
+	}
 	hs := tn.Hosts()
-	if err := tn.Partition(hs[:2], hs[3:]); err != nil {
+	if err := tn.Allow(hs[2], hs[3]); err != nil {
 		t.Fatal(err)
 	}
-	if err := tn.Partition(hs[2:3], hs[4:]); err != nil {
-		t.Fatal(err)
+	// The topology, before anything listens: host3 reaches host4 (the
+	// dial is refused), host1 does not reach host5 (the dial times out).
+	dial := func(from, to *testnet.Host) error {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+		defer cancel()
+		c, err := from.Dial(ctx, "tcp", netip.AddrPortFrom(to.Addr, 6783).String())
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial(hs[2], hs[3]); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("host3 to host4 through the router: %v, want connection refused", err)
+	}
+	if err := dial(hs[0], hs[4]); err == nil || errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("host1 to host5: %v, want no answer at all (the router drops it)", err)
 	}
 	peersOf := [][]*testnet.Host{nil, {hs[0]}, {hs[0]}, {hs[2]}, {hs[3]}, {hs[3]}}
 	var nodes []*node

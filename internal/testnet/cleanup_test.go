@@ -129,7 +129,7 @@ func TestCleanupStale(t *testing.T) {
 	if err := n.setupSwitch(); err != nil {
 		t.Fatal(err)
 	}
-	h, err := n.addHost()
+	h, err := n.addHost(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

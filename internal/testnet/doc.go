@@ -9,6 +9,11 @@
 // bridge that lives in a separate "switch" network namespace, so no link or
 // address of a test ever appears in the root network namespace.
 //
+// Net.AddSite adds a further network (a Site) with its own switch and
+// subnet, joined to the first by a "router" namespace that forwards only
+// between the pairs of hosts Net.Allow names: two data centres whose
+// firewall lets a few gateway hosts talk.
+//
 // Everything else (/tmp, /usr, /dev, /proc, ...) is shared with the machine,
 // so binaries built by BuildBinary run in any host as they are.
 //
@@ -24,5 +29,5 @@
 // Host.Start also die with the test process, even on SIGKILL.
 //
 // Tools needed on the machine: iproute2 (ip), util-linux (unshare, nsenter,
-// mount) and, only for Net.Partition, nftables (nft).
+// mount) and, only for Net.Partition and sites, nftables (nft).
 package testnet

@@ -37,6 +37,7 @@ type Host struct {
 
 	net    *Net
 	dir    string   // host directory: ns/, root/, logs/
+	site   *Site    // nil on the first network
 	cg     *cgroup  // nil without cgroup v2
 	cgFile *os.File // open handle of cg for CLONE_INTO_CGROUP
 
@@ -75,7 +76,7 @@ func (h *Host) setup() error {
 		batch += fmt.Sprintf("link set %s mtu %d\n", port, h.net.mtu)
 	}
 	batch += fmt.Sprintf("link set %s up\n", port)
-	if err := runCmd(ctx, batch, "nsenter", "--net="+h.net.switchNS(), "ip", "-batch", "-"); err != nil {
+	if err := runCmd(ctx, batch, "nsenter", "--net="+h.switchNS(), "ip", "-batch", "-"); err != nil {
 		return fmt.Errorf("failed to create veth %q to host %q: %w", port, h.Name, err)
 	}
 
@@ -83,7 +84,7 @@ func (h *Host) setup() error {
 	if h.net.mtu > 0 {
 		mtu = strconv.Itoa(h.net.mtu)
 	}
-	addr := netip.PrefixFrom(h.Addr, h.net.subnet.Bits()).String()
+	addr := netip.PrefixFrom(h.Addr, h.subnet().Bits()).String()
 	// An IPv6 address is usable at once, without the second of duplicate
 	// address detection (the test network assigns each address once).
 	nodad := ""
@@ -103,14 +104,31 @@ ip link set lo up
 ip addr add "$3" dev eth0 $5
 ip link set eth0 up
 ip route add default dev eth0
+for r in $6; do ip route add "${r%@*}" via "${r#*@}"; done
 [ -L /var/run ] || [ ! -d /var/run ] || mount --bind "$1/run" /var/run
 mount --bind "$1/run" /run
 `
-	args := append(h.nsenterArgs(), "--", "sh", "-ec", script, "sh", filepath.Join(h.dir, "root"), h.Name, addr, mtu, nodad)
+	args := append(h.nsenterArgs(), "--", "sh", "-ec", script, "sh", filepath.Join(h.dir, "root"), h.Name, addr, mtu, nodad, h.net.routesFor(h.site))
 	if err := runCmd(ctx, "", "nsenter", args...); err != nil {
 		return fmt.Errorf("failed to set up mounts and eth0 of host %q: %w", h.Name, err)
 	}
 	return nil
+}
+
+// subnet is the underlay subnet of the host's network.
+func (h *Host) subnet() netip.Prefix {
+	if h.site != nil {
+		return h.site.subnet
+	}
+	return h.net.subnet
+}
+
+// switchNS is the network namespace of the host's switch.
+func (h *Host) switchNS() string {
+	if h.site != nil {
+		return h.site.switchNS()
+	}
+	return h.net.switchNS()
 }
 
 // switchPort is the name of the host's veth end on the switch's bridge.

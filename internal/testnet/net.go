@@ -64,6 +64,7 @@ type Net struct {
 
 	mu       sync.Mutex
 	hosts    []*Host
+	sites    []*Site
 	closed   bool
 	nftReady bool
 }
@@ -128,9 +129,13 @@ func newNet(opts Options) (*Net, error) {
 
 // setupSwitch creates the switch namespace and its bridge.
 func (n *Net) setupSwitch() error {
+	return n.setupSwitchIn(filepath.Join(n.dir, "switch"))
+}
+
+// setupSwitchIn creates a switch namespace in nsDir and its bridge.
+func (n *Net) setupSwitchIn(nsDir string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	nsDir := filepath.Join(n.dir, "switch")
 	if err := makeNamespaces(ctx, nsDir, false); err != nil {
 		return err
 	}
@@ -138,7 +143,7 @@ func (n *Net) setupSwitch() error {
 	if n.mtu > 0 {
 		batch += fmt.Sprintf("link set %s mtu %d\n", bridgeName, n.mtu)
 	}
-	if err := runCmd(ctx, batch, "nsenter", "--net="+n.switchNS(), "ip", "-batch", "-"); err != nil {
+	if err := runCmd(ctx, batch, "nsenter", "--net="+filepath.Join(nsDir, "net"), "ip", "-batch", "-"); err != nil {
 		return fmt.Errorf("failed to create bridge %q in the switch: %w", bridgeName, err)
 	}
 	return nil
@@ -164,32 +169,38 @@ func (n *Net) Hosts() []*Host {
 // with t.
 func (n *Net) AddHost(t testing.TB) *Host {
 	t.Helper()
-	h, err := n.addHost()
+	h, err := n.addHost(nil)
 	if err != nil {
 		t.Fatalf("failed to add testnet host: %v", err)
 	}
 	return h
 }
 
-func (n *Net) addHost() (*Host, error) {
+// addHost adds a host to site, or to the first network when site is nil.
+func (n *Net) addHost(site *Site) (*Host, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.closed {
 		return nil, errors.New("testnet already cleaned up")
 	}
+	subnet := n.subnet
+	if site != nil {
+		subnet = site.subnet
+	}
 	idx := len(n.hosts) + 1
-	addr := n.subnet.Addr()
+	addr := subnet.Addr()
 	for i := 0; i < 10+idx; i++ {
 		addr = addr.Next()
 	}
-	if !n.subnet.Contains(addr) || !n.subnet.Contains(addr.Next()) {
-		return nil, fmt.Errorf("subnet %s has no address for host %d", n.subnet, idx)
+	if !subnet.Contains(addr) || !subnet.Contains(addr.Next()) || (len(n.sites) > 0 && addr == routerAddr(subnet)) {
+		return nil, fmt.Errorf("subnet %s has no address for host %d", subnet, idx)
 	}
 	h := &Host{
 		Name:  fmt.Sprintf("host%d", idx),
 		Addr:  addr,
 		Index: idx,
 		net:   n,
+		site:  site,
 	}
 	h.dir = filepath.Join(n.dir, h.Name)
 	// Registered before setup so that cleanup finds its processes and cgroup

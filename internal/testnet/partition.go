@@ -3,6 +3,7 @@ package testnet
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -32,6 +33,11 @@ func (n *Net) PartitionOneWay(from, to []*Host) error {
 
 func (n *Net) partition(a, b []*Host, both bool) error {
 	inA := map[*Host]bool{}
+	for _, h := range append(slices.Clone(a), b...) {
+		if h.site != nil {
+			return fmt.Errorf("failed to partition: host %q is on a site (partitions cut the first network's switch; a site's router forwards only what Allow names)", h.Name)
+		}
+	}
 	for _, h := range a {
 		if h.net != n {
 			return fmt.Errorf("failed to partition: host %q is not in this net", h.Name)

@@ -1,0 +1,70 @@
+package testnet
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// TestSite: two networks joined by a router that forwards only between
+// the pairs Allow names. A host added to the first network after the site
+// also gets the route.
+func TestSite(t *testing.T) {
+	RequireRoot(t)
+	n := New(t, Options{Hosts: 2})
+	site := n.AddSite(t, netip.MustParsePrefix("198.51.100.0/24"))
+	a1, a2 := n.Hosts()[0], n.Hosts()[1]
+	b1, b2 := site.AddHost(t), site.AddHost(t)
+	a3 := n.AddHost(t)
+	if b1.Name != "host3" || b1.Addr.String() != "198.51.100.13" || a3.Addr.String() != "192.0.2.15" {
+		t.Fatalf("hosts %v", n.Hosts())
+	}
+	for _, h := range n.Hosts() {
+		startEcho(t, h)
+	}
+	// Within each network, everyone reaches everyone.
+	for _, pair := range [][2]*Host{{a1, a2}, {a2, a3}, {a3, a1}, {b1, b2}, {b2, b1}} {
+		if err := reach(pair[0], pair[1].Addr, 5*time.Second); err != nil {
+			t.Errorf("%s cannot reach %s in its network: %v", pair[0], pair[1], err)
+		}
+	}
+	// Across, nothing until allowed.
+	cross := [][2]*Host{{a1, b1}, {b1, a1}, {a3, b2}, {b2, a3}, {a2, b2}}
+	for _, pair := range cross {
+		if err := reach(pair[0], pair[1].Addr, 500*time.Millisecond); err == nil {
+			t.Errorf("%s reaches %s across the router before any Allow", pair[0], pair[1])
+		}
+	}
+	if err := n.Allow(a2, b2); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Allow(a3, b1); err != nil {
+		t.Fatal(err)
+	}
+	for _, pair := range [][2]*Host{{a2, b2}, {b2, a2}, {a3, b1}, {b1, a3}} {
+		if err := reach(pair[0], pair[1].Addr, 5*time.Second); err != nil {
+			t.Errorf("%s cannot reach %s through the router: %v", pair[0], pair[1], err)
+		}
+	}
+	for _, pair := range [][2]*Host{{a1, b1}, {b1, a1}, {a2, b1}, {a3, b2}, {b2, a1}} {
+		if err := reach(pair[0], pair[1].Addr, 500*time.Millisecond); err == nil {
+			t.Errorf("%s reaches %s, a pair the router does not allow", pair[0], pair[1])
+		}
+	}
+	if err := n.Partition([]*Host{a1}, []*Host{b1}); err == nil {
+		t.Error("a partition across the router succeeded; partitions cut the first switch only")
+	}
+}
+
+func TestRouterAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.0/24":    "192.0.2.254",
+		"198.51.100.0/24": "198.51.100.254",
+		"10.1.0.0/16":     "10.1.255.254",
+		"10.2.3.32/27":    "10.2.3.62",
+	} {
+		if got := routerAddr(netip.MustParsePrefix(in)); got.String() != want {
+			t.Errorf("routerAddr(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
