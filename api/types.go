@@ -72,6 +72,11 @@ type GossipRelay struct {
 	// Exchanges: state exchanges with a directly reached member, started
 	// because some live member had neither a direct path nor a relay.
 	Exchanges uint64 `json:"exchanges"`
+	// Home is, on a node run with --behind-nat, the member it is attached
+	// to ("" while it is not attached: others cannot reach its gossip).
+	Home string `json:"home,omitempty"`
+	// Attached names the nodes behind NAT attached to this node.
+	Attached []string `json:"attached,omitempty"`
 }
 
 // DataplaneProcess is the state of the mesh-dataplane process.

@@ -94,6 +94,10 @@ type Config struct {
 	// NoRelay: this node never carries traffic between two other nodes
 	// whose direct path is down (docs/routing.md).
 	NoRelay bool
+	// BehindNAT: this node can only connect out; others reach its gossip
+	// through the member it attaches to (docs/routing.md, "Nodes behind
+	// NAT").
+	BehindNAT bool
 	// RelayPreference: among equally short relay paths, the others prefer
 	// those through nodes with a higher value (docs/routing.md); from
 	// -MaxRelayPreference to MaxRelayPreference.

@@ -34,6 +34,11 @@ type Config struct {
 	Label string
 	// Targets are the peers named at launch, as host:port.
 	Targets []string
+	// BehindNAT says this node can only connect out (a host behind a
+	// masquerading router): it attaches to a home, the first target or
+	// live member that accepts it, and others reach it through that
+	// member (nathome.go).
+	BehindNAT bool
 	// RememberedFile persists the addresses of peers learned through gossip
 	// so that a restart can rejoin through any of them. Empty disables it.
 	RememberedFile string

@@ -11,6 +11,7 @@ import (
 	"log"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -51,8 +52,12 @@ type Membership struct {
 	byeFrom map[string]bool    // nodes that announced a graceful leave
 	subs    []chan struct{}
 
-	channels  channels
-	targets   *targets
+	channels channels
+	targets  *targets
+	// metaMu serialises UpdateMeta; lastMeta is what it was last given,
+	// announced again when this node's home changes (nathome.go).
+	metaMu    sync.Mutex
+	lastMeta  Meta
 	closeOnce sync.Once
 	stopOnce  sync.Once
 	startOnce sync.Once
@@ -96,6 +101,7 @@ func New(cfg Config) (*Membership, error) {
 		bindings: bind,
 		cfg:      cfg,
 		log:      cfg.Logger,
+		lastMeta: cfg.Meta,
 		members:  make(map[string]*Member),
 		byeFrom:  make(map[string]bool),
 		done:     make(chan struct{}),
@@ -210,7 +216,46 @@ func (m *Membership) Start() {
 			defer m.wg.Done()
 			m.reprobeLoop(m.done)
 		}()
+		if m.cfg.BehindNAT {
+			m.relay.att.mu.Lock()
+			m.relay.att.onChange = func() {
+				m.metaMu.Lock()
+				meta := m.lastMeta
+				m.metaMu.Unlock()
+				go func() {
+					if err := m.UpdateMeta(meta); err != nil {
+						m.log.Warn("failed to announce this node's home", "error", err)
+					}
+				}()
+			}
+			m.relay.att.mu.Unlock()
+			m.relay.wg.Add(1)
+			go m.relay.attachLoop(m.homeCandidates)
+		}
 	})
+}
+
+// homeCandidates are the gossip addresses a node behind NAT tries to
+// attach to, in order: the peers named at launch, then every live member.
+func (m *Membership) homeCandidates() []string {
+	out := append([]string(nil), m.cfg.Targets...)
+	for _, addr := range m.relay.table.Load().addrs {
+		if !slices.Contains(out, addr) {
+			out = append(out, addr)
+		}
+	}
+	return out
+}
+
+// Home names the member this node behind NAT is attached to ("" when it
+// is not behind NAT, or not attached right now).
+func (m *Membership) Home() string { return m.relay.homeName() }
+
+// Attached names the nodes behind NAT attached to this node, sorted.
+func (m *Membership) Attached() []string {
+	out := m.relay.attachedNames()
+	slices.Sort(out)
+	return out
 }
 
 // LocalAddr is the address and port this node advertises.
@@ -268,6 +313,13 @@ func (m *Membership) Subscribe() <-chan struct{} {
 
 // UpdateMeta changes this node's metadata and gossips it.
 func (m *Membership) UpdateMeta(meta Meta) error {
+	m.metaMu.Lock()
+	defer m.metaMu.Unlock()
+	m.lastMeta = meta
+	meta.Home = m.relay.homeName()
+	if meta.Home != "" && meta.Paths != nil {
+		meta = meta.WithPaths(*meta.Paths) // the home's name must fit too
+	}
 	meta.GossipRelay = int(relayVersion)
 	meta.GossipRelayAuth = 0
 	if m.keyring != nil {

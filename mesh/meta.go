@@ -35,6 +35,10 @@ type Meta struct {
 	// envelopes without a tag, and while it is live such envelopes are
 	// accepted.
 	GossipRelayAuth int `json:"ga,omitempty"`
+	// Home is, for a node behind NAT (Config.BehindNAT), the member it is
+	// attached to: every other member sends it gossip through that one
+	// (nathome.go). Set by the membership itself; empty otherwise.
+	Home string `json:"nh,omitempty"`
 	// SignKey is the node's long-term ed25519 public key (base64) and
 	// SigVersion the format of Sig (MetaSigVersion). Absent from a node
 	// of the previous release, which is then accepted unsigned while its

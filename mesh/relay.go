@@ -132,6 +132,9 @@ type relayTransport struct {
 	failMu sync.Mutex
 	failed map[string]time.Time // member -> last failed direct dial
 
+	home homeSide // nodes behind NAT attached here (nathome.go)
+	att  attacher // this node's own home, when it is behind NAT
+
 	done     chan struct{}
 	wg       sync.WaitGroup
 	shutdown sync.Once
@@ -189,6 +192,7 @@ func newRelayTransport(inner *memberlist.NetTransport, self string, log *slog.Lo
 		streams:  make(chan struct{}, maxRelayedStreams),
 		done:     make(chan struct{}),
 		failed:   map[string]time.Time{},
+		home:     homeSide{attached: map[string]*attachment{}, pending: map[uint64]chan net.Conn{}},
 	}
 	t.origin.Store("")
 	t.table.Store(&relayTable{})
@@ -226,6 +230,9 @@ func (t *relayTransport) WriteTo(b []byte, addr string) (time.Time, error) {
 }
 
 func (t *relayTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
+	if err := t.sendAttached(a.Name, t.origin.Load().(string), b); err != errNotAttached {
+		return time.Now(), err
+	}
 	if h, ok := t.hop(a.Name); ok {
 		t.sent.Add(1)
 		eh := envelopeHeader{ttl: relayTTL, target: a.Name, origin: t.origin.Load().(string)}
@@ -241,6 +248,9 @@ func (t *relayTransport) DialTimeout(addr string, timeout time.Duration) (net.Co
 }
 
 func (t *relayTransport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	if c, err := t.dialAttached(a.Name, timeout); err != errNotAttached {
+		return c, err
+	}
 	h, ok := t.hop(a.Name)
 	if !ok {
 		c, err := t.dial(a.Addr, timeout)
@@ -519,6 +529,12 @@ func (t *relayTransport) relayPacket(p *memberlist.Packet) *memberlist.Packet {
 	if h.target == t.self {
 		return &memberlist.Packet{Buf: r.b, From: originAddr(h.origin, p.From), Timestamp: p.Timestamp}
 	}
+	if err := t.sendAttached(h.target, h.origin, r.b); err != errNotAttached {
+		if err == nil {
+			t.forwarded.Add(1)
+		}
+		return nil
+	}
 	to, auth, ok := t.forwardTo(h)
 	if !ok {
 		t.dropped.Add(1)
@@ -562,6 +578,13 @@ func (t *relayTransport) stream(c net.Conn) {
 		return
 	}
 	if first[0] == relayMagic {
+		if two, err := br.Peek(2); err == nil && two[1] == attachVersion {
+			t.acceptAttach(c, br)
+			return
+		} else if err == nil && two[1] == reverseVersion {
+			t.acceptReverse(c, br)
+			return
+		}
 		h, err := readEnvelope(br)
 		if err != nil {
 			t.dropped.Add(1)
@@ -591,6 +614,10 @@ func (t *relayTransport) stream(c net.Conn) {
 // ways until either side closes or relayStreamTimeout passes.
 func (t *relayTransport) splice(c net.Conn, br *bufio.Reader, h envelopeHeader) {
 	defer c.Close()
+	if _, attached := t.attachedTo(h.target); attached {
+		t.spliceAttached(c, br, h)
+		return
+	}
 	to, auth, ok := t.forwardTo(h)
 	if !ok {
 		t.dropped.Add(1)
@@ -617,6 +644,32 @@ func (t *relayTransport) splice(c net.Conn, br *bufio.Reader, h envelopeHeader) 
 	}
 	defer out.Close()
 	t.forwarded.Add(1)
+	t.pipe(c, br, out)
+}
+
+// spliceAttached is splice for a target attached here: the stream goes
+// to it through a stream it dials back.
+func (t *relayTransport) spliceAttached(c net.Conn, br *bufio.Reader, h envelopeHeader) {
+	select {
+	case t.streams <- struct{}{}:
+		defer func() { <-t.streams }()
+	default:
+		t.dropped.Add(1)
+		return
+	}
+	out, err := t.dialAttached(h.target, relayHeaderTimeout)
+	if err != nil {
+		t.log.Debug("failed to relay a gossip stream to a node behind NAT", "target", h.target, "error", err)
+		return
+	}
+	defer out.Close()
+	t.forwarded.Add(1)
+	t.pipe(c, br, out)
+}
+
+// pipe copies both ways between c (read through br) and out until either
+// side closes or relayStreamTimeout passes.
+func (t *relayTransport) pipe(c net.Conn, br *bufio.Reader, out net.Conn) {
 	deadline := time.Now().Add(relayStreamTimeout)
 	_ = c.SetDeadline(deadline)
 	_ = out.SetDeadline(deadline)
@@ -671,11 +724,15 @@ func (m *Membership) SetRelays(via map[string]string) {
 	tab := &relayTable{via: make(map[string]relayHop, len(via)), addrs: map[string]string{}, auth: map[string]bool{}}
 	m.mu.Lock()
 	relays := map[string]bool{}
+	homes := map[string]string{}
 	for name, mem := range m.members {
 		if !mem.Self && mem.State.Live() && mem.Addr.IsValid() {
 			tab.addrs[name] = mem.Addr.String()
 			relays[name] = mem.Meta.GossipRelay == int(relayVersion)
 			tab.auth[name] = mem.Meta.GossipRelayAuth == int(relayAuthVersion)
+			if mem.Meta.Home != "" {
+				homes[name] = mem.Meta.Home
+			}
 			if relays[name] && !tab.auth[name] {
 				tab.acceptV1 = true // a node of the previous release
 			}
@@ -685,6 +742,16 @@ func (m *Membership) SetRelays(via map[string]string) {
 	for target, hop := range via {
 		if a, ok := tab.addrs[hop]; ok && hop != target && relays[hop] {
 			tab.via[target] = relayHop{name: hop, addr: a, auth: tab.auth[hop]}
+		}
+	}
+	// A node behind NAT is reached through its home only (nathome.go),
+	// whatever the data plane's choice; the home itself reaches it
+	// through the attachment.
+	for target, home := range homes {
+		if a, ok := tab.addrs[home]; ok && home != target && relays[home] {
+			tab.via[target] = relayHop{name: home, addr: a, auth: tab.auth[home]}
+		} else if home != m.cfg.Name {
+			delete(tab.via, target)
 		}
 	}
 	m.relay.setTable(tab)

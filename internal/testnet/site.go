@@ -22,6 +22,7 @@ type Site struct {
 	index  int // from 1, in creation order
 	subnet netip.Prefix
 	dir    string // holds the switch namespace
+	nat    bool   // behind a masquerading router: outbound only
 }
 
 // routerTable is the nftables table (inet family, in the router namespace)
@@ -58,7 +59,7 @@ func (n *Net) routesFor(site *Site) string {
 		out = append(out, n.subnet.String()+"@"+routerAddr(site.subnet).String())
 	}
 	for _, o := range n.sites {
-		if o != site {
+		if o != site && !o.nat {
 			via := routerAddr(n.subnet)
 			if site != nil {
 				via = routerAddr(site.subnet)
@@ -75,14 +76,33 @@ func (n *Net) routesFor(site *Site) string {
 // it. It fails t on error; call it from the goroutine of t.
 func (n *Net) AddSite(t testing.TB, subnet netip.Prefix) *Site {
 	t.Helper()
-	s, err := n.addSite(subnet)
+	s, err := n.addSite(subnet, false)
 	if err != nil {
 		t.Fatalf("failed to add testnet site %s: %v", subnet, err)
 	}
 	return s
 }
 
-func (n *Net) addSite(subnet netip.Prefix) (*Site, error) {
+// AddNATSite is AddSite for a network behind a masquerading router, as a
+// home or an office behind its NAT gateway: its hosts reach the first
+// network (their packets leave with the router's address there), and
+// nothing from the first network reaches them but the answers to what
+// they sent (connection tracking: outbound only). Hosts of the first
+// network get no route to it.
+func (n *Net) AddNATSite(t testing.TB, subnet netip.Prefix) *Site {
+	t.Helper()
+	s, err := n.addSite(subnet, true)
+	if err != nil {
+		t.Fatalf("failed to add testnet NAT site %s: %v", subnet, err)
+	}
+	return s
+}
+
+// RouterAddr is the router's address on the first network: the source
+// of what hosts of a NAT site send there.
+func (n *Net) RouterAddr() netip.Addr { return routerAddr(n.subnet) }
+
+func (n *Net) addSite(subnet netip.Prefix, nat bool) (*Site, error) {
 	subnet = subnet.Masked()
 	if !subnet.Addr().Is4() || !n.subnet.Addr().Is4() || subnet.Bits() > 27 {
 		return nil, errors.New("sites need IPv4 subnets of at least 32 addresses")
@@ -100,7 +120,7 @@ func (n *Net) addSite(subnet netip.Prefix) (*Site, error) {
 			return nil, fmt.Errorf("subnet %s overlaps %s", subnet, o.subnet)
 		}
 	}
-	s := &Site{n: n, index: len(n.sites) + 1, subnet: subnet}
+	s := &Site{n: n, index: len(n.sites) + 1, subnet: subnet, nat: nat}
 	s.dir = filepath.Join(n.dir, fmt.Sprintf("site%d", s.index))
 	if err := n.setupSwitchIn(s.dir); err != nil {
 		return nil, err
@@ -123,7 +143,24 @@ func (n *Net) addSite(subnet netip.Prefix) (*Site, error) {
 	if err := runCmd(ctx, fmt.Sprintf("link set vrouter master %s\nlink set vrouter up\n", bridgeName), "nsenter", "--net="+s.switchNS(), "ip", "-batch", "-"); err != nil {
 		return nil, fmt.Errorf("failed to attach the router to the switch of %s: %w", subnet, err)
 	}
+	if nat {
+		rules := fmt.Sprintf(`table ip %[1]s-nat {
+ chain post {
+  type nat hook postrouting priority srcnat; policy accept;
+ }
+}
+add rule ip %[1]s-nat post oifname "main" ip saddr %[2]s masquerade
+add rule inet %[1]s forward iifname %[3]q oifname "main" accept
+add rule inet %[1]s forward iifname "main" oifname %[3]q ct state established,related accept
+`, routerTable, subnet, leg)
+		if err := runCmd(ctx, rules, "nsenter", "--net="+n.routerNS(), "nft", "-f", "-"); err != nil {
+			return nil, fmt.Errorf("failed to set up the router's NAT for %s: %w", subnet, err)
+		}
+	}
 	n.sites = append(n.sites, s)
+	if nat {
+		return s, nil
+	}
 	// Hosts of the first network that exist already learn the route.
 	for _, h := range n.hosts {
 		if h.site != nil {

@@ -68,3 +68,55 @@ func TestRouterAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestNATSite: a host behind the masquerading router reaches the first
+// network, which sees the router's address as the source, and nothing
+// from the first network reaches it unless it answers what it sent.
+func TestNATSite(t *testing.T) {
+	RequireRoot(t)
+	n := New(t, Options{Hosts: 1})
+	site := n.AddNATSite(t, netip.MustParsePrefix("10.9.0.0/24"))
+	pub, priv := n.Hosts()[0], site.AddHost(t)
+	startEcho(t, pub)
+	startEcho(t, priv)
+	if err := reach(priv, pub.Addr, 5*time.Second); err != nil {
+		t.Fatalf("the NATed host cannot reach out: %v", err)
+	}
+	if err := reach(pub, priv.Addr, 500*time.Millisecond); err == nil {
+		t.Fatal("the public host reaches the NATed host's private address")
+	}
+	if err := reach(pub, n.RouterAddr(), 500*time.Millisecond); err == nil {
+		t.Fatal("the public host reaches an echo server through the router's address, without any outbound first")
+	}
+	// What the public host sees as the source.
+	ln, err := pub.ListenPacket("udp", ":7001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := priv.Dial(ctxT(t), "udp", netip.AddrPortFrom(pub.Addr, 7001).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	_ = ln.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	_, from, err := ln.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := netip.MustParseAddrPort(from.String()).Addr(); got != n.RouterAddr() {
+		t.Fatalf("the public host sees the NATed host's packet from %s, want the router's %s", got, n.RouterAddr())
+	}
+	// The answer to it comes back through the router.
+	if _, err := ln.WriteTo([]byte("back"), from); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(buf); err != nil {
+		t.Fatalf("the answer did not come back through the NAT: %v", err)
+	}
+}
