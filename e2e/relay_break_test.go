@@ -49,22 +49,27 @@ func TestRelayBreaksMidStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// vias are the relays host1 uses towards host4 and host4 towards host1.
+	vias := func() (string, string, error) {
+		c1, err := connTo(nodes[0], hosts[3].Name)
+		if err != nil {
+			return "", "", err
+		}
+		c4, err := connTo(nodes[3], hosts[0].Name)
+		return c1.Via, c4.Via, err
+	}
 	// Both ends agree on one relay.
 	var relay, other int
 	testnet.Eventually(t, 90*time.Second, 500*time.Millisecond, func() error {
-		c1, err := connTo(nodes[0], hosts[3].Name)
+		v1, v4, err := vias()
 		if err != nil {
 			return err
 		}
-		c4, err := connTo(nodes[3], hosts[0].Name)
-		if err != nil {
-			return err
-		}
-		if c1.Via == "" || c1.Via != c4.Via {
-			return fmt.Errorf("host1 reaches host4 via %q, host4 reaches host1 via %q; want one relay", c1.Via, c4.Via)
+		if v1 == "" || v1 != v4 {
+			return fmt.Errorf("host1 reaches host4 via %q, host4 reaches host1 via %q; want one relay", v1, v4)
 		}
 		relay, other = 1, 2
-		if c1.Via == hosts[2].Name {
+		if v1 == hosts[2].Name {
 			relay, other = 2, 1
 		}
 		return pingBoth(ctx, a, d)
@@ -107,16 +112,12 @@ func TestRelayBreaksMidStream(t *testing.T) {
 	}
 	broke := time.Now()
 	testnet.Eventually(t, 90*time.Second, 200*time.Millisecond, func() error {
-		c1, err := connTo(nodes[0], hosts[3].Name)
+		v1, v4, err := vias()
 		if err != nil {
 			return err
 		}
-		c4, err := connTo(nodes[3], hosts[0].Name)
-		if err != nil {
-			return err
-		}
-		if c1.Via != hosts[other].Name || c4.Via != hosts[other].Name {
-			return fmt.Errorf("host1 reaches host4 via %q, host4 reaches host1 via %q; want %s", c1.Via, c4.Via, hosts[other].Name)
+		if v1 != hosts[other].Name || v4 != hosts[other].Name {
+			return fmt.Errorf("host1 reaches host4 via %q, host4 reaches host1 via %q; want %s", v1, v4, hosts[other].Name)
 		}
 		return nil
 	})

@@ -153,6 +153,7 @@ func New(cfg Config) (*Membership, error) {
 	m.relay = newRelayTransport(nt, cfg.Name, m.log.With("component", "gossip-relay"))
 	m.relay.tap = cfg.tap // before memberlist sends anything
 	m.relay.keyring = m.keyring
+	m.relay.signKey, m.relay.boundKey = cfg.SigningKey, bind.boundKey
 	mc.Transport = m.relay
 	// Dead nodes stay in memberlist's list long enough for a restarted peer
 	// to be recognised; our own map keeps them for status beyond that.
@@ -248,10 +249,12 @@ func (m *Membership) homeCandidates() []string {
 }
 
 // Home names the member this node behind NAT is attached to ("" when it
-// is not behind NAT, or not attached right now).
+// is not behind NAT, or not attached right now). Safe for concurrent use;
+// it does not block.
 func (m *Membership) Home() string { return m.relay.homeName() }
 
-// Attached names the nodes behind NAT attached to this node, sorted.
+// Attached names the nodes behind NAT attached to this node, sorted. Safe
+// for concurrent use; it does not block.
 func (m *Membership) Attached() []string {
 	out := m.relay.attachedNames()
 	slices.Sort(out)

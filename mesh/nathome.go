@@ -2,8 +2,10 @@ package mesh
 
 import (
 	"bufio"
+	"crypto/ed25519"
 	"crypto/hmac"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -34,7 +36,9 @@ import (
 //	attach:  0xF5 | 3 | len(name) name | nonce (16 bytes), then (with a
 //	         gossip key) the home sends a nonce of 16 bytes and the node
 //	         answers the tag of (kind 'a', name, the home's nonce) under
-//	         relayMACKey; the home then sends a hello frame with its own
+//	         relayMACKey and its identity's ed25519 signature of
+//	         attachSigned (zeros without an identity; a home refuses it
+//	         for a name bound to an identity, binding.go); the home then sends a hello frame with its own
 //	         name and (with a key) the tag of (kind 'h', its name, the
 //	         node's nonce), so each end knows the other holds the key;
 //	         frames follow
@@ -122,6 +126,36 @@ func readFrame(r io.Reader) (byte, []byte, error) {
 	return h[0], p, nil
 }
 
+// keepalive calls send every attachKeepalive until stop is closed or send
+// fails: one end of an attachment saying it is there.
+func keepalive(stop <-chan struct{}, send func() error) {
+	tk := time.NewTicker(attachKeepalive)
+	defer tk.Stop()
+	for {
+		select {
+		case <-tk.C:
+			if send() != nil {
+				return
+			}
+		case <-stop:
+			return
+		}
+	}
+}
+
+// attachSignDomain separates attachment signatures from the identity's
+// other signatures (node metadata, IPAM infos).
+const attachSignDomain = "mesh attach to a home v1"
+
+// attachSigned is what a node behind NAT signs with its identity to
+// attach: the domain, its name and the home's nonce.
+func attachSigned(name string, nonce []byte) []byte {
+	b := append([]byte(attachSignDomain), 0)
+	b = append(b, name...)
+	b = append(b, 0)
+	return append(b, nonce...)
+}
+
 // attachTag is the tag a node behind NAT answers the home's nonce with.
 func attachTag(macKey []byte, name string, nonce []byte) []byte {
 	return envelopeTag(macKey, kindAttach, name, "", nonce)
@@ -142,7 +176,7 @@ func (t *relayTransport) attachedTo(name string) (*attachment, bool) {
 	return a, ok
 }
 
-// Attached names the nodes behind NAT attached to this node.
+// attachedNames names the nodes behind NAT attached to this node.
 func (t *relayTransport) attachedNames() []string {
 	t.home.mu.Lock()
 	defer t.home.mu.Unlock()
@@ -182,16 +216,26 @@ func (t *relayTransport) acceptAttach(c net.Conn, br *bufio.Reader) {
 		if _, err := c.Write(nonce); err != nil {
 			return
 		}
-		tag := make([]byte, relayTagLen)
-		if _, err := io.ReadFull(br, tag); err != nil {
+		proof := make([]byte, relayTagLen+ed25519.SignatureSize)
+		if _, err := io.ReadFull(br, proof); err != nil {
 			t.dropped.Add(1)
 			return
 		}
+		tag, sig := proof[:relayTagLen], proof[relayTagLen:]
 		ok := false
 		for _, k := range keys {
 			if hmac.Equal(tag, attachTag(k, name, nonce)) {
 				ok = true
 				break
+			}
+		}
+		// A name bound to an identity (binding.go) attaches only with
+		// that identity's signature: another holder of the mesh key
+		// cannot take over the name's inbound gossip.
+		if ok && t.boundKey != nil {
+			if bound := t.boundKey(name); bound != "" {
+				pub, err := base64.StdEncoding.DecodeString(bound)
+				ok = err == nil && len(pub) == ed25519.PublicKeySize && ed25519.Verify(pub, attachSigned(name, nonce), sig)
 			}
 		}
 		if !ok {
@@ -228,22 +272,13 @@ func (t *relayTransport) acceptAttach(c net.Conn, br *bufio.Reader) {
 		return
 	}
 	go func() {
-		tk := time.NewTicker(attachKeepalive)
-		defer tk.Stop()
-		for {
-			select {
-			case <-tk.C:
-				if a.writeFrame(frameKeepalive, nil) != nil {
-					return
-				}
-			case <-a.done:
-				return
-			case <-t.done:
-				a.close()
-				return
-			}
+		select {
+		case <-t.done:
+			a.close()
+		case <-a.done:
 		}
 	}()
+	go keepalive(a.done, func() error { return a.writeFrame(frameKeepalive, nil) })
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(attachTimeout))
 		if _, _, err := readFrame(br); err != nil {
@@ -327,11 +362,10 @@ func (t *relayTransport) dialAttached(target string, timeout time.Duration) (net
 type attacher struct {
 	mu       sync.Mutex
 	home     string // the home's name, "" while detached
-	homeAddr string
-	onChange func()
+	onChange func() // called when home changes (the membership announces it)
 }
 
-// Home names the member this node is attached to, "" when none.
+// homeName names the member this node is attached to, "" when none.
 func (t *relayTransport) homeName() string {
 	t.att.mu.Lock()
 	defer t.att.mu.Unlock()
@@ -400,7 +434,11 @@ func (t *relayTransport) attachTo(addr string, up func()) error {
 		if _, err := io.ReadFull(br, nonce); err != nil {
 			return fmt.Errorf("no nonce from %s: %w", addr, err)
 		}
-		if _, err := c.Write(attachTag(keys[0], t.self, nonce)); err != nil {
+		sig := make([]byte, ed25519.SignatureSize) // none without an identity (tests)
+		if t.signKey != nil {
+			sig = ed25519.Sign(t.signKey, attachSigned(t.self, nonce))
+		}
+		if _, err := c.Write(append(attachTag(keys[0], t.self, nonce), sig...)); err != nil {
 			return err
 		}
 	}
@@ -436,25 +474,17 @@ func (t *relayTransport) attachTo(addr string, up func()) error {
 		_, err := c.Write([]byte{typ, 0, 0})
 		return err
 	}
-	t.setHome(home, addr)
-	defer t.setHome("", "")
+	t.setHome(home)
+	defer t.setHome("")
 	up()
 	t.log.Info("attached to a home (this node is behind NAT)", "home", home, "addr", addr)
-	go func() {
-		tk := time.NewTicker(attachKeepalive)
-		defer tk.Stop()
-		for {
-			select {
-			case <-tk.C:
-				if write(frameKeepalive) != nil {
-					c.Close()
-					return
-				}
-			case <-stop:
-				return
-			}
+	go keepalive(stop, func() error {
+		err := write(frameKeepalive)
+		if err != nil {
+			c.Close()
 		}
-	}()
+		return err
+	})
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(attachTimeout))
 		typ, p, err := readFrame(br)
@@ -504,10 +534,10 @@ func (t *relayTransport) dialBack(addr string, id []byte) {
 	}
 }
 
-func (t *relayTransport) setHome(name, addr string) {
+func (t *relayTransport) setHome(name string) {
 	t.att.mu.Lock()
 	changed := t.att.home != name
-	t.att.home, t.att.homeAddr = name, addr
+	t.att.home = name
 	f := t.att.onChange
 	t.att.mu.Unlock()
 	if changed && f != nil {

@@ -2,6 +2,8 @@ package mesh
 
 import (
 	"bytes"
+	"crypto/ed25519"
+	"encoding/base64"
 	"io"
 	"net"
 	"slices"
@@ -180,4 +182,39 @@ func TestSetRelaysThroughHome(t *testing.T) {
 		t.Fatalf("b routed through %+v, though this node is its home", h)
 	}
 	_ = b
+}
+
+// TestAttachBoundToIdentity: a name bound to an identity attaches only
+// with that identity's signature; another holder of the mesh key cannot
+// take over its inbound gossip, and the node itself still attaches (and
+// takes its place back).
+func TestAttachBoundToIdentity(t *testing.T) {
+	real, impostorKey := newSignKey(t), newSignKey(t)
+	h := newRelayNode(t, "h")
+	h.t.boundKey = func(name string) string {
+		if name == "n" {
+			return base64.StdEncoding.EncodeToString(real.Public().(ed25519.PublicKey))
+		}
+		return ""
+	}
+	impostor := newRelayNode(t, "n")
+	impostor.t.signKey = impostorKey
+	attachNode(impostor, h.addr)
+	waitWithin(t, 10*time.Second, "h refuses the impostor", func() bool { return h.t.stats().Refused > 0 })
+	if got := h.t.attachedNames(); len(got) != 0 {
+		t.Fatalf("attached %v: the impostor took the name", got)
+	}
+	impostor.t.Shutdown()
+
+	n := newRelayNode(t, "n")
+	n.t.signKey = real
+	attachNode(n, h.addr)
+	waitWithin(t, 10*time.Second, "n attached to h", func() bool {
+		return n.t.homeName() == "h" && slices.Equal(h.t.attachedNames(), []string{"n"})
+	})
+	// An unbound name attaches on the mesh key alone (trust on first
+	// use, as the bindings themselves).
+	o := newRelayNode(t, "o")
+	attachNode(o, h.addr)
+	waitWithin(t, 10*time.Second, "o attached to h", func() bool { return o.t.homeName() == "h" })
 }

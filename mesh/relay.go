@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"bufio"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -124,6 +125,12 @@ type relayTransport struct {
 	// nil without gossip encryption. Set before memberlist starts, never
 	// changed (the keyring itself is safe for concurrent use).
 	keyring *memberlist.Keyring
+	// signKey is this node's identity (it signs an attachment to a home,
+	// nathome.go) and boundKey the identity bound to a name (base64, ""
+	// when none); both nil in this package's transport tests. Set before
+	// memberlist starts, never changed.
+	signKey  ed25519.PrivateKey
+	boundKey func(name string) string
 
 	// tap is nil in production; this package's tests set it (Config.tap)
 	// before memberlist starts and never change it.

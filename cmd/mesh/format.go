@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -64,6 +65,12 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 			proc = fmt.Sprintf("; process mesh-dataplane %s,%s %d restart(s) (--dataplane-process %s)", p.State, pid, p.Restarts, p.Mode)
 		}
 		fmt.Fprintf(tw, "Data plane:\t%s, MTU %d, connections: %s%s\n", st.Dataplane, st.MTU, stateCounts(conns, api.ConnStates), proc)
+	}
+	if gr := st.GossipRelay; gr != nil && gr.Home != "" {
+		fmt.Fprintf(tw, "NAT home:\t%s (this node is behind NAT: the others reach its gossip through it)\n", gr.Home)
+	}
+	if gr := st.GossipRelay; gr != nil && len(gr.Attached) > 0 {
+		fmt.Fprintf(tw, "Behind NAT:\t%s (their gossip goes through this node)\n", strings.Join(gr.Attached, ", "))
 	}
 	tw.Flush()
 	formatTargets(w, st.Targets, now)

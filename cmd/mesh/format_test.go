@@ -240,6 +240,38 @@ func TestLaunchRefusesWeakSecrets(t *testing.T) {
 	}
 }
 
+// TestFormatStatusShowsNATHome: a node behind NAT names its home, a home
+// the nodes attached to it; neither line otherwise.
+func TestFormatStatusShowsNATHome(t *testing.T) {
+	tests := []struct {
+		name string
+		gr   *api.GossipRelay
+		want []string
+		not  []string
+	}{
+		{"behind NAT", &api.GossipRelay{Home: "host1"}, []string{"NAT home:  host1 (this node is behind NAT"}, []string{"Behind NAT:"}},
+		{"a home", &api.GossipRelay{Attached: []string{"host4", "host5"}}, []string{"Behind NAT:  host4, host5 (their gossip"}, []string{"NAT home:"}},
+		{"neither", &api.GossipRelay{Sent: 3}, nil, []string{"NAT home:", "Behind NAT:"}},
+		{"no relay status", nil, nil, []string{"NAT home:", "Behind NAT:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var b bytes.Buffer
+			formatStatus(&b, &api.Status{Name: "a", GossipRelay: tt.gr}, time.Now())
+			for _, w := range tt.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("status output lacks %q:\n%s", w, b.String())
+				}
+			}
+			for _, n := range tt.not {
+				if strings.Contains(b.String(), n) {
+					t.Errorf("status output has %q:\n%s", n, b.String())
+				}
+			}
+		})
+	}
+}
+
 func TestFormatStatusShowsKeyIDs(t *testing.T) {
 	st := &api.Status{Name: "a", KeyIDs: []string{"6d53fb95a89a2c6f", "857933370860a929"}, GossipKeyID: "857933370860a929"}
 	var b bytes.Buffer
