@@ -105,6 +105,21 @@ func pingBoth(ctx context.Context, a, b *pod, args ...string) error {
 	return pingPod(ctx, b, a, args...)
 }
 
+// pingPods is pingPod from every pod of pods to every other, the first
+// failure returned.
+func pingPods(ctx context.Context, pods []*pod) error {
+	for _, a := range pods {
+		for _, b := range pods {
+			if a != b {
+				if err := pingPod(ctx, a, b); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // TestRelayTriangle: three hosts; the data plane between host1 and host2
 // is cut both ways. Their pods reach each other again through host3 within
 // a generous bound, status on each shows the other "via" host3, host3
