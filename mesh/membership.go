@@ -74,11 +74,7 @@ func New(cfg Config) (*Membership, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("node name is empty")
 	}
-	cfg.Meta.GossipRelay = int(relayVersion)
-	cfg.Meta.GossipRelayAuth = 0
-	if cfg.GossipKey != nil {
-		cfg.Meta.GossipRelayAuth = int(relayAuthVersion)
-	}
+	cfg.Meta = cfg.Meta.withRelayFields(cfg.GossipKey != nil)
 	metaBytes, err := cfg.Meta.Encode()
 	if err != nil {
 		return nil, err
@@ -220,11 +216,10 @@ func (m *Membership) Start() {
 		if m.cfg.BehindNAT {
 			m.relay.att.mu.Lock()
 			m.relay.att.onChange = func() {
-				m.metaMu.Lock()
-				meta := m.lastMeta
-				m.metaMu.Unlock()
 				go func() {
-					if err := m.UpdateMeta(meta); err != nil {
+					m.metaMu.Lock()
+					defer m.metaMu.Unlock()
+					if err := m.updateMetaLocked(m.lastMeta); err != nil {
 						m.log.Warn("failed to announce this node's home", "error", err)
 					}
 				}()
@@ -318,16 +313,19 @@ func (m *Membership) Subscribe() <-chan struct{} {
 func (m *Membership) UpdateMeta(meta Meta) error {
 	m.metaMu.Lock()
 	defer m.metaMu.Unlock()
+	return m.updateMetaLocked(meta)
+}
+
+// updateMetaLocked is UpdateMeta with metaMu held. The re-announcement of
+// a new home goes through it with lastMeta read under the same lock, so
+// it never puts back metadata older than the last UpdateMeta.
+func (m *Membership) updateMetaLocked(meta Meta) error {
 	m.lastMeta = meta
 	meta.Home = m.relay.homeName()
 	if meta.Home != "" && meta.Paths != nil {
 		meta = meta.WithPaths(*meta.Paths) // the home's name must fit too
 	}
-	meta.GossipRelay = int(relayVersion)
-	meta.GossipRelayAuth = 0
-	if m.keyring != nil {
-		meta.GossipRelayAuth = int(relayAuthVersion)
-	}
+	meta = meta.withRelayFields(m.keyring != nil)
 	var b []byte
 	var err error
 	if m.cfg.SigningKey != nil {

@@ -159,6 +159,17 @@ func DecodeMeta(b []byte) (Meta, error) {
 	return m, nil
 }
 
+// withRelayFields returns m with the gossip relay fields the membership
+// sends: the envelope version it reads and, with a gossip key (keyed),
+// the authenticated one.
+func (m Meta) withRelayFields(keyed bool) Meta {
+	m.GossipRelay, m.GossipRelayAuth = int(relayVersion), 0
+	if keyed {
+		m.GossipRelayAuth = int(relayAuthVersion)
+	}
+	return m
+}
+
 // WithPaths returns m carrying p, with p's Down list replaced by Overflow
 // when it is longer than MaxMetaDown or the metadata would not fit
 // MetaLimit: the node then says it does not know, rather than claim a path
@@ -168,8 +179,7 @@ func (m Meta) WithPaths(p PathMeta) Meta {
 	m.Paths = &p
 	// What is sent must fit: the membership adds the gossip relay fields
 	// (New, UpdateMeta), and SignMeta the signature's version.
-	sent := m
-	sent.GossipRelay, sent.GossipRelayAuth = int(relayVersion), int(relayAuthVersion)
+	sent := m.withRelayFields(true)
 	if sent.SignKey != "" {
 		sent.SigVersion = MetaSigVersion
 	}
