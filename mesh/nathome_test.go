@@ -97,9 +97,7 @@ func TestAttachCarriesGossip(t *testing.T) {
 	}
 	defer out2.Close()
 	roundTrip(t, out2, recvStream(t, n))
-	if s := h.t.stats(); s.Forwarded != 2 {
-		t.Fatalf("h's stats %+v, want c's packet and stream forwarded", s)
-	}
+	waitStat(t, "h's forwarded envelopes (c's packet and stream)", func() uint64 { return h.t.stats().Forwarded }, 2)
 
 	// n leaves: the home forgets it, and a stream for it fails at once.
 	n.t.Shutdown()
