@@ -44,3 +44,25 @@ const (
 	// through a relay when one reaches it.
 	PathDown PathState = "down"
 )
+
+// Reachability is whether other members can connect to this node's gossip
+// address, as the check at launch found (docs/routing.md, "Nodes behind
+// NAT").
+type Reachability string
+
+const (
+	// ReachUnchecked: no check ran (--behind-nat=false, or no peer named
+	// at launch) or no peer answered one.
+	ReachUnchecked Reachability = "unchecked"
+	// ReachChecking: a check is under way.
+	ReachChecking Reachability = "checking"
+	// ReachDirect: a peer connected to this node's advertised address.
+	ReachDirect Reachability = "reachable"
+	// ReachBehindNAT: a peer could not, so this node attaches to a home.
+	ReachBehindNAT Reachability = "behind NAT"
+	// ReachConfigured: run with --behind-nat; no check.
+	ReachConfigured Reachability = "behind NAT (configured)"
+)
+
+// BehindNAT says whether a node in reachability r attaches to a home.
+func (r Reachability) BehindNAT() bool { return r == ReachBehindNAT || r == ReachConfigured }

@@ -77,6 +77,15 @@ type GossipRelay struct {
 	Home string `json:"home,omitempty"`
 	// Attached names the nodes behind NAT attached to this node.
 	Attached []string `json:"attached,omitempty"`
+	// Reachability says whether others can connect to this node's gossip
+	// address (ReachabilityError says why no peer gave a verdict).
+	Reachability Reachability `json:"reachability,omitempty"`
+	// CheckedBy is the peer that checked, and SeenAs the address that peer
+	// saw this node's connection come from (behind NAT, the router's).
+	CheckedBy string `json:"checkedBy,omitempty"`
+	SeenAs    string `json:"seenAs,omitempty"`
+	// ReachabilityError says why no peer gave a verdict.
+	ReachabilityError string `json:"reachabilityError,omitempty"`
 }
 
 // DataplaneProcess is the state of the mesh-dataplane process.

@@ -76,7 +76,9 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	}
 	st.RelayedBytes = int64(rc.Bytes)
 	rs := d.members.RelayStats()
-	st.GossipRelay = &api.GossipRelay{Sent: rs.Sent, Forwarded: rs.Forwarded, Dropped: rs.Dropped, Refused: rs.Refused, Exchanges: rs.Exchanges, Home: d.members.Home(), Attached: d.members.Attached()}
+	reach := d.members.Reachability()
+	st.GossipRelay = &api.GossipRelay{Sent: rs.Sent, Forwarded: rs.Forwarded, Dropped: rs.Dropped, Refused: rs.Refused, Exchanges: rs.Exchanges, Home: d.members.Home(), Attached: d.members.Attached(),
+		Reachability: reach.State, CheckedBy: reach.Peer, SeenAs: reach.Observed, ReachabilityError: reach.Err}
 	if err := d.relayedErr.get(); err != nil {
 		st.Problems = append(st.Problems, "relayed-traffic counter: "+err.Error())
 	}
@@ -89,8 +91,8 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	for _, p := range d.members.IdentityProblems() {
 		st.Problems = append(st.Problems, "identity: "+p)
 	}
-	if d.cfg.BehindNAT && st.GossipRelay.Home == "" {
-		st.Problems = append(st.Problems, "behind NAT (--behind-nat) and attached to no member: the others cannot reach this node's gossip; check that a peer named at launch runs this release and is reachable on TCP 6783 (docs/routing.md, \"Nodes behind NAT\")")
+	if d.members.BehindNAT() && st.GossipRelay.Home == "" {
+		st.Problems = append(st.Problems, "behind NAT ("+string(reach.State)+") and attached to no member: the others cannot reach this node's gossip; check that a peer named at launch runs this release and is reachable on TCP 6783 (docs/routing.md, \"Nodes behind NAT\")")
 	}
 	return st
 }

@@ -98,6 +98,10 @@ type Config struct {
 	// through the member it attaches to (docs/routing.md, "Nodes behind
 	// NAT").
 	BehindNAT bool
+	// NATCheck, without BehindNAT, asks a peer named at launch to connect
+	// back to this node's gossip address, and behaves as BehindNAT when it
+	// cannot (docs/routing.md, "Nodes behind NAT"). On by default.
+	NATCheck bool
 	// RelayPreference: among equally short relay paths, the others prefer
 	// those through nodes with a higher value (docs/routing.md); from
 	// -MaxRelayPreference to MaxRelayPreference.
@@ -131,6 +135,7 @@ func DefaultConfig() Config {
 		CNIConfDir:       api.DefaultCNIConfDir,
 		MetricsAddr:      "127.0.0.1:6782",
 		PolicyWait:       10 * time.Second,
+		NATCheck:         true,
 	}
 }
 

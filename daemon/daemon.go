@@ -187,6 +187,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	mc.Port = cfg.Port
 	mc.Targets = cfg.Peers
 	mc.BehindNAT = cfg.BehindNAT
+	mc.DetectNAT = cfg.NATCheck
 	mc.RememberedFile = cfg.path("peers.json")
 	mc.Logger = log.With("component", "mesh")
 	if len(ks.keys) == 0 {

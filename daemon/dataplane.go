@@ -161,6 +161,35 @@ func (d *Daemon) applyNAT(overlay, overlay6 netip.Addr, members []mesh.Member) {
 	}
 }
 
+// publicAddr is the public address a node behind NAT announces
+// (Meta.PublicAddr), if it is one a data plane can send to.
+func publicAddr(meta mesh.Meta) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(meta.PublicAddr)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	a = a.Unmap()
+	if a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() || a.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// dataAddr is where this node sends m's data plane first: for a node
+// behind NAT, the public address its NAT gives it, where the NAT lets in
+// what answers the node's own packets (two nodes behind two NATs that
+// send to each other's public address both let the other in: a hole
+// punched); but the advertised address when this node is behind the same
+// NAT (the same public address: NATs rarely hairpin, and the two reach
+// each other's private addresses), and for every other node. WireGuard
+// then follows the endpoint the node's packets actually come from.
+func dataAddr(m mesh.Member, selfPublic netip.Addr) netip.Addr {
+	if pub, ok := publicAddr(m.Meta); ok && pub != selfPublic {
+		return pub
+	}
+	return m.Addr.Addr()
+}
+
 func (d *Daemon) peerInput(overlay, overlay6 netip.Addr, members []mesh.Member) peer.Input {
 	key, _ := d.self.get()
 	keys := d.keys.current()
@@ -174,8 +203,14 @@ func (d *Daemon) peerInput(overlay, overlay6 netip.Addr, members []mesh.Member) 
 	in.Remembered, in.RememberedUntil = d.remembered.input(keys)
 	in.Via = peer.Relays(d.id.Name, d.pathReports(members))
 	d.reportBadMeta(members)
+	var selfPublic netip.Addr
 	for _, m := range members {
-		n := peer.Node{Name: m.Name, Addr: m.Addr.Addr(), DPPort: m.Meta.DPPort, State: m.State, Since: m.Since}
+		if m.Name == d.id.Name {
+			selfPublic, _ = publicAddr(m.Meta)
+		}
+	}
+	for _, m := range members {
+		n := peer.Node{Name: m.Name, Addr: dataAddr(m, selfPublic), DPPort: m.Meta.DPPort, State: m.State, Since: m.Since}
 		if len(keys) > 0 {
 			n.Secret = pairKey(keys, peerKeyIDs(keys, m.Meta.Keys))
 		}

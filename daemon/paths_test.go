@@ -78,3 +78,37 @@ func TestProbeAddr(t *testing.T) {
 		})
 	}
 }
+
+// TestDataAddr: a node behind NAT is sent to at its public address,
+// except by a node behind the same NAT; a public address that is no
+// unicast address a data plane could send to is ignored.
+func TestDataAddr(t *testing.T) {
+	adv := netip.MustParseAddrPort("10.9.0.11:6783")
+	member := func(public string) mesh.Member {
+		return mesh.Member{Name: "b", Addr: adv, Meta: mesh.Meta{PublicAddr: public}}
+	}
+	pub := netip.MustParseAddr("192.0.2.253")
+	for _, tc := range []struct {
+		name       string
+		public     string
+		selfPublic netip.Addr
+		want       netip.Addr
+	}{
+		{"not behind NAT", "", netip.Addr{}, adv.Addr()},
+		{"behind NAT", "192.0.2.253", netip.Addr{}, pub},
+		{"behind another NAT", "192.0.2.253", netip.MustParseAddr("192.0.2.252"), pub},
+		{"behind the same NAT", "192.0.2.253", pub, adv.Addr()},
+		{"IPv4-mapped", "::ffff:192.0.2.253", netip.Addr{}, pub},
+		{"garbage", "not an address", netip.Addr{}, adv.Addr()},
+		{"loopback", "127.0.0.1", netip.Addr{}, adv.Addr()},
+		{"unspecified", "::", netip.Addr{}, adv.Addr()},
+		{"multicast", "224.0.0.1", netip.Addr{}, adv.Addr()},
+		{"link-local", "fe80::1", netip.Addr{}, adv.Addr()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := dataAddr(member(tc.public), tc.selfPublic); got != tc.want {
+				t.Fatalf("dataAddr = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -11,42 +11,80 @@ import (
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
-// TestNATNode: host4 sits behind a masquerading router (10.9.0.0/24,
-// outbound only: nothing from the mesh's network reaches it but answers
-// to what it sent) and joins a mesh of three with --behind-nat, naming
-// host1. It attaches to host1, the others reach its gossip through
-// host1, and it stays a live member; its data plane is reached at the
-// endpoint the others observe (the router's address, WireGuard's
-// roaming), kept open by keepalives. One ring, no address twice, and the
-// pods of all four reach each other both ways. When its home is killed,
-// host4 attaches to another member and stays reachable.
+// TestNATNode: host4 and host5 each sit behind a masquerading router of
+// their own (10.9.0.0/24 and 10.10.0.0/24, outbound only: nothing from the
+// mesh's network reaches them but answers to what they sent) and join a
+// mesh of three naming host1, with no flag about NAT: the check at launch
+// finds host1 cannot connect back to them (while it finds host2 and host3
+// reachable). They attach to host1, the others reach their gossip through
+// host1, and they stay live members; their data plane is reached at their
+// NAT's public address, which they announce, kept open by keepalives, and
+// host4 and host5 punch a direct path to each other through both NATs.
+// One ring, no address twice, and the pods of all five reach each other
+// both ways. When their home is killed, they attach to another member and
+// stay reachable.
 func TestNATNode(t *testing.T) {
 	testnet.RequireRoot(t)
 	tn := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "nt"})
-	site := tn.AddNATSite(t, netip.MustParsePrefix("10.9.0.0/24"))
-	behind := site.AddHost(t)
+	siteA := tn.AddNATSite(t, netip.MustParsePrefix("10.9.0.0/24"))
+	siteB := tn.AddNATSite(t, netip.MustParsePrefix("10.10.0.0/24"))
+	behind, behindB := siteA.AddHost(t), siteB.AddHost(t)
+	publicOf := map[string]netip.Addr{behind.Name: siteA.PublicAddr(), behindB.Name: siteB.PublicAddr()}
 	hs := tn.Hosts()
 	nodes := []*node{launch(t, hs[0], nil), launch(t, hs[1], hs[:1]), launch(t, hs[2], hs[:1])}
-	nodes = append(nodes, launch(t, behind, hs[:1], "--behind-nat"))
+	nodes = append(nodes, launch(t, behind, hs[:1]), launch(t, behindB, hs[:1]))
+	natNodes := nodes[3:]
 	dumpLogsOnFailure(t, nodes...)
 	start := time.Now()
 	expectStates(t, 2*time.Minute, nodes, allAlive(nodes), true)
-	t.Logf("all four alive on every host %v after the last launch", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("all five alive on every host %v after the last launch", time.Since(start).Round(100*time.Millisecond))
+
+	// The check at launch: host1 named no peer, host2 and host3 were
+	// reached by host1, host4 and host5 were not, and host1 saw their
+	// checks come from their NAT routers.
+	host1Gossip := netip.AddrPortFrom(hs[0].Addr, 6783).String()
+	wantReach := []api.GossipRelay{
+		{Reachability: api.ReachUnchecked},
+		{Reachability: api.ReachDirect, CheckedBy: host1Gossip},
+		{Reachability: api.ReachDirect, CheckedBy: host1Gossip},
+		{Reachability: api.ReachBehindNAT, CheckedBy: host1Gossip},
+		{Reachability: api.ReachBehindNAT, CheckedBy: host1Gossip},
+	}
+	testnet.Eventually(t, time.Minute, 500*time.Millisecond, func() error {
+		for i, n := range nodes {
+			st, err := n.Status()
+			if err != nil {
+				return err
+			}
+			gr, want := st.GossipRelay, wantReach[i]
+			if gr == nil || gr.Reachability != want.Reachability || gr.CheckedBy != want.CheckedBy {
+				return fmt.Errorf("%s's reachability %+v, want %q checked by %q", n.Host.Name, gr, want.Reachability, want.CheckedBy)
+			}
+			if pub, ok := publicOf[n.Host.Name]; ok {
+				if seen, err := netip.ParseAddrPort(gr.SeenAs); err != nil || seen.Addr() != pub {
+					return fmt.Errorf("host1 saw %s's check come from %q, want its NAT router %v", n.Host.Name, gr.SeenAs, pub)
+				}
+			}
+		}
+		return nil
+	})
 
 	testnet.Eventually(t, time.Minute, 500*time.Millisecond, func() error {
-		st, err := nodes[3].Status()
-		if err != nil {
-			return err
-		}
-		if st.GossipRelay == nil || st.GossipRelay.Home != hs[0].Name {
-			return fmt.Errorf("host4's gossip relay status %+v, want home host1", st.GossipRelay)
+		for _, n := range natNodes {
+			st, err := n.Status()
+			if err != nil {
+				return err
+			}
+			if st.GossipRelay == nil || st.GossipRelay.Home != hs[0].Name {
+				return fmt.Errorf("%s's gossip relay status %+v, want home host1", n.Host.Name, st.GossipRelay)
+			}
 		}
 		st1, err := nodes[0].Status()
 		if err != nil {
 			return err
 		}
-		if st1.GossipRelay == nil || !slices.Equal(st1.GossipRelay.Attached, []string{behind.Name}) {
-			return fmt.Errorf("host1's gossip relay status %+v, want host4 attached", st1.GossipRelay)
+		if st1.GossipRelay == nil || !slices.Equal(st1.GossipRelay.Attached, []string{behind.Name, behindB.Name}) {
+			return fmt.Errorf("host1's gossip relay status %+v, want host4 and host5 attached", st1.GossipRelay)
 		}
 		return nil
 	})
@@ -81,17 +119,34 @@ func TestNATNode(t *testing.T) {
 		seen[p.ip] = p.name
 		pods = append(pods, p)
 	}
-	testnet.Eventually(t, 90*time.Second, time.Second, func() error { return pingPods(ctx, pods) })
+	testnet.Eventually(t, 2*time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
 	t.Logf("every pod reaches every pod %v after the last launch", time.Since(start).Round(100*time.Millisecond))
-	for _, n := range nodes[:3] {
-		c, err := connTo(n, behind.Name)
-		if err != nil {
-			t.Fatal(err)
+	// The others send to the public address each NAT node announced
+	// (not its private one), and host4 and host5 reach each other
+	// directly: both sent to the other's public address, so each NAT
+	// took the other's packets as answers.
+	testnet.Eventually(t, 2*time.Minute, time.Second, func() error {
+		for _, n := range nodes {
+			for _, nat := range natNodes {
+				if n == nat {
+					continue
+				}
+				c, err := connTo(n, nat.Host.Name)
+				if err != nil {
+					return err
+				}
+				want := netip.AddrPortFrom(publicOf[nat.Host.Name], 6784).String()
+				if c.Endpoint != want || c.Via != "" || c.DirectPath != api.PathUp {
+					return fmt.Errorf("%s to %s: endpoint %s, via %q, direct path %q; want %s, direct and up", n.Host.Name, nat.Host.Name, c.Endpoint, c.Via, c.DirectPath, want)
+				}
+			}
 		}
-		t.Logf("%s to host4: endpoint %s, via %q, direct path %q", n.Host.Name, c.Endpoint, c.Via, c.DirectPath)
-	}
+		return nil
+	})
+	t.Logf("every pair direct, host4 and host5 through both NATs, %v after the last launch", time.Since(start).Round(100*time.Millisecond))
+	testnet.Eventually(t, 30*time.Second, time.Second, func() error { return pingPods(ctx, pods) })
 
-	// And it holds: host4 stays a live member everywhere for 20 s.
+	// And it holds: host4 and host5 stay live members everywhere for 20 s.
 	for range 20 {
 		time.Sleep(time.Second)
 		for _, n := range nodes {
@@ -108,25 +163,25 @@ func TestNATNode(t *testing.T) {
 	}
 	expectStates(t, 30*time.Second, nodes, allAlive(nodes), true)
 
-	// The home goes (kill -9): host4 attaches to another member and stays
-	// a live member of the other two, reachable by their pods.
+	// The home goes (kill -9): host4 and host5 attach to another member
+	// and stay live members of the others, reachable by their pods.
 	if err := nodes[0].Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
-	var home string
 	testnet.Eventually(t, time.Minute, 500*time.Millisecond, func() error {
-		st, err := nodes[3].Status()
-		if err != nil {
-			return err
-		}
-		home = st.GossipRelay.Home
-		if home != hs[1].Name && home != hs[2].Name {
-			return fmt.Errorf("host4's home is %q, want host2 or host3", home)
+		for _, n := range natNodes {
+			st, err := n.Status()
+			if err != nil {
+				return err
+			}
+			if home := st.GossipRelay.Home; home != hs[1].Name && home != hs[2].Name {
+				return fmt.Errorf("%s's home is %q, want host2 or host3", n.Host.Name, home)
+			}
 		}
 		return nil
 	})
-	t.Logf("host4 attached to %s %v after host1 was killed", home, time.Since(killed).Round(100*time.Millisecond))
+	t.Logf("host4 and host5 attached to another home %v after host1 was killed", time.Since(killed).Round(100*time.Millisecond))
 	rest := nodes[1:]
 	for range 20 {
 		time.Sleep(time.Second)
@@ -135,8 +190,10 @@ func TestNATNode(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if s := got[behind.Name]; s != string(api.MemberAlive) && s != string(api.MemberSuspect) {
-				t.Fatalf("%s sees host4 %q after host4 moved to %s", n.Host.Name, s, home)
+			for _, nat := range natNodes {
+				if s := got[nat.Host.Name]; s != string(api.MemberAlive) && s != string(api.MemberSuspect) && n != nat {
+					t.Fatalf("%s sees %s %q after it moved home", n.Host.Name, nat.Host.Name, s)
+				}
 			}
 		}
 	}

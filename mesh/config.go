@@ -39,6 +39,10 @@ type Config struct {
 	// live member that accepts it, and others reach it through that
 	// member (nathome.go).
 	BehindNAT bool
+	// DetectNAT, when BehindNAT is not set, has the node ask a peer named
+	// at launch to connect back to its gossip address, and behave as with
+	// BehindNAT when the peer cannot (natcheck.go).
+	DetectNAT bool
 	// RememberedFile persists the addresses of peers learned through gossip
 	// so that a restart can rejoin through any of them. Empty disables it.
 	RememberedFile string

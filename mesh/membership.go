@@ -213,23 +213,58 @@ func (m *Membership) Start() {
 			defer m.wg.Done()
 			m.reprobeLoop(m.done)
 		}()
-		if m.cfg.BehindNAT {
-			m.relay.att.mu.Lock()
-			m.relay.att.onChange = func() {
-				go func() {
-					m.metaMu.Lock()
-					defer m.metaMu.Unlock()
-					if err := m.updateMetaLocked(m.lastMeta); err != nil {
-						m.log.Warn("failed to announce this node's home", "error", err)
-					}
-				}()
+		switch {
+		case m.cfg.BehindNAT:
+			m.relay.reach.set(Reachability{State: api.ReachConfigured})
+			m.attachHome()
+			if len(m.cfg.Targets) > 0 {
+				// No verdict needed, but the public address the check
+				// observes is announced.
+				m.relay.wg.Add(1)
+				go m.relay.detectNAT(m.cfg.Targets, true, m.announce)
 			}
-			m.relay.att.mu.Unlock()
+		case m.cfg.DetectNAT && len(m.cfg.Targets) > 0:
 			m.relay.wg.Add(1)
-			go m.relay.attachLoop(m.homeCandidates)
+			go m.relay.detectNAT(m.cfg.Targets, false, m.attachHome)
+		default:
+			m.relay.reach.set(Reachability{State: api.ReachUnchecked})
 		}
 	})
 }
+
+// attachHome makes this node, behind NAT, keep an attachment to a home
+// and announce it. Called once, from Start or the reachability check.
+func (m *Membership) attachHome() {
+	m.relay.att.mu.Lock()
+	m.relay.att.onChange = m.announce
+	m.relay.att.mu.Unlock()
+	m.relay.wg.Add(1)
+	go m.relay.attachLoop(m.homeCandidates)
+}
+
+// announce gossips this node's metadata again, in the background, with
+// what the membership adds to it (its home, its public address) as they
+// are now.
+func (m *Membership) announce() {
+	go func() {
+		m.metaMu.Lock()
+		defer m.metaMu.Unlock()
+		if err := m.updateMetaLocked(m.lastMeta); err != nil {
+			m.log.Warn("failed to announce this node's home and public address", "error", err)
+		}
+	}()
+}
+
+// BehindNAT says whether this node attaches to a home: configured, or
+// found by the reachability check. Safe for concurrent use.
+func (m *Membership) BehindNAT() bool {
+	return m.relay.reach.get().State.BehindNAT()
+}
+
+// Reachability is what this node knows of whether others can connect to
+// its gossip address (natcheck.go). Safe for concurrent use; it does not
+// block.
+func (m *Membership) Reachability() Reachability { return m.relay.reach.get() }
 
 // homeCandidates are the gossip addresses a node behind NAT tries to
 // attach to, in order: the peers named at launch, then every live member.
@@ -322,8 +357,14 @@ func (m *Membership) UpdateMeta(meta Meta) error {
 func (m *Membership) updateMetaLocked(meta Meta) error {
 	m.lastMeta = meta
 	meta.Home = m.relay.homeName()
-	if meta.Home != "" && meta.Paths != nil {
-		meta = meta.WithPaths(*meta.Paths) // the home's name must fit too
+	meta.PublicAddr = ""
+	if r := m.relay.reach.get(); r.State.BehindNAT() {
+		if ap, err := netip.ParseAddrPort(r.Observed); err == nil {
+			meta.PublicAddr = ap.Addr().Unmap().String()
+		}
+	}
+	if (meta.Home != "" || meta.PublicAddr != "") && meta.Paths != nil {
+		meta = meta.WithPaths(*meta.Paths) // the home's name and the public address must fit too
 	}
 	meta = meta.withRelayFields(m.keyring != nil)
 	var b []byte

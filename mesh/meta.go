@@ -39,6 +39,13 @@ type Meta struct {
 	// attached to: every other member sends it gossip through that one
 	// (nathome.go). Set by the membership itself; empty otherwise.
 	Home string `json:"nh,omitempty"`
+	// PublicAddr is, for a node behind NAT, the address its NAT gives
+	// its connections, as the peer that checked its reachability saw it
+	// (natcheck.go): the others send its data plane there, where its NAT
+	// lets in what answers the node's own packets, rather than to its
+	// private advertised address. Set by the membership itself; empty
+	// otherwise, and ignored by nodes of the previous release.
+	PublicAddr string `json:"pa,omitempty"`
 	// SignKey is the node's long-term ed25519 public key (base64) and
 	// SigVersion the format of Sig (MetaSigVersion). Absent from a node
 	// of the previous release, which is then accepted unsigned while its
@@ -173,20 +180,48 @@ func (m Meta) withRelayFields(keyed bool) Meta {
 // WithPaths returns m carrying p, with p's Down list replaced by Overflow
 // when it is longer than MaxMetaDown or the metadata would not fit
 // MetaLimit: the node then says it does not know, rather than claim a path
-// it does not have by listing only some of its broken ones.
+// it does not have by listing only some of its broken ones. Before that,
+// a node behind NAT gives up its PublicAddr, the one field it can do
+// without (the others then reach its data plane where its own packets
+// come from, WireGuard's roaming), and it gives it up for good when even
+// the overflowed report leaves no room; then the oldest key IDs.
 func (m Meta) WithPaths(p PathMeta) Meta {
 	p.Version = PathMetaVersion
 	m.Paths = &p
-	// What is sent must fit: the membership adds the gossip relay fields
-	// (New, UpdateMeta), and SignMeta the signature's version.
+	if m.fits() {
+		return m
+	}
+	if public := m.PublicAddr; public != "" {
+		m.PublicAddr = ""
+		if m.fits() {
+			return m
+		}
+		m.PublicAddr = public
+	}
+	p.Down, p.Overflow = nil, true
+	m.Paths = &p
+	if !m.fits() {
+		m.PublicAddr = ""
+	}
+	// A node behind NAT must announce its home. With the most keys a
+	// rotation can leave installed and long names there is no room, so
+	// the oldest key IDs go (newest first, so a pair still finds the
+	// newest key both hold; only a peer that holds none but the dropped
+	// ones, several rotations behind, would miss its preshared key).
+	for !m.fits() && len(m.Keys) > 1 {
+		m.Keys = m.Keys[:len(m.Keys)-1]
+	}
+	return m
+}
+
+// fits says whether m fits MetaLimit as sent: with the gossip relay
+// fields the membership adds (New, UpdateMeta) and the signature's
+// version SignMeta adds.
+func (m Meta) fits() bool {
 	sent := m.withRelayFields(true)
 	if sent.SignKey != "" {
 		sent.SigVersion = MetaSigVersion
 	}
-	if _, err := sent.Encode(); err == nil {
-		return m
-	}
-	p.Down, p.Overflow = nil, true
-	m.Paths = &p
-	return m
+	_, err := sent.Encode()
+	return err == nil
 }

@@ -139,25 +139,80 @@ func TestSignedMetaFitsAtEveryLength(t *testing.T) {
 		meta.Keys = append(meta.Keys, fmt.Sprintf("%016x", i))
 	}
 	meta.SignKey = base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey)) // as the daemon sets it before WithPaths
-	kept := 0
-	for n := 1; n <= MaxMetaDown; n++ {
-		for size := 1; size <= 40; size++ {
-			var down []string
-			for i := range n {
-				down = append(down, fmt.Sprintf("%0*d", size, i))
-			}
-			m := meta.WithPaths(PathMeta{Probe: "10.32.0.1", Down: down})
-			m.GossipRelay, m.GossipRelayAuth = int(relayVersion), int(relayAuthVersion)
-			b, err := SignMeta(m, key, "host", netip.MustParseAddrPort("192.0.2.1:6783"))
-			if err != nil || len(b) > MetaLimit {
-				t.Fatalf("%d names of %d characters: %d bytes, %v", n, size, len(b), err)
-			}
-			if !m.Paths.Overflow {
-				kept++
+	// fitsAlways signs meta with every path report and counts the reports
+	// that kept their Down list.
+	fitsAlways := func(meta Meta) (kept int) {
+		for n := 1; n <= MaxMetaDown; n++ {
+			for size := 1; size <= 40; size++ {
+				var down []string
+				for i := range n {
+					down = append(down, fmt.Sprintf("%0*d", size, i))
+				}
+				m := meta.WithPaths(PathMeta{Probe: "10.32.0.1", Down: down})
+				m.GossipRelay, m.GossipRelayAuth = int(relayVersion), int(relayAuthVersion)
+				b, err := SignMeta(m, key, "host", netip.MustParseAddrPort("192.0.2.1:6783"))
+				if err != nil || len(b) > MetaLimit {
+					t.Fatalf("%d names of %d characters: %d bytes, %v", n, size, len(b), err)
+				}
+				if !m.Paths.Overflow {
+					kept++
+				}
 			}
 		}
+		return kept
 	}
-	if kept == 0 || kept == MaxMetaDown*40 {
+	if kept := fitsAlways(meta); kept == 0 || kept == MaxMetaDown*40 {
 		t.Fatalf("%d reports kept their Down list: the test does not reach the limit", kept)
+	}
+	// A node behind NAT: the membership sets its home and public address
+	// before it fits the path report (updateMetaLocked). With this many
+	// keys neither its public address nor all key IDs fit, but its home
+	// and newest key do.
+	meta.Home = "home-node-01"
+	meta.PublicAddr = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+	fitsAlways(meta)
+	if m := meta.WithPaths(PathMeta{Probe: "10.32.0.1"}); m.PublicAddr != "" || m.Home == "" || len(m.Keys) == 0 || m.Keys[0] != meta.Keys[0] {
+		t.Fatalf("with %d keys: home %q, public address %q, keys %v; want the home and the newest key kept, the public address given up", len(meta.Keys), m.Home, m.PublicAddr, m.Keys)
+	}
+}
+
+// TestWithPathsKeepsPublicAddr: a node behind NAT keeps its public address
+// when it fits, and gives it up before its list of broken paths.
+func TestWithPathsKeepsPublicAddr(t *testing.T) {
+	key := newSignKey(t)
+	meta := Meta{PeerID: "0123456789abcdef0123456789abcdef", Version: "v1.2.3", PublicKey: strings.Repeat("A", 44), DPPort: 6784,
+		Keys: []string{"0123456789abcdef"}, Home: "host1", PublicAddr: "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"}
+	meta.SignKey = base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey))
+	if m := meta.WithPaths(PathMeta{Probe: "10.32.0.1", Down: []string{"host2"}}); m.PublicAddr != meta.PublicAddr || m.Paths.Overflow {
+		t.Fatalf("public address %q, overflow %v: want both kept", m.PublicAddr, m.Paths.Overflow)
+	}
+	// Long names fill the report: the public address goes first.
+	for size := 1; size <= 60; size++ {
+		var down []string
+		for i := range MaxMetaDown {
+			down = append(down, fmt.Sprintf("%0*d", size, i))
+		}
+		m := meta.WithPaths(PathMeta{Probe: "10.32.0.1", Down: down})
+		if !m.Paths.Overflow && !m.fits() {
+			t.Fatalf("names of %d: does not fit", size)
+		}
+		if m.Paths.Overflow && m.PublicAddr == "" {
+			if withPublic := m; withPublic.fits() {
+				withPublic.PublicAddr = meta.PublicAddr
+				if withPublic.fits() {
+					t.Fatalf("names of %d: the public address was given up although it fits beside the overflowed report", size)
+				}
+			}
+		}
+		if !m.Paths.Overflow && m.PublicAddr == "" {
+			continue // given up for the list: allowed
+		}
+		if m.Paths.Overflow {
+			withoutPublic := meta
+			withoutPublic.PublicAddr = ""
+			if w := withoutPublic.WithPaths(PathMeta{Probe: "10.32.0.1", Down: down}); !w.Paths.Overflow {
+				t.Fatalf("names of %d: the list overflowed although giving up the public address would have kept it", size)
+			}
+		}
 	}
 }

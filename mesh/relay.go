@@ -139,8 +139,9 @@ type relayTransport struct {
 	failMu sync.Mutex
 	failed map[string]time.Time // member -> last failed direct dial
 
-	home homeSide // nodes behind NAT attached here (nathome.go)
-	att  attacher // this node's own home, when it is behind NAT
+	home  homeSide // nodes behind NAT attached here (nathome.go)
+	att   attacher // this node's own home, when it is behind NAT
+	reach reacher  // whether others can connect to this node (natcheck.go)
 
 	done     chan struct{}
 	wg       sync.WaitGroup
@@ -591,6 +592,12 @@ func (t *relayTransport) stream(c net.Conn) {
 		} else if err == nil && two[1] == reverseVersion {
 			t.acceptReverse(c, br)
 			return
+		} else if err == nil && two[1] == reachVersion {
+			t.acceptReach(c, br)
+			return
+		} else if err == nil && two[1] == reachBackVersion {
+			t.acceptReachBack(c, br)
+			return
 		}
 		h, err := readEnvelope(br)
 		if err != nil {
@@ -631,14 +638,11 @@ func (t *relayTransport) splice(c net.Conn, br *bufio.Reader, h envelopeHeader) 
 		t.log.Debug("dropped a gossip stream to relay", "from", c.RemoteAddr(), "target", h.target, "ttl", h.ttl)
 		return
 	}
-	select {
-	case t.streams <- struct{}{}:
-		defer func() { <-t.streams }()
-	default:
-		t.dropped.Add(1)
+	if !t.takeStream() {
 		t.log.Debug("dropped a gossip stream to relay: too many at once", "target", h.target)
 		return
 	}
+	defer t.releaseStream()
 	next := h
 	next.ttl--
 	out, err := t.dialVia(to, next, auth, relayHeaderTimeout)
@@ -654,16 +658,29 @@ func (t *relayTransport) splice(c net.Conn, br *bufio.Reader, h envelopeHeader) 
 	t.pipe(c, br, out)
 }
 
+// takeStream takes one of the maxRelayedStreams slots of streams this
+// node serves for others (relayed, spliced, reachability checks), without
+// waiting; when none is free it counts the stream dropped and returns
+// false. A true must be followed by releaseStream.
+func (t *relayTransport) takeStream() bool {
+	select {
+	case t.streams <- struct{}{}:
+		return true
+	default:
+		t.dropped.Add(1)
+		return false
+	}
+}
+
+func (t *relayTransport) releaseStream() { <-t.streams }
+
 // spliceAttached is splice for a target attached here: the stream goes
 // to it through a stream it dials back.
 func (t *relayTransport) spliceAttached(c net.Conn, br *bufio.Reader, h envelopeHeader) {
-	select {
-	case t.streams <- struct{}{}:
-		defer func() { <-t.streams }()
-	default:
-		t.dropped.Add(1)
+	if !t.takeStream() {
 		return
 	}
+	defer t.releaseStream()
 	out, err := t.dialAttached(h.target, relayHeaderTimeout)
 	if err != nil {
 		t.log.Debug("failed to relay a gossip stream to a node behind NAT", "target", h.target, "error", err)

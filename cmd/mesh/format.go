@@ -66,6 +66,9 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 		}
 		fmt.Fprintf(tw, "Data plane:\t%s, MTU %d, connections: %s%s\n", st.Dataplane, st.MTU, stateCounts(conns, api.ConnStates), proc)
 	}
+	if gr := st.GossipRelay; gr != nil && gr.Reachability == api.ReachBehindNAT {
+		fmt.Fprintf(tw, "Reachability:\tbehind NAT: %s could not connect to this node's gossip address (it sees this node as %s)\n", gr.CheckedBy, gr.SeenAs)
+	}
 	if gr := st.GossipRelay; gr != nil && gr.Home != "" {
 		fmt.Fprintf(tw, "NAT home:\t%s (this node is behind NAT: the others reach its gossip through it)\n", gr.Home)
 	}

@@ -241,7 +241,8 @@ func TestLaunchRefusesWeakSecrets(t *testing.T) {
 }
 
 // TestFormatStatusShowsNATHome: a node behind NAT names its home, a home
-// the nodes attached to it; neither line otherwise.
+// the nodes attached to it; neither line otherwise. A node found behind
+// NAT at launch says who found it and how that peer saw it.
 func TestFormatStatusShowsNATHome(t *testing.T) {
 	tests := []struct {
 		name string
@@ -253,6 +254,10 @@ func TestFormatStatusShowsNATHome(t *testing.T) {
 		{"a home", &api.GossipRelay{Attached: []string{"host4", "host5"}}, []string{"Behind NAT:  host4, host5 (their gossip"}, []string{"NAT home:"}},
 		{"neither", &api.GossipRelay{Sent: 3}, nil, []string{"NAT home:", "Behind NAT:"}},
 		{"no relay status", nil, nil, []string{"NAT home:", "Behind NAT:"}},
+		{"found behind NAT", &api.GossipRelay{Reachability: api.ReachBehindNAT, CheckedBy: "192.0.2.1:6783", SeenAs: "192.0.2.254:40312"},
+			[]string{"Reachability:  behind NAT: 192.0.2.1:6783 could not connect to this node's gossip address (it sees this node as 192.0.2.254:40312)"}, nil},
+		{"reachable", &api.GossipRelay{Reachability: api.ReachDirect, CheckedBy: "192.0.2.1:6783"}, nil, []string{"Reachability:"}},
+		{"configured", &api.GossipRelay{Reachability: api.ReachConfigured, Home: "host1"}, []string{"NAT home:  host1"}, []string{"Reachability:"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -57,6 +58,9 @@ func (n *Net) routesFor(site *Site) string {
 	var out []string
 	if site != nil {
 		out = append(out, n.subnet.String()+"@"+routerAddr(site.subnet).String())
+		if site.nat {
+			return strings.Join(out, " ") // its own router leads to the first network only
+		}
 	}
 	for _, o := range n.sites {
 		if o != site && !o.nat {
@@ -83,12 +87,16 @@ func (n *Net) AddSite(t testing.TB, subnet netip.Prefix) *Site {
 	return s
 }
 
-// AddNATSite is AddSite for a network behind a masquerading router, as a
-// home or an office behind its NAT gateway: its hosts reach the first
-// network (their packets leave with the router's address there), and
-// nothing from the first network reaches them but the answers to what
-// they sent (connection tracking: outbound only). Hosts of the first
-// network get no route to it.
+// AddNATSite is AddSite for a network behind a masquerading router of
+// its own, as a home or an office behind its NAT gateway: its hosts reach
+// the first network (their packets leave with the router's public
+// address there, Site.PublicAddr), and nothing from the first network
+// reaches them but the answers to what they sent (connection tracking:
+// outbound only; an answer is any packet from the address and port a
+// host sent to, so two hosts behind two NAT sites that send to each
+// other's public address and port at once get through, as hole punching
+// does). Hosts of the first network get no route to it, and its hosts
+// none to other sites.
 func (n *Net) AddNATSite(t testing.TB, subnet netip.Prefix) *Site {
 	t.Helper()
 	s, err := n.addSite(subnet, true)
@@ -98,9 +106,24 @@ func (n *Net) AddNATSite(t testing.TB, subnet netip.Prefix) *Site {
 	return s
 }
 
-// RouterAddr is the router's address on the first network: the source
-// of what hosts of a NAT site send there.
+// RouterAddr is the address on the first network of the router that
+// joins the sites of AddSite.
 func (n *Net) RouterAddr() netip.Addr { return routerAddr(n.subnet) }
+
+// PublicAddr is, for a site of AddNATSite, its router's address on the
+// first network: the source of what its hosts send there. The routers of
+// NAT sites take the addresses just below the first network's router
+// (.253 for the first site of a /24, then .252, ...).
+func (s *Site) PublicAddr() netip.Addr {
+	a := routerAddr(s.n.subnet)
+	for range s.index {
+		a = a.Prev()
+	}
+	return a
+}
+
+// natRouterNS is the network namespace of a NAT site's own router.
+func (s *Site) natRouterNS() string { return filepath.Join(s.dir, "router", "net") }
 
 func (n *Net) addSite(subnet netip.Prefix, nat bool) (*Site, error) {
 	subnet = subnet.Masked()
@@ -127,34 +150,26 @@ func (n *Net) addSite(subnet netip.Prefix, nat bool) (*Site, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
 	defer cancel()
-	if len(n.sites) == 0 {
-		if err := n.setupRouter(ctx); err != nil {
+	if nat {
+		if err := n.setupNATRouter(ctx, s); err != nil {
 			return nil, err
 		}
-	}
-	// The router's leg on the site: a veth from the router to the site's
-	// switch.
-	leg := fmt.Sprintf("site%d", s.index)
-	batch := fmt.Sprintf("link add %s type veth peer name vrouter netns %s\naddr add %s dev %s\nlink set %s up\n",
-		leg, s.switchNS(), netip.PrefixFrom(routerAddr(subnet), subnet.Bits()), leg, leg)
-	if err := runCmd(ctx, batch, "nsenter", "--net="+n.routerNS(), "ip", "-batch", "-"); err != nil {
-		return nil, fmt.Errorf("failed to create the router's leg on %s: %w", subnet, err)
-	}
-	if err := runCmd(ctx, fmt.Sprintf("link set vrouter master %s\nlink set vrouter up\n", bridgeName), "nsenter", "--net="+s.switchNS(), "ip", "-batch", "-"); err != nil {
-		return nil, fmt.Errorf("failed to attach the router to the switch of %s: %w", subnet, err)
-	}
-	if nat {
-		rules := fmt.Sprintf(`table ip %[1]s-nat {
- chain post {
-  type nat hook postrouting priority srcnat; policy accept;
- }
-}
-add rule ip %[1]s-nat post oifname "main" ip saddr %[2]s masquerade
-add rule inet %[1]s forward iifname %[3]q oifname "main" accept
-add rule inet %[1]s forward iifname "main" oifname %[3]q ct state established,related accept
-`, routerTable, subnet, leg)
-		if err := runCmd(ctx, rules, "nsenter", "--net="+n.routerNS(), "nft", "-f", "-"); err != nil {
-			return nil, fmt.Errorf("failed to set up the router's NAT for %s: %w", subnet, err)
+	} else {
+		if !slices.ContainsFunc(n.sites, func(o *Site) bool { return !o.nat }) {
+			if err := n.setupRouter(ctx); err != nil {
+				return nil, err
+			}
+		}
+		// The router's leg on the site: a veth from the router to the
+		// site's switch.
+		leg := fmt.Sprintf("site%d", s.index)
+		batch := fmt.Sprintf("link add %s type veth peer name vrouter netns %s\naddr add %s dev %s\nlink set %s up\n",
+			leg, s.switchNS(), netip.PrefixFrom(routerAddr(subnet), subnet.Bits()), leg, leg)
+		if err := runCmd(ctx, batch, "nsenter", "--net="+n.routerNS(), "ip", "-batch", "-"); err != nil {
+			return nil, fmt.Errorf("failed to create the router's leg on %s: %w", subnet, err)
+		}
+		if err := runCmd(ctx, fmt.Sprintf("link set vrouter master %s\nlink set vrouter up\n", bridgeName), "nsenter", "--net="+s.switchNS(), "ip", "-batch", "-"); err != nil {
+			return nil, fmt.Errorf("failed to attach the router to the switch of %s: %w", subnet, err)
 		}
 	}
 	n.sites = append(n.sites, s)
@@ -171,6 +186,61 @@ add rule inet %[1]s forward iifname "main" oifname %[3]q ct state established,re
 		}
 	}
 	return s, nil
+}
+
+// setupNATRouter creates the own router of NAT site s: a leg on the first
+// network at s.PublicAddr, a leg on the site, and masquerading out of the
+// first with only answers let back in. Like a gateway it drops what is
+// sent to itself unasked: a packet it took would leave a connection
+// tracking entry that makes the next outbound packet of the same ports
+// leave from another port, and hole punching fail.
+func (n *Net) setupNATRouter(ctx context.Context, s *Site) error {
+	if err := makeNamespaces(ctx, filepath.Join(s.dir, "router"), false); err != nil {
+		return err
+	}
+	batch := fmt.Sprintf(`link set lo up
+link add main type veth peer name vnat%[1]d netns %[2]s
+addr add %[3]s dev main
+link set main up
+link add site type veth peer name vrouter netns %[4]s
+addr add %[5]s dev site
+link set site up
+`, s.index, n.switchNS(), netip.PrefixFrom(s.PublicAddr(), n.subnet.Bits()), s.switchNS(), netip.PrefixFrom(routerAddr(s.subnet), s.subnet.Bits()))
+	if err := runCmd(ctx, batch, "nsenter", "--net="+s.natRouterNS(), "ip", "-batch", "-"); err != nil {
+		return fmt.Errorf("failed to create the legs of the NAT router of %s: %w", s.subnet, err)
+	}
+	if err := runCmd(ctx, fmt.Sprintf("link set vnat%d master %s\nlink set vnat%d up\n", s.index, bridgeName, s.index), "nsenter", "--net="+n.switchNS(), "ip", "-batch", "-"); err != nil {
+		return fmt.Errorf("failed to attach the NAT router of %s to the first switch: %w", s.subnet, err)
+	}
+	if err := runCmd(ctx, fmt.Sprintf("link set vrouter master %s\nlink set vrouter up\n", bridgeName), "nsenter", "--net="+s.switchNS(), "ip", "-batch", "-"); err != nil {
+		return fmt.Errorf("failed to attach the NAT router to the switch of %s: %w", s.subnet, err)
+	}
+	if err := runCmd(ctx, "", "nsenter", "--net="+s.natRouterNS(), "sh", "-ec", "echo 1 > /proc/sys/net/ipv4/ip_forward"); err != nil {
+		return fmt.Errorf("failed to enable forwarding in the NAT router of %s: %w", s.subnet, err)
+	}
+	rules := fmt.Sprintf(`table ip %[1]s-nat {
+ chain post {
+  type nat hook postrouting priority srcnat; policy accept;
+  oifname "main" ip saddr %[2]s masquerade
+ }
+}
+table inet %[1]s {
+ chain forward {
+  type filter hook forward priority 0; policy drop;
+  iifname "site" oifname "main" accept
+  iifname "main" oifname "site" ct state established,related accept
+ }
+ chain input {
+  type filter hook input priority 0; policy drop;
+  iifname "lo" accept
+  ct state established,related accept
+ }
+}
+`, routerTable, s.subnet)
+	if err := runCmd(ctx, rules, "nsenter", "--net="+s.natRouterNS(), "nft", "-f", "-"); err != nil {
+		return fmt.Errorf("failed to set up the NAT of %s: %w", s.subnet, err)
+	}
+	return nil
 }
 
 // setupRouter creates the router namespace, its leg on the first network,

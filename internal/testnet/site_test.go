@@ -1,6 +1,8 @@
 package testnet
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -85,7 +87,7 @@ func TestNATSite(t *testing.T) {
 	if err := reach(pub, priv.Addr, 500*time.Millisecond); err == nil {
 		t.Fatal("the public host reaches the NATed host's private address")
 	}
-	if err := reach(pub, n.RouterAddr(), 500*time.Millisecond); err == nil {
+	if err := reach(pub, site.PublicAddr(), 500*time.Millisecond); err == nil {
 		t.Fatal("the public host reaches an echo server through the router's address, without any outbound first")
 	}
 	// What the public host sees as the source.
@@ -108,8 +110,8 @@ func TestNATSite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := netip.MustParseAddrPort(from.String()).Addr(); got != n.RouterAddr() {
-		t.Fatalf("the public host sees the NATed host's packet from %s, want the router's %s", got, n.RouterAddr())
+	if got := netip.MustParseAddrPort(from.String()).Addr(); got != site.PublicAddr() {
+		t.Fatalf("the public host sees the NATed host's packet from %s, want the router's %s", got, site.PublicAddr())
 	}
 	// The answer to it comes back through the router.
 	if _, err := ln.WriteTo([]byte("back"), from); err != nil {
@@ -118,5 +120,70 @@ func TestNATSite(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(buf); err != nil {
 		t.Fatalf("the answer did not come back through the NAT: %v", err)
+	}
+}
+
+// TestNATSitesHolePunch: hosts behind two NAT sites cannot reach each
+// other's public address until both have sent to it: then each NAT takes
+// the other's packets as answers, and UDP flows both ways, from the port
+// each sent from (masquerading keeps it).
+func TestNATSitesHolePunch(t *testing.T) {
+	RequireRoot(t)
+	n := New(t, Options{Hosts: 1})
+	sa := n.AddNATSite(t, netip.MustParsePrefix("10.9.0.0/24"))
+	sb := n.AddNATSite(t, netip.MustParsePrefix("10.10.0.0/24"))
+	if sa.PublicAddr() == sb.PublicAddr() || sa.PublicAddr() == n.RouterAddr() {
+		t.Fatalf("public addresses %v and %v (router %v): want three distinct", sa.PublicAddr(), sb.PublicAddr(), n.RouterAddr())
+	}
+	a, b := sa.AddHost(t), sb.AddHost(t)
+	const port = 7002
+	la, err := a.ListenPacket("udp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer la.Close()
+	lb, err := b.ListenPacket("udp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Close()
+	toA := net.UDPAddrFromAddrPort(netip.AddrPortFrom(sa.PublicAddr(), port))
+	toB := net.UDPAddrFromAddrPort(netip.AddrPortFrom(sb.PublicAddr(), port))
+	buf := make([]byte, 16)
+	// sendUntil sends from c to `to` every 100 ms until r receives
+	// something or within passes; it returns where that came from.
+	sendUntil := func(c, r net.PacketConn, to net.Addr, within time.Duration) (net.Addr, error) {
+		deadline := time.Now().Add(within)
+		for {
+			if _, err := c.WriteTo([]byte("hi"), to); err != nil {
+				return nil, err
+			}
+			_ = r.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			_, from, err := r.ReadFrom(buf)
+			if err == nil {
+				return from, nil
+			}
+			if time.Now().After(deadline) {
+				return nil, err
+			}
+		}
+	}
+	// a alone, for a second: b's NAT drops every packet. (Repeated, so
+	// that a's NAT has surely seen one before b sends: the first packet
+	// of each host may wait for neighbour resolution.)
+	if _, err := sendUntil(la, lb, toB, time.Second); err == nil {
+		t.Fatal("b received a's packet before b sent anything to a")
+	}
+	// b sends to a: a's NAT has a's packets to b on record, so this is an
+	// answer, and from now on each NAT lets the other in.
+	from, err := sendUntil(lb, la, toA, 5*time.Second)
+	if err != nil {
+		t.Fatalf("a did not receive b's packet: %v", err)
+	}
+	if got := netip.MustParseAddrPort(from.String()); got != netip.AddrPortFrom(sb.PublicAddr(), port) {
+		t.Fatalf("a sees b's packet from %v, want %v (b's NAT keeps the port)", got, netip.AddrPortFrom(sb.PublicAddr(), port))
+	}
+	if _, err := sendUntil(la, lb, toB, 5*time.Second); err != nil {
+		t.Fatalf("b did not receive a's packet after the punch: %v", err)
 	}
 }

@@ -1,0 +1,313 @@
+package mesh
+
+import (
+	"bufio"
+	"crypto/hmac"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/meshnet/mesh/api"
+)
+
+// The reachability check (docs/routing.md, "Nodes behind NAT").
+//
+// A node that was not told whether it is behind NAT (Config.DetectNAT)
+// asks a peer named at launch to connect back to the gossip address it
+// advertises. Behind a masquerading router that address is private: the
+// peer's dial fails, and the node attaches to a home as if run with
+// --behind-nat. A node the peer reaches stays as it is. The check runs
+// before the others have had time to declare the node dead, and costs one
+// TCP connection each way.
+//
+// On the peer's gossip port, after relayMagic:
+//
+//	check: 0xF5 | 5 | nonce (16 bytes) | len(addr) addr | tag (16 bytes,
+//	       with a gossip key: envelopeTag under relayMACKey of kind 'r',
+//	       target addr, no origin, payload the nonce); the peer dials
+//	       addr and sends the back message, then answers on the check's
+//	       stream: result (1 byte: 1 it connected, 0 it could not) |
+//	       len(observed) observed (the address the check came from)
+//	back:  0xF5 | 6 | nonce (16 bytes), on the node's own gossip port
+//
+// The node counts itself reachable only when the back message with its
+// nonce arrived: something else answering at its address (the NAT router
+// itself) is no proof. A peer of the previous release does not know the
+// check and closes the stream: the node then asks the next peer, and
+// without an answer from any stays as it is (Reachability "unchecked").
+// The tag keeps anyone without the mesh key from making a member dial
+// addresses of their choice.
+
+const (
+	reachVersion     byte = 5
+	reachBackVersion byte = 6
+	kindReach        byte = 'r'
+	reachNonceLen         = 16
+	// reachDialTimeout bounds the peer's dial back; behind NAT it usually
+	// ends at once (no route to a private address) or after it.
+	reachDialTimeout = 5 * time.Second
+	// reachWait bounds the whole check on the node's side.
+	reachWait = reachDialTimeout + 5*time.Second
+	// reachBackGrace is how long the node waits for the back message
+	// after the peer said it connected (the two travel separately).
+	reachBackGrace = 2 * time.Second
+	// reachRetry is the pause between rounds over the launch peers while
+	// none answers, and reachGiveUp when the node stops asking.
+	reachRetry  = 2 * time.Second
+	reachGiveUp = 2 * time.Minute
+)
+
+// Reachability is what this node knows of whether others can connect to
+// its gossip address.
+type Reachability struct {
+	State api.Reachability
+	// Peer is the gossip address of the peer that checked ("" if none).
+	Peer string
+	// Observed is the address that peer saw the check come from: behind
+	// NAT, the router's.
+	Observed string
+	// Err says why the last check gave no verdict ("" when it did).
+	Err string
+}
+
+// reacher is the node side of the reachability check.
+type reacher struct {
+	mu      sync.Mutex
+	waiting map[[reachNonceLen]byte]chan struct{} // checks under way
+	state   Reachability
+}
+
+func (r *reacher) get() Reachability {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.state
+}
+
+func (r *reacher) set(s Reachability) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.state = s
+}
+
+// errNoVerdict wraps the reasons a check gave no verdict; errNoAnswer
+// (which wraps it) is a peer that took the check and closed the stream:
+// a previous release, or a peer that refused the tag. Asking it again
+// would not help.
+var (
+	errNoVerdict = errors.New("no verdict")
+	errNoAnswer  = fmt.Errorf("%w: the peer closed the check without an answer (a previous release, or it refused the check's tag)", errNoVerdict)
+)
+
+// checkReach asks the peer at addr to connect back to this node's
+// advertised gossip address self. It returns api.ReachDirect or
+// api.ReachBehindNAT, or an error (wrapping errNoVerdict) when the peer gave no
+// verdict.
+func (t *relayTransport) checkReach(addr, self string) (Reachability, error) {
+	var nonce [reachNonceLen]byte
+	_, _ = rand.Read(nonce[:])
+	back := make(chan struct{})
+	t.reach.mu.Lock()
+	if t.reach.waiting == nil {
+		t.reach.waiting = map[[reachNonceLen]byte]chan struct{}{}
+	}
+	t.reach.waiting[nonce] = back
+	t.reach.mu.Unlock()
+	defer func() {
+		t.reach.mu.Lock()
+		delete(t.reach.waiting, nonce)
+		t.reach.mu.Unlock()
+	}()
+
+	c, err := t.dial(addr, 5*time.Second)
+	if err != nil {
+		return Reachability{}, fmt.Errorf("%w: failed to dial %s: %v", errNoVerdict, addr, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(reachWait))
+	msg := append([]byte{relayMagic, reachVersion}, nonce[:]...)
+	msg = append(msg, byte(len(self)))
+	msg = append(msg, self...)
+	if keys := envelopeKeys(t.keyring); len(keys) > 0 {
+		msg = append(msg, envelopeTag(keys[0], kindReach, self, "", nonce[:])...)
+	}
+	if _, err := c.Write(msg); err != nil {
+		return Reachability{}, fmt.Errorf("%w: %s: %v", errNoAnswer, addr, err)
+	}
+	br := bufio.NewReader(c)
+	var res [2]byte
+	if _, err := io.ReadFull(br, res[:]); err != nil {
+		return Reachability{}, fmt.Errorf("%w: %s: %v", errNoAnswer, addr, err)
+	}
+	observed := make([]byte, res[1])
+	if _, err := io.ReadFull(br, observed); err != nil {
+		return Reachability{}, fmt.Errorf("%w: %s: %v", errNoAnswer, addr, err)
+	}
+	v := Reachability{State: api.ReachBehindNAT, Peer: addr, Observed: string(observed)}
+	if res[0] == 1 {
+		select {
+		case <-back:
+			v.State = api.ReachDirect
+		case <-time.After(reachBackGrace):
+			// Something took the peer's connection at this node's address,
+			// but not this node.
+		case <-t.done:
+			return Reachability{}, fmt.Errorf("%w: shut down", errNoVerdict)
+		}
+	}
+	return v, nil
+}
+
+// acceptReach serves a peer's check: it dials the address the check names
+// and answers whether that worked.
+func (t *relayTransport) acceptReach(c net.Conn, br *bufio.Reader) {
+	defer c.Close()
+	if !t.takeStream() {
+		return
+	}
+	defer t.releaseStream()
+	hdr := make([]byte, 2+reachNonceLen+1)
+	if _, err := io.ReadFull(br, hdr); err != nil {
+		t.dropped.Add(1)
+		return
+	}
+	nonce := hdr[2 : 2+reachNonceLen]
+	addr := make([]byte, hdr[len(hdr)-1])
+	if _, err := io.ReadFull(br, addr); err != nil {
+		t.dropped.Add(1)
+		return
+	}
+	if keys := envelopeKeys(t.keyring); len(keys) > 0 {
+		tag := make([]byte, relayTagLen)
+		if _, err := io.ReadFull(br, tag); err != nil {
+			t.dropped.Add(1)
+			return
+		}
+		ok := false
+		for _, k := range keys {
+			ok = ok || hmac.Equal(tag, envelopeTag(k, kindReach, string(addr), "", nonce))
+		}
+		if !ok {
+			t.refused.Add(1)
+			t.log.Debug("refused a reachability check: no gossip key of this node made its tag", "from", c.RemoteAddr())
+			return
+		}
+	}
+	ap, err := netip.ParseAddrPort(string(addr))
+	if err != nil {
+		t.dropped.Add(1)
+		t.log.Debug("dropped a reachability check", "from", c.RemoteAddr(), "error", err)
+		return
+	}
+	result := byte(0)
+	if out, err := t.dial(ap.String(), reachDialTimeout); err == nil {
+		_ = out.SetWriteDeadline(time.Now().Add(reachDialTimeout))
+		if _, err := out.Write(append([]byte{relayMagic, reachBackVersion}, nonce...)); err == nil {
+			result = 1
+		}
+		out.Close()
+	} else {
+		t.log.Debug("a reachability check found no way back", "addr", ap, "error", err)
+	}
+	observed := c.RemoteAddr().String()
+	_ = c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = c.Write(append([]byte{result, byte(len(observed))}, observed...))
+}
+
+// acceptReachBack takes a peer's back message: it ends the check whose
+// nonce it carries.
+func (t *relayTransport) acceptReachBack(c net.Conn, br *bufio.Reader) {
+	defer c.Close()
+	var msg [2 + reachNonceLen]byte
+	if _, err := io.ReadFull(br, msg[:]); err != nil {
+		return
+	}
+	var nonce [reachNonceLen]byte
+	copy(nonce[:], msg[2:])
+	t.reach.mu.Lock()
+	back, ok := t.reach.waiting[nonce]
+	if ok {
+		delete(t.reach.waiting, nonce)
+	}
+	t.reach.mu.Unlock()
+	if ok {
+		close(back)
+	}
+}
+
+// detectNAT runs the check against the peers named at launch, in turn,
+// until one gives a verdict (or reachGiveUp passes, or every peer closed
+// the check without an answer), and calls then if that verdict is
+// ReachBehindNAT. On a node configured behind NAT (configured) the state
+// stays ReachConfigured, the check only learns the public address, and
+// then is called once it has.
+func (t *relayTransport) detectNAT(targets []string, configured bool, then func()) {
+	defer t.wg.Done()
+	initial := api.ReachChecking
+	if configured {
+		initial = api.ReachConfigured
+	}
+	t.reach.set(Reachability{State: initial})
+	giveUp := time.Now().Add(reachGiveUp)
+	var last error
+	mute := map[string]bool{} // peers that closed the check unanswered, and self
+	distinct := map[string]bool{}
+	for _, addr := range targets {
+		distinct[addr] = true
+	}
+	for time.Now().Before(giveUp) {
+		self, _ := t.origin.Load().(string)
+		for _, addr := range targets {
+			if self == "" {
+				break // not known yet: nothing to ask about
+			}
+			if addr == self || mute[addr] {
+				mute[addr] = true
+				continue
+			}
+			v, err := t.checkReach(addr, self)
+			if err != nil {
+				last = err
+				if errors.Is(err, errNoAnswer) {
+					mute[addr] = true
+				}
+				t.log.Debug("reachability check gave no verdict", "peer", addr, "error", err)
+				continue
+			}
+			if configured {
+				v.State = api.ReachConfigured
+				t.reach.set(v)
+				then()
+				return
+			}
+			t.reach.set(v)
+			if v.State == api.ReachBehindNAT {
+				t.log.Info("this node is behind NAT: a peer could not connect to its gossip address; attaching to a home", "peer", addr, "advertised", self, "seen as", v.Observed)
+				then()
+			} else {
+				t.log.Debug("this node is reachable on its gossip address", "peer", addr)
+			}
+			return
+		}
+		if len(mute) == len(distinct) {
+			break
+		}
+		select {
+		case <-t.done:
+			return
+		case <-time.After(reachRetry):
+		}
+	}
+	s := Reachability{State: api.ReachUnchecked}
+	if configured {
+		s.State = api.ReachConfigured
+	}
+	if last != nil {
+		s.Err = last.Error()
+	}
+	t.reach.set(s)
+}
