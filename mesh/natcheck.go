@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"bufio"
-	"crypto/hmac"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -187,11 +186,7 @@ func (t *relayTransport) acceptReach(c net.Conn, br *bufio.Reader) {
 			t.dropped.Add(1)
 			return
 		}
-		ok := false
-		for _, k := range keys {
-			ok = ok || hmac.Equal(tag, envelopeTag(k, kindReach, string(addr), "", nonce))
-		}
-		if !ok {
+		if !taggedByAny(keys, tag, kindReach, string(addr), "", nonce) {
 			t.refused.Add(1)
 			t.log.Debug("refused a reachability check: no gossip key of this node made its tag", "from", c.RemoteAddr())
 			return

@@ -3,7 +3,6 @@ package mesh
 import (
 	"bufio"
 	"crypto/ed25519"
-	"crypto/hmac"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
@@ -222,13 +221,7 @@ func (t *relayTransport) acceptAttach(c net.Conn, br *bufio.Reader) {
 			return
 		}
 		tag, sig := proof[:relayTagLen], proof[relayTagLen:]
-		ok := false
-		for _, k := range keys {
-			if hmac.Equal(tag, attachTag(k, name, nonce)) {
-				ok = true
-				break
-			}
-		}
+		ok := taggedByAny(keys, tag, kindAttach, name, "", nonce)
 		// A name bound to an identity (binding.go) attaches only with
 		// that identity's signature: another holder of the mesh key
 		// cannot take over the name's inbound gossip.
@@ -451,11 +444,7 @@ func (t *relayTransport) attachTo(addr string, up func()) error {
 			return fmt.Errorf("a hello without a tag from %s", addr)
 		}
 		name, tag := string(p[:len(p)-relayTagLen]), p[len(p)-relayTagLen:]
-		ok := false
-		for _, k := range keys {
-			ok = ok || hmac.Equal(tag, envelopeTag(k, kindHello, name, "", myNonce))
-		}
-		if !ok {
+		if !taggedByAny(keys, tag, kindHello, name, "", myNonce) {
 			t.refused.Add(1)
 			return fmt.Errorf("the home at %s does not hold the mesh key", addr)
 		}

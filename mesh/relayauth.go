@@ -116,8 +116,16 @@ func (t *relayTransport) authentic(kind byte, h envelopeHeader, payload []byte) 
 	if h.version != relayAuthVersion {
 		return len(keys) == 0 || t.table.Load().acceptV1
 	}
+	return taggedByAny(keys, h.tag, kind, h.target, h.origin, payload)
+}
+
+// taggedByAny says whether tag is the envelopeTag of (kind, target,
+// origin, payload) under one of the MAC keys: the one check of every tag
+// this package takes (envelopes, attachments, hellos, reachability
+// checks), so that each accepts what any installed gossip key made.
+func taggedByAny(keys [][]byte, tag []byte, kind byte, target, origin string, payload []byte) bool {
 	for _, k := range keys {
-		if hmac.Equal(h.tag, envelopeTag(k, kind, h.target, h.origin, payload)) {
+		if hmac.Equal(tag, envelopeTag(k, kind, target, origin, payload)) {
 			return true
 		}
 	}
