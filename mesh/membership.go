@@ -217,19 +217,35 @@ func (m *Membership) Start() {
 		case m.cfg.BehindNAT:
 			m.relay.reach.set(Reachability{State: api.ReachConfigured})
 			m.attachHome()
-			if len(m.cfg.Targets) > 0 {
-				// No verdict needed, but the public address the check
-				// observes is announced.
-				m.relay.wg.Add(1)
-				go m.relay.detectNAT(m.cfg.Targets, true, m.announce)
-			}
-		case m.cfg.DetectNAT && len(m.cfg.Targets) > 0:
+			// No verdict needed, but the public address the check
+			// observes is announced.
 			m.relay.wg.Add(1)
-			go m.relay.detectNAT(m.cfg.Targets, false, m.attachHome)
+			go m.relay.detectNAT(m.checkTargets, true, m.announce)
+		case m.cfg.DetectNAT:
+			m.relay.wg.Add(1)
+			go m.relay.detectNAT(m.checkTargets, false, m.attachHome)
 		default:
 			m.relay.reach.set(Reachability{State: api.ReachUnchecked})
 		}
 	})
+}
+
+// checkTargets are the peers the reachability check asks, in order: those
+// named at launch, then those added at run time (Connect: with --kube,
+// the Nodes), sorted. Not the peers learned through gossip, which a
+// restart remembers: those may be long gone.
+func (m *Membership) checkTargets() []string {
+	out := slices.Clone(m.cfg.Targets)
+	var added []string
+	m.targets.mu.Lock()
+	for addr, tg := range m.targets.list {
+		if tg.source == SourceConnect && !slices.Contains(out, addr) {
+			added = append(added, addr)
+		}
+	}
+	m.targets.mu.Unlock()
+	slices.Sort(added)
+	return append(out, added...)
 }
 
 // attachHome makes this node, behind NAT, keep an attachment to a home

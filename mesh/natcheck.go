@@ -234,36 +234,40 @@ func (t *relayTransport) acceptReachBack(c net.Conn, br *bufio.Reader) {
 	}
 }
 
-// detectNAT runs the check against the peers named at launch, in turn,
-// until one gives a verdict (or reachGiveUp passes, or every peer closed
-// the check without an answer), and calls then if that verdict is
-// ReachBehindNAT. On a node configured behind NAT (configured) the state
-// stays ReachConfigured, the check only learns the public address, and
-// then is called once it has.
-func (t *relayTransport) detectNAT(targets []string, configured bool, then func()) {
+// detectNAT runs the check against the peers targets returns (those named
+// at launch, then those added at run time: with --kube, the Nodes), in
+// turn, until one gives a verdict, or reachGiveUp passes, or every peer
+// closed the check without an answer; and it calls then if that verdict
+// is ReachBehindNAT. While there is no peer to ask the state stays
+// unchecked. On a node configured behind NAT (configured) the state stays
+// ReachConfigured, the check only learns the public address, and then is
+// called once it has.
+func (t *relayTransport) detectNAT(targets func() []string, configured bool, then func()) {
 	defer t.wg.Done()
-	initial := api.ReachChecking
+	idle := api.ReachUnchecked
 	if configured {
-		initial = api.ReachConfigured
+		idle = api.ReachConfigured
 	}
-	t.reach.set(Reachability{State: initial})
+	t.reach.set(Reachability{State: idle})
 	giveUp := time.Now().Add(reachGiveUp)
 	var last error
 	mute := map[string]bool{} // peers that closed the check unanswered, and self
-	distinct := map[string]bool{}
-	for _, addr := range targets {
-		distinct[addr] = true
-	}
 	for time.Now().Before(giveUp) {
 		self, _ := t.origin.Load().(string)
-		for _, addr := range targets {
-			if self == "" {
-				break // not known yet: nothing to ask about
-			}
+		list := targets()
+		if self == "" {
+			list = nil // not known yet: nothing to ask about
+		}
+		asked := false
+		for _, addr := range list {
 			if addr == self || mute[addr] {
 				mute[addr] = true
 				continue
 			}
+			if !asked && !configured {
+				t.reach.set(Reachability{State: api.ReachChecking})
+			}
+			asked = true
 			v, err := t.checkReach(addr, self)
 			if err != nil {
 				last = err
@@ -288,8 +292,8 @@ func (t *relayTransport) detectNAT(targets []string, configured bool, then func(
 			}
 			return
 		}
-		if len(mute) == len(distinct) {
-			break
+		if len(list) > 0 && !asked {
+			break // every peer closed the check: asking again would not help
 		}
 		select {
 		case <-t.done:
@@ -297,10 +301,7 @@ func (t *relayTransport) detectNAT(targets []string, configured bool, then func(
 		case <-time.After(reachRetry):
 		}
 	}
-	s := Reachability{State: api.ReachUnchecked}
-	if configured {
-		s.State = api.ReachConfigured
-	}
+	s := Reachability{State: idle}
 	if last != nil {
 		s.Err = last.Error()
 	}

@@ -158,6 +158,9 @@ func TestReachCheckHostileInput(t *testing.T) {
 	}
 }
 
+// fixed is a list of targets that never changes.
+func fixed(targets []string) func() []string { return func() []string { return targets } }
+
 // TestDetectNAT: the check asks the launch peers in turn until one
 // answers; a peer of the previous release (it closes the stream) or a
 // dead one gives no verdict, and only a verdict of NAT attaches a home.
@@ -168,7 +171,7 @@ func TestDetectNAT(t *testing.T) {
 		a, b := newRelayNode(t, "a"), newRelayNode(t, "b")
 		var behind atomic.Int64
 		a.t.wg.Add(1)
-		a.t.detectNAT([]string{a.addr, dead, old, b.addr}, false, func() { behind.Add(1) })
+		a.t.detectNAT(fixed([]string{a.addr, dead, old, b.addr}), false, func() { behind.Add(1) })
 		if v := a.t.reach.get(); v.State != api.ReachDirect || v.Peer != b.addr {
 			t.Fatalf("verdict %+v, want reachable, from b", v)
 		}
@@ -181,7 +184,7 @@ func TestDetectNAT(t *testing.T) {
 		a.t.setOrigin(dead)
 		var behind atomic.Int64
 		a.t.wg.Add(1)
-		a.t.detectNAT([]string{old, b.addr}, false, func() { behind.Add(1) })
+		a.t.detectNAT(fixed([]string{old, b.addr}), false, func() { behind.Add(1) })
 		if v := a.t.reach.get(); v.State != api.ReachBehindNAT || v.Peer != b.addr {
 			t.Fatalf("verdict %+v, want behind NAT, from b", v)
 		}
@@ -195,7 +198,7 @@ func TestDetectNAT(t *testing.T) {
 		a, b := newRelayNode(t, "a"), newRelayNode(t, "b")
 		var told atomic.Int64
 		a.t.wg.Add(1)
-		a.t.detectNAT([]string{b.addr}, true, func() { told.Add(1) })
+		a.t.detectNAT(fixed([]string{b.addr}), true, func() { told.Add(1) })
 		v := a.t.reach.get()
 		if v.State != api.ReachConfigured || v.Peer != b.addr || !strings.HasPrefix(v.Observed, "127.0.0.1:") {
 			t.Fatalf("verdict %+v, want configured, observed by b", v)
@@ -204,12 +207,38 @@ func TestDetectNAT(t *testing.T) {
 			t.Fatalf("told %d times of the observed address, want once", told.Load())
 		}
 	})
+	t.Run("peers added later", func(t *testing.T) {
+		// With --kube the peers come from the Nodes, after launch: the
+		// node is unchecked until there is one to ask.
+		a, b := newRelayNode(t, "a"), newRelayNode(t, "b")
+		var list atomic.Pointer[[]string]
+		list.Store(&[]string{})
+		done := make(chan struct{})
+		a.t.wg.Add(1)
+		go func() {
+			defer close(done)
+			a.t.detectNAT(func() []string { return *list.Load() }, false, func() { t.Error("a reachable node attached") })
+		}()
+		time.Sleep(reachRetry + 500*time.Millisecond)
+		if v := a.t.reach.get(); v.State != api.ReachUnchecked {
+			t.Fatalf("with no peer to ask: %+v, want unchecked", v)
+		}
+		list.Store(&[]string{b.addr})
+		select {
+		case <-done:
+		case <-time.After(reachRetry + 10*time.Second):
+			t.Fatal("the check did not ask the peer added later")
+		}
+		if v := a.t.reach.get(); v.State != api.ReachDirect || v.Peer != b.addr {
+			t.Fatalf("verdict %+v, want reachable, from b", v)
+		}
+	})
 	t.Run("only previous releases", func(t *testing.T) {
 		// Each is asked once: no retry would change their answer.
 		a := newRelayNode(t, "a")
 		old2, asked := listenCounting(t)
 		a.t.wg.Add(1)
-		a.t.detectNAT([]string{old, old2, old2}, false, func() { t.Error("attached without a verdict") })
+		a.t.detectNAT(fixed([]string{old, old2, old2}), false, func() { t.Error("attached without a verdict") })
 		if v := a.t.reach.get(); v.State != api.ReachUnchecked || !strings.Contains(v.Err, "without an answer") {
 			t.Fatalf("verdict %+v, want unchecked, saying why", v)
 		}
@@ -223,7 +252,7 @@ func TestDetectNAT(t *testing.T) {
 		a.t.wg.Add(1)
 		go func() {
 			defer close(done)
-			a.t.detectNAT([]string{old, dead}, false, func() { t.Error("attached without a verdict") })
+			a.t.detectNAT(fixed([]string{old, dead}), false, func() { t.Error("attached without a verdict") })
 		}()
 		waitWithin(t, 10*time.Second, "the check to start", func() bool { return a.t.reach.get().State == api.ReachChecking })
 		a.t.Shutdown()

@@ -526,6 +526,12 @@ func deleteNode(t *testing.T, c *Cluster, mesh bool) {
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
 			return fmt.Errorf("mesh status -o json: %w: %s", err, out)
 		}
+		// The reachability check ran on the Nodes the API named (no peer
+		// is named at launch in the DaemonSet), and found this node
+		// reachable.
+		if gr := st.GossipRelay; gr == nil || gr.Reachability != api.ReachDirect || gr.CheckedBy == "" {
+			return fmt.Errorf("mesh status of %s: gossip relay %+v, want reachable, checked by a Node", other.Name, gr)
+		}
 		rings := []*api.IPAM{st.IPAM}
 		if c.opts.DualStack {
 			rings = append(rings, st.IPAM6)
