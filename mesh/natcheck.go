@@ -53,8 +53,12 @@ const (
 	// reachWait bounds the whole check on the node's side.
 	reachWait = reachDialTimeout + 5*time.Second
 	// reachBackGrace is how long the node waits for the back message
-	// after the peer said it connected (the two travel separately).
-	reachBackGrace = 2 * time.Second
+	// after the peer said it connected. The two travel separately, and
+	// the back message needs a goroutine of this node to read it: on a
+	// saturated CPU that can take seconds, and a verdict given too early
+	// would be "behind NAT" for a reachable node. Only a node whose
+	// address something else answers waits it out.
+	reachBackGrace = 5 * time.Second
 	// reachRetry is the pause between rounds over the launch peers while
 	// none answers, and reachGiveUp when the node stops asking.
 	reachRetry  = 2 * time.Second
