@@ -14,6 +14,9 @@ type liveness struct {
 	lastSeen  map[string]seen
 	echo      map[string]uint64 // peer -> the version of our info it holds
 	claimEcho map[claimKey]map[string]bool
+	// contestedAt is when this peer first saw each contested run (by its
+	// first offset); pruned to the ring's contested runs on every pass.
+	contestedAt map[uint64]time.Time
 }
 
 type seen struct {
@@ -27,6 +30,7 @@ func (l *liveness) init() {
 	l.lastSeen = map[string]seen{}
 	l.echo = map[string]uint64{}
 	l.claimEcho = map[claimKey]map[string]bool{}
+	l.contestedAt = map[uint64]time.Time{}
 }
 
 // observe records what a remote state tells about liveness and echoes.
@@ -50,8 +54,13 @@ func (l *liveness) observe(a *Allocator, sender string, remote state) {
 		if s.e.Owner != a.cfg.Self || s.e.Dead == "" {
 			continue
 		}
-		if minVersion(remote.ring, s.start, a.st.ring.end(i))+1 < s.e.Version {
-			continue // the sender has not seen the tombstone yet
+		if !holds(remote.ring, s.start, a.st.ring.end(i), s.e) {
+			// Only a state that holds this very claim is its echo. One
+			// that merely holds the tombstone may also answer another
+			// heir of the same tombstone; one that holds our claim
+			// never holds a second claim of that version (it merges
+			// into contested), so two heirs cannot both count it.
+			continue
 		}
 		k := claimKey{s.start, s.e.Version}
 		if l.claimEcho[k] == nil {
@@ -61,12 +70,14 @@ func (l *liveness) observe(a *Allocator, sender string, remote state) {
 	}
 }
 
-func minVersion(r ring, start, end uint64) uint64 {
-	m := ^uint64(0)
+// holds says whether r has entry e at every address of [start, end).
+func holds(r ring, start, end uint64, e entry) bool {
 	for i := r.find(start); i < len(r.segs) && r.segs[i].start < end; i++ {
-		m = min(m, r.segs[i].e.Version)
+		if r.segs[i].e != e {
+			return false
+		}
 	}
-	return m
+	return true
 }
 
 // voters are the peers quorums are counted over: every peer ever heard of

@@ -144,6 +144,9 @@ func (a *Allocator) claimOrphansLocked() bool {
 		a.log.Info("inheriting space of removed peer", "cidrs", spanCIDRs(a.cfg.Range, run))
 		changed = true
 	}
+	if a.reclaimContestedLocked() {
+		changed = true
+	}
 	if a.confirmClaimsLocked() {
 		changed = true
 	}
@@ -154,16 +157,21 @@ func (a *Allocator) claimOrphansLocked() bool {
 	return changed
 }
 
-// confirmClaimsLocked turns claims into plain ownership once safe: at once
-// when the dead peer was removed by an operator or an authority, after a
-// majority echoed the tombstone when it was an automatic reclaim.
+// confirmClaimsLocked turns claims into plain ownership once safe: once a
+// reclaim quorum holds the claim itself (see liveness.observe). With
+// automatic reclaim off, a claim of a peer removed by an operator or an
+// authority is confirmed at once: there is no automatic tombstone, so no
+// other heir of the same run. With it on, a removal does not skip the
+// wait: the run may have been inherited, unseen, by an heir that was
+// itself reclaimed later (docs/ipam.md, "An heir reclaimed in turn"), and
+// only the quorum tells.
 func (a *Allocator) confirmClaimsLocked() bool {
 	changed := false
 	for i, s := range a.st.ring.segs {
-		if s.e.Owner != a.cfg.Self || s.e.Dead == "" {
+		if !s.e.isClaim() || s.e.Owner != a.cfg.Self {
 			continue
 		}
-		if !a.st.peers[s.e.Dead].Removed && !a.claimEchoedLocked(s.start, s.e.Version) {
+		if a.claimNeedsEchoLocked(s.e) && !a.claimEchoedLocked(s.start, s.e.Version) {
 			continue
 		}
 		end := a.st.ring.end(i)
@@ -175,6 +183,73 @@ func (a *Allocator) confirmClaimsLocked() bool {
 		break
 	}
 	return changed
+}
+
+// reclaimContestedLocked claims contested runs (two heirs' claims merged,
+// see contested) for this peer when it owns the address just below and
+// the run has stayed contested for ReclaimAfter in its view (at once with
+// automatic reclaim off): neither heir confirmed in that time, or its
+// confirmation would have replaced the contested entry.
+//
+// The claim is written reclaimVersionJump versions up, with this peer as
+// its own dead peer (the run's earlier dead peer is not in the contested
+// entry), and confirmed like any claim once a reclaim quorum holds it.
+// That is the automatic reclaim's argument with the unknown heir that may
+// have confirmed unseen as the silent peer: its allocations there are
+// leased (every peer runs a pool when reclaim is on), so each was echoed
+// by a lease quorum, which shares a peer Y with this claim's quorum. If Y
+// held the allocation first, this peer sees it in Held and skips it (I5);
+// if Y held this claim first, the jump makes it beat that heir's
+// confirmation and every transfer after it, so that heir loses the run
+// before it allocates there.
+func (a *Allocator) reclaimContestedLocked() bool {
+	size := a.st.ring.size
+	now := a.cfg.Now()
+	runs := a.st.ring.spans(func(e entry) bool { return e.isContested() })
+	seen := map[uint64]bool{}
+	var n uint64
+	changed := false
+	for _, run := range runs {
+		n += run.len()
+		seen[run.start] = true
+		since, ok := a.liveness.contestedAt[run.start]
+		if !ok {
+			since = now
+			a.liveness.contestedAt[run.start] = now
+		}
+		if run.len() == size || now.Sub(since) < a.cfg.ReclaimAfter {
+			continue
+		}
+		if a.cfg.ReclaimAfter > 0 && !a.inMajorityLocked() {
+			continue // a minority must not take space from the majority
+		}
+		pred := (run.start + size - 1) % size
+		if a.st.ring.get(pred).Owner != a.cfg.Self {
+			continue
+		}
+		a.st.ring = a.st.ring.update(run.start, run.end, func(e entry) entry {
+			return entry{Version: e.Version + reclaimVersionJump, Owner: a.cfg.Self, Dead: a.cfg.Self}
+		})
+		a.log.Warn("claiming contested space", "cidrs", spanCIDRs(a.cfg.Range, run))
+		changed = true
+	}
+	for start := range a.liveness.contestedAt {
+		if !seen[start] {
+			delete(a.liveness.contestedAt, start)
+		}
+	}
+	if n == 0 || changed {
+		delete(a.problems, "contested")
+	} else {
+		a.problem("contested", fmt.Sprintf("%d addresses were claimed by two heirs at once (contested): nobody allocates there until the owner of the address below them claims them again, after --ipalloc-reclaim-after", n))
+	}
+	return changed
+}
+
+// claimNeedsEchoLocked says whether claim e waits for a reclaim quorum to
+// hold it before it is confirmed (see confirmClaimsLocked).
+func (a *Allocator) claimNeedsEchoLocked(e entry) bool {
+	return a.cfg.ReclaimAfter > 0 || !a.st.peers[e.Dead].Removed
 }
 
 // pruneClaimEchoesLocked forgets echo records of claims that no longer

@@ -37,6 +37,47 @@ func compareEntry(a, b entry) int {
 	return cmp.Compare(a.Dead, b.Dead)
 }
 
+// contested is the entry two different heirs' claims of one tombstone
+// merge into: version v, no owner, no dead peer. A claim (Owner set, Dead
+// set) is one heir's word that the tombstoned run is its; two heirs can
+// claim the same run at the same version when one of them inherited, unseen,
+// the space of an earlier heir (docs/ipam.md, "An heir reclaimed in turn").
+// Were one claim to win by name, a peer that had answered the first heir
+// with its claim would answer the second with the second's claim, both
+// heirs would count it, and both could confirm. Merged into this entry
+// instead, a peer's state holds at most one claim of a given version ever:
+// the first it learnt, until it learns a second and then neither. That is
+// the promise of an acceptor in Paxos, kept by the merge itself, with no
+// record beside the ring. At equal versions contested beats every claim
+// and tombstone and loses to every plain owner, which is also where
+// compareEntry puts it, so a peer of the previous release (which takes the
+// maximum of two claims) merges it the same way.
+func contested(v uint64) entry { return entry{Version: v} }
+
+// isContested says whether e is a contested run's entry (see contested):
+// no owner and no dead peer, above the unseeded version 0.
+func (e entry) isContested() bool { return e.Version > 0 && e.Owner == "" && e.Dead == "" }
+
+// isClaim says whether e is an heir's claim of a tombstoned run.
+func (e entry) isClaim() bool { return e.Owner != "" && e.Dead != "" }
+
+// joinEntry is the CRDT merge of one address's two registers: the higher
+// version; at equal versions the maximum by compareEntry, except that two
+// different claims merge into contested. It is commutative, associative
+// and idempotent: the join of a set of entries of one version is its
+// maximum plain owner if it has one, else contested if it holds two
+// different claims or a contested entry, else its one claim, else its
+// maximum tombstone (TestJoinEntryIsASemilattice).
+func joinEntry(a, b entry) entry {
+	if a != b && a.Version == b.Version && a.isClaim() && b.isClaim() {
+		return contested(a.Version)
+	}
+	if compareEntry(b, a) > 0 {
+		return b
+	}
+	return a
+}
+
 // seg is a run of addresses sharing one entry: it covers [start, next
 // segment's start).
 type seg struct {
@@ -91,16 +132,12 @@ func appendSeg(out []seg, start uint64, e entry) []seg {
 	return append(out, seg{start, e})
 }
 
-// joinRing is the CRDT merge: the address-wise maximum of a and b.
+// joinRing is the CRDT merge: the address-wise join (joinEntry) of a and b.
 func joinRing(a, b ring) ring {
 	out := make([]seg, 0, max(len(a.segs), len(b.segs)))
 	i, j := 0, 0
 	for pos := uint64(0); pos < a.size; {
-		e := a.segs[i].e
-		if compareEntry(b.segs[j].e, e) > 0 {
-			e = b.segs[j].e
-		}
-		out = appendSeg(out, pos, e)
+		out = appendSeg(out, pos, joinEntry(a.segs[i].e, b.segs[j].e))
 		ea, eb := a.end(i), b.end(j)
 		pos = min(ea, eb)
 		if ea == pos {

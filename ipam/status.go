@@ -169,9 +169,13 @@ func (a *Allocator) blockedLocked() (reason, text string) {
 		return BlockedSpace, "waiting for space: " + who
 	}
 	for _, sg := range a.st.ring.segs {
-		if sg.e.Owner == a.cfg.Self && sg.e.Dead != "" && !a.st.peers[sg.e.Dead].Removed {
+		if sg.e.isClaim() && sg.e.Owner == a.cfg.Self && a.claimNeedsEchoLocked(sg.e) {
 			n := len(a.liveness.claimEcho[claimKey{sg.start, sg.e.Version}]) + 1
-			return BlockedReclaimEcho, fmt.Sprintf("waiting for a majority to echo the reclaim of %s's space: %d of %d voters answered", sg.e.Dead, n, a.reclaimQuorumLocked())
+			what := sg.e.Dead + "'s space"
+			if sg.e.Dead == a.cfg.Self {
+				what = "contested space"
+			}
+			return BlockedReclaimEcho, fmt.Sprintf("waiting for a majority to hold the reclaim of %s: %d of %d voters answered", what, n, a.reclaimQuorumLocked())
 		}
 	}
 	return "", ""
