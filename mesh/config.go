@@ -43,6 +43,12 @@ type Config struct {
 	// at launch to connect back to its gossip address, and behave as with
 	// BehindNAT when the peer cannot (natcheck.go).
 	DetectNAT bool
+	// ReachRecheck is how often the reachability check runs again after
+	// its first verdict, with DetectNAT or BehindNAT: a reachable node
+	// that has come to sit behind NAT then attaches to a home, and a node
+	// behind NAT whose router's public address changed announces the new
+	// one. 0 never checks again.
+	ReachRecheck time.Duration
 	// RememberedFile persists the addresses of peers learned through gossip
 	// so that a restart can rejoin through any of them. Empty disables it.
 	RememberedFile string
@@ -73,6 +79,10 @@ func DefaultConfig() Config {
 		Label:    "mesh/v1",
 		RetryMin: time.Second,
 		RetryMax: 30 * time.Second,
-		Logger:   slog.Default(),
+		// Often enough that a node moved behind NAT is found before
+		// an operator would look, rare enough to cost nothing (one TCP
+		// connection each way).
+		ReachRecheck: 5 * time.Minute,
+		Logger:       slog.Default(),
 	}
 }

@@ -219,11 +219,17 @@ func (m *Membership) Start() {
 			m.attachHome()
 			// No verdict needed, but the public address the check
 			// observes is announced.
-			m.relay.wg.Add(1)
-			go m.relay.detectNAT(m.checkTargets, true, m.announce)
+			m.relay.wg.Add(2)
+			go func() {
+				m.relay.detectNAT(m.checkTargets, true, m.announce)
+				m.relay.recheckReach(m.checkTargets, true, m.attachHome, m.announce, m.cfg.ReachRecheck)
+			}()
 		case m.cfg.DetectNAT:
-			m.relay.wg.Add(1)
-			go m.relay.detectNAT(m.checkTargets, false, m.attachHome)
+			m.relay.wg.Add(2)
+			go func() {
+				m.relay.detectNAT(m.checkTargets, false, m.attachHome)
+				m.relay.recheckReach(m.checkTargets, false, m.attachHome, m.announce, m.cfg.ReachRecheck)
+			}()
 		default:
 			m.relay.reach.set(Reachability{State: api.ReachUnchecked})
 		}
@@ -375,9 +381,7 @@ func (m *Membership) updateMetaLocked(meta Meta) error {
 	meta.Home = m.relay.homeName()
 	meta.PublicAddr = ""
 	if r := m.relay.reach.get(); r.State.BehindNAT() {
-		if ap, err := netip.ParseAddrPort(r.Observed); err == nil {
-			meta.PublicAddr = ap.Addr().Unmap().String()
-		}
+		meta.PublicAddr = publicIP(r.Observed)
 	}
 	if (meta.Home != "" || meta.PublicAddr != "") && meta.Paths != nil {
 		meta = meta.WithPaths(*meta.Paths) // the home's name and the public address must fit too

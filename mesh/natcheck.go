@@ -238,6 +238,99 @@ func (t *relayTransport) acceptReachBack(c net.Conn, br *bufio.Reader) {
 	}
 }
 
+// publicIP is the address part of an observed address ("" if there is
+// none): what a node behind NAT announces as its public address. The port
+// is the NAT's choice for one TCP connection and changes every check.
+func publicIP(observed string) string {
+	ap, err := netip.ParseAddrPort(observed)
+	if err != nil {
+		return ""
+	}
+	return ap.Addr().Unmap().String()
+}
+
+// checkAny runs the check against the peers of list in turn (skipping
+// self and those in mute, and muting those that close it unanswered) and
+// returns the first verdict. asked says whether any peer was asked; err
+// is the last reason for no verdict.
+func (t *relayTransport) checkAny(list []string, self string, mute map[string]bool, asking func()) (v Reachability, asked bool, err error) {
+	for _, addr := range list {
+		if addr == self || mute[addr] {
+			mute[addr] = true
+			continue
+		}
+		if !asked && asking != nil {
+			asking()
+		}
+		asked = true
+		v, err = t.checkReach(addr, self)
+		if err != nil {
+			if errors.Is(err, errNoAnswer) {
+				mute[addr] = true
+			}
+			t.log.Debug("reachability check gave no verdict", "peer", addr, "error", err)
+			continue
+		}
+		return v, true, nil
+	}
+	if err == nil {
+		err = fmt.Errorf("%w: no peer to ask", errNoVerdict)
+	}
+	return Reachability{}, asked, err
+}
+
+// recheckReach runs the check again every interval after the first
+// verdict (docs/routing.md, "Nodes behind NAT"), until the transport
+// closes. A node found reachable that is now behind NAT calls attach
+// once, as at launch. A node behind NAT (found or configured) whose
+// router's public address changed records it and calls announce, so the
+// others send its data plane to the new one. A node found behind NAT that
+// is reachable again keeps its home (a running attachment is not undone)
+// and says so once in its log; a restart checks afresh. A round with no
+// verdict changes nothing. every <= 0 disables it.
+func (t *relayTransport) recheckReach(targets func() []string, configured bool, attach, announce func(), every time.Duration) {
+	defer t.wg.Done()
+	if every <= 0 {
+		return
+	}
+	toldReachable := false
+	for {
+		select {
+		case <-t.done:
+			return
+		case <-time.After(every):
+		}
+		self, _ := t.origin.Load().(string)
+		if self == "" {
+			continue
+		}
+		v, _, err := t.checkAny(targets(), self, map[string]bool{}, nil)
+		if err != nil {
+			continue
+		}
+		before := t.reach.get()
+		switch {
+		case before.State.BehindNAT():
+			if v.State == api.ReachDirect && !configured && !toldReachable {
+				toldReachable = true
+				t.log.Info("this node is reachable on its gossip address again; it keeps its home until it restarts", "peer", v.Peer)
+			}
+			v.State = before.State
+			t.reach.set(v)
+			if publicIP(v.Observed) != publicIP(before.Observed) {
+				t.log.Info("this node's public address changed", "was", publicIP(before.Observed), "now", publicIP(v.Observed))
+				announce()
+			}
+		case v.State == api.ReachBehindNAT:
+			t.reach.set(v)
+			t.log.Info("this node is now behind NAT: a peer could not connect to its gossip address; attaching to a home", "peer", v.Peer, "seen as", v.Observed)
+			attach()
+		default:
+			t.reach.set(v)
+		}
+	}
+}
+
 // detectNAT runs the check against the peers targets returns (those named
 // at launch, then those added at run time: with --kube, the Nodes), in
 // turn, until one gives a verdict, or reachGiveUp passes, or every peer
@@ -262,25 +355,15 @@ func (t *relayTransport) detectNAT(targets func() []string, configured bool, the
 		if self == "" {
 			list = nil // not known yet: nothing to ask about
 		}
-		asked := false
-		for _, addr := range list {
-			if addr == self || mute[addr] {
-				mute[addr] = true
-				continue
-			}
-			if !asked && !configured {
-				t.reach.set(Reachability{State: api.ReachChecking})
-			}
-			asked = true
-			v, err := t.checkReach(addr, self)
-			if err != nil {
-				last = err
-				if errors.Is(err, errNoAnswer) {
-					mute[addr] = true
-				}
-				t.log.Debug("reachability check gave no verdict", "peer", addr, "error", err)
-				continue
-			}
+		var asking func()
+		if !configured {
+			asking = func() { t.reach.set(Reachability{State: api.ReachChecking}) }
+		}
+		v, asked, err := t.checkAny(list, self, mute, asking)
+		if err != nil && asked {
+			last = err
+		}
+		if err == nil {
 			if configured {
 				v.State = api.ReachConfigured
 				t.reach.set(v)
@@ -289,10 +372,10 @@ func (t *relayTransport) detectNAT(targets func() []string, configured bool, the
 			}
 			t.reach.set(v)
 			if v.State == api.ReachBehindNAT {
-				t.log.Info("this node is behind NAT: a peer could not connect to its gossip address; attaching to a home", "peer", addr, "advertised", self, "seen as", v.Observed)
+				t.log.Info("this node is behind NAT: a peer could not connect to its gossip address; attaching to a home", "peer", v.Peer, "advertised", self, "seen as", v.Observed)
 				then()
 			} else {
-				t.log.Debug("this node is reachable on its gossip address", "peer", addr)
+				t.log.Debug("this node is reachable on its gossip address", "peer", v.Peer)
 			}
 			return
 		}

@@ -263,3 +263,94 @@ func TestDetectNAT(t *testing.T) {
 		}
 	})
 }
+
+// TestRecheckReach: the check runs again after its first verdict. A node
+// found reachable that now sits behind NAT (here: its advertised address
+// stops answering) attaches to a home, once; a node behind NAT whose
+// public address changed announces the new one, once per change; a
+// node found behind NAT that is reachable again keeps its state (its
+// home stays until a restart).
+func TestRecheckReach(t *testing.T) {
+	const every = 50 * time.Millisecond
+	dead := deadAddr(t)
+	// run starts recheckReach and returns a stop that waits for it.
+	run := func(t *testing.T, n *relayNode, targets []string, configured bool, attach, announce func()) {
+		done := make(chan struct{})
+		n.t.wg.Add(1)
+		go func() {
+			defer close(done)
+			n.t.recheckReach(fixed(targets), configured, attach, announce, every)
+		}()
+		t.Cleanup(func() {
+			n.t.Shutdown()
+			<-done
+		})
+	}
+	t.Run("reachable, then behind NAT", func(t *testing.T) {
+		a, b := newRelayNode(t, "a"), newRelayNode(t, "b")
+		a.t.reach.set(Reachability{State: api.ReachDirect, Peer: b.addr})
+		var attached, announced atomic.Int64
+		run(t, a, []string{b.addr}, false, func() { attached.Add(1) }, func() { announced.Add(1) })
+		time.Sleep(5 * every)
+		if n := attached.Load(); n != 0 {
+			t.Fatalf("a reachable node attached %d times", n)
+		}
+		if v := a.t.reach.get(); v.State != api.ReachDirect {
+			t.Fatalf("after re-checks: %+v, want reachable", v)
+		}
+		a.t.setOrigin(dead)
+		waitWithin(t, 20*time.Second, "the re-check to find a behind NAT", func() bool { return attached.Load() > 0 })
+		if v := a.t.reach.get(); v.State != api.ReachBehindNAT || v.Peer != b.addr {
+			t.Fatalf("after the move: %+v, want behind NAT, from b", v)
+		}
+		time.Sleep(5 * every)
+		if n := attached.Load(); n != 1 {
+			t.Fatalf("attached %d times, want once", n)
+		}
+		if n := announced.Load(); n != 0 {
+			t.Fatalf("announced %d times with an unchanged public address", n)
+		}
+	})
+	t.Run("public address changed", func(t *testing.T) {
+		for _, configured := range []bool{true, false} {
+			a, b := newRelayNode(t, "a"), newRelayNode(t, "b")
+			state := api.ReachBehindNAT
+			if configured {
+				state = api.ReachConfigured
+			} else {
+				a.t.setOrigin(dead)
+			}
+			a.t.reach.set(Reachability{State: state, Peer: b.addr, Observed: "198.51.100.7:40000"})
+			var announced atomic.Int64
+			run(t, a, []string{b.addr}, configured, func() { t.Error("attached again") }, func() { announced.Add(1) })
+			waitWithin(t, 20*time.Second, "the new public address", func() bool { return announced.Load() > 0 })
+			time.Sleep(5 * every)
+			if n := announced.Load(); n != 1 {
+				t.Fatalf("configured=%v: announced %d times for one change, want once", configured, n)
+			}
+			if v := a.t.reach.get(); v.State != state || publicIP(v.Observed) != "127.0.0.1" {
+				t.Fatalf("configured=%v: %+v, want %s seen as 127.0.0.1", configured, v, state)
+			}
+		}
+	})
+	t.Run("behind NAT, then reachable", func(t *testing.T) {
+		a, b := newRelayNode(t, "a"), newRelayNode(t, "b")
+		a.t.reach.set(Reachability{State: api.ReachBehindNAT, Peer: b.addr, Observed: "127.0.0.1:1"})
+		run(t, a, []string{b.addr}, false, func() { t.Error("attached again") }, func() { t.Error("announced an unchanged public address") })
+		waitWithin(t, 20*time.Second, "a re-check", func() bool { return a.t.reach.get().Observed != "127.0.0.1:1" })
+		if v := a.t.reach.get(); v.State != api.ReachBehindNAT {
+			t.Fatalf("%+v: want it to stay behind NAT (its home stays)", v)
+		}
+	})
+	t.Run("off", func(t *testing.T) {
+		a := newRelayNode(t, "a")
+		a.t.wg.Add(1)
+		done := make(chan struct{})
+		go func() { defer close(done); a.t.recheckReach(fixed([]string{dead}), false, nil, nil, 0) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("recheckReach with interval 0 did not return")
+		}
+	})
+}
