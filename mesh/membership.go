@@ -222,13 +222,13 @@ func (m *Membership) Start() {
 			m.relay.wg.Add(2)
 			go func() {
 				m.relay.detectNAT(m.checkTargets, true, m.announce)
-				m.relay.recheckReach(m.checkTargets, true, m.attachHome, m.announce, m.cfg.ReachRecheck)
+				m.relay.recheckReach(m.checkTargets, true, m.attachHome, m.detachHome, m.announce, m.cfg.ReachRecheck)
 			}()
 		case m.cfg.DetectNAT:
 			m.relay.wg.Add(2)
 			go func() {
 				m.relay.detectNAT(m.checkTargets, false, m.attachHome)
-				m.relay.recheckReach(m.checkTargets, false, m.attachHome, m.announce, m.cfg.ReachRecheck)
+				m.relay.recheckReach(m.checkTargets, false, m.attachHome, m.detachHome, m.announce, m.cfg.ReachRecheck)
 			}()
 		default:
 			m.relay.reach.set(Reachability{State: api.ReachUnchecked})
@@ -255,14 +255,18 @@ func (m *Membership) checkTargets() []string {
 }
 
 // attachHome makes this node, behind NAT, keep an attachment to a home
-// and announce it. Called once, from Start or the reachability check.
+// and announce it. Called from Start or the reachability check; a second
+// call while attached does nothing.
 func (m *Membership) attachHome() {
 	m.relay.att.mu.Lock()
 	m.relay.att.onChange = m.announce
 	m.relay.att.mu.Unlock()
-	m.relay.wg.Add(1)
-	go m.relay.attachLoop(m.homeCandidates)
+	m.relay.startAttach(m.homeCandidates)
 }
+
+// detachHome ends the attachment of a node found reachable again: once it
+// has ended, the node announces no home and others gossip to it directly.
+func (m *Membership) detachHome() { m.relay.stopAttach() }
 
 // announce gossips this node's metadata again, in the background, with
 // what the membership adds to it (its home, its public address) as they

@@ -281,19 +281,18 @@ func (t *relayTransport) checkAny(list []string, self string, mute map[string]bo
 
 // recheckReach runs the check again every interval after the first
 // verdict (docs/routing.md, "Nodes behind NAT"), until the transport
-// closes. A node found reachable that is now behind NAT calls attach
-// once, as at launch. A node behind NAT (found or configured) whose
-// router's public address changed records it and calls announce, so the
-// others send its data plane to the new one. A node found behind NAT that
-// is reachable again keeps its home (a running attachment is not undone)
-// and says so once in its log; a restart checks afresh. A round with no
-// verdict changes nothing. every <= 0 disables it.
-func (t *relayTransport) recheckReach(targets func() []string, configured bool, attach, announce func(), every time.Duration) {
+// closes. A node found reachable that is now behind NAT calls attach, as
+// at launch. A node found behind NAT that is reachable again becomes
+// reachable and calls detach: its home is no longer needed. A node behind
+// NAT (found or configured) whose router's public address changed
+// records it and calls announce, so the others send its data plane to
+// the new one. A node configured behind NAT stays so whatever the check
+// finds. A round with no verdict changes nothing. every <= 0 disables it.
+func (t *relayTransport) recheckReach(targets func() []string, configured bool, attach, detach, announce func(), every time.Duration) {
 	defer t.wg.Done()
 	if every <= 0 {
 		return
 	}
-	toldReachable := false
 	for {
 		select {
 		case <-t.done:
@@ -310,11 +309,13 @@ func (t *relayTransport) recheckReach(targets func() []string, configured bool, 
 		}
 		before := t.reach.get()
 		switch {
+		case before.State == api.ReachBehindNAT && v.State == api.ReachDirect && !configured:
+			// Reachable first, so that the announcement that follows
+			// the end of the attachment carries no public address.
+			t.reach.set(v)
+			t.log.Info("this node is reachable on its gossip address again: detaching from its home", "peer", v.Peer)
+			detach()
 		case before.State.BehindNAT():
-			if v.State == api.ReachDirect && !configured && !toldReachable {
-				toldReachable = true
-				t.log.Info("this node is reachable on its gossip address again; it keeps its home until it restarts", "peer", v.Peer)
-			}
 			v.State = before.State
 			t.reach.set(v)
 			if publicIP(v.Observed) != publicIP(before.Observed) {

@@ -356,6 +356,34 @@ type attacher struct {
 	mu       sync.Mutex
 	home     string // the home's name, "" while detached
 	onChange func() // called when home changes (the membership announces it)
+	// stop ends the attach loop that runs, and its attachment; nil while
+	// none runs (startAttach, stopAttach).
+	stop chan struct{}
+}
+
+// startAttach starts the attach loop towards candidates() unless one
+// runs already. Safe for concurrent use.
+func (t *relayTransport) startAttach(candidates func() []string) {
+	t.att.mu.Lock()
+	defer t.att.mu.Unlock()
+	if t.att.stop != nil {
+		return
+	}
+	t.att.stop = make(chan struct{})
+	t.wg.Add(1)
+	go t.attachLoop(candidates, t.att.stop)
+}
+
+// stopAttach ends the attach loop and closes its attachment, if one
+// runs: the home is then "" (and onChange called) once the attachment has
+// ended. It does not wait. Safe for concurrent use.
+func (t *relayTransport) stopAttach() {
+	t.att.mu.Lock()
+	defer t.att.mu.Unlock()
+	if t.att.stop != nil {
+		close(t.att.stop)
+		t.att.stop = nil
+	}
 }
 
 // homeName names the member this node is attached to, "" when none.
@@ -366,14 +394,14 @@ func (t *relayTransport) homeName() string {
 }
 
 // attachLoop keeps this node attached to a home, trying candidates() in
-// turn, until the transport shuts down.
-func (t *relayTransport) attachLoop(candidates func() []string) {
+// turn, until the transport shuts down or stop is closed.
+func (t *relayTransport) attachLoop(candidates func() []string, stop <-chan struct{}) {
 	defer t.wg.Done()
 	backoff := time.Second
 	for {
 		attached := false
 		for _, addr := range candidates() {
-			err := t.attachTo(addr, func() { attached = true; backoff = time.Second })
+			err := t.attachTo(addr, func() { attached = true; backoff = time.Second }, stop)
 			if attached {
 				break // the attachment ended: start again from the first candidate
 			}
@@ -381,11 +409,15 @@ func (t *relayTransport) attachLoop(candidates func() []string) {
 			select {
 			case <-t.done:
 				return
+			case <-stop:
+				return
 			default:
 			}
 		}
 		select {
 		case <-t.done:
+			return
+		case <-stop:
 			return
 		case <-time.After(backoff):
 		}
@@ -396,8 +428,9 @@ func (t *relayTransport) attachLoop(candidates func() []string) {
 }
 
 // attachTo attaches to the home at addr and serves the attachment until
-// it ends; up is called once the home said hello.
-func (t *relayTransport) attachTo(addr string, up func()) error {
+// it ends, or the transport shuts down, or detach is closed; up is called
+// once the home said hello.
+func (t *relayTransport) attachTo(addr string, up func(), detach <-chan struct{}) error {
 	c, err := t.dial(addr, 5*time.Second)
 	if err != nil {
 		return err
@@ -408,6 +441,8 @@ func (t *relayTransport) attachTo(addr string, up func()) error {
 	go func() {
 		select {
 		case <-t.done:
+			c.Close()
+		case <-detach:
 			c.Close()
 		case <-stop:
 		}

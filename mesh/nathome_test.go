@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,8 +16,7 @@ import (
 
 // attachNode starts n's attach loop towards the given home addresses.
 func attachNode(n *relayNode, homes ...string) {
-	n.t.wg.Add(1)
-	go n.t.attachLoop(func() []string { return homes })
+	n.t.startAttach(func() []string { return homes })
 }
 
 func recvStream(t *testing.T, n *relayNode) net.Conn {
@@ -215,4 +215,37 @@ func TestAttachBoundToIdentity(t *testing.T) {
 	o := newRelayNode(t, "o")
 	attachNode(o, h.addr)
 	waitWithin(t, 10*time.Second, "o attached to h", func() bool { return o.t.homeName() == "h" })
+}
+
+// TestDetachAndAttachAgain: stopAttach ends the attachment on both ends
+// and the node's home is "" (onChange told once per change); startAttach
+// attaches again, and a second startAttach while attached starts no
+// second loop.
+func TestDetachAndAttachAgain(t *testing.T) {
+	h, n := newRelayNode(t, "h"), newRelayNode(t, "n")
+	var changes atomic.Int64
+	n.t.att.mu.Lock()
+	n.t.att.onChange = func() { changes.Add(1) }
+	n.t.att.mu.Unlock()
+	attached := func() bool { return n.t.homeName() == "h" && slices.Equal(h.t.attachedNames(), []string{"n"}) }
+	attachNode(n, h.addr)
+	attachNode(n, h.addr) // already running: nothing
+	waitWithin(t, 10*time.Second, "n attached to h", attached)
+	n.t.stopAttach()
+	n.t.stopAttach() // nothing left to stop
+	waitWithin(t, 10*time.Second, "n detached on both ends", func() bool {
+		return n.t.homeName() == "" && len(h.t.attachedNames()) == 0
+	})
+	time.Sleep(1500 * time.Millisecond) // longer than the loop's first backoff
+	if got := n.t.homeName(); got != "" {
+		t.Fatalf("n attached again to %q after stopAttach", got)
+	}
+	if c := changes.Load(); c != 2 {
+		t.Fatalf("home changed %d times (attach, detach), want 2", c)
+	}
+	attachNode(n, h.addr)
+	waitWithin(t, 10*time.Second, "n attached to h again", attached)
+	if c := changes.Load(); c != 3 {
+		t.Fatalf("home changed %d times, want 3", c)
+	}
 }
