@@ -241,7 +241,11 @@ func (a *Allocator) reclaimContestedLocked() bool {
 	if n == 0 || changed {
 		delete(a.problems, "contested")
 	} else {
-		a.problem("contested", fmt.Sprintf("%d addresses were claimed by two heirs at once (contested): nobody allocates there until the owner of the address below them claims them again, after --ipalloc-reclaim-after", n))
+		when := "after --ipalloc-reclaim-after"
+		if a.cfg.ReclaimAfter <= 0 {
+			when = "at once"
+		}
+		a.problem("contested", fmt.Sprintf("%d addresses were claimed by two heirs at once (contested): nobody allocates there until the owner of the address below them claims them again, %s", n, when))
 	}
 	return changed
 }
