@@ -213,26 +213,24 @@ func (m *Membership) Start() {
 			defer m.wg.Done()
 			m.reprobeLoop(m.done)
 		}()
-		switch {
-		case m.cfg.BehindNAT:
+		if !m.cfg.BehindNAT && !m.cfg.DetectNAT {
+			m.relay.reach.set(Reachability{State: api.ReachUnchecked})
+			return
+		}
+		// Behind NAT by configuration: attached at once, no verdict
+		// needed, but the public address the check observes is
+		// announced. Otherwise the verdict decides whether to attach.
+		then := m.attachHome
+		if m.cfg.BehindNAT {
 			m.relay.reach.set(Reachability{State: api.ReachConfigured})
 			m.attachHome()
-			// No verdict needed, but the public address the check
-			// observes is announced.
-			m.relay.wg.Add(2)
-			go func() {
-				m.relay.detectNAT(m.checkTargets, true, m.announce)
-				m.relay.recheckReach(m.checkTargets, true, m.attachHome, m.detachHome, m.announce, m.cfg.ReachRecheck)
-			}()
-		case m.cfg.DetectNAT:
-			m.relay.wg.Add(2)
-			go func() {
-				m.relay.detectNAT(m.checkTargets, false, m.attachHome)
-				m.relay.recheckReach(m.checkTargets, false, m.attachHome, m.detachHome, m.announce, m.cfg.ReachRecheck)
-			}()
-		default:
-			m.relay.reach.set(Reachability{State: api.ReachUnchecked})
+			then = m.announce
 		}
+		m.relay.wg.Add(2)
+		go func() {
+			m.relay.detectNAT(m.checkTargets, m.cfg.BehindNAT, then)
+			m.relay.recheckReach(m.checkTargets, m.attachHome, m.detachHome, m.announce, m.cfg.ReachRecheck)
+		}()
 	})
 }
 

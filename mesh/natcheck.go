@@ -286,9 +286,10 @@ func (t *relayTransport) checkAny(list []string, self string, mute map[string]bo
 // reachable and calls detach: its home is no longer needed. A node behind
 // NAT (found or configured) whose router's public address changed
 // records it and calls announce, so the others send its data plane to
-// the new one. A node configured behind NAT stays so whatever the check
-// finds. A round with no verdict changes nothing. every <= 0 disables it.
-func (t *relayTransport) recheckReach(targets func() []string, configured bool, attach, detach, announce func(), every time.Duration) {
+// the new one. A node configured behind NAT (its state ReachConfigured)
+// stays so whatever the check finds. A round with no verdict changes
+// nothing. every <= 0 disables it.
+func (t *relayTransport) recheckReach(targets func() []string, attach, detach, announce func(), every time.Duration) {
 	defer t.wg.Done()
 	if every <= 0 {
 		return
@@ -309,7 +310,7 @@ func (t *relayTransport) recheckReach(targets func() []string, configured bool, 
 		}
 		before := t.reach.get()
 		switch {
-		case before.State == api.ReachBehindNAT && v.State == api.ReachDirect && !configured:
+		case before.State == api.ReachBehindNAT && v.State == api.ReachDirect:
 			// Reachable first, so that the announcement that follows
 			// the end of the attachment carries no public address.
 			t.reach.set(v)
@@ -350,15 +351,15 @@ func (t *relayTransport) detectNAT(targets func() []string, configured bool, the
 	giveUp := time.Now().Add(reachGiveUp)
 	var last error
 	mute := map[string]bool{} // peers that closed the check unanswered, and self
+	var asking func()         // shows the check under way; a configured node stays configured
+	if !configured {
+		asking = func() { t.reach.set(Reachability{State: api.ReachChecking}) }
+	}
 	for time.Now().Before(giveUp) {
 		self, _ := t.origin.Load().(string)
 		list := targets()
 		if self == "" {
 			list = nil // not known yet: nothing to ask about
-		}
-		var asking func()
-		if !configured {
-			asking = func() { t.reach.set(Reachability{State: api.ReachChecking}) }
 		}
 		v, asked, err := t.checkAny(list, self, mute, asking)
 		if err != nil && asked {

@@ -274,12 +274,12 @@ func TestRecheckReach(t *testing.T) {
 	const every = 50 * time.Millisecond
 	dead := deadAddr(t)
 	// run starts recheckReach and returns a stop that waits for it.
-	run := func(t *testing.T, n *relayNode, targets []string, configured bool, attach, detach, announce func()) {
+	run := func(t *testing.T, n *relayNode, targets []string, attach, detach, announce func()) {
 		done := make(chan struct{})
 		n.t.wg.Add(1)
 		go func() {
 			defer close(done)
-			n.t.recheckReach(fixed(targets), configured, attach, detach, announce, every)
+			n.t.recheckReach(fixed(targets), attach, detach, announce, every)
 		}()
 		t.Cleanup(func() {
 			n.t.Shutdown()
@@ -290,7 +290,7 @@ func TestRecheckReach(t *testing.T) {
 		a, b := newRelayNode(t, "a"), newRelayNode(t, "b")
 		a.t.reach.set(Reachability{State: api.ReachDirect, Peer: b.addr})
 		var attached, announced atomic.Int64
-		run(t, a, []string{b.addr}, false, func() { attached.Add(1) }, func() { t.Error("a reachable node detached") }, func() { announced.Add(1) })
+		run(t, a, []string{b.addr}, func() { attached.Add(1) }, func() { t.Error("a reachable node detached") }, func() { announced.Add(1) })
 		time.Sleep(5 * every)
 		if n := attached.Load(); n != 0 {
 			t.Fatalf("a reachable node attached %d times", n)
@@ -322,7 +322,7 @@ func TestRecheckReach(t *testing.T) {
 			}
 			a.t.reach.set(Reachability{State: state, Peer: b.addr, Observed: "198.51.100.7:40000"})
 			var announced atomic.Int64
-			run(t, a, []string{b.addr}, configured, func() { t.Error("attached again") }, func() { t.Error("detached behind NAT") }, func() { announced.Add(1) })
+			run(t, a, []string{b.addr}, func() { t.Error("attached again") }, func() { t.Error("detached behind NAT") }, func() { announced.Add(1) })
 			waitWithin(t, 20*time.Second, "the new public address", func() bool { return announced.Load() > 0 })
 			time.Sleep(5 * every)
 			if n := announced.Load(); n != 1 {
@@ -342,7 +342,7 @@ func TestRecheckReach(t *testing.T) {
 			}
 			a.t.reach.set(Reachability{State: state, Peer: b.addr, Observed: "127.0.0.1:1"})
 			var detached atomic.Int64
-			run(t, a, []string{b.addr}, configured, func() { t.Error("attached again") }, func() { detached.Add(1) }, func() { t.Error("announced an unchanged public address") })
+			run(t, a, []string{b.addr}, func() { t.Error("attached again") }, func() { detached.Add(1) }, func() { t.Error("announced an unchanged public address") })
 			waitWithin(t, 20*time.Second, "a re-check", func() bool { return a.t.reach.get().Observed != "127.0.0.1:1" })
 			time.Sleep(5 * every)
 			v := a.t.reach.get()
@@ -358,7 +358,7 @@ func TestRecheckReach(t *testing.T) {
 		a := newRelayNode(t, "a")
 		a.t.wg.Add(1)
 		done := make(chan struct{})
-		go func() { defer close(done); a.t.recheckReach(fixed([]string{dead}), false, nil, nil, nil, 0) }()
+		go func() { defer close(done); a.t.recheckReach(fixed([]string{dead}), nil, nil, nil, 0) }()
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
