@@ -125,17 +125,9 @@ func (a *Allocator) claimOrphansLocked() bool {
 	if a.recovering {
 		return false // no reclaim on stale knowledge (I6)
 	}
-	size := a.st.ring.size
 	changed := false
 	for _, run := range a.st.ring.spans(func(e entry) bool { return e.Owner == "" && e.Dead != "" }) {
-		if run.len() == size {
-			continue
-		}
-		pred := size - 1
-		if run.start > 0 {
-			pred = run.start - 1
-		}
-		if a.st.ring.get(pred).Owner != a.cfg.Self {
+		if !a.heirOfLocked(run) {
 			continue
 		}
 		a.st.ring = a.st.ring.update(run.start, run.end, func(e entry) entry {
@@ -185,6 +177,17 @@ func (a *Allocator) confirmClaimsLocked() bool {
 	return changed
 }
 
+// heirOfLocked says whether this peer is the heir of run: the owner
+// (plain or claiming) of the address just below it, cyclically. A run
+// covering the whole ring has no heir.
+func (a *Allocator) heirOfLocked(run span) bool {
+	size := a.st.ring.size
+	if run.len() == size {
+		return false
+	}
+	return a.st.ring.get((run.start+size-1)%size).Owner == a.cfg.Self
+}
+
 // reclaimContestedLocked claims contested runs (two heirs' claims merged,
 // see contested) for this peer when it owns the address just below and
 // the run has stayed contested for ReclaimAfter in its view (at once with
@@ -203,7 +206,6 @@ func (a *Allocator) confirmClaimsLocked() bool {
 // confirmation and every transfer after it, so that heir loses the run
 // before it allocates there.
 func (a *Allocator) reclaimContestedLocked() bool {
-	size := a.st.ring.size
 	now := a.cfg.Now()
 	runs := a.st.ring.spans(func(e entry) bool { return e.isContested() })
 	seen := map[uint64]bool{}
@@ -217,15 +219,11 @@ func (a *Allocator) reclaimContestedLocked() bool {
 			since = now
 			a.liveness.contestedAt[run.start] = now
 		}
-		if run.len() == size || now.Sub(since) < a.cfg.ReclaimAfter {
+		if now.Sub(since) < a.cfg.ReclaimAfter || !a.heirOfLocked(run) {
 			continue
 		}
 		if a.cfg.ReclaimAfter > 0 && !a.inMajorityLocked() {
 			continue // a minority must not take space from the majority
-		}
-		pred := (run.start + size - 1) % size
-		if a.st.ring.get(pred).Owner != a.cfg.Self {
-			continue
 		}
 		a.st.ring = a.st.ring.update(run.start, run.end, func(e entry) entry {
 			return entry{Version: e.Version + reclaimVersionJump, Owner: a.cfg.Self, Dead: a.cfg.Self}
