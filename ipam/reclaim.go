@@ -106,7 +106,15 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 	a.afterRingChangeLocked()
 	a.publishLocked()
 	err := a.saveLocked()
-	a.broadcastStateLocked()
+	if a.recovering {
+		// The voter set shrank, so a lease quorum of it may have answered
+		// already: when most voters died, removing them is what ends
+		// recovery (I6), and recovering broadcasts the state. Until then a
+		// broadcast would be held back anyway.
+		a.checkRecoveredLocked()
+	} else {
+		a.broadcastStateLocked()
+	}
 	out := a.takeOutbox()
 	a.mu.Unlock()
 	a.flush(out)

@@ -171,6 +171,46 @@ func TestRestartWithHalfDeadAllocates(t *testing.T) {
 	}
 }
 
+// TestRestartWithMostDeadWaitsForRmpeer (I6): peers restarted while most
+// voters are dead cannot recover by themselves (no lease quorum is left to
+// answer) and say what ends it; removing the dead on one of them ends the
+// recovery of all, and they allocate again.
+func TestRestartWithMostDeadWaitsForRmpeer(t *testing.T) {
+	s := settledSim(t, 207, "10.0.0.0/23", time.Minute, "a", "b", "c", "d", "e")
+	dead := []string{"c", "d", "e"}
+	for _, n := range dead {
+		s.kill(n)
+	}
+	s.rounds(3)
+	s.restart(t, "a")
+	s.restart(t, "b")
+	s.rounds(10)
+	for _, n := range []string{"a", "b"} {
+		st := s.nodes[n].Status()
+		if st.BlockedReason != BlockedRecovery || !strings.Contains(st.Blocked, "only 2 of the 5 voters are members") || !strings.Contains(st.Blocked, "mesh rmpeer") {
+			t.Fatalf("%s: blocked %q (%s), want recovery naming rmpeer", n, st.Blocked, st.BlockedReason)
+		}
+	}
+	for _, n := range dead {
+		if _, err := s.nodes["a"].RemovePeer(n); err != nil {
+			t.Fatalf("rmpeer %s: %v", n, err)
+		}
+	}
+	// b answered a's requests already: the removal itself ends a's
+	// recovery, with no further round.
+	if st := s.nodes["a"].Status(); st.BlockedReason == BlockedRecovery {
+		t.Fatalf("a still recovering right after removing the dead: %q", st.Blocked)
+	}
+	s.rounds(4)
+	for _, n := range []string{"a", "b"} {
+		if st := s.nodes[n].Status(); st.BlockedReason == BlockedRecovery {
+			t.Fatalf("%s still recovering after the dead were removed: %q", n, st.Blocked)
+		}
+		s.allocEventually(t, n, n+"-after-rmpeer", 10)
+	}
+	s.checkUnique(t, 207, 0)
+}
+
 // TestStateFileFromPreviousRelease: a format 1 file without a gateway (as
 // the previous release wrote it) loads without manual steps; the gateway
 // is then the address that release used, and is recorded from then on.

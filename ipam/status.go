@@ -150,7 +150,12 @@ func (a *Allocator) blockedLocked() (reason, text string) {
 				n++
 			}
 		}
-		return BlockedRecovery, fmt.Sprintf("waiting for a state exchange with half of the voters after restart: %d of %d voters (this peer included) answered", n, a.leaseQuorumLocked())
+		text = fmt.Sprintf("waiting for a state exchange with half of the voters after restart: %d of %d voters (this peer included) answered", n, a.leaseQuorumLocked())
+		if up := a.memberVotersLocked(); up < a.leaseQuorumLocked() {
+			// No answer can end this: say what will.
+			text += fmt.Sprintf("; only %d of the %d voters are members now: the others must come back, or, if dead for good, be removed with `mesh rmpeer NAME` on one node", up, len(a.votersLocked()))
+		}
+		return BlockedRecovery, text
 	}
 	_, hasGw := a.gatewayOff()
 	v, pending := a.pendingLeaseLocked()
@@ -203,6 +208,18 @@ func (a *Allocator) pendingLeaseLocked() (uint64, bool) {
 		consider(a.gw.version)
 	}
 	return best, ok
+}
+
+// memberVotersLocked counts the voters that membership reports alive, this
+// peer included.
+func (a *Allocator) memberVotersLocked() int {
+	n := 0
+	for _, v := range a.votersLocked() {
+		if v == a.cfg.Self || a.members[v] {
+			n++
+		}
+	}
+	return n
 }
 
 // echoCountLocked counts the voters (this peer included) known to hold our
