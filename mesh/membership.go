@@ -146,10 +146,12 @@ func New(cfg Config) (*Membership, error) {
 		mc.BindPort = nt.GetAutoBindPort()
 		mc.AdvertisePort = mc.BindPort
 	}
-	m.relay = newRelayTransport(nt, cfg.Name, m.log.With("component", "gossip-relay"))
-	m.relay.tap = cfg.tap // before memberlist sends anything
-	m.relay.keyring = m.keyring
-	m.relay.signKey, m.relay.boundKey = cfg.SigningKey, bind.boundKey
+	m.relay = newRelayTransport(nt, cfg.Name, m.log.With("component", "gossip-relay"), relayOptions{
+		keyring:  m.keyring,
+		signKey:  cfg.SigningKey,
+		boundKey: bind.boundKey,
+		tap:      cfg.tap,
+	})
 	mc.Transport = m.relay
 	// Dead nodes stay in memberlist's list long enough for a restarted peer
 	// to be recognised; our own map keeps them for status beyond that.

@@ -122,18 +122,18 @@ type relayTransport struct {
 	sent, forwarded, dropped, refused, exchanges atomic.Uint64
 
 	// keyring holds the gossip keys envelopes are tagged and checked with;
-	// nil without gossip encryption. Set before memberlist starts, never
+	// nil without gossip encryption. Set by newRelayTransport, never
 	// changed (the keyring itself is safe for concurrent use).
 	keyring *memberlist.Keyring
 	// signKey is this node's identity (it signs an attachment to a home,
 	// nathome.go) and boundKey the identity bound to a name (base64, ""
-	// when none); both nil in this package's transport tests. Set before
-	// memberlist starts, never changed.
+	// when none); both nil in most of this package's transport tests. Set
+	// by newRelayTransport, never changed.
 	signKey  ed25519.PrivateKey
 	boundKey func(name string) string
 
-	// tap is nil in production; this package's tests set it (Config.tap)
-	// before memberlist starts and never change it.
+	// tap is nil in production; this package's tests set it (Config.tap,
+	// given to newRelayTransport) and never change it.
 	tap gossipTap
 
 	failMu sync.Mutex
@@ -190,8 +190,24 @@ func (t *relayTransport) dial(addr string, timeout time.Duration) (net.Conn, err
 	return t.tap.conn(c), nil
 }
 
-func newRelayTransport(inner *memberlist.NetTransport, self string, log *slog.Logger) *relayTransport {
+// relayOptions are the settings the transport's goroutines read from
+// the first packet on: newRelayTransport puts them in place before it
+// starts those goroutines, and nothing changes them afterwards.
+type relayOptions struct {
+	keyring  *memberlist.Keyring // nil without gossip encryption
+	signKey  ed25519.PrivateKey
+	boundKey func(name string) string
+	tap      gossipTap
+}
+
+// newRelayTransport wraps inner, which is already receiving, and starts
+// reading from it; Shutdown stops it.
+func newRelayTransport(inner *memberlist.NetTransport, self string, log *slog.Logger, o relayOptions) *relayTransport {
 	t := &relayTransport{
+		keyring:  o.keyring,
+		signKey:  o.signKey,
+		boundKey: o.boundKey,
+		tap:      o.tap,
 		inner:    inner,
 		self:     self,
 		log:      log,

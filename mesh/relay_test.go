@@ -25,14 +25,38 @@ type relayNode struct {
 var testGossipKey = bytes.Repeat([]byte{7}, 32)
 
 // newRelayNode starts a node holding testGossipKey.
-func newRelayNode(t *testing.T, name string) *relayNode {
+func newRelayNode(t testing.TB, name string) *relayNode {
 	t.Helper()
 	return newRelayNodeKeys(t, name, testGossipKey)
 }
 
 // newRelayNodeKeys starts a node whose keyring holds keys, the first
 // primary; none: a mesh without gossip encryption.
-func newRelayNodeKeys(t *testing.T, name string, keys ...[]byte) *relayNode {
+func newRelayNodeKeys(t testing.TB, name string, keys ...[]byte) *relayNode {
+	t.Helper()
+	var o relayOptions
+	if len(keys) > 0 {
+		kr, err := memberlist.NewKeyring(keys[1:], keys[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.keyring = kr
+	}
+	return newRelayNodeOpts(t, name, o)
+}
+
+// testKeyring is a keyring of testGossipKey alone.
+func testKeyring(t testing.TB) *memberlist.Keyring {
+	t.Helper()
+	kr, err := memberlist.NewKeyring(nil, testGossipKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kr
+}
+
+// newRelayNodeOpts starts a node with the given options.
+func newRelayNodeOpts(t testing.TB, name string, o relayOptions) *relayNode {
 	t.Helper()
 	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
 		BindAddrs: []string{"127.0.0.1"},
@@ -41,15 +65,8 @@ func newRelayNodeKeys(t *testing.T, name string, keys ...[]byte) *relayNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt := newRelayTransport(nt, name, slog.New(slog.DiscardHandler))
+	rt := newRelayTransport(nt, name, slog.New(slog.DiscardHandler), o)
 	t.Cleanup(func() { rt.Shutdown() })
-	if len(keys) > 0 {
-		kr, err := memberlist.NewKeyring(keys[1:], keys[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		rt.keyring = kr
-	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(nt.GetAutoBindPort()))
 	rt.setOrigin(addr)
 	return &relayNode{name: name, t: rt, addr: addr}

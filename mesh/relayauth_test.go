@@ -159,10 +159,12 @@ func TestRelayUpgradeWindow(t *testing.T) {
 	}
 	defer nt.Shutdown()
 	oldAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(nt.GetAutoBindPort()))
-	tab = *b.t.table.Load()
-	tab.addrs = map[string]string{"a": a.addr, "c": c.addr, "old": oldAddr}
-	tab.auth = map[string]bool{"a": true, "c": true}
-	b.t.setTable(&tab)
+	// A new table: the one installed above is b's, read by its
+	// goroutines, and must not be written to.
+	tab2 := *b.t.table.Load()
+	tab2.addrs = map[string]string{"a": a.addr, "c": c.addr, "old": oldAddr}
+	tab2.auth = map[string]bool{"a": true, "c": true}
+	b.t.setTable(&tab2)
 	a.t.setTable(&relayTable{via: map[string]relayHop{"old": {"b", b.addr, true}}, addrs: map[string]string{"b": b.addr, "old": oldAddr}, auth: map[string]bool{"b": true}})
 	if _, err := a.t.WriteToAddress([]byte("to an old node"), memberlist.Address{Addr: oldAddr, Name: "old"}); err != nil {
 		t.Fatal(err)
