@@ -531,7 +531,11 @@ func TestSimulationAutoReclaim(t *testing.T) {
 	}
 	steps := 600
 	if os.Getenv("MESH_SOAK") != "" {
-		steps = 10000
+		// The cost of a step grows with the state (tombstones of removed
+		// peers, a more fragmented ring), so the run grows about with the
+		// square of the steps: 3 400 steps took 16 minutes on 2 shared
+		// cores, 10 000 did not end within 50 (nor make soak in its 90).
+		steps = 4000
 	}
 	if *simSteps > 0 {
 		steps = *simSteps
