@@ -285,12 +285,7 @@ func (a *Allocator) checkRecoveredLocked() {
 	if !a.recovering {
 		return
 	}
-	n := 1
-	for _, v := range a.votersLocked() {
-		if a.recoveredFrom[v] {
-			n++
-		}
-	}
+	n := a.recoveredCountLocked()
 	if n < a.leaseQuorumLocked() {
 		return
 	}
@@ -298,6 +293,18 @@ func (a *Allocator) checkRecoveredLocked() {
 	a.recoveredFrom = map[string]bool{}
 	a.log.Info("state exchanged with a lease quorum after restart: echoing and voting again", "peers", n)
 	a.broadcastStateLocked()
+}
+
+// recoveredCountLocked counts the voters, this peer included, whose full
+// states were merged since the restart (I6).
+func (a *Allocator) recoveredCountLocked() int {
+	n := 1
+	for _, v := range a.votersLocked() {
+		if a.recoveredFrom[v] {
+			n++
+		}
+	}
+	return n
 }
 
 // recoveryTickLocked asks every peer for its state while recovering, with

@@ -144,14 +144,9 @@ func (a *Allocator) blockedLocked() (reason, text string) {
 	case a.st.seed.isZero():
 		return BlockedBootstrap, fmt.Sprintf("waiting for %d of the %d initial peers to agree on the first split", a.quorum(), a.cfg.InitialPeerCount)
 	case a.recovering:
-		n := 1
-		for _, v := range a.votersLocked() {
-			if a.recoveredFrom[v] {
-				n++
-			}
-		}
-		text = fmt.Sprintf("waiting for a state exchange with half of the voters after restart: %d of %d voters (this peer included) answered", n, a.leaseQuorumLocked())
-		if up := a.memberVotersLocked(); up < a.leaseQuorumLocked() {
+		q := a.leaseQuorumLocked()
+		text = fmt.Sprintf("waiting for a state exchange with half of the voters after restart: %d of %d voters (this peer included) answered", a.recoveredCountLocked(), q)
+		if up := a.memberVotersLocked(); up < q {
 			// No answer can end this: say what will.
 			text += fmt.Sprintf("; only %d of the %d voters are members now: the others must come back, or, if dead for good, be removed with `mesh rmpeer NAME` on one node", up, len(a.votersLocked()))
 		}

@@ -188,13 +188,13 @@ func TestSetRelaysThroughHome(t *testing.T) {
 // takes its place back).
 func TestAttachBoundToIdentity(t *testing.T) {
 	real, impostorKey := newSignKey(t), newSignKey(t)
-	h := newRelayNodeOpts(t, "h", relayOptions{keyring: testKeyring(t), boundKey: func(name string) string {
+	h := newRelayNodeOpts(t, "h", relayOptions{keyring: newTestKeyring(t, testGossipKey), boundKey: func(name string) string {
 		if name == "n" {
 			return base64.StdEncoding.EncodeToString(real.Public().(ed25519.PublicKey))
 		}
 		return ""
 	}})
-	impostor := newRelayNodeOpts(t, "n", relayOptions{keyring: testKeyring(t), signKey: impostorKey})
+	impostor := newRelayNodeOpts(t, "n", relayOptions{keyring: newTestKeyring(t, testGossipKey), signKey: impostorKey})
 	attachNode(impostor, h.addr)
 	waitWithin(t, 10*time.Second, "h refuses the impostor", func() bool { return h.t.stats().Refused > 0 })
 	if got := h.t.attachedNames(); len(got) != 0 {
@@ -202,7 +202,7 @@ func TestAttachBoundToIdentity(t *testing.T) {
 	}
 	impostor.t.Shutdown()
 
-	n := newRelayNodeOpts(t, "n", relayOptions{keyring: testKeyring(t), signKey: real})
+	n := newRelayNodeOpts(t, "n", relayOptions{keyring: newTestKeyring(t, testGossipKey), signKey: real})
 	attachNode(n, h.addr)
 	waitWithin(t, 10*time.Second, "n attached to h", func() bool {
 		return n.t.homeName() == "h" && slices.Equal(h.t.attachedNames(), []string{"n"})

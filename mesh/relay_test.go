@@ -36,19 +36,15 @@ func newRelayNodeKeys(t testing.TB, name string, keys ...[]byte) *relayNode {
 	t.Helper()
 	var o relayOptions
 	if len(keys) > 0 {
-		kr, err := memberlist.NewKeyring(keys[1:], keys[0])
-		if err != nil {
-			t.Fatal(err)
-		}
-		o.keyring = kr
+		o.keyring = newTestKeyring(t, keys...)
 	}
 	return newRelayNodeOpts(t, name, o)
 }
 
-// testKeyring is a keyring of testGossipKey alone.
-func testKeyring(t testing.TB) *memberlist.Keyring {
+// newTestKeyring is a keyring of keys (at least one), the first primary.
+func newTestKeyring(t testing.TB, keys ...[]byte) *memberlist.Keyring {
 	t.Helper()
-	kr, err := memberlist.NewKeyring(nil, testGossipKey)
+	kr, err := memberlist.NewKeyring(keys[1:], keys[0])
 	if err != nil {
 		t.Fatal(err)
 	}
