@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -92,6 +94,8 @@ func (d *Daemon) isolationConfig() isolation.Config {
 			delete(d.legacyMACs, name) // released: the next pod gets the fixed MAC
 		}
 	}
+	// In the tables' order: comparing and updating then take one pass.
+	slices.SortFunc(cfg.Ports, func(a, b isolation.Port) int { return strings.Compare(a.Name, b.Name) })
 	return cfg
 }
 
@@ -169,7 +173,8 @@ func (d *Daemon) syncIsolation() (err error) {
 	defer func() { d.isoErr.set(err) }()
 	want := d.isolationConfig()
 	prev, applied := d.iso.Applied()
-	if applied && prev.String() == want.String() {
+	same := applied && prev.Equal(want)
+	if same {
 		ok, err := d.iso.Intact()
 		if err != nil {
 			return err
@@ -180,7 +185,7 @@ func (d *Daemon) syncIsolation() (err error) {
 		d.isoRestores.Add(1)
 		d.log.Warn("the port-isolation tables were changed or deleted outside mesh; restoring them", "table", isolation.TableName)
 	}
-	if !applied || prev.String() == want.String() {
+	if !applied || same {
 		// First time, or restoring: the whole tables.
 		if err := d.iso.Apply(want); err != nil {
 			return fmt.Errorf("failed to apply the port-isolation tables: %w", err)

@@ -1,6 +1,7 @@
 package isolation
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -144,7 +145,7 @@ func (t *Tables) Update(cfg Config) error {
 	if prev == nil || !samePortsKind(*prev, cfg) {
 		return t.Apply(cfg)
 	}
-	if err := t.updatePorts(*prev, cfg); err != nil {
+	if err := t.updatePorts(prev, cfg); err != nil {
 		return t.Apply(cfg)
 	}
 	return nil
@@ -169,29 +170,42 @@ func samePortsKind(a, b Config) bool {
 		slices.Equal(a.Trusted, b.Trusted) && legacy(a) == legacy(b)
 }
 
-func (t *Tables) updatePorts(prev, cfg Config) error {
-	key := func(p Port) string { return string(podElem(p.Name, p.MAC, p.Addr)) }
-	had := map[string]bool{}
-	for _, p := range prev.Ports {
-		had[key(p)] = true
+// updatePorts moves the tables from prev, the config applied when the
+// caller read it, to cfg, both normalized and differing at most in their
+// non-legacy ports. It walks the two sorted port lists side by side, so an
+// allocation costs one pass and the elements of the ports that changed,
+// however many pods the node has.
+func (t *Tables) updatePorts(prev *Config, cfg Config) error {
+	var add, del, hadd, hdel []nftables.SetElement
+	removed := func(p Port) {
+		del = append(del, nftables.SetElement{Key: podElem(p.Name, p.MAC, p.Addr)})
+		hdel = append(hdel, nftables.SetElement{Key: hairpinElem(p.Name)})
 	}
-	want := map[string]bool{}
-	var add, del []nftables.SetElement
-	for _, p := range cfg.Ports {
-		k := key(p)
-		want[k] = true
-		if !had[k] {
-			add = append(add, nftables.SetElement{Key: []byte(k)})
-		}
+	added := func(p Port) {
+		add = append(add, nftables.SetElement{Key: podElem(p.Name, p.MAC, p.Addr)})
+		hadd = append(hadd, nftables.SetElement{Key: hairpinElem(p.Name)})
 	}
-	for _, p := range prev.Ports {
-		if k := key(p); !want[k] {
-			del = append(del, nftables.SetElement{Key: []byte(k)})
+	old, cur := prev.Ports, cfg.Ports
+	for len(old) > 0 || len(cur) > 0 {
+		switch {
+		case len(cur) == 0 || len(old) > 0 && old[0].Name < cur[0].Name:
+			removed(old[0])
+			old = old[1:]
+		case len(old) == 0 || cur[0].Name < old[0].Name:
+			added(cur[0])
+			cur = cur[1:]
+		default: // the same port
+			if !bytes.Equal(old[0].MAC, cur[0].MAC) || old[0].Addr != cur[0].Addr {
+				// Its element changes; its hairpin element stays.
+				del = append(del, nftables.SetElement{Key: podElem(old[0].Name, old[0].MAC, old[0].Addr)})
+				add = append(add, nftables.SetElement{Key: podElem(cur[0].Name, cur[0].MAC, cur[0].Addr)})
+			}
+			old, cur = old[1:], cur[1:]
 		}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.applied == nil || t.applied.String() != prev.String() {
+	if t.applied != prev {
 		return fmt.Errorf("tables changed meanwhile")
 	}
 	if len(add) == 0 && len(del) == 0 {
@@ -211,22 +225,6 @@ func (t *Tables) updatePorts(prev, cfg Config) error {
 	if len(add) > 0 {
 		if err := c.SetAddElements(pods, add); err != nil {
 			return err
-		}
-	}
-	hadPort, wantPort := map[string]bool{}, map[string]bool{}
-	for _, p := range prev.Ports {
-		hadPort[p.Name] = true
-	}
-	var hadd, hdel []nftables.SetElement
-	for _, p := range cfg.Ports {
-		wantPort[p.Name] = true
-		if !hadPort[p.Name] {
-			hadd = append(hadd, nftables.SetElement{Key: hairpinElem(p.Name)})
-		}
-	}
-	for _, p := range prev.Ports {
-		if !wantPort[p.Name] {
-			hdel = append(hdel, nftables.SetElement{Key: hairpinElem(p.Name)})
 		}
 	}
 	hairpin := &nftables.Set{Table: brTable, Name: setHairpin, KeyType: hairpinKey, Concatenation: true}

@@ -1,7 +1,6 @@
 package isolation
 
 import (
-	"fmt"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -20,15 +19,6 @@ func tablesIn(t testing.TB, path string) *Tables {
 	}
 	t.Cleanup(func() { unix.Close(fd) })
 	return NewInNetNS(fd)
-}
-
-func testConfig(ports int) Config {
-	cfg := Config{Bridge: "mesh", PortPrefix: "vmesh", Trusted: []string{"mesh-wg"}, ClusterRange: netip.MustParsePrefix("10.32.0.0/12")}
-	for i := range ports {
-		a := netip.AddrFrom4([4]byte{10, 32, 0, byte(10 + i)})
-		cfg.Ports = append(cfg.Ports, Port{Name: fmt.Sprintf("vmesh%08x", i), MAC: MACFor(a), Addr: a})
-	}
-	return cfg
 }
 
 // TestTablesApplyAndIntact programs both tables, reads them back with nft,
@@ -113,6 +103,12 @@ func TestTablesApplyAndIntact(t *testing.T) {
 	// set gone under it, a whole apply.
 	more := testConfig(5)
 	less := testConfig(2)
+	// From less: port 0 goes, port 1 gets another address and MAC, ports
+	// 2 and 3 come.
+	moved := testConfig(4)
+	moved.Ports = moved.Ports[1:]
+	moved.Ports[0].Addr = netip.MustParseAddr("10.32.0.99")
+	moved.Ports[0].MAC = MACFor(moved.Ports[0].Addr)
 	if err := tb.Apply(less); err != nil {
 		t.Fatal(err)
 	}
@@ -132,6 +128,7 @@ func TestTablesApplyAndIntact(t *testing.T) {
 	}{
 		{"add-ports", more, nil, true},
 		{"remove-ports", less, nil, true},
+		{"replace-ports", moved, nil, true},
 		{"after-outside-delete", more, []string{"nft", "delete", "table", "bridge", TableName}, false},
 		{"other-range", Config{Bridge: "mesh", PortPrefix: "vmesh", ClusterRange: netip.MustParsePrefix("10.64.0.0/16"), Ports: less.Ports}, nil, false},
 	} {
@@ -156,6 +153,9 @@ func TestTablesApplyAndIntact(t *testing.T) {
 		}
 		if strings.Count(out, `"vmesh0000`) < len(step.cfg.Ports) || (len(step.cfg.Ports) == 2 && strings.Contains(out, "10.32.0.13")) {
 			t.Errorf("%s: wrong ports:\n%s", step.name, out)
+		}
+		if step.name == "replace-ports" && (strings.Contains(out, `"vmesh00000000"`) || strings.Contains(out, "10.32.0.11")) {
+			t.Errorf("%s: the port that went, or the old address of the one that changed, is still there:\n%s", step.name, out)
 		}
 		if !strings.Contains(out, step.cfg.ClusterRange.String()) {
 			t.Errorf("%s: cluster range %s missing:\n%s", step.name, step.cfg.ClusterRange, out)
