@@ -32,8 +32,49 @@ func (a *Allocator) LocalState() []byte {
 	if a.recovering {
 		return a.selfOnlyStateLocked()
 	}
-	return encodeStateAs(a.cfg.Range, a.cfg.Self, a.st, a.sendSignedLocked())
+	return a.encodeOwnLocked()
 }
+
+// encodeOwnLocked encodes this peer's whole state for sending, and keeps
+// the state-size problem up to date with what it sends.
+func (a *Allocator) encodeOwnLocked() []byte {
+	b := encodeStateAs(a.cfg.Range, a.cfg.Self, a.st, a.sendSignedLocked())
+	a.noteStateSizeLocked(len(b))
+	return b
+}
+
+// stateSizeWarn is the size of this peer's encoded state from which status
+// warns: three quarters of MaxStateBytes, the most any receiver accepts.
+const stateSizeWarn = MaxStateBytes / 4 * 3
+
+// noteStateSizeLocked reports a whole state of n bytes that nears or
+// passes MaxStateBytes among the problems, and clears the report when it
+// no longer does. Past the bound every receiver refuses the state
+// (oversized), so nothing this peer writes reaches anyone. A removed peer
+// stays in every state as a tombstone (goneForGood), about 120 bytes with
+// its signature, so a mesh whose nodes come and go under new names grows
+// towards the bound (docs/ipam.md, "Bounds on what a peer may claim").
+func (a *Allocator) noteStateSizeLocked(n int) {
+	if n < stateSizeWarn {
+		delete(a.problems, problemStateSize)
+		return
+	}
+	removed := 0
+	for _, p := range a.st.peers {
+		if p.Removed {
+			removed++
+		}
+	}
+	consequence := "past it, every peer refuses the state and this peer's IPAM changes reach nobody"
+	if n > MaxStateBytes {
+		consequence = "every peer refuses it (oversized): this peer's IPAM changes reach nobody"
+	}
+	a.problem(problemStateSize, fmt.Sprintf("this peer's IPAM state is %d KiB of the %d KiB a peer accepts (%d peers, %d of them removed and kept as tombstones): %s",
+		n>>10, MaxStateBytes>>10, len(a.st.peers), removed, consequence))
+}
+
+// problemStateSize keys the state-size problem.
+const problemStateSize = "state-size"
 
 // selfOnlyStateLocked is what a recovering peer sends: an unseeded state
 // holding only its own info. Merging it carries the peer's heartbeat and
@@ -62,7 +103,7 @@ func isRecoveryState(w wireState) bool {
 }
 
 func (a *Allocator) stateMsgLocked() []byte {
-	return append([]byte{msgState}, encodeStateAs(a.cfg.Range, a.cfg.Self, a.st, a.sendSignedLocked())...)
+	return append([]byte{msgState}, a.encodeOwnLocked()...)
 }
 
 // broadcastStateLocked tells everyone about a change this peer wrote. The

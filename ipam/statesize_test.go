@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -71,5 +72,95 @@ func TestStateSizeBound(t *testing.T) {
 			}
 			t.Logf("%d peers: %.1f B per peer entry, %.2f B per dense held address, %.2f B per sparse one", n, bare/float64(n), (enc(n, k, 1)-bare)/float64(n*k), (enc(n, k, gap)-bare)/float64(n*k))
 		})
+	}
+}
+
+// tombstoneBytes bounds what a removed peer costs in every whole state
+// once its reservations are gone (docs/ipam.md, "Bounds on what a peer may
+// claim"): its name plus the info an rmpeer signs. Tombstones are never
+// dropped, so this times the removals a mesh has seen is what its state
+// carries for them.
+const tombstoneBytes = nodeNameLen + 100
+
+// tombstone is a removal of a peer named like sizedState's, signed by a
+// writer of such a name.
+func tombstone(i int) (string, peerInfo) {
+	return fmt.Sprintf("gone-%04d.cluster.local", i), peerInfo{Epoch: 1, Version: 1_780_000_000_000 + uint64(i), ID: fmt.Sprintf("%016x", i),
+		Removed: true, Writer: "node-0001.cluster.local", Sig: make([]byte, 64)}
+}
+
+func TestStateSizeOfTombstones(t *testing.T) {
+	prefix := mustPrefix("10.32.0.0/12")
+	st := sizedState(20, 0, 1)
+	before := len(encodeStateAs(prefix, "node-0000.cluster.local", st, true))
+	const n = 1000
+	for i := range n {
+		name, p := tombstone(i)
+		st.peers[name] = p
+	}
+	per := float64(len(encodeStateAs(prefix, "node-0000.cluster.local", st, true))-before) / n
+	if per > float64(tombstoneBytes) {
+		t.Errorf("%.1f bytes per tombstone, want at most %d", per, tombstoneBytes)
+	}
+	if per < float64(tombstoneBytes)/2 {
+		t.Errorf("%.1f bytes per tombstone: the bound %d (and docs/ipam.md) overstate it", per, tombstoneBytes)
+	}
+}
+
+// TestStateSizeProblem: a state that nears MaxStateBytes, here through
+// tombstones, is a problem in status that names the tombstones; past the
+// bound the problem says that peers refuse it; back under the warning
+// threshold the problem goes.
+func TestStateSizeProblem(t *testing.T) {
+	_, a := hostileNet(t)
+	problem := func() string {
+		_ = a.LocalState()
+		for _, p := range a.Status().Problems {
+			if strings.Contains(p, "IPAM state is") {
+				return p
+			}
+		}
+		return ""
+	}
+	if p := problem(); p != "" {
+		t.Fatalf("problem %q for a small state", p)
+	}
+	added := 0
+	// grow adds tombstones until this peer's state is at least size bytes.
+	grow := func(size int) {
+		for len(a.LocalState()) < size {
+			a.mu.Lock()
+			for range 200 {
+				name, p := tombstone(added)
+				a.st.peers[name] = p
+				added++
+			}
+			a.mu.Unlock()
+		}
+	}
+	grow(stateSizeWarn)
+	if p := problem(); !strings.Contains(p, fmt.Sprintf("%d of them removed", added)) || !strings.Contains(p, "past it, every peer refuses") {
+		t.Fatalf("near the bound, %d tombstones: problem %q", added, p)
+	}
+	grow(MaxStateBytes + 1)
+	if p := problem(); !strings.Contains(p, "every peer refuses it (oversized)") {
+		t.Fatalf("past the bound: problem %q", p)
+	}
+	// Through the broadcast path too: the problem stays.
+	a.mu.Lock()
+	_ = a.stateMsgLocked()
+	a.mu.Unlock()
+	if p := problem(); p == "" {
+		t.Fatal("problem gone after a broadcast encoding")
+	}
+	a.mu.Lock()
+	for name, p := range a.st.peers {
+		if p.Removed {
+			delete(a.st.peers, name)
+		}
+	}
+	a.mu.Unlock()
+	if p := problem(); p != "" {
+		t.Fatalf("problem %q after the state shrank", p)
 	}
 }

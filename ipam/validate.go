@@ -226,9 +226,11 @@ func (a *Allocator) screenLocked(w *wireState) error {
 // holding nothing, owning nothing. Such entries stay in the table (a
 // CRDT: dropped, the name would come back with the next state that
 // carries it, and the removal must keep beating the peer's late
-// heartbeats), but cost nothing and do not count towards maxPeers, so a
-// long-lived mesh whose nodes come and go never fills the table. They
-// only come from removals of names that existed.
+// heartbeats), but do not count towards maxPeers, so a long-lived mesh
+// whose nodes come and go never fills the table. They only come from
+// removals of names that existed. Each still costs its bytes in every
+// whole state (noteStateSizeLocked warns as the state nears
+// MaxStateBytes).
 func goneForGood(name string, p peerInfo, space map[string][]span) bool {
 	return p.Removed && len(p.Held) == 0 && len(space[name]) == 0
 }
