@@ -137,6 +137,12 @@ type IPAM struct {
 	// infos (docs/ipam.md, "Signed peer infos"); absent from a daemon of
 	// an older release.
 	SignedStates *SignedStates `json:"signedStates,omitempty"`
+	// StateBytes is the size of this node's whole IPAM state as last sent
+	// (a peer refuses one over 1 MiB), Tombstones the removed peers it
+	// carries, which are never dropped (docs/ipam.md, "Bounds on what a
+	// peer may claim"). Absent when zero, and from an older daemon.
+	StateBytes int `json:"stateBytes,omitempty"`
+	Tombstones int `json:"tombstones,omitempty"`
 }
 
 // SignedStates says whether this node sends its IPAM states with signed

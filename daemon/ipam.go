@@ -237,7 +237,7 @@ func lacksFamily(ring []api.IPAMPeer, members []mesh.Member, now time.Time) []st
 func allocatorStatus(a *ipam.Allocator) (*api.IPAM, string) {
 	st := a.Status()
 	out := &api.IPAM{Range: st.Range, Status: st.Status, Owned: st.Owned, Allocated: st.Allocated, Free: st.Free, Ranges: []api.RangeInfo{}, Problems: st.Problems,
-		Blocked: st.Blocked, BlockedReason: st.BlockedReason}
+		Blocked: st.Blocked, BlockedReason: st.BlockedReason, StateBytes: st.StateBytes, Tombstones: st.Tombstones}
 	for _, r := range st.Ranges {
 		out.Ranges = append(out.Ranges, api.RangeInfo{CIDR: r.CIDR.String(), Owner: r.Owner})
 	}

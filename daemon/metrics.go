@@ -79,6 +79,8 @@ var (
 	descRejected   = promtext.NewDesc("mesh_ipam_rejected_total", "Remote IPAM input refused by a bound (docs/ipam.md), by reason; only a peer holding the mesh key can send it.", promtext.Counter, "reason")
 	descIdRefused  = promtext.NewDesc("mesh_identity_refused_total", "Alive messages and metadata of other nodes refused by the name binding (docs/architecture.md, Trust and keys), by reason.", promtext.Counter, "reason")
 	descIPAM6      = promtext.NewDesc("mesh_ipam6_addresses", "Addresses of this node's IPv6 range (dual-stack) by kind: owned, allocated, free (at most 2^63 each).", promtext.Gauge, "kind")
+	descStateBytes = promtext.NewDesc("mesh_ipam_state_bytes", "Size of this node's whole IPAM state as last sent; a peer refuses one over 1 MiB (docs/ipam.md, Bounds on what a peer may claim).", promtext.Gauge)
+	descTombstones = promtext.NewDesc("mesh_ipam_tombstones", "Removed peers this node's IPAM state carries, never dropped, about 120 bytes each.", promtext.Gauge)
 	descBlocked6   = promtext.NewDesc("mesh_ipam6_blocked", "1 for the kind of wait that currently stops this node's IPv6 IPAM (dual-stack), 0 for the others.", promtext.Gauge, "reason")
 	descUnreach    = promtext.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", promtext.Gauge)
 	descRecErr     = promtext.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", promtext.Counter)
@@ -131,6 +133,8 @@ func (c *collector) Collect(out *promtext.Set) {
 		}
 	}
 	c.collectIPAM(out, st, owned, descIPAM, descBlocked)
+	out.Add(descStateBytes, float64(st.StateBytes))
+	out.Add(descTombstones, float64(st.Tombstones))
 	if d.ipam6 != nil {
 		st6 := d.ipam6.Status()
 		var owned6 uint64

@@ -51,6 +51,8 @@ func TestMetricsAndProbes(t *testing.T) {
 		`mesh_ipam_unreachable_owned_addresses 0`,
 		`mesh_ipam_blocked{reason="space"} 0`,
 		`mesh_ipam_blocked{reason="recovery"} 0`,
+		`mesh_ipam_tombstones 0`,
+		`mesh_ipam_state_bytes `,
 		`mesh_peer_rx_bytes_total{peer="` + nodes[1].Host.Name + `"}`,
 		`mesh_handshake_age_seconds{peer="` + nodes[1].Host.Name + `"}`,
 		`mesh_reconcile_errors_total 0`,
@@ -90,6 +92,18 @@ func TestMetricsAndProbes(t *testing.T) {
 	if f := fams["mesh_peers"]; f == nil || f.GetType().String() != "GAUGE" || len(f.Metric) < 2 {
 		t.Errorf("mesh_peers = %v, want a gauge per member state", f)
 	}
+	// The size of the IPAM state as sent is in status and its gauge.
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
+		st, err := nodes[0].Status()
+		if err != nil || st.IPAM == nil || st.IPAM.StateBytes == 0 {
+			return fmt.Errorf("status ipam.stateBytes not set yet (%v)", err)
+		}
+		_, body, err := httpGet(h, "http://127.0.0.1:6782/metrics")
+		if err != nil || strings.Contains(body, "\nmesh_ipam_state_bytes 0\n") || !strings.Contains(body, "\nmesh_ipam_state_bytes ") {
+			return fmt.Errorf("gauge mesh_ipam_state_bytes not set yet (%v)", err)
+		}
+		return nil
+	})
 	assertNoSecret(t, "metrics", metrics)
 	// The metrics port listens on loopback only.
 	if _, _, err := httpGet(nodes[1].Host, "http://"+h.Addr.String()+":6782/metrics"); err == nil {

@@ -73,6 +73,7 @@ type Allocator struct {
 	gwEchoAsked    uint64            // gateway version promptLocked asked echoes for
 	heldAsks       map[string]uint64 // requester not yet live -> tick asked (holdAskLocked)
 	problems       map[string]string // key -> operator-facing message
+	stateBytes     int               // size of the whole state last encoded for sending
 
 	liveness liveness
 	guard    guard             // refused input, see validate.go

@@ -39,6 +39,7 @@ func (a *Allocator) LocalState() []byte {
 // the state-size problem up to date with what it sends.
 func (a *Allocator) encodeOwnLocked() []byte {
 	b := encodeStateAs(a.cfg.Range, a.cfg.Self, a.st, a.sendSignedLocked())
+	a.stateBytes = len(b)
 	a.noteStateSizeLocked(len(b))
 	return b
 }

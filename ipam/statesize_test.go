@@ -125,6 +125,9 @@ func TestStateSizeProblem(t *testing.T) {
 	if p := problem(); p != "" {
 		t.Fatalf("problem %q for a small state", p)
 	}
+	if st := a.Status(); st.Tombstones != 0 || st.StateBytes == 0 || st.StateBytes >= stateSizeWarn {
+		t.Fatalf("small state: status %d tombstones, %d bytes", st.Tombstones, st.StateBytes)
+	}
 	added := 0
 	// grow adds tombstones until this peer's state is at least size bytes.
 	grow := func(size int) {
@@ -141,6 +144,9 @@ func TestStateSizeProblem(t *testing.T) {
 	grow(stateSizeWarn)
 	if p := problem(); !strings.Contains(p, fmt.Sprintf("%d of them removed", added)) || !strings.Contains(p, "past it, every peer refuses") {
 		t.Fatalf("near the bound, %d tombstones: problem %q", added, p)
+	}
+	if st := a.Status(); st.Tombstones != added || st.StateBytes < stateSizeWarn || st.StateBytes != len(a.LocalState()) {
+		t.Fatalf("status: %d tombstones, state %d bytes; want %d, and the size of the state sent (%d)", st.Tombstones, st.StateBytes, added, len(a.LocalState()))
 	}
 	grow(MaxStateBytes + 1)
 	if p := problem(); !strings.Contains(p, "every peer refuses it (oversized)") {

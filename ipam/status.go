@@ -36,6 +36,13 @@ type Status struct {
 	// RejectReasons, the metric's label); each reason that occurred is
 	// also one line of Problems.
 	Rejected map[string]uint64 `json:"rejected,omitempty"`
+	// StateBytes is the size of this peer's whole state as last encoded
+	// for sending (0 before the first); a receiver refuses one over
+	// MaxStateBytes. Tombstones counts the removed peers it carries, never
+	// dropped, about 120 bytes each (docs/ipam.md, "Bounds on what a peer
+	// may claim").
+	StateBytes int `json:"stateBytes,omitempty"`
+	Tombstones int `json:"tombstones,omitempty"`
 }
 
 // The kinds of waiting Status.Blocked names.
@@ -135,6 +142,12 @@ func (a *Allocator) Status() Status {
 		}
 	}
 	s.BlockedReason, s.Blocked = a.blockedLocked()
+	s.StateBytes = a.stateBytes
+	for _, p := range a.st.peers {
+		if p.Removed {
+			s.Tombstones++
+		}
+	}
 	return s
 }
 
