@@ -60,18 +60,24 @@ func (a *Allocator) noteStateSizeLocked(n int) {
 		delete(a.problems, problemStateSize)
 		return
 	}
-	removed := 0
-	for _, p := range a.st.peers {
-		if p.Removed {
-			removed++
-		}
-	}
 	consequence := "past it, every peer refuses the state and this peer's IPAM changes reach nobody"
 	if n > MaxStateBytes {
 		consequence = "every peer refuses it (oversized): this peer's IPAM changes reach nobody"
 	}
 	a.problem(problemStateSize, fmt.Sprintf("this peer's IPAM state is %d KiB of the %d KiB a peer accepts (%d peers, %d of them removed and kept as tombstones): %s",
-		n>>10, MaxStateBytes>>10, len(a.st.peers), removed, consequence))
+		n>>10, MaxStateBytes>>10, len(a.st.peers), a.removedCountLocked(), consequence))
+}
+
+// removedCountLocked counts the removed peers of the table: tombstones,
+// and deleted Nodes whose addresses stay reserved.
+func (a *Allocator) removedCountLocked() int {
+	n := 0
+	for _, p := range a.st.peers {
+		if p.Removed {
+			n++
+		}
+	}
+	return n
 }
 
 // problemStateSize keys the state-size problem.

@@ -142,12 +142,7 @@ func (a *Allocator) Status() Status {
 		}
 	}
 	s.BlockedReason, s.Blocked = a.blockedLocked()
-	s.StateBytes = a.stateBytes
-	for _, p := range a.st.peers {
-		if p.Removed {
-			s.Tombstones++
-		}
-	}
+	s.StateBytes, s.Tombstones = a.stateBytes, a.removedCountLocked()
 	return s
 }
 
