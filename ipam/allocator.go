@@ -73,7 +73,10 @@ type Allocator struct {
 	gwEchoAsked    uint64            // gateway version promptLocked asked echoes for
 	heldAsks       map[string]uint64 // requester not yet live -> tick asked (holdAskLocked)
 	problems       map[string]string // key -> operator-facing message
-	stateBytes     int               // size of the whole state last encoded for sending
+	// stateSizeLevel is the state-size problem's level last logged:
+	// 0 none, 1 near MaxStateBytes, 2 past it (noteStateSizeLocked).
+	stateSizeLevel int
+	stateBytes     int // size of the whole state last encoded for sending
 
 	liveness liveness
 	guard    guard             // refused input, see validate.go
@@ -776,6 +779,8 @@ func (a *Allocator) flush(out []outMsg) {
 	}
 }
 
+// problem records msg as the problem under key and logs it when it is new
+// or its text changed.
 func (a *Allocator) problem(key, msg string) {
 	if a.problems[key] != msg {
 		a.problems[key] = msg

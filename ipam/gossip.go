@@ -55,17 +55,38 @@ const stateSizeWarn = MaxStateBytes / 4 * 3
 // stays in every state as a tombstone (goneForGood), about 120 bytes with
 // its signature, so a mesh whose nodes come and go under new names grows
 // towards the bound (docs/ipam.md, "Bounds on what a peer may claim").
+//
+// The text carries the size and counts, which change with nearly every
+// encoding once the state is large, so it is logged only when the level
+// changes (near the bound, past it, back under the warning), not at every
+// push/pull and broadcast.
 func (a *Allocator) noteStateSizeLocked(n int) {
-	if n < stateSizeWarn {
+	level := 0
+	switch {
+	case n > MaxStateBytes:
+		level = 2
+	case n >= stateSizeWarn:
+		level = 1
+	}
+	logIt := level != a.stateSizeLevel
+	a.stateSizeLevel = level
+	if level == 0 {
+		if logIt {
+			a.log.Info("this peer's IPAM state is back under the size that warns", "bytes", n)
+		}
 		delete(a.problems, problemStateSize)
 		return
 	}
 	consequence := "past it, every peer refuses the state and this peer's IPAM changes reach nobody"
-	if n > MaxStateBytes {
+	if level == 2 {
 		consequence = "every peer refuses it (oversized): this peer's IPAM changes reach nobody"
 	}
-	a.problem(problemStateSize, fmt.Sprintf("this peer's IPAM state is %d KiB of the %d KiB a peer accepts (%d peers, %d of them removed and kept as tombstones): %s",
-		n>>10, MaxStateBytes>>10, len(a.st.peers), a.removedCountLocked(), consequence))
+	msg := fmt.Sprintf("this peer's IPAM state is %d KiB of the %d KiB a peer accepts (%d peers, %d of them removed and kept as tombstones): %s",
+		n>>10, MaxStateBytes>>10, len(a.st.peers), a.removedCountLocked(), consequence)
+	a.problems[problemStateSize] = msg
+	if logIt {
+		a.log.Warn(msg)
+	}
 }
 
 // removedCountLocked counts the removed peers of the table: tombstones,

@@ -1,7 +1,9 @@
 package ipam
 
 import (
+	"bytes"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 )
@@ -113,6 +115,13 @@ func TestStateSizeOfTombstones(t *testing.T) {
 // threshold the problem goes.
 func TestStateSizeProblem(t *testing.T) {
 	_, a := hostileNet(t)
+	// The problem's text changes with nearly every encoding once the state
+	// is large; it is logged only when its level changes.
+	var logged bytes.Buffer
+	a.mu.Lock()
+	a.log = slog.New(slog.NewTextHandler(&logged, nil))
+	a.mu.Unlock()
+	warnings := func() int { return strings.Count(logged.String(), "IPAM state is") }
 	problem := func() string {
 		_ = a.LocalState()
 		for _, p := range a.Status().Problems {
@@ -148,9 +157,22 @@ func TestStateSizeProblem(t *testing.T) {
 	if st := a.Status(); st.Tombstones != added || st.StateBytes < stateSizeWarn || st.StateBytes != len(a.LocalState()) {
 		t.Fatalf("status: %d tombstones, state %d bytes; want %d, and the size of the state sent (%d)", st.Tombstones, st.StateBytes, added, len(a.LocalState()))
 	}
+	if w := warnings(); w != 1 {
+		t.Fatalf("near the bound: %d warnings logged, want 1:\n%s", w, logged.String())
+	}
+	grow(stateSizeWarn + 64<<10) // the text changes, the level does not
+	if p := problem(); !strings.Contains(p, fmt.Sprintf("%d of them removed", added)) {
+		t.Fatalf("grown near the bound, %d tombstones: problem %q", added, p)
+	}
+	if w := warnings(); w != 1 {
+		t.Fatalf("grown near the bound: %d warnings logged, want still 1:\n%s", w, logged.String())
+	}
 	grow(MaxStateBytes + 1)
 	if p := problem(); !strings.Contains(p, "every peer refuses it (oversized)") {
 		t.Fatalf("past the bound: problem %q", p)
+	}
+	if w := warnings(); w != 2 {
+		t.Fatalf("past the bound: %d warnings logged, want 2:\n%s", w, logged.String())
 	}
 	// The state shrinks (here by hand); a broadcast's encoding, not only
 	// a push/pull's, brings the problem and the size up to date.
@@ -170,5 +192,8 @@ func TestStateSizeProblem(t *testing.T) {
 		if strings.Contains(p, "IPAM state is") {
 			t.Fatalf("problem %q after the state shrank", p)
 		}
+	}
+	if !strings.Contains(logged.String(), "back under the size that warns") {
+		t.Fatalf("the state shrank, nothing logged:\n%s", logged.String())
 	}
 }
