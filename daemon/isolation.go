@@ -68,8 +68,17 @@ func (d *Daemon) isolationConfig() isolation.Config {
 			v6[ipam.Key{ContainerID: a.ContainerID, IfName: a.IfName}] = a.Addr
 		}
 	}
-	seen := map[string]bool{}
-	for _, a := range d.ipam.List() {
+	// This runs at every allocation and allocated most of what the
+	// daemon's garbage collector swept under a flood of IPAM states: the
+	// ports are made once to size and sorted in place, and the names seen
+	// are kept only while there are legacy MACs to forget.
+	list := d.ipam.List()
+	cfg.Ports = make([]isolation.Port, 0, len(list))
+	var seen map[string]bool
+	if len(d.legacyMACs) > 0 {
+		seen = make(map[string]bool, len(d.legacyMACs))
+	}
+	for _, a := range list {
 		name := cni.HostVethName(a.ContainerID, a.IfName)
 		var port isolation.Port
 		switch {
@@ -85,8 +94,8 @@ func (d *Daemon) isolationConfig() isolation.Config {
 		}
 		if m, ok := d.legacyMACs[name]; ok {
 			port.MAC, port.Legacy = m, true
+			seen[name] = true
 		}
-		seen[name] = true
 		cfg.Ports = append(cfg.Ports, port)
 	}
 	for name := range d.legacyMACs {

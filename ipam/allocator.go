@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -52,11 +53,16 @@ type Allocator struct {
 	log    *slog.Logger
 	selfID string
 
-	mu      sync.Mutex
-	closed  bool
-	st      state
+	mu     sync.Mutex
+	closed bool
+	st     state
+	// allocs, byOff and offs index the allocations three ways; they
+	// change together, through bindLocked, unbindLocked and
+	// reindexLocked. offs is byOff's keys sorted, kept so that the listing
+	// and the Held list that every allocation writes need no sort.
 	allocs  map[Key]uint64
 	byOff   map[uint64]Key
+	offs    []uint64
 	nets    map[Key]string  // CNI network of an allocation, when known
 	members map[string]bool // alive, per the daemon
 	tick    uint64
@@ -77,6 +83,9 @@ type Allocator struct {
 	// 0 none, 1 near MaxStateBytes, 2 past it (noteStateSizeLocked).
 	stateSizeLevel int
 	stateBytes     int // size of the whole state last encoded for sending
+	// Scratch reused by saveLocked at every allocation.
+	saveList []Allocation
+	saveBuf  bytes.Buffer
 
 	liveness liveness
 	guard    guard             // refused input, see validate.go
@@ -197,7 +206,7 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 			for _, al := range l.allocs {
 				off, _ := addrOffset(cfg.Range, al.Addr)
 				k := Key{al.ContainerID, al.IfName}
-				a.allocs[k], a.byOff[off] = off, k
+				a.bindLocked(k, off)
 				if al.Network != "" {
 					a.nets[k] = al.Network
 				}
@@ -439,14 +448,13 @@ func (a *Allocator) tryAllocateLocked(k Key, network string) (netip.Addr, <-chan
 		return offsetAddr(a.cfg.Range, off), nil, nil
 	}
 	if off, ok := a.pickFree(); ok {
-		a.allocs[k], a.byOff[off] = off, k
+		a.bindLocked(k, off)
 		if network != "" {
 			a.nets[k] = network
 		}
 		a.publishLocked()
 		if err := a.saveLocked(); err != nil {
-			delete(a.allocs, k)
-			delete(a.byOff, off)
+			a.unbindLocked(k, off)
 			delete(a.nets, k)
 			a.publishLocked()
 			return netip.Addr{}, nil, fmt.Errorf("ipam: allocation for %s/%s not recorded: %w", k.ContainerID, k.IfName, err)
@@ -483,13 +491,12 @@ func (a *Allocator) Release(containerID, ifName string) error {
 		return nil
 	}
 	network, hadNet := a.nets[k]
-	delete(a.allocs, k)
-	delete(a.byOff, off)
+	a.unbindLocked(k, off)
 	delete(a.nets, k)
 	a.publishLocked()
 	if err := a.saveLocked(); err != nil {
 		// Keep it allocated: better leak an address than reuse a live one.
-		a.allocs[k], a.byOff[off] = off, k
+		a.bindLocked(k, off)
 		if hadNet {
 			a.nets[k] = network
 		}
@@ -534,10 +541,9 @@ func (a *Allocator) releaseAllExcept(match func(Key) bool, valid []Key) (int, er
 	}
 	old, oldNets := maps.Clone(a.allocs), maps.Clone(a.nets)
 	released := 0
-	for k, off := range a.allocs {
+	for k := range a.allocs {
 		if !keep[k] && match(k) {
 			delete(a.allocs, k)
-			delete(a.byOff, off)
 			delete(a.nets, k)
 			released++
 		}
@@ -545,13 +551,11 @@ func (a *Allocator) releaseAllExcept(match func(Key) bool, valid []Key) (int, er
 	if released == 0 {
 		return 0, nil
 	}
+	a.reindexLocked()
 	a.publishLocked()
 	if err := a.saveLocked(); err != nil {
 		a.allocs, a.nets = old, oldNets
-		a.byOff = map[uint64]Key{}
-		for k, off := range old {
-			a.byOff[off] = k
-		}
+		a.reindexLocked()
 		a.publishLocked()
 		return 0, fmt.Errorf("ipam: garbage collection not recorded: %w", err)
 	}
@@ -564,16 +568,49 @@ func (a *Allocator) releaseAllExcept(match func(Key) bool, valid []Key) (int, er
 func (a *Allocator) List() []Allocation {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.listLocked()
+	return a.appendListLocked(make([]Allocation, 0, len(a.allocs)))
 }
 
-func (a *Allocator) listLocked() []Allocation {
-	out := make([]Allocation, 0, len(a.allocs))
-	for k, off := range a.allocs {
-		out = append(out, Allocation{ContainerID: k.ContainerID, IfName: k.IfName, Addr: offsetAddr(a.cfg.Range, off), Network: a.nets[k]})
+// appendListLocked appends the allocations to dst sorted by address. It
+// runs at every allocation (the state file, the isolation tables): it
+// walks the sorted offsets instead of sorting, and allocates only what dst
+// needs, as the garbage of each call added to what a flood of IPAM states
+// makes the collector sweep.
+func (a *Allocator) appendListLocked(dst []Allocation) []Allocation {
+	for _, off := range a.offs { // offsets order as the addresses do
+		k := a.byOff[off]
+		dst = append(dst, Allocation{ContainerID: k.ContainerID, IfName: k.IfName, Addr: offsetAddr(a.cfg.Range, off), Network: a.nets[k]})
 	}
-	slices.SortFunc(out, func(x, y Allocation) int { return x.Addr.Compare(y.Addr) })
-	return out
+	return dst
+}
+
+// bindLocked records k's allocation at off in every index.
+func (a *Allocator) bindLocked(k Key, off uint64) {
+	a.allocs[k], a.byOff[off] = off, k
+	if i, found := slices.BinarySearch(a.offs, off); !found {
+		a.offs = slices.Insert(a.offs, i, off)
+	}
+}
+
+// unbindLocked removes k's allocation at off from every index.
+func (a *Allocator) unbindLocked(k Key, off uint64) {
+	delete(a.allocs, k)
+	delete(a.byOff, off)
+	if i, found := slices.BinarySearch(a.offs, off); found {
+		a.offs = slices.Delete(a.offs, i, i+1)
+	}
+}
+
+// reindexLocked rebuilds byOff and offs from allocs, after a change of
+// many allocations at once.
+func (a *Allocator) reindexLocked() {
+	a.byOff = make(map[uint64]Key, len(a.allocs))
+	a.offs = a.offs[:0]
+	for k, off := range a.allocs {
+		a.byOff[off] = k
+		a.offs = append(a.offs, off)
+	}
+	slices.Sort(a.offs)
 }
 
 // OverlayIP returns this node's gateway: the first usable address of the
@@ -666,7 +703,7 @@ func (a *Allocator) ringChangedLocked() {
 // new info then beats by its version.
 func (a *Allocator) publishLocked() {
 	me := a.st.peers[a.cfg.Self]
-	held := slices.Sorted(maps.Keys(a.byOff))
+	held := slices.Clone(a.offs)
 	held = a.leaseHeld(held)
 	version := max(me.Version+1, a.pubVersion+1, uint64(a.cfg.Now().UnixMilli()))
 	// The gateway is held like a pod's address: whoever comes to own this
@@ -716,11 +753,15 @@ func (a *Allocator) saveLocked() error {
 		a.markGatewayDurableLocked()
 		return nil
 	}
-	data, err := encodeFile(a.cfg, a.selfID, a.st, a.listLocked(), a.px.durable, a.gw, a.versionCeil, a.signedWire)
+	// The list and the encoding reuse the buffers of the previous save:
+	// it runs at every allocation, and the store does not keep data.
+	a.saveList = a.appendListLocked(a.saveList[:0])
+	err := encodeFileTo(&a.saveBuf, a.cfg, a.selfID, a.st, a.saveList, a.px.durable, a.gw, a.versionCeil, a.signedWire)
+	clear(a.saveList) // holds no strings between saves
 	if err != nil {
 		return err
 	}
-	if err := a.store.write(a.cfg.StateFile, data); err != nil {
+	if err := a.store.write(a.cfg.StateFile, a.saveBuf.Bytes()); err != nil {
 		return err
 	}
 	a.dirty = false

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,99 @@ func TestReleaseAllExcept(t *testing.T) {
 	}
 	if got := strings.Join(ids, ","); got != "c1,c3" {
 		t.Fatalf("left %s, want c1,c3", got)
+	}
+}
+
+// failingStore is a state store whose writes fail while fail is set.
+type failingStore struct {
+	diskStore
+	fail bool
+}
+
+func (s *failingStore) write(path string, data []byte) error {
+	if s.fail {
+		return errors.New("disk full")
+	}
+	return s.diskStore.write(path, data)
+}
+
+// TestFailedSaveKeepsIndexes: an allocation, a release and a garbage
+// collection whose state file cannot be written change nothing, and the
+// allocation indexes (the sorted offsets behind List and Held) stay in
+// step through each rollback; the file and a restart agree with List.
+func TestFailedSaveKeepsIndexes(t *testing.T) {
+	cfg := testConfig(t, "a", "10.0.0.0/24")
+	store := &failingStore{}
+	a, err := newAllocator(cfg, nopTransport{}, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 8 {
+		mustAlloc(t, a, fmt.Sprint("c", i), "eth0")
+	}
+	check := func(step string, want []string) {
+		t.Helper()
+		if m := a.indexMismatch(); m != "" {
+			t.Fatalf("%s: %s", step, m)
+		}
+		var ids []string
+		var prev netip.Addr
+		for _, al := range a.List() {
+			if prev.IsValid() && !prev.Less(al.Addr) {
+				t.Fatalf("%s: List not sorted by address: %v after %v", step, al.Addr, prev)
+			}
+			prev = al.Addr
+			ids = append(ids, al.ContainerID)
+		}
+		slices.Sort(ids)
+		if !slices.Equal(ids, want) {
+			t.Fatalf("%s: allocations %v, want %v", step, ids, want)
+		}
+		a.mu.Lock()
+		me := a.st.peers[a.cfg.Self]
+		held := slices.Clone(me.Held)
+		a.mu.Unlock()
+		for _, al := range a.List() {
+			off, _ := addrOffset(a.cfg.Range, al.Addr)
+			if !slices.Contains(held, off) {
+				t.Fatalf("%s: %v allocated but not in Held %v", step, al.Addr, held)
+			}
+		}
+	}
+	all := []string{"c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"}
+	check("start", all)
+
+	store.fail = true
+	if _, err := a.Allocate(context.Background(), "c8", "eth0"); err == nil {
+		t.Fatal("Allocate succeeded with an unwritable state file")
+	}
+	check("failed Allocate", all)
+	if err := a.Release("c3", "eth0"); err == nil {
+		t.Fatal("Release succeeded with an unwritable state file")
+	}
+	check("failed Release", all)
+	if _, err := a.ReleaseAllExcept([]Key{{"c1", "eth0"}}); err == nil {
+		t.Fatal("ReleaseAllExcept succeeded with an unwritable state file")
+	}
+	check("failed ReleaseAllExcept", all)
+
+	store.fail = false
+	if err := a.Release("c3", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := a.ReleaseAllExcept([]Key{{"c1", "eth0"}, {"c6", "eth0"}, {"c7", "eth0"}}); err != nil || n != 4 {
+		t.Fatalf("ReleaseAllExcept = %d, %v; want 4, nil", n, err)
+	}
+	mustAlloc(t, a, "c9", "eth0")
+	left := []string{"c1", "c6", "c7", "c9"}
+	check("after the disk came back", left)
+
+	b := mustNew(t, cfg, nil)
+	if m := b.indexMismatch(); m != "" {
+		t.Fatalf("restarted: %s", m)
+	}
+	if got, want := b.List(), a.List(); !slices.Equal(got, want) {
+		t.Fatalf("restarted: %v, want %v", got, want)
 	}
 }
 

@@ -2,8 +2,11 @@ package ipam
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -53,4 +56,23 @@ func mustAlloc(t testing.TB, a *Allocator, id, ifn string) netip.Addr {
 		t.Fatalf("Allocate(%s, %s): %v", id, ifn, err)
 	}
 	return addr
+}
+
+// indexMismatch says how the allocation indexes disagree (allocs, byOff
+// and the sorted offs, see bindLocked); "" when they agree.
+func (a *Allocator) indexMismatch() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.allocs) != len(a.byOff) || len(a.offs) != len(a.byOff) {
+		return fmt.Sprintf("%d allocations, %d offsets, %d sorted offsets", len(a.allocs), len(a.byOff), len(a.offs))
+	}
+	for k, off := range a.allocs {
+		if a.byOff[off] != k {
+			return fmt.Sprintf("%v at %d, but offset %d is %v's", k, off, off, a.byOff[off])
+		}
+	}
+	if !slices.Equal(a.offs, slices.Sorted(maps.Keys(a.byOff))) {
+		return fmt.Sprintf("sorted offsets %v, offsets held %v", a.offs, slices.Sorted(maps.Keys(a.byOff)))
+	}
+	return ""
 }

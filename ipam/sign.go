@@ -197,7 +197,9 @@ func (a *Allocator) preVerify(w wireState) map[string]error {
 	if ids == nil || w.prefix != a.cfg.Range {
 		return nil
 	}
-	cur := make(map[string]peerInfo, len(w.st.peers))
+	// Not sized by the incoming state: a flood of invented names would
+	// make each state allocate a table of them, none of which is kept.
+	cur := make(map[string]peerInfo)
 	a.mu.Lock()
 	for name := range w.st.peers {
 		if p, ok := a.st.peers[name]; ok {

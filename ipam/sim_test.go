@@ -430,6 +430,9 @@ func (s *simNet) checkUnique(t testing.TB, seed uint64, step int) {
 		gwOf[ov] = name
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
+		if err := s.nodes[name].Allocator.indexMismatch(); err != "" {
+			t.Fatalf("seed %d step %d: %s: %s", seed, step, name, err)
+		}
 		for k, addr := range s.nodes[name].pods {
 			who := name + "/" + k.ContainerID
 			if prev, dup := holder[addr]; dup {
