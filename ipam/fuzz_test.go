@@ -156,5 +156,19 @@ func FuzzLoadStateFile(f *testing.F) {
 		if _, err := decodeState(encodeState(cfg.Range, "a", l.st)); err != nil {
 			t.Fatalf("accepted a file whose state does not re-encode: %v", err)
 		}
+		// An allocator loads what parseFile accepts with its allocation
+		// indexes in step, every allocation listed once.
+		lcfg := cfg
+		lcfg.StateFile = "state.json"
+		a, err := newAllocator(lcfg, nopTransport{}, &memStore{files: map[string][]byte{lcfg.StateFile: data}})
+		if err != nil {
+			return
+		}
+		if m := a.indexMismatch(); m != "" {
+			t.Fatalf("loaded: %s", m)
+		}
+		if got := len(a.List()); got != len(l.allocs) {
+			t.Fatalf("loaded %d allocations, the file has %d", got, len(l.allocs))
+		}
 	})
 }
