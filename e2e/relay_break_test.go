@@ -24,26 +24,7 @@ import (
 // packet that went around a cycle would pass below 59 on some host before
 // it died.
 func TestRelayBreaksMidStream(t *testing.T) {
-	_, nodes, ctx := cniMesh(t, 4, 8*time.Minute)
-	hosts := []*testnet.Host{nodes[0].Host, nodes[1].Host, nodes[2].Host, nodes[3].Host}
-	a, err := addPod(ctx, t, hosts[0], "poda")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := addPod(ctx, t, hosts[3], "podd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error { return pingBoth(ctx, a, d) })
-
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		for _, h := range hosts {
-			h.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
-			h.Run(cctx, "nft", "delete", "table", "ip", loopTable)
-		}
-	})
+	nodes, hosts, a, d, ctx := endPods(t, 4, 8*time.Minute)
 	for _, pair := range [][2]int{{0, 3}, {3, 0}} {
 		if err := blockDataPlane(ctx, hosts[pair[0]], hosts[pair[1]]); err != nil {
 			t.Fatal(err)
@@ -77,33 +58,11 @@ func TestRelayBreaksMidStream(t *testing.T) {
 	t.Logf("host1 and host4 relayed through %s", hosts[relay].Name)
 
 	for _, h := range hosts {
-		for _, args := range [][]string{
-			{"add", "table", "ip", loopTable},
-			{"add", "chain", "ip", loopTable, "counted", "{ type filter hook forward priority 10; policy accept; }"},
-			{"add", "counter", "ip", loopTable, "routed"},
-			{"add", "counter", "ip", loopTable, "low"},
-			{"add", "counter", "ip", loopTable, "second"},
-			{"add", "rule", "ip", loopTable, "counted", "ip", "saddr", "{", a.ip.String(), ",", d.ip.String(), "}", "icmp", "type", "{ echo-request, echo-reply }", "counter", "name", "routed"},
-			{"add", "rule", "ip", loopTable, "counted", "ip", "saddr", "{", a.ip.String(), ",", d.ip.String(), "}", "icmp", "type", "{ echo-request, echo-reply }", "ip", "ttl", "lt", "59", "counter", "name", "low"},
-			{"add", "rule", "ip", loopTable, "counted", "ip", "saddr", "{", a.ip.String(), ",", d.ip.String(), "}", "icmp", "type", "{ echo-request, echo-reply }", "ip", "ttl", "62", "counter", "name", "second"},
-		} {
-			if out, err := h.Run(ctx, "nft", args...); err != nil {
-				t.Fatalf("nft %v on %s: %v: %s", args, h.Name, err, out)
-			}
-		}
+		addLoopCounters(ctx, t, h, a, d, 59)
 	}
 
 	// The stream: 40 s of echoes every 50 ms; the relay breaks 5 s in.
-	const count = 800
-	type result struct {
-		out string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := a.exec(ctx, "ping", "-c", strconv.Itoa(count), "-i", "0.05", "-W", "1", d.ip.String())
-		done <- result{out, err}
-	}()
+	wait := echoStream(ctx, t, a, d)
 	time.Sleep(5 * time.Second)
 	for _, pair := range [][2]int{{relay, 3}, {3, relay}} {
 		if err := blockDataPlane(ctx, hosts[pair[0]], hosts[pair[1]]); err != nil {
@@ -122,25 +81,7 @@ func TestRelayBreaksMidStream(t *testing.T) {
 		return nil
 	})
 	t.Logf("moved to %s %v after the relay's path broke", hosts[other].Name, time.Since(broke).Round(100*time.Millisecond))
-	var res result
-	select {
-	case res = <-done:
-	case <-time.After(3 * time.Minute):
-		t.Fatal("the ping stream did not end")
-	}
-	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(res.out)
-	if m == nil {
-		t.Fatalf("ping stream: %v\n%s", res.err, res.out)
-	}
-	received, _ := strconv.Atoi(m[2])
-	// Generous: the verdict on the broken path and the new route take a
-	// few seconds (docs/routing.md); 40 s of echoes leave room for 25.
-	if received < count*3/8 {
-		t.Fatalf("%d of %d echoes answered across the break", received, count)
-	}
-	t.Logf("%d of %d echoes (every 50 ms) answered across the break", received, count)
-	// The stream flows again on the other relay.
-	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error { return pingBoth(ctx, a, d) })
+	received := wait()
 
 	var routed int64
 	for i, h := range hosts {
@@ -168,5 +109,101 @@ func TestRelayBreaksMidStream(t *testing.T) {
 	}
 }
 
-// loopTable holds TestRelayBreaksMidStream's counters.
+// endPods starts a mesh of n hosts with a pod on the first (a) and one on
+// the last (d) that reach each other, and removes the tables of
+// blockDataPlane and addLoopCounters from every host at the end.
+func endPods(t *testing.T, n int, timeout time.Duration) (nodes []*node, hosts []*testnet.Host, a, d *pod, ctx context.Context) {
+	_, nodes, ctx = cniMesh(t, n, timeout)
+	for _, nd := range nodes {
+		hosts = append(hosts, nd.Host)
+	}
+	a, err := addPod(ctx, t, hosts[0], "poda")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err = addPod(ctx, t, hosts[n-1], "podd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error { return pingBoth(ctx, a, d) })
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, h := range hosts {
+			h.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+			h.Run(cctx, "nft", "delete", "table", "ip", loopTable)
+		}
+	})
+	return nodes, hosts, a, d, ctx
+}
+
+// echoStream starts a stream of 800 echoes from pod a to pod d, every
+// 50 ms (40 s), for a path to break under. The function it returns waits
+// for the stream's end and fails t unless 3/8 of the echoes were answered
+// (generous: the verdict on a broken path and the new routes take a few
+// seconds, docs/routing.md; 40 s of echoes leave room for 25) and the
+// pair pings again afterwards; it returns how many were answered.
+func echoStream(ctx context.Context, t *testing.T, a, d *pod) (wait func() int) {
+	const count = 800
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := a.exec(ctx, "ping", "-c", strconv.Itoa(count), "-i", "0.05", "-W", "1", d.ip.String())
+		done <- result{out, err}
+	}()
+	return func() int {
+		t.Helper()
+		var res result
+		select {
+		case res = <-done:
+		case <-time.After(3 * time.Minute):
+			t.Fatal("the ping stream did not end")
+		}
+		m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`).FindStringSubmatch(res.out)
+		if m == nil {
+			t.Fatalf("ping stream: %v\n%s", res.err, res.out)
+		}
+		received, _ := strconv.Atoi(m[2])
+		if received < count*3/8 {
+			t.Fatalf("%d of %d echoes answered across the break", received, count)
+		}
+		t.Logf("%d of %d echoes (every 50 ms) answered across the break", received, count)
+		testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error { return pingBoth(ctx, a, d) })
+		return received
+	}
+}
+
+// loopTable holds the loop counters of TestRelayBreaksMidStream and
+// TestRelayChainBreaksMidStream (addLoopCounters).
 const loopTable = "relayloop"
+
+// addLoopCounters makes counters on h of the echoes and answers between
+// pods a and d that h routes (forward hook, which sees the TTL after h's
+// own decrement): "routed", all of them; "low", those with a TTL below
+// below, which a packet reaches only by crossing more routing hosts than
+// the longest path without a cycle has; "second", those with TTL 62,
+// routed by the second routing host of a path (the hook's calibration).
+func addLoopCounters(ctx context.Context, t *testing.T, h *testnet.Host, a, d *pod, below int) {
+	t.Helper()
+	match := []string{"ip", "saddr", "{", a.ip.String(), ",", d.ip.String(), "}", "icmp", "type", "{ echo-request, echo-reply }"}
+	rule := func(extra ...string) []string {
+		return append(append([]string{"add", "rule", "ip", loopTable, "counted"}, match...), extra...)
+	}
+	for _, args := range [][]string{
+		{"add", "table", "ip", loopTable},
+		{"add", "chain", "ip", loopTable, "counted", "{ type filter hook forward priority 10; policy accept; }"},
+		{"add", "counter", "ip", loopTable, "routed"},
+		{"add", "counter", "ip", loopTable, "low"},
+		{"add", "counter", "ip", loopTable, "second"},
+		rule("counter", "name", "routed"),
+		rule("ip", "ttl", "lt", strconv.Itoa(below), "counter", "name", "low"),
+		rule("ip", "ttl", "62", "counter", "name", "second"),
+	} {
+		if out, err := h.Run(ctx, "nft", args...); err != nil {
+			t.Fatalf("nft %v on %s: %v: %s", args, h.Name, err, out)
+		}
+	}
+}
