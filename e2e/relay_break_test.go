@@ -113,6 +113,7 @@ func TestRelayBreaksMidStream(t *testing.T) {
 // the last (d) that reach each other, and removes the tables of
 // blockDataPlane and addLoopCounters from every host at the end.
 func endPods(t *testing.T, n int, timeout time.Duration) (nodes []*node, hosts []*testnet.Host, a, d *pod, ctx context.Context) {
+	t.Helper()
 	_, nodes, ctx = cniMesh(t, n, timeout)
 	for _, nd := range nodes {
 		hosts = append(hosts, nd.Host)

@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -75,4 +76,13 @@ func (a *Allocator) indexMismatch() string {
 		return fmt.Sprintf("sorted offsets %v, offsets held %v", a.offs, slices.Sorted(maps.Keys(a.byOff)))
 	}
 	return ""
+}
+
+// encodeFile is the state file's content (encodeFileTo into a new buffer).
+func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64, signedWire bool) ([]byte, error) {
+	var b bytes.Buffer
+	if err := encodeFileTo(&b, cfg, selfID, st, allocs, px, gw, floor, signedWire); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }

@@ -130,16 +130,8 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 	return l, nil
 }
 
-// encodeFile is the state file's content.
-func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64, signedWire bool) ([]byte, error) {
-	var b bytes.Buffer
-	if err := encodeFileTo(&b, cfg, selfID, st, allocs, px, gw, floor, signedWire); err != nil {
-		return nil, err
-	}
-	return b.Bytes(), nil
-}
-
-// encodeFileTo is encodeFile into buf, which it resets first.
+// encodeFileTo writes the state file's content into buf, which it resets
+// first.
 func encodeFileTo(buf *bytes.Buffer, cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64, signedWire bool) error {
 	signed := signedWire || hasSignatures(st)
 	f := fileState{
