@@ -594,3 +594,45 @@ func TestIPv6DonationKeepsRingEnds(t *testing.T) {
 	}
 	s.checkUnique(t, 9, 0)
 }
+
+// TestIPv6KeptEndNotAdvertised: the ring's last offset, which a donation
+// never gives away (TestIPv6DonationKeepsRingEnds), is not advertised as
+// free either. IPv6 simulation seed 62 ended with it as the mesh's one
+// free address: its owner advertised it, every waiting peer asked that
+// owner for it, and none ever got it.
+func TestIPv6KeptEndNotAdvertised(t *testing.T) {
+	const pfx = "fd32::/124" // 16 addresses
+	s := newSimNet(10)
+	s.add(t, "a", pfx, 1, 0)
+	s.settle(t, 3)
+	a := s.nodes["a"]
+	for i := 0; ; i++ {
+		if st := a.Status(); st.Free <= 1 {
+			break
+		}
+		if err := simAllocate(a, fmt.Sprint("pod", i)); err != nil {
+			t.Fatalf("allocate %d: %v", i, err)
+		}
+	}
+	if got := a.Status().Free; got != 1 {
+		t.Fatalf("free %d, want 1", got)
+	}
+	a.mu.Lock()
+	last := a.st.ring.size - 1
+	_, taken := a.byOff[last]
+	advertised := a.st.peers["a"].Free
+	a.mu.Unlock()
+	if taken {
+		t.Fatalf("the last offset was allocated before the others: %v", a.pods)
+	}
+	if advertised != 0 {
+		t.Fatalf("a advertises %d free addresses; its one free address is the ring's end, which it never donates", advertised)
+	}
+	// Its own pod still gets it.
+	if err := simAllocate(a, "last"); err != nil {
+		t.Fatalf("a's own pod did not get the ring's last address: %v", err)
+	}
+	if got := a.pods[Key{ContainerID: "last", IfName: "eth0"}]; got != netip.MustParseAddr("fd32::f") {
+		t.Fatalf("a's last pod got %v, want fd32::f", got)
+	}
+}

@@ -127,8 +127,14 @@ func (a *Allocator) unechoedLocked() bool {
 // (releasePoolForDonationLocked), or on a nearly full range those
 // addresses would stay promised to a peer that needs none of them while
 // others wait for space (soak seed 31).
+//
+// Free addresses that no donation gives away (the ring's ends,
+// largestFreeRun) are not advertised: a requester would ask this peer for
+// them again and again while another peer could give it space (IPv6
+// simulation seed 62). This peer's own pods still get them.
 func (a *Allocator) donatableFree() uint64 {
 	f := a.freeCount()
+	f -= min(f, a.keptEndsLocked())
 	n := a.unusedPoolLocked()
 	if n >= f {
 		if a.poolGivableLocked(f, n) {
@@ -154,6 +160,25 @@ func (a *Allocator) poolGivableLocked(f, n uint64) bool {
 		owned += sp.len()
 	}
 	return owned > f || f >= 2
+}
+
+// keptEndsLocked counts the ring's ends (offsets 0 and size-1) that are
+// free in this peer's space, not in its pool, and that freeCount counts
+// (usable): the addresses largestFreeRun never donates.
+func (a *Allocator) keptEndsLocked() uint64 {
+	ov, hasOv := a.gatewayOff()
+	res := a.reserved()
+	var n uint64
+	for _, off := range slices.Compact([]uint64{0, a.st.ring.size - 1}) {
+		e := a.st.ring.get(off)
+		_, mine := a.byOff[off]
+		_, pooled := a.pool[off]
+		_, held := res[off]
+		if e.Owner == a.cfg.Self && e.Dead == "" && a.usable(off) && !mine && !pooled && !held && !(hasOv && off == ov) {
+			n++
+		}
+	}
+	return n
 }
 
 func (a *Allocator) unusedPoolLocked() uint64 {
