@@ -143,6 +143,11 @@ type IPAM struct {
 	// peer may claim"). Absent when zero, and from an older daemon.
 	StateBytes int `json:"stateBytes,omitempty"`
 	Tombstones int `json:"tombstones,omitempty"`
+	// Deltas says that this node announces its ring changes by deltas
+	// (every member reads them, docs/ipam.md "Deltas"); false, by its
+	// whole state to every member, as while a member of an older release
+	// is in the mesh.
+	Deltas bool `json:"deltas,omitempty"`
 }
 
 // SignedStates says whether this node sends its IPAM states with signed

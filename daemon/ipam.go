@@ -109,6 +109,7 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 	}
 	cfg.IsMember = d.members.IsMember
 	cfg.Identities = ids
+	cfg.Deltas = func() bool { return deltasOn(d.members.Members(), time.Now()) }
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return nil, err
@@ -187,6 +188,7 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	out, overlay := allocatorStatus(d.ipam)
 	var problems []string
 	out.SignedStates, problems = d.signedStatus(d.ipam)
+	out.Deltas = deltasOn(d.members.Members(), time.Now())
 	// Named in this section only: a member that cannot read signed
 	// states is one problem, however many families run.
 	out.Problems = append(out.Problems, problems...)
@@ -208,6 +210,7 @@ func (d *Daemon) ipamStatus6() (*api.IPAM, string) {
 	out, overlay := allocatorStatus(d.ipam6)
 	out.Problems = append(out.Problems, lacksFamily(out.Peers, d.members.Members(), time.Now())...)
 	out.SignedStates, _ = d.signedStatus(d.ipam6)
+	out.Deltas = deltasOn(d.members.Members(), time.Now())
 	return out, overlay
 }
 

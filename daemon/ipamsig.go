@@ -89,6 +89,25 @@ type signedSwitch struct {
 }
 
 func signedSwitchOf(members []mesh.Member, now time.Time) signedSwitch {
+	return readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMInfos >= mesh.IPAMInfosRead })
+}
+
+// deltasOn says whether this node announces its IPAM ring changes by
+// deltas (docs/ipam.md, "Deltas"): while another member is live and
+// every member, live or gone within signedInfosGrace, reads them; else
+// by whole states, which every release reads. Unlike the switch to signed
+// states it is decided anew at every change, so it does not wait for the
+// membership to settle (a join, when most ring changes happen, would
+// always find it settling): a member of the previous release not learnt
+// yet drops a delta unread and learns the change by push/pull.
+func deltasOn(members []mesh.Member, now time.Time) bool {
+	s := readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMDeltas >= mesh.IPAMDeltasVersion })
+	return s.live > 0 && len(s.holders) == 0
+}
+
+// readSwitchOf is the snapshot for a format the members read when reads
+// says so.
+func readSwitchOf(members []mesh.Member, now time.Time, reads func(mesh.Meta) bool) signedSwitch {
 	var s signedSwitch
 	for _, m := range members {
 		if m.Self || (!m.State.Live() && now.Sub(m.Since) > signedInfosGrace) {
@@ -97,7 +116,7 @@ func signedSwitchOf(members []mesh.Member, now time.Time) signedSwitch {
 		if m.State.Live() {
 			s.live++
 		}
-		if m.Meta.IPAMInfos < mesh.IPAMInfosRead {
+		if !reads(m.Meta) {
 			s.holders = append(s.holders, m)
 		}
 		// Only a member learnt or back a moment ago hints at others not

@@ -294,3 +294,37 @@ func TestIPAMStatusSignedStates(t *testing.T) {
 		})
 	})
 }
+
+// TestDeltaSwitch: a node announces its IPAM ring changes by deltas only
+// while every member reads them (a member of the previous release, live
+// or gone within the grace, holds them back).
+func TestDeltaSwitch(t *testing.T) {
+	now := time.Now()
+	member := func(name string, state api.MemberState, dl int, since time.Duration) mesh.Member {
+		return mesh.Member{Name: name, State: state, Meta: mesh.Meta{IPAMDeltas: dl}, Since: now.Add(-since)}
+	}
+	self := mesh.Member{Name: "host1", State: api.MemberAlive, Self: true, Meta: mesh.Meta{IPAMDeltas: mesh.IPAMDeltasVersion}}
+	reads := member("host2", api.MemberAlive, mesh.IPAMDeltasVersion, time.Minute)
+	for _, tc := range []struct {
+		name    string
+		members []mesh.Member
+		want    bool
+	}{
+		{"alone", []mesh.Member{self}, false},
+		{"every member reads them", []mesh.Member{self, reads}, true},
+		{"a member of the previous release live", []mesh.Member{self, reads, member("host3", api.MemberAlive, 0, time.Minute)}, false},
+		{"one gone a moment ago", []mesh.Member{self, reads, member("host3", api.MemberDead, 0, signedInfosGrace/2)}, false},
+		{"one gone long ago", []mesh.Member{self, reads, member("host3", api.MemberLeft, 0, signedInfosGrace+time.Minute)}, true},
+		{"one that signs infos but reads no deltas", []mesh.Member{self, reads,
+			{Name: "host3", State: api.MemberAlive, Meta: mesh.Meta{IPAMInfos: mesh.IPAMInfosSigned}, Since: now.Add(-time.Minute)}}, false},
+		// No waiting for the membership to settle: most ring changes
+		// are the donations of a join.
+		{"a member that reads them joined a moment ago", []mesh.Member{self, reads, member("host3", api.MemberAlive, mesh.IPAMDeltasVersion, time.Second)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := deltasOn(tc.members, now); got != tc.want {
+				t.Fatalf("deltas = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

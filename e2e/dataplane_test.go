@@ -147,10 +147,23 @@ func nonEmptyLines(s string) []string {
 	return out
 }
 
+// The debug lines of ipam/delta.go: a ring change announced by a delta,
+// and learnt from one.
+const (
+	deltaSentLog   = "announced a ring change by a delta"
+	deltaMergedLog = "learnt a ring change from a delta"
+)
+
 func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 	_, nodes := startMesh(t, 3)
 	gone := nodes[2]
 	goneRanges := gone.MustStatus().IPAM.Owned
+	// Every member reads deltas: the removal below is announced by one.
+	for _, n := range nodes {
+		if ip := n.MustStatus().IPAM; ip == nil || !ip.Deltas {
+			t.Fatalf("%s announces ring changes by whole states though every member reads deltas: %+v", n.Host.Name, ip)
+		}
+	}
 	if err := gone.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -167,8 +180,19 @@ func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 		_, err := nodes[0].Host.Run(ctx, nodes[0].Bin, "rmpeer", gone.Host.Name)
 		return err
 	})
+	// The removal went out as a delta, and the other live node merged
+	// it (not only a push/pull's whole state).
+	testnet.Eventually(t, 20*time.Second, 250*time.Millisecond, func() error {
+		if !strings.Contains(nodes[0].Proc.Log(), deltaSentLog) {
+			return fmt.Errorf("%s logged no %q", nodes[0].Host.Name, deltaSentLog)
+		}
+		if !strings.Contains(nodes[1].Proc.Log(), deltaMergedLog) {
+			return fmt.Errorf("%s logged no %q", nodes[1].Host.Name, deltaMergedLog)
+		}
+		return nil
+	})
 	// On the third node, the first node's AllowedIPs now cover the dead
-	// node's ranges: one gossip broadcast, no restart.
+	// node's ranges: one gossip message, no restart.
 	testnet.Eventually(t, 20*time.Second, 250*time.Millisecond, func() error {
 		st, err := nodes[1].Status()
 		if err != nil {

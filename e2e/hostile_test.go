@@ -30,7 +30,9 @@ const floodAllocateBound = 5 * time.Second
 // live node's name from hours ahead, a Held list in another's space and
 // one of the whole range, thousands of invented names, a replayed old
 // state, claims under a live node's name within every bound: unsigned,
-// with a forged signature, a removal signed by the forger). Afterwards no
+// with a forged signature, a removal signed by the forger; the two ring
+// forgeries also as deltas, and the forger says it reads deltas, so the
+// honest nodes announce their ring changes by deltas). Afterwards no
 // address is handed out twice, no honest range
 // moved, Allocate stayed fast during the flood, the daemons' memory stayed
 // bounded, and every kind of refusal is counted in the metric and named
@@ -75,7 +77,7 @@ func TestHostilePeer(t *testing.T) {
 	bin := testnet.BuildBinary(t, "./e2e/testdata/hostile")
 	evil := evilHost.Start(t, bin, []string{"--name", "evil", "--addr", evilHost.Addr.String(),
 		"--peer", nodes[0].Host.Addr.String() + ":6783", "--victim", victim.Host.Name, "--other", other.Host.Name,
-		"--duration", "25s"}, meshtest.Env())
+		"--duration", "25s", "--deltas"}, meshtest.Env())
 	defer func() {
 		if t.Failed() {
 			t.Logf("hostile peer's output:\n%s", evil.Log())

@@ -104,6 +104,10 @@ func TestUpgradeFromPreviousReleaseNodeByNode(t *testing.T) {
 				if strings.Contains(u.Proc.Log(), signedStatesLog) {
 					t.Fatalf("%s sends signed IPAM states while previous-release nodes remain", u.Host.Name)
 				}
+				// Nor deltas, which the previous release drops unread.
+				if ip := u.MustStatus().IPAM; ip == nil || ip.Deltas || strings.Contains(u.Proc.Log(), deltaSentLog) {
+					t.Fatalf("%s announces IPAM ring changes by deltas while previous-release nodes remain", u.Host.Name)
+				}
 			}
 			// Status says so, naming the nodes of the previous release
 			// left (the ones restarted are back with the new binary).
@@ -136,7 +140,13 @@ func TestUpgradeFromPreviousReleaseNodeByNode(t *testing.T) {
 	})
 	for _, n := range nodes {
 		testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
-			return signedStatesAre(n, true, nil, "yes")
+			if err := signedStatesAre(n, true, nil, "yes"); err != nil {
+				return err
+			}
+			if ip := n.MustStatus().IPAM; ip == nil || !ip.Deltas {
+				return fmt.Errorf("%s does not announce ring changes by deltas though every member reads them", n.Host.Name)
+			}
+			return nil
 		})
 	}
 	waitKeys(t, nodes, []string{pw.ID(), legacy.ID()}, pw.ID())

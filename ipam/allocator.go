@@ -117,6 +117,9 @@ type Allocator struct {
 	// and neither reclaims nor donates (I6 in docs/ipam.md).
 	recovering    bool
 	recoveredFrom map[string]bool
+	// deltaForwards counts the deltas passed on since the last tick
+	// (deltaForwardsPerTick).
+	deltaForwards int
 }
 
 type outMsg struct {
@@ -798,7 +801,7 @@ func (a *Allocator) takeOutbox() []outMsg {
 	}
 	if a.recovering {
 		out = slices.DeleteFunc(out, func(m outMsg) bool {
-			return !m.recovery && (m.msg[0] == msgState || m.msg[0] == msgEchoReq)
+			return !m.recovery && (m.msg[0] == msgState || m.msg[0] == msgEchoReq || m.msg[0] == msgDelta)
 		})
 	}
 	return out

@@ -59,6 +59,9 @@ type wireState struct {
 	// verified holds the signature checks done before the merge took
 	// the lock (preVerify), by name; not part of the wire form.
 	verified map[string]error
+	// delta marks a delta (msgDelta): part of its writer's state, so
+	// neither an echo nor a recovery exchange; not part of the wire form.
+	delta bool
 }
 
 // encodeState is the form every release reads: MIP2 or MIP6, without

@@ -53,6 +53,12 @@ type Config struct {
 	// (docs/ipam.md, "Signed peer infos"). Nil: infos are neither signed
 	// nor checked, as in the previous release (tests, simulations).
 	Identities Identities
+	// Deltas says whether every member reads ring-change deltas
+	// (docs/ipam.md, "Deltas"), so that this peer may announce its ring
+	// changes by them rather than by its whole state. Called under the
+	// allocator's lock: it must not block nor call the Allocator. Nil:
+	// never (a node of the previous release drops deltas unread).
+	Deltas func() bool
 }
 
 // DefaultConfig returns a Config with the default cluster range and a single

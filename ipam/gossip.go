@@ -134,10 +134,9 @@ func (a *Allocator) stateMsgLocked() []byte {
 	return append([]byte{msgState}, a.encodeOwnLocked()...)
 }
 
-// broadcastStateLocked tells everyone about a change this peer wrote. The
-// whole state goes out, never a delta: whoever learns of a write then also
-// knows everything its writer knew, which the heir rule of reclaim relies on
-// (docs/ipam.md, "causal closure").
+// broadcastStateLocked sends this peer's whole state to everyone: the
+// seeding of the ring, the end of a recovery (I6), and every ring change
+// while some member cannot read deltas (announceLocked).
 func (a *Allocator) broadcastStateLocked() {
 	a.outbox = append(a.outbox, outMsg{msg: a.stateMsgLocked()})
 }
@@ -179,7 +178,7 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 	// hold up Allocate while it is parsed.
 	var w wireState
 	var err error
-	if msg[0] == msgState || msg[0] == msgEchoReq {
+	if msg[0] == msgState || msg[0] == msgEchoReq || msg[0] == msgDelta {
 		if w, err = decodeState(msg[1:]); err == nil {
 			w.verified = a.preVerify(w)
 		}
@@ -202,6 +201,13 @@ func (a *Allocator) HandleMessage(from string, msg []byte) error {
 				// so that a whole cluster restarting at once recovers.
 				a.outbox = append(a.outbox, outMsg{to: w.sender, msg: a.stateMsgLocked(), recovery: isRecoveryState(w)})
 			}
+		}
+	case msgDelta:
+		if err != nil {
+			a.rejectLocked(RejectCorrupt, fmt.Sprintf("from %s: %v", from, err))
+			err = fmt.Errorf("%w: from %s: %v", ErrCorruptState, from, err)
+		} else {
+			err = a.mergeDeltaLocked(from, w, msg)
 		}
 	case msgAsk:
 		d := &decoder{b: msg[1:]}
@@ -255,7 +261,13 @@ func (a *Allocator) mergeLocked(w wireState) error {
 			}
 		}
 	}
-	a.liveness.observe(a, w.sender, w.st)
+	if w.delta {
+		// Heartbeats learnt, but no echo: a delta is part of its
+		// writer's state, and echoes count whole states only.
+		a.liveness.observe(a, "", w.st)
+	} else {
+		a.liveness.observe(a, w.sender, w.st)
+	}
 	a.boundMapsLocked()
 	a.gatewayUsableLocked() // record an echo of a new gateway with what was learnt
 	a.noteRecoveryLocked(w)
@@ -335,7 +347,7 @@ func (a *Allocator) seedConflictLocked(sender string, ours, theirs seed) {
 // noteRecoveryLocked counts a full state merged from another voter towards
 // the end of recovery (I6).
 func (a *Allocator) noteRecoveryLocked(w wireState) {
-	if !a.recovering || w.sender == "" || w.sender == a.cfg.Self || isRecoveryState(w) {
+	if !a.recovering || w.delta || w.sender == "" || w.sender == a.cfg.Self || isRecoveryState(w) {
 		return
 	}
 	if p, ok := a.st.peers[w.sender]; !ok || p.Removed {

@@ -69,6 +69,7 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 		return 0, nil
 	}
 	var n int
+	before := a.st.ring
 	if authoritative {
 		a.st.ring, n = a.st.ring.rewrite(
 			func(e entry) bool { return e.Owner == name },
@@ -113,7 +114,7 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 		// broadcast would be held back anyway.
 		a.checkRecoveredLocked()
 	} else {
-		a.broadcastStateLocked()
+		a.announceLocked(before, name)
 	}
 	out := a.takeOutbox()
 	a.mu.Unlock()
@@ -127,13 +128,15 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 // claimOrphansLocked makes this peer the heir of tombstoned space that
 // follows space it owns. The heir of a run of tombstones is the owner of the
 // address just below it: at any moment at most one peer believes it owns a
-// given address, and because states travel whole, a peer that later comes to
+// given address, and because a transfer travels in a whole state or in a
+// delta that holds the run after it (delta.go), a peer that later comes to
 // own that address also learns the earlier heir's claim.
 func (a *Allocator) claimOrphansLocked() bool {
 	if a.recovering {
 		return false // no reclaim on stale knowledge (I6)
 	}
 	changed := false
+	before := a.st.ring
 	for _, run := range a.st.ring.spans(func(e entry) bool { return e.Owner == "" && e.Dead != "" }) {
 		if !a.heirOfLocked(run) {
 			continue
@@ -152,7 +155,7 @@ func (a *Allocator) claimOrphansLocked() bool {
 	}
 	if changed {
 		a.reservedCache = nil
-		a.broadcastStateLocked()
+		a.announceLocked(before)
 	}
 	return changed
 }

@@ -47,6 +47,21 @@ type scaleRow struct {
 	joinSent     int     // bytes the joiner sent
 	joinRecv     int     // bytes the joiner received until it owned space
 	joinRounds   int
+	// The same join announced by a delta (the default once every
+	// member reads them), on the same mesh afterwards.
+	delta deltaJoin
+}
+
+// deltaJoin is what a join costs when the donor announces it by a delta.
+type deltaJoin struct {
+	total    int     // bytes all transports carried
+	donor    int     // of which the donor sent (the whole state to the joiner, its deltas)
+	maxOther int     // most any other node sent
+	maxRecv  int     // most any node but the joiner received
+	mean     float64 // total / nodes
+	deltaLen int     // bytes of the delta
+	deltas   int     // delta messages sent in all
+	missed   int     // nodes the epidemic missed (push/pull brings them the change)
 }
 
 func TestScaleGossipBytes(t *testing.T) {
@@ -86,6 +101,35 @@ func TestScaleGossipBytes(t *testing.T) {
 		if r.changeDonor < (n-1)*r.state*9/10 {
 			t.Errorf("n=%d: the donor sent %d bytes, less than the whole state (%d) to each of %d members", n, r.changeDonor, r.state, n-1)
 		}
+		// With deltas: the donor sends one whole state (to the joiner)
+		// and deltaFanout deltas; every other node at most its push/pull
+		// answer to the joiner and deltaFanout deltas; no node but the
+		// joiner receives more than a few deltas. None of it grows with
+		// the whole state.
+		d, fan := r.delta, deltaFanout(n+1)
+		if d.deltas == 0 || d.deltaLen > 1024 {
+			t.Errorf("n=%d: %d deltas of up to %d bytes, want some, each under 1 KiB", n, d.deltas, d.deltaLen)
+		}
+		if d.donor > r.state*11/10+fan*d.deltaLen {
+			t.Errorf("n=%d: with deltas the donor sent %d bytes, more than one whole state (%d) and %d deltas of %d", n, d.donor, r.state, fan, d.deltaLen)
+		}
+		if d.maxOther > r.state*11/10+fan*d.deltaLen {
+			t.Errorf("n=%d: with deltas a node sent %d bytes, more than one whole state (%d) and %d deltas of %d", n, d.maxOther, r.state, fan, d.deltaLen)
+		}
+		if d.missed > n/10 {
+			t.Errorf("n=%d: the epidemic missed %d nodes, want at most a tenth", n, d.missed)
+		}
+	}
+	// Sublinear: from the smallest to the largest mesh measured, the mean
+	// bytes per node per ring change with deltas grow far slower than the
+	// mesh (they grow with log N: the fanout), while with whole states
+	// they grow with N.
+	if len(rows) >= 2 {
+		lo, hi := rows[0], rows[len(rows)-1]
+		growth, nGrowth := hi.delta.mean/lo.delta.mean, float64(hi.n)/float64(lo.n)
+		if growth > nGrowth/2 {
+			t.Errorf("mean bytes per node per change with deltas grew %.1fx from %d to %d nodes (%.0f to %.0f), want under half of the %.0fx growth of the mesh", growth, lo.n, hi.n, lo.delta.mean, hi.delta.mean, nGrowth)
+		}
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n%6s %10s %10s %14s %12s %12s %12s %12s %14s %12s %12s %7s\n", "N", "state B", "file B", "change total B", "donor B", "max other B", "mean/node B", "ticks B/n/s", "rest B/node/s", "join recv B", "join sent B", "rounds")
@@ -112,6 +156,11 @@ func TestScaleGossipBytes(t *testing.T) {
 		const x = 5000
 		fmt.Fprintf(&b, "EXTRAPOLATION to N=%d (not measured): state %.0f KB; donor %.0f MB; total per change %.0f MB; mean per node per change %.0f KB; rest %.0f B/node/s (push/pull every %v)\n",
 			x, aState*x/1e3, aDonor*x*x/1e6, aTotal*x*x/1e6, aMean*x/1e3, 2*aState*x/pushPullEvery(x).Seconds(), pushPullEvery(x))
+	}
+	fmt.Fprintf(&b, "the same join announced by a delta (on the mesh of N+1 the first join left):\n%6s %10s %8s %14s %12s %12s %12s %12s %8s\n", "N", "delta B", "deltas", "change total B", "donor B", "max other B", "max recv B", "mean/node B", "missed")
+	for _, r := range rows {
+		d := r.delta
+		fmt.Fprintf(&b, "%6d %10d %8d %14d %12d %12d %12d %12.0f %8d\n", r.n, d.deltaLen, d.deltas, d.total, d.donor, d.maxOther, d.maxRecv, d.mean, d.missed)
 	}
 	t.Log(b.String())
 }
@@ -144,7 +193,10 @@ func measureScale(t *testing.T, n int) scaleRow {
 	// A new node joins: memberlist's join is one push/pull with the node
 	// it names; then ticks and messages run until every ring agrees and
 	// the joiner owns space. Push/pull is left out of this window (it is
-	// the rest figure), so the bytes are those of the ring change.
+	// the rest figure), so the bytes are those of the ring change. First
+	// announced by whole states (as while a member of the previous
+	// release is in the mesh), then, on the same mesh, by a delta.
+	s.whole = true
 	s.sent, s.recv = map[string]int{}, map[string]int{}
 	joiner := "joiner.cluster.local"
 	j := s.add(t, joiner, "10.32.0.0/12", n, 0)
@@ -181,7 +233,87 @@ func measureScale(t *testing.T, n int) scaleRow {
 	}
 	row.changeMean = float64(row.changeTotal) / float64(n+1)
 	s.sent, s.recv = nil, nil
+	row.delta = measureDeltaJoin(t, s, names[1])
 	return row
+}
+
+// measureDeltaJoin has a second node join the settled mesh s through
+// via, with deltas on, and counts what every transport carried until
+// the joiner owned space and nothing was queued; then it runs push/pull
+// rounds until every ring agrees (a node the epidemic missed learns the
+// change so) and fails if they do not.
+func measureDeltaJoin(t *testing.T, s *simNet, via string) deltaJoin {
+	t.Helper()
+	s.whole = false
+	quiet(t, s, len(s.nodes))
+	n := len(s.nodes) + 1
+	s.sent, s.recv = map[string]int{}, map[string]int{}
+	var deltaMsgs []int
+	s.onSend = func(from, to string, msg []byte) {
+		if msg[0] == msgDelta {
+			deltaMsgs = append(deltaMsgs, len(msg))
+		}
+	}
+	defer func() { s.onSend = nil }()
+	joiner := "joiner2.cluster.local"
+	j := s.add(t, joiner, "10.32.0.0/12", n, 0)
+	sa, sb := j.LocalState(), s.nodes[via].LocalState()
+	s.sent[joiner] += len(sa)
+	s.recv[via] += len(sa)
+	s.sent[via] += len(sb)
+	s.recv[joiner] += len(sb)
+	_ = s.nodes[via].MergeRemoteState(sa)
+	_ = j.MergeRemoteState(sb)
+	for rounds := 1; ; rounds++ {
+		if rounds > 60 {
+			t.Fatalf("n=%d: the second joiner owns no space after 60 rounds", n)
+		}
+		quietRound(s)
+		if len(s.queue) == 0 && ownsSpace(j) {
+			break
+		}
+	}
+	var d deltaJoin
+	d.total = sum(s.sent)
+	d.deltas = len(deltaMsgs)
+	for _, l := range deltaMsgs {
+		d.deltaLen = max(d.deltaLen, l)
+	}
+	var donor string
+	for _, name := range slices.Sorted(maps.Keys(s.sent)) {
+		if name != joiner && name != via && s.sent[name] > s.sent[donor] {
+			donor = name
+		}
+	}
+	d.donor = s.sent[donor]
+	for name, b := range s.sent {
+		if name != donor && name != joiner && b > d.maxOther {
+			d.maxOther = b
+		}
+	}
+	for name, b := range s.recv {
+		if name != joiner && b > d.maxRecv {
+			d.maxRecv = b
+		}
+	}
+	d.mean = float64(d.total) / float64(n)
+	ref := s.nodes[donor]
+	ref.mu.Lock()
+	want := ref.st.ring.clone()
+	ref.mu.Unlock()
+	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
+		a := s.nodes[name]
+		a.mu.Lock()
+		if !a.st.ring.equal(want) {
+			d.missed++
+		}
+		a.mu.Unlock()
+	}
+	s.sent, s.recv = nil, nil
+	if msg := s.trySettle(0); msg != "" {
+		t.Fatalf("n=%d: rings differ after the delta join and push/pull: %s", n, msg)
+	}
+	return d
 }
 
 // settledScaleSim is a settled n-node mesh with scalePods pods per node,

@@ -27,6 +27,7 @@ var (
 	simSeed  = flag.Uint64("ipam.sim.seed", 0, "replay the simulation with this seed (0 = fixed default seeds)")
 	simSteps = flag.Int("ipam.sim.steps", 0, "simulation steps (0 = short default; MESH_SOAK=1 runs a long one)")
 	simTrace = flag.Bool("ipam.sim.trace", false, "log the digest of the message trace after every step (to find where two runs diverge)")
+	simWhole = flag.Bool("ipam.sim.whole", false, "simulated peers announce ring changes by whole states, not deltas (as while a member of the previous release is in the mesh)")
 )
 
 // memStore is an in-memory stateStore. A write is atomic and durable the
@@ -79,6 +80,17 @@ type simNet struct {
 	// Transport carries, by sender and by receiver (scale_test.go).
 	sent, recv map[string]int
 	msgs       int // messages counted in sent
+	// whole makes the peers announce ring changes by whole states, as
+	// peers do while a member cannot read deltas; by default they send
+	// deltas (Config.Deltas).
+	whole bool
+	// mixed makes every other peer (by the parity of its name's last
+	// byte) announce by whole states and the rest by deltas: views of
+	// the membership differ for a moment when the last member of the
+	// previous release leaves or joins.
+	mixed bool
+	// onSend, when set, sees every message a Transport is handed.
+	onSend func(from, to string, msg []byte)
 }
 
 func newSimNet(seed uint64) *simNet {
@@ -92,6 +104,7 @@ func newSimNet(seed uint64) *simNet {
 		part:   map[string]int{},
 		gws:    map[string]netip.Addr{},
 		trace:  sha256.New(),
+		whole:  *simWhole,
 	}
 }
 
@@ -139,6 +152,9 @@ func (t simTransport) SendTo(peer string, msg []byte) error {
 
 // count adds one message to the byte counters, if they are on.
 func (s *simNet) count(from, to string, msg []byte) {
+	if s.onSend != nil {
+		s.onSend(from, to, msg)
+	}
 	if s.sent != nil {
 		s.sent[from] += len(msg)
 		s.recv[to] += len(msg)
@@ -171,6 +187,7 @@ func (s *simNet) add(t testing.TB, name, prefix string, initial int, reclaim tim
 	if s.ids != nil {
 		cfg.Identities = s.ids.node(name)
 	}
+	cfg.Deltas = func() bool { return !s.whole && !(s.mixed && name[len(name)-1]%2 == 1) }
 	if os.Getenv("SIMLOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("peer", name)
 	}
@@ -499,6 +516,9 @@ type simParams struct {
 	// seedClash bootstraps two halves apart, so two independently seeded
 	// rings meet at the first heal.
 	seedClash bool
+	// whole and mixed set simNet's fields of those names (how ring
+	// changes are announced); neither: deltas, unless -ipam.sim.whole.
+	whole, mixed bool
 }
 
 func TestSimulation(t *testing.T) {
@@ -577,6 +597,32 @@ func TestSimulationRestarts(t *testing.T) {
 	}
 }
 
+// TestSimulationAnnouncements runs the restart and small-range
+// simulations with ring changes announced by whole states (a mesh with a
+// member of the previous release) and by a mix of whole states and
+// deltas (views of the membership that differ while one comes or goes);
+// the other simulations announce by deltas.
+func TestSimulationAnnouncements(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		seed uint64
+		p    simParams
+	}{
+		{"restarts/whole", 31, simParams{peers: 12, steps: 500, prefix: "10.41.0.0/24", reclaim: 8 * time.Second, powerLoss: true, whole: true}},
+		{"restarts/mixed", 32, simParams{peers: 12, steps: 500, prefix: "10.41.0.0/24", reclaim: 8 * time.Second, powerLoss: true, mixed: true}},
+		{"small/whole", 11, simParams{peers: 12, steps: 1500, prefix: "10.9.0.0/25", whole: true}},
+		{"small/mixed", 12, simParams{peers: 12, steps: 1500, prefix: "10.9.0.0/25", mixed: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			seed := tc.seed
+			if *simSeed != 0 {
+				seed = *simSeed
+			}
+			runSimulation(t, seed, tc.p)
+		})
+	}
+}
+
 // TestSimulationSeedClash starts two halves apart, each seeding its own
 // ring, then lets them meet under the usual churn, with and without
 // reclaim.
@@ -607,6 +653,8 @@ func TestSimulationSeedClash(t *testing.T) {
 func runSimulation(t *testing.T, seed uint64, p simParams) string {
 	t.Logf("seed %d (replay with -ipam.sim.seed=%d)", seed, seed)
 	s := newSimNet(seed)
+	s.whole = s.whole || p.whole
+	s.mixed = p.mixed
 	if p.seedClash {
 		// Two halves, each told only of its own members, bootstrap apart
 		// and are connected by the first heal.

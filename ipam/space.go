@@ -187,6 +187,7 @@ func (a *Allocator) donateLocked(to string) {
 		return
 	}
 	give := span{run.start + run.len()/2, run.end}
+	before := a.st.ring
 	a.st.ring = a.st.ring.update(give.start, give.end, func(e entry) entry {
 		return entry{Version: e.Version + 1, Owner: to}
 	})
@@ -202,8 +203,9 @@ func (a *Allocator) donateLocked(to string) {
 		return
 	}
 	a.log.Info("gave space", "to", to, "cidrs", spanCIDRs(a.cfg.Range, give))
-	msg := a.stateMsgLocked()
-	a.outbox = append(a.outbox, outMsg{to: to, msg: msg}, outMsg{msg: msg})
+	// The requester gets the whole state, everyone else the change.
+	a.outbox = append(a.outbox, outMsg{to: to, msg: a.stateMsgLocked()})
+	a.announceLocked(before)
 	a.ringChangedLocked()
 }
 

@@ -44,8 +44,9 @@ func (a *Allocator) Tick() {
 	a.paxosTickLocked()
 	a.recoveryTickLocked()
 	a.refillPoolLocked()
-	if a.autoReclaimLocked() {
-		a.broadcastStateLocked()
+	a.deltaForwards = 0
+	if ring := a.st.ring; a.autoReclaimLocked() {
+		a.announceLocked(ring)
 	}
 	a.claimOrphansLocked()
 	if !a.st.ring.equal(before) {

@@ -239,8 +239,22 @@ func goneForGood(name string, p peerInfo, space map[string][]span) bool {
 // than maxRingStep, or reach maxCounter. Across seeds versions start
 // again, so against another seed's ring only maxForeignRingVersion
 // applies.
+//
+// It also refuses a seeded ring with an entry of version 0 that names a
+// peer: no writer writes one (seeding writes version 1), and a delta
+// leaves the unseeded entry, version 0, wherever it carries nothing, so
+// that entry must stay below every entry a ring holds.
 func (a *Allocator) screenRingLocked(w *wireState) error {
 	mine, theirs := a.st.ring, w.st.ring
+	if !w.st.seed.isZero() {
+		for _, sg := range theirs.segs {
+			if sg.e.Version == 0 && sg.e != (entry{}) {
+				d := fmt.Sprintf("from %s: ring entry of version 0 at offset %d names a peer", orUnknown(w.sender), sg.start)
+				a.rejectLocked(RejectCounter, d)
+				return fmt.Errorf("%w: %s: %s", ErrRejected, RejectCounter, d)
+			}
+		}
+	}
 	if a.st.seed != w.st.seed || mine.size != theirs.size {
 		for _, sg := range theirs.segs {
 			if sg.e.Version >= maxForeignRingVersion {

@@ -59,6 +59,11 @@ type Meta struct {
 	// every member reads them yet); IPAMInfosSigned once it sends its
 	// infos signed, for good. Old nodes ignore the field.
 	IPAMInfos int `json:"ii,omitempty"`
+	// IPAMDeltas is the version of the IPAM's ring-change deltas the node
+	// reads (docs/ipam.md, "Deltas"): absent (0) on a node of the
+	// previous release, which drops them unread, so that while one is a
+	// member every node announces its ring changes by whole states.
+	IPAMDeltas int `json:"dl,omitempty"`
 	// Sig signs the metadata bytes before it together with the node's name
 	// and advertised address (signedMetaBytes). It is always the last
 	// field on the wire; set by SignMeta only.
@@ -70,6 +75,9 @@ const (
 	IPAMInfosRead   = 1
 	IPAMInfosSigned = 2
 )
+
+// IPAMDeltasVersion is the Meta.IPAMDeltas of a node that reads deltas.
+const IPAMDeltasVersion = 1
 
 // PathMetaVersion is the format of PathMeta; a node that reads a higher
 // one treats the sender as if it sent none.

@@ -43,6 +43,12 @@ func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 		// A label no longer than the others: a longer one would realign
 		// every line that scripts may match.
 		fmt.Fprintf(tw, "Signed:\t%s\n", signedLine(ip.SignedStates))
+		// Beside it, as both come with the same release.
+		changes := "whole states (a member cannot read deltas)"
+		if ip.Deltas {
+			changes = "deltas"
+		}
+		fmt.Fprintf(tw, "Changes:\t%s\n", changes)
 	}
 	tw.Flush()
 	peers := append([]api.IPAMPeer(nil), ip.Peers...)

@@ -31,8 +31,9 @@ func main() {
 	other := flag.String("other", "", "another live honest node")
 	duration := flag.Duration("duration", 20*time.Second, "how long to flood")
 	keyFile := flag.String("key-file", "", "the mesh key file (else MESH_PASSWORD and MESH_NAME)")
+	deltas := flag.Bool("deltas", false, "say it reads IPAM deltas (so the honest nodes send them), and send the forged ring changes as deltas too")
 	flag.Parse()
-	if err := run(*name, *addr, *peer, *victim, *other, *keyFile, *duration); err != nil {
+	if err := run(*name, *addr, *peer, *victim, *other, *keyFile, *duration, *deltas); err != nil {
 		fmt.Fprintln(os.Stderr, "hostile:", err)
 		os.Exit(1)
 	}
@@ -65,13 +66,14 @@ func (c *capture) MergeRemoteState(b []byte) error {
 }
 
 func (c *capture) HandleMessage(_ string, msg []byte) error {
+	// Whole states only: a delta is part of one.
 	if len(msg) > 1 && msg[0] == 1 {
 		return c.MergeRemoteState(msg[1:])
 	}
 	return nil
 }
 
-func run(name, addr, peer, victim, other, keyFile string, duration time.Duration) error {
+func run(name, addr, peer, victim, other, keyFile string, duration time.Duration, deltas bool) error {
 	key, err := meshKey(keyFile)
 	if err != nil {
 		return err
@@ -90,6 +92,9 @@ func run(name, addr, peer, victim, other, keyFile string, duration time.Duration
 	cfg.BindAddr = cfg.AdvertiseAddr
 	cfg.GossipKey = key.GossipKey()
 	cfg.Meta = mesh.Meta{PeerID: "hostile-" + name, Version: "hostile", PublicKey: pub.String(), DPPort: 6784, Keys: []string{key.ID()}}
+	if deltas {
+		cfg.Meta.IPAMDeltas = mesh.IPAMDeltasVersion
+	}
 	cfg.Targets = []string{peer}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	m, err := mesh.New(cfg)
@@ -127,7 +132,7 @@ func run(name, addr, peer, victim, other, keyFile string, duration time.Duration
 		if err != nil {
 			return err
 		}
-		for _, a := range attacks(w, first, name, victim, other) {
+		for _, a := range attacks(w, first, name, victim, other, deltas) {
 			c.mu.Lock()
 			if len(a.msg) > 1 {
 				c.forged = a.msg[1:]
@@ -177,8 +182,10 @@ type attack struct {
 	reliable bool // sent to each member over TCP, not broadcast
 }
 
-// attacks forges one message of each kind from the latest honest state w.
-func attacks(w ipam.Wire, first []byte, self, victim, other string) []attack {
+// attacks forges one message of each kind from the latest honest state w;
+// with deltas, the ring changes also as deltas (message type 8), sent to
+// each member, which merges them as it merges a state.
+func attacks(w ipam.Wire, first []byte, self, victim, other string, deltas bool) []attack {
 	now := uint64(time.Now().UnixMilli())
 	size := uint64(1) << (32 - w.Prefix.Bits())
 	var out []attack
@@ -264,8 +271,18 @@ func attacks(w ipam.Wire, first []byte, self, victim, other string) []attack {
 	out = append(out, attack{name: "whole-range-held", msg: whole})
 	// A replayed old state, as it was first captured.
 	out = append(out, attack{name: "replay", msg: append([]byte{1}, first...)})
+	if deltas {
+		for _, a := range slices.Clone(out[:2]) { // max-epoch, range-jump
+			msg := slices.Clone(a.msg)
+			msg[0] = msgDelta
+			out = append(out, attack{name: a.name + "-delta", msg: msg, reliable: true})
+		}
+	}
 	return out
 }
+
+// msgDelta is the IPAM's message type of a delta (ipam/delta.go).
+const msgDelta = 8
 
 // randomSig is 64 bytes no identity signed.
 func randomSig() []byte {
