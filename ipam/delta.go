@@ -162,6 +162,36 @@ func (a *Allocator) mergeDeltaLocked(from string, w wireState, msg []byte) error
 	return nil
 }
 
+// knowsDelta says whether merging the delta w would change nothing: it is
+// of our seed, our ring holds at least its entry wherever it carries one,
+// and every info it carries is one we hold or older. Merged state only
+// grows, so the answer stays true once the lock is released.
+func (a *Allocator) knowsDelta(w wireState) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if w.st.seed.isZero() || w.st.seed != a.st.seed || w.st.ring.size != a.st.ring.size {
+		return false
+	}
+	for name, p := range w.st.peers {
+		if cur, ok := a.st.peers[name]; !ok || comparePeerInfo(p, cur) > 0 {
+			return false
+		}
+	}
+	r := w.st.ring
+	for i, s := range r.segs {
+		if s.e == (entry{}) {
+			continue
+		}
+		end := r.end(i)
+		for k := a.st.ring.find(s.start); k < len(a.st.ring.segs) && a.st.ring.segs[k].start < end; k++ {
+			if ours := a.st.ring.segs[k].e; joinEntry(ours, s.e) != ours {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // deltaRing is the part of after that differs from before, each changed
 // run extended by the whole run of after that follows it (cyclically: the
 // heir of a run is the owner of the address below it), and every other

@@ -136,7 +136,7 @@ func TestDeltaGoesToFewAndSpreads(t *testing.T) {
 
 // TestDeltaOfAnotherSeedNotMerged: a delta holds part of a ring, so one of
 // another seed (which would replace the whole ring) or sent to an unseeded
-// peer is dropped, and nothing changes; one of our seed merges.
+// peer is dropped, and nothing changes; one of our seed merges, once.
 func TestDeltaOfAnotherSeedNotMerged(t *testing.T) {
 	cfg := testConfig(t, "a", "10.0.0.0/24")
 	a := mustNew(t, cfg, nil)
@@ -166,11 +166,23 @@ func TestDeltaOfAnotherSeedNotMerged(t *testing.T) {
 	}
 	part.seed = before.seed
 	part.ring = newRing(256).update(200, 210, func(entry) entry { return entry{Version: 2, Owner: "b"} })
-	if err := a.HandleMessage("b", append([]byte{msgDelta}, encodeState(cfg.Range, "b", part)...)); err != nil {
+	delta := append([]byte{msgDelta}, encodeState(cfg.Range, "b", part)...)
+	if err := a.HandleMessage("b", delta); err != nil {
+		t.Fatal(err)
+	}
+	// A second copy (every peer gets about ln(N)+3) is known: not merged
+	// again, so not even this peer's heartbeat moves.
+	a.mu.Lock()
+	v := a.st.peers["a"].Version
+	a.mu.Unlock()
+	if err := a.HandleMessage("c", delta); err != nil {
 		t.Fatal(err)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if got := a.st.peers["a"].Version; got != v {
+		t.Fatalf("a second copy of a delta was merged again (our info moved from version %d to %d)", v, got)
+	}
 	if e := a.st.ring.get(205); e != (entry{Version: 2, Owner: "b"}) {
 		t.Fatalf("a delta of our seed was not merged: offset 205 is %+v", e)
 	}
