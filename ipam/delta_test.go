@@ -138,12 +138,8 @@ func TestDeltaGoesToFewAndSpreads(t *testing.T) {
 // another seed (which would replace the whole ring) or sent to an unseeded
 // peer is dropped, and nothing changes; one of our seed merges, once.
 func TestDeltaOfAnotherSeedNotMerged(t *testing.T) {
-	cfg := testConfig(t, "a", "10.0.0.0/24")
-	a := mustNew(t, cfg, nil)
-	defer a.Close()
+	a, cfg := seededPair(t)
 	a.mu.Lock()
-	a.st.seed = seed{Members: 2, ID: 5}
-	a.st.ring = seededRing(256, []string{"a", "b"})
 	before := a.st.clone()
 	a.mu.Unlock()
 
@@ -242,13 +238,7 @@ func TestDeltaIsNoEcho(t *testing.T) {
 // amount of sending.
 func TestDeltaForwardBounded(t *testing.T) {
 	names := []string{"a", "b", "c", "d", "e", "f"}
-	s := settledSim(t, 3, "10.0.0.0/16", 0, names...)
-	s.whole = false // whatever -ipam.sim.whole says
-	a := s.nodes["a"]
-	a.mu.Lock()
-	base := a.st.clone()
-	a.mu.Unlock()
-	s.queue = nil
+	s, a, base := quietDeltaSim(t, 3, names...)
 	// Each forged delta raises one address of b's space: new to a, so a
 	// would pass each on.
 	var bOff uint64
@@ -309,12 +299,8 @@ func TestDeltaForwardBounded(t *testing.T) {
 // a ring; a state whose seeded ring names a peer at version 0 (no writer
 // writes one) is refused whole.
 func TestVersionZeroEntryRefused(t *testing.T) {
-	cfg := testConfig(t, "a", "10.0.0.0/24")
-	a := mustNew(t, cfg, nil)
-	defer a.Close()
+	a, cfg := seededPair(t)
 	a.mu.Lock()
-	a.st.seed = seed{Members: 2, ID: 5}
-	a.st.ring = seededRing(256, []string{"a", "b"})
 	before := a.st.ring.clone()
 	a.mu.Unlock()
 	forged := newState(256)
@@ -339,13 +325,7 @@ func TestVersionZeroEntryRefused(t *testing.T) {
 // counted, and nothing of it is merged or passed on.
 func TestDeltaScreened(t *testing.T) {
 	names := []string{"a", "b", "c", "d"}
-	s := settledSim(t, 4, "10.0.0.0/16", 0, names...)
-	s.whole = false // whatever -ipam.sim.whole says
-	a := s.nodes["a"]
-	a.mu.Lock()
-	base := a.st.clone()
-	a.mu.Unlock()
-	s.queue = nil
+	s, a, base := quietDeltaSim(t, 4, names...)
 	part := state{seed: base.seed, ring: newRing(base.ring.size), peers: map[string]peerInfo{}}
 	sp := base.ring.owned("b")[0]
 	part.ring = part.ring.update(sp.start, sp.end, func(entry) entry {
@@ -366,4 +346,32 @@ func TestDeltaScreened(t *testing.T) {
 	if len(s.queue) != 0 {
 		t.Fatalf("a refused delta was passed on: %d messages queued", len(s.queue))
 	}
+}
+
+// seededPair is peer a of a /24 seeded for a and b, closed when the test
+// ends.
+func seededPair(t *testing.T) (*Allocator, Config) {
+	t.Helper()
+	cfg := testConfig(t, "a", "10.0.0.0/24")
+	a := mustNew(t, cfg, nil)
+	t.Cleanup(func() { a.Close() })
+	a.mu.Lock()
+	a.st.seed = seed{Members: 2, ID: 5}
+	a.st.ring = seededRing(256, []string{"a", "b"})
+	a.mu.Unlock()
+	return a, cfg
+}
+
+// quietDeltaSim is a settled mesh of names on a /16 announcing by deltas,
+// with nothing queued, its peer a, and a copy of a's state.
+func quietDeltaSim(t *testing.T, seed uint64, names ...string) (*simNet, *simNode, state) {
+	t.Helper()
+	s := settledSim(t, seed, "10.0.0.0/16", 0, names...)
+	s.whole = false // whatever -ipam.sim.whole says
+	a := s.nodes["a"]
+	a.mu.Lock()
+	base := a.st.clone()
+	a.mu.Unlock()
+	s.queue = nil
+	return s, a, base
 }
