@@ -109,7 +109,7 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 	}
 	cfg.IsMember = d.members.IsMember
 	cfg.Identities = ids
-	cfg.Deltas = func() bool { return deltasOn(d.members.Members(), time.Now()) }
+	cfg.Deltas = d.deltasOn
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return nil, err
@@ -117,6 +117,10 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 	ch.a.Store(a)
 	return a, nil
 }
+
+// deltasOn is deltasOn of the current membership: what the allocators
+// follow (Config.Deltas) and what status shows.
+func (d *Daemon) deltasOn() bool { return deltasOn(d.members.Members(), time.Now()) }
 
 // allocators are the running allocators, IPv4 first.
 func (d *Daemon) allocators() []*ipam.Allocator {
@@ -188,7 +192,7 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	out, overlay := allocatorStatus(d.ipam)
 	var problems []string
 	out.SignedStates, problems = d.signedStatus(d.ipam)
-	out.Deltas = deltasOn(d.members.Members(), time.Now())
+	out.Deltas = d.deltasOn()
 	// Named in this section only: a member that cannot read signed
 	// states is one problem, however many families run.
 	out.Problems = append(out.Problems, problems...)
@@ -210,7 +214,7 @@ func (d *Daemon) ipamStatus6() (*api.IPAM, string) {
 	out, overlay := allocatorStatus(d.ipam6)
 	out.Problems = append(out.Problems, lacksFamily(out.Peers, d.members.Members(), time.Now())...)
 	out.SignedStates, _ = d.signedStatus(d.ipam6)
-	out.Deltas = deltasOn(d.members.Members(), time.Now())
+	out.Deltas = d.deltasOn()
 	return out, overlay
 }
 

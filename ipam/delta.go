@@ -141,7 +141,7 @@ func (a *Allocator) spreadLocked(msg []byte, except ...string) int {
 // ring, and a ring of a larger seed replaces ours whole; the whole state
 // arrives by push/pull.
 func (a *Allocator) mergeDeltaLocked(from string, w wireState, msg []byte) error {
-	if w.st.seed.isZero() || w.st.seed != a.st.seed {
+	if !a.placesDeltaLocked(w) {
 		a.log.Debug("delta of another seed not merged: waiting for the whole state", "from", from, "writer", w.sender)
 		return nil
 	}
@@ -162,15 +162,21 @@ func (a *Allocator) mergeDeltaLocked(from string, w wireState, msg []byte) error
 	return nil
 }
 
-// knowsDelta says whether merging the delta w would change nothing: it is
-// of our seed, our ring holds at least its entry wherever it carries one,
+// placesDeltaLocked says whether this peer can merge the delta w: it is of
+// this peer's seed, which is set.
+func (a *Allocator) placesDeltaLocked(w wireState) bool {
+	return !w.st.seed.isZero() && w.st.seed == a.st.seed
+}
+
+// knowsDelta says whether merging the delta w would change nothing: we can
+// place it, our ring holds at least its entry wherever it carries one,
 // and every info it carries is one we hold or older. Merged state only
 // grows, so the answer stays true once the lock is released.
 func (a *Allocator) knowsDelta(w wireState) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if w.st.seed.isZero() || w.st.seed != a.st.seed || w.st.ring.size != a.st.ring.size {
-		return false
+	if !a.placesDeltaLocked(w) || w.st.ring.size != a.st.ring.size {
+		return false // another range is refused (and counted) by the merge
 	}
 	for name, p := range w.st.peers {
 		if cur, ok := a.st.peers[name]; !ok || comparePeerInfo(p, cur) > 0 {
