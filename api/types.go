@@ -208,6 +208,9 @@ type IPAMPeer struct {
 	Addresses uint64  `json:"addresses"`
 	Percent   float64 `json:"percent"`
 	Reachable bool    `json:"reachable"`
+	// Joining: the peer joined with automatic reclaim on and does not vote
+	// yet (docs/ipam.md, "Joining as a voter").
+	Joining bool `json:"joining,omitempty"`
 }
 
 // Connection is the data-plane link to one peer.

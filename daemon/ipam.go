@@ -110,6 +110,7 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 	cfg.IsMember = d.members.IsMember
 	cfg.Identities = ids
 	cfg.Deltas = d.deltasOn
+	cfg.Admission = func() bool { return joiningOn(d.members.Members(), time.Now()) }
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return nil, err
@@ -252,7 +253,7 @@ func allocatorStatus(a *ipam.Allocator) (*api.IPAM, string) {
 		if p.Removed && p.Owned == 0 {
 			continue // gone for good, and nothing left to show
 		}
-		out.Peers = append(out.Peers, api.IPAMPeer{Name: p.Name, Addresses: p.Owned, Percent: p.Percent, Reachable: p.Reachable})
+		out.Peers = append(out.Peers, api.IPAMPeer{Name: p.Name, Addresses: p.Owned, Percent: p.Percent, Reachable: p.Reachable, Joining: p.Joining})
 	}
 	for _, c := range st.Conflicts {
 		out.Problems = append(out.Problems, "address held by two peers: "+c)

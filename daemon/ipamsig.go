@@ -105,6 +105,17 @@ func deltasOn(members []mesh.Member, now time.Time) bool {
 	return s.live > 0 && len(s.holders) == 0
 }
 
+// joiningOn says whether a peer of this node that joins a running mesh
+// with automatic reclaim on starts as a joiner (docs/ipam.md, "Joining as
+// a voter"): while another member is live and every member, live or gone
+// within signedInfosGrace, reads the Joining flag. Decided when the
+// allocator adopts the ring, which a node does as it joins, so like
+// deltasOn it does not wait for the membership to settle.
+func joiningOn(members []mesh.Member, now time.Time) bool {
+	s := readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMJoiningVersion })
+	return s.live > 0 && len(s.holders) == 0
+}
+
 // readSwitchOf is the snapshot for a format the members read when reads
 // says so.
 func readSwitchOf(members []mesh.Member, now time.Time, reads func(mesh.Meta) bool) signedSwitch {

@@ -328,3 +328,31 @@ func TestDeltaSwitch(t *testing.T) {
 		})
 	}
 }
+
+// TestJoiningSwitch: a node that joins with automatic reclaim on starts as
+// a joiner only while every member reads the Joining flag; one that reads
+// deltas but not the flag (the previous release) holds it back.
+func TestJoiningSwitch(t *testing.T) {
+	now := time.Now()
+	member := func(name string, jn int, since time.Duration) mesh.Member {
+		return mesh.Member{Name: name, State: api.MemberAlive, Meta: mesh.Meta{IPAMDeltas: mesh.IPAMDeltasVersion, IPAMJoining: jn}, Since: now.Add(-since)}
+	}
+	self := mesh.Member{Name: "host1", State: api.MemberAlive, Self: true, Meta: mesh.Meta{IPAMJoining: mesh.IPAMJoiningVersion}}
+	reads := member("host2", mesh.IPAMJoiningVersion, time.Minute)
+	for _, tc := range []struct {
+		name    string
+		members []mesh.Member
+		want    bool
+	}{
+		{"alone", []mesh.Member{self}, false},
+		{"every member reads it", []mesh.Member{self, reads}, true},
+		{"a member of the previous release", []mesh.Member{self, reads, member("host3", 0, time.Minute)}, false},
+		{"a member that reads it joined a moment ago", []mesh.Member{self, reads, member("host3", mesh.IPAMJoiningVersion, time.Second)}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := joiningOn(tc.members, now); got != tc.want {
+				t.Fatalf("joining = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

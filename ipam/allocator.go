@@ -721,11 +721,15 @@ func (a *Allocator) publishLocked() {
 			a.gw.version = version
 		}
 	}
+	// A peer removed while alive comes back as a new one: it votes again
+	// only once everyone holds its new info, as a joiner does.
+	joining := me.Joining || me.Removed && a.joinsLocked()
 	next := peerInfo{
 		Epoch:   me.Epoch,
 		Version: version,
 		ID:      a.selfID,
 		Leased:  a.cfg.ReclaimAfter > 0,
+		Joining: joining,
 		Held:    held,
 	}
 	a.st.peers[a.cfg.Self] = next

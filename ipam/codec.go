@@ -391,6 +391,7 @@ func appendUvarint(b []byte, v uint64) []byte { return binary.AppendUvarint(b, v
 const (
 	flagLeased  byte = 1
 	flagRemoved byte = 2
+	flagJoining byte = 4 // read by this release on; sent once every member reads it (Config.Admission)
 )
 
 func (p peerInfo) flags() byte {
@@ -401,9 +402,12 @@ func (p peerInfo) flags() byte {
 	if p.Removed {
 		f |= flagRemoved
 	}
+	if p.Joining {
+		f |= flagJoining
+	}
 	return f
 }
 
 func (p *peerInfo) setFlags(f byte) {
-	p.Leased, p.Removed = f&flagLeased != 0, f&flagRemoved != 0
+	p.Leased, p.Removed, p.Joining = f&flagLeased != 0, f&flagRemoved != 0, f&flagJoining != 0
 }

@@ -59,6 +59,14 @@ type Config struct {
 	// allocator's lock: it must not block nor call the Allocator. Nil:
 	// never (a node of the previous release drops deltas unread).
 	Deltas func() bool
+	// Admission says whether every member reads the Joining flag of peer
+	// infos (docs/ipam.md, "Joining as a voter"), so that a peer that
+	// joins a running mesh with ReclaimAfter set votes only once every
+	// peer it knows holds its info. Called under the allocator's lock: it
+	// must not block nor call the Allocator; consulted when this peer adopts a
+	// ring it did not seed or finds itself removed while alive. Nil: never
+	// (a joiner votes at once, as in the previous release).
+	Admission func() bool
 }
 
 // DefaultConfig returns a Config with the default cluster range and a single

@@ -283,6 +283,9 @@ func (a *Allocator) mergeLocked(w wireState) error {
 	if !a.st.ring.equal(old.ring) || a.st.seed != old.seed {
 		if old.seed.isZero() && !a.st.seed.isZero() {
 			a.log.Info("ring seeded", "seed", fmt.Sprintf("%x", a.st.seed.ID), "members", a.st.seed.Members)
+			if a.joinsLocked() {
+				a.markJoiningLocked()
+			}
 		}
 		a.afterRingChangeLocked()
 		a.dirty = true
@@ -310,7 +313,7 @@ func (a *Allocator) mergeLocked(w wireState) error {
 // The first signature seen of a peer counts too: it ends the acceptance of
 // its unsigned infos (no downgrade), also after a restart.
 func sameDurableInfo(x, y peerInfo) bool {
-	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && slices.Equal(x.Held, y.Held) &&
+	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && x.Joining == y.Joining && slices.Equal(x.Held, y.Held) &&
 		x.Writer == y.Writer && (len(x.Sig) == 0) == (len(y.Sig) == 0)
 }
 

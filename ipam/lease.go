@@ -102,10 +102,14 @@ func (a *Allocator) refillPoolLocked() {
 }
 
 // unechoedLocked says whether something of ours waits for a quorum's echo:
-// pool addresses or a reclaim claim. Tick then asks everyone to echo.
+// pool addresses, a reclaim claim, or this joiner's admission. Tick then
+// asks everyone to echo.
 func (a *Allocator) unechoedLocked() bool {
 	if a.cfg.ReclaimAfter <= 0 {
 		return false
+	}
+	if !a.votesLocked() {
+		return true
 	}
 	ev := a.echoedVersionLocked()
 	for _, v := range a.pool {

@@ -11,8 +11,11 @@ import (
 // of (its info version grew: heartbeats travel transitively, so a peer
 // reachable through others is alive) and which peers have echoed our writes.
 type liveness struct {
-	lastSeen  map[string]seen
-	echo      map[string]uint64 // peer -> the version of our info it holds
+	lastSeen map[string]seen
+	echo     map[string]uint64 // voter -> the version of our info it holds
+	// heldBy are the peers, joining ones too, that sent a whole state
+	// holding our info since this peer started: what admits a joiner.
+	heldBy    map[string]bool
 	claimEcho map[claimKey]map[string]bool
 	// contestedAt is when this peer first saw each contested run (by its
 	// first offset); pruned to the ring's contested runs on every pass.
@@ -29,6 +32,7 @@ type claimKey struct{ start, version uint64 }
 func (l *liveness) init() {
 	l.lastSeen = map[string]seen{}
 	l.echo = map[string]uint64{}
+	l.heldBy = map[string]bool{}
 	l.claimEcho = map[claimKey]map[string]bool{}
 	l.contestedAt = map[uint64]time.Time{}
 }
@@ -42,6 +46,17 @@ func (l *liveness) observe(a *Allocator, sender string, remote state) {
 		}
 	}
 	if sender == "" || sender == a.cfg.Self {
+		return
+	}
+	if remote.seed.isZero() {
+		// A peer with no ring yet holds no lease and no claim for anyone.
+		return
+	}
+	if _, ok := remote.peers[a.cfg.Self]; ok {
+		l.heldBy[sender] = true
+	}
+	if remote.peers[sender].Joining {
+		// Not a voter yet: its state answers no quorum.
 		return
 	}
 	if v := remote.peers[a.cfg.Self].Version; v > l.echo[sender] {
@@ -81,7 +96,8 @@ func holds(r ring, start, end uint64, e entry) bool {
 }
 
 // voters are the peers quorums are counted over: every peer ever heard of
-// that was not removed by an operator.
+// that was not removed by an operator. Joining peers count in N but their
+// word counts towards no quorum (votesLocked, observe).
 func (a *Allocator) votersLocked() []string {
 	var out []string
 	for name, p := range a.st.peers {
@@ -133,7 +149,9 @@ func (a *Allocator) echoedVersionLocked() uint64 {
 	vs := make([]uint64, 0, len(voters))
 	for _, v := range voters {
 		if v == a.cfg.Self {
-			vs = append(vs, a.st.peers[v].Version)
+			if a.votesLocked() {
+				vs = append(vs, a.st.peers[v].Version)
+			}
 		} else {
 			vs = append(vs, a.liveness.echo[v])
 		}

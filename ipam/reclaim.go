@@ -276,8 +276,17 @@ func (a *Allocator) pruneClaimEchoesLocked() {
 }
 
 func (a *Allocator) claimEchoedLocked(start, version uint64) bool {
-	echoes := a.liveness.claimEcho[claimKey{start, version}]
-	return len(echoes)+1 >= a.reclaimQuorumLocked()
+	return a.claimEchoCountLocked(start, version) >= a.reclaimQuorumLocked()
+}
+
+// claimEchoCountLocked counts the voters, this peer included unless it is
+// joining, that hold our claim of version at start.
+func (a *Allocator) claimEchoCountLocked(start, version uint64) int {
+	n := len(a.liveness.claimEcho[claimKey{start, version}])
+	if a.votesLocked() {
+		n++
+	}
+	return n
 }
 
 // reclaimVersionJump is how far an automatic tombstone raises the version

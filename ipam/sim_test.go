@@ -84,6 +84,9 @@ type simNet struct {
 	// peers do while a member cannot read deltas; by default they send
 	// deltas (Config.Deltas).
 	whole bool
+	// noAdmission makes joiners vote at once, as while a member of the
+	// previous release is in the mesh (Config.Admission).
+	noAdmission bool
 	// mixed makes every other peer (by the parity of its name's last
 	// byte) announce by whole states and the rest by deltas: views of
 	// the membership differ for a moment when the last member of the
@@ -188,6 +191,7 @@ func (s *simNet) add(t testing.TB, name, prefix string, initial int, reclaim tim
 		cfg.Identities = s.ids.node(name)
 	}
 	cfg.Deltas = func() bool { return !s.whole && !(s.mixed && name[len(name)-1]%2 == 1) }
+	cfg.Admission = func() bool { return !s.noAdmission }
 	if os.Getenv("SIMLOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("peer", name)
 	}

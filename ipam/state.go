@@ -48,6 +48,11 @@ type peerInfo struct {
 	// longer reserves anything. A live peer that sees it re-asserts itself
 	// with a higher version.
 	Removed bool
+	// Joining says the peer joined a running mesh (with automatic reclaim
+	// on) and does not vote yet: it counts in N, but its echoes count
+	// towards no quorum until every peer it knows has held its info
+	// (docs/ipam.md, "Joining as a voter").
+	Joining bool
 	// Held lists the offsets this peer's pods hold (and, when Leased, the
 	// few it is about to hand out), sorted. No other peer allocates them,
 	// whoever owns the space: this is what keeps a pod's address safe when
@@ -80,6 +85,9 @@ func comparePeerInfo(a, b peerInfo) int {
 		return c
 	}
 	if c := cmpBool(a.Removed, b.Removed); c != 0 {
+		return c
+	}
+	if c := cmpBool(a.Joining, b.Joining); c != 0 {
 		return c
 	}
 	if c := slices.Compare(a.Held, b.Held); c != 0 {

@@ -74,6 +74,9 @@ type PeerStatus struct {
 	Held      int     `json:"held"`
 	Reachable bool    `json:"reachable"`
 	Removed   bool    `json:"removed,omitempty"`
+	// Joining: the peer joined with automatic reclaim on and does not
+	// vote yet (docs/ipam.md, "Joining as a voter").
+	Joining bool `json:"joining,omitempty"`
 }
 
 // Status returns a snapshot for the status API. Non-blocking; safe for
@@ -124,11 +127,15 @@ func (a *Allocator) Status() Status {
 			Held:      len(p.Held),
 			Reachable: a.members[n],
 			Removed:   p.Removed,
+			Joining:   p.Joining && !p.Removed,
 		})
 	}
 	if s.Status == "waiting" {
 		s.Problems = append(s.Problems, fmt.Sprintf("waiting for %d of the %d initial peers to agree on the first split (%d reachable)",
 			a.quorum(), a.cfg.InitialPeerCount, len(a.aliveNames())))
+	}
+	if p := a.joinProblemLocked(); p != "" {
+		s.Problems = append(s.Problems, p)
 	}
 	for _, k := range slices.Sorted(maps.Keys(a.problems)) {
 		s.Problems = append(s.Problems, a.problems[k])
@@ -167,7 +174,15 @@ func (a *Allocator) blockedLocked() (reason, text string) {
 	}
 	leaseWait := a.cfg.ReclaimAfter > 0 && a.waiting > 0 && a.freeCount() > 0
 	if leaseWait || (pending && hasGw && !a.gatewayUsableLocked()) {
-		return BlockedLeaseEcho, fmt.Sprintf("waiting for lease echoes: %d of %d voters answered (this peer included)", a.echoCountLocked(v), a.leaseQuorumLocked())
+		self := "this peer included"
+		if !a.votesLocked() {
+			self = "this peer is joining and does not count"
+		}
+		text = fmt.Sprintf("waiting for lease echoes: %d of %d voters answered (%s)", a.echoCountLocked(v), a.leaseQuorumLocked(), self)
+		if j := a.joiningCountLocked(); j > 0 {
+			text += fmt.Sprintf("; %d joining peers count among the voters but answer only once every peer holds their info", j)
+		}
+		return BlockedLeaseEcho, text
 	}
 	if !hasGw || (a.waiting > 0 && a.freeCount() == 0) {
 		who := "no reachable peer has offered free space"
@@ -178,7 +193,7 @@ func (a *Allocator) blockedLocked() (reason, text string) {
 	}
 	for _, sg := range a.st.ring.segs {
 		if sg.e.isClaim() && sg.e.Owner == a.cfg.Self && a.claimNeedsEchoLocked(sg.e) {
-			n := len(a.liveness.claimEcho[claimKey{sg.start, sg.e.Version}]) + 1
+			n := a.claimEchoCountLocked(sg.start, sg.e.Version)
 			what := sg.e.Dead + "'s space"
 			if sg.e.Dead == a.cfg.Self {
 				what = "contested space"
@@ -230,7 +245,7 @@ func (a *Allocator) memberVotersLocked() int {
 func (a *Allocator) echoCountLocked(v uint64) int {
 	n := 0
 	for _, name := range a.votersLocked() {
-		if name == a.cfg.Self || a.liveness.echo[name] >= v {
+		if name == a.cfg.Self && a.votesLocked() || name != a.cfg.Self && a.liveness.echo[name] >= v {
 			n++
 		}
 	}
@@ -249,6 +264,8 @@ func (s Status) String() string {
 			mark = " removed"
 		case !p.Reachable:
 			mark = " unreachable"
+		case p.Joining:
+			mark = " joining"
 		}
 		fmt.Fprintf(&b, "%-24s %10d IPs (%5.1f%% of total) %d held%s\n", p.Name, p.Owned, p.Percent, p.Held, mark)
 	}

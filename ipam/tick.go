@@ -44,6 +44,7 @@ func (a *Allocator) Tick() {
 	a.paxosTickLocked()
 	a.recoveryTickLocked()
 	a.refillPoolLocked()
+	a.admitLocked()
 	a.deltaForwards = 0
 	if ring := a.st.ring; a.autoReclaimLocked() {
 		a.announceLocked(ring)

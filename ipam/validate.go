@@ -366,6 +366,11 @@ func (a *Allocator) boundMapsLocked() {
 			delete(a.liveness.echo, name)
 		}
 	}
+	for name := range a.liveness.heldBy {
+		if _, ok := a.st.peers[name]; !ok {
+			delete(a.liveness.heldBy, name)
+		}
+	}
 	for name := range a.liveness.lastSeen {
 		if _, ok := a.st.peers[name]; !ok {
 			delete(a.liveness.lastSeen, name)

@@ -33,6 +33,7 @@ type WirePeer struct {
 	ID              string
 	Free            uint64
 	Leased, Removed bool
+	Joining         bool
 	Held            []uint64 // offsets, sorted
 	// Writer signed the info (the peer, or the writer of a removal) and
 	// Sig is its signature; empty when unsigned. A Wire with any of them
@@ -52,7 +53,7 @@ func DecodeWire(b []byte) (Wire, error) {
 		out.Ring = append(out.Ring, WireSeg{Start: s.start, Version: s.e.Version, Owner: s.e.Owner, Dead: s.e.Dead})
 	}
 	for n, p := range w.st.peers {
-		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Held: slices.Clone(p.Held), Writer: p.Writer, Sig: slices.Clone(p.Sig)}
+		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: slices.Clone(p.Held), Writer: p.Writer, Sig: slices.Clone(p.Sig)}
 	}
 	return out, nil
 }
@@ -66,7 +67,7 @@ func (w Wire) Encode() []byte {
 	signed := false
 	for _, n := range slices.Sorted(maps.Keys(w.Peers)) {
 		p := w.Peers[n]
-		st.peers[n] = peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Held: p.Held, Writer: p.Writer, Sig: p.Sig}
+		st.peers[n] = peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: p.Held, Writer: p.Writer, Sig: p.Sig}
 		signed = signed || p.Writer != "" || len(p.Sig) > 0
 	}
 	return encodeStateAs(w.Prefix, w.Sender, st, signed)

@@ -64,6 +64,12 @@ type Meta struct {
 	// previous release, which drops them unread, so that while one is a
 	// member every node announces its ring changes by whole states.
 	IPAMDeltas int `json:"dl,omitempty"`
+	// IPAMJoining is the version of the IPAM's Joining flag the node
+	// reads (docs/ipam.md, "Joining as a voter"): absent (0) on a node of
+	// the previous release, which drops the flag and so would refuse the
+	// signed info that carries it, so that while one is a member a peer
+	// that joins votes at once, as before.
+	IPAMJoining int `json:"jn,omitempty"`
 	// Sig signs the metadata bytes before it together with the node's name
 	// and advertised address (signedMetaBytes). It is always the last
 	// field on the wire; set by SignMeta only.
@@ -78,6 +84,10 @@ const (
 
 // IPAMDeltasVersion is the Meta.IPAMDeltas of a node that reads deltas.
 const IPAMDeltasVersion = 1
+
+// IPAMJoiningVersion is the Meta.IPAMJoining of a node that reads the
+// Joining flag.
+const IPAMJoiningVersion = 1
 
 // PathMetaVersion is the format of PathMeta; a node that reads a higher
 // one treats the sender as if it sent none.

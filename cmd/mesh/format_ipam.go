@@ -58,13 +58,16 @@ func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "PEER\tADDRESSES\tRANGE %\tNOTE")
 		for _, p := range peers {
-			note := ""
+			var notes []string
 			if p.Name == self {
-				note = "self"
+				notes = append(notes, "self")
 			} else if !p.Reachable {
-				note = "unreachable"
+				notes = append(notes, "unreachable")
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%.1f%%\t%s\n", p.Name, p.Addresses, p.Percent, note)
+			if p.Joining {
+				notes = append(notes, "joining")
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%.1f%%\t%s\n", p.Name, p.Addresses, p.Percent, strings.Join(notes, ", "))
 		}
 		tw.Flush()
 	}
