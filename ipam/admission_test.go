@@ -100,6 +100,18 @@ func TestJoinerWaitsForDeadVoter(t *testing.T) {
 	}) {
 		t.Fatalf("status does not say that d holds j's vote back: %q", st.Problems)
 	}
+	// It asks only the peer it still lacks, not every peer again.
+	asked := map[string]int{}
+	s.onSend = func(from, to string, msg []byte) {
+		if from == "j" && len(msg) > 0 && msg[0] == msgEchoReq {
+			asked[to]++
+		}
+	}
+	s.rounds(6)
+	s.onSend = nil
+	if len(asked) != 1 || asked["d"] == 0 {
+		t.Fatalf("joining j sent echo requests to %v, want to d alone", asked)
+	}
 	if !slices.ContainsFunc(s.nodes["a"].Status().Peers, func(p PeerStatus) bool { return p.Name == "j" && p.Joining }) {
 		t.Fatalf("a's status does not show j joining: %+v", s.nodes["a"].Status().Peers)
 	}

@@ -101,15 +101,34 @@ func (a *Allocator) refillPoolLocked() {
 	}
 }
 
+// askEchoesLocked asks for the echoes something of ours waits for: every
+// peer when a quorum's echo is awaited (unechoedLocked), else, while this
+// peer is joining, only the peers whose echo its admission still lacks
+// (each answers with its whole state: in a large mesh, asking them all
+// again every other tick would cost N whole states each time).
+func (a *Allocator) askEchoesLocked() {
+	var to []string
+	switch {
+	case a.unechoedLocked():
+		to = []string{""} // broadcast
+	case !a.votesLocked():
+		to = a.joinMissingLocked()
+	}
+	if len(to) == 0 {
+		return
+	}
+	msg := a.stateMsgLocked()
+	msg[0] = msgEchoReq
+	for _, name := range to {
+		a.outbox = append(a.outbox, outMsg{to: name, msg: msg})
+	}
+}
+
 // unechoedLocked says whether something of ours waits for a quorum's echo:
-// pool addresses, a reclaim claim, or this joiner's admission. Tick then
-// asks everyone to echo.
+// pool addresses or a reclaim claim.
 func (a *Allocator) unechoedLocked() bool {
 	if a.cfg.ReclaimAfter <= 0 {
 		return false
-	}
-	if !a.votesLocked() {
-		return true
 	}
 	ev := a.echoedVersionLocked()
 	for _, v := range a.pool {

@@ -57,10 +57,8 @@ func (a *Allocator) Tick() {
 			a.log.Error("could not persist the ring", "err", err)
 		}
 	}
-	if a.tick%2 == 0 && a.unechoedLocked() {
-		msg := a.stateMsgLocked()
-		msg[0] = msgEchoReq
-		a.outbox = append(a.outbox, outMsg{msg: msg})
+	if a.tick%2 == 0 {
+		a.askEchoesLocked()
 	}
 	if a.dirty {
 		// Something learnt or chosen (a gateway, its echo) that no send
