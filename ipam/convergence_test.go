@@ -42,7 +42,7 @@ func measureReclaim(t *testing.T, n int) []convPhase {
 	s, names := settledScaleSimReclaim(t, n, convReclaimAfter)
 	// At rest: ReclaimAfter of simulated time, nothing happening.
 	rest := 0
-	restP := countPhase(t, s, fmt.Sprintf("reclaim on: at rest for %v (push/pull)", convReclaimAfter), func() {}, int(convReclaimAfter/time.Second), func() string {
+	restP := countPhase(t, s, fmt.Sprintf("reclaim on: at rest for %v (push/pull)", convReclaimAfter), true, func() {}, int(convReclaimAfter/time.Second), func() string {
 		rest++
 		if rest < int(convReclaimAfter/time.Second) {
 			return "resting"
@@ -50,7 +50,7 @@ func measureReclaim(t *testing.T, n int) []convPhase {
 		return ""
 	})
 	gone := names[n/2]
-	leave := countPhase(t, s, fmt.Sprintf("reclaim on: leave, reclaimed after %v", convReclaimAfter), func() { s.kill(gone) }, 20*int(convReclaimAfter/time.Second), func() string {
+	leave := countPhase(t, s, fmt.Sprintf("reclaim on: leave, reclaimed after %v", convReclaimAfter), true, func() { s.kill(gone) }, 20*int(convReclaimAfter/time.Second), func() string {
 		return cmpOr(cmpOr(s.ringsEqual(), ownedBy(s, gone)), s.unowned())
 	})
 	// A node joins and votes once every peer holds its info (docs/ipam.md,
@@ -61,7 +61,7 @@ func measureReclaim(t *testing.T, n int) []convPhase {
 	// that follow would be counted as the join's.
 	s, names = settledScaleSimReclaim(t, n, convReclaimAfter)
 	joiner := "joiner-r.cluster.local"
-	join := countPhase(t, s, "reclaim on: join, until the joiner votes", func() {
+	join := countPhase(t, s, "reclaim on: join, until the joiner votes", true, func() {
 		s.add(t, joiner, "10.32.0.0/12", n, convReclaimAfter)
 		joinPushPull(s, joiner, names[0])
 	}, 60, func() string {
@@ -81,13 +81,14 @@ func measureReclaim(t *testing.T, n int) []convPhase {
 	return []convPhase{restP, leave, join}
 }
 
-// countPhase runs one event on s (start, then simulated seconds with
-// push/pull until done reports "", at most limit) and returns what it cost.
-func countPhase(t *testing.T, s *simNet, name string, start func(), limit int, done func() string) convPhase {
+// countPhase runs one event on s (start, then simulated seconds, with
+// push/pull if pushPull, until done reports "", at most limit) and returns
+// what it cost.
+func countPhase(t *testing.T, s *simNet, name string, pushPull bool, start func(), limit int, done func() string) convPhase {
 	t.Helper()
 	s.sent, s.recv, s.msgs = map[string]int{}, map[string]int{}, 0
 	start()
-	p := convPhase{name: name, seconds: converge(t, s, true, limit, done)}
+	p := convPhase{name: name, seconds: converge(t, s, pushPull, limit, done)}
 	if p.seconds < 0 {
 		t.Errorf("n=%d: %s: not converged after %d simulated seconds: %s", len(s.nodes), name, limit, done())
 	}
@@ -159,24 +160,7 @@ func measureConvergence(t *testing.T, n int) []convPhase {
 	// reports "".
 	phase := func(name string, pushPull bool, limit int, start func(), done func() string) {
 		t.Helper()
-		s.sent, s.recv, s.msgs = map[string]int{}, map[string]int{}, 0
-		start()
-		p := convPhase{name: name}
-		p.seconds = converge(t, s, pushPull, limit, done)
-		if p.seconds < 0 {
-			t.Errorf("n=%d: %s: not converged after %d simulated seconds: %s", n, name, limit, done())
-		}
-		p.total = sum(s.sent)
-		p.mean = float64(p.total) / float64(len(s.nodes))
-		for _, v := range s.sent {
-			p.maxSent = max(p.maxSent, v)
-		}
-		for _, v := range s.recv {
-			p.maxRecv = max(p.maxRecv, v)
-		}
-		p.msgs = s.msgs
-		out = append(out, p)
-		s.sent, s.recv = nil, nil
+		out = append(out, countPhase(t, s, name, pushPull, start, limit, done))
 	}
 	const prefix = "10.32.0.0/12"
 
