@@ -19,11 +19,12 @@ import (
 // it was admitted, and the two sides count quorums over the peers both
 // know (the argument in docs/ipam.md).
 
-// joinsLocked says whether adopting the seeded ring of a merge makes this
-// peer a joiner: automatic reclaim is on, every member reads the Joining
-// flag (Config.Admission), and it owns nothing in the ring (the peers of
-// the first split, and a peer that only lost a seeding clash, vote at
-// once).
+// joinsLocked says whether this peer becomes a joiner as it adopts the
+// ring of a merge while it had none (mergeLocked; a ring that replaces
+// another, a seeding clash, makes no joiner), or comes back after a
+// removal (publishLocked): automatic reclaim is on, every member reads the
+// Joining flag (Config.Admission), and it owns nothing in the ring (a peer
+// of the first split that learns it from a state votes at once).
 func (a *Allocator) joinsLocked() bool {
 	return a.cfg.ReclaimAfter > 0 && a.cfg.Admission != nil && a.cfg.Admission() &&
 		len(a.st.ring.owned(a.cfg.Self)) == 0

@@ -191,3 +191,61 @@ func TestRegressionJoinersOnBothSidesOfPartition(t *testing.T) {
 		})
 	}
 }
+
+// TestWhoJoins: the peers of the first split vote at once, and so do the
+// peers of a ring that loses a seeding clash (they had a ring of their
+// own); a peer removed while alive is a joiner again when it comes back,
+// and votes once every peer holds its new info.
+func TestWhoJoins(t *testing.T) {
+	const prefix, reclaim = "10.0.0.0/24", 30 * time.Second
+	t.Run("first split", func(t *testing.T) {
+		names := []string{"a", "b", "c", "d"}
+		s := settledSim(t, 311, prefix, reclaim, names...)
+		for _, n := range names {
+			if s.joiningIn(n, n) {
+				t.Errorf("%s, a peer of the first split, is joining", n)
+			}
+		}
+	})
+	t.Run("seeding clash", func(t *testing.T) {
+		s := newSimNet(312)
+		for _, n := range []string{"a", "b", "c", "d"} {
+			s.add(t, n, prefix, 2, reclaim)
+		}
+		s.part = map[string]int{"a": 1, "b": 1, "c": 2, "d": 2}
+		s.rounds(30)
+		if s.nodes["a"].Status().Seed == s.nodes["c"].Status().Seed {
+			t.Fatal("the two halves did not seed apart")
+		}
+		clear(s.part)
+		s.settle(t, 10)
+		for _, n := range []string{"a", "b", "c", "d"} {
+			if s.joiningIn(n, n) {
+				t.Errorf("%s is joining after a seeding clash", n)
+			}
+		}
+	})
+	t.Run("removed while alive", func(t *testing.T) {
+		s := settledSim(t, 313, prefix, reclaim, "a", "b", "c", "d", "e")
+		s.part = map[string]int{"e": 1}
+		s.rounds(2)
+		if _, err := s.nodes["a"].RemovePeer("e"); err != nil {
+			t.Fatal(err)
+		}
+		s.rounds(3)
+		clear(s.part)
+		sawJoining := false
+		for i := 0; i < 40 && (!sawJoining || s.joiningIn("e", "e")); i++ {
+			s.round()
+			// In its own view: with everyone reachable it may vote
+			// again within the round that made it a joiner.
+			sawJoining = sawJoining || s.joiningIn("e", "e")
+		}
+		if !sawJoining {
+			t.Fatal("e, removed while alive, came back voting at once")
+		}
+		if s.joiningIn("e", "e") {
+			t.Fatalf("e still joining 40 rounds after the heal: %+v", s.nodes["e"].Status())
+		}
+	})
+}
