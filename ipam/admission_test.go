@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -248,4 +249,60 @@ func TestWhoJoins(t *testing.T) {
 			t.Fatalf("e still joining 40 rounds after the heal: %+v", s.nodes["e"].Status())
 		}
 	})
+}
+
+// TestJoinersBehindDeadVoterBlockLeases: joiners held back by a dead,
+// unremoved voter count in N without answering, so once they outnumber
+// the live voters a voter's new leases wait; status names why, and rmpeer
+// of the dead voter lets the joiners vote and the leases through.
+func TestJoinersBehindDeadVoterBlockLeases(t *testing.T) {
+	const prefix, reclaim = "10.0.0.0/24", 10 * time.Minute // no reclaim meanwhile
+	s := settledSim(t, 314, prefix, reclaim, "a", "b", "c")
+	s.kill("c")
+	for _, j := range []string{"j1", "j2", "j3"} {
+		s.add(t, j, prefix, 3, reclaim)
+	}
+	s.rounds(10)
+	// N is 6 (c and the joiners included): a lease needs 3 voters, and
+	// only a and b answer.
+	placed := 0
+	for i := range 20 {
+		if simAllocate(s.nodes["a"], fmt.Sprintf("a-%d", i)) == nil {
+			placed++
+		}
+		s.round()
+	}
+	if placed >= 20 {
+		t.Fatalf("a placed all %d pods behind 3 joiners and a dead voter", placed)
+	}
+	// While a pod waits, status says for what.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := s.nodes["a"].Allocate(ctx, "a-waiting", "eth0"); done <- err }()
+	var st Status
+	for i := 0; i < 200 && st.BlockedReason != BlockedLeaseEcho; i++ {
+		time.Sleep(5 * time.Millisecond)
+		st = s.nodes["a"].Status()
+	}
+	cancel()
+	<-done
+	if st.BlockedReason != BlockedLeaseEcho || !strings.Contains(st.Blocked, "3 joining peers count among the voters") {
+		t.Fatalf("a placed %d of 20 pods; while one waits, blocked %q %q", placed, st.BlockedReason, st.Blocked)
+	}
+	if _, err := s.nodes["a"].RemovePeer("c"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 30 && (s.joiningIn("a", "j1") || s.joiningIn("a", "j2") || s.joiningIn("a", "j3")); i++ {
+		s.round()
+	}
+	s.rounds(3) // the pool's next echo
+	for _, j := range []string{"j1", "j2", "j3"} {
+		if s.joiningIn("a", j) {
+			t.Errorf("%s still joining after rmpeer of the dead voter", j)
+		}
+	}
+	if err := simAllocate(s.nodes["a"], "a-after"); err != nil {
+		t.Fatalf("a cannot place a pod after the rmpeer: %v (%+v)", err, s.nodes["a"].Status())
+	}
+	s.checkUnique(t, 314, 0)
 }
