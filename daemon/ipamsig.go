@@ -101,8 +101,7 @@ func signedSwitchOf(members []mesh.Member, now time.Time) signedSwitch {
 // always find it settling): a member of the previous release not learnt
 // yet drops a delta unread and learns the change by push/pull.
 func deltasOn(members []mesh.Member, now time.Time) bool {
-	s := readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMDeltas >= mesh.IPAMDeltasVersion })
-	return s.live > 0 && len(s.holders) == 0
+	return readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMDeltas >= mesh.IPAMDeltasVersion }).allRead()
 }
 
 // joiningOn says whether a peer of this node that joins a running mesh
@@ -112,8 +111,7 @@ func deltasOn(members []mesh.Member, now time.Time) bool {
 // allocator adopts the ring, which a node does as it joins, so like
 // deltasOn it does not wait for the membership to settle.
 func joiningOn(members []mesh.Member, now time.Time) bool {
-	s := readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMJoiningVersion })
-	return s.live > 0 && len(s.holders) == 0
+	return readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMJoiningVersion }).allRead()
 }
 
 // readSwitchOf is the snapshot for a format the members read when reads
@@ -140,9 +138,11 @@ func readSwitchOf(members []mesh.Member, now time.Time, reads func(mesh.Meta) bo
 	return s
 }
 
-// ready: another member is live, none holds the switch back, and the
-// membership has settled.
-func (s signedSwitch) ready() bool { return s.live > 0 && len(s.holders) == 0 && !s.settling }
+// allRead: another member is live and none holds the switch back.
+func (s signedSwitch) allRead() bool { return s.live > 0 && len(s.holders) == 0 }
+
+// ready: allRead, and the membership has settled.
+func (s signedSwitch) ready() bool { return s.allRead() && !s.settling }
 
 // status is the switch as `mesh status ipam` shows it, sending being
 // whether the allocator sends signed states; problems name, once it does,

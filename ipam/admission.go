@@ -103,7 +103,7 @@ func (a *Allocator) joinProblemLocked() string {
 func (a *Allocator) joiningCountLocked() int {
 	n := 0
 	for _, p := range a.st.peers {
-		if p.Joining && !p.Removed {
+		if p.joining() {
 			n++
 		}
 	}

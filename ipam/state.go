@@ -68,6 +68,10 @@ type peerInfo struct {
 	Sig    []byte
 }
 
+// joining says whether the peer is a joiner: it said so, and no removal
+// has replaced its info since.
+func (p peerInfo) joining() bool { return p.Joining && !p.Removed }
+
 func comparePeerInfo(a, b peerInfo) int {
 	if c := cmp.Compare(a.Epoch, b.Epoch); c != 0 {
 		return c

@@ -127,7 +127,7 @@ func (a *Allocator) Status() Status {
 			Held:      len(p.Held),
 			Reachable: a.members[n],
 			Removed:   p.Removed,
-			Joining:   p.Joining && !p.Removed,
+			Joining:   p.joining(),
 		})
 	}
 	if s.Status == "waiting" {
