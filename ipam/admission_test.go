@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -17,21 +16,6 @@ func (s *simNet) joiningIn(viewer, name string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.st.peers[name].Joining
-}
-
-// duplicate names an address two live pods hold, "" if none.
-func (s *simNet) duplicate() string {
-	holder := map[netip.Addr]string{}
-	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
-		for k, addr := range s.nodes[name].pods {
-			who := name + "/" + k.ContainerID
-			if prev, dup := holder[addr]; dup {
-				return fmt.Sprintf("%v held by %s and %s", addr, prev, who)
-			}
-			holder[addr] = who
-		}
-	}
-	return ""
 }
 
 // TestJoinerVotesOnceAllHoldIt: a peer that joins a running mesh with
@@ -160,7 +144,7 @@ func TestRegressionJoinersOnBothSidesOfPartition(t *testing.T) {
 					_ = simAllocate(s.nodes[n], fmt.Sprintf("%s-%d", n, i))
 				}
 				s.round()
-				dup = s.duplicate()
+				_, dup = s.podHolders()
 			}
 			switch {
 			case tc.admission && dup != "":

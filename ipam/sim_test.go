@@ -429,7 +429,6 @@ func (s *simNet) ringsEqual() string {
 // gateway, and a node's gateway is there and unchanged while it has pods.
 func (s *simNet) checkUnique(t testing.TB, seed uint64, step int) {
 	t.Helper()
-	holder := map[netip.Addr]string{}
 	gwOf := map[netip.Addr]string{}
 	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
 		n := s.nodes[name]
@@ -454,13 +453,10 @@ func (s *simNet) checkUnique(t testing.TB, seed uint64, step int) {
 		if err := s.nodes[name].Allocator.indexMismatch(); err != "" {
 			t.Fatalf("seed %d step %d: %s: %s", seed, step, name, err)
 		}
-		for k, addr := range s.nodes[name].pods {
-			who := name + "/" + k.ContainerID
-			if prev, dup := holder[addr]; dup {
-				t.Fatalf("seed %d step %d: %v held by %s and %s", seed, step, addr, prev, who)
-			}
-			holder[addr] = who
-		}
+	}
+	holder, dup := s.podHolders()
+	if dup != "" {
+		t.Fatalf("seed %d step %d: %s", seed, step, dup)
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
 		if ov, ok := s.nodes[name].OverlayIP(); ok {
@@ -469,6 +465,22 @@ func (s *simNet) checkUnique(t testing.TB, seed uint64, step int) {
 			}
 		}
 	}
+}
+
+// podHolders maps each live pod's address to its holder (node/container),
+// and names the first address two pods hold ("" if none).
+func (s *simNet) podHolders() (map[netip.Addr]string, string) {
+	holder := map[netip.Addr]string{}
+	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
+		for k, addr := range s.nodes[name].pods {
+			who := name + "/" + k.ContainerID
+			if prev, dup := holder[addr]; dup {
+				return holder, fmt.Sprintf("%v held by %s and %s", addr, prev, who)
+			}
+			holder[addr] = who
+		}
+	}
+	return holder, ""
 }
 
 // heldMismatch compares every node's view of the peer table with the
