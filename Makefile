@@ -10,9 +10,12 @@ all: build
 
 # The daemon and CLI, the CNI plugin the daemon installs from its own
 # directory, and the userspace data-plane process it starts from there: a
-# user's build and the tests' build are this same target.
+# user's build and the tests' build are this same target. mesh leaves the
+# Kubernetes client out (it would cost an idle daemon ~15 MiB); mesh-kube is
+# the same program with it, which `mesh launch --kube` runs in its place.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh ./cmd/mesh
+	CGO_ENABLED=0 $(GO) build -trimpath -tags mesh_omit_kube -ldflags '$(LDFLAGS)' -o $(BIN)/mesh ./cmd/mesh
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh-kube ./cmd/mesh
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh-dataplane ./cmd/mesh-dataplane
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/mesh-cni ./cmd/mesh-cni
 
@@ -34,6 +37,8 @@ lint:
 	$(GO) vet $(addprefix ./,$(wildcard e2e/testdata/*/))
 	# The build-tagged suites.
 	for tags in bench demo e2ek8s e2ekernel kernelvm; do $(GO) vet -tags $$tags ./... || exit 1; done
+	# make build's mesh, without Kubernetes (its tests run in the full build).
+	$(GO) build -tags mesh_omit_kube -o /dev/null ./cmd/mesh
 	$(GO) mod tidy -diff
 
 # A small mesh of simulated hosts on this machine, status printed, torn down.
@@ -67,7 +72,7 @@ soak: deps
 clean:
 	rm -rf $(BIN)
 
-# Container image of mesh, mesh-cni and mesh-dataplane, built
+# Container image of mesh, mesh-kube, mesh-cni and mesh-dataplane, built
 # without Docker: an empty base plus the static binaries in /usr/local/bin.
 # Load it with `ctr -n k8s.io images import bin/mesh-image.tar`.
 IMAGE ?= localhost/mesh:dev
@@ -77,7 +82,7 @@ IMAGE ?= localhost/mesh:dev
 image: build
 	$(GO) run ./tools/mkimage -o $(BIN)/mesh-image.tar -name '$(IMAGE)' \
 		-entrypoint '["/usr/local/bin/mesh","launch"]' \
-		$(BIN)/mesh $(BIN)/mesh-cni $(BIN)/mesh-dataplane
+		$(BIN)/mesh $(BIN)/mesh-kube $(BIN)/mesh-cni $(BIN)/mesh-dataplane
 
 # Two-node Kubernetes cluster on simulated hosts, mesh installed with
 # deploy/kubernetes/mesh.yaml (needs root). The Kubernetes binaries are built
@@ -128,7 +133,7 @@ install: build
 	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/default \
 		$(DESTDIR)$(CNIBINDIR) $(DESTDIR)$(CNILIBDIR) $(DESTDIR)$(CNICONFDIR)
 	install -d -m 0700 $(DESTDIR)$(SYSCONFDIR)/mesh
-	install -m 0755 $(BIN)/mesh $(BIN)/mesh-cni $(BIN)/mesh-dataplane $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(BIN)/mesh $(BIN)/mesh-kube $(BIN)/mesh-cni $(BIN)/mesh-dataplane $(DESTDIR)$(BINDIR)/
 	install -m 0755 $(BIN)/mesh-cni $(DESTDIR)$(CNIBINDIR)/mesh-cni
 	ln -sfn $(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
 	sed 's|/usr/local/bin/|$(BINDIR)/|g' deploy/systemd/mesh.service > $(DESTDIR)$(UNITDIR)/mesh.service
@@ -141,7 +146,7 @@ install: build
 # gracefully (`mesh leave`; a plain stop would be a restart).
 uninstall:
 	if [ -z "$(DESTDIR)" ] && [ -x $(BINDIR)/mesh ]; then $(BINDIR)/mesh leave || true; fi
-	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(BINDIR)/mesh-dataplane $(DESTDIR)$(UNITDIR)/mesh.service \
+	rm -f $(DESTDIR)$(BINDIR)/mesh $(DESTDIR)$(BINDIR)/mesh-kube $(DESTDIR)$(BINDIR)/mesh-cni $(DESTDIR)$(BINDIR)/mesh-dataplane $(DESTDIR)$(UNITDIR)/mesh.service \
 		$(DESTDIR)$(CNIBINDIR)/mesh-cni $(DESTDIR)$(CNILIBDIR)/mesh-cni
 
 # Debian package of the same files (nfpm, pinned; fetched through the Go

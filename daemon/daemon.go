@@ -235,8 +235,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	d.goLoop("attach-check", d.attachLoop)
 	d.startPaths()
 	if kube != nil {
-		d.goLoop("kube", kube.watcher(d).Serve)
-		d.startPolicy(kube)
+		kube.start(d)
 	}
 	log.Info("mesh daemon started", "name", id.Name, "peerID", id.PeerID, "gossip", d.members.LocalAddr(),
 		"socket", cfg.Socket, "dataplane", d.dp.Kind(), "mtu", d.mtu, "range", ipam.ClusterRanges{IPv4: cfg.IPAllocRange, IPv6: cfg.IPAllocRange6}.String(), "version", cfg.Version)

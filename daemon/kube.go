@@ -1,3 +1,5 @@
+//go:build !mesh_omit_kube
+
 package daemon
 
 import (
@@ -12,7 +14,14 @@ import (
 
 	"github.com/meshnet/mesh/kube"
 	"github.com/meshnet/mesh/mesh"
+	"github.com/meshnet/mesh/policy"
 )
+
+// KubeSupport says this build runs --kube itself. A build with the tag
+// mesh_omit_kube (make build's mesh) leaves the Kubernetes client out,
+// which saves most of an idle daemon's memory and start-up time
+// (docs/performance.md, "Idle memory"); its CLI runs mesh-kube for --kube.
+const KubeSupport = true
 
 // kubeSource takes peers from Node objects and treats a deleted Node as
 // the authoritative end of a peer.
@@ -44,6 +53,27 @@ func (k *kubeSource) initialPeers() int { return max(k.nodes, 1) }
 // watcher follows the Node objects for d until its context ends.
 func (k *kubeSource) watcher(d *Daemon) *kube.Watcher {
 	return kube.NewWatcher(k.client, k.log, &kubeHandler{d: d, self: k.self, log: k.log})
+}
+
+// start runs, until d's context ends, the watch of the Node objects and
+// the NetworkPolicy controller.
+func (k *kubeSource) start(d *Daemon) {
+	d.goLoop("kube", k.watcher(d).Serve)
+	d.startPolicy(k)
+}
+
+// startPolicy runs the NetworkPolicy controller for this node's pods. It
+// needs the Kubernetes API, so it runs only with --kube.
+func (d *Daemon) startPolicy(kube *kubeSource) {
+	if d.cfg.NoPolicy {
+		// Turning policy off must not leave an old table enforcing.
+		if err := policy.NewNFT().Remove(); err != nil {
+			d.log.Warn("failed to remove the NetworkPolicy table", "error", err)
+		}
+		return
+	}
+	d.policy = policy.New(kube.client, d.id.Name, d.log, policy.NewNFT())
+	d.goLoop("policy", d.policy.Serve)
 }
 
 type kubeHandler struct {

@@ -39,20 +39,6 @@ func (noPolicy) Status() []policy.PolicyStatus                             { ret
 func (noPolicy) DeniedPackets() map[string]uint64                          { return nil }
 func (noPolicy) Restores() int64                                           { return 0 }
 
-// startPolicy runs the NetworkPolicy controller for this node's pods. It
-// needs the Kubernetes API, so it runs only with --kube.
-func (d *Daemon) startPolicy(kube *kubeSource) {
-	if d.cfg.NoPolicy {
-		// Turning policy off must not leave an old table enforcing.
-		if err := policy.NewNFT().Remove(); err != nil {
-			d.log.Warn("failed to remove the NetworkPolicy table", "error", err)
-		}
-		return
-	}
-	d.policy = policy.New(kube.client, d.id.Name, d.log, policy.NewNFT())
-	d.goLoop("policy", d.policy.Serve)
-}
-
 // policyReady reports whether pods may be served as far as policy goes:
 // the table must be rebuilt from the API first, or a restarted node would
 // let a new pod talk before its policies apply.

@@ -97,6 +97,7 @@ func dirs(paths ...string) map[string]entry {
 func installedFiles(prefix string) map[string]entry {
 	files := map[string]entry{
 		prefix + "/bin/mesh":                        {mode: 0o755},
+		prefix + "/bin/mesh-kube":                   {mode: 0o755},
 		prefix + "/bin/mesh-cni":                    {mode: 0o755},
 		prefix + "/bin/mesh-dataplane":              {mode: 0o755},
 		prefix + "/lib/systemd/system/mesh.service": {mode: 0o644},
@@ -180,7 +181,7 @@ func TestMakeInstall(t *testing.T) {
 
 			runMake(t, append([]string{"uninstall", "DESTDIR=" + dest}, tt.args...)...)
 			got := tree(t, dest)
-			for _, p := range []string{tt.prefix + "/bin/mesh", tt.prefix + "/bin/mesh-cni", tt.prefix + "/bin/mesh-dataplane", tt.prefix + "/lib/systemd/system/mesh.service", "/opt/cni/bin/mesh-cni", "/usr/lib/cni/mesh-cni"} {
+			for _, p := range []string{tt.prefix + "/bin/mesh", tt.prefix + "/bin/mesh-kube", tt.prefix + "/bin/mesh-cni", tt.prefix + "/bin/mesh-dataplane", tt.prefix + "/lib/systemd/system/mesh.service", "/opt/cni/bin/mesh-cni", "/usr/lib/cni/mesh-cni"} {
 				if _, ok := got[p]; ok {
 					t.Errorf("make uninstall left %s", p)
 				}

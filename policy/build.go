@@ -1,3 +1,5 @@
+//go:build !mesh_omit_kube
+
 package policy
 
 import (
@@ -23,16 +25,6 @@ type State struct {
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
 	Policies   []*networkingv1.NetworkPolicy
-}
-
-// PolicyStatus is one policy as applied on this node, for `mesh status
-// policy`.
-type PolicyStatus struct {
-	Namespace string   `json:"namespace"`
-	Name      string   `json:"name"`
-	Types     []string `json:"types"`
-	Pods      []string `json:"pods"`               // local pods it selects, "namespace/name"
-	Warnings  []string `json:"warnings,omitempty"` // parts skipped as invalid
 }
 
 // maxObjName is the longest name nftables accepts for sets, chains and

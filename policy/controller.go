@@ -1,3 +1,5 @@
+//go:build !mesh_omit_kube
+
 package policy
 
 import (

@@ -65,6 +65,10 @@ func launch(args []string, stderr io.Writer) error {
 	if err != nil {
 		return errUsage
 	}
+	if cfg.Kube && !daemon.KubeSupport {
+		return execKube(args)
+	}
+	os.Unsetenv(execEnv) // not for the daemon's children
 	cfg.Peers = peers
 	cfg.Version = version
 	if len(ipRanges) > 0 {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+
+	"github.com/meshnet/mesh/daemon"
 )
 
 // versionInfo is `mesh version -o json`; fields are only ever added.
@@ -12,6 +14,9 @@ type versionInfo struct {
 	Version   string `json:"version"`
 	GoVersion string `json:"goVersion"`
 	Platform  string `json:"platform"`
+	// Kubernetes: this build runs --kube itself (mesh-kube); false for
+	// make build's mesh, which runs mesh-kube for --kube.
+	Kubernetes bool `json:"kubernetes"`
 }
 
 func versionCmd(args []string, stdout, stderr io.Writer) error {
@@ -26,7 +31,8 @@ func versionCmd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *output == "json" {
-		return writeIndented(stdout, versionInfo{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH})
+		return writeIndented(stdout, versionInfo{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH,
+			Kubernetes: daemon.KubeSupport})
 	}
 	fmt.Fprintln(stdout, version)
 	return nil

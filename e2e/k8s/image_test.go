@@ -54,6 +54,14 @@ func TestMeshImage(t *testing.T) {
 		t.Fatalf("running mesh from the image: %v", err)
 	}
 	t.Logf("mesh version in the image: %s", strings.TrimSpace(out))
+	// The DaemonSet's `mesh launch --kube` runs mesh-kube: it must be
+	// there and be the build with Kubernetes.
+	out, err = node.Run(ctx, "ctr", "-n", "k8s.io", "run", "--rm", "--net-host",
+		"--cgroup", node.cgroupRoot+"/mesh-image-test",
+		image, "mesh-image-test", "/usr/local/bin/mesh-kube", "version", "-o", "json")
+	if err != nil || !strings.Contains(out, `"kubernetes": true`) {
+		t.Fatalf("mesh-kube in the image: %v: %s", err, out)
+	}
 	// A CNI plugin without CNI_COMMAND prints its usage and fails: what
 	// matters is that it exists and runs. The data plane only prints its
 	// version (without --version it would open the node's TUN device).

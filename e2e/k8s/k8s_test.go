@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -81,6 +82,7 @@ func TestKubernetes(t *testing.T) {
 	checkPodToPod(t, c, pods)
 	checkClusterIPService(t, c, pods)
 	if cni == "mesh" {
+		checkDaemonIsMeshKube(t, c)
 		checkHairpin(t, c)
 		checkPodToOutside(t, c)
 		checkNodesAndPods(t, c, pods)
@@ -745,4 +747,59 @@ func checkNodesAndPods(t *testing.T, c *Cluster, pods []testPod) {
 		})
 		t.Logf("pod %s on %s -> host %s (%s): ok", from.Name, node.Name, other.Name, other.Addr)
 	}
+}
+
+// checkDaemonIsMeshKube checks that the DaemonSet's `mesh launch --kube`
+// runs as mesh-kube (mesh, built without the Kubernetes client, execs it
+// under the same pid) on every node, and logs the resident memory of the
+// daemons and of their data-plane processes (docs/performance.md, "Idle
+// memory"). The nodes' processes are all visible from here: the simulated
+// hosts share this machine's pid namespace.
+func checkDaemonIsMeshKube(t *testing.T, c *Cluster) {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := map[string]int{}
+	for _, e := range entries {
+		pid := e.Name()
+		if pid[0] < '0' || pid[0] > '9' {
+			continue
+		}
+		comm, err := os.ReadFile("/proc/" + pid + "/comm")
+		if err != nil {
+			continue
+		}
+		cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+		args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
+		name := strings.TrimSpace(string(comm))
+		switch {
+		case name == "mesh-kube" && slices.Contains(args, "--kube"),
+			name == "mesh" && slices.Contains(args, "--kube"),
+			name == "mesh-dataplane":
+		default:
+			continue
+		}
+		count[name]++
+		status, _ := os.ReadFile("/proc/" + pid + "/status")
+		t.Logf("MEMORY %s (pid %s): %s", name, pid, strings.Join(grepPrefixed(string(status), "VmRSS", "RssAnon", "RssFile"), ", "))
+	}
+	if count["mesh-kube"] != len(c.Nodes) || count["mesh"] != 0 {
+		t.Errorf("daemons running --kube: %d as mesh-kube, %d as mesh; want %d as mesh-kube (mesh execs it)", count["mesh-kube"], count["mesh"], len(c.Nodes))
+	}
+}
+
+// grepPrefixed returns the lines of s that start with one of prefixes,
+// tabs and spaces squeezed.
+func grepPrefixed(s string, prefixes ...string) []string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, p := range prefixes {
+			if strings.HasPrefix(l, p) {
+				out = append(out, strings.Join(strings.Fields(l), " "))
+			}
+		}
+	}
+	return out
 }

@@ -199,23 +199,36 @@ func TestDaemonLinksOnlyWhatItNeeds(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs go list")
 	}
-	out, err := exec.Command("go", "list", "-deps", module+"/cmd/mesh").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
 	banned := []string{
 		"k8s.io/client-go/kubernetes", "k8s.io/client-go/informers", "k8s.io/client-go/applyconfigurations",
 		"github.com/prometheus/client_golang", "google.golang.org/protobuf",
 	}
-	pkgs := strings.Fields(string(out))
-	if len(pkgs) < 100 {
-		t.Fatalf("go list -deps gave %d packages; the listing looks wrong", len(pkgs))
-	}
-	for _, pkg := range pkgs {
-		for _, b := range banned {
-			if pkg == b || strings.HasPrefix(pkg, b+"/") {
-				t.Errorf("cmd/mesh depends on %s (find the importer with go list -deps -f '{{.ImportPath}}: {{.Imports}}')", pkg)
+	for _, tt := range []struct {
+		name, tags string
+		banned     []string
+	}{
+		{"mesh-kube", "", banned},
+		// make build's mesh: no Kubernetes package at all, whose init
+		// alone touches about 7 MiB of the binary (it runs mesh-kube for
+		// --kube).
+		{"mesh", "mesh_omit_kube", append(banned, "k8s.io")},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := exec.Command("go", "list", "-tags", tt.tags, "-deps", module+"/cmd/mesh").Output()
+			if err != nil {
+				t.Fatalf("go list: %v", err)
 			}
-		}
+			pkgs := strings.Fields(string(out))
+			if len(pkgs) < 100 {
+				t.Fatalf("go list -deps gave %d packages; the listing looks wrong", len(pkgs))
+			}
+			for _, pkg := range pkgs {
+				for _, b := range tt.banned {
+					if pkg == b || strings.HasPrefix(pkg, b+"/") {
+						t.Errorf("cmd/mesh (tags %q) depends on %s (find the importer with go list -tags %q -deps -f '{{.ImportPath}}: {{.Imports}}')", tt.tags, pkg, tt.tags)
+					}
+				}
+			}
+		})
 	}
 }

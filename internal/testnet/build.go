@@ -161,7 +161,7 @@ func RemoveBinaries() error {
 
 // MakeBuildOutputs are the files `make build` must leave in its output
 // directory: what README's "Run it" gives a user.
-var MakeBuildOutputs = []string{"mesh", "mesh-cni", "mesh-dataplane"}
+var MakeBuildOutputs = []string{"mesh", "mesh-kube", "mesh-cni", "mesh-dataplane"}
 
 // revisionOutputs are the files every revision's `make build` leaves, the
 // previous release's included (it has no mesh-dataplane: its daemon runs
