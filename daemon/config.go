@@ -102,6 +102,11 @@ type Config struct {
 	// back to this node's gossip address, and behaves as BehindNAT when it
 	// cannot (docs/routing.md, "Nodes behind NAT"). On by default.
 	NATCheck bool
+	// ReachRecheck is how often the reachability check runs again after
+	// its first verdict (docs/routing.md, "Nodes behind NAT"): a node that
+	// came to sit behind NAT or a firewall attaches to a home, one that is
+	// reachable again detaches. 0 never checks again.
+	ReachRecheck time.Duration
 	// RelayPreference: among equally short relay paths, the others prefer
 	// those through nodes with a higher value (docs/routing.md); from
 	// -MaxRelayPreference to MaxRelayPreference.
@@ -136,6 +141,7 @@ func DefaultConfig() Config {
 		MetricsAddr:      "127.0.0.1:6782",
 		PolicyWait:       10 * time.Second,
 		NATCheck:         true,
+		ReachRecheck:     mesh.DefaultConfig().ReachRecheck,
 	}
 }
 
@@ -192,6 +198,10 @@ func (c *Config) ipv6Only() bool { return !c.ipv4Range().IsValid() }
 func (c *Config) probeRange() netip.Prefix { return c.IPAllocRange }
 
 // Validate checks the configuration and normalises peer addresses.
+// MinReachRecheck is the shortest --reach-recheck: each round costs a TCP
+// connection each way with a peer.
+const MinReachRecheck = 5 * time.Second
+
 func (c *Config) Validate() error {
 	if !c.hasSecret() && !c.Insecure {
 		return ErrNoPassword
@@ -206,6 +216,9 @@ func (c *Config) Validate() error {
 	}
 	if c.RelayPreference < -mesh.MaxRelayPreference || c.RelayPreference > mesh.MaxRelayPreference {
 		return fmt.Errorf("--relay-preference must be from %d to %d", -mesh.MaxRelayPreference, mesh.MaxRelayPreference)
+	}
+	if c.ReachRecheck < 0 || (c.ReachRecheck > 0 && c.ReachRecheck < MinReachRecheck) {
+		return fmt.Errorf("--reach-recheck must be 0 (never) or at least %v", MinReachRecheck)
 	}
 	if c.Port < 1 || c.Port > 65535 {
 		return errors.New("--port must be from 1 to 65535")

@@ -125,6 +125,33 @@ func TestValidateRelayPreference(t *testing.T) {
 	}
 }
 
+func TestValidateReachRecheck(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		every time.Duration
+		ok    bool
+	}{
+		{"default", DefaultConfig().ReachRecheck, true},
+		{"never", 0, true},
+		{"shortest", MinReachRecheck, true},
+		{"too often", MinReachRecheck - time.Millisecond, false},
+		{"negative", -time.Second, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.ReachRecheck = tc.every
+			err := c.Validate()
+			if tc.ok != (err == nil) {
+				t.Fatalf("Validate() = %v, want ok %v", err, tc.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), "--reach-recheck") {
+				t.Fatalf("error %v does not name --reach-recheck", err)
+			}
+		})
+	}
+}
+
 // TestValidateIPAllocRange6: the second --ipalloc-range must be an IPv6
 // prefix the IPAM takes; a bad one is refused at start with the flag named.
 func TestValidateIPAllocRange6(t *testing.T) {

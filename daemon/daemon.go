@@ -188,6 +188,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	mc.Targets = cfg.Peers
 	mc.BehindNAT = cfg.BehindNAT
 	mc.DetectNAT = cfg.NATCheck
+	mc.ReachRecheck = cfg.ReachRecheck
 	mc.RememberedFile = cfg.path("peers.json")
 	mc.Logger = log.With("component", "mesh")
 	if len(ks.keys) == 0 {

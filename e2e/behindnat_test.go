@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+
 	"testing"
 	"time"
 
@@ -198,4 +199,108 @@ func TestNATNode(t *testing.T) {
 		}
 	}
 	testnet.Eventually(t, 60*time.Second, time.Second, func() error { return pingPods(ctx, pods[1:]) })
+}
+
+// natMoveTable is the nftables table TestFirewalledAtRunTime adds in a
+// host's namespace to put it behind a firewall.
+const natMoveTable = "natmovetest"
+
+// TestFirewalledAtRunTime: host4 joins a mesh of three reachable, then a
+// firewall is put in front of it at run time (nothing new comes in on its
+// underlay, what answers its own traffic does, as behind a NAT gateway):
+// the re-check (--reach-recheck) finds that host1 cannot connect back, and
+// host4 attaches to a home, through which the others reach its gossip; it
+// stays a live member and its pods keep reaching the others' both ways.
+// When the firewall goes, the next re-check finds it reachable and it
+// detaches.
+func TestFirewalledAtRunTime(t *testing.T) {
+	testnet.RequireRoot(t)
+	tn := testnet.New(t, testnet.Options{Hosts: 4, Prefix: "fw"})
+	hs := tn.Hosts()
+	recheck := []string{"--reach-recheck", "5s"}
+	nodes := []*node{launch(t, hs[0], nil, recheck...)}
+	for _, h := range hs[1:] {
+		nodes = append(nodes, launch(t, h, hs[:1], recheck...))
+	}
+	dumpLogsOnFailure(t, nodes...)
+	expectStates(t, 2*time.Minute, nodes, allAlive(nodes), true)
+	moved := nodes[3]
+	host1Gossip := netip.AddrPortFrom(hs[0].Addr, 6783).String()
+	// reach waits until moved's reachability is want, checked by host1,
+	// and its home is home; and host1's attached nodes are attached.
+	reach := func(want api.Reachability, home string, attached []string) {
+		t.Helper()
+		testnet.Eventually(t, 2*time.Minute, 500*time.Millisecond, func() error {
+			st, err := moved.Status()
+			if err != nil {
+				return err
+			}
+			if gr := st.GossipRelay; gr == nil || gr.Reachability != want || gr.CheckedBy != host1Gossip || gr.Home != home {
+				return fmt.Errorf("host4's gossip relay status %+v, want %q checked by %s, home %q", gr, want, host1Gossip, home)
+			}
+			st1, err := nodes[0].Status()
+			if err != nil {
+				return err
+			}
+			var got []string
+			if st1.GossipRelay != nil {
+				got = st1.GossipRelay.Attached
+			}
+			if !slices.Equal(got, attached) {
+				return fmt.Errorf("host1's attached nodes %v, want %v", got, attached)
+			}
+			return nil
+		})
+	}
+	reach(api.ReachDirect, "", nil)
+
+	ctx := t.Context()
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	var pods []*pod
+	for i, n := range nodes {
+		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("fw%d", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	testnet.Eventually(t, 2*time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
+
+	for _, args := range [][]string{
+		{"add", "table", "inet", natMoveTable},
+		{"add", "chain", "inet", natMoveTable, "in", "{ type filter hook input priority -10; policy accept; }"},
+		{"add", "rule", "inet", natMoveTable, "in", "iifname", "eth0", "ct", "state", "new", "drop"},
+	} {
+		if out, err := moved.Host.Run(ctx, "nft", args...); err != nil {
+			t.Fatalf("nft %v: %v: %s", args, err, out)
+		}
+	}
+	firewalled := time.Now()
+	reach(api.ReachBehindNAT, hs[0].Name, []string{hs[3].Name})
+	t.Logf("host4 attached to host1 %v after the firewall went up", time.Since(firewalled).Round(100*time.Millisecond))
+	// It holds: a live member everywhere, its pods reached both ways.
+	for range 15 {
+		time.Sleep(time.Second)
+		for _, n := range nodes {
+			got, err := peerStates(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s := got[moved.Host.Name]; n != moved && s != string(api.MemberAlive) && s != string(api.MemberSuspect) {
+				t.Fatalf("%s sees host4 %q behind its firewall", n.Host.Name, s)
+			}
+		}
+	}
+	testnet.Eventually(t, time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
+
+	if out, err := moved.Host.Run(ctx, "nft", "delete", "table", "inet", natMoveTable); err != nil {
+		t.Fatalf("nft delete table: %v: %s", err, out)
+	}
+	opened := time.Now()
+	reach(api.ReachDirect, "", nil)
+	t.Logf("host4 detached %v after the firewall went down", time.Since(opened).Round(100*time.Millisecond))
+	expectStates(t, time.Minute, nodes, allAlive(nodes), true)
+	testnet.Eventually(t, time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
 }
