@@ -19,8 +19,8 @@ import (
 
 // KubeSupport says this build runs --kube itself. A build with the tag
 // mesh_omit_kube (make build's mesh) leaves the Kubernetes client out,
-// which saves most of an idle daemon's memory and start-up time
-// (docs/performance.md, "Idle memory"); its CLI runs mesh-kube for --kube.
+// which saves an idle daemon about 5 MiB (docs/performance.md, "Idle
+// memory"); its CLI runs mesh-kube for --kube.
 const KubeSupport = true
 
 // kubeSource takes peers from Node objects and treats a deleted Node as
