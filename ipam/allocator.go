@@ -73,8 +73,12 @@ type Allocator struct {
 	subs    []chan struct{}
 	waiting int // Allocate calls blocked for space
 
-	reservedCache  map[uint64]string // offset -> other peer holding it; nil = stale
+	// reservedSorted is every offset other peers publish as held, sorted
+	// and without repeats; stale unless reservedValid. A sorted slice, not
+	// a set: 8 bytes an address where a map took about 40, and a node of
+	// a large cluster holds every pod's address here (docs/scale.md).
 	reservedSorted []uint64
+	reservedValid  bool
 	lastAsk        uint64            // tick of the last space request
 	gwEchoAsked    uint64            // gateway version promptLocked asked echoes for
 	heldAsks       map[string]uint64 // requester not yet live -> tick asked (holdAskLocked)
@@ -284,12 +288,10 @@ func (a *Allocator) chooseGatewayLocked() {
 // peer owns that no pod holds (a pod of another peer in space that changed
 // hands under it, or one of ours).
 func (a *Allocator) firstUsableOwned() (uint64, bool) {
-	res := a.reserved()
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
 		for off := sp.start; off < sp.end; off++ {
-			_, held := res[off]
 			_, mine := a.byOff[off]
-			if a.usable(off) && !held && !mine {
+			if a.usable(off) && !mine && !a.isReserved(off) {
 				return off, true
 			}
 		}
@@ -297,26 +299,41 @@ func (a *Allocator) firstUsableOwned() (uint64, bool) {
 	return 0, false
 }
 
-// reserved returns the offsets other peers publish as held, and the same
-// offsets sorted. Cached until another peer's info changes.
-func (a *Allocator) reserved() map[uint64]string {
-	if a.reservedCache == nil {
-		r := map[uint64]string{}
+// reserved returns the offsets other peers publish as held, sorted and
+// without repeats. Cached until another peer's info changes
+// (staleReservedLocked); the caller must not modify it.
+func (a *Allocator) reserved() []uint64 {
+	if !a.reservedValid {
+		// A removed peer's Held reserves too: rmpeer empties it, a Node
+		// deletion keeps the last known one (I5). A new slice each time:
+		// a caller may still hold the previous one.
+		n := 0
 		for name, p := range a.st.peers {
-			// A removed peer's Held reserves too: rmpeer empties it, a
-			// Node deletion keeps the last known one (I5).
-			if name == a.cfg.Self {
-				continue
-			}
-			for _, off := range p.Held {
-				r[off] = name
+			if name != a.cfg.Self {
+				n += len(p.Held)
 			}
 		}
-		a.reservedCache = r
-		a.reservedSorted = slices.Sorted(maps.Keys(r))
+		r := make([]uint64, 0, n)
+		for name, p := range a.st.peers {
+			if name != a.cfg.Self {
+				r = append(r, p.Held...)
+			}
+		}
+		slices.Sort(r)
+		a.reservedSorted, a.reservedValid = slices.Compact(r), true
 	}
-	return a.reservedCache
+	return a.reservedSorted
 }
+
+// isReserved says whether another peer publishes off as held.
+func (a *Allocator) isReserved(off uint64) bool {
+	_, ok := slices.BinarySearch(a.reserved(), off)
+	return ok
+}
+
+// staleReservedLocked drops the cache of reserved: another peer's info
+// changed.
+func (a *Allocator) staleReservedLocked() { a.reservedValid = false }
 
 // blocked says whether an owned offset cannot be allocated.
 func (a *Allocator) blocked(off uint64, gw uint64, hasGw bool) bool {
@@ -326,8 +343,7 @@ func (a *Allocator) blocked(off uint64, gw uint64, hasGw bool) bool {
 	if _, ok := a.byOff[off]; ok {
 		return true
 	}
-	_, ok := a.reserved()[off]
-	return ok
+	return a.isReserved(off)
 }
 
 // pickFree returns the lowest allocatable offset. Without automatic
@@ -362,13 +378,13 @@ func (a *Allocator) pickFree() (uint64, bool) {
 // allocations and sorted reservations.
 func (a *Allocator) freeCount() uint64 {
 	ov, hasOv := a.gatewayOff()
-	a.reserved()
+	res := a.reserved()
 	var total, blocked uint64
 	for _, sp := range a.st.ring.owned(a.cfg.Self) {
 		total += sp.len()
-		i, _ := slices.BinarySearch(a.reservedSorted, sp.start)
-		for ; i < len(a.reservedSorted) && a.reservedSorted[i] < sp.end; i++ {
-			if off := a.reservedSorted[i]; a.usable(off) && !(hasOv && off == ov) {
+		i, _ := slices.BinarySearch(res, sp.start)
+		for ; i < len(res) && res[i] < sp.end; i++ {
+			if off := res[i]; a.usable(off) && !(hasOv && off == ov) {
 				if _, mine := a.byOff[off]; !mine {
 					blocked++
 				}

@@ -6,8 +6,6 @@ import (
 	"maps"
 	"math"
 	"os"
-	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -157,15 +155,6 @@ func TestScaleConvergence(t *testing.T) {
 func measureConvergence(t *testing.T, n int) []convPhase {
 	t.Helper()
 	s, names := settledScaleSim(t, n)
-	{
-		runtime.GC()
-		f, _ := os.Create(fmt.Sprintf("/tmp/heap%d.prof", n))
-		pprof.WriteHeapProfile(f)
-		f.Close()
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		t.Logf("HEAP n=%d inuse %d MiB", n, ms.HeapInuse>>20)
-	}
 	var out []convPhase
 	// phase counts what start sends and the seconds after it until done
 	// reports "".

@@ -263,7 +263,7 @@ func (a *Allocator) mergeLocked(w wireState) error {
 			// before it is acted on or echoed (I4).
 			a.dirty = true
 			if name != a.cfg.Self {
-				a.reservedCache = nil
+				a.staleReservedLocked()
 			}
 		}
 	}

@@ -60,7 +60,8 @@ func mustAlloc(t testing.TB, a *Allocator, id, ifn string) netip.Addr {
 }
 
 // indexMismatch says how the allocation indexes disagree (allocs, byOff
-// and the sorted offs, see bindLocked); "" when they agree.
+// and the sorted offs, see bindLocked), or the cache of other peers'
+// reservations disagrees with their infos; "" when they agree.
 func (a *Allocator) indexMismatch() string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -74,6 +75,21 @@ func (a *Allocator) indexMismatch() string {
 	}
 	if !slices.Equal(a.offs, slices.Sorted(maps.Keys(a.byOff))) {
 		return fmt.Sprintf("sorted offsets %v, offsets held %v", a.offs, slices.Sorted(maps.Keys(a.byOff)))
+	}
+	// The cache of other peers' reservations, if valid, is what their
+	// infos say now: a change that forgot staleReservedLocked shows here.
+	if a.reservedValid {
+		want := map[uint64]bool{}
+		for name, p := range a.st.peers {
+			for _, off := range p.Held {
+				if name != a.cfg.Self {
+					want[off] = true
+				}
+			}
+		}
+		if w := slices.Sorted(maps.Keys(want)); !slices.Equal(a.reservedSorted, w) {
+			return fmt.Sprintf("cached reservations %v, other peers hold %v", a.reservedSorted, w)
+		}
 	}
 	return ""
 }

@@ -190,13 +190,12 @@ func (a *Allocator) poolGivableLocked(f, n uint64) bool {
 // (usable): the addresses largestFreeRun never donates.
 func (a *Allocator) keptEndsLocked() uint64 {
 	ov, hasOv := a.gatewayOff()
-	res := a.reserved()
 	var n uint64
 	for _, off := range slices.Compact([]uint64{0, a.st.ring.size - 1}) {
 		e := a.st.ring.get(off)
 		_, mine := a.byOff[off]
 		_, pooled := a.pool[off]
-		_, held := res[off]
+		held := a.isReserved(off)
 		if e.Owner == a.cfg.Self && e.Dead == "" && a.usable(off) && !mine && !pooled && !held && !(hasOv && off == ov) {
 			n++
 		}

@@ -102,7 +102,7 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 	// Signed by this peer as writer: receivers accept a removal signed by
 	// any node with a bound identity (docs/ipam.md, "Signed peer infos").
 	a.st.peers[name] = a.signLocked(name, removed)
-	a.reservedCache = nil
+	a.staleReservedLocked()
 	a.log.Warn("removed peer", "peer", name, "ranges", n, "authoritative", authoritative)
 	a.afterRingChangeLocked()
 	a.publishLocked()
@@ -154,7 +154,7 @@ func (a *Allocator) claimOrphansLocked() bool {
 		changed = true
 	}
 	if changed {
-		a.reservedCache = nil
+		a.staleReservedLocked()
 		a.announceLocked(before)
 	}
 	return changed

@@ -221,9 +221,7 @@ func (a *Allocator) largestFreeRun() (span, bool) {
 	for off := range a.byOff {
 		stops = append(stops, off)
 	}
-	for off := range a.reserved() {
-		stops = append(stops, off)
-	}
+	stops = append(stops, a.reserved()...)
 	for off := range a.pool {
 		stops = append(stops, off)
 	}
