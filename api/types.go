@@ -211,6 +211,13 @@ type IPAMPeer struct {
 	// Joining: the peer joined with automatic reclaim on and does not vote
 	// yet (docs/ipam.md, "Joining as a voter").
 	Joining bool `json:"joining,omitempty"`
+	// Removed: the peer was removed (mesh rmpeer, a deleted Kubernetes
+	// Node, an automatic reclaim). Reserved counts the addresses it still
+	// holds for its pods, which no other node hands out: a deleted Node's
+	// until the API lists none of its pods (docs/ipam.md, "Kubernetes
+	// Node deletion"). Both absent when zero.
+	Removed  bool `json:"removed,omitempty"`
+	Reserved int  `json:"reserved,omitempty"`
 }
 
 // Connection is the data-plane link to one peer.

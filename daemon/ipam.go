@@ -250,10 +250,11 @@ func allocatorStatus(a *ipam.Allocator) (*api.IPAM, string) {
 		out.Ranges = append(out.Ranges, api.RangeInfo{CIDR: r.CIDR.String(), Owner: r.Owner})
 	}
 	for _, p := range st.Peers {
-		if p.Removed && p.Owned == 0 {
+		if p.Removed && p.Owned == 0 && p.Held == 0 {
 			continue // gone for good, and nothing left to show
 		}
-		out.Peers = append(out.Peers, api.IPAMPeer{Name: p.Name, Addresses: p.Owned, Percent: p.Percent, Reachable: p.Reachable, Joining: p.Joining})
+		out.Peers = append(out.Peers, api.IPAMPeer{Name: p.Name, Addresses: p.Owned, Percent: p.Percent, Reachable: p.Reachable, Joining: p.Joining,
+			Removed: p.Removed, Reserved: reservedBy(p)})
 	}
 	for _, c := range st.Conflicts {
 		out.Problems = append(out.Problems, "address held by two peers: "+c)
@@ -499,4 +500,14 @@ func (d *Daemon) released(before []ipam.Allocation) {
 	for _, a := range gone {
 		d.flushConntrack(a)
 	}
+}
+
+// reservedBy is what a removed peer still holds for its pods (a deleted
+// Node's last known Held); 0 for a live peer, whose Held is its own
+// business (its allocations).
+func reservedBy(p ipam.PeerStatus) int {
+	if !p.Removed {
+		return 0
+	}
+	return p.Held
 }

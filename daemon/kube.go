@@ -4,14 +4,19 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshnet/mesh/ipam"
 	"github.com/meshnet/mesh/kube"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/policy"
@@ -55,10 +60,27 @@ func (k *kubeSource) watcher(d *Daemon) *kube.Watcher {
 	return kube.NewWatcher(k.client, k.log, &kubeHandler{d: d, self: k.self, log: k.log})
 }
 
-// start runs, until d's context ends, the watch of the Node objects and
-// the NetworkPolicy controller.
+// start runs, until d's context ends, the watch of the Node objects, the
+// release of deleted Nodes' addresses and the NetworkPolicy controller.
 func (k *kubeSource) start(d *Daemon) {
 	d.goLoop("kube", k.watcher(d).Serve)
+	r := newReleaser(k.client, k.self, k.log)
+	d.goLoop("kube-release", func(ctx context.Context) {
+		t := time.NewTicker(releaseCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				allocs := make([]heldReleaser, 0, 2)
+				for _, a := range d.allocators() {
+					allocs = append(allocs, a)
+				}
+				r.round(ctx, time.Now(), d.members.Members(), allocs)
+			}
+		}
+	})
 	d.startPolicy(k)
 }
 
@@ -108,13 +130,19 @@ const (
 // deleted Node: its rank among the live members other than deleted, in
 // name order, times removalStagger, capped.
 func removalTurn(self, deleted string, members []mesh.Member) time.Duration {
+	return min(time.Duration(removalRank(self, deleted, members))*removalStagger, removalStaggerMax)
+}
+
+// removalRank is self's rank among the live members other than deleted,
+// in name order: 0 for the first.
+func removalRank(self, deleted string, members []mesh.Member) int {
 	rank := 0
 	for _, m := range members {
 		if m.Name != deleted && m.Name < self && m.State.Live() {
 			rank++
 		}
 	}
-	return min(time.Duration(rank)*removalStagger, removalStaggerMax)
+	return rank
 }
 
 func (h *kubeHandler) NodeDeleted(name string) {
@@ -159,4 +187,119 @@ func (h *kubeHandler) removeDeleted(name string) {
 		return
 	}
 	h.log.Info("reclaimed the ranges of a deleted node", "node", name, "ranges", n)
+}
+
+// A deleted Node's peer keeps its last known reservations after its
+// removal (ipam: RemovePeerAuthoritative), since its pods may still run.
+// They are released once the API lists none of its pods (the pod garbage
+// collector deletes those of a deleted Node) and neither the Node again,
+// and its daemon is no live member. The nodes take turns as for the
+// removal, one releaseCheck apart: the first live node in name order
+// checks at once, the k-th after k rounds (at most releaseRankMax), by
+// which time the first release has usually reached it. Releases by
+// several nodes write the same info, so the turns only save API requests
+// and writes.
+const (
+	releaseCheck   = 30 * time.Second
+	releaseRankMax = 10
+)
+
+// heldReleaser is the part of an *ipam.Allocator the release uses.
+type heldReleaser interface {
+	RemovedHolding() []string
+	ReleaseRemovedHeld(name string) (int, error)
+}
+
+// releaser releases the reservations of deleted Nodes' peers whose pods
+// are gone. round is called from one goroutine.
+type releaser struct {
+	client *kube.Client
+	self   string
+	log    *slog.Logger
+	seen   map[string]time.Time // candidate -> when first seen; only candidates
+}
+
+func newReleaser(client *kube.Client, self string, log *slog.Logger) *releaser {
+	return &releaser{client: client, self: self, log: log, seen: map[string]time.Time{}}
+}
+
+// round looks at every removed peer that still holds addresses, once.
+func (r *releaser) round(ctx context.Context, now time.Time, members []mesh.Member, allocs []heldReleaser) {
+	cands := map[string][]heldReleaser{}
+	for _, a := range allocs {
+		for _, name := range a.RemovedHolding() {
+			cands[name] = append(cands[name], a)
+		}
+	}
+	for name := range r.seen {
+		if _, ok := cands[name]; !ok {
+			delete(r.seen, name)
+		}
+	}
+	live := map[string]bool{}
+	for _, m := range members {
+		live[m.Name] = m.State.Live()
+	}
+	for _, name := range slices.Sorted(maps.Keys(cands)) {
+		if live[name] {
+			continue // its daemon runs, so its pods may too
+		}
+		first, ok := r.seen[name]
+		if !ok {
+			first, r.seen[name] = now, now
+		}
+		if wait := time.Duration(min(removalRank(r.self, name, members), releaseRankMax)) * releaseCheck; now.Sub(first) < wait {
+			continue
+		}
+		why, err := r.blocked(ctx, name)
+		if err != nil {
+			r.log.Warn("failed to ask the Kubernetes API whether a deleted node's pods are gone", "node", name, "error", err)
+			continue
+		}
+		if why != "" {
+			r.log.Debug("the addresses of a deleted node's pods stay reserved", "node", name, "why", why)
+			continue
+		}
+		for _, a := range cands[name] {
+			n, err := a.ReleaseRemovedHeld(name)
+			switch {
+			case errors.Is(err, ipam.ErrNotYet):
+				r.log.Debug("the addresses of a deleted node's pods stay reserved", "node", name, "why", err)
+			case err != nil:
+				r.log.Warn("failed to release the addresses of a deleted node's pods", "node", name, "error", err)
+			case n > 0:
+				r.log.Info("released the addresses of a deleted node's pods: the API lists none of them", "node", name, "addresses", n)
+			}
+		}
+	}
+}
+
+// blocked says why the reservations of the deleted Node name must stay
+// (its Node is back, or the API still lists pods on it), "" when none.
+func (r *releaser) blocked(ctx context.Context, name string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	nodes, err := r.client.Nodes.List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+	if err != nil {
+		return "", fmt.Errorf("failed to list node %s: %w", name, err)
+	}
+	// The selector filters on the server; the check here keeps a client
+	// that ignores it (the fake) from being read as "no such node".
+	if slices.ContainsFunc(nodes.Items, func(n corev1.Node) bool { return n.Name == name }) {
+		return "its Node exists again", nil
+	}
+	pods, err := r.client.Pods.List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + name})
+	if err != nil {
+		return "", fmt.Errorf("failed to list the pods of node %s: %w", name, err)
+	}
+	n := 0
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == name {
+			n++
+		}
+	}
+	if n > 0 {
+		return fmt.Sprintf("the API lists %d of its pods", n), nil
+	}
+	return "", nil
 }

@@ -465,3 +465,106 @@ func TestRemovalKeepsVersionsGrowing(t *testing.T) {
 		t.Fatalf("removal not reported: %q", p)
 	}
 }
+
+// TestReleaseRemovedHeld: a deleted Node's peer keeps its last Held after
+// RemovePeerAuthoritative (its pods may still run); once the daemon has
+// the API's word that they are gone, ReleaseRemovedHeld drops them: not
+// before the heir owns the space, by any number of nodes at once with the
+// same result, and afterwards the heir hands those addresses out again.
+func TestReleaseRemovedHeld(t *testing.T) {
+	net := newSimNet(4)
+	for _, n := range []string{"a", "b", "c", "d"} {
+		net.add(t, n, "10.0.0.0/28", 4, 0)
+	}
+	net.settle(t, 40)
+	c := net.nodes["c"]
+	var held []netip.Addr
+	for i := range 3 {
+		held = append(held, mustAlloc(t, c.Allocator, fmt.Sprintf("pod%d", i), "eth0"))
+	}
+	net.settle(t, 10)
+	net.kill("c")
+
+	if _, err := net.nodes["a"].ReleaseRemovedHeld("c"); err == nil || !strings.Contains(err.Error(), "not removed") {
+		t.Fatalf("release before the removal: %v, want a refusal naming it", err)
+	}
+	if _, err := net.nodes["a"].ReleaseRemovedHeld("nobody"); !errors.Is(err, errUnknownPeer) {
+		t.Fatalf("release of an unknown peer: %v", err)
+	}
+	if _, err := net.nodes["a"].ReleaseRemovedHeld("a"); err == nil {
+		t.Fatal("releasing this peer's own reservations succeeded")
+	}
+	if _, err := net.nodes["a"].RemovePeerAuthoritative("c"); err != nil {
+		t.Fatal(err)
+	}
+	// Right after the removal c's space waits for its heir (b, the owner
+	// of the address below it), which has not heard of it yet.
+	if _, err := net.nodes["a"].ReleaseRemovedHeld("c"); !errors.Is(err, ErrNotYet) {
+		t.Fatalf("release before the heir claimed c's space: %v, want ErrNotYet", err)
+	}
+	net.settle(t, 20)
+	for _, n := range []string{"a", "b", "d"} {
+		if got := net.nodes[n].RemovedHolding(); !slices.Equal(got, []string{"c"}) {
+			t.Fatalf("%s: removed peers holding addresses %v, want [c]", n, got)
+		}
+	}
+	// The heir cannot hand out c's pods' addresses: fill it up.
+	heir := ""
+	for _, r := range net.nodes["a"].Ranges() {
+		if r.CIDR.Contains(held[0]) {
+			heir = r.Owner
+		}
+	}
+	if heir == "" || heir == "c" {
+		t.Fatalf("%v is owned by %q after the removal", held[0], heir)
+	}
+	b := net.nodes[heir]
+	var got []netip.Addr
+	for i := range 64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		addr, err := b.Allocate(ctx, fmt.Sprintf("fill%d", i), "eth0")
+		cancel()
+		if err != nil {
+			break
+		}
+		got = append(got, addr)
+		net.settle(t, 1)
+	}
+	for _, h := range held {
+		if slices.Contains(got, h) {
+			t.Fatalf("%s handed out %v, held by the deleted node's pod", heir, h)
+		}
+	}
+	// Two nodes release at once.
+	for _, name := range []string{"a", "d"} {
+		// Its pods' addresses and its own (the node's overlay address).
+		if n, err := net.nodes[name].ReleaseRemovedHeld("c"); err != nil || n != len(held)+1 {
+			t.Fatalf("%s: release: %d, %v; want %d", name, n, err, len(held)+1)
+		}
+	}
+	net.settle(t, 20)
+	for _, name := range []string{"a", "b", "d"} {
+		if got := net.nodes[name].RemovedHolding(); len(got) != 0 {
+			t.Fatalf("%s still sees %v holding addresses", name, got)
+		}
+		if n, err := net.nodes[name].ReleaseRemovedHeld("c"); err != nil || n != 0 {
+			t.Fatalf("%s: release again: %d, %v; want 0, nil", name, n, err)
+		}
+	}
+	// Now the heir hands them out.
+	for i := range 16 {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		addr, err := b.Allocate(ctx, fmt.Sprintf("after%d", i), "eth0")
+		cancel()
+		if err != nil {
+			break
+		}
+		got = append(got, addr)
+		net.settle(t, 1)
+	}
+	for _, h := range held {
+		if !slices.Contains(got, h) {
+			t.Fatalf("after the release %s did not hand out %v (got %v)", heir, h, got)
+		}
+	}
+}

@@ -343,3 +343,75 @@ func (a *Allocator) autoReclaimLocked() bool {
 	}
 	return changed
 }
+
+// ErrNotYet: ReleaseRemovedHeld of a peer whose space has not all reached
+// its heir yet.
+var ErrNotYet = errors.New("ipam: not yet")
+
+// RemovedHolding lists the peers removed with their reservations kept
+// (RemovePeerAuthoritative: a deleted Kubernetes Node's), sorted: the
+// candidates for ReleaseRemovedHeld. Non-blocking; safe for concurrent use.
+func (a *Allocator) RemovedHolding() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for name, p := range a.st.peers {
+		if p.Removed && len(p.Held) > 0 && name != a.cfg.Self {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ReleaseRemovedHeld drops the reservations a removed peer keeps (a deleted
+// Kubernetes Node's last known Held, kept by RemovePeerAuthoritative: I5)
+// once the authority says its pods are gone: the daemon calls it when the
+// API lists no pod on that Node and the node is no live member
+// (docs/ipam.md, "Kubernetes Node deletion"). It writes the peer's removed
+// info again at the next epoch with nothing held, as rmpeer would, but
+// leaves the ring alone: it refuses (ErrNotYet) while the peer still owns
+// space or tombstoned space of it waits for its heir, so any number of
+// nodes may call it at once and write the same info. Returns how many
+// addresses it released: 0 when the peer holds none (already released).
+// Persists; the info spreads by push/pull. Safe for concurrent use.
+func (a *Allocator) ReleaseRemovedHeld(name string) (int, error) {
+	if name == a.cfg.Self {
+		return 0, fmt.Errorf("ipam: refusing to release this peer's (%s) own reservations", name)
+	}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return 0, ErrClosed
+	}
+	info, known := a.st.peers[name]
+	switch {
+	case !known:
+		a.mu.Unlock()
+		return 0, fmt.Errorf("%w %q", errUnknownPeer, name)
+	case !info.Removed:
+		a.mu.Unlock()
+		return 0, fmt.Errorf("ipam: peer %q is not removed: only a removed peer's reservations are released", name)
+	case len(info.Held) == 0:
+		a.mu.Unlock()
+		return 0, nil
+	case a.recovering:
+		a.mu.Unlock()
+		return 0, fmt.Errorf("%w: this peer is recovering its state (I6)", ErrNotYet)
+	}
+	if len(a.st.ring.spans(func(e entry) bool { return e.Owner == name || (e.Owner == "" && e.Dead == name) })) > 0 {
+		a.mu.Unlock()
+		return 0, fmt.Errorf("%w: peer %q still owns space, or its heir has not claimed it", ErrNotYet, name)
+	}
+	released := peerInfo{Epoch: info.Epoch + 1, Version: info.Version + 1, ID: info.ID, Removed: true}
+	a.st.peers[name] = a.signLocked(name, released)
+	a.staleReservedLocked()
+	n := len(info.Held)
+	a.log.Warn("released the reservations of a removed peer", "peer", name, "addresses", n)
+	a.publishLocked()
+	err := a.saveLocked()
+	out := a.takeOutbox()
+	a.mu.Unlock()
+	a.flush(out)
+	return n, err
+}

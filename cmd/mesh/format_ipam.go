@@ -61,11 +61,17 @@ func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 			var notes []string
 			if p.Name == self {
 				notes = append(notes, "self")
-			} else if !p.Reachable {
+			} else if !p.Reachable && !p.Removed {
 				notes = append(notes, "unreachable")
 			}
 			if p.Joining {
 				notes = append(notes, "joining")
+			}
+			if p.Removed {
+				notes = append(notes, "removed")
+			}
+			if p.Reserved > 0 {
+				notes = append(notes, fmt.Sprintf("%d reserved for its pods", p.Reserved))
 			}
 			fmt.Fprintf(tw, "%s\t%d\t%.1f%%\t%s\n", p.Name, p.Addresses, p.Percent, strings.Join(notes, ", "))
 		}

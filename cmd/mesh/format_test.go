@@ -51,6 +51,7 @@ func sampleStatus() *api.Status {
 				{Name: "host-c", Addresses: 524288, Percent: 50, Reachable: false},
 				{Name: "host-b", Addresses: 262144, Percent: 25, Reachable: true},
 				{Name: "a-very-long-host-name", Addresses: 262144, Percent: 25, Reachable: true, Joining: true},
+				{Name: "host-z", Removed: true, Reserved: 12},
 			},
 			Problems:     []string{"host-c owns 50.0% of the range and is unreachable: if it is gone for good, run `mesh rmpeer host-c` on one live node"},
 			SignedStates: &api.SignedStates{Sending: true},

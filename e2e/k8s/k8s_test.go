@@ -562,6 +562,43 @@ func deleteNode(t *testing.T, c *Cluster, mesh bool) {
 		return nil
 	})
 	t.Logf("ranges of %s reclaimed; %s's IPAM:\n%s", gone.Name, other.Name, last)
+
+	// Its pods' addresses stay reserved until the API lists none of its
+	// pods (the pod garbage collector deletes those of a deleted Node),
+	// then the daemons release them (docs/ipam.md, "Kubernetes Node
+	// deletion").
+	start := time.Now()
+	sawReserved := 0
+	c.eventually(t, 4*time.Minute, func() error {
+		out, err := other.Run(context.Background(), meshBin, "status", "ipam", "-o", "json")
+		if err != nil {
+			return err
+		}
+		var st api.IPAMSections
+		if err := json.Unmarshal([]byte(out), &st); err != nil {
+			return fmt.Errorf("mesh status ipam -o json: %w: %s", err, out)
+		}
+		for _, ipam := range []*api.IPAM{st.IPAM, st.IPAM6} {
+			if ipam == nil {
+				continue
+			}
+			for _, p := range ipam.Peers {
+				if p.Name == gone.Name && p.Reserved > 0 {
+					sawReserved = max(sawReserved, p.Reserved)
+					return fmt.Errorf("%d addresses of %s still reserved for the deleted node's pods", p.Reserved, ipam.Range)
+				}
+			}
+		}
+		return nil
+	})
+	pods, err := c.Kubectl(context.Background(), "", "get", "pods", "-A", "--field-selector", "spec.nodeName="+gone.Name, "-o", "name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(pods) != "" {
+		t.Fatalf("the addresses were released while the API still lists pods on %s:\n%s", gone.Name, pods)
+	}
+	t.Logf("the deleted node's pods' addresses released %v after its ranges were reclaimed (%d reserved meanwhile)", time.Since(start).Round(time.Second), sawReserved)
 }
 
 // whoamiPodYAML is a pod serving whoami (TCP and UDP on port 9000: the
