@@ -193,15 +193,16 @@ func (h *kubeHandler) removeDeleted(name string) {
 // removal (ipam: RemovePeerAuthoritative), since its pods may still run.
 // They are released once the API lists none of its pods (the pod garbage
 // collector deletes those of a deleted Node) and neither the Node again,
-// and its daemon is no live member. The nodes take turns as for the
-// removal, one releaseCheck apart: the first live node in name order
-// checks at once, the k-th after k rounds (at most releaseRankMax), by
-// which time the first release has usually reached it. Releases by
-// several nodes write the same info, so the turns only save API requests
-// and writes.
+// and its daemon is no live member. Only the first releaseCheckers live
+// nodes in name order ask the API, the k-th from k rounds after it first
+// saw the peer, by which time the first release has usually reached it:
+// a cluster of thousands of nodes must not list pods from every node
+// every round while a deleted Node's pods linger. The others learn the
+// release by gossip. Releases by several nodes write the same info, so
+// the turns only save API requests and writes.
 const (
-	releaseCheck   = 30 * time.Second
-	releaseRankMax = 10
+	releaseCheck    = 30 * time.Second
+	releaseCheckers = 3
 )
 
 // heldReleaser is the part of an *ipam.Allocator the release uses.
@@ -244,11 +245,15 @@ func (r *releaser) round(ctx context.Context, now time.Time, members []mesh.Memb
 		if live[name] {
 			continue // its daemon runs, so its pods may too
 		}
+		rank := removalRank(r.self, name, members)
+		if rank >= releaseCheckers {
+			continue
+		}
 		first, ok := r.seen[name]
 		if !ok {
 			first, r.seen[name] = now, now
 		}
-		if wait := time.Duration(min(removalRank(r.self, name, members), releaseRankMax)) * releaseCheck; now.Sub(first) < wait {
+		if now.Sub(first) < time.Duration(rank)*releaseCheck {
 			continue
 		}
 		why, err := r.blocked(ctx, name)

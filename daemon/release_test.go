@@ -45,8 +45,8 @@ func podOn(name, node string) *corev1.Pod {
 // TestReleaseDeletedNodesAddresses: a deleted Node's reservations are
 // released only once the API lists none of its pods and not the Node
 // again, and its daemon is no live member; the first live node in name
-// order asks at once, the others a round later each; a release the IPAM
-// refuses for now is tried again at the next round.
+// order asks at once, the next two a round later each, the others never;
+// a release the IPAM refuses for now is tried again at the next round.
 func TestReleaseDeletedNodesAddresses(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	members := func(states ...string) []mesh.Member {
@@ -113,6 +113,16 @@ func TestReleaseDeletedNodesAddresses(t *testing.T) {
 			if len(held.released) != want {
 				t.Fatalf("round %d: released %v, want %d release(s)", i, held.released, want)
 			}
+		}
+		// e is fourth: it leaves the API alone and waits for the gossip.
+		r = newReleaser(kubetest.Client(fake.NewClientset()), "e", log)
+		held = &fakeHeld{holding: []string{"gone"}}
+		view = members("a", "alive", "b", "alive", "c", "alive", "e", "alive", "gone", "dead")
+		for i := range 20 {
+			r.round(ctx, t0.Add(time.Duration(i)*releaseCheck), view, []heldReleaser{held})
+		}
+		if len(held.released) != 0 || len(r.seen) != 0 {
+			t.Fatalf("the fourth live node released %v (remembered %v); want none", held.released, r.seen)
 		}
 	})
 
