@@ -518,18 +518,22 @@ func TestReleaseRemovedHeld(t *testing.T) {
 	if heir == "" || heir == "c" {
 		t.Fatalf("%v is owned by %q after the removal", held[0], heir)
 	}
-	b := net.nodes[heir]
-	var got []netip.Addr
-	for i := range 64 {
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		addr, err := b.Allocate(ctx, fmt.Sprintf("fill%d", i), "eth0")
-		cancel()
-		if err != nil {
-			break
+	// fill has the heir allocate until it can no more.
+	fill := func(tag string) []netip.Addr {
+		var out []netip.Addr
+		for i := range 16 {
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			addr, err := net.nodes[heir].Allocate(ctx, fmt.Sprintf("%s%d", tag, i), "eth0")
+			cancel()
+			if err != nil {
+				break
+			}
+			out = append(out, addr)
+			net.settle(t, 1)
 		}
-		got = append(got, addr)
-		net.settle(t, 1)
+		return out
 	}
+	got := fill("fill")
 	for _, h := range held {
 		if slices.Contains(got, h) {
 			t.Fatalf("%s handed out %v, held by the deleted node's pod", heir, h)
@@ -552,16 +556,7 @@ func TestReleaseRemovedHeld(t *testing.T) {
 		}
 	}
 	// Now the heir hands them out.
-	for i := range 16 {
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		addr, err := b.Allocate(ctx, fmt.Sprintf("after%d", i), "eth0")
-		cancel()
-		if err != nil {
-			break
-		}
-		got = append(got, addr)
-		net.settle(t, 1)
-	}
+	got = append(got, fill("after")...)
 	for _, h := range held {
 		if !slices.Contains(got, h) {
 			t.Fatalf("after the release %s did not hand out %v (got %v)", heir, h, got)
