@@ -197,11 +197,11 @@ func (c *Config) ipv6Only() bool { return !c.ipv4Range().IsValid() }
 // families (docs/routing.md), and IPv6 in an IPv6-only one.
 func (c *Config) probeRange() netip.Prefix { return c.IPAllocRange }
 
-// Validate checks the configuration and normalises peer addresses.
 // MinReachRecheck is the shortest --reach-recheck: each round costs a TCP
 // connection each way with a peer.
 const MinReachRecheck = 5 * time.Second
 
+// Validate checks the configuration and normalises peer addresses.
 func (c *Config) Validate() error {
 	if !c.hasSecret() && !c.Insecure {
 		return ErrNoPassword
