@@ -46,6 +46,12 @@ func (a *Allocator) RemovePeerAuthoritative(name string) (int, error) {
 	return a.removePeer(name, true)
 }
 
+// ownedOrTombstoned matches the entries of name's space: those it owns and
+// its tombstones that no heir has claimed yet.
+func ownedOrTombstoned(name string) func(entry) bool {
+	return func(e entry) bool { return e.Owner == name || (e.Owner == "" && e.Dead == name) }
+}
+
 // errUnknownPeer: rmpeer of a name this peer never heard of.
 var errUnknownPeer = errors.New("ipam: unknown peer")
 
@@ -75,8 +81,7 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 			func(e entry) bool { return e.Owner == name },
 			func(e entry) entry { return entry{Version: e.Version + 1, Dead: name} })
 	} else {
-		a.st.ring, n = a.st.ring.rewrite(
-			func(e entry) bool { return e.Owner == name || (e.Owner == "" && e.Dead == name) },
+		a.st.ring, n = a.st.ring.rewrite(ownedOrTombstoned(name),
 			func(e entry) entry { return entry{Version: e.Version + 1, Owner: a.cfg.Self} })
 	}
 	if !known && n == 0 {
@@ -91,7 +96,7 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 	// conflict, and addresses leaked for good). If the peer is in fact
 	// alive it republishes at this epoch with a higher version and its
 	// reservations come back.
-	removed := peerInfo{Epoch: info.Epoch + 1, Version: info.Version + 1, ID: info.ID, Removed: true}
+	removed := info.removedBy()
 	if authoritative {
 		// A deleted Node's daemon may still run, and its pods with it,
 		// for a while: its last known Held keeps reserving (I5) until an
@@ -356,7 +361,7 @@ func (a *Allocator) RemovedHolding() []string {
 	defer a.mu.Unlock()
 	var out []string
 	for name, p := range a.st.peers {
-		if p.Removed && len(p.Held) > 0 && name != a.cfg.Self {
+		if p.removedHolding() && name != a.cfg.Self {
 			out = append(out, name)
 		}
 	}
@@ -392,19 +397,18 @@ func (a *Allocator) ReleaseRemovedHeld(name string) (int, error) {
 	case !info.Removed:
 		a.mu.Unlock()
 		return 0, fmt.Errorf("ipam: peer %q is not removed: only a removed peer's reservations are released", name)
-	case len(info.Held) == 0:
+	case !info.removedHolding():
 		a.mu.Unlock()
 		return 0, nil
 	case a.recovering:
 		a.mu.Unlock()
 		return 0, fmt.Errorf("%w: this peer is recovering its state (I6)", ErrNotYet)
 	}
-	if len(a.st.ring.spans(func(e entry) bool { return e.Owner == name || (e.Owner == "" && e.Dead == name) })) > 0 {
+	if len(a.st.ring.spans(ownedOrTombstoned(name))) > 0 {
 		a.mu.Unlock()
 		return 0, fmt.Errorf("%w: peer %q still owns space, or its heir has not claimed it", ErrNotYet, name)
 	}
-	released := peerInfo{Epoch: info.Epoch + 1, Version: info.Version + 1, ID: info.ID, Removed: true}
-	a.st.peers[name] = a.signLocked(name, released)
+	a.st.peers[name] = a.signLocked(name, info.removedBy())
 	a.staleReservedLocked()
 	n := len(info.Held)
 	a.log.Warn("released the reservations of a removed peer", "peer", name, "addresses", n)

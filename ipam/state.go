@@ -72,6 +72,18 @@ type peerInfo struct {
 // has replaced its info since.
 func (p peerInfo) joining() bool { return p.Joining && !p.Removed }
 
+// removedHolding says whether the peer was removed with its reservations
+// kept (a deleted Kubernetes Node's last Held, I5), which still reserve.
+func (p peerInfo) removedHolding() bool { return p.Removed && len(p.Held) > 0 }
+
+// removedBy is info as another node writes a removal of its peer (rmpeer,
+// a Node deletion, a release of its reservations): at the next epoch, so
+// that it beats every heartbeat of the peer, holding nothing; the caller
+// adds what must stay held.
+func (p peerInfo) removedBy() peerInfo {
+	return peerInfo{Epoch: p.Epoch + 1, Version: p.Version + 1, ID: p.ID, Removed: true}
+}
+
 func comparePeerInfo(a, b peerInfo) int {
 	if c := cmp.Compare(a.Epoch, b.Epoch); c != 0 {
 		return c

@@ -144,7 +144,7 @@ func (a *Allocator) Status() Status {
 	s.Rejected, rejected = a.rejectionsLocked()
 	s.Problems = append(s.Problems, rejected...)
 	for _, n := range names {
-		if p := a.st.peers[n]; p.Removed && len(p.Held) > 0 {
+		if p := a.st.peers[n]; p.removedHolding() {
 			s.Problems = append(s.Problems, fmt.Sprintf("%d addresses of deleted node %s stay reserved in case its pods still run: with --kube the daemons release them once the Kubernetes API lists none of its pods; otherwise run `mesh rmpeer %s` on one node once they are surely gone", len(p.Held), n, n))
 		}
 	}
