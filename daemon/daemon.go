@@ -253,6 +253,23 @@ func (d *Daemon) goLoop(name string, f func(ctx context.Context)) {
 	}()
 }
 
+// goEvery is goLoop of a loop that calls f every interval, first one
+// interval after the start, until the daemon stops.
+func (d *Daemon) goEvery(name string, every time.Duration, f func(ctx context.Context)) {
+	d.goLoop(name, func(ctx context.Context) {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				f(ctx)
+			}
+		}
+	})
+}
+
 // Stop stops gossip, IPAM and the socket without leaving the mesh: a stop
 // (SIGTERM) is a restart, an upgrade or a rollout, and the node comes back.
 // The others keep it a member until memberlist's failure detection calls

@@ -41,18 +41,9 @@ func (d *Daemon) startIsolation() {
 	if err := d.syncIsolation(); err != nil {
 		d.log.Error("failed to program the port-isolation tables; retrying", "error", err)
 	}
-	d.goLoop("isolation", func(ctx context.Context) {
-		t := time.NewTicker(isolationCheck)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if err := d.syncIsolation(); err != nil {
-				d.log.Error("failed to program the port-isolation tables; retrying", "error", err)
-			}
+	d.goEvery("isolation", isolationCheck, func(context.Context) {
+		if err := d.syncIsolation(); err != nil {
+			d.log.Error("failed to program the port-isolation tables; retrying", "error", err)
 		}
 	})
 }

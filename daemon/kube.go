@@ -65,21 +65,12 @@ func (k *kubeSource) watcher(d *Daemon) *kube.Watcher {
 func (k *kubeSource) start(d *Daemon) {
 	d.goLoop("kube", k.watcher(d).Serve)
 	r := newReleaser(k.client, k.self, k.log)
-	d.goLoop("kube-release", func(ctx context.Context) {
-		t := time.NewTicker(releaseCheck)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				allocs := make([]heldReleaser, 0, 2)
-				for _, a := range d.allocators() {
-					allocs = append(allocs, a)
-				}
-				r.round(ctx, time.Now(), d.members.Members(), allocs)
-			}
+	d.goEvery("kube-release", releaseCheck, func(ctx context.Context) {
+		allocs := make([]heldReleaser, 0, 2)
+		for _, a := range d.allocators() {
+			allocs = append(allocs, a)
 		}
+		r.round(ctx, time.Now(), d.members.Members(), allocs)
 	})
 	d.startPolicy(k)
 }
