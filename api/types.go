@@ -244,6 +244,11 @@ type Connection struct {
 	// RTTMillis is the round trip of the last probe answered through the
 	// direct path, in milliseconds; absent when none was.
 	RTTMillis float64 `json:"rttMillis,omitempty"`
+	// EstimatedRTTMillis is the round trip the relay choice uses for the
+	// link to this peer: the distance between the two nodes' published
+	// network coordinates (docs/routing.md, "Latency"), in
+	// milliseconds; absent while either publishes none.
+	EstimatedRTTMillis float64 `json:"estimatedRTTMillis,omitempty"`
 	// RelayedBytes is what this node routed for others that came from
 	// this peer (docs/routing.md): the part of Status.RelayedBytes whose
 	// source address is in the peer's own ranges, since the peer's

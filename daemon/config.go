@@ -107,7 +107,7 @@ type Config struct {
 	// came to sit behind NAT or a firewall attaches to a home, one that is
 	// reachable again detaches. 0 never checks again.
 	ReachRecheck time.Duration
-	// RelayPreference: among equally short relay paths, the others prefer
+	// RelayPreference: among relay paths of equal hops and latency, the others prefer
 	// those through nodes with a higher value (docs/routing.md); from
 	// -MaxRelayPreference to MaxRelayPreference.
 	RelayPreference int

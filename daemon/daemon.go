@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshnet/mesh/attach"
 	"github.com/meshnet/mesh/control"
+	"github.com/meshnet/mesh/coord"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/fastdp/relayed"
@@ -56,6 +57,13 @@ type Daemon struct {
 	// prober probes the direct paths; nil without a data plane or when it
 	// could not open, and handed to the path loop once it starts.
 	prober prober
+	// coords is this node's network coordinate, moved by the probes' round
+	// trips; nil when nothing is probed. Used by the path loop only.
+	coords *coord.Client
+	// coordPub is the coordinate this node publishes and coordPubAt when
+	// it last changed (publishedCoord). Path loop only.
+	coordPub   []int
+	coordPubAt time.Time
 
 	server   *http.Server
 	listener net.Listener

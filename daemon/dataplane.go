@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"math"
 	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/coord"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp/nat"
 	"github.com/meshnet/mesh/fastdp/relayed"
@@ -251,6 +253,7 @@ func (d *Daemon) connections(ctx context.Context) ([]api.Connection, relayed.Cou
 	if err != nil {
 		d.log.Debug("cannot read data plane stats", "error", err)
 	}
+	d.estimateLatency(out)
 	rc, err := d.relayed.Read()
 	if err != nil {
 		d.log.Debug("cannot read the relayed-traffic counters", "error", err)
@@ -260,6 +263,29 @@ func (d *Daemon) connections(ctx context.Context) ([]api.Connection, relayed.Cou
 		out[i].RelayedBytes = int64(rc.Peers[out[i].Peer])
 	}
 	return out, rc
+}
+
+// estimateLatency fills in each connection's estimated round trip: the
+// distance between this node's published coordinate and the peer's, what
+// the relay choice counts (docs/routing.md, "Latency").
+func (d *Daemon) estimateLatency(out []api.Connection) {
+	_, meta := d.self.get()
+	if meta.Paths == nil {
+		return
+	}
+	own, ok := coord.FromWire(meta.Paths.Coord)
+	if !ok {
+		return
+	}
+	for i := range out {
+		m, ok := d.members.Member(out[i].Peer)
+		if !ok || m.Meta.Paths == nil {
+			continue
+		}
+		if c, ok := coord.FromWire(m.Meta.Paths.Coord); ok {
+			out[i].EstimatedRTTMillis = math.Round(coord.Distance(own, c)*10) / 10
+		}
+	}
 }
 
 // reportBadMeta logs, once per member and problem, a member whose gossip

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/meshnet/mesh/coord"
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/mesh"
@@ -35,8 +36,10 @@ func (d *Daemon) openProber() {
 		return
 	}
 	d.prober = p
+	d.coords = coord.New(coord.DefaultConfig(), d.id.Name)
+	d.coordPub, d.coordPubAt = d.coords.Get().Wire(), time.Now()
 	d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {
-		*m = m.WithPaths(mesh.PathMeta{NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference})
+		*m = m.WithPaths(mesh.PathMeta{NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference, Coord: d.coordPub})
 	})
 }
 
@@ -104,21 +107,69 @@ func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 		addrs = append(addrs, a)
 	}
 	paths := d.rec.Paths()
-	paths.Observe(now, byName)
+	d.sampleLatency(members, paths.Observe(now, byName))
 	due := paths.Due(now)
 	send := make([]netip.Addr, 0, len(due))
 	for _, name := range due {
 		send = append(send, addrOf[name])
 	}
 	p.Probe(addrs, send)
-	d.publishPaths()
+	d.publishPaths(now)
+}
+
+// sampleLatency moves this node's coordinate by the round trips of the
+// probes answered since the last round (fresh, by peer), each against the
+// coordinate the peer publishes; a peer that publishes none (an earlier
+// release) or one out of bounds gives no sample. Peers that are no longer
+// probed are forgotten.
+func (d *Daemon) sampleLatency(members []mesh.Member, fresh map[string]time.Duration) {
+	if d.coords == nil {
+		return
+	}
+	byName := make(map[string]mesh.Member, len(members))
+	for _, m := range members {
+		byName[m.Name] = m
+	}
+	d.coords.Retain(func(name string) bool { m, ok := byName[name]; return ok && m.State.Live() })
+	for name, rtt := range fresh {
+		m := byName[name]
+		if m.Meta.Paths == nil {
+			continue
+		}
+		remote, ok := coord.FromWire(m.Meta.Paths.Coord)
+		if !ok {
+			continue
+		}
+		if err := d.coords.Update(name, remote, rtt); err != nil {
+			d.log.Debug("round trip not used for the coordinate", "peer", name, "error", err)
+		}
+	}
+}
+
+// publishedCoord is the coordinate to publish at now: the last published
+// one until the coordinate moved peer.CoordRepublishMove from it, and at
+// most one change every peer.CoordRepublishEvery. Every change can move
+// relayed traffic (it changes the estimate of this node's links), so the
+// published coordinate follows real changes of latency, not the jitter of
+// the samples.
+func (d *Daemon) publishedCoord(now time.Time) []int {
+	if d.coords == nil {
+		return nil
+	}
+	cur := d.coords.Get()
+	pub, ok := coord.FromWire(d.coordPub)
+	if !ok || (coord.Moved(pub, cur) >= float64(peer.CoordRepublishMove)/float64(time.Millisecond) &&
+		now.Sub(d.coordPubAt) >= peer.CoordRepublishEvery) {
+		d.coordPub, d.coordPubAt = cur.Wire(), now
+	}
+	return d.coordPub
 }
 
 // publishPaths announces this node's path report when it changed: its
-// overlay IP as probe address, the peers it sees down, --no-relay and
-// --relay-preference.
-func (d *Daemon) publishPaths() {
-	want := mesh.PathMeta{Down: d.downPaths(), NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference}
+// overlay IP as probe address, the peers it sees down, --no-relay,
+// --relay-preference and its network coordinate.
+func (d *Daemon) publishPaths(now time.Time) {
+	want := mesh.PathMeta{Down: d.downPaths(), NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference, Coord: d.publishedCoord(now)}
 	if a, ok := d.ipam.OverlayIP(); ok {
 		want.Probe = a.String()
 	}
@@ -136,13 +187,13 @@ func (d *Daemon) publishPaths() {
 	if err := d.members.UpdateMeta(meta); err != nil {
 		d.log.Warn("failed to announce this node's paths", "error", err)
 	}
-	d.log.Info("direct paths changed", "down", meta.Paths.Down, "overflow", meta.Paths.Overflow)
+	d.log.Info("direct paths changed", "down", meta.Paths.Down, "overflow", meta.Paths.Overflow, "coordinate", meta.Paths.Coord)
 	d.kickReconcile()
 }
 
 func samePaths(a, b mesh.PathMeta) bool {
 	return a.Version == b.Version && a.Probe == b.Probe && slices.Equal(a.Down, b.Down) &&
-		a.Overflow == b.Overflow && a.NoRelay == b.NoRelay && a.Preference == b.Preference
+		a.Overflow == b.Overflow && a.NoRelay == b.NoRelay && a.Preference == b.Preference && slices.Equal(a.Coord, b.Coord)
 }
 
 // probeAddr is the member's probe address, if it reports one this node can
@@ -174,6 +225,9 @@ func (d *Daemon) pathReports(members []mesh.Member) []peer.PathReport {
 		r := peer.PathReport{Name: m.Name, Live: m.State.Live() || m.Name == d.id.Name}
 		if paths != nil && !paths.Overflow {
 			r.Known, r.Down, r.NoRelay, r.Preference = true, paths.Down, paths.NoRelay, paths.Preference
+			if c, ok := coord.FromWire(paths.Coord); ok {
+				r.Coord = &c
+			}
 		}
 		out = append(out, r)
 	}

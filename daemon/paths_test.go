@@ -1,11 +1,15 @@
 package daemon
 
 import (
+	"io"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/coord"
 	"github.com/meshnet/mesh/identity"
 	"github.com/meshnet/mesh/mesh"
 	"github.com/meshnet/mesh/peer"
@@ -20,8 +24,8 @@ func TestPathReports(t *testing.T) {
 	d.self.meta = d.self.meta.WithPaths(mesh.PathMeta{Down: []string{"b"}})
 	members := []mesh.Member{
 		{Name: "a", Self: true, State: api.MemberAlive}, // gossip has not echoed a's report yet
-		{Name: "b", State: api.MemberAlive, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{Down: []string{"a"}, Probe: "10.36.0.1"})},
-		{Name: "c", State: api.MemberSuspect, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{NoRelay: true, Preference: 3})},
+		{Name: "b", State: api.MemberAlive, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{Down: []string{"a"}, Probe: "10.36.0.1", Coord: []int{250, 0, 0, 1, 300}})},
+		{Name: "c", State: api.MemberSuspect, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{NoRelay: true, Preference: 3, Coord: []int{0, 0, 0, 0, 300}})},
 		{Name: "d", State: api.MemberAlive},
 		{Name: "e", State: api.MemberAlive, Meta: mesh.Meta{Paths: &mesh.PathMeta{Version: mesh.PathMetaVersion, Overflow: true}}},
 		{Name: "f", State: api.MemberDead, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{})},
@@ -35,8 +39,12 @@ func TestPathReports(t *testing.T) {
 		{Name: "e", Live: true},
 		{Name: "f", Known: true},
 	}
+	// b's coordinate reads back; c's (height 0) is out of bounds: none.
+	bc, _ := coord.FromWire([]int{250, 0, 0, 1, 300})
+	want[1].Coord = &bc
 	if !slices.EqualFunc(got, want, func(a, b peer.PathReport) bool {
-		return a.Name == b.Name && a.Live == b.Live && a.Known == b.Known && a.NoRelay == b.NoRelay && a.Preference == b.Preference && slices.Equal(a.Down, b.Down)
+		return a.Name == b.Name && a.Live == b.Live && a.Known == b.Known && a.NoRelay == b.NoRelay && a.Preference == b.Preference && slices.Equal(a.Down, b.Down) &&
+			(a.Coord == nil) == (b.Coord == nil) && (a.Coord == nil || *a.Coord == *b.Coord)
 	}) {
 		t.Fatalf("pathReports =\n%+v\nwant\n%+v", got, want)
 	}
@@ -110,5 +118,57 @@ func TestDataAddr(t *testing.T) {
 				t.Fatalf("dataAddr = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// The coordinate moves with the probes' round trips against the
+// coordinates peers publish (none from a peer that publishes none, or one
+// out of bounds), and what this node publishes follows it only past the
+// republish bounds.
+func TestPublishedCoordinate(t *testing.T) {
+	d := &Daemon{id: identity.Identity{Name: "a"}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	d.coords = coord.New(coord.DefaultConfig(), "a")
+	start := time.Now()
+	d.coordPub, d.coordPubAt = d.coords.Get().Wire(), start // as openProber
+	if got := d.publishedCoord(start); !slices.Equal(got, coord.Origin().Wire()) {
+		t.Fatalf("first published %v, want the origin", got)
+	}
+	far := coord.Origin()
+	far.Vec[0], far.Error = 80, 0.05
+	members := []mesh.Member{
+		{Name: "a", Self: true, State: api.MemberAlive},
+		{Name: "b", State: api.MemberAlive, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{Coord: far.Wire()})},
+		{Name: "c", State: api.MemberAlive, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{})},
+		{Name: "e", State: api.MemberAlive, Meta: (mesh.Meta{}).WithPaths(mesh.PathMeta{Coord: []int{1 << 40, 0, 0, 1, 10}})},
+	}
+	// Samples from peers without a usable coordinate change nothing.
+	d.sampleLatency(members, map[string]time.Duration{"c": 40 * time.Millisecond, "e": 40 * time.Millisecond})
+	if d.coords.Get() != coord.Origin() {
+		t.Fatalf("samples without a usable coordinate moved it: %+v", d.coords.Get())
+	}
+	// b is 80 ms away but answers within 1 ms: the coordinate moves
+	// towards it.
+	for range 30 {
+		d.sampleLatency(members, map[string]time.Duration{"b": time.Millisecond})
+	}
+	if dist := coord.Distance(d.coords.Get(), far); dist > 40 {
+		t.Fatalf("after 30 samples of 1 ms, still %.1f ms from b", dist)
+	}
+	if got := d.publishedCoord(start.Add(peer.CoordRepublishEvery / 2)); !slices.Equal(got, coord.Origin().Wire()) {
+		t.Fatalf("republished %v before %v", got, peer.CoordRepublishEvery)
+	}
+	later := start.Add(peer.CoordRepublishEvery)
+	got := d.publishedCoord(later)
+	if slices.Equal(got, coord.Origin().Wire()) || !slices.Equal(got, d.coords.Get().Wire()) {
+		t.Fatalf("published %v after %v, want the current %v", got, peer.CoordRepublishEvery, d.coords.Get().Wire())
+	}
+	// A move below the bound is not republished, however late.
+	moved := d.coords.Get()
+	d.sampleLatency(members, map[string]time.Duration{"b": time.Millisecond})
+	if m := coord.Moved(moved, d.coords.Get()); m >= float64(peer.CoordRepublishMove/time.Millisecond) {
+		t.Fatalf("one more sample moved it %.1f ms; the test needs a smaller move", m)
+	}
+	if again := d.publishedCoord(later.Add(time.Hour)); !slices.Equal(again, got) {
+		t.Fatalf("a small move was republished: %v, was %v", again, got)
 	}
 }

@@ -32,11 +32,21 @@ func startMeshFlags(t *testing.T, hosts int, flags func(i int) []string) (*testn
 // subnet, say); its prefix defaults to "dp".
 func startMeshOn(t *testing.T, opts testnet.Options, flags func(i int) []string) (*testnet.Net, []*node) {
 	t.Helper()
+	return startMeshSetup(t, opts, nil, flags)
+}
+
+// startMeshSetup is startMeshOn with setup (when not nil) run on the test
+// network before any daemon starts (to delay a host's link, say).
+func startMeshSetup(t *testing.T, opts testnet.Options, setup func(*testnet.Net), flags func(i int) []string) (*testnet.Net, []*node) {
+	t.Helper()
 	testnet.RequireRoot(t)
 	if opts.Prefix == "" {
 		opts.Prefix = "dp"
 	}
 	net := testnet.New(t, opts)
+	if setup != nil {
+		setup(net)
+	}
 	var nodes []*node
 	for i, h := range net.Hosts() {
 		var peers []*testnet.Host

@@ -73,22 +73,29 @@ func (a *Allocator) indexMismatch() string {
 			return fmt.Sprintf("%v at %d, but offset %d is %v's", k, off, off, a.byOff[off])
 		}
 	}
-	if !slices.Equal(a.offs, slices.Sorted(maps.Keys(a.byOff))) {
-		return fmt.Sprintf("sorted offsets %v, offsets held %v", a.offs, slices.Sorted(maps.Keys(a.byOff)))
+	// Checked without sorting the map's keys (every simulation step
+	// runs this): strictly increasing, each held, as many as held, so
+	// the same set in order.
+	for i, off := range a.offs {
+		if _, ok := a.byOff[off]; !ok || (i > 0 && a.offs[i-1] >= off) {
+			return fmt.Sprintf("sorted offsets %v, offsets held %v", a.offs, slices.Sorted(maps.Keys(a.byOff)))
+		}
 	}
 	// The cache of other peers' reservations, if valid, is what their
 	// infos say now: a change that forgot staleReservedLocked shows here.
+	// Built as a slice, sorted and compacted, rather than a set: this is
+	// the costliest check of a simulation step.
 	if a.reservedValid {
-		want := map[uint64]bool{}
+		want := make([]uint64, 0, len(a.reservedSorted))
 		for name, p := range a.st.peers {
-			for _, off := range p.Held {
-				if name != a.cfg.Self {
-					want[off] = true
-				}
+			if name != a.cfg.Self {
+				want = append(want, p.Held...)
 			}
 		}
-		if w := slices.Sorted(maps.Keys(want)); !slices.Equal(a.reservedSorted, w) {
-			return fmt.Sprintf("cached reservations %v, other peers hold %v", a.reservedSorted, w)
+		slices.Sort(want)
+		want = slices.Compact(want)
+		if !slices.Equal(a.reservedSorted, want) {
+			return fmt.Sprintf("cached reservations %v, other peers hold %v", a.reservedSorted, want)
 		}
 	}
 	return ""

@@ -3,6 +3,8 @@ package mesh
 import (
 	"encoding/json"
 	"fmt"
+
+	"github.com/meshnet/mesh/coord"
 )
 
 // MetaLimit is memberlist's hard limit on node metadata; memberlist panics
@@ -118,6 +120,14 @@ type PathMeta struct {
 	// within version 1: a node of the first release of path reports
 	// ignores the unknown field and ranks relays by name alone.
 	Preference int `json:"f,omitempty"`
+	// Coord is the node's network coordinate in its wire form
+	// (coord.Coordinate.Wire), from which every node estimates the
+	// latency of any link for the relay choice (docs/routing.md).
+	// Added within version 1: earlier nodes ignore it, and while one of
+	// them reports, latency counts for nobody. A wire form of the wrong
+	// length is dropped on decoding; its bounds are the reader's check
+	// (coord.FromWire).
+	Coord []int `json:"c,omitempty"`
 }
 
 // MaxRelayPreference bounds PathMeta.Preference both ways; a received
@@ -175,6 +185,9 @@ func DecodeMeta(b []byte) (Meta, error) {
 			// not have.
 			p.Down, p.Overflow = nil, true
 		}
+		if len(p.Coord) != coord.WireLen {
+			p.Coord = nil
+		}
 		if p.Preference > MaxRelayPreference {
 			p.Preference = MaxRelayPreference
 		} else if p.Preference < -MaxRelayPreference {
@@ -199,13 +212,19 @@ func (m Meta) withRelayFields(keyed bool) Meta {
 // when it is longer than MaxMetaDown or the metadata would not fit
 // MetaLimit: the node then says it does not know, rather than claim a path
 // it does not have by listing only some of its broken ones. Before that,
-// a node behind NAT gives up its PublicAddr, the one field it can do
+// the node gives up its coordinate (latency then counts in nobody's relay
+// choice until it has room again, which costs a better choice, not a
+// path), then a node behind NAT gives up its PublicAddr, the one field it can do
 // without (the others then reach its data plane where its own packets
 // come from, WireGuard's roaming), and it gives it up for good when even
 // the overflowed report leaves no room; then the oldest key IDs.
 func (m Meta) WithPaths(p PathMeta) Meta {
 	p.Version = PathMetaVersion
 	m.Paths = &p
+	if m.fits() {
+		return m
+	}
+	p.Coord = nil
 	if m.fits() {
 		return m
 	}

@@ -30,6 +30,7 @@ func TestPathMeta(t *testing.T) {
 		wantOverflow bool
 		wantNoRelay  bool
 		wantPref     int
+		wantCoord    []int
 	}{
 		{name: "round trip", p: PathMeta{Probe: "10.32.0.1", Down: []string{"host2"}, NoRelay: true},
 			wantPaths: true, wantDown: []string{"host2"}, wantNoRelay: true},
@@ -46,6 +47,10 @@ func TestPathMeta(t *testing.T) {
 		{name: "too many to list", p: PathMeta{Down: names(MaxMetaDown+1, 3)}, wantPaths: true, wantOverflow: true},
 		{name: "too long to fit", p: PathMeta{Down: names(MaxMetaDown, 40)}, wantPaths: true, wantOverflow: true},
 		{name: "long names that fit", p: PathMeta{Down: names(4, 40)}, wantPaths: true, wantDown: names(4, 40)},
+		{name: "coordinate", p: PathMeta{Down: names(3, 8), Coord: []int{-100000, 100000, 55555, 100000, 1500}},
+			wantPaths: true, wantDown: names(3, 8), wantCoord: []int{-100000, 100000, 55555, 100000, 1500}},
+		{name: "coordinate of the wrong length", wire: `{"id":"x","p":{"v":1,"c":[1,2,3]}}`, wantPaths: true},
+		{name: "coordinate too long", wire: `{"id":"x","p":{"v":1,"c":[1,2,3,4,5,6]}}`, wantPaths: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,6 +77,43 @@ func TestPathMeta(t *testing.T) {
 			if !slices.Equal(m.Paths.Down, tt.wantDown) || m.Paths.Overflow != tt.wantOverflow || m.Paths.NoRelay != tt.wantNoRelay || m.Paths.Preference != tt.wantPref {
 				t.Fatalf("paths = %+v, want down %v overflow %v noRelay %v preference %d", m.Paths, tt.wantDown, tt.wantOverflow, tt.wantNoRelay, tt.wantPref)
 			}
+			if !slices.Equal(m.Paths.Coord, tt.wantCoord) {
+				t.Fatalf("coordinate %v, want %v", m.Paths.Coord, tt.wantCoord)
+			}
 		})
+	}
+}
+
+// A node short of room gives up its coordinate before any broken path:
+// without it latency counts for nobody, while a shortened list would
+// claim paths it does not have.
+func TestWithPathsDropsCoordinateFirst(t *testing.T) {
+	base := Meta{PeerID: strings.Repeat("a", 32), Version: "v1.2.3", PublicKey: strings.Repeat("A", 44), DPPort: 6784,
+		Keys: []string{"0011223344556677"}, SignKey: strings.Repeat("B", 44)}
+	c := []int{-100000, 100000, -100000, 100000, 1500}
+	dropped := false
+	for k := 1; k <= MaxMetaDown; k++ {
+		var down []string
+		for i := range k {
+			down = append(down, fmt.Sprintf("%030d", i))
+		}
+		m := base.WithPaths(PathMeta{Down: down, Coord: c})
+		if !m.fits() {
+			t.Fatalf("%d names: the metadata does not fit", k)
+		}
+		switch {
+		case m.Paths.Overflow && m.Paths.Coord != nil:
+			t.Fatalf("%d names: the list overflowed while the coordinate stayed", k)
+		case m.Paths.Coord == nil && !m.Paths.Overflow:
+			dropped = true
+			if !slices.Equal(m.Paths.Down, down) {
+				t.Fatalf("%d names: down %v", k, m.Paths.Down)
+			}
+		case m.Paths.Coord != nil && dropped:
+			t.Fatalf("%d names: the coordinate is back with a longer list", k)
+		}
+	}
+	if !dropped {
+		t.Fatal("no list long enough to need the coordinate's room: the test proves nothing")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/coord"
 	"github.com/meshnet/mesh/fastdp"
 )
 
@@ -128,8 +129,10 @@ func pathDown(r *pathRecord, now time.Time) bool {
 // the probes Due chose; so each Observe ends the round of the probes chosen
 // by the Due before it, and only those can go unanswered. Peers absent from
 // results are forgotten (they have no probe address, or are gone), which
-// keeps the tracker bounded by the peers probed.
-func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) {
+// keeps the tracker bounded by the peers probed. It returns the round
+// trips of the answers new since the last Observe, by peer: the samples of
+// this node's network coordinate.
+func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) (fresh map[string]time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for name := range p.paths {
@@ -158,9 +161,14 @@ func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) {
 				r.streakStart = res.LastReply
 			}
 			r.lastReply, r.rtt = res.LastReply, res.RTT
+			if fresh == nil {
+				fresh = map[string]time.Duration{}
+			}
+			fresh[name] = res.RTT
 		}
 		r.down = pathDown(r, now)
 	}
+	return fresh
 }
 
 // Due returns the peers to probe in the round starting at now, sorted, and
@@ -251,10 +259,40 @@ type PathReport struct {
 	Down []string
 	// NoRelay: the node refuses to carry others' traffic (--no-relay).
 	NoRelay bool
-	// Preference (--relay-preference): among equally short paths, the one
-	// whose least preferred relay is more preferred wins; 0 for a node
-	// that publishes none.
+	// Preference (--relay-preference): among equally short paths of the
+	// same latency, the one whose least preferred relay is more preferred
+	// wins; 0 for a node that publishes none.
 	Preference int
+	// Coord is the node's published network coordinate (package coord),
+	// nil when it publishes none: a node of an earlier release, or one
+	// whose metadata had no room. Latency counts in the choice only
+	// while every reporting node publishes one (Relays).
+	Coord *coord.Coordinate
+}
+
+// LatencyStep is the unit in which a link's estimated round trip counts
+// in the relay choice: the estimate (coord.Distance of the two ends'
+// coordinates) rounded down to whole steps. Links within a LAN, or
+// within a site, all count 0 and tie, so that --relay-preference and the
+// names decide there as before; a slow link or a far site counts. Coarse
+// steps also keep an estimate's jitter from moving traffic.
+const LatencyStep = 10 * time.Millisecond
+
+// A node republishes its coordinate once it moved CoordRepublishMove from
+// the one it published, and at most every CoordRepublishEvery: a change
+// can move relayed traffic (it changes the estimates of the node's links),
+// so what is published follows real changes of latency, not the samples'
+// jitter. Half a LatencyStep: a link's count changes by a step only after
+// its ends moved that far together.
+const (
+	CoordRepublishMove  = LatencyStep / 2
+	CoordRepublishEvery = 30 * time.Second
+)
+
+// latencySteps is the link between a and b's cost in LatencySteps.
+func latencySteps(a, b *coord.Coordinate) int {
+	d := coord.Distance(*a, *b) // ms, bounded by the coordinates' bounds
+	return int(d / float64(LatencyStep/time.Millisecond))
 }
 
 // Relays returns, for each peer whose direct path from self is down and
@@ -268,14 +306,18 @@ type PathReport struct {
 //     same edge;
 //   - a relay (any node of a path but its two ends) is live, reports, and
 //     does not run --no-relay;
-//   - among the paths with the fewest hops, the one whose set of relays
-//     is best wins, sets compared by their worst relay where they differ
+//   - among the paths with the fewest hops, the one with the lowest
+//     estimated latency (the sum of its links' latencySteps, counted only
+//     while every reporting node publishes a coordinate, so that all
+//     nodes count it or none does), then the one whose set of relays is
+//     best wins, sets compared by their worst relay where they differ
 //     (relayRank: the lower preference, then the larger name). Two
 //     different shortest paths between the same ends never have the same
 //     set of relays (each node of a shortest path sits at its distance
 //     from the start), so the best path is unique; it is the same read
-//     from either end, and every part of it is the best path between its
-//     own ends. That makes each node's next hop continue the path its
+//     from either end (a link's latency is the same both ways), and
+//     every part of it is the best path between its own ends (each part
+//     of the cost adds up along the path). That makes each node's next hop continue the path its
 //     predecessor chose, and the way back the same path reversed, which
 //     WireGuard needs: it accepts a packet only from the peer whose
 //     AllowedIPs hold its source.
@@ -326,8 +368,18 @@ func Relays(self string, reports []PathReport) map[string]string {
 		return map[string]string{}
 	}
 	relays := func(i int) bool { r := byName[names[i]]; return r.Live && !r.NoRelay }
+	withLatency := true
+	for _, name := range names {
+		withLatency = withLatency && byName[name].Coord != nil
+	}
+	latency := func(u, v int) int {
+		if !withLatency {
+			return 0
+		}
+		return latencySteps(byName[names[u]].Coord, byName[names[v]].Coord)
+	}
 
-	// Dijkstra from self over the cost (hops, set of relays). The set is
+	// Dijkstra from self over the cost (hops, latency, set of relays). The set is
 	// a bitmap compared as a binary number, highest index (worst relay)
 	// first: the sum of 2^index over the relays, so the cost adds up along
 	// a path as Dijkstra needs.
@@ -358,8 +410,9 @@ func Relays(self string, reports []PathReport) map[string]string {
 			if done[v] || v == u || down[u][v] {
 				continue
 			}
-			if next[v] < 0 || cost[u].throughLess(u, u != src, cost[v]) {
-				cost[v] = cost[u].through(u, u != src)
+			lat := latency(u, v)
+			if next[v] < 0 || cost[u].throughLess(u, u != src, lat, cost[v]) {
+				cost[v] = cost[u].through(u, u != src, lat)
 				if u == src {
 					next[v] = v
 				} else {
@@ -386,16 +439,21 @@ func relayRank(a, b PathReport) int {
 	return strings.Compare(a.Name, b.Name)
 }
 
-// pathCost is a path's cost: its hops, then the set of its relays (bit i:
-// the node of rank i), compared as a binary number.
+// pathCost is a path's cost: its hops, then its latency in LatencySteps,
+// then the set of its relays (bit i: the node of rank i), compared as a
+// binary number.
 type pathCost struct {
 	hops int
+	lat  int
 	set  []uint64
 }
 
 func (c pathCost) less(o pathCost) bool {
 	if c.hops != o.hops {
 		return c.hops < o.hops
+	}
+	if c.lat != o.lat {
+		return c.lat < o.lat
 	}
 	for w := len(c.set) - 1; w >= 0; w-- {
 		if c.set[w] != o.set[w] {
@@ -405,11 +463,14 @@ func (c pathCost) less(o pathCost) bool {
 	return false
 }
 
-// throughLess says whether c.through(u, relay) is less than o, without
-// building it: Dijkstra compares far more often than it improves.
-func (c pathCost) throughLess(u int, relay bool, o pathCost) bool {
+// throughLess says whether c.through(u, relay, lat) is less than o,
+// without building it: Dijkstra compares far more often than it improves.
+func (c pathCost) throughLess(u int, relay bool, lat int, o pathCost) bool {
 	if c.hops+1 != o.hops {
 		return c.hops+1 < o.hops
+	}
+	if c.lat+lat != o.lat {
+		return c.lat+lat < o.lat
 	}
 	for w := len(c.set) - 1; w >= 0; w-- {
 		x := c.set[w]
@@ -423,12 +484,12 @@ func (c pathCost) throughLess(u int, relay bool, o pathCost) bool {
 	return false
 }
 
-// through is the cost one hop further from node u, which counts as a
-// relay when relay is set.
-func (c pathCost) through(u int, relay bool) pathCost {
+// through is the cost one hop further from node u, over a link of lat
+// LatencySteps; u counts as a relay when relay is set.
+func (c pathCost) through(u int, relay bool, lat int) pathCost {
 	set := slices.Clone(c.set)
 	if relay {
 		set[u/64] |= 1 << (u % 64)
 	}
-	return pathCost{hops: c.hops + 1, set: set}
+	return pathCost{hops: c.hops + 1, lat: c.lat + lat, set: set}
 }

@@ -6,7 +6,67 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/meshnet/mesh/coord"
 )
+
+// at returns a coordinate whose distance to the origin's is ms plus the
+// heights (0.2 ms together).
+func at(ms float64) *coord.Coordinate {
+	c := coord.Origin()
+	c.Vec[0] = ms
+	return &c
+}
+
+// placed gives each named node a coordinate ms along the first axis;
+// the others are put at the origin.
+func placed(reports []PathReport, ms map[string]float64) []PathReport {
+	out := slices.Clone(reports)
+	for i := range out {
+		out[i].Coord = at(ms[out[i].Name])
+	}
+	return out
+}
+
+// Latency: among the paths with the fewest hops, the lowest estimated
+// latency wins, before preference and names; it counts only while every
+// reporting node publishes a coordinate.
+func TestRelaysLatency(t *testing.T) {
+	square := graphReports("a b c d", "a-b", "a-c", "b-d", "c-d")
+	chain := graphReports("h1 h2 h3 h4", "h1-h2", "h2-h3", "h3-h4")
+	// b is 45 ms away from the rest: both its links count 4 steps.
+	slowB := placed(square, map[string]float64{"b": 45})
+	tests := []relayCase{
+		{name: "the faster relay wins over the smaller name", self: "a", reports: slowB, want: map[string]string{"d": "c"}},
+		{name: "the other end picks the same relay", self: "d", reports: slowB, want: map[string]string{"a": "c"}},
+		{name: "latency wins over preference", self: "a",
+			reports: with(slowB, "b", func(r *PathReport) { r.Preference = 100 }), want: map[string]string{"d": "c"}},
+		{name: "within a step, preference decides", self: "a",
+			reports: with(placed(square, map[string]float64{"b": 7}), "b", func(r *PathReport) { r.Preference = 1 }), want: map[string]string{"d": "b"}},
+		{name: "within a step, the name decides", self: "a",
+			reports: placed(square, map[string]float64{"b": 7}), want: map[string]string{"d": "b"}},
+		{name: "a node without a coordinate turns latency off for all", self: "a",
+			reports: with(slowB, "a", func(r *PathReport) { r.Coord = nil }), want: map[string]string{"d": "b"}},
+		{name: "a node of an earlier release without a coordinate turns it off", self: "a",
+			reports: with(slowB, "c", func(r *PathReport) { r.Coord = nil }), want: map[string]string{"d": "b"}},
+		{name: "fewer hops win over latency", self: "a",
+			// a-b-e (b slow) against a-c-d-e (all near).
+			reports: placed(graphReports("a b c d e", "a-b", "b-e", "a-c", "c-d", "d-e"), map[string]float64{"b": 200}),
+			want:    map[string]string{"e": "b", "d": "c"}},
+		{name: "a slow relay in a chain is still used when it is the only way", self: "h1",
+			reports: placed(chain, map[string]float64{"h2": 100}), want: map[string]string{"h3": "h2", "h4": "h2"}},
+		{name: "the links' steps add up", self: "a",
+			// Coordinates on a line: a at 0, b at 15, e at 30, x at 45.
+			reports: placed(graphReports("a b e x", "a-b", "b-e", "a-x", "x-e"), map[string]float64{"b": 15, "e": 30, "x": 45}),
+			// a-b: 1 step, b-e: 1, sum 2; a-x: 4, x-e: 1, sum 5.
+			want: map[string]string{"e": "b"}},
+		{name: "the links' steps add up, the other way", self: "a",
+			reports: placed(graphReports("a b e x", "a-b", "b-e", "a-x", "x-e"), map[string]float64{"b": -45, "e": 30, "x": 15}),
+			// a-b: 4 steps, b-e: 7, sum 11; a-x: 1, x-e: 1, sum 2.
+			want: map[string]string{"e": "x"}},
+	}
+	runRelayCases(t, tests)
+}
 
 // graphReports builds the reports of nodes whose direct paths are the
 // edges listed ("a-b"): each node reports every other node down that it
@@ -127,9 +187,18 @@ func TestRelaysConsistent(t *testing.T) {
 			}
 		}
 		reports := graphReports(strings.Join(names, " "), edges...)
+		withLatency := round%2 == 1
 		for i := range reports {
 			reports[i].Preference = rng.IntN(3) - 1
 			reports[i].NoRelay = rng.IntN(8) == 0
+			if withLatency {
+				c := coord.Origin()
+				for d := range c.Vec {
+					c.Vec[d] = rng.Float64() * 60
+				}
+				c.Height += rng.Float64() * 20
+				reports[i].Coord = &c
+			}
 		}
 		byName := map[string]PathReport{}
 		for _, r := range reports {
@@ -198,6 +267,11 @@ func TestRelaysConsistent(t *testing.T) {
 				if want := hops(a, d); len(path)-1 != want {
 					t.Fatalf("round %d: %s to %s goes %v, the shortest path has %d hops", round, a, d, path, want)
 				}
+				if withLatency {
+					if got, best := pathLatency(byName, path), leastLatency(byName, names, adjacent, a, d, len(path)-1); got != best {
+						t.Fatalf("round %d: %s to %s goes %v at %d latency steps, a path of as many hops has %d", round, a, d, path, got, best)
+					}
+				}
 				back := []string{d}
 				for cur := d; cur != a && len(back) <= n; {
 					cur = hop(cur, a)
@@ -210,6 +284,42 @@ func TestRelaysConsistent(t *testing.T) {
 			}
 		}
 	}
+}
+
+func pathLatency(byName map[string]PathReport, path []string) int {
+	sum := 0
+	for i := 1; i < len(path); i++ {
+		sum += latencySteps(byName[path[i-1]].Coord, byName[path[i]].Coord)
+	}
+	return sum
+}
+
+// leastLatency is the lowest latency of the paths of exactly hops hops
+// from a to d through relays, by enumerating them.
+func leastLatency(byName map[string]PathReport, names []string, adjacent func(a, b string) bool, a, d string, hops int) int {
+	best := -1
+	var walk func(path []string)
+	walk = func(path []string) {
+		cur := path[len(path)-1]
+		if cur == d {
+			if len(path)-1 == hops {
+				if l := pathLatency(byName, path); best < 0 || l < best {
+					best = l
+				}
+			}
+			return
+		}
+		if len(path)-1 >= hops || (cur != a && (byName[cur].NoRelay || !byName[cur].Live)) {
+			return
+		}
+		for _, v := range names {
+			if !slices.Contains(path, v) && adjacent(cur, v) {
+				walk(append(slices.Clone(path), v))
+			}
+		}
+	}
+	walk([]string{a})
+	return best
 }
 
 // The choice stays cheap for a large mesh with many broken paths: one

@@ -96,13 +96,14 @@ func formatConnections(w io.Writer, st *api.Status, now time.Time) {
 	sort.Slice(cs, func(i, j int) bool { return cs[i].Peer < cs[j].Peer })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	// RELAYED: what this node routed for others that came from the peer.
-	fmt.Fprintln(tw, "PEER\tENDPOINT\tSTATE\tPATH\tRTT\tLAST HANDSHAKE\tRX\tTX\tRELAYED\tMTU")
+	// EST RTT: the round trip the relay choice estimates from coordinates.
+	fmt.Fprintln(tw, "PEER\tENDPOINT\tSTATE\tPATH\tRTT\tEST RTT\tLAST HANDSHAKE\tRX\tTX\tRELAYED\tMTU")
 	for _, c := range cs {
 		hs := "never"
 		if t, err := time.Parse(time.RFC3339, c.LastHandshake); err == nil {
 			hs = now.Sub(t).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", c.Peer, c.Endpoint, c.State, connPath(c), connRTT(c), hs,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", c.Peer, c.Endpoint, c.State, connPath(c), millis(c.RTTMillis), millis(c.EstimatedRTTMillis), hs,
 			bytesHuman(c.RxBytes), bytesHuman(c.TxBytes), bytesHuman(c.RelayedBytes), st.MTU)
 	}
 	tw.Flush()
@@ -120,11 +121,12 @@ func connPath(c api.Connection) string {
 	return "direct"
 }
 
-func connRTT(c api.Connection) string {
-	if c.RTTMillis <= 0 {
+// millis is a round trip for the table, "-" when absent.
+func millis(ms float64) string {
+	if ms <= 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.1fms", c.RTTMillis)
+	return fmt.Sprintf("%.1fms", ms)
 }
 
 func bytesHuman(n int64) string {

@@ -63,9 +63,9 @@ func sampleStatus() *api.Status {
 		},
 		Dataplane: "userspace", MTU: 1420, RelayedBytes: 5 << 20,
 		Connections: []api.Connection{
-			{Peer: "host-c", Endpoint: "192.0.2.12:6784", State: "failed", RxBytes: 0, TxBytes: 1480, DirectPath: api.PathDown, Via: "host-d"},
+			{Peer: "host-c", Endpoint: "192.0.2.12:6784", State: "failed", RxBytes: 0, TxBytes: 1480, DirectPath: api.PathDown, Via: "host-d", EstimatedRTTMillis: 48.25},
 			{Peer: "a-very-long-host-name", Endpoint: "192.0.2.10:6784", State: "established", LastHandshake: now.Add(-42 * time.Second).Format(time.RFC3339), RxBytes: 123456789, TxBytes: 2048,
-				DirectPath: api.PathUp, RTTMillis: 0.42, RelayedBytes: 3 << 20},
+				DirectPath: api.PathUp, RTTMillis: 0.42, EstimatedRTTMillis: 0.6, RelayedBytes: 3 << 20},
 			{Peer: "host-e", Endpoint: "192.0.2.14:6784", State: "established", DirectPath: api.PathDown},
 		},
 		Targets: []api.Target{

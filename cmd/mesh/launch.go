@@ -58,7 +58,7 @@ func launch(args []string, stderr io.Writer) error {
 	fs.Var(&natFlag{cfg: &cfg}, "behind-nat", "this host can only connect out (behind a NAT gateway): attach to a peer named at launch, through which the others reach this node's gossip; auto: ask a peer named at launch (with --kube, another Node) to connect back, and attach if it cannot; false: neither (docs/routing.md)")
 	fs.DurationVar(&cfg.ReachRecheck, "reach-recheck", cfg.ReachRecheck, "how often to check again whether peers can connect to this node, after the check at launch: a node that came to sit behind NAT or a firewall then attaches to a peer for its gossip, one reachable again detaches (0: never; docs/routing.md)")
 	fs.BoolVar(&cfg.NoRelay, "no-relay", false, "never carry traffic between two other nodes whose direct path is down (docs/routing.md)")
-	fs.IntVar(&cfg.RelayPreference, "relay-preference", 0, "among equally short relay paths, others prefer nodes with a higher value (-100 to 100; docs/routing.md)")
+	fs.IntVar(&cfg.RelayPreference, "relay-preference", 0, "among relay paths of equal hops and latency, others prefer nodes with a higher value (-100 to 100; docs/routing.md)")
 	noMasq := fs.String("no-masquerade-cidrs", "", "comma-separated destination CIDRs that pod traffic reaches without masquerade")
 	fs.DurationVar(&cfg.PolicyWait, "policy-wait", cfg.PolicyWait, "with --kube, how long a pod's CNI ADD waits for its NetworkPolicy rules before it fails (fail closed)")
 	fs.BoolVar(&cfg.NoPortIsolation, "no-port-isolation", false, "for benchmarks and debugging only: do not isolate pod ports on the bridge nor check underlay sources (removes the mesh-isolation tables)")

@@ -14,6 +14,10 @@
 // between the pairs of hosts Net.Allow names: two data centres whose
 // firewall lets a few gateway hosts talk.
 //
+// Host.DelayLink puts a fixed delay on a host's link to its switch (a
+// userspace forwarder between two veths, for kernels without sch_netem):
+// a slow relay, a far site.
+//
 // Everything else (/tmp, /usr, /dev, /proc, ...) is shared with the machine,
 // so binaries built by BuildBinary run in any host as they are.
 //
