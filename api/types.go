@@ -270,6 +270,11 @@ type Peer struct {
 	// Identity is the start of the peer's verified signing public key;
 	// empty when its metadata is unsigned (a node of the previous release).
 	Identity string `json:"identity,omitempty"`
+	// PublicAddress is, for a node behind NAT, the public address it
+	// announces (its NAT's, as the peer that checked it saw it), where the
+	// others send its data plane; empty otherwise (docs/routing.md,
+	// "Nodes behind NAT").
+	PublicAddress string `json:"publicAddress,omitempty"`
 }
 
 // Target is a peer address this node tries to join.

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/meshnet/mesh/api"
@@ -48,7 +49,7 @@ func (p peersAPI) Forget(address string) error {
 func (d *Daemon) Status(ctx context.Context) *api.Status {
 	st := &api.Status{Name: d.id.Name, PeerID: d.id.PeerID, Version: d.cfg.Version, Peers: []api.Peer{}, Targets: []api.Target{}}
 	for _, m := range d.members.Members() {
-		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self, KeyIDs: m.Meta.Keys, Identity: m.Identity})
+		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self, KeyIDs: m.Meta.Keys, Identity: m.Identity, PublicAddress: publicAddress(m.Meta)})
 	}
 	for _, t := range d.members.Targets() {
 		at := api.Target{Address: t.Address, Source: t.Source, State: t.State, Error: t.Error}
@@ -125,4 +126,15 @@ func (d *Daemon) dataplaneProcessStatus() *api.DataplaneProcess {
 		state = api.DataplaneProcessUp
 	}
 	return &api.DataplaneProcess{Mode: ps.Mode, State: state, PID: ps.PID, Restarts: ps.Restarts}
+}
+
+// publicAddress is the public address a member behind NAT announces, as
+// status shows it: only one that parses, so that a member cannot put
+// arbitrary text into others' status.
+func publicAddress(m mesh.Meta) string {
+	a, err := netip.ParseAddr(m.PublicAddr)
+	if err != nil {
+		return ""
+	}
+	return a.String()
 }

@@ -172,3 +172,19 @@ func TestPublishedCoordinate(t *testing.T) {
 		t.Fatalf("a small move was republished: %v, was %v", again, got)
 	}
 }
+
+// Status shows a member's announced public address only when it parses:
+// a member cannot put text of its choice into the others' status.
+func TestPublicAddressInStatus(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"198.51.100.7", "198.51.100.7"},
+		{"2001:db8::7", "2001:db8::7"},
+		{"", ""},
+		{"198.51.100.7:6784", ""},
+		{"run `mesh rmpeer host2` now", ""},
+	} {
+		if got := publicAddress(mesh.Meta{PublicAddr: tc.in}); got != tc.want {
+			t.Errorf("publicAddress(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

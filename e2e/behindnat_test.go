@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/internal/testnet"
+	"github.com/vishvananda/netlink"
 )
 
 // TestNATNode: host4 and host5 each sit behind a masquerading router of
@@ -303,4 +304,160 @@ func TestFirewalledAtRunTime(t *testing.T) {
 	t.Logf("host4 detached %v after the firewall went down", time.Since(opened).Round(100*time.Millisecond))
 	expectStates(t, time.Minute, nodes, allAlive(nodes), true)
 	testnet.Eventually(t, time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
+}
+
+// natAtRunTime puts host h behind a NAT at run time, as a host moved
+// behind an address-translating gateway sees it: its connections leave
+// from public (an address added to its eth0) and nothing new gets in, only
+// answers. The connection-tracking table is flushed, as a move loses every
+// flow: a flow tracked before the NAT would keep leaving untranslated.
+// Called again with another address, it is the NAT's public address
+// changing; with an invalid one, the NAT goes.
+func natAtRunTime(t *testing.T, h *testnet.Host, was, public netip.Addr) {
+	t.Helper()
+	ctx := t.Context()
+	h.Run(ctx, "nft", "delete", "table", "ip", natMoveTable)
+	if was.IsValid() {
+		if out, err := h.Run(ctx, "ip", "addr", "del", was.String()+"/32", "dev", "eth0"); err != nil {
+			t.Fatalf("ip addr del %s: %v: %s", was, err, out)
+		}
+	}
+	if public.IsValid() {
+		if out, err := h.Run(ctx, "ip", "addr", "add", public.String()+"/32", "dev", "eth0"); err != nil {
+			t.Fatalf("ip addr add %s: %v: %s", public, err, out)
+		}
+		for _, args := range [][]string{
+			{"add", "table", "ip", natMoveTable},
+			{"add", "chain", "ip", natMoveTable, "in", "{ type filter hook input priority -10; policy accept; }"},
+			{"add", "rule", "ip", natMoveTable, "in", "iifname", "eth0", "ct", "state", "new", "drop"},
+			{"add", "chain", "ip", natMoveTable, "out", "{ type nat hook postrouting priority 100; policy accept; }"},
+			{"add", "rule", "ip", natMoveTable, "out", "oifname", "eth0", "ip", "saddr", h.Addr.String(), "snat", "to", public.String()},
+		} {
+			if out, err := h.Run(ctx, "nft", args...); err != nil {
+				t.Fatalf("nft %v: %v: %s", args, err, out)
+			}
+		}
+	}
+	if err := h.Do(func() error { return netlink.ConntrackTableFlush(netlink.ConntrackTable) }); err != nil {
+		t.Fatalf("flush conntrack on %s: %v", h.Name, err)
+	}
+}
+
+// TestNATAtRunTime: a member moved behind an address-translating NAT at
+// run time (its connections now leave from another address, and nothing
+// new reaches it) attaches to a home, announces the NAT's public address,
+// stays a live member, and its pods reach and are reached by all; the
+// others send its data plane to the public address. When the NAT's public
+// address changes, it announces the new one and the others follow; when
+// the NAT goes, it detaches and is reached at its own address again.
+func TestNATAtRunTime(t *testing.T) {
+	testnet.RequireRoot(t)
+	tn := testnet.New(t, testnet.Options{Hosts: 4, Prefix: "natrt"})
+	hs := tn.Hosts()
+	recheck := []string{"--reach-recheck", "5s"}
+	nodes := []*node{launch(t, hs[0], nil, recheck...)}
+	for _, h := range hs[1:] {
+		nodes = append(nodes, launch(t, h, hs[:1], recheck...))
+	}
+	dumpLogsOnFailure(t, nodes...)
+	expectStates(t, 2*time.Minute, nodes, allAlive(nodes), true)
+	moved := nodes[3]
+	ctx := t.Context()
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	var pods []*pod
+	for i, n := range nodes {
+		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("nat%d", i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods = append(pods, p)
+	}
+	testnet.Eventually(t, 2*time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
+
+	// behind waits until moved reports want, seen as seenAs by the
+	// peer that checked it, its home is home, and every other node sees
+	// it announce public (none if invalid) and sends its data plane to
+	// endpoint. (WireGuard's roaming alone would bring the endpoint
+	// there: the announcement is what makes a peer's first packets go
+	// there too.)
+	behind := func(want api.Reachability, seenAs netip.Addr, home string, public, endpoint netip.Addr) {
+		t.Helper()
+		testnet.Eventually(t, 2*time.Minute, 500*time.Millisecond, func() error {
+			st, err := moved.Status()
+			if err != nil {
+				return err
+			}
+			gr := st.GossipRelay
+			if gr == nil || gr.Reachability != want || gr.Home != home {
+				return fmt.Errorf("host4's gossip relay status %+v, want %q with home %q", gr, want, home)
+			}
+			if got, err := netip.ParseAddrPort(gr.SeenAs); err != nil || got.Addr() != seenAs {
+				return fmt.Errorf("host4 is seen as %q, want %s", gr.SeenAs, seenAs)
+			}
+			for _, n := range nodes[:3] {
+				st, err := n.Status()
+				if err != nil {
+					return err
+				}
+				announced := "none"
+				for _, p := range st.Peers {
+					if p.Name == moved.Host.Name && p.PublicAddress != "" {
+						announced = p.PublicAddress
+					}
+				}
+				if wantPublic := map[bool]string{true: public.String(), false: "none"}[public.IsValid()]; announced != wantPublic {
+					return fmt.Errorf("%s sees host4 announce public address %s, want %s", n.Host.Name, announced, wantPublic)
+				}
+				c, err := connTo(n, moved.Host.Name)
+				if err != nil {
+					return err
+				}
+				if want := netip.AddrPortFrom(endpoint, 6784).String(); c.Endpoint != want {
+					return fmt.Errorf("%s sends host4's data plane to %s, want %s", n.Host.Name, c.Endpoint, want)
+				}
+			}
+			return nil
+		})
+	}
+	// live checks that moved stays a live member everywhere for a while
+	// and that every pod reaches every other.
+	live := func() {
+		t.Helper()
+		for range 10 {
+			time.Sleep(time.Second)
+			for _, n := range nodes[:3] {
+				got, err := peerStates(n)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if s := got[moved.Host.Name]; s != string(api.MemberAlive) && s != string(api.MemberSuspect) {
+					t.Fatalf("%s sees host4 %q", n.Host.Name, s)
+				}
+			}
+		}
+		testnet.Eventually(t, time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
+	}
+	behind(api.ReachDirect, hs[3].Addr, "", netip.Addr{}, hs[3].Addr)
+
+	public := netip.MustParseAddr("192.0.2.200")
+	natAtRunTime(t, hs[3], netip.Addr{}, public)
+	start := time.Now()
+	behind(api.ReachBehindNAT, public, hs[0].Name, public, public)
+	t.Logf("host4 attached and announced %s %v after it was moved behind the NAT", public, time.Since(start).Round(100*time.Millisecond))
+	live()
+
+	changed := netip.MustParseAddr("192.0.2.201")
+	natAtRunTime(t, hs[3], public, changed)
+	start = time.Now()
+	behind(api.ReachBehindNAT, changed, hs[0].Name, changed, changed)
+	t.Logf("host4 announced the new public address %s %v after it changed", changed, time.Since(start).Round(100*time.Millisecond))
+	live()
+
+	natAtRunTime(t, hs[3], changed, netip.Addr{})
+	start = time.Now()
+	behind(api.ReachDirect, hs[3].Addr, "", netip.Addr{}, hs[3].Addr)
+	t.Logf("host4 detached %v after the NAT went", time.Since(start).Round(100*time.Millisecond))
+	live()
 }

@@ -173,7 +173,12 @@ func formatPeers(w io.Writer, st *api.Status) {
 		if ident == "" {
 			ident = "unsigned"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, p.Address, p.State, p.PeerID, ident)
+		addr := p.Address
+		if p.PublicAddress != "" {
+			// Behind NAT: where the others send its data plane.
+			addr += " (public " + p.PublicAddress + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, addr, p.State, p.PeerID, ident)
 	}
 	tw.Flush()
 }

@@ -41,7 +41,7 @@ func sampleStatus() *api.Status {
 		Peers: []api.Peer{
 			{Name: "host-c", Address: "192.0.2.12:6783", State: "dead", PeerID: "cc"},
 			{Name: "host-b", Address: "192.0.2.11:6783", State: "alive", Self: true, PeerID: "0123456789abcdef0123456789abcdef", Identity: "11qYAYKxCrfV"},
-			{Name: "a-very-long-host-name", Address: "192.0.2.10:6783", State: "suspect", PeerID: "aa"},
+			{Name: "a-very-long-host-name", Address: "10.9.0.5:6783", State: "suspect", PeerID: "aa", PublicAddress: "198.51.100.7"},
 		},
 		OverlayIP: "10.32.0.1",
 		IPAM: &api.IPAM{
