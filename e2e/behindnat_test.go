@@ -105,22 +105,7 @@ func TestNATNode(t *testing.T) {
 		return nil
 	})
 	ctx := t.Context()
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	var pods []*pod
-	seen := map[netip.Addr]string{}
-	for i, n := range nodes {
-		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("nat%d", i+1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if other, dup := seen[p.ip]; dup {
-			t.Fatalf("%s and %s both got %s", other, p.name, p.ip)
-		}
-		seen[p.ip] = p.name
-		pods = append(pods, p)
-	}
+	pods := podOnEach(ctx, t, nodes, "nat")
 	testnet.Eventually(t, 2*time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
 	t.Logf("every pod reaches every pod %v after the last launch", time.Since(start).Round(100*time.Millisecond))
 	// The others send to the public address each NAT node announced
@@ -214,10 +199,12 @@ const natMoveTable = "natmovetest"
 // stays a live member and its pods keep reaching the others' both ways.
 // When the firewall goes, the next re-check finds it reachable and it
 // detaches.
-func TestFirewalledAtRunTime(t *testing.T) {
+// recheckingMesh is four live members, host2 to host4 joined through
+// host1, each re-checking its reachability every 5 s.
+func recheckingMesh(t *testing.T, prefix string) ([]*testnet.Host, []*node) {
+	t.Helper()
 	testnet.RequireRoot(t)
-	tn := testnet.New(t, testnet.Options{Hosts: 4, Prefix: "fw"})
-	hs := tn.Hosts()
+	hs := testnet.New(t, testnet.Options{Hosts: 4, Prefix: prefix}).Hosts()
 	recheck := []string{"--reach-recheck", "5s"}
 	nodes := []*node{launch(t, hs[0], nil, recheck...)}
 	for _, h := range hs[1:] {
@@ -225,6 +212,11 @@ func TestFirewalledAtRunTime(t *testing.T) {
 	}
 	dumpLogsOnFailure(t, nodes...)
 	expectStates(t, 2*time.Minute, nodes, allAlive(nodes), true)
+	return hs, nodes
+}
+
+func TestFirewalledAtRunTime(t *testing.T) {
+	hs, nodes := recheckingMesh(t, "fw")
 	moved := nodes[3]
 	host1Gossip := netip.AddrPortFrom(hs[0].Addr, 6783).String()
 	// reach waits until moved's reachability is want, checked by host1,
@@ -256,17 +248,7 @@ func TestFirewalledAtRunTime(t *testing.T) {
 	reach(api.ReachDirect, "", nil)
 
 	ctx := t.Context()
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	var pods []*pod
-	for i, n := range nodes {
-		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("fw%d", i+1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pods = append(pods, p)
-	}
+	pods := podOnEach(ctx, t, nodes, "fw")
 	testnet.Eventually(t, 2*time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
 
 	for _, args := range [][]string{
@@ -351,29 +333,10 @@ func natAtRunTime(t *testing.T, h *testnet.Host, was, public netip.Addr) {
 // address changes, it announces the new one and the others follow; when
 // the NAT goes, it detaches and is reached at its own address again.
 func TestNATAtRunTime(t *testing.T) {
-	testnet.RequireRoot(t)
-	tn := testnet.New(t, testnet.Options{Hosts: 4, Prefix: "natrt"})
-	hs := tn.Hosts()
-	recheck := []string{"--reach-recheck", "5s"}
-	nodes := []*node{launch(t, hs[0], nil, recheck...)}
-	for _, h := range hs[1:] {
-		nodes = append(nodes, launch(t, h, hs[:1], recheck...))
-	}
-	dumpLogsOnFailure(t, nodes...)
-	expectStates(t, 2*time.Minute, nodes, allAlive(nodes), true)
+	hs, nodes := recheckingMesh(t, "natrt")
 	moved := nodes[3]
 	ctx := t.Context()
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	var pods []*pod
-	for i, n := range nodes {
-		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("nat%d", i+1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pods = append(pods, p)
-	}
+	pods := podOnEach(ctx, t, nodes, "nat")
 	testnet.Eventually(t, 2*time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
 
 	// behind waits until moved reports want, seen as seenAs by the

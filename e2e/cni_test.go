@@ -30,6 +30,29 @@ func runCNI(ctx context.Context, t *testing.T, h *testnet.Host, args ...string) 
 	return h.Run(ctx, "env", all...)
 }
 
+// podOnEach waits for mesh-cni on every node and adds one pod to each,
+// named prefix1, prefix2, ...; no two may get the same address.
+func podOnEach(ctx context.Context, t *testing.T, nodes []*node, prefix string) []*pod {
+	t.Helper()
+	for _, n := range nodes {
+		waitCNIInstalled(t, n)
+	}
+	var pods []*pod
+	seen := map[netip.Addr]string{}
+	for i, n := range nodes {
+		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("%s%d", prefix, i+1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if other, dup := seen[p.ip]; dup {
+			t.Fatalf("%s and %s both got %s", other, p.name, p.ip)
+		}
+		seen[p.ip] = p.name
+		pods = append(pods, p)
+	}
+	return pods
+}
+
 func addPod(ctx context.Context, t *testing.T, h *testnet.Host, name string) (*pod, error) {
 	if out, err := h.Run(ctx, "ip", "netns", "add", name); err != nil {
 		return nil, fmt.Errorf("ip netns add %s: %v: %s", name, err, out)

@@ -241,17 +241,7 @@ func TestRelayPreference(t *testing.T) {
 	hosts := []*testnet.Host{nodes[0].Host, nodes[1].Host, nodes[2].Host, nodes[3].Host}
 	both := func() error { return pingBoth(ctx, a, b) }
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, both)
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		hosts[0].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
-		hosts[1].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
-	})
-	for _, pair := range [][2]*testnet.Host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
-		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cutDataPlane(ctx, t, hosts[0], hosts[1])
 	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
 		for _, pair := range [][2]int{{0, 1}, {1, 0}} {
 			c, err := connTo(nodes[pair[0]], hosts[pair[1]].Name)

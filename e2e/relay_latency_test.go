@@ -65,17 +65,7 @@ func TestRelayLowestLatency(t *testing.T) {
 		return nil
 	})
 
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		h1.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
-		h2.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
-	})
-	for _, pair := range [][2]*testnet.Host{{h1, h2}, {h2, h1}} {
-		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cutDataPlane(ctx, t, h1, h2)
 	viaFast := func() error {
 		for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
 			c, err := connTo(pair[0], pair[1].Host.Name)

@@ -122,24 +122,7 @@ func TestRelayTwoSites(t *testing.T) {
 	t.Logf("every cross-site pair relayed on both ends %v after the last launch", time.Since(start).Round(100*time.Millisecond))
 
 	ctx := t.Context()
-	for _, n := range nodes {
-		waitCNIInstalled(t, n)
-	}
-	var pods []*pod
-	for i, n := range nodes {
-		p, err := addPod(ctx, t, n.Host, fmt.Sprintf("site%d", i+1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pods = append(pods, p)
-	}
-	seen := map[string]string{}
-	for _, p := range pods {
-		if other, dup := seen[p.ip.String()]; dup {
-			t.Fatalf("%s and %s both got %s", other, p.name, p.ip)
-		}
-		seen[p.ip.String()] = p.name
-	}
+	pods := podOnEach(ctx, t, nodes, "site")
 	testnet.Eventually(t, 90*time.Second, time.Second, func() error { return pingPods(ctx, pods) })
 
 	// And it holds: nobody is declared dead for 20 s. A suspicion that its

@@ -40,6 +40,24 @@ func blockDataPlane(ctx context.Context, h, other *testnet.Host) error {
 	return nil
 }
 
+// cutDataPlane is blockDataPlane between a and b both ways, undone when
+// the test ends, also on failure (the namespaces go with the test, but
+// the rules must not stay behind for a dump).
+func cutDataPlane(ctx context.Context, t *testing.T, a, b *testnet.Host) {
+	t.Helper()
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		a.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+		b.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
+	})
+	for _, pair := range [][2]*testnet.Host{{a, b}, {b, a}} {
+		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func unblockDataPlane(ctx context.Context, h *testnet.Host) error {
 	if out, err := h.Run(ctx, "nft", "delete", "table", "inet", relayBlockTable); err != nil {
 		return fmt.Errorf("nft delete table on %s: %v: %s", h.Name, err, out)
@@ -188,20 +206,8 @@ func relayTriangle(t *testing.T, tr triangle) {
 		return nil
 	})
 
-	t.Cleanup(func() {
-		// Also on failure: the namespaces go with the test, but do not
-		// leave the rules behind for a dump.
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		h1.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
-		h2.Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
-	})
 	redirects := countRedirects(ctx, t, h3)
-	for _, pair := range [][2]*testnet.Host{{h1, h2}, {h2, h1}} {
-		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cutDataPlane(ctx, t, h1, h2)
 	cut := time.Now()
 	viaH3 := func(from, to *node) error {
 		c, err := connTo(from, to.Host.Name)
@@ -483,17 +489,7 @@ func TestRelayNoRelay(t *testing.T) {
 	hosts := []*testnet.Host{nodes[0].Host, nodes[1].Host, nodes[2].Host}
 	reach := func() error { return pingPod(ctx, a, b) }
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, reach)
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		hosts[0].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
-		hosts[1].Run(cctx, "nft", "delete", "table", "inet", relayBlockTable)
-	})
-	for _, pair := range [][2]*testnet.Host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
-		if err := blockDataPlane(ctx, pair[0], pair[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cutDataPlane(ctx, t, hosts[0], hosts[1])
 	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
 		c, err := connTo(nodes[0], hosts[1].Name)
 		if err != nil {
