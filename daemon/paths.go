@@ -173,11 +173,16 @@ func (d *Daemon) publishPaths(now time.Time) {
 	if a, ok := d.ipam.OverlayIP(); ok {
 		want.Probe = a.String()
 	}
-	var changed bool
+	var changed, coordOnly bool
 	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {
 		next := m.WithPaths(want)
 		changed = m.Paths == nil || !samePaths(*m.Paths, *next.Paths)
 		if changed {
+			if m.Paths != nil {
+				was := *m.Paths
+				was.Coord = next.Paths.Coord
+				coordOnly = samePaths(was, *next.Paths)
+			}
 			*m = next
 		}
 	})
@@ -187,7 +192,11 @@ func (d *Daemon) publishPaths(now time.Time) {
 	if err := d.members.UpdateMeta(meta); err != nil {
 		d.log.Warn("failed to announce this node's paths", "error", err)
 	}
-	d.log.Info("direct paths changed", "down", meta.Paths.Down, "overflow", meta.Paths.Overflow, "coordinate", meta.Paths.Coord)
+	if coordOnly {
+		d.log.Debug("network coordinate republished", "coordinate", meta.Paths.Coord)
+	} else {
+		d.log.Info("direct paths changed", "down", meta.Paths.Down, "overflow", meta.Paths.Overflow)
+	}
 	d.kickReconcile()
 }
 
