@@ -64,7 +64,7 @@ bench: deps
 # then the fault injection on real daemons with a long schedule (replay
 # with MESH_FAULT_SEED=N).
 soak: deps
-	MESH_SOAK=1 $(GO) test -count=1 -timeout 90m -run '^TestSimulation' -v ./ipam/
+	MESH_SOAK=1 $(GO) test -count=1 -timeout 150m -run '^TestSimulation' -v ./ipam/
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^TestScale(GossipBytes|Convergence)$$' -v ./ipam/
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 40m -run '^TestScaleMembershipLoopback$$' -v ./mesh/
 	MESH_SOAK=1 $(GO) test -count=1 -timeout 60m -run '^(TestFaultInjection|TestConvergence)$$' -v ./e2e/

@@ -541,8 +541,11 @@ func TestSimulation(t *testing.T) {
 	p := simParams{peers: 100, steps: 2000, prefix: "10.32.0.0/16"}
 	seeds := []uint64{1}
 	if os.Getenv("MESH_SOAK") != "" {
+		// About 22 minutes a seed on a 2-core machine (each step costs
+		// more as the states grow), so four fit make soak's bound;
+		// -ipam.sim.seed=N runs any other.
 		p.steps = 20000
-		seeds = []uint64{1, 2, 3, 4, 5, 6, 7, 8}
+		seeds = []uint64{1, 2, 3, 4}
 	}
 	if *simSteps > 0 {
 		p.steps = *simSteps
