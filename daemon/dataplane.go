@@ -270,19 +270,16 @@ func (d *Daemon) connections(ctx context.Context) ([]api.Connection, relayed.Cou
 // the relay choice counts (docs/routing.md, "Latency").
 func (d *Daemon) estimateLatency(out []api.Connection) {
 	_, meta := d.self.get()
-	if meta.Paths == nil {
-		return
-	}
-	own, ok := coord.FromWire(meta.Paths.Coord)
+	own, ok := reportedCoord(meta.Paths)
 	if !ok {
 		return
 	}
 	for i := range out {
 		m, ok := d.members.Member(out[i].Peer)
-		if !ok || m.Meta.Paths == nil {
+		if !ok {
 			continue
 		}
-		if c, ok := coord.FromWire(m.Meta.Paths.Coord); ok {
+		if c, ok := reportedCoord(m.Meta.Paths); ok {
 			out[i].EstimatedRTTMillis = math.Round(coord.Distance(own, c)*10) / 10
 		}
 	}

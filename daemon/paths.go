@@ -132,11 +132,7 @@ func (d *Daemon) sampleLatency(members []mesh.Member, fresh map[string]time.Dura
 	}
 	d.coords.Retain(func(name string) bool { m, ok := byName[name]; return ok && m.State.Live() })
 	for name, rtt := range fresh {
-		m := byName[name]
-		if m.Meta.Paths == nil {
-			continue
-		}
-		remote, ok := coord.FromWire(m.Meta.Paths.Coord)
+		remote, ok := reportedCoord(byName[name].Meta.Paths)
 		if !ok {
 			continue
 		}
@@ -205,6 +201,16 @@ func samePaths(a, b mesh.PathMeta) bool {
 		a.Overflow == b.Overflow && a.NoRelay == b.NoRelay && a.Preference == b.Preference && slices.Equal(a.Coord, b.Coord)
 }
 
+// reportedCoord is the network coordinate a path report carries, if it
+// carries one in bounds: the one reading of a member's coordinate, for its
+// samples, the relay choice and status.
+func reportedCoord(p *mesh.PathMeta) (coord.Coordinate, bool) {
+	if p == nil {
+		return coord.Coordinate{}, false
+	}
+	return coord.FromWire(p.Coord)
+}
+
 // probeAddr is the member's probe address, if it reports one this node can
 // use: an address in cluster (of its family, so that of the prober's), so
 // that no member can make the others send probes elsewhere.
@@ -234,7 +240,7 @@ func (d *Daemon) pathReports(members []mesh.Member) []peer.PathReport {
 		r := peer.PathReport{Name: m.Name, Live: m.State.Live() || m.Name == d.id.Name}
 		if paths != nil && !paths.Overflow {
 			r.Known, r.Down, r.NoRelay, r.Preference = true, paths.Down, paths.NoRelay, paths.Preference
-			if c, ok := coord.FromWire(paths.Coord); ok {
+			if c, ok := reportedCoord(paths); ok {
 				r.Coord = &c
 			}
 		}

@@ -67,14 +67,8 @@ func TestRelayLowestLatency(t *testing.T) {
 
 	cutDataPlane(ctx, t, h1, h2)
 	viaFast := func() error {
-		for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
-			c, err := connTo(pair[0], pair[1].Host.Name)
-			if err != nil {
-				return err
-			}
-			if c.Via != fast.Name {
-				return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s (the lower latency)", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath, fast.Name)
-			}
+		if err := viaOnBoth(nodes[0], nodes[1], fast.Name, "(the lower latency)"); err != nil {
+			return err
 		}
 		return pingBoth(ctx, a, b)
 	}

@@ -79,6 +79,21 @@ func connTo(n *node, peer string) (api.Connection, error) {
 	return api.Connection{}, fmt.Errorf("%s has no connection to %s", n.Host.Name, peer)
 }
 
+// viaOnBoth says whether a shows b, and b shows a, relayed via relay
+// (why is added to the error: "preferred", say).
+func viaOnBoth(a, b *node, relay, why string) error {
+	for _, pair := range [][2]*node{{a, b}, {b, a}} {
+		c, err := connTo(pair[0], pair[1].Host.Name)
+		if err != nil {
+			return err
+		}
+		if c.Via != relay {
+			return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s %s", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath, relay, why)
+		}
+	}
+	return nil
+}
+
 // relayPods is a mesh of hosts hosts (host i, from 0, launched with
 // flags(i); nil: no flags) with pod a on host1 and pod b on host2.
 func relayPods(t *testing.T, hosts int, timeout time.Duration, flags func(i int) []string) ([]*node, *pod, *pod, context.Context) {
@@ -552,14 +567,8 @@ func TestRelayOneWayLoss(t *testing.T) {
 		}
 	}
 	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
-		for _, pair := range [][2]*node{{nodes[0], nodes[1]}, {nodes[1], nodes[0]}} {
-			c, err := connTo(pair[0], pair[1].Host.Name)
-			if err != nil {
-				return err
-			}
-			if c.Via != h3.Name {
-				return fmt.Errorf("%s shows %s via %q, direct path %q; want via %s", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.DirectPath, h3.Name)
-			}
+		if err := viaOnBoth(nodes[0], nodes[1], h3.Name, "(the only relay)"); err != nil {
+			return err
 		}
 		return both()
 	})
