@@ -69,6 +69,7 @@ func TestBench(t *testing.T) {
 	}
 	if want("state") {
 		t.Run("StateSize", func(t *testing.T) { benchStateSize(t, r) })
+		t.Run("Journal", func(t *testing.T) { benchJournal(t, r) })
 	}
 	if want("dataplane") {
 		t.Run("Dataplane", func(t *testing.T) { benchDataplane(t, r) })
@@ -303,6 +304,49 @@ func benchStateSize(t *testing.T, r *report) {
 	}
 	if len(r.state) == 0 {
 		t.Fatalf("no BenchmarkStateSize results in:\n%s", out)
+	}
+}
+
+var journalRE = regexp.MustCompile(`BenchmarkAllocateLargeState/(\d+)peers/(journal|rewrite)\S*\s+\d+\s+([\d.]+) ns/op\s+([\d.]+) file-bytes`)
+
+// journalCost is one size of ipam's BenchmarkAllocateLargeState: an
+// Allocate and a Release on disk, with the journal and with the state file
+// rewritten for each.
+type journalCost struct {
+	peers            int
+	fileBytes        float64
+	journal, rewrite time.Duration
+}
+
+// benchJournal runs the ipam package's BenchmarkAllocateLargeState, both
+// ways in one run.
+func benchJournal(t *testing.T, r *report) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^$", "-bench", "^BenchmarkAllocateLargeState$", "-benchtime", "300x", "../ipam/")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go test -bench AllocateLargeState ./ipam/: %v\n%s", err, out)
+	}
+	bySize := map[int]*journalCost{}
+	for _, m := range journalRE.FindAllStringSubmatch(string(out), -1) {
+		peers, _ := strconv.Atoi(m[1])
+		ns, _ := strconv.ParseFloat(m[3], 64)
+		fb, _ := strconv.ParseFloat(m[4], 64)
+		c := bySize[peers]
+		if c == nil {
+			c = &journalCost{peers: peers, fileBytes: fb}
+			bySize[peers] = c
+			r.journal = append(r.journal, c)
+		}
+		if m[2] == "journal" {
+			c.journal = time.Duration(ns)
+		} else {
+			c.rewrite = time.Duration(ns)
+		}
+	}
+	if len(r.journal) == 0 {
+		t.Fatalf("no BenchmarkAllocateLargeState results in:\n%s", out)
 	}
 }
 
@@ -617,11 +661,12 @@ type stateSize struct {
 }
 
 type report struct {
-	start time.Time
-	cni   map[string]cniLatency
-	ipam  *ipamLatency
-	churn *churnResult
-	state []stateSize
+	start   time.Time
+	cni     map[string]cniLatency
+	ipam    *ipamLatency
+	churn   *churnResult
+	state   []stateSize
+	journal []*journalCost
 
 	mtu                int
 	meshErr            string
@@ -738,6 +783,13 @@ func (r *report) print(w io.Writer) {
 	}
 	for _, s := range r.state {
 		p("   %5d peers %12.0f bytes %8.1f bytes/peer\n", s.peers, s.bytes, s.perPeer)
+	}
+	p("   Allocate + Release, state file on disk, 60 pods (ipam BenchmarkAllocateLargeState): journal record vs whole state file rewritten\n")
+	if len(r.journal) == 0 {
+		p("   not measured (see the test log)\n")
+	}
+	for _, c := range r.journal {
+		p("   %5d peers %10.0f file bytes   journal %8s   rewrite %8s   ratio rewrite/journal %5.1f\n", c.peers, c.fileBytes, ms(c.journal), ms(c.rewrite), float64(c.rewrite)/float64(max(c.journal, 1)))
 	}
 
 	p("\n3. Data plane, iperf3 single TCP stream host1 -> host2, %d s x %d rounds (first second omitted), MTU %d\n", iperfSecs, iperfRounds, r.mtu)

@@ -87,9 +87,12 @@ type Allocator struct {
 	// 0 none, 1 near MaxStateBytes, 2 past it (noteStateSizeLocked).
 	stateSizeLevel int
 	stateBytes     int // size of the whole state last encoded for sending
-	// Scratch reused by saveLocked at every allocation.
+	// Scratch reused by saveLocked.
 	saveList []Allocation
 	saveBuf  bytes.Buffer
+	// journal records allocations and releases between state file writes
+	// (journal.go).
+	journal journal
 
 	liveness liveness
 	guard    guard             // refused input, see validate.go
@@ -187,9 +190,13 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 	a.liveness.init()
 	oldFile := false // a state file of the previous release (no gateway)
 	if cfg.StateFile != "" {
+		a.journal.path = journalPath(cfg.StateFile)
 		l, ok, err := loadFile(store, cfg.StateFile, cfg)
 		if err != nil {
 			return nil, err
+		}
+		if l.tornJournal {
+			a.log.Warn("journal ended in a torn record (a crash while it was written): dropped; its change was never acknowledged", "file", a.journal.path)
 		}
 		if ok {
 			a.st = l.st
@@ -472,7 +479,7 @@ func (a *Allocator) tryAllocateLocked(k Key, network string) (netip.Addr, <-chan
 			a.nets[k] = network
 		}
 		a.publishLocked()
-		if err := a.saveLocked(); err != nil {
+		if err := a.recordLocked(journalAdd, k, off, network); err != nil {
 			a.unbindLocked(k, off)
 			delete(a.nets, k)
 			a.publishLocked()
@@ -513,7 +520,7 @@ func (a *Allocator) Release(containerID, ifName string) error {
 	a.unbindLocked(k, off)
 	delete(a.nets, k)
 	a.publishLocked()
-	if err := a.saveLocked(); err != nil {
+	if err := a.recordLocked(journalDel, k, off, network); err != nil {
 		// Keep it allocated: better leak an address than reuse a live one.
 		a.bindLocked(k, off)
 		if hadNet {
@@ -691,9 +698,16 @@ func (a *Allocator) Close() error {
 	}
 	a.closed = true
 	a.wakeLocked()
-	if a.dirty {
-		if err := a.saveLocked(); err != nil {
+	if a.dirty || a.journal.named != 0 {
+		// The state file alone, without a journal: what a release that
+		// reads no journal loads (format 1 or 2).
+		if err := a.writeFileLocked(false); err != nil {
 			return fmt.Errorf("ipam: saving state on close: %w", err)
+		}
+		if a.cfg.StateFile != "" {
+			if err := a.store.remove(a.journal.path); err != nil {
+				return fmt.Errorf("ipam: removing journal on close: %w", err)
+			}
 		}
 	}
 	return nil
@@ -767,19 +781,32 @@ func (a *Allocator) publishLocked() {
 // receivers put on versions ahead of their clock (maxClockAhead).
 const versionStep = 60 * 1000
 
-// saveLocked writes the state file. Every change of an allocation, of the
-// ring or of what this peer learnt of others goes through it before being
-// acted upon or sent.
-func (a *Allocator) saveLocked() error {
+// saveLocked writes the state file, and starts a new journal with it.
+// Every change of the ring or of what this peer learnt of others goes
+// through it before being acted upon or sent; a change of an allocation
+// alone goes through recordLocked.
+func (a *Allocator) saveLocked() error { return a.writeFileLocked(true) }
+
+// writeFileLocked writes the state file, with a new journal to go with it
+// or (Close) with none.
+func (a *Allocator) writeFileLocked(withJournal bool) error {
 	if a.cfg.StateFile == "" {
 		a.dirty = false
 		a.markGatewayDurableLocked()
 		return nil
 	}
-	// The list and the encoding reuse the buffers of the previous save:
-	// it runs at every allocation, and the store does not keep data.
+	withJournal = withJournal && !a.journal.off
+	var gen uint64
+	if withJournal {
+		gen = newJournalGen()
+	}
+	// Nothing more is appended to the old journal: once the new file is
+	// written, what it recorded is in the file.
+	a.journal.ok = false
+	// The list and the encoding reuse the buffers of the previous save,
+	// and the store does not keep data.
 	a.saveList = a.appendListLocked(a.saveList[:0])
-	err := encodeFileTo(&a.saveBuf, a.cfg, a.selfID, a.st, a.saveList, a.px.durable, a.gw, a.versionCeil, a.signedWire)
+	err := encodeFileTo(&a.saveBuf, a.cfg, a.selfID, a.st, a.saveList, a.px.durable, a.gw, a.versionCeil, a.signedWire, gen)
 	clear(a.saveList) // holds no strings between saves
 	if err != nil {
 		return err
@@ -789,6 +816,10 @@ func (a *Allocator) saveLocked() error {
 	}
 	a.dirty = false
 	a.markGatewayDurableLocked()
+	a.journal.named = gen
+	if withJournal {
+		a.startJournalLocked(gen, a.saveBuf.Len())
+	}
 	return nil
 }
 

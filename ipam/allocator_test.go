@@ -96,7 +96,8 @@ func TestReleaseAllExcept(t *testing.T) {
 	}
 }
 
-// failingStore is a state store whose writes fail while fail is set.
+// failingStore is a state store whose writes and appends fail while fail
+// is set.
 type failingStore struct {
 	diskStore
 	fail bool
@@ -107,6 +108,13 @@ func (s *failingStore) write(path string, data []byte) error {
 		return errors.New("disk full")
 	}
 	return s.diskStore.write(path, data)
+}
+
+func (s *failingStore) appendFile(path string, data []byte) error {
+	if s.fail {
+		return errors.New("disk full")
+	}
+	return s.diskStore.appendFile(path, data)
 }
 
 // TestFailedSaveKeepsIndexes: an allocation, a release and a garbage
@@ -230,6 +238,7 @@ func TestCorruptStateFile(t *testing.T) {
 			if content == "" {
 				a := mustNew(t, cfg, nil)
 				mustAlloc(t, a, "c1", "eth0")
+				a.Close() // the allocation in the file, not the journal
 				data, _ := os.ReadFile(cfg.StateFile)
 				var f map[string]any
 				_ = json.Unmarshal(data, &f)

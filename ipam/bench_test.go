@@ -1,8 +1,10 @@
 package ipam
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"testing"
 )
 
@@ -89,5 +91,51 @@ func BenchmarkAllocate(b *testing.B) {
 				i++
 			}
 		})
+	}
+}
+
+// BenchmarkAllocateLargeState measures Allocate plus Release, state file on
+// disk, on a node of an n-peer cluster holding 60 pods (what fits in its
+// share of the /12 at 5000 peers): what a pod's ADD and DEL cost the
+// allocator as the cluster grows, with the journal and, side by side,
+// rewriting the state file for each as before it (docs/ipam.md,
+// "Persistence"). make bench prints the ratio.
+func BenchmarkAllocateLargeState(b *testing.B) {
+	for _, n := range []int{10, 1000, 5000} {
+		for _, how := range []string{"journal", "rewrite"} {
+			b.Run(fmt.Sprintf("%dpeers/%s", n, how), func(b *testing.B) {
+				cfg := testConfig(b, "node-0000.cluster.local", "10.32.0.0/12")
+				var buf bytes.Buffer
+				if err := encodeFileTo(&buf, cfg, cfg.SelfID, benchState(n), nil, paxosDurable{}, gateway{}, 0, false, 0); err != nil {
+					b.Fatal(err)
+				}
+				if err := os.WriteFile(cfg.StateFile, buf.Bytes(), 0o600); err != nil {
+					b.Fatal(err)
+				}
+				a := mustNew(b, cfg, nil)
+				defer a.Close()
+				a.mu.Lock()
+				a.journal.off = how == "rewrite"
+				a.journal.ok = a.journal.ok && !a.journal.off
+				a.mu.Unlock()
+				ctx := context.Background()
+				for i := range 60 {
+					if _, err := a.Allocate(ctx, fmt.Sprint("p", i), "eth0"); err != nil {
+						b.Fatal(err)
+					}
+				}
+				i := 0
+				for b.Loop() {
+					if _, err := a.Allocate(ctx, fmt.Sprint("c", i), "eth0"); err != nil {
+						b.Fatal(err)
+					}
+					if err := a.Release(fmt.Sprint("c", i), "eth0"); err != nil {
+						b.Fatal(err)
+					}
+					i++
+				}
+				b.ReportMetric(float64(buf.Len()), "file-bytes")
+			})
+		}
 	}
 }

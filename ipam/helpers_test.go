@@ -138,7 +138,7 @@ func gallop(s []uint64, from int, off uint64) (int, bool) {
 // encodeFile is the state file's content (encodeFileTo into a new buffer).
 func encodeFile(cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64, signedWire bool) ([]byte, error) {
 	var b bytes.Buffer
-	if err := encodeFileTo(&b, cfg, selfID, st, allocs, px, gw, floor, signedWire); err != nil {
+	if err := encodeFileTo(&b, cfg, selfID, st, allocs, px, gw, floor, signedWire, 0); err != nil {
 		return nil, err
 	}
 	return b.Bytes(), nil

@@ -36,6 +36,11 @@ type fileState struct {
 	// SignedInfos: this peer sends its states with signatures (every
 	// member reads them), so a restart goes on doing so. Format 2 only.
 	SignedInfos bool `json:"signedInfos,omitempty"`
+	// Journal is the generation of the journal that goes with this file
+	// (journal.go): allocations made and released since it was written.
+	// Format 3 only, so that a release that does not read journals
+	// refuses the file rather than miss them.
+	Journal uint64 `json:"journal,omitempty"`
 }
 
 type fileGateway struct {
@@ -50,10 +55,14 @@ type fileGateway struct {
 // MIP7), so that a restarted peer still forwards others' signed infos and
 // refuses their unsigned ones; it is written as soon as any info is
 // signed. This release reads both; the previous release refuses 2 with an
-// error naming the format (see docs/ipam.md, "Persistence").
+// error naming the format (see docs/ipam.md, "Persistence"). 3 is 1 or 2
+// with a journal beside it (Journal, SignedInfos say which): written while
+// the allocator runs; Close writes 1 or 2 again and removes the journal,
+// so a node stopped cleanly can go back to the previous release.
 const (
-	fileFormat       = 1
-	fileFormatSigned = 2
+	fileFormat        = 1
+	fileFormatSigned  = 2
+	fileFormatJournal = 3
 )
 
 // loaded is what a state file gives back.
@@ -65,6 +74,12 @@ type loaded struct {
 	gw     gateway
 	floor  uint64
 	signed bool // SignedInfos
+	// journal is the generation of the journal whose records allocs
+	// include; 0 for none.
+	journal uint64
+	// tornJournal: the journal's last line was torn (a crash while it was
+	// appended) and dropped.
+	tornJournal bool
 }
 
 // loadFile reads path. A missing file is a fresh start (ok false); any other
@@ -82,6 +97,26 @@ func loadFile(store stateStore, path string, cfg Config) (l loaded, ok bool, err
 	if err != nil {
 		return l, false, fmt.Errorf("ipam: state file %s: %w (refusing to start: moving it away loses the record of live allocations)", path, err)
 	}
+	if l.journal == 0 {
+		return l, true, nil
+	}
+	jpath := journalPath(path)
+	jdata, err := readJournal(store, jpath)
+	if err != nil {
+		return l, false, err
+	}
+	l.allocs, l.tornJournal, err = replayJournal(jdata, l.journal, cfg, l.allocs)
+	if err == nil && l.gw.set {
+		gw := offsetAddr(cfg.Range, l.gw.off)
+		for _, al := range l.allocs {
+			if al.Addr == gw {
+				err = fmt.Errorf("%w: journal allocates the gateway %v to %s/%s", ErrCorruptState, gw, al.ContainerID, al.IfName)
+			}
+		}
+	}
+	if err != nil {
+		return l, false, fmt.Errorf("ipam: state file %s with journal %s: %w (refusing to start: moving them away loses the record of live allocations)", path, jpath, err)
+	}
 	return l, true, nil
 }
 
@@ -91,8 +126,11 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 	if err := json.Unmarshal(data, &f); err != nil {
 		return l, fmt.Errorf("%w: %v", ErrCorruptState, err)
 	}
-	if f.Format != fileFormat && f.Format != fileFormatSigned {
-		return l, fmt.Errorf("%w: unknown format %d (this release reads %d and %d)", ErrCorruptState, f.Format, fileFormat, fileFormatSigned)
+	if f.Format != fileFormat && f.Format != fileFormatSigned && f.Format != fileFormatJournal {
+		return l, fmt.Errorf("%w: unknown format %d (this release reads %d to %d)", ErrCorruptState, f.Format, fileFormat, fileFormatJournal)
+	}
+	if (f.Format == fileFormatJournal) != (f.Journal != 0) {
+		return l, fmt.Errorf("%w: format %d with journal generation %d", ErrCorruptState, f.Format, f.Journal)
 	}
 	if f.Range != cfg.Range.String() {
 		return l, fmt.Errorf("%w: written for cluster range %s, configured range is %s", ErrRangeMismatch, f.Range, cfg.Range)
@@ -119,7 +157,7 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 		}
 		seen[k], used[a.Addr] = true, true
 	}
-	l = loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID, floor: f.VersionFloor, signed: f.SignedInfos && f.Format == fileFormatSigned}
+	l = loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID, floor: f.VersionFloor, signed: f.SignedInfos && f.Format >= fileFormatSigned, journal: f.Journal}
 	if g := f.Gateway; g != nil {
 		off, ok := addrOffset(cfg.Range, g.Addr)
 		if !ok || used[g.Addr] {
@@ -131,8 +169,9 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 }
 
 // encodeFileTo writes the state file's content into buf, which it resets
-// first.
-func encodeFileTo(buf *bytes.Buffer, cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64, signedWire bool) error {
+// first. journal is the generation of the journal that will go with it, 0
+// for none.
+func encodeFileTo(buf *bytes.Buffer, cfg Config, selfID string, st state, allocs []Allocation, px paxosDurable, gw gateway, floor uint64, signedWire bool, journal uint64) error {
 	signed := signedWire || hasSignatures(st)
 	f := fileState{
 		VersionFloor: floor,
@@ -147,10 +186,14 @@ func encodeFileTo(buf *bytes.Buffer, cfg Config, selfID string, st state, allocs
 	if signed {
 		f.Format, f.SignedInfos = fileFormatSigned, signedWire
 	}
+	if journal != 0 {
+		f.Format, f.Journal = fileFormatJournal, journal
+	}
 	if gw.set {
 		f.Gateway = &fileGateway{Addr: offsetAddr(cfg.Range, gw.off), Echoed: gw.echoed}
 	}
-	// Compact: the file is written at every allocation, and indenting a
+	// Compact: the file is written at every merge that teaches something
+	// (and was at every allocation before the journal), and indenting a
 	// large state cost a third of the encoding (read it with jq).
 	buf.Reset()
 	return json.NewEncoder(buf).Encode(f)
@@ -170,7 +213,13 @@ func hasSignatures(st state) bool {
 // (fsync per step would make a 100-peer simulation crawl).
 type stateStore interface {
 	read(path string) ([]byte, error)
+	// write replaces path with data atomically and durably.
 	write(path string, data []byte) error
+	// appendFile appends data to path, which exists, durably (fsync).
+	// On error, a prefix of data may have been appended.
+	appendFile(path string, data []byte) error
+	// remove removes path; a missing one is no error.
+	remove(path string) error
 }
 
 type diskStore struct{}
@@ -180,6 +229,28 @@ func (diskStore) read(path string) ([]byte, error) { return os.ReadFile(path) }
 func (diskStore) write(path string, data []byte) error {
 	if err := atomicfile.Write(path, data, 0o600); err != nil {
 		return fmt.Errorf("ipam: saving state file: %w", err)
+	}
+	return nil
+}
+
+func (diskStore) appendFile(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (diskStore) remove(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
 	return nil
 }

@@ -37,7 +37,7 @@ func pushPullEvery(n int) time.Duration {
 type scaleRow struct {
 	n            int
 	state        int     // bytes of one whole state
-	file         int     // bytes of one node's state file (written on every allocation)
+	file         int     // bytes of one node's state file (written on every merge that teaches something)
 	changeTotal  int     // bytes all transports carried for one donation
 	changeDonor  int     // of which the donor sent
 	changeMaxOth int     // most any other node sent

@@ -387,7 +387,8 @@ func TestSignedInfosUpgradeWindow(t *testing.T) {
 }
 
 // TestSignedStateFileRoundTrip: the state file keeps the signatures of
-// every info and the switch to signed states (format 2), so a restarted
+// every info and the switch to signed states (format 2, or 3 with a
+// journal), so a restarted
 // peer forwards the others' signed infos and still refuses their unsigned
 // ones; a state file of the previous release (format 1) loads unchanged.
 func TestSignedStateFileRoundTrip(t *testing.T) {
@@ -397,7 +398,9 @@ func TestSignedStateFileRoundTrip(t *testing.T) {
 	if err := json.Unmarshal(net.store.files["/sim/a.json"], &f); err != nil {
 		t.Fatal(err)
 	}
-	if f.Format != fileFormatSigned || !f.SignedInfos || string(f.State[:4]) != stateMagicSigned {
+	// Format 3 while the allocator runs (2 with a journal beside it);
+	// TestJournalCloseWritesPlainFile checks the 2 that Close leaves.
+	if f.Format != fileFormatJournal || !f.SignedInfos || string(f.State[:4]) != stateMagicSigned {
 		t.Fatalf("state file format %d, signedInfos %v, state %q", f.Format, f.SignedInfos, f.State[:4])
 	}
 	a.mu.Lock()
@@ -458,7 +461,7 @@ func TestSignedStateFileRoundTrip(t *testing.T) {
 		t.Fatalf("loaded peers %v, own info %+v", peers, me)
 	}
 	var nf fileState
-	if err := json.Unmarshal(store.files[cfg.StateFile], &nf); err != nil || nf.Format != fileFormatSigned || nf.SignedInfos {
+	if err := json.Unmarshal(store.files[cfg.StateFile], &nf); err != nil || nf.Format != fileFormatJournal || string(nf.State[:4]) != stateMagicSigned || nf.SignedInfos {
 		t.Fatalf("rewritten file: format %d, signedInfos %v, %v", nf.Format, nf.SignedInfos, err)
 	}
 }

@@ -47,6 +47,20 @@ func (m *memStore) write(path string, data []byte) error {
 	return nil
 }
 
+func (m *memStore) appendFile(path string, data []byte) error {
+	b, ok := m.files[path]
+	if !ok {
+		return fs.ErrNotExist
+	}
+	m.files[path] = append(b, data...)
+	return nil
+}
+
+func (m *memStore) remove(path string) error {
+	delete(m.files, path)
+	return nil
+}
+
 type simMsg struct {
 	from, to string
 	data     []byte
