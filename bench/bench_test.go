@@ -70,6 +70,7 @@ func TestBench(t *testing.T) {
 	if want("state") {
 		t.Run("StateSize", func(t *testing.T) { benchStateSize(t, r) })
 		t.Run("Journal", func(t *testing.T) { benchJournal(t, r) })
+		t.Run("MergeAtRest", func(t *testing.T) { benchMergeAtRest(t, r) })
 	}
 	if want("dataplane") {
 		t.Run("Dataplane", func(t *testing.T) { benchDataplane(t, r) })
@@ -347,6 +348,29 @@ func benchJournal(t *testing.T, r *report) {
 	}
 	if len(r.journal) == 0 {
 		t.Fatalf("no BenchmarkAllocateLargeState results in:\n%s", out)
+	}
+}
+
+var mergeAtRestRE = regexp.MustCompile(`BenchmarkMergeAtRest/(heartbeats|unchanged)\S*\s+\d+\s+([\d.]+) ns/op`)
+
+// benchMergeAtRest runs the ipam package's BenchmarkMergeAtRest: one
+// push/pull merge of a 1000-peer signed state, with heartbeats (as with
+// automatic reclaim on) and at rest without them, side by side.
+func benchMergeAtRest(t *testing.T, r *report) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^$", "-bench", "^BenchmarkMergeAtRest$", "-benchtime", "16x", "../ipam/")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go test -bench MergeAtRest ./ipam/: %v\n%s", err, out)
+	}
+	r.mergeAtRest = map[string]time.Duration{}
+	for _, m := range mergeAtRestRE.FindAllStringSubmatch(string(out), -1) {
+		ns, _ := strconv.ParseFloat(m[2], 64)
+		r.mergeAtRest[m[1]] = time.Duration(ns)
+	}
+	if len(r.mergeAtRest) != 2 {
+		t.Fatalf("no BenchmarkMergeAtRest results in:\n%s", out)
 	}
 }
 
@@ -667,6 +691,8 @@ type report struct {
 	churn   *churnResult
 	state   []stateSize
 	journal []*journalCost
+	// mergeAtRest: BenchmarkMergeAtRest's time per merge, by variant.
+	mergeAtRest map[string]time.Duration
 
 	mtu                int
 	meshErr            string
@@ -790,6 +816,12 @@ func (r *report) print(w io.Writer) {
 	}
 	for _, c := range r.journal {
 		p("   %5d peers %10.0f file bytes   journal %8s   rewrite %8s   ratio rewrite/journal %5.1f\n", c.peers, c.fileBytes, ms(c.journal), ms(c.rewrite), float64(c.rewrite)/float64(max(c.journal, 1)))
+	}
+	p("   push/pull merge of a 1000-peer signed state (ipam BenchmarkMergeAtRest): every info's heartbeat moved vs at rest without heartbeats (reclaim off)\n")
+	if hb, at := r.mergeAtRest["heartbeats"], r.mergeAtRest["unchanged"]; hb == 0 || at == 0 {
+		p("   not measured (see the test log)\n")
+	} else {
+		p("   heartbeats %8s   at rest %8s   ratio %5.1f\n", ms(hb), ms(at), float64(hb)/float64(at))
 	}
 
 	p("\n3. Data plane, iperf3 single TCP stream host1 -> host2, %d s x %d rounds (first second omitted), MTU %d\n", iperfSecs, iperfRounds, r.mtu)

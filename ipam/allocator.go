@@ -729,12 +729,29 @@ func (a *Allocator) ringChangedLocked() {
 	}
 }
 
-// publishLocked refreshes what this peer says about itself. The version is
-// at least the clock in milliseconds so it keeps growing across restarts
-// even though heartbeats are not persisted. The epoch is the one in our
-// view: after an rmpeer of this (live) peer, that of the removal, which our
-// new info then beats by its version.
-func (a *Allocator) publishLocked() {
+// publishLocked refreshes what this peer says about itself, with a new
+// version. The version is at least the clock in milliseconds so it keeps
+// growing across restarts even though it is not persisted at every
+// publication. The epoch is the one in our view: after an rmpeer of this
+// (live) peer, that of the removal, which our new info then beats by its
+// version.
+func (a *Allocator) publishLocked() { a.publishInfoLocked(true) }
+
+// heartbeatLocked is the publication of a tick or a merge. With automatic
+// reclaim on, the version grows at every one: it is the heartbeat by which
+// the others tell this peer is alive (reclaimLocked). With it off nothing
+// reads heartbeats (only Leased peers are ever reclaimed), so the info is
+// published again only when it would say something new, or when the state
+// holds an info of this peer written by another (a removal by rmpeer, an
+// unsigned info relayed during an upgrade), which it must beat.
+// A mesh at rest then holds the same infos everywhere: a merge of another
+// peer's state verifies no signature and changes nothing
+// (TestHeartbeatOnlyWithReclaim).
+func (a *Allocator) heartbeatLocked() { a.publishInfoLocked(a.cfg.ReclaimAfter > 0) }
+
+// publishInfoLocked publishes this peer's info; with bump false, only if
+// it would change beyond its version (see heartbeatLocked).
+func (a *Allocator) publishInfoLocked(bump bool) {
 	me := a.st.peers[a.cfg.Self]
 	held := slices.Clone(a.offs)
 	held = a.leaseHeld(held)
@@ -747,9 +764,6 @@ func (a *Allocator) publishLocked() {
 		held = append(held, a.gw.off)
 		slices.Sort(held)
 		held = slices.Compact(held)
-		if a.gw.version == 0 {
-			a.gw.version = version
-		}
 	}
 	// A peer removed while alive comes back as a new one: it votes again
 	// only once everyone holds its new info, as a joiner does.
@@ -765,6 +779,15 @@ func (a *Allocator) publishLocked() {
 	a.st.peers[a.cfg.Self] = next
 	// Free depends on the ring and reservations, not on the version.
 	next.Free = a.donatableFree()
+	if !bump && me.Writer == a.writerLocked() && !me.Removed &&
+		me.Epoch == next.Epoch && me.ID == next.ID && me.Leased == next.Leased && me.Joining == next.Joining &&
+		me.Free == next.Free && slices.Equal(me.Held, next.Held) {
+		a.st.peers[a.cfg.Self] = me
+		return
+	}
+	if a.gw.set && a.gw.version == 0 {
+		a.gw.version = version
+	}
 	a.st.peers[a.cfg.Self] = a.signLocked(a.cfg.Self, next)
 	a.pubVersion = next.Version
 	if a.pubVersion >= a.versionCeil {

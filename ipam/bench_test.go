@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"testing"
+	"time"
 )
 
 // benchState builds the state of an n-peer cluster on the default /12: the
@@ -137,5 +140,74 @@ func BenchmarkAllocateLargeState(b *testing.B) {
 				b.ReportMetric(float64(buf.Len()), "file-bytes")
 			})
 		}
+	}
+}
+
+// BenchmarkMergeAtRest measures a node of a 1000-peer mesh with signed
+// infos merging another peer's whole state (a push/pull) at rest: with
+// heartbeats, every info in it is newer than the receiver's and each
+// signature is verified; without (automatic reclaim off, heartbeatLocked),
+// the state is the one the receiver holds and nothing is verified.
+func BenchmarkMergeAtRest(b *testing.B) {
+	const n, rounds = 1000, 16
+	st := benchState(n)
+	names := slices.Sorted(maps.Keys(st.peers))
+	ids := newTestIdentities(names...)
+	prefix := mustPrefix("10.32.0.0/12")
+	sign := func(st state) {
+		for name, p := range st.peers {
+			p.Writer = name
+			p.Sig = ids.node(name).Sign(infoSigBytes(prefix, name, p))
+			st.peers[name] = p
+		}
+	}
+	sign(st)
+	for _, how := range []string{"heartbeats", "unchanged"} {
+		b.Run(how, func(b *testing.B) {
+			cfg := testConfig(b, names[0], prefix.String())
+			cfg.Identities = ids.node(names[0])
+			cfg.IsMember = func(string) bool { return true }
+			// The clock of benchState's versions, which lie within
+			// maxClockAhead of it.
+			cfg.Now = func() time.Time { return time.UnixMilli(1_780_000_100_000) }
+			var buf bytes.Buffer
+			if err := encodeFileTo(&buf, cfg, cfg.SelfID, st.clone(), nil, paxosDurable{}, gateway{}, 0, true, 0); err != nil {
+				b.Fatal(err)
+			}
+			if err := os.WriteFile(cfg.StateFile, buf.Bytes(), 0o600); err != nil {
+				b.Fatal(err)
+			}
+			a := mustNew(b, cfg, nil)
+			defer a.Close()
+			// The states a peer would send in successive push/pulls.
+			msgs := make([][]byte, rounds)
+			for i := range msgs {
+				next := st.clone()
+				if how == "heartbeats" {
+					for name, p := range next.peers {
+						p.Version += uint64(i + 1)
+						next.peers[name] = p
+					}
+					sign(next)
+				}
+				msgs[i] = encodeStateAs(prefix, names[1], next, true)
+			}
+			i := 0
+			for b.Loop() {
+				if i == rounds {
+					b.Fatalf("more than %d rounds: run with -benchtime %dx", rounds, rounds)
+				}
+				if err := a.MergeRemoteState(msgs[i]); err != nil {
+					b.Fatal(err)
+				}
+				i++
+			}
+			a.mu.Lock()
+			got := a.st.peers[names[1]].Version
+			a.mu.Unlock()
+			if want := st.peers[names[1]].Version; how == "heartbeats" && got != want+uint64(i) || len(a.Status().Rejected) != 0 {
+				b.Fatalf("after %d merges: version %d (was %d), refused %v", i, got, want, a.Status().Rejected)
+			}
+		})
 	}
 }

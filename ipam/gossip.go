@@ -298,9 +298,9 @@ func (a *Allocator) mergeLocked(w wireState) error {
 			return err
 		}
 	}
-	// Always republish: our own info may have come back newer (a restart
-	// that lost heartbeats, or an rmpeer tombstone) and must win again.
-	a.publishLocked()
+	// Our own info may have come back newer (a restart that lost
+	// heartbeats, or an rmpeer tombstone) and must win again.
+	a.heartbeatLocked()
 	a.promptLocked()
 	return nil
 }

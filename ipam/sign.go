@@ -87,13 +87,20 @@ func infoSigBytes(prefix netip.Prefix, name string, p peerInfo) []byte {
 // signLocked returns p, written by this peer about name, with this peer's
 // signature; without Identities, unsigned.
 func (a *Allocator) signLocked(name string, p peerInfo) peerInfo {
-	p.Writer, p.Sig = "", nil
-	if a.cfg.Identities == nil {
-		return p
+	p.Writer, p.Sig = a.writerLocked(), nil
+	if p.Writer != "" {
+		p.Sig = a.cfg.Identities.Sign(infoSigBytes(a.cfg.Range, name, p))
 	}
-	p.Writer = a.cfg.Self
-	p.Sig = a.cfg.Identities.Sign(infoSigBytes(a.cfg.Range, name, p))
 	return p
+}
+
+// writerLocked is the Writer of the infos this peer signs: itself, or ""
+// without Identities (unsigned).
+func (a *Allocator) writerLocked() string {
+	if a.cfg.Identities == nil {
+		return ""
+	}
+	return a.cfg.Self
 }
 
 // sendSignedLocked says whether this peer's states carry signatures
@@ -186,9 +193,10 @@ func (a *Allocator) signatureRuleLocked(name, sender string, p, cur peerInfo, pr
 
 // preVerify checks, before the merge takes the lock, the signatures of the
 // infos of w that would replace an info this peer holds, and returns the
-// results by name for signatureRuleLocked. Heartbeats move every second,
-// so merging a state of a large mesh verifies about one signature per
-// peer (some 50 µs each): that must not hold up Allocate. Infos of names
+// results by name for signatureRuleLocked. With automatic reclaim on,
+// heartbeats move every second, so merging a state of a large mesh
+// verifies about one signature per peer (some 50 µs each): that must not
+// hold up Allocate. Infos of names
 // not in the table are left to the merge, after the cheap bounds, so that
 // invented names cost no verification; at most one verification per name
 // the table holds (maxPeers) is done here per state.

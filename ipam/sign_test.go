@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // testIdentities is the membership's side of signed infos for the tests:
@@ -145,7 +147,7 @@ func TestSignedInfosRules(t *testing.T) {
 	}{
 		{"signed info of b relayed by anyone is accepted", "", func(t *testing.T, net *simNet, w *wireState) {
 			net.clock.Advance(1e9)
-			net.nodes["b"].Tick()
+			mustAlloc(t, net.nodes["b"].Allocator, "pod-b", "eth0") // b publishes anew
 			w.st.peers["b"] = stateOf(t, net.nodes["b"]).st.peers["b"]
 		}, func(t *testing.T, before, after peerInfo) {
 			if after.Version <= before.Version || after.Writer != "b" {
@@ -278,6 +280,8 @@ func TestSignedInfoReplayLoses(t *testing.T) {
 	ids := newTestIdentities("a", "b", "c")
 	net, a := signedNet(t, ids)
 	old := stateOf(t, net.nodes["b"])
+	net.clock.Advance(1e9)
+	mustAlloc(t, net.nodes["b"].Allocator, "pod-b", "eth0") // b publishes anew
 	for range 3 {
 		net.round()
 	}
@@ -377,7 +381,9 @@ func TestSignedInfosUpgradeWindow(t *testing.T) {
 	}
 	w = stateOf(t, net.nodes["c"])
 	b = w.st.peers["b"]
-	b.Version++
+	a.mu.Lock()
+	b.Version = a.st.peers["b"].Version + 1 // newer than what a holds
+	a.mu.Unlock()
 	b.Writer, b.Sig = "", nil
 	w.st.peers["b"] = b
 	_ = a.MergeRemoteState(encodeState(w.prefix, "c", w.st))
@@ -484,18 +490,16 @@ func (l *lockWatch) Verify(name string, msg, sig []byte) error {
 	return l.Identities.Verify(name, msg, sig)
 }
 
-// TestSignaturesVerifiedOutsideTheLock: merging a state whose heartbeats
-// moved verifies each newer info's signature before the merge takes the
+// TestSignaturesVerifiedOutsideTheLock: merging a state whose infos moved
+// verifies each newer info's signature before the merge takes the
 // allocator's lock, so that a state of a large mesh does not hold up
 // Allocate for a verification per peer.
 func TestSignaturesVerifiedOutsideTheLock(t *testing.T) {
 	ids := newTestIdentities("a", "b", "c")
 	net, a := signedNet(t, ids)
-	for range 2 {
-		net.clock.Advance(1e9)
-		net.nodes["b"].Tick()
-		net.nodes["c"].Tick()
-	}
+	net.clock.Advance(1e9)
+	mustAlloc(t, net.nodes["b"].Allocator, "pod-b", "eth0")
+	mustAlloc(t, net.nodes["c"].Allocator, "pod-c", "eth0")
 	watch := &lockWatch{Identities: a.Allocator.cfg.Identities, a: a.Allocator}
 	a.Allocator.cfg.Identities = watch
 	for _, n := range []string{"b", "c"} {
@@ -508,5 +512,86 @@ func TestSignaturesVerifiedOutsideTheLock(t *testing.T) {
 	}
 	if r := a.Status().Rejected; len(r) != 0 {
 		t.Fatalf("refused honest input: %v", r)
+	}
+}
+
+// TestHeartbeatOnlyWithReclaim: with automatic reclaim off, a mesh at rest
+// publishes nothing new (heartbeatLocked): every peer's info stays as it
+// was, every peer holds the same state, and merging another peer's state
+// verifies no signature and writes no state file. A real change (a pod)
+// is published at once, an rmpeer of a live peer is beaten by its next
+// tick, and with reclaim on the versions grow at every tick as the
+// heartbeat reclaim watches.
+func TestHeartbeatOnlyWithReclaim(t *testing.T) {
+	versions := func(net *simNet) map[string]uint64 {
+		m := map[string]uint64{}
+		for _, n := range net.nodes {
+			n.mu.Lock()
+			m[n.cfg.Self] = n.st.peers[n.cfg.Self].Version
+			n.mu.Unlock()
+		}
+		return m
+	}
+	ids := newTestIdentities("a", "b", "c")
+	net, a := signedNet(t, ids)
+	net.settle(t, 3)
+	before := versions(net)
+	for range 30 {
+		net.round()
+	}
+	if after := versions(net); !maps.Equal(before, after) {
+		t.Fatalf("versions moved at rest with reclaim off: %v -> %v", before, after)
+	}
+	same := func(x, y *simNode) bool {
+		wx, wy := stateOf(t, x), stateOf(t, y)
+		return bytes.Equal(encodeState(wx.prefix, "", wx.st), encodeState(wy.prefix, "", wy.st))
+	}
+	if !same(a, net.nodes["b"]) || !same(a, net.nodes["c"]) {
+		t.Fatal("peers at rest hold different states")
+	}
+	watch := &lockWatch{Identities: a.Allocator.cfg.Identities, a: a.Allocator}
+	a.Allocator.cfg.Identities = watch
+	file := slices.Clone(net.store.files[a.cfg.StateFile])
+	if err := a.MergeRemoteState(net.nodes["b"].LocalState()); err != nil {
+		t.Fatal(err)
+	}
+	if watch.inside+watch.outside != 0 || !bytes.Equal(file, net.store.files[a.cfg.StateFile]) {
+		t.Fatalf("a merge at rest verified %d signatures, state file rewritten: %v", watch.inside+watch.outside, !bytes.Equal(file, net.store.files[a.cfg.StateFile]))
+	}
+
+	// A pod is published at once, and reaches everyone.
+	mustAlloc(t, net.nodes["b"].Allocator, "pod-b", "eth0")
+	net.settle(t, 3)
+	if v := versions(net)["b"]; v <= before["b"] {
+		t.Fatalf("b's new pod not published: version %d", v)
+	}
+	if !same(a, net.nodes["b"]) {
+		t.Fatal("b's new pod did not reach a")
+	}
+
+	// An rmpeer of a live b: b re-asserts itself at its next tick.
+	if _, err := a.RemovePeer("b"); err != nil {
+		t.Fatal(err)
+	}
+	net.settle(t, 3)
+	a.mu.Lock()
+	bInfo := a.st.peers["b"]
+	a.mu.Unlock()
+	if bInfo.Removed || bInfo.Writer != "b" {
+		t.Fatalf("b did not re-assert itself after rmpeer: %+v", bInfo)
+	}
+
+	// With reclaim on, every tick is a heartbeat.
+	rnet := newSimNet(5)
+	for _, n := range []string{"a", "b", "c"} {
+		rnet.add(t, n, "10.0.0.0/16", 3, time.Minute)
+	}
+	rnet.settle(t, 5)
+	rbefore := versions(rnet)
+	rnet.round()
+	for n, v := range versions(rnet) {
+		if v <= rbefore[n] {
+			t.Fatalf("with reclaim on, %s's version did not grow at a tick: %d -> %d", n, rbefore[n], v)
+		}
 	}
 }

@@ -34,7 +34,8 @@ type peerInfo struct {
 	// may still be travelling). A peer that finds itself removed while alive
 	// republishes at the removal's epoch with a higher Version.
 	Epoch uint64
-	// Version grows with every publication (it is also the heartbeat).
+	// Version grows with every publication; with automatic reclaim on, a
+	// peer publishes at every tick, and it is also the heartbeat.
 	Version uint64
 	ID      string
 	// Free is how many addresses the peer could still allocate; peers out of

@@ -40,7 +40,7 @@ func (a *Allocator) Tick() {
 	a.tick++
 	before := a.st.ring
 	a.sendSignedLocked() // at once when the last member able to read them joins
-	a.publishLocked()    // heartbeat
+	a.heartbeatLocked()
 	a.paxosTickLocked()
 	a.recoveryTickLocked()
 	a.refillPoolLocked()
