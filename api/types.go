@@ -148,6 +148,11 @@ type IPAM struct {
 	// whole state to every member, as while a member of an older release
 	// is in the mesh.
 	Deltas bool `json:"deltas,omitempty"`
+	// Digests says that this node's push/pull exchanges that are no join
+	// carry a digest of its IPAM state rather than the state (every member
+	// reads them and automatic reclaim is off, docs/ipam.md "Digests at
+	// rest"); false, the whole state.
+	Digests bool `json:"digests,omitempty"`
 }
 
 // SignedStates says whether this node sends its IPAM states with signed

@@ -24,9 +24,9 @@ type ipamChannel struct {
 	a atomic.Pointer[ipam.Allocator]
 }
 
-func (c *ipamChannel) LocalState() []byte {
+func (c *ipamChannel) LocalState(join bool) []byte {
 	if a := c.a.Load(); a != nil {
-		return a.LocalState()
+		return a.PushPullState(join)
 	}
 	return nil
 }
@@ -110,6 +110,7 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 	cfg.IsMember = d.members.IsMember
 	cfg.Identities = ids
 	cfg.Deltas = d.deltasOn
+	cfg.Digests = d.digestsOn
 	cfg.Admission = func() bool { return joiningOn(d.members.Members(), time.Now()) }
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
@@ -122,6 +123,9 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 // deltasOn is deltasOn of the current membership: what the allocators
 // follow (Config.Deltas) and what status shows.
 func (d *Daemon) deltasOn() bool { return deltasOn(d.members.Members(), time.Now()) }
+
+// digestsOn is digestsOn of the current membership (Config.Digests).
+func (d *Daemon) digestsOn() bool { return digestsOn(d.members.Members(), time.Now()) }
 
 // allocators are the running allocators, IPv4 first.
 func (d *Daemon) allocators() []*ipam.Allocator {
@@ -194,6 +198,7 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	var problems []string
 	out.SignedStates, problems = d.signedStatus(d.ipam)
 	out.Deltas = d.deltasOn()
+	out.Digests = d.ipam.DigestsOn()
 	// Named in this section only: a member that cannot read signed
 	// states is one problem, however many families run.
 	out.Problems = append(out.Problems, problems...)
@@ -216,6 +221,7 @@ func (d *Daemon) ipamStatus6() (*api.IPAM, string) {
 	out.Problems = append(out.Problems, lacksFamily(out.Peers, d.members.Members(), time.Now())...)
 	out.SignedStates, _ = d.signedStatus(d.ipam6)
 	out.Deltas = d.deltasOn()
+	out.Digests = d.ipam6.DigestsOn()
 	return out, overlay
 }
 

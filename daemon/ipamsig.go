@@ -104,6 +104,16 @@ func deltasOn(members []mesh.Member, now time.Time) bool {
 	return readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMDeltas >= mesh.IPAMDeltasVersion }).allRead()
 }
 
+// digestsOn says whether this node's IPAM push/pull exchanges may carry
+// state digests (docs/ipam.md, "Digests at rest"): while another member is
+// live and every member, live or gone within signedInfosGrace, reads them.
+// Decided at every exchange, as deltasOn: a member of the previous release
+// not learnt yet refuses one digest as a corrupt state and gets the whole
+// state at the next exchange that knows it.
+func digestsOn(members []mesh.Member, now time.Time) bool {
+	return readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMDeltas >= mesh.IPAMDigestsVersion }).allRead()
+}
+
 // joiningOn says whether a peer of this node that joins a running mesh
 // with automatic reclaim on starts as a joiner (docs/ipam.md, "Joining as
 // a voter"): while another member is live and every member, live or gone

@@ -329,6 +329,36 @@ func TestDeltaSwitch(t *testing.T) {
 	}
 }
 
+// TestDigestSwitch: push/pull digests only while every member reads them:
+// a member of the previous release, which reads deltas (IPAMDeltas 1) but
+// no digests, holds them back and leaves deltas on.
+func TestDigestSwitch(t *testing.T) {
+	now := time.Now()
+	member := func(name string, dl int) mesh.Member {
+		return mesh.Member{Name: name, State: api.MemberAlive, Meta: mesh.Meta{IPAMDeltas: dl}, Since: now.Add(-time.Minute)}
+	}
+	self := mesh.Member{Name: "host1", State: api.MemberAlive, Self: true, Meta: mesh.Meta{IPAMDeltas: mesh.IPAMDigestsVersion}}
+	for _, tc := range []struct {
+		name                string
+		members             []mesh.Member
+		wantDigest, wantDel bool
+	}{
+		{"alone", []mesh.Member{self}, false, false},
+		{"every member reads them", []mesh.Member{self, member("host2", mesh.IPAMDigestsVersion)}, true, true},
+		{"a member of the previous release", []mesh.Member{self, member("host2", mesh.IPAMDigestsVersion), member("host3", mesh.IPAMDeltasVersion)}, false, true},
+		{"a member of an older release", []mesh.Member{self, member("host2", mesh.IPAMDigestsVersion), member("host3", 0)}, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := digestsOn(tc.members, now); got != tc.wantDigest {
+				t.Errorf("digests = %v, want %v", got, tc.wantDigest)
+			}
+			if got := deltasOn(tc.members, now); got != tc.wantDel {
+				t.Errorf("deltas = %v, want %v", got, tc.wantDel)
+			}
+		})
+	}
+}
+
 // TestJoiningSwitch: a node that joins with automatic reclaim on starts as
 // a joiner only while every member reads the Joining flag; one that reads
 // deltas but not the flag (the previous release) holds it back.

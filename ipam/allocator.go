@@ -127,6 +127,9 @@ type Allocator struct {
 	// deltaForwards counts the deltas passed on since the last tick
 	// (deltaForwardsPerTick).
 	deltaForwards int
+	// digestAnswered are the peers sent a whole state for a digest since
+	// the last tick (mergeDigestLocked); cleared at every tick.
+	digestAnswered map[string]bool
 }
 
 type outMsg struct {
@@ -186,6 +189,8 @@ func newAllocator(cfg Config, tr Transport, store stateStore) (*Allocator, error
 		members:  map[string]bool{cfg.Self: true},
 		changed:  make(chan struct{}),
 		problems: map[string]string{},
+
+		digestAnswered: map[string]bool{},
 	}
 	a.liveness.init()
 	oldFile := false // a state file of the previous release (no gateway)

@@ -59,6 +59,13 @@ type Config struct {
 	// allocator's lock: it must not block nor call the Allocator. Nil:
 	// never (a node of the previous release drops deltas unread).
 	Deltas func() bool
+	// Digests says whether every member reads state digests in push/pull
+	// (docs/ipam.md, "Digests at rest"), so that this peer may answer a
+	// push/pull that is no join with a digest of its state rather than the
+	// state. Called under the allocator's lock: it must not block nor call
+	// the Allocator. Nil: never (a node of the previous release would
+	// refuse a digest as a corrupt state).
+	Digests func() bool
 	// Admission says whether every member reads the Joining flag of peer
 	// infos (docs/ipam.md, "Joining as a voter"), so that a peer that
 	// joins a running mesh with ReclaimAfter set votes only once every

@@ -21,6 +21,10 @@ func fuzzSeeds(f *testing.F) {
 	f.Add([]byte{})
 	f.Add([]byte(stateMagic))
 	f.Add(encodeState(mustPrefix("10.0.0.0/24"), "z", newState(256)))
+	dg := net.nodes["a"].PushPullState(false)
+	f.Add(dg)
+	f.Add(dg[:len(dg)-3])
+	f.Add([]byte(stateMagicDigest))
 	fuzzSeeds6(f)
 }
 

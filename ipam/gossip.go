@@ -141,13 +141,22 @@ func (a *Allocator) broadcastStateLocked() {
 	a.outbox = append(a.outbox, outMsg{msg: a.stateMsgLocked()})
 }
 
-// MergeRemoteState merges a peer's full state (memberlist push/pull). It
+// MergeRemoteState merges a peer's full state (memberlist push/pull), or
+// handles its digest (PushPullState). It
 // returns an error wrapping ErrCorruptState for undecodable input and
 // ErrRangeMismatch for a peer with another cluster range; neither changes
 // anything. It never panics on garbage. May write the state file; safe for
 // concurrent use.
 func (a *Allocator) MergeRemoteState(buf []byte) error {
 	if err := a.refuseOversized("", len(buf)); err != nil {
+		return err
+	}
+	if isDigest(buf) {
+		a.mu.Lock()
+		err := a.mergeDigestLocked(buf)
+		out := a.takeOutbox()
+		a.mu.Unlock()
+		a.flush(out)
 		return err
 	}
 	w, err := decodeState(buf)

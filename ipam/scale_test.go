@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
 	"maps"
@@ -43,7 +44,8 @@ type scaleRow struct {
 	changeMaxOth int     // most any other node sent
 	changeMean   float64 // changeTotal / (n+1)
 	restTicks    float64 // of which the ticks' messages (push/pull aside)
-	restPerNode  float64 // bytes per node per second at rest
+	restPerNode  float64 // bytes per node per second at rest, whole-state push/pull
+	restDigest   float64 // the same with push/pull digests (every node holds one state)
 	joinSent     int     // bytes the joiner sent
 	joinRecv     int     // bytes the joiner received until it owned space
 	joinRounds   int
@@ -95,6 +97,12 @@ func TestScaleGossipBytes(t *testing.T) {
 		if r.restTicks != 0 {
 			t.Errorf("n=%d: the ticks of a mesh at rest sent %.1f bytes per node per second, want 0 (only push/pull carries heartbeats)", n, r.restTicks)
 		}
+		// With digests, push/pull at rest costs two digests per
+		// interval whatever N: no more than two digests of 64 bytes
+		// every 15 s (memberlist only stretches the interval).
+		if r.restDigest > 2*64/15.0 {
+			t.Errorf("n=%d: push/pull digests at rest cost %.2f bytes per node per second", n, r.restDigest)
+		}
 		if r.joinRecv > 3*r.state+r.state/10 {
 			t.Errorf("n=%d: the joiner received %d bytes, more than 3 whole states of %d", n, r.joinRecv, r.state)
 		}
@@ -132,9 +140,9 @@ func TestScaleGossipBytes(t *testing.T) {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%6s %10s %10s %14s %12s %12s %12s %12s %14s %12s %12s %7s\n", "N", "state B", "file B", "change total B", "donor B", "max other B", "mean/node B", "ticks B/n/s", "rest B/node/s", "join recv B", "join sent B", "rounds")
+	fmt.Fprintf(&b, "\n%6s %10s %10s %14s %12s %12s %12s %12s %14s %14s %12s %12s %7s\n", "N", "state B", "file B", "change total B", "donor B", "max other B", "mean/node B", "ticks B/n/s", "rest B/node/s", "digests B/n/s", "join recv B", "join sent B", "rounds")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "%6d %10d %10d %14d %12d %12d %12.0f %12.1f %14.1f %12d %12d %7d\n", r.n, r.state, r.file, r.changeTotal, r.changeDonor, r.changeMaxOth, r.changeMean, r.restTicks, r.restPerNode, r.joinRecv, r.joinSent, r.joinRounds)
+		fmt.Fprintf(&b, "%6d %10d %10d %14d %12d %12d %12.0f %12.1f %14.1f %14.2f %12d %12d %7d\n", r.n, r.state, r.file, r.changeTotal, r.changeDonor, r.changeMaxOth, r.changeMean, r.restTicks, r.restPerNode, r.restDigest, r.joinRecv, r.joinSent, r.joinRounds)
 	}
 	if len(rows) >= 2 {
 		// Least squares through the origin of bytes per peer: state ~ a*N,
@@ -183,12 +191,25 @@ func measureScale(t *testing.T, n int) scaleRow {
 		quietRound(s)
 	}
 	ticks := sum(s.sent)
-	var stateSum int
+	var stateSum, digestSum int
+	var first []byte
 	for _, name := range names {
 		stateSum += len(s.nodes[name].LocalState())
+		dg := s.nodes[name].PushPullState(false)
+		if !isDigest(dg) {
+			t.Fatalf("n=%d: %s's push/pull at rest is no digest", n, name)
+		}
+		if first == nil {
+			first = dg[len(dg)-digestLen:]
+		} else if !bytes.Equal(first, dg[len(dg)-digestLen:]) {
+			// A push/pull with it would send whole states both ways.
+			t.Fatalf("n=%d: %s holds another state than %s at rest", n, name, names[0])
+		}
+		digestSum += len(dg)
 	}
 	row.restTicks = float64(ticks) / float64(n*restRounds)
 	row.restPerNode = row.restTicks + 2*float64(stateSum)/float64(n)/pushPullEvery(n).Seconds()
+	row.restDigest = row.restTicks + 2*float64(digestSum)/float64(n)/pushPullEvery(n).Seconds()
 
 	// A new node joins: memberlist's join is one push/pull with the node
 	// it names; then ticks and messages run until every ring agrees and

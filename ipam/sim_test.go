@@ -106,6 +106,9 @@ type simNet struct {
 	// the membership differ for a moment when the last member of the
 	// previous release leaves or joins.
 	mixed bool
+	// noDigests makes push/pull carry whole states, as while a member of
+	// the previous release is in the mesh (Config.Digests).
+	noDigests bool
 	// onSend, when set, sees every message a Transport is handed.
 	onSend func(from, to string, msg []byte)
 }
@@ -206,6 +209,7 @@ func (s *simNet) add(t testing.TB, name, prefix string, initial int, reclaim tim
 	}
 	cfg.Deltas = func() bool { return !s.whole && !(s.mixed && name[len(name)-1]%2 == 1) }
 	cfg.Admission = func() bool { return !s.noAdmission }
+	cfg.Digests = func() bool { return !s.noDigests }
 	if os.Getenv("SIMLOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("peer", name)
 	}
@@ -319,7 +323,7 @@ func (s *simNet) pushPull(k int) {
 			continue
 		}
 		na, nb := s.nodes[a], s.nodes[b]
-		sa, sb := na.LocalState(), nb.LocalState()
+		sa, sb := na.PushPullState(false), nb.PushPullState(false)
 		s.record("pull", a, b, sa)
 		s.record("pull", b, a, sb)
 		s.count(a, b, sa)

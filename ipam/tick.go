@@ -46,6 +46,7 @@ func (a *Allocator) Tick() {
 	a.refillPoolLocked()
 	a.admitLocked()
 	a.deltaForwards = 0
+	clear(a.digestAnswered)
 	if ring := a.st.ring; a.autoReclaimLocked() {
 		a.announceLocked(ring)
 	}

@@ -15,8 +15,11 @@ import (
 // channel's own users: implementations must be safe for concurrent use and
 // must not block for long, as they hold up gossip.
 type Channel interface {
-	// LocalState returns the full state, sent in push/pull exchanges.
-	LocalState() []byte
+	// LocalState returns what a push/pull exchange sends: the full state,
+	// or what stands for it (a digest) when join is false. join is true
+	// for the exchange of a node joining (memberlist's join), which must
+	// get the whole state.
+	LocalState(join bool) []byte
 	// MergeRemoteState merges a peer's full state. Garbage must give an
 	// error, never a panic.
 	MergeRemoteState(buf []byte) error
@@ -209,12 +212,12 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
 }
 
 // LocalState frames every channel's state as: id, uint32 length, bytes.
-func (d *delegate) LocalState(bool) []byte {
+func (d *delegate) LocalState(join bool) []byte {
 	d.m.channels.mu.RLock()
 	defer d.m.channels.mu.RUnlock()
 	var out []byte
 	for id, ch := range d.m.channels.byID {
-		st := ch.LocalState()
+		st := ch.LocalState(join)
 		out = append(out, byte(id))
 		out = binary.BigEndian.AppendUint32(out, uint32(len(st)))
 		out = append(out, st...)

@@ -172,7 +172,7 @@ type recorder struct {
 	msgs   []string
 }
 
-func (r *recorder) LocalState() []byte {
+func (r *recorder) LocalState(bool) []byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.state

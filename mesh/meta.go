@@ -84,8 +84,14 @@ const (
 	IPAMInfosSigned = 2
 )
 
-// IPAMDeltasVersion is the Meta.IPAMDeltas of a node that reads deltas.
-const IPAMDeltasVersion = 1
+// Values of Meta.IPAMDeltas: IPAMDeltasVersion, a node that reads deltas;
+// IPAMDigestsVersion, one that also reads state digests in push/pull
+// (docs/ipam.md, "Digests at rest"). The second rides on the field of the
+// first rather than a field of its own: the metadata has 512 bytes.
+const (
+	IPAMDeltasVersion  = 1
+	IPAMDigestsVersion = 2
+)
 
 // IPAMJoiningVersion is the Meta.IPAMJoining of a node that reads the
 // Joining flag.

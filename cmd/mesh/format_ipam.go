@@ -48,6 +48,9 @@ func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 		if ip.Deltas {
 			changes = "deltas"
 		}
+		if ip.Digests {
+			changes += "; push/pull by digest"
+		}
 		fmt.Fprintf(tw, "Changes:\t%s\n", changes)
 	}
 	tw.Flush()

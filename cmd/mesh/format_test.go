@@ -56,6 +56,7 @@ func sampleStatus() *api.Status {
 			Problems:     []string{"host-c owns 50.0% of the range and is unreachable: if it is gone for good, run `mesh rmpeer host-c` on one live node"},
 			SignedStates: &api.SignedStates{Sending: true},
 			Deltas:       true,
+			Digests:      true,
 		},
 		Policies: []api.PolicyStatus{
 			{Namespace: "shop", Name: "web-ingress", Types: []string{"Ingress"}, Pods: []string{"shop/web-1", "shop/web-2"}, DeniedPackets: 42},

@@ -46,7 +46,7 @@ type capture struct {
 	forged        []byte // what push/pull answers with
 }
 
-func (c *capture) LocalState() []byte {
+func (c *capture) LocalState(bool) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.forged

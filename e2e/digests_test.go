@@ -1,0 +1,113 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshnet/mesh/internal/meshtest"
+	"github.com/meshnet/mesh/internal/testnet"
+)
+
+// beforeDigests is the last commit before push/pull digests of the IPAM
+// state (docs/ipam.md, "Digests at rest"): its nodes read deltas
+// (metadata dl 1) but would refuse a digest as a corrupt state.
+const beforeDigests = "88916b9"
+
+// digestLog is what a node logs (at debug) when it handles a push/pull
+// digest, whether its own state is the same or not.
+const digestLog = "push/pull digest"
+
+// TestDigestsUpgradeFromPreviousCommit: a node of the commit before
+// digests in a mesh of this release holds them off everywhere (no node
+// sends one, it refuses no state as corrupt, status says whole states),
+// and the IPAM works across the mixed mesh; once it is upgraded too,
+// every node says digests are on and push/pull carries them.
+func TestDigestsUpgradeFromPreviousCommit(t *testing.T) {
+	testnet.RequireRoot(t)
+	oldBin := filepath.Join(testnet.BuildMakeRevision(t, beforeDigests), "mesh")
+	newBin := meshtest.BuildMesh(t)
+	net := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "dgs"})
+	hosts := net.Hosts()
+	var nodes []*node
+	for i, h := range hosts {
+		args := []string{"launch", "--name", h.Name, "--advertise-addr", h.Addr.String(), "--log-level", "debug"}
+		if i > 0 {
+			args = append(args, hosts[0].Addr.String())
+		}
+		// The node of the previous commit first, so that no two nodes
+		// of this release are ever alone together.
+		bin := newBin
+		if i == 0 {
+			bin = oldBin
+		}
+		n := &node{T: t, Host: h, Bin: bin, Args: args, Env: meshtest.Env()}
+		n.Start()
+		nodes = append(nodes, n)
+	}
+	dumpLogsOnFailure(t, nodes...)
+	waitConnected(t, nodes)
+	if _, err := allocateMany(nodes[0], "old", 3, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes[1:] {
+		if _, err := allocateMany(n, "new-"+n.Host.Name, 3, 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Past two push/pull intervals (15 s), so that every pair has
+	// exchanged states at least once.
+	time.Sleep(35 * time.Second)
+	for _, n := range nodes[1:] {
+		if ip := n.MustStatus().IPAM; ip == nil || ip.Digests || !ip.Deltas {
+			t.Fatalf("%s: digests on (or deltas off) beside a node of the previous commit: %+v", n.Host.Name, ip)
+		}
+		if strings.Contains(n.Proc.Log(), digestLog) {
+			t.Fatalf("%s handled a push/pull digest in a mesh with a node of the previous commit", n.Host.Name)
+		}
+	}
+	if ip := nodes[0].MustStatus().IPAM; ip == nil || strings.Contains(strings.Join(ip.Problems, "\n"), "(corrupt)") {
+		t.Fatalf("the node of the previous commit refused IPAM input as corrupt: %+v", ip)
+	}
+	assertUnique(t, nodes)
+
+	// Upgrade it: digests come on everywhere, and push/pull carries them.
+	if err := nodes[0].Proc.Stop(15 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	nodes[0].Bin = newBin
+	nodes[0].Start()
+	waitConnected(t, nodes)
+	testnet.Eventually(t, 60*time.Second, 500*time.Millisecond, func() error {
+		for _, n := range nodes {
+			if ip := n.MustStatus().IPAM; ip == nil || !ip.Digests {
+				return fmt.Errorf("%s: digests not on", n.Host.Name)
+			}
+		}
+		return nil
+	})
+	// memberlist runs a push/pull every 15 s per node: within a minute
+	// some node has handled a digest.
+	testnet.Eventually(t, 60*time.Second, time.Second, func() error {
+		for _, n := range nodes {
+			if strings.Contains(n.Proc.Log(), digestLog) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no node handled a push/pull digest yet")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := nodes[0].Client().Allocate(ctx, "after-upgrade", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	assertUnique(t, nodes)
+	for _, n := range nodes {
+		if ip := n.MustStatus().IPAM; ip == nil || strings.Contains(strings.Join(ip.Problems, "\n"), "(corrupt)") {
+			t.Fatalf("%s refused IPAM input as corrupt: %+v", n.Host.Name, ip)
+		}
+	}
+}
