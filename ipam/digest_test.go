@@ -15,16 +15,35 @@ import (
 // whole states both ways, and every state converges, as with whole-state
 // push/pull.
 func TestDigestsAtRest(t *testing.T) {
-	net := newSimNet(3)
 	names := []string{"a", "b", "c", "d", "e"}
-	for _, n := range names {
-		net.add(t, n, "10.0.0.0/20", len(names), 0)
-	}
-	net.settle(t, 5)
+	net := settledSim(t, 3, "10.0.0.0/20", 0, names...)
 	for _, n := range names {
 		mustAlloc(t, net.nodes[n].Allocator, "pod-"+n, "eth0")
 	}
-	net.settle(t, 5)
+	// differ lists the peers whose state is not a's.
+	differ := func() []string {
+		var out []string
+		dg := net.nodes["a"].PushPullState(false)
+		for _, n := range names {
+			if got := net.nodes[n].PushPullState(false); !bytes.Equal(got[len(got)-digestLen:], dg[len(dg)-digestLen:]) {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	// converge runs rounds (ticks, messages, push/pulls) until every peer
+	// holds a's state: settle waits for equal rings only, and the infos
+	// of the new pods may still be on their way.
+	converge := func() {
+		t.Helper()
+		for r := 0; len(differ()) > 0; r++ {
+			if r == 100 {
+				t.Fatalf("states of %v still differ from a's after %d rounds of push/pull", differ(), r)
+			}
+			net.round()
+		}
+	}
+	converge()
 
 	// At rest: each push/pull is two digests, and nothing else moves.
 	var whole, digests, digestBytes int
@@ -73,22 +92,7 @@ func TestDigestsAtRest(t *testing.T) {
 		t.Fatal("a and b have the same digest after a change b missed")
 	}
 	whole = 0
-	differ := func() []string {
-		var out []string
-		dg := net.nodes["a"].PushPullState(false)
-		for _, n := range names {
-			if got := net.nodes[n].PushPullState(false); !bytes.Equal(got[len(got)-digestLen:], dg[len(dg)-digestLen:]) {
-				out = append(out, n)
-			}
-		}
-		return out
-	}
-	for r := 0; len(differ()) > 0; r++ {
-		if r == 100 {
-			t.Fatalf("states of %v still differ from a's after %d rounds of push/pull", differ(), r)
-		}
-		net.round()
-	}
+	converge()
 	if whole == 0 {
 		t.Fatal("no whole state repaired the lost delta")
 	}
@@ -98,11 +102,7 @@ func TestDigestsAtRest(t *testing.T) {
 // no digests, automatic reclaim on, and a recovering peer all send what
 // they sent before digests.
 func TestDigestWhenNot(t *testing.T) {
-	net := newSimNet(4)
-	for _, n := range []string{"a", "b", "c"} {
-		net.add(t, n, "10.0.0.0/24", 3, 0)
-	}
-	net.settle(t, 5)
+	net := settledSim(t, 4, "10.0.0.0/24", 0, "a", "b", "c")
 	a := net.nodes["a"]
 	if st := a.PushPullState(true); isDigest(st) {
 		t.Fatal("a join's push/pull carries a digest")
@@ -118,11 +118,7 @@ func TestDigestWhenNot(t *testing.T) {
 		t.Fatal("a recovering peer sends more than its own info")
 	}
 
-	rnet := newSimNet(5)
-	for _, n := range []string{"a", "b", "c"} {
-		rnet.add(t, n, "10.0.0.0/24", 3, time.Minute)
-	}
-	rnet.settle(t, 5)
+	rnet := settledSim(t, 5, "10.0.0.0/24", time.Minute, "a", "b", "c")
 	if st := rnet.nodes["a"].PushPullState(false); isDigest(st) {
 		t.Fatal("a digest with automatic reclaim on")
 	}
@@ -142,11 +138,7 @@ func mustDecode(t *testing.T, buf []byte) wireState {
 // a member is ignored; a flood of digests naming one member costs at most
 // one whole state to it per tick.
 func TestDigestHostile(t *testing.T) {
-	net := newSimNet(6)
-	for _, n := range []string{"a", "b", "c"} {
-		net.add(t, n, "10.0.0.0/24", 3, 0)
-	}
-	net.settle(t, 5)
+	net := settledSim(t, 6, "10.0.0.0/24", 0, "a", "b", "c")
 	a := net.nodes["a"]
 	var sum [digestLen]byte
 	for _, tc := range []struct {
