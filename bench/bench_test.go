@@ -287,16 +287,24 @@ func benchCNIDualStack(t *testing.T, r *report, v4Host *testnet.Host, tool strin
 
 var stateSizeRE = regexp.MustCompile(`BenchmarkStateSize/(\d+)peers\S*\s.*?\s([\d.]+) bytes\s+([\d.]+) bytes/peer`)
 
+// ipamBenchmark runs one of the ipam package's own benchmarks (what they
+// measure is internal to the package) for benchtime and returns its output.
+func ipamBenchmark(t *testing.T, name, benchtime string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^$", "-bench", "^"+name+"$", "-benchtime", benchtime, "../ipam/")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("go test -bench %s ./ipam/: %v\n%s", name, err, out)
+	}
+	return out
+}
+
 // benchStateSize runs the ipam package's own BenchmarkStateSize (the
 // encoding it needs is internal to the package) and reads its metrics.
 func benchStateSize(t *testing.T, r *report) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^$", "-bench", "^BenchmarkStateSize$", "-benchtime", "1x", "../ipam/")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("go test -bench StateSize ./ipam/: %v\n%s", err, out)
-	}
+	out := ipamBenchmark(t, "BenchmarkStateSize", "1x")
 	for _, m := range stateSizeRE.FindAllStringSubmatch(string(out), -1) {
 		peers, _ := strconv.Atoi(m[1])
 		b, _ := strconv.ParseFloat(m[2], 64)
@@ -322,13 +330,7 @@ type journalCost struct {
 // benchJournal runs the ipam package's BenchmarkAllocateLargeState, both
 // ways in one run.
 func benchJournal(t *testing.T, r *report) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^$", "-bench", "^BenchmarkAllocateLargeState$", "-benchtime", "300x", "../ipam/")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("go test -bench AllocateLargeState ./ipam/: %v\n%s", err, out)
-	}
+	out := ipamBenchmark(t, "BenchmarkAllocateLargeState", "300x")
 	bySize := map[int]*journalCost{}
 	for _, m := range journalRE.FindAllStringSubmatch(string(out), -1) {
 		peers, _ := strconv.Atoi(m[1])
@@ -357,13 +359,7 @@ var mergeAtRestRE = regexp.MustCompile(`BenchmarkMergeAtRest/(heartbeats|unchang
 // push/pull merge of a 1000-peer signed state, with heartbeats (as with
 // automatic reclaim on) and at rest without them, side by side.
 func benchMergeAtRest(t *testing.T, r *report) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^$", "-bench", "^BenchmarkMergeAtRest$", "-benchtime", "16x", "../ipam/")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("go test -bench MergeAtRest ./ipam/: %v\n%s", err, out)
-	}
+	out := ipamBenchmark(t, "BenchmarkMergeAtRest", "16x")
 	r.mergeAtRest = map[string]time.Duration{}
 	for _, m := range mergeAtRestRE.FindAllStringSubmatch(string(out), -1) {
 		ns, _ := strconv.ParseFloat(m[2], 64)

@@ -784,9 +784,8 @@ func (a *Allocator) publishInfoLocked(bump bool) {
 	a.st.peers[a.cfg.Self] = next
 	// Free depends on the ring and reservations, not on the version.
 	next.Free = a.donatableFree()
-	if !bump && me.Writer == a.writerLocked() && !me.Removed &&
-		me.Epoch == next.Epoch && me.ID == next.ID && me.Leased == next.Leased && me.Joining == next.Joining &&
-		me.Free == next.Free && slices.Equal(me.Held, next.Held) {
+	// next is never Removed, so an equal content is no removal either.
+	if !bump && me.Writer == a.writerLocked() && me.Free == next.Free && sameContent(me, next) {
 		a.st.peers[a.cfg.Self] = me
 		return
 	}

@@ -1,7 +1,6 @@
 package ipam
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -108,14 +107,7 @@ func BenchmarkAllocateLargeState(b *testing.B) {
 		for _, how := range []string{"journal", "rewrite"} {
 			b.Run(fmt.Sprintf("%dpeers/%s", n, how), func(b *testing.B) {
 				cfg := testConfig(b, "node-0000.cluster.local", "10.32.0.0/12")
-				var buf bytes.Buffer
-				if err := encodeFileTo(&buf, cfg, cfg.SelfID, benchState(n), nil, paxosDurable{}, gateway{}, 0, false, 0); err != nil {
-					b.Fatal(err)
-				}
-				if err := os.WriteFile(cfg.StateFile, buf.Bytes(), 0o600); err != nil {
-					b.Fatal(err)
-				}
-				a := mustNew(b, cfg, nil)
+				a, fileBytes := newFromState(b, cfg, benchState(n), false)
 				defer a.Close()
 				a.mu.Lock()
 				a.journal.off = how == "rewrite"
@@ -137,7 +129,7 @@ func BenchmarkAllocateLargeState(b *testing.B) {
 					}
 					i++
 				}
-				b.ReportMetric(float64(buf.Len()), "file-bytes")
+				b.ReportMetric(float64(fileBytes), "file-bytes")
 			})
 		}
 	}
@@ -170,14 +162,7 @@ func BenchmarkMergeAtRest(b *testing.B) {
 			// The clock of benchState's versions, which lie within
 			// maxClockAhead of it.
 			cfg.Now = func() time.Time { return time.UnixMilli(1_780_000_100_000) }
-			var buf bytes.Buffer
-			if err := encodeFileTo(&buf, cfg, cfg.SelfID, st.clone(), nil, paxosDurable{}, gateway{}, 0, true, 0); err != nil {
-				b.Fatal(err)
-			}
-			if err := os.WriteFile(cfg.StateFile, buf.Bytes(), 0o600); err != nil {
-				b.Fatal(err)
-			}
-			a := mustNew(b, cfg, nil)
+			a, _ := newFromState(b, cfg, st.clone(), true)
 			defer a.Close()
 			// The states a peer would send in successive push/pulls.
 			msgs := make([][]byte, rounds)
@@ -210,4 +195,18 @@ func BenchmarkMergeAtRest(b *testing.B) {
 			}
 		})
 	}
+}
+
+// newFromState starts an allocator from a state file holding st (signed
+// infos sent as such with signedWire), and returns it with the file's size.
+func newFromState(b *testing.B, cfg Config, st state, signedWire bool) (*Allocator, int) {
+	b.Helper()
+	data, err := encodeFile(cfg, cfg.SelfID, st, nil, paxosDurable{}, gateway{}, 0, signedWire)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(cfg.StateFile, data, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return mustNew(b, cfg, nil), len(data)
 }

@@ -322,8 +322,13 @@ func (a *Allocator) mergeLocked(w wireState) error {
 // The first signature seen of a peer counts too: it ends the acceptance of
 // its unsigned infos (no downgrade), also after a restart.
 func sameDurableInfo(x, y peerInfo) bool {
-	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && x.Joining == y.Joining && slices.Equal(x.Held, y.Held) &&
-		x.Writer == y.Writer && (len(x.Sig) == 0) == (len(y.Sig) == 0)
+	return sameContent(x, y) && x.Writer == y.Writer && (len(x.Sig) == 0) == (len(y.Sig) == 0)
+}
+
+// sameContent says whether two infos of one peer say the same durable
+// things about it: all but the version, the free count and the signature.
+func sameContent(x, y peerInfo) bool {
+	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && x.Joining == y.Joining && slices.Equal(x.Held, y.Held)
 }
 
 // afterRingChangeLocked runs the consequences of a new ring: reclaim heirs,

@@ -7,11 +7,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io/fs"
-	"maps"
 	"math/rand/v2"
-	"net/netip"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 )
@@ -194,51 +191,33 @@ func replayJournal(data []byte, gen uint64, cfg Config, allocs []Allocation) (ou
 		// the state file.
 		return allocs, false, nil
 	}
-	byKey := make(map[Key]Allocation, len(allocs))
-	byAddr := make(map[netip.Addr]Key, len(allocs))
+	set := newAllocSet(cfg.Range, len(allocs))
 	for _, al := range allocs {
-		k := Key{al.ContainerID, al.IfName}
-		byKey[k], byAddr[al.Addr] = al, k
+		if err := set.add(al); err != nil {
+			return nil, false, fmt.Errorf("%w: state file: %v", ErrCorruptState, err)
+		}
 	}
 	for i, line := range lines[1:] {
 		rec, ok := parse(line)
 		if !ok {
 			if i == len(lines)-2 {
-				return sortedAllocations(byKey), true, nil
+				return set.list(), true, nil
 			}
 			return nil, false, fmt.Errorf("%w: journal line %d is damaged", ErrCorruptState, i+2)
 		}
-		k := Key{rec.ContainerID, rec.IfName}
-		if _, in := addrOffset(cfg.Range, rec.Addr); !in || rec.ContainerID == "" {
-			return nil, false, fmt.Errorf("%w: journal line %d: allocation %+v is invalid", ErrCorruptState, i+2, rec.Allocation)
-		}
 		switch rec.Op {
 		case journalAdd:
-			if _, dup := byKey[k]; dup {
-				return nil, false, fmt.Errorf("%w: journal line %d: %s/%s allocated twice", ErrCorruptState, i+2, k.ContainerID, k.IfName)
-			}
-			if other, dup := byAddr[rec.Addr]; dup {
-				return nil, false, fmt.Errorf("%w: journal line %d: %v allocated to %s/%s and %s/%s", ErrCorruptState, i+2, rec.Addr, other.ContainerID, other.IfName, k.ContainerID, k.IfName)
-			}
-			byKey[k], byAddr[rec.Addr] = rec.Allocation, k
+			err = set.add(rec.Allocation)
 		case journalDel:
-			if have, in := byKey[k]; !in || have.Addr != rec.Addr {
-				return nil, false, fmt.Errorf("%w: journal line %d: release of %s/%s (%v), which does not hold it", ErrCorruptState, i+2, k.ContainerID, k.IfName, rec.Addr)
-			}
-			delete(byKey, k)
-			delete(byAddr, rec.Addr)
+			err = set.release(rec.Allocation)
 		default:
-			return nil, false, fmt.Errorf("%w: journal line %d: unknown operation %q", ErrCorruptState, i+2, rec.Op)
+			err = fmt.Errorf("unknown operation %q", rec.Op)
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("%w: journal line %d: %v", ErrCorruptState, i+2, err)
 		}
 	}
-	return sortedAllocations(byKey), false, nil
-}
-
-// sortedAllocations lists m's allocations by address, as the state file does.
-func sortedAllocations(m map[Key]Allocation) []Allocation {
-	out := slices.Collect(maps.Values(m))
-	slices.SortFunc(out, func(x, y Allocation) int { return x.Addr.Compare(y.Addr) })
-	return out
+	return set.list(), false, nil
 }
 
 // readJournal reads the journal at path: none is no journal.

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/meshnet/mesh/internal/atomicfile"
 )
@@ -107,12 +109,7 @@ func loadFile(store stateStore, path string, cfg Config) (l loaded, ok bool, err
 	}
 	l.allocs, l.tornJournal, err = replayJournal(jdata, l.journal, cfg, l.allocs)
 	if err == nil && l.gw.set {
-		gw := offsetAddr(cfg.Range, l.gw.off)
-		for _, al := range l.allocs {
-			if al.Addr == gw {
-				err = fmt.Errorf("%w: journal allocates the gateway %v to %s/%s", ErrCorruptState, gw, al.ContainerID, al.IfName)
-			}
-		}
+		err = gatewayFree(offsetAddr(cfg.Range, l.gw.off), l.allocs)
 	}
 	if err != nil {
 		return l, false, fmt.Errorf("ipam: state file %s with journal %s: %w (refusing to start: moving them away loses the record of live allocations)", path, jpath, err)
@@ -145,27 +142,82 @@ func parseFile(data []byte, cfg Config) (loaded, error) {
 	if w.prefix != cfg.Range {
 		return l, fmt.Errorf("%w: ring is for %s", ErrRangeMismatch, w.prefix)
 	}
-	seen := map[Key]bool{}
-	used := map[netip.Addr]bool{}
+	set := newAllocSet(cfg.Range, len(f.Allocations))
 	for _, a := range f.Allocations {
-		k := Key{a.ContainerID, a.IfName}
-		if _, ok := addrOffset(cfg.Range, a.Addr); !ok || a.ContainerID == "" {
-			return l, fmt.Errorf("%w: allocation %+v is invalid", ErrCorruptState, a)
+		if err := set.add(a); err != nil {
+			return l, fmt.Errorf("%w: %v", ErrCorruptState, err)
 		}
-		if seen[k] || used[a.Addr] {
-			return l, fmt.Errorf("%w: allocation %+v is duplicated", ErrCorruptState, a)
-		}
-		seen[k], used[a.Addr] = true, true
 	}
 	l = loaded{st: w.st, allocs: f.Allocations, paxos: f.Paxos, selfID: f.SelfID, floor: f.VersionFloor, signed: f.SignedInfos && f.Format >= fileFormatSigned, journal: f.Journal}
 	if g := f.Gateway; g != nil {
 		off, ok := addrOffset(cfg.Range, g.Addr)
-		if !ok || used[g.Addr] {
-			return l, fmt.Errorf("%w: gateway %v is outside the range or held by a pod", ErrCorruptState, g.Addr)
+		if !ok {
+			return l, fmt.Errorf("%w: gateway %v is outside the range", ErrCorruptState, g.Addr)
+		}
+		if err := gatewayFree(g.Addr, f.Allocations); err != nil {
+			return l, err
 		}
 		l.gw = gateway{set: true, off: off, echoed: g.Echoed}
 	}
 	return l, nil
+}
+
+// allocSet is a peer's allocations as the state file and its journal
+// record them: each valid in the range, no key and no address twice. One
+// rule for both, so that a journal cannot replay what the file could not
+// hold.
+type allocSet struct {
+	rng    netip.Prefix
+	byKey  map[Key]Allocation
+	byAddr map[netip.Addr]Key
+}
+
+func newAllocSet(rng netip.Prefix, n int) *allocSet {
+	return &allocSet{rng: rng, byKey: make(map[Key]Allocation, n), byAddr: make(map[netip.Addr]Key, n)}
+}
+
+// add records al, or says why it cannot be.
+func (s *allocSet) add(al Allocation) error {
+	k := Key{al.ContainerID, al.IfName}
+	if _, ok := addrOffset(s.rng, al.Addr); !ok || al.ContainerID == "" {
+		return fmt.Errorf("allocation %+v is invalid", al)
+	}
+	if _, dup := s.byKey[k]; dup {
+		return fmt.Errorf("%s/%s allocated twice", k.ContainerID, k.IfName)
+	}
+	if other, dup := s.byAddr[al.Addr]; dup {
+		return fmt.Errorf("%v allocated to %s/%s and %s/%s", al.Addr, other.ContainerID, other.IfName, k.ContainerID, k.IfName)
+	}
+	s.byKey[k], s.byAddr[al.Addr] = al, k
+	return nil
+}
+
+// release removes al, or says why it cannot be.
+func (s *allocSet) release(al Allocation) error {
+	k := Key{al.ContainerID, al.IfName}
+	if have, in := s.byKey[k]; !in || have.Addr != al.Addr {
+		return fmt.Errorf("release of %s/%s (%v), which does not hold it", k.ContainerID, k.IfName, al.Addr)
+	}
+	delete(s.byKey, k)
+	delete(s.byAddr, al.Addr)
+	return nil
+}
+
+// list is the allocations by address, as the state file lists them.
+func (s *allocSet) list() []Allocation {
+	out := slices.Collect(maps.Values(s.byKey))
+	slices.SortFunc(out, func(x, y Allocation) int { return x.Addr.Compare(y.Addr) })
+	return out
+}
+
+// gatewayFree refuses allocations that give the node's gateway to a pod.
+func gatewayFree(gw netip.Addr, allocs []Allocation) error {
+	for _, al := range allocs {
+		if al.Addr == gw {
+			return fmt.Errorf("%w: gateway %v is held by pod %s/%s", ErrCorruptState, gw, al.ContainerID, al.IfName)
+		}
+	}
+	return nil
 }
 
 // encodeFileTo writes the state file's content into buf, which it resets

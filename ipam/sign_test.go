@@ -582,11 +582,7 @@ func TestHeartbeatOnlyWithReclaim(t *testing.T) {
 	}
 
 	// With reclaim on, every tick is a heartbeat.
-	rnet := newSimNet(5)
-	for _, n := range []string{"a", "b", "c"} {
-		rnet.add(t, n, "10.0.0.0/16", 3, time.Minute)
-	}
-	rnet.settle(t, 5)
+	rnet := settledSim(t, 5, "10.0.0.0/16", time.Minute, "a", "b", "c")
 	rbefore := versions(rnet)
 	rnet.round()
 	for n, v := range versions(rnet) {
