@@ -378,7 +378,11 @@ func (d *dataplane) apply(ctx context.Context, want *Config) (err error) {
 	}
 	undo.push(fmt.Sprintf("remove link %q", d.name), u)
 
-	if err := d.configureWireGuard(want); err != nil {
+	// The config this process last set, set again (a resync), and no
+	// keepalive held back nor adopted peer kept: whatever still differs
+	// was changed by someone else.
+	resync := d.last != nil && d.last.Equal(want) && d.release == nil && !time.Now().Before(d.adoptUntil)
+	if err := d.configureWireGuard(want, resync); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -419,7 +423,9 @@ func (d *dataplane) apply(ctx context.Context, want *Config) (err error) {
 }
 
 // configureWireGuard brings the device's key, port and peers to want.
-func (d *dataplane) configureWireGuard(want *Config) error {
+// resync says the device should already match want, so that a difference
+// was made from outside and is logged as a warning.
+func (d *dataplane) configureWireGuard(want *Config, resync bool) error {
 	cur, err := d.wg.Device(d.name)
 	if err != nil {
 		return fmt.Errorf("failed to read WireGuard device %q: %w", d.name, err)
@@ -472,6 +478,11 @@ func (d *dataplane) configureWireGuard(want *Config) error {
 		}
 	}
 	// Counts only: the change holds the private and preshared keys.
+	if resync {
+		d.log.Warn("the WireGuard device was changed from outside: restored its peers", "peers_added", added, "peers_updated", updated, "peers_removed", removed,
+			"key_changed", change.PrivateKey != nil, "listen_port", want.ListenPort)
+		return nil
+	}
 	d.log.Info("configured WireGuard", "peers_added", added, "peers_updated", updated, "peers_removed", removed,
 		"key_changed", change.PrivateKey != nil, "listen_port", want.ListenPort, "peers", len(want.Peers))
 	return nil
@@ -487,7 +498,7 @@ func (d *dataplane) releaseKeepalives() {
 	if d.closed || d.wgWant == nil {
 		return
 	}
-	if err := d.configureWireGuard(d.wgWant); err != nil {
+	if err := d.configureWireGuard(d.wgWant, false); err != nil {
 		d.log.Warn("failed to set the keepalive of new peers; the next Set retries", "err", err)
 	}
 }

@@ -15,8 +15,12 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/meshnet/mesh/crypto"
 	"github.com/meshnet/mesh/internal/netnstest"
@@ -725,4 +729,89 @@ func TestSetDualStack(t *testing.T) {
 	if out := netnstest.Run(t, a.ns, "ip", "-o", "addr", "show", "dev", "mesh"); strings.Contains(out, "fd40") {
 		t.Errorf("IPv6 bridge address left after going back to IPv4 only: %s", out)
 	}
+}
+
+// TestSetRestoresDeviceChangedOutside: a Set of the config last set finds
+// a WireGuard entry changed from outside (as `wg set` would) and restores
+// it, with a warning; the other entry's session is untouched. This is what
+// the reconciler's resync relies on (peer.ResyncInterval).
+func TestSetRestoresDeviceChangedOutside(t *testing.T) {
+	testnet.RequireRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, b := twoNodes(t)
+	var logs syncBuffer
+	dpA, err := New(ctx, Options{Mode: ModeUserspace, DeviceName: a.dev, Logger: slog.New(slog.NewTextHandler(&logs, nil)), NetNSPath: a.ns})
+	if err != nil {
+		t.Fatalf("New(%s): %v", a.dev, err)
+	}
+	t.Cleanup(func() { dpA.Close() })
+	dpB := b.open(t, ctx, ModeUserspace)
+	cfgA := a.config(t, b)
+	if err := dpA.Set(ctx, cfgA); err != nil {
+		t.Fatalf("Set A: %v", err)
+	}
+	if err := dpB.Set(ctx, b.config(t, a)); err != nil {
+		t.Fatalf("Set B: %v", err)
+	}
+	exchange(t, ctx, a, b)
+
+	wg, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wg.Close()
+	allowed := func() []string {
+		t.Helper()
+		dev, err := wg.Device(a.dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, p := range dev.Peers {
+			for _, n := range p.AllowedIPs {
+				out = append(out, n.String())
+			}
+		}
+		return out
+	}
+	want := allowed()
+	// The entry of b also gets another range, as a stale view would give it.
+	_, foreign, _ := net.ParseCIDR("10.40.7.0/24")
+	if err := wg.ConfigureDevice(a.dev, wgtypes.Config{Peers: []wgtypes.PeerConfig{{
+		PublicKey: wgtypes.Key(b.pub), UpdateOnly: true, AllowedIPs: []net.IPNet{*foreign},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := allowed(); sameSet(got, want) {
+		t.Fatalf("the outside change did not take: %q", got)
+	}
+	if err := dpA.Set(ctx, cfgA.Clone()); err != nil {
+		t.Fatalf("Set again: %v", err)
+	}
+	if got := allowed(); !sameSet(got, want) {
+		t.Errorf("allowed IPs after Set = %q, want %q", got, want)
+	}
+	if !strings.Contains(logs.String(), "the WireGuard device was changed from outside: restored its peers") {
+		t.Errorf("no warning of the restore in the log:\n%s", logs.String())
+	}
+	exchange(t, ctx, a, b)
+}
+
+// syncBuffer is a bytes.Buffer for a logger that goroutines share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

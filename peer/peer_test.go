@@ -459,6 +459,41 @@ func TestReconcilerRetriesAfterFailure(t *testing.T) {
 	}
 }
 
+// TestReconcilerResyncs: an unchanged config is not set again until
+// ResyncInterval has passed since the data plane last accepted one; then
+// it is, so that a host changed from outside is brought back (fastdp's Set
+// changes only what differs). A changed config is set at once.
+func TestReconcilerResyncs(t *testing.T) {
+	w := newWorld(t, "a", "b", "c")
+	dp := fastdptest.New("")
+	r := NewReconciler(dp, nil)
+	now := time.Unix(1_000_000, 0)
+	r.now = func() time.Time { return now }
+	ctx := context.Background()
+	apply := func(in Input, wantChanged bool, wantSets int) {
+		t.Helper()
+		changed, err := r.Apply(ctx, in)
+		if err != nil || changed != wantChanged || dp.SetCount() != wantSets {
+			t.Fatalf("at %v: changed=%v err=%v sets=%d; want changed=%v sets=%d", now, changed, err, dp.SetCount(), wantChanged, wantSets)
+		}
+	}
+	apply(w.input(), true, 1)
+	now = now.Add(ResyncInterval - time.Second)
+	apply(w.input(), false, 1) // unchanged, not due
+	now = now.Add(time.Second)
+	apply(w.input(), true, 2) // due: set again
+	now = now.Add(time.Second)
+	apply(w.input(), false, 2) // the resync restarted the interval
+	in := w.input()
+	in.Nodes = in.Nodes[:2]
+	apply(in, true, 3) // a change is set at once
+	now = now.Add(ResyncInterval / 2)
+	apply(in, false, 3)
+	if c := r.Counters(); c.Applied != 3 || c.Skipped != 3 {
+		t.Errorf("counters %+v; want 3 applied (one a resync), 3 skipped", c)
+	}
+}
+
 // TestReconcilerOwnsItsState: readiness, since when each peer is
 // configured (which decides "connecting" versus "failed") and the run counts
 // live in the reconciler, change only when Apply runs (never when someone

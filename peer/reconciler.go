@@ -16,7 +16,8 @@ import (
 
 // Reconciler keeps a data plane at the config Desired computes. Apply is
 // cheap when nothing changed: the data plane is only called when the desired
-// config differs from the last one it accepted. It is the one owner of the
+// config differs from the last one it accepted, or ResyncInterval after it
+// last did. It is the one owner of the
 // reconcile state that status and metrics report: counts, the last error
 // and duration, readiness, and since when each peer has been configured.
 type Reconciler struct {
@@ -26,6 +27,7 @@ type Reconciler struct {
 
 	mu           sync.Mutex
 	last         *fastdp.Config // last config the data plane accepted; nil forces the next Set
+	lastSet      time.Time      // when the data plane last accepted a config
 	names        map[crypto.Key]string
 	since        map[crypto.Key]time.Time // when each peer of last was first configured
 	applied      int64
@@ -60,6 +62,18 @@ type Counters struct {
 // Runs is how many times Apply ran.
 func (c Counters) Runs() int64 { return c.Applied + c.Skipped + c.Errors }
 
+// ResyncInterval is how long Apply leaves the data plane alone while the
+// desired config does not change: it then sets the same config again. Set
+// changes only what differs from the host, so on an intact host a resync
+// only reads the WireGuard device, links and routes; on a host changed from
+// outside (a WireGuard entry or a route changed by hand, `wg set`, `ip
+// route del`) it restores them. Without it such a change would stand until
+// the membership or a ring next changed: a WireGuard entry given another
+// node's ranges could, for one, keep a routing loop (docs/routing.md,
+// "While views differ"). Felix refreshes its routes on a timer for the
+// same reason.
+const ResyncInterval = 30 * time.Second
+
 // NewReconciler drives dp. log may be nil.
 func NewReconciler(dp fastdp.Dataplane, log *slog.Logger) *Reconciler {
 	if log == nil {
@@ -93,7 +107,8 @@ func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err err
 	// can move without changing any peer's AllowedIPs as a whole.
 	r.own = d.own
 	cfg, via := d.cfg, d.via
-	if r.last.Equal(cfg) && !adopting(r.dp) {
+	same := r.last.Equal(cfg)
+	if same && !adopting(r.dp) && start.Sub(r.lastSet) < ResyncInterval {
 		r.skipped++
 		return false, nil
 	}
@@ -102,7 +117,12 @@ func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err err
 		r.last = nil
 		return false, fmt.Errorf("failed to set data plane config: %w", err)
 	}
-	r.logChange(r.last, cfg, names)
+	r.lastSet = start
+	if !same {
+		// A resync of the same config logs nothing here: the data plane
+		// says what it had to restore.
+		r.logChange(r.last, cfg, names)
+	}
 	if !maps.Equal(r.via, via) {
 		r.relayChanges++
 		r.log.Info("relayed peers changed", "via", via)
