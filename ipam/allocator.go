@@ -87,9 +87,8 @@ type Allocator struct {
 	// 0 none, 1 near MaxStateBytes, 2 past it (noteStateSizeLocked).
 	stateSizeLevel int
 	stateBytes     int // size of the whole state last encoded for sending
-	// Scratch reused by saveLocked.
+	// Scratch reused by saveLocked; its encoding buffer is saveBufs'.
 	saveList []Allocation
-	saveBuf  bytes.Buffer
 	// journal records allocations and releases between state file writes
 	// (journal.go).
 	journal journal
@@ -830,25 +829,33 @@ func (a *Allocator) writeFileLocked(withJournal bool) error {
 	// Nothing more is appended to the old journal: once the new file is
 	// written, what it recorded is in the file.
 	a.journal.ok = false
-	// The list and the encoding reuse the buffers of the previous save,
+	// The list reuses the previous save's, the encoding a pooled buffer,
 	// and the store does not keep data.
 	a.saveList = a.appendListLocked(a.saveList[:0])
-	err := encodeFileTo(&a.saveBuf, a.cfg, a.selfID, a.st, a.saveList, a.px.durable, a.gw, a.versionCeil, a.signedWire, gen)
+	buf := saveBufs.Get().(*bytes.Buffer)
+	defer saveBufs.Put(buf)
+	err := encodeFileTo(buf, a.cfg, a.selfID, a.st, a.saveList, a.px.durable, a.gw, a.versionCeil, a.signedWire, gen)
 	clear(a.saveList) // holds no strings between saves
 	if err != nil {
 		return err
 	}
-	if err := a.store.write(a.cfg.StateFile, a.saveBuf.Bytes()); err != nil {
+	if err := a.store.write(a.cfg.StateFile, buf.Bytes()); err != nil {
 		return err
 	}
 	a.dirty = false
 	a.markGatewayDurableLocked()
 	a.journal.named = gen
 	if withJournal {
-		a.startJournalLocked(gen, a.saveBuf.Len())
+		a.startJournalLocked(gen, buf.Len())
 	}
 	return nil
 }
+
+// saveBufs holds the encoding buffers of state file writes. A buffer grows
+// to the file's size (about 105 bytes a peer); pooled rather than kept by
+// each Allocator, a process of many Allocators (the simulations) holds a
+// few instead of one per Allocator, and a daemon still reuses its own.
+var saveBufs = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // markGatewayDurableLocked records that the gateway is in the state file.
 // A gateway that just became durable may be usable now (OverlayIP), so

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"unique"
 )
 
 // Wire format of a full state (also embedded in the state file). Compact
@@ -216,12 +217,21 @@ func (d *decoder) bytes(n int) []byte {
 	return v
 }
 
+// str reads a name (peer names, IDs). Names are interned: every state
+// merged carries every peer's name again, and the copies it keeps (the
+// peer table, the ring, liveness) would otherwise each hold their own.
+// unique's map holds a name only while something refers to it, so hostile
+// names do not pile up.
 func (d *decoder) str() string {
 	l := d.bytes(1)
 	if l == nil {
 		return ""
 	}
-	return string(d.bytes(int(l[0])))
+	b := d.bytes(int(l[0]))
+	if b == nil {
+		return ""
+	}
+	return unique.Make(string(b)).Value()
 }
 
 // count reads an item count and rejects counts that cannot fit in what is

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"bytes"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"maps"
@@ -352,7 +353,9 @@ func settledScaleSimReclaim(t *testing.T, n int, reclaim time.Duration) (*simNet
 	for i := range names {
 		names[i] = fmt.Sprintf("node-%04d.cluster.local", i)
 	}
-	s := settledSim(t, 1, "10.32.0.0/12", reclaim, names...)
+	s := newSimNet(1)
+	s.store.noContents = true
+	s.settleNew(t, "10.32.0.0/12", reclaim, names...)
 	type pod struct{ node, id string }
 	var pending []pod
 	for _, name := range names {
@@ -382,7 +385,39 @@ func settledScaleSimReclaim(t *testing.T, n int, reclaim time.Duration) (*simNet
 	s.round() // heartbeat: every node publishes its Held
 	spreadAll(s)
 	quiet(t, s, n)
+	s.shareHeld()
 	return s, names
+}
+
+// shareHeld makes the nodes' copies of equal Held lists one slice, as a
+// process of one Allocator has one copy: N replicas of N peers' lists
+// would otherwise be most of a large simulation's memory. Sharing is safe
+// because a Held list, once in a state, is never written in place (a new
+// info gets a new list); the shared slices have no spare capacity, so an
+// append copies.
+func (s *simNet) shareHeld() {
+	lists := map[string][]uint64{}
+	var key []byte
+	for _, n := range s.nodes {
+		n.mu.Lock()
+		for name, p := range n.st.peers {
+			if len(p.Held) == 0 {
+				continue
+			}
+			key = key[:0]
+			for _, off := range p.Held {
+				key = binary.LittleEndian.AppendUint64(key, off)
+			}
+			shared, ok := lists[string(key)]
+			if !ok {
+				shared = slices.Clip(slices.Clone(p.Held))
+				lists[string(key)] = shared
+			}
+			p.Held = shared
+			n.st.peers[name] = p
+		}
+		n.mu.Unlock()
+	}
 }
 
 // quietRound is one second of the daemon's life without push/pull (which

@@ -32,17 +32,30 @@ var (
 
 // memStore is an in-memory stateStore. A write is atomic and durable the
 // moment it returns, like atomicfile.Write after its fsyncs.
-type memStore struct{ files map[string][]byte }
+type memStore struct {
+	files map[string][]byte
+	// noContents keeps no file's contents, only that it exists, and fails
+	// every read: the large scale simulations restart no node, and N
+	// state files of N peers each would take most of their memory
+	// (docs/scale.md, "IPAM convergence").
+	noContents bool
+}
 
 func (m *memStore) read(path string) ([]byte, error) {
 	b, ok := m.files[path]
 	if !ok {
 		return nil, fs.ErrNotExist
 	}
+	if m.noContents {
+		return nil, fmt.Errorf("read %s: this simulation keeps no file contents", path)
+	}
 	return slices.Clone(b), nil
 }
 
 func (m *memStore) write(path string, data []byte) error {
+	if m.noContents {
+		data = nil
+	}
 	m.files[path] = slices.Clone(data)
 	return nil
 }
@@ -52,7 +65,9 @@ func (m *memStore) appendFile(path string, data []byte) error {
 	if !ok {
 		return fs.ErrNotExist
 	}
-	m.files[path] = append(b, data...)
+	if !m.noContents {
+		m.files[path] = append(b, data...)
+	}
 	return nil
 }
 
@@ -188,11 +203,18 @@ func (s *simNet) count(from, to string, msg []byte) {
 func settledSim(t testing.TB, seed uint64, prefix string, reclaim time.Duration, names ...string) *simNet {
 	t.Helper()
 	s := newSimNet(seed)
+	s.settleNew(t, prefix, reclaim, names...)
+	return s
+}
+
+// settleNew adds the named nodes, each told of them all, and settles the
+// mesh they form.
+func (s *simNet) settleNew(t testing.TB, prefix string, reclaim time.Duration, names ...string) {
+	t.Helper()
 	for _, n := range names {
 		s.add(t, n, prefix, len(names), reclaim)
 	}
 	s.settle(t, 10)
-	return s
 }
 
 func (s *simNet) add(t testing.TB, name, prefix string, initial int, reclaim time.Duration) *simNode {

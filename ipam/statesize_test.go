@@ -197,3 +197,35 @@ func TestStateSizeProblem(t *testing.T) {
 		t.Fatalf("the state shrank, nothing logged:\n%s", logged.String())
 	}
 }
+
+// TestStateSizeAtKubernetesScale: a signed state of 5000 peers (the
+// Kubernetes design limit, under maxPeers) with 10 pods each fits under
+// MaxStateBytes, so such a mesh forms; with 110 pods each (the kubelet's
+// default maximum) the byte bound, not maxPeers, is what a mesh meets
+// first, at the size this test reports (docs/scale.md, "The IPAM's first
+// wall").
+func TestStateSizeAtKubernetesScale(t *testing.T) {
+	prefix := mustPrefix("10.32.0.0/12")
+	signed := func(n, k int) int {
+		st := sizedState(n, k, 1)
+		for name, p := range st.peers {
+			p.Writer, p.Sig = name, make([]byte, 64)
+			st.peers[name] = p
+		}
+		return len(encodeStateAs(prefix, "node-0000.cluster.local", st, true))
+	}
+	if maxPeers < 5000 {
+		t.Fatalf("maxPeers %d is below Kubernetes' 5000 nodes", maxPeers)
+	}
+	size := signed(5000, 10)
+	if size > MaxStateBytes {
+		t.Fatalf("a signed state of 5000 peers with 10 pods each is %d bytes, above MaxStateBytes (%d)", size, MaxStateBytes)
+	}
+	perPeer110 := float64(signed(1000, 110)) / 1000
+	fit := int(float64(MaxStateBytes) / perPeer110)
+	if fit < 4000 || fit > 5000 {
+		t.Errorf("with 110 pods a node %d signed peers fit under MaxStateBytes; docs/scale.md says about 4 400", fit)
+	}
+	t.Logf("5000 signed peers with 10 pods: %d KiB (%.0f B a peer); with 110 pods: %.0f B a peer, so %d peers fit under %d KiB",
+		size>>10, float64(size)/5000, perPeer110, fit, MaxStateBytes>>10)
+}

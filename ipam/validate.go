@@ -18,7 +18,12 @@ const (
 	// peers with 100 pods each is about 250 KB.
 	MaxStateBytes = 1 << 20
 	// maxPeers bounds the peer table: a new name beyond it is refused.
-	maxPeers = 1024
+	// Above Kubernetes' 5000 nodes with room to spare: with 1024, the
+	// bound of earlier releases, a mesh of more nodes could not form
+	// (docs/scale.md, "The IPAM's first wall"). A name still needs to be
+	// a live member to get in (below), so the bound is not what keeps a
+	// flood of invented names out.
+	maxPeers = 8192
 	// maxHeld bounds one peer's Held list.
 	maxHeld = 4096
 	// maxForeignHeld bounds the addresses a peer may hold outside the space
