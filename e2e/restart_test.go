@@ -1,14 +1,11 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -426,27 +423,8 @@ func TestSIGTERMIsNoLeaveMeshLeaveIs(t *testing.T) {
 // uapiPeers counts the WireGuard peers of h's device mesh-wg, asked
 // through its UAPI socket as `wg show` would.
 func uapiPeers(h *testnet.Host) (int, error) {
-	c, err := net.DialTimeout("unix", h.Path("/var/run/wireguard/mesh-wg.sock"), 5*time.Second)
-	if err != nil {
-		return 0, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Write([]byte("get=1\n\n")); err != nil {
-		return 0, err
-	}
-	n := 0
-	sc := bufio.NewScanner(c)
-	for sc.Scan() {
-		l := sc.Text()
-		if l == "" {
-			return n, nil
-		}
-		if strings.HasPrefix(l, "public_key=") {
-			n++
-		}
-	}
-	return 0, fmt.Errorf("UAPI get: no end of answer: %v", sc.Err())
+	entries, err := uapiEntries(h)
+	return len(entries), err
 }
 
 // TestExternalDataplaneProcess: with --dataplane-process=external a
