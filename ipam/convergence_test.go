@@ -268,7 +268,9 @@ func measureConvergence(t *testing.T, n int) []convPhase {
 	if n > *convHealMax {
 		t.Logf("n=%d: partition heal not simulated (above -ipam.conv.healmax=%d)", n, *convHealMax)
 	} else {
-		phase("partition heal (push/pull)", true, 600, func() { clear(s.part) }, s.ringsEqual)
+		// Heals take 3 to 6 push/pull intervals (docs/scale.md): room for 10.
+		limit := max(600, int(10*pushPullEvery(n)/time.Second))
+		phase("partition heal (push/pull)", true, limit, func() { clear(s.part) }, s.ringsEqual)
 	}
 	for _, p := range out {
 		if p.name == "join (one donation)" && p.total == 0 {
