@@ -110,7 +110,13 @@ func (n *node) config(t *testing.T, peers ...*node) *Config {
 
 func (n *node) open(t *testing.T, ctx context.Context, mode string) Dataplane {
 	t.Helper()
-	dp, err := New(ctx, Options{Mode: mode, DeviceName: n.dev, Logger: testLogger(t).With("node", n.dev), NetNSPath: n.ns})
+	return n.openLogged(t, ctx, mode, testLogger(t).With("node", n.dev))
+}
+
+// openLogged is open with the data plane's log going to log.
+func (n *node) openLogged(t *testing.T, ctx context.Context, mode string, log *slog.Logger) Dataplane {
+	t.Helper()
+	dp, err := New(ctx, Options{Mode: mode, DeviceName: n.dev, Logger: log, NetNSPath: n.ns})
 	if err != nil {
 		t.Fatalf("New(%s): %v", n.dev, err)
 	}
@@ -733,19 +739,15 @@ func TestSetDualStack(t *testing.T) {
 
 // TestSetRestoresDeviceChangedOutside: a Set of the config last set finds
 // a WireGuard entry changed from outside (as `wg set` would) and restores
-// it, with a warning; the other entry's session is untouched. This is what
-// the reconciler's resync relies on (peer.ResyncInterval).
+// it, with a warning, and the two nodes still reach each other. This is
+// what the reconciler's resync relies on (peer.ResyncInterval).
 func TestSetRestoresDeviceChangedOutside(t *testing.T) {
 	testnet.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a, b := twoNodes(t)
 	var logs syncBuffer
-	dpA, err := New(ctx, Options{Mode: ModeUserspace, DeviceName: a.dev, Logger: slog.New(slog.NewTextHandler(&logs, nil)), NetNSPath: a.ns})
-	if err != nil {
-		t.Fatalf("New(%s): %v", a.dev, err)
-	}
-	t.Cleanup(func() { dpA.Close() })
+	dpA := a.openLogged(t, ctx, ModeUserspace, slog.New(slog.NewTextHandler(&logs, nil)))
 	dpB := b.open(t, ctx, ModeUserspace)
 	cfgA := a.config(t, b)
 	if err := dpA.Set(ctx, cfgA); err != nil {

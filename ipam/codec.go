@@ -227,11 +227,7 @@ func (d *decoder) str() string {
 	if l == nil {
 		return ""
 	}
-	b := d.bytes(int(l[0]))
-	if b == nil {
-		return ""
-	}
-	return unique.Make(string(b)).Value()
+	return unique.Make(string(d.bytes(int(l[0])))).Value()
 }
 
 // count reads an item count and rejects counts that cannot fit in what is
