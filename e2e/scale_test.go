@@ -79,7 +79,7 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 		suspects = suspects[:0]
 		err := func() error {
 			for _, n := range nodes {
-				st, err := n.Status()
+				st, err := n.SocketStatus()
 				if err != nil {
 					return err
 				}

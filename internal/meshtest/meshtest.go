@@ -114,7 +114,7 @@ func (n *Node) Start() {
 		if n.Proc.Exited() {
 			return fmt.Errorf("mesh on %s exited:\n%s", n.Host.Name, n.Proc.Log())
 		}
-		_, err := n.Status()
+		_, err := n.SocketStatus()
 		return err
 	})
 	if err == nil {
@@ -151,6 +151,21 @@ func (n *Node) Status() (*api.Status, error) {
 		return nil, fmt.Errorf("bad status JSON %q: %w", out, err)
 	}
 	return &st, nil
+}
+
+// SocketStatus asks the daemon through its control socket from the test
+// process, as mesh-cni does, without starting a process: what tests that
+// poll many daemons use, because on a machine simulating a hundred hosts
+// a `mesh status` process per host and poll is itself a load that
+// competes with the daemons (docs/scale.md). Safe from any goroutine.
+func (n *Node) SocketStatus() (*api.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := n.Client().Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("status of %s through its socket: %w", n.Host.Name, err)
+	}
+	return st, nil
 }
 
 // MustStatus is Status failing the test on error.

@@ -18,7 +18,7 @@ const reachParallel = 8
 func ReachAll(ctx context.Context, nodes []*Node, reached map[string]bool) error {
 	var missing, todo []string
 	for _, n := range nodes[1:] {
-		st, err := n.Status()
+		st, err := n.SocketStatus()
 		if err != nil {
 			return err
 		}
