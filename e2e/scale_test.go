@@ -28,10 +28,10 @@ const (
 )
 
 // TestConvergence launches 30 real daemons (userspace data plane), each
-// naming only host1 and given the mesh's key file, and asserts that every host sees them all live, that
-// host1 reaches every overlay address, and that each daemon stays within
-// the idle CPU and memory bounds (logging its data-plane process's CPU
-// too), and then that a pod can be added on
+// naming only host1 and given the mesh's key file, and asserts that every
+// host sees them all live, that host1 reaches every overlay address, and
+// that each daemon stays within the idle CPU and memory bounds (logging
+// its data-plane process's CPU too), and then that a pod can be added on
 // every host. MESH_SOAK=1 (make soak) makes it 100; MESH_CONVERGENCE_HOSTS
 // sets another size (with the soak's bound), for measuring.
 func TestConvergence(t *testing.T) {
@@ -65,6 +65,8 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 	// simulates the hosts, those runs took about a fifth of the CPU of a
 	// launch wave ("Where the CPU of simulated hosts goes" in
 	// docs/scale.md), where a real cluster pays each on its own host.
+	// Info level, as deployed: at debug, wireguard-go logs every allowed
+	// IP it adds, hundreds of thousands of lines while relays change.
 	nodes := make([]*node, 0, size)
 	for i, h := range hosts {
 		var peers []*testnet.Host
