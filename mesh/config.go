@@ -54,12 +54,6 @@ type Config struct {
 	RememberedFile string
 	// RetryMin and RetryMax bound the backoff between join attempts.
 	RetryMin, RetryMax time.Duration
-	// RejoinSpread spreads the first attempt to rejoin a target whose
-	// member was connected and went dead: it comes at a random point of
-	// RejoinSpread after RetryMin, so that a member that is only slow
-	// (a false death, which it refutes through gossip with no join) is
-	// not redialled by every other node at once (see targets.markLocked).
-	RejoinSpread time.Duration
 	// SigningKey is the node's long-term identity (identity.
 	// LoadOrCreateSigningKey); it signs the metadata. Nil sends unsigned
 	// metadata, as the previous release did (tests only).
@@ -81,11 +75,10 @@ type Config struct {
 // backoff. The caller must set Name and Meta.
 func DefaultConfig() Config {
 	return Config{
-		Port:         DefaultPort,
-		Label:        "mesh/v1",
-		RetryMin:     time.Second,
-		RetryMax:     30 * time.Second,
-		RejoinSpread: 10 * time.Second,
+		Port:     DefaultPort,
+		Label:    "mesh/v1",
+		RetryMin: time.Second,
+		RetryMax: 30 * time.Second,
 		// Often enough that a node moved behind NAT is found before
 		// an operator would look, rare enough to cost nothing (one TCP
 		// connection each way).
