@@ -103,13 +103,22 @@ func expectStates(t *testing.T, timeout time.Duration, nodes []*node, want map[s
 // host, and dumps their logs if the test fails.
 func launchStar(t *testing.T, hosts []*testnet.Host) []*node {
 	t.Helper()
+	return launchStarWith(t, hosts, func(h *testnet.Host, peers []*testnet.Host) *node {
+		return launch(t, h, peers)
+	})
+}
+
+// launchStarWith is launchStar with each daemon started by start, which
+// is given the host and the peers it names (none for host1, else host1).
+func launchStarWith(t *testing.T, hosts []*testnet.Host, start func(h *testnet.Host, peers []*testnet.Host) *node) []*node {
+	t.Helper()
 	var nodes []*node
 	for i, h := range hosts {
 		var peers []*testnet.Host
 		if i > 0 {
 			peers = hosts[:1]
 		}
-		nodes = append(nodes, launch(t, h, peers))
+		nodes = append(nodes, start(h, peers))
 	}
 	dumpLogsOnFailure(t, nodes...)
 	return nodes

@@ -67,16 +67,11 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 	// docs/scale.md), where a real cluster pays each on its own host.
 	// Info level, as deployed: at debug, wireguard-go logs every allowed
 	// IP it adds, hundreds of thousands of lines while relays change.
-	nodes := make([]*node, 0, size)
-	for i, h := range hosts {
-		var peers []*testnet.Host
-		if i > 0 {
-			peers = hosts[:1]
-		}
+	// (LaunchWithEnv's own --log-level debug comes first: the last wins.)
+	nodes := launchStarWith(t, hosts, func(h *testnet.Host, peers []*testnet.Host) *node {
 		args := append(meshtest.KeyFileArgs(t, h), "--log-level", "info")
-		nodes = append(nodes, meshtest.LaunchWithEnv(t, h, peers, nil, args...))
-	}
-	dumpLogsOnFailure(t, nodes...)
+		return meshtest.LaunchWithEnv(t, h, peers, nil, args...)
+	})
 	lastLaunch := time.Now()
 	t.Logf("%d daemons launched in %v", size, lastLaunch.Sub(start).Round(time.Millisecond))
 
