@@ -198,6 +198,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	mc.DetectNAT = cfg.NATCheck
 	mc.ReachRecheck = cfg.ReachRecheck
 	mc.RememberedFile = cfg.path("peers.json")
+	mc.PushPullInterval = pushPullInterval(cfg.ReclaimAfter)
 	mc.Logger = log.With("component", "mesh")
 	if len(ks.keys) == 0 {
 		log.Warn("running without a mesh password (--insecure): gossip is neither encrypted nor authenticated, and anyone who can reach port 6783 can join")

@@ -517,3 +517,22 @@ func reservedBy(p ipam.PeerStatus) int {
 	}
 	return p.Held
 }
+
+// pushPullsPerReclaim is how many push/pull intervals fit in
+// --ipalloc-reclaim-after at least.
+const pushPullsPerReclaim = 4
+
+// pushPullInterval is the gossip push/pull interval for a reclaim window.
+// With automatic reclaim on, a peer is reclaimed when its IPAM heartbeat
+// has not grown in another's view for ReclaimAfter, and heartbeats travel
+// by push/pull alone (docs/ipam.md). With a window close to the interval
+// (15 s), a node back from a partition once found a live node's heartbeat
+// 23 s old and reclaimed it (20 s window). So a short window shortens the
+// interval to a quarter of it, down to a second; a window of minutes, as
+// recommended, keeps the default.
+func pushPullInterval(reclaimAfter time.Duration) time.Duration {
+	if reclaimAfter <= 0 {
+		return mesh.DefaultPushPullInterval
+	}
+	return min(mesh.DefaultPushPullInterval, max(reclaimAfter/pushPullsPerReclaim, time.Second))
+}

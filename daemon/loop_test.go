@@ -30,7 +30,7 @@ func loopbackMember(t *testing.T, name, pub string, targets ...string) *mesh.Mem
 	cfg.AdvertiseAddr = cfg.BindAddr
 	cfg.Port = 0
 	cfg.Targets = targets
-	cfg.RetryMin, cfg.RetryMax = 100*time.Millisecond, 500*time.Millisecond
+	cfg.RetryMin, cfg.RetryMax, cfg.RejoinSpread = 100*time.Millisecond, 500*time.Millisecond, 500*time.Millisecond
 	cfg.RememberedFile = filepath.Join(t.TempDir(), "peers.json")
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	m, err := mesh.New(cfg)

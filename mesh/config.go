@@ -54,6 +54,16 @@ type Config struct {
 	RememberedFile string
 	// RetryMin and RetryMax bound the backoff between join attempts.
 	RetryMin, RetryMax time.Duration
+	// PushPullInterval is how often a node exchanges its whole state (the
+	// membership and the IPAM's) with a random member; memberlist
+	// lengthens it past 32 members. Zero means DefaultPushPullInterval.
+	PushPullInterval time.Duration
+	// RejoinSpread spreads the first attempt to rejoin a target whose
+	// member was connected and went dead: it comes at a random point of
+	// RejoinSpread after RetryMin, so that a member that is only slow
+	// (a false death, which it refutes through gossip with no join) is
+	// not redialled by every other node at once (see targets.markLocked).
+	RejoinSpread time.Duration
 	// SigningKey is the node's long-term identity (identity.
 	// LoadOrCreateSigningKey); it signs the metadata. Nil sends unsigned
 	// metadata, as the previous release did (tests only).
@@ -71,14 +81,21 @@ type Config struct {
 	probeInterval, reprobeEvery time.Duration
 }
 
+// DefaultPushPullInterval is the push/pull interval of DefaultConfig.
+// Full state exchanges repair whatever broadcasts missed, the IPAM ring's
+// included; 15 s instead of memberlist's 30 s halves the worst case.
+const DefaultPushPullInterval = 15 * time.Second
+
 // DefaultConfig returns a Config for a LAN mesh with the default port and
 // backoff. The caller must set Name and Meta.
 func DefaultConfig() Config {
 	return Config{
-		Port:     DefaultPort,
-		Label:    "mesh/v1",
-		RetryMin: time.Second,
-		RetryMax: 30 * time.Second,
+		Port:             DefaultPort,
+		Label:            "mesh/v1",
+		RetryMin:         time.Second,
+		RetryMax:         30 * time.Second,
+		RejoinSpread:     10 * time.Second,
+		PushPullInterval: DefaultPushPullInterval,
 		// Often enough that a node moved behind NAT is found before
 		// an operator would look, rare enough to cost nothing (one TCP
 		// connection each way).

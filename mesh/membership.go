@@ -156,9 +156,10 @@ func New(cfg Config) (*Membership, error) {
 	// Dead nodes stay in memberlist's list long enough for a restarted peer
 	// to be recognised; our own map keeps them for status beyond that.
 	mc.DeadNodeReclaimTime = 10 * time.Second
-	// Full state exchanges repair whatever broadcasts missed, the IPAM
-	// ring's included; 15 s instead of 30 s halves the worst case.
-	mc.PushPullInterval = 15 * time.Second
+	mc.PushPullInterval = cfg.PushPullInterval
+	if mc.PushPullInterval <= 0 {
+		mc.PushPullInterval = DefaultPushPullInterval
+	}
 	if cfg.probeInterval > 0 {
 		mc.ProbeInterval = cfg.probeInterval
 	}

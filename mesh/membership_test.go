@@ -76,6 +76,7 @@ func testConfig(t *testing.T, name string, key []byte, targets ...string) Config
 	cfg.Targets = targets
 	cfg.RetryMin = 100 * time.Millisecond
 	cfg.RetryMax = 500 * time.Millisecond
+	cfg.RejoinSpread = cfg.RetryMax
 	cfg.RememberedFile = t.TempDir() + "/peers.json"
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	return cfg

@@ -193,24 +193,56 @@ func (t *targets) loop(done <-chan struct{}) {
 // refresh marks targets connected or not from the live membership, so a
 // target whose node died is retried again.
 func (t *targets) refresh() {
+	t.refreshFrom(t.m.liveAddrs())
+}
+
+// refreshFrom is refresh with the live members' addresses given.
+func (t *targets) refreshFrom(liveAddrs []netip.AddrPort) {
 	live := map[netip.AddrPort]bool{}
-	for _, a := range t.m.liveAddrs() {
+	for _, a := range liveAddrs {
 		live[a] = true
 	}
-	// Matching may resolve host names: do it without the lock, which
-	// memberlist's event callbacks (learned) and the API also take.
 	t.mu.Lock()
+	// Remembered peers are retried too, so that both sides of a healed
+	// partition find each other again even when no named peer is on the
+	// other side, and a restarted node can rejoin through any of them.
+	// They become targets before the check below: a peer just learned
+	// from gossip is live, and a target added after the check used to be
+	// joined at once, a full push/pull to every member a node learns of
+	// (N-1 of them at each newcomer).
+	for a := range t.remembered {
+		if _, ok := t.list[a]; !ok {
+			t.list[a] = &target{addr: a, source: SourceLearned, state: TargetRetrying}
+		}
+	}
 	addrs := make([]string, 0, len(t.list))
 	for a := range t.list {
 		addrs = append(addrs, a)
 	}
 	t.mu.Unlock()
+	// Matching may resolve host names: do it without the lock, which
+	// memberlist's event callbacks (learned) and the API also take.
 	connected := make(map[string]bool, len(addrs))
 	for _, a := range addrs {
 		connected[a] = matchesAny(a, live)
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.markLocked(connected, time.Now())
+}
+
+// markLocked records which targets are connected (connected, by address)
+// at now: a connected target is reset; one that was connected and no
+// longer is gets its first retry at a random point of RejoinSpread after
+// RetryMin. Such a member is most often alive and slow (a false death
+// under load): it hears of its death through gossip and refutes it within
+// seconds, with no join needed. Every other node redialling it at once,
+// each a full push/pull, kept loaded nodes from answering their probes
+// and turned false deaths into a collapse of 50 simulated hosts on two
+// cores (docs/scale.md, "Where the CPU of simulated hosts goes"). A real
+// partition is healed by the retries after the first, as before. Called
+// with t.mu held.
+func (t *targets) markLocked(connected map[string]bool, now time.Time) {
 	for a, tg := range t.list {
 		if tg.busy {
 			continue
@@ -220,15 +252,11 @@ func (t *targets) refresh() {
 				tg.state, tg.err, tg.failures = TargetConnected, nil, 0
 			}
 		} else if tg.state == TargetConnected {
-			tg.state, tg.next = TargetRetrying, time.Time{}
-		}
-	}
-	// Remembered peers are retried too, so that both sides of a healed
-	// partition find each other again even when no named peer is on the
-	// other side, and a restarted node can rejoin through any of them.
-	for a := range t.remembered {
-		if _, ok := t.list[a]; !ok {
-			t.list[a] = &target{addr: a, source: SourceLearned, state: TargetRetrying}
+			tg.state = TargetRetrying
+			tg.next = now.Add(t.cfg.RetryMin)
+			if t.cfg.RejoinSpread > 0 {
+				tg.next = tg.next.Add(time.Duration(rand.Int64N(int64(t.cfg.RejoinSpread))))
+			}
 		}
 	}
 }

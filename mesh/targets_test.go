@@ -72,3 +72,90 @@ func TestJoinAttemptsBounded(t *testing.T) {
 		t.Fatalf("after one attempt ended, due = %v, want the next learned target alone", more)
 	}
 }
+
+// A target whose member was connected and is no longer is retried no
+// sooner than RetryMin, at a random point of RejoinSpread after it, so
+// that the nodes that all saw one member die (most often a false death)
+// do not all redial it at once; a target that connects is reset.
+func TestRejoinSpread(t *testing.T) {
+	cfg := DefaultConfig()
+	tg := &targets{cfg: cfg, list: map[string]*target{}}
+	const n = 200
+	for i := range n {
+		a := fmt.Sprintf("192.0.2.%d:6783", i+1)
+		tg.list[a] = &target{addr: a, source: SourceLearned, state: TargetConnected}
+	}
+	now := time.Now()
+	tg.mu.Lock()
+	tg.markLocked(map[string]bool{}, now)
+	tg.mu.Unlock()
+	lo, hi := now.Add(cfg.RetryMin), now.Add(cfg.RetryMin+cfg.RejoinSpread)
+	distinct := map[time.Time]bool{}
+	var early, late int
+	for _, x := range tg.list {
+		if x.state != TargetRetrying {
+			t.Fatalf("%s is %s after its member went, want %s", x.addr, x.state, TargetRetrying)
+		}
+		if x.next.Before(lo) || !x.next.Before(hi) {
+			t.Fatalf("%s is retried at %v after the loss, want within [%v, %v)", x.addr, x.next.Sub(now), cfg.RetryMin, cfg.RetryMin+cfg.RejoinSpread)
+		}
+		distinct[x.next] = true
+		if x.next.Before(now.Add(cfg.RetryMin + cfg.RejoinSpread/2)) {
+			early++
+		} else {
+			late++
+		}
+	}
+	if len(distinct) < n/2 {
+		t.Fatalf("%d targets got only %d distinct retry times: not spread", n, len(distinct))
+	}
+	// Uniform over the window: each half gets some (the chance that 200
+	// draws all land in one half is 2^-199).
+	if early == 0 || late == 0 {
+		t.Fatalf("retries %d in the first half of the window, %d in the second: want both", early, late)
+	}
+	if due := tg.due(); len(due) != 0 {
+		t.Fatalf("%d targets due right after their members went, want none before RetryMin", len(due))
+	}
+
+	// Connected again (the member refuted its death): reset, no retry.
+	a := "192.0.2.1:6783"
+	tg.list[a].failures = 3
+	tg.mu.Lock()
+	tg.markLocked(map[string]bool{a: true}, now.Add(time.Second))
+	tg.mu.Unlock()
+	if x := tg.list[a]; x.state != TargetConnected || x.failures != 0 {
+		t.Fatalf("%s back: state %s, %d failures; want %s, 0", a, x.state, x.failures, TargetConnected)
+	}
+	// A target that was never connected keeps its schedule.
+	b := "198.51.100.1:6783"
+	next := now.Add(time.Minute)
+	tg.list[b] = &target{addr: b, source: SourceLaunch, state: TargetRetrying, next: next}
+	tg.mu.Lock()
+	tg.markLocked(map[string]bool{}, now)
+	tg.mu.Unlock()
+	if !tg.list[b].next.Equal(next) {
+		t.Fatalf("a retrying target's next attempt moved from %v to %v", next, tg.list[b].next)
+	}
+}
+
+// A peer learned from gossip (remembered) that is live becomes a connected
+// target in the same refresh: it is not joined (a full push/pull) on top
+// of the gossip that told of it. One not live is retried at once, as a
+// restarted node's remembered peers are.
+func TestLearnedLivePeerNotJoined(t *testing.T) {
+	live, gone := "192.0.2.1:6783", "192.0.2.2:6783"
+	tg := &targets{cfg: DefaultConfig(), list: map[string]*target{}, remembered: map[string]bool{live: true, gone: true}}
+	tg.refreshFrom([]netip.AddrPort{netip.MustParseAddrPort(live)})
+	if x := tg.list[live]; x == nil || x.state != TargetConnected {
+		t.Fatalf("learned live peer: target %+v, want %s", x, TargetConnected)
+	}
+	due := tg.due()
+	if len(due) != 1 || due[0].addr != gone {
+		var got []string
+		for _, d := range due {
+			got = append(got, d.addr)
+		}
+		t.Fatalf("due after refresh: %v, want only the remembered peer that is not live (%s)", got, gone)
+	}
+}
