@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -347,5 +348,70 @@ func TestContestedSpaceIsClaimedAgain(t *testing.T) {
 	s.checkUnique(t, 171, 0)
 	if got := s.unowned(); got != "" {
 		t.Errorf("after the reclaim: %s", got)
+	}
+}
+
+// TestAllContestedRingClaimedBack: in a ring where every run is contested
+// nobody is the heir of any run (the heir is the owner of the address
+// below, and there is none), so by the heir rule alone nothing would ever
+// change and no peer could allocate again. The first live voter by name
+// claims the runs instead, after ReclaimAfter as any contested run (at
+// once with reclaim off), a reclaim quorum confirms, space flows to the
+// others again, and no address is handed out twice. Seen in the
+// simulation: seed 21 of TestSimulationAutoReclaim, run with a change of
+// the silent clock, ended with the whole ring contested.
+func TestAllContestedRingClaimedBack(t *testing.T) {
+	for _, reclaim := range []time.Duration{0, 20 * time.Second} {
+		t.Run(fmt.Sprintf("reclaim=%v", reclaim), func(t *testing.T) {
+			names := []string{"a", "b", "c", "d", "e"}
+			s := settledSim(t, 11, "10.0.0.0/26", reclaim, names...)
+			for _, n := range names {
+				for i := range 2 {
+					s.allocEventually(t, n, fmt.Sprintf("%s-old-%d", n, i), 20)
+				}
+			}
+			s.rounds(5)
+			// Every node's ring turns wholly contested, above every
+			// version in flight.
+			for _, n := range names {
+				a := s.nodes[n].Allocator
+				a.mu.Lock()
+				a.st.ring, _ = a.st.ring.rewrite(func(entry) bool { return true }, func(e entry) entry { return contested(e.Version + reclaimVersionJump) })
+				a.afterRingChangeLocked()
+				if err := a.saveLocked(); err != nil {
+					t.Fatal(err)
+				}
+				a.mu.Unlock()
+			}
+			hasOwner := func() bool {
+				for _, n := range names {
+					if s.nodes[n].Allocator.st.ring.hasOwner() {
+						return true
+					}
+				}
+				return false
+			}
+			if reclaim > 0 {
+				s.rounds(int(reclaim/time.Second) - 5)
+				if hasOwner() {
+					t.Fatalf("a contested run was claimed before it stayed contested for %v", reclaim)
+				}
+			}
+			s.rounds(int(reclaim/time.Second) + 20)
+			for _, r := range s.nodes["e"].Status().Ranges {
+				if r.Owner == "" {
+					t.Fatalf("%s has no owner %v after the ring turned contested: %q", r.CIDR, reclaim+20*time.Second, s.nodes["e"].Status().Problems)
+				}
+			}
+			s.checkUnique(t, 11, 0)
+			// Every node allocates again, new pods beside the old ones.
+			for _, n := range names {
+				for i := range 2 {
+					s.allocEventually(t, n, fmt.Sprintf("%s-new-%d", n, i), 60)
+				}
+			}
+			s.settle(t, 5)
+			s.checkUnique(t, 11, 1)
+		})
 	}
 }

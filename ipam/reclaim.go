@@ -204,11 +204,41 @@ func (a *Allocator) heirOfLocked(run span) bool {
 	return a.st.ring.get((run.start+size-1)%size).Owner == a.cfg.Self
 }
 
+// contestedClaimantLocked says whether this peer claims the contested
+// run: its heir (heirOfLocked), or, in a ring where no entry has an owner
+// left (every run contested or tombstoned: nobody is anyone's heir, and
+// nothing would ever change), the first by name of the voters that are not
+// joining and that the membership counts live, this peer included. Every
+// peer picks the same one once their views of the membership agree; while
+// they differ two peers may claim at once, and their claims merge into
+// contested again, to be claimed once more ReclaimAfter later. Who claims
+// decides nothing else: the claim's safety rests on its version jump and
+// its reclaim quorum (below), whoever writes it.
+func (a *Allocator) contestedClaimantLocked(run span) bool {
+	if a.heirOfLocked(run) {
+		return true
+	}
+	if a.st.ring.hasOwner() {
+		return false
+	}
+	me := a.st.peers[a.cfg.Self]
+	if me.Removed || me.Joining {
+		return false
+	}
+	for name, p := range a.st.peers {
+		if name < a.cfg.Self && a.members[name] && !p.Removed && !p.Joining {
+			return false
+		}
+	}
+	return true
+}
+
 // reclaimContestedLocked claims contested runs (two heirs' claims merged,
-// see contested) for this peer when it owns the address just below and
-// the run has stayed contested for ReclaimAfter in its view (at once with
-// automatic reclaim off): neither heir confirmed in that time, or its
-// confirmation would have replaced the contested entry.
+// see contested) for this peer when it owns the address just below (or is
+// the fallback claimant of contestedClaimantLocked) and the run has stayed
+// contested for ReclaimAfter in its view (at once with automatic reclaim
+// off): neither heir confirmed in that time, or its confirmation would
+// have replaced the contested entry.
 //
 // The claim is written reclaimVersionJump versions up, with this peer as
 // its own dead peer (the run's earlier dead peer is not in the contested
@@ -235,7 +265,7 @@ func (a *Allocator) reclaimContestedLocked() bool {
 			since = now
 			a.liveness.contestedAt[run.start] = now
 		}
-		if now.Sub(since) < a.cfg.ReclaimAfter || !a.heirOfLocked(run) {
+		if now.Sub(since) < a.cfg.ReclaimAfter || !a.contestedClaimantLocked(run) {
 			continue
 		}
 		if a.cfg.ReclaimAfter > 0 && !a.inMajorityLocked() {
@@ -259,7 +289,11 @@ func (a *Allocator) reclaimContestedLocked() bool {
 		if a.cfg.ReclaimAfter <= 0 {
 			when = "at once"
 		}
-		a.problem("contested", fmt.Sprintf("%d addresses were claimed by two heirs at once (contested): nobody allocates there until the owner of the address below them claims them again, %s", n, when))
+		who := "the owner of the address below them"
+		if !a.st.ring.hasOwner() {
+			who = "the first live voter by name (no address has an owner)"
+		}
+		a.problem("contested", fmt.Sprintf("%d addresses were claimed by two heirs at once (contested): nobody allocates there until %s claims them again, %s", n, who, when))
 	}
 	return changed
 }

@@ -203,6 +203,16 @@ func (r ring) spans(keep func(entry) bool) []span {
 	return out
 }
 
+// hasOwner says whether some address of r has an owner, plain or claiming.
+func (r ring) hasOwner() bool {
+	for _, s := range r.segs {
+		if s.e.Owner != "" {
+			return true
+		}
+	}
+	return false
+}
+
 // owned returns the spans where owner may allocate.
 func (r ring) owned(owner string) []span {
 	return r.spans(func(e entry) bool { return e.Owner == owner && e.Dead == "" })
