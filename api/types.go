@@ -86,7 +86,30 @@ type GossipRelay struct {
 	SeenAs    string `json:"seenAs,omitempty"`
 	// ReachabilityError says why no peer gave a verdict.
 	ReachabilityError string `json:"reachabilityError,omitempty"`
+	// NATPort is, behind NAT, what the peers asked say of the UDP port the
+	// NAT gives this node's WireGuard packets (docs/routing.md, "The NAT's
+	// port"): NATPortAsking, NATPortKept, NATPortMapped (to PublicPort, which
+	// this node announces) or NATPortVaries. Empty when not behind NAT.
+	NATPort    NATPortState `json:"natPort,omitempty"`
+	PublicPort int          `json:"publicPort,omitempty"`
 }
+
+// NATPortState is GossipRelay.NATPort.
+type NATPortState string
+
+const (
+	// NATPortAsking: no verdict yet (too few peers answered).
+	NATPortAsking NATPortState = "asking"
+	// NATPortKept: the NAT keeps the WireGuard port.
+	NATPortKept NATPortState = "kept"
+	// NATPortMapped: the NAT gives it another port, the same for every
+	// peer (PublicPort), which this node announces.
+	NATPortMapped NATPortState = "mapped"
+	// NATPortVaries: the peers saw different ports (a NAT that maps per
+	// destination): no port to announce; pairs with other nodes behind
+	// NAT are relayed.
+	NATPortVaries NATPortState = "varies per peer"
+)
 
 // DataplaneProcess is the state of the mesh-dataplane process.
 type DataplaneProcess struct {
@@ -280,6 +303,11 @@ type Peer struct {
 	// others send its data plane; empty otherwise (docs/routing.md,
 	// "Nodes behind NAT").
 	PublicAddress string `json:"publicAddress,omitempty"`
+	// PublicPort is, for a node behind NAT whose NAT maps its WireGuard
+	// port to another, that port: the others send its data plane to
+	// PublicAddress and this port. Zero (absent) means its WireGuard port
+	// (docs/routing.md, "The NAT's port").
+	PublicPort int `json:"publicPort,omitempty"`
 }
 
 // Target is a peer address this node tries to join.

@@ -49,7 +49,7 @@ func (p peersAPI) Forget(address string) error {
 func (d *Daemon) Status(ctx context.Context) *api.Status {
 	st := &api.Status{Name: d.id.Name, PeerID: d.id.PeerID, Version: d.cfg.Version, Peers: []api.Peer{}, Targets: []api.Target{}}
 	for _, m := range d.members.Members() {
-		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self, KeyIDs: m.Meta.Keys, Identity: m.Identity, PublicAddress: publicAddress(m.Meta)})
+		st.Peers = append(st.Peers, api.Peer{Name: m.Name, PeerID: m.Meta.PeerID, Address: m.Addr.String(), State: m.State, Self: m.Self, KeyIDs: m.Meta.Keys, Identity: m.Identity, PublicAddress: publicAddress(m.Meta), PublicPort: publicPort(m.Meta)})
 	}
 	for _, t := range d.members.Targets() {
 		at := api.Target{Address: t.Address, Source: t.Source, State: t.State, Error: t.Error}
@@ -80,6 +80,7 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	reach := d.members.Reachability()
 	st.GossipRelay = &api.GossipRelay{Sent: rs.Sent, Forwarded: rs.Forwarded, Dropped: rs.Dropped, Refused: rs.Refused, Exchanges: rs.Exchanges, Home: d.members.Home(), Attached: d.members.Attached(),
 		Reachability: reach.State, CheckedBy: reach.Peer, SeenAs: reach.Observed, ReachabilityError: reach.Err}
+	st.GossipRelay.NATPort, st.GossipRelay.PublicPort = d.natPorts.status(reach.State.BehindNAT(), d.cfg.DPPort)
 	if err := d.relayedErr.get(); err != nil {
 		st.Problems = append(st.Problems, "relayed-traffic counter: "+err.Error())
 	}
@@ -131,6 +132,15 @@ func (d *Daemon) dataplaneProcessStatus() *api.DataplaneProcess {
 // publicAddress is the public address a member behind NAT announces, as
 // status shows it: only one that parses, so that a member cannot put
 // arbitrary text into others' status.
+// publicPort is the port a node behind NAT announces for its data plane,
+// with its public address only (dataEndpoint's rule); 0 otherwise.
+func publicPort(m mesh.Meta) int {
+	if publicAddress(m) == "" || m.PublicPort < 1 || m.PublicPort > 65535 {
+		return 0
+	}
+	return m.PublicPort
+}
+
 func publicAddress(m mesh.Meta) string {
 	a, err := netip.ParseAddr(m.PublicAddr)
 	if err != nil {

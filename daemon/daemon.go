@@ -64,6 +64,11 @@ type Daemon struct {
 	// it last changed (publishedCoord). Path loop only.
 	coordPub   []int
 	coordPubAt time.Time
+	// natPorts asks, behind NAT, which port the NAT gives the data plane,
+	// and natPortSender sends its questions and answers (natport.go).
+	natPorts       *natPorts
+	natPortSender  mesh.Sender
+	natPortQueries chan natPortQuestion
 
 	server   *http.Server
 	listener net.Listener
@@ -214,6 +219,11 @@ func Start(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.mtu = d.detectMTU()
+	d.natPorts = newNATPorts()
+	d.natPortQueries = make(chan natPortQuestion, natPortAnswersPerSecond)
+	if d.natPortSender, err = d.members.Register(mesh.ChannelNATPort, natPortChannel{d}); err != nil {
+		return nil, err
+	}
 
 	if err := d.startIPAM(initialPeers, signKey); err != nil {
 		return nil, err
@@ -243,6 +253,8 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	d.goLoop(loopIPAMTick, d.tickLoop)
 	d.goLoop(loopReconcile, d.reconcileLoop)
 	d.goLoop("attach-check", d.attachLoop)
+	d.goEvery("nat-port", natPortEvery, d.natPortRound)
+	d.goLoop("nat-port-answers", d.natPortAnswerLoop)
 	d.startPaths()
 	if kube != nil {
 		kube.start(d)

@@ -177,19 +177,24 @@ func publicAddr(meta mesh.Meta) (netip.Addr, bool) {
 	return a, true
 }
 
-// dataAddr is where this node sends m's data plane first: for a node
-// behind NAT, the public address its NAT gives it, where the NAT lets in
-// what answers the node's own packets (two nodes behind two NATs that
-// send to each other's public address both let the other in: a hole
-// punched); but the advertised address when this node is behind the same
-// NAT (the same public address: NATs rarely hairpin, and the two reach
-// each other's private addresses), and for every other node. WireGuard
-// then follows the endpoint the node's packets actually come from.
-func dataAddr(m mesh.Member, selfPublic netip.Addr) netip.Addr {
+// dataEndpoint is where this node sends m's data plane first: for a node
+// behind NAT, the public address its NAT gives it and the port it gives
+// its data plane (Meta.PublicPort, DPPort when it announces none), where
+// the NAT lets in what answers the node's own packets (two nodes behind
+// two NATs that send to each other's public endpoint both let the other
+// in: a hole punched); but the advertised address and DPPort when this
+// node is behind the same NAT (the same public address: NATs rarely
+// hairpin, and the two reach each other's private addresses), and for
+// every other node. WireGuard then follows the endpoint the node's
+// packets actually come from.
+func dataEndpoint(m mesh.Member, selfPublic netip.Addr) (netip.Addr, int) {
 	if pub, ok := publicAddr(m.Meta); ok && pub != selfPublic {
-		return pub
+		if p := m.Meta.PublicPort; p > 0 && p <= 65535 {
+			return pub, p
+		}
+		return pub, m.Meta.DPPort
 	}
-	return m.Addr.Addr()
+	return m.Addr.Addr(), m.Meta.DPPort
 }
 
 func (d *Daemon) peerInput(overlay, overlay6 netip.Addr, members []mesh.Member) peer.Input {
@@ -212,7 +217,8 @@ func (d *Daemon) peerInput(overlay, overlay6 netip.Addr, members []mesh.Member) 
 		}
 	}
 	for _, m := range members {
-		n := peer.Node{Name: m.Name, Addr: dataAddr(m, selfPublic), DPPort: m.Meta.DPPort, State: m.State, Since: m.Since}
+		addr, port := dataEndpoint(m, selfPublic)
+		n := peer.Node{Name: m.Name, Addr: addr, DPPort: port, State: m.State, Since: m.Since}
 		if len(keys) > 0 {
 			n.Secret = pairKey(keys, peerKeyIDs(keys, m.Meta.Keys))
 		}

@@ -87,35 +87,43 @@ func TestProbeAddr(t *testing.T) {
 	}
 }
 
-// TestDataAddr: a node behind NAT is sent to at its public address,
-// except by a node behind the same NAT; a public address that is no
-// unicast address a data plane could send to is ignored.
-func TestDataAddr(t *testing.T) {
+// TestDataEndpoint: a node behind NAT is sent to at its public address and
+// the port it announces (its WireGuard port when none), except by a node
+// behind the same NAT; a public address that is no unicast address a data
+// plane could send to is ignored, and so is a port without an address or
+// out of range.
+func TestDataEndpoint(t *testing.T) {
 	adv := netip.MustParseAddrPort("10.9.0.11:6783")
-	member := func(public string) mesh.Member {
-		return mesh.Member{Name: "b", Addr: adv, Meta: mesh.Meta{PublicAddr: public}}
+	member := func(public string, port int) mesh.Member {
+		return mesh.Member{Name: "b", Addr: adv, Meta: mesh.Meta{PublicAddr: public, PublicPort: port, DPPort: 6784}}
 	}
 	pub := netip.MustParseAddr("192.0.2.253")
 	for _, tc := range []struct {
 		name       string
 		public     string
+		port       int
 		selfPublic netip.Addr
 		want       netip.Addr
+		wantPort   int
 	}{
-		{"not behind NAT", "", netip.Addr{}, adv.Addr()},
-		{"behind NAT", "192.0.2.253", netip.Addr{}, pub},
-		{"behind another NAT", "192.0.2.253", netip.MustParseAddr("192.0.2.252"), pub},
-		{"behind the same NAT", "192.0.2.253", pub, adv.Addr()},
-		{"IPv4-mapped", "::ffff:192.0.2.253", netip.Addr{}, pub},
-		{"garbage", "not an address", netip.Addr{}, adv.Addr()},
-		{"loopback", "127.0.0.1", netip.Addr{}, adv.Addr()},
-		{"unspecified", "::", netip.Addr{}, adv.Addr()},
-		{"multicast", "224.0.0.1", netip.Addr{}, adv.Addr()},
-		{"link-local", "fe80::1", netip.Addr{}, adv.Addr()},
+		{"not behind NAT", "", 0, netip.Addr{}, adv.Addr(), 6784},
+		{"behind NAT", "192.0.2.253", 0, netip.Addr{}, pub, 6784},
+		{"behind NAT that maps the port", "192.0.2.253", 40784, netip.Addr{}, pub, 40784},
+		{"a port without an address", "", 40784, netip.Addr{}, adv.Addr(), 6784},
+		{"a port out of range", "192.0.2.253", 70000, netip.Addr{}, pub, 6784},
+		{"a negative port", "192.0.2.253", -1, netip.Addr{}, pub, 6784},
+		{"behind another NAT", "192.0.2.253", 40784, netip.MustParseAddr("192.0.2.252"), pub, 40784},
+		{"behind the same NAT", "192.0.2.253", 40784, pub, adv.Addr(), 6784},
+		{"IPv4-mapped", "::ffff:192.0.2.253", 0, netip.Addr{}, pub, 6784},
+		{"garbage", "not an address", 40784, netip.Addr{}, adv.Addr(), 6784},
+		{"loopback", "127.0.0.1", 0, netip.Addr{}, adv.Addr(), 6784},
+		{"unspecified", "::", 0, netip.Addr{}, adv.Addr(), 6784},
+		{"multicast", "224.0.0.1", 0, netip.Addr{}, adv.Addr(), 6784},
+		{"link-local", "fe80::1", 0, netip.Addr{}, adv.Addr(), 6784},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := dataAddr(member(tc.public), tc.selfPublic); got != tc.want {
-				t.Fatalf("dataAddr = %v, want %v", got, tc.want)
+			if got, port := dataEndpoint(member(tc.public, tc.port), tc.selfPublic); got != tc.want || port != tc.wantPort {
+				t.Fatalf("dataEndpoint = %v, %d, want %v, %d", got, port, tc.want, tc.wantPort)
 			}
 		})
 	}
@@ -185,6 +193,27 @@ func TestPublicAddressInStatus(t *testing.T) {
 	} {
 		if got := publicAddress(mesh.Meta{PublicAddr: tc.in}); got != tc.want {
 			t.Errorf("publicAddress(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// Status shows an announced port only with a public address it belongs to
+// and in range (dataEndpoint's rule).
+func TestPublicPortInStatus(t *testing.T) {
+	for _, tc := range []struct {
+		addr string
+		port int
+		want int
+	}{
+		{"198.51.100.7", 40784, 40784},
+		{"198.51.100.7", 0, 0},
+		{"", 40784, 0},
+		{"not an address", 40784, 0},
+		{"198.51.100.7", 65536, 0},
+		{"198.51.100.7", -5, 0},
+	} {
+		if got := publicPort(mesh.Meta{PublicAddr: tc.addr, PublicPort: tc.port}); got != tc.want {
+			t.Errorf("publicPort(%q, %d) = %d, want %d", tc.addr, tc.port, got, tc.want)
 		}
 	}
 }

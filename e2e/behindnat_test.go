@@ -128,6 +128,17 @@ func TestNATNode(t *testing.T) {
 				}
 			}
 		}
+		// Masquerading keeps the WireGuard port: both say so, and
+		// announce none.
+		for _, nat := range natNodes {
+			st, err := nat.Status()
+			if err != nil {
+				return err
+			}
+			if gr := st.GossipRelay; gr == nil || gr.NATPort != api.NATPortKept || gr.PublicPort != 0 {
+				return fmt.Errorf("%s's NAT port status %+v, want %q", nat.Host.Name, gr, api.NATPortKept)
+			}
+		}
 		return nil
 	})
 	t.Logf("every pair direct, host4 and host5 through both NATs, %v after the last launch", time.Since(start).Round(100*time.Millisecond))
@@ -184,7 +195,100 @@ func TestNATNode(t *testing.T) {
 			}
 		}
 	}
-	testnet.Eventually(t, 60*time.Second, time.Second, func() error { return pingPods(ctx, pods[1:]) })
+	testnet.Eventually(t, 2*time.Minute, time.Second, func() error { return pingPods(ctx, pods[1:]) })
+}
+
+// TestNATPortMapped: host4 and host5 sit behind NATs that give their
+// WireGuard packets another source port (6784 becomes 40784 behind one,
+// 41784 behind the other), the same for every destination, as most home
+// and office routers do. Each asks the public members which port they see
+// its packets come from, and announces it; the others send its data plane
+// there, and host4 and host5 punch a direct path through both NATs. With
+// no port announced each sends to the other's public address and port
+// 6784, which the other's NAT does not let in, and the pair stays relayed
+// (the test then fails on its endpoints).
+func TestNATPortMapped(t *testing.T) {
+	testnet.RequireRoot(t)
+	tn := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "npm"})
+	siteA := tn.AddNATSite(t, netip.MustParsePrefix("10.9.0.0/24"))
+	siteB := tn.AddNATSite(t, netip.MustParsePrefix("10.10.0.0/24"))
+	siteA.MapUDPPort(t, 6784, 40784)
+	siteB.MapUDPPort(t, 6784, 41784)
+	behind, behindB := siteA.AddHost(t), siteB.AddHost(t)
+	mapped := map[string]netip.AddrPort{
+		behind.Name:  netip.AddrPortFrom(siteA.PublicAddr(), 40784),
+		behindB.Name: netip.AddrPortFrom(siteB.PublicAddr(), 41784),
+	}
+	hs := tn.Hosts()
+	nodes := []*node{launch(t, hs[0], nil), launch(t, hs[1], hs[:1]), launch(t, hs[2], hs[:1])}
+	nodes = append(nodes, launch(t, behind, hs[:1]), launch(t, behindB, hs[:1]))
+	natNodes := nodes[3:]
+	dumpLogsOnFailure(t, nodes...)
+	start := time.Now()
+	expectStates(t, 2*time.Minute, nodes, allAlive(nodes), true)
+
+	// Every node shows the port each NAT node announced.
+	testnet.Eventually(t, 2*time.Minute, time.Second, func() error {
+		for _, n := range nodes {
+			st, err := n.Status()
+			if err != nil {
+				return err
+			}
+			for _, p := range st.Peers {
+				want, ok := mapped[p.Name]
+				if !ok {
+					continue
+				}
+				if p.PublicAddress != want.Addr().String() || p.PublicPort != int(want.Port()) {
+					return fmt.Errorf("%s sees %s public at %q port %d, want %s", n.Host.Name, p.Name, p.PublicAddress, p.PublicPort, want)
+				}
+			}
+			if want, ok := mapped[n.Host.Name]; ok {
+				if gr := st.GossipRelay; gr == nil || gr.NATPort != api.NATPortMapped || gr.PublicPort != int(want.Port()) {
+					return fmt.Errorf("%s's own NAT port status %+v, want %q %d", n.Host.Name, gr, api.NATPortMapped, want.Port())
+				}
+			} else if st.GossipRelay != nil && st.GossipRelay.NATPort != "" {
+				return fmt.Errorf("%s is not behind NAT but reports its NAT port %q", n.Host.Name, st.GossipRelay.NATPort)
+			}
+		}
+		return nil
+	})
+	t.Logf("both mapped ports announced and seen everywhere %v after the last launch", time.Since(start).Round(100*time.Millisecond))
+
+	// Every pair with a NAT node is direct at the mapped endpoint, host4
+	// and host5 through both NATs.
+	testnet.Eventually(t, 60*time.Second, time.Second, func() error {
+		for _, n := range nodes {
+			for _, nat := range natNodes {
+				if n == nat {
+					continue
+				}
+				c, err := connTo(n, nat.Host.Name)
+				if err != nil {
+					return err
+				}
+				want := mapped[nat.Host.Name].String()
+				if c.Endpoint != want || c.Via != "" || c.DirectPath != api.PathUp {
+					return fmt.Errorf("%s to %s: endpoint %s, via %q, direct path %q; want %s, direct and up", n.Host.Name, nat.Host.Name, c.Endpoint, c.Via, c.DirectPath, want)
+				}
+			}
+		}
+		return nil
+	})
+	t.Logf("every pair direct, host4 and host5 through both NATs, %v after the last launch", time.Since(start).Round(100*time.Millisecond))
+	ctx := t.Context()
+	pods := podOnEach(ctx, t, nodes, "npm")
+	testnet.Eventually(t, 2*time.Minute, time.Second, func() error { return pingPods(ctx, pods) })
+	// Still direct with the pods' traffic on it: not relayed meanwhile.
+	for _, pair := range [][2]*node{{natNodes[0], natNodes[1]}, {natNodes[1], natNodes[0]}} {
+		c, err := connTo(pair[0], pair[1].Host.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Via != "" || c.Endpoint != mapped[pair[1].Host.Name].String() {
+			t.Fatalf("%s to %s after the pings: endpoint %s via %q", pair[0].Host.Name, pair[1].Host.Name, c.Endpoint, c.Via)
+		}
+	}
 }
 
 // natMoveTable is the nftables table TestFirewalledAtRunTime adds in a

@@ -38,6 +38,10 @@ const (
 	// from the IPv4 one: a node of the previous release drops messages of
 	// this unknown channel and skips its part of a push/pull.
 	ChannelIPAM6 ChannelID = 2
+	// ChannelNATPort carries the questions of a node behind NAT about the
+	// port its NAT gives its data plane, and their answers (the daemon's
+	// natport.go); a node of the previous release drops them unread.
+	ChannelNATPort ChannelID = 3
 )
 
 const controlBye = "bye"

@@ -388,6 +388,11 @@ func (m *Membership) updateMetaLocked(meta Meta) error {
 	if r := m.relay.reach.get(); r.State.BehindNAT() {
 		meta.PublicAddr = publicIP(r.Observed)
 	}
+	if meta.PublicAddr == "" || meta.PublicPort < 1 || meta.PublicPort > 65535 {
+		// A port means something only with the public address it
+		// belongs to: the daemon's answer may outlive the NAT.
+		meta.PublicPort = 0
+	}
 	if (meta.Home != "" || meta.PublicAddr != "") && meta.Paths != nil {
 		meta = meta.WithPaths(*meta.Paths) // the home's name and the public address must fit too
 	}

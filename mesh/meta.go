@@ -48,6 +48,13 @@ type Meta struct {
 	// private advertised address. Set by the membership itself; empty
 	// otherwise, and ignored by nodes of the previous release.
 	PublicAddr string `json:"pa,omitempty"`
+	// PublicPort is, for a node behind NAT, the UDP port its NAT gives its
+	// data plane when that is not DPPort, as the peers it asked saw it
+	// (the daemon's natport.go): the others send its data plane to
+	// PublicAddr and this port. Zero (absent) means DPPort. Set by the
+	// daemon, kept only with PublicAddr, and ignored by nodes of the
+	// previous release, which send to PublicAddr and DPPort.
+	PublicPort int `json:"pp,omitempty"`
 	// SignKey is the node's long-term ed25519 public key (base64) and
 	// SigVersion the format of Sig (MetaSigVersion). Absent from a node
 	// of the previous release, which is then accepted unsigned while its
@@ -220,7 +227,7 @@ func (m Meta) withRelayFields(keyed bool) Meta {
 // it does not have by listing only some of its broken ones. Before that,
 // the node gives up its coordinate (latency then counts in nobody's relay
 // choice until it has room again, which costs a better choice, not a
-// path), then a node behind NAT gives up its PublicAddr, the one field it can do
+// path), then a node behind NAT gives up its PublicAddr (and PublicPort), the one field it can do
 // without (the others then reach its data plane where its own packets
 // come from, WireGuard's roaming), and it gives it up for good when even
 // the overflowed report leaves no room; then the oldest key IDs.
@@ -234,17 +241,17 @@ func (m Meta) WithPaths(p PathMeta) Meta {
 	if m.fits() {
 		return m
 	}
-	if public := m.PublicAddr; public != "" {
-		m.PublicAddr = ""
+	if public, port := m.PublicAddr, m.PublicPort; public != "" {
+		m.PublicAddr, m.PublicPort = "", 0
 		if m.fits() {
 			return m
 		}
-		m.PublicAddr = public
+		m.PublicAddr, m.PublicPort = public, port
 	}
 	p.Down, p.Overflow = nil, true
 	m.Paths = &p
 	if !m.fits() {
-		m.PublicAddr = ""
+		m.PublicAddr, m.PublicPort = "", 0
 	}
 	// A node behind NAT must announce its home. With the most keys a
 	// rotation can leave installed and long names there is no room, so

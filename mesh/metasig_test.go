@@ -170,9 +170,10 @@ func TestSignedMetaFitsAtEveryLength(t *testing.T) {
 	// and newest key do.
 	meta.Home = "home-node-01"
 	meta.PublicAddr = "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"
+	meta.PublicPort = 65535
 	fitsAlways(meta)
-	if m := meta.WithPaths(PathMeta{Probe: "10.32.0.1"}); m.PublicAddr != "" || m.Home == "" || len(m.Keys) == 0 || m.Keys[0] != meta.Keys[0] {
-		t.Fatalf("with %d keys: home %q, public address %q, keys %v; want the home and the newest key kept, the public address given up", len(meta.Keys), m.Home, m.PublicAddr, m.Keys)
+	if m := meta.WithPaths(PathMeta{Probe: "10.32.0.1"}); m.PublicAddr != "" || m.PublicPort != 0 || m.Home == "" || len(m.Keys) == 0 || m.Keys[0] != meta.Keys[0] {
+		t.Fatalf("with %d keys: home %q, public address %q port %d, keys %v; want the home and the newest key kept, the public address and its port given up", len(meta.Keys), m.Home, m.PublicAddr, m.PublicPort, m.Keys)
 	}
 }
 
@@ -181,10 +182,10 @@ func TestSignedMetaFitsAtEveryLength(t *testing.T) {
 func TestWithPathsKeepsPublicAddr(t *testing.T) {
 	key := newSignKey(t)
 	meta := Meta{PeerID: "0123456789abcdef0123456789abcdef", Version: "v1.2.3", PublicKey: strings.Repeat("A", 44), DPPort: 6784,
-		Keys: []string{"0123456789abcdef"}, Home: "host1", PublicAddr: "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff"}
+		Keys: []string{"0123456789abcdef"}, Home: "host1", PublicAddr: "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff", PublicPort: 65535}
 	meta.SignKey = base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey))
-	if m := meta.WithPaths(PathMeta{Probe: "10.32.0.1", Down: []string{"host2"}}); m.PublicAddr != meta.PublicAddr || m.Paths.Overflow {
-		t.Fatalf("public address %q, overflow %v: want both kept", m.PublicAddr, m.Paths.Overflow)
+	if m := meta.WithPaths(PathMeta{Probe: "10.32.0.1", Down: []string{"host2"}}); m.PublicAddr != meta.PublicAddr || m.PublicPort != meta.PublicPort || m.Paths.Overflow {
+		t.Fatalf("public address %q port %d, overflow %v: want all kept", m.PublicAddr, m.PublicPort, m.Paths.Overflow)
 	}
 	// Long names fill the report: the public address goes first.
 	for size := 1; size <= 60; size++ {
@@ -196,9 +197,12 @@ func TestWithPathsKeepsPublicAddr(t *testing.T) {
 		if !m.Paths.Overflow && !m.fits() {
 			t.Fatalf("names of %d: does not fit", size)
 		}
+		if (m.PublicAddr == "") != (m.PublicPort == 0) {
+			t.Fatalf("names of %d: public address %q and port %d: given up apart", size, m.PublicAddr, m.PublicPort)
+		}
 		if m.Paths.Overflow && m.PublicAddr == "" {
 			if withPublic := m; withPublic.fits() {
-				withPublic.PublicAddr = meta.PublicAddr
+				withPublic.PublicAddr, withPublic.PublicPort = meta.PublicAddr, meta.PublicPort
 				if withPublic.fits() {
 					t.Fatalf("names of %d: the public address was given up although it fits beside the overflowed report", size)
 				}
@@ -209,7 +213,7 @@ func TestWithPathsKeepsPublicAddr(t *testing.T) {
 		}
 		if m.Paths.Overflow {
 			withoutPublic := meta
-			withoutPublic.PublicAddr = ""
+			withoutPublic.PublicAddr, withoutPublic.PublicPort = "", 0
 			if w := withoutPublic.WithPaths(PathMeta{Probe: "10.32.0.1", Down: down}); !w.Paths.Overflow {
 				t.Fatalf("names of %d: the list overflowed although giving up the public address would have kept it", size)
 			}

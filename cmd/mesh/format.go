@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net/netip"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -68,6 +69,22 @@ func formatStatus(w io.Writer, st *api.Status, now time.Time) {
 	}
 	if gr := st.GossipRelay; gr != nil && gr.Reachability == api.ReachBehindNAT {
 		fmt.Fprintf(tw, "Reachability:\tbehind NAT: %s could not connect to this node's gossip address (it sees this node as %s)\n", gr.CheckedBy, gr.SeenAs)
+	}
+	if gr := st.GossipRelay; gr != nil && gr.NATPort != "" {
+		var line string
+		switch gr.NATPort {
+		case api.NATPortAsking:
+			line = "asking the peers which port the NAT gives this node's WireGuard packets"
+		case api.NATPortKept:
+			line = "kept: the NAT keeps this node's WireGuard port"
+		case api.NATPortMapped:
+			line = fmt.Sprintf("mapped: the NAT gives this node's WireGuard packets port %d for every peer (announced)", gr.PublicPort)
+		case api.NATPortVaries:
+			line = "varies per peer: the NAT gives this node's WireGuard packets a different port per destination; pairs with other nodes behind NAT are relayed"
+		default:
+			line = string(gr.NATPort)
+		}
+		fmt.Fprintf(tw, "NAT port:\t%s\n", line)
 	}
 	if gr := st.GossipRelay; gr != nil && gr.Home != "" {
 		fmt.Fprintf(tw, "NAT home:\t%s (this node is behind NAT: the others reach its gossip through it)\n", gr.Home)
@@ -176,7 +193,11 @@ func formatPeers(w io.Writer, st *api.Status) {
 		addr := p.Address
 		if p.PublicAddress != "" {
 			// Behind NAT: where the others send its data plane.
-			addr += " (public " + p.PublicAddress + ")"
+			public := p.PublicAddress
+			if a, err := netip.ParseAddr(public); err == nil && p.PublicPort > 0 && p.PublicPort <= 65535 {
+				public = netip.AddrPortFrom(a, uint16(p.PublicPort)).String()
+			}
+			addr += " (public " + public + ")"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", name, addr, p.State, p.PeerID, ident)
 	}

@@ -245,7 +245,8 @@ func TestLaunchRefusesWeakSecrets(t *testing.T) {
 
 // TestFormatStatusShowsNATHome: a node behind NAT names its home, a home
 // the nodes attached to it; neither line otherwise. A node found behind
-// NAT at launch says who found it and how that peer saw it.
+// NAT at launch says who found it and how that peer saw it, and what the
+// peers it asked say of the port its NAT gives its WireGuard packets.
 func TestFormatStatusShowsNATHome(t *testing.T) {
 	tests := []struct {
 		name string
@@ -261,6 +262,11 @@ func TestFormatStatusShowsNATHome(t *testing.T) {
 			[]string{"Reachability:  behind NAT: 192.0.2.1:6783 could not connect to this node's gossip address (it sees this node as 192.0.2.254:40312)"}, nil},
 		{"reachable", &api.GossipRelay{Reachability: api.ReachDirect, CheckedBy: "192.0.2.1:6783"}, nil, []string{"Reachability:"}},
 		{"configured", &api.GossipRelay{Reachability: api.ReachConfigured, Home: "host1"}, []string{"NAT home:  host1"}, []string{"Reachability:"}},
+		{"NAT port asking", &api.GossipRelay{Home: "host1", NATPort: api.NATPortAsking}, []string{"NAT port:  asking the peers"}, nil},
+		{"NAT port kept", &api.GossipRelay{Home: "host1", NATPort: api.NATPortKept}, []string{"NAT port:  kept: the NAT keeps"}, nil},
+		{"NAT port mapped", &api.GossipRelay{Home: "host1", NATPort: api.NATPortMapped, PublicPort: 40784}, []string{"NAT port:  mapped: the NAT gives this node's WireGuard packets port 40784 for every peer (announced)"}, nil},
+		{"NAT port varies", &api.GossipRelay{Home: "host1", NATPort: api.NATPortVaries}, []string{"NAT port:  varies per peer: "}, nil},
+		{"not behind NAT", &api.GossipRelay{Sent: 3}, nil, []string{"NAT port:"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -357,6 +363,36 @@ func TestSignedLine(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := signedLine(&tt.s); got != tt.want {
 				t.Fatalf("signedLine = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestFormatPeersShowsPublicEndpoint: a node behind NAT shows where the
+// others send its data plane: its public address, with the port its NAT
+// maps its WireGuard port to when it announces one; a port without a
+// usable address shows nothing more.
+func TestFormatPeersShowsPublicEndpoint(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		peer api.Peer
+		want string
+		not  string
+	}{
+		{"kept port", api.Peer{Name: "host4", Address: "10.9.0.10:6783", PublicAddress: "192.0.2.253"}, "10.9.0.10:6783 (public 192.0.2.253)", ":40784"},
+		{"mapped port", api.Peer{Name: "host4", Address: "10.9.0.10:6783", PublicAddress: "192.0.2.253", PublicPort: 40784}, "10.9.0.10:6783 (public 192.0.2.253:40784)", ""},
+		{"IPv6", api.Peer{Name: "host4", Address: "[fd00::10]:6783", PublicAddress: "2001:db8::253", PublicPort: 40784}, "(public [2001:db8::253]:40784)", ""},
+		{"port out of range", api.Peer{Name: "host4", Address: "10.9.0.10:6783", PublicAddress: "192.0.2.253", PublicPort: 70000}, "(public 192.0.2.253)", "70000"},
+		{"not behind NAT", api.Peer{Name: "host1", Address: "192.0.2.11:6783", PublicPort: 40784}, "192.0.2.11:6783", "public"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			formatPeers(&b, &api.Status{Name: "a", Peers: []api.Peer{tc.peer}})
+			if !strings.Contains(b.String(), tc.want) {
+				t.Fatalf("peers output lacks %q:\n%s", tc.want, b.String())
+			}
+			if tc.not != "" && strings.Contains(b.String(), tc.not) {
+				t.Fatalf("peers output has %q:\n%s", tc.not, b.String())
 			}
 		})
 	}

@@ -122,6 +122,25 @@ func (s *Site) PublicAddr() netip.Addr {
 	return a
 }
 
+// MapUDPPort makes the router of a site of AddNATSite give what its hosts
+// send from UDP port from the source port to instead, the same for every
+// destination (an endpoint-independent mapping, as most home and office
+// routers make; Linux masquerading keeps the port while it is free). What
+// comes back is let in only as an answer, as before. Call it before the
+// hosts send from that port: a flow tracked already keeps its mapping.
+func (s *Site) MapUDPPort(t testing.TB, from, to uint16) {
+	t.Helper()
+	if !s.nat {
+		t.Fatalf("testnet: site %s has no NAT router", s.subnet)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	rule := fmt.Sprintf("insert rule ip %s-nat post oifname \"main\" ip saddr %s udp sport %d snat to %s:%d\n", routerTable, s.subnet, from, s.PublicAddr(), to)
+	if err := runCmd(ctx, rule, "nsenter", "--net="+s.natRouterNS(), "nft", "-f", "-"); err != nil {
+		t.Fatalf("testnet: failed to map UDP port %d to %d on the NAT of %s: %v", from, to, s.subnet, err)
+	}
+}
+
 // natRouterNS is the network namespace of a NAT site's own router.
 func (s *Site) natRouterNS() string { return filepath.Join(s.dir, "router", "net") }
 
