@@ -141,6 +141,23 @@ func (s *Site) MapUDPPort(t testing.TB, from, to uint16) {
 	}
 }
 
+// MapUDPPortPerDestination makes the router of a site of AddNATSite give
+// what its hosts send from UDP port from a random source port of [lo, hi]
+// for each new destination (an endpoint-dependent mapping: a symmetric
+// NAT). Call it before the hosts send from that port.
+func (s *Site) MapUDPPortPerDestination(t testing.TB, from, lo, hi uint16) {
+	t.Helper()
+	if !s.nat {
+		t.Fatalf("testnet: site %s has no NAT router", s.subnet)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+	defer cancel()
+	rule := fmt.Sprintf("insert rule ip %s-nat post oifname \"main\" ip saddr %s udp sport %d snat to %s:%d-%d random\n", routerTable, s.subnet, from, s.PublicAddr(), lo, hi)
+	if err := runCmd(ctx, rule, "nsenter", "--net="+s.natRouterNS(), "nft", "-f", "-"); err != nil {
+		t.Fatalf("testnet: failed to map UDP port %d per destination on the NAT of %s: %v", from, s.subnet, err)
+	}
+}
+
 // natRouterNS is the network namespace of a NAT site's own router.
 func (s *Site) natRouterNS() string { return filepath.Join(s.dir, "router", "net") }
 
