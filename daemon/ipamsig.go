@@ -191,18 +191,28 @@ func (d *Daemon) announceSignedInfos() {
 			want = mesh.IPAMInfosRead
 		}
 	}
+	if d.announceMeta("that this node signs its IPAM infos", func(m *mesh.Meta) bool {
+		changed := m.IPAMInfos != want
+		m.IPAMInfos = want
+		return changed
+	}) {
+		d.log.Info("announced that this node signs its IPAM infos")
+	}
+}
+
+// announceMeta changes this node's metadata with change, which says
+// whether it changed anything, and gossips it if so; what names the
+// change in the warning of a failure. It says whether the change was
+// announced.
+func (d *Daemon) announceMeta(what string, change func(m *mesh.Meta) bool) bool {
 	changed := false
-	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {
-		if m.IPAMInfos != want {
-			m.IPAMInfos, changed = want, true
-		}
-	})
+	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) { changed = change(m) })
 	if !changed {
-		return
+		return false
 	}
 	if err := d.members.UpdateMeta(meta); err != nil {
-		d.log.Warn("failed to announce that this node signs its IPAM infos", "error", err)
-		return
+		d.log.Warn("failed to announce "+what, "error", err)
+		return false
 	}
-	d.log.Info("announced that this node signs its IPAM infos")
+	return true
 }

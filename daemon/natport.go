@@ -368,18 +368,11 @@ func (d *Daemon) natPortCandidates(ctx context.Context, now time.Time) []string 
 // announceNATPort puts port (0: none) into this node's metadata when it
 // changed.
 func (d *Daemon) announceNATPort(port int) {
-	changed := false
-	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {
-		if m.PublicPort != port {
-			m.PublicPort, changed = port, true
-		}
+	d.announceMeta("this node's NAT port", func(m *mesh.Meta) bool {
+		changed := m.PublicPort != port
+		m.PublicPort = port
+		return changed
 	})
-	if !changed {
-		return
-	}
-	if err := d.members.UpdateMeta(meta); err != nil {
-		d.log.Warn("failed to announce this node's NAT port", "error", err)
-	}
 }
 
 // status is the verdict for status: its state and the port announced.
