@@ -804,6 +804,25 @@ func (m *Membership) RelayStats() RelayStats { return m.relay.stats() }
 // their gossip port directly (a TCP dial that failed in the last minute):
 // the gossip-level signal for members whose data-plane path is not probed
 // (one of the two has no overlay IP yet, as a node that joins before it
-// has any space). The daemon counts them as down for its gossip routes
-// only (SetRelays); they are not published. Safe for concurrent use.
-func (m *Membership) DirectFailures() []string { return m.relay.directFailures(time.Now()) }
+// has any space). The daemon publishes them among its down paths
+// (docs/routing.md, "Gossip through relays").
+//
+// A member that announces a home (a node behind NAT) is left out: gossip
+// to it goes through its home whatever the paths say (SetRelays), and a
+// direct dial to it fails by construction, which says nothing of its
+// data-plane path. Such a dial happens when this node learns of it before
+// its home (its join, a state exchange it started): counted, it relayed
+// the pair's traffic for a minute although the probes found the path up.
+// Safe for concurrent use.
+func (m *Membership) DirectFailures() []string {
+	failed := m.relay.directFailures(time.Now())
+	if len(failed) == 0 {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.DeleteFunc(failed, func(name string) bool {
+		mem := m.members[name]
+		return mem != nil && mem.Meta.Home != ""
+	})
+}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/meshnet/mesh/api"
 )
 
 // relayNode is one relayTransport on a loopback port.
@@ -341,5 +343,31 @@ func TestNeighbourExchange(t *testing.T) {
 				t.Fatal("an expired direct failure still asks for an exchange")
 			}
 		})
+	}
+}
+
+// TestDirectFailuresLeaveOutHomedMembers: a failed direct dial counts as a
+// down path, except to a member behind NAT that announces a home, whose
+// gossip goes through the home and whose gossip port nobody reaches
+// directly (counted, it relayed a NAT node's data plane for a minute
+// after its join although its probes answered).
+func TestDirectFailuresLeaveOutHomedMembers(t *testing.T) {
+	a := startWith(t, testConfig(t, "a", nil))
+	a.mu.Lock()
+	a.members["natted"] = &Member{Name: "natted", State: api.MemberAlive, Meta: Meta{Home: "b"}}
+	a.members["plain"] = &Member{Name: "plain", State: api.MemberAlive}
+	a.mu.Unlock()
+	for _, name := range []string{"natted", "plain", "gone"} {
+		a.relay.noteDirect(name, io.EOF)
+	}
+	if got, want := a.DirectFailures(), []string{"gone", "plain"}; !slices.Equal(got, want) {
+		t.Fatalf("DirectFailures() = %v, want %v", got, want)
+	}
+	// Its home withdrawn (it detached, reachable again), the mark counts.
+	a.mu.Lock()
+	a.members["natted"].Meta.Home = ""
+	a.mu.Unlock()
+	if got, want := a.DirectFailures(), []string{"gone", "natted", "plain"}; !slices.Equal(got, want) {
+		t.Fatalf("DirectFailures() after the home is gone = %v, want %v", got, want)
 	}
 }
