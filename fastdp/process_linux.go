@@ -87,6 +87,9 @@ func (p *processImpl) ensure(mtu int) (netlink.Link, func() error, error) {
 		pid, err = p.waitExternal()
 	}
 	if err != nil {
+		if pid, ok := p.runsUnanswering(); ok {
+			return nil, nil, fmt.Errorf("the data-plane process of %q (pid %d) runs but did not answer on %s: %w", p.name, pid, uapiSocket(p.name), err)
+		}
 		p.markDown()
 		if p.bin == "" {
 			return nil, nil, fmt.Errorf("the data-plane process of %q is not running (%v); its supervisor (such as the mesh-dataplane DaemonSet) starts it", p.name, err)
@@ -126,11 +129,30 @@ func (p *processImpl) waitExternal() (int, error) {
 func (p *processImpl) alive() bool {
 	pid, err := probeProcess(p.name)
 	if err != nil {
+		if pid, ok := p.runsUnanswering(); ok {
+			p.log.Debug("the data-plane process did not answer in time but runs; not restarted", "pid", pid, "error", err)
+			return true
+		}
 		p.markDown()
 		return false
 	}
 	p.markUp(pid)
 	return true
+}
+
+// runsUnanswering says whether the process last seen serving the device
+// still runs, after its socket did not answer: a data plane too busy to
+// accept within probeTimeout is not a gone one. On a host saturated by 100
+// simulated ones, taking it for gone started a second process, which
+// failed at once (the TUN device is the running one's), and counted a
+// restart, which reconfigured the whole device: hundreds of times a run
+// (docs/scale.md). Its exit is still seen at once (notifyExit, the reaper
+// of start), and a zombie does not count as running.
+func (p *processImpl) runsUnanswering() (int, bool) {
+	p.mu.Lock()
+	pid, up := p.st.PID, p.st.Up
+	p.mu.Unlock()
+	return pid, up && pid > 0 && processExists(pid)
 }
 
 func (p *processImpl) markDown() {

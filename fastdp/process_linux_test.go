@@ -154,3 +154,39 @@ func TestProcessNeedsConfig(t *testing.T) {
 		t.Fatal("a replaced process needs no config")
 	}
 }
+
+// TestProcessBusyIsNotGone: a data-plane process whose socket does not
+// answer but that still runs is busy, not gone: alive keeps it up with no
+// restart counted, and ensure fails rather than start a second one (which
+// could not take the TUN device). Once it has exited, it is gone.
+func TestProcessBusyIsNotGone(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	// No socket answers for this device; this test's own process stands
+	// in for a running, busy data plane.
+	p := &processImpl{name: "mesh-test-busy", bin: filepath.Join(t.TempDir(), "never-started"), log: log}
+	p.markUp(os.Getpid())
+	if !p.alive() {
+		t.Fatal("alive() = false for a running process whose socket did not answer")
+	}
+	if st := p.status(); !st.Up || st.PID != os.Getpid() || st.Restarts != 0 || p.needsConfig() {
+		t.Fatalf("after a late answer: status %+v, needs config %v; want up, same PID, no restart", st, p.needsConfig())
+	}
+	_, _, err := p.ensure(1420)
+	if err == nil || !strings.Contains(err.Error(), "runs but did not answer") {
+		t.Fatalf("ensure() = %v, want an error saying the process runs but did not answer (and no start)", err)
+	}
+
+	cmd := exec.Command("sh", "-c", "exit 0")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	gone := &processImpl{name: "mesh-test-busy", log: log}
+	gone.markUp(cmd.Process.Pid)
+	if gone.alive() {
+		t.Fatal("alive() = true for a process that has exited")
+	}
+	if st := gone.status(); st.Up {
+		t.Fatalf("status %+v after the process exited, want down", st)
+	}
+}
