@@ -114,7 +114,7 @@ func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 		send = append(send, addrOf[name])
 	}
 	p.Probe(addrs, send)
-	d.publishPaths(now)
+	d.publishPaths(now, members)
 }
 
 // sampleLatency moves this node's coordinate by the round trips of the
@@ -144,18 +144,19 @@ func (d *Daemon) sampleLatency(members []mesh.Member, fresh map[string]time.Dura
 
 // publishedCoord is the coordinate to publish at now: the last published
 // one until the coordinate moved peer.CoordRepublishMove from it, and at
-// most one change every peer.CoordRepublishEvery. Every change can move
+// most one change every peer.CoordRepublishInterval of the mesh's members
+// (its live ones, this node included). Every change can move
 // relayed traffic (it changes the estimate of this node's links), so the
 // published coordinate follows real changes of latency, not the jitter of
 // the samples.
-func (d *Daemon) publishedCoord(now time.Time) []int {
+func (d *Daemon) publishedCoord(now time.Time, members int) []int {
 	if d.coords == nil {
 		return nil
 	}
 	cur := d.coords.Get()
 	pub, ok := coord.FromWire(d.coordPub)
 	if !ok || (coord.Moved(pub, cur) >= float64(peer.CoordRepublishMove)/float64(time.Millisecond) &&
-		now.Sub(d.coordPubAt) >= peer.CoordRepublishEvery) {
+		now.Sub(d.coordPubAt) >= peer.CoordRepublishInterval(members)) {
 		d.coordPub, d.coordPubAt = cur.Wire(), now
 	}
 	return d.coordPub
@@ -164,8 +165,14 @@ func (d *Daemon) publishedCoord(now time.Time) []int {
 // publishPaths announces this node's path report when it changed: its
 // overlay IP as probe address, the peers it sees down, --no-relay,
 // --relay-preference and its network coordinate.
-func (d *Daemon) publishPaths(now time.Time) {
-	want := mesh.PathMeta{Down: d.downPaths(), NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference, Coord: d.publishedCoord(now)}
+func (d *Daemon) publishPaths(now time.Time, members []mesh.Member) {
+	live := 0
+	for _, m := range members {
+		if m.Self || m.State.Live() {
+			live++
+		}
+	}
+	want := mesh.PathMeta{Down: d.downPaths(), NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference, Coord: d.publishedCoord(now, live)}
 	if a, ok := d.ipam.OverlayIP(); ok {
 		want.Probe = a.String()
 	}

@@ -138,7 +138,7 @@ func TestPublishedCoordinate(t *testing.T) {
 	d.coords = coord.New(coord.DefaultConfig(), "a")
 	start := time.Now()
 	d.coordPub, d.coordPubAt = d.coords.Get().Wire(), start // as openProber
-	if got := d.publishedCoord(start); !slices.Equal(got, coord.Origin().Wire()) {
+	if got := d.publishedCoord(start, 3); !slices.Equal(got, coord.Origin().Wire()) {
 		t.Fatalf("first published %v, want the origin", got)
 	}
 	far := coord.Origin()
@@ -162,11 +162,15 @@ func TestPublishedCoordinate(t *testing.T) {
 	if dist := coord.Distance(d.coords.Get(), far); dist > 40 {
 		t.Fatalf("after 30 samples of 1 ms, still %.1f ms from b", dist)
 	}
-	if got := d.publishedCoord(start.Add(peer.CoordRepublishEvery / 2)); !slices.Equal(got, coord.Origin().Wire()) {
+	if got := d.publishedCoord(start.Add(peer.CoordRepublishEvery/2), 3); !slices.Equal(got, coord.Origin().Wire()) {
 		t.Fatalf("republished %v before %v", got, peer.CoordRepublishEvery)
 	}
 	later := start.Add(peer.CoordRepublishEvery)
-	got := d.publishedCoord(later)
+	// In a mesh of 100, not yet: the interval grows with the members.
+	if big := d.publishedCoord(later, 100); !slices.Equal(big, coord.Origin().Wire()) {
+		t.Fatalf("republished %v after %v in a mesh of 100, want not before %v", big, peer.CoordRepublishEvery, peer.CoordRepublishInterval(100))
+	}
+	got := d.publishedCoord(later, 3)
 	if slices.Equal(got, coord.Origin().Wire()) || !slices.Equal(got, d.coords.Get().Wire()) {
 		t.Fatalf("published %v after %v, want the current %v", got, peer.CoordRepublishEvery, d.coords.Get().Wire())
 	}
@@ -176,7 +180,7 @@ func TestPublishedCoordinate(t *testing.T) {
 	if m := coord.Moved(moved, d.coords.Get()); m >= float64(peer.CoordRepublishMove/time.Millisecond) {
 		t.Fatalf("one more sample moved it %.1f ms; the test needs a smaller move", m)
 	}
-	if again := d.publishedCoord(later.Add(time.Hour)); !slices.Equal(again, got) {
+	if again := d.publishedCoord(later.Add(time.Hour), 3); !slices.Equal(again, got) {
 		t.Fatalf("a small move was republished: %v, was %v", again, got)
 	}
 }

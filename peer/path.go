@@ -284,10 +284,26 @@ const LatencyStep = 10 * time.Millisecond
 // so what is published follows real changes of latency, not the samples'
 // jitter. Half a LatencyStep: a link's count changes by a step only after
 // its ends moved that far together.
+//
+// In a large mesh the interval grows with the members
+// (CoordRepublishInterval): each republication is a metadata change that
+// every member receives and gossips on, so N nodes republishing every 30 s
+// cost the mesh O(N²) messages; at 100 simulated hosts they filled
+// memberlist's queues (docs/scale.md).
 const (
 	CoordRepublishMove  = LatencyStep / 2
 	CoordRepublishEvery = 30 * time.Second
+	// CoordRepublishPerMember keeps the mesh's coordinate
+	// republications to about one a second whatever its size.
+	CoordRepublishPerMember = time.Second
 )
+
+// CoordRepublishInterval is the shortest time between two republications
+// of a node's coordinate in a mesh of members nodes: CoordRepublishEvery,
+// or CoordRepublishPerMember per member beyond 30 members.
+func CoordRepublishInterval(members int) time.Duration {
+	return max(CoordRepublishEvery, time.Duration(members)*CoordRepublishPerMember)
+}
 
 // latencySteps is the link between a and b's cost in LatencySteps.
 func latencySteps(a, b *coord.Coordinate) int {

@@ -468,3 +468,27 @@ func TestPathsProbeBudget(t *testing.T) {
 		})
 	}
 }
+
+// TestCoordRepublishInterval: 30 s up to 30 members, then a second per
+// member, so that a mesh's coordinate republications stay about one a
+// second (each is a metadata change every member gossips on).
+func TestCoordRepublishInterval(t *testing.T) {
+	for _, tc := range []struct {
+		members int
+		want    time.Duration
+	}{
+		{0, CoordRepublishEvery},
+		{3, CoordRepublishEvery},
+		{30, CoordRepublishEvery},
+		{31, 31 * time.Second},
+		{100, 100 * time.Second},
+		{1000, 1000 * time.Second},
+	} {
+		if got := CoordRepublishInterval(tc.members); got != tc.want {
+			t.Errorf("CoordRepublishInterval(%d) = %v, want %v", tc.members, got, tc.want)
+		}
+		if rate := float64(tc.members) / CoordRepublishInterval(tc.members).Seconds(); rate > 1.0001 {
+			t.Errorf("%d members republish %.2f coordinates a second, more than one", tc.members, rate)
+		}
+	}
+}
