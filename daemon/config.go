@@ -107,6 +107,9 @@ type Config struct {
 	// came to sit behind NAT or a firewall attaches to a home, one that is
 	// reachable again detaches. 0 never checks again.
 	ReachRecheck time.Duration
+	// GossipTiming is memberlist's set of timings (mesh.TimingLAN, the
+	// default, or mesh.TimingWAN; docs/scale.md, "Settings that matter").
+	GossipTiming mesh.Timing
 	// RelayPreference: among relay paths of equal hops and latency, the others prefer
 	// those through nodes with a higher value (docs/routing.md); from
 	// -MaxRelayPreference to MaxRelayPreference.
@@ -142,6 +145,7 @@ func DefaultConfig() Config {
 		PolicyWait:       10 * time.Second,
 		NATCheck:         true,
 		ReachRecheck:     mesh.DefaultConfig().ReachRecheck,
+		GossipTiming:     mesh.TimingLAN,
 	}
 }
 
@@ -219,6 +223,11 @@ func (c *Config) Validate() error {
 	}
 	if c.ReachRecheck < 0 || (c.ReachRecheck > 0 && c.ReachRecheck < MinReachRecheck) {
 		return fmt.Errorf("--reach-recheck must be 0 (never) or at least %v", MinReachRecheck)
+	}
+	switch c.GossipTiming {
+	case "", mesh.TimingLAN, mesh.TimingWAN:
+	default:
+		return fmt.Errorf("unknown --gossip-timing %q (want %s or %s)", c.GossipTiming, mesh.TimingLAN, mesh.TimingWAN)
 	}
 	if c.Port < 1 || c.Port > 65535 {
 		return errors.New("--port must be from 1 to 65535")

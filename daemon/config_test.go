@@ -152,6 +152,33 @@ func TestValidateReachRecheck(t *testing.T) {
 	}
 }
 
+func TestValidateGossipTiming(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		timing mesh.Timing
+		ok     bool
+	}{
+		{"default", DefaultConfig().GossipTiming, true},
+		{"lan", mesh.TimingLAN, true},
+		{"wan", mesh.TimingWAN, true},
+		{"unknown", "local", false},
+		{"case", "WAN", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Insecure = true
+			c.GossipTiming = tc.timing
+			err := c.Validate()
+			if tc.ok != (err == nil) {
+				t.Fatalf("Validate() = %v, want ok %v", err, tc.ok)
+			}
+			if err != nil && !strings.Contains(err.Error(), "--gossip-timing") {
+				t.Fatalf("error %v does not name --gossip-timing", err)
+			}
+		})
+	}
+}
+
 // TestValidateIPAllocRange6: the second --ipalloc-range must be an IPv6
 // prefix the IPAM takes; a bad one is refused at start with the flag named.
 func TestValidateIPAllocRange6(t *testing.T) {

@@ -202,6 +202,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 	mc.BehindNAT = cfg.BehindNAT
 	mc.DetectNAT = cfg.NATCheck
 	mc.ReachRecheck = cfg.ReachRecheck
+	mc.Timing = cfg.GossipTiming
 	mc.RememberedFile = cfg.path("peers.json")
 	mc.PushPullInterval = pushPullInterval(cfg.ReclaimAfter)
 	mc.Logger = log.With("component", "mesh")

@@ -13,6 +13,7 @@ import (
 	"github.com/meshnet/mesh/api"
 	"github.com/meshnet/mesh/internal/meshtest"
 	"github.com/meshnet/mesh/internal/testnet"
+	"github.com/meshnet/mesh/mesh"
 )
 
 // Convergence bounds for the scale tests: generous, so that a loaded
@@ -33,7 +34,8 @@ const (
 // that each daemon stays within the idle CPU and memory bounds (logging
 // its data-plane process's CPU too), and then that a pod can be added on
 // every host. MESH_SOAK=1 (make soak) makes it 100; MESH_CONVERGENCE_HOSTS
-// sets another size (with the soak's bound), for measuring.
+// sets another size (with the soak's bound), and MESH_CONVERGENCE_TIMING
+// the daemons' --gossip-timing (lan by default), for measuring.
 func TestConvergence(t *testing.T) {
 	testnet.RequireRoot(t)
 	if v := os.Getenv("MESH_CONVERGENCE_HOSTS"); v != "" {
@@ -52,6 +54,10 @@ func TestConvergence(t *testing.T) {
 }
 
 func testConvergence(t *testing.T, size int, bound time.Duration) {
+	timing := mesh.TimingLAN
+	if v := os.Getenv("MESH_CONVERGENCE_TIMING"); v != "" {
+		timing = mesh.Timing(v)
+	}
 	raiseNeighbourLimits(t, size)
 	// One prefix for every size: testnet.New removes the leftovers of a
 	// killed run of its prefix (data-plane processes outlive their daemon
@@ -69,7 +75,7 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 	// IP it adds, hundreds of thousands of lines while relays change.
 	// (LaunchWithEnv's own --log-level debug comes first: the last wins.)
 	nodes := launchStarWith(t, hosts, func(h *testnet.Host, peers []*testnet.Host) *node {
-		args := append(meshtest.KeyFileArgs(t, h), "--log-level", "info")
+		args := append(meshtest.KeyFileArgs(t, h), "--log-level", "info", "--gossip-timing", string(timing))
 		return meshtest.LaunchWithEnv(t, h, peers, nil, args...)
 	})
 	lastLaunch := time.Now()

@@ -2,9 +2,12 @@ package mesh
 
 import (
 	"crypto/ed25519"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // DefaultPort is the gossip port, TCP and UDP, as in Weave Net.
@@ -71,6 +74,9 @@ type Config struct {
 	// BindingsFile persists the name → identity bindings. Empty keeps them
 	// in memory only (tests).
 	BindingsFile string
+	// Timing is memberlist's set of failure-detection and gossip timings;
+	// "" means TimingLAN.
+	Timing Timing
 	// Logger receives membership events and memberlist's own log lines.
 	Logger *slog.Logger
 
@@ -79,6 +85,40 @@ type Config struct {
 	// probeInterval and reprobeEvery, when set, replace memberlist's probe
 	// interval and reprobeEvery: for this package's tests only.
 	probeInterval, reprobeEvery time.Duration
+}
+
+// Timing names a set of memberlist's timings (the profiles of memberlist
+// and Serf). Nodes of one mesh may run different ones: each times its own
+// probes and suspicions.
+type Timing string
+
+const (
+	// TimingLAN is memberlist's LAN profile, the default: a probe a
+	// second with 500 ms for the answer, gossip every 200 ms; a member
+	// that stops answering is dead within about 10 s.
+	TimingLAN Timing = "lan"
+	// TimingWAN is memberlist's WAN profile: a probe every 5 s with 3 s
+	// for the answer, gossip every 500 ms, suspicions that last six times
+	// as long; a member that stops answering is dead after about a
+	// minute. For links of high latency or loss, and for hosts that
+	// give each daemon little CPU (many simulated hosts on one machine,
+	// docs/scale.md), where a late answer is not a dead member.
+	TimingWAN Timing = "wan"
+)
+
+// applyTiming sets mc's failure-detection and gossip timings to t's.
+func applyTiming(mc *memberlist.Config, t Timing) error {
+	switch t {
+	case "", TimingLAN:
+		return nil // mc is memberlist.DefaultLANConfig
+	case TimingWAN:
+		w := memberlist.DefaultWANConfig()
+		mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = w.ProbeInterval, w.ProbeTimeout, w.SuspicionMult
+		mc.GossipInterval, mc.GossipNodes, mc.GossipToTheDeadTime = w.GossipInterval, w.GossipNodes, w.GossipToTheDeadTime
+		mc.TCPTimeout = w.TCPTimeout
+		return nil
+	}
+	return fmt.Errorf("unknown gossip timing %q (want %s or %s)", t, TimingLAN, TimingWAN)
 }
 
 // DefaultPushPullInterval is the push/pull interval of DefaultConfig.

@@ -105,6 +105,9 @@ func New(cfg Config) (*Membership, error) {
 	m.channels.init(m)
 
 	mc := memberlist.DefaultLANConfig()
+	if err := applyTiming(mc, cfg.Timing); err != nil {
+		return nil, err
+	}
 	mc.Name = cfg.Name
 	mc.BindPort = cfg.Port
 	mc.AdvertisePort = cfg.Port
