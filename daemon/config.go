@@ -224,10 +224,8 @@ func (c *Config) Validate() error {
 	if c.ReachRecheck < 0 || (c.ReachRecheck > 0 && c.ReachRecheck < MinReachRecheck) {
 		return fmt.Errorf("--reach-recheck must be 0 (never) or at least %v", MinReachRecheck)
 	}
-	switch c.GossipTiming {
-	case "", mesh.TimingLAN, mesh.TimingWAN:
-	default:
-		return fmt.Errorf("unknown --gossip-timing %q (want %s or %s)", c.GossipTiming, mesh.TimingLAN, mesh.TimingWAN)
+	if err := c.GossipTiming.Check(); err != nil {
+		return fmt.Errorf("--gossip-timing: %w", err)
 	}
 	if c.Port < 1 || c.Port > 65535 {
 		return errors.New("--port must be from 1 to 65535")

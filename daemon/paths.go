@@ -84,12 +84,13 @@ func (d *Daemon) pathLoop(ctx context.Context, p prober) {
 // and publishes what changed.
 func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 	targets := map[netip.Addr]string{}
+	probed := members
 	if _, ok := d.ipam.OverlayIP(); !ok {
 		// Without an overlay IP, probes would leave without a source
 		// the others route back: every path would look down.
-		members = nil
+		probed = nil
 	}
-	for _, m := range members {
+	for _, m := range probed {
 		if m.Self || !m.State.Live() {
 			continue
 		}
@@ -107,7 +108,7 @@ func (d *Daemon) probeOnce(p prober, members []mesh.Member, now time.Time) {
 		addrs = append(addrs, a)
 	}
 	paths := d.rec.Paths()
-	d.sampleLatency(members, paths.Observe(now, byName))
+	d.sampleLatency(probed, paths.Observe(now, byName))
 	due := paths.Due(now)
 	send := make([]netip.Addr, 0, len(due))
 	for _, name := range due {

@@ -106,19 +106,29 @@ const (
 	TimingWAN Timing = "wan"
 )
 
-// applyTiming sets mc's failure-detection and gossip timings to t's.
-func applyTiming(mc *memberlist.Config, t Timing) error {
+// Check says whether t names a set of timings: "", TimingLAN or
+// TimingWAN. The one list of them, for New and for the daemon's flag.
+func (t Timing) Check() error {
 	switch t {
-	case "", TimingLAN:
-		return nil // mc is memberlist.DefaultLANConfig
-	case TimingWAN:
+	case "", TimingLAN, TimingWAN:
+		return nil
+	}
+	return fmt.Errorf("unknown gossip timing %q (want %s or %s)", t, TimingLAN, TimingWAN)
+}
+
+// applyTiming sets mc, memberlist.DefaultLANConfig, to t's failure-detection
+// and gossip timings.
+func applyTiming(mc *memberlist.Config, t Timing) error {
+	if err := t.Check(); err != nil {
+		return err
+	}
+	if t == TimingWAN {
 		w := memberlist.DefaultWANConfig()
 		mc.ProbeInterval, mc.ProbeTimeout, mc.SuspicionMult = w.ProbeInterval, w.ProbeTimeout, w.SuspicionMult
 		mc.GossipInterval, mc.GossipNodes, mc.GossipToTheDeadTime = w.GossipInterval, w.GossipNodes, w.GossipToTheDeadTime
 		mc.TCPTimeout = w.TCPTimeout
-		return nil
 	}
-	return fmt.Errorf("unknown gossip timing %q (want %s or %s)", t, TimingLAN, TimingWAN)
+	return nil
 }
 
 // DefaultPushPullInterval is the push/pull interval of DefaultConfig.
