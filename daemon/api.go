@@ -11,6 +11,7 @@ import (
 	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/fastdp/relayed"
 	"github.com/meshnet/mesh/mesh"
+	"github.com/meshnet/mesh/peer"
 )
 
 // backend is what the control API serves from: the daemon's parts behind
@@ -86,6 +87,10 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 	}
 	if err := d.isoErr.get(); err != nil {
 		st.Problems = append(st.Problems, "port isolation: "+err.Error())
+	}
+	if after := d.rec.Paths().Silence(time.Now()); after > peer.PathDownAfter {
+		st.Problems = append(st.Problems, fmt.Sprintf("direct paths answer slowly: a path counts as down only after %v without an answer rather than %v (four times their median round trip; a host too loaded to run its data plane in time, docs/routing.md, \"The signal\")",
+			after.Round(time.Second), peer.PathDownAfter))
 	}
 	if err := d.rec.Counters().LastError; err != nil {
 		st.Problems = append(st.Problems, "data plane: "+err.Error())

@@ -69,6 +69,7 @@ var (
 	descPeerRelay  = promtext.NewDesc("mesh_peer_relayed_bytes_total", "Bytes this node routed for others that came from a peer: the part of mesh_relayed_bytes_total whose source address is in the peer's own ranges (restarts from 0 when the peer's counter is made anew).", promtext.Counter, "peer")
 	descGossipRly  = promtext.NewDesc("mesh_gossip_relayed_total", "Gossip packets and streams that went through a relay (docs/routing.md): sent to members reached only through one, forwarded for others, dropped (malformed, TTL spent, no live target, too many streams), refused (failed authentication: sent without the mesh key).", promtext.Counter, "kind")
 	descGossipExch = promtext.NewDesc("mesh_gossip_neighbour_exchanges_total", "State exchanges with a directly reached member, started because some live member had neither a direct path nor a relay (docs/routing.md, \"Gossip through relays\").", promtext.Counter)
+	descMetaUpd    = promtext.NewDesc("mesh_gossip_member_updates_total", "Metadata changes of other members received (each an alive message every member gossips on), by what changed: coordinate (the network coordinate alone), paths (the rest of the path report), other.", promtext.Counter, "kind")
 	descRelayChg   = promtext.NewDesc("mesh_relay_changes_total", "Applied data-plane configs that moved a peer's ranges to a relay, to another relay or back to the direct path.", promtext.Counter)
 	descConns      = promtext.NewDesc("mesh_connections", "Data-plane connections by state.", promtext.Gauge, "state")
 	descHandshake  = promtext.NewDesc("mesh_handshake_age_seconds", "Seconds since the last WireGuard handshake with a peer.", promtext.Gauge, "peer")
@@ -195,6 +196,9 @@ func (c *collector) Collect(out *promtext.Set) {
 		out.Add(descGossipRly, float64(v), kind)
 	}
 	out.Add(descGossipExch, float64(gr.Exchanges))
+	for kind, v := range d.members.MetaUpdates() {
+		out.Add(descMetaUpd, float64(v), kind)
+	}
 	rs := d.rec.Counters()
 	out.Add(descRelayChg, float64(rs.RelayChanges))
 	out.Add(descRecErr, float64(rs.Errors))

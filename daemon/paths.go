@@ -180,12 +180,12 @@ func (d *Daemon) publishPaths(now time.Time, members []mesh.Member) {
 	var changed, coordOnly bool
 	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {
 		next := m.WithPaths(want)
-		changed = m.Paths == nil || !samePaths(*m.Paths, *next.Paths)
+		changed = m.Paths == nil || !m.Paths.Equal(*next.Paths)
 		if changed {
 			if m.Paths != nil {
 				was := *m.Paths
 				was.Coord = next.Paths.Coord
-				coordOnly = samePaths(was, *next.Paths)
+				coordOnly = was.Equal(*next.Paths)
 			}
 			*m = next
 		}
@@ -202,11 +202,6 @@ func (d *Daemon) publishPaths(now time.Time, members []mesh.Member) {
 		d.log.Info("direct paths changed", "down", meta.Paths.Down, "overflow", meta.Paths.Overflow)
 	}
 	d.kickReconcile()
-}
-
-func samePaths(a, b mesh.PathMeta) bool {
-	return a.Version == b.Version && a.Probe == b.Probe && slices.Equal(a.Down, b.Down) &&
-		a.Overflow == b.Overflow && a.NoRelay == b.NoRelay && a.Preference == b.Preference && slices.Equal(a.Coord, b.Coord)
 }
 
 // reportedCoord is the network coordinate a path report carries, if it

@@ -158,7 +158,12 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 			dpBefore[i] += cpuSeconds(t, pid)
 		}
 	}
+	// What the members' gossip carries at rest: the metadata changes each
+	// daemon received (mesh_gossip_member_updates_total, by kind) and its
+	// reconciles, summed over the hosts.
+	updBefore := restCounters(t, nodes)
 	time.Sleep(window)
+	updAfter := restCounters(t, nodes)
 	var maxCPU, sumCPU, maxDP, sumDP float64
 	var maxRSS int64
 	for i, n := range nodes {
@@ -184,6 +189,11 @@ func testConvergence(t *testing.T, size int, bound time.Duration) {
 	}
 	t.Logf("%d hosts at rest: max cpu %.1f%% of a core, max rss %.1f MiB per daemon; data planes max %.1f%% of a core; all daemons %.1f%%, all data planes %.1f%% of a core",
 		size, maxCPU*100, float64(maxRSS)/(1<<20), maxDP*100, sumCPU*100, sumDP*100)
+	var rates []string
+	for _, k := range restCounterNames {
+		rates = append(rates, fmt.Sprintf("%s %.1f/s", k, (updAfter[k]-updBefore[k])/window.Seconds()/float64(len(nodes))))
+	}
+	t.Logf("%d hosts at rest, per daemon: %s", size, strings.Join(rates, ", "))
 
 	// Pods can be added on every host (after the idle figures, which they
 	// would disturb): one ADD through mesh-cni on each, no address twice,
@@ -284,4 +294,46 @@ func rssBytes(t *testing.T, pid int) int64 {
 	}
 	t.Fatalf("no VmRSS for %d", pid)
 	return 0
+}
+
+// restCounterNames are the counters restCounters sums: the metadata
+// changes received by kind, and the reconciles.
+var restCounterNames = []string{
+	`mesh_gossip_member_updates_total{kind="` + mesh.MetaUpdateCoordinate + `"}`,
+	`mesh_gossip_member_updates_total{kind="` + mesh.MetaUpdatePaths + `"}`,
+	`mesh_gossip_member_updates_total{kind="` + mesh.MetaUpdateOther + `"}`,
+	"mesh_reconcile_runs_total",
+}
+
+// restCounters sums restCounterNames over the nodes' metrics; a node whose
+// metrics lack one fails the test.
+func restCounters(t *testing.T, nodes []*meshtest.Node) map[string]float64 {
+	t.Helper()
+	sum := map[string]float64{}
+	for _, n := range nodes {
+		code, body, err := httpGet(n.Host, "http://127.0.0.1:6782/metrics")
+		if err != nil || code != 200 {
+			t.Fatalf("GET /metrics on %s = %d, %v", n.Host.Name, code, err)
+		}
+		for _, name := range restCounterNames {
+			v, ok := metricValue(body, name)
+			if !ok {
+				t.Fatalf("metrics of %s lack %s:\n%s", n.Host.Name, name, grepLines(body, "mesh_gossip"))
+			}
+			sum[name] += v
+		}
+	}
+	return sum
+}
+
+// metricValue is the value of the sample name (with its labels) in the
+// Prometheus text metrics.
+func metricValue(metrics, name string) (float64, bool) {
+	for _, l := range strings.Split(metrics, "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
 }

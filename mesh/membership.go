@@ -51,6 +51,9 @@ type Membership struct {
 	members map[string]*Member // every node ever seen since start, dead ones too
 	byeFrom map[string]bool    // nodes that announced a graceful leave
 	subs    []chan struct{}
+	// updates counts the metadata changes of other members received, by
+	// what changed (MetaUpdates).
+	updates metaUpdates
 
 	channels channels
 	targets  *targets
@@ -501,6 +504,9 @@ func (m *Membership) observe(n *memberlist.Node, state api.MemberState) {
 	mem.State, mem.Since = state, time.Now()
 	if old, ok := m.members[n.Name]; ok && old.State == state {
 		mem.Since = old.Since // a metadata update is no state change
+		if !self {
+			m.updates.count(old.Meta, mem.Meta)
+		}
 	}
 	m.members[n.Name] = mem
 	m.pruneMembersLocked()

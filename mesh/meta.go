@@ -3,6 +3,7 @@ package mesh
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/meshnet/mesh/coord"
 )
@@ -141,6 +142,12 @@ type PathMeta struct {
 	// length is dropped on decoding; its bounds are the reader's check
 	// (coord.FromWire).
 	Coord []int `json:"c,omitempty"`
+}
+
+// Equal reports whether p and q are the same report.
+func (p PathMeta) Equal(q PathMeta) bool {
+	return p.Version == q.Version && p.Probe == q.Probe && slices.Equal(p.Down, q.Down) &&
+		p.Overflow == q.Overflow && p.NoRelay == q.NoRelay && p.Preference == q.Preference && slices.Equal(p.Coord, q.Coord)
 }
 
 // MaxRelayPreference bounds PathMeta.Preference both ways; a received

@@ -60,6 +60,25 @@ const (
 	// other half of the hysteresis, so that a flapping path does not move
 	// traffic back and forth.
 	PathUpAfter = 10 * time.Second
+	// PathSlowFactor and PathDownAfterMax stretch PathDownAfter (and
+	// PathFirstAnswerWithin) when this node's paths answer slowly: a path
+	// counts as down only after a silence of PathSlowFactor times the
+	// median round trip of the paths that answered within
+	// PathDownAfterMax, at most PathDownAfterMax. A median round trip of
+	// seconds through direct paths is not the network's: it is a machine
+	// too loaded to run the data planes or the prober in time (a real
+	// link takes tens of milliseconds, the far side of the world a few
+	// hundred), and there every path is slow together; calling the
+	// slowest of them down moves their traffic to relays that are just as
+	// slow and republishes the node's report, a metadata change for every
+	// member, which loads the machine more (docs/scale.md: at 100
+	// simulated hosts on two cores path reports changed 2 469 times). The
+	// median, so that one slow or hostile peer (a peer can delay its own
+	// answers) does not stretch the verdicts on the others. Below a median
+	// of PathDownAfter/PathSlowFactor (1.25 s) nothing is stretched, so a
+	// broken path is found as fast as before.
+	PathSlowFactor   = 4
+	PathDownAfterMax = time.Minute
 )
 
 // ProbeResult is what the data plane's prober saw of one probe address.
@@ -69,7 +88,7 @@ type ProbeResult = fastdp.ProbeResult
 type pathRecord struct {
 	since       time.Time // first observed
 	lastReply   time.Time
-	streakStart time.Time // first reply of the current run without a gap of PathDownAfter
+	streakStart time.Time // first reply of the current run without a gap of the silence (Paths.silence)
 	rtt         time.Duration
 	// missed counts the probes sent since the last answer whose round
 	// ended unanswered (an Observe after a Due that chose the peer).
@@ -102,18 +121,19 @@ type Paths struct {
 func NewPaths() *Paths { return &Paths{paths: map[string]*pathRecord{}} }
 
 // pathDown is the one rule for a direct path: down once the last
-// PathDownProbes probes went unanswered and no answer came for
-// PathDownAfter, or, for a path that never answered, for
-// PathFirstAnswerWithin since it was first observed; up again once
-// answered without a gap of PathDownAfter for PathUpAfter. A path starts
-// up, so a node that starts, or a peer that just joined, is not relayed
+// PathDownProbes probes went unanswered and no answer came for after, or,
+// for a path that never answered, for PathFirstAnswerWithin (or after, if
+// longer) since it was first observed; up again once answered without a
+// gap of after for PathUpAfter. after is the silence of Paths.silence:
+// PathDownAfter unless this node's paths answer slowly. A path starts up,
+// so a node that starts, or a peer that just joined, is not relayed
 // before its probes had their chance.
-func pathDown(r *pathRecord, now time.Time) bool {
+func pathDown(r *pathRecord, now time.Time, after time.Duration) bool {
 	silent := r.missed >= PathDownProbes
 	if r.lastReply.IsZero() {
-		silent = silent && now.Sub(r.since) >= PathFirstAnswerWithin
+		silent = silent && now.Sub(r.since) >= max(PathFirstAnswerWithin, after)
 	} else {
-		silent = silent && now.Sub(r.lastReply) >= PathDownAfter
+		silent = silent && now.Sub(r.lastReply) >= after
 	}
 	if silent {
 		return true
@@ -140,6 +160,9 @@ func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) (fresh ma
 			delete(p.paths, name)
 		}
 	}
+	// A gap of the silence that makes a path down ends a run of
+	// answers: coming back up needs a new one.
+	gap := p.silence(now)
 	for name, res := range results {
 		r := p.paths[name]
 		if r == nil {
@@ -155,9 +178,7 @@ func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) (fresh ma
 			if prev.IsZero() {
 				prev = r.since
 			}
-			// A gap of PathDownAfter ends a run of answers: coming
-			// back up needs a new one.
-			if r.streakStart.IsZero() || res.LastReply.Sub(prev) >= PathDownAfter {
+			if r.streakStart.IsZero() || res.LastReply.Sub(prev) >= gap {
 				r.streakStart = res.LastReply
 			}
 			r.lastReply, r.rtt = res.LastReply, res.RTT
@@ -166,9 +187,41 @@ func (p *Paths) Observe(now time.Time, results map[string]ProbeResult) (fresh ma
 			}
 			fresh[name] = res.RTT
 		}
-		r.down = pathDown(r, now)
+	}
+	// The verdicts after every answer of the round, which the silence
+	// they are judged by depends on.
+	after := p.silence(now)
+	for _, r := range p.paths {
+		r.down = pathDown(r, now, after)
 	}
 	return fresh
+}
+
+// silence is how long a path that answered before must be silent to count
+// as down at now: PathDownAfter, stretched to PathSlowFactor times the
+// median round trip of the paths that answered within PathDownAfterMax,
+// at most PathDownAfterMax. Called with p.mu held.
+func (p *Paths) silence(now time.Time) time.Duration {
+	var rtts []time.Duration
+	for _, r := range p.paths {
+		if !r.lastReply.IsZero() && now.Sub(r.lastReply) < PathDownAfterMax {
+			rtts = append(rtts, r.rtt)
+		}
+	}
+	if len(rtts) == 0 {
+		return PathDownAfter
+	}
+	slices.Sort(rtts)
+	return min(PathDownAfterMax, max(PathDownAfter, PathSlowFactor*rtts[len(rtts)/2]))
+}
+
+// Silence is the silence after which a direct path that answered before
+// counts as down at now: PathDownAfter unless this node's paths have
+// lately answered slowly (PathSlowFactor).
+func (p *Paths) Silence(now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.silence(now)
 }
 
 // Due returns the peers to probe in the round starting at now, sorted, and

@@ -87,6 +87,77 @@ func TestPathsHysteresis(t *testing.T) {
 	}
 }
 
+// When this node's paths answer slowly (a machine too loaded to run its
+// data planes in time), a path must be silent PathSlowFactor times their
+// median round trip to count as down, at most PathDownAfterMax; one slow
+// or hostile peer among quick ones stretches nothing.
+func TestPathsSlowAnswersStretchSilence(t *testing.T) {
+	t0 := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	tests := []struct {
+		name string
+		// rtts are the round trips of the peers that keep answering
+		// every round; b answers (in 1 ms) only at 1 s.
+		rtts []time.Duration
+		// never: b never answers at all.
+		never        bool
+		silence      time.Duration
+		upTo, downAt float64 // b is up at upTo and down from downAt
+	}{
+		{name: "quick answers: five seconds", rtts: []time.Duration{time.Millisecond, 2 * time.Millisecond, time.Millisecond, 3 * time.Millisecond},
+			silence: PathDownAfter, upTo: 5.9, downAt: 6},
+		{name: "a far site below the threshold stretches nothing", rtts: []time.Duration{300 * time.Millisecond, 300 * time.Millisecond, 1200 * time.Millisecond, time.Millisecond},
+			silence: PathDownAfter, upTo: 5.9, downAt: 6},
+		{name: "every path slow: four times the median", rtts: []time.Duration{3 * time.Second, 3 * time.Second, 3 * time.Second, 3 * time.Second},
+			silence: 12 * time.Second, upTo: 12.9, downAt: 13},
+		{name: "one slow peer among quick ones stretches nothing", rtts: []time.Duration{50 * time.Second, time.Millisecond, time.Millisecond, time.Millisecond},
+			silence: PathDownAfter, upTo: 5.9, downAt: 6},
+		{name: "stretched at most to a minute", rtts: []time.Duration{30 * time.Second, 40 * time.Second, 50 * time.Second, 50 * time.Second},
+			silence: PathDownAfterMax, upTo: 60.9, downAt: 61},
+		{name: "a path that never answered: the longer of thirty seconds and the silence", never: true,
+			rtts:    []time.Duration{10 * time.Second, 10 * time.Second, 10 * time.Second, 10 * time.Second},
+			silence: 40 * time.Second, upTo: 39.9, downAt: 40},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := NewPaths()
+			others := []string{"a", "c", "d", "e"}
+			step := func(s float64) api.PathState {
+				res := map[string]ProbeResult{"b": {}}
+				if !tt.never {
+					res["b"] = ProbeResult{LastReply: at(min(s, 1)), RTT: time.Millisecond}
+				}
+				for i, name := range others {
+					res[name] = ProbeResult{LastReply: at(s), RTT: tt.rtts[i]}
+				}
+				round(p, at(s), res)
+				st, _ := p.State("b")
+				return st
+			}
+			var s float64
+			for s = 0; s+1 <= tt.upTo; s++ {
+				if st := step(s); st != api.PathUp {
+					t.Fatalf("at %vs: b is %q, want up", s, st)
+				}
+			}
+			if st := step(tt.upTo); st != api.PathUp {
+				t.Fatalf("at %vs: b is %q, want up", tt.upTo, st)
+			}
+			if got := p.Silence(at(tt.upTo)); got != tt.silence {
+				t.Errorf("Silence = %v, want %v", got, tt.silence)
+			}
+			if st := step(tt.downAt); st != api.PathDown {
+				t.Fatalf("at %vs: b is %q, want down", tt.downAt, st)
+			}
+			for _, name := range others {
+				if st, _ := p.State(name); st != api.PathUp {
+					t.Errorf("%s, answering every round, is %q", name, st)
+				}
+			}
+		})
+	}
+}
+
 // round is one probe round as the daemon runs it: the answers, then the
 // choice of the probes that go out (all of them here, when as many peers
 // as ProbeBudget or fewer are due).
