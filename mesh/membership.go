@@ -368,7 +368,12 @@ func (m *Membership) BoundIdentity(name string) ed25519.PublicKey {
 }
 
 // Subscribe returns a channel that receives a value (coalesced, never
-// blocking the sender) whenever the membership changes.
+// blocking the sender) whenever the membership changes, but for a change
+// of a member's network coordinate alone: that can only re-rank relays of
+// equal hops, which a subscriber's periodic pass reconsiders soon enough,
+// and in a large mesh it is the most frequent change at rest (at 100
+// members about one a second, each a reconcile on every node:
+// docs/scale.md). Members and Member show it at once.
 func (m *Membership) Subscribe() <-chan struct{} {
 	ch := make(chan struct{}, 1)
 	m.mu.Lock()
@@ -502,15 +507,21 @@ func (m *Membership) observe(n *memberlist.Node, state api.MemberState) {
 	self := n.Name == m.cfg.Name
 	mem := memberFromNode(n, self)
 	mem.State, mem.Since = state, time.Now()
+	news := true
 	if old, ok := m.members[n.Name]; ok && old.State == state {
 		mem.Since = old.Since // a metadata update is no state change
 		if !self {
-			m.updates.count(old.Meta, mem.Meta)
+			kind := metaUpdateKind(old.Meta, mem.Meta)
+			m.updates.count(kind)
+			// See Subscribe.
+			news = kind != MetaUpdateCoordinate || old.Addr != mem.Addr
 		}
 	}
 	m.members[n.Name] = mem
 	m.pruneMembersLocked()
-	m.notify()
+	if news {
+		m.notify()
+	}
 	m.mu.Unlock()
 	if !self {
 		m.targets.learned(nodeAddr(n))

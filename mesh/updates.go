@@ -28,9 +28,9 @@ type metaUpdates struct {
 	coordinate, paths, other atomic.Uint64
 }
 
-// count notes the change from was to now, if any.
-func (u *metaUpdates) count(was, now Meta) {
-	switch metaUpdateKind(was, now) {
+// count notes a change of kind (metaUpdateKind); "" is none.
+func (u *metaUpdates) count(kind string) {
+	switch kind {
 	case MetaUpdateCoordinate:
 		u.coordinate.Add(1)
 	case MetaUpdatePaths:
