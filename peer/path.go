@@ -212,7 +212,9 @@ func (p *Paths) silence(now time.Time) time.Duration {
 		return PathDownAfter
 	}
 	slices.Sort(rtts)
-	return min(PathDownAfterMax, max(PathDownAfter, PathSlowFactor*rtts[len(rtts)/2]))
+	// The lower median: of two paths the quicker, so that in a mesh of
+	// three one slow peer does not stretch the verdict on the other.
+	return min(PathDownAfterMax, max(PathDownAfter, PathSlowFactor*rtts[(len(rtts)-1)/2]))
 }
 
 // Silence is the silence after which a direct path that answered before

@@ -100,7 +100,9 @@ func TestPathsSlowAnswersStretchSilence(t *testing.T) {
 		// every round; b answers (in 1 ms) only at 1 s.
 		rtts []time.Duration
 		// never: b never answers at all.
-		never        bool
+		never bool
+		// only: how many of the others answer; all when 0.
+		only         int
 		silence      time.Duration
 		upTo, downAt float64 // b is up at upTo and down from downAt
 	}{
@@ -110,6 +112,8 @@ func TestPathsSlowAnswersStretchSilence(t *testing.T) {
 			silence: PathDownAfter, upTo: 5.9, downAt: 6},
 		{name: "every path slow: four times the median", rtts: []time.Duration{3 * time.Second, 3 * time.Second, 3 * time.Second, 3 * time.Second},
 			silence: 12 * time.Second, upTo: 12.9, downAt: 13},
+		{name: "of two paths the quicker counts", rtts: []time.Duration{50 * time.Second, 0, 0, 0}, only: 1,
+			silence: PathDownAfter, upTo: 5.9, downAt: 6},
 		{name: "one slow peer among quick ones stretches nothing", rtts: []time.Duration{50 * time.Second, time.Millisecond, time.Millisecond, time.Millisecond},
 			silence: PathDownAfter, upTo: 5.9, downAt: 6},
 		{name: "stretched at most to a minute", rtts: []time.Duration{30 * time.Second, 40 * time.Second, 50 * time.Second, 50 * time.Second},
@@ -122,6 +126,9 @@ func TestPathsSlowAnswersStretchSilence(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := NewPaths()
 			others := []string{"a", "c", "d", "e"}
+			if tt.only > 0 {
+				others = others[:tt.only]
+			}
 			step := func(s float64) api.PathState {
 				res := map[string]ProbeResult{"b": {}}
 				if !tt.never {
