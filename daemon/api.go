@@ -89,8 +89,8 @@ func (d *Daemon) Status(ctx context.Context) *api.Status {
 		st.Problems = append(st.Problems, "port isolation: "+err.Error())
 	}
 	if after := d.rec.Paths().Silence(time.Now()); after > peer.PathDownAfter {
-		st.Problems = append(st.Problems, fmt.Sprintf("direct paths answer slowly: a path counts as down only after %v without an answer rather than %v (four times their median round trip; a host too loaded to run its data plane in time, docs/routing.md, \"The signal\")",
-			after.Round(time.Second), peer.PathDownAfter))
+		st.Problems = append(st.Problems, fmt.Sprintf("direct paths answer slowly: a path counts as down only after %v without an answer rather than %v (%d times their median round trip; a host too loaded to run its data plane in time, docs/routing.md, \"The signal\")",
+			after.Round(time.Second), peer.PathDownAfter, peer.PathSlowFactor))
 	}
 	if err := d.rec.Counters().LastError; err != nil {
 		st.Problems = append(st.Problems, "data plane: "+err.Error())

@@ -182,11 +182,7 @@ func (d *Daemon) publishPaths(now time.Time, members []mesh.Member) {
 		next := m.WithPaths(want)
 		changed = m.Paths == nil || !m.Paths.Equal(*next.Paths)
 		if changed {
-			if m.Paths != nil {
-				was := *m.Paths
-				was.Coord = next.Paths.Coord
-				coordOnly = was.Equal(*next.Paths)
-			}
+			coordOnly = m.Paths != nil && m.Paths.EqualBesidesCoord(*next.Paths)
 			*m = next
 		}
 	})

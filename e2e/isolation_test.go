@@ -337,12 +337,8 @@ func TestPortIsolation(t *testing.T) {
 }
 
 func metricPositive(metrics, name string) bool {
-	for _, l := range strings.Split(metrics, "\n") {
-		if v, ok := strings.CutPrefix(l, name+" "); ok {
-			return strings.TrimSpace(v) != "0"
-		}
-	}
-	return false
+	v, ok := metricValue(metrics, name)
+	return ok && v != 0
 }
 
 func grepLines(s, sub string) string {

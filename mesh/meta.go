@@ -146,8 +146,15 @@ type PathMeta struct {
 
 // Equal reports whether p and q are the same report.
 func (p PathMeta) Equal(q PathMeta) bool {
+	return p.EqualBesidesCoord(q) && slices.Equal(p.Coord, q.Coord)
+}
+
+// EqualBesidesCoord reports whether p and q differ at most in their
+// network coordinate: the one rule for a change of the coordinate alone,
+// which its publisher logs quietly and its receivers reconcile lazily.
+func (p PathMeta) EqualBesidesCoord(q PathMeta) bool {
 	return p.Version == q.Version && p.Probe == q.Probe && slices.Equal(p.Down, q.Down) &&
-		p.Overflow == q.Overflow && p.NoRelay == q.NoRelay && p.Preference == q.Preference && slices.Equal(p.Coord, q.Coord)
+		p.Overflow == q.Overflow && p.NoRelay == q.NoRelay && p.Preference == q.Preference
 }
 
 // MaxRelayPreference bounds PathMeta.Preference both ways; a received

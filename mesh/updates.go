@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"reflect"
-	"slices"
 	"sync/atomic"
 )
 
@@ -55,13 +54,10 @@ func metaUpdateKind(was, now Meta) string {
 	if wp == nil {
 		return ""
 	}
-	wc, nc := wp.Coord, np.Coord
-	a, b := *wp, *np
-	a.Coord, b.Coord = nil, nil
-	if !a.Equal(b) {
+	if !wp.EqualBesidesCoord(*np) {
 		return MetaUpdatePaths
 	}
-	if !slices.Equal(wc, nc) {
+	if !wp.Equal(*np) {
 		return MetaUpdateCoordinate
 	}
 	return ""
