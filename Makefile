@@ -45,17 +45,19 @@ lint:
 demo: deps
 	$(GO) test -count=1 -tags demo -run '^TestDemo$$' -v ./internal/demo/
 
-# Side-by-side benchmarks on simulated hosts (needs root; a few minutes):
+# Side-by-side benchmarks on simulated hosts (needs root; about 30 minutes):
 # CNI ADD+DEL against the reference bridge + host-local plugins, IPAM through
 # the control socket and its gossiped state size, iperf3 over the underlay,
 # the mesh overlay and a bare wireguard-go pair, and the daemon's memory;
 # part 10: the policy controller (10,000 pods) and the data plane (1,000
-# peers) at scale and the IPAM simulations (docs/scale.md).
+# peers) at scale, the IPAM simulations (gossip bytes up to 5000 peers, which
+# need about 16 GiB of memory and 12 minutes, left out where the memory is
+# not there) and 20 and 50 real daemons on simulated hosts (docs/scale.md).
 # One table with the ratios at the end; see docs/performance.md. The Go
 # micro-benchmarks of the packages run first.
 bench: deps
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x ./...
-	$(GO) test -tags bench -count=1 -timeout 30m -run '^TestBench$$' -v ./bench/
+	$(GO) test -tags bench -count=1 -timeout 90m -run '^TestBench$$' -v ./bench/
 	$(GO) test -count=1 -run '^TestThroughput$$' -v ./policy/
 
 # The IPAM simulations at length: more peers, steps and seeds than in
