@@ -52,7 +52,7 @@ demo: deps
 # part 10: the policy controller (10,000 pods) and the data plane (1,000
 # peers) at scale, the IPAM simulations (gossip bytes up to 5000 peers, which
 # need about 16 GiB of memory and 12 minutes, left out where the memory is
-# not there) and 20 and 50 real daemons on simulated hosts (docs/scale.md).
+# not there) and 20, 50 and 100 real daemons on simulated hosts (docs/scale.md).
 # One table with the ratios at the end; see docs/performance.md. The Go
 # micro-benchmarks of the packages run first.
 bench: deps

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +29,11 @@ const (
 	idleCPUBound = 0.25
 	// rssBound is the resident memory a daemon may use at rest.
 	rssBound = 256 << 20
+	// reachGoal is the issue's goal for reachGoalHosts hosts: host1
+	// reaches every overlay address within it of the last launch. It is
+	// reported against, not asserted (the bounds above are).
+	reachGoal      = 30 * time.Second
+	reachGoalHosts = 100
 )
 
 // TestConvergence launches 30 real daemons (userspace data plane), each
@@ -125,34 +132,14 @@ func testConvergence(t *testing.T, size int, bound time.Duration, timing mesh.Ti
 	// the passing round are logged.
 	// While waiting, what is missing is logged every 10 s (a soak run is
 	// otherwise silent for minutes).
-	var members time.Duration
+	var members, lastPass time.Duration
 	var suspects []string
 	lastLog := time.Now()
 	testnet.Eventually(t, bound, time.Second, func() error {
 		pass := time.Now()
-		suspects = suspects[:0]
-		err := func() error {
-			for _, n := range nodes {
-				st, err := n.SocketStatus()
-				if err != nil {
-					return err
-				}
-				var notLive []string
-				for _, p := range st.Peers {
-					switch p.State {
-					case api.MemberAlive:
-					case api.MemberSuspect:
-						suspects = append(suspects, n.Host.Name+" suspects "+p.Name)
-					default:
-						notLive = append(notLive, p.Name+" "+string(p.State))
-					}
-				}
-				if live := len(st.Peers) - len(notLive); live != size {
-					return fmt.Errorf("%s sees %d of %d members live (others: %v)", n.Host.Name, live, size, notLive)
-				}
-			}
-			return nil
-		}()
+		var err error
+		suspects, err = liveEverywhere(nodes, size)
+		lastPass = time.Since(pass)
 		if err != nil && time.Since(lastLog) >= 10*time.Second {
 			t.Logf("%v after the last launch: %v (this pass over the status of every host took %v)",
 				time.Since(lastLaunch).Round(time.Second), err, time.Since(pass).Round(time.Millisecond))
@@ -161,6 +148,7 @@ func testConvergence(t *testing.T, size int, bound time.Duration, timing mesh.Ti
 		return err
 	})
 	members = time.Since(lastLaunch)
+	t.Logf("the passing read of every host's status took %v", lastPass.Round(time.Millisecond))
 	if len(suspects) > 0 {
 		t.Logf("live everywhere; suspicions in that round: %v", suspects)
 	}
@@ -173,8 +161,12 @@ func testConvergence(t *testing.T, size int, bound time.Duration, timing mesh.Ti
 		return meshtest.ReachAll(ctx, nodes, reached)
 	})
 	full := time.Since(lastLaunch)
-	t.Logf("%d hosts: all members live everywhere %v after the last launch; host1 reached every overlay address %v after it",
-		size, members.Round(time.Millisecond), full.Round(time.Millisecond))
+	goal := ""
+	if size >= reachGoalHosts {
+		goal = fmt.Sprintf(" (goal at %d hosts: %v; asserted: %v)", reachGoalHosts, reachGoal, bound)
+	}
+	t.Logf("%d hosts: all members live everywhere %v after the last launch; host1 reached every overlay address %v after it%s",
+		size, members.Round(time.Millisecond), full.Round(time.Millisecond), goal)
 
 	// At rest: CPU share and resident memory of each daemon, and the CPU
 	// share of its data-plane process (where the WireGuard work of the
@@ -358,6 +350,60 @@ func rssBytes(t *testing.T, pid int) int64 {
 
 // coordUpdatesCounter counts the coordinate-only changes a daemon received.
 const coordUpdatesCounter = `mesh_gossip_member_updates_total{kind="` + mesh.MetaUpdateCoordinate + `"}`
+
+// statusReaders is how many statuses liveEverywhere reads at once: one at
+// a time, a pass over 100 hosts on a saturated machine took over a minute,
+// and that, not the mesh, was what the figure measured.
+const statusReaders = 16
+
+// liveEverywhere reads every node's status through its socket and
+// returns the suspicions it saw, or an error naming a node that does not
+// see size members live (a suspect member counts as live: a member under
+// probe, not a failed one).
+func liveEverywhere(nodes []*meshtest.Node, size int) ([]string, error) {
+	var (
+		mu       sync.Mutex
+		suspects []string
+		errs     []error
+		wg       sync.WaitGroup
+	)
+	sem := make(chan struct{}, statusReaders)
+	for _, n := range nodes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			st, err := n.SocketStatus()
+			var sus, notLive []string
+			if err == nil {
+				for _, p := range st.Peers {
+					switch p.State {
+					case api.MemberAlive:
+					case api.MemberSuspect:
+						sus = append(sus, n.Host.Name+" suspects "+p.Name)
+					default:
+						notLive = append(notLive, p.Name+" "+string(p.State))
+					}
+				}
+				if live := len(st.Peers) - len(notLive); live != size {
+					err = fmt.Errorf("%s sees %d of %d members live (others: %v)", n.Host.Name, live, size, notLive)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			suspects = append(suspects, sus...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w (and %d more hosts)", errs[0], len(errs)-1)
+	}
+	slices.Sort(suspects)
+	return suspects, nil
+}
 
 // restCounterNames are the counters restCounters sums: the metadata
 // changes received by kind, and the reconciles.
