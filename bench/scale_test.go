@@ -63,7 +63,7 @@ const simPairBytes = 640
 // simHeadroom is the memory left to everything else while a simulation
 // runs: its memory limit (GOMEMLIMIT) is what the machine has available
 // less this.
-const simHeadroom = 2 << 30
+const simHeadroom = 3 << 30
 
 // fitSizes splits sizes into those whose simulation fits in avail bytes of
 // memory and those that do not.
