@@ -142,7 +142,7 @@ func testConvergence(t *testing.T, size int, bound time.Duration, timing mesh.Ti
 		lastPass = time.Since(pass)
 		if err != nil && time.Since(lastLog) >= 10*time.Second {
 			t.Logf("%v after the last launch: %v (this pass over the status of every host took %v)",
-				time.Since(lastLaunch).Round(time.Second), err, time.Since(pass).Round(time.Millisecond))
+				time.Since(lastLaunch).Round(time.Second), err, lastPass.Round(time.Millisecond))
 			lastLog = time.Now()
 		}
 		return err
@@ -398,7 +398,11 @@ func liveEverywhere(nodes []*meshtest.Node, size int) ([]string, error) {
 		}()
 	}
 	wg.Wait()
-	if len(errs) > 0 {
+	switch len(errs) {
+	case 0:
+	case 1:
+		return nil, errs[0]
+	default:
 		return nil, fmt.Errorf("%w (and %d more hosts)", errs[0], len(errs)-1)
 	}
 	slices.Sort(suspects)
