@@ -267,8 +267,15 @@ type Connection struct {
 	DirectPath PathState `json:"directPath,omitempty"`
 	// Via names the relay that carries this peer's ranges while its
 	// direct path is down; empty when traffic goes direct. AllowedIPs
-	// then hold only the peer's probe address.
+	// then hold only the peer's probe address, or, end to end, all of
+	// its own ranges.
 	Via string `json:"via,omitempty"`
+	// EndToEnd is set while the peer is relayed and its traffic goes
+	// through the relay end to end: inside a second WireGuard layer
+	// between this node and the peer, which the relay cannot read
+	// (docs/routing.md, "End to end through relays"). Unset while it is
+	// relayed hop by hop (the relay decrypts), or direct.
+	EndToEnd bool `json:"endToEnd,omitempty"`
 	// RTTMillis is the round trip of the last probe answered through the
 	// direct path, in milliseconds; absent when none was.
 	RTTMillis float64 `json:"rttMillis,omitempty"`

@@ -34,8 +34,9 @@ var pingAvg = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)
 // (iperf3, 5 s) and latency (ping) pod to pod, direct; then UDP 6784 is
 // dropped between host1 and host2 while host1's pod pings host2's every
 // 50 ms: the time from the cut to the first reply through host3, and to
-// status showing host2 "via host3"; the same measurements relayed; then
-// the rules go and the time to direct again.
+// status showing host2 "via host3"; the same measurements relayed (end to
+// end, the default: docs/routing.md); then the rules go and the time to
+// direct again.
 func benchRelay(t *testing.T, r *report) {
 	res := &relayResult{tput: map[string]float64{}, rtt: map[string]float64{}}
 	r.relay = res
@@ -70,8 +71,8 @@ func benchRelay(t *testing.T, r *report) {
 		}
 		for _, c := range st.Connections {
 			if c.Peer == hosts[1].Name {
-				if c.Via != want || (want == "") != (c.DirectPath == api.PathUp) {
-					return fmt.Errorf("host2 via %q, direct path %q", c.Via, c.DirectPath)
+				if c.Via != want || (want == "") != (c.DirectPath == api.PathUp) || c.EndToEnd != (want != "") {
+					return fmt.Errorf("host2 via %q, direct path %q, end to end %v", c.Via, c.DirectPath, c.EndToEnd)
 				}
 				return nil
 			}
@@ -174,7 +175,11 @@ func (res *relayResult) print(p func(string, ...any)) {
 	p("   %-34s %14s %14s\n", "", "iperf3", "ping avg")
 	for _, name := range []string{"direct", "relayed"} {
 		if bps, ok := res.tput[name]; ok {
-			p("   %-34s %9.2f Gbit/s %11.3f ms\n", name, bps/1e9, res.rtt[name])
+			label := name
+			if name == "relayed" {
+				label = "relayed (end to end)"
+			}
+			p("   %-34s %9.2f Gbit/s %11.3f ms\n", label, bps/1e9, res.rtt[name])
 		}
 	}
 	if res.toStatus > 0 {

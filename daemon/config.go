@@ -94,6 +94,10 @@ type Config struct {
 	// NoRelay: this node never carries traffic between two other nodes
 	// whose direct path is down (docs/routing.md).
 	NoRelay bool
+	// RelayEndToEnd: this node takes an end-to-end address and talks to
+	// peers it reaches through a relay inside a second WireGuard layer
+	// the relay cannot read (docs/routing.md). On by default.
+	RelayEndToEnd bool
 	// BehindNAT: this node can only connect out; others reach its gossip
 	// through the member it attaches to (docs/routing.md, "Nodes behind
 	// NAT").
@@ -144,6 +148,7 @@ func DefaultConfig() Config {
 		MetricsAddr:      "127.0.0.1:6782",
 		PolicyWait:       10 * time.Second,
 		NATCheck:         true,
+		RelayEndToEnd:    true,
 		ReachRecheck:     mesh.DefaultConfig().ReachRecheck,
 		GossipTiming:     mesh.TimingLAN,
 	}

@@ -38,8 +38,10 @@ type Daemon struct {
 	// ipam6 is the IPv6 range's allocator of a dual-stack mesh; nil
 	// without --ipalloc-range for IPv6.
 	ipam6 *ipam.Allocator
-	dp    fastdp.Dataplane // fastdp.None() with --dataplane none
-	rec   *peer.Reconciler
+	// e2e is this node's end-to-end address (e2e.go).
+	e2e e2eAddr
+	dp  fastdp.Dataplane // fastdp.None() with --dataplane none
+	rec *peer.Reconciler
 	// remembered are the data plane peers of the last run, applied before
 	// gossip has rejoined; only the reconcile loop (and Start before it)
 	// touches it.

@@ -154,6 +154,7 @@ func (d *Daemon) applyNAT(overlay, overlay6 netip.Addr, members []mesh.Member) {
 		Masquerade:    !d.cfg.NoMasquerade,
 		NoMasquerade:  d.cfg.NoMasqueradeCIDRs,
 		OverlayDevice: d.cfg.WGDevice,
+		InnerDevice:   d.cfg.innerDevice(),
 		OverlayIP:     overlay,
 		ClusterRange6: d.cfg.ipv6Range(),
 		OverlayIP6:    overlay6,
@@ -209,6 +210,7 @@ func (d *Daemon) peerInput(overlay, overlay6 netip.Addr, members []mesh.Member) 
 	}
 	in.Remembered, in.RememberedUntil = d.remembered.input(keys)
 	in.Via = peer.Relays(d.id.Name, d.pathReports(members))
+	in.E2EAddr, in.InnerDevice = d.e2e.get(), d.cfg.innerDevice()
 	d.reportBadMeta(members)
 	var selfPublic netip.Addr
 	for _, m := range members {
@@ -227,6 +229,9 @@ func (d *Daemon) peerInput(overlay, overlay6 netip.Addr, members []mesh.Member) 
 		}
 		if a, ok := probeAddr(m.Meta, d.cfg.probeRange()); ok {
 			n.Probe = a
+		}
+		if a, ok := e2eAddrOf(m.Meta, d.cfg.probeRange()); ok {
+			n.E2E = a
 		}
 		in.Nodes = append(in.Nodes, n)
 	}

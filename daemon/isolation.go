@@ -51,7 +51,7 @@ func (d *Daemon) startIsolation() {
 // isolationConfig is the desired content of the tables: a port per
 // allocation of this node.
 func (d *Daemon) isolationConfig() isolation.Config {
-	cfg := isolation.Config{Bridge: d.cfg.Bridge, PortPrefix: cni.HostVethPrefix, Trusted: []string{d.cfg.WGDevice}, ClusterRange: d.cfg.ipv4Range(),
+	cfg := isolation.Config{Bridge: d.cfg.Bridge, PortPrefix: cni.HostVethPrefix, Trusted: []string{d.cfg.WGDevice, d.cfg.innerDevice()}, ClusterRange: d.cfg.ipv4Range(),
 		ClusterRange6: d.cfg.ipv6Range()}
 	v6 := map[ipam.Key]netip.Addr{}
 	if d.ipam6 != nil {

@@ -54,6 +54,9 @@ func (d *Daemon) startPaths() {
 		defer p.Close()
 		d.pathLoop(ctx, p)
 	})
+	if d.cfg.RelayEndToEnd {
+		d.goLoop("e2e-address", d.e2eLoop)
+	}
 }
 
 // prober is the part of fastdp.Prober the loop uses.
@@ -176,6 +179,9 @@ func (d *Daemon) publishPaths(now time.Time, members []mesh.Member) {
 	want := mesh.PathMeta{Down: d.downPaths(), NoRelay: d.cfg.NoRelay, Preference: d.cfg.RelayPreference, Coord: d.publishedCoord(now, live)}
 	if a, ok := d.ipam.OverlayIP(); ok {
 		want.Probe = a.String()
+	}
+	if a := d.e2e.get(); a.IsValid() {
+		want.E2E = a.String()
 	}
 	var changed, coordOnly bool
 	meta := d.self.update(func(_ *crypto.PrivateKey, m *mesh.Meta) {

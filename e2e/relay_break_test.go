@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -17,7 +18,8 @@ import (
 // host1 pings pod d on host4 every 50 ms, the chosen relay loses its own
 // path to host4. The pair moves to the other relay and the echoes flow
 // again; no packet goes around a cycle meanwhile: a counter on every host
-// counts the pods' echoes and answers it routes with a TTL below 59. The
+// counts the pods' echoes and answers it routes with a TTL below 59, and
+// the end-to-end packets that carry them through the relays. The
 // longest path without a cycle has four routing hosts (the two ends and
 // two relays, when the broken relay still routes through the other for a
 // moment), which leaves a TTL of at least 60 for packets sent with 64; a
@@ -95,7 +97,7 @@ func TestRelayBreaksMidStream(t *testing.T) {
 		// relay's). Had the hook seen it before, the threshold above
 		// would be one hop off.
 		if second := nftCounter(ctx, t, h, "ip", loopTable, "second"); (i == 1 || i == 2) && second == 0 {
-			t.Errorf("%s, a relay of the stream, routed no echo or answer with TTL 62", h.Name)
+			t.Errorf("%s, a relay of the stream, routed no echo or answer second (TTL 62, or 63 end to end)", h.Name)
 		}
 	}
 	// Each answered echo was routed at least three times on the way and
@@ -183,15 +185,20 @@ const loopTable = "relayloop"
 
 // addLoopCounters makes counters on h of the echoes and answers between
 // pods a and d that h routes (forward hook, which sees the TTL after h's
-// own decrement): "routed", all of them; "low", those with a TTL below
-// below, which a packet reaches only by crossing more routing hosts than
-// the longest path without a cycle has; "second", those with TTL 62,
-// routed by the second routing host of a path (the hook's calibration).
+// own decrement), and of the end-to-end layer's packets that carry them
+// through relays (UDP to fastdp.DefaultInnerListenPort, docs/routing.md):
+// "routed", all of them; "low", those with a TTL below below, which a
+// packet reaches only by crossing more routing hosts than the longest path
+// without a cycle has; "second", those routed by the second routing host
+// of a path, the hook's calibration: a pod's packet with TTL 62 (its
+// node routed it first) or an end-to-end packet with TTL 63 (its node
+// sent it, so a relay routes it first).
 func addLoopCounters(ctx context.Context, t *testing.T, h *testnet.Host, a, d *pod, below int) {
 	t.Helper()
 	match := []string{"ip", "saddr", "{", a.ip.String(), ",", d.ip.String(), "}", "icmp", "type", "{ echo-request, echo-reply }"}
-	rule := func(extra ...string) []string {
-		return append(append([]string{"add", "rule", "ip", loopTable, "counted"}, match...), extra...)
+	inner := []string{"udp", "dport", strconv.Itoa(fastdp.DefaultInnerListenPort)}
+	rule := func(m []string, extra ...string) []string {
+		return append(append([]string{"add", "rule", "ip", loopTable, "counted"}, m...), extra...)
 	}
 	for _, args := range [][]string{
 		{"add", "table", "ip", loopTable},
@@ -199,9 +206,12 @@ func addLoopCounters(ctx context.Context, t *testing.T, h *testnet.Host, a, d *p
 		{"add", "counter", "ip", loopTable, "routed"},
 		{"add", "counter", "ip", loopTable, "low"},
 		{"add", "counter", "ip", loopTable, "second"},
-		rule("counter", "name", "routed"),
-		rule("ip", "ttl", "lt", strconv.Itoa(below), "counter", "name", "low"),
-		rule("ip", "ttl", "62", "counter", "name", "second"),
+		rule(match, "counter", "name", "routed"),
+		rule(match, "ip", "ttl", "lt", strconv.Itoa(below), "counter", "name", "low"),
+		rule(match, "ip", "ttl", "62", "counter", "name", "second"),
+		rule(inner, "counter", "name", "routed"),
+		rule(inner, "ip", "ttl", "lt", strconv.Itoa(below), "counter", "name", "low"),
+		rule(inner, "ip", "ttl", "63", "counter", "name", "second"),
 	} {
 		if out, err := h.Run(ctx, "nft", args...); err != nil {
 			t.Fatalf("nft %v on %s: %v: %s", args, h.Name, err, out)

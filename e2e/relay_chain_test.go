@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -29,9 +30,27 @@ import (
 // their bytes on the relays and not at all on the ends, and its figures
 // per peer count the echoes for host1 and the answers for host4 on both
 // relays. No ICMP redirect
-// from one relay crosses the other.
-func TestRelayChain(t *testing.T) {
-	_, nodes, ctx := cniMesh(t, 4, 8*time.Minute)
+// from one relay crosses the other. That is the chain hop by hop
+// (--relay-end-to-end=false), where the relays route the pods' packets.
+func TestRelayChain(t *testing.T) { relayChain(t, true) }
+
+// TestRelayChainEndToEnd is TestRelayChain as it runs by default: host1
+// and host4 talk end to end through the chain (docs/routing.md), so the
+// relays route only the end-to-end layer's packets between them. The
+// pods' echoes then cross two routing hosts, the ends (TTL 3 passes, 2
+// does not: the relays are inside the tunnel, and no loop of the outer
+// layer could lengthen the pods' path), no relay forwards an echo or
+// answer of the pods, each forwards at least one end-to-end packet for
+// each, and the relayed bytes, in all and per peer, count them as
+// before.
+func TestRelayChainEndToEnd(t *testing.T) { relayChain(t, false) }
+
+func relayChain(t *testing.T, hopByHop bool) {
+	var extra []string
+	if hopByHop {
+		extra = append(extra, "--relay-end-to-end=false")
+	}
+	_, nodes, ctx := cniMesh(t, 4, 8*time.Minute, extra...)
 	hosts := []*testnet.Host{nodes[0].Host, nodes[1].Host, nodes[2].Host, nodes[3].Host}
 	a, err := addPod(ctx, t, hosts[0], "poda")
 	if err != nil {
@@ -122,17 +141,27 @@ func TestRelayChain(t *testing.T) {
 	t.Logf("routed along the chain %v after the cut", time.Since(cut).Round(100*time.Millisecond))
 
 	// Four routing hosts: TTL 5 passes, 4 does not, both ways, and that
-	// holds for every echo of a stream.
-	for i := range 10 {
-		if err := both(5); err != nil {
-			t.Fatalf("echo %d along the chain: %v", i, err)
+	// holds for every echo of a stream. End to end, the ends alone
+	// route the pods' packets: 3 and 2.
+	pass := 5
+	if !hopByHop {
+		pass = 3
+		for _, pair := range [][2]int{{0, 3}, {3, 0}} {
+			if c, err := connTo(nodes[pair[0]], hosts[pair[1]].Name); err != nil || !c.EndToEnd {
+				t.Fatalf("%s shows %s %+v, %v; want relayed end to end", hosts[pair[0]].Name, hosts[pair[1]].Name, c, err)
+			}
 		}
 	}
-	if err := ping(a, d, 4); err == nil {
-		t.Fatal("an echo with TTL 4 crossed four routing hosts: the TTL check does not count the relays")
+	for i := range 10 {
+		if err := both(pass); err != nil {
+			t.Fatalf("echo %d along the chain with TTL %d: %v", i, pass, err)
+		}
 	}
-	if err := ping(d, a, 4); err == nil {
-		t.Fatal("an echo with TTL 4 crossed four routing hosts back: the TTL check does not count the relays")
+	if err := ping(a, d, pass-1); err == nil {
+		t.Fatalf("an echo with TTL %d crossed %d routing hosts: the TTL check does not count them", pass-1, pass-1)
+	}
+	if err := ping(d, a, pass-1); err == nil {
+		t.Fatalf("an echo with TTL %d crossed %d routing hosts back: the TTL check does not count them", pass-1, pass-1)
 	}
 	if err := routed(); err != nil {
 		t.Fatal(err)
@@ -154,8 +183,10 @@ func TestRelayChain(t *testing.T) {
 			{"add", "chain", "ip", echoTable, "counted", "{ type filter hook forward priority 10; policy accept; }"},
 			{"add", "counter", "ip", echoTable, "echo"},
 			{"add", "counter", "ip", echoTable, "redirects"},
+			{"add", "counter", "ip", echoTable, "inner"},
 			{"add", "rule", "ip", echoTable, "counted", "iifname", "mesh-wg", "oifname", "mesh-wg", "icmp", "type", "{ echo-request, echo-reply }", "ip", "length", "1028", "counter", "name", "echo"},
 			{"add", "rule", "ip", echoTable, "counted", "iifname", "mesh-wg", "oifname", "mesh-wg", "icmp", "type", "redirect", "counter", "name", "redirects"},
+			{"add", "rule", "ip", echoTable, "counted", "iifname", "mesh-wg", "oifname", "mesh-wg", "udp", "dport", strconv.Itoa(fastdp.DefaultInnerListenPort), "counter", "name", "inner"},
 		} {
 			if out, err := h.Run(ctx, "nft", args...); err != nil {
 				t.Fatalf("nft %v on %s: %v: %s", args, h.Name, err, out)
@@ -186,11 +217,14 @@ func TestRelayChain(t *testing.T) {
 	for i, h := range hosts {
 		relay := i == 1 || i == 2
 		want := int64(0)
-		if relay {
+		if relay && hopByHop {
 			want = 20
 		}
 		if got := echoes(h, "echo"); got != want {
 			t.Errorf("%s forwarded %d echoes and answers from WireGuard back into it, want %d", h.Name, got, want)
+		}
+		if got := echoes(h, "inner"); !hopByHop && relay && got < 20 || (hopByHop || !relay) && got != 0 {
+			t.Errorf("%s forwarded %d end-to-end packets from WireGuard back into it during ten echoes and answers (end to end: %v)", h.Name, got, !hopByHop)
 		}
 		got := after[i] - before[i]
 		if relay && got < 20*1028 || !relay && got != 0 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshnet/mesh/api"
+	"github.com/meshnet/mesh/fastdp"
 	"github.com/meshnet/mesh/internal/testnet"
 )
 
@@ -170,10 +171,16 @@ func TestRelayTriangleIPv6Only(t *testing.T) { relayTriangle(t, triangle{v6Mesh:
 // of UDP 6784 are IPv6), with IPv4 pods.
 func TestRelayTriangleIPv6Underlay(t *testing.T) { relayTriangle(t, triangle{v6Underlay: true}) }
 
+// TestRelayTriangleHopByHop is TestRelayTriangle with
+// --relay-end-to-end=false: the relay decrypts and routes the pods'
+// packets (docs/routing.md, "The mechanism: routing, hop by hop").
+func TestRelayTriangleHopByHop(t *testing.T) { relayTriangle(t, triangle{hopByHop: true}) }
+
 // triangle is a variant of TestRelayTriangle.
 type triangle struct {
 	v6Mesh     bool // IPv6-only cluster range (the pods and probes are IPv6)
 	v6Underlay bool // the hosts' underlay is IPv6 alone
+	hopByHop   bool // --relay-end-to-end=false on every host
 }
 
 // v6Underlay is the IPv6 underlay of TestRelayTriangleIPv6Underlay.
@@ -182,10 +189,14 @@ var v6Underlay = netip.MustParsePrefix("fd98::/64")
 // relayTriangle is the triangle of TestRelayTriangle, in variant tr.
 func relayTriangle(t *testing.T, tr triangle) {
 	v6 := tr.v6Mesh
-	var flags func(int) []string
+	var args []string
 	if v6 {
-		flags = func(int) []string { return []string{"--ipalloc-range", ipv6OnlyRange} }
+		args = append(args, "--ipalloc-range", ipv6OnlyRange)
 	}
+	if tr.hopByHop {
+		args = append(args, "--relay-end-to-end=false")
+	}
+	flags := func(int) []string { return args }
 	opts := testnet.Options{Hosts: 3}
 	if tr.v6Underlay {
 		opts.Subnet = v6Underlay
@@ -254,8 +265,6 @@ func relayTriangle(t *testing.T, tr triangle) {
 	if err := viaH3(nodes[0], nodes[1]); err != nil {
 		t.Fatal(err)
 	}
-	// Only the probe address stays on the direct peer; the relay's peer
-	// carries the rest of host2's ranges.
 	c, err := connTo(nodes[0], h2.Name)
 	if err != nil {
 		t.Fatal(err)
@@ -264,16 +273,48 @@ func relayTriangle(t *testing.T, tr triangle) {
 	if overlay.Is6() != v6 {
 		t.Fatalf("host2's overlay IP %s; want IPv6: %v", overlay, v6)
 	}
-	if probe := netip.PrefixFrom(overlay, overlay.BitLen()).String(); len(c.AllowedIPs) != 1 || c.AllowedIPs[0] != probe {
-		t.Fatalf("relayed peer's allowedIPs = %v, want only its probe address %s", c.AllowedIPs, probe)
-	}
 	c3, err := connTo(nodes[0], h3.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range nodes[1].MustStatus().IPAM.Owned {
-		if !slices.Contains(c3.AllowedIPs, r) {
-			t.Fatalf("relay's allowedIPs %v lack host2's range %s", c3.AllowedIPs, r)
+	owned := nodes[1].MustStatus().IPAM.Owned
+	if tr.hopByHop {
+		// Only the probe address stays on the direct peer; the relay's
+		// peer carries the rest of host2's ranges.
+		if probe := netip.PrefixFrom(overlay, overlay.BitLen()).String(); len(c.AllowedIPs) != 1 || c.AllowedIPs[0] != probe {
+			t.Fatalf("relayed peer's allowedIPs = %v, want only its probe address %s", c.AllowedIPs, probe)
+		}
+		for _, r := range owned {
+			if !slices.Contains(c3.AllowedIPs, r) {
+				t.Fatalf("relay's allowedIPs %v lack host2's range %s", c3.AllowedIPs, r)
+			}
+		}
+		if c.EndToEnd {
+			t.Fatalf("%s shows %s end to end with --relay-end-to-end=false", h1.Name, h2.Name)
+		}
+	} else {
+		// End to end: host2's ranges stay on its own peer (and go into
+		// the inner device); the relay's peer carries host2's
+		// end-to-end address alone, and the relay forwards no packet
+		// of the pods in the clear.
+		if err := viaEndToEnd(nodes[0], nodes[1]); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range owned {
+			if !slices.Contains(c.AllowedIPs, r) || slices.Contains(c3.AllowedIPs, r) {
+				t.Fatalf("host2's range %s: on its own peer %v, on the relay's %v; want on its own only", r, c.AllowedIPs, c3.AllowedIPs)
+			}
+		}
+		plain, inner := countRelayed(ctx, t, h3, a.ip, b.ip)
+		for range 5 {
+			if err := both(); err != nil {
+				t.Fatalf("relayed end to end, traffic stopped: %v", err)
+			}
+		}
+		if p, i := plain(), inner(); p != 0 || i < 10 {
+			t.Fatalf("%s forwarded %d packets between the pods in the clear and %d of the inner layer; want none and at least 10", h3.Name, p, i)
+		} else {
+			t.Logf("%s forwarded %d packets of the inner layer, none of the pods in the clear", h3.Name, i)
 		}
 	}
 	relayMetrics(t, h1, 1)
@@ -423,6 +464,52 @@ func relayedPerPeer(ctx context.Context, t *testing.T, nodes []*node, a, b *pod)
 // redirectTable is the nftables table in which a test counts the ICMP
 // redirects a relay sends out of WireGuard.
 const redirectTable = "redirecttest"
+
+// viaEndToEnd says whether a shows b, and b shows a, relayed end to end.
+func viaEndToEnd(a, b *node) error {
+	for _, pair := range [][2]*node{{a, b}, {b, a}} {
+		c, err := connTo(pair[0], pair[1].Host.Name)
+		if err != nil {
+			return err
+		}
+		if c.Via == "" || !c.EndToEnd {
+			return fmt.Errorf("%s shows %s via %q, end to end %v; want relayed end to end", pair[0].Host.Name, pair[1].Host.Name, c.Via, c.EndToEnd)
+		}
+	}
+	return nil
+}
+
+// countRelayed counts on relay h, from now on, the packets it forwards
+// between the pod addresses a and b in the clear, and those of the
+// end-to-end devices' layer (UDP to their port).
+func countRelayed(ctx context.Context, t *testing.T, h *testnet.Host, a, b netip.Addr) (plain, inner func() int64) {
+	t.Helper()
+	const tb = "relaytest-e2e"
+	t.Cleanup(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		h.Run(cctx, "nft", "delete", "table", "inet", tb)
+	})
+	ip := "ip"
+	if a.Is6() {
+		ip = "ip6"
+	}
+	pods := "{ " + a.String() + ", " + b.String() + " }"
+	for _, args := range [][]string{
+		{"add", "table", "inet", tb},
+		{"add", "counter", "inet", tb, "plain"},
+		{"add", "counter", "inet", tb, "inner"},
+		{"add", "chain", "inet", tb, "pass", "{ type filter hook forward priority -10; policy accept; }"},
+		{"add", "rule", "inet", tb, "pass", ip, "saddr", pods, ip, "daddr", pods, "counter", "name", "plain"},
+		{"add", "rule", "inet", tb, "pass", "udp", "dport", strconv.Itoa(fastdp.DefaultInnerListenPort), "counter", "name", "inner"},
+	} {
+		if out, err := h.Run(ctx, "nft", args...); err != nil {
+			t.Fatalf("nft %v on %s: %v: %s", args, h.Name, err, out)
+		}
+	}
+	return func() int64 { return nftCounter(ctx, t, h, "inet", tb, "plain") },
+		func() int64 { return nftCounter(ctx, t, h, "inet", tb, "inner") }
+}
 
 // countRedirects counts, in h's namespace, the ICMP and ICMPv6 redirects
 // the host sends out of mesh's WireGuard device: in an output chain before

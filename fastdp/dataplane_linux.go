@@ -66,6 +66,8 @@ type dataplane struct {
 	release *time.Timer
 	// stopWatch ends watch (a data-plane process only).
 	stopWatch chan struct{}
+	// inner is the end-to-end device (Config.Inner).
+	inner innerDevice
 }
 
 // AdoptGrace is how long after New, on a WireGuard device that already
@@ -246,10 +248,16 @@ func (d *dataplane) Shutdown(ctx context.Context) error {
 		} else {
 			d.log.Info("removed every WireGuard peer; the supervisor's data-plane process keeps running")
 		}
+		if err := d.removeStaleInner(""); err != nil {
+			errs = append(errs, err)
+		}
 		return errors.Join(append(errs, d.closeLocked())...)
 	}
 	var errs []error
 	if err := d.impl.close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.removeStaleInner(""); err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := StopProcess(ctx, Options{DeviceName: d.name, Logger: d.log}); err != nil {
@@ -398,10 +406,14 @@ func (d *dataplane) apply(ctx context.Context, want *Config) (err error) {
 	if err := d.ensureBridgeAddr(br, []netip.Prefix{want.BridgeAddr, want.BridgeAddr6}, &undo); err != nil {
 		return err
 	}
+	inner, err := d.ensureInner(want, &undo)
+	if err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := d.ensureRoutes(want, wgLink, br, &undo); err != nil {
+	if err := d.ensureRoutes(want, wgLink, br, inner, &undo); err != nil {
 		return err
 	}
 	if err := d.ensureForwarding(want.ClusterRange.Addr().Is6()); err != nil {
@@ -541,6 +553,12 @@ func (d *dataplane) closeLocked() error {
 		d.release.Stop()
 	}
 	err := d.impl.close()
+	if d.inner.impl != nil {
+		if cerr := d.inner.impl.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		d.inner = innerDevice{}
+	}
 	if cerr := d.wg.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("failed to close wgctrl: %w", cerr)
 	}

@@ -32,6 +32,9 @@
 // LocalRanges, or be a host prefix the peers allow for this node. Pods use the overlay IP as their gateway (the CNI plugin adds
 // an on-link route to it, as the bridge address is a host prefix).
 //
+// With Config.Inner, a second WireGuard device carries the traffic of
+// peers reached through a relay end to end, inside the first (see Inner).
+//
 // Every route fastdp installs carries protocol RouteProtocol, and every link
 // it creates carries an alias starting with "mesh:", so that Set can find and
 // remove its own stale state and Reset can remove all of it without touching
@@ -77,6 +80,14 @@ const (
 	ModeKernel = "kernel"
 	// ModeUserspace always runs wireguard-go (where: Options.Process).
 	ModeUserspace = "userspace"
+
+	// DefaultInnerDeviceName is the name of the end-to-end device
+	// (Config.Inner).
+	DefaultInnerDeviceName = "mesh-e2e"
+	// DefaultInnerListenPort is the UDP port of the end-to-end device. Its
+	// packets travel inside the outer device's, between overlay
+	// addresses, so it is never seen on the underlay.
+	DefaultInnerListenPort = 6785
 
 	// ProcessAuto runs the userspace data plane in a mesh-dataplane
 	// process: the one serving the UAPI socket, else one started from
@@ -151,7 +162,57 @@ type Config struct {
 	// the IPv6 routes. Both zero in an IPv4-only or IPv6-only mesh.
 	ClusterRange6 netip.Prefix
 	BridgeAddr6   netip.Prefix
+	// Inner is the end-to-end device; nil means none (one left by an
+	// earlier Set is removed).
+	Inner *Inner
 }
+
+// Inner is a second WireGuard device whose packets travel inside the first
+// one's, between the two nodes' end-to-end addresses, so that a node
+// relaying them (which decrypts the outer layer) sees only the inner
+// layer's ciphertext and cannot forge the inner layer's sources
+// (docs/routing.md, "End to end through relays"). It uses the node's key
+// (Config.PrivateKey) and its MTU is the outer device's minus Overhead.
+//
+// Routing, with Addr this node's end-to-end address:
+//
+//	Routes[i] dev <inner device> src <overlay IP>   # peers reached end to end
+//	Pins[i]   dev <wg device>    src <Addr>          # the peers' end-to-end addresses
+//	Direct[i] dev <wg device>    src <overlay IP>   # the peers' probe addresses
+//
+// A pin keeps a peer's end-to-end address on the outer device although a
+// Route covers it (longest-prefix match), so that the inner packets leave
+// by the outer device instead of looping into the inner one, and from
+// Addr, which the peers allow on the outer entry that carries them.
+type Inner struct {
+	// DeviceName is the link's name; "" means DefaultInnerDeviceName.
+	DeviceName string
+	// ListenPort is the inner device's UDP port; 0 means
+	// DefaultInnerListenPort. It must differ from the outer one's.
+	ListenPort int
+	// Addr is this node's end-to-end address, a host prefix inside the
+	// cluster range held by this node (so that peers route it here). It
+	// is put on the inner device; the inner packets leave from it.
+	Addr netip.Prefix
+	// Peers of the inner device: Endpoint is the peer's end-to-end
+	// address and inner port, AllowedIPs what the peer's outer entry
+	// would allow. Sorted by PublicKey.
+	Peers []Peer
+	// Routes are routed into the inner device. Sorted. One may hold Addr
+	// (it is held in another node's range): local addresses are looked
+	// up before the main table.
+	Routes []netip.Prefix
+	// Pins are the peers' end-to-end addresses (host prefixes), routed
+	// into the outer device with Addr as the source. Sorted.
+	Pins []netip.Prefix
+	// Direct are host prefixes inside Routes kept on the outer device
+	// from the overlay IP: the peers' probe addresses, whose probes must
+	// test the direct path, not the path through the relay. Sorted.
+	Direct []netip.Prefix
+}
+
+// innerMTU is the MTU of the inner device under an outer device of mtu.
+func innerMTU(mtu int) int { return mtu - Overhead }
 
 // clusterRangeOf returns the cluster range of a's family.
 func (c *Config) clusterRangeOf(a netip.Addr) netip.Prefix {
@@ -282,15 +343,28 @@ func (c *Config) Clone() *Config {
 	n.LocalRanges = slices.Clone(c.LocalRanges)
 	n.LocalHosts = slices.Clone(c.LocalHosts)
 	n.RemoteHosts = slices.Clone(c.RemoteHosts)
-	n.Peers = make([]Peer, len(c.Peers))
-	for i, p := range c.Peers {
-		p.AllowedIPs = slices.Clone(p.AllowedIPs)
-		n.Peers[i] = p
-	}
-	if c.Peers == nil {
-		n.Peers = nil
+	n.Peers = clonePeers(c.Peers)
+	if c.Inner != nil {
+		in := *c.Inner
+		in.Peers = clonePeers(c.Inner.Peers)
+		in.Routes = slices.Clone(c.Inner.Routes)
+		in.Pins = slices.Clone(c.Inner.Pins)
+		in.Direct = slices.Clone(c.Inner.Direct)
+		n.Inner = &in
 	}
 	return &n
+}
+
+func clonePeers(ps []Peer) []Peer {
+	if ps == nil {
+		return nil
+	}
+	out := make([]Peer, len(ps))
+	for i, p := range ps {
+		p.AllowedIPs = slices.Clone(p.AllowedIPs)
+		out[i] = p
+	}
+	return out
 }
 
 // Equal reports whether c and o describe the same state, comparing slices in
@@ -303,10 +377,20 @@ func (c *Config) Equal(o *Config) bool {
 		c.BridgeName != o.BridgeName || c.BridgeAddr != o.BridgeAddr || c.ClusterRange != o.ClusterRange ||
 		c.BridgeAddr6 != o.BridgeAddr6 || c.ClusterRange6 != o.ClusterRange6 ||
 		!slices.Equal(c.LocalRanges, o.LocalRanges) || !slices.Equal(c.LocalHosts, o.LocalHosts) ||
-		!slices.Equal(c.RemoteHosts, o.RemoteHosts) {
+		!slices.Equal(c.RemoteHosts, o.RemoteHosts) || !equalPeers(c.Peers, o.Peers) {
 		return false
 	}
-	return slices.EqualFunc(c.Peers, o.Peers, func(a, b Peer) bool {
+	if c.Inner == nil || o.Inner == nil {
+		return c.Inner == o.Inner
+	}
+	a, b := c.Inner, o.Inner
+	return a.DeviceName == b.DeviceName && a.ListenPort == b.ListenPort && a.Addr == b.Addr &&
+		equalPeers(a.Peers, b.Peers) && slices.Equal(a.Routes, b.Routes) && slices.Equal(a.Pins, b.Pins) &&
+		slices.Equal(a.Direct, b.Direct)
+}
+
+func equalPeers(x, y []Peer) bool {
+	return slices.EqualFunc(x, y, func(a, b Peer) bool {
 		return a.PublicKey == b.PublicKey && a.PresharedKey == b.PresharedKey && a.Endpoint == b.Endpoint &&
 			a.Keepalive == b.Keepalive && slices.Equal(a.AllowedIPs, b.AllowedIPs)
 	})
@@ -333,6 +417,14 @@ func (c *Config) withDefaults() (*Config, error) {
 	}
 	if n.BridgeName == "" {
 		n.BridgeName = DefaultBridgeName
+	}
+	if in := n.Inner; in != nil {
+		if in.DeviceName == "" {
+			in.DeviceName = DefaultInnerDeviceName
+		}
+		if in.ListenPort == 0 {
+			in.ListenPort = DefaultInnerListenPort
+		}
 	}
 	if err := n.validate(); err != nil {
 		return nil, fmt.Errorf("invalid data plane config: %w", err)
@@ -403,8 +495,20 @@ func (c *Config) validate() error {
 			return fmt.Errorf("host %s is both local and remote", h)
 		}
 	}
-	seen := make(map[crypto.Key]bool, len(c.Peers))
-	for _, p := range c.Peers {
+	if err := validPeers(c.Peers); err != nil {
+		return err
+	}
+	if c.Inner != nil {
+		if err := c.validateInner(); err != nil {
+			return fmt.Errorf("end-to-end device: %w", err)
+		}
+	}
+	return nil
+}
+
+func validPeers(ps []Peer) error {
+	seen := make(map[crypto.Key]bool, len(ps))
+	for _, p := range ps {
 		if p.PublicKey == (crypto.Key{}) {
 			return errors.New("peer with a zero public key")
 		}
@@ -422,4 +526,67 @@ func (c *Config) validate() error {
 		}
 	}
 	return nil
+}
+
+// validateInner checks c.Inner, with its defaults filled in.
+func (c *Config) validateInner() error {
+	in := c.Inner
+	if err := validLinkName(in.DeviceName); err != nil {
+		return err
+	}
+	if in.DeviceName == c.BridgeName {
+		return fmt.Errorf("device name %q is the bridge's", in.DeviceName)
+	}
+	if in.ListenPort < 1 || in.ListenPort > 65535 || in.ListenPort == c.ListenPort {
+		return fmt.Errorf("listen port %d out of range or the outer device's", in.ListenPort)
+	}
+	// The inner packets must fit the outer device; IPv6 needs 1280.
+	low := 576
+	if c.ClusterRange.Addr().Is6() || c.ClusterRange6.IsValid() {
+		low = MinMTU
+	}
+	if m := innerMTU(c.MTU); m < low {
+		return fmt.Errorf("MTU %d leaves %d for the end-to-end device (at least %d)", c.MTU, m, low)
+	}
+	host := func(what string, h netip.Prefix) error {
+		if cr := c.clusterRangeOf(h.Addr()); !h.IsValid() || !h.IsSingleIP() || !cr.Contains(h.Addr()) {
+			return fmt.Errorf("%s %s is not a host prefix inside the cluster range %s", what, h, cr)
+		}
+		return nil
+	}
+	if err := host("address", in.Addr); err != nil {
+		return err
+	}
+	pinned := make(map[netip.Prefix]bool, len(in.Pins))
+	for _, h := range in.Pins {
+		if err := host("pinned address", h); err != nil {
+			return err
+		}
+		if h == in.Addr {
+			return fmt.Errorf("pinned address %s is this node's own", h)
+		}
+		pinned[h] = true
+	}
+	for _, h := range in.Direct {
+		if err := host("direct address", h); err != nil {
+			return err
+		}
+		if pinned[h] {
+			return fmt.Errorf("direct address %s is pinned too", h)
+		}
+	}
+	for _, r := range in.Routes {
+		if cr := c.clusterRangeOf(r.Addr()); !r.IsValid() || r != r.Masked() || !cr.Contains(r.Addr()) || r.Bits() < cr.Bits() {
+			return fmt.Errorf("route %s is not a masked prefix inside the cluster range %s", r, cr)
+		}
+	}
+	for _, p := range in.Peers {
+		// An inner packet to a peer must leave by the outer device:
+		// its endpoint is pinned there, or it would loop into the
+		// inner device through a route that covers it.
+		if a := p.Endpoint.Addr(); !p.Endpoint.IsValid() || !pinned[netip.PrefixFrom(a, a.BitLen())] {
+			return fmt.Errorf("peer %s: endpoint %s is not one of the pinned addresses", p.PublicKey, p.Endpoint)
+		}
+	}
+	return validPeers(in.Peers)
 }

@@ -71,10 +71,17 @@ func (d *dataplane) ensureBridge(want *Config, undo *undoStack) (netlink.Link, e
 // address of each family; none when all are zero) on the bridge, besides
 // the IPv6 link-local address the kernel manages.
 func (d *dataplane) ensureBridgeAddr(br netlink.Link, wants []netip.Prefix, undo *undoStack) error {
-	name := br.Attrs().Name
-	addrs, err := dump(func() ([]netlink.Addr, error) { return d.nl.AddrList(br, netlink.FAMILY_ALL) })
+	return d.ensureLinkAddrs(br, "bridge", wants, undo)
+}
+
+// ensureLinkAddrs leaves exactly the valid prefixes of wants on link l
+// (what names its role in messages), besides the IPv6 link-local address
+// the kernel manages.
+func (d *dataplane) ensureLinkAddrs(l netlink.Link, what string, wants []netip.Prefix, undo *undoStack) error {
+	name := l.Attrs().Name
+	addrs, err := dump(func() ([]netlink.Addr, error) { return d.nl.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
-		return fmt.Errorf("failed to list addresses of bridge %q: %w", name, err)
+		return fmt.Errorf("failed to list addresses of %s %q: %w", what, name, err)
 	}
 	found := map[netip.Prefix]bool{}
 	for _, a := range addrs {
@@ -87,37 +94,37 @@ func (d *dataplane) ensureBridgeAddr(br netlink.Link, wants []netip.Prefix, undo
 			found[p] = true
 		case p.Addr().IsLinkLocalUnicast():
 		default:
-			if err := d.nl.AddrDel(br, &a); err != nil {
-				return fmt.Errorf("failed to remove stale address %s from bridge %q: %w", p, name, err)
+			if err := d.nl.AddrDel(l, &a); err != nil {
+				return fmt.Errorf("failed to remove stale address %s from %s %q: %w", p, what, name, err)
 			}
-			d.log.Info("removed stale bridge address", "bridge", name, "addr", p.String())
+			d.log.Info("removed stale "+what+" address", "link", name, "addr", p.String())
 		}
 	}
 	for _, want := range wants {
 		if found[want] || !want.IsValid() {
 			continue
 		}
-		if err := d.addBridgeAddr(br, want, undo); err != nil {
+		if err := d.addLinkAddr(l, what, want, undo); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// addBridgeAddr adds want to the bridge.
-func (d *dataplane) addBridgeAddr(br netlink.Link, want netip.Prefix, undo *undoStack) error {
-	name := br.Attrs().Name
+// addLinkAddr adds want to link l.
+func (d *dataplane) addLinkAddr(l netlink.Link, what string, want netip.Prefix, undo *undoStack) error {
+	name := l.Attrs().Name
 	addr := &netlink.Addr{IPNet: ipNet(want)}
 	if want.Addr().Is6() {
 		// Usable at once: duplicate address detection would keep it
 		// tentative, and routes using it as their source would fail.
 		addr.Flags = unix.IFA_F_NODAD
 	}
-	if err := d.nl.AddrAdd(br, addr); err != nil {
-		return fmt.Errorf("failed to add address %s to bridge %q: %w", want, name, err)
+	if err := d.nl.AddrAdd(l, addr); err != nil {
+		return fmt.Errorf("failed to add address %s to %s %q: %w", want, what, name, err)
 	}
-	undo.push(fmt.Sprintf("remove address %s from bridge %q", want, name), func() error { return d.nl.AddrDel(br, addr) })
-	d.log.Info("added bridge address", "bridge", name, "addr", want.String())
+	undo.push(fmt.Sprintf("remove address %s from %s %q", want, what, name), func() error { return d.nl.AddrDel(l, addr) })
+	d.log.Info("added "+what+" address", "link", name, "addr", want.String())
 	return nil
 }
 
@@ -131,7 +138,9 @@ type routeSpec struct {
 // desiredRoutes lists the routes of the addressing scheme in the package
 // comment.
 // The source of each route is the bridge address of its family.
-func desiredRoutes(want *Config, wgLink, br netlink.Link) []routeSpec {
+// With an inner device (inner, nil without one) come its routes and the
+// pins (Inner).
+func desiredRoutes(want *Config, wgLink, br, inner netlink.Link) []routeSpec {
 	src := func(dst netip.Prefix) netip.Addr { return want.bridgeAddrOf(dst.Addr()).Addr() }
 	var rs []routeSpec
 	for _, r := range []netip.Prefix{want.ClusterRange, want.ClusterRange6} {
@@ -147,6 +156,17 @@ func desiredRoutes(want *Config, wgLink, br netlink.Link) []routeSpec {
 	}
 	for _, h := range want.RemoteHosts {
 		rs = append(rs, routeSpec{dst: h, link: wgLink.Attrs().Index, src: src(h), links: wgLink.Attrs().Name})
+	}
+	if in := want.Inner; in != nil && inner != nil {
+		for _, r := range in.Routes {
+			rs = append(rs, routeSpec{dst: r, link: inner.Attrs().Index, src: src(r), links: inner.Attrs().Name})
+		}
+		for _, h := range in.Pins {
+			rs = append(rs, routeSpec{dst: h, link: wgLink.Attrs().Index, src: in.Addr.Addr(), links: wgLink.Attrs().Name})
+		}
+		for _, h := range in.Direct {
+			rs = append(rs, routeSpec{dst: h, link: wgLink.Attrs().Index, src: src(h), links: wgLink.Attrs().Name})
+		}
 	}
 	return rs
 }
@@ -168,10 +188,10 @@ func (r routeSpec) route() *netlink.Route {
 
 // ensureRoutes makes the routes carrying RouteProtocol in the main table
 // exactly the desired ones.
-func (d *dataplane) ensureRoutes(want *Config, wgLink, br netlink.Link, undo *undoStack) error {
+func (d *dataplane) ensureRoutes(want *Config, wgLink, br, inner netlink.Link, undo *undoStack) error {
 	desired := map[netip.Prefix]routeSpec{}
 	var order []netip.Prefix
-	for _, r := range desiredRoutes(want, wgLink, br) {
+	for _, r := range desiredRoutes(want, wgLink, br, inner) {
 		if _, dup := desired[r.dst]; dup {
 			// A local range equal to the cluster range, or a host
 			// prefix equal to a /32 range: the later entry wins, as

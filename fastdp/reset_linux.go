@@ -64,11 +64,26 @@ func Reset(ctx context.Context, opts Options) error {
 		if !ours {
 			continue
 		}
+		if a.Alias == aliasInner {
+			if c, err := (&net.Dialer{Timeout: time.Second}).DialContext(ctx, "unix", uapiSocket(a.Name)); err == nil {
+				c.Close()
+				errs = append(errs, fmt.Errorf("end-to-end device %q is still served by a running daemon; stop the daemon first", a.Name))
+				continue
+			}
+		}
 		if err := nl.LinkDel(l); err != nil && !isNotFound(err) {
 			errs = append(errs, fmt.Errorf("failed to remove link %q: %w", a.Name, err))
 			continue
 		}
 		opts.Logger.Info("removed link", "component", "fastdp", "link", a.Name, "type", l.Type())
+		if a.Alias == aliasInner {
+			// The end-to-end device ran in the daemon, which is gone
+			// (its UAPI socket answered nobody above, or the
+			// daemon's did not): a socket file left by a crash goes.
+			if err := os.Remove(uapiSocket(a.Name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("failed to remove stale UAPI socket of %q: %w", a.Name, err))
+			}
+		}
 	}
 	// Routes through the removed links went with them; these are the rest.
 	routes, err := listOwnRoutes(nl, true)

@@ -3,11 +3,13 @@ package ipam
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -28,6 +30,21 @@ type Key struct {
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifName"`
 }
+
+// HostIDPrefix begins the container ID of an address the node holds for
+// itself (its end-to-end address, docs/routing.md), not for a container:
+// CNI container IDs hold letters, digits, "_", "." and "-" only, never a
+// colon. Such an allocation is held and persisted like a pod's, but List
+// and Status leave it out (they describe the pods), no garbage collection
+// frees it, and Release refuses it.
+const HostIDPrefix = "mesh:"
+
+// Host says whether k is one of the node's own allocations (HostIDPrefix).
+func (k Key) Host() bool { return strings.HasPrefix(k.ContainerID, HostIDPrefix) }
+
+// ErrHostKey is returned by Release for a key of the node's own
+// (Key.Host).
+var ErrHostKey = errors.New("ipam: the address is held by the node itself, not by a container")
 
 // Allocation is an address held by a container interface.
 type Allocation struct {
@@ -520,6 +537,9 @@ func (a *Allocator) Release(containerID, ifName string) error {
 	if !ok {
 		return nil
 	}
+	if k.Host() {
+		return fmt.Errorf("%w: %s/%s", ErrHostKey, containerID, ifName)
+	}
 	network, hadNet := a.nets[k]
 	a.unbindLocked(k, off)
 	delete(a.nets, k)
@@ -572,7 +592,7 @@ func (a *Allocator) releaseAllExcept(match func(Key) bool, valid []Key) (int, er
 	old, oldNets := maps.Clone(a.allocs), maps.Clone(a.nets)
 	released := 0
 	for k := range a.allocs {
-		if !keep[k] && match(k) {
+		if !keep[k] && match(k) && !k.Host() {
 			delete(a.allocs, k)
 			delete(a.nets, k)
 			released++
@@ -593,12 +613,24 @@ func (a *Allocator) releaseAllExcept(match func(Key) bool, valid []Key) (int, er
 	return released, nil
 }
 
-// List returns this peer's allocations sorted by address. Non-blocking;
-// safe for concurrent use.
+// List returns this peer's allocations for containers sorted by address
+// (not the node's own, Key.Host). Non-blocking; safe for concurrent use.
 func (a *Allocator) List() []Allocation {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.appendListLocked(make([]Allocation, 0, len(a.allocs)))
+	l := a.appendListLocked(make([]Allocation, 0, len(a.allocs)))
+	return slices.DeleteFunc(l, func(al Allocation) bool { return Key{al.ContainerID, al.IfName}.Host() })
+}
+
+// hostAllocsLocked counts the node's own allocations (Key.Host).
+func (a *Allocator) hostAllocsLocked() int {
+	n := 0
+	for k := range a.allocs {
+		if k.Host() {
+			n++
+		}
+	}
+	return n
 }
 
 // appendListLocked appends the allocations to dst sorted by address. It

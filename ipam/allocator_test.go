@@ -572,3 +572,61 @@ func TestReleaseRemovedHeld(t *testing.T) {
 		}
 	}
 }
+
+// TestHostAllocation: the node's own address (Key.Host) is held like a
+// pod's and kept across a restart, never handed to a pod, but left out of
+// what describes the pods and never freed by a release or a GC.
+func TestHostAllocation(t *testing.T) {
+	cfg := testConfig(t, "a", "10.0.0.0/29") // 5 usable besides the gateway
+	a := mustNew(t, cfg, nil)
+	host := Key{HostIDPrefix + "e2e", "e2e"}
+	if !host.Host() || (Key{"c1", "eth0"}).Host() {
+		t.Fatal("Key.Host does not tell the node's key from a container's")
+	}
+	h := mustAlloc(t, a, host.ContainerID, host.IfName)
+	pods := map[netip.Addr]bool{}
+	for i := 0; ; i++ {
+		addr, err := a.Allocate(context.Background(), fmt.Sprint("c", i), "eth0")
+		if errors.Is(err, ErrNoSpace) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if addr == h {
+			t.Fatalf("pod c%d got the node's own address %s", i, h)
+		}
+		pods[addr] = true
+	}
+	if len(pods) != 4 {
+		t.Fatalf("%d pods allocated, want 4 (5 usable less the node's own)", len(pods))
+	}
+	if st := a.Status(); st.Allocated != 4 {
+		t.Errorf("Status.Allocated = %d, want 4 (the pods only)", st.Allocated)
+	}
+	for _, al := range a.List() {
+		if al.Addr == h {
+			t.Errorf("List shows the node's own address: %+v", al)
+		}
+	}
+	if err := a.Release(host.ContainerID, host.IfName); !errors.Is(err, ErrHostKey) {
+		t.Errorf("Release of the node's key = %v, want ErrHostKey", err)
+	}
+	if n, err := a.ReleaseAllExcept(nil); err != nil || n != 4 {
+		t.Errorf("ReleaseAllExcept(nil) = %d, %v; want the 4 pods freed", n, err)
+	}
+	if got := mustAlloc(t, a, host.ContainerID, host.IfName); got != h {
+		t.Errorf("after the GC the node's key got %s, want %s kept", got, h)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := mustNew(t, cfg, nil)
+	defer b.Close()
+	if got := mustAlloc(t, b, host.ContainerID, host.IfName); got != h {
+		t.Errorf("after a restart the node's key got %s, want %s", got, h)
+	}
+	if st := b.Status(); st.Allocated != 0 {
+		t.Errorf("after a restart Status.Allocated = %d, want 0", st.Allocated)
+	}
+}

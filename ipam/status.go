@@ -88,7 +88,7 @@ func (a *Allocator) Status() Status {
 		Range:     a.cfg.Range.String(),
 		Status:    a.statusWordLocked(),
 		Owned:     []string{},
-		Allocated: len(a.allocs),
+		Allocated: len(a.allocs) - a.hostAllocsLocked(),
 		Free:      a.freeCount(),
 		Ranges:    a.rangesLocked(),
 		Conflicts: a.conflictsLocked(),

@@ -142,6 +142,13 @@ type PathMeta struct {
 	// length is dropped on decoding; its bounds are the reader's check
 	// (coord.FromWire).
 	Coord []int `json:"c,omitempty"`
+	// E2E is this node's end-to-end address (docs/routing.md, "End to
+	// end through relays"): a second address of its own space, where its
+	// end-to-end device listens inside the mesh. Empty when it has none
+	// (--relay-end-to-end=false, no address yet); a pair is relayed end
+	// to end only when both ends have one. Added within version 1: an
+	// earlier node ignores it and relays hop by hop.
+	E2E string `json:"e,omitempty"`
 }
 
 // Equal reports whether p and q are the same report.
@@ -153,7 +160,7 @@ func (p PathMeta) Equal(q PathMeta) bool {
 // network coordinate: the one rule for a change of the coordinate alone,
 // which its publisher logs quietly and its receivers reconcile lazily.
 func (p PathMeta) EqualBesidesCoord(q PathMeta) bool {
-	return p.Version == q.Version && p.Probe == q.Probe && slices.Equal(p.Down, q.Down) &&
+	return p.Version == q.Version && p.Probe == q.Probe && p.E2E == q.E2E && slices.Equal(p.Down, q.Down) &&
 		p.Overflow == q.Overflow && p.NoRelay == q.NoRelay && p.Preference == q.Preference
 }
 

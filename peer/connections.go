@@ -65,7 +65,7 @@ func (r *Reconciler) Connections(ctx context.Context, now time.Time) ([]api.Conn
 		if s.Endpoint.IsValid() {
 			c.Endpoint = s.Endpoint.String()
 		}
-		c.Via = r.via[name]
+		c.Via, c.EndToEnd = r.via[name], r.e2e[name]
 		if st, rtt := r.paths.State(name); st != "" {
 			c.DirectPath = st
 			if rtt > 0 {

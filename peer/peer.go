@@ -42,6 +42,11 @@ type Node struct {
 	// the direct path; only when it lies in the node's own ranges or held
 	// addresses.
 	Probe netip.Addr
+	// E2E is the node's end-to-end address (from its path report), the
+	// zero value when it has none (it runs no end-to-end device, or a
+	// release without one). While the node is relayed and this node has
+	// one too, their traffic goes end to end through the relay (Desired).
+	E2E netip.Addr
 }
 
 // Grace is how long a node keeps the WireGuard peer of a node that gossip
@@ -110,6 +115,11 @@ type Input struct {
 	// its ranges (Relays). The relay must itself get a peer; otherwise
 	// the node stays direct.
 	Via map[string]string
+	// E2EAddr is this node's end-to-end address (docs/routing.md, "End
+	// to end through relays"); the zero value relays hop by hop only.
+	// InnerDevice names the end-to-end device ("" is fastdp's default).
+	E2EAddr     netip.Addr
+	InnerDevice string
 }
 
 // hasPeer is the one rule for which nodes get a WireGuard peer: alive and
@@ -216,6 +226,8 @@ type desiredState struct {
 	// the packets that come from it, for counting what this node relays
 	// per peer.
 	own map[string][]netip.Prefix
+	// e2e is the relayed nodes whose traffic goes end to end.
+	e2e map[string]bool
 }
 
 // desired is Desired that also returns which nodes it relays, and each
@@ -288,19 +300,37 @@ func desired(in Input) (desiredState, error) {
 	}
 	relayed := map[string]string{}
 	own := make(map[string][]netip.Prefix, len(peers))
+	var inner []innerPeer
 	for _, n := range peers {
 		rs := slices.Concat(owned[n.Name], heldBy[n.Name])
 		own[n.Name] = sortPrefixes(rs)
 		e := byKey[n.PublicKey]
 		if relay, ok := keyOf[in.Via[n.Name]]; ok && relay != n.PublicKey {
 			relayed[n.Name] = in.Via[n.Name]
+			if host, ok := endToEnd(in, n, rs, held); ok {
+				// End to end: the node's ranges stay on its own
+				// entry and are routed into the inner device, but
+				// for its probe address, which stays routed to that
+				// entry so that probes keep testing the direct
+				// path; the relay's entry carries the node's
+				// end-to-end address only, so the relay can neither
+				// read nor forge its pods' packets (docs/routing.md).
+				e.ranges = append(e.ranges, slices.DeleteFunc(slices.Clone(rs), func(p netip.Prefix) bool { return p == host })...)
+				byKey[relay].ranges = append(byKey[relay].ranges, host)
+				ip := innerPeer{node: n, ranges: sortPrefixes(rs), addr: host}
+				if a := n.Probe.Unmap(); a.IsValid() && inSpace(rs, a) {
+					ip.probe = netip.PrefixFrom(a, a.BitLen())
+				}
+				inner = append(inner, ip)
+				continue
+			}
 			// Relayed: the ranges go to the relay's peer, the probe
 			// address stays on the direct one (docs/routing.md).
 			// Only a probe address inside the node's own space: a
 			// node must not pull another node's address onto its
 			// entry by naming it as its probe address.
 			var probe netip.Prefix
-			if a := n.Probe.Unmap(); a.IsValid() && slices.ContainsFunc(rs, func(p netip.Prefix) bool { return p.Contains(a) }) {
+			if a := n.Probe.Unmap(); a.IsValid() && inSpace(rs, a) {
 				probe = netip.PrefixFrom(a, a.BitLen())
 				e.ranges = append(e.ranges, probe)
 			}
@@ -364,7 +394,81 @@ func desired(in Input) (desiredState, error) {
 		cfg.Peers = append(cfg.Peers, p)
 	}
 	slices.SortFunc(cfg.Peers, func(a, b fastdp.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
-	return desiredState{cfg: cfg, via: relayed, own: own}, nil
+	e2e := innerConfig(in, cfg, inner)
+	return desiredState{cfg: cfg, via: relayed, own: own, e2e: e2e}, nil
+}
+
+// innerPeer is a relayed node whose traffic goes end to end.
+type innerPeer struct {
+	node   Node
+	ranges []netip.Prefix
+	addr   netip.Prefix // its end-to-end address
+	probe  netip.Prefix // its probe address in its own space, if any
+}
+
+// endToEnd says whether the relayed node n's traffic goes end to end, and
+// returns its end-to-end address as a host prefix: when both this node
+// and n have an end-to-end address, n's lies in n's own space rs (a node
+// must not pull another's address onto the relay's entry) and is none of
+// another node's held addresses, and differs from this node's own and
+// from n's probe address (which stays on n's direct entry).
+func endToEnd(in Input, n Node, rs []netip.Prefix, held map[netip.Prefix]string) (netip.Prefix, bool) {
+	self, a := in.E2EAddr.Unmap(), n.E2E.Unmap()
+	if !self.IsValid() || !a.IsValid() || a == self || a == n.Probe.Unmap() || !inSpace(rs, a) {
+		return netip.Prefix{}, false
+	}
+	host := netip.PrefixFrom(a, a.BitLen())
+	if h, ok := held[host]; ok && h != n.Name {
+		return netip.Prefix{}, false
+	}
+	return host, true
+}
+
+// innerConfig adds the end-to-end device to cfg when some relayed node's
+// traffic goes end to end, and returns those nodes' names. Its peers use
+// the nodes' keys and preshared keys, as their outer entries do.
+func innerConfig(in Input, cfg *fastdp.Config, inner []innerPeer) map[string]bool {
+	if len(inner) == 0 {
+		return nil
+	}
+	self := in.E2EAddr.Unmap()
+	ic := &fastdp.Inner{DeviceName: in.InnerDevice, Addr: netip.PrefixFrom(self, self.BitLen())}
+	names := make(map[string]bool, len(inner))
+	at := map[crypto.Key]int{}
+	psk := map[crypto.Key]crypto.Key{}
+	for _, p := range cfg.Peers {
+		psk[p.PublicKey] = p.PresharedKey
+	}
+	for _, ip := range inner {
+		names[ip.node.Name] = true
+		ic.Routes = append(ic.Routes, ip.ranges...)
+		ic.Pins = append(ic.Pins, ip.addr)
+		if ip.probe.IsValid() {
+			// Probes test the direct path, not the relay's.
+			ic.Direct = append(ic.Direct, ip.probe)
+		}
+		if i, ok := at[ip.node.PublicKey]; ok {
+			// Two names of one machine: one peer (see Desired).
+			ic.Peers[i].AllowedIPs = sortPrefixes(slices.Concat(ic.Peers[i].AllowedIPs, ip.ranges))
+			continue
+		}
+		at[ip.node.PublicKey] = len(ic.Peers)
+		ic.Peers = append(ic.Peers, fastdp.Peer{
+			PublicKey:    ip.node.PublicKey,
+			PresharedKey: psk[ip.node.PublicKey],
+			Endpoint:     netip.AddrPortFrom(ip.addr.Addr(), fastdp.DefaultInnerListenPort),
+			AllowedIPs:   ip.ranges,
+		})
+	}
+	slices.SortFunc(ic.Peers, func(a, b fastdp.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
+	ic.Routes, ic.Pins, ic.Direct = sortPrefixes(ic.Routes), sortPrefixes(ic.Pins), sortPrefixes(ic.Direct)
+	cfg.Inner = ic
+	return names
+}
+
+// inSpace says whether a lies in one of ps.
+func inSpace(ps []netip.Prefix, a netip.Addr) bool {
+	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
 // better reports whether a should give the endpoint over b: alive over

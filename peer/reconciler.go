@@ -37,6 +37,7 @@ type Reconciler struct {
 	duration     time.Duration     // of the last Apply
 	ready        bool              // the data plane once accepted a config with a bridge address
 	via          map[string]string // relayed nodes of last, and their relays
+	e2e          map[string]bool   // the relayed nodes of last whose traffic goes end to end
 	relayChanges int64
 	paths        *Paths
 	// own is each peer's own prefixes as of the last Apply that computed
@@ -106,7 +107,7 @@ func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err err
 	// Kept even when the config is unchanged: a relayed node's ranges
 	// can move without changing any peer's AllowedIPs as a whole.
 	r.own = d.own
-	cfg, via := d.cfg, d.via
+	cfg, via, e2e := d.cfg, d.via, d.e2e
 	same := r.last.Equal(cfg)
 	if same && !adopting(r.dp) && start.Sub(r.lastSet) < ResyncInterval {
 		r.skipped++
@@ -123,11 +124,11 @@ func (r *Reconciler) Apply(ctx context.Context, in Input) (changed bool, err err
 		// says what it had to restore.
 		r.logChange(r.last, cfg, names)
 	}
-	if !maps.Equal(r.via, via) {
+	if !maps.Equal(r.via, via) || !maps.Equal(r.e2e, e2e) {
 		r.relayChanges++
-		r.log.Info("relayed peers changed", "via", via)
+		r.log.Info("relayed peers changed", "via", via, "endToEnd", slices.Sorted(maps.Keys(e2e)))
 	}
-	r.via = via
+	r.via, r.e2e = via, e2e
 	r.trackSince(cfg, start)
 	r.last, r.names = cfg, names
 	r.applied++

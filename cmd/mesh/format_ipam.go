@@ -116,6 +116,8 @@ func formatConnections(w io.Writer, st *api.Status, now time.Time) {
 // a direct path that probes find down and no relay replaces says so.
 func connPath(c api.Connection) string {
 	switch {
+	case c.Via != "" && c.EndToEnd:
+		return "via " + c.Via + " (end to end)"
 	case c.Via != "":
 		return "via " + c.Via
 	case c.DirectPath == api.PathDown:

@@ -68,6 +68,7 @@ func sampleStatus() *api.Status {
 			{Peer: "a-very-long-host-name", Endpoint: "192.0.2.10:6784", State: "established", LastHandshake: now.Add(-42 * time.Second).Format(time.RFC3339), RxBytes: 123456789, TxBytes: 2048,
 				DirectPath: api.PathUp, RTTMillis: 0.42, EstimatedRTTMillis: 0.6, RelayedBytes: 3 << 20},
 			{Peer: "host-e", Endpoint: "192.0.2.14:6784", State: "established", DirectPath: api.PathDown},
+			{Peer: "host-f", Endpoint: "192.0.2.15:6784", State: "established", DirectPath: api.PathDown, Via: "host-d", EndToEnd: true, EstimatedRTTMillis: 1.5},
 		},
 		Targets: []api.Target{
 			{Address: "192.0.2.99:6783", Source: "launch", State: "retrying", Error: "cannot join 192.0.2.99:6783: dial tcp 192.0.2.99:6783: i/o timeout", NextRetry: now.Add(8 * time.Second).Format(time.RFC3339)},

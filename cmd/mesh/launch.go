@@ -59,6 +59,7 @@ func launch(args []string, stderr io.Writer) error {
 	fs.DurationVar(&cfg.ReachRecheck, "reach-recheck", cfg.ReachRecheck, "how often to check again whether peers can connect to this node, after the check at launch: a node that came to sit behind NAT or a firewall then attaches to a peer for its gossip, one reachable again detaches (0: never; docs/routing.md)")
 	fs.StringVar((*string)(&cfg.GossipTiming), "gossip-timing", string(cfg.GossipTiming), "memberlist's timings: lan (a probe a second, 500 ms to answer) or wan (a probe every 5 s, 3 s to answer, dead after about a minute), for slow links or hosts that give the daemon little CPU (docs/scale.md)")
 	fs.BoolVar(&cfg.NoRelay, "no-relay", false, "never carry traffic between two other nodes whose direct path is down (docs/routing.md)")
+	fs.BoolVar(&cfg.RelayEndToEnd, "relay-end-to-end", cfg.RelayEndToEnd, "talk to peers reached through a relay inside a second WireGuard layer the relay cannot read (docs/routing.md); false relays hop by hop")
 	fs.IntVar(&cfg.RelayPreference, "relay-preference", 0, "among relay paths of equal hops and latency, others prefer nodes with a higher value (-100 to 100; docs/routing.md)")
 	noMasq := fs.String("no-masquerade-cidrs", "", "comma-separated destination CIDRs that pod traffic reaches without masquerade")
 	fs.DurationVar(&cfg.PolicyWait, "policy-wait", cfg.PolicyWait, "with --kube, how long a pod's CNI ADD waits for its NetworkPolicy rules before it fails (fail closed)")

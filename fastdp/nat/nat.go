@@ -96,6 +96,11 @@ type Config struct {
 	NoMasquerade []netip.Prefix
 	// OverlayDevice is the WireGuard device.
 	OverlayDevice string
+	// InnerDevice is the end-to-end device (fastdp.Inner), "" for none:
+	// traffic entering it gets the overlay source as OverlayDevice's
+	// does, as the far end's inner layer drops sources outside this
+	// node's ranges just the same.
+	InnerDevice string
 	// Nodes are the underlay addresses of the other nodes of the mesh:
 	// the IPv4 ones for IPv4 pods, the IPv6 ones (an IPv6 underlay) for
 	// IPv6 pods.
@@ -137,6 +142,9 @@ func (c *Config) Validate() error {
 	}
 	if r := c.ClusterRange6; r.IsValid() && (!r.Addr().Is6() || r.Addr().Is4In6() || r != r.Masked()) {
 		return fmt.Errorf("invalid NAT config: IPv6 cluster range %s is not a masked IPv6 prefix", r)
+	}
+	if c.InnerDevice != "" && (len(c.InnerDevice) > 15 || c.InnerDevice == c.OverlayDevice) {
+		return fmt.Errorf("invalid NAT config: end-to-end device %q is not an interface name of its own", c.InnerDevice)
 	}
 	if a := c.OverlayIP6; a.IsValid() {
 		if !c.ClusterRange6.Contains(a) {
@@ -193,20 +201,25 @@ func (c *Config) familyRules(v6 bool) []rule {
 			&expr.Immediate{Register: 1, Data: overlay.AsSlice()},
 			&expr.NAT{Type: expr.NATTypeSourceNAT, Family: nfproto, RegAddrMin: 1, RegAddrMax: 1},
 		}
-		out = append(out, rule{
-			comment: fmt.Sprintf("oifname %s %s saddr != %s snat to %s", c.OverlayDevice, word, cr, overlay),
-			exprs:   slices.Concat(oifname(c.OverlayDevice), prefixMatch(saddr, cr, false), snat),
-		}, rule{
-			comment: fmt.Sprintf("oifname %s meta mark & %#x == %#x snat to %s", c.OverlayDevice, KubeProxyMasqueradeMark, KubeProxyMasqueradeMark, overlay),
-			exprs: slices.Concat(oifname(c.OverlayDevice),
-				[]expr.Any{
-					&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-					&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-						Mask: binaryutil.NativeEndian.PutUint32(KubeProxyMasqueradeMark),
-						Xor:  binaryutil.NativeEndian.PutUint32(0)},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(KubeProxyMasqueradeMark)},
-				}, snat),
-		})
+		for _, dev := range []string{c.OverlayDevice, c.InnerDevice} {
+			if dev == "" {
+				continue
+			}
+			out = append(out, rule{
+				comment: fmt.Sprintf("oifname %s %s saddr != %s snat to %s", dev, word, cr, overlay),
+				exprs:   slices.Concat(oifname(dev), prefixMatch(saddr, cr, false), snat),
+			}, rule{
+				comment: fmt.Sprintf("oifname %s meta mark & %#x == %#x snat to %s", dev, KubeProxyMasqueradeMark, KubeProxyMasqueradeMark, overlay),
+				exprs: slices.Concat(oifname(dev),
+					[]expr.Any{
+						&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+						&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+							Mask: binaryutil.NativeEndian.PutUint32(KubeProxyMasqueradeMark),
+							Xor:  binaryutil.NativeEndian.PutUint32(0)},
+						&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(KubeProxyMasqueradeMark)},
+					}, snat),
+			})
+		}
 	}
 	if nodes := c.nodes(v6); len(nodes) > 0 {
 		out = append(out, rule{

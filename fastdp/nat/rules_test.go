@@ -76,3 +76,44 @@ func TestFamilyRules(t *testing.T) {
 		})
 	}
 }
+
+// TestInnerDeviceRules: with an end-to-end device the overlay source rules
+// cover it too, in both families; without one they name the WireGuard
+// device alone, and a device named as the WireGuard one is refused.
+func TestInnerDeviceRules(t *testing.T) {
+	c := &Config{
+		ClusterRange:  netip.MustParsePrefix("10.32.0.0/12"),
+		OverlayIP:     netip.MustParseAddr("10.32.0.1"),
+		ClusterRange6: netip.MustParsePrefix("fd32::/48"),
+		OverlayIP6:    netip.MustParseAddr("fd32::1"),
+		OverlayDevice: "mesh-wg",
+	}
+	count := func(rs []rule, dev string) int {
+		n := 0
+		for _, r := range rs {
+			if strings.HasPrefix(r.comment, "oifname "+dev+" ") {
+				n++
+			}
+		}
+		return n
+	}
+	if n := count(c.rules(), "mesh-e2e") + count(c.rules6(), "mesh-e2e"); n != 0 {
+		t.Fatalf("%d rules for an end-to-end device not configured", n)
+	}
+	c.InnerDevice = "mesh-e2e"
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, rs := range [][]rule{c.rules(), c.rules6()} {
+		if got, want := count(rs, "mesh-e2e"), count(rs, "mesh-wg"); got != 2 || want != 2 {
+			t.Errorf("overlay source rules: %d for mesh-e2e, %d for mesh-wg; want 2 each", got, want)
+		}
+	}
+	if want := "oifname mesh-e2e ip saddr != 10.32.0.0/12 snat to 10.32.0.1"; !slices.ContainsFunc(c.rules(), func(r rule) bool { return r.comment == want }) {
+		t.Errorf("missing %q", want)
+	}
+	c.InnerDevice = "mesh-wg"
+	if err := c.Validate(); err == nil {
+		t.Error("an end-to-end device named as the WireGuard device was accepted")
+	}
+}

@@ -15,8 +15,9 @@ import (
 // TestKernelRelay: the triangle of e2e's TestRelayTriangle with the
 // kernel's WireGuard on every node: with UDP 6784 dropped between host1
 // and host2, host3's kernel routes their pods' traffic from its WireGuard
-// device back into it, and status shows each end "via" host3; once the
-// rules are gone, both ends are direct again.
+// device back into it, inside the ends' end-to-end devices (kernel
+// WireGuard links too), and status shows each end "via" host3, end to
+// end; once the rules are gone, both ends are direct again.
 func TestKernelRelay(t *testing.T) {
 	net := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "krl"})
 	hosts := net.Hosts()
@@ -51,8 +52,8 @@ func TestKernelRelay(t *testing.T) {
 			if c.Peer != to.Name {
 				continue
 			}
-			if c.Via != via || (via == "") != (c.DirectPath == api.PathUp) {
-				return fmt.Errorf("%s shows %s via %q, direct path %q; want via %q", from.Host.Name, to.Name, c.Via, c.DirectPath, via)
+			if c.Via != via || (via == "") != (c.DirectPath == api.PathUp) || c.EndToEnd != (via != "") {
+				return fmt.Errorf("%s shows %s via %q, direct path %q, end to end %v; want via %q", from.Host.Name, to.Name, c.Via, c.DirectPath, c.EndToEnd, via)
 			}
 			return nil
 		}

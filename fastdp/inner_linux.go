@@ -1,0 +1,163 @@
+package fastdp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+)
+
+// aliasInner marks the end-to-end device (Config.Inner), so that Set finds
+// one left under an earlier name and Reset removes it with the rest.
+const aliasInner = aliasPrefix + "wireguard-e2e"
+
+// innerDevice is the end-to-end device's part of a dataplane; its fields
+// are guarded by dataplane.mu.
+type innerDevice struct {
+	impl wgImpl // nil while no inner device runs in this process
+	name string // the device impl serves
+	// last is what the device was last brought to, as a Config of its
+	// own (key, port, peers), for wgDiff's endpoint rule.
+	last *Config
+}
+
+// ensureInner brings the end-to-end device to want.Inner: the link (the
+// kernel module where the outer device is one, wireguard-go in this
+// process otherwise), its key, port and peers, its MTU, its address and a
+// loose reverse-path filter. It returns the link, nil when want has no
+// inner device; a device of another name, or one no longer wanted, is
+// removed.
+func (d *dataplane) ensureInner(want *Config, undo *undoStack) (netlink.Link, error) {
+	keep := ""
+	if want.Inner != nil {
+		keep = want.Inner.DeviceName
+	}
+	if err := d.removeStaleInner(keep); err != nil {
+		return nil, err
+	}
+	in := want.Inner
+	if in == nil {
+		return nil, nil
+	}
+	if d.inner.impl == nil {
+		if d.impl.kind() == ModeKernel {
+			d.inner.impl = &kernelImpl{name: in.DeviceName, nl: d.nl}
+		} else {
+			// In this process also when the outer device runs in a
+			// data-plane process (docs/routing.md says what that
+			// costs a restart).
+			d.inner.impl = &userspaceImpl{name: in.DeviceName, ns: d.ns, nl: d.nl, log: d.log.With("inner", in.DeviceName)}
+		}
+		d.inner.name, d.inner.last = in.DeviceName, nil
+	}
+	mtu := innerMTU(want.MTU)
+	link, u, err := d.inner.impl.ensure(mtu)
+	if err != nil {
+		return nil, fmt.Errorf("end-to-end device: %w", err)
+	}
+	undo.push(fmt.Sprintf("remove link %q", in.DeviceName), u)
+
+	dev := &Config{PrivateKey: want.PrivateKey, ListenPort: in.ListenPort, Peers: in.Peers}
+	cur, err := d.wg.Device(in.DeviceName)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read WireGuard device %q: %w", in.DeviceName, err)
+	}
+	if change, changed := wgDiff(cur, dev, d.inner.last); changed {
+		if err := d.wg.ConfigureDevice(in.DeviceName, change); err != nil {
+			return nil, fmt.Errorf("failed to configure WireGuard device %q: %w", in.DeviceName, err)
+		}
+		// Counts only: the change holds the private and preshared keys.
+		d.log.Info("configured the end-to-end device", "inner", in.DeviceName, "changes", len(change.Peers), "peers", len(in.Peers))
+	}
+	d.inner.last = dev
+	if err := d.ensureLinkState(link, mtu, aliasInner); err != nil {
+		return nil, err
+	}
+	if err := d.ensureLinkAddrs(link, "end-to-end device", []netip.Prefix{in.Addr}, undo); err != nil {
+		return nil, err
+	}
+	if err := d.looseReversePath(in.DeviceName); err != nil {
+		return nil, err
+	}
+	return link, nil
+}
+
+// looseReversePath sets the IPv4 reverse-path filter of the inner device to
+// loose. A peer that relays this node while this node reaches it directly
+// sends its pods' packets in by the inner device, while this node routes
+// replies to them by the outer one: a strict filter (some distributions'
+// default, and the kernel takes the larger of the device's and "all")
+// would drop them. The inner layer's AllowedIPs check their sources
+// instead. IPv6 has no such filter.
+func (d *dataplane) looseReversePath(dev string) error {
+	path := "/proc/sys/net/ipv4/conf/" + dev + "/rp_filter"
+	return d.ns.do(func() error {
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil // IPv4 off in this namespace
+		}
+		if err != nil {
+			return fmt.Errorf("failed to read %s: %w", path, err)
+		}
+		if string(bytes.TrimSpace(b)) == "2" {
+			return nil
+		}
+		if err := os.WriteFile(path, []byte("2\n"), 0o644); err != nil {
+			return fmt.Errorf("failed to set %s: %w", path, err)
+		}
+		return nil
+	})
+}
+
+// removeStaleInner stops the end-to-end device this process runs unless it
+// is keep, and removes every link marked as one but keep ("" removes all).
+// The routes through a removed link go with it; the pins go with the next
+// ensureRoutes.
+func (d *dataplane) removeStaleInner(keep string) error {
+	if d.inner.impl != nil && d.inner.name != keep {
+		if err := d.inner.impl.close(); err != nil {
+			return fmt.Errorf("failed to stop end-to-end device %q: %w", d.inner.name, err)
+		}
+		d.inner = innerDevice{}
+	}
+	links, err := dump(d.nl.LinkList)
+	if err != nil {
+		return fmt.Errorf("failed to list links: %w", err)
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Alias != aliasInner || a.Name == keep {
+			continue
+		}
+		if err := d.nl.LinkDel(l); err != nil && !isNotFound(err) {
+			return fmt.Errorf("failed to remove end-to-end device %q: %w", a.Name, err)
+		}
+		d.log.Info("removed the end-to-end device", "inner", a.Name)
+	}
+	return nil
+}
+
+// InnerStats reports the peers of the end-to-end device as it sees them;
+// none without one.
+func (d *dataplane) InnerStats(ctx context.Context) ([]PeerStats, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, errors.New("data plane is closed")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if d.inner.impl == nil {
+		return nil, nil
+	}
+	dev, err := d.wg.Device(d.inner.name)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read WireGuard device %q: %w", d.inner.name, err)
+	}
+	return peerStats(dev), nil
+}
