@@ -19,7 +19,7 @@ import (
 const relayInterval = 50 * time.Millisecond
 
 type relayResult struct {
-	tput, rtt     map[string]float64 // "direct", "relayed": bits/s, ms
+	tput, rtt     map[string]float64 // "direct", "relayed", "hop by hop": bits/s, ms
 	toRelayed     time.Duration      // cut to the first relayed reply
 	gap           time.Duration      // longest run of lost probes meanwhile
 	toStatus      time.Duration      // cut to status showing "via"
@@ -36,17 +36,30 @@ var pingAvg = regexp.MustCompile(`= [\d.]+/([\d.]+)/`)
 // 50 ms: the time from the cut to the first reply through host3, and to
 // status showing host2 "via host3"; the same measurements relayed (end to
 // end, the default: docs/routing.md); then the rules go and the time to
-// direct again.
+// direct again. Then, on a second mesh of three whose nodes run
+// --relay-end-to-end=false, the relayed throughput and latency hop by hop,
+// side by side with the end-to-end figures.
 func benchRelay(t *testing.T, r *report) {
 	res := &relayResult{tput: map[string]float64{}, rtt: map[string]float64{}}
 	r.relay = res
+	t.Run("EndToEnd", func(t *testing.T) { benchRelayMesh(t, res, false) })
+	t.Run("HopByHop", func(t *testing.T) { benchRelayMesh(t, res, true) })
+}
+
+// benchRelayMesh is one mesh of benchRelay: the whole sequence end to end,
+// or, hop by hop, the relayed measurements alone.
+func benchRelayMesh(t *testing.T, res *relayResult, hopByHop bool) {
 	fail := func(format string, a ...any) {
 		res.err = fmt.Sprintf(format, a...)
 		t.Error(res.err)
 	}
-	tn := testnet.New(t, testnet.Options{Hosts: 3, Prefix: "brl"})
+	prefix, extra := "brl", []string(nil)
+	if hopByHop {
+		prefix, extra = "brh", []string{"--relay-end-to-end=false"}
+	}
+	tn := testnet.New(t, testnet.Options{Hosts: 3, Prefix: prefix})
 	hosts := tn.Hosts()
-	nodes := []*node{launch(t, hosts[0], nil), launch(t, hosts[1], hosts[:1]), launch(t, hosts[2], hosts[:1])}
+	nodes := []*node{launch(t, hosts[0], nil, extra...), launch(t, hosts[1], hosts[:1], extra...), launch(t, hosts[2], hosts[:1], extra...)}
 	if err := waitReady(nodes, 90*time.Second); err != nil {
 		fail("three-host mesh: %v", err)
 		return
@@ -71,7 +84,7 @@ func benchRelay(t *testing.T, r *report) {
 		}
 		for _, c := range st.Connections {
 			if c.Peer == hosts[1].Name {
-				if c.Via != want || (want == "") != (c.DirectPath == api.PathUp) || c.EndToEnd != (want != "") {
+				if c.Via != want || (want == "") != (c.DirectPath == api.PathUp) || c.EndToEnd != (want != "" && !hopByHop) {
 					return fmt.Errorf("host2 via %q, direct path %q, end to end %v", c.Via, c.DirectPath, c.EndToEnd)
 				}
 				return nil
@@ -99,20 +112,22 @@ func benchRelay(t *testing.T, r *report) {
 		fail("before the cut: %v", err)
 		return
 	}
-	if !measure("direct") {
+	if !hopByHop && !measure("direct") {
 		return
 	}
 
 	const count = 600 // 30 s
-	pinger := meshtest.StartPing(t, pods[0], pods[1].IP, relayInterval, count)
-	time.Sleep(2 * time.Second)
+	var pinger *meshtest.Pinger
+	if !hopByHop {
+		pinger = meshtest.StartPing(t, pods[0], pods[1].IP, relayInterval, count)
+		time.Sleep(2 * time.Second)
+	}
 	nft := func(h *testnet.Host, args ...string) error {
 		if out, err := h.Run(ctx, "nft", args...); err != nil {
 			return fmt.Errorf("nft %v on %s: %v: %s", args, h.Name, err, out)
 		}
 		return nil
 	}
-	cut := time.Now()
 	for _, pair := range [][2]*testnet.Host{{hosts[0], hosts[1]}, {hosts[1], hosts[0]}} {
 		h, other := pair[0], pair[1].Addr.String()
 		for _, args := range [][]string{
@@ -128,6 +143,9 @@ func benchRelay(t *testing.T, r *report) {
 			}
 		}
 	}
+	// The cut is complete once both hosts' rules are in: a reply that
+	// crossed before that was no relayed one.
+	cut := time.Now()
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -136,6 +154,10 @@ func benchRelay(t *testing.T, r *report) {
 	})
 	if err := testnet.Poll(60*time.Second, 100*time.Millisecond, func() error { return path(hosts[2].Name) }); err != nil {
 		fail("relay: %v", err)
+		return
+	}
+	if hopByHop {
+		measure("hop by hop")
 		return
 	}
 	res.toStatus = time.Since(cut)
@@ -173,13 +195,15 @@ func (res *relayResult) print(p func(string, ...any)) {
 		p("   failed: %s\n", firstLine(res.err))
 	}
 	p("   %-34s %14s %14s\n", "", "iperf3", "ping avg")
-	for _, name := range []string{"direct", "relayed"} {
-		if bps, ok := res.tput[name]; ok {
-			label := name
-			if name == "relayed" {
-				label = "relayed (end to end)"
+	for _, m := range []struct{ name, label string }{
+		{"direct", "direct"}, {"relayed", "relayed end to end (default)"}, {"hop by hop", "relayed hop by hop"},
+	} {
+		if bps, ok := res.tput[m.name]; ok {
+			ratio := ""
+			if d := res.tput["direct"]; d > 0 && m.name != "direct" {
+				ratio = fmt.Sprintf("   %.2fx direct", bps/d)
 			}
-			p("   %-34s %9.2f Gbit/s %11.3f ms\n", label, bps/1e9, res.rtt[name])
+			p("   %-34s %9.2f Gbit/s %11.3f ms%s\n", m.label, bps/1e9, res.rtt[m.name], ratio)
 		}
 	}
 	if res.toStatus > 0 {
