@@ -85,12 +85,8 @@ func (d *Daemon) e2eLoop(ctx context.Context) {
 // one in cluster (peer.Desired checks that it lies in the member's own
 // space).
 func e2eAddrOf(m mesh.Meta, cluster netip.Prefix) (netip.Addr, bool) {
-	if m.Paths == nil || m.Paths.E2E == "" {
+	if m.Paths == nil {
 		return netip.Addr{}, false
 	}
-	a, err := netip.ParseAddr(m.Paths.E2E)
-	if err != nil || !cluster.Contains(a) {
-		return netip.Addr{}, false
-	}
-	return a, true
+	return addrIn(m.Paths.E2E, cluster)
 }

@@ -220,10 +220,15 @@ func reportedCoord(p *mesh.PathMeta) (coord.Coordinate, bool) {
 // use: an address in cluster (of its family, so that of the prober's), so
 // that no member can make the others send probes elsewhere.
 func probeAddr(m mesh.Meta, cluster netip.Prefix) (netip.Addr, bool) {
-	if m.Paths == nil || m.Paths.Probe == "" {
+	if m.Paths == nil {
 		return netip.Addr{}, false
 	}
-	a, err := netip.ParseAddr(m.Paths.Probe)
+	return addrIn(m.Paths.Probe, cluster)
+}
+
+// addrIn parses an address a member reports, if it is one in cluster.
+func addrIn(s string, cluster netip.Prefix) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(s)
 	if err != nil || !cluster.Contains(a) {
 		return netip.Addr{}, false
 	}

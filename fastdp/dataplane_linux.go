@@ -517,6 +517,12 @@ func (d *dataplane) releaseKeepalives() {
 
 // Stats reports the peers as the WireGuard device sees them.
 func (d *dataplane) Stats(ctx context.Context) ([]PeerStats, error) {
+	return d.deviceStats(ctx, func() string { return d.name })
+}
+
+// deviceStats reads the peers of the device name() returns (with d.mu
+// held); none when it returns "".
+func (d *dataplane) deviceStats(ctx context.Context, name func() string) ([]PeerStats, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -525,11 +531,15 @@ func (d *dataplane) Stats(ctx context.Context) ([]PeerStats, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	dev, err := d.wg.Device(d.name)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read WireGuard device %q: %w", d.name, err)
+	dev := name()
+	if dev == "" {
+		return nil, nil
 	}
-	return peerStats(dev), nil
+	wd, err := d.wg.Device(dev)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read WireGuard device %q: %w", dev, err)
+	}
+	return peerStats(wd), nil
 }
 
 // Close stops the goroutines and releases the handles. The links, addresses

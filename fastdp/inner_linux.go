@@ -144,20 +144,10 @@ func (d *dataplane) removeStaleInner(keep string) error {
 // InnerStats reports the peers of the end-to-end device as it sees them;
 // none without one.
 func (d *dataplane) InnerStats(ctx context.Context) ([]PeerStats, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
-		return nil, errors.New("data plane is closed")
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if d.inner.impl == nil {
-		return nil, nil
-	}
-	dev, err := d.wg.Device(d.inner.name)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read WireGuard device %q: %w", d.inner.name, err)
-	}
-	return peerStats(dev), nil
+	return d.deviceStats(ctx, func() string {
+		if d.inner.impl == nil {
+			return ""
+		}
+		return d.inner.name
+	})
 }

@@ -15,13 +15,6 @@ import (
 // met relays hop by hop as before.
 func TestDesiredEndToEnd(t *testing.T) {
 	w := newWorld(t, "a", "b", "c")
-	pfx := func(ss ...string) []netip.Prefix {
-		var out []netip.Prefix
-		for _, s := range ss {
-			out = append(out, netip.MustParsePrefix(s))
-		}
-		return out
-	}
 	hopByHop := map[string][]netip.Prefix{"b": pfx("10.36.0.1/32"), "c": pfx("10.36.0.0/14", "10.40.0.0/14", "10.44.0.0/14")}
 	tests := []struct {
 		name     string

@@ -254,13 +254,6 @@ func TestRelays(t *testing.T) {
 // an IPv6-only mesh the probe address is IPv6 and stays as a /128.
 func TestDesiredRelays(t *testing.T) {
 	w := newWorld(t, "a", "b", "c")
-	pfx := func(ss ...string) []netip.Prefix {
-		var out []netip.Prefix
-		for _, s := range ss {
-			out = append(out, netip.MustParsePrefix(s))
-		}
-		return out
-	}
 	dual := func(in *Input) {
 		in.ClusterRange6 = netip.MustParsePrefix("fd32::/48")
 		in.OverlayIP6 = netip.MustParseAddr("fd32::1")

@@ -67,6 +67,15 @@ func held(holder, addr string) HeldAddr {
 	return HeldAddr{Holder: holder, Addr: netip.MustParseAddr(addr)}
 }
 
+// pfx parses prefixes.
+func pfx(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
 func rng(cidr, owner string) RangeOwner {
 	return RangeOwner{CIDR: netip.MustParsePrefix(cidr), Owner: owner}
 }
