@@ -563,11 +563,8 @@ func (d *dataplane) closeLocked() error {
 		d.release.Stop()
 	}
 	err := d.impl.close()
-	if d.inner.impl != nil {
-		if cerr := d.inner.impl.close(); cerr != nil && err == nil {
-			err = cerr
-		}
-		d.inner = innerDevice{}
+	if cerr := d.inner.stop(); cerr != nil && err == nil {
+		err = cerr
 	}
 	if cerr := d.wg.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("failed to close wgctrl: %w", cerr)

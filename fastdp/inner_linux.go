@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // aliasInner marks the end-to-end device (Config.Inner), so that Set finds
@@ -23,6 +25,23 @@ type innerDevice struct {
 	// last is what the device was last brought to, as a Config of its
 	// own (key, port, peers), for wgDiff's endpoint rule.
 	last *Config
+	// release, when set, is the pending pass that gives the peers added
+	// by holdFirstKeepalives their keepalive.
+	release *time.Timer
+}
+
+// stop stops what the inner device runs in this process (the link stays)
+// and forgets it.
+func (in *innerDevice) stop() error {
+	if in.release != nil {
+		in.release.Stop()
+	}
+	var err error
+	if in.impl != nil {
+		err = in.impl.close()
+	}
+	*in = innerDevice{}
+	return err
 }
 
 // ensureInner brings the end-to-end device to want.Inner: the link (the
@@ -67,8 +86,17 @@ func (d *dataplane) ensureInner(want *Config, undo *undoStack) (netlink.Link, er
 		return nil, fmt.Errorf("failed to read WireGuard device %q: %w", in.DeviceName, err)
 	}
 	if change, changed := wgDiff(cur, dev, d.inner.last); changed {
+		// The two ends of a pair turn end to end within a reconcile of
+		// each other: as on the outer device, only the smaller key
+		// initiates at once, so that an initiation that finds the
+		// other end not ready yet is followed by the other end's own
+		// (its keepalive) instead of WireGuard's 5 s retry.
+		change, held := holdFirstKeepalives(change, wgtypes.Key(want.PrivateKey).PublicKey())
 		if err := d.wg.ConfigureDevice(in.DeviceName, change); err != nil {
 			return nil, fmt.Errorf("failed to configure WireGuard device %q: %w", in.DeviceName, err)
+		}
+		if held > 0 && d.inner.release == nil {
+			d.inner.release = time.AfterFunc(firstHandshakeStagger, d.releaseInnerKeepalives)
 		}
 		// Counts only: the change holds the private and preshared keys.
 		d.log.Info("configured the end-to-end device", "inner", in.DeviceName, "changes", len(change.Peers), "peers", len(in.Peers))
@@ -84,6 +112,28 @@ func (d *dataplane) ensureInner(want *Config, undo *undoStack) (netlink.Link, er
 		return nil, err
 	}
 	return link, nil
+}
+
+// releaseInnerKeepalives brings the inner device to its last config
+// again, which gives the peers holdFirstKeepalives held back their
+// keepalive (and so starts their handshake, unless the other end's came
+// through meanwhile).
+func (d *dataplane) releaseInnerKeepalives() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.inner.release = nil
+	if d.closed || d.inner.impl == nil || d.inner.last == nil {
+		return
+	}
+	cur, err := d.wg.Device(d.inner.name)
+	if err == nil {
+		if change, changed := wgDiff(cur, d.inner.last, d.inner.last); changed {
+			err = d.wg.ConfigureDevice(d.inner.name, change)
+		}
+	}
+	if err != nil {
+		d.log.Warn("failed to set the keepalive of the end-to-end device's new peers; the next Set retries", "inner", d.inner.name, "err", err)
+	}
 }
 
 // looseReversePath sets the IPv4 reverse-path filter of the inner device to
@@ -119,10 +169,10 @@ func (d *dataplane) looseReversePath(dev string) error {
 // ensureRoutes.
 func (d *dataplane) removeStaleInner(keep string) error {
 	if d.inner.impl != nil && d.inner.name != keep {
-		if err := d.inner.impl.close(); err != nil {
-			return fmt.Errorf("failed to stop end-to-end device %q: %w", d.inner.name, err)
+		name := d.inner.name
+		if err := d.inner.stop(); err != nil {
+			return fmt.Errorf("failed to stop end-to-end device %q: %w", name, err)
 		}
-		d.inner = innerDevice{}
 	}
 	links, err := dump(d.nl.LinkList)
 	if err != nil {

@@ -94,6 +94,7 @@ func (tr *relayTriangle) relayedConfig(t *testing.T, self, far *node, relayAt ne
 				PublicKey: far.pub, PresharedKey: psk,
 				Endpoint:   netip.AddrPortFrom(farE.Addr(), DefaultInnerListenPort),
 				AllowedIPs: []netip.Prefix{far.rng},
+				Keepalive:  25 * time.Second, // the handshake starts on configuration
 			}},
 			Routes: []netip.Prefix{far.rng},
 			Pins:   []netip.Prefix{farE},

@@ -99,8 +99,8 @@ func TestDesiredEndToEnd(t *testing.T) {
 				t.Fatalf("inner peers %+v, want b alone", in2.Peers)
 			}
 			p := in2.Peers[0]
-			if p.PublicKey != w.pubs["b"] || p.PresharedKey != outerPSK || p.Endpoint != netip.AddrPortFrom(bAddr, fastdp.DefaultInnerListenPort) || !slices.Equal(p.AllowedIPs, tt.innerAIP) {
-				t.Errorf("inner peer %+v; want b's key and preshared key, endpoint %s:%d, AllowedIPs %v", p, tt.b, fastdp.DefaultInnerListenPort, tt.innerAIP)
+			if p.PublicKey != w.pubs["b"] || p.PresharedKey != outerPSK || p.Keepalive != in.Keepalive || p.Endpoint != netip.AddrPortFrom(bAddr, fastdp.DefaultInnerListenPort) || !slices.Equal(p.AllowedIPs, tt.innerAIP) {
+				t.Errorf("inner peer %+v; want b's key, preshared key and keepalive, endpoint %s:%d, AllowedIPs %v", p, tt.b, fastdp.DefaultInnerListenPort, tt.innerAIP)
 			}
 		})
 	}

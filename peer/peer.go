@@ -458,6 +458,10 @@ func innerConfig(in Input, cfg *fastdp.Config, inner []innerPeer) map[string]boo
 			PresharedKey: psk[ip.node.PublicKey],
 			Endpoint:     netip.AddrPortFrom(ip.addr.Addr(), fastdp.DefaultInnerListenPort),
 			AllowedIPs:   ip.ranges,
+			// A keepalive, as on the outer entry: it starts the
+			// handshake as soon as the entry is configured (fastdp
+			// staggers the two ends), not at the first packet.
+			Keepalive: in.Keepalive,
 		})
 	}
 	slices.SortFunc(ic.Peers, func(a, b fastdp.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
