@@ -475,21 +475,20 @@ func (c *Config) validate() error {
 		}
 	}
 	for _, r := range c.LocalRanges {
-		cr := c.clusterRangeOf(r.Addr())
-		if !r.IsValid() || r != r.Masked() || !cr.Contains(r.Addr()) || r.Bits() < cr.Bits() {
-			return fmt.Errorf("local range %s is not a masked prefix inside the cluster range %s", r, cr)
+		if err := c.checkRange("local range", r); err != nil {
+			return err
 		}
 	}
 	local := make(map[netip.Prefix]bool, len(c.LocalHosts))
 	for _, h := range c.LocalHosts {
-		if cr := c.clusterRangeOf(h.Addr()); !h.IsValid() || !h.IsSingleIP() || !cr.Contains(h.Addr()) {
-			return fmt.Errorf("local host %s is not a host prefix inside the cluster range %s", h, cr)
+		if err := c.checkHost("local host", h); err != nil {
+			return err
 		}
 		local[h] = true
 	}
 	for _, h := range c.RemoteHosts {
-		if cr := c.clusterRangeOf(h.Addr()); !h.IsValid() || !h.IsSingleIP() || !cr.Contains(h.Addr()) {
-			return fmt.Errorf("remote host %s is not a host prefix inside the cluster range %s", h, cr)
+		if err := c.checkHost("remote host", h); err != nil {
+			return err
 		}
 		if local[h] {
 			return fmt.Errorf("host %s is both local and remote", h)
@@ -502,6 +501,24 @@ func (c *Config) validate() error {
 		if err := c.validateInner(); err != nil {
 			return fmt.Errorf("end-to-end device: %w", err)
 		}
+	}
+	return nil
+}
+
+// checkRange says whether r, named what in the error, is a masked prefix
+// inside the cluster range of its family.
+func (c *Config) checkRange(what string, r netip.Prefix) error {
+	if cr := c.clusterRangeOf(r.Addr()); !r.IsValid() || r != r.Masked() || !cr.Contains(r.Addr()) || r.Bits() < cr.Bits() {
+		return fmt.Errorf("%s %s is not a masked prefix inside the cluster range %s", what, r, cr)
+	}
+	return nil
+}
+
+// checkHost says whether h, named what in the error, is a host prefix
+// inside the cluster range of its family.
+func (c *Config) checkHost(what string, h netip.Prefix) error {
+	if cr := c.clusterRangeOf(h.Addr()); !h.IsValid() || !h.IsSingleIP() || !cr.Contains(h.Addr()) {
+		return fmt.Errorf("%s %s is not a host prefix inside the cluster range %s", what, h, cr)
 	}
 	return nil
 }
@@ -548,18 +565,12 @@ func (c *Config) validateInner() error {
 	if m := innerMTU(c.MTU); m < low {
 		return fmt.Errorf("MTU %d leaves %d for the end-to-end device (at least %d)", c.MTU, m, low)
 	}
-	host := func(what string, h netip.Prefix) error {
-		if cr := c.clusterRangeOf(h.Addr()); !h.IsValid() || !h.IsSingleIP() || !cr.Contains(h.Addr()) {
-			return fmt.Errorf("%s %s is not a host prefix inside the cluster range %s", what, h, cr)
-		}
-		return nil
-	}
-	if err := host("address", in.Addr); err != nil {
+	if err := c.checkHost("address", in.Addr); err != nil {
 		return err
 	}
 	pinned := make(map[netip.Prefix]bool, len(in.Pins))
 	for _, h := range in.Pins {
-		if err := host("pinned address", h); err != nil {
+		if err := c.checkHost("pinned address", h); err != nil {
 			return err
 		}
 		if h == in.Addr {
@@ -568,7 +579,7 @@ func (c *Config) validateInner() error {
 		pinned[h] = true
 	}
 	for _, h := range in.Direct {
-		if err := host("direct address", h); err != nil {
+		if err := c.checkHost("direct address", h); err != nil {
 			return err
 		}
 		if pinned[h] {
@@ -576,8 +587,8 @@ func (c *Config) validateInner() error {
 		}
 	}
 	for _, r := range in.Routes {
-		if cr := c.clusterRangeOf(r.Addr()); !r.IsValid() || r != r.Masked() || !cr.Contains(r.Addr()) || r.Bits() < cr.Bits() {
-			return fmt.Errorf("route %s is not a masked prefix inside the cluster range %s", r, cr)
+		if err := c.checkRange("route", r); err != nil {
+			return err
 		}
 	}
 	for _, p := range in.Peers {

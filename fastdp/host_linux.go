@@ -271,19 +271,7 @@ func (d *dataplane) ensureForwarding(v6 bool) error {
 	if v6 {
 		path = "/proc/sys/net/ipv6/conf/all/forwarding"
 	}
-	turnedOn := false
-	// /proc/sys/net shows the namespace of the thread that opens it.
-	err := d.ns.do(func() error {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		if string(bytes.TrimSpace(b)) == "1" {
-			return nil
-		}
-		turnedOn = true
-		return os.WriteFile(path, []byte("1\n"), 0o644)
-	})
+	turnedOn, err := d.ensureSysctl(path, "1")
 	if err != nil {
 		return fmt.Errorf("failed to enable IP forwarding (%s): %w", path, err)
 	}
@@ -291,6 +279,24 @@ func (d *dataplane) ensureForwarding(v6 bool) error {
 		d.log.Info("enabled IP forwarding", "sysctl", path)
 	}
 	return nil
+}
+
+// ensureSysctl sets the sysctl file path of the data plane's namespace to
+// want unless it holds it already, and says whether it wrote it.
+func (d *dataplane) ensureSysctl(path, want string) (changed bool, err error) {
+	// /proc/sys/net shows the namespace of the thread that opens it.
+	err = d.ns.do(func() error {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if string(bytes.TrimSpace(b)) == want {
+			return nil
+		}
+		changed = true
+		return os.WriteFile(path, []byte(want+"\n"), 0o644)
+	})
+	return changed, err
 }
 
 // removeStaleBridges removes bridges fastdp made under an earlier BridgeName.

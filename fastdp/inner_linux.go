@@ -1,7 +1,6 @@
 package fastdp
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -81,27 +80,9 @@ func (d *dataplane) ensureInner(want *Config, undo *undoStack) (netlink.Link, er
 	undo.push(fmt.Sprintf("remove link %q", in.DeviceName), u)
 
 	dev := &Config{PrivateKey: want.PrivateKey, ListenPort: in.ListenPort, Peers: in.Peers}
-	cur, err := d.wg.Device(in.DeviceName)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read WireGuard device %q: %w", in.DeviceName, err)
+	if err := d.configureInner(dev, true); err != nil {
+		return nil, err
 	}
-	if change, changed := wgDiff(cur, dev, d.inner.last); changed {
-		// The two ends of a pair turn end to end within a reconcile of
-		// each other: as on the outer device, only the smaller key
-		// initiates at once, so that an initiation that finds the
-		// other end not ready yet is followed by the other end's own
-		// (its keepalive) instead of WireGuard's 5 s retry.
-		change, held := holdFirstKeepalives(change, wgtypes.Key(want.PrivateKey).PublicKey())
-		if err := d.wg.ConfigureDevice(in.DeviceName, change); err != nil {
-			return nil, fmt.Errorf("failed to configure WireGuard device %q: %w", in.DeviceName, err)
-		}
-		if held > 0 && d.inner.release == nil {
-			d.inner.release = time.AfterFunc(firstHandshakeStagger, d.releaseInnerKeepalives)
-		}
-		// Counts only: the change holds the private and preshared keys.
-		d.log.Info("configured the end-to-end device", "inner", in.DeviceName, "changes", len(change.Peers), "peers", len(in.Peers))
-	}
-	d.inner.last = dev
 	if err := d.ensureLinkState(link, mtu, aliasInner); err != nil {
 		return nil, err
 	}
@@ -125,15 +106,42 @@ func (d *dataplane) releaseInnerKeepalives() {
 	if d.closed || d.inner.impl == nil || d.inner.last == nil {
 		return
 	}
-	cur, err := d.wg.Device(d.inner.name)
-	if err == nil {
-		if change, changed := wgDiff(cur, d.inner.last, d.inner.last); changed {
-			err = d.wg.ConfigureDevice(d.inner.name, change)
-		}
-	}
-	if err != nil {
+	if err := d.configureInner(d.inner.last, false); err != nil {
 		d.log.Warn("failed to set the keepalive of the end-to-end device's new peers; the next Set retries", "inner", d.inner.name, "err", err)
 	}
+}
+
+// configureInner brings the inner device's key, port and peers to dev
+// (d.mu held). With hold, new peers wait for their keepalive as on the
+// outer device: the two ends of a pair turn end to end within a reconcile
+// of each other, and only the smaller key initiates at once, so that an
+// initiation that finds the other end not ready yet is followed by the
+// other end's own (its keepalive) instead of WireGuard's 5 s retry.
+func (d *dataplane) configureInner(dev *Config, hold bool) error {
+	name := d.inner.name
+	cur, err := d.wg.Device(name)
+	if err != nil {
+		return fmt.Errorf("failed to read WireGuard device %q: %w", name, err)
+	}
+	change, changed := wgDiff(cur, dev, d.inner.last)
+	if !changed {
+		d.inner.last = dev
+		return nil
+	}
+	held := 0
+	if hold {
+		change, held = holdFirstKeepalives(change, wgtypes.Key(dev.PrivateKey).PublicKey())
+	}
+	if err := d.wg.ConfigureDevice(name, change); err != nil {
+		return fmt.Errorf("failed to configure WireGuard device %q: %w", name, err)
+	}
+	d.inner.last = dev
+	if held > 0 && d.inner.release == nil {
+		d.inner.release = time.AfterFunc(firstHandshakeStagger, d.releaseInnerKeepalives)
+	}
+	// Counts only: the change holds the private and preshared keys.
+	d.log.Info("configured the end-to-end device", "inner", name, "changes", len(change.Peers), "peers", len(dev.Peers))
+	return nil
 }
 
 // looseReversePath sets the IPv4 reverse-path filter of the inner device to
@@ -145,22 +153,14 @@ func (d *dataplane) releaseInnerKeepalives() {
 // instead. IPv6 has no such filter.
 func (d *dataplane) looseReversePath(dev string) error {
 	path := "/proc/sys/net/ipv4/conf/" + dev + "/rp_filter"
-	return d.ns.do(func() error {
-		b, err := os.ReadFile(path)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil // IPv4 off in this namespace
-		}
-		if err != nil {
-			return fmt.Errorf("failed to read %s: %w", path, err)
-		}
-		if string(bytes.TrimSpace(b)) == "2" {
-			return nil
-		}
-		if err := os.WriteFile(path, []byte("2\n"), 0o644); err != nil {
-			return fmt.Errorf("failed to set %s: %w", path, err)
-		}
-		return nil
-	})
+	_, err := d.ensureSysctl(path, "2")
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil // IPv4 off in this namespace
+	case err != nil:
+		return fmt.Errorf("failed to set %s to loose: %w", path, err)
+	}
+	return nil
 }
 
 // removeStaleInner stops the end-to-end device this process runs unless it
