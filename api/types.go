@@ -176,6 +176,11 @@ type IPAM struct {
 	// reads them and automatic reclaim is off, docs/ipam.md "Digests at
 	// rest"); false, the whole state.
 	Digests bool `json:"digests,omitempty"`
+	// OwnedListed says that this node lists the space it owns in its
+	// signed IPAM infos, so that every node refuses a ring entry that moves
+	// that space without this node's word (docs/ipam.md, "Signed ring
+	// transfers"); false until every member reads the list.
+	OwnedListed bool `json:"ownedListed,omitempty"`
 }
 
 // SignedStates says whether this node sends its IPAM states with signed

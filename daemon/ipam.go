@@ -112,6 +112,7 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 	cfg.Deltas = d.deltasOn
 	cfg.Digests = d.digestsOn
 	cfg.Admission = func() bool { return joiningOn(d.members.Members(), time.Now()) }
+	cfg.ListOwned = func() bool { return ownedOn(d.members.Members(), time.Now()) }
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return nil, err
@@ -199,6 +200,7 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	out.SignedStates, problems = d.signedStatus(d.ipam)
 	out.Deltas = d.deltasOn()
 	out.Digests = d.ipam.DigestsOn()
+	out.OwnedListed = d.ipam.ListsOwned()
 	// Named in this section only: a member that cannot read signed
 	// states is one problem, however many families run.
 	out.Problems = append(out.Problems, problems...)
@@ -222,6 +224,7 @@ func (d *Daemon) ipamStatus6() (*api.IPAM, string) {
 	out.SignedStates, _ = d.signedStatus(d.ipam6)
 	out.Deltas = d.deltasOn()
 	out.Digests = d.ipam6.DigestsOn()
+	out.OwnedListed = d.ipam6.ListsOwned()
 	return out, overlay
 }
 

@@ -124,6 +124,17 @@ func joiningOn(members []mesh.Member, now time.Time) bool {
 	return readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMJoiningVersion }).allRead()
 }
 
+// ownedOn says whether this node's peers may list the space they own in
+// their infos (docs/ipam.md, "Signed ring transfers"; the allocator also
+// waits until it sends signed states): while another member is live,
+// every member, live or gone within signedInfosGrace, reads the list, and
+// the membership has settled, as for signed states. From the first true
+// on the allocator lists it for good: a process that joins saying it runs
+// an earlier release must not turn the check off.
+func ownedOn(members []mesh.Member, now time.Time) bool {
+	return readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMOwnedVersion }).ready()
+}
+
 // readSwitchOf is the snapshot for a format the members read when reads
 // says so.
 func readSwitchOf(members []mesh.Member, now time.Time, reads func(mesh.Meta) bool) signedSwitch {

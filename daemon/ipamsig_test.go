@@ -386,3 +386,35 @@ func TestJoiningSwitch(t *testing.T) {
 		})
 	}
 }
+
+// TestOwnedSwitch: the peers list their space once every member reads the
+// list (a member of this release), after the membership has settled; a
+// member that reads the Joining flag only (the release before) holds it
+// back, and the node itself is not counted.
+func TestOwnedSwitch(t *testing.T) {
+	now := time.Now()
+	member := func(name string, jn int, since time.Duration) mesh.Member {
+		return mesh.Member{Name: name, State: api.MemberAlive, Meta: mesh.Meta{IPAMDeltas: mesh.IPAMDigestsVersion, IPAMJoining: jn}, Since: now.Add(-since)}
+	}
+	self := mesh.Member{Name: "host1", State: api.MemberAlive, Self: true, Meta: mesh.Meta{IPAMJoining: mesh.IPAMJoiningVersion}}
+	reads := member("host2", mesh.IPAMOwnedVersion, time.Minute)
+	gone := member("host3", mesh.IPAMJoiningVersion, time.Minute)
+	gone.State = api.MemberDead
+	for _, tc := range []struct {
+		name    string
+		members []mesh.Member
+		want    bool
+	}{
+		{"alone", []mesh.Member{self}, false},
+		{"every member reads it", []mesh.Member{self, reads}, true},
+		{"a member of the release before", []mesh.Member{self, reads, member("host3", mesh.IPAMJoiningVersion, time.Minute)}, false},
+		{"one of the release before gone a moment ago", []mesh.Member{self, reads, gone}, false},
+		{"a member that reads it joined a moment ago", []mesh.Member{self, reads, member("host3", mesh.IPAMOwnedVersion, time.Second)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := ownedOn(tc.members, now); got != tc.want {
+				t.Fatalf("owned = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

@@ -385,7 +385,7 @@ func (a *Allocator) pickFree() (uint64, bool) {
 	ov, hasOv := a.gatewayOff()
 	if a.cfg.ReclaimAfter > 0 {
 		for _, off := range slices.Sorted(maps.Keys(a.pool)) {
-			if e := a.st.ring.get(off); e.Owner == a.cfg.Self && e.Dead == "" && !a.blocked(off, ov, hasOv) && a.leaseAllows(off) {
+			if e := a.st.ring.get(off); a.ownsPlain(e) && !a.blocked(off, ov, hasOv) && a.leaseAllows(off) {
 				return off, true
 			}
 		}
@@ -425,12 +425,12 @@ func (a *Allocator) freeCount() uint64 {
 			blocked++
 		}
 	}
-	if e := a.st.ring.get(ov); hasOv && e.Owner == a.cfg.Self && e.Dead == "" && a.usable(ov) {
+	if e := a.st.ring.get(ov); hasOv && a.ownsPlain(e) && a.usable(ov) {
 		blocked++ // the gateway lies in space we own
 	}
 	for off := range a.byOff {
 		e := a.st.ring.get(off)
-		if e.Owner == a.cfg.Self && e.Dead == "" && a.usable(off) && !(hasOv && off == ov) {
+		if a.ownsPlain(e) && a.usable(off) && !(hasOv && off == ov) {
 			blocked++
 		}
 	}
@@ -812,6 +812,9 @@ func (a *Allocator) publishInfoLocked(bump bool) {
 		Joining: joining,
 		Held:    held,
 	}
+	if a.listsOwnedLocked(me) {
+		next.ListsOwned, next.Owned = true, a.st.ring.owned(a.cfg.Self)
+	}
 	a.st.peers[a.cfg.Self] = next
 	// Free depends on the ring and reservations, not on the version.
 	next.Free = a.donatableFree()
@@ -824,12 +827,48 @@ func (a *Allocator) publishInfoLocked(bump bool) {
 		a.gw.version = version
 	}
 	a.st.peers[a.cfg.Self] = a.signLocked(a.cfg.Self, next)
+	if next.ListsOwned && !me.ListsOwned {
+		// The first info that lists this peer's space (or the first
+		// after a removal) goes to every member at once: until they
+		// hold it, they take a forged transfer of that space. Later
+		// infos travel as any, by push/pull.
+		a.broadcastStateLocked()
+	}
 	a.pubVersion = next.Version
 	if a.pubVersion >= a.versionCeil {
 		a.versionCeil = a.pubVersion + versionStep
 		a.dirty = true // written before this version is sent (takeOutbox)
 	}
 }
+
+// listsOwnedLocked says whether this peer's next info lists the space it
+// owns: once it has (for good: the flag is in its own info, which the
+// state file keeps), or once every member reads the list and, with
+// Identities, this peer sends signed states (the list protects only what
+// a signature covers).
+func (a *Allocator) listsOwnedLocked(me peerInfo) bool {
+	if me.ListsOwned && !me.Removed {
+		return true
+	}
+	if a.cfg.ListOwned == nil || a.cfg.Identities != nil && !a.signedWire || !a.cfg.ListOwned() {
+		return false
+	}
+	if !me.ListsOwned {
+		a.log.Info("every member reads owned spans: listing this peer's space in its infos from now on")
+	}
+	return true
+}
+
+// ListsOwned says whether this peer's info lists the space it owns
+// (status). Non-blocking; safe for concurrent use.
+func (a *Allocator) ListsOwned() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.st.peers[a.cfg.Self].ListsOwned
+}
+
+// ownsPlain says whether e is this peer's as a plain owner (plainOf).
+func (a *Allocator) ownsPlain(e entry) bool { return e.plainOf(a.cfg.Self) }
 
 // versionStep is how far ahead of the published versions the state file's
 // floor is kept: one minute of the millisecond clock, so the floor costs

@@ -30,6 +30,11 @@ import (
 //
 //	... nHeld heldDelta... writer sigLen sig
 //
+// An info whose flags have flagOwned set lists the space its peer owns
+// right after its Held list, in either layout (appendOwned):
+//
+//	... nHeld heldDelta... nOwned (gap length)... [writer sigLen sig]
+//
 // writer is a name index (0: the info is unsigned), sigLen 0 or 64, sig
 // the writer's ed25519 signature of infoSigBytes. A release before signed
 // infos refuses these magics ("unknown IPAM state layout"), so a peer sends
@@ -149,6 +154,9 @@ func encodeStateAs(prefix netip.Prefix, sender string, st state, signed bool) []
 			b = binary.AppendUvarint(b, h-prev)
 			prev = h
 		}
+		if p.ListsOwned {
+			b = appendOwned(b, p.Owned)
+		}
 		if signed {
 			if len(p.Sig) != sigSize || p.Writer == "" {
 				b = append(b, 0, 0) // unsigned (learnt from a previous release)
@@ -160,6 +168,48 @@ func encodeStateAs(prefix netip.Prefix, sender string, st state, signed bool) []
 		}
 	}
 	return b
+}
+
+// appendOwned writes a peer's owned spans (sorted, disjoint, not
+// adjacent): their count, then for each the gap from the end of the one
+// before (from 0 for the first) and its length.
+func appendOwned(b []byte, owned []span) []byte {
+	b = binary.AppendUvarint(b, uint64(len(owned)))
+	prev := uint64(0)
+	for _, sp := range owned {
+		b = binary.AppendUvarint(b, sp.start-prev)
+		b = binary.AppendUvarint(b, sp.len())
+		prev = sp.end
+	}
+	return b
+}
+
+// owned reads what appendOwned wrote, refusing spans that are empty,
+// unsorted, adjacent or beyond the range: an honest peer lists maximal
+// runs, so every list has one form.
+func (d *decoder) owned(size uint64) []span {
+	n := d.count(2)
+	if n == 0 {
+		return nil
+	}
+	out := make([]span, 0, n)
+	prev := uint64(0)
+	for i := 0; i < n && d.err == nil; i++ {
+		gap, l := d.uvarint(), d.uvarint()
+		switch {
+		case d.err != nil:
+		case i > 0 && gap == 0:
+			d.fail("owned spans adjacent or overlapping")
+		case l == 0:
+			d.fail("empty owned span")
+		case gap > size || l > size || prev+gap+l > size:
+			d.fail("owned span beyond the range")
+		default:
+			out = append(out, span{prev + gap, prev + gap + l})
+			prev += gap + l
+		}
+	}
+	return out
 }
 
 func pick(c bool, a, b string) string {
@@ -321,6 +371,9 @@ func decodeState(buf []byte) (wireState, error) {
 			prev += delta
 			p.Held = append(p.Held, prev)
 		}
+		if p.ListsOwned {
+			p.Owned = d.owned(size)
+		}
 		if signed {
 			p.Writer = name()
 			switch l := d.bytes(1); {
@@ -398,6 +451,10 @@ const (
 	flagLeased  byte = 1
 	flagRemoved byte = 2
 	flagJoining byte = 4 // read by this release on; sent once every member reads it (Config.Admission)
+	// flagOwned: the owned spans follow the Held list. Read by this
+	// release on, sent once every member reads it (Config.ListOwned):
+	// an earlier release would take the list for the next field.
+	flagOwned byte = 8
 )
 
 func (p peerInfo) flags() byte {
@@ -411,9 +468,13 @@ func (p peerInfo) flags() byte {
 	if p.Joining {
 		f |= flagJoining
 	}
+	if p.ListsOwned {
+		f |= flagOwned
+	}
 	return f
 }
 
 func (p *peerInfo) setFlags(f byte) {
 	p.Leased, p.Removed, p.Joining = f&flagLeased != 0, f&flagRemoved != 0, f&flagJoining != 0
+	p.ListsOwned = f&flagOwned != 0
 }

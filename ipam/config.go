@@ -74,6 +74,14 @@ type Config struct {
 	// ring it did not seed or finds itself removed while alive. Nil: never
 	// (a joiner votes at once, as in the previous release).
 	Admission func() bool
+	// ListOwned says whether every member reads the owned spans of peer
+	// infos (docs/ipam.md, "Signed ring transfers"), so that this peer may
+	// list its space in its infos; from the first true on (with
+	// Identities, once this peer also sends signed states) it lists it for
+	// good. Called under the allocator's lock: it must not block nor call
+	// the Allocator. Nil: never (a node of the previous release would take
+	// the list for the next field of the info).
+	ListOwned func() bool
 }
 
 // DefaultConfig returns a Config with the default cluster range and a single

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"cmp"
+	"errors"
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
@@ -147,7 +148,10 @@ func (a *Allocator) mergeDeltaLocked(from string, w wireState, msg []byte) error
 	}
 	w.delta = true
 	before := a.st.ring
-	if err := a.mergeLocked(w); err != nil {
+	if err := a.mergeLocked(w); errors.Is(err, errDeltaBehind) {
+		a.log.Debug("delta not merged: it moves space whose earlier change this peer has not seen; waiting for the whole state", "from", from, "writer", w.sender)
+		return nil
+	} else if err != nil {
 		return err
 	}
 	if a.st.ring.equal(before) {

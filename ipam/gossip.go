@@ -328,7 +328,8 @@ func sameDurableInfo(x, y peerInfo) bool {
 // sameContent says whether two infos of one peer say the same durable
 // things about it: all but the version, the free count and the signature.
 func sameContent(x, y peerInfo) bool {
-	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && x.Joining == y.Joining && slices.Equal(x.Held, y.Held)
+	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && x.Joining == y.Joining && slices.Equal(x.Held, y.Held) &&
+		x.ListsOwned == y.ListsOwned && slices.Equal(x.Owned, y.Owned)
 }
 
 // afterRingChangeLocked runs the consequences of a new ring: reclaim heirs,

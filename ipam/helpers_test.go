@@ -33,7 +33,15 @@ func testConfig(t testing.TB, self, prefix string) Config {
 	cfg.SelfID = "id-" + self
 	cfg.StateFile = filepath.Join(t.TempDir(), self+".json")
 	cfg.Now = newClock().Now
+	cfg.ListOwned = func() bool { return true }
 	return cfg
+}
+
+// refusals is the count and last description of refusals for reason.
+func (a *Allocator) refusals(reason string) (uint64, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.guard.count[reason], a.guard.note[reason]
 }
 
 func mustNew(t testing.TB, cfg Config, tr Transport) *Allocator {

@@ -196,7 +196,7 @@ func (a *Allocator) keptEndsLocked() uint64 {
 		_, mine := a.byOff[off]
 		_, pooled := a.pool[off]
 		held := a.isReserved(off)
-		if e.Owner == a.cfg.Self && e.Dead == "" && a.usable(off) && !mine && !pooled && !held && !(hasOv && off == ov) {
+		if a.ownsPlain(e) && a.usable(off) && !mine && !pooled && !held && !(hasOv && off == ov) {
 			n++
 		}
 	}

@@ -1,6 +1,9 @@
 package ipam
 
-import "cmp"
+import (
+	"cmp"
+	"slices"
+)
 
 // entry is the register kept for every address of the cluster range. The
 // ring is a map from address to entry, merged by taking the maximum entry
@@ -57,6 +60,10 @@ func contested(v uint64) entry { return entry{Version: v} }
 // isContested says whether e is a contested run's entry (see contested):
 // no owner and no dead peer, above the unseeded version 0.
 func (e entry) isContested() bool { return e.Version > 0 && e.Owner == "" && e.Dead == "" }
+
+// plainOf says whether name owns e's addresses as a plain owner (no claim,
+// no tombstone): where it allocates, and what its infos list as owned.
+func (e entry) plainOf(name string) bool { return e.Owner == name && e.Dead == "" }
 
 // isClaim says whether e is an heir's claim of a tombstoned run.
 func (e entry) isClaim() bool { return e.Owner != "" && e.Dead != "" }
@@ -187,6 +194,24 @@ type span struct{ start, end uint64 }
 
 func (s span) len() uint64 { return s.end - s.start }
 
+func compareSpan(a, b span) int {
+	if c := cmp.Compare(a.start, b.start); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.end, b.end)
+}
+
+// overlaps says whether any of the sorted, disjoint spans l meets s.
+func overlaps(l []span, s span) bool {
+	i, _ := slices.BinarySearchFunc(l, s.start, func(x span, off uint64) int {
+		if x.end <= off {
+			return -1
+		}
+		return 1
+	})
+	return i < len(l) && l[i].start < s.end
+}
+
 // spans returns the maximal runs of addresses whose entry satisfies keep.
 func (r ring) spans(keep func(entry) bool) []span {
 	var out []span
@@ -215,7 +240,7 @@ func (r ring) hasOwner() bool {
 
 // owned returns the spans where owner may allocate.
 func (r ring) owned(owner string) []span {
-	return r.spans(func(e entry) bool { return e.Owner == owner && e.Dead == "" })
+	return r.spans(func(e entry) bool { return e.plainOf(owner) })
 }
 
 // rewrite applies f to every segment whose entry satisfies match and

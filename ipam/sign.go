@@ -81,6 +81,11 @@ func infoSigBytes(prefix netip.Prefix, name string, p peerInfo) []byte {
 	for _, h := range p.Held {
 		b = binary.AppendUvarint(b, h)
 	}
+	if p.ListsOwned {
+		// Only with the flag (in the flags byte above), so an info
+		// without the list signs the bytes it signed before it existed.
+		b = appendOwned(b, p.Owned)
+	}
 	return b
 }
 

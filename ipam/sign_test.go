@@ -70,13 +70,7 @@ func signedNet(t *testing.T, ids *testIdentities) (*simNet, *simNode) {
 	t.Helper()
 	net := newSimNet(11)
 	net.ids = ids
-	for _, n := range []string{"a", "b", "c"} {
-		net.add(t, n, "10.0.0.0/16", 3, 0)
-	}
-	net.settle(t, 5)
-	a := net.nodes["a"]
-	mustAlloc(t, a.Allocator, "pod1", "eth0")
-	net.settle(t, 2)
+	a := settleTrio(t, net)
 	a.Allocator.cfg.IsMember = func(name string) bool {
 		return name == "a" || name == "b" || name == "c" || name == "d" || name == "evil"
 	}

@@ -126,6 +126,14 @@ type simNet struct {
 	noDigests bool
 	// onSend, when set, sees every message a Transport is handed.
 	onSend func(from, to string, msg []byte)
+	// noOwned keeps the peers from listing their space in their infos,
+	// as while a member of the previous release is in the mesh
+	// (Config.ListOwned); by default they list it, and checkUnique
+	// fails on any state an honest peer refused by the release rule.
+	noOwned bool
+	// forged says a test hands the peers forged states: refusals are
+	// then expected.
+	forged bool
 }
 
 func newSimNet(seed uint64) *simNet {
@@ -232,6 +240,7 @@ func (s *simNet) add(t testing.TB, name, prefix string, initial int, reclaim tim
 	cfg.Deltas = func() bool { return !s.whole && !(s.mixed && name[len(name)-1]%2 == 1) }
 	cfg.Admission = func() bool { return !s.noAdmission }
 	cfg.Digests = func() bool { return !s.noDigests }
+	cfg.ListOwned = func() bool { return !s.noOwned }
 	if os.Getenv("SIMLOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("peer", name)
 	}
@@ -515,6 +524,9 @@ func (s *simNet) checkUnique(t testing.TB, seed uint64, step int) {
 	for _, name := range slices.Sorted(maps.Keys(s.nodes)) {
 		if err := s.nodes[name].Allocator.indexMismatch(); err != "" {
 			t.Fatalf("seed %d step %d: %s: %s", seed, step, name, err)
+		}
+		if n, note := s.nodes[name].Allocator.refusals(RejectUnreleased); n > 0 && !s.forged {
+			t.Fatalf("seed %d step %d: %s refused %d honest states by the release rule, last: %s", seed, step, name, n, note)
 		}
 	}
 	holder, dup := s.podHolders()

@@ -60,6 +60,16 @@ type peerInfo struct {
 	// the ring moves under it (independent seeding, an rmpeer of a peer that
 	// was only partitioned, a reclaim).
 	Held []uint64
+	// ListsOwned says the info lists, in Owned, the space the peer owns
+	// (docs/ipam.md, "Signed ring transfers"): set by a peer once every
+	// member reads the list, and from then on in all its infos.
+	ListsOwned bool
+	// Owned is the space the peer owns as a plain owner (no claim, no
+	// tombstone) in its own ring when it wrote the info, sorted and
+	// disjoint. A receiver takes a ring entry that moves such a peer's
+	// space to another only once the peer's newest info no longer lists
+	// it (releaseRuleLocked): a transfer needs its previous owner's word.
+	Owned []span
 	// Writer is the node whose identity signed this info, Sig its
 	// signature of infoSigBytes: the peer itself, or for a Removed info
 	// the node that ran rmpeer or saw the Node deletion (docs/ipam.md,
@@ -108,6 +118,12 @@ func comparePeerInfo(a, b peerInfo) int {
 		return c
 	}
 	if c := slices.Compare(a.Held, b.Held); c != 0 {
+		return c
+	}
+	if c := cmpBool(a.ListsOwned, b.ListsOwned); c != 0 {
+		return c
+	}
+	if c := slices.CompareFunc(a.Owned, b.Owned, compareSpan); c != 0 {
 		return c
 	}
 	// Last, so that the order of contents is the previous release's and

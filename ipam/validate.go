@@ -26,6 +26,10 @@ const (
 	maxPeers = 8192
 	// maxHeld bounds one peer's Held list.
 	maxHeld = 4096
+	// maxOwnedSpans bounds the spans an info lists as its peer's space
+	// (peerInfo.Owned). A peer's space is a few runs: donations give the
+	// upper half of a run away, claims add a dead peer's.
+	maxOwnedSpans = maxHeld
 	// maxForeignHeld bounds the addresses a peer may hold outside the space
 	// it owns (or owned, as a removed peer): pods that kept their address
 	// when the ring moved under them (a seeding clash, a removal of a live
@@ -65,7 +69,7 @@ const (
 	RejectRange       = "range-mismatch" // another cluster range
 	RejectCounter     = "counter"        // an epoch or version jumped beyond its step or ceiling
 	RejectFuture      = "future-version" // a version ahead of our clock by more than maxClockAhead
-	RejectHeld        = "held"           // a Held list beyond its size or outside the peer's space
+	RejectHeld        = "held"           // a Held list (or list of owned spans) beyond its size, or Held outside the peer's space
 	RejectUnknownPeer = "unknown-peer"   // a new name that is no member and owns nothing
 	RejectPeerTable   = "peer-table-full"
 	RejectSeed        = "seed" // a seed claiming more members than maxPeers
@@ -76,10 +80,13 @@ const (
 	RejectUnsigned      = "unsigned-info"
 	RejectBadSignature  = "bad-info-signature"
 	RejectUnknownSigner = "unknown-signer"
+	// A ring entry that moves space of a peer whose newest info still
+	// lists it as its own (releaseRuleLocked).
+	RejectUnreleased = "unreleased-transfer"
 )
 
 // RejectReasons lists every reason, for metrics.
-var RejectReasons = []string{RejectOversized, RejectCorrupt, RejectRange, RejectCounter, RejectFuture, RejectHeld, RejectUnknownPeer, RejectPeerTable, RejectSeed, RejectUnsigned, RejectBadSignature, RejectUnknownSigner}
+var RejectReasons = []string{RejectOversized, RejectCorrupt, RejectRange, RejectCounter, RejectFuture, RejectHeld, RejectUnknownPeer, RejectPeerTable, RejectSeed, RejectUnsigned, RejectBadSignature, RejectUnknownSigner, RejectUnreleased}
 
 // guard counts what was refused; one note per reason (the last), so its
 // size is bounded by the number of reasons whatever a peer sends.
@@ -192,6 +199,8 @@ func (a *Allocator) screenLocked(w *wireState) error {
 			detail = fmt.Sprintf("version %d is %v ahead of this clock", p.Version, time.Duration(p.Version-nowMs)*time.Millisecond+maxClockAhead)
 		case len(p.Held) > maxHeld:
 			reason, detail = RejectHeld, fmt.Sprintf("%d held addresses (at most %d)", len(p.Held), maxHeld)
+		case len(p.Owned) > maxOwnedSpans:
+			reason, detail = RejectHeld, fmt.Sprintf("%d spans listed as its space (at most %d)", len(p.Owned), maxOwnedSpans)
 		case foreignHeld(p.Held, space[name]) > maxForeignHeld:
 			reason = RejectHeld
 			detail = fmt.Sprintf("%d held addresses outside its space (at most %d)", foreignHeld(p.Held, space[name]), maxForeignHeld)
@@ -224,7 +233,82 @@ func (a *Allocator) screenLocked(w *wireState) error {
 		}
 		a.rejectLocked(reason, detail)
 	}
+	return a.releaseRuleLocked(w, jr)
+}
+
+// errDeltaBehind is releaseRuleLocked's answer to a delta that moves space
+// this peer still sees with its previous owner, two or more versions back:
+// this peer missed a change before it (a delta that did not reach it), so
+// the previous owner's release may well be in a state it has not seen. Not
+// a refusal: the delta is left unmerged, and the whole state that carries
+// the release comes by push/pull.
+var errDeltaBehind = errors.New("ipam: delta moves space whose earlier change this peer has not seen")
+
+// releaseRuleLocked refuses a state that moves space of a peer that has
+// not released it (docs/ipam.md, "Signed ring transfers"): wherever the
+// merge would replace an entry of ours naming X as plain owner by one
+// that does not, X's newest info (ours, or the state's if it passed the
+// screen) must not list that space as X's, unless X is removed (an
+// operator's or an authority's word, itself signed) or runs a lease pool
+// (automatic reclaim takes a silent peer's space without its word; not
+// covered yet). X lists its space in every info once the mesh reads the
+// list, and writes a new info in the same step as a transfer of its own,
+// so an honest state never fails this: whoever carries the transfer got
+// it from a state that carried X's release, and merges keep both.
+// jr is the merged ring. One walk over both rings, and a binary search in
+// X's list per entry replaced.
+func (a *Allocator) releaseRuleLocked(w *wireState, jr ring) error {
+	mine := a.st.ring
+	if a.st.seed.isZero() || a.st.seed != w.st.seed || mine.size != jr.size {
+		return nil // a seed replaces the ring whole, another seed's versions mean nothing here
+	}
+	i, j := 0, 0
+	for pos := uint64(0); pos < mine.size; {
+		m, e := mine.segs[i].e, jr.segs[j].e
+		em, ej := mine.end(i), jr.end(j)
+		end := min(em, ej)
+		if x := m.Owner; x != "" && m.plainOf(x) && !e.plainOf(x) {
+			if p := a.newestInfoLocked(w, x); p.ListsOwned && !p.Removed && !p.Leased && overlaps(p.Owned, span{pos, end}) {
+				if w.delta && e.Version > m.Version+1 {
+					return errDeltaBehind
+				}
+				d := fmt.Sprintf("from %s: ring entry %s at %s (%d addresses) moves space of %s, whose newest info (version %d) still lists it as its own", orUnknown(w.sender), describeEntry(e), offsetAddr(a.cfg.Range, pos), end-pos, x, p.Version)
+				a.rejectLocked(RejectUnreleased, d)
+				return fmt.Errorf("%w: %s: %s", ErrRejected, RejectUnreleased, d)
+			}
+		}
+		pos = end
+		if em == pos {
+			i++
+		}
+		if ej == pos {
+			j++
+		}
+	}
 	return nil
+}
+
+// newestInfoLocked is name's info as the merge of w will leave it: ours or
+// w's, whichever is newer (w's infos have passed the screen).
+func (a *Allocator) newestInfoLocked(w *wireState, name string) peerInfo {
+	p := a.st.peers[name]
+	if q, ok := w.st.peers[name]; ok && comparePeerInfo(q, p) > 0 {
+		return q
+	}
+	return p
+}
+
+// describeEntry names a ring entry in a refusal.
+func describeEntry(e entry) string {
+	switch {
+	case e.isContested():
+		return fmt.Sprintf("(version %d, contested)", e.Version)
+	case e.Owner == "":
+		return fmt.Sprintf("(version %d, tombstone of %s)", e.Version, e.Dead)
+	case e.Dead != "":
+		return fmt.Sprintf("(version %d, %s's claim of %s's space)", e.Version, e.Owner, e.Dead)
+	}
+	return fmt.Sprintf("(version %d, owner %s)", e.Version, e.Owner)
 }
 
 // goneForGood says whether a peer's info is only a tombstone: removed,

@@ -17,6 +17,17 @@ import (
 func hostileNet(t *testing.T) (*simNet, *simNode) {
 	t.Helper()
 	net := newSimNet(9)
+	a := settleTrio(t, net)
+	a.Allocator.cfg.IsMember = func(name string) bool {
+		return name == "a" || name == "b" || name == "c" || name == "evil"
+	}
+	return net, a
+}
+
+// settleTrio adds peers a, b, c on a /16 to net, settles them, places a
+// pod on a and returns a: the mesh the tests of forged states start from.
+func settleTrio(t *testing.T, net *simNet) *simNode {
+	t.Helper()
 	for _, n := range []string{"a", "b", "c"} {
 		net.add(t, n, "10.0.0.0/16", 3, 0)
 	}
@@ -24,10 +35,7 @@ func hostileNet(t *testing.T) (*simNet, *simNode) {
 	a := net.nodes["a"]
 	mustAlloc(t, a.Allocator, "pod1", "eth0")
 	net.settle(t, 2)
-	a.Allocator.cfg.IsMember = func(name string) bool {
-		return name == "a" || name == "b" || name == "c" || name == "evil"
-	}
-	return net, a
+	return a
 }
 
 // forged is c's current full state, to be altered and sent as "evil".

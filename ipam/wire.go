@@ -35,12 +35,19 @@ type WirePeer struct {
 	Leased, Removed bool
 	Joining         bool
 	Held            []uint64 // offsets, sorted
+	// ListsOwned says Owned is part of the info: the space the peer owns,
+	// sorted, disjoint and not adjacent.
+	ListsOwned bool
+	Owned      []WireSpan
 	// Writer signed the info (the peer, or the writer of a removal) and
 	// Sig is its signature; empty when unsigned. A Wire with any of them
 	// set encodes as a signed state (MIP3, MIP7).
 	Writer string
 	Sig    []byte
 }
+
+// WireSpan is the offsets [Start, End) of the cluster range.
+type WireSpan struct{ Start, End uint64 }
 
 // DecodeWire decodes a full state as LocalState returns it.
 func DecodeWire(b []byte) (Wire, error) {
@@ -53,7 +60,12 @@ func DecodeWire(b []byte) (Wire, error) {
 		out.Ring = append(out.Ring, WireSeg{Start: s.start, Version: s.e.Version, Owner: s.e.Owner, Dead: s.e.Dead})
 	}
 	for n, p := range w.st.peers {
-		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: slices.Clone(p.Held), Writer: p.Writer, Sig: slices.Clone(p.Sig)}
+		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: slices.Clone(p.Held), ListsOwned: p.ListsOwned, Writer: p.Writer, Sig: slices.Clone(p.Sig)}
+		for _, sp := range p.Owned {
+			wp := out.Peers[n]
+			wp.Owned = append(wp.Owned, WireSpan{sp.start, sp.end})
+			out.Peers[n] = wp
+		}
 	}
 	return out, nil
 }
@@ -67,7 +79,11 @@ func (w Wire) Encode() []byte {
 	signed := false
 	for _, n := range slices.Sorted(maps.Keys(w.Peers)) {
 		p := w.Peers[n]
-		st.peers[n] = peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: p.Held, Writer: p.Writer, Sig: p.Sig}
+		pi := peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: p.Held, ListsOwned: p.ListsOwned, Writer: p.Writer, Sig: p.Sig}
+		for _, sp := range p.Owned {
+			pi.Owned = append(pi.Owned, span{sp.Start, sp.End})
+		}
+		st.peers[n] = pi
 		signed = signed || p.Writer != "" || len(p.Sig) > 0
 	}
 	return encodeStateAs(w.Prefix, w.Sender, st, signed)

@@ -78,7 +78,8 @@ type Meta struct {
 	// reads (docs/ipam.md, "Joining as a voter"): absent (0) on a node of
 	// the previous release, which drops the flag and so would refuse the
 	// signed info that carries it, so that while one is a member a peer
-	// that joins votes at once, as before.
+	// that joins votes at once, as before. IPAMOwnedVersion: it also
+	// reads the owned spans of peer infos.
 	IPAMJoining int `json:"jn,omitempty"`
 	// Sig signs the metadata bytes before it together with the node's name
 	// and advertised address (signedMetaBytes). It is always the last
@@ -101,9 +102,15 @@ const (
 	IPAMDigestsVersion = 2
 )
 
-// IPAMJoiningVersion is the Meta.IPAMJoining of a node that reads the
-// Joining flag.
-const IPAMJoiningVersion = 1
+// Values of Meta.IPAMJoining: IPAMJoiningVersion, a node that reads the
+// Joining flag; IPAMOwnedVersion, one that also reads the owned spans of
+// peer infos (docs/ipam.md, "Signed ring transfers"). The second rides on
+// the field of the first, as digests ride on deltas: the metadata has 512
+// bytes.
+const (
+	IPAMJoiningVersion = 1
+	IPAMOwnedVersion   = 2
+)
 
 // PathMetaVersion is the format of PathMeta; a node that reads a higher
 // one treats the sender as if it sent none.

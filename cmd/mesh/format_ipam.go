@@ -52,6 +52,13 @@ func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 			changes += "; push/pull by digest"
 		}
 		fmt.Fprintf(tw, "Changes:\t%s\n", changes)
+		// Whether the others refuse a transfer of this node's space
+		// without its word (docs/ipam.md, "Signed ring transfers").
+		space := "not listed yet (a member cannot read the list, or states are not signed yet)"
+		if ip.OwnedListed {
+			space = "listed in its signed infos"
+		}
+		fmt.Fprintf(tw, "Space:\t%s\n", space)
 	}
 	tw.Flush()
 	peers := append([]api.IPAMPeer(nil), ip.Peers...)

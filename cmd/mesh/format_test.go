@@ -57,6 +57,7 @@ func sampleStatus() *api.Status {
 			SignedStates: &api.SignedStates{Sending: true},
 			Deltas:       true,
 			Digests:      true,
+			OwnedListed:  true,
 		},
 		Policies: []api.PolicyStatus{
 			{Namespace: "shop", Name: "web-ingress", Types: []string{"Ingress"}, Pods: []string{"shop/web-1", "shop/web-2"}, DeniedPackets: 42},
@@ -113,6 +114,7 @@ func TestFormatGolden(t *testing.T) {
 				{Name: "a-very-long-host-name", State: api.MemberSuspect, Reason: api.HolderPreviousRelease},
 				{Name: "host-c", State: api.MemberDead, Reason: api.HolderPreviousRelease},
 			}}
+			st.IPAM.OwnedListed = false // follows the switch to signed states
 			formatIPAM(b, st)
 		}},
 		{"connections", func(b *bytes.Buffer) { formatConnections(b, sampleStatus(), now) }},

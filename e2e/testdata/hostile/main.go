@@ -246,6 +246,21 @@ func attacks(w ipam.Wire, first []byte, self, victim, other string, deltas bool)
 		v := c.Peers[victim]
 		c.Peers[victim] = ipam.WirePeer{Epoch: v.Epoch + 1, Version: now + 1000, ID: v.ID, Removed: true, Writer: self, Sig: randomSig()}
 	})
+	// The victim's range given to the forger one version ahead, as a
+	// donation writes it, and tombstoned one version ahead, as an rmpeer
+	// writes it: within every bound, stopped only by the rule that a
+	// transfer needs its previous owner's release (the victim's signed
+	// info lists its space).
+	reliable("transfer-unreleased", func(c *ipam.Wire) {
+		takeRange(c, victim, self, func(v uint64) uint64 { return v + 1 })
+	})
+	reliable("tombstone-unreleased", func(c *ipam.Wire) {
+		for i, s := range c.Ring {
+			if s.Owner == victim && s.Dead == "" {
+				c.Ring[i] = ipam.WireSeg{Start: s.Start, Version: s.Version + 1, Dead: victim}
+			}
+		}
+	})
 	// The forger holds 2000 addresses of the victim's space.
 	add("foreign-held", func(c *ipam.Wire) {
 		c.Peers[self] = ipam.WirePeer{Version: now, ID: "hostile", Held: spanOffsets(*c, victim, 2000)}
@@ -272,7 +287,10 @@ func attacks(w ipam.Wire, first []byte, self, victim, other string, deltas bool)
 	// A replayed old state, as it was first captured.
 	out = append(out, attack{name: "replay", msg: append([]byte{1}, first...)})
 	if deltas {
-		for _, a := range slices.Clone(out[:2]) { // max-epoch, range-jump
+		for _, a := range slices.Clone(out) {
+			if a.name != "max-epoch" && a.name != "range-jump" && a.name != "transfer-unreleased" {
+				continue
+			}
 			msg := slices.Clone(a.msg)
 			msg[0] = msgDelta
 			out = append(out, attack{name: a.name + "-delta", msg: msg, reliable: true})
