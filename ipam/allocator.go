@@ -129,6 +129,11 @@ type Allocator struct {
 	// signedWire says this peer sends states with signatures (MIP3,
 	// MIP7): set once every member reads them, and persisted.
 	signedWire bool
+	// listsOwned says this peer lists its space in its infos: set at
+	// the first info that does, and from then on for good (the state file
+	// keeps it in this peer's info; here it also outlives a removal of
+	// this peer by another, whose info lists nothing).
+	listsOwned bool
 
 	// dirty says the state holds something learnt or decided that is not
 	// in the state file yet. It is written before anything is sent
@@ -847,15 +852,15 @@ func (a *Allocator) publishInfoLocked(bump bool) {
 // Identities, this peer sends signed states (the list protects only what
 // a signature covers).
 func (a *Allocator) listsOwnedLocked(me peerInfo) bool {
-	if me.ListsOwned && !me.Removed {
+	if a.listsOwned || me.ListsOwned {
+		a.listsOwned = true
 		return true
 	}
 	if a.cfg.ListOwned == nil || a.cfg.Identities != nil && !a.signedWire || !a.cfg.ListOwned() {
 		return false
 	}
-	if !me.ListsOwned {
-		a.log.Info("every member reads owned spans: listing this peer's space in its infos from now on")
-	}
+	a.log.Info("every member reads owned spans: listing this peer's space in its infos from now on")
+	a.listsOwned = true
 	return true
 }
 

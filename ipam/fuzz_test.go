@@ -111,12 +111,14 @@ func FuzzHostileState(f *testing.F) {
 		}
 		sp := w.st.ring.owned("b")[0]
 		w.st.ring = w.st.ring.update(sp.start, sp.end, func(entry) entry { return entry{Version: ringVersion, Owner: name} })
+		before := a.st.ring.clone()
 		err = a.MergeRemoteState(encodeStateAs(w.prefix, "x", w.st, signed))
 		if err != nil && !errors.Is(err, ErrRejected) {
 			t.Fatalf("unexpected error class: %v", err)
 		}
 		a.Tick()
 		checkBounds(t, a)
+		checkReleases(t, a, before)
 		if _, err := decodeState(a.LocalState()); err != nil {
 			t.Fatalf("state no longer encodes: %v", err)
 		}
@@ -175,4 +177,27 @@ func FuzzLoadStateFile(f *testing.F) {
 			t.Fatalf("loaded %d allocations, the file has %d", got, len(l.allocs))
 		}
 	})
+}
+
+// checkReleases fails t if a's ring moved space that a peer owned in
+// before while that peer's info, as a now holds it, still lists it and
+// the peer is neither removed nor runs a lease pool (the release rule).
+func checkReleases(t *testing.T, a *Allocator, before ring) {
+	t.Helper()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for name, p := range a.st.peers {
+		if !p.ListsOwned || p.Removed || p.Leased {
+			continue
+		}
+		for _, sp := range before.owned(name) {
+			for _, l := range p.Owned {
+				for off := max(sp.start, l.start); off < min(sp.end, l.end); off = a.st.ring.end(a.st.ring.find(off)) {
+					if e := a.st.ring.get(off); !e.plainOf(name) {
+						t.Fatalf("%s's listed space at %d moved to %+v without its release (info %+v)", name, off, e, p)
+					}
+				}
+			}
+		}
+	}
 }

@@ -164,18 +164,27 @@ func TestOwnedListedForGood(t *testing.T) {
 			t.Fatalf("%s lists %v (%v), owns %v", n, p.ListsOwned, p.Owned, r.owned(n))
 		}
 	}
+	// Removed while alive by another (whose removal lists nothing), b
+	// comes back listing its (now empty) space, the gate still closed.
+	if _, err := net.nodes["c"].RemovePeer("b"); err != nil {
+		t.Fatal(err)
+	}
+	net.settle(t, 3)
+	if p := info("b"); p.Removed || !p.ListsOwned {
+		t.Fatalf("b after an rmpeer while alive: %+v", p)
+	}
 	// A donation: the donor's info in its very next state no longer
 	// lists what it gave.
-	b := net.nodes["b"]
-	had := b.Allocator.st.ring.owned("b")
-	b.Allocator.mu.Lock()
-	b.Allocator.donateLocked("c")
-	p, r := b.Allocator.st.peers["b"], b.Allocator.st.ring
-	out := b.Allocator.takeOutbox()
-	b.Allocator.mu.Unlock()
-	b.Allocator.flush(out)
-	if fmt.Sprint(p.Owned) != fmt.Sprint(r.owned("b")) || fmt.Sprint(had) == fmt.Sprint(r.owned("b")) {
-		t.Fatalf("after the donation b lists %v, owns %v (owned %v before)", p.Owned, r.owned("b"), had)
+	donor := net.nodes["a"]
+	had := donor.Allocator.st.ring.owned("a")
+	donor.Allocator.mu.Lock()
+	donor.Allocator.donateLocked("c")
+	p, r := donor.Allocator.st.peers["a"], donor.Allocator.st.ring
+	out := donor.Allocator.takeOutbox()
+	donor.Allocator.mu.Unlock()
+	donor.Allocator.flush(out)
+	if fmt.Sprint(p.Owned) != fmt.Sprint(r.owned("a")) || fmt.Sprint(had) == fmt.Sprint(r.owned("a")) {
+		t.Fatalf("after the donation a lists %v, owns %v (owned %v before)", p.Owned, r.owned("a"), had)
 	}
 	net.settle(t, 3)
 	for name, n := range net.nodes {
