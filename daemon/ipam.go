@@ -202,8 +202,9 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	out.Digests = d.ipam.DigestsOn()
 	out.OwnedListed = d.ipam.ListsOwned()
 	// Named in this section only: a member that cannot read signed
-	// states is one problem, however many families run.
+	// states, or the lists, is one problem, however many families run.
 	out.Problems = append(out.Problems, problems...)
+	out.Problems = append(out.Problems, ownedProblems(d.members.Members(), time.Now(), out.OwnedListed)...)
 	return out, overlay
 }
 

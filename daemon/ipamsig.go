@@ -135,6 +135,25 @@ func ownedOn(members []mesh.Member, now time.Time) bool {
 	return readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMOwnedVersion }).ready()
 }
 
+// ownedProblems names, once this node lists its space, each live member
+// that does not say it reads the lists: it takes the list for the next
+// field of an info and refuses every state it is sent, as a member that
+// cannot read signed states does (signedSwitch.status, which names one
+// whose metadata does not parse). One per member, bounded as the
+// membership is.
+func ownedProblems(members []mesh.Member, now time.Time, listing bool) []string {
+	if !listing {
+		return nil
+	}
+	var out []string
+	for _, m := range readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMOwnedVersion }).holders {
+		if m.State.Live() && m.MetaErr == nil && m.Meta.IPAMInfos >= mesh.IPAMInfosRead {
+			out = append(out, fmt.Sprintf("member %s runs a release that cannot read the space peers list in their IPAM infos: it refuses the states this node sends and learns no ring change; upgrade it (\"Signed ring transfers\" in docs/ipam.md)", m.Name))
+		}
+	}
+	return out
+}
+
 // readSwitchOf is the snapshot for a format the members read when reads
 // says so.
 func readSwitchOf(members []mesh.Member, now time.Time, reads func(mesh.Meta) bool) signedSwitch {

@@ -418,3 +418,28 @@ func TestOwnedSwitch(t *testing.T) {
 		})
 	}
 }
+
+// TestOwnedProblems: once this node lists its space, a live member that
+// reads signed states but not the lists is named once; one gone, one of
+// an earlier release named by the signed-states line, and any member
+// before the switch are not.
+func TestOwnedProblems(t *testing.T) {
+	now := time.Now()
+	member := func(name string, ii, jn int, state api.MemberState) mesh.Member {
+		return mesh.Member{Name: name, State: state, Meta: mesh.Meta{IPAMInfos: ii, IPAMJoining: jn}, Since: now.Add(-time.Minute)}
+	}
+	members := []mesh.Member{
+		{Name: "host1", State: api.MemberAlive, Self: true},
+		member("host2", mesh.IPAMInfosSigned, mesh.IPAMOwnedVersion, api.MemberAlive),
+		member("host3", mesh.IPAMInfosSigned, mesh.IPAMJoiningVersion, api.MemberAlive),
+		member("host4", mesh.IPAMInfosSigned, mesh.IPAMJoiningVersion, api.MemberDead),
+		member("host5", 0, 0, api.MemberAlive),
+	}
+	got := ownedProblems(members, now, true)
+	if len(got) != 1 || !strings.Contains(got[0], "member host3 runs a release that cannot read the space") {
+		t.Fatalf("problems %q, want host3's alone", got)
+	}
+	if got := ownedProblems(members, now, false); got != nil {
+		t.Fatalf("before the switch: %q", got)
+	}
+}
