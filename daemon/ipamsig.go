@@ -132,8 +132,12 @@ func joiningOn(members []mesh.Member, now time.Time) bool {
 // on the allocator lists it for good: a process that joins saying it runs
 // an earlier release must not turn the check off.
 func ownedOn(members []mesh.Member, now time.Time) bool {
-	return readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMOwnedVersion }).ready()
+	return readSwitchOf(members, now, readsOwned).ready()
 }
+
+// readsOwned says whether a member's metadata says it reads the owned
+// spans of peer infos.
+func readsOwned(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMOwnedVersion }
 
 // ownedProblems names, once this node lists its space, each live member
 // that does not say it reads the lists: it takes the list for the next
@@ -146,7 +150,7 @@ func ownedProblems(members []mesh.Member, now time.Time, listing bool) []string 
 		return nil
 	}
 	var out []string
-	for _, m := range readSwitchOf(members, now, func(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMOwnedVersion }).holders {
+	for _, m := range readSwitchOf(members, now, readsOwned).holders {
 		if m.State.Live() && m.MetaErr == nil && m.Meta.IPAMInfos >= mesh.IPAMInfosRead {
 			out = append(out, fmt.Sprintf("member %s runs a release that cannot read the space peers list in their IPAM infos: it refuses the states this node sends and learns no ring change; upgrade it (\"Signed ring transfers\" in docs/ipam.md)", m.Name))
 		}

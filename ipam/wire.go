@@ -60,12 +60,11 @@ func DecodeWire(b []byte) (Wire, error) {
 		out.Ring = append(out.Ring, WireSeg{Start: s.start, Version: s.e.Version, Owner: s.e.Owner, Dead: s.e.Dead})
 	}
 	for n, p := range w.st.peers {
-		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: slices.Clone(p.Held), ListsOwned: p.ListsOwned, Writer: p.Writer, Sig: slices.Clone(p.Sig)}
+		var owned []WireSpan
 		for _, sp := range p.Owned {
-			wp := out.Peers[n]
-			wp.Owned = append(wp.Owned, WireSpan{sp.start, sp.end})
-			out.Peers[n] = wp
+			owned = append(owned, WireSpan{sp.start, sp.end})
 		}
+		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: slices.Clone(p.Held), ListsOwned: p.ListsOwned, Owned: owned, Writer: p.Writer, Sig: slices.Clone(p.Sig)}
 	}
 	return out, nil
 }
