@@ -181,6 +181,13 @@ type IPAM struct {
 	// that space without this node's word (docs/ipam.md, "Signed ring
 	// transfers"); false until every member reads the list.
 	OwnedListed bool `json:"ownedListed,omitempty"`
+	// TombstonesAcked says that this node lists the tombstones (removed
+	// peers) its IPAM state holds in its signed infos and drops each once
+	// every peer has listed it (docs/ipam.md, "Dropping tombstones");
+	// false until every member reads the lists. TombstonesDropped counts
+	// the tombstones dropped since the daemon started.
+	TombstonesAcked   bool `json:"tombstonesAcked,omitempty"`
+	TombstonesDropped int  `json:"tombstonesDropped,omitempty"`
 }
 
 // SignedStates says whether this node sends its IPAM states with signed

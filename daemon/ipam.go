@@ -113,6 +113,7 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 	cfg.Digests = d.digestsOn
 	cfg.Admission = func() bool { return joiningOn(d.members.Members(), time.Now()) }
 	cfg.ListOwned = func() bool { return ownedOn(d.members.Members(), time.Now()) }
+	cfg.AckRemovals = func() bool { return acksOn(d.members.Members(), time.Now()) }
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return nil, err
@@ -204,7 +205,7 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	// Named in this section only: a member that cannot read signed
 	// states, or the lists, is one problem, however many families run.
 	out.Problems = append(out.Problems, problems...)
-	out.Problems = append(out.Problems, ownedProblems(d.members.Members(), time.Now(), out.OwnedListed)...)
+	out.Problems = append(out.Problems, listProblems(d.members.Members(), time.Now(), out.OwnedListed, out.TombstonesAcked)...)
 	return out, overlay
 }
 
@@ -255,7 +256,8 @@ func lacksFamily(ring []api.IPAMPeer, members []mesh.Member, now time.Time) []st
 func allocatorStatus(a *ipam.Allocator) (*api.IPAM, string) {
 	st := a.Status()
 	out := &api.IPAM{Range: st.Range, Status: st.Status, Owned: st.Owned, Allocated: st.Allocated, Free: st.Free, Ranges: []api.RangeInfo{}, Problems: st.Problems,
-		Blocked: st.Blocked, BlockedReason: st.BlockedReason, StateBytes: st.StateBytes, Tombstones: st.Tombstones}
+		Blocked: st.Blocked, BlockedReason: st.BlockedReason, StateBytes: st.StateBytes, Tombstones: st.Tombstones,
+		TombstonesAcked: st.TombstonesAcked, TombstonesDropped: st.TombstonesDropped}
 	for _, r := range st.Ranges {
 		out.Ranges = append(out.Ranges, api.RangeInfo{CIDR: r.CIDR.String(), Owner: r.Owner})
 	}

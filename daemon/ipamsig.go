@@ -139,20 +139,38 @@ func ownedOn(members []mesh.Member, now time.Time) bool {
 // spans of peer infos.
 func readsOwned(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMOwnedVersion }
 
-// ownedProblems names, once this node lists its space, each live member
-// that does not say it reads the lists: it takes the list for the next
+// acksOn says whether this node's peers may list the tombstones they hold
+// in their infos and drop those every peer acknowledged (docs/ipam.md,
+// "Dropping tombstones"): as ownedOn, for members that read the lists of
+// acknowledgements. From the first true on the allocator lists them for
+// good.
+func acksOn(members []mesh.Member, now time.Time) bool {
+	return readSwitchOf(members, now, readsAcks).ready()
+}
+
+// readsAcks says whether a member's metadata says it reads the
+// acknowledged removals of peer infos.
+func readsAcks(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMAcksVersion }
+
+// listProblems names, once this node lists its space (owned) or its
+// acknowledged removals (acks) in its infos, each live member that does
+// not say it reads what this node lists: it takes the list for the next
 // field of an info and refuses every state it is sent, as a member that
 // cannot read signed states does (signedSwitch.status, which names one
 // whose metadata does not parse). One per member, bounded as the
 // membership is.
-func ownedProblems(members []mesh.Member, now time.Time, listing bool) []string {
-	if !listing {
+func listProblems(members []mesh.Member, now time.Time, owned, acks bool) []string {
+	reads, what, section := readsOwned, "the space peers list", "Signed ring transfers"
+	switch {
+	case acks:
+		reads, what, section = readsAcks, "the lists peers keep", "Dropping tombstones"
+	case !owned:
 		return nil
 	}
 	var out []string
-	for _, m := range readSwitchOf(members, now, readsOwned).holders {
+	for _, m := range readSwitchOf(members, now, reads).holders {
 		if m.State.Live() && m.MetaErr == nil && m.Meta.IPAMInfos >= mesh.IPAMInfosRead {
-			out = append(out, fmt.Sprintf("member %s runs a release that cannot read the space peers list in their IPAM infos: it refuses the states this node sends and learns no ring change; upgrade it (\"Signed ring transfers\" in docs/ipam.md)", m.Name))
+			out = append(out, fmt.Sprintf("member %s runs a release that cannot read %s in their IPAM infos: it refuses the states this node sends and learns no ring change; upgrade it (%q in docs/ipam.md)", m.Name, what, section))
 		}
 	}
 	return out

@@ -387,59 +387,74 @@ func TestJoiningSwitch(t *testing.T) {
 	}
 }
 
-// TestOwnedSwitch: the peers list their space once every member reads the
-// list (a member of this release), after the membership has settled; a
-// member that reads the Joining flag only (the release before) holds it
+// TestListSwitches: the peers list their space (ownedOn), and the
+// tombstones they hold (acksOn), once every member reads that list, after
+// the membership has settled; a member of an earlier release holds it
 // back, and the node itself is not counted.
-func TestOwnedSwitch(t *testing.T) {
+func TestListSwitches(t *testing.T) {
 	now := time.Now()
 	member := func(name string, jn int, since time.Duration) mesh.Member {
 		return mesh.Member{Name: name, State: api.MemberAlive, Meta: mesh.Meta{IPAMDeltas: mesh.IPAMDigestsVersion, IPAMJoining: jn}, Since: now.Add(-since)}
 	}
 	self := mesh.Member{Name: "host1", State: api.MemberAlive, Self: true, Meta: mesh.Meta{IPAMJoining: mesh.IPAMJoiningVersion}}
-	reads := member("host2", mesh.IPAMOwnedVersion, time.Minute)
-	gone := member("host3", mesh.IPAMJoiningVersion, time.Minute)
-	gone.State = api.MemberDead
-	for _, tc := range []struct {
+	for _, sw := range []struct {
 		name    string
-		members []mesh.Member
-		want    bool
+		on      func([]mesh.Member, time.Time) bool
+		version int // the first release that reads the list
 	}{
-		{"alone", []mesh.Member{self}, false},
-		{"every member reads it", []mesh.Member{self, reads}, true},
-		{"a member of the release before", []mesh.Member{self, reads, member("host3", mesh.IPAMJoiningVersion, time.Minute)}, false},
-		{"one of the release before gone a moment ago", []mesh.Member{self, reads, gone}, false},
-		{"a member that reads it joined a moment ago", []mesh.Member{self, reads, member("host3", mesh.IPAMOwnedVersion, time.Second)}, false},
+		{"owned", ownedOn, mesh.IPAMOwnedVersion},
+		{"acks", acksOn, mesh.IPAMAcksVersion},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := ownedOn(tc.members, now); got != tc.want {
-				t.Fatalf("owned = %v, want %v", got, tc.want)
-			}
-		})
+		reads := member("host2", sw.version, time.Minute)
+		gone := member("host3", sw.version-1, time.Minute)
+		gone.State = api.MemberDead
+		for _, tc := range []struct {
+			name    string
+			members []mesh.Member
+			want    bool
+		}{
+			{"alone", []mesh.Member{self}, false},
+			{"every member reads it", []mesh.Member{self, reads}, true},
+			{"a member of the release before", []mesh.Member{self, reads, member("host3", sw.version-1, time.Minute)}, false},
+			{"one of the release before gone a moment ago", []mesh.Member{self, reads, gone}, false},
+			{"a member that reads it joined a moment ago", []mesh.Member{self, reads, member("host3", sw.version, time.Second)}, false},
+		} {
+			t.Run(sw.name+"/"+tc.name, func(t *testing.T) {
+				if got := sw.on(tc.members, now); got != tc.want {
+					t.Fatalf("%s = %v, want %v", sw.name, got, tc.want)
+				}
+			})
+		}
 	}
 }
 
-// TestOwnedProblems: once this node lists its space, a live member that
+// TestListProblems: once this node lists its space, a live member that
 // reads signed states but not the lists is named once; one gone, one of
 // an earlier release named by the signed-states line, and any member
-// before the switch are not.
-func TestOwnedProblems(t *testing.T) {
+// before the switch are not. Once it also lists its acknowledged
+// removals, a member that reads only the owned spans is named too.
+func TestListProblems(t *testing.T) {
 	now := time.Now()
 	member := func(name string, ii, jn int, state api.MemberState) mesh.Member {
 		return mesh.Member{Name: name, State: state, Meta: mesh.Meta{IPAMInfos: ii, IPAMJoining: jn}, Since: now.Add(-time.Minute)}
 	}
 	members := []mesh.Member{
 		{Name: "host1", State: api.MemberAlive, Self: true},
-		member("host2", mesh.IPAMInfosSigned, mesh.IPAMOwnedVersion, api.MemberAlive),
+		member("host2", mesh.IPAMInfosSigned, mesh.IPAMAcksVersion, api.MemberAlive),
 		member("host3", mesh.IPAMInfosSigned, mesh.IPAMJoiningVersion, api.MemberAlive),
 		member("host4", mesh.IPAMInfosSigned, mesh.IPAMJoiningVersion, api.MemberDead),
 		member("host5", 0, 0, api.MemberAlive),
+		member("host6", mesh.IPAMInfosSigned, mesh.IPAMOwnedVersion, api.MemberAlive),
 	}
-	got := ownedProblems(members, now, true)
+	got := listProblems(members, now, true, false)
 	if len(got) != 1 || !strings.Contains(got[0], "member host3 runs a release that cannot read the space") {
 		t.Fatalf("problems %q, want host3's alone", got)
 	}
-	if got := ownedProblems(members, now, false); got != nil {
+	got = listProblems(members, now, true, true)
+	if len(got) != 2 || !strings.Contains(got[0], "member host3 runs a release that cannot read the lists") || !strings.Contains(got[1], "member host6 ") {
+		t.Fatalf("problems with acknowledgements listed %q, want host3's and host6's", got)
+	}
+	if got := listProblems(members, now, false, false); got != nil {
 		t.Fatalf("before the switch: %q", got)
 	}
 }

@@ -81,7 +81,8 @@ var (
 	descIdRefused  = promtext.NewDesc("mesh_identity_refused_total", "Alive messages and metadata of other nodes refused by the name binding (docs/architecture.md, Trust and keys), by reason.", promtext.Counter, "reason")
 	descIPAM6      = promtext.NewDesc("mesh_ipam6_addresses", "Addresses of this node's IPv6 range (dual-stack) by kind: owned, allocated, free (at most 2^63 each).", promtext.Gauge, "kind")
 	descStateBytes = promtext.NewDesc("mesh_ipam_state_bytes", "Size of this node's whole IPAM state as last sent; a peer refuses one over 1 MiB (docs/ipam.md, Bounds on what a peer may claim).", promtext.Gauge)
-	descTombstones = promtext.NewDesc("mesh_ipam_tombstones", "Removed peers this node's IPAM state carries, never dropped, about 120 bytes each.", promtext.Gauge)
+	descTombstones = promtext.NewDesc("mesh_ipam_tombstones", "Removed peers this node's IPAM state carries, about 120 bytes each; each is dropped once every peer has acknowledged it (docs/ipam.md, Dropping tombstones).", promtext.Gauge)
+	descDropped    = promtext.NewDesc("mesh_ipam_tombstones_dropped_total", "Tombstones of removed peers this node dropped since it started, once every peer had acknowledged them.", promtext.Counter)
 	descBlocked6   = promtext.NewDesc("mesh_ipam6_blocked", "1 for the kind of wait that currently stops this node's IPv6 IPAM (dual-stack), 0 for the others.", promtext.Gauge, "reason")
 	descUnreach    = promtext.NewDesc("mesh_ipam_unreachable_owned_addresses", "Addresses of the cluster range owned by peers this node cannot reach.", promtext.Gauge)
 	descRecErr     = promtext.NewDesc("mesh_reconcile_errors_total", "Data-plane reconciliations that failed.", promtext.Counter)
@@ -136,6 +137,7 @@ func (c *collector) Collect(out *promtext.Set) {
 	c.collectIPAM(out, st, owned, descIPAM, descBlocked)
 	out.Add(descStateBytes, float64(st.StateBytes))
 	out.Add(descTombstones, float64(st.Tombstones))
+	out.Add(descDropped, float64(st.TombstonesDropped))
 	if d.ipam6 != nil {
 		st6 := d.ipam6.Status()
 		var owned6 uint64

@@ -52,6 +52,7 @@ func TestMetricsAndProbes(t *testing.T) {
 		`mesh_ipam_blocked{reason="space"} 0`,
 		`mesh_ipam_blocked{reason="recovery"} 0`,
 		`mesh_ipam_tombstones 0`,
+		`mesh_ipam_tombstones_dropped_total 0`,
 		`mesh_ipam_state_bytes `,
 		`mesh_peer_rx_bytes_total{peer="` + nodes[1].Host.Name + `"}`,
 		`mesh_handshake_age_seconds{peer="` + nodes[1].Host.Name + `"}`,

@@ -134,6 +134,11 @@ type Allocator struct {
 	// keeps it in this peer's info; here it also outlives a removal of
 	// this peer by another, whose info lists nothing).
 	listsOwned bool
+	// listsAcks says this peer lists the tombstones it holds in its
+	// infos, as listsOwned; acks is what it knows of the others'
+	// (tombstone.go).
+	listsAcks bool
+	acks      ackBook
 
 	// dirty says the state holds something learnt or decided that is not
 	// in the state file yet. It is written before anything is sent
@@ -819,6 +824,9 @@ func (a *Allocator) publishInfoLocked(bump bool) {
 	}
 	if a.listsOwnedLocked(me) {
 		next.ListsOwned, next.Owned = true, a.st.ring.owned(a.cfg.Self)
+	}
+	if a.listsAcksLocked(me) {
+		next.ListsAcks, next.Acks = true, a.ownAcksLocked(me)
 	}
 	a.st.peers[a.cfg.Self] = next
 	// Free depends on the ring and reservations, not on the version.

@@ -31,9 +31,10 @@ import (
 //	... nHeld heldDelta... writer sigLen sig
 //
 // An info whose flags have flagOwned set lists the space its peer owns
-// right after its Held list, in either layout (appendOwned):
+// right after its Held list, in either layout (appendOwned), and one with
+// flagAcks the removals it acknowledges after that:
 //
-//	... nHeld heldDelta... nOwned (gap length)... [writer sigLen sig]
+//	... nHeld heldDelta... [nOwned (gap length)...] [nAcks (name epoch)...] [writer sigLen sig]
 //
 // writer is a name index (0: the info is unsigned), sigLen 0 or 64, sig
 // the writer's ed25519 signature of infoSigBytes. A release before signed
@@ -105,6 +106,11 @@ func encodeStateAs(prefix netip.Prefix, sender string, st state, signed bool) []
 	for _, n := range peerNames {
 		idx(n)
 	}
+	for _, n := range peerNames {
+		for _, k := range st.peers[n].Acks {
+			idx(k.Name)
+		}
+	}
 	if signed {
 		for _, n := range peerNames {
 			idx(st.peers[n].Writer)
@@ -157,6 +163,13 @@ func encodeStateAs(prefix netip.Prefix, sender string, st state, signed bool) []
 		if p.ListsOwned {
 			b = appendOwned(b, p.Owned)
 		}
+		if p.ListsAcks {
+			b = binary.AppendUvarint(b, uint64(len(p.Acks)))
+			for _, k := range p.Acks {
+				b = binary.AppendUvarint(b, idx(k.Name))
+				b = binary.AppendUvarint(b, k.Epoch)
+			}
+		}
 		if signed {
 			if len(p.Sig) != sigSize || p.Writer == "" {
 				b = append(b, 0, 0) // unsigned (learnt from a previous release)
@@ -207,6 +220,29 @@ func (d *decoder) owned(size uint64) []span {
 		default:
 			out = append(out, span{prev + gap, prev + gap + l})
 			prev += gap + l
+		}
+	}
+	return out
+}
+
+// acks reads an info's acknowledgements: name indexes and epochs, the
+// names strictly increasing (one form per list).
+func (d *decoder) acks(name func() string) []ack {
+	n := d.count(2)
+	if n == 0 {
+		return nil
+	}
+	out := make([]ack, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		k := ack{Name: name(), Epoch: d.uvarint()}
+		switch {
+		case d.err != nil:
+		case k.Name == "":
+			d.fail("acknowledgement without a name")
+		case i > 0 && k.Name <= out[i-1].Name:
+			d.fail("acknowledgements not sorted by name")
+		default:
+			out = append(out, k)
 		}
 	}
 	return out
@@ -374,6 +410,9 @@ func decodeState(buf []byte) (wireState, error) {
 		if p.ListsOwned {
 			p.Owned = d.owned(size)
 		}
+		if p.ListsAcks {
+			p.Acks = d.acks(name)
+		}
 		if signed {
 			p.Writer = name()
 			switch l := d.bytes(1); {
@@ -455,6 +494,10 @@ const (
 	// release on, sent once every member reads it (Config.ListOwned):
 	// an earlier release would take the list for the next field.
 	flagOwned byte = 8
+	// flagAcks: the acknowledged removals follow the owned spans. Read
+	// by this release on, sent once every member reads it
+	// (Config.AckRemovals), for the same reason.
+	flagAcks byte = 16
 )
 
 func (p peerInfo) flags() byte {
@@ -471,10 +514,14 @@ func (p peerInfo) flags() byte {
 	if p.ListsOwned {
 		f |= flagOwned
 	}
+	if p.ListsAcks {
+		f |= flagAcks
+	}
 	return f
 }
 
 func (p *peerInfo) setFlags(f byte) {
 	p.Leased, p.Removed, p.Joining = f&flagLeased != 0, f&flagRemoved != 0, f&flagJoining != 0
 	p.ListsOwned = f&flagOwned != 0
+	p.ListsAcks = f&flagAcks != 0
 }

@@ -82,6 +82,15 @@ type Config struct {
 	// the Allocator. Nil: never (a node of the previous release would take
 	// the list for the next field of the info).
 	ListOwned func() bool
+	// AckRemovals says whether every member reads the acknowledged
+	// removals of peer infos (docs/ipam.md, "Dropping tombstones"), so
+	// that this peer may list the tombstones it holds and drop those every
+	// peer has acknowledged; from the first true on (with Identities, once
+	// this peer also sends signed states) for good. Called under the
+	// allocator's lock: it must not block nor call the Allocator. Nil:
+	// never (a node of the previous release would take the list for the
+	// next field of the info).
+	AckRemovals func() bool
 }
 
 // DefaultConfig returns a Config with the default cluster range and a single

@@ -284,6 +284,11 @@ func (a *Allocator) mergeLocked(w wireState) error {
 		a.liveness.observe(a, w.sender, w.st)
 	}
 	a.boundMapsLocked()
+	if a.listsAcks {
+		// Acknowledgements seen here are remembered: the peer may
+		// have dropped the tombstone by its next info (tombstone.go).
+		a.noteAcksLocked(a.pendingAcksLocked())
+	}
 	a.gatewayUsableLocked() // record an echo of a new gateway with what was learnt
 	a.noteRecoveryLocked(w)
 	if me, ok := a.st.peers[a.cfg.Self]; ok && me.Removed {
@@ -329,7 +334,7 @@ func sameDurableInfo(x, y peerInfo) bool {
 // things about it: all but the version, the free count and the signature.
 func sameContent(x, y peerInfo) bool {
 	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && x.Joining == y.Joining && slices.Equal(x.Held, y.Held) &&
-		x.ListsOwned == y.ListsOwned && slices.Equal(x.Owned, y.Owned)
+		x.ListsOwned == y.ListsOwned && slices.Equal(x.Owned, y.Owned) && x.ListsAcks == y.ListsAcks && slices.Equal(x.Acks, y.Acks)
 }
 
 // afterRingChangeLocked runs the consequences of a new ring: reclaim heirs,

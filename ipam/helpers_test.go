@@ -34,6 +34,7 @@ func testConfig(t testing.TB, self, prefix string) Config {
 	cfg.StateFile = filepath.Join(t.TempDir(), self+".json")
 	cfg.Now = newClock().Now
 	cfg.ListOwned = func() bool { return true }
+	cfg.AckRemovals = func() bool { return true }
 	return cfg
 }
 

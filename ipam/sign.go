@@ -86,6 +86,14 @@ func infoSigBytes(prefix netip.Prefix, name string, p peerInfo) []byte {
 		// without the list signs the bytes it signed before it existed.
 		b = appendOwned(b, p.Owned)
 	}
+	if p.ListsAcks {
+		b = binary.AppendUvarint(b, uint64(len(p.Acks)))
+		for _, k := range p.Acks {
+			b = binary.AppendUvarint(b, uint64(len(k.Name)))
+			b = append(b, k.Name...)
+			b = binary.AppendUvarint(b, k.Epoch)
+		}
+	}
 	return b
 }
 

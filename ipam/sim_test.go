@@ -134,20 +134,30 @@ type simNet struct {
 	// forged says a test hands the peers forged states: refusals are
 	// then expected.
 	forged bool
+	// noAcks keeps the peers from listing the tombstones they hold, as
+	// while a member of the previous release is in the mesh
+	// (Config.AckRemovals); by default they list them and drop
+	// tombstones, and checkUnique fails on a peer left holding an
+	// unremoved info of a name another peer dropped.
+	noAcks bool
+	// droppedEver: removed name -> the highest epoch of a removal of it
+	// that some peer dropped (checkUnique).
+	droppedEver map[string]uint64
 }
 
 func newSimNet(seed uint64) *simNet {
 	return &simNet{
-		rng:    rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
-		clock:  newClock(),
-		store:  &memStore{files: map[string][]byte{}},
-		nodes:  map[string]*simNode{},
-		gone:   map[string]bool{},
-		killed: map[string]bool{},
-		part:   map[string]int{},
-		gws:    map[string]netip.Addr{},
-		trace:  sha256.New(),
-		whole:  *simWhole,
+		rng:         rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		clock:       newClock(),
+		store:       &memStore{files: map[string][]byte{}},
+		nodes:       map[string]*simNode{},
+		gone:        map[string]bool{},
+		killed:      map[string]bool{},
+		part:        map[string]int{},
+		gws:         map[string]netip.Addr{},
+		trace:       sha256.New(),
+		droppedEver: map[string]uint64{},
+		whole:       *simWhole,
 	}
 }
 
@@ -241,6 +251,7 @@ func (s *simNet) add(t testing.TB, name, prefix string, initial int, reclaim tim
 	cfg.Admission = func() bool { return !s.noAdmission }
 	cfg.Digests = func() bool { return !s.noDigests }
 	cfg.ListOwned = func() bool { return !s.noOwned }
+	cfg.AckRemovals = func() bool { return !s.noAcks }
 	if os.Getenv("SIMLOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("peer", name)
 	}
@@ -529,6 +540,9 @@ func (s *simNet) checkUnique(t testing.TB, seed uint64, step int) {
 			t.Fatalf("seed %d step %d: %s refused %d honest states by the release rule, last: %s", seed, step, name, n, note)
 		}
 	}
+	if ghost := s.ghost(); ghost != "" {
+		t.Fatalf("seed %d step %d: %s", seed, step, ghost)
+	}
 	holder, dup := s.podHolders()
 	if dup != "" {
 		t.Fatalf("seed %d step %d: %s", seed, step, dup)
@@ -540,6 +554,34 @@ func (s *simNet) checkUnique(t testing.TB, seed uint64, step int) {
 			}
 		}
 	}
+}
+
+// ghost records the tombstones every peer dropped so far, and names a
+// peer that holds an info of a dropped name older than the removal
+// ("" if none): nobody would ever tell it of the removal, and it would
+// keep the name as a voter (docs/ipam.md, "Dropping tombstones").
+func (s *simNet) ghost() string {
+	names := slices.Sorted(maps.Keys(s.nodes))
+	for _, name := range names {
+		a := s.nodes[name].Allocator
+		a.mu.Lock()
+		for k := range a.acks.dropped {
+			s.droppedEver[k.Name] = max(s.droppedEver[k.Name], k.Epoch)
+		}
+		a.mu.Unlock()
+	}
+	for _, name := range names {
+		a := s.nodes[name].Allocator
+		a.mu.Lock()
+		for peer, p := range a.st.peers {
+			if e, ok := s.droppedEver[peer]; ok && p.Epoch < e {
+				a.mu.Unlock()
+				return fmt.Sprintf("%s holds %s's info of epoch %d (removed %v), older than a removal at epoch %d that a peer dropped", name, peer, p.Epoch, p.Removed, e)
+			}
+		}
+		a.mu.Unlock()
+	}
+	return ""
 }
 
 // podHolders maps each live pod's address to its holder (node/container),
@@ -963,8 +1005,11 @@ func runSimulation(t *testing.T, seed uint64, p simParams) string {
 		t.Errorf("seed %d: part of the ring has no owner after the final heal: %s", seed, segs)
 		s.dump(t, slices.Sorted(maps.Keys(s.nodes))...)
 	}
+	if g := s.ghost(); g != "" {
+		t.Errorf("seed %d: %s", seed, g)
+	}
 	d := s.digest()
-	t.Logf("seed %d: %d nodes, %d pods, %d free, %d owners, digest %.16s", seed, len(s.nodes), total, free, len(owners), d)
+	t.Logf("seed %d: %d nodes, %d pods, %d free, %d owners, %d tombstones dropped, digest %.16s", seed, len(s.nodes), total, free, len(owners), len(s.droppedEver), d)
 	return d
 }
 

@@ -70,6 +70,16 @@ type peerInfo struct {
 	// space to another only once the peer's newest info no longer lists
 	// it (releaseRuleLocked): a transfer needs its previous owner's word.
 	Owned []span
+	// ListsAcks says the info lists, in Acks, the removals whose
+	// tombstones the peer holds (docs/ipam.md, "Dropping tombstones"):
+	// set by a peer once every member reads the list, and from then on in
+	// all its infos.
+	ListsAcks bool
+	// Acks are the removals (a peer's name and the epoch of its Removed
+	// info) whose tombstones this peer holds, or dropped not long ago,
+	// sorted by name: a tombstone is dropped once every peer that counts
+	// has acknowledged it (tombstone.go).
+	Acks []ack
 	// Writer is the node whose identity signed this info, Sig its
 	// signature of infoSigBytes: the peer itself, or for a Removed info
 	// the node that ran rmpeer or saw the Node deletion (docs/ipam.md,
@@ -124,6 +134,12 @@ func comparePeerInfo(a, b peerInfo) int {
 		return c
 	}
 	if c := slices.CompareFunc(a.Owned, b.Owned, compareSpan); c != 0 {
+		return c
+	}
+	if c := cmpBool(a.ListsAcks, b.ListsAcks); c != 0 {
+		return c
+	}
+	if c := slices.CompareFunc(a.Acks, b.Acks, compareAck); c != 0 {
 		return c
 	}
 	// Last, so that the order of contents is the previous release's and

@@ -38,11 +38,16 @@ type Status struct {
 	Rejected map[string]uint64 `json:"rejected,omitempty"`
 	// StateBytes is the size of this peer's whole state as last encoded
 	// for sending (0 before the first); a receiver refuses one over
-	// MaxStateBytes. Tombstones counts the removed peers it carries, never
-	// dropped, about 120 bytes each (docs/ipam.md, "Bounds on what a peer
-	// may claim").
-	StateBytes int `json:"stateBytes,omitempty"`
-	Tombstones int `json:"tombstones,omitempty"`
+	// MaxStateBytes. Tombstones counts the removed peers it carries,
+	// about 120 bytes each (docs/ipam.md, "Bounds on what a peer may
+	// claim"); once TombstonesAcked (every member reads acknowledgements),
+	// each is dropped once every peer has acknowledged it, and
+	// TombstonesDropped counts those dropped since this peer started
+	// (docs/ipam.md, "Dropping tombstones").
+	StateBytes        int  `json:"stateBytes,omitempty"`
+	Tombstones        int  `json:"tombstones,omitempty"`
+	TombstonesAcked   bool `json:"tombstonesAcked,omitempty"`
+	TombstonesDropped int  `json:"tombstonesDropped,omitempty"`
 }
 
 // The kinds of waiting Status.Blocked names.
@@ -150,6 +155,7 @@ func (a *Allocator) Status() Status {
 	}
 	s.BlockedReason, s.Blocked = a.blockedLocked()
 	s.StateBytes, s.Tombstones = a.stateBytes, a.removedCountLocked()
+	s.TombstonesAcked, s.TombstonesDropped = a.st.peers[a.cfg.Self].ListsAcks, a.acks.count
 	return s
 }
 

@@ -58,6 +58,9 @@ func (a *Allocator) Tick() {
 			a.log.Error("could not persist the ring", "err", err)
 		}
 	}
+	if a.dropTombstonesLocked() {
+		a.heartbeatLocked()
+	}
 	if a.tick%2 == 0 {
 		a.askEchoesLocked()
 	}

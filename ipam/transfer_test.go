@@ -43,8 +43,19 @@ func TestReleaseRule(t *testing.T) {
 		{name: "a tombstone of a live peer", victim: "b", forge: take("", 1, "b"), want: RejectUnreleased},
 		{name: "a claim of a live peer's range as its heir", victim: "b", forge: take("evil", 2, "b"), want: RejectUnreleased},
 		{name: "a contested run over a live peer's range", victim: "b", forge: take("", 2, ""), want: RejectUnreleased},
-		{name: "a delta one version ahead", victim: "b", forge: take("evil", 1, ""), delta: true, want: RejectUnreleased},
+		{name: "a delta one version ahead: not merged, not counted", victim: "b", forge: take("evil", 1, ""), delta: true},
 		{name: "a delta two versions ahead: not merged, not counted", victim: "b", forge: take("evil", 2, ""), delta: true},
+		{name: "an honest delta carrying an rmpeer's run whose own delta was missed: not merged, not counted", victim: "b", setup: func(t *testing.T, net *simNet) {
+			if _, err := net.nodes["c"].RemovePeer("b"); err != nil {
+				t.Fatal(err)
+			}
+		}, forge: func(t *testing.T, net *simNet, w *wireState, _ string) {
+			// c took b's range one version ahead; a later delta of c
+			// carries that run unchanged, beside a change of its own,
+			// and names neither b nor its removal.
+			*w = stateOf(t, net.nodes["c"])
+			delete(w.st.peers, "b")
+		}, delta: true},
 		{name: "a peer removed by a signed rmpeer: its tombstone is taken", victim: "b", setup: func(t *testing.T, net *simNet) {
 			if _, err := net.nodes["c"].RemovePeer("b"); err != nil {
 				t.Fatal(err)

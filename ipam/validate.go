@@ -182,10 +182,11 @@ func (a *Allocator) screenLocked(w *wireState) error {
 		if known && comparePeerInfo(p, cur) <= 0 {
 			continue // the join ignores it
 		}
-		if !known && goneForGood(name, p, space) && !a.isMember(name) {
+		if !known && goneForGood(name, p, space) && (!a.isMember(name) || a.droppedLocked(name, p)) {
 			// A tombstone of a name never heard of here (a peer removed
-			// before this one joined): it carries nothing to learn, so
-			// it is skipped without a word, honest or not.
+			// before this one joined, or one this peer dropped): it
+			// carries nothing to learn, so it is skipped without a
+			// word, honest or not.
 			delete(w.st.peers, name)
 			continue
 		}
@@ -199,6 +200,8 @@ func (a *Allocator) screenLocked(w *wireState) error {
 			detail = fmt.Sprintf("version %d is %v ahead of this clock", p.Version, time.Duration(p.Version-nowMs)*time.Millisecond+maxClockAhead)
 		case len(p.Held) > maxHeld:
 			reason, detail = RejectHeld, fmt.Sprintf("%d held addresses (at most %d)", len(p.Held), maxHeld)
+		case len(p.Acks) > maxAcks:
+			reason, detail = RejectHeld, fmt.Sprintf("%d acknowledged removals (at most %d)", len(p.Acks), maxAcks)
 		case len(p.Owned) > maxOwnedSpans:
 			reason, detail = RejectHeld, fmt.Sprintf("%d spans listed as its space (at most %d)", len(p.Owned), maxOwnedSpans)
 		case foreignHeld(p.Held, space[name]) > maxForeignHeld:
@@ -237,11 +240,16 @@ func (a *Allocator) screenLocked(w *wireState) error {
 }
 
 // errDeltaBehind is releaseRuleLocked's answer to a delta that moves space
-// this peer still sees with its previous owner, two or more versions back:
-// this peer missed a change before it (a delta that did not reach it), so
-// the previous owner's release may well be in a state it has not seen. Not
-// a refusal: the delta is left unmerged, and the whole state that carries
-// the release comes by push/pull.
+// this peer still sees with a previous owner whose release it does not
+// hold: this peer missed a change before it (a delta that did not reach
+// it), so the release may well be in a state it has not seen. A delta
+// carries the infos of its writer and of the peers its runs name, not of
+// every peer whose space its runs once were: one version ahead is no sign
+// of a forgery either, as a delta also carries, unchanged, the run after
+// each change (delta.go), which its writer may have taken over by an
+// rmpeer whose own delta this peer missed. Not a refusal: the delta is
+// left unmerged, and the whole state that carries the release comes by
+// push/pull, where the rule counts a refusal.
 var errDeltaBehind = errors.New("ipam: delta moves space whose earlier change this peer has not seen")
 
 // releaseRuleLocked refuses a state that moves space of a peer that has
@@ -269,7 +277,7 @@ func (a *Allocator) releaseRuleLocked(w *wireState, jr ring) error {
 		end := min(em, ej)
 		if x := m.Owner; x != "" && m.plainOf(x) && !e.plainOf(x) {
 			if p := a.newestInfoLocked(w, x); p.ListsOwned && !p.Removed && !p.Leased && overlaps(p.Owned, span{pos, end}) {
-				if w.delta && e.Version > m.Version+1 {
+				if w.delta {
 					return errDeltaBehind
 				}
 				d := fmt.Sprintf("from %s: ring entry %s at %s (%d addresses) moves space of %s, whose newest info (version %d) still lists it as its own", orUnknown(w.sender), describeEntry(e), offsetAddr(a.cfg.Range, pos), end-pos, x, p.Version)

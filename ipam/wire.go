@@ -39,11 +39,21 @@ type WirePeer struct {
 	// sorted, disjoint and not adjacent.
 	ListsOwned bool
 	Owned      []WireSpan
+	// ListsAcks says Acks is part of the info: the removals whose
+	// tombstones the peer holds or dropped lately, sorted by name.
+	ListsAcks bool
+	Acks      []WireAck
 	// Writer signed the info (the peer, or the writer of a removal) and
 	// Sig is its signature; empty when unsigned. A Wire with any of them
 	// set encodes as a signed state (MIP3, MIP7).
 	Writer string
 	Sig    []byte
+}
+
+// WireAck names a removal: the removed peer and the epoch of its removal.
+type WireAck struct {
+	Name  string
+	Epoch uint64
 }
 
 // WireSpan is the offsets [Start, End) of the cluster range.
@@ -64,7 +74,12 @@ func DecodeWire(b []byte) (Wire, error) {
 		for _, sp := range p.Owned {
 			owned = append(owned, WireSpan{sp.start, sp.end})
 		}
-		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: slices.Clone(p.Held), ListsOwned: p.ListsOwned, Owned: owned, Writer: p.Writer, Sig: slices.Clone(p.Sig)}
+		var acks []WireAck
+		for _, k := range p.Acks {
+			acks = append(acks, WireAck(k))
+		}
+		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: slices.Clone(p.Held),
+			ListsOwned: p.ListsOwned, Owned: owned, ListsAcks: p.ListsAcks, Acks: acks, Writer: p.Writer, Sig: slices.Clone(p.Sig)}
 	}
 	return out, nil
 }
@@ -78,9 +93,13 @@ func (w Wire) Encode() []byte {
 	signed := false
 	for _, n := range slices.Sorted(maps.Keys(w.Peers)) {
 		p := w.Peers[n]
-		pi := peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: p.Held, ListsOwned: p.ListsOwned, Writer: p.Writer, Sig: p.Sig}
+		pi := peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: p.Held,
+			ListsOwned: p.ListsOwned, ListsAcks: p.ListsAcks, Writer: p.Writer, Sig: p.Sig}
 		for _, sp := range p.Owned {
 			pi.Owned = append(pi.Owned, span{sp.Start, sp.End})
+		}
+		for _, k := range p.Acks {
+			pi.Acks = append(pi.Acks, ack(k))
 		}
 		st.peers[n] = pi
 		signed = signed || p.Writer != "" || len(p.Sig) > 0

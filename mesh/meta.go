@@ -79,7 +79,8 @@ type Meta struct {
 	// the previous release, which drops the flag and so would refuse the
 	// signed info that carries it, so that while one is a member a peer
 	// that joins votes at once, as before. IPAMOwnedVersion: it also
-	// reads the owned spans of peer infos.
+	// reads the owned spans of peer infos; IPAMAcksVersion, also their
+	// acknowledged removals.
 	IPAMJoining int `json:"jn,omitempty"`
 	// Sig signs the metadata bytes before it together with the node's name
 	// and advertised address (signedMetaBytes). It is always the last
@@ -104,12 +105,14 @@ const (
 
 // Values of Meta.IPAMJoining: IPAMJoiningVersion, a node that reads the
 // Joining flag; IPAMOwnedVersion, one that also reads the owned spans of
-// peer infos (docs/ipam.md, "Signed ring transfers"). The second rides on
-// the field of the first, as digests ride on deltas: the metadata has 512
-// bytes.
+// peer infos (docs/ipam.md, "Signed ring transfers"); IPAMAcksVersion,
+// one that also reads their acknowledged removals ("Dropping
+// tombstones"). The later ones ride on the field of the first, as digests
+// ride on deltas: the metadata has 512 bytes.
 const (
 	IPAMJoiningVersion = 1
 	IPAMOwnedVersion   = 2
+	IPAMAcksVersion    = 3
 )
 
 // PathMetaVersion is the format of PathMeta; a node that reads a higher

@@ -60,6 +60,16 @@ func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 		}
 		fmt.Fprintf(tw, "Space:\t%s\n", space)
 	}
+	if ip.Tombstones > 0 || ip.TombstonesDropped > 0 {
+		// Removed peers the state still carries (docs/ipam.md,
+		// "Dropping tombstones"); only once there are any, as most
+		// meshes never remove a peer.
+		kept := "none dropped until every member reads acknowledgements"
+		if ip.TombstonesAcked {
+			kept = fmt.Sprintf("each dropped once every peer has acknowledged it (%d dropped since start)", ip.TombstonesDropped)
+		}
+		fmt.Fprintf(tw, "Removed:\t%d kept; %s\n", ip.Tombstones, kept)
+	}
 	tw.Flush()
 	peers := append([]api.IPAMPeer(nil), ip.Peers...)
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Name < peers[j].Name })

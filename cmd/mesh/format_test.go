@@ -117,6 +117,13 @@ func TestFormatGolden(t *testing.T) {
 			st.IPAM.OwnedListed = false // follows the switch to signed states
 			formatIPAM(b, st)
 		}},
+		{"ipam-removed", func(b *bytes.Buffer) {
+			st := sampleStatus()
+			st.IPAM.Tombstones, st.IPAM.TombstonesAcked, st.IPAM.TombstonesDropped = 2, true, 5
+			formatIPAM(b, st)
+			st.IPAM.TombstonesAcked, st.IPAM.TombstonesDropped = false, 0
+			formatIPAM(b, st)
+		}},
 		{"connections", func(b *bytes.Buffer) { formatConnections(b, sampleStatus(), now) }},
 		{"attachments", func(b *bytes.Buffer) { formatAttachments(b, sampleAttachments()[:1]) }},
 		{"attachments-dual", func(b *bytes.Buffer) { formatAttachments(b, sampleAttachments()) }},
