@@ -48,8 +48,9 @@ type IPAM interface {
 	// returns how many it freed.
 	GC(network string, valid []api.ReleaseRequest) (int, error)
 	Allocations() []api.Allocation
-	// RemovePeer takes over the ranges of a dead peer (mesh rmpeer) and
-	// returns how many; ErrConflict while that is not safe yet.
+	// RemovePeer removes a dead peer (mesh rmpeer), tombstoning its
+	// ranges for their heirs, and returns how many; ErrConflict while
+	// that is not safe yet.
 	RemovePeer(name string) (int, error)
 }
 

@@ -473,7 +473,7 @@ func (p ipamAPI) RemovePeer(name string) (int, error) {
 		}
 		total += n
 	}
-	d.log.Warn("took over the ranges of a removed peer", "peer", name, "ranges", total)
+	d.log.Warn("removed a peer: its ranges go to their heirs", "peer", name, "ranges", total)
 	return total, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -166,7 +167,12 @@ const (
 
 func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 	_, nodes := startMesh(t, 3)
-	gone := nodes[2]
+	// The dead node's space goes to its heirs, the owners of the
+	// addresses below its runs (docs/ipam.md, "mesh rmpeer NAME"): the
+	// node that dies is the one whose run follows the first node's, so
+	// that some of its space goes to the first node, whose AllowedIPs on
+	// the third (observer) must then follow.
+	gone, observer := followerOf(t, nodes)
 	goneRanges := gone.MustStatus().IPAM.Owned
 	// Every member reads deltas: the removal below is announced by one.
 	for _, n := range nodes {
@@ -177,7 +183,7 @@ func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 	if err := gone.Proc.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	expectStates(t, detectTimeout, nodes[:2], map[string]string{gone.Host.Name: "dead"}, false)
+	expectStates(t, detectTimeout, []*node{nodes[0], observer}, map[string]string{gone.Host.Name: "dead"}, false)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -196,17 +202,37 @@ func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 		if !strings.Contains(nodes[0].Proc.Log(), deltaSentLog) {
 			return fmt.Errorf("%s logged no %q", nodes[0].Host.Name, deltaSentLog)
 		}
-		if !strings.Contains(nodes[1].Proc.Log(), deltaMergedLog) {
-			return fmt.Errorf("%s logged no %q", nodes[1].Host.Name, deltaMergedLog)
+		if !strings.Contains(observer.Proc.Log(), deltaMergedLog) {
+			return fmt.Errorf("%s logged no %q", observer.Host.Name, deltaMergedLog)
 		}
 		return nil
 	})
-	// On the third node, the first node's AllowedIPs now cover the dead
-	// node's ranges: one gossip message, no restart.
+	// On the observer, the AllowedIPs of the first node now cover the
+	// part of the dead node's ranges it inherited, and the observer owns
+	// the rest: a few gossip messages, no restart.
 	testnet.Eventually(t, 20*time.Second, 250*time.Millisecond, func() error {
-		st, err := nodes[1].Status()
+		st, err := observer.Status()
 		if err != nil {
 			return err
+		}
+		var inherited []string
+		for _, q := range st.IPAM.Ranges {
+			qp := netip.MustParsePrefix(q.CIDR)
+			for _, r := range goneRanges {
+				if !covered(qp, []string{r}) {
+					continue
+				}
+				switch q.Owner {
+				case nodes[0].Host.Name:
+					inherited = append(inherited, q.CIDR)
+				case observer.Host.Name:
+				default:
+					return fmt.Errorf("%s of the dead node's %s is owned by %q", q.CIDR, r, q.Owner)
+				}
+			}
+		}
+		if len(inherited) == 0 {
+			return fmt.Errorf("%s inherited none of %v: %v", nodes[0].Host.Name, goneRanges, st.IPAM.Ranges)
 		}
 		var conn *api.Connection
 		for i := range st.Connections {
@@ -217,7 +243,7 @@ func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 		if conn == nil {
 			return fmt.Errorf("no connection to %s: %+v", nodes[0].Host.Name, st.Connections)
 		}
-		for _, r := range goneRanges {
+		for _, r := range inherited {
 			if !covered(netip.MustParsePrefix(r), conn.AllowedIPs) {
 				return fmt.Errorf("%s not in AllowedIPs %v of %s", r, conn.AllowedIPs, nodes[0].Host.Name)
 			}
@@ -230,10 +256,38 @@ func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 		return nil
 	})
 	// Refused while alive.
-	out, err = nodes[0].Host.Run(ctx, nodes[0].Bin, "rmpeer", nodes[1].Host.Name)
+	out, err = nodes[0].Host.Run(ctx, nodes[0].Bin, "rmpeer", observer.Host.Name)
 	if err == nil || !strings.Contains(out, "alive") {
 		t.Fatalf("rmpeer of a live peer: err=%v\n%s", err, out)
 	}
+}
+
+// followerOf returns the node (of nodes[1:]) that owns the run of the
+// ring right after the first run of nodes[0], and the other one.
+func followerOf(t *testing.T, nodes []*node) (follower, other *node) {
+	t.Helper()
+	ranges := nodes[0].MustStatus().IPAM.Ranges
+	slices.SortFunc(ranges, func(x, y api.RangeInfo) int {
+		return netip.MustParsePrefix(x.CIDR).Addr().Compare(netip.MustParsePrefix(y.CIDR).Addr())
+	})
+	for i, r := range ranges {
+		if r.Owner != nodes[0].Host.Name {
+			continue
+		}
+		for j := 1; j < len(ranges); j++ {
+			next := ranges[(i+j)%len(ranges)].Owner
+			if next == nodes[0].Host.Name {
+				continue
+			}
+			for k, n := range nodes[1:] {
+				if n.Host.Name == next {
+					return n, nodes[2-k]
+				}
+			}
+		}
+	}
+	t.Fatalf("no run of another node follows one of %s: %v", nodes[0].Host.Name, ranges)
+	return nil, nil
 }
 
 func covered(p netip.Prefix, set []string) bool {

@@ -131,6 +131,19 @@ func oldCommitRefusedNothing(t *testing.T, nodes []*node) {
 	assertUnique(t, nodes)
 }
 
+// honestRefusedNothing fails t for each IPAM input a node refused (named
+// among its IPAM problems): in a mesh of honest nodes there is none.
+func honestRefusedNothing(t *testing.T, nodes []*node) {
+	t.Helper()
+	for _, n := range nodes {
+		for _, p := range n.MustStatus().IPAM.Problems {
+			if strings.Contains(p, "refused") {
+				t.Errorf("%s refused honest IPAM input: %q", n.Host.Name, p)
+			}
+		}
+	}
+}
+
 // eventuallyEveryIPAM waits up to a minute until ok holds of every node's
 // IPAM status; what names it in the failure.
 func eventuallyEveryIPAM(t *testing.T, nodes []*node, what string, ok func(*api.IPAM) bool) {

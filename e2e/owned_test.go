@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -69,12 +68,6 @@ func TestOwnedUpgradeFromPreviousCommit(t *testing.T) {
 		}
 		return nil
 	})
-	for _, n := range nodes {
-		for _, p := range n.MustStatus().IPAM.Problems {
-			if strings.Contains(p, "refused") {
-				t.Errorf("%s refused honest IPAM input: %q", n.Host.Name, p)
-			}
-		}
-	}
+	honestRefusedNothing(t, nodes)
 	assertUnique(t, nodes)
 }

@@ -66,12 +66,6 @@ func TestTombstonesUpgradeFromPreviousCommit(t *testing.T) {
 		}
 		return nil
 	})
-	for _, n := range nodes {
-		for _, p := range n.MustStatus().IPAM.Problems {
-			if strings.Contains(p, "refused") {
-				t.Errorf("%s refused honest IPAM input: %q", n.Host.Name, p)
-			}
-		}
-	}
+	honestRefusedNothing(t, nodes)
 	assertUnique(t, nodes)
 }

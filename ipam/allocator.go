@@ -855,20 +855,26 @@ func (a *Allocator) publishInfoLocked(bump bool) {
 }
 
 // listsOwnedLocked says whether this peer's next info lists the space it
-// owns: once it has (for good: the flag is in its own info, which the
-// state file keeps), or once every member reads the list and, with
-// Identities, this peer sends signed states (the list protects only what
-// a signature covers).
+// owns (listSwitchLocked).
 func (a *Allocator) listsOwnedLocked(me peerInfo) bool {
-	if a.listsOwned || me.ListsOwned {
-		a.listsOwned = true
+	return a.listSwitchLocked(&a.listsOwned, me.ListsOwned, a.cfg.ListOwned, "owned spans: listing this peer's space in its infos")
+}
+
+// listSwitchLocked says whether this peer's next info carries a list that
+// earlier releases cannot read: once it has (for good: on is set, and the
+// flag is in its own info, listed, which the state file keeps), or once
+// gate says every member reads the list and, with Identities, this peer
+// sends signed states (a list protects only what a signature covers).
+func (a *Allocator) listSwitchLocked(on *bool, listed bool, gate func() bool, what string) bool {
+	if *on || listed {
+		*on = true
 		return true
 	}
-	if a.cfg.ListOwned == nil || a.cfg.Identities != nil && !a.signedWire || !a.cfg.ListOwned() {
+	if gate == nil || a.cfg.Identities != nil && !a.signedWire || !gate() {
 		return false
 	}
-	a.log.Info("every member reads owned spans: listing this peer's space in its infos from now on")
-	a.listsOwned = true
+	a.log.Info("every member reads " + what + " from now on")
+	*on = true
 	return true
 }
 

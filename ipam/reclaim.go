@@ -24,12 +24,14 @@ import (
 //     allocates addresses a lease quorum (ceil(N/2)) has seen it hold.
 //     Quorum intersection then guarantees one of them sees the other.
 
-// RemovePeer hands every range of the named (dead) peer to this peer and
-// drops the dead peer's reservations; it returns how many ranges it took.
-// The caller checks that the peer is really dead: running it for a live but
-// partitioned peer, or on two peers at once, is an operator error that the
-// held-address reservations soften but cannot undo (see docs/ipam.md).
-// Persists and broadcasts; safe for concurrent use.
+// RemovePeer tombstones every range of the named (dead) peer, whose heirs
+// (the owners of the addresses below) then claim them, and drops the dead
+// peer's reservations; it returns how many ranges it tombstoned. The
+// caller checks that the peer is really dead: running it for a live but
+// partitioned peer is an operator error that the held-address
+// reservations soften but cannot undo (see docs/ipam.md). Two peers may
+// run it at once: they write the same tombstones. Persists and
+// broadcasts; safe for concurrent use.
 func (a *Allocator) RemovePeer(name string) (int, error) {
 	return a.removePeer(name, false)
 }
@@ -74,16 +76,17 @@ func (a *Allocator) removePeer(name string, authoritative bool) (int, error) {
 		a.mu.Unlock()
 		return 0, nil
 	}
-	var n int
 	before := a.st.ring
-	if authoritative {
-		a.st.ring, n = a.st.ring.rewrite(
-			func(e entry) bool { return e.Owner == name },
-			func(e entry) entry { return entry{Version: e.Version + 1, Dead: name} })
-	} else {
-		a.st.ring, n = a.st.ring.rewrite(ownedOrTombstoned(name),
-			func(e entry) entry { return entry{Version: e.Version + 1, Owner: a.cfg.Self} })
-	}
+	// Tombstones, whoever writes them and whatever the kind of removal:
+	// two removals of one peer write the same entries, so an rmpeer run on
+	// two peers at once cannot leave two owners of one run, and a
+	// tombstone loses to a transfer of the same version that its writer
+	// had not heard of (docs/ipam.md, "mesh rmpeer NAME"). The heir, the
+	// owner of the address below each run, claims it (claimOrphansLocked).
+	var n int
+	a.st.ring, n = a.st.ring.rewrite(
+		func(e entry) bool { return e.Owner == name },
+		func(e entry) entry { return entry{Version: e.Version + 1, Dead: name} })
 	if !known && n == 0 {
 		a.mu.Unlock()
 		return 0, fmt.Errorf("%w %q", errUnknownPeer, name)

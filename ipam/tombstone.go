@@ -181,17 +181,25 @@ func (a *Allocator) noteAcksLocked(pending []ack) {
 	}
 }
 
-// ackedByAllLocked says whether every peer of the table that counts has
-// acknowledged removal k: every peer but this one, the removed one, and
+// ackedByAllLocked says whether every peer that counts has acknowledged
+// removal k: every peer of the table but this one, the removed one, and
 // peers removed themselves (an operator's or an authority's word that
-// they are gone).
+// they are gone); and every live member, also one whose info has not
+// reached this peer yet (a joiner that came in where the removal had not
+// reached, and may hold the removed peer's older info).
 func (a *Allocator) ackedByAllLocked(k ack) bool {
 	s := a.acks.seen[k]
-	for name, p := range a.st.peers {
-		if name == a.cfg.Self || name == k.Name || p.Removed {
-			continue
+	counts := func(name string) bool {
+		p, ok := a.st.peers[name]
+		return name != a.cfg.Self && name != k.Name && !(ok && p.Removed)
+	}
+	for name := range a.st.peers {
+		if counts(name) && !s[name] {
+			return false
 		}
-		if !s[name] {
+	}
+	for name := range a.members {
+		if counts(name) && !s[name] {
 			return false
 		}
 	}
@@ -243,20 +251,9 @@ func (a *Allocator) dropTombstonesLocked() bool {
 }
 
 // listsAcksLocked says whether this peer's next info lists its
-// acknowledgements: once it has (for good: the flag is in its own info,
-// which the state file keeps), or once every member reads the list and,
-// with Identities, this peer sends signed states.
+// acknowledgements (listSwitchLocked).
 func (a *Allocator) listsAcksLocked(me peerInfo) bool {
-	if a.listsAcks || me.ListsAcks {
-		a.listsAcks = true
-		return true
-	}
-	if a.cfg.AckRemovals == nil || a.cfg.Identities != nil && !a.signedWire || !a.cfg.AckRemovals() {
-		return false
-	}
-	a.log.Info("every member reads acknowledged removals: listing the tombstones this peer holds from now on")
-	a.listsAcks = true
-	return true
+	return a.listSwitchLocked(&a.listsAcks, me.ListsAcks, a.cfg.AckRemovals, "acknowledged removals: listing the tombstones this peer holds")
 }
 
 // droppedLocked says whether removal k was dropped here not long ago

@@ -193,6 +193,7 @@ func TestTombstoneWaitsForEveryPeer(t *testing.T) {
 // after the acknowledging peer's newer info lists it no more (it dropped
 // the tombstone, and its list of recent drops expired, before this peer
 // saw the others'): otherwise such a tombstone would stay here for good.
+// A live member this peer has no info of holds the drop back.
 func TestTombstoneAckRemembered(t *testing.T) {
 	net := newSimNet(33)
 	for _, n := range []string{"a", "b", "c", "d"} {
@@ -219,6 +220,16 @@ func TestTombstoneAckRemembered(t *testing.T) {
 	b.Acks = nil
 	a.st.peers["b"] = b
 	a.mu.Unlock()
+	// A live member whose info has not reached a yet (it joined where
+	// the removal had not reached) holds the drop back.
+	a.SetMembers(map[string]bool{"b": true, "c": true, "newcomer": true})
+	for range 2 * dropGraceTicks {
+		a.Tick()
+	}
+	if got := net.holders("d"); !slices.Contains(got, "a") {
+		t.Fatalf("a dropped d's tombstone while a live member it has no info of could hold d's older info (held by %v)", got)
+	}
+	a.SetMembers(map[string]bool{"b": true, "c": true})
 	for range dropGraceTicks + 2 {
 		a.Tick()
 	}
@@ -285,5 +296,59 @@ func TestAcksSignedAndWellFormed(t *testing.T) {
 				t.Fatalf("merged: %v", err)
 			}
 		})
+	}
+}
+
+// TestRmpeerEndsGhost: a peer left holding a dropped name's older info
+// (here: restored from a copy of its state file taken before the
+// removal, as an operator might) refuses the states that moved that
+// name's space, as docs/ipam.md ("Dropping tombstones") says; `mesh rmpeer
+// NAME` on it writes the removal there again, after which it merges
+// everything, and the others do not take the name back.
+func TestRmpeerEndsGhost(t *testing.T) {
+	net := newSimNet(35)
+	for _, n := range []string{"a", "b", "c", "d"} {
+		net.add(t, n, "10.0.0.0/16", 4, 0)
+	}
+	net.settle(t, 5)
+	backup := map[string][]byte{}
+	for path, b := range net.store.files {
+		if strings.HasPrefix(path, "/sim/c.json") {
+			backup[path] = slices.Clone(b)
+		}
+	}
+	net.removeDead(t, "d")
+	net.rounds(2 * dropGraceTicks)
+	if got := net.holders("d"); len(got) != 0 {
+		t.Fatalf("d's tombstone still held by %v", got)
+	}
+	for path := range net.store.files {
+		if strings.HasPrefix(path, "/sim/c.json") {
+			delete(net.store.files, path)
+		}
+	}
+	maps.Copy(net.store.files, backup)
+	net.restart(t, "c")
+	net.rounds(5)
+	c := net.nodes["c"].Allocator
+	if n, note := c.refusals(RejectUnreleased); n == 0 || !strings.Contains(note, "moves space of d") {
+		t.Fatalf("the restored peer refused %d states (%q), want the moves of d's space refused", n, note)
+	}
+	if _, err := c.RemovePeer("d"); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := c.refusals(RejectUnreleased)
+	net.settle(t, 5)
+	if after, note := c.refusals(RejectUnreleased); after != before {
+		t.Fatalf("after rmpeer on the restored peer it refused %d more: %s", after-before, note)
+	}
+	for _, n := range []string{"a", "b"} {
+		a := net.nodes[n].Allocator
+		a.mu.Lock()
+		p, ok := a.st.peers["d"]
+		a.mu.Unlock()
+		if ok {
+			t.Fatalf("%s took d back: %+v", n, p)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package ipam
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -50,7 +51,7 @@ func TestReleaseRule(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, forge: func(t *testing.T, net *simNet, w *wireState, _ string) {
-			// c took b's range one version ahead; a later delta of c
+			// c tombstoned b's range one version ahead; a later delta
 			// carries that run unchanged, beside a change of its own,
 			// and names neither b nor its removal.
 			*w = stateOf(t, net.nodes["c"])
@@ -258,4 +259,159 @@ func TestOwnedSignedAndWellFormed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRegressionConcurrentRmpeer: two writers of one step over the same
+// run (an rmpeer run on two peers at once; an rmpeer beside a transfer
+// its writer had not heard of). An rmpeer writes tombstones, so the two
+// removals write the same entries, and a transfer beats a tombstone of
+// its version: no tie, one owner (docs/ipam.md, "mesh rmpeer NAME").
+// When an rmpeer wrote its writer as the owner, the release rule refused
+// the winner of such a tie on the losing side for good, and both sides
+// owned the run.
+func TestRegressionConcurrentRmpeer(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		race func(t *testing.T, net *simNet, dead []span)
+		// owner at the end of what of d's space it had before the race
+		// ("" for any live peer)
+		owner string
+	}{
+		{name: "rmpeer on two peers at once", race: func(t *testing.T, net *simNet, _ []span) {
+			for _, n := range []string{"a", "b"} {
+				if _, err := net.nodes[n].RemovePeer("d"); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{name: "rmpeer beside a transfer its writer had not heard of", owner: "a", race: func(t *testing.T, net *simNet, dead []span) {
+			// d gives a all it has just before it dies; b, cut off,
+			// removes d before that transfer reaches it.
+			net.part["b"] = 1
+			d := net.nodes["d"].Allocator
+			for range 20 {
+				d.mu.Lock()
+				d.donateLocked("a")
+				out := d.takeOutbox()
+				d.mu.Unlock()
+				d.flush(out)
+				net.deliver(100)
+			}
+			if !overlapsAny(net.nodes["a"].Allocator.st.ring.owned("a"), dead) {
+				t.Fatalf("a owns %v, none of d's former %v", net.nodes["a"].Allocator.st.ring.owned("a"), dead)
+			}
+			if _, err := net.nodes["b"].RemovePeer("d"); err != nil {
+				t.Fatal(err)
+			}
+			delete(net.part, "b")
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			net := newSimNet(41)
+			for _, n := range []string{"a", "b", "c", "d"} {
+				net.add(t, n, "10.0.0.0/16", 4, 0)
+			}
+			net.settle(t, 5)
+			dead := net.nodes["d"].Allocator.st.ring.owned("d")
+			tc.race(t, net, dead)
+			given := overlap(net.nodes["a"].Allocator.st.ring.owned("a"), dead)
+			net.queue = nil // nothing of the race is delivered before both wrote
+			net.kill("d")
+			delete(net.gone, "d")
+			net.settle(t, 5)
+			for _, n := range []string{"a", "b", "c"} {
+				if c, note := net.nodes[n].Allocator.refusals(RejectUnreleased); c != 0 {
+					t.Fatalf("%s refused %d honest states: %s", n, c, note)
+				}
+			}
+			// Every address of d's former space has one plain owner,
+			// the same in every view (settle checked the views agree).
+			r := net.nodes["c"].Allocator.st.ring
+			for _, sp := range dead {
+				for off := sp.start; off < sp.end; off = r.end(r.find(off)) {
+					e := r.get(off)
+					if e.Owner == "" || e.Owner == "d" || e.Dead != "" || tc.owner != "" && overlaps(given, span{off, off + 1}) && e.Owner != tc.owner {
+						t.Fatalf("d's former run at %d: %+v", off, e)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestConcurrentRmpeerMovedOn: the rmpeer on two peers at once of
+// TestRegressionConcurrentRmpeer, where the heir gives part of what it
+// inherited to another peer before the other remover, cut off and
+// restarted meanwhile, hears of either: every view ends with one owner
+// per address and nothing refused.
+func TestConcurrentRmpeerMovedOn(t *testing.T) {
+	net := newSimNet(42)
+	net.ids = newTestIdentities("a", "b", "c", "d", "e")
+	for _, n := range []string{"a", "b", "c", "d", "e"} {
+		net.add(t, n, "10.0.0.0/16", 5, 0)
+	}
+	net.settle(t, 5)
+	dead := net.nodes["d"].Allocator.st.ring.owned("d")
+	net.kill("d")
+	delete(net.gone, "d")
+	net.part["a"] = 1
+	for _, n := range []string{"a", "b"} {
+		if _, err := net.nodes[n].RemovePeer("d"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	net.rounds(5)
+	// Whoever inherited d's space gives it on until some of it changed
+	// hands again.
+	owner := func() string {
+		r := net.nodes["b"].Allocator.st.ring
+		return r.get(dead[0].start).Owner
+	}
+	heir := owner()
+	if heir == "" || heir == "d" {
+		t.Fatalf("no heir owns d's former space: %+v", net.nodes["b"].Allocator.st.ring.get(dead[0].start))
+	}
+	to := "c"
+	if heir == "c" {
+		to = "e"
+	}
+	h := net.nodes[heir].Allocator
+	for i := 0; i < 16 && owner() == heir; i++ {
+		h.mu.Lock()
+		h.donateLocked(to)
+		out := h.takeOutbox()
+		h.mu.Unlock()
+		h.flush(out)
+		net.rounds(2)
+	}
+	if got := owner(); got == heir {
+		t.Fatalf("d's former space did not move on from its heir %s", heir)
+	}
+	net.restart(t, "a")
+	delete(net.part, "a")
+	net.settle(t, 5)
+	for _, n := range []string{"a", "b", "c", "e"} {
+		if c, note := net.nodes[n].Allocator.refusals(RejectUnreleased); c != 0 {
+			t.Fatalf("%s refused %d honest states: %s", n, c, note)
+		}
+	}
+}
+
+// overlapsAny says whether any span of x overlaps any of y.
+func overlapsAny(x, y []span) bool {
+	return len(overlap(x, y)) > 0
+}
+
+// overlap is the addresses both x and y cover, as spans.
+func overlap(x, y []span) []span {
+	var out []span
+	for _, a := range x {
+		for _, b := range y {
+			if s, e := max(a.start, b.start), min(a.end, b.end); s < e {
+				out = append(out, span{s, e})
+			}
+		}
+	}
+	slices.SortFunc(out, compareSpan)
+	return out
 }

@@ -14,7 +14,7 @@ import (
 
 func rmpeer(args []string, stdout, stderr io.Writer) error {
 	fs, socket := clientFlags("mesh rmpeer", stderr)
-	setUsage(fs, stderr, "Usage: mesh rmpeer NAME\n\nHands a dead peer's address ranges to this node.\n\nFlags:\n")
+	setUsage(fs, stderr, "Usage: mesh rmpeer NAME\n\nRemoves a dead peer: its address ranges go to their heirs (the owners of\nthe addresses just below them) and its reservations are released.\nRun it on one node, once the peer is surely dead.\n\nFlags:\n")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return errUsage
@@ -29,7 +29,7 @@ func rmpeer(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "took over %d range(s) of %s\n", n, pos[0])
+	fmt.Fprintf(stdout, "removed %s: %d range(s) tombstoned for their heirs\n", pos[0], n)
 	return nil
 }
 

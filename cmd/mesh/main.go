@@ -24,7 +24,7 @@ Usage:
                                     show this node and the mesh as it sees it
   mesh connect PEER                 add a peer to join (host or host:port)
   mesh forget PEER                  stop trying a peer and forget it
-  mesh rmpeer NAME                  hand a dead peer's address ranges to this node
+  mesh rmpeer NAME                  remove a dead peer: its ranges go to their heirs
   mesh forget-identity NAME         on this node, release NAME's binding to its signing identity
   mesh keygen FILE                  write a new random mesh key file (for --key-file)
   mesh rotate [--node-key]          re-read the mesh key files, or renew this node's WireGuard key
