@@ -94,7 +94,11 @@ func countPhase(t *testing.T, s *simNet, name string, pushPull bool, start func(
 	start()
 	p := convPhase{name: name, seconds: converge(t, s, pushPull, limit, done)}
 	if p.seconds < 0 {
-		t.Errorf("n=%d: %s: not converged after %d simulated seconds: %s", len(s.nodes), name, limit, done())
+		kinds := map[byte]int{}
+		for _, m := range s.queue {
+			kinds[m.data[0]]++
+		}
+		t.Errorf("n=%d: %s: not converged after %d simulated seconds: %s (queued by kind: %v)", len(s.nodes), name, limit, done(), kinds)
 	}
 	p.total = sum(s.sent)
 	p.mean = float64(p.total) / float64(len(s.nodes))
@@ -200,10 +204,15 @@ func measureConvergence(t *testing.T, n int) []convPhase {
 		return ""
 	})
 
-	// A node leaves and an operator runs `mesh rmpeer` on one node: its
-	// space goes to that node, which broadcasts once.
+	// A node leaves and an operator runs `mesh rmpeer` on one node: it
+	// tombstones the node's runs (one delta) and the heir of each claims
+	// it (a delta each). Each epidemic misses a member now and then (about
+	// one in twenty at any size, docs/ipam.md "Deltas"), and push/pull,
+	// at memberlist's pace, brings it the change: so these phases run
+	// with it, for up to two of its intervals.
+	removalLimit := int(2*pushPullEvery(n).Seconds()) + 5
 	gone := names[n/2]
-	phase("leave, rmpeer on one node", false, 60, func() {
+	phase("leave, rmpeer on one node", true, removalLimit, func() {
 		s.kill(gone)
 		if _, err := s.nodes[names[0]].RemovePeer(gone); err != nil {
 			t.Fatalf("rmpeer %s: %v", gone, err)
@@ -222,7 +231,7 @@ func measureConvergence(t *testing.T, n int) []convPhase {
 	if n > *convDeleteMax {
 		t.Logf("n=%d: Node deletion not simulated (above -ipam.conv.deletemax=%d)", n, *convDeleteMax)
 	} else {
-		phase("leave, Node deleted (nodes take turns)", false, 60, func() {
+		phase("leave, Node deleted (nodes take turns)", true, removalLimit, func() {
 			s.kill(deleted)
 			live := slices.DeleteFunc(slices.Sorted(maps.Keys(s.nodes)), func(name string) bool { return name == deleted })
 			for i, name := range live {
@@ -313,7 +322,11 @@ func converge(t *testing.T, s *simNet, pushPull bool, max int, done func() strin
 			n := len(s.nodes)
 			s.pushPull(int(math.Ceil(float64(n) / pushPullEvery(n).Seconds())))
 		}
-		if len(s.queue) == 0 && done() == "" {
+		// With push/pull, whole states answering digests stay queued
+		// while the infos differ (after a removal every peer's
+		// acknowledgements change: docs/ipam.md, "Dropping
+		// tombstones"); the rings agreeing is what counts.
+		if (len(s.queue) == 0 || pushPull && !slices.ContainsFunc(s.queue, func(m simMsg) bool { return m.data[0] != msgState })) && done() == "" {
 			return sec
 		}
 	}

@@ -15,7 +15,8 @@ import (
 // with N, for one change. Once every member reads them (Config.Deltas),
 // it sends a delta instead: a state holding only the runs it changed,
 // each extended by the run that follows it, and the infos of the peers
-// those runs name, to a few members chosen at random, and every member
+// those runs name or whose space they were, to a few members chosen at
+// random, and every member
 // that learns something from a delta passes it on the same way (a push
 // epidemic). Push/pull keeps exchanging whole states, so a member the
 // epidemic missed still learns the change.
@@ -73,8 +74,8 @@ func (a *Allocator) sendsDeltasLocked() bool {
 // announceLocked tells the mesh about a ring change this peer just wrote,
 // before being the ring before it: a delta when every member reads them,
 // else the whole state to everyone. The delta carries the infos of this
-// peer, of every peer its runs name, and of the peers named (a removed
-// peer whose space went to this one names nobody in the ring).
+// peer, of every peer its runs name, of the peers named, and of the peers
+// whose space the changed runs were in before.
 func (a *Allocator) announceLocked(before ring, names ...string) {
 	if !a.sendsDeltasLocked() || before.size != a.st.ring.size {
 		a.broadcastStateLocked()
@@ -94,9 +95,20 @@ func (a *Allocator) announceLocked(before ring, names ...string) {
 	for _, n := range names {
 		name(n)
 	}
-	for _, s := range d.segs {
+	for i, s := range d.segs {
+		if s.e == (entry{}) {
+			continue
+		}
 		name(s.e.Owner)
 		name(s.e.Dead)
+		// And the peers whose space the run was: their release or
+		// removal, which a receiver that missed the change before this
+		// one needs to take it (the release rule, validate.go). A
+		// claim, say, whose tombstone's delta is still on its way.
+		for k, end := before.find(s.start), d.end(i); k < len(before.segs) && before.segs[k].start < end; k++ {
+			name(before.segs[k].e.Owner)
+			name(before.segs[k].e.Dead)
+		}
 	}
 	msg := append([]byte{msgDelta}, encodeStateAs(a.cfg.Range, a.cfg.Self, part, a.sendSignedLocked())...)
 	n := a.spreadLocked(msg, a.cfg.Self)

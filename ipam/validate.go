@@ -243,8 +243,9 @@ func (a *Allocator) screenLocked(w *wireState) error {
 // this peer still sees with a previous owner whose release it does not
 // hold: this peer missed a change before it (a delta that did not reach
 // it), so the release may well be in a state it has not seen. A delta
-// carries the infos of its writer and of the peers its runs name, not of
-// every peer whose space its runs once were: one version ahead is no sign
+// carries the infos of its writer, of the peers its runs name and of those
+// whose space its changed runs were just before, not of every earlier
+// owner of its runs: one version ahead is no sign
 // of a forgery either, as a delta also carries, unchanged, the run after
 // each change (delta.go), which its writer may have taken over by an
 // rmpeer whose own delta this peer missed. Not a refusal: the delta is
