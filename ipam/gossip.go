@@ -284,11 +284,6 @@ func (a *Allocator) mergeLocked(w wireState) error {
 		a.liveness.observe(a, w.sender, w.st)
 	}
 	a.boundMapsLocked()
-	if a.listsAcks {
-		// Acknowledgements seen here are remembered: the peer may
-		// have dropped the tombstone by its next info (tombstone.go).
-		a.noteAcksLocked(a.pendingAcksLocked())
-	}
 	a.gatewayUsableLocked() // record an echo of a new gateway with what was learnt
 	a.noteRecoveryLocked(w)
 	if me, ok := a.st.peers[a.cfg.Self]; ok && me.Removed {

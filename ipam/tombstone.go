@@ -91,9 +91,14 @@ func (a *Allocator) pendingAcksLocked() []ack {
 // ownAcksLocked is the Acks list of this peer's next info: the first
 // maxAcks tombstones it holds, then those it dropped within ackKeepTicks
 // (the most recent first), sorted by name. me is its current info, whose
-// list carries over what it dropped before a restart.
+// list carries over what it dropped before a restart. It also records the
+// acknowledgements the table shows of the tombstones this peer holds
+// (noteAcksLocked), with the same walk over the table and the ring: every
+// merge and tick publishes, and an acknowledgement seen must be
+// remembered before the peer's next info, which may list it no more.
 func (a *Allocator) ownAcksLocked(me peerInfo) []ack {
 	pending := a.pendingAcksLocked()
+	a.noteAcksLocked(pending)
 	if a.acks.dropped == nil {
 		a.acks.dropped = map[ack]uint64{}
 	}
