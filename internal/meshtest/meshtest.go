@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -182,8 +183,14 @@ func (n *Node) MustStatus() *api.Status {
 func (n *Node) Client() *api.Client { return api.NewClient(n.Host.Path(api.DefaultSocket)) }
 
 // Ready reports why the nodes are not yet a working mesh, or nil once every
-// node owns a range and has an established connection to each other.
+// node owns a range, has an established connection to each other, and
+// routes each other's overlay IP to it (or through a relay). A handshake
+// alone is not enough: a node that has not yet heard which peer owns the
+// range of an overlay IP sends its packets to the wrong peer, which drops
+// them.
 func Ready(nodes []*Node) error {
+	overlay := map[string]netip.Addr{}
+	var sts []*api.Status
 	for _, n := range nodes {
 		st, err := n.Status()
 		if err != nil {
@@ -192,16 +199,42 @@ func Ready(nodes []*Node) error {
 		if st.IPAM == nil || st.IPAM.Status != "ready" || st.OverlayIP == "" {
 			return fmt.Errorf("%s: IPAM not ready: %+v, overlay IP %q", n.Host.Name, st.IPAM, st.OverlayIP)
 		}
+		ip, err := netip.ParseAddr(st.OverlayIP)
+		if err != nil {
+			return fmt.Errorf("%s: overlay IP %q: %w", n.Host.Name, st.OverlayIP, err)
+		}
+		overlay[st.Name] = ip
+		sts = append(sts, st)
+	}
+	for i, st := range sts {
+		name := nodes[i].Host.Name
 		if len(st.Connections) != len(nodes)-1 {
-			return fmt.Errorf("%s has %d data-plane connections, want %d", n.Host.Name, len(st.Connections), len(nodes)-1)
+			return fmt.Errorf("%s has %d data-plane connections, want %d", name, len(st.Connections), len(nodes)-1)
 		}
 		for _, c := range st.Connections {
 			if c.State != api.ConnEstablished {
-				return fmt.Errorf("%s: connection to %s is %s", n.Host.Name, c.Peer, c.State)
+				return fmt.Errorf("%s: connection to %s is %s", name, c.Peer, c.State)
+			}
+			ip, ok := overlay[c.Peer]
+			if !ok || c.Via != "" {
+				continue
+			}
+			if !routes(c.AllowedIPs, ip) {
+				return fmt.Errorf("%s: connection to %s does not route its overlay IP %s yet (allowed IPs %v)", name, c.Peer, ip, c.AllowedIPs)
 			}
 		}
 	}
 	return nil
+}
+
+// routes reports whether one of the allowed IPs holds ip.
+func routes(allowed []string, ip netip.Addr) bool {
+	for _, a := range allowed {
+		if p, err := netip.ParsePrefix(a); err == nil && p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // Where the daemon installs the CNI plugin and its conflist on a simulated
