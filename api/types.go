@@ -188,6 +188,12 @@ type IPAM struct {
 	// the tombstones dropped since the daemon started.
 	TombstonesAcked   bool `json:"tombstonesAcked,omitempty"`
 	TombstonesDropped int  `json:"tombstonesDropped,omitempty"`
+	// ReclaimsVouched says that this node lists, in its signed infos,
+	// the silent peers it vouches for, and that its own space moves by an
+	// automatic reclaim only with the vouches of a majority of the voters
+	// (docs/ipam.md, "Vouched reclaims"); false until every member reads
+	// the vouches.
+	ReclaimsVouched bool `json:"reclaimsVouched,omitempty"`
 }
 
 // SignedStates says whether this node sends its IPAM states with signed

@@ -192,7 +192,7 @@ func Start(cfg Config) (_ *Daemon, err error) {
 
 	mc := mesh.DefaultConfig()
 	mc.Name = id.Name
-	meta := mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort, IPAMInfos: mesh.IPAMInfosRead, IPAMDeltas: mesh.IPAMDigestsVersion, IPAMJoining: mesh.IPAMAcksVersion}
+	meta := mesh.Meta{PeerID: id.PeerID, Version: cfg.Version, PublicKey: pub.String(), DPPort: cfg.DPPort, IPAMInfos: mesh.IPAMInfosRead, IPAMDeltas: mesh.IPAMDigestsVersion, IPAMJoining: mesh.IPAMVouchesVersion}
 	// Set before any WithPaths, so that the path report leaves room for
 	// the signature; SignMeta sets it again.
 	meta.SignKey = base64.StdEncoding.EncodeToString(signKey.Public().(ed25519.PublicKey))

@@ -114,6 +114,7 @@ func (d *Daemon) newAllocator(r netip.Prefix, channel mesh.ChannelID, file strin
 	cfg.Admission = func() bool { return joiningOn(d.members.Members(), time.Now()) }
 	cfg.ListOwned = func() bool { return ownedOn(d.members.Members(), time.Now()) }
 	cfg.AckRemovals = func() bool { return acksOn(d.members.Members(), time.Now()) }
+	cfg.VouchReclaims = func() bool { return vouchesOn(d.members.Members(), time.Now()) }
 	a, err := ipam.New(cfg, sender)
 	if err != nil {
 		return nil, err
@@ -205,7 +206,7 @@ func (d *Daemon) ipamStatus() (*api.IPAM, string) {
 	// Named in this section only: a member that cannot read signed
 	// states, or the lists, is one problem, however many families run.
 	out.Problems = append(out.Problems, problems...)
-	out.Problems = append(out.Problems, listProblems(d.members.Members(), time.Now(), out.OwnedListed, out.TombstonesAcked)...)
+	out.Problems = append(out.Problems, listProblems(d.members.Members(), time.Now(), out.OwnedListed, out.TombstonesAcked, out.ReclaimsVouched)...)
 	return out, overlay
 }
 
@@ -257,7 +258,7 @@ func allocatorStatus(a *ipam.Allocator) (*api.IPAM, string) {
 	st := a.Status()
 	out := &api.IPAM{Range: st.Range, Status: st.Status, Owned: st.Owned, Allocated: st.Allocated, Free: st.Free, Ranges: []api.RangeInfo{}, Problems: st.Problems,
 		Blocked: st.Blocked, BlockedReason: st.BlockedReason, StateBytes: st.StateBytes, Tombstones: st.Tombstones,
-		TombstonesAcked: st.TombstonesAcked, TombstonesDropped: st.TombstonesDropped}
+		TombstonesAcked: st.TombstonesAcked, TombstonesDropped: st.TombstonesDropped, ReclaimsVouched: st.ReclaimsVouched}
 	for _, r := range st.Ranges {
 		out.Ranges = append(out.Ranges, api.RangeInfo{CIDR: r.CIDR.String(), Owner: r.Owner})
 	}

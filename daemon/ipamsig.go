@@ -152,16 +152,32 @@ func acksOn(members []mesh.Member, now time.Time) bool {
 // acknowledged removals of peer infos.
 func readsAcks(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMAcksVersion }
 
-// listProblems names, once this node lists its space (owned) or its
-// acknowledged removals (acks) in its infos, each live member that does
-// not say it reads what this node lists: it takes the list for the next
+// vouchesOn says whether this node's peers may list the silent peers they
+// vouch for and mark their space as moved by a reclaim only with a
+// majority's vouches (docs/ipam.md, "Vouched reclaims"): as ownedOn, for
+// members that read the vouches. From the first true on the allocator
+// lists them for good.
+func vouchesOn(members []mesh.Member, now time.Time) bool {
+	return readSwitchOf(members, now, readsVouches).ready()
+}
+
+// readsVouches says whether a member's metadata says it reads the vouches
+// of peer infos.
+func readsVouches(m mesh.Meta) bool { return m.IPAMJoining >= mesh.IPAMVouchesVersion }
+
+// listProblems names, once this node lists its space (owned), its
+// acknowledged removals (acks) or its vouches (vouches) in its infos, each
+// live member that does not say it reads the newest of these lists: it
+// takes the list for the next
 // field of an info and refuses every state it is sent, as a member that
 // cannot read signed states does (signedSwitch.status, which names one
 // whose metadata does not parse). One per member, bounded as the
 // membership is.
-func listProblems(members []mesh.Member, now time.Time, owned, acks bool) []string {
+func listProblems(members []mesh.Member, now time.Time, owned, acks, vouches bool) []string {
 	reads, what, section := readsOwned, "the space peers list", "Signed ring transfers"
 	switch {
+	case vouches:
+		reads, what, section = readsVouches, "the vouches peers give", "Vouched reclaims"
 	case acks:
 		reads, what, section = readsAcks, "the lists peers keep", "Dropping tombstones"
 	case !owned:

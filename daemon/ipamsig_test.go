@@ -387,8 +387,8 @@ func TestJoiningSwitch(t *testing.T) {
 	}
 }
 
-// TestListSwitches: the peers list their space (ownedOn), and the
-// tombstones they hold (acksOn), once every member reads that list, after
+// TestListSwitches: the peers list their space (ownedOn), the tombstones
+// they hold (acksOn) and their vouches (vouchesOn), once every member reads that list, after
 // the membership has settled; a member of an earlier release holds it
 // back, and the node itself is not counted.
 func TestListSwitches(t *testing.T) {
@@ -404,6 +404,7 @@ func TestListSwitches(t *testing.T) {
 	}{
 		{"owned", ownedOn, mesh.IPAMOwnedVersion},
 		{"acks", acksOn, mesh.IPAMAcksVersion},
+		{"vouches", vouchesOn, mesh.IPAMVouchesVersion},
 	} {
 		reads := member("host2", sw.version, time.Minute)
 		gone := member("host3", sw.version-1, time.Minute)
@@ -432,7 +433,8 @@ func TestListSwitches(t *testing.T) {
 // reads signed states but not the lists is named once; one gone, one of
 // an earlier release named by the signed-states line, and any member
 // before the switch are not. Once it also lists its acknowledged
-// removals, a member that reads only the owned spans is named too.
+// removals, a member that reads only the owned spans is named too; once it
+// lists its vouches, a member that reads only the acknowledgements too.
 func TestListProblems(t *testing.T) {
 	now := time.Now()
 	member := func(name string, ii, jn int, state api.MemberState) mesh.Member {
@@ -445,16 +447,21 @@ func TestListProblems(t *testing.T) {
 		member("host4", mesh.IPAMInfosSigned, mesh.IPAMJoiningVersion, api.MemberDead),
 		member("host5", 0, 0, api.MemberAlive),
 		member("host6", mesh.IPAMInfosSigned, mesh.IPAMOwnedVersion, api.MemberAlive),
+		member("host7", mesh.IPAMInfosSigned, mesh.IPAMVouchesVersion, api.MemberAlive),
 	}
-	got := listProblems(members, now, true, false)
+	got := listProblems(members, now, true, false, false)
 	if len(got) != 1 || !strings.Contains(got[0], "member host3 runs a release that cannot read the space") {
 		t.Fatalf("problems %q, want host3's alone", got)
 	}
-	got = listProblems(members, now, true, true)
+	got = listProblems(members, now, true, true, false)
 	if len(got) != 2 || !strings.Contains(got[0], "member host3 runs a release that cannot read the lists") || !strings.Contains(got[1], "member host6 ") {
 		t.Fatalf("problems with acknowledgements listed %q, want host3's and host6's", got)
 	}
-	if got := listProblems(members, now, false, false); got != nil {
+	got = listProblems(members, now, true, true, true)
+	if len(got) != 3 || !strings.Contains(got[0], "member host2 runs a release that cannot read the vouches") || !strings.Contains(got[1], "member host3 ") || !strings.Contains(got[2], "member host6 ") {
+		t.Fatalf("problems with vouches listed %q, want host2's, host3's and host6's", got)
+	}
+	if got := listProblems(members, now, false, false, false); got != nil {
 		t.Fatalf("before the switch: %q", got)
 	}
 }

@@ -39,8 +39,20 @@ const floodAllocateBound = 5 * time.Second
 // moved, Allocate stayed fast during the flood, the daemons' memory stayed
 // bounded, and every kind of refusal is counted in the metric and named
 // once in status.
-func TestHostilePeer(t *testing.T) {
-	net, nodes := startMesh(t, 3)
+func TestHostilePeer(t *testing.T) { hostilePeer(t) }
+
+// TestHostilePeerWithReclaim is TestHostilePeer with automatic reclaim on:
+// every peer runs a lease pool, so the release rule holds the moves of its
+// space to the vouches of a majority of the voters (docs/ipam.md,
+// "Vouched reclaims"), and the forger's transfer and tombstone of the
+// victim's range are refused as without reclaim.
+func TestHostilePeerWithReclaim(t *testing.T) {
+	hostilePeer(t, "--ipalloc-reclaim-after", "10m")
+}
+
+func hostilePeer(t *testing.T, flags ...string) {
+	net, nodes := startMesh(t, 3, flags...)
+	reclaim := len(flags) > 0
 	victim, other := nodes[1], nodes[2]
 	before := make([][]api.RangeInfo, len(nodes))
 	testnet.Eventually(t, 30*time.Second, 500*time.Millisecond, func() error {
@@ -71,6 +83,9 @@ func TestHostilePeer(t *testing.T) {
 			// runs an earlier release, which must not turn it off.
 			if !st.OwnedListed {
 				return fmt.Errorf("%s does not list its space yet", n.Host.Name)
+			}
+			if reclaim && !st.ReclaimsVouched {
+				return fmt.Errorf("%s does not hold reclaims to vouches yet", n.Host.Name)
 			}
 		}
 		return nil

@@ -138,6 +138,12 @@ type Allocator struct {
 	// infos, as listsOwned; acks is what it knows of the others'
 	// (tombstone.go).
 	listsAcks bool
+	// listsVouches says this peer lists its vouches in its infos
+	// (vouch.go), for good once set.
+	listsVouches bool
+	// vouchIdle: vouched peer -> the tick from which nothing needed this
+	// peer's vouch for it (ownVouchesLocked); at most maxVouches.
+	vouchIdle map[string]uint64
 	acks      ackBook
 
 	// dirty says the state holds something learnt or decided that is not
@@ -827,6 +833,9 @@ func (a *Allocator) publishInfoLocked(bump bool) {
 	}
 	if a.listsAcksLocked(me) {
 		next.ListsAcks, next.Acks = true, a.ownAcksLocked(me)
+	}
+	if a.listsVouchesLocked(me) {
+		next.ListsVouches, next.Vouches = true, a.ownVouchesLocked(me)
 	}
 	a.st.peers[a.cfg.Self] = next
 	// Free depends on the ring and reservations, not on the version.

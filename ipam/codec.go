@@ -34,7 +34,10 @@ import (
 // right after its Held list, in either layout (appendOwned), and one with
 // flagAcks the removals it acknowledges after that:
 //
-//	... nHeld heldDelta... [nOwned (gap length)...] [nAcks (name epoch)...] [writer sigLen sig]
+//	... nHeld heldDelta... [nOwned (gap length)...] [nAcks (name epoch)...]
+//	    [nVouches (name nRuns (gap length version)...)...] [writer sigLen sig]
+//
+// (flagVouches: the peers it vouches for, each with its runs.)
 //
 // writer is a name index (0: the info is unsigned), sigLen 0 or 64, sig
 // the writer's ed25519 signature of infoSigBytes. A release before signed
@@ -110,6 +113,9 @@ func encodeStateAs(prefix netip.Prefix, sender string, st state, signed bool) []
 		for _, k := range st.peers[n].Acks {
 			idx(k.Name)
 		}
+		for _, v := range st.peers[n].Vouches {
+			idx(v.Name)
+		}
 	}
 	if signed {
 		for _, n := range peerNames {
@@ -169,6 +175,9 @@ func encodeStateAs(prefix netip.Prefix, sender string, st state, signed bool) []
 				b = binary.AppendUvarint(b, idx(k.Name))
 				b = binary.AppendUvarint(b, k.Epoch)
 			}
+		}
+		if p.ListsVouches {
+			b = appendVouches(b, p.Vouches, func(b []byte, s string) []byte { return binary.AppendUvarint(b, idx(s)) })
 		}
 		if signed {
 			if len(p.Sig) != sigSize || p.Writer == "" {
@@ -413,6 +422,9 @@ func decodeState(buf []byte) (wireState, error) {
 		if p.ListsAcks {
 			p.Acks = d.acks(name)
 		}
+		if p.ListsVouches {
+			p.Vouches = d.vouches(name, size)
+		}
 		if signed {
 			p.Writer = name()
 			switch l := d.bytes(1); {
@@ -498,6 +510,10 @@ const (
 	// by this release on, sent once every member reads it
 	// (Config.AckRemovals), for the same reason.
 	flagAcks byte = 16
+	// flagVouches: the vouches follow the acknowledgements, and the
+	// peer's space is protected by vouches. Read by this release on, sent
+	// once every member reads it (Config.VouchReclaims).
+	flagVouches byte = 32
 )
 
 func (p peerInfo) flags() byte {
@@ -517,6 +533,9 @@ func (p peerInfo) flags() byte {
 	if p.ListsAcks {
 		f |= flagAcks
 	}
+	if p.ListsVouches {
+		f |= flagVouches
+	}
 	return f
 }
 
@@ -524,4 +543,5 @@ func (p *peerInfo) setFlags(f byte) {
 	p.Leased, p.Removed, p.Joining = f&flagLeased != 0, f&flagRemoved != 0, f&flagJoining != 0
 	p.ListsOwned = f&flagOwned != 0
 	p.ListsAcks = f&flagAcks != 0
+	p.ListsVouches = f&flagVouches != 0
 }

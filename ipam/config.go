@@ -91,6 +91,14 @@ type Config struct {
 	// never (a node of the previous release would take the list for the
 	// next field of the info).
 	AckRemovals func() bool
+	// VouchReclaims says whether every member reads the vouches of peer
+	// infos (docs/ipam.md, "Vouched reclaims"), so that this peer may
+	// list the silent peers it vouches for, and mark its own space as one
+	// that moves by reclaim only with the vouches of a majority; from the
+	// first true on (with Identities, once this peer also sends signed
+	// states) for good. Called under the allocator's lock: it must not
+	// block nor call the Allocator. Nil: never.
+	VouchReclaims func() bool
 }
 
 // DefaultConfig returns a Config with the default cluster range and a single

@@ -329,7 +329,8 @@ func sameDurableInfo(x, y peerInfo) bool {
 // things about it: all but the version, the free count and the signature.
 func sameContent(x, y peerInfo) bool {
 	return x.Epoch == y.Epoch && x.ID == y.ID && x.Leased == y.Leased && x.Removed == y.Removed && x.Joining == y.Joining && slices.Equal(x.Held, y.Held) &&
-		x.ListsOwned == y.ListsOwned && slices.Equal(x.Owned, y.Owned) && x.ListsAcks == y.ListsAcks && slices.Equal(x.Acks, y.Acks)
+		x.ListsOwned == y.ListsOwned && slices.Equal(x.Owned, y.Owned) && x.ListsAcks == y.ListsAcks && slices.Equal(x.Acks, y.Acks) &&
+		x.ListsVouches == y.ListsVouches && slices.EqualFunc(x.Vouches, y.Vouches, func(a, b vouch) bool { return compareVouch(a, b) == 0 })
 }
 
 // afterRingChangeLocked runs the consequences of a new ring: reclaim heirs,

@@ -145,6 +145,34 @@ func newHeirsInTurn(t *testing.T, seed uint64) *heirsInTurn {
 			func(e entry) entry { return entry{Version: e.Version + reclaimVersionJump, Dead: victim} })
 		a.mu.Unlock()
 	}
+	// Every reclaim rests on the vouches of a majority (vouch.go): each
+	// peer found b silent, and h2 and the others found h1 silent too
+	// (the others had not tombstoned it themselves yet). Their infos
+	// reached each other before the partition.
+	for _, n := range names {
+		a := s.nodes[n].Allocator
+		a.mu.Lock()
+		if n != h.b {
+			vouchLocked(a, h.b)
+		}
+		if n != h.b && n != h.h1 {
+			vouchLocked(a, h.h1)
+		}
+		a.mu.Unlock()
+	}
+	for _, n := range names {
+		a := s.nodes[n].Allocator
+		a.mu.Lock()
+		for _, m := range names {
+			b := s.nodes[m].Allocator
+			if b != a {
+				b.mu.Lock()
+				a.st.peers[m] = b.st.peers[m]
+				b.mu.Unlock()
+			}
+		}
+		a.mu.Unlock()
+	}
 	for _, n := range names {
 		if n != h.b {
 			tomb(n, h.b)

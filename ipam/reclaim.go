@@ -370,20 +370,49 @@ func (a *Allocator) autoReclaimLocked() bool {
 		if name == a.cfg.Self || p.Removed || !p.Leased {
 			continue
 		}
-		seen, ok := a.liveness.lastSeen[name]
-		if !ok || now.Sub(seen.at) < a.cfg.ReclaimAfter {
+		silence, silent := a.silentLocked(name, now)
+		if !silent {
 			continue
 		}
-		var n int
-		a.st.ring, n = a.st.ring.rewrite(
-			func(e entry) bool { return e.Owner == name },
-			func(e entry) entry { return entry{Version: e.Version + reclaimVersionJump, Dead: name} })
-		if n > 0 {
-			a.problem("reclaim:"+name, fmt.Sprintf("peer %s silent for %v: its free space is being reclaimed; its pods' addresses stay reserved", name, now.Sub(seen.at).Round(1e9)))
+		runs, waiting := a.reclaimableLocked(name, p)
+		for _, r := range runs {
+			a.st.ring = a.st.ring.update(r.start, r.end, func(e entry) entry {
+				return entry{Version: e.Version + reclaimVersionJump, Dead: name}
+			})
+		}
+		switch {
+		case len(runs) > 0:
+			a.problem("reclaim:"+name, fmt.Sprintf("peer %s silent for %v: its free space is being reclaimed; its pods' addresses stay reserved", name, silence.Round(1e9)))
 			changed = true
+		case waiting != "":
+			a.problem("reclaim:"+name, fmt.Sprintf("peer %s silent for %v: its space is reclaimed once a reclaim quorum vouches for it (%s)", name, silence.Round(1e9), waiting))
 		}
 	}
 	return changed
+}
+
+// reclaimableLocked lists the runs of name, a silent peer, that this peer
+// may tombstone: every run it owns or claims, except, when name's info
+// marks its space as protected by vouches (vouch.go), a run it lists that
+// a reclaim quorum does not vouch for yet; waiting then says how many
+// voters vouch for the first such run.
+func (a *Allocator) reclaimableLocked(name string, p peerInfo) (runs []span, waiting string) {
+	protected := p.ListsVouches && p.ListsOwned
+	for i, s := range a.st.ring.segs {
+		if s.e.Owner != name {
+			continue
+		}
+		run := span{s.start, a.st.ring.end(i)}
+		if protected && s.e.Dead == "" && overlaps(p.Owned, run) && !a.reclaimVouchedLocked(name, run) {
+			if waiting == "" {
+				n, _ := a.vouchesLocked(nil, name, run)
+				waiting = fmt.Sprintf("%d of %d voters vouch", n, a.reclaimQuorumLocked())
+			}
+			continue
+		}
+		runs = append(runs, run)
+	}
+	return runs, waiting
 }
 
 // ErrNotYet: ReleaseRemovedHeld of a peer whose space has not all reached

@@ -94,6 +94,14 @@ func infoSigBytes(prefix netip.Prefix, name string, p peerInfo) []byte {
 			b = binary.AppendUvarint(b, k.Epoch)
 		}
 	}
+	if p.ListsVouches {
+		// Names, not a state's indexes: the signature outlives the
+		// state it came in.
+		b = appendVouches(b, p.Vouches, func(b []byte, s string) []byte {
+			b = binary.AppendUvarint(b, uint64(len(s)))
+			return append(b, s...)
+		})
+	}
 	return b
 }
 

@@ -140,6 +140,12 @@ type simNet struct {
 	// tombstones, and checkUnique fails on a peer left holding an
 	// unremoved info of a name another peer dropped.
 	noAcks bool
+	// noVouches keeps the peers from listing their vouches and marking
+	// their space as reclaimed only with a majority's vouches, as while a
+	// member of the previous release is in the mesh
+	// (Config.VouchReclaims); by default they do, and checkUnique fails
+	// on any honest reclaim refused for want of vouches.
+	noVouches bool
 	// droppedEver: removed name -> the highest epoch of a removal of it
 	// that some peer dropped (checkUnique).
 	droppedEver map[string]uint64
@@ -252,6 +258,7 @@ func (s *simNet) add(t testing.TB, name, prefix string, initial int, reclaim tim
 	cfg.Digests = func() bool { return !s.noDigests }
 	cfg.ListOwned = func() bool { return !s.noOwned }
 	cfg.AckRemovals = func() bool { return !s.noAcks }
+	cfg.VouchReclaims = func() bool { return !s.noVouches }
 	if os.Getenv("SIMLOG") != "" {
 		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("peer", name)
 	}

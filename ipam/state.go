@@ -80,6 +80,17 @@ type peerInfo struct {
 	// sorted by name: a tombstone is dropped once every peer that counts
 	// has acknowledged it (tombstone.go).
 	Acks []ack
+	// ListsVouches says the info lists, in Vouches, the silent peers this
+	// peer vouches for (docs/ipam.md, "Vouched reclaims"): set by a peer
+	// once every member reads the list, and from then on in all its
+	// infos. It also marks the peer's own space as protected by vouches:
+	// with automatic reclaim on, a receiver takes a reclaim of the space
+	// such a peer lists only with the vouches of a majority of voters.
+	ListsVouches bool
+	// Vouches are the peers this peer found silent for ReclaimAfter, each
+	// with the runs it owned in this peer's ring then, sorted by name: a
+	// vouch stays until the peer no longer lists the runs (vouch.go).
+	Vouches []vouch
 	// Writer is the node whose identity signed this info, Sig its
 	// signature of infoSigBytes: the peer itself, or for a Removed info
 	// the node that ran rmpeer or saw the Node deletion (docs/ipam.md,
@@ -140,6 +151,12 @@ func comparePeerInfo(a, b peerInfo) int {
 		return c
 	}
 	if c := slices.CompareFunc(a.Acks, b.Acks, compareAck); c != 0 {
+		return c
+	}
+	if c := cmpBool(a.ListsVouches, b.ListsVouches); c != 0 {
+		return c
+	}
+	if c := slices.CompareFunc(a.Vouches, b.Vouches, compareVouch); c != 0 {
 		return c
 	}
 	// Last, so that the order of contents is the previous release's and

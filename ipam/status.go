@@ -48,6 +48,10 @@ type Status struct {
 	Tombstones        int  `json:"tombstones,omitempty"`
 	TombstonesAcked   bool `json:"tombstonesAcked,omitempty"`
 	TombstonesDropped int  `json:"tombstonesDropped,omitempty"`
+	// ReclaimsVouched says this peer lists its vouches and marks its
+	// space as moved by a reclaim only with a majority's vouches
+	// (docs/ipam.md, "Vouched reclaims").
+	ReclaimsVouched bool `json:"reclaimsVouched,omitempty"`
 }
 
 // The kinds of waiting Status.Blocked names.
@@ -142,6 +146,9 @@ func (a *Allocator) Status() Status {
 	if p := a.joinProblemLocked(); p != "" {
 		s.Problems = append(s.Problems, p)
 	}
+	if n := len(a.st.peers[a.cfg.Self].Vouches); n >= maxVouches {
+		s.Problems = append(s.Problems, fmt.Sprintf("this peer vouches for %d silent peers, the most an info lists: it vouches for no more, and their reclaims may wait; remove the dead ones with `mesh rmpeer NAME`", n))
+	}
 	for _, k := range slices.Sorted(maps.Keys(a.problems)) {
 		s.Problems = append(s.Problems, a.problems[k])
 	}
@@ -156,6 +163,7 @@ func (a *Allocator) Status() Status {
 	s.BlockedReason, s.Blocked = a.blockedLocked()
 	s.StateBytes, s.Tombstones = a.stateBytes, a.removedCountLocked()
 	s.TombstonesAcked, s.TombstonesDropped = a.st.peers[a.cfg.Self].ListsAcks, a.acks.count
+	s.ReclaimsVouched = a.st.peers[a.cfg.Self].ListsVouches
 	return s
 }
 

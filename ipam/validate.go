@@ -202,6 +202,8 @@ func (a *Allocator) screenLocked(w *wireState) error {
 			reason, detail = RejectHeld, fmt.Sprintf("%d held addresses (at most %d)", len(p.Held), maxHeld)
 		case len(p.Acks) > maxAcks:
 			reason, detail = RejectHeld, fmt.Sprintf("%d acknowledged removals (at most %d)", len(p.Acks), maxAcks)
+		case len(p.Vouches) > maxVouches || longestVouch(p.Vouches) > maxVouchRuns:
+			reason, detail = RejectHeld, fmt.Sprintf("vouches for %d peers, up to %d runs each (at most %d, %d)", len(p.Vouches), longestVouch(p.Vouches), maxVouches, maxVouchRuns)
 		case len(p.Owned) > maxOwnedSpans:
 			reason, detail = RejectHeld, fmt.Sprintf("%d spans listed as its space (at most %d)", len(p.Owned), maxOwnedSpans)
 		case foreignHeld(p.Held, space[name]) > maxForeignHeld:
@@ -259,8 +261,10 @@ var errDeltaBehind = errors.New("ipam: delta moves space whose earlier change th
 // that does not, X's newest info (ours, or the state's if it passed the
 // screen) must not list that space as X's, unless X is removed (an
 // operator's or an authority's word, itself signed) or runs a lease pool
-// (automatic reclaim takes a silent peer's space without its word; not
-// covered yet). X lists its space in every info once the mesh reads the
+// (automatic reclaim takes a silent peer's space without its word) and,
+// if X's info marks its space as protected by vouches, a majority of the
+// voters vouch that X fell silent while it owned the run (vouch.go).
+// X lists its space in every info once the mesh reads the
 // list, and writes a new info in the same step as a transfer of its own,
 // so an honest state never fails this: whoever carries the transfer got
 // it from a state that carried X's release, and merges keep both.
@@ -277,11 +281,15 @@ func (a *Allocator) releaseRuleLocked(w *wireState, jr ring) error {
 		em, ej := mine.end(i), jr.end(j)
 		end := min(em, ej)
 		if x := m.Owner; x != "" && m.plainOf(x) && !e.plainOf(x) {
-			if p := a.newestInfoLocked(w, x); p.ListsOwned && !p.Removed && !p.Leased && overlaps(p.Owned, span{pos, end}) {
+			run := span{pos, end}
+			if p := a.newestInfoLocked(w, x); p.ListsOwned && !p.Removed && overlaps(p.Owned, run) && !(p.Leased && (!p.ListsVouches || a.vouchedMoveLocked(w, x, run))) {
 				if w.delta {
 					return errDeltaBehind
 				}
 				d := fmt.Sprintf("from %s: ring entry %s at %s (%d addresses) moves space of %s, whose newest info (version %d) still lists it as its own", orUnknown(w.sender), describeEntry(e), offsetAddr(a.cfg.Range, pos), end-pos, x, p.Version)
+				if p.Leased {
+					d += ", and no majority of the voters vouches that it fell silent"
+				}
 				a.rejectLocked(RejectUnreleased, d)
 				return fmt.Errorf("%w: %s: %s", ErrRejected, RejectUnreleased, d)
 			}

@@ -43,6 +43,10 @@ type WirePeer struct {
 	// tombstones the peer holds or dropped lately, sorted by name.
 	ListsAcks bool
 	Acks      []WireAck
+	// ListsVouches says Vouches is part of the info: the silent peers it
+	// vouches for, sorted by name, each with its runs.
+	ListsVouches bool
+	Vouches      []WireVouch
 	// Writer signed the info (the peer, or the writer of a removal) and
 	// Sig is its signature; empty when unsigned. A Wire with any of them
 	// set encodes as a signed state (MIP3, MIP7).
@@ -54,6 +58,14 @@ type WirePeer struct {
 type WireAck struct {
 	Name  string
 	Epoch uint64
+}
+
+// WireVouch is a voter's word that peer Name fell silent while it owned
+// Runs, sorted, disjoint and not adjacent (docs/ipam.md, "Vouched
+// reclaims").
+type WireVouch struct {
+	Name string
+	Runs []WireSpan
 }
 
 // WireSpan is the offsets [Start, End) of the cluster range.
@@ -78,8 +90,16 @@ func DecodeWire(b []byte) (Wire, error) {
 		for _, k := range p.Acks {
 			acks = append(acks, WireAck(k))
 		}
+		var vouches []WireVouch
+		for _, v := range p.Vouches {
+			wv := WireVouch{Name: v.Name}
+			for _, r := range v.Runs {
+				wv.Runs = append(wv.Runs, WireSpan{r.start, r.end})
+			}
+			vouches = append(vouches, wv)
+		}
 		out.Peers[n] = WirePeer{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: slices.Clone(p.Held),
-			ListsOwned: p.ListsOwned, Owned: owned, ListsAcks: p.ListsAcks, Acks: acks, Writer: p.Writer, Sig: slices.Clone(p.Sig)}
+			ListsOwned: p.ListsOwned, Owned: owned, ListsAcks: p.ListsAcks, Acks: acks, ListsVouches: p.ListsVouches, Vouches: vouches, Writer: p.Writer, Sig: slices.Clone(p.Sig)}
 	}
 	return out, nil
 }
@@ -94,12 +114,19 @@ func (w Wire) Encode() []byte {
 	for _, n := range slices.Sorted(maps.Keys(w.Peers)) {
 		p := w.Peers[n]
 		pi := peerInfo{Epoch: p.Epoch, Version: p.Version, ID: p.ID, Free: p.Free, Leased: p.Leased, Removed: p.Removed, Joining: p.Joining, Held: p.Held,
-			ListsOwned: p.ListsOwned, ListsAcks: p.ListsAcks, Writer: p.Writer, Sig: p.Sig}
+			ListsOwned: p.ListsOwned, ListsAcks: p.ListsAcks, ListsVouches: p.ListsVouches, Writer: p.Writer, Sig: p.Sig}
 		for _, sp := range p.Owned {
 			pi.Owned = append(pi.Owned, span{sp.Start, sp.End})
 		}
 		for _, k := range p.Acks {
 			pi.Acks = append(pi.Acks, ack(k))
+		}
+		for _, v := range p.Vouches {
+			vv := vouch{Name: v.Name}
+			for _, r := range v.Runs {
+				vv.Runs = append(vv.Runs, span{r.Start, r.End})
+			}
+			pi.Vouches = append(pi.Vouches, vv)
 		}
 		st.peers[n] = pi
 		signed = signed || p.Writer != "" || len(p.Sig) > 0

@@ -80,7 +80,7 @@ type Meta struct {
 	// signed info that carries it, so that while one is a member a peer
 	// that joins votes at once, as before. IPAMOwnedVersion: it also
 	// reads the owned spans of peer infos; IPAMAcksVersion, also their
-	// acknowledged removals.
+	// acknowledged removals; IPAMVouchesVersion, also their vouches.
 	IPAMJoining int `json:"jn,omitempty"`
 	// Sig signs the metadata bytes before it together with the node's name
 	// and advertised address (signedMetaBytes). It is always the last
@@ -107,12 +107,14 @@ const (
 // Joining flag; IPAMOwnedVersion, one that also reads the owned spans of
 // peer infos (docs/ipam.md, "Signed ring transfers"); IPAMAcksVersion,
 // one that also reads their acknowledged removals ("Dropping
-// tombstones"). The later ones ride on the field of the first, as digests
+// tombstones"); IPAMVouchesVersion, one that also reads their vouches
+// ("Vouched reclaims"). The later ones ride on the field of the first, as digests
 // ride on deltas: the metadata has 512 bytes.
 const (
 	IPAMJoiningVersion = 1
 	IPAMOwnedVersion   = 2
 	IPAMAcksVersion    = 3
+	IPAMVouchesVersion = 4
 )
 
 // PathMetaVersion is the format of PathMeta; a node that reads a higher

@@ -55,7 +55,10 @@ func formatRing(w io.Writer, self string, ip *api.IPAM, overlay string) {
 		// Whether the others refuse a transfer of this node's space
 		// without its word (docs/ipam.md, "Signed ring transfers").
 		space := "not listed yet (a member cannot read the list, or states are not signed yet)"
-		if ip.OwnedListed {
+		switch {
+		case ip.OwnedListed && ip.ReclaimsVouched:
+			space = "listed in its signed infos; a reclaim moves it only with a majority's vouches"
+		case ip.OwnedListed:
 			space = "listed in its signed infos"
 		}
 		fmt.Fprintf(tw, "Space:\t%s\n", space)

@@ -124,6 +124,11 @@ func TestFormatGolden(t *testing.T) {
 			st.IPAM.TombstonesAcked, st.IPAM.TombstonesDropped = false, 0
 			formatIPAM(b, st)
 		}},
+		{"ipam-vouched", func(b *bytes.Buffer) {
+			st := sampleStatus()
+			st.IPAM.ReclaimsVouched = true
+			formatIPAM(b, st)
+		}},
 		{"connections", func(b *bytes.Buffer) { formatConnections(b, sampleStatus(), now) }},
 		{"attachments", func(b *bytes.Buffer) { formatAttachments(b, sampleAttachments()[:1]) }},
 		{"attachments-dual", func(b *bytes.Buffer) { formatAttachments(b, sampleAttachments()) }},
