@@ -125,8 +125,14 @@ func hostilePeer(t *testing.T, flags ...string) {
 	if len(flood.d) < 10 {
 		t.Fatalf("only %d allocations during the flood", len(flood.d))
 	}
-	if worst := flood.pct(100); worst > floodAllocateBound {
-		t.Errorf("slowest Allocate during the flood took %v (bound %v)", worst, floodAllocateBound)
+	bound := floodAllocateBound
+	if reclaim {
+		// A pod beyond the lease pool waits for the echoes of the next
+		// pool (an echo request every 2 ticks): about 2 s calm or not.
+		bound += 3 * time.Second
+	}
+	if worst := flood.pct(100); worst > bound {
+		t.Errorf("slowest Allocate during the flood took %v (bound %v)", worst, bound)
 	}
 
 	// No address twice, across calm and flood, over all nodes.

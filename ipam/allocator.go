@@ -534,7 +534,9 @@ func (a *Allocator) tryAllocateLocked(k Key, network string) (netip.Addr, <-chan
 		}
 	}
 	a.waiting++
-	a.askForSpaceLocked()
+	if a.needsSpaceLocked() {
+		a.askForSpaceLocked()
+	}
 	return netip.Addr{}, a.changed, nil
 }
 

@@ -2,8 +2,11 @@ package ipam
 
 import (
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 // failingTransport records the space requests sent and refuses the first
@@ -46,5 +49,33 @@ func TestNewPeerAsksAtOnceAndFallsBack(t *testing.T) {
 	defer tr.mu.Unlock()
 	if len(tr.asks) != 2 || tr.asks[0] == tr.asks[1] {
 		t.Fatalf("space requests sent to %v, want one to each of a (or b, refused) and then the other", tr.asks)
+	}
+}
+
+// TestLeaseWaitAsksNoSpace: with automatic reclaim on, a pod beyond the
+// lease pool waits for the echoes of the next one; that is no reason to
+// ask for space while the peer has free addresses. It was: each such wait
+// made the best donor give half its free space, and a steady allocator cut
+// the ring into hundreds of runs (found by TestHostilePeerWithReclaim).
+func TestLeaseWaitAsksNoSpace(t *testing.T) {
+	net := settledSim(t, 44, "10.0.0.0/16", time.Minute, "a", "b", "c")
+	net.rounds(3)
+	before := net.nodes["a"].Ranges()
+	a := net.nodes["a"]
+	waited := 0
+	for r := range 5 {
+		for i := range 20 {
+			if err := simAllocate(a, fmt.Sprintf("pod%d-%d", r, i)); err != nil {
+				waited++
+			}
+		}
+		net.round()
+	}
+	if waited == 0 {
+		t.Fatal("no allocation waited for lease echoes: the test does not test anything")
+	}
+	net.settle(t, 3)
+	if got := net.nodes["a"].Ranges(); !slices.Equal(got, before) {
+		t.Fatalf("the ring moved while a waited for echoes with free space: %v, was %v", got, before)
 	}
 }
