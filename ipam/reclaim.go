@@ -374,7 +374,7 @@ func (a *Allocator) autoReclaimLocked() bool {
 		if !silent {
 			continue
 		}
-		runs, waiting := a.reclaimableLocked(name, p)
+		runs, waiting := a.reclaimableLocked(name)
 		for _, r := range runs {
 			a.st.ring = a.st.ring.update(r.start, r.end, func(e entry) entry {
 				return entry{Version: e.Version + reclaimVersionJump, Dead: name}
@@ -392,18 +392,23 @@ func (a *Allocator) autoReclaimLocked() bool {
 }
 
 // reclaimableLocked lists the runs of name, a silent peer, that this peer
-// may tombstone: every run it owns or claims, except, when name's info
-// marks its space as protected by vouches (vouch.go), a run it lists that
-// a reclaim quorum does not vouch for yet; waiting then says how many
-// voters vouch for the first such run.
-func (a *Allocator) reclaimableLocked(name string, p peerInfo) (runs []span, waiting string) {
-	protected := p.ListsVouches && p.ListsOwned
+// may tombstone: every run it owns or claims, except, once this peer
+// lists vouches (vouch.go), a run it owns as a plain owner that a reclaim
+// quorum does not vouch for yet; waiting then says how many voters vouch
+// for the first such run. This peer's switch decides, not name's info as
+// this peer last saw it: name may have turned its lists on while cut off,
+// and then holds the reclaim of its space to vouches
+// (TestReclaimedPodKeepsTraffic found it: a node cut off seconds after
+// the ring was seeded listed its space and read vouches alone, and
+// refused its own reclaim for good).
+func (a *Allocator) reclaimableLocked(name string) (runs []span, waiting string) {
+	protected := a.st.peers[a.cfg.Self].ListsVouches
 	for i, s := range a.st.ring.segs {
 		if s.e.Owner != name {
 			continue
 		}
 		run := span{s.start, a.st.ring.end(i)}
-		if protected && s.e.Dead == "" && overlaps(p.Owned, run) && !a.reclaimVouchedLocked(name, run) {
+		if protected && s.e.Dead == "" && !a.reclaimVouchedLocked(name, run) {
 			if waiting == "" {
 				n, _ := a.vouchesLocked(nil, name, run)
 				waiting = fmt.Sprintf("%d of %d voters vouch", n, a.reclaimQuorumLocked())

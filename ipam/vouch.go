@@ -217,7 +217,7 @@ func (a *Allocator) reclaimVouchedLocked(x string, s span) bool {
 
 // ownVouchesLocked is the Vouches list of this peer's next info. It keeps
 // every vouch of me, its current info, while it may be needed: while the
-// vouched peer is silent here and still lists one of the runs, or while
+// vouched peer is silent here (and not removed), or while
 // some peer not removed lists part of the runs that it does not own in
 // this peer's ring (staleListingsLocked: the silent peer once the reclaim
 // is merged here, and the receiver of what it gave away unseen by the
@@ -228,8 +228,9 @@ func (a *Allocator) reclaimVouchedLocked(x string, s span) bool {
 // a reclaim written just before the peer was heard again may not have
 // reached this peer yet, and the releases that made the vouch useless
 // must reach the others first. And with automatic
-// reclaim on it vouches for each peer that runs a lease pool, lists its
-// space and has been silent here for ReclaimAfter, with its plain runs in
+// reclaim on it vouches for each peer that runs a lease pool, owns space
+// and has been silent here for ReclaimAfter (whether or not its info lists
+// its space or says it reads vouches yet), with its plain runs in
 // this peer's ring (merged into an earlier vouch for it). Not while
 // recovering (I6): this peer's ring may lack what a majority knows.
 func (a *Allocator) ownVouchesLocked(me peerInfo) []vouch {
@@ -245,7 +246,7 @@ func (a *Allocator) ownVouchesLocked(me peerInfo) []vouch {
 	for _, v := range me.Vouches {
 		p, ok := a.st.peers[v.Name]
 		_, silent := a.silentLocked(v.Name, now)
-		if ok && !p.Removed && p.ListsOwned && listsAnyRun(p.Owned, v.Runs) && silent || listsAnyRun(stale, v.Runs) {
+		if ok && !p.Removed && silent || listsAnyRun(stale, v.Runs) {
 			delete(a.vouchIdle, v.Name)
 			out = append(out, v)
 			continue
@@ -268,14 +269,17 @@ func (a *Allocator) ownVouchesLocked(me peerInfo) []vouch {
 	}
 	for _, name := range sortedNames(a.st.peers) {
 		p := a.st.peers[name]
-		if name == a.cfg.Self || p.Removed || !p.Leased || !p.ListsVouches || !p.ListsOwned {
+		// Whether or not name's info lists its space or says it reads
+		// vouches yet: it may have turned both on while cut off
+		// (reclaimableLocked).
+		if name == a.cfg.Self || p.Removed || !p.Leased {
 			continue
 		}
 		if _, silent := a.silentLocked(name, now); !silent {
 			continue
 		}
 		cur := a.st.ring.owned(name)
-		if !listsAnyRun(p.Owned, cur) {
+		if len(cur) == 0 {
 			continue
 		}
 		i, found := slices.BinarySearchFunc(out, name, func(v vouch, n string) int { return cmp.Compare(v.Name, n) })

@@ -329,3 +329,39 @@ func TestVouchesFullNamed(t *testing.T) {
 		t.Fatalf("not named: %q", a.Status().Problems)
 	}
 }
+
+// TestVouchesTurnedOnWhileCutOff: every peer turns the owned lists and
+// vouches on while b is cut off, so the others never see b's info list its
+// space or say it reads vouches. They still vouch for
+// b and reclaim its space only on a reclaim quorum's vouches, and b, back,
+// takes the reclaim of its space (it holds it to vouches, its own info
+// being flagged). Before, the writer went by b's flag as it last saw it,
+// tombstoned without vouches, and b refused its own reclaim for good
+// (TestReclaimedPodKeepsTraffic, on real daemons).
+func TestVouchesTurnedOnWhileCutOff(t *testing.T) {
+	names := []string{"a", "b", "c", "d", "e"}
+	net := newSimNet(45)
+	net.ids = newTestIdentities(names...)
+	net.noVouches, net.noOwned = true, true
+	net.settleNew(t, "10.0.0.0/16", 20*time.Second, names...)
+	bSpace := net.nodes["a"].Allocator.st.ring.owned("b")
+	net.part["b"] = 1
+	net.noVouches, net.noOwned = false, false
+	net.rounds(60)
+	if p := net.nodes["a"].Allocator.st.peers["b"]; p.ListsVouches || p.ListsOwned {
+		t.Fatal("a saw b's flags: the test does not test anything")
+	}
+	if p := net.nodes["b"].Allocator.st.peers["b"]; !p.ListsVouches || !p.ListsOwned {
+		t.Fatal("b did not turn its lists on while cut off")
+	}
+	if e := net.nodes["a"].Allocator.st.ring.get(bSpace[0].start); e.plainOf("b") {
+		t.Fatalf("b's space not reclaimed: %+v", e)
+	}
+	delete(net.part, "b")
+	net.settle(t, 5)
+	for _, n := range names {
+		if r := net.nodes[n].Status().Rejected; len(r) != 0 {
+			t.Fatalf("%s refused %v: %q", n, r, net.nodes[n].Status().Problems)
+		}
+	}
+}
