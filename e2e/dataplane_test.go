@@ -219,7 +219,7 @@ func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 		for _, q := range st.IPAM.Ranges {
 			qp := netip.MustParsePrefix(q.CIDR)
 			for _, r := range goneRanges {
-				if !covered(qp, []string{r}) {
+				if !meshtest.Covers([]string{r}, qp) {
 					continue
 				}
 				switch q.Owner {
@@ -244,7 +244,7 @@ func TestRangesMoveAllowedIPsFollow(t *testing.T) {
 			return fmt.Errorf("no connection to %s: %+v", nodes[0].Host.Name, st.Connections)
 		}
 		for _, r := range inherited {
-			if !covered(netip.MustParsePrefix(r), conn.AllowedIPs) {
+			if !meshtest.Covers(conn.AllowedIPs, netip.MustParsePrefix(r)) {
 				return fmt.Errorf("%s not in AllowedIPs %v of %s", r, conn.AllowedIPs, nodes[0].Host.Name)
 			}
 		}
@@ -288,16 +288,6 @@ func followerOf(t *testing.T, nodes []*node) (follower, other *node) {
 	}
 	t.Fatalf("no run of another node follows one of %s: %v", nodes[0].Host.Name, ranges)
 	return nil, nil
-}
-
-func covered(p netip.Prefix, set []string) bool {
-	for _, s := range set {
-		q, err := netip.ParsePrefix(s)
-		if err == nil && q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
-			return true
-		}
-	}
-	return false
 }
 
 func TestKillRestartDataplane(t *testing.T) {

@@ -35,7 +35,7 @@ import (
 // flagAcks the removals it acknowledges after that:
 //
 //	... nHeld heldDelta... [nOwned (gap length)...] [nAcks (name epoch)...]
-//	    [nVouches (name nRuns (gap length version)...)...] [writer sigLen sig]
+//	    [nVouches (name nRuns (gap length)...)...] [writer sigLen sig]
 //
 // (flagVouches: the peers it vouches for, each with its runs.)
 //

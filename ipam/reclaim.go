@@ -403,17 +403,19 @@ func (a *Allocator) autoReclaimLocked() bool {
 // refused its own reclaim for good).
 func (a *Allocator) reclaimableLocked(name string) (runs []span, waiting string) {
 	protected := a.st.peers[a.cfg.Self].ListsVouches
+	quorum := a.reclaimQuorumLocked()
 	for i, s := range a.st.ring.segs {
 		if s.e.Owner != name {
 			continue
 		}
 		run := span{s.start, a.st.ring.end(i)}
-		if protected && s.e.Dead == "" && !a.reclaimVouchedLocked(name, run) {
-			if waiting == "" {
-				n, _ := a.vouchesLocked(nil, name, run)
-				waiting = fmt.Sprintf("%d of %d voters vouch", n, a.reclaimQuorumLocked())
+		if protected && s.e.Dead == "" {
+			if n, _ := a.vouchesLocked(nil, name, run); n < quorum {
+				if waiting == "" {
+					waiting = fmt.Sprintf("%d of %d voters vouch", n, quorum)
+				}
+				continue
 			}
-			continue
 		}
 		runs = append(runs, run)
 	}

@@ -68,14 +68,19 @@ func (a *Allocator) promptLocked() {
 
 // needsSpaceLocked says whether this peer asks for space: it has no
 // gateway yet (its node cannot be reached at all), owns no space, or a pod
-// waits for an address and none is free here. With automatic reclaim on a
-// pod also waits for the lease echoes of a free address (blockedLocked
-// tells the two apart the same way): asking for space then made every
-// such wait a donation, and a mesh allocating steadily cut its ring into
-// hundreds of runs within a minute.
+// waits for an address for want of one, not for lease echoes
+// (leaseWaitLocked): asking for space on such a wait made every one a
+// donation, and a mesh allocating steadily cut its ring into hundreds of
+// runs within a minute.
 func (a *Allocator) needsSpaceLocked() bool {
 	_, hasGw := a.gatewayOff()
-	return !hasGw || len(a.st.ring.owned(a.cfg.Self)) == 0 || a.waiting > 0 && (a.cfg.ReclaimAfter <= 0 || a.freeCount() == 0)
+	return !hasGw || len(a.st.ring.owned(a.cfg.Self)) == 0 || a.waiting > 0 && !a.leaseWaitLocked()
+}
+
+// leaseWaitLocked says whether a pod waits for the lease echoes of a free
+// address (automatic reclaim on, the pool used up) rather than for space.
+func (a *Allocator) leaseWaitLocked() bool {
+	return a.cfg.ReclaimAfter > 0 && a.waiting > 0 && a.freeCount() > 0
 }
 
 // askForSpaceLocked sends a space request to the best donor, at most once

@@ -89,7 +89,8 @@ type peerInfo struct {
 	ListsVouches bool
 	// Vouches are the peers this peer found silent for ReclaimAfter, each
 	// with the runs it owned in this peer's ring then, sorted by name: a
-	// vouch stays until the peer no longer lists the runs (vouch.go).
+	// vouch stays while it may be needed, and a grace after
+	// (ownVouchesLocked).
 	Vouches []vouch
 	// Writer is the node whose identity signed this info, Sig its
 	// signature of infoSigBytes: the peer itself, or for a Removed info

@@ -186,8 +186,7 @@ func (a *Allocator) blockedLocked() (reason, text string) {
 	if !pending {
 		v = a.st.peers[a.cfg.Self].Version // the pool refills at the next tick
 	}
-	leaseWait := a.cfg.ReclaimAfter > 0 && a.waiting > 0 && a.freeCount() > 0
-	if leaseWait || (pending && hasGw && !a.gatewayUsableLocked()) {
+	if a.leaseWaitLocked() || (pending && hasGw && !a.gatewayUsableLocked()) {
 		self := "this peer included"
 		if !a.votesLocked() {
 			self = "this peer is joining and does not count"

@@ -19,11 +19,12 @@ import (
 // holder of the mesh key alone cannot make a majority say so of a live
 // peer.
 //
-// A vouch is a commitment, not a report: a voter keeps it after the peer
-// is heard again, until the peer no longer lists the runs (it released
-// them, as it does once it merges the reclaim) or is removed. Withdrawing
-// it when the peer comes back would refuse, everywhere, a reclaim written
-// just before (the findings in docs/ipam.md). So a vouch that a quorum
+// A vouch is a commitment, not a report: a voter keeps it while the peer
+// is silent, and after the peer is heard again while any listing of the
+// runs is stale in its ring (the reclaim not merged everywhere), then for
+// vouchKeepTicks more (ownVouchesLocked). Withdrawing it when the peer
+// comes back would refuse, everywhere, a reclaim written just before (the
+// findings in docs/ipam.md). So a vouch that a quorum
 // once gave lets the reclaim of those runs happen later too, which is
 // what a reclaim written then would have done: the quorum echoes that
 // make a reclaim safe do not depend on when it is written.
@@ -198,21 +199,14 @@ func (a *Allocator) vouchesLocked(w *wireState, x string, s span) (n, voters int
 	return n, voters
 }
 
-// vouchedMoveLocked says whether a move of x's run s, brought by w, is a reclaim a majority of the voters vouch
-// for: the release rule's exception for peers that run a lease pool. A
+// vouchedMoveLocked says whether a move of x's run s, brought by w, is a
+// reclaim a majority of the voters vouch for: the release rule's exception for peers that run a lease pool. A
 // strict majority, one voter less than the reclaim quorum the writer
 // needed, so that a receiver that counts one voter more or less than the
 // writer still takes an honest reclaim.
 func (a *Allocator) vouchedMoveLocked(w *wireState, x string, s span) bool {
 	n, voters := a.vouchesLocked(w, x, s)
 	return n >= voters/2+1
-}
-
-// reclaimVouchedLocked says whether a reclaim quorum vouches for x's run s
-// here: the condition for this peer to tombstone it.
-func (a *Allocator) reclaimVouchedLocked(x string, s span) bool {
-	n, _ := a.vouchesLocked(nil, x, s)
-	return n >= a.reclaimQuorumLocked()
 }
 
 // ownVouchesLocked is the Vouches list of this peer's next info. It keeps
@@ -235,18 +229,22 @@ func (a *Allocator) reclaimVouchedLocked(x string, s span) bool {
 // recovering (I6): this peer's ring may lack what a majority knows.
 func (a *Allocator) ownVouchesLocked(me peerInfo) []vouch {
 	out := make([]vouch, 0, len(me.Vouches))
-	var stale []span
-	if len(me.Vouches) > 0 {
-		stale = a.staleListingsLocked()
-	}
 	if len(me.Vouches) == 0 {
 		clear(a.vouchIdle)
 	}
 	now := a.cfg.Now()
+	// Every merge publishes: the walk over every listing is done only
+	// when a vouch is not kept by its peer's silence alone, and once.
+	var stale []span
+	staleDone := false
 	for _, v := range me.Vouches {
 		p, ok := a.st.peers[v.Name]
 		_, silent := a.silentLocked(v.Name, now)
-		if ok && !p.Removed && silent || listsAnyRun(stale, v.Runs) {
+		kept := ok && !p.Removed && silent
+		if !kept && !staleDone {
+			stale, staleDone = a.staleListingsLocked(), true
+		}
+		if kept || listsAnyRun(stale, v.Runs) {
 			delete(a.vouchIdle, v.Name)
 			out = append(out, v)
 			continue

@@ -219,7 +219,7 @@ func Ready(nodes []*Node) error {
 			if !ok || c.Via != "" {
 				continue
 			}
-			if !routes(c.AllowedIPs, ip) {
+			if !Covers(c.AllowedIPs, netip.PrefixFrom(ip, ip.BitLen())) {
 				return fmt.Errorf("%s: connection to %s does not route its overlay IP %s yet (allowed IPs %v)", name, c.Peer, ip, c.AllowedIPs)
 			}
 		}
@@ -227,10 +227,12 @@ func Ready(nodes []*Node) error {
 	return nil
 }
 
-// routes reports whether one of the allowed IPs holds ip.
-func routes(allowed []string, ip netip.Addr) bool {
-	for _, a := range allowed {
-		if p, err := netip.ParsePrefix(a); err == nil && p.Contains(ip) {
+// Covers reports whether one of the allowed IPs (a connection's, as
+// status shows them) holds the whole of p.
+func Covers(allowed []string, p netip.Prefix) bool {
+	for _, s := range allowed {
+		q, err := netip.ParsePrefix(s)
+		if err == nil && q.Bits() <= p.Bits() && q.Contains(p.Addr()) {
 			return true
 		}
 	}
